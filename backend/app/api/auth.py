@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, client_address
+from backend.app.core.exceptions import RateLimited
+from backend.app.schemas.auth import LogoutRequest, MembershipRead, MeRead, RefreshRequest, SetupRequest, TokenPair
+from backend.app.services import auth_service, organization_service
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _check_login_rate(request: Request) -> None:
+    limiter = request.app.state.login_limiter
+    wait = limiter.hit(client_address(request))
+    if wait is not None:
+        raise RateLimited(
+            f"too many login attempts from your address; retry in {max(1, round(wait))} s",
+            headers=limiter.retry_after_header(wait),
+        )
+
+
+@router.post("/setup", response_model=TokenPair, status_code=status.HTTP_201_CREATED)
+async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    """First run only: create the superuser and their organisation, and log them in."""
+    user = await auth_service.setup_first_admin(
+        session, email=body.email, password=body.password, organization_name=body.organization_name, full_name=body.full_name
+    )
+    tokens = await auth_service.issue_tokens(session, settings, user)
+    await session.commit()
+    return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
+
+
+@router.post("/login", response_model=TokenPair, dependencies=[Depends(_check_login_rate)])
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, settings: SettingsDep
+) -> TokenPair:
+    """Log in with the OAuth2 password form (``username`` is the email)."""
+    user = await auth_service.authenticate(session, form.username, form.password)
+    tokens = await auth_service.issue_tokens(session, settings, user)
+    await session.commit()
+    return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
+
+
+@router.post("/refresh", response_model=TokenPair)
+async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    """Exchange a refresh token for a new token pair (the old refresh token stops working)."""
+    try:
+        tokens = await auth_service.rotate_refresh_token(session, settings, body.refresh_token)
+    except Exception:
+        await session.commit()  # keep a family revocation triggered by a replayed token
+        raise
+    await session.commit()
+    return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(user: CurrentUser, session: SessionDep, settings: SettingsDep, body: LogoutRequest | None = None) -> None:
+    """Revoke the given refresh token, or every refresh token of the current user."""
+    await auth_service.logout(session, settings, user, body.refresh_token if body else None)
+    await session.commit()
+
+
+@router.get("/me", response_model=MeRead)
+async def me(user: CurrentUser, session: SessionDep) -> MeRead:
+    """The current user with their organisation memberships."""
+    await session.refresh(user, ["memberships"])
+    memberships = []
+    for membership in user.memberships:
+        await session.refresh(membership, ["organization"])
+        memberships.append(
+            MembershipRead(
+                organization_id=membership.organization_id,
+                organization_name=membership.organization.name,
+                role=membership.role,
+            )
+        )
+    return MeRead(
+        id=user.id,
+        email=user.email,
+        full_name=user.full_name,
+        is_active=user.is_active,
+        is_superuser=user.is_superuser,
+        created_at=user.created_at,
+        memberships=memberships,
+        default_organization_id=await organization_service.default_organization_id(session, user),
+    )

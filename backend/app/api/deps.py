@@ -1,0 +1,92 @@
+"""Dependencies shared by the routers: database session, settings, current user, role checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.core.exceptions import NotAuthenticated, NotFound, PermissionDenied
+from backend.app.database import AsyncSessionLocal
+from backend.app.models import Organization, Role, User
+from backend.app.services import auth_service, organization_service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_session():
+    """One session per request. The route commits what it changed; anything uncommitted rolls back."""
+    async with AsyncSessionLocal() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise NotAuthenticated()
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("the Authorization header must be 'Bearer <token>'", code="invalid_token")
+    return token.strip()
+
+
+async def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
+    user = await auth_service.user_from_token(session, settings, bearer_token(request))
+    request.state.user_id = user.id
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_superuser(user: CurrentUser) -> User:
+    if not user.is_superuser:
+        raise PermissionDenied("this needs a platform superuser")
+    return user
+
+
+Superuser = Annotated[User, Depends(get_superuser)]
+
+
+class OrgAccess:
+    """Loads the organisation in the path and checks the caller's role in it (404 outsider, 403 weak role)."""
+
+    def __init__(self, minimum: Role) -> None:
+        self.minimum = minimum
+
+    async def __call__(self, organization_id: str, session: SessionDep, user: CurrentUser) -> tuple[Organization, Role]:
+        role = await organization_service.require_role(session, user, organization_id, self.minimum)
+        org = await session.get(Organization, organization_id)
+        if org is None:  # pragma: no cover - require_role already answered 404
+            raise NotFound("organization not found")
+        return org, role
+
+
+OrgViewer = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.VIEWER))]
+OrgAdmin = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.ADMIN))]
+OrgOwner = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.OWNER))]
+
+
+class Page:
+    def __init__(
+        self,
+        offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
+        limit: Annotated[int, Query(ge=1, le=200, description="items per page (1-200)")] = 50,
+    ) -> None:
+        self.offset = offset
+        self.limit = limit
+
+
+PageDep = Annotated[Page, Depends()]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

@@ -1,0 +1,9 @@
+"""The ``/api/v1`` router: every resource router, each declaring its own prefix and tags."""
+
+from fastapi import APIRouter
+
+from backend.app.api import auth, organizations, tokens, users
+
+api_router = APIRouter(prefix="/api/v1")
+for module in (auth, users, organizations, tokens):
+    api_router.include_router(module.router)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from backend.app.api.deps import CurrentUser, SessionDep
+from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
+from backend.app.services import user_service
+
+router = APIRouter(prefix="/tokens", tags=["tokens"])
+
+
+@router.post("", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
+async def create_token(body: ApiTokenCreate, user: CurrentUser, session: SessionDep) -> ApiTokenCreated:
+    """Create a personal API token. The token is in this response only: store it now."""
+    token, clear = await user_service.create_api_token(session, user, body)
+    await session.commit()
+    return ApiTokenCreated(**ApiTokenRead.model_validate(token).model_dump(), token=clear)
+
+
+@router.get("", response_model=ApiTokenPage)
+async def list_tokens(user: CurrentUser, session: SessionDep) -> ApiTokenPage:
+    """Your API tokens (never their values)."""
+    tokens = await user_service.list_api_tokens(session, user)
+    return ApiTokenPage(items=[ApiTokenRead.model_validate(t) for t in tokens], total=len(tokens))
+
+
+@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(token_id: str, user: CurrentUser, session: SessionDep) -> None:
+    """Revoke one of your API tokens."""
+    await user_service.revoke_api_token(session, user, token_id)
+    await session.commit()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from backend.app.api.deps import PageDep, SessionDep, Superuser
+from backend.app.schemas.auth import UserCreate, UserPage, UserRead, UserUpdate
+from backend.app.services import user_service
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.post("", response_model=UserRead, status_code=status.HTTP_201_CREATED)
+async def create_user(body: UserCreate, session: SessionDep, _admin: Superuser) -> UserRead:
+    """Create a user (superusers only)."""
+    user = await user_service.create_user(session, body)
+    await session.commit()
+    return UserRead.model_validate(user)
+
+
+@router.get("", response_model=UserPage)
+async def list_users(session: SessionDep, _admin: Superuser, page: PageDep) -> UserPage:
+    """List users (superusers only)."""
+    users, total = await user_service.list_users(session, page.offset, page.limit)
+    return UserPage(items=[UserRead.model_validate(u) for u in users], total=total)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: str, session: SessionDep, _admin: Superuser) -> UserRead:
+    """One user (superusers only)."""
+    return UserRead.model_validate(await user_service.get_user(session, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(user_id: str, body: UserUpdate, session: SessionDep, admin: Superuser) -> UserRead:
+    """Change a user's name, password, active flag or superuser flag (superusers only)."""
+    user = await user_service.update_user(session, await user_service.get_user(session, user_id), body, admin)
+    await session.commit()
+    return UserRead.model_validate(user)
+
+
+@router.post("/{user_id}/deactivate", response_model=UserRead)
+async def deactivate_user(user_id: str, session: SessionDep, admin: Superuser) -> UserRead:
+    """Deactivate a user: their tokens stop working at once (superusers only)."""
+    user = await user_service.update_user(
+        session, await user_service.get_user(session, user_id), UserUpdate(is_active=False), admin
+    )
+    await session.commit()
+    return UserRead.model_validate(user)

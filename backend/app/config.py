@@ -1,0 +1,210 @@
+"""WindFlow configuration: one ``Settings`` object read from the environment and ``.env``.
+
+Every variable of the deployment guide lives here with the guide's default. Derived values (the async
+database URL, the Celery broker and result backend) are computed properties so that there is exactly
+one place that knows how to turn ``DATABASE_URL`` into the URL each library expects.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend import __version__
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SECRET_KEY = "change-me-insecure-development-secret-key"
+DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///{PROJECT_ROOT / 'data' / 'windflow.db'}"
+
+
+class BrokerType(StrEnum):
+    DATABASE = "database"
+    REDIS = "redis"
+
+
+class DatabaseKind(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """Return ``(scheme, rest)`` of a URL, ``rest`` starting after ``://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"{url!r} is not a URL (expected scheme://...)")
+    return scheme, rest
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- application ---------------------------------------------------------------------------
+    APP_NAME: str = "WindFlow"
+    VERSION: str = __version__
+    DEBUG: bool = False
+    ENVIRONMENT: Literal["development", "production", "test"] = "development"
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    LOG_LEVEL: str = "INFO"
+    LOG_FILE: str | None = None
+    FRONTEND_DIST: Path = PROJECT_ROOT / "frontend" / "dist"
+
+    # --- database ------------------------------------------------------------------------------
+    DATABASE_URL: str = DEFAULT_DATABASE_URL
+    DATABASE_ECHO: bool = False
+    DATABASE_POOL_SIZE: int = Field(default=10, ge=1)
+    RUN_MIGRATIONS_ON_STARTUP: bool = True
+
+    # --- security ------------------------------------------------------------------------------
+    SECRET_KEY: str = DEFAULT_SECRET_KEY
+    JWT_ALGORITHM: str = "HS256"
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1)
+    REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
+    LOGIN_RATE_LIMIT_PER_MINUTE: int = Field(default=10, ge=1)
+    DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
+    CORS_ORIGINS: list[str] = []
+
+    # --- Celery ---------------------------------------------------------------------------------
+    CELERY_ENABLED: bool = True
+    CELERY_BROKER_TYPE: BrokerType = BrokerType.DATABASE
+    CELERY_BROKER_URL: str | None = None
+    CELERY_RESULT_BACKEND: str | None = None
+    CELERY_AUTO_START_WORKER: bool = True
+    CELERY_WORKER_CONCURRENCY: int = Field(default=2, ge=1, le=64)
+    CELERY_WORKER_POOL: Literal["solo", "prefork", "threads", "gevent", "eventlet"] = "solo"
+    CELERY_WORKER_LOGLEVEL: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    CELERY_RESULT_EXPIRES_SECONDS: int = Field(default=3600, ge=60)
+    CELERY_TASK_MAX_RETRIES: int = Field(default=3, ge=0)
+    CELERY_SQL_POLLING_INTERVAL: float = Field(default=0.1, gt=0, le=30)
+
+    # --- deployments and recovery ---------------------------------------------------------------
+    DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    DEPLOYMENT_LEASE_SECONDS: int = Field(default=60, ge=5)
+    RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
+    RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)
+    RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
+    RECOVERY_ON_STARTUP: bool = True
+
+    # --- monitoring ----------------------------------------------------------------------------
+    PROMETHEUS_ENABLED: bool = False
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme, _ = _split_url(value)
+        base = scheme.split("+", 1)[0]
+        if base not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError(
+                f"DATABASE_URL scheme {scheme!r} is not supported: use sqlite+aiosqlite:///path "
+                "or postgresql+asyncpg://user:password@host:5432/db"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.SECRET_KEY == DEFAULT_SECRET_KEY and not self.DEBUG:
+            raise ValueError(
+                "SECRET_KEY is the built-in development default. Set SECRET_KEY in the environment or "
+                ".env to a long random value, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`, or set DEBUG=true "
+                "for a development instance."
+            )
+        if len(self.SECRET_KEY) < 32:
+            raise ValueError("SECRET_KEY must be at least 32 characters long")
+        return self
+
+    # --- derived values ------------------------------------------------------------------------
+    @property
+    def database_kind(self) -> DatabaseKind:
+        scheme, _ = _split_url(self.DATABASE_URL)
+        return DatabaseKind.SQLITE if scheme.startswith("sqlite") else DatabaseKind.POSTGRESQL
+
+    @property
+    def async_database_url(self) -> str:
+        """``DATABASE_URL`` with the async driver SQLAlchemy needs (aiosqlite / asyncpg)."""
+        _, rest = _split_url(self.DATABASE_URL)
+        if self.database_kind is DatabaseKind.SQLITE:
+            return f"sqlite+aiosqlite://{rest}"
+        return f"postgresql+asyncpg://{rest}"
+
+    @property
+    def sync_database_url(self) -> str:
+        """``DATABASE_URL`` with a synchronous driver (sqlite3 / psycopg 3), for tools."""
+        _, rest = _split_url(self.DATABASE_URL)
+        if self.database_kind is DatabaseKind.SQLITE:
+            return f"sqlite://{rest}"
+        return f"postgresql+psycopg://{rest}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if self.database_kind is not DatabaseKind.SQLITE:
+            return None
+        _, rest = _split_url(self.DATABASE_URL)
+        path = rest[1:] if rest.startswith("/") else rest
+        return None if path in {"", ":memory:"} else Path(path)
+
+    @property
+    def celery_broker_url(self) -> str | None:
+        """The broker Celery uses, or ``None`` when Celery cannot run (disabled, or SQLite).
+
+        With ``CELERY_BROKER_TYPE=database`` the broker is derived from ``DATABASE_URL``. kombu's SQL
+        transport is selected by the ``sqla+`` prefix and needs a synchronous driver, hence
+        ``sqla+postgresql+psycopg://``. (The guide's ``db+postgresql+psycopg2://`` is a *result
+        backend* URL; kombu rejects it as a broker.) SQLite is never a broker.
+        """
+        if not self.CELERY_ENABLED:
+            return None
+        if self.CELERY_BROKER_URL:
+            return self.CELERY_BROKER_URL
+        if self.CELERY_BROKER_TYPE is BrokerType.REDIS:
+            return "redis://127.0.0.1:6379/1"
+        if self.database_kind is DatabaseKind.SQLITE:
+            return None
+        _, rest = _split_url(self.DATABASE_URL)
+        return f"sqla+postgresql+psycopg://{rest}"
+
+    @property
+    def celery_result_backend(self) -> str | None:
+        if self.celery_broker_url is None:
+            return None
+        if self.CELERY_RESULT_BACKEND:
+            return self.CELERY_RESULT_BACKEND
+        if self.CELERY_BROKER_TYPE is BrokerType.REDIS:
+            return "redis://127.0.0.1:6379/2"
+        _, rest = _split_url(self.DATABASE_URL)
+        return f"db+postgresql+psycopg://{rest}"
+
+    @property
+    def celery_unavailable_reason(self) -> str | None:
+        """Why Celery cannot be used with this configuration, or ``None`` when it can."""
+        if not self.CELERY_ENABLED:
+            return "CELERY_ENABLED=false"
+        if self.celery_broker_url is None:
+            return (
+                "DATABASE_URL is SQLite, which cannot be a Celery broker; deployments run in-process "
+                "(use PostgreSQL or CELERY_BROKER_TYPE=redis for Celery)"
+            )
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+settings = get_settings()

@@ -1,0 +1,131 @@
+"""The event envelope and the after-commit event queue.
+
+Every event WindFlow emits has one shape (DESIGN.md, "Events and real time")::
+
+    {"type": "DEPLOYMENT_STATUS_CHANGED", "deployment_id": "...", "organization_id": "...",
+     "timestamp": "2026-01-01T12:00:00Z", "data": {...}}
+
+Services never publish directly: they call :func:`queue_event` on the session that carries the change.
+The events are handed to the bus only after that session commits, and dropped if it rolls back, so a
+client never sees a change that did not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+logger = logging.getLogger(__name__)
+
+_PENDING_KEY = "windflow_pending_events"
+
+
+class EventType(StrEnum):
+    DEPLOYMENT_STATUS_CHANGED = "DEPLOYMENT_STATUS_CHANGED"
+    DEPLOYMENT_LOGS_UPDATE = "DEPLOYMENT_LOGS_UPDATE"
+    DEPLOYMENT_PROGRESS = "DEPLOYMENT_PROGRESS"
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    deployment_id: str
+    organization_id: str
+    data: dict[str, Any]
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": str(self.type),
+            "deployment_id": self.deployment_id,
+            "organization_id": self.organization_id,
+            "timestamp": iso_utc(self.timestamp),
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        return cls(
+            type=EventType(raw["type"]),
+            deployment_id=raw["deployment_id"],
+            organization_id=raw["organization_id"],
+            data=raw.get("data") or {},
+            timestamp=datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00")),
+        )
+
+
+Subscriber = Callable[[Event], None]
+
+
+class LocalEventBus:
+    """In-process fan-out. Cross-process transports feed it from their listeners."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self.published = 0
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def publish(self, evt: Event) -> None:
+        self.published += 1
+        for callback in list(self._subscribers):
+            try:
+                callback(evt)
+            except Exception:  # noqa: BLE001 - one broken subscriber must not starve the others
+                logger.exception("event subscriber failed for %s", evt.type)
+
+
+bus = LocalEventBus()
+
+
+def queue_event(session: AsyncSession | Session, evt: Event) -> None:
+    """Attach ``evt`` to ``session``; it is published after the session's next commit."""
+    sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+    sync_session.info.setdefault(_PENDING_KEY, []).append(evt)
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_after_commit(session: Session) -> None:
+    for evt in session.info.pop(_PENDING_KEY, []):
+        bus.publish(evt)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_rollback(session: Session, _previous_transaction) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
+async def wait_for(predicate: Callable[[Event], bool], timeout: float) -> Event:
+    """Wait for the first bus event matching ``predicate`` (tests and the CLI use it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Event] = loop.create_future()
+
+    def on_event(evt: Event) -> None:
+        if not future.done() and predicate(evt):
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(evt))
+
+    unsubscribe = bus.subscribe(on_event)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    finally:
+        unsubscribe()

@@ -1,0 +1,57 @@
+"""Domain errors. Services raise these; ``main.py`` maps each to one HTTP status, once.
+
+Every error body is ``{"detail": "...", "code": "..."}`` where ``detail`` says what to fix.
+"""
+
+from __future__ import annotations
+
+
+class WindFlowError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = headers
+
+
+class ValidationFailed(WindFlowError):
+    status_code = 422
+    code = "validation_error"
+
+
+class NotAuthenticated(WindFlowError):
+    status_code = 401
+    code = "not_authenticated"
+
+    def __init__(self, detail: str = "authentication required: send 'Authorization: Bearer <token>'", **kw) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kw)
+
+
+class PermissionDenied(WindFlowError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(WindFlowError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(WindFlowError):
+    status_code = 409
+    code = "conflict"
+
+
+class RateLimited(WindFlowError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(WindFlowError):
+    status_code = 503
+    code = "unavailable"

@@ -1,0 +1,120 @@
+"""Passwords, JWTs, API tokens and encryption at rest.
+
+* Passwords: argon2 (pwdlib).
+* Access tokens: short-lived HS256 JWTs (``typ=access``). Refresh tokens: JWTs (``typ=refresh``) whose
+  ``jti`` is recorded in ``refresh_tokens`` so they can be rotated and revoked.
+* API tokens: ``wf_`` + 40 random URL-safe characters; only their SHA-256 is stored.
+* Secrets at rest (secret variables, target credentials): Fernet with a key derived from ``SECRET_KEY``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+from cryptography.fernet import Fernet, InvalidToken
+from pwdlib import PasswordHash
+
+from backend.app.config import Settings
+from backend.app.database import utcnow
+
+API_TOKEN_PREFIX = "wf_"
+_password_hash = PasswordHash.recommended()
+
+
+def hash_password(password: str) -> str:
+    return _password_hash.hash(password)
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        return _password_hash.verify(password, hashed)
+    except Exception:  # noqa: BLE001 - a malformed stored hash is a failed login, not a crash
+        return False
+
+
+# A real hash to verify against when the user does not exist, so timing does not reveal which emails exist.
+DUMMY_PASSWORD_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+class TokenError(Exception):
+    """A token is malformed, forged, expired or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    expires_at: datetime
+
+
+def _encode(settings: Settings, claims: dict) -> str:
+    return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.JWT_ALGORITHM)
+
+
+def create_access_token(settings: Settings, user_id: str) -> IssuedToken:
+    now = utcnow()
+    expires = now + timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
+    jti = uuid.uuid4().hex
+    token = _encode(settings, {"sub": user_id, "typ": "access", "iat": now, "exp": expires, "jti": jti})
+    return IssuedToken(token, jti, expires)
+
+
+def create_refresh_token(settings: Settings, user_id: str, family_id: str) -> IssuedToken:
+    now = utcnow()
+    expires = now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS)
+    jti = uuid.uuid4().hex
+    token = _encode(
+        settings, {"sub": user_id, "typ": "refresh", "fam": family_id, "iat": now, "exp": expires, "jti": jti}
+    )
+    return IssuedToken(token, jti, expires)
+
+
+def decode_token(settings: Settings, token: str, expected_type: str) -> dict:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.SECRET_KEY,
+            algorithms=[settings.JWT_ALGORITHM],
+            options={"require": ["sub", "exp", "typ", "jti"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenError("token has expired; log in again or use your refresh token") from exc
+    except jwt.InvalidTokenError as exc:
+        raise TokenError("token is invalid (malformed or not signed by this server)") from exc
+    if claims.get("typ") != expected_type:
+        raise TokenError(f"expected a {expected_type} token, got a {claims.get('typ')} token")
+    return claims
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+def generate_api_token() -> str:
+    return API_TOKEN_PREFIX + secrets.token_urlsafe(30)
+
+
+def hash_api_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _fernet(settings: Settings) -> Fernet:
+    key = hashlib.sha256(("windflow-encryption:" + settings.SECRET_KEY).encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def encrypt_secret(settings: Settings, value: str) -> str:
+    return _fernet(settings).encrypt(value.encode()).decode()
+
+
+def decrypt_secret(settings: Settings, token: str) -> str:
+    try:
+        return _fernet(settings).decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise ValueError("cannot decrypt a stored secret: was SECRET_KEY changed?") from exc

@@ -1,0 +1,131 @@
+"""The FastAPI application. ``python -m backend.app.main`` serves it on ``HOST``:``PORT``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.app import database
+from backend.app.api import health
+from backend.app.api.router import api_router
+from backend.app.config import Settings, get_settings
+from backend.app.core.exceptions import WindFlowError
+from backend.app.core.logging import setup_logging
+from backend.app.core.ratelimit import SlidingWindowLimiter
+from backend.app.migrate import upgrade_database
+
+logger = logging.getLogger("backend.app")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _describe_validation_errors(errors) -> tuple[str, list[dict]]:
+    """Readable ``detail`` from pydantic errors. Never echoes the input (it may hold a password)."""
+    items = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "request"
+        if err.get("type") == "json_invalid":
+            where = "body"
+            message = "the body is not valid JSON: " + str(err.get("ctx", {}).get("error", "syntax error"))
+        elif err.get("type") == "extra_forbidden":
+            message = "unknown field; remove it (check the spelling against the API docs at /docs)"
+        elif err.get("type") == "missing":
+            message = "field required"
+        else:
+            message = err.get("msg", "invalid value")
+        items.append({"field": where, "message": message, "type": err.get("type")})
+    detail = "; ".join(f"{i['field']}: {i['message']}" for i in items) or "invalid request"
+    return detail, items
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(WindFlowError)
+    async def _domain_error(_request: Request, exc: WindFlowError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, items = _describe_validation_errors(exc.errors())
+        return JSONResponse({"detail": detail, "code": "validation_error", "errors": items}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail, "code": code}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": "internal server error; the server log has the details", "code": "internal_error"},
+            status_code=500,
+        )
+
+
+def _mount_frontend(app: FastAPI, dist: Path) -> None:
+    index = dist / "index.html"
+    if not index.is_file():
+        return
+
+    @app.get("/{path:path}", include_in_schema=False)
+    async def spa(path: str) -> FileResponse:
+        if path.startswith(("api/", "ws", "health", "metrics", "docs", "openapi.json")):
+            raise StarletteHTTPException(404, "Not Found")
+        candidate = (dist / path).resolve()
+        if path and candidate.is_file() and dist.resolve() in candidate.parents:
+            return FileResponse(candidate)
+        return FileResponse(index)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
+        if database.get_engine().url.render_as_string(hide_password=False) != settings.async_database_url:
+            database.configure(settings)
+        if settings.RUN_MIGRATIONS_ON_STARTUP:
+            await upgrade_database(database.get_engine(), settings)
+        logger.info("WindFlow %s started (database: %s)", settings.VERSION, settings.database_kind)
+        yield
+        logger.info("WindFlow stopping")
+
+    app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.login_limiter = SlidingWindowLimiter(settings.LOGIN_RATE_LIMIT_PER_MINUTE)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    _mount_frontend(app, settings.FRONTEND_DIST)
+    return app
+
+
+def run() -> None:
+    import uvicorn
+
+    settings = get_settings()
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
+    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None, proxy_headers=False)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,34 @@
+"""SQLAlchemy models (persistence only). Importing this package registers every table on ``Base``."""
+
+from backend.app.models.deployment import Deployment, DeploymentLog, DeploymentStatusHistory
+from backend.app.models.enums import (
+    ACTIVE_STATUSES,
+    SETTLED_STATUSES,
+    DeploymentStatus,
+    ExecutorKind,
+    LogLevel,
+    Role,
+    TargetType,
+)
+from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
+from backend.app.models.infra import Stack, Target
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "SETTLED_STATUSES",
+    "ApiToken",
+    "Deployment",
+    "DeploymentLog",
+    "DeploymentStatus",
+    "DeploymentStatusHistory",
+    "ExecutorKind",
+    "LogLevel",
+    "Membership",
+    "Organization",
+    "RefreshToken",
+    "Role",
+    "Stack",
+    "Target",
+    "TargetType",
+    "User",
+]

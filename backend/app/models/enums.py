@@ -1,0 +1,58 @@
+"""The vocabularies shared by models, services, schemas and the API (lower-case on the wire)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeploymentStatus(StrEnum):
+    PENDING = "pending"
+    DEPLOYING = "deploying"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+
+
+#: Deployments some executor still has to work on.
+ACTIVE_STATUSES: frozenset[DeploymentStatus] = frozenset({DeploymentStatus.PENDING, DeploymentStatus.DEPLOYING})
+#: Deployments no executor is working on.
+SETTLED_STATUSES: frozenset[DeploymentStatus] = frozenset(
+    {DeploymentStatus.RUNNING, DeploymentStatus.FAILED, DeploymentStatus.STOPPED, DeploymentStatus.CANCELLED}
+)
+
+
+class Role(StrEnum):
+    """Roles inside one organisation, weakest first."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+    OWNER = "owner"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def at_least(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2, Role.OWNER: 3}
+
+
+class TargetType(StrEnum):
+    DOCKER = "docker"
+    SWARM = "swarm"
+
+
+class ExecutorKind(StrEnum):
+    CELERY = "celery"
+    ASYNCIO = "asyncio"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import EmailStr, Field, field_validator, model_validator
+
+from backend.app.models import Role
+from backend.app.schemas.common import RequestModel, ResponseModel
+
+OrgName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class OrganizationCreate(RequestModel):
+    name: OrgName
+    description: Annotated[str | None, Field(max_length=500)] = None
+
+
+class OrganizationUpdate(RequestModel):
+    name: OrgName | None = None
+    description: Annotated[str | None, Field(max_length=500)] = None
+
+
+class OrganizationRead(ResponseModel):
+    id: str
+    name: str
+    description: str | None
+    created_at: datetime
+    role: Role | None = None
+
+
+class OrganizationPage(ResponseModel):
+    items: list[OrganizationRead]
+    total: int
+
+
+class MemberCreate(RequestModel):
+    user_id: str | None = None
+    email: EmailStr | None = None
+    role: Role
+
+    @field_validator("email")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> MemberCreate:
+        if (self.user_id is None) == (self.email is None):
+            raise ValueError("give exactly one of user_id or email")
+        return self
+
+
+class MemberUpdate(RequestModel):
+    role: Role
+
+
+class MemberRead(ResponseModel):
+    user_id: str
+    email: str
+    full_name: str | None
+    role: Role
+    created_at: datetime
+
+
+class MemberPage(ResponseModel):
+    items: list[MemberRead]
+    total: int

@@ -1,0 +1,158 @@
+"""Authentication: first-run setup, login, refresh-token rotation, logout, token resolution.
+
+Services never commit; the route (or CLI) that calls them owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.core import security
+from backend.app.core.exceptions import Conflict, NotAuthenticated
+from backend.app.database import utcnow
+from backend.app.models import ApiToken, Membership, Organization, RefreshToken, Role, User
+
+
+@dataclass(frozen=True)
+class Tokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+async def user_count(session: AsyncSession) -> int:
+    return (await session.execute(select(func.count()).select_from(User))).scalar_one()
+
+
+async def setup_first_admin(
+    session: AsyncSession, *, email: str, password: str, organization_name: str, full_name: str | None = None
+) -> User:
+    """Create the first superuser and its organisation. Refused once any user exists."""
+    if await user_count(session) > 0:
+        raise Conflict("setup has already been done: log in instead", code="already_set_up")
+    user = User(
+        email=email.lower(), hashed_password=security.hash_password(password), full_name=full_name, is_superuser=True
+    )
+    org = Organization(name=organization_name)
+    session.add_all([user, org])
+    await session.flush()
+    session.add(Membership(user_id=user.id, organization_id=org.id, role=Role.OWNER))
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent setup won the race
+        raise Conflict("setup has already been done: log in instead", code="already_set_up") from exc
+    return user
+
+
+async def authenticate(session: AsyncSession, email: str, password: str) -> User:
+    user = (await session.execute(select(User).where(User.email == email.strip().lower()))).scalar_one_or_none()
+    if user is None:
+        security.verify_password(password, security.DUMMY_PASSWORD_HASH)
+        raise NotAuthenticated("incorrect email or password", code="invalid_credentials")
+    if not security.verify_password(password, user.hashed_password):
+        raise NotAuthenticated("incorrect email or password", code="invalid_credentials")
+    if not user.is_active:
+        raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
+    return user
+
+
+async def issue_tokens(session: AsyncSession, settings: Settings, user: User, family_id: str | None = None) -> Tokens:
+    access = security.create_access_token(settings, user.id)
+    family = family_id or uuid.uuid4().hex
+    refresh = security.create_refresh_token(settings, user.id, family)
+    session.add(RefreshToken(jti=refresh.jti, user_id=user.id, family_id=family, expires_at=refresh.expires_at))
+    await session.flush()
+    return Tokens(access.token, refresh.token, settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60)
+
+
+async def rotate_refresh_token(session: AsyncSession, settings: Settings, token: str) -> Tokens:
+    """Exchange a refresh token for a new pair; the old one is revoked.
+
+    Presenting an already-revoked refresh token means it was stolen or replayed: the whole family
+    (every token descended from the same login) is revoked, logging out the thief and the victim.
+    """
+    try:
+        claims = security.decode_token(settings, token, "refresh")
+    except security.TokenError as exc:
+        raise NotAuthenticated(str(exc), code="invalid_token") from exc
+    stored = await session.get(RefreshToken, claims["jti"], with_for_update=True)
+    if stored is None:
+        raise NotAuthenticated("refresh token is unknown; log in again", code="invalid_token")
+    if stored.revoked_at is not None:
+        await _revoke_family(session, stored.family_id)
+        raise NotAuthenticated("refresh token was already used or revoked; log in again", code="token_revoked")
+    user = await session.get(User, stored.user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
+    tokens = await issue_tokens(session, settings, user, stored.family_id)
+    new_claims = security.decode_token(settings, tokens.refresh_token, "refresh")
+    stored.revoked_at = utcnow()
+    stored.replaced_by = new_claims["jti"]
+    await session.flush()
+    return tokens
+
+
+async def _revoke_family(session: AsyncSession, family_id: str) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+async def logout(session: AsyncSession, settings: Settings, user: User, refresh_token: str | None) -> int:
+    """Revoke one refresh token (and its family), or every refresh token of ``user`` when none is given."""
+    if refresh_token:
+        try:
+            claims = security.decode_token(settings, refresh_token, "refresh")
+        except security.TokenError as exc:
+            raise NotAuthenticated(str(exc), code="invalid_token") from exc
+        stored = await session.get(RefreshToken, claims["jti"])
+        if stored is None or stored.user_id != user.id:
+            raise NotAuthenticated("refresh token is unknown", code="invalid_token")
+        result = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+    else:
+        result = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+    return result.rowcount
+
+
+async def user_from_token(session: AsyncSession, settings: Settings, token: str) -> User:
+    """Resolve a bearer credential (access JWT or personal API token) to an active user."""
+    if token.startswith(security.API_TOKEN_PREFIX):
+        row = (
+            await session.execute(select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token)))
+        ).scalar_one_or_none()
+        now = utcnow()
+        if row is None or row.revoked_at is not None:
+            raise NotAuthenticated("API token is invalid or revoked", code="invalid_token")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise NotAuthenticated("API token has expired; create a new one", code="token_expired")
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            row.last_used_at = now
+        user_id = row.user_id
+    else:
+        try:
+            claims = security.decode_token(settings, token, "access")
+        except security.TokenError as exc:
+            raise NotAuthenticated(str(exc), code="invalid_token") from exc
+        user_id = claims["sub"]
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotAuthenticated("the user of this token no longer exists", code="invalid_token")
+    if not user.is_active:
+        raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
+    return user

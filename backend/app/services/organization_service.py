@@ -1,0 +1,176 @@
+"""Organisations, memberships and role checks (RBAC)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from backend.app.models import Membership, Organization, Role, User
+from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, OrganizationUpdate
+
+
+async def role_in(session: AsyncSession, user: User, organization_id: str) -> Role | None:
+    """The user's role in the organisation, ``OWNER`` for superusers, ``None`` for outsiders."""
+    if user.is_superuser:
+        exists = await session.get(Organization, organization_id)
+        return Role.OWNER if exists is not None else None
+    role = (
+        await session.execute(
+            select(Membership.role).where(Membership.user_id == user.id, Membership.organization_id == organization_id)
+        )
+    ).scalar_one_or_none()
+    return Role(role) if role is not None else None
+
+
+async def require_role(session: AsyncSession, user: User, organization_id: str, minimum: Role) -> Role:
+    """Check ``user`` holds at least ``minimum`` in the organisation.
+
+    An outsider gets 404 (they must not learn the organisation exists); a member with a weaker role 403.
+    """
+    role = await role_in(session, user, organization_id)
+    if role is None:
+        raise NotFound("organization not found")
+    if not role.at_least(minimum):
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the organization; you are {role}")
+    return role
+
+
+async def default_organization_id(session: AsyncSession, user: User) -> str | None:
+    return (
+        await session.execute(
+            select(Membership.organization_id)
+            .where(Membership.user_id == user.id)
+            .order_by(Membership.created_at, Membership.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def resolve_organization(
+    session: AsyncSession, user: User, organization_id: str | None, minimum: Role
+) -> str:
+    """The organisation a create payload targets: the given one, else the caller's default."""
+    if organization_id is None:
+        organization_id = await default_organization_id(session, user)
+        if organization_id is None:
+            raise ValidationFailed(
+                "you belong to no organization: pass organization_id or ask an admin to add you to one",
+                code="no_organization",
+            )
+    await require_role(session, user, organization_id, minimum)
+    return organization_id
+
+
+async def list_for_user(session: AsyncSession, user: User, offset: int, limit: int) -> tuple[list[tuple[Organization, Role]], int]:
+    if user.is_superuser:
+        total = (await session.execute(select(func.count()).select_from(Organization))).scalar_one()
+        orgs = (
+            await session.execute(select(Organization).order_by(Organization.name).offset(offset).limit(limit))
+        ).scalars().all()
+        return [(org, Role.OWNER) for org in orgs], total
+    base = select(Organization, Membership.role).join(Membership).where(Membership.user_id == user.id)
+    total = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
+    rows = (await session.execute(base.order_by(Organization.name).offset(offset).limit(limit))).all()
+    return [(org, Role(role)) for org, role in rows], total
+
+
+async def create(session: AsyncSession, data: OrganizationCreate, creator: User) -> Organization:
+    org = Organization(name=data.name, description=data.description)
+    session.add(org)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"an organization named {data.name!r} already exists; pick another name") from exc
+    session.add(Membership(user_id=creator.id, organization_id=org.id, role=Role.OWNER))
+    await session.flush()
+    return org
+
+
+async def update_organization(session: AsyncSession, org: Organization, data: OrganizationUpdate) -> Organization:
+    for field, value in data.model_dump(exclude_unset=True).items():
+        if field == "name" and value is None:
+            raise ValidationFailed("name cannot be null")
+        setattr(org, field, value)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"an organization named {data.name!r} already exists; pick another name") from exc
+    return org
+
+
+async def list_members(session: AsyncSession, organization_id: str, offset: int, limit: int) -> tuple[list[tuple[Membership, User]], int]:
+    base = select(Membership, User).join(User).where(Membership.organization_id == organization_id)
+    total = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
+    rows = (await session.execute(base.order_by(Membership.created_at).offset(offset).limit(limit))).all()
+    return [(m, u) for m, u in rows], total
+
+
+def _check_can_grant(actor_role: Role, target_role: Role) -> None:
+    """Admins manage members up to admin; only owners grant or change ownership."""
+    if target_role is Role.OWNER and actor_role is not Role.OWNER:
+        raise PermissionDenied("only an owner can make someone an owner")
+
+
+async def add_member(session: AsyncSession, organization_id: str, data: MemberCreate, actor_role: Role) -> tuple[Membership, User]:
+    _check_can_grant(actor_role, data.role)
+    if data.user_id is not None:
+        user = await session.get(User, data.user_id)
+        missing = f"no user with id {data.user_id}"
+    else:
+        user = (await session.execute(select(User).where(User.email == data.email))).scalar_one_or_none()
+        missing = f"no user with email {data.email}; a superuser must create the user first"
+    if user is None:
+        raise NotFound(missing, code="user_not_found")
+    membership = Membership(user_id=user.id, organization_id=organization_id, role=data.role)
+    session.add(membership)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"{user.email} is already a member; change their role with PATCH instead") from exc
+    return membership, user
+
+
+async def _get_membership(session: AsyncSession, organization_id: str, user_id: str) -> Membership:
+    membership = (
+        await session.execute(
+            select(Membership).where(Membership.organization_id == organization_id, Membership.user_id == user_id)
+        )
+    ).scalar_one_or_none()
+    if membership is None:
+        raise NotFound("this user is not a member of the organization", code="member_not_found")
+    return membership
+
+
+async def _ensure_an_owner_remains(session: AsyncSession, organization_id: str, leaving: Membership) -> None:
+    if leaving.role is not Role.OWNER:
+        return
+    owners = (
+        await session.execute(
+            select(func.count()).select_from(Membership).where(
+                Membership.organization_id == organization_id, Membership.role == Role.OWNER
+            )
+        )
+    ).scalar_one()
+    if owners <= 1:
+        raise Conflict("an organization must keep at least one owner; make someone else owner first", code="last_owner")
+
+
+async def change_role(session: AsyncSession, organization_id: str, user_id: str, role: Role, actor_role: Role) -> Membership:
+    membership = await _get_membership(session, organization_id, user_id)
+    _check_can_grant(actor_role, role)
+    _check_can_grant(actor_role, membership.role)
+    if role is not Role.OWNER:
+        await _ensure_an_owner_remains(session, organization_id, membership)
+    membership.role = role
+    await session.flush()
+    return membership
+
+
+async def remove_member(session: AsyncSession, organization_id: str, user_id: str, actor_role: Role) -> None:
+    membership = await _get_membership(session, organization_id, user_id)
+    _check_can_grant(actor_role, membership.role)
+    await _ensure_an_owner_remains(session, organization_id, membership)
+    await session.delete(membership)
+    await session.flush()

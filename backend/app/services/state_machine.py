@@ -1,0 +1,272 @@
+"""The deployment state machine: the single choke point for every status change.
+
+Routes, the runner, Celery tasks, recovery and tests all call :func:`set_deployment_status` (or its
+:func:`claim_deployment` shorthand). Nothing else assigns ``Deployment.status``.
+
+Each change is a *compare-and-set*: ``UPDATE deployments SET status=:to ... WHERE id=:id AND
+status=:from`` (plus the rule-specific conditions below). When the row changed under us the update hits
+nothing and the caller gets a rejected :class:`TransitionResult` with a reason, never an exception: an
+expected race is not an error. An accepted change writes a history row and queues a
+``DEPLOYMENT_STATUS_CHANGED`` event that is published only after the caller commits.
+
+The caller owns the transaction (services never commit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.core.events import Event, EventType, queue_event
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
+
+S = DeploymentStatus
+
+#: Every allowed ``(from, to)`` pair (DESIGN.md). Anything else is rejected.
+ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = frozenset(
+    {
+        (S.PENDING, S.DEPLOYING),  # claimed by exactly one executor
+        (S.PENDING, S.CANCELLED),
+        (S.PENDING, S.FAILED),  # timeout, or attempts exhausted
+        (S.DEPLOYING, S.RUNNING),
+        (S.DEPLOYING, S.FAILED),
+        (S.DEPLOYING, S.PENDING),  # transient failure or expired lease, attempts left
+        (S.DEPLOYING, S.CANCELLED),
+        (S.RUNNING, S.PENDING),  # redeploy
+        (S.RUNNING, S.STOPPED),
+        (S.STOPPED, S.PENDING),  # start / redeploy
+        (S.FAILED, S.PENDING),  # retry
+        (S.CANCELLED, S.PENDING),  # retry
+    }
+)
+
+#: Transitions that start a new request from the user: attempts and timers start over.
+_REQUEUES_BY_USER = frozenset({(S.RUNNING, S.PENDING), (S.STOPPED, S.PENDING), (S.FAILED, S.PENDING), (S.CANCELLED, S.PENDING)})
+
+
+def is_allowed(from_status: DeploymentStatus, to_status: DeploymentStatus) -> bool:
+    return (from_status, to_status) in ALLOWED_TRANSITIONS
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    accepted: bool
+    deployment_id: str
+    from_status: DeploymentStatus | None
+    to_status: DeploymentStatus
+    reason: str = ""
+    attempt: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+# --- rules -------------------------------------------------------------------------------------
+# Each rule is a small function that either returns a rejection reason or adds conditions to the
+# compare-and-set. Their docstrings name the race they prevent.
+
+
+def rule_single_claim(row: Deployment, now: datetime) -> str | None:
+    """Only one executor may move a deployment from ``pending`` to ``deploying``.
+
+    Celery redelivery (``acks_late``), recovery and the asyncio fallback can all try to run the same
+    deployment. The claim's ``WHERE status='pending'`` lets exactly one of them hit the row; the others
+    see it ``deploying`` (rejected here or by the compare-and-set) and drop their copy.
+    The claim also honours the retry backoff (``not_before``) and the attempt budget.
+    """
+    if row.not_before is not None and row.not_before > now:
+        return f"retry backoff: not before {row.not_before.isoformat()}"
+    if row.attempt >= row.max_attempts:
+        return f"no attempts left ({row.attempt}/{row.max_attempts})"
+    return None
+
+
+def rule_requeue_needs_attempts(row: Deployment) -> str | None:
+    """``deploying -> pending`` (transient failure, expired lease) only while attempts remain.
+
+    Without it a deployment whose worker keeps dying would bounce between ``pending`` and ``deploying``
+    forever; once the budget is spent the caller must settle it as ``failed``.
+    """
+    if row.attempt >= row.max_attempts:
+        return f"no attempts left ({row.attempt}/{row.max_attempts}); settle it as failed"
+    return None
+
+
+def rule_lease_owner(row: Deployment, lease_owner: str | None) -> str | None:
+    """An executor may settle a ``deploying`` row only while it still holds the lease.
+
+    If a worker stalls past its lease, recovery requeues the deployment and another executor claims it.
+    When the first worker wakes up, its ``running``/``failed`` must not overwrite the new attempt: the
+    compare-and-set also matches ``lease_owner``.
+    """
+    if lease_owner is not None and row.lease_owner != lease_owner:
+        return f"lease is held by {row.lease_owner or 'nobody'}, not {lease_owner}"
+    return None
+
+
+# --- the choke point ---------------------------------------------------------------------------
+
+
+async def set_deployment_status(
+    session: AsyncSession,
+    deployment_id: str,
+    to_status: DeploymentStatus,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    error_message: str | None = None,
+    lease_owner: str | None = None,
+    lease_seconds: int = 60,
+    executor: ExecutorKind | None = None,
+    task_id: str | None = None,
+    not_before: datetime | None = None,
+    expected_from: DeploymentStatus | frozenset[DeploymentStatus] | None = None,
+) -> TransitionResult:
+    """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
+
+    ``lease_owner`` identifies the executor: it becomes the lease holder on a claim
+    (``-> deploying``) and must match the current holder for changes out of ``deploying``.
+    ``expected_from`` lets a caller insist on the state it saw (e.g. a user cancelling a ``pending``).
+    """
+    now = utcnow()
+    row = (
+        await session.execute(select(Deployment).where(Deployment.id == deployment_id).execution_options(populate_existing=True))
+    ).scalar_one_or_none()
+    if row is None:
+        return TransitionResult(False, deployment_id, None, to_status, "deployment not found")
+    from_status = DeploymentStatus(row.status)
+
+    def reject(why: str) -> TransitionResult:
+        return TransitionResult(False, deployment_id, from_status, to_status, why, row.attempt)
+
+    if expected_from is not None:
+        allowed_from = expected_from if isinstance(expected_from, frozenset) else frozenset({expected_from})
+        if from_status not in allowed_from:
+            return reject(f"deployment is {from_status}, expected {', '.join(sorted(allowed_from))}")
+    if not is_allowed(from_status, to_status):
+        return reject(f"transition {from_status} -> {to_status} is not allowed")
+
+    values: dict[str, Any] = {"status": to_status, "updated_at": now}
+    conditions = [Deployment.id == deployment_id, Deployment.status == from_status]
+
+    if to_status is S.DEPLOYING:
+        if lease_owner is None:
+            raise ValueError("a claim needs a lease_owner")
+        if why := rule_single_claim(row, now):
+            return reject(why)
+        values.update(
+            attempt=Deployment.attempt + 1,
+            lease_owner=lease_owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            finished_at=None,
+            error_message=None,
+            not_before=None,
+            progress=0,
+            current_step=0,
+            step_name=None,
+        )
+        if executor is not None:
+            values["executor"] = executor
+        if task_id is not None:
+            values["task_id"] = task_id
+        conditions.append(Deployment.attempt < Deployment.max_attempts)
+    else:
+        if from_status is S.DEPLOYING:
+            if why := rule_lease_owner(row, lease_owner):
+                return reject(why)
+            if lease_owner is not None:
+                conditions.append(Deployment.lease_owner == lease_owner)
+        if to_status is S.PENDING:
+            if (from_status, to_status) in _REQUEUES_BY_USER:
+                values.update(attempt=0, queued_at=now, error_message=None, not_before=None, task_id=None)
+            else:
+                if why := rule_requeue_needs_attempts(row):
+                    return reject(why)
+                conditions.append(Deployment.attempt < Deployment.max_attempts)
+                values.update(not_before=not_before)
+                if error_message is not None:
+                    values["error_message"] = error_message
+            values.update(lease_owner=None, lease_expires_at=None, started_at=None, finished_at=None, progress=0)
+        else:
+            values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
+            if to_status is S.RUNNING:
+                values.update(error_message=None, progress=100)
+            elif error_message is not None:
+                values["error_message"] = error_message
+
+    result = await session.execute(
+        update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return reject(f"concurrent change: deployment is no longer {from_status}")
+
+    session.add(
+        DeploymentStatusHistory(
+            deployment_id=deployment_id,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            actor=actor,
+            created_at=now,
+        )
+    )
+    await session.flush()
+    await session.refresh(row)
+    queue_event(
+        session,
+        Event(
+            type=EventType.DEPLOYMENT_STATUS_CHANGED,
+            deployment_id=deployment_id,
+            organization_id=row.organization_id,
+            timestamp=now,
+            data={
+                "new_status": str(to_status),
+                "old_status": str(from_status),
+                "name": row.name,
+                "error_message": row.error_message,
+                "attempt": row.attempt,
+            },
+        ),
+    )
+    return TransitionResult(True, deployment_id, from_status, to_status, reason or "", row.attempt)
+
+
+async def claim_deployment(
+    session: AsyncSession,
+    deployment_id: str,
+    *,
+    owner: str,
+    executor: ExecutorKind,
+    lease_seconds: int = 60,
+    task_id: str | None = None,
+) -> TransitionResult:
+    """Claim a ``pending`` deployment for one executor (``pending -> deploying``)."""
+    return await set_deployment_status(
+        session,
+        deployment_id,
+        S.DEPLOYING,
+        reason=f"claimed by {owner}",
+        actor=owner,
+        lease_owner=owner,
+        lease_seconds=lease_seconds,
+        executor=executor,
+        task_id=task_id,
+        expected_from=S.PENDING,
+    )
+
+
+async def renew_lease(session: AsyncSession, deployment_id: str, *, owner: str, lease_seconds: int) -> bool:
+    """Heartbeat: extend the lease if ``owner`` still holds it. Returns False when it lost it."""
+    result = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.status == S.DEPLOYING, Deployment.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1

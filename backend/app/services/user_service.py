@@ -1,0 +1,99 @@
+"""Users (administered by superusers) and personal API tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.core import security
+from backend.app.core.exceptions import Conflict, NotFound, ValidationFailed
+from backend.app.database import utcnow
+from backend.app.models import ApiToken, RefreshToken, User
+from backend.app.schemas.auth import UserCreate, UserUpdate
+from backend.app.schemas.tokens import ApiTokenCreate
+
+
+async def create_user(session: AsyncSession, data: UserCreate) -> User:
+    user = User(
+        email=data.email,
+        hashed_password=security.hash_password(data.password),
+        full_name=data.full_name,
+        is_superuser=data.is_superuser,
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"a user with email {data.email} already exists") from exc
+    return user
+
+
+async def list_users(session: AsyncSession, offset: int, limit: int) -> tuple[list[User], int]:
+    total = (await session.execute(select(func.count()).select_from(User))).scalar_one()
+    users = (await session.execute(select(User).order_by(User.created_at, User.id).offset(offset).limit(limit))).scalars().all()
+    return list(users), total
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user with id {user_id}", code="user_not_found")
+    return user
+
+
+async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor: User) -> User:
+    changes = data.model_dump(exclude_unset=True)
+    if user.id == actor.id and (changes.get("is_active") is False or changes.get("is_superuser") is False):
+        raise ValidationFailed("you cannot deactivate or demote yourself; ask another superuser", code="self_lockout")
+    for field, value in changes.items():
+        if value is None:
+            raise ValidationFailed(f"{field} cannot be null")
+        if field == "password":
+            user.hashed_password = security.hash_password(value)
+        else:
+            setattr(user, field, value)
+    if changes.get("is_active") is False or "password" in changes:
+        await _revoke_sessions(session, user)
+    await session.flush()
+    return user
+
+
+async def _revoke_sessions(session: AsyncSession, user: User) -> None:
+    from sqlalchemy import update
+
+    now = utcnow()
+    await session.execute(
+        update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None)).values(revoked_at=now)
+    )
+
+
+async def create_api_token(session: AsyncSession, user: User, data: ApiTokenCreate) -> tuple[ApiToken, str]:
+    clear = security.generate_api_token()
+    token = ApiToken(
+        user_id=user.id,
+        name=data.name,
+        prefix=clear[:10],
+        token_hash=security.hash_api_token(clear),
+        expires_at=utcnow() + timedelta(days=data.expires_in_days) if data.expires_in_days else None,
+    )
+    session.add(token)
+    await session.flush()
+    return token, clear
+
+
+async def list_api_tokens(session: AsyncSession, user: User) -> list[ApiToken]:
+    rows = await session.execute(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at.desc()))
+    return list(rows.scalars().all())
+
+
+async def revoke_api_token(session: AsyncSession, user: User, token_id: str) -> ApiToken:
+    token = await session.get(ApiToken, token_id)
+    if token is None or token.user_id != user.id:
+        raise NotFound("API token not found", code="token_not_found")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        await session.flush()
+    return token
