@@ -1,0 +1,147 @@
+"""Shared fixtures.
+
+Database tests run twice, against SQLite (the embedded default) and the PostgreSQL on 127.0.0.1:5432,
+through the ``db_backend`` parameter (test ids end in ``[sqlite]`` / ``[postgresql]``). Each test session
+creates its own throw-away PostgreSQL database and migrates it with Alembic, so the migrations are tested too.
+
+A service a test needs but cannot reach is a *skip with a reason* on a laptop and a *failure* on CI
+(``CI=true``), so a broken CI machine never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+# Before any backend import: the module-level Settings must not read a developer's .env or ./data.
+TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
+os.environ["SECRET_KEY"] = TEST_SECRET_KEY
+os.environ["DATABASE_URL"] = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='windflow-default-')}/unused.db"
+os.environ.setdefault("CELERY_ENABLED", "false")
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.core.events import bus
+from backend.app.database import Base, build_engine
+from backend.app.main import create_app
+from backend.app.migrate import upgrade_database
+
+ON_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_DSN = os.environ.get("WINDFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def require_service(name: str, reason: str) -> None:
+    message = f"{name} is not reachable: {reason}"
+    if ON_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)")
+    pytest.skip(message)
+
+
+def make_settings(database_url: str, **overrides) -> Settings:
+    values = dict(
+        DATABASE_URL=database_url,
+        SECRET_KEY=TEST_SECRET_KEY,
+        ENVIRONMENT="test",
+        CELERY_ENABLED=False,
+        RUN_MIGRATIONS_ON_STARTUP=False,
+        RECOVERY_ON_STARTUP=False,
+        FRONTEND_DIST=Path(tempfile.gettempdir()) / "windflow-no-frontend",
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class TestDatabase:
+    kind: str
+    settings: Settings
+    engine: AsyncEngine
+
+
+def _pg_admin_connect():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def db_backend(request, tmp_path_factory) -> AsyncIterator[TestDatabase]:
+    kind = request.param
+    dropper = None
+    if kind == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "windflow-test.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        try:
+            admin = _pg_admin_connect()
+        except Exception as exc:  # noqa: BLE001
+            require_service("PostgreSQL", f"{PG_ADMIN_DSN}: {exc}")
+        name = f"windflow_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        url = f"{base}/{name}"
+
+        def dropper() -> None:
+            with _pg_admin_connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    settings = make_settings(url)
+    engine = build_engine(settings)
+    await upgrade_database(engine, settings)
+    try:
+        yield TestDatabase(kind, settings, engine)
+    finally:
+        await engine.dispose()
+        if dropper is not None:
+            dropper()
+
+
+async def _wipe(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(delete(table))
+
+
+@pytest.fixture
+async def db(db_backend: TestDatabase) -> AsyncIterator[TestDatabase]:
+    """A migrated, empty database; ``backend.app.database.AsyncSessionLocal`` is bound to it."""
+    database.configure(db_backend.settings, db_backend.engine)
+    await _wipe(db_backend.engine)
+    yield db_backend
+
+
+@pytest.fixture
+async def session(db: TestDatabase):
+    async with database.AsyncSessionLocal() as s:
+        yield s
+
+
+@pytest.fixture
+def app(db: TestDatabase):
+    return create_app(db.settings)
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+def events():
+    """Every event published on the in-process bus during the test, in order."""
+    received = []
+    unsubscribe = bus.subscribe(received.append)
+    yield received
+    unsubscribe()

@@ -1,0 +1,55 @@
+"""Rows for tests that work below the HTTP API (state machine, recovery, runner)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentStatus, Organization, Stack, Target, TargetType
+from backend.app.models.base import new_id
+
+
+async def make_org_target_stack(session: AsyncSession, name: str = "org") -> tuple[Organization, Target, Stack]:
+    org = Organization(name=f"{name}-{new_id()[:8]}")
+    session.add(org)
+    await session.flush()
+    target = Target(organization_id=org.id, name="local", type=TargetType.DOCKER, endpoint="unix:///var/run/docker.sock")
+    stack = Stack(organization_id=org.id, name="web", template="services: {}\n", variables=[])
+    session.add_all([target, stack])
+    await session.flush()
+    return org, target, stack
+
+
+async def make_deployment(
+    session: AsyncSession,
+    status: DeploymentStatus = DeploymentStatus.PENDING,
+    *,
+    attempt: int | None = None,
+    lease_owner: str | None = None,
+    queued_minutes_ago: float = 0,
+    **fields,
+) -> Deployment:
+    """A deployment row *placed* in ``status`` (test set-up, not a transition)."""
+    org, target, stack = await make_org_target_stack(session)
+    if attempt is None:
+        attempt = 1 if status is not DeploymentStatus.PENDING else 0
+    if status is DeploymentStatus.DEPLOYING and lease_owner is None:
+        lease_owner = "worker-1"
+    now = utcnow()
+    deployment = Deployment(
+        organization_id=org.id,
+        stack_id=stack.id,
+        target_id=target.id,
+        name=f"dep-{new_id()[:6]}",
+        status=status,
+        attempt=attempt,
+        lease_owner=lease_owner,
+        lease_expires_at=now + timedelta(seconds=60) if lease_owner else None,
+        queued_at=now - timedelta(minutes=queued_minutes_ago),
+        **fields,
+    )
+    session.add(deployment)
+    await session.flush()
+    return deployment

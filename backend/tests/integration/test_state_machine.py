@@ -1,0 +1,195 @@
+"""The deployment state machine over the full (from, to) matrix, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from backend.app import database
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
+from backend.app.services.state_machine import (
+    ALLOWED_TRANSITIONS,
+    claim_deployment,
+    renew_lease,
+    set_deployment_status,
+)
+from backend.tests.factories import make_deployment
+
+S = DeploymentStatus
+PAIRS = list(itertools.product(list(S), list(S)))
+
+
+def _id(pair) -> str:
+    return f"{pair[0]}->{pair[1]}"
+
+
+async def _history(session, deployment_id):
+    rows = await session.execute(
+        select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment_id)
+    )
+    return rows.scalars().all()
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[_id(p) for p in PAIRS])
+async def test_transition_matrix(session, events, pair):
+    from_status, to_status = pair
+    deployment = await make_deployment(session, from_status)
+    await session.commit()
+
+    result = await set_deployment_status(
+        session, deployment.id, to_status, reason="matrix", actor="test", lease_owner="worker-1", error_message="boom"
+    )
+    await session.commit()
+
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    history = await _history(session, deployment.id)
+    if pair in ALLOWED_TRANSITIONS:
+        assert result.accepted, result.reason
+        assert row.status is to_status
+        assert [(h.from_status, h.to_status) for h in history] == [(from_status, to_status)]
+        assert [(e.data["old_status"], e.data["new_status"]) for e in events] == [(from_status, to_status)]
+        assert events[0].to_dict()["type"] == "DEPLOYMENT_STATUS_CHANGED"
+        assert events[0].organization_id == row.organization_id
+    else:
+        assert not result.accepted
+        assert "not allowed" in result.reason
+        assert row.status is from_status
+        assert history == []
+        assert events == []
+
+
+async def test_claim_sets_lease_attempt_and_executor(session):
+    deployment = await make_deployment(session)
+    await session.commit()
+    result = await claim_deployment(session, deployment.id, owner="w-a", executor=ExecutorKind.CELERY, lease_seconds=30, task_id="t1")
+    await session.commit()
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert result.accepted and result.attempt == 1
+    assert (row.status, row.attempt, row.lease_owner, row.executor, row.task_id) == (S.DEPLOYING, 1, "w-a", ExecutorKind.CELERY, "t1")
+    assert timedelta(seconds=25) < row.lease_expires_at - utcnow() <= timedelta(seconds=30)
+    assert row.started_at is not None and row.finished_at is None
+
+
+async def test_second_claim_is_rejected(session):
+    deployment = await make_deployment(session)
+    await session.commit()
+    first = await claim_deployment(session, deployment.id, owner="w-a", executor=ExecutorKind.CELERY)
+    await session.commit()
+    second = await claim_deployment(session, deployment.id, owner="w-b", executor=ExecutorKind.ASYNCIO)
+    await session.commit()
+    assert first.accepted and not second.accepted
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert (row.lease_owner, row.attempt) == ("w-a", 1)
+
+
+async def test_concurrent_claimers_exactly_one_wins(db):
+    """Many executors race for one pending row, each on its own connection: one claim hits the row."""
+    async with database.AsyncSessionLocal() as setup:
+        deployment = await make_deployment(setup)
+        await setup.commit()
+
+    async def claimer(n: int):
+        async with database.AsyncSessionLocal() as s:
+            result = await claim_deployment(s, deployment.id, owner=f"worker-{n}", executor=ExecutorKind.CELERY)
+            await s.commit()
+            return result
+
+    results = await asyncio.gather(*(claimer(n) for n in range(8)))
+    winners = [r for r in results if r.accepted]
+    assert len(winners) == 1
+    async with database.AsyncSessionLocal() as s:
+        row = await s.get(Deployment, deployment.id)
+        history = await _history(s, deployment.id)
+    assert row.attempt == 1
+    assert row.lease_owner == f"worker-{results.index(winners[0])}"
+    assert len(history) == 1
+
+
+async def test_zombie_executor_cannot_settle_reclaimed_deployment(session):
+    """Worker A's lease expired, the row was requeued and claimed by B: A's 'running' is rejected."""
+    deployment = await make_deployment(session)
+    await session.commit()
+    assert await claim_deployment(session, deployment.id, owner="A", executor=ExecutorKind.CELERY)
+    assert await set_deployment_status(session, deployment.id, S.PENDING, reason="lease expired", actor="recovery")
+    assert await claim_deployment(session, deployment.id, owner="B", executor=ExecutorKind.CELERY)
+    await session.commit()
+
+    zombie = await set_deployment_status(session, deployment.id, S.RUNNING, lease_owner="A")
+    assert not zombie.accepted and "lease" in zombie.reason
+    assert not await renew_lease(session, deployment.id, owner="A", lease_seconds=60)
+    assert await renew_lease(session, deployment.id, owner="B", lease_seconds=60)
+    owner = await set_deployment_status(session, deployment.id, S.RUNNING, lease_owner="B")
+    await session.commit()
+    assert owner.accepted
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert (row.status, row.attempt) == (S.RUNNING, 2)
+
+
+async def test_requeue_refused_when_attempts_exhausted(session):
+    deployment = await make_deployment(session, S.DEPLOYING, attempt=3)
+    await session.commit()
+    result = await set_deployment_status(session, deployment.id, S.PENDING, lease_owner="worker-1", error_message="engine down")
+    assert not result.accepted and "no attempts left" in result.reason
+    failed = await set_deployment_status(session, deployment.id, S.FAILED, lease_owner="worker-1", error_message="engine down")
+    await session.commit()
+    assert failed.accepted
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert (row.status, row.error_message) == (S.FAILED, "engine down")
+
+
+async def test_transient_requeue_keeps_attempts_and_honours_backoff(session):
+    deployment = await make_deployment(session)
+    await session.commit()
+    await claim_deployment(session, deployment.id, owner="w", executor=ExecutorKind.ASYNCIO)
+    later = utcnow() + timedelta(minutes=5)
+    requeued = await set_deployment_status(
+        session, deployment.id, S.PENDING, lease_owner="w", error_message="engine unreachable", not_before=later
+    )
+    await session.commit()
+    assert requeued.accepted
+    too_early = await claim_deployment(session, deployment.id, owner="w2", executor=ExecutorKind.ASYNCIO)
+    assert not too_early.accepted and "backoff" in too_early.reason
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert (row.status, row.attempt, row.error_message) == (S.PENDING, 1, "engine unreachable")
+
+
+async def test_user_retry_resets_attempts(session):
+    deployment = await make_deployment(session, S.FAILED, attempt=3, error_message="gave up")
+    await session.commit()
+    result = await set_deployment_status(session, deployment.id, S.PENDING, reason="retry", actor="user")
+    await session.commit()
+    row = await session.get(Deployment, deployment.id, populate_existing=True)
+    assert result.accepted
+    assert (row.status, row.attempt, row.error_message) == (S.PENDING, 0, None)
+
+
+async def test_expected_from_guards_the_seen_state(session):
+    deployment = await make_deployment(session, S.RUNNING)
+    await session.commit()
+    result = await set_deployment_status(session, deployment.id, S.STOPPED, expected_from=S.PENDING)
+    assert not result.accepted and "expected pending" in result.reason
+
+
+async def test_unknown_deployment_is_rejected_not_raised(session):
+    result = await set_deployment_status(session, "no-such-id", S.CANCELLED)
+    assert not result.accepted and result.reason == "deployment not found"
+
+
+async def test_rolled_back_change_emits_no_event(session, events):
+    deployment = await make_deployment(session)
+    deployment_id = deployment.id
+    await session.commit()
+    result = await set_deployment_status(session, deployment_id, S.CANCELLED, reason="user")
+    assert result.accepted
+    await session.rollback()
+    row = await session.get(Deployment, deployment_id, populate_existing=True)
+    assert row.status is S.PENDING
+    assert events == []
+    # the next commit must not publish the discarded event either
+    await session.commit()
+    assert events == []
