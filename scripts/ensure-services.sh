@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are up: PostgreSQL, Redis and a Docker engine.
+# Idempotent; starts what is installed but stopped, installs what is missing (Debian, as root).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+wait_for() {  # wait_for NAME SECONDS CMD...
+  local name=$1 seconds=$2; shift 2
+  for _ in $(seq "$seconds"); do "$@" >/dev/null 2>&1 && { echo "$name: up"; return 0; }; sleep 1; done
+  echo "$name: not reachable after ${seconds}s" >&2; return 1
+}
+
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  echo "PostgreSQL: starting"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+wait_for PostgreSQL 30 pg_isready -h 127.0.0.1 -p 5432
+
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  echo "Redis: starting"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+wait_for Redis 30 redis-cli -h 127.0.0.1 ping
+
+if [ -f "$here/setup-docker.sh" ]; then
+  bash "$here/setup-docker.sh"
+fi
