@@ -91,21 +91,43 @@ DOCKERD="$(command -v dockerd || true)"
 # ---------------------------------------------------------------------------
 # 2. Docker engine
 # ---------------------------------------------------------------------------
+CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
+
+# proc_alive PID NAME: PID is a running, non-zombie process whose command line
+# contains NAME ("" matches any).
+proc_alive() {
+    local pid="$1" name="$2" state
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    state="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null || true)"
+    case "$state" in Z|X|x|"") return 1 ;; esac
+    [ -z "$name" ] || grep -qa -- "$name" "/proc/$pid/cmdline" 2>/dev/null
+}
+
 log "step 2/4: Docker engine"
 if docker info >/dev/null 2>&1; then
     log "  dockerd already answering"
 else
-    pidfile=/var/run/docker.pid
+    # Stale pid files: a dockerd killed at the end of a previous session
+    # leaves /var/run/docker.pid (dockerd refuses to start if its pid has
+    # been reused by another process) and
+    # /var/run/docker/containerd/containerd.pid. PID 1 on this kind of machine
+    # does not reap orphans, so the old containerd lingers as a zombie whose
+    # pid still "exists": dockerd would wait for that dead containerd's socket
+    # and give up ("timeout waiting for containerd to start"). Drop both files
+    # unless they name a live (non-zombie) process of the right program.
     running_pid=""
-    if [ -f "$pidfile" ]; then
-        p="$(cat "$pidfile" 2>/dev/null || true)"
-        if [ -n "$p" ] && kill -0 "$p" 2>/dev/null && grep -qa dockerd "/proc/$p/cmdline" 2>/dev/null; then
-            running_pid="$p"
-        else
-            # Left behind by a dockerd that was killed (e.g. end of a session):
-            # dockerd refuses to start while it exists.
-            log "  removing stale $pidfile"
-            rm -f "$pidfile"
+    p="$(cat /var/run/docker.pid 2>/dev/null || true)"
+    if [ -n "$p" ] && proc_alive "$p" dockerd; then
+        running_pid="$p"
+    elif [ -e /var/run/docker.pid ]; then
+        log "  removing stale /var/run/docker.pid"
+        rm -f /var/run/docker.pid
+    fi
+    if [ -z "$running_pid" ]; then
+        p="$(cat "$CONTAINERD_PIDFILE" 2>/dev/null || true)"
+        if [ -e "$CONTAINERD_PIDFILE" ] && ! { [ -n "$p" ] && proc_alive "$p" containerd; }; then
+            log "  removing stale $CONTAINERD_PIDFILE"
+            rm -f "$CONTAINERD_PIDFILE"
         fi
     fi
     if [ -n "$running_pid" ]; then
@@ -115,10 +137,16 @@ else
         log "  starting $DOCKERD ${WINDFLOW_DOCKERD_FLAGS:-} (log: $DOCKERD_LOG)"
         # shellcheck disable=SC2086  # flags are meant to be word-split
         setsid nohup "$DOCKERD" ${WINDFLOW_DOCKERD_FLAGS:-} >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        running_pid=$!
         disown || true
     fi
     deadline=$((SECONDS + DOCKER_TIMEOUT))
     until docker info >/dev/null 2>&1; do
+        if ! proc_alive "$running_pid" ""; then
+            echo "---- last lines of $DOCKERD_LOG ----" >&2
+            tail -n 30 "$DOCKERD_LOG" >&2 2>/dev/null || true
+            die "dockerd exited during start-up (see $DOCKERD_LOG)"
+        fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             echo "---- last lines of $DOCKERD_LOG ----" >&2
             tail -n 30 "$DOCKERD_LOG" >&2 2>/dev/null || true
@@ -184,8 +212,9 @@ EOF
         || die "apt-get update for Debian trixie failed (mirror $mirror)"
     (cd "$work/dl" && apt-get "${apt_opts[@]}" download -qq docker-compose) \
         || die "apt-get download docker-compose (trixie) failed"
-    deb="$(ls "$work"/dl/docker-compose_*.deb 2>/dev/null | head -n1 || true)"
-    [ -n "$deb" ] || die "trixie docker-compose .deb not downloaded"
+    debs=("$work"/dl/docker-compose_*.deb)
+    deb="${debs[0]}"
+    [ -f "$deb" ] || die "trixie docker-compose .deb not downloaded"
     log "  got $(basename "$deb")"
     dpkg-deb -x "$deb" "$work/x"
     src="$work/x/usr/libexec/docker/cli-plugins/docker-compose"
