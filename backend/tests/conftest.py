@@ -145,3 +145,30 @@ def events():
     unsubscribe = bus.subscribe(received.append)
     yield received
     unsubscribe()
+
+
+def _docker_reachable() -> str | None:
+    import subprocess
+
+    try:
+        probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if probe.returncode == 0 else (probe.stderr.strip() or "docker info failed")
+
+
+TEST_IMAGE = "windflow-test/busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The local Docker engine (``scripts/setup-docker.sh`` starts it and builds ``TEST_IMAGE``)."""
+    import subprocess
+
+    problem = _docker_reachable()
+    if problem:
+        require_service("Docker engine", f"{problem} (run: bash scripts/setup-docker.sh)")
+    image = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], capture_output=True, timeout=20)
+    if image.returncode != 0:
+        require_service("Docker test image", f"{TEST_IMAGE} is missing (run: bash scripts/setup-docker.sh)")
+    return "unix:///var/run/docker.sock"
