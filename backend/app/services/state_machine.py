@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.events import Event, EventType, queue_event
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
+from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 
 S = DeploymentStatus
 
@@ -83,6 +83,45 @@ def rule_single_claim(row: Deployment, now: datetime) -> str | None:
         return f"retry backoff: not before {row.not_before.isoformat()}"
     if row.attempt >= row.max_attempts:
         return f"no attempts left ({row.attempt}/{row.max_attempts})"
+    return None
+
+
+async def rule_target_capacity(session: AsyncSession, row: Deployment, now: datetime) -> str | None:
+    """A target runs at most ``max_concurrent_deployments`` deployments at once, oldest first.
+
+    Two executors claiming two different deployments of one target at the same moment would each count
+    one free slot and both start. Locking the target row (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
+    already serialises writers) makes the count-then-claim atomic. The claim is also refused while older
+    claimable deployments of the target wait, so waiting deployments start in the order they were queued.
+    """
+    limit = (
+        await session.execute(select(Target.max_concurrent_deployments).where(Target.id == row.target_id).with_for_update())
+    ).scalar_one_or_none()
+    if limit is None:
+        return None
+    running = (
+        await session.execute(
+            select(func.count()).select_from(Deployment).where(Deployment.target_id == row.target_id, Deployment.status == S.DEPLOYING)
+        )
+    ).scalar_one()
+    free = limit - running
+    if free <= 0:
+        return f"target is at its limit of {limit} concurrent deployment(s); waiting in queue"
+    older = (
+        await session.execute(
+            select(func.count())
+            .select_from(Deployment)
+            .where(
+                Deployment.target_id == row.target_id,
+                Deployment.status == S.PENDING,
+                Deployment.id != row.id,
+                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+                (Deployment.queued_at < row.queued_at) | ((Deployment.queued_at == row.queued_at) & (Deployment.id < row.id)),
+            )
+        )
+    ).scalar_one()
+    if older >= free:
+        return f"{older} older deployment(s) of this target are queued first"
     return None
 
 
@@ -158,6 +197,8 @@ async def set_deployment_status(
         if lease_owner is None:
             raise ValueError("a claim needs a lease_owner")
         if why := rule_single_claim(row, now):
+            return reject(why)
+        if why := await rule_target_capacity(session, row, now):
             return reject(why)
         values.update(
             attempt=Deployment.attempt + 1,
