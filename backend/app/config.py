@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)
     DEPLOYMENT_LEASE_SECONDS: int = Field(default=60, ge=5)
+    DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
+    DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
+    DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
     RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
