@@ -12,6 +12,7 @@ from backend.app.models.enums import (
 )
 from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
 from backend.app.models.infra import Stack, Target
+from backend.app.models.system import SystemState, WorkerHeartbeat
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -28,7 +29,9 @@ __all__ = [
     "RefreshToken",
     "Role",
     "Stack",
+    "SystemState",
     "Target",
     "TargetType",
     "User",
+    "WorkerHeartbeat",
 ]

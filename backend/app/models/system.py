@@ -1,0 +1,40 @@
+"""Process-level state shared through the database: worker presence and small key/value records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backend.app.database import Base, UTCDateTime, utcnow
+
+
+class WorkerHeartbeat(Base):
+    """One row per Celery worker node, refreshed every few seconds by the worker itself.
+
+    kombu's SQL transport has no broadcast, so ``celery inspect``/``control.ping`` see nobody on the
+    PostgreSQL broker; heartbeats in the database work the same on every broker.
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # celery node name, e.g. celery@host
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)  # external | embedded
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    broker: Mapped[str] = mapped_column(String(50), nullable=False)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False, index=True)
+
+
+class SystemState(Base):
+    """Small named records: the last recovery run and its statistics, cumulative counters."""
+
+    __tablename__ = "system_state"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False)
