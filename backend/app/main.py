@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,12 +14,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.app import database
 from backend.app.api import health
+from backend.app.api import metrics as metrics_route
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
+from backend.app.core import background, metrics
+from backend.app.core.celery_manager import CeleryManager
+from backend.app.core.dispatch import Dispatcher
+from backend.app.core.events import bus
 from backend.app.core.exceptions import WindFlowError
 from backend.app.core.logging import setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
+from backend.app.tasks import background_tasks
 
 logger = logging.getLogger("backend.app")
 
@@ -95,6 +102,22 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
         return FileResponse(index)
 
 
+async def start_event_bus(settings: Settings) -> None:
+    try:
+        from backend.app.core import event_transport
+    except ImportError:  # pragma: no cover - transport module not present
+        return
+    await event_transport.start_event_bus(settings)
+
+
+async def stop_event_bus() -> None:
+    try:
+        from backend.app.core import event_transport
+    except ImportError:  # pragma: no cover
+        return
+    await event_transport.stop_event_bus()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -105,16 +128,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             database.configure(settings)
         if settings.RUN_MIGRATIONS_ON_STARTUP:
             await upgrade_database(database.get_engine(), settings)
-        logger.info("WindFlow %s started (database: %s)", settings.VERSION, settings.database_kind)
+        await start_event_bus(settings)
+        unsubscribe_metrics = bus.subscribe(metrics.observe_event)
+        await app.state.celery_manager.start()
+        logger.info(
+            "WindFlow %s started (database: %s, execution mode: %s)",
+            settings.VERSION, settings.database_kind, app.state.celery_manager.mode,
+        )
+        loops = []
+        if settings.RECOVERY_ON_STARTUP:
+            loops.append(asyncio.create_task(background.startup_recovery(settings, app.state.dispatcher)))
+        loops.append(asyncio.create_task(background.periodic_recovery(settings, app.state.dispatcher)))
         yield
         logger.info("WindFlow stopping")
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await app.state.celery_manager.stop()
+        await background_tasks.shutdown()
+        unsubscribe_metrics()
+        await stop_event_bus()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
     app.state.login_limiter = SlidingWindowLimiter(settings.LOGIN_RATE_LIMIT_PER_MINUTE)
+    app.state.deployment_limiter = SlidingWindowLimiter(settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE)
+    app.state.celery_manager = CeleryManager(settings)
+    app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router)
+    if settings.PROMETHEUS_ENABLED:
+        app.include_router(metrics_route.router)
     _mount_frontend(app, settings.FRONTEND_DIST)
     return app
 

@@ -8,18 +8,43 @@ from backend.app import database
 router = APIRouter(tags=["system"])
 
 
+def _event_bus_status() -> dict:
+    try:
+        from backend.app.core import event_transport
+    except ImportError:  # pragma: no cover
+        return {"transport": "memory", "connected": True}
+    return event_transport.event_bus_status()
+
+
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """Liveness and dependencies: 200 when the database answers, 503 otherwise."""
+    """Database, broker, workers, event bus and execution mode: 200 unless the database is down."""
     settings = request.app.state.settings
+    manager = request.app.state.celery_manager
+    report = manager.report
     db_error = await database.check_database()
+    if settings.celery_unavailable_reason:
+        broker = {"status": "disabled", "reason": settings.celery_unavailable_reason}
+    else:
+        broker = {"type": report.broker, "status": "ok" if report.broker_ok else "error"}
+    live = [w for w in report.workers if w.get("alive")]
+    degraded = not settings.celery_unavailable_reason and report.broker_ok is False
     body = {
-        "status": "ok" if db_error is None else "unavailable",
+        "status": "unavailable" if db_error else ("degraded" if degraded else "ok"),
         "version": settings.VERSION,
         "database": {
             "status": "ok" if db_error is None else "error",
             "kind": str(settings.database_kind),
             **({"error": db_error} if db_error else {}),
         },
+        "broker": broker,
+        "workers": {
+            "count": len(live),
+            "external": sum(1 for w in live if w.get("kind") == "external"),
+            "embedded": sum(1 for w in live if w.get("kind") == "embedded"),
+        },
+        "execution_mode": str(manager.mode),
+        "execution_reason": report.reason,
+        "event_bus": _event_bus_status(),
     }
     return JSONResponse(body, status_code=200 if db_error is None else 503)

@@ -148,6 +148,18 @@ def rule_lease_owner(row: Deployment, lease_owner: str | None) -> str | None:
     return None
 
 
+def rule_lease_expired(row: Deployment, now: datetime) -> str | None:
+    """Recovery may only take a ``deploying`` row away from its executor once the lease has expired.
+
+    The executor renews its lease while it works; a live but slow executor must not have its deployment
+    requeued under it. The compare-and-set also re-checks the expiry, so a renewal that lands between
+    recovery's read and its write wins.
+    """
+    if row.lease_expires_at is not None and row.lease_expires_at >= now:
+        return f"lease of {row.lease_owner} is still valid until {row.lease_expires_at.isoformat()}"
+    return None
+
+
 # --- the choke point ---------------------------------------------------------------------------
 
 
@@ -165,12 +177,15 @@ async def set_deployment_status(
     task_id: str | None = None,
     not_before: datetime | None = None,
     expected_from: DeploymentStatus | frozenset[DeploymentStatus] | None = None,
+    require_lease_expired: bool = False,
 ) -> TransitionResult:
     """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
 
     ``lease_owner`` identifies the executor: it becomes the lease holder on a claim
     (``-> deploying``) and must match the current holder for changes out of ``deploying``.
     ``expected_from`` lets a caller insist on the state it saw (e.g. a user cancelling a ``pending``).
+    ``require_lease_expired`` is for recovery settling an orphaned ``deploying`` row: see
+    :func:`rule_lease_expired`.
     """
     now = utcnow()
     row = (
@@ -221,6 +236,10 @@ async def set_deployment_status(
         if from_status is S.DEPLOYING:
             if why := rule_lease_owner(row, lease_owner):
                 return reject(why)
+            if require_lease_expired:
+                if why := rule_lease_expired(row, now):
+                    return reject(why)
+                conditions.append(Deployment.lease_expires_at < now)
             if lease_owner is not None:
                 conditions.append(Deployment.lease_owner == lease_owner)
         if to_status is S.PENDING:
@@ -272,6 +291,11 @@ async def set_deployment_status(
                 "name": row.name,
                 "error_message": row.error_message,
                 "attempt": row.attempt,
+                **(
+                    {"dispatch_latency_seconds": round((now - row.queued_at).total_seconds(), 6)}
+                    if to_status is S.DEPLOYING
+                    else {}
+                ),
             },
         ),
     )

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+
+from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from backend.app.core.exceptions import RateLimited
+from backend.app.models import Deployment, DeploymentStatus, Role
+from backend.app.schemas.deployments import (
+    DeploymentCreate,
+    DeploymentPage,
+    DeploymentRead,
+    HistoryRead,
+    LogLineRead,
+    LogPage,
+)
+from backend.app.services import deployment_lifecycle
+from backend.app.services.deployment_logs import read_logs
+from backend.app.services.deployment_service import DeploymentService, mask_variables
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+
+def read_model(deployment: Deployment) -> DeploymentRead:
+    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
+    return DeploymentRead(**data, variables=mask_variables(deployment.variables or {}))
+
+
+class _Loader:
+    """Loads the deployment in the path; 404 when missing or in another organisation, 403 for a weak role."""
+
+    def __init__(self, minimum: Role) -> None:
+        self.minimum = minimum
+
+    async def __call__(self, deployment_id: str, session: SessionDep, user: CurrentUser) -> Deployment:
+        return await DeploymentService.get_for_user(session, user, deployment_id, self.minimum)
+
+
+DeploymentDep = Annotated[Deployment, Depends(_Loader(Role.VIEWER))]
+OperableDeployment = Annotated[Deployment, Depends(_Loader(Role.OPERATOR))]
+
+
+def _check_rate(request: Request, user: CurrentUser) -> None:
+    limiter = request.app.state.deployment_limiter
+    wait = limiter.hit(user.id)
+    if wait is not None:
+        raise RateLimited(
+            f"too many deployments created; the limit is {limiter.limit} per minute, retry in {max(1, round(wait))} s",
+            headers=limiter.retry_after_header(wait),
+        )
+
+
+@router.post("", response_model=DeploymentRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)])
+async def create_deployment(
+    body: DeploymentCreate, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> DeploymentRead:
+    """Create a deployment of a stack on a target; it starts asynchronously (status ``pending``)."""
+    deployment = await DeploymentService.create(
+        session,
+        settings,
+        user,
+        stack_id=body.stack_id,
+        target_id=body.target_id,
+        name=body.name,
+        variables=body.variables,
+        organization_id=body.organization_id,
+    )
+    await session.commit()
+    await request.app.state.dispatcher.dispatch(deployment.id)
+    return read_model(deployment)
+
+
+@router.get("", response_model=DeploymentPage)
+async def list_deployments(
+    user: CurrentUser,
+    session: SessionDep,
+    page: PageDep,
+    status_filter: Annotated[list[DeploymentStatus] | None, Query(alias="status")] = None,
+    stack_id: str | None = None,
+    target_id: str | None = None,
+    organization_id: str | None = None,
+) -> DeploymentPage:
+    """Deployments of your organisations, newest first."""
+    rows, total = await DeploymentService.list_for_user(
+        session,
+        user,
+        offset=page.offset,
+        limit=page.limit,
+        status=status_filter,
+        stack_id=stack_id,
+        target_id=target_id,
+        organization_id=organization_id,
+    )
+    return DeploymentPage(items=[read_model(d) for d in rows], total=total)
+
+
+@router.get("/{deployment_id}", response_model=DeploymentRead)
+async def get_deployment(deployment: DeploymentDep) -> DeploymentRead:
+    """One deployment."""
+    return read_model(deployment)
+
+
+@router.get("/{deployment_id}/logs", response_model=LogPage)
+async def get_logs(
+    deployment: DeploymentDep,
+    session: SessionDep,
+    since_seq: Annotated[int, Query(ge=0, description="return lines after this sequence number")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> LogPage:
+    """Persisted log lines after ``since_seq``, in order."""
+    lines = await read_logs(session, deployment.id, since_seq, limit)
+    return LogPage(items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq)
+
+
+@router.get("/{deployment_id}/history", response_model=list[HistoryRead])
+async def get_history(deployment: DeploymentDep, session: SessionDep) -> list[HistoryRead]:
+    """Every status change of the deployment, oldest first."""
+    return [HistoryRead.model_validate(h) for h in await DeploymentService.history(session, deployment.id)]
+
+
+async def _requeue(action: str, deployment: Deployment, user, session, request: Request) -> DeploymentRead:
+    await DeploymentService.requeue(session, deployment, action=action, actor=user.email)
+    await session.commit()
+    await request.app.state.dispatcher.dispatch(deployment.id)
+    await session.refresh(deployment)
+    return read_model(deployment)
+
+
+@router.post("/{deployment_id}/start", response_model=DeploymentRead)
+async def start_deployment(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+    """Start a stopped deployment again."""
+    return await _requeue("start", deployment, user, session, request)
+
+
+@router.post("/{deployment_id}/redeploy", response_model=DeploymentRead)
+async def redeploy(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+    """Deploy the same snapshot again (running or stopped deployments)."""
+    return await _requeue("redeploy", deployment, user, session, request)
+
+
+@router.post("/{deployment_id}/retry", response_model=DeploymentRead)
+async def retry(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+    """Try a failed or cancelled deployment again, with a fresh attempt budget."""
+    return await _requeue("retry", deployment, user, session, request)
+
+
+@router.post("/{deployment_id}/cancel", response_model=DeploymentRead)
+async def cancel(deployment: OperableDeployment, user: CurrentUser, session: SessionDep) -> DeploymentRead:
+    """Cancel a pending or deploying deployment; what it created is removed."""
+    await DeploymentService.cancel(session, deployment, actor=user.email)
+    await session.commit()
+    await session.refresh(deployment)
+    return read_model(deployment)
+
+
+@router.post("/{deployment_id}/stop", response_model=DeploymentRead)
+async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
+    """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
+    await deployment_lifecycle.stop(session, settings, deployment, user.email)
+    await session.commit()
+    await session.refresh(deployment)
+    return read_model(deployment)
+
+
+@router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete(
+    deployment: OperableDeployment,
+    session: SessionDep,
+    settings: SettingsDep,
+    keep_volumes: Annotated[bool, Query(description="keep the deployment's named volumes")] = False,
+) -> None:
+    """Tear down the deployment's containers and networks (and volumes), then delete it."""
+    await deployment_lifecycle.delete(session, settings, deployment, keep_volumes=keep_volumes)
+    await session.commit()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from backend.app.api.deps import CurrentUser, SessionDep, Superuser
+from backend.app.core import workers
+from backend.app.schemas.common import RequestModel
+from backend.app.services import recovery
+
+router = APIRouter(prefix="/system", tags=["system"])
+
+
+class RecoveryRequest(RequestModel):
+    max_age_minutes: Annotated[float, Field(ge=0, le=10_000)] = 2
+    timeout_minutes: Annotated[float, Field(gt=0, le=100_000)] = 60
+
+
+@router.get("/workers")
+async def get_workers(request: Request, session: SessionDep, _user: CurrentUser) -> dict:
+    """Celery workers seen through their heartbeats, and how deployments run right now."""
+    manager = request.app.state.celery_manager
+    listed = await workers.list_workers(session)
+    return {
+        "execution_mode": str(manager.mode),
+        "reason": manager.report.reason,
+        "broker": manager.report.broker,
+        "broker_ok": manager.report.broker_ok,
+        "workers": [w.to_dict() for w in listed],
+        "embedded_worker": manager.report.embedded,
+    }
+
+
+@router.get("/recovery")
+async def get_recovery(session: SessionDep, _user: CurrentUser) -> dict:
+    """The last recovery report and cumulative totals."""
+    state = await recovery.last_report(session)
+    return {"last": (state or {}).get("last"), "totals": (state or {}).get("totals", {})}
+
+
+@router.post("/recovery")
+async def run_recovery(
+    request: Request, session: SessionDep, _admin: Superuser, body: RecoveryRequest | None = None
+) -> dict:
+    """Run recovery now (superusers): stuck ``pending`` deployments are retried, timed-out ones failed."""
+    body = body or RecoveryRequest()
+    return await recovery.recover_pending_deployments(
+        session,
+        body.max_age_minutes,
+        body.timeout_minutes,
+        settings=request.app.state.settings,
+        dispatcher=request.app.state.dispatcher,
+    )
+
+

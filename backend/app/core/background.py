@@ -1,0 +1,90 @@
+"""The backend's own background loops: start-up recovery and periodic recovery.
+
+Periodic recovery runs in every backend process but does real work in at most one at a time: a
+PostgreSQL advisory lock elects the runner (SQLite deployments are single-process), and a pass is skipped
+when another runner (Celery beat or another replica) already recovered within the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.database import utcnow
+from backend.app.services import recovery
+
+logger = logging.getLogger(__name__)
+RECOVERY_LOCK_KEY = 727274002
+_local_lock = asyncio.Lock()
+
+
+@contextlib.asynccontextmanager
+async def leader_lock(key: int = RECOVERY_LOCK_KEY) -> AsyncIterator[bool]:
+    """Yield True in the one process that holds the lock, False elsewhere (never blocks)."""
+    engine = database.get_engine()
+    if engine.dialect.name != "postgresql":
+        if _local_lock.locked():
+            yield False
+            return
+        async with _local_lock:
+            yield True
+        return
+    async with engine.connect() as conn:
+        acquired = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
+        await conn.commit()
+        try:
+            yield bool(acquired)
+        finally:
+            if acquired:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await conn.commit()
+
+
+def _fresh(report: dict | None, interval: timedelta) -> bool:
+    stamp = ((report or {}).get("last") or {}).get("timestamp")
+    if not stamp:
+        return False
+    return utcnow() - datetime.fromisoformat(stamp.replace("Z", "+00:00")) < interval * 0.8
+
+
+async def recover_once(settings: Settings, dispatcher, *, max_age_minutes: float, skip_if_fresh: bool) -> dict | None:
+    async with leader_lock() as leader:
+        if not leader:
+            logger.debug("recovery: another process is running it")
+            return None
+        async with database.AsyncSessionLocal() as session:
+            interval = timedelta(minutes=settings.RECOVERY_INTERVAL_MINUTES)
+            if skip_if_fresh and _fresh(await recovery.last_report(session), interval):
+                logger.debug("recovery: a recent pass by another runner; skipping")
+                return None
+            return await recovery.recover_pending_deployments(
+                session, max_age_minutes, settings.RECOVERY_TIMEOUT_MINUTES, settings=settings, dispatcher=dispatcher
+            )
+
+
+async def startup_recovery(settings: Settings, dispatcher) -> dict | None:
+    """Every ``pending`` deployment is retried when the backend starts (``max_age_minutes=0``)."""
+    try:
+        return await recover_once(settings, dispatcher, max_age_minutes=0, skip_if_fresh=False)
+    except Exception:  # noqa: BLE001 - the backend must start even if recovery cannot run
+        logger.exception("start-up recovery failed")
+        return None
+
+
+async def periodic_recovery(settings: Settings, dispatcher) -> None:
+    interval = settings.RECOVERY_INTERVAL_MINUTES * 60
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await recover_once(settings, dispatcher, max_age_minutes=settings.RECOVERY_MAX_AGE_MINUTES, skip_if_fresh=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - keep the loop alive
+            logger.exception("periodic recovery failed")

@@ -1,0 +1,302 @@
+"""Execution mode and the embedded Celery worker.
+
+The backend decides, continuously, how deployments run:
+
+* ``external``: Celery is usable and at least one external worker sends heartbeats;
+* ``embedded``: Celery is usable, no external worker is present and ``CELERY_AUTO_START_WORKER`` is on, so
+  the backend runs ``celery -A backend.app.celery_app worker`` as a child process;
+* ``asyncio``: Celery is disabled, impossible (SQLite), its broker does not answer, or no worker can run:
+  deployments run in-process (the fallback).
+
+The monitor loop re-evaluates every few seconds (the guide's mode 3): if external workers disappear the
+embedded worker starts; if they come back it is stopped. An embedded worker that dies is restarted up to
+3 times; stopping sends SIGTERM to its process group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.core import metrics, workers
+
+logger = logging.getLogger("backend.app.celery")
+
+MONITOR_SECONDS = 3.0
+MAX_RESTARTS = 3
+STOP_GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 60.0
+
+
+class ExecutionMode(StrEnum):
+    EXTERNAL = "external"
+    EMBEDDED = "embedded"
+    ASYNCIO = "asyncio"
+
+
+@dataclass
+class ModeReport:
+    mode: ExecutionMode
+    reason: str
+    broker: str | None = None
+    broker_ok: bool | None = None
+    workers: list[dict] = field(default_factory=list)
+    embedded: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": str(self.mode),
+            "reason": self.reason,
+            "broker": self.broker,
+            "broker_ok": self.broker_ok,
+            "workers": self.workers,
+            "embedded_worker": self.embedded,
+        }
+
+
+def check_broker(settings: Settings, timeout: float = 3.0) -> str | None:
+    """``None`` when the broker accepts a connection, else the error (blocking: run in a thread)."""
+    from backend.app.celery_app import celery_app
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=timeout)
+            if settings.celery_broker_url and settings.celery_broker_url.startswith("sqla+"):
+                conn.default_channel  # noqa: B018 - opens the SQL engine and creates kombu's tables
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable now"
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return None
+
+
+class EmbeddedWorker:
+    """One ``celery worker`` child process in its own process group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: asyncio.subprocess.Process | None = None
+        self.name = f"embedded-{os.getpid()}@{socket.gethostname()}"
+        self.restarts = 0
+        self.stopping = False
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def crashed(self) -> bool:
+        return self.process is not None and self.process.returncode is not None and not self.stopping
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            sys.executable, "-m", "celery", "-A", "backend.app.celery_app", "worker",
+            f"--concurrency={s.CELERY_WORKER_CONCURRENCY}",
+            f"--pool={s.CELERY_WORKER_POOL}",
+            f"--loglevel={s.CELERY_WORKER_LOGLEVEL}",
+            "-n", self.name,
+            "--without-gossip", "--without-mingle",
+        ]
+
+    async def start(self) -> None:
+        self.stopping = False
+        env = {**os.environ, "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1"}
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._forward_output(self.process), name="embedded-worker-output")
+
+    async def _forward_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        worker_log = logging.getLogger("celery.embedded")
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                worker_log.info("%s", line)
+
+    async def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> bool:
+        """Wait for the worker's first heartbeat (it writes one when it is ready to consume)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self.alive:
+                return False
+            async with database.AsyncSessionLocal() as session:
+                present = await workers.list_workers(session, include_stale=False)
+            if any(w.name == self.name for w in present):
+                return True
+            await asyncio.sleep(0.25)
+        return False
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM the worker's process group, SIGKILL it after ``grace`` seconds."""
+        self.stopping = True
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            logger.warning("Embedded Celery worker did not stop within %gs: killing it", grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 2)
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "pid": self.process.pid if self.process else None,
+            "alive": self.alive,
+            "restarts": self.restarts,
+            "returncode": self.process.returncode if self.process else None,
+        }
+
+
+class CeleryManager:
+    """Owns the execution mode and the embedded worker for one backend process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded = EmbeddedWorker(settings) if settings.CELERY_AUTO_START_WORKER else None
+        self.report = ModeReport(ExecutionMode.ASYNCIO, settings.celery_unavailable_reason or "starting")
+        self._task: asyncio.Task | None = None
+        self._announcer: asyncio.Task | None = None
+        self._gave_up = False
+
+    @property
+    def mode(self) -> ExecutionMode:
+        return self.report.mode
+
+    @property
+    def celery_usable(self) -> bool:
+        return self.report.mode is not ExecutionMode.ASYNCIO
+
+    async def start(self) -> None:
+        reason = self.settings.celery_unavailable_reason
+        if reason:
+            logger.warning("Celery unavailable (%s): deployments run in-process (asyncio fallback)", reason)
+            self.report = ModeReport(ExecutionMode.ASYNCIO, reason)
+            return
+        await self.evaluate()
+        self._task = asyncio.create_task(self._monitor(), name="celery-manager")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._announcer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.embedded is not None and self.embedded.alive:
+            logger.info("Stopping embedded Celery worker")
+            await self.embedded.stop()
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_SECONDS)
+            try:
+                await self.evaluate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the monitor must survive a database hiccup
+                logger.exception("execution mode check failed")
+
+    async def evaluate(self) -> ModeReport:
+        from backend.app.celery_app import broker_label
+
+        broker = broker_label(self.settings)
+        broker_error = await asyncio.to_thread(check_broker, self.settings)
+        async with database.AsyncSessionLocal() as session:
+            present = await workers.list_workers(session, include_stale=False)
+        own = self.embedded.name if self.embedded else None
+        external = [w for w in present if w.name != own and w.kind == "external"]
+        listed = [w.to_dict() for w in present]
+
+        if broker_error:
+            self._set(ExecutionMode.ASYNCIO, f"broker {broker} unreachable: {broker_error}", broker, False, listed)
+            return self.report
+        if external:
+            if self.embedded is not None and self.embedded.alive:
+                logger.info("External Celery worker(s) detected (%s): stopping the embedded worker", external[0].name)
+                await self.embedded.stop()
+            self._set(ExecutionMode.EXTERNAL, f"{len(external)} external worker(s)", broker, True, listed)
+            return self.report
+        if self.embedded is None:
+            others = [w for w in present if w.name != own]
+            if others:  # another replica's embedded worker serves the queue
+                self._set(ExecutionMode.EXTERNAL, f"{len(others)} worker(s) of other processes", broker, True, listed)
+            else:
+                self._set(ExecutionMode.ASYNCIO, "no Celery worker and CELERY_AUTO_START_WORKER=false", broker, True, listed)
+            return self.report
+        if self.embedded.alive:
+            self._set(ExecutionMode.EMBEDDED, "embedded worker running", broker, True, listed)
+            return self.report
+        if self._gave_up:
+            self._set(ExecutionMode.ASYNCIO, f"embedded worker failed {MAX_RESTARTS} times", broker, True, listed)
+            return self.report
+        if self.embedded.crashed:
+            if self.embedded.restarts >= MAX_RESTARTS:
+                self._gave_up = True
+                logger.error(
+                    "Embedded Celery worker died %d times: giving up, deployments run in-process (asyncio fallback)",
+                    MAX_RESTARTS + 1,
+                )
+                self._set(ExecutionMode.ASYNCIO, f"embedded worker failed {MAX_RESTARTS} times", broker, True, listed)
+                return self.report
+            self.embedded.restarts += 1
+            metrics.EMBEDDED_WORKER_RESTARTS.inc()
+            logger.warning(
+                "Embedded Celery worker exited with code %s: restarting (%d/%d)",
+                self.embedded.process.returncode, self.embedded.restarts, MAX_RESTARTS,
+            )
+        await self._start_embedded(broker, listed)
+        return self.report
+
+    async def _start_embedded(self, broker: str, listed: list[dict]) -> None:
+        assert self.embedded is not None
+        logger.info("Starting embedded Celery worker... (Démarrage du worker Celery intégré...)")
+        try:
+            await self.embedded.start()
+        except OSError as exc:
+            logger.error("Embedded Celery worker failed to start (Échec du démarrage du worker intégré): %s", exc)
+            self._gave_up = True
+            self._set(ExecutionMode.ASYNCIO, f"embedded worker cannot start: {exc}", broker, True, listed)
+            return
+        # Messages sent while it boots wait in the broker, so the mode is "embedded" right away.
+        self._set(ExecutionMode.EMBEDDED, "embedded worker starting", broker, True, listed)
+        self._announcer = asyncio.create_task(self._announce_ready(), name="embedded-worker-ready")
+
+    async def _announce_ready(self) -> None:
+        assert self.embedded is not None
+        if await self.embedded.wait_ready():
+            logger.info("Embedded Celery worker started (Worker Celery intégré démarré avec succès): %s", self.embedded.name)
+            if self.report.mode is ExecutionMode.EMBEDDED:
+                self.report.reason = "embedded worker running"
+        elif not self.embedded.alive and self.embedded.process is not None:
+            logger.error(
+                "Embedded Celery worker failed to start (Échec du démarrage du worker intégré): exit code %s",
+                self.embedded.process.returncode,
+            )
+
+    def _set(self, mode: ExecutionMode, reason: str, broker: str | None, broker_ok: bool | None, listed: list[dict]) -> None:
+        if mode is not self.report.mode:
+            log = logger.warning if mode is ExecutionMode.ASYNCIO else logger.info
+            log("Execution mode: %s (%s)", mode, reason)
+        self.report = ModeReport(mode, reason, broker, broker_ok, listed, self.embedded.info() if self.embedded else None)

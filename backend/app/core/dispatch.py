@@ -1,0 +1,88 @@
+"""Hand a committed ``pending`` deployment to an executor.
+
+Always called *after* the transaction that made the deployment ``pending`` committed. Dispatching twice
+is harmless: the runner's compare-and-set claim lets exactly one execution through.
+
+Celery is used when the :class:`~backend.app.core.celery_manager.CeleryManager` says it is usable (enabled,
+broker answering, a worker external or embedded present); otherwise, or when the enqueue itself fails, the
+deployment runs in-process (asyncio fallback), which is logged and counted.
+
+A *standalone* dispatcher (the troubleshooting snippet, ``windflow recover``) belongs to a short-lived
+process: deployments it runs in-process are awaited by :meth:`wait_local` before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from backend.app.config import Settings
+from backend.app.core import metrics
+from backend.app.models import ExecutorKind
+from backend.app.tasks import background_tasks
+
+logger = logging.getLogger(__name__)
+ENQUEUE_TIMEOUT_SECONDS = 5.0
+
+
+def _enqueue(deployment_id: str) -> str:
+    from backend.app.tasks.deployment_tasks import deploy_stack
+
+    return deploy_stack.apply_async((deployment_id,)).id
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, *, manager=None, standalone: bool = False) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.standalone = standalone
+        self._local: list[asyncio.Task] = []
+
+    async def dispatch(self, deployment_id: str) -> ExecutorKind:
+        reason = self._celery_unavailable()
+        if reason is None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(_enqueue, deployment_id), ENQUEUE_TIMEOUT_SECONDS)
+                metrics.DISPATCHES.labels("celery").inc()
+                return ExecutorKind.CELERY
+            except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
+                reason = f"enqueue failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+                logger.warning("Celery %s; running deployment %s in-process (asyncio fallback)", reason, deployment_id)
+                metrics.DISPATCH_FALLBACKS.labels("enqueue_failed").inc()
+        else:
+            logger.info("Celery unavailable (%s): running deployment %s in-process (asyncio fallback)", reason, deployment_id)
+            metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
+        task = background_tasks.create_background_task(deployment_id, self.settings)
+        metrics.DISPATCHES.labels("asyncio").inc()
+        if self.standalone:
+            self._local.append(task)
+        return ExecutorKind.ASYNCIO
+
+    def _celery_unavailable(self) -> str | None:
+        if self.manager is not None:
+            return None if self.manager.celery_usable else self.manager.report.reason
+        # No manager (a standalone script): Celery if configured and a worker sends heartbeats.
+        return self.settings.celery_unavailable_reason or self._standalone_reason
+
+    _standalone_reason: str | None = "no execution mode known"
+
+    async def probe(self) -> None:
+        """Standalone use: decide once whether Celery workers are present."""
+        if self.settings.celery_unavailable_reason:
+            self._standalone_reason = self.settings.celery_unavailable_reason
+            return
+        from backend.app import database
+        from backend.app.core import workers
+
+        async with database.AsyncSessionLocal() as session:
+            present = await workers.list_workers(session, include_stale=False)
+        self._standalone_reason = None if present else "no Celery worker sends heartbeats"
+
+    async def wait_local(self) -> None:
+        """Wait for the deployments this process runs in-process (standalone use)."""
+        while True:
+            pending = [t for t in (*self._local, *background_tasks.in_flight()) if not t.done()]
+            self._local = []
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,70 @@
+"""Prometheus metrics (served at ``/metrics`` when ``PROMETHEUS_ENABLED``).
+
+Process-local counters (dispatch fallbacks, embedded worker restarts, dispatch latency observed from the
+event bus) live in the default registry. Database-wide figures (deployments per status, cumulative
+recovery statistics written by whichever process ran recovery) are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+
+from backend.app.core.events import Event, EventType
+from backend.app.models import Deployment, DeploymentStatus
+
+DISPATCH_FALLBACKS = Counter(
+    "windflow_dispatch_fallback_total", "Deployments run by the asyncio fallback instead of Celery", ["reason"]
+)
+DISPATCHES = Counter("windflow_dispatch_total", "Deployments handed to an executor", ["executor"])
+EMBEDDED_WORKER_RESTARTS = Counter("windflow_embedded_worker_restarts_total", "Restarts of the embedded Celery worker")
+DISPATCH_LATENCY = Histogram(
+    "windflow_dispatch_latency_seconds",
+    "Time from queueing to the claim by an executor (first attempts)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WEBSOCKET_CONNECTIONS = Gauge("windflow_websocket_connections", "Open WebSocket connections")
+
+
+class _DatabaseCollector:
+    """Yields the figures last read from the database by :func:`refresh_from_database`."""
+
+    def __init__(self) -> None:
+        self.by_status: dict[str, int] = {}
+        self.recovery: dict[str, int] = {}
+
+    def collect(self):
+        gauge = GaugeMetricFamily("windflow_deployments", "Deployments by status", labels=["status"])
+        for status in DeploymentStatus:
+            gauge.add_metric([str(status)], self.by_status.get(str(status), 0))
+        yield gauge
+        yield GaugeMetricFamily("windflow_deployments_pending", "Deployments waiting in pending", value=self.by_status.get("pending", 0))
+        for key in ("retried", "failed", "skipped", "errors", "settled", "runs"):
+            yield CounterMetricFamily(f"windflow_recovery_{key}", f"Recovery: cumulative {key}", value=self.recovery.get(key, 0))
+
+
+_collector = _DatabaseCollector()
+REGISTRY.register(_collector)
+
+
+async def refresh_from_database(session) -> None:
+    from backend.app.services.recovery import last_report
+
+    rows = await session.execute(select(Deployment.status, func.count()).group_by(Deployment.status))
+    _collector.by_status = {str(status): count for status, count in rows.all()}
+    report = await last_report(session)
+    _collector.recovery = dict((report or {}).get("totals", {}))
+
+
+def observe_event(evt: Event) -> None:
+    """Bus subscriber: dispatch latency of first attempts, from ``DEPLOYMENT_STATUS_CHANGED`` to deploying."""
+    if evt.type is not EventType.DEPLOYMENT_STATUS_CHANGED or evt.data.get("new_status") != "deploying":
+        return
+    latency = evt.data.get("dispatch_latency_seconds")
+    if latency is not None and evt.data.get("attempt") == 1:
+        DISPATCH_LATENCY.observe(max(0.0, float(latency)))
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,70 @@
+"""Lifecycle actions that touch the engine directly from the request: stop and delete.
+
+``start``, ``redeploy`` and ``retry`` only requeue (the runner does the engine work); ``cancel`` moves the
+status and the executor's heartbeat notices, kills its engine process group and removes what it created.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.core.exceptions import Conflict, ServiceUnavailable
+from backend.app.engines.base import EngineError
+from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.services.deployment_logs import append_logs
+from backend.app.services.deployment_runner import load_engine
+from backend.app.services.state_machine import set_deployment_status
+from backend.app.database import utcnow
+
+S = DeploymentStatus
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.lines: list[tuple[LogLevel, str, object]] = []
+
+    async def __call__(self, level: LogLevel, message: str) -> None:
+        for line in message.splitlines() or [""]:
+            self.lines.append((level, line, utcnow()))
+
+
+def _engine_failure(action: str, exc: EngineError) -> Exception:
+    if exc.transient:
+        return ServiceUnavailable(f"cannot {action}: the target's Docker engine did not answer: {exc.message}", code="engine_unavailable")
+    return Conflict(f"cannot {action}: {exc.message}", code="engine_error")
+
+
+async def stop(session: AsyncSession, settings: Settings, deployment: Deployment, actor: str) -> None:
+    if deployment.status is not S.RUNNING:
+        raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
+    engine, spec = await load_engine(settings, deployment, session)
+    log = _Collector()
+    await log(LogLevel.INFO, f"Stopping (requested by {actor})")
+    try:
+        await engine.stop(spec, log)
+    except EngineError as exc:
+        await append_logs(session, deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())])
+        await session.commit()
+        raise _engine_failure("stop", exc) from exc
+    result = await set_deployment_status(session, deployment.id, S.STOPPED, reason="stopped by user", actor=actor, expected_from=S.RUNNING)
+    if not result.accepted:
+        raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition")
+    await log(LogLevel.INFO, "Stopped")
+    await append_logs(session, deployment.id, log.lines)
+
+
+async def delete(session: AsyncSession, settings: Settings, deployment: Deployment, *, keep_volumes: bool) -> None:
+    """Tear down every labelled container/network (and volume unless ``keep_volumes``), then drop the row."""
+    if deployment.status is S.DEPLOYING:
+        raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")
+    engine, spec = await load_engine(settings, deployment, session)
+    log = _Collector()
+    try:
+        await engine.remove(spec, log, keep_volumes=keep_volumes)
+    except EngineError as exc:
+        raise _engine_failure("delete", exc) from exc
+    shutil.rmtree(spec.workdir, ignore_errors=True)
+    await session.delete(deployment)

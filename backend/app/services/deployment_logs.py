@@ -1,0 +1,176 @@
+"""Persisted deployment log lines and progress.
+
+Every line gets a per-deployment ``seq`` before it is published, so a client that reconnects with the last
+``seq`` it saw can fetch exactly what it missed (``GET /deployments/{id}/logs?since_seq=N``). Lines are
+redacted (registered secrets, tokens, passwords) before they are stored.
+
+:class:`DeploymentLogWriter` is the documented exception to "services never commit": the runner's log
+lines and progress are short, frequent writes that must reach clients while the deployment is still
+running, so the writer batches them and commits each batch in its own short transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app import database
+from backend.app.core.events import Event, EventType, iso_utc, queue_event
+from backend.app.core.logging import redact
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentLog, LogLevel
+
+logger = logging.getLogger(__name__)
+MAX_LINE_LENGTH = 8000
+
+
+@dataclass(frozen=True)
+class LogLine:
+    seq: int
+    timestamp: datetime
+    level: LogLevel
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "timestamp": iso_utc(self.timestamp), "level": str(self.level), "message": self.message}
+
+
+async def append_logs(
+    session: AsyncSession, deployment_id: str, lines: list[tuple[LogLevel, str, datetime]]
+) -> list[LogLine]:
+    """Store ``lines`` with consecutive ``seq`` numbers and queue one ``DEPLOYMENT_LOGS_UPDATE`` event.
+
+    The range of numbers is reserved with one atomic ``UPDATE ... RETURNING``, so concurrent writers for
+    the same deployment never collide.
+    """
+    if not lines:
+        return []
+    reserved = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id)
+        .values(last_log_seq=Deployment.last_log_seq + len(lines))
+        .returning(Deployment.last_log_seq, Deployment.organization_id)
+        .execution_options(synchronize_session=False)
+    )
+    row = reserved.one_or_none()
+    if row is None:
+        return []
+    last_seq, organization_id = row
+    first = last_seq - len(lines) + 1
+    stored = [
+        LogLine(first + i, moment, LogLevel(level), redact(message)[:MAX_LINE_LENGTH])
+        for i, (level, message, moment) in enumerate(lines)
+    ]
+    session.add_all(
+        DeploymentLog(deployment_id=deployment_id, seq=l.seq, timestamp=l.timestamp, level=l.level, message=l.message)
+        for l in stored
+    )
+    await session.flush()
+    now = utcnow()
+    queue_event(
+        session,
+        Event(
+            type=EventType.DEPLOYMENT_LOGS_UPDATE,
+            deployment_id=deployment_id,
+            organization_id=organization_id,
+            timestamp=now,
+            data={"logs": [l.to_dict() for l in stored], "append": True, "timestamp": iso_utc(now)},
+        ),
+    )
+    return stored
+
+
+async def read_logs(session: AsyncSession, deployment_id: str, since_seq: int = 0, limit: int = 1000) -> list[LogLine]:
+    rows = await session.execute(
+        select(DeploymentLog)
+        .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.seq > since_seq)
+        .order_by(DeploymentLog.seq)
+        .limit(limit)
+    )
+    return [LogLine(r.seq, r.timestamp, LogLevel(r.level), r.message) for r in rows.scalars()]
+
+
+async def set_progress(
+    session: AsyncSession, deployment_id: str, *, owner: str | None, current_step: int, total_steps: int, step_name: str
+) -> bool:
+    """Record the runner's progress (guarded by its lease) and queue a ``DEPLOYMENT_PROGRESS`` event."""
+    progress = int(100 * (current_step - 1) / total_steps) if total_steps else 0
+    conditions = [Deployment.id == deployment_id]
+    if owner is not None:
+        conditions.append(Deployment.lease_owner == owner)
+    result = await session.execute(
+        update(Deployment)
+        .where(*conditions)
+        .values(progress=progress, current_step=current_step, total_steps=total_steps, step_name=step_name)
+        .returning(Deployment.organization_id)
+        .execution_options(synchronize_session=False)
+    )
+    organization_id = result.scalar_one_or_none()
+    if organization_id is None:
+        return False
+    queue_event(
+        session,
+        Event(
+            type=EventType.DEPLOYMENT_PROGRESS,
+            deployment_id=deployment_id,
+            organization_id=organization_id,
+            data={"progress": progress, "current_step": current_step, "total_steps": total_steps, "step_name": step_name},
+        ),
+    )
+    return True
+
+
+class DeploymentLogWriter:
+    """Buffers a runner's log lines and commits them in batches (every ``interval`` s or ``batch`` lines)."""
+
+    def __init__(self, deployment_id: str, interval: float = 0.2, batch: int = 200) -> None:
+        self.deployment_id = deployment_id
+        self.interval = interval
+        self.batch = batch
+        self._buffer: list[tuple[LogLevel, str, datetime]] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self.written = 0
+
+    async def __aenter__(self) -> DeploymentLogWriter:
+        self._task = asyncio.create_task(self._flush_periodically(), name=f"logs-{self.deployment_id}")
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+    async def log(self, level: LogLevel, message: str) -> None:
+        for line in (message.splitlines() or [""]):
+            self._buffer.append((level, line.rstrip(), utcnow()))
+        if len(self._buffer) >= self.batch:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buffer:
+                return
+            pending, self._buffer = self._buffer, []
+            try:
+                async with database.AsyncSessionLocal() as session:
+                    await append_logs(session, self.deployment_id, pending)
+                    await session.commit()
+                self.written += len(pending)
+            except Exception:  # noqa: BLE001 - keep the lines and retry at the next flush
+                logger.exception("could not store %d log line(s) of deployment %s", len(pending), self.deployment_id)
+                self._buffer[:0] = pending
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()

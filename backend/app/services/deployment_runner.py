@@ -1,0 +1,238 @@
+"""The deployment runner: the one code path every executor (Celery task, asyncio fallback) calls.
+
+1. Claim the deployment through the state machine (compare-and-set). A redelivered Celery message, a
+   recovery pass and the asyncio fallback may all call this for one deployment: only the claimer runs it.
+2. Walk the engine steps, persisting every line of output and the progress between steps, while a
+   heartbeat renews the lease. If the lease is lost (the user cancelled, or recovery handed the deployment
+   to another executor) the heartbeat cancels the work, which kills the engine's process group.
+3. Settle: ``running``; or ``pending`` again with backoff for a transient error while attempts remain;
+   or ``failed`` with the engine's message. A cancelled deployment has what it created removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.database import utcnow
+from backend.app.engines.base import DeploySpec, Engine, EngineError
+from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
+from backend.app.services import target_service
+from backend.app.services.deployment_logs import DeploymentLogWriter, set_progress
+from backend.app.services.deployment_service import snapshot_compose
+from backend.app.services.state_machine import claim_deployment, renew_lease, set_deployment_status
+
+logger = logging.getLogger(__name__)
+S = DeploymentStatus
+
+STEPS: list[tuple[str, str]] = [
+    ("Validate configuration", "validate"),
+    ("Prepare project directory", "prepare"),
+    ("Check images", "ensure_images"),
+    ("Create networks and volumes", "create_resources"),
+    ("Start services", "start_services"),
+    ("Wait until services are running and healthy", "wait_healthy"),
+]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    deployment_id: str
+    status: str  # running | failed | requeued | cancelled | lost | skipped
+    reason: str = ""
+    target_id: str | None = None
+    retry_in: float | None = None
+
+
+def executor_id(kind: ExecutorKind) -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
+    return DeploySpec(
+        deployment_id=deployment.id,
+        compose=snapshot_compose(settings, deployment),
+        workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
+        health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
+    )
+
+
+async def load_engine(settings: Settings, deployment: Deployment, session) -> tuple[Engine, DeploySpec]:
+    from backend.app.engines import engine_for
+
+    target = await session.get(Target, deployment.target_id)
+    return engine_for(target_service.connection_for(target, settings)), deploy_spec(settings, deployment)
+
+
+def backoff_seconds(settings: Settings, attempt: int) -> float:
+    return settings.DEPLOYMENT_RETRY_BACKOFF_SECONDS * (2 ** max(0, attempt - 1))
+
+
+async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: asyncio.Task, lost: asyncio.Event) -> None:
+    interval = min(2.0, settings.DEPLOYMENT_LEASE_SECONDS / 3)
+    while not work.done():
+        await asyncio.sleep(interval)
+        try:
+            async with database.AsyncSessionLocal() as session:
+                held = await renew_lease(session, deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
+                await session.commit()
+        except Exception:  # noqa: BLE001 - a database hiccup is not a lost lease; the next beat retries
+            logger.warning("lease renewal of deployment %s failed; retrying", deployment_id, exc_info=True)
+            continue
+        if not held:
+            lost.set()
+            work.cancel()
+            return
+
+
+async def _run_steps(engine: Engine, spec: DeploySpec, deployment_id: str, owner: str, logs: DeploymentLogWriter) -> None:
+    total = len(STEPS)
+    for number, (title, method) in enumerate(STEPS, start=1):
+        async with database.AsyncSessionLocal() as session:
+            await set_progress(session, deployment_id, owner=owner, current_step=number, total_steps=total, step_name=title)
+            await session.commit()
+        await logs.log(LogLevel.INFO, f"[{number}/{total}] {title}")
+        await getattr(engine, method)(spec, logs.log)
+
+
+async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, **kwargs) -> bool:
+    async with database.AsyncSessionLocal() as session:
+        result = await set_deployment_status(session, deployment_id, to, lease_owner=owner, actor=owner, **kwargs)
+        await session.commit()
+    if not result.accepted:
+        logger.info("deployment %s: %s refused: %s", deployment_id, to, result.reason)
+    return result.accepted
+
+
+async def _current_status(deployment_id: str) -> DeploymentStatus | None:
+    async with database.AsyncSessionLocal() as session:
+        status = (await session.execute(select(Deployment.status).where(Deployment.id == deployment_id))).scalar_one_or_none()
+    return DeploymentStatus(status) if status is not None else None
+
+
+async def run_deployment(
+    deployment_id: str,
+    settings: Settings,
+    *,
+    executor: ExecutorKind,
+    owner: str | None = None,
+    task_id: str | None = None,
+) -> RunOutcome:
+    owner = owner or executor_id(executor)
+    async with database.AsyncSessionLocal() as session:
+        claim = await claim_deployment(
+            session, deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS, task_id=task_id
+        )
+        await session.commit()
+    if not claim.accepted:
+        logger.debug("deployment %s not claimed by %s: %s", deployment_id, owner, claim.reason)
+        return RunOutcome(deployment_id, "skipped", claim.reason)
+
+    async with DeploymentLogWriter(deployment_id) as logs:
+        try:
+            async with database.AsyncSessionLocal() as session:
+                deployment = await session.get(Deployment, deployment_id)
+                target_id = deployment.target_id
+                attempt, max_attempts = deployment.attempt, deployment.max_attempts
+                engine, spec = await load_engine(settings, deployment, session)
+        except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
+            message = f"cannot prepare the deployment: {exc}"
+            await logs.log(LogLevel.ERROR, message)
+            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")
+            return RunOutcome(deployment_id, "failed", message)
+
+        await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {owner})")
+        lost = asyncio.Event()
+        work = asyncio.create_task(_run_steps(engine, spec, deployment_id, owner, logs))
+        heartbeat = asyncio.create_task(_heartbeat(deployment_id, owner, settings, work, lost))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise  # the executor itself is shutting down; recovery takes over after the lease expires
+            return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
+        except EngineError as exc:
+            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, exc.message, exc.transient, logs)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails the deployment, never the process
+            logger.exception("deployment %s: unexpected error", deployment_id)
+            message = f"unexpected error: {type(exc).__name__}: {exc}"
+            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, False, logs)
+        finally:
+            heartbeat.cancel()
+
+        if await _settle(deployment_id, S.RUNNING, owner, reason="all services running"):
+            await logs.log(LogLevel.INFO, "Deployment is running")
+            return RunOutcome(deployment_id, "running", target_id=target_id)
+        return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
+
+
+async def _after_failure(
+    settings: Settings,
+    deployment_id: str,
+    target_id: str,
+    owner: str,
+    attempt: int,
+    max_attempts: int,
+    message: str,
+    transient: bool,
+    logs: DeploymentLogWriter,
+) -> RunOutcome:
+    await logs.log(LogLevel.ERROR, message)
+    if transient and attempt < max_attempts:
+        delay = backoff_seconds(settings, attempt)
+        requeued = await _settle(
+            deployment_id,
+            S.PENDING,
+            owner,
+            error_message=message,
+            not_before=utcnow() + timedelta(seconds=delay),
+            reason=f"transient failure, retry in {delay:g}s",
+        )
+        if requeued:
+            await logs.log(LogLevel.WARNING, f"Transient failure: retrying in {delay:g}s (attempt {attempt + 1}/{max_attempts})")
+            return RunOutcome(deployment_id, "requeued", message, target_id, retry_in=delay)
+    if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="deployment failed"):
+        if transient:
+            await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
+        return RunOutcome(deployment_id, "failed", message, target_id)
+    return RunOutcome(deployment_id, "lost", "status changed while failing", target_id)
+
+
+async def _after_lost_lease(engine: Engine, spec: DeploySpec, deployment_id: str, target_id: str, logs: DeploymentLogWriter) -> RunOutcome:
+    status = await _current_status(deployment_id)
+    if status is S.CANCELLED:
+        await logs.log(LogLevel.WARNING, "Cancelled: removing what this deployment created")
+        try:
+            await engine.remove(spec, logs.log)
+        except EngineError as exc:
+            await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {exc.message}")
+        await logs.log(LogLevel.INFO, "Cancelled")
+        return RunOutcome(deployment_id, "cancelled", target_id=target_id)
+    await logs.log(LogLevel.WARNING, f"This executor lost its lease (deployment is now {status}); stopping here")
+    return RunOutcome(deployment_id, "lost", f"status is {status}", target_id)
+
+
+async def claimable_for_target(target_id: str, limit: int = 10) -> list[str]:
+    """Pending deployments of a target that may be claimed now, oldest first."""
+    now = utcnow()
+    async with database.AsyncSessionLocal() as session:
+        rows = await session.execute(
+            select(Deployment.id)
+            .where(
+                Deployment.target_id == target_id,
+                Deployment.status == S.PENDING,
+                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+            )
+            .order_by(Deployment.queued_at, Deployment.id)
+            .limit(limit)
+        )
+        return list(rows.scalars())

@@ -1,0 +1,257 @@
+"""Deployments: creation (validate, freeze, render, snapshot), queries, lifecycle actions, recovery.
+
+``DeploymentService`` takes an ``AsyncSession`` and never commits: the caller owns the transaction and
+dispatches the deployment to an executor *after* committing (see ``backend.app.core.dispatch``).
+Every status change goes through :mod:`backend.app.services.state_machine`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.core import security
+from backend.app.core.exceptions import Conflict, NotFound, ValidationFailed
+from backend.app.core.logging import MASK, register_secret
+from backend.app.models import (
+    Deployment,
+    DeploymentStatus,
+    DeploymentStatusHistory,
+    Role,
+    Stack,
+    Target,
+    User,
+)
+from backend.app.services import organization_service, templating
+from backend.app.services.state_machine import TransitionResult, set_deployment_status
+
+logger = logging.getLogger(__name__)
+S = DeploymentStatus
+_ENCRYPTED = "__encrypted__"
+
+
+# --- secrets inside the frozen variables --------------------------------------------------------
+
+
+def _walk(values: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | None:
+    parts = path.split(".")
+    node: Any = values
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return (node, parts[-1]) if isinstance(node, dict) and parts[-1] in node else None
+
+
+def encrypt_variables(settings: Settings, values: dict[str, Any], secret_paths: set[str]) -> dict[str, Any]:
+    stored = copy.deepcopy(values)
+    for path in secret_paths:
+        found = _walk(stored, path)
+        if found and found[0][found[1]] is not None:
+            node, key = found
+            node[key] = {_ENCRYPTED: security.encrypt_secret(settings, str(node[key]))}
+    return stored
+
+
+def decrypt_variables(settings: Settings, stored: dict[str, Any]) -> dict[str, Any]:
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {_ENCRYPTED}:
+                clear = security.decrypt_secret(settings, node[_ENCRYPTED])
+                register_secret(clear)
+                return clear
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return walk(stored)
+
+
+def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
+    """Variables as the API shows them: secret values replaced by ``***``."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {_ENCRYPTED}:
+                return MASK
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return walk(stored)
+
+
+def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
+    """The rendered compose document the runner deploys (stored encrypted: it holds secret values)."""
+    if not deployment.rendered_compose:
+        raise ValidationFailed("this deployment has no rendered compose snapshot", code="no_snapshot")
+    text = security.decrypt_secret(settings, deployment.rendered_compose)
+    decrypt_variables(settings, deployment.variables)  # registers its secrets with the log redactor
+    return text
+
+
+class DeploymentService:
+    # --- creation ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def create(
+        session: AsyncSession,
+        settings: Settings,
+        user: User,
+        *,
+        stack_id: str,
+        target_id: str,
+        name: str | None = None,
+        variables: dict[str, Any] | None = None,
+        organization_id: str | None = None,
+    ) -> Deployment:
+        """Validate, freeze generators, render and store a ``pending`` deployment (not dispatched)."""
+        org_id = await organization_service.resolve_organization(session, user, organization_id, Role.OPERATOR)
+        stack = await session.get(Stack, stack_id)
+        if stack is None or stack.organization_id != org_id:
+            raise NotFound(f"stack {stack_id} not found in this organization", code="stack_not_found")
+        target = await session.get(Target, target_id)
+        if target is None or target.organization_id != org_id:
+            raise NotFound(f"target {target_id} not found in this organization", code="target_not_found")
+        if not target.is_active:
+            raise Conflict(f"target {target.name!r} is deactivated; activate it or pick another", code="target_inactive")
+
+        specs = templating.parse_variables(stack.variables or [])
+        values = templating.resolve_values(specs, variables or {})
+        secret_paths = templating.secret_paths(specs)
+        for path in secret_paths:
+            found = _walk(values, path)
+            if found:
+                register_secret(str(found[0][found[1]]))
+        rendered = templating.render_stack(stack.template, specs, values)
+        await templating.validate_with_compose(rendered)
+
+        deployment = Deployment(
+            organization_id=org_id,
+            stack_id=stack.id,
+            target_id=target.id,
+            created_by=user.id,
+            name=name or f"{stack.name}-{security.generate_api_token()[3:9].lower()}",
+            status=S.PENDING,
+            variables=encrypt_variables(settings, values, secret_paths),
+            rendered_compose=security.encrypt_secret(settings, rendered),
+            max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
+        )
+        session.add(deployment)
+        await session.flush()
+        session.add(
+            DeploymentStatusHistory(
+                deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason="created", actor=user.email
+            )
+        )
+        await session.flush()
+        return deployment
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def get_for_user(session: AsyncSession, user: User, deployment_id: str, minimum: Role = Role.VIEWER) -> Deployment:
+        """The deployment if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*."""
+        deployment = await session.get(Deployment, deployment_id, populate_existing=True)
+        if deployment is None:
+            raise NotFound("deployment not found", code="deployment_not_found")
+        role = await organization_service.role_in(session, user, deployment.organization_id)
+        if role is None:
+            raise NotFound("deployment not found", code="deployment_not_found")
+        await organization_service.require_role(session, user, deployment.organization_id, minimum)
+        return deployment
+
+    @staticmethod
+    async def list_for_user(
+        session: AsyncSession,
+        user: User,
+        *,
+        offset: int,
+        limit: int,
+        status: list[DeploymentStatus] | None = None,
+        stack_id: str | None = None,
+        target_id: str | None = None,
+        organization_id: str | None = None,
+    ) -> tuple[list[Deployment], int]:
+        query = select(Deployment)
+        if not user.is_superuser:
+            from backend.app.models import Membership
+
+            query = query.where(
+                Deployment.organization_id.in_(select(Membership.organization_id).where(Membership.user_id == user.id))
+            )
+        if organization_id:
+            query = query.where(Deployment.organization_id == organization_id)
+        if status:
+            query = query.where(Deployment.status.in_(status))
+        if stack_id:
+            query = query.where(Deployment.stack_id == stack_id)
+        if target_id:
+            query = query.where(Deployment.target_id == target_id)
+        total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+        rows = await session.execute(
+            query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).offset(offset).limit(limit)
+        )
+        return list(rows.scalars()), total
+
+    @staticmethod
+    async def history(session: AsyncSession, deployment_id: str) -> list[DeploymentStatusHistory]:
+        rows = await session.execute(
+            select(DeploymentStatusHistory)
+            .where(DeploymentStatusHistory.deployment_id == deployment_id)
+            .order_by(DeploymentStatusHistory.id)
+        )
+        return list(rows.scalars())
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def recover_pending_deployments(
+        session: AsyncSession,
+        max_age_minutes: float = 2,
+        timeout_minutes: float = 60,
+        *,
+        settings: Settings | None = None,
+        dispatcher=None,
+    ) -> dict[str, Any]:
+        """Recover stuck deployments; see :func:`backend.app.services.recovery.recover_pending_deployments`."""
+        from backend.app.services.recovery import recover_pending_deployments
+
+        return await recover_pending_deployments(
+            session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=dispatcher
+        )
+
+    # --- lifecycle (status side; engine work happens in the runner / lifecycle module) -------------
+
+    @staticmethod
+    async def requeue(session: AsyncSession, deployment: Deployment, *, action: str, actor: str) -> TransitionResult:
+        """``start``, ``redeploy`` and ``retry``: back to ``pending`` from the states where each makes sense."""
+        allowed = {
+            "start": frozenset({S.STOPPED}),
+            "redeploy": frozenset({S.RUNNING, S.STOPPED}),
+            "retry": frozenset({S.FAILED, S.CANCELLED}),
+        }[action]
+        result = await set_deployment_status(
+            session, deployment.id, S.PENDING, reason=action, actor=actor, expected_from=allowed
+        )
+        if not result.accepted:
+            raise Conflict(f"cannot {action} this deployment: {result.reason}", code="invalid_transition")
+        return result
+
+    @staticmethod
+    async def cancel(session: AsyncSession, deployment: Deployment, *, actor: str) -> TransitionResult:
+        result = await set_deployment_status(
+            session,
+            deployment.id,
+            S.CANCELLED,
+            reason="cancelled by user",
+            actor=actor,
+            error_message="Cancelled by user",
+            expected_from=frozenset({S.PENDING, S.DEPLOYING}),
+        )
+        if not result.accepted:
+            raise Conflict(f"cannot cancel this deployment: {result.reason}", code="invalid_transition")
+        return result

@@ -1,0 +1,212 @@
+"""Recovery: no deployment stays stuck.
+
+Runs at start-up (every ``pending``), periodically (Celery beat, or the backend's asyncio loop when Celery is
+unavailable), on demand (``windflow recover``, ``POST /api/v1/system/recovery``, the guide's troubleshooting
+snippet). Every change goes through the state machine's compare-and-set, so recovery racing a Celery
+delivery, another replica's recovery or a live executor never runs a deployment twice.
+
+Unlike ordinary services, recovery is a top-level operation (like a task): it commits each deployment's
+change in its own transaction, so one failure never undoes the others, and dispatches after each commit.
+The guide's snippet calls it without committing afterwards, which this makes correct.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings, get_settings
+from backend.app.core.events import iso_utc
+from backend.app.database import utcnow
+from backend.app.engines.base import EngineError
+from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
+from backend.app.services.deployment_logs import append_logs
+from backend.app.services.state_machine import set_deployment_status
+
+logger = logging.getLogger(__name__)
+S = DeploymentStatus
+ACTOR = "recovery"
+STATE_KEY = "recovery"
+
+
+async def _log(session: AsyncSession, deployment_id: str, level: LogLevel, message: str) -> None:
+    await append_logs(session, deployment_id, [(level, message, utcnow())])
+
+
+async def _containers_running(session: AsyncSession, settings: Settings, deployment: Deployment) -> bool | None:
+    """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
+    from backend.app.services.deployment_runner import load_engine
+
+    try:
+        engine, spec = await load_engine(settings, deployment, session)
+        states = await engine.inspect(spec)
+    except (EngineError, Exception):  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
+        logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
+        return None
+    if not states:
+        return False
+    return all(s.state == "running" and s.health in (None, "healthy") for s in states)
+
+
+async def recover_pending_deployments(
+    session: AsyncSession,
+    max_age_minutes: float = 2,
+    timeout_minutes: float = 60,
+    *,
+    settings: Settings | None = None,
+    dispatcher=None,
+) -> dict[str, Any]:
+    """The guide's algorithm, plus orphaned ``deploying`` rows whose lease expired.
+
+    1. ``pending`` queued more than ``timeout_minutes`` ago → ``failed`` ("Timeout ...").
+    2. ``deploying`` whose lease expired (its executor died) → ``running`` if its labelled containers all
+       run, else back to ``pending`` while attempts remain, else ``failed``.
+    3. ``pending`` queued more than ``max_age_minutes`` ago → a ``[RETRY]`` log line and a new dispatch.
+
+    Returns ``{"status", "timestamp", "statistics": {"retried", "failed", "skipped", "errors", "settled"}}``.
+    """
+    from backend.app.core.dispatch import Dispatcher
+
+    settings = settings or get_settings()
+    standalone = dispatcher is None
+    if dispatcher is None:
+        dispatcher = Dispatcher(settings, standalone=True)
+        await dispatcher.probe()
+    stats = {"retried": 0, "failed": 0, "skipped": 0, "errors": 0, "settled": 0}
+    now = utcnow()
+    to_dispatch: list[str] = []
+
+    # 1. timeouts
+    deadline = now - timedelta(minutes=timeout_minutes)
+    expired = (
+        await session.execute(select(Deployment.id).where(Deployment.status == S.PENDING, Deployment.queued_at < deadline))
+    ).scalars().all()
+    for deployment_id in expired:
+        try:
+            message = f"Timeout: still pending after {timeout_minutes:g} minutes"
+            result = await set_deployment_status(
+                session, deployment_id, S.FAILED, reason="recovery timeout", actor=ACTOR, error_message=message,
+                expected_from=S.PENDING,
+            )
+            if result.accepted:
+                await _log(session, deployment_id, LogLevel.ERROR, message)
+                stats["failed"] += 1
+            else:
+                stats["skipped"] += 1
+            await session.commit()
+        except Exception:  # noqa: BLE001 - count it, keep recovering the others
+            await session.rollback()
+            logger.exception("recovery: timeout of deployment %s failed", deployment_id)
+            stats["errors"] += 1
+    if stats["failed"]:
+        logger.warning("Recovery: marked %d deployment(s) FAILED (timeout)", stats["failed"])
+
+    # 2. orphaned deploying rows
+    orphans = (
+        await session.execute(select(Deployment).where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now))
+    ).scalars().all()
+    for deployment in orphans:
+        deployment_id = deployment.id
+        try:
+            running = await _containers_running(session, settings, deployment)
+            if running:
+                result = await set_deployment_status(
+                    session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=ACTOR,
+                    require_lease_expired=True,
+                )
+                counter = "settled"
+            elif deployment.attempt < deployment.max_attempts:
+                result = await set_deployment_status(
+                    session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=ACTOR,
+                    error_message="executor lost (lease expired); retrying", require_lease_expired=True,
+                )
+                counter = "retried"
+            else:
+                result = await set_deployment_status(
+                    session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=ACTOR,
+                    error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
+                    require_lease_expired=True,
+                )
+                counter = "failed"
+            if result.accepted:
+                await _log(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
+                stats[counter] += 1
+                if counter == "retried":
+                    to_dispatch.append(deployment_id)
+            else:
+                stats["skipped"] += 1
+            await session.commit()
+        except Exception:  # noqa: BLE001
+            await session.rollback()
+            logger.exception("recovery: orphan %s failed", deployment_id)
+            stats["errors"] += 1
+
+    # 3. stuck pending rows
+    threshold = now - timedelta(minutes=max_age_minutes)
+    stuck = (
+        await session.execute(
+            select(Deployment.id, Deployment.not_before)
+            .where(Deployment.status == S.PENDING, Deployment.queued_at <= threshold)
+            .order_by(Deployment.queued_at)
+        )
+    ).all()
+    for deployment_id, not_before in stuck:
+        if deployment_id in to_dispatch:
+            continue
+        if not_before is not None and not_before > now:
+            stats["skipped"] += 1  # waiting for its retry backoff
+            continue
+        try:
+            await _log(session, deployment_id, LogLevel.INFO, "[RETRY] New attempt started by recovery")
+            await session.commit()
+            to_dispatch.append(deployment_id)
+            stats["retried"] += 1
+        except Exception:  # noqa: BLE001
+            await session.rollback()
+            logger.exception("recovery: retry of %s failed", deployment_id)
+            stats["errors"] += 1
+
+    for deployment_id in to_dispatch:
+        try:
+            await dispatcher.dispatch(deployment_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("recovery: dispatch of %s failed", deployment_id)
+            stats["errors"] += 1
+    if standalone:
+        await dispatcher.wait_local()
+
+    report = {"status": "completed", "timestamp": iso_utc(now), "statistics": stats}
+    await _record(session, report)
+    logger.info(
+        "Recovery finished (Recovery terminé): retried=%d failed=%d skipped=%d errors=%d settled=%d",
+        stats["retried"], stats["failed"], stats["skipped"], stats["errors"], stats["settled"],
+    )
+    return report
+
+
+async def _record(session: AsyncSession, report: dict[str, Any]) -> None:
+    """Keep the last report and cumulative totals (read by /system/recovery and /metrics)."""
+    try:
+        row = await session.get(SystemState, STATE_KEY, with_for_update=True)
+        totals = dict((row.value or {}).get("totals", {})) if row else {}
+        for key, value in report["statistics"].items():
+            totals[key] = totals.get(key, 0) + value
+        totals["runs"] = totals.get("runs", 0) + 1
+        value = {"last": report, "totals": totals}
+        if row is None:
+            session.add(SystemState(key=STATE_KEY, value=value))
+        else:
+            row.value = value
+        await session.commit()
+    except Exception:  # noqa: BLE001 - statistics are best effort; recovery itself succeeded
+        await session.rollback()
+        logger.warning("recovery: could not record statistics", exc_info=True)
+
+
+async def last_report(session: AsyncSession) -> dict[str, Any] | None:
+    row = await session.get(SystemState, STATE_KEY)
+    return row.value if row else None

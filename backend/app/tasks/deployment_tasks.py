@@ -1,0 +1,84 @@
+"""Celery tasks. Thin: they take ids, run the shared runner on the worker's loop, and follow up.
+
+A redelivered ``deploy_stack`` message is harmless: the runner starts by claiming the deployment through
+the state machine, and only the claimer deploys.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backend.app.celery_app import DEPLOY_TASK, PURGE_TASK, RECOVERY_TASK, celery_app, settings
+from backend.app.tasks import worker_runtime
+
+logger = logging.getLogger(__name__)
+
+
+async def _deploy(deployment_id: str, task_id: str | None) -> dict:
+    from backend.app.models import ExecutorKind
+    from backend.app.services.deployment_runner import claimable_for_target, run_deployment
+
+    outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.CELERY, task_id=task_id)
+    if outcome.status == "requeued" and outcome.retry_in is not None:
+        deploy_stack.apply_async((deployment_id,), countdown=outcome.retry_in)
+    if outcome.target_id and outcome.status != "skipped":
+        for waiting in await claimable_for_target(outcome.target_id):
+            if waiting != deployment_id:
+                deploy_stack.delay(waiting)
+    await _flush_events()
+    return {"deployment_id": deployment_id, "status": outcome.status, "reason": outcome.reason}
+
+
+async def _flush_events() -> None:
+    try:
+        from backend.app.core import event_transport
+    except ImportError:  # pragma: no cover
+        return
+    await event_transport.flush_events(5.0)
+
+
+@celery_app.task(name=DEPLOY_TASK, bind=True)
+def deploy_stack(self, deployment_id: str) -> dict:
+    """Deploy one deployment (by id)."""
+    return worker_runtime.run(_deploy(deployment_id, self.request.id))
+
+
+class CeleryDispatcher:
+    """Dispatch from inside a worker (recovery run by beat): the broker is the one we consume from."""
+
+    async def dispatch(self, deployment_id: str):
+        from backend.app.models import ExecutorKind
+
+        deploy_stack.delay(deployment_id)
+        return ExecutorKind.CELERY
+
+    async def wait_local(self) -> None:
+        return None
+
+
+async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
+    from backend.app import database
+    from backend.app.services.deployment_service import DeploymentService
+
+    async with database.AsyncSessionLocal() as session:
+        report = await DeploymentService.recover_pending_deployments(
+            session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=CeleryDispatcher()
+        )
+    await _flush_events()
+    return report
+
+
+@celery_app.task(name=RECOVERY_TASK)
+def retry_pending_deployments(max_age_minutes: float = 2, timeout_minutes: float = 60) -> dict:
+    """Periodic recovery (beat: every 5 minutes)."""
+    return worker_runtime.run(_recover(max_age_minutes, timeout_minutes))
+
+
+@celery_app.task(name=PURGE_TASK)
+def purge_consumed_messages(older_than_minutes: int = 60) -> int:
+    """Delete delivered messages that kombu's SQL transport leaves behind."""
+    from backend.app.core.sql_transport import purge_consumed_messages as purge
+
+    deleted = purge(settings.sync_database_url, older_than_minutes)
+    logger.info("purged %d consumed broker message(s)", deleted)
+    return deleted
