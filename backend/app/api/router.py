@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from backend.app.api import auth, organizations, tokens, users
+from backend.app.api import auth, organizations, targets, tokens, users
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (auth, users, organizations, tokens):
+for module in (auth, users, organizations, tokens, targets):
     api_router.include_router(module.router)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from backend.app.models import Role, Target, TargetType
+from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
+from backend.app.services import target_service
+
+router = APIRouter(prefix="/targets", tags=["targets"])
+
+
+class TargetAccess:
+    """Loads the target in the path if the caller holds ``minimum`` in its organisation (404 / 403)."""
+
+    def __init__(self, minimum: Role) -> None:
+        self.minimum = minimum
+
+    async def __call__(self, target_id: str, session: SessionDep, user: CurrentUser) -> Target:
+        return await target_service.get_for_user(session, user, target_id, self.minimum)
+
+
+TargetViewer = Annotated[Target, Depends(TargetAccess(Role.VIEWER))]
+TargetOperator = Annotated[Target, Depends(TargetAccess(Role.OPERATOR))]
+TargetAdmin = Annotated[Target, Depends(TargetAccess(Role.ADMIN))]
+
+
+@router.post("", response_model=TargetRead, status_code=status.HTTP_201_CREATED)
+async def create_target(body: TargetCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TargetRead:
+    """Register a Docker engine (admin or owner); credentials are stored encrypted and never returned."""
+    target = await target_service.create(session, settings, user, body)
+    await session.commit()
+    return target_service.to_read(target, settings)
+
+
+@router.get("", response_model=TargetPage)
+async def list_targets(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    page: PageDep,
+    organization_id: Annotated[str | None, Query(description="only this organisation's targets")] = None,
+    type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
+) -> TargetPage:
+    """Targets of the organisations you belong to, by name."""
+    rows, total = await target_service.list_for_user(
+        session, user, organization_id=organization_id, type=type, offset=page.offset, limit=page.limit
+    )
+    return TargetPage(items=[target_service.to_read(t, settings) for t in rows], total=total)
+
+
+@router.get("/{target_id}", response_model=TargetRead)
+async def get_target(target: TargetViewer, settings: SettingsDep) -> TargetRead:
+    """One target (any member of its organisation)."""
+    return target_service.to_read(target, settings)
+
+
+@router.patch("/{target_id}", response_model=TargetRead)
+async def update_target(
+    body: TargetUpdate, target: TargetAdmin, session: SessionDep, settings: SettingsDep
+) -> TargetRead:
+    """Change a target (admin or owner); a credential sent as null is removed, one not sent is kept."""
+    await target_service.update(session, settings, target, body)
+    await session.commit()
+    return target_service.to_read(target, settings)
+
+
+@router.delete("/{target_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_target(target: TargetAdmin, session: SessionDep) -> None:
+    """Delete a target no deployment uses (admin or owner)."""
+    await target_service.delete(session, target)
+    await session.commit()
+
+
+@router.post("/{target_id}/test", response_model=TargetTestResult)
+async def test_target(target: TargetOperator, session: SessionDep, settings: SettingsDep) -> TargetTestResult:
+    """Connect to the target's engine: its version and swarm role, or the exact connection error."""
+    # Release the database connection before waiting on the network (up to 10 s for a dead engine).
+    await session.close()
+    return await target_service.test_target(target, settings)

@@ -1,0 +1,268 @@
+"""Targets: the Docker engines WindFlow deploys to.
+
+Endpoints take one of three shapes: ``unix:///path/to/docker.sock``, ``tcp://host:port`` (optionally with
+TLS material as PEM text) and ``ssh://user@host[:port]`` (optionally with a private key). Credentials are
+write-only: :class:`TargetRead` says whether a target *has* TLS material or an SSH key, never what it is.
+
+Validation messages never quote the submitted value (it may be a private key).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from backend.app.models import TargetType
+from backend.app.schemas.common import RequestModel, ResponseModel
+
+#: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
+TLS_FIELDS = ("tls_ca", "tls_cert", "tls_key")
+CREDENTIAL_FIELDS = (*TLS_FIELDS, "tls_verify", "ssh_key")
+
+ENDPOINT_HELP = "use unix:///path/to/docker.sock, tcp://host:port or ssh://user@host[:port]"
+
+
+def endpoint_scheme(endpoint: str) -> str:
+    """``unix``, ``tcp`` or ``ssh`` for a valid endpoint; ``ValueError`` saying what to fix otherwise."""
+    if "://" not in endpoint:
+        raise ValueError(f"the endpoint has no scheme; {ENDPOINT_HELP}")
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError as exc:  # bad port number or malformed IPv6 literal
+        raise ValueError(f"the endpoint is malformed ({exc}); {ENDPOINT_HELP}") from None
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment:
+        raise ValueError("the endpoint must not have a query (?...) or fragment (#...)")
+    if scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError("a unix endpoint needs an absolute socket path, e.g. unix:///var/run/docker.sock")
+        return "unix"
+    if scheme == "tcp":
+        if parts.username is not None:
+            raise ValueError("a tcp endpoint takes no user; authenticate with tls_cert and tls_key")
+        if not parts.hostname:
+            raise ValueError("a tcp endpoint needs a host, e.g. tcp://192.0.2.10:2376")
+        if port is None:
+            raise ValueError("a tcp endpoint needs a port, e.g. tcp://host:2376 (TLS) or tcp://host:2375")
+        if port == 0:
+            raise ValueError("the endpoint's port must be between 1 and 65535")
+        if parts.path not in ("", "/"):
+            raise ValueError("a tcp endpoint must not have a path: use tcp://host:port")
+        return "tcp"
+    if scheme == "ssh":
+        if port == 0:
+            raise ValueError("the endpoint's port must be between 1 and 65535")
+        if not parts.username:
+            raise ValueError("an ssh endpoint needs a user, e.g. ssh://deploy@host or ssh://deploy@host:2222")
+        if parts.password is not None:
+            raise ValueError("an ssh endpoint must not carry a password; give the private key in ssh_key")
+        if not parts.hostname:
+            raise ValueError("an ssh endpoint needs a host, e.g. ssh://deploy@host")
+        if parts.path not in ("", "/"):
+            raise ValueError("an ssh endpoint must not have a path: use ssh://user@host[:port]")
+        return "ssh"
+    raise ValueError(f"unsupported endpoint scheme {parts.scheme!r}; {ENDPOINT_HELP}")
+
+
+def _endpoint(value: str) -> str:
+    try:
+        endpoint_scheme(value)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_endpoint", str(exc)) from None
+    return value
+
+
+def _pem_text(value: str) -> str:
+    # Request strings are stripped; PEM consumers (Go's crypto/tls, openssl) expect the final newline.
+    return value.strip() + "\n"
+
+
+def _certificates(field: str):
+    def check(value: str) -> str:
+        try:
+            x509.load_pem_x509_certificates(value.encode())
+        except ValueError:
+            raise PydanticCustomError(
+                "invalid_pem",
+                f"{field} is not a PEM certificate; paste the whole file, from -----BEGIN CERTIFICATE----- "
+                "to -----END CERTIFICATE-----",
+            ) from None
+        return _pem_text(value)
+
+    return check
+
+
+def _tls_key(value: str) -> str:
+    try:
+        serialization.load_pem_private_key(value.encode(), password=None)
+    except TypeError:
+        raise PydanticCustomError(
+            "encrypted_key", "tls_key is passphrase-protected; give the unencrypted key (WindFlow stores it encrypted)"
+        ) from None
+    except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm...: all mean "not usable"
+        raise PydanticCustomError(
+            "invalid_pem",
+            "tls_key is not a PEM private key; paste the whole file, from -----BEGIN ... PRIVATE KEY----- "
+            "to -----END ... PRIVATE KEY-----",
+        ) from None
+    return _pem_text(value)
+
+
+def _ssh_key(value: str) -> str:
+    data = value.encode()
+    encrypted = False
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            load(data, password=None)
+            return _pem_text(value)
+        except TypeError:
+            encrypted = True
+        except Exception:  # noqa: BLE001 - try the next format
+            continue
+    if encrypted:
+        raise PydanticCustomError(
+            "encrypted_key", "ssh_key is passphrase-protected; give the unencrypted key (WindFlow stores it encrypted)"
+        )
+    raise PydanticCustomError(
+        "invalid_pem",
+        "ssh_key is not a private key; paste the whole file, from -----BEGIN OPENSSH PRIVATE KEY----- "
+        "(or -----BEGIN ... PRIVATE KEY-----) to the matching END line",
+    )
+
+
+Pem = Annotated[str, Field(min_length=1, max_length=65536)]
+TargetName = Annotated[str, Field(min_length=1, max_length=100)]
+Description = Annotated[str | None, Field(max_length=500)]
+Endpoint = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_endpoint)]
+TlsCa = Annotated[Pem, AfterValidator(_certificates("tls_ca"))]
+TlsCert = Annotated[Pem, AfterValidator(_certificates("tls_cert"))]
+TlsKey = Annotated[Pem, AfterValidator(_tls_key)]
+SshKey = Annotated[Pem, AfterValidator(_ssh_key)]
+MaxConcurrent = Annotated[int, Field(ge=1, le=100, description="deployments running at once on this target (1-100)")]
+
+
+def credential_problem(endpoint: str, credentials: dict[str, Any]) -> str | None:
+    """Why ``credentials`` (see :data:`CREDENTIAL_FIELDS`) cannot go with ``endpoint``, or ``None``.
+
+    Shared by :class:`TargetCreate` and the update path of the service, which checks the *merged* result
+    (an update may change the endpoint and keep stored credentials, or the other way round).
+    """
+    scheme = endpoint_scheme(endpoint)
+    has_tls = any(credentials.get(f) for f in TLS_FIELDS) or credentials.get("tls_verify") is False
+    if has_tls and scheme != "tcp":
+        return (
+            f"tls_ca, tls_cert, tls_key and tls_verify only apply to tcp:// endpoints, not {scheme}://; "
+            "remove them (null in an update) or use a tcp://host:port endpoint"
+        )
+    if credentials.get("ssh_key") and scheme != "ssh":
+        return (
+            f"ssh_key only applies to ssh:// endpoints, not {scheme}://; "
+            "remove it (null in an update) or use an ssh://user@host endpoint"
+        )
+    cert, key = credentials.get("tls_cert"), credentials.get("tls_key")
+    if bool(cert) != bool(key):
+        return "tls_cert and tls_key go together: give both the client certificate and its private key, or neither"
+    if cert and key and not _key_matches(cert, key):
+        return "tls_key is not the private key of tls_cert; give the key that belongs to the client certificate"
+    return None
+
+
+def _key_matches(cert_pem: str, key_pem: str) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificates(cert_pem.encode())[0]
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except Exception:  # noqa: BLE001 - unparsable material is reported by the field validators
+        return True
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+
+
+class TargetCreate(RequestModel):
+    name: TargetName
+    description: Description = None
+    type: TargetType = TargetType.DOCKER
+    endpoint: Endpoint
+    tls_ca: TlsCa | None = Field(default=None, description="PEM of the CA that signed the engine's certificate")
+    tls_cert: TlsCert | None = Field(default=None, description="PEM client certificate (with tls_key)")
+    tls_key: TlsKey | None = Field(default=None, description="PEM private key of tls_cert (stored encrypted)")
+    tls_verify: bool = Field(default=True, description="verify the engine's certificate (tcp:// only)")
+    ssh_key: SshKey | None = Field(default=None, description="private key for ssh:// endpoints (stored encrypted)")
+    max_concurrent_deployments: MaxConcurrent = 2
+    organization_id: str | None = Field(default=None, description="defaults to your default organisation")
+
+    @model_validator(mode="after")
+    def _credentials_fit_endpoint(self) -> TargetCreate:
+        problem = credential_problem(self.endpoint, self.credentials())
+        if problem:
+            raise PydanticCustomError("credentials_mismatch", problem)
+        return self
+
+    def credentials(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in CREDENTIAL_FIELDS}
+
+
+class TargetUpdate(RequestModel):
+    """Only the fields sent change. A credential field sent as ``null`` removes that credential."""
+
+    name: TargetName | None = None
+    description: Description = None
+    type: TargetType | None = None
+    endpoint: Endpoint | None = None
+    tls_ca: TlsCa | None = None
+    tls_cert: TlsCert | None = None
+    tls_key: TlsKey | None = None
+    tls_verify: bool | None = Field(default=None, description="null resets to true")
+    ssh_key: SshKey | None = None
+    max_concurrent_deployments: MaxConcurrent | None = None
+    is_active: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> TargetUpdate:
+        for field in ("name", "type", "endpoint", "max_concurrent_deployments", "is_active"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise PydanticCustomError(
+                    "null_not_allowed", f"{field} cannot be null; omit it to keep the current value"
+                )
+        return self
+
+
+class TargetRead(ResponseModel):
+    """A target as the API shows it: never its credentials, only whether it has them."""
+
+    id: str
+    organization_id: str
+    name: str
+    description: str | None
+    type: TargetType
+    endpoint: str
+    max_concurrent_deployments: int
+    is_active: bool
+    has_tls: bool
+    tls_verify: bool
+    has_ssh_key: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TargetPage(ResponseModel):
+    items: list[TargetRead]
+    total: int
+
+
+class TargetTestResult(ResponseModel):
+    """What ``POST /targets/{id}/test`` found: the engine's identity, or the exact connection error."""
+
+    ok: bool
+    version: str | None = None
+    api_version: str | None = None
+    swarm_manager: bool | None = None
+    os: str | None = None
+    error: str | None = None

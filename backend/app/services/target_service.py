@@ -1,0 +1,305 @@
+"""Targets: CRUD with role checks, encrypted credentials, connection tests, the host's local engine.
+
+Credentials (TLS CA / client certificate / key, ``tls_verify``, SSH key) are stored together as one
+Fernet-encrypted JSON document in ``targets.credentials_encrypted``. They are decrypted only here
+(:func:`credentials`), and every decrypted secret is registered with the log redactor at that moment, so
+a driver that echoes one into a log line or error message prints ``***`` instead.
+
+Services take the caller's session and never commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from backend.app.core.logging import redact, register_secret
+from backend.app.core.security import decrypt_secret, encrypt_secret
+from backend.app.engines import EngineError, TargetConnection, engine_for
+from backend.app.models import Deployment, Membership, Role, Target, TargetType, User
+from backend.app.schemas.targets import (
+    CREDENTIAL_FIELDS,
+    TLS_FIELDS,
+    TargetCreate,
+    TargetRead,
+    TargetTestResult,
+    TargetUpdate,
+    credential_problem,
+)
+from backend.app.services import organization_service
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DOCKER_SOCKET = "/var/run/docker.sock"
+LOCAL_TARGET_NAME = "local"
+#: Seconds ``test_target`` waits for an engine before reporting it unreachable.
+TEST_TIMEOUT_SECONDS = 10.0
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+def _register(value: str) -> None:
+    """Mask ``value`` in logs, and each line of its PEM body so a partial echo is masked too."""
+    register_secret(value)
+    register_secret(value.strip())
+    for line in value.splitlines():
+        if len(line) >= 16 and not line.startswith("-----"):
+            register_secret(line.strip())
+
+
+def credentials(target: Target, settings: Settings) -> dict[str, Any]:
+    """The target's decrypted credentials, every field of ``CREDENTIAL_FIELDS`` present (absent ones None).
+
+    Each secret is registered with the log redactor before it is returned.
+    """
+    stored: dict[str, Any] = {}
+    if target.credentials_encrypted:
+        stored = json.loads(decrypt_secret(settings, target.credentials_encrypted))
+    result: dict[str, Any] = {field: stored.get(field) for field in CREDENTIAL_FIELDS}
+    result["tls_verify"] = stored.get("tls_verify", True) is not False
+    for field in (*TLS_FIELDS, "ssh_key"):
+        if result[field]:
+            _register(result[field])
+    return result
+
+
+def _store_credentials(target: Target, settings: Settings, creds: dict[str, Any]) -> None:
+    """Encrypt what is set (``tls_verify`` only when false); ``None`` when nothing is."""
+    kept = {field: creds[field] for field in (*TLS_FIELDS, "ssh_key") if creds.get(field)}
+    if creds.get("tls_verify") is False:
+        kept["tls_verify"] = False
+    for field in (*TLS_FIELDS, "ssh_key"):
+        if field in kept:
+            _register(kept[field])
+    target.credentials_encrypted = encrypt_secret(settings, json.dumps(kept)) if kept else None
+
+
+def connection_for(target: Target, settings: Settings) -> TargetConnection:
+    """How a driver reaches the target's engine (credentials decrypted, and registered with the redactor)."""
+    creds = credentials(target, settings)
+    return TargetConnection(
+        type=TargetType(target.type),
+        endpoint=target.endpoint,
+        tls_ca=creds["tls_ca"],
+        tls_cert=creds["tls_cert"],
+        tls_key=creds["tls_key"],
+        tls_verify=creds["tls_verify"],
+        ssh_key=creds["ssh_key"],
+    )
+
+
+def to_read(target: Target, settings: Settings) -> TargetRead:
+    """The API view: whether credentials exist, never their value."""
+    creds = credentials(target, settings)
+    return TargetRead(
+        id=target.id,
+        organization_id=target.organization_id,
+        name=target.name,
+        description=target.description,
+        type=target.type,
+        endpoint=target.endpoint,
+        max_concurrent_deployments=target.max_concurrent_deployments,
+        is_active=target.is_active,
+        has_tls=any(creds[field] for field in TLS_FIELDS),
+        tls_verify=creds["tls_verify"],
+        has_ssh_key=bool(creds["ssh_key"]),
+        created_at=target.created_at,
+        updated_at=target.updated_at,
+    )
+
+
+# --- CRUD -----------------------------------------------------------------------------------------
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(
+        f"a target named {name!r} already exists in this organization; pick another name", code="target_name_taken"
+    )
+
+
+async def create(session: AsyncSession, settings: Settings, user: User, data: TargetCreate) -> Target:
+    """Create a target in ``data.organization_id`` (default: the caller's default organisation); admin or higher."""
+    organization_id = await organization_service.resolve_organization(
+        session, user, data.organization_id, Role.ADMIN
+    )
+    target = Target(
+        organization_id=organization_id,
+        name=data.name,
+        description=data.description,
+        type=data.type,
+        endpoint=data.endpoint,
+        max_concurrent_deployments=data.max_concurrent_deployments,
+        is_active=True,
+    )
+    _store_credentials(target, settings, data.credentials())
+    session.add(target)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise _name_taken(data.name) from exc
+    return target
+
+
+async def list_for_user(
+    session: AsyncSession,
+    user: User,
+    *,
+    organization_id: str | None = None,
+    type: TargetType | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[list[Target], int]:
+    """Targets of the organisations ``user`` belongs to (every one for a superuser), by name.
+
+    Filtering on an organisation the user does not belong to answers 404, like reading it would.
+    """
+    query = select(Target)
+    if organization_id is not None:
+        await organization_service.require_role(session, user, organization_id, Role.VIEWER)
+        query = query.where(Target.organization_id == organization_id)
+    elif not user.is_superuser:
+        member_of = select(Membership.organization_id).where(Membership.user_id == user.id)
+        query = query.where(Target.organization_id.in_(member_of))
+    if type is not None:
+        query = query.where(Target.type == type)
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = (await session.execute(query.order_by(Target.name, Target.id).offset(offset).limit(limit))).scalars().all()
+    return list(rows), total
+
+
+async def get_for_user(session: AsyncSession, user: User, target_id: str, minimum: Role = Role.VIEWER) -> Target:
+    """The target, if ``user`` holds ``minimum`` in its organisation.
+
+    Missing and foreign targets are the same 404 (an outsider must not learn the id exists); a member
+    with a weaker role gets 403.
+    """
+    target = await session.get(Target, target_id)
+    role = await organization_service.role_in(session, user, target.organization_id) if target else None
+    if target is None or role is None:
+        raise NotFound("target not found", code="target_not_found")
+    if not role.at_least(minimum):
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the target's organization; you are {role}")
+    return target
+
+
+async def update(session: AsyncSession, settings: Settings, target: Target, data: TargetUpdate) -> Target:
+    """Apply the fields sent. Credentials sent replace the stored ones field by field; ``null`` removes one.
+
+    The merged result is checked as a whole: switching a tcp target to ``unix://`` while it keeps TLS
+    material is refused with a message saying which fields to clear.
+    """
+    changes = data.model_dump(exclude_unset=True)
+    cred_changes = {field: changes.pop(field) for field in CREDENTIAL_FIELDS if field in changes}
+    endpoint = changes.get("endpoint", target.endpoint)
+    if cred_changes or "endpoint" in changes:
+        creds = credentials(target, settings)
+        creds.update(cred_changes)
+        if creds["tls_verify"] is None:
+            creds["tls_verify"] = True
+        problem = credential_problem(endpoint, creds)
+        if problem:
+            raise ValidationFailed(problem, code="credentials_mismatch")
+        if cred_changes:
+            _store_credentials(target, settings, creds)
+    name = changes.get("name", target.name)  # read before a failed flush makes the row unreadable
+    for field, value in changes.items():
+        setattr(target, field, value)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise _name_taken(name) from exc
+    return target
+
+
+async def delete(session: AsyncSession, target: Target) -> None:
+    """Delete a target no deployment references (409 otherwise: deployments keep their target)."""
+    used = (
+        await session.execute(select(func.count()).select_from(Deployment).where(Deployment.target_id == target.id))
+    ).scalar_one()
+    if used:
+        raise _in_use(target, used)
+    await session.delete(target)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a deployment was created between the count and the delete
+        raise _in_use(target, 1) from exc
+
+
+def _in_use(target: Target, count: int) -> Conflict:
+    return Conflict(
+        f"target {target.name!r} is used by {count} deployment(s); delete those deployments first "
+        "(or deactivate the target with PATCH is_active=false)",
+        code="target_in_use",
+    )
+
+
+# --- engine ---------------------------------------------------------------------------------------
+
+
+async def test_target(target: Target, settings: Settings, *, timeout: float = TEST_TIMEOUT_SECONDS) -> TargetTestResult:
+    """Ask the target's engine who it is. Never raises: every failure is ``ok=False`` with the exact error.
+
+    The connection (and decryption) happens before any network wait, so the caller may close its database
+    session first.
+    """
+    connection = connection_for(target, settings)
+    try:
+        async with asyncio.timeout(timeout):
+            info = await engine_for(connection).test_connection()
+    except TimeoutError:
+        return TargetTestResult(ok=False, error=f"no answer from {target.endpoint} within {timeout:g} s")
+    except EngineError as exc:
+        return TargetTestResult(ok=False, error=redact(exc.message))
+    except Exception as exc:  # noqa: BLE001 - a test reports, it never turns into a 500
+        logger.warning("testing target %s (%s) failed unexpectedly", target.id, target.endpoint, exc_info=True)
+        return TargetTestResult(ok=False, error=redact(f"{type(exc).__name__}: {exc}"))
+    return TargetTestResult(
+        ok=True,
+        version=info.get("version"),
+        api_version=info.get("api_version"),
+        swarm_manager=info.get("swarm_manager"),
+        os=info.get("os"),
+    )
+
+
+test_target.__test__ = False  # not a pytest test, whatever module imports it
+
+
+async def ensure_local_target(
+    session: AsyncSession, organization_id: str, settings: Settings, socket_path: str = LOCAL_DOCKER_SOCKET
+) -> Target | None:
+    """Give an organisation without targets a ``local`` target on the host's Docker socket, if there is one.
+
+    Called at first-run setup so a fresh install can deploy at once. Always type ``docker``: whether the
+    engine is a swarm manager can change later, and a swarm target is an explicit choice. ``settings`` is
+    for symmetry with the other entry points (no credentials are stored for a unix socket).
+    """
+    if not Path(socket_path).exists():
+        return None
+    existing = (
+        await session.execute(select(func.count()).select_from(Target).where(Target.organization_id == organization_id))
+    ).scalar_one()
+    if existing:
+        return None
+    target = Target(
+        organization_id=organization_id,
+        name=LOCAL_TARGET_NAME,
+        description="The Docker engine of the WindFlow host (created at setup)",
+        type=TargetType.DOCKER,
+        endpoint=f"unix://{socket_path}",
+        max_concurrent_deployments=2,
+        is_active=True,
+    )
+    session.add(target)
+    await session.flush()
+    return target
