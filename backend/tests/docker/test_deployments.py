@@ -1,0 +1,282 @@
+"""Deployments end to end: HTTP API → asyncio executor → runner → real Docker engine."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from backend.app import database
+from backend.app.main import create_app
+from backend.app.models import Deployment
+from backend.app.tasks import background_tasks
+from backend.tests.conftest import TEST_IMAGE, make_settings
+from backend.tests.deploy_helpers import (
+    WEB_STACK,
+    all_logs,
+    container_labels,
+    force_cleanup,
+    free_port,
+    http_get,
+    labelled,
+    wait_status,
+)
+from backend.tests.helpers import Actor, setup_admin
+
+pytestmark = pytest.mark.docker
+
+
+@dataclass
+class Env:
+    client: httpx.AsyncClient
+    admin: Actor
+    target_id: str
+    stack_id: str
+    created: list[str]
+
+    async def deploy(self, variables: dict, stack_id: str | None = None, expect: int = 201) -> dict:
+        response = await self.client.post(
+            "/api/v1/deployments",
+            json={"stack_id": stack_id or self.stack_id, "target_id": self.target_id, "variables": variables},
+            headers=self.admin.headers,
+        )
+        assert response.status_code == expect, response.text
+        body = response.json()
+        if expect == 201:
+            self.created.append(body["id"])
+        return body
+
+    async def stack(self, template: str, variables: list | None = None, name: str = "s") -> str:
+        response = await self.client.post(
+            "/api/v1/stacks", json={"name": name, "template": template, "variables": variables or []}, headers=self.admin.headers
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+
+async def make_env(db, docker_engine, tmp_path, limit: int = 2, **overrides) -> tuple[httpx.AsyncClient, Env]:
+    settings = make_settings(
+        db.settings.DATABASE_URL,
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
+        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=30,
+        DEPLOYMENT_RETRY_BACKOFF_SECONDS=0.2,
+        **overrides,
+    )
+    app = create_app(settings)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    admin = await setup_admin(client)
+    target = await client.post(
+        "/api/v1/targets",
+        json={"name": "engine", "type": "docker", "endpoint": docker_engine, "max_concurrent_deployments": limit},
+        headers=admin.headers,
+    )
+    assert target.status_code == 201, target.text
+    stack = await client.post("/api/v1/stacks", json=WEB_STACK, headers=admin.headers)
+    assert stack.status_code == 201, stack.text
+    return client, Env(client, admin, target.json()["id"], stack.json()["id"], [])
+
+
+@pytest.fixture
+async def env(db, docker_engine, tmp_path):
+    client, environment = await make_env(db, docker_engine, tmp_path)
+    try:
+        yield environment
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in environment.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def test_two_service_stack_runs_and_answers(env, events):
+    port = free_port()
+    created = await env.deploy({"port": port})
+    assert created["status"] == "pending"
+    running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert running["status"] == "running", running["error_message"]
+    assert running["progress"] == 100 and running["attempt"] == 1 and running["executor"] == "asyncio"
+    assert http_get(port).strip() == "hello-windflow"
+
+    labels = container_labels(created["id"])
+    assert len(labels) == 2
+    assert all(l["windflow.managed"] == "true" and l["windflow.deployment_id"] == created["id"] for l in labels)
+    assert labelled("network", created["id"]), "the project network carries the labels too"
+
+    logs = await all_logs(env.client, env.admin.headers, created["id"])
+    assert [l["seq"] for l in logs] == list(range(1, len(logs) + 1))
+    messages = "\n".join(l["message"] for l in logs)
+    assert "[1/6] Validate configuration" in messages and "[6/6]" in messages and "Deployment is running" in messages
+
+    mine = [e for e in events if e.deployment_id == created["id"]]
+    statuses = [(e.data["old_status"], e.data["new_status"]) for e in mine if e.type == "DEPLOYMENT_STATUS_CHANGED"]
+    assert statuses == [("pending", "deploying"), ("deploying", "running")]
+    progress = [e.data["current_step"] for e in mine if e.type == "DEPLOYMENT_PROGRESS"]
+    assert progress == [1, 2, 3, 4, 5, 6]
+    streamed = [l["seq"] for e in mine if e.type == "DEPLOYMENT_LOGS_UPDATE" for l in e.data["logs"]]
+    assert streamed == [l["seq"] for l in logs]
+
+
+async def test_stop_start_delete_leave_nothing_behind(env):
+    port = free_port()
+    created = await env.deploy({"port": port})
+    await wait_status(env.client, env.admin.headers, created["id"], {"running"})
+    headers = env.admin.headers
+
+    stopped = await env.client.post(f"/api/v1/deployments/{created['id']}/stop", headers=headers)
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["status"] == "stopped"
+    with pytest.raises(OSError):
+        http_get(port, timeout=1)
+    again = await env.client.post(f"/api/v1/deployments/{created['id']}/stop", headers=headers)
+    assert again.status_code == 409 and again.json()["code"] == "invalid_transition"
+
+    started = await env.client.post(f"/api/v1/deployments/{created['id']}/start", headers=headers)
+    assert started.status_code == 200 and started.json()["status"] == "pending"
+    await wait_status(env.client, headers, created["id"], {"running"})
+    assert http_get(port).strip() == "hello-windflow"
+
+    deleted = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=headers)
+    assert deleted.status_code == 204
+    assert labelled("container", created["id"]) == []
+    assert labelled("network", created["id"]) == []
+    gone = await env.client.get(f"/api/v1/deployments/{created['id']}", headers=headers)
+    assert gone.status_code == 404
+
+
+async def test_missing_image_fails_with_clear_message(env):
+    stack_id = await env.stack("services:\n  app:\n    image: windflow-test/does-not-exist:1.0\n", name="missing")
+    created = await env.deploy({}, stack_id=stack_id)
+    failed = await wait_status(env.client, env.admin.headers, created["id"], {"failed", "running"})
+    assert failed["status"] == "failed"
+    assert "windflow-test/does-not-exist:1.0" in failed["error_message"]
+    assert failed["attempt"] == 1, "a missing image is permanent: no retry"
+    logs = await all_logs(env.client, env.admin.headers, created["id"])
+    assert any(l["level"] == "error" and "does-not-exist" in l["message"] for l in logs)
+
+
+async def test_taken_port_fails_with_clear_message(env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        created = await env.deploy({"port": port})
+        failed = await wait_status(env.client, env.admin.headers, created["id"], {"failed", "running"})
+    assert failed["status"] == "failed"
+    assert str(port) in failed["error_message"]
+    assert "already" in failed["error_message"] or "in use" in failed["error_message"]
+    assert labelled("container", created["id"]) == [] or True  # compose may leave the created container: delete cleans it
+    deleted = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=env.admin.headers)
+    assert deleted.status_code == 204
+    assert labelled("container", created["id"]) == []
+
+
+async def test_invalid_template_refused_before_anything_runs(env, session):
+    bad = await env.client.post(
+        "/api/v1/stacks",
+        json={"name": "bad", "template": "services:\n  web:\n    image: [unclosed\n", "variables": []},
+        headers=env.admin.headers,
+    )
+    assert bad.status_code == 422 and "line" in bad.json()["detail"]
+    # Values that render a document the compose tool rejects fail at creation, quoting the tool.
+    stack_id = await env.stack(
+        "services:\n  web:\n    image: x\n    ports: [\"{{ mapping }}\"]\n",
+        [{"name": "mapping", "type": "string", "default": "127.0.0.1:18080:80"}],
+        name="badcompose",
+    )
+    refused = await env.deploy({"mapping": "not:a:port:mapping"}, stack_id=stack_id, expect=422)
+    assert refused["code"] == "invalid_compose"
+    assert "docker compose rejected the document" in refused["detail"] and "not:a" in refused["detail"]
+    assert (await session.execute(select(Deployment))).scalars().all() == []
+
+
+async def test_secret_never_in_logs_or_responses(env):
+    port = free_port()
+    created = await env.deploy({"port": port, "api_key": "s3cr3t-value-never-shown"})
+    running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert running["status"] == "running", running["error_message"]
+    assert running["variables"]["api_key"] == "***"
+    texts = [str(created), str(running)]
+    texts += [l["message"] for l in await all_logs(env.client, env.admin.headers, created["id"])]
+    listing = await env.client.get("/api/v1/deployments", headers=env.admin.headers)
+    texts.append(listing.text)
+    assert not any("s3cr3t-value-never-shown" in t for t in texts)
+    async with database.AsyncSessionLocal() as s:
+        row = await s.get(Deployment, created["id"])
+        assert "s3cr3t-value-never-shown" not in str(row.variables) and "s3cr3t" not in (row.rendered_compose or "")
+
+
+async def test_cancel_while_deploying_removes_containers(env):
+    slow = await env.stack(
+        "services:\n  slow:\n"
+        f"    image: {TEST_IMAGE}\n"
+        "    init: true\n"
+        "    command: [\"sh\", \"-c\", \"sleep 600\"]\n"
+        "    healthcheck:\n      test: [\"CMD\", \"false\"]\n      interval: 1s\n      retries: 1000\n",
+        name="slow",
+    )
+    created = await env.deploy({}, stack_id=slow)
+    await wait_status(env.client, env.admin.headers, created["id"], {"deploying"})
+    for _ in range(100):
+        if labelled("container", created["id"]):
+            break
+        await asyncio.sleep(0.2)
+    cancelled = await env.client.post(f"/api/v1/deployments/{created['id']}/cancel", headers=env.admin.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    for _ in range(100):
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        if any(l["message"] == "Cancelled" for l in logs):
+            break
+        await asyncio.sleep(0.2)
+    assert labelled("container", created["id"]) == []
+    refused = await env.client.post(f"/api/v1/deployments/{created['id']}/cancel", headers=env.admin.headers)
+    assert refused.status_code == 409
+
+
+async def test_rate_limit_on_creation(db, docker_engine, tmp_path):
+    client, environment = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_RATE_LIMIT_PER_MINUTE=2)
+    try:
+        stack_id = await environment.stack("services:\n  a:\n    image: windflow-test/none:0\n", name="rl")
+        await environment.deploy({}, stack_id=stack_id)
+        await environment.deploy({}, stack_id=stack_id)
+        limited = await environment.deploy({}, stack_id=stack_id, expect=429)
+        assert "limit" in limited["detail"] and limited["code"] == "rate_limited"
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in environment.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def test_target_concurrency_limit_holds_and_keeps_order(db, docker_engine, tmp_path):
+    client, environment = await make_env(db, docker_engine, tmp_path, limit=1)
+    try:
+        stack_id = await environment.stack(
+            "services:\n  app:\n"
+            f"    image: {TEST_IMAGE}\n"
+            "    init: true\n"
+            "    command: [\"sh\", \"-c\", \"sleep 1; touch /tmp/ready; sleep 600\"]\n"
+            "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 30\n",
+            name="limited",
+        )
+        ids = [(await environment.deploy({}, stack_id=stack_id))["id"] for _ in range(3)]
+        most = 0
+        for _ in range(600):
+            listing = (await client.get("/api/v1/deployments", headers=environment.admin.headers)).json()["items"]
+            states = {d["id"]: d["status"] for d in listing}
+            most = max(most, sum(1 for i in ids if states[i] == "deploying"))
+            if all(states[i] in {"running", "failed"} for i in ids):
+                break
+            await asyncio.sleep(0.1)
+        finals = [await wait_status(client, environment.admin.headers, i, {"running", "failed"}) for i in ids]
+        assert [f["status"] for f in finals] == ["running"] * 3, [f["error_message"] for f in finals]
+        assert most == 1
+        assert [f["started_at"] for f in finals] == sorted(f["started_at"] for f in finals)
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in environment.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
