@@ -3,6 +3,7 @@
     windflow serve                 serve the API and UI (same as ``python -m backend.app.main``)
     windflow db upgrade            apply database migrations
     windflow create-admin          create a superuser (and its organisation) from a script
+    windflow recover               recover stuck deployments now (prints the statistics as JSON)
 """
 
 from __future__ import annotations
@@ -111,6 +112,29 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
+    from backend.app import database
+    from backend.app.services.deployment_service import DeploymentService
+
+    try:
+        async with database.AsyncSessionLocal() as session:
+            return await DeploymentService.recover_pending_deployments(session, max_age_minutes, timeout_minutes)
+    finally:
+        await database.get_engine().dispose()
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    import json
+
+    from backend.app.core.logging import setup_logging
+
+    settings = _settings()
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
+    report = asyncio.run(_recover(args.max_age_minutes, args.timeout_minutes))
+    print(json.dumps(report, indent=2))
+    return 0 if report["statistics"]["errors"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="windflow", description="WindFlow: deploy Docker stacks, watch them live.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--password", help="password (visible in the process list: prefer --password-stdin)")
     group.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     admin.set_defaults(func=cmd_create_admin)
+
+    recover = sub.add_parser("recover", help="recover stuck deployments now")
+    recover.add_argument("--max-age-minutes", type=float, default=0, help="retry pending deployments older than this")
+    recover.add_argument("--timeout-minutes", type=float, default=60, help="fail pending deployments older than this")
+    recover.set_defaults(func=cmd_recover)
     return parser
 
 
