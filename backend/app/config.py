@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
     RECOVERY_ON_STARTUP: bool = True
 
+    # --- stack catalogue ------------------------------------------------------------------------
+    STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
+    STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"
+
     # --- monitoring ----------------------------------------------------------------------------
     PROMETHEUS_ENABLED: bool = False
 

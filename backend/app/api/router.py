@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from backend.app.api import auth, organizations, targets, tokens, users
+from backend.app.api import auth, organizations, stacks, targets, tokens, users
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (auth, users, organizations, tokens, targets):
+for module in (auth, users, organizations, tokens, targets, stacks):
     api_router.include_router(module.router)

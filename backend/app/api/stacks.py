@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from backend.app.api.deps import CurrentUser, PageDep, SessionDep
+from backend.app.models import Role, Stack
+from backend.app.schemas.stacks import (
+    StackCreate,
+    StackPage,
+    StackRead,
+    StackRenderRequest,
+    StackRenderResult,
+    StackUpdate,
+)
+from backend.app.services import stack_service
+
+router = APIRouter(prefix="/stacks", tags=["stacks"])
+
+
+class StackAccess:
+    """Loads the stack in the path if the caller holds ``minimum`` in its organisation (404 / 403)."""
+
+    def __init__(self, minimum: Role) -> None:
+        self.minimum = minimum
+
+    async def __call__(self, stack_id: str, session: SessionDep, user: CurrentUser) -> Stack:
+        return await stack_service.get_for_user(session, user, stack_id, self.minimum)
+
+
+StackViewer = Annotated[Stack, Depends(StackAccess(Role.VIEWER))]
+StackOperator = Annotated[Stack, Depends(StackAccess(Role.OPERATOR))]
+StackAdmin = Annotated[Stack, Depends(StackAccess(Role.ADMIN))]
+
+
+@router.post("", response_model=StackRead, status_code=status.HTTP_201_CREATED)
+async def create_stack(body: StackCreate, user: CurrentUser, session: SessionDep) -> StackRead:
+    """Create a stack (operator or higher); the template must render with the schema's defaults."""
+    stack = await stack_service.create(session, user, body)
+    await session.commit()
+    return StackRead.model_validate(stack)
+
+
+@router.get("", response_model=StackPage)
+async def list_stacks(
+    user: CurrentUser,
+    session: SessionDep,
+    page: PageDep,
+    organization_id: Annotated[str | None, Query(description="only this organisation's stacks")] = None,
+) -> StackPage:
+    """Stacks of the organisations you belong to, by name."""
+    rows, total = await stack_service.list_for_user(
+        session, user, organization_id=organization_id, offset=page.offset, limit=page.limit
+    )
+    return StackPage(items=[StackRead.model_validate(s) for s in rows], total=total)
+
+
+@router.get("/{stack_id}", response_model=StackRead)
+async def get_stack(stack: StackViewer) -> StackRead:
+    """One stack (any member of its organisation)."""
+    return StackRead.model_validate(stack)
+
+
+@router.patch("/{stack_id}", response_model=StackRead)
+async def update_stack(body: StackUpdate, stack: StackOperator, session: SessionDep) -> StackRead:
+    """Change a stack (operator or higher); a new template or schema is validated like on create."""
+    await stack_service.update(session, stack, body)
+    await session.commit()
+    return StackRead.model_validate(stack)
+
+
+@router.delete("/{stack_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_stack(stack: StackAdmin, session: SessionDep) -> None:
+    """Delete a stack (admin or owner); its deployments keep running and keep their rendered document."""
+    await stack_service.delete(session, stack)
+    await session.commit()
+
+
+@router.post("/{stack_id}/render", response_model=StackRenderResult)
+async def render_stack(body: StackRenderRequest, stack: StackOperator) -> StackRenderResult:
+    """Preview the compose document for these values (operator or higher); secrets are shown as ***."""
+    return StackRenderResult(compose=await stack_service.render(stack, body.variables))

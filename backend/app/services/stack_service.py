@@ -1,0 +1,168 @@
+"""Stacks: CRUD with role checks, and the check that a template renders with its variable schema.
+
+A stack is stored only if its schema parses and its template renders, with the defaults (generators
+evaluated; a placeholder for each required variable without default), to a compose YAML mapping. When
+the defaults alone make a complete deployment, the rendered document is also checked by the real
+compose tool. The stored schema is the canonical form (``password`` becomes ``secret``, enum options
+become ``{value, label}``).
+
+``source`` is ``"catalog"`` for a stack loaded from ``stacks_definitions/`` and untouched since;
+editing its name, template, variables or version makes it ``"user"``, so a later catalogue update
+(strategy ``update``) keeps the local edit instead of overwriting it.
+
+Services take the caller's session and never commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from backend.app.models import Membership, Role, Stack, User
+from backend.app.schemas.stacks import StackCreate, StackUpdate
+from backend.app.services import organization_service, templating
+
+SOURCE_USER = "user"
+SOURCE_CATALOG = "catalog"
+
+
+async def validate_definition(template: str, variables: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Check a stack definition; return its variable schema in canonical form.
+
+    Raises ``ValidationFailed`` (422) saying what is wrong: the schema (with its path), the rendering
+    (with the template line) or the rendered YAML (with line and column).
+    """
+    specs = templating.parse_variables(variables or [])
+    values, placeholders = templating.example_values(specs)
+    try:
+        rendered = templating.render_stack(template, specs, values)
+        if not placeholders:
+            await templating.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+    except ValidationFailed as exc:
+        raise ValidationFailed(f"rendering the template with the default values failed: {exc.detail}", code=exc.code) from None
+    return [spec.to_dict() for spec in specs]
+
+
+async def get_for_user(session: AsyncSession, user: User, stack_id: str, minimum: Role = Role.VIEWER) -> Stack:
+    """The stack if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*, 403 weak role."""
+    stack = await session.get(Stack, stack_id)
+    role = await organization_service.role_in(session, user, stack.organization_id) if stack else None
+    if stack is None or role is None:
+        raise NotFound("stack not found", code="stack_not_found")
+    if not role.at_least(minimum):
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the stack's organization; you are {role}")
+    return stack
+
+
+async def list_for_user(
+    session: AsyncSession,
+    user: User,
+    *,
+    organization_id: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[list[Stack], int]:
+    """Stacks of the organisations ``user`` belongs to (every one for a superuser), by name.
+
+    Filtering on an organisation the user does not belong to answers 404, like reading it would.
+    """
+    query = select(Stack)
+    if organization_id is not None:
+        await organization_service.require_role(session, user, organization_id, Role.VIEWER)
+        query = query.where(Stack.organization_id == organization_id)
+    elif not user.is_superuser:
+        member_of = select(Membership.organization_id).where(Membership.user_id == user.id)
+        query = query.where(Stack.organization_id.in_(member_of))
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = (await session.execute(query.order_by(Stack.name, Stack.id).offset(offset).limit(limit))).scalars().all()
+    return list(rows), total
+
+
+async def find_by_name(session: AsyncSession, organization_id: str, name: str) -> Stack | None:
+    return (
+        await session.execute(select(Stack).where(Stack.organization_id == organization_id, Stack.name == name))
+    ).scalar_one_or_none()
+
+
+def _duplicate(name: str) -> Conflict:
+    return Conflict(
+        f"a stack named {name!r} already exists in this organization; pick another name or update that stack",
+        code="stack_exists",
+    )
+
+
+async def _flush(session: AsyncSession, name: str) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent request took the name between the check and the write
+        raise _duplicate(name) from exc
+
+
+async def create(session: AsyncSession, user: User, data: StackCreate) -> Stack:
+    """Create a stack in ``data.organization_id`` or the caller's default organisation (operator or higher)."""
+    organization_id = await organization_service.resolve_organization(session, user, data.organization_id, Role.OPERATOR)
+    variables = await validate_definition(data.template, data.variables)
+    if await find_by_name(session, organization_id, data.name) is not None:
+        raise _duplicate(data.name)
+    stack = Stack(
+        organization_id=organization_id,
+        name=data.name,
+        description=data.description,
+        version=data.version,
+        template=data.template,
+        variables=variables,
+        source=SOURCE_USER,
+    )
+    session.add(stack)
+    await _flush(session, data.name)
+    return stack
+
+
+_NOT_NULL = ("name", "version", "template", "variables")
+
+
+async def update(session: AsyncSession, stack: Stack, data: StackUpdate) -> Stack:
+    """Apply the fields sent; a new template or schema is validated together with the other one."""
+    changes = data.model_dump(exclude_unset=True)
+    for field in _NOT_NULL:
+        if field in changes and changes[field] is None:
+            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value")
+    if "template" in changes or "variables" in changes:
+        changes["variables"] = await validate_definition(
+            changes.get("template", stack.template), changes.get("variables", stack.variables)
+        )
+    name = changes.get("name")
+    if name is not None and name != stack.name and await find_by_name(session, stack.organization_id, name) is not None:
+        raise _duplicate(name)
+    content_changed = any(
+        field in changes and changes[field] != getattr(stack, field) for field in ("name", "version", "template", "variables")
+    )
+    for field, value in changes.items():
+        setattr(stack, field, value)
+    if content_changed and stack.source == SOURCE_CATALOG:
+        stack.source = SOURCE_USER
+    await _flush(session, stack.name)
+    return stack
+
+
+async def delete(session: AsyncSession, stack: Stack) -> None:
+    """Delete a stack. Its deployments stay (they keep their rendered document; ``stack_id`` becomes null)."""
+    await session.delete(stack)
+    await session.flush()
+
+
+async def render(stack: Stack, variables: dict[str, Any]) -> str:
+    """The stack rendered with ``variables`` (generators evaluated for the preview), secrets as ``***``.
+
+    The real rendering is validated like a deployment's would be (YAML, then the compose tool).
+    """
+    specs = templating.parse_variables(stack.variables or [])
+    values = templating.resolve_values(specs, variables)
+    preview = templating.render_preview(stack.template, specs, values)
+    rendered = templating.render_stack(stack.template, specs, values)
+    await templating.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+    return preview
