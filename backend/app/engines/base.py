@@ -127,5 +127,5 @@ class Engine(abc.ABC):
         """The deployment's containers as the engine sees them (by label)."""
 
     async def test_connection(self) -> dict:
-        """``{"version": ..., "api_version": ..., "swarm_manager": bool}`` or EngineError."""
+        """``{"version": ..., "api_version": ..., "swarm_manager": bool, "os": ...}`` or EngineError."""
         raise NotImplementedError

@@ -1,0 +1,142 @@
+"""The compose driver: ``docker compose`` (v2), else ``docker-compose`` (v1), as a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from backend.app.engines.base import DeploySpec, EngineError, LogSink, TargetConnection
+from backend.app.engines.compose_cli import find_compose_command
+from backend.app.engines.connection import EngineSession
+from backend.app.engines.docker_base import COMPOSE_FILE, DockerEngine, compose_path
+from backend.app.engines.document import load_document
+from backend.app.engines.process import CommandResult, failure, run_command
+from backend.app.models.enums import LogLevel
+
+#: Seconds a compose command may run (images are already local, so this is generous).
+COMMAND_TIMEOUT = 600.0
+CONFIG_TIMEOUT = 60.0
+
+
+class ComposeEngine(DockerEngine):
+    """Deploys with the compose CLI; health, inspection and the final sweep go through the SDK."""
+
+    def __init__(self, connection: TargetConnection, command: tuple[str, ...] | None = None) -> None:
+        super().__init__(connection)
+        found = command or find_compose_command()
+        if not found:
+            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`)",
+                              transient=False)
+        self.command = tuple(found)
+        self.v2 = len(self.command) > 1  # ("docker", "compose") vs ("docker-compose",)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _argv(self, spec: DeploySpec, file: Path, project_dir: Path, *args: str) -> list[str]:
+        argv = [*self.command]
+        if self.v2:
+            argv += ["--progress", "plain"]
+        argv += ["--ansi", "never", "--project-name", spec.project, "--file", str(file),
+                 "--project-directory", str(project_dir), *args]
+        return argv
+
+    async def _compose(self, session: EngineSession, spec: DeploySpec, log: LogSink | None, *args: str,
+                       file: Path | None = None, timeout: float = COMMAND_TIMEOUT,
+                       capture_stdout: bool = False) -> CommandResult:
+        file = file or compose_path(spec)
+        workdir = Path(spec.workdir)
+        project_dir = workdir if workdir.is_dir() else file.parent
+        argv = self._argv(spec, file, project_dir, *args)
+        return await run_command(argv, env=session.env, log=log, cwd=project_dir, timeout=timeout,
+                                 capture_stdout=capture_stdout)
+
+    async def _run(self, spec: DeploySpec, log: LogSink, what: str, *args: str) -> None:
+        async with self.session() as session:
+            result = await self._compose(session, spec, log, *args)
+        if not result.ok:
+            raise failure(what, result)
+
+    async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
+        """``compose config``: the document after compose's own interpolation and profile selection
+        (only run when the document has something to interpolate)."""
+        path = compose_path(spec)
+        if not path.is_file() or "$" not in path.read_text().replace("$$", ""):
+            return self.prepared_document(spec)
+        async with self.session() as session:
+            result = await self._compose(session, spec, None, "config", timeout=CONFIG_TIMEOUT,
+                                         capture_stdout=True)
+        if not result.ok:
+            raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
+        return load_document(result.stdout)
+
+    # ------------------------------------------------------------------ steps
+
+    async def validate(self, spec: DeploySpec, log: LogSink) -> None:
+        """``compose config -q`` on a temporary copy of the document, so the message is the tool's own;
+        then our labelling must accept it too (e.g. labels of a known form)."""
+        tmp = Path(tempfile.mkdtemp(prefix="windflow-validate-"))
+        try:
+            raw = tmp / COMPOSE_FILE
+            raw.write_text(spec.compose)
+            async with self.session() as session:
+                result = await self._compose(session, spec, log, "config", "-q", file=raw, timeout=CONFIG_TIMEOUT)
+            if not result.ok:
+                raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
+            self.labelled_document(spec)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        await log(LogLevel.INFO, "compose document is valid")
+
+    async def create_resources(self, spec: DeploySpec, log: LogSink) -> None:
+        args = ["up", "--no-start", "--no-build", "--remove-orphans"]
+        if self.v2:
+            args += ["--pull", "never"]
+        await self._run(spec, log, "compose up --no-start", *args)
+
+    async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
+        args = ["up", "--detach", "--no-build", "--remove-orphans"]
+        if self.v2:
+            args += ["--pull", "never"]
+        await self._run(spec, log, "compose up", *args)
+
+    async def stop(self, spec: DeploySpec, log: LogSink) -> None:
+        if not compose_path(spec).is_file():
+            await self._sdk_stop(spec, log)
+            return
+        await self._run(spec, log, "compose stop", "stop")
+
+    async def start(self, spec: DeploySpec, log: LogSink) -> None:
+        if not compose_path(spec).is_file():
+            await self._sdk_start(spec, log)
+            return
+        await self._run(spec, log, "compose start", "start")
+
+    async def remove(self, spec: DeploySpec, log: LogSink, *, keep_volumes: bool = False) -> None:
+        """``compose down`` when the project directory exists, then a sweep by label so that nothing is
+        left even without it (or after a failed ``down``)."""
+        async with self.session() as session:
+            if compose_path(spec).is_file():
+                args = ["down", "--remove-orphans"] + ([] if keep_volumes else ["--volumes"])
+                result = await self._compose(session, spec, log, *args)
+                if not result.ok:
+                    await log(LogLevel.WARNING, f"compose down failed ({result.error_excerpt()}); "
+                                                "removing by label")
+            await self.sweep(session, spec, log, keep_volumes=keep_volumes)
+
+    # ------------------------------------------------------------------ without a project directory
+
+    async def _sdk_stop(self, spec: DeploySpec, log: LogSink) -> None:
+        async with self.session() as session:
+            for container in await self.containers(session, spec):
+                if container.status in ("running", "restarting", "paused"):
+                    await log(LogLevel.INFO, f"stopping {container.name}")
+                    await session.call(container.stop)
+
+    async def _sdk_start(self, spec: DeploySpec, log: LogSink) -> None:
+        async with self.session() as session:
+            for container in await self.containers(session, spec):
+                if container.status in ("created", "exited"):
+                    await log(LogLevel.INFO, f"starting {container.name}")
+                    await session.call(container.start)

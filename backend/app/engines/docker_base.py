@@ -1,0 +1,305 @@
+"""What the three drivers share: images, health waiting, label sweeps and inspection through the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker.models.containers import Container
+
+from backend.app.engines.base import (
+    DEPLOYMENT_LABEL,
+    DeploySpec,
+    Engine,
+    EngineError,
+    LogSink,
+    ServiceState,
+)
+from backend.app.engines.connection import EngineSession
+from backend.app.engines.document import (
+    SERVICE_LABEL,
+    active_services,
+    completed_dependencies,
+    desired_replicas,
+    dump_document,
+    label_document,
+    load_document,
+)
+from backend.app.models.enums import LogLevel
+
+COMPOSE_FILE = "docker-compose.yml"
+#: Restarts after which a container with a restart policy counts as crash-looping.
+MAX_RESTARTS = 3
+POLL_INTERVAL = 0.5
+
+
+def compose_path(spec: DeploySpec) -> Path:
+    return Path(spec.workdir) / COMPOSE_FILE
+
+
+def deployment_filter(spec: DeploySpec) -> dict[str, str]:
+    return {"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}
+
+
+def service_of(labels: Mapping[str, str]) -> str:
+    return labels.get(SERVICE_LABEL) or labels.get("com.docker.compose.service") or "?"
+
+
+def _decode(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+
+class DockerEngine(Engine):
+    """Base of the drivers: the parts that only need the SDK."""
+
+    #: label swarm's copy of the document as a stack file (deploy.labels, configs, secrets)
+    swarm_document = False
+
+    def session(self) -> EngineSession:
+        return EngineSession(self.connection)
+
+    # ------------------------------------------------------------------ document
+
+    def labelled_document(self, spec: DeploySpec) -> dict[str, Any]:
+        return label_document(load_document(spec.compose), spec.labels, swarm=self.swarm_document)
+
+    def prepared_document(self, spec: DeploySpec) -> dict[str, Any]:
+        """The labelled document as ``prepare`` wrote it, or freshly labelled when it has not run."""
+        path = compose_path(spec)
+        if path.is_file():
+            return load_document(path.read_text())
+        return self.labelled_document(spec)
+
+    async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
+        """The prepared document with variables substituted as the deploying tool will see them."""
+        return self.prepared_document(spec)
+
+    async def prepare(self, spec: DeploySpec, log: LogSink) -> None:
+        doc = self.labelled_document(spec)
+        path = compose_path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(dump_document(doc))
+        tmp.replace(path)
+        await log(LogLevel.INFO, f"wrote {path} ({len(doc['services'])} services, labelled "
+                                 f"{DEPLOYMENT_LABEL}={spec.deployment_id})")
+
+    # ------------------------------------------------------------------ images
+
+    async def ensure_image_list(self, session: EngineSession, images: Sequence[str], log: LogSink) -> list[str]:
+        """Pull what is missing; the images that cannot be had, with the engine's reason."""
+        client = await session.client()
+        missing: list[str] = []
+        for image in dict.fromkeys(images):
+            try:
+                await session.call(client.images.get, image)
+                await log(LogLevel.INFO, f"image {image} is present")
+                continue
+            except docker.errors.NotFound:
+                pass
+            await log(LogLevel.INFO, f"image {image} is not present locally, pulling it")
+            try:
+                await session.call(client.images.pull, image)
+            except docker.errors.NotFound as exc:
+                missing.append(f"image {image} is not available locally and could not be pulled: "
+                               f"{_decode(exc.explanation or str(exc))}")
+            except EngineError as exc:
+                if exc.transient and "cannot reach Docker engine" in exc.message:
+                    raise
+                missing.append(f"image {image} is not available locally and could not be pulled: "
+                               f"{exc.message.removeprefix(self.connection.endpoint + ': ')}")
+            else:
+                await log(LogLevel.INFO, f"pulled image {image}")
+        return missing
+
+    async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
+        doc = await self.resolved_document(spec)
+        images = []
+        for name, service in active_services(doc).items():
+            image = service.get("image")
+            if not image:
+                raise EngineError(f"service {name} has no image (WindFlow deploys images, it does not build "
+                                  "them)", transient=False)
+            images.append(str(image))
+        async with self.session() as session:
+            problems = await self.ensure_image_list(session, images, log)
+        for problem in problems:
+            await log(LogLevel.ERROR, problem)
+        if problems:
+            raise EngineError("; ".join(problems), transient=False)
+
+    # ------------------------------------------------------------------ containers by label
+
+    async def containers(self, session: EngineSession, spec: DeploySpec) -> list[Container]:
+        client = await session.client()
+        return await session.call(client.containers.list, all=True, filters=deployment_filter(spec),
+                                  ignore_removed=True)
+
+    async def inspect(self, spec: DeploySpec) -> list[ServiceState]:
+        async with self.session() as session:
+            containers = await self.containers(session, spec)
+        return [_state_of(c) for c in sorted(containers, key=lambda c: c.name)]
+
+    async def _last_logs(self, session: EngineSession, container: Container, lines: int = 10) -> str:
+        try:
+            raw = await session.call(container.logs, stdout=True, stderr=True, tail=lines)
+        except (EngineError, docker.errors.NotFound):
+            return ""
+        return _decode(raw).strip()
+
+    async def wait_containers(
+        self,
+        session: EngineSession,
+        spec: DeploySpec,
+        expected: Mapping[str, int],
+        log: LogSink,
+        *,
+        one_shot: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """Poll the deployment's containers until each service has ``expected[service]`` running (and
+        healthy, when it has a healthcheck) containers. Exited, unhealthy or crash-looping → permanent
+        EngineError quoting the container's last log lines; ``spec.health_timeout`` → permanent
+        EngineError naming the services not ready."""
+        deadline = time.monotonic() + spec.health_timeout
+        reported: dict[str, str] = {}
+        while True:
+            by_service: dict[str, list[Container]] = {}
+            for container in await self.containers(session, spec):
+                by_service.setdefault(service_of(container.labels), []).append(container)
+            waiting: dict[str, str] = {}
+            for service, count in expected.items():
+                if count <= 0:
+                    continue
+                containers = by_service.get(service, [])
+                ready = 0
+                for container in containers:
+                    state = container.attrs.get("State", {})
+                    status = state.get("Status", "")
+                    health = (state.get("Health") or {}).get("Status")
+                    if status in ("exited", "dead"):
+                        if service in one_shot and state.get("ExitCode") == 0:
+                            ready += 1
+                            continue
+                        await self._fail(session, service, container,
+                                         f"exited with code {state.get('ExitCode')}", log)
+                    if health == "unhealthy":
+                        probes = (state.get("Health") or {}).get("Log") or []
+                        detail = (probes[-1].get("Output") or "").strip() if probes else ""
+                        await self._fail(session, service, container,
+                                         "is unhealthy" + (f" (last check: {detail})" if detail else ""), log)
+                    if container.attrs.get("RestartCount", 0) >= MAX_RESTARTS:
+                        await self._fail(session, service, container,
+                                         f"keeps restarting ({container.attrs.get('RestartCount')} restarts)", log)
+                    if status == "running" and health in (None, "healthy"):
+                        ready += 1
+                if ready < count:
+                    if not containers:
+                        waiting[service] = "no container"
+                    else:
+                        states = sorted({_describe(c) for c in containers})
+                        waiting[service] = f"{ready}/{count} ready, {', '.join(states)}"
+            for service, description in waiting.items():
+                if reported.get(service) != description:
+                    reported[service] = description
+                    await log(LogLevel.INFO, f"waiting for {service}: {description}")
+            if not waiting:
+                await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
+                return
+            if time.monotonic() >= deadline:
+                detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
+                raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _fail(self, session: EngineSession, service: str, container: Container, what: str,
+                    log: LogSink) -> None:
+        logs = await self._last_logs(session, container)
+        for line in logs.splitlines():
+            await log(LogLevel.ERROR, f"{service} | {line}")
+        message = f"service {service} {what}"
+        if logs:
+            message += "; last log lines:\n" + logs
+        raise EngineError(message, transient=False)
+
+    async def wait_healthy(self, spec: DeploySpec, log: LogSink) -> None:
+        services = active_services(await self.resolved_document(spec))
+        expected = {name: desired_replicas(service) for name, service in services.items()}
+        async with self.session() as session:
+            await self.wait_containers(session, spec, expected, log, one_shot=completed_dependencies(services))
+
+    # ------------------------------------------------------------------ removal
+
+    async def sweep(self, session: EngineSession, spec: DeploySpec, log: LogSink, *, keep_volumes: bool) -> None:
+        """Remove every container, network (and volume unless ``keep_volumes``) labelled with the
+        deployment, whatever created it; EngineError listing what could not be removed."""
+        client = await session.client()
+        flt = deployment_filter(spec)
+        for container in await self.containers(session, spec):
+            await self._remove_object(session, f"container {container.name}", log, container.remove, force=True,
+                                      v=not keep_volumes)
+        for network in await session.call(client.networks.list, filters=flt):
+            await self._remove_object(session, f"network {network.name}", log, network.remove)
+        if not keep_volumes:
+            for volume in await session.call(client.volumes.list, filters=flt):
+                await self._remove_object(session, f"volume {volume.name}", log, volume.remove, force=True)
+        left = await self.leftovers(session, spec, keep_volumes=keep_volumes)
+        if left:
+            raise EngineError(f"could not remove {', '.join(left)}", transient=True)
+
+    async def _remove_object(self, session: EngineSession, what: str, log: LogSink, remove: Any,
+                             **kwargs: Any) -> None:
+        """One removal of the sweep. Already gone is fine; any other refusal (still in use, being removed
+        by the engine itself) is left to the final leftovers check, which names what remains."""
+        await log(LogLevel.INFO, f"removing {what}")
+        try:
+            await session.call(remove, **kwargs)
+        except docker.errors.NotFound:
+            pass
+        except EngineError as exc:
+            if exc.message.startswith("cannot reach Docker engine"):
+                raise
+            await log(LogLevel.WARNING, f"could not remove {what} yet: {exc.message}")
+
+    async def leftovers(self, session: EngineSession, spec: DeploySpec, *, keep_volumes: bool) -> list[str]:
+        client = await session.client()
+        flt = deployment_filter(spec)
+        left = [f"container {c.name}" for c in await self.containers(session, spec)]
+        left += [f"network {n.name}" for n in await session.call(client.networks.list, filters=flt)]
+        if not keep_volumes:
+            left += [f"volume {v.name}" for v in await session.call(client.volumes.list, filters=flt)]
+        return left
+
+    # ------------------------------------------------------------------ connection
+
+    async def test_connection(self) -> dict:
+        async with self.session() as session:
+            client = await session.client()
+            version = await session.call(client.version)
+            info = await session.call(client.info)
+        swarm = info.get("Swarm") or {}
+        return {
+            "version": version.get("Version"),
+            "api_version": version.get("ApiVersion"),
+            "swarm_manager": bool(swarm.get("ControlAvailable")),
+            "os": info.get("OperatingSystem") or version.get("Os"),
+        }
+
+
+def _describe(container: Container) -> str:
+    state = container.attrs.get("State", {})
+    health = (state.get("Health") or {}).get("Status")
+    return state.get("Status", "unknown") + (f" ({health})" if health else "")
+
+
+def _state_of(container: Container) -> ServiceState:
+    state = container.attrs.get("State", {})
+    return ServiceState(
+        service=service_of(container.labels),
+        container_id=container.id,
+        state=state.get("Status", "unknown"),
+        health=(state.get("Health") or {}).get("Status"),
+        exit_code=state.get("ExitCode"),
+    )

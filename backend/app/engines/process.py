@@ -1,0 +1,156 @@
+"""Running the docker/compose CLIs: output streamed line by line, the whole process group killed on
+cancellation or timeout.
+
+Each command runs in its own session (``start_new_session=True``) so that ``os.killpg`` reaches the
+compose plugin and anything else the docker CLI spawned, not only the CLI itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.app.engines.base import EngineError, LogSink
+from backend.app.engines.connection import is_transient
+from backend.app.models.enums import LogLevel
+
+#: Seconds between SIGTERM and SIGKILL when a command is cancelled or times out.
+KILL_GRACE = 5.0
+_LINE_LIMIT = 1 << 20
+
+
+def level_for(line: str) -> LogLevel:
+    lowered = line.lower()
+    if "error" in lowered or "failed" in lowered:
+        return LogLevel.ERROR
+    if "warning" in lowered or "warn" in lowered:
+        return LogLevel.WARNING
+    return LogLevel.INFO
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    lines: list[str]  # the last lines of stdout+stderr, in arrival order
+    stdout: str  # full stdout when captured, else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def error_excerpt(self, limit: int = 8) -> str:
+        """The lines worth quoting: those that look like errors, else the last ones."""
+        errors = [line for line in self.lines if level_for(line) is LogLevel.ERROR]
+        chosen = errors[-limit:] if errors else self.lines[-limit:]
+        return "\n".join(chosen) or f"exit status {self.returncode}"
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the process group, SIGKILL what is left after KILL_GRACE, reap the leader."""
+    pgid = proc.pid  # session leader: its pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_GRACE)
+    while group_alive(pgid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    await proc.wait()
+    # Members re-parented to init disappear once init reaps them; do not wait forever for a bad init.
+    deadline = time.monotonic() + 2
+    while group_alive(pgid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: LogSink | None,
+    cwd: Path | None = None,
+    timeout: float = 600.0,
+    capture_stdout: bool = False,
+    stdin: bytes | None = None,
+) -> CommandResult:
+    """Run ``argv``; every stderr line (and stdout line unless ``capture_stdout``) goes to ``log`` as it
+    arrives. Timeout → transient EngineError. Cancellation kills the process group and re-raises."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+            limit=_LINE_LIMIT,
+        )
+    except OSError as exc:
+        raise EngineError(f"cannot run {argv[0]}: {exc}", transient=False) from exc
+
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    captured: list[str] = []
+
+    async def pump(stream: asyncio.StreamReader, to_log: bool) -> None:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            line = raw.decode(errors="replace")
+            if not to_log:
+                captured.append(line.rstrip("\r\n"))
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            tail.append(line)
+            if log is not None:
+                await log(level_for(line), line)
+
+    async def communicate() -> int:
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            await proc.stdin.drain()
+            proc.stdin.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        await asyncio.gather(pump(proc.stdout, not capture_stdout), pump(proc.stderr, True))
+        return await proc.wait()
+
+    try:
+        returncode = await asyncio.wait_for(communicate(), timeout)
+    except TimeoutError:
+        await asyncio.shield(_terminate_group(proc))
+        message = f"`{' '.join(argv[-3:])}` did not finish within {timeout:g}s"
+        raise EngineError(message, transient=True) from None
+    except BaseException:
+        # Cancelled (or the log sink failed): nothing of this command may outlive the step. Shielded so
+        # that a second cancellation cannot interrupt the cleanup.
+        await asyncio.shield(_terminate_group(proc))
+        raise
+    return CommandResult(returncode, list(tail), "\n".join(captured))
+
+
+def failure(what: str, result: CommandResult) -> EngineError:
+    """EngineError for a failed command, classified by what the tool printed."""
+    excerpt = result.error_excerpt()
+    return EngineError(f"{what} failed: {excerpt}", transient=is_transient(excerpt))

@@ -1,0 +1,352 @@
+"""The swarm driver: ``docker stack deploy`` on a swarm manager, health from the swarm's tasks.
+
+Ports are rewritten to the long syntax with ``mode: host`` (published on the node running the task)
+because the routing mesh (ingress, IPVS) is not available everywhere WindFlow runs; ``host_ip`` has no
+meaning for swarm and is dropped with a warning. ``stack deploy`` never fails because an image is
+missing: the swarm rejects the task later, so ``wait_healthy`` watches tasks and turns a rejected or
+failed one into a permanent error quoting the swarm's reason (e.g. ``No such image``).
+
+Stop scales every replicated service to 0, remembering its replica count in the service label
+``windflow.replicas``; start restores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker.models.services import Service
+
+from backend.app.engines.base import DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
+from backend.app.engines.connection import EngineSession
+from backend.app.engines.docker_base import COMPOSE_FILE, POLL_INTERVAL, DockerEngine, compose_path, deployment_filter
+from backend.app.engines.document import active_services, dump_document, label_document, load_document, parse_ports
+from backend.app.engines.process import CommandResult, failure, run_command
+from backend.app.models.enums import LogLevel
+
+REPLICAS_LABEL = "windflow.replicas"
+STACK_LABEL = "com.docker.stack.namespace"
+COMMAND_TIMEOUT = 300.0
+REMOVE_TIMEOUT = 90.0
+
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z?$")
+
+
+def _parse_time(value: str | None) -> datetime:
+    match = _TIMESTAMP.match((value or "").split("+")[0])
+    if not match:
+        return datetime.min.replace(tzinfo=UTC)
+    fraction = (match.group(2) or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{match.group(1)}.{fraction}+00:00")
+
+
+def host_mode_ports(service: dict[str, Any]) -> list[str]:
+    """Rewrite ``service['ports']`` in place to long syntax with ``mode: host``; the warnings to log."""
+    warnings = []
+    if not service.get("ports"):
+        return warnings
+    rewritten = []
+    for mapping in parse_ports(service["ports"]):
+        if mapping.host_ip and mapping.host_ip not in ("0.0.0.0", "::"):
+            warnings.append(f"port {mapping.host_ip}:{mapping.published}:{mapping.target}: swarm cannot bind a "
+                            f"host IP, publishing on every interface of the node instead")
+        entry: dict[str, Any] = {"target": mapping.target, "protocol": mapping.protocol, "mode": "host"}
+        if mapping.published is not None:
+            entry["published"] = mapping.published
+        rewritten.append(entry)
+    service["ports"] = rewritten
+    return warnings
+
+
+class SwarmEngine(DockerEngine):
+    swarm_document = True
+
+    def __init__(self, connection: TargetConnection) -> None:
+        super().__init__(connection)
+        docker_cli = shutil.which("docker")
+        if not docker_cli:
+            raise EngineError("the docker CLI is not installed (needed for `docker stack deploy`)", transient=False)
+        self.docker = docker_cli
+
+    # ------------------------------------------------------------------ document
+
+    def stack_document(self, spec: DeploySpec) -> tuple[dict[str, Any], list[str]]:
+        doc = label_document(load_document(spec.compose), spec.labels, swarm=True)
+        warnings = []
+        for service in doc["services"].values():
+            warnings += host_mode_ports(service)
+        return doc, warnings
+
+    def labelled_document(self, spec: DeploySpec) -> dict[str, Any]:
+        return self.stack_document(spec)[0]
+
+    async def _docker(self, session: EngineSession, log: LogSink | None, *args: str, cwd: Path | None = None,
+                      timeout: float = COMMAND_TIMEOUT, capture_stdout: bool = False) -> CommandResult:
+        return await run_command([self.docker, *args], env=session.env, log=log, cwd=cwd, timeout=timeout,
+                                 capture_stdout=capture_stdout)
+
+    async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
+        path = compose_path(spec)
+        if not path.is_file() or "$" not in path.read_text().replace("$$", ""):
+            return self.prepared_document(spec)
+        async with self.session() as session:
+            result = await self._docker(session, None, "stack", "config", "-c", str(path), cwd=path.parent,
+                                        capture_stdout=True, timeout=60)
+        if not result.ok:
+            raise EngineError(f"invalid stack document: {result.error_excerpt()}", transient=False)
+        return load_document(result.stdout)
+
+    # ------------------------------------------------------------------ steps
+
+    async def validate(self, spec: DeploySpec, log: LogSink) -> None:
+        """``docker stack config`` on the document as written, then on the labelled, host-mode form."""
+        tmp = Path(tempfile.mkdtemp(prefix="windflow-validate-"))
+        try:
+            raw = tmp / "raw.yml"
+            raw.write_text(spec.compose)
+            async with self.session() as session:
+                result = await self._docker(session, log, "stack", "config", "-c", str(raw), cwd=tmp,
+                                            capture_stdout=True, timeout=60)
+                if not result.ok:
+                    raise EngineError(f"invalid stack document: {result.error_excerpt()}", transient=False)
+                doc, warnings = self.stack_document(spec)
+                for warning in warnings:
+                    await log(LogLevel.WARNING, warning)
+                labelled = tmp / COMPOSE_FILE
+                labelled.write_text(dump_document(doc))
+                result = await self._docker(session, log, "stack", "config", "-c", str(labelled), cwd=tmp,
+                                            capture_stdout=True, timeout=60)
+                if not result.ok:
+                    raise EngineError(f"invalid stack document once labelled: {result.error_excerpt()}",
+                                      transient=False)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        await log(LogLevel.INFO, "stack document is valid")
+
+    async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
+        """Best effort on the manager only: in a swarm the nodes pull for themselves, so an image missing
+        here is a warning; a node that cannot get it rejects the task, which ``wait_healthy`` reports."""
+        doc = await self.resolved_document(spec)
+        images = [str(s["image"]) for s in active_services(doc).values() if s.get("image")]
+        async with self.session() as session:
+            problems = await self.ensure_image_list(session, images, log)
+        for problem in problems:
+            await log(LogLevel.WARNING, f"{problem} (on the manager; the nodes must have it)")
+
+    async def create_resources(self, spec: DeploySpec, log: LogSink) -> None:
+        """Check the target is a swarm manager; ``stack deploy`` creates the labelled networks itself."""
+        async with self.session() as session:
+            client = await session.client()
+            info = await session.call(client.info)
+        if not (info.get("Swarm") or {}).get("ControlAvailable"):
+            raise EngineError(f"{self.connection.endpoint} is not a swarm manager (Swarm: "
+                              f"{(info.get('Swarm') or {}).get('LocalNodeState', 'inactive')})", transient=False)
+        await log(LogLevel.INFO, "target is a swarm manager; networks are created by `docker stack deploy`")
+
+    async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
+        path = compose_path(spec)
+        async with self.session() as session:
+            result = await self._docker(session, log, "stack", "deploy", "--resolve-image", "never", "--prune",
+                                        "--detach=true", "--compose-file", str(path), spec.project, cwd=path.parent)
+        if not result.ok:
+            raise failure("docker stack deploy", result)
+
+    # ------------------------------------------------------------------ health
+
+    async def services(self, session: EngineSession, spec: DeploySpec) -> list[Service]:
+        client = await session.client()
+        return await session.call(client.services.list, filters=deployment_filter(spec))
+
+    def _short(self, spec: DeploySpec, service: Service) -> str:
+        return service.name.removeprefix(spec.project + "_")
+
+    async def wait_healthy(self, spec: DeploySpec, log: LogSink) -> None:
+        doc = await self.resolved_document(spec)
+        expected = set(active_services(doc))
+        async with self.session() as session:
+            await self._wait_tasks(session, spec, expected, log)
+
+    async def _wait_tasks(self, session: EngineSession, spec: DeploySpec, expected: set[str], log: LogSink) -> None:
+        deadline = time.monotonic() + spec.health_timeout
+        reported: dict[str, str] = {}
+        while True:
+            services = {self._short(spec, s): s for s in await self.services(session, spec)}
+            waiting: dict[str, str] = {}
+            for name in sorted(expected):
+                service = services.get(name)
+                if service is None:
+                    waiting[name] = "no service"
+                    continue
+                try:
+                    tasks = await session.call(service.tasks)
+                except docker.errors.NotFound:
+                    waiting[name] = "no service"
+                    continue
+                since = _parse_time(service.attrs.get("UpdatedAt"))
+                for task in tasks:
+                    status = task.get("Status") or {}
+                    if status.get("State") in ("failed", "rejected") and _parse_time(task.get("CreatedAt")) >= since:
+                        await self._task_failed(session, name, task, log)
+                mode = service.attrs["Spec"].get("Mode", {})
+                current = [t for t in tasks if t.get("DesiredState") == "running"]
+                running = sum(1 for t in current if (t.get("Status") or {}).get("State") == "running")
+                if "Replicated" in mode:
+                    desired = int(mode["Replicated"].get("Replicas", 1))
+                else:
+                    desired = max(1, len(current))
+                if running < desired:
+                    states = sorted({(t.get("Status") or {}).get("State", "?") for t in current}) or ["no task"]
+                    waiting[name] = f"{running}/{desired} running, {', '.join(states)}"
+            for name, description in waiting.items():
+                if reported.get(name) != description:
+                    reported[name] = description
+                    await log(LogLevel.INFO, f"waiting for {name}: {description}")
+            if not waiting:
+                await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
+                return
+            if time.monotonic() >= deadline:
+                detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
+                raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _task_failed(self, session: EngineSession, name: str, task: dict[str, Any], log: LogSink) -> None:
+        status = task.get("Status") or {}
+        reason = status.get("Err") or status.get("Message") or "no reason given"
+        message = f"service {name}: task {status.get('State')}: {reason}"
+        container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
+        logs = ""
+        if container_id:
+            client = await session.client()
+            try:
+                container = await session.call(client.containers.get, container_id)
+                logs = await self._last_logs(session, container)
+            except (docker.errors.NotFound, EngineError):
+                logs = ""
+        for line in logs.splitlines():
+            await log(LogLevel.ERROR, f"{name} | {line}")
+        if logs:
+            message += "; last log lines:\n" + logs
+        await log(LogLevel.ERROR, message.splitlines()[0])
+        raise EngineError(message, transient=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def stop(self, spec: DeploySpec, log: LogSink) -> None:
+        async with self.session() as session:
+            for service in await self.services(session, spec):
+                mode = service.attrs["Spec"].get("Mode", {})
+                if "Replicated" not in mode:
+                    await log(LogLevel.WARNING, f"{service.name} is a global service: it cannot be scaled to 0")
+                    continue
+                replicas = int(mode["Replicated"].get("Replicas", 1))
+                if replicas == 0:
+                    continue
+                await log(LogLevel.INFO, f"scaling {service.name} from {replicas} to 0")
+                result = await self._docker(session, log, "service", "update", "--detach", "--quiet",
+                                            "--replicas", "0", "--label-add", f"{REPLICAS_LABEL}={replicas}",
+                                            service.name)
+                if not result.ok:
+                    raise failure(f"scaling {service.name} to 0", result)
+            await self._wait_no_running_tasks(session, spec, log)
+
+    async def _wait_no_running_tasks(self, session: EngineSession, spec: DeploySpec, log: LogSink) -> None:
+        deadline = time.monotonic() + spec.health_timeout
+        while True:
+            running = []
+            for service in await self.services(session, spec):
+                if "Replicated" not in service.attrs["Spec"].get("Mode", {}):
+                    continue
+                tasks = await session.call(service.tasks)
+                running += [service.name for t in tasks if (t.get("Status") or {}).get("State") in
+                            ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending", "new")]
+            if not running:
+                await log(LogLevel.INFO, "every task is stopped")
+                return
+            if time.monotonic() >= deadline:
+                raise EngineError(f"tasks still running after {spec.health_timeout:g}s: "
+                                  f"{', '.join(sorted(set(running)))}", transient=True)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def start(self, spec: DeploySpec, log: LogSink) -> None:
+        async with self.session() as session:
+            expected = set()
+            for service in await self.services(session, spec):
+                expected.add(self._short(spec, service))
+                remembered = (service.attrs["Spec"].get("Labels") or {}).get(REPLICAS_LABEL)
+                if remembered is None:
+                    continue
+                await log(LogLevel.INFO, f"scaling {service.name} back to {remembered}")
+                result = await self._docker(session, log, "service", "update", "--detach", "--quiet",
+                                            "--replicas", str(remembered), "--label-rm", REPLICAS_LABEL,
+                                            service.name)
+                if not result.ok:
+                    raise failure(f"scaling {service.name} to {remembered}", result)
+            await self._wait_tasks(session, spec, expected, log)
+
+    async def remove(self, spec: DeploySpec, log: LogSink, *, keep_volumes: bool = False) -> None:
+        """``docker stack rm``, then remove whatever still carries the deployment label (task containers,
+        networks, volumes unless ``keep_volumes``, configs, secrets), retrying while the swarm still
+        holds some of them, until nothing is left."""
+        async with self.session() as session:
+            client = await session.client()
+            result = await self._docker(session, log, "stack", "rm", spec.project)
+            if not result.ok and "nothing found in stack" not in "\n".join(result.lines).lower():
+                await log(LogLevel.WARNING, f"docker stack rm failed ({result.error_excerpt()}); removing by label")
+            # Once its services are gone the swarm stops and reaps their task containers on its own,
+            # which takes seconds; removing them by label right away is equivalent and faster.
+            deadline = time.monotonic() + REMOVE_TIMEOUT
+            flt = deployment_filter(spec)
+            while True:
+                for service in await session.call(client.services.list, filters=flt):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        await session.call(service.remove)
+                try:
+                    await self.sweep(session, spec, log, keep_volumes=keep_volumes)
+                    break
+                except EngineError as exc:  # a network or volume still in use by a task being torn down
+                    if not exc.message.startswith("could not remove") or time.monotonic() >= deadline:
+                        raise
+                await asyncio.sleep(POLL_INTERVAL)
+            for kind in (client.secrets, client.configs):
+                for item in await session.call(kind.list, filters=flt):
+                    await log(LogLevel.INFO, f"removing {item.name}")
+                    try:
+                        await session.call(item.remove)
+                    except docker.errors.NotFound:
+                        pass
+
+    async def leftovers(self, session: EngineSession, spec: DeploySpec, *, keep_volumes: bool) -> list[str]:
+        left = await super().leftovers(session, spec, keep_volumes=keep_volumes)
+        left += [f"service {s.name}" for s in await self.services(session, spec)]
+        return left
+
+    async def inspect(self, spec: DeploySpec) -> list[ServiceState]:
+        """The latest task of every slot of every service of the deployment."""
+        states: list[ServiceState] = []
+        async with self.session() as session:
+            for service in await self.services(session, spec):
+                latest: dict[Any, dict[str, Any]] = {}
+                for task in await session.call(service.tasks):
+                    slot = task.get("Slot") or task.get("NodeID")
+                    if slot not in latest or _parse_time(task.get("CreatedAt")) > _parse_time(latest[slot].get("CreatedAt")):
+                        latest[slot] = task
+                for task in latest.values():
+                    status = task.get("Status") or {}
+                    container = status.get("ContainerStatus") or {}
+                    states.append(ServiceState(
+                        service=self._short(spec, service),
+                        container_id=container.get("ContainerID") or "",
+                        state=status.get("State", "unknown"),
+                        health=None,
+                        exit_code=container.get("ExitCode"),
+                    ))
+        return sorted(states, key=lambda s: (s.service, s.container_id))
+
