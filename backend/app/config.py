@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     CELERY_TASK_MAX_RETRIES: int = Field(default=3, ge=0)
     CELERY_SQL_POLLING_INTERVAL: float = Field(default=0.1, gt=0, le=30)
 
+    # --- events across processes (backend/app/core/event_transport.py) ---------------------------
+    # auto: redis when CELERY_BROKER_TYPE=redis, postgres with a PostgreSQL database, else memory.
+    EVENT_BUS: Literal["auto", "postgres", "redis", "memory"] = "auto"
+    # Redis pub/sub URL; defaults to the Celery broker URL when CELERY_BROKER_TYPE=redis.
+    EVENT_BUS_REDIS_URL: str | None = None
+
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)
     DEPLOYMENT_LEASE_SECONDS: int = Field(default=60, ge=5)

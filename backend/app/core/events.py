@@ -8,6 +8,11 @@ Every event WindFlow emits has one shape (DESIGN.md, "Events and real time")::
 Services never publish directly: they call :func:`queue_event` on the session that carries the change.
 The events are handed to the bus only after that session commits, and dropped if it rolls back, so a
 client never sees a change that did not happen.
+
+:class:`LocalEventBus` fans events out to the subscribers of this process. Other processes (Celery
+workers, other backend replicas) are reached through ``backend.app.core.event_transport``, which installs
+itself as the bus's *forwarder* when it is started and hands remote events back with
+:meth:`LocalEventBus.deliver`, which never forwards them again.
 """
 
 from __future__ import annotations
@@ -71,10 +76,16 @@ Subscriber = Callable[[Event], None]
 
 
 class LocalEventBus:
-    """In-process fan-out. Cross-process transports feed it from their listeners."""
+    """In-process fan-out. Cross-process transports feed it from their listeners.
+
+    ``publish`` is for events that happened in this process: local subscribers get them at once and the
+    forwarder (if a transport is running) sends them to the other processes. ``deliver`` is for events
+    that arrived from another process: local subscribers only, so nothing is echoed back.
+    """
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._forwarder: Subscriber | None = None
         self.published = 0
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -86,8 +97,27 @@ class LocalEventBus:
 
         return unsubscribe
 
+    def set_forwarder(self, forwarder: Subscriber | None) -> None:
+        """Install (or remove, with ``None``) the hook that sends published events to other processes.
+
+        The forwarder is called from ``publish``, possibly inside SQLAlchemy's ``after_commit`` hook and
+        from any thread, so it must only enqueue, never block.
+        """
+        self._forwarder = forwarder
+
     def publish(self, evt: Event) -> None:
+        """Deliver an event of this process to local subscribers, then forward it to other processes."""
         self.published += 1
+        self.deliver(evt)
+        forwarder = self._forwarder
+        if forwarder is not None:
+            try:
+                forwarder(evt)
+            except Exception:  # noqa: BLE001 - local delivery already happened; never fail a commit hook
+                logger.exception("could not forward %s event to other processes", evt.type)
+
+    def deliver(self, evt: Event) -> None:
+        """Deliver to local subscribers only (events received from other processes)."""
         for callback in list(self._subscribers):
             try:
                 callback(evt)

@@ -1,0 +1,139 @@
+"""A second WindFlow process for ``test_event_transport.py`` (run with ``python -m``; not a test module).
+
+It reads one JSON spec on stdin::
+
+    {"settings": {"DATABASE_URL": ..., "EVENT_BUS": ..., ...}, "channel": "..." | null,
+     "mode": "loop" | "thread", "listen": bool,
+     "actions": [{"do": "publish" | "commit" | "rollback", "event": <envelope>},
+                 {"do": "listen", "until": <deployment_id>, "timeout": 15}]}
+
+``mode=loop`` runs the bus on the loop of one ``asyncio.run`` (like the backend); ``mode=thread`` runs it
+with ``start_event_bus_thread`` and each action in its own ``asyncio.run`` ending with ``flush_events``
+(like Celery tasks), or followed by ``flush_events_sync`` when the action has ``"flush": "sync"``.
+``commit`` inserts an organisation whose id is the event's ``organization_id`` and queues the event on
+that session; ``rollback`` does the same and rolls back.
+
+It prints JSON lines: ``{"ready": status}`` once connected, ``{"received": envelope}`` for every event
+delivered to its local subscribers during a ``listen`` action, and ``{"done": status, "flushed": bool}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+
+from backend.app.config import Settings
+from backend.app.core.event_transport import (
+    event_bus_status,
+    flush_events,
+    flush_events_sync,
+    start_event_bus,
+    start_event_bus_thread,
+    stop_event_bus,
+    stop_event_bus_thread,
+)
+from backend.app.core.events import Event, bus, queue_event
+from backend.app.database import build_engine
+from backend.app.models import Organization
+
+
+def emit(**fields) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+async def wait_connected(timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not event_bus_status()["connected"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"event bus not connected: {event_bus_status()}")
+        await asyncio.sleep(0.02)
+
+
+async def act(action: dict, settings: Settings) -> None:
+    kind = action["do"]
+    if kind == "listen":
+        done = threading.Event()
+
+        def on_event(evt: Event) -> None:
+            emit(received=evt.to_dict())
+            if evt.deployment_id == action["until"]:
+                done.set()
+
+        unsubscribe = bus.subscribe(on_event)
+        try:
+            deadline = time.monotonic() + action.get("timeout", 15)
+            while not done.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            unsubscribe()
+        return
+    evt = Event.from_dict(action["event"])
+    if kind == "publish":
+        bus.publish(evt)
+        return
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    engine = build_engine(settings)
+    try:
+        async with AsyncSession(engine) as session:
+            session.add(Organization(id=evt.organization_id, name=f"org-{evt.organization_id}"))
+            queue_event(session, evt)
+            await session.flush()
+            if kind == "commit":
+                await session.commit()
+            else:
+                await session.rollback()
+    finally:
+        await engine.dispose()
+
+
+async def run_on_one_loop(spec: dict, settings: Settings) -> None:
+    await start_event_bus(settings, listen=spec.get("listen", True), channel=spec.get("channel"))
+    try:
+        await wait_connected()
+        emit(ready=event_bus_status())
+        for action in spec["actions"]:
+            await act(action, settings)
+        flushed = await flush_events(10)
+        emit(done=event_bus_status(), flushed=flushed)
+    finally:
+        await stop_event_bus()
+
+
+def run_like_celery(spec: dict, settings: Settings) -> None:
+    start_event_bus_thread(settings, listen=spec.get("listen", False), channel=spec.get("channel"))
+    try:
+        asyncio.run(wait_connected())
+        emit(ready=event_bus_status())
+        flushed = True
+        for action in spec["actions"]:
+            if action.get("flush") == "sync":  # like a Celery task_postrun handler
+                asyncio.run(act(action, settings))
+                flushed = flush_events_sync(10) and flushed
+                continue
+
+            async def task(action: dict = action) -> bool:
+                await act(action, settings)
+                return await flush_events(10)
+
+            flushed = asyncio.run(task()) and flushed
+        emit(done=event_bus_status(), flushed=flushed)
+    finally:
+        stop_event_bus_thread()
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.read())
+    settings = Settings(_env_file=None, **spec["settings"])
+    if spec.get("mode", "loop") == "thread":
+        run_like_celery(spec, settings)
+    else:
+        asyncio.run(run_on_one_loop(spec, settings))
+
+
+if __name__ == "__main__":
+    main()
