@@ -38,8 +38,8 @@ def broker_label(settings: Settings) -> str:
     return url.split(":", 1)[0] or "none"
 
 
-def create_celery(settings: Settings) -> Celery:
-    app = Celery("windflow", include=["backend.app.tasks.deployment_tasks"])
+def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery:
+    app = Celery("windflow", include=["backend.app.tasks.deployment_tasks"], set_as_current=set_as_current)
     broker = settings.celery_broker_url
     transport_options: dict = {}
     if broker and broker.startswith("sqla+"):
@@ -61,7 +61,6 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-        worker_hijack_root_logger=False,
         worker_send_task_events=False,
         timezone="UTC",
         enable_utc=True,
@@ -85,7 +84,7 @@ def create_celery(settings: Settings) -> Celery:
 
 
 settings = get_settings()
-celery_app = create_celery(settings)
+celery_app = create_celery(settings, set_as_current=True)
 app = celery_app  # `celery -A backend.app.celery_app` finds `app` or `celery_app`
 
 
@@ -102,6 +101,7 @@ if settings.celery_unavailable_reason and _invoked_as_celery_cli():
 # --- worker process lifecycle ------------------------------------------------------------------
 
 _heartbeat_stop = threading.Event()
+_heartbeat_thread: threading.Thread | None = None
 
 
 def _worker_kind() -> str:
@@ -115,16 +115,42 @@ def _on_child_start(**_kwargs) -> None:
     worker_runtime.reset_after_fork()
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_celery_logs(logger=None, **_kwargs) -> None:
+    """Celery configures its own handlers; every one of them gets WindFlow's redaction filter."""
+    from backend.app.core.logging import RedactingFilter, add_file_handler
+
+    if logger is None:
+        return
+    if settings.LOG_FILE:
+        add_file_handler(logger, settings.LOG_FILE)
+    for handler in logger.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
-    from backend.app.core.logging import setup_logging
-
-    setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or 1
-    thread = threading.Thread(target=_heartbeat_loop, args=(name, int(concurrency)), name="windflow-heartbeat", daemon=True)
-    thread.start()
+    if settings.RUN_MIGRATIONS_ON_STARTUP:
+        _migrate()
+    global _heartbeat_thread
+    _heartbeat_thread = threading.Thread(
+        target=_heartbeat_loop, args=(name, int(concurrency)), name="windflow-heartbeat", daemon=True
+    )
+    _heartbeat_thread.start()
     logger.info("WindFlow %s worker %s ready (broker: %s)", _worker_kind(), name, broker_label(settings))
+
+
+def _migrate() -> None:
+    """Workers may start before any backend: bring the schema up to date (serialised by an advisory lock)."""
+    from backend.app import database
+    from backend.app.migrate import upgrade_database
+    from backend.app.tasks import worker_runtime
+
+    worker_runtime.run(upgrade_database(database.get_engine(), settings), timeout=120)
 
 
 def _heartbeat_loop(name: str, concurrency: int) -> None:
@@ -154,6 +180,8 @@ def _on_worker_shutdown(sender=None, **_kwargs) -> None:
     from backend.app.tasks import worker_runtime
 
     _heartbeat_stop.set()
+    if _heartbeat_thread is not None:
+        _heartbeat_thread.join(timeout=10)  # a beat in flight must not re-create the row we delete
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
 
     async def remove() -> None:

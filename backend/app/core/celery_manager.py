@@ -63,10 +63,8 @@ class ModeReport:
         }
 
 
-def check_broker(settings: Settings, timeout: float = 3.0) -> str | None:
+def check_broker(settings: Settings, celery_app, timeout: float = 3.0) -> str | None:
     """``None`` when the broker accepts a connection, else the error (blocking: run in a thread)."""
-    from backend.app.celery_app import celery_app
-
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=timeout)
@@ -175,11 +173,21 @@ class CeleryManager:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._celery = None
         self.embedded = EmbeddedWorker(settings) if settings.CELERY_AUTO_START_WORKER else None
         self.report = ModeReport(ExecutionMode.ASYNCIO, settings.celery_unavailable_reason or "starting")
         self._task: asyncio.Task | None = None
         self._announcer: asyncio.Task | None = None
         self._gave_up = False
+
+    @property
+    def celery(self):
+        """A Celery app configured from *these* settings (the publisher side of this backend)."""
+        if self._celery is None:
+            from backend.app.celery_app import create_celery
+
+            self._celery = create_celery(self.settings)
+        return self._celery
 
     @property
     def mode(self) -> ExecutionMode:
@@ -222,7 +230,7 @@ class CeleryManager:
         from backend.app.celery_app import broker_label
 
         broker = broker_label(self.settings)
-        broker_error = await asyncio.to_thread(check_broker, self.settings)
+        broker_error = await asyncio.to_thread(check_broker, self.settings, self.celery)
         async with database.AsyncSessionLocal() as session:
             present = await workers.list_workers(session, include_stale=False)
         own = self.embedded.name if self.embedded else None

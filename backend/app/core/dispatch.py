@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 ENQUEUE_TIMEOUT_SECONDS = 5.0
 
 
-def _enqueue(deployment_id: str) -> str:
-    from backend.app.tasks.deployment_tasks import deploy_stack
+def _enqueue(celery_app, deployment_id: str) -> str:
+    from backend.app.celery_app import DEPLOY_TASK
 
-    return deploy_stack.apply_async((deployment_id,)).id
+    return celery_app.send_task(DEPLOY_TASK, args=(deployment_id,)).id
 
 
 class Dispatcher:
@@ -42,7 +42,7 @@ class Dispatcher:
         reason = self._celery_unavailable()
         if reason is None:
             try:
-                await asyncio.wait_for(asyncio.to_thread(_enqueue, deployment_id), ENQUEUE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(asyncio.to_thread(_enqueue, self._celery(), deployment_id), ENQUEUE_TIMEOUT_SECONDS)
                 metrics.DISPATCHES.labels("celery").inc()
                 return ExecutorKind.CELERY
             except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
@@ -57,6 +57,13 @@ class Dispatcher:
         if self.standalone:
             self._local.append(task)
         return ExecutorKind.ASYNCIO
+
+    def _celery(self):
+        if self.manager is not None:
+            return self.manager.celery
+        from backend.app.celery_app import celery_app
+
+        return celery_app
 
     def _celery_unavailable(self) -> str | None:
         if self.manager is not None:

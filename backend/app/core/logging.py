@@ -12,32 +12,54 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 MASK = "***"
 
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+# A value after "key: " / "key=": a quoted string (JSON, or a Python repr, possibly bytes) up to its
+# closing quote, escapes included, or else one bare word. Quoted values are masked whole: a password
+# such as "correct horse battery" must not leak after its first space. A quote that never closes (a
+# truncated line) masks the rest of the text rather than leak it.
+_VALUE = r"""(?P<q>[bru]?(?P<quote>["']))(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)?|(?P<bare>[^'"\s,;&}]+)"""
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    if match.group("quote"):
+        return match.group("key") + match.group("q") + MASK + match.group("quote")
+    return match.group("key") + MASK
+
+
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     # JSON Web Tokens: three base64url segments, the first two starting with '{"' encoded (eyJ).
-    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MASK),
+    # Possessive, and the header segment bounded, so a long base64 run full of "eyJ" costs linear time
+    # (unbounded, every "eyJ" in it rescanned the rest of the run).
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,1000}+\.eyJ[A-Za-z0-9_-]{5,}+\.[A-Za-z0-9_-]*+"), MASK),
     # WindFlow personal API tokens.
     (re.compile(r"\bwf_[A-Za-z0-9_-]{20,}"), "wf_" + MASK),
     # Authorization / Cookie headers, in "Header: value" and dict/JSON forms.
     (
-        re.compile(r"(?i)(['\"]?(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key)['\"]?\s*[:=]\s*)"
-                   r"(['\"]?)(?:(?:bearer|basic|token)\s+)?[^'\"\s,;}]+(\2)"),
-        r"\1\2" + MASK + r"\3",
+        re.compile(
+            r"(?i)(?P<key>['\"]?(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key)['\"]?\s*[:=]\s*)"
+            r"(?:(?:bearer|basic|token)\s+(?=[^'\"\s]))?(?:" + _VALUE + ")"
+        ),
+        _mask_value,
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),
     # key=value / "key": "value" for secret-looking keys.
     (
         re.compile(
-            r"(?i)(['\"]?[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|credential)s?[\w.-]*['\"]?"
-            r"\s*[:=]\s*)(['\"]?)([^'\"\s,;&}]+)(\2)"
+            # A key is one whole word (starting at a word boundary, taken possessively) that contains a
+            # secret-looking name. Written as "prefix* name suffix*" the regex retried every split of a
+            # long word: quadratic, seconds for one 8 kB base64 blob in a log line.
+            r"(?i)(?<![\w.-])(?P<key>['\"]?"
+            r"(?=[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|credential))"
+            r"[\w.-]++['\"]?\s*[:=]\s*)(?:" + _VALUE + ")"
         ),
-        r"\1\2" + MASK + r"\4",
+        _mask_value,
     ),
-    # user:password@ inside URLs.
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]+):([^@\s/]+)@"), r"\1:" + MASK + "@"),
+    # user:password@ inside URLs (the user may be empty: redis://:password@host).
+    (re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://[^:/@\s]*):([^@\s/]+)@"), r"\1:" + MASK + "@"),
 ]
 
 _secrets: set[str] = set()
@@ -90,6 +112,19 @@ class RedactingFilter(logging.Filter):
 
 
 _configured = False
+_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
+
+
+def add_file_handler(target: logging.Logger, log_file: str) -> None:
+    """Also write ``target``'s records to ``log_file`` (redacted), once per file."""
+    path = str(Path(log_file).resolve())
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in target.handlers):
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(RedactingFilter())
+    target.addHandler(handler)
 
 
 def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
