@@ -141,6 +141,26 @@ class Settings(BaseSettings):
             raise ValueError("SECRET_KEY must be at least 32 characters long")
         return self
 
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as an environment variable, so a child process (the embedded worker) runs with
+        exactly these settings whatever its own environment says."""
+        import json
+
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                env[name] = "true" if value else "false"
+            elif isinstance(value, StrEnum):
+                env[name] = value.value
+            elif isinstance(value, (list, dict)):
+                env[name] = json.dumps(value)
+            else:
+                env[name] = str(value)
+        return env
+
     # --- derived values ------------------------------------------------------------------------
     @property
     def database_kind(self) -> DatabaseKind:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from enum import Enum
 from pathlib import Path
 
 import httpx
@@ -28,19 +26,9 @@ CELERY = str(BIN / "celery")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly ``settings`` (fields set explicitly)."""
+    """The environment that gives a child process exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WINDFLOW_", "DEPLOYMENT", "RECOVERY_"))}
-    for name in settings.model_fields_set:
-        value = getattr(settings, name)
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, Enum):
-            text = str(value.value)
-        elif isinstance(value, (list, dict)):
-            text = json.dumps(value)
-        else:
-            text = str(value)
-        env[name] = text
+    env.update(settings.as_environment())
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -107,7 +107,7 @@ class EmbeddedWorker:
 
     async def start(self) -> None:
         self.stopping = False
-        env = {**os.environ, "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.settings.as_environment(), "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1"}
         self.process = await asyncio.create_subprocess_exec(
             *self.command(),
             stdout=asyncio.subprocess.PIPE,
