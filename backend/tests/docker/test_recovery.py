@@ -1,0 +1,187 @@
+"""Recovery: start-up, timeout, orphaned leases, the API and CLI entry points (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from backend.app import database
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, User
+from backend.app.services.deployment_service import DeploymentService
+from backend.tests.celery_fixtures import REPO_ROOT, running_app, settings_env
+from backend.tests.conftest import make_settings
+from backend.tests.deploy_helpers import WEB_STACK, force_cleanup, free_port, http_get, wait_status
+from backend.tests.factories import make_deployment
+from backend.tests.helpers import create_user, setup_admin
+
+pytestmark = pytest.mark.docker
+
+
+def _settings(db, tmp_path, **overrides):
+    values = dict(
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
+        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=30,
+        RECOVERY_ON_STARTUP=True,
+        LOG_LEVEL="INFO",
+    )
+    values.update(overrides)
+    return make_settings(db.settings.DATABASE_URL, **values)
+
+
+async def _stack_and_target(client, admin, docker_engine) -> tuple[str, str]:
+    target = await client.post(
+        "/api/v1/targets", json={"name": "engine", "type": "docker", "endpoint": docker_engine}, headers=admin.headers
+    )
+    stack = await client.post("/api/v1/stacks", json=WEB_STACK, headers=admin.headers)
+    assert target.status_code == 201 and stack.status_code == 201, (target.text, stack.text)
+    return target.json()["id"], stack.json()["id"]
+
+
+async def _create_undispatched(settings, stack_id: str, target_id: str, port: int) -> str:
+    """A committed ``pending`` deployment that no executor received (the backend died right after commit)."""
+    async with database.AsyncSessionLocal() as session:
+        user = (await session.execute(select(User).where(User.is_superuser.is_(True)))).scalars().first()
+        deployment = await DeploymentService.create(
+            session, settings, user, stack_id=stack_id, target_id=target_id, variables={"port": port}
+        )
+        await session.commit()
+        return deployment.id
+
+
+async def test_backend_restart_recovers_pending(db, docker_engine, tmp_path):
+    settings = _settings(db, tmp_path, RECOVERY_ON_STARTUP=False)
+    port = free_port()
+    async with running_app(settings) as (_app, client):
+        admin = await setup_admin(client)
+        target_id, stack_id = await _stack_and_target(client, admin, docker_engine)
+        deployment_id = await _create_undispatched(settings, stack_id, target_id, port)
+    try:
+        # "restart": a new backend whose start-up recovery retries every pending deployment
+        async with running_app(_settings(db, tmp_path)) as (_app, client):
+            final = await wait_status(client, admin.headers, deployment_id, {"running", "failed"})
+            assert final["status"] == "running", final["error_message"]
+            assert http_get(port).strip() == "hello-windflow"
+            recovery = (await client.get("/api/v1/system/recovery", headers=admin.headers)).json()
+            assert recovery["last"]["statistics"]["retried"] == 1
+            assert recovery["last"]["status"] == "completed"
+        async with database.AsyncSessionLocal() as session:
+            messages = (
+                await session.execute(select(DeploymentLog.message).where(DeploymentLog.deployment_id == deployment_id))
+            ).scalars().all()
+        assert any(m.startswith("[RETRY]") for m in messages)
+    finally:
+        force_cleanup(deployment_id)
+
+
+async def test_timeout_marks_failed_and_recent_pending_is_left_alone(session):
+    old = await make_deployment(session, queued_minutes_ago=61)
+    recent = await make_deployment(session, queued_minutes_ago=1)
+    old_id, recent_id = old.id, recent.id
+    await session.commit()
+
+    report = await DeploymentService.recover_pending_deployments(session, max_age_minutes=2, timeout_minutes=60)
+
+    assert report["status"] == "completed"
+    assert set(report["statistics"]) >= {"retried", "failed", "skipped", "errors"}
+    assert report["statistics"]["failed"] == 1 and report["statistics"]["retried"] == 0
+    rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
+    assert rows[old_id].status == "failed" and rows[old_id].error_message.startswith("Timeout")
+    assert rows[recent_id].status == "pending"
+    await session.commit()
+
+
+async def test_orphaned_lease_is_requeued_or_failed(session):
+    """A deploying row whose executor died: back to pending while attempts remain, else failed."""
+    alive = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1)
+    spent = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=3)
+    fresh = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1)
+    expired = utcnow() - timedelta(seconds=5)
+    await session.execute(update(Deployment).where(Deployment.id.in_([alive.id, spent.id])).values(lease_expires_at=expired))
+    ids = (alive.id, spent.id, fresh.id)
+    await session.commit()
+
+    from backend.app.core.dispatch import Dispatcher
+
+    class NoDispatch(Dispatcher):
+        """Records instead of running: these rows point at a fake target."""
+
+        sent: list[str] = []
+
+        async def dispatch(self, deployment_id):
+            self.sent.append(deployment_id)
+
+    dispatcher = NoDispatch(make_settings("sqlite+aiosqlite:///unused"))
+    report = await DeploymentService.recover_pending_deployments(session, 2, 60, dispatcher=dispatcher)
+    rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
+    await session.commit()
+    assert rows[ids[0]].status == "pending" and dispatcher.sent == [ids[0]]
+    assert rows[ids[1]].status == "failed" and "lease expired" in rows[ids[1]].error_message
+    assert rows[ids[2]].status == "deploying", "a live lease is never taken away"
+    assert report["statistics"]["retried"] == 1 and report["statistics"]["failed"] == 1
+
+
+async def test_recovery_api_is_superuser_only(db, tmp_path):
+    settings = _settings(db, tmp_path, RECOVERY_ON_STARTUP=False)
+    async with running_app(settings) as (_app, client):
+        admin = await setup_admin(client)
+        member = await create_user(client, admin, "member@example.com")
+        refused = await client.post("/api/v1/system/recovery", headers=member.headers)
+        assert refused.status_code == 403
+        bad = await client.post("/api/v1/system/recovery", json={"max_age_minutes": -1}, headers=admin.headers)
+        assert bad.status_code == 422
+        ran = await client.post("/api/v1/system/recovery", json={"max_age_minutes": 0}, headers=admin.headers)
+        assert ran.status_code == 200 and ran.json()["status"] == "completed"
+        workers = await client.get("/api/v1/system/workers", headers=member.headers)
+        assert workers.status_code == 200 and workers.json()["execution_mode"] == "asyncio"
+
+
+SNIPPET = '''
+from backend.app.services.deployment_service import DeploymentService
+from backend.app.database import AsyncSessionLocal
+import asyncio
+
+async def run():
+    async with AsyncSessionLocal() as db:
+        stats = await DeploymentService.recover_pending_deployments(db)
+        print(stats)
+
+asyncio.run(run())
+'''
+
+
+@pytest.mark.parametrize("command", ["snippet", "cli"])
+async def test_troubleshooting_snippet_and_cli_as_typed(db, docker_engine, tmp_path, command):
+    """The guide's manual recovery, exactly as written, recovers a stuck deployment to running."""
+    settings = _settings(db, tmp_path, RECOVERY_ON_STARTUP=False)
+    port = free_port()
+    async with running_app(settings) as (_app, client):
+        admin = await setup_admin(client)
+        target_id, stack_id = await _stack_and_target(client, admin, docker_engine)
+        deployment_id = await _create_undispatched(settings, stack_id, target_id, port)
+        async with database.AsyncSessionLocal() as session:  # stuck for 3 minutes
+            await session.execute(
+                update(Deployment).where(Deployment.id == deployment_id).values(queued_at=utcnow() - timedelta(minutes=3))
+            )
+            await session.commit()
+    try:
+        argv = [sys.executable, "-c", SNIPPET] if command == "snippet" else [str(REPO_ROOT / ".venv/bin/windflow"), "recover"]
+        if command == "cli" and not (REPO_ROOT / ".venv/bin/windflow").exists():
+            argv = [sys.executable, "-m", "backend.app.cli", "recover"]
+        done = subprocess.run(argv, cwd=REPO_ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if command == "snippet":
+            assert "'retried': 1" in done.stdout and "'status': 'completed'" in done.stdout
+        else:
+            assert json.loads(done.stdout)["statistics"]["retried"] == 1
+        async with database.AsyncSessionLocal() as session:
+            row = await session.get(Deployment, deployment_id)
+        assert row.status == "running", row.error_message
+        assert http_get(port).strip() == "hello-windflow"
+    finally:
+        force_cleanup(deployment_id)
