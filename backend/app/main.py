@@ -55,6 +55,8 @@ def _describe_validation_errors(errors) -> tuple[str, list[dict]]:
             message = "unknown field; remove it (check the spelling against the API docs at /docs)"
         elif err.get("type") == "missing":
             message = "field required"
+        elif err.get("type") == "value_error" and "error" in err.get("ctx", {}):
+            message = str(err["ctx"]["error"])  # our validators' own words, without pydantic's "Value error, "
         else:
             message = err.get("msg", "invalid value")
         items.append({"field": where, "message": message, "type": err.get("type")})
@@ -73,9 +75,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail, "code": "validation_error", "errors": items}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        # The router's own 404/405 carry only the reason phrase; say what was asked and what exists.
+        where = f"{request.method} {request.url.path[:200]}"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such route: {where} (the API is under /api/v1; see /docs)"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = f"method not allowed: {where}" + (f"; use {allowed}" if allowed else "")
         return JSONResponse({"detail": detail, "code": code}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

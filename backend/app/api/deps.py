@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
+from backend.app.core import security
 from backend.app.core.exceptions import NotAuthenticated, NotFound, PermissionDenied
 from backend.app.database import AsyncSessionLocal
 from backend.app.models import Organization, Role, User
@@ -25,6 +26,9 @@ async def get_session():
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+#: An object id in a URL. Ids are UUIDs; anything with other characters cannot exist, and some (NUL) would
+#: make PostgreSQL fail the lookup, so it is refused with 422 before reaching the database.
+EntityId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="an object id (UUID)")]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
@@ -39,7 +43,12 @@ def bearer_token(request: Request) -> str:
 
 
 async def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
-    user = await auth_service.user_from_token(session, settings, bearer_token(request))
+    token = bearer_token(request)
+    user = await auth_service.user_from_token(session, settings, token)
+    if token.startswith(security.API_TOKEN_PREFIX):
+        # user_from_token may have bumped the API token's last_used_at (already flushed, so the session
+        # does not look dirty): commit it now, or a route that only reads would roll it back.
+        await session.commit()
     request.state.user_id = user.id
     return user
 
@@ -62,7 +71,7 @@ class OrgAccess:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, organization_id: str, session: SessionDep, user: CurrentUser) -> tuple[Organization, Role]:
+    async def __call__(self, organization_id: EntityId, session: SessionDep, user: CurrentUser) -> tuple[Organization, Role]:
         role = await organization_service.require_role(session, user, organization_id, self.minimum)
         org = await session.get(Organization, organization_id)
         if org is None:  # pragma: no cover - require_role already answered 404

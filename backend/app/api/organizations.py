@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from backend.app.api.deps import CurrentUser, OrgAdmin, OrgOwner, OrgViewer, PageDep, SessionDep, Superuser
+from backend.app.api.deps import CurrentUser, EntityId, OrgAdmin, OrgOwner, OrgViewer, PageDep, SessionDep, Superuser
 from backend.app.schemas.organizations import (
     MemberCreate,
     MemberPage,
@@ -84,7 +84,7 @@ async def add_member(body: MemberCreate, access: OrgAdmin, session: SessionDep) 
 
 
 @router.patch("/{organization_id}/members/{user_id}", response_model=MemberRead)
-async def change_member_role(user_id: str, body: MemberUpdate, access: OrgAdmin, session: SessionDep) -> MemberRead:
+async def change_member_role(user_id: EntityId, body: MemberUpdate, access: OrgAdmin, session: SessionDep) -> MemberRead:
     """Change a member's role (admin or owner; only owners grant ownership)."""
     org, role = access
     membership = await organization_service.change_role(session, org.id, user_id, body.role, role)
@@ -94,7 +94,7 @@ async def change_member_role(user_id: str, body: MemberUpdate, access: OrgAdmin,
 
 
 @router.delete("/{organization_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_member(user_id: str, access: OrgAdmin, session: SessionDep) -> None:
+async def remove_member(user_id: EntityId, access: OrgAdmin, session: SessionDep) -> None:
     """Remove a member (admin or owner; the last owner cannot be removed)."""
     org, role = access
     await organization_service.remove_member(session, org.id, user_id, role)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from backend.app.api.deps import CurrentUser, SessionDep
+from backend.app.api.deps import CurrentUser, EntityId, SessionDep
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
 from backend.app.services import user_service
 
@@ -25,7 +25,7 @@ async def list_tokens(user: CurrentUser, session: SessionDep) -> ApiTokenPage:
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_token(token_id: str, user: CurrentUser, session: SessionDep) -> None:
+async def revoke_token(token_id: EntityId, user: CurrentUser, session: SessionDep) -> None:
     """Revoke one of your API tokens."""
     await user_service.revoke_api_token(session, user, token_id)
     await session.commit()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from backend.app.api.deps import PageDep, SessionDep, Superuser
+from backend.app.api.deps import EntityId, PageDep, SessionDep, Superuser
 from backend.app.schemas.auth import UserCreate, UserPage, UserRead, UserUpdate
 from backend.app.services import user_service
 
@@ -25,13 +25,13 @@ async def list_users(session: SessionDep, _admin: Superuser, page: PageDep) -> U
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: str, session: SessionDep, _admin: Superuser) -> UserRead:
+async def get_user(user_id: EntityId, session: SessionDep, _admin: Superuser) -> UserRead:
     """One user (superusers only)."""
     return UserRead.model_validate(await user_service.get_user(session, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserRead)
-async def update_user(user_id: str, body: UserUpdate, session: SessionDep, admin: Superuser) -> UserRead:
+async def update_user(user_id: EntityId, body: UserUpdate, session: SessionDep, admin: Superuser) -> UserRead:
     """Change a user's name, password, active flag or superuser flag (superusers only)."""
     user = await user_service.update_user(session, await user_service.get_user(session, user_id), body, admin)
     await session.commit()
@@ -39,7 +39,7 @@ async def update_user(user_id: str, body: UserUpdate, session: SessionDep, admin
 
 
 @router.post("/{user_id}/deactivate", response_model=UserRead)
-async def deactivate_user(user_id: str, session: SessionDep, admin: Superuser) -> UserRead:
+async def deactivate_user(user_id: EntityId, session: SessionDep, admin: Superuser) -> UserRead:
     """Deactivate a user: their tokens stop working at once (superusers only)."""
     user = await user_service.update_user(
         session, await user_service.get_user(session, user_id), UserUpdate(is_active=False), admin

@@ -45,6 +45,14 @@ DUMMY_PASSWORD_HASH = hash_password(secrets.token_urlsafe(16))
 class TokenError(Exception):
     """A token is malformed, forged, expired or of the wrong kind."""
 
+    code = "invalid_token"
+
+
+class TokenExpired(TokenError):
+    """A genuine token past its ``exp``: the client should refresh (access) or log in again (refresh)."""
+
+    code = "token_expired"
+
 
 @dataclass(frozen=True)
 class IssuedToken:
@@ -84,11 +92,11 @@ def decode_token(settings: Settings, token: str, expected_type: str) -> dict:
             options={"require": ["sub", "exp", "typ", "jti"]},
         )
     except jwt.ExpiredSignatureError as exc:
-        raise TokenError("token has expired; log in again or use your refresh token") from exc
+        raise TokenExpired("token has expired; log in again or use your refresh token") from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError("token is invalid (malformed or not signed by this server)") from exc
     if claims.get("typ") != expected_type:
-        raise TokenError(f"expected a {expected_type} token, got a {claims.get('typ')} token")
+        raise TokenError(f"wrong kind of token: expected {expected_type!r}, got {claims.get('typ')!r}")
     return claims
 
 

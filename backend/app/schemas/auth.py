@@ -3,12 +3,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import EmailStr, Field, field_validator
+from pydantic import EmailStr, Field, StringConstraints, field_validator
 
 from backend.app.models import Role
 from backend.app.schemas.common import RequestModel, ResponseModel
 
-Password = Annotated[str, Field(min_length=8, max_length=128, description="8 to 128 characters")]
+# Taken verbatim: RequestModel strips strings, but login compares the form value unstripped, so a
+# stripped password would lock out anyone whose password starts or ends with a space.
+Password = Annotated[
+    str, StringConstraints(strip_whitespace=False, min_length=8, max_length=128), Field(description="8 to 128 characters")
+]
 
 
 def _normalise_email(value: str) -> str:

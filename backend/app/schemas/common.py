@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 class RequestModel(BaseModel):
-    """Request bodies: unknown fields are refused so a typo never silently does nothing."""
+    """Request bodies: unknown fields are refused so a typo never silently does nothing.
+
+    NUL characters are refused in every string, however deeply nested: PostgreSQL cannot store them
+    (the insert would fail with a 500) and SQLite would store text that no other backend accepts.
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        if _contains_nul(value):
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
 
 
 class ResponseModel(BaseModel):

@@ -35,7 +35,7 @@ class OrganizationPage(ResponseModel):
 
 
 class MemberCreate(RequestModel):
-    user_id: str | None = None
+    user_id: Annotated[str | None, Field(max_length=64)] = None
     email: EmailStr | None = None
     role: Role
 

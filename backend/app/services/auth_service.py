@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,9 @@ from backend.app.core import security
 from backend.app.core.exceptions import Conflict, NotAuthenticated
 from backend.app.database import utcnow
 from backend.app.models import ApiToken, Membership, Organization, RefreshToken, Role, User
+
+
+_SETUP_LOCK_KEY = 0x5746_5345_5455_50  # "WFSETUP": any constant no other advisory lock uses
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,14 @@ async def user_count(session: AsyncSession) -> int:
 async def setup_first_admin(
     session: AsyncSession, *, email: str, password: str, organization_name: str, full_name: str | None = None
 ) -> User:
-    """Create the first superuser and its organisation. Refused once any user exists."""
+    """Create the first superuser and its organisation. Refused once any user exists.
+
+    Two setups racing would both count zero users and create two superusers. PostgreSQL serialises them
+    with a transaction-scoped advisory lock (the loser then counts one user); SQLite already does, since
+    every transaction there begins with ``BEGIN IMMEDIATE``.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SETUP_LOCK_KEY})
     if await user_count(session) > 0:
         raise Conflict("setup has already been done: log in instead", code="already_set_up")
     user = User(
@@ -51,7 +61,11 @@ async def setup_first_admin(
 
 
 async def authenticate(session: AsyncSession, email: str, password: str) -> User:
-    user = (await session.execute(select(User).where(User.email == email.strip().lower()))).scalar_one_or_none()
+    email = email.strip().lower()
+    # No stored email holds a NUL, and PostgreSQL would fail the query on one: treat it as unknown.
+    user = None if "\x00" in email else (
+        await session.execute(select(User).where(User.email == email))
+    ).scalar_one_or_none()
     if user is None:
         security.verify_password(password, security.DUMMY_PASSWORD_HASH)
         raise NotAuthenticated("incorrect email or password", code="invalid_credentials")
@@ -80,7 +94,7 @@ async def rotate_refresh_token(session: AsyncSession, settings: Settings, token:
     try:
         claims = security.decode_token(settings, token, "refresh")
     except security.TokenError as exc:
-        raise NotAuthenticated(str(exc), code="invalid_token") from exc
+        raise NotAuthenticated(str(exc), code=exc.code) from exc
     stored = await session.get(RefreshToken, claims["jti"], with_for_update=True)
     if stored is None:
         raise NotAuthenticated("refresh token is unknown; log in again", code="invalid_token")
@@ -112,7 +126,7 @@ async def logout(session: AsyncSession, settings: Settings, user: User, refresh_
         try:
             claims = security.decode_token(settings, refresh_token, "refresh")
         except security.TokenError as exc:
-            raise NotAuthenticated(str(exc), code="invalid_token") from exc
+            raise NotAuthenticated(str(exc), code=exc.code) from exc
         stored = await session.get(RefreshToken, claims["jti"])
         if stored is None or stored.user_id != user.id:
             raise NotAuthenticated("refresh token is unknown", code="invalid_token")
@@ -148,7 +162,7 @@ async def user_from_token(session: AsyncSession, settings: Settings, token: str)
         try:
             claims = security.decode_token(settings, token, "access")
         except security.TokenError as exc:
-            raise NotAuthenticated(str(exc), code="invalid_token") from exc
+            raise NotAuthenticated(str(exc), code=exc.code) from exc
         user_id = claims["sub"]
     user = await session.get(User, user_id)
     if user is None:

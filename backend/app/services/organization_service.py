@@ -123,12 +123,13 @@ async def add_member(session: AsyncSession, organization_id: str, data: MemberCr
         missing = f"no user with email {data.email}; a superuser must create the user first"
     if user is None:
         raise NotFound(missing, code="user_not_found")
+    email = user.email  # read now: a failed flush expires ``user`` and it cannot be loaded again
     membership = Membership(user_id=user.id, organization_id=organization_id, role=data.role)
     session.add(membership)
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"{user.email} is already a member; change their role with PATCH instead") from exc
+        raise Conflict(f"{email} is already a member; change their role with PATCH instead") from exc
     return membership, user
 
 

@@ -44,13 +44,16 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
     return user
 
 
+_NULLABLE_USER_FIELDS = frozenset({"full_name"})
+
+
 async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor: User) -> User:
     changes = data.model_dump(exclude_unset=True)
     if user.id == actor.id and (changes.get("is_active") is False or changes.get("is_superuser") is False):
         raise ValidationFailed("you cannot deactivate or demote yourself; ask another superuser", code="self_lockout")
     for field, value in changes.items():
-        if value is None:
-            raise ValidationFailed(f"{field} cannot be null")
+        if value is None and field not in _NULLABLE_USER_FIELDS:
+            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value")
         if field == "password":
             user.hashed_password = security.hash_password(value)
         else:
