@@ -66,7 +66,7 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
     from backend.app.migrate import upgrade_database
     from backend.app.models import Membership, Organization, Role
     from backend.app.schemas.auth import UserCreate
-    from backend.app.services import auth_service, user_service
+    from backend.app.services import auth_service, organization_service, provisioning, user_service
 
     settings = _settings()
     await upgrade_database(database.get_engine(), settings)
@@ -85,6 +85,10 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
                 session.add(org)
                 await session.flush()
             session.add(Membership(user_id=user.id, organization_id=org.id, role=Role.OWNER))
+        await session.flush()
+        org_id = await organization_service.default_organization_id(session, user)
+        if org_id is not None:
+            await provisioning.provision_organization(session, settings, org_id)
         await session.commit()
         user_id = user.id
     await database.get_engine().dispose()

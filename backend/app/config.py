@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
     STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"
+    STACKS_CATALOG_ENABLED: bool = True
 
     # --- monitoring ----------------------------------------------------------------------------
     PROMETHEUS_ENABLED: bool = False

@@ -25,6 +25,7 @@ from backend.app.core.exceptions import WindFlowError
 from backend.app.core.logging import setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
+from backend.app.services.provisioning import sync_catalog_on_startup
 from backend.app.tasks import background_tasks
 
 logger = logging.getLogger("backend.app")
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             database.configure(settings)
         if settings.RUN_MIGRATIONS_ON_STARTUP:
             await upgrade_database(database.get_engine(), settings)
+        await sync_catalog_on_startup(settings)
         await start_event_bus(settings)
         unsubscribe_metrics = bus.subscribe(metrics.observe_event)
         await app.state.celery_manager.start()

@@ -54,6 +54,7 @@ def make_settings(database_url: str, **overrides) -> Settings:
         CELERY_ENABLED=False,
         RUN_MIGRATIONS_ON_STARTUP=False,
         RECOVERY_ON_STARTUP=False,
+        STACKS_CATALOG_ENABLED=False,
         FRONTEND_DIST=Path(tempfile.gettempdir()) / "windflow-no-frontend",
     )
     values.update(overrides)

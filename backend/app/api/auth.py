@@ -8,7 +8,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, client_address
 from backend.app.core.exceptions import RateLimited
 from backend.app.schemas.auth import LogoutRequest, MembershipRead, MeRead, RefreshRequest, SetupRequest, TokenPair
-from backend.app.services import auth_service, organization_service, target_service
+from backend.app.services import auth_service, organization_service, provisioning
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -32,7 +32,7 @@ async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) 
     # A fresh install can deploy at once: the host's Docker socket, when there is one, becomes target "local".
     organization_id = await organization_service.default_organization_id(session, user)
     if organization_id is not None:
-        await target_service.ensure_local_target(session, organization_id, settings)
+        await provisioning.provision_organization(session, settings, organization_id)
     tokens = await auth_service.issue_tokens(session, settings, user)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)

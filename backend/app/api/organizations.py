@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from backend.app.api.deps import CurrentUser, EntityId, OrgAdmin, OrgOwner, OrgViewer, PageDep, SessionDep, Superuser
+from backend.app.api.deps import (
+    CurrentUser,
+    EntityId,
+    OrgAdmin,
+    OrgOwner,
+    OrgViewer,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    Superuser,
+)
 from backend.app.schemas.organizations import (
     MemberCreate,
     MemberPage,
@@ -13,7 +23,7 @@ from backend.app.schemas.organizations import (
     OrganizationRead,
     OrganizationUpdate,
 )
-from backend.app.services import organization_service
+from backend.app.services import organization_service, provisioning
 
 router = APIRouter(prefix="/organizations", tags=["organizations"])
 
@@ -36,9 +46,12 @@ async def list_organizations(user: CurrentUser, session: SessionDep, page: PageD
 
 
 @router.post("", response_model=OrganizationRead, status_code=status.HTTP_201_CREATED)
-async def create_organization(body: OrganizationCreate, admin: Superuser, session: SessionDep) -> OrganizationRead:
+async def create_organization(
+    body: OrganizationCreate, admin: Superuser, session: SessionDep, settings: SettingsDep
+) -> OrganizationRead:
     """Create an organisation (superusers only); the creator becomes its owner."""
     org = await organization_service.create(session, body, admin)
+    await provisioning.provision_organization(session, settings, org.id)
     await session.commit()
     return _read(org, "owner")
 

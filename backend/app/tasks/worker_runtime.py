@@ -58,7 +58,7 @@ async def _init_process() -> None:
     try:
         from backend.app.core import event_transport
 
-        await event_transport.start_event_bus(settings)
+        await event_transport.start_event_bus(settings, listen=False)  # workers only send
     except ImportError:  # pragma: no cover - event transport not installed
         pass
     except Exception:  # noqa: BLE001 - events are best effort; deployments must still run

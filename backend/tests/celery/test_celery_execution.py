@@ -90,7 +90,7 @@ async def _history(deployment_id: str) -> list[tuple[str | None, str, str | None
 
 
 @pytest.mark.parametrize("broker", ["database", "redis"])
-async def test_external_worker_deploys_a_real_stack(db, docker_engine, tmp_path, broker, redis_clean):
+async def test_external_worker_deploys_a_real_stack(db, docker_engine, tmp_path, broker, redis_clean, events):
     settings = celery_settings(db, tmp_path, broker)
     worker = start_worker(settings, tmp_path)
     created_id = None
@@ -122,6 +122,14 @@ async def test_external_worker_deploys_a_real_stack(db, docker_engine, tmp_path,
             result = app.state.celery_manager.celery.AsyncResult(task_id)
             outcome = await asyncio.to_thread(result.get, timeout=20)
             assert outcome == {"deployment_id": created_id, "status": "running", "reason": ""}
+            # the worker's events crossed to this process (PostgreSQL NOTIFY or Redis pub/sub)
+            for _ in range(50):
+                seen = [(e.type, e.data.get("new_status")) for e in events if e.deployment_id == created_id]
+                if ("DEPLOYMENT_STATUS_CHANGED", "running") in seen:
+                    break
+                await asyncio.sleep(0.1)
+            assert ("DEPLOYMENT_STATUS_CHANGED", "deploying") in seen and ("DEPLOYMENT_STATUS_CHANGED", "running") in seen
+            assert any(t == "DEPLOYMENT_LOGS_UPDATE" for t, _ in seen) and any(t == "DEPLOYMENT_PROGRESS" for t, _ in seen)
     finally:
         worker.stop()
         if created_id:

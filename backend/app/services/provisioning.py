@@ -1,0 +1,42 @@
+"""What a new organisation starts with: the stack catalogue and, when the host has one, the local engine.
+
+Used by first-run setup, ``POST /organizations`` and ``windflow create-admin``; the catalogue is also
+synchronised into every organisation at start-up. Takes the caller's session and never commits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.services import catalog, target_service
+
+logger = logging.getLogger(__name__)
+
+
+async def provision_organization(session: AsyncSession, settings: Settings, organization_id: str) -> None:
+    await target_service.ensure_local_target(session, organization_id, settings)
+    if settings.STACKS_CATALOG_ENABLED:
+        stats = await catalog.load_catalog(
+            session, organization_id, settings.STACKS_DEFINITIONS_DIR, settings.STACKS_LOAD_STRATEGY
+        )
+        logger.info(
+            "stack catalogue loaded into organization %s: created=%d updated=%d skipped=%d errors=%d",
+            organization_id, stats["created"], stats["updated"], stats["skipped"], stats["errors"],
+        )
+
+
+async def sync_catalog_on_startup(settings: Settings) -> None:
+    """Bring every organisation's catalogue stacks up to date (never prevents start-up)."""
+    if not settings.STACKS_CATALOG_ENABLED:
+        return
+    from backend.app import database
+
+    try:
+        async with database.AsyncSessionLocal() as session:
+            await catalog.sync_catalog(session, settings)
+            await session.commit()
+    except Exception:  # noqa: BLE001 - a broken catalogue must not keep WindFlow down
+        logger.exception("stack catalogue synchronisation failed")
