@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     JWT_ALGORITHM: str = "HS256"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1)
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
+    #: argon2id cost (the defaults are pwdlib's recommendation; hashes record their own parameters,
+    #: so changing these never invalidates stored passwords)
+    PASSWORD_HASH_TIME_COST: int = Field(default=3, ge=1, le=20)
+    PASSWORD_HASH_MEMORY_KIB: int = Field(default=65536, ge=1024)
     LOGIN_RATE_LIMIT_PER_MINUTE: int = Field(default=10, ge=1)
     DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
     CORS_ORIGINS: list[str] = []

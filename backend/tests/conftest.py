@@ -19,6 +19,9 @@ TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
 os.environ["SECRET_KEY"] = TEST_SECRET_KEY
 os.environ["DATABASE_URL"] = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='windflow-default-')}/unused.db"
 os.environ.setdefault("CELERY_ENABLED", "false")
+# Real argon2id, at the smallest cost: a test suite hashes hundreds of passwords.
+os.environ["PASSWORD_HASH_TIME_COST"] = "1"
+os.environ["PASSWORD_HASH_MEMORY_KIB"] = "1024"
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path

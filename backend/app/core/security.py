@@ -19,12 +19,21 @@ from datetime import datetime, timedelta
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
 from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 
 from backend.app.config import Settings
+from backend.app.config import settings as _settings
 from backend.app.database import utcnow
 
 API_TOKEN_PREFIX = "wf_"
-_password_hash = PasswordHash.recommended()
+_password_hash = PasswordHash(
+    (
+        Argon2Hasher(
+            time_cost=_settings.PASSWORD_HASH_TIME_COST,
+            memory_cost=_settings.PASSWORD_HASH_MEMORY_KIB,
+        ),
+    )
+)
 
 
 def hash_password(password: str) -> str:
