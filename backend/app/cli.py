@@ -71,7 +71,8 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
     settings = _settings()
     await upgrade_database(database.get_engine(), settings)
     async with database.AsyncSessionLocal() as session:
-        if await auth_service.user_count(session) == 0:
+        first_run = await auth_service.user_count(session) == 0
+        if first_run:
             user = await auth_service.setup_first_admin(
                 session, email=email, password=password, organization_name=organization, full_name=full_name
             )
@@ -88,7 +89,7 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
         await session.flush()
         org_id = await organization_service.default_organization_id(session, user)
         if org_id is not None:
-            await provisioning.provision_organization(session, settings, org_id)
+            await provisioning.provision_organization(session, settings, org_id, local_target=first_run)
         await session.commit()
         user_id = user.id
     await database.get_engine().dispose()

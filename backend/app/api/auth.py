@@ -32,7 +32,7 @@ async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) 
     # A fresh install can deploy at once: the host's Docker socket, when there is one, becomes target "local".
     organization_id = await organization_service.default_organization_id(session, user)
     if organization_id is not None:
-        await provisioning.provision_organization(session, settings, organization_id)
+        await provisioning.provision_organization(session, settings, organization_id, local_target=True)
     tokens = await auth_service.issue_tokens(session, settings, user)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)

@@ -1,7 +1,10 @@
-"""What a new organisation starts with: the stack catalogue and, when the host has one, the local engine.
+"""What a new organisation starts with: the stack catalogue, and for the first one the local engine.
 
 Used by first-run setup, ``POST /organizations`` and ``windflow create-admin``; the catalogue is also
 synchronised into every organisation at start-up. Takes the caller's session and never commits.
+
+Only the first organisation (first-run setup) gets the host's Docker socket as target ``local``: the
+socket is root on the host, so other organisations (tenants) get it only when a superuser adds it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from backend.app.services import catalog, target_service
 logger = logging.getLogger(__name__)
 
 
-async def provision_organization(session: AsyncSession, settings: Settings, organization_id: str) -> None:
-    await target_service.ensure_local_target(session, organization_id, settings)
+async def provision_organization(
+    session: AsyncSession, settings: Settings, organization_id: str, *, local_target: bool = False
+) -> None:
+    if local_target:
+        await target_service.ensure_local_target(session, organization_id, settings)
     if settings.STACKS_CATALOG_ENABLED:
         stats = await catalog.load_catalog(
             session, organization_id, settings.STACKS_DEFINITIONS_DIR, settings.STACKS_LOAD_STRATEGY
