@@ -46,10 +46,7 @@ class Settings(BaseSettings):
     )
 
     # --- application ---------------------------------------------------------------------------
-    APP_NAME: str = "WindFlow"
-    VERSION: str = __version__
     DEBUG: bool = False
-    ENVIRONMENT: Literal["development", "production", "test"] = "development"
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: str = "INFO"
@@ -64,7 +61,7 @@ class Settings(BaseSettings):
 
     # --- security ------------------------------------------------------------------------------
     SECRET_KEY: str = DEFAULT_SECRET_KEY
-    JWT_ALGORITHM: str = "HS256"
+    JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1)
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
     #: argon2id cost (the defaults are pwdlib's recommendation; hashes record their own parameters,
@@ -73,7 +70,6 @@ class Settings(BaseSettings):
     PASSWORD_HASH_MEMORY_KIB: int = Field(default=65536, ge=1024)
     LOGIN_RATE_LIMIT_PER_MINUTE: int = Field(default=10, ge=1)
     DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
-    CORS_ORIGINS: list[str] = []
 
     # --- Celery ---------------------------------------------------------------------------------
     CELERY_ENABLED: bool = True
@@ -85,7 +81,6 @@ class Settings(BaseSettings):
     CELERY_WORKER_POOL: Literal["solo", "prefork", "threads", "gevent", "eventlet"] = "solo"
     CELERY_WORKER_LOGLEVEL: Literal["debug", "info", "warning", "error", "critical"] = "info"
     CELERY_RESULT_EXPIRES_SECONDS: int = Field(default=3600, ge=60)
-    CELERY_TASK_MAX_RETRIES: int = Field(default=3, ge=0)
     CELERY_SQL_POLLING_INTERVAL: float = Field(default=0.1, gt=0, le=30)
 
     # --- events across processes (backend/app/core/event_transport.py) ---------------------------
@@ -167,6 +162,10 @@ class Settings(BaseSettings):
         return env
 
     # --- derived values ------------------------------------------------------------------------
+    @property
+    def VERSION(self) -> str:  # noqa: N802 - reads like the other settings; not configurable
+        return __version__
+
     @property
     def database_kind(self) -> DatabaseKind:
         scheme, _ = _split_url(self.DATABASE_URL)

@@ -53,7 +53,6 @@ def make_settings(database_url: str, **overrides) -> Settings:
     values = dict(
         DATABASE_URL=database_url,
         SECRET_KEY=TEST_SECRET_KEY,
-        ENVIRONMENT="test",
         CELERY_ENABLED=False,
         RUN_MIGRATIONS_ON_STARTUP=False,
         RECOVERY_ON_STARTUP=False,

@@ -137,6 +137,11 @@ def queue_event(session: AsyncSession | Session, evt: Event) -> None:
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
     for evt in session.info.pop(_PENDING_KEY, []):
+        # status events at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
+        logger.log(
+            logging.INFO if evt.type is EventType.DEPLOYMENT_STATUS_CHANGED else logging.DEBUG,
+            "emit_%s: deployment %s", str(evt.type).lower(), evt.deployment_id,
+        )
         bus.publish(evt)
 
 

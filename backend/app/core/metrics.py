@@ -7,7 +7,7 @@ recovery statistics written by whichever process ran recovery) are read at scrap
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -24,7 +24,6 @@ DISPATCH_LATENCY = Histogram(
     "Time from queueing to the claim by an executor (first attempts)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-WEBSOCKET_CONNECTIONS = Gauge("windflow_websocket_connections", "Open WebSocket connections")
 
 
 class _DatabaseCollector:

@@ -14,6 +14,7 @@ The caller owns the transaction (services never commit).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 
 S = DeploymentStatus
+logger = logging.getLogger(__name__)
 
 #: Every allowed ``(from, to)`` pair (DESIGN.md). Anything else is rejected.
 ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = frozenset(
@@ -298,6 +300,12 @@ async def set_deployment_status(
                 ),
             },
         ),
+    )
+    # upper-case statuses so that the guide's `grep "FAILED" logs/backend.log` finds failures
+    logger.info(
+        "update_status: deployment %s (%s) %s -> %s%s%s",
+        deployment_id, row.name, from_status.upper(), to_status.upper(),
+        f" by {actor}" if actor else "", f": {row.error_message}" if to_status is S.FAILED and row.error_message else "",
     )
     return TransitionResult(True, deployment_id, from_status, to_status, reason or "", row.attempt)
 

@@ -58,12 +58,16 @@ class CeleryDispatcher:
 
 async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
     from backend.app import database
+    from backend.app.core.background import leader_lock
     from backend.app.services.deployment_service import DeploymentService
 
-    async with database.AsyncSessionLocal() as session:
-        report = await DeploymentService.recover_pending_deployments(
-            session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=CeleryDispatcher()
-        )
+    async with leader_lock() as leader:  # one recovery at a time, whoever triggers it
+        if not leader:
+            return {"status": "skipped", "reason": "another recovery is running"}
+        async with database.AsyncSessionLocal() as session:
+            report = await DeploymentService.recover_pending_deployments(
+                session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=CeleryDispatcher()
+            )
     await _flush_events()
     return report
 

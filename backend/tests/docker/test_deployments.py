@@ -92,7 +92,8 @@ async def env(db, docker_engine, tmp_path):
         await client.aclose()
 
 
-async def test_two_service_stack_runs_and_answers(env, events):
+async def test_two_service_stack_runs_and_answers(env, events, caplog):
+    caplog.set_level("INFO")
     port = free_port()
     created = await env.deploy({"port": port})
     assert created["status"] == "pending"
@@ -118,6 +119,9 @@ async def test_two_service_stack_runs_and_answers(env, events):
     assert progress == [1, 2, 3, 4, 5, 6]
     streamed = [l["seq"] for e in mine if e.type == "DEPLOYMENT_LOGS_UPDATE" for l in e.data["logs"]]
     assert streamed == [l["seq"] for l in logs]
+    # the server log lines the guide greps for
+    assert f"update_status: deployment {created['id']}" in caplog.text and "DEPLOYING -> RUNNING" in caplog.text
+    assert f"emit_deployment_status_changed: deployment {created['id']}" in caplog.text
 
 
 async def test_stop_start_delete_leave_nothing_behind(env):
