@@ -1,0 +1,67 @@
+"""Bench-only Celery app: the raw-Celery baseline of ``dispatch_latency.py``.
+
+One no-op task that returns the moment its body starts. The worker is started by the benchmark as
+
+    celery -A _celery_noop worker --concurrency=4 -Q <queue> -n wfbench-noop@%h
+
+(``PYTHONPATH`` holds ``bench/`` and the repository) with the broker, result backend and SQL polling
+interval in ``WFBENCH_*`` variables. Its settings mirror what matters for latency in
+``backend.app.celery_app.create_celery``: prefork pool (the ``celery worker`` default, as for the
+guide's command), concurrency 4, ``worker_prefetch_multiplier=1``, ``task_acks_late``,
+``task_reject_on_worker_lost``, JSON, the same ``polling_interval`` for the SQL broker, and the same
+(fixed) kombu SQL transport, which WindFlow installs by importing ``backend.app.core.sql_transport``
+(kombu's own passes ``polling_interval`` to ``create_engine`` and fails). It does *not* import
+``backend.app.celery_app``: that module's signal handlers would register this worker as a WindFlow
+worker (heartbeat rows, migrations).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+import backend.app.core.sql_transport  # noqa: F401 - the SQL transport WindFlow uses for sqla+ URLs
+
+NOOP_TASK = "wfbench.noop"
+
+
+def create_noop_app(broker_url: str, result_backend: str, queue: str, polling_interval: float = 0.1) -> Celery:
+    app = Celery("wfbench_noop", set_as_current=False)
+    options: dict = {}
+    if broker_url.startswith("sqla+"):
+        options["polling_interval"] = polling_interval
+    elif broker_url.startswith("redis"):
+        options["visibility_timeout"] = 3600
+    app.conf.update(
+        broker_url=broker_url,
+        result_backend=result_backend,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=queue,
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+
+    @app.task(name=NOOP_TASK)
+    def noop(sent_at: float) -> dict:
+        return {"started": time.time(), "sent": sent_at}
+
+    return app
+
+
+if "WFBENCH_BROKER_URL" in os.environ:  # the worker process (`celery -A _celery_noop worker`)
+    app = create_noop_app(
+        os.environ["WFBENCH_BROKER_URL"],
+        os.environ["WFBENCH_RESULT_BACKEND"],
+        os.environ["WFBENCH_QUEUE"],
+        float(os.environ.get("WFBENCH_POLLING_INTERVAL", "0.1")),
+    )
