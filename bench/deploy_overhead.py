@@ -228,13 +228,18 @@ async def containers_running(client: docker.DockerClient, label: str) -> bool:
     return len(found) == SERVICES and all(x.status == "running" for x in found)
 
 
+#: The raw baseline's command: what an operator types (`docker compose`), or with --raw-plugin the compose
+#: plugin binary run directly, as WindFlow runs it (one process start fewer per command).
+RAW_COMPOSE: tuple[str, ...] = ("docker", "compose")
+
+
 async def run_raw(rendered: str, workdir: Path, project: str, client: docker.DockerClient) -> RawRun:
     workdir.mkdir(parents=True)
     file = workdir / "docker-compose.yml"
     file.write_text(rendered)
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        "docker", "compose", "-p", project, "-f", str(file), "up", "-d",
+        *RAW_COMPOSE, "-p", project, "-f", str(file), "up", "-d",
         cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -455,9 +460,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed W/raw pairs first (default 1)")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite", help="WindFlow's database (default sqlite)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of rest after each teardown (default 0.5)")
+    parser.add_argument(
+        "--raw-plugin", action="store_true",
+        help="run the raw baseline with the compose plugin binary directly, as WindFlow does, instead of `docker compose`",
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.raw_plugin:
+        global RAW_COMPOSE
+        from backend.app.engines.compose_cli import find_compose_command
+
+        RAW_COMPOSE = find_compose_command() or RAW_COMPOSE
+        print(f"raw baseline runs {' '.join(RAW_COMPOSE)}", file=sys.stderr)
     c.require_docker()
     try:
         c.run_main(lambda: bench(args))

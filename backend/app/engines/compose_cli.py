@@ -2,23 +2,88 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from functools import lru_cache
+from pathlib import Path
+
+
+#: Where the docker CLI looks for its compose plugin (docs.docker.com, "Install the plugin manually").
+PLUGIN_DIRS = (
+    Path.home() / ".docker" / "cli-plugins",
+    Path("/usr/local/lib/docker/cli-plugins"),
+    Path("/usr/local/libexec/docker/cli-plugins"),
+    Path("/usr/lib/docker/cli-plugins"),
+    Path("/usr/libexec/docker/cli-plugins"),
+)
+
+
+def _version(argv: tuple[str, ...]) -> str | None:
+    try:
+        probe = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return probe.stdout.strip().lstrip("v") if probe.returncode == 0 and probe.stdout.strip() else None
 
 
 @lru_cache
 def find_compose_command() -> tuple[str, ...] | None:
-    """The compose command as argv prefix, or ``None`` when neither v2 nor v1 is installed."""
+    """The compose command as argv prefix, or ``None`` when neither v2 nor v1 is installed.
+
+    Compose v2's plugin binary is run directly when it can be found: it is the same program the docker
+    CLI would exec (``docker compose`` = docker CLI + plugin), minus one process start, which halves
+    the cost of a short command such as ``config -q`` (about 35 ms each here). Then ``docker compose``,
+    then v1's ``docker-compose``.
+    """
+    for directory in PLUGIN_DIRS:
+        plugin = directory / "docker-compose"
+        if plugin.is_file() and os.access(plugin, os.X_OK) and (_version((str(plugin),)) or "").startswith("2"):
+            return (str(plugin),)
     docker = shutil.which("docker")
-    if docker:
-        try:
-            probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=15, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            probe = None
-        if probe is not None and probe.returncode == 0:
-            return (docker, "compose")
+    if docker and _version((docker, "compose")):
+        return (docker, "compose")
     legacy = shutil.which("docker-compose")
     if legacy:
         return (legacy,)
     return None
+
+
+@lru_cache
+def compose_is_v2(command: tuple[str, ...]) -> bool:
+    """True for compose v2 (``--progress``, ``--pull`` ...), False for v1 (1.29)."""
+    if len(command) > 1:  # docker compose
+        return True
+    return (_version(command) or "1").startswith("2")
+
+
+# --- documents the compose tool already accepted in this process ---------------------------------
+# Creating a deployment runs `compose config` on its rendered document; the runner's first step would run
+# it again on the very same text (about 90 ms of process start-up each). Remembering the hash of accepted
+# documents lets the runner skip the second run when it executes in the process that validated them
+# (the asyncio executor); a Celery worker, another process, validates again.
+
+import hashlib  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from threading import Lock  # noqa: E402
+
+_VALID_MAX = 1024
+_valid: OrderedDict[str, None] = OrderedDict()
+_valid_lock = Lock()
+
+
+def _digest(document: str) -> str:
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def remember_valid(document: str) -> None:
+    with _valid_lock:
+        _valid[_digest(document)] = None
+        _valid.move_to_end(_digest(document))
+        while len(_valid) > _VALID_MAX:
+            _valid.popitem(last=False)
+
+
+def known_valid(document: str) -> bool:
+    with _valid_lock:
+        return _digest(document) in _valid

@@ -133,6 +133,7 @@ class DeploymentLogWriter:
         self.interval = interval
         self.batch = batch
         self._buffer: list[tuple[LogLevel, str, datetime]] = []
+        self._progress: list[dict] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.written = 0
@@ -156,19 +157,30 @@ class DeploymentLogWriter:
         if len(self._buffer) >= self.batch:
             await self.flush()
 
+    def progress(self, *, owner: str | None, current_step: int, total_steps: int, step_name: str) -> None:
+        """Record the runner's progress; written (and its event published) with the next batch of lines,
+        so a step never waits for a commit of its own."""
+        self._progress.append(
+            {"owner": owner, "current_step": current_step, "total_steps": total_steps, "step_name": step_name}
+        )
+
     async def flush(self) -> None:
         async with self._lock:
-            if not self._buffer:
+            if not self._buffer and not self._progress:
                 return
             pending, self._buffer = self._buffer, []
+            progress, self._progress = self._progress, []
             try:
                 async with database.AsyncSessionLocal() as session:
+                    for update in progress:  # guarded by the lease: a settled deployment keeps its 100 %
+                        await set_progress(session, self.deployment_id, **update)
                     await append_logs(session, self.deployment_id, pending)
                     await session.commit()
                 self.written += len(pending)
             except Exception:  # noqa: BLE001 - keep the lines and retry at the next flush
                 logger.exception("could not store %d log line(s) of deployment %s", len(pending), self.deployment_id)
                 self._buffer[:0] = pending
+                self._progress[:0] = progress
 
     async def _flush_periodically(self) -> None:
         while True:

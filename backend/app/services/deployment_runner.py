@@ -27,7 +27,7 @@ from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
 from backend.app.services import target_service
-from backend.app.services.deployment_logs import DeploymentLogWriter, set_progress
+from backend.app.services.deployment_logs import DeploymentLogWriter
 from backend.app.services.deployment_service import snapshot_compose
 from backend.app.services.state_machine import claim_deployment, renew_lease, set_deployment_status
 
@@ -97,9 +97,7 @@ async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: a
 async def _run_steps(engine: Engine, spec: DeploySpec, deployment_id: str, owner: str, logs: DeploymentLogWriter) -> None:
     total = len(STEPS)
     for number, (title, method) in enumerate(STEPS, start=1):
-        async with database.AsyncSessionLocal() as session:
-            await set_progress(session, deployment_id, owner=owner, current_step=number, total_steps=total, step_name=title)
-            await session.commit()
+        logs.progress(owner=owner, current_step=number, total_steps=total, step_name=title)
         await logs.log(LogLevel.INFO, f"[{number}/{total}] {title}")
         await getattr(engine, method)(spec, logs.log)
 
@@ -147,6 +145,7 @@ async def run_deployment(
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
             message = f"cannot prepare the deployment: {exc}"
             await logs.log(LogLevel.ERROR, message)
+            await logs.flush()
             await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")
             return RunOutcome(deployment_id, "failed", message)
 
@@ -169,8 +168,9 @@ async def run_deployment(
         finally:
             heartbeat.cancel()
 
+        await logs.log(LogLevel.INFO, "Deployment is running")
+        await logs.flush()  # every line and progress step lands before the status says running
         if await _settle(deployment_id, S.RUNNING, owner, reason="all services running"):
-            await logs.log(LogLevel.INFO, "Deployment is running")
             return RunOutcome(deployment_id, "running", target_id=target_id)
         return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
 
@@ -186,9 +186,12 @@ async def _after_failure(
     transient: bool,
     logs: DeploymentLogWriter,
 ) -> RunOutcome:
+    # Every line is stored before the status changes: a client that sees the new status finds the reason.
     await logs.log(LogLevel.ERROR, message)
     if transient and attempt < max_attempts:
         delay = backoff_seconds(settings, attempt)
+        await logs.log(LogLevel.WARNING, f"Transient failure: retrying in {delay:g}s (attempt {attempt + 1}/{max_attempts})")
+        await logs.flush()
         requeued = await _settle(
             deployment_id,
             S.PENDING,
@@ -198,11 +201,11 @@ async def _after_failure(
             reason=f"transient failure, retry in {delay:g}s",
         )
         if requeued:
-            await logs.log(LogLevel.WARNING, f"Transient failure: retrying in {delay:g}s (attempt {attempt + 1}/{max_attempts})")
             return RunOutcome(deployment_id, "requeued", message, target_id, retry_in=delay)
+    elif transient:
+        await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
+    await logs.flush()
     if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="deployment failed"):
-        if transient:
-            await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
         return RunOutcome(deployment_id, "failed", message, target_id)
     return RunOutcome(deployment_id, "lost", "status changed while failing", target_id)
 

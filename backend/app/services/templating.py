@@ -50,7 +50,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import find_compose_command
+from backend.app.engines.compose_cli import find_compose_command, remember_valid
 
 logger = logging.getLogger(__name__)
 
@@ -976,6 +976,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
             logger.warning("compose validation timed out after %ss; skipped", COMPOSE_TIMEOUT_SECONDS)
             return
         if process.returncode == 0:
+            remember_valid(rendered)
             return
         message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")
         lines = [line for line in message.splitlines() if line.strip() and "level=warning" not in line]

@@ -353,3 +353,29 @@ async def test_celery_delivery_and_recovery_at_once_run_once(db, docker_engine, 
         worker.stop()
         if created_id:
             force_cleanup(created_id)
+
+
+async def test_celery_retries_transient_failures_then_fails(db, docker_engine, tmp_path):
+    settings = celery_settings(db, tmp_path)
+    worker = start_worker(settings, tmp_path, name="retrier")
+    try:
+        async with running_app(settings) as (app, client):
+            await wait_heartbeat("retrier@", worker)
+            admin, _target_id, stack_id = await _setup(client, docker_engine)
+            await wait_mode(client, admin.headers, "external")
+            down = await client.post(
+                "/api/v1/targets", json={"name": "down", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
+                headers=admin.headers,
+            )
+            response = await client.post(
+                "/api/v1/deployments",
+                json={"stack_id": stack_id, "target_id": down.json()["id"], "variables": {"port": free_port()}},
+                headers=admin.headers,
+            )
+            created_id = response.json()["id"]
+            final = await wait_status(client, admin.headers, created_id, {"failed", "running"}, timeout=60)
+            assert (final["status"], final["attempt"], final["executor"]) == ("failed", 3, "celery")
+            claims = [h for h in await _history(created_id) if h[1] == "deploying"]
+            assert len(claims) == 3
+    finally:
+        worker.stop()

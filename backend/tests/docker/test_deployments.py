@@ -284,3 +284,33 @@ async def test_target_concurrency_limit_holds_and_keeps_order(db, docker_engine,
         for deployment_id in environment.created:
             force_cleanup(deployment_id)
         await client.aclose()
+
+
+async def test_transient_failures_retry_with_backoff_then_fail(env):
+    """An unreachable engine is transient: 3 attempts (each a claim), then failed with the last error."""
+    unreachable = await env.client.post(
+        "/api/v1/targets",
+        json={"name": "down", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
+        headers=env.admin.headers,
+    )
+    assert unreachable.status_code == 201, unreachable.text
+    response = await env.client.post(
+        "/api/v1/deployments",
+        json={"stack_id": env.stack_id, "target_id": unreachable.json()["id"], "variables": {"port": free_port()}},
+        headers=env.admin.headers,
+    )
+    created = response.json()
+    final = await wait_status(env.client, env.admin.headers, created["id"], {"failed", "running"}, timeout=60)
+    assert final["status"] == "failed" and final["attempt"] == 3
+    assert "127.0.0.1:1" in final["error_message"] or "refused" in final["error_message"].lower()
+    history = (await env.client.get(f"/api/v1/deployments/{created['id']}/history", headers=env.admin.headers)).json()
+    transitions = [(h["from_status"], h["to_status"]) for h in history]
+    assert transitions == [
+        (None, "pending"),
+        ("pending", "deploying"), ("deploying", "pending"),
+        ("pending", "deploying"), ("deploying", "pending"),
+        ("pending", "deploying"), ("deploying", "failed"),
+    ]
+    logs = await all_logs(env.client, env.admin.headers, created["id"])
+    assert sum("Transient failure: retrying" in l["message"] for l in logs) == 2
+    assert any("Giving up after 3 attempt(s)" in l["message"] for l in logs)
