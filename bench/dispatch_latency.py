@@ -331,7 +331,7 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
             await background_tasks.shutdown()
     # stop the workers and drop the database now, so the next mode starts from a quiet machine
     for what in [f"close the baseline publisher of {mode}", f"stop the baseline worker of {mode}",
-                 f"stop the WindFlow worker of {mode}", f"flush Redis db", f"drop database of {mode}"]:
+                 f"stop the WindFlow worker of {mode}", "flush Redis db", f"drop database of {mode}"]:
         for index in range(len(cleanup.actions) - 1, -1, -1):
             name, fn, fargs = cleanup.actions[index]
             if name.startswith(what):

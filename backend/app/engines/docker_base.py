@@ -53,6 +53,24 @@ def _decode(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
+async def report_waiting(
+    waiting: dict[str, str], reported: dict[str, str], expected, spec: DeploySpec, deadline: float, log: LogSink
+) -> bool:
+    """One round of a wait-until-healthy loop: log each service whose state changed since the last
+    round; True when nothing waits any more; a permanent EngineError naming the laggards at the deadline."""
+    for service, description in waiting.items():
+        if reported.get(service) != description:
+            reported[service] = description
+            await log(LogLevel.INFO, f"waiting for {service}: {description}")
+    if not waiting:
+        await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
+        return True
+    if time.monotonic() >= deadline:
+        detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
+        raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
+    return False
+
+
 class DockerEngine(Engine):
     """Base of the drivers: the parts that only need the SDK."""
 
@@ -202,16 +220,8 @@ class DockerEngine(Engine):
                     else:
                         states = sorted({_describe(c) for c in containers})
                         waiting[service] = f"{ready}/{count} ready, {', '.join(states)}"
-            for service, description in waiting.items():
-                if reported.get(service) != description:
-                    reported[service] = description
-                    await log(LogLevel.INFO, f"waiting for {service}: {description}")
-            if not waiting:
-                await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
+            if await report_waiting(waiting, reported, expected, spec, deadline, log):
                 return
-            if time.monotonic() >= deadline:
-                detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
-                raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _fail(self, session: EngineSession, service: str, container: Container, what: str,

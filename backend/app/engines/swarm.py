@@ -27,7 +27,14 @@ from docker.models.services import Service
 
 from backend.app.engines.base import DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
 from backend.app.engines.connection import EngineSession
-from backend.app.engines.docker_base import COMPOSE_FILE, POLL_INTERVAL, DockerEngine, compose_path, deployment_filter
+from backend.app.engines.docker_base import (
+    COMPOSE_FILE,
+    POLL_INTERVAL,
+    DockerEngine,
+    compose_path,
+    deployment_filter,
+    report_waiting,
+)
 from backend.app.engines.document import active_services, dump_document, label_document, load_document, parse_ports
 from backend.app.engines.process import CommandResult, failure, run_command
 from backend.app.models.enums import LogLevel
@@ -205,16 +212,8 @@ class SwarmEngine(DockerEngine):
                 if running < desired:
                     states = sorted({(t.get("Status") or {}).get("State", "?") for t in current}) or ["no task"]
                     waiting[name] = f"{running}/{desired} running, {', '.join(states)}"
-            for name, description in waiting.items():
-                if reported.get(name) != description:
-                    reported[name] = description
-                    await log(LogLevel.INFO, f"waiting for {name}: {description}")
-            if not waiting:
-                await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
+            if await report_waiting(waiting, reported, expected, spec, deadline, log):
                 return
-            if time.monotonic() >= deadline:
-                detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
-                raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _task_failed(self, session: EngineSession, name: str, task: dict[str, Any], log: LogSink) -> None:

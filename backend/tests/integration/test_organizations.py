@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from backend.app.core import security
 from backend.app.database import utcnow
-from backend.app.models import Membership, Organization, Role, User
+from backend.app.models import Membership, Organization, User
 from backend.tests.helpers import Actor, setup_admin
 
 ORGS = "/api/v1/organizations"
