@@ -27,6 +27,8 @@ from backend.app.models import (
     Target,
     User,
 )
+from backend.app.database import utcnow
+from backend.app.models.base import new_id
 from backend.app.services import organization_service, templating
 from backend.app.services.state_machine import TransitionResult, set_deployment_status
 
@@ -129,7 +131,12 @@ class DeploymentService:
         rendered = templating.render_stack(stack.template, specs, values)
         await templating.validate_with_compose(rendered)
 
+        # One flush for both rows, with queued_at stamped right before it: the deployment is queued when
+        # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
+        # validation above.
         deployment = Deployment(
+            id=new_id(),
+            queued_at=utcnow(),
             organization_id=org_id,
             stack_id=stack.id,
             target_id=target.id,
@@ -141,7 +148,6 @@ class DeploymentService:
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
         )
         session.add(deployment)
-        await session.flush()
         session.add(
             DeploymentStatusHistory(
                 deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason="created", actor=user.email
