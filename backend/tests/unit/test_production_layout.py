@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from backend.app.config import Settings
-from backend.app.engines.compose_cli import find_compose_command
+from backend.app.engines.compose_cli import compose_is_v2, find_compose_command
 from backend.tests.conftest import require_service
 
 REPO = Path(__file__).resolve().parents[3]
@@ -52,7 +52,7 @@ def compose_v2() -> tuple[str, ...]:
     command = find_compose_command()
     if command is None:
         require_service("docker compose", "neither the compose v2 plugin nor docker-compose is installed")
-    if command[-1] != "compose":
+    if not compose_is_v2(command):
         require_service("docker compose v2", f"only compose v1 ({command[0]}) is installed; docker-compose.yml needs v2.20+")
     short = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=30).stdout.strip()
     match = re.match(r"v?(\d+)\.(\d+)", short)
