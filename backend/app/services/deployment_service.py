@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -182,26 +182,18 @@ class DeploymentService:
         target_id: str | None = None,
         organization_id: str | None = None,
     ) -> tuple[list[Deployment], int]:
-        query = select(Deployment)
-        if not user.is_superuser:
-            from backend.app.models import Membership
-
-            query = query.where(
-                Deployment.organization_id.in_(select(Membership.organization_id).where(Membership.user_id == user.id))
-            )
-        if organization_id:
-            query = query.where(Deployment.organization_id == organization_id)
+        query = await organization_service.scope_to_readable(
+            session, user, select(Deployment), Deployment.organization_id, organization_id
+        )
         if status:
             query = query.where(Deployment.status.in_(status))
         if stack_id:
             query = query.where(Deployment.stack_id == stack_id)
         if target_id:
             query = query.where(Deployment.target_id == target_id)
-        total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-        rows = await session.execute(
-            query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).offset(offset).limit(limit)
+        return await organization_service.paginate(
+            session, query, Deployment.created_at.desc(), Deployment.id.desc(), offset=offset, limit=limit
         )
-        return list(rows.scalars()), total
 
     @staticmethod
     async def history(session: AsyncSession, deployment_id: str) -> list[DeploymentStatusHistory]:

@@ -37,6 +37,26 @@ async def require_role(session: AsyncSession, user: User, organization_id: str, 
     return role
 
 
+async def scope_to_readable(session: AsyncSession, user: User, query, org_column, organization_id: str | None = None):
+    """Restrict a listing ``query`` to the organisations ``user`` may read (all of them for a superuser).
+
+    Filtering on an organisation the user does not belong to answers 404, like reading it would.
+    """
+    if organization_id is not None:
+        await require_role(session, user, organization_id, Role.VIEWER)
+        return query.where(org_column == organization_id)
+    if not user.is_superuser:
+        return query.where(org_column.in_(select(Membership.organization_id).where(Membership.user_id == user.id)))
+    return query
+
+
+async def paginate(session: AsyncSession, query, *order_by, offset: int, limit: int) -> tuple[list, int]:
+    """``(rows, total)`` of a listing query, ordered and cut to one page."""
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = (await session.execute(query.order_by(*order_by).offset(offset).limit(limit))).scalars().all()
+    return list(rows), total
+
+
 async def default_organization_id(session: AsyncSession, user: User) -> str | None:
     return (
         await session.execute(

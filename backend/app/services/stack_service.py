@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
-from backend.app.models import Membership, Role, Stack, User
+from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
 from backend.app.services import organization_service, templating
 
@@ -70,16 +70,8 @@ async def list_for_user(
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    query = select(Stack)
-    if organization_id is not None:
-        await organization_service.require_role(session, user, organization_id, Role.VIEWER)
-        query = query.where(Stack.organization_id == organization_id)
-    elif not user.is_superuser:
-        member_of = select(Membership.organization_id).where(Membership.user_id == user.id)
-        query = query.where(Stack.organization_id.in_(member_of))
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = (await session.execute(query.order_by(Stack.name, Stack.id).offset(offset).limit(limit))).scalars().all()
-    return list(rows), total
+    query = await organization_service.scope_to_readable(session, user, select(Stack), Stack.organization_id, organization_id)
+    return await organization_service.paginate(session, query, Stack.name, Stack.id, offset=offset, limit=limit)
 
 
 async def find_by_name(session: AsyncSession, organization_id: str, name: str) -> Stack | None:

@@ -25,7 +25,7 @@ from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, Va
 from backend.app.core.logging import redact, register_secret
 from backend.app.core.security import decrypt_secret, encrypt_secret
 from backend.app.engines import EngineError, TargetConnection, engine_for
-from backend.app.models import Deployment, Membership, Role, Target, TargetType, User
+from backend.app.models import Deployment, Role, Target, TargetType, User
 from backend.app.schemas.targets import (
     CREDENTIAL_FIELDS,
     TLS_FIELDS,
@@ -163,18 +163,12 @@ async def list_for_user(
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    query = select(Target)
-    if organization_id is not None:
-        await organization_service.require_role(session, user, organization_id, Role.VIEWER)
-        query = query.where(Target.organization_id == organization_id)
-    elif not user.is_superuser:
-        member_of = select(Membership.organization_id).where(Membership.user_id == user.id)
-        query = query.where(Target.organization_id.in_(member_of))
+    query = await organization_service.scope_to_readable(
+        session, user, select(Target), Target.organization_id, organization_id
+    )
     if type is not None:
         query = query.where(Target.type == type)
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = (await session.execute(query.order_by(Target.name, Target.id).offset(offset).limit(limit))).scalars().all()
-    return list(rows), total
+    return await organization_service.paginate(session, query, Target.name, Target.id, offset=offset, limit=limit)
 
 
 async def get_for_user(session: AsyncSession, user: User, target_id: str, minimum: Role = Role.VIEWER) -> Target:

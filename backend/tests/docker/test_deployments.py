@@ -314,3 +314,19 @@ async def test_transient_failures_retry_with_backoff_then_fail(env):
     logs = await all_logs(env.client, env.admin.headers, created["id"])
     assert sum("Transient failure: retrying" in l["message"] for l in logs) == 2
     assert any("Giving up after 3 attempt(s)" in l["message"] for l in logs)
+
+
+async def test_listing_filters_and_foreign_organization(env):
+    created = await env.deploy({"port": free_port()})
+    await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    headers = env.admin.headers
+    by_stack = (await env.client.get("/api/v1/deployments", params={"stack_id": env.stack_id}, headers=headers)).json()
+    assert [d["id"] for d in by_stack["items"]] == [created["id"]] and by_stack["total"] == 1
+    none = (await env.client.get("/api/v1/deployments", params={"status": "stopped"}, headers=headers)).json()
+    assert none == {"items": [], "total": 0}
+    foreign = await env.client.get(
+        "/api/v1/deployments", params={"organization_id": "00000000-0000-0000-0000-000000000000"}, headers=headers
+    )
+    assert foreign.status_code == 404
+    bad = await env.client.get("/api/v1/deployments", params={"status": "exploded"}, headers=headers)
+    assert bad.status_code == 422
