@@ -161,14 +161,9 @@ class DeploymentService:
     @staticmethod
     async def get_for_user(session: AsyncSession, user: User, deployment_id: str, minimum: Role = Role.VIEWER) -> Deployment:
         """The deployment if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*."""
-        deployment = await session.get(Deployment, deployment_id, populate_existing=True)
-        if deployment is None:
-            raise NotFound("deployment not found", code="deployment_not_found")
-        role = await organization_service.role_in(session, user, deployment.organization_id)
-        if role is None:
-            raise NotFound("deployment not found", code="deployment_not_found")
-        await organization_service.require_role(session, user, deployment.organization_id, minimum)
-        return deployment
+        return await organization_service.get_owned(
+            session, user, Deployment, deployment_id, minimum, noun="deployment", populate_existing=True
+        )
 
     @staticmethod
     async def list_for_user(

@@ -37,6 +37,21 @@ async def require_role(session: AsyncSession, user: User, organization_id: str, 
     return role
 
 
+async def get_owned(session: AsyncSession, user: User, model, entity_id: str, minimum: Role, *, noun: str, **options):
+    """Load a row an organisation owns (stack, target, deployment) if ``user`` holds ``minimum`` there.
+
+    Missing and foreign rows are the same 404 (an outsider must not learn the id exists); a member with
+    a weaker role gets 403.
+    """
+    entity = await session.get(model, entity_id, **options)
+    role = await role_in(session, user, entity.organization_id) if entity is not None else None
+    if entity is None or role is None:
+        raise NotFound(f"{noun} not found", code=f"{noun}_not_found")
+    if not role.at_least(minimum):
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the {noun}'s organization; you are {role}")
+    return entity
+
+
 async def scope_to_readable(session: AsyncSession, user: User, query, org_column, organization_id: str | None = None):
     """Restrict a listing ``query`` to the organisations ``user`` may read (all of them for a superuser).
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from backend.app.core.exceptions import Conflict, ValidationFailed
 from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
 from backend.app.services import organization_service, templating
@@ -49,13 +49,7 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
 
 async def get_for_user(session: AsyncSession, user: User, stack_id: str, minimum: Role = Role.VIEWER) -> Stack:
     """The stack if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*, 403 weak role."""
-    stack = await session.get(Stack, stack_id)
-    role = await organization_service.role_in(session, user, stack.organization_id) if stack else None
-    if stack is None or role is None:
-        raise NotFound("stack not found", code="stack_not_found")
-    if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the stack's organization; you are {role}")
-    return stack
+    return await organization_service.get_owned(session, user, Stack, stack_id, minimum, noun="stack")
 
 
 async def list_for_user(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
-from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from backend.app.core.exceptions import Conflict, ValidationFailed
 from backend.app.core.logging import redact, register_secret
 from backend.app.core.security import decrypt_secret, encrypt_secret
 from backend.app.engines import EngineError, TargetConnection, engine_for
@@ -177,13 +177,7 @@ async def get_for_user(session: AsyncSession, user: User, target_id: str, minimu
     Missing and foreign targets are the same 404 (an outsider must not learn the id exists); a member
     with a weaker role gets 403.
     """
-    target = await session.get(Target, target_id)
-    role = await organization_service.role_in(session, user, target.organization_id) if target else None
-    if target is None or role is None:
-        raise NotFound("target not found", code="target_not_found")
-    if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the target's organization; you are {role}")
-    return target
+    return await organization_service.get_owned(session, user, Target, target_id, minimum, noun="target")
 
 
 async def update(session: AsyncSession, settings: Settings, target: Target, data: TargetUpdate) -> Target:
