@@ -3,6 +3,7 @@ fallback and recovery. PostgreSQL database (SQLite is never a broker)."""
 
 from __future__ import annotations
 
+import os
 import asyncio
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from backend.tests.helpers import setup_admin
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)]
 
-REDIS_TEST_DB = 11
+REDIS_TEST_DB = int(os.environ.get("WINDFLOW_TEST_REDIS_DB", "11"))  # parallel test sessions use different databases
 SLOW_TEMPLATE = (
     "services:\n  app:\n"
     f"    image: {TEST_IMAGE}\n"
