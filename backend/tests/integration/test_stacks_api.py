@@ -357,3 +357,20 @@ async def test_render_preview_reports_every_bad_value_without_secrets(client, te
     assert_error(
         await client.post(f"{STACKS}/{stack['id']}/render", json={"values": {}}, headers=operator.headers), 422, "validation_error"
     )
+
+
+async def test_the_variable_schema_is_typed_in_openapi(client):
+    """A client builds the stack form from the OpenAPI document: one model per variable type, by `type`."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    read = schemas["StackRead"]["properties"]["variables"]["items"]
+    mapping = read["discriminator"]["mapping"]
+    assert read["discriminator"]["propertyName"] == "type"
+    assert sorted(mapping) == ["boolean", "enum", "group", "integer", "number", "password", "secret", "string",
+                               "textarea"]
+    assert mapping["password"] == mapping["secret"]
+    enum = schemas[mapping["enum"].rsplit("/", 1)[-1]]
+    assert enum["additionalProperties"] is False and "options" in enum["required"]
+    group = schemas[mapping["group"].rsplit("/", 1)[-1]]
+    assert group["properties"]["variables"]["items"]["discriminator"]["propertyName"] == "type"
+    created = schemas["StackCreate"]["properties"]["variables"]["items"]
+    assert created["discriminator"]["propertyName"] == "type"
