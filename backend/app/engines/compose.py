@@ -32,8 +32,8 @@ class ComposeEngine(DockerEngine):
         super().__init__(connection)
         found = command or find_compose_command()
         if not found:
-            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`)",
-                              transient=False)
+            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`): install "
+                              "compose v2 where WindFlow runs (bash scripts/setup-docker.sh does)", transient=False)
         self.command = tuple(found)
         self.v2 = compose_is_v2(self.command)
         #: the running ``up`` of each deployment between create_resources and start_services
