@@ -31,16 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import secrets
 import socket
 import string
-import tempfile
 import uuid as uuid_module
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -49,7 +46,8 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import find_compose_command, remember_valid
+from backend.app.engines.base import EngineError
+from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
 from backend.app.schemas.stack_variables import (
     NUMERIC_TYPES,
     STRING_TYPES,
@@ -88,7 +86,6 @@ MAX_VALUE_LENGTH = 65_536
 MAX_OUTPUT_CHARS = 1_048_576
 RANDOM_PORT_RANGE = (20000, 40000)
 COMPOSE_TIMEOUT_SECONDS = 30
-VALIDATE_PROJECT_NAME = "windflow-validate"
 
 _INTEGER_RE = re.compile(r"^[+-]?[0-9]+$")
 _NUMBER_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
@@ -760,46 +757,23 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
     answer in time: the engine validates again before deploying.
 
-    The tool runs in an empty temporary directory with a minimal environment, so neither the server's
-    environment variables nor a stray ``.env`` leak into the interpolation.
+    The tool runs through the engines' one compose runner (:func:`~backend.app.engines.compose_cli.check_document`:
+    an empty temporary directory, a minimal environment, the process group killed on timeout).
     """
     command = await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
         return
-    with tempfile.TemporaryDirectory(prefix="windflow-validate-") as workdir:
-        path = Path(workdir) / "compose.yaml"
-        path.write_text(rendered, encoding="utf-8")
-        env = {key: os.environ[key] for key in ("PATH", "HOME", "DOCKER_CONFIG") if key in os.environ}
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            "--project-name",
-            VALIDATE_PROJECT_NAME,
-            "--project-directory",
-            workdir,
-            "-f",
-            str(path),
-            "config",
-            "-q",
-            cwd=workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            logger.warning("compose validation timed out after %ss; skipped", COMPOSE_TIMEOUT_SECONDS)
-            return
-        if process.returncode == 0:
-            remember_valid(rendered)
-            return
-        message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")
-        lines = [line for line in message.splitlines() if line.strip() and "level=warning" not in line]
-        message = _redact("\n".join(lines).strip() or f"exit status {process.returncode}", redact)
-        if len(message) > 2000:
-            message = message[:2000] + "..."
-        raise ValidationFailed(f"docker compose rejected the document: {message}", code="invalid_compose")
+    try:
+        result = await check_document(rendered, command=command, timeout=COMPOSE_TIMEOUT_SECONDS)
+    except EngineError as exc:
+        logger.warning("compose validation skipped: %s", exc.message)
+        return
+    if result.ok:
+        remember_valid(rendered)
+        return
+    lines = [line for line in result.lines if "level=warning" not in line]
+    message = _redact("\n".join(lines).strip() or f"exit status {result.returncode}", redact)
+    if len(message) > 2000:
+        message = message[:2000] + "..."
+    raise ValidationFailed(f"docker compose rejected the document: {message}", code="invalid_compose")
