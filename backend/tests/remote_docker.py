@@ -421,10 +421,10 @@ def _engine_in(netns: str, address: str) -> Iterator[RemoteDocker]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def remote_docker() -> Iterator[RemoteDocker]:
-    """A second Docker engine, a host of its own (network namespace), that only accepts clients with our
-    certificate."""
+@contextlib.contextmanager
+def remote_docker_or_skip() -> Iterator[RemoteDocker]:
+    """:func:`start_remote_docker`, where an engine that cannot start is a missing service (skip, or fail
+    on CI) rather than an error of the test."""
     try:
         manager = start_remote_docker()
         engine = manager.__enter__()
@@ -434,3 +434,11 @@ def remote_docker() -> Iterator[RemoteDocker]:
         yield engine
     finally:
         manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def remote_docker() -> Iterator[RemoteDocker]:
+    """A second Docker engine, a host of its own (network namespace), that only accepts clients with our
+    certificate."""
+    with remote_docker_or_skip() as engine:
+        yield engine

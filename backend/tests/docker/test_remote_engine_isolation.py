@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from backend.tests.conftest import TEST_IMAGE, require_service
-from backend.tests.remote_docker import NETNS_PREFIX, remove_leftover_namespaces, start_remote_docker
+from backend.tests.remote_docker import NETNS_PREFIX, remote_docker_or_skip, remove_leftover_namespaces
 
 pytestmark = pytest.mark.docker
 
@@ -41,12 +41,7 @@ def test_the_remote_engine_leaves_the_host_bridge_and_network_alone(docker_engin
     before = _run_on_default_bridge()
     assert before.returncode == 0, before.stderr
     veths_before = _veths()
-    try:
-        manager = start_remote_docker()
-        engine = manager.__enter__()
-    except RuntimeError as exc:
-        require_service("second Docker engine (TCP + TLS)", str(exc))
-    try:
+    with remote_docker_or_skip() as engine:
         assert engine.netns in _namespaces()
         assert engine.endpoint == f"tcp://{engine.address}:2376" and not engine.address.startswith("127.")
         # Its interfaces are its own: the namespace sees its end of the veth pair, not the host's docker0.
@@ -54,8 +49,6 @@ def test_the_remote_engine_leaves_the_host_bridge_and_network_alone(docker_engin
                                 text=True, timeout=30, check=True).stdout
         assert "docker0" not in inside and "eth0" in inside
         assert _has_docker0(), "starting the second engine removed the host's docker0"
-    finally:
-        manager.__exit__(None, None, None)
 
     assert _has_docker0(), "the second engine removed the host's docker0"
     after = _run_on_default_bridge()
