@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -576,3 +577,7 @@ async def test_ssh_target_through_dial_stdio(docker_engine, tmp_path, monkeypatc
         key_dir = session.material_dir
     assert "engine.example" in record.read_text() and "id_key" in record.read_text()
     assert not key_dir.exists()
+    # The SDK's connections ran `ssh` behind the session's unix socket; none outlives the session.
+    lingering = subprocess.run(["pgrep", "-f", f"docker -H {docker_engine} system dial-stdio"],
+                               capture_output=True, text=True, check=False).stdout.split()
+    assert lingering == []
