@@ -232,10 +232,11 @@ def prepare_sql_broker(settings) -> None:
 
     kombu's SQL transport creates them on first use (``metadata.create_all``, then one row per queue),
     with no guard against another process doing the same at that moment: with the WindFlow worker, the
-    baseline worker and this process all starting on a fresh database, the loser of the race got an
-    ``IntegrityError`` (``pg_class_relname_nsp_index``) and its channel never consumed; the first baseline
-    task then timed out and the clean-up dropped the database under the still-polling worker ("database
-    windflow_bench_postgresql_... does not exist"). Run alone the mode rarely lost the race.
+    baseline worker and this process all starting on a fresh database, a loser of the race dies
+    (``Unrecoverable error: IntegrityError ... pg_class_relname_nsp_index ... queue_id_sequence``). When
+    that was the baseline worker, its first task timed out after 90 s and the clean-up dropped the database
+    under this process's still-polling result reader ("database windflow_bench_postgresql_... does not
+    exist"). Timing decides the race: run alone, the mode rarely lost it.
     """
     broker = settings.celery_broker_url
     if not broker or not broker.startswith("sqla+"):
