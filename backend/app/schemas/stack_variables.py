@@ -176,6 +176,13 @@ def _default(json_type: dict[str, Any]) -> Any:
     return Annotated[Any, WithJsonSchema({**json_type, "description": _DEFAULT_DOC})]
 
 
+TextDefault = _default({"type": "string"})
+IntegerDefault = _default({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+NumberDefault = _default({"anyOf": [{"type": "number"}, {"type": "string"}]})
+BooleanDefault = _default({"anyOf": [{"type": "boolean"}, {"type": "string"}]})
+EnumDefault = _default({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
+
+
 # --- the models ---------------------------------------------------------------------------------------
 
 
@@ -205,7 +212,7 @@ class _ValueVariable(_Variable):
 
 
 class _TextVariable(_ValueVariable):
-    default: _default({"type": "string"}) = None
+    default: TextDefault = None
     pattern: Pattern | None = None
     min_length: Length | None = None
     max_length: Length | None = None
@@ -251,21 +258,21 @@ class _NumericVariable(_ValueVariable):
 
 class IntegerVariable(_NumericVariable):
     type: Literal["integer"]
-    default: _default({"anyOf": [{"type": "integer"}, {"type": "string"}]}) = None
+    default: IntegerDefault = None
     min: WholeBound | None = None
     max: WholeBound | None = None
 
 
 class NumberVariable(_NumericVariable):
     type: Literal["number"]
-    default: _default({"anyOf": [{"type": "number"}, {"type": "string"}]}) = None
+    default: NumberDefault = None
     min: Bound | None = None
     max: Bound | None = None
 
 
 class BooleanVariable(_ValueVariable):
     type: Literal["boolean"]
-    default: _default({"anyOf": [{"type": "boolean"}, {"type": "string"}]}) = None
+    default: BooleanDefault = None
 
 
 OptionValue = str | int | float | bool
@@ -303,7 +310,7 @@ def _options_list(value: Any) -> Any:
 class EnumVariable(_ValueVariable):
     type: Literal["enum"]
     options: Annotated[list[EnumOption], BeforeValidator(_options_list), Field(min_length=1)]
-    default: _default({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}) = None
+    default: EnumDefault = None
 
     @field_validator("options", mode="after")
     @classmethod
