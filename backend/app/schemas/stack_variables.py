@@ -104,7 +104,8 @@ def scalar_text(value: Any) -> str:
     return str(value)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """``repr(value)``, shortened to 60 characters (for messages)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -319,7 +320,7 @@ class EnumVariable(_ValueVariable):
         for index, option in enumerate(options):
             key = (type(option.value), option.value)
             if key in seen:
-                raise _problem(f"duplicate option {_describe(option.value)}", f"[{index}]")
+                raise _problem(f"duplicate option {describe(option.value)}", f"[{index}]")
             seen.add(key)
         return options
 

@@ -55,6 +55,8 @@ from backend.app.schemas.stack_variables import (
     GroupVariable,
     validate_variable_schema,
 )
+from backend.app.schemas.stack_variables import describe as _describe
+from backend.app.schemas.stack_variables import scalar_text as _render_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +169,6 @@ class _Problem(Exception):
 
 def _is_expression(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_variables(raw: list[dict]) -> list[VariableSpec]:
@@ -360,14 +357,6 @@ def _port_is_free(port: int) -> bool:
 
 
 # --- the sandbox -----------------------------------------------------------------------------------
-
-
-def _render_scalar(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _finalize(value: Any) -> Any:
