@@ -104,9 +104,16 @@ _VALIDATE_ENV = ("PATH", "HOME", "DOCKER_CONFIG")
 
 
 async def check_document(
-    document: str, *, command: Sequence[str] | None = None, timeout: float, log: LogSink | None = None
+    document: str,
+    *,
+    command: Sequence[str] | None = None,
+    timeout: float,
+    log: LogSink | None = None,
+    normalised: bool = False,
 ) -> CommandResult:
-    """``compose config -q`` on ``document``: the tool's verdict (``result.ok``) and its lines.
+    """``compose config -q`` on ``document``: the tool's verdict (``result.ok``) and its lines; with
+    ``normalised``, ``compose config`` whose output (``result.stdout``) is the document as compose reads it
+    (interpolated, ``extends`` merged).
 
     The tool runs in an empty temporary directory with a minimal environment, so neither the server's
     environment variables nor a stray ``.env`` reach the interpolation; the temporary paths in its
@@ -121,7 +128,8 @@ async def check_document(
         path.write_text(document, encoding="utf-8")
         env = {key: os.environ[key] for key in _VALIDATE_ENV if key in os.environ}
         argv = [*command, "--project-name", VALIDATE_PROJECT_NAME, "--project-directory", workdir, "-f", str(path),
-                "config", "-q"]
-        result = await run_command(argv, env=env, log=log, cwd=Path(workdir), timeout=timeout)
+                "config", *([] if normalised else ["-q"])]
+        result = await run_command(argv, env=env, log=log, cwd=Path(workdir), timeout=timeout,
+                                   capture_stdout=normalised)
     lines = [line.replace(str(path), "compose.yaml").replace(workdir, ".") for line in result.lines]
-    return CommandResult(result.returncode, lines, "")
+    return CommandResult(result.returncode, lines, result.stdout)
