@@ -51,6 +51,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import find_compose_command, remember_valid
+from backend.app.services.compose_policy import check_host_files
 
 logger = logging.getLogger(__name__)
 
@@ -910,7 +911,8 @@ def render_stack(template: str, specs: list[VariableSpec], values: dict) -> str:
     """
     try:
         rendered = render_template(template, values)
-        parse_compose_yaml(rendered)
+        # Before any compose tool reads it: refuse what would read files of the WindFlow host.
+        check_host_files(parse_compose_yaml(rendered))
     except ValidationFailed as exc:
         scrubbed = _redact(exc.detail, secret_values(specs, values))
         if scrubbed == exc.detail:
@@ -944,6 +946,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
     The tool runs in an empty temporary directory with a minimal environment, so neither the server's
     environment variables nor a stray ``.env`` leak into the interpolation.
     """
+    check_host_files(parse_compose_yaml(rendered))  # the compose tool would read those files
     command = await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
