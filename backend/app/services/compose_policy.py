@@ -259,6 +259,8 @@ def is_host_endpoint(endpoint: str | None) -> bool:
 def _socket_kind(source: str, extra_sockets: Iterable[str]) -> str | None:
     """``"socket"`` for a bind of an engine socket, ``"parent"`` for a directory holding one, else None."""
     sockets = (*_SOCKETS, *extra_sockets)
+    # ``/var/run`` is usually a symlink to ``/run``, but not everywhere: ``/var`` may hold the socket too.
+    sockets += tuple("/var" + s for s in sockets if s.startswith("/run/"))
     if posixpath.basename(source) in _SOCKET_NAMES or source in sockets:
         return "socket"
     if any(_under(source, d) for d in _SOCKET_DIRS):
@@ -308,8 +310,13 @@ def _container_ref(value: Any) -> tuple[str, str] | None:
 
 
 class _TargetChecker:
-    def __init__(self, doc: Mapping[str, Any], policy: ComposePolicy, extra_sockets: Iterable[str]) -> None:
+    def __init__(
+        self, doc: Mapping[str, Any], policy: ComposePolicy, extra_sockets: Iterable[str], written: Mapping[str, Any]
+    ) -> None:
         self.doc = doc
+        #: the document as the tenant wrote it: messages quote its text, never a value interpolated from
+        #: the WindFlow host's environment (``${HOME}`` stays ``${HOME}``)
+        self.written = _services(written)
         self.policy = policy
         self.extra_sockets = tuple(extra_sockets)
         self.services = _services(doc)
@@ -334,7 +341,7 @@ class _TargetChecker:
             if _truthy(service.get("privileged")) and "privileged" in service:
                 self.deny(p.allow_privileged, f"{at}.privileged", "allow_privileged",
                           "privileged mode gives the container every device and capability of the host")
-            self.check_mounts(at, service)
+            self.check_mounts(at, service, self.written.get(name, service))
             self.check_namespaces(at, service)
             for key in ("devices", "device_cgroup_rules", "gpus"):
                 if service.get(key):
@@ -352,18 +359,19 @@ class _TargetChecker:
                           "it can lift the container's confinement (seccomp, AppArmor, SELinux)")
             if service.get("sysctls"):
                 self.deny(p.allow_sysctls, f"{at}.sysctls", "allow_sysctls", "it changes kernel parameters")
-            self.check_foreign(at, service)
+            self.check_foreign(at, service, self.written.get(name, service))
         self.check_resources()
         return self.found
 
-    def check_mounts(self, at: str, service: dict) -> None:
+    def check_mounts(self, at: str, service: dict, written: dict) -> None:
         p = self.policy
+        as_written = {m.index: m.source for m in _mounts(written)}
         for mount in _mounts(service):
             path = f"{at}.volumes[{mount.index}]"
             if mount.kind != "bind":
                 continue
-            raw = mount.source
-            if not raw.startswith("/"):
+            raw = as_written.get(mount.index, mount.source)
+            if not mount.source.startswith("/"):
                 # Relative (./data, ../../) and home (~) paths resolve on the host against directories the
                 # tenant does not see: only a policy allowing every host path accepts them.
                 self.deny(p.allow_host_binds and not p.host_bind_prefixes, path, "allow_host_binds",
@@ -371,7 +379,7 @@ class _TargetChecker:
                           + ("use an absolute path under one of the allowed prefixes "
                              f"({', '.join(p.host_bind_prefixes)})" if p.allow_host_binds else "use a named volume"))
                 continue
-            source = _normalise(raw)
+            source = _normalise(mount.source)
             socket_kind = _socket_kind(source, self.extra_sockets)
             if socket_kind is not None:
                 self.deny(p.allow_docker_socket, path, "allow_docker_socket",
@@ -398,20 +406,22 @@ class _TargetChecker:
             self.deny(p.allow_host_namespaces, f"{at}.cgroup_parent", "allow_host_namespaces",
                       "cgroup_parent places the container in a cgroup of the host")
 
-    def check_foreign(self, at: str, service: dict) -> None:
+    def check_foreign(self, at: str, service: dict, written: dict) -> None:
         p = self.policy
         for key in ("network_mode", "pid", "ipc"):
             ref = _container_ref(service.get(key))
             if ref and not self.own(*ref):
                 self.deny(p.allow_foreign_containers, f"{at}.{key}", "allow_foreign_containers",
-                          f"{ref[0]} {ref[1]!r} is not a service of this deployment")
+                          f"{str(written.get(key, ''))!r} is not a container of this deployment")
+        written_from = _items(written.get("volumes_from"))
         for index, entry in enumerate(_items(service.get("volumes_from"))):
             ref = _container_ref(entry) or ("service", str(entry).split(":", 1)[0])
             if ref[0] == "container":
                 ref = ("container", ref[1].split(":", 1)[0])
             if not self.own(*ref):
+                shown = written_from[index] if index < len(written_from) else entry
                 self.deny(p.allow_foreign_containers, f"{at}.volumes_from[{index}]", "allow_foreign_containers",
-                          f"{ref[0]} {ref[1]!r} is not a service of this deployment")
+                          f"{str(shown)!r} is not a container of this deployment")
         if service.get("external_links"):
             self.deny(p.allow_foreign_containers, f"{at}.external_links", "allow_foreign_containers",
                       "it links containers that are not the deployment's own")
@@ -432,10 +442,17 @@ class _TargetChecker:
 
 
 def target_violations(
-    doc: Mapping[str, Any], policy: ComposePolicy, *, extra_sockets: Iterable[str] = ()
+    doc: Mapping[str, Any],
+    policy: ComposePolicy,
+    *,
+    extra_sockets: Iterable[str] = (),
+    written: Mapping[str, Any] | None = None,
 ) -> list[Violation]:
-    """Every per-target rule ``doc`` breaks under ``policy`` (the always-refused layer is separate)."""
-    return _TargetChecker(doc, policy, extra_sockets).run()
+    """Every per-target rule ``doc`` breaks under ``policy`` (the always-refused layer is separate).
+
+    ``written`` is the document before interpolation, when ``doc`` is its interpolated form.
+    """
+    return _TargetChecker(doc, policy, extra_sockets, written if written is not None else doc).run()
 
 
 # --- the document as compose reads it -------------------------------------------------------------------
@@ -510,7 +527,9 @@ def check_target(
     if is_host_endpoint(endpoint):
         sockets.append(_normalise(endpoint.split(":", 1)[1].lstrip("/")))
     found = _unique(
-        v for view in _views(doc, endpoint) for v in target_violations(view, policy, extra_sockets=sockets)
+        v
+        for view in _views(doc, endpoint)
+        for v in target_violations(view, policy, extra_sockets=sockets, written=doc)
     )
     if found:
         raise PolicyViolation(found, target_name, redact=redact)
