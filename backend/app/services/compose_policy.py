@@ -75,7 +75,7 @@ class ComposePolicy(BaseModel):
     )
     allow_host_namespaces: bool = Field(
         default=False,
-        description="network_mode/pid/ipc/uts/cgroup: host, userns_mode, cgroup_parent",
+        description="network_mode/pid/ipc/uts/cgroup: host, userns_mode, cgroup_parent, host/macvlan/ipvlan networks",
     )
     allow_devices: bool = Field(default=False, description="devices, device_cgroup_rules, gpus")
     allow_capabilities: bool = Field(default=False, description="cap_add")
@@ -270,6 +270,10 @@ def _socket_kind(source: str, extra_sockets: Iterable[str]) -> str | None:
     return None
 
 
+#: Network drivers that plug containers into the host's own interfaces.
+_HOST_NETWORK_DRIVERS = {"host", "macvlan", "ipvlan"}
+
+
 @dataclass(frozen=True)
 class _Mount:
     index: int
@@ -295,8 +299,8 @@ def _mounts(service: dict) -> list[_Mount]:
         if ":" not in text:
             continue  # an anonymous volume: only a container path
         source = text.split(":", 1)[0]
-        is_path = source.startswith(("/", ".", "~")) or (len(source) > 1 and source[1] == ":")  # C:\ on Windows
-        mounts.append(_Mount(index, "bind" if is_path else "volume", source))
+        # compose's rule: a source starting with /, . or ~ is a host path, anything else a named volume
+        mounts.append(_Mount(index, "bind" if source.startswith(("/", ".", "~")) else "volume", source))
     return mounts
 
 
@@ -428,6 +432,11 @@ class _TargetChecker:
 
     def check_resources(self) -> None:
         top = _lower_keys(self.doc)
+        for key, definition in _mapping(top.get("networks")).items():
+            driver = str(_lower_keys(definition).get("driver") or "").strip().lower()
+            if driver in _HOST_NETWORK_DRIVERS:
+                self.deny(self.policy.allow_host_namespaces, f"networks.{key}.driver", "allow_host_namespaces",
+                          f"a {driver} network attaches containers to the host's network interfaces")
         for kind in ("networks", "volumes", "configs", "secrets"):
             for key, definition in _mapping(top.get(kind)).items():
                 definition = _lower_keys(definition)

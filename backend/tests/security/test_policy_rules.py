@@ -114,6 +114,8 @@ DENIED = [
     ("cgroup host", "cgroup: host", "", "services.app.cgroup", "allow_host_namespaces"),
     ("userns host", "userns_mode: host", "", "services.app.userns_mode", "allow_host_namespaces"),
     ("cgroup_parent", "cgroup_parent: /system.slice", "", "services.app.cgroup_parent", "allow_host_namespaces"),
+    ("macvlan network", "networks: [lan]", "networks:\n  lan: {driver: macvlan, driver_opts: {parent: eth0}}\n",
+     "networks.lan.driver", "allow_host_namespaces"),
     ("devices", "devices: ['/dev/sda:/dev/sda']", "", "services.app.devices", "allow_devices"),
     ("device rules", "device_cgroup_rules: ['b *:* rwm']", "", "services.app.device_cgroup_rules", "allow_devices"),
     ("gpus", "gpus: all", "", "services.app.gpus", "allow_devices"),
