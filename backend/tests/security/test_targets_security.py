@@ -192,9 +192,34 @@ async def test_not_docker_tls_and_ok_are_told_apart(world, docker_engine):
             tls.recv(1)
 
     other_ca = cert_pem(make_ca("someone else")[0])
+    tls_failed = {**UNREACHABLE, "category": "tls", "error": TEST_FAILURE_MESSAGES[TestFailure.TLS]}
     with _server(handshake) as (_, port):
-        tls = await _test(world, f"tcp://127.0.0.1:{port}", tls_ca=other_ca)
-    assert tls == {**UNREACHABLE, "category": "tls", "error": TEST_FAILURE_MESSAGES[TestFailure.TLS]}
+        assert await _test(world, f"tcp://127.0.0.1:{port}", tls_ca=other_ca) == tls_failed  # wrong CA
+
+    # An engine run with --tlsverify refuses a client without a certificate (TLS 1.3: after the handshake).
+    strict = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cert.pem").write_text(leaf.cert)
+        (Path(tmp) / "key.pem").write_text(leaf.key)
+        (Path(tmp) / "ca.pem").write_text(cert_pem(ca[0]))
+        strict.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
+        strict.load_verify_locations(Path(tmp) / "ca.pem")
+    strict.verify_mode = ssl.CERT_REQUIRED
+
+    def require_client_certificate(conn: socket.socket) -> None:
+        with strict.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    with _server(require_client_certificate) as (_, port):
+        assert await _test(world, f"tcp://127.0.0.1:{port}", tls_ca=cert_pem(ca[0])) == tls_failed
+
+    # Plain HTTP to a TLS engine: Go's HTTP server answers 400 "Client sent an HTTP request to an HTTPS server."
+    def go_https_server(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+
+    with _server(go_https_server) as (_, port):
+        assert await _test(world, f"tcp://127.0.0.1:{port}") == tls_failed
 
     ok = await world.client.post(f"{API}/{world.local_id}/test", headers=world.operator.headers)
     assert ok.status_code == 200 and ok.json()["ok"] is True and ok.json()["category"] is None, ok.text
