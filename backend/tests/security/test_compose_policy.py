@@ -216,6 +216,18 @@ async def test_host_access_is_refused_on_local_by_default(world, template, detai
     assert refused == {"detail": detail, "code": "compose_policy_denied"}
 
 
+async def test_a_value_cannot_inject_a_refused_key(world):
+    """The policy judges the rendered document: a textarea value that adds YAML lines is caught too
+    (string variables refuse line breaks already)."""
+    stack = await world.stack("services:\n  app:\n    image: {{ image }}\n",
+                              [{"name": "image", "type": "textarea", "default": TEST_IMAGE}])
+    refused = await world.deploy(stack["id"], {"image": f"{TEST_IMAGE}\n    privileged: true"}, expect=422)
+    assert refused["code"] == "compose_policy_denied"
+    assert refused["detail"].startswith(f"services.app.privileged is not allowed {LOCAL}: ")
+    sneaky = await world.deploy(stack["id"], {"image": f"{TEST_IMAGE}\n    env_file: [/proc/self/environ]"}, expect=422)
+    assert sneaky["code"] == "compose_forbidden"
+
+
 async def test_the_policy_is_shown_and_only_a_superuser_sets_it_on_the_host_target(world):
     shown = (await world.client.get(f"/api/v1/targets/{world.local_id}", headers=world.operator.headers)).json()
     assert shown["compose_policy"] == {

@@ -156,6 +156,19 @@ def test_host_access_is_denied_by_default_and_allowed_by_its_option(service, top
     check_target(doc, ComposePolicy(**granted), target_name="local", endpoint="unix:///var/run/docker.sock")
 
 
+def test_yaml_merge_keys_and_key_case_do_not_hide_a_key():
+    text = (
+        "x-base: &base {privileged: true, env_file: [/etc/shadow]}\n"
+        "services:\n  app:\n    <<: *base\n    image: busybox\n  other:\n    image: busybox\n    Privileged: true\n"
+    )
+    doc = yaml.safe_load(text)
+    assert [v.path for v in host_file_violations(doc)] == ["services.app.env_file"]
+    assert [(v.path, v.rule) for v in target_violations(doc, ComposePolicy())] == [
+        ("services.app.privileged", "allow_privileged"),
+        ("services.other.privileged", "allow_privileged"),
+    ]
+
+
 def test_an_interpolated_value_is_never_quoted():
     """``${HOME}`` is judged as compose reads it, but the message quotes what the tenant wrote."""
     import os
