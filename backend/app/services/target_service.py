@@ -108,8 +108,12 @@ def connection_for(target: Target, settings: Settings) -> TargetConnection:
 
 
 def policy_of(target: Target) -> ComposePolicy:
-    """The target's compose policy (the default, everything denied, when none was set)."""
-    return ComposePolicy.model_validate(target.compose_policy or {})
+    """The target's compose policy (the default, everything denied, when none was set).
+
+    Options the stored JSON has but this version does not know are ignored (they stay denied).
+    """
+    stored = target.compose_policy if isinstance(target.compose_policy, dict) else {}
+    return ComposePolicy.model_validate({k: v for k, v in stored.items() if k in ComposePolicy.model_fields})
 
 
 def reaches_host(endpoint: str) -> bool:
