@@ -937,7 +937,8 @@ def render_preview(template: str, specs: list[VariableSpec], values: dict) -> st
 
 
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) -> None:
-    """Let the installed compose tool judge ``rendered`` (``docker compose config -q``).
+    """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
+    normalised output against the always-refused keys of the compose policy.
 
     Raises ``ValidationFailed(invalid_compose)`` quoting the tool's error (with ``redact`` values
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
@@ -963,8 +964,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
             workdir,
             "-f",
             str(path),
-            "config",
-            "-q",
+            "config",  # not -q: its normalised output is checked again below
             cwd=workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -972,13 +972,16 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            _, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
         except TimeoutError:
             process.kill()
             await process.wait()
             logger.warning("compose validation timed out after %ss; skipped", COMPOSE_TIMEOUT_SECONDS)
             return
         if process.returncode == 0:
+            # The document as compose normalised it (extends merged, interpolation done): nothing it
+            # resolved may read the host either.
+            check_host_files(parse_compose_yaml(stdout.decode("utf-8", "replace")))
             remember_valid(rendered)
             return
         message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")
