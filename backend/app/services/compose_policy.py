@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.app.core.exceptions import ValidationFailed
@@ -50,6 +51,7 @@ __all__ = [
     "check_target",
     "host_file_violations",
     "is_host_endpoint",
+    "load",
     "target_violations",
 ]
 
@@ -130,6 +132,19 @@ class PolicyViolation(ValidationFailed):
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~6x faster, same reading
+
+
+def load(text: str) -> dict:
+    """A compose document (already validated as one) parsed for the policy checks."""
+    try:
+        document = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml") from None
+    if not isinstance(document, dict):
+        raise ValidationFailed("the compose document must be a mapping with a 'services' key", code="invalid_compose")
+    return document
 
 _FALSE = {False, None, 0, "", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "0"}
 

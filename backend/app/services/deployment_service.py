@@ -89,7 +89,7 @@ def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
     """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""
     compose_policy.check_target(
-        templating.parse_compose_yaml(rendered),
+        compose_policy.load(rendered),
         target_service.policy_of(target),
         target_name=target.name,
         endpoint=target.endpoint,

@@ -51,6 +51,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import find_compose_command, remember_valid
+from backend.app.services import compose_policy
 from backend.app.services.compose_policy import check_host_files
 
 logger = logging.getLogger(__name__)
@@ -938,7 +939,8 @@ def render_preview(template: str, specs: list[VariableSpec], values: dict) -> st
 
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) -> None:
     """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
-    normalised output against the always-refused keys of the compose policy.
+    normalised output against the always-refused keys of the compose policy. ``rendered`` must come
+    from :func:`render_stack`, which refused those keys before the tool could read anything.
 
     Raises ``ValidationFailed(invalid_compose)`` quoting the tool's error (with ``redact`` values
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
@@ -947,7 +949,6 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
     The tool runs in an empty temporary directory with a minimal environment, so neither the server's
     environment variables nor a stray ``.env`` leak into the interpolation.
     """
-    check_host_files(parse_compose_yaml(rendered))  # the compose tool would read those files
     command = await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
@@ -981,7 +982,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
         if process.returncode == 0:
             # The document as compose normalised it (extends merged, interpolation done): nothing it
             # resolved may read the host either.
-            check_host_files(parse_compose_yaml(stdout.decode("utf-8", "replace")))
+            check_host_files(compose_policy.load(stdout.decode("utf-8", "replace")))
             remember_valid(rendered)
             return
         message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")
