@@ -1,6 +1,7 @@
-"""The compose document as data: parsing, labelling, the services to wait for, ports (for swarm).
+"""The compose document as data: parsing, labelling, the services to wait for, ports (for swarm), and
+compose's interpolation for the compose policy.
 
-Only what the drivers need around the compose CLI and ``docker stack``: both tools read, validate and
+The drivers need only what surrounds the compose CLI and ``docker stack``: both tools read, validate and
 interpolate the document themselves.
 
 Parsing follows YAML 1.2's core schema, as compose and ``docker stack`` (Go, yaml.v3) do, not PyYAML's
@@ -260,3 +261,47 @@ def parse_ports(entries: Any) -> list[PortMapping]:
             mappings.append(PortMapping(target=tgt, published=pub, host_ip=host_ip or None,
                                         protocol=protocol or "tcp"))
     return mappings
+
+
+# --------------------------------------------------------------------------- interpolation
+
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*))")
+_BRACED = re.compile(r"^(?P<name>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?$", re.S)
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$`` substitution, recursively.
+
+    The drivers never need it (the compose CLI and ``docker stack`` interpolate themselves). The compose
+    policy does (``services/compose_policy.py``): it judges the document as compose will read it *before*
+    any compose tool runs, since the tool itself could be made to read files of the WindFlow host.
+    """
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        if match.group("named"):
+            return env.get(match.group("named"), "")
+        braced = _BRACED.match(match.group("braced"))
+        if braced is None:
+            raise EngineError(f"invalid interpolation format in {value!r}", transient=False)
+        name, op, arg = braced.group("name"), braced.group("op"), braced.group("arg") or ""
+        current = env.get(name)
+        unset_or_empty = not current if op and op.startswith(":") else current is None
+        if op in (":-", "-"):
+            return arg if unset_or_empty else current or ""
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise EngineError(f"required variable {name} is missing a value: {arg}", transient=False)
+            return current or ""
+        if op in (":+", "+"):
+            return "" if unset_or_empty else arg
+        return current or ""
+
+    return _VARIABLE.sub(substitute, value)

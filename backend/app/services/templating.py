@@ -57,6 +57,8 @@ from backend.app.schemas.stack_variables import (
 )
 from backend.app.schemas.stack_variables import describe as _describe
 from backend.app.schemas.stack_variables import scalar_text as _render_scalar
+from backend.app.services import compose_policy
+from backend.app.services.compose_policy import check_host_files
 
 logger = logging.getLogger(__name__)
 
@@ -715,7 +717,8 @@ def render_stack(template: str, specs: list[VariableSpec], values: dict) -> str:
     """
     try:
         rendered = render_template(template, values)
-        parse_compose_yaml(rendered)
+        # Before any compose tool reads it: refuse what would read files of the WindFlow host.
+        check_host_files(parse_compose_yaml(rendered))
     except ValidationFailed as exc:
         scrubbed = _redact(exc.detail, secret_values(specs, values))
         if scrubbed == exc.detail:
@@ -740,7 +743,9 @@ def render_preview(template: str, specs: list[VariableSpec], values: dict) -> st
 
 
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) -> None:
-    """Let the installed compose tool judge ``rendered`` (``docker compose config -q``).
+    """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
+    normalised output against the always-refused keys of the compose policy. ``rendered`` must come
+    from :func:`render_stack`, which refused those keys before the tool could read anything.
 
     Raises ``ValidationFailed(invalid_compose)`` quoting the tool's error (with ``redact`` values
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
@@ -754,11 +759,15 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
         logger.info("no compose tool installed; skipping compose validation")
         return
     try:
-        result = await check_document(rendered, command=command, timeout=COMPOSE_TIMEOUT_SECONDS)
+        # not -q: the normalised output is checked again below
+        result = await check_document(rendered, command=command, timeout=COMPOSE_TIMEOUT_SECONDS, normalised=True)
     except EngineError as exc:
         logger.warning("compose validation skipped: %s", exc.message)
         return
     if result.ok:
+        # The document as compose normalised it (extends merged, interpolation done): nothing it
+        # resolved may read the host either.
+        check_host_files(compose_policy.load(result.stdout))
         remember_valid(rendered)
         return
     lines = [line for line in result.lines if "level=warning" not in line]

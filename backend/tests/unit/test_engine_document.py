@@ -1,5 +1,5 @@
-"""Pure logic of the Docker drivers: document parsing and labelling, ports, error classes (interpolation is
-compose's own: the drivers leave it to the compose CLI and ``docker stack``).
+"""Pure logic of the Docker drivers: document parsing and labelling, ports, error classes, and compose's
+interpolation (for the compose policy; the drivers leave it to the compose CLI and ``docker stack``).
 (The drivers themselves are tested against the real engine in integration/test_engines.py.)"""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from backend.app.engines.connection import is_transient
 from backend.app.engines.document import (
     PortMapping,
     dump_document,
+    interpolate,
     label_document,
     load_document,
     parse_ports,
@@ -125,6 +126,18 @@ def test_swarm_ports_become_host_mode_and_host_ip_is_reported():
         {"target": 70, "protocol": "tcp", "mode": "host"},
     ]
     assert len(warnings) == 1 and "127.0.0.1" in warnings[0]
+
+
+def test_interpolation_like_compose():
+    """What the compose policy uses to read a document as compose will (the drivers leave it to compose)."""
+    env = {"TAG": "1.2", "EMPTY": ""}
+    value = {"image": "app:${TAG}", "a": "${MISSING:-dflt}", "b": "${EMPTY:-dflt}", "c": "${EMPTY-dflt}",
+             "d": "cost $$5", "e": ["$TAG", "${TAG:+set}"]}
+    assert interpolate(value, env) == {"image": "app:1.2", "a": "dflt", "b": "dflt", "c": "", "d": "cost $5",
+                                       "e": ["1.2", "set"]}
+    with pytest.raises(EngineError) as caught:
+        interpolate("${PASSWORD:?set a password}", env)
+    assert "set a password" in caught.value.message
 
 
 @pytest.mark.parametrize(
