@@ -18,6 +18,29 @@ from sqlalchemy import create_engine, text
 _NOT_ENGINE_OPTIONS = ("polling_interval",)
 
 
+def broker_metadata():
+    """kombu's own table definitions (``kombu_queue``, ``kombu_message``), registered as its channel does.
+
+    kombu creates its tables lazily, from every channel that opens (``metadata.create_all``): several
+    workers starting at once on a fresh database race on ``CREATE SEQUENCE queue_id_sequence`` and the
+    losers die. WindFlow creates them once, in the migration step, under the migration's advisory lock
+    (:func:`backend.app.migrate.upgrade_database`); a channel then finds them and creates nothing.
+    """
+    from kombu.transport.sqlalchemy import models
+
+    with kombu_sql._MUTEX:
+        if "Queue" not in models.class_registry:
+            type("Queue", (models.Queue, models.ModelBase), {"__tablename__": "kombu_queue"})
+        if "Message" not in models.class_registry:
+            type("Message", (models.Message, models.ModelBase), {"__tablename__": "kombu_message"})
+    return models.metadata
+
+
+def create_broker_tables(sync_connection) -> None:
+    """Create kombu's tables if missing, on a connection whose transaction holds the migration lock."""
+    broker_metadata().create_all(sync_connection, checkfirst=True)
+
+
 class Channel(kombu_sql.Channel):
     def _engine_from_config(self):
         conninfo = self.connection.client
