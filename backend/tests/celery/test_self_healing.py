@@ -79,7 +79,7 @@ async def test_kill9_worker_main_process_heals_without_recovery(db, docker_engin
     """PostgreSQL broker: the dead worker's message stays invisible in kombu_message; the lease expires,
     the reaper reclaims the deployment and the surviving worker finishes it."""
     settings = celery_settings(db, tmp_path, **FAST)
-    doomed = start_worker(settings, tmp_path, "--concurrency=1", name="doomed")
+    doomed = start_worker(settings, tmp_path, "--pool=prefork", "--concurrency=1", name="doomed")
     rescuer: Proc | None = None
     created_id = None
     try:
@@ -92,8 +92,12 @@ async def test_kill9_worker_main_process_heals_without_recovery(db, docker_engin
             before = await _wait_container(created_id)
             assert (await _deployment(created_id)).status is DeploymentStatus.DEPLOYING
 
-            doomed.kill9()  # the worker's main process (and, by Celery's parent-death signal, its pool)
+            pool = _children(doomed.pid)
+            assert pool, "a prefork worker has pool children"
+            os.kill(doomed.pid, signal.SIGKILL)  # the main process only: its pool follows by Celery's parent-death signal
             killed_at = time.monotonic()
+            doomed.popen.wait(10)
+            await _wait_dead(pool)
             rescuer = start_worker(settings, tmp_path, "--concurrency=1", name="rescuer")
             await _assert_healed_once(client, admin.headers, created_id, before, killed_at, heal_bound(settings))
             assert any(actor == "reaper" for *_, actor in await _history(created_id))
@@ -110,7 +114,7 @@ async def test_kill9_pool_child_heals_and_its_compose_dies(db, docker_engine, tm
     """Redis broker: only the pool child running the deployment dies; Celery redelivers the message
     (reject_on_worker_lost), which must not be dropped while the dead child's lease is still valid."""
     settings = celery_settings(db, tmp_path, "redis", **FAST)
-    worker = start_worker(settings, tmp_path, "--concurrency=2", name="pool")
+    worker = start_worker(settings, tmp_path, "--pool=prefork", "--concurrency=2", name="pool")
     created_id = None
     try:
         async with running_app(settings) as (_app, client):
@@ -154,6 +158,23 @@ async def _wait_http(base: str, proc: Proc, timeout: float = 60) -> None:
     raise AssertionError(f"backend not serving within {timeout}s:\n{proc.output()[-3000:]}")
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+async def _wait_dead(pids: list[int], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not [p for p in pids if _pid_alive(p)], "children outlived their executor"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -191,11 +212,7 @@ async def test_kill9_backend_with_embedded_worker_heals(db, docker_engine, tmp_p
         os.kill(first.pid, signal.SIGKILL)  # the backend process only
         killed_at = time.monotonic()
         first.popen.wait(10)
-        for _ in range(50):
-            if not _pid_alive(embedded_pid):
-                break
-            await asyncio.sleep(0.1)
-        assert not _pid_alive(embedded_pid), "the embedded worker outlived its backend"
+        await _wait_dead([embedded_pid])  # the embedded worker died with its backend
 
         second = _backend(settings, port, tmp_path / "backend-2.log")
         await _wait_http(base, second)
