@@ -76,6 +76,8 @@ class Result:
     stuck: int = 0
     duplicated: int = 0
     lost_lines: int = 0
+    creations: int = 0
+    healed_by: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
@@ -299,6 +301,7 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                     elif finished_at is not None:
                         took = finished_at.timestamp() - created_at.get(deployment_id, finished_at.timestamp())
                         result.slowest_to_running = max(result.slowest_to_running or 0.0, took)
+                    result.creations += events.counts[deployment_id]
                     if events.counts[deployment_id] > SERVICES:
                         result.duplicated += 1
                 gaps = (await conn.execute(text(
@@ -306,6 +309,10 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                     "LEFT JOIN deployment_logs l ON l.deployment_id = d.id GROUP BY d.id, d.last_log_seq"
                 ))).all()
                 result.lost_lines = sum(max(0, top - n) for _id, _last, n, top in gaps)
+                result.healed_by.update(dict((await conn.execute(text(
+                    "SELECT actor, count(*) FROM deployment_status_history WHERE from_status = 'deploying' "
+                    "AND actor IN ('reaper', 'reclaim', 'recovery') GROUP BY actor"
+                ))).all()))
     finally:
         await db.dispose()
         for deployment_id in created:
@@ -332,12 +339,14 @@ def report(results: list[Result], args) -> None:
             r.broker, str(r.deployments), ", ".join(f"{k} {v}" for k, v in sorted(r.kills.items())),
             "-" if r.heal_seconds is None else f"{r.heal_seconds:.1f}",
             "-" if r.slowest_to_running is None else f"{r.slowest_to_running:.1f}",
-            str(r.stuck), str(r.duplicated), str(r.lost_lines),
+            f"{r.creations}/{r.deployments * SERVICES}", str(r.stuck), str(r.duplicated), str(r.lost_lines),
             "ok" if r.heal_seconds is not None and r.heal_seconds <= 90 and not (r.stuck or r.duplicated or r.lost_lines) else "MISSED",
         ])
     print(c.table(["broker", "deployments", "kills", "last kill → settled (s)", "slowest create → running (s)",
-                   "stuck", "duplicated", "lost lines", "target ≤ 90 s, 0/0/0"], rows))
+                   "containers created/expected", "stuck", "duplicated", "lost lines", "target ≤ 90 s, 0/0/0"], rows))
     for r in results:
+        print(f"{r.broker}: dead executors' deployments settled by " + (", ".join(f"{k} {v}" for k, v in sorted(r.healed_by.items())) or "nobody")
+              + " (reaper: the reaper's pass; reclaim: a redelivered message; recovery: start-up recovery of a restarted backend)")
         if r.stuck:
             print(f"{r.broker}: final statuses {dict(r.statuses)}")
         for note in r.notes:
