@@ -17,11 +17,11 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backend.app import database
-from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, User
+from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, Target, User
 from backend.app.services.deployment_service import DeploymentService
 from backend.app.services.state_machine import claim_deployment
 from backend.tests.celery.test_celery_execution import SLOW_TEMPLATE, _history, _setup, celery_settings, redis_clean  # noqa: F401
@@ -274,6 +274,35 @@ async def test_target_held_by_dead_executors_drains_its_queue(db, docker_engine,
     finally:
         for deployment_id in created:
             force_cleanup(deployment_id)
+
+
+async def test_an_expired_lease_frees_its_slot_at_once(session):
+    """Capacity counts live leases only: with its one slot held by an executor whose lease expired, a
+    target lets the next deployment claim at once (before any reaper ran); a live lease still blocks it."""
+    from datetime import timedelta
+
+    from backend.app.database import utcnow
+    from backend.tests.factories import make_deployment
+
+    held = await make_deployment(session, DeploymentStatus.DEPLOYING, lease_owner="dead-worker")
+    target = await session.get(Target, held.target_id)
+    target.max_concurrent_deployments = 1
+    waiting = Deployment(
+        organization_id=held.organization_id, stack_id=held.stack_id, target_id=held.target_id, name="next",
+        status=DeploymentStatus.PENDING, attempt=0, queued_at=utcnow(),
+    )
+    session.add(waiting)
+    await session.commit()
+    held_id, waiting_id = held.id, waiting.id
+
+    refused = await claim_deployment(session, waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
+    assert not refused.accepted and "limit of 1" in refused.reason
+    await session.rollback()
+
+    await session.execute(update(Deployment).where(Deployment.id == held_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    await session.commit()
+    claimed = await claim_deployment(session, waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
+    assert claimed.accepted, claimed.reason
 
 
 def test_workers_started_together_on_a_fresh_database_all_heartbeat(tmp_path):
