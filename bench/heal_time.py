@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -317,15 +318,12 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
         await db.dispose()
         for deployment_id in created:
             c.remove_labelled(f"windflow.deployment_id={deployment_id}")
-    for what in (f"stop the processes of {broker}", f"stop docker events of {broker}", "flush Redis db", f"drop database of {broker}"):
-        for index in range(len(cleanup.actions) - 1, -1, -1):
-            name, fn, fargs = cleanup.actions[index]
-            if name.startswith(what):
-                del cleanup.actions[index]
-                try:
-                    fn(*fargs)
-                except Exception as exc:  # noqa: BLE001
-                    result.notes.append(f"clean-up {name}: {exc}")
+    for log in c.SCRATCH.glob(f"backend-{broker}-*.log"):  # the reaper's re-dispatches of lost messages
+        for match in re.finditer(r"Reaper: .* redispatched=(\d+)", log.read_text(errors="replace")):
+            result.healed_by["reaper re-dispatch"] += int(match.group(1))
+    # stop the processes and drop the database now, so the next broker starts from a quiet machine
+    result.notes += cleanup.run_named(f"stop the processes of {broker}", f"stop docker events of {broker}", "flush Redis db",
+                                      f"drop database of {broker}")
     return result
 
 
@@ -346,7 +344,8 @@ def report(results: list[Result], args) -> None:
                    "containers created/expected", "stuck", "duplicated", "lost lines", "target ≤ 90 s, 0/0/0"], rows))
     for r in results:
         print(f"{r.broker}: dead executors' deployments settled by " + (", ".join(f"{k} {v}" for k, v in sorted(r.healed_by.items())) or "nobody")
-              + " (reaper: the reaper's pass; reclaim: a redelivered message; recovery: start-up recovery of a restarted backend)")
+              + " (reaper: a lease reclaimed by the reaper; reaper re-dispatch: a lost message sent again; reclaim: a redelivered"
+              " message reclaimed its dead executor's deployment; recovery: start-up recovery of a restarted backend)")
         if r.stuck:
             print(f"{r.broker}: final statuses {dict(r.statuses)}")
         for note in r.notes:

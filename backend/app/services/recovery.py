@@ -52,6 +52,18 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     return all(s.state == "running" and s.health in (None, "healthy") for s in states)
 
 
+async def _dispatch_all(dispatcher, deployment_ids: list[str], who: str) -> int:
+    """Dispatch each (after the commits that made them ``pending``); returns how many failed."""
+    errors = 0
+    for deployment_id in deployment_ids:
+        try:
+            await dispatcher.dispatch(deployment_id)
+        except Exception:  # noqa: BLE001 - one broken dispatch must not stop the others
+            logger.exception("%s: dispatch of %s failed", who, deployment_id)
+            errors += 1
+    return errors
+
+
 async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: Deployment, *, actor: str = ACTOR) -> str | None:
     """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
 
@@ -157,12 +169,7 @@ async def reap(session: AsyncSession, settings: Settings, dispatcher) -> dict[st
         )
     await session.commit()
 
-    for deployment_id in to_dispatch:
-        try:
-            await dispatcher.dispatch(deployment_id)
-        except Exception:  # noqa: BLE001
-            logger.exception("reaper: dispatch of %s failed", deployment_id)
-            stats["errors"] += 1
+    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "reaper")
     if any(stats.values()):
         logger.info(
             "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d errors=%d",
@@ -269,12 +276,7 @@ async def recover_pending_deployments(
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
 
-    for deployment_id in to_dispatch:
-        try:
-            await dispatcher.dispatch(deployment_id)
-        except Exception:  # noqa: BLE001
-            logger.exception("recovery: dispatch of %s failed", deployment_id)
-            stats["errors"] += 1
+    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "recovery")
     if standalone:
         await dispatcher.wait_local()
 
