@@ -50,17 +50,19 @@ SETTLE_TIMEOUT = 300.0
 SERVICES = 2
 STACK = {
     "name": "heal",
-    "description": "an app healthy after 3 s + a sidecar",
+    "description": "an app healthy after 3 s + a sidecar; no network (the shared engine's address pools are finite)",
     "template": (
         "services:\n"
         "  app:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
+        "    network_mode: none\n"
         "    command: [\"sh\", \"-c\", \"sleep 3; touch /tmp/ready; exec sleep 3600\"]\n"
         "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 60\n"
         "  sidecar:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
+        "    network_mode: none\n"
         "    command: [\"sh\", \"-c\", \"exec sleep 3600\"]\n"
     ),
     "variables": [],
@@ -286,7 +288,8 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                 c.check_stop()
                 async with db.connect() as conn:
                     counts = dict((await conn.execute(text("SELECT status, count(*) FROM deployments GROUP BY status"))).all())
-                if not counts.get("pending") and not counts.get("deploying") and sum(counts.values()) == len(created):
+                # >= : a POST whose answer was lost with a killed backend, then retried, made one more
+                if not counts.get("pending") and not counts.get("deploying") and sum(counts.values()) >= len(created):
                     settled_at = time.monotonic()
                     break
                 await asyncio.sleep(0.5)

@@ -5,11 +5,19 @@ transport base honours it) but also passes *every* transport option to ``sqlalch
 rejects ``polling_interval`` with a TypeError. This channel drops it before creating the engine. The
 transport is registered under kombu's ``sqla`` alias, so ``sqla+postgresql+psycopg://`` URLs use it.
 
+kombu's channel keeps one SQLAlchemy ``Session`` that two threads of a prefork worker's main process use at
+once: the consumer loop (``_get``) and billiard's result-handler thread, which requeues the message of a
+killed pool child (``reject_on_worker_lost`` → ``_put``). Interleaved, they leave the session "in
+'prepared' state" and the worker dies with an unrecoverable error. This channel serialises every use of
+its session with a lock.
+
 The transport never deletes delivered messages: it flips them to ``visible = false``.
 :func:`purge_consumed_messages` deletes those older than a retention window (a beat task runs it).
 """
 
 from __future__ import annotations
+
+import threading
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sql
@@ -42,6 +50,30 @@ def create_broker_tables(sync_connection) -> None:
 
 
 class Channel(kombu_sql.Channel):
+    def __init__(self, *args, **kwargs) -> None:
+        self._session_lock = threading.RLock()
+        super().__init__(*args, **kwargs)
+
+    def _get(self, queue):
+        with self._session_lock:
+            return super()._get(queue)
+
+    def _put(self, queue, payload, **kwargs):
+        with self._session_lock:
+            return super()._put(queue, payload, **kwargs)
+
+    def _purge(self, queue):
+        with self._session_lock:
+            return super()._purge(queue)
+
+    def _size(self, queue):
+        with self._session_lock:
+            return super()._size(queue)
+
+    def _new_queue(self, queue, **kwargs):
+        with self._session_lock:
+            return super()._new_queue(queue, **kwargs)
+
     def _engine_from_config(self):
         conninfo = self.connection.client
         options = {k: v for k, v in conninfo.transport_options.items() if k not in _NOT_ENGINE_OPTIONS}
