@@ -7,7 +7,7 @@ Per broker (each on its own throw-away PostgreSQL database; Redis on an empty da
 * the backend runs as ``python -m backend.app.main`` (a real process, so that it can be killed), with
   ``CELERY_AUTO_START_WORKER=false`` and two external workers ``celery -A backend.app.celery_app worker
   --pool=prefork --concurrency=2``; every timing setting at its **default** (lease 30 s, heartbeat 5 s,
-  reaper every 5 s, dispatch timeout 30 s, recovery every 5 minutes);
+  reaper every 5 s, dispatch timeout 15 s, recovery every 5 minutes);
 * the stack: two services, one of which only becomes healthy 3 s after it starts, so that kills land in
   the middle of deployments;
 * ``N`` deployments are created over ``N × 1.5`` s through the API while ``K`` kills are spread over that
@@ -333,14 +333,14 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
 def report(results: list[Result], args) -> None:
     print()
     print(f"heal_time: {args.deployments} deployments, {args.kills} kills per broker, seed {args.seed}; defaults "
-          f"(lease 30 s, heartbeat 5 s, reaper 5 s, dispatch timeout 30 s); {c.machine_line()}")
+          f"(lease 30 s, heartbeat 5 s, reaper 5 s, dispatch timeout 15 s); {c.machine_line()}")
     rows = []
     for r in results:
         rows.append([
             r.broker, str(r.deployments), ", ".join(f"{k} {v}" for k, v in sorted(r.kills.items())),
             "-" if r.heal_seconds is None else f"{r.heal_seconds:.1f}",
             "-" if r.slowest_to_running is None else f"{r.slowest_to_running:.1f}",
-            f"{r.creations}/{r.deployments * SERVICES}", str(r.stuck), str(r.duplicated), str(r.lost_lines),
+            f"{r.creations}/{sum(r.statuses.values()) * SERVICES}", str(r.stuck), str(r.duplicated), str(r.lost_lines),
             "ok" if r.heal_seconds is not None and r.heal_seconds <= 90 and not (r.stuck or r.duplicated or r.lost_lines) else "MISSED",
         ])
     print(c.table(["broker", "deployments", "kills", "last kill → settled (s)", "slowest create → running (s)",
