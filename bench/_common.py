@@ -382,6 +382,20 @@ class Cleanup:
     def push(self, what: str, fn, *args) -> None:
         self.actions.append((what, fn, args))
 
+    def run_named(self, *prefixes: str) -> list[str]:
+        """Run now (in this order) the actions whose name starts with one of ``prefixes``."""
+        problems = []
+        for prefix in prefixes:
+            for index in range(len(self.actions) - 1, -1, -1):
+                name, fn, args = self.actions[index]
+                if name.startswith(prefix):
+                    del self.actions[index]
+                    try:
+                        fn(*args)
+                    except Exception as exc:  # noqa: BLE001 - keep cleaning
+                        problems.append(f"clean-up {name}: {exc}")
+        return problems
+
     def run(self) -> list[str]:
         problems = []
         while self.actions:

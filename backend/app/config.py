@@ -91,7 +91,11 @@ class Settings(BaseSettings):
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)
-    DEPLOYMENT_LEASE_SECONDS: int = Field(default=60, ge=5)
+    # a killed executor's deployment is reclaimed within LEASE + REAPER_INTERVAL seconds (docs/operations.md)
+    DEPLOYMENT_LEASE_SECONDS: int = Field(default=30, ge=3)
+    DEPLOYMENT_HEARTBEAT_SECONDS: float = Field(default=5.0, gt=0)
+    REAPER_INTERVAL_SECONDS: float = Field(default=5.0, ge=0.5, le=300)
+    DISPATCH_TIMEOUT_SECONDS: float = Field(default=15.0, ge=1)
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"

@@ -34,7 +34,7 @@ import docker.transport.unixconn
 import requests
 import urllib3
 
-from backend.app.engines.base import EngineError, TargetConnection
+from backend.app.engines.base import EngineError, EngineRejected, EngineTimeout, EngineUnreachable, TargetConnection
 
 T = TypeVar("T")
 
@@ -89,6 +89,12 @@ _TRANSIENT = (
     "bad gateway",
     "no such host",
 )
+
+
+def is_unreachable(message: str) -> bool:
+    """Whether a CLI's output says it could not talk to the engine at all (the CLI has no status code)."""
+    text = message.lower()
+    return any(p in text for p in _UNREACHABLE)
 
 
 def is_transient(message: str) -> bool:
@@ -275,13 +281,14 @@ class EngineSession:
         except docker.errors.TLSParameterError as exc:
             raise EngineError(f"invalid TLS settings for {self.connection.endpoint}: {exc}", transient=False) from exc
         except docker.errors.APIError as exc:
-            raise engine_error(f"{self.connection.endpoint}: {_api_message(exc)}") from exc
+            message = f"{self.connection.endpoint}: {_api_message(exc)}"
+            raise EngineRejected(message, exc.status_code, transient_500=is_transient(message)) from exc
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise EngineTimeout(f"Docker engine {self.connection.endpoint} did not answer in time: {exc}") from exc
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EngineError(f"cannot reach Docker engine {self.connection.endpoint}: {exc}",
-                              transient=True) from exc
+            raise EngineUnreachable(f"cannot reach Docker engine {self.connection.endpoint}: {exc}") from exc
         except docker.errors.DockerException as exc:
-            raise EngineError(f"cannot reach Docker engine {self.connection.endpoint}: {exc}",
-                              transient=True) from exc
+            raise EngineUnreachable(f"cannot reach Docker engine {self.connection.endpoint}: {exc}") from exc
 
 
 def _api_message(exc: docker.errors.APIError) -> str:

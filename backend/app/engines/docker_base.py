@@ -16,6 +16,7 @@ from backend.app.engines.base import (
     DeploySpec,
     Engine,
     EngineError,
+    EngineUnreachable,
     LogSink,
     ServiceState,
 )
@@ -153,7 +154,7 @@ class DockerEngine(Engine):
                 missing.append(f"image {image} is not available locally and could not be pulled: "
                                f"{_decode(exc.explanation or str(exc))}")
             except EngineError as exc:
-                if exc.transient and "cannot reach Docker engine" in exc.message:
+                if isinstance(exc, EngineUnreachable):
                     raise
                 missing.append(f"image {image} is not available locally and could not be pulled: "
                                f"{exc.message.removeprefix(self.connection.endpoint + ': ')}")
