@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 StackName = Annotated[str, Field(min_length=1, max_length=100)]
 StackVersion = Annotated[str, Field(min_length=1, max_length=50)]
@@ -45,9 +45,8 @@ class StackRead(ResponseModel):
     updated_at: datetime
 
 
-class StackPage(ResponseModel):
+class StackPage(PageFields):
     items: list[StackRead]
-    total: int
 
 
 class StackRenderRequest(RequestModel):

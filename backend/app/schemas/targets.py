@@ -19,7 +19,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 #: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
 TLS_FIELDS = ("tls_ca", "tls_cert", "tls_key")
@@ -252,9 +252,8 @@ class TargetRead(ResponseModel):
     updated_at: datetime
 
 
-class TargetPage(ResponseModel):
+class TargetPage(PageFields):
     items: list[TargetRead]
-    total: int
 
 
 class TargetTestResult(ResponseModel):
