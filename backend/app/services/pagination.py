@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, bindparam, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
 
 from backend.app.core.exceptions import ValidationFailed
 
@@ -149,8 +150,11 @@ def _from_json(value: Any, column: Any) -> Any:
 
 
 def _python_type(column: Any) -> type:
+    column_type = column.type
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
     try:
-        return column.type.python_type
+        return column_type.python_type
     except NotImplementedError:  # pragma: no cover - every sort column has a plain type
         return str
 
@@ -161,7 +165,7 @@ def _key(row: Any, ordering: Ordering, key_of: Callable[[Any], tuple] | None) ->
     return tuple(getattr(row, c.key) for c in ordering.columns)
 
 
-async def count_capped(session: AsyncSession, query: Select, cap: int = COUNT_CAP) -> int:
+async def count_capped(session: AsyncSession, query: Select, cap: int) -> int:
     """Matching rows of ``query``, counting at most ``cap + 1`` (an index range, never the whole table)."""
     limited = query.with_only_columns(literal(1), maintain_column_froms=True).order_by(None).limit(cap + 1).subquery()
     return (await session.execute(select(func.count()).select_from(limited))).scalar_one()
@@ -176,7 +180,7 @@ async def paginate(
     partitions: Sequence[Sequence[Any]] | None = None,
     scalars: bool = True,
     key_of: Callable[[Any], tuple] | None = None,
-    count_cap: int = COUNT_CAP,
+    count_cap: int | None = None,
 ) -> Page:
     """One page of ``query`` in ``ordering`` (see the module docstring).
 
@@ -184,6 +188,7 @@ async def paginate(
     ``None`` runs ``query`` as it is. ``key_of`` extracts the sort key of a row that is not an entity
     carrying the ordering's columns as attributes (e.g. a ``(membership, user)`` tuple).
     """
+    count_cap = COUNT_CAP if count_cap is None else count_cap
     parts = [query.where(*p) for p in partitions] if partitions is not None else [query]
     if not parts:
         return Page([], 0, True, None)
