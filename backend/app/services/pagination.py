@@ -165,9 +165,18 @@ def _key(row: Any, ordering: Ordering, key_of: Callable[[Any], tuple] | None) ->
     return tuple(getattr(row, c.key) for c in ordering.columns)
 
 
-async def count_capped(session: AsyncSession, query: Select, cap: int) -> int:
-    """Matching rows of ``query``, counting at most ``cap + 1`` (an index range, never the whole table)."""
-    limited = query.with_only_columns(literal(1), maintain_column_froms=True).order_by(None).limit(cap + 1).subquery()
+async def count_capped(session: AsyncSession, query: Select, ordering: Ordering, cap: int) -> int:
+    """Matching rows of ``query``, counting at most ``cap + 1``.
+
+    Ordered like the page, so that the count reads the same index range as the page does (an index-only
+    scan of at most ``cap + 1`` entries), never the table.
+    """
+    limited = (
+        query.with_only_columns(literal(1), maintain_column_froms=True)
+        .order_by(*ordering.order_by())
+        .limit(cap + 1)
+        .subquery()
+    )
     return (await session.execute(select(func.count()).select_from(limited))).scalar_one()
 
 
@@ -215,7 +224,7 @@ async def paginate(
 
     total = 0
     for part in parts:
-        total += await count_capped(session, part, count_cap)
+        total += await count_capped(session, part, ordering, count_cap)
         if total > count_cap:
             break
     return Page(items, min(total, count_cap), total <= count_cap, next_cursor)

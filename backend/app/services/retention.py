@@ -63,39 +63,47 @@ class RetentionReport:
     positions: dict[str, list] = field(default_factory=dict)
 
 
-def _delete_lines(ids: list[str], keep: int, batch: int):
-    """One batch of lines of ``ids`` older than each one's newest ``keep`` (settled deployments only)."""
+def _doomed_lines(ids: list[str], keep: int, batch: int):
+    """Ids of one batch of lines of ``ids`` older than each one's newest ``keep`` (settled deployments only)."""
     owner = aliased(Deployment)
     newest_kept = (
         select(owner.last_log_seq - keep)
         .where(owner.id == DeploymentLog.deployment_id, owner.status.in_(SETTLED_STATUSES))
         .scalar_subquery()
     )
-    doomed = select(DeploymentLog.id).where(DeploymentLog.deployment_id.in_(ids), DeploymentLog.seq <= newest_kept).limit(batch)
-    return delete(DeploymentLog).where(DeploymentLog.id.in_(doomed)).execution_options(synchronize_session=False)
+    return select(DeploymentLog.id).where(DeploymentLog.deployment_id.in_(ids), DeploymentLog.seq <= newest_kept).limit(batch)
 
 
-def _delete_history(ids: list[str], batch: int):
-    """One batch of history rows of ``ids`` except each one's newest (settled deployments only)."""
+def _doomed_history(ids: list[str], batch: int):
+    """Ids of one batch of history rows of ``ids`` except each one's newest (settled deployments only)."""
     other = aliased(DeploymentStatusHistory)
     owner = aliased(Deployment)
     newest = select(func.max(other.id)).where(other.deployment_id == DeploymentStatusHistory.deployment_id).scalar_subquery()
     settled = select(owner.id).where(owner.id == DeploymentStatusHistory.deployment_id, owner.status.in_(SETTLED_STATUSES))
-    doomed = (
+    return (
         select(DeploymentStatusHistory.id)
         .where(DeploymentStatusHistory.deployment_id.in_(ids), DeploymentStatusHistory.id < newest, settled.exists())
         .limit(batch)
     )
-    return delete(DeploymentStatusHistory).where(DeploymentStatusHistory.id.in_(doomed)).execution_options(
-        synchronize_session=False
-    )
 
 
-async def _delete_in_batches(statement_for_batch, batch: int, report: RetentionReport) -> int:
+async def delete_batch(session, model, doomed) -> int:
+    """Delete the rows whose ids ``doomed`` selects: ids first, then a delete by primary key.
+
+    Two statements rather than ``DELETE ... WHERE id IN (SELECT ...)``, which PostgreSQL may plan as a
+    hash semi-join scanning the whole table.
+    """
+    ids = list((await session.execute(doomed)).scalars())
+    if ids:
+        await session.execute(delete(model).where(model.id.in_(ids)).execution_options(synchronize_session=False))
+    return len(ids)
+
+
+async def _delete_in_batches(model, doomed_for_batch, batch: int, report: RetentionReport) -> int:
     deleted = 0
     while True:
         async with database.AsyncSessionLocal() as session:
-            count = (await session.execute(statement_for_batch())).rowcount or 0
+            count = await delete_batch(session, model, doomed_for_batch())
             await session.commit()
         report.batches += 1
         deleted += count
@@ -136,9 +144,11 @@ async def _walk(
             return
         ids = [row.id for row in rows]
         report.deployments += len(ids)
-        report.log_lines += await _delete_in_batches(lambda: _delete_lines(ids, keep_lines, batch), batch, report)
+        report.log_lines += await _delete_in_batches(DeploymentLog, lambda: _doomed_lines(ids, keep_lines, batch), batch, report)
         if prune_history:
-            report.history_rows += await _delete_in_batches(lambda: _delete_history(ids, batch), batch, report)
+            report.history_rows += await _delete_in_batches(
+                DeploymentStatusHistory, lambda: _doomed_history(ids, batch), batch, report
+            )
         positions[rule] = [rows[-1].updated_at.isoformat(), rows[-1].id]
         await _save_state(state)
 
