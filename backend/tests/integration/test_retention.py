@@ -150,18 +150,23 @@ async def test_a_long_prune_does_not_block_deployments_writing_logs(db):
     busy = await _deployment(S.DEPLOYING, lines=0, history=0)
     settings = _settings(db, RETENTION_BATCH_SIZE=50, RETENTION_KEEP_LOG_LINES=10)
     prune = asyncio.create_task(retention.prune(settings))
-    written_while_pruning = 0
-    for i in range(10):
+    await asyncio.sleep(0)
+    written_while_pruning = i = 0
+    while not prune.done() and i < 200:  # write as a running deployment would, for as long as the prune runs
+        i += 1
         async with database.AsyncSessionLocal() as session:
             await asyncio.wait_for(append_logs(session, busy, [(LogLevel.INFO, f"busy {i}", utcnow())]), 10)
             await asyncio.wait_for(append_logs(session, pruned, [(LogLevel.INFO, f"late {i}", utcnow())]), 10)
             await asyncio.wait_for(session.commit(), 10)
         written_while_pruning += not prune.done()
     report = await asyncio.wait_for(prune, 120)
-    assert written_while_pruning == 10, "every write committed while the prune was still running"
+    # blocked by a table lock, the writer would have got in once at most, before or after the whole prune
+    assert written_while_pruning >= 3, f"only {written_while_pruning} write(s) committed while the prune ran"
     assert report.batches > 100
-    assert await _seqs(busy) == list(range(1, 11))
-    assert (await _seqs(pruned))[-10:] == list(range(6001, 6011)), "lines written during the prune are kept"
+    assert await _seqs(busy) == list(range(1, i + 1))
+    # the prune re-reads each deployment's newest line at every batch: what was written meanwhile is either
+    # kept or, once older than the newest RETENTION_KEEP_LOG_LINES, pruned like the rest
+    assert (await _seqs(pruned))[-10:] == list(range(6000 + i - 9, 6001 + i)), "the newest lines are kept"
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
