@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -187,7 +188,7 @@ class DeploymentService:
         target filter narrows the organisations to the one owning it, so a foreign id reads nothing.
         """
         org_ids = await organization_service.readable_organization_ids(session, user, organization_id)
-        query = select(Deployment)
+        query = select(Deployment).options(defer(Deployment.rendered_compose))  # not shown, and the widest column
         for model, column, entity_id in ((Stack, Deployment.stack_id, stack_id), (Target, Deployment.target_id, target_id)):
             if entity_id is None:
                 continue

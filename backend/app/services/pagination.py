@@ -202,24 +202,39 @@ async def paginate(
     if not parts:
         return Page([], 0, True, None)
     after = ordering.decode(params.cursor) if params.cursor is not None else None
-    wanted = params.offset + params.limit + 1
+    skipped_all = False
+    if params.offset:
+        # Find the sort key of the last skipped row from the keys alone (index-only reads of at most
+        # MAX_OFFSET entries per part), then read the page after it like a cursor page: the skipped rows
+        # themselves are never loaded.
+        key_chunks = []
+        for part in parts:
+            keys = part.with_only_columns(*ordering.columns, maintain_column_froms=True)
+            key_chunks.append((await session.execute(keys.order_by(*ordering.order_by()).limit(params.offset))).all())
+        merged_keys = list(
+            itertools.islice(heapq.merge(*key_chunks, key=tuple, reverse=ordering.descending), params.offset)
+        )
+        if len(merged_keys) < params.offset:
+            skipped_all = True
+        else:
+            after = list(merged_keys[-1])
+    wanted = params.limit + 1
 
     async def run(part: Select) -> list:
         stmt = part.where(ordering.after(after)) if after is not None else part
         result = await session.execute(stmt.order_by(*ordering.order_by()).limit(wanted))
         return list(result.scalars() if scalars else result.all())
 
-    chunks = [await run(part) for part in parts]
-    if len(chunks) == 1:
-        merged = chunks[0]
+    chunks = [] if skipped_all else [await run(part) for part in parts]
+    if len(chunks) <= 1:
+        merged = chunks[0] if chunks else []
     else:
         merged = list(
             itertools.islice(
                 heapq.merge(*chunks, key=lambda r: _key(r, ordering, key_of), reverse=ordering.descending), wanted
             )
         )
-    window = merged[params.offset :]
-    items, has_more = window[: params.limit], len(window) > params.limit
+    items, has_more = merged[: params.limit], len(merged) > params.limit
     next_cursor = ordering.encode(_key(items[-1], ordering, key_of)) if has_more and items else None
 
     total = 0
