@@ -32,8 +32,6 @@ class Deployment(IdMixin, TimestampMixin, Base):
         # recovery: pending/deploying rows by age and by lease expiry
         Index("ix_deployments_status_queued_at", "status", "queued_at"),
         Index("ix_deployments_status_lease", "status", "lease_expires_at"),
-        # per-target concurrency
-        Index("ix_deployments_target_status", "target_id", "status"),
         # listings, newest first (keyset on (created_at, id)): one index per filter the API offers, so that
         # every page is an ordered index range (migration 0006; EXPLAIN-checked in test_query_plans.py)
         Index("ix_deployments_created", "created_at", "id"),
@@ -41,7 +39,9 @@ class Deployment(IdMixin, TimestampMixin, Base):
         Index("ix_deployments_org_status_created", "organization_id", "status", "created_at", "id"),
         Index("ix_deployments_status_created", "status", "created_at", "id"),
         Index("ix_deployments_stack_created", "stack_id", "created_at", "id"),
+        Index("ix_deployments_stack_status_created", "stack_id", "status", "created_at", "id"),
         Index("ix_deployments_target_created", "target_id", "created_at", "id"),
+        Index("ix_deployments_target_status_created", "target_id", "status", "created_at", "id"),  # and capacity
         # retention walks settled deployments by last activity
         Index("ix_deployments_updated", "updated_at", "id"),
     )

@@ -207,17 +207,23 @@ async def paginate(
         # Find the sort key of the last skipped row from the keys alone (index-only reads of at most
         # MAX_OFFSET entries per part), then read the page after it like a cursor page: the skipped rows
         # themselves are never loaded.
+        # One part: the database skips the keys itself (OFFSET on the key columns) and returns one.
         key_chunks = []
         for part in parts:
-            keys = part.with_only_columns(*ordering.columns, maintain_column_froms=True)
-            key_chunks.append((await session.execute(keys.order_by(*ordering.order_by()).limit(params.offset))).all())
-        merged_keys = list(
-            itertools.islice(heapq.merge(*key_chunks, key=tuple, reverse=ordering.descending), params.offset)
-        )
-        if len(merged_keys) < params.offset:
+            keys = part.with_only_columns(*ordering.columns, maintain_column_froms=True).order_by(*ordering.order_by())
+            keys = keys.offset(params.offset - 1).limit(1) if len(parts) == 1 else keys.limit(params.offset)
+            key_chunks.append((await session.execute(keys)).all())
+        if len(parts) == 1:
+            merged_keys = key_chunks[0]
+        else:
+            merged_keys = list(
+                itertools.islice(heapq.merge(*key_chunks, key=tuple, reverse=ordering.descending), params.offset)
+            )
+            merged_keys = merged_keys[params.offset - 1 :]
+        if not merged_keys:
             skipped_all = True
         else:
-            after = list(merged_keys[-1])
+            after = list(merged_keys[0])
     wanted = params.limit + 1
 
     async def run(part: Select) -> list:

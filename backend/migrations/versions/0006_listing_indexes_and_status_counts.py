@@ -21,7 +21,9 @@ _DEPLOYMENT_INDEXES = {
     'ix_deployments_org_status_created': ['organization_id', 'status', 'created_at', 'id'],
     'ix_deployments_status_created': ['status', 'created_at', 'id'],
     'ix_deployments_stack_created': ['stack_id', 'created_at', 'id'],
+    'ix_deployments_stack_status_created': ['stack_id', 'status', 'created_at', 'id'],
     'ix_deployments_target_created': ['target_id', 'created_at', 'id'],
+    'ix_deployments_target_status_created': ['target_id', 'status', 'created_at', 'id'],
     'ix_deployments_updated': ['updated_at', 'id'],
 }
 
@@ -30,6 +32,7 @@ def upgrade() -> None:
     with op.batch_alter_table('deployments', schema=None) as batch_op:
         batch_op.drop_index('ix_deployments_org_created')
         batch_op.drop_index('ix_deployments_stack_id')
+        batch_op.drop_index('ix_deployments_target_status')  # a prefix of ix_deployments_target_status_created
         for name, columns in _DEPLOYMENT_INDEXES.items():
             batch_op.create_index(name, columns, unique=False)
     with op.batch_alter_table('deployment_status_history', schema=None) as batch_op:
@@ -58,4 +61,5 @@ def downgrade() -> None:
         for name in _DEPLOYMENT_INDEXES:
             batch_op.drop_index(name)
         batch_op.create_index('ix_deployments_stack_id', ['stack_id'], unique=False)
+        batch_op.create_index('ix_deployments_target_status', ['target_id', 'status'], unique=False)
         batch_op.create_index('ix_deployments_org_created', ['organization_id', 'created_at'], unique=False)
