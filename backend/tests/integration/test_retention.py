@@ -150,7 +150,10 @@ async def test_a_long_prune_does_not_block_deployments_writing_logs(db):
     busy = await _deployment(S.DEPLOYING, lines=0, history=0)
     settings = _settings(db, RETENTION_BATCH_SIZE=50, RETENTION_KEEP_LOG_LINES=10)
     prune = asyncio.create_task(retention.prune(settings))
-    await asyncio.sleep(0)
+    for _ in range(1000):  # until its first batch is committed (a write to `pruned` before the prune read it
+        await asyncio.sleep(0.005)  # would make it recently active, and rightly not pruned)
+        if len(await _seqs(pruned)) < 6000 or prune.done():
+            break
     written_while_pruning = i = 0
     while not prune.done() and i < 200:  # write as a running deployment would, for as long as the prune runs
         i += 1
