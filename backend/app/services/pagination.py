@@ -6,8 +6,8 @@ page is one index range read of ``limit + 1`` rows whatever the table size:
 * ``next_cursor`` is an opaque token encoding the sort key of the last row of the page. The next page asks
   for rows strictly after it, so rows inserted meanwhile never shift what comes next (an ``OFFSET`` would
   skip or repeat rows) and a walk returns every row that existed when it started exactly once.
-* ``offset`` still works up to :data:`MAX_OFFSET` (an ``OFFSET`` walks past the rows it skips); beyond,
-  the request is refused with a 422 that points to the cursor.
+* ``offset`` still works up to :data:`MAX_OFFSET` (only the keys of the skipped rows are read, from the
+  index); beyond, the request is refused with a 422 that points to the cursor.
 * ``total`` counts at most :data:`COUNT_CAP` matching rows (``SELECT count(*) FROM (... LIMIT cap + 1)``,
   an index range as well); ``total_is_exact`` says whether it is the exact figure or the cap.
 
@@ -180,6 +180,25 @@ async def count_capped(session: AsyncSession, query: Select, ordering: Ordering,
     return (await session.execute(select(func.count()).select_from(limited))).scalar_one()
 
 
+async def _key_of_last_skipped(session: AsyncSession, parts: list[Select], ordering: Ordering, offset: int) -> list | None:
+    """The sort key of the ``offset``-th row (``None`` when there are fewer rows), read from keys alone.
+
+    The page after an offset is then read like a cursor page: the skipped rows themselves are never loaded.
+    With one part the database skips the keys itself (``OFFSET`` on an index-only read); with several, each
+    part returns its first ``offset`` keys (at most :data:`MAX_OFFSET`) and they are merged.
+    """
+    chunks = []
+    for part in parts:
+        keys = part.with_only_columns(*ordering.columns, maintain_column_froms=True).order_by(*ordering.order_by())
+        keys = keys.offset(offset - 1).limit(1) if len(parts) == 1 else keys.limit(offset)
+        chunks.append((await session.execute(keys)).all())
+    if len(parts) == 1:
+        found = chunks[0]
+    else:
+        found = list(itertools.islice(heapq.merge(*chunks, key=tuple, reverse=ordering.descending), offset))[offset - 1 :]
+    return list(found[0]) if found else None
+
+
 async def paginate(
     session: AsyncSession,
     query: Select,
@@ -204,26 +223,8 @@ async def paginate(
     after = ordering.decode(params.cursor) if params.cursor is not None else None
     skipped_all = False
     if params.offset:
-        # Find the sort key of the last skipped row from the keys alone (index-only reads of at most
-        # MAX_OFFSET entries per part), then read the page after it like a cursor page: the skipped rows
-        # themselves are never loaded.
-        # One part: the database skips the keys itself (OFFSET on the key columns) and returns one.
-        key_chunks = []
-        for part in parts:
-            keys = part.with_only_columns(*ordering.columns, maintain_column_froms=True).order_by(*ordering.order_by())
-            keys = keys.offset(params.offset - 1).limit(1) if len(parts) == 1 else keys.limit(params.offset)
-            key_chunks.append((await session.execute(keys)).all())
-        if len(parts) == 1:
-            merged_keys = key_chunks[0]
-        else:
-            merged_keys = list(
-                itertools.islice(heapq.merge(*key_chunks, key=tuple, reverse=ordering.descending), params.offset)
-            )
-            merged_keys = merged_keys[params.offset - 1 :]
-        if not merged_keys:
-            skipped_all = True
-        else:
-            after = list(merged_keys[0])
+        start = await _key_of_last_skipped(session, parts, ordering, params.offset)
+        skipped_all, after = start is None, start
     wanted = params.limit + 1
 
     async def run(part: Select) -> list:
