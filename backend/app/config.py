@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
     RECOVERY_ON_STARTUP: bool = True
 
+    # --- retention of logs and history (backend/app/services/retention.py) -----------------------
+    RETENTION_DAYS: int = Field(default=30, ge=0)  # settled and idle this long: newest lines only; 0 = keep all
+    RETENTION_MAX_LOG_LINES: int = Field(default=10000, ge=0)  # per settled deployment; 0 = no limit
+    RETENTION_KEEP_LOG_LINES: int = Field(default=100, ge=1)  # newest lines of a deployment, always kept
+    RETENTION_INTERVAL_MINUTES: int = Field(default=60, ge=1)
+    RETENTION_BATCH_SIZE: int = Field(default=1000, ge=1, le=100000)  # rows per delete transaction
+
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
     STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"

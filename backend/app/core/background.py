@@ -21,11 +21,12 @@ from sqlalchemy import text
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
-from backend.app.services import recovery
+from backend.app.services import recovery, retention
 
 logger = logging.getLogger(__name__)
 RECOVERY_LOCK_KEY = 727274002
 REAPER_LOCK_KEY = 727274003
+RETENTION_LOCK_KEY = 727274004
 _local_locks: dict[int, asyncio.Lock] = {}
 
 
@@ -113,3 +114,24 @@ async def reaper_loop(settings: Settings, dispatcher) -> None:
             raise
         except Exception:  # noqa: BLE001 - keep the loop alive
             logger.exception("reaper pass failed")
+async def retention_once(settings: Settings) -> retention.RetentionReport | None:
+    """One retention pass in the process holding the retention lock (None elsewhere)."""
+    async with leader_lock(RETENTION_LOCK_KEY) as leader:
+        if not leader:
+            logger.debug("retention: another process is running it")
+            return None
+        return await retention.prune(settings)
+
+
+async def periodic_retention(settings: Settings) -> None:
+    """Prune old log lines and history every ``RETENTION_INTERVAL_MINUTES`` (first pass shortly after start)."""
+    delay = 60.0
+    while True:
+        await asyncio.sleep(delay)
+        delay = settings.RETENTION_INTERVAL_MINUTES * 60
+        try:
+            await retention_once(settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - keep the loop alive
+            logger.exception("retention pass failed")

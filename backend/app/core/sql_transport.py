@@ -93,22 +93,33 @@ def install() -> None:
     TRANSPORT_ALIASES["sqlalchemy"] = "backend.app.core.sql_transport:Transport"
 
 
-def purge_consumed_messages(sync_database_url: str, older_than_minutes: int = 60) -> int:
-    """Delete delivered (invisible) kombu messages older than the window. Returns the count."""
+def purge_consumed_messages(
+    sync_database_url: str, older_than_minutes: int = 60, *, batch_size: int = 1000, max_batches: int = 1000
+) -> int:
+    """Delete delivered (invisible) kombu messages older than the window. Returns the count.
+
+    Deleted ``batch_size`` rows at a time, each batch its own short transaction, so a large backlog never
+    holds locks on the broker's table for long (workers keep polling and acking meanwhile); at most
+    ``max_batches`` per call, the next beat run continues.
+    """
     engine = create_engine(sync_database_url, pool_pre_ping=True)
+    statement = text(
+        "DELETE FROM kombu_message WHERE id IN (SELECT id FROM kombu_message WHERE visible = false "
+        "AND (timestamp IS NULL OR timestamp < now() - make_interval(mins => :minutes)) LIMIT :batch)"
+    )
+    deleted = 0
     try:
-        with engine.begin() as conn:
-            exists = conn.execute(text("SELECT to_regclass('public.kombu_message')")).scalar()
-            if exists is None:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT to_regclass('public.kombu_message')")).scalar() is None:
                 return 0
-            result = conn.execute(
-                text(
-                    "DELETE FROM kombu_message WHERE visible = false "
-                    "AND (timestamp IS NULL OR timestamp < now() - make_interval(mins => :minutes))"
-                ),
-                {"minutes": older_than_minutes},
-            )
-            return result.rowcount
+            conn.commit()
+        for _ in range(max_batches):
+            with engine.begin() as conn:
+                count = conn.execute(statement, {"minutes": older_than_minutes, "batch": batch_size}).rowcount
+            deleted += count
+            if count < batch_size:
+                break
+        return deleted
     finally:
         engine.dispose()
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, PlainSerializer, StringConstraints, WrapValidator
 
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 from backend.app.schemas.stack_variables import StackVariable
 
 StackName = Annotated[str, Field(min_length=1, max_length=100)]
@@ -62,9 +62,8 @@ class StackRead(ResponseModel):
     updated_at: datetime
 
 
-class StackPage(ResponseModel):
+class StackPage(PageFields):
     items: list[StackRead]
-    total: int
 
 
 class StackRenderRequest(RequestModel):

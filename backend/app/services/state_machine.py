@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.core.events import Event, EventType, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
+from backend.app.services.status_counts import note_transition
 
 S = DeploymentStatus
 logger = logging.getLogger(__name__)
@@ -277,6 +278,7 @@ async def set_deployment_status(
     )
     if result.rowcount != 1:
         return reject(f"concurrent change: deployment is no longer {from_status}")
+    note_transition(session, from_status, to_status)  # the /metrics gauges, written at commit
 
     session.add(
         DeploymentStatusHistory(

@@ -106,6 +106,6 @@ def purge_consumed_messages(older_than_minutes: int = 60) -> int:
     """Delete delivered messages that kombu's SQL transport leaves behind."""
     from backend.app.core.sql_transport import purge_consumed_messages as purge
 
-    deleted = purge(settings.sync_database_url, older_than_minutes)
+    deleted = purge(settings.sync_database_url, older_than_minutes, batch_size=settings.RETENTION_BATCH_SIZE)
     logger.info("purged %d consumed broker message(s)", deleted)
     return deleted

@@ -339,7 +339,7 @@ async def test_listing_filters_and_foreign_organization(env):
     by_stack = (await env.client.get("/api/v1/deployments", params={"stack_id": env.stack_id}, headers=headers)).json()
     assert [d["id"] for d in by_stack["items"]] == [created["id"]] and by_stack["total"] == 1
     none = (await env.client.get("/api/v1/deployments", params={"status": "stopped"}, headers=headers)).json()
-    assert none == {"items": [], "total": 0}
+    assert none == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
     foreign = await env.client.get(
         "/api/v1/deployments", params={"organization_id": "00000000-0000-0000-0000-000000000000"}, headers=headers
     )
