@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
     RECOVERY_ON_STARTUP: bool = True
 
+    # --- bounds on tenant input (templates, YAML, request bodies) ---------------------------------
+    #: template rendering runs in a child process with these limits (seconds of CPU, MiB of memory)
+    TEMPLATE_RENDER_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    TEMPLATE_RENDER_MEMORY_MB: int = Field(default=512, ge=128)
+    TEMPLATE_MAX_OUTPUT_CHARS: int = Field(default=1_048_576, ge=1024)
+    YAML_MAX_NODES: int = Field(default=100_000, ge=100)
+    YAML_MAX_EXPANDED_CHARS: int = Field(default=4_194_304, ge=1024)
+    COMPOSE_VALIDATE_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    MAX_REQUEST_BODY_BYTES: int = Field(default=2_097_152, ge=1024)
+
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
     STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"

@@ -29,7 +29,7 @@ from backend.app.models import (
 )
 from backend.app.database import utcnow
 from backend.app.models.base import new_id
-from backend.app.services import organization_service, templating
+from backend.app.services import bounded_render, organization_service, templating
 from backend.app.services.state_machine import TransitionResult, set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,9 @@ class DeploymentService:
             found = _walk(values, path)
             if found:
                 register_secret(str(found[0][found[1]]))
-        rendered = templating.render_stack(stack.template, specs, values)
-        await templating.validate_with_compose(rendered)
+        limits = bounded_render.RenderLimits.from_settings(settings)
+        rendered = await bounded_render.render_stack(stack.template, specs, values, limits)
+        await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values), limits=limits)
 
         # One flush for both rows, with queued_at stamped right before it: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
