@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     PASSWORD_HASH_TIME_COST: int = Field(default=3, ge=1, le=20)
     PASSWORD_HASH_MEMORY_KIB: int = Field(default=65536, ge=1024)
     LOGIN_RATE_LIMIT_PER_MINUTE: int = Field(default=10, ge=1)
+    #: failed logins per account (whatever the client address) within LOGIN_ACCOUNT_WINDOW_SECONDS
+    LOGIN_FAILURES_PER_ACCOUNT: int = Field(default=10, ge=1)
+    LOGIN_ACCOUNT_WINDOW_SECONDS: int = Field(default=300, ge=1)
     DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
 
     # --- Celery ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from backend.app.core.files import private_dir
 from backend.app.config import DatabaseKind, Settings, settings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def build_engine(config: Settings) -> AsyncEngine:
     if config.database_kind is DatabaseKind.SQLITE:
         path = config.sqlite_path
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(path).parent)
         sqlite_engine = create_async_engine(url, echo=config.DATABASE_ECHO, connect_args={"timeout": 30})
         _configure_sqlite(sqlite_engine)
         return sqlite_engine

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
 from backend.app.schemas.deployments import (
@@ -18,6 +18,7 @@ from backend.app.schemas.deployments import (
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import read_logs
 from backend.app.services.deployment_service import DeploymentService, mask_variables
+from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -33,7 +34,7 @@ class _Loader:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, deployment_id: str, session: SessionDep, user: CurrentUser) -> Deployment:
+    async def __call__(self, deployment_id: EntityId, session: SessionDep, user: CurrentUser) -> Deployment:
         return await DeploymentService.get_for_user(session, user, deployment_id, self.minimum)
 
 
@@ -77,9 +78,9 @@ async def list_deployments(
     session: SessionDep,
     page: PageDep,
     status_filter: Annotated[list[DeploymentStatus] | None, Query(alias="status")] = None,
-    stack_id: str | None = None,
-    target_id: str | None = None,
-    organization_id: str | None = None,
+    stack_id: EntityQueryId | None = None,
+    target_id: EntityQueryId | None = None,
+    organization_id: EntityQueryId | None = None,
 ) -> DeploymentPage:
     """Deployments of your organisations, newest first."""
     rows, total = await DeploymentService.list_for_user(
@@ -114,9 +115,13 @@ async def get_logs(
 
 
 @router.get("/{deployment_id}/history", response_model=list[HistoryRead])
-async def get_history(deployment: DeploymentDep, session: SessionDep) -> list[HistoryRead]:
-    """Every status change of the deployment, oldest first."""
-    return [HistoryRead.model_validate(h) for h in await DeploymentService.history(session, deployment.id)]
+async def get_history(deployment: DeploymentDep, session: SessionDep, user: CurrentUser) -> list[HistoryRead]:
+    """Every status change of the deployment, oldest first (executors shown without host or PID, except to superusers)."""
+    rows = await DeploymentService.history(session, deployment.id)
+    return [
+        HistoryRead.model_validate(h).model_copy(update={"actor": public_actor(h.actor, superuser=user.is_superuser)})
+        for h in rows
+    ]
 
 
 async def _requeue(action: str, deployment: Deployment, user, session, request: Request) -> DeploymentRead:

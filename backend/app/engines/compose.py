@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from backend.app.core.files import write_private
 from backend.app.engines.base import DeploySpec, EngineError, LogSink, TargetConnection
 from backend.app.engines.compose_cli import compose_is_v2, find_compose_command, known_valid, remember_valid
 from backend.app.engines.connection import EngineSession
@@ -91,7 +92,7 @@ class ComposeEngine(DockerEngine):
         tmp = Path(tempfile.mkdtemp(prefix="windflow-validate-"))
         try:
             raw = tmp / COMPOSE_FILE
-            raw.write_text(spec.compose)
+            write_private(raw, spec.compose)
             async with self.session() as session:
                 result = await self._compose(session, spec, log, "config", "-q", file=raw, timeout=CONFIG_TIMEOUT)
             if not result.ok:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def _contains_nul(value: Any) -> bool:
@@ -41,3 +41,18 @@ class ResponseModel(BaseModel):
 class ErrorBody(BaseModel):
     detail: str
     code: str
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the offending field, e.g. ``variables.port``")
+    message: str
+    type: str | None = Field(default=None, description="pydantic's error type, e.g. ``missing``")
+
+
+class ValidationErrorBody(BaseModel):
+    """What every 422 answers: request validation (with ``errors``) and domain validation (template,
+    YAML, compose, limits: ``code`` says which)."""
+
+    detail: str = Field(description="what to fix, in words")
+    code: str = Field(description="``validation_error``, ``template_error``, ``template_limit``, ``yaml_limit``, ...")
+    errors: list[FieldError] | None = Field(default=None, description="one entry per invalid field (request validation)")

@@ -49,6 +49,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, no
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from backend.app.core.files import write_private
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import find_compose_command, remember_valid
 
@@ -1031,7 +1032,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
         return
     with tempfile.TemporaryDirectory(prefix="windflow-validate-") as workdir:
         path = Path(workdir) / "compose.yaml"
-        path.write_text(rendered, encoding="utf-8")
+        write_private(path, rendered)
         env = {key: os.environ[key] for key in ("PATH", "HOME", "DOCKER_CONFIG") if key in os.environ}
         process = await asyncio.create_subprocess_exec(
             *command,
