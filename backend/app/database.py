@@ -83,7 +83,8 @@ def _configure_sqlite(async_engine: AsyncEngine) -> None:
 
     @event.listens_for(async_engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only probe (``/health``) must not queue behind a writer: it opts out with ``sqlite_deferred``.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sqlite_deferred") else "BEGIN IMMEDIATE")
 
 
 def build_engine(config: Settings) -> AsyncEngine:
@@ -129,6 +130,7 @@ async def check_database(timeout: float = 5.0) -> str | None:
     try:
         async with asyncio.timeout(timeout):
             async with engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_deferred=True)
                 await conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

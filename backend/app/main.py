@@ -28,6 +28,7 @@ from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
 from backend.app.schemas.common import ValidationErrorBody
+from backend.app.services import bounded_render
 from backend.app.services.provisioning import sync_catalog_on_startup
 from backend.app.tasks import background_tasks
 
@@ -194,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     register_secret(settings.SECRET_KEY)  # the server log never shows it
+    bounded_render.configure(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(api_router)

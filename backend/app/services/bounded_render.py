@@ -51,6 +51,9 @@ class RenderLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RenderLimits:
+        """The limits of ``settings``; without, those the application was created with (else the environment's)."""
+        if settings is None and _configured is not None:
+            return _configured
         s = settings or get_settings()
         return cls(
             cpu_seconds=s.TEMPLATE_RENDER_TIMEOUT_SECONDS,
@@ -60,6 +63,15 @@ class RenderLimits:
             yaml_max_expanded_chars=s.YAML_MAX_EXPANDED_CHARS,
             compose_timeout=s.COMPOSE_VALIDATE_TIMEOUT_SECONDS,
         )
+
+
+_configured: RenderLimits | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Make ``settings``' limits the default of this process (``create_app`` calls it)."""
+    global _configured
+    _configured = RenderLimits.from_settings(settings)
 
 
 _context = multiprocessing.get_context("forkserver")
