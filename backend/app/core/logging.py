@@ -108,9 +108,12 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
-def strip_controls(text: str) -> str:
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: str, *, keep_newlines: bool = False) -> str:
     """``text`` without terminal escapes or control characters (a NUL would also make PostgreSQL fail)."""
-    return _CONTROL.sub("", _ANSI.sub("", text))
+    return (_CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL).sub("", _ANSI.sub("", text))
 
 
 def escape_controls(text: str) -> str:
@@ -142,8 +145,10 @@ class Redactor:
         self._replacements = sorted((replacements or {}).items(), key=lambda item: len(item[0]), reverse=True)
 
     def __call__(self, text: str | None) -> str | None:
+        """``text`` masked, without terminal escapes or control characters (newlines kept)."""
         if not text:
             return text
+        text = strip_controls(text, keep_newlines=True)
         if self._regex is not None:
             text = self._regex.sub(MASK, text)
         for path, name in self._replacements:
