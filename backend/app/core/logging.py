@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -121,6 +122,10 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
+#: The temporary directories the engines validate documents in (``tempfile.mkdtemp(prefix="windflow-validate-")``).
+_VALIDATE_DIR = re.compile(re.escape(tempfile.gettempdir()) + r"/windflow-validate-[^/\s]+")
+
+
 class Redactor:
     """The redactor of one deployment: masks *its own* secret values (and their compose-escaped ``$$``
     form), the well-known secret shapes, and rewrites host paths to neutral names.
@@ -154,6 +159,7 @@ class Redactor:
         for path, name in self._replacements:
             if path:
                 text = text.replace(path, name)
+        text = _VALIDATE_DIR.sub(".", text)
         return _mask_shapes(text)
 
 
