@@ -1,5 +1,5 @@
 """The per-deployment redactor and the server-log filter (pure logic; the end-to-end behaviour against the
-real engine is in ``test_redaction_isolation.py``)."""
+real engine is in ``test_redaction_isolation.py``), and the worker listing seen by a non-superuser."""
 
 from __future__ import annotations
 
@@ -47,3 +47,38 @@ def test_public_actor():
     assert public_actor("alice@example.com", superuser=False) == "alice@example.com"
     assert public_actor("recovery", superuser=False) == "recovery"
     assert public_actor(None, superuser=False) is None
+
+
+def test_worker_listing_hides_host_and_pid_from_non_superusers():
+    from backend.app.api.system import _public
+
+    worker = {"name": "celery@build-host-7", "kind": "external", "hostname": "build-host-7", "pid": 4242, "alive": True}
+    assert _public(worker, superuser=True) == worker
+    shown = _public(worker, superuser=False)
+    assert shown == {"name": None, "kind": "external", "hostname": None, "pid": None, "alive": True}
+    assert _public(None, superuser=False) is None
+
+
+async def test_worker_listing_over_the_api(db):
+    import httpx
+
+    from backend.app import database
+    from backend.app.core.workers import write_heartbeat
+    from backend.app.main import create_app
+    from backend.tests.conftest import make_settings
+    from backend.tests.helpers import create_user, setup_admin
+
+    async with database.AsyncSessionLocal() as session:
+        await write_heartbeat(
+            session, name="celery@build-host-7", kind="external", hostname="build-host-7", pid=4242, broker="redis",
+            concurrency=2,
+        )
+        await session.commit()
+    app = create_app(make_settings(db.settings.DATABASE_URL))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        admin = await setup_admin(client)
+        member = await create_user(client, admin, "member@example.com")
+        as_member = (await client.get("/api/v1/system/workers", headers=member.headers)).text
+        as_admin = (await client.get("/api/v1/system/workers", headers=admin.headers)).text
+    assert "build-host-7" not in as_member and "4242" not in as_member and '"external"' in as_member
+    assert "build-host-7" in as_admin and "4242" in as_admin
