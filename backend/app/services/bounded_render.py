@@ -75,7 +75,7 @@ def configure(settings: Settings) -> None:
 
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["backend.app.services.bounded_render"])
+_context.set_forkserver_preload(["backend.app.services.render_preload"])
 
 
 class _Popen(popen_forkserver.Popen):
