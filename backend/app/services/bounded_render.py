@@ -110,13 +110,20 @@ class _RenderProcess(multiprocessing.context.ForkServerProcess):
     def _Popen(process_obj):  # noqa: ANN001, ANN205, N802 - multiprocessing's hook
         return _Popen(process_obj)
 
+
 _threads = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RENDERS, thread_name_prefix="render")
 
 
 def _apply_limits(limits: RenderLimits) -> None:
+    def lower(kind: int, soft: int, hard: int) -> None:
+        _, ceiling = resource.getrlimit(kind)  # never ask for more than the process may have
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        resource.setrlimit(kind, (soft, hard))
+
     cpu = max(1, int(limits.cpu_seconds + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    lower(resource.RLIMIT_CPU, cpu, cpu + 1)
+    lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     templating.MAX_OUTPUT_CHARS = limits.max_output_chars
     templating.YAML_MAX_NODES = limits.yaml_max_nodes
     templating.YAML_MAX_EXPANDED_CHARS = limits.yaml_max_expanded_chars
