@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.app.config import Settings, get_settings
-from backend.app.core.exceptions import ValidationFailed
+from backend.app.core.exceptions import ServiceUnavailable, ValidationFailed
 from backend.app.services import templating
 
 logger = logging.getLogger(__name__)
@@ -171,8 +171,16 @@ def _run_blocking(kind: str, template: str, specs: list, values: dict, limits: R
     )
     message = None
     exitcode: int | None = None
+    started = False
     try:
-        process.start()
+        try:
+            process.start()
+            started = True
+        except (OSError, RuntimeError) as exc:
+            logger.error("cannot start a template rendering process: %s", exc)
+            raise ServiceUnavailable(
+                "the template renderer could not start a process; retry later", code="renderer_unavailable"
+            ) from None
         sender.close()
         # Wall clock: the CPU budget plus slack for start-up and a child that sleeps rather than computes.
         if receiver.poll(limits.cpu_seconds * 2 + 2):
@@ -182,13 +190,14 @@ def _run_blocking(kind: str, template: str, specs: list, values: dict, limits: R
                 message = None
     finally:
         sender.close()
-        if process.is_alive():
-            process.kill()
-        process.join(10)
         receiver.close()
-        exitcode = process.exitcode
-        if exitcode is not None:
-            process.close()
+        if started:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
+            exitcode = process.exitcode
+            if exitcode is not None:
+                process.close()
     if message is None:
         # Killed by RLIMIT_CPU (SIGXCPU, SIGKILL at the hard limit) or by our deadline: time ran out.
         if exitcode in (None, -signal.SIGXCPU, -signal.SIGKILL):
