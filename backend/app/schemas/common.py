@@ -56,3 +56,20 @@ class ValidationErrorBody(BaseModel):
     detail: str = Field(description="what to fix, in words")
     code: str = Field(description="``validation_error``, ``template_error``, ``template_limit``, ``yaml_limit``, ...")
     errors: list[FieldError] | None = Field(default=None, description="one entry per invalid field (request validation)")
+
+
+class PageFields(ResponseModel):
+    """What every listing answers besides its ``items`` (see docs/api.md, "Listings")."""
+
+    total: int = Field(description="matching rows, counted up to a cap (see total_is_exact)")
+    total_is_exact: bool = Field(
+        default=True, description="false when more rows match than the count cap: total is then the cap, a lower bound"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="pass as cursor to read the next page; null on the last page"
+    )
+
+    @classmethod
+    def of(cls, page, items: list):
+        """The response for a :class:`backend.app.services.pagination.Page` and its converted items."""
+        return cls(items=items, total=page.total, total_is_exact=page.total_is_exact, next_cursor=page.next_cursor)
