@@ -34,7 +34,8 @@ pytestmark = pytest.mark.docker
 SECRET_A = "Alpha-Secret-Value-0001"
 SECRET_B = "Bravo-Secret-Value-0002"
 
-# Prints its secret, a value given as a plain variable, terminal escapes and a forged log record; exits 3.
+# Prints its secret, a value given as a plain variable, terminal escapes and a forged log record; then is
+# unhealthy (a container that exits at once may be seen running first: the health check fails for sure).
 LEAKY = {
     "name": "leaky",
     "template": (
@@ -42,7 +43,9 @@ LEAKY = {
         "  leaky:\n"
         f"    image: {TEST_IMAGE}\n"
         "    command: [\"sh\", \"-c\", \"echo \\\"password=$$PW plain $$NOTE\\\"; echo \\\"my pw: $$PW\\\"; "
-        "printf 'red\\\\033[31m text\\\\n2026-01-01 00:00:00 [CRITICAL] forged: record\\\\n'; exit 3\"]\n"
+        "printf 'red\\\\033[31m text\\\\n2026-01-01 00:00:00 [CRITICAL] forged: record\\\\n'; exec sleep 600\"]\n"
+        # unhealthy at its first check: a deterministic failure that quotes the container's output
+        "    healthcheck:\n      test: [\"CMD\", \"false\"]\n      interval: 1s\n      timeout: 1s\n      retries: 1\n"
         "    environment:\n"
         "      PW: \"{{ db_password }}\"\n"
         "      NOTE: \"{{ note }}\"\n"
@@ -135,7 +138,7 @@ async def test_container_secret_and_secret_key_never_stored_returned_or_logged(a
     )
     deployment_id = failed["id"]
     # the failure says why, from the container's own words, with the secrets masked
-    assert "exited with code 3" in failed["error_message"]
+    assert "is unhealthy" in failed["error_message"]
     assert "my pw: ***" in failed["error_message"] and "plain ***" in failed["error_message"]
     logs = await all_logs(client, admin.headers, deployment_id)
     history = (await client.get(f"/api/v1/deployments/{deployment_id}/history", headers=admin.headers)).text
