@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.app import database
 from backend.app.api import health
 from backend.app.api import metrics as metrics_route
+from backend.app.api import realtime as realtime_routes
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
-from backend.app.core import background, metrics
+from backend.app.core import background, event_transport, metrics
 from backend.app.core.celery_manager import CeleryManager
 from backend.app.core.dispatch import Dispatcher
 from backend.app.core.events import bus
@@ -112,22 +113,6 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
         return FileResponse(index)
 
 
-async def start_event_bus(settings: Settings) -> None:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover - transport module not present
-        return
-    await event_transport.start_event_bus(settings)
-
-
-async def stop_event_bus() -> None:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover
-        return
-    await event_transport.stop_event_bus()
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -139,8 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.RUN_MIGRATIONS_ON_STARTUP:
             await upgrade_database(database.get_engine(), settings)
         await sync_catalog_on_startup(settings)
-        await start_event_bus(settings)
-        unsubscribe_metrics = bus.subscribe(metrics.observe_event)
+        await event_transport.start_event_bus(settings)
+        unsubscribe_metrics = bus.subscribe(metrics.observe_event, filter=metrics.observes)
         await app.state.celery_manager.start()
         logger.info(
             "WindFlow %s started (database: %s, execution mode: %s)",
@@ -158,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.celery_manager.stop()
         await background_tasks.shutdown()
         unsubscribe_metrics()
-        await stop_event_bus()
+        await event_transport.stop_event_bus()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
@@ -169,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router)
+    realtime_routes.install_openapi(app)
     if settings.PROMETHEUS_ENABLED:
         app.include_router(metrics_route.router)
     _mount_frontend(app, settings.FRONTEND_DIST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from starlette.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -15,8 +16,8 @@ from backend.app.models import Organization, Role, User
 from backend.app.services import auth_service, organization_service
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_settings(connection: HTTPConnection) -> Settings:
+    return connection.app.state.settings
 
 
 async def get_session():
@@ -32,8 +33,9 @@ EntityId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization")
+def bearer_token(connection: HTTPConnection) -> str:
+    """The ``Authorization: Bearer`` credential of an HTTP request or a WebSocket handshake."""
+    header = connection.headers.get("authorization")
     if not header:
         raise NotAuthenticated()
     scheme, _, token = header.partition(" ")
@@ -42,15 +44,21 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
-    token = bearer_token(request)
-    user = await auth_service.user_from_token(session, settings, token)
+async def authenticate(
+    connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str
+) -> auth_service.Credential:
+    """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
+    credential = await auth_service.credential_from_token(session, settings, token)
     if token.startswith(security.API_TOKEN_PREFIX):
-        # user_from_token may have bumped the API token's last_used_at (already flushed, so the session
-        # does not look dirty): commit it now, or a route that only reads would roll it back.
+        # credential_from_token may have bumped the API token's last_used_at (already flushed, so the
+        # session does not look dirty): commit it now, or a route that only reads would roll it back.
         await session.commit()
-    request.state.user_id = user.id
-    return user
+    connection.state.user_id = credential.user.id
+    return credential
+
+
+async def get_current_user(connection: HTTPConnection, session: SessionDep, settings: SettingsDep) -> User:
+    return (await authenticate(connection, session, settings, bearer_token(connection))).user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
-from backend.app.core.events import Event, EventType, iso_utc, queue_event
+from backend.app.core.events import Event, EventType, LogLineData, LogsUpdateData, ProgressData, iso_utc, queue_event
 from backend.app.core.logging import redact
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, LogLevel
@@ -72,16 +72,11 @@ async def append_logs(
     )
     await session.flush()
     now = utcnow()
-    queue_event(
-        session,
-        Event(
-            type=EventType.DEPLOYMENT_LOGS_UPDATE,
-            deployment_id=deployment_id,
-            organization_id=organization_id,
-            timestamp=now,
-            data={"logs": [l.to_dict() for l in stored], "append": True, "timestamp": iso_utc(now)},
-        ),
+    data = LogsUpdateData(
+        logs=[LogLineData(seq=l.seq, timestamp=l.timestamp, level=str(l.level), message=l.message) for l in stored],
+        append=True, timestamp=now,
     )
+    queue_event(session, Event.of(EventType.DEPLOYMENT_LOGS_UPDATE, deployment_id, organization_id, data, now))
     return stored
 
 
@@ -113,15 +108,8 @@ async def set_progress(
     organization_id = result.scalar_one_or_none()
     if organization_id is None:
         return False
-    queue_event(
-        session,
-        Event(
-            type=EventType.DEPLOYMENT_PROGRESS,
-            deployment_id=deployment_id,
-            organization_id=organization_id,
-            data={"progress": progress, "current_step": current_step, "total_steps": total_steps, "step_name": step_name},
-        ),
-    )
+    data = ProgressData(progress=progress, current_step=current_step, total_steps=total_steps, step_name=step_name)
+    queue_event(session, Event.of(EventType.DEPLOYMENT_PROGRESS, deployment_id, organization_id, data))
     return True
 
 
