@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class WS:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.frames: list[dict] = []
+        self.logs: dict[str, list[dict]] = {}  # every log line read, per deployment
 
     @classmethod
     async def open(cls, server: Server, token: str | None = None, **options) -> WS:
@@ -87,6 +89,8 @@ class WS:
     async def recv(self, timeout: float = TIMEOUT) -> dict:
         frame = json.loads(await asyncio.wait_for(self.conn.recv(), timeout))
         self.frames.append(frame)
+        if frame["type"] == "DEPLOYMENT_LOGS_UPDATE":
+            self.logs.setdefault(frame["deployment_id"], []).extend(frame["data"]["logs"])
         return frame
 
     async def next(self, predicate: Callable[[dict], bool], timeout: float = TIMEOUT) -> dict:
@@ -101,13 +105,13 @@ class WS:
         return await self.next(lambda f: f["type"] in ("subscribed", "error"))
 
     async def lines_until(self, deployment_id: str, last_seq: int, timeout: float = TIMEOUT) -> list[dict]:
-        """Read frames until the log line ``last_seq`` of the deployment arrives; every line read, in order."""
-        lines: list[dict] = []
+        """Read frames until the log line ``last_seq`` of the deployment arrives; every line of it read
+        since the last call, in order."""
         deadline = time.monotonic() + timeout
+        lines = self.logs.setdefault(deployment_id, [])
         while not lines or lines[-1]["seq"] < last_seq:
-            frame = await self.recv(max(0.01, deadline - time.monotonic()))
-            if frame["type"] == "DEPLOYMENT_LOGS_UPDATE" and frame["deployment_id"] == deployment_id:
-                lines.extend(frame["data"]["logs"])
+            await self.recv(max(0.01, deadline - time.monotonic()))
+        self.logs[deployment_id] = []
         return lines
 
     async def closed_with(self, timeout: float = TIMEOUT) -> int | None:
@@ -143,3 +147,87 @@ async def sse_events(client: httpx.AsyncClient, url: str, headers: dict, stop: C
                 key, _, value = line.partition(": ")
                 current[key] = value
     return events
+
+
+class RawWS(WS):
+    """A WebSocket client that really stops reading its socket when told nothing (``stalled`` between calls).
+
+    The ``websockets`` client keeps reading its socket into memory whatever ``max_queue`` says, so a
+    "stalled" client built on it never applies backpressure. This one drives the sans-I/O protocol over a
+    socket with a small fixed receive buffer and reads only inside :meth:`recv`, like a browser tab that
+    froze: the server's sends back up after a few hundred kilobytes.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol) -> None:
+        self.reader, self.writer, self.protocol = reader, writer, protocol
+        self.frames = []
+        self.logs = {}
+        self._pending: list[dict] = []
+
+    @classmethod
+    async def open(cls, server: Server, token: str | None = None, **_options) -> RawWS:
+        from websockets.client import ClientProtocol
+        from websockets.http11 import Response
+        from websockets.uri import parse_uri
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=32768)
+        protocol = ClientProtocol(parse_uri(server.ws_url), max_size=None)
+        protocol.send_request(protocol.connect())
+        ws = cls(reader, writer, protocol)
+        ws._flush()
+        while not any(isinstance(e, Response) for e in await ws._read()):
+            pass
+        if token is not None:
+            await ws.send({"type": "auth", "token": token})
+            frame = await ws.next(lambda f: True)
+            assert frame["type"] == "authenticated", frame
+        return ws
+
+    def _flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.writer.write(chunk)
+
+    async def _read(self) -> list:
+        data = await self.reader.read(65536)
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        events = self.protocol.events_received()
+        self._flush()  # pongs, close frames
+        if not data:
+            from websockets.exceptions import ConnectionClosedError
+
+            raise ConnectionClosedError(None, None)
+        return events
+
+    async def send(self, frame: dict) -> None:
+        self.protocol.send_text(json.dumps(frame).encode())
+        self._flush()
+        await self.writer.drain()
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict:
+        from websockets.frames import Opcode
+
+        async with asyncio.timeout(timeout):
+            while not self._pending:
+                for event in await self._read():
+                    if getattr(event, "opcode", None) is Opcode.TEXT:
+                        self._pending.append(json.loads(event.data))
+        frame = self._pending.pop(0)
+        self.frames.append(frame)
+        if frame["type"] == "DEPLOYMENT_LOGS_UPDATE":
+            self.logs.setdefault(frame["deployment_id"], []).extend(frame["data"]["logs"])
+        return frame
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass

@@ -41,7 +41,7 @@ from backend.app.services.deployment_logs import LogLine, read_logs
 logger = logging.getLogger(__name__)
 
 CATCH_UP_PAGE = 2000  # persisted lines per frame when catching up
-CLIENT_QUEUE_BOUND = 1000  # events a client may have waiting before it is resynchronised
+CLIENT_QUEUE_BOUND = 500  # events a client may have waiting before it is resynchronised
 ACCESS_REFRESH_SECONDS = 2.0
 HEARTBEAT_SECONDS = 15.0
 SEND_TIMEOUT_SECONDS = 30.0
