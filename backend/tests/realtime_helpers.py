@@ -34,8 +34,8 @@ class Server:
 
     @classmethod
     async def start(cls, database_url: str, log_dir: Path, name: str = "server", **overrides) -> Server:
-        settings = make_settings(database_url, HOST="127.0.0.1", PORT=free_port(), PROMETHEUS_ENABLED=True,
-                                 LOG_LEVEL="INFO", **overrides)
+        settings = make_settings(database_url, **{"HOST": "127.0.0.1", "PORT": free_port(), "PROMETHEUS_ENABLED": True,
+                                                  "LOG_LEVEL": "INFO", **overrides})
         server = cls(settings, log_dir, name)
         await server.wait_ready()
         return server
