@@ -211,7 +211,8 @@ class Client(ABC):
 
     async def _send(self, text: str, seq: int | None, kind: str | None) -> None:
         try:
-            await asyncio.wait_for(self.send_text(text, seq, kind), SEND_TIMEOUT_SECONDS)
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # (no extra task per send, unlike wait_for)
+                await self.send_text(text, seq, kind)
         except TimeoutError:
             self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
             raise ConnectionError("client send timed out") from None
