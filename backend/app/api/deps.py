@@ -54,6 +54,7 @@ async def authenticate(
         # session does not look dirty): commit it now, or a route that only reads would roll it back.
         await session.commit()
     connection.state.user_id = credential.user.id
+    connection.state.api_token_id = credential.api_token_id
     return credential
 
 

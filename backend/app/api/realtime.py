@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Query, WebSocket
+from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
@@ -323,6 +323,7 @@ def _since(last_event_id: str | None, since_seq: int | None) -> int:
                      "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerFrame"}}}}},
 )
 async def deployment_events(
+    request: Request,
     deployment: DeploymentDep,
     user: CurrentUser,
     session: SessionDep,
@@ -332,9 +333,11 @@ async def deployment_events(
     """Server-Sent Events of one deployment: its log lines after ``Last-Event-ID``, then everything live."""
     since = _since(last_event_id, since_seq)
     deployment_id, organization_id = deployment.id, deployment.organization_id
+    token_id = getattr(request.state, "api_token_id", None)
     access, _ = await realtime.load_access({user.id}, set())
     await session.close()  # the stream may last hours: do not hold a pooled connection for it
-    client = SSEClient(access[user.id])
+    fresh = access[user.id]
+    client = SSEClient(realtime.Access(fresh.user_id, fresh.superuser, fresh.organizations, token_id, fresh.revoked))
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",

@@ -149,13 +149,26 @@ def _shrink(value: Any, max_bytes: int) -> Any | None:
         if path is None:
             return None
         marker_room = len(TRUNCATION_MARKER.format(len(longest)))
-        # Every removed character removes at least one byte (escapes only make it more), so cutting
-        # ``excess + marker_room`` characters is enough unless the string is shorter than that.
-        keep = max(0, len(longest) - (size - max_bytes) - marker_room)
+        # Room left for this string once everything else is encoded; keep the longest prefix whose
+        # encoding (escapes count: "é" is 6 bytes) fits in it.
+        room = max(0, len(_dumps(longest)) - (size - max_bytes) - marker_room - 2)
+        keep = _prefix_fitting(longest, room)
         shortened = longest[:keep] + TRUNCATION_MARKER.format(len(longest) - keep)
         value = _replace(value, path, shortened)
         cut.add(path)
     return None
+
+
+def _prefix_fitting(text: str, room: int) -> int:
+    """The length of the longest prefix of ``text`` whose JSON encoding (without quotes) fits ``room`` bytes."""
+    low, high = 0, min(len(text), room)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(_dumps(text[:middle])) - 2 <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _longest_string(value: Any, path: tuple, skip: set[tuple]) -> tuple[tuple | None, str]:

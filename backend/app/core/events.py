@@ -128,14 +128,14 @@ class Event:
 
     @classmethod
     def of(
-        cls, type: EventType, deployment_id: str, organization_id: str, data: BaseModel,
+        cls, kind: EventType, deployment_id: str, organization_id: str, data: BaseModel,
         timestamp: datetime | None = None,
     ) -> Event:
         """An event whose payload is a typed model (validated now, stored as JSON-ready data)."""
-        expected = DATA_MODELS[type]
+        expected = DATA_MODELS[kind]
         if expected is not None and not isinstance(data, expected):
-            raise TypeError(f"{type} carries {expected.__name__}, not {type(data).__name__}")
-        return cls(type, deployment_id, organization_id, data.model_dump(mode="json"),
+            raise TypeError(f"{kind} carries {expected.__name__}, not {type(data).__name__}")
+        return cls(kind, deployment_id, organization_id, data.model_dump(mode="json"),
                    timestamp or datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +187,7 @@ class EventStream:
         self._dropped = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self.sink = self.offer  # one bound method object: the bus finds it again by identity to remove it
 
     # publisher side (any thread)
     def offer(self, evt: Event) -> None:
@@ -248,7 +249,7 @@ class EventStream:
 
     def close(self) -> None:
         self._closed = True
-        self._bus._remove(self.offer)
+        self._bus._remove(self.sink)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -279,7 +280,7 @@ class LocalEventBus:
     def stream(self, filter: EventFilter | None = None, *, maxsize: int = DEFAULT_STREAM_BOUND) -> EventStream:
         """Subscribe on the running loop: ``with bus.stream(f) as events: async for evt in events: ...``."""
         stream = EventStream(self, filter, maxsize)
-        self._add(stream.offer, filter)
+        self._add(stream.sink, filter)
         return stream
 
     def subscribe(self, callback: Subscriber, filter: EventFilter | None = None) -> Callable[[], None]:

@@ -31,6 +31,7 @@ TICKER = {
         "services:\n  app:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
+        "    network_mode: none\n"  # no network to create: the engine's address pools are shared and finite
         "    command: [\"sh\", \"-c\", \"i=0; while true; do echo \\\"tick $$i key={{ api_key }}\\\"; i=$$((i+1)); sleep 0.1; done\"]\n"
     ),
     "variables": [{"name": "api_key", "type": "secret", "default": "{{ generate_password(24) }}"}],
