@@ -224,6 +224,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             last = page[-1]["seq"] if page else last
             status = deployment.json()["status"]
             if not args.follow or status in SETTLED:
+                if args.follow:
+                    print(f"-- {status}", file=sys.stderr, flush=True)
                 return 0 if status not in {"failed", "cancelled"} else 1
             settled = _follow(client, args.deployment_id, last)
         except httpx.HTTPError as exc:

@@ -79,3 +79,22 @@ async def test_a_stream_is_fed_from_another_thread():
         await asyncio.to_thread(bus.publish, status_event("from a worker thread"))
         evt = await asyncio.wait_for(stream.__anext__(), 2)
         assert evt.data["error_message"] == "from a worker thread"
+
+
+def test_every_event_and_frame_is_in_the_openapi_document(tmp_path):
+    import re
+
+    from backend.app.main import create_app
+    from backend.tests.conftest import make_settings
+
+    schema = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/x.db")).openapi()
+    components = schema["components"]["schemas"]
+    server = set(components["ServerFrame"]["discriminator"]["mapping"])
+    assert {str(kind) for kind in EventType} | {"resync", "error", "pong", "heartbeat", "SERVICE_LOGS"} <= server
+    assert set(components["ClientFrame"]["discriminator"]["mapping"]) == {"auth", "subscribe", "unsubscribe", "ping"}
+    assert components["DeploymentCreatedEvent"]["properties"]["data"] == {"$ref": "#/components/schemas/DeploymentRead"}
+    assert components["StatusChangedData"]["required"] == ["new_status", "old_status", "name"]
+    refs = set(re.findall(r"#/components/schemas/([\w.-]+)", json.dumps(schema)))
+    assert refs <= set(components)  # every reference resolves
+    sse = schema["paths"]["/api/v1/deployments/{deployment_id}/events"]["get"]["responses"]["200"]
+    assert sse["content"]["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/ServerFrame"}
