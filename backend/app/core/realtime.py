@@ -34,7 +34,7 @@ from sqlalchemy import select
 
 from backend.app import database
 from backend.app.core import metrics
-from backend.app.core.events import LIST_EVENTS, Event, EventType, Overflow, bus, iso_utc
+from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, iso_utc
 from backend.app.models import ApiToken, Membership, User
 from backend.app.services.deployment_logs import LogLine, read_logs
 
@@ -192,7 +192,7 @@ class Client(ABC):
         self.deployments: dict[str, DeploymentSubscription] = {}
         self.organizations: set[str] = set()
         self.lock = asyncio.Lock()
-        self.stream = bus.stream(self._wants, maxsize=CLIENT_QUEUE_BOUND)
+        self.stream: EventStream | None = None  # subscribed on the bus by start(), until stop()
         self.pump_task: asyncio.Task | None = None
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
@@ -227,12 +227,14 @@ class Client(ABC):
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.stream = bus.stream(self._wants, maxsize=CLIENT_QUEUE_BOUND)
         registry.add(self)
         self.pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"realtime-{self.transport}")
 
     async def stop(self) -> None:
         registry.discard(self)
-        self.stream.close()
+        if self.stream is not None:
+            self.stream.close()
         tasks = [t for t in (self.pump_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
