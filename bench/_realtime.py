@@ -153,11 +153,29 @@ class Client:
         await self.conn.close()
 
 
+RETRIED: list[str] = []  # connections that failed once (reported by the benchmarks)
+
+
 async def connect_many(backend: Backend, count: int, batch: int = 100, **subscribe) -> list[Client]:
+    """``count`` subscribed clients, ``batch`` at a time; a connection that fails is retried (twice)."""
     clients: list[Client] = []
     for start in range(0, count, batch):
         c.check_stop()
-        clients += await asyncio.gather(*(Client.connect(backend, **subscribe) for _ in range(min(batch, count - start))))
+        results = await asyncio.gather(*(Client.connect(backend, **subscribe) for _ in range(min(batch, count - start))),
+                                       return_exceptions=True)
+        for result in results:
+            for attempt in range(2):
+                if not isinstance(result, BaseException):
+                    break
+                RETRIED.append(f"{type(result).__name__}: {result}")
+                await asyncio.sleep(0.5)
+                try:
+                    result = await Client.connect(backend, **subscribe)
+                except Exception as exc:  # noqa: BLE001 - retried once more, then raised
+                    result = exc
+            if isinstance(result, BaseException):
+                raise result
+            clients.append(result)
     return clients
 
 

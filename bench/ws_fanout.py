@@ -38,7 +38,7 @@ async def main(args) -> None:
         before = backend.rss_kib()
         started = time.monotonic()
         for start in range(0, args.clients, 250):
-            clients += await rt.connect_many(backend, min(250, args.clients - start), batch=250,
+            clients += await rt.connect_many(backend, min(250, args.clients - start), batch=125,
                                              organization_id=backend.organization_id)
             print(f"  {len(clients)} clients connected", file=sys.stderr)
         connect_time = time.monotonic() - started
@@ -68,6 +68,8 @@ async def main(args) -> None:
         print(f"# {len(clients)} WebSocket clients on one backend process; {c.machine_line()}")
         print(f"connected in {connect_time:.1f} s; backend RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: "
               f"{(after - before) / len(clients):.1f} KiB per connection")
+        if rt.RETRIED:
+            print(f"{len(rt.RETRIED)} connection attempt(s) failed and were retried, e.g. {rt.RETRIED[0]}")
         print(c.table(["event", "clients reached", "first ms", "median ms", "last (all) ms"], rows))
         lasts = [float(r[4]) for r in rows]
         print(f"\nevent to all {len(clients)} clients: median {c.median(lasts):.1f} ms, worst {max(lasts):.1f} ms "
