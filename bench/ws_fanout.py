@@ -40,7 +40,8 @@ async def main(args) -> None:
         for start in range(0, args.clients, 250):
             clients += await rt.connect_many(backend, min(250, args.clients - start), batch=125,
                                              organization_id=backend.organization_id)
-            print(f"  {len(clients)} clients connected", file=sys.stderr)
+            print(f"  {len(clients)} clients connected, backend RSS {backend.rss_kib() / 1024:.1f} MiB "
+                  f"({(backend.rss_kib() - before) / len(clients):.1f} KiB per connection)", file=sys.stderr)
         connect_time = time.monotonic() - started
         await asyncio.sleep(3)
         after = backend.rss_kib()
