@@ -4,6 +4,7 @@
     windflow db upgrade            apply database migrations
     windflow create-admin          create a superuser (and its organisation) from a script
     windflow recover               recover stuck deployments now (prints the statistics as JSON)
+    windflow logs [-f] <id>        print (and follow) a deployment's log, like ``docker logs -f``
 """
 
 from __future__ import annotations
@@ -140,6 +141,99 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0 if report["statistics"]["errors"] == 0 else 1
 
 
+SETTLED = {"running", "failed", "stopped", "cancelled"}
+
+
+def _print_lines(lines: list[dict]) -> None:
+    for line in lines:
+        print(f"{line['timestamp']} {line['level'].upper():7} {line['message']}", flush=True)
+
+
+def _follow(client, deployment_id: str, since: int) -> str | None:
+    """Follow ``GET /deployments/{id}/events`` (SSE), resuming with Last-Event-ID after a dropped
+    connection; returns the status the deployment settled in."""
+    import json
+    import time
+
+    import httpx
+
+    last_seq, retries = since, 0
+    while True:
+        try:
+            with client.stream("GET", f"/api/v1/deployments/{deployment_id}/events",
+                               headers={"Last-Event-ID": str(last_seq)}, timeout=httpx.Timeout(10, read=60)) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise SystemExit(f"error: {response.status_code} {response.json().get('detail', response.text)}")
+                retries = 0
+                event: dict = {}
+                for raw in response.iter_lines():
+                    if raw:
+                        key, _, value = raw.partition(": ")
+                        event[key] = value
+                        continue
+                    if "data" in event:
+                        frame = json.loads(event["data"])
+                        if frame.get("type") == "DEPLOYMENT_LOGS_UPDATE":
+                            _print_lines(frame["data"]["logs"])
+                            last_seq = frame["data"]["logs"][-1]["seq"] if frame["data"]["logs"] else last_seq
+                        elif frame.get("type") == "DEPLOYMENT_STATUS_CHANGED":
+                            status = frame["data"]["new_status"]
+                            print(f"-- {frame['data']['old_status']} -> {status}"
+                                  + (f": {frame['data']['error_message']}" if frame['data'].get('error_message') else ""),
+                                  file=sys.stderr, flush=True)
+                            if status in SETTLED:
+                                return status
+                        elif frame.get("type") == "DEPLOYMENT_DELETED":
+                            print("-- deleted", file=sys.stderr, flush=True)
+                            return None
+                    event = {}
+        except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+            retries += 1
+            if retries > 5:
+                raise SystemExit(f"error: lost the event stream ({exc})") from exc
+            print(f"-- connection lost ({exc}); resuming after line {last_seq}", file=sys.stderr, flush=True)
+            time.sleep(min(10, 0.5 * 2 ** retries))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import os
+
+    import httpx
+
+    token = os.environ.get("WINDFLOW_TOKEN")
+    if not token:
+        print("error: set WINDFLOW_TOKEN to an API token (create one under /api/v1/tokens) or an access token",
+              file=sys.stderr)
+        return 2
+    base = args.url or f"http://{_settings().HOST}:{_settings().PORT}"
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        try:
+            deployment = client.get(f"/api/v1/deployments/{args.deployment_id}")
+            if deployment.status_code != 200:
+                print(f"error: {deployment.status_code} {deployment.json().get('detail', '')}", file=sys.stderr)
+                return 1
+            last = args.since
+            while True:  # the persisted log so far
+                page = client.get(f"/api/v1/deployments/{args.deployment_id}/logs",
+                                  params={"since_seq": last, "limit": 5000}).json()["items"]
+                _print_lines(page)
+                if len(page) < 5000:
+                    break
+                last = page[-1]["seq"]
+            last = page[-1]["seq"] if page else last
+            status = deployment.json()["status"]
+            if not args.follow or status in SETTLED:
+                if args.follow:
+                    print(f"-- {status}", file=sys.stderr, flush=True)
+                return 0 if status not in {"failed", "cancelled"} else 1
+            settled = _follow(client, args.deployment_id, last)
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach {base}: {exc}", file=sys.stderr)
+            return 1
+    return 0 if settled in {"running", "stopped"} else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="windflow", description="WindFlow: deploy Docker stacks, watch them live.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--max-age-minutes", type=float, default=0, help="retry pending deployments older than this")
     recover.add_argument("--timeout-minutes", type=float, default=60, help="fail pending deployments older than this")
     recover.set_defaults(func=cmd_recover)
+
+    logs = sub.add_parser("logs", help="print a deployment's log; -f follows it until the deployment settles",
+                          description="Print a deployment's log (WINDFLOW_TOKEN: an API or access token). With -f, "
+                                      "follow it live (Server-Sent Events) until the deployment is running, failed, "
+                                      "stopped or cancelled; exit status 0 for running/stopped, 1 otherwise.")
+    logs.add_argument("deployment_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow new lines until the deployment settles")
+    logs.add_argument("--since", type=int, default=0, help="only lines after this sequence number")
+    logs.add_argument("--url", help="the WindFlow server (default: http://HOST:PORT from the settings)")
+    logs.set_defaults(func=cmd_logs)
     return parser
 
 

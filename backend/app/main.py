@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.app import database
 from backend.app.api import health
 from backend.app.api import metrics as metrics_route
+from backend.app.api import realtime as realtime_routes
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
-from backend.app.core import background, metrics
+from backend.app.core import background, event_transport, metrics
 from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
 from backend.app.core.dispatch import Dispatcher
@@ -135,22 +136,6 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
         return FileResponse(index)
 
 
-async def start_event_bus(settings: Settings) -> None:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover - transport module not present
-        return
-    await event_transport.start_event_bus(settings)
-
-
-async def stop_event_bus() -> None:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover
-        return
-    await event_transport.stop_event_bus()
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -162,8 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.RUN_MIGRATIONS_ON_STARTUP:
             await upgrade_database(database.get_engine(), settings)
         await sync_catalog_on_startup(settings)
-        await start_event_bus(settings)
-        unsubscribe_metrics = bus.subscribe(metrics.observe_event)
+        await event_transport.start_event_bus(settings)
+        unsubscribe_metrics = bus.subscribe(metrics.observe_event, filter=metrics.observes)
         await app.state.celery_manager.start()
         logger.info(
             "WindFlow %s started (database: %s, execution mode: %s)",
@@ -183,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.celery_manager.stop()
         await background_tasks.shutdown()
         unsubscribe_metrics()
-        await stop_event_bus()
+        await event_transport.stop_event_bus()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
@@ -201,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(api_router)
+    realtime_routes.install_openapi(app)
     if settings.PROMETHEUS_ENABLED:
         app.include_router(metrics_route.router)
     _mount_frontend(app, settings.FRONTEND_DIST)

@@ -17,15 +17,10 @@ from backend.app.schemas.deployments import (
 )
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
-from backend.app.services.deployment_service import DeploymentService, mask_variables
+from backend.app.services.deployment_service import DeploymentService, mask_variables, read_model
 from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
-
-
-def read_model(deployment: Deployment) -> DeploymentRead:
-    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
-    return DeploymentRead(**data, variables=mask_variables(deployment.variables or {}))
 
 
 class _Loader:

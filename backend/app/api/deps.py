@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import StringConstraints
+from starlette.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -16,8 +17,8 @@ from backend.app.models import Organization, Role, User
 from backend.app.services import auth_service, organization_service, pagination
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_settings(connection: HTTPConnection) -> Settings:
+    return connection.app.state.settings
 
 
 async def get_session():
@@ -36,8 +37,9 @@ EntityQueryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pa
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization")
+def bearer_token(connection: HTTPConnection) -> str:
+    """The ``Authorization: Bearer`` credential of an HTTP request or a WebSocket handshake."""
+    header = connection.headers.get("authorization")
     if not header:
         raise NotAuthenticated()
     scheme, _, token = header.partition(" ")
@@ -46,15 +48,22 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
-    token = bearer_token(request)
-    user = await auth_service.user_from_token(session, settings, token)
+async def authenticate(
+    connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str
+) -> auth_service.Credential:
+    """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
+    credential = await auth_service.credential_from_token(session, settings, token)
     if token.startswith(security.API_TOKEN_PREFIX):
-        # user_from_token may have bumped the API token's last_used_at (already flushed, so the session
-        # does not look dirty): commit it now, or a route that only reads would roll it back.
+        # credential_from_token may have bumped the API token's last_used_at (already flushed, so the
+        # session does not look dirty): commit it now, or a route that only reads would roll it back.
         await session.commit()
-    request.state.user_id = user.id
-    return user
+    connection.state.user_id = credential.user.id
+    connection.state.api_token_id = credential.api_token_id
+    return credential
+
+
+async def get_current_user(connection: HTTPConnection, session: SessionDep, settings: SettingsDep) -> User:
+    return (await authenticate(connection, session, settings, bearer_token(connection))).user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -4,16 +4,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backend.app import database
+from backend.app.core import event_transport
 
 router = APIRouter(tags=["system"])
-
-
-def _event_bus_status() -> dict:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover
-        return {"transport": "memory", "connected": True}
-    return event_transport.event_bus_status()
 
 
 @router.get("/health")
@@ -45,6 +38,6 @@ async def health(request: Request) -> JSONResponse:
         },
         "execution_mode": str(manager.mode),
         "execution_reason": report.reason,
-        "event_bus": _event_bus_status(),
+        "event_bus": event_transport.event_bus_status(),
     }
     return JSONResponse(body, status_code=200 if db_error is None else 503)

@@ -5,9 +5,9 @@ event committed in one process must reach the subscribers of every other process
 and real time")::
 
     after_commit -> bus.publish(evt) -+-> local subscribers, at once
-                                      +-> forwarder: encode, split -> outbox (thread-safe, bounded)
+                                      +-> forwarder: encode -> outbox (thread-safe, bounded)
     sender task  -> outbox -> transport.send -> NOTIFY windflow_events / PUBLISH windflow:events
-    listener     -> message of another origin -> bus.deliver(evt) -> local subscribers
+    listener     -> message of another origin -> receiver task -> bus.deliver(evt) -> local subscribers
 
 Invariants and trade-offs:
 
@@ -16,23 +16,28 @@ Invariants and trade-offs:
   from ``publish``.
 * **After commit only.** The forwarder is fed by ``bus.publish``, which only the ``after_commit`` hook of
   ``events.py`` calls for queued events: a rolled-back session sends nothing anywhere.
-* **Order.** One sender per process sends its events in publish order over one connection.
+* **Order.** One sender per process sends its events in publish order over one connection; one receiver
+  task per process delivers them in arrival order (a log pointer is resolved before what follows it).
+* **Log lines travel as pointers.** A ``DEPLOYMENT_LOGS_UPDATE`` crosses processes as
+  ``(deployment, first_seq, last_seq)``, never as text: the lines are already persisted with their
+  ``seq``. The receiver reads from the database the lines after the last ``seq`` it delivered for that
+  deployment up to ``last_seq`` and delivers them as ordinary ``DEPLOYMENT_LOGS_UPDATE`` events, so a lost
+  notification is repaired by the next one. It reads nothing when no local subscriber follows the
+  deployment. NOTIFY's 8000-byte limit therefore never applies to log text.
 * **Delivery is at least once while connected, best effort otherwise.** Events published while the
   connection is down wait in the outbox (at most :data:`MAX_QUEUED`, oldest dropped first) and are sent
   after reconnecting. An event may be sent twice when the connection drops after the server accepted it.
   Neither NOTIFY nor pub/sub stores messages: a *listener* that is disconnected misses what is sent
-  meanwhile. Log lines are persisted with a ``seq``, so clients recover them with ``since_seq``.
-* **Size.** A NOTIFY payload must be shorter than 8000 bytes. A ``DEPLOYMENT_LOGS_UPDATE`` that does not
-  fit is split into several complete envelopes (lines in ``seq`` order; every part after the first has
-  ``append: true``); a single line or other value that cannot fit alone is truncated with a
-  ``...[truncated N characters]`` marker (:func:`split_envelope`). Payloads are ASCII JSON, so bytes
-  equal characters whatever the server encoding.
+  meanwhile. Clients recover log lines with ``since_seq`` and statuses by reading the deployment.
+* **Size.** Any other event that does not fit a payload (an enormous ``error_message``) has its longest
+  strings truncated with a ``...[truncated N characters]`` marker (:func:`encode_envelope`). Payloads are
+  ASCII JSON, so bytes equal characters whatever the server encoding.
 * **Never crashes its host.** A lost connection is logged as a warning and retried with exponential
   backoff; only configuration errors (``EVENT_BUS=postgres`` with SQLite, ...) raise, at start.
 
-The bus runs on the event loop that awaited :func:`start_event_bus` (the backend's loop). Celery tasks that
-each run their own short-lived loop use :func:`start_event_bus_thread` once per worker process instead,
-which runs the bus on a daemon thread; :func:`flush_events` works from any loop or thread.
+The bus runs on the event loop that awaited :func:`start_event_bus`: the backend's loop, or the long-lived
+loop of a Celery worker process (``backend.app.tasks.worker_runtime``). :func:`flush_events` works from
+any loop.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from backend.app.config import BrokerType, DatabaseKind, Settings
@@ -66,6 +73,8 @@ PG_MAX_PAYLOAD = 7999
 # Redis accepts up to 512 MB; a smaller cap keeps one huge event from stalling slow subscribers.
 REDIS_MAX_PAYLOAD = 1_000_000
 MAX_QUEUED = 10_000
+LOG_READ_PAGE = 5000  # lines read per query when resolving a log pointer
+LOG_MARKS_KEPT = 10_000  # deployments whose last delivered seq a receiver remembers
 SEND_BATCH = 100
 BACKOFF_MIN_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
@@ -78,7 +87,7 @@ TRUNCATION_MARKER = "...[truncated {} characters]"
 CONNECTION_NAME_PREFIX = "windflow-events-"
 
 
-# --- encoding and splitting ----------------------------------------------------------------------
+# --- encoding ----------------------------------------------------------------------
 
 
 def _dumps(value: Any) -> str:
@@ -95,8 +104,33 @@ def _wire_overhead(origin: str) -> int:
     return len(_wire(origin, 10**19, ""))
 
 
-def _decode(payload: str | bytes) -> tuple[str, Event]:
+def _pointer(evt: Event) -> str:
+    """A log update as it crosses processes: which deployment, which ``seq`` range (lines stay in the DB)."""
+    seqs = [line["seq"] for line in evt.data.get("logs", ())]
+    return _dumps({
+        "deployment_id": evt.deployment_id, "organization_id": evt.organization_id,
+        "timestamp": evt.data.get("timestamp") or evt.to_dict()["timestamp"],
+        "first_seq": min(seqs, default=0), "last_seq": max(seqs, default=0),
+    })
+
+
+def _wire_pointer(origin: str, number: int, pointer_json: str) -> str:
+    return f'{{"origin":{json.dumps(origin)},"n":{number},"logs":{pointer_json}}}'
+
+
+@dataclass(frozen=True)
+class LogPointer:
+    deployment_id: str
+    organization_id: str
+    timestamp: str
+    first_seq: int
+    last_seq: int
+
+
+def _decode(payload: str | bytes) -> tuple[str, Event | LogPointer]:
     raw = json.loads(payload)
+    if "logs" in raw:
+        return raw["origin"], LogPointer(**raw["logs"])
     return raw["origin"], Event.from_dict(raw["event"])
 
 
@@ -115,13 +149,26 @@ def _shrink(value: Any, max_bytes: int) -> Any | None:
         if path is None:
             return None
         marker_room = len(TRUNCATION_MARKER.format(len(longest)))
-        # Every removed character removes at least one byte (escapes only make it more), so cutting
-        # ``excess + marker_room`` characters is enough unless the string is shorter than that.
-        keep = max(0, len(longest) - (size - max_bytes) - marker_room)
+        # Room left for this string once everything else is encoded; keep the longest prefix whose
+        # encoding (escapes count: "é" is 6 bytes) fits in it.
+        room = max(0, len(_dumps(longest)) - (size - max_bytes) - marker_room - 2)
+        keep = _prefix_fitting(longest, room)
         shortened = longest[:keep] + TRUNCATION_MARKER.format(len(longest) - keep)
         value = _replace(value, path, shortened)
         cut.add(path)
     return None
+
+
+def _prefix_fitting(text: str, room: int) -> int:
+    """The length of the longest prefix of ``text`` whose JSON encoding (without quotes) fits ``room`` bytes."""
+    low, high = 0, min(len(text), room)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(_dumps(text[:middle])) - 2 <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _longest_string(value: Any, path: tuple, skip: set[tuple]) -> tuple[tuple | None, str]:
@@ -143,58 +190,13 @@ def _replace(value: Any, path: tuple, new: Any) -> Any:
     return value
 
 
-def split_envelope(envelope: dict[str, Any], max_bytes: int) -> list[str]:
-    """Encode an event envelope as one or more JSON documents of at most ``max_bytes`` each.
-
-    An envelope that fits is returned as is. A ``DEPLOYMENT_LOGS_UPDATE`` whose ``data.logs`` is too big is
-    split into several envelopes with the same type, ids, timestamp and other data, each with a
-    consecutive run of the lines (order kept); parts after the first get ``append: true`` so that a
-    ``append: false`` (replace) batch is not replaced again by its own second half. A line that cannot
-    fit alone has its longest strings (its message) truncated with a marker; any other oversized event
-    has the longest strings of its ``data`` truncated the same way.
-    """
+def encode_envelope(envelope: dict[str, Any], max_bytes: int) -> str:
+    """Encode an event envelope in at most ``max_bytes``: as is when it fits, else with the longest strings
+    of its ``data`` truncated (marked ``...[truncated N characters]``)."""
     encoded = _dumps(envelope)
     if len(encoded) <= max_bytes:
-        return [encoded]
-    data = envelope.get("data")
-    logs = data.get("logs") if isinstance(data, dict) else None
-    if envelope.get("type") == EventType.DEPLOYMENT_LOGS_UPDATE and isinstance(logs, list) and logs:
-        parts = _split_logs(envelope, data, logs, max_bytes)
-        if parts is not None:
-            return parts
-    return [_truncate_data(envelope, max_bytes)]
-
-
-def _split_logs(envelope: dict, data: dict, logs: list, max_bytes: int) -> list[str] | None:
-    def part(lines: list, first: bool) -> dict:
-        part_data = dict(data, logs=lines)
-        if not first:
-            part_data["append"] = True
-        return dict(envelope, data=part_data)
-
-    # ``[]`` grows by each line's encoding plus one comma between lines: sizes add up exactly.
-    base = max(len(_dumps(part([], True))), len(_dumps(part([], False))))
-    budget = max_bytes - base
-    if budget < 64:
-        return None
-    chunks: list[list] = []
-    current: list = []
-    size = 0
-    for line in logs:
-        encoded = _dumps(line)
-        if len(encoded) > budget:
-            line = _shrink(line, budget)
-            if line is None:
-                return None
-            encoded = _dumps(line)
-        extra = len(encoded) + (1 if current else 0)
-        if current and size + extra > budget:
-            chunks.append(current)
-            current, size, extra = [], 0, len(encoded)
-        current.append(line)
-        size += extra
-    chunks.append(current)
-    return [_dumps(part(lines, index == 0)) for index, lines in enumerate(chunks)]
+        return encoded
+    return _truncate_data(envelope, max_bytes)
 
 
 def _truncate_data(envelope: dict, max_bytes: int) -> str:
@@ -510,7 +512,7 @@ def build_transport(settings: Settings, channel: str | None = None) -> EventTran
 
 
 class _Outbox:
-    """Thread-safe FIFO of encoded events (each a list of parts) with flush waiters.
+    """Thread-safe FIFO of encoded events (``(kind, json)``: an event or a log pointer) with flush waiters.
 
     ``enqueued`` counts events accepted, ``completed`` events sent or dropped; a waiter created when
     ``enqueued`` was N is resolved once ``completed`` reaches N.
@@ -518,7 +520,7 @@ class _Outbox:
 
     def __init__(self, limit: int = MAX_QUEUED) -> None:
         self._lock = threading.Lock()
-        self._items: deque[list[str]] = deque()
+        self._items: deque[tuple[str, str]] = deque()
         self._limit = limit
         self._waiters: list[tuple[int, concurrent.futures.Future[bool]]] = []
         self.enqueued = 0
@@ -528,7 +530,7 @@ class _Outbox:
     def pending(self) -> int:
         return self.enqueued - self.completed
 
-    def put(self, parts: list[str]) -> bool:
+    def put(self, item: tuple[str, str]) -> bool:
         """Queue an event; returns ``False`` when the oldest queued event had to be dropped for it."""
         with self._lock:
             overflow = len(self._items) >= self._limit
@@ -536,17 +538,17 @@ class _Outbox:
                 self._items.popleft()
                 self.dropped += 1
                 self.completed += 1
-            self._items.append(parts)
+            self._items.append(item)
             self.enqueued += 1
             ready = self._take_ready()
         _resolve(ready, True)
         return not overflow
 
-    def take(self, count: int) -> list[list[str]]:
+    def take(self, count: int) -> list[tuple[str, str]]:
         with self._lock:
             return [self._items.popleft() for _ in range(min(count, len(self._items)))]
 
-    def requeue(self, batch: list[list[str]]) -> None:
+    def requeue(self, batch: list[tuple[str, str]]) -> None:
         with self._lock:
             self._items.extendleft(reversed(batch))
 
@@ -598,7 +600,6 @@ class _Runtime:
         self.kind = kind
         self.transport = transport
         self.loop = loop
-        self.loop_thread = threading.get_ident()
         self.listen = listen
         self.origin = _origin
         self.max_envelope = transport.max_payload - _wire_overhead(self.origin)
@@ -610,6 +611,10 @@ class _Runtime:
         self.received = 0
         self.connections = 0
         self.number = 0
+        self.resolved = 0
+        self.inbox: deque[Event | LogPointer] = deque()
+        self.inbox_ready = asyncio.Event()
+        self.log_marks: OrderedDict[str, int] = OrderedDict()  # deployment -> last seq delivered here
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -618,13 +623,17 @@ class _Runtime:
         self.tasks = [
             self.loop.create_task(self._supervise(), name="event-bus-connection"),
             self.loop.create_task(self._send_loop(), name="event-bus-sender"),
+            self.loop.create_task(self._receive_loop(), name="event-bus-receiver"),
         ]
         self.wake.set()
 
     def forward(self, evt: Event) -> None:
         """``bus`` forwarder: encode now (a snapshot of ``data``), send later. Any thread, never blocks."""
-        parts = split_envelope(evt.to_dict(), self.max_envelope)
-        if not _outbox.put(parts) and _outbox.dropped % 1000 == 1:
+        if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:
+            item = ("logs", _pointer(evt))
+        else:
+            item = ("event", encode_envelope(evt.to_dict(), self.max_envelope))
+        if not _outbox.put(item) and _outbox.dropped % 1000 == 1:
             logger.warning(
                 "event bus: %d event(s) waiting for the %s transport; dropped the oldest (%d dropped so far)",
                 MAX_QUEUED, self.kind, _outbox.dropped,
@@ -636,14 +645,66 @@ class _Runtime:
 
     def on_message(self, payload: str | bytes) -> None:
         try:
-            origin, evt = _decode(payload)
+            origin, item = _decode(payload)
         except Exception:  # noqa: BLE001 - a foreign or corrupt message must not stop the listener
             logger.warning("event bus: ignoring a malformed message on %s: %.200r", self.transport.channel, payload)
             return
         if origin == self.origin:
             return
         self.received += 1
-        bus.deliver(evt)
+        if isinstance(item, Event) and not self.inbox:
+            bus.deliver(item)  # nothing to wait for: deliver at once
+            return
+        self.inbox.append(item)
+        self.inbox_ready.set()
+
+    async def _receive_loop(self) -> None:
+        """Deliver received items in order; a log pointer is resolved (lines read) before what follows."""
+        while True:
+            await self.inbox_ready.wait()
+            while self.inbox:
+                item = self.inbox[0]
+                try:
+                    if isinstance(item, LogPointer):
+                        await self._resolve(item)
+                    else:
+                        bus.deliver(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - the next pointer of the deployment repairs the gap
+                    logger.warning("event bus: could not read the log lines of %s", item, exc_info=True)
+                self.inbox.popleft()
+            self.inbox_ready.clear()
+
+    async def _resolve(self, pointer: LogPointer) -> None:
+        """Read the lines a log pointer announces (and any this process missed) and deliver them."""
+        from backend.app import database
+        from backend.app.services.deployment_logs import LogLine, read_logs
+
+        known = self.log_marks.pop(pointer.deployment_id, None)
+        start = pointer.first_seq - 1 if known is None else min(known, pointer.first_seq - 1)
+        mark = max(pointer.last_seq, known or 0)
+        self.log_marks[pointer.deployment_id] = mark
+        while len(self.log_marks) > LOG_MARKS_KEPT:
+            self.log_marks.popitem(last=False)
+        probe = Event(EventType.DEPLOYMENT_LOGS_UPDATE, pointer.deployment_id, pointer.organization_id,
+                      {"logs": [], "append": True, "timestamp": pointer.timestamp})
+        if start >= pointer.last_seq or not bus.wants(probe):
+            return
+        timestamp = datetime.fromisoformat(pointer.timestamp.replace("Z", "+00:00"))
+        while start < pointer.last_seq:
+            async with database.AsyncSessionLocal() as session:
+                lines: list[LogLine] = await read_logs(
+                    session, pointer.deployment_id, start, min(LOG_READ_PAGE, pointer.last_seq - start))
+            if not lines:
+                return
+            self.resolved += len(lines)
+            bus.deliver(Event(
+                EventType.DEPLOYMENT_LOGS_UPDATE, pointer.deployment_id, pointer.organization_id,
+                {"logs": [line.to_dict() for line in lines], "append": True, "timestamp": pointer.timestamp},
+                timestamp,
+            ))
+            start = lines[-1].seq
 
     async def _supervise(self) -> None:
         delay = BACKOFF_MIN_SECONDS
@@ -713,7 +774,7 @@ class _Runtime:
                 self.sent += sent
                 _outbox.done(sent, dropped)
 
-    async def _send(self, batch: list[list[str]]) -> tuple[int, int]:
+    async def _send(self, batch: list[tuple[str, str]]) -> tuple[int, int]:
         """Send a batch; on :class:`PayloadRejected` retry event by event and drop only the refused ones."""
         try:
             await self.transport.send(self._wire(batch))
@@ -728,12 +789,11 @@ class _Runtime:
             sent, dropped = sent + ok, dropped + bad
         return sent, dropped
 
-    def _wire(self, batch: list[list[str]]) -> list[str]:
+    def _wire(self, batch: list[tuple[str, str]]) -> list[str]:
         payloads = []
-        for parts in batch:
-            for envelope_json in parts:
-                self.number += 1
-                payloads.append(_wire(self.origin, self.number, envelope_json))
+        for kind, body in batch:
+            self.number += 1
+            payloads.append((_wire_pointer if kind == "logs" else _wire)(self.origin, self.number, body))
         return payloads
 
     def status(self) -> dict[str, Any]:
@@ -746,6 +806,7 @@ class _Runtime:
             "origin": self.origin,
             "sent": self.sent,
             "received": self.received,
+            "log_lines_read": self.resolved,
             "queued": _outbox.pending(),
             "dropped": _outbox.dropped,
             "connections": self.connections,
@@ -756,18 +817,16 @@ class _Runtime:
 _origin = uuid.uuid4().hex
 _outbox = _Outbox()
 _runtime: _Runtime | None = None
-_thread: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
 _state_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # A forked child (Celery prefork) inherits neither the loop, the connection nor the thread: it starts
+    # A forked child (Celery prefork) inherits neither the loop nor the connection: it starts
     # its own bus, with its own origin so that its parent's and siblings' events are not taken for its own.
-    global _origin, _outbox, _runtime, _thread, _state_lock
+    global _origin, _outbox, _runtime, _state_lock
     _origin = uuid.uuid4().hex
     _outbox = _Outbox()
     _runtime = None
-    _thread = None
     _state_lock = threading.Lock()
     bus.set_forwarder(None)
 
@@ -809,8 +868,7 @@ async def start_event_bus(settings: Settings, *, listen: bool = True, channel: s
 async def flush_events(timeout: float = 5.0) -> bool:
     """Wait until every event published so far has been sent; ``False`` after ``timeout`` seconds.
 
-    Works from any event loop or thread's loop, including a Celery task's own ``asyncio.run`` while the bus
-    runs on :func:`start_event_bus_thread`'s thread. ``True`` at once when nothing crosses processes.
+    Works from any event loop. ``True`` at once when nothing crosses processes.
     """
     runtime = _runtime
     if runtime is None or not runtime.transport.crosses_processes:
@@ -823,26 +881,6 @@ async def flush_events(timeout: float = 5.0) -> bool:
             "event bus: %d event(s) still unsent after %.1fs (%s transport, connected=%s, error=%s)",
             _outbox.pending(), timeout, runtime.kind, runtime.connected, runtime.error,
         )
-        return False
-
-
-def flush_events_sync(timeout: float = 5.0) -> bool:
-    """:func:`flush_events` for synchronous code (a Celery ``task_postrun`` handler).
-
-    Only when the bus runs on another thread (:func:`start_event_bus_thread`): blocking the bus's own loop
-    thread would wait forever, so that raises ``RuntimeError``.
-    """
-    runtime = _runtime
-    if runtime is None or not runtime.transport.crosses_processes:
-        return True
-    if runtime.loop_thread == threading.get_ident() and not runtime.loop.is_closed():
-        raise RuntimeError("flush_events_sync() on the event bus's own thread would block it; await flush_events()")
-    future = _outbox.waiter()
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        logger.warning("event bus: %d event(s) still unsent after %.1fs", _outbox.pending(), timeout)
         return False
 
 
@@ -882,63 +920,6 @@ def event_bus_status() -> dict[str, Any]:
         return runtime.status()
     return {
         "transport": None, "started": False, "connected": False, "listening": False, "channel": None,
-        "origin": _origin, "sent": 0, "received": 0, "queued": _outbox.pending(), "dropped": _outbox.dropped,
+        "origin": _origin, "sent": 0, "received": 0, "log_lines_read": 0, "queued": _outbox.pending(), "dropped": _outbox.dropped,
         "connections": 0, "error": None,
     }
-
-
-def start_event_bus_thread(
-    settings: Settings, *, listen: bool = False, channel: str | None = None, timeout: float = 10.0
-) -> None:
-    """Run the bus on a daemon thread with its own event loop (once per Celery worker process).
-
-    Celery tasks usually run their coroutine with ``asyncio.run``, a new loop per task: a bus started on
-    that loop would die with it. On its own thread the bus outlives tasks; tasks publish from their loops
-    (the outbox is thread-safe) and ``await flush_events()`` before their loop ends. Idempotent.
-    """
-    global _thread
-    with _state_lock:
-        if _thread is not None and _thread[0].is_alive():
-            return
-        if _runtime is not None and not _runtime.loop.is_closed():
-            return  # already running on a loop of this process (e.g. a worker embedded in the backend)
-        loop = asyncio.new_event_loop()
-        started: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(start_event_bus(settings, listen=listen, channel=channel))
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                started.set_exception(exc)
-                loop.close()
-                return
-            started.set_result(None)
-            try:
-                loop.run_forever()
-            finally:
-                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-                for task in pending:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        thread = threading.Thread(target=run, name="windflow-event-bus", daemon=True)
-        _thread = (thread, loop)
-        thread.start()
-    started.result(timeout)
-
-
-def stop_event_bus_thread(timeout: float = 5.0) -> None:
-    """Flush (up to ``timeout`` seconds), stop the bus and its thread. Idempotent."""
-    global _thread
-    with _state_lock:
-        entry, _thread = _thread, None
-    if entry is None:
-        return
-    thread, loop = entry
-    if loop.is_running():
-        asyncio.run_coroutine_threadsafe(stop_event_bus(timeout), loop).result(timeout + 5)
-        loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout + 5)

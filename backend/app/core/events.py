@@ -1,30 +1,39 @@
-"""The event envelope and the after-commit event queue.
+"""The event envelope, its typed payloads, the after-commit queue and the in-process bus.
 
 Every event WindFlow emits has one shape (DESIGN.md, "Events and real time")::
 
     {"type": "DEPLOYMENT_STATUS_CHANGED", "deployment_id": "...", "organization_id": "...",
      "timestamp": "2026-01-01T12:00:00Z", "data": {...}}
 
+``data`` is built from one Pydantic model per type (:data:`DATA_MODELS`); ``backend.app.schemas.events``
+wraps them in envelope models for the OpenAPI document, from which clients generate their types.
+
 Services never publish directly: they call :func:`queue_event` on the session that carries the change.
 The events are handed to the bus only after that session commits, and dropped if it rolls back, so a
 client never sees a change that did not happen.
 
-:class:`LocalEventBus` fans events out to the subscribers of this process. Other processes (Celery
-workers, other backend replicas) are reached through ``backend.app.core.event_transport``, which installs
-itself as the bus's *forwarder* when it is started and hands remote events back with
-:meth:`LocalEventBus.deliver`, which never forwards them again.
+:class:`LocalEventBus` fans events out to the subscribers of this process. Consumers read
+``bus.stream(filter)``: an async iterator over a bounded queue of their own, filled without blocking from
+whatever thread committed; a consumer that falls behind its bound gets an :class:`Overflow` marker
+instead of the events it lost (and never slows the publisher or the other consumers). Other processes
+(Celery workers, other backend replicas) are reached through ``backend.app.core.event_transport``, which
+installs itself as the bus's *forwarder* and hands remote events back with :meth:`LocalEventBus.deliver`,
+which never forwards them again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -32,25 +41,102 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger(__name__)
 
 _PENDING_KEY = "windflow_pending_events"
+#: Events a stream holds for a consumer before it overflows (a WebSocket client that stopped reading).
+DEFAULT_STREAM_BOUND = 1000
 
 
 class EventType(StrEnum):
     DEPLOYMENT_STATUS_CHANGED = "DEPLOYMENT_STATUS_CHANGED"
     DEPLOYMENT_LOGS_UPDATE = "DEPLOYMENT_LOGS_UPDATE"
     DEPLOYMENT_PROGRESS = "DEPLOYMENT_PROGRESS"
+    DEPLOYMENT_CREATED = "DEPLOYMENT_CREATED"
+    DEPLOYMENT_DELETED = "DEPLOYMENT_DELETED"
+
+
+#: What an organisation subscription (list views) receives: everything but the log lines.
+LIST_EVENTS = frozenset(
+    {EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_PROGRESS, EventType.DEPLOYMENT_CREATED,
+     EventType.DEPLOYMENT_DELETED}
+)
 
 
 def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# --- typed payloads --------------------------------------------------------------------------------
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogLineData(_Data):
+    seq: int = Field(description="per-deployment sequence number, from 1, without gaps")
+    timestamp: datetime
+    level: str = Field(description="debug, info, warning or error")
+    message: str
+
+
+class StatusChangedData(_Data):
+    new_status: str
+    old_status: str | None = Field(description="null for a deployment just created")
+    name: str
+    error_message: str | None = None
+    attempt: int | None = None
+    dispatch_latency_seconds: float | None = Field(
+        default=None, description="queued -> claimed, on transitions to deploying")
+
+
+class LogsUpdateData(_Data):
+    logs: list[LogLineData] = Field(description="new persisted lines, in seq order")
+    append: bool = True
+    timestamp: datetime
+
+
+class ProgressData(_Data):
+    progress: Annotated[int, Field(ge=0, le=100)]
+    current_step: int
+    total_steps: int
+    step_name: str | None = None
+
+
+class DeletedData(_Data):
+    name: str
+
+
+#: The payload model of each type. ``DEPLOYMENT_CREATED`` carries the deployment as
+#: ``GET /deployments/{id}`` shows it (``DeploymentRead``, attached by ``backend.app.schemas.events``).
+DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
+    EventType.DEPLOYMENT_STATUS_CHANGED: StatusChangedData,
+    EventType.DEPLOYMENT_LOGS_UPDATE: LogsUpdateData,
+    EventType.DEPLOYMENT_PROGRESS: ProgressData,
+    EventType.DEPLOYMENT_CREATED: None,
+    EventType.DEPLOYMENT_DELETED: DeletedData,
+}
+
+
 @dataclass(frozen=True)
 class Event:
+    """One event on the bus. ``data`` is the JSON form of the type's payload model (see :meth:`of`)."""
+
     type: EventType
     deployment_id: str
     organization_id: str
     data: dict[str, Any]
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(
+        cls, kind: EventType, deployment_id: str, organization_id: str, data: BaseModel,
+        timestamp: datetime | None = None,
+    ) -> Event:
+        """An event whose payload is a typed model (validated now, stored as JSON-ready data)."""
+        expected = DATA_MODELS[kind]
+        if expected is not None and not isinstance(data, expected):
+            raise TypeError(f"{kind} carries {expected.__name__}, not {type(data).__name__}")
+        return cls(kind, deployment_id, organization_id, data.model_dump(mode="json"),
+                   timestamp or datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +158,107 @@ class Event:
         )
 
 
+EventFilter = Callable[[Event], bool]
 Subscriber = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """What a stream yields in place of the events it had to drop (its consumer fell behind)."""
+
+    dropped: int
+
+
+class EventStream:
+    """A bounded per-subscriber queue, filled from any thread, read as an async iterator.
+
+    The publisher never waits: an event that finds the queue full is dropped, and the consumer's next
+    read returns one :class:`Overflow` (after the events queued before it) so it can resynchronise from
+    the database. ``filter`` runs on the publisher's thread: keep it cheap and non-blocking.
+    """
+
+    def __init__(self, bus: LocalEventBus, filter: EventFilter | None, maxsize: int) -> None:
+        self._bus = bus
+        self.filter = filter
+        self.maxsize = maxsize
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._items: deque[Event] = deque()
+        self._dropped = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.sink = self.offer  # one bound method object: the bus finds it again by identity to remove it
+
+    # publisher side (any thread)
+    def offer(self, evt: Event) -> None:
+        if self._closed or (self.filter is not None and not self.filter(evt)):
+            return
+        if threading.get_ident() == self._thread:
+            self._put(evt)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._put, evt)
+            except RuntimeError:  # the consumer's loop has closed
+                self._closed = True
+
+    def _put(self, evt: Event) -> None:
+        if len(self._items) >= self.maxsize:
+            self._dropped += 1
+        else:
+            self._items.append(evt)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # consumer side (its loop)
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event | Overflow:
+        while True:
+            if self._items:
+                return self._items.popleft()
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                return Overflow(dropped)
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def get_nowait(self) -> Event | Overflow | None:
+        if self._items:
+            return self._items.popleft()
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            return Overflow(dropped)
+        return None
+
+    def clear(self) -> int:
+        """Forget what is queued (a consumer about to resynchronise from the database)."""
+        count = len(self._items) + self._dropped
+        self._items.clear()
+        self._dropped = 0
+        return count
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        self._closed = True
+        self._bus._remove(self.sink)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
 
 class LocalEventBus:
@@ -84,18 +270,43 @@ class LocalEventBus:
     """
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        # Copy-on-write: publishers (any thread) iterate a snapshot without taking the lock.
+        self._subscribers: tuple[tuple[Subscriber, EventFilter | None], ...] = ()
+        self._lock = threading.Lock()
         self._forwarder: Subscriber | None = None
         self.published = 0
+        self.published_by_type: Counter[str] = Counter()
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(callback)
+    def stream(self, filter: EventFilter | None = None, *, maxsize: int = DEFAULT_STREAM_BOUND) -> EventStream:
+        """Subscribe on the running loop: ``with bus.stream(f) as events: async for evt in events: ...``."""
+        stream = EventStream(self, filter, maxsize)
+        self._add(stream.sink, filter)
+        return stream
 
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
+    def subscribe(self, callback: Subscriber, filter: EventFilter | None = None) -> Callable[[], None]:
+        """A synchronous observer (counters, test recorders), called on the publisher's thread.
 
-        return unsubscribe
+        It must not block. Consumers that do I/O use :meth:`stream`.
+        """
+        wrapped = callback if filter is None else (lambda evt: filter(evt) and callback(evt))
+        self._add(wrapped, filter)
+        return lambda: self._remove(wrapped)
+
+    def _add(self, sink: Subscriber, filter: EventFilter | None) -> None:
+        with self._lock:
+            self._subscribers = (*self._subscribers, (sink, filter))
+
+    def _remove(self, sink: Subscriber) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s[0] is not sink)
+
+    def wants(self, evt: Event) -> bool:
+        """Whether any local subscriber would receive ``evt`` (spares reading log lines nobody follows)."""
+        return any(f is None or f(evt) for _, f in self._subscribers)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
 
     def set_forwarder(self, forwarder: Subscriber | None) -> None:
         """Install (or remove, with ``None``) the hook that sends published events to other processes.
@@ -108,6 +319,7 @@ class LocalEventBus:
     def publish(self, evt: Event) -> None:
         """Deliver an event of this process to local subscribers, then forward it to other processes."""
         self.published += 1
+        self.published_by_type[str(evt.type)] += 1
         self.deliver(evt)
         forwarder = self._forwarder
         if forwarder is not None:
@@ -118,9 +330,9 @@ class LocalEventBus:
 
     def deliver(self, evt: Event) -> None:
         """Deliver to local subscribers only (events received from other processes)."""
-        for callback in list(self._subscribers):
+        for sink, _ in self._subscribers:
             try:
-                callback(evt)
+                sink(evt)
             except Exception:  # noqa: BLE001 - one broken subscriber must not starve the others
                 logger.exception("event subscriber failed for %s", evt.type)
 
@@ -134,12 +346,16 @@ def queue_event(session: AsyncSession | Session, evt: Event) -> None:
     sync_session.info.setdefault(_PENDING_KEY, []).append(evt)
 
 
+# The guide greps the server log for ``emit_`` (``emit_deployment_status_changed: deployment <id>``).
+_CHATTY = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_PROGRESS})
+
+
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
     for evt in session.info.pop(_PENDING_KEY, []):
-        # status events at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
+        # status, creation and deletion at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
         logger.log(
-            logging.INFO if evt.type is EventType.DEPLOYMENT_STATUS_CHANGED else logging.DEBUG,
+            logging.DEBUG if evt.type in _CHATTY else logging.INFO,
             "emit_%s: deployment %s", str(evt.type).lower(), evt.deployment_id,
         )
         bus.publish(evt)
@@ -151,16 +367,10 @@ def _drop_after_rollback(session: Session, _previous_transaction) -> None:
 
 
 async def wait_for(predicate: Callable[[Event], bool], timeout: float) -> Event:
-    """Wait for the first bus event matching ``predicate`` (tests and the CLI use it)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Event] = loop.create_future()
-
-    def on_event(evt: Event) -> None:
-        if not future.done() and predicate(evt):
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(evt))
-
-    unsubscribe = bus.subscribe(on_event)
-    try:
-        return await asyncio.wait_for(future, timeout)
-    finally:
-        unsubscribe()
+    """Wait for the first bus event matching ``predicate`` (tests and benchmarks use it)."""
+    with bus.stream(predicate, maxsize=1) as events:
+        async with asyncio.timeout(timeout):
+            async for item in events:
+                if isinstance(item, Event):
+                    return item
+    raise TimeoutError("event bus closed")

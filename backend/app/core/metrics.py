@@ -9,7 +9,7 @@ the number of deployments.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from backend.app.core.events import Event, EventType
 from backend.app.models import DeploymentStatus
@@ -57,10 +57,15 @@ async def refresh_from_database(session) -> None:
     _collector.recovery = dict((report or {}).get("totals", {}))
 
 
+def observes(evt: Event) -> bool:
+    """The bus filter of :func:`observe_event` (so log events are not read for it across processes)."""
+    return evt.type is EventType.DEPLOYMENT_STATUS_CHANGED
+
+
 def observe_event(evt: Event) -> None:
     """Bus subscriber: dispatch latency of first attempts, from ``DEPLOYMENT_STATUS_CHANGED`` to deploying."""
     if evt.type is not EventType.DEPLOYMENT_STATUS_CHANGED or evt.data.get("new_status") != "deploying":
-        return
+        return  # (main.py subscribes with a filter on status events; this guard keeps direct calls safe)
     latency = evt.data.get("dispatch_latency_seconds")
     if latency is not None and evt.data.get("attempt") == 1:
         DISPATCH_LATENCY.observe(max(0.0, float(latency)))
@@ -68,3 +73,31 @@ def observe_event(evt: Event) -> None:
 
 def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --- real time (WebSocket / SSE; process-local) ----------------------------------------------------
+
+WEBSOCKET_CONNECTIONS = Gauge("windflow_websocket_connections", "Open authenticated WebSocket connections")
+SSE_STREAMS = Gauge("windflow_sse_streams", "Open Server-Sent Events streams")
+EVENT_SEND_LATENCY = Histogram(
+    "windflow_event_latency_seconds",
+    "Time from an event's emission (its timestamp) to its send to a WebSocket/SSE client",
+    ["transport"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RESYNCS = Counter("windflow_event_resyncs_total", "Clients that fell behind and were resynchronised", ["transport"])
+
+
+class _PublishedCollector:
+    """Events published by this process, by type (the bus counts them; no import from events to metrics)."""
+
+    def collect(self):
+        from backend.app.core.events import EventType, bus
+
+        family = CounterMetricFamily("windflow_events_published", "Events published by this process", labels=["type"])
+        for kind in EventType:
+            family.add_metric([str(kind)], bus.published_by_type.get(str(kind), 0))
+        yield family
+
+
+REGISTRY.register(_PublishedCollector())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -174,8 +175,23 @@ async def change_password(
     return await issue_tokens(session, settings, user)
 
 
+@dataclass(frozen=True)
+class Credential:
+    """What a bearer token proved: the user, until when, and through which API token (if one)."""
+
+    user: User
+    expires_at: datetime | None
+    api_token_id: str | None = None
+
+
 async def user_from_token(session: AsyncSession, settings: Settings, token: str) -> User:
     """Resolve a bearer credential (access JWT or personal API token) to an active user."""
+    return (await credential_from_token(session, settings, token)).user
+
+
+async def credential_from_token(session: AsyncSession, settings: Settings, token: str) -> Credential:
+    """:func:`user_from_token`, also telling when the credential expires (WebSocket re-authentication)."""
+    api_token_id = None
     if token.startswith(security.API_TOKEN_PREFIX):
         row = (
             await session.execute(select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token)))
@@ -187,13 +203,13 @@ async def user_from_token(session: AsyncSession, settings: Settings, token: str)
             raise NotAuthenticated("API token has expired; create a new one", code="token_expired")
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
             row.last_used_at = now
-        user_id = row.user_id
+        user_id, expires_at, api_token_id = row.user_id, row.expires_at, row.id
     else:
         try:
             claims = security.decode_token(settings, token, "access")
         except security.TokenError as exc:
             raise NotAuthenticated(str(exc), code=exc.code) from exc
-        user_id = claims["sub"]
+        user_id, expires_at = claims["sub"], datetime.fromtimestamp(claims["exp"], UTC)
     user = await session.get(User, user_id)
     if user is None:
         raise NotAuthenticated("the user of this token no longer exists", code="invalid_token")
@@ -203,4 +219,4 @@ async def user_from_token(session: AsyncSession, settings: Settings, token: str)
         raise NotAuthenticated(
             "this token was revoked (password changed or logged out everywhere); log in again", code="token_revoked"
         )
-    return user
+    return Credential(user, expires_at, api_token_id)

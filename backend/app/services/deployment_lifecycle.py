@@ -11,6 +11,7 @@ import shutil
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
+from backend.app.core.events import DeletedData, Event, EventType, queue_event
 from backend.app.core.exceptions import Conflict, ServiceUnavailable
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
@@ -75,4 +76,6 @@ async def delete(session: AsyncSession, settings: Settings, deployment: Deployme
     except EngineError as exc:
         raise _engine_failure("delete", exc, await _redactor(session, settings, deployment)) from exc
     shutil.rmtree(spec.workdir, ignore_errors=True)
+    queue_event(session, Event.of(
+        EventType.DEPLOYMENT_DELETED, deployment.id, deployment.organization_id, DeletedData(name=deployment.name)))
     await session.delete(deployment)

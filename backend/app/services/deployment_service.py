@@ -28,8 +28,8 @@ from backend.app.models import (
     Target,
     User,
 )
-from backend.app.database import utcnow
 from backend.app.models.base import new_id
+from backend.app.schemas.deployments import DeploymentRead
 from backend.app.services import (
     bounded_render,
     compose_policy,
@@ -38,7 +38,7 @@ from backend.app.services import (
     target_service,
     templating,
 )
-from backend.app.services.state_machine import TransitionResult, set_deployment_status
+from backend.app.services.state_machine import TransitionResult, record_creation, set_deployment_status
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -92,6 +92,12 @@ def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(stored)
+
+
+def read_model(deployment: Deployment) -> DeploymentRead:
+    """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
+    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
+    return DeploymentRead(**data, variables=mask_variables(deployment.variables or {}))
 
 
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
@@ -156,29 +162,21 @@ class DeploymentService:
         check_compose_policy(rendered, target, redact=templating.secret_values(specs, values))
         await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values), limits=limits)
 
-        # One flush for both rows, with queued_at stamped right before it: the deployment is queued when
+        # queued_at is stamped by record_creation right before its flush: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
         # validation above.
         deployment = Deployment(
             id=new_id(),
-            queued_at=utcnow(),
             organization_id=org_id,
             stack_id=stack.id,
             target_id=target.id,
             created_by=user.id,
             name=name or f"{stack.name}-{security.generate_api_token()[3:9].lower()}",
-            status=S.PENDING,
             variables=encrypt_variables(settings, values, secret_paths),
             rendered_compose=security.encrypt_secret(settings, rendered),
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
         )
-        session.add(deployment)
-        session.add(
-            DeploymentStatusHistory(
-                deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason="created", actor=user.email
-            )
-        )
-        await session.flush()
+        await record_creation(session, deployment, actor=user.email, snapshot=read_model)
         return deployment
 
     # --- queries ----------------------------------------------------------------------------------

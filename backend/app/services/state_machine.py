@@ -1,7 +1,8 @@
 """The deployment state machine: the single choke point for every status change.
 
 Routes, the runner, Celery tasks, recovery and tests all call :func:`set_deployment_status` (or its
-:func:`claim_deployment` shorthand). Nothing else assigns ``Deployment.status``.
+:func:`claim_deployment` shorthand); a new deployment is inserted by :func:`record_creation`. Nothing else
+assigns ``Deployment.status``.
 
 Each change is a *compare-and-set*: ``UPDATE deployments SET status=:to ... WHERE id=:id AND
 status=:from`` (plus the rule-specific conditions below). When the row changed under us the update hits
@@ -15,6 +16,7 @@ The caller owns the transaction (services never commit).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +24,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.app.core.events import Event, EventType, queue_event
+from pydantic import BaseModel
+
+from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 from backend.app.services.status_counts import note_transition
@@ -294,23 +298,21 @@ async def set_deployment_status(
     await session.refresh(row)
     queue_event(
         session,
-        Event(
-            type=EventType.DEPLOYMENT_STATUS_CHANGED,
-            deployment_id=deployment_id,
-            organization_id=row.organization_id,
-            timestamp=now,
-            data={
-                "new_status": str(to_status),
-                "old_status": str(from_status),
-                "name": row.name,
-                "error_message": row.error_message,
-                "attempt": row.attempt,
-                **(
-                    {"dispatch_latency_seconds": round((now - row.queued_at).total_seconds(), 6)}
-                    if to_status is S.DEPLOYING
-                    else {}
+        Event.of(
+            EventType.DEPLOYMENT_STATUS_CHANGED,
+            deployment_id,
+            row.organization_id,
+            StatusChangedData(
+                new_status=str(to_status),
+                old_status=str(from_status),
+                name=row.name,
+                error_message=row.error_message,
+                attempt=row.attempt,
+                dispatch_latency_seconds=(
+                    round((now - row.queued_at).total_seconds(), 6) if to_status is S.DEPLOYING else None
                 ),
-            },
+            ),
+            now,
         ),
     )
     # upper-case statuses so that the guide's `grep "FAILED" logs/backend.log` finds failures
@@ -320,6 +322,34 @@ async def set_deployment_status(
         f" by {actor}" if actor else "", f": {row.error_message}" if to_status is S.FAILED and row.error_message else "",
     )
     return TransitionResult(True, deployment_id, from_status, to_status, reason or "", row.attempt)
+
+
+async def record_creation(
+    session: AsyncSession, deployment: Deployment, *, actor: str, snapshot: Callable[[Deployment], BaseModel]
+) -> TransitionResult:
+    """Insert a new deployment in ``pending``: the one status write that has no ``from``.
+
+    Writes the ``None -> pending`` history row and queues ``DEPLOYMENT_CREATED`` (published after the
+    caller commits) whose data is ``snapshot(deployment)``, the deployment as the API shows it, so list
+    views add the row without refetching.
+    """
+    now = utcnow()
+    deployment.status = S.PENDING
+    deployment.queued_at = now
+    session.add(deployment)
+    session.add(
+        DeploymentStatusHistory(
+            deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason="created", actor=actor,
+            created_at=now,
+        )
+    )
+    await session.flush()
+    queue_event(
+        session,
+        Event.of(EventType.DEPLOYMENT_CREATED, deployment.id, deployment.organization_id, snapshot(deployment), now),
+    )
+    logger.info("update_status: deployment %s (%s) created as PENDING by %s", deployment.id, deployment.name, actor)
+    return TransitionResult(True, deployment.id, None, S.PENDING, "created", deployment.attempt)
 
 
 async def claim_deployment(

@@ -33,10 +33,8 @@ async def _deploy(deployment_id: str, task_id: str | None) -> dict:
 
 
 async def _flush_events() -> None:
-    try:
-        from backend.app.core import event_transport
-    except ImportError:  # pragma: no cover
-        return
+    from backend.app.core import event_transport
+
     await event_transport.flush_events(5.0)
 
 

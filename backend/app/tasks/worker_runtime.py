@@ -55,12 +55,10 @@ async def _init_process() -> None:
 
     settings = get_settings()
     database.configure(settings)
-    try:
-        from backend.app.core import event_transport
+    from backend.app.core import event_transport
 
+    try:
         await event_transport.start_event_bus(settings, listen=False)  # workers only send
-    except ImportError:  # pragma: no cover - event transport not installed
-        pass
     except Exception:  # noqa: BLE001 - events are best effort; deployments must still run
         logger.warning("worker: event bus did not start", exc_info=True)
 

@@ -2,16 +2,17 @@
 
 It reads one JSON spec on stdin::
 
-    {"settings": {"DATABASE_URL": ..., "EVENT_BUS": ..., ...}, "channel": "..." | null,
-     "mode": "loop" | "thread", "listen": bool,
+    {"settings": {"DATABASE_URL": ..., "EVENT_BUS": ..., ...}, "channel": "..." | null, "listen": bool,
      "actions": [{"do": "publish" | "commit" | "rollback", "event": <envelope>},
+                 {"do": "logs", "deployment_id": ..., "lines": N, "prefix": "..."},
+                 {"do": "wait_file", "path": ..., "timeout": 15},
                  {"do": "listen", "until": <deployment_id>, "timeout": 15}]}
 
-``mode=loop`` runs the bus on the loop of one ``asyncio.run`` (like the backend); ``mode=thread`` runs it
-with ``start_event_bus_thread`` and each action in its own ``asyncio.run`` ending with ``flush_events``
-(like Celery tasks), or followed by ``flush_events_sync`` when the action has ``"flush": "sync"``.
+The bus runs on the loop of one ``asyncio.run`` (like the backend and a Celery worker's loop).
 ``commit`` inserts an organisation whose id is the event's ``organization_id`` and queues the event on
-that session; ``rollback`` does the same and rolls back.
+that session; ``rollback`` does the same and rolls back. ``logs`` appends N persisted log lines to an
+existing deployment (as the runner does) and commits: their event crosses as a pointer. ``wait_file``
+waits until the test creates a file (a step the test controls).
 
 It prints JSON lines: ``{"ready": status}`` once connected, ``{"received": envelope}`` for every event
 delivered to its local subscribers during a ``listen`` action, and ``{"done": status, "flushed": bool}``.
@@ -24,16 +25,14 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 from backend.app.config import Settings
 from backend.app.core.event_transport import (
     event_bus_status,
     flush_events,
-    flush_events_sync,
     start_event_bus,
-    start_event_bus_thread,
     stop_event_bus,
-    stop_event_bus_thread,
 )
 from backend.app.core.events import Event, bus, queue_event
 from backend.app.database import build_engine
@@ -71,6 +70,28 @@ async def act(action: dict, settings: Settings) -> None:
         finally:
             unsubscribe()
         return
+    if kind == "wait_file":
+        deadline = time.monotonic() + action.get("timeout", 15)
+        while not Path(action["path"]).exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return
+    if kind == "logs":
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        from backend.app.database import utcnow
+        from backend.app.models import LogLevel
+        from backend.app.services.deployment_logs import append_logs
+
+        engine = build_engine(settings)
+        try:
+            async with AsyncSession(engine) as session:
+                lines = [(LogLevel.INFO, f"{action['prefix']} {i}", utcnow()) for i in range(action["lines"])]
+                await append_logs(session, action["deployment_id"], lines)
+                await session.commit()
+            await flush_events(10)
+        finally:
+            await engine.dispose()
+        return
     evt = Event.from_dict(action["event"])
     if kind == "publish":
         bus.publish(evt)
@@ -104,35 +125,10 @@ async def run_on_one_loop(spec: dict, settings: Settings) -> None:
         await stop_event_bus()
 
 
-def run_like_celery(spec: dict, settings: Settings) -> None:
-    start_event_bus_thread(settings, listen=spec.get("listen", False), channel=spec.get("channel"))
-    try:
-        asyncio.run(wait_connected())
-        emit(ready=event_bus_status())
-        flushed = True
-        for action in spec["actions"]:
-            if action.get("flush") == "sync":  # like a Celery task_postrun handler
-                asyncio.run(act(action, settings))
-                flushed = flush_events_sync(10) and flushed
-                continue
-
-            async def task(action: dict = action) -> bool:
-                await act(action, settings)
-                return await flush_events(10)
-
-            flushed = asyncio.run(task()) and flushed
-        emit(done=event_bus_status(), flushed=flushed)
-    finally:
-        stop_event_bus_thread()
-
-
 def main() -> None:
     spec = json.loads(sys.stdin.read())
     settings = Settings(_env_file=None, **spec["settings"])
-    if spec.get("mode", "loop") == "thread":
-        run_like_celery(spec, settings)
-    else:
-        asyncio.run(run_on_one_loop(spec, settings))
+    asyncio.run(run_on_one_loop(spec, settings))
 
 
 if __name__ == "__main__":

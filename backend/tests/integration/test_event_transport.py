@@ -32,7 +32,9 @@ from backend.app.core.event_transport import (
     stop_event_bus,
 )
 from backend.app.core.events import Event, EventType, bus
-from backend.app.models import Organization
+from backend.app import database
+from backend.app.database import utcnow
+from backend.app.models import LogLevel, Organization
 from backend.tests import conftest
 from backend.tests.conftest import make_settings, require_service
 
@@ -298,25 +300,65 @@ async def test_own_events_are_delivered_once_and_reach_the_other_process(running
 
 
 @on_postgres
-async def test_large_log_batch_arrives_complete_and_in_order(running: Setup, events, tmp_path):
-    big = log_event(lines=500, width=200)
-    assert len(json.dumps(big.to_dict()).encode()) > 100_000
-    peer = await Peer.start(running.spec([{"do": "commit", "event": big.to_dict()}]), tmp_path)
+async def test_log_lines_cross_as_pointers_and_are_read_from_the_database(running: Setup, events, tmp_path, session):
+    """500 long lines (~250 KB) cross as one small pointer; this process reads them back by seq, in order."""
+    _, _, _, deployment = await _deployment(session)
+    peer = await Peer.start(running.spec([{"do": "logs", "deployment_id": deployment, "lines": 500,
+                                           "prefix": "é-x" * 160}]), tmp_path)
     try:
-        await peer.finish()
-        await wait_until(lambda: sum(len(e.data["logs"]) for e in of(events, big)) >= 500, "all 500 lines")
+        done = await peer.finish()
+        await wait_until(lambda: len(_lines(events, deployment)) >= 500, "all 500 lines")
     finally:
         await peer.kill()
+    assert [line["seq"] for line in _lines(events, deployment)] == list(range(1, 501))
+    assert _lines(events, deployment)[7]["message"] == "é-x" * 160 + " 7"
+    assert done["done"]["sent"] == 1  # one pointer, whatever the size of the lines
+    assert event_bus_status()["log_lines_read"] == 500
 
-    parts = of(events, big)
-    assert [line for part in parts for line in part.data["logs"]] == big.data["logs"]
-    for part in parts:
-        assert (part.type, part.organization_id, part.timestamp) == (big.type, big.organization_id, big.timestamp)
-        rest = {k: v for k, v in part.data.items() if k != "logs"}
-        assert rest == {"append": True, "timestamp": "2026-01-01T12:00:01Z"}
-    if running.transport == "postgres":
-        assert len(parts) > 10  # ~260 KB as ASCII JSON through 8000-byte NOTIFY payloads
-    assert event_bus_status()["received"] == len(parts)
+
+@on_postgres
+async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, events, tmp_path, session):
+    _, _, _, deployment = await _deployment(session)
+    gate = tmp_path / "reconnected"
+    peer = await Peer.start(running.spec([
+        {"do": "logs", "deployment_id": deployment, "lines": 3, "prefix": "a"},
+        {"do": "wait_file", "path": str(gate)},
+        {"do": "logs", "deployment_id": deployment, "lines": 4, "prefix": "c"},
+    ]), tmp_path)
+    try:
+        await wait_until(lambda: len(_lines(events, deployment)) == 3, "the first batch")
+        # Lost: written and announced while our listener is disconnected.
+        assert await running.kill_our_connection() == 1
+        async with database.AsyncSessionLocal() as other:
+            from backend.app.services.deployment_logs import append_logs
+
+            await append_logs(other, deployment, [(LogLevel.INFO, f"b {i}", utcnow()) for i in range(2)])
+            await other.commit()  # published by this process: only the local, in-process delivery
+        await wait_until(lambda: event_bus_status()["connected"] and event_bus_status()["connections"] == 2,
+                         "the reconnection")
+        events.clear()
+        gate.touch()
+        await peer.finish()
+        await wait_until(lambda: len(_lines(events, deployment)) >= 4, "the last batch")
+    finally:
+        await peer.kill()
+    # The receiver remembered seq 3 as the last it delivered: the pointer (6..9) also brings 4 and 5,
+    # whose own notification (sent by this process, never to itself) it had not received.
+    assert [(line["seq"], line["message"]) for line in _lines(events, deployment)] == [
+        (4, "b 0"), (5, "b 1"), (6, "c 0"), (7, "c 1"), (8, "c 2"), (9, "c 3")]
+
+
+async def _deployment(session) -> tuple:
+    from backend.tests.factories import make_deployment
+
+    deployment = await make_deployment(session)
+    await session.commit()
+    return None, None, None, deployment.id
+
+
+def _lines(events: list[Event], deployment_id: str) -> list[dict]:
+    return [line for e in events if e.deployment_id == deployment_id and e.type == EventType.DEPLOYMENT_LOGS_UPDATE
+            for line in e.data["logs"]]
 
 
 @on_postgres
@@ -352,23 +394,6 @@ async def test_events_published_while_disconnected_are_sent_after_reconnecting(r
         await peer.kill()
     assert peer.received() == [queued.to_dict()]
     await wait_until(lambda: event_bus_status()["connections"] == 2, "the reconnection")
-
-
-@on_postgres
-async def test_celery_style_worker_sends_from_short_lived_loops(running: Setup, events, tmp_path):
-    """The worker wiring: the bus on its own thread, each task its own ``asyncio.run`` ending with a flush."""
-    first, second = make_event(), make_event(EventType.DEPLOYMENT_PROGRESS)
-    peer = await Peer.start(running.spec([
-        {"do": "commit", "event": first.to_dict()},
-        {"do": "commit", "event": second.to_dict(), "flush": "sync"},
-    ], mode="thread"), tmp_path)
-    try:
-        done = await peer.finish()
-        await wait_until(lambda: of(events, second), "the second task's event")
-    finally:
-        await peer.kill()
-    assert [e.to_dict() for e in of(events, first) + of(events, second)] == [first.to_dict(), second.to_dict()]
-    assert done["done"]["listening"] is False  # workers only produce events
 
 
 # --- SQLite: nothing crosses ------------------------------------------------------------------------

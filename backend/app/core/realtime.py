@@ -1,0 +1,392 @@
+"""Real-time clients (WebSocket and SSE): subscriptions, catch-up by ``seq``, access, backpressure.
+
+One :class:`Client` per WebSocket connection or SSE stream. It owns one bounded ``bus.stream`` whose
+filter lets through the events of the deployments and organisations it subscribed to, and one *pump*
+task that sends them. Invariants:
+
+* **No gap, no duplicate** for a deployment's log lines. Subscribing adds the deployment to the filter
+  *first*, then sends the persisted lines after ``since_seq`` (read by pages), remembering the last
+  ``seq`` sent; live lines at or below it are skipped, and a live batch that starts beyond it is preceded
+  by the missing lines read from the database. Subscribing holds the client's lock, so the pump sends
+  nothing in between.
+* **A slow client never delays anyone.** The bus only appends to the client's bounded queue; when the
+  queue is full the events are dropped and the pump, on reaching the :class:`~backend.app.core.events.Overflow`
+  marker, sends a ``resync`` frame per subscription (with the last ``seq`` sent) and resumes the log
+  lines from the database. A client that does not accept a frame within :data:`SEND_TIMEOUT_SECONDS`
+  is disconnected.
+* **Access follows memberships.** :class:`AccessRegistry` re-reads, every :data:`ACCESS_REFRESH_SECONDS`
+  and in one batch for every client of the process, each user's organisations, active flag and API token;
+  events of an organisation a user left are no longer sent, its subscriptions end with an ``error`` frame,
+  and a deactivated user or revoked token closes the client (WebSocket code 4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from backend.app import database
+from backend.app.core import metrics
+from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, iso_utc
+from backend.app.models import ApiToken, Membership, User
+from backend.app.services.deployment_logs import LogLine, read_logs
+
+logger = logging.getLogger(__name__)
+
+CATCH_UP_PAGE = 2000  # persisted lines per frame when catching up
+CLIENT_QUEUE_BOUND = 500  # events a client may have waiting before it is resynchronised
+ACCESS_REFRESH_SECONDS = 2.0
+HEARTBEAT_SECONDS = 15.0
+SEND_TIMEOUT_SECONDS = 30.0
+CLOSE_UNAUTHORIZED = 4401
+
+
+def dumps(frame: dict) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_encoded: dict[int, tuple[Event, str]] = {}
+
+
+def encode_event(evt: Event) -> str:
+    """The JSON of an event, encoded once however many clients receive it."""
+    entry = _encoded.get(id(evt))
+    if entry is not None and entry[0] is evt:
+        return entry[1]
+    text = dumps(evt.to_dict())
+    if len(_encoded) > 256:
+        _encoded.clear()
+    _encoded[id(evt)] = (evt, text)
+    return text
+
+
+def logs_frame(deployment_id: str, organization_id: str, lines: list[LogLine] | list[dict]) -> dict:
+    now = iso_utc(datetime.now(UTC))
+    logs = [line if isinstance(line, dict) else line.to_dict() for line in lines]
+    return {"type": str(EventType.DEPLOYMENT_LOGS_UPDATE), "deployment_id": deployment_id,
+            "organization_id": organization_id, "timestamp": now,
+            "data": {"logs": logs, "append": True, "timestamp": now}}
+
+
+# --- access ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """Which organisations' events a user may receive right now."""
+
+    user_id: str
+    superuser: bool
+    organizations: frozenset[str]
+    api_token_id: str | None = None
+    revoked: str | None = None  # why the credential no longer works
+
+    def allows(self, organization_id: str) -> bool:
+        return self.revoked is None and (self.superuser or organization_id in self.organizations)
+
+
+async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str, Access], set[str]]:
+    """Every user's access and the API tokens no longer valid, read in one short transaction."""
+    now = datetime.now(UTC)
+    users: dict[str, tuple[bool, bool]] = {}
+    orgs: dict[str, set[str]] = {}
+    bad_tokens: set[str] = set()
+    ids, tokens = sorted(user_ids), sorted(token_ids)
+    async with database.AsyncSessionLocal() as session:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for uid, active, superuser in await session.execute(
+                select(User.id, User.is_active, User.is_superuser).where(User.id.in_(chunk))
+            ):
+                users[uid] = (active, superuser)
+            for uid, org in await session.execute(
+                select(Membership.user_id, Membership.organization_id).where(Membership.user_id.in_(chunk))
+            ):
+                orgs.setdefault(uid, set()).add(org)
+        for start in range(0, len(tokens), 500):
+            chunk = tokens[start:start + 500]
+            found = set()
+            for tid, revoked_at, expires_at in await session.execute(
+                select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(ApiToken.id.in_(chunk))
+            ):
+                found.add(tid)
+                if revoked_at is not None or (expires_at is not None and expires_at <= now):
+                    bad_tokens.add(tid)
+            bad_tokens.update(set(chunk) - found)
+    access = {}
+    for uid in user_ids:
+        active, superuser = users.get(uid, (False, False))
+        access[uid] = Access(uid, superuser, frozenset(orgs.get(uid, ())),
+                             revoked=None if active else "the account was deactivated or deleted")
+    return access, bad_tokens
+
+
+class AccessRegistry:
+    """The clients of this process, whose access is refreshed together (one query batch per period)."""
+
+    def __init__(self) -> None:
+        self.clients: set[Client] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="realtime-access")
+
+    def discard(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    async def refresh(self) -> None:
+        clients = list(self.clients)
+        if not clients:
+            return
+        access, bad_tokens = await load_access(
+            {c.access.user_id for c in clients}, {c.access.api_token_id for c in clients if c.access.api_token_id})
+        for client in clients:
+            fresh = access[client.access.user_id]
+            if client.access.api_token_id in bad_tokens:
+                fresh = Access(fresh.user_id, fresh.superuser, fresh.organizations, client.access.api_token_id,
+                               "the API token was revoked or has expired")
+            else:
+                fresh = Access(fresh.user_id, fresh.superuser, fresh.organizations, client.access.api_token_id,
+                               fresh.revoked)
+            await client.set_access(fresh)
+
+    async def _refresh_loop(self) -> None:
+        while self.clients:
+            await asyncio.sleep(ACCESS_REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a database hiccup: keep the last known access, retry
+                logger.warning("real time: could not refresh client access", exc_info=True)
+
+
+registry = AccessRegistry()
+
+
+# --- clients -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeploymentSubscription:
+    deployment_id: str
+    organization_id: str
+    last_seq: int
+
+
+class Client(ABC):
+    """A subscriber on the bus with its own bounded queue, subscriptions and pump (WebSocket or SSE)."""
+
+    def __init__(self, access: Access, transport: str) -> None:
+        self.access = access
+        self.transport = transport
+        self.deployments: dict[str, DeploymentSubscription] = {}
+        self.organizations: set[str] = set()
+        self.lock = asyncio.Lock()
+        self.stream: EventStream | None = None  # subscribed on the bus by start(), until stop()
+        self.pump_task: asyncio.Task | None = None
+        self.closed = asyncio.Event()
+        self.close_reason: str | None = None
+        self.close_code = 1000
+        self.sent = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- transport ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
+        """Send one frame (``seq``: the last log ``seq`` sent so far, for SSE ids; ``kind``: the frame type)."""
+
+    async def send(self, frame: dict, seq: int | None = None) -> None:
+        await self._send(dumps(frame), seq, frame.get("type"))
+
+    async def _send(self, text: str, seq: int | None, kind: str | None) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # (no extra task per send, unlike wait_for)
+                await self.send_text(text, seq, kind)
+        except TimeoutError:
+            self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
+            raise ConnectionError("client send timed out") from None
+        self.sent += 1
+
+    def close(self, reason: str, code: int = 1000) -> None:
+        """Ask the endpoint to end this client (``code``: the WebSocket close code)."""
+        if self.close_reason is None:
+            self.close_reason, self.close_code = reason, code
+        self.closed.set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.stream = bus.stream(self._wants, maxsize=CLIENT_QUEUE_BOUND)
+        registry.add(self)
+        self.pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"realtime-{self.transport}")
+
+    async def stop(self) -> None:
+        registry.discard(self)
+        if self.stream is not None:
+            self.stream.close()
+        tasks = [t for t in (self.pump_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def set_access(self, access: Access) -> None:
+        """New access from the registry (or a re-authentication): drop what it no longer allows."""
+        self.access = access
+        if access.revoked:
+            self.close(access.revoked, CLOSE_UNAUTHORIZED)
+            return
+        lost_orgs = [o for o in self.organizations if not access.allows(o)]
+        lost_deployments = [s for s in self.deployments.values() if not access.allows(s.organization_id)]
+        if lost_orgs or lost_deployments:
+            # Events of those organisations stop now (the pump checks ``access``); the frames saying so are
+            # sent by a task, so that a client stuck on a slow send never holds up the registry.
+            self._tasks.add(asyncio.get_running_loop().create_task(self._unsubscribe_lost(lost_orgs, lost_deployments)))
+
+    async def _unsubscribe_lost(self, lost_orgs: list[str], lost_deployments: list[DeploymentSubscription]) -> None:
+        try:
+            await self._send_lost(lost_orgs, lost_deployments)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            self.close(f"send failed: {exc}")
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def _send_lost(self, lost_orgs: list[str], lost_deployments: list[DeploymentSubscription]) -> None:
+        async with self.lock:
+            for org in lost_orgs:
+                self.organizations.discard(org)
+                await self.send({"type": "error", "code": "access_revoked", "organization_id": org,
+                                 "detail": "you are no longer a member of this organization; unsubscribed"})
+            for sub in lost_deployments:
+                self.deployments.pop(sub.deployment_id, None)
+                await self.send({"type": "error", "code": "access_revoked", "deployment_id": sub.deployment_id,
+                                 "detail": "you are no longer a member of this deployment's organization; unsubscribed"})
+
+    # --- subscriptions ------------------------------------------------------------------------------
+
+    def _wants(self, evt: Event) -> bool:
+        # Runs on the publisher's thread: reads only; set/dict membership is atomic under the GIL.
+        if evt.deployment_id in self.deployments:
+            return True
+        return evt.type in LIST_EVENTS and evt.organization_id in self.organizations
+
+    async def subscribe_deployment(
+        self, deployment_id: str, organization_id: str, since_seq: int, *, announce: bool = True
+    ) -> int:
+        """Follow a deployment: persisted lines after ``since_seq`` now, live events after (``announce``:
+        then a ``subscribed`` frame). Returns the last ``seq`` sent."""
+        async with self.lock:
+            sub = self.deployments.get(deployment_id)
+            if sub is None:
+                sub = DeploymentSubscription(deployment_id, organization_id, since_seq)
+                self.deployments[deployment_id] = sub  # live events queue from here on
+            else:
+                sub.last_seq = since_seq
+            await self._catch_up(sub)
+            if announce:
+                await self.send({"type": "subscribed", "deployment_id": deployment_id, "organization_id": organization_id,
+                                 "stream": "events", "last_seq": sub.last_seq})
+            return sub.last_seq
+
+    async def subscribe_organization(self, organization_id: str) -> None:
+        async with self.lock:
+            self.organizations.add(organization_id)
+            await self.send({"type": "subscribed", "organization_id": organization_id, "stream": "events"})
+
+    async def unsubscribe_organization(self, organization_id: str) -> bool:
+        async with self.lock:
+            if organization_id not in self.organizations:
+                return False
+            self.organizations.discard(organization_id)
+            return True
+
+    async def unsubscribe_deployment(self, deployment_id: str) -> bool:
+        async with self.lock:
+            return self.deployments.pop(deployment_id, None) is not None
+
+    async def _catch_up(self, sub: DeploymentSubscription, upto: int | None = None) -> None:
+        """Send the persisted lines after ``sub.last_seq`` (up to ``upto``), by pages."""
+        while upto is None or sub.last_seq < upto:
+            limit = CATCH_UP_PAGE if upto is None else min(CATCH_UP_PAGE, upto - sub.last_seq)
+            async with database.AsyncSessionLocal() as session:
+                lines = await read_logs(session, sub.deployment_id, sub.last_seq, limit)
+            if not lines:
+                return
+            sub.last_seq = lines[-1].seq
+            await self.send(logs_frame(sub.deployment_id, sub.organization_id, lines), sub.last_seq)
+            if len(lines) < limit:
+                return
+
+    # --- the pump -------------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        try:
+            async for item in self.stream:
+                async with self.lock:
+                    if isinstance(item, Overflow):
+                        await self._resync(item)
+                    else:
+                        await self._forward(item)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            self.close(f"send failed: {exc}", 1011)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - never leave a client open without its pump
+            logger.exception("real time: %s client pump failed", self.transport)
+            self.close("internal error", 1011)
+
+    async def _forward(self, evt: Event) -> None:
+        if not self.access.allows(evt.organization_id):
+            return
+        sub = self.deployments.get(evt.deployment_id)
+        if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:
+            if sub is None:
+                return
+            lines = [line for line in evt.data.get("logs", ()) if line["seq"] > sub.last_seq]
+            if not lines:
+                return  # already sent (catch-up or resync read them from the database)
+            if lines[0]["seq"] > sub.last_seq + 1:
+                await self._catch_up(sub, upto=lines[0]["seq"] - 1)  # lines this process did not see
+                lines = [line for line in lines if line["seq"] > sub.last_seq]
+                if not lines:
+                    return
+            sub.last_seq = lines[-1]["seq"]
+            if len(lines) == len(evt.data["logs"]):
+                await self._send(encode_event(evt), sub.last_seq, str(evt.type))
+            else:
+                await self.send(logs_frame(evt.deployment_id, evt.organization_id, lines), sub.last_seq)
+        else:
+            await self._send(encode_event(evt), sub.last_seq if sub else None, str(evt.type))
+            if evt.type is EventType.DEPLOYMENT_DELETED and sub is not None:
+                self.deployments.pop(evt.deployment_id, None)
+        metrics.EVENT_SEND_LATENCY.labels(self.transport).observe(
+            max(0.0, (datetime.now(UTC) - evt.timestamp).total_seconds()))
+
+    async def _resync(self, overflow: Overflow) -> None:
+        dropped = overflow.dropped + self.stream.clear()
+        metrics.RESYNCS.labels(self.transport).inc()
+        logger.info("real time: %s client of user %s fell behind (%d event(s) dropped); resynchronising",
+                    self.transport, self.access.user_id, dropped)
+        for org in sorted(self.organizations):
+            await self.send({"type": "resync", "deployment_id": None, "organization_id": org, "last_seq": None})
+        for sub in list(self.deployments.values()):
+            await self.send({"type": "resync", "deployment_id": sub.deployment_id,
+                             "organization_id": sub.organization_id, "last_seq": sub.last_seq}, sub.last_seq)
+            await self._catch_up(sub)
+
+
+def monotonic_deadline(expires_at: datetime | None) -> float | None:
+    """``expires_at`` as a ``time.monotonic()`` deadline."""
+    if expires_at is None:
+        return None
+    return time.monotonic() + (expires_at - datetime.now(UTC)).total_seconds()

@@ -1,0 +1,333 @@
+"""``WS /api/v1/ws`` and the SSE stream, against a real backend process and real clients.
+
+The backend runs as ``python -m backend.app.main`` (uvicorn) on a free port, on the session's PostgreSQL
+database. This test process plays the runner of another process: it writes log lines and status changes
+with the same services and commits, its event bus sends them over PostgreSQL NOTIFY, and the clients
+connected to the backend must receive them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+
+from backend.app import database
+from backend.app.core.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.services.deployment_logs import append_logs
+from backend.app.services.state_machine import set_deployment_status
+from backend.tests import conftest
+from backend.tests.factories import make_deployment
+from backend.tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Actor, create_user, default_org
+from backend.tests.realtime_helpers import WS, RawWS, Server, sse_events
+
+pytestmark = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+async def server(db_backend, tmp_path_factory) -> AsyncIterator[Server]:
+    started = await Server.start(db_backend.settings.DATABASE_URL, tmp_path_factory.mktemp("realtime"),
+                                 EVENT_BUS="postgres")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+async def bus(db):
+    """This process's bus on PostgreSQL, like a worker's: what it commits reaches the backend."""
+    await start_event_bus(conftest.make_settings(db.settings.DATABASE_URL, EVENT_BUS="postgres"), listen=False)
+    deadline = time.monotonic() + 20
+    while not event_bus_status()["connected"]:
+        assert time.monotonic() < deadline, event_bus_status()
+        await asyncio.sleep(0.05)
+    yield
+    await stop_event_bus()
+
+
+@pytest.fixture
+async def http(server: Server, db) -> AsyncIterator[httpx.AsyncClient]:
+    async with server.http() as client:
+        yield client
+
+
+async def _admin(http: httpx.AsyncClient) -> Actor:
+    response = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
+                                                           "organization_name": "acme"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    actor = Actor(ADMIN_EMAIL, ADMIN_PASSWORD, body["access_token"], body["refresh_token"])
+    actor.user_id = (await http.get("/api/v1/auth/me", headers=actor.headers)).json()["id"]
+    return actor
+
+
+async def _deployment_in(organization_id: str, status: DeploymentStatus = DeploymentStatus.DEPLOYING) -> Deployment:
+    async with database.AsyncSessionLocal() as session:
+        deployment = await make_deployment(session, status)
+        deployment.organization_id = organization_id
+        await session.commit()
+        return deployment
+
+
+async def _write_lines(deployment_id: str, count: int, prefix: str = "line", batch: int = 500,
+                       per_commit: int = 1) -> None:
+    """Append ``count`` lines, ``batch`` per event (as the runner's writer does), ``per_commit`` events per commit."""
+    starts = list(range(0, count, batch))
+    for first in range(0, len(starts), per_commit):
+        async with database.AsyncSessionLocal() as session:
+            for start in starts[first:first + per_commit]:
+                await append_logs(session, deployment_id, [(LogLevel.INFO, f"{prefix} {start + i}", utcnow())
+                                                           for i in range(min(batch, count - start))])
+            await session.commit()
+    assert await flush_events(20)
+
+
+# --- authentication -----------------------------------------------------------------------------------
+
+
+async def test_unauthenticated_bad_expired_and_revoked_tokens_are_closed_with_4401(server, http, bus):
+    admin = await _admin(http)
+    expired = jwt.encode(
+        {"sub": admin.user_id, "typ": "access", "jti": "x", "exp": datetime.now(UTC) - timedelta(minutes=1)},
+        conftest.TEST_SECRET_KEY, algorithm="HS256")
+    created = await http.post("/api/v1/tokens", json={"name": "ci"}, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    api_token, token_id = created.json()["token"], created.json()["id"]
+    assert (await http.delete(f"/api/v1/tokens/{token_id}", headers=admin.headers)).status_code == 204
+
+    async def refused(first: dict | str | None) -> int | None:
+        ws = await WS.open(server)
+        if first is not None:
+            await ws.conn.send(first if isinstance(first, str) else __import__("json").dumps(first))
+        return await ws.closed_with(timeout=15)
+
+    started = time.monotonic()
+    codes = await asyncio.gather(
+        refused(None),  # says nothing: closed after 10 s
+        refused("not json"),
+        refused({"type": "subscribe", "organization_id": "x"}),
+        refused({"type": "auth", "token": "wf_not-a-real-token"}),
+        refused({"type": "auth", "token": "garbage.jwt.value"}),
+        refused({"type": "auth", "token": expired}),
+        refused({"type": "auth", "token": api_token}),
+    )
+    assert codes == [4401] * 7
+    assert 9 < time.monotonic() - started < 14  # the silent one waited for the 10 s limit
+    assert "token=" not in server.output() and admin.access_token not in server.output()
+
+
+async def test_an_api_token_works_and_revoking_it_closes_the_socket(server, http, bus):
+    admin = await _admin(http)
+    created = (await http.post("/api/v1/tokens", json={"name": "ci"}, headers=admin.headers)).json()
+    ws = await WS.open(server, created["token"])
+    org = await default_org(http, admin)
+    assert (await ws.subscribe(organization_id=org))["type"] == "subscribed"
+    assert (await http.delete(f"/api/v1/tokens/{created['id']}", headers=admin.headers)).status_code == 204
+    started = time.monotonic()
+    assert await ws.closed_with(timeout=10) == 4401
+    assert time.monotonic() - started < 6
+
+
+async def test_expiring_access_token_is_renewed_with_a_new_auth_frame(server, http, bus):
+    admin = await _admin(http)
+
+    def token(seconds: float) -> str:
+        return jwt.encode({"sub": admin.user_id, "typ": "access", "jti": f"j{seconds}",
+                           "exp": datetime.now(UTC) + timedelta(seconds=seconds)},
+                          conftest.TEST_SECRET_KEY, algorithm="HS256")
+
+    ws = await WS.open(server, token(2))
+    warning = await ws.next(lambda f: f["type"] == "error", timeout=10)
+    assert warning["code"] == "token_expired"
+    await ws.send({"type": "auth", "token": token(600)})
+    assert (await ws.next(lambda f: f["type"] == "authenticated"))["expires_at"]
+    await asyncio.sleep(11)  # past the grace period of the first token: still open
+    await ws.send({"type": "ping"})
+    assert (await ws.next(lambda f: f["type"] == "pong"))["type"] == "pong"
+
+    other = await WS.open(server, token(1))
+    await other.next(lambda f: f["type"] == "error", timeout=10)
+    assert await other.closed_with(timeout=15) == 4401  # not renewed
+
+
+# --- subscriptions and access ------------------------------------------------------------------------
+
+
+async def test_cross_organisation_subscriptions_get_an_error_frame(server, http, bus):
+    admin = await _admin(http)
+    outsider = await create_user(http, admin, "outsider@example.com")
+    org = await default_org(http, admin)
+    deployment = await _deployment_in(org)
+    ws = await WS.open(server, outsider.access_token)
+    refused = await ws.subscribe(deployment_id=deployment.id, since_seq=0)
+    assert (refused["type"], refused["code"], refused["deployment_id"]) == ("error", "deployment_not_found", deployment.id)
+    refused = await ws.subscribe(organization_id=org)
+    assert (refused["type"], refused["code"]) == ("error", "organization_not_found")
+    refused = await ws.subscribe(deployment_id="nope", since_seq=0)
+    assert refused["code"] == "deployment_not_found"
+    await _write_lines(deployment.id, 3)
+    await ws.send({"type": "ping"})
+    assert (await ws.next(lambda f: True))["type"] == "pong"  # nothing of the foreign deployment came first
+
+
+async def test_membership_removal_stops_events_within_seconds(server, http, bus):
+    admin = await _admin(http)
+    member = await create_user(http, admin, "member@example.com")
+    org = await default_org(http, admin)
+    added = await http.post(f"/api/v1/organizations/{org}/members", json={"email": member.email, "role": "viewer"},
+                            headers=admin.headers)
+    assert added.status_code == 201, added.text
+    deployment = await _deployment_in(org)
+    ws = await WS.open(server, member.access_token)
+    assert (await ws.subscribe(organization_id=org))["type"] == "subscribed"
+    assert (await ws.subscribe(deployment_id=deployment.id, since_seq=0))["type"] == "subscribed"
+    await _write_lines(deployment.id, 2)
+    assert [l["seq"] for l in await ws.lines_until(deployment.id, 2)] == [1, 2]
+    # (the catch-up of the subscription had nothing: lines 1 and 2 came live)
+
+    removed = await http.delete(f"/api/v1/organizations/{org}/members/{member.user_id}", headers=admin.headers)
+    assert removed.status_code == 204, removed.text
+    started = time.monotonic()
+    revoked = [await ws.next(lambda f: f["type"] == "error", timeout=10) for _ in range(2)]
+    assert {f["code"] for f in revoked} == {"access_revoked"}
+    assert time.monotonic() - started < 6
+    await _write_lines(deployment.id, 2)
+    async with database.AsyncSessionLocal() as session:
+        await set_deployment_status(session, deployment.id, DeploymentStatus.RUNNING, lease_owner="worker-1")
+        await session.commit()
+    await flush_events(10)
+    await asyncio.sleep(1)
+    await ws.send({"type": "ping"})
+    assert (await ws.next(lambda f: True))["type"] == "pong"  # no log line, no status after the removal
+
+
+# --- log lines: catch-up, resume, volume ----------------------------------------------------------------
+
+
+async def test_resume_with_since_seq_gets_exactly_the_missing_lines(server, http, bus):
+    admin = await _admin(http)
+    deployment = await _deployment_in(await default_org(http, admin))
+    await _write_lines(deployment.id, 5, "before")
+    ws = await WS.open(server, admin.access_token)
+    subscribed = await ws.subscribe(deployment_id=deployment.id, since_seq=0)
+    assert subscribed["last_seq"] == 5
+    assert [l["message"] for l in await ws.lines_until(deployment.id, 5)] == [f"before {i}" for i in range(5)]
+    await _write_lines(deployment.id, 3, "live")
+    live = await ws.lines_until(deployment.id, 8)
+    assert [l["seq"] for l in live] == [6, 7, 8]
+    await ws.close()  # disconnects mid-deployment
+
+    await _write_lines(deployment.id, 4, "missed")
+    again = await WS.open(server, admin.access_token)
+    subscribed = await again.subscribe(deployment_id=deployment.id, since_seq=8)
+    caught_up = await again.lines_until(deployment.id, 12)
+    assert [(l["seq"], l["message"]) for l in caught_up] == [(9 + i, f"missed {i}") for i in range(4)]
+    assert subscribed["last_seq"] == 12
+    await _write_lines(deployment.id, 2, "after")
+    assert [l["seq"] for l in await again.lines_until(deployment.id, 14)] == [13, 14]
+
+    # the same over SSE, resumed with Last-Event-ID
+    url = f"/api/v1/deployments/{deployment.id}/events"
+    events = await sse_events(http, url, {**admin.headers, "Last-Event-ID": "10"},
+                              stop=lambda evs: any(int(e.get("id", 0)) >= 14 for e in evs))
+    sse_lines = [l for e in events if e["event"] == "DEPLOYMENT_LOGS_UPDATE" for l in e["data"]["data"]["logs"]]
+    assert [l["seq"] for l in sse_lines] == [11, 12, 13, 14]
+    assert events[-1]["id"] == "14"
+    bad = await http.get(url, headers={**admin.headers, "Last-Event-ID": "abc"})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_last_event_id"
+
+
+async def test_fifty_thousand_lines_arrive_complete_and_in_order(server, http, bus):
+    admin = await _admin(http)
+    deployment = await _deployment_in(await default_org(http, admin))
+    live = await WS.open(server, admin.access_token)
+    await live.subscribe(deployment_id=deployment.id, since_seq=0)
+    writer = asyncio.create_task(_write_lines(deployment.id, 50_000, "bulk", batch=1000))
+    await asyncio.sleep(0.5)
+    late = await WS.open(server, admin.access_token)  # joins mid-way: catch-up, then live
+    await late.subscribe(deployment_id=deployment.id, since_seq=0)
+    received = await asyncio.gather(live.lines_until(deployment.id, 50_000, timeout=120),
+                                    late.lines_until(deployment.id, 50_000, timeout=120))
+    await writer
+    for lines in received:
+        assert [l["seq"] for l in lines] == list(range(1, 50_001))
+        assert lines[49_999]["message"] == "bulk 49999"
+
+
+async def test_a_stalled_client_does_not_delay_another_and_is_resynchronised(server, http, bus):
+    LINES = 2000
+    admin = await _admin(http)
+    deployment = await _deployment_in(await default_org(http, admin))
+    stalled = await RawWS.open(server, admin.access_token)
+    await stalled.subscribe(deployment_id=deployment.id, since_seq=0)
+    reader = await WS.open(server, admin.access_token)
+    await reader.subscribe(deployment_id=deployment.id, since_seq=0)
+
+    started = time.monotonic()
+    async def write() -> None:
+        # 8 MB of text, more than the kernel's socket buffers absorb, so that the server's sends to the
+        # stalled client block; then 1,000 one-line events, more than a client's queue holds.
+        await _write_lines(deployment.id, 1000, "x" * 8000, batch=50)
+        await _write_lines(deployment.id, LINES - 1000, "y", batch=1, per_commit=100)
+
+    writer = asyncio.create_task(write())
+    lines = await reader.lines_until(deployment.id, LINES, timeout=120)
+    reader_done = time.monotonic() - started
+    await writer
+    written = time.monotonic() - started
+    assert [l["seq"] for l in lines] == list(range(1, LINES + 1))
+    assert reader_done < written + 15, (reader_done, written)  # kept up with the writer (on a loaded machine)
+
+    # The stalled client reads again: a resync frame, then every line after its last seq, no gap.
+    resync = await stalled.next(lambda f: f["type"] == "resync", timeout=60)
+    assert resync["deployment_id"] == deployment.id and resync["last_seq"] >= 0
+    before = [l["seq"] for l in stalled.logs.pop(deployment.id, [])]
+    after = await stalled.lines_until(deployment.id, LINES, timeout=60)
+    assert before == list(range(1, resync["last_seq"] + 1))
+    assert [l["seq"] for l in after] == list(range(resync["last_seq"] + 1, LINES + 1))
+    await stalled.close()
+    metrics = (await http.get("/metrics")).text
+    assert 'windflow_event_resyncs_total{transport="websocket"}' in metrics
+
+
+async def test_organisation_subscription_gets_list_events_but_no_log_lines(server, http, bus):
+    admin = await _admin(http)
+    org = await default_org(http, admin)
+    ws = await WS.open(server, admin.access_token)
+    await ws.subscribe(organization_id=org)
+    deployment = await _deployment_in(org, DeploymentStatus.PENDING)
+    await _write_lines(deployment.id, 3)  # log lines are not list events
+    async with database.AsyncSessionLocal() as session:
+        await set_deployment_status(session, deployment.id, DeploymentStatus.CANCELLED, actor="test")
+        await session.commit()
+    await flush_events(10)
+    status = await ws.next(lambda f: f["type"] != "heartbeat")
+    assert status["type"] == "DEPLOYMENT_STATUS_CHANGED", status
+    assert (status["data"]["old_status"], status["data"]["new_status"]) == ("pending", "cancelled")
+    await ws.send({"type": "unsubscribe", "organization_id": org})
+    assert (await ws.next(lambda f: True))["type"] == "unsubscribed"
+
+
+async def test_two_backend_processes_both_deliver(server, http, bus, db, tmp_path):
+    second = await Server.start(db.settings.DATABASE_URL, tmp_path, "second", EVENT_BUS="postgres")
+    try:
+        admin = await _admin(http)
+        deployment = await _deployment_in(await default_org(http, admin))
+        clients = [await WS.open(s, admin.access_token) for s in (server, second)]
+        for ws in clients:
+            await ws.subscribe(deployment_id=deployment.id, since_seq=0)
+        await _write_lines(deployment.id, 300)
+        for ws in clients:
+            assert [l["seq"] for l in await ws.lines_until(deployment.id, 300)] == list(range(1, 301))
+        metrics = (await http.get("/metrics")).text
+        assert "windflow_websocket_connections 1.0" in metrics or "windflow_websocket_connections 2.0" in metrics
+    finally:
+        second.stop()

@@ -1,0 +1,167 @@
+"""Event latency, emit -> WebSocket client receive, with 1, 100 and 1,000 subscribed clients.
+
+This process commits ``DEPLOYMENT_PROGRESS`` events the way a worker does (its bus forwards them over
+PostgreSQL NOTIFY or Redis pub/sub); one backend process (uvicorn) receives them and sends them to N
+WebSocket clients subscribed to the deployment's organisation, all in this process. Latency = the moment a
+client read the frame - the moment this process's bus published the event (after its commit). Next to it,
+in the same run: raw ``NOTIFY`` -> ``LISTEN`` and raw Redis ``PUBLISH`` -> subscriber, process to process
+(here: connection to connection), the floor WindFlow's path is built on.
+
+Target: median <= 5 ms and p99 <= 50 ms at 1,000 clients.
+
+    .venv/bin/python bench/event_latency.py [--events 200] [--clients 1,100,1000] [--bus postgres|redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+c.bootstrap()
+import _realtime as rt  # noqa: E402
+
+
+async def raw_notify(backend: rt.Backend, count: int, interval: float) -> list[float]:
+    import asyncpg
+
+    from backend.app.core.event_transport import postgres_dsn
+
+    dsn = postgres_dsn(backend.settings)
+    listener, sender = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    def on_notify(_conn, _pid, _channel, payload: str) -> None:
+        latencies.append(time.perf_counter() - sent[payload])
+        if len(latencies) == count:
+            done.set()
+
+    await listener.add_listener("windflow_bench_raw", on_notify)
+    try:
+        for i in range(count):
+            sent[str(i)] = time.perf_counter()
+            await sender.execute(f"NOTIFY windflow_bench_raw, '{i}'")
+            await asyncio.sleep(interval)
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await listener.close()
+        await sender.close()
+    return latencies
+
+
+async def raw_redis(count: int, interval: float) -> list[float]:
+    from redis.asyncio import Redis
+
+    subscriber, publisher = Redis(host=c.REDIS_HOST, port=c.REDIS_PORT), Redis(host=c.REDIS_HOST, port=c.REDIS_PORT)
+    pubsub = subscriber.pubsub()
+    channel = f"windflow:bench:{time.time_ns()}"
+    await pubsub.subscribe(channel)
+    while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+        pass
+    sent: dict[bytes, float] = {}
+    latencies: list[float] = []
+
+    async def read() -> None:
+        while len(latencies) < count:
+            message = await pubsub.get_message(timeout=1.0)
+            if message and message["type"] == "message":
+                latencies.append(time.perf_counter() - sent[message["data"]])
+
+    reader = asyncio.create_task(read())
+    try:
+        for i in range(count):
+            sent[str(i).encode()] = time.perf_counter()
+            await publisher.publish(channel, str(i))
+            await asyncio.sleep(interval)
+        await asyncio.wait_for(reader, 30)
+    finally:
+        reader.cancel()
+        await pubsub.aclose()
+        await subscriber.aclose()
+        await publisher.aclose()
+    return latencies
+
+
+async def windflow(backend: rt.Backend, deployment_id: str, clients: int, count: int, interval: float) -> tuple[list[float], int]:
+    from backend.app.core.events import EventType, bus
+
+    published: dict[int, float] = {}
+
+    def on_publish(evt) -> None:
+        published[evt.data["current_step"]] = time.perf_counter()
+
+    unsubscribe = bus.subscribe(on_publish, filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS
+                                and e.deployment_id == deployment_id)
+    connected = await rt.connect_many(backend, clients, organization_id=backend.organization_id)
+    try:
+        base = (clients + 1) * 100_000  # distinct steps per case
+        steps = [base + i for i in range(count)]
+        for step in steps:
+            c.check_stop()
+            await rt.emit_progress(deployment_id, step)
+            await asyncio.sleep(interval)
+        deadline = time.monotonic() + 60
+        wanted = set(steps)
+        while time.monotonic() < deadline:
+            got = sum(1 for cl in connected for _, f in cl.seen
+                      if f["type"] == "DEPLOYMENT_PROGRESS" and f["data"]["current_step"] in wanted)
+            if got >= clients * count:
+                break
+            await asyncio.sleep(0.2)
+        latencies = [
+            at - published[f["data"]["current_step"]]
+            for cl in connected for at, f in cl.seen
+            if f["type"] == "DEPLOYMENT_PROGRESS" and f["data"]["current_step"] in wanted
+        ]
+        missing = clients * count - len(latencies)
+    finally:
+        unsubscribe()
+        await rt.close_all(connected)
+    return latencies, missing
+
+
+async def main(args) -> None:
+    from backend.app.core.event_transport import stop_event_bus
+
+    cleanup = c.Cleanup()
+    try:
+        backend = await rt.start_backend("latency", cleanup, event_bus=args.bus)
+        await rt.start_emitter(backend)
+        deployment_id = await rt.insert_deployment(backend)
+        print(f"# event latency, emit -> client receive ({args.bus} event bus); {c.machine_line()}", file=sys.stderr)
+        rows = []
+        for name, coro in (("raw NOTIFY -> LISTEN", raw_notify(backend, args.events, args.interval)),
+                           ("raw Redis PUBLISH -> subscriber", raw_redis(args.events, args.interval))):
+            values = await coro
+            rows.append([name, "-", str(len(values)), c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2),
+                         c.ms(max(values), 2), "0"])
+        for clients in args.clients:
+            events = args.events if clients <= 100 else max(20, args.events // 4)
+            interval = args.interval if clients <= 100 else max(args.interval, 0.1)
+            print(f"  {clients} client(s), {events} events ...", file=sys.stderr)
+            values, missing = await windflow(backend, deployment_id, clients, events, interval)
+            rows.append([f"WindFlow WS ({args.bus})", str(clients), str(len(values)), c.ms(c.median(values), 2),
+                         c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), str(missing)])
+        print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost"], rows))
+        print(f"\n{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms")
+    finally:
+        await stop_event_bus()
+        for problem in cleanup.run():
+            print(problem, file=sys.stderr)
+        c.remove_scratch()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200, help="events per case (1,000 clients: a quarter)")
+    parser.add_argument("--interval", type=float, default=0.02, help="seconds between events")
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000])
+    parser.add_argument("--bus", choices=["postgres", "redis"], default="postgres")
+    c.run_main(lambda: main(parser.parse_args()))
