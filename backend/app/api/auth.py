@@ -7,7 +7,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, client_address
 from backend.app.core.exceptions import RateLimited
-from backend.app.schemas.auth import LogoutRequest, MembershipRead, MeRead, RefreshRequest, SetupRequest, TokenPair
+from backend.app.schemas.auth import LogoutRequest, MembershipRead, MeRead, RefreshRequest, SetupRequest, SetupStatus, TokenPair
 from backend.app.services import auth_service, organization_service, provisioning
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -21,6 +21,12 @@ def _check_login_rate(request: Request) -> None:
             f"too many login attempts from your address; retry in {max(1, round(wait))} s",
             headers=limiter.retry_after_header(wait),
         )
+
+
+@router.get("/setup", response_model=SetupStatus)
+async def setup_status(session: SessionDep) -> SetupStatus:
+    """Whether first-run setup is still to be done (no user exists yet)."""
+    return SetupStatus(needed=await auth_service.user_count(session) == 0)
 
 
 @router.post("/setup", response_model=TokenPair, status_code=status.HTTP_201_CREATED)

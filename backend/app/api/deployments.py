@@ -8,6 +8,7 @@ from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
 from backend.app.schemas.deployments import (
+    DeploymentCompose,
     DeploymentCreate,
     DeploymentPage,
     DeploymentRead,
@@ -17,7 +18,7 @@ from backend.app.schemas.deployments import (
 )
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import read_logs
-from backend.app.services.deployment_service import DeploymentService, mask_variables
+from backend.app.services.deployment_service import DeploymentService, mask_variables, masked_compose
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -111,6 +112,12 @@ async def get_logs(
     """Persisted log lines after ``since_seq``, in order."""
     lines = await read_logs(session, deployment.id, since_seq, limit)
     return LogPage(items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq)
+
+
+@router.get("/{deployment_id}/compose", response_model=DeploymentCompose)
+async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> DeploymentCompose:
+    """The rendered compose document of the deployment, secret values masked."""
+    return DeploymentCompose(compose=masked_compose(settings, deployment))
 
 
 @router.get("/{deployment_id}/history", response_model=list[HistoryRead])

@@ -1,0 +1,16 @@
+/** Where the API lives. Empty VITE_API_BASE_URL: the origin that served the UI (the backend itself). */
+export function apiBaseUrl(): string {
+  const configured = (import.meta.env.VITE_API_BASE_URL || '').trim().replace(/\/+$/, '')
+  return configured || window.location.origin
+}
+
+/** ws(s):// URL of the real-time endpoint, derived from the API base URL. */
+export function wsUrl(): string {
+  const base = new URL(apiBaseUrl())
+  base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:'
+  return `${base.origin.replace(/^http/, 'ws')}/api/v1/ws`
+}
+
+export function flag(value: string | undefined): boolean {
+  return value === 'true' || value === '1'
+}
