@@ -116,6 +116,7 @@ export function useDeploymentWebSocket(deploymentId: MaybeRefOrGetter<string | n
         if (Array.isArray(data.logs)) accept(data.logs)
         return
       }
+      case 'SERVICE_LOGS':
       case 'DEPLOYMENT_SERVICE_LOGS':
         onServiceLines(data)
         return

@@ -173,7 +173,11 @@ export class RealtimeSocket {
         return
       }
       if (this.options.debug) console.debug('[ws] ←', message)
-      if (message.type === 'pong') return
+      if (message.type === 'pong' || message.type === 'heartbeat') return
+      if (message.type === 'error' && message.code === 'token_expired') {
+        void this.renewAuth()
+        return
+      }
       this.listeners.forEach((l) => l(message))
     }
     ws.onerror = () => {
@@ -190,6 +194,16 @@ export class RealtimeSocket {
       }
       this.scheduleReconnect()
     }
+  }
+
+  /** Send a fresh auth frame on the open socket (the server asks for one before the token expires). */
+  reauthenticate(token: string | null = this.options.token()): void {
+    if (token && this.state === 'live') this.send({ type: 'auth', token })
+  }
+
+  private async renewAuth(): Promise<void> {
+    const fresh = this.options.refreshToken ? await this.options.refreshToken() : this.options.token()
+    this.reauthenticate(fresh)
   }
 
   private async afterDenial(): Promise<void> {

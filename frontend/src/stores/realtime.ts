@@ -15,6 +15,8 @@ export function getSocket(): RealtimeSocket {
       refreshToken: () => tokens.refresh(),
       debug: flag(import.meta.env.VITE_ENABLE_WEBSOCKET_DEBUG),
     })
+    // A refreshed token is handed to the open socket, so it outlives the access token it began with.
+    tokens.onChange((access) => socket?.reauthenticate(access))
   }
   return socket
 }
