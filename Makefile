@@ -53,7 +53,7 @@ test: $(STAMP) frontend
 	$(MAKE) --no-print-directory test-frontend test-browser
 
 test-frontend: frontend/node_modules/.installed
-	cd frontend && $(NPM) test
+	cd frontend && $(NPM) run typecheck && $(NPM) test
 
 test-browser: $(STAMP) frontend
 	$(PY) -m pytest backend/tests/browser -q -p no:cacheprovider
