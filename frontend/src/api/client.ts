@@ -9,6 +9,8 @@ import { ApiError, toApiError } from './errors'
 import { tokens } from './tokens'
 
 const RETRIED = 'x-windflow-retried'
+/** A 401 from these means bad credentials, not an expired access token. */
+const NO_REFRESH = /\/auth\/(login|refresh|setup)$/
 
 const auth: Middleware = {
   onRequest({ request }) {
@@ -25,7 +27,7 @@ api.use(auth)
 async function fetchWithRefresh(input: Request): Promise<Response> {
   const replay = input.clone()
   const response = await fetch(input)
-  if (response.status !== 401 || input.headers.has(RETRIED) || input.url.includes('/auth/')) return response
+  if (response.status !== 401 || input.headers.has(RETRIED) || NO_REFRESH.test(new URL(input.url).pathname)) return response
   const fresh = await tokens.refresh()
   if (!fresh) return response
   const again = new Request(replay, { headers: new Headers(replay.headers) })
