@@ -247,6 +247,7 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
         locale=locale, color_scheme="dark" if dark else "light", viewport={"width": width, "height": height},
         accept_downloads=True,
     )
+    context.set_default_timeout(60_000)  # a shared 2-core machine can be slow; waits end as soon as they succeed
     page = context.new_page()
     page.errors = []  # type: ignore[attr-defined]
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
@@ -255,10 +256,19 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
 
 def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
     page.goto(f"{server.url}/login")
+    try:
+        page.wait_for_selector("input[name=email]", timeout=15000)
+    except Exception:
+        screenshot(page, "FAILED-login")
+        raise AssertionError(f"no login form at {page.url}: {page.errors}") from None
     page.fill("input[name=email]", email)
     page.fill("input[name=password]", password)
     page.click("[data-testid=login-submit]")
-    page.wait_for_url("**/deployments**")
+    try:
+        page.wait_for_url("**/deployments**", timeout=15000)
+    except Exception:
+        screenshot(page, "FAILED-login-submit")
+        raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
 
 
 def screenshot(page, name: str) -> Path:

@@ -10,6 +10,7 @@
  */
 import { computed, markRaw, onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter } from 'vue'
 import { flag } from '../api/config'
+import { rawJson } from '../api/client'
 import { isStatus, type DeploymentStatus, type LogLevel } from '../constants/deployments'
 import type { ServerMessage } from '../realtime/socket'
 import { getSocket, useRealtimeStore } from '../stores/realtime'
@@ -203,11 +204,30 @@ export function useDeploymentWebSocket(deploymentId: MaybeRefOrGetter<string | n
     version.value++
   }
 
+  /** Persisted lines over HTTP while the socket is not live (they are deduplicated against the stream). */
+  async function preload(id: string): Promise<void> {
+    let since = lastSeq.value
+    for (let page = 0; page < 100; page++) {
+      if (toValue(deploymentId) !== id || realtime.state === 'live') return
+      let res: { items: unknown[] }
+      try {
+        res = await rawJson<{ items: unknown[] }>('GET', `/api/v1/deployments/${encodeURIComponent(id)}/logs?since_seq=${since}&limit=5000`)
+      } catch {
+        return
+      }
+      if (toValue(deploymentId) !== id) return
+      accept(res.items)
+      if (res.items.length < 5000) return
+      since = lastSeq.value
+    }
+  }
+
   watch(
     () => toValue(deploymentId),
     (id) => {
       reset()
       subscribe(id)
+      if (id && realtime.state !== 'live') void preload(id)
       subscribeServices(!!toValue(options.services))
     },
     { immediate: true },
