@@ -64,6 +64,7 @@ class Server:
             "FRONTEND_DIST": str(DIST),
             "LOG_FILE": str(workdir / "backend.log"),
             "DEPLOYMENT_LEASE_SECONDS": "5",
+            "DEPLOYMENTS_WORKDIR": str(workdir / "deployments"),
             "STACKS_CATALOG_ENABLED": "true",
             "PASSWORD_HASH_TIME_COST": "1",
             "PASSWORD_HASH_MEMORY_KIB": "1024",

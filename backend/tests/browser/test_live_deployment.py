@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
 
@@ -127,7 +128,7 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
         page.get_by_test_id("download-logs").click()
     download = download_info.value
     assert download.suggested_filename == "live-demo-logs.txt"
-    assert parse_copied(open(download.path(), encoding="utf-8").read()) == persisted
+    assert parse_copied(Path(download.path()).read_text(encoding="utf-8")) == persisted
 
     # Search highlights and counts matches; Clear empties the view only.
     page.get_by_placeholder("Search the log").fill("compose")
