@@ -37,6 +37,7 @@ export interface DeploymentWebSocketOptions {
 }
 
 const SERVICE_LINES_KEPT = 5000
+const KNOWN_LEVELS: ReadonlySet<string> = new Set(['debug', 'info', 'warning', 'error'])
 
 type FrameScheduler = (cb: () => void) => void
 const defaultScheduler: FrameScheduler = (cb) =>
@@ -89,11 +90,18 @@ export function useDeploymentWebSocket(deploymentId: MaybeRefOrGetter<string | n
   function accept(raw: unknown[]): number {
     let added = 0
     for (const item of raw) {
-      const r = item as Partial<LogLine>
-      const seq = Number(r?.seq)
+      // The parsed frame's own objects are kept (normalised in place): no second object per line,
+      // which matters for the garbage collector at 100,000 lines.
+      const r = item as LogLine
+      if (!r || typeof r !== 'object') continue
+      const seq = typeof r.seq === 'number' ? r.seq : Number(r.seq)
       if (!Number.isFinite(seq) || seq <= lastSeq.value) continue // already shown: dedupe by seq
       lastSeq.value = seq
-      pending.push({ seq, timestamp: String(r.timestamp ?? ''), level: normaliseLevel(r.level), message: String(r.message ?? '') })
+      r.seq = seq
+      if (typeof r.timestamp !== 'string') r.timestamp = String(r.timestamp ?? '')
+      if (typeof r.message !== 'string') r.message = String(r.message ?? '')
+      if (!KNOWN_LEVELS.has(r.level)) r.level = normaliseLevel(r.level)
+      pending.push(r)
       added++
     }
     if (added && !scheduled) {
