@@ -126,8 +126,8 @@ async def get_history(deployment: DeploymentDep, session: SessionDep) -> list[Hi
     return [HistoryRead.model_validate(h) for h in await DeploymentService.history(session, deployment.id)]
 
 
-async def _requeue(action: str, deployment: Deployment, user, session, request: Request) -> DeploymentRead:
-    await DeploymentService.requeue(session, deployment, action=action, actor=user.email)
+async def _requeue(action: str, deployment: Deployment, user, session, request: Request, settings) -> DeploymentRead:
+    await DeploymentService.requeue(session, deployment, action=action, actor=user.email, settings=settings)
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
     await session.refresh(deployment)
@@ -135,21 +135,27 @@ async def _requeue(action: str, deployment: Deployment, user, session, request: 
 
 
 @router.post("/{deployment_id}/start", response_model=DeploymentRead)
-async def start_deployment(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+async def start_deployment(
+    deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
+) -> DeploymentRead:
     """Start a stopped deployment again."""
-    return await _requeue("start", deployment, user, session, request)
+    return await _requeue("start", deployment, user, session, request, settings)
 
 
 @router.post("/{deployment_id}/redeploy", response_model=DeploymentRead)
-async def redeploy(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+async def redeploy(
+    deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
+) -> DeploymentRead:
     """Deploy the same snapshot again (running or stopped deployments)."""
-    return await _requeue("redeploy", deployment, user, session, request)
+    return await _requeue("redeploy", deployment, user, session, request, settings)
 
 
 @router.post("/{deployment_id}/retry", response_model=DeploymentRead)
-async def retry(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request) -> DeploymentRead:
+async def retry(
+    deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
+) -> DeploymentRead:
     """Try a failed or cancelled deployment again, with a fresh attempt budget."""
-    return await _requeue("retry", deployment, user, session, request)
+    return await _requeue("retry", deployment, user, session, request, settings)
 
 
 @router.post("/{deployment_id}/cancel", response_model=DeploymentRead)

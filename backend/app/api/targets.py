@@ -29,7 +29,7 @@ TargetAdmin = Annotated[Target, Depends(TargetAccess(Role.ADMIN))]
 
 @router.post("", response_model=TargetRead, status_code=status.HTTP_201_CREATED)
 async def create_target(body: TargetCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TargetRead:
-    """Register a Docker engine (admin or owner); credentials are stored encrypted and never returned."""
+    """Register a Docker engine (admin or owner; unix:// and loopback: superusers only); credentials never returned."""
     target = await target_service.create(session, settings, user, body)
     await session.commit()
     return target_service.to_read(target, settings)
@@ -59,10 +59,10 @@ async def get_target(target: TargetViewer, settings: SettingsDep) -> TargetRead:
 
 @router.patch("/{target_id}", response_model=TargetRead)
 async def update_target(
-    body: TargetUpdate, target: TargetAdmin, session: SessionDep, settings: SettingsDep
+    body: TargetUpdate, target: TargetAdmin, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> TargetRead:
-    """Change a target (admin or owner); a credential sent as null is removed, one not sent is kept."""
-    await target_service.update(session, settings, target, body)
+    """Change a target (admin or owner; its compose policy on the WindFlow host: superusers only)."""
+    await target_service.update(session, settings, user, target, body)
     await session.commit()
     return target_service.to_read(target, settings)
 
@@ -76,7 +76,7 @@ async def delete_target(target: TargetAdmin, session: SessionDep) -> None:
 
 @router.post("/{target_id}/test", response_model=TargetTestResult)
 async def test_target(target: TargetOperator, session: SessionDep, settings: SettingsDep) -> TargetTestResult:
-    """Connect to the target's engine: its version and swarm role, or the exact connection error."""
+    """Connect to the target's engine: its version and swarm role, or a failure category with a fixed message."""
     # Release the database connection before waiting on the network (up to 10 s for a dead engine).
     await session.close()
     return await target_service.test_target(target, settings)

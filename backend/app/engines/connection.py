@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.tls
+import docker.transport.unixconn
 import requests
 import requests.adapters
 import urllib3
@@ -400,6 +401,23 @@ def _ssh_client(endpoint: str, ssh_command: list[str], env: dict[str, str]) -> d
     api._custom_adapter = adapter  # noqa: SLF001 - what APIClient.close() and the SDK's ssh path use
     api.base_url = "http+docker://ssh"
     return _negotiated(api)
+
+
+def _unix_connect_closing_on_failure(self: Any) -> None:
+    """docker-py's ``UnixHTTPConnection.connect`` leaves its socket open when the connect fails (no such
+    socket, refused): each failed test or deployment on a unix target leaked a descriptor until garbage
+    collection. Same code, closing the socket on failure."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    self.sock = sock
+
+
+docker.transport.unixconn.UnixHTTPConnection.connect = _unix_connect_closing_on_failure
 
 
 def _negotiated(api: docker.APIClient) -> docker.DockerClient:

@@ -10,6 +10,7 @@ Validation messages never quote the submitted value (it may be a private key).
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
 from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.services.compose_policy import ComposePolicy
 
 #: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
 TLS_FIELDS = ("tls_ca", "tls_cert", "tls_key")
@@ -196,6 +198,9 @@ class TargetCreate(RequestModel):
     tls_verify: bool = Field(default=True, description="verify the engine's certificate (tcp:// only)")
     ssh_key: SshKey | None = Field(default=None, description="private key for ssh:// endpoints (stored encrypted)")
     max_concurrent_deployments: MaxConcurrent = 2
+    compose_policy: ComposePolicy | None = Field(
+        default=None, description="what compose documents may do on this target; default: everything denied"
+    )
     organization_id: str | None = Field(default=None, description="defaults to your default organisation")
 
     @model_validator(mode="after")
@@ -223,6 +228,9 @@ class TargetUpdate(RequestModel):
     ssh_key: SshKey | None = None
     max_concurrent_deployments: MaxConcurrent | None = None
     is_active: bool | None = None
+    compose_policy: ComposePolicy | None = Field(
+        default=None, description="replaces the whole policy (fields left out are denied); null resets to all denied"
+    )
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> TargetUpdate:
@@ -248,6 +256,7 @@ class TargetRead(ResponseModel):
     has_tls: bool
     tls_verify: bool
     has_ssh_key: bool
+    compose_policy: ComposePolicy
     created_at: datetime
     updated_at: datetime
 
@@ -257,12 +266,39 @@ class TargetPage(ResponseModel):
     total: int
 
 
+class TestFailure(StrEnum):
+    """Why a connection test failed, as coarse as an operator may know (see ``TEST_FAILURE_MESSAGES``)."""
+
+    __test__ = False  # not a pytest class, whatever module imports it
+
+    UNREACHABLE = "unreachable"
+    TLS = "tls"
+    AUTHENTICATION = "authentication"
+    NOT_DOCKER = "not_docker"
+    ERROR = "error"
+
+
+#: The one message per category: fixed text, never the driver's exception (which would tell an operator
+#: whether a port is open or a file exists on the WindFlow host).
+TEST_FAILURE_MESSAGES: dict[TestFailure, str] = {
+    TestFailure.UNREACHABLE: "no Docker engine could be reached at this endpoint (connection refused, closed, "
+    "timed out or no such socket); check the address, the port or socket path, any firewall, and that the "
+    "engine is running",
+    TestFailure.TLS: "the TLS handshake failed; check tls_ca, tls_cert, tls_key and tls_verify against the "
+    "engine's certificate",
+    TestFailure.AUTHENTICATION: "the engine refused the credentials; check the client certificate or the SSH key",
+    TestFailure.NOT_DOCKER: "something answered at this endpoint, but not a Docker engine API",
+    TestFailure.ERROR: "the connection test failed; the server log of WindFlow has the details",
+}
+
+
 class TargetTestResult(ResponseModel):
-    """What ``POST /targets/{id}/test`` found: the engine's identity, or the exact connection error."""
+    """What ``POST /targets/{id}/test`` found: the engine's identity, or a failure category and its fixed message."""
 
     ok: bool
     version: str | None = None
     api_version: str | None = None
     swarm_manager: bool | None = None
     os: str | None = None
+    category: TestFailure | None = None
     error: str | None = None

@@ -28,7 +28,8 @@ from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
 from backend.app.services import target_service
 from backend.app.services.deployment_logs import DeploymentLogWriter
-from backend.app.services.deployment_service import snapshot_compose
+from backend.app.services.compose_policy import PolicyViolation
+from backend.app.services.deployment_service import check_compose_policy, snapshot_compose
 from backend.app.services.state_machine import claim_deployment, renew_lease, set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -142,8 +143,13 @@ async def run_deployment(
                 target_id = deployment.target_id
                 attempt, max_attempts = deployment.attempt, deployment.max_attempts
                 engine, spec = await load_engine(settings, deployment, session)
+                # The target's policy as it is now: it may have been tightened since creation.
+                check_compose_policy(spec.compose, await session.get(Target, target_id))
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
-            message = f"cannot prepare the deployment: {exc}"
+            if isinstance(exc, PolicyViolation):
+                message = f"refused by the compose policy: {exc.detail}"
+            else:
+                message = f"cannot prepare the deployment: {exc}"
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
             await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")

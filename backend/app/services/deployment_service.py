@@ -29,7 +29,7 @@ from backend.app.models import (
 )
 from backend.app.database import utcnow
 from backend.app.models.base import new_id
-from backend.app.services import organization_service, templating
+from backend.app.services import compose_policy, organization_service, target_service, templating
 from backend.app.services.state_machine import TransitionResult, set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,17 @@ def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(stored)
+
+
+def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
+    """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""
+    compose_policy.check_target(
+        compose_policy.load(rendered),
+        target_service.policy_of(target),
+        target_name=target.name,
+        endpoint=target.endpoint,
+        redact=redact,
+    )
 
 
 def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
@@ -151,6 +162,7 @@ class DeploymentService:
             if found:
                 register_secret(str(found[0][found[1]]))
         rendered = templating.render_stack(stack.template, specs, values)
+        check_compose_policy(rendered, target, redact=templating.secret_values(specs, values))
         await templating.validate_with_compose(rendered)
 
         # One flush for both rows, with queued_at stamped right before it: the deployment is queued when
@@ -242,8 +254,18 @@ class DeploymentService:
     # --- lifecycle (status side; engine work happens in the runner / lifecycle module) -------------
 
     @staticmethod
-    async def requeue(session: AsyncSession, deployment: Deployment, *, action: str, actor: str) -> TransitionResult:
-        """``start``, ``redeploy`` and ``retry``: back to ``pending`` from the states where each makes sense."""
+    async def requeue(
+        session: AsyncSession, deployment: Deployment, *, action: str, actor: str, settings: Settings | None = None
+    ) -> TransitionResult:
+        """``start``, ``redeploy`` and ``retry``: back to ``pending`` from the states where each makes sense.
+
+        With ``settings``, the snapshot is first checked against the target's compose policy as it is now
+        (422 when it was tightened since the deployment was created); the runner checks again.
+        """
+        if settings is not None and deployment.rendered_compose:
+            target = await session.get(Target, deployment.target_id)
+            if target is not None:
+                check_compose_policy(snapshot_compose(settings, deployment), target)
         allowed = {
             "start": frozenset({S.STOPPED}),
             "redeploy": frozenset({S.RUNNING, S.STOPPED}),

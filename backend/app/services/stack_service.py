@@ -43,6 +43,8 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
         if not placeholders:
             await templating.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
     except ValidationFailed as exc:
+        if exc.code == "compose_forbidden":  # already names the key and the rule
+            raise
         raise ValidationFailed(f"rendering the template with the default values failed: {exc.detail}", code=exc.code) from None
     return [spec.to_dict() for spec in specs]
 

@@ -11,31 +11,40 @@ Services take the caller's session and never commit.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import docker.errors
+import requests.exceptions
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
-from backend.app.core.exceptions import Conflict, ValidationFailed
+from backend.app.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from backend.app.core.logging import redact, register_secret
 from backend.app.core.security import decrypt_secret, encrypt_secret
-from backend.app.engines import EngineError, TargetConnection, engine_for
+from backend.app.engines import TargetConnection, engine_for
 from backend.app.models import Deployment, Role, Target, TargetType, User
 from backend.app.schemas.targets import (
     CREDENTIAL_FIELDS,
+    TEST_FAILURE_MESSAGES,
     TLS_FIELDS,
     TargetCreate,
     TargetRead,
     TargetTestResult,
     TargetUpdate,
+    TestFailure,
     credential_problem,
 )
 from backend.app.services import organization_service
+from backend.app.services.compose_policy import ComposePolicy, is_host_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +107,41 @@ def connection_for(target: Target, settings: Settings) -> TargetConnection:
     )
 
 
+def policy_of(target: Target) -> ComposePolicy:
+    """The target's compose policy (the default, everything denied, when none was set).
+
+    Options the stored JSON has but this version does not know are ignored (they stay denied).
+    """
+    stored = target.compose_policy if isinstance(target.compose_policy, dict) else {}
+    return ComposePolicy.model_validate({k: v for k, v in stored.items() if k in ComposePolicy.model_fields})
+
+
+def reaches_host(endpoint: str) -> bool:
+    """Whether ``endpoint`` reaches the WindFlow host itself: a unix socket, or a loopback address.
+
+    (A DNS name that resolves to the host is not detected; see docs/security.md.)
+    """
+    if is_host_endpoint(endpoint):
+        return True
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _require_superuser_for_host(user: User, endpoint: str, what: str) -> None:
+    if not user.is_superuser and reaches_host(endpoint):
+        raise PermissionDenied(
+            f"only a platform superuser may {what} a target that reaches the WindFlow host itself "
+            f"({endpoint}): its engine is root on that host; register a remote engine (tcp:// or ssh://) instead",
+            code="host_target_forbidden",
+        )
+
+
 def to_read(target: Target, settings: Settings) -> TargetRead:
     """The API view: whether credentials exist, never their value."""
     creds = credentials(target, settings)
@@ -113,6 +157,7 @@ def to_read(target: Target, settings: Settings) -> TargetRead:
         has_tls=any(creds[field] for field in TLS_FIELDS),
         tls_verify=creds["tls_verify"],
         has_ssh_key=bool(creds["ssh_key"]),
+        compose_policy=policy_of(target),
         created_at=target.created_at,
         updated_at=target.updated_at,
     )
@@ -132,6 +177,7 @@ async def create(session: AsyncSession, settings: Settings, user: User, data: Ta
     organization_id = await organization_service.resolve_organization(
         session, user, data.organization_id, Role.ADMIN
     )
+    _require_superuser_for_host(user, data.endpoint, "register")
     target = Target(
         organization_id=organization_id,
         name=data.name,
@@ -140,6 +186,7 @@ async def create(session: AsyncSession, settings: Settings, user: User, data: Ta
         endpoint=data.endpoint,
         max_concurrent_deployments=data.max_concurrent_deployments,
         is_active=True,
+        compose_policy=data.compose_policy.model_dump() if data.compose_policy else None,
     )
     _store_credentials(target, settings, data.credentials())
     session.add(target)
@@ -180,15 +227,22 @@ async def get_for_user(session: AsyncSession, user: User, target_id: str, minimu
     return await organization_service.get_owned(session, user, Target, target_id, minimum, noun="target")
 
 
-async def update(session: AsyncSession, settings: Settings, target: Target, data: TargetUpdate) -> Target:
+async def update(session: AsyncSession, settings: Settings, user: User, target: Target, data: TargetUpdate) -> Target:
     """Apply the fields sent. Credentials sent replace the stored ones field by field; ``null`` removes one.
 
     The merged result is checked as a whole: switching a tcp target to ``unix://`` while it keeps TLS
-    material is refused with a message saying which fields to clear.
+    material is refused with a message saying which fields to clear. Moving a target onto the WindFlow
+    host, or changing the compose policy of a target on it, takes a platform superuser.
     """
     changes = data.model_dump(exclude_unset=True)
     cred_changes = {field: changes.pop(field) for field in CREDENTIAL_FIELDS if field in changes}
     endpoint = changes.get("endpoint", target.endpoint)
+    if "endpoint" in changes and changes["endpoint"] != target.endpoint:
+        _require_superuser_for_host(user, endpoint, "point at the WindFlow host")
+    if "compose_policy" in changes:
+        for reached in {target.endpoint, endpoint}:
+            _require_superuser_for_host(user, reached, "change the compose policy of")
+        changes["compose_policy"] = data.compose_policy.model_dump() if data.compose_policy else None
     if cred_changes or "endpoint" in changes:
         creds = credentials(target, settings)
         creds.update(cred_changes)
@@ -234,8 +288,45 @@ def _in_use(target: Target, count: int) -> Conflict:
 # --- engine ---------------------------------------------------------------------------------------
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    while exc is not None and len(found) < 16 and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def failure_category(exc: BaseException, endpoint: str) -> TestFailure:
+    """The coarse category of a failed connection test.
+
+    Deliberately coarse: every transport failure (refused, reset, closed without an answer, timed out, no
+    such host, no such socket, permission denied on a socket) is ``unreachable``, so the test cannot be used
+    to probe which ports are open on a network or which files exist on the WindFlow host. A unix socket
+    answers ``unreachable`` for every failure.
+    """
+    if is_host_endpoint(endpoint):
+        return TestFailure.UNREACHABLE
+    chain = _chain(exc)
+    for link in chain:
+        if isinstance(link, (ssl.SSLError, requests.exceptions.SSLError, docker.errors.TLSParameterError)):
+            return TestFailure.TLS
+        if isinstance(link, docker.errors.APIError):
+            if link.status_code in (401, 403):
+                return TestFailure.AUTHENTICATION
+            if "https server" in str(link).lower():
+                return TestFailure.TLS
+            return TestFailure.NOT_DOCKER
+        if isinstance(link, (requests.exceptions.JSONDecodeError, requests.exceptions.InvalidJSONError)):
+            return TestFailure.NOT_DOCKER
+    text = " ".join(str(link) for link in chain).lower()
+    if endpoint.startswith("ssh://") and ("permission denied" in text or "host key" in text):
+        return TestFailure.AUTHENTICATION
+    return TestFailure.UNREACHABLE
+
+
 async def test_target(target: Target, settings: Settings, *, timeout: float = TEST_TIMEOUT_SECONDS) -> TargetTestResult:
-    """Ask the target's engine who it is. Never raises: every failure is ``ok=False`` with the exact error.
+    """Ask the target's engine who it is. Never raises: a failure is ``ok=False`` with a category and that
+    category's fixed message, never the driver's own text (see :func:`failure_category`).
 
     The connection (and decryption) happens before any network wait, so the caller may close its database
     session first.
@@ -244,13 +335,10 @@ async def test_target(target: Target, settings: Settings, *, timeout: float = TE
     try:
         async with asyncio.timeout(timeout):
             info = await engine_for(connection).test_connection()
-    except TimeoutError:
-        return TargetTestResult(ok=False, error=f"no answer from {target.endpoint} within {timeout:g} s")
-    except EngineError as exc:
-        return TargetTestResult(ok=False, error=redact(exc.message))
     except Exception as exc:  # noqa: BLE001 - a test reports, it never turns into a 500
-        logger.warning("testing target %s (%s) failed unexpectedly", target.id, target.endpoint, exc_info=True)
-        return TargetTestResult(ok=False, error=redact(f"{type(exc).__name__}: {exc}"))
+        category = TestFailure.UNREACHABLE if isinstance(exc, TimeoutError) else failure_category(exc, target.endpoint)
+        logger.info("testing target %s failed (%s): %s", target.id, category, redact(f"{type(exc).__name__}: {exc}"))
+        return TargetTestResult(ok=False, category=category, error=TEST_FAILURE_MESSAGES[category])
     return TargetTestResult(
         ok=True,
         version=info.get("version"),

@@ -51,6 +51,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import find_compose_command, remember_valid
+from backend.app.services import compose_policy
+from backend.app.services.compose_policy import check_host_files
 
 logger = logging.getLogger(__name__)
 
@@ -910,7 +912,8 @@ def render_stack(template: str, specs: list[VariableSpec], values: dict) -> str:
     """
     try:
         rendered = render_template(template, values)
-        parse_compose_yaml(rendered)
+        # Before any compose tool reads it: refuse what would read files of the WindFlow host.
+        check_host_files(parse_compose_yaml(rendered))
     except ValidationFailed as exc:
         scrubbed = _redact(exc.detail, secret_values(specs, values))
         if scrubbed == exc.detail:
@@ -935,7 +938,9 @@ def render_preview(template: str, specs: list[VariableSpec], values: dict) -> st
 
 
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) -> None:
-    """Let the installed compose tool judge ``rendered`` (``docker compose config -q``).
+    """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
+    normalised output against the always-refused keys of the compose policy. ``rendered`` must come
+    from :func:`render_stack`, which refused those keys before the tool could read anything.
 
     Raises ``ValidationFailed(invalid_compose)`` quoting the tool's error (with ``redact`` values
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
@@ -960,8 +965,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
             workdir,
             "-f",
             str(path),
-            "config",
-            "-q",
+            "config",  # not -q: its normalised output is checked again below
             cwd=workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -969,13 +973,16 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            _, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
         except TimeoutError:
             process.kill()
             await process.wait()
             logger.warning("compose validation timed out after %ss; skipped", COMPOSE_TIMEOUT_SECONDS)
             return
         if process.returncode == 0:
+            # The document as compose normalised it (extends merged, interpolation done): nothing it
+            # resolved may read the host either.
+            check_host_files(compose_policy.load(stdout.decode("utf-8", "replace")))
             remember_valid(rendered)
             return
         message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")

@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 from backend.app.core.logging import redact
 from backend.app.core.security import decrypt_secret
 from backend.app.models import Deployment, Organization, Target
+from backend.app.schemas.targets import TEST_FAILURE_MESSAGES, TestFailure
 from backend.app.services import target_service
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 from backend.tests.remote_docker import client_tls_material, make_ca, make_leaf
@@ -350,7 +351,8 @@ async def test_unreachable_engine_reports_the_error(client):
     assert result.status_code == 200, result.text
     body = result.json()
     assert body["ok"] is False and body["version"] is None
-    assert "127.0.0.1:1" in body["error"] and "refused" in body["error"].lower(), body["error"]
+    assert body["category"] == "unreachable"
+    assert body["error"] == TEST_FAILURE_MESSAGES[TestFailure.UNREACHABLE]
 
 
 async def test_engine_that_never_answers_times_out(db, session):
@@ -369,7 +371,8 @@ async def test_engine_that_never_answers_times_out(db, session):
         result = await target_service.test_target(target, db.settings, timeout=1.0)
         elapsed = asyncio.get_running_loop().time() - started
     # Closing the listener resets the pending connection, so the driver's thread does not linger either.
-    assert result.ok is False and result.error == f"no answer from tcp://127.0.0.1:{port} within 1 s", result
+    assert result.ok is False and result.category is TestFailure.UNREACHABLE, result
+    assert result.error == TEST_FAILURE_MESSAGES[TestFailure.UNREACHABLE]
     assert elapsed < 5
 
 
