@@ -543,7 +543,7 @@ export interface paths {
         put?: never;
         /**
          * Create Target
-         * @description Register a Docker engine (admin or owner); credentials are stored encrypted and never returned.
+         * @description Register a Docker engine (admin or owner; unix:// and loopback: superusers only); credentials never returned.
          */
         post: operations["create_target_api_v1_targets_post"];
         delete?: never;
@@ -575,7 +575,7 @@ export interface paths {
         head?: never;
         /**
          * Update Target
-         * @description Change a target (admin or owner); a credential sent as null is removed, one not sent is kept.
+         * @description Change a target (admin or owner; its compose policy on the WindFlow host: superusers only).
          */
         patch: operations["update_target_api_v1_targets__target_id__patch"];
         trace?: never;
@@ -591,7 +591,7 @@ export interface paths {
         put?: never;
         /**
          * Test Target
-         * @description Connect to the target's engine: its version and swarm role, or the exact connection error.
+         * @description Connect to the target's engine: its version and swarm role, or a failure category with a fixed message.
          */
         post: operations["test_target_api_v1_targets__target_id__test_post"];
         delete?: never;
@@ -818,6 +818,77 @@ export interface components {
             scope: string;
             /** Username */
             username: string;
+        };
+        /**
+         * ComposePolicy
+         * @description What a target lets a compose document do on its Docker host. Everything is denied by default.
+         */
+        ComposePolicy: {
+            /**
+             * Allow Capabilities
+             * @description cap_add
+             * @default false
+             */
+            allow_capabilities: boolean;
+            /**
+             * Allow Devices
+             * @description devices, device_cgroup_rules, gpus
+             * @default false
+             */
+            allow_devices: boolean;
+            /**
+             * Allow Docker Socket
+             * @description services may mount the Docker/containerd engine socket (root on the host)
+             * @default false
+             */
+            allow_docker_socket: boolean;
+            /**
+             * Allow External Resources
+             * @description external (or explicitly named) networks, volumes, configs and secrets, which may be other deployments'
+             * @default false
+             */
+            allow_external_resources: boolean;
+            /**
+             * Allow Foreign Containers
+             * @description network_mode/pid/ipc: container:X, volumes_from and external_links of containers that are not the deployment's own
+             * @default false
+             */
+            allow_foreign_containers: boolean;
+            /**
+             * Allow Host Binds
+             * @description services may bind-mount host paths (limited to host_bind_prefixes when set)
+             * @default false
+             */
+            allow_host_binds: boolean;
+            /**
+             * Allow Host Namespaces
+             * @description network_mode/pid/ipc/uts/cgroup: host, userns_mode, cgroup_parent, host/macvlan/ipvlan networks
+             * @default false
+             */
+            allow_host_namespaces: boolean;
+            /**
+             * Allow Privileged
+             * @description services may set privileged: true
+             * @default false
+             */
+            allow_privileged: boolean;
+            /**
+             * Allow Security Opt
+             * @description security_opt other than no-new-privileges (e.g. seccomp=unconfined)
+             * @default false
+             */
+            allow_security_opt: boolean;
+            /**
+             * Allow Sysctls
+             * @description sysctls
+             * @default false
+             */
+            allow_sysctls: boolean;
+            /**
+             * Host Bind Prefixes
+             * @description absolute host paths under which binds are allowed; empty = any path (when allow_host_binds)
+             */
+            host_bind_prefixes?: string[];
         };
         /** DeploymentCompose */
         DeploymentCompose: {
@@ -1209,6 +1280,8 @@ export interface components {
         };
         /** TargetCreate */
         TargetCreate: {
+            /** @description what compose documents may do on this target; default: everything denied */
+            compose_policy?: components["schemas"]["ComposePolicy"] | null;
             /** Description */
             description?: string | null;
             /** Endpoint */
@@ -1267,6 +1340,7 @@ export interface components {
          * @description A target as the API shows it: never its credentials, only whether it has them.
          */
         TargetRead: {
+            compose_policy: components["schemas"]["ComposePolicy"];
             /**
              * Created At
              * Format: date-time
@@ -1301,11 +1375,12 @@ export interface components {
         };
         /**
          * TargetTestResult
-         * @description What ``POST /targets/{id}/test`` found: the engine's identity, or the exact connection error.
+         * @description What ``POST /targets/{id}/test`` found: the engine's identity, or a failure category and its fixed message.
          */
         TargetTestResult: {
             /** Api Version */
             api_version?: string | null;
+            category?: components["schemas"]["TestFailure"] | null;
             /** Error */
             error?: string | null;
             /** Ok */
@@ -1327,6 +1402,8 @@ export interface components {
          * @description Only the fields sent change. A credential field sent as ``null`` removes that credential.
          */
         TargetUpdate: {
+            /** @description replaces the whole policy (fields left out are denied); null resets to all denied */
+            compose_policy?: components["schemas"]["ComposePolicy"] | null;
             /** Description */
             description?: string | null;
             /** Endpoint */
@@ -1352,6 +1429,12 @@ export interface components {
             tls_verify?: boolean | null;
             type?: components["schemas"]["TargetType"] | null;
         };
+        /**
+         * TestFailure
+         * @description Why a connection test failed, as coarse as an operator may know (see ``TEST_FAILURE_MESSAGES``).
+         * @enum {string}
+         */
+        TestFailure: "unreachable" | "tls" | "authentication" | "not_docker" | "error";
         /** TokenPair */
         TokenPair: {
             /** Access Token */

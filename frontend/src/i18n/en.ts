@@ -56,6 +56,7 @@ export default {
     policy: 'Compose policy', policyHint: 'What compose documents may do on this target.', tls: 'TLS', ssh: 'SSH key', active: 'Active',
     tlsCa: 'CA certificate (PEM)', tlsCert: 'Client certificate (PEM)', tlsKey: 'Client key (PEM)', sshKey: 'SSH private key', tlsVerify: 'Verify the engine certificate',
     confirmDelete: 'Delete target “{name}”?', saved: 'Target “{name}” added', alwaysRefused: 'Always refused', deniedUnlessAllowed: 'Denied unless the policy allows it',
+    policyDocs: 'Owners and admins change it for their targets, superusers for targets on the WindFlow host (docs/security.md).',
     allowed: 'Allowed', denied: 'Denied',
   },
   organization: {

@@ -58,6 +58,7 @@ const fr: typeof en = {
     policy: 'Politique compose', policyHint: 'Ce que les documents compose peuvent faire sur cette cible.', tls: 'TLS', ssh: 'Clé SSH', active: 'Active',
     tlsCa: 'Certificat de l’AC (PEM)', tlsCert: 'Certificat client (PEM)', tlsKey: 'Clé client (PEM)', sshKey: 'Clé privée SSH', tlsVerify: 'Vérifier le certificat du moteur',
     confirmDelete: 'Supprimer la cible « {name} » ?', saved: 'Cible « {name} » ajoutée', alwaysRefused: 'Toujours refusé', deniedUnlessAllowed: 'Refusé sauf si la politique l’autorise',
+    policyDocs: 'Les propriétaires et administrateurs la modifient pour leurs cibles, les super-utilisateurs pour les cibles de l’hôte WindFlow (docs/security.md).',
     allowed: 'Autorisé', denied: 'Refusé',
   },
   organization: {
