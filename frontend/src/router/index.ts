@@ -68,3 +68,14 @@ tokens.onChange((access) => {
     void router.push({ name: 'login', query: { expired: '1' } })
   }
 })
+
+// A chunk that fails to load (a new build replaced it, or the network dropped the request) gets one
+// full reload of the page it was for, instead of leaving the user on the previous page with an error.
+const RELOADED = 'windflow.chunk-reload'
+router.onError((error, to) => {
+  if (!/dynamically imported module|Importing a module script failed|error loading dynamically/i.test(String(error?.message ?? error))) return
+  if (sessionStorage.getItem(RELOADED) === to.fullPath) return
+  sessionStorage.setItem(RELOADED, to.fullPath)
+  window.location.assign(to.fullPath)
+})
+router.afterEach(() => sessionStorage.removeItem(RELOADED))
