@@ -73,7 +73,7 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
 
     # The form generated from the schema: the right input per type.
     assert page.locator("input[name=delay]").input_value() == "4"  # integer with its default
-    assert page.get_by_test_id("field-mode").get_by_text("Safe mode").is_visible()  # enum shows labels
+    assert page.get_by_test_id("input-mode").get_by_text("Safe mode", exact=True).is_visible()  # enum shows labels
     assert page.get_by_test_id("input-verbose").get_attribute("role") == "switch"  # boolean as a switch
     assert page.locator("input[name=password]").get_attribute("type") == "password"  # secret masked
     assert page.get_by_test_id("field-password").get_by_text(re.compile("Generated at deploy")).first.is_visible()
@@ -129,6 +129,13 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
     download = download_info.value
     assert download.suggested_filename == "live-demo-logs.txt"
     assert parse_copied(Path(download.path()).read_text(encoding="utf-8")) == persisted
+
+    # The services' live output, labelled per service, in the second tab of a running deployment.
+    page.get_by_role("tab", name="Services").click()
+    page.get_by_test_id("service-lines").get_by_text("tick").first.wait_for()
+    assert page.get_by_test_id("service-lines").get_by_text("app", exact=True).first.is_visible()
+    screenshot(page, "logs-drawer-services-en-light")
+    page.get_by_role("tab", name="Deployment log").click()
 
     # Search highlights and counts matches; Clear empties the view only.
     page.get_by_placeholder("Search the log").fill("compose")
