@@ -63,7 +63,7 @@ def copy_from_drawer(page) -> list[tuple[str, str]]:
 
 
 def test_deploy_from_the_generated_form_and_watch_it_live(
-    chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
+    realtime, chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
 ) -> None:
     page = new_page(chromium_browser)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
@@ -149,7 +149,7 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
 
 
 def test_server_restart_shows_offline_then_live_with_no_line_lost_or_doubled(
-    chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
+    realtime, chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
 ) -> None:
     deployment = server.api(
         "POST", "/deployments",
