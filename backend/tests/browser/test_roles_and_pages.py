@@ -67,7 +67,11 @@ def test_screenshots_of_every_page(chromium_browser, server: Server, admin_token
             for name, path, marker in PAGES:
                 page.goto(server.url + path.format(stack=demo_stack["id"]))
                 if marker:
-                    page.get_by_test_id(marker).first.wait_for()
+                    try:
+                        page.get_by_test_id(marker).first.wait_for()
+                    except Exception:
+                        screenshot(page, f"FAILED-{name}-{lang}-{theme}")
+                        raise
                 page.wait_for_load_state("networkidle")
                 page.wait_for_timeout(300)
                 screenshot(page, f"{name}-{lang}-{theme}")
