@@ -183,43 +183,10 @@ def make_settings(database_url: str, **overrides):
 # --------------------------------------------------------------------------- child processes
 
 
-class Proc:
-    """A child process in its own process group (so that stopping it reaches its children), output to a file."""
+if str(REPO_ROOT) not in sys.path:  # a benchmark runs as a script: bench/ is on the path, the repository not
+    sys.path.insert(0, str(REPO_ROOT))
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, grace: float = 15) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left (prefork children)
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-        self._log.close()
-
-
-def settings_env(settings, **extra: str) -> dict[str, str]:
-    """The environment that gives a child process exactly ``settings`` (as the test fixtures do)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WINDFLOW_", "DEPLOYMENT", "RECOVERY_", "EVENT_BUS"))}
-    env.update(settings.as_environment())
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+from backend.tests.processes import Proc, settings_env  # noqa: E402, F401 - shared with the test fixtures
 
 
 # --------------------------------------------------------------------------- the API, as a client drives it
@@ -414,6 +381,20 @@ class Cleanup:
 
     def push(self, what: str, fn, *args) -> None:
         self.actions.append((what, fn, args))
+
+    def run_named(self, *prefixes: str) -> list[str]:
+        """Run now (in this order) the actions whose name starts with one of ``prefixes``."""
+        problems = []
+        for prefix in prefixes:
+            for index in range(len(self.actions) - 1, -1, -1):
+                name, fn, args = self.actions[index]
+                if name.startswith(prefix):
+                    del self.actions[index]
+                    try:
+                        fn(*args)
+                    except Exception as exc:  # noqa: BLE001 - keep cleaning
+                        problems.append(f"clean-up {name}: {exc}")
+        return problems
 
     def run(self) -> list[str]:
         problems = []

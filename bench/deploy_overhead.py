@@ -117,6 +117,7 @@ def install_probes() -> None:
     from backend.app.services import templating
 
     original_run = compose_module.run_command
+    original_check = compose_module.check_document
     original_validate = templating.validate_with_compose
     original_call = EngineSession.call
 
@@ -134,6 +135,13 @@ def install_probes() -> None:
         finally:
             PROBE.calls.append(Call("cli", _describe_compose(argv), start, time.perf_counter()))
 
+    async def timed_check(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await original_check(*args, **kwargs)
+        finally:
+            PROBE.calls.append(Call("cli", "compose config -q", start, time.perf_counter()))
+
     async def timed_validate(*args, **kwargs):
         start = time.perf_counter()
         try:
@@ -142,6 +150,7 @@ def install_probes() -> None:
             PROBE.calls.append(Call("cli", "compose config -q (POST validation)", start, time.perf_counter()))
 
     compose_module.run_command = timed_run
+    compose_module.check_document = timed_check
     templating.validate_with_compose = timed_validate
     EngineSession.call = timed_call
 

@@ -227,6 +227,29 @@ def flush_redis_db(db: int) -> None:
         client.close()
 
 
+def prepare_sql_broker(settings) -> None:
+    """Create the SQL broker's tables and queue rows from this one process, before any worker starts.
+
+    kombu's SQL transport creates them on first use (``metadata.create_all``, then one row per queue),
+    with no guard against another process doing the same at that moment: with the WindFlow worker, the
+    baseline worker and this process all starting on a fresh database, a loser of the race dies
+    (``Unrecoverable error: IntegrityError ... pg_class_relname_nsp_index ... queue_id_sequence``). When
+    that was the baseline worker, its first task timed out after 90 s and the clean-up dropped the database
+    under this process's still-polling result reader ("database windflow_bench_postgresql_... does not
+    exist"). Timing decides the race: run alone, the mode rarely lost it.
+    """
+    broker = settings.celery_broker_url
+    if not broker or not broker.startswith("sqla+"):
+        return
+    from kombu import Connection
+
+    import backend.app.core.sql_transport  # noqa: F401 - WindFlow's SQL transport, as the workers use it
+
+    with Connection(broker, transport_options={"polling_interval": settings.CELERY_SQL_POLLING_INTERVAL}) as conn:
+        for queue in ("celery", NOOP_QUEUE):
+            conn.default_channel.queue_declare(queue=queue)
+
+
 def start_windflow_worker(settings, label: str) -> c.Proc:
     """The guide's command, as an external worker."""
     argv = [str(c.BIN / "celery"), "-A", "backend.app.celery_app", "worker", "--concurrency=4", "-n", f"{WORKER_NAME}@%h"]
@@ -286,6 +309,7 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
 
     worker = noop_worker = noop_app = None
     if celery_mode:
+        prepare_sql_broker(settings)
         worker = start_windflow_worker(settings, mode)
         cleanup.push(f"stop the WindFlow worker of {mode}", worker.stop)
         noop_worker = start_noop_worker(settings, mode)
@@ -306,7 +330,11 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                 env = await c.api_setup(client, FAILING_STACK)
                 if celery_mode:
                     await wait_external(app, worker)
-                    await asyncio.wait_for(asyncio.to_thread(celery_noop, noop_app), 90)  # the baseline worker answers
+                    try:  # the baseline worker answers
+                        await asyncio.wait_for(asyncio.to_thread(celery_noop, noop_app), 90)
+                    except TimeoutError:
+                        raise RuntimeError("the baseline worker did not run its first task within 90 s:\n"
+                                           f"{noop_worker.tail()}") from None
                 mode_now = str(app.state.celery_manager.mode)
                 print(f"[{mode}] execution mode {mode_now}; broker {app.state.celery_manager.report.broker}; "
                       f"{args.warmup} warm-up + {args.runs} samples", file=sys.stderr, flush=True)

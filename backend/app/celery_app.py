@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEPLOY_TASK = "windflow.deploy_stack"
 RECOVERY_TASK = "windflow.retry_pending_deployments"
+REAPER_TASK = "windflow.reap_expired_leases"
 PURGE_TASK = "windflow.purge_consumed_messages"
 
 
@@ -72,6 +73,13 @@ def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery
                     "max_age_minutes": settings.RECOVERY_MAX_AGE_MINUTES,
                     "timeout_minutes": settings.RECOVERY_TIMEOUT_MINUTES,
                 },
+            },
+            # leader-elected inside the task (advisory lock): cheap, every few seconds; a message that
+            # waited longer than one interval is dropped rather than run late
+            "reap-expired-leases": {
+                "task": REAPER_TASK,
+                "schedule": settings.REAPER_INTERVAL_SECONDS,
+                "options": {"expires": max(1.0, settings.REAPER_INTERVAL_SECONDS)},
             },
             **(
                 {"purge-consumed-messages": {"task": PURGE_TASK, "schedule": crontab(minute="*/10")}}
@@ -130,27 +138,28 @@ def _redact_celery_logs(logger=None, **_kwargs) -> None:
             handler.addFilter(RedactingFilter())
 
 
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _prepare_database(**_kwargs) -> None:
+    """Before the first broker connection: schema and kombu's tables, created once under the migration's
+    advisory lock, so any number of workers (and beat) can start at the same moment on a fresh database."""
+    from backend.app.migrate import upgrade_sync
+
+    if settings.RUN_MIGRATIONS_ON_STARTUP or (settings.celery_broker_url or "").startswith("sqla+"):
+        # a throwaway engine on a throwaway loop: nothing of it is inherited by the forked pool
+        upgrade_sync(settings, schema=settings.RUN_MIGRATIONS_ON_STARTUP)
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or 1
-    if settings.RUN_MIGRATIONS_ON_STARTUP:
-        _migrate()
     global _heartbeat_thread
     _heartbeat_thread = threading.Thread(
         target=_heartbeat_loop, args=(name, int(concurrency)), name="windflow-heartbeat", daemon=True
     )
     _heartbeat_thread.start()
     logger.info("WindFlow %s worker %s ready (broker: %s)", _worker_kind(), name, broker_label(settings))
-
-
-def _migrate() -> None:
-    """Workers may start before any backend: bring the schema up to date (serialised by an advisory lock)."""
-    from backend.app import database
-    from backend.app.migrate import upgrade_database
-    from backend.app.tasks import worker_runtime
-
-    worker_runtime.run(upgrade_database(database.get_engine(), settings), timeout=120)
 
 
 def _heartbeat_loop(name: str, concurrency: int) -> None:

@@ -91,7 +91,11 @@ class Settings(BaseSettings):
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)
-    DEPLOYMENT_LEASE_SECONDS: int = Field(default=60, ge=5)
+    # a killed executor's deployment is reclaimed within LEASE + REAPER_INTERVAL seconds (docs/operations.md)
+    DEPLOYMENT_LEASE_SECONDS: int = Field(default=30, ge=3)
+    DEPLOYMENT_HEARTBEAT_SECONDS: float = Field(default=5.0, gt=0)
+    REAPER_INTERVAL_SECONDS: float = Field(default=5.0, ge=0.5, le=300)
+    DISPATCH_TIMEOUT_SECONDS: float = Field(default=15.0, ge=1)
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
@@ -99,6 +103,13 @@ class Settings(BaseSettings):
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
     RECOVERY_ON_STARTUP: bool = True
+
+    # --- retention of logs and history (backend/app/services/retention.py) -----------------------
+    RETENTION_DAYS: int = Field(default=30, ge=0)  # settled and idle this long: newest lines only; 0 = keep all
+    RETENTION_MAX_LOG_LINES: int = Field(default=10000, ge=0)  # per settled deployment; 0 = no limit
+    RETENTION_KEEP_LOG_LINES: int = Field(default=100, ge=1)  # newest lines of a deployment, always kept
+    RETENTION_INTERVAL_MINUTES: int = Field(default=60, ge=1)
+    RETENTION_BATCH_SIZE: int = Field(default=1000, ge=1, le=100000)  # rows per delete transaction
 
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"

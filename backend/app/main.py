@@ -171,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.RECOVERY_ON_STARTUP:
             loops.append(asyncio.create_task(background.startup_recovery(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.periodic_recovery(settings, app.state.dispatcher)))
+        loops.append(asyncio.create_task(background.reaper_loop(settings, app.state.dispatcher)))
+        loops.append(asyncio.create_task(background.periodic_retention(settings)))
         yield
         logger.info("WindFlow stopping")
         for task in loops:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,56 +16,12 @@ from backend.app.config import Settings
 from backend.app.main import create_app
 from backend.app.models import WorkerHeartbeat
 from backend.app.tasks import background_tasks
+from backend.tests.processes import REPO_ROOT, Proc, settings_env
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["CELERY", "REPO_ROOT", "Proc", "running_app", "settings_env", "start_worker", "wait_heartbeat", "wait_mode"]
+
 BIN = Path(sys.executable).parent
 CELERY = str(BIN / "celery")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WINDFLOW_", "DEPLOYMENT", "RECOVERY_"))}
-    env.update(settings.as_environment())
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Proc:
-    """A child process in its own process group, with its output in a file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, grace: float = 15) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        # children of a warm-shut-down worker are gone with the group; make sure
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self._log.close()
 
 
 def start_worker(settings: Settings, log_dir: Path, *extra: str, name: str = "w1") -> Proc:

@@ -1,15 +1,20 @@
 """A second, throw-away Docker engine reachable only over TCP + mutual TLS, for remote-target tests.
 
 ``remote_docker`` (session scope) starts Debian's ``dockerd`` 20.10 a second time, next to the engine of
-``scripts/setup-docker.sh``, listening on ``tcp://127.0.0.1:<free port>`` with ``--tlsverify`` and on a private
-unix socket (used only to wait for it). Everything it owns lives in one fresh ``/tmp/wfd-*`` directory:
+``scripts/setup-docker.sh``, as a real second host: in its **own network namespace** (``ip netns``), joined to
+the host by a veth pair with its own /30 of addresses, listening on ``tcp://<namespace address>:<port>`` with
+``--tlsverify`` and on a private unix socket (used only to wait for it). The network namespace is what keeps
+the host's engine exactly as it was: dockerd manages the interfaces and netfilter rules *of its namespace*
+(started with ``--bridge=none`` in the host's namespace, it would delete the host's ``docker0``, and
+``docker run`` on the default bridge would fail until the host engine restarts).
+
+Everything else it owns lives in one fresh ``/tmp/wfd-*`` directory:
 
 * ``--data-root``, ``--exec-root``, ``--pidfile``: its own state, so it never touches ``/var/lib/docker``
   or ``/var/run/docker*``. Without ``--containerd`` it starts *its own* containerd, whose socket, state
   and pid file are under the exec-root (``<exec-root>/containerd/``) and whose root is under the data-root.
-* ``--bridge=none --iptables=false --ip-masq=false``: no ``docker0`` bridge and no netfilter rules, so it
-  cannot fight the main engine over networking (both would otherwise own ``docker0`` and the same
-  iptables chains).
+* ``--bridge=none --iptables=false --ip-masq=false``: no default bridge and no netfilter rules inside its
+  namespace (the tests need neither: the stacks they deploy there publish no port).
 * ``--config-file`` pointing at an empty JSON document, so a host ``/etc/docker/daemon.json`` (``hosts``,
   ``data-root``...) can never conflict with the flags.
 
@@ -18,24 +23,28 @@ unix socket paths are limited to 108 bytes. It is always a *fresh* directory bec
 development machines does not reap orphans: a containerd from a previous run may linger as a zombie
 whose pid still "exists", and a stale pid file would make a new daemon wait for it.
 
-Certificates are generated with ``cryptography``: a CA, a server certificate for ``127.0.0.1`` /
-``localhost`` (``serverAuth``), a client certificate (``clientAuth``) the engine accepts, and a client
+Certificates are generated with ``cryptography``: a CA, a server certificate for the namespace's address
+(``serverAuth``), a client certificate (``clientAuth``) the engine accepts, and a client
 certificate signed by *another* CA that it must refuse.
 
 Teardown stops exactly the processes this fixture started, by pid: SIGTERM to dockerd (which stops its
-containerd), then SIGKILL to either one still alive after a grace period.
+containerd), then SIGKILL to either one still alive after a grace period; then it deletes the namespace
+(which deletes the veth pair). The namespace is named ``wfremote-<pytest pid>-<n>``: a run that crashed leaves
+one whose owner pid is gone, and the next start removes it (killing what still runs in it) first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
+import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -55,6 +64,7 @@ from backend.tests.conftest import require_service
 
 DOCKERD = os.environ.get("WINDFLOW_TEST_DOCKERD", "/usr/sbin/dockerd")
 START_TIMEOUT = float(os.environ.get("WINDFLOW_TEST_DOCKERD_TIMEOUT", "60"))
+TLS_PORT = 2376
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Pem:
 
 @dataclass(frozen=True)
 class RemoteDocker:
-    endpoint: str  # tcp://127.0.0.1:PORT
+    endpoint: str  # tcp://<address of its network namespace>:PORT
     ca: str  # PEM of the CA that signed the server and the good client certificate
     client: Pem  # accepted client certificate + key
     rogue_ca: str  # PEM of an unrelated CA
@@ -74,6 +84,8 @@ class RemoteDocker:
     api_version: str
     workdir: Path
     startup_seconds: float
+    netns: str  # the name of its network namespace (``ip netns``)
+    address: str  # its address, on the namespace's end of the veth pair
 
 
 # --- certificates ---------------------------------------------------------------------------------
@@ -125,7 +137,8 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
 
 
 def make_leaf(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], common_name: str, *, server: bool
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], common_name: str, *, server: bool,
+    address: str = "127.0.0.1",
 ) -> Pem:
     ca_cert, ca_key = ca
     key = _key()
@@ -149,7 +162,7 @@ def make_leaf(
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")]),
             critical=False,
         )
     return Pem(cert_pem(builder.sign(ca_key, hashes.SHA256())), _key_pem(key))
@@ -164,10 +177,78 @@ def client_tls_material() -> tuple[str, Pem]:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+NETNS_PREFIX = "wfremote-"
+_netns_serial = itertools.count(1)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+    return done
+
+
+def _remove_netns(name: str) -> None:
+    """Kill what still runs in namespace ``name`` and delete it (its veth pair goes with it). Idempotent."""
+    pids = _ip("netns", "pids", name, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(int(pid)) for pid in pids if pid.isdigit()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _ip("netns", "delete", name, check=False)
+
+
+def remove_leftover_namespaces() -> list[str]:
+    """Delete the namespaces of earlier runs whose pytest process is gone (a crash skipped their teardown)."""
+    removed = []
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith(NETNS_PREFIX):
+            continue
+        owner = name.removeprefix(NETNS_PREFIX).split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            _remove_netns(name)
+            removed.append(name)
+    return removed
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /30 in 10.231.0.0/16 that no interface of the host uses (host end .1, namespace end .2)."""
+    used = [ipaddress.ip_interface(word).network
+            for line in _ip("-4", "-o", "addr", "show", check=False).stdout.splitlines()
+            for word in line.split() if "/" in word and word[0].isdigit()]
+    candidates = list(ipaddress.ip_network("10.231.0.0/16").subnets(new_prefix=30))
+    for _ in range(64):
+        subnet = candidates[secrets.randbelow(len(candidates))]
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise RuntimeError("no free /30 in 10.231.0.0/16 for the remote engine's namespace")
+
+
+@contextlib.contextmanager
+def network_namespace() -> Iterator[tuple[str, str]]:
+    """A fresh network namespace joined to the host by a veth pair; yields (name, its address). Deleted after."""
+    remove_leftover_namespaces()
+    name = f"{NETNS_PREFIX}{os.getpid()}-{next(_netns_serial)}"
+    host_if, ns_if = f"wfr{secrets.token_hex(4)}", "eth0"
+    subnet = _free_subnet()
+    host_addr, ns_addr = (str(host) for host in list(subnet.hosts())[:2])
+    try:
+        _ip("netns", "add", name)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}p")
+        _ip("link", "set", f"{host_if}p", "netns", name)
+        _ip("netns", "exec", name, "ip", "link", "set", f"{host_if}p", "name", ns_if)
+        _ip("addr", "add", f"{host_addr}/{subnet.prefixlen}", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("netns", "exec", name, "ip", "addr", "add", f"{ns_addr}/{subnet.prefixlen}", "dev", ns_if)
+        _ip("netns", "exec", name, "ip", "link", "set", ns_if, "up")
+        _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield name, ns_addr
+    finally:
+        _remove_netns(name)
+        _ip("link", "delete", host_if, check=False)  # normally gone with the namespace already
 
 
 def _alive(pid: int) -> bool:
@@ -204,11 +285,11 @@ def _ping_unix(sock: Path) -> bool:
         return False
 
 
-def _tls_version(port: int, ca: Path, cert: Path, key: Path) -> dict:
+def _tls_version(address: str, port: int, ca: Path, cert: Path, key: Path) -> dict:
     context = ssl.create_default_context(cafile=str(ca))
     context.load_cert_chain(str(cert), str(key))
-    with httpx.Client(verify=context, timeout=5) as client:
-        response = client.get(f"https://127.0.0.1:{port}/version")
+    with httpx.Client(verify=context, timeout=5, trust_env=False) as client:
+        response = client.get(f"https://{address}:{port}/version")
         response.raise_for_status()
         return response.json()
 
@@ -245,20 +326,30 @@ def _stop(dockerd: subprocess.Popen, containerd_pidfile: Path) -> None:
 
 @contextlib.contextmanager
 def start_remote_docker() -> Iterator[RemoteDocker]:
-    """Start the TLS-only second engine; yield how to reach it; stop it. Raises RuntimeError when it cannot start."""
+    """Start the TLS-only second engine in its own network namespace; yield how to reach it; stop it and
+    delete the namespace. Raises RuntimeError when it cannot start."""
     if not Path(DOCKERD).is_file():
         raise RuntimeError(f"{DOCKERD} not found (install docker.io: bash scripts/setup-docker.sh)")
     if os.geteuid() != 0:
         raise RuntimeError("a second dockerd needs root")
-    workdir = Path(tempfile.mkdtemp(prefix="wfd-", dir="/tmp"))
+    if shutil.which("ip") is None or shutil.which("nsenter") is None:
+        raise RuntimeError("`ip` (iproute2) or `nsenter` (util-linux) not found: the second engine runs in "
+                           "its own network namespace")
     started = time.monotonic()
+    with network_namespace() as (netns, address), _engine_in(netns, address) as engine:
+        yield dataclasses.replace(engine, startup_seconds=time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _engine_in(netns: str, address: str) -> Iterator[RemoteDocker]:
+    workdir = Path(tempfile.mkdtemp(prefix="wfd-", dir="/tmp"))
     dockerd: subprocess.Popen | None = None
     containerd_pidfile = workdir / "exec" / "containerd" / "containerd.pid"
     try:
         certs = workdir / "certs"
         certs.mkdir()
         ca = make_ca("WindFlow test CA")
-        server = make_leaf(ca, "127.0.0.1", server=True)
+        server = make_leaf(ca, address, server=True, address=address)
         client = make_leaf(ca, "windflow-client", server=False)
         rogue = make_ca("Rogue CA")
         rogue_client = make_leaf(rogue, "rogue-client", server=False)
@@ -274,17 +365,20 @@ def start_remote_docker() -> Iterator[RemoteDocker]:
             (certs / name).chmod(0o600)
         config = workdir / "daemon.json"
         config.write_text(json.dumps({}))
-        port = _free_port()
+        port = TLS_PORT  # its own host: the conventional port is free there
         unix_socket = workdir / "docker.sock"
         log_path = workdir / "dockerd.log"
         argv = [
+            # Only the network namespace: `ip netns exec` would also give it a mount namespace with a fresh
+            # /sys, without the cgroup mounts dockerd needs. nsenter execs dockerd: the pid below is dockerd's.
+            "nsenter", f"--net=/run/netns/{netns}",
             DOCKERD,
             f"--config-file={config}",
             f"--data-root={workdir / 'data'}",
             f"--exec-root={workdir / 'exec'}",
             f"--pidfile={workdir / 'docker.pid'}",
             f"--host=unix://{unix_socket}",
-            f"--host=tcp://127.0.0.1:{port}",
+            f"--host=tcp://{address}:{port}",
             "--tlsverify",
             f"--tlscacert={certs / 'ca.pem'}",
             f"--tlscert={certs / 'server-cert.pem'}",
@@ -306,9 +400,9 @@ def start_remote_docker() -> Iterator[RemoteDocker]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"dockerd did not answer within {START_TIMEOUT:.0f} s:\n{_tail(log_path)}")
             time.sleep(0.2)
-        info = _tls_version(port, certs / "ca.pem", certs / "cert.pem", certs / "key.pem")
+        info = _tls_version(address, port, certs / "ca.pem", certs / "cert.pem", certs / "key.pem")
         yield RemoteDocker(
-            endpoint=f"tcp://127.0.0.1:{port}",
+            endpoint=f"tcp://{address}:{port}",
             ca=files["ca.pem"],
             client=client,
             rogue_ca=cert_pem(rogue[0]),
@@ -316,7 +410,9 @@ def start_remote_docker() -> Iterator[RemoteDocker]:
             version=info["Version"],
             api_version=info["ApiVersion"],
             workdir=workdir,
-            startup_seconds=time.monotonic() - started,
+            startup_seconds=0.0,
+            netns=netns,
+            address=address,
         )
     finally:
         if dockerd is not None:
@@ -325,9 +421,10 @@ def start_remote_docker() -> Iterator[RemoteDocker]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def remote_docker() -> Iterator[RemoteDocker]:
-    """A second Docker engine on ``tcp://127.0.0.1:<port>`` that only accepts clients with our certificate."""
+@contextlib.contextmanager
+def remote_docker_or_skip() -> Iterator[RemoteDocker]:
+    """:func:`start_remote_docker`, where an engine that cannot start is a missing service (skip, or fail
+    on CI) rather than an error of the test."""
     try:
         manager = start_remote_docker()
         engine = manager.__enter__()
@@ -337,3 +434,11 @@ def remote_docker() -> Iterator[RemoteDocker]:
         yield engine
     finally:
         manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def remote_docker() -> Iterator[RemoteDocker]:
+    """A second Docker engine, a host of its own (network namespace), that only accepts clients with our
+    certificate."""
+    with remote_docker_or_skip() as engine:
+        yield engine

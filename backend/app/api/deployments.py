@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
@@ -17,7 +17,7 @@ from backend.app.schemas.deployments import (
     LogPage,
 )
 from backend.app.services import deployment_lifecycle
-from backend.app.services.deployment_logs import read_logs
+from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, mask_variables, masked_compose
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -83,17 +83,16 @@ async def list_deployments(
     organization_id: str | None = None,
 ) -> DeploymentPage:
     """Deployments of your organisations, newest first."""
-    rows, total = await DeploymentService.list_for_user(
+    result = await DeploymentService.list_for_user(
         session,
         user,
-        offset=page.offset,
-        limit=page.limit,
+        page,
         status=status_filter,
         stack_id=stack_id,
         target_id=target_id,
         organization_id=organization_id,
     )
-    return DeploymentPage(items=[read_model(d) for d in rows], total=total)
+    return DeploymentPage.of(result, [read_model(d) for d in result.items])
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
@@ -106,12 +105,15 @@ async def get_deployment(deployment: DeploymentDep) -> DeploymentRead:
 async def get_logs(
     deployment: DeploymentDep,
     session: SessionDep,
-    since_seq: Annotated[int, Query(ge=0, description="return lines after this sequence number")] = 0,
+    since_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="return lines after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
 ) -> LogPage:
-    """Persisted log lines after ``since_seq``, in order."""
-    lines = await read_logs(session, deployment.id, since_seq, limit)
-    return LogPage(items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq)
+    """Persisted log lines after ``since_seq`` (or ``cursor``), in order."""
+    lines, next_cursor = await read_log_page(session, deployment.id, since_seq=since_seq, cursor=cursor, limit=limit)
+    return LogPage(
+        items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq, next_cursor=next_cursor
+    )
 
 
 @router.get("/{deployment_id}/compose", response_model=DeploymentCompose)
@@ -121,9 +123,18 @@ async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> Deplo
 
 
 @router.get("/{deployment_id}/history", response_model=list[HistoryRead])
-async def get_history(deployment: DeploymentDep, session: SessionDep) -> list[HistoryRead]:
-    """Every status change of the deployment, oldest first."""
-    return [HistoryRead.model_validate(h) for h in await DeploymentService.history(session, deployment.id)]
+async def get_history(
+    deployment: DeploymentDep,
+    session: SessionDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    cursor: Annotated[str | None, Query(max_length=1024, description="the X-Next-Cursor of the previous page")] = None,
+) -> list[HistoryRead]:
+    """Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor."""
+    rows, next_cursor = await DeploymentService.history_page(session, deployment.id, limit=limit, cursor=cursor)
+    if next_cursor is not None:
+        response.headers["X-Next-Cursor"] = next_cursor
+    return [HistoryRead.model_validate(h) for h in rows]
 
 
 async def _requeue(action: str, deployment: Deployment, user, session, request: Request, settings) -> DeploymentRead:

@@ -12,7 +12,7 @@ from backend.app.core import security
 from backend.app.core.exceptions import NotAuthenticated, NotFound, PermissionDenied
 from backend.app.database import AsyncSessionLocal
 from backend.app.models import Organization, Role, User
-from backend.app.services import auth_service, organization_service
+from backend.app.services import auth_service, organization_service, pagination
 
 
 def get_settings(request: Request) -> Settings:
@@ -84,17 +84,20 @@ OrgAdmin = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.ADMIN))]
 OrgOwner = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.OWNER))]
 
 
-class Page:
-    def __init__(
-        self,
-        offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
-        limit: Annotated[int, Query(ge=1, le=200, description="items per page (1-200)")] = 50,
-    ) -> None:
-        self.offset = offset
-        self.limit = limit
+def page_params(
+    offset: Annotated[
+        int, Query(ge=0, description=f"items to skip (at most {pagination.MAX_OFFSET}; deeper pages: use cursor)")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT, description=f"items per page (1-{pagination.MAX_LIMIT})")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=1024, description="next_cursor of the previous page (instead of offset)")
+    ] = None,
+) -> pagination.PageParams:
+    """``offset``/``limit``/``cursor`` of a listing; an offset past the bound is a 422 naming the cursor."""
+    return pagination.PageParams(limit=limit, offset=offset, cursor=cursor)
 
 
-PageDep = Annotated[Page, Depends()]
+PageDep = Annotated[pagination.PageParams, Depends(page_params)]
 
 
 def client_address(request: Request) -> str:

@@ -41,8 +41,8 @@ def _member(membership, user) -> MemberRead:
 @router.get("", response_model=OrganizationPage)
 async def list_organizations(user: CurrentUser, session: SessionDep, page: PageDep) -> OrganizationPage:
     """Organisations you belong to (all of them for a superuser), with your role."""
-    rows, total = await organization_service.list_for_user(session, user, page.offset, page.limit)
-    return OrganizationPage(items=[_read(org, role) for org, role in rows], total=total)
+    result = await organization_service.list_for_user(session, user, page)
+    return OrganizationPage.of(result, [_read(org, role) for org, role in result.items])
 
 
 @router.post("", response_model=OrganizationRead, status_code=status.HTTP_201_CREATED)
@@ -83,8 +83,8 @@ async def delete_organization(access: OrgOwner, _admin: Superuser, session: Sess
 async def list_members(access: OrgViewer, session: SessionDep, page: PageDep) -> MemberPage:
     """Members of the organisation and their roles."""
     org, _ = access
-    rows, total = await organization_service.list_members(session, org.id, page.offset, page.limit)
-    return MemberPage(items=[_member(m, u) for m, u in rows], total=total)
+    result = await organization_service.list_members(session, org.id, page)
+    return MemberPage.of(result, [_member(m, u) for m, u in result.items])
 
 
 @router.post("/{organization_id}/members", response_model=MemberRead, status_code=status.HTTP_201_CREATED)

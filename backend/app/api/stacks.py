@@ -50,10 +50,8 @@ async def list_stacks(
     organization_id: Annotated[str | None, Query(description="only this organisation's stacks")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""
-    rows, total = await stack_service.list_for_user(
-        session, user, organization_id=organization_id, offset=page.offset, limit=page.limit
-    )
-    return StackPage(items=[StackRead.model_validate(s) for s in rows], total=total)
+    result = await stack_service.list_for_user(session, user, page, organization_id=organization_id)
+    return StackPage.of(result, [StackRead.model_validate(s) for s in result.items])
 
 
 @router.get("/{stack_id}", response_model=StackRead)

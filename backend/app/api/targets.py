@@ -45,10 +45,8 @@ async def list_targets(
     type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""
-    rows, total = await target_service.list_for_user(
-        session, user, organization_id=organization_id, type=type, offset=page.offset, limit=page.limit
-    )
-    return TargetPage(items=[target_service.to_read(t, settings) for t in rows], total=total)
+    result = await target_service.list_for_user(session, user, page, organization_id=organization_id, type=type)
+    return TargetPage.of(result, [target_service.to_read(t, settings) for t in result.items])
 
 
 @router.get("/{target_id}", response_model=TargetRead)

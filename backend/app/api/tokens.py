@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from backend.app.api.deps import CurrentUser, EntityId, SessionDep
+from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
 from backend.app.services import user_service
 
@@ -18,10 +18,10 @@ async def create_token(body: ApiTokenCreate, user: CurrentUser, session: Session
 
 
 @router.get("", response_model=ApiTokenPage)
-async def list_tokens(user: CurrentUser, session: SessionDep) -> ApiTokenPage:
-    """Your API tokens (never their values)."""
-    tokens = await user_service.list_api_tokens(session, user)
-    return ApiTokenPage(items=[ApiTokenRead.model_validate(t) for t in tokens], total=len(tokens))
+async def list_tokens(user: CurrentUser, session: SessionDep, page: PageDep) -> ApiTokenPage:
+    """Your API tokens (never their values), newest first."""
+    result = await user_service.list_api_tokens(session, user, page)
+    return ApiTokenPage.of(result, [ApiTokenRead.model_validate(t) for t in result.items])
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)

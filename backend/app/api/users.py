@@ -20,8 +20,8 @@ async def create_user(body: UserCreate, session: SessionDep, _admin: Superuser) 
 @router.get("", response_model=UserPage)
 async def list_users(session: SessionDep, _admin: Superuser, page: PageDep) -> UserPage:
     """List users (superusers only)."""
-    users, total = await user_service.list_users(session, page.offset, page.limit)
-    return UserPage(items=[UserRead.model_validate(u) for u in users], total=total)
+    result = await user_service.list_users(session, page)
+    return UserPage.of(result, [UserRead.model_validate(u) for u in result.items])
 
 
 @router.get("/{user_id}", response_model=UserRead)

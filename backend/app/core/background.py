@@ -1,8 +1,11 @@
-"""The backend's own background loops: start-up recovery and periodic recovery.
+"""The backend's own background loops: start-up recovery, periodic recovery and the reaper.
 
 Periodic recovery runs in every backend process but does real work in at most one at a time: a
 PostgreSQL advisory lock elects the runner (SQLite deployments are single-process), and a pass is skipped
 when another runner (Celery beat or another replica) already recovered within the interval.
+
+The reaper (``services/recovery.py::reap``) runs every ``REAPER_INTERVAL_SECONDS`` under its own advisory
+lock, shared with Celery beat's ``windflow.reap_expired_leases`` task: one reaper at a time, wherever it runs.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from sqlalchemy import text
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
-from backend.app.services import recovery
+from backend.app.services import recovery, retention
 
 logger = logging.getLogger(__name__)
 RECOVERY_LOCK_KEY = 727274002
-_local_lock = asyncio.Lock()
+REAPER_LOCK_KEY = 727274003
+RETENTION_LOCK_KEY = 727274004
+_local_locks: dict[int, asyncio.Lock] = {}
 
 
 @contextlib.asynccontextmanager
@@ -30,10 +35,11 @@ async def leader_lock(key: int = RECOVERY_LOCK_KEY) -> AsyncIterator[bool]:
     """Yield True in the one process that holds the lock, False elsewhere (never blocks)."""
     engine = database.get_engine()
     if engine.dialect.name != "postgresql":
-        if _local_lock.locked():
+        local = _local_locks.setdefault(key, asyncio.Lock())
+        if local.locked():
             yield False
             return
-        async with _local_lock:
+        async with local:
             yield True
         return
     async with engine.connect() as conn:
@@ -88,3 +94,44 @@ async def periodic_recovery(settings: Settings, dispatcher) -> None:
             raise
         except Exception:  # noqa: BLE001 - keep the loop alive
             logger.exception("periodic recovery failed")
+
+
+async def reap_once(settings: Settings, dispatcher) -> dict | None:
+    async with leader_lock(REAPER_LOCK_KEY) as leader:
+        if not leader:
+            return None
+        async with database.AsyncSessionLocal() as session:
+            return await recovery.reap(session, settings, dispatcher)
+
+
+async def reaper_loop(settings: Settings, dispatcher) -> None:
+    """Heal a dead executor's deployments within seconds of its lease expiring (not at the next recovery)."""
+    while True:
+        await asyncio.sleep(settings.REAPER_INTERVAL_SECONDS)
+        try:
+            await reap_once(settings, dispatcher)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - keep the loop alive
+            logger.exception("reaper pass failed")
+async def retention_once(settings: Settings) -> retention.RetentionReport | None:
+    """One retention pass in the process holding the retention lock (None elsewhere)."""
+    async with leader_lock(RETENTION_LOCK_KEY) as leader:
+        if not leader:
+            logger.debug("retention: another process is running it")
+            return None
+        return await retention.prune(settings)
+
+
+async def periodic_retention(settings: Settings) -> None:
+    """Prune old log lines and history every ``RETENTION_INTERVAL_MINUTES`` (first pass shortly after start)."""
+    delay = 60.0
+    while True:
+        await asyncio.sleep(delay)
+        delay = settings.RETENTION_INTERVAL_MINUTES * 60
+        try:
+            await retention_once(settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - keep the loop alive
+            logger.exception("retention pass failed")

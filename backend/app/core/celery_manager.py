@@ -10,7 +10,9 @@ The backend decides, continuously, how deployments run:
 
 The monitor loop re-evaluates every few seconds (the guide's mode 3): if external workers disappear the
 embedded worker starts; if they come back it is stopped. An embedded worker that dies is restarted up to
-3 times; stopping sends SIGTERM to its process group, then SIGKILL after a grace period.
+3 times; stopping sends SIGTERM to its process group, then SIGKILL after a grace period. It has the
+parent-death signal: if the backend is killed, so is its embedded worker (and, through Celery's own
+``PR_SET_PDEATHSIG`` on pool children, the work it was doing).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from enum import StrEnum
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.core import metrics, workers
+from backend.app.engines.process import die_with_parent
 
 logger = logging.getLogger("backend.app.celery")
 
@@ -69,7 +72,7 @@ def check_broker(settings: Settings, celery_app, timeout: float = 3.0) -> str | 
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=timeout)
             if settings.celery_broker_url and settings.celery_broker_url.startswith("sqla+"):
-                conn.default_channel  # noqa: B018 - opens the SQL engine and creates kombu's tables
+                conn.default_channel  # noqa: B018 - opens the SQL engine (the migration step created kombu's tables)
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable now"
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return None
@@ -114,6 +117,9 @@ class EmbeddedWorker:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            # a kill -9 of the backend takes its embedded worker along (whose pool children and their
+            # compose commands follow): nothing of the old executor runs beside the reclaimed attempt
+            preexec_fn=die_with_parent(),
         )
         self._reader = asyncio.create_task(self._forward_output(self.process), name="embedded-worker-output")
 

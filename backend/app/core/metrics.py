@@ -2,17 +2,17 @@
 
 Process-local counters (dispatch fallbacks, embedded worker restarts, dispatch latency observed from the
 event bus) live in the default registry. Database-wide figures (deployments per status, cumulative
-recovery statistics written by whichever process ran recovery) are read at scrape time.
+recovery statistics written by whichever process ran recovery) are read at scrape time from a few
+maintained rows (``deployment_status_counts``, ``system_state``), so a scrape costs the same whatever
+the number of deployments.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import func, select
-
 from backend.app.core.events import Event, EventType
-from backend.app.models import Deployment, DeploymentStatus
+from backend.app.models import DeploymentStatus
 
 DISPATCH_FALLBACKS = Counter(
     "windflow_dispatch_fallback_total", "Deployments run by the asyncio fallback instead of Celery", ["reason"]
@@ -50,8 +50,9 @@ REGISTRY.register(_collector)
 async def refresh_from_database(session) -> None:
     from backend.app.services.recovery import last_report
 
-    rows = await session.execute(select(Deployment.status, func.count()).group_by(Deployment.status))
-    _collector.by_status = {str(status): count for status, count in rows.all()}
+    from backend.app.services import status_counts
+
+    _collector.by_status = await status_counts.read(session)  # six maintained rows, never a scan
     report = await last_report(session)
     _collector.recovery = dict((report or {}).get("totals", {}))
 

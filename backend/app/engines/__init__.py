@@ -1,8 +1,9 @@
 """Docker drivers behind one interface (:class:`~backend.app.engines.base.Engine`).
 
 ``engine_for(connection)`` picks the driver for a target: a swarm target deploys stacks with
-``docker stack deploy``; a docker target uses the compose CLI when one is installed here, else the
-Docker SDK alone (:class:`ContainerEngine`).
+``docker stack deploy``; a docker target with the compose CLI (``docker compose`` v2, else
+``docker-compose`` v1), a requirement that ``scripts/setup-docker.sh`` and the image install. Without
+one, the deployment fails at once saying so (``ComposeEngine`` raises a permanent error).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from backend.app.engines.base import (
     project_name,
 )
 from backend.app.engines.compose import ComposeEngine
-from backend.app.engines.compose_cli import find_compose_command
-from backend.app.engines.container import ContainerEngine
 from backend.app.engines.swarm import SwarmEngine
 from backend.app.models.enums import TargetType
 
@@ -29,17 +28,13 @@ from backend.app.models.enums import TargetType
 def engine_for(connection: TargetConnection) -> Engine:
     if connection.type == TargetType.SWARM:
         return SwarmEngine(connection)
-    command = find_compose_command()
-    if command:
-        return ComposeEngine(connection, command=command)
-    return ContainerEngine(connection)
+    return ComposeEngine(connection)
 
 
 __all__ = [
     "DEPLOYMENT_LABEL",
     "MANAGED_LABEL",
     "ComposeEngine",
-    "ContainerEngine",
     "DeploySpec",
     "Engine",
     "EngineError",

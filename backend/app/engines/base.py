@@ -37,10 +37,53 @@ def deployment_labels(deployment_id: str) -> dict[str, str]:
 
 
 class EngineError(Exception):
+    """A driver failure. ``transient`` says whether retrying the same request may succeed.
+
+    Raise a subclass where the engine's answer is known, so the decision is made from the type (and, for
+    an API answer, its status code), not by matching the message later: :class:`EngineUnreachable` (no
+    answer at all), :class:`EngineTimeout` (no answer in time), :class:`EngineRejected` (the engine
+    answered with an error status). A bare ``EngineError`` is for what only the text describes (a CLI's
+    output), classified once where it is raised.
+    """
+
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.message = message
         self.transient = transient
+
+
+class EngineUnreachable(EngineError):
+    """The engine did not answer (connection refused, DNS, TLS handshake, socket gone): always transient."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+class EngineTimeout(EngineError):
+    """A request or command did not finish in time: transient."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+#: Engine API statuses worth a retry: throttled, or a proxy/daemon that is briefly unavailable.
+TRANSIENT_STATUS_CODES = frozenset({408, 429, 502, 503, 504})
+
+
+class EngineRejected(EngineError):
+    """The engine answered with an error status. 4xx are permanent (the same request fails again), the
+    gateway/throttling codes are transient; Docker's generic 500 carries the real cause only in its text,
+    so for it the caller passes the classification of the message."""
+
+    def __init__(self, message: str, status_code: int | None, *, transient_500: bool = False) -> None:
+        if status_code in TRANSIENT_STATUS_CODES:
+            transient = True
+        elif status_code is None or status_code >= 500:
+            transient = transient_500
+        else:
+            transient = False
+        super().__init__(message, transient=transient)
+        self.status_code = status_code
 
 
 @dataclass(frozen=True)

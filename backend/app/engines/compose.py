@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from backend.app.engines.base import DeploySpec, EngineError, LogSink, TargetConnection
-from backend.app.engines.compose_cli import compose_is_v2, find_compose_command, known_valid, remember_valid
+from backend.app.engines.compose_cli import (
+    check_document,
+    compose_is_v2,
+    find_compose_command,
+    known_valid,
+    remember_valid,
+)
 from backend.app.engines.connection import EngineSession
-from backend.app.engines.docker_base import COMPOSE_FILE, DockerEngine, compose_path
+from backend.app.engines.docker_base import DockerEngine, compose_path
 from backend.app.engines.document import load_document
 from backend.app.engines.process import CommandResult, failure, run_command
 from backend.app.models.enums import LogLevel
@@ -32,8 +36,8 @@ class ComposeEngine(DockerEngine):
         super().__init__(connection)
         found = command or find_compose_command()
         if not found:
-            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`)",
-                              transient=False)
+            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`): install "
+                              "compose v2 where WindFlow runs (bash scripts/setup-docker.sh does)", transient=False)
         self.command = tuple(found)
         self.v2 = compose_is_v2(self.command)
         #: the running ``up`` of each deployment between create_resources and start_services
@@ -81,25 +85,19 @@ class ComposeEngine(DockerEngine):
     # ------------------------------------------------------------------ steps
 
     async def validate(self, spec: DeploySpec, log: LogSink) -> None:
-        """``compose config -q`` on a temporary copy of the document, so the message is the tool's own;
+        """``compose config -q`` on a temporary copy of the document (the one compose runner,
+        :func:`~backend.app.engines.compose_cli.check_document`), so the message is the tool's own;
         then our labelling must accept it too (e.g. labels of a known form). A document this process's
         compose tool already accepted (at deployment creation) is not run through it twice."""
         if known_valid(spec.compose):
             self.labelled_document(spec)
             await log(LogLevel.INFO, "compose document is valid (checked by docker compose config at creation)")
             return
-        tmp = Path(tempfile.mkdtemp(prefix="windflow-validate-"))
-        try:
-            raw = tmp / COMPOSE_FILE
-            raw.write_text(spec.compose)
-            async with self.session() as session:
-                result = await self._compose(session, spec, log, "config", "-q", file=raw, timeout=CONFIG_TIMEOUT)
-            if not result.ok:
-                raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
-            self.labelled_document(spec)
-            remember_valid(spec.compose)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        result = await check_document(spec.compose, command=self.command, timeout=CONFIG_TIMEOUT, log=log)
+        if not result.ok:
+            raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
+        self.labelled_document(spec)
+        remember_valid(spec.compose)
         await log(LogLevel.INFO, "compose document is valid")
 
     def _up_args(self) -> list[str]:

@@ -1,12 +1,19 @@
-"""Locating the compose tool: ``docker compose`` (v2 plugin), else ``docker-compose`` (v1)."""
+"""The compose tool: locating it (``docker compose`` v2 plugin, else ``docker-compose`` v1) and the one
+runner of ``compose config -q`` that judges a document, used at stack/deployment creation
+(``templating.validate_with_compose``) and by the compose driver's ``validate`` step."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+
+from backend.app.engines.base import EngineError, LogSink
+from backend.app.engines.process import CommandResult, run_command
 
 
 #: Where the docker CLI looks for its compose plugin (docs.docker.com, "Install the plugin manually").
@@ -87,3 +94,42 @@ def remember_valid(document: str) -> None:
 def known_valid(document: str) -> bool:
     with _valid_lock:
         return _digest(document) in _valid
+
+
+# --- judging a document ------------------------------------------------------------------------------
+
+VALIDATE_PROJECT_NAME = "windflow-validate"
+#: What ``compose config`` may see of the backend's environment: nothing a template could interpolate.
+_VALIDATE_ENV = ("PATH", "HOME", "DOCKER_CONFIG")
+
+
+async def check_document(
+    document: str,
+    *,
+    command: Sequence[str] | None = None,
+    timeout: float,
+    log: LogSink | None = None,
+    normalised: bool = False,
+) -> CommandResult:
+    """``compose config -q`` on ``document``: the tool's verdict (``result.ok``) and its lines; with
+    ``normalised``, ``compose config`` whose output (``result.stdout``) is the document as compose reads it
+    (interpolated, ``extends`` merged).
+
+    The tool runs in an empty temporary directory with a minimal environment, so neither the server's
+    environment variables nor a stray ``.env`` reach the interpolation; the temporary paths in its
+    messages read ``compose.yaml`` and ``.``. Raises a transient ``EngineError`` when the tool does not
+    answer within ``timeout`` (its process group is killed), a permanent one when it cannot be run.
+    """
+    command = tuple(command or find_compose_command() or ())
+    if not command:
+        raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`)", transient=False)
+    with tempfile.TemporaryDirectory(prefix="windflow-validate-") as workdir:
+        path = Path(workdir) / "compose.yaml"
+        path.write_text(document, encoding="utf-8")
+        env = {key: os.environ[key] for key in _VALIDATE_ENV if key in os.environ}
+        argv = [*command, "--project-name", VALIDATE_PROJECT_NAME, "--project-directory", workdir, "-f", str(path),
+                "config", *([] if normalised else ["-q"])]
+        result = await run_command(argv, env=env, log=log, cwd=Path(workdir), timeout=timeout,
+                                   capture_stdout=normalised)
+    lines = [line.replace(str(path), "compose.yaml").replace(workdir, ".") for line in result.lines]
+    return CommandResult(result.returncode, lines, result.stdout)

@@ -3,22 +3,25 @@
 One :class:`EngineSession` per driver operation. TLS material and SSH keys are written to a private
 temporary directory (0700, files 0600) that lives exactly as long as the session.
 
-SSH: the CLIs dial ``ssh://user@host`` themselves (``ssh ... docker system dial-stdio``). The SDK's
-own ``ssh://`` support imports paramiko even with ``use_ssh_client=True``; WindFlow does not ship
-paramiko, so :class:`_SSHStdioAdapter` does the same shell-out with the system ``ssh`` client. A
-private key given with the target is passed through an ``ssh`` wrapper put first on the CLIs' PATH,
-so the CLIs, compose v1 and v2, and the SDK all use it.
+SSH: the CLIs dial ``ssh://user@host`` themselves (``DOCKER_HOST=ssh://...``: ``ssh ... docker system
+dial-stdio``). The SDK talks to a unix socket in the session's directory whose every connection runs
+that same command (:class:`_DialStdioSocket`), through its ordinary ``unix://`` transport. A private key
+given with the target is passed through an ``ssh`` wrapper put first on the CLIs' PATH and used by the
+socket, so the CLIs, compose v1 and v2, and the SDK all use it, each session its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -29,12 +32,9 @@ import docker.errors
 import docker.tls
 import docker.transport.unixconn
 import requests
-import requests.adapters
 import urllib3
-import urllib3.connection
-import urllib3.connectionpool
 
-from backend.app.engines.base import EngineError, TargetConnection
+from backend.app.engines.base import EngineError, EngineRejected, EngineTimeout, EngineUnreachable, TargetConnection
 
 T = TypeVar("T")
 
@@ -89,6 +89,12 @@ _TRANSIENT = (
     "bad gateway",
     "no such host",
 )
+
+
+def is_unreachable(message: str) -> bool:
+    """Whether a CLI's output says it could not talk to the engine at all (the CLI has no status code)."""
+    text = message.lower()
+    return any(p in text for p in _UNREACHABLE)
 
 
 def is_transient(message: str) -> bool:
@@ -146,6 +152,7 @@ class EngineSession:
         self._client: docker.DockerClient | None = None
         self._env: dict[str, str] | None = None
         self._ssh_command: list[str] = ["ssh"]
+        self._ssh_socket: _DialStdioSocket | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,9 +175,12 @@ class EngineSession:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
+        ssh_socket, self._ssh_socket = self._ssh_socket, None
         try:
             if client is not None:
                 await asyncio.to_thread(client.close)
+            if ssh_socket is not None:
+                await asyncio.to_thread(ssh_socket.close)
         finally:  # key material never outlives the session, even when closing is cancelled
             self._cleanup_dir()
 
@@ -237,7 +247,12 @@ class EngineSession:
     def _build_client(self) -> docker.DockerClient:
         c = self.connection
         if self.endpoint.startswith("ssh://"):
-            return _ssh_client(self.endpoint, self._ssh_command, self.env)
+            if self._ssh_socket is None:
+                self._ssh_socket = _DialStdioSocket(self.material_dir / "docker.sock",
+                                                    _ssh_argv(self.endpoint, self._ssh_command), self.env)
+            api = docker.APIClient(base_url=f"unix://{self._ssh_socket.path}",
+                                   version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT)
+            return _negotiated(api)
         tls: docker.tls.TLSConfig | bool = False
         if self.tls_enabled:
             directory = self.material_dir
@@ -266,13 +281,14 @@ class EngineSession:
         except docker.errors.TLSParameterError as exc:
             raise EngineError(f"invalid TLS settings for {self.connection.endpoint}: {exc}", transient=False) from exc
         except docker.errors.APIError as exc:
-            raise engine_error(f"{self.connection.endpoint}: {_api_message(exc)}") from exc
+            message = f"{self.connection.endpoint}: {_api_message(exc)}"
+            raise EngineRejected(message, exc.status_code, transient_500=is_transient(message)) from exc
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise EngineTimeout(f"Docker engine {self.connection.endpoint} did not answer in time: {exc}") from exc
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EngineError(f"cannot reach Docker engine {self.connection.endpoint}: {exc}",
-                              transient=True) from exc
+            raise EngineUnreachable(f"cannot reach Docker engine {self.connection.endpoint}: {exc}") from exc
         except docker.errors.DockerException as exc:
-            raise EngineError(f"cannot reach Docker engine {self.connection.endpoint}: {exc}",
-                              transient=True) from exc
+            raise EngineUnreachable(f"cannot reach Docker engine {self.connection.endpoint}: {exc}") from exc
 
 
 def _api_message(exc: docker.errors.APIError) -> str:
@@ -282,102 +298,107 @@ def _api_message(exc: docker.errors.APIError) -> str:
     return str(explanation or exc)
 
 
-# --------------------------------------------------------------------------- SSH without paramiko
+# --------------------------------------------------------------------------- SSH: dial-stdio behind a unix socket
 
-class _SSHStdioSocket(socket.socket):
-    """A socket-like pipe to ``ssh host docker system dial-stdio`` (what the docker CLI does)."""
+class _DialStdioSocket:
+    """A unix socket in the session's private directory whose every connection is a fresh
+    ``ssh ... -- host docker system dial-stdio`` (the command the docker CLI runs for ``ssh://`` hosts),
+    its stdio piped to the connection. The SDK reaches it through its ordinary ``unix://`` transport.
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+    Why not the SDK's own ``ssh://`` (``use_ssh_client=True``): it runs ``ssh`` with the process-wide
+    environment and a fixed argv, so a target's own private key cannot be given to it without changing
+    global state (PATH, ``SSH_AUTH_SOCK``, ``~/.ssh/config``) that concurrent sessions share; and it
+    needs paramiko installed even when it shells out. Here the ``ssh`` is the session's (its key wrapper).
+    """
+
+    def __init__(self, path: Path, argv: list[str], env: dict[str, str]) -> None:
+        self.path = path
         self._argv = argv
         self._env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        if len(str(path)) >= 100:  # sun_path holds 108 bytes
+            raise EngineError(f"the temporary directory path is too long for a unix socket ({path}); set TMPDIR "
+                              "to a shorter directory", transient=False)
+        self._closed = threading.Event()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(8)
+        self._server.settimeout(0.2)  # so that the accept loop notices close()
+        threading.Thread(target=self._accept, name="windflow-ssh-accept", daemon=True).start()
 
-    def connect(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002
-        self.proc = subprocess.Popen(  # noqa: S603
-            self._argv, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
-
-    def sendall(self, data: bytes, *args: Any) -> None:  # type: ignore[override]
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def send(self, data: bytes, *args: Any) -> int:  # type: ignore[override]
-        self.sendall(data)
-        return len(data)
-
-    def recv(self, n: int, *args: Any) -> bytes:  # type: ignore[override]
-        assert self.proc is not None and self.proc.stdout is not None
-        return self.proc.stdout.read(n)
-
-    def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.proc is None:
-            self.connect()
-        assert self.proc is not None and self.proc.stdout is not None
-        self.proc.stdout.channel = self  # type: ignore[attr-defined]  # what the SDK's attach looks for
-        return self.proc.stdout
-
-    def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
-            proc.terminate()
+    def _accept(self) -> None:
+        while not self._closed.is_set():
             try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        super().close()
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            threading.Thread(target=self._serve, args=(conn,), name="windflow-ssh-conn", daemon=True).start()
 
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            proc = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
+                                    start_new_session=True)
+        except OSError:
+            conn.close()
+            return
+        with self._lock:
+            self._procs.add(proc)
+        assert proc.stdin is not None and proc.stdout is not None
 
-class _SSHConnection(urllib3.connection.HTTPConnection):
-    def __init__(self, argv: list[str], env: dict[str, str], timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._ssh_argv = argv
-        self._ssh_env = env
+        def upstream() -> None:  # the SDK's request bytes → ssh
+            try:
+                while chunk := conn.recv(65536):
+                    proc.stdin.write(chunk)
+                    proc.stdin.flush()
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
 
-    def connect(self) -> None:
-        sock = _SSHStdioSocket(self._ssh_argv, self._ssh_env)
-        sock.settimeout(self.timeout)
-        sock.connect()
-        self.sock = sock
-
-
-class _SSHConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
-    scheme = "ssh"
-
-    def __init__(self, argv: list[str], env: dict[str, str], timeout: float, maxsize: int) -> None:
-        super().__init__("localhost", timeout=timeout, maxsize=maxsize)
-        self._ssh_argv = argv
-        self._ssh_env = env
-        self._ssh_timeout = timeout
-
-    def _new_conn(self) -> _SSHConnection:
-        return _SSHConnection(self._ssh_argv, self._ssh_env, self._ssh_timeout)
-
-
-class _SSHStdioAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, argv: list[str], env: dict[str, str], timeout: float) -> None:
-        self._pool = _SSHConnectionPool(argv, env, timeout, maxsize=4)
-        super().__init__()
-
-    def get_connection(self, url: Any, proxies: Any = None) -> _SSHConnectionPool:  # noqa: ARG002
-        return self._pool
-
-    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
-                                        cert: Any = None) -> _SSHConnectionPool:  # noqa: ARG002
-        return self._pool
+        writer = threading.Thread(target=upstream, name="windflow-ssh-up", daemon=True)
+        writer.start()
+        try:
+            while chunk := proc.stdout.read1(65536):
+                conn.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            _end(proc)
+            writer.join(timeout=5)
+            with self._lock:
+                self._procs.discard(proc)
 
     def close(self) -> None:
-        super().close()
-        self._pool.close()
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.close()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _end(proc)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Stop one ``ssh`` (and what it started) and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(OSError):
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def _ssh_argv(endpoint: str, ssh_command: list[str]) -> list[str]:
@@ -390,17 +411,6 @@ def _ssh_argv(endpoint: str, ssh_command: list[str]) -> list[str]:
     if url.port:
         argv += ["-p", str(url.port)]
     return [*argv, "--", url.hostname, "docker system dial-stdio"]
-
-
-def _ssh_client(endpoint: str, ssh_command: list[str], env: dict[str, str]) -> docker.DockerClient:
-    # A placeholder http URL keeps APIClient from choosing an adapter; the real one is mounted below.
-    api = docker.APIClient(base_url="tcp://ssh.invalid:22", version=docker.constants.MINIMUM_DOCKER_API_VERSION,
-                           timeout=SDK_TIMEOUT)
-    adapter = _SSHStdioAdapter(_ssh_argv(endpoint, ssh_command), env, SDK_TIMEOUT)
-    api.mount("http+docker://ssh", adapter)
-    api._custom_adapter = adapter  # noqa: SLF001 - what APIClient.close() and the SDK's ssh path use
-    api.base_url = "http+docker://ssh"
-    return _negotiated(api)
 
 
 def _unix_connect_closing_on_failure(self: Any) -> None:

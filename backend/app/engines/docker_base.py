@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from backend.app.engines.base import (
     DeploySpec,
     Engine,
     EngineError,
+    EngineUnreachable,
     LogSink,
     ServiceState,
 )
@@ -53,22 +54,49 @@ def _decode(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
-async def report_waiting(
-    waiting: dict[str, str], reported: dict[str, str], expected, spec: DeploySpec, deadline: float, log: LogSink
-) -> bool:
-    """One round of a wait-until-healthy loop: log each service whose state changed since the last
-    round; True when nothing waits any more; a permanent EngineError naming the laggards at the deadline."""
-    for service, description in waiting.items():
-        if reported.get(service) != description:
-            reported[service] = description
-            await log(LogLevel.INFO, f"waiting for {service}: {description}")
-    if not waiting:
-        await log(LogLevel.INFO, f"all services are running: {', '.join(sorted(expected))}")
-        return True
-    if time.monotonic() >= deadline:
-        detail = "; ".join(f"{s} ({d})" for s, d in sorted(waiting.items()))
-        raise EngineError(f"services not ready after {spec.health_timeout:g}s: {detail}", transient=False)
-    return False
+async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, expired: Callable[[], Exception]) -> None:
+    """The one wait loop of the drivers: ``await done()`` every :data:`POLL_INTERVAL` seconds until it
+    returns True; ``expired()`` is raised once ``timeout`` seconds have passed without that."""
+    deadline = time.monotonic() + timeout
+    while not await done():
+        if time.monotonic() >= deadline:
+            raise expired()
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+class WaitReport:
+    """The log of a wait-until-ready: each service whose state changed since the last round, then either
+    "all services are running" or, at the deadline, a permanent EngineError naming the laggards."""
+
+    def __init__(self, spec: DeploySpec, expected, log: LogSink) -> None:
+        self.spec = spec
+        self.expected = expected
+        self.log = log
+        self.reported: dict[str, str] = {}
+        self.waiting: dict[str, str] = {}
+
+    async def round(self, waiting: dict[str, str]) -> bool:
+        """Report one round (``{service: what it waits for}``); True when nothing waits any more."""
+        self.waiting = waiting
+        for service, description in waiting.items():
+            if self.reported.get(service) != description:
+                self.reported[service] = description
+                await self.log(LogLevel.INFO, f"waiting for {service}: {description}")
+        if not waiting:
+            await self.log(LogLevel.INFO, f"all services are running: {', '.join(sorted(self.expected))}")
+        return not waiting
+
+    def expired(self) -> EngineError:
+        detail = "; ".join(f"{s} ({d})" for s, d in sorted(self.waiting.items()))
+        return EngineError(f"services not ready after {self.spec.health_timeout:g}s: {detail}", transient=False)
+
+    async def until_ready(self, compute: Callable[[], Awaitable[dict[str, str]]]) -> None:
+        """Poll ``compute()`` (what still waits) until nothing does, within ``spec.health_timeout``."""
+
+        async def done() -> bool:
+            return await self.round(await compute())
+
+        await poll_until(done, self.spec.health_timeout, self.expired)
 
 
 class DockerEngine(Engine):
@@ -126,7 +154,7 @@ class DockerEngine(Engine):
                 missing.append(f"image {image} is not available locally and could not be pulled: "
                                f"{_decode(exc.explanation or str(exc))}")
             except EngineError as exc:
-                if exc.transient and "cannot reach Docker engine" in exc.message:
+                if isinstance(exc, EngineUnreachable):
                     raise
                 missing.append(f"image {image} is not available locally and could not be pulled: "
                                f"{exc.message.removeprefix(self.connection.endpoint + ': ')}")
@@ -182,9 +210,8 @@ class DockerEngine(Engine):
         healthy, when it has a healthcheck) containers. Exited, unhealthy or crash-looping → permanent
         EngineError quoting the container's last log lines; ``spec.health_timeout`` → permanent
         EngineError naming the services not ready."""
-        deadline = time.monotonic() + spec.health_timeout
-        reported: dict[str, str] = {}
-        while True:
+
+        async def waiting_services() -> dict[str, str]:
             by_service: dict[str, list[Container]] = {}
             for container in await self.containers(session, spec):
                 by_service.setdefault(service_of(container.labels), []).append(container)
@@ -220,9 +247,9 @@ class DockerEngine(Engine):
                     else:
                         states = sorted({_describe(c) for c in containers})
                         waiting[service] = f"{ready}/{count} ready, {', '.join(states)}"
-            if await report_waiting(waiting, reported, expected, spec, deadline, log):
-                return
-            await asyncio.sleep(POLL_INTERVAL)
+            return waiting
+
+        await WaitReport(spec, expected, log).until_ready(waiting_services)
 
     async def _fail(self, session: EngineSession, service: str, container: Container, what: str,
                     log: LogSink) -> None:

@@ -1,4 +1,8 @@
-"""The compose document as data: parsing, labelling, ports, interpolation.
+"""The compose document as data: parsing, labelling, the services to wait for, ports (for swarm), and
+compose's interpolation for the compose policy.
+
+The drivers need only what surrounds the compose CLI and ``docker stack``: both tools read, validate and
+interpolate the document themselves.
 
 Parsing follows YAML 1.2's core schema, as compose and ``docker stack`` (Go, yaml.v3) do, not PyYAML's
 YAML 1.1: an unquoted ``22:22`` stays the string ``"22:22"`` (YAML 1.1 reads it as the sexagesimal
@@ -12,7 +16,6 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -200,41 +203,6 @@ def completed_dependencies(services: Mapping[str, Mapping[str, Any]]) -> set[str
     return result
 
 
-def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
-    """``{dependency: condition}`` from either form of ``depends_on``."""
-    value = service.get("depends_on")
-    if not value:
-        return {}
-    if isinstance(value, list):
-        return {str(name): "service_started" for name in value}
-    return {str(name): (cond or {}).get("condition", "service_started") for name, cond in value.items()}
-
-
-def start_order(services: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Service names, dependencies first; permanent EngineError on a cycle or an unknown dependency."""
-    order: list[str] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, chain: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise EngineError(f"invalid compose document: dependency cycle {' -> '.join([*chain, name])}",
-                              transient=False)
-        if name not in services:
-            raise EngineError(f"invalid compose document: service {chain[-1]!r} depends on undefined "
-                              f"service {name!r}", transient=False)
-        state[name] = "visiting"
-        for dep in depends_on(services[name]):
-            visit(dep, [*chain, name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in services:
-        visit(name, [])
-    return order
-
-
 # --------------------------------------------------------------------------- ports
 
 @dataclass(frozen=True)
@@ -301,26 +269,12 @@ _VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[_
 _BRACED = re.compile(r"^(?P<name>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?$", re.S)
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$`` substitution, recursively.
 
-    Only the SDK driver needs this: the compose CLI and ``docker stack`` interpolate themselves.
+    The drivers never need it (the compose CLI and ``docker stack`` interpolate themselves). The compose
+    policy does (``services/compose_policy.py``): it judges the document as compose will read it *before*
+    any compose tool runs, since the tool itself could be made to read files of the WindFlow host.
     """
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}

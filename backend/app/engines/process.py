@@ -1,8 +1,15 @@
 """Running the docker/compose CLIs: output streamed line by line, the whole process group killed on
-cancellation or timeout.
+cancellation or timeout, and the command killed with the executor that started it.
 
 Each command runs in its own session (``start_new_session=True``) so that ``os.killpg`` reaches the
 compose plugin and anything else the docker CLI spawned, not only the CLI itself.
+
+Its own session also means a ``kill -9`` of the executor would leave it running, finishing (or fighting)
+containers while the reaper hands the deployment to another executor. So every command is started with
+the parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, :func:`die_with_parent`): when the
+thread that started it dies (the worker's loop thread, the backend's event loop: they live as long as
+their process), the kernel kills it. The compose plugin is run directly (``compose_cli``), so the
+process that talks to the engine is the one that gets the signal.
 """
 
 from __future__ import annotations
@@ -10,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.app.engines.base import EngineError, LogSink
-from backend.app.engines.connection import is_transient
+from backend.app.engines.base import EngineError, EngineTimeout, EngineUnreachable, LogSink
+from backend.app.engines.connection import is_transient, is_unreachable
 from backend.app.models.enums import LogLevel
 
 #: Seconds between SIGTERM and SIGKILL when a command is cancelled or times out.
@@ -50,6 +60,30 @@ class CommandResult:
         errors = [line for line in self.lines if level_for(line) is LogLevel.ERROR]
         chosen = errors[-limit:] if errors else self.lines[-limit:]
         return "\n".join(chosen) or f"exit status {self.returncode}"
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A ``preexec_fn`` giving the child the parent-death signal ``sig`` (Linux; a no-op elsewhere).
+
+    Built in the parent (it records the parent's pid) and run in the child between fork and exec, where
+    only async-signal-safe work belongs: one ``prctl`` call and a ``getppid`` check for the race in
+    which the parent died before the signal was armed.
+    """
+    parent = os.getpid()
+
+    def arm() -> None:
+        if _libc is None:
+            return
+        if _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 def group_alive(pgid: int) -> bool:
@@ -102,6 +136,7 @@ async def run_command(
             env=env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
             limit=_LINE_LIMIT,
         )
     except OSError as exc:
@@ -140,8 +175,7 @@ async def run_command(
         returncode = await asyncio.wait_for(communicate(), timeout)
     except TimeoutError:
         await asyncio.shield(_terminate_group(proc))
-        message = f"`{' '.join(argv[-3:])}` did not finish within {timeout:g}s"
-        raise EngineError(message, transient=True) from None
+        raise EngineTimeout(f"`{' '.join(argv[-3:])}` did not finish within {timeout:g}s") from None
     except BaseException:
         # Cancelled (or the log sink failed): nothing of this command may outlive the step. Shielded so
         # that a second cancellation cannot interrupt the cleanup.
@@ -153,4 +187,6 @@ async def run_command(
 def failure(what: str, result: CommandResult) -> EngineError:
     """EngineError for a failed command, classified by what the tool printed."""
     excerpt = result.error_excerpt()
+    if is_unreachable(excerpt):
+        return EngineUnreachable(f"{what} failed: {excerpt}")
     return EngineError(f"{what} failed: {excerpt}", transient=is_transient(excerpt))

@@ -12,12 +12,10 @@ Stop scales every replicated service to 0, remembering its replica count in the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import shutil
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,11 @@ from backend.app.engines.base import DeploySpec, EngineError, LogSink, ServiceSt
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.docker_base import (
     COMPOSE_FILE,
-    POLL_INTERVAL,
     DockerEngine,
+    WaitReport,
     compose_path,
     deployment_filter,
-    report_waiting,
+    poll_until,
 )
 from backend.app.engines.document import active_services, dump_document, label_document, load_document, parse_ports
 from backend.app.engines.process import CommandResult, failure, run_command
@@ -182,9 +180,8 @@ class SwarmEngine(DockerEngine):
             await self._wait_tasks(session, spec, expected, log)
 
     async def _wait_tasks(self, session: EngineSession, spec: DeploySpec, expected: set[str], log: LogSink) -> None:
-        deadline = time.monotonic() + spec.health_timeout
-        reported: dict[str, str] = {}
-        while True:
+
+        async def waiting_services() -> dict[str, str]:
             services = {self._short(spec, s): s for s in await self.services(session, spec)}
             waiting: dict[str, str] = {}
             for name in sorted(expected):
@@ -212,9 +209,9 @@ class SwarmEngine(DockerEngine):
                 if running < desired:
                     states = sorted({(t.get("Status") or {}).get("State", "?") for t in current}) or ["no task"]
                     waiting[name] = f"{running}/{desired} running, {', '.join(states)}"
-            if await report_waiting(waiting, reported, expected, spec, deadline, log):
-                return
-            await asyncio.sleep(POLL_INTERVAL)
+            return waiting
+
+        await WaitReport(spec, expected, log).until_ready(waiting_services)
 
     async def _task_failed(self, session: EngineSession, name: str, task: dict[str, Any], log: LogSink) -> None:
         status = task.get("Status") or {}
@@ -257,22 +254,25 @@ class SwarmEngine(DockerEngine):
             await self._wait_no_running_tasks(session, spec, log)
 
     async def _wait_no_running_tasks(self, session: EngineSession, spec: DeploySpec, log: LogSink) -> None:
-        deadline = time.monotonic() + spec.health_timeout
-        while True:
-            running = []
+        running: list[str] = []
+
+        async def all_stopped() -> bool:
+            running.clear()
             for service in await self.services(session, spec):
                 if "Replicated" not in service.attrs["Spec"].get("Mode", {}):
                     continue
                 tasks = await session.call(service.tasks)
-                running += [service.name for t in tasks if (t.get("Status") or {}).get("State") in
-                            ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending", "new")]
+                running.extend(service.name for t in tasks if (t.get("Status") or {}).get("State") in
+                               ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending", "new"))
             if not running:
                 await log(LogLevel.INFO, "every task is stopped")
-                return
-            if time.monotonic() >= deadline:
-                raise EngineError(f"tasks still running after {spec.health_timeout:g}s: "
-                                  f"{', '.join(sorted(set(running)))}", transient=True)
-            await asyncio.sleep(POLL_INTERVAL)
+            return not running
+
+        def expired() -> EngineError:
+            return EngineError(f"tasks still running after {spec.health_timeout:g}s: "
+                               f"{', '.join(sorted(set(running)))}", transient=True)
+
+        await poll_until(all_stopped, spec.health_timeout, expired)
 
     async def start(self, spec: DeploySpec, log: LogSink) -> None:
         async with self.session() as session:
@@ -301,19 +301,23 @@ class SwarmEngine(DockerEngine):
                 await log(LogLevel.WARNING, f"docker stack rm failed ({result.error_excerpt()}); removing by label")
             # Once its services are gone the swarm stops and reaps their task containers on its own,
             # which takes seconds; removing them by label right away is equivalent and faster.
-            deadline = time.monotonic() + REMOVE_TIMEOUT
             flt = deployment_filter(spec)
-            while True:
+            still_there: list[EngineError] = []
+
+            async def swept() -> bool:
                 for service in await session.call(client.services.list, filters=flt):
                     with contextlib.suppress(docker.errors.NotFound):
                         await session.call(service.remove)
                 try:
                     await self.sweep(session, spec, log, keep_volumes=keep_volumes)
-                    break
                 except EngineError as exc:  # a network or volume still in use by a task being torn down
-                    if not exc.message.startswith("could not remove") or time.monotonic() >= deadline:
+                    if not exc.message.startswith("could not remove"):
                         raise
-                await asyncio.sleep(POLL_INTERVAL)
+                    still_there[:] = [exc]
+                    return False
+                return True
+
+            await poll_until(swept, REMOVE_TIMEOUT, lambda: still_there[0])
             for kind in (client.secrets, client.configs):
                 for item in await session.call(kind.list, filters=flt):
                     await log(LogLevel.INFO, f"removing {item.name}")

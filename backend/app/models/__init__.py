@@ -1,6 +1,6 @@
 """SQLAlchemy models (persistence only). Importing this package registers every table on ``Base``."""
 
-from backend.app.models.deployment import Deployment, DeploymentLog, DeploymentStatusHistory
+from backend.app.models.deployment import Deployment, DeploymentLog, DeploymentStatusCount, DeploymentStatusHistory
 from backend.app.models.enums import (
     ACTIVE_STATUSES,
     SETTLED_STATUSES,
@@ -21,6 +21,7 @@ __all__ = [
     "Deployment",
     "DeploymentLog",
     "DeploymentStatus",
+    "DeploymentStatusCount",
     "DeploymentStatusHistory",
     "ExecutorKind",
     "LogLevel",

@@ -32,13 +32,22 @@ class Deployment(IdMixin, TimestampMixin, Base):
         # recovery: pending/deploying rows by age and by lease expiry
         Index("ix_deployments_status_queued_at", "status", "queued_at"),
         Index("ix_deployments_status_lease", "status", "lease_expires_at"),
-        # listings: newest first per organisation; per-target concurrency
-        Index("ix_deployments_org_created", "organization_id", "created_at"),
-        Index("ix_deployments_target_status", "target_id", "status"),
+        # listings, newest first (keyset on (created_at, id)): one index per filter the API offers, so that
+        # every page is an ordered index range (migration 0006; EXPLAIN-checked in test_query_plans.py)
+        Index("ix_deployments_created", "created_at", "id"),
+        Index("ix_deployments_org_created", "organization_id", "created_at", "id"),
+        Index("ix_deployments_org_status_created", "organization_id", "status", "created_at", "id"),
+        Index("ix_deployments_status_created", "status", "created_at", "id"),
+        Index("ix_deployments_stack_created", "stack_id", "created_at", "id"),
+        Index("ix_deployments_stack_status_created", "stack_id", "status", "created_at", "id"),
+        Index("ix_deployments_target_created", "target_id", "created_at", "id"),
+        Index("ix_deployments_target_status_created", "target_id", "status", "created_at", "id"),  # and capacity
+        # retention walks settled deployments by last activity
+        Index("ix_deployments_updated", "updated_at", "id"),
     )
 
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False)
-    stack_id: Mapped[str | None] = mapped_column(ForeignKey("stacks.id", ondelete="SET NULL"), index=True)
+    stack_id: Mapped[str | None] = mapped_column(ForeignKey("stacks.id", ondelete="SET NULL"))
     target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="RESTRICT"), nullable=False)
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(100), nullable=False)
@@ -88,13 +97,24 @@ class DeploymentLog(Base):
 
 class DeploymentStatusHistory(Base):
     __tablename__ = "deployment_status_history"
+    __table_args__ = (Index("ix_deployment_status_history_deployment", "deployment_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    deployment_id: Mapped[str] = mapped_column(
-        ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False)
     from_status: Mapped[DeploymentStatus | None] = mapped_column(_enum(DeploymentStatus, "deployment_status"))
     to_status: Mapped[DeploymentStatus] = mapped_column(_enum(DeploymentStatus, "deployment_status"), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class DeploymentStatusCount(Base):
+    """Deployments per status, maintained by every writer of a status (see ``services/status_counts.py``).
+
+    ``/metrics`` reads these six rows instead of grouping the whole ``deployments`` table at each scrape.
+    """
+
+    __tablename__ = "deployment_status_counts"
+
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import EmailStr, Field, StringConstraints, field_validator
 
 from backend.app.models import Role
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 # Taken verbatim: RequestModel strips strings, but login compares the form value unstripped, so a
 # stripped password would lock out anyone whose password starts or ends with a space.
@@ -83,6 +83,5 @@ class UserUpdate(RequestModel):
     is_superuser: bool | None = None
 
 
-class UserPage(ResponseModel):
+class UserPage(PageFields):
     items: list[UserRead]
-    total: int

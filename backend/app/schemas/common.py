@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def _contains_nul(value: Any) -> bool:
@@ -41,3 +41,20 @@ class ResponseModel(BaseModel):
 class ErrorBody(BaseModel):
     detail: str
     code: str
+
+
+class PageFields(ResponseModel):
+    """What every listing answers besides its ``items`` (see docs/api.md, "Listings")."""
+
+    total: int = Field(description="matching rows, counted up to a cap (see total_is_exact)")
+    total_is_exact: bool = Field(
+        default=True, description="false when more rows match than the count cap: total is then the cap, a lower bound"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="pass as cursor to read the next page; null on the last page"
+    )
+
+    @classmethod
+    def of(cls, page, items: list):
+        """The response for a :class:`backend.app.services.pagination.Page` and its converted items."""
+        return cls(items=items, total=page.total, total_is_exact=page.total_is_exact, next_cursor=page.next_cursor)

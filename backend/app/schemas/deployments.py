@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 
 class DeploymentCreate(RequestModel):
@@ -39,9 +39,8 @@ class DeploymentRead(ResponseModel):
     finished_at: datetime | None
 
 
-class DeploymentPage(ResponseModel):
+class DeploymentPage(PageFields):
     items: list[DeploymentRead]
-    total: int
 
 
 class LogLineRead(ResponseModel):
@@ -53,7 +52,10 @@ class LogLineRead(ResponseModel):
 
 class LogPage(ResponseModel):
     items: list[LogLineRead]
-    last_seq: int
+    last_seq: int = Field(description="highest seq allocated so far for this deployment")
+    next_cursor: str | None = Field(
+        default=None, description="pass as cursor for the lines after this page; null when this page reached the end"
+    )
 
 
 class HistoryRead(ResponseModel):

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import EmailStr, Field, field_validator, model_validator
 
 from backend.app.models import Role
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 OrgName = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -29,9 +29,8 @@ class OrganizationRead(ResponseModel):
     role: Role | None = None
 
 
-class OrganizationPage(ResponseModel):
+class OrganizationPage(PageFields):
     items: list[OrganizationRead]
-    total: int
 
 
 class MemberCreate(RequestModel):
@@ -63,6 +62,5 @@ class MemberRead(ResponseModel):
     created_at: datetime
 
 
-class MemberPage(ResponseModel):
+class MemberPage(PageFields):
     items: list[MemberRead]
-    total: int

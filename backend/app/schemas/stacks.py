@@ -3,16 +3,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, PlainSerializer, StringConstraints, WrapValidator
 
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.stack_variables import StackVariable
 
 StackName = Annotated[str, Field(min_length=1, max_length=100)]
 StackVersion = Annotated[str, Field(min_length=1, max_length=50)]
 #: Kept byte for byte (no whitespace stripping: indentation is YAML syntax). 256 KiB of compose text is
 #: far beyond any real stack; the bound keeps rendering cheap.
 StackTemplate = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=262_144)]
-StackVariables = Annotated[list[dict[str, Any]], Field(max_length=200)]
+
+
+def _variable_list(value: Any, _handler: Any) -> list[dict[str, Any]]:
+    """Only the outer shape here: the stack service checks the variables with the same models
+    (``templating.parse_variables``) and names every problem with its path (``variables[1].options: ...``,
+    code ``invalid_variable_schema``), which request validation could not say as clearly."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError("must be a list of variable definitions (objects)")
+    if len(value) > 200:
+        raise ValueError("at most 200 variables in a stack")
+    return value
+
+
+#: Typed in the OpenAPI document (a client builds its form from it).
+StackVariables = Annotated[
+    list[StackVariable], WrapValidator(_variable_list), PlainSerializer(lambda value: value, return_type=list[dict[str, Any]])
+]
 
 
 class StackCreate(RequestModel):
@@ -39,15 +56,14 @@ class StackRead(ResponseModel):
     description: str | None
     version: str
     template: str
-    variables: list[dict[str, Any]]
+    variables: list[StackVariable]
     source: str
     created_at: datetime
     updated_at: datetime
 
 
-class StackPage(ResponseModel):
+class StackPage(PageFields):
     items: list[StackRead]
-    total: int
 
 
 class StackRenderRequest(RequestModel):

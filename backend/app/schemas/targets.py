@@ -20,7 +20,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 from backend.app.services.compose_policy import ComposePolicy
 
 #: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
@@ -261,9 +261,8 @@ class TargetRead(ResponseModel):
     updated_at: datetime
 
 
-class TargetPage(ResponseModel):
+class TargetPage(PageFields):
     items: list[TargetRead]
-    total: int
 
 
 class TestFailure(StrEnum):

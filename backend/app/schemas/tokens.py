@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from backend.app.schemas.common import RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 
 class ApiTokenCreate(RequestModel):
@@ -27,6 +27,5 @@ class ApiTokenCreated(ApiTokenRead):
     token: str = Field(description="The token itself. Shown only once: store it now.")
 
 
-class ApiTokenPage(ResponseModel):
+class ApiTokenPage(PageFields):
     items: list[ApiTokenRead]
-    total: int

@@ -23,10 +23,15 @@ from backend.app import database
 from backend.app.core.events import Event, EventType, iso_utc, queue_event
 from backend.app.core.logging import redact
 from backend.app.database import utcnow
+from backend.app.core.exceptions import ValidationFailed
 from backend.app.models import Deployment, DeploymentLog, LogLevel
+from backend.app.services import pagination
 
 logger = logging.getLogger(__name__)
 MAX_LINE_LENGTH = 8000
+#: Largest sequence number (a signed 64-bit column); a larger ``since_seq`` is a 422, not a database error.
+MAX_SEQ = 2**63 - 1
+LOGS_IN_ORDER = pagination.Ordering("logs", (DeploymentLog.seq,))
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,21 @@ async def read_logs(session: AsyncSession, deployment_id: str, since_seq: int = 
         .limit(limit)
     )
     return [LogLine(r.seq, r.timestamp, LogLevel(r.level), r.message) for r in rows.scalars()]
+
+
+async def read_log_page(
+    session: AsyncSession, deployment_id: str, *, since_seq: int = 0, cursor: str | None = None, limit: int = 1000
+) -> tuple[list[LogLine], str | None]:
+    """Lines after ``since_seq`` (or after ``cursor``) and the cursor of the next page (``None`` at the end)."""
+    if cursor is not None:
+        if since_seq:
+            raise ValidationFailed("pass either since_seq or cursor, not both", code="invalid_page")
+        since_seq = LOGS_IN_ORDER.decode(cursor)[0]
+    lines = await read_logs(session, deployment_id, since_seq, limit + 1)
+    if len(lines) <= limit:
+        return lines, None
+    lines = lines[:limit]
+    return lines, LOGS_IN_ORDER.encode([lines[-1].seq])
 
 
 async def set_progress(

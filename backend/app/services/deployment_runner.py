@@ -7,6 +7,14 @@
    to another executor) the heartbeat cancels the work, which kills the engine's process group.
 3. Settle: ``running``; or ``pending`` again with backoff for a transient error while attempts remain;
    or ``failed`` with the engine's message. A cancelled deployment has what it created removed.
+4. Every executor then calls :func:`after_run` with its own way of dispatching: it reschedules what must
+   run again later and wakes the target's waiting deployments when a slot was freed.
+
+A refused claim is never silently dropped: a deployment in its retry backoff is rescheduled for the end of
+it (``deferred``); one refused for the target's capacity waits for a slot (``waiting``: the executor that
+frees it wakes it, and the reaper re-dispatches it if that wake-up was lost); a ``deploying`` row under an
+expired lease (its executor died, a broker redelivered the message) is reclaimed on the spot with the same
+reality check as recovery, then claimed; under a lease still valid it is retried when the lease ends.
 """
 
 from __future__ import annotations
@@ -16,17 +24,19 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
-from backend.app.services import target_service
+from backend.app.services import recovery, target_service
 from backend.app.services.deployment_logs import DeploymentLogWriter
 from backend.app.services.compose_policy import PolicyViolation
 from backend.app.services.deployment_service import check_compose_policy, snapshot_compose
@@ -45,13 +55,30 @@ STEPS: list[tuple[str, str]] = [
 ]
 
 
+class Outcome(StrEnum):
+    """How one call of :func:`run_deployment` ended (what the executor reports, e.g. as the task result)."""
+
+    RUNNING = "running"  # deployed and settled running
+    FAILED = "failed"  # settled failed (permanent error, or attempts spent)
+    REQUEUED = "requeued"  # transient failure: pending again, to run after ``retry_in``
+    CANCELLED = "cancelled"  # the user cancelled it while it ran; what it created was removed
+    LOST = "lost"  # another actor took the deployment (lease lost); this executor stopped
+    DEFERRED = "deferred"  # not claimable yet (retry backoff, or a lease still valid): retry after ``retry_in``
+    WAITING = "waiting"  # the target is full: woken when a slot frees (``after_run``, or the reaper)
+    SKIPPED = "skipped"  # nothing to do (already running, settled, deleted)
+
+
+#: Outcomes after which the executor's slot on the target is free again.
+FREES_A_SLOT = frozenset({Outcome.RUNNING, Outcome.FAILED, Outcome.REQUEUED, Outcome.CANCELLED, Outcome.LOST})
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     deployment_id: str
-    status: str  # running | failed | requeued | cancelled | lost | skipped
+    status: Outcome
     reason: str = ""
     target_id: str | None = None
-    retry_in: float | None = None
+    retry_in: float | None = None  # set for REQUEUED and DEFERRED: run it again after that many seconds
 
 
 def executor_id(kind: ExecutorKind) -> str:
@@ -78,8 +105,13 @@ def backoff_seconds(settings: Settings, attempt: int) -> float:
     return settings.DEPLOYMENT_RETRY_BACKOFF_SECONDS * (2 ** max(0, attempt - 1))
 
 
+def heartbeat_seconds(settings: Settings) -> float:
+    """Lease renewal period: the configured heartbeat, at most a third of the lease (two beats may fail)."""
+    return min(settings.DEPLOYMENT_HEARTBEAT_SECONDS, settings.DEPLOYMENT_LEASE_SECONDS / 3)
+
+
 async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: asyncio.Task, lost: asyncio.Event) -> None:
-    interval = min(2.0, settings.DEPLOYMENT_LEASE_SECONDS / 3)
+    interval = heartbeat_seconds(settings)
     while not work.done():
         await asyncio.sleep(interval)
         try:
@@ -127,14 +159,21 @@ async def run_deployment(
     task_id: str | None = None,
 ) -> RunOutcome:
     owner = owner or executor_id(executor)
-    async with database.AsyncSessionLocal() as session:
-        claim = await claim_deployment(
-            session, deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS, task_id=task_id
-        )
-        await session.commit()
-    if not claim.accepted:
-        logger.debug("deployment %s not claimed by %s: %s", deployment_id, owner, claim.reason)
-        return RunOutcome(deployment_id, "skipped", claim.reason)
+    for _ in range(2):  # a second try only after reclaiming a dead executor's row
+        async with database.AsyncSessionLocal() as session:
+            claim = await claim_deployment(
+                session, deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
+                task_id=task_id,
+            )
+            await session.commit()
+        if claim.accepted:
+            break
+        refused = await _after_refused_claim(settings, deployment_id, claim.reason)
+        if refused is not None:
+            logger.debug("deployment %s not claimed by %s: %s (%s)", deployment_id, owner, claim.reason, refused.status)
+            return refused
+    else:
+        return RunOutcome(deployment_id, Outcome.SKIPPED, claim.reason)
 
     async with DeploymentLogWriter(deployment_id) as logs:
         try:
@@ -153,7 +192,7 @@ async def run_deployment(
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
             await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")
-            return RunOutcome(deployment_id, "failed", message)
+            return RunOutcome(deployment_id, Outcome.FAILED, message)
 
         await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {owner})")
         lost = asyncio.Event()
@@ -177,7 +216,7 @@ async def run_deployment(
         await logs.log(LogLevel.INFO, "Deployment is running")
         await logs.flush()  # every line and progress step lands before the status says running
         if await _settle(deployment_id, S.RUNNING, owner, reason="all services running"):
-            return RunOutcome(deployment_id, "running", target_id=target_id)
+            return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
 
 
@@ -207,13 +246,13 @@ async def _after_failure(
             reason=f"transient failure, retry in {delay:g}s",
         )
         if requeued:
-            return RunOutcome(deployment_id, "requeued", message, target_id, retry_in=delay)
+            return RunOutcome(deployment_id, Outcome.REQUEUED, message, target_id, retry_in=delay)
     elif transient:
         await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
     await logs.flush()
     if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="deployment failed"):
-        return RunOutcome(deployment_id, "failed", message, target_id)
-    return RunOutcome(deployment_id, "lost", "status changed while failing", target_id)
+        return RunOutcome(deployment_id, Outcome.FAILED, message, target_id)
+    return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
 
 
 async def _after_lost_lease(engine: Engine, spec: DeploySpec, deployment_id: str, target_id: str, logs: DeploymentLogWriter) -> RunOutcome:
@@ -225,23 +264,92 @@ async def _after_lost_lease(engine: Engine, spec: DeploySpec, deployment_id: str
         except EngineError as exc:
             await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {exc.message}")
         await logs.log(LogLevel.INFO, "Cancelled")
-        return RunOutcome(deployment_id, "cancelled", target_id=target_id)
+        return RunOutcome(deployment_id, Outcome.CANCELLED, target_id=target_id)
     await logs.log(LogLevel.WARNING, f"This executor lost its lease (deployment is now {status}); stopping here")
-    return RunOutcome(deployment_id, "lost", f"status is {status}", target_id)
+    return RunOutcome(deployment_id, Outcome.LOST, f"status is {status}", target_id)
 
 
-async def claimable_for_target(target_id: str, limit: int = 10) -> list[str]:
-    """Pending deployments of a target that may be claimed now, oldest first."""
+async def _after_refused_claim(settings: Settings, deployment_id: str, reason: str) -> RunOutcome | None:
+    """Why the claim was refused, as an outcome the executor acts on; ``None`` when the row was a dead
+    executor's and has just been reclaimed (claim again)."""
     now = utcnow()
     async with database.AsyncSessionLocal() as session:
-        rows = await session.execute(
-            select(Deployment.id)
+        row = (
+            await session.execute(select(Deployment).where(Deployment.id == deployment_id).execution_options(populate_existing=True))
+        ).scalar_one_or_none()
+        if row is None:
+            return RunOutcome(deployment_id, Outcome.SKIPPED, reason)
+        status = DeploymentStatus(row.status)
+        if status is S.PENDING:
+            if row.not_before is not None and row.not_before > now:
+                return RunOutcome(deployment_id, Outcome.DEFERRED, reason, row.target_id, (row.not_before - now).total_seconds())
+            if row.attempt >= row.max_attempts:
+                return RunOutcome(deployment_id, Outcome.SKIPPED, reason, row.target_id)
+            return RunOutcome(deployment_id, Outcome.WAITING, reason, row.target_id)
+        if status is S.DEPLOYING and row.lease_expires_at is not None:
+            if row.lease_expires_at >= now:
+                # maybe a redelivery for an executor that just died: look again when its lease ends
+                wait = (row.lease_expires_at - now).total_seconds() + 1.0
+                return RunOutcome(deployment_id, Outcome.DEFERRED, reason, row.target_id, wait)
+            counter = await recovery.reclaim_orphan(session, settings, row, actor="reclaim")
+            await session.commit()
+            if counter == "retried":
+                return None
+            return RunOutcome(deployment_id, Outcome.SKIPPED, f"dead executor's deployment settled ({counter})", row.target_id)
+    return RunOutcome(deployment_id, Outcome.SKIPPED, reason, row.target_id)
+
+
+Dispatch = Callable[[str], Awaitable[object]]
+DispatchLater = Callable[[str, float], Awaitable[object]]
+
+
+async def after_run(outcome: RunOutcome, *, dispatch: Dispatch, dispatch_later: DispatchLater) -> None:
+    """What every executor does once :func:`run_deployment` returned (the Celery task and the asyncio path).
+
+    1. ``retry_in`` (requeued after a transient failure, or deferred): run it again when that time is up.
+    2. The executor's slot on the target is free: start the oldest waiting deployments, as many as the
+       target has free slots. Were this wake-up lost (the executor died right here), the reaper
+       re-dispatches them after ``DISPATCH_TIMEOUT_SECONDS``.
+    """
+    if outcome.retry_in is not None:
+        await dispatch_later(outcome.deployment_id, max(0.0, outcome.retry_in))
+    if outcome.target_id and outcome.status in FREES_A_SLOT:
+        async with database.AsyncSessionLocal() as session:
+            waiting = await claimable_for_target(session, outcome.target_id)
+        for deployment_id in waiting:
+            if deployment_id != outcome.deployment_id:
+                await dispatch(deployment_id)
+
+
+async def claimable_for_target(session, target_id: str, *, now=None) -> list[str]:
+    """Pending deployments of a target that may be claimed now, oldest first, as many as it has free slots
+    (only live leases hold a slot, as in the state machine's capacity rule)."""
+    now = now or utcnow()
+    limit = (await session.execute(select(Target.max_concurrent_deployments).where(Target.id == target_id))).scalar_one_or_none()
+    if limit is None:
+        return []
+    live = (
+        await session.execute(
+            select(func.count())
+            .select_from(Deployment)
             .where(
                 Deployment.target_id == target_id,
-                Deployment.status == S.PENDING,
-                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+                Deployment.status == S.DEPLOYING,
+                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
             )
-            .order_by(Deployment.queued_at, Deployment.id)
-            .limit(limit)
         )
-        return list(rows.scalars())
+    ).scalar_one()
+    if live >= limit:
+        return []
+    rows = await session.execute(
+        select(Deployment.id)
+        .where(
+            Deployment.target_id == target_id,
+            Deployment.status == S.PENDING,
+            Deployment.attempt < Deployment.max_attempts,
+            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+        )
+        .order_by(Deployment.queued_at, Deployment.id)
+        .limit(limit - live)
+    )
+    return list(rows.scalars())

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -29,7 +30,7 @@ from backend.app.models import (
 )
 from backend.app.database import utcnow
 from backend.app.models.base import new_id
-from backend.app.services import compose_policy, organization_service, target_service, templating
+from backend.app.services import compose_policy, organization_service, pagination, target_service, templating
 from backend.app.services.state_machine import TransitionResult, set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
     text = security.decrypt_secret(settings, deployment.rendered_compose)
     decrypt_variables(settings, deployment.variables)  # registers its secrets with the log redactor
     return text
+
+
+DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.created_at, Deployment.id), descending=True)
+HISTORY_OLDEST_FIRST = pagination.Ordering("history", (DeploymentStatusHistory.id,))
 
 
 def masked_compose(settings: Settings, deployment: Deployment) -> str:
@@ -203,35 +208,55 @@ class DeploymentService:
     async def list_for_user(
         session: AsyncSession,
         user: User,
+        page: pagination.PageParams,
         *,
-        offset: int,
-        limit: int,
         status: list[DeploymentStatus] | None = None,
         stack_id: str | None = None,
         target_id: str | None = None,
         organization_id: str | None = None,
-    ) -> tuple[list[Deployment], int]:
-        query = await organization_service.scope_to_readable(
-            session, user, select(Deployment), Deployment.organization_id, organization_id
-        )
-        if status:
-            query = query.where(Deployment.status.in_(status))
-        if stack_id:
-            query = query.where(Deployment.stack_id == stack_id)
-        if target_id:
-            query = query.where(Deployment.target_id == target_id)
-        return await organization_service.paginate(
-            session, query, Deployment.created_at.desc(), Deployment.id.desc(), offset=offset, limit=limit
-        )
+    ) -> pagination.Page:
+        """Deployments of the organisations ``user`` may read, newest first, one index range per page.
+
+        Each organisation and each requested status is its own ordered query (merged), so that every
+        part is read from an index in order (see :mod:`backend.app.services.pagination`). A stack or
+        target filter narrows the organisations to the one owning it, so a foreign id reads nothing.
+        """
+        org_ids = await organization_service.readable_organization_ids(session, user, organization_id)
+        query = select(Deployment).options(defer(Deployment.rendered_compose))  # not shown, and the widest column
+        for model, column, entity_id in ((Stack, Deployment.stack_id, stack_id), (Target, Deployment.target_id, target_id)):
+            if entity_id is None:
+                continue
+            owner = (await session.execute(select(model.organization_id).where(model.id == entity_id))).scalar_one_or_none()
+            org_ids = [owner] if owner is not None and (org_ids is None or owner in org_ids) else []
+            query = query.where(column == entity_id)
+        scope = None if org_ids is None else [[Deployment.organization_id == org_id] for org_id in org_ids]
+        partitions = pagination.product(scope, pagination.any_of(Deployment.status, status))
+        return await pagination.paginate(session, query, DEPLOYMENTS_NEWEST_FIRST, page, partitions=partitions)
 
     @staticmethod
-    async def history(session: AsyncSession, deployment_id: str) -> list[DeploymentStatusHistory]:
+    async def history(
+        session: AsyncSession, deployment_id: str, *, limit: int = 1000, after_id: int = 0
+    ) -> list[DeploymentStatusHistory]:
+        """Status changes after ``after_id``, oldest first (an index range on ``(deployment_id, id)``)."""
         rows = await session.execute(
             select(DeploymentStatusHistory)
-            .where(DeploymentStatusHistory.deployment_id == deployment_id)
+            .where(DeploymentStatusHistory.deployment_id == deployment_id, DeploymentStatusHistory.id > after_id)
             .order_by(DeploymentStatusHistory.id)
+            .limit(limit)
         )
         return list(rows.scalars())
+
+    @staticmethod
+    async def history_page(
+        session: AsyncSession, deployment_id: str, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[DeploymentStatusHistory], str | None]:
+        """One page of :meth:`history` and the cursor of the next one (``None`` on the last page)."""
+        after_id = HISTORY_OLDEST_FIRST.decode(cursor)[0] if cursor is not None else 0
+        rows = await DeploymentService.history(session, deployment_id, limit=limit + 1, after_id=after_id)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, HISTORY_OLDEST_FIRST.encode([rows[-1].id])
 
     # --- recovery ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from backend.app.models import Membership, Organization, Role, User
+from backend.app.services import pagination
 from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, OrganizationUpdate
 
 
@@ -52,24 +53,29 @@ async def get_owned(session: AsyncSession, user: User, model, entity_id: str, mi
     return entity
 
 
-async def scope_to_readable(session: AsyncSession, user: User, query, org_column, organization_id: str | None = None):
-    """Restrict a listing ``query`` to the organisations ``user`` may read (all of them for a superuser).
+async def readable_partitions(
+    session: AsyncSession, user: User, org_column, organization_id: str | None = None
+) -> list[list] | None:
+    """Restrict a listing to the organisations ``user`` may read, as pagination partitions.
 
-    Filtering on an organisation the user does not belong to answers 404, like reading it would.
+    One partition (``org_column == id``) per readable organisation, so each is one ordered index range
+    (see :mod:`backend.app.services.pagination`); ``None`` (no restriction) for a superuser. Filtering on an
+    organisation the user does not belong to answers 404, like reading it would.
     """
+    ids = await readable_organization_ids(session, user, organization_id)
+    return None if ids is None else [[org_column == org_id] for org_id in ids]
+
+
+async def readable_organization_ids(session: AsyncSession, user: User, organization_id: str | None = None) -> list[str] | None:
+    """The organisations ``user`` may read (``None``: all of them, a superuser), or just ``organization_id``
+    after checking it (404 for an outsider)."""
     if organization_id is not None:
         await require_role(session, user, organization_id, Role.VIEWER)
-        return query.where(org_column == organization_id)
-    if not user.is_superuser:
-        return query.where(org_column.in_(select(Membership.organization_id).where(Membership.user_id == user.id)))
-    return query
-
-
-async def paginate(session: AsyncSession, query, *order_by, offset: int, limit: int) -> tuple[list, int]:
-    """``(rows, total)`` of a listing query, ordered and cut to one page."""
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = (await session.execute(query.order_by(*order_by).offset(offset).limit(limit))).scalars().all()
-    return list(rows), total
+        return [organization_id]
+    if user.is_superuser:
+        return None
+    ids = await session.execute(select(Membership.organization_id).where(Membership.user_id == user.id))
+    return list(ids.scalars())
 
 
 async def default_organization_id(session: AsyncSession, user: User) -> str | None:
@@ -98,17 +104,22 @@ async def resolve_organization(
     return organization_id
 
 
-async def list_for_user(session: AsyncSession, user: User, offset: int, limit: int) -> tuple[list[tuple[Organization, Role]], int]:
+ORGANIZATIONS_BY_NAME = pagination.Ordering("organizations", (Organization.name, Organization.id))
+MEMBERS_BY_AGE = pagination.Ordering("members", (Membership.created_at, Membership.id))
+
+
+async def list_for_user(session: AsyncSession, user: User, page: pagination.PageParams) -> pagination.Page:
+    """Organisations ``user`` belongs to with their role, by name; every one (as owner) for a superuser."""
     if user.is_superuser:
-        total = (await session.execute(select(func.count()).select_from(Organization))).scalar_one()
-        orgs = (
-            await session.execute(select(Organization).order_by(Organization.name).offset(offset).limit(limit))
-        ).scalars().all()
-        return [(org, Role.OWNER) for org in orgs], total
+        result = await pagination.paginate(session, select(Organization), ORGANIZATIONS_BY_NAME, page)
+        result.items = [(org, Role.OWNER) for org in result.items]
+        return result
     base = select(Organization, Membership.role).join(Membership).where(Membership.user_id == user.id)
-    total = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-    rows = (await session.execute(base.order_by(Organization.name).offset(offset).limit(limit))).all()
-    return [(org, Role(role)) for org, role in rows], total
+    result = await pagination.paginate(
+        session, base, ORGANIZATIONS_BY_NAME, page, scalars=False, key_of=lambda row: (row[0].name, row[0].id)
+    )
+    result.items = [(org, Role(role)) for org, role in result.items]
+    return result
 
 
 async def create(session: AsyncSession, data: OrganizationCreate, creator: User) -> Organization:
@@ -135,11 +146,12 @@ async def update_organization(session: AsyncSession, org: Organization, data: Or
     return org
 
 
-async def list_members(session: AsyncSession, organization_id: str, offset: int, limit: int) -> tuple[list[tuple[Membership, User]], int]:
+async def list_members(session: AsyncSession, organization_id: str, page: pagination.PageParams) -> pagination.Page:
+    """``(membership, user)`` pairs of the organisation, oldest membership first."""
     base = select(Membership, User).join(User).where(Membership.organization_id == organization_id)
-    total = (await session.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-    rows = (await session.execute(base.order_by(Membership.created_at).offset(offset).limit(limit))).all()
-    return [(m, u) for m, u in rows], total
+    return await pagination.paginate(
+        session, base, MEMBERS_BY_AGE, page, scalars=False, key_of=lambda row: (row[0].created_at, row[0].id)
+    )
 
 
 def _check_can_grant(actor_role: Role, target_role: Role) -> None:

@@ -16,7 +16,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings, get_settings
@@ -50,6 +50,132 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     if not states:
         return False
     return all(s.state == "running" and s.health in (None, "healthy") for s in states)
+
+
+async def _dispatch_all(dispatcher, deployment_ids: list[str], who: str) -> int:
+    """Dispatch each (after the commits that made them ``pending``); returns how many failed."""
+    errors = 0
+    for deployment_id in deployment_ids:
+        try:
+            await dispatcher.dispatch(deployment_id)
+        except Exception:  # noqa: BLE001 - one broken dispatch must not stop the others
+            logger.exception("%s: dispatch of %s failed", who, deployment_id)
+            errors += 1
+    return errors
+
+
+async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: Deployment, *, actor: str = ACTOR) -> str | None:
+    """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
+
+    ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the
+    caller dispatches it after committing); else ``failed``. Returns ``"settled"``, ``"retried"`` or
+    ``"failed"``, or ``None`` when the compare-and-set lost (a renewal, another reaper). The caller commits.
+    Used by recovery, the reaper and an executor that receives a dead executor's redelivered message.
+    """
+    deployment_id = deployment.id
+    running = await _containers_running(session, settings, deployment)
+    if running:
+        result = await set_deployment_status(
+            session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=actor,
+            require_lease_expired=True,
+        )
+        counter = "settled"
+    elif deployment.attempt < deployment.max_attempts:
+        result = await set_deployment_status(
+            session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=actor,
+            error_message="executor lost (lease expired); retrying", require_lease_expired=True,
+        )
+        counter = "retried"
+    else:
+        result = await set_deployment_status(
+            session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=actor,
+            error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
+            require_lease_expired=True,
+        )
+        counter = "failed"
+    if not result.accepted:
+        return None
+    await _log(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
+    return counter
+
+
+async def reap(session: AsyncSession, settings: Settings, dispatcher) -> dict[str, int]:
+    """One pass of the reaper: heals a dead executor's work in seconds, without waiting for recovery.
+
+    Cheap enough to run every ``REAPER_INTERVAL_SECONDS`` (both queries use the ``(status, ...)``
+    indexes and touch only rows that need healing):
+
+    1. ``deploying`` rows whose lease expired → :func:`reclaim_orphan` (reality check), and the requeued
+       ones are dispatched;
+    2. lost dispatches: ``pending`` rows claimable now that nobody claimed within
+       ``DISPATCH_TIMEOUT_SECONDS`` (a message lost with a ``kill -9``ed worker, a wake-up that never came)
+       on targets with a free slot, oldest first, as many as the free slots → dispatched again (the
+       claim's compare-and-set makes a duplicate harmless). Their ``updated_at`` is stamped, so the same
+       row is re-dispatched at most once per timeout.
+
+    Commits each change itself (like recovery). Returns ``{"reclaimed", "settled", "failed", "redispatched", "errors"}``.
+    """
+    from backend.app.services.deployment_runner import claimable_for_target
+
+    stats = {"reclaimed": 0, "settled": 0, "failed": 0, "redispatched": 0, "errors": 0}
+    now = utcnow()
+    to_dispatch: list[str] = []
+    orphans = (
+        await session.execute(
+            select(Deployment)
+            .where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now)
+            .order_by(Deployment.lease_expires_at)
+            .limit(100)
+        )
+    ).scalars().all()
+    for deployment in orphans:
+        try:
+            counter = await reclaim_orphan(session, settings, deployment, actor="reaper")
+            await session.commit()
+        except Exception:  # noqa: BLE001 - keep healing the others
+            await session.rollback()
+            logger.exception("reaper: reclaiming deployment %s failed", deployment.id)
+            stats["errors"] += 1
+            continue
+        if counter == "retried":
+            stats["reclaimed"] += 1
+            to_dispatch.append(deployment.id)
+        elif counter is not None:
+            stats[counter] += 1
+
+    cutoff = now - timedelta(seconds=settings.DISPATCH_TIMEOUT_SECONDS)
+    stale = (
+        await session.execute(
+            select(Deployment.id, Deployment.target_id).where(
+                Deployment.status == S.PENDING,
+                Deployment.updated_at < cutoff,
+                Deployment.not_before.is_(None) | (Deployment.not_before < cutoff),
+            )
+        )
+    ).all()
+    stale_ids = {row.id for row in stale}
+    for target_id in sorted({row.target_id for row in stale}):
+        for deployment_id in await claimable_for_target(session, target_id, now=now):
+            if deployment_id in stale_ids and deployment_id not in to_dispatch:
+                to_dispatch.append(deployment_id)
+                stats["redispatched"] += 1
+    redispatched = [d for d in to_dispatch if d in stale_ids]
+    if redispatched:
+        await session.execute(
+            update(Deployment)
+            .where(Deployment.id.in_(redispatched), Deployment.status == S.PENDING)
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await session.commit()
+
+    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "reaper")
+    if any(stats.values()):
+        logger.info(
+            "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d errors=%d",
+            stats["reclaimed"], stats["settled"], stats["failed"], stats["redispatched"], stats["errors"],
+        )
+    return stats
 
 
 async def recover_pending_deployments(
@@ -112,28 +238,8 @@ async def recover_pending_deployments(
     for deployment in orphans:
         deployment_id = deployment.id
         try:
-            running = await _containers_running(session, settings, deployment)
-            if running:
-                result = await set_deployment_status(
-                    session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=ACTOR,
-                    require_lease_expired=True,
-                )
-                counter = "settled"
-            elif deployment.attempt < deployment.max_attempts:
-                result = await set_deployment_status(
-                    session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=ACTOR,
-                    error_message="executor lost (lease expired); retrying", require_lease_expired=True,
-                )
-                counter = "retried"
-            else:
-                result = await set_deployment_status(
-                    session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=ACTOR,
-                    error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
-                    require_lease_expired=True,
-                )
-                counter = "failed"
-            if result.accepted:
-                await _log(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
+            counter = await reclaim_orphan(session, settings, deployment)
+            if counter is not None:
                 stats[counter] += 1
                 if counter == "retried":
                     to_dispatch.append(deployment_id)
@@ -170,12 +276,7 @@ async def recover_pending_deployments(
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
 
-    for deployment_id in to_dispatch:
-        try:
-            await dispatcher.dispatch(deployment_id)
-        except Exception:  # noqa: BLE001
-            logger.exception("recovery: dispatch of %s failed", deployment_id)
-            stats["errors"] += 1
+    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "recovery")
     if standalone:
         await dispatcher.wait_local()
 

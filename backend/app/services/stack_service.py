@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.core.exceptions import Conflict, ValidationFailed
 from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
-from backend.app.services import organization_service, templating
+from backend.app.services import organization_service, pagination, templating
 
 SOURCE_USER = "user"
 SOURCE_CATALOG = "catalog"
@@ -54,20 +54,18 @@ async def get_for_user(session: AsyncSession, user: User, stack_id: str, minimum
     return await organization_service.get_owned(session, user, Stack, stack_id, minimum, noun="stack")
 
 
+STACKS_BY_NAME = pagination.Ordering("stacks", (Stack.name, Stack.id))
+
+
 async def list_for_user(
-    session: AsyncSession,
-    user: User,
-    *,
-    organization_id: str | None = None,
-    offset: int = 0,
-    limit: int = 50,
-) -> tuple[list[Stack], int]:
+    session: AsyncSession, user: User, page: pagination.PageParams, *, organization_id: str | None = None
+) -> pagination.Page:
     """Stacks of the organisations ``user`` belongs to (every one for a superuser), by name.
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    query = await organization_service.scope_to_readable(session, user, select(Stack), Stack.organization_id, organization_id)
-    return await organization_service.paginate(session, query, Stack.name, Stack.id, offset=offset, limit=limit)
+    scope = await organization_service.readable_partitions(session, user, Stack.organization_id, organization_id)
+    return await pagination.paginate(session, select(Stack), STACKS_BY_NAME, page, partitions=scope)
 
 
 async def find_by_name(session: AsyncSession, organization_id: str, name: str) -> Stack | None:

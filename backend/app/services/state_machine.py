@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.core.events import Event, EventType, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
+from backend.app.services.status_counts import note_transition
 
 S = DeploymentStatus
 logger = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ async def rule_target_capacity(session: AsyncSession, row: Deployment, now: date
     one free slot and both start. Locking the target row (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
     already serialises writers) makes the count-then-claim atomic. The claim is also refused while older
     claimable deployments of the target wait, so waiting deployments start in the order they were queued.
+
+    Only *live* leases hold a slot: a ``deploying`` row whose lease expired belongs to a dead executor
+    (its compose children died with it, see ``engines/process.py``), so it must not keep a healthy worker
+    waiting until the reaper has settled it.
     """
     limit = (
         await session.execute(select(Target.max_concurrent_deployments).where(Target.id == row.target_id).with_for_update())
@@ -103,7 +108,13 @@ async def rule_target_capacity(session: AsyncSession, row: Deployment, now: date
         return None
     running = (
         await session.execute(
-            select(func.count()).select_from(Deployment).where(Deployment.target_id == row.target_id, Deployment.status == S.DEPLOYING)
+            select(func.count())
+            .select_from(Deployment)
+            .where(
+                Deployment.target_id == row.target_id,
+                Deployment.status == S.DEPLOYING,
+                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
+            )
         )
     ).scalar_one()
     free = limit - running
@@ -267,6 +278,7 @@ async def set_deployment_status(
     )
     if result.rowcount != 1:
         return reject(f"concurrent change: deployment is no longer {from_status}")
+    note_transition(session, from_status, to_status)  # the /metrics gauges, written at commit
 
     session.add(
         DeploymentStatusHistory(

@@ -43,7 +43,7 @@ from backend.app.schemas.targets import (
     TestFailure,
     credential_problem,
 )
-from backend.app.services import organization_service
+from backend.app.services import organization_service, pagination
 from backend.app.services.compose_policy import ComposePolicy, is_host_endpoint
 
 logger = logging.getLogger(__name__)
@@ -197,25 +197,26 @@ async def create(session: AsyncSession, settings: Settings, user: User, data: Ta
     return target
 
 
+TARGETS_BY_NAME = pagination.Ordering("targets", (Target.name, Target.id))
+
+
 async def list_for_user(
     session: AsyncSession,
     user: User,
+    page: pagination.PageParams,
     *,
     organization_id: str | None = None,
     type: TargetType | None = None,
-    offset: int = 0,
-    limit: int = 50,
-) -> tuple[list[Target], int]:
+) -> pagination.Page:
     """Targets of the organisations ``user`` belongs to (every one for a superuser), by name.
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    query = await organization_service.scope_to_readable(
-        session, user, select(Target), Target.organization_id, organization_id
-    )
+    scope = await organization_service.readable_partitions(session, user, Target.organization_id, organization_id)
+    query = select(Target)
     if type is not None:
         query = query.where(Target.type == type)
-    return await organization_service.paginate(session, query, Target.name, Target.id, offset=offset, limit=limit)
+    return await pagination.paginate(session, query, TARGETS_BY_NAME, page, partitions=scope)
 
 
 async def get_for_user(session: AsyncSession, user: User, target_id: str, minimum: Role = Role.VIEWER) -> Target:

@@ -29,19 +29,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import keyword
 import logging
 import math
-import os
 import re
 import secrets
 import socket
 import string
-import tempfile
 import uuid as uuid_module
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -50,7 +46,17 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import find_compose_command, remember_valid
+from backend.app.engines.base import EngineError
+from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
+from backend.app.schemas.stack_variables import (
+    NUMERIC_TYPES,
+    STRING_TYPES,
+    VARIABLE_TYPES,
+    GroupVariable,
+    validate_variable_schema,
+)
+from backend.app.schemas.stack_variables import describe as _describe
+from backend.app.schemas.stack_variables import scalar_text as _render_scalar
 from backend.app.services import compose_policy
 from backend.app.services.compose_policy import check_host_files
 
@@ -76,39 +82,17 @@ __all__ = [
     "validate_with_compose",
 ]
 
-VARIABLE_TYPES = ("string", "integer", "number", "boolean", "enum", "secret", "textarea", "group")
-TYPE_ALIASES = {"password": "secret"}
-STRING_TYPES = frozenset({"string", "textarea", "secret"})
-NUMERIC_TYPES = frozenset({"integer", "number"})
 #: Generator functions a default may call, e.g. ``"{{ generate_password(24) }}"``.
 GENERATORS = ("generate_password", "random_port", "uuid", "random_hex")
 MASK = "***"
 
-MAX_VARIABLES = 200
-MAX_GROUP_DEPTH = 4
-MAX_PATTERN_LENGTH = 500
 MAX_VALUE_LENGTH = 65_536
 MAX_OUTPUT_CHARS = 1_048_576
 RANDOM_PORT_RANGE = (20000, 40000)
 COMPOSE_TIMEOUT_SECONDS = 30
-VALIDATE_PROJECT_NAME = "windflow-validate"
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTEGER_RE = re.compile(r"^[+-]?[0-9]+$")
 _NUMBER_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-#: Names that cannot be template variables: Jinja keywords and special names, and dict methods (inside a
-#: group ``{{ db.items }}`` would return the dict method instead of the variable).
-_RESERVED_NAMES = frozenset(
-    {"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else", "elif",
-     "for", "recursive", "with", "without", "context", "ignore", "missing", "import", "as", "from", "pluck",
-     "loop", "self", "super", "caller", "varargs", "kwargs", "block", "set", "macro", "call", "filter",
-     "items", "keys", "values", "get", "copy", "pop", "popitem", "setdefault", "update", "clear", "fromkeys"}
-    | set(keyword.kwlist)
-)
-_ALLOWED_KEYS = frozenset(
-    {"name", "type", "label", "description", "placeholder", "required", "default", "pattern", "min", "max",
-     "min_length", "max_length", "options", "variables"}
-)
 # Letters and digits only: no character that YAML, shells, URLs (postgres://user:pw@host) or compose
 # interpolation would treat specially. 24 of them carry ~142 bits.
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -189,235 +173,64 @@ def _is_expression(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_variables(raw: list[dict]) -> list[VariableSpec]:
     """Validate a stack's variable schema and return it as :class:`VariableSpec` objects.
 
-    Every problem is reported at once, each prefixed with its path (``variables[1].variables[0].name``).
+    The shape is checked by the typed models of :mod:`backend.app.schemas.stack_variables`; a default is
+    checked here with the same coercion and constraints as a deployment's values (a generator expression
+    by the sandbox). Every problem is reported at once, each prefixed with its path
+    (``variables[1].variables[0].name``).
     """
-    problems: list[str] = []
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise ValidationFailed("variables: must be a list of variable definitions", code="invalid_variable_schema")
-    counter = [0]
-    specs = _parse_level(raw, "variables", 0, problems, counter)
-    if counter[0] > MAX_VARIABLES:
-        problems.append(f"variables: at most {MAX_VARIABLES} variables in a stack (found {counter[0]})")
+    models, problems = validate_variable_schema(raw)
+    specs = [_to_spec(model, f"variables[{index}]", problems) for index, model in models]
     if problems:
         raise ValidationFailed("invalid variable schema: " + "; ".join(problems), code="invalid_variable_schema")
     return specs
 
 
-def _parse_level(raw: list, path: str, depth: int, problems: list[str], counter: list[int]) -> list[VariableSpec]:
-    specs: list[VariableSpec] = []
-    seen: set[str] = set()
-    for index, item in enumerate(raw):
-        where = f"{path}[{index}]"
-        counter[0] += 1
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be an object with at least a 'name'")
-            continue
-        before = len(problems)
-        spec = _parse_one(item, where, depth, problems, counter)
-        if spec is None or len(problems) > before:
-            continue
-        if spec.name in seen:
-            problems.append(f"{where}.name: duplicate variable name {spec.name!r}")
-            continue
-        seen.add(spec.name)
-        specs.append(spec)
-    return specs
-
-
-def _parse_one(item: dict, where: str, depth: int, problems: list[str], counter: list[int]) -> VariableSpec | None:
-    def bad(key: str, message: str) -> None:
-        problems.append(f"{where}.{key}: {message}")
-
-    unknown = sorted(str(k) for k in item if k not in _ALLOWED_KEYS)
-    for key in unknown:
-        bad(key, f"unknown field; a variable takes {', '.join(sorted(_ALLOWED_KEYS))}")
-
-    name = item.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 64:
-        bad("name", "required; letters, digits and underscores, not starting with a digit, at most 64 characters")
-        return None
-    if name in _RESERVED_NAMES:
-        bad("name", f"{name!r} is reserved in templates; pick another name")
-        return None
-
-    vtype = item.get("type", "string")
-    if not isinstance(vtype, str) or TYPE_ALIASES.get(vtype, vtype) not in VARIABLE_TYPES:
-        bad("type", f"must be one of {', '.join(VARIABLE_TYPES)} (or password, an alias of secret)")
-        return None
-    vtype = TYPE_ALIASES.get(vtype, vtype)
-
-    texts: dict[str, str | None] = {}
-    for key in ("label", "description", "placeholder"):
-        value = item.get(key)
-        if value is not None and not isinstance(value, str):
-            bad(key, "must be a string")
-            value = None
-        texts[key] = value
-
-    required = item.get("required", False)
-    if not isinstance(required, bool):
-        bad("required", "must be true or false")
-        required = False
-
-    def only_for(key: str, types: Iterable[str], hint: str) -> bool:
-        if item.get(key) is None:
-            return False
-        if vtype not in types:
-            bad(key, f"only applies to {hint} variables")
-            return False
-        return True
-
-    # numeric bounds
-    bounds: dict[str, int | float | None] = {"min": None, "max": None}
-    for key in ("min", "max"):
-        if item.get(key) is not None and vtype in STRING_TYPES:
-            bad(key, f"only applies to integer and number variables; use {key}_length for the length of a string")
-            continue
-        if only_for(key, NUMERIC_TYPES, "integer and number"):
-            value = item[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                bad(key, "must be a number")
-            elif vtype == "integer" and isinstance(value, float) and not value.is_integer():
-                bad(key, "must be a whole number for an integer variable")
-            else:
-                bounds[key] = int(value) if vtype == "integer" else value
-    if bounds["min"] is not None and bounds["max"] is not None and bounds["min"] > bounds["max"]:
-        bad("min", f"greater than max ({bounds['max']})")
-
-    lengths: dict[str, int | None] = {"min_length": None, "max_length": None}
-    for key in ("min_length", "max_length"):
-        if only_for(key, STRING_TYPES, "string, textarea and secret"):
-            value = item[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(key, "must be a non-negative integer")
-            else:
-                lengths[key] = value
-    if (
-        lengths["min_length"] is not None
-        and lengths["max_length"] is not None
-        and lengths["min_length"] > lengths["max_length"]
-    ):
-        bad("min_length", f"greater than max_length ({lengths['max_length']})")
-
-    pattern = None
-    if only_for("pattern", STRING_TYPES, "string, textarea and secret"):
-        pattern = item["pattern"]
-        if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
-            bad("pattern", f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters")
-            pattern = None
-        else:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                bad("pattern", f"invalid regular expression: {exc}")
-                pattern = None
-
-    options: tuple[EnumOption, ...] = ()
-    if vtype == "enum":
-        options = _parse_options(item.get("options"), where, problems)
-    else:
-        only_for("options", ("enum",), "enum")
-
-    children: tuple[VariableSpec, ...] = ()
-    if vtype == "group":
-        nested = item.get("variables")
-        if not isinstance(nested, list) or not nested:
-            bad("variables", "a group needs a non-empty list of variables")
-        elif depth + 1 >= MAX_GROUP_DEPTH:
-            bad("variables", f"groups nest at most {MAX_GROUP_DEPTH - 1} levels deep")
-        else:
-            children = tuple(_parse_level(nested, f"{where}.variables", depth + 1, problems, counter))
-        for key in ("default", "required"):
-            if key in item and item[key] not in (None, False):
-                bad(key, "does not apply to a group (set it on the group's variables)")
-    else:
-        only_for("variables", ("group",), "group")
-
+def _to_spec(model: Any, where: str, problems: list[str]) -> VariableSpec:
+    """The resolution-side form of a validated variable, its default coerced (or a problem recorded)."""
+    texts = {"label": model.label, "description": model.description, "placeholder": model.placeholder}
+    if isinstance(model, GroupVariable):
+        children = tuple(
+            _to_spec(child, f"{where}.variables[{index}]", problems) for index, child in enumerate(model.variables)
+        )
+        return VariableSpec(name=model.name, type="group", variables=children, **texts)
     spec = VariableSpec(
-        name=name,
-        type=vtype,
-        label=texts["label"],
-        description=texts["description"],
-        placeholder=texts["placeholder"],
-        required=required,
-        pattern=pattern,
-        min=bounds["min"],
-        max=bounds["max"],
-        min_length=lengths["min_length"],
-        max_length=lengths["max_length"],
-        options=options,
-        variables=children,
+        name=model.name,
+        type=model.type,
+        required=model.required,
+        pattern=getattr(model, "pattern", None),
+        min=getattr(model, "min", None),
+        max=getattr(model, "max", None),
+        min_length=getattr(model, "min_length", None),
+        max_length=getattr(model, "max_length", None),
+        options=tuple(EnumOption(value=o.value, label=o.label) for o in getattr(model, "options", ())),
+        **texts,
     )
-
-    default = item.get("default")
-    if default is None or vtype == "group":
+    default = model.default
+    if default is None:
         return spec
     if _is_expression(default):
         try:
             _check_generator_expression(default)
         except _Problem as exc:
-            bad("default", str(exc))
+            problems.append(f"{where}.default: {exc}")
             return spec
-        return _replace_default(spec, default)
-    if vtype == "secret":
-        bad(
-            "default",
-            "a secret's default must be a generator such as '{{ generate_password(24) }}'; "
-            "a literal default would be stored and shown in clear",
+        return replace(spec, default=default)
+    if spec.type == "secret":
+        problems.append(
+            f"{where}.default: a secret's default must be a generator such as '{{{{ generate_password(24) }}}}'; "
+            "a literal default would be stored and shown in clear"
         )
         return spec
     try:
         value = _coerce(spec, default)
         _check_constraints(spec, value)
     except _Problem as exc:
-        bad("default", str(exc))
+        problems.append(f"{where}.default: {exc}")
         return spec
-    return _replace_default(spec, value)
-
-
-def _replace_default(spec: VariableSpec, default: Any) -> VariableSpec:
-    return replace(spec, default=default)
-
-
-def _parse_options(raw: Any, where: str, problems: list[str]) -> tuple[EnumOption, ...]:
-    if not isinstance(raw, list) or not raw:
-        problems.append(f"{where}.options: enum needs a non-empty options list")
-        return ()
-    options: list[EnumOption] = []
-    seen: set[tuple[type, Any]] = set()
-    for index, entry in enumerate(raw):
-        at = f"{where}.options[{index}]"
-        if isinstance(entry, dict):
-            extra = set(entry) - {"value", "label"}
-            if extra:
-                problems.append(f"{at}: unknown field(s) {', '.join(sorted(map(str, extra)))}; an option takes value and label")
-                continue
-            value, label = entry.get("value"), entry.get("label")
-            if label is not None and not isinstance(label, str):
-                problems.append(f"{at}.label: must be a string")
-                continue
-        else:
-            value, label = entry, None
-        if value is None or not isinstance(value, (str, int, float, bool)):
-            problems.append(f"{at}: an option value must be a string, number or boolean")
-            continue
-        key = (type(value), value)
-        if key in seen:
-            problems.append(f"{at}: duplicate option {_describe(value)}")
-            continue
-        seen.add(key)
-        options.append(EnumOption(value=value, label=label if label is not None else _render_scalar(value)))
-    return tuple(options)
+    return replace(spec, default=value)
 
 
 def secret_paths(specs: Iterable[VariableSpec]) -> set[str]:
@@ -546,14 +359,6 @@ def _port_is_free(port: int) -> bool:
 
 
 # --- the sandbox -----------------------------------------------------------------------------------
-
-
-def _render_scalar(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _finalize(value: Any) -> Any:
@@ -946,48 +751,27 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) ->
     replaced by ``***``). Returns without checking when no compose tool is installed or it does not
     answer in time: the engine validates again before deploying.
 
-    The tool runs in an empty temporary directory with a minimal environment, so neither the server's
-    environment variables nor a stray ``.env`` leak into the interpolation.
+    The tool runs through the engines' one compose runner (:func:`~backend.app.engines.compose_cli.check_document`:
+    an empty temporary directory, a minimal environment, the process group killed on timeout).
     """
     command = await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
         return
-    with tempfile.TemporaryDirectory(prefix="windflow-validate-") as workdir:
-        path = Path(workdir) / "compose.yaml"
-        path.write_text(rendered, encoding="utf-8")
-        env = {key: os.environ[key] for key in ("PATH", "HOME", "DOCKER_CONFIG") if key in os.environ}
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            "--project-name",
-            VALIDATE_PROJECT_NAME,
-            "--project-directory",
-            workdir,
-            "-f",
-            str(path),
-            "config",  # not -q: its normalised output is checked again below
-            cwd=workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), COMPOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            logger.warning("compose validation timed out after %ss; skipped", COMPOSE_TIMEOUT_SECONDS)
-            return
-        if process.returncode == 0:
-            # The document as compose normalised it (extends merged, interpolation done): nothing it
-            # resolved may read the host either.
-            check_host_files(compose_policy.load(stdout.decode("utf-8", "replace")))
-            remember_valid(rendered)
-            return
-        message = stderr.decode("utf-8", "replace").replace(str(path), "compose.yaml").replace(workdir, ".")
-        lines = [line for line in message.splitlines() if line.strip() and "level=warning" not in line]
-        message = _redact("\n".join(lines).strip() or f"exit status {process.returncode}", redact)
-        if len(message) > 2000:
-            message = message[:2000] + "..."
-        raise ValidationFailed(f"docker compose rejected the document: {message}", code="invalid_compose")
+    try:
+        # not -q: the normalised output is checked again below
+        result = await check_document(rendered, command=command, timeout=COMPOSE_TIMEOUT_SECONDS, normalised=True)
+    except EngineError as exc:
+        logger.warning("compose validation skipped: %s", exc.message)
+        return
+    if result.ok:
+        # The document as compose normalised it (extends merged, interpolation done): nothing it
+        # resolved may read the host either.
+        check_host_files(compose_policy.load(result.stdout))
+        remember_valid(rendered)
+        return
+    lines = [line for line in result.lines if "level=warning" not in line]
+    message = _redact("\n".join(lines).strip() or f"exit status {result.returncode}", redact)
+    if len(message) > 2000:
+        message = message[:2000] + "..."
+    raise ValidationFailed(f"docker compose rejected the document: {message}", code="invalid_compose")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,7 @@ from backend.app.database import utcnow
 from backend.app.models import ApiToken, RefreshToken, User
 from backend.app.schemas.auth import UserCreate, UserUpdate
 from backend.app.schemas.tokens import ApiTokenCreate
+from backend.app.services import pagination
 
 
 async def create_user(session: AsyncSession, data: UserCreate) -> User:
@@ -31,10 +32,11 @@ async def create_user(session: AsyncSession, data: UserCreate) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, offset: int, limit: int) -> tuple[list[User], int]:
-    total = (await session.execute(select(func.count()).select_from(User))).scalar_one()
-    users = (await session.execute(select(User).order_by(User.created_at, User.id).offset(offset).limit(limit))).scalars().all()
-    return list(users), total
+USERS_BY_AGE = pagination.Ordering("users", (User.created_at, User.id))
+
+
+async def list_users(session: AsyncSession, page: pagination.PageParams) -> pagination.Page:
+    return await pagination.paginate(session, select(User), USERS_BY_AGE, page)
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User:
@@ -87,9 +89,12 @@ async def create_api_token(session: AsyncSession, user: User, data: ApiTokenCrea
     return token, clear
 
 
-async def list_api_tokens(session: AsyncSession, user: User) -> list[ApiToken]:
-    rows = await session.execute(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at.desc()))
-    return list(rows.scalars().all())
+TOKENS_NEWEST_FIRST = pagination.Ordering("tokens", (ApiToken.created_at, ApiToken.id), descending=True)
+
+
+async def list_api_tokens(session: AsyncSession, user: User, page: pagination.PageParams) -> pagination.Page:
+    query = select(ApiToken).where(ApiToken.user_id == user.id)
+    return await pagination.paginate(session, query, TOKENS_NEWEST_FIRST, page)
 
 
 async def revoke_api_token(session: AsyncSession, user: User, token_id: str) -> ApiToken:

@@ -11,7 +11,7 @@ import logging
 
 from backend.app.config import Settings
 from backend.app.models import ExecutorKind
-from backend.app.services.deployment_runner import RunOutcome, claimable_for_target, run_deployment
+from backend.app.services.deployment_runner import RunOutcome, after_run, run_deployment
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,20 @@ def create_background_task(deployment_id: str, settings: Settings) -> asyncio.Ta
 
 
 async def _run(deployment_id: str, settings: Settings) -> RunOutcome | None:
+    async def dispatch(waiting: str) -> None:
+        create_background_task(waiting, settings)
+
+    async def dispatch_later(later: str, delay: float) -> None:
+        _schedule(later, settings, delay)
+
     try:
         outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.ASYNCIO)
+        await after_run(outcome, dispatch=dispatch, dispatch_later=dispatch_later)
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - a background task must never die silently
         logger.exception("asyncio executor: deployment %s crashed", deployment_id)
         return None
-    if outcome.status == "requeued" and outcome.retry_in is not None:
-        _schedule(deployment_id, settings, outcome.retry_in)
-    if outcome.target_id and outcome.status != "skipped":
-        for waiting in await claimable_for_target(outcome.target_id):
-            create_background_task(waiting, settings)
     return outcome
 
 

@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import logging
 
-from backend.app.celery_app import DEPLOY_TASK, PURGE_TASK, RECOVERY_TASK, celery_app, settings
+from backend.app.celery_app import DEPLOY_TASK, PURGE_TASK, REAPER_TASK, RECOVERY_TASK, celery_app, settings
 from backend.app.tasks import worker_runtime
 
 logger = logging.getLogger(__name__)
 
 
+async def _dispatch(deployment_id: str) -> None:
+    deploy_stack.delay(deployment_id)
+
+
+async def _dispatch_later(deployment_id: str, delay: float) -> None:
+    deploy_stack.apply_async((deployment_id,), countdown=delay)
+
+
 async def _deploy(deployment_id: str, task_id: str | None) -> dict:
     from backend.app.models import ExecutorKind
-    from backend.app.services.deployment_runner import claimable_for_target, run_deployment
+    from backend.app.services.deployment_runner import after_run, run_deployment
 
     outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.CELERY, task_id=task_id)
-    if outcome.status == "requeued" and outcome.retry_in is not None:
-        deploy_stack.apply_async((deployment_id,), countdown=outcome.retry_in)
-    if outcome.target_id and outcome.status != "skipped":
-        for waiting in await claimable_for_target(outcome.target_id):
-            if waiting != deployment_id:
-                deploy_stack.delay(waiting)
+    await after_run(outcome, dispatch=_dispatch, dispatch_later=_dispatch_later)
     await _flush_events()
-    return {"deployment_id": deployment_id, "status": outcome.status, "reason": outcome.reason}
+    return {"deployment_id": deployment_id, "status": str(outcome.status), "reason": outcome.reason}
 
 
 async def _flush_events() -> None:
@@ -78,11 +81,31 @@ def retry_pending_deployments(max_age_minutes: float = 2, timeout_minutes: float
     return worker_runtime.run(_recover(max_age_minutes, timeout_minutes))
 
 
+async def _reap() -> dict:
+    from backend.app import database
+    from backend.app.core.background import REAPER_LOCK_KEY, leader_lock
+    from backend.app.services import recovery
+
+    async with leader_lock(REAPER_LOCK_KEY) as leader:  # one reaper at a time: beat, or a backend's loop
+        if not leader:
+            return {"status": "skipped", "reason": "another reaper is running"}
+        async with database.AsyncSessionLocal() as session:
+            stats = await recovery.reap(session, settings, CeleryDispatcher())
+    await _flush_events()
+    return {"status": "completed", "statistics": stats}
+
+
+@celery_app.task(name=REAPER_TASK)
+def reap_expired_leases() -> dict:
+    """The reaper (beat: every ``REAPER_INTERVAL_SECONDS``): reclaim expired leases, re-dispatch lost messages."""
+    return worker_runtime.run(_reap())
+
+
 @celery_app.task(name=PURGE_TASK)
 def purge_consumed_messages(older_than_minutes: int = 60) -> int:
     """Delete delivered messages that kombu's SQL transport leaves behind."""
     from backend.app.core.sql_transport import purge_consumed_messages as purge
 
-    deleted = purge(settings.sync_database_url, older_than_minutes)
+    deleted = purge(settings.sync_database_url, older_than_minutes, batch_size=settings.RETENTION_BATCH_SIZE)
     logger.info("purged %d consumed broker message(s)", deleted)
     return deleted

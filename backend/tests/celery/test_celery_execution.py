@@ -193,7 +193,8 @@ async def test_embedded_worker_starts_only_without_external_and_takes_over(db, d
 
 
 async def test_kill9_worker_mid_deployment_runs_once(db, docker_engine, tmp_path):
-    settings = celery_settings(db, tmp_path, DEPLOYMENT_LEASE_SECONDS=6)
+    # the manual recovery pass below is what this test is about: keep the reaper out of its way
+    settings = celery_settings(db, tmp_path, DEPLOYMENT_LEASE_SECONDS=6, REAPER_INTERVAL_SECONDS=300)
     first = start_worker(settings, tmp_path, name="doomed")
     second: Proc | None = None
     created_id = None

@@ -79,7 +79,8 @@ async def test_python_m_backend_app_main_with_embedded_worker(db, tmp_path):
 
 
 async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
-    """``celery -A backend.app.celery_app beat`` sends retry-pending-deployments; a worker runs it."""
+    """``celery -A backend.app.celery_app beat`` sends retry-pending-deployments and the reaper; a worker runs
+    them. A dead executor's deployment (expired lease; no backend runs here) is reclaimed by beat's reaper."""
     settings = make_settings(
         db.settings.DATABASE_URL,
         CELERY_ENABLED=True,
@@ -93,8 +94,30 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
         [CELERY, "-A", "backend.app.celery_app", "beat"],  # as typed; its schedule file lands in cwd
         {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}, tmp_path / "beat.log", cwd=tmp_path,
     )
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from backend.app.database import utcnow
+    from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory
+    from backend.tests.factories import make_deployment
+
+    async with database.AsyncSessionLocal() as session:
+        orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, lease_owner="celery:gone:1:dead")
+        orphan_id = orphan.id
+        await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+        await session.commit()
     try:
         await wait_heartbeat("beatworker@", worker)
+        for _ in range(60):  # the reaper runs every REAPER_INTERVAL_SECONDS (5 s)
+            async with database.AsyncSessionLocal() as session:
+                actors = (await session.execute(
+                    select(DeploymentStatusHistory.actor).where(DeploymentStatusHistory.deployment_id == orphan_id)
+                )).scalars().all()
+            if "reaper" in actors:
+                break
+            await asyncio.sleep(0.5)
+        assert "reaper" in actors, (actors, worker.output()[-3000:])
         deadline = time.monotonic() + 90
         state = None
         while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from dataclasses import dataclass
 
 import httpx
@@ -162,6 +163,18 @@ async def test_missing_image_fails_with_clear_message(env):
     assert any(l["level"] == "error" and "does-not-exist" in l["message"] for l in logs)
 
 
+def container_states(deployment_id: str) -> dict[str, str]:
+    """service name → container state of the deployment's containers."""
+    ids = labelled("container", deployment_id)
+    if not ids:
+        return {}
+    out = subprocess.run(
+        ["docker", "inspect", "--format", '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}}', *ids],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
 async def test_taken_port_fails_with_clear_message(env):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -172,7 +185,10 @@ async def test_taken_port_fails_with_clear_message(env):
     assert failed["status"] == "failed"
     assert str(port) in failed["error_message"]
     assert "already" in failed["error_message"] or "in use" in failed["error_message"]
-    assert labelled("container", created["id"]) == [] or True  # compose may leave the created container: delete cleans it
+    # compose created the web container, then could not start it: it stays (created, never started) for the
+    # operator to inspect, next to the worker (started concurrently), and the delete below removes both.
+    left = container_states(created["id"])
+    assert sorted(left) == ["web", "worker"] and left["web"] == "created", left
     deleted = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=env.admin.headers)
     assert deleted.status_code == 204
     assert labelled("container", created["id"]) == []
@@ -323,7 +339,7 @@ async def test_listing_filters_and_foreign_organization(env):
     by_stack = (await env.client.get("/api/v1/deployments", params={"stack_id": env.stack_id}, headers=headers)).json()
     assert [d["id"] for d in by_stack["items"]] == [created["id"]] and by_stack["total"] == 1
     none = (await env.client.get("/api/v1/deployments", params={"status": "stopped"}, headers=headers)).json()
-    assert none == {"items": [], "total": 0}
+    assert none == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
     foreign = await env.client.get(
         "/api/v1/deployments", params={"organization_id": "00000000-0000-0000-0000-000000000000"}, headers=headers
     )

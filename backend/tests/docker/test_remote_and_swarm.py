@@ -1,8 +1,9 @@
 """Deployments end to end on the two other kinds of target: a remote engine over TCP + mutual TLS, and a
 swarm manager. HTTP API → asyncio executor → runner → real engine (no mocks).
 
-* Remote: the second dockerd of ``remote_docker`` (no iptables, no userland proxy, so the stack publishes
-  no port). The test image is loaded into it first: nothing can be pulled here.
+* Remote: the second dockerd of ``remote_docker``, a host of its own (network namespace; no iptables, no
+  userland proxy, so the stack publishes no port). The test image is loaded into it first: nothing can be
+  pulled here.
 * Swarm: the local engine in swarm mode (``swarm`` fixture of the swarm driver tests, with its lock), where
   the driver publishes ports in host mode.
 """

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from backend.app.engines import ComposeEngine, ContainerEngine, SwarmEngine, engine_for
+from backend.app.engines import ComposeEngine, SwarmEngine, engine_for
 from backend.app.engines.base import DEPLOYMENT_LABEL, DeploySpec, Engine, EngineError, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.process import run_command
@@ -42,16 +43,15 @@ from backend.tests.engine_fixtures import (
 pytestmark = pytest.mark.docker
 
 STEPS = ("validate", "prepare", "ensure_images", "create_resources", "start_services", "wait_healthy")
-DRIVERS = ["compose-v2", "compose-v1", "container"]
+DRIVERS = ["compose-v2", "compose-v1"]
 
 
 def build_engine(kind: str, endpoint: str) -> Engine:
     connection = local_connection(endpoint)
     if kind == "compose-v2":
         return ComposeEngine(connection, command=("docker", "compose"))
-    if kind == "compose-v1":
-        return ComposeEngine(connection, command=("docker-compose",))
-    return ContainerEngine(connection)
+    assert kind == "compose-v1", kind
+    return ComposeEngine(connection, command=("docker-compose",))
 
 
 async def deploy(engine: Engine, spec: DeploySpec, log: LogCapture) -> None:
@@ -167,7 +167,7 @@ async def test_remove_without_project_directory_leaves_nothing(docker_engine, do
 # --------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize("kind", ["compose-v2", "container"])
+@pytest.mark.parametrize("kind", DRIVERS)
 async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
     image = f"windflow-test/missing-{os.urandom(4).hex()}:latest"
     spec = make_spec(tmp_path, f"services:\n  app:\n    image: {image}\n")
@@ -185,7 +185,7 @@ async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tm
         await cleanup(engine, spec, docker_client)
 
 
-@pytest.mark.parametrize("kind", ["compose-v2", "container"])
+@pytest.mark.parametrize("kind", DRIVERS)
 async def test_taken_port_is_permanent(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind(("127.0.0.1", 0))
@@ -233,16 +233,7 @@ async def test_invalid_document_fails_validation(document, quoted, docker_engine
     assert not spec.workdir.exists()  # validation works on a temporary copy
 
 
-async def test_container_driver_refuses_what_it_cannot_honour(docker_engine, tmp_path):
-    engine = build_engine("container", docker_engine)
-    spec = make_spec(tmp_path, f"services:\n  web:\n    image: {TEST_IMAGE}\n    build: .\n    secrets: [x]\n")
-    with pytest.raises(EngineError) as caught:
-        await engine.validate(spec, LogCapture())
-    assert caught.value.transient is False
-    assert "build, secrets" in caught.value.message
-
-
-@pytest.mark.parametrize("kind", ["compose-v2", "container"])
+@pytest.mark.parametrize("kind", DRIVERS)
 async def test_service_exiting_at_once_fails_wait_healthy(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
     spec = make_spec(tmp_path, f"""
 services:
@@ -340,7 +331,7 @@ services:
         await cleanup(engine, spec, docker_client)
 
 
-@pytest.mark.parametrize("kind", ["compose-v2", "container"])
+@pytest.mark.parametrize("kind", DRIVERS)
 async def test_backend_environment_does_not_reach_the_stack(kind, docker_engine, docker_client, tmp_path,  # noqa: F811
                                                            monkeypatch):
     """``${VAR}`` in a template must not read the backend's own environment (SECRET_KEY, DATABASE_URL...)."""
@@ -401,6 +392,16 @@ def test_engine_for_picks_the_driver():
     docker_target = engine_for(TargetConnection(TargetType.DOCKER, "unix:///var/run/docker.sock"))
     assert isinstance(docker_target, ComposeEngine)
     assert docker_target.v2  # compose v2 is installed here, and preferred over v1
+
+
+def test_without_a_compose_tool_a_docker_target_says_what_to_install(monkeypatch):
+    """The compose CLI is a requirement (no SDK-only re-implementation of compose): its absence is a
+    permanent error that names the fix, which the runner records as the deployment's error."""
+    monkeypatch.setattr("backend.app.engines.compose.find_compose_command", lambda: None)
+    with pytest.raises(EngineError) as caught:
+        engine_for(TargetConnection(TargetType.DOCKER, "unix:///var/run/docker.sock"))
+    assert caught.value.transient is False
+    assert "no compose tool found" in caught.value.message and "scripts/setup-docker.sh" in caught.value.message
 
 
 # --------------------------------------------------------------------------- TLS, end to end
@@ -576,3 +577,7 @@ async def test_ssh_target_through_dial_stdio(docker_engine, tmp_path, monkeypatc
         key_dir = session.material_dir
     assert "engine.example" in record.read_text() and "id_key" in record.read_text()
     assert not key_dir.exists()
+    # The SDK's connections ran `ssh` behind the session's unix socket; none outlives the session.
+    lingering = subprocess.run(["pgrep", "-f", f"docker -H {docker_engine} system dial-stdio"],
+                               capture_output=True, text=True, check=False).stdout.split()
+    assert lingering == []

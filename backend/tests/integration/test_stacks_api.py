@@ -141,7 +141,7 @@ async def test_crud_round_trip(client, team):
     deleted = await client.delete(f"{STACKS}/{stack_id}", headers=team["admin"].headers)
     assert deleted.status_code == 204
     assert_error(await client.get(f"{STACKS}/{stack_id}", headers=team["admin"].headers), 404, "stack_not_found")
-    assert (await client.get(STACKS, headers=team["admin"].headers)).json() == {"items": [], "total": 0}
+    assert (await client.get(STACKS, headers=team["admin"].headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
 
 
 async def test_create_in_an_explicit_organization(client, team):
@@ -198,7 +198,7 @@ async def test_other_organizations_stacks_are_invisible(client, team):
     assert_error(await client.patch(url, json={"description": "x"}, headers=outsider.headers), 404, "stack_not_found")
     assert_error(await client.delete(url, headers=outsider.headers), 404, "stack_not_found")
     assert_error(await client.post(f"{url}/render", json={}, headers=outsider.headers), 404, "stack_not_found")
-    assert (await client.get(STACKS, headers=outsider.headers)).json() == {"items": [], "total": 0}
+    assert (await client.get(STACKS, headers=outsider.headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
     assert_error(await client.get(STACKS, params={"organization_id": team["org_id"]}, headers=outsider.headers), 404)
     foreign = await client.post(STACKS, json=stack_body("x", organization_id=team["org_id"]), headers=outsider.headers)
     assert_error(foreign, 404)
@@ -357,3 +357,20 @@ async def test_render_preview_reports_every_bad_value_without_secrets(client, te
     assert_error(
         await client.post(f"{STACKS}/{stack['id']}/render", json={"values": {}}, headers=operator.headers), 422, "validation_error"
     )
+
+
+async def test_the_variable_schema_is_typed_in_openapi(client):
+    """A client builds the stack form from the OpenAPI document: one model per variable type, by `type`."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    read = schemas["StackRead"]["properties"]["variables"]["items"]
+    mapping = read["discriminator"]["mapping"]
+    assert read["discriminator"]["propertyName"] == "type"
+    assert sorted(mapping) == ["boolean", "enum", "group", "integer", "number", "password", "secret", "string",
+                               "textarea"]
+    assert mapping["password"] == mapping["secret"]
+    enum = schemas[mapping["enum"].rsplit("/", 1)[-1]]
+    assert enum["additionalProperties"] is False and "options" in enum["required"]
+    group = schemas[mapping["group"].rsplit("/", 1)[-1]]
+    assert group["properties"]["variables"]["items"]["discriminator"]["propertyName"] == "type"
+    created = schemas["StackCreate"]["properties"]["variables"]["items"]
+    assert created["discriminator"]["propertyName"] == "type"

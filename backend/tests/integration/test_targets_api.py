@@ -286,7 +286,7 @@ async def test_roles_and_foreign_organizations(client):
         await client.post(API, json={**new, "organization_id": org_id}, headers=outsider.headers),
     ):
         assert response.status_code == 404, response.text
-    assert (await client.get(API, headers=outsider.headers)).json() == {"items": [], "total": 0}
+    assert (await client.get(API, headers=outsider.headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
     assert (await client.get(f"{API}/no-such-id", headers=admin.headers)).status_code == 404
     assert (await client.get(API)).status_code == 401
 

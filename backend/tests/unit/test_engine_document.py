@@ -1,4 +1,5 @@
-"""Pure logic of the Docker drivers: document parsing and labelling, ports, interpolation, error classes.
+"""Pure logic of the Docker drivers: document parsing and labelling, ports, error classes, and compose's
+interpolation (for the compose policy; the drivers leave it to the compose CLI and ``docker stack``).
 (The drivers themselves are tested against the real engine in integration/test_engines.py.)"""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ import pytest
 
 from backend.app.engines.base import EngineError
 from backend.app.engines.connection import is_transient
-from backend.app.engines.container import parse_duration_ns
 from backend.app.engines.document import (
     PortMapping,
     dump_document,
@@ -15,7 +15,6 @@ from backend.app.engines.document import (
     label_document,
     load_document,
     parse_ports,
-    start_order,
 )
 from backend.app.engines.swarm import host_mode_ports
 
@@ -130,6 +129,7 @@ def test_swarm_ports_become_host_mode_and_host_ip_is_reported():
 
 
 def test_interpolation_like_compose():
+    """What the compose policy uses to read a document as compose will (the drivers leave it to compose)."""
     env = {"TAG": "1.2", "EMPTY": ""}
     value = {"image": "app:${TAG}", "a": "${MISSING:-dflt}", "b": "${EMPTY:-dflt}", "c": "${EMPTY-dflt}",
              "d": "cost $$5", "e": ["$TAG", "${TAG:+set}"]}
@@ -138,21 +138,6 @@ def test_interpolation_like_compose():
     with pytest.raises(EngineError) as caught:
         interpolate("${PASSWORD:?set a password}", env)
     assert "set a password" in caught.value.message
-
-
-def test_start_order_and_cycles():
-    services = {"web": {"depends_on": {"db": {"condition": "service_healthy"}}}, "db": {}, "job": {"depends_on": ["db"]}}
-    order = start_order(services)
-    assert order.index("db") < order.index("web") and order.index("db") < order.index("job")
-    with pytest.raises(EngineError, match="dependency cycle"):
-        start_order({"a": {"depends_on": ["b"]}, "b": {"depends_on": ["a"]}})
-
-
-@pytest.mark.parametrize(
-    ("value", "ns"), [("1s", 10**9), ("1m30s", 90 * 10**9), ("500ms", 5 * 10**8), (2, 2 * 10**9), ("1.5", 15 * 10**8)]
-)
-def test_durations(value, ns):
-    assert parse_duration_ns(value) == ns
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import find_compose_command
+from backend.app.engines.compose_cli import check_document, find_compose_command
 from backend.app.services import templating
 from backend.app.services.templating import (
     VariableErrors,
@@ -596,6 +596,22 @@ def compose() -> tuple[str, ...]:
 
 async def test_validate_with_compose_accepts_a_valid_document(compose):
     await validate_with_compose("services:\n  web:\n    image: nginx:1.27-alpine\n    ports: ['8080:80']\n")
+
+
+async def test_the_one_compose_runner_judges_and_normalises(compose, monkeypatch):
+    """``check_document`` (used by validate_with_compose and the compose driver): the tool's verdict with
+    its own words, temporary paths hidden; the normalised document on request; nothing of this process's
+    environment reaches the interpolation."""
+    monkeypatch.setenv("WINDFLOW_TEST_LEAK", "leaked")
+    ok = await check_document("services:\n  a:\n    image: x\n    environment:\n      A: ${X:-dflt}\n"
+                              "      B: ${WINDFLOW_TEST_LEAK:-unset}\n", timeout=30, normalised=True)
+    assert ok.ok, ok.lines
+    environment = parse_compose_yaml(ok.stdout)["services"]["a"]["environment"]
+    assert environment == {"A": "dflt", "B": "unset"}
+    bad = await check_document("services:\n  a:\n    imagex: x\n", command=compose, timeout=30)
+    assert not bad.ok and bad.stdout == ""
+    assert any("compose.yaml" in line and "imagex" in line for line in bad.lines), bad.lines
+    assert not any("windflow-validate-" in line for line in bad.lines)
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ export interface paths {
         };
         /**
          * Get History
-         * @description Every status change of the deployment, oldest first.
+         * @description Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor.
          */
         get: operations["get_history_api_v1_deployments__deployment_id__history_get"];
         put?: never;
@@ -221,7 +221,7 @@ export interface paths {
         };
         /**
          * Get Logs
-         * @description Persisted log lines after ``since_seq``, in order.
+         * @description Persisted log lines after ``since_seq`` (or ``cursor``), in order.
          */
         get: operations["get_logs_api_v1_deployments__deployment_id__logs_get"];
         put?: never;
@@ -609,7 +609,7 @@ export interface paths {
         };
         /**
          * List Tokens
-         * @description Your API tokens (never their values).
+         * @description Your API tokens (never their values), newest first.
          */
         get: operations["list_tokens_api_v1_tokens_get"];
         put?: never;
@@ -772,8 +772,22 @@ export interface components {
         ApiTokenPage: {
             /** Items */
             items: components["schemas"]["ApiTokenRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** ApiTokenRead */
         ApiTokenRead: {
@@ -818,6 +832,58 @@ export interface components {
             scope: string;
             /** Username */
             username: string;
+        };
+        /** BooleanVariable */
+        "BooleanVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: boolean | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "boolean";
+        };
+        /** BooleanVariable */
+        "BooleanVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: boolean | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "boolean";
         };
         /**
          * ComposePolicy
@@ -917,8 +983,22 @@ export interface components {
         DeploymentPage: {
             /** Items */
             items: components["schemas"]["DeploymentRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** DeploymentRead */
         DeploymentRead: {
@@ -976,10 +1056,118 @@ export interface components {
          */
         DeploymentStatus: "pending" | "deploying" | "running" | "failed" | "stopped" | "cancelled";
         /**
+         * EnumOption
+         * @description One choice of an enum; given as ``{value, label}`` or as the bare value (the label is then the value).
+         */
+        EnumOption: {
+            /** Label */
+            label: string;
+            /** Value */
+            value: string | number | boolean;
+        };
+        /** EnumVariable */
+        "EnumVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string | number | boolean;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Options */
+            options: components["schemas"]["EnumOption"][];
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "enum";
+        };
+        /** EnumVariable */
+        "EnumVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string | number | boolean;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Options */
+            options: components["schemas"]["EnumOption"][];
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "enum";
+        };
+        /**
          * ExecutorKind
          * @enum {string}
          */
         ExecutorKind: "celery" | "asyncio";
+        /**
+         * GroupVariable
+         * @description Variables under one name: the template reads them as ``{{ group.variable }}``.
+         */
+        "GroupVariable-Input": {
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "group";
+            /** Variables */
+            variables: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[];
+        };
+        /**
+         * GroupVariable
+         * @description Variables under one name: the template reads them as ``{{ group.variable }}``.
+         */
+        "GroupVariable-Output": {
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "group";
+            /** Variables */
+            variables: (components["schemas"]["StringVariable-Output"] | components["schemas"]["TextareaVariable-Output"] | components["schemas"]["SecretVariable-Output"] | components["schemas"]["IntegerVariable-Output"] | components["schemas"]["NumberVariable-Output"] | components["schemas"]["BooleanVariable-Output"] | components["schemas"]["EnumVariable-Output"] | components["schemas"]["GroupVariable-Output"])[];
+        };
         /** HTTPValidationError */
         HTTPValidationError: {
             /** Detail */
@@ -998,6 +1186,66 @@ export interface components {
             /** Reason */
             reason: string | null;
             to_status: components["schemas"]["DeploymentStatus"];
+        };
+        /** IntegerVariable */
+        "IntegerVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: number | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max */
+            max?: number | null;
+            /** Min */
+            min?: number | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "integer";
+        };
+        /** IntegerVariable */
+        "IntegerVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: number | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max */
+            max?: number | null;
+            /** Min */
+            min?: number | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "integer";
         };
         /**
          * LogLevel
@@ -1021,8 +1269,16 @@ export interface components {
         LogPage: {
             /** Items */
             items: components["schemas"]["LogLineRead"][];
-            /** Last Seq */
+            /**
+             * Last Seq
+             * @description highest seq allocated so far for this deployment
+             */
             last_seq: number;
+            /**
+             * Next Cursor
+             * @description pass as cursor for the lines after this page; null when this page reached the end
+             */
+            next_cursor?: string | null;
         };
         /** LogoutRequest */
         LogoutRequest: {
@@ -1063,8 +1319,22 @@ export interface components {
         MemberPage: {
             /** Items */
             items: components["schemas"]["MemberRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** MemberRead */
         MemberRead: {
@@ -1093,6 +1363,66 @@ export interface components {
             organization_name: string;
             role: components["schemas"]["Role"];
         };
+        /** NumberVariable */
+        "NumberVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: number | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max */
+            max?: number | null;
+            /** Min */
+            min?: number | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "number";
+        };
+        /** NumberVariable */
+        "NumberVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: number | string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max */
+            max?: number | null;
+            /** Min */
+            min?: number | null;
+            /** Name */
+            name: string;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "number";
+        };
         /** OrganizationCreate */
         OrganizationCreate: {
             /** Description */
@@ -1104,8 +1434,22 @@ export interface components {
         OrganizationPage: {
             /** Items */
             items: components["schemas"]["OrganizationRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** OrganizationRead */
         OrganizationRead: {
@@ -1153,6 +1497,76 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
+        /**
+         * SecretVariable
+         * @description Text never shown back (masked as ``***``); its default can only be a generator expression.
+         */
+        "SecretVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description password is an alias of secret (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "password" | "secret";
+        };
+        /**
+         * SecretVariable
+         * @description Text never shown back (masked as ``***``); its default can only be a generator expression.
+         */
+        "SecretVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description password is an alias of secret (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "password" | "secret";
+        };
         /** SetupRequest */
         SetupRequest: {
             /**
@@ -1198,9 +1612,7 @@ export interface components {
              * Variables
              * @description the typed variable schema
              */
-            variables?: {
-                [key: string]: unknown;
-            }[];
+            variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[];
             /**
              * Version
              * @default 1.0.0
@@ -1211,8 +1623,22 @@ export interface components {
         StackPage: {
             /** Items */
             items: components["schemas"]["StackRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** StackRead */
         StackRead: {
@@ -1239,9 +1665,7 @@ export interface components {
              */
             updated_at: string;
             /** Variables */
-            variables: {
-                [key: string]: unknown;
-            }[];
+            variables: (components["schemas"]["StringVariable-Output"] | components["schemas"]["TextareaVariable-Output"] | components["schemas"]["SecretVariable-Output"] | components["schemas"]["IntegerVariable-Output"] | components["schemas"]["NumberVariable-Output"] | components["schemas"]["BooleanVariable-Output"] | components["schemas"]["EnumVariable-Output"] | components["schemas"]["GroupVariable-Output"])[];
             /** Version */
             version: string;
         };
@@ -1272,11 +1696,79 @@ export interface components {
             /** Template */
             template?: string | null;
             /** Variables */
-            variables?: {
-                [key: string]: unknown;
-            }[] | null;
+            variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[] | null;
             /** Version */
             version?: string | null;
+        };
+        /**
+         * StringVariable
+         * @description One line of text.
+         */
+        "StringVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "string";
+        };
+        /**
+         * StringVariable
+         * @description One line of text.
+         */
+        "StringVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "string";
         };
         /** TargetCreate */
         TargetCreate: {
@@ -1332,8 +1824,22 @@ export interface components {
         TargetPage: {
             /** Items */
             items: components["schemas"]["TargetRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /**
          * TargetRead
@@ -1435,6 +1941,76 @@ export interface components {
          * @enum {string}
          */
         TestFailure: "unreachable" | "tls" | "authentication" | "not_docker" | "error";
+        /**
+         * TextareaVariable
+         * @description Text that may span lines.
+         */
+        "TextareaVariable-Input": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "textarea";
+        };
+        /**
+         * TextareaVariable
+         * @description Text that may span lines.
+         */
+        "TextareaVariable-Output": {
+            /**
+             * Default
+             * @description a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}
+             */
+            default?: string;
+            /** Description */
+            description?: string | null;
+            /** Label */
+            label?: string | null;
+            /** Max Length */
+            max_length?: number | null;
+            /** Min Length */
+            min_length?: number | null;
+            /** Name */
+            name: string;
+            /** Pattern */
+            pattern?: string | null;
+            /** Placeholder */
+            placeholder?: string | null;
+            /**
+             * Required
+             * @default false
+             */
+            required: boolean;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "textarea";
+        };
         /** TokenPair */
         TokenPair: {
             /** Access Token */
@@ -1473,8 +2049,22 @@ export interface components {
         UserPage: {
             /** Items */
             items: components["schemas"]["UserRead"][];
-            /** Total */
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
             total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
         };
         /** UserRead */
         UserRead: {
@@ -1704,10 +2294,12 @@ export interface operations {
                 stack_id?: string | null;
                 target_id?: string | null;
                 organization_id?: string | null;
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
@@ -1895,7 +2487,11 @@ export interface operations {
     };
     get_history_api_v1_deployments__deployment_id__history_get: {
         parameters: {
-            query?: never;
+            query?: {
+                limit?: number;
+                /** @description the X-Next-Cursor of the previous page */
+                cursor?: string | null;
+            };
             header?: never;
             path: {
                 deployment_id: string;
@@ -1930,6 +2526,8 @@ export interface operations {
                 /** @description return lines after this sequence number */
                 since_seq?: number;
                 limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string | null;
             };
             header?: never;
             path: {
@@ -2086,10 +2684,12 @@ export interface operations {
     list_organizations_api_v1_organizations_get: {
         parameters: {
             query?: {
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
@@ -2251,10 +2851,12 @@ export interface operations {
     list_members_api_v1_organizations__organization_id__members_get: {
         parameters: {
             query?: {
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path: {
@@ -2396,10 +2998,12 @@ export interface operations {
             query?: {
                 /** @description only this organisation's stacks */
                 organization_id?: string | null;
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
@@ -2676,10 +3280,12 @@ export interface operations {
                 organization_id?: string | null;
                 /** @description docker or swarm */
                 type?: components["schemas"]["TargetType"] | null;
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
@@ -2868,7 +3474,14 @@ export interface operations {
     };
     list_tokens_api_v1_tokens_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
+                offset?: number;
+                /** @description items per page (1-200) */
+                limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2882,6 +3495,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ApiTokenPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
@@ -2952,10 +3574,12 @@ export interface operations {
     list_users_api_v1_users_get: {
         parameters: {
             query?: {
-                /** @description items to skip */
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
                 limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
