@@ -19,7 +19,7 @@ install: $(STAMP)
 # A first run gets a .env with a freshly generated SECRET_KEY (the built-in default is refused).
 .env:
 	@secret=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))'); \
-	sed "s|^SECRET_KEY=.*|SECRET_KEY=$$secret|" .env.example > .env; \
+	umask 077; sed "s|^SECRET_KEY=.*|SECRET_KEY=$$secret|" .env.example > .env; chmod 600 .env; \
 	echo "created .env with a new SECRET_KEY"
 
 env: .env

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     PASSWORD_HASH_TIME_COST: int = Field(default=3, ge=1, le=20)
     PASSWORD_HASH_MEMORY_KIB: int = Field(default=65536, ge=1024)
     LOGIN_RATE_LIMIT_PER_MINUTE: int = Field(default=10, ge=1)
+    #: failed logins per account (whatever the client address) within LOGIN_ACCOUNT_WINDOW_SECONDS
+    LOGIN_FAILURES_PER_ACCOUNT: int = Field(default=10, ge=1)
+    LOGIN_ACCOUNT_WINDOW_SECONDS: int = Field(default=300, ge=1)
     DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
 
     # --- Celery ---------------------------------------------------------------------------------
@@ -103,6 +106,16 @@ class Settings(BaseSettings):
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)
     RECOVERY_TIMEOUT_MINUTES: int = Field(default=60, ge=1)
     RECOVERY_ON_STARTUP: bool = True
+
+    # --- bounds on tenant input (templates, YAML, request bodies) ---------------------------------
+    #: template rendering runs in a child process with these limits (seconds of CPU, MiB of memory)
+    TEMPLATE_RENDER_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    TEMPLATE_RENDER_MEMORY_MB: int = Field(default=512, ge=128)
+    TEMPLATE_MAX_OUTPUT_CHARS: int = Field(default=1_048_576, ge=1024)
+    YAML_MAX_NODES: int = Field(default=100_000, ge=100)
+    YAML_MAX_EXPANDED_CHARS: int = Field(default=4_194_304, ge=1024)
+    COMPOSE_VALIDATE_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    MAX_REQUEST_BODY_BYTES: int = Field(default=2_097_152, ge=1024)
 
     # --- retention of logs and history (backend/app/services/retention.py) -----------------------
     RETENTION_DAYS: int = Field(default=30, ge=0)  # settled and idle this long: newest lines only; 0 = keep all

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from backend.app.core.files import private_dir
 from backend.app.config import DatabaseKind, Settings, settings
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def _configure_sqlite(async_engine: AsyncEngine) -> None:
 
     @event.listens_for(async_engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only probe (``/health``) must not queue behind a writer: it opts out with ``sqlite_deferred``.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sqlite_deferred") else "BEGIN IMMEDIATE")
 
 
 def build_engine(config: Settings) -> AsyncEngine:
@@ -90,7 +92,7 @@ def build_engine(config: Settings) -> AsyncEngine:
     if config.database_kind is DatabaseKind.SQLITE:
         path = config.sqlite_path
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(path).parent)
         sqlite_engine = create_async_engine(url, echo=config.DATABASE_ECHO, connect_args={"timeout": 30})
         _configure_sqlite(sqlite_engine)
         return sqlite_engine
@@ -128,6 +130,7 @@ async def check_database(timeout: float = 5.0) -> str | None:
     try:
         async with asyncio.timeout(timeout):
             async with engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_deferred=True)
                 await conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

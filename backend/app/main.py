@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,13 +19,16 @@ from backend.app.api import metrics as metrics_route
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
 from backend.app.core import background, metrics
+from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
 from backend.app.core.dispatch import Dispatcher
 from backend.app.core.events import bus
 from backend.app.core.exceptions import WindFlowError
-from backend.app.core.logging import setup_logging
+from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
+from backend.app.schemas.common import ValidationErrorBody
+from backend.app.services import bounded_render
 from backend.app.services.provisioning import sync_catalog_on_startup
 from backend.app.tasks import background_tasks
 
@@ -101,6 +105,25 @@ def install_error_handlers(app: FastAPI) -> None:
 _NOT_UI = frozenset({"api", "ws", "health", "metrics", "docs", "redoc", "openapi.json"})
 #: Vite fingerprints everything under assets/ (the name changes with the content): cache it for a year.
 _IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Document the 422 body as the handlers really send it (FastAPI's default schema is pydantic's list)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = ValidationErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in body.pop("$defs", {}).items():
+            components[name] = definition
+        components["HTTPValidationError"] = body
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _mount_frontend(app: FastAPI, dist: Path) -> None:
@@ -186,10 +209,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
     app.state.login_limiter = SlidingWindowLimiter(settings.LOGIN_RATE_LIMIT_PER_MINUTE)
+    app.state.account_login_limiter = SlidingWindowLimiter(
+        settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS
+    )
     app.state.deployment_limiter = SlidingWindowLimiter(settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE)
     app.state.celery_manager = CeleryManager(settings)
     app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
     install_error_handlers(app)
+    install_openapi(app)
+    register_secret(settings.SECRET_KEY)  # the server log never shows it
+    bounded_render.configure(settings)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(api_router)
     if settings.PROMETHEUS_ENABLED:

@@ -6,8 +6,17 @@ from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, client_address
-from backend.app.core.exceptions import RateLimited
-from backend.app.schemas.auth import LogoutRequest, MembershipRead, MeRead, RefreshRequest, SetupRequest, SetupStatus, TokenPair
+from backend.app.core.exceptions import NotAuthenticated, RateLimited
+from backend.app.schemas.auth import (
+    LogoutRequest,
+    MembershipRead,
+    MeRead,
+    PasswordChange,
+    RefreshRequest,
+    SetupRequest,
+    SetupStatus,
+    TokenPair,
+)
 from backend.app.services import auth_service, organization_service, provisioning
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -46,10 +55,25 @@ async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) 
 
 @router.post("/login", response_model=TokenPair, dependencies=[Depends(_check_login_rate)])
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, settings: SettingsDep
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, session: SessionDep, settings: SettingsDep
 ) -> TokenPair:
-    """Log in with the OAuth2 password form (``username`` is the email)."""
-    user = await auth_service.authenticate(session, form.username, form.password)
+    """Log in with the OAuth2 password form (``username`` is the email); failures are limited per account too."""
+    # Keyed on the name as typed (normalised), known account or not: the answer and its timing say
+    # nothing about whether the account exists. Checked before the password, so a limited guess learns nothing.
+    account = form.username.strip().lower()[:320]
+    limiter = request.app.state.account_login_limiter
+    wait = limiter.retry_in(account)
+    if wait is not None:
+        raise RateLimited(
+            f"too many failed login attempts for this account; retry in {max(1, round(wait))} s",
+            headers=limiter.retry_after_header(wait),
+        )
+    try:
+        user = await auth_service.authenticate(session, form.username, form.password)
+    except NotAuthenticated as exc:
+        if exc.code == "invalid_credentials":
+            limiter.hit(account)
+        raise
     tokens = await auth_service.issue_tokens(session, settings, user)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
@@ -72,6 +96,21 @@ async def logout(user: CurrentUser, session: SessionDep, settings: SettingsDep, 
     """Revoke the given refresh token, or every refresh token of the current user."""
     await auth_service.logout(session, settings, user, body.refresh_token if body else None)
     await session.commit()
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_everywhere(user: CurrentUser, session: SessionDep) -> None:
+    """End every session of the current user: all access and refresh tokens stop working at once."""
+    await auth_service.revoke_all_sessions(session, user)
+    await session.commit()
+
+
+@router.post("/password", response_model=TokenPair)
+async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    """Change your password (the current one is required); every other session ends, a new token pair is returned."""
+    tokens = await auth_service.change_password(session, settings, user, body.current_password, body.new_password)
+    await session.commit()
+    return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
 
 @router.get("/me", response_model=MeRead)

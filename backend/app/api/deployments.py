@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
 from backend.app.schemas.deployments import (
@@ -19,6 +19,7 @@ from backend.app.schemas.deployments import (
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, mask_variables, masked_compose
+from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -34,7 +35,7 @@ class _Loader:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, deployment_id: str, session: SessionDep, user: CurrentUser) -> Deployment:
+    async def __call__(self, deployment_id: EntityId, session: SessionDep, user: CurrentUser) -> Deployment:
         return await DeploymentService.get_for_user(session, user, deployment_id, self.minimum)
 
 
@@ -78,9 +79,9 @@ async def list_deployments(
     session: SessionDep,
     page: PageDep,
     status_filter: Annotated[list[DeploymentStatus] | None, Query(alias="status")] = None,
-    stack_id: str | None = None,
-    target_id: str | None = None,
-    organization_id: str | None = None,
+    stack_id: EntityQueryId | None = None,
+    target_id: EntityQueryId | None = None,
+    organization_id: EntityQueryId | None = None,
 ) -> DeploymentPage:
     """Deployments of your organisations, newest first."""
     result = await DeploymentService.list_for_user(
@@ -126,15 +127,20 @@ async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> Deplo
 async def get_history(
     deployment: DeploymentDep,
     session: SessionDep,
+    user: CurrentUser,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=1024, description="the X-Next-Cursor of the previous page")] = None,
 ) -> list[HistoryRead]:
-    """Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor."""
+    """Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor.
+    Executors are shown without host or PID, except to platform superusers."""
     rows, next_cursor = await DeploymentService.history_page(session, deployment.id, limit=limit, cursor=cursor)
     if next_cursor is not None:
         response.headers["X-Next-Cursor"] = next_cursor
-    return [HistoryRead.model_validate(h) for h in rows]
+    return [
+        HistoryRead.model_validate(h).model_copy(update={"actor": public_actor(h.actor, superuser=user.is_superuser)})
+        for h in rows
+    ]
 
 
 async def _requeue(action: str, deployment: Deployment, user, session, request: Request, settings) -> DeploymentRead:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from pydantic import StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -29,6 +30,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 #: An object id in a URL. Ids are UUIDs; anything with other characters cannot exist, and some (NUL) would
 #: make PostgreSQL fail the lookup, so it is refused with 422 before reaching the database.
 EntityId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="an object id (UUID)")]
+#: The same rule for an id given as a query filter (``?stack_id=``), wrapped as ``Annotated[EntityQueryId | None, Query(...)]``
+#: or used bare (FastAPI then reads it from the query string).
+EntityQueryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, PageDep, SessionDep
+from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep
 from backend.app.models import Role, Stack
 from backend.app.schemas.stacks import (
     StackCreate,
@@ -25,7 +25,7 @@ class StackAccess:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, stack_id: str, session: SessionDep, user: CurrentUser) -> Stack:
+    async def __call__(self, stack_id: EntityId, session: SessionDep, user: CurrentUser) -> Stack:
         return await stack_service.get_for_user(session, user, stack_id, self.minimum)
 
 
@@ -47,7 +47,7 @@ async def list_stacks(
     user: CurrentUser,
     session: SessionDep,
     page: PageDep,
-    organization_id: Annotated[str | None, Query(description="only this organisation's stacks")] = None,
+    organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's stacks")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""
     result = await stack_service.list_for_user(session, user, page, organization_id=organization_id)

@@ -19,8 +19,9 @@ class RecoveryRequest(RequestModel):
 
 
 @router.get("/workers")
-async def get_workers(request: Request, session: SessionDep, _user: CurrentUser) -> dict:
-    """Celery workers seen through their heartbeats, and how deployments run right now."""
+async def get_workers(request: Request, session: SessionDep, user: CurrentUser) -> dict:
+    """Celery workers seen through their heartbeats, and how deployments run right now (host names and PIDs
+    for platform superusers only)."""
     manager = request.app.state.celery_manager
     listed = await workers.list_workers(session)
     return {
@@ -28,9 +29,16 @@ async def get_workers(request: Request, session: SessionDep, _user: CurrentUser)
         "reason": manager.report.reason,
         "broker": manager.report.broker,
         "broker_ok": manager.report.broker_ok,
-        "workers": [w.to_dict() for w in listed],
-        "embedded_worker": manager.report.embedded,
+        "workers": [_public(w.to_dict(), user.is_superuser) for w in listed],
+        "embedded_worker": _public(manager.report.embedded, user.is_superuser),
     }
+
+
+def _public(worker: dict | None, superuser: bool) -> dict | None:
+    """A worker without the WindFlow host's name and PIDs, unless the caller is a platform superuser."""
+    if worker is None or superuser:
+        return worker
+    return {key: (None if key in ("hostname", "pid", "name") else value) for key, value in worker.items()}
 
 
 @router.get("/recovery")

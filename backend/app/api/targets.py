@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep, SettingsDep
 from backend.app.models import Role, Target, TargetType
 from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
 from backend.app.services import target_service
@@ -18,7 +18,7 @@ class TargetAccess:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, target_id: str, session: SessionDep, user: CurrentUser) -> Target:
+    async def __call__(self, target_id: EntityId, session: SessionDep, user: CurrentUser) -> Target:
         return await target_service.get_for_user(session, user, target_id, self.minimum)
 
 
@@ -41,7 +41,7 @@ async def list_targets(
     session: SessionDep,
     settings: SettingsDep,
     page: PageDep,
-    organization_id: Annotated[str | None, Query(description="only this organisation's targets")] = None,
+    organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's targets")] = None,
     type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""

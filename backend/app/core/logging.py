@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from backend.app.core.files import private_dir
 
 MASK = "***"
 
@@ -80,16 +83,84 @@ def register_secret(value: str | None) -> None:
         _secret_regex = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+def _mask_shapes(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def redact(text: str) -> str:
-    """Return ``text`` with every secret-looking value and registered secret masked."""
+    """Return ``text`` with every secret-looking value and registered secret masked (server log only).
+
+    The registered values are every secret this process has seen, of every organisation: never use this
+    for text a tenant reads (it would tell organisation A whether its output contains B's password). Use a
+    :class:`Redactor` holding that deployment's own secrets instead.
+    """
     if not text:
         return text
     regex = _secret_regex
     if regex is not None:
         text = regex.sub(MASK, text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    return _mask_shapes(text)
+
+
+# C0 controls (but tab), DEL and C1 controls; ANSI escape sequences (colours, cursor moves) whole.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` without terminal escapes or control characters (a NUL would also make PostgreSQL fail)."""
+    return (_CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL).sub("", _ANSI.sub("", text))
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\n``, ``\\x1b``): one record, one line."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+#: The temporary directories the engines validate documents in (``tempfile.mkdtemp(prefix="windflow-validate-")``).
+_VALIDATE_DIR = re.compile(re.escape(tempfile.gettempdir()) + r"/windflow-validate-[^/\s]+")
+
+
+class Redactor:
+    """The redactor of one deployment: masks *its own* secret values (and their compose-escaped ``$$``
+    form), the well-known secret shapes, and rewrites host paths to neutral names.
+
+    Built per deployment (its secret variables, its target's credentials, the platform's ``SECRET_KEY``)
+    so that no text shown to one organisation is masked with another's secrets.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = (), replacements: Mapping[str, str] | None = None) -> None:
+        values: set[str] = set()
+        for value in secrets:
+            if not value:
+                continue
+            for form in (value, value.strip(), value.replace("$", "$$")):
+                if len(form) >= 4:
+                    values.add(form)
+            for line in value.splitlines():  # a PEM echoed line by line is masked too
+                if len(line.strip()) >= 16 and not line.startswith("-----"):
+                    values.add(line.strip())
+        ordered = sorted(values, key=len, reverse=True)
+        self._regex = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+        self._replacements = sorted((replacements or {}).items(), key=lambda item: len(item[0]), reverse=True)
+
+    def __call__(self, text: str | None) -> str | None:
+        """``text`` masked, without terminal escapes or control characters (newlines kept)."""
+        if not text:
+            return text
+        text = strip_controls(text, keep_newlines=True)
+        if self._regex is not None:
+            text = self._regex.sub(MASK, text)
+        for path, name in self._replacements:
+            if path:
+                text = text.replace(path, name)
+        text = _VALIDATE_DIR.sub(".", text)
+        return _mask_shapes(text)
 
 
 class RedactingFilter(logging.Filter):
@@ -100,7 +171,8 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not crash logging
             message = str(record.msg)
-        record.msg = redact(message)
+        # One record is one line: container output quoted in a message cannot forge other records.
+        record.msg = escape_controls(redact(message))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -120,7 +192,7 @@ def add_file_handler(target: logging.Logger, log_file: str) -> None:
     path = str(Path(log_file).resolve())
     if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in target.handlers):
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    private_dir(Path(path).parent)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.addFilter(RedactingFilter())
@@ -137,7 +209,7 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
     formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(log_file).parent)
         handlers.append(logging.FileHandler(log_file))
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -34,6 +34,19 @@ class SlidingWindowLimiter:
                 self._prune(now)
             return None
 
+    def retry_in(self, key: str) -> float | None:
+        """Like :meth:`hit` without recording anything: ``None`` if ``key`` may go on, else seconds to wait."""
+        now = self._clock()
+        with self._lock:
+            hits = self._hits.get(key)
+            if not hits:
+                return None
+            while hits and hits[0] <= now - self.window:
+                hits.popleft()
+            if len(hits) >= self.limit:
+                return max(0.0, hits[0] + self.window - now)
+            return None
+
     def retry_after_header(self, wait: float) -> dict[str, str]:
         return {"Retry-After": str(max(1, math.ceil(wait)))}
 

@@ -74,11 +74,13 @@ def _encode(settings: Settings, claims: dict) -> str:
     return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.JWT_ALGORITHM)
 
 
-def create_access_token(settings: Settings, user_id: str) -> IssuedToken:
+def create_access_token(settings: Settings, user_id: str, generation: int = 0) -> IssuedToken:
     now = utcnow()
     expires = now + timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
     jti = uuid.uuid4().hex
-    token = _encode(settings, {"sub": user_id, "typ": "access", "iat": now, "exp": expires, "jti": jti})
+    token = _encode(
+        settings, {"sub": user_id, "typ": "access", "gen": generation, "iat": now, "exp": expires, "jti": jti}
+    )
     return IssuedToken(token, jti, expires)
 
 

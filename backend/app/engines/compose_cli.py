@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from backend.app.core.files import write_private
 from backend.app.engines.base import EngineError, LogSink
 from backend.app.engines.process import CommandResult, run_command
 
@@ -125,7 +126,7 @@ async def check_document(
         raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`)", transient=False)
     with tempfile.TemporaryDirectory(prefix="windflow-validate-") as workdir:
         path = Path(workdir) / "compose.yaml"
-        path.write_text(document, encoding="utf-8")
+        write_private(path, document)  # it may hold secret values
         env = {key: os.environ[key] for key in _VALIDATE_ENV if key in os.environ}
         argv = [*command, "--project-name", VALIDATE_PROJECT_NAME, "--project-directory", workdir, "-f", str(path),
                 "config", *([] if normalised else ["-q"])]

@@ -11,6 +11,7 @@ from typing import Any
 import docker.errors
 from docker.models.containers import Container
 
+from backend.app.core.files import private_dir, write_private
 from backend.app.engines.base import (
     DEPLOYMENT_LABEL,
     DeploySpec,
@@ -127,12 +128,12 @@ class DockerEngine(Engine):
     async def prepare(self, spec: DeploySpec, log: LogSink) -> None:
         doc = self.labelled_document(spec)
         path = compose_path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(dump_document(doc))
-        tmp.replace(path)
-        await log(LogLevel.INFO, f"wrote {path} ({len(doc['services'])} services, labelled "
-                                 f"{DEPLOYMENT_LABEL}={spec.deployment_id})")
+        # The document holds the deployment's secret values: a 0700 directory, a 0600 file.
+        private_dir(path.parent, tighten=True)
+        write_private(path, dump_document(doc))
+        # Named relative to the project: the deployment log never shows the host's directory layout.
+        await log(LogLevel.INFO, f"wrote {path.name} of project {spec.project} ({len(doc['services'])} services, "
+                                 f"labelled {DEPLOYMENT_LABEL}={spec.deployment_id})")
 
     # ------------------------------------------------------------------ images
 

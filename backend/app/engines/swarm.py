@@ -23,6 +23,7 @@ from typing import Any
 import docker.errors
 from docker.models.services import Service
 
+from backend.app.core.files import write_private
 from backend.app.engines.base import DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.docker_base import (
@@ -116,7 +117,7 @@ class SwarmEngine(DockerEngine):
         tmp = Path(tempfile.mkdtemp(prefix="windflow-validate-"))
         try:
             raw = tmp / "raw.yml"
-            raw.write_text(spec.compose)
+            write_private(raw, spec.compose)
             async with self.session() as session:
                 result = await self._docker(session, log, "stack", "config", "-c", str(raw), cwd=tmp,
                                             capture_stdout=True, timeout=60)
@@ -126,7 +127,7 @@ class SwarmEngine(DockerEngine):
                 for warning in warnings:
                     await log(LogLevel.WARNING, warning)
                 labelled = tmp / COMPOSE_FILE
-                labelled.write_text(dump_document(doc))
+                write_private(labelled, dump_document(doc))
                 result = await self._docker(session, log, "stack", "config", "-c", str(labelled), cwd=tmp,
                                             capture_stdout=True, timeout=60)
                 if not result.ok:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.app.database import Base, UTCDateTime, utcnow
@@ -34,6 +34,9 @@ class User(IdMixin, TimestampMixin, Base):
     full_name: Mapped[str | None] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
     is_superuser: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    #: Written into every access token (claim ``gen``); bumped by a password change or "log out everywhere",
+    #: which makes every access token issued before it invalid at once.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0", nullable=False)
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="user", cascade="all, delete-orphan", order_by="Membership.created_at"

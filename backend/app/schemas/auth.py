@@ -47,6 +47,11 @@ class LogoutRequest(RequestModel):
     refresh_token: str | None = None
 
 
+class PasswordChange(RequestModel):
+    current_password: Annotated[str, StringConstraints(strip_whitespace=False, max_length=128)]
+    new_password: Password
+
+
 class MembershipRead(ResponseModel):
     organization_id: str
     organization_name: str

@@ -43,6 +43,21 @@ class ErrorBody(BaseModel):
     code: str
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the offending field, e.g. ``variables.port``")
+    message: str
+    type: str | None = Field(default=None, description="pydantic's error type, e.g. ``missing``")
+
+
+class ValidationErrorBody(BaseModel):
+    """What every 422 answers: request validation (with ``errors``) and domain validation (template,
+    YAML, compose, limits: ``code`` says which)."""
+
+    detail: str = Field(description="what to fix, in words")
+    code: str = Field(description="``validation_error``, ``template_error``, ``template_limit``, ``yaml_limit``, ...")
+    errors: list[FieldError] | None = Field(default=None, description="one entry per invalid field (request validation)")
+
+
 class PageFields(ResponseModel):
     """What every listing answers besides its ``items`` (see docs/api.md, "Listings")."""
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core import security
-from backend.app.core.exceptions import Conflict, NotAuthenticated
+from backend.app.core.exceptions import Conflict, NotAuthenticated, PermissionDenied
 from backend.app.database import utcnow
 from backend.app.models import ApiToken, Membership, Organization, RefreshToken, Role, User
 
@@ -77,7 +77,7 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 
 
 async def issue_tokens(session: AsyncSession, settings: Settings, user: User, family_id: str | None = None) -> Tokens:
-    access = security.create_access_token(settings, user.id)
+    access = security.create_access_token(settings, user.id, user.token_generation)
     family = family_id or uuid.uuid4().hex
     refresh = security.create_refresh_token(settings, user.id, family)
     session.add(RefreshToken(jti=refresh.jti, user_id=user.id, family_id=family, expires_at=refresh.expires_at))
@@ -144,6 +144,36 @@ async def logout(session: AsyncSession, settings: Settings, user: User, refresh_
     return result.rowcount
 
 
+async def revoke_all_sessions(session: AsyncSession, user: User) -> None:
+    """Invalidate every access token of ``user`` (generation bump) and revoke every refresh token.
+
+    Personal API tokens are separate credentials, listed and revoked under ``/tokens``.
+    """
+    await session.execute(
+        update(User).where(User.id == user.id).values(token_generation=User.token_generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.refresh(user, ["token_generation"])
+
+
+async def change_password(
+    session: AsyncSession, settings: Settings, user: User, current_password: str, new_password: str
+) -> Tokens:
+    """Change ``user``'s password after checking the current one; every other session ends. Returns a
+    fresh token pair for the caller's own session."""
+    if not security.verify_password(current_password, user.hashed_password):
+        raise PermissionDenied("the current password is incorrect", code="invalid_credentials")
+    user.hashed_password = security.hash_password(new_password)
+    await session.flush()
+    await revoke_all_sessions(session, user)
+    return await issue_tokens(session, settings, user)
+
+
 async def user_from_token(session: AsyncSession, settings: Settings, token: str) -> User:
     """Resolve a bearer credential (access JWT or personal API token) to an active user."""
     if token.startswith(security.API_TOKEN_PREFIX):
@@ -169,4 +199,8 @@ async def user_from_token(session: AsyncSession, settings: Settings, token: str)
         raise NotAuthenticated("the user of this token no longer exists", code="invalid_token")
     if not user.is_active:
         raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
+    if not token.startswith(security.API_TOKEN_PREFIX) and claims.get("gen", 0) != user.token_generation:
+        raise NotAuthenticated(
+            "this token was revoked (password changed or logged out everywhere); log in again", code="token_revoked"
+        )
     return user

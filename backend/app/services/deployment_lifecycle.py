@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core.exceptions import Conflict, ServiceUnavailable
+from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
-from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
+from backend.app.services import redaction
 from backend.app.services.deployment_logs import append_logs
 from backend.app.services.deployment_runner import load_engine
 from backend.app.services.state_machine import set_deployment_status
@@ -31,29 +33,35 @@ class _Collector:
             self.lines.append((level, line, utcnow()))
 
 
-def _engine_failure(action: str, exc: EngineError) -> Exception:
+def _engine_failure(action: str, exc: EngineError, redactor: Redactor) -> Exception:
+    message = redactor(exc.message)
     if exc.transient:
-        return ServiceUnavailable(f"cannot {action}: the target's Docker engine did not answer: {exc.message}", code="engine_unavailable")
-    return Conflict(f"cannot {action}: {exc.message}", code="engine_error")
+        return ServiceUnavailable(f"cannot {action}: the target's Docker engine did not answer: {message}", code="engine_unavailable")
+    return Conflict(f"cannot {action}: {message}", code="engine_error")
+
+
+async def _redactor(session: AsyncSession, settings: Settings, deployment: Deployment) -> Redactor:
+    return redaction.deployment_redactor(settings, deployment, await session.get(Target, deployment.target_id))
 
 
 async def stop(session: AsyncSession, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
         raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
     engine, spec = await load_engine(settings, deployment, session)
+    redactor = await _redactor(session, settings, deployment)
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
     try:
         await engine.stop(spec, log)
     except EngineError as exc:
-        await append_logs(session, deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())])
+        await append_logs(session, deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor)
         await session.commit()
-        raise _engine_failure("stop", exc) from exc
+        raise _engine_failure("stop", exc, redactor) from exc
     result = await set_deployment_status(session, deployment.id, S.STOPPED, reason="stopped by user", actor=actor, expected_from=S.RUNNING)
     if not result.accepted:
         raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition")
     await log(LogLevel.INFO, "Stopped")
-    await append_logs(session, deployment.id, log.lines)
+    await append_logs(session, deployment.id, log.lines, redactor)
 
 
 async def delete(session: AsyncSession, settings: Settings, deployment: Deployment, *, keep_volumes: bool) -> None:
@@ -65,6 +73,6 @@ async def delete(session: AsyncSession, settings: Settings, deployment: Deployme
     try:
         await engine.remove(spec, log, keep_volumes=keep_volumes)
     except EngineError as exc:
-        raise _engine_failure("delete", exc) from exc
+        raise _engine_failure("delete", exc, await _redactor(session, settings, deployment)) from exc
     shutil.rmtree(spec.workdir, ignore_errors=True)
     await session.delete(deployment)

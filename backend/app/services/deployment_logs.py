@@ -2,7 +2,8 @@
 
 Every line gets a per-deployment ``seq`` before it is published, so a client that reconnects with the last
 ``seq`` it saw can fetch exactly what it missed (``GET /deployments/{id}/logs?since_seq=N``). Lines are
-redacted (registered secrets, tokens, passwords) before they are stored.
+redacted before they are stored, by the deployment's own redactor (its secrets, its target's credentials,
+``SECRET_KEY``; see :mod:`backend.app.services.redaction`), and stripped of control characters.
 
 :class:`DeploymentLogWriter` is the documented exception to "services never commit": the runner's log
 lines and progress are short, frequent writes that must reach clients while the deployment is still
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
 from backend.app.core.events import Event, EventType, iso_utc, queue_event
-from backend.app.core.logging import redact
+from backend.app.core.logging import Redactor, strip_controls
 from backend.app.database import utcnow
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.models import Deployment, DeploymentLog, LogLevel
@@ -45,8 +46,14 @@ class LogLine:
         return {"seq": self.seq, "timestamp": iso_utc(self.timestamp), "level": str(self.level), "message": self.message}
 
 
+_GENERIC = Redactor()
+
+
 async def append_logs(
-    session: AsyncSession, deployment_id: str, lines: list[tuple[LogLevel, str, datetime]]
+    session: AsyncSession,
+    deployment_id: str,
+    lines: list[tuple[LogLevel, str, datetime]],
+    redactor: Redactor | None = None,
 ) -> list[LogLine]:
     """Store ``lines`` with consecutive ``seq`` numbers and queue one ``DEPLOYMENT_LOGS_UPDATE`` event.
 
@@ -68,7 +75,7 @@ async def append_logs(
     last_seq, organization_id = row
     first = last_seq - len(lines) + 1
     stored = [
-        LogLine(first + i, moment, LogLevel(level), redact(message)[:MAX_LINE_LENGTH])
+        LogLine(first + i, moment, LogLevel(level), (redactor or _GENERIC)(strip_controls(message))[:MAX_LINE_LENGTH])
         for i, (level, message, moment) in enumerate(lines)
     ]
     session.add_all(
@@ -148,8 +155,10 @@ async def set_progress(
 class DeploymentLogWriter:
     """Buffers a runner's log lines and commits them in batches (every ``interval`` s or ``batch`` lines)."""
 
-    def __init__(self, deployment_id: str, interval: float = 0.2, batch: int = 200) -> None:
+    def __init__(self, deployment_id: str, interval: float = 0.2, batch: int = 200, redactor: Redactor | None = None) -> None:
         self.deployment_id = deployment_id
+        #: set by the runner once the deployment (and so its secrets) is loaded
+        self.redactor = redactor
         self.interval = interval
         self.batch = batch
         self._buffer: list[tuple[LogLevel, str, datetime]] = []
@@ -194,7 +203,7 @@ class DeploymentLogWriter:
                 async with database.AsyncSessionLocal() as session:
                     for update in progress:  # guarded by the lease: a settled deployment keeps its 100 %
                         await set_progress(session, self.deployment_id, **update)
-                    await append_logs(session, self.deployment_id, pending)
+                    await append_logs(session, self.deployment_id, pending, self.redactor)
                     await session.commit()
                 self.written += len(pending)
             except Exception:  # noqa: BLE001 - keep the lines and retry at the next flush

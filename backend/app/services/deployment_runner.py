@@ -36,7 +36,7 @@ from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
-from backend.app.services import recovery, target_service
+from backend.app.services import recovery, redaction, target_service
 from backend.app.services.deployment_logs import DeploymentLogWriter
 from backend.app.services.compose_policy import PolicyViolation
 from backend.app.services.deployment_service import check_compose_policy, snapshot_compose
@@ -181,6 +181,10 @@ async def run_deployment(
                 deployment = await session.get(Deployment, deployment_id)
                 target_id = deployment.target_id
                 attempt, max_attempts = deployment.attempt, deployment.max_attempts
+                logs.redactor = redaction.base_redactor(settings)  # until the deployment's own is built
+                logs.redactor = redaction.deployment_redactor(
+                    settings, deployment, await session.get(Target, deployment.target_id)
+                )
                 engine, spec = await load_engine(settings, deployment, session)
                 # The target's policy as it is now: it may have been tightened since creation.
                 check_compose_policy(spec.compose, await session.get(Target, target_id))
@@ -189,12 +193,14 @@ async def run_deployment(
                 message = f"refused by the compose policy: {exc.detail}"
             else:
                 message = f"cannot prepare the deployment: {exc}"
+            message = (logs.redactor or redaction.base_redactor(settings))(message)
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
             await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")
             return RunOutcome(deployment_id, Outcome.FAILED, message)
 
-        await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {owner})")
+        # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
+        await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {executor})")
         lost = asyncio.Event()
         work = asyncio.create_task(_run_steps(engine, spec, deployment_id, owner, logs))
         heartbeat = asyncio.create_task(_heartbeat(deployment_id, owner, settings, work, lost))
@@ -205,10 +211,13 @@ async def run_deployment(
                 raise  # the executor itself is shutting down; recovery takes over after the lease expires
             return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
         except EngineError as exc:
-            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, exc.message, exc.transient, logs)
+            # The engine's message quotes the containers' output: the deployment's own redactor masks it
+            # before it is stored in error_message, published in events or written to the server log.
+            message = logs.redactor(exc.message)
+            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, exc.transient, logs)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails the deployment, never the process
-            logger.exception("deployment %s: unexpected error", deployment_id)
-            message = f"unexpected error: {type(exc).__name__}: {exc}"
+            message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
+            logger.error("deployment %s: %s", deployment_id, message)
             return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, False, logs)
         finally:
             heartbeat.cancel()
@@ -262,7 +271,7 @@ async def _after_lost_lease(engine: Engine, spec: DeploySpec, deployment_id: str
         try:
             await engine.remove(spec, logs.log)
         except EngineError as exc:
-            await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {exc.message}")
+            await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {logs.redactor(exc.message)}")
         await logs.log(LogLevel.INFO, "Cancelled")
         return RunOutcome(deployment_id, Outcome.CANCELLED, target_id=target_id)
     await logs.log(LogLevel.WARNING, f"This executor lost its lease (deployment is now {status}); stopping here")

@@ -30,7 +30,14 @@ from backend.app.models import (
 )
 from backend.app.database import utcnow
 from backend.app.models.base import new_id
-from backend.app.services import compose_policy, organization_service, pagination, target_service, templating
+from backend.app.services import (
+    bounded_render,
+    compose_policy,
+    organization_service,
+    pagination,
+    target_service,
+    templating,
+)
 from backend.app.services.state_machine import TransitionResult, set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -166,9 +173,10 @@ class DeploymentService:
             found = _walk(values, path)
             if found:
                 register_secret(str(found[0][found[1]]))
-        rendered = templating.render_stack(stack.template, specs, values)
+        limits = bounded_render.RenderLimits.from_settings(settings)
+        rendered = await bounded_render.render_stack(stack.template, specs, values, limits)
         check_compose_policy(rendered, target, redact=templating.secret_values(specs, values))
-        await templating.validate_with_compose(rendered)
+        await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values), limits=limits)
 
         # One flush for both rows, with queued_at stamped right before it: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the

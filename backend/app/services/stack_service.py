@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.core.exceptions import Conflict, ValidationFailed
 from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
-from backend.app.services import organization_service, pagination, templating
+from backend.app.services import bounded_render, organization_service, pagination, templating
 
 SOURCE_USER = "user"
 SOURCE_CATALOG = "catalog"
@@ -39,9 +39,9 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
     specs = templating.parse_variables(variables or [])
     values, placeholders = templating.example_values(specs)
     try:
-        rendered = templating.render_stack(template, specs, values)
+        rendered = await bounded_render.render_stack(template, specs, values)
         if not placeholders:
-            await templating.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+            await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
     except ValidationFailed as exc:
         if exc.code == "compose_forbidden":  # already names the key and the rule
             raise
@@ -148,7 +148,7 @@ async def render(stack: Stack, variables: dict[str, Any]) -> str:
     """
     specs = templating.parse_variables(stack.variables or [])
     values = templating.resolve_values(specs, variables)
-    preview = templating.render_preview(stack.template, specs, values)
-    rendered = templating.render_stack(stack.template, specs, values)
-    await templating.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+    preview = await bounded_render.render_preview(stack.template, specs, values)
+    rendered = await bounded_render.render_stack(stack.template, specs, values)
+    await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
     return preview

@@ -453,10 +453,12 @@ def render_template(template: str, values: dict) -> str:
         for chunk in compiled.generate(dict(values)):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
-                raise _template_error(f"the rendered document exceeds {MAX_OUTPUT_CHARS} characters", None)
+                raise _template_error(
+                    f"the rendered document exceeds {MAX_OUTPUT_CHARS} characters (limit TEMPLATE_MAX_OUTPUT_CHARS)", None
+                )
             chunks.append(chunk)
-    except ValidationFailed:
-        raise
+    except (ValidationFailed, MemoryError):
+        raise  # MemoryError: the bounded renderer reports the memory limit by name
     except SecurityError as exc:
         raise _template_error(f"refused by the sandbox: {exc}", _template_line(exc)) from None
     except UndefinedError as exc:
@@ -681,10 +683,88 @@ def missing_required(specs: list[VariableSpec]) -> list[str]:
 # --- compose documents -----------------------------------------------------------------------------
 
 
-def parse_compose_yaml(text: str) -> dict:
-    """Parse a rendered compose document; a syntax error names the line and column."""
+#: Bounds on what a YAML document may expand to through anchors and aliases ("billion laughs"): nodes,
+#: and characters of scalars, counted as if every alias were a copy. Set from the settings
+#: ``YAML_MAX_NODES`` / ``YAML_MAX_EXPANDED_CHARS`` by :mod:`backend.app.services.bounded_render`.
+YAML_MAX_NODES = 100_000
+YAML_MAX_EXPANDED_CHARS = 4 * 1_048_576
+
+
+def _yaml_limit(what: str) -> ValidationFailed:
+    return ValidationFailed(f"invalid YAML: {what}; the document is refused", code="yaml_limit")
+
+
+def _check_yaml_expansion(root: yaml.Node) -> None:
+    """Refuse a composed YAML graph whose expansion (aliases counted as copies) exceeds the bounds.
+
+    PyYAML composes an alias as a second reference to the anchored node, so composing stays linear; the
+    blow-up happens in whoever walks the result (``docker compose``, labelling, dumping). The sizes are
+    computed once per distinct node (memoised, iterative), so a bomb is refused in linear time.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            nodes_, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            for child in children(node):
+                child_nodes, child_chars = sizes[id(child)]
+                nodes_ += child_nodes
+                chars += child_chars
+            if nodes_ > YAML_MAX_NODES:
+                raise _yaml_limit(
+                    f"anchors and aliases expand the document to more than {YAML_MAX_NODES} nodes "
+                    "(limit YAML_MAX_NODES)"
+                )
+            if chars > YAML_MAX_EXPANDED_CHARS:
+                raise _yaml_limit(
+                    f"anchors and aliases expand the document to more than {YAML_MAX_EXPANDED_CHARS} characters "
+                    "(limit YAML_MAX_EXPANDED_CHARS)"
+                )
+            sizes[key] = (nodes_, chars)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _yaml_limit("an alias refers to a node that contains it (recursive alias)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children(node) if id(child) not in sizes)
+
+
+def _load_yaml_bounded(text: str) -> Any:
+    loader = yaml.SafeLoader(text)
     try:
-        document = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def parse_compose_yaml(text: str) -> dict:
+    """Parse a rendered compose document; a syntax error names the line and column.
+
+    Anchors and aliases are bounded (``YAML_MAX_NODES``, ``YAML_MAX_EXPANDED_CHARS``): a "billion laughs"
+    document is refused (``yaml_limit``) before anything expands it.
+    """
+    try:
+        document = _load_yaml_bounded(text)
+    except RecursionError:
+        raise _yaml_limit("the document is nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -742,28 +822,44 @@ def render_preview(template: str, specs: list[VariableSpec], values: dict) -> st
     return _redact(preview, secret_values(specs, values))
 
 
-async def validate_with_compose(rendered: str, *, redact: Iterable[str] = ()) -> None:
+async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), timeout: float | None = None) -> None:
     """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
     normalised output against the always-refused keys of the compose policy. ``rendered`` must come
     from :func:`render_stack`, which refused those keys before the tool could read anything.
 
     Raises ``ValidationFailed(invalid_compose)`` quoting the tool's error (with ``redact`` values
-    replaced by ``***``). Returns without checking when no compose tool is installed or it does not
-    answer in time: the engine validates again before deploying.
+    replaced by ``***``). Returns without checking when no compose tool is installed; when the tool does not
+    answer in time it is refused (``compose_timeout``: validation fails closed).
 
     The tool runs through the engines' one compose runner (:func:`~backend.app.engines.compose_cli.check_document`:
     an empty temporary directory, a minimal environment, the process group killed on timeout).
     """
+    timeout = COMPOSE_TIMEOUT_SECONDS if timeout is None else timeout
     command = await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
         return
     try:
         # not -q: the normalised output is checked again below
-        result = await check_document(rendered, command=command, timeout=COMPOSE_TIMEOUT_SECONDS, normalised=True)
+        result = await check_document(rendered, command=command, timeout=timeout, normalised=True)
     except EngineError as exc:
-        logger.warning("compose validation skipped: %s", exc.message)
-        return
+        # Fail closed: a document the tool cannot judge (timeout, cannot run) is refused, never accepted.
+        logger.warning("compose validation did not finish (%s); document refused", exc.message)
+        if exc.transient:
+            raise ValidationFailed(
+                f"docker compose could not validate the document within {timeout:g} s "
+                "(limit COMPOSE_VALIDATE_TIMEOUT_SECONDS); the document is refused",
+                code="compose_timeout",
+            ) from None
+        raise ValidationFailed(
+            "docker compose could not validate the document; the document is refused", code="compose_failed"
+        ) from None
+    if result.returncode < 0:
+        raise ValidationFailed(
+            f"docker compose was killed (signal {-result.returncode}) while validating the document; "
+            "the document is refused",
+            code="compose_failed",
+        )
     if result.ok:
         # The document as compose normalised it (extends merged, interpolation done): nothing it
         # resolved may read the host either.

@@ -73,6 +73,7 @@ async def _revoke_sessions(session: AsyncSession, user: User) -> None:
     await session.execute(
         update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+    user.token_generation = (user.token_generation or 0) + 1  # outstanding access tokens stop working
 
 
 async def create_api_token(session: AsyncSession, user: User, data: ApiTokenCreate) -> tuple[ApiToken, str]:

@@ -102,22 +102,8 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
     from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory
     from backend.tests.factories import make_deployment
 
-    async with database.AsyncSessionLocal() as session:
-        orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, lease_owner="celery:gone:1:dead")
-        orphan_id = orphan.id
-        await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
-        await session.commit()
     try:
         await wait_heartbeat("beatworker@", worker)
-        for _ in range(60):  # the reaper runs every REAPER_INTERVAL_SECONDS (5 s)
-            async with database.AsyncSessionLocal() as session:
-                actors = (await session.execute(
-                    select(DeploymentStatusHistory.actor).where(DeploymentStatusHistory.deployment_id == orphan_id)
-                )).scalars().all()
-            if "reaper" in actors:
-                break
-            await asyncio.sleep(0.5)
-        assert "reaper" in actors, (actors, worker.output()[-3000:])
         deadline = time.monotonic() + 90
         state = None
         while time.monotonic() < deadline:
@@ -129,6 +115,23 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
             await asyncio.sleep(1)
         assert state is not None, beat.output()[-3000:]
         assert state.value["last"]["status"] == "completed"
+
+        # just after a recovery pass (the next one is a minute away): only beat's reaper can take this one
+        async with database.AsyncSessionLocal() as session:
+            orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, lease_owner="celery:gone:1:dead")
+            orphan_id = orphan.id
+            await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+            await session.commit()
+        actors: list = []
+        for _ in range(60):  # the reaper runs every REAPER_INTERVAL_SECONDS (5 s)
+            async with database.AsyncSessionLocal() as session:
+                actors = (await session.execute(
+                    select(DeploymentStatusHistory.actor).where(DeploymentStatusHistory.deployment_id == orphan_id)
+                )).scalars().all()
+            if "reaper" in actors:
+                break
+            await asyncio.sleep(0.5)
+        assert "reaper" in actors, (actors, worker.output()[-3000:])
     finally:
         beat.stop()
         worker.stop()

@@ -178,8 +178,9 @@ async def test_login_rate_limited_per_client_address(app):
     async with first, second:
         await setup_admin(first)
         statuses = []
-        for _ in range(10):
-            response = await first.post(LOGIN, data={"username": ADMIN_EMAIL, "password": "wrong-password"})
+        for number in range(10):
+            # ten different (unknown) accounts: the address budget counts every attempt, whatever the account
+            response = await first.post(LOGIN, data={"username": f"nobody{number}@example.com", "password": "wrong-password"})
             statuses.append(response.status_code)
         assert statuses == [401] * 10
         # the 11th attempt is refused even with the right password, before the password is checked

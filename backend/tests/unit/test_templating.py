@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import check_document, find_compose_command
+from backend.app.engines.compose_cli import check_document, find_compose_command, known_valid
 from backend.app.services import templating
 from backend.app.services.templating import (
     VariableErrors,
@@ -595,7 +595,19 @@ def compose() -> tuple[str, ...]:
 
 
 async def test_validate_with_compose_accepts_a_valid_document(compose):
-    await validate_with_compose("services:\n  web:\n    image: nginx:1.27-alpine\n    ports: ['8080:80']\n")
+    document = "services:\n  web:\n    image: nginx:1.27-alpine\n    ports: ['8080:80']\n"
+    await validate_with_compose(document)
+    # Accepted by the tool itself (a validation that could not finish raises instead of returning).
+    assert known_valid(document)
+
+
+async def test_validate_with_compose_fails_closed_on_timeout(compose):
+    document = "services:\n  web:\n    image: nginx:1.27-alpine\n    command: ['timeout-test']\n"
+    with pytest.raises(ValidationFailed) as info:
+        await validate_with_compose(document, timeout=0.001)
+    assert info.value.code == "compose_timeout"
+    assert "COMPOSE_VALIDATE_TIMEOUT_SECONDS" in info.value.detail and "refused" in info.value.detail
+    assert not known_valid(document)
 
 
 async def test_the_one_compose_runner_judges_and_normalises(compose, monkeypatch):

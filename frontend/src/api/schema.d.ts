@@ -11,7 +11,7 @@ export interface paths {
         put?: never;
         /**
          * Login
-         * @description Log in with the OAuth2 password form (``username`` is the email).
+         * @description Log in with the OAuth2 password form (``username`` is the email); failures are limited per account too.
          */
         post: operations["login_api_v1_auth_login_post"];
         delete?: never;
@@ -40,6 +40,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/logout-all": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Logout Everywhere
+         * @description End every session of the current user: all access and refresh tokens stop working at once.
+         */
+        post: operations["logout_everywhere_api_v1_auth_logout_all_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/me": {
         parameters: {
             query?: never;
@@ -54,6 +74,26 @@ export interface paths {
         get: operations["me_api_v1_auth_me_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change Password
+         * @description Change your password (the current one is required); every other session ends, a new token pair is returned.
+         */
+        post: operations["change_password_api_v1_auth_password_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -202,6 +242,7 @@ export interface paths {
         /**
          * Get History
          * @description Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor.
+         *     Executors are shown without host or PID, except to platform superusers.
          */
         get: operations["get_history_api_v1_deployments__deployment_id__history_get"];
         put?: never;
@@ -517,7 +558,8 @@ export interface paths {
         };
         /**
          * Get Workers
-         * @description Celery workers seen through their heartbeats, and how deployments run right now.
+         * @description Celery workers seen through their heartbeats, and how deployments run right now (host names and PIDs
+         *     for platform superusers only).
          */
         get: operations["get_workers_api_v1_system_workers_get"];
         put?: never;
@@ -1126,6 +1168,22 @@ export interface components {
          * @enum {string}
          */
         ExecutorKind: "celery" | "asyncio";
+        /** FieldError */
+        FieldError: {
+            /**
+             * Field
+             * @description dotted path of the offending field, e.g. ``variables.port``
+             */
+            field: string;
+            /** Message */
+            message: string;
+            /**
+             * Type
+             * @description pydantic's error type, e.g. ``missing``
+             * @default null
+             */
+            type: string | null;
+        };
         /**
          * GroupVariable
          * @description Variables under one name: the template reads them as ``{{ group.variable }}``.
@@ -1168,10 +1226,28 @@ export interface components {
             /** Variables */
             variables: (components["schemas"]["StringVariable-Output"] | components["schemas"]["TextareaVariable-Output"] | components["schemas"]["SecretVariable-Output"] | components["schemas"]["IntegerVariable-Output"] | components["schemas"]["NumberVariable-Output"] | components["schemas"]["BooleanVariable-Output"] | components["schemas"]["EnumVariable-Output"] | components["schemas"]["GroupVariable-Output"])[];
         };
-        /** HTTPValidationError */
+        /**
+         * ValidationErrorBody
+         * @description What every 422 answers: request validation (with ``errors``) and domain validation (template,
+         *     YAML, compose, limits: ``code`` says which).
+         */
         HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
+            /**
+             * Code
+             * @description ``validation_error``, ``template_error``, ``template_limit``, ``yaml_limit``, ...
+             */
+            code: string;
+            /**
+             * Detail
+             * @description what to fix, in words
+             */
+            detail: string;
+            /**
+             * Errors
+             * @description one entry per invalid field (request validation)
+             * @default null
+             */
+            errors: components["schemas"]["FieldError"][] | null;
         };
         /** HistoryRead */
         HistoryRead: {
@@ -1472,6 +1548,16 @@ export interface components {
             description?: string | null;
             /** Name */
             name?: string | null;
+        };
+        /** PasswordChange */
+        PasswordChange: {
+            /** Current Password */
+            current_password: string;
+            /**
+             * New Password
+             * @description 8 to 128 characters
+             */
+            new_password: string;
         };
         /** RecoveryRequest */
         RecoveryRequest: {
@@ -2095,19 +2181,6 @@ export interface components {
             /** Password */
             password?: string | null;
         };
-        /** ValidationError */
-        ValidationError: {
-            /** Context */
-            ctx?: Record<string, never>;
-            /** Input */
-            input?: unknown;
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
-            type: string;
-        };
     };
     responses: never;
     parameters: never;
@@ -2181,6 +2254,24 @@ export interface operations {
             };
         };
     };
+    logout_everywhere_api_v1_auth_logout_all_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     me_api_v1_auth_me_get: {
         parameters: {
             query?: never;
@@ -2197,6 +2288,39 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MeRead"];
+                };
+            };
+        };
+    };
+    change_password_api_v1_auth_password_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenPair"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
@@ -2365,6 +2489,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2399,6 +2524,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2428,6 +2554,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2459,6 +2586,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2494,6 +2622,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2531,6 +2660,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2562,6 +2692,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2593,6 +2724,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2624,6 +2756,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -2655,6 +2788,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 deployment_id: string;
             };
             cookie?: never;
@@ -3069,6 +3203,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 stack_id: string;
             };
             cookie?: never;
@@ -3100,6 +3235,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 stack_id: string;
             };
             cookie?: never;
@@ -3129,6 +3265,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 stack_id: string;
             };
             cookie?: never;
@@ -3164,6 +3301,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 stack_id: string;
             };
             cookie?: never;
@@ -3351,6 +3489,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 target_id: string;
             };
             cookie?: never;
@@ -3382,6 +3521,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 target_id: string;
             };
             cookie?: never;
@@ -3411,6 +3551,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 target_id: string;
             };
             cookie?: never;
@@ -3446,6 +3587,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description an object id (UUID) */
                 target_id: string;
             };
             cookie?: never;

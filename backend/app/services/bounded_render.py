@@ -1,0 +1,235 @@
+"""Rendering a tenant's template off the event loop, in a child process with hard limits.
+
+Jinja's sandbox stops attribute tricks but not work: ``{% for i in range(100000) %}{% for j in
+range(100000) %}`` or ``'a'|center(50000000)`` run as long and allocate as much as they like, and a thread
+cannot be interrupted. So :func:`render_stack` and :func:`render_preview` run
+:func:`backend.app.services.templating.render_stack` (render, then the bounded YAML parse) in a fresh
+process forked from a ``forkserver`` (cheap: the templating module is preloaded there) with
+``RLIMIT_CPU`` and ``RLIMIT_AS`` set, and a wall-clock deadline enforced by the parent, which kills it.
+
+* The event loop only waits (in a small dedicated thread pool), so ``/health`` and every other request are
+  served while a hostile template burns its CPU budget in its own process.
+* Exceeding a limit is a 422 naming it: ``template_limit`` (CPU time, memory, output size) or
+  ``yaml_limit`` (alias expansion, nesting). A child that dies for another reason refuses the document too.
+* The limits are settings (``TEMPLATE_RENDER_*``, ``YAML_MAX_*``); see docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import resource
+import signal
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from backend.app.config import Settings, get_settings
+from backend.app.core.exceptions import ServiceUnavailable, ValidationFailed
+from backend.app.services import templating
+
+logger = logging.getLogger(__name__)
+
+#: Renders waiting on their child process at once; more queue here, never on the event loop's executor.
+MAX_CONCURRENT_RENDERS = 4
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    cpu_seconds: float = 5.0
+    memory_bytes: int = 512 * 1024 * 1024
+    max_output_chars: int = 1_048_576
+    yaml_max_nodes: int = 100_000
+    yaml_max_expanded_chars: int = 4 * 1_048_576
+    compose_timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RenderLimits:
+        """The limits of ``settings``; without, those the application was created with (else the environment's)."""
+        if settings is None and _configured is not None:
+            return _configured
+        s = settings or get_settings()
+        return cls(
+            cpu_seconds=s.TEMPLATE_RENDER_TIMEOUT_SECONDS,
+            memory_bytes=s.TEMPLATE_RENDER_MEMORY_MB * 1024 * 1024,
+            max_output_chars=s.TEMPLATE_MAX_OUTPUT_CHARS,
+            yaml_max_nodes=s.YAML_MAX_NODES,
+            yaml_max_expanded_chars=s.YAML_MAX_EXPANDED_CHARS,
+            compose_timeout=s.COMPOSE_VALIDATE_TIMEOUT_SECONDS,
+        )
+
+
+_configured: RenderLimits | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Make ``settings``' limits the default of this process (``create_app`` calls it)."""
+    global _configured
+    _configured = RenderLimits.from_settings(settings)
+
+
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["backend.app.services.render_preload"])
+
+
+class _Popen(popen_forkserver.Popen):
+    """The forkserver launcher, minus re-running the parent's ``__main__`` in the child.
+
+    multiprocessing re-imports the main module in every child (so that pickled functions defined there
+    resolve). The render child needs nothing from it, and re-running it would cost an import of the whole
+    application per render (``python -m backend.app.main``) or run an unguarded script's body.
+    """
+
+    def _launch(self, process_obj) -> None:  # noqa: ANN001 - mirrors multiprocessing's own signature
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_name", None)
+        prep_data.pop("init_main_from_path", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _RenderProcess(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):  # noqa: ANN001, ANN205, N802 - multiprocessing's hook
+        return _Popen(process_obj)
+
+
+_threads = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RENDERS, thread_name_prefix="render")
+
+
+def _apply_limits(limits: RenderLimits) -> None:
+    def lower(kind: int, soft: int, hard: int) -> None:
+        _, ceiling = resource.getrlimit(kind)  # never ask for more than the process may have
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        resource.setrlimit(kind, (soft, hard))
+
+    cpu = max(1, int(limits.cpu_seconds + 0.999))
+    lower(resource.RLIMIT_CPU, cpu, cpu + 1)
+    lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
+    templating.MAX_OUTPUT_CHARS = limits.max_output_chars
+    templating.YAML_MAX_NODES = limits.yaml_max_nodes
+    templating.YAML_MAX_EXPANDED_CHARS = limits.yaml_max_expanded_chars
+
+
+def _child(conn, kind: str, template: str, specs: list, values: dict, limits: RenderLimits) -> None:  # noqa: ANN001
+    """Runs in the child process: render, send ``("ok", result)`` or ``("error", detail, code)``."""
+    try:
+        _apply_limits(limits)
+        if kind == "preview":
+            result: Any = templating.render_preview(template, specs, values)
+        else:
+            result = templating.render_stack(template, specs, values)
+        conn.send(("ok", result))
+    except ValidationFailed as exc:
+        conn.send(("error", exc.detail, exc.code))
+    except MemoryError:
+        conn.send(("memory",))
+    except RecursionError:
+        conn.send(("error", "template: nested too deeply", "template_limit"))
+    finally:
+        conn.close()
+
+
+def _memory_error(limits: RenderLimits) -> ValidationFailed:
+    return ValidationFailed(
+        f"template: rendering exceeded the memory limit of {limits.memory_bytes // (1024 * 1024)} MiB "
+        "(TEMPLATE_RENDER_MEMORY_MB); the document is refused",
+        code="template_limit",
+    )
+
+
+def _time_error(limits: RenderLimits) -> ValidationFailed:
+    return ValidationFailed(
+        f"template: rendering exceeded the CPU time limit of {limits.cpu_seconds:g} s "
+        "(TEMPLATE_RENDER_TIMEOUT_SECONDS); the document is refused",
+        code="template_limit",
+    )
+
+
+def _run_blocking(kind: str, template: str, specs: list, values: dict, limits: RenderLimits) -> Any:
+    receiver, sender = _context.Pipe(duplex=False)
+    process = _RenderProcess(
+        target=_child, args=(sender, kind, template, specs, values, limits), name="windflow-render", daemon=True
+    )
+    message = None
+    exitcode: int | None = None
+    started = False
+    try:
+        try:
+            process.start()
+            started = True
+        except (OSError, RuntimeError) as exc:
+            logger.error("cannot start a template rendering process: %s", exc)
+            raise ServiceUnavailable(
+                "the template renderer could not start a process; retry later", code="renderer_unavailable"
+            ) from None
+        sender.close()
+        # Wall clock: the CPU budget plus slack for start-up and a child that sleeps rather than computes.
+        if receiver.poll(limits.cpu_seconds * 2 + 2):
+            try:
+                message = receiver.recv()
+            except (EOFError, OSError):
+                message = None
+    finally:
+        sender.close()
+        receiver.close()
+        if started:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
+            exitcode = process.exitcode
+            if exitcode is not None:
+                process.close()
+    if message is None:
+        # Killed by RLIMIT_CPU (SIGXCPU, SIGKILL at the hard limit) or by our deadline: time ran out.
+        if exitcode in (None, -signal.SIGXCPU, -signal.SIGKILL):
+            raise _time_error(limits)
+        raise ValidationFailed(
+            f"template: the rendering process failed (exit status {exitcode}); the document is refused",
+            code="template_limit",
+        )
+    if message[0] == "ok":
+        return message[1]
+    if message[0] == "memory":
+        raise _memory_error(limits)
+    raise ValidationFailed(message[1], code=message[2])
+
+
+async def _run(kind: str, template: str, specs: list, values: dict, limits: RenderLimits | None) -> Any:
+    limits = limits or RenderLimits.from_settings()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_threads, _run_blocking, kind, template, specs, values, limits)
+
+
+async def render_stack(template: str, specs: list, values: dict, limits: RenderLimits | None = None) -> str:
+    """:func:`templating.render_stack` in a bounded child process (see the module docstring)."""
+    return await _run("stack", template, specs, values, limits)
+
+
+async def render_preview(template: str, specs: list, values: dict, limits: RenderLimits | None = None) -> str:
+    """:func:`templating.render_preview` in a bounded child process."""
+    return await _run("preview", template, specs, values, limits)
+
+
+async def validate_with_compose(rendered: str, *, redact=(), limits: RenderLimits | None = None) -> None:  # noqa: ANN001
+    """:func:`templating.validate_with_compose` with the configured timeout (fails closed)."""
+    limits = limits or RenderLimits.from_settings()
+    await templating.validate_with_compose(rendered, redact=redact, timeout=limits.compose_timeout)

@@ -1,0 +1,191 @@
+"""Hostile templates and YAML bombs: refused with a 422 naming the limit, while the server keeps answering.
+
+Rendering runs in a child process with CPU, memory and output limits (``backend.app.services.bounded_render``);
+YAML anchors/aliases are bounded before anything expands them; ``docker compose config`` fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from backend.app.engines.compose_cli import find_compose_command
+from backend.app.main import create_app
+from backend.tests.conftest import make_settings
+from backend.tests.helpers import setup_admin
+
+#: A generous bound for a /health answer while a hostile template renders (the CPU limit here is 2 s).
+HEALTH_BOUND_SECONDS = 1.5
+
+NESTED_LOOPS = (
+    "{% for i in range(100000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
+    "services:\n  web:\n    image: x\n"
+)
+HUGE_CENTER = "services:\n  web:\n    image: \"{{ 'a'|center(50000000) }}\"\n"
+NAMESPACE_DOUBLING = (
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+    "services:\n  web:\n    image: \"{{ ns.s|length }}\"\n"
+)
+_LOL = ", ".join(["*l8"] * 9)
+YAML_BOMB = (
+    'x-l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + "".join(f"x-l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]\n" for n in range(1, 9))
+    + f"services:\n  web:\n    image: x\n    command: [{_LOL}]\n"
+)
+
+
+@pytest.fixture
+async def api(db):
+    settings = make_settings(db.settings.DATABASE_URL, TEMPLATE_RENDER_TIMEOUT_SECONDS=2, TEMPLATE_RENDER_MEMORY_MB=512)
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        admin = await setup_admin(client)
+        yield client, admin
+
+
+async def _create_stack(client, admin, template: str, variables: list | None = None, name: str = "hostile") -> httpx.Response:
+    return await client.post(
+        "/api/v1/stacks", json={"name": name, "template": template, "variables": variables or []}, headers=admin.headers
+    )
+
+
+async def _while_serving_health(client, work) -> tuple[httpx.Response, list[float]]:
+    """Run ``work`` while /health is requested back to back; the answer of ``work`` and each /health latency."""
+    latencies: list[float] = []
+    task = asyncio.ensure_future(work)
+    deadline = time.monotonic() + 60
+    while not task.done() and time.monotonic() < deadline:
+        started = time.monotonic()
+        response = await client.get("/health")
+        assert response.status_code in (200, 503), response.text  # degraded is fine; answering is the point
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.05)
+    return await task, latencies
+
+
+@pytest.mark.parametrize(
+    ("template", "limits"),
+    [
+        pytest.param(NESTED_LOOPS, {"TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="nested-loops"),
+        # a 50 MB string costs Jinja about 540 MB and, on a loaded machine, seconds of CPU on the way:
+        # whichever limit trips first is named
+        pytest.param(HUGE_CENTER, {"TEMPLATE_MAX_OUTPUT_CHARS", "TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="huge-center"),
+        pytest.param(NAMESPACE_DOUBLING, {"TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="namespace-doubling"),
+    ],
+)
+async def test_hostile_template_refused_while_health_answers(api, template, limits):
+    client, admin = api
+    response, latencies = await _while_serving_health(client, _create_stack(client, admin, template))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert any(limit in body["detail"] for limit in limits), body
+    assert body["code"] in {"template_limit", "template_error"}
+    assert latencies, "no /health request completed while the template rendered"
+    assert max(latencies) < HEALTH_BOUND_SECONDS, latencies
+
+
+async def test_nested_loops_take_the_cpu_limit_not_the_server(api):
+    client, admin = api
+    response, latencies = await _while_serving_health(client, _create_stack(client, admin, NESTED_LOOPS))
+    assert response.json()["code"] == "template_limit"
+    assert "CPU time limit of 2 s" in response.json()["detail"]
+    # The render burned its 2 s in its own process: /health answered many times meanwhile.
+    assert len(latencies) >= 5, latencies
+
+
+async def test_yaml_bomb_refused_before_compose_sees_it(api):
+    client, admin = api
+    started = time.monotonic()
+    response, latencies = await _while_serving_health(client, _create_stack(client, admin, YAML_BOMB))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "yaml_limit", body  # our parser refused it, not `docker compose config`
+    assert "YAML_MAX_NODES" in body["detail"]
+    assert elapsed < 10, f"a YAML bomb should be refused quickly, took {elapsed:.1f}s"
+    assert all(latency < HEALTH_BOUND_SECONDS for latency in latencies), latencies
+
+
+async def test_recursive_alias_refused(api):
+    client, admin = api
+    response = await _create_stack(client, admin, "x-a: &a [*a]\nservices:\n  web:\n    image: x\n")
+    # PyYAML composes a recursive alias as a cycle; expanding it never ends.
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] in {"yaml_limit", "invalid_yaml"}
+
+
+async def test_hostile_values_refused_at_deployment_creation(api):
+    """A template harmless with its defaults becomes a loop bomb with the values a deployment gives."""
+    client, admin = api
+    template = (
+        "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
+    )
+    stack = await _create_stack(
+        client, admin, template, [{"name": "n", "type": "integer", "default": 1, "min": 0, "max": 100000}], name="n-loops"
+    )
+    assert stack.status_code == 201, stack.text
+    target = await client.post(
+        "/api/v1/targets",
+        json={"name": "t", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
+        headers=admin.headers,
+    )
+    assert target.status_code == 201, target.text
+    created, latencies = await _while_serving_health(
+        client,
+        client.post(
+            "/api/v1/deployments",
+            json={"stack_id": stack.json()["id"], "target_id": target.json()["id"], "variables": {"n": 100000}},
+            headers=admin.headers,
+        ),
+    )
+    assert created.status_code == 422, created.text
+    assert "TEMPLATE_RENDER_TIMEOUT_SECONDS" in created.json()["detail"]
+    assert latencies and max(latencies) < HEALTH_BOUND_SECONDS
+    listing = await client.get("/api/v1/deployments", headers=admin.headers)
+    assert listing.json()["total"] == 0
+
+
+async def test_preview_is_bounded_too(api):
+    client, admin = api
+    stack = await _create_stack(
+        client, admin, "services:\n  web:\n    image: \"{{ 'a'|center(width) }}\"\n",
+        [{"name": "width", "type": "integer", "default": 1}], name="centered",
+    )
+    assert stack.status_code == 201, stack.text
+    response = await client.post(
+        f"/api/v1/stacks/{stack.json()['id']}/render", json={"variables": {"width": 50_000_000}}, headers=admin.headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] in {"template_limit", "template_error"}
+    assert any(
+        limit in response.json()["detail"]
+        for limit in ("TEMPLATE_MAX_OUTPUT_CHARS", "TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS")
+    )
+
+
+async def test_compose_validation_that_cannot_finish_refuses_the_document(db):
+    if find_compose_command() is None:
+        pytest.skip("no docker compose installed")
+    settings = make_settings(db.settings.DATABASE_URL, COMPOSE_VALIDATE_TIMEOUT_SECONDS=0.001)
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        admin = await setup_admin(client)
+        response = await _create_stack(client, admin, "services:\n  web:\n    image: x\n")
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "compose_timeout"
+        assert "COMPOSE_VALIDATE_TIMEOUT_SECONDS" in response.json()["detail"]
+        listing = await client.get("/api/v1/stacks", headers=admin.headers)
+        assert listing.json()["total"] == 0
+
+
+async def test_ordinary_templates_still_render(api):
+    client, admin = api
+    response = await _create_stack(
+        client, admin,
+        "x-env: &env {A: '1'}\nservices:\n{% for name in ['a', 'b'] %}  {{ name }}:\n    image: x\n    environment: *env\n{% endfor %}",
+        name="ordinary",
+    )
+    assert response.status_code == 201, response.text
