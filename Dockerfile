@@ -49,7 +49,7 @@ RUN pip install . \
 
 WORKDIR /app
 COPY stacks_definitions ./stacks_definitions
-# frontend/dist is optional (build it first with the frontend's `npm run build` to serve the UI). The
+# frontend/dist is optional (build it first with `make frontend` to serve the UI). The
 # glob matches nothing when it is absent and pyproject.toml keeps the COPY from having no source at all.
 COPY pyproject.toml frontend/dis[t] ./frontend/dist/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/windflow-entrypoint

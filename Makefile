@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-integration install env migrate clean
+.PHONY: run test test-unit test-integration test-frontend test-browser install env migrate clean frontend
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,36 @@ env: .env
 migrate: $(STAMP) .env
 	$(VENV)/bin/windflow db upgrade
 
-run: $(STAMP) .env migrate
+# The web UI: built into frontend/dist when it is missing or older than its sources (Node is needed
+# only then; the server itself never runs Node). `npm ci` installs exactly package-lock.json.
+NPM ?= npm
+FRONTEND_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/vite.config.ts \
+	frontend/tsconfig.json frontend/package.json frontend/package-lock.json
+
+frontend/node_modules/.installed: frontend/package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "Node.js and npm are needed to build the web UI (frontend/dist is missing or stale)"; exit 1; }
+	cd frontend && $(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
+	cd frontend && $(NPM) run build
+	touch $@
+
+frontend: frontend/dist/index.html
+
+run: $(STAMP) .env migrate frontend
 	$(PY) -m backend.app.main
 
-test: $(STAMP)
-	$(PY) -m pytest backend/tests -q -p no:cacheprovider
+# Browser tests run in their own pytest process: Playwright's sync API and pytest-asyncio's loop clash.
+test: $(STAMP) frontend
+	$(PY) -m pytest backend/tests -q -p no:cacheprovider --ignore=backend/tests/browser
+	$(MAKE) --no-print-directory test-frontend test-browser
+
+test-frontend: frontend/node_modules/.installed
+	cd frontend && $(NPM) run typecheck && $(NPM) test
+
+test-browser: $(STAMP) frontend
+	$(PY) -m pytest backend/tests/browser -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info frontend/node_modules frontend/dist

@@ -24,6 +24,14 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
 fi
 wait_for Redis 30 redis-cli -h 127.0.0.1 ping
 
+# Headless Chromium for the browser tests (backend/tests/browser): Debian's package, not Playwright's download.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "Chromium: installing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
+/usr/bin/chromium --version 2>/dev/null | head -n1 || true
+
 if [ -f "$here/setup-docker.sh" ]; then
   bash "$here/setup-docker.sh"
 fi

@@ -102,6 +102,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+#: First path segments that never fall back to the UI (an unknown API route must stay a JSON 404).
+_NOT_UI = frozenset({"api", "ws", "health", "metrics", "docs", "redoc", "openapi.json"})
+#: Vite fingerprints everything under assets/ (the name changes with the content): cache it for a year.
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
 def install_openapi(app: FastAPI) -> None:
     """Document the 422 body as the handlers really send it (FastAPI's default schema is pydantic's list)."""
 
@@ -122,18 +128,33 @@ def install_openapi(app: FastAPI) -> None:
 
 
 def _mount_frontend(app: FastAPI, dist: Path) -> None:
-    index = dist / "index.html"
+    """Serve the built UI at ``/``: files from ``dist``, ``index.html`` for every other path (SPA routes).
+
+    ``index.html`` is revalidated on each load so a new build is picked up at once. A path that resolves
+    outside ``dist`` (``..``, symlinks) is never served.
+    """
+    root = dist.resolve()
+    index = root / "index.html"
     if not index.is_file():
         return
 
-    @app.get("/{path:path}", include_in_schema=False)
+    @app.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def spa(path: str) -> FileResponse:
-        if path.startswith(("api/", "ws", "health", "metrics", "docs", "openapi.json")):
+        first = path.split("/", 1)[0]
+        if first in _NOT_UI:
             raise StarletteHTTPException(404, "Not Found")
-        candidate = (dist / path).resolve()
-        if path and candidate.is_file() and dist.resolve() in candidate.parents:
-            return FileResponse(candidate)
-        return FileResponse(index)
+        if path:
+            try:
+                candidate = (root / path).resolve()
+                found = candidate.is_file() and candidate.is_relative_to(root)
+            except (OSError, ValueError):  # NUL bytes, names too long
+                found = False
+            if found:
+                cache = _IMMUTABLE if candidate.is_relative_to(root / "assets") else "no-cache"
+                return FileResponse(candidate, headers={"Cache-Control": cache})
+            if first == "assets":  # a missing bundle is a 404, not the app's HTML
+                raise StarletteHTTPException(404, "Not Found")
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from backend.app.schemas.auth import (
     PasswordChange,
     RefreshRequest,
     SetupRequest,
+    SetupStatus,
     TokenPair,
 )
 from backend.app.services import auth_service, organization_service, provisioning
@@ -29,6 +30,12 @@ def _check_login_rate(request: Request) -> None:
             f"too many login attempts from your address; retry in {max(1, round(wait))} s",
             headers=limiter.retry_after_header(wait),
         )
+
+
+@router.get("/setup", response_model=SetupStatus)
+async def setup_status(session: SessionDep) -> SetupStatus:
+    """Whether first-run setup is still to be done (no user exists yet)."""
+    return SetupStatus(needed=await auth_service.user_count(session) == 0)
 
 
 @router.post("/setup", response_model=TokenPair, status_code=status.HTTP_201_CREATED)

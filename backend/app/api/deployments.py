@@ -8,6 +8,7 @@ from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, 
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
 from backend.app.schemas.deployments import (
+    DeploymentCompose,
     DeploymentCreate,
     DeploymentPage,
     DeploymentRead,
@@ -17,7 +18,7 @@ from backend.app.schemas.deployments import (
 )
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
-from backend.app.services.deployment_service import DeploymentService, mask_variables, read_model
+from backend.app.services.deployment_service import DeploymentService, mask_variables, masked_compose, read_model
 from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -109,6 +110,12 @@ async def get_logs(
     return LogPage(
         items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq, next_cursor=next_cursor
     )
+
+
+@router.get("/{deployment_id}/compose", response_model=DeploymentCompose)
+async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> DeploymentCompose:
+    """The rendered compose document of the deployment, secret values masked."""
+    return DeploymentCompose(compose=masked_compose(settings, deployment))
 
 
 @router.get("/{deployment_id}/history", response_model=list[HistoryRead])

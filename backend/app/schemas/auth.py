@@ -28,6 +28,10 @@ class SetupRequest(RequestModel):
     _email = field_validator("email")(_normalise_email)
 
 
+class SetupStatus(ResponseModel):
+    needed: bool = Field(description="true until the first user exists: the UI then shows its setup page")
+
+
 class TokenPair(ResponseModel):
     access_token: str
     refresh_token: str

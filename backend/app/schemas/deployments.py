@@ -64,3 +64,7 @@ class HistoryRead(ResponseModel):
     reason: str | None
     actor: str | None
     created_at: datetime
+
+
+class DeploymentCompose(ResponseModel):
+    compose: str = Field(description="the rendered compose document the deployment runs; secret values shown as ***")

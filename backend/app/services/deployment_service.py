@@ -124,6 +124,28 @@ DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.create
 HISTORY_OLDEST_FIRST = pagination.Ordering("history", (DeploymentStatusHistory.id,))
 
 
+def masked_compose(settings: Settings, deployment: Deployment) -> str:
+    """The rendered compose snapshot as the API shows it: every secret value of the deployment as ``***``."""
+    if not deployment.rendered_compose:
+        raise NotFound("this deployment has no rendered compose document yet", code="no_snapshot")
+    text = security.decrypt_secret(settings, deployment.rendered_compose)
+    secrets: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if set(node) == {_ENCRYPTED}:
+                secrets.append(str(security.decrypt_secret(settings, node[_ENCRYPTED])))
+                return
+            for value in node.values():
+                walk(value)
+
+    walk(deployment.variables or {})
+    # Longest first, so a secret that contains another is masked whole; "$" is doubled in the document.
+    for value in sorted({v for v in secrets if v}, key=len, reverse=True):
+        text = text.replace(value.replace("$", "$$"), MASK).replace(value, MASK)
+    return text
+
+
 class DeploymentService:
     # --- creation ---------------------------------------------------------------------------------
 

@@ -1,0 +1,300 @@
+"""Browser tests: Debian's Chromium driven by Playwright (sync API) against a real WindFlow server.
+
+The server is ``python -m backend.app.main`` in a subprocess on a free port, with its own SQLite
+database, the built UI (``frontend/dist``, built by ``make frontend``) and the local Docker engine.
+Run these in their own pytest process (``make test-browser``): Playwright's sync API refuses to run
+inside pytest-asyncio's event loop.
+
+Screenshots go to ``test-output/screenshots/`` (override with ``WINDFLOW_TEST_OUTPUT``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.tests.conftest import TEST_IMAGE, require_service
+
+ROOT = Path(__file__).resolve().parents[3]
+DIST = ROOT / "frontend" / "dist"
+OUTPUT = Path(os.environ.get("WINDFLOW_TEST_OUTPUT", ROOT / "test-output")) / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--disable-sync", "--disable-quic",
+]
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "correct-horse-battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A WindFlow server process that can be stopped and started again on the same port and database."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.log = workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijkl",
+            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'windflow.db'}",
+            "CELERY_ENABLED": "false",
+            "FRONTEND_DIST": str(DIST),
+            "LOG_FILE": str(workdir / "backend.log"),
+            "DEPLOYMENT_LEASE_SECONDS": "5",
+            "DEPLOYMENTS_WORKDIR": str(workdir / "deployments"),
+            "STACKS_CATALOG_ENABLED": "true",
+            "PASSWORD_HASH_TIME_COST": "1",
+            "PASSWORD_HASH_MEMORY_KIB": "1024",
+            "LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+        }
+
+    def start(self, timeout: float = 60) -> None:
+        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.app.main"],
+            cwd=self.workdir, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {self.log}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer /health within {timeout} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # --- API helpers (the tests set up data through the API and check what the browser shows) ----
+    def api(self, method: str, path: str, body: dict | None = None, token: str | None = None, form: dict | None = None):
+        headers = {}
+        data = None
+        if form is not None:
+            data = "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in form.items()).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text = response.read().decode()
+                return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path} -> {exc.code}: {exc.read().decode()[:500]}") from None
+
+    def login(self, email: str, password: str) -> str:
+        return self.api("POST", "/auth/login", form={"username": email, "password": password})["access_token"]
+
+
+def _docker_ready() -> None:
+    probe = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        require_service("Docker test image", f"{TEST_IMAGE} is missing (run: bash scripts/setup-docker.sh)")
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    if not Path(CHROMIUM).exists():
+        require_service("Chromium", f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    if not (DIST / "index.html").is_file():
+        pytest.fail("frontend/dist is not built: run `make frontend`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def start_server(tmp_path_factory, name: str) -> Server:
+    server = Server(tmp_path_factory.mktemp(name))
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """One server for the session, already set up with the administrator."""
+    _docker_ready()
+    srv = start_server(tmp_path_factory, "browser-server")
+    try:
+        srv.api("POST", "/auth/setup", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "organization_name": "Acme"})
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_token(server: Server) -> str:
+    return server.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def org_id(server: Server, admin_token: str) -> str:
+    return server.api("GET", "/auth/me", token=admin_token)["default_organization_id"]
+
+
+@pytest.fixture(scope="session")
+def local_target(server: Server, admin_token: str, org_id: str) -> dict:
+    targets = server.api("GET", f"/targets?organization_id={org_id}", token=admin_token)["items"]
+    local = [t for t in targets if t["endpoint"].startswith("unix://")]
+    if not local:
+        local = [server.api("POST", "/targets", {"name": "local", "endpoint": "unix:///var/run/docker.sock", "organization_id": org_id}, token=admin_token)]
+    return local[0]
+
+
+#: A stack with every kind of field the generated form knows, and a service that becomes healthy
+#: after ``delay`` seconds (so a deployment stays "deploying" long enough to watch).
+DEMO_STACK = {
+    "name": "demo",
+    "description": "busybox worker for the browser tests",
+    "template": (
+        "services:\n"
+        "  app:\n"
+        f"    image: {TEST_IMAGE}\n"
+        "    init: true\n"
+        "    command: [\"sh\", \"-c\", \"echo {{ greeting }}; sleep {{ delay }}; touch /tmp/ready; "
+        "while true; do echo tick; sleep 1; done\"]\n"
+        "    environment:\n"
+        "      MODE: \"{{ mode }}\"\n"
+        "      VERBOSE: \"{{ verbose }}\"\n"
+        "      PASSWORD: \"{{ password }}\"\n"
+        "      DB_USER: \"{{ db.user }}\"\n"
+        "    healthcheck:\n"
+        "      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n"
+        "      interval: 1s\n"
+        "      timeout: 1s\n"
+        "      retries: 120\n"
+    ),
+    "variables": [
+        {"name": "delay", "type": "integer", "label": "Delay (s)", "default": 4, "min": 0, "max": 60, "required": True},
+        {"name": "greeting", "type": "string", "label": "Greeting", "default": "hello-windflow", "pattern": "[a-z-]+"},
+        {"name": "mode", "type": "enum", "label": "Mode", "options": [{"value": "fast", "label": "Fast mode"},
+                                                                       {"value": "safe", "label": "Safe mode"}], "default": "safe"},
+        {"name": "verbose", "type": "boolean", "label": "Verbose", "default": False},
+        {"name": "password", "type": "secret", "label": "Password", "default": "{{ generate_password(16) }}"},
+        {"name": "db", "type": "group", "label": "Database", "variables": [
+            {"name": "user", "type": "string", "label": "User", "default": "app", "required": True},
+        ]},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def demo_stack(server: Server, admin_token: str, org_id: str) -> dict:
+    return server.api("POST", "/stacks", {**DEMO_STACK, "organization_id": org_id}, token=admin_token)
+
+
+def websocket_endpoint_exists(server: Server) -> bool:
+    """Whether ``WS /api/v1/ws`` accepts a WebSocket handshake (the real-time issue provides it)."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}/api/v1/ws", open_timeout=10):
+            return True
+    except InvalidStatus:
+        return False
+
+
+@pytest.fixture(scope="session")
+def realtime(server: Server) -> None:
+    """Skips the tests that need the WebSocket when this branch's server has none yet."""
+    if not websocket_endpoint_exists(server):
+        pytest.skip("WS /api/v1/ws is missing on this branch (DESIGN.md 'Events and real time', built on the "
+                    "realtime branch): live status, log streaming and reconnection cannot be checked without it")
+
+
+@pytest.fixture
+def cleanup_deployments(server: Server, admin_token: str):
+    """Deletes what a test deployed (containers included) when it ends."""
+    created: list[str] = []
+    yield created
+    for deployment_id in created:
+        try:
+            server.api("DELETE", f"/deployments/{deployment_id}", token=admin_token)
+        except AssertionError:
+            subprocess.run(
+                ["sh", "-c", f"docker rm -f $(docker ps -aq --filter label=windflow.deployment_id={deployment_id}) 2>/dev/null"],
+                capture_output=True, timeout=60,
+            )
+
+
+def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 860):
+    context = browser.new_context(
+        locale=locale, color_scheme="dark" if dark else "light", viewport={"width": width, "height": height},
+        accept_downloads=True,
+    )
+    context.set_default_timeout(60_000)  # a shared 2-core machine can be slow; waits end as soon as they succeed
+    page = context.new_page()
+    page.errors = []  # type: ignore[attr-defined]
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
+    return page
+
+
+def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
+    page.goto(f"{server.url}/login")
+    try:
+        page.wait_for_selector("input[name=email]", timeout=15000)
+    except Exception:
+        screenshot(page, "FAILED-login")
+        raise AssertionError(f"no login form at {page.url}: {page.errors}") from None
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("[data-testid=login-submit]")
+    try:
+        page.wait_for_url("**/deployments**", timeout=15000)
+    except Exception:
+        screenshot(page, "FAILED-login-submit")
+        raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
+
+
+def screenshot(page, name: str) -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    path = OUTPUT / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+

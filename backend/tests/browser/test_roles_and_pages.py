@@ -1,0 +1,101 @@
+"""Role gating in the browser, and screenshots of every page in light and dark, English and French."""
+
+from __future__ import annotations
+
+import uuid
+
+from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
+
+
+def _viewer(server: Server, admin_token: str, org_id: str) -> tuple[str, str]:
+    email = f"viewer-{uuid.uuid4().hex[:8]}@example.com"
+    password = "viewer-password-1"
+    user = server.api("POST", "/users", {"email": email, "password": password}, token=admin_token)
+    server.api("POST", f"/organizations/{org_id}/members", {"user_id": user["id"], "role": "viewer"}, token=admin_token)
+    return email, password
+
+
+def test_viewer_sees_no_action_they_cannot_take(chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack) -> None:
+    # A settled deployment in the list, so row actions would show if they were offered.
+    server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "viewer-sees",
+                                        "variables": {"delay": 0}}, token=admin_token)
+    email, password = _viewer(server, admin_token, org_id)
+    page = new_page(chromium_browser)
+    ui_login(page, server, email, password)
+    page.get_by_test_id("deployment-row").first.wait_for()
+    assert page.get_by_test_id("new-deployment").count() == 0
+    assert page.get_by_test_id("logs-button").count() >= 1  # reading is allowed
+    for action in ("stop", "start", "redeploy", "retry", "cancel", "delete"):
+        assert page.get_by_test_id(f"action-{action}").count() == 0, action
+    # The new-deployment page itself sends a viewer back to the list.
+    page.goto(server.url + "/deployments/new")
+    page.wait_for_url("**/deployments")
+    page.goto(server.url + "/stacks")
+    page.get_by_test_id("stack-card").first.wait_for()
+    assert page.get_by_role("button", name="New stack").count() == 0
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    page.goto(server.url + "/targets")
+    page.get_by_role("heading", name="Targets").wait_for()
+    assert page.get_by_role("button", name="Add target").count() == 0
+    page.context.close()
+
+
+PAGES = [
+    ("deployments", "/deployments", "deployment-row"),
+    ("new-deployment", "/deployments/new", "pick-stack"),
+    ("new-deployment-form", "/deployments/new?stack={stack}", "field-delay"),
+    ("stacks", "/stacks", "stack-card"),
+    ("targets", "/targets", None),
+    ("organization", "/organization", None),
+    ("tokens", "/tokens", None),
+    ("system", "/system", "execution-mode"),
+    ("profile", "/profile", None),
+]
+
+
+def test_screenshots_of_every_page(chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack) -> None:
+    """Saved to test-output/screenshots/ to be looked at; also checks no page throws."""
+    deployment = [server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
+                                                      "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)]
+    for locale, lang in (("en-US", "en"), ("fr-FR", "fr")):
+        for dark in (False, True):
+            theme = "dark" if dark else "light"
+            page = new_page(chromium_browser, locale=locale, dark=dark)
+            page.goto(server.url + "/login")
+            screenshot(page, f"login-{lang}-{theme}")
+            ui_login(page, server)
+            for name, path, marker in PAGES:
+                page.goto(server.url + path.format(stack=demo_stack["id"]))
+                if marker:
+                    try:
+                        page.get_by_test_id(marker).first.wait_for()
+                    except Exception:
+                        screenshot(page, f"FAILED-{name}-{lang}-{theme}")
+                        raise
+                page.wait_for_load_state("networkidle")
+                page.wait_for_timeout(300)
+                screenshot(page, f"{name}-{lang}-{theme}")
+            if deployment:
+                page.goto(f"{server.url}/deployments/{deployment[0]['id']}")
+                page.get_by_test_id("detail-name").wait_for()
+                page.wait_for_timeout(300)
+                screenshot(page, f"deployment-detail-{lang}-{theme}")
+                page.goto(f"{server.url}/deployments?logs={deployment[0]['id']}")
+                page.get_by_test_id("log-scroller").wait_for()
+                page.wait_for_timeout(1000)
+                screenshot(page, f"logs-drawer-{lang}-{theme}")
+            page.goto(f"{server.url}/stacks/{demo_stack['id']}")
+            page.wait_for_load_state("networkidle")
+            screenshot(page, f"stack-editor-{lang}-{theme}")
+            # Requests cut short by the next page.goto reject with "Failed to fetch": not an error of the UI.
+            assert [e for e in page.errors if "Failed to fetch" not in e] == [], page.errors
+            page.context.close()
+    # The phone layout: the drawer takes the whole screen.
+    page = new_page(chromium_browser, width=390, height=844)
+    ui_login(page, server)
+    screenshot(page, "deployments-phone")
+    if deployment:
+        page.goto(f"{server.url}/deployments?logs={deployment[0]['id']}")
+        page.get_by_test_id("log-scroller").wait_for()
+        screenshot(page, "logs-drawer-phone")
+    page.context.close()

@@ -1,0 +1,21 @@
+/**
+ * Where the API lives. Empty VITE_API_BASE_URL: the origin that served the UI (the backend itself).
+ * Under `npm run dev` the variable is the dev server's proxy target (vite.config.ts) and the browser
+ * talks to its own origin, so no cross-origin request is made.
+ */
+export function apiBaseUrl(): string {
+  if (import.meta.env.DEV) return window.location.origin
+  const configured = (import.meta.env.VITE_API_BASE_URL || '').trim().replace(/\/+$/, '')
+  return configured || window.location.origin
+}
+
+/** ws(s):// URL of the real-time endpoint, derived from the API base URL. */
+export function wsUrl(): string {
+  const base = new URL(apiBaseUrl())
+  base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:'
+  return `${base.origin.replace(/^http/, 'ws')}/api/v1/ws`
+}
+
+export function flag(value: string | undefined): boolean {
+  return value === 'true' || value === '1'
+}

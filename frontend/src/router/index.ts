@@ -1,0 +1,81 @@
+import { createRouter, createWebHistory, type RouteRecordRaw } from 'vue-router'
+import { rawJson } from '../api/client'
+import { tokens } from '../api/tokens'
+import { useAuthStore } from '../stores/auth'
+
+const routes: RouteRecordRaw[] = [
+  { path: '/setup', name: 'setup', component: () => import('../views/SetupView.vue'), meta: { public: true } },
+  { path: '/login', name: 'login', component: () => import('../views/LoginView.vue'), meta: { public: true } },
+  {
+    path: '/',
+    component: () => import('../components/AppFrame.vue'),
+    children: [
+      { path: '', redirect: { name: 'deployments' } },
+      { path: 'deployments', name: 'deployments', component: () => import('../views/DeploymentsView.vue') },
+      { path: 'deployments/new', name: 'deployment-new', component: () => import('../views/NewDeploymentView.vue'), meta: { capability: 'deployment.create' } },
+      { path: 'deployments/:id', name: 'deployment', component: () => import('../views/DeploymentDetailView.vue'), props: true },
+      { path: 'stacks', name: 'stacks', component: () => import('../views/StacksView.vue') },
+      { path: 'stacks/new', name: 'stack-new', component: () => import('../views/StackEditView.vue'), meta: { capability: 'stack.write' } },
+      { path: 'stacks/:id', name: 'stack', component: () => import('../views/StackEditView.vue'), props: true },
+      { path: 'targets', name: 'targets', component: () => import('../views/TargetsView.vue') },
+      { path: 'organization', name: 'organization', component: () => import('../views/OrganizationView.vue') },
+      { path: 'tokens', name: 'tokens', component: () => import('../views/TokensView.vue') },
+      { path: 'system', name: 'system', component: () => import('../views/SystemView.vue') },
+      { path: 'profile', name: 'profile', component: () => import('../views/ProfileView.vue') },
+      { path: ':pathMatch(.*)*', name: 'not-found', component: () => import('../views/NotFoundView.vue') },
+    ],
+  },
+]
+
+export const router = createRouter({ history: createWebHistory(), routes })
+
+let setupNeeded: boolean | null = null
+export async function isSetupNeeded(): Promise<boolean> {
+  if (setupNeeded === null || setupNeeded) {
+    try {
+      setupNeeded = (await rawJson<{ needed: boolean }>('GET', '/api/v1/auth/setup')).needed
+    } catch {
+      setupNeeded = false
+    }
+  }
+  return setupNeeded
+}
+export function markSetupDone(): void {
+  setupNeeded = false
+}
+
+router.beforeEach(async (to) => {
+  const auth = useAuthStore()
+  if (to.meta.public) {
+    if (to.name === 'setup' && !(await isSetupNeeded())) return { name: 'login' }
+    return true
+  }
+  if (!auth.loggedIn && (tokens.access() || tokens.refreshToken())) await auth.loadMe()
+  if (!auth.loggedIn) {
+    if (await isSetupNeeded()) return { name: 'setup' }
+    return { name: 'login', query: to.fullPath !== '/' && to.fullPath !== '/deployments' ? { next: to.fullPath } : {} }
+  }
+  const capability = to.meta.capability as Parameters<typeof auth.can>[0] | undefined
+  if (capability && !auth.can(capability)) return { name: 'deployments' }
+  return true
+})
+
+// A session that ends (refresh refused) sends the user to the login page.
+tokens.onChange((access) => {
+  const auth = useAuthStore()
+  if (access === null && auth.me !== null && !router.currentRoute.value.meta.public) {
+    auth.reset()
+    void router.push({ name: 'login', query: { expired: '1' } })
+  }
+})
+
+// A chunk that fails to load (a new build replaced it, or the network dropped the request) gets one
+// full reload of the page it was for, instead of leaving the user on the previous page with an error.
+const RELOADED = 'windflow.chunk-reload'
+router.onError((error, to) => {
+  if (!/dynamically imported module|Importing a module script failed|error loading dynamically/i.test(String(error?.message ?? error))) return
+  if (sessionStorage.getItem(RELOADED) === to.fullPath) return
+  sessionStorage.setItem(RELOADED, to.fullPath)
+  window.location.assign(to.fullPath)
+})
+router.afterEach(() => sessionStorage.removeItem(RELOADED))

@@ -1,0 +1,37 @@
+/** A stand-in for the browser WebSocket, driven by the test (pure transport logic only). */
+import type { WebSocketLike } from '../src/realtime/socket'
+
+export class FakeWebSocket implements WebSocketLike {
+  static instances: FakeWebSocket[] = []
+  readyState = 0
+  sent: Record<string, unknown>[] = []
+  onopen: ((ev: unknown) => void) | null = null
+  onclose: ((ev: { code: number; reason?: string }) => void) | null = null
+  onerror: ((ev: unknown) => void) | null = null
+  onmessage: ((ev: { data: unknown }) => void) | null = null
+
+  constructor(readonly url: string) {
+    FakeWebSocket.instances.push(this)
+  }
+  static last(): FakeWebSocket {
+    return FakeWebSocket.instances[FakeWebSocket.instances.length - 1]
+  }
+  send(data: string): void {
+    this.sent.push(JSON.parse(data))
+  }
+  close(): void {
+    this.readyState = 3
+  }
+  // --- driven by the test ---
+  open(): void {
+    this.readyState = 1
+    this.onopen?.({})
+  }
+  fail(code = 1006): void {
+    this.readyState = 3
+    this.onclose?.({ code })
+  }
+  receive(message: unknown): void {
+    this.onmessage?.({ data: JSON.stringify(message) })
+  }
+}

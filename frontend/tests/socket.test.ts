@@ -1,0 +1,117 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { BACKOFF_MS, CLOSE_UNAUTHORIZED, RealtimeSocket } from '../src/realtime/socket'
+import { FakeWebSocket } from './fakeSocket'
+
+function makeSocket(token: () => string | null = () => 'tok-1', refreshToken?: () => Promise<string | null>) {
+  return new RealtimeSocket({ url: () => 'ws://test/api/v1/ws', token, refreshToken, create: (url) => new FakeWebSocket(url), pingIntervalMs: 60_000 })
+}
+
+describe('RealtimeSocket', () => {
+  beforeEach(() => {
+    vi.useFakeTimers()
+    FakeWebSocket.instances = []
+  })
+  afterEach(() => vi.useRealTimers())
+
+  it('authenticates with the first frame, then sends its subscriptions', () => {
+    const s = makeSocket()
+    s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), { type: 'unsubscribe', organization_id: 'o1' })
+    s.connect()
+    expect(s.state).toBe('connecting')
+    FakeWebSocket.last().open()
+    expect(s.state).toBe('live')
+    expect(FakeWebSocket.last().sent).toEqual([
+      { type: 'auth', token: 'tok-1' },
+      { type: 'subscribe', organization_id: 'o1' },
+    ])
+  })
+
+  it('reconnects after 1 s, 2 s and 4 s, then goes offline until retry()', () => {
+    expect(BACKOFF_MS).toEqual([1000, 2000, 4000])
+    const s = makeSocket()
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().fail()
+    expect(s.state).toBe('reconnecting')
+    const attemptsAt: number[] = []
+    const start = Date.now()
+    for (const delay of BACKOFF_MS) {
+      const before = FakeWebSocket.instances.length
+      vi.advanceTimersByTime(delay - 1)
+      expect(FakeWebSocket.instances.length).toBe(before) // not one millisecond early
+      vi.advanceTimersByTime(1)
+      expect(FakeWebSocket.instances.length).toBe(before + 1)
+      attemptsAt.push(Date.now() - start)
+      FakeWebSocket.last().fail()
+    }
+    expect(attemptsAt).toEqual([1000, 3000, 7000])
+    expect(s.state).toBe('offline')
+    vi.advanceTimersByTime(60_000)
+    expect(FakeWebSocket.instances.length).toBe(4) // gave up: no more attempts by itself
+
+    s.retry()
+    expect(FakeWebSocket.instances.length).toBe(5)
+    FakeWebSocket.last().open()
+    expect(s.state).toBe('live')
+  })
+
+  it('a successful reconnection resets the backoff and rebuilds each subscription frame', () => {
+    const s = makeSocket()
+    let lastSeq = 0
+    s.subscribe('logs:d1', () => ({ type: 'subscribe', deployment_id: 'd1', since_seq: lastSeq }), { type: 'unsubscribe', deployment_id: 'd1' })
+    const reconnected = vi.fn()
+    s.onReconnect(reconnected)
+    s.connect()
+    FakeWebSocket.last().open()
+    lastSeq = 42
+    FakeWebSocket.last().fail()
+    vi.advanceTimersByTime(1000)
+    FakeWebSocket.last().open()
+    expect(FakeWebSocket.last().sent[1]).toEqual({ type: 'subscribe', deployment_id: 'd1', since_seq: 42 })
+    expect(reconnected).toHaveBeenCalledTimes(1)
+    expect(s.failures).toBe(0)
+    FakeWebSocket.last().fail()
+    vi.advanceTimersByTime(999)
+    const count = FakeWebSocket.instances.length
+    vi.advanceTimersByTime(1)
+    expect(FakeWebSocket.instances.length).toBe(count + 1) // back to the 1 s step
+  })
+
+  it('after a 4401 close it refreshes the token once and reconnects with the new one', async () => {
+    let token = 'old'
+    const refresh = vi.fn(async () => (token = 'new'))
+    const s = makeSocket(() => token, refresh)
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().fail(CLOSE_UNAUTHORIZED)
+    await vi.runOnlyPendingTimersAsync()
+    expect(refresh).toHaveBeenCalledTimes(1)
+    FakeWebSocket.last().open()
+    expect(FakeWebSocket.last().sent[0]).toEqual({ type: 'auth', token: 'new' })
+  })
+
+  it('unsubscribing sends the unsubscribe frame and no longer resubscribes', () => {
+    const s = makeSocket()
+    const stop = s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), { type: 'unsubscribe', organization_id: 'o1' })
+    s.connect()
+    FakeWebSocket.last().open()
+    stop()
+    expect(FakeWebSocket.last().sent.at(-1)).toEqual({ type: 'unsubscribe', organization_id: 'o1' })
+    FakeWebSocket.last().fail()
+    vi.advanceTimersByTime(1000)
+    FakeWebSocket.last().open()
+    expect(FakeWebSocket.last().sent).toEqual([{ type: 'auth', token: 'tok-1' }])
+  })
+
+  it('delivers events to listeners but swallows pong and heartbeat', () => {
+    const s = makeSocket()
+    const seen: string[] = []
+    s.onMessage((m) => seen.push(m.type))
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().receive({ type: 'pong' })
+    FakeWebSocket.last().receive({ type: 'heartbeat' })
+    FakeWebSocket.last().receive({ type: 'DEPLOYMENT_PROGRESS', deployment_id: 'd', data: { progress: 10 } })
+    expect(seen).toEqual(['DEPLOYMENT_PROGRESS'])
+  })
+})
