@@ -232,6 +232,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{deployment_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Deployment Events
+         * @description Server-Sent Events of one deployment: its log lines after ``Last-Event-ID``, then everything live.
+         */
+        get: operations["deployment_events_api_v1_deployments__deployment_id__events_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments/{deployment_id}/history": {
         parameters: {
             query?: never;
@@ -851,6 +871,40 @@ export interface components {
             /** Revoked At */
             revoked_at: string | null;
         };
+        /**
+         * AuthFrame
+         * @description First frame (within 10 s), and again before the access token expires.
+         */
+        AuthFrame: {
+            /**
+             * Token
+             * @description access JWT or personal API token
+             */
+            token: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "auth";
+        };
+        /**
+         * AuthenticatedFrame
+         * @description Answer to a valid ``auth`` frame.
+         */
+        AuthenticatedFrame: {
+            /**
+             * Expires At
+             * @description when the credential expires; send a new auth frame before
+             */
+            expires_at: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "authenticated";
+            /** User Id */
+            user_id: string;
+        };
         /** Body_login_api_v1_auth_login_post */
         Body_login_api_v1_auth_login_post: {
             /** Client Id */
@@ -927,6 +981,7 @@ export interface components {
              */
             type: "boolean";
         };
+        ClientFrame: components["schemas"]["AuthFrame"] | components["schemas"]["SubscribeFrame"] | components["schemas"]["UnsubscribeFrame"] | components["schemas"]["PingFrame"];
         /**
          * ComposePolicy
          * @description What a target lets a compose document do on its Docker host. Everything is denied by default.
@@ -998,6 +1053,11 @@ export interface components {
              */
             host_bind_prefixes?: string[];
         };
+        /** DeletedData */
+        DeletedData: {
+            /** Name */
+            name: string;
+        };
         /** DeploymentCompose */
         DeploymentCompose: {
             /**
@@ -1021,6 +1081,60 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        /** DeploymentCreatedEvent */
+        DeploymentCreatedEvent: {
+            data: components["schemas"]["DeploymentRead"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_CREATED";
+        };
+        /** DeploymentDeletedEvent */
+        DeploymentDeletedEvent: {
+            data: components["schemas"]["DeletedData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_DELETED";
+        };
+        /** DeploymentLogsUpdateEvent */
+        DeploymentLogsUpdateEvent: {
+            data: components["schemas"]["LogsUpdateData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_LOGS_UPDATE";
+        };
         /** DeploymentPage */
         DeploymentPage: {
             /** Items */
@@ -1041,6 +1155,24 @@ export interface components {
              * @default true
              */
             total_is_exact: boolean;
+        };
+        /** DeploymentProgressEvent */
+        DeploymentProgressEvent: {
+            data: components["schemas"]["ProgressData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_PROGRESS";
         };
         /** DeploymentRead */
         DeploymentRead: {
@@ -1097,6 +1229,24 @@ export interface components {
          * @enum {string}
          */
         DeploymentStatus: "pending" | "deploying" | "running" | "failed" | "stopped" | "cancelled";
+        /** DeploymentStatusChangedEvent */
+        DeploymentStatusChangedEvent: {
+            data: components["schemas"]["StatusChangedData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_STATUS_CHANGED";
+        };
         /**
          * EnumOption
          * @description One choice of an enum; given as ``{value, label}`` or as the bare value (the label is then the value).
@@ -1162,6 +1312,28 @@ export interface components {
              * @enum {string}
              */
             type: "enum";
+        };
+        /** ErrorFrame */
+        ErrorFrame: {
+            /** Code */
+            code: string;
+            /**
+             * Deployment Id
+             * @default null
+             */
+            deployment_id: string | null;
+            /** Detail */
+            detail: string;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "error";
         };
         /**
          * ExecutorKind
@@ -1249,6 +1421,22 @@ export interface components {
              */
             errors: components["schemas"]["FieldError"][] | null;
         };
+        /**
+         * HeartbeatFrame
+         * @description Sent by the server every ``WS_HEARTBEAT_SECONDS`` so a client notices a dead connection.
+         */
+        HeartbeatFrame: {
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "heartbeat";
+        };
         /** HistoryRead */
         HistoryRead: {
             /** Actor */
@@ -1328,6 +1516,26 @@ export interface components {
          * @enum {string}
          */
         LogLevel: "debug" | "info" | "warning" | "error";
+        /** LogLineData */
+        LogLineData: {
+            /**
+             * Level
+             * @description debug, info, warning or error
+             */
+            level: string;
+            /** Message */
+            message: string;
+            /**
+             * Seq
+             * @description per-deployment sequence number, from 1, without gaps
+             */
+            seq: number;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+        };
         /** LogLineRead */
         LogLineRead: {
             level: components["schemas"]["LogLevel"];
@@ -1360,6 +1568,24 @@ export interface components {
         LogoutRequest: {
             /** Refresh Token */
             refresh_token?: string | null;
+        };
+        /** LogsUpdateData */
+        LogsUpdateData: {
+            /**
+             * Append
+             * @default true
+             */
+            append: boolean;
+            /**
+             * Logs
+             * @description new persisted lines, in seq order
+             */
+            logs: components["schemas"]["LogLineData"][];
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
         };
         /** MeRead */
         MeRead: {
@@ -1559,6 +1785,36 @@ export interface components {
              */
             new_password: string;
         };
+        /** PingFrame */
+        PingFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "ping";
+        };
+        /** PongFrame */
+        PongFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "pong";
+        };
+        /** ProgressData */
+        ProgressData: {
+            /** Current Step */
+            current_step: number;
+            /** Progress */
+            progress: number;
+            /**
+             * Step Name
+             * @default null
+             */
+            step_name: string | null;
+            /** Total Steps */
+            total_steps: number;
+        };
         /** RecoveryRequest */
         RecoveryRequest: {
             /**
@@ -1576,6 +1832,27 @@ export interface components {
         RefreshRequest: {
             /** Refresh Token */
             refresh_token: string;
+        };
+        /**
+         * ResyncFrame
+         * @description The client fell behind: events were dropped. Log lines resume after ``last_seq`` (sent next);
+         *     refetch the deployment (or the list, for an organisation) for its status and progress.
+         */
+        ResyncFrame: {
+            /** Deployment Id */
+            deployment_id: string | null;
+            /** Last Seq */
+            last_seq: number | null;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "resync";
         };
         /**
          * Role
@@ -1652,6 +1929,82 @@ export interface components {
              * @enum {string}
              */
             type: "password" | "secret";
+        };
+        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        /** ServiceLogLine */
+        ServiceLogLine: {
+            /**
+             * Container
+             * @description container name
+             */
+            container: string;
+            /**
+             * Message
+             * @description one line of output, redacted with the deployment's secrets
+             */
+            message: string;
+            /**
+             * Service
+             * @description compose service (or swarm service) the container belongs to
+             */
+            service: string;
+            /**
+             * Timestamp
+             * @default null
+             */
+            timestamp: string | null;
+        };
+        /** ServiceLogsData */
+        ServiceLogsData: {
+            /** Lines */
+            lines: components["schemas"]["ServiceLogLine"][];
+        };
+        /** ServiceLogsEndData */
+        ServiceLogsEndData: {
+            /**
+             * Reason
+             * @description why the stream ended (the deployment stopped, its containers exited, ...)
+             */
+            reason: string;
+        };
+        /** ServiceLogsEndEvent */
+        ServiceLogsEndEvent: {
+            data: components["schemas"]["ServiceLogsEndData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "SERVICE_LOGS_END";
+        };
+        /**
+         * ServiceLogsEvent
+         * @description Container output of a running deployment (``subscribe`` with ``"stream": "services"``).
+         */
+        ServiceLogsEvent: {
+            data: components["schemas"]["ServiceLogsData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "SERVICE_LOGS";
         };
         /** SetupRequest */
         SetupRequest: {
@@ -1786,6 +2139,34 @@ export interface components {
             /** Version */
             version?: string | null;
         };
+        /** StatusChangedData */
+        StatusChangedData: {
+            /**
+             * Attempt
+             * @default null
+             */
+            attempt: number | null;
+            /**
+             * Dispatch Latency Seconds
+             * @description queued -> claimed, on transitions to deploying
+             * @default null
+             */
+            dispatch_latency_seconds: number | null;
+            /**
+             * Error Message
+             * @default null
+             */
+            error_message: string | null;
+            /** Name */
+            name: string;
+            /** New Status */
+            new_status: string;
+            /**
+             * Old Status
+             * @description null for a deployment just created
+             */
+            old_status: string | null;
+        };
         /**
          * StringVariable
          * @description One line of text.
@@ -1855,6 +2236,76 @@ export interface components {
              * @enum {string}
              */
             type: "string";
+        };
+        /**
+         * SubscribeFrame
+         * @description One deployment (its logs after ``since_seq``, then everything live) or one organisation (list events).
+         */
+        SubscribeFrame: {
+            /**
+             * Deployment Id
+             * @default null
+             */
+            deployment_id: string | null;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * Since Seq
+             * @default 0
+             */
+            since_seq: number;
+            /**
+             * Stream
+             * @default events
+             * @enum {string}
+             */
+            stream: "events" | "services";
+            /**
+             * Tail
+             * @description services stream: lines of history per container
+             * @default 100
+             */
+            tail: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "subscribe";
+        };
+        /**
+         * SubscribedFrame
+         * @description Answer to a ``subscribe``; for a deployment, ``last_seq`` is the newest persisted line already sent.
+         */
+        SubscribedFrame: {
+            /**
+             * Deployment Id
+             * @default null
+             */
+            deployment_id: string | null;
+            /**
+             * Last Seq
+             * @default null
+             */
+            last_seq: number | null;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * Stream
+             * @default events
+             * @enum {string}
+             */
+            stream: "events" | "services";
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "subscribed";
         };
         /** TargetCreate */
         TargetCreate: {
@@ -2110,6 +2561,54 @@ export interface components {
              * @default bearer
              */
             token_type: string;
+        };
+        /** UnsubscribeFrame */
+        UnsubscribeFrame: {
+            /**
+             * Deployment Id
+             * @default null
+             */
+            deployment_id: string | null;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * Stream
+             * @default events
+             * @enum {string}
+             */
+            stream: "events" | "services";
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "unsubscribe";
+        };
+        /** UnsubscribedFrame */
+        UnsubscribedFrame: {
+            /**
+             * Deployment Id
+             * @default null
+             */
+            deployment_id: string | null;
+            /**
+             * Organization Id
+             * @default null
+             */
+            organization_id: string | null;
+            /**
+             * Stream
+             * @default events
+             * @enum {string}
+             */
+            stream: "events" | "services";
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "unsubscribed";
         };
         /** UserCreate */
         UserCreate: {
@@ -2600,6 +3099,44 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeploymentCompose"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    deployment_events_api_v1_deployments__deployment_id__events_get: {
+        parameters: {
+            query?: {
+                /** @description log lines after this seq (Last-Event-ID wins) */
+                since_seq?: number | null;
+            };
+            header?: {
+                /** @description resume after this log seq */
+                "last-event-id"?: string | null;
+            };
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description an event stream: one `ServerFrame` per `data:` line, its type in `event:`, the last log `seq` in `id:` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["ServerFrame"];
                 };
             };
             /** @description Validation Error */
