@@ -63,15 +63,41 @@ class RetentionReport:
     positions: dict[str, list] = field(default_factory=dict)
 
 
-def _doomed_lines(ids: list[str], keep: int, batch: int):
-    """Ids of one batch of lines of ``ids`` older than each one's newest ``keep`` (settled deployments only)."""
-    owner = aliased(Deployment)
-    newest_kept = (
-        select(owner.last_log_seq - keep)
-        .where(owner.id == DeploymentLog.deployment_id, owner.status.in_(SETTLED_STATUSES))
-        .scalar_subquery()
+def _doomed_lines(deployment_id: str, up_to_seq: int, batch: int):
+    """Ids of one batch of the deployment's lines up to ``up_to_seq``: one ``(deployment_id, seq)`` index range."""
+    return (
+        select(DeploymentLog.id)
+        .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.seq <= up_to_seq)
+        .order_by(DeploymentLog.seq)
+        .limit(batch)
     )
-    return select(DeploymentLog.id).where(DeploymentLog.deployment_id.in_(ids), DeploymentLog.seq <= newest_kept).limit(batch)
+
+
+async def _prune_lines(ids: list[str], keep: int, batch: int, report: RetentionReport) -> int:
+    """Delete the lines of each settled deployment of ``ids`` older than its newest ``keep``, in batches.
+
+    One deployment per statement (an equality and a range on the unique index), so the plan cannot turn
+    into a scan of the table whatever the statistics; the bound is re-read at every batch, so lines written
+    meanwhile keep their newest ``keep``.
+    """
+    deleted = 0
+    for deployment_id in ids:
+        while True:
+            async with database.AsyncSessionLocal() as session:
+                row = (
+                    await session.execute(
+                        select(Deployment.last_log_seq, Deployment.status).where(Deployment.id == deployment_id)
+                    )
+                ).one_or_none()
+                if row is None or row.status not in SETTLED_STATUSES or row.last_log_seq - keep < 1:
+                    break
+                count = await delete_batch(session, DeploymentLog, _doomed_lines(deployment_id, row.last_log_seq - keep, batch))
+                await session.commit()
+            report.batches += 1
+            deleted += count
+            if count < batch:
+                break
+    return deleted
 
 
 def _doomed_history(ids: list[str], batch: int):
@@ -144,7 +170,7 @@ async def _walk(
             return
         ids = [row.id for row in rows]
         report.deployments += len(ids)
-        report.log_lines += await _delete_in_batches(DeploymentLog, lambda: _doomed_lines(ids, keep_lines, batch), batch, report)
+        report.log_lines += await _prune_lines(ids, keep_lines, batch, report)
         if prune_history:
             report.history_rows += await _delete_in_batches(
                 DeploymentStatusHistory, lambda: _doomed_history(ids, batch), batch, report

@@ -178,7 +178,7 @@ async def test_an_open_prune_batch_locks_rows_not_the_table(db):
     pruned = await _deployment(S.FAILED, lines=500, history=2, idle=OLD)
     busy = await _deployment(S.DEPLOYING, lines=0, history=0)
     async with database.AsyncSessionLocal() as holder:
-        deleted = await retention.delete_batch(holder, DeploymentLog, retention._doomed_lines([pruned], 10, 400))
+        deleted = await retention.delete_batch(holder, DeploymentLog, retention._doomed_lines(pruned, 490, 400))
         assert deleted == 400  # rows locked, transaction open
         for target in (busy, pruned):
             async with database.AsyncSessionLocal() as writer:
