@@ -278,7 +278,7 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
 def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
     page.goto(f"{server.url}/login")
     try:
-        page.wait_for_selector("input[name=email]", timeout=15000)
+        page.wait_for_selector("input[name=email]", timeout=45000)
     except Exception:
         screenshot(page, "FAILED-login")
         raise AssertionError(f"no login form at {page.url}: {page.errors}") from None
@@ -286,7 +286,7 @@ def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADM
     page.fill("input[name=password]", password)
     page.click("[data-testid=login-submit]")
     try:
-        page.wait_for_url("**/deployments**", timeout=15000)
+        page.wait_for_url("**/deployments**", timeout=45000)
     except Exception:
         screenshot(page, "FAILED-login-submit")
         raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
