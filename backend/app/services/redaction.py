@@ -33,6 +33,9 @@ def _secret_variables(settings: Settings, stored: Any) -> list[str]:
                 return
             for value in node.values():
                 walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
 
     walk(stored)
     return found

@@ -25,14 +25,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
-from backend.app.core import security
 from backend.app.core.events import Event, EventType, bus, iso_utc
 from backend.app.core.exceptions import Conflict, NotFound
-from backend.app.core.logging import MASK, redact
 from backend.app.engines.base import DEPLOYMENT_LABEL, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.models import Deployment, DeploymentStatus, Target
-from backend.app.services import target_service
+from backend.app.services import redaction, target_service
 
 logger = logging.getLogger(__name__)
 
@@ -40,41 +38,9 @@ BATCH_LINES = 500
 BATCH_SECONDS = 0.05
 MAX_LINE_CHARS = 8000
 QUEUE_BOUND = 20_000  # lines waiting to be sent; beyond it the oldest are dropped (live output, not a log)
-_ENCRYPTED = "__encrypted__"
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ")
 
 Send = Callable[[dict], Awaitable[None]]
-
-
-def secret_values(settings: Settings, stored: Any) -> list[str]:
-    """The clear values of a deployment's secret variables (4+ characters), longest first."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if set(node) == {_ENCRYPTED}:
-                found.append(security.decrypt_secret(settings, node[_ENCRYPTED]))
-                return
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(stored)
-    return sorted({v for v in found if len(v) >= 4}, key=len, reverse=True)
-
-
-def redactor(secrets: list[str]) -> Callable[[str], str]:
-    """Mask the deployment's own secrets, then every server-wide pattern (tokens, passwords, URLs)."""
-    pattern = re.compile("|".join(re.escape(s) for s in secrets)) if secrets else None
-
-    def apply(text: str) -> str:
-        if pattern is not None:
-            text = pattern.sub(MASK, text)
-        return redact(text)
-
-    return apply
 
 
 async def prepare(session: AsyncSession, settings: Settings, deployment: Deployment, tail: int) -> ServiceLogFollower:
@@ -87,7 +53,7 @@ async def prepare(session: AsyncSession, settings: Settings, deployment: Deploym
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
     return ServiceLogFollower(
         deployment.id, deployment.organization_id, target_service.connection_for(target, settings),
-        redactor(secret_values(settings, deployment.variables or {})), tail,
+        redaction.deployment_redactor(settings, deployment, target), tail,
     )
 
 

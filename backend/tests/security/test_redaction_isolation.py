@@ -224,3 +224,24 @@ async def test_files_at_rest_are_private(api, docker_engine):
     assert stat.S_IMODE(os.stat(settings.DEPLOYMENTS_WORKDIR).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(settings.DEPLOYMENTS_WORKDIR.parent).st_mode) == 0o700
     assert not any(p.name.endswith(".tmp") for p in workdir.iterdir())
+
+
+async def test_service_logs_are_masked_with_their_own_deployment_secrets_only(db, session):
+    """The live service-log stream uses the deployment's own redactor: A's secret is masked in A's stream,
+    and B's secret (registered process-wide by B's deployment) is not, so masking is no oracle there either."""
+    from backend.app.core import security
+    from backend.app.core.logging import register_secret
+    from backend.app.models import DeploymentStatus
+    from backend.app.services import service_logs
+    from backend.tests.factories import make_deployment
+
+    settings = db.settings
+    register_secret(SECRET_B)  # what B's deployment did in this process
+    deployment = await make_deployment(
+        session, DeploymentStatus.RUNNING,
+        variables={"db_password": {"__encrypted__": security.encrypt_secret(settings, SECRET_A)}, "note": "plain"},
+    )
+    follower = await service_logs.prepare(session, settings, deployment, tail=10)
+    line = follower.redact(f"a={SECRET_A} b={SECRET_B} key={settings.SECRET_KEY}")
+    assert SECRET_A not in line and settings.SECRET_KEY not in line
+    assert f"b={SECRET_B}" in line, line
