@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 
 from backend.app.schemas.events import ServerFrame
 from backend.tests.celery.test_celery_execution import REDIS_TEST_DB, celery_settings
-from backend.tests.celery_fixtures import REPO_ROOT, settings_env, start_worker, wait_heartbeat
+from backend.tests.celery_fixtures import REPO_ROOT, settings_env, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import TEST_IMAGE
 from backend.tests.deploy_helpers import force_cleanup, free_port
 from backend.tests.realtime_helpers import WS, Server
@@ -68,6 +68,9 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
             setup = await http.post("/api/v1/auth/setup", json={"email": "admin@example.com", "password": "correct-horse-battery",
                                                                  "organization_name": "acme"})
             headers = {"Authorization": f"Bearer {setup.json()['access_token']}"}
+            # the backend sees the worker on its next presence check (every few seconds); a deployment created
+            # before that runs in-process, and this test is about events crossing from a worker process
+            await wait_mode(http, headers, "external")
             me = (await http.get("/api/v1/auth/me", headers=headers)).json()
             org = me["default_organization_id"]
             target = await http.post("/api/v1/targets", headers=headers, json={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -173,7 +174,9 @@ async def test_troubleshooting_snippet_and_cli_as_typed(db, docker_engine, tmp_p
         argv = [sys.executable, "-c", SNIPPET] if command == "snippet" else [str(REPO_ROOT / ".venv/bin/windflow"), "recover"]
         if command == "cli" and not (REPO_ROOT / ".venv/bin/windflow").exists():
             argv = [sys.executable, "-m", "backend.app.cli", "recover"]
-        done = subprocess.run(argv, cwd=REPO_ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120)
+        done = await asyncio.to_thread(  # in a thread: the event loop stays live while the command runs
+            subprocess.run, argv, cwd=REPO_ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         if command == "snippet":
             assert "'retried': 1" in done.stdout and "'status': 'completed'" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -15,27 +16,29 @@ from backend.tests.helpers import login
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 
 
-def windflow(settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
+async def windflow(settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the command in a thread: the test's event loop keeps serving whatever else holds the database."""
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "backend.app.cli", *args], cwd=REPO_ROOT, env=settings_env(settings),
         input=stdin, capture_output=True, text=True, timeout=120,
     )
 
 
 async def test_db_upgrade_and_create_admin(db):
-    upgraded = windflow(db.settings, "db", "upgrade")
+    upgraded = await windflow(db.settings, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert "upgraded to head" in upgraded.stdout
 
-    created = windflow(db.settings, "create-admin", "--email", "Ops@Example.com", "--organization", "ops", "--password-stdin",
+    created = await windflow(db.settings, "create-admin", "--email", "Ops@Example.com", "--organization", "ops", "--password-stdin",
                        stdin="a-long-password\n")
     assert created.returncode == 0, created.stderr
     assert "superuser ops@example.com created" in created.stdout
 
-    again = windflow(db.settings, "create-admin", "--email", "ops@example.com", "--password-stdin", stdin="another-password\n")
+    again = await windflow(db.settings, "create-admin", "--email", "ops@example.com", "--password-stdin", stdin="another-password\n")
     assert again.returncode == 1 and "already exists" in again.stderr
 
-    short = windflow(db.settings, "create-admin", "--email", "x@example.com", "--password-stdin", stdin="short\n")
+    short = await windflow(db.settings, "create-admin", "--email", "x@example.com", "--password-stdin", stdin="short\n")
     assert short.returncode == 2 and "password" in short.stderr
 
     app = create_app(db.settings)
