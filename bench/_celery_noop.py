@@ -9,7 +9,7 @@ interval in ``WFBENCH_*`` variables. Its settings mirror what matters for latenc
 ``backend.app.celery_app.create_celery``: prefork pool (the ``celery worker`` default, as for the
 guide's command), concurrency 4, ``worker_prefetch_multiplier=1``, ``task_acks_late``,
 ``task_reject_on_worker_lost``, JSON, the same ``polling_interval`` for the SQL broker, and the same
-(fixed) kombu SQL transport, which WindFlow installs by importing ``backend.app.core.sql_transport``
+(fixed) kombu SQL transport, which WindFlow installs by importing ``backend.app.runtime.sql_transport``
 (kombu's own passes ``polling_interval`` to ``create_engine`` and fails). It does *not* import
 ``backend.app.celery_app``: that module's signal handlers would register this worker as a WindFlow
 worker (heartbeat rows, migrations).
@@ -22,7 +22,7 @@ import time
 
 from celery import Celery
 
-import backend.app.core.sql_transport  # noqa: F401 - the SQL transport WindFlow uses for sqla+ URLs
+import backend.app.runtime.sql_transport  # noqa: F401 - the SQL transport WindFlow uses for sqla+ URLs
 
 NOOP_TASK = "wfbench.noop"
 

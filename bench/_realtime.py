@@ -83,7 +83,7 @@ async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgr
 async def start_emitter(backend: Backend) -> None:
     """This process's database binding and event bus (sending only), on the backend's database."""
     from backend.app import database
-    from backend.app.core.event_transport import event_bus_status, start_event_bus
+    from backend.app.runtime.event_transport import event_bus_status, start_event_bus
 
     database.configure(backend.settings)
     await start_event_bus(backend.settings, listen=False)

@@ -394,7 +394,7 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
 
 async def bench(args) -> bool:
     from backend.app.main import create_app
-    from backend.app.tasks import background_tasks
+    from backend.app.runtime import background_tasks
 
     install_probes()
     cleanup = c.Cleanup()

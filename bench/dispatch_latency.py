@@ -94,7 +94,7 @@ DISPATCHES: dict[str, tuple[float, float]] = {}
 
 def install_probe() -> None:
     """Record when ``Dispatcher.dispatch`` is entered and left (wall clock, like ``queued_at``)."""
-    from backend.app.core.dispatch import Dispatcher
+    from backend.app.runtime.dispatch import Dispatcher
 
     original = Dispatcher.dispatch
 
@@ -243,7 +243,7 @@ def prepare_sql_broker(settings) -> None:
         return
     from kombu import Connection
 
-    import backend.app.core.sql_transport  # noqa: F401 - WindFlow's SQL transport, as the workers use it
+    import backend.app.runtime.sql_transport  # noqa: F401 - WindFlow's SQL transport, as the workers use it
 
     with Connection(broker, transport_options={"polling_interval": settings.CELERY_SQL_POLLING_INTERVAL}) as conn:
         for queue in ("celery", NOOP_QUEUE):
@@ -287,7 +287,7 @@ async def wait_external(app, worker: c.Proc, timeout: float = 90) -> None:
 
 async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
     from backend.app.main import create_app
-    from backend.app.tasks import background_tasks
+    from backend.app.runtime import background_tasks
 
     result = ModeResult(mode)
     kind = "sqlite" if mode == "asyncio-sqlite" else "postgresql"

@@ -30,7 +30,7 @@ import _realtime as rt  # noqa: E402
 async def raw_notify(backend: rt.Backend, count: int, interval: float) -> list[float]:
     import asyncpg
 
-    from backend.app.core.event_transport import postgres_dsn
+    from backend.app.runtime.event_transport import postgres_dsn
 
     dsn = postgres_dsn(backend.settings)
     listener, sender = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
@@ -128,7 +128,7 @@ async def windflow(backend: rt.Backend, deployment_id: str, clients: int, count:
 
 
 async def main(args) -> None:
-    from backend.app.core.event_transport import stop_event_bus
+    from backend.app.runtime.event_transport import stop_event_bus
 
     cleanup = c.Cleanup()
     try:

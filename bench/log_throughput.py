@@ -87,7 +87,7 @@ async def service_logs(backend: rt.Backend, lines: int) -> tuple[float, bool]:
 
 
 async def main(args) -> None:
-    from backend.app.core.event_transport import stop_event_bus
+    from backend.app.runtime.event_transport import stop_event_bus
 
     c.require_docker()
     cleanup = c.Cleanup()

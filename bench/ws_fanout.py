@@ -25,7 +25,7 @@ import _realtime as rt  # noqa: E402
 
 
 async def main(args) -> None:
-    from backend.app.core.event_transport import stop_event_bus
+    from backend.app.runtime.event_transport import stop_event_bus
     from backend.app.core.events import EventType, bus
 
     cleanup = c.Cleanup()

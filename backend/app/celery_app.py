@@ -1,10 +1,7 @@
-"""The Celery application: ``celery -A backend.app.celery_app worker`` / ``beat``.
+"""The Celery application: ``celery -A backend.app.celery_app worker`` / ``beat`` (an entry point).
 
-* Broker and result backend come from ``Settings`` (derived from ``DATABASE_URL`` with
-  ``CELERY_BROKER_TYPE=database``: ``sqla+postgresql+psycopg://`` and ``db+postgresql+psycopg://``).
-* JSON only, ``acks_late`` + ``reject_on_worker_lost``, prefetch 1, results expire after an hour.
-* Tasks go to the default ``celery`` queue, so a worker started without ``-Q`` consumes them.
-* Every worker node writes a heartbeat row (``backend.app.core.workers``): kombu's SQL transport has no
+* Its configuration (broker, serialisation, acks, beat schedule) is ``runtime/celery_config.py``.
+* Every worker node writes a heartbeat row (``backend.app.runtime.workers``): kombu's SQL transport has no
   broadcast, so ``celery inspect ping`` cannot see workers on the PostgreSQL broker.
 """
 
@@ -16,80 +13,19 @@ import socket
 import sys
 import threading
 
-from celery import Celery, signals
-from celery.schedules import crontab
+from celery import signals
 
-from backend.app.config import BrokerType, Settings, get_settings
-from backend.app.core import sql_transport  # noqa: F401 - installs the fixed SQL transport for sqla+ URLs
+from backend.app.config import BrokerType, get_settings
+from backend.app.runtime.celery_config import (
+    DEPLOY_TASK,
+    PURGE_TASK,
+    REAPER_TASK,
+    RECOVERY_TASK,
+    broker_label,
+    create_celery,
+)
 
 logger = logging.getLogger(__name__)
-
-DEPLOY_TASK = "windflow.deploy_stack"
-RECOVERY_TASK = "windflow.retry_pending_deployments"
-REAPER_TASK = "windflow.reap_expired_leases"
-PURGE_TASK = "windflow.purge_consumed_messages"
-
-
-def broker_label(settings: Settings) -> str:
-    url = settings.celery_broker_url or ""
-    if url.startswith("redis"):
-        return "redis"
-    if url.startswith("sqla+"):
-        return "postgresql"
-    return url.split(":", 1)[0] or "none"
-
-
-def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery:
-    app = Celery("windflow", include=["backend.app.tasks.deployment_tasks"], set_as_current=set_as_current)
-    broker = settings.celery_broker_url
-    transport_options: dict = {}
-    if broker and broker.startswith("sqla+"):
-        transport_options["polling_interval"] = settings.CELERY_SQL_POLLING_INTERVAL
-    elif broker and broker.startswith("redis"):
-        # unacked deployments come back after this long if a worker vanished (recovery is usually faster)
-        transport_options["visibility_timeout"] = 3600
-    app.conf.update(
-        broker_url=broker or "memory://",
-        result_backend=settings.celery_result_backend,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        result_expires=settings.CELERY_RESULT_EXPIRES_SECONDS,
-        task_default_queue="celery",
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-        worker_send_task_events=False,
-        timezone="UTC",
-        enable_utc=True,
-        beat_schedule={
-            "retry-pending-deployments": {
-                "task": RECOVERY_TASK,
-                "schedule": crontab(minute=f"*/{settings.RECOVERY_INTERVAL_MINUTES}"),
-                "kwargs": {
-                    "max_age_minutes": settings.RECOVERY_MAX_AGE_MINUTES,
-                    "timeout_minutes": settings.RECOVERY_TIMEOUT_MINUTES,
-                },
-            },
-            # leader-elected inside the task (advisory lock): cheap, every few seconds; a message that
-            # waited longer than one interval is dropped rather than run late
-            "reap-expired-leases": {
-                "task": REAPER_TASK,
-                "schedule": settings.REAPER_INTERVAL_SECONDS,
-                "options": {"expires": max(1.0, settings.REAPER_INTERVAL_SECONDS)},
-            },
-            **(
-                {"purge-consumed-messages": {"task": PURGE_TASK, "schedule": crontab(minute="*/10")}}
-                if broker and broker.startswith("sqla+")
-                else {}
-            ),
-        },
-    )
-    return app
-
 
 settings = get_settings()
 celery_app = create_celery(settings, set_as_current=True)
@@ -105,6 +41,17 @@ def _invoked_as_celery_cli() -> bool:
 if settings.celery_unavailable_reason and _invoked_as_celery_cli():
     sys.exit(f"WindFlow: Celery cannot run with this configuration: {settings.celery_unavailable_reason}")
 
+#: WindFlow's settings for the *embedded* worker (the guide's "Configuration du Worker Intégré"). The celery
+#: CLI reads every ``CELERY_WORKER_<OPTION>`` variable as that option's default (click's auto envvar prefix),
+#: and parses the worker's options only after loading this module: an exported ``CELERY_WORKER_POOL=solo``
+#: would silently turn the guide's ``celery -A backend.app.celery_app worker --concurrency=4`` into a solo
+#: worker. The embedded worker gets these settings as explicit flags (``core/celery_manager.py``) instead.
+EMBEDDED_WORKER_VARIABLES = ("CELERY_WORKER_CONCURRENCY", "CELERY_WORKER_POOL", "CELERY_WORKER_LOGLEVEL")
+
+if _invoked_as_celery_cli():
+    for _name in EMBEDDED_WORKER_VARIABLES:
+        os.environ.pop(_name, None)
+
 
 # --- worker process lifecycle ------------------------------------------------------------------
 
@@ -118,9 +65,9 @@ def _worker_kind() -> str:
 
 @signals.worker_process_init.connect
 def _on_child_start(**_kwargs) -> None:
-    from backend.app.tasks import worker_runtime
+    from backend.app.runtime import worker_loop
 
-    worker_runtime.reset_after_fork()
+    worker_loop.reset_after_fork()
 
 
 @signals.after_setup_logger.connect
@@ -164,8 +111,8 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
 
 def _heartbeat_loop(name: str, concurrency: int) -> None:
     from backend.app import database
-    from backend.app.core import workers
-    from backend.app.tasks import worker_runtime
+    from backend.app.runtime import workers
+    from backend.app.runtime import worker_loop
 
     async def beat() -> None:
         async with database.AsyncSessionLocal() as session:
@@ -176,7 +123,7 @@ def _heartbeat_loop(name: str, concurrency: int) -> None:
 
     while not _heartbeat_stop.is_set():
         try:
-            worker_runtime.run(beat(), timeout=30)
+            worker_loop.run(beat(), timeout=30)
         except Exception:  # noqa: BLE001 - a missed beat is retried; the worker keeps working
             logger.warning("worker heartbeat failed", exc_info=True)
         _heartbeat_stop.wait(workers.HEARTBEAT_SECONDS)
@@ -185,8 +132,8 @@ def _heartbeat_loop(name: str, concurrency: int) -> None:
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender=None, **_kwargs) -> None:
     from backend.app import database
-    from backend.app.core import workers
-    from backend.app.tasks import worker_runtime
+    from backend.app.runtime import workers
+    from backend.app.runtime import worker_loop
 
     _heartbeat_stop.set()
     if _heartbeat_thread is not None:
@@ -198,9 +145,18 @@ def _on_worker_shutdown(sender=None, **_kwargs) -> None:
             await workers.remove_heartbeat(session, name)
 
     try:
-        worker_runtime.run(remove(), timeout=10)
+        worker_loop.run(remove(), timeout=10)
     except Exception:  # noqa: BLE001
         logger.warning("could not remove the heartbeat of %s", name, exc_info=True)
 
 
-__all__ = ["BrokerType", "app", "celery_app", "create_celery"]
+__all__ = [
+    "DEPLOY_TASK",
+    "PURGE_TASK",
+    "REAPER_TASK",
+    "RECOVERY_TASK",
+    "BrokerType",
+    "app",
+    "celery_app",
+    "create_celery",
+]

@@ -119,12 +119,23 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
 
 async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
+    """Retried deployments go to the Celery workers when any send heartbeats, else run in this process
+    (waited for before the command exits)."""
     from backend.app import database
+    from backend.app.config import get_settings
+    from backend.app.runtime.dispatch import Dispatcher
     from backend.app.services.deployment_service import DeploymentService
 
+    settings = get_settings()
+    dispatcher = Dispatcher(settings, standalone=True)
     try:
+        await dispatcher.probe()
         async with database.AsyncSessionLocal() as session:
-            return await DeploymentService.recover_pending_deployments(session, max_age_minutes, timeout_minutes)
+            report = await DeploymentService.recover_pending_deployments(
+                session, max_age_minutes, timeout_minutes, settings=settings, dispatch=dispatcher.dispatch
+            )
+        await dispatcher.wait_local()
+        return report
     finally:
         await database.get_engine().dispose()
 

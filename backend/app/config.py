@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     CELERY_RESULT_EXPIRES_SECONDS: int = Field(default=3600, ge=60)
     CELERY_SQL_POLLING_INTERVAL: float = Field(default=0.1, gt=0, le=30)
 
-    # --- events across processes (backend/app/core/event_transport.py) ---------------------------
+    # --- events across processes (backend/app/runtime/event_transport.py) ---------------------------
     # auto: redis when CELERY_BROKER_TYPE=redis, postgres with a PostgreSQL database, else memory.
     EVENT_BUS: Literal["auto", "postgres", "redis", "memory"] = "auto"
     # Redis pub/sub URL; defaults to the Celery broker URL when CELERY_BROKER_TYPE=redis.

@@ -19,10 +19,10 @@ from backend.app.api import metrics as metrics_route
 from backend.app.api import realtime as realtime_routes
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
-from backend.app.core import background, event_transport, metrics
+from backend.app.runtime import background, event_transport, metrics
 from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
-from backend.app.core.dispatch import Dispatcher
+from backend.app.runtime.dispatch import Dispatcher
 from backend.app.core.events import bus
 from backend.app.core.exceptions import WindFlowError
 from backend.app.core.logging import register_secret, setup_logging
@@ -31,7 +31,7 @@ from backend.app.migrate import upgrade_database
 from backend.app.schemas.common import ValidationErrorBody
 from backend.app.services import bounded_render
 from backend.app.services.provisioning import sync_catalog_on_startup
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 
 logger = logging.getLogger("backend.app")
 

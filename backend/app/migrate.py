@@ -49,7 +49,7 @@ async def upgrade_database(engine: AsyncEngine, settings: Settings, revision: st
         if schema:
             await conn.run_sync(_upgrade)
         if conn.dialect.name == "postgresql" and _broker_in(settings, conn.engine.url):
-            from backend.app.core.sql_transport import create_broker_tables
+            from backend.app.runtime.sql_transport import create_broker_tables
 
             await conn.run_sync(create_broker_tables)  # same lock: workers starting together never race on them
     if schema:

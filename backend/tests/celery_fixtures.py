@@ -15,7 +15,7 @@ from backend.app import database
 from backend.app.config import Settings
 from backend.app.main import create_app
 from backend.app.models import WorkerHeartbeat
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 from backend.tests.processes import REPO_ROOT, Proc, settings_env
 
 __all__ = ["CELERY", "REPO_ROOT", "Proc", "running_app", "settings_env", "start_worker", "wait_heartbeat", "wait_mode"]

@@ -18,7 +18,7 @@ from backend.app.schemas.deployments import (
 )
 from backend.app.services import deployment_lifecycle
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
-from backend.app.services.deployment_service import DeploymentService, mask_variables, masked_compose, read_model
+from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model
 from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])

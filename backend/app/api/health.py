@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backend.app import database
-from backend.app.core import event_transport
+from backend.app.runtime import event_transport
 
 router = APIRouter(tags=["system"])
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from backend.app.api.deps import SessionDep
-from backend.app.core import metrics
+from backend.app.runtime import metrics
 
 router = APIRouter(tags=["system"])
 

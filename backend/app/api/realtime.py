@@ -1,7 +1,7 @@
 """Real time: ``WS /api/v1/ws`` and ``GET /api/v1/deployments/{id}/events`` (Server-Sent Events).
 
 Thin: the protocol's frames are parsed and checked here, the subscriptions, catch-up and backpressure
-live in :mod:`backend.app.core.realtime`, container output in :mod:`backend.app.services.service_logs`.
+live in :mod:`backend.app.runtime.realtime`, container output in :mod:`backend.app.services.service_logs`.
 The protocol is described in docs/api.md ("Real time") and typed in :mod:`backend.app.schemas.events`.
 """
 
@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -24,7 +23,7 @@ from backend.app import database
 from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, authenticate
 from backend.app.config import Settings
-from backend.app.core import metrics, realtime
+from backend.app.runtime import metrics, realtime
 from backend.app.core.events import iso_utc
 from backend.app.core.exceptions import NotAuthenticated, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from backend.app.api.deps import CurrentUser, SessionDep, Superuser
-from backend.app.core import workers
+from backend.app.runtime import workers
 from backend.app.schemas.common import RequestModel
 from backend.app.services import recovery
 
@@ -59,7 +59,7 @@ async def run_recovery(
         body.max_age_minutes,
         body.timeout_minutes,
         settings=request.app.state.settings,
-        dispatcher=request.app.state.dispatcher,
+        dispatch=request.app.state.dispatcher.dispatch,
     )
 
 

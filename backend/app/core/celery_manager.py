@@ -29,7 +29,8 @@ from enum import StrEnum
 
 from backend.app import database
 from backend.app.config import Settings
-from backend.app.core import metrics, workers
+from backend.app.runtime import metrics, workers
+from backend.app.runtime.celery_config import broker_label, create_celery
 from backend.app.engines.process import die_with_parent
 
 logger = logging.getLogger("backend.app.celery")
@@ -190,8 +191,6 @@ class CeleryManager:
     def celery(self):
         """A Celery app configured from *these* settings (the publisher side of this backend)."""
         if self._celery is None:
-            from backend.app.celery_app import create_celery
-
             self._celery = create_celery(self.settings)
         return self._celery
 
@@ -233,8 +232,6 @@ class CeleryManager:
                 logger.exception("execution mode check failed")
 
     async def evaluate(self) -> ModeReport:
-        from backend.app.celery_app import broker_label
-
         broker = broker_label(self.settings)
         broker_error = await asyncio.to_thread(check_broker, self.settings, self.celery)
         async with database.AsyncSessionLocal() as session:

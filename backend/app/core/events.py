@@ -16,7 +16,7 @@ client never sees a change that did not happen.
 ``bus.stream(filter)``: an async iterator over a bounded queue of their own, filled without blocking from
 whatever thread committed; a consumer that falls behind its bound gets an :class:`Overflow` marker
 instead of the events it lost (and never slows the publisher or the other consumers). Other processes
-(Celery workers, other backend replicas) are reached through ``backend.app.core.event_transport``, which
+(Celery workers, other backend replicas) are reached through ``backend.app.runtime.event_transport``, which
 installs itself as the bus's *forwarder* and hands remote events back with :meth:`LocalEventBus.deliver`,
 which never forwards them again.
 """

@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
-from backend.app.services.compose_policy import ComposePolicy
+from backend.app.schemas.compose_policy import ComposePolicy
 
 #: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
 TLS_FIELDS = ("tls_ca", "tls_cert", "tls_key")

@@ -18,7 +18,7 @@ from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
 from backend.app.services import redaction
 from backend.app.services.deployment_logs import append_logs
-from backend.app.services.deployment_runner import load_engine
+from backend.app.services.deployment_spec import load_engine
 from backend.app.services.state_machine import set_deployment_status
 from backend.app.database import utcnow
 
@@ -48,7 +48,7 @@ async def _redactor(session: AsyncSession, settings: Settings, deployment: Deplo
 async def stop(session: AsyncSession, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
         raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
-    engine, spec = await load_engine(settings, deployment, session)
+    engine, spec = await load_engine(session, settings, deployment)
     redactor = await _redactor(session, settings, deployment)
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
@@ -69,7 +69,7 @@ async def delete(session: AsyncSession, settings: Settings, deployment: Deployme
     """Tear down every labelled container/network (and volume unless ``keep_volumes``), then drop the row."""
     if deployment.status is S.DEPLOYING:
         raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")
-    engine, spec = await load_engine(settings, deployment, session)
+    engine, spec = await load_engine(session, settings, deployment)
     log = _Collector()
     try:
         await engine.remove(spec, log, keep_volumes=keep_volumes)

@@ -29,18 +29,23 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
-from backend.app.services import recovery, redaction, target_service
-from backend.app.services.deployment_logs import DeploymentLogWriter
+from backend.app.services import orphans, redaction
 from backend.app.services.compose_policy import PolicyViolation
-from backend.app.services.deployment_service import check_compose_policy, snapshot_compose
-from backend.app.services.state_machine import claim_deployment, renew_lease, set_deployment_status
+from backend.app.services.deployment_logs import DeploymentLogWriter
+from backend.app.services.deployment_spec import check_compose_policy, load_engine
+from backend.app.services.state_machine import (
+    claim_deployment,
+    claimable_for_target,
+    renew_lease,
+    set_deployment_status,
+)
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -83,22 +88,6 @@ class RunOutcome:
 
 def executor_id(kind: ExecutorKind) -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
-    return DeploySpec(
-        deployment_id=deployment.id,
-        compose=snapshot_compose(settings, deployment),
-        workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
-        health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
-    )
-
-
-async def load_engine(settings: Settings, deployment: Deployment, session) -> tuple[Engine, DeploySpec]:
-    from backend.app.engines import engine_for
-
-    target = await session.get(Target, deployment.target_id)
-    return engine_for(target_service.connection_for(target, settings)), deploy_spec(settings, deployment)
 
 
 def backoff_seconds(settings: Settings, attempt: int) -> float:
@@ -185,7 +174,7 @@ async def run_deployment(
                 logs.redactor = redaction.deployment_redactor(
                     settings, deployment, await session.get(Target, deployment.target_id)
                 )
-                engine, spec = await load_engine(settings, deployment, session)
+                engine, spec = await load_engine(session, settings, deployment)
                 # The target's policy as it is now: it may have been tightened since creation.
                 check_compose_policy(spec.compose, await session.get(Target, target_id))
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
@@ -300,7 +289,7 @@ async def _after_refused_claim(settings: Settings, deployment_id: str, reason: s
                 # maybe a redelivery for an executor that just died: look again when its lease ends
                 wait = (row.lease_expires_at - now).total_seconds() + 1.0
                 return RunOutcome(deployment_id, Outcome.DEFERRED, reason, row.target_id, wait)
-            counter = await recovery.reclaim_orphan(session, settings, row, actor="reclaim")
+            counter = await orphans.reclaim_orphan(session, settings, row, actor="reclaim")
             await session.commit()
             if counter == "retried":
                 return None
@@ -330,35 +319,73 @@ async def after_run(outcome: RunOutcome, *, dispatch: Dispatch, dispatch_later: 
                 await dispatch(deployment_id)
 
 
-async def claimable_for_target(session, target_id: str, *, now=None) -> list[str]:
-    """Pending deployments of a target that may be claimed now, oldest first, as many as it has free slots
-    (only live leases hold a slot, as in the state machine's capacity rule)."""
-    now = now or utcnow()
-    limit = (await session.execute(select(Target.max_concurrent_deployments).where(Target.id == target_id))).scalar_one_or_none()
-    if limit is None:
-        return []
-    live = (
-        await session.execute(
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == target_id,
-                Deployment.status == S.DEPLOYING,
-                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-            )
-        )
-    ).scalar_one()
-    if live >= limit:
-        return []
-    rows = await session.execute(
-        select(Deployment.id)
-        .where(
-            Deployment.target_id == target_id,
-            Deployment.status == S.PENDING,
-            Deployment.attempt < Deployment.max_attempts,
-            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
-        )
-        .order_by(Deployment.queued_at, Deployment.id)
-        .limit(limit - live)
-    )
-    return list(rows.scalars())
+class InProcessExecutor:
+    """Runs deployments as asyncio tasks of the calling process: the runner, then :func:`after_run` with
+    itself as the dispatcher (waiting deployments and retries run here too).
+
+    The backend's asyncio fallback keeps one for the process (``runtime/background_tasks.py``); recovery
+    called without a dispatch callable (the guide's troubleshooting snippet) uses its own and waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._timers: set[asyncio.Task] = set()
+
+    def submit(self, deployment_id: str, settings: Settings) -> asyncio.Task:
+        """Run ``deployment_id`` here; a second call while one runs returns the running task."""
+        running = self._tasks.get(deployment_id)
+        if running is not None and not running.done():
+            return running
+        task = asyncio.create_task(self._run(deployment_id, settings), name=f"deployment-{deployment_id}")
+        self._tasks[deployment_id] = task
+        task.add_done_callback(lambda t: self._tasks.pop(deployment_id, None) if self._tasks.get(deployment_id) is t else None)
+        return task
+
+    def dispatcher(self, settings: Settings) -> Dispatch:
+        async def dispatch(deployment_id: str) -> None:
+            self.submit(deployment_id, settings)
+
+        return dispatch
+
+    async def _run(self, deployment_id: str, settings: Settings) -> RunOutcome | None:
+        async def dispatch_later(later: str, delay: float) -> None:
+            self._schedule(later, settings, delay)
+
+        try:
+            outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.ASYNCIO)
+            await after_run(outcome, dispatch=self.dispatcher(settings), dispatch_later=dispatch_later)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a background task must never die silently
+            logger.exception("asyncio executor: deployment %s crashed", deployment_id)
+            return None
+        return outcome
+
+    def _schedule(self, deployment_id: str, settings: Settings, delay: float) -> None:
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self.submit(deployment_id, settings)
+
+        timer = asyncio.create_task(later(), name=f"retry-{deployment_id}")
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
+
+    def in_flight(self) -> list[asyncio.Task]:
+        """Every deployment task and retry timer of this executor."""
+        return [*self._tasks.values(), *self._timers]
+
+    def running_task(self, deployment_id: str) -> asyncio.Task | None:
+        return self._tasks.get(deployment_id)
+
+    async def wait(self) -> None:
+        """Return once nothing runs or waits to run here (retries included)."""
+        while pending := [t for t in self.in_flight() if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel in-flight work (their subprocesses are killed); their leases expire and recovery resumes them."""
+        pending = [t for t in self.in_flight() if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)

@@ -1,13 +1,12 @@
 """Deployments: creation (validate, freeze, render, snapshot), queries, lifecycle actions, recovery.
 
 ``DeploymentService`` takes an ``AsyncSession`` and never commits: the caller owns the transaction and
-dispatches the deployment to an executor *after* committing (see ``backend.app.core.dispatch``).
+dispatches the deployment to an executor *after* committing (see ``backend.app.runtime.dispatch``).
 Every status change goes through :mod:`backend.app.services.state_machine`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core import security
-from backend.app.core.exceptions import Conflict, NotFound, ValidationFailed
+from backend.app.core.exceptions import Conflict, NotFound
 from backend.app.core.logging import MASK, register_secret
 from backend.app.models import (
     Deployment,
@@ -30,94 +29,28 @@ from backend.app.models import (
 )
 from backend.app.models.base import new_id
 from backend.app.schemas.deployments import DeploymentRead
-from backend.app.services import (
-    bounded_render,
-    compose_policy,
-    organization_service,
-    pagination,
-    target_service,
-    templating,
+from backend.app.services import bounded_render, organization_service, pagination, templating
+from backend.app.services.deployment_spec import (  # noqa: F401 - re-exported: part of this module's API
+    ENCRYPTED,
+    check_compose_policy,
+    decrypt_variables,
+    encrypt_variables,
+    mask_variables,
+    snapshot_compose,
+    value_at,
 )
+from backend.app.services import recovery
+from backend.app.services.deployment_runner import Dispatch
 from backend.app.services.state_machine import TransitionResult, record_creation, set_deployment_status
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
-_ENCRYPTED = "__encrypted__"
-
-
-# --- secrets inside the frozen variables --------------------------------------------------------
-
-
-def _walk(values: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | None:
-    parts = path.split(".")
-    node: Any = values
-    for part in parts[:-1]:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return (node, parts[-1]) if isinstance(node, dict) and parts[-1] in node else None
-
-
-def encrypt_variables(settings: Settings, values: dict[str, Any], secret_paths: set[str]) -> dict[str, Any]:
-    stored = copy.deepcopy(values)
-    for path in secret_paths:
-        found = _walk(stored, path)
-        if found and found[0][found[1]] is not None:
-            node, key = found
-            node[key] = {_ENCRYPTED: security.encrypt_secret(settings, str(node[key]))}
-    return stored
-
-
-def decrypt_variables(settings: Settings, stored: dict[str, Any]) -> dict[str, Any]:
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {_ENCRYPTED}:
-                clear = security.decrypt_secret(settings, node[_ENCRYPTED])
-                register_secret(clear)
-                return clear
-            return {k: walk(v) for k, v in node.items()}
-        return node
-
-    return walk(stored)
-
-
-def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
-    """Variables as the API shows them: secret values replaced by ``***``."""
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {_ENCRYPTED}:
-                return MASK
-            return {k: walk(v) for k, v in node.items()}
-        return node
-
-    return walk(stored)
 
 
 def read_model(deployment: Deployment) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
     data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
     return DeploymentRead(**data, variables=mask_variables(deployment.variables or {}))
-
-
-def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
-    """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""
-    compose_policy.check_target(
-        compose_policy.load(rendered),
-        target_service.policy_of(target),
-        target_name=target.name,
-        endpoint=target.endpoint,
-        redact=redact,
-    )
-
-
-def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
-    """The rendered compose document the runner deploys (stored encrypted: it holds secret values)."""
-    if not deployment.rendered_compose:
-        raise ValidationFailed("this deployment has no rendered compose snapshot", code="no_snapshot")
-    text = security.decrypt_secret(settings, deployment.rendered_compose)
-    decrypt_variables(settings, deployment.variables)  # registers its secrets with the log redactor
-    return text
 
 
 DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.created_at, Deployment.id), descending=True)
@@ -133,8 +66,8 @@ def masked_compose(settings: Settings, deployment: Deployment) -> str:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if set(node) == {_ENCRYPTED}:
-                secrets.append(str(security.decrypt_secret(settings, node[_ENCRYPTED])))
+            if set(node) == {ENCRYPTED}:
+                secrets.append(str(security.decrypt_secret(settings, node[ENCRYPTED])))
                 return
             for value in node.values():
                 walk(value)
@@ -176,7 +109,7 @@ class DeploymentService:
         values = templating.resolve_values(specs, variables or {})
         secret_paths = templating.secret_paths(specs)
         for path in secret_paths:
-            found = _walk(values, path)
+            found = value_at(values, path)
             if found:
                 register_secret(str(found[0][found[1]]))
         limits = bounded_render.RenderLimits.from_settings(settings)
@@ -273,13 +206,11 @@ class DeploymentService:
         timeout_minutes: float = 60,
         *,
         settings: Settings | None = None,
-        dispatcher=None,
+        dispatch: Dispatch | None = None,
     ) -> dict[str, Any]:
         """Recover stuck deployments; see :func:`backend.app.services.recovery.recover_pending_deployments`."""
-        from backend.app.services.recovery import recover_pending_deployments
-
-        return await recover_pending_deployments(
-            session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=dispatcher
+        return await recovery.recover_pending_deployments(
+            session, max_age_minutes, timeout_minutes, settings=settings, dispatch=dispatch
         )
 
     # --- lifecycle (status side; engine work happens in the runner / lifecycle module) -------------

@@ -22,84 +22,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
-from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
-from backend.app.services.deployment_logs import append_logs
-from backend.app.services.state_machine import set_deployment_status
+from backend.app.services.deployment_runner import Dispatch, InProcessExecutor
+from backend.app.services.orphans import ACTOR, log_line, reclaim_orphan
+from backend.app.services.state_machine import claimable_for_target, set_deployment_status
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
-ACTOR = "recovery"
 STATE_KEY = "recovery"
 
 
-async def _log(session: AsyncSession, deployment_id: str, level: LogLevel, message: str) -> None:
-    await append_logs(session, deployment_id, [(level, message, utcnow())])
-
-
-async def _containers_running(session: AsyncSession, settings: Settings, deployment: Deployment) -> bool | None:
-    """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
-    from backend.app.services.deployment_runner import load_engine
-
-    try:
-        engine, spec = await load_engine(settings, deployment, session)
-        states = await engine.inspect(spec)
-    except (EngineError, Exception):  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
-        logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
-        return None
-    if not states:
-        return False
-    return all(s.state == "running" and s.health in (None, "healthy") for s in states)
-
-
-async def _dispatch_all(dispatcher, deployment_ids: list[str], who: str) -> int:
+async def _dispatch_all(dispatch: Dispatch, deployment_ids: list[str], who: str) -> int:
     """Dispatch each (after the commits that made them ``pending``); returns how many failed."""
     errors = 0
     for deployment_id in deployment_ids:
         try:
-            await dispatcher.dispatch(deployment_id)
+            await dispatch(deployment_id)
         except Exception:  # noqa: BLE001 - one broken dispatch must not stop the others
             logger.exception("%s: dispatch of %s failed", who, deployment_id)
             errors += 1
     return errors
 
 
-async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: Deployment, *, actor: str = ACTOR) -> str | None:
-    """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
-
-    ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the
-    caller dispatches it after committing); else ``failed``. Returns ``"settled"``, ``"retried"`` or
-    ``"failed"``, or ``None`` when the compare-and-set lost (a renewal, another reaper). The caller commits.
-    Used by recovery, the reaper and an executor that receives a dead executor's redelivered message.
-    """
-    deployment_id = deployment.id
-    running = await _containers_running(session, settings, deployment)
-    if running:
-        result = await set_deployment_status(
-            session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=actor,
-            require_lease_expired=True,
-        )
-        counter = "settled"
-    elif deployment.attempt < deployment.max_attempts:
-        result = await set_deployment_status(
-            session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=actor,
-            error_message="executor lost (lease expired); retrying", require_lease_expired=True,
-        )
-        counter = "retried"
-    else:
-        result = await set_deployment_status(
-            session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=actor,
-            error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
-            require_lease_expired=True,
-        )
-        counter = "failed"
-    if not result.accepted:
-        return None
-    await _log(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
-    return counter
-
-
-async def reap(session: AsyncSession, settings: Settings, dispatcher) -> dict[str, int]:
+async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch) -> dict[str, int]:
     """One pass of the reaper: heals a dead executor's work in seconds, without waiting for recovery.
 
     Cheap enough to run every ``REAPER_INTERVAL_SECONDS`` (both queries use the ``(status, ...)``
@@ -115,8 +60,6 @@ async def reap(session: AsyncSession, settings: Settings, dispatcher) -> dict[st
 
     Commits each change itself (like recovery). Returns ``{"reclaimed", "settled", "failed", "redispatched", "errors"}``.
     """
-    from backend.app.services.deployment_runner import claimable_for_target
-
     stats = {"reclaimed": 0, "settled": 0, "failed": 0, "redispatched": 0, "errors": 0}
     now = utcnow()
     to_dispatch: list[str] = []
@@ -169,7 +112,7 @@ async def reap(session: AsyncSession, settings: Settings, dispatcher) -> dict[st
         )
     await session.commit()
 
-    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "reaper")
+    stats["errors"] += await _dispatch_all(dispatch, to_dispatch, "reaper")
     if any(stats.values()):
         logger.info(
             "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d errors=%d",
@@ -184,7 +127,7 @@ async def recover_pending_deployments(
     timeout_minutes: float = 60,
     *,
     settings: Settings | None = None,
-    dispatcher=None,
+    dispatch: Dispatch | None = None,
 ) -> dict[str, Any]:
     """The guide's algorithm, plus orphaned ``deploying`` rows whose lease expired.
 
@@ -193,15 +136,16 @@ async def recover_pending_deployments(
        run, else back to ``pending`` while attempts remain, else ``failed``.
     3. ``pending`` queued more than ``max_age_minutes`` ago → a ``[RETRY]`` log line and a new dispatch.
 
+    ``dispatch`` hands each retried deployment to an executor (the backend passes its dispatcher, which
+    picks Celery or the asyncio fallback). Without one (the guide's troubleshooting snippet), the retried
+    deployments run in this process and this returns once they have settled.
+
     Returns ``{"status", "timestamp", "statistics": {"retried", "failed", "skipped", "errors", "settled"}}``.
     """
-    from backend.app.core.dispatch import Dispatcher
-
     settings = settings or get_settings()
-    standalone = dispatcher is None
-    if dispatcher is None:
-        dispatcher = Dispatcher(settings, standalone=True)
-        await dispatcher.probe()
+    here = InProcessExecutor() if dispatch is None else None
+    if here is not None:
+        dispatch = here.dispatcher(settings)
     stats = {"retried": 0, "failed": 0, "skipped": 0, "errors": 0, "settled": 0}
     now = utcnow()
     to_dispatch: list[str] = []
@@ -219,7 +163,7 @@ async def recover_pending_deployments(
                 expected_from=S.PENDING,
             )
             if result.accepted:
-                await _log(session, deployment_id, LogLevel.ERROR, message)
+                await log_line(session, deployment_id, LogLevel.ERROR, message)
                 stats["failed"] += 1
             else:
                 stats["skipped"] += 1
@@ -267,7 +211,7 @@ async def recover_pending_deployments(
             stats["skipped"] += 1  # waiting for its retry backoff
             continue
         try:
-            await _log(session, deployment_id, LogLevel.INFO, "[RETRY] New attempt started by recovery")
+            await log_line(session, deployment_id, LogLevel.INFO, "[RETRY] New attempt started by recovery")
             await session.commit()
             to_dispatch.append(deployment_id)
             stats["retried"] += 1
@@ -276,9 +220,9 @@ async def recover_pending_deployments(
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
 
-    stats["errors"] += await _dispatch_all(dispatcher, to_dispatch, "recovery")
-    if standalone:
-        await dispatcher.wait_local()
+    stats["errors"] += await _dispatch_all(dispatch, to_dispatch, "recovery")
+    if here is not None:
+        await here.wait()
 
     report = {"status": "completed", "timestamp": iso_utc(now), "statistics": stats}
     await _record(session, report)

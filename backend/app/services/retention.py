@@ -25,7 +25,7 @@ How it stays cheap and harmless at any size:
 
 This module is a documented exception to "services never commit": like the log writer, it commits each
 batch so that no transaction stays open for long. It runs in one process at a time (a leader lock, see
-``backend.app.core.background``).
+``backend.app.runtime.background``).
 """
 
 from __future__ import annotations

@@ -385,3 +385,37 @@ async def renew_lease(session: AsyncSession, deployment_id: str, *, owner: str, 
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+async def claimable_for_target(session: AsyncSession, target_id: str, *, now: datetime | None = None) -> list[str]:
+    """Pending deployments of a target that may be claimed now, oldest first, as many as it has free slots
+    (only live leases hold a slot, as in the state machine's capacity rule)."""
+    now = now or utcnow()
+    limit = (await session.execute(select(Target.max_concurrent_deployments).where(Target.id == target_id))).scalar_one_or_none()
+    if limit is None:
+        return []
+    live = (
+        await session.execute(
+            select(func.count())
+            .select_from(Deployment)
+            .where(
+                Deployment.target_id == target_id,
+                Deployment.status == DeploymentStatus.DEPLOYING,
+                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
+            )
+        )
+    ).scalar_one()
+    if live >= limit:
+        return []
+    rows = await session.execute(
+        select(Deployment.id)
+        .where(
+            Deployment.target_id == target_id,
+            Deployment.status == DeploymentStatus.PENDING,
+            Deployment.attempt < Deployment.max_attempts,
+            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+        )
+        .order_by(Deployment.queued_at, Deployment.id)
+        .limit(limit - live)
+    )
+    return list(rows.scalars())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from backend.app.celery_app import DEPLOY_TASK, PURGE_TASK, REAPER_TASK, RECOVERY_TASK, celery_app, settings
-from backend.app.tasks import worker_runtime
+from backend.app.runtime import worker_loop
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ async def _deploy(deployment_id: str, task_id: str | None) -> dict:
 
 
 async def _flush_events() -> None:
-    from backend.app.core import event_transport
+    from backend.app.runtime import event_transport
 
     await event_transport.flush_events(5.0)
 
@@ -41,25 +41,17 @@ async def _flush_events() -> None:
 @celery_app.task(name=DEPLOY_TASK, bind=True)
 def deploy_stack(self, deployment_id: str) -> dict:
     """Deploy one deployment (by id)."""
-    return worker_runtime.run(_deploy(deployment_id, self.request.id))
+    return worker_loop.run(_deploy(deployment_id, self.request.id))
 
 
-class CeleryDispatcher:
-    """Dispatch from inside a worker (recovery run by beat): the broker is the one we consume from."""
-
-    async def dispatch(self, deployment_id: str):
-        from backend.app.models import ExecutorKind
-
-        deploy_stack.delay(deployment_id)
-        return ExecutorKind.CELERY
-
-    async def wait_local(self) -> None:
-        return None
+async def _dispatch_to_workers(deployment_id: str) -> None:
+    """Dispatch from inside a worker (recovery and the reaper run by beat): the broker we consume from."""
+    deploy_stack.delay(deployment_id)
 
 
 async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
     from backend.app import database
-    from backend.app.core.background import leader_lock
+    from backend.app.runtime.background import leader_lock
     from backend.app.services.deployment_service import DeploymentService
 
     async with leader_lock() as leader:  # one recovery at a time, whoever triggers it
@@ -67,7 +59,7 @@ async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
             return {"status": "skipped", "reason": "another recovery is running"}
         async with database.AsyncSessionLocal() as session:
             report = await DeploymentService.recover_pending_deployments(
-                session, max_age_minutes, timeout_minutes, settings=settings, dispatcher=CeleryDispatcher()
+                session, max_age_minutes, timeout_minutes, settings=settings, dispatch=_dispatch_to_workers
             )
     await _flush_events()
     return report
@@ -76,19 +68,19 @@ async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
 @celery_app.task(name=RECOVERY_TASK)
 def retry_pending_deployments(max_age_minutes: float = 2, timeout_minutes: float = 60) -> dict:
     """Periodic recovery (beat: every 5 minutes)."""
-    return worker_runtime.run(_recover(max_age_minutes, timeout_minutes))
+    return worker_loop.run(_recover(max_age_minutes, timeout_minutes))
 
 
 async def _reap() -> dict:
     from backend.app import database
-    from backend.app.core.background import REAPER_LOCK_KEY, leader_lock
+    from backend.app.runtime.background import REAPER_LOCK_KEY, leader_lock
     from backend.app.services import recovery
 
     async with leader_lock(REAPER_LOCK_KEY) as leader:  # one reaper at a time: beat, or a backend's loop
         if not leader:
             return {"status": "skipped", "reason": "another reaper is running"}
         async with database.AsyncSessionLocal() as session:
-            stats = await recovery.reap(session, settings, CeleryDispatcher())
+            stats = await recovery.reap(session, settings=settings, dispatch=_dispatch_to_workers)
     await _flush_events()
     return {"status": "completed", "statistics": stats}
 
@@ -96,13 +88,13 @@ async def _reap() -> dict:
 @celery_app.task(name=REAPER_TASK)
 def reap_expired_leases() -> dict:
     """The reaper (beat: every ``REAPER_INTERVAL_SECONDS``): reclaim expired leases, re-dispatch lost messages."""
-    return worker_runtime.run(_reap())
+    return worker_loop.run(_reap())
 
 
 @celery_app.task(name=PURGE_TASK)
 def purge_consumed_messages(older_than_minutes: int = 60) -> int:
     """Delete delivered messages that kombu's SQL transport leaves behind."""
-    from backend.app.core.sql_transport import purge_consumed_messages as purge
+    from backend.app.runtime.sql_transport import purge_consumed_messages as purge
 
     deleted = purge(settings.sync_database_url, older_than_minutes, batch_size=settings.RETENTION_BATCH_SIZE)
     logger.info("purged %d consumed broker message(s)", deleted)

@@ -301,7 +301,7 @@ async def test_broker_failing_during_enqueue_falls_back_without_losing_it(db, do
             created_id = response.json()["id"]
             final = await wait_status(client, admin.headers, created_id, {"running", "failed"})
             assert (final["status"], final["executor"]) == ("running", "asyncio"), final["error_message"]
-            from backend.app.core.metrics import DISPATCH_FALLBACKS
+            from backend.app.runtime.metrics import DISPATCH_FALLBACKS
 
             assert DISPATCH_FALLBACKS.labels("enqueue_failed")._value.get() >= 1
     finally:
@@ -313,7 +313,6 @@ async def test_broker_failing_during_enqueue_falls_back_without_losing_it(db, do
 
 
 async def test_celery_delivery_and_recovery_at_once_run_once(db, docker_engine, tmp_path):
-    from backend.app.core.dispatch import Dispatcher
     from backend.app.services.deployment_service import DeploymentService
 
     settings = celery_settings(db, tmp_path)
@@ -334,12 +333,9 @@ async def test_celery_delivery_and_recovery_at_once_run_once(db, docker_engine, 
                 await session.commit()
                 created_id = deployment.id
 
-            async def recover() -> dict:
+            async def recover() -> dict:  # no dispatch callable: it runs the deployment in this process
                 async with database.AsyncSessionLocal() as session:
-                    dispatcher = Dispatcher(settings, standalone=True)
-                    return await DeploymentService.recover_pending_deployments(
-                        session, 0, 60, settings=settings, dispatcher=dispatcher
-                    )
+                    return await DeploymentService.recover_pending_deployments(session, 0, 60, settings=settings)
 
             app.state.celery_manager.celery.send_task(DEPLOY_TASK, args=(created_id,))  # Celery delivery ...
             report = await recover()  # ... and recovery's asyncio run, at the same moment

@@ -9,7 +9,6 @@ deployment from a terminal.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 

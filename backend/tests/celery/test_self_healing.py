@@ -358,13 +358,13 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from backend.app.engines.process import run_command
-    from backend.app.tasks import worker_runtime
+    from backend.app.runtime import worker_loop
 
     async def log(level, line):
         print(line, flush=True)
 
     # like a Celery pool child: the command is started from the worker's long-lived loop thread
-    worker_runtime.run(run_command(["sh", "-c", "echo started $$; exec sleep 300"], env={"PATH": "/usr/bin:/bin"}, log=log))
+    worker_loop.run(run_command(["sh", "-c", "echo started $$; exec sleep 300"], env={"PATH": "/usr/bin:/bin"}, log=log))
     """
 )
 

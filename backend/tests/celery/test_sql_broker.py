@@ -7,7 +7,7 @@ from kombu import Connection
 from sqlalchemy import text
 
 from backend.app.celery_app import DEPLOY_TASK, create_celery
-from backend.app.core.sql_transport import purge_consumed_messages
+from backend.app.runtime.sql_transport import purge_consumed_messages
 from backend.tests.conftest import make_settings
 
 pytestmark = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
@@ -21,7 +21,7 @@ def test_polling_interval_reaches_the_transport_not_the_engine(db):
     with app.connection_for_write() as conn:
         channel = conn.default_channel  # stock kombu 5.7 raises TypeError here (polling_interval -> create_engine)
         assert conn.transport.polling_interval == 0.05
-        assert type(channel).__module__ == "backend.app.core.sql_transport"
+        assert type(channel).__module__ == "backend.app.runtime.sql_transport"
 
 
 def test_consumed_messages_are_purged_and_queued_ones_kept(db):

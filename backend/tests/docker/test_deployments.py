@@ -14,7 +14,7 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.main import create_app
 from backend.app.models import Deployment
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import (
     WEB_STACK,

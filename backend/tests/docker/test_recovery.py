@@ -107,21 +107,15 @@ async def test_orphaned_lease_is_requeued_or_failed(session):
     ids = (alive.id, spent.id, fresh.id)
     await session.commit()
 
-    from backend.app.core.dispatch import Dispatcher
+    sent: list[str] = []
 
-    class NoDispatch(Dispatcher):
-        """Records instead of running: these rows point at a fake target."""
+    async def record(deployment_id: str) -> None:  # records instead of running: these rows point at a fake target
+        sent.append(deployment_id)
 
-        sent: list[str] = []
-
-        async def dispatch(self, deployment_id):
-            self.sent.append(deployment_id)
-
-    dispatcher = NoDispatch(make_settings("sqlite+aiosqlite:///unused"))
-    report = await DeploymentService.recover_pending_deployments(session, 2, 60, dispatcher=dispatcher)
+    report = await DeploymentService.recover_pending_deployments(session, 2, 60, dispatch=record)
     rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
     await session.commit()
-    assert rows[ids[0]].status == "pending" and dispatcher.sent == [ids[0]]
+    assert rows[ids[0]].status == "pending" and sent == [ids[0]]
     assert rows[ids[1]].status == "failed" and "lease expired" in rows[ids[1]].error_message
     assert rows[ids[2]].status == "deploying", "a live lease is never taken away"
     assert report["statistics"]["retried"] == 1 and report["statistics"]["failed"] == 1

@@ -22,7 +22,7 @@ import pytest
 
 from backend.app.engines.base import DEPLOYMENT_LABEL, MANAGED_LABEL, project_name
 from backend.app.main import create_app
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import WEB_STACK, all_logs, free_port, http_get, labelled, wait_status
 from backend.tests.helpers import Actor, setup_admin

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from backend.app.config import Settings
-from backend.app.core.event_transport import (
+from backend.app.runtime.event_transport import (
     event_bus_status,
     flush_events,
     start_event_bus,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from backend.app.core.event_transport import (
+from backend.app.runtime.event_transport import (
     CONNECTION_NAME_PREFIX,
     event_bus_status,
     flush_events,
@@ -363,7 +363,7 @@ def _lines(events: list[Event], deployment_id: str) -> list[dict]:
 
 @on_postgres
 async def test_listener_reconnects_after_its_connection_is_killed(running: Setup, events, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="backend.app.core.event_transport")
+    caplog.set_level(logging.WARNING, logger="backend.app.runtime.event_transport")
     assert await running.kill_our_connection() == 1
     await wait_until(lambda: event_bus_status()["connections"] == 2 and event_bus_status()["connected"],
                      "the listener to reconnect")

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from backend.app import database
-from backend.app.core.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
+from backend.app.runtime.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
 from backend.app.services.deployment_logs import append_logs

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from backend.app import database
-from backend.app.core import background
+from backend.app.runtime import background
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, DeploymentStatusHistory, LogLevel
 from backend.app.services import retention

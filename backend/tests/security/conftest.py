@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from backend.app.main import create_app
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 from backend.tests.conftest import make_settings
 from backend.tests.deploy_helpers import force_cleanup
 from backend.tests.helpers import Actor, add_member, create_user, default_org, setup_admin

@@ -24,7 +24,7 @@ from backend.app.core.logging import RedactingFilter
 from backend.app.engines.docker_base import COMPOSE_FILE
 from backend.app.main import create_app
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatusHistory
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE, TEST_SECRET_KEY, make_settings
 from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin

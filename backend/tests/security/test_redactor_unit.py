@@ -63,7 +63,7 @@ async def test_worker_listing_over_the_api(db):
     import httpx
 
     from backend.app import database
-    from backend.app.core.workers import write_heartbeat
+    from backend.app.runtime.workers import write_heartbeat
     from backend.app.main import create_app
     from backend.tests.conftest import make_settings
     from backend.tests.helpers import create_user, setup_admin

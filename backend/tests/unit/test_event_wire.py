@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backend.app.core.event_transport import _decode, _pointer, _wire, _wire_pointer, encode_envelope, LogPointer
+from backend.app.runtime.event_transport import _decode, _pointer, _wire, _wire_pointer, encode_envelope, LogPointer
 from backend.app.core.events import (
     Event,
     EventType,

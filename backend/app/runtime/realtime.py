@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from backend.app import database
-from backend.app.core import metrics
+from backend.app.runtime import metrics
 from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, iso_utc
 from backend.app.models import ApiToken, Membership, User
 from backend.app.services.deployment_logs import LogLine, read_logs

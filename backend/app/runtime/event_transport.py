@@ -36,7 +36,7 @@ Invariants and trade-offs:
   backoff; only configuration errors (``EVENT_BUS=postgres`` with SQLite, ...) raise, at start.
 
 The bus runs on the event loop that awaited :func:`start_event_bus`: the backend's loop, or the long-lived
-loop of a Celery worker process (``backend.app.tasks.worker_runtime``). :func:`flush_events` works from
+loop of a Celery worker process (``backend.app.runtime.worker_loop``). :func:`flush_events` works from
 any loop.
 """
 

@@ -89,8 +89,8 @@ class Transport(kombu_sql.Transport):
 
 
 def install() -> None:
-    TRANSPORT_ALIASES["sqla"] = "backend.app.core.sql_transport:Transport"
-    TRANSPORT_ALIASES["sqlalchemy"] = "backend.app.core.sql_transport:Transport"
+    TRANSPORT_ALIASES["sqla"] = "backend.app.runtime.sql_transport:Transport"
+    TRANSPORT_ALIASES["sqlalchemy"] = "backend.app.runtime.sql_transport:Transport"
 
 
 def purge_consumed_messages(

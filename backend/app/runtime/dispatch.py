@@ -7,7 +7,7 @@ Celery is used when the :class:`~backend.app.core.celery_manager.CeleryManager` 
 broker answering, a worker external or embedded present); otherwise, or when the enqueue itself fails, the
 deployment runs in-process (asyncio fallback), which is logged and counted.
 
-A *standalone* dispatcher (the troubleshooting snippet, ``windflow recover``) belongs to a short-lived
+A *standalone* dispatcher (``windflow recover``) belongs to a short-lived
 process: deployments it runs in-process are awaited by :meth:`wait_local` before the process exits.
 """
 
@@ -17,17 +17,15 @@ import asyncio
 import logging
 
 from backend.app.config import Settings
-from backend.app.core import metrics
 from backend.app.models import ExecutorKind
-from backend.app.tasks import background_tasks
+from backend.app.runtime import background_tasks, metrics
+from backend.app.runtime.celery_config import DEPLOY_TASK, create_celery
 
 logger = logging.getLogger(__name__)
 ENQUEUE_TIMEOUT_SECONDS = 5.0
 
 
 def _enqueue(celery_app, deployment_id: str) -> str:
-    from backend.app.celery_app import DEPLOY_TASK
-
     return celery_app.send_task(DEPLOY_TASK, args=(deployment_id,)).id
 
 
@@ -37,6 +35,7 @@ class Dispatcher:
         self.manager = manager
         self.standalone = standalone
         self._local: list[asyncio.Task] = []
+        self._producer = None
 
     async def dispatch(self, deployment_id: str) -> ExecutorKind:
         reason = self._celery_unavailable()
@@ -61,9 +60,9 @@ class Dispatcher:
     def _celery(self):
         if self.manager is not None:
             return self.manager.celery
-        from backend.app.celery_app import celery_app
-
-        return celery_app
+        if self._producer is None:  # sends tasks by name: the tasks themselves are the workers' business
+            self._producer = create_celery(self.settings)
+        return self._producer
 
     def _celery_unavailable(self) -> str | None:
         if self.manager is not None:
@@ -79,7 +78,7 @@ class Dispatcher:
             self._standalone_reason = self.settings.celery_unavailable_reason
             return
         from backend.app import database
-        from backend.app.core import workers
+        from backend.app.runtime import workers
 
         async with database.AsyncSessionLocal() as session:
             present = await workers.list_workers(session, include_stale=False)

@@ -71,7 +71,7 @@ async def recover_once(settings: Settings, dispatcher, *, max_age_minutes: float
                 logger.debug("recovery: a recent pass by another runner; skipping")
                 return None
             return await recovery.recover_pending_deployments(
-                session, max_age_minutes, settings.RECOVERY_TIMEOUT_MINUTES, settings=settings, dispatcher=dispatcher
+                session, max_age_minutes, settings.RECOVERY_TIMEOUT_MINUTES, settings=settings, dispatch=dispatcher.dispatch
             )
 
 
@@ -101,7 +101,7 @@ async def reap_once(settings: Settings, dispatcher) -> dict | None:
         if not leader:
             return None
         async with database.AsyncSessionLocal() as session:
-            return await recovery.reap(session, settings, dispatcher)
+            return await recovery.reap(session, settings=settings, dispatch=dispatcher.dispatch)
 
 
 async def reaper_loop(settings: Settings, dispatcher) -> None:

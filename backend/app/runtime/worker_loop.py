@@ -55,7 +55,7 @@ async def _init_process() -> None:
 
     settings = get_settings()
     database.configure(settings)
-    from backend.app.core import event_transport
+    from backend.app.runtime import event_transport
 
     try:
         await event_transport.start_event_bus(settings, listen=False)  # workers only send

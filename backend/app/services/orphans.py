@@ -1,0 +1,75 @@
+"""Orphans: ``deploying`` rows whose executor died (their lease expired), settled after a reality check.
+
+Used by recovery, the reaper, and an executor that receives a dead executor's redelivered message (the
+runner), which is why it sits below all three.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.app.config import Settings
+from backend.app.database import utcnow
+from backend.app.engines.base import EngineError
+from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.services.deployment_logs import append_logs
+from backend.app.services.deployment_spec import load_engine
+from backend.app.services.state_machine import set_deployment_status
+
+logger = logging.getLogger(__name__)
+S = DeploymentStatus
+ACTOR = "recovery"
+
+
+async def log_line(session: AsyncSession, deployment_id: str, level: LogLevel, message: str) -> None:
+    await append_logs(session, deployment_id, [(level, message, utcnow())])
+
+
+async def _containers_running(session: AsyncSession, settings: Settings, deployment: Deployment) -> bool | None:
+    """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
+    try:
+        engine, spec = await load_engine(session, settings, deployment)
+        states = await engine.inspect(spec)
+    except (EngineError, Exception):  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
+        logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
+        return None
+    if not states:
+        return False
+    return all(s.state == "running" and s.health in (None, "healthy") for s in states)
+
+
+async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: Deployment, *, actor: str = ACTOR) -> str | None:
+    """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
+
+    ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the
+    caller dispatches it after committing); else ``failed``. Returns ``"settled"``, ``"retried"`` or
+    ``"failed"``, or ``None`` when the compare-and-set lost (a renewal, another reaper). The caller commits.
+    Used by recovery, the reaper and an executor that receives a dead executor's redelivered message.
+    """
+    deployment_id = deployment.id
+    running = await _containers_running(session, settings, deployment)
+    if running:
+        result = await set_deployment_status(
+            session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=actor,
+            require_lease_expired=True,
+        )
+        counter = "settled"
+    elif deployment.attempt < deployment.max_attempts:
+        result = await set_deployment_status(
+            session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=actor,
+            error_message="executor lost (lease expired); retrying", require_lease_expired=True,
+        )
+        counter = "retried"
+    else:
+        result = await set_deployment_status(
+            session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=actor,
+            error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
+            require_lease_expired=True,
+        )
+        counter = "failed"
+    if not result.accepted:
+        return None
+    await log_line(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
+    return counter
