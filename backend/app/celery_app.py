@@ -73,11 +73,16 @@ def _on_child_start(**_kwargs) -> None:
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _redact_celery_logs(logger=None, **_kwargs) -> None:
-    """Celery configures its own handlers; every one of them gets WindFlow's redaction filter."""
+    """Celery configures its own handlers; every one of them gets WindFlow's redaction filter.
+
+    WindFlow's own records follow ``LOG_LEVEL`` (INFO by default) whatever ``--loglevel`` the worker got
+    (Celery's default is WARNING): the guide's ``grep "emit_" logs/backend.log`` finds the events of
+    deployments that ran on ``celery -A backend.app.celery_app worker --concurrency=4`` too."""
     from backend.app.core.logging import RedactingFilter, add_file_handler
 
     if logger is None:
         return
+    logging.getLogger("backend").setLevel(settings.LOG_LEVEL)
     if settings.LOG_FILE:
         add_file_handler(logger, settings.LOG_FILE)
     for handler in logger.handlers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 import urllib.request
 
@@ -134,4 +135,27 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
         assert "reaper" in actors, (actors, worker.output()[-3000:])
     finally:
         beat.stop()
+        worker.stop()
+
+
+async def test_guide_worker_command_is_not_turned_solo_by_the_embedded_worker_settings(db, tmp_path):
+    """The guide's `.env` configures the *embedded* worker (``CELERY_WORKER_POOL=solo``,
+    ``CELERY_WORKER_CONCURRENCY=2``, ``CELERY_WORKER_LOGLEVEL=info``). Exported, the celery CLI would read them
+    as its own option defaults; ``celery -A backend.app.celery_app worker --concurrency=4`` must still run a
+    prefork pool of 4 (and WindFlow's INFO records, such as ``emit_``, still reach its log)."""
+    settings = make_settings(
+        db.settings.DATABASE_URL, CELERY_ENABLED=True, CELERY_BROKER_TYPE="database", RUN_MIGRATIONS_ON_STARTUP=True,
+        CELERY_WORKER_POOL="solo", CELERY_WORKER_CONCURRENCY=2, CELERY_WORKER_LOGLEVEL="info",
+    )
+    env = settings_env(settings)
+    assert env["CELERY_WORKER_POOL"] == "solo" and env["CELERY_WORKER_CONCURRENCY"] == "2"  # exported, as in the guide
+    worker = start_worker(settings, tmp_path, name="guide")
+    try:
+        await wait_heartbeat("guide@", worker)
+        banner = worker.output()
+        assert "concurrency: 4 (prefork)" in banner, banner[-3000:]
+        listed = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, timeout=10)
+        children = listed.stdout.split()
+        assert len(children) >= 4, f"expected 4 pool processes under the worker, found {children}"
+    finally:
         worker.stop()
