@@ -212,6 +212,15 @@ class DockerEngine(Engine):
         EngineError quoting the container's last log lines; ``spec.health_timeout`` → permanent
         EngineError naming the services not ready."""
 
+        up_since: dict[tuple[str, str], float] = {}  # (container, StartedAt) -> when this wait first saw it up
+
+        def stable(container: Container, state: dict) -> float:
+            """How long more ``container`` must stay up (0 when stable). Measured on our clock across polls:
+            a restart changes StartedAt and starts the count again."""
+            key = (container.id, str(state.get("StartedAt")))
+            first = up_since.setdefault(key, time.monotonic())
+            return max(0.0, spec.stable_seconds - (time.monotonic() - first))
+
         async def waiting_services() -> dict[str, str]:
             by_service: dict[str, list[Container]] = {}
             for container in await self.containers(session, spec):
@@ -222,6 +231,7 @@ class DockerEngine(Engine):
                     continue
                 containers = by_service.get(service, [])
                 ready = 0
+                settling: list[Container] = []
                 for container in containers:
                     state = container.attrs.get("State", {})
                     status = state.get("Status", "")
@@ -240,13 +250,19 @@ class DockerEngine(Engine):
                     if container.attrs.get("RestartCount", 0) >= MAX_RESTARTS:
                         await self._fail(session, service, container,
                                          f"keeps restarting ({container.attrs.get('RestartCount')} restarts)", log)
-                    if status == "running" and health in (None, "healthy"):
+                    if status == "running" and health == "healthy":
                         ready += 1
+                    elif status == "running" and health is None:
+                        left = stable(container, state)
+                        if left <= 0:
+                            ready += 1
+                        else:
+                            settling.append(container)
                 if ready < count:
                     if not containers:
                         waiting[service] = "no container"
                     else:
-                        states = sorted({_describe(c) for c in containers})
+                        states = sorted({_describe(c) + (" (settling)" if c in settling else "") for c in containers})
                         waiting[service] = f"{ready}/{count} ready, {', '.join(states)}"
             return waiting
 

@@ -96,6 +96,7 @@ def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
         compose=snapshot_compose(settings, deployment),
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
+        stable_seconds=settings.DEPLOYMENT_STABLE_SECONDS,
     )
 
 

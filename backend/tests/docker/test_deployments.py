@@ -163,6 +163,23 @@ async def test_missing_image_fails_with_clear_message(env):
     assert any(l["level"] == "error" and "does-not-exist" in l["message"] for l in logs)
 
 
+async def test_container_exiting_soon_after_start_fails_the_deployment(env):
+    """A container without a health check that dies a second after starting: up at the first poll, it must not
+    make the deployment ``running`` (it has to stay up DEPLOYMENT_STABLE_SECONDS, 2 s by default)."""
+    stack_id = await env.stack(
+        f"services:\n  app:\n    image: {TEST_IMAGE}\n    command: [\"sh\", \"-c\", \"echo starting; sleep 1; "
+        f"echo bad config >&2; exit 3\"]\n",
+        name="crashes",
+    )
+    created = await env.deploy({}, stack_id=stack_id)
+    failed = await wait_status(env.client, env.admin.headers, created["id"], {"failed", "running"})
+    assert failed["status"] == "failed", failed
+    assert "service app exited with code 3" in failed["error_message"]
+    assert "bad config" in failed["error_message"], "the container's last lines say why"
+    logs = await all_logs(env.client, env.admin.headers, created["id"])
+    assert any(l["level"] == "error" and "app | bad config" in l["message"] for l in logs)
+
+
 def container_states(deployment_id: str) -> dict[str, str]:
     """service name → container state of the deployment's containers."""
     ids = labelled("container", deployment_id)
