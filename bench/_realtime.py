@@ -187,7 +187,7 @@ async def emit_progress(deployment_id: str, step: int) -> float:
     from backend.app.services.deployment_logs import set_progress
 
     async with database.AsyncSessionLocal() as session:
-        await set_progress(session, deployment_id, owner=None, current_step=step, total_steps=10**9, step_name="bench")
+        await set_progress(session, deployment_id=deployment_id, owner=None, current_step=step, total_steps=10**9, step_name="bench")
         emitted = time.perf_counter()
         await session.commit()
     return emitted

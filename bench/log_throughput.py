@@ -42,7 +42,7 @@ async def persisted(backend: rt.Backend, lines: int, batch: int) -> tuple[float,
         for start in range(0, lines, batch):
             c.check_stop()
             async with database.AsyncSessionLocal() as session:
-                await append_logs(session, deployment_id, [
+                await append_logs(session, deployment_id=deployment_id, lines=[
                     (LogLevel.INFO, f"line {start + i} of the persisted log, as a runner writes it", utcnow())
                     for i in range(min(batch, lines - start))])
                 await session.commit()

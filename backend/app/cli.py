@@ -79,7 +79,7 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
             )
         else:
             user = await user_service.create_user(
-                session, UserCreate(email=email, password=password, full_name=full_name, is_superuser=True)
+                session, data=UserCreate(email=email, password=password, full_name=full_name, is_superuser=True)
             )
             org = (await session.execute(select(Organization).where(Organization.name == organization))).scalar_one_or_none()
             if org is None:
@@ -88,9 +88,9 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
                 await session.flush()
             session.add(Membership(user_id=user.id, organization_id=org.id, role=Role.OWNER))
         await session.flush()
-        org_id = await organization_service.default_organization_id(session, user)
+        org_id = await organization_service.default_organization_id(session, user=user)
         if org_id is not None:
-            await provisioning.provision_organization(session, settings, org_id, local_target=first_run)
+            await provisioning.provision_organization(session, settings=settings, organization_id=org_id, local_target=first_run)
         await session.commit()
         user_id = user.id
     await database.get_engine().dispose()
@@ -132,7 +132,7 @@ async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
         await dispatcher.probe()
         async with database.AsyncSessionLocal() as session:
             report = await DeploymentService.recover_pending_deployments(
-                session, max_age_minutes, timeout_minutes, settings=settings, dispatch=dispatcher.dispatch
+                session, max_age_minutes=max_age_minutes, timeout_minutes=timeout_minutes, settings=settings, dispatch=dispatcher.dispatch
             )
         await dispatcher.wait_local()
         return report

@@ -45,10 +45,10 @@ async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) 
         session, email=body.email, password=body.password, organization_name=body.organization_name, full_name=body.full_name
     )
     # A fresh install can deploy at once: the host's Docker socket, when there is one, becomes target "local".
-    organization_id = await organization_service.default_organization_id(session, user)
+    organization_id = await organization_service.default_organization_id(session, user=user)
     if organization_id is not None:
-        await provisioning.provision_organization(session, settings, organization_id, local_target=True)
-    tokens = await auth_service.issue_tokens(session, settings, user)
+        await provisioning.provision_organization(session, settings=settings, organization_id=organization_id, local_target=True)
+    tokens = await auth_service.issue_tokens(session, settings=settings, user=user)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
@@ -69,12 +69,12 @@ async def login(
             headers=limiter.retry_after_header(wait),
         )
     try:
-        user = await auth_service.authenticate(session, form.username, form.password)
+        user = await auth_service.authenticate(session, email=form.username, password=form.password)
     except NotAuthenticated as exc:
         if exc.code == "invalid_credentials":
             limiter.hit(account)
         raise
-    tokens = await auth_service.issue_tokens(session, settings, user)
+    tokens = await auth_service.issue_tokens(session, settings=settings, user=user)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
@@ -83,7 +83,7 @@ async def login(
 async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """Exchange a refresh token for a new token pair (the old refresh token stops working)."""
     try:
-        tokens = await auth_service.rotate_refresh_token(session, settings, body.refresh_token)
+        tokens = await auth_service.rotate_refresh_token(session, settings=settings, token=body.refresh_token)
     except Exception:
         await session.commit()  # keep a family revocation triggered by a replayed token
         raise
@@ -94,21 +94,21 @@ async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsD
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(user: CurrentUser, session: SessionDep, settings: SettingsDep, body: LogoutRequest | None = None) -> None:
     """Revoke the given refresh token, or every refresh token of the current user."""
-    await auth_service.logout(session, settings, user, body.refresh_token if body else None)
+    await auth_service.logout(session, settings=settings, user=user, refresh_token=body.refresh_token if body else None)
     await session.commit()
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
 async def logout_everywhere(user: CurrentUser, session: SessionDep) -> None:
     """End every session of the current user: all access and refresh tokens stop working at once."""
-    await auth_service.revoke_all_sessions(session, user)
+    await auth_service.revoke_all_sessions(session, user=user)
     await session.commit()
 
 
 @router.post("/password", response_model=TokenPair)
 async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """Change your password (the current one is required); every other session ends, a new token pair is returned."""
-    tokens = await auth_service.change_password(session, settings, user, body.current_password, body.new_password)
+    tokens = await auth_service.change_password(session, settings=settings, user=user, current_password=body.current_password, new_password=body.new_password)
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
@@ -135,5 +135,5 @@ async def me(user: CurrentUser, session: SessionDep) -> MeRead:
         is_superuser=user.is_superuser,
         created_at=user.created_at,
         memberships=memberships,
-        default_organization_id=await organization_service.default_organization_id(session, user),
+        default_organization_id=await organization_service.default_organization_id(session, user=user),
     )

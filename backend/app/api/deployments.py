@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
 from backend.app.schemas.deployments import (
@@ -24,18 +24,12 @@ from backend.app.services.redaction import public_actor
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
 
-class _Loader:
-    """Loads the deployment in the path; 404 when missing or in another organisation, 403 for a weak role."""
-
-    def __init__(self, minimum: Role) -> None:
-        self.minimum = minimum
-
-    async def __call__(self, deployment_id: EntityId, session: SessionDep, user: CurrentUser) -> Deployment:
-        return await DeploymentService.get_for_user(session, user, deployment_id, self.minimum)
-
-
-DeploymentDep = Annotated[Deployment, Depends(_Loader(Role.VIEWER))]
-OperableDeployment = Annotated[Deployment, Depends(_Loader(Role.OPERATOR))]
+DeploymentDep = Annotated[
+    Deployment, Depends(OwnedRow(Deployment, Role.VIEWER, param="deployment_id", noun="deployment", populate_existing=True))
+]
+OperableDeployment = Annotated[
+    Deployment, Depends(OwnedRow(Deployment, Role.OPERATOR, param="deployment_id", noun="deployment", populate_existing=True))
+]
 
 
 def _check_rate(request: Request, user: CurrentUser) -> None:
@@ -55,8 +49,8 @@ async def create_deployment(
     """Create a deployment of a stack on a target; it starts asynchronously (status ``pending``)."""
     deployment = await DeploymentService.create(
         session,
-        settings,
-        user,
+        settings=settings,
+        user=user,
         stack_id=body.stack_id,
         target_id=body.target_id,
         name=body.name,
@@ -81,8 +75,8 @@ async def list_deployments(
     """Deployments of your organisations, newest first."""
     result = await DeploymentService.list_for_user(
         session,
-        user,
-        page,
+        user=user,
+        page=page,
         status=status_filter,
         stack_id=stack_id,
         target_id=target_id,
@@ -106,7 +100,7 @@ async def get_logs(
     cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
 ) -> LogPage:
     """Persisted log lines after ``since_seq`` (or ``cursor``), in order."""
-    lines, next_cursor = await read_log_page(session, deployment.id, since_seq=since_seq, cursor=cursor, limit=limit)
+    lines, next_cursor = await read_log_page(session, deployment_id=deployment.id, since_seq=since_seq, cursor=cursor, limit=limit)
     return LogPage(
         items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq, next_cursor=next_cursor
     )
@@ -129,7 +123,7 @@ async def get_history(
 ) -> list[HistoryRead]:
     """Status changes of the deployment, oldest first; when more follow, ``X-Next-Cursor`` holds the cursor.
     Executors are shown without host or PID, except to platform superusers."""
-    rows, next_cursor = await DeploymentService.history_page(session, deployment.id, limit=limit, cursor=cursor)
+    rows, next_cursor = await DeploymentService.history_page(session, deployment_id=deployment.id, limit=limit, cursor=cursor)
     if next_cursor is not None:
         response.headers["X-Next-Cursor"] = next_cursor
     return [
@@ -139,7 +133,7 @@ async def get_history(
 
 
 async def _requeue(action: str, deployment: Deployment, user, session, request: Request, settings) -> DeploymentRead:
-    await DeploymentService.requeue(session, deployment, action=action, actor=user.email, settings=settings)
+    await DeploymentService.requeue(session, deployment=deployment, action=action, actor=user.email, settings=settings)
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
     await session.refresh(deployment)
@@ -173,7 +167,7 @@ async def retry(
 @router.post("/{deployment_id}/cancel", response_model=DeploymentRead)
 async def cancel(deployment: OperableDeployment, user: CurrentUser, session: SessionDep) -> DeploymentRead:
     """Cancel a pending or deploying deployment; what it created is removed."""
-    await DeploymentService.cancel(session, deployment, actor=user.email)
+    await DeploymentService.cancel(session, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
     return read_model(deployment)
@@ -182,7 +176,7 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
 @router.post("/{deployment_id}/stop", response_model=DeploymentRead)
 async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
     """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
-    await deployment_lifecycle.stop(session, settings, deployment, user.email)
+    await deployment_lifecycle.stop(session, settings=settings, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
     return read_model(deployment)
@@ -196,5 +190,5 @@ async def delete(
     keep_volumes: Annotated[bool, Query(description="keep the deployment's named volumes")] = False,
 ) -> None:
     """Tear down the deployment's containers and networks (and volumes), then delete it."""
-    await deployment_lifecycle.delete(session, settings, deployment, keep_volumes=keep_volumes)
+    await deployment_lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
     await session.commit()

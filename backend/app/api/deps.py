@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import StringConstraints
@@ -52,7 +53,7 @@ async def authenticate(
     connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str
 ) -> auth_service.Credential:
     """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
-    credential = await auth_service.credential_from_token(session, settings, token)
+    credential = await auth_service.credential_from_token(session, settings=settings, token=token)
     if token.startswith(security.API_TOKEN_PREFIX):
         # credential_from_token may have bumped the API token's last_used_at (already flushed, so the
         # session does not look dirty): commit it now, or a route that only reads would roll it back.
@@ -85,11 +86,34 @@ class OrgAccess:
         self.minimum = minimum
 
     async def __call__(self, organization_id: EntityId, session: SessionDep, user: CurrentUser) -> tuple[Organization, Role]:
-        role = await organization_service.require_role(session, user, organization_id, self.minimum)
+        role = await organization_service.require_role(session, user=user, organization_id=organization_id, minimum=self.minimum)
         org = await session.get(Organization, organization_id)
         if org is None:  # pragma: no cover - require_role already answered 404
             raise NotFound("organization not found")
         return org, role
+
+
+class OwnedRow:
+    """The one loader of a row an organisation owns (stack, target, deployment), named by the path
+    parameter ``param`` (an :data:`EntityId`): the row if the caller holds ``minimum`` in its organisation;
+    404 when it is missing *or another organisation's* (an outsider must not learn the id exists), 403 for a
+    weaker role. ``options`` go to ``session.get`` (e.g. ``populate_existing``)."""
+
+    def __init__(self, model: type, minimum: Role, *, param: str, noun: str, **options: Any) -> None:
+        self.model, self.minimum, self.param, self.noun, self.options = model, minimum, param, noun, options
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        # FastAPI reads the dependency's parameters from this signature: the path parameter keeps its name
+        self.__signature__ = inspect.Signature([
+            inspect.Parameter(param, keyword, annotation=EntityId),
+            inspect.Parameter("session", keyword, annotation=SessionDep),
+            inspect.Parameter("user", keyword, annotation=CurrentUser),
+        ])
+
+    async def __call__(self, *, session: AsyncSession, user: User, **path: str) -> Any:
+        return await organization_service.get_owned(
+            session, user=user, model=self.model, entity_id=path[self.param], minimum=self.minimum, noun=self.noun,
+            **self.options,
+        )
 
 
 OrgViewer = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.VIEWER))]

@@ -41,7 +41,7 @@ def _member(membership, user) -> MemberRead:
 @router.get("", response_model=OrganizationPage)
 async def list_organizations(user: CurrentUser, session: SessionDep, page: PageDep) -> OrganizationPage:
     """Organisations you belong to (all of them for a superuser), with your role."""
-    result = await organization_service.list_for_user(session, user, page)
+    result = await organization_service.list_for_user(session, user=user, page=page)
     return OrganizationPage.of(result, [_read(org, role) for org, role in result.items])
 
 
@@ -50,8 +50,8 @@ async def create_organization(
     body: OrganizationCreate, admin: Superuser, session: SessionDep, settings: SettingsDep
 ) -> OrganizationRead:
     """Create an organisation (superusers only); the creator becomes its owner."""
-    org = await organization_service.create(session, body, admin)
-    await provisioning.provision_organization(session, settings, org.id)
+    org = await organization_service.create(session, data=body, creator=admin)
+    await provisioning.provision_organization(session, settings=settings, organization_id=org.id)
     await session.commit()
     return _read(org, "owner")
 
@@ -66,7 +66,7 @@ async def get_organization(access: OrgViewer) -> OrganizationRead:
 async def update_organization(body: OrganizationUpdate, access: OrgAdmin, session: SessionDep) -> OrganizationRead:
     """Rename or describe an organisation (admin or owner)."""
     org, role = access
-    await organization_service.update_organization(session, org, body)
+    await organization_service.update_organization(session, org=org, data=body)
     await session.commit()
     return _read(org, role)
 
@@ -83,7 +83,7 @@ async def delete_organization(access: OrgOwner, _admin: Superuser, session: Sess
 async def list_members(access: OrgViewer, session: SessionDep, page: PageDep) -> MemberPage:
     """Members of the organisation and their roles."""
     org, _ = access
-    result = await organization_service.list_members(session, org.id, page)
+    result = await organization_service.list_members(session, organization_id=org.id, page=page)
     return MemberPage.of(result, [_member(m, u) for m, u in result.items])
 
 
@@ -91,7 +91,7 @@ async def list_members(access: OrgViewer, session: SessionDep, page: PageDep) ->
 async def add_member(body: MemberCreate, access: OrgAdmin, session: SessionDep) -> MemberRead:
     """Add an existing user (by ``user_id`` or ``email``) with a role (admin or owner)."""
     org, role = access
-    membership, user = await organization_service.add_member(session, org.id, body, role)
+    membership, user = await organization_service.add_member(session, organization_id=org.id, data=body, actor_role=role)
     await session.commit()
     return _member(membership, user)
 
@@ -100,7 +100,7 @@ async def add_member(body: MemberCreate, access: OrgAdmin, session: SessionDep) 
 async def change_member_role(user_id: EntityId, body: MemberUpdate, access: OrgAdmin, session: SessionDep) -> MemberRead:
     """Change a member's role (admin or owner; only owners grant ownership)."""
     org, role = access
-    membership = await organization_service.change_role(session, org.id, user_id, body.role, role)
+    membership = await organization_service.change_role(session, organization_id=org.id, user_id=user_id, role=body.role, actor_role=role)
     await session.refresh(membership, ["user"])
     await session.commit()
     return _member(membership, membership.user)
@@ -110,5 +110,5 @@ async def change_member_role(user_id: EntityId, body: MemberUpdate, access: OrgA
 async def remove_member(user_id: EntityId, access: OrgAdmin, session: SessionDep) -> None:
     """Remove a member (admin or owner; the last owner cannot be removed)."""
     org, role = access
-    await organization_service.remove_member(session, org.id, user_id, role)
+    await organization_service.remove_member(session, organization_id=org.id, user_id=user_id, actor_role=role)
     await session.commit()

@@ -206,10 +206,10 @@ async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: S
                 raise NotAuthenticated("the user of this connection no longer exists")
             if frame.deployment_id:
                 deployment = await organization_service.get_owned(
-                    session, user, Deployment, frame.deployment_id, Role.VIEWER, noun="deployment")
+                    session, user=user, model=Deployment, entity_id=frame.deployment_id, minimum=Role.VIEWER, noun="deployment")
                 if frame.stream == "services":
-                    follower = await service_logs.prepare(session, settings, deployment, frame.tail)
-            elif await organization_service.role_in(session, user, frame.organization_id) is None:
+                    follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=frame.tail)
+            elif await organization_service.role_in(session, user=user, organization_id=frame.organization_id) is None:
                 raise ValidationFailed("organization not found", code="organization_not_found")
     except NotAuthenticated as exc:
         client.close(exc.detail, realtime.CLOSE_UNAUTHORIZED)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep
 from backend.app.models import Role, Stack
 from backend.app.schemas.stacks import (
     StackCreate,
@@ -19,25 +19,15 @@ from backend.app.services import stack_service
 router = APIRouter(prefix="/stacks", tags=["stacks"])
 
 
-class StackAccess:
-    """Loads the stack in the path if the caller holds ``minimum`` in its organisation (404 / 403)."""
-
-    def __init__(self, minimum: Role) -> None:
-        self.minimum = minimum
-
-    async def __call__(self, stack_id: EntityId, session: SessionDep, user: CurrentUser) -> Stack:
-        return await stack_service.get_for_user(session, user, stack_id, self.minimum)
-
-
-StackViewer = Annotated[Stack, Depends(StackAccess(Role.VIEWER))]
-StackOperator = Annotated[Stack, Depends(StackAccess(Role.OPERATOR))]
-StackAdmin = Annotated[Stack, Depends(StackAccess(Role.ADMIN))]
+StackViewer = Annotated[Stack, Depends(OwnedRow(Stack, Role.VIEWER, param="stack_id", noun="stack"))]
+StackOperator = Annotated[Stack, Depends(OwnedRow(Stack, Role.OPERATOR, param="stack_id", noun="stack"))]
+StackAdmin = Annotated[Stack, Depends(OwnedRow(Stack, Role.ADMIN, param="stack_id", noun="stack"))]
 
 
 @router.post("", response_model=StackRead, status_code=status.HTTP_201_CREATED)
 async def create_stack(body: StackCreate, user: CurrentUser, session: SessionDep) -> StackRead:
     """Create a stack (operator or higher); the template must render with the schema's defaults."""
-    stack = await stack_service.create(session, user, body)
+    stack = await stack_service.create(session, user=user, data=body)
     await session.commit()
     return StackRead.model_validate(stack)
 
@@ -50,7 +40,7 @@ async def list_stacks(
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's stacks")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""
-    result = await stack_service.list_for_user(session, user, page, organization_id=organization_id)
+    result = await stack_service.list_for_user(session, user=user, page=page, organization_id=organization_id)
     return StackPage.of(result, [StackRead.model_validate(s) for s in result.items])
 
 
@@ -63,7 +53,7 @@ async def get_stack(stack: StackViewer) -> StackRead:
 @router.patch("/{stack_id}", response_model=StackRead)
 async def update_stack(body: StackUpdate, stack: StackOperator, session: SessionDep) -> StackRead:
     """Change a stack (operator or higher); a new template or schema is validated like on create."""
-    await stack_service.update(session, stack, body)
+    await stack_service.update(session, stack=stack, data=body)
     await session.commit()
     return StackRead.model_validate(stack)
 
@@ -71,7 +61,7 @@ async def update_stack(body: StackUpdate, stack: StackOperator, session: Session
 @router.delete("/{stack_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_stack(stack: StackAdmin, session: SessionDep) -> None:
     """Delete a stack (admin or owner); its deployments keep running and keep their rendered document."""
-    await stack_service.delete(session, stack)
+    await stack_service.delete(session, stack=stack)
     await session.commit()
 
 

@@ -56,8 +56,8 @@ async def run_recovery(
     body = body or RecoveryRequest()
     return await recovery.recover_pending_deployments(
         session,
-        body.max_age_minutes,
-        body.timeout_minutes,
+        max_age_minutes=body.max_age_minutes,
+        timeout_minutes=body.timeout_minutes,
         settings=request.app.state.settings,
         dispatch=request.app.state.dispatcher.dispatch,
     )

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityId, EntityQueryId, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.models import Role, Target, TargetType
 from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
 from backend.app.services import target_service
@@ -12,25 +12,15 @@ from backend.app.services import target_service
 router = APIRouter(prefix="/targets", tags=["targets"])
 
 
-class TargetAccess:
-    """Loads the target in the path if the caller holds ``minimum`` in its organisation (404 / 403)."""
-
-    def __init__(self, minimum: Role) -> None:
-        self.minimum = minimum
-
-    async def __call__(self, target_id: EntityId, session: SessionDep, user: CurrentUser) -> Target:
-        return await target_service.get_for_user(session, user, target_id, self.minimum)
-
-
-TargetViewer = Annotated[Target, Depends(TargetAccess(Role.VIEWER))]
-TargetOperator = Annotated[Target, Depends(TargetAccess(Role.OPERATOR))]
-TargetAdmin = Annotated[Target, Depends(TargetAccess(Role.ADMIN))]
+TargetViewer = Annotated[Target, Depends(OwnedRow(Target, Role.VIEWER, param="target_id", noun="target"))]
+TargetOperator = Annotated[Target, Depends(OwnedRow(Target, Role.OPERATOR, param="target_id", noun="target"))]
+TargetAdmin = Annotated[Target, Depends(OwnedRow(Target, Role.ADMIN, param="target_id", noun="target"))]
 
 
 @router.post("", response_model=TargetRead, status_code=status.HTTP_201_CREATED)
 async def create_target(body: TargetCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TargetRead:
     """Register a Docker engine (admin or owner; unix:// and loopback: superusers only); credentials never returned."""
-    target = await target_service.create(session, settings, user, body)
+    target = await target_service.create(session, settings=settings, user=user, data=body)
     await session.commit()
     return target_service.to_read(target, settings)
 
@@ -45,7 +35,7 @@ async def list_targets(
     type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""
-    result = await target_service.list_for_user(session, user, page, organization_id=organization_id, type=type)
+    result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type)
     return TargetPage.of(result, [target_service.to_read(t, settings) for t in result.items])
 
 
@@ -60,7 +50,7 @@ async def update_target(
     body: TargetUpdate, target: TargetAdmin, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> TargetRead:
     """Change a target (admin or owner; its compose policy on the WindFlow host: superusers only)."""
-    await target_service.update(session, settings, user, target, body)
+    await target_service.update(session, settings=settings, user=user, target=target, data=body)
     await session.commit()
     return target_service.to_read(target, settings)
 
@@ -68,7 +58,7 @@ async def update_target(
 @router.delete("/{target_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_target(target: TargetAdmin, session: SessionDep) -> None:
     """Delete a target no deployment uses (admin or owner)."""
-    await target_service.delete(session, target)
+    await target_service.delete(session, target=target)
     await session.commit()
 
 

@@ -12,7 +12,7 @@ router = APIRouter(prefix="/tokens", tags=["tokens"])
 @router.post("", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
 async def create_token(body: ApiTokenCreate, user: CurrentUser, session: SessionDep) -> ApiTokenCreated:
     """Create a personal API token. The token is in this response only: store it now."""
-    token, clear = await user_service.create_api_token(session, user, body)
+    token, clear = await user_service.create_api_token(session, user=user, data=body)
     await session.commit()
     return ApiTokenCreated(**ApiTokenRead.model_validate(token).model_dump(), token=clear)
 
@@ -20,12 +20,12 @@ async def create_token(body: ApiTokenCreate, user: CurrentUser, session: Session
 @router.get("", response_model=ApiTokenPage)
 async def list_tokens(user: CurrentUser, session: SessionDep, page: PageDep) -> ApiTokenPage:
     """Your API tokens (never their values), newest first."""
-    result = await user_service.list_api_tokens(session, user, page)
+    result = await user_service.list_api_tokens(session, user=user, page=page)
     return ApiTokenPage.of(result, [ApiTokenRead.model_validate(t) for t in result.items])
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_token(token_id: EntityId, user: CurrentUser, session: SessionDep) -> None:
     """Revoke one of your API tokens."""
-    await user_service.revoke_api_token(session, user, token_id)
+    await user_service.revoke_api_token(session, user=user, token_id=token_id)
     await session.commit()

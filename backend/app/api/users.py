@@ -12,7 +12,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 @router.post("", response_model=UserRead, status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, session: SessionDep, _admin: Superuser) -> UserRead:
     """Create a user (superusers only)."""
-    user = await user_service.create_user(session, body)
+    user = await user_service.create_user(session, data=body)
     await session.commit()
     return UserRead.model_validate(user)
 
@@ -20,20 +20,20 @@ async def create_user(body: UserCreate, session: SessionDep, _admin: Superuser) 
 @router.get("", response_model=UserPage)
 async def list_users(session: SessionDep, _admin: Superuser, page: PageDep) -> UserPage:
     """List users (superusers only)."""
-    result = await user_service.list_users(session, page)
+    result = await user_service.list_users(session, page=page)
     return UserPage.of(result, [UserRead.model_validate(u) for u in result.items])
 
 
 @router.get("/{user_id}", response_model=UserRead)
 async def get_user(user_id: EntityId, session: SessionDep, _admin: Superuser) -> UserRead:
     """One user (superusers only)."""
-    return UserRead.model_validate(await user_service.get_user(session, user_id))
+    return UserRead.model_validate(await user_service.get_user(session, user_id=user_id))
 
 
 @router.patch("/{user_id}", response_model=UserRead)
 async def update_user(user_id: EntityId, body: UserUpdate, session: SessionDep, admin: Superuser) -> UserRead:
     """Change a user's name, password, active flag or superuser flag (superusers only)."""
-    user = await user_service.update_user(session, await user_service.get_user(session, user_id), body, admin)
+    user = await user_service.update_user(session, user=await user_service.get_user(session, user_id=user_id), data=body, actor=admin)
     await session.commit()
     return UserRead.model_validate(user)
 
@@ -42,7 +42,7 @@ async def update_user(user_id: EntityId, body: UserUpdate, session: SessionDep, 
 async def deactivate_user(user_id: EntityId, session: SessionDep, admin: Superuser) -> UserRead:
     """Deactivate a user: their tokens stop working at once (superusers only)."""
     user = await user_service.update_user(
-        session, await user_service.get_user(session, user_id), UserUpdate(is_active=False), admin
+        session, user=await user_service.get_user(session, user_id=user_id), data=UserUpdate(is_active=False), actor=admin
     )
     await session.commit()
     return UserRead.model_validate(user)

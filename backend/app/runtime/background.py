@@ -71,7 +71,7 @@ async def recover_once(settings: Settings, dispatcher, *, max_age_minutes: float
                 logger.debug("recovery: a recent pass by another runner; skipping")
                 return None
             return await recovery.recover_pending_deployments(
-                session, max_age_minutes, settings.RECOVERY_TIMEOUT_MINUTES, settings=settings, dispatch=dispatcher.dispatch
+                session, max_age_minutes=max_age_minutes, timeout_minutes=settings.RECOVERY_TIMEOUT_MINUTES, settings=settings, dispatch=dispatcher.dispatch
             )
 
 

@@ -695,7 +695,7 @@ class _Runtime:
         while start < pointer.last_seq:
             async with database.AsyncSessionLocal() as session:
                 lines: list[LogLine] = await read_logs(
-                    session, pointer.deployment_id, start, min(LOG_READ_PAGE, pointer.last_seq - start))
+                    session, deployment_id=pointer.deployment_id, since_seq=start, limit=min(LOG_READ_PAGE, pointer.last_seq - start))
             if not lines:
                 return
             self.resolved += len(lines)

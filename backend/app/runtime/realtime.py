@@ -319,7 +319,7 @@ class Client(ABC):
         while upto is None or sub.last_seq < upto:
             limit = CATCH_UP_PAGE if upto is None else min(CATCH_UP_PAGE, upto - sub.last_seq)
             async with database.AsyncSessionLocal() as session:
-                lines = await read_logs(session, sub.deployment_id, sub.last_seq, limit)
+                lines = await read_logs(session, deployment_id=sub.deployment_id, since_seq=sub.last_seq, limit=limit)
             if not lines:
                 return
             sub.last_seq = lines[-1].seq

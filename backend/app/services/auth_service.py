@@ -61,7 +61,7 @@ async def setup_first_admin(
     return user
 
 
-async def authenticate(session: AsyncSession, email: str, password: str) -> User:
+async def authenticate(session: AsyncSession, *, email: str, password: str) -> User:
     email = email.strip().lower()
     # No stored email holds a NUL, and PostgreSQL would fail the query on one: treat it as unknown.
     user = None if "\x00" in email else (
@@ -77,7 +77,7 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
     return user
 
 
-async def issue_tokens(session: AsyncSession, settings: Settings, user: User, family_id: str | None = None) -> Tokens:
+async def issue_tokens(session: AsyncSession, *, settings: Settings, user: User, family_id: str | None = None) -> Tokens:
     access = security.create_access_token(settings, user.id, user.token_generation)
     family = family_id or uuid.uuid4().hex
     refresh = security.create_refresh_token(settings, user.id, family)
@@ -86,7 +86,7 @@ async def issue_tokens(session: AsyncSession, settings: Settings, user: User, fa
     return Tokens(access.token, refresh.token, settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60)
 
 
-async def rotate_refresh_token(session: AsyncSession, settings: Settings, token: str) -> Tokens:
+async def rotate_refresh_token(session: AsyncSession, *, settings: Settings, token: str) -> Tokens:
     """Exchange a refresh token for a new pair; the old one is revoked.
 
     Presenting an already-revoked refresh token means it was stolen or replayed: the whole family
@@ -105,7 +105,7 @@ async def rotate_refresh_token(session: AsyncSession, settings: Settings, token:
     user = await session.get(User, stored.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
-    tokens = await issue_tokens(session, settings, user, stored.family_id)
+    tokens = await issue_tokens(session, settings=settings, user=user, family_id=stored.family_id)
     new_claims = security.decode_token(settings, tokens.refresh_token, "refresh")
     stored.revoked_at = utcnow()
     stored.replaced_by = new_claims["jti"]
@@ -121,7 +121,7 @@ async def _revoke_family(session: AsyncSession, family_id: str) -> None:
     )
 
 
-async def logout(session: AsyncSession, settings: Settings, user: User, refresh_token: str | None) -> int:
+async def logout(session: AsyncSession, *, settings: Settings, user: User, refresh_token: str | None) -> int:
     """Revoke one refresh token (and its family), or every refresh token of ``user`` when none is given."""
     if refresh_token:
         try:
@@ -145,7 +145,7 @@ async def logout(session: AsyncSession, settings: Settings, user: User, refresh_
     return result.rowcount
 
 
-async def revoke_all_sessions(session: AsyncSession, user: User) -> None:
+async def revoke_all_sessions(session: AsyncSession, *, user: User) -> None:
     """Invalidate every access token of ``user`` (generation bump) and revoke every refresh token.
 
     Personal API tokens are separate credentials, listed and revoked under ``/tokens``.
@@ -163,7 +163,7 @@ async def revoke_all_sessions(session: AsyncSession, user: User) -> None:
 
 
 async def change_password(
-    session: AsyncSession, settings: Settings, user: User, current_password: str, new_password: str
+    session: AsyncSession, *, settings: Settings, user: User, current_password: str, new_password: str
 ) -> Tokens:
     """Change ``user``'s password after checking the current one; every other session ends. Returns a
     fresh token pair for the caller's own session."""
@@ -171,8 +171,8 @@ async def change_password(
         raise PermissionDenied("the current password is incorrect", code="invalid_credentials")
     user.hashed_password = security.hash_password(new_password)
     await session.flush()
-    await revoke_all_sessions(session, user)
-    return await issue_tokens(session, settings, user)
+    await revoke_all_sessions(session, user=user)
+    return await issue_tokens(session, settings=settings, user=user)
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,12 @@ class Credential:
     api_token_id: str | None = None
 
 
-async def user_from_token(session: AsyncSession, settings: Settings, token: str) -> User:
+async def user_from_token(session: AsyncSession, *, settings: Settings, token: str) -> User:
     """Resolve a bearer credential (access JWT or personal API token) to an active user."""
-    return (await credential_from_token(session, settings, token)).user
+    return (await credential_from_token(session, settings=settings, token=token)).user
 
 
-async def credential_from_token(session: AsyncSession, settings: Settings, token: str) -> Credential:
+async def credential_from_token(session: AsyncSession, *, settings: Settings, token: str) -> Credential:
     """:func:`user_from_token`, also telling when the credential expires (WebSocket re-authentication)."""
     api_token_id = None
     if token.startswith(security.API_TOKEN_PREFIX):

@@ -206,14 +206,14 @@ def _decide(stack: Stack | None, entry: CatalogEntry, strategy: Strategy) -> tup
 
 
 async def apply_catalog(
-    session: AsyncSession, organization_id: str, entries: list[CatalogEntry], strategy: Strategy
+    session: AsyncSession, *, organization_id: str, entries: list[CatalogEntry], strategy: Strategy
 ) -> dict[str, Any]:
     """Create or update the organisation's catalogue stacks from already validated ``entries``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     stats = _new_stats()
     for entry in entries:
-        stack = await stack_service.find_by_name(session, organization_id, entry.name)
+        stack = await stack_service.find_by_name(session, organization_id=organization_id, name=entry.name)
         action, reason = _decide(stack, entry, strategy)
         if action == "skip":
             logger.debug("stack catalogue: %s (%s) skipped: %s", entry.file, entry.name, reason)
@@ -239,7 +239,7 @@ async def apply_catalog(
 
 
 async def load_catalog(
-    session: AsyncSession, organization_id: str, directory: Path | str, strategy: Strategy
+    session: AsyncSession, *, organization_id: str, directory: Path | str, strategy: Strategy
 ) -> dict[str, Any]:
     """Load ``directory``'s catalogue into one organisation; never raises for a bad file.
 
@@ -248,19 +248,19 @@ async def load_catalog(
     The caller commits.
     """
     entries, failures = await read_catalog(directory)
-    stats = await apply_catalog(session, organization_id, entries, strategy)
+    stats = await apply_catalog(session, organization_id=organization_id, entries=entries, strategy=strategy)
     for failure in failures:
         _fail(stats, failure["file"], failure["reason"])
     return stats
 
 
-async def sync_catalog(session: AsyncSession, settings: Settings) -> dict[str, dict[str, Any]]:
+async def sync_catalog(session: AsyncSession, *, settings: Settings) -> dict[str, dict[str, Any]]:
     """Load ``STACKS_DEFINITIONS_DIR`` into every organisation with ``STACKS_LOAD_STRATEGY``.
 
     The files are read and validated once. Returns the stats per organisation id. The caller commits::
 
         async with AsyncSessionLocal() as session:
-            await catalog.sync_catalog(session, settings)
+            await catalog.sync_catalog(session, settings=settings)
             await session.commit()
     """
     entries, failures = await read_catalog(settings.STACKS_DEFINITIONS_DIR)
@@ -269,7 +269,7 @@ async def sync_catalog(session: AsyncSession, settings: Settings) -> dict[str, d
     organization_ids = (await session.execute(select(Organization.id).order_by(Organization.created_at))).scalars().all()
     results: dict[str, dict[str, Any]] = {}
     for organization_id in organization_ids:
-        stats = await apply_catalog(session, organization_id, entries, settings.STACKS_LOAD_STRATEGY)
+        stats = await apply_catalog(session, organization_id=organization_id, entries=entries, strategy=settings.STACKS_LOAD_STRATEGY)
         stats["errors"] += len(failures)
         stats["failures"].extend(failures)
         results[organization_id] = stats

@@ -17,7 +17,7 @@ from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
 from backend.app.services import redaction
-from backend.app.services.deployment_logs import append_logs
+from backend.app.services.deployment_logs import append_logs, append_logs_committed
 from backend.app.services.deployment_spec import load_engine
 from backend.app.services.state_machine import set_deployment_status
 from backend.app.database import utcnow
@@ -45,31 +45,33 @@ async def _redactor(session: AsyncSession, settings: Settings, deployment: Deplo
     return redaction.deployment_redactor(settings, deployment, await session.get(Target, deployment.target_id))
 
 
-async def stop(session: AsyncSession, settings: Settings, deployment: Deployment, actor: str) -> None:
+async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
         raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
-    engine, spec = await load_engine(session, settings, deployment)
+    engine, spec = await load_engine(session, settings=settings, deployment=deployment)
     redactor = await _redactor(session, settings, deployment)
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
     try:
         await engine.stop(spec, log)
     except EngineError as exc:
-        await append_logs(session, deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor)
-        await session.commit()
+        # the request's transaction rolls back with the error: the lines that say why are written on their own
+        await append_logs_committed(
+            deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor=redactor
+        )
         raise _engine_failure("stop", exc, redactor) from exc
-    result = await set_deployment_status(session, deployment.id, S.STOPPED, reason="stopped by user", actor=actor, expected_from=S.RUNNING)
+    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.STOPPED, reason="stopped by user", actor=actor, expected_from=S.RUNNING)
     if not result.accepted:
         raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition")
     await log(LogLevel.INFO, "Stopped")
-    await append_logs(session, deployment.id, log.lines, redactor)
+    await append_logs(session, deployment_id=deployment.id, lines=log.lines, redactor=redactor)
 
 
-async def delete(session: AsyncSession, settings: Settings, deployment: Deployment, *, keep_volumes: bool) -> None:
+async def delete(session: AsyncSession, *, settings: Settings, deployment: Deployment,  keep_volumes: bool) -> None:
     """Tear down every labelled container/network (and volume unless ``keep_volumes``), then drop the row."""
     if deployment.status is S.DEPLOYING:
         raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")
-    engine, spec = await load_engine(session, settings, deployment)
+    engine, spec = await load_engine(session, settings=settings, deployment=deployment)
     log = _Collector()
     try:
         await engine.remove(spec, log, keep_volumes=keep_volumes)

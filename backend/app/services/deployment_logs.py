@@ -51,6 +51,7 @@ _GENERIC = Redactor()
 
 async def append_logs(
     session: AsyncSession,
+    *,
     deployment_id: str,
     lines: list[tuple[LogLevel, str, datetime]],
     redactor: Redactor | None = None,
@@ -94,7 +95,17 @@ async def append_logs(
     return stored
 
 
-async def read_logs(session: AsyncSession, deployment_id: str, since_seq: int = 0, limit: int = 1000) -> list[LogLine]:
+async def append_logs_committed(
+    deployment_id: str, lines: list[tuple[LogLevel, str, datetime]], *, redactor: Redactor | None = None
+) -> None:
+    """Append ``lines`` in a transaction of their own: for a caller whose transaction is about to roll back
+    (a failed request) but whose lines say why."""
+    async with database.AsyncSessionLocal() as session:
+        await append_logs(session, deployment_id=deployment_id, lines=lines, redactor=redactor)
+        await session.commit()
+
+
+async def read_logs(session: AsyncSession, *, deployment_id: str, since_seq: int = 0, limit: int = 1000) -> list[LogLine]:
     rows = await session.execute(
         select(DeploymentLog)
         .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.seq > since_seq)
@@ -105,14 +116,14 @@ async def read_logs(session: AsyncSession, deployment_id: str, since_seq: int = 
 
 
 async def read_log_page(
-    session: AsyncSession, deployment_id: str, *, since_seq: int = 0, cursor: str | None = None, limit: int = 1000
+    session: AsyncSession, *, deployment_id: str,  since_seq: int = 0, cursor: str | None = None, limit: int = 1000
 ) -> tuple[list[LogLine], str | None]:
     """Lines after ``since_seq`` (or after ``cursor``) and the cursor of the next page (``None`` at the end)."""
     if cursor is not None:
         if since_seq:
             raise ValidationFailed("pass either since_seq or cursor, not both", code="invalid_page")
         since_seq = LOGS_IN_ORDER.decode(cursor)[0]
-    lines = await read_logs(session, deployment_id, since_seq, limit + 1)
+    lines = await read_logs(session, deployment_id=deployment_id, since_seq=since_seq, limit=limit + 1)
     if len(lines) <= limit:
         return lines, None
     lines = lines[:limit]
@@ -120,7 +131,7 @@ async def read_log_page(
 
 
 async def set_progress(
-    session: AsyncSession, deployment_id: str, *, owner: str | None, current_step: int, total_steps: int, step_name: str
+    session: AsyncSession, *, deployment_id: str,  owner: str | None, current_step: int, total_steps: int, step_name: str
 ) -> bool:
     """Record the runner's progress (guarded by its lease) and queue a ``DEPLOYMENT_PROGRESS`` event."""
     progress = int(100 * (current_step - 1) / total_steps) if total_steps else 0
@@ -192,8 +203,8 @@ class DeploymentLogWriter:
             try:
                 async with database.AsyncSessionLocal() as session:
                     for update in progress:  # guarded by the lease: a settled deployment keeps its 100 %
-                        await set_progress(session, self.deployment_id, **update)
-                    await append_logs(session, self.deployment_id, pending, self.redactor)
+                        await set_progress(session, deployment_id=self.deployment_id, **update)
+                    await append_logs(session, deployment_id=self.deployment_id, lines=pending, redactor=self.redactor)
                     await session.commit()
                 self.written += len(pending)
             except Exception:  # noqa: BLE001 - keep the lines and retry at the next flush

@@ -105,7 +105,7 @@ async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: a
         await asyncio.sleep(interval)
         try:
             async with database.AsyncSessionLocal() as session:
-                held = await renew_lease(session, deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
+                held = await renew_lease(session, deployment_id=deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
                 await session.commit()
         except Exception:  # noqa: BLE001 - a database hiccup is not a lost lease; the next beat retries
             logger.warning("lease renewal of deployment %s failed; retrying", deployment_id, exc_info=True)
@@ -126,7 +126,7 @@ async def _run_steps(engine: Engine, spec: DeploySpec, deployment_id: str, owner
 
 async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, **kwargs) -> bool:
     async with database.AsyncSessionLocal() as session:
-        result = await set_deployment_status(session, deployment_id, to, lease_owner=owner, actor=owner, **kwargs)
+        result = await set_deployment_status(session, deployment_id=deployment_id, to_status=to, lease_owner=owner, actor=owner, **kwargs)
         await session.commit()
     if not result.accepted:
         logger.info("deployment %s: %s refused: %s", deployment_id, to, result.reason)
@@ -151,7 +151,7 @@ async def run_deployment(
     for _ in range(2):  # a second try only after reclaiming a dead executor's row
         async with database.AsyncSessionLocal() as session:
             claim = await claim_deployment(
-                session, deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
+                session, deployment_id=deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
                 task_id=task_id,
             )
             await session.commit()
@@ -174,7 +174,7 @@ async def run_deployment(
                 logs.redactor = redaction.deployment_redactor(
                     settings, deployment, await session.get(Target, deployment.target_id)
                 )
-                engine, spec = await load_engine(session, settings, deployment)
+                engine, spec = await load_engine(session, settings=settings, deployment=deployment)
                 # The target's policy as it is now: it may have been tightened since creation.
                 check_compose_policy(spec.compose, await session.get(Target, target_id))
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
@@ -289,7 +289,7 @@ async def _after_refused_claim(settings: Settings, deployment_id: str, reason: s
                 # maybe a redelivery for an executor that just died: look again when its lease ends
                 wait = (row.lease_expires_at - now).total_seconds() + 1.0
                 return RunOutcome(deployment_id, Outcome.DEFERRED, reason, row.target_id, wait)
-            counter = await orphans.reclaim_orphan(session, settings, row, actor="reclaim")
+            counter = await orphans.reclaim_orphan(session, settings=settings, deployment=row, actor="reclaim")
             await session.commit()
             if counter == "retried":
                 return None
@@ -313,7 +313,7 @@ async def after_run(outcome: RunOutcome, *, dispatch: Dispatch, dispatch_later: 
         await dispatch_later(outcome.deployment_id, max(0.0, outcome.retry_in))
     if outcome.target_id and outcome.status in FREES_A_SLOT:
         async with database.AsyncSessionLocal() as session:
-            waiting = await claimable_for_target(session, outcome.target_id)
+            waiting = await claimable_for_target(session, target_id=outcome.target_id)
         for deployment_id in waiting:
             if deployment_id != outcome.deployment_id:
                 await dispatch(deployment_id)

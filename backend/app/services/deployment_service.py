@@ -85,9 +85,9 @@ class DeploymentService:
     @staticmethod
     async def create(
         session: AsyncSession,
+        *,
         settings: Settings,
         user: User,
-        *,
         stack_id: str,
         target_id: str,
         name: str | None = None,
@@ -95,7 +95,7 @@ class DeploymentService:
         organization_id: str | None = None,
     ) -> Deployment:
         """Validate, freeze generators, render and store a ``pending`` deployment (not dispatched)."""
-        org_id = await organization_service.resolve_organization(session, user, organization_id, Role.OPERATOR)
+        org_id = await organization_service.resolve_organization(session, user=user, organization_id=organization_id, minimum=Role.OPERATOR)
         stack = await session.get(Stack, stack_id)
         if stack is None or stack.organization_id != org_id:
             raise NotFound(f"stack {stack_id} not found in this organization", code="stack_not_found")
@@ -131,24 +131,17 @@ class DeploymentService:
             rendered_compose=security.encrypt_secret(settings, rendered),
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
         )
-        await record_creation(session, deployment, actor=user.email, snapshot=read_model)
+        await record_creation(session, deployment=deployment, actor=user.email, snapshot=read_model)
         return deployment
 
     # --- queries ----------------------------------------------------------------------------------
 
     @staticmethod
-    async def get_for_user(session: AsyncSession, user: User, deployment_id: str, minimum: Role = Role.VIEWER) -> Deployment:
-        """The deployment if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*."""
-        return await organization_service.get_owned(
-            session, user, Deployment, deployment_id, minimum, noun="deployment", populate_existing=True
-        )
-
-    @staticmethod
     async def list_for_user(
         session: AsyncSession,
+        *,
         user: User,
         page: pagination.PageParams,
-        *,
         status: list[DeploymentStatus] | None = None,
         stack_id: str | None = None,
         target_id: str | None = None,
@@ -160,7 +153,7 @@ class DeploymentService:
         part is read from an index in order (see :mod:`backend.app.services.pagination`). A stack or
         target filter narrows the organisations to the one owning it, so a foreign id reads nothing.
         """
-        org_ids = await organization_service.readable_organization_ids(session, user, organization_id)
+        org_ids = await organization_service.readable_organization_ids(session, user=user, organization_id=organization_id)
         query = select(Deployment).options(defer(Deployment.rendered_compose))  # not shown, and the widest column
         for model, column, entity_id in ((Stack, Deployment.stack_id, stack_id), (Target, Deployment.target_id, target_id)):
             if entity_id is None:
@@ -170,11 +163,11 @@ class DeploymentService:
             query = query.where(column == entity_id)
         scope = None if org_ids is None else [[Deployment.organization_id == org_id] for org_id in org_ids]
         partitions = pagination.product(scope, pagination.any_of(Deployment.status, status))
-        return await pagination.paginate(session, query, DEPLOYMENTS_NEWEST_FIRST, page, partitions=partitions)
+        return await pagination.paginate(session, query=query, ordering=DEPLOYMENTS_NEWEST_FIRST, params=page, partitions=partitions)
 
     @staticmethod
     async def history(
-        session: AsyncSession, deployment_id: str, *, limit: int = 1000, after_id: int = 0
+        session: AsyncSession, *, deployment_id: str,  limit: int = 1000, after_id: int = 0
     ) -> list[DeploymentStatusHistory]:
         """Status changes after ``after_id``, oldest first (an index range on ``(deployment_id, id)``)."""
         rows = await session.execute(
@@ -187,11 +180,11 @@ class DeploymentService:
 
     @staticmethod
     async def history_page(
-        session: AsyncSession, deployment_id: str, *, limit: int, cursor: str | None = None
+        session: AsyncSession, *, deployment_id: str,  limit: int, cursor: str | None = None
     ) -> tuple[list[DeploymentStatusHistory], str | None]:
         """One page of :meth:`history` and the cursor of the next one (``None`` on the last page)."""
         after_id = HISTORY_OLDEST_FIRST.decode(cursor)[0] if cursor is not None else 0
-        rows = await DeploymentService.history(session, deployment_id, limit=limit + 1, after_id=after_id)
+        rows = await DeploymentService.history(session, deployment_id=deployment_id, limit=limit + 1, after_id=after_id)
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
@@ -202,22 +195,22 @@ class DeploymentService:
     @staticmethod
     async def recover_pending_deployments(
         session: AsyncSession,
+        *,
         max_age_minutes: float = 2,
         timeout_minutes: float = 60,
-        *,
         settings: Settings | None = None,
         dispatch: Dispatch | None = None,
     ) -> dict[str, Any]:
         """Recover stuck deployments; see :func:`backend.app.services.recovery.recover_pending_deployments`."""
         return await recovery.recover_pending_deployments(
-            session, max_age_minutes, timeout_minutes, settings=settings, dispatch=dispatch
+            session, max_age_minutes=max_age_minutes, timeout_minutes=timeout_minutes, settings=settings, dispatch=dispatch
         )
 
     # --- lifecycle (status side; engine work happens in the runner / lifecycle module) -------------
 
     @staticmethod
     async def requeue(
-        session: AsyncSession, deployment: Deployment, *, action: str, actor: str, settings: Settings | None = None
+        session: AsyncSession, *, deployment: Deployment,  action: str, actor: str, settings: Settings | None = None
     ) -> TransitionResult:
         """``start``, ``redeploy`` and ``retry``: back to ``pending`` from the states where each makes sense.
 
@@ -234,18 +227,18 @@ class DeploymentService:
             "retry": frozenset({S.FAILED, S.CANCELLED}),
         }[action]
         result = await set_deployment_status(
-            session, deployment.id, S.PENDING, reason=action, actor=actor, expected_from=allowed
+            session, deployment_id=deployment.id, to_status=S.PENDING, reason=action, actor=actor, expected_from=allowed
         )
         if not result.accepted:
             raise Conflict(f"cannot {action} this deployment: {result.reason}", code="invalid_transition")
         return result
 
     @staticmethod
-    async def cancel(session: AsyncSession, deployment: Deployment, *, actor: str) -> TransitionResult:
+    async def cancel(session: AsyncSession, *, deployment: Deployment,  actor: str) -> TransitionResult:
         result = await set_deployment_status(
             session,
-            deployment.id,
-            S.CANCELLED,
+            deployment_id=deployment.id,
+            to_status=S.CANCELLED,
             reason="cancelled by user",
             actor=actor,
             error_message="Cancelled by user",

@@ -100,6 +100,6 @@ def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
     )
 
 
-async def load_engine(session: AsyncSession, settings: Settings, deployment: Deployment) -> tuple[Engine, DeploySpec]:
+async def load_engine(session: AsyncSession, *, settings: Settings, deployment: Deployment) -> tuple[Engine, DeploySpec]:
     target = await session.get(Target, deployment.target_id)
     return engine_for(target_service.connection_for(target, settings)), deploy_spec(settings, deployment)

@@ -12,7 +12,7 @@ from backend.app.services import pagination
 from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, OrganizationUpdate
 
 
-async def role_in(session: AsyncSession, user: User, organization_id: str) -> Role | None:
+async def role_in(session: AsyncSession, *, user: User, organization_id: str) -> Role | None:
     """The user's role in the organisation, ``OWNER`` for superusers, ``None`` for outsiders."""
     if user.is_superuser:
         exists = await session.get(Organization, organization_id)
@@ -25,12 +25,12 @@ async def role_in(session: AsyncSession, user: User, organization_id: str) -> Ro
     return Role(role) if role is not None else None
 
 
-async def require_role(session: AsyncSession, user: User, organization_id: str, minimum: Role) -> Role:
+async def require_role(session: AsyncSession, *, user: User, organization_id: str, minimum: Role) -> Role:
     """Check ``user`` holds at least ``minimum`` in the organisation.
 
     An outsider gets 404 (they must not learn the organisation exists); a member with a weaker role 403.
     """
-    role = await role_in(session, user, organization_id)
+    role = await role_in(session, user=user, organization_id=organization_id)
     if role is None:
         raise NotFound("organization not found")
     if not role.at_least(minimum):
@@ -38,14 +38,14 @@ async def require_role(session: AsyncSession, user: User, organization_id: str, 
     return role
 
 
-async def get_owned(session: AsyncSession, user: User, model, entity_id: str, minimum: Role, *, noun: str, **options):
+async def get_owned(session: AsyncSession, *, user: User, model, entity_id: str, minimum: Role,  noun: str, **options):
     """Load a row an organisation owns (stack, target, deployment) if ``user`` holds ``minimum`` there.
 
     Missing and foreign rows are the same 404 (an outsider must not learn the id exists); a member with
     a weaker role gets 403.
     """
     entity = await session.get(model, entity_id, **options)
-    role = await role_in(session, user, entity.organization_id) if entity is not None else None
+    role = await role_in(session, user=user, organization_id=entity.organization_id) if entity is not None else None
     if entity is None or role is None:
         raise NotFound(f"{noun} not found", code=f"{noun}_not_found")
     if not role.at_least(minimum):
@@ -54,7 +54,7 @@ async def get_owned(session: AsyncSession, user: User, model, entity_id: str, mi
 
 
 async def readable_partitions(
-    session: AsyncSession, user: User, org_column, organization_id: str | None = None
+    session: AsyncSession, *, user: User, org_column, organization_id: str | None = None
 ) -> list[list] | None:
     """Restrict a listing to the organisations ``user`` may read, as pagination partitions.
 
@@ -62,15 +62,15 @@ async def readable_partitions(
     (see :mod:`backend.app.services.pagination`); ``None`` (no restriction) for a superuser. Filtering on an
     organisation the user does not belong to answers 404, like reading it would.
     """
-    ids = await readable_organization_ids(session, user, organization_id)
+    ids = await readable_organization_ids(session, user=user, organization_id=organization_id)
     return None if ids is None else [[org_column == org_id] for org_id in ids]
 
 
-async def readable_organization_ids(session: AsyncSession, user: User, organization_id: str | None = None) -> list[str] | None:
+async def readable_organization_ids(session: AsyncSession, *, user: User, organization_id: str | None = None) -> list[str] | None:
     """The organisations ``user`` may read (``None``: all of them, a superuser), or just ``organization_id``
     after checking it (404 for an outsider)."""
     if organization_id is not None:
-        await require_role(session, user, organization_id, Role.VIEWER)
+        await require_role(session, user=user, organization_id=organization_id, minimum=Role.VIEWER)
         return [organization_id]
     if user.is_superuser:
         return None
@@ -78,7 +78,7 @@ async def readable_organization_ids(session: AsyncSession, user: User, organizat
     return list(ids.scalars())
 
 
-async def default_organization_id(session: AsyncSession, user: User) -> str | None:
+async def default_organization_id(session: AsyncSession, *, user: User) -> str | None:
     return (
         await session.execute(
             select(Membership.organization_id)
@@ -90,17 +90,17 @@ async def default_organization_id(session: AsyncSession, user: User) -> str | No
 
 
 async def resolve_organization(
-    session: AsyncSession, user: User, organization_id: str | None, minimum: Role
+    session: AsyncSession, *, user: User, organization_id: str | None, minimum: Role
 ) -> str:
     """The organisation a create payload targets: the given one, else the caller's default."""
     if organization_id is None:
-        organization_id = await default_organization_id(session, user)
+        organization_id = await default_organization_id(session, user=user)
         if organization_id is None:
             raise ValidationFailed(
                 "you belong to no organization: pass organization_id or ask an admin to add you to one",
                 code="no_organization",
             )
-    await require_role(session, user, organization_id, minimum)
+    await require_role(session, user=user, organization_id=organization_id, minimum=minimum)
     return organization_id
 
 
@@ -108,21 +108,21 @@ ORGANIZATIONS_BY_NAME = pagination.Ordering("organizations", (Organization.name,
 MEMBERS_BY_AGE = pagination.Ordering("members", (Membership.created_at, Membership.id))
 
 
-async def list_for_user(session: AsyncSession, user: User, page: pagination.PageParams) -> pagination.Page:
+async def list_for_user(session: AsyncSession, *, user: User, page: pagination.PageParams) -> pagination.Page:
     """Organisations ``user`` belongs to with their role, by name; every one (as owner) for a superuser."""
     if user.is_superuser:
-        result = await pagination.paginate(session, select(Organization), ORGANIZATIONS_BY_NAME, page)
+        result = await pagination.paginate(session, query=select(Organization), ordering=ORGANIZATIONS_BY_NAME, params=page)
         result.items = [(org, Role.OWNER) for org in result.items]
         return result
     base = select(Organization, Membership.role).join(Membership).where(Membership.user_id == user.id)
     result = await pagination.paginate(
-        session, base, ORGANIZATIONS_BY_NAME, page, scalars=False, key_of=lambda row: (row[0].name, row[0].id)
+        session, query=base, ordering=ORGANIZATIONS_BY_NAME, params=page, scalars=False, key_of=lambda row: (row[0].name, row[0].id)
     )
     result.items = [(org, Role(role)) for org, role in result.items]
     return result
 
 
-async def create(session: AsyncSession, data: OrganizationCreate, creator: User) -> Organization:
+async def create(session: AsyncSession, *, data: OrganizationCreate, creator: User) -> Organization:
     org = Organization(name=data.name, description=data.description)
     session.add(org)
     try:
@@ -134,7 +134,7 @@ async def create(session: AsyncSession, data: OrganizationCreate, creator: User)
     return org
 
 
-async def update_organization(session: AsyncSession, org: Organization, data: OrganizationUpdate) -> Organization:
+async def update_organization(session: AsyncSession, *, org: Organization, data: OrganizationUpdate) -> Organization:
     for field, value in data.model_dump(exclude_unset=True).items():
         if field == "name" and value is None:
             raise ValidationFailed("name cannot be null")
@@ -146,11 +146,11 @@ async def update_organization(session: AsyncSession, org: Organization, data: Or
     return org
 
 
-async def list_members(session: AsyncSession, organization_id: str, page: pagination.PageParams) -> pagination.Page:
+async def list_members(session: AsyncSession, *, organization_id: str, page: pagination.PageParams) -> pagination.Page:
     """``(membership, user)`` pairs of the organisation, oldest membership first."""
     base = select(Membership, User).join(User).where(Membership.organization_id == organization_id)
     return await pagination.paginate(
-        session, base, MEMBERS_BY_AGE, page, scalars=False, key_of=lambda row: (row[0].created_at, row[0].id)
+        session, query=base, ordering=MEMBERS_BY_AGE, params=page, scalars=False, key_of=lambda row: (row[0].created_at, row[0].id)
     )
 
 
@@ -160,7 +160,7 @@ def _check_can_grant(actor_role: Role, target_role: Role) -> None:
         raise PermissionDenied("only an owner can make someone an owner")
 
 
-async def add_member(session: AsyncSession, organization_id: str, data: MemberCreate, actor_role: Role) -> tuple[Membership, User]:
+async def add_member(session: AsyncSession, *, organization_id: str, data: MemberCreate, actor_role: Role) -> tuple[Membership, User]:
     _check_can_grant(actor_role, data.role)
     if data.user_id is not None:
         user = await session.get(User, data.user_id)
@@ -205,7 +205,7 @@ async def _ensure_an_owner_remains(session: AsyncSession, organization_id: str, 
         raise Conflict("an organization must keep at least one owner; make someone else owner first", code="last_owner")
 
 
-async def change_role(session: AsyncSession, organization_id: str, user_id: str, role: Role, actor_role: Role) -> Membership:
+async def change_role(session: AsyncSession, *, organization_id: str, user_id: str, role: Role, actor_role: Role) -> Membership:
     membership = await _get_membership(session, organization_id, user_id)
     _check_can_grant(actor_role, role)
     _check_can_grant(actor_role, membership.role)
@@ -216,7 +216,7 @@ async def change_role(session: AsyncSession, organization_id: str, user_id: str,
     return membership
 
 
-async def remove_member(session: AsyncSession, organization_id: str, user_id: str, actor_role: Role) -> None:
+async def remove_member(session: AsyncSession, *, organization_id: str, user_id: str, actor_role: Role) -> None:
     membership = await _get_membership(session, organization_id, user_id)
     _check_can_grant(actor_role, membership.role)
     await _ensure_an_owner_remains(session, organization_id, membership)

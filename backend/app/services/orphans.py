@@ -23,14 +23,14 @@ S = DeploymentStatus
 ACTOR = "recovery"
 
 
-async def log_line(session: AsyncSession, deployment_id: str, level: LogLevel, message: str) -> None:
-    await append_logs(session, deployment_id, [(level, message, utcnow())])
+async def log_line(session: AsyncSession, *, deployment_id: str, level: LogLevel, message: str) -> None:
+    await append_logs(session, deployment_id=deployment_id, lines=[(level, message, utcnow())])
 
 
 async def _containers_running(session: AsyncSession, settings: Settings, deployment: Deployment) -> bool | None:
     """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
     try:
-        engine, spec = await load_engine(session, settings, deployment)
+        engine, spec = await load_engine(session, settings=settings, deployment=deployment)
         states = await engine.inspect(spec)
     except (EngineError, Exception):  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
         logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
@@ -40,7 +40,7 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     return all(s.state == "running" and s.health in (None, "healthy") for s in states)
 
 
-async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: Deployment, *, actor: str = ACTOR) -> str | None:
+async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deployment: Deployment,  actor: str = ACTOR) -> str | None:
     """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
 
     ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the
@@ -52,24 +52,24 @@ async def reclaim_orphan(session: AsyncSession, settings: Settings, deployment: 
     running = await _containers_running(session, settings, deployment)
     if running:
         result = await set_deployment_status(
-            session, deployment_id, S.RUNNING, reason="executor lost; containers found running", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.RUNNING, reason="executor lost; containers found running", actor=actor,
             require_lease_expired=True,
         )
         counter = "settled"
     elif deployment.attempt < deployment.max_attempts:
         result = await set_deployment_status(
-            session, deployment_id, S.PENDING, reason="executor lost (lease expired)", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.PENDING, reason="executor lost (lease expired)", actor=actor,
             error_message="executor lost (lease expired); retrying", require_lease_expired=True,
         )
         counter = "retried"
     else:
         result = await set_deployment_status(
-            session, deployment_id, S.FAILED, reason="executor lost, no attempts left", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.FAILED, reason="executor lost, no attempts left", actor=actor,
             error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
             require_lease_expired=True,
         )
         counter = "failed"
     if not result.accepted:
         return None
-    await log_line(session, deployment_id, LogLevel.WARNING, f"[RECOVERY] {result.reason}")
+    await log_line(session, deployment_id=deployment_id, level=LogLevel.WARNING, message=f"[RECOVERY] {result.reason}")
     return counter

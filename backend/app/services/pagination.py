@@ -165,7 +165,7 @@ def _key(row: Any, ordering: Ordering, key_of: Callable[[Any], tuple] | None) ->
     return tuple(getattr(row, c.key) for c in ordering.columns)
 
 
-async def count_capped(session: AsyncSession, query: Select, ordering: Ordering, cap: int) -> int:
+async def count_capped(session: AsyncSession, *, query: Select, ordering: Ordering, cap: int) -> int:
     """Matching rows of ``query``, counting at most ``cap + 1``.
 
     Ordered like the page, so that the count reads the same index range as the page does (an index-only
@@ -201,10 +201,10 @@ async def _key_of_last_skipped(session: AsyncSession, parts: list[Select], order
 
 async def paginate(
     session: AsyncSession,
+    *,
     query: Select,
     ordering: Ordering,
     params: PageParams,
-    *,
     partitions: Sequence[Sequence[Any]] | None = None,
     scalars: bool = True,
     key_of: Callable[[Any], tuple] | None = None,
@@ -246,7 +246,7 @@ async def paginate(
 
     total = 0
     for part in parts:
-        total += await count_capped(session, part, ordering, count_cap)
+        total += await count_capped(session, query=part, ordering=ordering, cap=count_cap)
         if total > count_cap:
             break
     return Page(items, min(total, count_cap), total <= count_cap, next_cursor)

@@ -20,13 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 async def provision_organization(
-    session: AsyncSession, settings: Settings, organization_id: str, *, local_target: bool = False
+    session: AsyncSession, *, settings: Settings, organization_id: str,  local_target: bool = False
 ) -> None:
     if local_target:
-        await target_service.ensure_local_target(session, organization_id, settings)
+        await target_service.ensure_local_target(session, organization_id=organization_id, settings=settings)
     if settings.STACKS_CATALOG_ENABLED:
         stats = await catalog.load_catalog(
-            session, organization_id, settings.STACKS_DEFINITIONS_DIR, settings.STACKS_LOAD_STRATEGY
+            session, organization_id=organization_id, directory=settings.STACKS_DEFINITIONS_DIR, strategy=settings.STACKS_LOAD_STRATEGY
         )
         logger.info(
             "stack catalogue loaded into organization %s: created=%d updated=%d skipped=%d errors=%d",
@@ -42,7 +42,7 @@ async def sync_catalog_on_startup(settings: Settings) -> None:
 
     try:
         async with database.AsyncSessionLocal() as session:
-            await catalog.sync_catalog(session, settings)
+            await catalog.sync_catalog(session, settings=settings)
             await session.commit()
     except Exception:  # noqa: BLE001 - a broken catalogue must not keep WindFlow down
         logger.exception("stack catalogue synchronisation failed")

@@ -73,7 +73,7 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
     ).scalars().all()
     for deployment in orphans:
         try:
-            counter = await reclaim_orphan(session, settings, deployment, actor="reaper")
+            counter = await reclaim_orphan(session, settings=settings, deployment=deployment, actor="reaper")
             await session.commit()
         except Exception:  # noqa: BLE001 - keep healing the others
             await session.rollback()
@@ -98,7 +98,7 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
     ).all()
     stale_ids = {row.id for row in stale}
     for target_id in sorted({row.target_id for row in stale}):
-        for deployment_id in await claimable_for_target(session, target_id, now=now):
+        for deployment_id in await claimable_for_target(session, target_id=target_id, now=now):
             if deployment_id in stale_ids and deployment_id not in to_dispatch:
                 to_dispatch.append(deployment_id)
                 stats["redispatched"] += 1
@@ -123,9 +123,9 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
 
 async def recover_pending_deployments(
     session: AsyncSession,
+    *,
     max_age_minutes: float = 2,
     timeout_minutes: float = 60,
-    *,
     settings: Settings | None = None,
     dispatch: Dispatch | None = None,
 ) -> dict[str, Any]:
@@ -159,11 +159,11 @@ async def recover_pending_deployments(
         try:
             message = f"Timeout: still pending after {timeout_minutes:g} minutes"
             result = await set_deployment_status(
-                session, deployment_id, S.FAILED, reason="recovery timeout", actor=ACTOR, error_message=message,
+                session, deployment_id=deployment_id, to_status=S.FAILED, reason="recovery timeout", actor=ACTOR, error_message=message,
                 expected_from=S.PENDING,
             )
             if result.accepted:
-                await log_line(session, deployment_id, LogLevel.ERROR, message)
+                await log_line(session, deployment_id=deployment_id, level=LogLevel.ERROR, message=message)
                 stats["failed"] += 1
             else:
                 stats["skipped"] += 1
@@ -182,7 +182,7 @@ async def recover_pending_deployments(
     for deployment in orphans:
         deployment_id = deployment.id
         try:
-            counter = await reclaim_orphan(session, settings, deployment)
+            counter = await reclaim_orphan(session, settings=settings, deployment=deployment)
             if counter is not None:
                 stats[counter] += 1
                 if counter == "retried":
@@ -211,7 +211,7 @@ async def recover_pending_deployments(
             stats["skipped"] += 1  # waiting for its retry backoff
             continue
         try:
-            await log_line(session, deployment_id, LogLevel.INFO, "[RETRY] New attempt started by recovery")
+            await log_line(session, deployment_id=deployment_id, level=LogLevel.INFO, message="[RETRY] New attempt started by recovery")
             await session.commit()
             to_dispatch.append(deployment_id)
             stats["retried"] += 1

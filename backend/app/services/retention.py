@@ -91,7 +91,7 @@ async def _prune_lines(ids: list[str], keep: int, batch: int, report: RetentionR
                 ).one_or_none()
                 if row is None or row.status not in SETTLED_STATUSES or row.last_log_seq - keep < 1:
                     break
-                count = await delete_batch(session, DeploymentLog, _doomed_lines(deployment_id, row.last_log_seq - keep, batch))
+                count = await delete_batch(session, model=DeploymentLog, doomed=_doomed_lines(deployment_id, row.last_log_seq - keep, batch))
                 await session.commit()
             report.batches += 1
             deleted += count
@@ -113,7 +113,7 @@ def _doomed_history(ids: list[str], batch: int):
     )
 
 
-async def delete_batch(session, model, doomed) -> int:
+async def delete_batch(session, *, model, doomed) -> int:
     """Delete the rows whose ids ``doomed`` selects: ids first, then a delete by primary key.
 
     Two statements rather than ``DELETE ... WHERE id IN (SELECT ...)``, which PostgreSQL may plan as a
@@ -129,7 +129,7 @@ async def _delete_in_batches(model, doomed_for_batch, batch: int, report: Retent
     deleted = 0
     while True:
         async with database.AsyncSessionLocal() as session:
-            count = await delete_batch(session, model, doomed_for_batch())
+            count = await delete_batch(session, model=model, doomed=doomed_for_batch())
             await session.commit()
         report.batches += 1
         deleted += count

@@ -43,7 +43,7 @@ _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ")
 Send = Callable[[dict], Awaitable[None]]
 
 
-async def prepare(session: AsyncSession, settings: Settings, deployment: Deployment, tail: int) -> ServiceLogFollower:
+async def prepare(session: AsyncSession, *, settings: Settings, deployment: Deployment, tail: int) -> ServiceLogFollower:
     """Check the deployment runs and gather what following it needs (no engine call yet)."""
     if deployment.status is not DeploymentStatus.RUNNING:
         raise Conflict(f"this deployment is {deployment.status}; service logs are available while it is running",

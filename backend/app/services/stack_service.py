@@ -49,26 +49,22 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
     return [spec.to_dict() for spec in specs]
 
 
-async def get_for_user(session: AsyncSession, user: User, stack_id: str, minimum: Role = Role.VIEWER) -> Stack:
-    """The stack if ``user`` holds ``minimum`` in its organisation; 404 for missing *or foreign*, 403 weak role."""
-    return await organization_service.get_owned(session, user, Stack, stack_id, minimum, noun="stack")
-
 
 STACKS_BY_NAME = pagination.Ordering("stacks", (Stack.name, Stack.id))
 
 
 async def list_for_user(
-    session: AsyncSession, user: User, page: pagination.PageParams, *, organization_id: str | None = None
+    session: AsyncSession, *, user: User, page: pagination.PageParams,  organization_id: str | None = None
 ) -> pagination.Page:
     """Stacks of the organisations ``user`` belongs to (every one for a superuser), by name.
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    scope = await organization_service.readable_partitions(session, user, Stack.organization_id, organization_id)
-    return await pagination.paginate(session, select(Stack), STACKS_BY_NAME, page, partitions=scope)
+    scope = await organization_service.readable_partitions(session, user=user, org_column=Stack.organization_id, organization_id=organization_id)
+    return await pagination.paginate(session, query=select(Stack), ordering=STACKS_BY_NAME, params=page, partitions=scope)
 
 
-async def find_by_name(session: AsyncSession, organization_id: str, name: str) -> Stack | None:
+async def find_by_name(session: AsyncSession, *, organization_id: str, name: str) -> Stack | None:
     return (
         await session.execute(select(Stack).where(Stack.organization_id == organization_id, Stack.name == name))
     ).scalar_one_or_none()
@@ -88,11 +84,11 @@ async def _flush(session: AsyncSession, name: str) -> None:
         raise _duplicate(name) from exc
 
 
-async def create(session: AsyncSession, user: User, data: StackCreate) -> Stack:
+async def create(session: AsyncSession, *, user: User, data: StackCreate) -> Stack:
     """Create a stack in ``data.organization_id`` or the caller's default organisation (operator or higher)."""
-    organization_id = await organization_service.resolve_organization(session, user, data.organization_id, Role.OPERATOR)
+    organization_id = await organization_service.resolve_organization(session, user=user, organization_id=data.organization_id, minimum=Role.OPERATOR)
     variables = await validate_definition(data.template, data.variables)
-    if await find_by_name(session, organization_id, data.name) is not None:
+    if await find_by_name(session, organization_id=organization_id, name=data.name) is not None:
         raise _duplicate(data.name)
     stack = Stack(
         organization_id=organization_id,
@@ -111,7 +107,7 @@ async def create(session: AsyncSession, user: User, data: StackCreate) -> Stack:
 _NOT_NULL = ("name", "version", "template", "variables")
 
 
-async def update(session: AsyncSession, stack: Stack, data: StackUpdate) -> Stack:
+async def update(session: AsyncSession, *, stack: Stack, data: StackUpdate) -> Stack:
     """Apply the fields sent; a new template or schema is validated together with the other one."""
     changes = data.model_dump(exclude_unset=True)
     for field in _NOT_NULL:
@@ -122,7 +118,7 @@ async def update(session: AsyncSession, stack: Stack, data: StackUpdate) -> Stac
             changes.get("template", stack.template), changes.get("variables", stack.variables)
         )
     name = changes.get("name")
-    if name is not None and name != stack.name and await find_by_name(session, stack.organization_id, name) is not None:
+    if name is not None and name != stack.name and await find_by_name(session, organization_id=stack.organization_id, name=name) is not None:
         raise _duplicate(name)
     content_changed = any(
         field in changes and changes[field] != getattr(stack, field) for field in ("name", "version", "template", "variables")
@@ -135,7 +131,7 @@ async def update(session: AsyncSession, stack: Stack, data: StackUpdate) -> Stac
     return stack
 
 
-async def delete(session: AsyncSession, stack: Stack) -> None:
+async def delete(session: AsyncSession, *, stack: Stack) -> None:
     """Delete a stack. Its deployments stay (they keep their rendered document; ``stack_id`` becomes null)."""
     await session.delete(stack)
     await session.flush()

@@ -93,7 +93,7 @@ def rule_single_claim(row: Deployment, now: datetime) -> str | None:
     return None
 
 
-async def rule_target_capacity(session: AsyncSession, row: Deployment, now: datetime) -> str | None:
+async def rule_target_capacity(session: AsyncSession, *, row: Deployment, now: datetime) -> str | None:
     """A target runs at most ``max_concurrent_deployments`` deployments at once, oldest first.
 
     Two executors claiming two different deployments of one target at the same moment would each count
@@ -182,9 +182,9 @@ def rule_lease_expired(row: Deployment, now: datetime) -> str | None:
 
 async def set_deployment_status(
     session: AsyncSession,
+    *,
     deployment_id: str,
     to_status: DeploymentStatus,
-    *,
     reason: str | None = None,
     actor: str | None = None,
     error_message: str | None = None,
@@ -230,7 +230,7 @@ async def set_deployment_status(
             raise ValueError("a claim needs a lease_owner")
         if why := rule_single_claim(row, now):
             return reject(why)
-        if why := await rule_target_capacity(session, row, now):
+        if why := await rule_target_capacity(session, row=row, now=now):
             return reject(why)
         values.update(
             attempt=Deployment.attempt + 1,
@@ -282,7 +282,7 @@ async def set_deployment_status(
     )
     if result.rowcount != 1:
         return reject(f"concurrent change: deployment is no longer {from_status}")
-    note_transition(session, from_status, to_status)  # the /metrics gauges, written at commit
+    note_transition(session, from_status=from_status, to_status=to_status)  # the /metrics gauges, written at commit
 
     session.add(
         DeploymentStatusHistory(
@@ -325,7 +325,7 @@ async def set_deployment_status(
 
 
 async def record_creation(
-    session: AsyncSession, deployment: Deployment, *, actor: str, snapshot: Callable[[Deployment], BaseModel]
+    session: AsyncSession, *, deployment: Deployment,  actor: str, snapshot: Callable[[Deployment], BaseModel]
 ) -> TransitionResult:
     """Insert a new deployment in ``pending``: the one status write that has no ``from``.
 
@@ -354,8 +354,8 @@ async def record_creation(
 
 async def claim_deployment(
     session: AsyncSession,
-    deployment_id: str,
     *,
+    deployment_id: str,
     owner: str,
     executor: ExecutorKind,
     lease_seconds: int = 60,
@@ -364,8 +364,8 @@ async def claim_deployment(
     """Claim a ``pending`` deployment for one executor (``pending -> deploying``)."""
     return await set_deployment_status(
         session,
-        deployment_id,
-        S.DEPLOYING,
+        deployment_id=deployment_id,
+        to_status=S.DEPLOYING,
         reason=f"claimed by {owner}",
         actor=owner,
         lease_owner=owner,
@@ -376,7 +376,7 @@ async def claim_deployment(
     )
 
 
-async def renew_lease(session: AsyncSession, deployment_id: str, *, owner: str, lease_seconds: int) -> bool:
+async def renew_lease(session: AsyncSession, *, deployment_id: str,  owner: str, lease_seconds: int) -> bool:
     """Heartbeat: extend the lease if ``owner`` still holds it. Returns False when it lost it."""
     result = await session.execute(
         update(Deployment)
@@ -387,7 +387,7 @@ async def renew_lease(session: AsyncSession, deployment_id: str, *, owner: str, 
     return result.rowcount == 1
 
 
-async def claimable_for_target(session: AsyncSession, target_id: str, *, now: datetime | None = None) -> list[str]:
+async def claimable_for_target(session: AsyncSession, *, target_id: str,  now: datetime | None = None) -> list[str]:
     """Pending deployments of a target that may be claimed now, oldest first, as many as it has free slots
     (only live leases hold a slot, as in the state machine's capacity rule)."""
     now = now or utcnow()

@@ -40,7 +40,7 @@ def _deltas(session: Session | AsyncSession) -> Counter:
 
 
 def note_transition(
-    session: Session | AsyncSession, from_status: DeploymentStatus | None, to_status: DeploymentStatus | None
+    session: Session | AsyncSession, *, from_status: DeploymentStatus | None, to_status: DeploymentStatus | None
 ) -> None:
     """Count one deployment moving ``from_status -> to_status`` (``None``: created / deleted)."""
     deltas = _deltas(session)
@@ -54,7 +54,7 @@ def note_transition(
 def _track_deletions(session: Session, _context, _instances) -> None:
     for obj in session.deleted:
         if isinstance(obj, Deployment):
-            note_transition(session, DeploymentStatus(obj.status), None)
+            note_transition(session, from_status=DeploymentStatus(obj.status), to_status=None)
         elif isinstance(obj, Organization):
             # its deployments are deleted by the database's ON DELETE CASCADE, unseen by the ORM
             with session.no_autoflush:
@@ -71,7 +71,7 @@ def _track_deletions(session: Session, _context, _instances) -> None:
 def _track_insertions(session: Session, _context) -> None:
     for obj in session.new:
         if isinstance(obj, Deployment):
-            note_transition(session, None, DeploymentStatus(obj.status))
+            note_transition(session, from_status=None, to_status=DeploymentStatus(obj.status))
 
 
 @event.listens_for(Session, "before_commit")

@@ -172,10 +172,10 @@ def _name_taken(name: str) -> Conflict:
     )
 
 
-async def create(session: AsyncSession, settings: Settings, user: User, data: TargetCreate) -> Target:
+async def create(session: AsyncSession, *, settings: Settings, user: User, data: TargetCreate) -> Target:
     """Create a target in ``data.organization_id`` (default: the caller's default organisation); admin or higher."""
     organization_id = await organization_service.resolve_organization(
-        session, user, data.organization_id, Role.ADMIN
+        session, user=user, organization_id=data.organization_id, minimum=Role.ADMIN
     )
     _require_superuser_for_host(user, data.endpoint, "register")
     target = Target(
@@ -202,9 +202,9 @@ TARGETS_BY_NAME = pagination.Ordering("targets", (Target.name, Target.id))
 
 async def list_for_user(
     session: AsyncSession,
+    *,
     user: User,
     page: pagination.PageParams,
-    *,
     organization_id: str | None = None,
     type: TargetType | None = None,
 ) -> pagination.Page:
@@ -212,23 +212,15 @@ async def list_for_user(
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    scope = await organization_service.readable_partitions(session, user, Target.organization_id, organization_id)
+    scope = await organization_service.readable_partitions(session, user=user, org_column=Target.organization_id, organization_id=organization_id)
     query = select(Target)
     if type is not None:
         query = query.where(Target.type == type)
-    return await pagination.paginate(session, query, TARGETS_BY_NAME, page, partitions=scope)
+    return await pagination.paginate(session, query=query, ordering=TARGETS_BY_NAME, params=page, partitions=scope)
 
 
-async def get_for_user(session: AsyncSession, user: User, target_id: str, minimum: Role = Role.VIEWER) -> Target:
-    """The target, if ``user`` holds ``minimum`` in its organisation.
 
-    Missing and foreign targets are the same 404 (an outsider must not learn the id exists); a member
-    with a weaker role gets 403.
-    """
-    return await organization_service.get_owned(session, user, Target, target_id, minimum, noun="target")
-
-
-async def update(session: AsyncSession, settings: Settings, user: User, target: Target, data: TargetUpdate) -> Target:
+async def update(session: AsyncSession, *, settings: Settings, user: User, target: Target, data: TargetUpdate) -> Target:
     """Apply the fields sent. Credentials sent replace the stored ones field by field; ``null`` removes one.
 
     The merged result is checked as a whole: switching a tcp target to ``unix://`` while it keeps TLS
@@ -264,7 +256,7 @@ async def update(session: AsyncSession, settings: Settings, user: User, target: 
     return target
 
 
-async def delete(session: AsyncSession, target: Target) -> None:
+async def delete(session: AsyncSession, *, target: Target) -> None:
     """Delete a target no deployment references (409 otherwise: deployments keep their target)."""
     used = (
         await session.execute(select(func.count()).select_from(Deployment).where(Deployment.target_id == target.id))
@@ -353,7 +345,7 @@ test_target.__test__ = False  # not a pytest test, whatever module imports it
 
 
 async def ensure_local_target(
-    session: AsyncSession, organization_id: str, settings: Settings, socket_path: str = LOCAL_DOCKER_SOCKET
+    session: AsyncSession, *, organization_id: str, settings: Settings, socket_path: str = LOCAL_DOCKER_SOCKET
 ) -> Target | None:
     """Give an organisation without targets a ``local`` target on the host's Docker socket, if there is one.
 

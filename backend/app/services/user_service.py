@@ -17,7 +17,7 @@ from backend.app.schemas.tokens import ApiTokenCreate
 from backend.app.services import pagination
 
 
-async def create_user(session: AsyncSession, data: UserCreate) -> User:
+async def create_user(session: AsyncSession, *, data: UserCreate) -> User:
     user = User(
         email=data.email,
         hashed_password=security.hash_password(data.password),
@@ -35,11 +35,11 @@ async def create_user(session: AsyncSession, data: UserCreate) -> User:
 USERS_BY_AGE = pagination.Ordering("users", (User.created_at, User.id))
 
 
-async def list_users(session: AsyncSession, page: pagination.PageParams) -> pagination.Page:
-    return await pagination.paginate(session, select(User), USERS_BY_AGE, page)
+async def list_users(session: AsyncSession, *, page: pagination.PageParams) -> pagination.Page:
+    return await pagination.paginate(session, query=select(User), ordering=USERS_BY_AGE, params=page)
 
 
-async def get_user(session: AsyncSession, user_id: str) -> User:
+async def get_user(session: AsyncSession, *, user_id: str) -> User:
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound(f"no user with id {user_id}", code="user_not_found")
@@ -49,7 +49,7 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
 _NULLABLE_USER_FIELDS = frozenset({"full_name"})
 
 
-async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor: User) -> User:
+async def update_user(session: AsyncSession, *, user: User, data: UserUpdate, actor: User) -> User:
     changes = data.model_dump(exclude_unset=True)
     if user.id == actor.id and (changes.get("is_active") is False or changes.get("is_superuser") is False):
         raise ValidationFailed("you cannot deactivate or demote yourself; ask another superuser", code="self_lockout")
@@ -76,7 +76,7 @@ async def _revoke_sessions(session: AsyncSession, user: User) -> None:
     user.token_generation = (user.token_generation or 0) + 1  # outstanding access tokens stop working
 
 
-async def create_api_token(session: AsyncSession, user: User, data: ApiTokenCreate) -> tuple[ApiToken, str]:
+async def create_api_token(session: AsyncSession, *, user: User, data: ApiTokenCreate) -> tuple[ApiToken, str]:
     clear = security.generate_api_token()
     token = ApiToken(
         user_id=user.id,
@@ -93,12 +93,12 @@ async def create_api_token(session: AsyncSession, user: User, data: ApiTokenCrea
 TOKENS_NEWEST_FIRST = pagination.Ordering("tokens", (ApiToken.created_at, ApiToken.id), descending=True)
 
 
-async def list_api_tokens(session: AsyncSession, user: User, page: pagination.PageParams) -> pagination.Page:
+async def list_api_tokens(session: AsyncSession, *, user: User, page: pagination.PageParams) -> pagination.Page:
     query = select(ApiToken).where(ApiToken.user_id == user.id)
-    return await pagination.paginate(session, query, TOKENS_NEWEST_FIRST, page)
+    return await pagination.paginate(session, query=query, ordering=TOKENS_NEWEST_FIRST, params=page)
 
 
-async def revoke_api_token(session: AsyncSession, user: User, token_id: str) -> ApiToken:
+async def revoke_api_token(session: AsyncSession, *, user: User, token_id: str) -> ApiToken:
     token = await session.get(ApiToken, token_id)
     if token is None or token.user_id != user.id:
         raise NotFound("API token not found", code="token_not_found")

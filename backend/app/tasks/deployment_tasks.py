@@ -59,7 +59,7 @@ async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
             return {"status": "skipped", "reason": "another recovery is running"}
         async with database.AsyncSessionLocal() as session:
             report = await DeploymentService.recover_pending_deployments(
-                session, max_age_minutes, timeout_minutes, settings=settings, dispatch=_dispatch_to_workers
+                session, max_age_minutes=max_age_minutes, timeout_minutes=timeout_minutes, settings=settings, dispatch=_dispatch_to_workers
             )
     await _flush_events()
     return report

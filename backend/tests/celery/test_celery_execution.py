@@ -328,14 +328,14 @@ async def test_celery_delivery_and_recovery_at_once_run_once(db, docker_engine, 
             async with database.AsyncSessionLocal() as session:
                 user = (await session.execute(select(User))).scalar_one()
                 deployment = await DeploymentService.create(
-                    session, settings, user, stack_id=stack_id, target_id=target_id, variables={"port": free_port()}
+                    session, settings=settings, user=user, stack_id=stack_id, target_id=target_id, variables={"port": free_port()}
                 )
                 await session.commit()
                 created_id = deployment.id
 
             async def recover() -> dict:  # no dispatch callable: it runs the deployment in this process
                 async with database.AsyncSessionLocal() as session:
-                    return await DeploymentService.recover_pending_deployments(session, 0, 60, settings=settings)
+                    return await DeploymentService.recover_pending_deployments(session, max_age_minutes=0, timeout_minutes=60, settings=settings)
 
             app.state.celery_manager.celery.send_task(DEPLOY_TASK, args=(created_id,))  # Celery delivery ...
             report = await recover()  # ... and recovery's asyncio run, at the same moment

@@ -244,12 +244,12 @@ async def test_target_held_by_dead_executors_drains_its_queue(db, docker_engine,
                 user = (await session.execute(select(User))).scalar_one()
                 for _ in range(3):
                     deployment = await DeploymentService.create(
-                        session, settings, user, stack_id=stack_id, target_id=target_id, variables={"port": free_port()}
+                        session, settings=settings, user=user, stack_id=stack_id, target_id=target_id, variables={"port": free_port()}
                     )
                     created.append(deployment.id)
                 await session.commit()
                 for ghost in created[:2]:  # two executors claim, then die before their first heartbeat
-                    claim = await claim_deployment(session, ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=4)
+                    claim = await claim_deployment(session, deployment_id=ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=4)
                     assert claim.accepted, claim.reason
                 await session.commit()
             # created[2] was never dispatched; two more are queued through the API and must wait
@@ -295,13 +295,13 @@ async def test_an_expired_lease_frees_its_slot_at_once(session):
     await session.commit()
     held_id, waiting_id = held.id, waiting.id
 
-    refused = await claim_deployment(session, waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
+    refused = await claim_deployment(session, deployment_id=waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
     assert not refused.accepted and "limit of 1" in refused.reason
     await session.rollback()
 
     await session.execute(update(Deployment).where(Deployment.id == held_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     await session.commit()
-    claimed = await claim_deployment(session, waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
+    claimed = await claim_deployment(session, deployment_id=waiting_id, owner="me", executor=ExecutorKind.ASYNCIO)
     assert claimed.accepted, claimed.reason
 
 

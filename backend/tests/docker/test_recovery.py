@@ -49,7 +49,7 @@ async def _create_undispatched(settings, stack_id: str, target_id: str, port: in
     async with database.AsyncSessionLocal() as session:
         user = (await session.execute(select(User).where(User.is_superuser.is_(True)))).scalars().first()
         deployment = await DeploymentService.create(
-            session, settings, user, stack_id=stack_id, target_id=target_id, variables={"port": port}
+            session, settings=settings, user=user, stack_id=stack_id, target_id=target_id, variables={"port": port}
         )
         await session.commit()
         return deployment.id
@@ -112,7 +112,7 @@ async def test_orphaned_lease_is_requeued_or_failed(session):
     async def record(deployment_id: str) -> None:  # records instead of running: these rows point at a fake target
         sent.append(deployment_id)
 
-    report = await DeploymentService.recover_pending_deployments(session, 2, 60, dispatch=record)
+    report = await DeploymentService.recover_pending_deployments(session, max_age_minutes=2, timeout_minutes=60, dispatch=record)
     rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
     await session.commit()
     assert rows[ids[0]].status == "pending" and sent == [ids[0]]

@@ -86,7 +86,7 @@ async def act(action: dict, settings: Settings) -> None:
         try:
             async with AsyncSession(engine) as session:
                 lines = [(LogLevel.INFO, f"{action['prefix']} {i}", utcnow()) for i in range(action["lines"])]
-                await append_logs(session, action["deployment_id"], lines)
+                await append_logs(session, deployment_id=action["deployment_id"], lines=lines)
                 await session.commit()
             await flush_events(10)
         finally:

@@ -65,7 +65,7 @@ def test_the_catalogue_has_the_promised_stacks():
 
 async def test_the_real_catalogue_loads(session):
     org_id = await _org(session)
-    stats = await load_catalog(session, org_id, CATALOG_DIR, "update")
+    stats = await load_catalog(session, organization_id=org_id, directory=CATALOG_DIR, strategy="update")
     await session.commit()
     assert stats == {"created": len(CATALOG_FILES), "updated": 0, "skipped": 0, "errors": 0, "failures": []}
     stacks = await _stacks(session, org_id)
@@ -77,7 +77,7 @@ async def test_the_real_catalogue_loads(session):
         # stored in canonical form: it parses back to itself
         assert [s.to_dict() for s in templating.parse_variables(stack.variables)] == stack.variables
     # loading again changes nothing
-    again = await load_catalog(session, org_id, CATALOG_DIR, "update")
+    again = await load_catalog(session, organization_id=org_id, directory=CATALOG_DIR, strategy="update")
     assert _counts(again) == (0, 0, len(CATALOG_FILES), 0)
 
 
@@ -126,9 +126,9 @@ async def test_the_web_app_stack_generates_its_database_password_once(session):
 async def test_strategy_skip_keeps_existing_stacks(session, tmp_path):
     directory = _copy_catalog(tmp_path)
     org_id = await _org(session)
-    await load_catalog(session, org_id, directory, "skip")
+    await load_catalog(session, organization_id=org_id, directory=directory, strategy="skip")
     _rewrite(directory / "nginx.yaml", version="2.0.0", description="newer")
-    stats = await load_catalog(session, org_id, directory, "skip")
+    stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="skip")
     assert _counts(stats) == (0, 0, len(CATALOG_FILES), 0)
     assert (await _stacks(session, org_id))["nginx"].version == "1.0.0"
 
@@ -136,17 +136,17 @@ async def test_strategy_skip_keeps_existing_stacks(session, tmp_path):
 async def test_strategy_update_compares_versions_semantically(session, tmp_path):
     directory = _copy_catalog(tmp_path)
     org_id = await _org(session)
-    await load_catalog(session, org_id, directory, "update")
+    await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
     nginx = directory / "nginx.yaml"
 
     _rewrite(nginx, version="1.9.0", description="nine")
-    assert _counts(await load_catalog(session, org_id, directory, "update")) == (0, 1, len(CATALOG_FILES) - 1, 0)
+    assert _counts(await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")) == (0, 1, len(CATALOG_FILES) - 1, 0)
     _rewrite(nginx, version="1.10.0", description="ten")  # 1.10 > 1.9, though "1.10" < "1.9" as text
-    assert _counts(await load_catalog(session, org_id, directory, "update")) == (0, 1, len(CATALOG_FILES) - 1, 0)
+    assert _counts(await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")) == (0, 1, len(CATALOG_FILES) - 1, 0)
     _rewrite(nginx, version="1.2.0", description="older file")
-    assert _counts(await load_catalog(session, org_id, directory, "update"))[1] == 0
+    assert _counts(await load_catalog(session, organization_id=org_id, directory=directory, strategy="update"))[1] == 0
     _rewrite(nginx, version="1.10.0", description="same version, other text")
-    assert _counts(await load_catalog(session, org_id, directory, "update"))[1] == 0
+    assert _counts(await load_catalog(session, organization_id=org_id, directory=directory, strategy="update"))[1] == 0
     await session.commit()
     stack = (await _stacks(session, org_id))["nginx"]
     assert (stack.version, stack.description, stack.source) == ("1.10.0", "ten", "catalog")
@@ -155,13 +155,13 @@ async def test_strategy_update_compares_versions_semantically(session, tmp_path)
 async def test_strategy_force_overwrites(session, tmp_path):
     directory = _copy_catalog(tmp_path)
     org_id = await _org(session)
-    await load_catalog(session, org_id, directory, "update")
+    await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
     _rewrite(directory / "redis.yaml", description="forced, same version")
-    stats = await load_catalog(session, org_id, directory, "force")
+    stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="force")
     assert _counts(stats) == (0, 1, len(CATALOG_FILES) - 1, 0)  # identical stacks are left alone
     assert (await _stacks(session, org_id))["redis"].description == "forced, same version"
     _rewrite(directory / "redis.yaml", version="0.1.0", description="forced downgrade")
-    assert _counts(await load_catalog(session, org_id, directory, "force"))[1] == 1
+    assert _counts(await load_catalog(session, organization_id=org_id, directory=directory, strategy="force"))[1] == 1
     assert (await _stacks(session, org_id))["redis"].version == "0.1.0"
 
 
@@ -174,7 +174,7 @@ async def test_edited_stacks_survive_update_but_not_force(client, db, tmp_path):
     org_id = await default_org(client, admin)
     directory = _copy_catalog(tmp_path)
     async with AsyncSessionLocal() as session:
-        await load_catalog(session, org_id, directory, "update")
+        await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
         await session.commit()
         nginx_id = (await _stacks(session, org_id))["nginx"].id
 
@@ -194,11 +194,11 @@ async def test_edited_stacks_survive_update_but_not_force(client, db, tmp_path):
 
     _rewrite(directory / "nginx.yaml", version="9.0.0")
     async with AsyncSessionLocal() as session:
-        stats = await load_catalog(session, org_id, directory, "update")
+        stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
         await session.commit()
         assert stats["updated"] == 0
         assert (await _stacks(session, org_id))["nginx"].version == "1.0.0"
-        stats = await load_catalog(session, org_id, directory, "force")
+        stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="force")
         await session.commit()
         assert stats["updated"] == 2  # nginx (edited) and redis (description changed)
         stacks = await _stacks(session, org_id)
@@ -210,15 +210,15 @@ async def test_a_user_stack_with_a_catalogue_name_is_kept_by_update(session, tmp
     org_id = await _org(session)
     session.add(Stack(organization_id=org_id, name="redis", template="services:\n  r:\n    image: redis\n", variables=[]))
     await session.flush()
-    stats = await load_catalog(session, org_id, CATALOG_DIR, "update")
+    stats = await load_catalog(session, organization_id=org_id, directory=CATALOG_DIR, strategy="update")
     assert _counts(stats) == (len(CATALOG_FILES) - 1, 0, 1, 0)
     assert (await _stacks(session, org_id))["redis"].source == "user"
 
 
 async def test_stacks_are_per_organization(session):
     first, second = await _org(session, "one"), await _org(session, "two")
-    await load_catalog(session, first, CATALOG_DIR, "update")
-    stats = await load_catalog(session, second, CATALOG_DIR, "update")
+    await load_catalog(session, organization_id=first, directory=CATALOG_DIR, strategy="update")
+    stats = await load_catalog(session, organization_id=second, directory=CATALOG_DIR, strategy="update")
     assert stats["created"] == len(CATALOG_FILES)
 
 
@@ -226,7 +226,7 @@ async def test_sync_catalog_loads_every_organization(session, db, tmp_path):
     first, second = await _org(session, "one"), await _org(session, "two")
     await session.commit()
     settings = make_settings(db.settings.DATABASE_URL, STACKS_DEFINITIONS_DIR=CATALOG_DIR, STACKS_LOAD_STRATEGY="skip")
-    results = await catalog.sync_catalog(session, settings)
+    results = await catalog.sync_catalog(session, settings=settings)
     await session.commit()
     assert set(results) == {first, second}
     assert all(stats["created"] == len(CATALOG_FILES) for stats in results.values())
@@ -293,7 +293,7 @@ async def test_broken_files_are_reported_and_the_rest_loads(session, tmp_path, c
 
     org_id = await _org(session)
     with caplog.at_level(logging.WARNING, logger="backend.app.services.catalog"):
-        stats = await load_catalog(session, org_id, directory, "update")
+        stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
     assert _counts(stats) == (len(CATALOG_FILES), 0, 0, len(expected))
     failures = {f["file"]: f["reason"] for f in stats["failures"]}
     assert set(failures) == set(expected)
@@ -306,14 +306,14 @@ async def test_broken_files_are_reported_and_the_rest_loads(session, tmp_path, c
 async def test_a_missing_directory_loads_nothing(session, tmp_path, caplog):
     org_id = await _org(session)
     with caplog.at_level(logging.WARNING, logger="backend.app.services.catalog"):
-        stats = await load_catalog(session, org_id, tmp_path / "nope", "update")
+        stats = await load_catalog(session, organization_id=org_id, directory=tmp_path / "nope", strategy="update")
     assert _counts(stats) == (0, 0, 0, 0)
     assert "is not a directory" in caplog.text
 
 
 async def test_an_unknown_strategy_is_refused(session):
     with pytest.raises(ValueError, match="strategy must be one of skip, update, force"):
-        await load_catalog(session, await _org(session), CATALOG_DIR, "merge")  # type: ignore[arg-type]
+        await load_catalog(session, organization_id=await _org(session), directory=CATALOG_DIR, strategy="merge")  # type: ignore[arg-type]
 
 
 # --- versions ----------------------------------------------------------------------------------------------

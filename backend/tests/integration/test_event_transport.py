@@ -332,7 +332,7 @@ async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, ev
         async with database.AsyncSessionLocal() as other:
             from backend.app.services.deployment_logs import append_logs
 
-            await append_logs(other, deployment, [(LogLevel.INFO, f"b {i}", utcnow()) for i in range(2)])
+            await append_logs(other, deployment_id=deployment, lines=[(LogLevel.INFO, f"b {i}", utcnow()) for i in range(2)])
             await other.commit()  # published by this process: only the local, in-process delivery
         await wait_until(lambda: event_bus_status()["connected"] and event_bus_status()["connections"] == 2,
                          "the reconnection")

@@ -273,7 +273,7 @@ async def test_logs_and_history_pages_with_cursors(client, world):
     rows = await _seed(world["triples"][:1], 1, rng=random.Random(17))
     deployment_id = rows[0][0]
     async with database.AsyncSessionLocal() as session:
-        await append_logs(session, deployment_id, [("info", f"line {i}", utcnow()) for i in range(25)])
+        await append_logs(session, deployment_id=deployment_id, lines=[("info", f"line {i}", utcnow()) for i in range(25)])
         await session.commit()
     url = f"{DEPLOYMENTS}/{deployment_id}"
     headers = world["viewer"].headers
@@ -295,7 +295,7 @@ async def test_logs_and_history_pages_with_cursors(client, world):
         for i in range(6):
             current = (await session.get(Deployment, deployment_id, populate_existing=True)).status
             step = {S.RUNNING: S.STOPPED, S.STOPPED: S.PENDING, S.FAILED: S.PENDING, S.CANCELLED: S.PENDING, S.PENDING: S.CANCELLED}
-            await set_deployment_status(session, deployment_id, step[S(current)], actor=f"step-{i}")
+            await set_deployment_status(session, deployment_id=deployment_id, to_status=step[S(current)], actor=f"step-{i}")
         await session.commit()
     full = (await client.get(f"{url}/history", headers=headers)).json()
     assert [h["actor"] for h in full] == [f"step-{i}" for i in range(6)]

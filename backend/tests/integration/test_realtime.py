@@ -84,7 +84,7 @@ async def _write_lines(deployment_id: str, count: int, prefix: str = "line", bat
     for first in range(0, len(starts), per_commit):
         async with database.AsyncSessionLocal() as session:
             for start in starts[first:first + per_commit]:
-                await append_logs(session, deployment_id, [(LogLevel.INFO, f"{prefix} {start + i}", utcnow())
+                await append_logs(session, deployment_id=deployment_id, lines=[(LogLevel.INFO, f"{prefix} {start + i}", utcnow())
                                                            for i in range(min(batch, count - start))])
             await session.commit()
     assert await flush_events(20)
@@ -201,7 +201,7 @@ async def test_membership_removal_stops_events_within_seconds(server, http, bus)
     assert time.monotonic() - started < 6
     await _write_lines(deployment.id, 2)
     async with database.AsyncSessionLocal() as session:
-        await set_deployment_status(session, deployment.id, DeploymentStatus.RUNNING, lease_owner="worker-1")
+        await set_deployment_status(session, deployment_id=deployment.id, to_status=DeploymentStatus.RUNNING, lease_owner="worker-1")
         await session.commit()
     await flush_events(10)
     await asyncio.sleep(1)
@@ -306,7 +306,7 @@ async def test_organisation_subscription_gets_list_events_but_no_log_lines(serve
     deployment = await _deployment_in(org, DeploymentStatus.PENDING)
     await _write_lines(deployment.id, 3)  # log lines are not list events
     async with database.AsyncSessionLocal() as session:
-        await set_deployment_status(session, deployment.id, DeploymentStatus.CANCELLED, actor="test")
+        await set_deployment_status(session, deployment_id=deployment.id, to_status=DeploymentStatus.CANCELLED, actor="test")
         await session.commit()
     await flush_events(10)
     status = await ws.next(lambda f: f["type"] != "heartbeat")

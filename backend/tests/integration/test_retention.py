@@ -103,7 +103,7 @@ async def test_pruned_rows_go_recent_and_active_ones_stay(db):
 
     # a deployment active again is revisited once it settles and ages
     async with database.AsyncSessionLocal() as session:
-        await append_logs(session, old_failed, [(LogLevel.INFO, f"redeploy {i}", utcnow()) for i in range(200)])
+        await append_logs(session, deployment_id=old_failed, lines=[(LogLevel.INFO, f"redeploy {i}", utcnow()) for i in range(200)])
         await session.commit()
     assert len(await _seqs(old_failed)) == 220
     later = await retention.prune(_settings(db), now=utcnow() + timedelta(minutes=10))
@@ -158,8 +158,8 @@ async def test_a_long_prune_does_not_block_deployments_writing_logs(db):
     while not prune.done() and i < 200:  # write as a running deployment would, for as long as the prune runs
         i += 1
         async with database.AsyncSessionLocal() as session:
-            await asyncio.wait_for(append_logs(session, busy, [(LogLevel.INFO, f"busy {i}", utcnow())]), 10)
-            await asyncio.wait_for(append_logs(session, pruned, [(LogLevel.INFO, f"late {i}", utcnow())]), 10)
+            await asyncio.wait_for(append_logs(session, deployment_id=busy, lines=[(LogLevel.INFO, f"busy {i}", utcnow())]), 10)
+            await asyncio.wait_for(append_logs(session, deployment_id=pruned, lines=[(LogLevel.INFO, f"late {i}", utcnow())]), 10)
             await asyncio.wait_for(session.commit(), 10)
         written_while_pruning += not prune.done()
     report = await asyncio.wait_for(prune, 120)
@@ -178,11 +178,11 @@ async def test_an_open_prune_batch_locks_rows_not_the_table(db):
     pruned = await _deployment(S.FAILED, lines=500, history=2, idle=OLD)
     busy = await _deployment(S.DEPLOYING, lines=0, history=0)
     async with database.AsyncSessionLocal() as holder:
-        deleted = await retention.delete_batch(holder, DeploymentLog, retention._doomed_lines(pruned, 490, 400))
+        deleted = await retention.delete_batch(holder, model=DeploymentLog, doomed=retention._doomed_lines(pruned, 490, 400))
         assert deleted == 400  # rows locked, transaction open
         for target in (busy, pruned):
             async with database.AsyncSessionLocal() as writer:
-                await asyncio.wait_for(append_logs(writer, target, [(LogLevel.INFO, "while pruning", utcnow())]), 5)
+                await asyncio.wait_for(append_logs(writer, deployment_id=target, lines=[(LogLevel.INFO, "while pruning", utcnow())]), 5)
                 await asyncio.wait_for(writer.commit(), 5)
         async with database.AsyncSessionLocal() as reader:
             count = (await reader.execute(select(func.count()).select_from(DeploymentLog).where(DeploymentLog.deployment_id == pruned))).scalar_one()

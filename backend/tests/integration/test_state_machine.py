@@ -63,7 +63,7 @@ async def test_transition_matrix(session, events, pair):
     await session.commit()
 
     result = await set_deployment_status(
-        session, deployment.id, to_status, reason="matrix", actor="test", lease_owner="worker-1", error_message="boom"
+        session, deployment_id=deployment.id, to_status=to_status, reason="matrix", actor="test", lease_owner="worker-1", error_message="boom"
     )
     await session.commit()
 
@@ -87,7 +87,7 @@ async def test_transition_matrix(session, events, pair):
 async def test_claim_sets_lease_attempt_and_executor(session):
     deployment = await make_deployment(session)
     await session.commit()
-    result = await claim_deployment(session, deployment.id, owner="w-a", executor=ExecutorKind.CELERY, lease_seconds=30, task_id="t1")
+    result = await claim_deployment(session, deployment_id=deployment.id, owner="w-a", executor=ExecutorKind.CELERY, lease_seconds=30, task_id="t1")
     await session.commit()
     row = await session.get(Deployment, deployment.id, populate_existing=True)
     assert result.accepted and result.attempt == 1
@@ -99,9 +99,9 @@ async def test_claim_sets_lease_attempt_and_executor(session):
 async def test_second_claim_is_rejected(session):
     deployment = await make_deployment(session)
     await session.commit()
-    first = await claim_deployment(session, deployment.id, owner="w-a", executor=ExecutorKind.CELERY)
+    first = await claim_deployment(session, deployment_id=deployment.id, owner="w-a", executor=ExecutorKind.CELERY)
     await session.commit()
-    second = await claim_deployment(session, deployment.id, owner="w-b", executor=ExecutorKind.ASYNCIO)
+    second = await claim_deployment(session, deployment_id=deployment.id, owner="w-b", executor=ExecutorKind.ASYNCIO)
     await session.commit()
     assert first.accepted and not second.accepted
     row = await session.get(Deployment, deployment.id, populate_existing=True)
@@ -116,7 +116,7 @@ async def test_concurrent_claimers_exactly_one_wins(db):
 
     async def claimer(n: int):
         async with database.AsyncSessionLocal() as s:
-            result = await claim_deployment(s, deployment.id, owner=f"worker-{n}", executor=ExecutorKind.CELERY)
+            result = await claim_deployment(s, deployment_id=deployment.id, owner=f"worker-{n}", executor=ExecutorKind.CELERY)
             await s.commit()
             return result
 
@@ -135,16 +135,16 @@ async def test_zombie_executor_cannot_settle_reclaimed_deployment(session):
     """Worker A's lease expired, the row was requeued and claimed by B: A's 'running' is rejected."""
     deployment = await make_deployment(session)
     await session.commit()
-    assert await claim_deployment(session, deployment.id, owner="A", executor=ExecutorKind.CELERY)
-    assert await set_deployment_status(session, deployment.id, S.PENDING, reason="lease expired", actor="recovery")
-    assert await claim_deployment(session, deployment.id, owner="B", executor=ExecutorKind.CELERY)
+    assert await claim_deployment(session, deployment_id=deployment.id, owner="A", executor=ExecutorKind.CELERY)
+    assert await set_deployment_status(session, deployment_id=deployment.id, to_status=S.PENDING, reason="lease expired", actor="recovery")
+    assert await claim_deployment(session, deployment_id=deployment.id, owner="B", executor=ExecutorKind.CELERY)
     await session.commit()
 
-    zombie = await set_deployment_status(session, deployment.id, S.RUNNING, lease_owner="A")
+    zombie = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.RUNNING, lease_owner="A")
     assert not zombie.accepted and "lease" in zombie.reason
-    assert not await renew_lease(session, deployment.id, owner="A", lease_seconds=60)
-    assert await renew_lease(session, deployment.id, owner="B", lease_seconds=60)
-    owner = await set_deployment_status(session, deployment.id, S.RUNNING, lease_owner="B")
+    assert not await renew_lease(session, deployment_id=deployment.id, owner="A", lease_seconds=60)
+    assert await renew_lease(session, deployment_id=deployment.id, owner="B", lease_seconds=60)
+    owner = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.RUNNING, lease_owner="B")
     await session.commit()
     assert owner.accepted
     row = await session.get(Deployment, deployment.id, populate_existing=True)
@@ -154,9 +154,9 @@ async def test_zombie_executor_cannot_settle_reclaimed_deployment(session):
 async def test_requeue_refused_when_attempts_exhausted(session):
     deployment = await make_deployment(session, S.DEPLOYING, attempt=3)
     await session.commit()
-    result = await set_deployment_status(session, deployment.id, S.PENDING, lease_owner="worker-1", error_message="engine down")
+    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.PENDING, lease_owner="worker-1", error_message="engine down")
     assert not result.accepted and "no attempts left" in result.reason
-    failed = await set_deployment_status(session, deployment.id, S.FAILED, lease_owner="worker-1", error_message="engine down")
+    failed = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.FAILED, lease_owner="worker-1", error_message="engine down")
     await session.commit()
     assert failed.accepted
     row = await session.get(Deployment, deployment.id, populate_existing=True)
@@ -166,14 +166,14 @@ async def test_requeue_refused_when_attempts_exhausted(session):
 async def test_transient_requeue_keeps_attempts_and_honours_backoff(session):
     deployment = await make_deployment(session)
     await session.commit()
-    await claim_deployment(session, deployment.id, owner="w", executor=ExecutorKind.ASYNCIO)
+    await claim_deployment(session, deployment_id=deployment.id, owner="w", executor=ExecutorKind.ASYNCIO)
     later = utcnow() + timedelta(minutes=5)
     requeued = await set_deployment_status(
-        session, deployment.id, S.PENDING, lease_owner="w", error_message="engine unreachable", not_before=later
+        session, deployment_id=deployment.id, to_status=S.PENDING, lease_owner="w", error_message="engine unreachable", not_before=later
     )
     await session.commit()
     assert requeued.accepted
-    too_early = await claim_deployment(session, deployment.id, owner="w2", executor=ExecutorKind.ASYNCIO)
+    too_early = await claim_deployment(session, deployment_id=deployment.id, owner="w2", executor=ExecutorKind.ASYNCIO)
     assert not too_early.accepted and "backoff" in too_early.reason
     row = await session.get(Deployment, deployment.id, populate_existing=True)
     assert (row.status, row.attempt, row.error_message) == (S.PENDING, 1, "engine unreachable")
@@ -182,7 +182,7 @@ async def test_transient_requeue_keeps_attempts_and_honours_backoff(session):
 async def test_user_retry_resets_attempts(session):
     deployment = await make_deployment(session, S.FAILED, attempt=3, error_message="gave up")
     await session.commit()
-    result = await set_deployment_status(session, deployment.id, S.PENDING, reason="retry", actor="user")
+    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.PENDING, reason="retry", actor="user")
     await session.commit()
     row = await session.get(Deployment, deployment.id, populate_existing=True)
     assert result.accepted
@@ -192,12 +192,12 @@ async def test_user_retry_resets_attempts(session):
 async def test_expected_from_guards_the_seen_state(session):
     deployment = await make_deployment(session, S.RUNNING)
     await session.commit()
-    result = await set_deployment_status(session, deployment.id, S.STOPPED, expected_from=S.PENDING)
+    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.STOPPED, expected_from=S.PENDING)
     assert not result.accepted and "expected pending" in result.reason
 
 
 async def test_unknown_deployment_is_rejected_not_raised(session):
-    result = await set_deployment_status(session, "no-such-id", S.CANCELLED)
+    result = await set_deployment_status(session, deployment_id="no-such-id", to_status=S.CANCELLED)
     assert not result.accepted and result.reason == "deployment not found"
 
 
@@ -205,7 +205,7 @@ async def test_rolled_back_change_emits_no_event(session, events):
     deployment = await make_deployment(session)
     deployment_id = deployment.id
     await session.commit()
-    result = await set_deployment_status(session, deployment_id, S.CANCELLED, reason="user")
+    result = await set_deployment_status(session, deployment_id=deployment_id, to_status=S.CANCELLED, reason="user")
     assert result.accepted
     await session.rollback()
     row = await session.get(Deployment, deployment_id, populate_existing=True)

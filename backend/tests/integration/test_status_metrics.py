@@ -56,24 +56,24 @@ async def test_gauges_follow_every_status_write(scrape):
     assert await scrape() == _expect(pending=2, failed=1) == await _real_counts()
 
     async with database.AsyncSessionLocal() as session:
-        assert await claim_deployment(session, a.id, owner="w1", executor="asyncio")
+        assert await claim_deployment(session, deployment_id=a.id, owner="w1", executor="asyncio")
         await session.commit()
     assert await scrape() == _expect(pending=1, deploying=1, failed=1)
 
     async with database.AsyncSessionLocal() as session:
-        assert await set_deployment_status(session, a.id, S.RUNNING, lease_owner="w1")
-        assert await set_deployment_status(session, b.id, S.CANCELLED)
-        assert await set_deployment_status(session, c.id, S.PENDING, reason="retry")
+        assert await set_deployment_status(session, deployment_id=a.id, to_status=S.RUNNING, lease_owner="w1")
+        assert await set_deployment_status(session, deployment_id=b.id, to_status=S.CANCELLED)
+        assert await set_deployment_status(session, deployment_id=c.id, to_status=S.PENDING, reason="retry")
         await session.commit()
     assert await scrape() == _expect(running=1, cancelled=1, pending=1) == await _real_counts()
 
     async with database.AsyncSessionLocal() as session:  # rolled back: nothing counted
-        assert await set_deployment_status(session, a.id, S.STOPPED)
+        assert await set_deployment_status(session, deployment_id=a.id, to_status=S.STOPPED)
         await session.rollback()
     assert await scrape() == _expect(running=1, cancelled=1, pending=1)
 
     async with database.AsyncSessionLocal() as session:  # a rejected transition changes nothing
-        assert not await set_deployment_status(session, b.id, S.RUNNING)
+        assert not await set_deployment_status(session, deployment_id=b.id, to_status=S.RUNNING)
         await session.commit()
     assert await scrape() == _expect(running=1, cancelled=1, pending=1)
 

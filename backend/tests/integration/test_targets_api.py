@@ -381,15 +381,15 @@ async def test_ensure_local_target_only_for_an_existing_socket_and_an_empty_org(
     session.add(org)
     await session.flush()
     missing = tmp_path / "missing.sock"
-    assert await target_service.ensure_local_target(session, org.id, db.settings, socket_path=str(missing)) is None
+    assert await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(missing)) is None
 
     sock_path = tmp_path / "docker.sock"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock_path))
-        created = await target_service.ensure_local_target(session, org.id, db.settings, socket_path=str(sock_path))
+        created = await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path))
         assert created is not None
         assert (created.name, created.type, created.endpoint) == ("local", "docker", f"unix://{sock_path}")
         # the organisation has a target now: nothing more is created
-        assert await target_service.ensure_local_target(session, org.id, db.settings, socket_path=str(sock_path)) is None
+        assert await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path)) is None
     count = (await session.execute(select(Target).where(Target.organization_id == org.id))).scalars().all()
     assert len(count) == 1

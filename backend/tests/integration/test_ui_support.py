@@ -102,7 +102,7 @@ async def test_rendered_compose_masks_every_secret(client, db, docker_engine) ->
     async with database.AsyncSessionLocal() as session:
         user = await session.get(User, admin.user_id)
         deployment = await DeploymentService.create(
-            session, db.settings, user, stack_id=stack.json()["id"], target_id=target.json()["id"],
+            session, settings=db.settings, user=user, stack_id=stack.json()["id"], target_id=target.json()["id"],
             variables={"given": "pa$word-given-1"},
         )
         await session.commit()

@@ -324,7 +324,7 @@ async def test_superuser_allowed_bind_and_capability_really_run_then_a_tightened
     # ...and a deployment queued before the change is refused by the runner itself.
     async with database.AsyncSessionLocal() as session:
         deployment = await session.get(Deployment, created["id"])
-        await DeploymentService.requeue(session, deployment, action="redeploy", actor="test")
+        await DeploymentService.requeue(session, deployment=deployment, action="redeploy", actor="test")
         await session.commit()
     outcome = await run_deployment(created["id"], world.settings, executor=ExecutorKind.ASYNCIO)
     assert outcome.status == "failed", outcome

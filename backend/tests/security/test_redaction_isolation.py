@@ -241,7 +241,7 @@ async def test_service_logs_are_masked_with_their_own_deployment_secrets_only(db
         session, DeploymentStatus.RUNNING,
         variables={"db_password": {"__encrypted__": security.encrypt_secret(settings, SECRET_A)}, "note": "plain"},
     )
-    follower = await service_logs.prepare(session, settings, deployment, tail=10)
+    follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=10)
     line = follower.redact(f"a={SECRET_A} b={SECRET_B} key={settings.SECRET_KEY}")
     assert SECRET_A not in line and settings.SECRET_KEY not in line
     assert f"b={SECRET_B}" in line, line
