@@ -96,7 +96,8 @@ def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
         compose=snapshot_compose(settings, deployment),
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
-        stable_seconds=settings.DEPLOYMENT_STABLE_SECONDS,
+        # never longer than half the wait: a short health timeout must still let a stable service through
+        stable_seconds=min(settings.DEPLOYMENT_STABLE_SECONDS, settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS / 2),
     )
 
 

@@ -272,7 +272,7 @@ services:
     image: {TEST_IMAGE}
     init: true
     command: ["sleep", "300"]
-""", health_timeout=1.5)
+""", health_timeout=1.5, stable_seconds=0.3)  # "fine" has no health check: up 0.3 s makes it ready
     engine = build_engine("compose-v2", docker_engine)
     log = LogCapture()
     try:
