@@ -15,10 +15,13 @@ def _viewer(server: Server, admin_token: str, org_id: str) -> tuple[str, str]:
     return email, password
 
 
-def test_viewer_sees_no_action_they_cannot_take(chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack) -> None:
+def test_viewer_sees_no_action_they_cannot_take(
+    chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
+) -> None:
     # A settled deployment in the list, so row actions would show if they were offered.
-    server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "viewer-sees",
+    deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "viewer-sees",
                                         "variables": {"delay": 0}}, token=admin_token)
+    cleanup_deployments.append(deployment["id"])
     email, password = _viewer(server, admin_token, org_id)
     page = new_page(chromium_browser)
     ui_login(page, server, email, password)
@@ -53,10 +56,13 @@ PAGES = [
 ]
 
 
-def test_screenshots_of_every_page(chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack) -> None:
+def test_screenshots_of_every_page(
+    chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
+) -> None:
     """Saved to test-output/screenshots/ to be looked at; also checks no page throws."""
     deployment = [server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
                                                       "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)]
+    cleanup_deployments.append(deployment[0]["id"])
     for locale, lang in (("en-US", "en"), ("fr-FR", "fr")):
         for dark in (False, True):
             theme = "dark" if dark else "light"
