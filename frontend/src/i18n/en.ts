@@ -73,7 +73,7 @@ export default {
     embedded: 'Embedded worker', lastRecovery: 'Last recovery', totals: 'Totals', runRecovery: 'Run recovery now', health: 'Health', eventBus: 'Event bus',
     noWorkers: 'No Celery worker seen.', never: 'No recovery has run yet.', recoveryDone: 'Recovery done', database: 'Database', hostname: 'Host', lastSeen: 'Last seen',
   },
-  profile: { title: 'Profile', fullName: 'Full name', newPassword: 'New password', saved: 'Saved', superuser: 'Platform superuser' },
+  profile: { title: 'Profile', fullName: 'Full name', newPassword: 'New password', currentPassword: 'Current password', changePassword: 'Change password', passwordChanged: 'Password changed; your other sessions are logged out', passwordHint: 'Changing it logs out every other session of your account.', samePassword: 'Choose a password different from the current one', saved: 'Saved', superuser: 'Platform superuser' },
   logs: {
     title: 'Logs — {name}', live: 'Live', offline: 'Offline', reconnecting: 'reconnecting…', retry: 'Retry', lines: '{n} line | {n} lines',
     progress: 'Deployment progress', tabDeployment: 'Deployment log', tabServices: 'Services', search: 'Search the log', prevMatch: 'Previous match',

@@ -75,7 +75,7 @@ const fr: typeof en = {
     embedded: 'Worker intégré', lastRecovery: 'Dernier recovery', totals: 'Totaux', runRecovery: 'Lancer un recovery', health: 'Santé', eventBus: 'Bus d’événements',
     noWorkers: 'Aucun worker Celery détecté.', never: 'Aucun recovery pour l’instant.', recoveryDone: 'Recovery terminé', database: 'Base de données', hostname: 'Hôte', lastSeen: 'Vu pour la dernière fois',
   },
-  profile: { title: 'Profil', fullName: 'Nom complet', newPassword: 'Nouveau mot de passe', saved: 'Enregistré', superuser: 'Super-utilisateur de la plateforme' },
+  profile: { title: 'Profil', fullName: 'Nom complet', newPassword: 'Nouveau mot de passe', currentPassword: 'Mot de passe actuel', changePassword: 'Changer le mot de passe', passwordChanged: 'Mot de passe changé ; vos autres sessions sont déconnectées', passwordHint: 'Le changer déconnecte toutes les autres sessions de votre compte.', samePassword: 'Choisissez un mot de passe différent de l’actuel', saved: 'Enregistré', superuser: 'Super-utilisateur de la plateforme' },
   logs: {
     title: 'Logs — {name}', live: 'En direct', offline: 'Hors ligne', reconnecting: 'reconnexion…', retry: 'Réessayer', lines: '{n} ligne | {n} lignes',
     progress: 'Progression du déploiement', tabDeployment: 'Log du déploiement', tabServices: 'Services', search: 'Rechercher dans le log', prevMatch: 'Résultat précédent',
