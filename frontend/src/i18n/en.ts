@@ -26,7 +26,7 @@ export default {
     title: 'Deployments', new: 'New deployment', stack: 'Stack', target: 'Target', status: 'Status', progress: 'Progress',
     attempt: 'Attempt', created: 'Created', empty: 'No deployment yet.', emptyHint: 'Create one from a stack and a target.',
     filterStatus: 'Filter by status', filterStack: 'Filter by stack', filterTarget: 'Filter by target', clearFilters: 'Clear filters',
-    logs: 'Logs', details: 'Details', stop: 'Stop', start: 'Start', redeploy: 'Redeploy', retry: 'Retry', cancel: 'Cancel', delete: 'Delete',
+    moreActions: 'More actions', logs: 'Logs', details: 'Details', stop: 'Stop', start: 'Start', redeploy: 'Redeploy', retry: 'Retry', cancel: 'Cancel', delete: 'Delete',
     confirmDelete: 'Delete deployment “{name}”? Its containers, networks and volumes are removed.',
     confirmStop: 'Stop deployment “{name}”?', confirmCancel: 'Cancel deployment “{name}”?', confirmRedeploy: 'Redeploy “{name}”?',
     done: { stop: 'Stopping “{name}”', start: 'Starting “{name}”', redeploy: 'Redeploying “{name}”', retry: 'Retrying “{name}”', cancel: 'Cancelling “{name}”', delete: 'Deleted “{name}”' },

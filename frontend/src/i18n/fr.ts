@@ -28,7 +28,7 @@ const fr: typeof en = {
     title: 'Déploiements', new: 'Nouveau déploiement', stack: 'Stack', target: 'Cible', status: 'Statut', progress: 'Progression',
     attempt: 'Tentative', created: 'Créé', empty: 'Aucun déploiement pour l’instant.', emptyHint: 'Créez-en un à partir d’une stack et d’une cible.',
     filterStatus: 'Filtrer par statut', filterStack: 'Filtrer par stack', filterTarget: 'Filtrer par cible', clearFilters: 'Effacer les filtres',
-    logs: 'Logs', details: 'Détails', stop: 'Arrêter', start: 'Démarrer', redeploy: 'Redéployer', retry: 'Réessayer', cancel: 'Annuler', delete: 'Supprimer',
+    moreActions: 'Plus d’actions', logs: 'Logs', details: 'Détails', stop: 'Arrêter', start: 'Démarrer', redeploy: 'Redéployer', retry: 'Réessayer', cancel: 'Annuler', delete: 'Supprimer',
     confirmDelete: 'Supprimer le déploiement « {name} » ? Ses conteneurs, réseaux et volumes sont supprimés.',
     confirmStop: 'Arrêter le déploiement « {name} » ?', confirmCancel: 'Annuler le déploiement « {name} » ?', confirmRedeploy: 'Redéployer « {name} » ?',
     done: { stop: 'Arrêt de « {name} »', start: 'Démarrage de « {name} »', redeploy: 'Redéploiement de « {name} »', retry: 'Nouvel essai de « {name} »', cancel: 'Annulation de « {name} »', delete: '« {name} » supprimé' },
