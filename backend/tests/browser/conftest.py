@@ -269,7 +269,7 @@ def force_remove(deployment_id: str) -> None:
     flt = f"label={LABEL}={deployment_id}"
     for script in (f"docker rm -f $(docker ps -aq --filter {flt})", f"docker network rm $(docker network ls -q --filter {flt})",
                    f"docker volume rm -f $(docker volume ls -q --filter {flt})"):
-        subprocess.run(["sh", "-c", f"{script} >/dev/null 2>&1"], timeout=60)
+        subprocess.run(["sh", "-c", f"{script} >/dev/null 2>&1"], timeout=60, check=False)
 
 
 def tear_down(server: Server, token: str, deployment_id: str) -> None:
@@ -330,7 +330,7 @@ def nothing_left_on_the_engine():
     assert not left, f"browser tests left these on the Docker engine: {left}"
 
 
-def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 860):
+def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 800):
     context = browser.new_context(
         locale=locale, color_scheme="dark" if dark else "light", viewport={"width": width, "height": height},
         accept_downloads=True,

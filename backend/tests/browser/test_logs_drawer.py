@@ -11,7 +11,13 @@ import re
 
 import pytest
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import (
+    TEST_IMAGE,
+    Server,
+    new_page,
+    screenshot,
+    ui_login,
+)
 from backend.tests.browser.test_live_deployment import wait_status
 
 LEVELS_STACK = {

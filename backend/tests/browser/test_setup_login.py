@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 import uuid
 
-from backend.tests.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, new_page, screenshot, start_server, ui_login
+from backend.tests.browser.conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Server,
+    new_page,
+    screenshot,
+    start_server,
+    ui_login,
+)
 
 
 def test_first_run_setup_then_login(chromium_browser, tmp_path_factory) -> None:
