@@ -1,6 +1,6 @@
 """The logs drawer under load: 100,000 lines streamed into the open drawer in a real browser.
 
-    .venv/bin/python bench/ui_logs.py [--lines 100000] [--batch 100] [--interval-ms 5]
+    .venv/bin/python bench/ui_logs.py [--lines 100000] [--batch 100] [--interval-ms 5] [--search TERM] [--wrap]
 
 A real WindFlow server (``python -m backend.app.main``, its own SQLite database) serves the built UI
 (``make frontend`` first) and the login; Debian's Chromium runs it through Playwright. The WebSocket
@@ -18,6 +18,11 @@ Figures:
   Target: ≤ 10 s.
 * **longest main-thread task** while it streams (``PerformanceObserver`` ``longtask``, tasks over 50 ms;
   none at all means every task stayed under 50 ms). Target: no task over 100 ms.
+* ``--search TERM`` streams with a search active (every new line is matched, matches highlighted) and
+  ``--wrap`` with wrapped lines (row heights estimated per line): the drawer's costlier modes.
+* then, with every line loaded, the longest task of each thing a reader does next: search a term, next
+  match, clear it, hide and show a level, first error, toggle wrap, scroll to the top
+  (``--no-interactions`` skips them). Same target: no task over 100 ms.
 * the count and total duration of long tasks, the DOM rows alive at the end (the list is virtualised)
   and the JS heap.
 """
@@ -113,6 +118,38 @@ class StreamServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+def trace_tasks(path: str, top: int = 5) -> list[tuple[float, float, str]]:
+    """The renderer main thread's longest tasks in a Chromium trace: (wall ms, thread CPU ms, what ran).
+
+    Wall time includes the moments the thread was not scheduled at all (a busy machine), CPU time does not:
+    a task long in wall time but short in CPU time was slowed by the machine, not by the page's own work."""
+    import collections
+
+    data = json.loads(Path(path).read_text())
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    busy: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("name") in ("FunctionCall", "UpdateLayoutTree", "Layout"):
+            busy[(e.get("pid"), e.get("tid"))] += 1
+    if not busy:
+        return []
+    main = busy.most_common(1)[0][0]
+    spans = [e for e in events if (e.get("pid"), e.get("tid")) == main and e.get("ph") == "X" and "dur" in e]
+    tasks = sorted((e for e in spans if e["name"] in ("RunTask", "ThreadControllerImpl::RunTask")),
+                   key=lambda e: -e["dur"])[:top]
+    out = []
+    for task in tasks:
+        start, end = task["ts"], task["ts"] + task["dur"]
+        inner: collections.Counter = collections.Counter()
+        for e in spans:
+            if start <= e["ts"] < end and e["name"] in ("FireAnimationFrame", "Layout", "Paint", "MajorGC", "MinorGC",
+                                                         "UpdateLayoutTree", "EventDispatch", "FunctionCall"):
+                inner[e["name"]] += e["dur"]
+        what = ", ".join(f"{n} {d / 1000:.0f}" for n, d in inner.most_common(4))
+        out.append((task["dur"] / 1000, task.get("tdur", 0) / 1000, what))
+    return out
+
+
 REDIRECT = """
 (() => {
   const Native = window.WebSocket;
@@ -131,6 +168,12 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=100, help="lines per WebSocket frame")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="pause between frames")
+    parser.add_argument("--search", default="", help="stream with this search term active")
+    parser.add_argument("--wrap", action="store_true", help="stream with wrapped lines")
+    parser.add_argument("--trace", help="write a Chromium performance trace of the stream to this file "
+                        "(open it in DevTools' Performance panel; tracing itself slows the page a little)")
+    parser.add_argument("--no-interactions", action="store_true",
+                        help="skip the interactions measured after the stream (search, filter, wrap...)")
     args = parser.parse_args()
     if not (DIST / "index.html").is_file():
         print("frontend/dist is missing: run `make frontend` first", file=sys.stderr)
@@ -163,10 +206,18 @@ def main() -> int:
             page.goto(f"{server.url}/deployments?logs={deployment_id}")
             page.wait_for_function("document.querySelector('[data-testid=ws-badge]')?.dataset.state === 'live'")
             page.get_by_test_id("log-scroller").wait_for()
+            if args.search:
+                page.get_by_placeholder("Search the log").fill(args.search)
+            if args.wrap:
+                page.get_by_test_id("toggle-wrap").click()
             page.wait_for_timeout(500)
             page.evaluate("window.__longtasks && (window.__longtasks.length = 0)")
             assert stream.connected.wait(30), "the page never connected to the stream server"
 
+            if args.trace:
+                browser.start_tracing(page=page, path=args.trace, categories=[
+                    "devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink.user_timing"])
+            t0 = page.evaluate("performance.now()")
             started = time.perf_counter()
             last_emit = stream.stream(frames, args.interval_ms / 1000)
             page.wait_for_function(
@@ -179,6 +230,27 @@ def main() -> int:
             )
             shown = time.perf_counter()
             tasks = page.evaluate("window.__longtasks") or []
+            if args.trace:
+                browser.stop_tracing()
+            # With every line loaded: what a reader does next (each followed by a pause for its render).
+            interactions = {}
+            if not args.no_interactions:
+                steps = [
+                    ("search a term", lambda: page.get_by_placeholder("Search the log").fill("worker=3")),
+                    ("next match", lambda: page.get_by_test_id("next-match").click()),
+                    ("clear the search", lambda: page.get_by_placeholder("Search the log").fill("")),
+                    ("hide a level", lambda: page.get_by_test_id("level-info").click()),
+                    ("show it again", lambda: page.get_by_test_id("level-info").click()),
+                    ("first error", lambda: page.get_by_test_id("first-error").click()),
+                    ("toggle wrap", lambda: page.get_by_test_id("toggle-wrap").click()),
+                    ("scroll to the top", lambda: page.evaluate(
+                        "document.querySelector('[data-testid=log-scroller]').scrollTop = 0")),
+                ]
+                for name, act in steps:
+                    page.evaluate("window.__longtasks && (window.__longtasks.length = 0)")
+                    act()
+                    page.wait_for_timeout(600)
+                    interactions[name] = max((t["duration"] for t in page.evaluate("window.__longtasks") or []), default=0.0)
             rows = page.evaluate("document.querySelectorAll('[data-testid=log-line]').length")
             heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : null")
             browser.close()
@@ -190,6 +262,9 @@ def main() -> int:
     total = sum(t["duration"] for t in tasks)
     stream_s = last_emit - started
     lag_s = shown - last_emit
+    modes = ", ".join(m for m in (f"search {args.search!r}" if args.search else "", "wrapped lines" if args.wrap else "") if m)
+    if modes:
+        print(f"drawer mode               {modes}")
     print(f"lines streamed            {args.lines:,} in {args.lines // args.batch + (args.lines % args.batch > 0):,} frames of {args.batch} "
           f"({args.interval_ms:g} ms apart), over {stream_s:.2f} s ({args.lines / stream_s:,.0f} lines/s)")
     print(f"last emit -> last shown   {lag_s * 1000:,.0f} ms   (target <= 10,000 ms: {'OK' if lag_s <= 10 else 'MISSED'}, "
@@ -199,6 +274,17 @@ def main() -> int:
           f"0 = no task over 50 ms)")
     print(f"long tasks (> 50 ms)      {len(tasks)}, {total:.0f} ms in all")
     print(f"DOM rows at the end       {rows} (virtualised list)")
+    if tasks:
+        print("long tasks (start after the first emit: duration)  "
+              + ", ".join(f"{(t['start'] - t0) / 1000:.2f} s: {t['duration']:.0f} ms" for t in tasks[:12]))
+    if args.trace:
+        print(f"trace                     {args.trace}; its longest main-thread tasks, wall / thread CPU time:")
+        for wall, cpu, what in trace_tasks(args.trace):
+            print(f"  {wall:5.0f} ms / {cpu:4.0f} ms CPU   ({what})")
+    if interactions:
+        print("then, with every line loaded, the longest task of each interaction (0 = none over 50 ms):")
+        for name, ms in interactions.items():
+            print(f"  {name:<22}  {ms:.0f} ms")
     if heap:
         print(f"JS heap used              {heap / 1e6:.1f} MB")
     import os

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -63,6 +64,20 @@ async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, expire
         if time.monotonic() >= deadline:
             raise expired()
         await asyncio.sleep(POLL_INTERVAL)
+
+
+_SERVICE_LEVEL = re.compile(r"\b(error|err|fatal|critical|crit|panic|emerg|warn|warning|debug|trace|info|notice)\b",
+                            re.IGNORECASE)
+_LEVEL_OF_WORD = {"warn": LogLevel.WARNING, "warning": LogLevel.WARNING, "debug": LogLevel.DEBUG,
+                  "trace": LogLevel.DEBUG, "info": LogLevel.INFO, "notice": LogLevel.INFO}
+
+
+def service_line_level(line: str) -> LogLevel:
+    """The level of one line of a failed service's output, as the line itself tells it (``ERROR ...``,
+    ``level=warn``, ``[debug]``: the first level word wins); a line that names none is part of the
+    failure: ERROR."""
+    match = _SERVICE_LEVEL.search(line[:200])
+    return _LEVEL_OF_WORD.get(match.group(1).lower(), LogLevel.ERROR) if match else LogLevel.ERROR
 
 
 class WaitReport:
@@ -272,7 +287,7 @@ class DockerEngine(Engine):
                     log: LogSink) -> None:
         logs = await self._last_logs(session, container)
         for line in logs.splitlines():
-            await log(LogLevel.ERROR, f"{service} | {line}")
+            await log(service_line_level(line), f"{service} | {line}")
         message = f"service {service} {what}"
         if logs:
             message += "; last log lines:\n" + logs

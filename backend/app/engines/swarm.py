@@ -33,6 +33,7 @@ from backend.app.engines.docker_base import (
     compose_path,
     deployment_filter,
     poll_until,
+    service_line_level,
 )
 from backend.app.engines.document import active_services, dump_document, label_document, load_document, parse_ports
 from backend.app.engines.process import CommandResult, failure, run_command
@@ -228,7 +229,7 @@ class SwarmEngine(DockerEngine):
             except (docker.errors.NotFound, EngineError):
                 logs = ""
         for line in logs.splitlines():
-            await log(LogLevel.ERROR, f"{name} | {line}")
+            await log(service_line_level(line), f"{name} | {line}")
         if logs:
             message += "; last log lines:\n" + logs
         await log(LogLevel.ERROR, message.splitlines()[0])

@@ -248,22 +248,89 @@ def realtime(server: Server) -> None:
                     "realtime branch): live status, log streaming and reconnection cannot be checked without it")
 
 
+#: Every deployment a browser test created, for the session's final check that nothing is left running.
+DEPLOYED: list[str] = []
+LABEL = "windflow.deployment_id"
+
+
+def docker_leftovers(deployment_id: str) -> list[str]:
+    """Containers, networks and volumes still labelled with ``deployment_id``."""
+    found = []
+    for kind, cmd in (("container", ["docker", "ps", "-aq"]), ("network", ["docker", "network", "ls", "-q"]),
+                      ("volume", ["docker", "volume", "ls", "-q"])):
+        out = subprocess.run([*cmd, "--filter", f"label={LABEL}={deployment_id}"], capture_output=True, text=True,
+                             timeout=60).stdout.split()
+        found += [f"{kind} {ref}" for ref in out]
+    return found
+
+
+def force_remove(deployment_id: str) -> None:
+    """Removes by label what the API could not (the server is gone, or the delete was refused)."""
+    flt = f"label={LABEL}={deployment_id}"
+    for script in (f"docker rm -f $(docker ps -aq --filter {flt})", f"docker network rm $(docker network ls -q --filter {flt})",
+                   f"docker volume rm -f $(docker volume ls -q --filter {flt})"):
+        subprocess.run(["sh", "-c", f"{script} >/dev/null 2>&1"], timeout=60, check=False)
+
+
+def tear_down(server: Server, token: str, deployment_id: str) -> None:
+    """Deletes a deployment through the API (cancelling it first if it still runs), else by label."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            server.api("DELETE", f"/deployments/{deployment_id}", token=token)
+            return
+        except AssertionError as exc:
+            if "-> 404" in str(exc):
+                return
+            if "-> 409" in str(exc):  # still deploying: cancel it, then delete it when it has settled
+                try:
+                    server.api("POST", f"/deployments/{deployment_id}/cancel", token=token)
+                except AssertionError:
+                    pass
+                time.sleep(1)
+                continue
+            break
+        except OSError:  # the server is down
+            break
+    force_remove(deployment_id)
+
+
 @pytest.fixture
 def cleanup_deployments(server: Server, admin_token: str):
-    """Deletes what a test deployed (containers included) when it ends."""
-    created: list[str] = []
-    yield created
+    """Deletes what a test deployed (containers, networks, volumes) when it ends, failed or not, and
+    checks that nothing labelled with those deployments is left on the engine."""
+    class Registry(list):
+        def append(self, deployment_id: str) -> None:  # type: ignore[override]
+            super().append(deployment_id)
+            DEPLOYED.append(deployment_id)
+
+    registry = Registry()
+    yield registry
+    created = list(registry)
     for deployment_id in created:
-        try:
-            server.api("DELETE", f"/deployments/{deployment_id}", token=admin_token)
-        except AssertionError:
-            subprocess.run(
-                ["sh", "-c", f"docker rm -f $(docker ps -aq --filter label=windflow.deployment_id={deployment_id}) 2>/dev/null"],
-                capture_output=True, timeout=60,
-            )
+        if server.proc is None:
+            force_remove(deployment_id)
+        else:
+            tear_down(server, admin_token, deployment_id)
+    left = {d: docker_leftovers(d) for d in created}
+    left = {d: objs for d, objs in left.items() if objs}
+    for deployment_id in left:
+        force_remove(deployment_id)
+    assert not left, f"the test left these on the Docker engine: {left}"
 
 
-def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 860):
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_on_the_engine():
+    """The session's last check: no container, network or volume of a browser test's deployments remains."""
+    yield
+    left = {d: docker_leftovers(d) for d in DEPLOYED}
+    left = {d: objs for d, objs in left.items() if objs}
+    for deployment_id in left:
+        force_remove(deployment_id)
+    assert not left, f"browser tests left these on the Docker engine: {left}"
+
+
+def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 800):
     context = browser.new_context(
         locale=locale, color_scheme="dark" if dark else "light", viewport={"width": width, "height": height},
         accept_downloads=True,

@@ -1,10 +1,19 @@
-"""First-run setup, log out, log in again, and French labels for a French browser."""
+"""First-run setup, log out, log in again, French labels for a French browser, and changing one's password."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
-from backend.tests.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, new_page, screenshot, start_server
+from backend.tests.browser.conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Server,
+    new_page,
+    screenshot,
+    start_server,
+    ui_login,
+)
 
 
 def test_first_run_setup_then_login(chromium_browser, tmp_path_factory) -> None:
@@ -74,4 +83,55 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
     for label in ("Déploiements", "Stacks", "Cibles", "Organisation", "Jetons d’API", "Système"):
         assert nav.get_by_text(label, exact=True).is_visible(), label
     assert page.evaluate("document.documentElement.lang") == "fr"
+    page.context.close()
+
+
+def test_change_own_password_from_the_user_menu_then_log_in_with_it(chromium_browser, server: Server, admin_token, org_id) -> None:
+    email = f"member-{uuid.uuid4().hex[:8]}@example.com"
+    old, new = "old-password-1", "new-password-2"
+    user = server.api("POST", "/users", {"email": email, "password": old}, token=admin_token)
+    server.api("POST", f"/organizations/{org_id}/members", {"user_id": user["id"], "role": "viewer"}, token=admin_token)
+    page = new_page(chromium_browser)
+    ui_login(page, server, email, old)
+    page.get_by_test_id("user-menu").click()
+    page.get_by_text("Change password").click()
+    page.wait_for_url("**/profile#password")
+    page.get_by_test_id("password-card").wait_for()
+
+    # Checked in the page first: each problem beside its field.
+    page.fill("input[name=current_password]", old)
+    page.fill("input[name=new_password]", "short")
+    page.fill("input[name=confirm_password]", "other")
+    page.get_by_test_id("password-submit").click()
+    assert "At least 8 characters" in page.get_by_test_id("field-new-password").inner_text()
+    assert "The passwords differ" in page.get_by_test_id("field-confirm-password").inner_text()
+    # The API's refusal of a wrong current password, beside that field.
+    page.fill("input[name=current_password]", "not-my-password")
+    page.fill("input[name=new_password]", new)
+    page.fill("input[name=confirm_password]", new)
+    page.get_by_test_id("password-submit").click()
+    page.get_by_test_id("field-current-password").get_by_text("the current password is incorrect").wait_for()
+    page.wait_for_timeout(500)  # the replaced messages fade out
+    screenshot(page, "profile-password-error-en-light")
+
+    page.fill("input[name=current_password]", old)
+    page.get_by_test_id("password-submit").click()
+    page.get_by_text("Password changed").wait_for()
+    assert page.locator("input[name=current_password]").input_value() == ""
+    # This session goes on with the new token pair.
+    page.goto(server.url + "/deployments")
+    page.get_by_role("heading", name="Deployments").wait_for()
+
+    page.get_by_test_id("user-menu").click()
+    page.get_by_text("Log out").click()
+    page.wait_for_url("**/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", old)
+    page.click("[data-testid=login-submit]")
+    page.get_by_test_id("form-error").wait_for()  # the old password no longer works
+    page.fill("input[name=password]", new)
+    page.click("[data-testid=login-submit]")
+    page.wait_for_url("**/deployments")
+    assert page.get_by_test_id("user-menu").inner_text().strip() == email
+    assert page.errors == [], page.errors
     page.context.close()

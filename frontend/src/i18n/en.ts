@@ -26,7 +26,7 @@ export default {
     title: 'Deployments', new: 'New deployment', stack: 'Stack', target: 'Target', status: 'Status', progress: 'Progress',
     attempt: 'Attempt', created: 'Created', empty: 'No deployment yet.', emptyHint: 'Create one from a stack and a target.',
     filterStatus: 'Filter by status', filterStack: 'Filter by stack', filterTarget: 'Filter by target', clearFilters: 'Clear filters',
-    logs: 'Logs', details: 'Details', stop: 'Stop', start: 'Start', redeploy: 'Redeploy', retry: 'Retry', cancel: 'Cancel', delete: 'Delete',
+    moreActions: 'More actions', logs: 'Logs', details: 'Details', stop: 'Stop', start: 'Start', redeploy: 'Redeploy', retry: 'Retry', cancel: 'Cancel', delete: 'Delete',
     confirmDelete: 'Delete deployment “{name}”? Its containers, networks and volumes are removed.',
     confirmStop: 'Stop deployment “{name}”?', confirmCancel: 'Cancel deployment “{name}”?', confirmRedeploy: 'Redeploy “{name}”?',
     done: { stop: 'Stopping “{name}”', start: 'Starting “{name}”', redeploy: 'Redeploying “{name}”', retry: 'Retrying “{name}”', cancel: 'Cancelling “{name}”', delete: 'Deleted “{name}”' },
@@ -73,7 +73,7 @@ export default {
     embedded: 'Embedded worker', lastRecovery: 'Last recovery', totals: 'Totals', runRecovery: 'Run recovery now', health: 'Health', eventBus: 'Event bus',
     noWorkers: 'No Celery worker seen.', never: 'No recovery has run yet.', recoveryDone: 'Recovery done', database: 'Database', hostname: 'Host', lastSeen: 'Last seen',
   },
-  profile: { title: 'Profile', fullName: 'Full name', newPassword: 'New password', saved: 'Saved', superuser: 'Platform superuser' },
+  profile: { title: 'Profile', fullName: 'Full name', newPassword: 'New password', currentPassword: 'Current password', changePassword: 'Change password', passwordChanged: 'Password changed; your other sessions are logged out', passwordHint: 'Changing it logs out every other session of your account.', samePassword: 'Choose a password different from the current one', saved: 'Saved', superuser: 'Platform superuser' },
   logs: {
     title: 'Logs — {name}', live: 'Live', offline: 'Offline', reconnecting: 'reconnecting…', retry: 'Retry', lines: '{n} line | {n} lines',
     progress: 'Deployment progress', tabDeployment: 'Deployment log', tabServices: 'Services', search: 'Search the log', prevMatch: 'Previous match',

@@ -28,7 +28,7 @@ const fr: typeof en = {
     title: 'Déploiements', new: 'Nouveau déploiement', stack: 'Stack', target: 'Cible', status: 'Statut', progress: 'Progression',
     attempt: 'Tentative', created: 'Créé', empty: 'Aucun déploiement pour l’instant.', emptyHint: 'Créez-en un à partir d’une stack et d’une cible.',
     filterStatus: 'Filtrer par statut', filterStack: 'Filtrer par stack', filterTarget: 'Filtrer par cible', clearFilters: 'Effacer les filtres',
-    logs: 'Logs', details: 'Détails', stop: 'Arrêter', start: 'Démarrer', redeploy: 'Redéployer', retry: 'Réessayer', cancel: 'Annuler', delete: 'Supprimer',
+    moreActions: 'Plus d’actions', logs: 'Logs', details: 'Détails', stop: 'Arrêter', start: 'Démarrer', redeploy: 'Redéployer', retry: 'Réessayer', cancel: 'Annuler', delete: 'Supprimer',
     confirmDelete: 'Supprimer le déploiement « {name} » ? Ses conteneurs, réseaux et volumes sont supprimés.',
     confirmStop: 'Arrêter le déploiement « {name} » ?', confirmCancel: 'Annuler le déploiement « {name} » ?', confirmRedeploy: 'Redéployer « {name} » ?',
     done: { stop: 'Arrêt de « {name} »', start: 'Démarrage de « {name} »', redeploy: 'Redéploiement de « {name} »', retry: 'Nouvel essai de « {name} »', cancel: 'Annulation de « {name} »', delete: '« {name} » supprimé' },
@@ -75,7 +75,7 @@ const fr: typeof en = {
     embedded: 'Worker intégré', lastRecovery: 'Dernier recovery', totals: 'Totaux', runRecovery: 'Lancer un recovery', health: 'Santé', eventBus: 'Bus d’événements',
     noWorkers: 'Aucun worker Celery détecté.', never: 'Aucun recovery pour l’instant.', recoveryDone: 'Recovery terminé', database: 'Base de données', hostname: 'Hôte', lastSeen: 'Vu pour la dernière fois',
   },
-  profile: { title: 'Profil', fullName: 'Nom complet', newPassword: 'Nouveau mot de passe', saved: 'Enregistré', superuser: 'Super-utilisateur de la plateforme' },
+  profile: { title: 'Profil', fullName: 'Nom complet', newPassword: 'Nouveau mot de passe', currentPassword: 'Mot de passe actuel', changePassword: 'Changer le mot de passe', passwordChanged: 'Mot de passe changé ; vos autres sessions sont déconnectées', passwordHint: 'Le changer déconnecte toutes les autres sessions de votre compte.', samePassword: 'Choisissez un mot de passe différent de l’actuel', saved: 'Enregistré', superuser: 'Super-utilisateur de la plateforme' },
   logs: {
     title: 'Logs — {name}', live: 'En direct', offline: 'Hors ligne', reconnecting: 'reconnexion…', retry: 'Réessayer', lines: '{n} ligne | {n} lignes',
     progress: 'Progression du déploiement', tabDeployment: 'Log du déploiement', tabServices: 'Services', search: 'Rechercher dans le log', prevMatch: 'Résultat précédent',

@@ -83,9 +83,15 @@ export const useAuthStore = defineStore('auth', () => {
     tokens.clear()
   }
 
+  /** Self-service password change: the API ends every other session and returns a new pair for this one. */
+  async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
+    const pair = await unwrap(api.POST('/api/v1/auth/password', { body: { current_password: currentPassword, new_password: newPassword } }))
+    tokens.set(pair as TokenPair)
+  }
+
   function reset(): void {
     me.value = null
   }
 
-  return { me, organizationId, organization, memberships, role, superuser, loggedIn, loading, can, selectOrganization, loadMe, login, setup, logout, reset }
+  return { me, organizationId, organization, memberships, role, superuser, loggedIn, loading, can, selectOrganization, loadMe, login, setup, logout, changePassword, reset }
 })
