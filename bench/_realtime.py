@@ -1,5 +1,7 @@
 """Plumbing of the real-time benchmarks (not a benchmark itself): a backend process, a deployment row,
-this process's event bus as the emitter, and light WebSocket clients.
+this process's event bus as the emitter, and cheap WebSocket clients in a process of their own
+(``_wsfarm.py``; with two CPUs or more the backend is pinned to one CPU, the benchmark and its clients to
+the others, so that they do not take CPU time from each other).
 
 The backend runs as ``python -m backend.app.main`` (uvicorn) on a fresh PostgreSQL database with
 ``EVENT_BUS=postgres`` (or ``redis``) and Celery disabled. The deployment row is inserted directly (so
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +48,10 @@ class Backend:
 async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgres", **overrides) -> Backend:
     import httpx
 
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the backend: thousands of sockets
     db = c.ThrowawayDatabase("postgresql", label)
     cleanup.push("drop database", db.drop)
     port = c.free_port()
@@ -110,75 +117,112 @@ async def insert_deployment(backend: Backend, status: str = "deploying", deploym
         return row.id
 
 
-class Client:
-    """A WebSocket client that records when each frame arrived (``time.perf_counter()``)."""
+class Farm:
+    """WebSocket clients in a process of their own (``bench/_wsfarm.py``), optionally pinned to other CPUs
+    than the backend's, so that reading thousands of frames does not take CPU time from the server."""
 
-    def __init__(self, conn) -> None:
-        self.conn = conn
-        self.seen: list[tuple[float, dict]] = []
-        self.task: asyncio.Task | None = None
-        self.waiters: list[tuple[callable, asyncio.Future]] = []
+    def __init__(self, proc: asyncio.subprocess.Process, info: dict) -> None:
+        self.proc = proc
+        self.info = info
+        self.count = 0
+        self.retried: list[str] = []
 
     @classmethod
-    async def connect(cls, backend: Backend, **subscribe) -> Client:
-        from websockets.asyncio.client import connect
+    async def start(cls, cleanup: c.Cleanup, cpus: set[int] | None = None) -> Farm:
+        proc = await asyncio.create_subprocess_exec(
+            str(c.BIN / "python"), str(c.BENCH_DIR / "_wsfarm.py"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**30)
+        if cpus:
+            os.sched_setaffinity(proc.pid, cpus)
 
-        conn = await connect(backend.ws_url, open_timeout=60, max_size=None, ping_interval=None)
-        await conn.send(json.dumps({"type": "auth", "token": backend.token}))
-        assert json.loads(await conn.recv())["type"] == "authenticated"
-        await conn.send(json.dumps({"type": "subscribe", **subscribe}))
-        while True:
-            frame = json.loads(await conn.recv())
-            if frame["type"] == "subscribed":
-                break
-            if frame["type"] == "error":
-                raise RuntimeError(frame)
-        client = cls(conn)
-        client.task = asyncio.create_task(client._read())
-        return client
+        def stop() -> None:
+            if proc.returncode is None:
+                proc.kill()
 
-    async def _read(self) -> None:
-        try:
-            async for raw in self.conn:
-                now = time.perf_counter()
-                frame = json.loads(raw)
-                self.seen.append((now, frame))
-                for predicate, future in list(self.waiters):
-                    if not future.done() and predicate(frame):
-                        future.set_result(now)
-        except Exception:  # noqa: BLE001 - closed at the end of the run
-            pass
+        cleanup.push("stop WebSocket client farm", stop)
+        farm = cls(proc, {})
+        farm.info = json.loads(await proc.stdout.readline())
+        return farm
+
+    async def ask(self, **cmd) -> dict:
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client farm exited ({await self.proc.wait()})")
+        return json.loads(line)
+
+    async def connect(self, backend: Backend | str, count: int, batch: int = 100, **subscribe) -> int:
+        """``count`` more clients, ``batch`` at a time (a failed connection is retried twice); ``backend``:
+        WindFlow's, or the WebSocket URL of ``_rawfanout.py``."""
+        url, token = (backend, "-") if isinstance(backend, str) else (backend.ws_url, backend.token)
+        answer = await self.ask(cmd="connect", url=url, token=token, count=count, batch=batch, subscribe=subscribe)
+        self.retried += answer["errors"]
+        self.count += answer["connected"]
+        if "failed" in answer:
+            raise RuntimeError(f"client farm: {answer['failed']} ({self.count} connected)")
+        return answer["connected"]
+
+    async def progress(self, steps: list[int], per_step: int, timeout: float = 60) -> dict[int, list[float]]:
+        answer = await self.ask(cmd="progress", steps=steps, per_step=per_step, timeout=timeout)
+        return {int(k): v for k, v in answer["arrivals"].items()}
+
+    async def logs(self, kind: str, last: int, timeout: float = 180) -> dict:
+        return await self.ask(cmd="logs", kind=kind, last=last, timeout=timeout)
 
     async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-        await self.conn.close()
+        if self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.ask(cmd="close"), 30)
+            except (TimeoutError, RuntimeError, BrokenPipeError, ConnectionError):
+                self.proc.kill()
+            await self.proc.wait()
 
 
-RETRIED: list[str] = []  # connections that failed once (reported by the benchmarks)
+async def raw_fanout(cleanup: c.Cleanup, clients: int, events: int, interval: float, pinned: bool,
+                     first_step: int = 10**8) -> tuple[list[float], list[float], list[float]]:
+    """The same fan-out without WindFlow: ``_rawfanout.py`` (on the backend's CPU when pinned) writes one
+    frame per event to ``clients`` farm clients. Returns every client's latency, and per event the time
+    until the last client had it and the server's time to write them all."""
+    server = await asyncio.create_subprocess_exec(
+        str(c.BIN / "python"), str(c.BENCH_DIR / "_rawfanout.py"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    cleanup.push("stop the raw fan-out server", lambda: server.returncode is None and server.kill())
+    pinned = pinned and (os.cpu_count() or 1) >= 2
+    if pinned:  # as pin() places the backend and the clients
+        os.sched_setaffinity(server.pid, {0})
+    port = json.loads(await server.stdout.readline())["port"]
+    farm = await Farm.start(cleanup, set(range(1, os.cpu_count())) if pinned else None)
+    try:
+        await farm.connect(f"ws://127.0.0.1:{port}/", clients, organization_id="-")
+        latencies, lasts, writes = [], [], []
+        for step in range(first_step, first_step + events):
+            server.stdin.write((json.dumps({"step": step}) + "\n").encode())
+            await server.stdin.drain()
+            sent = json.loads(await server.stdout.readline())
+            arrivals = (await farm.progress([step], clients))[step]
+            latencies += [at - sent["sent_at"] for at in arrivals]
+            lasts.append(max(arrivals) - sent["sent_at"])
+            writes.append(sent["elapsed"])
+            await asyncio.sleep(interval)
+        return latencies, lasts, writes
+    finally:
+        await farm.close()
+        server.kill()
+        await server.wait()
 
 
-async def connect_many(backend: Backend, count: int, batch: int = 100, **subscribe) -> list[Client]:
-    """``count`` subscribed clients, ``batch`` at a time; a connection that fails is retried (twice)."""
-    clients: list[Client] = []
-    for start in range(0, count, batch):
-        c.check_stop()
-        results = await asyncio.gather(*(Client.connect(backend, **subscribe) for _ in range(min(batch, count - start))),
-                                       return_exceptions=True)
-        for result in results:
-            for attempt in range(2):
-                if not isinstance(result, BaseException):
-                    break
-                RETRIED.append(f"{type(result).__name__}: {result}")
-                await asyncio.sleep(0.5)
-                try:
-                    result = await Client.connect(backend, **subscribe)
-                except Exception as exc:  # noqa: BLE001 - retried once more, then raised
-                    result = exc
-            if isinstance(result, BaseException):
-                raise result
-            clients.append(result)
-    return clients
+def pin(backend: Backend, enabled: bool) -> tuple[set[int] | None, str]:
+    """With two CPUs or more: the backend on CPU 0, this process and the client farm on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        return None, "not pinned"
+    os.sched_setaffinity(backend.pid, {cpus[0]})
+    for task in os.listdir(f"/proc/{backend.pid}/task"):  # uvicorn's threads, started already
+        os.sched_setaffinity(int(task), {cpus[0]})
+    others = set(cpus[1:])
+    os.sched_setaffinity(0, others)
+    return others, f"backend pinned to CPU {cpus[0]}, benchmark and clients to CPU {','.join(map(str, sorted(others)))}"
 
 
 async def emit_progress(deployment_id: str, step: int) -> float:
@@ -192,6 +236,3 @@ async def emit_progress(deployment_id: str, step: int) -> float:
         await session.commit()
     return emitted
 
-
-async def close_all(clients: list[Client]) -> None:
-    await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)

@@ -2,10 +2,15 @@
 
 This process commits ``DEPLOYMENT_PROGRESS`` events the way a worker does (its bus forwards them over
 PostgreSQL NOTIFY or Redis pub/sub); one backend process (uvicorn) receives them and sends them to N
-WebSocket clients subscribed to the deployment's organisation, all in this process. Latency = the moment a
-client read the frame - the moment this process's bus published the event (after its commit). Next to it,
+WebSocket clients subscribed to the deployment's organisation. The clients run in a process of their own
+(``_wsfarm.py``: minimal clients on one uvloop loop; with 2+ CPUs the backend is pinned to CPU 0, this
+process and the clients to the others; ``--no-pin`` leaves placement to the scheduler). The cases add
+clients (1, then 99 more, ...). Latency = the moment a client's socket read returned the frame - the
+moment this process's bus published the event (after its commit), both ``CLOCK_MONOTONIC``. Next to it,
 in the same run: raw ``NOTIFY`` -> ``LISTEN`` and raw Redis ``PUBLISH`` -> subscriber, process to process
-(here: connection to connection), the floor WindFlow's path is built on.
+(here: connection to connection), the floor WindFlow's path is built on; and, for the largest client
+count, the same clients on a bare WebSocket server with no application (``_rawfanout.py``, pinned like the
+backend): the floor of writing one frame to each of N sockets on this machine (``--no-raw``: skipped).
 
 Target: median <= 5 ms and p99 <= 50 ms at 1,000 clients.
 
@@ -89,7 +94,8 @@ async def raw_redis(count: int, interval: float) -> list[float]:
     return latencies
 
 
-async def windflow(backend: rt.Backend, deployment_id: str, clients: int, count: int, interval: float) -> tuple[list[float], int]:
+async def windflow(backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int,
+                   interval: float) -> tuple[list[float], int]:
     from backend.app.core.events import EventType, bus
 
     published: dict[int, float] = {}
@@ -99,7 +105,7 @@ async def windflow(backend: rt.Backend, deployment_id: str, clients: int, count:
 
     unsubscribe = bus.subscribe(on_publish, filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS
                                 and e.deployment_id == deployment_id)
-    connected = await rt.connect_many(backend, clients, organization_id=backend.organization_id)
+    await farm.connect(backend, clients - farm.count, organization_id=backend.organization_id)
     try:
         base = (clients + 1) * 100_000  # distinct steps per case
         steps = [base + i for i in range(count)]
@@ -107,23 +113,11 @@ async def windflow(backend: rt.Backend, deployment_id: str, clients: int, count:
             c.check_stop()
             await rt.emit_progress(deployment_id, step)
             await asyncio.sleep(interval)
-        deadline = time.monotonic() + 60
-        wanted = set(steps)
-        while time.monotonic() < deadline:
-            got = sum(1 for cl in connected for _, f in cl.seen
-                      if f["type"] == "DEPLOYMENT_PROGRESS" and f["data"]["current_step"] in wanted)
-            if got >= clients * count:
-                break
-            await asyncio.sleep(0.2)
-        latencies = [
-            at - published[f["data"]["current_step"]]
-            for cl in connected for at, f in cl.seen
-            if f["type"] == "DEPLOYMENT_PROGRESS" and f["data"]["current_step"] in wanted
-        ]
+        arrivals = await farm.progress(steps, clients)
+        latencies = [at - published[step] for step, times in arrivals.items() for at in times]
         missing = clients * count - len(latencies)
     finally:
         unsubscribe()
-        await rt.close_all(connected)
     return latencies, missing
 
 
@@ -133,24 +127,36 @@ async def main(args) -> None:
     cleanup = c.Cleanup()
     try:
         backend = await rt.start_backend("latency", cleanup, event_bus=args.bus)
+        cpus, pinning = rt.pin(backend, args.pin)
+        farm = await rt.Farm.start(cleanup, cpus)
         await rt.start_emitter(backend)
         deployment_id = await rt.insert_deployment(backend)
-        print(f"# event latency, emit -> client receive ({args.bus} event bus); {c.machine_line()}", file=sys.stderr)
+        print(f"# event latency, emit -> client receive ({args.bus} event bus); {pinning}; {c.machine_line()}",
+              file=sys.stderr)
         rows = []
         for name, coro in (("raw NOTIFY -> LISTEN", raw_notify(backend, args.events, args.interval)),
                            ("raw Redis PUBLISH -> subscriber", raw_redis(args.events, args.interval))):
             values = await coro
             rows.append([name, "-", str(len(values)), c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2),
                          c.ms(max(values), 2), "0"])
-        for clients in args.clients:
+        for clients in sorted(args.clients):
             events = args.events if clients <= 100 else max(20, args.events // 4)
             interval = args.interval if clients <= 100 else max(args.interval, 0.1)
             print(f"  {clients} client(s), {events} events ...", file=sys.stderr)
-            values, missing = await windflow(backend, deployment_id, clients, events, interval)
+            values, missing = await windflow(backend, farm, deployment_id, clients, events, interval)
             rows.append([f"WindFlow WS ({args.bus})", str(clients), str(len(values)), c.ms(c.median(values), 2),
                          c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), str(missing)])
+        await farm.close()
+        if args.raw:
+            clients = max(args.clients)
+            events = args.events if clients <= 100 else max(20, args.events // 4)
+            print(f"  raw fan-out: {clients} clients on a bare WebSocket server, {events} events ...", file=sys.stderr)
+            values, _, _ = await rt.raw_fanout(cleanup, clients, events, max(args.interval, 0.1), args.pin)
+            rows.append(["raw WebSocket fan-out (no application)", str(clients), str(len(values)),
+                         c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), "0"])
         print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost"], rows))
-        print(f"\n{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms")
+        print(f"\nclients in one process ({'uvloop' if farm.info.get('uvloop') else 'asyncio'}), {pinning}; "
+              f"{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms")
     finally:
         await stop_event_bus()
         for problem in cleanup.run():
@@ -164,4 +170,6 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000])
     parser.add_argument("--bus", choices=["postgres", "redis"], default="postgres")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPU placement to the scheduler")
+    parser.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw fan-out reference")
     c.run_main(lambda: main(parser.parse_args()))

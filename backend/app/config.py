@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     EVENT_BUS: Literal["auto", "postgres", "redis", "memory"] = "auto"
     # Redis pub/sub URL; defaults to the Celery broker URL when CELERY_BROKER_TYPE=redis.
     EVENT_BUS_REDIS_URL: str | None = None
+    # permessage-deflate on WebSockets: off by default. Compression state is per connection (~40 KiB
+    # each), and a compressed frame cannot be shared, so with it every event is compressed once per client
+    # and sent through the ASGI stack; without it one encoded frame is written to every socket.
+    WS_PER_MESSAGE_DEFLATE: bool = False
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)

@@ -205,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_secret(settings.SECRET_KEY)  # the server log never shows it
     bounded_render.configure(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
+    app.add_middleware(realtime_routes.RawWebSocketSend)  # outermost of ours: the server's own send
     app.include_router(health.router)
     app.include_router(api_router)
     realtime_routes.install_openapi(app)
@@ -219,7 +220,22 @@ def run() -> None:
 
     settings = get_settings()
     setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
-    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None, proxy_headers=False)
+    _raise_open_files_limit()
+    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None, proxy_headers=False,
+                ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE)
+
+
+def _raise_open_files_limit() -> None:
+    """Every WebSocket client holds a socket: lift the soft limit on open files to the hard one (often
+    1,024 soft for 5,000+ clients)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an infinite hard limit the kernel refuses as a soft one
+            pass
 
 
 if __name__ == "__main__":

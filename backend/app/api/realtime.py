@@ -19,12 +19,19 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+try:  # uvicorn[standard]'s WebSocket library: what the direct-write fast path recognises
+    from websockets.protocol import State
+
+    OPEN: object = State.OPEN
+except ImportError:  # pragma: no cover - another server: every frame goes through the ASGI send
+    OPEN = object()
+
 from backend.app import database
 from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, authenticate
 from backend.app.config import Settings
 from backend.app.runtime import metrics, realtime
-from backend.app.core.events import iso_utc
+from backend.app.core.events import Event, iso_utc
 from backend.app.core.exceptions import NotAuthenticated, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User
 from backend.app.schemas.events import AuthFrame, ClientFrame, ServerFrame, SubscribeFrame, UnsubscribeFrame
@@ -42,6 +49,62 @@ _client_frame = TypeAdapter(ClientFrame)
 # --- WebSocket ---------------------------------------------------------------------------------------
 
 
+RAW_SEND_KEY = "windflow.websocket_raw_send"
+#: Bytes a socket may have waiting in its write buffer for the direct path to add a frame; beyond it the
+#: event waits in the client's queue and the pump's send waits for the socket (and times out).
+DIRECT_WRITE_BUFFER = 256 * 1024
+
+
+class RawWebSocketSend:
+    """Pure ASGI middleware: keeps the server's own ``send`` of a WebSocket connection in the scope, so
+    that :class:`WebSocketClient` can recognise uvicorn's protocol and write pre-encoded frames to its
+    socket (the fan-out fast path); every other message still goes through the ASGI stack."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND_KEY] = send
+        await self.app(scope, receive, send)
+
+
+def _direct_protocol(websocket: WebSocket):
+    """uvicorn's ``websockets-sansio`` protocol object of this connection when frames may be written to
+    its transport directly: an open connection without extensions (no per-message compression, whose
+    state is per connection). ``None`` otherwise (another server, another protocol implementation)."""
+    send = websocket.scope.get(RAW_SEND_KEY)
+    protocol = getattr(send, "__self__", None)
+    conn = getattr(protocol, "conn", None)
+    if protocol is None or conn is None or getattr(conn, "extensions", None) != [] or not hasattr(conn, "state") \
+            or not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent", "disconnected")):
+        return None
+    return protocol if conn.state is OPEN else None
+
+
+_frames: dict[int, tuple[Event, bytes]] = {}
+
+
+def text_frame(evt: Event) -> bytes:
+    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event, built once per event."""
+    entry = _frames.get(id(evt))
+    if entry is not None and entry[0] is evt:
+        return entry[1]
+    payload = realtime.encode_event(evt).encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    frame = head + payload
+    if len(_frames) > 256:
+        _frames.clear()
+    _frames[id(evt)] = (evt, frame)
+    return frame
+
+
 class WebSocketClient(realtime.Client):
     def __init__(self, websocket: WebSocket, access: realtime.Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
@@ -49,10 +112,23 @@ class WebSocketClient(realtime.Client):
         self.expires_at = expires_at
         self.send_lock = asyncio.Lock()
         self.services: dict[str, service_logs.ServiceLogFollower] = {}
+        self._protocol = _direct_protocol(websocket)
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         async with self.send_lock:
             await self.websocket.send_text(text)
+
+    def write_now(self, evt: Event) -> bool:
+        protocol = self._protocol
+        if protocol is None or self.send_lock.locked():
+            return False
+        transport = protocol.transport
+        if protocol.close_sent or protocol.disconnected or protocol.conn.state is not OPEN \
+                or not protocol.writable.is_set() \
+                or transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
+            return False
+        transport.write(text_frame(evt))
+        return True
 
 
 def _error(code: str, detail: str, **ids: str | None) -> dict:

@@ -188,6 +188,9 @@ class EventStream:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.sink = self.offer  # one bound method object: the bus finds it again by identity to remove it
+        #: Optional fast path, on the consumer's loop: called with an event that finds the queue empty and the
+        #: consumer waiting for it; returns True if it handled the event itself (then it is not queued).
+        self.direct: Callable[[Event], bool] | None = None
 
     # publisher side (any thread)
     def offer(self, evt: Event) -> None:
@@ -202,6 +205,16 @@ class EventStream:
                 self._closed = True
 
     def _put(self, evt: Event) -> None:
+        waiter = self._waiter
+        if self.direct is not None and not self._items and not self._dropped and waiter is not None \
+                and not waiter.done():
+            # The consumer is idle and nothing is queued before this event: it may handle it now, in order,
+            # without a task switch (the WebSocket hub writes one pre-encoded frame to each socket).
+            try:
+                if self.direct(evt):
+                    return
+            except Exception:  # noqa: BLE001 - the queued path still delivers it
+                logger.exception("direct delivery of %s failed; queued instead", evt.type)
         if len(self._items) >= self.maxsize:
             self._dropped += 1
         else:

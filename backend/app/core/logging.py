@@ -83,7 +83,21 @@ def register_secret(value: str | None) -> None:
         _secret_regex = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+#: One of these (lower case) is in any ASCII text a pattern above matches: each pattern needs one of
+#: them literally (JWT "eyJ", "wf_", the header names, bearer/basic, the secret-looking key names, "://").
+#: Text without any of them skips the six patterns, which cost ~18 us per log line (checking costs ~2 us).
+#: Only for ASCII text: with IGNORECASE the patterns also match non-ASCII look-alikes (U+017F for "s",
+#: U+0131 for "i", U+212A for "k") that ``lower()`` keeps apart.
+_TRIGGERS = ("eyj", "wf_", "authorization", "cookie", "x-api-key", "bearer", "basic", "password", "passwd", "pwd",
+             "secret", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "private-key",
+             "credential", "://")
+
+
 def _mask_shapes(text: str) -> str:
+    if text.isascii():
+        lowered = text.lower()
+        if not any(trigger in lowered for trigger in _TRIGGERS):
+            return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -86,6 +86,12 @@ EVENT_SEND_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RESYNCS = Counter("windflow_event_resyncs_total", "Clients that fell behind and were resynchronised", ["transport"])
+EVENT_FRAMES = Counter(
+    "windflow_event_frames_total",
+    "Event frames sent to clients: written to the socket during the delivery (direct) or by the client's pump "
+    "(queued: something was waiting before it, or the socket's buffer was full)",
+    ["transport", "path"],
+)
 
 
 class _PublishedCollector:

@@ -14,6 +14,12 @@ task that sends them. Invariants:
   marker, sends a ``resync`` frame per subscription (with the last ``seq`` sent) and resumes the log
   lines from the database. A client that does not accept a frame within :data:`SEND_TIMEOUT_SECONDS`
   is disconnected.
+* **One encoding, one write per client.** An event is encoded once (:func:`encode_event`) whatever the
+  number of clients. When a client's pump is idle (nothing queued, lock free), the bus's delivery hands
+  the event to :meth:`Client._direct`, which does what the pump would and writes the frame at once
+  (WebSocket: one pre-built frame per event, written to every socket; see ``api/realtime.py``): no task
+  switch per client. Anything else (a queue, log lines that need a catch-up, a socket whose buffer is
+  full, per-connection compression, SSE) takes the pump, so order and the invariants above hold.
 * **Access follows memberships.** :class:`AccessRegistry` re-reads, every :data:`ACCESS_REFRESH_SECONDS`
   and in one batch for every client of the process, each user's organisations, active flag and API token;
   events of an organisation a user left are no longer sent, its subscriptions end with an ``error`` frame,
@@ -65,6 +71,41 @@ def encode_event(evt: Event) -> str:
         _encoded.clear()
     _encoded[id(evt)] = (evt, text)
     return text
+
+
+def _latency(evt: Event) -> float:
+    return max(0.0, (datetime.now(UTC) - evt.timestamp).total_seconds())
+
+
+_direct_sends: dict[str, dict[int, list]] = {}  # transport -> id(event) -> [event, sends]: observed later
+
+
+def _count_direct_send(evt: Event, transport: str) -> None:
+    """Count a direct send of ``evt``; the latency histogram is updated once the whole delivery is done
+    (a callback after it), so the fan-out to thousands of sockets does not wait for the metrics. (No
+    object allocated per client: allocations would also bring the garbage collector into the fan-out.)"""
+    tally = _direct_sends.get(transport)
+    if tally is None:
+        if not _direct_sends:
+            asyncio.get_running_loop().call_soon(_observe_direct_sends)
+        tally = _direct_sends[transport] = {}
+    entry = tally.get(id(evt))
+    if entry is not None and entry[0] is evt:
+        entry[1] += 1
+    else:
+        tally[id(evt)] = [evt, 1]
+
+
+def _observe_direct_sends() -> None:
+    tallies = list(_direct_sends.items())
+    _direct_sends.clear()
+    for transport, tally in tallies:
+        histogram = metrics.EVENT_SEND_LATENCY.labels(transport)
+        for evt, count in tally.values():
+            metrics.EVENT_FRAMES.labels(transport, "direct").inc(count)
+            value = _latency(evt)
+            for _ in range(count):
+                histogram.observe(value)
 
 
 def logs_frame(deployment_id: str, organization_id: str, lines: list[LogLine] | list[dict]) -> dict:
@@ -199,6 +240,8 @@ class Client(ABC):
         self.close_code = 1000
         self.sent = 0
         self._tasks: set[asyncio.Task] = set()
+        self._send_latency = metrics.EVENT_SEND_LATENCY.labels(transport)
+        self._frames_queued = metrics.EVENT_FRAMES.labels(transport, "queued")
 
     # --- transport ------------------------------------------------------------------------------
 
@@ -226,8 +269,13 @@ class Client(ABC):
 
     # --- lifecycle --------------------------------------------------------------------------------
 
+    def write_now(self, evt: Event) -> bool:
+        """Send ``evt``'s frame at once without waiting, if the transport can (else the pump sends it)."""
+        return False
+
     def start(self) -> None:
         self.stream = bus.stream(self._wants, maxsize=CLIENT_QUEUE_BOUND)
+        self.stream.direct = self._direct
         registry.add(self)
         self.pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"realtime-{self.transport}")
 
@@ -345,6 +393,35 @@ class Client(ABC):
             logger.exception("real time: %s client pump failed", self.transport)
             self.close("internal error", 1011)
 
+    def _direct(self, evt: Event) -> bool:
+        """The pump's :meth:`_forward`, done synchronously when it is idle (the stream's fast path): the
+        common case of an event with nothing queued before it costs one socket write, no task switch.
+        Returns False (the event is then queued for the pump) for anything that needs to wait or read:
+        a held lock (a catch-up, a subscription being set up), log lines not following ``last_seq``
+        exactly, a transport that cannot write now."""
+        if self.lock.locked():
+            return False
+        if not self.access.allows(evt.organization_id):
+            return True  # the pump would drop it too
+        sub = self.deployments.get(evt.deployment_id)
+        if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:
+            if sub is None:
+                return True
+            logs = evt.data.get("logs") or ()
+            if not logs or logs[0]["seq"] != sub.last_seq + 1:
+                return False
+            if not self.write_now(evt):
+                return False
+            sub.last_seq = logs[-1]["seq"]
+        else:
+            if not self.write_now(evt):
+                return False
+            if evt.type is EventType.DEPLOYMENT_DELETED and sub is not None:
+                self.deployments.pop(evt.deployment_id, None)
+        self.sent += 1
+        _count_direct_send(evt, self.transport)
+        return True
+
     async def _forward(self, evt: Event) -> None:
         if not self.access.allows(evt.organization_id):
             return
@@ -369,8 +446,8 @@ class Client(ABC):
             await self._send(encode_event(evt), sub.last_seq if sub else None, str(evt.type))
             if evt.type is EventType.DEPLOYMENT_DELETED and sub is not None:
                 self.deployments.pop(evt.deployment_id, None)
-        metrics.EVENT_SEND_LATENCY.labels(self.transport).observe(
-            max(0.0, (datetime.now(UTC) - evt.timestamp).total_seconds()))
+        self._send_latency.observe(_latency(evt))
+        self._frames_queued.inc()
 
     async def _resync(self, overflow: Overflow) -> None:
         dropped = overflow.dropped + self.stream.clear()

@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
-from backend.app.core.events import Event, EventType, LogLineData, LogsUpdateData, ProgressData, iso_utc, queue_event
+from backend.app.core.events import Event, EventType, ProgressData, iso_utc, queue_event
 from backend.app.core.logging import Redactor, strip_controls
 from backend.app.database import utcnow
 from backend.app.core.exceptions import ValidationFailed
@@ -87,11 +87,10 @@ async def append_logs(
          for l in stored],
     )
     now = utcnow()
-    data = LogsUpdateData(
-        logs=[LogLineData(seq=l.seq, timestamp=l.timestamp, level=str(l.level), message=l.message) for l in stored],
-        append=True, timestamp=now,
-    )
-    queue_event(session, Event.of(EventType.DEPLOYMENT_LOGS_UPDATE, deployment_id, organization_id, data, now))
+    # The JSON form of ``LogsUpdateData`` built directly from the typed lines (as the receiver of a log
+    # pointer does, event_transport._resolve): a model per line cost ~6 us, a tenth of a line's budget.
+    data = {"logs": [line.to_dict() for line in stored], "append": True, "timestamp": iso_utc(now)}
+    queue_event(session, Event(EventType.DEPLOYMENT_LOGS_UPDATE, deployment_id, organization_id, data, now))
     return stored
 
 

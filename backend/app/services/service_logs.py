@@ -180,6 +180,10 @@ class ServiceLogFollower:
                 return
             lines.put_nowait(item)
 
+        def put_many(items: list) -> None:
+            for item in items:
+                put(item)
+
         def run() -> None:
             try:
                 stream = client.api.logs(container.id, stream=True, follow=True, timestamps=True,
@@ -192,12 +196,15 @@ class ServiceLogFollower:
                 for chunk in stream:
                     pending += chunk
                     *complete, pending = pending.split(b"\n")
+                    batch = []
                     for raw in complete:
                         text = raw.decode("utf-8", "replace").rstrip("\r")
                         match = _TIMESTAMP.match(text)
                         stamp = match.group(1) if match else None
                         message = text[match.end():] if match else text
-                        loop.call_soon_threadsafe(put, (service, name, stamp, message[:MAX_LINE_CHARS]))
+                        batch.append((service, name, stamp, message[:MAX_LINE_CHARS]))
+                    if batch:  # one wake-up of the loop per chunk read, not per line
+                        loop.call_soon_threadsafe(put_many, batch)
                 if pending:
                     loop.call_soon_threadsafe(put, (service, name, None, pending.decode("utf-8", "replace")))
             except Exception as exc:  # noqa: BLE001 - a closed stream (stop) or a vanished container

@@ -329,5 +329,34 @@ async def test_two_backend_processes_both_deliver(server, http, bus, db, tmp_pat
             assert [l["seq"] for l in await ws.lines_until(deployment.id, 300)] == list(range(1, 301))
         metrics = (await http.get("/metrics")).text
         assert "windflow_websocket_connections 1.0" in metrics or "windflow_websocket_connections 2.0" in metrics
+        # the fan-out fast path served them: frames written straight to the socket during the delivery
+        direct = [l for l in metrics.splitlines()
+                  if l.startswith('windflow_event_frames_total{path="direct",transport="websocket"}')]
+        assert direct and float(direct[0].split()[-1]) >= 1, [l for l in metrics.splitlines() if "frames" in l]
     finally:
         second.stop()
+
+
+async def test_with_per_message_deflate_frames_are_compressed_and_take_the_queued_path(server, http, bus, db, tmp_path):
+    """WS_PER_MESSAGE_DEFLATE=true: the client negotiates compression, so no frame can be shared; every event
+    goes through the pump and the ASGI send (compressed per connection), complete and in order."""
+    compressed = await Server.start(db.settings.DATABASE_URL, tmp_path, "deflate", EVENT_BUS="postgres",
+                                    WS_PER_MESSAGE_DEFLATE=True)
+    try:
+        admin = await _admin(http)
+        org = await default_org(http, admin)
+        deployment = await _deployment_in(org)
+        ws = await WS.open(compressed, admin.access_token)
+        assert ws.conn.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
+        await ws.subscribe(deployment_id=deployment.id, since_seq=0)
+        await _write_lines(deployment.id, 1200, batch=100)
+        assert [l["seq"] for l in await ws.lines_until(deployment.id, 1200)] == list(range(1, 1201))
+        async with compressed.http() as client:
+            metrics = (await client.get("/metrics")).text
+        frames = {l.split("{")[1].split("}")[0]: float(l.split()[-1]) for l in metrics.splitlines()
+                  if l.startswith("windflow_event_frames_total{")}
+        assert frames.get('path="queued",transport="websocket"', 0) >= 1, frames
+        assert frames.get('path="direct",transport="websocket"', 0) == 0, frames
+        await ws.conn.close()
+    finally:
+        compressed.stop()

@@ -256,3 +256,34 @@ async def test_app_logs_never_show_passwords_or_tokens(app):
         assert credential not in text, credential[:12]
     assert "unhandled error on GET /boom" in text and "RuntimeError: broker sqla+postgresql+psycopg://windflow:***@db" in text
     assert "POST /api/v1/auth/login" in text and ADMIN_EMAIL.replace("@", "%40") in text
+
+
+def _mask_unfiltered(text: str) -> str:
+    for pattern, replacement in wf_logging._PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def test_trigger_prefilter_never_changes_what_is_masked():
+    """``_mask_shapes`` skips the patterns for ASCII text without any trigger word: on lines built from
+    every pattern's pieces, in every case, it must mask exactly what the patterns alone mask."""
+    import random
+
+    rng = random.Random(1234)
+    pieces = ["password", "PassWd", "pwd", "SECRET", "Token", "api_key", "API-KEY", "apikey", "private_key",
+              "Private-Key", "privatekey", "credential", "Authorization", "proxy-authorization", "Cookie",
+              "set-cookie", "X-Api-Key", "Bearer", "BASIC", "wf_", "WF_", "eyJ", "EYJ", "://", "redis://",
+              "https://u:", "@", ":", "=", " ", "'", '"', "\n", "abcdefghijklmnop", "0123456789ABCDEF", "-",
+              "_", ".", "{", "}", JWT, API_TOKEN, "pa", "ss", "word", "to", "ken", "ſ", "K", "ı", "é"]
+    structured = [f"{before}{piece}{sep}{value}" for piece in pieces for before in ("", "x", " ")
+                  for sep in ("=", ": ", " ", "") for value in ("abcdefghijklmnop", "'q u o t e d'", "")]
+    randomised = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(20_000)]
+    masked = 0
+    for text in structured + randomised:
+        expected = _mask_unfiltered(text)
+        assert wf_logging._mask_shapes(text) == expected, text
+        masked += expected != text
+    assert masked > 1000  # the corpus does exercise the patterns
+    # the fast path itself: nothing to mask, returned as is (the same object)
+    line = "line 12 of the persisted log, as a runner writes it"
+    assert wf_logging._mask_shapes(line) is line
