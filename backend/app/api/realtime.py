@@ -177,8 +177,8 @@ async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
         return
     access, bad_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
     client = WebSocketClient(websocket, access[credential.user.id], credential.expires_at)
-    client.access = realtime.Access(
-        client.access.user_id, client.access.superuser, client.access.organizations, credential.api_token_id)
+    client.access = realtime.credential_access(
+        client.access, credential.api_token_id, credential.user.token_generation)
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
     client.start()
@@ -261,8 +261,7 @@ async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: S
     client.expires_at = credential.expires_at
     access, _ = await realtime.load_access({credential.user.id}, set())
     fresh = access[credential.user.id]
-    await client.set_access(realtime.Access(fresh.user_id, fresh.superuser, fresh.organizations,
-                                            credential.api_token_id, fresh.revoked))
+    await client.set_access(realtime.credential_access(fresh, credential.api_token_id, credential.user.token_generation))
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
 
@@ -412,7 +411,7 @@ async def deployment_events(
     access, _ = await realtime.load_access({user.id}, set())
     await session.close()  # the stream may last hours: do not hold a pooled connection for it
     fresh = access[user.id]
-    client = SSEClient(realtime.Access(fresh.user_id, fresh.superuser, fresh.organizations, token_id, fresh.revoked))
+    client = SSEClient(realtime.credential_access(fresh, token_id, user.token_generation))
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",

@@ -128,6 +128,9 @@ class Access:
     organizations: frozenset[str]
     api_token_id: str | None = None
     revoked: str | None = None  # why the credential no longer works
+    #: the token generation of the access token the client authenticated with (None for an API token); a
+    #: password change or ``POST /auth/logout-all`` bumps the user's, which closes the client
+    generation: int | None = None
 
     def allows(self, organization_id: str) -> bool:
         return self.revoked is None and (self.superuser or organization_id in self.organizations)
@@ -136,17 +139,17 @@ class Access:
 async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str, Access], set[str]]:
     """Every user's access and the API tokens no longer valid, read in one short transaction."""
     now = datetime.now(UTC)
-    users: dict[str, tuple[bool, bool]] = {}
+    users: dict[str, tuple[bool, bool, int]] = {}
     orgs: dict[str, set[str]] = {}
     bad_tokens: set[str] = set()
     ids, tokens = sorted(user_ids), sorted(token_ids)
     async with database.AsyncSessionLocal() as session:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for uid, active, superuser in await session.execute(
-                select(User.id, User.is_active, User.is_superuser).where(User.id.in_(chunk))
+            for uid, active, superuser, generation in await session.execute(
+                select(User.id, User.is_active, User.is_superuser, User.token_generation).where(User.id.in_(chunk))
             ):
-                users[uid] = (active, superuser)
+                users[uid] = (active, superuser, generation)
             for uid, org in await session.execute(
                 select(Membership.user_id, Membership.organization_id).where(Membership.user_id.in_(chunk))
             ):
@@ -163,10 +166,27 @@ async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str
             bad_tokens.update(set(chunk) - found)
     access = {}
     for uid in user_ids:
-        active, superuser = users.get(uid, (False, False))
+        active, superuser, generation = users.get(uid, (False, False, None))
         access[uid] = Access(uid, superuser, frozenset(orgs.get(uid, ())),
-                             revoked=None if active else "the account was deactivated or deleted")
+                             revoked=None if active else "the account was deactivated or deleted", generation=generation)
     return access, bad_tokens
+
+
+def refreshed(current: Access, fresh: Access, bad_tokens: set[str] = frozenset()) -> Access:
+    """``current``'s credential with ``fresh``'s memberships: revoked when its API token was, when the account
+    was deactivated, or when the user signed out everywhere since it authenticated (token generation)."""
+    revoked = fresh.revoked
+    if current.api_token_id in bad_tokens:
+        revoked = "the API token was revoked or has expired"
+    elif current.api_token_id is None and current.generation is not None and fresh.generation != current.generation:
+        revoked = "signed out everywhere (password changed or logout-all); authenticate again"
+    return Access(fresh.user_id, fresh.superuser, fresh.organizations, current.api_token_id, revoked, current.generation)
+
+
+def credential_access(fresh: Access, api_token_id: str | None, generation: int) -> Access:
+    """The access of a client that just authenticated: API token, or access token of ``generation``."""
+    return refreshed(Access(fresh.user_id, fresh.superuser, fresh.organizations, api_token_id,
+                            generation=None if api_token_id else generation), fresh)
 
 
 class AccessRegistry:
@@ -191,14 +211,7 @@ class AccessRegistry:
         access, bad_tokens = await load_access(
             {c.access.user_id for c in clients}, {c.access.api_token_id for c in clients if c.access.api_token_id})
         for client in clients:
-            fresh = access[client.access.user_id]
-            if client.access.api_token_id in bad_tokens:
-                fresh = Access(fresh.user_id, fresh.superuser, fresh.organizations, client.access.api_token_id,
-                               "the API token was revoked or has expired")
-            else:
-                fresh = Access(fresh.user_id, fresh.superuser, fresh.organizations, client.access.api_token_id,
-                               fresh.revoked)
-            await client.set_access(fresh)
+            await client.set_access(refreshed(client.access, access[client.access.user_id], bad_tokens))
 
     async def _refresh_loop(self) -> None:
         while self.clients:

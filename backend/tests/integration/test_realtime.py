@@ -136,6 +136,26 @@ async def test_an_api_token_works_and_revoking_it_closes_the_socket(server, http
     assert time.monotonic() - started < 6
 
 
+async def test_signing_out_everywhere_closes_the_sockets_of_access_tokens_only(server, http, bus):
+    """``POST /auth/logout-all`` (or a password change) bumps the token generation: a socket authenticated with
+    an access token of the old generation closes with 4401 within seconds; one authenticated with a personal
+    API token (a separate credential, revoked under /tokens) stays."""
+    admin = await _admin(http)
+    created = (await http.post("/api/v1/tokens", json={"name": "ci"}, headers=admin.headers)).json()
+    org = await default_org(http, admin)
+    session_ws = await WS.open(server, admin.access_token)
+    token_ws = await WS.open(server, created["token"])
+    for ws in (session_ws, token_ws):
+        assert (await ws.subscribe(organization_id=org))["type"] == "subscribed"
+    assert (await http.post("/api/v1/auth/logout-all", headers=admin.headers)).status_code == 204
+    started = time.monotonic()
+    assert await session_ws.closed_with(timeout=10) == 4401
+    assert time.monotonic() - started < 6
+    await token_ws.send({"type": "ping"})
+    assert (await token_ws.next(lambda f: f["type"] == "pong"))["type"] == "pong"
+    await token_ws.close()
+
+
 async def test_expiring_access_token_is_renewed_with_a_new_auth_frame(server, http, bus):
     admin = await _admin(http)
 
