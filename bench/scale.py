@@ -119,9 +119,11 @@ class Seeder:
             {"first": start + 1, "last": size, "step": LOGGED_FRACTION, "n": lines_per_deployment},
         )
         self._finish(conn)
-        log("  vacuum analyze")
+        log("  vacuum analyze, checkpoint")
         for table in ("deployments", "deployment_logs", "deployment_status_history"):
             conn.execute(f"VACUUM ANALYZE {table}")
+        # the seeding's dirty pages written out now, not by the checkpointer during the measurements
+        conn.execute("CHECKPOINT")
 
     # SQLite: a recursive CTE counts the rows out
     def _sqlite(self, conn, start: int, size: int, lines_per_deployment: int) -> None:
