@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,25 @@ class Seeder:
 # --------------------------------------------------------------------------- requests
 
 
+async def wait_for_quiet(max_load: float, timeout: float) -> float:
+    """Wait (at most ``timeout`` s) until the 1-minute load average is at most ``max_load``; return it.
+
+    The machine is shared: a figure measured while others compile or run browsers says little about
+    WindFlow. The load seen at the start of the measurements is printed with the results either way.
+    """
+    import asyncio
+    import os
+
+    deadline = time.monotonic() + timeout
+    load = os.getloadavg()[0]
+    while load > max_load and time.monotonic() < deadline:
+        log(f"  load average {load:.2f} > {max_load}: waiting")
+        c.check_stop()
+        await asyncio.sleep(10)
+        load = os.getloadavg()[0]
+    return load
+
+
 class Probe:
     """The SQL one request sends, replayed under ``EXPLAIN (ANALYZE, BUFFERS)`` (PostgreSQL).
 
@@ -313,7 +333,9 @@ async def measure(client, seeder: Seeder, admin: dict, viewer: dict, size: int, 
     return results
 
 
-async def run_backend(kind: str, sizes: list[int], lines_per_deployment: int, runs: int) -> dict[int, dict[str, float]]:
+async def run_backend(
+    kind: str, sizes: list[int], lines_per_deployment: int, runs: int, quiet: tuple[float, float] = (0, 0)
+) -> dict[int, dict[str, float]]:
     from backend.app.main import create_app
 
     database = c.ThrowawayDatabase(kind, "scale")
@@ -361,7 +383,9 @@ async def run_backend(kind: str, sizes: list[int], lines_per_deployment: int, ru
                     started = time.perf_counter()
                     seeder.grow_to(size, lines_per_deployment)
                     log(f"{kind}: {size:,} deployments, {seeder.lines:,} log lines seeded in {time.perf_counter() - started:.0f} s; measuring")
+                    load = await wait_for_quiet(*quiet) if quiet[1] else os.getloadavg()[0]
                     results[size] = await measure(client, seeder, admin, viewer, size, runs)
+                    results[size]["_load"] = (load, os.getloadavg()[0])
                     results[size]["_lines"] = seeder.lines
         return results
     finally:
@@ -386,6 +410,8 @@ def report(kind: str, results: dict[int, dict[str, float]], *, target_ms: float 
         if target_ms is not None and results[last][name] * 1000 > target_ms:
             ok = False
         rows.append(row)
+    loads = [f"{results[s]['_load'][0]:.1f} / {results[s]['_load'][1]:.1f}" for s in sizes]
+    rows.append(["(1-min load average before / after)", *loads, *([""] if len(sizes) > 1 else [])])
     lines = ", ".join(f"{s:,}: {results[s]['_lines']:,}" for s in sizes)
     print(f"\n{kind}: median ms per request, by number of deployments (log lines {lines})")
     print(c.table(headers, rows))
@@ -408,10 +434,11 @@ async def bench(args) -> bool:
     ok = True
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
-        pg = await run_backend("postgresql", sizes, args.lines_per_deployment, args.runs)
+        quiet = (args.max_load, args.max_wait)
+        pg = await run_backend("postgresql", sizes, args.lines_per_deployment, args.runs, quiet)
         ok &= report("PostgreSQL", pg, target_ms=20)
     if args.sqlite_size:
-        lite = await run_backend("sqlite", [args.sqlite_size], args.lines_per_deployment, args.runs)
+        lite = await run_backend("sqlite", [args.sqlite_size], args.lines_per_deployment, args.runs, (args.max_load, args.max_wait))
         report("SQLite", lite, target_ms=None)
     print(c.machine_line())
     return ok
@@ -426,6 +453,11 @@ def main() -> None:
         help=f"log lines of every {LOGGED_FRACTION}th deployment (1000: 10 million lines at 1,000,000 deployments)",
     )
     parser.add_argument("--runs", type=int, default=5, help="timed requests per figure (median), after one warm-up")
+    parser.add_argument(
+        "--max-load", type=float, default=1.5,
+        help="before measuring a size, wait until the 1-minute load average is at most this (the machine is shared)",
+    )
+    parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for that at most (0: do not wait)")
     args = parser.parse_args()
     try:
         ok = c.run_main(lambda: bench(args))
