@@ -373,8 +373,11 @@ async def run_backend(
                         f"/api/v1/organizations/{org_id}/members", json={"user_id": user.json()["id"], "role": "viewer"}, headers=admin
                     )
                     assert added.status_code == 201, added.text
-                login = await client.post("/api/v1/auth/login", data={"username": VIEWER["email"], "password": VIEWER["password"]})
-                viewer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+                async def log_in(user: dict) -> dict:
+                    login = await client.post("/api/v1/auth/login", data={"username": user["email"], "password": user["password"]})
+                    assert login.status_code == 200, login.text
+                    return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
                 seeder = Seeder(database, ids)
                 results = {}
@@ -384,6 +387,8 @@ async def run_backend(
                     seeder.grow_to(size, lines_per_deployment)
                     log(f"{kind}: {size:,} deployments, {seeder.lines:,} log lines seeded in {time.perf_counter() - started:.0f} s; measuring")
                     load = await wait_for_quiet(*quiet) if quiet[1] else os.getloadavg()[0]
+                    # fresh tokens: seeding and waiting for a quiet machine can outlast an access token
+                    admin, viewer = await log_in(ADMIN), await log_in(VIEWER)
                     results[size] = await measure(client, seeder, admin, viewer, size, runs)
                     results[size]["_load"] = (load, os.getloadavg()[0])
                     results[size]["_lines"] = seeder.lines
