@@ -5,7 +5,9 @@ log lines are written straight into the database with ``generate_series`` (Postg
 (SQLite), in the application's own schema (migrated by the app), then the tables are ``VACUUM ANALYZE``d
 and the status counts rebuilt. Each request of the issue's table, plus a logs page, a history page, a page
 read by a member of two organisations (the per-organisation fan-out) and a cursor walk deep into the list, is
-then timed through the ASGI app (median of ``--runs`` after one untimed warm-up), and a growth table printed.
+then timed through the ASGI app (median of ``--runs`` after one untimed warm-up, and one untimed pass of
+every request before the smallest size, whose figures would otherwise include the process's cold caches), and
+a growth table printed, with the machine's load average before and after each size.
 
 Targets (PostgreSQL, at the largest size): every request ≤ 20 ms median, and none more than 2× slower than
 at the smallest size.
@@ -389,6 +391,8 @@ async def run_backend(
                     load = await wait_for_quiet(*quiet) if quiet[1] else os.getloadavg()[0]
                     # fresh tokens: seeding and waiting for a quiet machine can outlast an access token
                     admin, viewer = await log_in(ADMIN), await log_in(VIEWER)
+                    if not results:  # one untimed pass first: the smallest size must not pay for cold caches
+                        await measure(client, seeder, admin, viewer, size, 1)
                     results[size] = await measure(client, seeder, admin, viewer, size, runs)
                     results[size]["_load"] = (load, os.getloadavg()[0])
                     results[size]["_lines"] = seeder.lines
