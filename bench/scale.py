@@ -5,7 +5,9 @@ log lines are written straight into the database with ``generate_series`` (Postg
 (SQLite), in the application's own schema (migrated by the app), then the tables are ``VACUUM ANALYZE``d
 and the status counts rebuilt. Each request of the issue's table, plus a logs page, a history page, a page
 read by a member of two organisations (the per-organisation fan-out) and a cursor walk deep into the list, is
-then timed through the ASGI app (median of ``--runs`` after one untimed warm-up), and a growth table printed.
+then timed through the ASGI app (median of ``--runs`` after one untimed warm-up, and one untimed pass of
+every request before the smallest size, whose figures would otherwise include the process's cold caches), and
+a growth table printed, with the machine's load average before and after each size.
 
 Targets (PostgreSQL, at the largest size): every request ≤ 20 ms median, and none more than 2× slower than
 at the smallest size.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,9 +122,11 @@ class Seeder:
             {"first": start + 1, "last": size, "step": LOGGED_FRACTION, "n": lines_per_deployment},
         )
         self._finish(conn)
-        log("  vacuum analyze")
+        log("  vacuum analyze, checkpoint")
         for table in ("deployments", "deployment_logs", "deployment_status_history"):
             conn.execute(f"VACUUM ANALYZE {table}")
+        # the seeding's dirty pages written out now, not by the checkpointer during the measurements
+        conn.execute("CHECKPOINT")
 
     # SQLite: a recursive CTE counts the rows out
     def _sqlite(self, conn, start: int, size: int, lines_per_deployment: int) -> None:
@@ -176,6 +181,25 @@ class Seeder:
 
 
 # --------------------------------------------------------------------------- requests
+
+
+async def wait_for_quiet(max_load: float, timeout: float) -> float:
+    """Wait (at most ``timeout`` s) until the 1-minute load average is at most ``max_load``; return it.
+
+    The machine is shared: a figure measured while others compile or run browsers says little about
+    WindFlow. The load seen at the start of the measurements is printed with the results either way.
+    """
+    import asyncio
+    import os
+
+    deadline = time.monotonic() + timeout
+    load = os.getloadavg()[0]
+    while load > max_load and time.monotonic() < deadline:
+        log(f"  load average {load:.2f} > {max_load}: waiting")
+        c.check_stop()
+        await asyncio.sleep(10)
+        load = os.getloadavg()[0]
+    return load
 
 
 class Probe:
@@ -311,7 +335,9 @@ async def measure(client, seeder: Seeder, admin: dict, viewer: dict, size: int, 
     return results
 
 
-async def run_backend(kind: str, sizes: list[int], lines_per_deployment: int, runs: int) -> dict[int, dict[str, float]]:
+async def run_backend(
+    kind: str, sizes: list[int], lines_per_deployment: int, runs: int, quiet: tuple[float, float] = (0, 0)
+) -> dict[int, dict[str, float]]:
     from backend.app.main import create_app
 
     database = c.ThrowawayDatabase(kind, "scale")
@@ -349,8 +375,11 @@ async def run_backend(kind: str, sizes: list[int], lines_per_deployment: int, ru
                         f"/api/v1/organizations/{org_id}/members", json={"user_id": user.json()["id"], "role": "viewer"}, headers=admin
                     )
                     assert added.status_code == 201, added.text
-                login = await client.post("/api/v1/auth/login", data={"username": VIEWER["email"], "password": VIEWER["password"]})
-                viewer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+                async def log_in(user: dict) -> dict:
+                    login = await client.post("/api/v1/auth/login", data={"username": user["email"], "password": user["password"]})
+                    assert login.status_code == 200, login.text
+                    return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
                 seeder = Seeder(database, ids)
                 results = {}
@@ -359,7 +388,13 @@ async def run_backend(kind: str, sizes: list[int], lines_per_deployment: int, ru
                     started = time.perf_counter()
                     seeder.grow_to(size, lines_per_deployment)
                     log(f"{kind}: {size:,} deployments, {seeder.lines:,} log lines seeded in {time.perf_counter() - started:.0f} s; measuring")
+                    load = await wait_for_quiet(*quiet) if quiet[1] else os.getloadavg()[0]
+                    # fresh tokens: seeding and waiting for a quiet machine can outlast an access token
+                    admin, viewer = await log_in(ADMIN), await log_in(VIEWER)
+                    if not results:  # one untimed pass first: the smallest size must not pay for cold caches
+                        await measure(client, seeder, admin, viewer, size, 1)
                     results[size] = await measure(client, seeder, admin, viewer, size, runs)
+                    results[size]["_load"] = (load, os.getloadavg()[0])
                     results[size]["_lines"] = seeder.lines
         return results
     finally:
@@ -384,6 +419,8 @@ def report(kind: str, results: dict[int, dict[str, float]], *, target_ms: float 
         if target_ms is not None and results[last][name] * 1000 > target_ms:
             ok = False
         rows.append(row)
+    loads = [f"{results[s]['_load'][0]:.1f} / {results[s]['_load'][1]:.1f}" for s in sizes]
+    rows.append(["(1-min load average before / after)", *loads, *([""] if len(sizes) > 1 else [])])
     lines = ", ".join(f"{s:,}: {results[s]['_lines']:,}" for s in sizes)
     print(f"\n{kind}: median ms per request, by number of deployments (log lines {lines})")
     print(c.table(headers, rows))
@@ -406,10 +443,11 @@ async def bench(args) -> bool:
     ok = True
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
-        pg = await run_backend("postgresql", sizes, args.lines_per_deployment, args.runs)
+        quiet = (args.max_load, args.max_wait)
+        pg = await run_backend("postgresql", sizes, args.lines_per_deployment, args.runs, quiet)
         ok &= report("PostgreSQL", pg, target_ms=20)
     if args.sqlite_size:
-        lite = await run_backend("sqlite", [args.sqlite_size], args.lines_per_deployment, args.runs)
+        lite = await run_backend("sqlite", [args.sqlite_size], args.lines_per_deployment, args.runs, (args.max_load, args.max_wait))
         report("SQLite", lite, target_ms=None)
     print(c.machine_line())
     return ok
@@ -424,6 +462,11 @@ def main() -> None:
         help=f"log lines of every {LOGGED_FRACTION}th deployment (1000: 10 million lines at 1,000,000 deployments)",
     )
     parser.add_argument("--runs", type=int, default=5, help="timed requests per figure (median), after one warm-up")
+    parser.add_argument(
+        "--max-load", type=float, default=1.5,
+        help="before measuring a size, wait until the 1-minute load average is at most this (the machine is shared)",
+    )
+    parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for that at most (0: do not wait)")
     args = parser.parse_args()
     try:
         ok = c.run_main(lambda: bench(args))

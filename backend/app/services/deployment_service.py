@@ -150,18 +150,30 @@ class DeploymentService:
         """Deployments of the organisations ``user`` may read, newest first, one index range per page.
 
         Each organisation and each requested status is its own ordered query (merged), so that every
-        part is read from an index in order (see :mod:`backend.app.services.pagination`). A stack or
-        target filter narrows the organisations to the one owning it, so a foreign id reads nothing.
+        part is read from an index in order (see :mod:`backend.app.services.pagination`).
+
+        A stack or target filter is checked against the organisations first: a foreign or unknown id
+        reads nothing. Once it passes, the query filters on the stack (target) alone, without
+        ``organization_id``: a deployment's stack and target belong to its organisation (checked at
+        creation; stacks and targets never change organisation), so the condition would be redundant,
+        and it is harmful: PostgreSQL takes the two conditions as independent, underestimates the rows
+        they match, and may read a page or the capped count along ``(created_at, id)`` with a filter
+        instead of the ``(stack_id, [status,] created_at, id)`` range, which also covers the count alone.
         """
         org_ids = await organization_service.readable_organization_ids(session, user=user, organization_id=organization_id)
         query = select(Deployment).options(defer(Deployment.rendered_compose))  # not shown, and the widest column
+        scoped_by_entity = False
         for model, column, entity_id in ((Stack, Deployment.stack_id, stack_id), (Target, Deployment.target_id, target_id)):
             if entity_id is None:
                 continue
             owner = (await session.execute(select(model.organization_id).where(model.id == entity_id))).scalar_one_or_none()
             org_ids = [owner] if owner is not None and (org_ids is None or owner in org_ids) else []
             query = query.where(column == entity_id)
-        scope = None if org_ids is None else [[Deployment.organization_id == org_id] for org_id in org_ids]
+            scoped_by_entity = True
+        if scoped_by_entity:
+            scope = None if org_ids else []  # the entity's organisation is readable, or nothing is
+        else:
+            scope = None if org_ids is None else [[Deployment.organization_id == org_id] for org_id in org_ids]
         partitions = pagination.product(scope, pagination.any_of(Deployment.status, status))
         return await pagination.paginate(session, query=query, ordering=DEPLOYMENTS_NEWEST_FIRST, params=page, partitions=partitions)
 

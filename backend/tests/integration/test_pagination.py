@@ -190,6 +190,25 @@ async def test_foreign_stack_filter_reads_nothing(client, world):
     assert response.json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
 
 
+@pytest.mark.parametrize(
+    "make_params",
+    [
+        lambda w: {"stack_id": w["triples"][0][1], "organization_id": w["other"]},
+        lambda w: {"target_id": w["triples"][2][2], "organization_id": w["acme"]},
+        lambda w: {"stack_id": w["triples"][0][1], "target_id": w["triples"][2][2]},
+    ],
+    ids=["stack-of-acme-in-other", "target-of-other-in-acme", "stack-and-target-of-two-orgs"],
+)
+async def test_entity_filters_of_another_organisation_read_nothing(client, world, make_params):
+    """The stack/target filter reads by the entity alone (no organisation condition), so the scoping to the
+    organisations asked for rests on the owner check: a member of both organisations still gets nothing."""
+    await _seed(world["triples"], 40, rng=random.Random(16))
+    for who in ("admin", "viewer"):
+        response = await client.get(DEPLOYMENTS, params=make_params(world), headers=world[who].headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}, who
+
+
 async def test_total_is_capped_and_says_so(client, world, monkeypatch):
     seeded = await _seed(world["triples"], 40, rng=random.Random(14))
     monkeypatch.setattr(pagination, "COUNT_CAP", 25)
