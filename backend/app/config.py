@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
     # a container without a health check must stay up this long before the deployment counts as running
-    DEPLOYMENT_STABLE_SECONDS: float = Field(default=2.0, ge=0, le=300)
+    # (0: running at the first poll that sees it up, as `docker compose up --wait` does)
+    DEPLOYMENT_STABLE_SECONDS: float = Field(default=0.0, ge=0, le=300)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
     RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)

@@ -42,7 +42,7 @@ class LogCapture:
         return [message for lvl, message in self.lines if lvl == level]
 
 
-def make_spec(tmp_path: Path, compose: str, *, health_timeout: float = 30.0, stable_seconds: float = 2.0) -> DeploySpec:
+def make_spec(tmp_path: Path, compose: str, *, health_timeout: float = 30.0, stable_seconds: float = 0.0) -> DeploySpec:
     deployment_id = str(uuid.uuid4())
     return DeploySpec(deployment_id=deployment_id, compose=compose, workdir=tmp_path / deployment_id,
                       health_timeout=health_timeout, stable_seconds=stable_seconds)

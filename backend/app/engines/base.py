@@ -109,7 +109,7 @@ class DeploySpec:
     health_timeout: float = 120.0
     #: a container without a health check counts as ready once it has stayed up this long (one that exits
     #: right after starting must fail the deployment, not be seen "running" by a lucky first poll)
-    stable_seconds: float = 2.0
+    stable_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.project = self.project or project_name(self.deployment_id)

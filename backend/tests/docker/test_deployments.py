@@ -163,9 +163,20 @@ async def test_missing_image_fails_with_clear_message(env):
     assert any(l["level"] == "error" and "does-not-exist" in l["message"] for l in logs)
 
 
-async def test_container_exiting_soon_after_start_fails_the_deployment(env):
+async def test_container_exiting_soon_after_start_fails_the_deployment(db, docker_engine, tmp_path):
     """A container without a health check that dies a second after starting: up at the first poll, it must not
-    make the deployment ``running`` (it has to stay up DEPLOYMENT_STABLE_SECONDS, 2 s by default)."""
+    make the deployment ``running`` when it has to stay up ``DEPLOYMENT_STABLE_SECONDS=2``."""
+    client, env = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_STABLE_SECONDS=2)
+    try:
+        await _exits_soon_after_start(env)
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def _exits_soon_after_start(env: Env) -> None:
     stack_id = await env.stack(
         f"services:\n  app:\n    image: {TEST_IMAGE}\n    command: [\"sh\", \"-c\", \"echo starting; sleep 1; "
         f"echo bad config >&2; exit 3\"]\n",
