@@ -47,10 +47,11 @@ frontend: frontend/dist/index.html
 run: $(STAMP) .env migrate frontend
 	$(PY) -m backend.app.main
 
-# Browser tests run in their own pytest process: Playwright's sync API and pytest-asyncio's loop clash.
+# Two streams at once (scripts/test-all.sh): the Celery/Docker tests, and the rest followed by the frontend
+# and browser tests. Browser tests run in their own pytest process: Playwright's sync API and
+# pytest-asyncio's loop clash.
 test: $(STAMP) frontend
-	$(PY) -m pytest backend/tests -q -p no:cacheprovider --ignore=backend/tests/browser
-	$(MAKE) --no-print-directory test-frontend test-browser
+	PY=$(PY) bash scripts/test-all.sh
 
 test-frontend: frontend/node_modules/.installed
 	cd frontend && $(NPM) run typecheck && $(NPM) test

@@ -195,6 +195,10 @@ def _follow(client, deployment_id: str, since: int) -> str | None:
                                   file=sys.stderr, flush=True)
                             if status in SETTLED:
                                 return status
+                        elif frame.get("type") == "subscribed" and frame.get("status") in SETTLED:
+                            # it settled between our first read and this stream: no change event will come
+                            print(f"-- {frame['status']}", file=sys.stderr, flush=True)
+                            return frame["status"]
                         elif frame.get("type") == "DEPLOYMENT_DELETED":
                             print("-- deleted", file=sys.stderr, flush=True)
                             return None

@@ -422,7 +422,7 @@ async def deployment_events(
 async def _sse_body(client: SSEClient, deployment_id: str, organization_id: str, since: int):
     client.start()
     metrics.SSE_STREAMS.inc()
-    subscribe = asyncio.create_task(client.subscribe_deployment(deployment_id, organization_id, since, announce=False))
+    subscribe = asyncio.create_task(client.subscribe_deployment(deployment_id, organization_id, since))
     try:
         yield "retry: 2000\n\n"
         while not (client.closed.is_set() and client.out.empty()):

@@ -41,7 +41,7 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.runtime import metrics
 from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, iso_utc
-from backend.app.models import ApiToken, Membership, User
+from backend.app.models import ApiToken, Deployment, Membership, User
 from backend.app.services.deployment_logs import LogLine, read_logs
 
 logger = logging.getLogger(__name__)
@@ -355,8 +355,12 @@ class Client(ABC):
                 sub.last_seq = since_seq
             await self._catch_up(sub)
             if announce:
+                async with database.AsyncSessionLocal() as session:  # read after the subscription took effect
+                    status = (await session.execute(
+                        select(Deployment.status).where(Deployment.id == deployment_id))).scalar_one_or_none()
                 await self.send({"type": "subscribed", "deployment_id": deployment_id, "organization_id": organization_id,
-                                 "stream": "events", "last_seq": sub.last_seq})
+                                 "stream": "events", "last_seq": sub.last_seq,
+                                 "status": str(status) if status is not None else None})
             return sub.last_seq
 
     async def subscribe_organization(self, organization_id: str) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.app.core.events import DeletedData, LogsUpdateData, ProgressData, StatusChangedData
+from backend.app.models import DeploymentStatus
 from backend.app.schemas.deployments import DeploymentRead
 
 
@@ -139,6 +140,9 @@ class SubscribedFrame(BaseModel):
     organization_id: str | None = None
     stream: Literal["events", "services"] = "events"
     last_seq: int | None = None
+    #: for a deployment's events: its status once the subscription took effect (every later change arrives
+    #: as a ``DEPLOYMENT_STATUS_CHANGED``), so a client that read the status earlier misses no change
+    status: DeploymentStatus | None = None
 
 
 class UnsubscribedFrame(BaseModel):

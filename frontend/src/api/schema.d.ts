@@ -2295,6 +2295,8 @@ export interface components {
              * @default null
              */
             organization_id: string | null;
+            /** @default null */
+            status: components["schemas"]["DeploymentStatus"] | null;
             /**
              * Stream
              * @default events
