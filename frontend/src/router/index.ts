@@ -2,27 +2,28 @@ import { createRouter, createWebHistory, type RouteRecordRaw } from 'vue-router'
 import { rawJson } from '../api/client'
 import { tokens } from '../api/tokens'
 import { useAuthStore } from '../stores/auth'
+import { lazy } from './lazy'
 
 const routes: RouteRecordRaw[] = [
-  { path: '/setup', name: 'setup', component: () => import('../views/SetupView.vue'), meta: { public: true } },
-  { path: '/login', name: 'login', component: () => import('../views/LoginView.vue'), meta: { public: true } },
+  { path: '/setup', name: 'setup', component: lazy(() => import('../views/SetupView.vue')), meta: { public: true } },
+  { path: '/login', name: 'login', component: lazy(() => import('../views/LoginView.vue')), meta: { public: true } },
   {
     path: '/',
-    component: () => import('../components/AppFrame.vue'),
+    component: lazy(() => import('../components/AppFrame.vue')),
     children: [
       { path: '', redirect: { name: 'deployments' } },
-      { path: 'deployments', name: 'deployments', component: () => import('../views/DeploymentsView.vue') },
-      { path: 'deployments/new', name: 'deployment-new', component: () => import('../views/NewDeploymentView.vue'), meta: { capability: 'deployment.create' } },
-      { path: 'deployments/:id', name: 'deployment', component: () => import('../views/DeploymentDetailView.vue'), props: true },
-      { path: 'stacks', name: 'stacks', component: () => import('../views/StacksView.vue') },
-      { path: 'stacks/new', name: 'stack-new', component: () => import('../views/StackEditView.vue'), meta: { capability: 'stack.write' } },
-      { path: 'stacks/:id', name: 'stack', component: () => import('../views/StackEditView.vue'), props: true },
-      { path: 'targets', name: 'targets', component: () => import('../views/TargetsView.vue') },
-      { path: 'organization', name: 'organization', component: () => import('../views/OrganizationView.vue') },
-      { path: 'tokens', name: 'tokens', component: () => import('../views/TokensView.vue') },
-      { path: 'system', name: 'system', component: () => import('../views/SystemView.vue') },
-      { path: 'profile', name: 'profile', component: () => import('../views/ProfileView.vue') },
-      { path: ':pathMatch(.*)*', name: 'not-found', component: () => import('../views/NotFoundView.vue') },
+      { path: 'deployments', name: 'deployments', component: lazy(() => import('../views/DeploymentsView.vue')) },
+      { path: 'deployments/new', name: 'deployment-new', component: lazy(() => import('../views/NewDeploymentView.vue')), meta: { capability: 'deployment.create' } },
+      { path: 'deployments/:id', name: 'deployment', component: lazy(() => import('../views/DeploymentDetailView.vue')), props: true },
+      { path: 'stacks', name: 'stacks', component: lazy(() => import('../views/StacksView.vue')) },
+      { path: 'stacks/new', name: 'stack-new', component: lazy(() => import('../views/StackEditView.vue')), meta: { capability: 'stack.write' } },
+      { path: 'stacks/:id', name: 'stack', component: lazy(() => import('../views/StackEditView.vue')), props: true },
+      { path: 'targets', name: 'targets', component: lazy(() => import('../views/TargetsView.vue')) },
+      { path: 'organization', name: 'organization', component: lazy(() => import('../views/OrganizationView.vue')) },
+      { path: 'tokens', name: 'tokens', component: lazy(() => import('../views/TokensView.vue')) },
+      { path: 'system', name: 'system', component: lazy(() => import('../views/SystemView.vue')) },
+      { path: 'profile', name: 'profile', component: lazy(() => import('../views/ProfileView.vue')) },
+      { path: ':pathMatch(.*)*', name: 'not-found', component: lazy(() => import('../views/NotFoundView.vue')) },
     ],
   },
 ]
