@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
@@ -85,6 +86,13 @@ def test_screenshots_of_every_page(
     deployment = [server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
                                                       "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)]
     cleanup_deployments.append(deployment[0]["id"])
+    # the pages are shot with a running deployment (its actions include the "more" menu checked below)
+    deadline = time.monotonic() + 90
+    current = deployment[0]
+    while current["status"] not in ("running", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = server.api("GET", f"/deployments/{deployment[0]['id']}", token=admin_token)
+    assert current["status"] == "running", current
     for locale, lang in (("en-US", "en"), ("fr-FR", "fr")):
         for dark in (False, True):
             theme = "dark" if dark else "light"
