@@ -85,11 +85,7 @@ def _direct_protocol(websocket: WebSocket):
 _frames: dict[int, tuple[Event, bytes]] = {}
 
 
-def text_frame(evt: Event) -> bytes:
-    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event, built once per event."""
-    entry = _frames.get(id(evt))
-    if entry is not None and entry[0] is evt:
-        return entry[1]
+def _build_text_frame(evt: Event) -> bytes:
     payload = realtime.encode_event(evt).encode()
     n = len(payload)
     if n < 126:
@@ -98,11 +94,12 @@ def text_frame(evt: Event) -> bytes:
         head = bytes((0x81, 126)) + n.to_bytes(2, "big")
     else:
         head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    frame = head + payload
-    if len(_frames) > 256:
-        _frames.clear()
-    _frames[id(evt)] = (evt, frame)
-    return frame
+    return head + payload
+
+
+def text_frame(evt: Event) -> bytes:
+    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event, built once per event."""
+    return realtime.once_per_event(_frames, evt, _build_text_frame)
 
 
 class WebSocketClient(realtime.Client):

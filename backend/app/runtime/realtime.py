@@ -33,8 +33,10 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 
@@ -58,19 +60,29 @@ def dumps(frame: dict) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+T = TypeVar("T")
+
+
+def once_per_event(cache: dict[int, tuple[Event, T]], evt: Event, build: Callable[[Event], T]) -> T:
+    """``build(evt)``, computed once per event however many clients receive it: ``cache`` keeps the last few
+    hundred results, keyed by the event's identity (the event is kept with its result, so an id reused by a
+    later event never returns a stale result)."""
+    entry = cache.get(id(evt))
+    if entry is not None and entry[0] is evt:
+        return entry[1]
+    value = build(evt)
+    if len(cache) > 256:
+        cache.clear()
+    cache[id(evt)] = (evt, value)
+    return value
+
+
 _encoded: dict[int, tuple[Event, str]] = {}
 
 
 def encode_event(evt: Event) -> str:
     """The JSON of an event, encoded once however many clients receive it."""
-    entry = _encoded.get(id(evt))
-    if entry is not None and entry[0] is evt:
-        return entry[1]
-    text = dumps(evt.to_dict())
-    if len(_encoded) > 256:
-        _encoded.clear()
-    _encoded[id(evt)] = (evt, text)
-    return text
+    return once_per_event(_encoded, evt, lambda e: dumps(e.to_dict()))
 
 
 def _latency(evt: Event) -> float:
