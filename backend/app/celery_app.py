@@ -116,8 +116,7 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
 
 def _heartbeat_loop(name: str, concurrency: int) -> None:
     from backend.app import database
-    from backend.app.runtime import workers
-    from backend.app.runtime import worker_loop
+    from backend.app.runtime import worker_loop, workers
 
     async def beat() -> None:
         async with database.AsyncSessionLocal() as session:
@@ -137,8 +136,7 @@ def _heartbeat_loop(name: str, concurrency: int) -> None:
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender=None, **_kwargs) -> None:
     from backend.app import database
-    from backend.app.runtime import workers
-    from backend.app.runtime import worker_loop
+    from backend.app.runtime import worker_loop, workers
 
     _heartbeat_stop.set()
     if _heartbeat_thread is not None:

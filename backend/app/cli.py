@@ -127,7 +127,7 @@ async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
     from backend.app.services.deployment_service import DeploymentService
 
     settings = get_settings()
-    dispatcher = Dispatcher(settings, standalone=True)
+    dispatcher = Dispatcher(settings)
     try:
         await dispatcher.probe()
         async with database.AsyncSessionLocal() as session:

@@ -30,6 +30,11 @@ def running_task(deployment_id: str) -> asyncio.Task | None:
     return _executor.running_task(deployment_id)
 
 
+async def wait() -> None:
+    """Return once nothing runs or waits to run in this process (a short-lived process before it exits)."""
+    await _executor.wait()
+
+
 async def shutdown(timeout: float = 10.0) -> None:
     """Cancel in-flight work (their subprocesses are killed); their leases expire and recovery resumes them."""
     await _executor.shutdown(timeout)

@@ -7,8 +7,9 @@ Celery is used when the :class:`~backend.app.core.celery_manager.CeleryManager` 
 broker answering, a worker external or embedded present); otherwise, or when the enqueue itself fails, the
 deployment runs in-process (asyncio fallback), which is logged and counted.
 
-A *standalone* dispatcher (``windflow recover``) belongs to a short-lived
-process: deployments it runs in-process are awaited by :meth:`wait_local` before the process exits.
+A *standalone* dispatcher (no manager; ``windflow recover``) belongs to a short-lived process: it decides
+once with :meth:`probe` whether Celery workers are present, and :meth:`wait_local` awaits what it ran
+in-process before the process exits.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ def _enqueue(celery_app, deployment_id: str) -> str:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, *, manager=None, standalone: bool = False) -> None:
+    def __init__(self, settings: Settings, *, manager=None) -> None:
         self.settings = settings
         self.manager = manager
-        self.standalone = standalone
-        self._local: list[asyncio.Task] = []
         self._producer = None
 
     async def dispatch(self, deployment_id: str) -> ExecutorKind:
@@ -51,10 +50,8 @@ class Dispatcher:
         else:
             logger.info("Celery unavailable (%s): running deployment %s in-process (asyncio fallback)", reason, deployment_id)
             metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
-        task = background_tasks.create_background_task(deployment_id, self.settings)
+        background_tasks.create_background_task(deployment_id, self.settings)
         metrics.DISPATCHES.labels("asyncio").inc()
-        if self.standalone:
-            self._local.append(task)
         return ExecutorKind.ASYNCIO
 
     def _celery(self):
@@ -85,10 +82,5 @@ class Dispatcher:
         self._standalone_reason = None if present else "no Celery worker sends heartbeats"
 
     async def wait_local(self) -> None:
-        """Wait for the deployments this process runs in-process (standalone use)."""
-        while True:
-            pending = [t for t in (*self._local, *background_tasks.in_flight()) if not t.done()]
-            self._local = []
-            if not pending:
-                return
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Wait for the deployments this process runs in-process (standalone use), retries included."""
+        await background_tasks.wait()

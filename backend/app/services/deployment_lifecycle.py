@@ -67,7 +67,7 @@ async def stop(session: AsyncSession, *, settings: Settings, deployment: Deploym
     await append_logs(session, deployment_id=deployment.id, lines=log.lines, redactor=redactor)
 
 
-async def delete(session: AsyncSession, *, settings: Settings, deployment: Deployment,  keep_volumes: bool) -> None:
+async def delete(session: AsyncSession, *, settings: Settings, deployment: Deployment, keep_volumes: bool) -> None:
     """Tear down every labelled container/network (and volume unless ``keep_volumes``), then drop the row."""
     if deployment.status is S.DEPLOYING:
         raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")

@@ -246,7 +246,7 @@ class DeploymentService:
         return result
 
     @staticmethod
-    async def cancel(session: AsyncSession, *, deployment: Deployment,  actor: str) -> TransitionResult:
+    async def cancel(session: AsyncSession, *, deployment: Deployment, actor: str) -> TransitionResult:
         result = await set_deployment_status(
             session,
             deployment_id=deployment.id,

@@ -38,7 +38,7 @@ async def require_role(session: AsyncSession, *, user: User, organization_id: st
     return role
 
 
-async def get_owned(session: AsyncSession, *, user: User, model, entity_id: str, minimum: Role,  noun: str, **options):
+async def get_owned(session: AsyncSession, *, user: User, model, entity_id: str, minimum: Role, noun: str, **options):
     """Load a row an organisation owns (stack, target, deployment) if ``user`` holds ``minimum`` there.
 
     Missing and foreign rows are the same 404 (an outsider must not learn the id exists); a member with

@@ -40,7 +40,7 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     return all(s.state == "running" and s.health in (None, "healthy") for s in states)
 
 
-async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deployment: Deployment,  actor: str = ACTOR) -> str | None:
+async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str = ACTOR) -> str | None:
     """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
 
     ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the

@@ -376,7 +376,7 @@ async def claim_deployment(
     )
 
 
-async def renew_lease(session: AsyncSession, *, deployment_id: str,  owner: str, lease_seconds: int) -> bool:
+async def renew_lease(session: AsyncSession, *, deployment_id: str, owner: str, lease_seconds: int) -> bool:
     """Heartbeat: extend the lease if ``owner`` still holds it. Returns False when it lost it."""
     result = await session.execute(
         update(Deployment)
@@ -387,7 +387,7 @@ async def renew_lease(session: AsyncSession, *, deployment_id: str,  owner: str,
     return result.rowcount == 1
 
 
-async def claimable_for_target(session: AsyncSession, *, target_id: str,  now: datetime | None = None) -> list[str]:
+async def claimable_for_target(session: AsyncSession, *, target_id: str, now: datetime | None = None) -> list[str]:
     """Pending deployments of a target that may be claimed now, oldest first, as many as it has free slots
     (only live leases hold a slot, as in the state machine's capacity rule)."""
     now = now or utcnow()
