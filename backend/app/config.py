@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1)
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
+    #: seconds during which a refresh token that was just rotated may be presented again (a pair lost in
+    #: transit: the tab reloaded or the network dropped the answer); later, a replay revokes its family
+    REFRESH_TOKEN_REUSE_SECONDS: int = Field(default=30, ge=0, le=300)
     #: argon2id cost (the defaults are pwdlib's recommendation; hashes record their own parameters,
     #: so changing these never invalidates stored passwords)
     PASSWORD_HASH_TIME_COST: int = Field(default=3, ge=1, le=20)

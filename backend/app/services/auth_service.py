@@ -91,6 +91,9 @@ async def rotate_refresh_token(session: AsyncSession, *, settings: Settings, tok
 
     Presenting an already-revoked refresh token means it was stolen or replayed: the whole family
     (every token descended from the same login) is revoked, logging out the thief and the victim.
+    One exception: a token rotated less than ``REFRESH_TOKEN_REUSE_SECONDS`` ago whose login is still
+    live gets another pair. The client that rotated it may never have received the answer (the tab
+    reloaded mid-request, the network dropped it), and would otherwise be logged out.
     """
     try:
         claims = security.decode_token(settings, token, "refresh")
@@ -99,7 +102,7 @@ async def rotate_refresh_token(session: AsyncSession, *, settings: Settings, tok
     stored = await session.get(RefreshToken, claims["jti"], with_for_update=True)
     if stored is None:
         raise NotAuthenticated("refresh token is unknown; log in again", code="invalid_token")
-    if stored.revoked_at is not None:
+    if stored.revoked_at is not None and not await _reusable(session, settings, stored):
         await _revoke_family(session, stored.family_id)
         raise NotAuthenticated("refresh token was already used or revoked; log in again", code="token_revoked")
     user = await session.get(User, stored.user_id)
@@ -107,10 +110,25 @@ async def rotate_refresh_token(session: AsyncSession, *, settings: Settings, tok
         raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
     tokens = await issue_tokens(session, settings=settings, user=user, family_id=stored.family_id)
     new_claims = security.decode_token(settings, tokens.refresh_token, "refresh")
-    stored.revoked_at = utcnow()
-    stored.replaced_by = new_claims["jti"]
+    if stored.revoked_at is None:
+        stored.revoked_at = utcnow()
+        stored.replaced_by = new_claims["jti"]
     await session.flush()
     return tokens
+
+
+async def _reusable(session: AsyncSession, settings: Settings, stored: RefreshToken) -> bool:
+    """Whether a revoked refresh token is one rotated within the reuse window of a login still live
+    (a logout, a password change or a detected replay leaves no live token in the family)."""
+    if stored.replaced_by is None or stored.revoked_at is None:
+        return False
+    if (utcnow() - stored.revoked_at).total_seconds() > settings.REFRESH_TOKEN_REUSE_SECONDS:
+        return False
+    live = await session.scalar(
+        select(func.count()).select_from(RefreshToken)
+        .where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None))
+    )
+    return bool(live)
 
 
 async def _revoke_family(session: AsyncSession, family_id: str) -> None:

@@ -54,6 +54,7 @@ class Server:
         self.log = workdir / "server.log"
         self.proc: subprocess.Popen | None = None
         self._log_file = None
+        _SERVERS.append(self)
         self.env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -339,7 +340,75 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
     page = context.new_page()
     page.errors = []  # type: ignore[attr-defined]
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
+    _WATCHED.append(PageWatch(page))
     return page
+
+
+class PageWatch:
+    """What a page asked of the network and printed, reported when its test fails: a request that never
+    completed, one that failed, the console. A stuck page then says which request it waited for."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.started = time.monotonic()
+        self.pending: dict[int, tuple[float, str]] = {}
+        self.events: list[str] = []
+        page.on("request", self._request)
+        page.on("requestfinished", lambda r: self._done(r, "finished"))
+        page.on("requestfailed", lambda r: self._done(r, f"FAILED {r.failure}"))
+        page.on("console", lambda m: self._log(f"console.{m.type}: {m.text[:300]}"))
+        page.on("framenavigated", lambda f: f == page.main_frame and self._log(f"navigated to {f.url}"))
+        page.on("websocket", lambda ws: self._log(f"websocket {ws.url}"))
+
+    def _log(self, line: str) -> None:
+        self.events.append(f"+{time.monotonic() - self.started:7.2f}s {line}")
+
+    def _request(self, request) -> None:
+        self.pending[id(request)] = (time.monotonic(), f"{request.method} {request.url}")
+        self._log(f"request {request.method} {request.url}")
+
+    def _done(self, request, how: str) -> None:
+        started, what = self.pending.pop(id(request), (time.monotonic(), request.url))
+        response = None
+        try:
+            response = request.response() if how == "finished" else None
+        except Exception:  # noqa: BLE001 - the page is gone
+            pass
+        status = f" {response.status}" if response is not None else ""
+        self._log(f"{how}{status} {what} ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+    def report(self) -> str:
+        now = time.monotonic()
+        try:
+            url = self.page.url
+        except Exception:  # noqa: BLE001
+            url = "?"
+        lines = [f"page at {url}", "requests still pending:"]
+        lines += [f"  {what} (for {now - t:.1f} s)" for t, what in self.pending.values()] or ["  none"]
+        lines += ["last events:", *self.events[-80:]]
+        return "\n".join(lines)
+
+
+#: Pages and servers of the running test, reported when it fails.
+_WATCHED: list[PageWatch] = []
+_SERVERS: list["Server"] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for n, watch in enumerate(_WATCHED):
+            report.sections.append((f"browser page {n}", watch.report()))
+        for server in _SERVERS:
+            try:
+                tail = server.log.read_text(errors="replace")[-6000:]
+            except OSError:
+                continue
+            report.sections.append((f"server log {server.log}", tail))
+    if report.when == "teardown":
+        _WATCHED.clear()
 
 
 def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from backend.app.core import security
 from backend.app.models import RefreshToken, User
@@ -200,6 +200,15 @@ async def test_login_rate_limited_per_client_address(app):
 # --- refresh rotation -----------------------------------------------------------------------------
 
 
+async def _age_rotations(db, seconds: float) -> None:
+    """Moves every rotation ``seconds`` into the past (past the reuse window when larger than it)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            update(RefreshToken).where(RefreshToken.replaced_by.is_not(None))
+            .values(revoked_at=datetime.now(UTC) - timedelta(seconds=seconds))
+        )
+
+
 async def test_refresh_rotates_and_refuses_the_old_token(client, db):
     admin = await setup_admin(client)
     response = await client.post(REFRESH, json={"refresh_token": admin.refresh_token})
@@ -208,6 +217,7 @@ async def test_refresh_rotates_and_refuses_the_old_token(client, db):
     assert pair["refresh_token"] != admin.refresh_token
     assert (await client.get(ME, headers=_bearer(pair["access_token"]))).status_code == 200
 
+    await _age_rotations(db, db.settings.REFRESH_TOKEN_REUSE_SECONDS + 1)
     replay = await client.post(REFRESH, json={"refresh_token": admin.refresh_token})
     _assert_401(replay, "token_revoked")
     # the replay revoked the whole family: the newest refresh token no longer works either
@@ -219,7 +229,37 @@ async def test_refresh_rotates_and_refuses_the_old_token(client, db):
     assert revoked == 0
 
 
-async def test_refresh_chain_and_family_isolation(client):
+async def test_a_pair_lost_in_transit_is_recovered_within_the_reuse_window(client, db):
+    """A tab that reloads while its refresh is in flight never stores the new pair; presenting the old
+    refresh token again within REFRESH_TOKEN_REUSE_SECONDS gets another pair, and the login stays whole."""
+    admin = await setup_admin(client)
+    lost = await client.post(REFRESH, json={"refresh_token": admin.refresh_token})
+    assert lost.status_code == 200, lost.text
+    again = await client.post(REFRESH, json={"refresh_token": admin.refresh_token})
+    assert again.status_code == 200, again.text
+    pair = again.json()
+    assert pair["refresh_token"] not in (admin.refresh_token, lost.json()["refresh_token"])
+    assert (await client.get(ME, headers=_bearer(pair["access_token"]))).status_code == 200
+    # the recovered pair rotates as usual, and the family counts one live token per branch
+    assert (await client.post(REFRESH, json={"refresh_token": pair["refresh_token"]})).status_code == 200
+    assert await _scalar(db, select(func.count()).select_from(RefreshToken).where(RefreshToken.revoked_at.is_(None))) == 2
+
+    # past the window the same replay is theft: the whole family goes
+    await _age_rotations(db, db.settings.REFRESH_TOKEN_REUSE_SECONDS + 1)
+    _assert_401(await client.post(REFRESH, json={"refresh_token": admin.refresh_token}), "token_revoked")
+    _assert_401(await client.post(REFRESH, json={"refresh_token": lost.json()["refresh_token"]}), "token_revoked")
+
+
+async def test_a_logged_out_login_cannot_be_revived_within_the_reuse_window(client):
+    admin = await setup_admin(client)
+    rotated = await client.post(REFRESH, json={"refresh_token": admin.refresh_token})
+    assert rotated.status_code == 200, rotated.text
+    out = await client.post(LOGOUT, json={"refresh_token": rotated.json()["refresh_token"]}, headers=admin.headers)
+    assert out.status_code == 204, out.text
+    _assert_401(await client.post(REFRESH, json={"refresh_token": admin.refresh_token}), "token_revoked")
+
+
+async def test_refresh_chain_and_family_isolation(client, db):
     """Rotation can go on; a replay in one login's family leaves another login's family alone."""
     admin = await setup_admin(client)
     other_login = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -228,6 +268,7 @@ async def test_refresh_chain_and_family_isolation(client):
         response = await client.post(REFRESH, json={"refresh_token": token})
         assert response.status_code == 200, response.text
         token = response.json()["refresh_token"]
+    await _age_rotations(db, db.settings.REFRESH_TOKEN_REUSE_SECONDS + 1)
     _assert_401(await client.post(REFRESH, json={"refresh_token": admin.refresh_token}), "token_revoked")
     assert (await client.post(REFRESH, json={"refresh_token": other_login.refresh_token})).status_code == 200
 
