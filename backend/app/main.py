@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -157,6 +158,22 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """What startup created (modules, the app, the ORM's registries: most of the heap) lives as long as the
+    process: moved out of the garbage collector's reach, a full collection no longer walks it. With 1,000
+    WebSocket clients, full collections paused the event loop, and every event's delivery, for 100-270 ms
+    over ~290,000 objects; they now walk the ~115,000 created since. Once per process (a test process
+    starts many apps; what they leave must stay collectable)."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -181,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loops.append(asyncio.create_task(background.periodic_recovery(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.reaper_loop(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.periodic_retention(settings)))
+        _freeze_startup_heap()
         yield
         logger.info("WindFlow stopping")
         for task in loops:
