@@ -115,7 +115,7 @@ async def read_logs(session: AsyncSession, *, deployment_id: str, since_seq: int
 
 
 async def read_log_page(
-    session: AsyncSession, *, deployment_id: str,  since_seq: int = 0, cursor: str | None = None, limit: int = 1000
+    session: AsyncSession, *, deployment_id: str, since_seq: int = 0, cursor: str | None = None, limit: int = 1000
 ) -> tuple[list[LogLine], str | None]:
     """Lines after ``since_seq`` (or after ``cursor``) and the cursor of the next page (``None`` at the end)."""
     if cursor is not None:
@@ -130,7 +130,7 @@ async def read_log_page(
 
 
 async def set_progress(
-    session: AsyncSession, *, deployment_id: str,  owner: str | None, current_step: int, total_steps: int, step_name: str
+    session: AsyncSession, *, deployment_id: str, owner: str | None, current_step: int, total_steps: int, step_name: str
 ) -> bool:
     """Record the runner's progress (guarded by its lease) and queue a ``DEPLOYMENT_PROGRESS`` event."""
     progress = int(100 * (current_step - 1) / total_steps) if total_steps else 0

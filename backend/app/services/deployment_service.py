@@ -179,7 +179,7 @@ class DeploymentService:
 
     @staticmethod
     async def history(
-        session: AsyncSession, *, deployment_id: str,  limit: int = 1000, after_id: int = 0
+        session: AsyncSession, *, deployment_id: str, limit: int = 1000, after_id: int = 0
     ) -> list[DeploymentStatusHistory]:
         """Status changes after ``after_id``, oldest first (an index range on ``(deployment_id, id)``)."""
         rows = await session.execute(
@@ -192,7 +192,7 @@ class DeploymentService:
 
     @staticmethod
     async def history_page(
-        session: AsyncSession, *, deployment_id: str,  limit: int, cursor: str | None = None
+        session: AsyncSession, *, deployment_id: str, limit: int, cursor: str | None = None
     ) -> tuple[list[DeploymentStatusHistory], str | None]:
         """One page of :meth:`history` and the cursor of the next one (``None`` on the last page)."""
         after_id = HISTORY_OLDEST_FIRST.decode(cursor)[0] if cursor is not None else 0
@@ -222,7 +222,7 @@ class DeploymentService:
 
     @staticmethod
     async def requeue(
-        session: AsyncSession, *, deployment: Deployment,  action: str, actor: str, settings: Settings | None = None
+        session: AsyncSession, *, deployment: Deployment, action: str, actor: str, settings: Settings | None = None
     ) -> TransitionResult:
         """``start``, ``redeploy`` and ``retry``: back to ``pending`` from the states where each makes sense.
 

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 async def provision_organization(
-    session: AsyncSession, *, settings: Settings, organization_id: str,  local_target: bool = False
+    session: AsyncSession, *, settings: Settings, organization_id: str, local_target: bool = False
 ) -> None:
     if local_target:
         await target_service.ensure_local_target(session, organization_id=organization_id, settings=settings)

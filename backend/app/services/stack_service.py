@@ -54,7 +54,7 @@ STACKS_BY_NAME = pagination.Ordering("stacks", (Stack.name, Stack.id))
 
 
 async def list_for_user(
-    session: AsyncSession, *, user: User, page: pagination.PageParams,  organization_id: str | None = None
+    session: AsyncSession, *, user: User, page: pagination.PageParams, organization_id: str | None = None
 ) -> pagination.Page:
     """Stacks of the organisations ``user`` belongs to (every one for a superuser), by name.
 

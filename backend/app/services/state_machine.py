@@ -325,7 +325,7 @@ async def set_deployment_status(
 
 
 async def record_creation(
-    session: AsyncSession, *, deployment: Deployment,  actor: str, snapshot: Callable[[Deployment], BaseModel]
+    session: AsyncSession, *, deployment: Deployment, actor: str, snapshot: Callable[[Deployment], BaseModel]
 ) -> TransitionResult:
     """Insert a new deployment in ``pending``: the one status write that has no ``from``.
 
