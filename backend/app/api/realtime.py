@@ -50,9 +50,6 @@ _client_frame = TypeAdapter(ClientFrame)
 
 
 RAW_SEND_KEY = "windflow.websocket_raw_send"
-#: Bytes a socket may have waiting in its write buffer for the direct path to add a frame; beyond it the
-#: event waits in the client's queue and the pump's send waits for the socket (and times out).
-DIRECT_WRITE_BUFFER = 256 * 1024
 
 
 class RawWebSocketSend:
@@ -69,23 +66,24 @@ class RawWebSocketSend:
         await self.app(scope, receive, send)
 
 
-def _direct_protocol(websocket: WebSocket):
-    """uvicorn's ``websockets-sansio`` protocol object of this connection when frames may be written to
-    its transport directly: an open connection without extensions (no per-message compression, whose
-    state is per connection). ``None`` otherwise (another server, another protocol implementation)."""
+def _direct_transport(websocket: WebSocket):
+    """The transport of uvicorn's ``websockets-sansio`` protocol for this connection when pre-built frames
+    may be written to it directly: an open connection without extensions (no per-message compression,
+    whose state is per connection). ``None`` otherwise (another server, another protocol implementation):
+    then every event goes through the client's pump and the ASGI ``send``."""
     send = websocket.scope.get(RAW_SEND_KEY)
     protocol = getattr(send, "__self__", None)
     conn = getattr(protocol, "conn", None)
-    if protocol is None or conn is None or getattr(conn, "extensions", None) != [] or not hasattr(conn, "state") \
-            or not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent", "disconnected")):
+    transport = getattr(protocol, "transport", None)
+    if conn is None or transport is None or getattr(conn, "extensions", None) != [] \
+            or getattr(conn, "state", None) is not OPEN:
         return None
-    return protocol if conn.state is OPEN else None
+    return transport
 
 
-_frames: dict[int, tuple[Event, bytes]] = {}
-
-
-def _build_text_frame(evt: Event) -> bytes:
+def text_frame(evt: Event) -> bytes:
+    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event (the hub builds it once per
+    event, for all the sockets it writes to)."""
     payload = realtime.encode_event(evt).encode()
     n = len(payload)
     if n < 126:
@@ -97,11 +95,6 @@ def _build_text_frame(evt: Event) -> bytes:
     return head + payload
 
 
-def text_frame(evt: Event) -> bytes:
-    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event, built once per event."""
-    return realtime.once_per_event(_frames, evt, _build_text_frame)
-
-
 class WebSocketClient(realtime.Client):
     def __init__(self, websocket: WebSocket, access: realtime.Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
@@ -109,23 +102,13 @@ class WebSocketClient(realtime.Client):
         self.expires_at = expires_at
         self.send_lock = asyncio.Lock()
         self.services: dict[str, service_logs.ServiceLogFollower] = {}
-        self._protocol = _direct_protocol(websocket)
+        self.socket = _direct_transport(websocket)
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         async with self.send_lock:
             await self.websocket.send_text(text)
 
-    def write_now(self, evt: Event) -> bool:
-        protocol = self._protocol
-        if protocol is None or self.send_lock.locked():
-            return False
-        transport = protocol.transport
-        if protocol.close_sent or protocol.disconnected or protocol.conn.state is not OPEN \
-                or not protocol.writable.is_set() \
-                or transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
-            return False
-        transport.write(text_frame(evt))
-        return True
+    direct_frame = staticmethod(text_frame)
 
 
 def _error(code: str, detail: str, **ids: str | None) -> dict:

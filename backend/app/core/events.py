@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger(__name__)
 
 _PENDING_KEY = "windflow_pending_events"
+_SENT_KEY = "windflow_events_sent_in_transaction"  # how many of the pending events crossed in the transaction
 #: Events a stream holds for a consumer before it overflows (a WebSocket client that stopped reading).
 DEFAULT_STREAM_BOUND = 1000
 
@@ -175,6 +176,9 @@ class EventStream:
     The publisher never waits: an event that finds the queue full is dropped, and the consumer's next
     read returns one :class:`Overflow` (after the events queued before it) so it can resynchronise from
     the database. ``filter`` runs on the publisher's thread: keep it cheap and non-blocking.
+
+    A stream made with ``EventStream(bus, None, maxsize)`` is not subscribed: its owner fills it with
+    :meth:`put` (the real-time hub, which indexes its clients' subscriptions itself).
     """
 
     def __init__(self, bus: LocalEventBus, filter: EventFilter | None, maxsize: int) -> None:
@@ -188,33 +192,23 @@ class EventStream:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.sink = self.offer  # one bound method object: the bus finds it again by identity to remove it
-        #: Optional fast path, on the consumer's loop: called with an event that finds the queue empty and the
-        #: consumer waiting for it; returns True if it handled the event itself (then it is not queued).
-        self.direct: Callable[[Event], bool] | None = None
 
     # publisher side (any thread)
     def offer(self, evt: Event) -> None:
         if self._closed or (self.filter is not None and not self.filter(evt)):
             return
         if threading.get_ident() == self._thread:
-            self._put(evt)
+            self.put(evt)
         else:
             try:
-                self._loop.call_soon_threadsafe(self._put, evt)
+                self._loop.call_soon_threadsafe(self.put, evt)
             except RuntimeError:  # the consumer's loop has closed
                 self._closed = True
 
-    def _put(self, evt: Event) -> None:
-        waiter = self._waiter
-        if self.direct is not None and not self._items and not self._dropped and waiter is not None \
-                and not waiter.done():
-            # The consumer is idle and nothing is queued before this event: it may handle it now, in order,
-            # without a task switch (the WebSocket hub writes one pre-encoded frame to each socket).
-            try:
-                if self.direct(evt):
-                    return
-            except Exception:  # noqa: BLE001 - the queued path still delivers it
-                logger.exception("direct delivery of %s failed; queued instead", evt.type)
+    def put(self, evt: Event) -> None:
+        """Queue ``evt`` (on the consumer's loop; past ``maxsize`` it is dropped and counted)."""
+        if self._closed:
+            return
         if len(self._items) >= self.maxsize:
             self._dropped += 1
         else:
@@ -287,6 +281,7 @@ class LocalEventBus:
         self._subscribers: tuple[tuple[Subscriber, EventFilter | None], ...] = ()
         self._lock = threading.Lock()
         self._forwarder: Subscriber | None = None
+        self._transactional_sender: Callable[[Session, list[Event]], bool] | None = None
         self.published = 0
         self.published_by_type: Counter[str] = Counter()
 
@@ -329,13 +324,21 @@ class LocalEventBus:
         """
         self._forwarder = forwarder
 
-    def publish(self, evt: Event) -> None:
-        """Deliver an event of this process to local subscribers, then forward it to other processes."""
+    def set_transactional_sender(self, sender: Callable[[Session, list[Event]], bool] | None) -> None:
+        """Install (or remove, with ``None``) the hook that sends a transaction's events to other processes
+        inside the transaction itself, from ``before_commit`` (PostgreSQL delivers a ``NOTIFY`` at commit,
+        atomically with it, without waiting for a sender task). It returns True when it sent them all; else
+        they are forwarded after the commit like any other."""
+        self._transactional_sender = sender
+
+    def publish(self, evt: Event, *, forward: bool = True) -> None:
+        """Deliver an event of this process to local subscribers, then forward it to other processes
+        (``forward=False``: it already crossed, in its transaction)."""
         self.published += 1
         self.published_by_type[str(evt.type)] += 1
         self.deliver(evt)
         forwarder = self._forwarder
-        if forwarder is not None:
+        if forwarder is not None and forward:
             try:
                 forwarder(evt)
             except Exception:  # noqa: BLE001 - local delivery already happened; never fail a commit hook
@@ -363,20 +366,30 @@ def queue_event(session: AsyncSession | Session, evt: Event) -> None:
 _CHATTY = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_PROGRESS})
 
 
+@event.listens_for(Session, "before_commit")
+def _send_in_transaction(session: Session) -> None:
+    pending = session.info.get(_PENDING_KEY)
+    sender = bus._transactional_sender
+    if pending and sender is not None and sender(session, pending):
+        session.info[_SENT_KEY] = len(pending)
+
+
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
-    for evt in session.info.pop(_PENDING_KEY, []):
+    sent = session.info.pop(_SENT_KEY, 0)
+    for number, evt in enumerate(session.info.pop(_PENDING_KEY, [])):
         # status, creation and deletion at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
         logger.log(
             logging.DEBUG if evt.type in _CHATTY else logging.INFO,
             "emit_%s: deployment %s", str(evt.type).lower(), evt.deployment_id,
         )
-        bus.publish(evt)
+        bus.publish(evt, forward=number >= sent)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_after_rollback(session: Session, _previous_transaction) -> None:
     session.info.pop(_PENDING_KEY, None)
+    session.info.pop(_SENT_KEY, None)
 
 
 async def wait_for(predicate: Callable[[Event], bool], timeout: float) -> Event:

@@ -1,8 +1,9 @@
 """Real-time clients (WebSocket and SSE): subscriptions, catch-up by ``seq``, access, backpressure.
 
-One :class:`Client` per WebSocket connection or SSE stream. It owns one bounded ``bus.stream`` whose
-filter lets through the events of the deployments and organisations it subscribed to, and one *pump*
-task that sends them. Invariants:
+One :class:`Client` per WebSocket connection or SSE stream. It owns one bounded queue (an
+:class:`~backend.app.core.events.EventStream`) and one *pump* task that sends what is queued. The clients
+of an event loop share one :class:`Hub`, the loop's only subscriber on the bus, which indexes them by the
+deployments and organisations they subscribed to and hands each event to those clients only. Invariants:
 
 * **No gap, no duplicate** for a deployment's log lines. Subscribing adds the deployment to the filter
   *first*, then sends the persisted lines after ``since_seq`` (read by pages), remembering the last
@@ -15,11 +16,12 @@ task that sends them. Invariants:
   lines from the database. A client that does not accept a frame within :data:`SEND_TIMEOUT_SECONDS`
   is disconnected.
 * **One encoding, one write per client.** An event is encoded once (:func:`encode_event`) whatever the
-  number of clients. When a client's pump is idle (nothing queued, lock free), the bus's delivery hands
-  the event to :meth:`Client._direct`, which does what the pump would and writes the frame at once
-  (WebSocket: one pre-built frame per event, written to every socket; see ``api/realtime.py``): no task
-  switch per client. Anything else (a queue, log lines that need a catch-up, a socket whose buffer is
-  full, per-connection compression, SSE) takes the pump, so order and the invariants above hold.
+  number of clients. When a client's pump is idle (nothing queued, lock free), the hub hands the event to
+  :meth:`Client.take`, which does what the pump would and names the socket; the hub writes the event's
+  one pre-built frame to it (WebSocket; see ``api/realtime.py``): no task switch, no allocation per
+  client. Anything else (a queue, log lines that need a catch-up, a
+  socket whose buffer is full, per-connection compression, SSE) takes the pump, so order and the
+  invariants above hold.
 * **Access follows memberships.** :class:`AccessRegistry` re-reads, every :data:`ACCESS_REFRESH_SECONDS`
   and in one batch for every client of the process, each user's organisations, active flag and API token;
   events of an organisation a user left are no longer sent, its subscriptions end with an ``error`` frame,
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -89,35 +92,23 @@ def _latency(evt: Event) -> float:
     return max(0.0, (datetime.now(UTC) - evt.timestamp).total_seconds())
 
 
-_direct_sends: dict[str, dict[int, list]] = {}  # transport -> id(event) -> [event, sends]: observed later
+_direct_sends: list[tuple[Event, str, int]] = []  # (event, transport, frames written): observed after the fan-out
 
 
-def _count_direct_send(evt: Event, transport: str) -> None:
-    """Count a direct send of ``evt``; the latency histogram is updated once the whole delivery is done
-    (a callback after it), so the fan-out to thousands of sockets does not wait for the metrics. (No
-    object allocated per client: allocations would also bring the garbage collector into the fan-out.)"""
-    tally = _direct_sends.get(transport)
-    if tally is None:
-        if not _direct_sends:
-            asyncio.get_running_loop().call_soon(_observe_direct_sends)
-        tally = _direct_sends[transport] = {}
-    entry = tally.get(id(evt))
-    if entry is not None and entry[0] is evt:
-        entry[1] += 1
-    else:
-        tally[id(evt)] = [evt, 1]
+def _count_direct_sends(evt: Event, transport: str, count: int) -> None:
+    """Count ``count`` frames of ``evt`` written directly; the metrics are updated once the delivery is done
+    (a callback after it), so the fan-out to thousands of sockets does not wait for them."""
+    if not _direct_sends:
+        asyncio.get_running_loop().call_soon(_observe_direct_sends)
+    _direct_sends.append((evt, transport, count))
 
 
 def _observe_direct_sends() -> None:
-    tallies = list(_direct_sends.items())
+    tallies = list(_direct_sends)
     _direct_sends.clear()
-    for transport, tally in tallies:
-        histogram = metrics.EVENT_SEND_LATENCY.labels(transport)
-        for evt, count in tally.values():
-            metrics.EVENT_FRAMES.labels(transport, "direct").inc(count)
-            value = _latency(evt)
-            for _ in range(count):
-                histogram.observe(value)
+    for evt, transport, count in tallies:
+        metrics.EVENT_FRAMES.labels(transport, "direct").inc(count)
+        metrics.observe_many(metrics.EVENT_SEND_LATENCY.labels(transport), _latency(evt), count)
 
 
 def logs_frame(deployment_id: str, organization_id: str, lines: list[LogLine] | list[dict]) -> dict:
@@ -239,6 +230,120 @@ class AccessRegistry:
 registry = AccessRegistry()
 
 
+class Hub:
+    """The real-time clients of one event loop, indexed by what they follow, and the fan-out of each event.
+
+    One subscriber on the bus per loop, whatever the number of clients: an event costs one lookup in each
+    index and one step per client that follows its deployment or organisation, never a call per connected
+    client. Per recipient: when its pump is idle (nothing queued, lock free) :meth:`Client.take` does what
+    the pump would and names the socket, which gets the event's one pre-built frame at once (the first
+    clients have it while the hub goes on to the next ones). Otherwise the event goes to the client's
+    queue and its pump.
+    """
+
+    _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.by_deployment: dict[str, set[Client]] = {}
+        self.by_organization: dict[str, set[Client]] = {}
+        self.clients = 0
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> Hub:
+        loop = asyncio.get_running_loop()
+        hub = cls._hubs.get(loop)
+        if hub is None:
+            hub = cls._hubs[loop] = cls(loop)
+        return hub
+
+    def add(self, client: Client) -> None:
+        self.clients += 1
+        if self._unsubscribe is None:
+            self._unsubscribe = bus.subscribe(self.offer, filter=self.wants)
+
+    def remove(self, client: Client) -> None:
+        for deployment_id in list(client.deployments):
+            self.unfollow(client, deployment_id)
+        for organization_id in list(client.organizations):
+            self.leave(client, organization_id)
+        self.clients -= 1
+        if self.clients <= 0 and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+            self._hubs.pop(self.loop, None)
+
+    def follow(self, client: Client, deployment_id: str) -> None:
+        self.by_deployment.setdefault(deployment_id, set()).add(client)
+
+    def unfollow(self, client: Client, deployment_id: str) -> None:
+        _discard(self.by_deployment, deployment_id, client)
+
+    def join(self, client: Client, organization_id: str) -> None:
+        self.by_organization.setdefault(organization_id, set()).add(client)
+
+    def leave(self, client: Client, organization_id: str) -> None:
+        _discard(self.by_organization, organization_id, client)
+
+    # --- the bus's side (any thread) ---
+
+    def wants(self, evt: Event) -> bool:
+        # Reads only; dict membership is atomic under the GIL.
+        return evt.deployment_id in self.by_deployment or (
+            evt.type in LIST_EVENTS and evt.organization_id in self.by_organization)
+
+    def offer(self, evt: Event) -> None:
+        if threading.get_ident() == self.thread:
+            self.fan_out(evt)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.fan_out, evt)
+            except RuntimeError:  # the loop has closed
+                pass
+
+    # --- the loop's side ---
+
+    def fan_out(self, evt: Event) -> None:
+        followers = self.by_deployment.get(evt.deployment_id)
+        members = self.by_organization.get(evt.organization_id) if evt.type in LIST_EVENTS else None
+        recipients: tuple[Client, ...] = tuple(followers) if followers else ()
+        if members:  # a client following the deployment and its organisation gets the event once
+            recipients += tuple(members - followers) if followers else tuple(members)
+        frame = kind = label = None  # the event's frame, built for the first client that takes one, its class
+        written = 0
+        for client in recipients:
+            try:
+                socket = client.take(evt)
+            except Exception:  # noqa: BLE001 - its pump still delivers it
+                logger.exception("real time: direct delivery of %s failed; queued instead", evt.type)
+                socket = None
+            if socket is None:
+                client.queue(evt)
+            elif socket is not True:
+                if type(client) is kind:
+                    socket.write(frame)
+                    written += 1
+                elif kind is None:
+                    kind, label, frame = type(client), client.transport, client.direct_frame(evt)
+                    socket.write(frame)
+                    written += 1
+                else:  # another kind of transport: its own frame
+                    socket.write(client.direct_frame(evt))
+                    _count_direct_sends(evt, client.transport, 1)
+        if written:
+            _count_direct_sends(evt, label, written)
+
+
+def _discard(index: dict[str, set[Client]], key: str, client: Client) -> None:
+    clients = index.get(key)
+    if clients is not None:
+        clients.discard(client)
+        if not clients:
+            del index[key]
+
+
 # --- clients -----------------------------------------------------------------------------------------
 
 
@@ -249,16 +354,46 @@ class DeploymentSubscription:
     last_seq: int
 
 
+#: Bytes a socket may have waiting in its write buffer for the hub to add a frame directly; beyond it the
+#: event waits in the client's queue and the pump's send waits for the socket (and times out).
+DIRECT_WRITE_BUFFER = 256 * 1024
+
+
+class _Exclusive:
+    """``async with client.exclusive``: the client's lock, with ``client.busy`` counting its holders (one
+    attribute read for the hub instead of a call on the lock)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> None:
+        await self.client.lock.acquire()
+        self.client.busy += 1
+
+    async def __aexit__(self, *_exc) -> None:
+        self.client.busy -= 1
+        self.client.lock.release()
+
+
 class Client(ABC):
-    """A subscriber on the bus with its own bounded queue, subscriptions and pump (WebSocket or SSE)."""
+    """A WebSocket connection or SSE stream: its subscriptions, its bounded queue (filled by the hub) and its pump."""
 
     def __init__(self, access: Access, transport: str) -> None:
         self.access = access
         self.transport = transport
         self.deployments: dict[str, DeploymentSubscription] = {}
         self.organizations: set[str] = set()
-        self.lock = asyncio.Lock()
-        self.stream: EventStream | None = None  # subscribed on the bus by start(), until stop()
+        self.lock = asyncio.Lock()  # the pump's, and a subscription's while it catches up (see exclusive)
+        self.exclusive = _Exclusive(self)
+        self.stream: EventStream | None = None  # filled by the loop's hub from start() until stop()
+        self.hub: Hub | None = None
+        # Read by the hub for every event (:meth:`take`): plain attributes of this object, so a fan-out to
+        # thousands of clients touches as little memory per client as it can.
+        self.socket = None  # the transport pre-built frames may be written to (a subclass sets it), or None
+        self.busy = 0  # > 0 while ``lock`` is held through ``exclusive``
+        self.idle = False  # the pump waits on an empty queue
         self.pump_task: asyncio.Task | None = None
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
@@ -290,22 +425,34 @@ class Client(ABC):
         """Ask the endpoint to end this client (``code``: the WebSocket close code)."""
         if self.close_reason is None:
             self.close_reason, self.close_code = reason, code
+        self.socket = None  # nothing more written directly; the endpoint closes the connection
         self.closed.set()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def write_now(self, evt: Event) -> bool:
-        """Send ``evt``'s frame at once without waiting, if the transport can (else the pump sends it)."""
-        return False
+    def direct_frame(self, evt: Event) -> bytes:
+        """The bytes written to ``socket`` for ``evt`` (by the hub, once per event for every client of this
+        class that takes it)."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.stream = bus.stream(self._wants, maxsize=CLIENT_QUEUE_BOUND)
-        self.stream.direct = self._direct
+        self.stream = EventStream(bus, None, CLIENT_QUEUE_BOUND)
+        self.hub = Hub.of_running_loop()
+        self.hub.add(self)
+        for sub in self.deployments.values():
+            if self.access.allows(sub.organization_id):
+                self.hub.follow(self, sub.deployment_id)
+        for organization_id in self.organizations:
+            if self.access.allows(organization_id):
+                self.hub.join(self, organization_id)
         registry.add(self)
         self.pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"realtime-{self.transport}")
 
     async def stop(self) -> None:
         registry.discard(self)
+        if self.hub is not None:
+            self.hub.remove(self)
+            self.hub = None
         if self.stream is not None:
             self.stream.close()
         tasks = [t for t in (self.pump_task, *self._tasks) if t is not None]
@@ -322,8 +469,14 @@ class Client(ABC):
         lost_orgs = [o for o in self.organizations if not access.allows(o)]
         lost_deployments = [s for s in self.deployments.values() if not access.allows(s.organization_id)]
         if lost_orgs or lost_deployments:
-            # Events of those organisations stop now (the pump checks ``access``); the frames saying so are
-            # sent by a task, so that a client stuck on a slow send never holds up the registry.
+            # Events of those organisations stop now (out of the hub's index; the pump checks ``access``); the
+            # frames saying so are sent by a task, so that a client stuck on a slow send never holds up the
+            # registry.
+            if self.hub is not None:
+                for org in lost_orgs:
+                    self.hub.leave(self, org)
+                for sub in lost_deployments:
+                    self.hub.unfollow(self, sub.deployment_id)
             self._tasks.add(asyncio.get_running_loop().create_task(self._unsubscribe_lost(lost_orgs, lost_deployments)))
 
     async def _unsubscribe_lost(self, lost_orgs: list[str], lost_deployments: list[DeploymentSubscription]) -> None:
@@ -335,34 +488,55 @@ class Client(ABC):
             self._tasks.discard(asyncio.current_task())
 
     async def _send_lost(self, lost_orgs: list[str], lost_deployments: list[DeploymentSubscription]) -> None:
-        async with self.lock:
+        async with self.exclusive:
             for org in lost_orgs:
-                self.organizations.discard(org)
+                self._leave(org)
                 await self.send({"type": "error", "code": "access_revoked", "organization_id": org,
                                  "detail": "you are no longer a member of this organization; unsubscribed"})
             for sub in lost_deployments:
-                self.deployments.pop(sub.deployment_id, None)
+                self._unfollow(sub.deployment_id)
                 await self.send({"type": "error", "code": "access_revoked", "deployment_id": sub.deployment_id,
                                  "detail": "you are no longer a member of this deployment's organization; unsubscribed"})
 
     # --- subscriptions ------------------------------------------------------------------------------
 
-    def _wants(self, evt: Event) -> bool:
-        # Runs on the publisher's thread: reads only; set/dict membership is atomic under the GIL.
-        if evt.deployment_id in self.deployments:
-            return True
-        return evt.type in LIST_EVENTS and evt.organization_id in self.organizations
+    # The subscriptions and the hub's index change together, on the loop. The index only ever holds what
+    # ``access`` allows (checked here, and set_access takes out what it no longer allows), so the hub's
+    # fan-out needs no access check per client.
+
+    def _follow(self, sub: DeploymentSubscription) -> None:
+        self.deployments[sub.deployment_id] = sub
+        if self.hub is not None and self.access.allows(sub.organization_id):
+            self.hub.follow(self, sub.deployment_id)
+
+    def _unfollow(self, deployment_id: str) -> bool:
+        if self.hub is not None:
+            self.hub.unfollow(self, deployment_id)
+        return self.deployments.pop(deployment_id, None) is not None
+
+    def _join(self, organization_id: str) -> None:
+        self.organizations.add(organization_id)
+        if self.hub is not None and self.access.allows(organization_id):
+            self.hub.join(self, organization_id)
+
+    def _leave(self, organization_id: str) -> bool:
+        if self.hub is not None:
+            self.hub.leave(self, organization_id)
+        if organization_id not in self.organizations:
+            return False
+        self.organizations.discard(organization_id)
+        return True
 
     async def subscribe_deployment(
         self, deployment_id: str, organization_id: str, since_seq: int, *, announce: bool = True
     ) -> int:
         """Follow a deployment: persisted lines after ``since_seq`` now, live events after (``announce``:
         then a ``subscribed`` frame). Returns the last ``seq`` sent."""
-        async with self.lock:
+        async with self.exclusive:
             sub = self.deployments.get(deployment_id)
             if sub is None:
                 sub = DeploymentSubscription(deployment_id, organization_id, since_seq)
-                self.deployments[deployment_id] = sub  # live events queue from here on
+                self._follow(sub)  # live events queue from here on (the lock keeps the pump and take() out)
             else:
                 sub.last_seq = since_seq
             await self._catch_up(sub)
@@ -376,20 +550,17 @@ class Client(ABC):
             return sub.last_seq
 
     async def subscribe_organization(self, organization_id: str) -> None:
-        async with self.lock:
-            self.organizations.add(organization_id)
+        async with self.exclusive:
+            self._join(organization_id)
             await self.send({"type": "subscribed", "organization_id": organization_id, "stream": "events"})
 
     async def unsubscribe_organization(self, organization_id: str) -> bool:
-        async with self.lock:
-            if organization_id not in self.organizations:
-                return False
-            self.organizations.discard(organization_id)
-            return True
+        async with self.exclusive:
+            return self._leave(organization_id)
 
     async def unsubscribe_deployment(self, deployment_id: str) -> bool:
-        async with self.lock:
-            return self.deployments.pop(deployment_id, None) is not None
+        async with self.exclusive:
+            return self._unfollow(deployment_id)
 
     async def _catch_up(self, sub: DeploymentSubscription, upto: int | None = None) -> None:
         """Send the persisted lines after ``sub.last_seq`` (up to ``upto``), by pages."""
@@ -406,10 +577,25 @@ class Client(ABC):
 
     # --- the pump -------------------------------------------------------------------------------------
 
+    def queue(self, evt: Event) -> None:
+        """Hand ``evt`` to the pump (the hub, when :meth:`take` declined it)."""
+        self.idle = False
+        self.stream.put(evt)
+
     async def _pump(self) -> None:
+        stream = self.stream
         try:
-            async for item in self.stream:
-                async with self.lock:
+            while True:
+                item = stream.get_nowait()
+                if item is None:
+                    self.idle = True  # from here until an event is queued, the hub may take() events itself
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        self.idle = False
+                async with self.exclusive:
                     if isinstance(item, Overflow):
                         await self._resync(item)
                     else:
@@ -422,34 +608,31 @@ class Client(ABC):
             logger.exception("real time: %s client pump failed", self.transport)
             self.close("internal error", 1011)
 
-    def _direct(self, evt: Event) -> bool:
-        """The pump's :meth:`_forward`, done synchronously when it is idle (the stream's fast path): the
-        common case of an event with nothing queued before it costs one socket write, no task switch.
-        Returns False (the event is then queued for the pump) for anything that needs to wait or read:
-        a held lock (a catch-up, a subscription being set up), log lines not following ``last_seq``
-        exactly, a transport that cannot write now."""
-        if self.lock.locked():
-            return False
-        if not self.access.allows(evt.organization_id):
-            return True  # the pump would drop it too
-        sub = self.deployments.get(evt.deployment_id)
-        if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:
+    def take(self, evt: Event):
+        """The pump's :meth:`_forward`, done by the hub's fan-out when the pump is idle: the common case of an
+        event with nothing queued before it costs one socket write, no task switch. Returns the socket to
+        write :meth:`direct_frame` to; True when there is nothing to send (a log event of a deployment not
+        followed); None when the event must go through the queue and the pump: it is busy or its lock is
+        held (a catch-up, a subscription being set up), log lines do not follow ``last_seq`` exactly, or the
+        transport cannot take a frame now (none, closing, or :data:`DIRECT_WRITE_BUFFER` bytes waiting).
+        No access check: the hub's index holds allowed subscriptions only."""
+        socket = self.socket
+        if socket is None or self.busy or not self.idle \
+                or socket.is_closing() or socket.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
+            return None
+        kind = evt.type
+        if kind is EventType.DEPLOYMENT_LOGS_UPDATE:
+            sub = self.deployments.get(evt.deployment_id)
             if sub is None:
                 return True
             logs = evt.data.get("logs") or ()
             if not logs or logs[0]["seq"] != sub.last_seq + 1:
-                return False
-            if not self.write_now(evt):
-                return False
+                return None
             sub.last_seq = logs[-1]["seq"]
-        else:
-            if not self.write_now(evt):
-                return False
-            if evt.type is EventType.DEPLOYMENT_DELETED and sub is not None:
-                self.deployments.pop(evt.deployment_id, None)
+        elif kind is EventType.DEPLOYMENT_DELETED and evt.deployment_id in self.deployments:
+            self._unfollow(evt.deployment_id)
         self.sent += 1
-        _count_direct_send(evt, self.transport)
-        return True
+        return socket
 
     async def _forward(self, evt: Event) -> None:
         if not self.access.allows(evt.organization_id):
@@ -474,7 +657,7 @@ class Client(ABC):
         else:
             await self._send(encode_event(evt), sub.last_seq if sub else None, str(evt.type))
             if evt.type is EventType.DEPLOYMENT_DELETED and sub is not None:
-                self.deployments.pop(evt.deployment_id, None)
+                self._unfollow(evt.deployment_id)
         self._send_latency.observe(_latency(evt))
         self._frames_queued.inc()
 

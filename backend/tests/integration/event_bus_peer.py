@@ -3,7 +3,7 @@
 It reads one JSON spec on stdin::
 
     {"settings": {"DATABASE_URL": ..., "EVENT_BUS": ..., ...}, "channel": "..." | null, "listen": bool,
-     "actions": [{"do": "publish" | "commit" | "rollback", "event": <envelope>},
+     "actions": [{"do": "publish" | "commit" | "commit_then_die" | "rollback", "event": <envelope>},
                  {"do": "logs", "deployment_id": ..., "lines": N, "prefix": "..."},
                  {"do": "wait_file", "path": ..., "timeout": 15},
                  {"do": "listen", "until": <deployment_id>, "timeout": 15}]}
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -106,6 +107,9 @@ async def act(action: dict, settings: Settings) -> None:
             await session.flush()
             if kind == "commit":
                 await session.commit()
+            elif kind == "commit_then_die":  # the process dies as its commit returns: its loop never runs again
+                await session.commit()
+                os._exit(3)
             else:
                 await session.rollback()
     finally:

@@ -277,6 +277,22 @@ async def test_rolled_back_session_sends_nothing(running: Setup, events, tmp_pat
 
 
 @on_postgres
+@pytest.mark.parametrize("bus_setup", ["postgres"], indirect=True)  # Redis pub/sub is not transactional
+async def test_with_postgresql_a_commit_carries_its_events_even_if_the_process_dies_at_once(
+        running: Setup, events, tmp_path):
+    """PostgreSQL: the events go out with the transaction (pg_notify before COMMIT), not from a sender task
+    after it. A worker that dies as its commit returns has still told every other process."""
+    last_words = make_event()
+    peer = await Peer.start(running.spec([{"do": "commit_then_die", "event": last_words.to_dict()}]), tmp_path)
+    try:
+        assert await asyncio.wait_for(peer.proc.wait(), TIMEOUT) == 3
+        await wait_until(lambda: of(events, last_words), "the event of the process that died")
+    finally:
+        await peer.kill()
+    assert [e.to_dict() for e in of(events, last_words)] == [last_words.to_dict()]
+
+
+@on_postgres
 async def test_own_events_are_delivered_once_and_reach_the_other_process(running: Setup, events, tmp_path):
     ours = make_event()
     theirs = make_event()

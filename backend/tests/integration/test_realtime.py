@@ -348,6 +348,45 @@ async def test_organisation_subscription_gets_list_events_but_no_log_lines(serve
     assert (await ws.next(lambda f: True))["type"] == "unsubscribed"
 
 
+async def test_each_client_gets_the_events_it_follows_once_and_no_others(server, http, bus):
+    """The hub hands an event only to the clients following its deployment or its organisation, and once to
+    a client following both; a client of another organisation, or of another deployment, gets none of it."""
+    admin = await _admin(http)
+    org = await default_org(http, admin)
+    created = await http.post("/api/v1/organizations", json={"name": "other"}, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    other_org = created.json()["id"]
+    followed, sibling, elsewhere = (await _deployment_in(org), await _deployment_in(org), await _deployment_in(other_org))
+
+    both = await WS.open(server, admin.access_token)  # the deployment and its organisation
+    assert (await both.subscribe(deployment_id=followed.id))["type"] == "subscribed"
+    assert (await both.subscribe(organization_id=org))["type"] == "subscribed"
+    other = await WS.open(server, admin.access_token)  # the other organisation only
+    assert (await other.subscribe(organization_id=other_org))["type"] == "subscribed"
+    one = await WS.open(server, admin.access_token)  # one deployment of the first organisation
+    assert (await one.subscribe(deployment_id=sibling.id))["type"] == "subscribed"
+
+    async with database.AsyncSessionLocal() as session:
+        for deployment in (followed, sibling, elsewhere):
+            await set_deployment_status(session, deployment_id=deployment.id, to_status=DeploymentStatus.RUNNING, actor="test")
+        await session.commit()
+    assert await flush_events(10)
+
+    async def received(ws: WS, expected: int) -> list[str]:
+        frames = []
+        while len(frames) < expected:
+            frames.append(await ws.next(lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED"))
+        with pytest.raises(TimeoutError):  # and nothing more
+            await ws.next(lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED", timeout=1.5)
+        return sorted(f["deployment_id"] for f in frames)
+
+    assert await received(both, 2) == sorted([followed.id, sibling.id])
+    assert await received(other, 1) == [elsewhere.id]
+    assert await received(one, 1) == [sibling.id]
+    for ws in (both, other, one):
+        await ws.close()
+
+
 async def test_two_backend_processes_both_deliver(server, http, bus, db, tmp_path):
     second = await Server.start(db.settings.DATABASE_URL, tmp_path, "second", EVENT_BUS="postgres")
     try:
