@@ -81,20 +81,6 @@ def _direct_transport(websocket: WebSocket):
     return transport
 
 
-def text_frame(evt: Event) -> bytes:
-    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event (the hub builds it once per
-    event, for all the sockets it writes to)."""
-    payload = realtime.encode_event(evt).encode()
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 65536:
-        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return head + payload
-
-
 class WebSocketClient(realtime.Client):
     def __init__(self, websocket: WebSocket, access: realtime.Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
@@ -107,8 +93,6 @@ class WebSocketClient(realtime.Client):
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         async with self.send_lock:
             await self.websocket.send_text(text)
-
-    direct_frame = staticmethod(text_frame)
 
 
 def _error(code: str, detail: str, **ids: str | None) -> dict:
