@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 _PENDING_KEY = "windflow_pending_events"
 _SENT_KEY = "windflow_events_sent_in_transaction"  # how many of the pending events crossed in the transaction
+_SAVEPOINTS_KEY = "windflow_event_savepoints"  # id(SAVEPOINT transaction) -> pending events when it began
 #: Events a stream holds for a consumer before it overflows (a WebSocket client that stopped reading).
 DEFAULT_STREAM_BOUND = 1000
 
@@ -366,8 +367,13 @@ def queue_event(session: AsyncSession | Session, evt: Event) -> None:
 _CHATTY = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_PROGRESS})
 
 
+# Both hooks also fire when a SAVEPOINT (``begin_nested``) is released: events wait for the real commit.
+
+
 @event.listens_for(Session, "before_commit")
 def _send_in_transaction(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
     pending = session.info.get(_PENDING_KEY)
     sender = bus._transactional_sender
     if pending and sender is not None and sender(session, pending):
@@ -376,6 +382,9 @@ def _send_in_transaction(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    session.info.pop(_SAVEPOINTS_KEY, None)
     sent = session.info.pop(_SENT_KEY, 0)
     for number, evt in enumerate(session.info.pop(_PENDING_KEY, [])):
         # status, creation and deletion at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
@@ -386,10 +395,21 @@ def _publish_after_commit(session: Session) -> None:
         bus.publish(evt, forward=number >= sent)
 
 
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction) -> None:
+    if transaction.nested:  # what is queued from here on goes if this SAVEPOINT is rolled back
+        session.info.setdefault(_SAVEPOINTS_KEY, {})[id(transaction)] = len(session.info.get(_PENDING_KEY, ()))
+
+
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_after_rollback(session: Session, _previous_transaction) -> None:
+def _drop_after_rollback(session: Session, previous_transaction) -> None:
+    mark = session.info.get(_SAVEPOINTS_KEY, {}).pop(id(previous_transaction), None)
+    if previous_transaction.nested and mark is not None:
+        del session.info.get(_PENDING_KEY, [])[mark:]  # the events queued inside the rolled-back SAVEPOINT
+        return
     session.info.pop(_PENDING_KEY, None)
     session.info.pop(_SENT_KEY, None)
+    session.info.pop(_SAVEPOINTS_KEY, None)
 
 
 async def wait_for(predicate: Callable[[Event], bool], timeout: float) -> Event:

@@ -31,7 +31,7 @@ from backend.app.runtime.event_transport import (
     start_event_bus,
     stop_event_bus,
 )
-from backend.app.core.events import Event, EventType, bus
+from backend.app.core.events import Event, EventType, bus, queue_event
 from backend.app import database
 from backend.app.database import utcnow
 from backend.app.models import LogLevel, Organization
@@ -290,6 +290,26 @@ async def test_with_postgresql_a_commit_carries_its_events_even_if_the_process_d
     finally:
         await peer.kill()
     assert [e.to_dict() for e in of(events, last_words)] == [last_words.to_dict()]
+
+
+@on_postgres
+async def test_a_transaction_with_a_savepoint_sends_each_event_once(running: Setup, events, tmp_path, session):
+    """The events go out at the real commit, once each: not when a SAVEPOINT is released (with PostgreSQL
+    they are sent inside the transaction, whose before_commit hook also runs for a SAVEPOINT)."""
+    first, second, last = make_event(), make_event(), make_event()
+    peer = await Peer.start(running.spec([{"do": "listen", "until": last.deployment_id}]), tmp_path)
+    try:
+        await peer.next_line("ready")
+        queue_event(session, first)
+        async with session.begin_nested():
+            queue_event(session, second)
+        queue_event(session, last)
+        await session.commit()
+        assert await flush_events(TIMEOUT)
+        await peer.finish()
+    finally:
+        await peer.kill()
+    assert peer.received() == [first.to_dict(), second.to_dict(), last.to_dict()]
 
 
 @on_postgres
