@@ -414,7 +414,7 @@ class Client(ABC):
         self.exclusive = _Exclusive(self)
         self.stream: EventStream | None = None  # filled by the loop's hub from start() until stop()
         self.hub: Hub | None = None
-        # Read by the hub for every event (:meth:`take`): plain attributes of this object, so a fan-out to
+        # Read by the hub for every event (:meth:`Hub.fan_out`): plain attributes of this object, so a fan-out to
         # thousands of clients touches as little memory per client as it can.
         self.socket = None  # a transport taking :func:`text_frame` frames directly (a WebSocket sets it), or None
         self.busy = 0  # > 0 while ``lock`` is held through ``exclusive``
@@ -457,12 +457,10 @@ class Client(ABC):
         self.stream = EventStream(bus, None, CLIENT_QUEUE_BOUND)
         self.hub = Hub.of_running_loop()
         self.hub.add(self)
-        for sub in self.deployments.values():
-            if self.access.allows(sub.organization_id):
-                self.hub.follow(self, sub.deployment_id)
-        for organization_id in self.organizations:
-            if self.access.allows(organization_id):
-                self.hub.join(self, organization_id)
+        for sub in list(self.deployments.values()):  # subscriptions made before start(), indexed now
+            self._follow(sub)
+        for organization_id in list(self.organizations):
+            self._join(organization_id)
         registry.add(self)
         self.pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"realtime-{self.transport}")
 
