@@ -60,13 +60,13 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from backend.app.config import BrokerType, DatabaseKind, Settings
 from backend.app.core.events import Event, EventType, bus
@@ -259,6 +259,19 @@ class EventTransport(ABC):
     async def close(self) -> None: ...
 
 
+async def _watch(lost: asyncio.Event, heartbeat: float, probe: Callable[[], Awaitable[bool]]) -> bool:
+    """A transport's ``wait_closed``: until ``lost`` is set (True), probing the connection after every
+    ``heartbeat`` seconds without news. ``probe`` raises when the connection is broken and returns False
+    when there is none any more (closed meanwhile: then this returns False)."""
+    while not lost.is_set():
+        try:
+            await asyncio.wait_for(lost.wait(), heartbeat)
+        except TimeoutError:
+            if not await probe():
+                return False
+    return True
+
+
 class InProcessTransport(EventTransport):
     """SQLite: one process does everything, nothing crosses (the forwarder is not even installed)."""
 
@@ -340,15 +353,15 @@ class PostgresNotifyTransport(EventTransport):
             raise
 
     async def wait_closed(self) -> None:
-        while not self._lost.is_set():
-            try:
-                await asyncio.wait_for(self._lost.wait(), self.heartbeat)
-            except TimeoutError:
-                conn = self._conn
-                if conn is None or conn.is_closed():
-                    return
-                async with self._lock:
-                    await conn.execute("SELECT 1", timeout=self.heartbeat)
+        await _watch(self._lost, self.heartbeat, self._probe)
+
+    async def _probe(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        async with self._lock:
+            await conn.execute("SELECT 1", timeout=self.heartbeat)
+        return True
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -448,15 +461,14 @@ class RedisTransport(EventTransport):
             raise
 
     async def wait_closed(self) -> None:
-        while not self._lost.is_set():
-            try:
-                await asyncio.wait_for(self._lost.wait(), self.heartbeat)
-            except TimeoutError:
-                if self._client is None:
-                    return
-                await asyncio.wait_for(self._client.ping(), self.heartbeat)
-        if self._reader_error is not None:
+        if await _watch(self._lost, self.heartbeat, self._probe) and self._reader_error is not None:
             raise ConnectionError(f"subscription lost: {self._reader_error}")
+
+    async def _probe(self) -> bool:
+        if self._client is None:
+            return False
+        await asyncio.wait_for(self._client.ping(), self.heartbeat)
+        return True
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
@@ -518,8 +530,8 @@ def postgres_dsn(settings: Settings) -> str:
 _PG_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
-def _pg_database(dsn: str) -> tuple[str | None, int, str | None]:
-    url = make_url(dsn)
+def _pg_address(url: URL) -> tuple[str | None, int, str | None]:
+    """(host, port, database) of a PostgreSQL URL: which database a connection reaches."""
     return url.host, url.port or 5432, url.database
 
 
@@ -628,7 +640,7 @@ class _Runtime:
         self.thread = threading.get_ident()  # the loop's (a runtime is made on its loop)
         self.listen = listen
         # (host, port, database) of the PostgreSQL bus: a session on it may send its events in its transaction
-        self.database = _pg_database(transport.dsn) if isinstance(transport, PostgresNotifyTransport) else None
+        self.database = _pg_address(make_url(transport.dsn)) if isinstance(transport, PostgresNotifyTransport) else None
         self._databases: dict[int, tuple[object, bool]] = {}  # id(engine) -> (engine, same database as the bus)
         self.origin = _origin
         self.max_envelope = transport.max_payload - _wire_overhead(self.origin)
@@ -683,11 +695,7 @@ class _Runtime:
         database than the bus's or one committing on another thread than the bus's loop."""
         if threading.get_ident() != self.thread or not self._same_database(session):
             return False
-        payloads = []
-        for evt in events:
-            kind, body = self._encode(evt)
-            self.number += 1
-            payloads.append((_wire_pointer if kind == "logs" else _wire)(self.origin, self.number, body))
+        payloads = self._wire([self._encode(evt) for evt in events])
         params = [{"channel": self.transport.channel, "payload": p} for p in payloads]
         session.execute(_PG_NOTIFY, params[0] if len(params) == 1 else params)
         self.sent += len(payloads)
@@ -697,8 +705,7 @@ class _Runtime:
         bind = session.get_bind()
         known = self._databases.get(id(bind))
         if known is None or known[0] is not bind:
-            url = bind.url
-            same = bind.dialect.name == "postgresql" and (url.host, url.port or 5432, url.database) == self.database
+            same = bind.dialect.name == "postgresql" and _pg_address(bind.url) == self.database
             known = self._databases[id(bind)] = (bind, same)
         return known[1]
 
