@@ -5,11 +5,11 @@ One no-op task that returns the moment its body starts. The worker is started by
     celery -A _celery_noop worker --concurrency=4 -Q <queue> -n wfbench-noop@%h
 
 (``PYTHONPATH`` holds ``bench/`` and the repository) with the broker, result backend and SQL polling
-interval in ``WFBENCH_*`` variables. Its settings mirror what matters for latency in
-``backend.app.celery_app.create_celery``: prefork pool (the ``celery worker`` default, as for the
-guide's command), concurrency 4, ``worker_prefetch_multiplier=1``, ``task_acks_late``,
-``task_reject_on_worker_lost``, JSON, the same ``polling_interval`` for the SQL broker, and the same
-(fixed) kombu SQL transport, which WindFlow installs by importing ``backend.app.runtime.sql_transport``
+interval in ``WFBENCH_*`` variables. Its delivery settings are WindFlow's own
+(``backend.app.runtime.celery_config.delivery_conf``: ``worker_prefetch_multiplier=1``, ``task_acks_late``,
+``task_reject_on_worker_lost``, JSON, the same ``polling_interval`` for the SQL broker), with a prefork pool
+(the ``celery worker`` default, as for the guide's command), concurrency 4, and the same (fixed) kombu SQL
+transport, which WindFlow installs by importing ``backend.app.runtime.sql_transport``
 (kombu's own passes ``polling_interval`` to ``create_engine`` and fails). It does *not* import
 ``backend.app.celery_app``: that module's signal handlers would register this worker as a WindFlow
 worker (heartbeat rows, migrations).
@@ -23,33 +23,14 @@ import time
 from celery import Celery
 
 import backend.app.runtime.sql_transport  # noqa: F401 - the SQL transport WindFlow uses for sqla+ URLs
+from backend.app.runtime.celery_config import delivery_conf
 
 NOOP_TASK = "wfbench.noop"
 
 
 def create_noop_app(broker_url: str, result_backend: str, queue: str, polling_interval: float = 0.1) -> Celery:
     app = Celery("wfbench_noop", set_as_current=False)
-    options: dict = {}
-    if broker_url.startswith("sqla+"):
-        options["polling_interval"] = polling_interval
-    elif broker_url.startswith("redis"):
-        options["visibility_timeout"] = 3600
-    app.conf.update(
-        broker_url=broker_url,
-        result_backend=result_backend,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=queue,
-        broker_transport_options=options,
-        broker_connection_retry_on_startup=True,
-        worker_send_task_events=False,
-        timezone="UTC",
-        enable_utc=True,
-    )
+    app.conf.update(delivery_conf(broker_url, result_backend, polling_interval=polling_interval, queue=queue))
 
     @app.task(name=NOOP_TASK)
     def noop(sent_at: float) -> dict:

@@ -32,32 +32,41 @@ def broker_label(settings: Settings) -> str:
     return url.split(":", 1)[0] or "none"
 
 
+def delivery_conf(broker_url: str | None, result_backend: str | None, *, polling_interval: float,
+                  queue: str = "celery") -> dict:
+    """How tasks travel and are acknowledged (broker, serialisation, late acks, prefetch 1, transport
+    options): WindFlow's app, and the benchmark's baseline app that must match it."""
+    transport_options: dict = {}
+    if broker_url and broker_url.startswith("sqla+"):
+        transport_options["polling_interval"] = polling_interval
+    elif broker_url and broker_url.startswith("redis"):
+        # unacked deployments come back after this long if a worker vanished (recovery is usually faster)
+        transport_options["visibility_timeout"] = 3600
+    return {
+        "broker_url": broker_url or "memory://",
+        "result_backend": result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": queue,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
 def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery:
     app = Celery("windflow", include=["backend.app.tasks.deployment_tasks"], set_as_current=set_as_current)
     broker = settings.celery_broker_url
-    transport_options: dict = {}
-    if broker and broker.startswith("sqla+"):
-        transport_options["polling_interval"] = settings.CELERY_SQL_POLLING_INTERVAL
-    elif broker and broker.startswith("redis"):
-        # unacked deployments come back after this long if a worker vanished (recovery is usually faster)
-        transport_options["visibility_timeout"] = 3600
     app.conf.update(
-        broker_url=broker or "memory://",
-        result_backend=settings.celery_result_backend,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        **delivery_conf(broker, settings.celery_result_backend, polling_interval=settings.CELERY_SQL_POLLING_INTERVAL),
         result_expires=settings.CELERY_RESULT_EXPIRES_SECONDS,
-        task_default_queue="celery",
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-        worker_send_task_events=False,
-        timezone="UTC",
-        enable_utc=True,
         beat_schedule={
             "retry-pending-deployments": {
                 "task": RECOVERY_TASK,
