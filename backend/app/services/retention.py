@@ -19,7 +19,10 @@ How it stays cheap and harmless at any size:
 * rows are deleted by ``id`` in batches of ``RETENTION_BATCH_SIZE``, each in its own short transaction,
   through the ``(deployment_id, seq)`` and ``(deployment_id, id)`` indexes. A batch locks only the rows it
   deletes (old lines of settled deployments nobody writes), so deployments writing logs meanwhile never
-  wait on it on PostgreSQL; on SQLite, whose writers take turns, they wait at most one batch;
+  wait on it on PostgreSQL. SQLite has one writer at a time, and a writer waiting for the lock polls for it
+  (its busy handler sleeps up to 100 ms between tries): a prune that started its next batch at once would
+  hold the lock nearly all the time and starve them. So on SQLite the prune leaves the lock free for
+  ``SQLITE_TURN`` after each batch, longer than that poll: a writer waits at most one batch;
 * the bounds are re-checked by the delete itself (the deployment must still be settled, the line must
   still be older than the newest kept ones), so a deployment redeployed mid-run loses nothing new.
 
@@ -30,6 +33,7 @@ batch so that no transaction stays open for long. It runs in one process at a ti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +42,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import aliased
 
 from backend.app import database
-from backend.app.config import Settings
+from backend.app.config import DatabaseKind, Settings
 from backend.app.database import utcnow
 from backend.app.models import SETTLED_STATUSES, Deployment, DeploymentLog, DeploymentStatusHistory, SystemState
 from backend.app.services.pagination import Ordering
@@ -50,6 +54,9 @@ DEPLOYMENTS_PER_STEP = 200
 #: The size rule leaves deployments alone for this long after their last activity (a deployment that has
 #: just settled may still be read by a client following its logs).
 SIZE_RULE_GRACE = timedelta(minutes=5)
+#: On SQLite, the pause after each batch: longer than the longest sleep of SQLite's busy handler (100 ms),
+#: so that every writer waiting for the lock gets it before the next batch takes it.
+SQLITE_TURN = 0.12
 _BY_ACTIVITY = Ordering("retention", (Deployment.updated_at, Deployment.id))  # the ix_deployments_updated index
 
 
@@ -63,6 +70,22 @@ class RetentionReport:
     positions: dict[str, list] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Batches:
+    size: int  # rows per delete transaction
+    turn: float  # seconds the write lock is left free after each one (SQLite; 0 on PostgreSQL)
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Batches:
+        turn = SQLITE_TURN if settings.database_kind is DatabaseKind.SQLITE else 0.0
+        return cls(settings.RETENTION_BATCH_SIZE, turn)
+
+    async def committed(self, report: RetentionReport) -> None:
+        report.batches += 1
+        if self.turn:
+            await asyncio.sleep(self.turn)
+
+
 def _doomed_lines(deployment_id: str, up_to_seq: int, batch: int):
     """Ids of one batch of the deployment's lines up to ``up_to_seq``: one ``(deployment_id, seq)`` index range."""
     return (
@@ -73,7 +96,7 @@ def _doomed_lines(deployment_id: str, up_to_seq: int, batch: int):
     )
 
 
-async def _prune_lines(ids: list[str], keep: int, batch: int, report: RetentionReport) -> int:
+async def _prune_lines(ids: list[str], keep: int, batches: _Batches, report: RetentionReport) -> int:
     """Delete the lines of each settled deployment of ``ids`` older than its newest ``keep``, in batches.
 
     One deployment per statement (an equality and a range on the unique index), so the plan cannot turn
@@ -91,11 +114,12 @@ async def _prune_lines(ids: list[str], keep: int, batch: int, report: RetentionR
                 ).one_or_none()
                 if row is None or row.status not in SETTLED_STATUSES or row.last_log_seq - keep < 1:
                     break
-                count = await delete_batch(session, model=DeploymentLog, doomed=_doomed_lines(deployment_id, row.last_log_seq - keep, batch))
+                doomed = _doomed_lines(deployment_id, row.last_log_seq - keep, batches.size)
+                count = await delete_batch(session, model=DeploymentLog, doomed=doomed)
                 await session.commit()
-            report.batches += 1
+            await batches.committed(report)
             deleted += count
-            if count < batch:
+            if count < batches.size:
                 break
     return deleted
 
@@ -125,15 +149,15 @@ async def delete_batch(session, *, model, doomed) -> int:
     return len(ids)
 
 
-async def _delete_in_batches(model, doomed_for_batch, batch: int, report: RetentionReport) -> int:
+async def _delete_in_batches(model, doomed_for_batch, batches: _Batches, report: RetentionReport) -> int:
     deleted = 0
     while True:
         async with database.AsyncSessionLocal() as session:
             count = await delete_batch(session, model=model, doomed=doomed_for_batch())
             await session.commit()
-        report.batches += 1
+        await batches.committed(report)
         deleted += count
-        if count < batch:
+        if count < batches.size:
             return deleted
 
 
@@ -154,7 +178,8 @@ async def _save_state(value: dict) -> None:
 
 
 async def _walk(
-    rule: str, horizon: datetime, *, keep_lines: int, prune_history: bool, batch: int, state: dict, report: RetentionReport
+    rule: str, horizon: datetime, *, keep_lines: int, prune_history: bool, batches: _Batches, state: dict,
+    report: RetentionReport,
 ) -> None:
     """Apply one rule to every deployment whose last activity is older than ``horizon``, from the saved position."""
     positions = state.setdefault("positions", {})
@@ -172,10 +197,10 @@ async def _walk(
         report.deployments += len(ids)
         # only deployments with more lines than are kept cost a statement each (the bound is re-read there)
         with_lines = [row.id for row in rows if row.last_log_seq > keep_lines]
-        report.log_lines += await _prune_lines(with_lines, keep_lines, batch, report)
+        report.log_lines += await _prune_lines(with_lines, keep_lines, batches, report)
         if prune_history:
             report.history_rows += await _delete_in_batches(
-                DeploymentStatusHistory, lambda: _doomed_history(ids, batch), batch, report
+                DeploymentStatusHistory, lambda: _doomed_history(ids, batches.size), batches, report
             )
         positions[rule] = [rows[-1].updated_at.isoformat(), rows[-1].id]
         await _save_state(state)
@@ -186,17 +211,17 @@ async def prune(settings: Settings, *, now: datetime | None = None) -> Retention
     now = now or utcnow()
     report = RetentionReport()
     state = await _load_state()
-    batch = settings.RETENTION_BATCH_SIZE
+    batches = _Batches.of(settings)
     keep = settings.RETENTION_KEEP_LOG_LINES
     if settings.RETENTION_DAYS:
         await _walk(
             "age", now - timedelta(days=settings.RETENTION_DAYS),
-            keep_lines=keep, prune_history=True, batch=batch, state=state, report=report,
+            keep_lines=keep, prune_history=True, batches=batches, state=state, report=report,
         )
     if settings.RETENTION_MAX_LOG_LINES:
         await _walk(
             "size", now - SIZE_RULE_GRACE,
-            keep_lines=max(keep, settings.RETENTION_MAX_LOG_LINES), prune_history=False, batch=batch, state=state,
+            keep_lines=max(keep, settings.RETENTION_MAX_LOG_LINES), prune_history=False, batches=batches, state=state,
             report=report,
         )
     report.finished_at = now.isoformat()
