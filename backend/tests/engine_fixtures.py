@@ -113,8 +113,10 @@ def objects_named_after(client: docker.DockerClient, spec: DeploySpec) -> dict[s
     """Every container, network and volume whose name carries the project name, with its labels: what a
     deployment created, whether or not it remembered to label it."""
     prefix = spec.project
-    containers = [c for c in client.containers.list(all=True) if c.name.startswith(prefix)]
-    networks = [client.networks.get(n.id) for n in client.networks.list() if n.name.startswith(prefix)]
+    # filtered by the engine: the SDK inspects each listed object, and another test's may be gone by then
+    by_name = {"name": prefix}
+    containers = [c for c in client.containers.list(all=True, filters=by_name) if c.name.startswith(prefix)]
+    networks = [client.networks.get(n.id) for n in client.networks.list(filters=by_name) if n.name.startswith(prefix)]
     volumes = [v for v in client.volumes.list() if v.name.startswith(prefix)]
     return {
         "containers": [dict(c.labels, _name=c.name) for c in containers],
