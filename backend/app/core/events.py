@@ -171,6 +171,19 @@ class Overflow:
     dropped: int
 
 
+def deliver_on_loop(loop: asyncio.AbstractEventLoop, thread: int, handle: Callable[[Event], None], evt: Event) -> bool:
+    """``handle(evt)`` on ``loop`` (whose thread is ``thread``), from whichever thread published ``evt``: at
+    once on the loop's own thread, else scheduled there. False when the loop has closed."""
+    if threading.get_ident() == thread:
+        handle(evt)
+        return True
+    try:
+        loop.call_soon_threadsafe(handle, evt)
+    except RuntimeError:
+        return False
+    return True
+
+
 class EventStream:
     """A bounded per-subscriber queue, filled from any thread, read as an async iterator.
 
@@ -198,13 +211,8 @@ class EventStream:
     def offer(self, evt: Event) -> None:
         if self._closed or (self.filter is not None and not self.filter(evt)):
             return
-        if threading.get_ident() == self._thread:
-            self.put(evt)
-        else:
-            try:
-                self._loop.call_soon_threadsafe(self.put, evt)
-            except RuntimeError:  # the consumer's loop has closed
-                self._closed = True
+        if not deliver_on_loop(self._loop, self._thread, self.put, evt):  # the consumer's loop has closed
+            self._closed = True
 
     def put(self, evt: Event) -> None:
         """Queue ``evt`` (on the consumer's loop; past ``maxsize`` it is dropped and counted)."""

@@ -39,13 +39,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from sqlalchemy import select
 
 from backend.app import database
 from backend.app.runtime import metrics
-from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, iso_utc
+from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, deliver_on_loop, iso_utc
 from backend.app.models import ApiToken, Deployment, Membership, User
 from backend.app.services.deployment_logs import LogLine, read_logs
 
@@ -63,29 +62,21 @@ def dumps(frame: dict) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-T = TypeVar("T")
-
-
-def once_per_event(cache: dict[int, tuple[Event, T]], evt: Event, build: Callable[[Event], T]) -> T:
-    """``build(evt)``, computed once per event however many clients receive it: ``cache`` keeps the last few
-    hundred results, keyed by the event's identity (the event is kept with its result, so an id reused by a
-    later event never returns a stale result)."""
-    entry = cache.get(id(evt))
-    if entry is not None and entry[0] is evt:
-        return entry[1]
-    value = build(evt)
-    if len(cache) > 256:
-        cache.clear()
-    cache[id(evt)] = (evt, value)
-    return value
-
-
 _encoded: dict[int, tuple[Event, str]] = {}
 
 
 def encode_event(evt: Event) -> str:
-    """The JSON of an event, encoded once however many clients receive it."""
-    return once_per_event(_encoded, evt, lambda e: dumps(e.to_dict()))
+    """The JSON of an event, encoded once however many clients receive it: the last few hundred are kept,
+    keyed by the event's identity (the event is kept with its text, so an id reused by a later event never
+    returns a stale text)."""
+    entry = _encoded.get(id(evt))
+    if entry is not None and entry[0] is evt:
+        return entry[1]
+    text = dumps(evt.to_dict())
+    if len(_encoded) > 256:
+        _encoded.clear()
+    _encoded[id(evt)] = (evt, text)
+    return text
 
 
 def _latency(evt: Event) -> float:
@@ -297,13 +288,7 @@ class Hub:
             evt.type in LIST_EVENTS and evt.organization_id in self.by_organization)
 
     def offer(self, evt: Event) -> None:
-        if threading.get_ident() == self.thread:
-            self.fan_out(evt)
-        else:
-            try:
-                self.loop.call_soon_threadsafe(self.fan_out, evt)
-            except RuntimeError:  # the loop has closed
-                pass
+        deliver_on_loop(self.loop, self.thread, self.fan_out, evt)  # a closed loop has no client left to serve
 
     # --- the loop's side ---
 
@@ -594,7 +579,7 @@ class Client(ABC):
     # --- the pump -------------------------------------------------------------------------------------
 
     def queue(self, evt: Event) -> None:
-        """Hand ``evt`` to the pump (the hub, when :meth:`take` declined it)."""
+        """Hand ``evt`` to the pump (the hub, when it cannot write the event to the socket itself)."""
         self.idle = False
         self.stream.put(evt)
 
