@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
+from backend.tests.browser.test_live_deployment import wait_status
 
 
 def _viewer(server: Server, admin_token: str, org_id: str) -> tuple[str, str]:
@@ -87,11 +87,7 @@ def test_screenshots_of_every_page(
                                                       "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)]
     cleanup_deployments.append(deployment[0]["id"])
     # the pages are shot with a running deployment (its actions include the "more" menu checked below)
-    deadline = time.monotonic() + 90
-    current = deployment[0]
-    while current["status"] not in ("running", "failed") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        current = server.api("GET", f"/deployments/{deployment[0]['id']}", token=admin_token)
+    current = wait_status(server, admin_token, deployment[0]["id"], {"running", "failed"}, timeout=90)
     assert current["status"] == "running", current
     for locale, lang in (("en-US", "en"), ("fr-FR", "fr")):
         for dark in (False, True):
