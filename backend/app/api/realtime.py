@@ -371,11 +371,14 @@ async def deployment_events(
     """Server-Sent Events of one deployment: its log lines after ``Last-Event-ID``, then everything live."""
     since = _since(last_event_id, since_seq)
     deployment_id, organization_id = deployment.id, deployment.organization_id
+    user_id, generation = user.id, user.token_generation
     token_id = getattr(request.state, "api_token_id", None)
-    access, _ = await realtime.load_access({user.id}, set())
-    await session.close()  # the stream may last hours: do not hold a pooled connection for it
-    fresh = access[user.id]
-    client = SSEClient(realtime.credential_access(fresh, token_id, user.token_generation))
+    # Before anything else reads the database: the stream may last hours, so it must not hold a pooled
+    # connection, and on SQLite this session's transaction holds the write lock (BEGIN IMMEDIATE), which
+    # the reads below, on their own connections, would wait for until the busy timeout.
+    await session.close()
+    access, _ = await realtime.load_access({user_id}, set())
+    client = SSEClient(realtime.credential_access(access[user_id], token_id, generation))
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",
