@@ -63,6 +63,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def end_transaction(session: AsyncSession) -> None:
+    """End ``session``'s transaction before slow work outside the database (an engine call, the network).
+
+    On SQLite a transaction holds the database's write lock from its ``BEGIN IMMEDIATE``: every other
+    request and every runner writing log lines would wait for it, up to the busy timeout. On PostgreSQL it
+    would keep a pooled connection idle in transaction. Nothing may be pending; the objects loaded stay
+    usable (sessions do not expire them on commit), and the next query begins a new transaction.
+    """
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("end_transaction() with unsaved changes: commit or discard them first")
+    await session.commit()
+
+
 def _configure_sqlite(async_engine: AsyncEngine) -> None:
     """SQLite: WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` transactions.
 

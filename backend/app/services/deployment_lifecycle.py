@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core.events import DeletedData, Event, EventType, queue_event
-from backend.app.core.exceptions import Conflict, ServiceUnavailable
+from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
@@ -20,7 +20,7 @@ from backend.app.services import redaction
 from backend.app.services.deployment_logs import append_logs, append_logs_committed
 from backend.app.services.deployment_spec import load_engine
 from backend.app.services.state_machine import set_deployment_status
-from backend.app.database import utcnow
+from backend.app.database import end_transaction, utcnow
 
 S = DeploymentStatus
 
@@ -50,6 +50,9 @@ async def stop(session: AsyncSession, *, settings: Settings, deployment: Deploym
         raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
     engine, spec = await load_engine(session, settings=settings, deployment=deployment)
     redactor = await _redactor(session, settings, deployment)
+    # Stopping takes up to the stack's stop grace period per container: no transaction (on SQLite, no write
+    # lock) is held meanwhile. The status is then moved by compare-and-set from running.
+    await end_transaction(session)
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
     try:
@@ -72,11 +75,20 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     if deployment.status is S.DEPLOYING:
         raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")
     engine, spec = await load_engine(session, settings=settings, deployment=deployment)
+    redactor = await _redactor(session, settings, deployment)
+    await end_transaction(session)  # the engine's removal may take the containers' stop grace periods
     log = _Collector()
     try:
         await engine.remove(spec, log, keep_volumes=keep_volumes)
     except EngineError as exc:
-        raise _engine_failure("delete", exc, await _redactor(session, settings, deployment)) from exc
+        raise _engine_failure("delete", exc, redactor) from exc
+    # Meanwhile a redeploy may have requeued it and a runner claimed it: read it again, locked, before dropping it.
+    current = await session.get(Deployment, deployment.id, with_for_update=True, populate_existing=True)
+    if current is None:
+        raise NotFound("deployment not found (deleted meanwhile)", code="deployment_not_found")
+    if current.status is S.DEPLOYING:
+        raise Conflict("this deployment was redeployed while it was being deleted: cancel it first, then delete it",
+                       code="deployment_busy")
     shutil.rmtree(spec.workdir, ignore_errors=True)
     queue_event(session, Event.of(
         EventType.DEPLOYMENT_DELETED, deployment.id, deployment.organization_id, DeletedData(name=deployment.name)))

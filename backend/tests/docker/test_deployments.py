@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -150,6 +151,45 @@ async def test_stop_start_delete_leave_nothing_behind(env):
     assert labelled("network", created["id"]) == []
     gone = await env.client.get(f"/api/v1/deployments/{created['id']}", headers=headers)
     assert gone.status_code == 404
+
+
+STUBBORN = (  # ignores SIGTERM: stopping it takes its whole grace period, then SIGKILL
+    "services:\n  app:\n"
+    f"    image: {TEST_IMAGE}\n"
+    "    network_mode: none\n"
+    "    stop_grace_period: 6s\n"
+    "    command: [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\n"
+)
+
+
+@pytest.mark.parametrize("action", ["stop", "delete"])
+async def test_a_slow_stop_or_delete_does_not_hold_up_the_api(env, action):
+    """While the engine waits out a container's stop grace period, other requests read and write: the
+    request holds no transaction meanwhile (on SQLite, whose transactions take the write lock, everything
+    else, the runners' log lines included, would wait for it)."""
+    stack_id = await env.stack(STUBBORN, name="stubborn")
+    created = await env.deploy({}, stack_id=stack_id)
+    running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert running["status"] == "running", running["error_message"]
+    url = f"/api/v1/deployments/{created['id']}"
+    started = time.monotonic()
+    slow = asyncio.create_task(env.client.post(f"{url}/stop", headers=env.admin.headers) if action == "stop"
+                               else env.client.delete(url, headers=env.admin.headers))
+    await asyncio.sleep(1)  # the engine is now waiting for the container to stop
+    listing = await env.client.get("/api/v1/deployments", headers=env.admin.headers)
+    assert listing.status_code == 200 and created["id"] in [d["id"] for d in listing.json()["items"]]
+    await env.stack("services:\n  app:\n    image: busybox\n", name="written-meanwhile")
+    assert not slow.done(), "the other requests waited for the stop to finish"
+    response = await slow
+    assert response.status_code == (200 if action == "stop" else 204), response.text
+    assert time.monotonic() - started > 5  # the grace period was really waited out
+    if action == "stop":
+        assert response.json()["status"] == "stopped"
+        logs = [l["message"] for l in await all_logs(env.client, env.admin.headers, created["id"])]
+        assert logs[-1] == "Stopped" and f"Stopping (requested by {env.admin.email})" in logs
+    else:
+        assert labelled("container", created["id"]) == []
+        assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
 
 
 async def test_missing_image_fails_with_clear_message(env):
