@@ -11,8 +11,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
-from backend.app.database import utcnow
-from backend.app.engines.base import EngineError
+from backend.app.database import end_transaction, utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
 from backend.app.services.deployment_logs import append_logs
 from backend.app.services.deployment_spec import load_engine
@@ -31,8 +30,15 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
     try:
         engine, spec = await load_engine(session, settings=settings, deployment=deployment)
+    except Exception:  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
+        logger.warning("recovery: cannot load deployment %s", deployment.id, exc_info=True)
+        return None
+    # An engine may take its connect timeout to answer (a remote target that is down): no transaction (on
+    # SQLite, no write lock) is held meanwhile. The caller's change is a compare-and-set on the lease.
+    await end_transaction(session)
+    try:
         states = await engine.inspect(spec)
-    except (EngineError, Exception):  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
+    except Exception:  # noqa: BLE001 - EngineError or worse: unknown reality, as above
         logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
         return None
     if not states:

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from backend.app import database
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, User
+from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, LogLevel, User
 from backend.app.services.deployment_service import DeploymentService
 from backend.tests.celery_fixtures import REPO_ROOT, running_app, settings_env
 from backend.tests.conftest import make_settings
@@ -119,6 +119,53 @@ async def test_orphaned_lease_is_requeued_or_failed(session):
     assert rows[ids[1]].status == "failed" and "lease expired" in rows[ids[1]].error_message
     assert rows[ids[2]].status == "deploying", "a live lease is never taken away"
     assert report["statistics"]["retried"] == 1 and report["statistics"]["failed"] == 1
+
+
+async def test_reaping_an_orphan_whose_engine_does_not_answer_holds_up_no_writer(db, session):
+    """The reaper asks the orphan's engine whether its containers run; an engine that accepts the connection
+    and never answers keeps it waiting, and meanwhile the rest of the platform writes (on SQLite, whose
+    transactions take the write lock, the reaper must not hold one)."""
+    from backend.app.core.security import encrypt_secret
+    from backend.app.models import Target
+    from backend.tests.conftest import TEST_IMAGE
+    from backend.app.services.deployment_logs import append_logs
+    from backend.app.services.recovery import reap
+
+    connected, peers = asyncio.Event(), []
+
+    async def never_answer(reader, writer) -> None:
+        peers.append(writer)
+        connected.set()
+
+    blackhole = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = blackhole.sockets[0].getsockname()[1]
+    orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1, rendered_compose=encrypt_secret(
+        db.settings, f"services:\n  app:\n    image: {TEST_IMAGE}\n"))
+    other = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1)
+    orphan_id, other_id = orphan.id, other.id
+    await session.execute(update(Target).where(Target.id == orphan.target_id).values(endpoint=f"tcp://127.0.0.1:{port}"))
+    await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+    await session.commit()
+    sent: list[str] = []
+
+    async def record(deployment_id: str) -> None:
+        sent.append(deployment_id)
+
+    reaper = asyncio.create_task(reap(session, settings=db.settings, dispatch=record))
+    try:
+        await asyncio.wait_for(connected.wait(), 30)  # the reaper now waits for the engine
+        async with database.AsyncSessionLocal() as writer:  # a runner writing its log meanwhile
+            await append_logs(writer, deployment_id=other_id, lines=[(LogLevel.INFO, "still writing", utcnow())])
+            await writer.commit()
+        assert not reaper.done(), "the write waited for the reaper"
+    finally:
+        for peer in peers:  # the engine hangs up: its answer is unknown, so the orphan is requeued
+            peer.close()
+        blackhole.close()
+        stats = await asyncio.wait_for(reaper, 60)
+    rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
+    await session.commit()
+    assert rows[orphan_id].status == "pending" and sent == [orphan_id]
 
 
 async def test_recovery_api_is_superuser_only(db, tmp_path):
