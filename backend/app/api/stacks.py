@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep
+from backend.app.database import end_transaction
 from backend.app.models import Role, Stack
 from backend.app.schemas.stacks import (
     StackCreate,
@@ -66,6 +67,7 @@ async def delete_stack(stack: StackAdmin, session: SessionDep) -> None:
 
 
 @router.post("/{stack_id}/render", response_model=StackRenderResult)
-async def render_stack(body: StackRenderRequest, stack: StackOperator) -> StackRenderResult:
+async def render_stack(body: StackRenderRequest, stack: StackOperator, session: SessionDep) -> StackRenderResult:
     """Preview the compose document for these values (operator or higher); secrets are shown as ***."""
+    await end_transaction(session)  # rendering may take seconds: hold no transaction (on SQLite, no write lock)
     return StackRenderResult(compose=await stack_service.render(stack, body.variables))

@@ -18,6 +18,7 @@ from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import Conflict, NotFound
 from backend.app.core.logging import MASK, register_secret
+from backend.app.database import end_transaction
 from backend.app.models import (
     Deployment,
     DeploymentStatus,
@@ -108,6 +109,9 @@ class DeploymentService:
         specs = templating.parse_variables(stack.variables or [])
         values = templating.resolve_values(specs, variables or {})
         secret_paths = templating.secret_paths(specs)
+        # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
+        # write lock) is held meanwhile; the deployment is written in the next one.
+        await end_transaction(session)
         for path in secret_paths:
             found = value_at(values, path)
             if found:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.exceptions import Conflict, ValidationFailed
+from backend.app.database import end_transaction
 from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
 from backend.app.services import bounded_render, organization_service, pagination, templating
@@ -87,6 +88,7 @@ async def _flush(session: AsyncSession, name: str) -> None:
 async def create(session: AsyncSession, *, user: User, data: StackCreate) -> Stack:
     """Create a stack in ``data.organization_id`` or the caller's default organisation (operator or higher)."""
     organization_id = await organization_service.resolve_organization(session, user=user, organization_id=data.organization_id, minimum=Role.OPERATOR)
+    await end_transaction(session)  # rendering may take seconds: no transaction (on SQLite, no write lock) meanwhile
     variables = await validate_definition(data.template, data.variables)
     if await find_by_name(session, organization_id=organization_id, name=data.name) is not None:
         raise _duplicate(data.name)
@@ -114,6 +116,7 @@ async def update(session: AsyncSession, *, stack: Stack, data: StackUpdate) -> S
         if field in changes and changes[field] is None:
             raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value")
     if "template" in changes or "variables" in changes:
+        await end_transaction(session)  # as in create
         changes["variables"] = await validate_definition(
             changes.get("template", stack.template), changes.get("variables", stack.variables)
         )

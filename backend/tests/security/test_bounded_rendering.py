@@ -148,6 +148,41 @@ async def test_hostile_values_refused_at_deployment_creation(api):
     assert listing.json()["total"] == 0
 
 
+N_LOOPS = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
+N_VARIABLE = [{"name": "n", "type": "integer", "default": 1, "min": 0, "max": 100000}]
+
+
+@pytest.mark.parametrize("entry", ["create stack", "update stack", "preview", "create deployment"])
+async def test_a_rendering_template_holds_up_no_other_request(api, entry):
+    """While a tenant's template burns its CPU limit, other requests read and write: the rendering request
+    holds no transaction meanwhile (on SQLite a transaction takes the write lock, and every request, every
+    runner's log lines, would wait for it; /health alone reads without one)."""
+    client, admin = api
+    stack = (await _create_stack(client, admin, N_LOOPS, N_VARIABLE, name="n-loops")).json()
+    target = await client.post("/api/v1/targets", json={"name": "t", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
+                               headers=admin.headers)
+    hostile = {
+        "create stack": lambda: _create_stack(client, admin, NESTED_LOOPS),
+        "update stack": lambda: client.patch(f"/api/v1/stacks/{stack['id']}", json={"template": NESTED_LOOPS},
+                                             headers=admin.headers),
+        "preview": lambda: client.post(f"/api/v1/stacks/{stack['id']}/render", json={"variables": {"n": 100000}},
+                                       headers=admin.headers),
+        "create deployment": lambda: client.post("/api/v1/deployments", headers=admin.headers, json={
+            "stack_id": stack["id"], "target_id": target.json()["id"], "variables": {"n": 100000}}),
+    }[entry]
+    rendering = asyncio.ensure_future(hostile())
+    await asyncio.sleep(0.5)  # it is rendering now (2 s of CPU)
+    written = await _create_stack(client, admin, "services:\n  web:\n    image: x\n", name="written-meanwhile")
+    listing = await client.get("/api/v1/stacks", headers=admin.headers)
+    assert not rendering.done(), "the other requests waited for the rendering one"
+    assert written.status_code == 201 and listing.status_code == 200, (written.text, listing.text)
+    response = await rendering
+    assert response.status_code == 422 and "TEMPLATE_RENDER_TIMEOUT_SECONDS" in response.json()["detail"], response.text
+    after = (await client.get(f"/api/v1/stacks/{stack['id']}", headers=admin.headers)).json()
+    assert after["template"] == N_LOOPS  # a refused update changed nothing
+    assert (await client.get("/api/v1/deployments", headers=admin.headers)).json()["total"] == 0
+
+
 async def test_preview_is_bounded_too(api):
     client, admin = api
     stack = await _create_stack(
