@@ -12,11 +12,14 @@ import pytest
 from sqlalchemy import select, update
 
 from backend.app import database
+from backend.app.core.security import encrypt_secret
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, LogLevel, User
+from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, LogLevel, Target, User
+from backend.app.services.deployment_logs import append_logs
 from backend.app.services.deployment_service import DeploymentService
+from backend.app.services.recovery import reap
 from backend.tests.celery_fixtures import REPO_ROOT, running_app, settings_env
-from backend.tests.conftest import make_settings
+from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import WEB_STACK, force_cleanup, free_port, http_get, wait_status
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import create_user, setup_admin
@@ -125,12 +128,6 @@ async def test_reaping_an_orphan_whose_engine_does_not_answer_holds_up_no_writer
     """The reaper asks the orphan's engine whether its containers run; an engine that accepts the connection
     and never answers keeps it waiting, and meanwhile the rest of the platform writes (on SQLite, whose
     transactions take the write lock, the reaper must not hold one)."""
-    from backend.app.core.security import encrypt_secret
-    from backend.app.models import Target
-    from backend.tests.conftest import TEST_IMAGE
-    from backend.app.services.deployment_logs import append_logs
-    from backend.app.services.recovery import reap
-
     connected, peers = asyncio.Event(), []
 
     async def never_answer(reader, writer) -> None:
@@ -162,7 +159,7 @@ async def test_reaping_an_orphan_whose_engine_does_not_answer_holds_up_no_writer
         for peer in peers:  # the engine hangs up: its answer is unknown, so the orphan is requeued
             peer.close()
         blackhole.close()
-        stats = await asyncio.wait_for(reaper, 60)
+        await asyncio.wait_for(reaper, 60)
     rows = {d.id: d for d in (await session.execute(select(Deployment).execution_options(populate_existing=True))).scalars()}
     await session.commit()
     assert rows[orphan_id].status == "pending" and sent == [orphan_id]
