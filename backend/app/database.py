@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -21,6 +23,8 @@ from backend.app.core.files import private_dir
 from backend.app.config import DatabaseKind, Settings, settings
 
 logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -114,7 +118,9 @@ def build_engine(config: Settings) -> AsyncEngine:
         echo=config.DATABASE_ECHO,
         pool_size=config.DATABASE_POOL_SIZE,
         max_overflow=config.DATABASE_POOL_SIZE,
-        pool_pre_ping=True,
+        pool_pre_ping=True,  # a connection the server closed (restart) is replaced at checkout, not used
+        # asyncpg waits 60 s by default for a server that does not answer: a request would hang that long
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
     )
 
 
@@ -148,3 +154,94 @@ async def check_database(timeout: float = 5.0) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return None
+
+
+# --- an unreachable database ----------------------------------------------------------------------------
+
+#: SQLSTATEs that say the server cannot be reached or takes no connection now, whatever the statement: class
+#: 08 (connection exception, e.g. 08003 "connection was closed in the middle of operation"), 57P01 admin
+#: shutdown (``pg_ctl stop -m fast``), 57P02 crash shutdown, 57P03 cannot connect now (starting up, shutting
+#: down, in recovery) and 53300 too many connections.
+_UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (down, restarting, the connection lost), as
+    opposed to a fault of the statement or the data (syntax, integrity, ...), which stays an error.
+
+    What PostgreSQL through asyncpg raises when its server goes away (seen with ``pg_ctl stop -m fast`` and
+    ``-m immediate``): at connect, the bare ``ConnectionRefusedError`` / ``socket.gaierror`` / ``TimeoutError``
+    of the socket (SQLAlchemy passes them on unwrapped) or a ``DBAPIError`` of SQLSTATE 57P03 while the server
+    starts; during a statement or in an open transaction, a ``DBAPIError`` / ``InterfaceError`` whose
+    ``connection_invalidated`` is set. An ``OSError`` counts only when asyncpg raised it (another ``OSError`` of
+    a request, the Docker engine's, is not the database's). SQLite never is unavailable this way: "database is
+    locked" is contention, not an outage.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return bool(exc.exceptions) and all(is_unavailable(inner) for inner in exc.exceptions)
+    current: BaseException | None = exc
+    for _ in range(8):  # the chain SQLAlchemy builds is 3 deep
+        if current is None:
+            return False
+        if isinstance(current, DBAPIError):
+            if _is_sqlite(current.orig):
+                return False
+            if current.connection_invalidated:
+                return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in _UNREACHABLE_SQLSTATES):
+            return True
+        if isinstance(current, OSError) and _raised_by_driver(current):
+            return True
+        current = current.__cause__
+    return False
+
+
+def _is_sqlite(error: BaseException | None) -> bool:
+    import sqlite3
+
+    return isinstance(error, sqlite3.Error)
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` went up through asyncpg's code (connecting, reading or writing its socket)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "asyncpg" or module.startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class OutageLog:
+    """How a background loop reports its failed passes: a traceback for a real error; for an unreachable
+    database (:func:`is_unavailable`) one warning line when the outage starts, a reminder at most every
+    ``reminder`` seconds while it lasts, and one line when a pass succeeds again."""
+
+    def __init__(self, what: str, log: logging.Logger, reminder: float = 60.0) -> None:
+        self.what = what
+        self.log = log
+        self.reminder = reminder
+        self.down_since: float | None = None
+        self._reminded_at = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        if not is_unavailable(exc):
+            self.log.error("%s failed", self.what, exc_info=exc)
+            return
+        now = time.monotonic()
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        if self.down_since is None:
+            self.down_since = self._reminded_at = now
+            self.log.warning("%s skipped: the database is unreachable (%s); retrying at the next pass", self.what, reason)
+        elif now - self._reminded_at >= self.reminder:
+            self._reminded_at = now
+            self.log.warning("%s still skipped: the database has been unreachable for %.0fs (%s)",
+                             self.what, now - self.down_since, reason)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            self.log.info("%s resumed: the database answers again (after %.0fs)", self.what,
+                          time.monotonic() - self.down_since)
+            self.down_since = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import database
 from backend.app.api import health
@@ -25,7 +27,7 @@ from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
 from backend.app.runtime.dispatch import Dispatcher
 from backend.app.core.events import bus
-from backend.app.core.exceptions import WindFlowError
+from backend.app.core.exceptions import DatabaseUnavailable, WindFlowError
 from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
@@ -71,7 +73,66 @@ def _describe_validation_errors(errors) -> tuple[str, list[dict]]:
     return detail, items
 
 
+class DatabaseUnavailableMiddleware:
+    """The one place where an unreachable database becomes ``503 database_unavailable`` with ``Retry-After``.
+
+    A route, a dependency (the request's session) or a service may meet the database down anywhere, in any
+    of the shapes :func:`backend.app.database.is_unavailable` recognises; they all end here instead of the
+    catch-all ``500 internal_error``, with one warning line (no traceback) at most every
+    :data:`OUTAGE_LOG_SECONDS`. The request's session has been closed by then (its connection discarded by
+    the pool), and the next request reconnects: nothing to restart. Any other exception passes on untouched,
+    as does a failure once the response has started (a stream): its client sees the stream end.
+
+    A pure ASGI middleware rather than an exception handler: a handler for ``OSError`` would also catch the
+    ``OSError`` of a started stream (which Starlette then turns into a ``RuntimeError``), and the catch-all
+    handler re-raises, so that uvicorn logs a traceback and closes the client's connection.
+    """
+
+    OUTAGE_LOG_SECONDS = 10.0
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._logged_at = float("-inf")
+        self._unlogged = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started or not database.is_unavailable(exc):
+                raise
+            self._log(scope, exc)
+            error = DatabaseUnavailable()
+            response = JSONResponse({"detail": error.detail, "code": error.code}, status_code=error.status_code,
+                                    headers=error.headers)
+            await response(scope, receive, send)
+
+    def _log(self, scope: Scope, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self.OUTAGE_LOG_SECONDS:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more request(s) answered 503 since the last message)" if self._unlogged else ""
+        self._logged_at, self._unlogged = now, 0
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        logger.warning("database unavailable on %s %s: %s; answering 503 database_unavailable%s",
+                       scope.get("method"), scope.get("path"), reason, more)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(DatabaseUnavailableMiddleware)  # innermost of ours: the 503 crosses the others
+
     @app.exception_handler(WindFlowError)
     async def _domain_error(_request: Request, exc: WindFlowError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code, headers=exc.headers)

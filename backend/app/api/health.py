@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backend.app import database
+from backend.app.core.exceptions import DATABASE_RETRY_AFTER_SECONDS
 from backend.app.runtime import event_transport
 
 router = APIRouter(tags=["system"])
@@ -40,4 +41,6 @@ async def health(request: Request) -> JSONResponse:
         "execution_reason": report.reason,
         "event_bus": event_transport.event_bus_status(),
     }
-    return JSONResponse(body, status_code=200 if db_error is None else 503)
+    if db_error is None:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})

@@ -55,3 +55,22 @@ class RateLimited(WindFlowError):
 class ServiceUnavailable(WindFlowError):
     status_code = 503
     code = "unavailable"
+
+
+#: Seconds a client is told to wait (``Retry-After``) before retrying a request the database could not serve.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database could not be reached (down, restarting, connection lost): nothing was wrong with the
+    request, and the same request will succeed once the database is back (the process reconnects by itself)."""
+
+    code = "database_unavailable"
+
+    def __init__(
+        self,
+        detail: str = "the database is unreachable (it may be restarting); retry in a few seconds",
+        **kw,
+    ) -> None:
+        kw.setdefault("headers", {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+        super().__init__(detail, **kw)
