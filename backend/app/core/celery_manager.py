@@ -222,14 +222,17 @@ class CeleryManager:
             await self.embedded.stop()
 
     async def _monitor(self) -> None:
+        checks = database.OutageLog("execution mode check", logger)
         while True:
             await asyncio.sleep(MONITOR_SECONDS)
             try:
                 await self.evaluate()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the monitor must survive a database hiccup
-                logger.exception("execution mode check failed")
+            except Exception as exc:  # noqa: BLE001 - the monitor must survive a database hiccup
+                checks.failed(exc)  # the mode stays as it was until the database answers
+            else:
+                checks.succeeded()
 
     async def evaluate(self) -> ModeReport:
         broker = broker_label(self.settings)

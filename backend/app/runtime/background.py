@@ -6,6 +6,10 @@ when another runner (Celery beat or another replica) already recovered within th
 
 The reaper (``services/recovery.py::reap``) runs every ``REAPER_INTERVAL_SECONDS`` under its own advisory
 lock, shared with Celery beat's ``windflow.reap_expired_leases`` task: one reaper at a time, wherever it runs.
+
+A database that is down or restarting stops no loop: the pass is skipped with one warning (no traceback; then
+at most one a minute while it lasts) and the next pass runs as usual once the database answers again. The
+advisory locks go with the server's sessions, so a restart leaves none held.
 """
 
 from __future__ import annotations
@@ -79,21 +83,24 @@ async def startup_recovery(settings: Settings, dispatcher) -> dict | None:
     """Every ``pending`` deployment is retried when the backend starts (``max_age_minutes=0``)."""
     try:
         return await recover_once(settings, dispatcher, max_age_minutes=0, skip_if_fresh=False)
-    except Exception:  # noqa: BLE001 - the backend must start even if recovery cannot run
-        logger.exception("start-up recovery failed")
+    except Exception as exc:  # noqa: BLE001 - the backend must start even if recovery cannot run
+        database.OutageLog("start-up recovery", logger).failed(exc)  # periodic recovery catches up
         return None
 
 
 async def periodic_recovery(settings: Settings, dispatcher) -> None:
     interval = settings.RECOVERY_INTERVAL_MINUTES * 60
+    passes = database.OutageLog("periodic recovery", logger)
     while True:
         await asyncio.sleep(interval)
         try:
             await recover_once(settings, dispatcher, max_age_minutes=settings.RECOVERY_MAX_AGE_MINUTES, skip_if_fresh=True)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - keep the loop alive
-            logger.exception("periodic recovery failed")
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            passes.failed(exc)
+        else:
+            passes.succeeded()
 
 
 async def reap_once(settings: Settings, dispatcher) -> dict | None:
@@ -106,14 +113,19 @@ async def reap_once(settings: Settings, dispatcher) -> dict | None:
 
 async def reaper_loop(settings: Settings, dispatcher) -> None:
     """Heal a dead executor's deployments within seconds of its lease expiring (not at the next recovery)."""
+    passes = database.OutageLog("reaper pass", logger)
     while True:
         await asyncio.sleep(settings.REAPER_INTERVAL_SECONDS)
         try:
             await reap_once(settings, dispatcher)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - keep the loop alive
-            logger.exception("reaper pass failed")
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            passes.failed(exc)
+        else:
+            passes.succeeded()
+
+
 async def retention_once(settings: Settings) -> retention.RetentionReport | None:
     """One retention pass in the process holding the retention lock (None elsewhere)."""
     async with leader_lock(RETENTION_LOCK_KEY) as leader:
@@ -126,6 +138,7 @@ async def retention_once(settings: Settings) -> retention.RetentionReport | None
 async def periodic_retention(settings: Settings) -> None:
     """Prune old log lines and history every ``RETENTION_INTERVAL_MINUTES`` (first pass shortly after start)."""
     delay = 60.0
+    passes = database.OutageLog("retention pass", logger)
     while True:
         await asyncio.sleep(delay)
         delay = settings.RETENTION_INTERVAL_MINUTES * 60
@@ -133,5 +146,7 @@ async def periodic_retention(settings: Settings) -> None:
             await retention_once(settings)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - keep the loop alive
-            logger.exception("retention pass failed")
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            passes.failed(exc)
+        else:
+            passes.succeeded()

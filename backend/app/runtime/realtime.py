@@ -208,14 +208,17 @@ class AccessRegistry:
             await client.set_access(refreshed(client.access, access[client.access.user_id], bad_tokens))
 
     async def _refresh_loop(self) -> None:
+        passes = database.OutageLog("real time: refreshing client access", logger)
         while self.clients:
             await asyncio.sleep(ACCESS_REFRESH_SECONDS)
             try:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a database hiccup: keep the last known access, retry
-                logger.warning("real time: could not refresh client access", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a database hiccup: keep the last known access, retry
+                passes.failed(exc)
+            else:
+                passes.succeeded()
 
 
 registry = AccessRegistry()
