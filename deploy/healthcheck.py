@@ -5,7 +5,8 @@ Without an argument the role is read from the container's command line (PID 1), 
 ``HEALTHCHECK`` fits the backend, the workers and beat alike.
 
 * ``backend``: ``GET /health`` on this container answers 200 (it answers 503 when the database is down).
-* ``worker``: a Celery worker of this container has a fresh heartbeat row. Workers are seen through their
+* ``worker``: a Celery worker of this container has a fresh heartbeat row, and it is not ``degraded``
+  (alive but executing nothing: its watchdog says why, and makes it leave so the container restarts). Workers are seen through their
   heartbeats, not ``celery inspect ping``: kombu's SQL transport (the PostgreSQL broker) has no broadcast,
   so a ping never reaches a worker there. The heartbeat is written by the worker's own thread every few
   seconds and only once it is ready to consume, so a fresh one means "started and connected to the database".
@@ -36,25 +37,26 @@ def check_backend() -> str | None:
 
 def check_worker() -> str | None:
     from backend.app import database
-    from backend.app.core import workers
+    from backend.app.runtime import workers
 
     hostname = socket.gethostname()
 
-    async def fresh_workers() -> list[str]:
+    async def own_workers() -> list:
         try:
             async with database.AsyncSessionLocal() as session:
                 present = await workers.list_workers(session, include_stale=False)
         finally:
             await database.get_engine().dispose()
-        return [w.name for w in present if w.hostname == hostname]
+        return [w for w in present if w.hostname == hostname]
 
     try:
-        names = asyncio.run(fresh_workers())
+        mine = asyncio.run(own_workers())
     except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", with the reason
         return f"cannot read worker heartbeats: {type(exc).__name__}: {exc}"
-    if not names:
+    if not mine:
         return f"no fresh heartbeat from a worker on {hostname} (not ready yet, or cannot reach the database)"
-    return None
+    sick = [f"{w.name} is degraded: {w.problem}" for w in mine if not w.serving]
+    return "; ".join(sick) or None
 
 
 def check_beat() -> str | None:

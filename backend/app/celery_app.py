@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 
 from celery import signals
 
@@ -105,32 +107,176 @@ def _prepare_database(**_kwargs) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
-    concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or 1
-    global _heartbeat_thread
-    _heartbeat_thread = threading.Thread(
-        target=_heartbeat_loop, args=(name, int(concurrency)), name="windflow-heartbeat", daemon=True
-    )
+    controller = getattr(sender, "controller", None)
+    concurrency = getattr(controller, "concurrency", None) or 1
+    global _heartbeat_thread, _monitor
+    _monitor = WorkerMonitor(name, int(concurrency), controller, sender)
+    _heartbeat_thread = threading.Thread(target=_monitor.run, name="windflow-heartbeat", daemon=True)
     _heartbeat_thread.start()
     logger.info("WindFlow %s worker %s ready (broker: %s)", _worker_kind(), name, broker_label(settings))
 
 
-def _heartbeat_loop(name: str, concurrency: int) -> None:
-    from backend.app import database
-    from backend.app.runtime import worker_loop, workers
+class WorkerMonitor:
+    """The main process's heartbeat and watchdog (``runtime/worker_watchdog.py``): once a second it judges
+    whether the worker executes, writes its heartbeat (every few seconds, and at once when the verdict
+    changes) and makes a worker that stayed degraded leave."""
 
-    async def beat() -> None:
-        async with database.AsyncSessionLocal() as session:
-            await workers.write_heartbeat(
-                session, name=name, kind=_worker_kind(), hostname=socket.gethostname(), pid=os.getpid(),
-                broker=broker_label(settings), concurrency=concurrency,
-            )
+    def __init__(self, name: str, concurrency: int, controller, consumer) -> None:
+        from backend.app.runtime.worker_watchdog import Watchdog
 
-    while not _heartbeat_stop.is_set():
+        self.name, self.concurrency, self.controller, self.consumer = name, concurrency, controller, consumer
+        self.watchdog = Watchdog(concurrency=concurrency, stall_seconds=settings.WORKER_STALL_SECONDS)
+        self.verdict = None
+        self.sql_broker = (settings.celery_broker_url or "").startswith("sqla+")
+
+    def pool_pids(self) -> list[int] | None:
+        """The pool's process ids, or None for a pool without processes of its own (solo, threads)."""
+        pool = getattr(self.controller, "pool", None)
         try:
-            worker_loop.run(beat(), timeout=30)
-        except Exception:  # noqa: BLE001 - a missed beat is retried; the worker keeps working
-            logger.warning("worker heartbeat failed", exc_info=True)
-        _heartbeat_stop.wait(workers.HEARTBEAT_SECONDS)
+            pids = (pool.info or {}).get("processes") if pool is not None else None
+        except Exception:  # noqa: BLE001 - a pool being torn down has no info
+            return []
+        return None if pids is None else [int(pid) for pid in pids]
+
+    def observe(self, messages_waiting: bool | None):
+        from celery.worker import state
+
+        from backend.app.runtime import worker_watchdog
+        from backend.app.runtime.sql_transport import POLLS
+
+        now = time.monotonic()
+        pids = self.pool_pids()
+        live = self.concurrency if pids is None else worker_watchdog.live_processes(pids)
+        reserved = {r.id: r.name for r in list(state.reserved_requests)}
+        active = [r.id for r in list(state.active_requests)]
+        verdict = self.watchdog.judge(
+            now, live=live, reserved=reserved, active=active,
+            poll_age=POLLS.age(now) if self.sql_broker else None, messages_waiting=messages_waiting,
+        )
+        if verdict.healthy != (self.verdict is None or self.verdict.healthy):
+            if verdict.healthy:
+                logger.warning("worker %s is healthy again", self.name)
+            else:
+                logger.error("worker %s is degraded: %s", self.name, verdict.problem)
+        self.verdict = verdict
+        return verdict
+
+    async def _messages_waiting(self) -> bool | None:
+        """Whether the PostgreSQL broker's queue has visible messages (asked only when polls look stale)."""
+        from sqlalchemy import text
+
+        from backend.app import database
+        from backend.app.runtime.sql_transport import POLLS
+
+        age = POLLS.age()
+        if not self.sql_broker or age is None or age < settings.WORKER_STALL_SECONDS:
+            return None
+        async with database.AsyncSessionLocal() as session:
+            return bool((await session.execute(text("SELECT EXISTS (SELECT 1 FROM kombu_message WHERE visible)"))).scalar())
+
+    def run(self) -> None:
+        from backend.app import database
+        from backend.app.runtime import worker_loop, workers
+
+        last_beat = 0.0
+        reported = None
+        while not _heartbeat_stop.is_set():
+            try:
+                waiting = worker_loop.run(self._messages_waiting(), timeout=10)
+            except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
+                waiting = None
+            verdict = self.observe(waiting)
+            state = workers.HEALTHY if verdict.healthy else workers.DEGRADED
+            if time.monotonic() - last_beat >= workers.HEARTBEAT_SECONDS or (state, verdict.problem) != reported:
+
+                async def beat() -> None:
+                    async with database.AsyncSessionLocal() as session:
+                        await workers.write_heartbeat(
+                            session, name=self.name, kind=_worker_kind(), hostname=socket.gethostname(),
+                            pid=os.getpid(), broker=broker_label(settings), concurrency=self.concurrency,
+                            state=state, problem=verdict.problem, live_processes=verdict.live,
+                        )
+
+                try:
+                    worker_loop.run(beat(), timeout=30)
+                    last_beat, reported = time.monotonic(), (state, verdict.problem)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the worker keeps working
+                    logger.warning("worker heartbeat failed", exc_info=True)
+            if not verdict.healthy and verdict.degraded_for >= settings.WORKER_LEAVE_AFTER_SECONDS:
+                self.leave(f"degraded for {verdict.degraded_for:.0f}s: {verdict.problem}")
+            _heartbeat_stop.wait(1.0)
+
+    def leave(self, reason: str, exit_code: int | None = None) -> None:
+        """Exit now, without waiting for a pool that will not finish: messages back to the queue, pool
+        processes killed, the heartbeat row marked (a degraded worker) or removed (a shutdown)."""
+        from backend.app.runtime import worker_loop, worker_watchdog, workers
+        from backend.app.runtime.sql_transport import release_deliveries
+
+        degraded = exit_code is None
+        logger.critical(
+            "worker %s leaves: %s. Its messages go back to the queue%s", self.name, reason,
+            "; its supervisor (compose restart, systemd, the backend's embedded-worker manager) starts a fresh one"
+            if degraded else "",
+        )
+        _heartbeat_stop.set()
+        with contextlib.suppress(Exception):  # Redis: unacknowledged messages back in the queue now
+            self.consumer.task_consumer.channel.qos.restore_unacked_once()
+        if self.sql_broker:
+            with contextlib.suppress(Exception):
+                released = release_deliveries(settings.sync_database_url, hostname=socket.gethostname(), pid=os.getpid())
+                logger.warning("worker %s put %d message(s) back in the queue", self.name, released)
+        worker_watchdog.kill_processes(self.pool_pids() or [])
+
+        async def mark() -> None:
+            from backend.app import database
+
+            async with database.AsyncSessionLocal() as session:
+                if degraded:
+                    await workers.write_heartbeat(
+                        session, name=self.name, kind=_worker_kind(), hostname=socket.gethostname(), pid=os.getpid(),
+                        broker=broker_label(settings), concurrency=self.concurrency, state=workers.DEGRADED,
+                        problem=f"left: {reason}"[:500], live_processes=0,
+                    )
+                else:
+                    await workers.remove_heartbeat(session, self.name)
+
+        with contextlib.suppress(Exception):
+            worker_loop.run(mark(), timeout=5)
+        logging.shutdown()
+        os._exit(worker_watchdog.EXIT_DEGRADED if degraded else exit_code)
+
+
+_monitor: WorkerMonitor | None = None
+
+
+@signals.worker_shutting_down.connect
+def _on_worker_shutting_down(sig=None, how=None, exitcode=None, **_kwargs) -> None:
+    """SIGTERM (warm shutdown) waits for running tasks: give them ``WORKER_SHUTDOWN_GRACE_SECONDS``, but
+    never wait for a pool that runs nothing (broken, or only tasks it never started)."""
+    monitor = _monitor
+    if monitor is None:
+        return
+
+    def guard() -> None:
+        from celery.worker import state
+
+        began = time.monotonic()
+        idle_since = None
+        while True:
+            time.sleep(0.5)
+            now = time.monotonic()
+            running = [r for r in list(state.active_requests)]
+            verdict = monitor.verdict
+            if running and (verdict is None or verdict.healthy):
+                idle_since = None
+            else:
+                idle_since = idle_since or now
+            if now - began >= settings.WORKER_SHUTDOWN_GRACE_SECONDS:
+                monitor.leave(f"{sig or 'shutdown'}: still running after {settings.WORKER_SHUTDOWN_GRACE_SECONDS:g}s", exitcode or 1)
+            if idle_since is not None and now - idle_since >= 3:
+                monitor.leave(f"{sig or 'shutdown'}: nothing left to finish", exitcode or 0)
+
+    threading.Thread(target=guard, name="windflow-shutdown-guard", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

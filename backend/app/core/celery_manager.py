@@ -31,6 +31,7 @@ from backend.app import database
 from backend.app.config import Settings
 from backend.app.runtime import metrics, workers
 from backend.app.runtime.celery_config import broker_label, create_celery
+from backend.app.runtime.worker_watchdog import EXIT_DEGRADED
 from backend.app.engines.process import die_with_parent
 
 logger = logging.getLogger("backend.app.celery")
@@ -98,6 +99,11 @@ class EmbeddedWorker:
     def crashed(self) -> bool:
         return self.process is not None and self.process.returncode is not None and not self.stopping
 
+    @property
+    def left_degraded(self) -> bool:
+        """It exited because its watchdog found it executing nothing (``runtime/worker_watchdog.py``)."""
+        return self.crashed and self.process.returncode == EXIT_DEGRADED
+
     def command(self) -> list[str]:
         s = self.settings
         return [
@@ -140,7 +146,7 @@ class EmbeddedWorker:
             if not self.alive:
                 return False
             async with database.AsyncSessionLocal() as session:
-                present = await workers.list_workers(session, include_stale=False)
+                present = await workers.serving_workers(session)
             if any(w.name == self.name for w in present):
                 return True
             await asyncio.sleep(0.25)
@@ -240,7 +246,9 @@ class CeleryManager:
         async with database.AsyncSessionLocal() as session:
             present = await workers.list_workers(session, include_stale=False)
         own = self.embedded.name if self.embedded else None
-        external = [w for w in present if w.name != own and w.kind == "external"]
+        # a degraded worker (alive, but its pool runs nothing) is no capacity: with none other left, the
+        # embedded worker starts (HA mode 3); the degraded one leaves by itself (runtime/worker_watchdog.py)
+        external = [w for w in present if w.name != own and w.kind == "external" and w.serving]
         listed = [w.to_dict() for w in present]
 
         if broker_error:
@@ -253,7 +261,7 @@ class CeleryManager:
             self._set(ExecutionMode.EXTERNAL, f"{len(external)} external worker(s)", broker, True, listed)
             return self.report
         if self.embedded is None:
-            others = [w for w in present if w.name != own]
+            others = [w for w in present if w.name != own and w.serving]
             if others:  # another replica's embedded worker serves the queue
                 self._set(ExecutionMode.EXTERNAL, f"{len(others)} worker(s) of other processes", broker, True, listed)
             else:
@@ -265,7 +273,11 @@ class CeleryManager:
         if self._gave_up:
             self._set(ExecutionMode.ASYNCIO, f"embedded worker failed {MAX_RESTARTS} times", broker, True, listed)
             return self.report
-        if self.embedded.crashed:
+        if self.embedded.left_degraded:
+            # a repair, not a crash: the worker's watchdog made it leave because it ran nothing
+            logger.warning("Embedded Celery worker left because it was degraded (exit %s): starting a fresh one", EXIT_DEGRADED)
+            metrics.EMBEDDED_WORKER_RESTARTS.inc()
+        elif self.embedded.crashed:
             if self.embedded.restarts >= MAX_RESTARTS:
                 self._gave_up = True
                 logger.error(

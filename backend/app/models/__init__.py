@@ -12,7 +12,7 @@ from backend.app.models.enums import (
 )
 from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
 from backend.app.models.infra import Stack, Target
-from backend.app.models.system import SystemState, WorkerHeartbeat
+from backend.app.models.system import BrokerDelivery, SystemState, WorkerHeartbeat
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -30,6 +30,7 @@ __all__ = [
     "RefreshToken",
     "Role",
     "Stack",
+    "BrokerDelivery",
     "SystemState",
     "Target",
     "TargetType",

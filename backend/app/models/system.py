@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.app.database import Base, UTCDateTime, utcnow
@@ -28,6 +28,30 @@ class WorkerHeartbeat(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False, index=True)
+    #: ``healthy``, or ``degraded`` when the worker is alive but does not execute (``problem`` says why); a
+    #: degraded worker is no capacity for dispatch and leaves by itself (``runtime/worker_watchdog.py``)
+    state: Mapped[str] = mapped_column(String(20), default="healthy", server_default="healthy", nullable=False)
+    problem: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    #: live pool processes at the last beat (the pool's size is ``concurrency``)
+    live_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class BrokerDelivery(Base):
+    """A ``kombu_message`` row taken by a worker process of the PostgreSQL broker and not yet acknowledged.
+
+    kombu's SQL transport hides a message it delivers (``visible = false``) and never shows it again: a
+    worker that dies holding it loses it. WindFlow's channel records who took it (host and PID of the
+    worker's main process) and forgets it on the ack; the reaper makes the message visible again once its
+    taker is gone (``runtime/sql_transport.py``), as Redis does with unacknowledged messages.
+    """
+
+    __tablename__ = "broker_deliveries"
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    delivery_tag: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class SystemState(Base):

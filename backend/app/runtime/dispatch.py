@@ -78,8 +78,8 @@ class Dispatcher:
         from backend.app.runtime import workers
 
         async with database.AsyncSessionLocal() as session:
-            present = await workers.list_workers(session, include_stale=False)
-        self._standalone_reason = None if present else "no Celery worker sends heartbeats"
+            present = await workers.serving_workers(session)
+        self._standalone_reason = None if present else "no healthy Celery worker sends heartbeats"
 
     async def wait_local(self) -> None:
         """Wait for the deployments this process runs in-process (standalone use), retries included."""

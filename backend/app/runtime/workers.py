@@ -1,8 +1,11 @@
 """Worker presence through heartbeats in the database (works on every broker).
 
 Each Celery worker node upserts its row every ``HEARTBEAT_SECONDS``; a row not refreshed for
-``STALE_AFTER_SECONDS`` means the worker is gone (crashed or stopped). The backend reads them to decide
-where to dispatch and whether to start its embedded worker.
+``STALE_AFTER_SECONDS`` means the worker is gone (crashed or stopped). A fresh row is not enough to count
+as capacity: the worker's watchdog (``runtime/worker_watchdog.py``) writes ``state = degraded`` with the
+problem when the worker is alive but does not execute (a pool that does not refill, a received task that
+no idle pool process starts, a consumer that stopped fetching). The backend reads the rows to decide where
+to dispatch and whether to start its embedded worker: only *serving* workers (fresh and healthy) count.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from backend.app.models import WorkerHeartbeat
 
 HEARTBEAT_SECONDS = 3.0
 STALE_AFTER_SECONDS = 12.0
+HEALTHY = "healthy"
+DEGRADED = "degraded"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,14 @@ class WorkerInfo:
     started_at: datetime
     last_seen: datetime
     alive: bool
+    state: str = HEALTHY
+    problem: str | None = None
+    live_processes: int | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Alive and executing: capacity that dispatch may count on."""
+        return self.alive and self.state == HEALTHY
 
     def to_dict(self) -> dict:
         return {
@@ -44,11 +57,15 @@ class WorkerInfo:
             "started_at": self.started_at.isoformat(),
             "last_seen": self.last_seen.isoformat(),
             "alive": self.alive,
+            "state": self.state if self.alive else "gone",
+            "problem": self.problem,
+            "live_processes": self.live_processes,
         }
 
 
 async def write_heartbeat(
-    session: AsyncSession, *, name: str, kind: str, hostname: str, pid: int, broker: str, concurrency: int
+    session: AsyncSession, *, name: str, kind: str, hostname: str, pid: int, broker: str, concurrency: int,
+    state: str = HEALTHY, problem: str | None = None, live_processes: int | None = None,
 ) -> None:
     now = utcnow()
     row = await session.get(WorkerHeartbeat, name)
@@ -59,12 +76,13 @@ async def write_heartbeat(
         session.add(
             WorkerHeartbeat(
                 name=name, kind=kind, hostname=hostname, pid=pid, broker=broker, concurrency=concurrency,
-                started_at=now, last_seen=now,
+                started_at=now, last_seen=now, state=state, problem=problem, live_processes=live_processes,
             )
         )
     else:
         row.last_seen = now
         row.kind = kind
+        row.state, row.problem, row.live_processes = state, problem, live_processes
     try:
         await session.commit()
     except IntegrityError:  # two beats of one node raced; the other one wrote it
@@ -77,15 +95,24 @@ async def remove_heartbeat(session: AsyncSession, name: str) -> None:
 
 
 async def list_workers(session: AsyncSession, *, include_stale: bool = True) -> list[WorkerInfo]:
+    """Every known worker, or with ``include_stale=False`` the fresh ones (degraded included: see ``serving``)."""
     cutoff = utcnow() - timedelta(seconds=STALE_AFTER_SECONDS)
     query = select(WorkerHeartbeat).order_by(WorkerHeartbeat.name)
     if not include_stale:
         query = query.where(WorkerHeartbeat.last_seen >= cutoff)
     rows = (await session.execute(query)).scalars().all()
     return [
-        WorkerInfo(r.name, r.kind, r.hostname, r.pid, r.broker, r.concurrency, r.started_at, r.last_seen, r.last_seen >= cutoff)
+        WorkerInfo(
+            r.name, r.kind, r.hostname, r.pid, r.broker, r.concurrency, r.started_at, r.last_seen, r.last_seen >= cutoff,
+            r.state, r.problem, r.live_processes,
+        )
         for r in rows
     ]
+
+
+async def serving_workers(session: AsyncSession) -> list[WorkerInfo]:
+    """Workers that are alive and execute: what dispatch and the embedded worker's manager count on."""
+    return [w for w in await list_workers(session, include_stale=False) if w.serving]
 
 
 async def prune_stale(session: AsyncSession, older_than: timedelta = timedelta(hours=1)) -> int:
