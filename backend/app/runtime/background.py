@@ -25,6 +25,7 @@ from sqlalchemy import text
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
+from backend.app.runtime.sql_transport import restore_orphaned_deliveries
 from backend.app.services import recovery, retention
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,21 @@ async def periodic_recovery(settings: Settings, dispatcher) -> None:
             passes.succeeded()
 
 
-async def reap_once(settings: Settings, dispatcher) -> dict | None:
+async def reap_once(settings: Settings, dispatch) -> dict | None:
+    """One reaper pass where the reaper lock is free (None elsewhere): the backend's loop and beat's task.
+
+    Besides the deployments (``services/recovery.py::reap``), the PostgreSQL broker's messages taken by a
+    worker process that is gone or degraded are made visible again (``runtime/sql_transport.py``)."""
     async with leader_lock(REAPER_LOCK_KEY) as leader:
         if not leader:
             return None
         async with database.AsyncSessionLocal() as session:
-            return await recovery.reap(session, settings=settings, dispatch=dispatcher.dispatch)
+            restored = await restore_orphaned_deliveries(session)
+            await session.commit()
+            if restored:
+                logger.warning("Reaper: %d broker message(s) of a worker that is gone or degraded back in the queue", restored)
+            stats = await recovery.reap(session, settings=settings, dispatch=dispatch)
+        return {**stats, "messages_restored": restored}
 
 
 async def reaper_loop(settings: Settings, dispatcher) -> None:
@@ -117,7 +127,7 @@ async def reaper_loop(settings: Settings, dispatcher) -> None:
     while True:
         await asyncio.sleep(settings.REAPER_INTERVAL_SECONDS)
         try:
-            await reap_once(settings, dispatcher)
+            await reap_once(settings, dispatcher.dispatch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep the loop alive

@@ -11,17 +11,33 @@ killed pool child (``reject_on_worker_lost`` → ``_put``). Interleaved, they le
 'prepared' state" and the worker dies with an unrecoverable error. This channel serialises every use of
 its session with a lock.
 
-The transport never deletes delivered messages: it flips them to ``visible = false``.
-:func:`purge_consumed_messages` deletes those older than a retention window (a beat task runs it).
+The transport never deletes delivered messages: it flips them to ``visible = false``, and never shows them
+again. A worker that dies holding one (a ``kill -9``, a wedged worker that leaves) would lose it. This
+channel records who took each message (``broker_deliveries``: host and PID of the worker's main process),
+in the transaction that hides it, and forgets it on the ack, the reject or the restore;
+:func:`restore_orphaned_deliveries` (run by the reaper) makes the messages of a taker that is gone — or
+degraded — visible again, as Redis does with unacknowledged messages. It also takes its message with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so that workers polling the same queue never wait for each other.
+:func:`purge_consumed_messages` deletes delivered messages older than a retention window (a beat task).
+
+Every poll that completes stamps :data:`POLLS` (the worker's watchdog asks whether the consumer still
+fetches).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
+from queue import Empty
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sql
+from kombu.utils.json import loads
 from sqlalchemy import create_engine, text
+
+from backend.app.runtime.workers import HEALTHY, STALE_AFTER_SECONDS
 
 _NOT_ENGINE_OPTIONS = ("polling_interval",)
 
@@ -49,6 +65,31 @@ def create_broker_tables(sync_connection) -> None:
     broker_metadata().create_all(sync_connection, checkfirst=True)
 
 
+class PollStamps:
+    """When this process's consumer last completed a poll of the broker (monotonic seconds; 0: never)."""
+
+    def __init__(self) -> None:
+        self.last_ok = 0.0
+
+    def age(self, now: float | None = None) -> float | None:
+        return None if not self.last_ok else (now or time.monotonic()) - self.last_ok
+
+
+POLLS = PollStamps()
+
+_TAKE = text(
+    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible = true "
+    "ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+_HIDE = text("UPDATE kombu_message SET visible = false, version = version + 1 WHERE id = :id")
+_RECORD = text(
+    "INSERT INTO broker_deliveries (message_id, delivery_tag, hostname, pid, taken_at) "
+    "VALUES (:id, :tag, :hostname, :pid, now()) ON CONFLICT (message_id) DO UPDATE SET "
+    "delivery_tag = excluded.delivery_tag, hostname = excluded.hostname, pid = excluded.pid, taken_at = now()"
+)
+_FORGET = text("DELETE FROM broker_deliveries WHERE delivery_tag = :tag")
+
+
 class Channel(kombu_sql.Channel):
     def __init__(self, *args, **kwargs) -> None:
         self._session_lock = threading.RLock()
@@ -56,7 +97,59 @@ class Channel(kombu_sql.Channel):
 
     def _get(self, queue):
         with self._session_lock:
-            return super()._get(queue)
+            if self.session.bind.name != "postgresql":
+                message = super()._get(queue)
+                POLLS.last_ok = time.monotonic()
+                return message
+            return self._take(queue)
+
+    def _take(self, queue):
+        """kombu's ``_get`` on PostgreSQL, plus the record of who took the message (same transaction)."""
+        queue_id = self._get_or_create(queue).id
+        try:
+            row = self.session.execute(_TAKE, {"queue": queue_id}).first()
+            if row is None:
+                self.session.commit()
+                POLLS.last_ok = time.monotonic()
+                raise Empty()
+            payload = loads(row.payload)
+            self.session.execute(_HIDE, {"id": row.id})
+            tag = str((payload.get("properties") or {}).get("delivery_tag") or "")[:64]
+            if tag:
+                self.session.execute(
+                    _RECORD, {"id": row.id, "tag": tag, "hostname": socket.gethostname(), "pid": os.getpid()}
+                )
+            self.session.commit()
+        except Empty:
+            raise
+        except BaseException:
+            self.session.rollback()
+            raise
+        POLLS.last_ok = time.monotonic()
+        return payload
+
+    def _forget(self, delivery_tag) -> None:
+        """The message of ``delivery_tag`` is acknowledged or back in the queue: nobody holds it any more."""
+        if not delivery_tag or self.session.bind.name != "postgresql":
+            return
+        with self._session_lock:
+            try:
+                self.session.execute(_FORGET, {"tag": str(delivery_tag)[:64]})
+                self.session.commit()
+            except Exception:  # noqa: BLE001 - a stale record costs a harmless redelivery, never a loss
+                self.session.rollback()
+
+    def basic_ack(self, delivery_tag, multiple=False):
+        super().basic_ack(delivery_tag, multiple=multiple)
+        self._forget(delivery_tag)
+
+    def basic_reject(self, delivery_tag, requeue=False):
+        super().basic_reject(delivery_tag, requeue=requeue)
+        self._forget(delivery_tag)
+
+    def _restore(self, message):
+        super()._restore(message)
+        self._forget(message.delivery_tag)
 
     def _put(self, queue, payload, **kwargs):
         with self._session_lock:
@@ -93,6 +186,52 @@ def install() -> None:
     TRANSPORT_ALIASES["sqlalchemy"] = "backend.app.runtime.sql_transport:Transport"
 
 
+_RESTORE_ORPHANS = """
+WITH orphaned AS (
+    DELETE FROM broker_deliveries d
+    WHERE d.taken_at < now() - make_interval(secs => :grace)
+      AND NOT EXISTS (
+        SELECT 1 FROM worker_heartbeats h
+        WHERE h.hostname = d.hostname AND h.pid = d.pid AND h.state = :healthy
+          AND h.last_seen >= now() - make_interval(secs => :stale))
+    RETURNING d.message_id)
+UPDATE kombu_message SET visible = true WHERE visible = false AND id IN (SELECT message_id FROM orphaned)
+"""
+
+
+async def restore_orphaned_deliveries(session, *, grace: float = STALE_AFTER_SECONDS) -> int:
+    """Make visible again the messages taken by a worker process that is gone or degraded (no fresh,
+    healthy heartbeat from its host and PID) more than ``grace`` seconds ago. Returns how many; 0 where the
+    PostgreSQL broker is not in use. The caller (the reaper, leader-elected) commits."""
+    if session.bind.dialect.name != "postgresql":
+        return 0
+    if (await session.execute(text("SELECT to_regclass('public.kombu_message')"))).scalar() is None:
+        return 0
+    result = await session.execute(
+        text(_RESTORE_ORPHANS), {"grace": float(grace), "stale": float(STALE_AFTER_SECONDS), "healthy": HEALTHY}
+    )
+    return result.rowcount or 0
+
+
+def release_deliveries(sync_database_url: str, *, hostname: str, pid: int) -> int:
+    """A worker that leaves puts back what its process took (at once, rather than at the reaper's grace)."""
+    engine = create_engine(sync_database_url, pool_pre_ping=True)
+    try:
+        with engine.begin() as conn:
+            if conn.execute(text("SELECT to_regclass('public.kombu_message')")).scalar() is None:
+                return 0
+            return conn.execute(
+                text(
+                    "WITH mine AS (DELETE FROM broker_deliveries WHERE hostname = :hostname AND pid = :pid "
+                    "RETURNING message_id) UPDATE kombu_message SET visible = true "
+                    "WHERE visible = false AND id IN (SELECT message_id FROM mine)"
+                ),
+                {"hostname": hostname, "pid": pid},
+            ).rowcount or 0
+    finally:
+        engine.dispose()
+
+
 def purge_consumed_messages(
     sync_database_url: str, older_than_minutes: int = 60, *, batch_size: int = 1000, max_batches: int = 1000
 ) -> int:
@@ -107,6 +246,9 @@ def purge_consumed_messages(
         "DELETE FROM kombu_message WHERE id IN (SELECT id FROM kombu_message WHERE visible = false "
         "AND (timestamp IS NULL OR timestamp < now() - make_interval(mins => :minutes)) LIMIT :batch)"
     )
+    forgotten = text(  # records of messages purged meanwhile (an ack that could not reach the database)
+        "DELETE FROM broker_deliveries d WHERE NOT EXISTS (SELECT 1 FROM kombu_message m WHERE m.id = d.message_id)"
+    )
     deleted = 0
     try:
         with engine.connect() as conn:
@@ -119,6 +261,8 @@ def purge_consumed_messages(
             deleted += count
             if count < batch_size:
                 break
+        with engine.begin() as conn:
+            conn.execute(forgotten)
         return deleted
     finally:
         engine.dispose()

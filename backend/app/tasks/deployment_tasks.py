@@ -72,15 +72,11 @@ def retry_pending_deployments(max_age_minutes: float = 2, timeout_minutes: float
 
 
 async def _reap() -> dict:
-    from backend.app import database
-    from backend.app.runtime.background import REAPER_LOCK_KEY, leader_lock
-    from backend.app.services import recovery
+    from backend.app.runtime.background import reap_once
 
-    async with leader_lock(REAPER_LOCK_KEY) as leader:  # one reaper at a time: beat, or a backend's loop
-        if not leader:
-            return {"status": "skipped", "reason": "another reaper is running"}
-        async with database.AsyncSessionLocal() as session:
-            stats = await recovery.reap(session, settings=settings, dispatch=_dispatch_to_workers)
+    stats = await reap_once(settings, _dispatch_to_workers)  # one reaper at a time: beat, or a backend's loop
+    if stats is None:
+        return {"status": "skipped", "reason": "another reaper is running"}
     await _flush_events()
     return {"status": "completed", "statistics": stats}
 
