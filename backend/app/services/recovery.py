@@ -134,7 +134,8 @@ async def recover_pending_deployments(
     1. ``pending`` queued more than ``timeout_minutes`` ago → ``failed`` ("Timeout ...").
     2. ``deploying`` whose lease expired (its executor died) → ``running`` if its labelled containers all
        run, else back to ``pending`` while attempts remain, else ``failed``.
-    3. ``pending`` queued more than ``max_age_minutes`` ago → a ``[RETRY]`` log line and a new dispatch.
+    3. ``pending`` queued more than ``max_age_minutes`` ago → a ``[RETRY]`` log line ("dispatched again",
+       never "started": only an executor that claims the deployment logs that) and a new dispatch.
 
     ``dispatch`` hands each retried deployment to an executor (the backend passes its dispatcher, which
     picks Celery or the asyncio fallback). Without one (the guide's troubleshooting snippet), the retried
@@ -199,19 +200,20 @@ async def recover_pending_deployments(
     threshold = now - timedelta(minutes=max_age_minutes)
     stuck = (
         await session.execute(
-            select(Deployment.id, Deployment.not_before)
+            select(Deployment.id, Deployment.not_before, Deployment.attempt, Deployment.max_attempts)
             .where(Deployment.status == S.PENDING, Deployment.queued_at <= threshold)
             .order_by(Deployment.queued_at)
         )
     ).all()
-    for deployment_id, not_before in stuck:
+    for deployment_id, not_before, attempt, max_attempts in stuck:
         if deployment_id in to_dispatch:
             continue
         if not_before is not None and not_before > now:
             stats["skipped"] += 1  # waiting for its retry backoff
             continue
         try:
-            await log_line(session, deployment_id=deployment_id, level=LogLevel.INFO, message="[RETRY] New attempt started by recovery")
+            message = f"[RETRY] Dispatched again by recovery (attempt {min(attempt + 1, max_attempts)}/{max_attempts})"
+            await log_line(session, deployment_id=deployment_id, level=LogLevel.INFO, message=message)
             await session.commit()
             to_dispatch.append(deployment_id)
             stats["retried"] += 1
