@@ -142,6 +142,31 @@ def get_engine() -> AsyncEngine:
     return engine
 
 
+async def wait_until_reachable(timeout: float, log: logging.Logger) -> None:
+    """Return once the database answers; while it is unreachable (:func:`is_unavailable`) try again every
+    second, with a line every 10 s, for up to ``timeout`` seconds, then raise the last error. A process
+    started while its database restarts goes on by itself instead of exiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    said_at = None
+    while True:
+        try:
+            async with asyncio.timeout(10):
+                async with engine.connect() as conn:
+                    await conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - anything but an outage is raised at once
+            if not is_unavailable(exc) or loop.time() >= deadline:
+                raise
+            if said_at is None or loop.time() - said_at >= 10:
+                said_at = loop.time()
+                log.warning("waiting for the database (%s)", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            await asyncio.sleep(1)
+        else:
+            if said_at is not None:
+                log.info("the database answers")
+            return
+
+
 async def check_database(timeout: float = 5.0) -> str | None:
     """Return ``None`` when the database answers, else a one-line reason."""
     from sqlalchemy import text
