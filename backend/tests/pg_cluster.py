@@ -38,9 +38,10 @@ def _free_port() -> int:
 class PrivateCluster:
     """``initdb`` + ``pg_ctl`` on a free port; :meth:`stop` (``fast`` or ``immediate``) and :meth:`start` at will."""
 
-    def __init__(self, root: Path | None = None, database: str = "windflow") -> None:
+    def __init__(self, database: str = "windflow") -> None:
         self.bin = _bin_dir()
-        self.root = Path(root or tempfile.mkdtemp(prefix="windflow-pg-"))
+        # in the system's temporary directory: the server's user must reach it (a test's tmp_path is root's)
+        self.root = Path(tempfile.mkdtemp(prefix="windflow-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = _free_port()
