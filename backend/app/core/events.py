@@ -166,9 +166,11 @@ Subscriber = Callable[[Event], None]
 
 @dataclass(frozen=True)
 class Overflow:
-    """What a stream yields in place of the events it had to drop (its consumer fell behind)."""
+    """What a stream yields in place of the events it had to drop (its consumer fell behind), or, ``missed``,
+    where events of other processes may be missing (the event bus was disconnected: :meth:`LocalEventBus.missed`)."""
 
     dropped: int
+    missed: bool = False
 
 
 def deliver_on_loop(loop: asyncio.AbstractEventLoop, thread: int, handle: Callable[[Event], None], evt: Event) -> bool:
@@ -203,6 +205,7 @@ class EventStream:
         self._thread = threading.get_ident()
         self._items: deque[Event] = deque()
         self._dropped = 0
+        self._missed = False
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.sink = self.offer  # one bound method object: the bus finds it again by identity to remove it
@@ -226,6 +229,16 @@ class EventStream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def mark_missed(self) -> None:
+        """Yield an :class:`Overflow` (``missed``) after what is queued: events may have been lost upstream
+        (on the consumer's loop)."""
+        if self._closed:
+            return
+        self._missed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     # consumer side (its loop)
     def __aiter__(self) -> EventStream:
         return self
@@ -234,9 +247,8 @@ class EventStream:
         while True:
             if self._items:
                 return self._items.popleft()
-            if self._dropped:
-                dropped, self._dropped = self._dropped, 0
-                return Overflow(dropped)
+            if self._dropped or self._missed:
+                return self._overflow()
             if self._closed:
                 raise StopAsyncIteration
             self._waiter = self._loop.create_future()
@@ -248,16 +260,21 @@ class EventStream:
     def get_nowait(self) -> Event | Overflow | None:
         if self._items:
             return self._items.popleft()
-        if self._dropped:
-            dropped, self._dropped = self._dropped, 0
-            return Overflow(dropped)
+        if self._dropped or self._missed:
+            return self._overflow()
         return None
+
+    def _overflow(self) -> Overflow:
+        overflow = Overflow(self._dropped, self._missed)
+        self._dropped, self._missed = 0, False
+        return overflow
 
     def clear(self) -> int:
         """Forget what is queued (a consumer about to resynchronise from the database)."""
         count = len(self._items) + self._dropped
         self._items.clear()
         self._dropped = 0
+        self._missed = False
         return count
 
     def __len__(self) -> int:
@@ -290,6 +307,7 @@ class LocalEventBus:
         self._subscribers: tuple[tuple[Subscriber, EventFilter | None], ...] = ()
         self._lock = threading.Lock()
         self._forwarder: Subscriber | None = None
+        self._missed_callbacks: tuple[Callable[[], None], ...] = ()
         self._transactional_sender: Callable[[Session, list[Event]], bool] | None = None
         self.published = 0
         self.published_by_type: Counter[str] = Counter()
@@ -360,6 +378,27 @@ class LocalEventBus:
                 sink(evt)
             except Exception:  # noqa: BLE001 - one broken subscriber must not starve the others
                 logger.exception("event subscriber failed for %s", evt.type)
+
+    def on_missed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Have ``callback`` called (on the transport's thread: it must not block) by :meth:`missed`;
+        returns the function that removes it."""
+        with self._lock:
+            self._missed_callbacks = (*self._missed_callbacks, callback)
+
+        def remove() -> None:
+            with self._lock:
+                self._missed_callbacks = tuple(c for c in self._missed_callbacks if c is not callback)
+
+        return remove
+
+    def missed(self) -> None:
+        """Events of other processes may have been missed (the transport's listener was disconnected and
+        listens again): subscribers that keep state (the real-time hub) resynchronise from the database."""
+        for callback in self._missed_callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001
+                logger.exception("event bus: a missed-events callback failed")
 
 
 bus = LocalEventBus()

@@ -41,6 +41,12 @@ Invariants and trade-offs:
   ASCII JSON, so bytes equal characters whatever the server encoding.
 * **Never crashes its host.** A lost connection is logged as a warning and retried with exponential
   backoff; only configuration errors (``EVENT_BUS=postgres`` with SQLite, ...) raise, at start.
+* **A database restart is ordinary.** With PostgreSQL, the backoff is cut short as soon as any connection
+  of the process to the database succeeds again (a pool ``connect`` event), so the process listens again
+  within moments of the server's return, not after a backoff grown during the outage. Once it listens again,
+  :meth:`~backend.app.core.events.LocalEventBus.missed` tells the local subscribers that events of other
+  processes may have been missed meanwhile: the real-time clients resynchronise (``resync`` frames, log
+  lines read from the database).
 
 The bus runs on the event loop that awaited :func:`start_event_bus`: the backend's loop, or the long-lived
 loop of a Celery worker process (``backend.app.runtime.worker_loop``). :func:`flush_events` works from
@@ -65,8 +71,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import Pool
 
 from backend.app.config import BrokerType, DatabaseKind, Settings
 from backend.app.core.events import Event, EventType, bus
@@ -646,6 +654,7 @@ class _Runtime:
         self.max_envelope = transport.max_payload - _wire_overhead(self.origin)
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
+        self.retry = asyncio.Event()  # set: reconnect now, without waiting for the rest of the backoff
         self.connected = not transport.crosses_processes
         self.error: str | None = None
         self.sent = 0
@@ -772,10 +781,25 @@ class _Runtime:
             ))
             start = lines[-1].seq
 
+    def nudge(self) -> None:
+        """Reconnect now if disconnected (any thread): the server is known to answer again."""
+        if not self.connected:
+            try:
+                self.loop.call_soon_threadsafe(self.retry.set)
+            except RuntimeError:  # the loop has closed
+                pass
+
+    async def _backoff(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self.retry.wait(), delay * random.uniform(0.8, 1.2))
+        except TimeoutError:
+            pass
+
     async def _supervise(self) -> None:
         delay = BACKOFF_MIN_SECONDS
         try:
             while True:
+                self.retry.clear()
                 try:
                     await self.transport.connect(self.on_message if self.listen else None)
                 except asyncio.CancelledError:
@@ -786,16 +810,18 @@ class _Runtime:
                         "event bus: cannot connect the %s transport (%s); retrying in %.1fs",
                         self.kind, self.error, delay,
                     )
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    await self._backoff(delay)
                     delay = min(delay * 2, BACKOFF_MAX_SECONDS)
                     continue
                 connected_at = time.monotonic()
                 self.connected, self.error = True, None
                 self.connections += 1
-                if self.connections > 1:
-                    logger.info("event bus: %s transport reconnected", self.kind)
                 self.ready.set()
                 self.wake.set()
+                if self.connections > 1:
+                    logger.info("event bus: %s transport reconnected", self.kind)
+                    if self.listen:
+                        bus.missed()  # what other processes sent while this one was not listening
                 try:
                     await self.transport.wait_closed()
                     reason = "connection closed"
@@ -811,7 +837,8 @@ class _Runtime:
                 logger.warning(
                     "event bus: %s transport connection lost (%s); reconnecting in %.1fs", self.kind, reason, delay
                 )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                self.retry.clear()
+                await self._backoff(delay)
                 delay = min(delay * 2, BACKOFF_MAX_SECONDS)
         finally:
             self.connected = False
@@ -899,6 +926,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _on_database_connect(_dbapi_connection, _record) -> None:
+    """Pool ``connect`` event (every pool of the process, any thread): the database answers again, so a
+    PostgreSQL bus waiting out its backoff reconnects at once."""
+    runtime = _runtime
+    if runtime is not None and runtime.kind == "postgres" and not runtime.connected:
+        runtime.nudge()
+
+
+if not sa_event.contains(Pool, "connect", _on_database_connect):
+    sa_event.listen(Pool, "connect", _on_database_connect)
 
 
 # --- public API -----------------------------------------------------------------------------------

@@ -246,6 +246,7 @@ class Hub:
         self.by_organization: dict[str, dict[Client, None]] = {}
         self.clients = 0
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_missed: Callable[[], None] | None = None
 
     @classmethod
     def of_running_loop(cls) -> Hub:
@@ -259,6 +260,7 @@ class Hub:
         self.clients += 1
         if self._unsubscribe is None:
             self._unsubscribe = bus.subscribe(self.offer, filter=self.wants)
+            self._unsubscribe_missed = bus.on_missed(self.offer_missed)
 
     def remove(self, client: Client) -> None:
         for deployment_id in list(client.deployments):
@@ -269,6 +271,9 @@ class Hub:
         if self.clients <= 0 and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+            if self._unsubscribe_missed is not None:
+                self._unsubscribe_missed()
+                self._unsubscribe_missed = None
             self._hubs.pop(self.loop, None)
 
     def follow(self, client: Client, deployment_id: str) -> None:
@@ -292,6 +297,25 @@ class Hub:
 
     def offer(self, evt: Event) -> None:
         deliver_on_loop(self.loop, self.thread, self.fan_out, evt)  # a closed loop has no client left to serve
+
+    def offer_missed(self) -> None:
+        """The bus's listener was disconnected (a database or Redis restart): what other processes published
+        meanwhile never reached this process. Every subscribed client resynchronises, as one that fell behind
+        does: a ``resync`` frame per subscription, then the log lines it lacks from the database."""
+        try:
+            self.loop.call_soon_threadsafe(self.resync_all)
+        except RuntimeError:  # the loop has closed: no client left
+            pass
+
+    def resync_all(self) -> None:
+        clients: dict[Client, None] = {}
+        for index in (self.by_deployment, self.by_organization):
+            for members in index.values():
+                clients.update(members)
+        for client in clients:
+            if client.stream is not None:
+                client.idle = False  # what the hub would write directly now goes through the pump, after the resync
+                client.stream.mark_missed()
 
     # --- the loop's side ---
 
@@ -660,8 +684,12 @@ class Client(ABC):
     async def _resync(self, overflow: Overflow) -> None:
         dropped = overflow.dropped + self.stream.clear()
         metrics.RESYNCS.labels(self.transport).inc()
-        logger.info("real time: %s client of user %s fell behind (%d event(s) dropped); resynchronising",
-                    self.transport, self.access.user_id, dropped)
+        if overflow.missed:
+            logger.info("real time: the event bus reconnected; resynchronising a %s client of user %s",
+                        self.transport, self.access.user_id)
+        else:
+            logger.info("real time: %s client of user %s fell behind (%d event(s) dropped); resynchronising",
+                        self.transport, self.access.user_id, dropped)
         for org in sorted(self.organizations):
             await self.send({"type": "resync", "deployment_id": None, "organization_id": org, "last_seq": None})
         for sub in list(self.deployments.values()):
