@@ -32,7 +32,7 @@ from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, authentic
 from backend.app.config import Settings
 from backend.app.runtime import metrics, realtime
 from backend.app.core.events import Event, iso_utc
-from backend.app.core.exceptions import NotAuthenticated, ValidationFailed, WindFlowError
+from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User
 from backend.app.schemas.events import AuthFrame, ClientFrame, ServerFrame, SubscribeFrame, UnsubscribeFrame
 from backend.app.services import organization_service, service_logs
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
 
 AUTH_TIMEOUT_SECONDS = 10.0
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: "try again later" (the database is unreachable)
 REAUTH_GRACE_SECONDS = 10.0
 MAX_FRAME_CHARS = 16_384
 _client_frame = TypeAdapter(ClientFrame)
@@ -136,10 +137,19 @@ def _peer(websocket: WebSocket) -> str:
 async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
     """Real-time events. First frame ``{"type": "auth", "token": ...}``; see docs/api.md."""
     await websocket.accept()
-    credential = await _first_auth(websocket, settings)
-    if credential is None:
+    try:
+        credential = await _first_auth(websocket, settings)
+        if credential is None:
+            return
+        access, bad_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
+    except Exception as exc:
+        if not database.is_unavailable(exc):
+            raise
+        # the client's usual reconnection (with backoff) succeeds once the database is back
+        logger.warning("WebSocket from %s refused: the database is unreachable (%s)", _peer(websocket),
+                       f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry in a few seconds")
         return
-    access, bad_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
     client = WebSocketClient(websocket, access[credential.user.id], credential.expires_at)
     client.access = realtime.credential_access(
         client.access, credential.api_token_id, credential.user.token_generation)
@@ -203,14 +213,23 @@ def _describe(exc: ValidationError) -> str:
 
 
 async def _handle(client: WebSocketClient, frame: Any, settings: Settings) -> None:
-    if frame.type == "ping":
-        await client.send({"type": "pong"})
-    elif frame.type == "auth":
-        await _reauthenticate(client, frame, settings)
-    elif frame.type == "subscribe":
-        await _subscribe(client, frame, settings)
-    elif frame.type == "unsubscribe":
-        await _unsubscribe(client, frame)
+    try:
+        if frame.type == "ping":
+            await client.send({"type": "pong"})
+        elif frame.type == "auth":
+            await _reauthenticate(client, frame, settings)
+        elif frame.type == "subscribe":
+            await _subscribe(client, frame, settings)
+        elif frame.type == "unsubscribe":
+            await _unsubscribe(client, frame)
+    except Exception as exc:
+        # A frame that needs the database while it is unreachable: an error frame, and the connection (with
+        # its subscriptions) stays; not a closed socket, as an OSError of the database would otherwise make it.
+        if not database.is_unavailable(exc):
+            raise
+        ids = {"deployment_id": getattr(frame, "deployment_id", None),
+               "organization_id": getattr(frame, "organization_id", None)}
+        await client.send(_error("database_unavailable", DatabaseUnavailable().detail, **ids))
 
 
 async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: Settings) -> None:
