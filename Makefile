@@ -53,8 +53,9 @@ run: $(STAMP) .env migrate frontend
 test: $(STAMP) frontend
 	PY=$(PY) bash scripts/test-all.sh
 
+# ESLint and Prettier (`npm run lint`), vue-tsc, then vitest.
 test-frontend: frontend/node_modules/.installed
-	cd frontend && $(NPM) run typecheck && $(NPM) test
+	cd frontend && $(NPM) run lint && $(NPM) run typecheck && $(NPM) test
 
 test-browser: $(STAMP) frontend
 	$(PY) -m pytest backend/tests/browser -q -p no:cacheprovider

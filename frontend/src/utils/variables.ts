@@ -124,7 +124,7 @@ export function validate(specs: VariableSpec[], values: Values, m: Messages, pre
       if (spec.min_length && v.length < spec.min_length) errors[path] = m.minLength(spec.min_length)
       else if (spec.max_length && v.length > spec.max_length) errors[path] = m.maxLength(spec.max_length)
       else if (spec.pattern) {
-        let re: RegExp | null = null
+        let re: RegExp | null
         try {
           re = new RegExp(`^(?:${spec.pattern})$`)
         } catch {
