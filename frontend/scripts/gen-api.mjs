@@ -28,7 +28,9 @@ const text = header + astToString(ast)
 if (check) {
   const current = readFileSync(target, 'utf8')
   if (current !== text) {
-    console.error('frontend/src/api/schema.d.ts is out of date with the backend OpenAPI document: run `cd frontend && npm run gen:api`, then fix what no longer type-checks (`npm run typecheck`)')
+    console.error(
+      'frontend/src/api/schema.d.ts is out of date with the backend OpenAPI document: run `cd frontend && npm run gen:api`, then fix what no longer type-checks (`npm run typecheck`)',
+    )
     process.exit(1)
   }
   console.log('schema.d.ts is up to date')

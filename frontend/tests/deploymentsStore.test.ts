@@ -6,18 +6,41 @@ import { useDeploymentsStore } from '../src/stores/deployments'
 import { FakeWebSocket } from './fakeSocket'
 
 const dep = (id: string, over: Record<string, unknown> = {}) => ({
-  id, name: `dep-${id}`, status: 'pending', stack_id: 's', target_id: 't', organization_id: 'o1', attempt: 0, max_attempts: 3,
-  progress: 0, current_step: 0, total_steps: 5, step_name: null, error_message: null, executor: null, variables: {},
-  created_at: '2026-01-01T00:00:00Z', queued_at: '2026-01-01T00:00:00Z', started_at: null, finished_at: null, ...over,
+  id,
+  name: `dep-${id}`,
+  status: 'pending',
+  stack_id: 's',
+  target_id: 't',
+  organization_id: 'o1',
+  attempt: 0,
+  max_attempts: 3,
+  progress: 0,
+  current_step: 0,
+  total_steps: 5,
+  step_name: null,
+  error_message: null,
+  executor: null,
+  variables: {},
+  created_at: '2026-01-01T00:00:00Z',
+  queued_at: '2026-01-01T00:00:00Z',
+  started_at: null,
+  finished_at: null,
+  ...over,
 })
 
 function mockFetch(pages: Record<string, unknown>) {
   const calls: string[] = []
-  vi.stubGlobal('fetch', vi.fn(async (req: Request) => {
-    calls.push(req.url)
-    const key = Object.keys(pages).find((k) => req.url.includes(k))
-    return new Response(JSON.stringify(key ? pages[key] : {}), { status: key ? 200 : 404, headers: { 'Content-Type': 'application/json' } })
-  }))
+  vi.stubGlobal(
+    'fetch',
+    vi.fn(async (req: Request) => {
+      calls.push(req.url)
+      const key = Object.keys(pages).find((k) => req.url.includes(k))
+      return new Response(JSON.stringify(key ? pages[key] : {}), {
+        status: key ? 200 : 404,
+        headers: { 'Content-Type': 'application/json' },
+      })
+    }),
+  )
   return calls
 }
 
@@ -25,7 +48,14 @@ describe('deployments store', () => {
   beforeEach(() => {
     FakeWebSocket.instances = []
     localStorage.setItem('windflow.access', 'tok')
-    setSocket(new RealtimeSocket({ url: () => 'ws://t', token: () => 'tok', create: (u) => new FakeWebSocket(u), pingIntervalMs: 60_000 }))
+    setSocket(
+      new RealtimeSocket({
+        url: () => 'ws://t',
+        token: () => 'tok',
+        create: (u) => new FakeWebSocket(u),
+        pingIntervalMs: 60_000,
+      }),
+    )
     setActivePinia(createPinia())
   })
   afterEach(() => {
@@ -34,7 +64,10 @@ describe('deployments store', () => {
   })
 
   it('pages by offset against total when the API has no next_cursor', async () => {
-    const calls = mockFetch({ 'offset=1': { items: [dep('b')], total: 2 }, '/api/v1/deployments?': { items: [dep('a')], total: 2 } })
+    const calls = mockFetch({
+      'offset=1': { items: [dep('b')], total: 2 },
+      '/api/v1/deployments?': { items: [dep('a')], total: 2 },
+    })
     const store = useDeploymentsStore()
     await store.load('o1', { status: [], stack_id: null, target_id: null })
     expect(store.hasMore).toBe(true)
@@ -45,7 +78,10 @@ describe('deployments store', () => {
   })
 
   it('pages by cursor when the API returns next_cursor', async () => {
-    const calls = mockFetch({ 'cursor=c2': { items: [dep('b')], next_cursor: null }, '/api/v1/deployments?': { items: [dep('a')], next_cursor: 'c2' } })
+    const calls = mockFetch({
+      'cursor=c2': { items: [dep('b')], next_cursor: null },
+      '/api/v1/deployments?': { items: [dep('a')], next_cursor: 'c2' },
+    })
     const store = useDeploymentsStore()
     await store.load('o1', { status: ['pending'], stack_id: null, target_id: null })
     expect(calls[0]).toContain('status=pending')
@@ -58,23 +94,41 @@ describe('deployments store', () => {
   })
 
   it('subscribes to the organisation and applies one handler per event type', async () => {
-    mockFetch({ '/api/v1/deployments/a': dep('a', { status: 'deploying', attempt: 2 }), '/api/v1/deployments?': { items: [dep('a')], total: 1 } })
+    mockFetch({
+      '/api/v1/deployments/a': dep('a', { status: 'deploying', attempt: 2 }),
+      '/api/v1/deployments?': { items: [dep('a')], total: 1 },
+    })
     const store = useDeploymentsStore()
     await store.load('o1', { status: [], stack_id: null, target_id: null })
     const ws = FakeWebSocket.last()
     ws.open()
     expect(ws.sent).toContainEqual({ type: 'subscribe', organization_id: 'o1' })
 
-    ws.receive({ type: 'DEPLOYMENT_PROGRESS', deployment_id: 'a', organization_id: 'o1', data: { progress: 60, current_step: 3, total_steps: 5 } })
+    ws.receive({
+      type: 'DEPLOYMENT_PROGRESS',
+      deployment_id: 'a',
+      organization_id: 'o1',
+      data: { progress: 60, current_step: 3, total_steps: 5 },
+    })
     expect(store.byId.a.progress).toBe(60)
-    ws.receive({ type: 'DEPLOYMENT_STATUS_CHANGED', deployment_id: 'a', organization_id: 'o1', data: { new_status: 'deploying', old_status: 'pending' } })
+    ws.receive({
+      type: 'DEPLOYMENT_STATUS_CHANGED',
+      deployment_id: 'a',
+      organization_id: 'o1',
+      data: { new_status: 'deploying', old_status: 'pending' },
+    })
     expect(store.byId.a.status).toBe('deploying')
     await vi.waitFor(() => expect(store.byId.a.attempt).toBe(2)) // the row is read once after a status change
 
     ws.receive({ type: 'DEPLOYMENT_CREATED', deployment_id: 'n', organization_id: 'o1', data: dep('n') })
     expect(store.items.map((d) => d.id)).toEqual(['n', 'a']) // new ones at the top
     expect(store.total).toBe(2)
-    ws.receive({ type: 'DEPLOYMENT_CREATED', deployment_id: 'x', organization_id: 'other', data: dep('x', { organization_id: 'other' }) })
+    ws.receive({
+      type: 'DEPLOYMENT_CREATED',
+      deployment_id: 'x',
+      organization_id: 'other',
+      data: dep('x', { organization_id: 'other' }),
+    })
     expect(store.items.length).toBe(2)
     ws.receive({ type: 'DEPLOYMENT_DELETED', deployment_id: 'a', organization_id: 'o1', data: { name: 'dep-a' } })
     expect(store.items.map((d) => d.id)).toEqual(['n'])
@@ -85,7 +139,12 @@ describe('deployments store', () => {
     const store = useDeploymentsStore()
     await store.load('o1', { status: ['failed'], stack_id: null, target_id: null })
     FakeWebSocket.last().open()
-    FakeWebSocket.last().receive({ type: 'DEPLOYMENT_CREATED', deployment_id: 'n', organization_id: 'o1', data: dep('n') })
+    FakeWebSocket.last().receive({
+      type: 'DEPLOYMENT_CREATED',
+      deployment_id: 'n',
+      organization_id: 'o1',
+      data: dep('n'),
+    })
     expect(store.items).toEqual([])
   })
 })

@@ -16,7 +16,9 @@ describe('lazy route components', () => {
     const settled = expect(result).rejects.toThrow(/error loading dynamically imported module/)
     await vi.advanceTimersByTimeAsync(19_999)
     let done = false
-    void result.catch(() => { done = true })
+    void result.catch(() => {
+      done = true
+    })
     await Promise.resolve()
     expect(done).toBe(false)
     await vi.advanceTimersByTimeAsync(1)

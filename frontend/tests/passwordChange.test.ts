@@ -10,18 +10,29 @@ import { passwordChangeProblems } from '../src/utils/password'
 import ProfileView from '../src/views/ProfileView.vue'
 
 const ME = {
-  id: 'u1', email: 'ada@example.com', full_name: 'Ada', is_active: true, is_superuser: false,
-  default_organization_id: 'o1', memberships: [{ organization_id: 'o1', organization_name: 'Acme', role: 'viewer' }],
+  id: 'u1',
+  email: 'ada@example.com',
+  full_name: 'Ada',
+  is_active: true,
+  is_superuser: false,
+  default_organization_id: 'o1',
+  memberships: [{ organization_id: 'o1', organization_name: 'Acme', role: 'viewer' }],
 }
 
 type Reply = { status: number; body: unknown }
 function mockFetch(replies: Reply[]) {
   const calls: { url: string; method: string; body: unknown }[] = []
-  vi.stubGlobal('fetch', vi.fn(async (req: Request) => {
-    calls.push({ url: req.url, method: req.method, body: req.method === 'POST' ? await req.clone().json() : null })
-    const reply = replies.shift() ?? { status: 500, body: { detail: 'unexpected request' } }
-    return new Response(JSON.stringify(reply.body), { status: reply.status, headers: { 'Content-Type': 'application/json' } })
-  }))
+  vi.stubGlobal(
+    'fetch',
+    vi.fn(async (req: Request) => {
+      calls.push({ url: req.url, method: req.method, body: req.method === 'POST' ? await req.clone().json() : null })
+      const reply = replies.shift() ?? { status: 500, body: { detail: 'unexpected request' } }
+      return new Response(JSON.stringify(reply.body), {
+        status: reply.status,
+        headers: { 'Content-Type': 'application/json' },
+      })
+    }),
+  )
   return calls
 }
 
@@ -32,11 +43,15 @@ describe('password change: checks before sending', () => {
       next: { key: 'validation.minLength', n: 8 },
       confirm: { key: 'setup.mismatch' },
     })
-    expect(passwordChangeProblems({ current: 'old-password', next: 'x'.repeat(129), confirm: 'x'.repeat(129) }).next)
-      .toEqual({ key: 'validation.maxLength', n: 128 })
-    expect(passwordChangeProblems({ current: 'same-password', next: 'same-password', confirm: 'same-password' }).next)
-      .toEqual({ key: 'profile.samePassword' })
-    expect(passwordChangeProblems({ current: 'old-password', next: 'new-password-1', confirm: 'new-password-1' })).toEqual({})
+    expect(
+      passwordChangeProblems({ current: 'old-password', next: 'x'.repeat(129), confirm: 'x'.repeat(129) }).next,
+    ).toEqual({ key: 'validation.maxLength', n: 128 })
+    expect(
+      passwordChangeProblems({ current: 'same-password', next: 'same-password', confirm: 'same-password' }).next,
+    ).toEqual({ key: 'profile.samePassword' })
+    expect(
+      passwordChangeProblems({ current: 'old-password', next: 'new-password-1', confirm: 'new-password-1' }),
+    ).toEqual({})
   })
 })
 
@@ -53,7 +68,10 @@ describe('password change: the profile form', () => {
   async function mountProfile() {
     const auth = useAuthStore()
     auth.me = ME as never
-    const router = createRouter({ history: createMemoryHistory(), routes: [{ path: '/profile', name: 'profile', component: ProfileView }] })
+    const router = createRouter({
+      history: createMemoryHistory(),
+      routes: [{ path: '/profile', name: 'profile', component: ProfileView }],
+    })
     await router.push('/profile')
     const Root = defineComponent({ render: () => h(NMessageProvider, null, { default: () => h(ProfileView) }) })
     const wrapper = mount(Root, { global: { plugins: [i18n, router] }, attachTo: document.body })
@@ -81,7 +99,9 @@ describe('password change: the profile form', () => {
   })
 
   it('sends the current and new password, keeps the new token pair, and clears the form', async () => {
-    const calls = mockFetch([{ status: 200, body: { access_token: 'new-access', refresh_token: 'new-refresh', token_type: 'bearer' } }])
+    const calls = mockFetch([
+      { status: 200, body: { access_token: 'new-access', refresh_token: 'new-refresh', token_type: 'bearer' } },
+    ])
     const { fill, submit, wrapper } = await mountProfile()
     await fill('current_password', 'old-password')
     await fill('new_password', 'new-password-1')
@@ -100,7 +120,14 @@ describe('password change: the profile form', () => {
   it("puts the API's refusals beside the field they concern", async () => {
     mockFetch([
       { status: 403, body: { detail: 'the current password is incorrect', code: 'invalid_credentials' } },
-      { status: 422, body: { detail: 'new_password: too weak', code: 'validation_error', errors: [{ field: 'new_password', message: 'too weak' }] } },
+      {
+        status: 422,
+        body: {
+          detail: 'new_password: too weak',
+          code: 'validation_error',
+          errors: [{ field: 'new_password', message: 'too weak' }],
+        },
+      },
     ])
     const { fill, submit, feedback, wrapper } = await mountProfile()
     await fill('current_password', 'wrong-password')

@@ -7,10 +7,46 @@ import { useAuthStore } from '../src/stores/auth'
 
 describe('role gating', () => {
   it.each([
-    ['viewer', { 'deployment.create': false, 'deployment.operate': false, 'stack.write': false, 'target.write': false, 'member.manage': false }],
-    ['operator', { 'deployment.create': true, 'deployment.operate': true, 'stack.write': true, 'target.write': false, 'member.manage': false }],
-    ['admin', { 'deployment.create': true, 'deployment.operate': true, 'stack.write': true, 'target.write': true, 'member.manage': true }],
-    ['owner', { 'deployment.create': true, 'deployment.operate': true, 'stack.write': true, 'target.write': true, 'member.manage': true }],
+    [
+      'viewer',
+      {
+        'deployment.create': false,
+        'deployment.operate': false,
+        'stack.write': false,
+        'target.write': false,
+        'member.manage': false,
+      },
+    ],
+    [
+      'operator',
+      {
+        'deployment.create': true,
+        'deployment.operate': true,
+        'stack.write': true,
+        'target.write': false,
+        'member.manage': false,
+      },
+    ],
+    [
+      'admin',
+      {
+        'deployment.create': true,
+        'deployment.operate': true,
+        'stack.write': true,
+        'target.write': true,
+        'member.manage': true,
+      },
+    ],
+    [
+      'owner',
+      {
+        'deployment.create': true,
+        'deployment.operate': true,
+        'stack.write': true,
+        'target.write': true,
+        'member.manage': true,
+      },
+    ],
   ] as const)('%s', (role, expected) => {
     for (const [capability, allowed] of Object.entries(expected)) {
       expect(can(role as Role, capability as keyof typeof expected), `${role} ${capability}`).toBe(allowed)
@@ -38,7 +74,12 @@ describe('role gating', () => {
     it('takes the role of the selected organisation', () => {
       const auth = useAuthStore()
       auth.me = {
-        id: 'u', email: 'v@x.io', full_name: null, is_active: true, is_superuser: false, created_at: '2026-01-01T00:00:00Z',
+        id: 'u',
+        email: 'v@x.io',
+        full_name: null,
+        is_active: true,
+        is_superuser: false,
+        created_at: '2026-01-01T00:00:00Z',
         default_organization_id: 'a',
         memberships: [
           { organization_id: 'a', organization_name: 'A', role: 'viewer' },

@@ -3,7 +3,13 @@ import { BACKOFF_MS, CLOSE_UNAUTHORIZED, RealtimeSocket } from '../src/realtime/
 import { FakeWebSocket } from './fakeSocket'
 
 function makeSocket(token: () => string | null = () => 'tok-1', refreshToken?: () => Promise<string | null>) {
-  return new RealtimeSocket({ url: () => 'ws://test/api/v1/ws', token, refreshToken, create: (url) => new FakeWebSocket(url), pingIntervalMs: 60_000 })
+  return new RealtimeSocket({
+    url: () => 'ws://test/api/v1/ws',
+    token,
+    refreshToken,
+    create: (url) => new FakeWebSocket(url),
+    pingIntervalMs: 60_000,
+  })
 }
 
 describe('RealtimeSocket', () => {
@@ -15,7 +21,10 @@ describe('RealtimeSocket', () => {
 
   it('authenticates with the first frame, then sends its subscriptions', () => {
     const s = makeSocket()
-    s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), { type: 'unsubscribe', organization_id: 'o1' })
+    s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), {
+      type: 'unsubscribe',
+      organization_id: 'o1',
+    })
     s.connect()
     expect(s.state).toBe('connecting')
     FakeWebSocket.last().open()
@@ -58,7 +67,10 @@ describe('RealtimeSocket', () => {
   it('a successful reconnection resets the backoff and rebuilds each subscription frame', () => {
     const s = makeSocket()
     let lastSeq = 0
-    s.subscribe('logs:d1', () => ({ type: 'subscribe', deployment_id: 'd1', since_seq: lastSeq }), { type: 'unsubscribe', deployment_id: 'd1' })
+    s.subscribe('logs:d1', () => ({ type: 'subscribe', deployment_id: 'd1', since_seq: lastSeq }), {
+      type: 'unsubscribe',
+      deployment_id: 'd1',
+    })
     const reconnected = vi.fn()
     s.onReconnect(reconnected)
     s.connect()
@@ -92,7 +104,10 @@ describe('RealtimeSocket', () => {
 
   it('unsubscribing sends the unsubscribe frame and no longer resubscribes', () => {
     const s = makeSocket()
-    const stop = s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), { type: 'unsubscribe', organization_id: 'o1' })
+    const stop = s.subscribe('org:o1', () => ({ type: 'subscribe', organization_id: 'o1' }), {
+      type: 'unsubscribe',
+      organization_id: 'o1',
+    })
     s.connect()
     FakeWebSocket.last().open()
     stop()

@@ -6,8 +6,18 @@ import { setSocket } from '../src/stores/realtime'
 import { setFrameScheduler, useDeploymentWebSocket } from '../src/composables/useDeploymentWebSocket'
 import { FakeWebSocket } from './fakeSocket'
 
-const line = (seq: number, message = `line ${seq}`, level = 'info') => ({ seq, timestamp: '2026-01-01T00:00:00Z', level, message })
-const logs = (id: string, items: ReturnType<typeof line>[]) => ({ type: 'DEPLOYMENT_LOGS_UPDATE', deployment_id: id, organization_id: 'o', data: { logs: items, append: true } })
+const line = (seq: number, message = `line ${seq}`, level = 'info') => ({
+  seq,
+  timestamp: '2026-01-01T00:00:00Z',
+  level,
+  message,
+})
+const logs = (id: string, items: ReturnType<typeof line>[]) => ({
+  type: 'DEPLOYMENT_LOGS_UPDATE',
+  deployment_id: id,
+  organization_id: 'o',
+  data: { logs: items, append: true },
+})
 
 describe('useDeploymentWebSocket', () => {
   let scope: ReturnType<typeof effectScope>
@@ -15,7 +25,14 @@ describe('useDeploymentWebSocket', () => {
     vi.useFakeTimers()
     FakeWebSocket.instances = []
     localStorage.setItem('windflow.access', 'tok')
-    setSocket(new RealtimeSocket({ url: () => 'ws://t/api/v1/ws', token: () => 'tok', create: (u) => new FakeWebSocket(u), pingIntervalMs: 60_000 }))
+    setSocket(
+      new RealtimeSocket({
+        url: () => 'ws://t/api/v1/ws',
+        token: () => 'tok',
+        create: (u) => new FakeWebSocket(u),
+        pingIntervalMs: 60_000,
+      }),
+    )
     setActivePinia(createPinia())
     setFrameScheduler((cb) => cb())
     scope = effectScope()
@@ -114,7 +131,11 @@ describe('useDeploymentWebSocket', () => {
     expect(live.progress.value).toBe(40)
     ws.receive(logs('d1', [line(1)]))
     expect(spy).toHaveBeenCalledWith('[logs] DEPLOYMENT_LOGS_UPDATE', expect.objectContaining({ deployment_id: 'd1' }))
-    ws.receive({ type: 'DEPLOYMENT_STATUS_CHANGED', deployment_id: 'd1', data: { new_status: 'running', old_status: 'deploying' } })
+    ws.receive({
+      type: 'DEPLOYMENT_STATUS_CHANGED',
+      deployment_id: 'd1',
+      data: { new_status: 'running', old_status: 'deploying' },
+    })
     expect(live.status.value).toBe('running')
     spy.mockRestore()
   })

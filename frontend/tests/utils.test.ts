@@ -5,8 +5,14 @@ import { toApiError } from '../src/api/errors'
 import { errorsByLine } from '../src/utils/lines'
 
 const messages = {
-  required: 'required', integer: 'integer', number: 'number', min: (n: number) => `min ${n}`, max: (n: number) => `max ${n}`,
-  minLength: (n: number) => `minlen ${n}`, maxLength: (n: number) => `maxlen ${n}`, pattern: (p: string) => `pattern ${p}`,
+  required: 'required',
+  integer: 'integer',
+  number: 'number',
+  min: (n: number) => `min ${n}`,
+  max: (n: number) => `max ${n}`,
+  minLength: (n: number) => `minlen ${n}`,
+  maxLength: (n: number) => `maxlen ${n}`,
+  pattern: (p: string) => `pattern ${p}`,
 }
 
 describe('ANSI', () => {
@@ -38,17 +44,28 @@ describe('variable form', () => {
   it('checks required, range, integer and pattern, keyed by dotted path', () => {
     const v = initialValues(specs)
     expect(validate(specs, v, messages)).toEqual({ 'db.user': 'required' })
-    expect(validate(specs, { ...v, port: 70000, db: { user: 'ABC' } }, messages)).toEqual({ port: 'max 65535', 'db.user': 'pattern [a-z]+' })
+    expect(validate(specs, { ...v, port: 70000, db: { user: 'ABC' } }, messages)).toEqual({
+      port: 'max 65535',
+      'db.user': 'pattern [a-z]+',
+    })
     expect(validate(specs, { ...v, port: 1.5, db: { user: 'abc' } }, messages)).toEqual({ port: 'integer' })
   })
   it('sends only what is set', () => {
-    expect(payload(specs, { port: 80, password: null, mode: 'b', debug: true, db: { user: 'x' } })).toEqual({ port: 80, mode: 'b', debug: true, db: { user: 'x' } })
+    expect(payload(specs, { port: 80, password: null, mode: 'b', debug: true, db: { user: 'x' } })).toEqual({
+      port: 80,
+      mode: 'b',
+      debug: true,
+      db: { user: 'x' },
+    })
   })
 })
 
 describe('API errors', () => {
   it('keeps the detail and maps 422 problems to fields', () => {
-    const e = toApiError(422, { detail: "invalid variables: port: must be an integer, got '80a'; db.user: does not match the pattern [a-z]+", code: 'invalid_variables' })
+    const e = toApiError(422, {
+      detail: "invalid variables: port: must be an integer, got '80a'; db.user: does not match the pattern [a-z]+",
+      code: 'invalid_variables',
+    })
     expect(e.message).toContain('invalid variables')
     expect(e.fields).toEqual({ port: "must be an integer, got '80a'", 'db.user': 'does not match the pattern [a-z]+' })
     const f = toApiError(422, { detail: 'x', errors: [{ field: 'name', message: 'too long' }] })

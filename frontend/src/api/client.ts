@@ -27,7 +27,8 @@ api.use(auth)
 async function fetchWithRefresh(input: Request): Promise<Response> {
   const replay = input.clone()
   const response = await fetch(input)
-  if (response.status !== 401 || input.headers.has(RETRIED) || NO_REFRESH.test(new URL(input.url).pathname)) return response
+  if (response.status !== 401 || input.headers.has(RETRIED) || NO_REFRESH.test(new URL(input.url).pathname))
+    return response
   const fresh = await tokens.refresh()
   if (!fresh) return response
   const again = new Request(replay, { headers: new Headers(replay.headers) })
@@ -42,7 +43,11 @@ export async function unwrap<T>(promise: Promise<{ data?: T; error?: unknown; re
   try {
     result = await promise
   } catch (err) {
-    throw new ApiError(0, `the server cannot be reached (${err instanceof Error ? err.message : String(err)})`, 'network')
+    throw new ApiError(
+      0,
+      `the server cannot be reached (${err instanceof Error ? err.message : String(err)})`,
+      'network',
+    )
   }
   if (!result.response.ok) throw toApiError(result.response.status, result.error)
   return result.data as T
@@ -61,7 +66,11 @@ export async function rawJson<T>(method: string, path: string, body?: unknown): 
   try {
     response = await fetchWithRefresh(request)
   } catch (err) {
-    throw new ApiError(0, `the server cannot be reached (${err instanceof Error ? err.message : String(err)})`, 'network')
+    throw new ApiError(
+      0,
+      `the server cannot be reached (${err instanceof Error ? err.message : String(err)})`,
+      'network',
+    )
   }
   const text = await response.text()
   const data = text ? JSON.parse(text) : undefined

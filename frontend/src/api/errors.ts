@@ -27,7 +27,8 @@ export function toApiError(status: number, body: unknown): ApiError {
   const fields: Record<string, string> = {}
   if (Array.isArray(b.errors)) {
     for (const item of b.errors as ErrorItem[]) {
-      if (item?.field && item.message) fields[item.field] = fields[item.field] ? `${fields[item.field]}; ${item.message}` : item.message
+      if (item?.field && item.message)
+        fields[item.field] = fields[item.field] ? `${fields[item.field]}; ${item.message}` : item.message
     }
   }
   // Variable problems arrive in the detail as "variables.port: must be ...; db.user: ..." or "port: ...".

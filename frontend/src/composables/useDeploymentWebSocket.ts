@@ -55,7 +55,10 @@ export function normaliseLevel(level: unknown): LogLevel {
   return l === 'debug' || l === 'warning' || l === 'error' ? l : 'info'
 }
 
-export function useDeploymentWebSocket(deploymentId: MaybeRefOrGetter<string | null>, options: DeploymentWebSocketOptions = {}) {
+export function useDeploymentWebSocket(
+  deploymentId: MaybeRefOrGetter<string | null>,
+  options: DeploymentWebSocketOptions = {},
+) {
   const realtime = useRealtimeStore()
   const socket = getSocket()
 
@@ -219,7 +222,10 @@ export function useDeploymentWebSocket(deploymentId: MaybeRefOrGetter<string | n
       if (toValue(deploymentId) !== id || realtime.state === 'live') return
       let res: { items: unknown[] }
       try {
-        res = await rawJson<{ items: unknown[] }>('GET', `/api/v1/deployments/${encodeURIComponent(id)}/logs?since_seq=${since}&limit=5000`)
+        res = await rawJson<{ items: unknown[] }>(
+          'GET',
+          `/api/v1/deployments/${encodeURIComponent(id)}/logs?since_seq=${since}&limit=5000`,
+        )
       } catch {
         return
       }

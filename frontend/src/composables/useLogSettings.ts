@@ -17,7 +17,9 @@ function read(): LogSettings {
     return {
       timestamps: typeof raw.timestamps === 'boolean' ? raw.timestamps : DEFAULTS.timestamps,
       wrap: typeof raw.wrap === 'boolean' ? raw.wrap : DEFAULTS.wrap,
-      levels: Array.isArray(raw.levels) ? raw.levels.filter((l): l is LogLevel => LOG_LEVELS.includes(l)) : [...DEFAULTS.levels],
+      levels: Array.isArray(raw.levels)
+        ? raw.levels.filter((l): l is LogLevel => LOG_LEVELS.includes(l))
+        : [...DEFAULTS.levels],
     }
   } catch {
     return { ...DEFAULTS, levels: [...DEFAULTS.levels] }

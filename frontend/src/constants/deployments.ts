@@ -5,7 +5,14 @@ export type Deployment = components['schemas']['DeploymentRead']
 export type DeploymentStatus = Deployment['status']
 export type LogLevel = components['schemas']['LogLineRead']['level']
 
-export const STATUSES: readonly DeploymentStatus[] = ['pending', 'deploying', 'running', 'failed', 'stopped', 'cancelled']
+export const STATUSES: readonly DeploymentStatus[] = [
+  'pending',
+  'deploying',
+  'running',
+  'failed',
+  'stopped',
+  'cancelled',
+]
 /** Some executor still has to work on these. */
 export const ACTIVE: ReadonlySet<DeploymentStatus> = new Set(['pending', 'deploying'])
 export const SETTLED: ReadonlySet<DeploymentStatus> = new Set(['running', 'failed', 'stopped', 'cancelled'])

@@ -13,10 +13,25 @@ const routes: RouteRecordRaw[] = [
     children: [
       { path: '', redirect: { name: 'deployments' } },
       { path: 'deployments', name: 'deployments', component: lazy(() => import('../views/DeploymentsView.vue')) },
-      { path: 'deployments/new', name: 'deployment-new', component: lazy(() => import('../views/NewDeploymentView.vue')), meta: { capability: 'deployment.create' } },
-      { path: 'deployments/:id', name: 'deployment', component: lazy(() => import('../views/DeploymentDetailView.vue')), props: true },
+      {
+        path: 'deployments/new',
+        name: 'deployment-new',
+        component: lazy(() => import('../views/NewDeploymentView.vue')),
+        meta: { capability: 'deployment.create' },
+      },
+      {
+        path: 'deployments/:id',
+        name: 'deployment',
+        component: lazy(() => import('../views/DeploymentDetailView.vue')),
+        props: true,
+      },
       { path: 'stacks', name: 'stacks', component: lazy(() => import('../views/StacksView.vue')) },
-      { path: 'stacks/new', name: 'stack-new', component: lazy(() => import('../views/StackEditView.vue')), meta: { capability: 'stack.write' } },
+      {
+        path: 'stacks/new',
+        name: 'stack-new',
+        component: lazy(() => import('../views/StackEditView.vue')),
+        meta: { capability: 'stack.write' },
+      },
       { path: 'stacks/:id', name: 'stack', component: lazy(() => import('../views/StackEditView.vue')), props: true },
       { path: 'targets', name: 'targets', component: lazy(() => import('../views/TargetsView.vue')) },
       { path: 'organization', name: 'organization', component: lazy(() => import('../views/OrganizationView.vue')) },
@@ -74,7 +89,12 @@ tokens.onChange((access) => {
 // full reload of the page it was for, instead of leaving the user on the previous page with an error.
 const RELOADED = 'windflow.chunk-reload'
 router.onError((error, to) => {
-  if (!/dynamically imported module|Importing a module script failed|error loading dynamically/i.test(String(error?.message ?? error))) return
+  if (
+    !/dynamically imported module|Importing a module script failed|error loading dynamically/i.test(
+      String(error?.message ?? error),
+    )
+  )
+    return
   if (sessionStorage.getItem(RELOADED) === to.fullPath) return
   sessionStorage.setItem(RELOADED, to.fullPath)
   window.location.assign(to.fullPath)

@@ -16,8 +16,14 @@ export function lazy<T>(load: () => Promise<T>, timeoutMs: number = CHUNK_TIMEOU
         timeoutMs,
       )
       load().then(
-        (module) => { clearTimeout(timer); resolve(module) },
-        (error) => { clearTimeout(timer); reject(error) },
+        (module) => {
+          clearTimeout(timer)
+          resolve(module)
+        },
+        (error) => {
+          clearTimeout(timer)
+          reject(error)
+        },
       )
     })
 }

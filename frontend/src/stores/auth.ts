@@ -66,7 +66,12 @@ export const useAuthStore = defineStore('auth', () => {
     await loadMe()
   }
 
-  async function setup(payload: { email: string; password: string; organization_name: string; full_name?: string }): Promise<void> {
+  async function setup(payload: {
+    email: string
+    password: string
+    organization_name: string
+    full_name?: string
+  }): Promise<void> {
     const pair = await rawJson<TokenPair>('POST', '/api/v1/auth/setup', payload)
     tokens.set(pair)
     await loadMe()
@@ -75,7 +80,8 @@ export const useAuthStore = defineStore('auth', () => {
   async function logout(): Promise<void> {
     const refresh = tokens.refreshToken()
     try {
-      if (tokens.access()) await rawJson('POST', '/api/v1/auth/logout', refresh ? { refresh_token: refresh } : undefined)
+      if (tokens.access())
+        await rawJson('POST', '/api/v1/auth/logout', refresh ? { refresh_token: refresh } : undefined)
     } catch {
       /* the tokens are dropped locally whatever the server says */
     }
@@ -85,7 +91,9 @@ export const useAuthStore = defineStore('auth', () => {
 
   /** Self-service password change: the API ends every other session and returns a new pair for this one. */
   async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
-    const pair = await unwrap(api.POST('/api/v1/auth/password', { body: { current_password: currentPassword, new_password: newPassword } }))
+    const pair = await unwrap(
+      api.POST('/api/v1/auth/password', { body: { current_password: currentPassword, new_password: newPassword } }),
+    )
     tokens.set(pair as TokenPair)
   }
 
@@ -93,5 +101,22 @@ export const useAuthStore = defineStore('auth', () => {
     me.value = null
   }
 
-  return { me, organizationId, organization, memberships, role, superuser, loggedIn, loading, can, selectOrganization, loadMe, login, setup, logout, changePassword, reset }
+  return {
+    me,
+    organizationId,
+    organization,
+    memberships,
+    role,
+    superuser,
+    loggedIn,
+    loading,
+    can,
+    selectOrganization,
+    loadMe,
+    login,
+    setup,
+    logout,
+    changePassword,
+    reset,
+  }
 })

@@ -25,7 +25,11 @@ interface Page {
 
 export const PAGE_SIZE = 25
 
-export function listQuery(orgId: string | null, filters: DeploymentFilters, extra: Record<string, string> = {}): string {
+export function listQuery(
+  orgId: string | null,
+  filters: DeploymentFilters,
+  extra: Record<string, string> = {},
+): string {
   const params = new URLSearchParams()
   if (orgId) params.set('organization_id', orgId)
   for (const s of filters.status) params.append('status', s)
@@ -87,8 +91,12 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     if (!hasMore.value || loading.value) return
     loading.value = true
     try {
-      const extra: Record<string, string> = usesCursor.value && nextCursor.value ? { cursor: nextCursor.value } : { offset: String(order.value.length) }
-      const page = await rawJson<Page>('GET', `/api/v1/deployments?${listQuery(organizationId.value, filters.value, extra)}`)
+      const extra: Record<string, string> =
+        usesCursor.value && nextCursor.value ? { cursor: nextCursor.value } : { offset: String(order.value.length) }
+      const page = await rawJson<Page>(
+        'GET',
+        `/api/v1/deployments?${listQuery(organizationId.value, filters.value, extra)}`,
+      )
       page.items.forEach(upsert)
       const known = new Set(order.value)
       order.value = [...order.value, ...page.items.map((d) => d.id).filter((id) => !known.has(id))]
@@ -181,11 +189,10 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     if (!stopListening) stopListening = socket.onMessage(handle)
     if (!stopReconnect) stopReconnect = socket.onReconnect(() => void load(organizationId.value, filters.value))
     if (orgId) {
-      unsubscribe = socket.subscribe(
-        `org:${orgId}`,
-        () => ({ type: 'subscribe', organization_id: orgId }),
-        { type: 'unsubscribe', organization_id: orgId },
-      )
+      unsubscribe = socket.subscribe(`org:${orgId}`, () => ({ type: 'subscribe', organization_id: orgId }), {
+        type: 'unsubscribe',
+        organization_id: orgId,
+      })
     }
     socket.connect()
   }
@@ -209,5 +216,22 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     total.value = 0
   }
 
-  return { byId, items, total, hasMore, loading, error, filters, organizationId, load, loadMore, refreshOne, act, handle, reset, upsert, watchOrganization }
+  return {
+    byId,
+    items,
+    total,
+    hasMore,
+    loading,
+    error,
+    filters,
+    organizationId,
+    load,
+    loadMore,
+    refreshOne,
+    act,
+    handle,
+    reset,
+    upsert,
+    watchOrganization,
+  }
 })

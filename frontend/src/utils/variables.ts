@@ -4,7 +4,8 @@
  * shown beside the same fields).
  */
 
-export type VariableType = 'string' | 'textarea' | 'secret' | 'password' | 'integer' | 'number' | 'boolean' | 'enum' | 'group'
+export type VariableType =
+  'string' | 'textarea' | 'secret' | 'password' | 'integer' | 'number' | 'boolean' | 'enum' | 'group'
 
 export interface EnumOption {
   value: string | number | boolean
@@ -31,12 +32,18 @@ export interface VariableSpec {
 export type Values = Record<string, unknown>
 
 export function asSpecs(raw: unknown): VariableSpec[] {
-  return Array.isArray(raw) ? (raw.filter((v) => v && typeof v === 'object' && typeof v.name === 'string') as VariableSpec[]) : []
+  return Array.isArray(raw)
+    ? (raw.filter((v) => v && typeof v === 'object' && typeof v.name === 'string') as VariableSpec[])
+    : []
 }
 
 export function normaliseType(t: unknown): VariableType {
   const s = String(t ?? 'string')
-  return (['string', 'textarea', 'secret', 'password', 'integer', 'number', 'boolean', 'enum', 'group'].includes(s) ? s : 'string') as VariableType
+  return (
+    ['string', 'textarea', 'secret', 'password', 'integer', 'number', 'boolean', 'enum', 'group'].includes(s)
+      ? s
+      : 'string'
+  ) as VariableType
 }
 
 export function isSecret(spec: VariableSpec): boolean {
@@ -51,7 +58,9 @@ export function isGenerator(value: unknown): value is string {
 
 export function enumOptions(spec: VariableSpec): EnumOption[] {
   return (spec.options ?? []).map((o) =>
-    typeof o === 'object' && o !== null ? { value: o.value, label: o.label || String(o.value) } : { value: o, label: String(o) },
+    typeof o === 'object' && o !== null
+      ? { value: o.value, label: o.label || String(o.value) }
+      : { value: o, label: String(o) },
   )
 }
 
