@@ -243,10 +243,10 @@ def websocket_endpoint_exists(server: Server) -> bool:
 
 @pytest.fixture(scope="session")
 def realtime(server: Server) -> None:
-    """Skips the tests that need the WebSocket when this branch's server has none yet."""
+    """The tests that need the WebSocket: skipped when the server has none, a failure on CI (``CI=true``)."""
     if not websocket_endpoint_exists(server):
-        pytest.skip("WS /api/v1/ws is missing on this branch (DESIGN.md 'Events and real time', built on the "
-                    "realtime branch): live status, log streaming and reconnection cannot be checked without it")
+        require_service("WS /api/v1/ws", "the server refused the WebSocket handshake (docs/api.md, 'Real time'): "
+                        "live status, log streaming and reconnection cannot be checked without it")
 
 
 #: Every deployment a browser test created, for the session's final check that nothing is left running.
