@@ -166,6 +166,8 @@ class DeploymentLogWriter:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.written = 0
+        # the database down or restarting: one warning, not a traceback at every flush (5 a second)
+        self._outage = database.OutageLog(f"storing the log lines of deployment {deployment_id}", logger)
 
     async def __aenter__(self) -> DeploymentLogWriter:
         self._task = asyncio.create_task(self._flush_periodically(), name=f"logs-{self.deployment_id}")
@@ -206,10 +208,15 @@ class DeploymentLogWriter:
                     await append_logs(session, deployment_id=self.deployment_id, lines=pending, redactor=self.redactor)
                     await session.commit()
                 self.written += len(pending)
-            except Exception:  # noqa: BLE001 - keep the lines and retry at the next flush
-                logger.exception("could not store %d log line(s) of deployment %s", len(pending), self.deployment_id)
+            except Exception as exc:  # noqa: BLE001 - keep the lines and retry at the next flush
+                if database.is_unavailable(exc):
+                    self._outage.failed(exc)
+                else:
+                    logger.exception("could not store %d log line(s) of deployment %s", len(pending), self.deployment_id)
                 self._buffer[:0] = pending
                 self._progress[:0] = progress
+            else:
+                self._outage.succeeded()
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -101,15 +101,20 @@ def heartbeat_seconds(settings: Settings) -> float:
 
 async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: asyncio.Task, lost: asyncio.Event) -> None:
     interval = heartbeat_seconds(settings)
+    outage = database.OutageLog(f"lease renewal of deployment {deployment_id}", logger)
     while not work.done():
         await asyncio.sleep(interval)
         try:
             async with database.AsyncSessionLocal() as session:
                 held = await renew_lease(session, deployment_id=deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
                 await session.commit()
-        except Exception:  # noqa: BLE001 - a database hiccup is not a lost lease; the next beat retries
-            logger.warning("lease renewal of deployment %s failed; retrying", deployment_id, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a database hiccup is not a lost lease; the next beat retries
+            if database.is_unavailable(exc):
+                outage.failed(exc)  # one warning while the database is down, not a traceback every beat
+            else:
+                logger.warning("lease renewal of deployment %s failed; retrying", deployment_id, exc_info=True)
             continue
+        outage.succeeded()
         if not held:
             lost.set()
             work.cancel()
