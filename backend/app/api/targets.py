@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.models import Role, Target, TargetType
+from backend.app.schemas.compose_policy import ComposePolicyRules, RefusedKey
 from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
-from backend.app.services import target_service
+from backend.app.services import compose_policy, target_service
 
 router = APIRouter(prefix="/targets", tags=["targets"])
 
@@ -37,6 +38,13 @@ async def list_targets(
     """Targets of the organisations you belong to, by name."""
     result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type)
     return TargetPage.of(result, [target_service.to_read(t, settings) for t in result.items])
+
+
+@router.get("/policy-rules", response_model=ComposePolicyRules)
+async def get_policy_rules(_user: CurrentUser) -> ComposePolicyRules:
+    """The compose keys every target refuses, whatever its policy, with what to write instead."""
+    rules = compose_policy.HOST_FILE_RULES
+    return ComposePolicyRules(always_refused=[RefusedKey(key=key, reason=reason) for key, reason in rules.items()])
 
 
 @router.get("/{target_id}", response_model=TargetRead)

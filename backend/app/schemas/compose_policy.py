@@ -70,3 +70,16 @@ class ComposePolicy(BaseModel):
                 raise ValueError(f"host_bind_prefixes: {prefix!r} must be an absolute path such as /srv/data")
             cleaned.append(normalise_host_path(prefix))
         return sorted(set(cleaned))
+
+
+class RefusedKey(BaseModel):
+    key: str = Field(description="a compose key; * stands for any service, config, secret or volume name")
+    reason: str = Field(description="why it is refused and what to write instead")
+
+
+class ComposePolicyRules(BaseModel):
+    """The rules every target applies whatever its policy (its own options are on the target)."""
+
+    always_refused: list[RefusedKey] = Field(
+        description="keys that make WindFlow or the compose tool read the WindFlow host: refused on every target"
+    )

@@ -35,16 +35,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-
 from backend.app.core.exceptions import ValidationFailed
+from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
+from backend.app.engines.compose_yaml import compose_bool
 from backend.app.engines.connection import cli_base_environment
 from backend.app.engines.document import interpolate
 from backend.app.schemas.compose_policy import MAX_PREFIXES, ComposePolicy, normalise_host_path as _normalise  # noqa: F401
 
 __all__ = [
+    "HOST_FILE_RULES",
     "ComposePolicy",
     "PolicyViolation",
     "Violation",
@@ -82,27 +82,20 @@ class PolicyViolation(ValidationFailed):
 
 # --- helpers -----------------------------------------------------------------------------------------
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~6x faster, same reading
-
-
 def load(text: str) -> dict:
-    """A compose document (already validated as one) parsed for the policy checks."""
-    try:
-        document = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        raise ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml") from None
+    """A compose document (already validated as one) read for the policy checks, as the deployer reads it
+    (:mod:`backend.app.engines.compose_yaml`)."""
+    document = compose_yaml.load(text)
     if not isinstance(document, dict):
         raise ValidationFailed("the compose document must be a mapping with a 'services' key", code="invalid_compose")
     return document
 
-_FALSE = {False, None, 0, "", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "0"}
-
 
 def _truthy(value: Any) -> bool:
-    try:
-        return value not in _FALSE
-    except TypeError:  # unhashable (a list or mapping): not a boolean, so not "false"
-        return True
+    """Whether compose reads ``value`` as true where it expects a boolean (``yes``, ``on``: true, as compose
+    casts them). A value compose refuses there (``1``, ``maybe``) counts as true: the policy fails closed,
+    and compose would refuse the document anyway."""
+    return compose_bool(value) is not False
 
 
 def _mapping(value: Any) -> dict:
@@ -145,6 +138,23 @@ _SERVICE_HOST_KEYS = {
     "provider": "a provider service runs a plugin program on the WindFlow host",
     "use_api_socket": "it gives the container the engine socket and the WindFlow host's registry credentials",
 }
+_CONTENT_INSTEAD = f"{_HOST_FILE}; give the value with content: (or a secret variable)"
+_ENVIRONMENT = "it reads an environment variable of the WindFlow host; give the value with content: instead"
+
+#: The always-refused layer, key by key (``*``: any service, config, secret or volume name), with what to do
+#: instead: what :func:`host_file_violations` refuses, with these reasons, and what the API lists
+#: (``GET /targets/policy-rules``, shown beside each target's policy).
+HOST_FILE_RULES: dict[str, str] = {
+    "include": f"{_HOST_FILE}; put every service in this document",
+    **{f"services.*.{key}": reason for key, reason in _SERVICE_HOST_KEYS.items()},
+    "services.*.extends.file": f"{_HOST_FILE}; extend a service of this document (extends: {{service: ...}})",
+    "services.*.credential_spec.file": _HOST_FILE,
+    "configs.*.file": _CONTENT_INSTEAD,
+    "configs.*.environment": _ENVIRONMENT,
+    "secrets.*.file": _CONTENT_INSTEAD,
+    "secrets.*.environment": _ENVIRONMENT,
+    "volumes.*.driver_opts": "these driver options mount a path of the host; use a plain named volume",
+}
 
 
 def _volume_driver_binds(definition: dict) -> bool:
@@ -168,34 +178,32 @@ def _volume_driver_binds(definition: dict) -> bool:
 def host_file_violations(doc: Mapping[str, Any]) -> list[Violation]:
     """Every key of ``doc`` that would make WindFlow or the compose tool read the WindFlow host."""
     found: list[Violation] = []
+
+    def refuse(path: str, rule: str) -> None:
+        found.append(Violation(path, "host_files", HOST_FILE_RULES[rule]))
+
     top = _lower_keys(doc)
     if top.get("include") is not None:
-        found.append(Violation("include", "host_files", f"{_HOST_FILE}; put every service in this document"))
+        refuse("include", "include")
     for name, service in _services(doc).items():
-        for key, reason in _SERVICE_HOST_KEYS.items():
+        for key in _SERVICE_HOST_KEYS:
             if key in service and (key != "use_api_socket" or _truthy(service[key])):
-                found.append(Violation(f"services.{name}.{key}", "host_files", reason))
+                refuse(f"services.{name}.{key}", f"services.*.{key}")
         extends = service.get("extends")
         if isinstance(extends, dict) and "file" in extends:
-            found.append(Violation(f"services.{name}.extends.file", "host_files",
-                                   f"{_HOST_FILE}; extend a service of this document (extends: {{service: ...}})"))
+            refuse(f"services.{name}.extends.file", "services.*.extends.file")
         credential_spec = _mapping(service.get("credential_spec"))
         if "file" in credential_spec:
-            found.append(Violation(f"services.{name}.credential_spec.file", "host_files", _HOST_FILE))
+            refuse(f"services.{name}.credential_spec.file", "services.*.credential_spec.file")
     for kind in ("configs", "secrets"):
         for key, definition in _mapping(top.get(kind)).items():
             definition = _lower_keys(definition)
-            if "file" in definition:
-                found.append(Violation(f"{kind}.{key}.file", "host_files",
-                                       f"{_HOST_FILE}; give the value with content: (or a secret variable)"))
-            if "environment" in definition:
-                found.append(Violation(f"{kind}.{key}.environment", "host_files",
-                                       "it reads an environment variable of the WindFlow host; give the value "
-                                       "with content: instead"))
+            for source in ("file", "environment"):
+                if source in definition:
+                    refuse(f"{kind}.{key}.{source}", f"{kind}.*.{source}")
     for key, definition in _mapping(top.get("volumes")).items():
         if isinstance(definition, dict) and _volume_driver_binds(_lower_keys(definition)):
-            found.append(Violation(f"volumes.{key}.driver_opts", "host_files",
-                                   "these driver options mount a path of the host; use a plain named volume"))
+            refuse(f"volumes.{key}.driver_opts", "volumes.*.driver_opts")
     return found
 
 

@@ -14,7 +14,7 @@ from backend.app.core.logging import redact
 from backend.app.core.security import decrypt_secret
 from backend.app.models import Deployment, Organization, Target
 from backend.app.schemas.targets import TEST_FAILURE_MESSAGES, TestFailure
-from backend.app.services import target_service
+from backend.app.services import compose_policy, target_service
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 from backend.tests.remote_docker import client_tls_material, make_ca, make_leaf
 
@@ -289,6 +289,41 @@ async def test_roles_and_foreign_organizations(client):
     assert (await client.get(API, headers=outsider.headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
     assert (await client.get(f"{API}/no-such-id", headers=admin.headers)).status_code == 404
     assert (await client.get(API)).status_code == 401
+
+
+async def test_policy_rules_list_what_every_target_refuses(client):
+    """The always-refused keys come from the one table the policy checks with, for any member to read."""
+    admin = await setup_admin(client)
+    viewer = await create_user(client, admin, "viewer@example.com")
+    await add_member(client, admin, await default_org(client, admin), viewer, "viewer")
+
+    response = await client.get(f"{API}/policy-rules", headers=viewer.headers)
+    assert response.status_code == 200, response.text
+    listed = {rule["key"]: rule["reason"] for rule in response.json()["always_refused"]}
+    assert listed == compose_policy.HOST_FILE_RULES
+    assert {"include", "services.*.env_file", "services.*.build", "services.*.extends.file",
+            "configs.*.file", "volumes.*.driver_opts"} <= listed.keys()
+
+    # each listed key is refused, with the reason listed (a document breaking every rule at once)
+    doc = {
+        "include": ["other.yaml"],
+        "services": {"app": {
+            "image": "nginx", "env_file": ".env", "label_file": "labels", "build": ".", "develop": {"watch": []},
+            "provider": {"type": "model"}, "use_api_socket": True, "extends": {"file": "base.yaml", "service": "b"},
+            "credential_spec": {"file": "spec.json"},
+        }},
+        "configs": {"c": {"file": "./c.conf", "environment": "C"}},
+        "secrets": {"s": {"file": "./s.txt", "environment": "S"}},
+        "volumes": {"v": {"driver_opts": {"type": "none", "o": "bind", "device": "/srv"}}},
+    }
+    refused = {}
+    for violation in compose_policy.host_file_violations(doc):
+        parts = violation.path.split(".")
+        key = ".".join([parts[0], "*", *parts[2:]]) if len(parts) > 1 else parts[0]
+        refused[key] = violation.reason
+    assert refused == listed
+
+    assert (await client.get(f"{API}/policy-rules")).status_code == 401
 
 
 async def test_duplicate_names_and_targets_in_use_conflict(client, session):

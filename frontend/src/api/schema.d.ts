@@ -614,6 +614,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/targets/policy-rules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Policy Rules
+         * @description The compose keys every target refuses, whatever its policy, with what to write instead.
+         */
+        get: operations["get_policy_rules_api_v1_targets_policy_rules_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/targets/{target_id}": {
         parameters: {
             query?: never;
@@ -1052,6 +1072,17 @@ export interface components {
              * @description absolute host paths under which binds are allowed; empty = any path (when allow_host_binds)
              */
             host_bind_prefixes?: string[];
+        };
+        /**
+         * ComposePolicyRules
+         * @description The rules every target applies whatever its policy (its own options are on the target).
+         */
+        ComposePolicyRules: {
+            /**
+             * Always Refused
+             * @description keys that make WindFlow or the compose tool read the WindFlow host: refused on every target
+             */
+            always_refused: components["schemas"]["RefusedKey"][];
         };
         /** DeletedData */
         DeletedData: {
@@ -1832,6 +1863,19 @@ export interface components {
         RefreshRequest: {
             /** Refresh Token */
             refresh_token: string;
+        };
+        /** RefusedKey */
+        RefusedKey: {
+            /**
+             * Key
+             * @description a compose key; * stands for any service, config, secret or volume name
+             */
+            key: string;
+            /**
+             * Reason
+             * @description why it is refused and what to write instead
+             */
+            reason: string;
         };
         /**
          * ResyncFrame
@@ -4019,6 +4063,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_policy_rules_api_v1_targets_policy_rules_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ComposePolicyRules"];
                 };
             };
         };
