@@ -4,10 +4,8 @@ compose's interpolation for the compose policy.
 The drivers need only what surrounds the compose CLI and ``docker stack``: both tools read, validate and
 interpolate the document themselves.
 
-Parsing follows YAML 1.2's core schema, as compose and ``docker stack`` (Go, yaml.v3) do, not PyYAML's
-YAML 1.1: an unquoted ``22:22`` stays the string ``"22:22"`` (YAML 1.1 reads it as the sexagesimal
-integer 1342) and ``yes``/``on`` stay strings. Dumping quotes every string that either YAML version
-could read as something else, so a document survives our round trip unchanged for the Go tools.
+Documents are read and written by :mod:`backend.app.engines.compose_yaml` (YAML 1.2 as compose reads it,
+alias expansion bounded), the one reader the templating and the compose policy use too.
 """
 
 from __future__ import annotations
@@ -18,61 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from backend.app.core.exceptions import ValidationFailed
+from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
+from backend.app.engines.compose_yaml import compose_bool
 
 SERVICE_LABEL = "windflow.service"
-
-
-# --------------------------------------------------------------------------- YAML 1.2 core schema
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_CORE_RESOLVERS = [
-    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
-    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
-    (
-        "tag:yaml.org,2002:float",
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
-        list("-+0123456789."),
-    ),
-    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
-    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
-]
-
-_Loader.yaml_implicit_resolvers = {}
-for _tag, _pattern, _first in _CORE_RESOLVERS:
-    _Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
-    # The dumper keeps PyYAML's YAML 1.1 resolvers and adds the 1.2 ones: a string is written quoted
-    # whenever either reading would turn its plain form into something else.
-    _Dumper.add_implicit_resolver(_tag, re.compile(_pattern), _first)
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    value = loader.construct_scalar(node)
-    if value.startswith("0o"):
-        return int(value[2:], 8)
-    if value.startswith("0x"):
-        return int(value[2:], 16)
-    return int(value, 10)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load_document(text: str) -> dict[str, Any]:
     """Parse a compose document; permanent EngineError when it is not a mapping with services."""
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise EngineError(f"invalid compose document: {exc}", transient=False) from exc
+        doc = compose_yaml.load(text)
+    except ValidationFailed as exc:
+        raise EngineError(f"invalid compose document: {exc.detail}", transient=False) from None
     if not isinstance(doc, dict):
         raise EngineError("invalid compose document: the top level must be a mapping", transient=False)
     services = doc.get("services")
@@ -88,7 +45,7 @@ def load_document(text: str) -> dict[str, Any]:
 
 
 def dump_document(doc: Mapping[str, Any]) -> str:
-    return yaml.dump(dict(doc), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return compose_yaml.dump(doc)
 
 
 # --------------------------------------------------------------------------- labels
@@ -120,7 +77,8 @@ def _is_external(definition: Any) -> bool:
     if not isinstance(definition, dict):
         return False
     external = definition.get("external")
-    return bool(external) and external not in ("false", "False")
+    # as compose reads it: ``external: no`` is false; a legacy ``external: {name: x}`` is external
+    return external is not None and compose_bool(external) is not False
 
 
 def _uses_default_network(service: Mapping[str, Any]) -> bool:

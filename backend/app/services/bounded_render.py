@@ -32,6 +32,7 @@ from typing import Any
 
 from backend.app.config import Settings, get_settings
 from backend.app.core.exceptions import ServiceUnavailable, ValidationFailed
+from backend.app.engines import compose_yaml
 from backend.app.services import templating
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def configure(settings: Settings) -> None:
     """Make ``settings``' limits the default of this process (``create_app`` calls it)."""
     global _configured
     _configured = RenderLimits.from_settings(settings)
+    # every compose document this process reads (the policy's, the drivers') has the renderer's YAML bounds
+    compose_yaml.configure(max_nodes=_configured.yaml_max_nodes, max_expanded_chars=_configured.yaml_max_expanded_chars)
 
 
 _context = multiprocessing.get_context("forkserver")
@@ -125,8 +128,7 @@ def _apply_limits(limits: RenderLimits) -> None:
     lower(resource.RLIMIT_CPU, cpu, cpu + 1)
     lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     templating.MAX_OUTPUT_CHARS = limits.max_output_chars
-    templating.YAML_MAX_NODES = limits.yaml_max_nodes
-    templating.YAML_MAX_EXPANDED_CHARS = limits.yaml_max_expanded_chars
+    compose_yaml.configure(max_nodes=limits.yaml_max_nodes, max_expanded_chars=limits.yaml_max_expanded_chars)
 
 
 def _child(conn, kind: str, template: str, specs: list, values: dict, limits: RenderLimits) -> None:  # noqa: ANN001

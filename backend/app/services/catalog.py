@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core.exceptions import ValidationFailed
+from backend.app.engines import compose_yaml
 from backend.app.models import Organization, Stack
 from backend.app.services import stack_service
 
@@ -102,13 +102,9 @@ def _read_yaml(path: Path) -> Any:
         raise CatalogFileError(f"larger than {MAX_FILE_BYTES} bytes")
     text = path.read_text(encoding="utf-8")
     try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise CatalogFileError(f"invalid YAML: {where}{exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise CatalogFileError(f"invalid YAML: {exc}") from None
+        return compose_yaml.load(text)  # as its template's documents are read: YAML 1.2, aliases bounded
+    except ValidationFailed as exc:
+        raise CatalogFileError(exc.detail) from None
 
 
 async def read_definition(path: Path) -> CatalogEntry:

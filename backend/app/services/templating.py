@@ -40,12 +40,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backend.app.core.exceptions import ValidationFailed
+from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
 from backend.app.schemas.stack_variables import (
@@ -683,96 +683,14 @@ def missing_required(specs: list[VariableSpec]) -> list[str]:
 # --- compose documents -----------------------------------------------------------------------------
 
 
-#: Bounds on what a YAML document may expand to through anchors and aliases ("billion laughs"): nodes,
-#: and characters of scalars, counted as if every alias were a copy. Set from the settings
-#: ``YAML_MAX_NODES`` / ``YAML_MAX_EXPANDED_CHARS`` by :mod:`backend.app.services.bounded_render`.
-YAML_MAX_NODES = 100_000
-YAML_MAX_EXPANDED_CHARS = 4 * 1_048_576
-
-
-def _yaml_limit(what: str) -> ValidationFailed:
-    return ValidationFailed(f"invalid YAML: {what}; the document is refused", code="yaml_limit")
-
-
-def _check_yaml_expansion(root: yaml.Node) -> None:
-    """Refuse a composed YAML graph whose expansion (aliases counted as copies) exceeds the bounds.
-
-    PyYAML composes an alias as a second reference to the anchored node, so composing stays linear; the
-    blow-up happens in whoever walks the result (``docker compose``, labelling, dumping). The sizes are
-    computed once per distinct node (memoised, iterative), so a bomb is refused in linear time.
-    """
-    sizes: dict[int, tuple[int, int]] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-
-    def children(node: yaml.Node) -> list[yaml.Node]:
-        if isinstance(node, yaml.MappingNode):
-            return [part for pair in node.value for part in pair]
-        if isinstance(node, yaml.SequenceNode):
-            return list(node.value)
-        return []
-
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            on_path.discard(key)
-            nodes_, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
-            for child in children(node):
-                child_nodes, child_chars = sizes[id(child)]
-                nodes_ += child_nodes
-                chars += child_chars
-            if nodes_ > YAML_MAX_NODES:
-                raise _yaml_limit(
-                    f"anchors and aliases expand the document to more than {YAML_MAX_NODES} nodes "
-                    "(limit YAML_MAX_NODES)"
-                )
-            if chars > YAML_MAX_EXPANDED_CHARS:
-                raise _yaml_limit(
-                    f"anchors and aliases expand the document to more than {YAML_MAX_EXPANDED_CHARS} characters "
-                    "(limit YAML_MAX_EXPANDED_CHARS)"
-                )
-            sizes[key] = (nodes_, chars)
-            continue
-        if key in sizes:
-            continue
-        if key in on_path:
-            raise _yaml_limit("an alias refers to a node that contains it (recursive alias)")
-        on_path.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in children(node) if id(child) not in sizes)
-
-
-def _load_yaml_bounded(text: str) -> Any:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_yaml_expansion(node)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
 def parse_compose_yaml(text: str) -> dict:
-    """Parse a rendered compose document; a syntax error names the line and column.
+    """Parse a rendered compose document as the deployer will (:mod:`backend.app.engines.compose_yaml`); a
+    syntax error names the line and column.
 
     Anchors and aliases are bounded (``YAML_MAX_NODES``, ``YAML_MAX_EXPANDED_CHARS``): a "billion laughs"
     document is refused (``yaml_limit``) before anything expands it.
     """
-    try:
-        document = _load_yaml_bounded(text)
-    except RecursionError:
-        raise _yaml_limit("the document is nested too deeply") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ValidationFailed(f"invalid YAML: {where}{problem}{context}", code="invalid_yaml") from None
-    except yaml.YAMLError as exc:
-        raise ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml") from None
+    document = compose_yaml.load(text)
     if not isinstance(document, dict):
         kind = "empty" if document is None else f"a {type(document).__name__}"
         raise ValidationFailed(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
+from backend.app.core.exceptions import ValidationFailed
+from backend.app.engines.compose_cli import check_document, find_compose_command
 from backend.app.services.compose_policy import (
     MAX_NODES,
     ComposePolicy,
@@ -12,14 +13,16 @@ from backend.app.services.compose_policy import (
     check_host_files,
     check_target,
     host_file_violations,
+    load,
     target_violations,
 )
-from backend.app.core.exceptions import ValidationFailed
 
 
 def _doc(service: str, top: str = "") -> dict:
+    """A document with the service ``app`` (``service``: its lines) and ``top`` after it: top-level keys, or
+    more services when its lines are indented by two. Read as the deployer reads it (``compose_policy.load``)."""
     text = "services:\n  app:\n    image: busybox\n" + "".join(f"    {line}\n" for line in service.splitlines()) + top
-    return yaml.safe_load(text)
+    return load(text)
 
 
 # --- always refused -----------------------------------------------------------------------------------
@@ -81,7 +84,6 @@ ACCEPTED_EVERYWHERE = [
 
 @pytest.mark.parametrize(("service", "top"), [row[1:] for row in ACCEPTED_EVERYWHERE], ids=[row[0] for row in ACCEPTED_EVERYWHERE])
 def test_ordinary_documents_pass_the_default_policy(service, top):
-    top = top if not top.startswith("  ") else top  # extra services are appended under services:
     doc = _doc(service, top)
     check_target(doc, ComposePolicy(), target_name="local", endpoint="unix:///var/run/docker.sock")
 
@@ -161,7 +163,7 @@ def test_yaml_merge_keys_and_key_case_do_not_hide_a_key():
         "x-base: &base {privileged: true, env_file: [/etc/shadow]}\n"
         "services:\n  app:\n    <<: *base\n    image: busybox\n  other:\n    image: busybox\n    Privileged: true\n"
     )
-    doc = yaml.safe_load(text)
+    doc = load(text)
     assert [v.path for v in host_file_violations(doc)] == ["services.app.env_file"]
     assert [(v.path, v.rule) for v in target_violations(doc, ComposePolicy())] == [
         ("services.app.privileged", "allow_privileged"),
@@ -231,6 +233,48 @@ def test_bad_prefixes_are_refused():
 def test_alias_bomb_fails_closed():
     lines = ["a0: &a0 ['$x']"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
     text = "x-bomb:\n" + "".join(f"  {line}\n" for line in lines) + "services:\n  app:\n    image: busybox\n"
+    # The reader refuses the text before anything expands it ...
     with pytest.raises(ValidationFailed) as refused:
-        check_host_files(yaml.safe_load(text))
+        load(text)
+    assert refused.value.code == "yaml_limit" and "YAML_MAX_NODES" in refused.value.detail
+    # ... and the checks refuse such a graph handed to them as data (every list shared ten times over).
+    bomb: list = ["$x"]
+    for _ in range(7):
+        bomb = [bomb] * 10
+    with pytest.raises(ValidationFailed) as refused:
+        check_host_files({"x-bomb": bomb, "services": {"app": {"image": "busybox"}}})
     assert refused.value.code == "compose_too_large" and str(MAX_NODES) in refused.value.detail
+
+
+# --- booleans as compose reads them ----------------------------------------------------------------------
+
+#: ``privileged:`` spellings and what compose makes of them. YAML 1.1 (PyYAML's default, which the policy
+#: once read with) turns ``yes``/``on``/``no``/``off`` into booleans and leaves ``y``/``n`` strings; YAML 1.2
+#: (compose's reading, and now the policy's) leaves all of them strings, and compose casts them itself.
+#: ``n`` used to be refused as if true; compose reads it as false.
+BOOLEAN_SPELLINGS = [
+    ("yes", True), ("on", True), ("y", True), ("Y", True), ("YES", True), ("true", True), ("'yes'", True),
+    ("no", False), ("off", False), ("n", False), ("N", False), ("Off", False), ("false", False), ("'no'", False),
+]
+
+
+@pytest.mark.parametrize(("spelling", "privileged"), BOOLEAN_SPELLINGS, ids=[row[0] for row in BOOLEAN_SPELLINGS])
+async def test_a_boolean_is_decided_as_compose_decides_it(spelling, privileged):
+    text = f"services:\n  app:\n    image: busybox\n    privileged: {spelling}\n"
+    refused = [(v.path, v.rule) for v in target_violations(load(text), ComposePolicy())]
+    assert refused == ([("services.app.privileged", "allow_privileged")] if privileged else [])
+
+    command = find_compose_command()
+    if command is None:
+        pytest.skip("no compose tool installed to compare with")
+    normalised = await check_document(text, command=command, timeout=30, normalised=True)
+    assert normalised.ok, normalised.lines
+    assert load(normalised.stdout)["services"]["app"].get("privileged", False) is privileged
+
+
+@pytest.mark.parametrize("spelling", ["1", "0", "maybe", "''", "~"])
+def test_a_value_compose_refuses_as_a_boolean_is_denied(spelling):
+    """Compose refuses the document (``must be a boolean or string``, ``invalid boolean``); the policy, which
+    judges it before compose runs, fails closed."""
+    text = f"services:\n  app:\n    image: busybox\n    privileged: {spelling}\n"
+    assert [v.path for v in target_violations(load(text), ComposePolicy())] == ["services.app.privileged"]
