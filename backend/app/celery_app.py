@@ -222,9 +222,11 @@ class WorkerMonitor:
         with contextlib.suppress(Exception):  # Redis: unacknowledged messages back in the queue now
             self.consumer.task_consumer.channel.qos.restore_unacked_once()
         if self.sql_broker:
-            with contextlib.suppress(Exception):
+            try:
                 released = release_deliveries(settings.sync_database_url, hostname=socket.gethostname(), pid=os.getpid())
                 logger.warning("worker %s put %d message(s) back in the queue", self.name, released)
+            except Exception as exc:  # noqa: BLE001 - the reaper puts them back once this heartbeat is stale
+                logger.warning("worker %s could not put its messages back (%s): the reaper will", self.name, exc)
         worker_watchdog.kill_processes(self.pool_pids() or [])
 
         async def mark() -> None:

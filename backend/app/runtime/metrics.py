@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from backend.app.core.events import Event, EventType
 from backend.app.models import DeploymentStatus
+from backend.app.runtime import workers
 
 DISPATCH_FALLBACKS = Counter(
     "windflow_dispatch_fallback_total", "Deployments run by the asyncio fallback instead of Celery", ["reason"]
@@ -34,6 +35,8 @@ class _DatabaseCollector:
     def __init__(self) -> None:
         self.by_status: dict[str, int] = {}
         self.recovery: dict[str, int] = {}
+        self.workers: dict[str, int] = {}
+        self.degraded_total = 0
 
     def collect(self):
         gauge = GaugeMetricFamily("windflow_deployments", "Deployments by status", labels=["status"])
@@ -43,6 +46,16 @@ class _DatabaseCollector:
         yield GaugeMetricFamily("windflow_deployments_pending", "Deployments waiting in pending", value=self.by_status.get("pending", 0))
         for key in ("retried", "failed", "skipped", "errors", "settled", "runs"):
             yield CounterMetricFamily(f"windflow_recovery_{key}", f"Recovery: cumulative {key}", value=self.recovery.get(key, 0))
+        workers = GaugeMetricFamily(
+            "windflow_workers", "Celery workers with a fresh heartbeat: healthy, or degraded (alive, executing nothing)",
+            labels=["state"],
+        )
+        for state in ("healthy", "degraded"):
+            workers.add_metric([state], self.workers.get(state, 0))
+        yield workers
+        yield CounterMetricFamily(
+            "windflow_workers_degraded", "Times a worker was found alive but executing nothing", value=self.degraded_total
+        )
 
 
 _collector = _DatabaseCollector()
@@ -57,6 +70,9 @@ async def refresh_from_database(session) -> None:
     _collector.by_status = await status_counts.read(session)  # six maintained rows, never a scan
     report = await last_report(session)
     _collector.recovery = dict((report or {}).get("totals", {}))
+    present = await workers.list_workers(session, include_stale=False)  # a few rows, one per worker node
+    _collector.workers = {"healthy": sum(w.serving for w in present), "degraded": sum(not w.serving for w in present)}
+    _collector.degraded_total = await workers.degraded_total(session)
 
 
 def observes(evt: Event) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.database import utcnow
-from backend.app.models import WorkerHeartbeat
+from backend.app.models import SystemState, WorkerHeartbeat
 
 HEARTBEAT_SECONDS = 3.0
 STALE_AFTER_SECONDS = 12.0
@@ -69,6 +69,8 @@ async def write_heartbeat(
 ) -> None:
     now = utcnow()
     row = await session.get(WorkerHeartbeat, name)
+    if state == DEGRADED and (row is None or row.pid != pid or row.state != DEGRADED):
+        await _count_degradation(session)
     if row is None or row.pid != pid:
         if row is not None:
             await session.delete(row)
@@ -87,6 +89,23 @@ async def write_heartbeat(
         await session.commit()
     except IntegrityError:  # two beats of one node raced; the other one wrote it
         await session.rollback()
+
+
+#: ``system_state`` key of the cumulative count of workers found degraded (``windflow_workers_degraded_total``)
+HEALTH_KEY = "worker_health"
+
+
+async def _count_degradation(session: AsyncSession) -> None:
+    row = await session.get(SystemState, HEALTH_KEY, with_for_update=True)
+    if row is None:
+        session.add(SystemState(key=HEALTH_KEY, value={"degraded_total": 1}))
+    else:
+        row.value = {**(row.value or {}), "degraded_total": int((row.value or {}).get("degraded_total", 0)) + 1}
+
+
+async def degraded_total(session: AsyncSession) -> int:
+    row = await session.get(SystemState, HEALTH_KEY)
+    return int((row.value or {}).get("degraded_total", 0)) if row else 0
 
 
 async def remove_heartbeat(session: AsyncSession, name: str) -> None:

@@ -1,0 +1,100 @@
+"""The worker watchdog's rules (``runtime/worker_watchdog.py``), one by one, on what a worker looks like.
+
+The real-process behaviour (a stopped pool reported degraded, the worker leaving, its deployments run
+elsewhere) is tested in ``tests/celery/test_worker_health.py``; here each rule's bound and its reset."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from backend.app.runtime.worker_watchdog import Watchdog, live_processes, process_state
+
+STALL = 10.0
+
+
+def dog(concurrency: int = 2) -> Watchdog:
+    return Watchdog(concurrency=concurrency, stall_seconds=STALL)
+
+
+def test_a_full_idle_pool_is_healthy():
+    verdict = dog().judge(0.0, live=2, reserved={}, active=[])
+    assert verdict.healthy and verdict.problem is None and verdict.degraded_for == 0
+
+
+def test_a_short_pool_is_degraded_only_after_the_bound_and_healthy_again_once_refilled():
+    watchdog = dog()
+    assert watchdog.judge(0.0, live=1, reserved={}, active=[]).healthy  # billiard refills within a second
+    assert watchdog.judge(9.0, live=1, reserved={}, active=[]).healthy
+    verdict = watchdog.judge(10.0, live=0, reserved={}, active=[])
+    assert not verdict.healthy
+    assert "0/2 live processes" in verdict.problem and "10s" in verdict.problem
+    assert watchdog.judge(15.0, live=0, reserved={}, active=[]).degraded_for == 5.0
+    assert watchdog.judge(16.0, live=2, reserved={}, active=[]).healthy
+    assert watchdog.judge(17.0, live=1, reserved={}, active=[]).healthy  # a new shortage starts a new bound
+
+
+def test_a_received_task_that_no_idle_process_starts_is_degraded():
+    watchdog = dog()
+    reserved = {"t1": "windflow.deploy_stack"}
+    assert watchdog.judge(0.0, live=2, reserved=reserved, active=[]).healthy
+    verdict = watchdog.judge(10.0, live=2, reserved=reserved, active=[])
+    assert not verdict.healthy
+    assert "windflow.deploy_stack[t1]" in verdict.problem and "2 pool process(es) are idle" in verdict.problem
+    # started at last: healthy, and forgotten
+    assert watchdog.judge(11.0, live=2, reserved=reserved, active=["t1"]).healthy
+    assert watchdog.waiting_since == {}
+
+
+def test_a_task_waiting_behind_busy_processes_is_not_a_problem():
+    watchdog = dog()
+    reserved = {"a": "x", "b": "x", "c": "x"}
+    for now in (0.0, 30.0, 60.0):
+        assert watchdog.judge(now, live=2, reserved=reserved, active=["a", "b"]).healthy
+
+
+def test_a_task_counts_as_waiting_from_the_first_look_that_sees_it():
+    watchdog = dog()
+    assert watchdog.judge(0.0, live=2, reserved={}, active=[]).healthy
+    assert watchdog.judge(5.0, live=2, reserved={"t": "x"}, active=[]).healthy
+    assert watchdog.judge(14.0, live=2, reserved={"t": "x"}, active=[]).healthy
+    assert not watchdog.judge(15.0, live=2, reserved={"t": "x"}, active=[]).healthy
+    # given back (the consumer restored it): forgotten
+    assert watchdog.judge(16.0, live=2, reserved={}, active=[]).healthy
+    assert watchdog.judge(30.0, live=2, reserved={"t": "x"}, active=[]).healthy
+
+
+def test_a_consumer_that_stopped_fetching_while_messages_wait_is_degraded():
+    watchdog = dog()
+    assert watchdog.judge(0.0, live=2, reserved={}, active=[], poll_age=30.0, messages_waiting=False).healthy
+    assert watchdog.judge(0.0, live=2, reserved={}, active=[], poll_age=30.0, messages_waiting=None).healthy
+    assert watchdog.judge(0.0, live=2, reserved={}, active=[], poll_age=2.0, messages_waiting=True).healthy
+    # a full prefetch window does not poll, and is not stuck
+    full = {"a": "x", "b": "x"}
+    assert watchdog.judge(0.0, live=2, reserved=full, active=["a", "b"], poll_age=30.0, messages_waiting=True).healthy
+    verdict = watchdog.judge(0.0, live=2, reserved={}, active=[], poll_age=30.0, messages_waiting=True)
+    assert not verdict.healthy and "has not fetched from the broker for 30s" in verdict.problem
+
+
+def test_live_processes_count_neither_a_stopped_nor_a_dead_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_state(child.pid) in {"S", "R"}
+        assert live_processes([child.pid]) == 1
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while process_state(child.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process_state(child.pid) == "T"
+        assert live_processes([child.pid]) == 0
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        while process_state(child.pid) not in {"Z", None} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live_processes([child.pid]) == 0  # a zombie is not a pool process
+    finally:
+        child.kill()
+        child.wait()
+    assert process_state(child.pid) is None
