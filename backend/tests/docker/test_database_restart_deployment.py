@@ -108,8 +108,8 @@ async def test_an_in_process_deployment_goes_on_across_a_database_restart(docker
         output = server.output()
         assert "Traceback" not in output and "could not store" not in output, output[-5000:]
     finally:
+        if server is not None:
+            server.stop()  # first: its runner may still be creating the container
         if deployment_id:
             force_cleanup(deployment_id)
-        if server is not None:
-            server.stop()
         await asyncio.to_thread(cluster.destroy)
