@@ -55,7 +55,9 @@ class PrivateCluster:
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                # fsync off: a stopped server's writes are in the OS cache, which outlives it; synchronous_commit
+                # stays on, or `stop -m immediate` would lose transactions that had committed
+                "fsync = off\nfull_page_writes = off\nmax_connections = 200\n"
             )
         self.start()
         self._psql(f'CREATE DATABASE "{database}"')

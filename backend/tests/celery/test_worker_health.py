@@ -1,0 +1,319 @@
+"""A worker that is alive but runs nothing, and a database or broker restart: real workers, real engine.
+
+* A pool that cannot start tasks (its children stopped with SIGSTOP) is reported ``degraded`` with its
+  problem (``/api/v1/system/workers``, ``/health``, ``/metrics``), leaves with exit 75, and its deployments
+  run on another worker (``runtime/worker_watchdog.py``).
+* SIGTERM stops a worker whose pool is broken at once, not after its grace period (or never).
+* Pool children killed in quick succession: every deployment runs and the pool is back to its concurrency.
+* PostgreSQL stopped and started (``-m fast`` and ``-m immediate``, a private server) during deployments:
+  the API answers 503 while it is down; every deployment ends ``running``, each container created once, no
+  log ``seq`` missing; the worker reconnects by itself.
+* Redis restarted while it is the broker: every deployment still ends ``running``.
+
+The tests play the supervisor (compose ``restart:``): a worker that leaves with exit 75 is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.app.runtime.worker_watchdog import EXIT_DEGRADED, live_processes
+from backend.tests.celery.test_celery_execution import SLOW_TEMPLATE, _setup, celery_settings, redis_clean  # noqa: F401
+from backend.tests.celery.test_self_healing import _children, _pid_alive
+from backend.tests.celery_fixtures import Proc, running_app, start_worker, wait_heartbeat, wait_mode
+from backend.tests.conftest import make_settings
+from backend.tests.deploy_helpers import force_cleanup, free_port, labelled, wait_status
+
+pytestmark = [pytest.mark.docker]
+
+#: short bounds so that the tests are quick; production defaults are in config.py
+FAST = dict(
+    DEPLOYMENT_LEASE_SECONDS=4,
+    DEPLOYMENT_HEARTBEAT_SECONDS=1,
+    REAPER_INTERVAL_SECONDS=0.5,
+    DISPATCH_TIMEOUT_SECONDS=3,
+    RECOVERY_ON_STARTUP=False,
+    WORKER_STALL_SECONDS=3,
+    WORKER_LEAVE_AFTER_SECONDS=2,
+)
+VARIABLES = [{"name": "delay", "type": "integer", "default": 2}]
+
+
+class Supervised:
+    """A worker restarted when it leaves degraded (exit 75), as compose's ``restart:`` or systemd would."""
+
+    def __init__(self, settings, log_dir: Path, name: str, *extra: str) -> None:
+        self.settings, self.log_dir, self.name, self.extra = settings, log_dir, name, extra
+        self.generation = 0
+        self.left = 0
+        self.proc = self._start()
+
+    def _start(self) -> Proc:
+        self.generation += 1
+        return start_worker(self.settings, self.log_dir, *self.extra, name=f"{self.name}{self.generation}")
+
+    def tick(self) -> None:
+        if self.proc.popen.poll() == EXIT_DEGRADED:
+            self.left += 1
+            self.proc.stop()
+            self.proc = self._start()
+
+    async def watch(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(0.5)
+
+    def output(self) -> str:
+        return "\n".join(
+            (self.log_dir / f"worker-{self.name}{g}.log").read_text(errors="replace")[-4000:] for g in range(1, self.generation + 1)
+        )
+
+
+async def _pool(pid: int, size: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = _children(pid)
+        if len(children) >= size and live_processes(children) >= size:
+            return children
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"worker {pid} has no pool of {size} within {timeout}s: {_children(pid)}")
+
+
+async def _worker_row(client, headers, prefix: str) -> dict | None:
+    body = (await client.get("/api/v1/system/workers", headers=headers)).json()
+    return next((w for w in body["workers"] if w["name"] and w["name"].startswith(prefix) and w["alive"]), None)
+
+
+async def _deploy(client, headers, stack_id: str, target_id: str, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        response = await client.post("/api/v1/deployments", json={"stack_id": stack_id, "target_id": target_id}, headers=headers)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+async def _assert_all_running_once(client, headers, ids: list[str], timeout: float = 120) -> None:
+    for deployment_id in ids:
+        final = await wait_status(client, headers, deployment_id, {"running", "failed"}, timeout=timeout)
+        assert final["status"] == "running", final["error_message"]
+        assert len(labelled("container", deployment_id)) == 1, "each container created once"
+        logs = (await client.get(f"/api/v1/deployments/{deployment_id}/logs?since_seq=0&limit=1000", headers=headers)).json()
+        seqs = [line["seq"] for line in logs["items"]]
+        assert seqs == list(range(1, len(seqs) + 1)), f"log lines missing or doubled: {seqs}"
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("broker", ["database", "redis"])
+async def test_a_pool_that_cannot_start_tasks_is_degraded_and_its_deployments_run_elsewhere(
+    db, docker_engine, tmp_path, broker, redis_clean  # noqa: F811
+):
+    settings = celery_settings(db, tmp_path, broker, PROMETHEUS_ENABLED=True, **FAST)
+    stuck = start_worker(settings, tmp_path, "--pool=prefork", "--concurrency=2", name="stuck")
+    rescuer: Proc | None = None
+    ids: list[str] = []
+    pool: list[int] = []
+    try:
+        async with running_app(settings) as (_app, client):
+            await wait_heartbeat("stuck@", stuck)
+            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+            await wait_mode(client, admin.headers, "external")
+            pool = await _pool(stuck.pid, 2)
+            for pid in pool:
+                os.kill(pid, signal.SIGSTOP)  # alive, and runs nothing
+            stopped_at = time.monotonic()
+            ids = await _deploy(client, admin.headers, stack_id, target_id, 2)
+
+            row = None
+            while time.monotonic() - stopped_at < settings.WORKER_STALL_SECONDS + 10:
+                row = await _worker_row(client, admin.headers, "stuck@")
+                if row and row["state"] == "degraded":
+                    break
+                await asyncio.sleep(0.2)
+            assert row and row["state"] == "degraded", f"never reported degraded: {row}\n{stuck.tail()}"
+            assert "0/2 live processes" in row["problem"], row
+            deadline = time.monotonic() + 10  # /health shows the execution-mode check's view (every 3 s)
+            while (health := (await client.get("/health")).json())["status"] != "degraded" and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+            assert health["status"] == "degraded" and health["workers"]["count"] == 0, health
+            assert health["workers"]["degraded"] and "live processes" in health["workers"]["degraded"][0]["problem"]
+            metrics = (await client.get("/metrics")).text
+            assert 'windflow_workers{state="degraded"} 1.0' in metrics, metrics
+            assert "windflow_workers_degraded_total 1.0" in metrics
+
+            rescuer = start_worker(settings, tmp_path, "--concurrency=2", name="rescuer")
+            assert stuck.popen.wait(settings.WORKER_LEAVE_AFTER_SECONDS + 15) == EXIT_DEGRADED, stuck.tail()
+            assert "leaves: degraded" in stuck.output()
+            assert not [pid for pid in pool if _pid_alive(pid)], "the degraded worker's pool was killed"
+            await _assert_all_running_once(client, admin.headers, ids)
+    finally:
+        for pid in pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        stuck.stop()
+        if rescuer is not None:
+            rescuer.stop()
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_sigterm_stops_a_worker_whose_pool_is_broken_at_once(db, docker_engine, tmp_path):
+    """A warm shutdown waits for running tasks: with WORKER_SHUTDOWN_GRACE_SECONDS=120, a worker whose pool
+    is stopped must still exit within seconds (it has nothing it could finish), its message back in the queue."""
+    settings = celery_settings(db, tmp_path, WORKER_SHUTDOWN_GRACE_SECONDS=120, **{**FAST, "WORKER_STALL_SECONDS": 60})
+    worker = start_worker(settings, tmp_path, "--pool=prefork", "--concurrency=2", name="broken")
+    pool: list[int] = []
+    ids: list[str] = []
+    try:
+        async with running_app(settings) as (_app, client):
+            await wait_heartbeat("broken@", worker)
+            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+            await wait_mode(client, admin.headers, "external")
+            pool = await _pool(worker.pid, 2)
+            for pid in pool:
+                os.kill(pid, signal.SIGSTOP)
+            ids = await _deploy(client, admin.headers, stack_id, target_id, 1)
+            await asyncio.sleep(2)  # received, never started
+            os.kill(worker.pid, signal.SIGTERM)
+            began = time.monotonic()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.popen.wait(20)
+            took = time.monotonic() - began
+            assert worker.popen.poll() is not None, f"still running {took:.0f}s after SIGTERM:\n{worker.tail()}"
+            assert took < 15, took
+            assert "nothing left to finish" in worker.output()
+            assert not [pid for pid in pool if _pid_alive(pid)]
+    finally:
+        for pid in pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        worker.stop()
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("broker", ["database", "redis"])
+async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_path, broker, redis_clean):  # noqa: F811
+    settings = celery_settings(db, tmp_path, broker, **FAST)
+    worker = Supervised(settings, tmp_path, "rapid", "--pool=prefork", "--concurrency=2")
+    ids: list[str] = []
+    watch = None
+    try:
+        async with running_app(settings) as (_app, client):
+            await wait_heartbeat("rapid1@", worker.proc)
+            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+            await wait_mode(client, admin.headers, "external")
+            await _pool(worker.proc.pid, 2)
+            watch = asyncio.create_task(worker.watch())
+            ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
+            killed = 0
+            for _ in range(5):  # five kills within ~8 s, busy children first
+                await asyncio.sleep(1.5)
+                children = [pid for pid in _children(worker.proc.pid) if _pid_alive(pid)]
+                if children:
+                    os.kill(children[killed % len(children)], signal.SIGKILL)
+                    killed += 1
+            assert killed >= 4
+            await _assert_all_running_once(client, admin.headers, ids, timeout=150)
+            live = await _pool(worker.proc.pid, 2)  # back to its concurrency
+            assert live_processes(live) == 2
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                row = await _worker_row(client, admin.headers, f"rapid{worker.generation}@")
+                if row and row["state"] == "healthy" and row["live_processes"] == 2:
+                    break
+                await asyncio.sleep(0.5)
+            assert row and row["state"] == "healthy" and row["live_processes"] == 2, row
+    finally:
+        if watch is not None:
+            watch.cancel()
+        worker.proc.stop()
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_database_restart_during_deployments_loses_nothing(docker_engine, tmp_path, mode):
+    """PostgreSQL (database and broker) stopped for 5 s while deployments run, then started again."""
+    from backend.tests.pg_cluster import PrivateCluster
+
+    cluster = PrivateCluster()
+    settings = make_settings(
+        cluster.async_url, CELERY_ENABLED=True, CELERY_BROKER_TYPE="database", CELERY_AUTO_START_WORKER=False,
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments", DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=60, RUN_MIGRATIONS_ON_STARTUP=True,
+        LOG_LEVEL="INFO", **FAST,
+    )
+    worker: Supervised | None = None
+    ids: list[str] = []
+    watch = None
+    try:
+        async with running_app(settings) as (_app, client):
+            worker = Supervised(settings, tmp_path, "dbr", "--pool=prefork", "--concurrency=2")
+            await wait_heartbeat("dbr1@", worker.proc)
+            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+            await wait_mode(client, admin.headers, "external")
+            watch = asyncio.create_task(worker.watch())
+            ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
+            await asyncio.sleep(1.5)  # some claimed and deploying, some queued
+
+            cluster.stop(mode)
+            outage = await client.get("/api/v1/deployments", headers=admin.headers)
+            assert outage.status_code == 503, outage.text
+            assert outage.json()["code"] == "database_unavailable" and int(outage.headers["retry-after"]) > 0
+            await asyncio.sleep(5)
+            cluster.start()
+
+            await _assert_all_running_once(client, admin.headers, ids, timeout=150)
+            assert worker.proc.alive() or worker.left, worker.output()
+    finally:
+        if watch is not None:
+            watch.cancel()
+        if worker is not None:
+            worker.proc.stop()
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
+        cluster.destroy()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_a_redis_broker_restart_during_deployments(db, docker_engine, tmp_path):
+    """A private Redis (no persistence: what it held is gone) restarted while deployments are queued."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = celery_settings(db, tmp_path, "redis", CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url, **FAST)
+    worker = Supervised(settings, tmp_path, "rr", "--pool=prefork", "--concurrency=2")
+    ids: list[str] = []
+    watch = None
+    try:
+        async with running_app(settings) as (_app, client):
+            await wait_heartbeat("rr1@", worker.proc)
+            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+            await wait_mode(client, admin.headers, "external")
+            watch = asyncio.create_task(worker.watch())
+            ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
+            await asyncio.sleep(1.0)
+            redis.kill()
+            redis.wait(10)
+            await asyncio.sleep(3)
+            redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await _assert_all_running_once(client, admin.headers, ids, timeout=150)
+    finally:
+        if watch is not None:
+            watch.cancel()
+        worker.proc.stop()
+        redis.kill()
+        redis.wait(10)
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
