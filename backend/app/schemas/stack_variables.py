@@ -1,23 +1,28 @@
 """The typed stack variable schema: one Pydantic model per variable type, a union discriminated by ``type``.
 
 This is the contract a client builds a stack's form from (it is in the OpenAPI document as
-``StackRead.variables`` and the create/update bodies). :func:`validate_variable_schema` checks a raw
-schema against it and reports *every* problem at once, each as ``path: message`` with the path a user
-can find in their JSON (``variables[1].variables[0].name: ...``), never Pydantic's internal locations.
+``StackRead.variables`` and the create/update bodies), and the one model of a variable WindFlow has: each
+type's model carries its fields and their rules, its value rules (:meth:`value_of` coerces a given value
+strictly to the type, then checks ``min``/``max``, lengths, ``pattern``, options), a type-correct example
+for test renders (:meth:`example`) and its canonical form (``model_dump()``: aliases resolved, enum
+options as ``{value, label}``, the default coerced; what the database stores).
 
-What the models decide: the fields each type takes (``extra="forbid"``: a field of another type is named
-as such, e.g. ``min`` on a string), names, texts, bounds, lengths, patterns, enum options, group nesting,
-duplicates and the size limits. What they leave to :mod:`backend.app.services.templating`: a ``default``
-is checked with the same coercion as a deployment's values (and generator expressions with the sandbox),
-so the two can never disagree.
+:func:`validate_variable_schema` checks a raw schema against it and reports *every* problem at once, each as
+``path: message`` with the path a user can find in their JSON (``variables[1].variables[0].name: ...``),
+never Pydantic's internal locations. A literal ``default`` is checked with the same rules as a deployment's
+values, so the two can never disagree; a generator expression (``{{ generate_password(24) }}``) is checked
+by the callable the caller puts in the validation context under :data:`GENERATOR_CHECK` (the templating
+sandbox: :func:`backend.app.services.templating.parse_variables`).
+
+(Some 570 lines: the eight models, their value rules, the union and the validation that names paths are one
+contract, read together; the field types they are built from are in ``variable_fields.py``.)
 """
 
 from __future__ import annotations
 
-import keyword
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,16 +31,40 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
-    WithJsonSchema,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+
+from backend.app.schemas.variable_fields import (
+    MAX_PATTERN_LENGTH,
+    NAME_RULE,
+    PROBLEM,
+    BooleanDefault,
+    Bound,
+    EnumDefault,
+    Flag,
+    IntegerDefault,
+    Length,
+    NumberDefault,
+    Pattern,
+    Text,
+    TextDefault,
+    ValueProblem,
+    VariableName,
+    WholeBound,
+    describe,
+    is_expression,
+    problem,
+    scalar_text,
+)
 
 __all__ = [
+    "GENERATOR_CHECK",
     "MAX_GROUP_DEPTH",
     "MAX_PATTERN_LENGTH",
+    "MAX_VALUE_LENGTH",
     "MAX_VARIABLES",
     "TYPE_ALIASES",
     "VARIABLE_TYPES",
@@ -49,28 +78,21 @@ __all__ = [
     "StackVariable",
     "StringVariable",
     "TextareaVariable",
+    "ValueProblem",
+    "is_expression",
     "validate_variable_schema",
 ]
 
 VARIABLE_TYPES = ("string", "integer", "number", "boolean", "enum", "secret", "textarea", "group")
 TYPE_ALIASES = {"password": "secret"}
 STRING_TYPES = frozenset({"string", "textarea", "secret"})
-NUMERIC_TYPES = frozenset({"integer", "number"})
 
 MAX_VARIABLES = 200
 MAX_GROUP_DEPTH = 4
-MAX_PATTERN_LENGTH = 500
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_NAME_RE = re.compile(NAME_PATTERN)
-#: Names that cannot be template variables: Jinja keywords and special names, and dict methods (inside a
-#: group ``{{ db.items }}`` would return the dict method instead of the variable).
-RESERVED_NAMES = frozenset(
-    {"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else", "elif",
-     "for", "recursive", "with", "without", "context", "ignore", "missing", "import", "as", "from", "pluck",
-     "loop", "self", "super", "caller", "varargs", "kwargs", "block", "set", "macro", "call", "filter",
-     "items", "keys", "values", "get", "copy", "pop", "popitem", "setdefault", "update", "clear", "fromkeys"}
-    | set(keyword.kwlist)
-)
+MAX_VALUE_LENGTH = 65_536
+#: The key of the validation context under which a caller passes the check of generator expressions: a
+#: callable that raises :class:`ValueProblem` for an expression the sandbox would refuse.
+GENERATOR_CHECK = "check_generator"
 ALLOWED_KEYS = frozenset(
     {"name", "type", "label", "description", "placeholder", "required", "default", "pattern", "min", "max",
      "min_length", "max_length", "options", "variables"}
@@ -85,103 +107,8 @@ _FIELD_OWNERS = {
     "options": "enum",
     "variables": "group",
 }
-_NAME_RULE = "required; letters, digits and underscores, not starting with a digit, at most 64 characters"
-_ERROR = "windflow"
-
-
-def _problem(message: str, at: str | None = None) -> PydanticCustomError:
-    """A problem with our own message; ``at`` is a path below the value being validated (``min``,
-    ``options[1]``). The message goes through the context so that braces in it are never formatted."""
-    return PydanticCustomError(_ERROR, "{message}", {"message": message, "at": at})
-
-
-def scalar_text(value: Any) -> str:
-    """How a scalar reads in a document and in messages (``true``/``false`` for booleans)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def describe(value: Any) -> str:
-    """``repr(value)``, shortened to 60 characters (for messages)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# --- field types --------------------------------------------------------------------------------------
-
-
-def _check_name(value: Any) -> Any:
-    if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 64:
-        raise _problem(_NAME_RULE)
-    if value in RESERVED_NAMES:
-        raise _problem(f"{value!r} is reserved in templates; pick another name")
-    return value
-
-
-def _check_text(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise _problem("must be a string")
-    return value
-
-
-def _check_bool(value: Any) -> Any:
-    if not isinstance(value, bool):
-        raise _problem("must be true or false")
-    return value
-
-
-def _check_number(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _problem("must be a number")
-    return value
-
-
-def _check_whole(value: Any) -> Any:
-    value = _check_number(value)
-    if isinstance(value, float) and not value.is_integer():
-        raise _problem("must be a whole number for an integer variable")
-    return int(value)
-
-
-def _check_length(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _problem("must be a non-negative integer")
-    return value
-
-
-def _check_pattern(value: Any) -> Any:
-    if not isinstance(value, str) or len(value) > MAX_PATTERN_LENGTH:
-        raise _problem(f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters")
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise _problem(f"invalid regular expression: {exc}") from None
-    return value
-
-
-VariableName = Annotated[str, BeforeValidator(_check_name), Field(pattern=NAME_PATTERN, max_length=64)]
-Text = Annotated[str, BeforeValidator(_check_text)]
-Flag = Annotated[bool, BeforeValidator(_check_bool)]
-Bound = Annotated[int | float, BeforeValidator(_check_number)]
-WholeBound = Annotated[int, BeforeValidator(_check_whole)]
-Length = Annotated[int, BeforeValidator(_check_length)]
-Pattern = Annotated[str, BeforeValidator(_check_pattern), Field(max_length=MAX_PATTERN_LENGTH)]
-#: Checked by the templating service with the same coercion as a deployment's values.
-_DEFAULT_DOC = "a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}"
-
-
-def _default(json_type: dict[str, Any]) -> Any:
-    return Annotated[Any, WithJsonSchema({**json_type, "description": _DEFAULT_DOC})]
-
-
-TextDefault = _default({"type": "string"})
-IntegerDefault = _default({"anyOf": [{"type": "integer"}, {"type": "string"}]})
-NumberDefault = _default({"anyOf": [{"type": "number"}, {"type": "string"}]})
-BooleanDefault = _default({"anyOf": [{"type": "boolean"}, {"type": "string"}]})
-EnumDefault = _default({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
+_INTEGER_RE = re.compile(r"^[+-]?[0-9]+$")
+_NUMBER_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 
 
 # --- the models ---------------------------------------------------------------------------------------
@@ -195,6 +122,9 @@ class _Variable(BaseModel):
     description: Text | None = None
     placeholder: Text | None = None
 
+    #: a secret's value is stored encrypted, shown as ``***`` and never quoted in a message
+    is_secret: ClassVar[bool] = False
+
     @model_validator(mode="before")
     @classmethod
     def _null_means_absent(cls, data: Any) -> Any:
@@ -205,11 +135,73 @@ class _Variable(BaseModel):
 
     @model_serializer(mode="wrap")
     def _canonical(self, handler):  # no return annotation: the JSON schema stays the model's
-        return {key: value for key, value in handler(self).items() if value is not None}
+        data = handler(self)
+        canonical = {"name": data.pop("name"), "type": data.pop("type")}
+        canonical.update((key, value) for key, value in data.items() if value is not None)
+        return canonical
 
 
 class _ValueVariable(_Variable):
+    """A variable that takes a value (every type but ``group``): its value rules, and its default checked
+    against them (coerced, or a generator expression checked by the context's :data:`GENERATOR_CHECK`)."""
+
     required: Flag = False
+
+    #: whether ``""`` is a value of this type; else an empty form field means "not given" (the default applies)
+    empty_is_a_value: ClassVar[bool] = False
+
+    @property
+    def has_generator(self) -> bool:
+        return is_expression(self.default)
+
+    def value_of(self, raw: Any) -> Any:
+        """``raw`` (not ``None``) as this variable's value: coerced strictly to its type (no truncation, no
+        guessing), then checked against its rules. Raises :class:`ValueProblem`."""
+        value = self._coerce(raw)
+        self._check(value)
+        return value
+
+    def example(self) -> Any:
+        """A value of the right type that passes the rules (to test-render a stack without its values)."""
+        raise NotImplementedError
+
+    def _coerce(self, raw: Any) -> Any:
+        raise NotImplementedError
+
+    def _check(self, value: Any) -> None:
+        """The rules beyond the type (bounds, lengths, pattern); none by default."""
+
+    def _check_rules(self) -> None:
+        """The rules agree with each other (``min`` not above ``max``); raises ``_problem``."""
+
+    def _got(self, raw: Any) -> str:
+        return "" if self.is_secret else f", got {describe(raw)}"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _default_fits(cls, data: Any, handler, info: ValidationInfo):  # noqa: ANN001, ANN206 - Pydantic's hook
+        variable = handler(data)
+        variable._check_rules()  # first: a default is judged by rules that make sense
+        default = variable.default
+        if default is None:
+            return variable
+        try:
+            if is_expression(default):
+                check = (info.context or {}).get(GENERATOR_CHECK)
+                if check is not None:
+                    check(default)
+                return variable
+            if variable.is_secret:
+                raise ValueProblem(
+                    "a secret's default must be a generator such as '{{ generate_password(24) }}'; a literal "
+                    "default would be stored and shown in clear"
+                )
+            value = variable.value_of(default)
+        except ValueProblem as exc:
+            raise problem(str(exc), "default") from None
+        if value == default and type(value) is type(default):
+            return variable
+        return variable.model_copy(update={"default": value})
 
 
 class _TextVariable(_ValueVariable):
@@ -218,11 +210,39 @@ class _TextVariable(_ValueVariable):
     min_length: Length | None = None
     max_length: Length | None = None
 
-    @model_validator(mode="after")
-    def _lengths_in_order(self) -> _TextVariable:
+    empty_is_a_value: ClassVar[bool] = True
+    #: whether the value may span lines
+    multiline: ClassVar[bool] = False
+
+    def _check_rules(self) -> None:
         if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
-            raise _problem(f"greater than max_length ({self.max_length})", "min_length")
-        return self
+            raise problem(f"greater than max_length ({self.max_length})", "min_length")
+
+    def _coerce(self, raw: Any) -> str:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise ValueProblem(f"must be a string{self._got(raw)}")
+        value = raw if isinstance(raw, str) else str(raw)
+        if len(value) > MAX_VALUE_LENGTH:
+            raise ValueProblem(f"longer than {MAX_VALUE_LENGTH} characters")
+        if "\x00" in value:
+            raise ValueProblem("must not contain NUL (\\x00) characters")
+        if not self.multiline and any(ch in value for ch in "\r\n"):
+            raise ValueProblem("must be a single line (use a textarea variable for multi-line text)")
+        return value
+
+    def _check(self, value: str) -> None:
+        if self.min_length is not None and len(value) < self.min_length:
+            raise ValueProblem(f"must be at least {self.min_length} characters long")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValueProblem(f"must be at most {self.max_length} characters long")
+        if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+            raise ValueProblem(f"does not match the pattern {self.pattern}")
+
+    def example(self) -> str:
+        text = "example-secret" if self.is_secret else "example"
+        wanted = max(len(text), self.min_length or 0)
+        text = (text * (wanted // len(text) + 1))[:wanted]
+        return text if self.max_length is None else text[: self.max_length]
 
 
 class StringVariable(_TextVariable):
@@ -236,11 +256,15 @@ class TextareaVariable(_TextVariable):
 
     type: Literal["textarea"]
 
+    multiline: ClassVar[bool] = True
+
 
 class SecretVariable(_TextVariable):
     """Text never shown back (masked as ``***``); its default can only be a generator expression."""
 
     type: Literal["secret", "password"] = Field(description="password is an alias of secret")
+
+    is_secret: ClassVar[bool] = True
 
     @field_validator("type")
     @classmethod
@@ -249,12 +273,22 @@ class SecretVariable(_TextVariable):
 
 
 class _NumericVariable(_ValueVariable):
-    @model_validator(mode="after")
-    def _bounds_in_order(self):
+    def _check_rules(self) -> None:
         low, high = getattr(self, "min"), getattr(self, "max")
         if low is not None and high is not None and low > high:
-            raise _problem(f"greater than max ({high})", "min")
-        return self
+            raise problem(f"greater than max ({high})", "min")
+
+    def _check(self, value: int | float) -> None:
+        low, high = getattr(self, "min"), getattr(self, "max")
+        if low is not None and value < low:
+            raise ValueProblem(f"must be at least {low}")
+        if high is not None and value > high:
+            raise ValueProblem(f"must be at most {high}")
+
+    def example(self) -> int | float:
+        low, high = getattr(self, "min"), getattr(self, "max")
+        value = low if low is not None else 1
+        return high if high is not None and value > high else value
 
 
 class IntegerVariable(_NumericVariable):
@@ -263,6 +297,15 @@ class IntegerVariable(_NumericVariable):
     min: WholeBound | None = None
     max: WholeBound | None = None
 
+    def _coerce(self, raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str) and _INTEGER_RE.match(raw):
+            return int(raw)
+        raise ValueProblem(f"must be an integer{self._got(raw)}")
+
 
 class NumberVariable(_NumericVariable):
     type: Literal["number"]
@@ -270,10 +313,27 @@ class NumberVariable(_NumericVariable):
     min: Bound | None = None
     max: Bound | None = None
 
+    def _coerce(self, raw: Any) -> int | float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+            return raw
+        if isinstance(raw, str) and _NUMBER_RE.match(raw):
+            return int(raw) if _INTEGER_RE.match(raw) else float(raw)
+        raise ValueProblem(f"must be a number{self._got(raw)}")
+
 
 class BooleanVariable(_ValueVariable):
     type: Literal["boolean"]
     default: BooleanDefault = None
+
+    def _coerce(self, raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ValueProblem(f"must be true or false{self._got(raw)}")
+
+    def example(self) -> bool:
+        return False
 
 
 OptionValue = str | int | float | bool
@@ -293,18 +353,18 @@ class EnumOption(BaseModel):
         if isinstance(data, dict):
             extra = set(data) - {"value", "label"}
             if extra:
-                raise _problem(f"unknown field(s) {', '.join(sorted(map(str, extra)))}; an option takes value and label")
+                raise problem(f"unknown field(s) {', '.join(sorted(map(str, extra)))}; an option takes value and label")
             value, label = data.get("value"), data.get("label")
         else:
             value, label = data, None
         if value is None or not isinstance(value, (str, int, float, bool)):
-            raise _problem("an option value must be a string, number or boolean")
+            raise problem("an option value must be a string, number or boolean")
         return {"value": value, "label": scalar_text(value) if label is None else label}
 
 
 def _options_list(value: Any) -> Any:
     if not isinstance(value, list) or not value:
-        raise _problem("enum needs a non-empty options list")
+        raise problem("enum needs a non-empty options list")
     return value
 
 
@@ -320,14 +380,29 @@ class EnumVariable(_ValueVariable):
         for index, option in enumerate(options):
             key = (type(option.value), option.value)
             if key in seen:
-                raise _problem(f"duplicate option {describe(option.value)}", f"[{index}]")
+                raise problem(f"duplicate option {describe(option.value)}", f"[{index}]")
             seen.add(key)
         return options
+
+    def _coerce(self, raw: Any) -> OptionValue:
+        """The option ``raw`` is, of the same type first, else the one that reads the same (``"2"`` for 2)."""
+        for option in self.options:
+            if type(option.value) is type(raw) and option.value == raw:
+                return option.value
+        if isinstance(raw, (str, int, float, bool)):
+            for option in self.options:
+                if scalar_text(option.value) == scalar_text(raw):
+                    return option.value
+        choices = ", ".join(scalar_text(option.value) for option in self.options)
+        raise ValueProblem(f"must be one of {choices}{self._got(raw)}")
+
+    def example(self) -> OptionValue:
+        return self.options[0].value
 
 
 def _group_list(value: Any) -> Any:
     if not isinstance(value, list) or not value:
-        raise _problem("a group needs a non-empty list of variables")
+        raise problem("a group needs a non-empty list of variables")
     return value
 
 
@@ -343,7 +418,7 @@ class GroupVariable(_Variable):
         if isinstance(data, dict):
             for key in ("default", "required"):
                 if data.get(key) not in (None, False):
-                    raise _problem("does not apply to a group (set it on the group's variables)", key)
+                    raise problem("does not apply to a group (set it on the group's variables)", key)
             data = {key: value for key, value in data.items() if key not in ("default", "required")}
         return data
 
@@ -365,10 +440,10 @@ def _object_with_known_type(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value
     if not isinstance(value, dict):
-        raise _problem("must be an object with at least a 'name'")
+        raise problem("must be an object with at least a 'name'")
     vtype = value.get("type", "string")
     if not isinstance(vtype, str) or TYPE_ALIASES.get(vtype, vtype) not in _MODELS:
-        raise _problem(f"must be one of {', '.join(VARIABLE_TYPES)} (or password, an alias of secret)", "type")
+        raise problem(f"must be one of {', '.join(VARIABLE_TYPES)} (or password, an alias of secret)", "type")
     return {**value, "type": vtype}
 
 
@@ -387,7 +462,7 @@ def _check_distinct(variables: list[Any]) -> None:
     seen: set[str] = set()
     for index, variable in enumerate(variables):
         if variable.name in seen:
-            raise _problem(f"duplicate variable name {variable.name!r}", f"[{index}].name")
+            raise problem(f"duplicate variable name {variable.name!r}", f"[{index}].name")
         seen.add(variable.name)
 
 
@@ -435,7 +510,7 @@ def _path(loc: tuple[Any, ...], root: str) -> tuple[str, str | None]:
 def _message(error: dict[str, Any], root: str) -> str:
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
-    if error["type"] == _ERROR:
+    if error["type"] == PROBLEM:
         path, _ = _path(loc, root)
         at = ctx.get("at")
         if at:
@@ -454,7 +529,7 @@ def _message(error: dict[str, Any], root: str) -> str:
         return f"{path}: unknown field; a variable takes {', '.join(sorted(ALLOWED_KEYS))}"
     if error["type"] == "missing":
         if key == "name":
-            return f"{path}: {_NAME_RULE}"
+            return f"{path}: {NAME_RULE}"
         if key == "options":
             return f"{path}: enum needs a non-empty options list"
         if key == "variables":
@@ -462,10 +537,12 @@ def _message(error: dict[str, Any], root: str) -> str:
     return f"{path}: {error['msg']}"
 
 
-def validate_variable_schema(raw: Any, root: str = "variables") -> tuple[list[tuple[int, Any]], list[str]]:
+def validate_variable_schema(
+    raw: Any, root: str = "variables", *, context: dict[str, Any] | None = None
+) -> tuple[list[tuple[int, Any]], list[str]]:
     """``raw`` checked against :data:`StackVariable`: ``(index in raw, model)`` of every variable without a
-    problem, and the problems (``path: message``). The caller may check the defaults of the good ones, so
-    that one answer lists everything."""
+    problem, and the problems (``path: message``). ``context`` is Pydantic's validation context (a
+    :data:`GENERATOR_CHECK`, for one)."""
     if raw is None:
         raw = []
     if not isinstance(raw, list):
@@ -477,7 +554,7 @@ def validate_variable_schema(raw: Any, root: str = "variables") -> tuple[list[tu
     valid: list[tuple[int, Any]] = []
     for index, item in enumerate(raw):
         try:
-            valid.append((index, _ONE.validate_python(item)))
+            valid.append((index, _ONE.validate_python(item, context=context)))
         except ValidationError as exc:
             problems += [_message(error, f"{root}[{index}]") for error in exc.errors(include_url=False)]
     variables: list[tuple[int, Any]] = []

@@ -17,7 +17,7 @@ StackTemplate = Annotated[str, StringConstraints(strip_whitespace=False, min_len
 
 def _variable_list(value: Any, _handler: Any) -> list[dict[str, Any]]:
     """Only the outer shape here: the stack service checks the variables with the same models
-    (``templating.parse_variables``) and names every problem with its path (``variables[1].options: ...``,
+    (``templating.parse_variables``, which also checks generator defaults in the sandbox) and names every problem with its path (``variables[1].options: ...``,
     code ``invalid_variable_schema``), which request validation could not say as clearly."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError("must be a list of variable definitions (objects)")

@@ -34,6 +34,7 @@ from backend.app.config import Settings, get_settings
 from backend.app.core.exceptions import ServiceUnavailable, ValidationFailed
 from backend.app.engines import compose_yaml
 from backend.app.services import templating
+from backend.app.services.templating import sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +128,18 @@ def _apply_limits(limits: RenderLimits) -> None:
     cpu = max(1, int(limits.cpu_seconds + 0.999))
     lower(resource.RLIMIT_CPU, cpu, cpu + 1)
     lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
-    templating.MAX_OUTPUT_CHARS = limits.max_output_chars
+    sandbox.configure(max_output_chars=limits.max_output_chars)
     compose_yaml.configure(max_nodes=limits.yaml_max_nodes, max_expanded_chars=limits.yaml_max_expanded_chars)
 
 
-def _child(conn, kind: str, template: str, specs: list, values: dict, limits: RenderLimits) -> None:  # noqa: ANN001
+def _child(conn, kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> None:  # noqa: ANN001
     """Runs in the child process: render, send ``("ok", result)`` or ``("error", detail, code)``."""
     try:
         _apply_limits(limits)
         if kind == "preview":
-            result: Any = templating.render_preview(template, specs, values)
+            result: Any = templating.render_preview(template, variables, values)
         else:
-            result = templating.render_stack(template, specs, values)
+            result = templating.render_stack(template, variables, values)
         conn.send(("ok", result))
     except ValidationFailed as exc:
         conn.send(("error", exc.detail, exc.code))
@@ -166,10 +167,10 @@ def _time_error(limits: RenderLimits) -> ValidationFailed:
     )
 
 
-def _run_blocking(kind: str, template: str, specs: list, values: dict, limits: RenderLimits) -> Any:
+def _run_blocking(kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> Any:
     receiver, sender = _context.Pipe(duplex=False)
     process = _RenderProcess(
-        target=_child, args=(sender, kind, template, specs, values, limits), name="windflow-render", daemon=True
+        target=_child, args=(sender, kind, template, variables, values, limits), name="windflow-render", daemon=True
     )
     message = None
     exitcode: int | None = None
@@ -215,20 +216,20 @@ def _run_blocking(kind: str, template: str, specs: list, values: dict, limits: R
     raise ValidationFailed(message[1], code=message[2])
 
 
-async def _run(kind: str, template: str, specs: list, values: dict, limits: RenderLimits | None) -> Any:
+async def _run(kind: str, template: str, variables: list, values: dict, limits: RenderLimits | None) -> Any:
     limits = limits or RenderLimits.from_settings()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_threads, _run_blocking, kind, template, specs, values, limits)
+    return await loop.run_in_executor(_threads, _run_blocking, kind, template, variables, values, limits)
 
 
-async def render_stack(template: str, specs: list, values: dict, limits: RenderLimits | None = None) -> str:
+async def render_stack(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str:
     """:func:`templating.render_stack` in a bounded child process (see the module docstring)."""
-    return await _run("stack", template, specs, values, limits)
+    return await _run("stack", template, variables, values, limits)
 
 
-async def render_preview(template: str, specs: list, values: dict, limits: RenderLimits | None = None) -> str:
+async def render_preview(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str:
     """:func:`templating.render_preview` in a bounded child process."""
-    return await _run("preview", template, specs, values, limits)
+    return await _run("preview", template, variables, values, limits)
 
 
 async def validate_with_compose(rendered: str, *, redact=(), limits: RenderLimits | None = None) -> None:  # noqa: ANN001

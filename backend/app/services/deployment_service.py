@@ -106,9 +106,9 @@ class DeploymentService:
         if not target.is_active:
             raise Conflict(f"target {target.name!r} is deactivated; activate it or pick another", code="target_inactive")
 
-        specs = templating.parse_variables(stack.variables or [])
-        values = templating.resolve_values(specs, variables or {})
-        secret_paths = templating.secret_paths(specs)
+        parsed = templating.parse_variables(stack.variables or [])
+        values = templating.resolve_values(parsed, variables or {})
+        secret_paths = templating.secret_paths(parsed)
         # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
         # write lock) is held meanwhile; the deployment is written in the next one.
         await end_transaction(session)
@@ -117,9 +117,9 @@ class DeploymentService:
             if found:
                 register_secret(str(found[0][found[1]]))
         limits = bounded_render.RenderLimits.from_settings(settings)
-        rendered = await bounded_render.render_stack(stack.template, specs, values, limits)
-        check_compose_policy(rendered, target, redact=templating.secret_values(specs, values))
-        await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values), limits=limits)
+        rendered = await bounded_render.render_stack(stack.template, parsed, values, limits)
+        check_compose_policy(rendered, target, redact=templating.secret_values(parsed, values))
+        await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(parsed, values), limits=limits)
 
         # queued_at is stamped by record_creation right before its flush: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the

@@ -37,17 +37,17 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
     Raises ``ValidationFailed`` (422) saying what is wrong: the schema (with its path), the rendering
     (with the template line) or the rendered YAML (with line and column).
     """
-    specs = templating.parse_variables(variables or [])
-    values, placeholders = templating.example_values(specs)
+    parsed = templating.parse_variables(variables or [])
+    values, examples = templating.example_values(parsed)
     try:
-        rendered = await bounded_render.render_stack(template, specs, values)
-        if not placeholders:
-            await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+        rendered = await bounded_render.render_stack(template, parsed, values)
+        if not examples:
+            await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(parsed, values))
     except ValidationFailed as exc:
         if exc.code == "compose_forbidden":  # already names the key and the rule
             raise
         raise ValidationFailed(f"rendering the template with the default values failed: {exc.detail}", code=exc.code) from None
-    return [spec.to_dict() for spec in specs]
+    return [variable.model_dump() for variable in parsed]
 
 
 
@@ -145,9 +145,9 @@ async def render(stack: Stack, variables: dict[str, Any]) -> str:
 
     The real rendering is validated like a deployment's would be (YAML, then the compose tool).
     """
-    specs = templating.parse_variables(stack.variables or [])
-    values = templating.resolve_values(specs, variables)
-    preview = await bounded_render.render_preview(stack.template, specs, values)
-    rendered = await bounded_render.render_stack(stack.template, specs, values)
-    await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(specs, values))
+    parsed = templating.parse_variables(stack.variables or [])
+    values = templating.resolve_values(parsed, variables)
+    preview = await bounded_render.render_preview(stack.template, parsed, values)
+    rendered = await bounded_render.render_stack(stack.template, parsed, values)
+    await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(parsed, values))
     return preview

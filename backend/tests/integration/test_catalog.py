@@ -75,7 +75,7 @@ async def test_the_real_catalogue_loads(session):
         assert version_key(stack.version)
         assert stack.description and stack.template.startswith("services:")
         # stored in canonical form: it parses back to itself
-        assert [s.to_dict() for s in templating.parse_variables(stack.variables)] == stack.variables
+        assert [s.model_dump() for s in templating.parse_variables(stack.variables)] == stack.variables
     # loading again changes nothing
     again = await load_catalog(session, organization_id=org_id, directory=CATALOG_DIR, strategy="update")
     assert _counts(again) == (0, 0, len(CATALOG_FILES), 0)

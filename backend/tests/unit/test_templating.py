@@ -69,7 +69,7 @@ def test_every_type_parses_to_its_canonical_form():
         ]
     )
     assert [s.type for s in specs] == ["string", "integer", "number", "boolean", "enum", "secret", "textarea", "group"]
-    canonical = [s.to_dict() for s in specs]
+    canonical = [s.model_dump() for s in specs]
     assert canonical[1] == {"name": "port", "type": "integer", "required": True, "default": 8080, "min": 1, "max": 65535}
     assert canonical[3]["default"] is False
     assert canonical[4]["options"] == [{"value": "s", "label": "s"}, {"value": "m", "label": "Medium"}]

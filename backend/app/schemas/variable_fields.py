@@ -1,0 +1,134 @@
+"""The field types of the stack variable models (:mod:`backend.app.schemas.stack_variables`): each checks its
+input strictly and says what is wrong in words a schema's author understands, plus the helpers the models'
+messages share.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+MAX_PATTERN_LENGTH = 500
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "required; letters, digits and underscores, not starting with a digit, at most 64 characters"
+#: Names that cannot be template variables: Jinja keywords and special names, and dict methods (inside a
+#: group ``{{ db.items }}`` would return the dict method instead of the variable).
+RESERVED_NAMES = frozenset(
+    {"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else", "elif",
+     "for", "recursive", "with", "without", "context", "ignore", "missing", "import", "as", "from", "pluck",
+     "loop", "self", "super", "caller", "varargs", "kwargs", "block", "set", "macro", "call", "filter",
+     "items", "keys", "values", "get", "copy", "pop", "popitem", "setdefault", "update", "clear", "fromkeys"}
+    | set(keyword.kwlist)
+)
+#: The Pydantic error type of our own messages (``problem``).
+PROBLEM = "windflow"
+
+
+def problem(message: str, at: str | None = None) -> PydanticCustomError:
+    """A problem with our own message; ``at`` is a path below the value being validated (``min``,
+    ``options[1]``). The message goes through the context so that braces in it are never formatted."""
+    return PydanticCustomError(PROBLEM, "{message}", {"message": message, "at": at})
+
+
+def scalar_text(value: Any) -> str:
+    """How a scalar reads in a document and in messages (``true``/``false`` for booleans)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def describe(value: Any) -> str:
+    """``repr(value)``, shortened to 60 characters (for messages)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_expression(value: Any) -> bool:
+    """Whether a default is a generator expression (``{{ ... }}`` or ``{% ... %}``) rather than a literal."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class ValueProblem(ValueError):
+    """A value (or a default) that does not fit its variable; the message never quotes a secret's value."""
+
+
+# --- field types --------------------------------------------------------------------------------------
+
+
+def _check_name(value: Any) -> Any:
+    if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 64:
+        raise problem(NAME_RULE)
+    if value in RESERVED_NAMES:
+        raise problem(f"{value!r} is reserved in templates; pick another name")
+    return value
+
+
+def _check_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise problem("must be a string")
+    return value
+
+
+def _check_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise problem("must be true or false")
+    return value
+
+
+def _check_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise problem("must be a number")
+    return value
+
+
+def _check_whole(value: Any) -> Any:
+    value = _check_number(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise problem("must be a whole number for an integer variable")
+    return int(value)
+
+
+def _check_length(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise problem("must be a non-negative integer")
+    return value
+
+
+def _check_pattern(value: Any) -> Any:
+    if not isinstance(value, str) or len(value) > MAX_PATTERN_LENGTH:
+        raise problem(f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise problem(f"invalid regular expression: {exc}") from None
+    return value
+
+
+VariableName = Annotated[str, BeforeValidator(_check_name), Field(pattern=NAME_PATTERN, max_length=64)]
+Text = Annotated[str, BeforeValidator(_check_text)]
+Flag = Annotated[bool, BeforeValidator(_check_bool)]
+Bound = Annotated[int | float, BeforeValidator(_check_number)]
+WholeBound = Annotated[int, BeforeValidator(_check_whole)]
+Length = Annotated[int, BeforeValidator(_check_length)]
+Pattern = Annotated[str, BeforeValidator(_check_pattern), Field(max_length=MAX_PATTERN_LENGTH)]
+#: Checked with the same rules as a deployment's values (``_ValueVariable._default_fits``).
+_DEFAULT_DOC = "a literal value of the variable's type, or a generator expression such as {{ generate_password(24) }}"
+
+
+def _default(json_type: dict[str, Any]) -> Any:
+    return Annotated[Any, WithJsonSchema({**json_type, "description": _DEFAULT_DOC})]
+
+
+TextDefault = _default({"type": "string"})
+IntegerDefault = _default({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+NumberDefault = _default({"anyOf": [{"type": "number"}, {"type": "string"}]})
+BooleanDefault = _default({"anyOf": [{"type": "boolean"}, {"type": "string"}]})
+EnumDefault = _default({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
