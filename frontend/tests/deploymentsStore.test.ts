@@ -4,29 +4,9 @@ import { RealtimeSocket } from '../src/realtime/socket'
 import { setSocket } from '../src/stores/realtime'
 import { useDeploymentsStore } from '../src/stores/deployments'
 import { FakeWebSocket } from './fakeSocket'
+import { created, deleted, deployment, progress, resync, statusChanged } from './frames'
 
-const dep = (id: string, over: Record<string, unknown> = {}) => ({
-  id,
-  name: `dep-${id}`,
-  status: 'pending',
-  stack_id: 's',
-  target_id: 't',
-  organization_id: 'o1',
-  attempt: 0,
-  max_attempts: 3,
-  progress: 0,
-  current_step: 0,
-  total_steps: 5,
-  step_name: null,
-  error_message: null,
-  executor: null,
-  variables: {},
-  created_at: '2026-01-01T00:00:00Z',
-  queued_at: '2026-01-01T00:00:00Z',
-  started_at: null,
-  finished_at: null,
-  ...over,
-})
+const dep = deployment
 
 function mockFetch(pages: Record<string, unknown>) {
   const calls: string[] = []
@@ -104,33 +84,19 @@ describe('deployments store', () => {
     ws.open()
     expect(ws.sent).toContainEqual({ type: 'subscribe', organization_id: 'o1' })
 
-    ws.receive({
-      type: 'DEPLOYMENT_PROGRESS',
-      deployment_id: 'a',
-      organization_id: 'o1',
-      data: { progress: 60, current_step: 3, total_steps: 5 },
-    })
+    ws.receive(progress('a', { progress: 60, current_step: 3, total_steps: 5, step_name: 'pull' }))
     expect(store.byId.a.progress).toBe(60)
-    ws.receive({
-      type: 'DEPLOYMENT_STATUS_CHANGED',
-      deployment_id: 'a',
-      organization_id: 'o1',
-      data: { new_status: 'deploying', old_status: 'pending' },
-    })
+    expect(store.byId.a.step_name).toBe('pull')
+    ws.receive(statusChanged('a', 'deploying', 'pending'))
     expect(store.byId.a.status).toBe('deploying')
     await vi.waitFor(() => expect(store.byId.a.attempt).toBe(2)) // the row is read once after a status change
 
-    ws.receive({ type: 'DEPLOYMENT_CREATED', deployment_id: 'n', organization_id: 'o1', data: dep('n') })
+    ws.receive(created(dep('n')))
     expect(store.items.map((d) => d.id)).toEqual(['n', 'a']) // new ones at the top
     expect(store.total).toBe(2)
-    ws.receive({
-      type: 'DEPLOYMENT_CREATED',
-      deployment_id: 'x',
-      organization_id: 'other',
-      data: dep('x', { organization_id: 'other' }),
-    })
+    ws.receive(created(dep('x', { organization_id: 'other' })))
     expect(store.items.length).toBe(2)
-    ws.receive({ type: 'DEPLOYMENT_DELETED', deployment_id: 'a', organization_id: 'o1', data: { name: 'dep-a' } })
+    ws.receive(deleted('a'))
     expect(store.items.map((d) => d.id)).toEqual(['n'])
   })
 
@@ -139,12 +105,42 @@ describe('deployments store', () => {
     const store = useDeploymentsStore()
     await store.load('o1', { status: ['failed'], stack_id: null, target_id: null })
     FakeWebSocket.last().open()
-    FakeWebSocket.last().receive({
-      type: 'DEPLOYMENT_CREATED',
-      deployment_id: 'n',
-      organization_id: 'o1',
-      data: dep('n'),
-    })
+    FakeWebSocket.last().receive(created(dep('n')))
     expect(store.items).toEqual([])
+  })
+
+  it("a failure carries its error message; another organisation's events change nothing", async () => {
+    mockFetch({
+      '/api/v1/deployments/a': dep('a', { status: 'failed', error_message: 'pull failed' }),
+      '/api/v1/deployments?': { items: [dep('a', { status: 'deploying' })], total: 1 },
+    })
+    const store = useDeploymentsStore()
+    await store.load('o1', { status: [], stack_id: null, target_id: null })
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive(statusChanged('a', 'failed', 'deploying', { error_message: 'pull failed' }))
+    expect(store.byId.a.status).toBe('failed')
+    expect(store.byId.a.error_message).toBe('pull failed')
+    ws.receive(progress('a', { progress: 90 }, 'other'))
+    ws.receive(deleted('a', 'other'))
+    expect(store.byId.a.progress).toBe(0)
+    expect(store.items.map((d) => d.id)).toEqual(['a'])
+  })
+
+  it('a resync of the organisation reads the list again; of a deployment, that deployment', async () => {
+    const calls = mockFetch({
+      '/api/v1/deployments/a': dep('a', { status: 'running' }),
+      '/api/v1/deployments?': { items: [dep('a')], total: 1 },
+    })
+    const store = useDeploymentsStore()
+    await store.load('o1', { status: [], stack_id: null, target_id: null })
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive(resync({ organization_id: 'o1' }))
+    await vi.waitFor(() => expect(calls.filter((u) => u.includes('/api/v1/deployments?')).length).toBe(2))
+    ws.receive(resync({ deployment_id: 'a' }, 12))
+    await vi.waitFor(() => expect(store.byId.a.status).toBe('running'))
+    ws.receive(resync({ organization_id: 'other' }))
+    expect(calls.filter((u) => u.includes('/api/v1/deployments?')).length).toBe(2)
   })
 })

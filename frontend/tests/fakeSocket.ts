@@ -1,4 +1,5 @@
 /** A stand-in for the browser WebSocket, driven by the test (pure transport logic only). */
+import type { ServerFrame } from '../src/realtime/frames'
 import type { WebSocketLike } from '../src/realtime/socket'
 
 export class FakeWebSocket implements WebSocketLike {
@@ -31,7 +32,10 @@ export class FakeWebSocket implements WebSocketLike {
     this.readyState = 3
     this.onclose?.({ code })
   }
-  receive(message: unknown): void {
-    this.onmessage?.({ data: JSON.stringify(message) })
+  receive(frame: ServerFrame): void {
+    this.receiveRaw(JSON.stringify(frame))
+  }
+  receiveRaw(data: string): void {
+    this.onmessage?.({ data })
   }
 }

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { BACKOFF_MS, CLOSE_UNAUTHORIZED, RealtimeSocket } from '../src/realtime/socket'
 import { FakeWebSocket } from './fakeSocket'
+import { progress } from './frames'
 
 function makeSocket(token: () => string | null = () => 'tok-1', refreshToken?: () => Promise<string | null>) {
   return new RealtimeSocket({
@@ -125,8 +126,42 @@ describe('RealtimeSocket', () => {
     s.connect()
     FakeWebSocket.last().open()
     FakeWebSocket.last().receive({ type: 'pong' })
-    FakeWebSocket.last().receive({ type: 'heartbeat' })
-    FakeWebSocket.last().receive({ type: 'DEPLOYMENT_PROGRESS', deployment_id: 'd', data: { progress: 10 } })
+    FakeWebSocket.last().receive({ type: 'heartbeat', timestamp: '2026-01-01T00:00:00Z' })
+    FakeWebSocket.last().receive(progress('d', { progress: 10 }))
     expect(seen).toEqual(['DEPLOYMENT_PROGRESS'])
+  })
+
+  it('drops what is not a frame: not JSON, or no string type', () => {
+    const s = makeSocket()
+    const seen: string[] = []
+    s.onMessage((m) => seen.push(m.type))
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().receiveRaw('not json')
+    FakeWebSocket.last().receiveRaw('[1, 2]')
+    FakeWebSocket.last().receiveRaw('{"type": 3}')
+    FakeWebSocket.last().receiveRaw('null')
+    expect(seen).toEqual([])
+  })
+
+  it('a token_expired error frame sends a fresh auth frame instead of reaching the listeners', async () => {
+    let token = 'old'
+    const s = makeSocket(
+      () => token,
+      async () => (token = 'fresh'),
+    )
+    const seen: string[] = []
+    s.onMessage((m) => seen.push(m.type))
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().receive({
+      type: 'error',
+      code: 'token_expired',
+      detail: 'the token expires soon',
+      deployment_id: null,
+      organization_id: null,
+    })
+    await vi.waitFor(() => expect(FakeWebSocket.last().sent.at(-1)).toEqual({ type: 'auth', token: 'fresh' }))
+    expect(seen).toEqual([])
   })
 })

@@ -5,19 +5,7 @@ import { RealtimeSocket } from '../src/realtime/socket'
 import { setSocket } from '../src/stores/realtime'
 import { setFrameScheduler, useDeploymentWebSocket } from '../src/composables/useDeploymentWebSocket'
 import { FakeWebSocket } from './fakeSocket'
-
-const line = (seq: number, message = `line ${seq}`, level = 'info') => ({
-  seq,
-  timestamp: '2026-01-01T00:00:00Z',
-  level,
-  message,
-})
-const logs = (id: string, items: ReturnType<typeof line>[]) => ({
-  type: 'DEPLOYMENT_LOGS_UPDATE',
-  deployment_id: id,
-  organization_id: 'o',
-  data: { logs: items, append: true },
-})
+import { line, logs, progress, resync, serviceLogs, statusChanged } from './frames'
 
 describe('useDeploymentWebSocket', () => {
   let scope: ReturnType<typeof effectScope>
@@ -77,7 +65,7 @@ describe('useDeploymentWebSocket', () => {
     const ws = FakeWebSocket.last()
     ws.open()
     ws.receive(logs('d1', [line(1), line(2), line(3)]))
-    ws.receive({ type: 'resync', deployment_id: 'd1', last_seq: 10 })
+    ws.receive(resync({ deployment_id: 'd1' }, 10))
     expect(ws.sent.at(-1)).toEqual({ type: 'subscribe', deployment_id: 'd1', since_seq: 3 })
   })
 
@@ -127,15 +115,11 @@ describe('useDeploymentWebSocket', () => {
     const live = scope.run(() => useDeploymentWebSocket('d1', { debug: true }))!
     const ws = FakeWebSocket.last()
     ws.open()
-    ws.receive({ type: 'DEPLOYMENT_PROGRESS', deployment_id: 'd1', data: { progress: 40, step_name: 'pull' } })
+    ws.receive(progress('d1', { progress: 40, step_name: 'pull' }))
     expect(live.progress.value).toBe(40)
     ws.receive(logs('d1', [line(1)]))
     expect(spy).toHaveBeenCalledWith('[logs] DEPLOYMENT_LOGS_UPDATE', expect.objectContaining({ deployment_id: 'd1' }))
-    ws.receive({
-      type: 'DEPLOYMENT_STATUS_CHANGED',
-      deployment_id: 'd1',
-      data: { new_status: 'running', old_status: 'deploying' },
-    })
+    ws.receive(statusChanged('d1', 'running', 'deploying'))
     expect(live.status.value).toBe('running')
     spy.mockRestore()
   })
@@ -147,5 +131,72 @@ describe('useDeploymentWebSocket', () => {
     FakeWebSocket.last().receive(logs('d1', [line(1)]))
     expect(spy).not.toHaveBeenCalled()
     spy.mockRestore()
+  })
+
+  it('shows levels as the UI knows them: warn is a warning, critical an error, anything else info', () => {
+    const live = scope.run(() => useDeploymentWebSocket('d1'))!
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive(
+      logs('d1', [line(1, 'a', 'WARN'), line(2, 'b', 'critical'), line(3, 'c', 'notice'), line(4, 'd', 'debug')]),
+    )
+    expect(live.lines.map((l) => l.level)).toEqual(['warning', 'error', 'info', 'debug'])
+  })
+
+  it("keeps the services' output (labelled per service), this deployment's only", async () => {
+    const live = scope.run(() => useDeploymentWebSocket('d1', { services: true }))!
+    const ws = FakeWebSocket.last()
+    ws.open()
+    expect(ws.sent).toContainEqual({ type: 'subscribe', deployment_id: 'd1', stream: 'services', tail: 200 })
+    ws.receive(
+      serviceLogs('d1', [
+        { service: 'web', message: 'GET /' },
+        { service: 'db', message: 'ready' },
+      ]),
+    )
+    ws.receive(serviceLogs('d2', [{ service: 'web', message: 'not ours' }]))
+    expect(live.serviceLines.value.map((l) => `${l.service}: ${l.message}`)).toEqual(['web: GET /', 'db: ready'])
+  })
+
+  it("an error frame about this deployment is shown; another's is not", () => {
+    const live = scope.run(() => useDeploymentWebSocket('d1'))!
+    const ws = FakeWebSocket.last()
+    ws.open()
+    const error = (id: string) =>
+      ({
+        type: 'error',
+        code: 'access_revoked',
+        detail: `no access to ${id}`,
+        deployment_id: id,
+        organization_id: null,
+      }) as const
+    ws.receive(error('d2'))
+    expect(live.errorMessage.value).toBe(null)
+    ws.receive(error('d1'))
+    expect(live.errorMessage.value).toBe('no access to d1')
+  })
+
+  it('while the socket is not live, reads the persisted lines over HTTP, deduplicated against the stream', async () => {
+    const urls: string[] = []
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        urls.push(req.url)
+        const body = { items: [line(1, 'one', 'WARN'), line(2)], last_seq: 2, next_cursor: null }
+        return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json' } })
+      }),
+    )
+    try {
+      const live = scope.run(() => useDeploymentWebSocket('d1'))!
+      await vi.waitFor(() => expect(live.lines.length).toBe(2))
+      expect(urls[0]).toMatch(/\/api\/v1\/deployments\/d1\/logs\?since_seq=0&limit=5000$/)
+      expect(live.lines[0].level).toBe('warning')
+      const ws = FakeWebSocket.last()
+      ws.open()
+      ws.receive(logs('d1', [line(2), line(3)]))
+      expect(live.lines.map((l) => l.seq)).toEqual([1, 2, 3])
+    } finally {
+      vi.unstubAllGlobals()
+    }
   })
 })

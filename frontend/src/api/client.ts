@@ -1,6 +1,8 @@
 /**
- * The typed API client (openapi-fetch over the generated schema). Every request carries the access
- * token; a 401 triggers one silent refresh (shared by concurrent requests) and a single retry.
+ * The typed API client (openapi-fetch over `schema.d.ts`, generated from the backend's OpenAPI document by
+ * `npm run gen:api`). Every request goes through it, from the API modules next to this file (one per
+ * resource). Each request carries the access token; a 401 triggers one silent refresh (shared by
+ * concurrent requests) and a single retry.
  */
 import createClient, { type Middleware } from 'openapi-fetch'
 import type { paths } from './schema'
@@ -9,13 +11,14 @@ import { ApiError, toApiError } from './errors'
 import { tokens } from './tokens'
 
 const RETRIED = 'x-windflow-retried'
-/** A 401 from these means bad credentials, not an expired access token. */
-const NO_REFRESH = /\/auth\/(login|refresh|setup)$/
+/** These authenticate by their body: a 401 means bad credentials, not an expired access token. */
+const BY_BODY = /\/auth\/(login|refresh|setup)$/
 
 const auth: Middleware = {
   onRequest({ request }) {
     const access = tokens.access()
-    if (access && !request.headers.has('Authorization')) request.headers.set('Authorization', `Bearer ${access}`)
+    if (access && !request.headers.has('Authorization') && !BY_BODY.test(new URL(request.url).pathname))
+      request.headers.set('Authorization', `Bearer ${access}`)
     return request
   },
 }
@@ -27,14 +30,42 @@ api.use(auth)
 async function fetchWithRefresh(input: Request): Promise<Response> {
   const replay = input.clone()
   const response = await fetch(input)
-  if (response.status !== 401 || input.headers.has(RETRIED) || NO_REFRESH.test(new URL(input.url).pathname))
+  if (response.status !== 401 || input.headers.has(RETRIED) || BY_BODY.test(new URL(input.url).pathname))
     return response
-  const fresh = await tokens.refresh()
+  const fresh = await refreshSession()
   if (!fresh) return response
   const again = new Request(replay, { headers: new Headers(replay.headers) })
   again.headers.set('Authorization', `Bearer ${fresh}`)
   again.headers.set(RETRIED, '1')
   return fetch(again)
+}
+
+let inflight: Promise<string | null> | null = null
+
+/**
+ * A new access token, or null (then the session is over: refused tokens are cleared). Rotates the pair
+ * once for every caller waiting at the same time (the server revokes a refresh token replayed twice).
+ */
+export function refreshSession(): Promise<string | null> {
+  if (inflight) return inflight
+  const refreshToken = tokens.refreshToken()
+  if (!refreshToken) return Promise.resolve(null)
+  inflight = (async () => {
+    try {
+      const { data, response } = await api.POST('/api/v1/auth/refresh', { body: { refresh_token: refreshToken } })
+      if (!data) {
+        if (response.status === 401 || response.status === 403) tokens.clear()
+        return null
+      }
+      tokens.set(data)
+      return data.access_token
+    } catch {
+      return null
+    } finally {
+      inflight = null
+    }
+  })()
+  return inflight
 }
 
 /** Unwraps an openapi-fetch result: the data, or an ApiError carrying the server's detail. */
@@ -51,29 +82,4 @@ export async function unwrap<T>(promise: Promise<{ data?: T; error?: unknown; re
   }
   if (!result.response.ok) throw toApiError(result.response.status, result.error)
   return result.data as T
-}
-
-/** A raw JSON request for routes outside the typed schema (or with a body openapi-fetch cannot build). */
-export async function rawJson<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const request = new Request(`${apiBaseUrl()}${path}`, {
-    method,
-    headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  })
-  const access = tokens.access()
-  if (access) request.headers.set('Authorization', `Bearer ${access}`)
-  let response: Response
-  try {
-    response = await fetchWithRefresh(request)
-  } catch (err) {
-    throw new ApiError(
-      0,
-      `the server cannot be reached (${err instanceof Error ? err.message : String(err)})`,
-      'network',
-    )
-  }
-  const text = await response.text()
-  const data = text ? JSON.parse(text) : undefined
-  if (!response.ok) throw toApiError(response.status, data)
-  return data as T
 }

@@ -2,7 +2,8 @@
 import { useI18n } from 'vue-i18n'
 import { useDialog, useMessage } from 'naive-ui'
 import { errorText } from '../api/errors'
-import { ACTIONS_BY_STATUS, type Deployment, type DeploymentAction } from '../constants/deployments'
+import type { Deployment } from '../api/deployments'
+import { ACTIONS_BY_STATUS, type DeploymentAction } from '../constants/deployments'
 import { useAuthStore } from '../stores/auth'
 import { useDeploymentsStore } from '../stores/deployments'
 

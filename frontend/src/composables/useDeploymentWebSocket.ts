@@ -10,18 +10,13 @@
  */
 import { computed, markRaw, onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter } from 'vue'
 import { flag } from '../api/config'
-import { rawJson } from '../api/client'
-import { isStatus, type DeploymentStatus, type LogLevel } from '../constants/deployments'
-import type { ServerMessage } from '../realtime/socket'
+import { getLogs, LOG_PAGE, toLogLine, type LogLine } from '../api/deployments'
+import type { components } from '../api/schema'
+import { isStatus, type DeploymentStatus } from '../constants/deployments'
+import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
 import { getSocket, useRealtimeStore } from '../stores/realtime'
 
-export interface LogLine {
-  seq: number
-  timestamp: string
-  level: LogLevel
-  message: string
-}
-
+/** One line of a running deployment's container output, as the Services tab shows it. */
 export interface ServiceLine {
   id: number
   service: string
@@ -37,7 +32,6 @@ export interface DeploymentWebSocketOptions {
 }
 
 const SERVICE_LINES_KEPT = 5000
-const KNOWN_LEVELS: ReadonlySet<string> = new Set(['debug', 'info', 'warning', 'error'])
 
 type FrameScheduler = (cb: () => void) => void
 const defaultScheduler: FrameScheduler = (cb) =>
@@ -46,13 +40,6 @@ let scheduleFrame: FrameScheduler = defaultScheduler
 /** Tests flush synchronously. */
 export function setFrameScheduler(next: FrameScheduler | null): void {
   scheduleFrame = next ?? defaultScheduler
-}
-
-export function normaliseLevel(level: unknown): LogLevel {
-  const l = String(level ?? 'info').toLowerCase()
-  if (l === 'warn') return 'warning'
-  if (l === 'critical' || l === 'fatal') return 'error'
-  return l === 'debug' || l === 'warning' || l === 'error' ? l : 'info'
 }
 
 export function useDeploymentWebSocket(
@@ -90,21 +77,13 @@ export function useDeploymentWebSocket(
     version.value++
   }
 
-  function accept(raw: unknown[]): number {
+  /** Appends the lines after the last seq held (dedupe by seq); the batch is shown at the next frame. */
+  function accept(raw: readonly Parameters<typeof toLogLine>[0][]): number {
     let added = 0
     for (const item of raw) {
-      // The parsed frame's own objects are kept (normalised in place): no second object per line,
-      // which matters for the garbage collector at 100,000 lines.
-      const r = item as LogLine
-      if (!r || typeof r !== 'object') continue
-      const seq = typeof r.seq === 'number' ? r.seq : Number(r.seq)
-      if (!Number.isFinite(seq) || seq <= lastSeq.value) continue // already shown: dedupe by seq
-      lastSeq.value = seq
-      r.seq = seq
-      if (typeof r.timestamp !== 'string') r.timestamp = String(r.timestamp ?? '')
-      if (typeof r.message !== 'string') r.message = String(r.message ?? '')
-      if (!KNOWN_LEVELS.has(r.level)) r.level = normaliseLevel(r.level)
-      pending.push(r)
+      if (!Number.isFinite(item.seq) || item.seq <= lastSeq.value) continue // already shown: dedupe by seq
+      lastSeq.value = item.seq
+      pending.push(toLogLine(item))
       added++
     }
     if (added && !scheduled) {
@@ -114,56 +93,43 @@ export function useDeploymentWebSocket(
     return added
   }
 
-  function onMessage(m: ServerMessage): void {
-    const id = toValue(deploymentId)
-    if (!id || m.deployment_id !== id) return
-    const data = m.data ?? {}
-    switch (m.type) {
-      case 'DEPLOYMENT_LOGS_UPDATE': {
-        if (data.stream === 'services') {
-          onServiceLines(data)
-          return
-        }
-        if (debugOn()) console.debug('[logs] DEPLOYMENT_LOGS_UPDATE', m)
-        if (Array.isArray(data.logs)) accept(data.logs)
-        return
-      }
-      case 'SERVICE_LOGS':
-      case 'DEPLOYMENT_SERVICE_LOGS':
-        onServiceLines(data)
-        return
-      case 'DEPLOYMENT_PROGRESS':
-        if (typeof data.progress === 'number') progress.value = data.progress
-        if (typeof data.step_name === 'string') stepName.value = data.step_name
-        return
-      case 'DEPLOYMENT_STATUS_CHANGED':
-        if (isStatus(data.new_status)) status.value = data.new_status
-        if (typeof data.error_message === 'string') errorMessage.value = data.error_message
-        if (status.value === 'running') progress.value = 100
-        return
-      case 'resync':
-        // The server dropped lines for us: ask again from the last seq we hold.
-        socket.resubscribe(`logs:${id}`)
-        return
-      case 'error':
-        errorMessage.value = String(m.detail ?? 'error')
-        return
-    }
+  // --- one handler per frame type, for this deployment's frames only ------------------------------
+  const handlers: FrameHandlers = {
+    DEPLOYMENT_LOGS_UPDATE(frame) {
+      if (debugOn()) console.debug('[logs] DEPLOYMENT_LOGS_UPDATE', frame)
+      accept(frame.data.logs)
+    },
+    SERVICE_LOGS({ data }) {
+      onServiceLines(data.lines)
+    },
+    DEPLOYMENT_PROGRESS({ data }) {
+      progress.value = data.progress
+      if (typeof data.step_name === 'string') stepName.value = data.step_name
+    },
+    DEPLOYMENT_STATUS_CHANGED({ data }) {
+      if (isStatus(data.new_status)) status.value = data.new_status
+      if (typeof data.error_message === 'string') errorMessage.value = data.error_message
+      if (status.value === 'running') progress.value = 100
+    },
+    resync() {
+      // The server dropped lines for us: ask again from the last seq we hold.
+      socket.resubscribe(`logs:${toValue(deploymentId)}`)
+    },
+    error(frame) {
+      errorMessage.value = frame.detail || 'error'
+    },
   }
 
-  function onServiceLines(data: Record<string, unknown>): void {
-    const raw = Array.isArray(data.logs) ? data.logs : Array.isArray(data.lines) ? data.lines : []
+  function onMessage(frame: ServerFrame): void {
+    const id = toValue(deploymentId)
+    if (id && 'deployment_id' in frame && frame.deployment_id === id) dispatchFrame(handlers, frame)
+  }
+
+  function onServiceLines(raw: components['schemas']['ServiceLogLine'][]): void {
     if (!raw.length) return
     const next = serviceLines.value.slice()
-    for (const item of raw) {
-      const r = item as Record<string, unknown>
-      next.push({
-        id: ++serviceSeq,
-        service: String(r.service ?? data.service ?? ''),
-        timestamp: r.timestamp ? String(r.timestamp) : null,
-        message: String(r.message ?? r.line ?? ''),
-      })
-    }
+    for (const r of raw)
+      next.push({ id: ++serviceSeq, service: r.service, timestamp: r.timestamp ?? null, message: r.message })
     serviceLines.value = next.length > SERVICE_LINES_KEPT ? next.slice(-SERVICE_LINES_KEPT) : next
   }
 
@@ -220,18 +186,15 @@ export function useDeploymentWebSocket(
     let since = lastSeq.value
     for (let page = 0; page < 100; page++) {
       if (toValue(deploymentId) !== id || realtime.state === 'live') return
-      let res: { items: unknown[] }
+      let items: LogLine[]
       try {
-        res = await rawJson<{ items: unknown[] }>(
-          'GET',
-          `/api/v1/deployments/${encodeURIComponent(id)}/logs?since_seq=${since}&limit=5000`,
-        )
+        items = await getLogs(id, since)
       } catch {
         return
       }
       if (toValue(deploymentId) !== id) return
-      accept(res.items)
-      if (res.items.length < 5000) return
+      accept(items)
+      if (items.length < LOG_PAGE) return
       since = lastSeq.value
     }
   }

@@ -1,9 +1,8 @@
 /** The deployment status vocabulary, mirroring backend/app/models/enums.py. */
 import type { components } from '../api/schema'
 
-export type Deployment = components['schemas']['DeploymentRead']
-export type DeploymentStatus = Deployment['status']
-export type LogLevel = components['schemas']['LogLineRead']['level']
+export type DeploymentStatus = components['schemas']['DeploymentStatus']
+export type LogLevel = components['schemas']['LogLevel']
 
 export const STATUSES: readonly DeploymentStatus[] = [
   'pending',

@@ -1,9 +1,10 @@
 /**
- * Transport for `/api/v1/ws` (DESIGN.md, "Events and real time"): authenticate with the first frame,
+ * Transport for `/api/v1/ws` (docs/api.md, "Real time"): authenticate with the first frame,
  * keep a set of subscriptions, reconnect after 1 s, 2 s and 4 s, then give up ("offline") until
  * `retry()`. After every (re)connection each subscription's frame is built again, so a deployment
  * subscription resumes from the last `seq` its owner saw.
  */
+import { parseFrame, type ClientFrame, type ServerFrame, type SubscribeFrame, type UnsubscribeFrame } from './frames'
 
 export type SocketState = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'offline'
 
@@ -11,15 +12,6 @@ export type SocketState = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'off
 export const BACKOFF_MS: readonly number[] = [1000, 2000, 4000]
 /** Close code the server uses for a missing, bad, expired or revoked token. */
 export const CLOSE_UNAUTHORIZED = 4401
-
-export interface ServerMessage {
-  type: string
-  deployment_id?: string
-  organization_id?: string
-  timestamp?: string
-  data?: Record<string, unknown>
-  [key: string]: unknown
-}
 
 /** The parts of the browser WebSocket this class uses (a test passes a stand-in). */
 export interface WebSocketLike {
@@ -43,12 +35,12 @@ export interface SocketOptions {
   backoffMs?: readonly number[]
 }
 
-type Listener = (message: ServerMessage) => void
+type Listener = (frame: ServerFrame) => void
 type StateListener = (state: SocketState) => void
 
 interface Subscription {
-  frame: () => Record<string, unknown>
-  unsubscribeFrame: Record<string, unknown>
+  frame: () => SubscribeFrame
+  unsubscribeFrame: UnsubscribeFrame
 }
 
 const OPEN = 1
@@ -99,7 +91,7 @@ export class RealtimeSocket {
   }
 
   /** Subscribe under `key`; `frame` is rebuilt at each (re)connection. Returns the unsubscribe. */
-  subscribe(key: string, frame: () => Record<string, unknown>, unsubscribeFrame: Record<string, unknown>): () => void {
+  subscribe(key: string, frame: () => SubscribeFrame, unsubscribeFrame: UnsubscribeFrame): () => void {
     this.subscriptions.set(key, { frame, unsubscribeFrame })
     if (this.state === 'live') this.send(frame())
     return () => {
@@ -131,7 +123,7 @@ export class RealtimeSocket {
     return () => this.reconnectListeners.delete(listener)
   }
 
-  send(frame: Record<string, unknown>): void {
+  send(frame: ClientFrame): void {
     if (!this.ws || this.ws.readyState !== OPEN) return
     if (this.options.debug) console.debug('[ws] →', frame.type === 'auth' ? { type: 'auth', token: '…' } : frame)
     this.ws.send(JSON.stringify(frame))
@@ -166,19 +158,15 @@ export class RealtimeSocket {
     }
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return
-      let message: ServerMessage
-      try {
-        message = JSON.parse(String(ev.data)) as ServerMessage
-      } catch {
-        return
-      }
-      if (this.options.debug) console.debug('[ws] ←', message)
-      if (message.type === 'pong' || message.type === 'heartbeat') return
-      if (message.type === 'error' && message.code === 'token_expired') {
+      const frame = parseFrame(ev.data)
+      if (!frame) return
+      if (this.options.debug) console.debug('[ws] ←', frame)
+      if (frame.type === 'pong' || frame.type === 'heartbeat') return
+      if (frame.type === 'error' && frame.code === 'token_expired') {
         void this.renewAuth()
         return
       }
-      this.listeners.forEach((l) => l(message))
+      this.listeners.forEach((l) => l(frame))
     }
     ws.onerror = () => {
       /* onclose follows and decides */

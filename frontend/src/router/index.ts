@@ -1,5 +1,5 @@
 import { createRouter, createWebHistory, type RouteRecordRaw } from 'vue-router'
-import { rawJson } from '../api/client'
+import { setupNeeded as fetchSetupNeeded } from '../api/auth'
 import { tokens } from '../api/tokens'
 import { useAuthStore } from '../stores/auth'
 import { lazy } from './lazy'
@@ -49,7 +49,7 @@ let setupNeeded: boolean | null = null
 export async function isSetupNeeded(): Promise<boolean> {
   if (setupNeeded === null || setupNeeded) {
     try {
-      setupNeeded = (await rawJson<{ needed: boolean }>('GET', '/api/v1/auth/setup')).needed
+      setupNeeded = await fetchSetupNeeded()
     } catch {
       setupNeeded = false
     }

@@ -1,14 +1,11 @@
 /** Who is logged in, their memberships and the organisation being looked at. */
 import { defineStore } from 'pinia'
 import { computed, ref } from 'vue'
-import { api, rawJson, unwrap } from '../api/client'
-import { apiBaseUrl } from '../api/config'
-import { toApiError } from '../api/errors'
-import { tokens, type TokenPair } from '../api/tokens'
-import type { components } from '../api/schema'
+import * as authApi from '../api/auth'
+import type { Me, SetupForm } from '../api/auth'
+import { tokens } from '../api/tokens'
 import { can as roleCan, isRole, type Capability, type Role } from '../constants/roles'
 
-export type Me = components['schemas']['MeRead']
 const ORG_KEY = 'windflow.organization'
 
 export const useAuthStore = defineStore('auth', () => {
@@ -38,7 +35,7 @@ export const useAuthStore = defineStore('auth', () => {
     if (!tokens.access() && !tokens.refreshToken()) return null
     loading.value = true
     try {
-      me.value = await unwrap(api.GET('/api/v1/auth/me'))
+      me.value = await authApi.getMe()
       const ids = me.value.memberships.map((m) => m.organization_id)
       if (!organizationId.value || !ids.includes(organizationId.value)) {
         const fallback = me.value.default_organization_id ?? ids[0] ?? null
@@ -54,34 +51,19 @@ export const useAuthStore = defineStore('auth', () => {
   }
 
   async function login(email: string, password: string): Promise<void> {
-    const body = new URLSearchParams({ username: email, password })
-    const response = await fetch(`${apiBaseUrl()}/api/v1/auth/login`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
-      body,
-    })
-    const data = await response.json().catch(() => ({}))
-    if (!response.ok) throw toApiError(response.status, data)
-    tokens.set(data as TokenPair)
+    tokens.set(await authApi.login(email, password))
     await loadMe()
   }
 
-  async function setup(payload: {
-    email: string
-    password: string
-    organization_name: string
-    full_name?: string
-  }): Promise<void> {
-    const pair = await rawJson<TokenPair>('POST', '/api/v1/auth/setup', payload)
-    tokens.set(pair)
+  async function setup(form: SetupForm): Promise<void> {
+    tokens.set(await authApi.setup(form))
     await loadMe()
   }
 
   async function logout(): Promise<void> {
     const refresh = tokens.refreshToken()
     try {
-      if (tokens.access())
-        await rawJson('POST', '/api/v1/auth/logout', refresh ? { refresh_token: refresh } : undefined)
+      if (tokens.access()) await authApi.logout(refresh)
     } catch {
       /* the tokens are dropped locally whatever the server says */
     }
@@ -91,10 +73,7 @@ export const useAuthStore = defineStore('auth', () => {
 
   /** Self-service password change: the API ends every other session and returns a new pair for this one. */
   async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
-    const pair = await unwrap(
-      api.POST('/api/v1/auth/password', { body: { current_password: currentPassword, new_password: newPassword } }),
-    )
-    tokens.set(pair as TokenPair)
+    tokens.set(await authApi.changePassword(currentPassword, newPassword))
   }
 
   function reset(): void {

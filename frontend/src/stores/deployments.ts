@@ -5,40 +5,15 @@
  */
 import { defineStore } from 'pinia'
 import { computed, ref, shallowRef } from 'vue'
-import { rawJson } from '../api/client'
+import * as deploymentsApi from '../api/deployments'
+import type { Deployment, DeploymentFilters } from '../api/deployments'
 import { errorText } from '../api/errors'
-import { isStatus, type Deployment, type DeploymentAction, type DeploymentStatus } from '../constants/deployments'
-import type { ServerMessage } from '../realtime/socket'
+import type { Page, PageQuery } from '../api/paging'
+import { isStatus, type DeploymentAction } from '../constants/deployments'
+import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
 import { getSocket } from './realtime'
 
-export interface DeploymentFilters {
-  status: DeploymentStatus[]
-  stack_id: string | null
-  target_id: string | null
-}
-
-interface Page {
-  items: Deployment[]
-  total?: number
-  next_cursor?: string | null
-}
-
 export const PAGE_SIZE = 25
-
-export function listQuery(
-  orgId: string | null,
-  filters: DeploymentFilters,
-  extra: Record<string, string> = {},
-): string {
-  const params = new URLSearchParams()
-  if (orgId) params.set('organization_id', orgId)
-  for (const s of filters.status) params.append('status', s)
-  if (filters.stack_id) params.set('stack_id', filters.stack_id)
-  if (filters.target_id) params.set('target_id', filters.target_id)
-  params.set('limit', String(PAGE_SIZE))
-  for (const [k, v] of Object.entries(extra)) params.set(k, v)
-  return params.toString()
-}
 
 export function matchesFilters(d: Deployment, f: DeploymentFilters): boolean {
   if (f.status.length && !f.status.includes(d.status)) return false
@@ -68,17 +43,21 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     byId.value[d.id] = { ...(byId.value[d.id] ?? {}), ...d }
   }
 
+  function page(extra: PageQuery = {}): Promise<Page<Deployment>> {
+    return deploymentsApi.listDeployments(organizationId.value, filters.value, { limit: PAGE_SIZE, ...extra })
+  }
+
   async function load(orgId: string | null, f: DeploymentFilters): Promise<void> {
     organizationId.value = orgId
     filters.value = f
     loading.value = true
     error.value = null
     try {
-      const page = await rawJson<Page>('GET', `/api/v1/deployments?${listQuery(orgId, f)}`)
+      const first = await page()
       byId.value = {}
-      page.items.forEach(upsert)
-      order.value = page.items.map((d) => d.id)
-      applyPaging(page)
+      first.items.forEach(upsert)
+      order.value = first.items.map((d) => d.id)
+      applyPaging(first)
     } catch (err) {
       error.value = errorText(err)
     } finally {
@@ -91,16 +70,13 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     if (!hasMore.value || loading.value) return
     loading.value = true
     try {
-      const extra: Record<string, string> =
-        usesCursor.value && nextCursor.value ? { cursor: nextCursor.value } : { offset: String(order.value.length) }
-      const page = await rawJson<Page>(
-        'GET',
-        `/api/v1/deployments?${listQuery(organizationId.value, filters.value, extra)}`,
+      const next = await page(
+        usesCursor.value && nextCursor.value ? { cursor: nextCursor.value } : { offset: order.value.length },
       )
-      page.items.forEach(upsert)
+      next.items.forEach(upsert)
       const known = new Set(order.value)
-      order.value = [...order.value, ...page.items.map((d) => d.id).filter((id) => !known.has(id))]
-      applyPaging(page)
+      order.value = [...order.value, ...next.items.map((d) => d.id).filter((id) => !known.has(id))]
+      applyPaging(next)
     } catch (err) {
       error.value = errorText(err)
     } finally {
@@ -108,15 +84,15 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     }
   }
 
-  function applyPaging(page: Page): void {
-    usesCursor.value = 'next_cursor' in page
-    nextCursor.value = page.next_cursor ?? null
-    total.value = typeof page.total === 'number' ? page.total : order.value.length + (page.next_cursor ? 1 : 0)
+  function applyPaging(p: Page<Deployment>): void {
+    usesCursor.value = 'next_cursor' in p
+    nextCursor.value = p.next_cursor ?? null
+    total.value = typeof p.total === 'number' ? p.total : order.value.length + (p.next_cursor ? 1 : 0)
   }
 
   async function refreshOne(id: string): Promise<Deployment | null> {
     try {
-      const d = await rawJson<Deployment>('GET', `/api/v1/deployments/${encodeURIComponent(id)}`)
+      const d = await deploymentsApi.getDeployment(id)
       upsert(d)
       return d
     } catch {
@@ -125,33 +101,35 @@ export const useDeploymentsStore = defineStore('deployments', () => {
   }
 
   // --- live updates: one handler per event type ---------------------------------------------------
-  const handlers: Record<string, (m: ServerMessage) => void> = {
-    DEPLOYMENT_STATUS_CHANGED(m) {
-      const id = m.deployment_id!
-      const status = m.data?.new_status
+  const handlers: FrameHandlers = {
+    DEPLOYMENT_STATUS_CHANGED({ deployment_id: id, data }) {
       const known = byId.value[id]
-      if (known && isStatus(status)) {
-        known.status = status
-        if ('error_message' in (m.data ?? {})) known.error_message = (m.data!.error_message as string | null) ?? null
+      if (known && isStatus(data.new_status)) {
+        known.status = data.new_status
+        known.error_message = data.error_message ?? null
       }
       // attempt, timestamps and progress come with the row; one read per status change, not polling.
       if (known || !order.value.includes(id)) void refreshOne(id).then((d) => d && !known && insertIfMatching(d))
     },
-    DEPLOYMENT_PROGRESS(m) {
-      const known = byId.value[m.deployment_id!]
-      if (!known || !m.data) return
-      if (typeof m.data.progress === 'number') known.progress = m.data.progress
-      if (typeof m.data.current_step === 'number') known.current_step = m.data.current_step
-      if (typeof m.data.total_steps === 'number') known.total_steps = m.data.total_steps
-      if (typeof m.data.step_name === 'string') known.step_name = m.data.step_name
+    DEPLOYMENT_PROGRESS({ deployment_id: id, data }) {
+      const known = byId.value[id]
+      if (!known) return
+      known.progress = data.progress
+      known.current_step = data.current_step
+      known.total_steps = data.total_steps
+      if (typeof data.step_name === 'string') known.step_name = data.step_name
     },
-    DEPLOYMENT_CREATED(m) {
-      const d = m.data as unknown as Deployment | undefined
-      if (d && typeof d.id === 'string') insertIfMatching(d)
-      else if (m.deployment_id) void refreshOne(m.deployment_id).then((r) => r && insertIfMatching(r))
+    DEPLOYMENT_CREATED({ data }) {
+      insertIfMatching(data)
     },
-    DEPLOYMENT_DELETED(m) {
-      remove(m.deployment_id!)
+    DEPLOYMENT_DELETED({ deployment_id: id }) {
+      remove(id)
+    },
+    // Events were dropped for this client: what the list shows may be stale, read it again.
+    resync({ deployment_id: id, organization_id: org }) {
+      if (id) {
+        if (byId.value[id]) void refreshOne(id)
+      } else if (org && org === organizationId.value) void load(org, filters.value)
     },
   }
 
@@ -174,10 +152,10 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     }
   }
 
-  function handle(message: ServerMessage): void {
-    if (!message.deployment_id) return
-    if (organizationId.value && message.organization_id && message.organization_id !== organizationId.value) return
-    handlers[message.type]?.(message)
+  function handle(frame: ServerFrame): void {
+    const org = 'organization_id' in frame ? frame.organization_id : null
+    if (organizationId.value && org && org !== organizationId.value) return
+    dispatchFrame(handlers, frame)
   }
 
   /** Keep byId live for `orgId` (the list does this on load; a detail page calls it directly). */
@@ -199,11 +177,11 @@ export const useDeploymentsStore = defineStore('deployments', () => {
 
   async function act(id: string, action: DeploymentAction): Promise<void> {
     if (action === 'delete') {
-      await rawJson('DELETE', `/api/v1/deployments/${encodeURIComponent(id)}`)
+      await deploymentsApi.deleteDeployment(id)
       remove(id)
       return
     }
-    upsert(await rawJson<Deployment>('POST', `/api/v1/deployments/${encodeURIComponent(id)}/${action}`))
+    upsert(await deploymentsApi.act(id, action))
   }
 
   function reset(): void {

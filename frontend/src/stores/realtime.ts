@@ -2,6 +2,7 @@
 import { defineStore } from 'pinia'
 import { ref } from 'vue'
 import { flag, wsUrl } from '../api/config'
+import { refreshSession } from '../api/client'
 import { tokens } from '../api/tokens'
 import { RealtimeSocket, type SocketState } from '../realtime/socket'
 
@@ -12,7 +13,7 @@ export function getSocket(): RealtimeSocket {
     socket = new RealtimeSocket({
       url: wsUrl,
       token: () => tokens.access(),
-      refreshToken: () => tokens.refresh(),
+      refreshToken: refreshSession,
       debug: flag(import.meta.env.VITE_ENABLE_WEBSOCKET_DEBUG),
     })
     // A refreshed token is handed to the open socket, so it outlives the access token it began with.

@@ -1,25 +1,8 @@
-import { rawJson } from '../api/client'
-import type { LogLine } from '../composables/useDeploymentWebSocket'
+import type { LogLine } from '../api/deployments'
 import { stripAnsi } from './ansi'
 
 export function formatLine(line: LogLine): string {
   return `${line.timestamp} [${line.level.toUpperCase()}] ${stripAnsi(line.message)}`
-}
-
-/** Every persisted line of a deployment, not only those loaded in the drawer. */
-export async function fetchWholeLog(deploymentId: string): Promise<LogLine[]> {
-  const all: LogLine[] = []
-  let since = 0
-  for (let page = 0; page < 10_000; page++) {
-    const res = await rawJson<{ items: LogLine[] }>(
-      'GET',
-      `/api/v1/deployments/${encodeURIComponent(deploymentId)}/logs?since_seq=${since}&limit=5000`,
-    )
-    all.push(...res.items)
-    if (res.items.length < 5000) break
-    since = res.items[res.items.length - 1].seq
-  }
-  return all
 }
 
 export function saveText(filename: string, text: string): void {

@@ -1,0 +1,58 @@
+/**
+ * The system pages' data over the typed client: workers and execution mode, recovery, health.
+ *
+ * These routes declare no response model (the schema types them as free-form objects), so the shapes the
+ * page reads are written down here, once, and the answers are read into them.
+ */
+import { api, unwrap } from './client'
+
+export interface Worker {
+  name: string
+  kind: string
+  hostname: string
+  pid: number
+  concurrency: number
+  last_seen: string
+  alive: boolean
+}
+
+export interface Workers {
+  execution_mode: string
+  reason: string | null
+  broker: string | null
+  broker_ok: boolean | null
+  workers: Worker[]
+  embedded_worker: unknown
+}
+
+export interface Recovery {
+  last: Record<string, unknown> | null
+  totals: Record<string, number>
+}
+
+/** `/health`: only the parts the page shows are named. */
+export interface Health {
+  status?: string
+  database?: { kind?: string; status?: string } & Record<string, unknown>
+  event_bus?: ({ transport?: string; connected?: boolean } & Record<string, unknown>) | null
+  [key: string]: unknown
+}
+
+export async function getWorkers(): Promise<Workers> {
+  return (await unwrap(api.GET('/api/v1/system/workers'))) as unknown as Workers
+}
+
+export async function getRecovery(): Promise<Recovery> {
+  return (await unwrap(api.GET('/api/v1/system/recovery'))) as unknown as Recovery
+}
+
+/** Run recovery now (superusers); no body: the server's default ages. */
+export async function runRecovery(): Promise<void> {
+  await unwrap(api.POST('/api/v1/system/recovery'))
+}
+
+export async function getHealth(): Promise<Health> {
+  // /health answers 503 with the same body when the database is down: the page shows it either way.
+  const { data, error } = await api.GET('/health')
+  return (data ?? error ?? {}) as Health
+}
