@@ -4,6 +4,11 @@
 It masks well-known shapes (JWTs, WindFlow API tokens, ``Authorization``/``Cookie`` headers,
 ``password=``/``"token": "..."`` pairs, credentials inside URLs) and every value registered with
 :func:`register_secret` (secret deployment variables, target credentials).
+
+:class:`SecretMask` is the one way known secret values are masked in text, here and wherever a text is shown
+(a deployment's :class:`Redactor`, a rendered document's preview and messages, the compose snapshot the API
+shows, the compose policy's messages): every form a value takes in text (:func:`secret_forms`), longest
+first, in one pass.
 """
 
 from __future__ import annotations
@@ -65,22 +70,51 @@ _PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = 
     (re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://[^:/@\s]*):([^@\s/]+)@"), r"\1:" + MASK + "@"),
 ]
 
+def secret_forms(value: str) -> set[str]:
+    """The forms a secret value takes in text: as given, stripped, escaped for compose interpolation (``$``
+    doubled, as a rendered document holds it), and each long line of a multi-line value (a PEM key echoed
+    line by line)."""
+    forms = {value, value.strip(), value.replace("$", "$$")}
+    forms.update(line.strip() for line in value.splitlines() if len(line.strip()) >= 16 and not line.startswith("-----"))
+    return forms
+
+
+class SecretMask:
+    """Masks known secret values in a text: every form of each (:func:`secret_forms`) of at least
+    ``min_length`` characters, longest first (a secret that contains another is masked whole), in one pass.
+
+    ``min_length`` keeps very short values from masking ordinary text in logs; a text that only ever holds the
+    values themselves (a rendered document) masks them whatever their length.
+    """
+
+    def __init__(self, values: Iterable[str | None] = (), *, min_length: int = 1) -> None:
+        forms = {form for value in values if value for form in secret_forms(value) if len(form) >= max(1, min_length)}
+        ordered = sorted(forms, key=lambda form: (-len(form), form))
+        self._regex = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._regex is not None
+
+    def __call__(self, text: str) -> str:
+        return self._regex.sub(MASK, text) if self._regex is not None and text else text
+
+
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_secret_regex: re.Pattern[str] | None = None
+_registered = SecretMask()
 
 
 def register_secret(value: str | None) -> None:
-    """Mask ``value`` wherever it appears in a server log line from now on (values of 4+ characters)."""
-    global _secret_regex
+    """Mask ``value`` (in every form, :func:`secret_forms`) wherever it appears in a server log line from
+    now on (forms of 4+ characters)."""
+    global _registered
     if not value or len(value) < 4:
         return
     with _secrets_lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secret_regex = re.compile("|".join(re.escape(s) for s in ordered))
+        _registered = SecretMask(_secrets, min_length=4)
 
 
 #: One of these (lower case) is in any ASCII text a pattern above matches: each pattern needs one of
@@ -112,10 +146,7 @@ def redact(text: str) -> str:
     """
     if not text:
         return text
-    regex = _secret_regex
-    if regex is not None:
-        text = regex.sub(MASK, text)
-    return _mask_shapes(text)
+    return _mask_shapes(_registered(text))
 
 
 # C0 controls (but tab), DEL and C1 controls; ANSI escape sequences (colours, cursor moves) whole.
@@ -149,27 +180,14 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str | None] = (), replacements: Mapping[str, str] | None = None) -> None:
-        values: set[str] = set()
-        for value in secrets:
-            if not value:
-                continue
-            for form in (value, value.strip(), value.replace("$", "$$")):
-                if len(form) >= 4:
-                    values.add(form)
-            for line in value.splitlines():  # a PEM echoed line by line is masked too
-                if len(line.strip()) >= 16 and not line.startswith("-----"):
-                    values.add(line.strip())
-        ordered = sorted(values, key=len, reverse=True)
-        self._regex = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+        self._mask = SecretMask(secrets, min_length=4)
         self._replacements = sorted((replacements or {}).items(), key=lambda item: len(item[0]), reverse=True)
 
     def __call__(self, text: str | None) -> str | None:
         """``text`` masked, without terminal escapes or control characters (newlines kept)."""
         if not text:
             return text
-        text = strip_controls(text, keep_newlines=True)
-        if self._regex is not None:
-            text = self._regex.sub(MASK, text)
+        text = self._mask(strip_controls(text, keep_newlines=True))
         for path, name in self._replacements:
             if path:
                 text = text.replace(path, name)

@@ -4,17 +4,21 @@
 * Access tokens: short-lived HS256 JWTs (``typ=access``). Refresh tokens: JWTs (``typ=refresh``) whose
   ``jti`` is recorded in ``refresh_tokens`` so they can be rotated and revoked.
 * API tokens: ``wf_`` + 40 random URL-safe characters; only their SHA-256 is stored.
-* Secrets at rest (secret variables, target credentials): Fernet with a key derived from ``SECRET_KEY``.
+* Secrets at rest (secret variables, target credentials): Fernet with a key derived from ``SECRET_KEY``;
+  a deployment's variables with their secrets encrypted are one type, :class:`EncryptedValues`.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
@@ -23,6 +27,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 from backend.app.config import Settings
 from backend.app.config import settings as _settings
+from backend.app.core.logging import MASK, register_secret
 from backend.app.database import utcnow
 
 API_TOKEN_PREFIX = "wf_"
@@ -137,3 +142,63 @@ def decrypt_secret(settings: Settings, token: str) -> str:
         return _fernet(settings).decrypt(token.encode()).decode()
     except InvalidToken as exc:
         raise ValueError("cannot decrypt a stored secret: was SECRET_KEY changed?") from exc
+
+
+#: How an encrypted value sits in a stored JSON document: ``{"__encrypted__": "<Fernet token>"}``.
+ENCRYPTED = "__encrypted__"
+
+
+class EncryptedValues:
+    """A deployment's variable values as stored: clear values, and each secret as ``{"__encrypted__": token}``.
+
+    The one reader and writer of that shape: :meth:`encrypt` builds it from the clear values and the dotted
+    names of the secrets, :meth:`decrypt` gives the clear values back, :meth:`masked` the values as the API
+    shows them (secrets as ``***``), :meth:`secret_values` the clear secrets (to build a redactor from). Every
+    secret decrypted is also registered with the server log's redaction.
+    """
+
+    def __init__(self, stored: Mapping[str, Any] | None) -> None:
+        self.stored: dict[str, Any] = dict(stored or {})
+
+    @classmethod
+    def encrypt(cls, settings: Settings, values: Mapping[str, Any], secret_paths: Iterable[str]) -> EncryptedValues:
+        stored = copy.deepcopy(dict(values))
+        for path in secret_paths:
+            *parents, name = path.split(".")
+            node: Any = stored
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(name) is not None:
+                node[name] = {ENCRYPTED: encrypt_secret(settings, str(node[name]))}
+        return cls(stored)
+
+    def decrypt(self, settings: Settings) -> dict[str, Any]:
+        return self._walk(lambda token: _clear(settings, token))
+
+    def masked(self) -> dict[str, Any]:
+        return self._walk(lambda _token: MASK)
+
+    def secret_values(self, settings: Settings) -> list[str]:
+        found: list[str] = []
+        self._walk(lambda token: found.append(_clear(settings, token)))
+        return found
+
+    def _walk(self, secret: Callable[[str], Any]) -> dict[str, Any]:
+        """A copy of the stored values with each encrypted one replaced by ``secret(token)``."""
+
+        def walk(node: Any) -> Any:
+            if isinstance(node, dict):
+                if len(node) == 1 and ENCRYPTED in node:
+                    return secret(node[ENCRYPTED])
+                return {key: walk(value) for key, value in node.items()}
+            if isinstance(node, list):
+                return [walk(value) for value in node]
+            return node
+
+        return walk(self.stored)
+
+
+def _clear(settings: Settings, token: str) -> str:
+    value = decrypt_secret(settings, token)
+    register_secret(value)
+    return value

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.app.core.exceptions import ValidationFailed
+from backend.app.core.logging import SecretMask
 from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_yaml import compose_bool
@@ -72,10 +73,7 @@ class PolicyViolation(ValidationFailed):
 
     def __init__(self, violations: list[Violation], target_name: str | None, *, redact: Iterable[str] = ()) -> None:
         self.violations = violations
-        detail = "; ".join(v.message(target_name) for v in violations)
-        for secret in redact:
-            if secret:
-                detail = detail.replace(secret, "***")
+        detail = SecretMask(redact)("; ".join(v.message(target_name) for v in violations))
         code = "compose_forbidden" if target_name is None else "compose_policy_denied"
         super().__init__(detail, code=code)
 

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import Conflict, NotFound
-from backend.app.core.logging import MASK, register_secret
+from backend.app.core.logging import SecretMask, register_secret
+from backend.app.core.security import EncryptedValues
 from backend.app.database import end_transaction
 from backend.app.models import (
     Deployment,
@@ -31,15 +32,7 @@ from backend.app.models import (
 from backend.app.models.base import new_id
 from backend.app.schemas.deployments import DeploymentRead
 from backend.app.services import bounded_render, organization_service, pagination, templating
-from backend.app.services.deployment_spec import (  # noqa: F401 - re-exported: part of this module's API
-    ENCRYPTED,
-    check_compose_policy,
-    decrypt_variables,
-    encrypt_variables,
-    mask_variables,
-    snapshot_compose,
-    value_at,
-)
+from backend.app.services.deployment_spec import check_compose_policy, snapshot_compose
 from backend.app.services import recovery
 from backend.app.services.deployment_runner import Dispatch
 from backend.app.services.state_machine import TransitionResult, record_creation, set_deployment_status
@@ -51,7 +44,7 @@ S = DeploymentStatus
 def read_model(deployment: Deployment) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
     data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
-    return DeploymentRead(**data, variables=mask_variables(deployment.variables or {}))
+    return DeploymentRead(**data, variables=EncryptedValues(deployment.variables).masked())
 
 
 DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.created_at, Deployment.id), descending=True)
@@ -63,21 +56,7 @@ def masked_compose(settings: Settings, deployment: Deployment) -> str:
     if not deployment.rendered_compose:
         raise NotFound("this deployment has no rendered compose document yet", code="no_snapshot")
     text = security.decrypt_secret(settings, deployment.rendered_compose)
-    secrets: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if set(node) == {ENCRYPTED}:
-                secrets.append(str(security.decrypt_secret(settings, node[ENCRYPTED])))
-                return
-            for value in node.values():
-                walk(value)
-
-    walk(deployment.variables or {})
-    # Longest first, so a secret that contains another is masked whole; "$" is doubled in the document.
-    for value in sorted({v for v in secrets if v}, key=len, reverse=True):
-        text = text.replace(value.replace("$", "$$"), MASK).replace(value, MASK)
-    return text
+    return SecretMask(EncryptedValues(deployment.variables).secret_values(settings))(text)
 
 
 class DeploymentService:
@@ -112,10 +91,8 @@ class DeploymentService:
         # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
         # write lock) is held meanwhile; the deployment is written in the next one.
         await end_transaction(session)
-        for path in secret_paths:
-            found = value_at(values, path)
-            if found:
-                register_secret(str(found[0][found[1]]))
+        for value in templating.secret_values(parsed, values):
+            register_secret(value)
         limits = bounded_render.RenderLimits.from_settings(settings)
         rendered = await bounded_render.render_stack(stack.template, parsed, values, limits)
         check_compose_policy(rendered, target, redact=templating.secret_values(parsed, values))
@@ -131,7 +108,7 @@ class DeploymentService:
             target_id=target.id,
             created_by=user.id,
             name=name or f"{stack.name}-{security.generate_api_token()[3:9].lower()}",
-            variables=encrypt_variables(settings, values, secret_paths),
+            variables=EncryptedValues.encrypt(settings, values, secret_paths).stored,
             rendered_compose=security.encrypt_secret(settings, rendered),
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
         )

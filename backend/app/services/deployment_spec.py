@@ -1,5 +1,6 @@
-"""A deployment's frozen inputs: its variables (secrets encrypted at rest), its rendered compose snapshot, the
-target's policy check, and the engine and spec the runner, recovery and the lifecycle actions drive.
+"""A deployment's frozen inputs: its rendered compose snapshot (its variables, secrets encrypted at rest, are
+``core.security.EncryptedValues``), the target's policy check, and the engine and spec the runner, recovery
+and the lifecycle actions drive.
 
 Below the runner, recovery and ``DeploymentService`` (all of them use it), so none of them imports another
 to reach these.
@@ -7,68 +8,15 @@ to reach these.
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.core.logging import MASK, register_secret
 from backend.app.engines import engine_for
 from backend.app.engines.base import DeploySpec, Engine
 from backend.app.models import Deployment, Target
 from backend.app.services import compose_policy, target_service
-
-ENCRYPTED = "__encrypted__"
-
-
-def value_at(values: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | None:
-    parts = path.split(".")
-    node: Any = values
-    for part in parts[:-1]:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return (node, parts[-1]) if isinstance(node, dict) and parts[-1] in node else None
-
-
-def encrypt_variables(settings: Settings, values: dict[str, Any], secret_paths: set[str]) -> dict[str, Any]:
-    stored = copy.deepcopy(values)
-    for path in secret_paths:
-        found = value_at(stored, path)
-        if found and found[0][found[1]] is not None:
-            node, key = found
-            node[key] = {ENCRYPTED: security.encrypt_secret(settings, str(node[key]))}
-    return stored
-
-
-def decrypt_variables(settings: Settings, stored: dict[str, Any]) -> dict[str, Any]:
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {ENCRYPTED}:
-                clear = security.decrypt_secret(settings, node[ENCRYPTED])
-                register_secret(clear)
-                return clear
-            return {k: walk(v) for k, v in node.items()}
-        return node
-
-    return walk(stored)
-
-
-def mask_variables(stored: dict[str, Any]) -> dict[str, Any]:
-    """Variables as the API shows them: secret values replaced by ``***``."""
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {ENCRYPTED}:
-                return MASK
-            return {k: walk(v) for k, v in node.items()}
-        return node
-
-    return walk(stored)
-
 
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
     """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""
@@ -86,7 +34,7 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
     if not deployment.rendered_compose:
         raise ValidationFailed("this deployment has no rendered compose snapshot", code="no_snapshot")
     text = security.decrypt_secret(settings, deployment.rendered_compose)
-    decrypt_variables(settings, deployment.variables)  # registers its secrets with the log redactor
+    security.EncryptedValues(deployment.variables).decrypt(settings)  # registers its secrets with the log redactor
     return text
 
 

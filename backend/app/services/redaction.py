@@ -10,7 +10,6 @@ watching it turn into ``***``). Host paths of the deployment's project directory
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from backend.app.config import Settings
 from backend.app.core import security
@@ -19,26 +18,7 @@ from backend.app.engines.base import project_name
 from backend.app.models import Deployment, Target
 from backend.app.services import target_service
 
-_ENCRYPTED = "__encrypted__"
 _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/@\s]*:([^@\s/]+)@", re.IGNORECASE)
-
-
-def _secret_variables(settings: Settings, stored: Any) -> list[str]:
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if set(node) == {_ENCRYPTED}:
-                found.append(security.decrypt_secret(settings, node[_ENCRYPTED]))
-                return
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(stored)
-    return found
 
 
 def target_secrets(settings: Settings, target: Target | None) -> list[str]:
@@ -60,7 +40,8 @@ def base_redactor(settings: Settings) -> Redactor:
 
 def deployment_redactor(settings: Settings, deployment: Deployment, target: Target | None) -> Redactor:
     """The redactor for everything an engine or a container says about ``deployment``."""
-    secrets = [settings.SECRET_KEY, *_secret_variables(settings, deployment.variables), *target_secrets(settings, target)]
+    variables = security.EncryptedValues(deployment.variables).secret_values(settings)
+    secrets = [settings.SECRET_KEY, *variables, *target_secrets(settings, target)]
     workdir = settings.DEPLOYMENTS_WORKDIR
     replacements = {
         str(workdir / deployment.id): project_name(deployment.id),

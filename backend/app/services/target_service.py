@@ -57,15 +57,6 @@ TEST_TIMEOUT_SECONDS = 10.0
 # --- credentials ----------------------------------------------------------------------------------
 
 
-def _register(value: str) -> None:
-    """Mask ``value`` in logs, and each line of its PEM body so a partial echo is masked too."""
-    register_secret(value)
-    register_secret(value.strip())
-    for line in value.splitlines():
-        if len(line) >= 16 and not line.startswith("-----"):
-            register_secret(line.strip())
-
-
 def credentials(target: Target, settings: Settings) -> dict[str, Any]:
     """The target's decrypted credentials, every field of ``CREDENTIAL_FIELDS`` present (absent ones None).
 
@@ -78,7 +69,7 @@ def credentials(target: Target, settings: Settings) -> dict[str, Any]:
     result["tls_verify"] = stored.get("tls_verify", True) is not False
     for field in (*TLS_FIELDS, "ssh_key"):
         if result[field]:
-            _register(result[field])
+            register_secret(result[field])  # every form: stripped, each line of a PEM body
     return result
 
 
@@ -89,7 +80,7 @@ def _store_credentials(target: Target, settings: Settings, creds: dict[str, Any]
         kept["tls_verify"] = False
     for field in (*TLS_FIELDS, "ssh_key"):
         if field in kept:
-            _register(kept[field])
+            register_secret(kept[field])
     target.credentials_encrypted = encrypt_secret(settings, json.dumps(kept)) if kept else None
 
 

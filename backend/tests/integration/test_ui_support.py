@@ -107,9 +107,9 @@ async def test_rendered_compose_masks_every_secret(client, db, docker_engine) ->
         )
         await session.commit()
         generated = None
-        from backend.app.services.deployment_service import decrypt_variables
+        from backend.app.core.security import EncryptedValues
 
-        generated = decrypt_variables(db.settings, deployment.variables)["generated"]
+        generated = EncryptedValues(deployment.variables).decrypt(db.settings)["generated"]
 
     response = await client.get(f"/api/v1/deployments/{deployment.id}/compose", headers=admin.headers)
     assert response.status_code == 200, response.text

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 
 from backend.app.core.exceptions import ValidationFailed
+from backend.app.core.logging import SecretMask
 from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
@@ -29,20 +30,19 @@ COMPOSE_TIMEOUT_SECONDS = 30
 
 
 def _redact(text: str, secrets_: Iterable[str]) -> str:
-    """``text`` with every secret value masked, and any quoted fragment of one (parsers quote the token
-    they stumbled on, e.g. YAML's ``found undefined alias 'abc'`` for the secret ``*abc``)."""
+    """``text`` with every secret value masked (:class:`~backend.app.core.logging.SecretMask`), and any quoted
+    fragment of one (parsers quote the token they stumbled on, e.g. YAML's ``found undefined alias 'abc'``
+    for the secret ``*abc``)."""
     secrets_ = [value for value in secrets_ if value]
-    for value in secrets_:
-        text = text.replace(value, MASK)
-        escaped = value.replace("$", "$$")
-        if escaped != value:
-            text = text.replace(escaped, MASK)
+    if not secrets_:
+        return text
+    text = SecretMask(secrets_)(text)
 
     def fragment(match: re.Match[str]) -> str:
         inner = match.group(2)
         return f"{match.group(1)}{MASK}{match.group(1)}" if any(inner in value for value in secrets_) else match.group(0)
 
-    return re.sub(r"(['\"])([^'\"\n]{3,})\1", fragment, text) if secrets_ else text
+    return re.sub(r"(['\"])([^'\"\n]{3,})\1", fragment, text)
 
 
 def parse_compose_yaml(text: str) -> dict:
