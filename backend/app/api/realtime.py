@@ -141,7 +141,7 @@ async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
         credential = await _first_auth(websocket, settings)
         if credential is None:
             return
-        access, bad_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
+        access, api_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
     except Exception as exc:
         if not database.is_unavailable(exc):
             raise
@@ -152,7 +152,7 @@ async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
         return
     client = WebSocketClient(websocket, access[credential.user.id], credential.expires_at)
     client.access = realtime.credential_access(
-        client.access, credential.api_token_id, credential.user.token_generation)
+        client.access, api_tokens, credential.api_token_id, credential.user.token_generation)
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
     client.start()
@@ -242,9 +242,10 @@ async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: S
         client.close("a connection stays with the user it authenticated first", realtime.CLOSE_UNAUTHORIZED)
         return
     client.expires_at = credential.expires_at
-    access, _ = await realtime.load_access({credential.user.id}, set())
+    access, api_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
     fresh = access[credential.user.id]
-    await client.set_access(realtime.credential_access(fresh, credential.api_token_id, credential.user.token_generation))
+    await client.set_access(
+        realtime.credential_access(fresh, api_tokens, credential.api_token_id, credential.user.token_generation))
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
 
@@ -396,8 +397,8 @@ async def deployment_events(
     # connection, and on SQLite this session's transaction holds the write lock (BEGIN IMMEDIATE), which
     # the reads below, on their own connections, would wait for until the busy timeout.
     await session.close()
-    access, _ = await realtime.load_access({user_id}, set())
-    client = SSEClient(realtime.credential_access(access[user_id], token_id, generation))
+    access, api_tokens = await realtime.load_access({user_id}, {token_id} - {None})
+    client = SSEClient(realtime.credential_access(access[user_id], api_tokens, token_id, generation))
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",

@@ -37,8 +37,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -46,6 +47,7 @@ from backend.app import database
 from backend.app.runtime import metrics
 from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, deliver_on_loop, iso_utc
 from backend.app.models import ApiToken, Deployment, Membership, User
+from backend.app.services import auth_service
 from backend.app.services.deployment_logs import LogLine, read_logs
 
 logger = logging.getLogger(__name__)
@@ -125,62 +127,60 @@ class Access:
     #: the token generation of the access token the client authenticated with (None for an API token); a
     #: password change or ``POST /auth/logout-all`` bumps the user's, which closes the client
     generation: int | None = None
+    #: the account as last read (``is_active``, ``token_generation``), None when it is gone
+    account: Any = field(default=None, compare=False, repr=False)
 
     def allows(self, organization_id: str) -> bool:
         return self.revoked is None and (self.superuser or organization_id in self.organizations)
 
 
-async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str, Access], set[str]]:
-    """Every user's access and the API tokens no longer valid, read in one short transaction."""
-    now = datetime.now(UTC)
-    users: dict[str, tuple[bool, bool, int]] = {}
+async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str, Access], dict[str, Any]]:
+    """Every user's access (memberships and account) and the rows of the API tokens, read in one short
+    transaction; :func:`refreshed` judges each client's credential with them."""
+    users: dict[str, Any] = {}
     orgs: dict[str, set[str]] = {}
-    bad_tokens: set[str] = set()
+    api_tokens: dict[str, Any] = {}
     ids, tokens = sorted(user_ids), sorted(token_ids)
     async with database.AsyncSessionLocal() as session:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for uid, active, superuser, generation in await session.execute(
+            for row in await session.execute(
                 select(User.id, User.is_active, User.is_superuser, User.token_generation).where(User.id.in_(chunk))
             ):
-                users[uid] = (active, superuser, generation)
+                users[row.id] = row
             for uid, org in await session.execute(
                 select(Membership.user_id, Membership.organization_id).where(Membership.user_id.in_(chunk))
             ):
                 orgs.setdefault(uid, set()).add(org)
         for start in range(0, len(tokens), 500):
             chunk = tokens[start:start + 500]
-            found = set()
-            for tid, revoked_at, expires_at in await session.execute(
+            for row in await session.execute(
                 select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(ApiToken.id.in_(chunk))
             ):
-                found.add(tid)
-                if revoked_at is not None or (expires_at is not None and expires_at <= now):
-                    bad_tokens.add(tid)
-            bad_tokens.update(set(chunk) - found)
+                api_tokens[row.id] = row
     access = {}
     for uid in user_ids:
-        active, superuser, generation = users.get(uid, (False, False, None))
-        access[uid] = Access(uid, superuser, frozenset(orgs.get(uid, ())),
-                             revoked=None if active else "the account was deactivated or deleted", generation=generation)
-    return access, bad_tokens
+        account = users.get(uid)
+        access[uid] = Access(uid, bool(account and account.is_superuser), frozenset(orgs.get(uid, ())), account=account)
+    return access, api_tokens
 
 
-def refreshed(current: Access, fresh: Access, bad_tokens: set[str] = frozenset()) -> Access:
-    """``current``'s credential with ``fresh``'s memberships: revoked when its API token was, when the account
-    was deactivated, or when the user signed out everywhere since it authenticated (token generation)."""
-    revoked = fresh.revoked
-    if current.api_token_id in bad_tokens:
-        revoked = "the API token was revoked or has expired"
-    elif current.api_token_id is None and current.generation is not None and fresh.generation != current.generation:
-        revoked = "signed out everywhere (password changed or logout-all); authenticate again"
-    return Access(fresh.user_id, fresh.superuser, fresh.organizations, current.api_token_id, revoked, current.generation)
+def refreshed(current: Access, fresh: Access, api_tokens: dict[str, Any]) -> Access:
+    """``current``'s credential with ``fresh``'s memberships, revoked when the credential check of every HTTP
+    request (``auth_service.credential_refusal``) would now refuse it: its API token revoked or expired, the
+    account deactivated or gone, or signed out everywhere since it authenticated (token generation)."""
+    refusal = auth_service.credential_refusal(
+        fresh.account, api_token=api_tokens.get(current.api_token_id), api_token_used=current.api_token_id is not None,
+        generation=current.generation, now=datetime.now(UTC),
+    )
+    return Access(fresh.user_id, fresh.superuser, fresh.organizations, current.api_token_id,
+                  refusal.detail if refusal is not None else None, current.generation, fresh.account)
 
 
-def credential_access(fresh: Access, api_token_id: str | None, generation: int) -> Access:
+def credential_access(fresh: Access, api_tokens: dict[str, Any], api_token_id: str | None, generation: int) -> Access:
     """The access of a client that just authenticated: API token, or access token of ``generation``."""
     return refreshed(Access(fresh.user_id, fresh.superuser, fresh.organizations, api_token_id,
-                            generation=None if api_token_id else generation), fresh)
+                            generation=None if api_token_id else generation), fresh, api_tokens)
 
 
 class AccessRegistry:
@@ -202,10 +202,10 @@ class AccessRegistry:
         clients = list(self.clients)
         if not clients:
             return
-        access, bad_tokens = await load_access(
+        access, api_tokens = await load_access(
             {c.access.user_id for c in clients}, {c.access.api_token_id for c in clients if c.access.api_token_id})
         for client in clients:
-            await client.set_access(refreshed(client.access, access[client.access.user_id], bad_tokens))
+            await client.set_access(refreshed(client.access, access[client.access.user_id], api_tokens))
 
     async def _refresh_loop(self) -> None:
         passes = database.OutageLog("real time: refreshing client access", logger)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -208,32 +209,52 @@ async def user_from_token(session: AsyncSession, *, settings: Settings, token: s
 
 async def credential_from_token(session: AsyncSession, *, settings: Settings, token: str) -> Credential:
     """:func:`user_from_token`, also telling when the credential expires (WebSocket re-authentication)."""
-    api_token_id = None
+    now = utcnow()
+    api_token = None
     if token.startswith(security.API_TOKEN_PREFIX):
-        row = (
+        api_token = (
             await session.execute(select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token)))
         ).scalar_one_or_none()
-        now = utcnow()
-        if row is None or row.revoked_at is not None:
-            raise NotAuthenticated("API token is invalid or revoked", code="invalid_token")
-        if row.expires_at is not None and row.expires_at <= now:
-            raise NotAuthenticated("API token has expired; create a new one", code="token_expired")
-        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-            row.last_used_at = now
-        user_id, expires_at, api_token_id = row.user_id, row.expires_at, row.id
+        user_id, expires_at, generation = (api_token.user_id, api_token.expires_at, None) if api_token else (None, None, None)
     else:
         try:
             claims = security.decode_token(settings, token, "access")
         except security.TokenError as exc:
             raise NotAuthenticated(str(exc), code=exc.code) from exc
-        user_id, expires_at = claims["sub"], datetime.fromtimestamp(claims["exp"], UTC)
-    user = await session.get(User, user_id)
+        user_id, expires_at, generation = claims["sub"], datetime.fromtimestamp(claims["exp"], UTC), claims.get("gen", 0)
+    user = await session.get(User, user_id) if user_id is not None else None
+    refusal = credential_refusal(
+        user, api_token=api_token, api_token_used=token.startswith(security.API_TOKEN_PREFIX), generation=generation, now=now
+    )
+    if refusal is not None:
+        raise refusal
+    if api_token is not None and (api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60):
+        api_token.last_used_at = now
+    return Credential(user, expires_at, api_token.id if api_token is not None else None)
+
+
+def credential_refusal(
+    user: Any, *, api_token: Any = None, api_token_used: bool = False, generation: int | None = None, now: datetime
+) -> NotAuthenticated | None:
+    """Why a credential no longer works, or ``None``: the one rule, for each HTTP request and for the real-time
+    clients, whose credentials are judged again every few seconds (``runtime/realtime.py``).
+
+    ``user`` is the account (``is_active``, ``token_generation``; a row or a model) or ``None`` when it is gone.
+    For a personal API token (``api_token_used``), ``api_token`` is its row (``revoked_at``, ``expires_at``), or
+    ``None`` when unknown; for an access token, ``generation`` is the token generation it carries: a password
+    change or ``POST /auth/logout-all`` bumps the account's, and every older access token stops working.
+    """
+    if api_token_used:
+        if api_token is None or api_token.revoked_at is not None:
+            return NotAuthenticated("API token is invalid or revoked", code="invalid_token")
+        if api_token.expires_at is not None and api_token.expires_at <= now:
+            return NotAuthenticated("API token has expired; create a new one", code="token_expired")
     if user is None:
-        raise NotAuthenticated("the user of this token no longer exists", code="invalid_token")
+        return NotAuthenticated("the user of this token no longer exists", code="invalid_token")
     if not user.is_active:
-        raise NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
-    if not token.startswith(security.API_TOKEN_PREFIX) and claims.get("gen", 0) != user.token_generation:
-        raise NotAuthenticated(
+        return NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
+    if not api_token_used and generation != user.token_generation:
+        return NotAuthenticated(
             "this token was revoked (password changed or logged out everywhere); log in again", code="token_revoked"
         )
-    return Credential(user, expires_at, api_token_id)
+    return None
