@@ -8,7 +8,7 @@ One no-op task that returns the moment its body starts. The worker is started by
 interval in ``WFBENCH_*`` variables. Its delivery settings are WindFlow's own
 (``backend.app.runtime.celery_config.delivery_conf``: ``worker_prefetch_multiplier=1``, ``task_acks_late``,
 ``task_reject_on_worker_lost``, JSON, the same ``polling_interval`` for the SQL broker), with a prefork pool
-(the ``celery worker`` default, as for the guide's command), concurrency 4, and the same (fixed) kombu SQL
+(the ``celery worker`` default, as for the product guide's command, docs/architecture.md#the-product-guide), concurrency 4, and the same (fixed) kombu SQL
 transport, which WindFlow installs by importing ``backend.app.runtime.sql_transport``
 (kombu's own passes ``polling_interval`` to ``create_engine`` and fails). It does *not* import
 ``backend.app.celery_app``: that module's signal handlers would register this worker as a WindFlow

@@ -6,7 +6,7 @@ Modes (each on its own throw-away database, one after the other in this process)
 
 * ``asyncio-sqlite``, ``asyncio-postgresql``: Celery disabled, the backend's in-process executor;
 * ``redis``: Celery on Redis; ``postgresql``: Celery on the PostgreSQL (kombu SQL) broker. Both with
-  ``CELERY_AUTO_START_WORKER=false`` and one external worker started with the guide's command
+  ``CELERY_AUTO_START_WORKER=false`` and one external worker started with the product guide's command (docs/architecture.md#the-product-guide)
   ``celery -A backend.app.celery_app worker --concurrency=4`` (plus ``-n`` to recognise it).
 
 The backend itself runs in this process (``create_app`` + lifespan, ``httpx.ASGITransport``).
@@ -251,7 +251,7 @@ def prepare_sql_broker(settings) -> None:
 
 
 def start_windflow_worker(settings, label: str) -> c.Proc:
-    """The guide's command, as an external worker."""
+    """The product guide's command, as an external worker."""
     argv = [str(c.BIN / "celery"), "-A", "backend.app.celery_app", "worker", "--concurrency=4", "-n", f"{WORKER_NAME}@%h"]
     return c.Proc(argv, c.settings_env(settings), c.SCRATCH / f"worker-{label}.log")
 

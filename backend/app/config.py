@@ -1,6 +1,6 @@
 """WindFlow configuration: one ``Settings`` object read from the environment and ``.env``.
 
-Every variable of the deployment guide lives here with the guide's default. Derived values (the async
+Every variable of the product guide (docs/architecture.md#the-product-guide) lives here with its default. Derived values (the async
 database URL, the Celery broker and result backend) are computed properties so that there is exactly
 one place that knows how to turn ``DATABASE_URL`` into the URL each library expects.
 """
@@ -243,7 +243,7 @@ class Settings(BaseSettings):
 
         With ``CELERY_BROKER_TYPE=database`` the broker is derived from ``DATABASE_URL``. kombu's SQL
         transport is selected by the ``sqla+`` prefix and needs a synchronous driver, hence
-        ``sqla+postgresql+psycopg://``. (The guide's ``db+postgresql+psycopg2://`` is a *result
+        ``sqla+postgresql+psycopg://``. (The product guide's ``db+postgresql+psycopg2://`` is a *result
         backend* URL; kombu rejects it as a broker.) SQLite is never a broker.
         """
         if not self.CELERY_ENABLED:

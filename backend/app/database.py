@@ -1,7 +1,7 @@
 """Async SQLAlchemy engine, ``AsyncSessionLocal`` and the declarative ``Base``.
 
 ``AsyncSessionLocal`` is a module-level session factory so that scripts can write
-``async with AsyncSessionLocal() as db:`` (the guide's troubleshooting snippet does). It is bound to the
+``async with AsyncSessionLocal() as db:`` (the product guide's troubleshooting snippet does: docs/architecture.md#the-product-guide). It is bound to the
 engine built from ``settings.DATABASE_URL``; :func:`configure` rebinds it (tests, the CLI ``--database-url``).
 """
 

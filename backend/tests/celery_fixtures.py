@@ -25,7 +25,7 @@ CELERY = str(BIN / "celery")
 
 
 def start_worker(settings: Settings, log_dir: Path, *extra: str, name: str = "w1") -> Proc:
-    """``celery -A backend.app.celery_app worker --concurrency=4``, as the guide types it."""
+    """``celery -A backend.app.celery_app worker --concurrency=4``, as the product guide types it (docs/architecture.md#the-product-guide)."""
     argv = [CELERY, "-A", "backend.app.celery_app", "worker", "--concurrency=4", "-n", f"{name}@%h", *extra]
     return Proc(argv, settings_env(settings), log_dir / f"worker-{name}.log")
 

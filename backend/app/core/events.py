@@ -1,6 +1,6 @@
 """The event envelope, its typed payloads, the after-commit queue and the in-process bus.
 
-Every event WindFlow emits has one shape (DESIGN.md, "Events and real time")::
+Every event WindFlow emits has one shape (docs/architecture.md, "The event envelope and the WebSocket protocol")::
 
     {"type": "DEPLOYMENT_STATUS_CHANGED", "deployment_id": "...", "organization_id": "...",
      "timestamp": "2026-01-01T12:00:00Z", "data": {...}}
@@ -410,7 +410,7 @@ def queue_event(session: AsyncSession | Session, evt: Event) -> None:
     sync_session.info.setdefault(_PENDING_KEY, []).append(evt)
 
 
-# The guide greps the server log for ``emit_`` (``emit_deployment_status_changed: deployment <id>``).
+# The product guide (docs/architecture.md#the-product-guide) greps the server log for ``emit_`` (``emit_deployment_status_changed: deployment <id>``).
 _CHATTY = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_PROGRESS})
 
 
@@ -434,7 +434,7 @@ def _publish_after_commit(session: Session) -> None:
     session.info.pop(_SAVEPOINTS_KEY, None)
     sent = session.info.pop(_SENT_KEY, 0)
     for number, evt in enumerate(session.info.pop(_PENDING_KEY, [])):
-        # status, creation and deletion at INFO (the guide's `grep "emit_"`), the chatty ones at DEBUG
+        # status, creation and deletion at INFO (the product guide's `grep "emit_"`), the chatty ones at DEBUG
         logger.log(
             logging.DEBUG if evt.type in _CHATTY else logging.INFO,
             "emit_%s: deployment %s", str(evt.type).lower(), evt.deployment_id,

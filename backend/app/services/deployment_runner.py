@@ -329,7 +329,7 @@ class InProcessExecutor:
     itself as the dispatcher (waiting deployments and retries run here too).
 
     The backend's asyncio fallback keeps one for the process (``runtime/background_tasks.py``); recovery
-    called without a dispatch callable (the guide's troubleshooting snippet) uses its own and waits for it.
+    called without a dispatch callable (the product guide's troubleshooting snippet, docs/architecture.md#the-product-guide) uses its own and waits for it.
     """
 
     def __init__(self) -> None:

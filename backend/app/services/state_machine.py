@@ -34,7 +34,7 @@ from backend.app.services.status_counts import note_transition
 S = DeploymentStatus
 logger = logging.getLogger(__name__)
 
-#: Every allowed ``(from, to)`` pair (DESIGN.md). Anything else is rejected.
+#: Every allowed ``(from, to)`` pair (docs/architecture.md, "The deployment state machine"). Anything else is rejected.
 ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = frozenset(
     {
         (S.PENDING, S.DEPLOYING),  # claimed by exactly one executor
@@ -315,7 +315,7 @@ async def set_deployment_status(
             now,
         ),
     )
-    # upper-case statuses so that the guide's `grep "FAILED" logs/backend.log` finds failures
+    # upper-case statuses so that the product guide's `grep "FAILED" logs/backend.log` finds failures
     logger.info(
         "update_status: deployment %s (%s) %s -> %s%s%s",
         deployment_id, row.name, from_status.upper(), to_status.upper(),

@@ -1,6 +1,6 @@
 """The live path in a real browser: the generated form, the organisation subscription, the logs drawer.
 
-These need the WebSocket ``/api/v1/ws`` of DESIGN.md ("Events and real time"): status changes and
+These need the WebSocket ``/api/v1/ws`` of docs/architecture.md ("The event envelope and the WebSocket protocol"): status changes and
 progress reach the list without polling, and the drawer streams the deployment's lines.
 """
 

@@ -121,7 +121,7 @@ async def test_two_service_stack_runs_and_answers(env, events, caplog):
     assert progress == [1, 2, 3, 4, 5, 6]
     streamed = [l["seq"] for e in mine if e.type == "DEPLOYMENT_LOGS_UPDATE" for l in e.data["logs"]]
     assert streamed == [l["seq"] for l in logs]
-    # the server log lines the guide greps for
+    # the server log lines the product guide greps for (docs/architecture.md#the-product-guide)
     assert f"update_status: deployment {created['id']}" in caplog.text and "DEPLOYING -> RUNNING" in caplog.text
     assert f"emit_deployment_status_changed: deployment {created['id']}" in caplog.text
 

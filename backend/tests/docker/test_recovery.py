@@ -196,7 +196,7 @@ asyncio.run(run())
 
 @pytest.mark.parametrize("command", ["snippet", "cli"])
 async def test_troubleshooting_snippet_and_cli_as_typed(db, docker_engine, tmp_path, command):
-    """The guide's manual recovery, exactly as written, recovers a stuck deployment to running."""
+    """The product guide's manual recovery (docs/operations.md#recovery), exactly as written, recovers a stuck deployment to running."""
     settings = _settings(db, tmp_path, RECOVERY_ON_STARTUP=False)
     port = free_port()
     async with running_app(settings) as (_app, client):

@@ -1,7 +1,7 @@
 """The production layout and its documentation.
 
 * ``docker-compose.yml`` as Docker Compose v2 itself resolves it (``docker compose config --format json``):
-  the guide's services, commands and replica counts, the shared image, ``.env.prod`` reaching every
+  the product guide's services, commands and replica counts (docs/architecture.md#the-product-guide), the shared image, ``.env.prod`` reaching every
   WindFlow process, the Docker socket and the shared deployments directory.
 * Doc drift: the variables of ``.env.example`` and ``.env.prod.example`` are ``Settings`` fields (or, for
   ``.env.prod.example``, the postgres container's own variables), and every ``Settings`` field is
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 POSTGRES_FILE = REPO / "deploy" / "postgres.yml"
 
-# The guide, "Best Practices" > "Docker Compose Production".
+# The product guide's production layout (docs/architecture.md#the-product-guide, "Production layout").
 GUIDE_WORKER = "celery -A backend.app.celery_app worker --concurrency=4"
 GUIDE_BEAT = "celery -A backend.app.celery_app beat"
 APP_SERVICES = ("backend", "worker", "beat")

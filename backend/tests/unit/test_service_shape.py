@@ -10,7 +10,7 @@ from backend.tests.processes import REPO_ROOT
 
 SERVICES = REPO_ROOT / "backend/app/services"
 #: Recovery commits each deployment's change on its own (one failure never undoes the others), on the
-#: session of the guide's snippet, which does not commit afterwards. Documented in the module.
+#: session of the product guide's snippet (docs/architecture.md#the-product-guide), which does not commit afterwards. Documented in the module.
 COMMITS_THE_CALLERS_SESSION = {"recovery.py"}
 
 
