@@ -9,7 +9,11 @@ rules compose itself uses:
   itself; :func:`compose_bool` is that cast (``privileged: yes`` is true for compose, with a warning).
 * **Bounded alias expansion** ("billion laughs"): a document whose anchors and aliases expand to more than
   :data:`YAML_MAX_NODES` nodes or :data:`YAML_MAX_EXPANDED_CHARS` characters of scalars is refused before
-  anything walks it; so is a recursive alias, and a document nested too deeply for the parser.
+  anything walks it; so is a recursive alias, and a document nested deeper than :data:`MAX_DEPTH` (the
+  policy, the labelling and the dumping walk documents recursively).
+* **libyaml's parser** when PyYAML has it (about ten times faster: the policy reads every document on the
+  request path), PyYAML's pure-Python port of the same parser otherwise. When libyaml refuses a document, the
+  pure-Python parser reads it again for the message, which names the token it stumbled on and where.
 
 Every problem is a ``ValidationFailed``: ``invalid_yaml`` (naming the line and column) or ``yaml_limit``
 (naming the setting). Dumping quotes every string that either YAML version could read as something else, so
@@ -52,8 +56,16 @@ def configure(*, max_nodes: int, max_expanded_chars: int) -> None:
 # --- the YAML 1.2 core schema -------------------------------------------------------------------------
 
 
+#: Nesting deeper than this is refused (a compose document nests a dozen levels at most).
+MAX_DEPTH = 200
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's pure-Python safe loader (its messages name the token it stumbled on) with the 1.2 resolvers."""
+
+
+_CSafeLoader = getattr(yaml, "CSafeLoader", None)
+_FastLoader = type("_FastLoader", (_CSafeLoader,), {}) if _CSafeLoader is not None else None
 
 
 class _Dumper(yaml.SafeDumper):
@@ -72,9 +84,12 @@ _CORE_RESOLVERS = [
     ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),  # compose honours merge keys
 ]
 
-_Loader.yaml_implicit_resolvers = {}
+_LOADERS = [loader for loader in (_FastLoader, _Loader) if loader is not None]
+for _loader in _LOADERS:
+    _loader.yaml_implicit_resolvers = {}
 for _tag, _pattern, _first in _CORE_RESOLVERS:
-    _Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+    for _loader in _LOADERS:
+        _loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
     # The dumper keeps PyYAML's YAML 1.1 resolvers and adds the 1.2 ones: a string is written quoted
     # whenever either reading would turn its plain form into something else.
     _Dumper.add_implicit_resolver(_tag, re.compile(_pattern), _first)
@@ -89,7 +104,8 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return int(value, 10)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+for _loader in _LOADERS:
+    _loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 _TRUE = frozenset({"true", "y", "yes", "on"})
 _FALSE = frozenset({"false", "n", "no", "off"})
@@ -159,6 +175,8 @@ def _check_expansion(root: yaml.Node) -> None:
             continue
         if key in on_path:
             raise _limit("an alias refers to a node that contains it (recursive alias)")
+        if len(on_path) >= MAX_DEPTH:  # on_path is the path from the root to this node
+            raise _limit("the document is nested too deeply")
         on_path.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
@@ -179,7 +197,20 @@ def load(text: str) -> Any:
 
     ``None`` for an empty document. Raises ``ValidationFailed`` (``invalid_yaml`` or ``yaml_limit``).
     """
-    loader = _Loader(text)
+    if _FastLoader is None:
+        return _read(_Loader, text)
+    try:
+        return _read(_FastLoader, text)
+    except ValidationFailed as exc:
+        if exc.code != "invalid_yaml":
+            raise
+        refused = exc
+    _read(_Loader, text)  # raises with the pure-Python parser's message (it names the token and the place) ...
+    raise refused  # ... or, should it accept what libyaml refused, libyaml's refusal stands
+
+
+def _read(loader_class: type, text: str) -> Any:
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None:
