@@ -16,7 +16,7 @@ from backend.app.schemas.deployments import (
     LogLineRead,
     LogPage,
 )
-from backend.app.services import deployment_lifecycle
+from backend.app.services import deployment_lifecycle, log_text
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model
 from backend.app.services.redaction import public_actor
@@ -98,12 +98,15 @@ async def get_logs(
     since_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="return lines after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
+    strip: Annotated[bool, Query(description="plain text: without the colour sequences (ANSI SGR) the lines keep")] = False,
 ) -> LogPage:
-    """Persisted log lines after ``since_seq`` (or ``cursor``), in order."""
+    """Persisted log lines after ``since_seq`` (or ``cursor``), in order; ``strip=true`` for plain text."""
     lines, next_cursor = await read_log_page(session, deployment_id=deployment.id, since_seq=since_seq, cursor=cursor, limit=limit)
-    return LogPage(
-        items=[LogLineRead(**l.__dict__) for l in lines], last_seq=deployment.last_log_seq, next_cursor=next_cursor
-    )
+    items = [LogLineRead(**l.__dict__) for l in lines]
+    if strip:
+        for item in items:
+            item.message = log_text.plain(item.message)
+    return LogPage(items=items, last_seq=deployment.last_log_seq, next_cursor=next_cursor)
 
 
 @router.get("/{deployment_id}/compose", response_model=DeploymentCompose)

@@ -44,12 +44,23 @@ class EngineError(Exception):
     answer at all), :class:`EngineTimeout` (no answer in time), :class:`EngineRejected` (the engine
     answered with an error status). A bare ``EngineError`` is for what only the text describes (a CLI's
     output), classified once where it is raised.
+
+    ``output_logged``: the message quotes output (a failed service's last lines) that the driver has already
+    written to the deployment's log line by line, each at its own level; the runner then logs the first line
+    only, so each line of the failure appears once.
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, output_logged: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.transient = transient
+        self.output_logged = output_logged
+
+    @property
+    def summary(self) -> str:
+        """What the log still needs of the message: all of it, or its first line when the output it quotes
+        was logged already."""
+        return self.message.splitlines()[0] if self.output_logged and self.message else self.message
 
 
 class EngineUnreachable(EngineError):

@@ -291,7 +291,7 @@ class DockerEngine(Engine):
         message = f"service {service} {what}"
         if logs:
             message += "; last log lines:\n" + logs
-        raise EngineError(message, transient=False)
+        raise EngineError(message, transient=False, output_logged=True)
 
     async def wait_healthy(self, spec: DeploySpec, log: LogSink) -> None:
         services = active_services(await self.resolved_document(spec))

@@ -232,8 +232,7 @@ class SwarmEngine(DockerEngine):
             await log(service_line_level(line), f"{name} | {line}")
         if logs:
             message += "; last log lines:\n" + logs
-        await log(LogLevel.ERROR, message.splitlines()[0])
-        raise EngineError(message, transient=False)
+        raise EngineError(message, transient=False, output_logged=True)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -3,7 +3,8 @@
 Every line gets a per-deployment ``seq`` before it is published, so a client that reconnects with the last
 ``seq`` it saw can fetch exactly what it missed (``GET /deployments/{id}/logs?since_seq=N``). Lines are
 redacted before they are stored, by the deployment's own redactor (its secrets, its target's credentials,
-``SECRET_KEY``; see :mod:`backend.app.services.redaction`), and stripped of control characters.
+``SECRET_KEY``; see :mod:`backend.app.services.redaction`), and stripped of control characters; colour
+sequences (SGR) are kept, as the container wrote them (:mod:`backend.app.services.log_text`).
 
 :class:`DeploymentLogWriter` is the documented exception to "services never commit": the runner's log
 lines and progress are short, frequent writes that must reach clients while the deployment is still
@@ -22,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
 from backend.app.core.events import Event, EventType, ProgressData, iso_utc, queue_event
-from backend.app.core.logging import Redactor, strip_controls
+from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.models import Deployment, DeploymentLog, LogLevel
 from backend.app.services import pagination
+from backend.app.services.log_text import redact_keeping_colours
 
 logger = logging.getLogger(__name__)
 MAX_LINE_LENGTH = 8000
@@ -76,7 +78,7 @@ async def append_logs(
     last_seq, organization_id = row
     first = last_seq - len(lines) + 1
     stored = [
-        LogLine(first + i, moment, LogLevel(level), (redactor or _GENERIC)(strip_controls(message))[:MAX_LINE_LENGTH])
+        LogLine(first + i, moment, LogLevel(level), redact_keeping_colours(redactor or _GENERIC, message)[:MAX_LINE_LENGTH])
         for i, (level, message, moment) in enumerate(lines)
     ]
     # A Core executemany, not ORM objects: a runner's batch of 1,000 lines costs one round trip and no

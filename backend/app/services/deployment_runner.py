@@ -208,7 +208,8 @@ async def run_deployment(
             # The engine's message quotes the containers' output: the deployment's own redactor masks it
             # before it is stored in error_message, published in events or written to the server log.
             message = logs.redactor(exc.message)
-            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, exc.transient, logs)
+            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message,
+                                        exc.transient, logs, logged=logs.redactor(exc.summary))
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails the deployment, never the process
             message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
             logger.error("deployment %s: %s", deployment_id, message)
@@ -233,9 +234,12 @@ async def _after_failure(
     message: str,
     transient: bool,
     logs: DeploymentLogWriter,
+    logged: str | None = None,
 ) -> RunOutcome:
     # Every line is stored before the status changes: a client that sees the new status finds the reason.
-    await logs.log(LogLevel.ERROR, message)
+    # ``logged``: what the log still needs of ``message`` (the output it quotes may be there already, each
+    # line at its own level: EngineError.output_logged).
+    await logs.log(LogLevel.ERROR, message if logged is None else logged)
     if transient and attempt < max_attempts:
         delay = backoff_seconds(settings, attempt)
         await logs.log(LogLevel.WARNING, f"Transient failure: retrying in {delay:g}s (attempt {attempt + 1}/{max_attempts})")

@@ -4,7 +4,7 @@ The containers labelled ``windflow.deployment_id=<id>`` on the deployment's targ
 or SSH, through the same :class:`~backend.app.engines.connection.EngineSession` as the drivers) are
 followed with the Docker API, one reader thread per container. Lines are labelled with their compose
 (or swarm) service, redacted with the deployment's own secrets (its decrypted secret variables) and the
-server-wide patterns, and sent in batches. The stream ends, with a final ``SERVICE_LOGS_END`` frame, when
+server-wide patterns (their colours kept: :mod:`backend.app.services.log_text`), and sent in batches. The stream ends, with a final ``SERVICE_LOGS_END`` frame, when
 the deployment leaves ``running`` or every container stream has ended; stopping the follower (the client
 unsubscribed or left) closes the Docker streams.
 
@@ -31,6 +31,7 @@ from backend.app.engines.base import DEPLOYMENT_LABEL, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.models import Deployment, DeploymentStatus, Target
 from backend.app.services import redaction, target_service
+from backend.app.services.log_text import redact_keeping_colours
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ class ServiceLogFollower:
                     item = lines.get_nowait()
                 if batch:
                     await send(self._envelope("SERVICE_LOGS", {"lines": [
-                        {"service": service, "container": container, "timestamp": stamp, "message": self.redact(message)}
+                        {"service": service, "container": container, "timestamp": stamp,
+                         "message": redact_keeping_colours(self.redact, message)}
                         for service, container, stamp, message in batch]}))
                     self.lines_sent += len(batch)
                 if readers <= 0 and lines.empty():

@@ -282,7 +282,7 @@ export interface paths {
         };
         /**
          * Get Logs
-         * @description Persisted log lines after ``since_seq`` (or ``cursor``), in order.
+         * @description Persisted log lines after ``since_seq`` (or ``cursor``), in order; ``strip=true`` for plain text.
          */
         get: operations["get_logs_api_v1_deployments__deployment_id__logs_get"];
         put?: never;
@@ -3240,6 +3240,8 @@ export interface operations {
                 limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string | null;
+                /** @description plain text: without the colour sequences (ANSI SGR) the lines keep */
+                strip?: boolean;
             };
             header?: never;
             path: {
