@@ -172,7 +172,7 @@ class _ValueVariable(_Variable):
         """The rules beyond the type (bounds, lengths, pattern); none by default."""
 
     def _check_rules(self) -> None:
-        """The rules agree with each other (``min`` not above ``max``); raises ``_problem``."""
+        """The rules agree with each other (``min`` not above ``max``); raises :func:`problem`."""
 
     def _got(self, raw: Any) -> str:
         return "" if self.is_secret else f", got {describe(raw)}"
@@ -180,6 +180,8 @@ class _ValueVariable(_Variable):
     @model_validator(mode="wrap")
     @classmethod
     def _default_fits(cls, data: Any, handler, info: ValidationInfo):  # noqa: ANN001, ANN206 - Pydantic's hook
+        # The coerced default makes a copy of the frozen model: validate with model_validate or a TypeAdapter
+        # (Pydantic warns when the constructor's validator returns another instance).
         variable = handler(data)
         variable._check_rules()  # first: a default is judged by rules that make sense
         default = variable.default
