@@ -97,11 +97,13 @@ def _redact_celery_logs(logger=None, **_kwargs) -> None:
 def _prepare_database(**_kwargs) -> None:
     """Before the first broker connection: schema and kombu's tables, created once under the migration's
     advisory lock, so any number of workers (and beat) can start at the same moment on a fresh database."""
+    from backend.app.database import STARTUP_WAIT_SECONDS
     from backend.app.migrate import upgrade_sync
 
     if settings.RUN_MIGRATIONS_ON_STARTUP or (settings.celery_broker_url or "").startswith("sqla+"):
-        # a throwaway engine on a throwaway loop: nothing of it is inherited by the forked pool
-        upgrade_sync(settings, schema=settings.RUN_MIGRATIONS_ON_STARTUP)
+        # a throwaway engine on a throwaway loop: nothing of it is inherited by the forked pool. A worker
+        # (re)started while its database restarts waits for it, as the backend does, rather than exiting.
+        upgrade_sync(settings, schema=settings.RUN_MIGRATIONS_ON_STARTUP, wait_seconds=STARTUP_WAIT_SECONDS)
 
 
 @signals.worker_ready.connect

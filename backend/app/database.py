@@ -142,17 +142,22 @@ def get_engine() -> AsyncEngine:
     return engine
 
 
-async def wait_until_reachable(timeout: float, log: logging.Logger) -> None:
-    """Return once the database answers; while it is unreachable (:func:`is_unavailable`) try again every
-    second, with a line every 10 s, for up to ``timeout`` seconds, then raise the last error. A process
-    started while its database restarts goes on by itself instead of exiting."""
+#: a process (backend, worker, beat) started while its database restarts waits this long for it
+STARTUP_WAIT_SECONDS = 120.0
+
+
+async def wait_until_reachable(timeout: float, log: logging.Logger, on: AsyncEngine | None = None) -> None:
+    """Return once the database answers (through ``on``, or the module's engine); while it is unreachable
+    (:func:`is_unavailable`) try again every second, with a line every 10 s, for up to ``timeout`` seconds,
+    then raise the last error. A process started while its database restarts goes on by itself instead of
+    exiting."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     said_at = None
     while True:
         try:
             async with asyncio.timeout(10):
-                async with engine.connect() as conn:
+                async with (on or engine).connect() as conn:
                     await conn.exec_driver_sql("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - anything but an outage is raised at once
             if not is_unavailable(exc) or loop.time() >= deadline:

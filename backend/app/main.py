@@ -220,8 +220,6 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
 
 
 _heap_frozen = False
-#: a backend started while its database restarts waits this long for it before giving up (exit 3)
-STARTUP_DATABASE_WAIT_SECONDS = 120.0
 
 
 def _freeze_startup_heap() -> None:
@@ -245,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
         if database.get_engine().url.render_as_string(hide_password=False) != settings.async_database_url:
             database.configure(settings)
-        await database.wait_until_reachable(STARTUP_DATABASE_WAIT_SECONDS, logger)  # a restarting database
+        await database.wait_until_reachable(database.STARTUP_WAIT_SECONDS, logger)  # a restarting database
         if settings.RUN_MIGRATIONS_ON_STARTUP:
             await upgrade_database(database.get_engine(), settings)
         await sync_catalog_on_startup(settings)

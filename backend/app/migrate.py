@@ -56,12 +56,16 @@ async def upgrade_database(engine: AsyncEngine, settings: Settings, revision: st
         logger.info("Database schema is at %s", revision)
 
 
-def upgrade_sync(settings: Settings, revision: str = "head", *, schema: bool = True) -> None:
-    from backend.app.database import build_engine
+def upgrade_sync(settings: Settings, revision: str = "head", *, schema: bool = True, wait_seconds: float = 0) -> None:
+    """:func:`upgrade_database` on a throwaway engine and loop; with ``wait_seconds``, first wait that long
+    at most for a database that is unreachable (restarting)."""
+    from backend.app.database import build_engine, wait_until_reachable
 
     async def _run() -> None:
         engine = build_engine(settings)
         try:
+            if wait_seconds:
+                await wait_until_reachable(wait_seconds, logger, engine)
             await upgrade_database(engine, settings, revision, schema=schema)
         finally:
             await engine.dispose()
