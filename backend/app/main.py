@@ -51,8 +51,32 @@ _HTTP_CODES = {
 }
 
 
+#: Parameters of a pydantic error a client may word its own message with (never the input itself).
+_ERROR_PARAMS = frozenset({"min_length", "max_length", "ge", "gt", "le", "lt", "pattern", "expected", "multiple_of",
+                           "max_digits", "decimal_places", "at"})
+
+
+def _error_params(err: dict) -> dict:
+    return {key: value for key, value in (err.get("ctx") or {}).items()
+            if key in _ERROR_PARAMS and isinstance(value, (str, int, float, bool))}
+
+
+def error_body(exc: WindFlowError) -> dict:
+    """``{detail, code}``, and ``params`` when the error has any (what a client words its own text with)."""
+    body: dict = {"detail": exc.detail, "code": exc.code}
+    params = dict(exc.params)
+    violations = getattr(exc, "violations", None)  # the compose policy's refusals: which options would allow them
+    if violations:
+        params.setdefault("rules", sorted({v.rule for v in violations}))
+        params.setdefault("paths", list(dict.fromkeys(v.path for v in violations)))
+    if params:
+        body["params"] = params
+    return body
+
+
 def _describe_validation_errors(errors) -> tuple[str, list[dict]]:
-    """Readable ``detail`` from pydantic errors. Never echoes the input (it may hold a password)."""
+    """Readable ``detail`` from pydantic errors. Never echoes the input (it may hold a password). Each item
+    carries the error's ``type`` and its ``params`` (``{"max_length": 100}``) for a client's own wording."""
     items = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
@@ -68,7 +92,7 @@ def _describe_validation_errors(errors) -> tuple[str, list[dict]]:
             message = str(err["ctx"]["error"])  # our validators' own words, without pydantic's "Value error, "
         else:
             message = err.get("msg", "invalid value")
-        items.append({"field": where, "message": message, "type": err.get("type")})
+        items.append({"field": where, "message": message, "type": err.get("type"), "params": _error_params(err)})
     detail = "; ".join(f"{i['field']}: {i['message']}" for i in items) or "invalid request"
     return detail, items
 
@@ -135,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(WindFlowError)
     async def _domain_error(_request: Request, exc: WindFlowError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,9 +26,10 @@ def _check_login_rate(request: Request) -> None:
     limiter = request.app.state.login_limiter
     wait = limiter.hit(client_address(request))
     if wait is not None:
+        seconds = max(1, round(wait))
         raise RateLimited(
-            f"too many login attempts from your address; retry in {max(1, round(wait))} s",
-            headers=limiter.retry_after_header(wait),
+            f"too many login attempts from your address; retry in {seconds} s",
+            headers=limiter.retry_after_header(wait), params={"scope": "address", "seconds": seconds},
         )
 
 
@@ -64,9 +65,10 @@ async def login(
     limiter = request.app.state.account_login_limiter
     wait = limiter.retry_in(account)
     if wait is not None:
+        seconds = max(1, round(wait))
         raise RateLimited(
-            f"too many failed login attempts for this account; retry in {max(1, round(wait))} s",
-            headers=limiter.retry_after_header(wait),
+            f"too many failed login attempts for this account; retry in {seconds} s",
+            headers=limiter.retry_after_header(wait), params={"scope": "account", "seconds": seconds},
         )
     try:
         user = await auth_service.authenticate(session, email=form.username, password=form.password)

@@ -16,9 +16,9 @@ from backend.app.schemas.deployments import (
     LogLineRead,
     LogPage,
 )
-from backend.app.services import deployment_lifecycle, log_text
+from backend.app.services import deployment_lifecycle, history_reasons, log_text
 from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
-from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model
+from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -36,9 +36,10 @@ def _check_rate(request: Request, user: CurrentUser) -> None:
     limiter = request.app.state.deployment_limiter
     wait = limiter.hit(user.id)
     if wait is not None:
+        seconds = max(1, round(wait))
         raise RateLimited(
-            f"too many deployments created; the limit is {limiter.limit} per minute, retry in {max(1, round(wait))} s",
-            headers=limiter.retry_after_header(wait),
+            f"too many deployments created; the limit is {limiter.limit} per minute, retry in {seconds} s",
+            headers=limiter.retry_after_header(wait), params={"scope": "deployments", "limit": limiter.limit, "seconds": seconds},
         )
 
 
@@ -59,7 +60,7 @@ async def create_deployment(
     )
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
-    return read_model(deployment)
+    return (await read_models(session, deployments=[deployment]))[0]
 
 
 @router.get("", response_model=DeploymentPage)
@@ -82,13 +83,13 @@ async def list_deployments(
         target_id=target_id,
         organization_id=organization_id,
     )
-    return DeploymentPage.of(result, [read_model(d) for d in result.items])
+    return DeploymentPage.of(result, await read_models(session, deployments=result.items))
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
-async def get_deployment(deployment: DeploymentDep) -> DeploymentRead:
-    """One deployment."""
-    return read_model(deployment)
+async def get_deployment(deployment: DeploymentDep, session: SessionDep) -> DeploymentRead:
+    """One deployment; a pending one says why it waits (``waiting``)."""
+    return (await read_models(session, deployments=[deployment]))[0]
 
 
 @router.get("/{deployment_id}/logs", response_model=LogPage)
@@ -129,10 +130,15 @@ async def get_history(
     rows, next_cursor = await DeploymentService.history_page(session, deployment_id=deployment.id, limit=limit, cursor=cursor)
     if next_cursor is not None:
         response.headers["X-Next-Cursor"] = next_cursor
-    return [
-        HistoryRead.model_validate(h).model_copy(update={"actor": public_actor(h.actor, superuser=user.is_superuser)})
-        for h in rows
-    ]
+    entries = []
+    for h in rows:
+        code, params = history_reasons.classify(h.reason)
+        if code == "claimed":  # the executor is the actor: shown (or hidden) as the actor is
+            params = {"executor": public_actor(params["executor"], superuser=user.is_superuser) or ""}
+        entries.append(HistoryRead.model_validate(h).model_copy(update={
+            "actor": public_actor(h.actor, superuser=user.is_superuser), "reason_code": code, "reason_params": params,
+            "reason": history_reasons.text(code, **params) if code == "claimed" else h.reason}))
+    return entries
 
 
 async def _requeue(action: str, deployment: Deployment, user, session, request: Request, settings) -> DeploymentRead:
@@ -140,7 +146,7 @@ async def _requeue(action: str, deployment: Deployment, user, session, request: 
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
     await session.refresh(deployment)
-    return read_model(deployment)
+    return (await read_models(session, deployments=[deployment]))[0]
 
 
 @router.post("/{deployment_id}/start", response_model=DeploymentRead)

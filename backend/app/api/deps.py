@@ -72,7 +72,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 async def get_superuser(user: CurrentUser) -> User:
     if not user.is_superuser:
-        raise PermissionDenied("this needs a platform superuser")
+        raise PermissionDenied("this needs a platform superuser", code="superuser_required")
     return user
 
 
@@ -89,7 +89,7 @@ class OrgAccess:
         role = await organization_service.require_role(session, user=user, organization_id=organization_id, minimum=self.minimum)
         org = await session.get(Organization, organization_id)
         if org is None:  # pragma: no cover - require_role already answered 404
-            raise NotFound("organization not found")
+            raise NotFound("organization not found", code="organization_not_found")
         return org, role
 
 

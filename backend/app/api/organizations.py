@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import (
     CurrentUser,
@@ -23,6 +25,7 @@ from backend.app.schemas.organizations import (
     OrganizationRead,
     OrganizationUpdate,
 )
+from backend.app.models import Role
 from backend.app.services import organization_service, provisioning
 
 router = APIRouter(prefix="/organizations", tags=["organizations"])
@@ -80,10 +83,16 @@ async def delete_organization(access: OrgOwner, _admin: Superuser, session: Sess
 
 
 @router.get("/{organization_id}/members", response_model=MemberPage)
-async def list_members(access: OrgViewer, session: SessionDep, page: PageDep) -> MemberPage:
+async def list_members(
+    access: OrgViewer,
+    session: SessionDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=100, description="the email or name contains this (any case)")] = None,
+    role: Annotated[Role | None, Query(description="only members with this role")] = None,
+) -> MemberPage:
     """Members of the organisation and their roles."""
     org, _ = access
-    result = await organization_service.list_members(session, organization_id=org.id, page=page)
+    result = await organization_service.list_members(session, organization_id=org.id, page=page, q=q, role=role)
     return MemberPage.of(result, [_member(m, u) for m, u in result.items])
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 
@@ -39,9 +39,12 @@ async def list_stacks(
     session: SessionDep,
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's stacks")] = None,
+    q: Annotated[str | None, Query(max_length=100, description="the name or description contains this (any case)")] = None,
+    source: Annotated[Literal["catalog", "user"] | None, Query(description="catalogue stacks, or your own")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""
-    result = await stack_service.list_for_user(session, user=user, page=page, organization_id=organization_id)
+    result = await stack_service.list_for_user(session, user=user, page=page, organization_id=organization_id, q=q,
+                                               source=source)
     return StackPage.of(result, [StackRead.model_validate(s) for s in result.items])
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
@@ -18,9 +20,15 @@ async def create_token(body: ApiTokenCreate, user: CurrentUser, session: Session
 
 
 @router.get("", response_model=ApiTokenPage)
-async def list_tokens(user: CurrentUser, session: SessionDep, page: PageDep) -> ApiTokenPage:
+async def list_tokens(
+    user: CurrentUser,
+    session: SessionDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=100, description="the name contains this (any case)")] = None,
+    active: Annotated[bool | None, Query(description="true: only usable tokens; false: only revoked or expired")] = None,
+) -> ApiTokenPage:
     """Your API tokens (never their values), newest first."""
-    result = await user_service.list_api_tokens(session, user=user, page=page)
+    result = await user_service.list_api_tokens(session, user=user, page=page, q=q, active=active)
     return ApiTokenPage.of(result, [ApiTokenRead.model_validate(t) for t in result.items])
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import EntityId, PageDep, SessionDep, Superuser
 from backend.app.schemas.auth import UserCreate, UserPage, UserRead, UserUpdate
@@ -18,9 +20,14 @@ async def create_user(body: UserCreate, session: SessionDep, _admin: Superuser) 
 
 
 @router.get("", response_model=UserPage)
-async def list_users(session: SessionDep, _admin: Superuser, page: PageDep) -> UserPage:
+async def list_users(
+    session: SessionDep,
+    _admin: Superuser,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=100, description="the email or name contains this (any case)")] = None,
+) -> UserPage:
     """List users (superusers only)."""
-    result = await user_service.list_users(session, page=page)
+    result = await user_service.list_users(session, page=page, q=q)
     return UserPage.of(result, [UserRead.model_validate(u) for u in result.items])
 
 

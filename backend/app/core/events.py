@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import event
@@ -53,12 +53,14 @@ class EventType(StrEnum):
     DEPLOYMENT_PROGRESS = "DEPLOYMENT_PROGRESS"
     DEPLOYMENT_CREATED = "DEPLOYMENT_CREATED"
     DEPLOYMENT_DELETED = "DEPLOYMENT_DELETED"
+    #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "")
+    RESOURCE_CHANGED = "RESOURCE_CHANGED"
 
 
 #: What an organisation subscription (list views) receives: everything but the log lines.
 LIST_EVENTS = frozenset(
     {EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_PROGRESS, EventType.DEPLOYMENT_CREATED,
-     EventType.DEPLOYMENT_DELETED}
+     EventType.DEPLOYMENT_DELETED, EventType.RESOURCE_CHANGED}
 )
 
 
@@ -107,6 +109,15 @@ class DeletedData(_Data):
     name: str
 
 
+class ResourceChangedData(_Data):
+    """What changed in an organisation besides its deployments: list views refetch that row (or drop it)."""
+
+    resource: Literal["stack", "target", "member"]
+    action: Literal["created", "updated", "deleted"]
+    id: str = Field(description="the stack's or target's id; for a member, the user's id")
+    name: str | None = Field(default=None, description="its name (a member's email)")
+
+
 #: The payload model of each type. ``DEPLOYMENT_CREATED`` carries the deployment as
 #: ``GET /deployments/{id}`` shows it (``DeploymentRead``, attached by ``backend.app.schemas.events``).
 DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
@@ -115,7 +126,14 @@ DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
     EventType.DEPLOYMENT_PROGRESS: ProgressData,
     EventType.DEPLOYMENT_CREATED: None,
     EventType.DEPLOYMENT_DELETED: DeletedData,
+    EventType.RESOURCE_CHANGED: ResourceChangedData,
 }
+
+
+def resource_changed(organization_id: str, resource: str, action: str, resource_id: str, name: str | None) -> Event:
+    """The ``RESOURCE_CHANGED`` event of an organisation (no deployment: ``deployment_id`` is empty)."""
+    return Event.of(EventType.RESOURCE_CHANGED, "", organization_id,
+                    ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Domain errors. Services raise these; ``main.py`` maps each to one HTTP status, once.
 
-Every error body is ``{"detail": "...", "code": "..."}`` where ``detail`` says what to fix.
+Every error body is ``{"detail": "...", "code": "..."}`` where ``detail`` says what to fix, in English, and
+``code`` is stable: a client shows its own text for it (the web UI in French or English), filled with
+``params`` (in the body when the error has any: ``{"status": "stopped"}``, ``{"seconds": 12}``).
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ class WindFlowError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+        params: dict[str, str | int | float | bool | list[str] | None] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if code is not None:
             self.code = code
         self.headers = headers
+        #: what a client needs to word the error itself (the values ``detail`` quotes)
+        self.params = dict(params or {})
 
 
 class ValidationFailed(WindFlowError):

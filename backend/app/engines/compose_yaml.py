@@ -188,7 +188,9 @@ def _syntax_error(exc: yaml.YAMLError) -> ValidationFailed:
         problem = exc.problem or exc.context or "invalid YAML"
         context = f" ({exc.context})" if exc.context and exc.problem else ""
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        return ValidationFailed(f"invalid YAML: {where}{problem}{context}", code="invalid_yaml")
+        params = {"line": mark.line + 1, "column": mark.column + 1} if mark is not None else {}
+        return ValidationFailed(f"invalid YAML: {where}{problem}{context}", code="invalid_yaml",
+                                params={**params, "problem": problem})
     return ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml")
 
 

@@ -44,5 +44,8 @@ class Stack(IdMixin, TimestampMixin, Base):
     version: Mapped[str] = mapped_column(String(50), default="1.0.0", nullable=False)
     template: Mapped[str] = mapped_column(Text, nullable=False)
     variables: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, nullable=False)
+    #: the variables as their author wrote them (YAML or JSON), when they were given as text; ``variables``
+    #: is what it reads as, in canonical form
+    variables_source: Mapped[str | None] = mapped_column(Text)
     #: "user" for stacks created through the API, "catalog" for stacks_definitions/*.yaml.
     source: Mapped[str] = mapped_column(String(20), default="user", nullable=False)

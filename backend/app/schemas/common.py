@@ -38,15 +38,21 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+#: The values an error quotes, for a client that words it in its own language.
+ErrorParams = dict[str, str | int | float | bool | list[str] | None]
+
+
 class ErrorBody(BaseModel):
-    detail: str
-    code: str
+    detail: str = Field(description="what went wrong and how to fix it, in English")
+    code: str = Field(description="stable, machine-readable: a client words the error itself from it")
+    params: ErrorParams | None = Field(default=None, description="the values the message quotes (absent when none)")
 
 
 class FieldError(BaseModel):
     field: str = Field(description="dotted path of the offending field, e.g. ``variables.port``")
     message: str
-    type: str | None = Field(default=None, description="pydantic's error type, e.g. ``missing``")
+    type: str | None = Field(default=None, description="pydantic's error type, e.g. ``missing``, ``string_too_long``")
+    params: ErrorParams = Field(default_factory=dict, description="the type's limits, e.g. ``{\"max_length\": 100}``")
 
 
 class ValidationErrorBody(BaseModel):
@@ -55,6 +61,7 @@ class ValidationErrorBody(BaseModel):
 
     detail: str = Field(description="what to fix, in words")
     code: str = Field(description="``validation_error``, ``template_error``, ``template_limit``, ``yaml_limit``, ...")
+    params: ErrorParams | None = Field(default=None, description="the values the message quotes (absent when none)")
     errors: list[FieldError] | None = Field(default=None, description="one entry per invalid field (request validation)")
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,18 @@ class DeploymentCreate(RequestModel):
     name: Annotated[str | None, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = None
     variables: dict[str, Any] = Field(default_factory=dict)
     organization_id: str | None = None
+
+
+class DeploymentWaiting(ResponseModel):
+    """Why a ``pending`` deployment has not started yet."""
+
+    reason: Literal["target_capacity", "retry_backoff"] = Field(
+        description="target_capacity: its target already deploys max_concurrent_deployments at once; retry_backoff: "
+                    "it waits before its next attempt")
+    target_name: str | None = None
+    limit: int | None = Field(default=None, description="the target's max_concurrent_deployments")
+    deploying: int | None = Field(default=None, description="deployments the target deploys now")
+    until: datetime | None = Field(default=None, description="retry_backoff: when the next attempt may start")
 
 
 class DeploymentRead(ResponseModel):
@@ -37,6 +49,8 @@ class DeploymentRead(ResponseModel):
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    waiting: DeploymentWaiting | None = Field(
+        default=None, description="pending only: why it has not started yet (null: an executor will take it shortly)")
 
 
 class DeploymentPage(PageFields):
@@ -61,7 +75,9 @@ class LogPage(ResponseModel):
 class HistoryRead(ResponseModel):
     from_status: DeploymentStatus | None
     to_status: DeploymentStatus
-    reason: str | None
+    reason: str | None = Field(description="why, in English")
+    reason_code: str | None = Field(default=None, description="the reason's stable code (null for a free-form one)")
+    reason_params: dict[str, str] = Field(default_factory=dict, description="the values the reason quotes")
     actor: str | None
     created_at: datetime
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.app.core.events import DeletedData, LogsUpdateData, ProgressData, StatusChangedData
+from backend.app.core.events import DeletedData, LogsUpdateData, ProgressData, ResourceChangedData, StatusChangedData
 from backend.app.models import DeploymentStatus
 from backend.app.schemas.deployments import DeploymentRead
 
@@ -46,6 +46,16 @@ class DeploymentCreatedEvent(_Envelope):
 class DeploymentDeletedEvent(_Envelope):
     type: Literal["DEPLOYMENT_DELETED"]
     data: DeletedData
+
+
+class ResourceChangedEvent(BaseModel):
+    """A stack, target or member of the organisation changed (organisation subscribers): refetch it."""
+
+    type: Literal["RESOURCE_CHANGED"]
+    deployment_id: Literal[""] = Field(description="always empty: the event is about no deployment")
+    organization_id: str
+    timestamp: datetime
+    data: ResourceChangedData
 
 
 DeploymentEvent = Annotated[
@@ -183,7 +193,8 @@ class HeartbeatFrame(BaseModel):
 
 ServerFrame = Annotated[
     DeploymentStatusChangedEvent | DeploymentLogsUpdateEvent | DeploymentProgressEvent | DeploymentCreatedEvent
-    | DeploymentDeletedEvent | ServiceLogsEvent | ServiceLogsEndEvent | AuthenticatedFrame | SubscribedFrame
+    | DeploymentDeletedEvent | ResourceChangedEvent | ServiceLogsEvent | ServiceLogsEndEvent | AuthenticatedFrame
+    | SubscribedFrame
     | UnsubscribedFrame | ErrorFrame | ResyncFrame | PongFrame | HeartbeatFrame,
     Field(discriminator="type"),
 ]

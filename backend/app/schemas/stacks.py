@@ -13,6 +13,13 @@ StackVersion = Annotated[str, Field(min_length=1, max_length=50)]
 #: Kept byte for byte (no whitespace stripping: indentation is YAML syntax). 256 KiB of compose text is
 #: far beyond any real stack; the bound keeps rendering cheap.
 StackTemplate = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=262_144)]
+#: The variables as their author wrote them: kept byte for byte, like the template.
+VariablesSource = Annotated[
+    str | None,
+    StringConstraints(strip_whitespace=False, max_length=262_144),
+    Field(description="the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from "
+                      "it (send one or the other)"),
+]
 
 
 def _variable_list(value: Any, _handler: Any) -> list[dict[str, Any]]:
@@ -38,6 +45,7 @@ class StackCreate(RequestModel):
     version: StackVersion = "1.0.0"
     template: StackTemplate = Field(description="compose YAML with Jinja2 placeholders such as {{ port }}")
     variables: StackVariables = Field(default_factory=list, description="the typed variable schema")
+    variables_source: VariablesSource = None
     organization_id: str | None = Field(default=None, description="defaults to your default organization")
 
 
@@ -46,7 +54,8 @@ class StackUpdate(RequestModel):
     description: Annotated[str | None, Field(max_length=5000)] = None
     version: StackVersion | None = None
     template: StackTemplate | None = None
-    variables: StackVariables | None = None
+    variables: StackVariables | None = Field(default=None, description="new variables; their stored source text is dropped")
+    variables_source: VariablesSource = None
 
 
 class StackRead(ResponseModel):
@@ -57,6 +66,7 @@ class StackRead(ResponseModel):
     version: str
     template: str
     variables: list[StackVariable]
+    variables_source: str | None = Field(description="the variables as their author wrote them, when given as text")
     source: str
     created_at: datetime
     updated_at: datetime

@@ -16,7 +16,7 @@ from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
-from backend.app.services import redaction
+from backend.app.services import history_reasons, redaction
 from backend.app.services.deployment_logs import append_logs, append_logs_committed
 from backend.app.services.deployment_spec import load_engine
 from backend.app.services.state_machine import set_deployment_status
@@ -47,7 +47,8 @@ async def _redactor(session: AsyncSession, settings: Settings, deployment: Deplo
 
 async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
-        raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition")
+        raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition",
+                       params={"action": "stop", "status": str(deployment.status)})
     engine, spec = await load_engine(session, settings=settings, deployment=deployment)
     redactor = await _redactor(session, settings, deployment)
     # Stopping takes up to the stack's stop grace period per container: no transaction (on SQLite, no write
@@ -63,9 +64,10 @@ async def stop(session: AsyncSession, *, settings: Settings, deployment: Deploym
             deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor=redactor
         )
         raise _engine_failure("stop", exc, redactor) from exc
-    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.STOPPED, reason="stopped by user", actor=actor, expected_from=S.RUNNING)
+    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.STOPPED, reason=history_reasons.text("stopped_by_user"), actor=actor, expected_from=S.RUNNING)
     if not result.accepted:
-        raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition")
+        raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition",
+                       params={"action": "stop", "status": str(result.from_status) if result.from_status else None})
     await log(LogLevel.INFO, "Stopped")
     await append_logs(session, deployment_id=deployment.id, lines=log.lines, redactor=redactor)
 

@@ -36,7 +36,7 @@ from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
-from backend.app.services import orphans, redaction
+from backend.app.services import history_reasons, orphans, redaction
 from backend.app.services.compose_policy import PolicyViolation
 from backend.app.services.deployment_logs import DeploymentLogWriter
 from backend.app.services.deployment_spec import check_compose_policy, load_engine
@@ -190,7 +190,7 @@ async def run_deployment(
             message = (logs.redactor or redaction.base_redactor(settings))(message)
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
-            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="preparation failed")
+            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=history_reasons.text("preparation_failed"))
             return RunOutcome(deployment_id, Outcome.FAILED, message)
 
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
@@ -219,7 +219,7 @@ async def run_deployment(
 
         await logs.log(LogLevel.INFO, "Deployment is running")
         await logs.flush()  # every line and progress step lands before the status says running
-        if await _settle(deployment_id, S.RUNNING, owner, reason="all services running"):
+        if await _settle(deployment_id, S.RUNNING, owner, reason=history_reasons.text("running")):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
 
@@ -250,14 +250,14 @@ async def _after_failure(
             owner,
             error_message=message,
             not_before=utcnow() + timedelta(seconds=delay),
-            reason=f"transient failure, retry in {delay:g}s",
+            reason=history_reasons.text("retry_scheduled", seconds=f"{delay:g}"),
         )
         if requeued:
             return RunOutcome(deployment_id, Outcome.REQUEUED, message, target_id, retry_in=delay)
     elif transient:
         await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
     await logs.flush()
-    if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason="deployment failed"):
+    if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=history_reasons.text("failed")):
         return RunOutcome(deployment_id, Outcome.FAILED, message, target_id)
     return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
 

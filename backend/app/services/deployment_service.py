@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import defer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +19,7 @@ from backend.app.core import security
 from backend.app.core.exceptions import Conflict, NotFound
 from backend.app.core.logging import SecretMask, register_secret
 from backend.app.core.security import EncryptedValues
-from backend.app.database import end_transaction
+from backend.app.database import end_transaction, utcnow
 from backend.app.models import (
     Deployment,
     DeploymentStatus,
@@ -30,8 +30,8 @@ from backend.app.models import (
     User,
 )
 from backend.app.models.base import new_id
-from backend.app.schemas.deployments import DeploymentRead
-from backend.app.services import bounded_render, organization_service, pagination, templating
+from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting
+from backend.app.services import bounded_render, history_reasons, organization_service, pagination, templating
 from backend.app.services.deployment_spec import check_compose_policy, snapshot_compose
 from backend.app.services import recovery
 from backend.app.services.deployment_runner import Dispatch
@@ -41,10 +41,44 @@ logger = logging.getLogger(__name__)
 S = DeploymentStatus
 
 
-def read_model(deployment: Deployment) -> DeploymentRead:
+def read_model(deployment: Deployment, waiting: DeploymentWaiting | None = None) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
-    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field != "variables"}
-    return DeploymentRead(**data, variables=EncryptedValues(deployment.variables).masked())
+    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in ("variables", "waiting")}
+    return DeploymentRead(**data, variables=EncryptedValues(deployment.variables).masked(),
+                          waiting=waiting if deployment.status is S.PENDING else None)
+
+
+async def waiting_of(session: AsyncSession, *, deployments: list[Deployment]) -> dict[str, DeploymentWaiting]:
+    """Why each ``pending`` deployment of ``deployments`` has not started: its retry backoff, or its target
+    deploying as many as it may at once (the state machine's capacity rule: live leases hold a slot). One query
+    for all their targets."""
+    pending = [d for d in deployments if d.status is S.PENDING]
+    if not pending:
+        return {}
+    now = utcnow()
+    target_ids = sorted({d.target_id for d in pending})
+    live = Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now)
+    rows = await session.execute(
+        select(Target.id, Target.name, Target.max_concurrent_deployments, func.count(Deployment.id))
+        .outerjoin(Deployment, (Deployment.target_id == Target.id) & (Deployment.status == S.DEPLOYING) & live)
+        .where(Target.id.in_(target_ids))
+        .group_by(Target.id, Target.name, Target.max_concurrent_deployments)
+    )
+    targets = {target_id: (name, limit, deploying) for target_id, name, limit, deploying in rows}
+    waiting: dict[str, DeploymentWaiting] = {}
+    for d in pending:
+        name, limit, deploying = targets.get(d.target_id, (None, None, 0))
+        if d.not_before is not None and d.not_before > now:
+            waiting[d.id] = DeploymentWaiting(reason="retry_backoff", until=d.not_before, target_name=name)
+        elif limit is not None and deploying >= limit:
+            waiting[d.id] = DeploymentWaiting(reason="target_capacity", target_name=name, limit=limit, deploying=deploying)
+    return waiting
+
+
+async def read_models(session: AsyncSession, *, deployments: list[Deployment]) -> list[DeploymentRead]:
+    """:func:`read_model` of each, with why the pending ones wait."""
+    waiting = await waiting_of(session, deployments=deployments)
+    return [read_model(d, waiting.get(d.id)) for d in deployments]
 
 
 DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.created_at, Deployment.id), descending=True)
@@ -78,12 +112,14 @@ class DeploymentService:
         org_id = await organization_service.resolve_organization(session, user=user, organization_id=organization_id, minimum=Role.OPERATOR)
         stack = await session.get(Stack, stack_id)
         if stack is None or stack.organization_id != org_id:
-            raise NotFound(f"stack {stack_id} not found in this organization", code="stack_not_found")
+            raise NotFound(f"stack {stack_id} not found in this organization", code="stack_not_found", params={"id": stack_id})
         target = await session.get(Target, target_id)
         if target is None or target.organization_id != org_id:
-            raise NotFound(f"target {target_id} not found in this organization", code="target_not_found")
+            raise NotFound(f"target {target_id} not found in this organization", code="target_not_found",
+                           params={"id": target_id})
         if not target.is_active:
-            raise Conflict(f"target {target.name!r} is deactivated; activate it or pick another", code="target_inactive")
+            raise Conflict(f"target {target.name!r} is deactivated; activate it or pick another", code="target_inactive",
+                           params={"name": target.name, "id": target.id})
 
         parsed = templating.parse_variables(stack.variables or [])
         values = templating.resolve_values(parsed, variables or {})
@@ -111,8 +147,11 @@ class DeploymentService:
             variables=EncryptedValues.encrypt(settings, values, secret_paths).stored,
             rendered_compose=security.encrypt_secret(settings, rendered),
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
+            status=S.PENDING,
         )
-        await record_creation(session, deployment=deployment, actor=user.email, snapshot=read_model)
+        waiting = (await waiting_of(session, deployments=[deployment])).get(deployment.id)  # as the list shows it
+        await record_creation(session, deployment=deployment, actor=user.email,
+                              snapshot=lambda created: read_model(created, waiting))
         return deployment
 
     # --- queries ----------------------------------------------------------------------------------
@@ -220,10 +259,11 @@ class DeploymentService:
             "retry": frozenset({S.FAILED, S.CANCELLED}),
         }[action]
         result = await set_deployment_status(
-            session, deployment_id=deployment.id, to_status=S.PENDING, reason=action, actor=actor, expected_from=allowed
+            session, deployment_id=deployment.id, to_status=S.PENDING, reason=history_reasons.text(action), actor=actor, expected_from=allowed
         )
         if not result.accepted:
-            raise Conflict(f"cannot {action} this deployment: {result.reason}", code="invalid_transition")
+            raise Conflict(f"cannot {action} this deployment: {result.reason}", code="invalid_transition",
+                           params={"action": action, "status": str(result.from_status) if result.from_status else None})
         return result
 
     @staticmethod
@@ -232,11 +272,12 @@ class DeploymentService:
             session,
             deployment_id=deployment.id,
             to_status=S.CANCELLED,
-            reason="cancelled by user",
+            reason=history_reasons.text("cancelled_by_user"),
             actor=actor,
             error_message="Cancelled by user",
             expected_from=frozenset({S.PENDING, S.DEPLOYING}),
         )
         if not result.accepted:
-            raise Conflict(f"cannot cancel this deployment: {result.reason}", code="invalid_transition")
+            raise Conflict(f"cannot cancel this deployment: {result.reason}", code="invalid_transition",
+                           params={"action": "cancel", "status": str(result.from_status) if result.from_status else None})
         return result

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.app.core.events import queue_event, resource_changed
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from backend.app.models import Membership, Organization, Role, User
 from backend.app.services import pagination
@@ -32,9 +33,10 @@ async def require_role(session: AsyncSession, *, user: User, organization_id: st
     """
     role = await role_in(session, user=user, organization_id=organization_id)
     if role is None:
-        raise NotFound("organization not found")
+        raise NotFound("organization not found", code="organization_not_found")
     if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the organization; you are {role}")
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the organization; you are {role}",
+                               code="role_required", params={"minimum": str(minimum), "role": str(role)})
     return role
 
 
@@ -49,7 +51,8 @@ async def get_owned(session: AsyncSession, *, user: User, model, entity_id: str,
     if entity is None or role is None:
         raise NotFound(f"{noun} not found", code=f"{noun}_not_found")
     if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the {noun}'s organization; you are {role}")
+        raise PermissionDenied(f"this needs the {minimum} role or higher in the {noun}'s organization; you are {role}",
+                               code="role_required", params={"minimum": str(minimum), "role": str(role)})
     return entity
 
 
@@ -128,7 +131,8 @@ async def create(session: AsyncSession, *, data: OrganizationCreate, creator: Us
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"an organization named {data.name!r} already exists; pick another name") from exc
+        raise Conflict(f"an organization named {data.name!r} already exists; pick another name",
+                       code="organization_exists", params={"name": data.name}) from exc
     session.add(Membership(user_id=creator.id, organization_id=org.id, role=Role.OWNER))
     await session.flush()
     return org
@@ -137,18 +141,27 @@ async def create(session: AsyncSession, *, data: OrganizationCreate, creator: Us
 async def update_organization(session: AsyncSession, *, org: Organization, data: OrganizationUpdate) -> Organization:
     for field, value in data.model_dump(exclude_unset=True).items():
         if field == "name" and value is None:
-            raise ValidationFailed("name cannot be null")
+            raise ValidationFailed("name cannot be null", code="not_nullable", params={"field": "name"})
         setattr(org, field, value)
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"an organization named {data.name!r} already exists; pick another name") from exc
+        raise Conflict(f"an organization named {data.name!r} already exists; pick another name",
+                       code="organization_exists", params={"name": data.name}) from exc
     return org
 
 
-async def list_members(session: AsyncSession, *, organization_id: str, page: pagination.PageParams) -> pagination.Page:
-    """``(membership, user)`` pairs of the organisation, oldest membership first."""
+async def list_members(
+    session: AsyncSession, *, organization_id: str, page: pagination.PageParams, q: str | None = None,
+    role: Role | None = None,
+) -> pagination.Page:
+    """``(membership, user)`` pairs of the organisation, oldest membership first; ``q``: the email or name
+    contains it; ``role``: only that role."""
     base = select(Membership, User).join(User).where(Membership.organization_id == organization_id)
+    if q:
+        base = base.where(pagination.contains(User.email, q) | pagination.contains(User.full_name, q))
+    if role is not None:
+        base = base.where(Membership.role == role)
     return await pagination.paginate(
         session, query=base, ordering=MEMBERS_BY_AGE, params=page, scalars=False, key_of=lambda row: (row[0].created_at, row[0].id)
     )
@@ -157,7 +170,7 @@ async def list_members(session: AsyncSession, *, organization_id: str, page: pag
 def _check_can_grant(actor_role: Role, target_role: Role) -> None:
     """Admins manage members up to admin; only owners grant or change ownership."""
     if target_role is Role.OWNER and actor_role is not Role.OWNER:
-        raise PermissionDenied("only an owner can make someone an owner")
+        raise PermissionDenied("only an owner can make someone an owner", code="owner_required")
 
 
 async def add_member(session: AsyncSession, *, organization_id: str, data: MemberCreate, actor_role: Role) -> tuple[Membership, User]:
@@ -169,14 +182,16 @@ async def add_member(session: AsyncSession, *, organization_id: str, data: Membe
         user = (await session.execute(select(User).where(User.email == data.email))).scalar_one_or_none()
         missing = f"no user with email {data.email}; a superuser must create the user first"
     if user is None:
-        raise NotFound(missing, code="user_not_found")
+        raise NotFound(missing, code="user_not_found", params={"email": data.email, "id": data.user_id})
     email = user.email  # read now: a failed flush expires ``user`` and it cannot be loaded again
     membership = Membership(user_id=user.id, organization_id=organization_id, role=data.role)
     session.add(membership)
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"{email} is already a member; change their role with PATCH instead") from exc
+        raise Conflict(f"{email} is already a member; change their role with PATCH instead",
+                       code="already_member", params={"email": email}) from exc
+    queue_event(session, resource_changed(organization_id, "member", "created", user.id, email))
     return membership, user
 
 
@@ -213,6 +228,7 @@ async def change_role(session: AsyncSession, *, organization_id: str, user_id: s
         await _ensure_an_owner_remains(session, organization_id, membership)
     membership.role = role
     await session.flush()
+    queue_event(session, resource_changed(organization_id, "member", "updated", user_id, None))
     return membership
 
 
@@ -222,3 +238,4 @@ async def remove_member(session: AsyncSession, *, organization_id: str, user_id:
     await _ensure_an_owner_remains(session, organization_id, membership)
     await session.delete(membership)
     await session.flush()
+    queue_event(session, resource_changed(organization_id, "member", "deleted", user_id, None))

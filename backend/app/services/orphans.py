@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.database import end_transaction, utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.services import history_reasons
 from backend.app.services.deployment_logs import append_logs
 from backend.app.services.deployment_spec import load_engine
 from backend.app.services.state_machine import set_deployment_status
@@ -58,19 +59,19 @@ async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deploymen
     running = await _containers_running(session, settings, deployment)
     if running:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.RUNNING, reason="executor lost; containers found running", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.RUNNING, reason=history_reasons.text("executor_lost_running"), actor=actor,
             require_lease_expired=True,
         )
         counter = "settled"
     elif deployment.attempt < deployment.max_attempts:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.PENDING, reason="executor lost (lease expired)", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.PENDING, reason=history_reasons.text("executor_lost_retrying"), actor=actor,
             error_message="executor lost (lease expired); retrying", require_lease_expired=True,
         )
         counter = "retried"
     else:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.FAILED, reason="executor lost, no attempts left", actor=actor,
+            session, deployment_id=deployment_id, to_status=S.FAILED, reason=history_reasons.text("executor_lost_failed"), actor=actor,
             error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
             require_lease_expired=True,
         )

@@ -69,7 +69,7 @@ class PageParams:
         if self.offset > MAX_OFFSET:
             raise ValidationFailed(
                 f"offset must be at most {MAX_OFFSET}; to read further, follow next_cursor from page to page",
-                code="offset_too_large",
+                code="offset_too_large", params={"max": MAX_OFFSET},
             )
 
 
@@ -250,6 +250,13 @@ async def paginate(
         if total > count_cap:
             break
     return Page(items, min(total, count_cap), total <= count_cap, next_cursor)
+
+
+def contains(column: Any, text: str) -> Any:
+    """``column`` contains ``text``, case-insensitively (``%`` and ``_`` in it match themselves): the text
+    filter (``?q=``) of the small listings (stacks, targets, members, tokens), which scan an organisation's rows."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{escaped}%", escape="\\")
 
 
 def any_of(column: Any, values: Sequence[Any] | None) -> list[list[Any]] | None:

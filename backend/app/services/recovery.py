@@ -23,6 +23,7 @@ from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
+from backend.app.services import history_reasons
 from backend.app.services.deployment_runner import Dispatch, InProcessExecutor
 from backend.app.services.orphans import ACTOR, log_line, reclaim_orphan
 from backend.app.services.state_machine import claimable_for_target, set_deployment_status
@@ -160,7 +161,7 @@ async def recover_pending_deployments(
         try:
             message = f"Timeout: still pending after {timeout_minutes:g} minutes"
             result = await set_deployment_status(
-                session, deployment_id=deployment_id, to_status=S.FAILED, reason="recovery timeout", actor=ACTOR, error_message=message,
+                session, deployment_id=deployment_id, to_status=S.FAILED, reason=history_reasons.text("recovery_timeout"), actor=ACTOR, error_message=message,
                 expected_from=S.PENDING,
             )
             if result.accepted:

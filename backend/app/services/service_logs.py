@@ -4,9 +4,10 @@ The containers labelled ``windflow.deployment_id=<id>`` on the deployment's targ
 or SSH, through the same :class:`~backend.app.engines.connection.EngineSession` as the drivers) are
 followed with the Docker API, one reader thread per container. Lines are labelled with their compose
 (or swarm) service, redacted with the deployment's own secrets (its decrypted secret variables) and the
-server-wide patterns (their colours kept: :mod:`backend.app.services.log_text`), and sent in batches. The stream ends, with a final ``SERVICE_LOGS_END`` frame, when
-the deployment leaves ``running`` or every container stream has ended; stopping the follower (the client
-unsubscribed or left) closes the Docker streams.
+server-wide patterns (their colours kept: :mod:`backend.app.services.log_text`), and sent in batches. Exited
+containers are followed too: their last output is sent, then their stream ends. The stream ends, with a final
+``SERVICE_LOGS_END`` frame, when the deployment leaves ``running`` or every container stream has ended;
+stopping the follower (the client unsubscribed or left) closes the Docker streams.
 
 Limitation: on a Swarm target only the tasks scheduled on the manager node the target points at are
 followed (``docker service logs`` across nodes is not used).
@@ -48,7 +49,7 @@ async def prepare(session: AsyncSession, *, settings: Settings, deployment: Depl
     """Check the deployment runs and gather what following it needs (no engine call yet)."""
     if deployment.status is not DeploymentStatus.RUNNING:
         raise Conflict(f"this deployment is {deployment.status}; service logs are available while it is running",
-                       code="deployment_not_running")
+                       code="deployment_not_running", params={"status": str(deployment.status)})
     target = await session.get(Target, deployment.target_id)
     if target is None:
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
@@ -102,10 +103,12 @@ class ServiceLogFollower:
         try:
             async with EngineSession(self.connection) as engine:
                 client = await engine.client()
+                # Every container of the deployment, the exited ones too: their last output is what explains
+                # them (a one-shot job, a service that crashed); their stream ends after it.
                 containers = await engine.call(
-                    client.containers.list, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment_id}"})
+                    client.containers.list, all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment_id}"})
                 if not containers:
-                    reason = "the deployment has no running container"
+                    reason = "the deployment has no container"
                     return
                 readers = [self._reader(client, c, loop, lines) for c in containers]
                 for reader in readers:

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
+from backend.app.services import history_reasons
 from backend.app.services.status_counts import note_transition
 
 S = DeploymentStatus
@@ -339,7 +340,7 @@ async def record_creation(
     session.add(deployment)
     session.add(
         DeploymentStatusHistory(
-            deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason="created", actor=actor,
+            deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason=history_reasons.text("created"), actor=actor,
             created_at=now,
         )
     )
@@ -366,7 +367,7 @@ async def claim_deployment(
         session,
         deployment_id=deployment_id,
         to_status=S.DEPLOYING,
-        reason=f"claimed by {owner}",
+        reason=history_reasons.text("claimed", executor=owner),
         actor=owner,
         lease_owner=owner,
         lease_seconds=lease_seconds,

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
+from backend.app.core.events import queue_event, resource_changed
 from backend.app.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from backend.app.core.logging import redact, register_secret
 from backend.app.core.security import decrypt_secret, encrypt_secret
@@ -129,7 +130,7 @@ def _require_superuser_for_host(user: User, endpoint: str, what: str) -> None:
         raise PermissionDenied(
             f"only a platform superuser may {what} a target that reaches the WindFlow host itself "
             f"({endpoint}): its engine is root on that host; register a remote engine (tcp:// or ssh://) instead",
-            code="host_target_forbidden",
+            code="host_target_forbidden", params={"endpoint": endpoint},
         )
 
 
@@ -159,7 +160,8 @@ def to_read(target: Target, settings: Settings) -> TargetRead:
 
 def _name_taken(name: str) -> Conflict:
     return Conflict(
-        f"a target named {name!r} already exists in this organization; pick another name", code="target_name_taken"
+        f"a target named {name!r} already exists in this organization; pick another name", code="target_name_taken",
+        params={"name": name},
     )
 
 
@@ -185,6 +187,7 @@ async def create(session: AsyncSession, *, settings: Settings, user: User, data:
         await session.flush()
     except IntegrityError as exc:
         raise _name_taken(data.name) from exc
+    queue_event(session, resource_changed(organization_id, "target", "created", target.id, target.name))
     return target
 
 
@@ -198,6 +201,7 @@ async def list_for_user(
     page: pagination.PageParams,
     organization_id: str | None = None,
     type: TargetType | None = None,
+    q: str | None = None,
 ) -> pagination.Page:
     """Targets of the organisations ``user`` belongs to (every one for a superuser), by name.
 
@@ -207,6 +211,8 @@ async def list_for_user(
     query = select(Target)
     if type is not None:
         query = query.where(Target.type == type)
+    if q:
+        query = query.where(pagination.contains(Target.name, q) | pagination.contains(Target.endpoint, q))
     return await pagination.paginate(session, query=query, ordering=TARGETS_BY_NAME, params=page, partitions=scope)
 
 
@@ -244,6 +250,7 @@ async def update(session: AsyncSession, *, settings: Settings, user: User, targe
         await session.flush()
     except IntegrityError as exc:
         raise _name_taken(name) from exc
+    queue_event(session, resource_changed(target.organization_id, "target", "updated", target.id, target.name))
     return target
 
 
@@ -254,11 +261,13 @@ async def delete(session: AsyncSession, *, target: Target) -> None:
     ).scalar_one()
     if used:
         raise _in_use(target, used)
+    event = resource_changed(target.organization_id, "target", "deleted", target.id, target.name)
     await session.delete(target)
     try:
         await session.flush()
     except IntegrityError as exc:  # a deployment was created between the count and the delete
         raise _in_use(target, 1) from exc
+    queue_event(session, event)
 
 
 def _in_use(target: Target, count: int) -> Conflict:

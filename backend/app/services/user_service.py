@@ -28,15 +28,19 @@ async def create_user(session: AsyncSession, *, data: UserCreate) -> User:
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"a user with email {data.email} already exists") from exc
+        raise Conflict(f"a user with email {data.email} already exists", code="user_exists",
+                       params={"email": data.email}) from exc
     return user
 
 
 USERS_BY_AGE = pagination.Ordering("users", (User.created_at, User.id))
 
 
-async def list_users(session: AsyncSession, *, page: pagination.PageParams) -> pagination.Page:
-    return await pagination.paginate(session, query=select(User), ordering=USERS_BY_AGE, params=page)
+async def list_users(session: AsyncSession, *, page: pagination.PageParams, q: str | None = None) -> pagination.Page:
+    query = select(User)
+    if q:
+        query = query.where(pagination.contains(User.email, q) | pagination.contains(User.full_name, q))
+    return await pagination.paginate(session, query=query, ordering=USERS_BY_AGE, params=page)
 
 
 async def get_user(session: AsyncSession, *, user_id: str) -> User:
@@ -55,7 +59,8 @@ async def update_user(session: AsyncSession, *, user: User, data: UserUpdate, ac
         raise ValidationFailed("you cannot deactivate or demote yourself; ask another superuser", code="self_lockout")
     for field, value in changes.items():
         if value is None and field not in _NULLABLE_USER_FIELDS:
-            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value")
+            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value",
+                                   code="not_nullable", params={"field": field})
         if field == "password":
             user.hashed_password = security.hash_password(value)
         else:
@@ -93,8 +98,17 @@ async def create_api_token(session: AsyncSession, *, user: User, data: ApiTokenC
 TOKENS_NEWEST_FIRST = pagination.Ordering("tokens", (ApiToken.created_at, ApiToken.id), descending=True)
 
 
-async def list_api_tokens(session: AsyncSession, *, user: User, page: pagination.PageParams) -> pagination.Page:
+async def list_api_tokens(
+    session: AsyncSession, *, user: User, page: pagination.PageParams, q: str | None = None, active: bool | None = None
+) -> pagination.Page:
+    """The user's tokens, newest first; ``q``: the name contains it; ``active``: usable ones (not revoked,
+    not expired), or the others."""
     query = select(ApiToken).where(ApiToken.user_id == user.id)
+    if q:
+        query = query.where(pagination.contains(ApiToken.name, q))
+    if active is not None:
+        usable = ApiToken.revoked_at.is_(None) & (ApiToken.expires_at.is_(None) | (ApiToken.expires_at > utcnow()))
+        query = query.where(usable if active else ~usable)
     return await pagination.paginate(session, query=query, ordering=TOKENS_NEWEST_FIRST, params=page)
 
 

@@ -93,7 +93,7 @@ async def test_superuser_creates_org_and_becomes_owner(client, db):
 
     duplicate = await client.post(ORGS, json={"name": "Platform Team"}, headers=admin.headers)
     assert duplicate.status_code == 409
-    assert duplicate.json()["code"] == "conflict"
+    assert duplicate.json()["code"] == "organization_exists"
     assert "Platform Team" in duplicate.json()["detail"] and "another name" in duplicate.json()["detail"]
     async with db.engine.connect() as conn:
         names = (await conn.execute(select(Organization.name))).scalars().all()
@@ -105,7 +105,7 @@ async def test_non_superuser_cannot_create_org(client, db, app):
     bob = await make_user(db, app, "bob@example.com")
     response = await client.post(ORGS, json={"name": "mine"}, headers=bob.headers)
     assert response.status_code == 403
-    assert response.json()["code"] == "forbidden"
+    assert response.json()["code"] == "superuser_required"
     assert "superuser" in response.json()["detail"]
     async with db.engine.connect() as conn:
         assert (await conn.execute(select(Organization).where(Organization.name == "mine"))).first() is None
@@ -274,7 +274,7 @@ async def test_outsider_gets_404_for_another_org(client, world, db):
     }
     for name, response in responses.items():
         assert response.status_code == 404, (name, response.text)
-        assert response.json() == {"detail": "organization not found", "code": "not_found"}, name
+        assert response.json() == {"detail": "organization not found", "code": "organization_not_found"}, name
     assert await memberships(db, world.alpha) == before
     # the same answer as for an organisation that does not exist at all
     missing = await client.get(f"{ORGS}/00000000-0000-4000-8000-000000000000", headers=h)
@@ -300,7 +300,7 @@ async def test_viewer_and_operator_cannot_manage(client, world, db, who):
     ]
     for response in responses:
         assert response.status_code == 403, response.text
-        assert response.json()["code"] == "forbidden"
+        assert response.json()["code"] == "role_required"
         assert f"you are {who}" in response.json()["detail"]
     assert await memberships(db, world.alpha) == before
     org = await client.get(url, headers=actor.headers)

@@ -16,7 +16,7 @@ async def test_first_admin_org_viewer_refused_write(client):
 
     refused = await client.patch(f"/api/v1/organizations/{org_id}", json={"name": "hijacked"}, headers=viewer.headers)
     assert refused.status_code == 403
-    assert refused.json()["code"] == "forbidden"
+    assert refused.json()["code"] == "role_required"
     # the viewer's default organisation is the only one it belongs to; the admin's first org is invisible to it
     assert await default_org(client, viewer) == org_id
     other = await default_org(client, admin)

@@ -111,8 +111,10 @@ async def test_crud_round_trip(client, team):
         {"name": "db_password", "type": "secret", "required": False, "default": "{{ generate_password(24) }}"},
     ]
     assert set(created) == {
-        "id", "organization_id", "name", "description", "version", "template", "variables", "source", "created_at", "updated_at"
+        "id", "organization_id", "name", "description", "version", "template", "variables", "variables_source", "source",
+        "created_at", "updated_at"
     }
+    assert created["variables_source"] is None  # sent as a list, not as text
     stack_id = created["id"]
 
     fetched = await client.get(f"{STACKS}/{stack_id}", headers=team["viewer"].headers)
@@ -178,15 +180,15 @@ async def test_roles(client, team):
 
     # viewers read, never write
     assert (await client.get(url, headers=viewer.headers)).status_code == 200
-    assert_error(await client.post(STACKS, json=stack_body("mine"), headers=viewer.headers), 403, "forbidden", "operator")
-    assert_error(await client.patch(url, json={"description": "x"}, headers=viewer.headers), 403, "forbidden")
-    assert_error(await client.delete(url, headers=viewer.headers), 403, "forbidden")
-    assert_error(await client.post(f"{url}/render", json={}, headers=viewer.headers), 403, "forbidden")
+    assert_error(await client.post(STACKS, json=stack_body("mine"), headers=viewer.headers), 403, "role_required", "operator")
+    assert_error(await client.patch(url, json={"description": "x"}, headers=viewer.headers), 403, "role_required")
+    assert_error(await client.delete(url, headers=viewer.headers), 403, "role_required")
+    assert_error(await client.post(f"{url}/render", json={}, headers=viewer.headers), 403, "role_required")
 
     # operators create, edit and preview; deleting needs an admin
     assert (await client.patch(url, json={"description": "x"}, headers=operator.headers)).status_code == 200
     assert (await client.post(f"{url}/render", json={}, headers=operator.headers)).status_code == 200
-    assert_error(await client.delete(url, headers=operator.headers), 403, "forbidden", "admin")
+    assert_error(await client.delete(url, headers=operator.headers), 403, "role_required", "admin")
     assert (await client.delete(url, headers=admin.headers)).status_code == 204
 
 
@@ -374,3 +376,55 @@ async def test_the_variable_schema_is_typed_in_openapi(client):
     assert group["properties"]["variables"]["items"]["discriminator"]["propertyName"] == "type"
     created = schemas["StackCreate"]["properties"]["variables"]["items"]
     assert created["discriminator"]["propertyName"] == "type"
+
+
+# --- the variables as their author wrote them ------------------------------------------------------
+
+VARIABLES_TEXT = """# the port nginx listens on, on the host
+- name: port
+  type: integer
+  default: 8080   # a free one
+  min: 1
+  max: 65535
+- {name: db_password, type: secret, default: "{{ generate_password(24) }}"}
+"""
+
+
+async def test_variables_sent_as_text_are_kept_as_written(client, team):
+    operator = team["operator"]
+    body = {k: v for k, v in stack_body("texty").items() if k != "variables"}
+    created = await client.post(STACKS, json={**body, "variables_source": VARIABLES_TEXT}, headers=operator.headers)
+    assert created.status_code == 201, created.text
+    stack = created.json()
+    assert stack["variables_source"] == VARIABLES_TEXT  # comments, order and flow style as written
+    assert [v["name"] for v in stack["variables"]] == ["port", "db_password"]
+    assert stack["variables"][0] == {"name": "port", "type": "integer", "required": False, "default": 8080, "min": 1,
+                                     "max": 65535}
+    url = f"{STACKS}/{stack['id']}"
+    assert (await client.get(url, headers=team["viewer"].headers)).json()["variables_source"] == VARIABLES_TEXT
+
+    # a new text replaces both; variables sent as a list drop the text (it would no longer say the same)
+    edited = VARIABLES_TEXT.replace("default: 8080", "default: 9090")
+    patched = await client.patch(url, json={"variables_source": edited}, headers=operator.headers)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["variables_source"] == edited and patched.json()["variables"][0]["default"] == 9090
+    renamed = await client.patch(url, json={"description": "only this"}, headers=operator.headers)
+    assert renamed.json()["variables_source"] == edited  # untouched by other fields
+    as_list = await client.patch(url, json={"variables": stack["variables"]}, headers=operator.headers)
+    assert as_list.status_code == 200 and as_list.json()["variables_source"] is None
+
+
+async def test_variables_text_errors_name_their_line(client, team):
+    operator = team["operator"]
+    body = {k: v for k, v in stack_body("broken").items() if k != "variables"}
+    bad_yaml = await client.post(STACKS, json={**body, "variables_source": "- name: port\n  type: [integer\n"},
+                                 headers=operator.headers)
+    error = assert_error(bad_yaml, 422, "invalid_yaml", "variables_source: invalid YAML: line 3")
+    assert error["params"]["line"] == 3 and error["params"]["field"] == "variables_source"
+    not_a_list = await client.post(STACKS, json={**body, "variables_source": "port: 8080\n"}, headers=operator.headers)
+    assert_error(not_a_list, 422, "invalid_variable_schema", "must be a list")
+    both = await client.post(STACKS, json={**stack_body("both"), "variables_source": VARIABLES_TEXT}, headers=operator.headers)
+    assert_error(both, 422, "variables_twice")
+    wrong_type = await client.post(STACKS, json={**body, "variables_source": "- name: port\n- name: x\n  type: nope\n"},
+                                   headers=operator.headers)
+    assert_error(wrong_type, 422, "invalid_variable_schema", "variables[1]")

@@ -266,7 +266,8 @@ async def test_roles_and_foreign_organizations(client):
         await client.post(f"{url}/test", headers=viewer.headers),
     ):
         assert response.status_code == 403, response.text
-        assert response.json()["code"] == "forbidden" and "you are viewer" in response.json()["detail"]
+        assert response.json()["code"] == "role_required" and "you are viewer" in response.json()["detail"]
+        assert response.json()["params"]["role"] == "viewer"
     # operators may test but not change
     assert (await client.post(API, json=new, headers=operator.headers)).status_code == 403
     assert (await client.patch(url, json={"name": "x"}, headers=operator.headers)).status_code == 403

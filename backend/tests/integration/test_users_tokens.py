@@ -67,7 +67,7 @@ async def test_duplicate_email_409(client, db):
     assert first.status_code == 201
     second = await client.post(USERS, json={"email": "DUP@example.com", "password": "password-two"}, headers=admin.headers)
     assert second.status_code == 409
-    assert second.json()["code"] == "conflict" and "dup@example.com" in second.json()["detail"]
+    assert second.json()["code"] == "user_exists" and "dup@example.com" in second.json()["detail"]
     assert len(await _rows(db, select(User.id).where(User.email == "dup@example.com"))) == 1
 
 
@@ -82,7 +82,7 @@ async def test_non_superuser_cannot_administer_users(client, db):
         await client.post(f"{USERS}/{admin.user_id}/deactivate", headers=bob.headers),
     ):
         assert response.status_code == 403, response.text
-        assert response.json() == {"detail": "this needs a platform superuser", "code": "forbidden"}
+        assert response.json() == {"detail": "this needs a platform superuser", "code": "superuser_required"}
     rows = await _rows(db, select(User.email, User.is_active, User.is_superuser).order_by(User.email))
     assert [tuple(r) for r in rows] == [(ADMIN_EMAIL, True, True), ("bob@example.com", True, False)]
     assert (await client.get(USERS)).status_code == 401

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -213,7 +214,9 @@ DENIED = [
 async def test_host_access_is_refused_on_local_by_default(world, template, detail):
     stack = await world.stack(template)  # no target yet: only the always-refused keys are judged
     refused = await world.deploy(stack["id"], expect=422)
-    assert refused == {"detail": detail, "code": "compose_policy_denied"}
+    options = sorted(set(re.findall(r"compose policy option (\w+)", detail)))  # what would allow it
+    assert refused == {"detail": detail, "code": "compose_policy_denied",
+                       "params": {"rules": options, "paths": [detail.split(" is not allowed")[0]]}}
 
 
 async def test_a_value_cannot_inject_a_refused_key(world):
@@ -319,6 +322,7 @@ async def test_superuser_allowed_bind_and_capability_really_run_then_a_tightened
         f"named volume (compose policy option allow_host_binds); services.app.cap_add is not allowed {LOCAL}: added "
         "capabilities widen what the container may do to the host (compose policy option allow_capabilities)",
         "code": "compose_policy_denied",
+        "params": {"rules": ["allow_capabilities", "allow_host_binds"], "paths": ["services.app.volumes[0]", "services.app.cap_add"]},
     }
 
     # ...and a deployment queued before the change is refused by the runner itself.

@@ -132,7 +132,7 @@ async def test_openapi_documents_the_422_body_as_sent(api):
     assert documented["properties"]["code"]["type"] == "string"
     assert "errors" in documented["properties"]
     field_error = schema["components"]["schemas"]["FieldError"]
-    assert set(field_error["properties"]) == {"field", "message", "type"}
+    assert set(field_error["properties"]) == {"field", "message", "type", "params"}
     # a route's 422 points at it
     responses = schema["paths"]["/api/v1/deployments/{deployment_id}"]["get"]["responses"]
     assert responses["422"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/HTTPValidationError"

@@ -205,6 +205,8 @@ async def test_actors_show_no_host_or_pid_to_non_superusers(api, docker_engine):
     executor_actors = [h["actor"] for h in as_viewer if (h["actor"] or "").startswith("asyncio")]
     assert executor_actors, as_viewer
     assert all(host not in a and pid not in a for a in executor_actors), executor_actors
+    reasons = [h["reason"] or "" for h in as_viewer]  # "claimed by <executor>" hides it as the actor does
+    assert any(r.startswith("claimed by asyncio:") for r in reasons) and not any(host in r or pid in r for r in reasons)
     assert any(host in (h["actor"] or "") and pid in (h["actor"] or "") for h in as_superuser), as_superuser
     logs = await all_logs(client, viewer.headers, failed["id"])
     assert not any(pid in line["message"] or f":{host}:" in line["message"] for line in logs)

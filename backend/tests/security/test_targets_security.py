@@ -40,6 +40,7 @@ async def test_only_a_superuser_registers_an_engine_of_the_windflow_host(world, 
         "detail": f"only a platform superuser may register a target that reaches the WindFlow host itself ({endpoint}): "
         "its engine is root on that host; register a remote engine (tcp:// or ssh://) instead",
         "code": "host_target_forbidden",
+        "params": {"endpoint": endpoint},
     }
     accepted = await world.client.post(API, json={"name": "host", "endpoint": endpoint}, headers=world.superuser.headers)
     assert accepted.status_code == 201, accepted.text

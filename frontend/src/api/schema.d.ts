@@ -177,7 +177,7 @@ export interface paths {
         };
         /**
          * Get Deployment
-         * @description One deployment.
+         * @description One deployment; a pending one says why it waits (``waiting``).
          */
         get: operations["get_deployment_api_v1_deployments__deployment_id__get"];
         put?: never;
@@ -1254,6 +1254,8 @@ export interface components {
             variables: {
                 [key: string]: unknown;
             };
+            /** @description pending only: why it has not started yet (null: an executor will take it shortly) */
+            waiting?: components["schemas"]["DeploymentWaiting"] | null;
         };
         /**
          * DeploymentStatus
@@ -1277,6 +1279,35 @@ export interface components {
              * @enum {string}
              */
             type: "DEPLOYMENT_STATUS_CHANGED";
+        };
+        /**
+         * DeploymentWaiting
+         * @description Why a ``pending`` deployment has not started yet.
+         */
+        DeploymentWaiting: {
+            /**
+             * Deploying
+             * @description deployments the target deploys now
+             */
+            deploying?: number | null;
+            /**
+             * Limit
+             * @description the target's max_concurrent_deployments
+             */
+            limit?: number | null;
+            /**
+             * Reason
+             * @description target_capacity: its target already deploys max_concurrent_deployments at once; retry_backoff: it waits before its next attempt
+             * @enum {string}
+             */
+            reason: "target_capacity" | "retry_backoff";
+            /** Target Name */
+            target_name?: string | null;
+            /**
+             * Until
+             * @description retry_backoff: when the next attempt may start
+             */
+            until?: string | null;
         };
         /**
          * EnumOption
@@ -1381,8 +1412,15 @@ export interface components {
             /** Message */
             message: string;
             /**
+             * Params
+             * @description the type's limits, e.g. ``{"max_length": 100}``
+             */
+            params?: {
+                [key: string]: string | number | boolean | string[] | null;
+            };
+            /**
              * Type
-             * @description pydantic's error type, e.g. ``missing``
+             * @description pydantic's error type, e.g. ``missing``, ``string_too_long``
              * @default null
              */
             type: string | null;
@@ -1451,6 +1489,14 @@ export interface components {
              * @default null
              */
             errors: components["schemas"]["FieldError"][] | null;
+            /**
+             * Params
+             * @description the values the message quotes (absent when none)
+             * @default null
+             */
+            params: {
+                [key: string]: string | number | boolean | string[] | null;
+            } | null;
         };
         /**
          * HeartbeatFrame
@@ -1478,8 +1524,23 @@ export interface components {
              */
             created_at: string;
             from_status: components["schemas"]["DeploymentStatus"] | null;
-            /** Reason */
+            /**
+             * Reason
+             * @description why, in English
+             */
             reason: string | null;
+            /**
+             * Reason Code
+             * @description the reason's stable code (null for a free-form one)
+             */
+            reason_code?: string | null;
+            /**
+             * Reason Params
+             * @description the values the reason quotes
+             */
+            reason_params?: {
+                [key: string]: string;
+            };
             to_status: components["schemas"]["DeploymentStatus"];
         };
         /** IntegerVariable */
@@ -1878,6 +1939,58 @@ export interface components {
             reason: string;
         };
         /**
+         * ResourceChangedData
+         * @description What changed in an organisation besides its deployments: list views refetch that row (or drop it).
+         */
+        ResourceChangedData: {
+            /**
+             * Action
+             * @enum {string}
+             */
+            action: "created" | "updated" | "deleted";
+            /**
+             * Id
+             * @description the stack's or target's id; for a member, the user's id
+             */
+            id: string;
+            /**
+             * Name
+             * @description its name (a member's email)
+             * @default null
+             */
+            name: string | null;
+            /**
+             * Resource
+             * @enum {string}
+             */
+            resource: "stack" | "target" | "member";
+        };
+        /**
+         * ResourceChangedEvent
+         * @description A stack, target or member of the organisation changed (organisation subscribers): refetch it.
+         */
+        ResourceChangedEvent: {
+            data: components["schemas"]["ResourceChangedData"];
+            /**
+             * Deployment Id
+             * @description always empty: the event is about no deployment
+             * @constant
+             */
+            deployment_id: "";
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "RESOURCE_CHANGED";
+        };
+        /**
          * ResyncFrame
          * @description The client fell behind: events were dropped. Log lines resume after ``last_seq`` (sent next);
          *     refetch the deployment (or the list, for an organisation) for its status and progress.
@@ -1974,7 +2087,7 @@ export interface components {
              */
             type: "password" | "secret";
         };
-        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
         /** ServiceLogLine */
         ServiceLogLine: {
             /**
@@ -2097,6 +2210,11 @@ export interface components {
              */
             variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[];
             /**
+             * Variables Source
+             * @description the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from it (send one or the other)
+             */
+            variables_source?: string | null;
+            /**
              * Version
              * @default 1.0.0
              */
@@ -2149,6 +2267,11 @@ export interface components {
             updated_at: string;
             /** Variables */
             variables: (components["schemas"]["StringVariable-Output"] | components["schemas"]["TextareaVariable-Output"] | components["schemas"]["SecretVariable-Output"] | components["schemas"]["IntegerVariable-Output"] | components["schemas"]["NumberVariable-Output"] | components["schemas"]["BooleanVariable-Output"] | components["schemas"]["EnumVariable-Output"] | components["schemas"]["GroupVariable-Output"])[];
+            /**
+             * Variables Source
+             * @description the variables as their author wrote them, when given as text
+             */
+            variables_source: string | null;
             /** Version */
             version: string;
         };
@@ -2178,8 +2301,16 @@ export interface components {
             name?: string | null;
             /** Template */
             template?: string | null;
-            /** Variables */
+            /**
+             * Variables
+             * @description new variables; their stored source text is dropped
+             */
             variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[] | null;
+            /**
+             * Variables Source
+             * @description the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from it (send one or the other)
+             */
+            variables_source?: string | null;
             /** Version */
             version?: string | null;
         };
@@ -3570,6 +3701,10 @@ export interface operations {
     list_members_api_v1_organizations__organization_id__members_get: {
         parameters: {
             query?: {
+                /** @description the email or name contains this (any case) */
+                q?: string | null;
+                /** @description only members with this role */
+                role?: components["schemas"]["Role"] | null;
                 /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
@@ -3717,6 +3852,10 @@ export interface operations {
             query?: {
                 /** @description only this organisation's stacks */
                 organization_id?: string | null;
+                /** @description the name or description contains this (any case) */
+                q?: string | null;
+                /** @description catalogue stacks, or your own */
+                source?: ("catalog" | "user") | null;
                 /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
@@ -4003,6 +4142,8 @@ export interface operations {
                 organization_id?: string | null;
                 /** @description docker or swarm */
                 type?: components["schemas"]["TargetType"] | null;
+                /** @description the name or endpoint contains this (any case) */
+                q?: string | null;
                 /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
@@ -4222,6 +4363,10 @@ export interface operations {
     list_tokens_api_v1_tokens_get: {
         parameters: {
             query?: {
+                /** @description the name contains this (any case) */
+                q?: string | null;
+                /** @description true: only usable tokens; false: only revoked or expired */
+                active?: boolean | null;
                 /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
@@ -4321,6 +4466,8 @@ export interface operations {
     list_users_api_v1_users_get: {
         parameters: {
             query?: {
+                /** @description the email or name contains this (any case) */
+                q?: string | null;
                 /** @description items to skip (at most 10000; deeper pages: use cursor) */
                 offset?: number;
                 /** @description items per page (1-200) */
