@@ -111,6 +111,8 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     controller = getattr(sender, "controller", None)
     concurrency = getattr(controller, "concurrency", None) or 1
+    with contextlib.suppress(Exception):  # what the pool can run at once: a solo pool runs one task, whatever --concurrency says
+        concurrency = int(controller.pool.info.get("max-concurrency") or concurrency)
     global _heartbeat_thread, _monitor
     _monitor = WorkerMonitor(name, int(concurrency), controller, sender)
     _heartbeat_thread = threading.Thread(target=_monitor.run, name="windflow-heartbeat", daemon=True)
@@ -130,6 +132,7 @@ class WorkerMonitor:
         self.watchdog = Watchdog(concurrency=concurrency, stall_seconds=settings.WORKER_STALL_SECONDS)
         self.verdict = None
         self.sql_broker = (settings.celery_broker_url or "").startswith("sqla+")
+        self.pids: set[int] = set()  # the pool's processes at the last look
 
     def pool_pids(self) -> list[int] | None:
         """The pool's process ids, or None for a pool without processes of its own (solo, threads)."""
@@ -163,6 +166,28 @@ class WorkerMonitor:
         self.verdict = verdict
         return verdict
 
+    def lost_children(self) -> set[int]:
+        """Pool processes seen at the last look that are gone now (billiard replaces them)."""
+        from backend.app.runtime.worker_watchdog import process_state
+
+        current = set(self.pool_pids() or [])
+        lost = {pid for pid in self.pids - current if process_state(pid) in (None, "Z")}
+        self.pids = current
+        return lost
+
+    async def _expire_leases_of(self, pids: set[int]) -> None:
+        """Deployments run by pool processes that died are orphans now: the reaper (or the redelivered
+        message) reclaims them at once instead of a lease later."""
+        from backend.app import database
+        from backend.app.runtime import workers
+
+        async with database.AsyncSessionLocal() as session:
+            expired = await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pids)
+            await session.commit()
+        if expired:
+            logger.warning("worker %s: %d deployment(s) of pool process(es) %s that died: their leases expire now",
+                           self.name, expired, sorted(pids))
+
     async def _messages_waiting(self) -> bool | None:
         """Whether the PostgreSQL broker's queue has visible messages (asked only when polls look stale)."""
         from sqlalchemy import text
@@ -188,6 +213,11 @@ class WorkerMonitor:
             except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
                 waiting = None
             verdict = self.observe(waiting)
+            if lost := self.lost_children():
+                try:
+                    worker_loop.run(self._expire_leases_of(lost), timeout=10)
+                except Exception:  # noqa: BLE001 - the leases then expire by themselves
+                    logger.warning("could not expire the leases of dead pool processes %s", sorted(lost), exc_info=True)
             state = workers.HEALTHY if verdict.healthy else workers.DEGRADED
             if time.monotonic() - last_beat >= workers.HEARTBEAT_SECONDS or (state, verdict.problem) != reported:
 
@@ -197,6 +227,7 @@ class WorkerMonitor:
                             session, name=self.name, kind=_worker_kind(), hostname=socket.gethostname(),
                             pid=os.getpid(), broker=broker_label(settings), concurrency=self.concurrency,
                             state=state, problem=verdict.problem, live_processes=verdict.live,
+                            pool_pids=sorted(self.pids) or None,
                         )
 
                 try:
@@ -229,12 +260,14 @@ class WorkerMonitor:
                 logger.warning("worker %s put %d message(s) back in the queue", self.name, released)
             except Exception as exc:  # noqa: BLE001 - the reaper puts them back once this heartbeat is stale
                 logger.warning("worker %s could not put its messages back (%s): the reaper will", self.name, exc)
-        worker_watchdog.kill_processes(self.pool_pids() or [])
+        pool = set(self.pool_pids() or [])
+        worker_watchdog.kill_processes(pool)
 
         async def mark() -> None:
             from backend.app import database
 
             async with database.AsyncSessionLocal() as session:
+                await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pool | {os.getpid()})
                 if degraded:
                     await workers.write_heartbeat(
                         session, name=self.name, kind=_worker_kind(), hostname=socket.gethostname(), pid=os.getpid(),

@@ -118,7 +118,7 @@ class EmbeddedWorker:
     async def start(self) -> None:
         self.stopping = False
         env = {**os.environ, **self.settings.as_environment(), "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1"}
-        self.process = await asyncio.create_subprocess_exec(
+        spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.command(),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -127,7 +127,14 @@ class EmbeddedWorker:
             # a kill -9 of the backend takes its embedded worker along (whose pool children and their
             # compose commands follow): nothing of the old executor runs beside the reclaimed attempt
             preexec_fn=die_with_parent(),
-        )
+        ))
+        try:
+            self.process = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # the manager is stopping while the process is being created: keep hold of it, so that stop()
+            # ends it instead of leaving a worker behind that nobody manages
+            self.process = await spawning
+            raise
         self._reader = asyncio.create_task(self._forward_output(self.process), name="embedded-worker-output")
 
     async def _forward_output(self, process: asyncio.subprocess.Process) -> None:

@@ -34,6 +34,9 @@ class WorkerHeartbeat(Base):
     problem: Mapped[str | None] = mapped_column(String(500), nullable=True)
     #: live pool processes at the last beat (the pool's size is ``concurrency``)
     live_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: the pool's process ids at the last beat: a deployment whose executor was one of them is orphaned as soon
+    #: as this row goes stale (the worker died, its pool with it), not a lease later
+    pool_pids: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
 
 
 class BrokerDelivery(Base):

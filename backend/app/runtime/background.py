@@ -25,6 +25,7 @@ from sqlalchemy import text
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
+from backend.app.runtime import workers
 from backend.app.runtime.sql_transport import restore_orphaned_deliveries
 from backend.app.services import recovery, retention
 
@@ -107,18 +108,23 @@ async def periodic_recovery(settings: Settings, dispatcher) -> None:
 async def reap_once(settings: Settings, dispatch) -> dict | None:
     """One reaper pass where the reaper lock is free (None elsewhere): the backend's loop and beat's task.
 
-    Besides the deployments (``services/recovery.py::reap``), the PostgreSQL broker's messages taken by a
-    worker process that is gone or degraded are made visible again (``runtime/sql_transport.py``)."""
+    Before the deployments (``services/recovery.py::reap``): the PostgreSQL broker's messages taken by a
+    worker process that is gone or degraded are made visible again (``runtime/sql_transport.py``), and the
+    leases of deployments whose executor belonged to a worker that is gone expire now
+    (``runtime/workers.py``), so that this very pass reclaims them."""
     async with leader_lock(REAPER_LOCK_KEY) as leader:
         if not leader:
             return None
         async with database.AsyncSessionLocal() as session:
             restored = await restore_orphaned_deliveries(session)
+            orphaned = await workers.expire_leases_of_dead_workers(session)
             await session.commit()
             if restored:
                 logger.warning("Reaper: %d broker message(s) of a worker that is gone or degraded back in the queue", restored)
+            if orphaned:
+                logger.warning("Reaper: %d deployment(s) ran on a worker that is gone: their leases expire now", orphaned)
             stats = await recovery.reap(session, settings=settings, dispatch=dispatch)
-        return {**stats, "messages_restored": restored}
+        return {**stats, "messages_restored": restored, "leases_of_dead_workers": orphaned}
 
 
 async def reaper_loop(settings: Settings, dispatcher) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.database import utcnow
-from backend.app.models import SystemState, WorkerHeartbeat
+from backend.app.models import Deployment, DeploymentStatus, SystemState, WorkerHeartbeat
 
 HEARTBEAT_SECONDS = 3.0
 STALE_AFTER_SECONDS = 12.0
@@ -66,6 +66,7 @@ class WorkerInfo:
 async def write_heartbeat(
     session: AsyncSession, *, name: str, kind: str, hostname: str, pid: int, broker: str, concurrency: int,
     state: str = HEALTHY, problem: str | None = None, live_processes: int | None = None,
+    pool_pids: list[int] | None = None,
 ) -> None:
     now = utcnow()
     row = await session.get(WorkerHeartbeat, name)
@@ -79,16 +80,81 @@ async def write_heartbeat(
             WorkerHeartbeat(
                 name=name, kind=kind, hostname=hostname, pid=pid, broker=broker, concurrency=concurrency,
                 started_at=now, last_seen=now, state=state, problem=problem, live_processes=live_processes,
+                pool_pids=pool_pids,
             )
         )
     else:
         row.last_seen = now
         row.kind = kind
-        row.state, row.problem, row.live_processes = state, problem, live_processes
+        row.state, row.problem, row.live_processes, row.pool_pids = state, problem, live_processes, pool_pids
     try:
         await session.commit()
     except IntegrityError:  # two beats of one node raced; the other one wrote it
         await session.rollback()
+
+
+def _executor(owner: str | None) -> tuple[str, int] | None:
+    """``(host, pid)`` of a Celery executor's lease owner (``celery:<host>:<pid>:<nonce>``), else None."""
+    parts = (owner or "").split(":")
+    if len(parts) != 4 or parts[0] != "celery" or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+async def _expire(session: AsyncSession, doomed: list[tuple[str, str]], now: datetime) -> int:
+    """Expire now the live leases ``(deployment id, owner)`` (a compare-and-set on the owner: a lease
+    reclaimed meanwhile is left alone). Only the lease's deadline changes: the reaper, or a redelivered
+    message, then reclaims the deployment through the state machine like any expired lease."""
+    expired = 0
+    for deployment_id, owner in doomed:
+        result = await session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment_id, Deployment.status == DeploymentStatus.DEPLOYING,
+                   Deployment.lease_owner == owner, Deployment.lease_expires_at > now)
+            .values(lease_expires_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        expired += result.rowcount or 0
+    return expired
+
+
+async def expire_leases_of(session: AsyncSession, *, hostname: str, pids: set[int]) -> int:
+    """A worker saw these processes of its own die (pool children killed, or killed by itself as it leaves):
+    the deployments they ran are orphans now. The caller commits."""
+    now = utcnow()
+    rows = (await session.execute(
+        select(Deployment.id, Deployment.lease_owner).where(Deployment.status == DeploymentStatus.DEPLOYING,
+                                                            Deployment.lease_expires_at > now)
+    )).all()
+    return await _expire(session, [(i, o) for i, o in rows if _executor(o) in {(hostname, pid) for pid in pids}], now)
+
+
+async def expire_leases_of_dead_workers(session: AsyncSession) -> int:
+    """Deployments whose executor was a process of a worker that is gone (its heartbeat stale for
+    ``STALE_AFTER_SECONDS``: the worker died, and its pool with it by the parent-death signal) are orphans:
+    their leases expire now rather than up to ``DEPLOYMENT_LEASE_SECONDS`` later. Only claims made while that
+    worker was alive count (``started_at`` before its last beat), so a process id reused later is not taken
+    for a dead one. The reaper runs this; the caller commits."""
+    now = utcnow()
+    running = (await session.execute(
+        select(Deployment.id, Deployment.lease_owner, Deployment.started_at)
+        .where(Deployment.status == DeploymentStatus.DEPLOYING, Deployment.lease_expires_at > now,
+               Deployment.lease_owner.like("celery:%"))
+    )).all()
+    if not running:
+        return 0
+    gone = (await session.execute(
+        select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - timedelta(seconds=STALE_AFTER_SECONDS))
+    )).scalars().all()
+    last_beat = {}
+    for row in gone:
+        for pid in {row.pid, *(row.pool_pids or [])}:
+            last_beat[(row.hostname, int(pid))] = row.last_seen
+    doomed = [
+        (deployment_id, owner) for deployment_id, owner, started_at in running
+        if (executor := _executor(owner)) in last_beat and started_at is not None and started_at <= last_beat[executor]
+    ]
+    return await _expire(session, doomed, now) if doomed else 0
 
 
 #: ``system_state`` key of the cumulative count of workers found degraded (``windflow_workers_degraded_total``)

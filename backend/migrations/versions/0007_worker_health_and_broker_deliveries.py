@@ -1,4 +1,4 @@
-"""worker health (state, problem, live pool processes) and the PostgreSQL broker's deliveries
+"""worker health (state, problem, live pool processes and their pids) and the PostgreSQL broker's deliveries
 
 Revision ID: 0007
 Revises: 0004
@@ -23,6 +23,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('state', sa.String(length=20), server_default='healthy', nullable=False))
         batch_op.add_column(sa.Column('problem', sa.String(length=500), nullable=True))
         batch_op.add_column(sa.Column('live_processes', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('pool_pids', sa.JSON(), nullable=True))
     op.create_table(
         'broker_deliveries',
         sa.Column('message_id', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -41,6 +42,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_broker_deliveries_delivery_tag'))
     op.drop_table('broker_deliveries')
     with op.batch_alter_table('worker_heartbeats', schema=None) as batch_op:
+        batch_op.drop_column('pool_pids')
         batch_op.drop_column('live_processes')
         batch_op.drop_column('problem')
         batch_op.drop_column('state')

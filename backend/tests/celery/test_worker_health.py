@@ -29,7 +29,7 @@ import pytest
 from backend.app.runtime.worker_watchdog import EXIT_DEGRADED, live_processes
 from backend.tests.celery.test_celery_execution import SLOW_TEMPLATE, _setup, celery_settings, redis_clean  # noqa: F401
 from backend.tests.celery.test_self_healing import _children, _pid_alive
-from backend.tests.celery_fixtures import Proc, running_app, start_worker, wait_heartbeat, wait_mode
+from backend.tests.celery_fixtures import CELERY, REPO_ROOT, Proc, running_app, settings_env, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import make_settings
 from backend.tests.deploy_helpers import force_cleanup, free_port, labelled, wait_status
 
@@ -322,11 +322,14 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
         LOG_LEVEL="INFO", **FAST,
     )
     worker: Supervised | None = None
+    beat: Proc | None = None
     ids: list[str] = []
     watch = None
     try:
         async with running_app(settings) as (_app, client):
             worker = Supervised(settings, tmp_path, "dbr", "--pool=prefork", "--concurrency=2")
+            beat = Proc([CELERY, "-A", "backend.app.celery_app", "beat", "--loglevel=INFO"],
+                        {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}, tmp_path / "beat.log", cwd=tmp_path)
             await wait_heartbeat("dbr1@", worker.proc)
             admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
             await wait_mode(client, admin.headers, "external")
@@ -338,16 +341,30 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
             outage = await client.get("/api/v1/deployments", headers=admin.headers)
             assert outage.status_code == 503, outage.text
             assert outage.json()["code"] == "database_unavailable" and int(outage.headers["retry-after"]) > 0
+            # a worker (re)started while the database is down waits for it rather than exiting
+            worker.proc.kill9()
+            worker.proc.stop()  # (closes its log)
+            worker.proc = worker._start()
             await asyncio.sleep(5)
+            assert worker.proc.alive(), worker.output()
+            beat_seen = len(beat.output())
             cluster.start()
 
             await _assert_all_running_once(client, admin.headers, ids, timeout=150)
             assert worker.proc.alive() or worker.left, worker.output()
+            assert "waiting for the database" in worker.output()
+            # beat went on: it sent its reaper task again after the restart
+            deadline = time.monotonic() + 20
+            while "Sending due task reap-expired-leases" not in beat.output()[beat_seen:] and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert beat.alive() and "Sending due task reap-expired-leases" in beat.output()[beat_seen:], beat.tail()
     finally:
         if watch is not None:
             watch.cancel()
         if worker is not None:
             worker.proc.stop()
+        if beat is not None:
+            beat.stop()
         for deployment_id in ids:
             force_cleanup(deployment_id)
         cluster.destroy()

@@ -1,0 +1,70 @@
+"""Leases of executors that are known dead expire at once (``runtime/workers.py``), on SQLite and PostgreSQL.
+
+A pool child a worker saw die, or a process of a worker whose heartbeat went stale, ran its deployment to
+the end of its life: the deployment is an orphan now, and waiting the rest of its lease (30 s) only delays
+the healing. The real-process side (kills, the reaper reclaiming) is in ``tests/celery``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from backend.app.database import utcnow
+from backend.app.models import Deployment, DeploymentStatus, WorkerHeartbeat
+from backend.app.runtime import workers
+from backend.tests.factories import make_deployment
+
+S = DeploymentStatus
+
+
+async def _deploying(session, owner: str, *, started_seconds_ago: float = 30) -> Deployment:
+    return await make_deployment(session, S.DEPLOYING, lease_owner=owner, started_at=utcnow() - timedelta(seconds=started_seconds_ago))
+
+
+async def _expired(session, deployment: Deployment) -> bool:
+    await session.refresh(deployment)
+    return deployment.lease_expires_at <= utcnow()
+
+
+async def test_the_leases_of_pool_processes_a_worker_saw_die_expire(session):
+    dead = await _deploying(session, "celery:h1:100:aaaa")
+    sibling = await _deploying(session, "celery:h1:101:bbbb")
+    other_host = await _deploying(session, "celery:h2:100:cccc")
+    in_process = await _deploying(session, "asyncio:h1:100:dddd")
+    await session.commit()
+
+    assert await workers.expire_leases_of(session, hostname="h1", pids={100}) == 1
+    await session.commit()
+    assert await _expired(session, dead)
+    assert not await _expired(session, sibling)
+    assert not await _expired(session, other_host)
+    assert not await _expired(session, in_process)
+    # the lease was reclaimed by another executor meanwhile: its new owner is left alone
+    assert await workers.expire_leases_of(session, hostname="h1", pids={100}) == 0
+
+
+async def test_the_leases_of_a_worker_that_is_gone_expire_and_no_others(session):
+    now = utcnow()
+    session.add(WorkerHeartbeat(
+        name="gone@h1", kind="external", hostname="h1", pid=50, broker="postgresql", concurrency=2,
+        started_at=now - timedelta(minutes=5), last_seen=now - timedelta(seconds=workers.STALE_AFTER_SECONDS + 8),
+        pool_pids=[100, 101],
+    ))
+    session.add(WorkerHeartbeat(
+        name="alive@h1", kind="external", hostname="h1", pid=60, broker="postgresql", concurrency=2,
+        started_at=now - timedelta(minutes=5), last_seen=now, pool_pids=[200],
+    ))
+    orphan = await _deploying(session, "celery:h1:100:aaaa")
+    solo = await _deploying(session, "celery:h1:50:eeee")  # a solo pool runs tasks in the main process
+    reused = await _deploying(session, "celery:h1:101:bbbb", started_seconds_ago=1)  # claimed after its last beat
+    healthy = await _deploying(session, "celery:h1:200:cccc")
+    stranger = await _deploying(session, "celery:h1:300:dddd")  # no worker row names it: its lease decides
+    await session.commit()
+
+    assert await workers.expire_leases_of_dead_workers(session) == 2
+    await session.commit()
+    assert await _expired(session, orphan)
+    assert await _expired(session, solo)
+    assert not await _expired(session, reused)
+    assert not await _expired(session, healthy)
+    assert not await _expired(session, stranger)
+    assert orphan.status is S.DEPLOYING and orphan.lease_owner == "celery:h1:100:aaaa"  # the reaper settles it
