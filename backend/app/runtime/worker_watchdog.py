@@ -20,15 +20,31 @@ the queue, its pool processes are killed and the process exits with :data:`EXIT_
 supervisor (compose ``restart:``, systemd, the backend's embedded-worker manager) starts a fresh one.
 
 :class:`Watchdog` is the judgement alone (pure: the caller passes what it saw), so that each rule has a fast
-unit test; ``celery_app.py`` feeds it and carries out the verdict.
+unit test; :class:`WorkerMonitor` feeds it from the worker's own state and carries out the verdict.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
+import socket
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from celery.worker import state
+from sqlalchemy import text
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.runtime import worker_loop, workers
+from backend.app.runtime.celery_config import broker_label
+from backend.app.runtime.sql_transport import POLLS, release_deliveries
+
+logger = logging.getLogger(__name__)
 
 #: ``EX_TEMPFAIL``: the worker left because it stopped executing; a supervisor should start it again
 EXIT_DEGRADED = 75
@@ -142,3 +158,145 @@ class Watchdog:
             self._degraded_since = None
         degraded_for = 0.0 if self._degraded_since is None else now - self._degraded_since
         return Verdict(live=live, concurrency=self.concurrency, problems=tuple(problems), degraded_for=degraded_for)
+
+
+class WorkerMonitor:
+    """A worker main process's heartbeat and watchdog (started by ``celery_app.py`` when the worker is
+    ready, on a thread of its own): once a second it judges whether the worker executes (:class:`Watchdog`),
+    expires the leases of pool processes that died, writes the heartbeat (every few seconds, and at once when
+    the verdict changes) and makes a worker that stayed degraded :meth:`leave`."""
+
+    def __init__(self, name: str, kind: str, concurrency: int, controller, consumer, *, settings: Settings,
+                 stop: threading.Event) -> None:
+        self.name, self.kind, self.concurrency = name, kind, concurrency
+        self.controller, self.consumer = controller, consumer  # Celery's WorkController and Consumer
+        self.settings, self.stop = settings, stop
+        self.watchdog = Watchdog(concurrency=concurrency, stall_seconds=settings.WORKER_STALL_SECONDS)
+        self.verdict = None
+        self.sql_broker = (settings.celery_broker_url or "").startswith("sqla+")
+        self.pids: set[int] = set()  # the pool's processes at the last look
+
+    def pool_pids(self) -> list[int] | None:
+        """The pool's process ids, or None for a pool without processes of its own (solo, threads)."""
+        pool = getattr(self.controller, "pool", None)
+        try:
+            pids = (pool.info or {}).get("processes") if pool is not None else None
+        except Exception:  # noqa: BLE001 - a pool being torn down has no info
+            return []
+        return None if pids is None else [int(pid) for pid in pids]
+
+    def observe(self, messages_waiting: bool | None):
+        now = time.monotonic()
+        pids = self.pool_pids()
+        live = self.concurrency if pids is None else live_processes(pids)
+        reserved = {r.id: r.name for r in list(state.reserved_requests)}
+        active = [r.id for r in list(state.active_requests)]
+        verdict = self.watchdog.judge(
+            now, live=live, reserved=reserved, active=active,
+            poll_age=POLLS.age(now) if self.sql_broker else None, messages_waiting=messages_waiting,
+        )
+        if verdict.healthy != (self.verdict is None or self.verdict.healthy):
+            if verdict.healthy:
+                logger.warning("worker %s is healthy again", self.name)
+            else:
+                logger.error("worker %s is degraded: %s", self.name, verdict.problem)
+        self.verdict = verdict
+        return verdict
+
+    def lost_children(self) -> set[int]:
+        """Pool processes seen at the last look that are gone now (billiard replaces them)."""
+        current = set(self.pool_pids() or [])
+        lost = {pid for pid in self.pids - current if process_state(pid) in (None, "Z")}
+        self.pids = current
+        return lost
+
+    async def _expire_leases_of(self, pids: set[int]) -> None:
+        """Deployments run by pool processes that died are orphans now: the reaper (or the redelivered
+        message) reclaims them at once instead of a lease later."""
+        async with database.AsyncSessionLocal() as session:
+            expired = await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pids)
+            await session.commit()
+        if expired:
+            logger.warning("worker %s: %d deployment(s) of pool process(es) %s that died: their leases expire now",
+                           self.name, expired, sorted(pids))
+
+    async def _messages_waiting(self) -> bool | None:
+        """Whether the PostgreSQL broker's queue has visible messages (asked only when polls look stale)."""
+        age = POLLS.age()
+        if not self.sql_broker or age is None or age < self.settings.WORKER_STALL_SECONDS:
+            return None
+        async with database.AsyncSessionLocal() as session:
+            return bool((await session.execute(text("SELECT EXISTS (SELECT 1 FROM kombu_message WHERE visible)"))).scalar())
+
+    def run(self) -> None:
+        last_beat = 0.0
+        reported = None
+        while not self.stop.is_set():
+            try:
+                waiting = worker_loop.run(self._messages_waiting(), timeout=10)
+            except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
+                waiting = None
+            verdict = self.observe(waiting)
+            if lost := self.lost_children():
+                try:
+                    worker_loop.run(self._expire_leases_of(lost), timeout=10)
+                except Exception:  # noqa: BLE001 - the leases then expire by themselves
+                    logger.warning("could not expire the leases of dead pool processes %s", sorted(lost), exc_info=True)
+            health = workers.HEALTHY if verdict.healthy else workers.DEGRADED
+            if time.monotonic() - last_beat >= workers.HEARTBEAT_SECONDS or (health, verdict.problem) != reported:
+
+                async def beat() -> None:
+                    async with database.AsyncSessionLocal() as session:
+                        await workers.write_heartbeat(
+                            session, name=self.name, kind=self.kind, hostname=socket.gethostname(),
+                            pid=os.getpid(), broker=broker_label(self.settings), concurrency=self.concurrency,
+                            state=health, problem=verdict.problem, live_processes=verdict.live,
+                            pool_pids=sorted(self.pids) or None,
+                        )
+
+                try:
+                    worker_loop.run(beat(), timeout=30)
+                    last_beat, reported = time.monotonic(), (health, verdict.problem)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the worker keeps working
+                    logger.warning("worker heartbeat failed", exc_info=True)
+            if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
+                self.leave(f"degraded for {verdict.degraded_for:.0f}s: {verdict.problem}")
+            self.stop.wait(1.0)
+
+    def leave(self, reason: str, exit_code: int | None = None) -> None:
+        """Exit now, without waiting for a pool that will not finish: messages back to the queue, pool
+        processes killed, the heartbeat row marked (a degraded worker) or removed (a shutdown)."""
+        degraded = exit_code is None
+        logger.critical(
+            "worker %s leaves: %s. Its messages go back to the queue%s", self.name, reason,
+            "; its supervisor (compose restart, systemd, the backend's embedded-worker manager) starts a fresh one"
+            if degraded else "",
+        )
+        self.stop.set()
+        with contextlib.suppress(Exception):  # Redis: unacknowledged messages back in the queue now
+            self.consumer.task_consumer.channel.qos.restore_unacked_once()
+        if self.sql_broker:
+            try:
+                released = release_deliveries(self.settings.sync_database_url, hostname=socket.gethostname(), pid=os.getpid())
+                logger.warning("worker %s put %d message(s) back in the queue", self.name, released)
+            except Exception as exc:  # noqa: BLE001 - the reaper puts them back once this heartbeat is stale
+                logger.warning("worker %s could not put its messages back (%s): the reaper will", self.name, exc)
+        pool = set(self.pool_pids() or [])
+        kill_processes(pool)
+
+        async def mark() -> None:
+            async with database.AsyncSessionLocal() as session:
+                await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pool | {os.getpid()})
+                if degraded:
+                    await workers.write_heartbeat(
+                        session, name=self.name, kind=self.kind, hostname=socket.gethostname(), pid=os.getpid(),
+                        broker=broker_label(self.settings), concurrency=self.concurrency, state=workers.DEGRADED,
+                        problem=f"left: {reason}"[:500], live_processes=0,
+                    )
+                else:
+                    await workers.remove_heartbeat(session, self.name)
+
+        with contextlib.suppress(Exception):
+            worker_loop.run(mark(), timeout=5)
+        logging.shutdown()
+        os._exit(EXIT_DEGRADED if degraded else exit_code)
