@@ -1,5 +1,8 @@
 """The compose policy: what a compose document may ask of the Docker host it runs on.
 
+(Over 500 lines on purpose: the policy is one security boundary, read and reviewed as a whole — the table of
+always-refused keys, the per-target rules and the walk that applies both to a document belong together.)
+
 Two layers, both checked on the parsed document *before* any compose tool sees it, and again on the
 document as compose will read it (after its ``${VAR}`` interpolation, with the variables a compose
 process of WindFlow inherits):
