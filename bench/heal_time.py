@@ -143,6 +143,18 @@ class Cluster:
                 "-n", f"{name}@%h"]
         return c.Proc(argv, c.settings_env(self.settings), c.SCRATCH / f"{name}-{self.label}-{self.generation[name]}.log")
 
+    def restart_left(self, result: Result) -> None:
+        """What a supervisor (compose ``restart:``, systemd) does: a worker that left because it was degraded
+        (exit 75, ``runtime/worker_watchdog.py``) is started again. Killed workers are restarted by the killer."""
+        from backend.app.runtime.worker_watchdog import EXIT_DEGRADED
+
+        for name, proc in list(self.workers.items()):
+            if proc.popen.poll() == EXIT_DEGRADED:
+                proc.stop()
+                result.healed_by["worker left degraded, restarted"] += 1
+                print(f"[{self.label}] {name} left (degraded): restarted", file=sys.stderr, flush=True)
+                self.workers[name] = self._start_worker(name)
+
     def all(self) -> list[c.Proc]:
         return [self.backend, *self.workers.values()]
 
@@ -302,6 +314,13 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                     what = f"restart the database ({kind})" if kind.startswith("db-") else f"kill -9 {kind}"
                     print(f"[{broker}] {last_kill - start:6.1f}s {what}", file=sys.stderr, flush=True)
 
+            async def supervisor() -> None:
+                while True:
+                    await asyncio.sleep(1)
+                    cluster.restart_left(result)
+
+            supervise_task = asyncio.create_task(supervisor())
+            cleanup.push(f"stop the supervisor of {broker}", supervise_task.cancel)
             kill_task = asyncio.create_task(killer())
             for i in range(args.deployments):
                 await asyncio.sleep(max(0.0, start + i * 1.5 - time.monotonic()))
@@ -360,7 +379,7 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
         for match in re.finditer(r"Reaper: .* redispatched=(\d+)", log.read_text(errors="replace")):
             result.healed_by["reaper re-dispatch"] += int(match.group(1))
     # stop the processes and drop the database now, so the next broker starts from a quiet machine
-    result.notes += cleanup.run_named(f"stop the processes of {broker}", f"stop docker events of {broker}", "flush Redis db",
+    result.notes += cleanup.run_named(f"stop the supervisor of {broker}", f"stop the processes of {broker}", f"stop docker events of {broker}", "flush Redis db",
                                       f"drop database of {broker}")
     return result
 
