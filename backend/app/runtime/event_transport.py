@@ -60,7 +60,6 @@ import concurrent.futures
 import json
 import logging
 import os
-import random
 import threading
 import time
 import uuid
@@ -78,6 +77,7 @@ from sqlalchemy.pool import Pool
 
 from backend.app.config import BrokerType, DatabaseKind, Settings
 from backend.app.core.events import Event, EventType, bus
+from backend.app.runtime.loops import Backoff, sleep_or_event
 
 logger = logging.getLogger(__name__)
 
@@ -789,14 +789,8 @@ class _Runtime:
             except RuntimeError:  # the loop has closed
                 pass
 
-    async def _backoff(self, delay: float) -> None:
-        try:
-            await asyncio.wait_for(self.retry.wait(), delay * random.uniform(0.8, 1.2))
-        except TimeoutError:
-            pass
-
     async def _supervise(self) -> None:
-        delay = BACKOFF_MIN_SECONDS
+        backoff = Backoff(BACKOFF_MIN_SECONDS, BACKOFF_MAX_SECONDS)  # jittered waits: runtime/loops.py
         try:
             while True:
                 self.retry.clear()
@@ -808,10 +802,9 @@ class _Runtime:
                     self.error = f"{type(exc).__name__}: {exc}"
                     logger.warning(
                         "event bus: cannot connect the %s transport (%s); retrying in %.1fs",
-                        self.kind, self.error, delay,
+                        self.kind, self.error, backoff.delay,
                     )
-                    await self._backoff(delay)
-                    delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                    await sleep_or_event(backoff.next(), self.retry)
                     continue
                 connected_at = time.monotonic()
                 self.connected, self.error = True, None
@@ -833,13 +826,12 @@ class _Runtime:
                 self.ready.clear()
                 await self.transport.close()
                 if time.monotonic() - connected_at > STABLE_CONNECTION_SECONDS:
-                    delay = BACKOFF_MIN_SECONDS
+                    backoff.reset()
                 logger.warning(
-                    "event bus: %s transport connection lost (%s); reconnecting in %.1fs", self.kind, reason, delay
+                    "event bus: %s transport connection lost (%s); reconnecting in %.1fs", self.kind, reason, backoff.delay
                 )
                 self.retry.clear()
-                await self._backoff(delay)
-                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                await sleep_or_event(backoff.next(), self.retry)
         finally:
             self.connected = False
             self.ready.clear()

@@ -45,6 +45,7 @@ from sqlalchemy import select
 
 from backend.app import database
 from backend.app.runtime import metrics
+from backend.app.runtime.loops import LoopService
 from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, deliver_on_loop, iso_utc
 from backend.app.models import ApiToken, Deployment, Membership, User
 from backend.app.services import auth_service
@@ -208,17 +209,29 @@ class AccessRegistry:
             await client.set_access(refreshed(client.access, access[client.access.user_id], api_tokens))
 
     async def _refresh_loop(self) -> None:
-        passes = database.OutageLog("real time: refreshing client access", logger)
-        while self.clients:
-            await asyncio.sleep(ACCESS_REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a database hiccup: keep the last known access, retry
-                passes.failed(exc)
-            else:
-                passes.succeeded()
+        await _AccessRefresh(self).run()
+
+
+class _AccessRefresh(LoopService):
+    """Every ``ACCESS_REFRESH_SECONDS`` while the registry has clients: a database hiccup keeps the last known
+    access (the pass is retried at the next period)."""
+
+    name = "real time: refreshing client access"
+    log = logger
+
+    def __init__(self, registry: AccessRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    @property
+    def interval(self) -> float:  # type: ignore[override]  # read at each period (tests shorten it)
+        return ACCESS_REFRESH_SECONDS
+
+    def should_continue(self) -> bool:
+        return bool(self.registry.clients)
+
+    async def run_once(self) -> None:
+        await self.registry.refresh()
 
 
 registry = AccessRegistry()

@@ -44,23 +44,18 @@ def deploy_stack(self, deployment_id: str) -> dict:
     return worker_loop.run(_deploy(deployment_id, self.request.id))
 
 
-async def _dispatch_to_workers(deployment_id: str) -> None:
-    """Dispatch from inside a worker (recovery and the reaper run by beat): the broker we consume from."""
-    deploy_stack.delay(deployment_id)
+# Recovery and the reaper run by beat dispatch from inside a worker: to the broker we consume from.
+_dispatch_to_workers = _dispatch
 
 
 async def _recover(max_age_minutes: float, timeout_minutes: float) -> dict:
-    from backend.app import database
-    from backend.app.runtime.background import leader_lock
-    from backend.app.services.deployment_service import DeploymentService
+    from backend.app.runtime.background import recover_once
 
-    async with leader_lock() as leader:  # one recovery at a time, whoever triggers it
-        if not leader:
-            return {"status": "skipped", "reason": "another recovery is running"}
-        async with database.AsyncSessionLocal() as session:
-            report = await DeploymentService.recover_pending_deployments(
-                session, max_age_minutes=max_age_minutes, timeout_minutes=timeout_minutes, settings=settings, dispatch=_dispatch_to_workers
-            )
+    report = await recover_once(  # one recovery at a time, whoever triggers it: beat, or a backend's loop
+        settings, _dispatch_to_workers, max_age_minutes=max_age_minutes, skip_if_fresh=False, timeout_minutes=timeout_minutes
+    )
+    if report is None:
+        return {"status": "skipped", "reason": "another recovery is running"}
     await _flush_events()
     return report
 
