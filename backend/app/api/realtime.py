@@ -71,7 +71,12 @@ def _direct_transport(websocket: WebSocket):
     """The transport of uvicorn's ``websockets-sansio`` protocol for this connection when pre-built frames
     may be written to it directly: an open connection without extensions (no per-message compression,
     whose state is per connection). ``None`` otherwise (another server, another protocol implementation):
-    then every event goes through the client's pump and the ASGI ``send``."""
+    then every event goes through the client's pump and the ASGI ``send``.
+
+    uvicorn's private protocol objects (``send.__self__``, its ``conn`` and ``transport``) and the frames
+    written there (``runtime/realtime.py::text_frame``) are pinned by ``tests/unit/test_dependency_pins.py::
+    test_uvicorn_serves_websockets_with_the_sansio_protocol_the_direct_write_recognises`` and
+    ``test_text_frame_is_the_frame_websockets_itself_would_send``."""
     send = websocket.scope.get(RAW_SEND_KEY)
     protocol = getattr(send, "__self__", None)
     conn = getattr(protocol, "conn", None)

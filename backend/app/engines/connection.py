@@ -416,7 +416,11 @@ def _ssh_argv(endpoint: str, ssh_command: list[str]) -> list[str]:
 def _unix_connect_closing_on_failure(self: Any) -> None:
     """docker-py's ``UnixHTTPConnection.connect`` leaves its socket open when the connect fails (no such
     socket, refused): each failed test or deployment on a unix target leaked a descriptor until garbage
-    collection. Same code, closing the socket on failure."""
+    collection. Same code, closing the socket on failure.
+
+    Pinned by ``tests/unit/test_dependency_pins.py::test_docker_unix_connect_patch_is_the_original_plus_close_on_failure``
+    (and ``test_docker_unix_connection_keeps_the_attributes_the_patch_reads``): docker-py's ``connect``
+    changing, or fixing the leak, fails there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(self.timeout)

@@ -374,7 +374,8 @@ _STATEFUL = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_DE
 
 def text_frame(evt: Event) -> bytes:
     """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event: what the hub writes to every
-    client ``socket`` (built once per event)."""
+    client ``socket`` (built once per event). Pinned to websockets' own serialisation by
+    ``tests/unit/test_dependency_pins.py::test_text_frame_is_the_frame_websockets_itself_would_send``."""
     payload = encode_event(evt).encode()
     n = len(payload)
     if n < 126:

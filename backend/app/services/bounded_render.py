@@ -88,6 +88,11 @@ class _Popen(popen_forkserver.Popen):
     multiprocessing re-imports the main module in every child (so that pickled functions defined there
     resolve). The render child needs nothing from it, and re-running it would cost an import of the whole
     application per render (``python -m backend.app.main``) or run an unguarded script's body.
+
+    ``_launch`` is a copy of ``multiprocessing.popen_forkserver.Popen._launch`` (plus the two ``pop``), pinned
+    by ``tests/unit/test_dependency_pins.py::test_bounded_render_launch_is_the_forkserver_launch_minus_main_reimport``
+    and ``test_the_forkserver_hooks_bounded_render_relies_on``: a change of the standard library's launcher
+    fails there.
     """
 
     def _launch(self, process_obj) -> None:  # noqa: ANN001 - mirrors multiprocessing's own signature
