@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     CELERY_SQL_POLLING_INTERVAL: float = Field(default=0.1, gt=0, le=30)
     # a worker that is alive but does not execute (its pool short and not refilling, a received task not
     # started, the consumer not fetching) for this long is degraded (runtime/worker_watchdog.py) ...
-    WORKER_STALL_SECONDS: float = Field(default=10.0, ge=1, le=600)
+    WORKER_STALL_SECONDS: float = Field(default=6.0, ge=1, le=600)
     # ... and leaves (exit 75, its messages back in the queue) once degraded for this long
-    WORKER_LEAVE_AFTER_SECONDS: float = Field(default=5.0, ge=0, le=3600)
+    WORKER_LEAVE_AFTER_SECONDS: float = Field(default=2.0, ge=0, le=3600)
     # SIGTERM: running deployments get this long to finish; the worker exits at once when none runs or its
     # pool is broken (keep it below the supervisor's stop timeout: compose's stop_grace_period is 2 minutes)
     WORKER_SHUTDOWN_GRACE_SECONDS: float = Field(default=90.0, ge=1, le=3600)

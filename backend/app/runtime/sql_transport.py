@@ -9,7 +9,8 @@ kombu's channel keeps one SQLAlchemy ``Session`` that two threads of a prefork w
 once: the consumer loop (``_get``) and billiard's result-handler thread, which requeues the message of a
 killed pool child (``reject_on_worker_lost`` → ``_put``). Interleaved, they leave the session "in
 'prepared' state" and the worker dies with an unrecoverable error. This channel serialises every use of
-its session with a lock.
+its session with a lock, and rolls the session back after a failure: a database restart would otherwise
+leave it on a dead transaction, and every later publish or poll of that process would fail.
 
 The transport never deletes delivered messages: it flips them to ``visible = false``, and never shows them
 again. A worker that dies holding one (a ``kill -9``, a wedged worker that leaves) would lose it. This
@@ -26,6 +27,7 @@ fetches).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -95,36 +97,41 @@ class Channel(kombu_sql.Channel):
         self._session_lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
-    def _get(self, queue):
+    def _locked(self, method, *args, **kwargs):
+        """Run one of kombu's session methods under the lock; after a failure (the database restarted under
+        it) roll the session back, or every later call fails on the dead transaction ("This result object
+        does not return rows", "Can't reconnect until invalid transaction is rolled back")."""
         with self._session_lock:
-            if self.session.bind.name != "postgresql":
-                message = super()._get(queue)
-                POLLS.last_ok = time.monotonic()
-                return message
-            return self._take(queue)
+            try:
+                return method(*args, **kwargs)
+            except Empty:
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.session.rollback()
+                raise
+
+    def _get(self, queue):
+        if self.session.bind.name != "postgresql":
+            message = self._locked(super()._get, queue)
+            POLLS.last_ok = time.monotonic()
+            return message
+        return self._locked(self._take, queue)
 
     def _take(self, queue):
         """kombu's ``_get`` on PostgreSQL, plus the record of who took the message (same transaction)."""
         queue_id = self._get_or_create(queue).id
-        try:
-            row = self.session.execute(_TAKE, {"queue": queue_id}).first()
-            if row is None:
-                self.session.commit()
-                POLLS.last_ok = time.monotonic()
-                raise Empty()
-            payload = loads(row.payload)
-            self.session.execute(_HIDE, {"id": row.id})
-            tag = str((payload.get("properties") or {}).get("delivery_tag") or "")[:64]
-            if tag:
-                self.session.execute(
-                    _RECORD, {"id": row.id, "tag": tag, "hostname": socket.gethostname(), "pid": os.getpid()}
-                )
+        row = self.session.execute(_TAKE, {"queue": queue_id}).first()
+        if row is None:
             self.session.commit()
-        except Empty:
-            raise
-        except BaseException:
-            self.session.rollback()
-            raise
+            POLLS.last_ok = time.monotonic()
+            raise Empty()
+        payload = loads(row.payload)
+        self.session.execute(_HIDE, {"id": row.id})
+        tag = str((payload.get("properties") or {}).get("delivery_tag") or "")[:64]
+        if tag:
+            self.session.execute(_RECORD, {"id": row.id, "tag": tag, "hostname": socket.gethostname(), "pid": os.getpid()})
+        self.session.commit()
         POLLS.last_ok = time.monotonic()
         return payload
 
@@ -132,12 +139,13 @@ class Channel(kombu_sql.Channel):
         """The message of ``delivery_tag`` is acknowledged or back in the queue: nobody holds it any more."""
         if not delivery_tag or self.session.bind.name != "postgresql":
             return
-        with self._session_lock:
-            try:
-                self.session.execute(_FORGET, {"tag": str(delivery_tag)[:64]})
-                self.session.commit()
-            except Exception:  # noqa: BLE001 - a stale record costs a harmless redelivery, never a loss
-                self.session.rollback()
+
+        def forget() -> None:
+            self.session.execute(_FORGET, {"tag": str(delivery_tag)[:64]})
+            self.session.commit()
+
+        with contextlib.suppress(Exception):  # a stale record costs a harmless redelivery, never a loss
+            self._locked(forget)
 
     def basic_ack(self, delivery_tag, multiple=False):
         super().basic_ack(delivery_tag, multiple=multiple)
@@ -152,20 +160,16 @@ class Channel(kombu_sql.Channel):
         self._forget(message.delivery_tag)
 
     def _put(self, queue, payload, **kwargs):
-        with self._session_lock:
-            return super()._put(queue, payload, **kwargs)
+        return self._locked(super()._put, queue, payload, **kwargs)
 
     def _purge(self, queue):
-        with self._session_lock:
-            return super()._purge(queue)
+        return self._locked(super()._purge, queue)
 
     def _size(self, queue):
-        with self._session_lock:
-            return super()._size(queue)
+        return self._locked(super()._size, queue)
 
     def _new_queue(self, queue, **kwargs):
-        with self._session_lock:
-            return super()._new_queue(queue, **kwargs)
+        return self._locked(super()._new_queue, queue, **kwargs)
 
     def _engine_from_config(self):
         conninfo = self.connection.client

@@ -28,6 +28,7 @@ import pytest
 
 from backend.app.runtime.worker_watchdog import EXIT_DEGRADED, live_processes
 from backend.tests.celery.test_celery_execution import SLOW_TEMPLATE, _setup, celery_settings, redis_clean  # noqa: F401
+from backend.tests.celery.test_self_healing import FAST as SELF_HEALING_FAST
 from backend.tests.celery.test_self_healing import _children, _pid_alive
 from backend.tests.celery_fixtures import CELERY, REPO_ROOT, Proc, running_app, settings_env, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import make_settings
@@ -35,16 +36,8 @@ from backend.tests.deploy_helpers import force_cleanup, free_port, labelled, wai
 
 pytestmark = [pytest.mark.docker]
 
-#: short bounds so that the tests are quick; production defaults are in config.py
-FAST = dict(
-    DEPLOYMENT_LEASE_SECONDS=4,
-    DEPLOYMENT_HEARTBEAT_SECONDS=1,
-    REAPER_INTERVAL_SECONDS=0.5,
-    DISPATCH_TIMEOUT_SECONDS=3,
-    RECOVERY_ON_STARTUP=False,
-    WORKER_STALL_SECONDS=3,
-    WORKER_LEAVE_AFTER_SECONDS=2,
-)
+#: the self-healing tests' short bounds, and a watchdog that judges within seconds
+FAST = {**SELF_HEALING_FAST, "WORKER_STALL_SECONDS": 3, "WORKER_LEAVE_AFTER_SECONDS": 2}
 VARIABLES = [{"name": "delay", "type": "integer", "default": 2}]
 
 
@@ -88,6 +81,16 @@ async def _pool(pid: int, size: int, timeout: float = 30) -> list[int]:
     raise AssertionError(f"worker {pid} has no pool of {size} within {timeout}s: {_children(pid)}")
 
 
+async def _ready(client, docker_engine, worker: Proc, prefix: str, pool_size: int | None = None):
+    """The worker heartbeats, the admin, target and slow stack exist, deployments go to external workers;
+    with ``pool_size``, also the worker's pool processes, once that many are up."""
+    await wait_heartbeat(prefix, worker)
+    admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+    await wait_mode(client, admin.headers, "external")
+    pool = await _pool(worker.pid, pool_size) if pool_size else []
+    return admin, target_id, stack_id, pool
+
+
 async def _worker_row(client, headers, prefix: str) -> dict | None:
     body = (await client.get("/api/v1/system/workers", headers=headers)).json()
     return next((w for w in body["workers"] if w["name"] and w["name"].startswith(prefix) and w["alive"]), None)
@@ -127,10 +130,7 @@ async def test_a_pool_that_cannot_start_tasks_is_degraded_and_its_deployments_ru
     pool: list[int] = []
     try:
         async with running_app(settings) as (_app, client):
-            await wait_heartbeat("stuck@", stuck)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
-            pool = await _pool(stuck.pid, 2)
+            admin, target_id, stack_id, pool = await _ready(client, docker_engine, stuck, "stuck@", 2)
             for pid in pool:
                 os.kill(pid, signal.SIGSTOP)  # alive, and runs nothing
             stopped_at = time.monotonic()
@@ -185,10 +185,7 @@ async def test_a_message_taken_by_a_dead_worker_is_visible_again(db, docker_engi
     ids: list[str] = []
     try:
         async with running_app(settings) as (_app, client):
-            await wait_heartbeat("doomed@", doomed)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
-            pool = await _pool(doomed.pid, 1)
+            admin, target_id, stack_id, pool = await _ready(client, docker_engine, doomed, "doomed@", 1)
             os.kill(pool[0], signal.SIGSTOP)  # the message is taken, its task never starts
             ids = await _deploy(client, admin.headers, stack_id, target_id, 1)
             deadline = time.monotonic() + 15
@@ -243,10 +240,7 @@ async def test_sigterm_stops_a_worker_whose_pool_is_broken_at_once(db, docker_en
     ids: list[str] = []
     try:
         async with running_app(settings) as (_app, client):
-            await wait_heartbeat("broken@", worker)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
-            pool = await _pool(worker.pid, 2)
+            admin, target_id, stack_id, pool = await _ready(client, docker_engine, worker, "broken@", 2)
             for pid in pool:
                 os.kill(pid, signal.SIGSTOP)
             ids = await _deploy(client, admin.headers, stack_id, target_id, 1)
@@ -278,10 +272,7 @@ async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_p
     watch = None
     try:
         async with running_app(settings) as (_app, client):
-            await wait_heartbeat("rapid1@", worker.proc)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
-            await _pool(worker.proc.pid, 2)
+            admin, target_id, stack_id, _ = await _ready(client, docker_engine, worker.proc, "rapid1@", 2)
             watch = asyncio.create_task(worker.watch())
             ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
             killed = 0
@@ -330,9 +321,7 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
             worker = Supervised(settings, tmp_path, "dbr", "--pool=prefork", "--concurrency=2")
             beat = Proc([CELERY, "-A", "backend.app.celery_app", "beat", "--loglevel=INFO"],
                         {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}, tmp_path / "beat.log", cwd=tmp_path)
-            await wait_heartbeat("dbr1@", worker.proc)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
+            admin, target_id, stack_id, _ = await _ready(client, docker_engine, worker.proc, "dbr1@")
             watch = asyncio.create_task(worker.watch())
             ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
             await asyncio.sleep(1.5)  # some claimed and deploying, some queued
@@ -383,9 +372,7 @@ async def test_a_redis_broker_restart_during_deployments(db, docker_engine, tmp_
     watch = None
     try:
         async with running_app(settings) as (_app, client):
-            await wait_heartbeat("rr1@", worker.proc)
-            admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
-            await wait_mode(client, admin.headers, "external")
+            admin, target_id, stack_id, _ = await _ready(client, docker_engine, worker.proc, "rr1@")
             watch = asyncio.create_task(worker.watch())
             ids = await _deploy(client, admin.headers, stack_id, target_id, 4)
             await asyncio.sleep(1.0)
