@@ -24,7 +24,13 @@ export class FakeWebSocket implements WebSocketLike {
     this.readyState = 3
   }
   // --- driven by the test ---
+  /** The connection opens and the server accepts the credential (what a healthy server does). */
   open(): void {
+    this.openOnly()
+    this.receive({ type: 'authenticated', user_id: 'u1', expires_at: null })
+  }
+  /** The connection opens; the server has not answered the auth frame (yet). */
+  openOnly(): void {
     this.readyState = 1
     this.onopen?.({})
   }

@@ -1,5 +1,11 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { BACKOFF_MS, CLOSE_UNAUTHORIZED, RealtimeSocket } from '../src/realtime/socket'
+import {
+  BACKOFF_MS,
+  CLOSE_TRY_AGAIN_LATER,
+  CLOSE_UNAUTHORIZED,
+  OFFLINE_RETRY_MS,
+  RealtimeSocket,
+} from '../src/realtime/socket'
 import { FakeWebSocket } from './fakeSocket'
 import { progress } from './frames'
 
@@ -36,33 +42,94 @@ describe('RealtimeSocket', () => {
     ])
   })
 
-  it('reconnects after 1 s, 2 s and 4 s, then goes offline until retry()', () => {
+  it('reconnects after 1 s, 2 s and 4 s, then offline keeps trying by itself, capped at 30 s', () => {
     expect(BACKOFF_MS).toEqual([1000, 2000, 4000])
+    expect(OFFLINE_RETRY_MS).toEqual([8000, 16000, 30000])
     const s = makeSocket()
     s.connect()
     FakeWebSocket.last().open()
     FakeWebSocket.last().fail()
     expect(s.state).toBe('reconnecting')
     const attemptsAt: number[] = []
+    const states: string[] = []
     const start = Date.now()
-    for (const delay of BACKOFF_MS) {
+    for (const delay of [...BACKOFF_MS, 8000, 16000, 30000, 30000, 30000]) {
       const before = FakeWebSocket.instances.length
+      expect(s.nextAttemptAt).toBe(Date.now() + delay)
       vi.advanceTimersByTime(delay - 1)
       expect(FakeWebSocket.instances.length).toBe(before) // not one millisecond early
       vi.advanceTimersByTime(1)
       expect(FakeWebSocket.instances.length).toBe(before + 1)
       attemptsAt.push(Date.now() - start)
       FakeWebSocket.last().fail()
+      states.push(s.state)
     }
-    expect(attemptsAt).toEqual([1000, 3000, 7000])
-    expect(s.state).toBe('offline')
-    vi.advanceTimersByTime(60_000)
-    expect(FakeWebSocket.instances.length).toBe(4) // gave up: no more attempts by itself
+    expect(attemptsAt).toEqual([1000, 3000, 7000, 15000, 31000, 61000, 91000, 121000])
+    expect(states).toEqual([
+      'reconnecting',
+      'reconnecting',
+      'offline',
+      'offline',
+      'offline',
+      'offline',
+      'offline',
+      'offline',
+    ])
 
-    s.retry()
+    s.retry() // the Retry button: at once
+    expect(FakeWebSocket.instances.length).toBe(10)
+    FakeWebSocket.last().open()
+    expect(s.state).toBe('live')
+    expect(s.nextAttemptAt).toBeNull()
+  })
+
+  it('tries at once when the browser comes back online or the tab becomes visible', () => {
+    let wake: () => void = () => {}
+    const s = new RealtimeSocket({
+      url: () => 'ws://test/api/v1/ws',
+      token: () => 'tok-1',
+      create: (url) => new FakeWebSocket(url),
+      onWake: (w) => {
+        wake = w
+        return () => {}
+      },
+    })
+    s.connect()
+    FakeWebSocket.last().open()
+    wake() // live: nothing to do
+    expect(FakeWebSocket.instances.length).toBe(1)
+    FakeWebSocket.last().fail()
+    for (const delay of BACKOFF_MS) {
+      vi.advanceTimersByTime(delay)
+      FakeWebSocket.last().fail()
+    }
+    expect(s.state).toBe('offline') // the next attempt is 8 s away...
+    wake() // ...but the network is back
     expect(FakeWebSocket.instances.length).toBe(5)
     FakeWebSocket.last().open()
     expect(s.state).toBe('live')
+  })
+
+  it('a 1013 close (the database is down) is a failed attempt: the backoff goes on, nothing is live', () => {
+    const s = makeSocket()
+    const reconnected = vi.fn()
+    s.onReconnect(reconnected)
+    s.connect()
+    FakeWebSocket.last().open()
+    FakeWebSocket.last().fail()
+    for (let i = 0; i < 3; i++) {
+      vi.advanceTimersByTime(s.nextAttemptAt! - Date.now())
+      FakeWebSocket.last().openOnly() // accepted, then closed before `authenticated`
+      expect(s.state).not.toBe('live')
+      FakeWebSocket.last().fail(CLOSE_TRY_AGAIN_LATER)
+    }
+    expect(s.failures).toBe(4) // the first drop and three refused attempts
+    expect(s.state).toBe('offline')
+    expect(reconnected).not.toHaveBeenCalled()
+    vi.advanceTimersByTime(8000)
+    FakeWebSocket.last().open()
+    expect(s.state).toBe('live')
+    expect(reconnected).toHaveBeenCalledTimes(1) // owners re-read what they show
   })
 
   it('a successful reconnection resets the backoff and rebuilds each subscription frame', () => {

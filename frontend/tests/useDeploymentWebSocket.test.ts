@@ -5,7 +5,7 @@ import { RealtimeSocket } from '../src/realtime/socket'
 import { setSocket } from '../src/stores/realtime'
 import { setFrameScheduler, useDeploymentWebSocket } from '../src/composables/useDeploymentWebSocket'
 import { FakeWebSocket } from './fakeSocket'
-import { line, logs, progress, resync, serviceLogs, statusChanged } from './frames'
+import { deployment, line, logs, progress, resync, serviceLogs, statusChanged } from './frames'
 
 describe('useDeploymentWebSocket', () => {
   let scope: ReturnType<typeof effectScope>
@@ -155,7 +155,72 @@ describe('useDeploymentWebSocket', () => {
       ]),
     )
     ws.receive(serviceLogs('d2', [{ service: 'web', message: 'not ours' }]))
-    expect(live.serviceLines.value.map((l) => `${l.service}: ${l.message}`)).toEqual(['web: GET /', 'db: ready'])
+    expect(live.serviceLines.map((l) => `${l.service}: ${l.message}`)).toEqual(['web: GET /', 'db: ready'])
+  })
+
+  it("merges the services' backlogs by time, numbers them in that order and keeps each line once", () => {
+    const live = scope.run(() => useDeploymentWebSocket('d1', { services: true }))!
+    const ws = FakeWebSocket.last()
+    ws.open()
+    const at = (s: number) => `2026-01-01T00:00:0${s}.000000000Z`
+    // each container's backlog arrives in turn: web's, then db's (older lines in between)
+    ws.receive(
+      serviceLogs('d1', [
+        { service: 'web', container: 'web-1', timestamp: at(1), message: 'web 1' },
+        { service: 'web', container: 'web-1', timestamp: at(3), message: 'web 3' },
+      ]),
+    )
+    const reordered = live.serviceReordered.value
+    ws.receive(
+      serviceLogs('d1', [
+        { service: 'db', container: 'db-1', timestamp: at(2), message: 'ERROR db 2' },
+        { service: 'db', container: 'db-1', timestamp: at(4), message: 'db 4 level=warn' },
+      ]),
+    )
+    expect(live.serviceLines.map((l) => l.message)).toEqual(['web 1', 'ERROR db 2', 'web 3', 'db 4 level=warn'])
+    expect(live.serviceLines.map((l) => l.seq)).toEqual([1, 2, 3, 4])
+    expect(live.serviceLines.map((l) => l.level)).toEqual(['info', 'error', 'info', 'warning'])
+    expect(live.serviceReordered.value).toBeGreaterThan(reordered) // laid out again
+    // a resubscription sends the tail again: nothing twice
+    ws.receive(serviceLogs('d1', [{ service: 'web', container: 'web-1', timestamp: at(3), message: 'web 3' }]))
+    expect(live.serviceLines.length).toBe(4)
+    ws.receive(serviceLogs('d1', [{ service: 'web', container: 'web-1', timestamp: at(5), message: 'web 5' }]))
+    expect(live.serviceLines.at(-1)).toMatchObject({ seq: 5, message: 'web 5' })
+  })
+
+  it('reads the deployment again after each subscription: progress, step and attempt as the API has them', async () => {
+    const calls: string[] = []
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        calls.push(new URL(req.url).pathname)
+        return new Response(
+          JSON.stringify({ ...deployment('d1'), status: 'deploying', progress: 83, step_name: 'Wait', attempt: 2 }),
+          { status: 200, headers: { 'Content-Type': 'application/json' } },
+        )
+      }),
+    )
+    try {
+      const live = scope.run(() => useDeploymentWebSocket('d1'))!
+      const ws = FakeWebSocket.last()
+      ws.open()
+      ws.receive(progress('d1', { progress: 66, step_name: 'Start services' }))
+      expect(live.progress.value).toBe(66)
+      ws.receive({
+        type: 'subscribed',
+        deployment_id: 'd1',
+        organization_id: 'o1',
+        stream: 'events',
+        last_seq: 0,
+        status: 'deploying',
+      })
+      await vi.waitFor(() => expect(live.progress.value).toBe(83))
+      expect(live.stepName.value).toBe('Wait')
+      expect(live.attempt.value).toBe(2)
+      expect(calls.filter((p) => p === '/api/v1/deployments/d1')).toHaveLength(1) // (the HTTP preload reads /logs)
+    } finally {
+      vi.unstubAllGlobals()
+    }
   })
 
   it("an error frame about this deployment is shown; another's is not", () => {

@@ -4,24 +4,45 @@
  * - Subscribes with `since_seq` = the last seq seen, so the server sends the persisted lines after it,
  *   then live ones; after a reconnection the same frame is rebuilt and the stream resumes where it
  *   stopped. Lines are kept during an outage and deduplicated by `seq`: no loss, no double.
+ * - Each `subscribed` answer (the first one, and after every reconnection) and each `resync` reads the
+ *   deployment again: status, progress, step and attempt are what the API says, not the last event
+ *   received before an outage.
+ * - The services' output (the Services tab): lines from every container merged by their timestamp (the
+ *   server sends each container's backlog in turn), deduplicated (a resubscription sends the tail again),
+ *   each with the level its text names.
  * - Appends are batched per animation frame; `lines` is a plain (non-reactive) array and `version`
  *   ticks once per batch, so 100,000 lines cost one render per frame, not one per line.
  * - `debug` (or VITE_ENABLE_LOGS_DEBUG) logs every DEPLOYMENT_LOGS_UPDATE to the console.
  */
-import { computed, markRaw, onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter } from 'vue'
+import { computed, markRaw, onScopeDispose, ref, toValue, watch, type MaybeRefOrGetter } from 'vue'
 import { flag } from '../api/config'
-import { getLogs, LOG_PAGE, toLogLine, type LogLine } from '../api/deployments'
+import { getDeployment, getLogs, LOG_PAGE, toLogLine, type LogLine } from '../api/deployments'
 import type { components } from '../api/schema'
 import { isStatus, type DeploymentStatus } from '../constants/deployments'
 import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
 import { getSocket, useRealtimeStore } from '../stores/realtime'
+import { stripAnsi } from '../utils/ansi'
 
-/** One line of a running deployment's container output, as the Services tab shows it. */
-export interface ServiceLine {
-  id: number
+/**
+ * One line of a running deployment's container output, as the Services tab shows it: a log line whose `seq`
+ * is its place in the merged output (1, 2, ... in timestamp order), labelled with its service.
+ */
+export interface ServiceLine extends LogLine {
   service: string
-  timestamp: string | null
-  message: string
+  container: string
+}
+
+/** The level a line of container output names (`ERROR ...`, `level=warn`, `[debug]`): the first level word; info otherwise. */
+export function lineLevel(message: string): LogLine['level'] {
+  const m = /\b(error|err|fatal|critical|crit|panic|emerg|warn|warning|debug|trace|info|notice)\b/i.exec(
+    stripAnsi(message.slice(0, 300)),
+  )
+  if (!m) return 'info'
+  const word = m[1].toLowerCase()
+  if (word === 'warn' || word === 'warning') return 'warning'
+  if (word === 'debug' || word === 'trace') return 'debug'
+  if (word === 'info' || word === 'notice') return 'info'
+  return 'error'
 }
 
 export interface DeploymentWebSocketOptions {
@@ -55,14 +76,21 @@ export function useDeploymentWebSocket(
   const progress = ref<number | null>(null)
   const stepName = ref<string | null>(null)
   const status = ref<DeploymentStatus | null>(null)
-  const serviceLines = shallowRef<ServiceLine[]>([])
+  const attempt = ref<number | null>(null)
+  /** The services' output, merged by timestamp (a plain array, like `lines`); `serviceVersion` ticks per batch. */
+  const serviceLines = markRaw([] as ServiceLine[])
+  const serviceVersion = ref(0)
+  /** Ticks when lines were put in between others (a backlog older than what was shown): lay them out again. */
+  const serviceReordered = ref(0)
+  /** Why the services' stream ended (`SERVICE_LOGS_END`), while it has. */
+  const servicesEnded = ref<string | null>(null)
+  const serviceKeys = new Set<string>()
   const errorMessage = ref<string | null>(null)
   const connected = computed(() => realtime.state === 'live')
   const state = computed(() => realtime.state)
 
   let pending: LogLine[] = []
   let scheduled = false
-  let serviceSeq = 0
   let stopSub: (() => void) | null = null
   let stopServices: (() => void) | null = null
 
@@ -100,7 +128,11 @@ export function useDeploymentWebSocket(
       accept(frame.data.logs)
     },
     SERVICE_LOGS({ data }) {
+      servicesEnded.value = null
       onServiceLines(data.lines)
+    },
+    SERVICE_LOGS_END({ data }) {
+      servicesEnded.value = data.reason
     },
     DEPLOYMENT_PROGRESS({ data }) {
       progress.value = data.progress
@@ -109,11 +141,17 @@ export function useDeploymentWebSocket(
     DEPLOYMENT_STATUS_CHANGED({ data }) {
       if (isStatus(data.new_status)) status.value = data.new_status
       if (typeof data.error_message === 'string') errorMessage.value = data.error_message
+      if (typeof data.attempt === 'number') attempt.value = data.attempt
       if (status.value === 'running') progress.value = 100
     },
+    subscribed(frame) {
+      // A (re)subscription took effect: what was shown before an outage is read again.
+      if ((frame.stream ?? 'events') === 'events') void reread()
+    },
     resync() {
-      // The server dropped lines for us: ask again from the last seq we hold.
+      // The server dropped events for us: ask again from the last seq we hold, and read the rest again.
       socket.resubscribe(`logs:${toValue(deploymentId)}`)
+      void reread()
     },
     error(frame) {
       errorMessage.value = frame.detail || 'error'
@@ -125,12 +163,59 @@ export function useDeploymentWebSocket(
     if (id && 'deployment_id' in frame && frame.deployment_id === id) dispatchFrame(handlers, frame)
   }
 
+  /** Status, progress, step and attempt as the API has them now. */
+  async function reread(): Promise<void> {
+    const id = toValue(deploymentId)
+    if (!id) return
+    try {
+      const d = await getDeployment(id)
+      if (toValue(deploymentId) !== id) return
+      status.value = d.status
+      progress.value = d.progress
+      stepName.value = d.step_name
+      attempt.value = d.attempt
+      errorMessage.value = d.error_message
+    } catch {
+      /* gone or unreachable: the events say so */
+    }
+  }
+
   function onServiceLines(raw: components['schemas']['ServiceLogLine'][]): void {
-    if (!raw.length) return
-    const next = serviceLines.value.slice()
-    for (const r of raw)
-      next.push({ id: ++serviceSeq, service: r.service, timestamp: r.timestamp ?? null, message: r.message })
-    serviceLines.value = next.length > SERVICE_LINES_KEPT ? next.slice(-SERVICE_LINES_KEPT) : next
+    let added = 0
+    let outOfOrder = false
+    for (const r of raw) {
+      const timestamp = r.timestamp ?? ''
+      const key = `${r.container}\u0000${timestamp}\u0000${r.message}`
+      if (serviceKeys.has(key)) continue // sent again after a resubscription
+      serviceKeys.add(key)
+      const last = serviceLines[serviceLines.length - 1]
+      if (last && timestamp && timestamp < last.timestamp) outOfOrder = true
+      serviceLines.push({
+        seq: serviceLines.length + 1,
+        timestamp: timestamp || (last?.timestamp ?? ''),
+        level: lineLevel(r.message),
+        message: r.message,
+        service: r.service,
+        container: r.container,
+      })
+      added++
+    }
+    if (!added) return
+    if (outOfOrder) {
+      // A container's backlog older than lines shown: merged in by time (a stable sort keeps arrival order
+      // for equal timestamps), then numbered again.
+      serviceLines.sort((a, b) => (a.timestamp < b.timestamp ? -1 : a.timestamp > b.timestamp ? 1 : a.seq - b.seq))
+    }
+    if (serviceLines.length > SERVICE_LINES_KEPT) {
+      for (const dropped of serviceLines.splice(0, serviceLines.length - SERVICE_LINES_KEPT))
+        serviceKeys.delete(`${dropped.container}\u0000${dropped.timestamp}\u0000${dropped.message}`)
+      outOfOrder = true
+    }
+    if (outOfOrder) {
+      serviceLines.forEach((line, i) => (line.seq = i + 1))
+      serviceReordered.value++
+    }
+    serviceVersion.value++
   }
 
   const stopListening = socket.onMessage(onMessage)
@@ -168,16 +253,24 @@ export function useDeploymentWebSocket(
     progress.value = null
     stepName.value = null
     status.value = null
+    attempt.value = null
     errorMessage.value = null
-    serviceLines.value = []
+    clearServices()
     version.value++
+  }
+
+  function clearServices(): void {
+    serviceLines.length = 0
+    serviceKeys.clear()
+    servicesEnded.value = null
+    serviceReordered.value++
+    serviceVersion.value++
   }
 
   /** Clear the display only: the seq position is kept, so new lines keep coming and old ones do not return. */
   function clear(): void {
     lines.length = 0
     pending = []
-    serviceLines.value = []
     version.value++
   }
 
@@ -227,8 +320,19 @@ export function useDeploymentWebSocket(
     progress,
     stepName,
     status,
+    attempt,
     errorMessage,
     serviceLines,
+    serviceVersion,
+    serviceReordered,
+    servicesEnded,
+    /** Clear the services' display (the tail is sent again on the next subscription, and kept out). */
+    clearServices: () => {
+      const keys = [...serviceKeys]
+      clearServices()
+      keys.forEach((k) => serviceKeys.add(k))
+    },
+    reread,
     connected,
     state,
     retry: () => realtime.retry(),

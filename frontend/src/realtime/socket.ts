@@ -1,17 +1,24 @@
 /**
- * Transport for `/api/v1/ws` (docs/api.md, "Real time"): authenticate with the first frame,
- * keep a set of subscriptions, reconnect after 1 s, 2 s and 4 s, then give up ("offline") until
- * `retry()`. After every (re)connection each subscription's frame is built again, so a deployment
- * subscription resumes from the last `seq` its owner saw.
+ * Transport for `/api/v1/ws` (docs/api.md, "Real time"): authenticate with the first frame (the socket is
+ * live once the server answers `authenticated`), keep a set of subscriptions, reconnect after 1 s, 2 s and
+ * 4 s ("reconnecting"), then keep trying by itself every 8 s, 16 s, then 30 s ("offline", with the time of
+ * the next attempt), and at once when the browser comes back online or the tab becomes visible, or on
+ * `retry()`. A close with 1013 (the server's database is down: try again later) is one more failed attempt.
+ * After every (re)connection each subscription's frame is built again, so a deployment subscription
+ * resumes from the last `seq` its owner saw.
  */
 import { parseFrame, type ClientFrame, type ServerFrame, type SubscribeFrame, type UnsubscribeFrame } from './frames'
 
 export type SocketState = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'offline'
 
-/** Delays before the 1st, 2nd and 3rd reconnection attempt; after the 3rd failure: offline. */
+/** Delays before the 1st, 2nd and 3rd reconnection attempt; after the 3rd failure: offline, still trying. */
 export const BACKOFF_MS: readonly number[] = [1000, 2000, 4000]
+/** Delays of the attempts made while offline: the last one repeats (the cap). */
+export const OFFLINE_RETRY_MS: readonly number[] = [8000, 16000, 30000]
 /** Close code the server uses for a missing, bad, expired or revoked token. */
 export const CLOSE_UNAUTHORIZED = 4401
+/** Close code of a server that cannot serve the connection now (its database is down): try again later. */
+export const CLOSE_TRY_AGAIN_LATER = 1013
 
 /** The parts of the browser WebSocket this class uses (a test passes a stand-in). */
 export interface WebSocketLike {
@@ -33,6 +40,21 @@ export interface SocketOptions {
   debug?: boolean
   pingIntervalMs?: number
   backoffMs?: readonly number[]
+  offlineRetryMs?: readonly number[]
+  /** Calls `wake` when a reconnection should be tried at once (the browser online again, the tab visible);
+   * returns the way to stop. Default: the window's `online` and the document's `visibilitychange` events. */
+  onWake?: (wake: () => void) => () => void
+}
+
+function browserWake(wake: () => void): () => void {
+  if (typeof window === 'undefined' || typeof document === 'undefined') return () => {}
+  const visible = () => document.visibilityState === 'visible' && wake()
+  window.addEventListener('online', wake)
+  document.addEventListener('visibilitychange', visible)
+  return () => {
+    window.removeEventListener('online', wake)
+    document.removeEventListener('visibilitychange', visible)
+  }
 }
 
 type Listener = (frame: ServerFrame) => void
@@ -49,6 +71,8 @@ export class RealtimeSocket {
   state: SocketState = 'idle'
   /** Failed attempts since the last successful connection. */
   failures = 0
+  /** When the next attempt is due (ms since the epoch), while one is scheduled. */
+  nextAttemptAt: number | null = null
   private ws: WebSocketLike | null = null
   private timer: ReturnType<typeof setTimeout> | null = null
   private pinger: ReturnType<typeof setInterval> | null = null
@@ -59,11 +83,28 @@ export class RealtimeSocket {
   private closedByUs = false
   private refreshedAfterDenial = false
   private everConnected = false
+  private authenticated = false
 
-  constructor(private readonly options: SocketOptions) {}
+  constructor(private readonly options: SocketOptions) {
+    ;(options.onWake ?? browserWake)(() => this.wake())
+  }
 
   get backoff(): readonly number[] {
     return this.options.backoffMs ?? BACKOFF_MS
+  }
+
+  /** The delay before attempt number `failures + 1`: the backoff, then the offline retries (capped). */
+  private delayAfter(failures: number): number {
+    const backoff = this.backoff
+    if (failures < backoff.length) return backoff[failures]
+    const offline = this.options.offlineRetryMs ?? OFFLINE_RETRY_MS
+    return offline[Math.min(failures - backoff.length, offline.length - 1)]
+  }
+
+  /** The browser is back online, or the tab visible again: a socket that is not live tries at once. */
+  wake(): void {
+    if (this.closedByUs || this.state === 'idle' || this.state === 'live' || this.state === 'connecting') return
+    this.retry()
   }
 
   /** Open the socket (no-op when already open or opening). */
@@ -73,7 +114,7 @@ export class RealtimeSocket {
     this.open()
   }
 
-  /** Manual retry after "offline": a fresh budget of three attempts. */
+  /** An attempt now (the Retry button, or a wake-up), then the backoff from its start. */
   retry(): void {
     this.clearTimer()
     this.failures = 0
@@ -135,7 +176,7 @@ export class RealtimeSocket {
       this.setState('offline')
       return
     }
-    this.setState(this.failures > 0 ? 'reconnecting' : 'connecting')
+    if (this.state !== 'offline') this.setState(this.failures > 0 ? 'reconnecting' : 'connecting')
     let ws: WebSocketLike
     try {
       const url = this.options.url()
@@ -145,16 +186,12 @@ export class RealtimeSocket {
       return
     }
     this.ws = ws
+    this.authenticated = false
     ws.onopen = () => {
       if (this.ws !== ws) return
+      // The socket is live, and its subscriptions are sent, once the server has accepted the credential.
       this.send({ type: 'auth', token: this.options.token() ?? token })
-      const reconnected = this.everConnected
-      this.everConnected = true
-      this.failures = 0
-      this.setState('live')
-      for (const sub of this.subscriptions.values()) this.send(sub.frame())
       this.startPing()
-      if (reconnected) this.reconnectListeners.forEach((l) => l())
     }
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return
@@ -162,6 +199,19 @@ export class RealtimeSocket {
       if (!frame) return
       if (this.options.debug) console.debug('[ws] ←', frame)
       if (frame.type === 'pong' || frame.type === 'heartbeat') return
+      if (frame.type === 'authenticated' && !this.authenticated) {
+        this.authenticated = true
+        this.refreshedAfterDenial = false
+        const reconnected = this.everConnected
+        this.everConnected = true
+        this.failures = 0
+        this.nextAttemptAt = null
+        this.setState('live')
+        for (const sub of this.subscriptions.values()) this.send(sub.frame())
+        if (reconnected) this.reconnectListeners.forEach((l) => l())
+        return
+      }
+      if (frame.type === 'authenticated') return // a renewed credential's answer
       if (frame.type === 'error' && frame.code === 'token_expired') {
         void this.renewAuth()
         return
@@ -180,7 +230,7 @@ export class RealtimeSocket {
         void this.afterDenial()
         return
       }
-      this.scheduleReconnect()
+      this.scheduleReconnect() // CLOSE_TRY_AGAIN_LATER included: one more failed attempt, then the backoff
     }
   }
 
@@ -208,23 +258,21 @@ export class RealtimeSocket {
   }
 
   private scheduleReconnect(): void {
-    if (this.failures >= this.backoff.length) {
-      this.setState('offline')
-      return
-    }
-    const delay = this.backoff[this.failures]
+    const delay = this.delayAfter(this.failures)
     this.failures += 1
-    this.setState('reconnecting')
     this.clearTimer()
+    this.nextAttemptAt = Date.now() + delay
     this.timer = setTimeout(() => {
       this.timer = null
+      this.nextAttemptAt = null
       this.open()
     }, delay)
+    // The state is set last, and told even when unchanged: its listeners read the new `nextAttemptAt`.
+    this.setState(this.failures > this.backoff.length ? 'offline' : 'reconnecting', true)
   }
 
   private startPing(): void {
     this.stopPing()
-    this.refreshedAfterDenial = false
     const every = this.options.pingIntervalMs ?? 25_000
     this.pinger = setInterval(() => this.send({ type: 'ping' }), every)
   }
@@ -237,6 +285,7 @@ export class RealtimeSocket {
   private clearTimer(): void {
     if (this.timer) clearTimeout(this.timer)
     this.timer = null
+    this.nextAttemptAt = null
   }
 
   private teardown(): void {
@@ -254,8 +303,8 @@ export class RealtimeSocket {
     }
   }
 
-  private setState(state: SocketState): void {
-    if (this.state === state) return
+  private setState(state: SocketState, always = false): void {
+    if (this.state === state && !always) return
     this.state = state
     this.stateListeners.forEach((l) => l(state))
   }

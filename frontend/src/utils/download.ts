@@ -5,6 +5,11 @@ export function formatLine(line: LogLine): string {
   return `${line.timestamp} [${line.level.toUpperCase()}] ${stripAnsi(line.message)}`
 }
 
+/** A line of container output as text: its time, its service, its message without colours. */
+export function formatServiceLine(line: LogLine & { service: string }): string {
+  return `${line.timestamp} ${line.service} | ${stripAnsi(line.message)}`
+}
+
 export function saveText(filename: string, text: string): void {
   const url = URL.createObjectURL(new Blob([text], { type: 'text/plain;charset=utf-8' }))
   const a = document.createElement('a')

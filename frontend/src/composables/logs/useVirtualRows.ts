@@ -8,23 +8,25 @@ import { ref } from 'vue'
 import type { LogLine } from '../../api/deployments'
 import type { LogLevel } from '../../constants/deployments'
 
-export interface VirtualRow {
+export interface VirtualRow<L extends LogLine = LogLine> {
   /** Index of the row among the rows shown. */
   k: number
-  line: LogLine
+  line: L
   top: number
 }
 
-export interface VirtualRowsOptions {
+export interface VirtualRowsOptions<L extends LogLine = LogLine> {
   /** The lines so far (appended to in place; shorter than before after a clear). */
-  lines: () => readonly LogLine[]
+  lines: () => readonly L[]
   /** Levels shown. */
   levels: () => ReadonlySet<LogLevel>
+  /** Also shown only if this says so (e.g. the services ticked in the Services tab). */
+  accept?: (line: L) => boolean
   /** Height of a line's row in pixels. */
-  rowHeight: (line: LogLine) => number
+  rowHeight: (line: L) => number
 }
 
-export function useVirtualRows(options: VirtualRowsOptions) {
+export function useVirtualRows<L extends LogLine = LogLine>(options: VirtualRowsOptions<L>) {
   // visible[k] = index into lines of row k; tops[k] = offset of row k.
   let visible: number[] = []
   let tops = new Float64Array(1024)
@@ -49,8 +51,9 @@ export function useVirtualRows(options: VirtualRowsOptions) {
     const lines = options.lines()
     if (lines.length < processed) return rebuild()
     const levels = options.levels()
+    const accept = options.accept
     for (let i = processed; i < lines.length; i++) {
-      if (!levels.has(lines[i].level)) continue
+      if (!levels.has(lines[i].level) || (accept && !accept(lines[i]))) continue
       ensureCapacity(visible.length + 1)
       tops[visible.length] = totalHeight
       visible.push(i)
@@ -70,7 +73,7 @@ export function useVirtualRows(options: VirtualRowsOptions) {
   }
 
   /** The rows around `scrollTop` (with `overscan` rows on either side), for a viewport `height` high. */
-  function windowAt(scrollTop: number, height: number, overscan: number): VirtualRow[] {
+  function windowAt(scrollTop: number, height: number, overscan: number): VirtualRow<L>[] {
     const n = visible.length
     if (!n) return []
     let lo = 0
@@ -81,7 +84,7 @@ export function useVirtualRows(options: VirtualRowsOptions) {
       else hi = mid - 1
     }
     const start = Math.max(0, lo - overscan)
-    const rows: VirtualRow[] = []
+    const rows: VirtualRow<L>[] = []
     const bottom = scrollTop + height
     const lines = options.lines()
     for (let k = start; k < n; k++) {
@@ -102,12 +105,12 @@ export function useVirtualRows(options: VirtualRowsOptions) {
     top: (k: number) => tops[k],
     line: (k: number) => options.lines()[visible[k]],
     /** The lines shown, in order. */
-    shown: (): LogLine[] => {
+    shown: (): L[] => {
       const lines = options.lines()
       return visible.map((i) => lines[i])
     },
     /** The first row whose line passes `test`, or -1. */
-    find: (test: (line: LogLine) => boolean): number => {
+    find: (test: (line: L) => boolean): number => {
       const lines = options.lines()
       return visible.findIndex((i) => test(lines[i]))
     },
