@@ -1,48 +1,123 @@
-/** An API error with the server's `detail` text and, for a 422, the message of each field. */
+/**
+ * API errors: the server's `detail` (English), its stable `code` and the `params` it quotes, and for a 422 each
+ * field's problem with its pydantic `type` and limits. The UI words them in the user's language: a code (or a
+ * field's type) with a message in the current locale's catalogue (`apiErrors.*`, `apiFields.*`) is shown in it,
+ * filled with the params; any other falls back to the server's English text.
+ */
+import { i18n } from '../i18n'
+
+export type ErrorParams = Record<string, unknown>
+
+/** One field's problem in a 422 (`errors: [{field, message, type, params}]`). */
+export interface FieldProblem {
+  field: string
+  message: string
+  type: string | null
+  params: ErrorParams
+}
+
 export class ApiError extends Error {
   readonly status: number
   readonly code: string
-  readonly fields: Record<string, string>
+  readonly params: ErrorParams
+  readonly problems: FieldProblem[]
+  private readonly rawFields: Record<string, string>
 
-  constructor(status: number, detail: string, code = 'error', fields: Record<string, string> = {}) {
+  constructor(
+    status: number,
+    detail: string,
+    code = 'error',
+    fields: Record<string, string> = {},
+    params: ErrorParams = {},
+    problems: FieldProblem[] = [],
+  ) {
     super(detail)
     this.name = 'ApiError'
     this.status = status
     this.code = code
-    this.fields = fields
+    this.rawFields = fields
+    this.params = params
+    this.problems = problems
+  }
+
+  /** The server's English detail. */
+  get detail(): string {
+    return this.message
+  }
+
+  /** Each field's message, in the user's language where the catalogue words its type. */
+  get fields(): Record<string, string> {
+    const out: Record<string, string> = { ...this.rawFields }
+    const seen = new Set<string>()
+    for (const p of this.problems) {
+      const text = fieldText(p)
+      out[p.field] = seen.has(p.field) ? `${out[p.field]}; ${text}` : text
+      seen.add(p.field)
+    }
+    return out
+  }
+
+  /** The whole error in the user's language. */
+  get text(): string {
+    if (this.problems.length && this.code === 'validation_error')
+      return this.problems.map((p) => (p.field ? `${p.field}: ${fieldText(p)}` : fieldText(p))).join('; ')
+    return localized(`apiErrors.${this.code}`, { ...this.params, detail: this.message }) ?? this.message
   }
 }
 
-interface ErrorItem {
-  field?: string
-  message?: string
+/** The catalogue's message for `key` in the current locale, or null when it has none. */
+function localized(key: string, params: ErrorParams): string | null {
+  const g = i18n.global
+  if (!g.te(key, g.locale.value)) return null
+  const named: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(params)) named[k] = Array.isArray(v) ? v.join(', ') : (v ?? '')
+  return g.t(key, named)
 }
 
-/** Builds an ApiError from a response body `{detail, code, errors?}` (any shape tolerated). */
+function fieldText(p: FieldProblem): string {
+  return (p.type && localized(`apiFields.${p.type}`, { ...p.params, detail: p.message })) || p.message
+}
+
+interface RawProblem {
+  field?: unknown
+  message?: unknown
+  type?: unknown
+  params?: unknown
+}
+
+/** Builds an ApiError from a response body `{detail, code, params?, errors?}` (any shape tolerated). */
 export function toApiError(status: number, body: unknown): ApiError {
-  const b = (body ?? {}) as { detail?: unknown; code?: unknown; errors?: unknown }
+  const b = (body ?? {}) as { detail?: unknown; code?: unknown; errors?: unknown; params?: unknown }
   let detail = typeof b.detail === 'string' ? b.detail : ''
   if (!detail && Array.isArray(b.detail)) detail = b.detail.map((d) => d?.msg ?? String(d)).join('; ')
   if (!detail) detail = `HTTP ${status}`
-  const fields: Record<string, string> = {}
+  const problems: FieldProblem[] = []
   if (Array.isArray(b.errors)) {
-    for (const item of b.errors as ErrorItem[]) {
-      if (item?.field && item.message)
-        fields[item.field] = fields[item.field] ? `${fields[item.field]}; ${item.message}` : item.message
+    for (const item of b.errors as RawProblem[]) {
+      if (typeof item?.field !== 'string' || typeof item.message !== 'string') continue
+      problems.push({
+        field: item.field,
+        message: item.message,
+        type: typeof item.type === 'string' ? item.type : null,
+        params: item.params && typeof item.params === 'object' ? (item.params as ErrorParams) : {},
+      })
     }
   }
   // Variable problems arrive in the detail as "variables.port: must be ...; db.user: ..." or "port: ...".
-  if (status === 422 && !Object.keys(fields).length) {
+  const fields: Record<string, string> = {}
+  if (status === 422 && !problems.length) {
     for (const part of detail.replace(/^invalid variables:\s*/, '').split(/;\s+/)) {
       const m = /^([A-Za-z0-9_.[\]]+):\s+(.+)$/.exec(part)
       if (m) fields[m[1]] = m[2]
     }
   }
-  return new ApiError(status, detail, typeof b.code === 'string' ? b.code : 'error', fields)
+  const params = b.params && typeof b.params === 'object' ? (b.params as ErrorParams) : {}
+  return new ApiError(status, detail, typeof b.code === 'string' ? b.code : 'error', fields, params, problems)
 }
 
+/** What to show for any error: an API error in the user's language, else the error's message. */
 export function errorText(err: unknown): string {
-  if (err instanceof ApiError) return err.message
+  if (err instanceof ApiError) return err.text
   if (err instanceof Error) return err.message
   return String(err)
 }

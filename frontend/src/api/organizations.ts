@@ -1,10 +1,38 @@
-/** An organisation's members over the typed client. */
+/** Organisations and their members over the typed client. */
 import { api, unwrap } from './client'
-import { fetchAll } from './paging'
+import { fetchAll, type Page, type PageQuery } from './paging'
 import type { components } from './schema'
 import type { Role } from '../constants/roles'
 
 export type Member = components['schemas']['MemberRead']
+export type Organization = components['schemas']['OrganizationRead']
+
+export interface MemberFilters {
+  q: string | null
+  role: Role | null
+}
+
+/** One page of an organisation's members, filtered. */
+export function pageMembers(organizationId: string, filters: MemberFilters, page: PageQuery): Promise<Page<Member>> {
+  return unwrap(
+    api.GET('/api/v1/organizations/{organization_id}/members', {
+      params: {
+        path: { organization_id: organizationId },
+        query: { q: filters.q ?? undefined, role: filters.role ?? undefined, ...page },
+      },
+    }),
+  )
+}
+
+/** One page of the organisations you belong to (every one for a superuser). */
+export function pageOrganizations(page: PageQuery): Promise<Page<Organization>> {
+  return unwrap(api.GET('/api/v1/organizations', { params: { query: page } }))
+}
+
+/** A new organisation (superusers); its creator becomes its owner. */
+export function createOrganization(name: string, description: string | null): Promise<Organization> {
+  return unwrap(api.POST('/api/v1/organizations', { body: { name, description } }))
+}
 
 export function listMembers(organizationId: string): Promise<Member[]> {
   return fetchAll((page) =>

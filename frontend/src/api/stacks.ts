@@ -1,6 +1,6 @@
 /** Stacks over the typed client: the organisation's stacks, one stack, create/update/delete, rendering. */
 import { api, unwrap } from './client'
-import { fetchAll } from './paging'
+import { fetchAll, type Page, type PageQuery } from './paging'
 import type { components } from './schema'
 
 type S = components['schemas']
@@ -14,6 +14,22 @@ export function listStacks(organizationId: string): Promise<Stack[]> {
   return fetchAll((page) =>
     unwrap(api.GET('/api/v1/stacks', { params: { query: { organization_id: organizationId, ...page } } })),
   )
+}
+
+export interface StackFilters {
+  q: string | null
+  source: 'catalog' | 'user' | null
+}
+
+/** One page of an organisation's stacks, filtered. */
+export function pageStacks(organizationId: string, filters: StackFilters, page: PageQuery): Promise<Page<Stack>> {
+  const query = {
+    organization_id: organizationId,
+    q: filters.q ?? undefined,
+    source: filters.source ?? undefined,
+    ...page,
+  }
+  return unwrap(api.GET('/api/v1/stacks', { params: { query } }))
 }
 
 export function getStack(id: string): Promise<Stack> {

@@ -1,12 +1,15 @@
-/** Targets over the typed client: the organisation's targets, create/delete, connection test, policy rules. */
+/** Targets over the typed client: the organisation's targets, create/edit/delete, connection test, policy rules. */
 import { api, unwrap } from './client'
-import { fetchAll } from './paging'
+import { fetchAll, type Page, type PageQuery } from './paging'
 import type { components } from './schema'
 
 type S = components['schemas']
 
 export type Target = S['TargetRead']
 export type NewTarget = S['TargetCreate']
+/** Fields to change (a credential sent as null is removed; one left out is kept). */
+export type TargetChanges = S['TargetUpdate']
+export type ComposePolicy = S['ComposePolicy']
 export type TargetType = S['TargetType']
 export type TestResult = S['TargetTestResult']
 /** A compose key every target refuses whatever its policy (`*`: any name), with what to write instead. */
@@ -17,6 +20,25 @@ export function listTargets(organizationId: string): Promise<Target[]> {
   return fetchAll((page) =>
     unwrap(api.GET('/api/v1/targets', { params: { query: { organization_id: organizationId, ...page } } })),
   )
+}
+
+export interface TargetFilters {
+  q: string | null
+  type: TargetType | null
+}
+
+/** One page of an organisation's targets, filtered. */
+export function pageTargets(organizationId: string, filters: TargetFilters, page: PageQuery): Promise<Page<Target>> {
+  const query = { organization_id: organizationId, q: filters.q ?? undefined, type: filters.type ?? undefined, ...page }
+  return unwrap(api.GET('/api/v1/targets', { params: { query } }))
+}
+
+export function getTarget(id: string): Promise<Target> {
+  return unwrap(api.GET('/api/v1/targets/{target_id}', { params: { path: { target_id: id } } }))
+}
+
+export function updateTarget(id: string, body: TargetChanges): Promise<Target> {
+  return unwrap(api.PATCH('/api/v1/targets/{target_id}', { params: { path: { target_id: id } }, body }))
 }
 
 export function createTarget(body: NewTarget): Promise<Target> {

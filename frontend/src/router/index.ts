@@ -38,6 +38,12 @@ const routes: RouteRecordRaw[] = [
       { path: 'tokens', name: 'tokens', component: lazy(() => import('../views/TokensView.vue')) },
       { path: 'system', name: 'system', component: lazy(() => import('../views/SystemView.vue')) },
       { path: 'profile', name: 'profile', component: lazy(() => import('../views/ProfileView.vue')) },
+      {
+        path: 'admin',
+        name: 'admin',
+        component: lazy(() => import('../views/AdminView.vue')),
+        meta: { superuser: true },
+      },
       { path: ':pathMatch(.*)*', name: 'not-found', component: lazy(() => import('../views/NotFoundView.vue')) },
     ],
   },
@@ -73,6 +79,7 @@ router.beforeEach(async (to) => {
   }
   const capability = to.meta.capability as Parameters<typeof auth.can>[0] | undefined
   if (capability && !auth.can(capability)) return { name: 'deployments' }
+  if (to.meta.superuser && !auth.superuser) return { name: 'deployments' }
   return true
 })
 

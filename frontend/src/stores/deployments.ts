@@ -2,6 +2,9 @@
  * Deployments of the current organisation: `byId` plus the ordered ids of the listing, kept live by
  * the organisation subscription (one handler per event type). Pages either by `next_cursor` (when
  * the API returns one) or by offset against `total`.
+ *
+ * Lifecycle actions go through `act`: one at a time per deployment (a second click while one is in flight
+ * sends nothing), and `inFlight` says which one runs, so the row shows the transition at once.
  */
 import { defineStore } from 'pinia'
 import { computed, ref, shallowRef } from 'vue'
@@ -11,7 +14,7 @@ import { errorText } from '../api/errors'
 import type { Page, PageQuery } from '../api/paging'
 import { isStatus, type DeploymentAction } from '../constants/deployments'
 import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
-import { getSocket } from './realtime'
+import { getSocket, holdOrganization } from './realtime'
 
 export const PAGE_SIZE = 25
 
@@ -32,7 +35,12 @@ export const useDeploymentsStore = defineStore('deployments', () => {
   const error = ref<string | null>(null)
   const organizationId = ref<string | null>(null)
   const filters = ref<DeploymentFilters>({ status: [], stack_id: null, target_id: null })
+  /** The lifecycle action being sent for each deployment (until the API answers). */
+  const inFlight = ref<Record<string, DeploymentAction>>({})
+  /** Deployments deleted while shown (a detail page says so instead of going blank). */
+  const deleted = ref<Record<string, string>>({})
   let unsubscribe: (() => void) | null = null
+  let subscribedTo: string | null = null
   let stopListening: (() => void) | null = null
   let stopReconnect: (() => void) | null = null
 
@@ -110,6 +118,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
       }
       // attempt, timestamps and progress come with the row; one read per status change, not polling.
       if (known || !order.value.includes(id)) void refreshOne(id).then((d) => d && !known && insertIfMatching(d))
+      // A slot of its target was taken or freed: the target's waiting rows say why they wait.
+      if (known) refreshWaiting(known.target_id, id)
     },
     DEPLOYMENT_PROGRESS({ deployment_id: id, data }) {
       const known = byId.value[id]
@@ -122,7 +132,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     DEPLOYMENT_CREATED({ data }) {
       insertIfMatching(data)
     },
-    DEPLOYMENT_DELETED({ deployment_id: id }) {
+    DEPLOYMENT_DELETED({ deployment_id: id, data }) {
+      deleted.value[id] = data.name
       remove(id)
     },
     // Events were dropped for this client: what the list shows may be stale, read it again.
@@ -131,6 +142,12 @@ export const useDeploymentsStore = defineStore('deployments', () => {
         if (byId.value[id]) void refreshOne(id)
       } else if (org && org === organizationId.value) void load(org, filters.value)
     },
+  }
+
+  /** Reads again the pending rows of a target (other than `except`): whether they wait for a slot changed. */
+  function refreshWaiting(targetId: string, except: string): void {
+    for (const d of Object.values(byId.value))
+      if (d.id !== except && d.target_id === targetId && d.status === 'pending') void refreshOne(d.id)
   }
 
   function insertIfMatching(d: Deployment): void {
@@ -161,27 +178,44 @@ export const useDeploymentsStore = defineStore('deployments', () => {
   /** Keep byId live for `orgId` (the list does this on load; a detail page calls it directly). */
   function watchOrganization(orgId: string | null): void {
     organizationId.value = orgId
+    if (subscribedTo === orgId && unsubscribe) return
     unsubscribe?.()
     unsubscribe = null
+    subscribedTo = orgId
     const socket = getSocket()
     if (!stopListening) stopListening = socket.onMessage(handle)
-    if (!stopReconnect) stopReconnect = socket.onReconnect(() => void load(organizationId.value, filters.value))
-    if (orgId) {
-      unsubscribe = socket.subscribe(`org:${orgId}`, () => ({ type: 'subscribe', organization_id: orgId }), {
-        type: 'unsubscribe',
-        organization_id: orgId,
-      })
-    }
+    // After an outage everything shown (status, progress, step, attempt) is read again.
+    if (!stopReconnect) stopReconnect = socket.onReconnect(() => void reloadShown())
+    if (orgId) unsubscribe = holdOrganization(orgId)
     socket.connect()
   }
 
-  async function act(id: string, action: DeploymentAction): Promise<void> {
-    if (action === 'delete') {
-      await deploymentsApi.deleteDeployment(id)
-      remove(id)
-      return
+  /** The list as loaded (as many rows as were shown), and the rows outside it that a page shows. */
+  async function reloadShown(): Promise<void> {
+    const shown = new Set(order.value)
+    const others = Object.keys(byId.value).filter((id) => !shown.has(id))
+    await load(organizationId.value, filters.value)
+    await Promise.all(others.map((id) => refreshOne(id)))
+  }
+
+  /**
+   * Sends a lifecycle action, once: while one is in flight for this deployment, another is refused (false).
+   * The API's error is thrown to the caller.
+   */
+  async function act(id: string, action: DeploymentAction): Promise<boolean> {
+    if (inFlight.value[id]) return false
+    inFlight.value = { ...inFlight.value, [id]: action }
+    try {
+      if (action === 'delete') {
+        await deploymentsApi.deleteDeployment(id)
+        remove(id)
+      } else upsert(await deploymentsApi.act(id, action))
+      return true
+    } finally {
+      const rest = { ...inFlight.value }
+      delete rest[id]
+      inFlight.value = rest
     }
-    upsert(await deploymentsApi.act(id, action))
   }
 
   function reset(): void {
@@ -189,9 +223,11 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     stopListening?.()
     stopReconnect?.()
     unsubscribe = stopListening = stopReconnect = null
+    subscribedTo = null
     byId.value = {}
     order.value = []
     total.value = 0
+    inFlight.value = {}
   }
 
   return {
@@ -203,6 +239,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     error,
     filters,
     organizationId,
+    inFlight,
+    deleted,
     load,
     loadMore,
     refreshOne,

@@ -1,0 +1,134 @@
+/**
+ * A listing as the UI shows it (stacks, targets, members, tokens, users): its first page, "Load more" by
+ * cursor (or offset), the filters it is given (kept in the URL by the page), and live: a `RESOURCE_CHANGED`
+ * event of its organisation about its kind of row reloads what is shown, as does a reconnection after an
+ * outage; a list without such events (tokens, users) reloads when the tab becomes visible again.
+ */
+import { computed, onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter } from 'vue'
+import { errorText } from '../api/errors'
+import type { Page, PageQuery } from '../api/paging'
+import { dispatchFrame, type FrameHandlers } from '../realtime/frames'
+import { getSocket, holdOrganization } from '../stores/realtime'
+
+export const LIST_PAGE = 25
+
+export interface LiveListOptions<T> {
+  /** One page of the listing with the current filters. */
+  fetch: (page: PageQuery) => Promise<Page<T>>
+  /** Changes when the filters change (the list starts over). */
+  filterKey: () => string
+  /** The organisation whose events keep the list live (null: none). */
+  organizationId?: MaybeRefOrGetter<string | null>
+  /** The kind of row `RESOURCE_CHANGED` events name for this list. */
+  resource?: 'stack' | 'target' | 'member'
+  /** Reload when the tab becomes visible again (lists without events). */
+  refreshOnVisible?: boolean
+  pageSize?: number
+}
+
+export function useLiveList<T>(options: LiveListOptions<T>) {
+  const items = shallowRef<T[]>([])
+  const total = ref(0)
+  const totalExact = ref(true)
+  const nextCursor = ref<string | null>(null)
+  const usesCursor = ref(false)
+  const loading = ref(false)
+  const error = ref<string | null>(null)
+  const size = options.pageSize ?? LIST_PAGE
+  let generation = 0
+
+  const hasMore = computed(() => (usesCursor.value ? !!nextCursor.value : items.value.length < total.value))
+
+  function apply(page: Page<T>, append: boolean): void {
+    items.value = append ? [...items.value, ...page.items] : page.items
+    usesCursor.value = 'next_cursor' in page
+    nextCursor.value = page.next_cursor ?? null
+    total.value = typeof page.total === 'number' ? page.total : items.value.length
+    totalExact.value = page.total_is_exact ?? true
+  }
+
+  /** The first page again (as many rows as are shown, so a live reload does not shrink the list). */
+  async function reload(keepShown = false): Promise<void> {
+    const mine = ++generation
+    loading.value = true
+    error.value = null
+    try {
+      const limit = keepShown ? Math.min(200, Math.max(size, items.value.length)) : size
+      const page = await options.fetch({ limit })
+      if (mine === generation) apply(page, false)
+    } catch (err) {
+      if (mine === generation) error.value = errorText(err)
+    } finally {
+      if (mine === generation) loading.value = false
+    }
+  }
+
+  async function loadMore(): Promise<void> {
+    if (!hasMore.value || loading.value) return
+    const mine = generation
+    loading.value = true
+    try {
+      const page = await options.fetch(
+        usesCursor.value && nextCursor.value
+          ? { limit: size, cursor: nextCursor.value }
+          : { limit: size, offset: items.value.length },
+      )
+      if (mine === generation) apply(page, true)
+    } catch (err) {
+      if (mine === generation) error.value = errorText(err)
+    } finally {
+      if (mine === generation) loading.value = false
+    }
+  }
+
+  watch(
+    () => [options.filterKey(), toValue(options.organizationId)],
+    () => void reload(),
+    { immediate: true },
+  )
+
+  // --- live -----------------------------------------------------------------------------------
+  let pending: ReturnType<typeof setTimeout> | null = null
+  function soon(): void {
+    if (pending) clearTimeout(pending)
+    pending = setTimeout(() => {
+      pending = null
+      void reload(true)
+    }, 150)
+  }
+  const socket = getSocket()
+  const handlers: FrameHandlers = {
+    RESOURCE_CHANGED(frame) {
+      if (frame.data.resource === options.resource && frame.organization_id === toValue(options.organizationId)) soon()
+    },
+    resync(frame) {
+      if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
+    },
+  }
+  const stops: (() => void)[] = [socket.onReconnect(soon)]
+  if (options.resource) stops.push(socket.onMessage((frame) => dispatchFrame(handlers, frame)))
+  let release: (() => void) | null = null
+  if (options.resource)
+    watch(
+      () => toValue(options.organizationId),
+      (org) => {
+        release?.()
+        release = org ? holdOrganization(org) : null
+      },
+      { immediate: true },
+    )
+  if (options.refreshOnVisible && typeof document !== 'undefined') {
+    const onVisible = () => document.visibilityState === 'visible' && soon()
+    document.addEventListener('visibilitychange', onVisible)
+    stops.push(() => document.removeEventListener('visibilitychange', onVisible))
+  }
+  onScopeDispose(() => {
+    stops.forEach((stop) => stop())
+    release?.()
+    if (pending) clearTimeout(pending)
+  })
+
+  return { items, total, totalExact, hasMore, loading, error, reload, loadMore }
+}
+
+export type LiveList<T> = ReturnType<typeof useLiveList<T>>

@@ -1,0 +1,165 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { createPinia, setActivePinia } from 'pinia'
+import { toApiError } from '../src/api/errors'
+import { i18n, setLocale } from '../src/i18n'
+import { RealtimeSocket } from '../src/realtime/socket'
+import { holdOrganization, setSocket } from '../src/stores/realtime'
+import { useDeploymentsStore } from '../src/stores/deployments'
+import { confirm, confirmBusy, confirmNow, confirmRequest } from '../src/composables/useConfirm'
+import { durationSeconds, stopGraceSeconds } from '../src/utils/compose'
+import { reachesHost } from '../src/utils/targets'
+import { FakeWebSocket } from './fakeSocket'
+import { deployment } from './frames'
+
+describe('server messages in the user’s language', () => {
+  afterEach(() => setLocale('en'))
+
+  const tooLong = {
+    detail: 'name: String should have at most 100 characters',
+    code: 'validation_error',
+    errors: [
+      {
+        field: 'name',
+        message: 'String should have at most 100 characters',
+        type: 'string_too_long',
+        params: { max_length: 100 },
+      },
+    ],
+  }
+
+  it('a 422 field reads in French from its type and limits; English keeps the server’s text', () => {
+    setLocale('fr')
+    const fr = toApiError(422, tooLong)
+    expect(fr.fields).toEqual({ name: 'Au plus 100 caractères' })
+    expect(fr.text).toBe('name: Au plus 100 caractères')
+    setLocale('en')
+    expect(toApiError(422, tooLong).fields).toEqual({ name: 'String should have at most 100 characters' })
+  })
+
+  it('a coded error reads in French with its parameters; an unknown code falls back to the detail', () => {
+    setLocale('fr')
+    const refused = toApiError(403, {
+      detail: 'this needs the operator role or higher in the organization; you are viewer',
+      code: 'role_required',
+      params: { minimum: 'operator', role: 'viewer' },
+    })
+    expect(refused.text).toBe('Il faut le rôle operator ou supérieur dans l’organisation ; vous êtes viewer.')
+    expect(refused.detail).toContain('you are viewer') // the server's English stays available
+    expect(toApiError(409, { detail: 'something new', code: 'brand_new_code' }).text).toBe('something new')
+    expect(
+      toApiError(422, {
+        detail: 'x',
+        code: 'compose_policy_denied',
+        params: { rules: ['allow_host_binds', 'allow_privileged'] },
+      }).text,
+    ).toContain('allow_host_binds, allow_privileged')
+    setLocale('en')
+    expect(refused.text).toBe('this needs the operator role or higher in the organization; you are viewer')
+    expect(i18n.global.locale.value).toBe('en')
+  })
+})
+
+describe('what a slow stop waits for', () => {
+  it('reads compose durations', () => {
+    expect(['10s', '1m30s', '1.5s', '500ms', '2h', 4, 'soon'].map(durationSeconds)).toEqual([
+      10,
+      90,
+      1.5,
+      0.5,
+      7200,
+      4,
+      null,
+    ])
+  })
+
+  it('is the longest grace period of the services, Docker’s 10 s by default', () => {
+    expect(stopGraceSeconds('services:\n  a: {image: x}\n  b: {image: x, stop_grace_period: 1m}\n')).toBe(60)
+    expect(stopGraceSeconds('services:\n  a: {image: x, stop_grace_period: 4s}\n')).toBe(4)
+    expect(stopGraceSeconds('services:\n  a: {image: x}\n')).toBe(10)
+    expect(stopGraceSeconds('not: [yaml')).toBe(10)
+    expect(stopGraceSeconds(null)).toBe(10)
+  })
+})
+
+describe('targets on the WindFlow host (superusers only, as the API rules)', () => {
+  it('are the local socket and loopback engines', () => {
+    for (const e of [
+      'unix:///var/run/docker.sock',
+      'tcp://127.0.0.1:2375',
+      'tcp://localhost:2376',
+      'tcp://[::1]:2375',
+      'tcp://0.0.0.0:2375',
+      'ssh://root@127.0.0.2',
+    ])
+      expect(reachesHost(e), e).toBe(true)
+    for (const e of ['tcp://192.0.2.10:2376', 'ssh://deploy@build.example.com', 'tcp://127.example.com:2375'])
+      expect(reachesHost(e), e).toBe(false)
+  })
+})
+
+describe('an action is sent once', () => {
+  beforeEach(() => {
+    setSocket(new RealtimeSocket({ url: () => 'ws://t', token: () => 'tok', create: (u) => new FakeWebSocket(u) }))
+    setActivePinia(createPinia())
+  })
+  afterEach(() => {
+    vi.unstubAllGlobals()
+    setSocket(null)
+  })
+
+  it('the store refuses a second action on a deployment while one is in flight, and says which runs', async () => {
+    let answer: (r: Response) => void = () => {}
+    const calls: string[] = []
+    vi.stubGlobal(
+      'fetch',
+      vi.fn((req: Request) => {
+        calls.push(`${req.method} ${new URL(req.url).pathname}`)
+        return new Promise<Response>((resolve) => (answer = resolve))
+      }),
+    )
+    const store = useDeploymentsStore()
+    const first = store.act('d1', 'stop')
+    expect(store.inFlight).toEqual({ d1: 'stop' })
+    expect(await store.act('d1', 'stop')).toBe(false) // a double click
+    expect(await store.act('d1', 'delete')).toBe(false)
+    await vi.waitFor(() => expect(calls).toHaveLength(1))
+    answer(
+      new Response(JSON.stringify(deployment('d1', { status: 'stopped' })), {
+        status: 200,
+        headers: { 'Content-Type': 'application/json' },
+      }),
+    )
+    expect(await first).toBe(true)
+    expect(store.inFlight).toEqual({})
+    expect(calls).toEqual(['POST /api/v1/deployments/d1/stop'])
+  })
+
+  it('the confirmation runs its action once, however often it is pressed', async () => {
+    let release: () => void = () => {}
+    const run = vi.fn(() => new Promise<void>((resolve) => (release = resolve)))
+    confirm({ title: 't', content: 'c', confirmText: 'Stop deployment', cancelText: 'Keep it running', run })
+    const pressed = confirmNow()
+    void confirmNow()
+    void confirmNow()
+    expect(confirmBusy.value).toBe(true)
+    release()
+    await pressed
+    expect(run).toHaveBeenCalledTimes(1)
+    expect(confirmRequest.value).toBeNull() // closed once done
+  })
+
+  it('list pages share one organisation subscription', () => {
+    const s = new RealtimeSocket({ url: () => 'ws://t', token: () => 'tok', create: (u) => new FakeWebSocket(u) })
+    setSocket(s)
+    const a = holdOrganization('o1')
+    const b = holdOrganization('o1')
+    FakeWebSocket.last().open()
+    const subscribes = () => FakeWebSocket.last().sent.filter((f) => f.type === 'subscribe')
+    expect(subscribes()).toEqual([{ type: 'subscribe', organization_id: 'o1' }])
+    a()
+    a() // released twice: counted once
+    expect(FakeWebSocket.last().sent.some((f) => f.type === 'unsubscribe')).toBe(false) // b still holds it
+    b()
+    expect(FakeWebSocket.last().sent.at(-1)).toEqual({ type: 'unsubscribe', organization_id: 'o1' })
+  })
+})
