@@ -423,6 +423,9 @@ def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADM
     page.click("[data-testid=login-submit]")
     try:
         page.wait_for_url("**/deployments**", timeout=45000)
+        # the list page has rendered: its chunks and their stylesheets are loaded (a navigation right away
+        # would cut their preload short, which the page reports as an error)
+        page.get_by_test_id("deployment-count").wait_for(timeout=45000)
     except Exception:
         screenshot(page, "FAILED-login-submit")
         raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None

@@ -20,15 +20,20 @@ from backend.tests.browser.conftest import (
 )
 from backend.tests.browser.test_live_deployment import wait_status
 
+#: A line far wider than the drawer (wrapping is measured on it).
+LONG = "-".join(f"word{i}" for i in range(60))
+
 LEVELS_STACK = {
     "name": "levels",
-    "description": "prints a line of each level, then fails",
+    "description": "prints a line of each level, a coloured one, one that looks like HTML and a long one, then fails",
     "template": (
         "services:\n"
         "  app:\n"
         f"    image: {TEST_IMAGE}\n"
         "    command: [\"sh\", \"-c\", \"echo 'DEBUG cache warmed'; echo 'INFO listening on 8080'; "
-        "echo 'WARNING disk almost full'; echo 'ERROR database unreachable'; exit 1\"]\n"
+        "echo 'WARNING disk almost full'; printf '\\\\033[32mready in green\\\\033[0m\\\\n'; "
+        "echo '<img src=x onerror=alert(1)> <b>not bold</b>'; "
+        f"echo 'INFO a long line {LONG}'; echo 'ERROR database unreachable'; exit 1\"]\n"
     ),
     "variables": [],
 }
@@ -36,10 +41,14 @@ LEVELS_STACK = {
 LINE_COUNT = "Number(document.querySelector('[data-testid=line-count]').innerText.split(' ')[0])"
 
 
+@pytest.fixture(scope="module")
+def levels_stack(server: Server, admin_token, org_id) -> dict:
+    return server.api("POST", "/stacks", {**LEVELS_STACK, "organization_id": org_id}, token=admin_token)
+
+
 @pytest.fixture
-def levels_deployment(server: Server, admin_token, org_id, local_target, cleanup_deployments) -> dict:
-    stack = server.api("POST", "/stacks", {**LEVELS_STACK, "organization_id": org_id}, token=admin_token)
-    deployment = server.api("POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"],
+def levels_deployment(server: Server, admin_token, levels_stack, local_target, cleanup_deployments) -> dict:
+    deployment = server.api("POST", "/deployments", {"stack_id": levels_stack["id"], "target_id": local_target["id"],
                                                      "name": "levels-demo"}, token=admin_token)
     cleanup_deployments.append(deployment["id"])
     assert wait_status(server, admin_token, deployment["id"], {"failed", "running"})["status"] == "failed"
@@ -201,4 +210,38 @@ def test_levels_colours_filter_autoscroll_search_first_error_and_permalink(
     assert in_view(link, warning)
     assert not in_view(link, persisted[-1][0])
     screenshot(link, "logs-drawer-permalink-1280x800")
+    page.context.close()
+
+
+def test_colours_html_and_wrap(chromium_browser, server: Server, levels_deployment) -> None:
+    """ANSI colours are styled spans, text that looks like HTML stays text, and Wrap lines wraps (measured)."""
+    page = new_page(chromium_browser, width=1280, height=800)
+    ui_login(page, server)
+    page.goto(f"{server.url}/deployments?logs={levels_deployment['id']}")
+    green = page.locator("[data-testid=log-line] .msg span", has_text="ready in green").first
+    green.wait_for()
+    r, g, b = (int(x) for x in re.findall(r"\d+", green.evaluate("(e) => getComputedStyle(e).color"))[:3])
+    assert g > r + 40 and g > b + 40, (r, g, b)  # green, although the line is an error (red) line
+    assert "\x1b" not in green.inner_text() and "[32m" not in green.inner_text()
+    html = page.locator("[data-testid=log-line]", has_text="not bold").first
+    assert "<img src=x onerror=alert(1)> <b>not bold</b>" in html.inner_text()  # shown as text...
+    assert html.locator("img, b").count() == 0  # ...never made into elements
+
+    long_row = page.locator("[data-testid=log-line]", has_text="a long line").first
+    long_row.scroll_into_view_if_needed()
+    before = long_row.evaluate("(e) => [getComputedStyle(e).whiteSpace, e.getBoundingClientRect().height]")
+    assert before[0] == "pre" and before[1] <= 21, before
+    page.get_by_test_id("toggle-wrap").click()
+    page.wait_for_function(
+        """() => { const row = [...document.querySelectorAll('[data-testid=log-line]')]
+                     .find((r) => r.innerText.includes('a long line'));
+                   return row && getComputedStyle(row).whiteSpace === 'pre-wrap' && row.getBoundingClientRect().height > 50 }"""
+    )
+    width = page.evaluate("document.querySelector('[data-testid=log-scroller]').scrollWidth - "
+                          "document.querySelector('[data-testid=log-scroller]').clientWidth")
+    assert width <= 1, width  # wrapped: nothing to scroll sideways
+    screenshot(page, "logs-drawer-wrapped-1280x800")
+    page.get_by_test_id("toggle-wrap").click()  # the setting is remembered: leave it as it was
+    page.wait_for_function("getComputedStyle(document.querySelector('[data-testid=log-line]')).whiteSpace === 'pre'")
+    assert page.errors == [], page.errors
     page.context.close()

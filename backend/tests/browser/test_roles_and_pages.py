@@ -76,7 +76,14 @@ PAGES = [
     ("tokens", "/tokens", None),
     ("system", "/system", "execution-mode"),
     ("profile", "/profile", None),
+    ("admin-users", "/admin", "user-row"),
+    ("admin-organizations", "/admin?tab=organizations", "organization-row"),
+    ("target-edit", "/targets?edit={target}", "target-save"),
+    ("target-policy", "/targets?policy={target}", "policy-switch-allow_host_binds"),
+    ("stack-new", "/stacks/new", "template-editor"),
 ]
+#: The new screens at a phone's width too.
+PHONE_PAGES = ["admin-users", "target-edit", "target-policy", "stack-new", "organization", "tokens", "system"]
 
 
 def test_screenshots_of_every_page(
@@ -97,7 +104,7 @@ def test_screenshots_of_every_page(
             screenshot(page, f"login-{lang}-{theme}")
             ui_login(page, server)
             for name, path, marker in PAGES:
-                page.goto(server.url + path.format(stack=demo_stack["id"]))
+                page.goto(server.url + path.format(stack=demo_stack["id"], target=local_target["id"]))
                 if marker:
                     try:
                         page.get_by_test_id(marker).first.wait_for()
@@ -142,4 +149,17 @@ def test_screenshots_of_every_page(
         page.goto(f"{server.url}/deployments?logs={deployment[0]['id']}")
         page.get_by_test_id("log-scroller").wait_for()
         screenshot(page, "logs-drawer-phone")
+        page.get_by_test_id("tab-services").click()
+        page.get_by_test_id("service-scroller").wait_for()
+        page.wait_for_timeout(500)
+        screenshot(page, "logs-drawer-services-phone")
+    for name, path, marker in PAGES:
+        if name not in PHONE_PAGES:
+            continue
+        page.goto(server.url + path.format(stack=demo_stack["id"], target=local_target["id"]))
+        if marker:
+            page.get_by_test_id(marker).first.wait_for()
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(300)
+        screenshot(page, f"{name}-phone")
     page.context.close()

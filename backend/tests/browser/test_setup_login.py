@@ -83,6 +83,30 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
     for label in ("Déploiements", "Stacks", "Cibles", "Organisation", "Jetons d’API", "Système"):
         assert nav.get_by_text(label, exact=True).is_visible(), label
     assert page.evaluate("document.documentElement.lang") == "fr"
+    # The hamburger's label is French too.
+    assert page.get_by_test_id("nav-toggle").get_attribute("aria-label") in ("Ouvrir la navigation", "Fermer la navigation")
+
+    # A 422 of the server (a name over 100 characters, checked only by the API) reads in French beside its field.
+    page.goto(server.url + "/tokens")
+    page.get_by_test_id("token-new").click()
+    page.fill("input[name=token-name]", "x" * 101)
+    page.get_by_test_id("token-create").click()
+    field = page.get_by_test_id("field-token-name")
+    field.get_by_text("Au plus 100 caractères").wait_for()
+    assert "String should have" not in field.inner_text()
+    screenshot(page, "token-422-fr-light")
+    page.keyboard.press("Escape")
+    page.get_by_test_id("token-create").wait_for(state="hidden")
+
+    # A server refusal with a code reads in French as well: a wrong password on the login page.
+    page.get_by_test_id("user-menu").click()
+    page.get_by_text("Se déconnecter").click()
+    page.wait_for_url("**/login")
+    page.fill("input[name=email]", ADMIN_EMAIL)
+    page.fill("input[name=password]", "not-the-password")
+    page.click("[data-testid=login-submit]")
+    page.get_by_test_id("form-error").get_by_text("E-mail ou mot de passe incorrect").wait_for()
+    assert page.errors == [], page.errors
     page.context.close()
 
 
