@@ -50,6 +50,11 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   /** The first page again (as many rows as are shown, so a live reload does not shrink the list). */
   async function reload(keepShown = false): Promise<void> {
     const mine = ++generation
+    if (options.organizationId !== undefined && !toValue(options.organizationId)) {
+      // no organisation (yet): nothing to list
+      apply({ items: [], total: 0, total_is_exact: true, next_cursor: null }, false)
+      return
+    }
     loading.value = true
     error.value = null
     try {
