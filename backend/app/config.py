@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # pool is broken (keep it below the supervisor's stop timeout: compose's stop_grace_period is 2 minutes)
     WORKER_SHUTDOWN_GRACE_SECONDS: float = Field(default=90.0, ge=1, le=3600)
 
-    # --- events across processes (backend/app/runtime/event_transport.py) ---------------------------
+    # --- events across processes (backend/app/runtime/event_transport/) ---------------------------
     # auto: redis when CELERY_BROKER_TYPE=redis, postgres with a PostgreSQL database, else memory.
     EVENT_BUS: Literal["auto", "postgres", "redis", "memory"] = "auto"
     # Redis pub/sub URL; defaults to the Celery broker URL when CELERY_BROKER_TYPE=redis.

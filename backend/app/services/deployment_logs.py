@@ -90,7 +90,7 @@ async def append_logs(
     )
     now = utcnow()
     # The JSON form of ``LogsUpdateData`` built directly from the typed lines (as the receiver of a log
-    # pointer does, event_transport._resolve): a model per line cost ~6 us, a tenth of a line's budget.
+    # pointer does, event_transport.runtime._Runtime._resolve_pointer): a model per line cost ~6 us, a tenth of a line's budget.
     data = {"logs": [line.to_dict() for line in stored], "append": True, "timestamp": iso_utc(now)}
     queue_event(session, Event(EventType.DEPLOYMENT_LOGS_UPDATE, deployment_id, organization_id, data, now))
     return stored

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backend.app.runtime.event_transport import _decode, _pointer, _wire, _wire_pointer, encode_envelope, LogPointer
+from backend.app.runtime.event_transport.wire import LogPointer, decode as _decode, encode_envelope, log_pointer as _pointer, wire_event as _wire, wire_pointer as _wire_pointer
 from backend.app.core.events import (
     Event,
     EventType,
