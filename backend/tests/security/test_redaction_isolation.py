@@ -25,6 +25,7 @@ from backend.app.engines.docker_base import COMPOSE_FILE
 from backend.app.main import create_app
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatusHistory
 from backend.app.runtime import background_tasks
+from backend.app.services.log_text import SGR
 from backend.tests.conftest import TEST_IMAGE, TEST_SECRET_KEY, make_settings
 from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
@@ -154,8 +155,11 @@ async def test_container_secret_and_secret_key_never_stored_returned_or_logged(a
     for text in (engine_texts, stored, server_log.getvalue()):
         assert TEST_SECRET_KEY not in text
     assert TEST_SECRET_KEY not in str(failed["error_message"]) and "plain ***" in failed["error_message"]
-    # container output is stored without terminal escapes, and never forges a server log record
-    assert "\x1b" not in stored and "\x1b" not in responses
+    # container output keeps its colours (SGR sequences, which the UI renders as styled text) and no other
+    # terminal escape; the failure's message and the history have none; it never forges a server log record
+    assert any("red\x1b[31m text" in line["message"] for line in logs), logs
+    assert "\x1b" not in SGR.sub("", stored) and "\x1b" not in SGR.sub("", responses)
+    assert "\x1b" not in failed["error_message"] and "\x1b" not in history
     log_text = server_log.getvalue()
     assert f"deployment {deployment_id}" in log_text, "the failure reached the server log"
     assert all(line.startswith("REC|") for line in log_text.splitlines()), log_text
