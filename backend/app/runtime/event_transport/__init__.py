@@ -62,8 +62,6 @@ re-exported here).
 from __future__ import annotations
 
 from backend.app.runtime.event_transport.base import (
-    BACKOFF_MAX_SECONDS,
-    BACKOFF_MIN_SECONDS,
     CONNECTION_NAME_PREFIX,
     PG_CHANNEL,
     PG_MAX_PAYLOAD,
@@ -78,14 +76,24 @@ from backend.app.runtime.event_transport.memory import InProcessTransport
 from backend.app.runtime.event_transport.postgres_notify import PostgresNotifyTransport
 from backend.app.runtime.event_transport.redis_pubsub import RedisTransport
 from backend.app.runtime.event_transport.runtime import (
+    BACKOFF_MAX_SECONDS,
+    BACKOFF_MIN_SECONDS,
     build_transport,
     event_bus_status,
     flush_events,
     start_event_bus,
     stop_event_bus,
 )
-from backend.app.runtime.event_transport.selection import event_bus_redis_url, postgres_dsn, resolve_event_bus_kind
-from backend.app.runtime.event_transport.wire import TRUNCATION_MARKER, LogPointer, encode_envelope
+from backend.app.runtime.event_transport.selection import (
+    event_bus_redis_url,
+    postgres_dsn,
+    resolve_event_bus_kind,
+)
+from backend.app.runtime.event_transport.wire import (
+    TRUNCATION_MARKER,
+    LogPointer,
+    encode_envelope,
+)
 
 __all__ = [
     "BACKOFF_MAX_SECONDS", "BACKOFF_MIN_SECONDS", "CONNECTION_NAME_PREFIX", "PG_CHANNEL", "PG_MAX_PAYLOAD",

@@ -1,4 +1,4 @@
-"""The event bus's constants and what every transport is: one connection to a message server."""
+"""The transports' constants and what every transport is: one connection to a message server."""
 
 from __future__ import annotations
 
@@ -20,13 +20,6 @@ DEFAULT_REDIS_BROKER_URL = "redis://127.0.0.1:6379/1"  # the broker Settings.cel
 PG_MAX_PAYLOAD = 7999
 # Redis accepts up to 512 MB; a smaller cap keeps one huge event from stalling slow subscribers.
 REDIS_MAX_PAYLOAD = 1_000_000
-MAX_QUEUED = 10_000
-LOG_READ_PAGE = 5000  # lines read per query when resolving a log pointer
-LOG_MARKS_KEPT = 10_000  # deployments whose last delivered seq a receiver remembers
-SEND_BATCH = 100
-BACKOFF_MIN_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 30.0
-STABLE_CONNECTION_SECONDS = 30.0  # a connection that lived this long resets the backoff
 HEARTBEAT_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Connections are named (PostgreSQL application_name, Redis CLIENT SETNAME) this prefix + 12 hex of the
@@ -68,7 +61,7 @@ class EventTransport(ABC):
     async def close(self) -> None: ...
 
 
-async def _watch(lost: asyncio.Event, heartbeat: float, probe: Callable[[], Awaitable[bool]]) -> bool:
+async def watch(lost: asyncio.Event, heartbeat: float, probe: Callable[[], Awaitable[bool]]) -> bool:
     """A transport's ``wait_closed``: until ``lost`` is set (True), probing the connection after every
     ``heartbeat`` seconds without news. ``probe`` raises when the connection is broken and returns False
     when there is none any more (closed meanwhile: then this returns False)."""

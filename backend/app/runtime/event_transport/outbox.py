@@ -7,12 +7,12 @@ import logging
 import threading
 from collections import deque
 
-from backend.app.runtime.event_transport.base import MAX_QUEUED
-
 logger = logging.getLogger("backend.app.runtime.event_transport")  # one logger name for the whole bus
 
+MAX_QUEUED = 10_000  # events waiting to be sent, at most (the oldest are dropped first)
 
-class _Outbox:
+
+class Outbox:
     """Thread-safe FIFO of encoded events (``(kind, json)``: an event or a log pointer) with flush waiters.
 
     ``enqueued`` counts events accepted, ``completed`` events sent or dropped; a waiter created when

@@ -6,6 +6,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
 from backend.app.runtime.event_transport.base import (
     CONNECT_TIMEOUT_SECONDS,
     HEARTBEAT_SECONDS,
@@ -14,10 +17,8 @@ from backend.app.runtime.event_transport.base import (
     EventTransport,
     MessageHandler,
     PayloadRejected,
-    _watch,
+    watch,
 )
-from sqlalchemy import text
-from sqlalchemy.engine import URL
 
 logger = logging.getLogger("backend.app.runtime.event_transport")  # one logger name for the whole bus
 
@@ -84,7 +85,7 @@ class PostgresNotifyTransport(EventTransport):
             raise
 
     async def wait_closed(self) -> None:
-        await _watch(self._lost, self.heartbeat, self._probe)
+        await watch(self._lost, self.heartbeat, self._probe)
 
     async def _probe(self) -> bool:
         conn = self._conn
@@ -107,9 +108,9 @@ class PostgresNotifyTransport(EventTransport):
             conn.terminate()
 
 
-_PG_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+PG_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
-def _pg_address(url: URL) -> tuple[str | None, int, str | None]:
+def pg_address(url: URL) -> tuple[str | None, int, str | None]:
     """(host, port, database) of a PostgreSQL URL: which database a connection reaches."""
     return url.host, url.port or 5432, url.database

@@ -15,7 +15,7 @@ from backend.app.runtime.event_transport.base import (
     EventTransport,
     MessageHandler,
     PayloadRejected,
-    _watch,
+    watch,
 )
 
 logger = logging.getLogger("backend.app.runtime.event_transport")  # one logger name for the whole bus
@@ -106,7 +106,7 @@ class RedisTransport(EventTransport):
             raise
 
     async def wait_closed(self) -> None:
-        if await _watch(self._lost, self.heartbeat, self._probe) and self._reader_error is not None:
+        if await watch(self._lost, self.heartbeat, self._probe) and self._reader_error is not None:
             raise ConnectionError(f"subscription lost: {self._reader_error}")
 
     async def _probe(self) -> bool:

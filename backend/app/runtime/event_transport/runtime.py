@@ -13,29 +13,26 @@ from collections import OrderedDict, deque
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import Pool
+
 from backend.app.config import Settings
 from backend.app.core.events import Event, EventType, bus
 from backend.app.runtime.event_transport.base import (
-    BACKOFF_MAX_SECONDS,
-    BACKOFF_MIN_SECONDS,
     CONNECTION_NAME_PREFIX,
-    LOG_MARKS_KEPT,
-    LOG_READ_PAGE,
-    MAX_QUEUED,
     PG_CHANNEL,
     REDIS_CHANNEL,
-    SEND_BATCH,
-    STABLE_CONNECTION_SECONDS,
     EventBusKind,
     EventTransport,
     PayloadRejected,
 )
 from backend.app.runtime.event_transport.memory import InProcessTransport
-from backend.app.runtime.event_transport.outbox import _Outbox
+from backend.app.runtime.event_transport.outbox import MAX_QUEUED, Outbox
 from backend.app.runtime.event_transport.postgres_notify import (
-    _PG_NOTIFY,
+    PG_NOTIFY,
     PostgresNotifyTransport,
-    _pg_address,
+    pg_address,
 )
 from backend.app.runtime.event_transport.redis_pubsub import RedisTransport
 from backend.app.runtime.event_transport.selection import (
@@ -53,11 +50,15 @@ from backend.app.runtime.event_transport.wire import (
     wire_pointer,
 )
 from backend.app.runtime.loops import Backoff, sleep_or_event
-from sqlalchemy import event as sa_event
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import Pool
 
 logger = logging.getLogger("backend.app.runtime.event_transport")  # one logger name for the whole bus
+
+LOG_READ_PAGE = 5000  # lines read per query when resolving a log pointer
+LOG_MARKS_KEPT = 10_000  # deployments whose last delivered seq a receiver remembers
+SEND_BATCH = 100
+BACKOFF_MIN_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+STABLE_CONNECTION_SECONDS = 30.0  # a connection that lived this long resets the backoff
 
 
 def build_transport(settings: Settings, channel: str | None = None) -> EventTransport:
@@ -80,7 +81,7 @@ class _Runtime:
         self.thread = threading.get_ident()  # the loop's (a runtime is made on its loop)
         self.listen = listen
         # (host, port, database) of the PostgreSQL bus: a session on it may send its events in its transaction
-        self.database = _pg_address(make_url(transport.dsn)) if isinstance(transport, PostgresNotifyTransport) else None
+        self.database = pg_address(make_url(transport.dsn)) if isinstance(transport, PostgresNotifyTransport) else None
         self._databases: dict[int, tuple[object, bool]] = {}  # id(engine) -> (engine, same database as the bus)
         self.origin = _origin
         self.max_envelope = transport.max_payload - wire_overhead(self.origin)
@@ -138,7 +139,7 @@ class _Runtime:
             return False
         payloads = self._frames([self._encode(evt) for evt in events])
         params = [{"channel": self.transport.channel, "payload": p} for p in payloads]
-        session.execute(_PG_NOTIFY, params[0] if len(params) == 1 else params)
+        session.execute(PG_NOTIFY, params[0] if len(params) == 1 else params)
         self.sent += len(payloads)
         return True
 
@@ -146,7 +147,7 @@ class _Runtime:
         bind = session.get_bind()
         known = self._databases.get(id(bind))
         if known is None or known[0] is not bind:
-            same = bind.dialect.name == "postgresql" and _pg_address(bind.url) == self.database
+            same = bind.dialect.name == "postgresql" and pg_address(bind.url) == self.database
             known = self._databases[id(bind)] = (bind, same)
         return known[1]
 
@@ -332,7 +333,7 @@ class _Runtime:
 
 
 _origin = uuid.uuid4().hex
-_outbox = _Outbox()
+_outbox = Outbox()
 _runtime: _Runtime | None = None
 _state_lock = threading.Lock()
 
@@ -342,7 +343,7 @@ def _after_fork_in_child() -> None:
     # its own bus, with its own origin so that its parent's and siblings' events are not taken for its own.
     global _origin, _outbox, _runtime, _state_lock
     _origin = uuid.uuid4().hex
-    _outbox = _Outbox()
+    _outbox = Outbox()
     _runtime = None
     _state_lock = threading.Lock()
     bus.set_forwarder(None)
