@@ -175,6 +175,7 @@ class WorkerMonitor:
         self.verdict = None
         self.sql_broker = (settings.celery_broker_url or "").startswith("sqla+")
         self.pids: set[int] = set()  # the pool's processes at the last look
+        self.thread: threading.Thread | None = None  # the one running run()
 
     def pool_pids(self) -> list[int] | None:
         """The pool's process ids, or None for a pool without processes of its own (solo, threads)."""
@@ -229,6 +230,7 @@ class WorkerMonitor:
             return bool((await session.execute(text("SELECT EXISTS (SELECT 1 FROM kombu_message WHERE visible)"))).scalar())
 
     def run(self) -> None:
+        self.thread = threading.current_thread()
         last_beat = 0.0
         reported = None
         while not self.stop.is_set():
@@ -273,6 +275,8 @@ class WorkerMonitor:
             if degraded else "",
         )
         self.stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)  # a beat in flight must not re-create the row removed below
         with contextlib.suppress(Exception):  # Redis: unacknowledged messages back in the queue now
             self.consumer.task_consumer.channel.qos.restore_unacked_once()
         if self.sql_broker:
