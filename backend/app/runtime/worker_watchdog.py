@@ -178,13 +178,17 @@ class WorkerMonitor:
         self.thread: threading.Thread | None = None  # the one running run()
 
     def pool_pids(self) -> list[int] | None:
-        """The pool's process ids, or None for a pool without processes of its own (solo, threads)."""
+        """The pool's process ids, or None for a pool without processes of its own: the solo pool lists the
+        worker's own process (never to be counted, nor killed, as a pool process), the threads pool none."""
         pool = getattr(self.controller, "pool", None)
         try:
             pids = (pool.info or {}).get("processes") if pool is not None else None
         except Exception:  # noqa: BLE001 - a pool being torn down has no info
             return []
-        return None if pids is None else [int(pid) for pid in pids]
+        if pids is None:
+            return None
+        own = [int(pid) for pid in pids if int(pid) != os.getpid()]
+        return None if pids and not own else own
 
     def observe(self, messages_waiting: bool | None):
         now = time.monotonic()
@@ -300,7 +304,9 @@ class WorkerMonitor:
                 else:
                     await workers.remove_heartbeat(session, self.name)
 
-        with contextlib.suppress(Exception):
+        try:
             worker_loop.run(mark(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the row goes stale by itself; say why it was not updated
+            logger.warning("worker %s could not update its heartbeat row as it left: %r", self.name, exc)
         logging.shutdown()
         os._exit(EXIT_DEGRADED if degraded else exit_code)
