@@ -431,6 +431,16 @@ def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADM
         raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
 
 
+#: What a page reports when the test navigates away while it still loads (a request or a lazy page's stylesheet
+#: cut short by page.goto): not errors of the UI.
+CUT_SHORT = ("Failed to fetch", "Unable to preload CSS")
+
+
+def page_errors(page) -> list[str]:
+    """The page's uncaught errors, but those of loads the test itself cut short by navigating."""
+    return [e for e in page.errors if not any(c in e for c in CUT_SHORT)]
+
+
 def screenshot(page, name: str) -> Path:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     path = OUTPUT / f"{name}.png"

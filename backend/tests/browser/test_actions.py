@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 #: A service that ignores SIGTERM: stopping it waits for its whole grace period, then kills it.
@@ -98,7 +98,7 @@ def test_a_slow_stop_says_what_it_waits_for_and_is_sent_once(
         "[data-testid=status-badge]\")?.dataset.status)")
     page.wait_for_timeout(300)
     assert len(starts) == 1, starts
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()
 
 
@@ -122,5 +122,5 @@ def test_the_detail_page_says_when_its_deployment_is_deleted(
     server.api("DELETE", f"/deployments/{deployment['id']}", token=admin_token)
     page.get_by_test_id("deployment-deleted").wait_for()
     assert "deleted-while-open" in page.get_by_test_id("deployment-deleted").inner_text()
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()

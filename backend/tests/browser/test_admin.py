@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 
@@ -59,7 +59,7 @@ def test_a_user_created_from_the_ui_becomes_a_member(chromium_browser, server: S
     page.get_by_test_id("organization-create").click()
     page.locator(f"[data-testid=organization-row][data-name='{name}']").wait_for()
     screenshot(page, "admin-organizations-en-light")
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()
 
 
@@ -138,7 +138,7 @@ def test_a_target_is_edited_and_its_policy_changed_until_a_bind_deploy_is_accept
         cleanup_deployments.append(deployment_id)
         final = wait_status(server, admin_token, deployment_id, {"running", "failed"})
         assert final["status"] == "running", final["error_message"]
-        assert page.errors == [], page.errors
+        assert page_errors(page) == [], page.errors
     finally:
         page.context.close()
         for deployment_id in list(cleanup_deployments):

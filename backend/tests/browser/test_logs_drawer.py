@@ -15,6 +15,7 @@ from backend.tests.browser.conftest import (
     TEST_IMAGE,
     Server,
     new_page,
+    page_errors,
     screenshot,
     ui_login,
 )
@@ -243,5 +244,5 @@ def test_colours_html_and_wrap(chromium_browser, server: Server, levels_deployme
     screenshot(page, "logs-drawer-wrapped-1280x800")
     page.get_by_test_id("toggle-wrap").click()  # the setting is remembered: leave it as it was
     page.wait_for_function("getComputedStyle(document.querySelector('[data-testid=log-line]')).whiteSpace === 'pre'")
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 #: `once` runs first and exits (its output stays readable); alpha and beta then print a line a second each,
@@ -123,5 +123,5 @@ def test_the_services_tab_follows_merges_searches_filters_and_downloads(
     switches = sum(1 for a, b in zip(ticks, ticks[1:], strict=False) if a != b)
     assert switches >= 4, ticks  # interleaved by time, not one container's backlog then the other's
     assert not any("\x1b" in m.group(3) for m in lines)  # plain text
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()

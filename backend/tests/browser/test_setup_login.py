@@ -10,6 +10,7 @@ from backend.tests.browser.conftest import (
     ADMIN_PASSWORD,
     Server,
     new_page,
+    page_errors,
     screenshot,
     start_server,
     ui_login,
@@ -106,7 +107,7 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
     page.fill("input[name=password]", "not-the-password")
     page.click("[data-testid=login-submit]")
     page.get_by_test_id("form-error").get_by_text("E-mail ou mot de passe incorrect").wait_for()
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import Server, new_page, page_errors, screenshot, ui_login
 
 VARIABLES = """# the port nginx listens on, on the host
 - name: port
@@ -96,5 +96,5 @@ def test_the_editor_is_left_by_keyboard_marks_errors_at_their_line_and_keeps_the
         "[...document.querySelectorAll('[data-testid=variables-editor] .cm-line')].map((l) => l.textContent).join('\\n')"
     )
     assert shown.strip() == fixed.strip()
-    assert page.errors == [], page.errors
+    assert page_errors(page) == [], page.errors
     page.context.close()
