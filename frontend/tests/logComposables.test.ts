@@ -200,6 +200,27 @@ describe('useLogFollow', () => {
     expect(follow.following.value).toBe(true)
   })
 
+  it('wrapped, the end is where the element took it (it clamps), so the rows in view are the last ones', async () => {
+    const follow = scope.run(() => useLogFollow({ contentHeight: () => 1_200, wrapped: () => true, rowHeight: 20 }))!
+    let top = 0
+    const el = {
+      clientHeight: 400,
+      clientWidth: 800,
+      scrollHeight: 1_000, // the real height of wrapped rows, not the estimate
+      get scrollTop() {
+        return top
+      },
+      set scrollTop(v: number) {
+        top = Math.min(Math.max(0, v), 1_000 - 400)
+      },
+    } as unknown as HTMLElement
+    follow.scroller.value = el
+    await nextTick()
+    follow.toBottom()
+    expect(el.scrollTop).toBe(600)
+    expect(follow.scrollTop.value).toBe(600) // not 1,000: a window computed for it would leave the view empty
+  })
+
   it('showing a line stops following and puts it a third of the way down', async () => {
     const { follow, el } = followOver(10_000)
     await nextTick()

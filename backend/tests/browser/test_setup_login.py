@@ -95,6 +95,7 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
     field = page.get_by_test_id("field-token-name")
     field.get_by_text("Au plus 100 caractères").wait_for()
     assert "String should have" not in field.inner_text()
+    page.wait_for_timeout(400)  # the message fades in
     screenshot(page, "token-422-fr-light")
     page.keyboard.press("Escape")
     page.get_by_test_id("token-create").wait_for(state="hidden")

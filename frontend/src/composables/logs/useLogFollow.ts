@@ -29,8 +29,10 @@ export function useLogFollow(options: FollowOptions) {
     if (!el) return
     const bottom = options.wrapped() ? el.scrollHeight : Math.max(0, options.contentHeight() - viewport.value)
     el.scrollTop = bottom
-    scrollTop.value = bottom
-    lastTop = bottom
+    // What the element took (it clamps): wrapped, `bottom` is a whole view past the end, and a window of rows
+    // computed for it would leave the top of the view empty.
+    scrollTop.value = options.wrapped() ? el.scrollTop : bottom
+    lastTop = scrollTop.value
   }
 
   /** After new lines: when following, render the tail at once (not the old position, then the tail). */
