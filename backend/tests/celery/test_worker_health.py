@@ -38,6 +38,9 @@ pytestmark = [pytest.mark.docker]
 
 #: the self-healing tests' short bounds, and a watchdog that judges within seconds
 FAST = {**SELF_HEALING_FAST, "WORKER_STALL_SECONDS": 3, "WORKER_LEAVE_AFTER_SECONDS": 2}
+#: the slow stack without a network of its own: no bridge or veth created per deployment (the host's
+#: interfaces changing under a browser test in the other stream aborts its loads with ERR_NETWORK_CHANGED)
+SLOW_NO_NETWORK = SLOW_TEMPLATE.replace("    init: true\n", "    init: true\n    network_mode: none\n")
 VARIABLES = [{"name": "delay", "type": "integer", "default": 2}]
 
 
@@ -85,7 +88,7 @@ async def _ready(client, docker_engine, worker: Proc, prefix: str, pool_size: in
     """The worker heartbeats, the admin, target and slow stack exist, deployments go to external workers;
     with ``pool_size``, also the worker's pool processes, once that many are up."""
     await wait_heartbeat(prefix, worker)
-    admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, VARIABLES)
+    admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_NO_NETWORK, VARIABLES)
     await wait_mode(client, admin.headers, "external")
     pool = await _pool(worker.pid, pool_size) if pool_size else []
     return admin, target_id, stack_id, pool
