@@ -14,6 +14,10 @@ export interface Worker {
   concurrency: number
   last_seen: string
   alive: boolean
+  /** `healthy`, `degraded` (alive but executing nothing: `problem` says why) or `gone` */
+  state?: 'healthy' | 'degraded' | 'gone'
+  problem?: string | null
+  live_processes?: number | null
 }
 
 export interface Workers {

@@ -343,6 +343,7 @@ export default {
     hostname: 'Host',
     lastSeen: 'Last seen',
     alive: 'Alive',
+    degraded: 'Degraded',
     gone: 'Gone',
     state: 'State',
     kind: 'Kind',

@@ -353,6 +353,7 @@ const fr: typeof en = {
     hostname: 'Hôte',
     lastSeen: 'Vu pour la dernière fois',
     alive: 'Actif',
+    degraded: 'Dégradé',
     gone: 'Disparu',
     state: 'État',
     kind: 'Type',
