@@ -20,6 +20,17 @@ export interface Worker {
   live_processes?: number | null
 }
 
+/** How a worker's state reads: a degraded worker (alive, executing nothing) never reads as healthy. */
+export function workerState(w: Worker): {
+  label: 'alive' | 'degraded' | 'gone'
+  type: 'success' | 'error' | 'default'
+  problem: string | null
+} {
+  if (!w.alive) return { label: 'gone', type: 'default', problem: null }
+  if (w.state === 'degraded') return { label: 'degraded', type: 'error', problem: w.problem ?? null }
+  return { label: 'alive', type: 'success', problem: null }
+}
+
 export interface Workers {
   execution_mode: string
   reason: string | null
