@@ -1,12 +1,20 @@
 """SQLAlchemy models (persistence only). Importing this package registers every table on ``Base``."""
 
-from backend.app.models.deployment import Deployment, DeploymentLog, DeploymentStatusCount, DeploymentStatusHistory
+from backend.app.models.deployment import (
+    Deployment,
+    DeploymentLog,
+    DeploymentRevision,
+    DeploymentStatusCount,
+    DeploymentStatusHistory,
+)
 from backend.app.models.enums import (
     ACTIVE_STATUSES,
     SETTLED_STATUSES,
     DeploymentStatus,
     ExecutorKind,
     LogLevel,
+    RevisionOutcome,
+    RevisionReason,
     Role,
     TargetType,
 )
@@ -20,6 +28,7 @@ __all__ = [
     "ApiToken",
     "Deployment",
     "DeploymentLog",
+    "DeploymentRevision",
     "DeploymentStatus",
     "DeploymentStatusCount",
     "DeploymentStatusHistory",
@@ -28,6 +37,8 @@ __all__ = [
     "Membership",
     "Organization",
     "RefreshToken",
+    "RevisionOutcome",
+    "RevisionReason",
     "Role",
     "Stack",
     "BrokerDelivery",

@@ -1,6 +1,6 @@
 """Deployments, their persisted log lines and their status history.
 
-Only :mod:`backend.app.services.state_machine` writes ``Deployment.status``.
+Only :mod:`backend.app.services.deployments.state_machine` writes ``Deployment.status``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.app.database import Base, UTCDateTime, utcnow
 from backend.app.models.base import IdMixin, TimestampMixin
-from backend.app.models.enums import DeploymentStatus, ExecutorKind, LogLevel
+from backend.app.models.enums import DeploymentStatus, ExecutorKind, LogLevel, RevisionOutcome, RevisionReason
 from backend.app.models.identity import _enum
 
 
@@ -55,10 +56,16 @@ class Deployment(IdMixin, TimestampMixin, Base):
     status: Mapped[DeploymentStatus] = mapped_column(
         _enum(DeploymentStatus, "deployment_status"), default=DeploymentStatus.PENDING, nullable=False
     )
-    #: Variable values as given and frozen at creation; secret values are stored encrypted.
+    #: The current revision's variable values (secret values encrypted): a copy of its record.
     variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
-    #: The rendered compose document the runner deploys (the snapshot).
+    #: The current revision's rendered compose document (encrypted): the snapshot the runner deploys.
     rendered_compose: Mapped[str | None] = mapped_column(Text)
+    #: The current revision's number: the one running, or being rolled out (``DeploymentRevision.number``).
+    revision: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    #: The newest revision that passed the health gate: where an automatic rollback goes back to.
+    last_good_revision: Mapped[int | None] = mapped_column(Integer)
+    #: Roll back to ``last_good_revision`` by itself when a revision fails.
+    auto_rollback: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
 
     attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, nullable=False)
@@ -81,6 +88,40 @@ class Deployment(IdMixin, TimestampMixin, Base):
     task_id: Mapped[str | None] = mapped_column(String(200))
     #: Highest log ``seq`` allocated so far; log writers reserve ranges with an atomic UPDATE.
     last_log_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
+class DeploymentRevision(Base):
+    """One immutable record of what a deployment deployed: its inputs as they were, the images as they
+    resolved, who asked and why. Only ``outcome``, ``images``, ``error_message`` and ``finished_at`` change,
+    as its rollout goes."""
+
+    __tablename__ = "deployment_revisions"
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    reason: Mapped[RevisionReason] = mapped_column(_enum(RevisionReason, "revision_reason"), nullable=False)
+    #: rollback and automatic_rollback: the revision whose record this one re-applies
+    rollback_of: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[RevisionOutcome] = mapped_column(
+        _enum(RevisionOutcome, "revision_outcome"), default=RevisionOutcome.PENDING, nullable=False
+    )
+    #: the stack as it was when the revision was made (the stack may change or go since)
+    stack_id: Mapped[str | None] = mapped_column(ForeignKey("stacks.id", ondelete="SET NULL"))
+    stack_version: Mapped[str | None] = mapped_column(String(50))
+    stack_template: Mapped[str | None] = mapped_column(Text)
+    stack_variables: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: variable values, secret values encrypted (``core.security.EncryptedValues``)
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    #: the rendered compose document (encrypted: it holds secret values)
+    rendered_compose: Mapped[str | None] = mapped_column(Text)
+    #: ``[{"service", "image", "digest"}]``: each service's image as resolved after the pull; a rollout of a
+    #: rollback revision runs these exact images
+    images: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, nullable=False)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    #: who asked (an email), or null for WindFlow itself (an automatic rollback)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class DeploymentLog(Base):
@@ -109,7 +150,7 @@ class DeploymentStatusHistory(Base):
 
 
 class DeploymentStatusCount(Base):
-    """Deployments per status, maintained by every writer of a status (see ``services/status_counts.py``).
+    """Deployments per status, maintained by every writer of a status (see ``services/deployments/status_counts.py``).
 
     ``/metrics`` reads these six rows instead of grouping the whole ``deployments`` table at each scrape.
     """

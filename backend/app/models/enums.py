@@ -22,6 +22,26 @@ SETTLED_STATUSES: frozenset[DeploymentStatus] = frozenset(
 )
 
 
+class RevisionReason(StrEnum):
+    """Why a deployment revision was made."""
+
+    CREATED = "created"  # the deployment's first revision
+    UPDATE = "update"  # POST /deployments/{id}/revisions: new values and/or the stack's latest template
+    ROLLBACK = "rollback"  # POST /deployments/{id}/rollback: an older revision's record, its images pinned
+    AUTOMATIC_ROLLBACK = "automatic_rollback"  # a revision failed: back to the last good one, by WindFlow
+
+
+class RevisionOutcome(StrEnum):
+    """How a revision's rollout ended (or where it is)."""
+
+    PENDING = "pending"  # queued, no executor has taken it yet
+    DEPLOYING = "deploying"  # being rolled out
+    RUNNING = "running"  # passed the health gate; what the deployment runs now
+    FAILED = "failed"  # its rollout failed (the gate, the deploy itself) or was cancelled
+    ROLLED_BACK = "rolled_back"  # it ran, then a rollback to an older revision replaced it
+    SUPERSEDED = "superseded"  # it ran, then a newer revision (an update) replaced it
+
+
 class Role(StrEnum):
     """Roles inside one organisation, weakest first."""
 
