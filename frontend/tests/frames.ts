@@ -23,6 +23,9 @@ export function deployment(id: string, over: Partial<Deployment> = {}): Deployme
     error_message: null,
     executor: null,
     variables: {},
+    revision: 1,
+    last_good_revision: null,
+    auto_rollback: true,
     created_at: AT,
     queued_at: AT,
     started_at: null,
@@ -54,6 +57,7 @@ export function statusChanged(
       error_message: null,
       attempt: null,
       dispatch_latency_seconds: null,
+      revision: null,
       ...over,
     },
   }

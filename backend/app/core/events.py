@@ -53,6 +53,8 @@ class EventType(StrEnum):
     DEPLOYMENT_PROGRESS = "DEPLOYMENT_PROGRESS"
     DEPLOYMENT_CREATED = "DEPLOYMENT_CREATED"
     DEPLOYMENT_DELETED = "DEPLOYMENT_DELETED"
+    #: a revision failed and WindFlow rolls the deployment back to its last good revision
+    DEPLOYMENT_ROLLED_BACK = "DEPLOYMENT_ROLLED_BACK"
     #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "")
     RESOURCE_CHANGED = "RESOURCE_CHANGED"
 
@@ -60,7 +62,7 @@ class EventType(StrEnum):
 #: What an organisation subscription (list views) receives: everything but the log lines.
 LIST_EVENTS = frozenset(
     {EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_PROGRESS, EventType.DEPLOYMENT_CREATED,
-     EventType.DEPLOYMENT_DELETED, EventType.RESOURCE_CHANGED}
+     EventType.DEPLOYMENT_DELETED, EventType.DEPLOYMENT_ROLLED_BACK, EventType.RESOURCE_CHANGED}
 )
 
 
@@ -90,6 +92,8 @@ class StatusChangedData(_Data):
     attempt: int | None = None
     dispatch_latency_seconds: float | None = Field(
         default=None, description="queued -> claimed, on transitions to deploying")
+    revision: int | None = Field(
+        default=None, description="the deployment's current revision (the one running, or being rolled out)")
 
 
 class LogsUpdateData(_Data):
@@ -109,6 +113,15 @@ class DeletedData(_Data):
     name: str
 
 
+class RolledBackData(_Data):
+    """A revision failed (its health gate, or its deploy for good): the deployment goes back to an older one."""
+
+    from_revision: int = Field(description="the revision that failed")
+    to_revision: int = Field(description="the last good revision, whose record (values, pinned images) is re-applied")
+    revision: int = Field(description="the new revision that re-applies it (reason automatic_rollback)")
+    reason: str = Field(description="why from_revision failed (its error message)")
+
+
 class ResourceChangedData(_Data):
     """What changed in an organisation besides its deployments: list views refetch that row (or drop it)."""
 
@@ -126,6 +139,7 @@ DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
     EventType.DEPLOYMENT_PROGRESS: ProgressData,
     EventType.DEPLOYMENT_CREATED: None,
     EventType.DEPLOYMENT_DELETED: DeletedData,
+    EventType.DEPLOYMENT_ROLLED_BACK: RolledBackData,
     EventType.RESOURCE_CHANGED: ResourceChangedData,
 }
 

@@ -5,8 +5,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel
+from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel, RevisionOutcome, RevisionReason
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+
+_AUTO_ROLLBACK = ("when a revision fails (its health gate, or its deploy for good), roll back by itself to the last "
+                  "revision that passed the gate")
 
 
 class DeploymentCreate(RequestModel):
@@ -15,6 +18,13 @@ class DeploymentCreate(RequestModel):
     name: Annotated[str | None, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = None
     variables: dict[str, Any] = Field(default_factory=dict)
     organization_id: str | None = None
+    auto_rollback: bool | None = Field(default=None, description=_AUTO_ROLLBACK + " (null or left out: on)")
+
+
+class DeploymentUpdate(RequestModel):
+    """``PATCH /deployments/{id}``: the deployment's settings (its inputs change through a new revision)."""
+
+    auto_rollback: bool | None = Field(default=None, description=_AUTO_ROLLBACK)
 
 
 class DeploymentWaiting(ResponseModel):
@@ -44,7 +54,11 @@ class DeploymentRead(ResponseModel):
     step_name: str | None
     error_message: str | None
     executor: ExecutorKind | None
-    variables: dict[str, Any] = Field(description="frozen values; secrets shown as ***")
+    variables: dict[str, Any] = Field(description="the current revision's values; secrets shown as ***")
+    revision: int = Field(description="the current revision's number: the one running, or being rolled out")
+    last_good_revision: int | None = Field(
+        description="the newest revision that passed the health gate (null: none did yet)")
+    auto_rollback: bool = Field(description=_AUTO_ROLLBACK)
     created_at: datetime
     queued_at: datetime
     started_at: datetime | None
@@ -84,3 +98,58 @@ class HistoryRead(ResponseModel):
 
 class DeploymentCompose(ResponseModel):
     compose: str = Field(description="the rendered compose document the deployment runs; secret values shown as ***")
+
+
+# --- revisions -----------------------------------------------------------------------------------
+
+
+class RevisionImage(ResponseModel):
+    service: str
+    image: str = Field(description="the image as the compose document names it")
+    digest: str | None = Field(
+        description="what it resolved to after the pull: the registry digest (sha256:...), or the local image id "
+                    "(sha256:...) for an image no registry knows; null when not recorded (a revision made before "
+                    "digests were recorded, or whose rollout failed before the pull)")
+
+
+class RevisionRead(ResponseModel):
+    number: int
+    reason: RevisionReason = Field(
+        description="created (the first), update (new values or the stack's latest template), rollback (asked), "
+                    "automatic_rollback (WindFlow, after a revision failed)")
+    rollback_of: int | None = Field(description="rollback and automatic_rollback: the revision re-applied")
+    outcome: RevisionOutcome = Field(
+        description="pending/deploying (its rollout), running (the deployment runs it), failed, rolled_back (it ran, "
+                    "then a rollback replaced it), superseded (it ran, then a newer revision replaced it)")
+    stack_id: str | None
+    stack_version: str | None = Field(description="the stack's version when the revision was made")
+    variables: dict[str, Any] = Field(description="its values; secrets shown as ***")
+    images: list[RevisionImage]
+    error_message: str | None
+    created_at: datetime
+    created_by: str | None = Field(description="who asked (an email); null for an automatic rollback")
+    finished_at: datetime | None = Field(description="when its rollout ended (passed or failed the gate)")
+
+
+class RevisionPage(PageFields):
+    items: list[RevisionRead]
+
+
+class RevisionCreate(RequestModel):
+    """A new revision of the deployment, rolled out behind the health gate."""
+
+    variables: dict[str, Any] | None = Field(
+        default=None, description="values merged over the current ones (a secret left out keeps its value); "
+                                  "validated like at creation")
+    stack_version: Literal["latest"] | None = Field(
+        default=None, description="latest: render the stack's current template and variable schema; left out: the "
+                                  "current revision's")
+
+
+class RollbackRequest(RequestModel):
+    revision: Annotated[int, Field(ge=1, le=2_147_483_647, description="the revision whose record is re-applied")]
+
+
+class RevisionDiff(ResponseModel):
+    diff: str = Field(description="unified diff from revision a to b: the rendered compose, then the values "
+                                  "(secrets as ***; a changed secret is marked as changed)")

@@ -12,7 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.app.core.events import DeletedData, LogsUpdateData, ProgressData, ResourceChangedData, StatusChangedData
+from backend.app.core.events import (
+    DeletedData,
+    LogsUpdateData,
+    ProgressData,
+    ResourceChangedData,
+    RolledBackData,
+    StatusChangedData,
+)
 from backend.app.models import DeploymentStatus
 from backend.app.schemas.deployments import DeploymentRead
 
@@ -48,6 +55,14 @@ class DeploymentDeletedEvent(_Envelope):
     data: DeletedData
 
 
+class DeploymentRolledBackEvent(_Envelope):
+    """A revision failed and WindFlow rolls back to the last good one (``DEPLOYMENT_STATUS_CHANGED`` events
+    follow as the rollback revision is rolled out)."""
+
+    type: Literal["DEPLOYMENT_ROLLED_BACK"]
+    data: RolledBackData
+
+
 class ResourceChangedEvent(BaseModel):
     """A stack, target or member of the organisation changed (organisation subscribers): refetch it."""
 
@@ -60,7 +75,7 @@ class ResourceChangedEvent(BaseModel):
 
 DeploymentEvent = Annotated[
     DeploymentStatusChangedEvent | DeploymentLogsUpdateEvent | DeploymentProgressEvent | DeploymentCreatedEvent
-    | DeploymentDeletedEvent,
+    | DeploymentDeletedEvent | DeploymentRolledBackEvent,
     Field(discriminator="type"),
 ]
 
@@ -193,7 +208,7 @@ class HeartbeatFrame(BaseModel):
 
 ServerFrame = Annotated[
     DeploymentStatusChangedEvent | DeploymentLogsUpdateEvent | DeploymentProgressEvent | DeploymentCreatedEvent
-    | DeploymentDeletedEvent | ResourceChangedEvent | ServiceLogsEvent | ServiceLogsEndEvent | AuthenticatedFrame
+    | DeploymentDeletedEvent | DeploymentRolledBackEvent | ResourceChangedEvent | ServiceLogsEvent | ServiceLogsEndEvent | AuthenticatedFrame
     | SubscribedFrame
     | UnsubscribedFrame | ErrorFrame | ResyncFrame | PongFrame | HeartbeatFrame,
     Field(discriminator="type"),

@@ -29,7 +29,7 @@ def status_event(error_message: str | None = None) -> Event:
 def test_payloads_are_typed_and_checked():
     evt = status_event("boom")
     assert evt.data == {"new_status": "failed", "old_status": "deploying", "name": "web", "error_message": "boom",
-                        "attempt": None, "dispatch_latency_seconds": None}
+                        "attempt": None, "dispatch_latency_seconds": None, "revision": None}
     with pytest.raises(TypeError, match="carries StatusChangedData"):
         Event.of(EventType.DEPLOYMENT_STATUS_CHANGED, "d", "o", ProgressData(progress=1, current_step=1, total_steps=2))
     with pytest.raises(ValueError):

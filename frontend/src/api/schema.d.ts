@@ -1099,6 +1099,11 @@ export interface components {
         };
         /** DeploymentCreate */
         DeploymentCreate: {
+            /**
+             * Auto Rollback
+             * @description when a revision fails (its health gate, or its deploy for good), roll back by itself to the last revision that passed the gate (null or left out: on)
+             */
+            auto_rollback?: boolean | null;
             /** Name */
             name?: string | null;
             /** Organization Id */
@@ -1210,6 +1215,11 @@ export interface components {
             /** Attempt */
             attempt: number;
             /**
+             * Auto Rollback
+             * @description when a revision fails (its health gate, or its deploy for good), roll back by itself to the last revision that passed the gate
+             */
+            auto_rollback: boolean;
+            /**
              * Created At
              * Format: date-time
              */
@@ -1223,6 +1233,11 @@ export interface components {
             finished_at: string | null;
             /** Id */
             id: string;
+            /**
+             * Last Good Revision
+             * @description the newest revision that passed the health gate (null: none did yet)
+             */
+            last_good_revision: number | null;
             /** Max Attempts */
             max_attempts: number;
             /** Name */
@@ -1236,6 +1251,11 @@ export interface components {
              * Format: date-time
              */
             queued_at: string;
+            /**
+             * Revision
+             * @description the current revision's number: the one running, or being rolled out
+             */
+            revision: number;
             /** Stack Id */
             stack_id: string | null;
             /** Started At */
@@ -1249,13 +1269,35 @@ export interface components {
             total_steps: number;
             /**
              * Variables
-             * @description frozen values; secrets shown as ***
+             * @description the current revision's values; secrets shown as ***
              */
             variables: {
                 [key: string]: unknown;
             };
             /** @description pending only: why it has not started yet (null: an executor will take it shortly) */
             waiting?: components["schemas"]["DeploymentWaiting"] | null;
+        };
+        /**
+         * DeploymentRolledBackEvent
+         * @description A revision failed and WindFlow rolls back to the last good one (``DEPLOYMENT_STATUS_CHANGED`` events
+         *     follow as the rollback revision is rolled out).
+         */
+        DeploymentRolledBackEvent: {
+            data: components["schemas"]["RolledBackData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_ROLLED_BACK";
         };
         /**
          * DeploymentStatus
@@ -2018,6 +2060,32 @@ export interface components {
          */
         Role: "viewer" | "operator" | "admin" | "owner";
         /**
+         * RolledBackData
+         * @description A revision failed (its health gate, or its deploy for good): the deployment goes back to an older one.
+         */
+        RolledBackData: {
+            /**
+             * From Revision
+             * @description the revision that failed
+             */
+            from_revision: number;
+            /**
+             * Reason
+             * @description why from_revision failed (its error message)
+             */
+            reason: string;
+            /**
+             * Revision
+             * @description the new revision that re-applies it (reason automatic_rollback)
+             */
+            revision: number;
+            /**
+             * To Revision
+             * @description the last good revision, whose record (values, pinned images) is re-applied
+             */
+            to_revision: number;
+        };
+        /**
          * SecretVariable
          * @description Text never shown back (masked as ``***``); its default can only be a generator expression.
          */
@@ -2087,7 +2155,7 @@ export interface components {
              */
             type: "password" | "secret";
         };
-        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["DeploymentRolledBackEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
         /** ServiceLogLine */
         ServiceLogLine: {
             /**
@@ -2341,6 +2409,12 @@ export interface components {
              * @description null for a deployment just created
              */
             old_status: string | null;
+            /**
+             * Revision
+             * @description the deployment's current revision (the one running, or being rolled out)
+             * @default null
+             */
+            revision: number | null;
         };
         /**
          * StringVariable
