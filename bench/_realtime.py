@@ -228,7 +228,7 @@ def pin(backend: Backend, enabled: bool) -> tuple[set[int] | None, str]:
 async def emit_progress(deployment_id: str, step: int) -> float:
     """Commit one ``DEPLOYMENT_PROGRESS`` (``current_step = step``); returns the ``perf_counter`` of the commit."""
     from backend.app import database
-    from backend.app.services.deployment_logs import set_progress
+    from backend.app.services.deployments.logs import set_progress
 
     async with database.AsyncSessionLocal() as session:
         await set_progress(session, deployment_id=deployment_id, owner=None, current_step=step, total_steps=10**9, step_name="bench")

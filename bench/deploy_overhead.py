@@ -18,7 +18,7 @@ Teardown between runs (``DELETE /deployments/{id}``, ``docker compose down``) is
 To show where WindFlow's time goes, the script also records, without changing backend code:
 the ``DEPLOYMENT_PROGRESS`` events (one per runner step, delivered after each step's commit) and the
 duration of every compose subprocess, by wrapping ``backend.app.engines.compose.run_command`` and
-``backend.app.services.templating.validate_with_compose`` in this process (a ``perf_counter`` around
+``backend.app.services.stacks.templating.validate_with_compose`` in this process (a ``perf_counter`` around
 the call; microseconds of cost).
 
 Target: WindFlow's median at most 20 % above raw compose's median.
@@ -114,7 +114,7 @@ def _describe_sdk(fn) -> str:
 def install_probes() -> None:
     from backend.app.engines import compose as compose_module
     from backend.app.engines.connection import EngineSession
-    from backend.app.services import templating
+    from backend.app.services.stacks import templating
 
     original_run = compose_module.run_command
     original_check = compose_module.check_document
@@ -283,7 +283,7 @@ async def teardown_raw(workdir: Path, project: str) -> None:
 
 
 def render(port: int) -> str:
-    from backend.app.services import templating
+    from backend.app.services.stacks import templating
 
     specs = templating.parse_variables(STACK["variables"])
     values = templating.resolve_values(specs, {"port": port})

@@ -37,7 +37,7 @@ async def persisted(backend: rt.Backend, farm: rt.Farm, lines: int, batch: int) 
     from backend.app import database
     from backend.app.database import utcnow
     from backend.app.models import LogLevel
-    from backend.app.services.deployment_logs import append_logs
+    from backend.app.services.deployments.logs import append_logs
 
     deployment_id = await rt.insert_deployment(backend)
     await farm.connect(backend, 1, deployment_id=deployment_id, since_seq=0)

@@ -42,7 +42,7 @@ async def main() -> None:
     parser.add_argument("--services", type=int, default=20)
     args = parser.parse_args()
 
-    from backend.app.services import bounded_render, templating
+    from backend.app.services.stacks import bounded_render, templating
 
     specs = templating.parse_variables([{"name": "password", "type": "secret"}, {"name": "services", "type": "integer"}])
     values = {"password": "p" * 24, "services": args.services}

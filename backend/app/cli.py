@@ -67,7 +67,8 @@ async def _create_admin(email: str, password: str, organization: str, full_name:
     from backend.app.migrate import upgrade_database
     from backend.app.models import Membership, Organization, Role
     from backend.app.schemas.auth import UserCreate
-    from backend.app.services import auth_service, organization_service, provisioning, user_service
+    from backend.app.services import provisioning
+    from backend.app.services.identity import auth_service, organization_service, user_service
 
     settings = _settings()
     await upgrade_database(database.get_engine(), settings)

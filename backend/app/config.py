@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     COMPOSE_VALIDATE_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
     MAX_REQUEST_BODY_BYTES: int = Field(default=2_097_152, ge=1024)
 
-    # --- retention of logs and history (backend/app/services/retention.py) -----------------------
+    # --- retention of logs and history (backend/app/services/deployments/retention.py) -----------------------
     RETENTION_DAYS: int = Field(default=30, ge=0)  # settled and idle this long: newest lines only; 0 = keep all
     RETENTION_MAX_LOG_LINES: int = Field(default=10000, ge=0)  # per settled deployment; 0 = no limit
     RETENTION_KEEP_LOG_LINES: int = Field(default=100, ge=1)  # newest lines of a deployment, always kept

@@ -32,7 +32,7 @@ from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
 from backend.app.schemas.common import ValidationErrorBody
-from backend.app.services import bounded_render
+from backend.app.services.stacks import bounded_render
 from backend.app.services.provisioning import sync_catalog_on_startup
 from backend.app.runtime import background_tasks
 

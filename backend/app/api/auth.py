@@ -17,7 +17,8 @@ from backend.app.schemas.auth import (
     SetupStatus,
     TokenPair,
 )
-from backend.app.services import auth_service, organization_service, provisioning
+from backend.app.services import provisioning
+from backend.app.services.identity import auth_service, organization_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

@@ -16,10 +16,10 @@ from backend.app.schemas.deployments import (
     LogLineRead,
     LogPage,
 )
-from backend.app.services import deployment_lifecycle, history_reasons, log_text
-from backend.app.services.deployment_logs import MAX_SEQ, read_log_page
+from backend.app.services.deployments import history_reasons, lifecycle, log_text
+from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
-from backend.app.services.redaction import public_actor
+from backend.app.services.deployments.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -185,7 +185,7 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
 @router.post("/{deployment_id}/stop", response_model=DeploymentRead)
 async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
     """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
-    await deployment_lifecycle.stop(session, settings=settings, deployment=deployment, actor=user.email)
+    await lifecycle.stop(session, settings=settings, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
     return read_model(deployment)
@@ -199,5 +199,5 @@ async def delete(
     keep_volumes: Annotated[bool, Query(description="keep the deployment's named volumes")] = False,
 ) -> None:
     """Tear down the deployment's containers and networks (and volumes), then delete it."""
-    await deployment_lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
+    await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
     await session.commit()

@@ -15,7 +15,8 @@ from backend.app.core import security
 from backend.app.core.exceptions import NotAuthenticated, NotFound, PermissionDenied
 from backend.app.database import AsyncSessionLocal
 from backend.app.models import Organization, Role, User
-from backend.app.services import auth_service, organization_service, pagination
+from backend.app.services import pagination
+from backend.app.services.identity import auth_service, organization_service
 
 
 def get_settings(connection: HTTPConnection) -> Settings:

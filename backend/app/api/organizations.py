@@ -26,7 +26,8 @@ from backend.app.schemas.organizations import (
     OrganizationUpdate,
 )
 from backend.app.models import Role
-from backend.app.services import organization_service, provisioning
+from backend.app.services import provisioning
+from backend.app.services.identity import organization_service
 
 router = APIRouter(prefix="/organizations", tags=["organizations"])
 

@@ -1,7 +1,7 @@
 """Real time: ``WS /api/v1/ws`` and ``GET /api/v1/deployments/{id}/events`` (Server-Sent Events).
 
 Thin: the protocol's frames are parsed and checked here, the subscriptions, catch-up and backpressure
-live in :mod:`backend.app.runtime.realtime`, container output in :mod:`backend.app.services.service_logs`.
+live in :mod:`backend.app.runtime.realtime`, container output in :mod:`backend.app.services.deployments.service_logs`.
 The protocol is described in docs/api.md ("Real time") and typed in :mod:`backend.app.schemas.events`.
 """
 
@@ -35,7 +35,8 @@ from backend.app.core.events import Event, iso_utc
 from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User
 from backend.app.schemas.events import AuthFrame, ClientFrame, ServerFrame, SubscribeFrame, UnsubscribeFrame
-from backend.app.services import organization_service, service_logs
+from backend.app.services.deployments import service_logs
+from backend.app.services.identity import organization_service
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])

@@ -15,7 +15,7 @@ from backend.app.schemas.stacks import (
     StackRenderResult,
     StackUpdate,
 )
-from backend.app.services import stack_service
+from backend.app.services.stacks import stack_service
 
 router = APIRouter(prefix="/stacks", tags=["stacks"])
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from backend.app.api.deps import CurrentUser, SessionDep, Superuser
 from backend.app.runtime import workers
 from backend.app.schemas.common import RequestModel
-from backend.app.services import recovery
+from backend.app.services.deployments import recovery
 
 router = APIRouter(prefix="/system", tags=["system"])
 

@@ -8,7 +8,7 @@ from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, 
 from backend.app.models import Role, Target, TargetType
 from backend.app.schemas.compose_policy import ComposePolicyRules, RefusedKey
 from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
-from backend.app.services import compose_policy, target_service
+from backend.app.services.targets import compose_policy, target_service
 
 router = APIRouter(prefix="/targets", tags=["targets"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
-from backend.app.services import user_service
+from backend.app.services.identity import user_service
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

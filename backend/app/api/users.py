@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import EntityId, PageDep, SessionDep, Superuser
 from backend.app.schemas.auth import UserCreate, UserPage, UserRead, UserUpdate
-from backend.app.services import user_service
+from backend.app.services.identity import user_service
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -19,7 +19,7 @@ Every problem is a ``ValidationFailed``: ``invalid_yaml`` (naming the line and c
 (naming the setting). Dumping quotes every string that either YAML version could read as something else, so
 a document survives our round trip unchanged for the Go tools.
 
-Pure logic: the limits are set from the settings by ``services/bounded_render.py`` (``configure``).
+Pure logic: the limits are set from the settings by ``services/stacks/bounded_render.py`` (``configure``).
 """
 
 from __future__ import annotations

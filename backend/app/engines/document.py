@@ -231,7 +231,7 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$`` substitution, recursively.
 
     The drivers never need it (the compose CLI and ``docker stack`` interpolate themselves). The compose
-    policy does (``services/compose_policy.py``): it judges the document as compose will read it *before*
+    policy does (``services/targets/compose_policy.py``): it judges the document as compose will read it *before*
     any compose tool runs, since the tool itself could be made to read files of the WindFlow host.
     """
     if isinstance(value, dict):

@@ -28,7 +28,7 @@ class Target(IdMixin, TimestampMixin, Base):
     credentials_encrypted: Mapped[str | None] = mapped_column(Text)
     max_concurrent_deployments: Mapped[int] = mapped_column(Integer, default=2, nullable=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
-    #: The compose policy (``services.compose_policy.ComposePolicy`` as JSON); null = the default, all denied.
+    #: The compose policy (``services.targets.compose_policy.ComposePolicy`` as JSON); null = the default, all denied.
     compose_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 

@@ -4,7 +4,7 @@ Periodic recovery runs in every backend process but does real work in at most on
 PostgreSQL advisory lock elects the runner (SQLite deployments are single-process), and a pass is skipped
 when another runner (Celery beat or another replica) already recovered within the interval.
 
-The reaper (``services/recovery.py::reap``) runs every ``REAPER_INTERVAL_SECONDS`` under its own advisory
+The reaper (``services/deployments/recovery.py::reap``) runs every ``REAPER_INTERVAL_SECONDS`` under its own advisory
 lock, shared with Celery beat's ``windflow.reap_expired_leases`` task: one reaper at a time, wherever it runs.
 
 Each loop is a ``runtime/loops.py::LoopService`` (interval, leader lock, outage logging); the Celery tasks
@@ -27,7 +27,7 @@ from backend.app.database import utcnow
 from backend.app.runtime import workers
 from backend.app.runtime.loops import LoopService, leader_lock
 from backend.app.runtime.sql_transport import restore_orphaned_deliveries
-from backend.app.services import recovery, retention
+from backend.app.services.deployments import recovery, retention
 
 __all__ = ["leader_lock"]  # re-exported: the locks' one implementation is runtime/loops.py
 
@@ -117,7 +117,7 @@ async def _reap(settings: Settings, dispatch: Dispatch) -> dict:
 class ReaperLoop(LoopService):
     """Heal a dead executor's deployments within seconds of its lease expiring (not at the next recovery).
 
-    Before the deployments (``services/recovery.py::reap``): the PostgreSQL broker's messages taken by a
+    Before the deployments (``services/deployments/recovery.py::reap``): the PostgreSQL broker's messages taken by a
     worker process that is gone or degraded are made visible again (``runtime/sql_transport.py``), and the
     leases of deployments whose executor belonged to a worker that is gone expire now
     (``runtime/workers.py``), so that this very pass reclaims them."""

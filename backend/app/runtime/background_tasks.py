@@ -2,7 +2,7 @@
 
 Used when Celery is disabled or unavailable (always with SQLite). It has no persistence of its own: a
 backend restart loses the in-flight tasks, and start-up recovery (plus lease expiry) picks them up again.
-The executor itself is :class:`~backend.app.services.deployment_runner.InProcessExecutor`; this module holds
+The executor itself is :class:`~backend.app.services.deployments.runner.InProcessExecutor`; this module holds
 the process's one instance.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from backend.app.config import Settings
-from backend.app.services.deployment_runner import InProcessExecutor
+from backend.app.services.deployments.runner import InProcessExecutor
 
 _executor = InProcessExecutor()
 

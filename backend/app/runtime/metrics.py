@@ -63,9 +63,9 @@ REGISTRY.register(_collector)
 
 
 async def refresh_from_database(session) -> None:
-    from backend.app.services.recovery import last_report
+    from backend.app.services.deployments.recovery import last_report
 
-    from backend.app.services import status_counts
+    from backend.app.services.deployments import status_counts
 
     _collector.by_status = await status_counts.read(session)  # six maintained rows, never a scan
     report = await last_report(session)

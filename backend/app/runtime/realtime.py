@@ -48,8 +48,8 @@ from backend.app.runtime import metrics
 from backend.app.runtime.loops import LoopService
 from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, Overflow, bus, deliver_on_loop, iso_utc
 from backend.app.models import ApiToken, Deployment, Membership, User
-from backend.app.services import auth_service
-from backend.app.services.deployment_logs import LogLine, read_logs
+from backend.app.services.identity import auth_service
+from backend.app.services.deployments.logs import LogLine, read_logs
 
 logger = logging.getLogger(__name__)
 

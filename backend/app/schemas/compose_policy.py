@@ -1,6 +1,6 @@
 """The compose policy of a target: what a compose document may do on its Docker host (the typed model).
 
-The rules that apply it are ``services/compose_policy.py``; this model lives with the schemas because the
+The rules that apply it are ``services/targets/compose_policy.py``; this model lives with the schemas because the
 target API exposes it.
 """
 

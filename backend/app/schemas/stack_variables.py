@@ -12,7 +12,7 @@ options as ``{value, label}``, the default coerced; what the database stores).
 never Pydantic's internal locations. A literal ``default`` is checked with the same rules as a deployment's
 values, so the two can never disagree; a generator expression (``{{ generate_password(24) }}``) is checked
 by the callable the caller puts in the validation context under :data:`GENERATOR_CHECK` (the templating
-sandbox: :func:`backend.app.services.templating.parse_variables`).
+sandbox: :func:`backend.app.services.stacks.templating.parse_variables`).
 
 (Some 570 lines: the eight models, their value rules, the union and the validation that names paths are one
 contract, read together; the field types they are built from are in ``variable_fields.py``.)

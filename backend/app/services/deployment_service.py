@@ -1,8 +1,14 @@
 """Deployments: creation (validate, freeze, render, snapshot), queries, lifecycle actions, recovery.
 
+This module stays at ``services/deployment_service.py``, next to the domain packages rather than inside
+``services/deployments/``, because the product guide names this path (``DeploymentService`` and
+``DeploymentService.recover_pending_deployments(db)``, docs/architecture.md): it is the deployments' façade
+for the routes, the CLI and the guide's snippet, over the runner, the state machine and recovery in
+:mod:`backend.app.services.deployments`.
+
 ``DeploymentService`` takes an ``AsyncSession`` and never commits: the caller owns the transaction and
 dispatches the deployment to an executor *after* committing (see ``backend.app.runtime.dispatch``).
-Every status change goes through :mod:`backend.app.services.state_machine`.
+Every status change goes through :mod:`backend.app.services.deployments.state_machine`.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from backend.app.models import (
 )
 from backend.app.models.base import new_id
 from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting
-from backend.app.services import bounded_render, history_reasons, organization_service, pagination, templating
-from backend.app.services.deployment_spec import check_compose_policy, snapshot_compose
-from backend.app.services import recovery
-from backend.app.services.deployment_runner import Dispatch
-from backend.app.services.state_machine import TransitionResult, record_creation, set_deployment_status
+from backend.app.services import pagination
+from backend.app.services.deployments import history_reasons, recovery
+from backend.app.services.deployments.runner import Dispatch
+from backend.app.services.deployments.spec import check_compose_policy, snapshot_compose
+from backend.app.services.deployments.state_machine import TransitionResult, record_creation, set_deployment_status
+from backend.app.services.identity import organization_service
+from backend.app.services.stacks import bounded_render, templating
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -233,7 +241,7 @@ class DeploymentService:
         settings: Settings | None = None,
         dispatch: Dispatch | None = None,
     ) -> dict[str, Any]:
-        """Recover stuck deployments; see :func:`backend.app.services.recovery.recover_pending_deployments`."""
+        """Recover stuck deployments; see :func:`backend.app.services.deployments.recovery.recover_pending_deployments`."""
         return await recovery.recover_pending_deployments(
             session, max_age_minutes=max_age_minutes, timeout_minutes=timeout_minutes, settings=settings, dispatch=dispatch
         )

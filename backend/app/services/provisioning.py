@@ -14,7 +14,8 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
-from backend.app.services import catalog, target_service
+from backend.app.services.stacks import catalog
+from backend.app.services.targets import target_service
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ async def _dispatch_later(deployment_id: str, delay: float) -> None:
 
 async def _deploy(deployment_id: str, task_id: str | None) -> dict:
     from backend.app.models import ExecutorKind
-    from backend.app.services.deployment_runner import after_run, run_deployment
+    from backend.app.services.deployments.runner import after_run, run_deployment
 
     outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.CELERY, task_id=task_id)
     await after_run(outcome, dispatch=_dispatch, dispatch_later=_dispatch_later)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from backend.app import database
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, Target, User
 from backend.app.services.deployment_service import DeploymentService
-from backend.app.services.state_machine import claim_deployment
+from backend.app.services.deployments.state_machine import claim_deployment
 from backend.tests.celery.test_celery_execution import SLOW_TEMPLATE, _history, _setup, celery_settings, redis_clean  # noqa: F401
 from backend.tests.celery_fixtures import CELERY, REPO_ROOT, Proc, running_app, settings_env, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import PG_ADMIN_DSN, _pg_admin_connect, make_settings

@@ -15,9 +15,9 @@ from backend.app import database
 from backend.app.core.security import encrypt_secret
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, LogLevel, Target, User
-from backend.app.services.deployment_logs import append_logs
+from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployment_service import DeploymentService
-from backend.app.services.recovery import reap
+from backend.app.services.deployments.recovery import reap
 from backend.tests.celery_fixtures import REPO_ROOT, running_app, settings_env
 from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import WEB_STACK, force_cleanup, free_port, http_get, wait_status

@@ -81,7 +81,7 @@ async def act(action: dict, settings: Settings) -> None:
 
         from backend.app.database import utcnow
         from backend.app.models import LogLevel
-        from backend.app.services.deployment_logs import append_logs
+        from backend.app.services.deployments.logs import append_logs
 
         engine = build_engine(settings)
         try:

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from backend.app.config import PROJECT_ROOT
 from backend.app.engines.compose_cli import find_compose_command
 from backend.app.models import Organization, Stack
-from backend.app.services import catalog, templating
-from backend.app.services.catalog import is_newer, load_catalog, version_key
+from backend.app.services.stacks import catalog, templating
+from backend.app.services.stacks.catalog import is_newer, load_catalog, version_key
 from backend.tests.conftest import make_settings
 
 CATALOG_DIR = PROJECT_ROOT / "stacks_definitions"
@@ -292,7 +292,7 @@ async def test_broken_files_are_reported_and_the_rest_loads(session, tmp_path, c
         (directory / "not-compose.yaml").unlink()
 
     org_id = await _org(session)
-    with caplog.at_level(logging.WARNING, logger="backend.app.services.catalog"):
+    with caplog.at_level(logging.WARNING, logger="backend.app.services.stacks.catalog"):
         stats = await load_catalog(session, organization_id=org_id, directory=directory, strategy="update")
     assert _counts(stats) == (len(CATALOG_FILES), 0, 0, len(expected))
     failures = {f["file"]: f["reason"] for f in stats["failures"]}
@@ -305,7 +305,7 @@ async def test_broken_files_are_reported_and_the_rest_loads(session, tmp_path, c
 
 async def test_a_missing_directory_loads_nothing(session, tmp_path, caplog):
     org_id = await _org(session)
-    with caplog.at_level(logging.WARNING, logger="backend.app.services.catalog"):
+    with caplog.at_level(logging.WARNING, logger="backend.app.services.stacks.catalog"):
         stats = await load_catalog(session, organization_id=org_id, directory=tmp_path / "nope", strategy="update")
     assert _counts(stats) == (0, 0, 0, 0)
     assert "is not a directory" in caplog.text

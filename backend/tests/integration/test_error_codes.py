@@ -7,8 +7,8 @@ import pytest
 
 from backend.app import database
 from backend.app.models import DeploymentStatus, Membership, Role
-from backend.app.services import history_reasons
-from backend.app.services.state_machine import claim_deployment, set_deployment_status
+from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.state_machine import claim_deployment, set_deployment_status
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 

@@ -366,7 +366,7 @@ async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, ev
         # Lost: written and announced while our listener is disconnected.
         assert await running.kill_our_connection() == 1
         async with database.AsyncSessionLocal() as other:
-            from backend.app.services.deployment_logs import append_logs
+            from backend.app.services.deployments.logs import append_logs
 
             await append_logs(other, deployment_id=deployment, lines=[(LogLevel.INFO, f"b {i}", utcnow()) for i in range(2)])
             await other.commit()  # published by this process: only the local, in-process delivery

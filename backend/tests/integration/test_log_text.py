@@ -14,9 +14,9 @@ from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, EngineError
 from backend.app.engines.docker_base import DockerEngine
 from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership, Role
-from backend.app.services import deployment_runner
-from backend.app.services.deployment_logs import append_logs
-from backend.app.services.log_text import plain, redact_keeping_colours
+from backend.app.services.deployments import runner
+from backend.app.services.deployments.logs import append_logs
+from backend.app.services.deployments.log_text import plain, redact_keeping_colours
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import setup_admin
 
@@ -87,9 +87,9 @@ async def test_a_failed_services_last_lines_appear_once(db, monkeypatch, tmp_pat
     async def load_engine(session, *, settings, deployment):
         return _FailingEngine(), spec
 
-    monkeypatch.setattr(deployment_runner, "load_engine", load_engine)
-    monkeypatch.setattr(deployment_runner, "check_compose_policy", lambda *a, **k: None)
-    outcome = await deployment_runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.ASYNCIO)
+    monkeypatch.setattr(runner, "load_engine", load_engine)
+    monkeypatch.setattr(runner, "check_compose_policy", lambda *a, **k: None)
+    outcome = await runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.ASYNCIO)
     assert outcome.status == "failed", outcome
     async with database.AsyncSessionLocal() as session:
         rows = (await session.execute(select(DeploymentLog).where(DeploymentLog.deployment_id == deployment.id)

@@ -19,8 +19,8 @@ from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, Organization, Stack, Target, TargetType
 from backend.app.models.base import new_id
 from backend.app.services import pagination
-from backend.app.services.deployment_logs import append_logs
-from backend.app.services.state_machine import set_deployment_status
+from backend.app.services.deployments.logs import append_logs
+from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 
 API = "/api/v1"

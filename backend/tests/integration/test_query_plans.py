@@ -34,7 +34,8 @@ from sqlalchemy import event, select, text
 from backend.app import database
 from backend.app.main import create_app
 from backend.app.models import Deployment, Stack, Target, TargetType
-from backend.app.services import pagination, retention
+from backend.app.services import pagination
+from backend.app.services.deployments import retention
 from backend.app.services.deployment_service import DEPLOYMENTS_NEWEST_FIRST
 from backend.tests.conftest import make_settings
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin

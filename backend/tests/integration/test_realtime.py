@@ -21,8 +21,8 @@ from backend.app import database
 from backend.app.runtime.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
-from backend.app.services.deployment_logs import append_logs
-from backend.app.services.state_machine import set_deployment_status
+from backend.app.services.deployments.logs import append_logs
+from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.tests import conftest
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Actor, create_user, default_org

@@ -12,8 +12,8 @@ from backend.app import database
 from backend.app.runtime import background
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, DeploymentStatusHistory, LogLevel
-from backend.app.services import retention
-from backend.app.services.deployment_logs import append_logs
+from backend.app.services.deployments import retention
+from backend.app.services.deployments.logs import append_logs
 from backend.tests.conftest import make_settings
 from backend.tests.factories import make_deployment
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
-from backend.app.services.state_machine import (
+from backend.app.services.deployments.state_machine import (
     claim_deployment,
     renew_lease,
     set_deployment_status,

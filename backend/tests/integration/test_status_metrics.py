@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from backend.app import database
 from backend.app.main import create_app
 from backend.app.models import Deployment, DeploymentStatus, Organization
-from backend.app.services import status_counts
-from backend.app.services.state_machine import claim_deployment, set_deployment_status
+from backend.app.services.deployments import status_counts
+from backend.app.services.deployments.state_machine import claim_deployment, set_deployment_status
 from backend.tests.conftest import make_settings
 from backend.tests.factories import make_deployment
 

@@ -14,7 +14,7 @@ from backend.app.core.logging import redact
 from backend.app.core.security import decrypt_secret
 from backend.app.models import Deployment, Organization, Target
 from backend.app.schemas.targets import TEST_FAILURE_MESSAGES, TestFailure
-from backend.app.services import compose_policy, target_service
+from backend.app.services.targets import compose_policy, target_service
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 from backend.tests.remote_docker import client_tls_material, make_ca, make_leaf
 

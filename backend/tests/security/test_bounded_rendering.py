@@ -1,6 +1,6 @@
 """Hostile templates and YAML bombs: refused with a 422 naming the limit, while the server keeps answering.
 
-Rendering runs in a child process with CPU, memory and output limits (``backend.app.services.bounded_render``);
+Rendering runs in a child process with CPU, memory and output limits (``backend.app.services.stacks.bounded_render``);
 YAML anchors/aliases are bounded before anything expands them; ``docker compose config`` fails closed.
 """
 

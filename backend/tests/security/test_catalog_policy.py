@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.app.services import catalog, templating
-from backend.app.services.compose_policy import ComposePolicy, check_target, host_file_violations, target_violations
+from backend.app.services.stacks import catalog, templating
+from backend.app.services.targets.compose_policy import ComposePolicy, check_target, host_file_violations, target_violations
 
 CATALOGUE = sorted((Path(__file__).resolve().parents[3] / "stacks_definitions").glob("*.yaml"))
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from backend.app import database
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind
-from backend.app.services.deployment_runner import run_deployment
+from backend.app.services.deployments.runner import run_deployment
 from backend.app.services.deployment_service import DeploymentService
 from backend.tests.conftest import TEST_IMAGE
 from backend.tests.deploy_helpers import all_logs, labelled, wait_status

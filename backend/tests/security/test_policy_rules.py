@@ -6,7 +6,7 @@ import pytest
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import check_document, find_compose_command
-from backend.app.services.compose_policy import (
+from backend.app.services.targets.compose_policy import (
     MAX_NODES,
     ComposePolicy,
     PolicyViolation,

@@ -25,7 +25,7 @@ from backend.app.engines.docker_base import COMPOSE_FILE
 from backend.app.main import create_app
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatusHistory
 from backend.app.runtime import background_tasks
-from backend.app.services.log_text import SGR
+from backend.app.services.deployments.log_text import SGR
 from backend.tests.conftest import TEST_IMAGE, TEST_SECRET_KEY, make_settings
 from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
@@ -238,7 +238,7 @@ async def test_service_logs_are_masked_with_their_own_deployment_secrets_only(db
     from backend.app.core import security
     from backend.app.core.logging import register_secret
     from backend.app.models import DeploymentStatus
-    from backend.app.services import service_logs
+    from backend.app.services.deployments import service_logs
     from backend.tests.factories import make_deployment
 
     settings = db.settings

@@ -7,7 +7,7 @@ import logging
 import tempfile
 
 from backend.app.core.logging import RedactingFilter, Redactor, register_secret
-from backend.app.services.redaction import public_actor
+from backend.app.services.deployments.redaction import public_actor
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----\n"
 

@@ -3,7 +3,7 @@ pins on kombu are in ``test_sql_transport_pins.py``).
 
 * docker-py: ``engines/connection.py`` replaces ``UnixHTTPConnection.connect`` (the original leaks its socket
   when the connect fails).
-* multiprocessing: ``services/bounded_render.py::_Popen._launch`` is a copy of the forkserver launcher minus
+* multiprocessing: ``services/stacks/bounded_render.py::_Popen._launch`` is a copy of the forkserver launcher minus
   the re-import of the parent's ``__main__``.
 * uvicorn: ``api/realtime.py::_direct_transport`` finds the ``websockets-sansio`` protocol behind the ASGI
   ``send`` and the hub writes :func:`runtime.realtime.text_frame` frames to its transport.
@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 from backend.app.core.events import Event, EventType
 from backend.app.engines import connection
 from backend.app.runtime import realtime
-from backend.app.services import bounded_render
+from backend.app.services.stacks import bounded_render
 
 
 def _function(source: str, name: str) -> ast.FunctionDef:

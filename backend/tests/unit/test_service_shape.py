@@ -50,7 +50,7 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_services_take_the_session_then_keywords_and_never_commit_it():
-    problems = [p for path in sorted(SERVICES.glob("*.py")) for p in _problems(path)]
+    problems = [p for path in sorted(SERVICES.rglob("*.py")) for p in _problems(path)]
     assert problems == []
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import check_document, find_compose_command, known_valid
-from backend.app.services import templating
-from backend.app.services.templating import (
+from backend.app.services.stacks import templating
+from backend.app.services.stacks.templating import (
     VariableErrors,
     example_values,
     masked_values,

@@ -187,7 +187,7 @@ class _Runtime:
     async def _resolve_pointer(self, pointer: LogPointer) -> None:
         """Read the lines a log pointer announces (and any this process missed) and deliver them."""
         from backend.app import database
-        from backend.app.services.deployment_logs import LogLine, read_logs
+        from backend.app.services.deployments.logs import LogLine, read_logs
 
         known = self.log_marks.pop(pointer.deployment_id, None)
         start = pointer.first_seq - 1 if known is None else min(known, pointer.first_seq - 1)

@@ -19,16 +19,16 @@ messages never contain a secret value.
 from __future__ import annotations
 
 from backend.app.schemas.stack_variables import VARIABLE_TYPES
-from backend.app.services.templating.documents import (
+from backend.app.services.stacks.templating.documents import (
     COMPOSE_TIMEOUT_SECONDS,
     parse_compose_yaml,
     render_preview,
     render_stack,
     validate_with_compose,
 )
-from backend.app.services.templating.generators import GENERATORS
-from backend.app.services.templating.sandbox import render_template
-from backend.app.services.templating.values import (
+from backend.app.services.stacks.templating.generators import GENERATORS
+from backend.app.services.stacks.templating.sandbox import render_template
+from backend.app.services.stacks.templating.values import (
     MASK,
     VariableErrors,
     example_values,

@@ -29,8 +29,8 @@ from pydantic import BaseModel
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
-from backend.app.services import history_reasons
-from backend.app.services.status_counts import note_transition
+from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.status_counts import note_transition
 
 S = DeploymentStatus
 logger = logging.getLogger(__name__)

@@ -36,11 +36,11 @@ from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
-from backend.app.services import history_reasons, orphans, redaction
-from backend.app.services.compose_policy import PolicyViolation
-from backend.app.services.deployment_logs import DeploymentLogWriter
-from backend.app.services.deployment_spec import check_compose_policy, load_engine
-from backend.app.services.state_machine import (
+from backend.app.services.deployments import history_reasons, orphans, redaction
+from backend.app.services.targets.compose_policy import PolicyViolation
+from backend.app.services.deployments.logs import DeploymentLogWriter
+from backend.app.services.deployments.spec import check_compose_policy, load_engine
+from backend.app.services.deployments.state_machine import (
     claim_deployment,
     claimable_for_target,
     renew_lease,

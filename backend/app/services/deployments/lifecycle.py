@@ -16,10 +16,10 @@ from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
-from backend.app.services import history_reasons, redaction
-from backend.app.services.deployment_logs import append_logs, append_logs_committed
-from backend.app.services.deployment_spec import load_engine
-from backend.app.services.state_machine import set_deployment_status
+from backend.app.services.deployments import history_reasons, redaction
+from backend.app.services.deployments.logs import append_logs, append_logs_committed
+from backend.app.services.deployments.spec import load_engine
+from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.app.database import end_transaction, utcnow
 
 S = DeploymentStatus

@@ -25,8 +25,8 @@ from backend.app.schemas.stack_variables import (
     scalar_text,
     validate_variable_schema,
 )
-from backend.app.services.templating.generators import Generators
-from backend.app.services.templating.sandbox import check_generator_expression, evaluate_generator
+from backend.app.services.stacks.templating.generators import Generators
+from backend.app.services.stacks.templating.sandbox import check_generator_expression, evaluate_generator
 
 MASK = "***"
 

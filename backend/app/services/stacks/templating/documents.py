@@ -19,10 +19,10 @@ from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
 from backend.app.schemas.stack_variables import StackVariable
-from backend.app.services import compose_policy
-from backend.app.services.compose_policy import check_host_files
-from backend.app.services.templating.sandbox import render_template
-from backend.app.services.templating.values import MASK, masked_values, secret_values
+from backend.app.services.targets import compose_policy
+from backend.app.services.targets.compose_policy import check_host_files
+from backend.app.services.stacks.templating.sandbox import render_template
+from backend.app.services.stacks.templating.values import MASK, masked_values, secret_values
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from backend.app.schemas.targets import (
     TestFailure,
     credential_problem,
 )
-from backend.app.services import organization_service, pagination
-from backend.app.services.compose_policy import ComposePolicy, is_host_endpoint
+from backend.app.services import pagination
+from backend.app.services.identity import organization_service
+from backend.app.services.targets.compose_policy import ComposePolicy, is_host_endpoint
 
 logger = logging.getLogger(__name__)
 

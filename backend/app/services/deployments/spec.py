@@ -16,7 +16,7 @@ from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines import engine_for
 from backend.app.engines.base import DeploySpec, Engine
 from backend.app.models import Deployment, Target
-from backend.app.services import compose_policy, target_service
+from backend.app.services.targets import compose_policy, target_service
 
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
     """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""

@@ -1,6 +1,6 @@
 """The functions a generator default may call, e.g. ``"{{ generate_password(24) }}"``.
 
-They run once, when a deployment is created (:func:`backend.app.services.templating.resolve_values`); the
+They run once, when a deployment is created (:func:`backend.app.services.stacks.templating.resolve_values`); the
 deployment stores the result, so a redeploy reuses the same password and port. A bad argument is a
 :class:`~backend.app.schemas.stack_variables.ValueProblem` naming the function and the rule.
 """

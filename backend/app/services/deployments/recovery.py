@@ -23,10 +23,10 @@ from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
-from backend.app.services import history_reasons
-from backend.app.services.deployment_runner import Dispatch, InProcessExecutor
-from backend.app.services.orphans import ACTOR, log_line, reclaim_orphan
-from backend.app.services.state_machine import claimable_for_target, set_deployment_status
+from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
+from backend.app.services.deployments.orphans import ACTOR, log_line, reclaim_orphan
+from backend.app.services.deployments.state_machine import claimable_for_target, set_deployment_status
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus

@@ -3,7 +3,7 @@
 Jinja's sandbox stops attribute tricks but not work: ``{% for i in range(100000) %}{% for j in
 range(100000) %}`` or ``'a'|center(50000000)`` run as long and allocate as much as they like, and a thread
 cannot be interrupted. So :func:`render_stack` and :func:`render_preview` run
-:func:`backend.app.services.templating.render_stack` (render, then the bounded YAML parse) in a fresh
+:func:`backend.app.services.stacks.templating.render_stack` (render, then the bounded YAML parse) in a fresh
 process forked from a ``forkserver`` (cheap: the templating module is preloaded there) with
 ``RLIMIT_CPU`` and ``RLIMIT_AS`` set, and a wall-clock deadline enforced by the parent, which kills it.
 
@@ -33,8 +33,8 @@ from typing import Any
 from backend.app.config import Settings, get_settings
 from backend.app.core.exceptions import ServiceUnavailable, ValidationFailed
 from backend.app.engines import compose_yaml
-from backend.app.services import templating
-from backend.app.services.templating import sandbox
+from backend.app.services.stacks import templating
+from backend.app.services.stacks.templating import sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def configure(settings: Settings) -> None:
 
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["backend.app.services.render_preload"])
+_context.set_forkserver_preload(["backend.app.services.stacks.render_preload"])
 
 
 class _Popen(popen_forkserver.Popen):

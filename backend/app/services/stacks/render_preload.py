@@ -4,7 +4,7 @@ the YAML loader already imported and exercised."""
 
 from __future__ import annotations
 
-from backend.app.services import bounded_render, templating
+from backend.app.services.stacks import bounded_render, templating
 
 templating.render_stack(
     "services:\n{% for n in range(2) %}  app{{ n }}:\n    image: \"{{ image | default('x') }}\"\n{% endfor %}",

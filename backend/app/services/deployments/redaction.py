@@ -16,7 +16,7 @@ from backend.app.core import security
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import project_name
 from backend.app.models import Deployment, Target
-from backend.app.services import target_service
+from backend.app.services.targets import target_service
 
 _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/@\s]*:([^@\s/]+)@", re.IGNORECASE)
 

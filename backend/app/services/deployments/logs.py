@@ -3,8 +3,8 @@
 Every line gets a per-deployment ``seq`` before it is published, so a client that reconnects with the last
 ``seq`` it saw can fetch exactly what it missed (``GET /deployments/{id}/logs?since_seq=N``). Lines are
 redacted before they are stored, by the deployment's own redactor (its secrets, its target's credentials,
-``SECRET_KEY``; see :mod:`backend.app.services.redaction`), and stripped of control characters; colour
-sequences (SGR) are kept, as the container wrote them (:mod:`backend.app.services.log_text`).
+``SECRET_KEY``; see :mod:`backend.app.services.deployments.redaction`), and stripped of control characters; colour
+sequences (SGR) are kept, as the container wrote them (:mod:`backend.app.services.deployments.log_text`).
 
 :class:`DeploymentLogWriter` is the documented exception to "services never commit": the runner's log
 lines and progress are short, frequent writes that must reach clients while the deployment is still
@@ -28,7 +28,7 @@ from backend.app.database import utcnow
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.models import Deployment, DeploymentLog, LogLevel
 from backend.app.services import pagination
-from backend.app.services.log_text import redact_keeping_colours
+from backend.app.services.deployments.log_text import redact_keeping_colours
 
 logger = logging.getLogger(__name__)
 MAX_LINE_LENGTH = 8000

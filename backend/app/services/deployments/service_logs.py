@@ -4,7 +4,7 @@ The containers labelled ``windflow.deployment_id=<id>`` on the deployment's targ
 or SSH, through the same :class:`~backend.app.engines.connection.EngineSession` as the drivers) are
 followed with the Docker API, one reader thread per container. Lines are labelled with their compose
 (or swarm) service, redacted with the deployment's own secrets (its decrypted secret variables) and the
-server-wide patterns (their colours kept: :mod:`backend.app.services.log_text`), and sent in batches. Exited
+server-wide patterns (their colours kept: :mod:`backend.app.services.deployments.log_text`), and sent in batches. Exited
 containers are followed too: their last output is sent, then their stream ends. The stream ends, with a final
 ``SERVICE_LOGS_END`` frame, when the deployment leaves ``running`` or every container stream has ended;
 stopping the follower (the client unsubscribed or left) closes the Docker streams.
@@ -31,8 +31,9 @@ from backend.app.core.exceptions import Conflict, NotFound
 from backend.app.engines.base import DEPLOYMENT_LABEL, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.models import Deployment, DeploymentStatus, Target
-from backend.app.services import redaction, target_service
-from backend.app.services.log_text import redact_keeping_colours
+from backend.app.services.deployments import redaction
+from backend.app.services.targets import target_service
+from backend.app.services.deployments.log_text import redact_keeping_colours
 
 logger = logging.getLogger(__name__)
 

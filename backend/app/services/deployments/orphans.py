@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.database import end_transaction, utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
-from backend.app.services import history_reasons
-from backend.app.services.deployment_logs import append_logs
-from backend.app.services.deployment_spec import load_engine
-from backend.app.services.state_machine import set_deployment_status
+from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.logs import append_logs
+from backend.app.services.deployments.spec import load_engine
+from backend.app.services.deployments.state_machine import set_deployment_status
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus

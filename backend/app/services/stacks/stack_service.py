@@ -31,7 +31,9 @@ from backend.app.database import end_transaction
 from backend.app.engines import compose_yaml
 from backend.app.models import Role, Stack, User
 from backend.app.schemas.stacks import StackCreate, StackUpdate
-from backend.app.services import bounded_render, organization_service, pagination, templating
+from backend.app.services import pagination
+from backend.app.services.identity import organization_service
+from backend.app.services.stacks import bounded_render, templating
 
 SOURCE_USER = "user"
 SOURCE_CATALOG = "catalog"

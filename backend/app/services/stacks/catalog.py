@@ -34,7 +34,7 @@ from backend.app.config import Settings
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines import compose_yaml
 from backend.app.models import Organization, Stack
-from backend.app.services import stack_service
+from backend.app.services.stacks import stack_service
 
 logger = logging.getLogger(__name__)
 

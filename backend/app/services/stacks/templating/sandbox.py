@@ -12,7 +12,7 @@
   free-text value, ``{{ value | tojson }}`` gives a correctly quoted YAML scalar.
 * Repetition (``'a' * n``) and powers are bounded; the output is bounded by :data:`MAX_OUTPUT_CHARS`
   (``TEMPLATE_MAX_OUTPUT_CHARS``, set by :func:`configure` in the render child). Time and memory are bounded
-  by the child process itself (``services/bounded_render.py``).
+  by the child process itself (``services/stacks/bounded_render.py``).
 * Generator defaults (``{{ generate_password(24) }}``) evaluate in a second sandbox whose only names are
   the generator functions.
 """
@@ -28,7 +28,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.schemas.stack_variables import ValueProblem
 from backend.app.schemas.stack_variables import scalar_text as _render_scalar
-from backend.app.services.templating.generators import GENERATORS, Generators
+from backend.app.services.stacks.templating.generators import GENERATORS, Generators
 
 MAX_OUTPUT_CHARS = 1_048_576
 
