@@ -110,6 +110,24 @@ class TargetConnection:
     ssh_key: str | None = None
 
 
+@dataclass(frozen=True)
+class ResolvedImage:
+    """A service's image as resolved after the pull.
+
+    ``digest``: the registry digest (``sha256:...``) when the engine knows one for the image's repository,
+    else the local image id (``sha256:...``, an image built or loaded on the engine). ``reference`` runs
+    exactly that image: ``repo@sha256:...``, or the image id.
+    """
+
+    service: str
+    image: str
+    digest: str
+    reference: str
+
+    def record(self) -> dict[str, str]:
+        return {"service": self.service, "image": self.image, "digest": self.digest, "reference": self.reference}
+
+
 @dataclass
 class DeploySpec:
     deployment_id: str
@@ -118,9 +136,15 @@ class DeploySpec:
     project: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     health_timeout: float = 120.0
-    #: a container without a health check counts as ready once it has stayed up this long (one that exits
-    #: right after starting must fail the deployment, not be seen "running" by a lucky first poll)
-    stable_seconds: float = 0.0
+    #: the health gate's settle window: a container without a health check counts as ready once it has
+    #: stayed up this long (one that exits right after starting fails the deployment, not seen "running" by
+    #: a lucky first poll); one with a health check, once healthy for its interval, at most this long
+    stable_seconds: float = 3.0
+    #: service -> image reference to run instead of the document's (``ResolvedImage.reference``): a rollback
+    #: runs the exact images its revision recorded
+    pinned_images: dict[str, str] = field(default_factory=dict)
+    #: filled by ``ensure_images``: what each service's image resolved to
+    images: list[ResolvedImage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.project = self.project or project_name(self.deployment_id)
@@ -152,7 +176,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
-        """Make every image available; permanent EngineError naming the image when it cannot be had."""
+        """Make every image available (``spec.pinned_images`` in place of the document's), then record in
+        ``spec.images`` what each resolved to; permanent EngineError naming the image when it cannot be had."""
 
     @abc.abstractmethod
     async def create_resources(self, spec: DeploySpec, log: LogSink) -> None:
@@ -164,8 +189,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def wait_healthy(self, spec: DeploySpec, log: LogSink) -> None:
-        """Wait until every service runs (and is healthy when it has a healthcheck) within
-        ``spec.health_timeout``; EngineError quoting the failing service otherwise."""
+        """The health gate: wait until every service runs (and is healthy when it has a healthcheck) and has
+        stayed so for its settle window, within ``spec.health_timeout``; a permanent EngineError quoting the
+        failing service (exit code or probe output, last lines) as soon as one exits, restarts or turns
+        unhealthy."""
 
     @abc.abstractmethod
     async def stop(self, spec: DeploySpec, log: LogSink) -> None:

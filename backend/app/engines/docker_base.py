@@ -20,9 +20,11 @@ from backend.app.engines.base import (
     EngineError,
     EngineUnreachable,
     LogSink,
+    ResolvedImage,
     ServiceState,
 )
 from backend.app.engines.connection import EngineSession
+from backend.app.engines.health_gate import HealthGate
 from backend.app.engines.document import (
     SERVICE_LABEL,
     active_services,
@@ -35,8 +37,6 @@ from backend.app.engines.document import (
 from backend.app.models.enums import LogLevel
 
 COMPOSE_FILE = "docker-compose.yml"
-#: Restarts after which a container with a restart policy counts as crash-looping.
-MAX_RESTARTS = 3
 POLL_INTERVAL = 0.5
 
 
@@ -46,6 +46,46 @@ def compose_path(spec: DeploySpec) -> Path:
 
 def deployment_filter(spec: DeploySpec) -> dict[str, str]:
     return {"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}
+
+
+def pin_images(doc: dict[str, Any], pinned: Mapping[str, str]) -> dict[str, Any]:
+    """``doc`` with each service of ``pinned`` running the pinned image reference instead of its own."""
+    services = doc.get("services") or {}
+    for service, reference in pinned.items():
+        if isinstance(services.get(service), dict):
+            services[service]["image"] = reference
+    return doc
+
+
+def without_tag(reference: str) -> str:
+    """``registry:5000/app:1.2`` -> ``registry:5000/app`` (a digest is dropped too)."""
+    name = reference.split("@", 1)[0]
+    return name[: name.rfind(":")] if name.rfind(":") > name.rfind("/") else name
+
+
+def repository_of(reference: str) -> str:
+    """The repository of an image reference, normalised (``busybox:1.36`` and ``docker.io/library/busybox``
+    are both ``busybox``)."""
+    name = without_tag(reference)
+    for prefix in ("docker.io/", "index.docker.io/"):
+        name = name.removeprefix(prefix)
+    return name.removeprefix("library/")
+
+
+def image_digest(reference: str, attrs: Mapping[str, Any]) -> tuple[str, str]:
+    """``(digest, exact reference)`` of an inspected image: its registry digest for ``reference``'s
+    repository (``repo@sha256:...``), else its image id (which runs as is)."""
+    if reference.startswith("sha256:"):
+        return reference, reference
+    if "@sha256:" in reference:
+        return reference.split("@", 1)[1], reference
+    repository = repository_of(reference)
+    for entry in attrs.get("RepoDigests") or []:
+        name, _, digest = str(entry).partition("@")
+        if digest and repository_of(name) == repository:
+            return digest, f"{without_tag(reference)}@{digest}"
+    image_id = str(attrs.get("Id") or "")
+    return image_id, image_id
 
 
 def service_of(labels: Mapping[str, str]) -> str:
@@ -127,7 +167,8 @@ class DockerEngine(Engine):
     # ------------------------------------------------------------------ document
 
     def labelled_document(self, spec: DeploySpec) -> dict[str, Any]:
-        return label_document(load_document(spec.compose), spec.labels, swarm=self.swarm_document)
+        return pin_images(label_document(load_document(spec.compose), spec.labels, swarm=self.swarm_document),
+                          spec.pinned_images)
 
     def prepared_document(self, spec: DeploySpec) -> dict[str, Any]:
         """The labelled document as ``prepare`` wrote it, or freshly labelled when it has not run."""
@@ -180,19 +221,40 @@ class DockerEngine(Engine):
 
     async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
         doc = await self.resolved_document(spec)
-        images = []
+        images: dict[str, str] = {}
         for name, service in active_services(doc).items():
             image = service.get("image")
             if not image:
                 raise EngineError(f"service {name} has no image (WindFlow deploys images, it does not build "
                                   "them)", transient=False)
-            images.append(str(image))
+            images[name] = str(image)
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, images, log)
+            problems = await self.ensure_image_list(session, list(images.values()), log)
+            if not problems:
+                spec.images = await self.resolve_images(session, spec, images, log)
         for problem in problems:
             await log(LogLevel.ERROR, problem)
         if problems:
             raise EngineError("; ".join(problems), transient=False)
+
+    async def resolve_images(self, session: EngineSession, spec: DeploySpec, images: Mapping[str, str],
+                             log: LogSink) -> list[ResolvedImage]:
+        """What each service's (present) image is: its registry digest, else its image id. A service whose
+        image cannot be inspected (a swarm node's image, absent from the manager) is left out."""
+        client = await session.client()
+        named = {name: str(service.get("image") or "")
+                 for name, service in (load_document(spec.compose).get("services") or {}).items()}
+        resolved: list[ResolvedImage] = []
+        for service, reference in images.items():
+            try:
+                image = await session.call(client.images.get, reference)
+            except docker.errors.NotFound:
+                continue
+            digest, exact = image_digest(reference, image.attrs)
+            resolved.append(ResolvedImage(service, named.get(service) or reference, digest, exact))
+            pinned = " (pinned)" if service in spec.pinned_images else ""
+            await log(LogLevel.INFO, f"{service}: image {named.get(service) or reference} is {digest}{pinned}")
+        return resolved
 
     # ------------------------------------------------------------------ containers by label
 
@@ -222,19 +284,12 @@ class DockerEngine(Engine):
         *,
         one_shot: frozenset[str] | set[str] = frozenset(),
     ) -> None:
-        """Poll the deployment's containers until each service has ``expected[service]`` running (and
-        healthy, when it has a healthcheck) containers. Exited, unhealthy or crash-looping → permanent
-        EngineError quoting the container's last log lines; ``spec.health_timeout`` → permanent
-        EngineError naming the services not ready."""
-
-        up_since: dict[tuple[str, str], float] = {}  # (container, StartedAt) -> when this wait first saw it up
-
-        def stable(container: Container, state: dict) -> float:
-            """How long more ``container`` must stay up (0 when stable). Measured on our clock across polls:
-            a restart changes StartedAt and starts the count again."""
-            key = (container.id, str(state.get("StartedAt")))
-            first = up_since.setdefault(key, time.monotonic())
-            return max(0.0, spec.stable_seconds - (time.monotonic() - first))
+        """The health gate (:mod:`backend.app.engines.health_gate`): poll the deployment's containers until
+        each service has ``expected[service]`` containers up for their settle window. A container that exits,
+        restarts or turns unhealthy, or whose healthcheck does not pass within its bound → permanent
+        EngineError quoting its exit code or probe output and its last log lines; ``spec.health_timeout`` →
+        permanent EngineError naming the services not ready."""
+        gate = HealthGate(spec.stable_seconds)
 
         async def waiting_services() -> dict[str, str]:
             by_service: dict[str, list[Container]] = {}
@@ -246,39 +301,18 @@ class DockerEngine(Engine):
                     continue
                 containers = by_service.get(service, [])
                 ready = 0
-                settling: list[Container] = []
+                states: set[str] = set()
                 for container in containers:
-                    state = container.attrs.get("State", {})
-                    status = state.get("Status", "")
-                    health = (state.get("Health") or {}).get("Status")
-                    if status in ("exited", "dead"):
-                        if service in one_shot and state.get("ExitCode") == 0:
-                            ready += 1
-                            continue
-                        await self._fail(session, service, container,
-                                         f"exited with code {state.get('ExitCode')}", log)
-                    if health == "unhealthy":
-                        probes = (state.get("Health") or {}).get("Log") or []
-                        detail = (probes[-1].get("Output") or "").strip() if probes else ""
-                        await self._fail(session, service, container,
-                                         "is unhealthy" + (f" (last check: {detail})" if detail else ""), log)
-                    if container.attrs.get("RestartCount", 0) >= MAX_RESTARTS:
-                        await self._fail(session, service, container,
-                                         f"keeps restarting ({container.attrs.get('RestartCount')} restarts)", log)
-                    if status == "running" and health == "healthy":
+                    verdict = gate.judge(container.id, container.attrs, one_shot=service in one_shot)
+                    if verdict.failed:
+                        await self._fail(session, service, container, verdict.reason, log)
+                    if verdict.ready:
                         ready += 1
-                    elif status == "running" and health is None:
-                        left = stable(container, state)
-                        if left <= 0:
-                            ready += 1
-                        else:
-                            settling.append(container)
-                if ready < count:
-                    if not containers:
-                        waiting[service] = "no container"
                     else:
-                        states = sorted({_describe(c) + (" (settling)" if c in settling else "") for c in containers})
-                        waiting[service] = f"{ready}/{count} ready, {', '.join(states)}"
+                        states.add(verdict.waiting)
+                if ready < count:
+                    waiting[service] = (f"{ready}/{count} ready, {', '.join(sorted(states))}" if containers
+                                        else "no container")
             return waiting
 
         await WaitReport(spec, expected, log).until_ready(waiting_services)
@@ -355,12 +389,6 @@ class DockerEngine(Engine):
             "swarm_manager": bool(swarm.get("ControlAvailable")),
             "os": info.get("OperatingSystem") or version.get("Os"),
         }
-
-
-def _describe(container: Container) -> str:
-    state = container.attrs.get("State", {})
-    health = (state.get("Health") or {}).get("Status")
-    return state.get("Status", "unknown") + (f" ({health})" if health else "")
 
 
 def _state_of(container: Container) -> ServiceState:

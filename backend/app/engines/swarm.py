@@ -16,6 +16,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from backend.app.engines.docker_base import (
     WaitReport,
     compose_path,
     deployment_filter,
+    pin_images,
     poll_until,
     service_line_level,
 )
@@ -86,7 +88,7 @@ class SwarmEngine(DockerEngine):
     # ------------------------------------------------------------------ document
 
     def stack_document(self, spec: DeploySpec) -> tuple[dict[str, Any], list[str]]:
-        doc = label_document(load_document(spec.compose), spec.labels, swarm=True)
+        doc = pin_images(label_document(load_document(spec.compose), spec.labels, swarm=True), spec.pinned_images)
         warnings = []
         for service in doc["services"].values():
             warnings += host_mode_ports(service)
@@ -142,9 +144,10 @@ class SwarmEngine(DockerEngine):
         """Best effort on the manager only: in a swarm the nodes pull for themselves, so an image missing
         here is a warning; a node that cannot get it rejects the task, which ``wait_healthy`` reports."""
         doc = await self.resolved_document(spec)
-        images = [str(s["image"]) for s in active_services(doc).values() if s.get("image")]
+        images = {name: str(s["image"]) for name, s in active_services(doc).items() if s.get("image")}
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, images, log)
+            problems = await self.ensure_image_list(session, list(images.values()), log)
+            spec.images = await self.resolve_images(session, spec, images, log)
         for problem in problems:
             await log(LogLevel.WARNING, f"{problem} (on the manager; the nodes must have it)")
 
@@ -182,6 +185,14 @@ class SwarmEngine(DockerEngine):
             await self._wait_tasks(session, spec, expected, log)
 
     async def _wait_tasks(self, session: EngineSession, spec: DeploySpec, expected: set[str], log: LogSink) -> None:
+        """The health gate for tasks: each desired task running (the swarm reports a task with a healthcheck
+        ``starting`` until it is healthy) for ``spec.stable_seconds`` on our clock; a task of this rollout
+        that failed, was rejected or completed (a service that should run) fails it at once."""
+        running_since: dict[str, float] = {}  # task id -> when this wait first saw it running
+
+        def settled(task: dict[str, Any]) -> bool:
+            first = running_since.setdefault(str(task.get("ID")), time.monotonic())
+            return time.monotonic() - first >= spec.stable_seconds
 
         async def waiting_services() -> dict[str, str]:
             services = {self._short(spec, s): s for s in await self.services(session, spec)}
@@ -197,19 +208,24 @@ class SwarmEngine(DockerEngine):
                     waiting[name] = "no service"
                     continue
                 since = _parse_time(service.attrs.get("UpdatedAt"))
+                mode = service.attrs["Spec"].get("Mode", {})
+                ended = ("failed", "rejected") if "ReplicatedJob" in mode or "GlobalJob" in mode else (
+                    "failed", "rejected", "complete")
                 for task in tasks:
                     status = task.get("Status") or {}
-                    if status.get("State") in ("failed", "rejected") and _parse_time(task.get("CreatedAt")) >= since:
+                    if status.get("State") in ended and _parse_time(task.get("CreatedAt")) >= since:
                         await self._task_failed(session, name, task, log)
-                mode = service.attrs["Spec"].get("Mode", {})
                 current = [t for t in tasks if t.get("DesiredState") == "running"]
-                running = sum(1 for t in current if (t.get("Status") or {}).get("State") == "running")
+                up = [t for t in current if (t.get("Status") or {}).get("State") == "running"]
+                running = sum(1 for t in up if settled(t))
                 if "Replicated" in mode:
                     desired = int(mode["Replicated"].get("Replicas", 1))
                 else:
                     desired = max(1, len(current))
                 if running < desired:
                     states = sorted({(t.get("Status") or {}).get("State", "?") for t in current}) or ["no task"]
+                    if len(up) > running:
+                        states.append("settling")
                     waiting[name] = f"{running}/{desired} running, {', '.join(states)}"
             return waiting
 
