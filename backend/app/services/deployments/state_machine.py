@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
-from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments import history_reasons, revision_outcomes
 from backend.app.services.deployments.status_counts import note_transition
 
 S = DeploymentStatus
@@ -154,6 +154,19 @@ def rule_requeue_needs_attempts(row: Deployment) -> str | None:
     return None
 
 
+def rule_fresh_attempts(from_status: DeploymentStatus, lease_owner: str | None) -> str | None:
+    """A new rollout out of ``deploying`` (an automatic rollback) starts a fresh attempt budget, like a user's
+    redeploy, and only its executor may start it.
+
+    The failed revision's rollout may have spent its attempts; the rollback revision that replaces it is
+    another rollout, and a worker killed during it must leave attempts for recovery to finish it. Held to
+    the lease, so that an executor that lost the deployment cannot start a rollout behind its back.
+    """
+    if from_status is not S.DEPLOYING or lease_owner is None:
+        return "only the executor holding the lease may start a new rollout of a deploying deployment"
+    return None
+
+
 def rule_lease_owner(row: Deployment, lease_owner: str | None) -> str | None:
     """An executor may settle a ``deploying`` row only while it still holds the lease.
 
@@ -196,6 +209,7 @@ async def set_deployment_status(
     not_before: datetime | None = None,
     expected_from: DeploymentStatus | frozenset[DeploymentStatus] | None = None,
     require_lease_expired: bool = False,
+    fresh_attempts: bool = False,
 ) -> TransitionResult:
     """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
 
@@ -204,6 +218,11 @@ async def set_deployment_status(
     ``expected_from`` lets a caller insist on the state it saw (e.g. a user cancelling a ``pending``).
     ``require_lease_expired`` is for recovery settling an orphaned ``deploying`` row: see
     :func:`rule_lease_expired`.
+    ``fresh_attempts``: ``deploying -> pending`` that starts a new rollout rather than retrying this one (an
+    automatic rollback, see :func:`rule_fresh_attempts`).
+
+    The deployment's current revision takes the outcome of the new status, in the same transaction
+    (:mod:`backend.app.services.deployments.revision_outcomes`).
     """
     now = utcnow()
     row = (
@@ -263,6 +282,12 @@ async def set_deployment_status(
         if to_status is S.PENDING:
             if (from_status, to_status) in _REQUEUES_BY_USER:
                 values.update(attempt=0, queued_at=now, error_message=None, not_before=None, task_id=None)
+            elif fresh_attempts:
+                if why := rule_fresh_attempts(from_status, lease_owner):
+                    return reject(why)
+                values.update(attempt=0, queued_at=now, not_before=None, task_id=None)
+                if error_message is not None:
+                    values["error_message"] = error_message
             else:
                 if why := rule_requeue_needs_attempts(row):
                     return reject(why)
@@ -274,7 +299,7 @@ async def set_deployment_status(
         else:
             values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
             if to_status is S.RUNNING:
-                values.update(error_message=None, progress=100)
+                values.update(error_message=None, progress=100, last_good_revision=Deployment.revision)
             elif error_message is not None:
                 values["error_message"] = error_message
 
@@ -297,6 +322,7 @@ async def set_deployment_status(
     )
     await session.flush()
     await session.refresh(row)
+    await revision_outcomes.follow(session, deployment=row, to_status=to_status, now=now)
     queue_event(
         session,
         Event.of(
@@ -312,6 +338,7 @@ async def set_deployment_status(
                 dispatch_latency_seconds=(
                     round((now - row.queued_at).total_seconds(), 6) if to_status is S.DEPLOYING else None
                 ),
+                revision=row.revision,
             ),
             now,
         ),
