@@ -72,7 +72,7 @@ async def test_a_policy_refusal_names_the_options_that_would_allow_it(client, db
 
 @pytest.mark.parametrize("code", sorted(history_reasons.REASONS))
 def test_every_reason_reads_back_as_its_code(code: str) -> None:
-    sample = {"executor": "asyncio:abcd1234", "seconds": "2"}
+    sample = {"executor": "asyncio:abcd1234", "seconds": "2", "revision": "4", "of": "2", "failed": "3"}
     template = history_reasons.REASONS[code]
     params = {name: value for name, value in sample.items() if "{" + name + "}" in template}
     assert history_reasons.classify(history_reasons.text(code, **params)) == (code, params)

@@ -28,6 +28,10 @@ REASONS: dict[str, str] = {
     "executor_lost_running": "executor lost; containers found running",
     "executor_lost_retrying": "executor lost (lease expired)",
     "executor_lost_failed": "executor lost, no attempts left",
+    "revision_update": "revision {revision}: update",
+    "revision_rollback": "revision {revision}: rollback to revision {of}",
+    "automatic_rollback": "revision {failed} failed: automatic rollback to revision {of} as revision {revision}",
+    "automatic_rollback_failed": "automatic rollback failed",
 }
 
 
