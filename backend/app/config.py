@@ -116,9 +116,10 @@ class Settings(BaseSettings):
     DISPATCH_TIMEOUT_SECONDS: float = Field(default=15.0, ge=1)
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
-    # a container without a health check must stay up this long before the deployment counts as running
-    # (0: running at the first poll that sees it up, as `docker compose up --wait` does)
-    DEPLOYMENT_STABLE_SECONDS: float = Field(default=0.0, ge=0, le=300)
+    # the health gate's settle window: a container without a health check must stay up this long before the
+    # rollout counts as running (one that exits within it fails the gate); one with a health check, healthy
+    # for its interval, at most this long (docs/operations.md, "The health gate")
+    DEPLOYMENT_STABLE_SECONDS: float = Field(default=3.0, ge=0, le=300)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
     RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)

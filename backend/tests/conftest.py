@@ -58,6 +58,9 @@ def make_settings(database_url: str, **overrides) -> Settings:
         RECOVERY_ON_STARTUP=False,
         STACKS_CATALOG_ENABLED=False,
         FRONTEND_DIST=Path(tempfile.gettempdir()) / "windflow-no-frontend",
+        # the health gate's settle window, shorter than the default 3 s: still long enough to see a container
+        # that dies a second after it starts (tests of the gate set their own)
+        DEPLOYMENT_STABLE_SECONDS=1.0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
