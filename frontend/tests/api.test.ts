@@ -178,6 +178,37 @@ describe('auth API and the session', () => {
   })
 })
 
+describe('a request the network dropped', () => {
+  /** fetch that throws (no answer) the first `drops` times, then answers 200. */
+  function flaky(drops: number): string[] {
+    const seen: string[] = []
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        seen.push(`${req.method} ${new URL(req.url).pathname}`)
+        if (seen.length <= drops) throw new TypeError('Failed to fetch')
+        return new Response(JSON.stringify(page([])), { status: 200, headers: { 'Content-Type': 'application/json' } })
+      }),
+    )
+    return seen
+  }
+
+  it('a GET is sent once more, and only once', async () => {
+    const seen = flaky(1)
+    await expect(listStacks('o1')).resolves.toEqual([])
+    expect(seen).toEqual(['GET /api/v1/stacks', 'GET /api/v1/stacks'])
+    const twice = flaky(2)
+    await expect(listStacks('o1')).rejects.toMatchObject({ code: 'network' })
+    expect(twice).toHaveLength(2)
+  })
+
+  it('a request that changes something is never sent again', async () => {
+    const seen = flaky(1)
+    await expect(login('a@example.com', 'pw')).rejects.toMatchObject({ code: 'network' })
+    expect(seen).toEqual(['POST /api/v1/auth/login'])
+  })
+})
+
 describe('targets and system', () => {
   it("lists the policy's always-refused keys", async () => {
     mockFetch({ body: { always_refused: [{ key: 'include', reason: 'it reads a file' }] } })

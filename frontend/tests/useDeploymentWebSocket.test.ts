@@ -11,6 +11,13 @@ describe('useDeploymentWebSocket', () => {
   let scope: ReturnType<typeof effectScope>
   beforeEach(() => {
     vi.useFakeTimers()
+    // no server here: the composable's HTTP reads fail at once (not later, inside the next test)
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async () => {
+        throw new TypeError('no server in unit tests')
+      }),
+    )
     FakeWebSocket.instances = []
     localStorage.setItem('windflow.access', 'tok')
     setSocket(
@@ -30,6 +37,7 @@ describe('useDeploymentWebSocket', () => {
     setSocket(null)
     setFrameScheduler(null)
     vi.useRealTimers()
+    vi.unstubAllGlobals()
   })
 
   it('subscribes from seq 0, shows lines once each (dedupe by seq) and reports Live', async () => {

@@ -338,10 +338,39 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
     )
     context.set_default_timeout(60_000)  # a shared 2-core machine can be slow; waits end as soon as they succeed
     page = context.new_page()
+    _retry_network_changes(page)
     page.errors = []  # type: ignore[attr-defined]
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
     _WATCHED.append(PageWatch(page))
     return page
+
+
+#: Chromium aborts what is loading when the host's network interfaces change (Docker creating or removing a
+#: network for a test of the other stream, scripts/test-all.sh): not a failure of the UI.
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
+NAVIGATION_ATTEMPTS = 3
+
+
+def _retry_network_changes(page) -> None:
+    """``page.goto`` and ``page.reload`` load again when, and only when, Chromium aborted the load with
+    ERR_NETWORK_CHANGED (any other failure is the test's). The UI's own requests: a GET without an answer
+    is sent once more by the API client (``frontend/src/api/client.ts``); a lazy page that fails to load
+    reloads once (``frontend/src/router/index.ts``)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    def retrying(load):
+        def run(*args, **kwargs):
+            for attempt in range(1, NAVIGATION_ATTEMPTS + 1):
+                try:
+                    return load(*args, **kwargs)
+                except PlaywrightError as exc:
+                    if NETWORK_CHANGED not in str(exc) or attempt == NAVIGATION_ATTEMPTS:
+                        raise
+                    page.wait_for_timeout(250 * attempt)
+        return run
+
+    page.goto = retrying(page.goto)
+    page.reload = retrying(page.reload)
 
 
 class PageWatch:

@@ -2,7 +2,9 @@
  * The typed API client (openapi-fetch over `schema.d.ts`, generated from the backend's OpenAPI document by
  * `npm run gen:api`). Every request goes through it, from the API modules next to this file (one per
  * resource). Each request carries the access token; a 401 triggers one silent refresh (shared by
- * concurrent requests) and a single retry.
+ * concurrent requests) and a single retry. A GET that fails before any answer (the browser drops requests
+ * in flight when the machine's network changes: Chromium's ERR_NETWORK_CHANGED) is sent once more; a
+ * request that changes something never is (the server may have acted on it).
  */
 import createClient, { type Middleware } from 'openapi-fetch'
 import type { paths } from './schema'
@@ -26,10 +28,22 @@ const auth: Middleware = {
 export const api = createClient<paths>({ baseUrl: apiBaseUrl(), fetch: fetchWithRefresh })
 api.use(auth)
 
+/** fetch, and for a GET that got no answer at all, once more. */
+async function fetchRead(input: Request): Promise<Response> {
+  if (input.method !== 'GET') return fetch(input)
+  const again = input.clone()
+  try {
+    return await fetch(input)
+  } catch (err) {
+    if (input.signal?.aborted) throw err
+    return fetch(again)
+  }
+}
+
 /** fetch that refreshes the token pair once on a 401 and replays the request. */
 async function fetchWithRefresh(input: Request): Promise<Response> {
   const replay = input.clone()
-  const response = await fetch(input)
+  const response = await fetchRead(input)
   if (response.status !== 401 || input.headers.has(RETRIED) || BY_BODY.test(new URL(input.url).pathname))
     return response
   const fresh = await refreshSession()
@@ -37,7 +51,7 @@ async function fetchWithRefresh(input: Request): Promise<Response> {
   const again = new Request(replay, { headers: new Headers(replay.headers) })
   again.headers.set('Authorization', `Bearer ${fresh}`)
   again.headers.set(RETRIED, '1')
-  return fetch(again)
+  return fetchRead(again)
 }
 
 let inflight: Promise<string | null> | null = null
