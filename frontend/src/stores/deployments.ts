@@ -5,6 +5,9 @@
  *
  * Lifecycle actions go through `act`: one at a time per deployment (a second click while one is in flight
  * sends nothing), and `inFlight` says which one runs, so the row shows the transition at once.
+ *
+ * Status events carry the deployment's current revision; `DEPLOYMENT_ROLLED_BACK` is kept in `rollbacks` (the
+ * last one per deployment) for the pages to say so.
  */
 import { defineStore } from 'pinia'
 import { computed, ref, shallowRef } from 'vue'
@@ -13,8 +16,11 @@ import type { Deployment, DeploymentFilters } from '../api/deployments'
 import { errorText } from '../api/errors'
 import type { Page, PageQuery } from '../api/paging'
 import { isStatus, type DeploymentAction } from '../constants/deployments'
-import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
+import { dispatchFrame, type FrameHandlers, type FrameOf, type ServerFrame } from '../realtime/frames'
 import { getSocket, holdOrganization } from './realtime'
+
+/** The last automatic rollback seen of a deployment (`DEPLOYMENT_ROLLED_BACK`), with when it came. */
+export type RollbackNotice = FrameOf<'DEPLOYMENT_ROLLED_BACK'>['data'] & { at: string }
 
 export const PAGE_SIZE = 25
 
@@ -39,6 +45,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
   const inFlight = ref<Record<string, DeploymentAction>>({})
   /** Deployments deleted while shown (a detail page says so instead of going blank). */
   const deleted = ref<Record<string, string>>({})
+  /** Automatic rollbacks seen while shown, by deployment. */
+  const rollbacks = ref<Record<string, RollbackNotice>>({})
   let unsubscribe: (() => void) | null = null
   let subscribedTo: string | null = null
   let stopListening: (() => void) | null = null
@@ -115,6 +123,7 @@ export const useDeploymentsStore = defineStore('deployments', () => {
       if (known && isStatus(data.new_status)) {
         known.status = data.new_status
         known.error_message = data.error_message ?? null
+        if (typeof data.revision === 'number') known.revision = data.revision
       }
       // attempt, timestamps and progress come with the row; one read per status change, not polling.
       if (known || !order.value.includes(id)) void refreshOne(id).then((d) => d && !known && insertIfMatching(d))
@@ -131,6 +140,15 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     },
     DEPLOYMENT_CREATED({ data }) {
       insertIfMatching(data)
+    },
+    // Revision `from_revision` failed: WindFlow rolls out `revision`, a copy of `to_revision` (status events follow).
+    DEPLOYMENT_ROLLED_BACK({ deployment_id: id, timestamp, data }) {
+      rollbacks.value = { ...rollbacks.value, [id]: { ...data, at: timestamp } }
+      const known = byId.value[id]
+      if (known) {
+        known.revision = data.revision
+        void refreshOne(id)
+      }
     },
     DEPLOYMENT_DELETED({ deployment_id: id, data }) {
       deleted.value[id] = data.name
@@ -228,6 +246,7 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     order.value = []
     total.value = 0
     inFlight.value = {}
+    rollbacks.value = {}
   }
 
   return {
@@ -241,6 +260,7 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     organizationId,
     inFlight,
     deleted,
+    rollbacks,
     load,
     loadMore,
     refreshOne,

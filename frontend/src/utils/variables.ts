@@ -145,3 +145,158 @@ export function validate(specs: VariableSpec[], values: Values, m: Messages, pre
   }
   return errors
 }
+
+// --- changing a deployment: the form filled with its current values, and what to send -----------
+
+/** How the API shows a secret's value (never the value itself). */
+export const MASK = '***'
+
+function isPlainObject(v: unknown): v is Values {
+  return !!v && typeof v === 'object' && !Array.isArray(v)
+}
+
+function same(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a ?? null) === JSON.stringify(b ?? null)
+}
+
+/**
+ * The edit form's starting values: the deployment's current values over the schema's defaults. Secrets start
+ * empty (blank means "keep the current value": the API never returns them); a value of a variable the schema
+ * no longer has is left out.
+ */
+export function editValues(specs: VariableSpec[], current: Values | null | undefined): Values {
+  const out = initialValues(specs)
+  const now = current ?? {}
+  for (const spec of specs) {
+    const type = normaliseType(spec.type)
+    const v = now[spec.name]
+    if (type === 'group') out[spec.name] = editValues(asSpecs(spec.variables), isPlainObject(v) ? v : {})
+    else if (isSecret(spec)) out[spec.name] = null
+    else if (v !== undefined) out[spec.name] = v
+  }
+  return out
+}
+
+/**
+ * What a new revision sends (`RevisionCreate.variables`, merged by the API over the current values): each
+ * value that differs from the current one, a secret only when something was typed in it, a field emptied as
+ * null (its default, or none). Groups send only their changed members. Nothing changed: an empty object.
+ */
+export function changedValues(specs: VariableSpec[], values: Values, current: Values | null | undefined): Values {
+  const out: Values = {}
+  const now = current ?? {}
+  for (const spec of specs) {
+    const type = normaliseType(spec.type)
+    const v = values[spec.name]
+    const before = now[spec.name]
+    if (type === 'group') {
+      const nested = changedValues(
+        asSpecs(spec.variables),
+        isPlainObject(v) ? v : {},
+        isPlainObject(before) ? before : {},
+      )
+      if (Object.keys(nested).length) out[spec.name] = nested
+      continue
+    }
+    const empty = v === null || v === undefined || v === ''
+    if (isSecret(spec)) {
+      if (!empty) out[spec.name] = v
+      continue
+    }
+    if (empty) {
+      if (before !== null && before !== undefined && before !== '') out[spec.name] = null
+      continue
+    }
+    if (!same(v, before)) out[spec.name] = v
+  }
+  return out
+}
+
+/** The schema with its secrets optional: in the edit form a blank secret keeps its value. */
+export function secretsOptional(specs: VariableSpec[]): VariableSpec[] {
+  return specs.map((spec) =>
+    normaliseType(spec.type) === 'group'
+      ? { ...spec, variables: secretsOptional(asSpecs(spec.variables)) }
+      : isSecret(spec)
+        ? { ...spec, required: false }
+        : spec,
+  )
+}
+
+/** One row of a deployment's variables, as the page lists them. */
+export interface VariableRow {
+  /** Dotted name ("db.user"). */
+  path: string
+  /** The schema's label (a group's label before it: "Database › User"), else the name. */
+  label: string
+  description: string | null
+  /** The value as text: an enum's option label, yes/no for a boolean (`yesNo`), *** for a secret, '' when unset. */
+  value: string
+  secret: boolean
+  /** No value (an optional field left empty). */
+  unset: boolean
+}
+
+/**
+ * A deployment's values as labelled rows, in the schema's order (groups flattened under their label); values
+ * the schema does not name (a variable removed from the stack since) follow under their own name.
+ */
+export function variableRows(
+  specs: VariableSpec[],
+  values: Values | null | undefined,
+  yesNo: (v: boolean) => string,
+  prefix = '',
+  labelPrefix = '',
+): VariableRow[] {
+  const rows: VariableRow[] = []
+  const now = values ?? {}
+  const named = new Set<string>()
+  for (const spec of specs) {
+    named.add(spec.name)
+    const type = normaliseType(spec.type)
+    const label = labelPrefix + (spec.label || spec.name)
+    const v = now[spec.name]
+    if (type === 'group') {
+      rows.push(
+        ...variableRows(
+          asSpecs(spec.variables),
+          isPlainObject(v) ? v : {},
+          yesNo,
+          `${prefix}${spec.name}.`,
+          `${label} › `,
+        ),
+      )
+      continue
+    }
+    const unset = v === null || v === undefined || v === ''
+    let text = ''
+    if (isSecret(spec)) text = unset ? '' : MASK
+    else if (!unset) {
+      if (typeof v === 'boolean') text = yesNo(v)
+      else if (type === 'enum') text = enumOptions(spec).find((o) => o.value === v)?.label ?? String(v)
+      else text = typeof v === 'object' ? JSON.stringify(v) : String(v)
+    }
+    rows.push({
+      path: prefix + spec.name,
+      label,
+      description: spec.description ?? null,
+      value: text,
+      secret: isSecret(spec),
+      unset,
+    })
+  }
+  for (const [name, v] of Object.entries(now)) {
+    if (named.has(name)) continue
+    const unset = v === null || v === undefined || v === ''
+    const text = unset ? '' : typeof v === 'boolean' ? yesNo(v) : typeof v === 'object' ? JSON.stringify(v) : String(v)
+    rows.push({
+      path: prefix + name,
+      label: labelPrefix + name,
+      description: null,
+      value: text,
+      secret: text === MASK,
+      unset,
+    })
+  }
+  return rows
+}
