@@ -49,6 +49,13 @@ export const apiErrorsFr: Record<string, string> = {
   deployment_not_running: 'Les logs des services ne sont disponibles que pendant que le déploiement est en service.',
   invalid_transition: 'Impossible ({action}) : le déploiement est {status}.',
   no_snapshot: 'Ce déploiement n’a pas encore de document compose rendu.',
+  rollout_in_progress:
+    'La révision {revision} est en cours de déploiement : attendez qu’elle se termine, ou annulez-la, avant de modifier le déploiement.',
+  revision_conflict: 'Le déploiement a changé entre-temps (il est maintenant en révision {revision}) ; réessayez.',
+  revision_not_found: 'Ce déploiement n’a pas de révision {number}.',
+  stack_deleted: 'La stack de ce déploiement a été supprimée : il n’y a pas de dernière version à rendre.',
+  no_template_recorded:
+    'La révision {revision} n’a pas enregistré son modèle : utilisez la dernière version de la stack.',
   engine_unavailable: 'Le moteur Docker de la cible ne répond pas : {detail}',
   engine_error: 'Le moteur Docker a refusé : {detail}',
   compose_policy_denied: 'Refusé par la politique compose de la cible (options : {rules}) : {detail}',

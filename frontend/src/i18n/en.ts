@@ -1,4 +1,7 @@
+import revisions from './revisions.en'
+
 export default {
+  ...revisions,
   app: { name: 'WindFlow', tagline: 'Deploy Docker stacks, watch them live' },
   nav: {
     deployments: 'Deployments',
@@ -468,6 +471,10 @@ export default {
     executor_lost_running: 'Executor lost; its containers were found running',
     executor_lost_retrying: 'Executor lost; queued again',
     executor_lost_failed: 'Executor lost; no attempts left',
+    revision_update: 'Revision {revision}: update',
+    revision_rollback: 'Revision {revision}: rollback to revision {of}',
+    automatic_rollback: 'Revision {failed} failed: automatic rollback to revision {of} (as revision {revision})',
+    automatic_rollback_failed: 'Automatic rollback failed',
   },
   policy: {
     allow_host_binds: {
@@ -508,6 +515,7 @@ export default {
     newOrganization: 'New organization',
     searchUsers: 'Search email or name',
     userCount: '{n} user | {n} users',
+    organizationCount: '{n} organization | {n} organizations',
     superuser: 'Platform superuser',
     inactive: 'Deactivated',
     superuserHint: 'Superusers manage users, organisations and targets on the WindFlow host.',

@@ -1,7 +1,9 @@
 import type en from './en'
 import { apiErrorsFr, apiFieldsFr } from './apiErrors.fr'
+import revisions from './revisions.fr'
 
 const fr: typeof en = {
+  ...revisions,
   app: { name: 'WindFlow', tagline: 'Déployez des stacks Docker, suivez-les en direct' },
   nav: {
     deployments: 'Déploiements',
@@ -479,6 +481,11 @@ const fr: typeof en = {
     executor_lost_running: 'Exécuteur perdu ; ses conteneurs tournaient',
     executor_lost_retrying: 'Exécuteur perdu ; remis en file',
     executor_lost_failed: 'Exécuteur perdu ; plus d’essai',
+    revision_update: 'Révision {revision} : modification',
+    revision_rollback: 'Révision {revision} : retour à la révision {of}',
+    automatic_rollback:
+      'La révision {failed} a échoué : retour automatique à la révision {of} (sous le numéro {revision})',
+    automatic_rollback_failed: 'Le retour automatique a échoué',
   },
   policy: {
     allow_host_binds: {
@@ -528,6 +535,7 @@ const fr: typeof en = {
     newOrganization: 'Nouvelle organisation',
     searchUsers: 'Rechercher e-mail ou nom',
     userCount: '{n} utilisateur | {n} utilisateurs',
+    organizationCount: '{n} organisation | {n} organisations',
     superuser: 'Super-utilisateur de la plateforme',
     inactive: 'Désactivé',
     superuserHint:
