@@ -471,8 +471,24 @@ def page_errors(page) -> list[str]:
 
 
 def screenshot(page, name: str) -> Path:
+    """The page as it is shown, its CSS transitions and animations taken to their end (a dialog or a message
+    fading in is shot whole, without waiting for it)."""
     OUTPUT.mkdir(parents=True, exist_ok=True)
     path = OUTPUT / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
+    page.screenshot(path=str(path), full_page=False, animations="disabled")
     return path
 
+
+def navigate(page, path: str) -> None:
+    """Goes to ``path`` inside the running UI as its own links do (its router, no reload of the page: a
+    page.goto loads the whole application, its socket and its session again for every page). Fails when the
+    router went elsewhere (a guard's redirect)."""
+    landed = page.evaluate(
+        """async (path) => {
+            const router = document.querySelector('#app').__vue_app__.config.globalProperties.$router
+            await router.push(path)
+            return router.currentRoute.value.fullPath
+        }""",
+        path,
+    )
+    assert landed.split("?")[0] == path.split("?")[0], f"navigating to {path} landed on {landed}"

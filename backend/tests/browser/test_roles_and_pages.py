@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import Server, navigate, new_page, page_errors, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 
@@ -66,6 +66,7 @@ ACTIONS_VISIBLE = """
 }
 """
 
+#: (name, path, what shows once the page has what it read): a test id, or a CSS selector (``css=...``).
 PAGES = [
     ("deployments", "/deployments", "deployment-row"),
     ("new-deployment", "/deployments/new", "pick-stack"),
@@ -73,9 +74,9 @@ PAGES = [
     ("stacks", "/stacks", "stack-card"),
     ("targets", "/targets", "target-row"),
     ("organization", "/organization", "member-row"),
-    ("tokens", "/tokens", None),
-    ("system", "/system", "execution-mode"),
-    ("profile", "/profile", None),
+    ("tokens", "/tokens", "css=[data-testid=token-row], .n-data-table-empty"),
+    ("system", "/system", "engine"),
+    ("profile", "/profile", "membership"),
     ("admin-users", "/admin", "user-row"),
     ("admin-organizations", "/admin?tab=organizations", "organization-row"),
     ("target-edit", "/targets?edit={target}", "target-save"),
@@ -88,82 +89,80 @@ SETTLE = {"system"}
 PHONE_PAGES = ["admin-users", "target-edit", "target-policy", "stack-new", "organization", "tokens", "system"]
 
 
+def shown(page, marker: str) -> None:
+    """Waits until the page shows ``marker`` (a test id, or ``css=<selector>``)."""
+    locator = page.locator(marker[4:]) if marker.startswith("css=") else page.get_by_test_id(marker)
+    locator.first.wait_for()
+
+
+def shoot_pages(page, server: Server, names: list[str] | None, suffix: str, demo_stack: dict, local_target: dict) -> None:
+    """Each page of PAGES (those of ``names``, or all), reached as the UI's links reach them, shot once it
+    shows what it read."""
+    for name, path, marker in PAGES:
+        if names is not None and name not in names:
+            continue
+        navigate(page, path.format(stack=demo_stack["id"], target=local_target["id"]))
+        try:
+            shown(page, marker)
+            if name in SETTLE:  # until its requests are answered
+                page.wait_for_load_state("networkidle")
+        except Exception:
+            screenshot(page, f"FAILED-{name}-{suffix}")
+            raise
+        screenshot(page, f"{name}-{suffix}")
+        if name in ("deployments", "targets") and "phone" not in suffix:  # at 1280 x 800 the Actions column is whole
+            layout = page.evaluate(ACTIONS_VISIBLE)
+            assert layout["buttons"] >= 3 and layout["problems"] == [], (name, suffix, layout)
+        if name == "deployments" and suffix == "en-light":
+            page.get_by_test_id("more-actions").first.click()
+            page.get_by_test_id("action-delete").wait_for()
+            screenshot(page, "deployments-more-actions-en-light")
+            page.keyboard.press("Escape")
+
+
 def test_screenshots_of_every_page(
     chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
 ) -> None:
     """Saved to test-output/screenshots/ to be looked at; also checks no page throws."""
-    deployment = [server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
-                                                      "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)]
-    cleanup_deployments.append(deployment[0]["id"])
+    deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
+                                                     "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)
+    cleanup_deployments.append(deployment["id"])
     # the pages are shot with a running deployment (its actions include the "more" menu checked below)
-    current = wait_status(server, admin_token, deployment[0]["id"], {"running", "failed"}, timeout=90)
+    current = wait_status(server, admin_token, deployment["id"], {"running", "failed"}, timeout=90)
     assert current["status"] == "running", current
     for locale, lang in (("en-US", "en"), ("fr-FR", "fr")):
         for dark in (False, True):
-            theme = "dark" if dark else "light"
+            suffix = f"{lang}-{'dark' if dark else 'light'}"
             page = new_page(chromium_browser, locale=locale, dark=dark)
             page.goto(server.url + "/login")
-            screenshot(page, f"login-{lang}-{theme}")
+            page.locator("input[name=email]").wait_for()
+            screenshot(page, f"login-{suffix}")
             ui_login(page, server)
-            for name, path, marker in PAGES:
-                page.goto(server.url + path.format(stack=demo_stack["id"], target=local_target["id"]))
-                if marker:
-                    try:
-                        page.get_by_test_id(marker).first.wait_for()
-                    except Exception:
-                        screenshot(page, f"FAILED-{name}-{lang}-{theme}")
-                        raise
-                if not marker or name in SETTLE:  # until its requests are answered
-                    page.wait_for_load_state("networkidle")
-                page.wait_for_timeout(300)
-                screenshot(page, f"{name}-{lang}-{theme}")
-                if name in ("deployments", "targets"):  # at 1280 x 800 the Actions column is whole
-                    layout = page.evaluate(ACTIONS_VISIBLE)
-                    assert layout["buttons"] >= 3 and layout["problems"] == [], (name, lang, theme, layout)
-                if name == "deployments" and lang == "en" and not dark:
-                    page.get_by_test_id("more-actions").first.click()
-                    page.get_by_test_id("action-delete").wait_for()
-                    screenshot(page, "deployments-more-actions-en-light")
-                    page.keyboard.press("Escape")
-            if deployment:
-                page.goto(f"{server.url}/deployments/{deployment[0]['id']}")
-                page.get_by_test_id("detail-name").wait_for()
-                page.wait_for_timeout(300)
-                screenshot(page, f"deployment-detail-{lang}-{theme}")
-                page.goto(f"{server.url}/deployments?logs={deployment[0]['id']}")
-                page.get_by_test_id("log-scroller").wait_for()
-                page.wait_for_timeout(1000)
-                screenshot(page, f"logs-drawer-{lang}-{theme}")
-            page.goto(f"{server.url}/stacks/{demo_stack['id']}")
-            page.wait_for_load_state("networkidle")
-            screenshot(page, f"stack-editor-{lang}-{theme}")
-            # Requests cut short by the next page.goto reject with "Failed to fetch" (an API call) or "Unable
-            # to preload CSS" (a lazy page's stylesheet): not errors of the UI.
-            cut_short = ("Failed to fetch", "Unable to preload CSS")
-            assert [e for e in page.errors if not any(c in e for c in cut_short)] == [], page.errors
+            shoot_pages(page, server, None, suffix, demo_stack, local_target)
+            navigate(page, f"/deployments/{deployment['id']}")
+            page.get_by_test_id("detail-name").wait_for()
+            screenshot(page, f"deployment-detail-{suffix}")
+            navigate(page, f"/deployments?logs={deployment['id']}")
+            page.get_by_test_id("log-line").first.wait_for()
+            screenshot(page, f"logs-drawer-{suffix}")
+            navigate(page, f"/stacks/{demo_stack['id']}")
+            page.get_by_test_id("template-editor").wait_for()
+            page.locator("[data-testid=template-editor] .cm-line").first.wait_for()
+            screenshot(page, f"stack-editor-{suffix}")
+            assert page_errors(page) == [], page.errors
             page.context.close()
     # The phone layout: the drawer takes the whole screen.
     page = new_page(chromium_browser, width=390, height=844)
     ui_login(page, server)
     page.get_by_test_id("deployment-row").first.wait_for()
-    page.wait_for_timeout(300)
     screenshot(page, "deployments-phone")
-    if deployment:
-        page.goto(f"{server.url}/deployments?logs={deployment[0]['id']}")
-        page.get_by_test_id("log-scroller").wait_for()
-        screenshot(page, "logs-drawer-phone")
-        page.get_by_test_id("tab-services").click()
-        page.get_by_test_id("service-scroller").wait_for()
-        page.wait_for_timeout(500)
-        screenshot(page, "logs-drawer-services-phone")
-    for name, path, marker in PAGES:
-        if name not in PHONE_PAGES:
-            continue
-        page.goto(server.url + path.format(stack=demo_stack["id"], target=local_target["id"]))
-        if marker:
-            page.get_by_test_id(marker).first.wait_for()
-        if not marker or name in SETTLE:
-            page.wait_for_load_state("networkidle")
-        page.wait_for_timeout(300)
-        screenshot(page, f"{name}-phone")
+    navigate(page, f"/deployments?logs={deployment['id']}")
+    page.get_by_test_id("log-line").first.wait_for()
+    screenshot(page, "logs-drawer-phone")
+    page.get_by_test_id("tab-services").click()
+    page.get_by_test_id("service-scroller").wait_for()
+    page.get_by_test_id("service-scroller").get_by_test_id("log-line").first.wait_for()
+    screenshot(page, "logs-drawer-services-phone")
+    shoot_pages(page, server, PHONE_PAGES, "phone", demo_stack, local_target)
+    assert page_errors(page) == [], page.errors
     page.context.close()
