@@ -153,8 +153,9 @@ class EncryptedValues:
 
     The one reader and writer of that shape: :meth:`encrypt` builds it from the clear values and the dotted
     names of the secrets, :meth:`decrypt` gives the clear values back, :meth:`masked` the values as the API
-    shows them (secrets as ``***``), :meth:`secret_values` the clear secrets (to build a redactor from). Every
-    secret decrypted is also registered with the server log's redaction.
+    shows them (secrets as ``***``), :meth:`secret_values` the clear secrets (to build a redactor from),
+    :meth:`decrypt_with_secrets` both at once. Every secret decrypted is also registered with the server
+    log's redaction.
     """
 
     def __init__(self, stored: Mapping[str, Any] | None) -> None:
@@ -179,9 +180,17 @@ class EncryptedValues:
         return self._walk(lambda _token: MASK)
 
     def secret_values(self, settings: Settings) -> list[str]:
+        return self.decrypt_with_secrets(settings)[1]
+
+    def decrypt_with_secrets(self, settings: Settings) -> tuple[dict[str, Any], list[str]]:
+        """The clear values and the clear secrets among them, each secret decrypted once."""
         found: list[str] = []
-        self._walk(lambda token: found.append(_clear(settings, token)))
-        return found
+
+        def clear(token: str) -> str:
+            found.append(_clear(settings, token))
+            return found[-1]
+
+        return self._walk(clear), found
 
     def _walk(self, secret: Callable[[str], Any]) -> dict[str, Any]:
         """A copy of the stored values with each encrypted one replaced by ``secret(token)``."""

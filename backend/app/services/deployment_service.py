@@ -39,8 +39,8 @@ from backend.app.models.base import new_id
 from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting
 from backend.app.services import pagination
 from backend.app.services.deployments import history_reasons, recovery
+from backend.app.services.deployments.context import check_compose_policy, snapshot_compose
 from backend.app.services.deployments.runner import Dispatch
-from backend.app.services.deployments.spec import check_compose_policy, snapshot_compose
 from backend.app.services.deployments.state_machine import TransitionResult, record_creation, set_deployment_status
 from backend.app.services.identity import organization_service
 from backend.app.services.stacks import bounded_render, templating
@@ -260,7 +260,10 @@ class DeploymentService:
         if settings is not None and deployment.rendered_compose:
             target = await session.get(Target, deployment.target_id)
             if target is not None:
-                check_compose_policy(snapshot_compose(settings, deployment), target)
+                # the deployment's secrets masked in the policy's message (decrypting them registers them
+                # with the server log's redaction too), as at creation
+                secrets = EncryptedValues(deployment.variables).secret_values(settings)
+                check_compose_policy(snapshot_compose(settings, deployment), target, redact=secrets)
         allowed = {
             "start": frozenset({S.STOPPED}),
             "redeploy": frozenset({S.RUNNING, S.STOPPED}),

@@ -11,10 +11,12 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
-from backend.app.engines.base import DeploySpec, EngineError
+from backend.app.engines.base import DeploySpec, EngineError, TargetConnection
 from backend.app.engines.docker_base import DockerEngine
-from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership, Role
+from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership, Role, TargetType
+from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments import runner
+from backend.app.services.deployments.context import DeploymentContext
 from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployments.log_text import plain, redact_keeping_colours
 from backend.tests.factories import make_deployment
@@ -84,11 +86,14 @@ async def test_a_failed_services_last_lines_appear_once(db, monkeypatch, tmp_pat
         await session.commit()
     spec = DeploySpec(deployment_id=deployment.id, compose="services: {}\n", workdir=tmp_path)
 
-    async def load_engine(session, *, settings, deployment):
-        return _FailingEngine(), spec
+    async def load_context(session, *, settings, deployment):
+        return DeploymentContext(
+            deployment_id=deployment.id, target_id=deployment.target_id, target_name="t", endpoint="tcp://203.0.113.9:2376",
+            policy=ComposePolicy(), connection=TargetConnection(type=TargetType.DOCKER, endpoint="tcp://203.0.113.9:2376"),
+            values={}, secrets=(), redactor=Redactor([]), engine=_FailingEngine(), spec=spec,
+        )
 
-    monkeypatch.setattr(runner, "load_engine", load_engine)
-    monkeypatch.setattr(runner, "check_compose_policy", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "load_context", load_context)
     outcome = await runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.ASYNCIO)
     assert outcome.status == "failed", outcome
     async with database.AsyncSessionLocal() as session:

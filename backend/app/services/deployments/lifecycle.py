@@ -15,10 +15,10 @@ from backend.app.core.events import DeletedData, Event, EventType, queue_event
 from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.logging import Redactor
 from backend.app.engines.base import EngineError
-from backend.app.models import Deployment, DeploymentStatus, LogLevel, Target
-from backend.app.services.deployments import history_reasons, redaction
+from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.context import load_context
 from backend.app.services.deployments.logs import append_logs, append_logs_committed
-from backend.app.services.deployments.spec import load_engine
 from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.app.database import end_transaction, utcnow
 
@@ -41,23 +41,19 @@ def _engine_failure(action: str, exc: EngineError, redactor: Redactor) -> Except
     return Conflict(f"cannot {action}: {message}", code="engine_error")
 
 
-async def _redactor(session: AsyncSession, settings: Settings, deployment: Deployment) -> Redactor:
-    return redaction.deployment_redactor(settings, deployment, await session.get(Target, deployment.target_id))
-
-
 async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
         raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition",
                        params={"action": "stop", "status": str(deployment.status)})
-    engine, spec = await load_engine(session, settings=settings, deployment=deployment)
-    redactor = await _redactor(session, settings, deployment)
+    context = await load_context(session, settings=settings, deployment=deployment)
+    redactor = context.redactor
     # Stopping takes up to the stack's stop grace period per container: no transaction (on SQLite, no write
     # lock) is held meanwhile. The status is then moved by compare-and-set from running.
     await end_transaction(session)
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
     try:
-        await engine.stop(spec, log)
+        await context.engine.stop(context.spec, log)
     except EngineError as exc:
         # the request's transaction rolls back with the error: the lines that say why are written on their own
         await append_logs_committed(
@@ -76,12 +72,12 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     """Tear down every labelled container/network (and volume unless ``keep_volumes``), then drop the row."""
     if deployment.status is S.DEPLOYING:
         raise Conflict("this deployment is being deployed: cancel it first, then delete it", code="deployment_busy")
-    engine, spec = await load_engine(session, settings=settings, deployment=deployment)
-    redactor = await _redactor(session, settings, deployment)
+    context = await load_context(session, settings=settings, deployment=deployment)
+    redactor = context.redactor
     await end_transaction(session)  # the engine's removal may take the containers' stop grace periods
     log = _Collector()
     try:
-        await engine.remove(spec, log, keep_volumes=keep_volumes)
+        await context.engine.remove(context.spec, log, keep_volumes=keep_volumes)
     except EngineError as exc:
         raise _engine_failure("delete", exc, redactor) from exc
     # Meanwhile a redeploy may have requeued it and a runner claimed it: read it again, locked, before dropping it.
@@ -91,7 +87,7 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     if current.status is S.DEPLOYING:
         raise Conflict("this deployment was redeployed while it was being deleted: cancel it first, then delete it",
                        code="deployment_busy")
-    shutil.rmtree(spec.workdir, ignore_errors=True)
+    shutil.rmtree(context.spec.workdir, ignore_errors=True)
     queue_event(session, Event.of(
         EventType.DEPLOYMENT_DELETED, deployment.id, deployment.organization_id, DeletedData(name=deployment.name)))
     await session.delete(deployment)

@@ -14,8 +14,8 @@ from backend.app.config import Settings
 from backend.app.database import end_transaction, utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
 from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments.context import load_context
 from backend.app.services.deployments.logs import append_logs
-from backend.app.services.deployments.spec import load_engine
 from backend.app.services.deployments.state_machine import set_deployment_status
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ async def log_line(session: AsyncSession, *, deployment_id: str, level: LogLevel
 async def _containers_running(session: AsyncSession, settings: Settings, deployment: Deployment) -> bool | None:
     """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
     try:
-        engine, spec = await load_engine(session, settings=settings, deployment=deployment)
+        context = await load_context(session, settings=settings, deployment=deployment)
     except Exception:  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
         logger.warning("recovery: cannot load deployment %s", deployment.id, exc_info=True)
         return None
@@ -38,7 +38,7 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     # SQLite, no write lock) is held meanwhile. The caller's change is a compare-and-set on the lease.
     await end_transaction(session)
     try:
-        states = await engine.inspect(spec)
+        states = await context.engine.inspect(context.spec)
     except Exception:  # noqa: BLE001 - EngineError or worse: unknown reality, as above
         logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
         return None

@@ -34,18 +34,18 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
-from backend.app.engines.base import DeploySpec, Engine, EngineError
-from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel, Target
+from backend.app.engines.base import EngineError
+from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel
 from backend.app.services.deployments import history_reasons, orphans, redaction
-from backend.app.services.targets.compose_policy import PolicyViolation
+from backend.app.services.deployments.context import DeploymentContext, load_context
 from backend.app.services.deployments.logs import DeploymentLogWriter
-from backend.app.services.deployments.spec import check_compose_policy, load_engine
 from backend.app.services.deployments.state_machine import (
     claim_deployment,
     claimable_for_target,
     renew_lease,
     set_deployment_status,
 )
+from backend.app.services.targets.compose_policy import PolicyViolation
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -121,12 +121,12 @@ async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: a
             return
 
 
-async def _run_steps(engine: Engine, spec: DeploySpec, deployment_id: str, owner: str, logs: DeploymentLogWriter) -> None:
+async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLogWriter) -> None:
     total = len(STEPS)
     for number, (title, method) in enumerate(STEPS, start=1):
         logs.progress(owner=owner, current_step=number, total_steps=total, step_name=title)
         await logs.log(LogLevel.INFO, f"[{number}/{total}] {title}")
-        await getattr(engine, method)(spec, logs.log)
+        await getattr(context.engine, method)(context.spec, logs.log)
 
 
 async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, **kwargs) -> bool:
@@ -170,24 +170,21 @@ async def run_deployment(
         return RunOutcome(deployment_id, Outcome.SKIPPED, claim.reason)
 
     async with DeploymentLogWriter(deployment_id) as logs:
+        logs.redactor = redaction.base_redactor(settings)  # until the deployment's own is loaded
+        # Load, check, run.
         try:
             async with database.AsyncSessionLocal() as session:
                 deployment = await session.get(Deployment, deployment_id)
-                target_id = deployment.target_id
                 attempt, max_attempts = deployment.attempt, deployment.max_attempts
-                logs.redactor = redaction.base_redactor(settings)  # until the deployment's own is built
-                logs.redactor = redaction.deployment_redactor(
-                    settings, deployment, await session.get(Target, deployment.target_id)
-                )
-                engine, spec = await load_engine(session, settings=settings, deployment=deployment)
-                # The target's policy as it is now: it may have been tightened since creation.
-                check_compose_policy(spec.compose, await session.get(Target, target_id))
+                context = await load_context(session, settings=settings, deployment=deployment)
+            logs.redactor = context.redactor
+            context.check_policy()  # the target's policy as it is now: it may have been tightened since creation
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
             if isinstance(exc, PolicyViolation):
                 message = f"refused by the compose policy: {exc.detail}"
             else:
                 message = f"cannot prepare the deployment: {exc}"
-            message = (logs.redactor or redaction.base_redactor(settings))(message)
+            message = logs.redactor(message)
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
             await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=history_reasons.text("preparation_failed"))
@@ -195,15 +192,16 @@ async def run_deployment(
 
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
         await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {executor})")
+        target_id = context.target_id
         lost = asyncio.Event()
-        work = asyncio.create_task(_run_steps(engine, spec, deployment_id, owner, logs))
+        work = asyncio.create_task(_run_steps(context, owner, logs))
         heartbeat = asyncio.create_task(_heartbeat(deployment_id, owner, settings, work, lost))
         try:
             await work
         except asyncio.CancelledError:
             if not lost.is_set():
                 raise  # the executor itself is shutting down; recovery takes over after the lease expires
-            return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
+            return await _after_lost_lease(context, logs)
         except EngineError as exc:
             # The engine's message quotes the containers' output: the deployment's own redactor masks it
             # before it is stored in error_message, published in events or written to the server log.
@@ -221,7 +219,7 @@ async def run_deployment(
         await logs.flush()  # every line and progress step lands before the status says running
         if await _settle(deployment_id, S.RUNNING, owner, reason=history_reasons.text("running")):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
-        return await _after_lost_lease(engine, spec, deployment_id, target_id, logs)
+        return await _after_lost_lease(context, logs)
 
 
 async def _after_failure(
@@ -262,12 +260,13 @@ async def _after_failure(
     return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
 
 
-async def _after_lost_lease(engine: Engine, spec: DeploySpec, deployment_id: str, target_id: str, logs: DeploymentLogWriter) -> RunOutcome:
+async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter) -> RunOutcome:
+    deployment_id, target_id = context.deployment_id, context.target_id
     status = await _current_status(deployment_id)
     if status is S.CANCELLED:
         await logs.log(LogLevel.WARNING, "Cancelled: removing what this deployment created")
         try:
-            await engine.remove(spec, logs.log)
+            await context.engine.remove(context.spec, logs.log)
         except EngineError as exc:
             await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {logs.redactor(exc.message)}")
         await logs.log(LogLevel.INFO, "Cancelled")

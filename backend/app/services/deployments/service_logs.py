@@ -28,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.core.events import Event, EventType, bus, iso_utc
 from backend.app.core.exceptions import Conflict, NotFound
+from backend.app.core.security import EncryptedValues
 from backend.app.engines.base import DEPLOYMENT_LABEL, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.models import Deployment, DeploymentStatus, Target
 from backend.app.services.deployments import redaction
-from backend.app.services.targets import target_service
 from backend.app.services.deployments.log_text import redact_keeping_colours
+from backend.app.services.targets import target_service
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ async def prepare(session: AsyncSession, *, settings: Settings, deployment: Depl
     target = await session.get(Target, deployment.target_id)
     if target is None:
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
+    credentials = target_service.credentials(target, settings)  # decrypted once, for the connection and the redactor
+    secrets = [*EncryptedValues(deployment.variables).secret_values(settings), *redaction.target_secrets(target, credentials)]
     return ServiceLogFollower(
-        deployment.id, deployment.organization_id, target_service.connection_for(target, settings),
-        redaction.deployment_redactor(settings, deployment, target), tail,
+        deployment.id, deployment.organization_id, target_service.connection_from(target, credentials),
+        redaction.deployment_redactor(settings, deployment.id, secrets=secrets), tail,
     )
 
 

@@ -88,7 +88,11 @@ def _store_credentials(target: Target, settings: Settings, creds: dict[str, Any]
 
 def connection_for(target: Target, settings: Settings) -> TargetConnection:
     """How a driver reaches the target's engine (credentials decrypted, and registered with the redactor)."""
-    creds = credentials(target, settings)
+    return connection_from(target, credentials(target, settings))
+
+
+def connection_from(target: Target, creds: dict[str, Any]) -> TargetConnection:
+    """How a driver reaches the target's engine, from its credentials already decrypted (:func:`credentials`)."""
     return TargetConnection(
         type=TargetType(target.type),
         endpoint=target.endpoint,
