@@ -55,7 +55,9 @@ class EventType(StrEnum):
     DEPLOYMENT_DELETED = "DEPLOYMENT_DELETED"
     #: a revision failed and WindFlow rolls the deployment back to its last good revision
     DEPLOYMENT_ROLLED_BACK = "DEPLOYMENT_ROLLED_BACK"
-    #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "")
+    #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "");
+    #: or, with ``organization_id`` "" too, an account's API token (for that user) or a user or organisation of
+    #: the platform (for superusers)
     RESOURCE_CHANGED = "RESOURCE_CHANGED"
 
 
@@ -122,13 +124,22 @@ class RolledBackData(_Data):
     reason: str = Field(description="why from_revision failed (its error message)")
 
 
-class ResourceChangedData(_Data):
-    """What changed in an organisation besides its deployments: list views refetch that row (or drop it)."""
+#: Resources of an organisation (its subscribers receive their events).
+ORGANIZATION_RESOURCES = frozenset({"stack", "target", "member"})
+#: Resources of the platform: users and organisations, whose lists superusers administer.
+PLATFORM_RESOURCES = frozenset({"user", "organization"})
 
-    resource: Literal["stack", "target", "member"]
+
+class ResourceChangedData(_Data):
+    """What changed besides deployments: list views refetch that row (or drop it). A stack, target or member
+    of an organisation (its subscribers receive it); an API token (``user_id``: only that user's clients
+    receive it); a user or an organisation of the platform (only superusers' clients receive it)."""
+
+    resource: Literal["stack", "target", "member", "token", "user", "organization"]
     action: Literal["created", "updated", "deleted"]
-    id: str = Field(description="the stack's or target's id; for a member, the user's id")
-    name: str | None = Field(default=None, description="its name (a member's email)")
+    id: str = Field(description="the id of the stack, target, token, user or organisation; a member's user id")
+    name: str | None = Field(default=None, description="its name (a member's or user's email)")
+    user_id: str | None = Field(default=None, description="a token's owner: the only user told of it")
 
 
 #: The payload model of each type. ``DEPLOYMENT_CREATED`` carries the deployment as
@@ -148,6 +159,29 @@ def resource_changed(organization_id: str, resource: str, action: str, resource_
     """The ``RESOURCE_CHANGED`` event of an organisation (no deployment: ``deployment_id`` is empty)."""
     return Event.of(EventType.RESOURCE_CHANGED, "", organization_id,
                     ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
+
+
+def token_changed(user_id: str, action: str, token_id: str, name: str) -> Event:
+    """A user's API token was created or revoked: for that user's clients only (no organisation)."""
+    return Event.of(EventType.RESOURCE_CHANGED, "", "",
+                    ResourceChangedData(resource="token", action=action, id=token_id, name=name, user_id=user_id))
+
+
+def platform_changed(resource: str, action: str, resource_id: str, name: str | None) -> Event:
+    """A user or an organisation was created or changed: for superusers' clients only (no organisation)."""
+    return Event.of(EventType.RESOURCE_CHANGED, "", "",
+                    ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
+
+
+def audience(evt: Event) -> tuple[str, str | None]:
+    """Who may receive a ``RESOURCE_CHANGED`` event: ``("organization", id)`` (its members), ``("user", id)``
+    (one account: its tokens) or ``("superusers", None)`` (users and organisations of the platform)."""
+    resource = evt.data.get("resource")
+    if resource == "token":
+        return "user", evt.data.get("user_id")
+    if resource in PLATFORM_RESOURCES:
+        return "superusers", None
+    return "organization", evt.organization_id
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """What keeps the UI's smaller lists live and filterable: ``RESOURCE_CHANGED`` events for stacks, targets and
-members (organisation subscribers), the ``q`` / ``role`` / ``source`` / ``active`` filters, and why a pending
-deployment waits."""
+members (organisation subscribers), API tokens (their owner) and users and organisations (superusers), the
+``q`` / ``role`` / ``source`` / ``active`` filters, and why a pending deployment waits."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from backend.app import database
+from backend.app.core.events import audience
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, Membership, Role
 from backend.app.schemas.events import ResourceChangedEvent
@@ -16,8 +17,9 @@ from backend.tests.helpers import add_member, create_user, default_org, setup_ad
 TEMPLATE = "services:\n  web:\n    image: nginx:1.27-alpine\n"
 
 
-def changes(events) -> list[tuple[str, str, str | None]]:
-    return [(e.data["resource"], e.data["action"], e.data["name"]) for e in events if e.type == "RESOURCE_CHANGED"]
+def changes(events, resources=("stack", "target", "member")) -> list[tuple[str, str, str | None]]:
+    return [(e.data["resource"], e.data["action"], e.data["name"]) for e in events
+            if e.type == "RESOURCE_CHANGED" and e.data["resource"] in resources]
 
 
 async def test_stacks_targets_and_members_announce_their_changes(client, db, events) -> None:
@@ -43,9 +45,39 @@ async def test_stacks_targets_and_members_announce_their_changes(client, db, eve
         ("target", "updated", "far"), ("member", "created", "member@example.com"), ("member", "updated", None),
         ("member", "deleted", None), ("target", "deleted", "far"), ("stack", "deleted", "web"),
     ]
-    found = [e for e in events if e.type == "RESOURCE_CHANGED"]
+    found = [e for e in events if e.type == "RESOURCE_CHANGED" and e.data["resource"] in ("stack", "target", "member")]
     assert all(e.organization_id == org and e.deployment_id == "" for e in found)
+    assert {audience(e) for e in found} == {("organization", org)}
     ResourceChangedEvent.model_validate(found[0].to_dict())  # the frame matches its documented schema
+
+
+async def test_tokens_users_and_organizations_announce_their_changes_to_whom_they_concern(client, db, events) -> None:
+    admin = await setup_admin(client)
+    ada = await create_user(client, admin, "ada@example.com")
+    token = (await client.post("/api/v1/tokens", json={"name": "ci"}, headers=ada.headers)).json()
+    assert (await client.delete(f"/api/v1/tokens/{token['id']}", headers=ada.headers)).status_code == 204
+    await client.delete(f"/api/v1/tokens/{token['id']}", headers=ada.headers)  # already revoked: nothing new
+    foreign = await client.delete(f"/api/v1/tokens/{token['id']}", headers=admin.headers)
+    assert foreign.status_code == 404  # another user's token: refused, and nothing announced
+    assert (await client.patch(f"/api/v1/users/{ada.user_id}", json={"full_name": "Ada L."},
+                               headers=admin.headers)).status_code == 200
+    org = (await client.post("/api/v1/organizations", json={"name": "research"}, headers=admin.headers)).json()
+    refused = await client.post("/api/v1/users", json={"email": "ada@example.com", "password": "long-enough-1"},
+                                headers=admin.headers)
+    assert refused.status_code == 409  # nothing announced for what was not stored
+
+    account = [e for e in events if e.type == "RESOURCE_CHANGED" and e.data["resource"] in ("token", "user", "organization")]
+    assert [(e.data["resource"], e.data["action"], e.data["name"]) for e in account] == [
+        ("user", "created", "ada@example.com"), ("token", "created", "ci"), ("token", "updated", "ci"),
+        ("user", "updated", "ada@example.com"), ("organization", "created", "research"),
+    ]
+    assert [audience(e) for e in account] == [
+        ("superusers", None), ("user", ada.user_id), ("user", ada.user_id), ("superusers", None), ("superusers", None),
+    ]
+    assert all(e.organization_id == "" and e.deployment_id == "" for e in account)  # no organisation hears them
+    assert account[4].data["id"] == org["id"] and account[1].data["id"] == token["id"]
+    for e in account:
+        ResourceChangedEvent.model_validate(e.to_dict())
 
 
 async def test_the_small_lists_filter(client, db) -> None:

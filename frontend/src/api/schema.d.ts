@@ -1982,7 +1982,9 @@ export interface components {
         };
         /**
          * ResourceChangedData
-         * @description What changed in an organisation besides its deployments: list views refetch that row (or drop it).
+         * @description What changed besides deployments: list views refetch that row (or drop it). A stack, target or member
+         *     of an organisation (its subscribers receive it); an API token (``user_id``: only that user's clients
+         *     receive it); a user or an organisation of the platform (only superusers' clients receive it).
          */
         ResourceChangedData: {
             /**
@@ -1992,12 +1994,12 @@ export interface components {
             action: "created" | "updated" | "deleted";
             /**
              * Id
-             * @description the stack's or target's id; for a member, the user's id
+             * @description the id of the stack, target, token, user or organisation; a member's user id
              */
             id: string;
             /**
              * Name
-             * @description its name (a member's email)
+             * @description its name (a member's or user's email)
              * @default null
              */
             name: string | null;
@@ -2005,7 +2007,13 @@ export interface components {
              * Resource
              * @enum {string}
              */
-            resource: "stack" | "target" | "member";
+            resource: "stack" | "target" | "member" | "token" | "user" | "organization";
+            /**
+             * User Id
+             * @description a token's owner: the only user told of it
+             * @default null
+             */
+            user_id: string | null;
         };
         /**
          * ResourceChangedEvent

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.app.core.events import queue_event, resource_changed
+from backend.app.core.events import platform_changed, queue_event, resource_changed
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from backend.app.models import Membership, Organization, Role, User
 from backend.app.services import pagination
@@ -135,6 +135,7 @@ async def create(session: AsyncSession, *, data: OrganizationCreate, creator: Us
                        code="organization_exists", params={"name": data.name}) from exc
     session.add(Membership(user_id=creator.id, organization_id=org.id, role=Role.OWNER))
     await session.flush()
+    queue_event(session, platform_changed("organization", "created", org.id, org.name))
     return org
 
 
@@ -148,6 +149,7 @@ async def update_organization(session: AsyncSession, *, org: Organization, data:
     except IntegrityError as exc:
         raise Conflict(f"an organization named {data.name!r} already exists; pick another name",
                        code="organization_exists", params={"name": data.name}) from exc
+    queue_event(session, platform_changed("organization", "updated", org.id, org.name))
     return org
 
 

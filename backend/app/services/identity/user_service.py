@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core import security
+from backend.app.core.events import platform_changed, queue_event, token_changed
 from backend.app.core.exceptions import Conflict, NotFound, ValidationFailed
 from backend.app.database import utcnow
 from backend.app.models import ApiToken, RefreshToken, User
@@ -30,6 +31,7 @@ async def create_user(session: AsyncSession, *, data: UserCreate) -> User:
     except IntegrityError as exc:
         raise Conflict(f"a user with email {data.email} already exists", code="user_exists",
                        params={"email": data.email}) from exc
+    queue_event(session, platform_changed("user", "created", user.id, user.email))
     return user
 
 
@@ -68,6 +70,7 @@ async def update_user(session: AsyncSession, *, user: User, data: UserUpdate, ac
     if changes.get("is_active") is False or "password" in changes:
         await _revoke_sessions(session, user)
     await session.flush()
+    queue_event(session, platform_changed("user", "updated", user.id, user.email))
     return user
 
 
@@ -92,6 +95,7 @@ async def create_api_token(session: AsyncSession, *, user: User, data: ApiTokenC
     )
     session.add(token)
     await session.flush()
+    queue_event(session, token_changed(user.id, "created", token.id, token.name))
     return token, clear
 
 
@@ -119,4 +123,5 @@ async def revoke_api_token(session: AsyncSession, *, user: User, token_id: str) 
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         await session.flush()
+        queue_event(session, token_changed(user.id, "updated", token.id, token.name))
     return token
