@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
@@ -12,11 +12,17 @@ from backend.app.schemas.deployments import (
     DeploymentCreate,
     DeploymentPage,
     DeploymentRead,
+    DeploymentUpdate,
     HistoryRead,
     LogLineRead,
     LogPage,
+    RevisionCreate,
+    RevisionDiff,
+    RevisionPage,
+    RevisionRead,
+    RollbackRequest,
 )
-from backend.app.services.deployments import history_reasons, lifecycle, log_text
+from backend.app.services.deployments import history_reasons, lifecycle, log_text, revisions
 from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.deployments.redaction import public_actor
@@ -57,6 +63,7 @@ async def create_deployment(
         name=body.name,
         variables=body.variables,
         organization_id=body.organization_id,
+        auto_rollback=body.auto_rollback,
     )
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
@@ -201,3 +208,71 @@ async def delete(
     """Tear down the deployment's containers and networks (and volumes), then delete it."""
     await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
     await session.commit()
+
+
+@router.patch("/{deployment_id}", response_model=DeploymentRead)
+async def update_settings(body: DeploymentUpdate, deployment: OperableDeployment, session: SessionDep) -> DeploymentRead:
+    """Change the deployment's settings (``auto_rollback``). Its values and template change through a new
+    revision (``POST /deployments/{id}/revisions``)."""
+    await DeploymentService.update_settings(session, deployment=deployment, auto_rollback=body.auto_rollback)
+    await session.commit()
+    await session.refresh(deployment)
+    return (await read_models(session, deployments=[deployment]))[0]
+
+
+RevisionNumber = Annotated[int, Path(ge=1, le=2_147_483_647, description="a revision number")]
+
+
+@router.get("/{deployment_id}/revisions", response_model=RevisionPage)
+async def list_revisions(deployment: DeploymentDep, session: SessionDep, page: PageDep) -> RevisionPage:
+    """The deployment's revisions, newest first (secrets shown as ***)."""
+    result = await revisions.page(session, deployment=deployment, params=page)
+    return RevisionPage.of(result, [revisions.read_model(r) for r in result.items])
+
+
+@router.post("/{deployment_id}/revisions", response_model=RevisionRead, status_code=status.HTTP_201_CREATED,
+             dependencies=[Depends(_check_rate)])
+async def create_revision(
+    body: RevisionCreate, deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request,
+    settings: SettingsDep,
+) -> RevisionRead:
+    """Change the deployment: new values merged over the current ones (a secret left out keeps its value)
+    and/or the stack's latest template (``stack_version: "latest"``), validated like a creation. The new
+    revision is rolled out behind the health gate; 409 while another rollout is in progress."""
+    revision = await revisions.create_update(session, settings=settings, deployment=deployment, user=user,
+                                             variables=body.variables, stack_version=body.stack_version)
+    await session.commit()
+    await request.app.state.dispatcher.dispatch(deployment.id)
+    return revisions.read_model(revision)
+
+
+@router.post("/{deployment_id}/rollback", response_model=RevisionRead, status_code=status.HTTP_201_CREATED,
+             dependencies=[Depends(_check_rate)])
+async def rollback(
+    body: RollbackRequest, deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request,
+    settings: SettingsDep,
+) -> RevisionRead:
+    """Roll back to revision ``revision``: a new revision re-applying its record (values, compose, and the
+    image digests it recorded), rolled out behind the health gate; 409 while another rollout is in progress."""
+    revision = await revisions.create_rollback(session, settings=settings, deployment=deployment, user=user,
+                                               number=body.revision)
+    await session.commit()
+    await request.app.state.dispatcher.dispatch(deployment.id)
+    return revisions.read_model(revision)
+
+
+@router.get("/{deployment_id}/revisions/{number}", response_model=RevisionRead)
+async def get_revision(deployment: DeploymentDep, number: RevisionNumber, session: SessionDep) -> RevisionRead:
+    """One revision of the deployment."""
+    return revisions.read_model(await revisions.get(session, deployment_id=deployment.id, number=number))
+
+
+@router.get("/{deployment_id}/revisions/{a}/diff/{b}", response_model=RevisionDiff)
+async def diff_revisions(
+    deployment: DeploymentDep, a: RevisionNumber, b: RevisionNumber, session: SessionDep, settings: SettingsDep,
+) -> RevisionDiff:
+    """Unified diff from revision ``a`` to ``b``: the rendered compose, then the values (secrets as ***, a
+    changed secret marked ``(changed)``)."""
+    first = await revisions.get(session, deployment_id=deployment.id, number=a)
+    second = await revisions.get(session, deployment_id=deployment.id, number=b)
+    return RevisionDiff(diff=revisions.diff(settings, first, second))

@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import Conflict, NotFound
-from backend.app.core.logging import SecretMask, register_secret
+from backend.app.core.logging import SecretMask
 from backend.app.core.security import EncryptedValues
-from backend.app.database import end_transaction, utcnow
+from backend.app.database import utcnow
 from backend.app.models import (
     Deployment,
     DeploymentStatus,
@@ -38,12 +38,12 @@ from backend.app.models import (
 from backend.app.models.base import new_id
 from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting
 from backend.app.services import pagination
-from backend.app.services.deployments import history_reasons, recovery
+from backend.app.services.deployments import history_reasons, recovery, revisions
 from backend.app.services.deployments.context import check_compose_policy, snapshot_compose
 from backend.app.services.deployments.runner import Dispatch
 from backend.app.services.deployments.state_machine import TransitionResult, record_creation, set_deployment_status
 from backend.app.services.identity import organization_service
-from backend.app.services.stacks import bounded_render, templating
+from backend.app.services.stacks import templating
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -115,8 +115,10 @@ class DeploymentService:
         name: str | None = None,
         variables: dict[str, Any] | None = None,
         organization_id: str | None = None,
+        auto_rollback: bool | None = None,
     ) -> Deployment:
-        """Validate, freeze generators, render and store a ``pending`` deployment (not dispatched)."""
+        """Validate, freeze generators, render and store a ``pending`` deployment at its revision 1 (not
+        dispatched). ``auto_rollback`` (None: on) rolls a later revision that fails back by itself."""
         org_id = await organization_service.resolve_organization(session, user=user, organization_id=organization_id, minimum=Role.OPERATOR)
         stack = await session.get(Stack, stack_id)
         if stack is None or stack.organization_id != org_id:
@@ -134,13 +136,8 @@ class DeploymentService:
         secret_paths = templating.secret_paths(parsed)
         # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
         # write lock) is held meanwhile; the deployment is written in the next one.
-        await end_transaction(session)
-        for value in templating.secret_values(parsed, values):
-            register_secret(value)
-        limits = bounded_render.RenderLimits.from_settings(settings)
-        rendered = await bounded_render.render_stack(stack.template, parsed, values, limits)
-        check_compose_policy(rendered, target, redact=templating.secret_values(parsed, values))
-        await bounded_render.validate_with_compose(rendered, redact=templating.secret_values(parsed, values), limits=limits)
+        rendered = await revisions.render_for_target(session, settings=settings, template=stack.template, parsed=parsed,
+                                                     values=values, target=target)
 
         # queued_at is stamped by record_creation right before its flush: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
@@ -156,10 +153,22 @@ class DeploymentService:
             rendered_compose=security.encrypt_secret(settings, rendered),
             max_attempts=settings.DEPLOYMENT_MAX_ATTEMPTS,
             status=S.PENDING,
+            revision=1,
+            auto_rollback=auto_rollback is not False,
         )
         waiting = (await waiting_of(session, deployments=[deployment])).get(deployment.id)  # as the list shows it
         await record_creation(session, deployment=deployment, actor=user.email,
                               snapshot=lambda created: read_model(created, waiting))
+        session.add(revisions.first_revision(deployment, stack=stack, actor=user.email))
+        await session.flush()
+        return deployment
+
+    @staticmethod
+    async def update_settings(session: AsyncSession, *, deployment: Deployment, auto_rollback: bool | None) -> Deployment:
+        """``PATCH /deployments/{id}``: the settings that are not inputs of a revision."""
+        if auto_rollback is not None:
+            deployment.auto_rollback = auto_rollback
+        await session.flush()
         return deployment
 
     # --- queries ----------------------------------------------------------------------------------

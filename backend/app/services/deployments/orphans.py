@@ -50,13 +50,17 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
 async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str = ACTOR) -> str | None:
     """Settle one ``deploying`` row whose lease expired (its executor died), after checking reality.
 
-    ``running`` if its labelled containers all run; else back to ``pending`` while attempts remain (the
+    ``running`` if its labelled containers all run and the attempt had reached its last step (the health gate:
+    before, the containers are the previous revision's); else back to ``pending`` while attempts remain (the
     caller dispatches it after committing); else ``failed``. Returns ``"settled"``, ``"retried"`` or
     ``"failed"``, or ``None`` when the compare-and-set lost (a renewal, another reaper). The caller commits.
     Used by recovery, the reaper and an executor that receives a dead executor's redelivered message.
     """
     deployment_id = deployment.id
-    running = await _containers_running(session, settings, deployment)
+    # Containers found running are this attempt's only once it reached its last step (the health gate): before,
+    # they are what the previous revision left running, and the rollout must run again.
+    reached_gate = deployment.total_steps > 0 and deployment.current_step >= deployment.total_steps
+    running = await _containers_running(session, settings, deployment) if reached_gate else False
     if running:
         result = await set_deployment_status(
             session, deployment_id=deployment_id, to_status=S.RUNNING, reason=history_reasons.text("executor_lost_running"), actor=actor,

@@ -36,7 +36,7 @@ from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel
-from backend.app.services.deployments import history_reasons, orphans, redaction
+from backend.app.services.deployments import history_reasons, orphans, redaction, revisions
 from backend.app.services.deployments.context import DeploymentContext, load_context
 from backend.app.services.deployments.logs import DeploymentLogWriter
 from backend.app.services.deployments.state_machine import (
@@ -121,16 +121,26 @@ async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: a
             return
 
 
-async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLogWriter) -> None:
+#: The first step that touches containers: a failure from there on may have replaced the running ones.
+CONTAINERS_STEP = 4
+
+
+async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLogWriter, reached: list[int]) -> None:
     total = len(STEPS)
     for number, (title, method) in enumerate(STEPS, start=1):
+        reached[0] = number
         logs.progress(owner=owner, current_step=number, total_steps=total, step_name=title)
         await logs.log(LogLevel.INFO, f"[{number}/{total}] {title}")
         await getattr(context.engine, method)(context.spec, logs.log)
 
 
-async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, **kwargs) -> bool:
+async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, *, rollout: revisions.Rollout | None = None,
+                  images: list[dict[str, str]] | None = None, **kwargs) -> bool:
+    """Move the deployment out of ``deploying`` under the lease; with ``rollout``, the images its pull resolved
+    are recorded on its revision in the same transaction."""
     async with database.AsyncSessionLocal() as session:
+        if rollout is not None and images:
+            await revisions.record_images(session, deployment_id=deployment_id, number=rollout.number, images=images)
         result = await set_deployment_status(session, deployment_id=deployment_id, to_status=to, lease_owner=owner, actor=owner, **kwargs)
         await session.commit()
     if not result.accepted:
@@ -177,6 +187,10 @@ async def run_deployment(
                 deployment = await session.get(Deployment, deployment_id)
                 attempt, max_attempts = deployment.attempt, deployment.max_attempts
                 context = await load_context(session, settings=settings, deployment=deployment)
+                rollout = await revisions.rollout_of(session, deployment=deployment)
+            # every rollout of a revision after its first pull runs the images it recorded (a rollback: the
+            # images of the revision it re-applies)
+            context.spec.pinned_images = dict(rollout.pinned)
             logs.redactor = context.redactor
             context.check_policy()  # the target's policy as it is now: it may have been tightened since creation
         except Exception as exc:  # noqa: BLE001 - a deployment that cannot even be loaded fails with the reason
@@ -191,10 +205,14 @@ async def run_deployment(
             return RunOutcome(deployment_id, Outcome.FAILED, message)
 
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
-        await logs.log(LogLevel.INFO, f"Deployment started (attempt {attempt}/{max_attempts}, executor {executor})")
+        for line in rollout.opening():
+            await logs.log(LogLevel.WARNING if rollout.is_automatic_rollback else LogLevel.INFO, logs.redactor(line))
+        await logs.log(LogLevel.INFO, f"Deployment started (revision {rollout.number}, attempt {attempt}/{max_attempts}, "
+                                      f"executor {executor})")
         target_id = context.target_id
         lost = asyncio.Event()
-        work = asyncio.create_task(_run_steps(context, owner, logs))
+        reached = [0]
+        work = asyncio.create_task(_run_steps(context, owner, logs, reached))
         heartbeat = asyncio.create_task(_heartbeat(deployment_id, owner, settings, work, lost))
         try:
             await work
@@ -206,20 +224,36 @@ async def run_deployment(
             # The engine's message quotes the containers' output: the deployment's own redactor masks it
             # before it is stored in error_message, published in events or written to the server log.
             message = logs.redactor(exc.message)
+            failed = Failed(context, rollout, reached[0])
             return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message,
-                                        exc.transient, logs, logged=logs.redactor(exc.summary))
+                                        exc.transient, logs, logged=logs.redactor(exc.summary), failed=failed)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails the deployment, never the process
             message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
             logger.error("deployment %s: %s", deployment_id, message)
-            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, False, logs)
+            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, False, logs,
+                                        failed=Failed(context, rollout, reached[0]))
         finally:
             heartbeat.cancel()
 
         await logs.log(LogLevel.INFO, "Deployment is running")
         await logs.flush()  # every line and progress step lands before the status says running
-        if await _settle(deployment_id, S.RUNNING, owner, reason=history_reasons.text("running")):
+        images = [image.record() for image in context.spec.images]
+        if await _settle(deployment_id, S.RUNNING, owner, rollout=rollout, images=images, reason=history_reasons.text("running")):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(context, logs)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What a failed run had: its context, the revision it rolled out and the last step it reached."""
+
+    context: DeploymentContext
+    rollout: revisions.Rollout
+    step: int
+
+    @property
+    def images(self) -> list[dict[str, str]]:
+        return [image.record() for image in self.context.spec.images]
 
 
 async def _after_failure(
@@ -233,6 +267,7 @@ async def _after_failure(
     transient: bool,
     logs: DeploymentLogWriter,
     logged: str | None = None,
+    failed: Failed | None = None,
 ) -> RunOutcome:
     # Every line is stored before the status changes: a client that sees the new status finds the reason.
     # ``logged``: what the log still needs of ``message`` (the output it quotes may be there already, each
@@ -255,9 +290,55 @@ async def _after_failure(
     elif transient:
         await logs.log(LogLevel.ERROR, f"Giving up after {attempt} attempt(s)")
     await logs.flush()
-    if await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=history_reasons.text("failed")):
+    reason = history_reasons.text("failed")
+    if failed is not None:
+        rolled_back = await _roll_back(deployment_id, target_id, owner, message, failed, logs)
+        if rolled_back is not None:
+            return rolled_back
+        await _remove_failed(failed, logs)
+        if failed.rollout.is_automatic_rollback:
+            message, reason = failed.rollout.failure_message(message), history_reasons.text("automatic_rollback_failed")
+        await logs.flush()
+    if await _settle(deployment_id, S.FAILED, owner, rollout=failed.rollout if failed else None,
+                     images=failed.images if failed else None, error_message=message, reason=reason):
         return RunOutcome(deployment_id, Outcome.FAILED, message, target_id)
     return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
+
+
+async def _roll_back(deployment_id: str, target_id: str, owner: str, message: str, failed: Failed,
+                     logs: DeploymentLogWriter) -> RunOutcome | None:
+    """The failed revision's automatic rollback, when the deployment has one (see
+    ``revisions.automatic_rollback_target``): a new revision re-applying the last good one is queued, and this
+    executor reschedules the deployment at once. None when there is none to make."""
+    async with database.AsyncSessionLocal() as session:
+        good = await revisions.automatic_rollback_target(session, deployment_id=deployment_id)
+    if good is None:
+        return None
+    await logs.log(LogLevel.WARNING, f"Revision {failed.rollout.number} failed: {revisions.first_line(message)}; rolling "
+                                     f"back to revision {good.number}, the last that passed the health gate")
+    await logs.flush()  # the reason is in the log before the status says pending
+    async with database.AsyncSessionLocal() as session:
+        revision = await revisions.begin_automatic_rollback(session, deployment_id=deployment_id, owner=owner,
+                                                            message=message, images=failed.images)
+        await session.commit()
+    if revision is None:
+        return None  # the lease is gone (the failed settle says so) or the rollback was switched off meanwhile
+    logger.info("deployment %s: revision %s failed; automatic rollback to revision %s as revision %s",
+                deployment_id, failed.rollout.number, good.number, revision.number)
+    return RunOutcome(deployment_id, Outcome.REQUEUED, message, target_id, retry_in=0.0)
+
+
+async def _remove_failed(failed: Failed, logs: DeploymentLogWriter) -> None:
+    """Nothing of a revision that failed for good keeps running: what its run started is removed (named
+    volumes are kept). A failure before any container was touched leaves what ran before as it is."""
+    if failed.step < CONTAINERS_STEP:
+        return
+    await logs.log(LogLevel.WARNING, f"Removing the containers of revision {failed.rollout.number}: nothing of a failed "
+                                     "revision keeps running (named volumes are kept)")
+    try:
+        await failed.context.engine.remove(failed.context.spec, logs.log, keep_volumes=True)
+    except EngineError as exc:
+        await logs.log(LogLevel.ERROR, f"Could not remove them: {logs.redactor(exc.message)}")
 
 
 async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter) -> RunOutcome:
@@ -372,6 +453,11 @@ class InProcessExecutor:
     def _schedule(self, deployment_id: str, settings: Settings, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
+            # the run that scheduled this may still be finishing (a retry_in of 0: an automatic rollback);
+            # submit() would take it for the run to join
+            running = self._tasks.get(deployment_id)
+            if running is not None and not running.done():
+                await asyncio.gather(running, return_exceptions=True)
             self.submit(deployment_id, settings)
 
         timer = asyncio.create_task(later(), name=f"retry-{deployment_id}")
