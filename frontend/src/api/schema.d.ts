@@ -189,7 +189,12 @@ export interface paths {
         delete: operations["delete_api_v1_deployments__deployment_id__delete"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Update Settings
+         * @description Change the deployment's settings (``auto_rollback``). Its values and template change through a new
+         *     revision (``POST /deployments/{id}/revisions``).
+         */
+        patch: operations["update_settings_api_v1_deployments__deployment_id__patch"];
         trace?: never;
     };
     "/api/v1/deployments/{deployment_id}/cancel": {
@@ -327,6 +332,94 @@ export interface paths {
          * @description Try a failed or cancelled deployment again, with a fresh attempt budget.
          */
         post: operations["retry_api_v1_deployments__deployment_id__retry_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/revisions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Revisions
+         * @description The deployment's revisions, newest first (secrets shown as ***).
+         */
+        get: operations["list_revisions_api_v1_deployments__deployment_id__revisions_get"];
+        put?: never;
+        /**
+         * Create Revision
+         * @description Change the deployment: new values merged over the current ones (a secret left out keeps its value)
+         *     and/or the stack's latest template (``stack_version: "latest"``), validated like a creation. The new
+         *     revision is rolled out behind the health gate; 409 while another rollout is in progress.
+         */
+        post: operations["create_revision_api_v1_deployments__deployment_id__revisions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/revisions/{a}/diff/{b}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Diff Revisions
+         * @description Unified diff from revision ``a`` to ``b``: the rendered compose, then the values (secrets as ***, a
+         *     changed secret marked ``(changed)``).
+         */
+        get: operations["diff_revisions_api_v1_deployments__deployment_id__revisions__a__diff__b__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/revisions/{number}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Revision
+         * @description One revision of the deployment.
+         */
+        get: operations["get_revision_api_v1_deployments__deployment_id__revisions__number__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/rollback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rollback
+         * @description Roll back to revision ``revision``: a new revision re-applying its record (values, compose, and the
+         *     image digests it recorded), rolled out behind the health gate; 409 while another rollout is in progress.
+         */
+        post: operations["rollback_api_v1_deployments__deployment_id__rollback_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1323,6 +1416,17 @@ export interface components {
             type: "DEPLOYMENT_STATUS_CHANGED";
         };
         /**
+         * DeploymentUpdate
+         * @description ``PATCH /deployments/{id}``: the deployment's settings (its inputs change through a new revision).
+         */
+        DeploymentUpdate: {
+            /**
+             * Auto Rollback
+             * @description when a revision fails (its health gate, or its deploy for good), roll back by itself to the last revision that passed the gate
+             */
+            auto_rollback?: boolean | null;
+        };
+        /**
          * DeploymentWaiting
          * @description Why a ``pending`` deployment has not started yet.
          */
@@ -2062,11 +2166,140 @@ export interface components {
             type: "resync";
         };
         /**
+         * RevisionCreate
+         * @description A new revision of the deployment, rolled out behind the health gate.
+         */
+        RevisionCreate: {
+            /**
+             * Stack Version
+             * @description latest: render the stack's current template and variable schema; left out: the current revision's
+             */
+            stack_version?: "latest" | null;
+            /**
+             * Variables
+             * @description values merged over the current ones (a secret left out keeps its value); validated like at creation
+             */
+            variables?: {
+                [key: string]: unknown;
+            } | null;
+        };
+        /** RevisionDiff */
+        RevisionDiff: {
+            /**
+             * Diff
+             * @description unified diff from revision a to b: the rendered compose, then the values (secrets as ***; a changed secret is marked as changed)
+             */
+            diff: string;
+        };
+        /** RevisionImage */
+        RevisionImage: {
+            /**
+             * Digest
+             * @description what it resolved to after the pull: the registry digest (sha256:...), or the local image id (sha256:...) for an image no registry knows; null when not recorded (a revision made before digests were recorded, or whose rollout failed before the pull)
+             */
+            digest: string | null;
+            /**
+             * Image
+             * @description the image as the compose document names it
+             */
+            image: string;
+            /** Service */
+            service: string;
+        };
+        /**
+         * RevisionOutcome
+         * @description How a revision's rollout ended (or where it is).
+         * @enum {string}
+         */
+        RevisionOutcome: "pending" | "deploying" | "running" | "failed" | "rolled_back" | "superseded";
+        /** RevisionPage */
+        RevisionPage: {
+            /** Items */
+            items: components["schemas"]["RevisionRead"][];
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
+            total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
+        };
+        /** RevisionRead */
+        RevisionRead: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Created By
+             * @description who asked (an email); null for an automatic rollback
+             */
+            created_by: string | null;
+            /** Error Message */
+            error_message: string | null;
+            /**
+             * Finished At
+             * @description when its rollout ended (passed or failed the gate)
+             */
+            finished_at: string | null;
+            /** Images */
+            images: components["schemas"]["RevisionImage"][];
+            /** Number */
+            number: number;
+            /** @description pending/deploying (its rollout), running (the deployment runs it), failed, rolled_back (it ran, then a rollback replaced it), superseded (it ran, then a newer revision replaced it) */
+            outcome: components["schemas"]["RevisionOutcome"];
+            /** @description created (the first), update (new values or the stack's latest template), rollback (asked), automatic_rollback (WindFlow, after a revision failed) */
+            reason: components["schemas"]["RevisionReason"];
+            /**
+             * Rollback Of
+             * @description rollback and automatic_rollback: the revision re-applied
+             */
+            rollback_of: number | null;
+            /** Stack Id */
+            stack_id: string | null;
+            /**
+             * Stack Version
+             * @description the stack's version when the revision was made
+             */
+            stack_version: string | null;
+            /**
+             * Variables
+             * @description its values; secrets shown as ***
+             */
+            variables: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * RevisionReason
+         * @description Why a deployment revision was made.
+         * @enum {string}
+         */
+        RevisionReason: "created" | "update" | "rollback" | "automatic_rollback";
+        /**
          * Role
          * @description Roles inside one organisation, weakest first.
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
+        /** RollbackRequest */
+        RollbackRequest: {
+            /**
+             * Revision
+             * @description the revision whose record is re-applied
+             */
+            revision: number;
+        };
         /**
          * RolledBackData
          * @description A revision failed (its health gate, or its deploy for good): the deployment goes back to an older one.
@@ -3307,6 +3540,42 @@ export interface operations {
             };
         };
     };
+    update_settings_api_v1_deployments__deployment_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeploymentUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     cancel_api_v1_deployments__deployment_id__cancel_post: {
         parameters: {
             query?: never;
@@ -3536,6 +3805,187 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeploymentRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_revisions_api_v1_deployments__deployment_id__revisions_get: {
+        parameters: {
+            query?: {
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
+                offset?: number;
+                /** @description items per page (1-200) */
+                limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_revision_api_v1_deployments__deployment_id__revisions_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RevisionCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    diff_revisions_api_v1_deployments__deployment_id__revisions__a__diff__b__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a revision number */
+                a: number;
+                /** @description a revision number */
+                b: number;
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionDiff"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_revision_api_v1_deployments__deployment_id__revisions__number__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a revision number */
+                number: number;
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    rollback_api_v1_deployments__deployment_id__rollback_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RollbackRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionRead"];
                 };
             };
             /** @description Validation Error */
