@@ -72,8 +72,8 @@ class ComposeEngine(DockerEngine):
     async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
         """``compose config``: the document after compose's own interpolation and profile selection
         (only run when the document has something to interpolate)."""
-        path = compose_path(spec)
-        if not path.is_file() or "$" not in path.read_text().replace("$$", ""):
+        path = self.ensure_project(spec)
+        if "$" not in path.read_text().replace("$$", ""):
             return self.prepared_document(spec)
         async with self.session() as session:
             result = await self._compose(session, spec, None, "config", timeout=CONFIG_TIMEOUT,
@@ -140,8 +140,7 @@ class ComposeEngine(DockerEngine):
     async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
         up = self._up.pop(spec.deployment_id, None)
         if up is None:  # create_resources was not called (a start after a restart of this process)
-            if not compose_path(spec).is_file():
-                raise EngineError("the project directory is missing: prepare the deployment first", transient=False)
+            self.ensure_project(spec)
             await self._run(spec, log, "compose up", *self._up_args())
             return
         await up  # cancelling this step cancels `up`, which kills compose's process group
@@ -153,21 +152,21 @@ class ComposeEngine(DockerEngine):
             await asyncio.gather(up, return_exceptions=True)
 
     async def stop(self, spec: DeploySpec, log: LogSink) -> None:
-        if not compose_path(spec).is_file():
-            await self._sdk_stop(spec, log)
-            return
+        self.ensure_project(spec)  # rebuilt from the snapshot where this process never deployed it
         await self._run(spec, log, "compose stop", "stop")
 
     async def start(self, spec: DeploySpec, log: LogSink) -> None:
-        if not compose_path(spec).is_file():
-            await self._sdk_start(spec, log)
-            return
+        self.ensure_project(spec)
         await self._run(spec, log, "compose start", "start")
 
     async def remove(self, spec: DeploySpec, log: LogSink, *, keep_volumes: bool = False) -> None:
-        """``compose down`` when the project directory exists, then a sweep by label so that nothing is
-        left even without it (or after a failed ``down``)."""
+        """``compose down`` in the project directory (rebuilt from the snapshot when missing), then a sweep
+        by label so that nothing is left even after a failed ``down`` or without a directory."""
         await self._abandon_up(spec)  # a cancelled deployment may still have its `up` running
+        try:
+            self.ensure_project(spec)
+        except (OSError, EngineError) as exc:
+            await log(LogLevel.WARNING, f"cannot write the project directory ({exc}); removing by label")
         async with self.session() as session:
             if compose_path(spec).is_file():
                 args = ["down", "--remove-orphans"] + ([] if keep_volumes else ["--volumes"])
@@ -176,19 +175,3 @@ class ComposeEngine(DockerEngine):
                     await log(LogLevel.WARNING, f"compose down failed ({result.error_excerpt()}); "
                                                 "removing by label")
             await self.sweep(session, spec, log, keep_volumes=keep_volumes)
-
-    # ------------------------------------------------------------------ without a project directory
-
-    async def _sdk_stop(self, spec: DeploySpec, log: LogSink) -> None:
-        async with self.session() as session:
-            for container in await self.containers(session, spec):
-                if container.status in ("running", "restarting", "paused"):
-                    await log(LogLevel.INFO, f"stopping {container.name}")
-                    await session.call(container.stop)
-
-    async def _sdk_start(self, spec: DeploySpec, log: LogSink) -> None:
-        async with self.session() as session:
-            for container in await self.containers(session, spec):
-                if container.status in ("created", "exited"):
-                    await log(LogLevel.INFO, f"starting {container.name}")
-                    await session.call(container.start)

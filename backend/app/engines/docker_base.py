@@ -181,12 +181,28 @@ class DockerEngine(Engine):
         """The prepared document with variables substituted as the deploying tool will see them."""
         return self.prepared_document(spec)
 
-    async def prepare(self, spec: DeploySpec, log: LogSink) -> None:
+    def write_project(self, spec: DeploySpec) -> dict[str, Any]:
+        """Write the project directory from the stored snapshot: the labelled document (pinned images in
+        place) in a 0700 directory, as a 0600 file (it holds the deployment's secret values). Returns the
+        document written."""
         doc = self.labelled_document(spec)
         path = compose_path(spec)
-        # The document holds the deployment's secret values: a 0700 directory, a 0600 file.
         private_dir(path.parent, tighten=True)
         write_private(path, dump_document(doc))
+        return doc
+
+    def ensure_project(self, spec: DeploySpec) -> Path:
+        """The project directory, rebuilt from the snapshot when this process has none (it did not deploy
+        the deployment: another worker, another host, a fresh container). Every step that runs the tool in
+        the directory calls this first, so no step needs a disk shared with whoever deployed."""
+        path = compose_path(spec)
+        if not path.is_file():
+            self.write_project(spec)
+        return path
+
+    async def prepare(self, spec: DeploySpec, log: LogSink) -> None:
+        doc = self.write_project(spec)
+        path = compose_path(spec)
         # Named relative to the project: the deployment log never shows the host's directory layout.
         await log(LogLevel.INFO, f"wrote {path.name} of project {spec.project} ({len(doc['services'])} services, "
                                  f"labelled {DEPLOYMENT_LABEL}={spec.deployment_id})")

@@ -103,8 +103,8 @@ class SwarmEngine(DockerEngine):
                                  capture_stdout=capture_stdout)
 
     async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
-        path = compose_path(spec)
-        if not path.is_file() or "$" not in path.read_text().replace("$$", ""):
+        path = self.ensure_project(spec)
+        if "$" not in path.read_text().replace("$$", ""):
             return self.prepared_document(spec)
         async with self.session() as session:
             result = await self._docker(session, None, "stack", "config", "-c", str(path), cwd=path.parent,
@@ -162,7 +162,7 @@ class SwarmEngine(DockerEngine):
         await log(LogLevel.INFO, "target is a swarm manager; networks are created by `docker stack deploy`")
 
     async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
-        path = compose_path(spec)
+        path = self.ensure_project(spec)
         async with self.session() as session:
             result = await self._docker(session, log, "stack", "deploy", "--resolve-image", "never", "--prune",
                                         "--detach=true", "--compose-file", str(path), spec.project, cwd=path.parent)

@@ -23,6 +23,7 @@ import pytest
 from backend.app.engines import ComposeEngine, SwarmEngine, engine_for
 from backend.app.engines.base import DEPLOYMENT_LABEL, DeploySpec, Engine, EngineError, TargetConnection
 from backend.app.engines.connection import EngineSession
+from backend.app.engines.docker_base import compose_path
 from backend.app.engines.process import run_command
 from backend.app.models.enums import LogLevel, TargetType
 from backend.tests.conftest import TEST_IMAGE
@@ -146,18 +147,39 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
         await cleanup(engine, spec, docker_client)
 
 
-async def test_remove_without_project_directory_leaves_nothing(docker_engine, docker_client, tmp_path):  # noqa: F811
-    """The sweep by label finds what compose created even when the project directory is gone."""
+def _drop_project_directory(spec) -> None:
+    for path in spec.workdir.iterdir():
+        path.unlink()
+    spec.workdir.rmdir()
+
+
+async def test_lifecycle_without_project_directory(docker_engine, docker_client, tmp_path):  # noqa: F811
+    """A process that did not deploy has no project directory (no shared disk): stop, start and remove
+    rebuild it from the snapshot, with the modes ``prepare`` gives it (0700, 0600), and act on the
+    deployment's containers; the sweep by label still finds whatever compose created."""
     engine = build_engine("compose-v2", docker_engine)
-    spec = make_spec(tmp_path, two_service_stack(free_port()))
+    port = free_port()
+    spec = make_spec(tmp_path, two_service_stack(port))
     log = LogCapture()
     try:
         for step in STEPS[:5]:
             await getattr(engine, step)(spec, log)
         assert len(labelled_objects(docker_client, spec)["containers"]) == 2
-        for path in spec.workdir.iterdir():
-            path.unlink()
-        spec.workdir.rmdir()
+        written = compose_path(spec).read_text()
+
+        _drop_project_directory(spec)
+        await engine.stop(spec, log)
+        assert {s.state for s in await engine.inspect(spec)} == {"exited"}
+        assert compose_path(spec).read_text() == written  # the same document prepare wrote
+        assert stat.S_IMODE(spec.workdir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(compose_path(spec).stat().st_mode) == 0o600
+
+        _drop_project_directory(spec)
+        await engine.start(spec, log)
+        await engine.wait_healthy(spec, log)
+        assert {s.state for s in await engine.inspect(spec)} == {"running"}
+
+        _drop_project_directory(spec)
         await engine.remove(spec, log)
         assert labelled_objects(docker_client, spec) == {"containers": [], "networks": [], "volumes": []}
     finally:
