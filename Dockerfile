@@ -10,8 +10,11 @@
 # deploy/docker-entrypoint.sh). Anyone who can use the socket controls the host, so this limits what a
 # compromised process can do inside the container, not on the host.
 
-# Debian 13 "trixie": its docker-cli and docker-compose (the compose v2 CLI plugin) packages are what the
-# engines in backend/app/engines drive. Debian 12 ships compose v1 only.
+# The base image is a build argument. It must be Debian 13 "trixie" with `python` and `pip` first on PATH:
+# its docker-cli and docker-compose (the compose v2 CLI plugin) packages are what the engines in
+# backend/app/engines drive (Debian 12 ships compose v1 only). Where no registry is reachable,
+# `bash scripts/build-offline-images.sh` builds windflow-offline/python:3.13-trixie from Debian's packages
+# and docker-compose.yml passes it (WINDFLOW_PYTHON_IMAGE).
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 FROM ${PYTHON_IMAGE}
 
@@ -54,8 +57,9 @@ COPY stacks_definitions ./stacks_definitions
 COPY pyproject.toml frontend/dis[t] ./frontend/dist/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/windflow-entrypoint
 COPY deploy/healthcheck.py /usr/local/bin/windflow-healthcheck
+COPY deploy/supervise.py /usr/local/bin/windflow-supervise
 RUN rm ./frontend/dist/pyproject.toml \
-    && chmod 0755 /usr/local/bin/windflow-entrypoint /usr/local/bin/windflow-healthcheck \
+    && chmod 0755 /usr/local/bin/windflow-entrypoint /usr/local/bin/windflow-healthcheck /usr/local/bin/windflow-supervise \
     && mkdir -p data/deployments logs \
     && chown windflow:windflow /app /app/data /app/data/deployments /app/logs
 

@@ -2,11 +2,15 @@
 
 * ``docker-compose.yml`` as Docker Compose v2 itself resolves it (``docker compose config --format json``):
   the product guide's services, commands and replica counts (docs/architecture.md#the-product-guide), the shared image, ``.env.prod`` reaching every
-  WindFlow process, the Docker socket and the shared deployments directory.
+  WindFlow process, the Docker socket and no shared deployments directory, the proxy in front of the
+  backend replicas, restarts (the supervisor), the base images named by variables.
 * Doc drift: the variables of ``.env.example`` and ``.env.prod.example`` are ``Settings`` fields (or, for
   ``.env.prod.example``, the postgres container's own variables), and every ``Settings`` field is
   documented in ``.env.example`` and ``docs/configuration.md``.
-* The image's health check script (``deploy/healthcheck.py``).
+* The image's health check script (``deploy/healthcheck.py``) and the supervisor's decisions
+  (``deploy/supervise.py``: which deaths it undoes).
+
+``backend/tests/docker/test_production_compose.py`` runs the stack for real.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ POSTGRES_FILE = REPO / "deploy" / "postgres.yml"
 GUIDE_WORKER = "celery -A backend.app.celery_app worker --concurrency=4"
 GUIDE_BEAT = "celery -A backend.app.celery_app beat"
 APP_SERVICES = ("backend", "worker", "beat")
+#: the image built from the repository also runs the supervisor
+IMAGE_SERVICES = (*APP_SERVICES, "supervisor")
 SETTINGS_FIELDS = set(Settings.model_fields)
 
 TEST_SECRET = "layout-test-secret-key-0123456789-abcdefghijklmnop"
@@ -61,7 +67,8 @@ def compose_v2() -> tuple[str, ...]:
     return command
 
 
-def run_compose(project_dir: Path, *args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_compose(project_dir: Path, *args: str, env_file: Path | None = None,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``docker compose`` on ``project_dir/docker-compose.yml`` in a clean environment.
 
     Compose interpolates from the process environment and from ``.env``; both are left out (``env -i`` and
@@ -71,6 +78,7 @@ def run_compose(project_dir: Path, *args: str, env_file: Path | None = None) -> 
     env = {k: os.environ[k] for k in ("PATH", "HOME", "DOCKER_CONFIG") if k in os.environ}
     if env_file is not None:
         env["WINDFLOW_ENV_FILE"] = str(env_file)
+    env.update(extra_env or {})
     argv = [*compose_v2(), "--project-directory", str(project_dir), "-f", str(project_dir / "docker-compose.yml"),
             "--env-file", os.devnull, *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
@@ -127,7 +135,8 @@ def mounts(service: dict) -> dict[str, dict]:
 
 
 def test_the_services_of_the_guide(services):
-    assert set(services) == {"backend", "worker", "beat", "postgres", "redis"}
+    """The guide's five, the proxy in front of the backend replicas and the supervisor."""
+    assert set(services) == {"backend", "worker", "beat", "postgres", "redis", "proxy", "supervisor"}
 
 
 def test_workers_run_the_guides_command_three_times(services):
@@ -142,21 +151,52 @@ def test_exactly_one_beat_scheduler(services):
     assert beat["deploy"]["replicas"] == 1
 
 
-def test_backend_serves_port_8000(services):
+def test_backend_serves_port_8000_behind_the_proxy(services):
+    """The backend publishes no port (so that it scales: --scale backend=2); the proxy publishes
+    WINDFLOW_HTTP_PORT (8000) with deploy/nginx.conf, which sends every request to backend:8000."""
     backend = services["backend"]
     assert command_line(backend) == "python -m backend.app.main"
-    published = [(str(p.get("published")), p["target"]) for p in backend["ports"]]
-    assert ("8000", 8000) in published
+    assert "ports" not in backend
+    assert "8000" in [str(port) for port in backend["expose"]]
     assert backend["environment"]["HOST"] == "0.0.0.0"
     assert backend["environment"]["PORT"] == "8000"
+    proxy = services["proxy"]
+    assert proxy["image"] == "nginx:1.27"
+    assert [(str(p.get("published")), p["target"]) for p in proxy["ports"]] == [("8000", 80)]
+    conf = mounts(proxy)["/etc/nginx/conf.d/default.conf"]
+    assert Path(conf["source"]) == REPO / "deploy" / "nginx.conf" and conf["read_only"]
+    nginx = (REPO / "deploy" / "nginx.conf").read_text()
+    assert "set $windflow_backend http://backend:8000;" in nginx
+    assert "proxy_set_header Upgrade $http_upgrade;" in nginx and "proxy_buffering off;" in nginx
+
+
+def test_the_http_port_and_the_base_images_are_variables(prod_env_file):
+    """WINDFLOW_HTTP_PORT, and the images scripts/build-offline-images.sh builds where no registry is."""
+    result = run_compose(REPO, "config", "--format", "json", env_file=prod_env_file, extra_env={
+        "WINDFLOW_HTTP_PORT": "127.0.0.1:18080", "WINDFLOW_IMAGE": "windflow-backend:t",
+        "WINDFLOW_PYTHON_IMAGE": "windflow-offline/python:3.13-trixie",
+        "WINDFLOW_POSTGRES_IMAGE": "windflow-offline/postgres:15-bookworm",
+        "WINDFLOW_REDIS_IMAGE": "windflow-offline/redis:7-bookworm", "WINDFLOW_PROXY_IMAGE": "windflow-offline/nginx:1.22-bookworm",
+    })
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert [(p["host_ip"], str(p["published"])) for p in services["proxy"]["ports"]] == [("127.0.0.1", "18080")]
+    for name in IMAGE_SERVICES:
+        assert services[name]["image"] == "windflow-backend:t", name
+        assert services[name]["build"]["args"]["PYTHON_IMAGE"] == "windflow-offline/python:3.13-trixie", name
+    assert services["postgres"]["image"] == "windflow-offline/postgres:15-bookworm"
+    assert services["redis"]["image"] == "windflow-offline/redis:7-bookworm"
+    assert services["proxy"]["image"] == "windflow-offline/nginx:1.22-bookworm"
+    assert 'ARG PYTHON_IMAGE=python:3.11-slim-trixie\nFROM ${PYTHON_IMAGE}' in (REPO / "Dockerfile").read_text()
 
 
 def test_app_services_share_the_image_built_from_the_repository(services):
-    for name in APP_SERVICES:
+    for name in IMAGE_SERVICES:
         service = services[name]
         assert service["image"] == "windflow-backend:latest", name
         assert Path(service["build"]["context"]) == REPO, name
         assert (REPO / service["build"].get("dockerfile", "Dockerfile")).is_file(), name
+        assert service["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim-trixie", name
 
 
 def test_every_app_process_gets_the_env_file(services):
@@ -197,18 +237,31 @@ def test_app_services_wait_for_a_healthy_database(services):
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
 
 
-def test_backend_and_workers_drive_the_engine_and_share_deployments(services):
-    volume_names = set()
-    for name in ("backend", "worker"):
-        service = services[name]
-        socket = mounts(service).get("/var/run/docker.sock")
+def test_backend_and_workers_drive_the_engine_and_share_no_deployments_directory(services, config):
+    """Each process keeps its own project directories: stop, start and delete work from the engine's labels
+    where the directory is missing (the production compose test stops and deletes from the backend a
+    deployment a worker ran)."""
+    for name in ("backend", "worker", "supervisor"):
+        socket = mounts(services[name]).get("/var/run/docker.sock")
         assert socket is not None and socket["type"] == "bind" and socket["source"] == "/var/run/docker.sock", name
-        workdir = service["environment"]["DEPLOYMENTS_WORKDIR"]
-        mount = mounts(service).get(workdir)
-        assert mount is not None and mount["type"] == "volume", f"{name}: DEPLOYMENTS_WORKDIR {workdir} is not a volume"
-        volume_names.add(mount["source"])
-    assert len(volume_names) == 1, "backend and workers must share one deployments volume"
+    for name in ("backend", "worker"):
+        workdir = services[name]["environment"]["DEPLOYMENTS_WORKDIR"]
+        assert workdir not in mounts(services[name]), f"{name}: DEPLOYMENTS_WORKDIR {workdir} is a shared mount"
+    assert "deployments" not in config.get("volumes", {})
     assert "/var/run/docker.sock" not in mounts(services["beat"])
+
+
+def test_restarts(services):
+    """A container whose process dies comes back (the policy); one `docker kill` stopped is started again by
+    the supervisor (Docker's policies leave it down), which watches the labelled containers."""
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped", name
+        if name != "supervisor":
+            assert service["labels"]["windflow.restart-when-killed"] == "true", name
+    supervisor = services["supervisor"]
+    assert command_line(supervisor) == "windflow-supervise"
+    assert "SECRET_KEY" not in supervisor.get("environment", {}), "the supervisor needs no configuration"
+    assert supervisor["healthcheck"]["disable"] is True
 
 
 def test_health_checks(services):
@@ -255,7 +308,8 @@ def test_dockerfile_copies_what_exists():
         for source in sources:
             if "[" not in source:
                 assert (REPO / source).exists(), f"{line}: {source} does not exist"
-    for script in ("deploy/docker-entrypoint.sh", "deploy/healthcheck.py"):
+    for script in ("deploy/docker-entrypoint.sh", "deploy/healthcheck.py", "deploy/supervise.py",
+                   "deploy/offline-images/postgres-entrypoint.sh", "deploy/offline-images/redis-entrypoint.sh"):
         assert os.access(REPO / script, os.X_OK), f"{script} must be executable"
 
 
@@ -358,3 +412,62 @@ def test_backend_healthcheck_follows_the_health_status(health_server):
     health_server["status"] = 503
     problem = healthcheck.check_backend()
     assert problem is not None and "503" in problem and "unavailable" in problem
+
+
+# --------------------------------------------------------------------------- the supervisor's decisions
+
+
+def load_supervise():
+    spec = importlib.util.spec_from_file_location("windflow_supervise", REPO / "deploy" / "supervise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeContainer:
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+        self.status = "running"
+
+
+class FakeClient:
+    """The two calls the supervisor makes on a container (pure decision logic: no engine here)."""
+
+    def __init__(self, container: FakeContainer) -> None:
+        self.container = container
+        self.containers = self
+
+    def get(self, _container_id: str) -> FakeContainer:
+        return self.container
+
+
+def event(action: str, **attributes: str) -> dict:
+    return {"id": "c0ffee", "Action": action, "Actor": {"ID": "c0ffee", "Attributes": {"name": "p-worker-1", **attributes}}}
+
+
+@pytest.mark.parametrize(
+    ("events", "started"),
+    [
+        ([event("kill", signal="9"), event("die", exitCode="137")], 1),                     # docker kill
+        ([event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 0),       # docker stop
+        ([event("kill", signal="15"), event("kill", signal="9"), event("die", exitCode="137"), event("stop")], 0),  # past the grace
+        ([event("die", exitCode="1")], 0),                                                  # a crash: the restart policy's
+        ([event("kill", signal="9"), event("die", exitCode="137"), event("start"),
+          event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 1),       # killed, started, then stopped
+    ],
+    ids=["docker-kill", "docker-stop", "stop-past-grace", "crash", "kill-then-stop"],
+)
+def test_supervisor_starts_again_only_what_docker_kill_stopped(monkeypatch, events, started):
+    supervise = load_supervise()
+    monkeypatch.setattr(supervise.time, "sleep", lambda _s: None)
+    container = FakeContainer("exited")
+    supervisor = supervise.Supervisor(FakeClient(container), "p")
+    for e in events:
+        if e["Action"] == "die":
+            container.status = "exited"
+        supervisor.handle(e)
+    assert container.started == started
