@@ -103,6 +103,9 @@ class ServiceLogsEvent(_Envelope):
 
 class ServiceLogsEndData(BaseModel):
     reason: str = Field(description="why the stream ended (the deployment stopped, its containers exited, ...)")
+    code: Literal["stopped", "no_container", "deployment_left_running", "containers_stopped", "engine_failed"] | None = \
+        Field(default=None, description="the reason's stable code, which a client words in its own language")
+    params: dict[str, str] = Field(default_factory=dict, description="what the reason quotes (``status``)")
 
 
 class ServiceLogsEndEvent(_Envelope):

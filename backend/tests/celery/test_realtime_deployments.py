@@ -131,6 +131,11 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
             assert stopped.status_code == 200, stopped.text
             end = await ws.next(lambda f: f["type"] == "SERVICE_LOGS_END", timeout=60)
             assert "stopped" in end["data"]["reason"], end
+            # its code and what it quotes, which the UI words in the user's language (the containers' streams may
+            # end before the status changes)
+            assert (end["data"]["code"], end["data"]["params"]) in (
+                ("deployment_left_running", {"status": "stopped"}), ("containers_stopped", {})), end
+            _frames.validate_python(end)
             deleted = await http.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)
             assert deleted.status_code == 204, deleted.text
             gone = await ws.next(lambda f: f["type"] == "DEPLOYMENT_DELETED", timeout=30)

@@ -2428,6 +2428,19 @@ export interface components {
         /** ServiceLogsEndData */
         ServiceLogsEndData: {
             /**
+             * Code
+             * @description the reason's stable code, which a client words in its own language
+             * @default null
+             */
+            code: ("stopped" | "no_container" | "deployment_left_running" | "containers_stopped" | "engine_failed") | null;
+            /**
+             * Params
+             * @description what the reason quotes (``status``)
+             */
+            params?: {
+                [key: string]: string;
+            };
+            /**
              * Reason
              * @description why the stream ended (the deployment stopped, its containers exited, ...)
              */

@@ -19,6 +19,7 @@ import { flag } from '../api/config'
 import { getDeployment, getLogs, LOG_PAGE, toLogLine, type LogLine } from '../api/deployments'
 import type { components } from '../api/schema'
 import { isStatus, type DeploymentStatus } from '../constants/deployments'
+import { frameErrorText, servicesEndText } from '../i18n/serverWords'
 import { dispatchFrame, type FrameHandlers, type ServerFrame } from '../realtime/frames'
 import { getSocket, useRealtimeStore } from '../stores/realtime'
 import { stripAnsi } from '../utils/ansi'
@@ -132,7 +133,7 @@ export function useDeploymentWebSocket(
       onServiceLines(data.lines)
     },
     SERVICE_LOGS_END({ data }) {
-      servicesEnded.value = data.reason
+      servicesEnded.value = servicesEndText(data)
     },
     DEPLOYMENT_PROGRESS({ data }) {
       progress.value = data.progress
@@ -154,7 +155,7 @@ export function useDeploymentWebSocket(
       void reread()
     },
     error(frame) {
-      errorMessage.value = frame.detail || 'error'
+      errorMessage.value = frameErrorText(frame)
     },
   }
 

@@ -75,6 +75,24 @@ export const apiErrorsFr: Record<string, string> = {
   invalid_cursor: 'Pagination invalide ; rechargez la liste.',
   invalid_page: 'Pagination invalide ; rechargez la liste.',
   offset_too_large: 'Trop loin dans la liste ({max} au plus) ; utilisez « Charger plus ».',
+  bad_request: 'Requête invalide : {detail}',
+  unavailable: 'Service momentanément indisponible ; réessayez dans quelques secondes.',
+  invalid_last_event_id: 'Reprise du flux impossible (identifiant d’événement invalide) ; rechargez la page.',
+  bad_frame: 'Message temps réel refusé par le serveur : {detail}',
+  not_subscribed: 'Aucun abonnement de ce type à annuler.',
+  access_revoked: 'Vous n’avez plus accès à ceci (rôle ou appartenance retirés).',
+  closed: 'Le flux temps réel a été fermé par le serveur.',
+  target_unserved:
+    'Aucun worker en service ne dessert la cible « {target} » : démarrez un worker qui la déclare (WORKER_TARGETS), puis réessayez.',
+  target_worker_timeout:
+    'Le worker de la cible n’a pas répondu à temps (il le fera peut-être) ; regardez le déploiement dans un moment.',
+  target_worker_failed: 'Le worker de la cible a échoué ; réessayez.',
+  host_binding_forbidden:
+    'Seul un super-utilisateur de la plateforme peut lier une cible à un hôte : cela dit quels workers atteignent son moteur.',
+  host_target_placed:
+    'Une cible liée à un hôte est toujours placée (seuls les workers de cet hôte l’atteignent) : retirez d’abord l’hôte.',
+  target_elsewhere:
+    'La cible « {target} » est le moteur de l’hôte {host} : ses déploiements passent par les workers de cet hôte.',
 }
 
 export const apiFieldsFr: Record<string, string> = {
@@ -103,4 +121,13 @@ export const apiFieldsFr: Record<string, string> = {
   value_error: 'Valeur refusée : {detail}',
   invalid_endpoint: 'Point d’accès invalide : {detail}',
   credentials_mismatch: 'Identifiants incompatibles avec le point d’accès : {detail}',
+  invalid_pem: 'Ce n’est pas un fichier PEM complet : collez tout le fichier, de la ligne BEGIN à la ligne END',
+  encrypted_key: 'Clé protégée par une phrase de passe : donnez la clé déchiffrée (WindFlow la stocke chiffrée)',
+  null_not_allowed: 'Ne peut pas être vide ; omettez-le pour garder la valeur actuelle',
+  list_type: 'Une liste',
+  dict_type: 'Un objet',
+  model_type: 'Un objet',
+  url_parsing: 'Une URL',
+  uuid_parsing: 'Un identifiant',
+  datetime_parsing: 'Une date',
 }

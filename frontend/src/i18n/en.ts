@@ -243,6 +243,14 @@ export default {
     test: 'Test connection',
     testOk: 'Connected: Docker {version} (API {api}){swarm}',
     testFailed: 'Connection failed: {error}',
+    failure: {
+      unreachable:
+        'no Docker engine could be reached at this endpoint (connection refused, closed, timed out or no such socket); check the address, the port or socket path, any firewall, and that the engine is running',
+      tls: "the TLS handshake failed; check tls_ca, tls_cert, tls_key and tls_verify against the engine's certificate",
+      authentication: 'the engine refused the credentials; check the client certificate or the SSH key',
+      not_docker: 'something answered at this endpoint, but not a Docker engine API',
+      error: 'the connection test failed; the server log of WindFlow has the details',
+    },
     swarmManager: ', swarm manager',
     policy: 'Compose policy',
     policyHint: 'What compose documents may do on this target.',
@@ -406,6 +414,14 @@ export default {
     memberships: 'Organizations',
     noMembership: 'You belong to no organization yet.',
   },
+  steps: {
+    validate: 'Validate configuration',
+    prepare: 'Prepare project directory',
+    ensure_images: 'Check images',
+    create_resources: 'Create networks and volumes',
+    start_services: 'Start services',
+    wait_healthy: 'Wait until services are running and healthy',
+  },
   logs: {
     title: 'Logs — {name}',
     live: 'Live',
@@ -438,6 +454,13 @@ export default {
     noServiceOutput: 'No output from the services yet.',
     servicesShown: 'Services shown',
     servicesEnded: "The services' output ended: {reason}",
+    ended: {
+      stopped: 'following was stopped',
+      no_container: 'the deployment has no container',
+      deployment_left_running: 'the deployment is {status}',
+      containers_stopped: 'every container of the deployment stopped',
+      engine_failed: 'the engine stream failed',
+    },
   },
   errors: {
     notFound: 'Page not found',

@@ -251,6 +251,14 @@ const fr: typeof en = {
     test: 'Tester la connexion',
     testOk: 'Connecté : Docker {version} (API {api}){swarm}',
     testFailed: 'Échec de la connexion : {error}',
+    failure: {
+      unreachable:
+        'aucun moteur Docker n’a répondu à ce point d’accès (connexion refusée, fermée, expirée ou socket absente) ; vérifiez l’adresse, le port ou le chemin de la socket, le pare-feu, et que le moteur tourne',
+      tls: 'la négociation TLS a échoué ; vérifiez tls_ca, tls_cert, tls_key et tls_verify au regard du certificat du moteur',
+      authentication: 'le moteur a refusé les identifiants ; vérifiez le certificat client ou la clé SSH',
+      not_docker: 'quelque chose répond à ce point d’accès, mais pas l’API d’un moteur Docker',
+      error: 'le test de connexion a échoué ; le journal du serveur WindFlow donne le détail',
+    },
     swarmManager: ', manager swarm',
     policy: 'Politique compose',
     policyHint: 'Ce que les documents compose peuvent faire sur cette cible.',
@@ -415,6 +423,14 @@ const fr: typeof en = {
     memberships: 'Organisations',
     noMembership: 'Vous n’appartenez encore à aucune organisation.',
   },
+  steps: {
+    validate: 'Vérification de la configuration',
+    prepare: 'Préparation du répertoire du projet',
+    ensure_images: 'Vérification des images',
+    create_resources: 'Création des réseaux et volumes',
+    start_services: 'Démarrage des services',
+    wait_healthy: 'Attente des services en marche et sains',
+  },
   logs: {
     title: 'Logs — {name}',
     live: 'En direct',
@@ -448,6 +464,13 @@ const fr: typeof en = {
     noServiceOutput: 'Aucune sortie des services pour l’instant.',
     servicesShown: 'Services affichés',
     servicesEnded: 'La sortie des services s’est arrêtée : {reason}',
+    ended: {
+      stopped: 'le suivi a été arrêté',
+      no_container: 'le déploiement n’a aucun conteneur',
+      deployment_left_running: 'le déploiement est {status}',
+      containers_stopped: 'tous les conteneurs du déploiement se sont arrêtés',
+      engine_failed: 'le flux du moteur Docker a échoué',
+    },
   },
   errors: {
     notFound: 'Page introuvable',

@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,19 @@ QUEUE_BOUND = 20_000  # lines waiting to be sent; beyond it the oldest are dropp
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ")
 
 Send = Callable[[dict], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Why a follower's stream ended: the words (English, in ``reason``) and their stable ``code`` with the
+    ``params`` it quotes, which a client words in its own language (``SERVICE_LOGS_END``)."""
+
+    reason: str
+    code: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason, "code": self.code, "params": self.params}
 
 
 async def prepare(session: AsyncSession, *, settings: Settings, deployment: Deployment, tail: int) -> ServiceLogFollower:
@@ -98,7 +112,7 @@ class ServiceLogFollower:
                 "timestamp": iso_utc(datetime.now(UTC)), "data": data}
 
     async def _run(self, send: Send, on_end: Callable[[], object] | None) -> None:
-        reason = "stopped"
+        end = Ended("stopped", "stopped")
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[tuple[str, str, str | None, str] | None] = asyncio.Queue()
         status_changes = bus.stream(
@@ -112,24 +126,24 @@ class ServiceLogFollower:
                 containers = await engine.call(
                     client.containers.list, all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment_id}"})
                 if not containers:
-                    reason = "the deployment has no container"
+                    end = Ended("the deployment has no container", "no_container")
                     return
                 readers = [self._reader(client, c, loop, lines) for c in containers]
                 for reader in readers:
                     reader.start()
-                reason = await self._pump(send, lines, status_changes, len(readers))
+                end = await self._pump(send, lines, status_changes, len(readers))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - tell the client why its stream ended
             logger.warning("service logs of deployment %s ended: %s", self.deployment_id, exc)
-            reason = self.redact(f"the engine stream failed: {exc}")
+            end = Ended(self.redact(f"the engine stream failed: {exc}"), "engine_failed")
         finally:
             status_changes.close()
             self._stopping.set()
             self._close_streams()
             if not self._cancelled():
                 try:
-                    await send(self._envelope("SERVICE_LOGS_END", {"reason": reason}))
+                    await send(self._envelope("SERVICE_LOGS_END", end.data()))
                 except Exception:  # noqa: BLE001 - the client is gone
                     pass
                 if on_end is not None:
@@ -139,7 +153,7 @@ class ServiceLogFollower:
         task = asyncio.current_task()
         return task is not None and task.cancelling() > 0
 
-    async def _pump(self, send: Send, lines: asyncio.Queue, status_changes, readers: int) -> str:
+    async def _pump(self, send: Send, lines: asyncio.Queue, status_changes, readers: int) -> Ended:
         status_wait = asyncio.ensure_future(status_changes.__anext__())
         try:
             while True:
@@ -150,7 +164,8 @@ class ServiceLogFollower:
                     evt = status_wait.result()
                     if isinstance(evt, Event) and (evt.type is EventType.DEPLOYMENT_DELETED
                                                    or evt.data.get("new_status") != "running"):
-                        return f"the deployment is {evt.data.get('new_status', 'deleted')}"
+                        status = evt.data.get("new_status", "deleted")
+                        return Ended(f"the deployment is {status}", "deployment_left_running", {"status": status})
                     status_wait = asyncio.ensure_future(status_changes.__anext__())
                     continue
                 batch = []
@@ -175,7 +190,7 @@ class ServiceLogFollower:
                         for service, container, stamp, message in batch]}))
                     self.lines_sent += len(batch)
                 if readers <= 0 and lines.empty():
-                    return "every container of the deployment stopped"
+                    return Ended("every container of the deployment stopped", "containers_stopped")
         finally:
             status_wait.cancel()
 

@@ -1,0 +1,83 @@
+"""The web UI words what the server says with a fixed vocabulary in the user's language (``frontend/src/i18n``):
+these tests fail when the server gains a word the UI's French catalogue lacks. Error codes and the 422 field
+types of our own validators (``apiErrors.fr.ts``), a deployment's step titles (``serverWords.ts``), and why a
+connection test failed (``targets.failure`` in ``en.ts`` and ``fr.ts``) and why the services' output ended
+(``logs.ended``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from typing import get_args
+
+from backend.app.schemas.events import ServiceLogsEndData
+from backend.app.schemas.targets import TestFailure
+from backend.app.services.deployments.runner import STEPS
+
+ROOT = Path(__file__).resolve().parents[3]
+APP = ROOT / "backend" / "app"
+I18N = ROOT / "frontend" / "src" / "i18n"
+
+#: Where the server names an error's code: ``code="..."`` (an exception's argument or class attribute), a
+#: real-time ``error`` frame (``_error("...")``, ``"code": "..."``).
+CODE_PATTERNS = (re.compile(r"""\bcode\s*=\s*["']([a-z][a-z0-9_]*)["']"""),
+                 re.compile(r"""\b_error\(\s*["']([a-z][a-z0-9_]*)["']"""),
+                 re.compile(r"""["']code["']\s*:\s*["']([a-z][a-z0-9_]*)["']"""))
+CUSTOM_TYPE = re.compile(r"""PydanticCustomError\(\s*["']([a-z][a-z0-9_]*)["']""")
+#: Field types whose message is the schema author's own (the stack editor shows them at their line).
+AUTHOR_FACING = {"windflow"}
+
+
+def _catalogue(name: str) -> set[str]:
+    """The keys of one of ``apiErrors.fr.ts``'s two objects."""
+    text = (I18N / "apiErrors.fr.ts").read_text(encoding="utf-8")
+    body = text.split(f"export const {name}", 1)[1].split("\n}", 1)[0]
+    return set(re.findall(r"^\s{2}([a-z][a-z0-9_]*):", body, re.M))
+
+
+def _server_words(pattern: re.Pattern[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in APP.rglob("*.py"):
+        for word in pattern.findall(path.read_text(encoding="utf-8")):
+            found.setdefault(word, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_error_code_of_the_server_reads_in_french() -> None:
+    codes: dict[str, str] = {}
+    for pattern in CODE_PATTERNS:
+        codes.update(_server_words(pattern))
+    assert len(codes) > 40 and "role_required" in codes and "bad_frame" in codes  # the sources were read
+    french = _catalogue("apiErrorsFr")
+    assert {code: where for code, where in codes.items() if code not in french} == {}
+
+
+def test_every_field_type_of_our_validators_reads_in_french() -> None:
+    types = _server_words(CUSTOM_TYPE)
+    assert "invalid_endpoint" in types
+    french = _catalogue("apiFieldsFr")
+    assert {t: where for t, where in types.items() if t not in french and t not in AUTHOR_FACING} == {}
+
+
+def test_the_runners_steps_are_the_ones_the_ui_translates() -> None:
+    text = (I18N / "serverWords.ts").read_text(encoding="utf-8")
+    keys = dict(re.findall(r"^\s+'([^']+)': '([a-z_]+)',$", text, re.M))
+    assert keys == {title: method for title, method in STEPS}
+    for catalogue in ("en.ts", "fr.ts"):
+        steps = (I18N / catalogue).read_text(encoding="utf-8").split("\n  steps: {", 1)[1].split("\n  },", 1)[0]
+        assert set(re.findall(r"^\s+([a-z_]+):", steps, re.M)) == set(keys.values()), catalogue
+
+
+def test_every_connection_test_failure_reads_in_both_languages() -> None:
+    for catalogue in ("en.ts", "fr.ts"):
+        failure = (I18N / catalogue).read_text(encoding="utf-8").split("\n    failure: {", 1)[1].split("\n    },", 1)[0]
+        assert set(re.findall(r"^\s+([a-z_]+):", failure, re.M)) == {c.value for c in TestFailure}, catalogue
+
+
+def test_every_end_of_the_services_output_reads_in_both_languages() -> None:
+    codes = {c for c in get_args(get_args(ServiceLogsEndData.model_fields["code"].annotation)[0])}
+    assert "containers_stopped" in codes
+    for catalogue in ("en.ts", "fr.ts"):
+        ended = (I18N / catalogue).read_text(encoding="utf-8").split("\n    ended: {", 1)[1].split("\n    },", 1)[0]
+        assert set(re.findall(r"^\s+([a-z_]+):", ended, re.M)) == codes, catalogue
