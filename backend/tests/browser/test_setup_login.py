@@ -1,4 +1,5 @@
-"""First-run setup, log out, log in again, French labels for a French browser, and changing one's password."""
+"""First-run setup, log out, log in again, French labels for a French browser (the server's own fixed words
+too), and changing one's password."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from backend.tests.browser.conftest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Server,
+    navigate,
     new_page,
     page_errors,
     screenshot,
@@ -110,6 +112,44 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
     page.get_by_test_id("form-error").get_by_text("E-mail ou mot de passe incorrect").wait_for()
     assert page_errors(page) == [], page.errors
     page.context.close()
+
+
+#: The runner's steps as a French page says them (i18n/fr.ts, steps).
+FRENCH_STEPS = ("Vérification de la configuration", "Préparation du répertoire du projet", "Vérification des images",
+                "Création des réseaux et volumes", "Démarrage des services", "Attente des services en marche et sains")
+
+
+def test_french_pages_word_the_servers_fixed_words(
+    realtime, chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
+) -> None:
+    """What the server says in English with a fixed vocabulary reads in French: a connection test's failure (by
+    its category) and a deployment's current step (by its title)."""
+    name = f"nowhere-{uuid.uuid4().hex[:6]}"
+    target = server.api("POST", "/targets", {"name": name, "endpoint": "tcp://127.0.0.1:1", "organization_id": org_id},
+                        token=admin_token)
+    try:
+        page = new_page(chromium_browser, locale="fr-FR")
+        ui_login(page, server)
+        navigate(page, "/targets")
+        found = page.locator(f"[data-testid=target-row][data-name='{name}']")
+        found.get_by_test_id("test-target").click()
+        result = found.get_by_test_id("test-result")
+        result.wait_for()
+        assert result.inner_text().startswith("Échec de la connexion : aucun moteur Docker n’a répondu"), result.inner_text()
+        assert "could be reached" not in result.inner_text()
+
+        deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
+                                                         "name": "steps-fr", "variables": {"delay": 6}}, token=admin_token)
+        cleanup_deployments.append(deployment["id"])
+        navigate(page, f"/deployments?logs={deployment['id']}")
+        step = page.get_by_test_id("log-step")
+        step.wait_for(timeout=30_000)
+        assert step.inner_text() in FRENCH_STEPS, step.inner_text()
+        screenshot(page, "logs-drawer-step-fr-light")
+        assert page_errors(page) == [], page.errors
+        page.context.close()
+    finally:
+        server.api("DELETE", f"/targets/{target['id']}", token=admin_token)
 
 
 def test_change_own_password_from_the_user_menu_then_log_in_with_it(chromium_browser, server: Server, admin_token, org_id) -> None:
