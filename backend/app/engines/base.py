@@ -138,7 +138,7 @@ class DeploySpec:
     health_timeout: float = 120.0
     #: the health gate's settle window: a container without a health check counts as ready once it has
     #: stayed up this long (one that exits right after starting fails the deployment, not seen "running" by
-    #: a lucky first poll); one with a health check, once healthy for its interval, at most this long
+    #: a lucky first poll); one with a health check once it is healthy (engines/health_gate.py)
     stable_seconds: float = 3.0
     #: service -> image reference to run instead of the document's (``ResolvedImage.reference``): a rollback
     #: runs the exact images its revision recorded

@@ -4,10 +4,11 @@ A rollout is ``running`` only once every expected container of every service is 
 for a settle window, measured on WindFlow's clock across polls (a remote engine's clock does not matter):
 
 * a container **without a healthcheck** must run for ``stable_seconds`` (``DEPLOYMENT_STABLE_SECONDS``);
-* a container **with a healthcheck** (the compose file's or the image's, as the engine reports it) must turn
-  healthy within its bound, ``start_period + retries × (interval + timeout)`` (Docker's defaults for what
-  is not set: 30 s, 30 s, 0 s, 3), the time Docker itself needs to call it unhealthy, and then stay healthy
-  for one more ``interval`` (its next probe passes too), at most ``stable_seconds``.
+* a container **with a healthcheck** (the compose file's or the image's, as the engine reports it): its
+  healthcheck is its window. Docker runs the first probe one ``interval`` after the start, so a healthy
+  container has stayed up at least that long and passed its check; it must turn healthy within its bound,
+  ``start_period + retries × (interval + timeout)`` (Docker's defaults for what is not set: 30 s, 30 s,
+  0 s, 3), the time Docker itself needs to call it unhealthy.
 
 It fails, at once, when a container exits (a one-shot dependency that exits 0 is done, not failed), is
 restarting, restarted since the gate first saw it (its restart count or start time changed), or is
@@ -59,10 +60,6 @@ class Healthcheck:
         """Seconds within which it must turn healthy: what Docker needs to call it unhealthy."""
         return self.start_period + self.retries * (self.interval + self.timeout)
 
-    def settle(self, stable_seconds: float) -> float:
-        """How long it must stay healthy once healthy: its next probe, at most ``stable_seconds``."""
-        return min(self.interval, stable_seconds)
-
 
 @dataclass
 class _Seen:
@@ -71,7 +68,7 @@ class _Seen:
     first_seen: float
     started_at: str
     restarts: int
-    up_since: float | None = None  # running (and healthy, with a healthcheck) since, on our clock
+    up_since: float | None = None  # running since, on our clock (a container without a healthcheck)
 
 
 @dataclass(frozen=True)
@@ -135,13 +132,10 @@ class HealthGate:
         if health == "unhealthy":
             probe = last_probe(attrs)
             return Verdict(failed=True, reason="is unhealthy" + (f" (last check: {probe})" if probe else ""))
-        if health != "healthy":
-            seen.up_since = None
-            if now - seen.first_seen > check.bound + BOUND_SLACK:
-                probe = last_probe(attrs)
-                return Verdict(failed=True, reason=f"did not pass its healthcheck within {check.bound:g}s"
-                                                   + (f" (last check: {probe})" if probe else ""))
-            return Verdict(waiting=f"running ({health or 'no health status yet'})")
-        seen.up_since = seen.up_since if seen.up_since is not None else now
-        left = check.settle(self.stable_seconds) - (now - seen.up_since)
-        return Verdict(ready=True) if left <= 0 else Verdict(waiting=f"healthy, settling ({left:.1f}s left)")
+        if health == "healthy":
+            return Verdict(ready=True)
+        if now - seen.first_seen > check.bound + BOUND_SLACK:
+            probe = last_probe(attrs)
+            return Verdict(failed=True, reason=f"did not pass its healthcheck within {check.bound:g}s"
+                                               + (f" (last check: {probe})" if probe else ""))
+        return Verdict(waiting=f"running ({health or 'no health status yet'})")

@@ -337,8 +337,9 @@ async def _remove_failed(failed: Failed, logs: DeploymentLogWriter) -> None:
                                      "revision keeps running (named volumes are kept)")
     try:
         await failed.context.engine.remove(failed.context.spec, logs.log, keep_volumes=True)
-    except EngineError as exc:
-        await logs.log(LogLevel.ERROR, f"Could not remove them: {logs.redactor(exc.message)}")
+    except Exception as exc:  # noqa: BLE001 - a clean-up that fails never keeps the deployment from settling
+        detail = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        await logs.log(LogLevel.ERROR, f"Could not remove them: {logs.redactor(detail)}")
 
 
 async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter) -> RunOutcome:
