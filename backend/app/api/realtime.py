@@ -30,7 +30,9 @@ from backend.app import database
 from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, authenticate
 from backend.app.config import Settings
-from backend.app.runtime import metrics, realtime
+from backend.app.runtime import metrics
+from backend.app.runtime.realtime.access import Access, credential_access, load_access
+from backend.app.runtime.realtime.client import CLOSE_UNAUTHORIZED, HEARTBEAT_SECONDS, Client, monotonic_deadline
 from backend.app.core.events import Event, iso_utc
 from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User
@@ -75,7 +77,7 @@ def _direct_transport(websocket: WebSocket):
     then every event goes through the client's pump and the ASGI ``send``.
 
     uvicorn's private protocol objects (``send.__self__``, its ``conn`` and ``transport``) and the frames
-    written there (``runtime/realtime.py::text_frame``) are pinned by ``tests/unit/test_dependency_pins.py::
+    written there (``runtime/realtime/hub.py::text_frame``) are pinned by ``tests/unit/test_dependency_pins.py::
     test_uvicorn_serves_websockets_with_the_sansio_protocol_the_direct_write_recognises`` and
     ``test_text_frame_is_the_frame_websockets_itself_would_send``."""
     send = websocket.scope.get(RAW_SEND_KEY)
@@ -88,8 +90,8 @@ def _direct_transport(websocket: WebSocket):
     return transport
 
 
-class WebSocketClient(realtime.Client):
-    def __init__(self, websocket: WebSocket, access: realtime.Access, expires_at: datetime | None) -> None:
+class WebSocketClient(Client):
+    def __init__(self, websocket: WebSocket, access: Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
         self.websocket = websocket
         self.expires_at = expires_at
@@ -116,22 +118,22 @@ async def _first_auth(websocket: WebSocket, settings: Settings):
     try:
         raw = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_SECONDS)
     except TimeoutError:
-        await websocket.close(realtime.CLOSE_UNAUTHORIZED, "no auth frame within 10 s")
+        await websocket.close(CLOSE_UNAUTHORIZED, "no auth frame within 10 s")
         return None
     except (WebSocketDisconnect, KeyError, RuntimeError):  # gone, or a binary frame
         if websocket.client_state is WebSocketState.CONNECTED:
-            await websocket.close(realtime.CLOSE_UNAUTHORIZED, "the first frame must be a JSON auth frame")
+            await websocket.close(CLOSE_UNAUTHORIZED, "the first frame must be a JSON auth frame")
         return None
     try:
         frame = AuthFrame.model_validate_json(raw[:MAX_FRAME_CHARS])
     except ValidationError:
-        await websocket.close(realtime.CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": ...}')
+        await websocket.close(CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": ...}')
         return None
     try:
         return await _resolve(websocket, settings, frame.token)
     except NotAuthenticated as exc:
         logger.info("WebSocket authentication refused from %s: %s", _peer(websocket), exc.code)
-        await websocket.close(realtime.CLOSE_UNAUTHORIZED, exc.detail[:120])
+        await websocket.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
         return None
 
 
@@ -147,7 +149,7 @@ async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
         credential = await _first_auth(websocket, settings)
         if credential is None:
             return
-        access, api_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
+        access, api_tokens = await load_access({credential.user.id}, {credential.api_token_id} - {None})
     except Exception as exc:
         if not database.is_unavailable(exc):
             raise
@@ -157,7 +159,7 @@ async def events_socket(websocket: WebSocket, settings: SettingsDep) -> None:
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry in a few seconds")
         return
     client = WebSocketClient(websocket, access[credential.user.id], credential.expires_at)
-    client.access = realtime.credential_access(
+    client.access = credential_access(
         client.access, api_tokens, credential.api_token_id, credential.user.token_generation)
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
@@ -242,16 +244,16 @@ async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: S
     try:
         credential = await _resolve(client.websocket, settings, frame.token)
     except NotAuthenticated as exc:
-        client.close(exc.detail, realtime.CLOSE_UNAUTHORIZED)
+        client.close(exc.detail, CLOSE_UNAUTHORIZED)
         return
     if credential.user.id != client.access.user_id:
-        client.close("a connection stays with the user it authenticated first", realtime.CLOSE_UNAUTHORIZED)
+        client.close("a connection stays with the user it authenticated first", CLOSE_UNAUTHORIZED)
         return
     client.expires_at = credential.expires_at
-    access, api_tokens = await realtime.load_access({credential.user.id}, {credential.api_token_id} - {None})
+    access, api_tokens = await load_access({credential.user.id}, {credential.api_token_id} - {None})
     fresh = access[credential.user.id]
     await client.set_access(
-        realtime.credential_access(fresh, api_tokens, credential.api_token_id, credential.user.token_generation))
+        credential_access(fresh, api_tokens, credential.api_token_id, credential.user.token_generation))
     await client.send({"type": "authenticated", "user_id": credential.user.id,
                        "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
 
@@ -277,7 +279,7 @@ async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: S
             elif await organization_service.role_in(session, user=user, organization_id=frame.organization_id) is None:
                 raise ValidationFailed("organization not found", code="organization_not_found")
     except NotAuthenticated as exc:
-        client.close(exc.detail, realtime.CLOSE_UNAUTHORIZED)
+        client.close(exc.detail, CLOSE_UNAUTHORIZED)
         return
     except WindFlowError as exc:
         await client.send(_error(exc.code, exc.detail, **ids))
@@ -327,11 +329,11 @@ async def _unsubscribe(client: WebSocketClient, frame: UnsubscribeFrame) -> None
 
 async def _watch(client: WebSocketClient) -> None:
     """Server heartbeats, and the end of an expired credential that was not renewed."""
-    next_beat = time.monotonic() + realtime.HEARTBEAT_SECONDS
+    next_beat = time.monotonic() + HEARTBEAT_SECONDS
     warned_for: datetime | None = None
     try:
         while True:
-            expiry = realtime.monotonic_deadline(client.expires_at)
+            expiry = monotonic_deadline(client.expires_at)
             if expiry is not None and warned_for == client.expires_at:
                 expiry += REAUTH_GRACE_SECONDS
             wake = min(next_beat, expiry) if expiry is not None else next_beat
@@ -339,14 +341,14 @@ async def _watch(client: WebSocketClient) -> None:
             now = time.monotonic()
             if expiry is not None and now >= expiry:
                 if warned_for == client.expires_at:
-                    client.close("the token expired and no new auth frame came", realtime.CLOSE_UNAUTHORIZED)
+                    client.close("the token expired and no new auth frame came", CLOSE_UNAUTHORIZED)
                     return
                 warned_for = client.expires_at
                 await client.send(_error("token_expired", f"the token has expired: send a new auth frame within "
                                                           f"{REAUTH_GRACE_SECONDS:.0f} s"))
             if now >= next_beat:
                 await client.send({"type": "heartbeat", "timestamp": iso_utc(datetime.now(UTC))})
-                next_beat = now + realtime.HEARTBEAT_SECONDS
+                next_beat = now + HEARTBEAT_SECONDS
     except (ConnectionError, RuntimeError, OSError) as exc:
         client.close(f"send failed: {exc}", 1011)
 
@@ -354,8 +356,8 @@ async def _watch(client: WebSocketClient) -> None:
 # --- Server-Sent Events ------------------------------------------------------------------------------
 
 
-class SSEClient(realtime.Client):
-    def __init__(self, access: realtime.Access) -> None:
+class SSEClient(Client):
+    def __init__(self, access: Access) -> None:
         super().__init__(access, "sse")
         self.out: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
 
@@ -403,8 +405,8 @@ async def deployment_events(
     # connection, and on SQLite this session's transaction holds the write lock (BEGIN IMMEDIATE), which
     # the reads below, on their own connections, would wait for until the busy timeout.
     await session.close()
-    access, api_tokens = await realtime.load_access({user_id}, {token_id} - {None})
-    client = SSEClient(realtime.credential_access(access[user_id], api_tokens, token_id, generation))
+    access, api_tokens = await load_access({user_id}, {token_id} - {None})
+    client = SSEClient(credential_access(access[user_id], api_tokens, token_id, generation))
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",
@@ -420,7 +422,7 @@ async def _sse_body(client: SSEClient, deployment_id: str, organization_id: str,
         yield "retry: 2000\n\n"
         while not (client.closed.is_set() and client.out.empty()):
             try:
-                chunk = await asyncio.wait_for(client.out.get(), 0.5 if client.closed.is_set() else realtime.HEARTBEAT_SECONDS)
+                chunk = await asyncio.wait_for(client.out.get(), 0.5 if client.closed.is_set() else HEARTBEAT_SECONDS)
             except TimeoutError:
                 yield ": heartbeat\n\n"
                 continue

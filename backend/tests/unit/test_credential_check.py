@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.app.runtime.realtime import Access, refreshed
+from backend.app.runtime.realtime.access import Access, refreshed
 from backend.app.services.identity.auth_service import credential_refusal
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

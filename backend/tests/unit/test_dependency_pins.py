@@ -6,7 +6,7 @@ pins on kombu are in ``test_sql_transport_pins.py``).
 * multiprocessing: ``services/stacks/bounded_render.py::_Popen._launch`` is a copy of the forkserver launcher minus
   the re-import of the parent's ``__main__``.
 * uvicorn: ``api/realtime.py::_direct_transport`` finds the ``websockets-sansio`` protocol behind the ASGI
-  ``send`` and the hub writes :func:`runtime.realtime.text_frame` frames to its transport.
+  ``send`` and the hub writes :func:`runtime.realtime.hub.text_frame` frames to its transport.
 
 Each check fails when the dependency changes underneath the patch: the patch must then be revisited (or
 dropped, if the dependency now does what it was for)."""
@@ -30,7 +30,8 @@ from websockets.server import ServerProtocol
 
 from backend.app.core.events import Event, EventType
 from backend.app.engines import connection
-from backend.app.runtime import realtime
+from backend.app.runtime.realtime.frames import encode_event
+from backend.app.runtime.realtime.hub import text_frame
 from backend.app.services.stacks import bounded_render
 
 
@@ -113,11 +114,11 @@ def test_uvicorn_serves_websockets_with_the_sansio_protocol_the_direct_write_rec
 
 
 def test_text_frame_is_the_frame_websockets_itself_would_send():
-    """The hub's frames (``runtime/realtime.py::text_frame``) byte for byte as websockets serialises an
+    """The hub's frames (``runtime/realtime/hub.py::text_frame``) byte for byte as websockets serialises an
     unmasked text frame without extensions, for each length encoding (7-bit, 16-bit, 64-bit)."""
     for size in (10, 300, 70_000):
         evt = Event(type=EventType.DEPLOYMENT_PROGRESS, deployment_id="d", organization_id="o",
                     timestamp=datetime(2026, 1, 1, tzinfo=UTC), data={"message": "x" * size})
-        frame = realtime.text_frame(evt)
-        payload = realtime.encode_event(evt).encode()
+        frame = text_frame(evt)
+        payload = encode_event(evt).encode()
         assert frame == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[]), size

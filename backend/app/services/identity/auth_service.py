@@ -237,7 +237,7 @@ def credential_refusal(
     user: Any, *, api_token: Any = None, api_token_used: bool = False, generation: int | None = None, now: datetime
 ) -> NotAuthenticated | None:
     """Why a credential no longer works, or ``None``: the one rule, for each HTTP request and for the real-time
-    clients, whose credentials are judged again every few seconds (``runtime/realtime.py``).
+    clients, whose credentials are judged again every few seconds (``runtime/realtime/access.py``).
 
     ``user`` is the account (``is_active``, ``token_generation``; a row or a model) or ``None`` when it is gone.
     For a personal API token (``api_token_used``), ``api_token`` is its row (``revoked_at``, ``expires_at``), or

@@ -1,0 +1,218 @@
+"""The hub: the real-time clients of one event loop, indexed by what they follow, and the fan-out of each event.
+
+One subscriber on the bus per loop (:meth:`Hub.of_running_loop`), whatever the number of clients. The
+clients' side of the contract is :class:`Member` (implemented by
+:class:`~backend.app.runtime.realtime.client.Client`): the hub reads a few plain attributes of each recipient
+and either sends the event itself or hands it to the client's queue and pump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, bus, deliver_on_loop
+from backend.app.runtime import metrics
+from backend.app.runtime.realtime.frames import encode_event, latency
+
+logger = logging.getLogger(__name__)
+
+#: Bytes a socket may have waiting in its write buffer for the hub to add a frame directly; beyond it the
+#: event waits in the client's queue and the pump's send waits for the socket (and times out).
+DIRECT_WRITE_BUFFER = 256 * 1024
+
+
+class Member(Protocol):
+    """What the hub reads and calls on each client it delivers to (a :class:`~backend.app.runtime.realtime.client.Client`)."""
+
+    deployments: dict
+    organizations: set[str]
+    stream: EventStream | None
+    socket: asyncio.WriteTransport | None
+    busy: int
+    idle: bool
+
+    def queue(self, evt: Event) -> None: ...
+
+    def advance(self, evt: Event) -> bool | None: ...
+
+
+_direct_sends: list[tuple[Event, str, int]] = []  # (event, transport, frames written): observed after the fan-out
+
+
+def _count_direct_sends(evt: Event, transport: str, count: int) -> None:
+    """Count ``count`` frames of ``evt`` written directly; the metrics are updated once the delivery is done
+    (a callback after it), so the fan-out to thousands of sockets does not wait for them."""
+    if not _direct_sends:
+        asyncio.get_running_loop().call_soon(_observe_direct_sends)
+    _direct_sends.append((evt, transport, count))
+
+
+def _observe_direct_sends() -> None:
+    tallies = list(_direct_sends)
+    _direct_sends.clear()
+    for evt, transport, count in tallies:
+        metrics.EVENT_FRAMES.labels(transport, "direct").inc(count)
+        metrics.observe_many(metrics.EVENT_SEND_LATENCY.labels(transport), latency(evt), count)
+
+
+
+class Hub:
+    """The real-time clients of one event loop, indexed by what they follow, and the fan-out of each event.
+
+    One subscriber on the bus per loop, whatever the number of clients: an event costs one lookup in each
+    index and one step per client that follows its deployment or organisation, never a call per connected
+    client. Per recipient: when its pump is idle (nothing queued, lock free) and its socket can take a frame,
+    the hub does what the pump would and writes the event's one pre-built frame at once (the first clients
+    have it while the hub goes on to the next ones). Otherwise the event goes to the client's queue and
+    its pump.
+    """
+
+    _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+        # dicts used as ordered sets: a fan-out visits clients in the order they subscribed (roughly the order
+        # their objects were allocated in), which the CPU's caches like better than a set's hash order
+        self.by_deployment: dict[str, dict[Member, None]] = {}
+        self.by_organization: dict[str, dict[Member, None]] = {}
+        self.clients = 0
+        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_missed: Callable[[], None] | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> Hub:
+        loop = asyncio.get_running_loop()
+        hub = cls._hubs.get(loop)
+        if hub is None:
+            hub = cls._hubs[loop] = cls(loop)
+        return hub
+
+    def add(self, client: Member) -> None:
+        self.clients += 1
+        if self._unsubscribe is None:
+            self._unsubscribe = bus.subscribe(self.offer, filter=self.wants)
+            self._unsubscribe_missed = bus.on_missed(self.offer_missed)
+
+    def remove(self, client: Member) -> None:
+        for deployment_id in list(client.deployments):
+            self.unfollow(client, deployment_id)
+        for organization_id in list(client.organizations):
+            self.leave(client, organization_id)
+        self.clients -= 1
+        if self.clients <= 0 and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+            if self._unsubscribe_missed is not None:
+                self._unsubscribe_missed()
+                self._unsubscribe_missed = None
+            self._hubs.pop(self.loop, None)
+
+    def follow(self, client: Member, deployment_id: str) -> None:
+        self.by_deployment.setdefault(deployment_id, {})[client] = None
+
+    def unfollow(self, client: Member, deployment_id: str) -> None:
+        _discard(self.by_deployment, deployment_id, client)
+
+    def join(self, client: Member, organization_id: str) -> None:
+        self.by_organization.setdefault(organization_id, {})[client] = None
+
+    def leave(self, client: Member, organization_id: str) -> None:
+        _discard(self.by_organization, organization_id, client)
+
+    # --- the bus's side (any thread) ---
+
+    def wants(self, evt: Event) -> bool:
+        # Reads only; dict membership is atomic under the GIL.
+        return evt.deployment_id in self.by_deployment or (
+            evt.type in LIST_EVENTS and evt.organization_id in self.by_organization)
+
+    def offer(self, evt: Event) -> None:
+        deliver_on_loop(self.loop, self.thread, self.fan_out, evt)  # a closed loop has no client left to serve
+
+    def offer_missed(self) -> None:
+        """The bus's listener was disconnected (a database or Redis restart): what other processes published
+        meanwhile never reached this process. Every subscribed client resynchronises, as one that fell behind
+        does: a ``resync`` frame per subscription, then the log lines it lacks from the database."""
+        try:
+            self.loop.call_soon_threadsafe(self.resync_all)
+        except RuntimeError:  # the loop has closed: no client left
+            pass
+
+    def resync_all(self) -> None:
+        clients: dict[Member, None] = {}
+        for index in (self.by_deployment, self.by_organization):
+            for members in index.values():
+                clients.update(members)
+        for client in clients:
+            if client.stream is not None:
+                client.idle = False  # what the hub would write directly now goes through the pump, after the resync
+                client.stream.mark_missed()
+
+    # --- the loop's side ---
+
+    def fan_out(self, evt: Event) -> None:
+        followers = self.by_deployment.get(evt.deployment_id)
+        members = self.by_organization.get(evt.organization_id) if evt.type in LIST_EVENTS else None
+        recipients: tuple[Member, ...] = tuple(followers) if followers else ()
+        if members:  # a client following the deployment and its organisation gets the event once
+            recipients += tuple(c for c in members if c not in followers) if followers else tuple(members)
+        stateful = evt.type in _STATEFUL
+        frame = None  # built for the first socket that takes it
+        written = 0
+        for client in recipients:
+            # What the pump would do, done here when it is idle (nothing queued, lock free) and the socket can
+            # take a frame now (open, less than DIRECT_WRITE_BUFFER bytes waiting); read as plain attributes:
+            # this loop runs once per client and event.
+            socket = client.socket
+            if socket is None or client.busy or not client.idle or socket.is_closing() \
+                    or socket.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
+                client.queue(evt)
+                continue
+            if stateful:
+                try:
+                    verdict = client.advance(evt)
+                except Exception:  # noqa: BLE001 - its pump still delivers it
+                    logger.exception("real time: direct delivery of %s failed; queued instead", evt.type)
+                    verdict = False
+                if verdict is None:
+                    continue
+                if not verdict:
+                    client.queue(evt)
+                    continue
+            if frame is None:
+                frame = text_frame(evt)
+            socket.write(frame)
+            written += 1
+        if written:
+            _count_direct_sends(evt, "websocket", written)
+
+
+_STATEFUL = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_DELETED})
+
+
+def text_frame(evt: Event) -> bytes:
+    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event: what the hub writes to every
+    client ``socket`` (built once per event). Pinned to websockets' own serialisation by
+    ``tests/unit/test_dependency_pins.py::test_text_frame_is_the_frame_websockets_itself_would_send``."""
+    payload = encode_event(evt).encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def _discard(index: dict[str, dict[Member, None]], key: str, client: Member) -> None:
+    clients = index.get(key)
+    if clients is not None:
+        clients.pop(client, None)
+        if not clients:
+            del index[key]
