@@ -147,3 +147,36 @@ def test_a_target_is_edited_and_its_policy_changed_until_a_bind_deploy_is_accept
             except AssertionError:
                 pass
         server.api("DELETE", f"/targets/{target['id']}", token=admin_token)
+
+
+def test_a_superuser_resets_a_password_and_deactivates_a_user(chromium_browser, server: Server, admin_token) -> None:
+    email = f"forgetful-{uuid.uuid4().hex[:6]}@example.com"
+    server.api("POST", "/users", {"email": email, "password": "the-old-password"}, token=admin_token)
+    page = new_page(chromium_browser)
+    ui_login(page, server)
+    page.goto(f"{server.url}/admin?q={email}")
+    user = page.locator(f"[data-testid=user-row][data-email='{email}']")
+    user.get_by_test_id("user-reset").click()
+    page.fill("input[name=reset-password]", "the-new-password")
+    page.fill("input[name=reset-confirm]", "the-new-password")
+    screenshot(page, "admin-reset-password-en-light")
+    page.get_by_test_id("reset-submit").click()
+    page.locator("input[name=reset-password]").wait_for(state="hidden")
+    assert server.login(email, "the-new-password")
+    try:
+        server.login(email, "the-old-password")
+        raise AssertionError("the old password still works")
+    except AssertionError as exc:
+        assert "-> 401" in str(exc), exc
+
+    # Deactivated (after a confirmation naming the action): the account can no longer log in.
+    user.get_by_test_id("user-toggle-active").click()
+    page.get_by_test_id("confirm-ok").click()
+    user.get_by_test_id("user-toggle-active").filter(has_text="Reactivate").wait_for()
+    try:
+        server.login(email, "the-new-password")
+        raise AssertionError("a deactivated user logged in")
+    except AssertionError as exc:
+        assert "-> 401" in str(exc) or "-> 403" in str(exc), exc
+    assert page_errors(page) == [], page.errors
+    page.context.close()
