@@ -20,10 +20,12 @@ from celery import signals
 from backend.app.config import BrokerType, get_settings
 from backend.app.runtime.worker_watchdog import WorkerMonitor
 from backend.app.runtime.celery_config import (
+    DELETE_TASK,
     DEPLOY_TASK,
     PURGE_TASK,
     REAPER_TASK,
     RECOVERY_TASK,
+    STOP_TASK,
     broker_label,
     create_celery,
 )
@@ -107,6 +109,59 @@ def _prepare_database(**_kwargs) -> None:
         upgrade_sync(settings, schema=settings.RUN_MIGRATIONS_ON_STARTUP, wait_seconds=STARTUP_WAIT_SECONDS)
 
 
+#: what this worker serves when it declares targets (``WORKER_TARGETS``), resolved at its start; None: the
+#: shared queue, as every worker without a declaration
+_served: list[str] | None = None
+
+
+@signals.worker_init.connect
+def _serve_declared_targets(sender=None, **_kwargs) -> None:
+    """A worker that declares targets consumes their queues instead of the shared one
+    (``services/targets/placement.py``): resolved once, at start-up, after the schema is in place. A
+    declaration that resolves to nothing stops the worker with the reason (it would serve nothing)."""
+    global _served
+    from backend.app.services.targets import placement
+
+    declaration = placement.Declaration.parse(settings.WORKER_TARGETS)
+    if declaration.everything:
+        return
+    resolved = _resolve_declaration(declaration)
+    for problem in resolved.problems:
+        logger.warning("WORKER_TARGETS: %s", problem)
+    queues = resolved.queues()
+    if not queues:
+        sys.exit(f"WindFlow: WORKER_TARGETS={settings.WORKER_TARGETS!r} names no target this worker can serve: "
+                 + "; ".join(resolved.problems))
+    if sender is not None:
+        sender.app.amqp.queues.select(queues)
+    _served = resolved.heartbeat_targets()
+    names = ", ".join(f"{name} ({target_id})" for target_id, name in resolved.names.items())
+    logger.info("this worker serves %s%s (host %s)", names or "no placed target",
+                " and the shared queue" if resolved.shared else "", settings.host_id)
+
+
+def _resolve_declaration(declaration):
+    """:func:`placement.resolve` on a throwaway engine and loop (nothing of it reaches the forked pool)."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from backend.app.database import build_engine
+    from backend.app.services.targets import placement
+
+    async def run():
+        engine = build_engine(settings)
+        try:
+            async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+                resolved = await placement.resolve(session, settings=settings, declaration=declaration)
+                await session.commit()
+                return resolved
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
@@ -116,7 +171,8 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
         concurrency = int(controller.pool.info.get("max-concurrency") or concurrency)
     global _heartbeat_thread, _monitor
     _monitor = WorkerMonitor(
-        name, _worker_kind(), int(concurrency), controller, sender, settings=settings, stop=_heartbeat_stop
+        name, _worker_kind(), int(concurrency), controller, sender, settings=settings, stop=_heartbeat_stop,
+        targets=_served,
     )
     _heartbeat_thread = threading.Thread(target=_monitor.run, name="windflow-heartbeat", daemon=True)
     _heartbeat_thread.start()
@@ -177,10 +233,12 @@ def _on_worker_shutdown(sender=None, **_kwargs) -> None:
 
 
 __all__ = [
+    "DELETE_TASK",
     "DEPLOY_TASK",
     "PURGE_TASK",
     "REAPER_TASK",
     "RECOVERY_TASK",
+    "STOP_TASK",
     "BrokerType",
     "app",
     "celery_app",

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     # SIGTERM: running deployments get this long to finish; the worker exits at once when none runs or its
     # pool is broken (keep it below the supervisor's stop timeout: compose's stop_grace_period is 2 minutes)
     WORKER_SHUTDOWN_GRACE_SECONDS: float = Field(default=90.0, ge=1, le=3600)
+    # --- placement: the targets a worker serves (services/targets/placement.py, docs/operations.md) ---------
+    # comma-separated target ids or names, "local" (this host's own engine, a target bound to HOST_ID) and "*"
+    # (also every target that is not placed); empty: every target that is not placed, as a worker always did
+    WORKER_TARGETS: str = Field(default="", max_length=4000)
+    # this host's name for the targets bound to a host (a host's local engine); empty: the machine's host name
+    HOST_ID: str = Field(default="", max_length=255)
+    # the engine a worker declaring "local" registers as its host's target
+    LOCAL_DOCKER_ENDPOINT: str = Field(default="unix:///var/run/docker.sock", max_length=500)
 
     # --- events across processes (backend/app/runtime/event_transport/) ---------------------------
     # auto: redis when CELERY_BROKER_TYPE=redis, postgres with a PostgreSQL database, else memory.
@@ -208,6 +216,13 @@ class Settings(BaseSettings):
     @property
     def VERSION(self) -> str:  # noqa: N802 - reads like the other settings; not configurable
         return __version__
+
+    @property
+    def host_id(self) -> str:
+        """``HOST_ID``, or the machine's host name: which host-bound targets this process reaches."""
+        import socket
+
+        return self.HOST_ID.strip() or socket.gethostname()
 
     @property
     def database_kind(self) -> DatabaseKind:

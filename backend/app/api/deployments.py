@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role
+from backend.app.runtime import target_actions
 from backend.app.schemas.deployments import (
     DeploymentCompose,
     DeploymentCreate,
@@ -22,7 +23,7 @@ from backend.app.schemas.deployments import (
     RevisionRead,
     RollbackRequest,
 )
-from backend.app.services.deployments import history_reasons, lifecycle, log_text, revisions
+from backend.app.services.deployments import history_reasons, log_text, revisions
 from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.deployments.redaction import public_actor
@@ -192,7 +193,7 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
 @router.post("/{deployment_id}/stop", response_model=DeploymentRead)
 async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
     """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
-    await lifecycle.stop(session, settings=settings, deployment=deployment, actor=user.email)
+    await target_actions.stop(session, settings=settings, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
     return read_model(deployment)
@@ -206,7 +207,7 @@ async def delete(
     keep_volumes: Annotated[bool, Query(description="keep the deployment's named volumes")] = False,
 ) -> None:
     """Tear down the deployment's containers and networks (and volumes), then delete it."""
-    await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
+    await target_actions.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
     await session.commit()
 
 

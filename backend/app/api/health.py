@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 
 from backend.app import database
 from backend.app.core.exceptions import DATABASE_RETRY_AFTER_SECONDS
-from backend.app.runtime import event_transport
+from backend.app.runtime import event_transport, workers
 
 router = APIRouter(tags=["system"])
 
@@ -23,7 +23,8 @@ async def health(request: Request) -> JSONResponse:
         broker = {"type": report.broker, "status": "ok" if report.broker_ok else "error"}
     live = [w for w in report.workers if w.get("alive") and w.get("state", "healthy") == "healthy"]
     sick = [w for w in report.workers if w.get("alive") and w.get("state") == "degraded"]
-    degraded = not settings.celery_unavailable_reason and (report.broker_ok is False or bool(sick))
+    unserved = await _unserved_targets() if db_error is None else []
+    degraded = (not settings.celery_unavailable_reason and (report.broker_ok is False or bool(sick))) or bool(unserved)
     body = {
         "status": "unavailable" if db_error else ("degraded" if degraded else "ok"),
         "version": settings.VERSION,
@@ -40,6 +41,9 @@ async def health(request: Request) -> JSONResponse:
             # alive but executing nothing (runtime/worker_watchdog.py): not counted above, leaving by itself
             "degraded": [{"kind": w.get("kind"), "problem": w.get("problem")} for w in sick],
         },
+        # placed targets whose work no live worker runs (WORKER_TARGETS): their deployments wait (ids only: this
+        # page answers anyone)
+        "targets": {"unserved": unserved},
         "execution_mode": str(manager.mode),
         "execution_reason": report.reason,
         "event_bus": event_transport.event_bus_status(),
@@ -47,3 +51,11 @@ async def health(request: Request) -> JSONResponse:
     if db_error is None:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+
+
+async def _unserved_targets() -> list[str]:
+    try:
+        async with database.AsyncSessionLocal() as session:
+            return [target_id for target_id, _name in await workers.unserved_targets(session)]
+    except Exception:  # noqa: BLE001 - the database answered a moment ago; this part of the page is best effort
+        return []

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.models import Role, Target, TargetType
+from backend.app.runtime import workers
 from backend.app.schemas.compose_policy import ComposePolicyRules, RefusedKey
 from backend.app.schemas.targets import TargetCreate, TargetPage, TargetRead, TargetTestResult, TargetUpdate
 from backend.app.services.targets import compose_policy, target_service
@@ -23,7 +24,7 @@ async def create_target(body: TargetCreate, user: CurrentUser, session: SessionD
     """Register a Docker engine (admin or owner; unix:// and loopback: superusers only); credentials never returned."""
     target = await target_service.create(session, settings=settings, user=user, data=body)
     await session.commit()
-    return target_service.to_read(target, settings)
+    return target_service.to_read(target, settings, await workers.coverage(session))
 
 
 @router.get("", response_model=TargetPage)
@@ -39,7 +40,8 @@ async def list_targets(
     """Targets of the organisations you belong to, by name."""
     result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type,
                                                 q=q)
-    return TargetPage.of(result, [target_service.to_read(t, settings) for t in result.items])
+    coverage = await workers.coverage(session)
+    return TargetPage.of(result, [target_service.to_read(t, settings, coverage) for t in result.items])
 
 
 @router.get("/policy-rules", response_model=ComposePolicyRules)
@@ -50,9 +52,9 @@ async def get_policy_rules(_user: CurrentUser) -> ComposePolicyRules:
 
 
 @router.get("/{target_id}", response_model=TargetRead)
-async def get_target(target: TargetViewer, settings: SettingsDep) -> TargetRead:
-    """One target (any member of its organisation)."""
-    return target_service.to_read(target, settings)
+async def get_target(target: TargetViewer, session: SessionDep, settings: SettingsDep) -> TargetRead:
+    """One target (any member of its organisation): ``served`` says whether its work runs now."""
+    return target_service.to_read(target, settings, await workers.coverage(session))
 
 
 @router.patch("/{target_id}", response_model=TargetRead)
@@ -62,7 +64,7 @@ async def update_target(
     """Change a target (admin or owner; its compose policy on the WindFlow host: superusers only)."""
     await target_service.update(session, settings=settings, user=user, target=target, data=body)
     await session.commit()
-    return target_service.to_read(target, settings)
+    return target_service.to_read(target, settings, await workers.coverage(session))
 
 
 @router.delete("/{target_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -117,7 +117,9 @@ class EmbeddedWorker:
 
     async def start(self) -> None:
         self.stopping = False
-        env = {**os.environ, **self.settings.as_environment(), "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1"}
+        # it serves every target that is not placed, whatever WORKER_TARGETS the backend's environment holds
+        env = {**os.environ, **self.settings.as_environment(), "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1",
+               "WORKER_TARGETS": ""}
         spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.command(),
             stdout=asyncio.subprocess.PIPE,
@@ -255,7 +257,9 @@ class CeleryManager:
         own = self.embedded.name if self.embedded else None
         # a degraded worker (alive, but its pool runs nothing) is no capacity: with none other left, the
         # embedded worker starts (HA mode 3); the degraded one leaves by itself (runtime/worker_watchdog.py)
-        external = [w for w in present if w.name != own and w.kind == "external" and w.serving]
+        # only workers of the shared queue replace the embedded worker: one that serves placed targets alone
+        # (WORKER_TARGETS) leaves the targets that are not placed to it
+        external = [w for w in present if w.name != own and w.kind == "external" and w.serving and w.shared_queue]
         listed = [w.to_dict() for w in present]
 
         if broker_error:
@@ -268,7 +272,7 @@ class CeleryManager:
             self._set(ExecutionMode.EXTERNAL, f"{len(external)} external worker(s)", broker, True, listed)
             return self.report
         if self.embedded is None:
-            others = [w for w in present if w.name != own and w.serving]
+            others = [w for w in present if w.name != own and w.serving and w.shared_queue]
             if others:  # another replica's embedded worker serves the queue
                 self._set(ExecutionMode.EXTERNAL, f"{len(others)} worker(s) of other processes", broker, True, listed)
             else:

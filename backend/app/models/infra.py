@@ -30,6 +30,13 @@ class Target(IdMixin, TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
     #: The compose policy (``services.targets.compose_policy.ComposePolicy`` as JSON); null = the default, all denied.
     compose_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Placed: its work (deploy, stop, delete) goes through a queue of its own, consumed only by the workers that
+    #: declare it (``WORKER_TARGETS``); not placed: the shared queue, which every worker without a declaration
+    #: consumes (``services/targets/placement.py``)
+    placed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false", nullable=False)
+    #: The host whose local engine this is (``HOST_ID`` of a worker declaring ``local``): only processes of that
+    #: host reach it; null = any process reaches the endpoint
+    host: Mapped[str | None] = mapped_column(String(255))
 
 
 class Stack(IdMixin, TimestampMixin, Base):

@@ -37,6 +37,10 @@ class WorkerHeartbeat(Base):
     #: the pool's process ids at the last beat: a deployment whose executor was one of them is orphaned as soon
     #: as this row goes stale (the worker died, its pool with it), not a lease later
     pool_pids: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    #: the targets the worker serves (``WORKER_TARGETS``): their ids, and ``"*"`` when it also consumes the shared
+    #: queue of the targets that are not placed; null = the shared queue only (no declaration, as every worker
+    #: before placement)
+    targets: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class BrokerDelivery(Base):

@@ -6,7 +6,9 @@ worker's manager and by dispatch (which only sends tasks by name, so it never im
 * Broker and result backend come from ``Settings`` (derived from ``DATABASE_URL`` with
   ``CELERY_BROKER_TYPE=database``: ``sqla+postgresql+psycopg://`` and ``db+postgresql+psycopg://``).
 * JSON only, ``acks_late`` + ``reject_on_worker_lost``, prefetch 1, results expire after an hour.
-* Tasks go to the default ``celery`` queue, so a worker started without ``-Q`` consumes them.
+* Tasks go to the default ``celery`` queue, so a worker started without ``-Q`` consumes them; the work of a
+  placed target goes to that target's own queue instead (``services/targets/placement.py``), consumed by the
+  workers that declare it (``WORKER_TARGETS``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ DEPLOY_TASK = "windflow.deploy_stack"
 RECOVERY_TASK = "windflow.retry_pending_deployments"
 REAPER_TASK = "windflow.reap_expired_leases"
 PURGE_TASK = "windflow.purge_consumed_messages"
+#: a placed target's lifecycle actions, run by a worker that serves it (runtime/target_actions.py)
+STOP_TASK = "windflow.stop_deployment"
+DELETE_TASK = "windflow.delete_deployment"
 
 
 def broker_label(settings: Settings) -> str:

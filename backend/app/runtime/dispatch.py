@@ -7,6 +7,12 @@ Celery is used when the :class:`~backend.app.core.celery_manager.CeleryManager` 
 broker answering, a worker external or embedded present); otherwise, or when the enqueue itself fails, the
 deployment runs in-process (asyncio fallback), which is logged and counted.
 
+**Routing by target.** A deployment of a *placed* target (``services/targets/placement.py``) goes to that
+target's own queue, which only the workers declaring it consume, whatever the execution mode: it never runs
+in-process here (this process may not reach that engine). When no live worker serves the target the message
+still waits in its queue, the deployment's log says so once, and a re-dispatch (the reaper's) sends nothing
+more until a worker serves it. Every other deployment goes to the shared queue, as always.
+
 A *standalone* dispatcher (no manager; ``windflow recover``) belongs to a short-lived process: it decides
 once with :meth:`probe` whether Celery workers are present, and :meth:`wait_local` awaits what it ran
 in-process before the process exits.
@@ -16,18 +22,87 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
+from sqlalchemy import select
+
+from backend.app import database
 from backend.app.config import Settings
-from backend.app.models import ExecutorKind
-from backend.app.runtime import background_tasks, metrics
+from backend.app.models import Deployment, ExecutorKind, LogLevel, Target
+from backend.app.runtime import background_tasks, metrics, workers
 from backend.app.runtime.celery_config import DEPLOY_TASK, create_celery
+from backend.app.services.deployments.logs import append_logs_committed
+from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
 ENQUEUE_TIMEOUT_SECONDS = 5.0
+#: a deployment waiting for a worker of its placed target is told so (and sent) again after this long at most
+UNSERVED_NOTE_SECONDS = 600.0
 
 
-def _enqueue(celery_app, deployment_id: str) -> str:
-    return celery_app.send_task(DEPLOY_TASK, args=(deployment_id,)).id
+def _enqueue(celery_app, deployment_id: str, queue: str | None = None, countdown: float | None = None) -> str:
+    return celery_app.send_task(DEPLOY_TASK, args=(deployment_id,), queue=queue, countdown=countdown).id
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a deployment's work goes: its target's queue (placed) or the shared one."""
+
+    queue: str
+    placed: bool = False
+    target_id: str | None = None
+    target_name: str | None = None
+
+
+async def route_of(deployment_id: str) -> Route:
+    """The queue of ``deployment_id``'s target (the shared queue for a deployment that is gone)."""
+    async with database.AsyncSessionLocal() as session:
+        row = (await session.execute(
+            select(Target.id, Target.name, Target.placed).join(Deployment, Deployment.target_id == Target.id)
+            .where(Deployment.id == deployment_id)
+        )).first()
+    if row is None:
+        return Route(placement.SHARED_QUEUE)
+    return Route(placement.queue_for(target_id=row.id, placed=row.placed), bool(row.placed), row.id, row.name)
+
+
+#: deployment id -> when this process last sent it to a placed target that no live worker served
+_waiting_for_worker: dict[str, float] = {}
+
+
+async def _unserved(route: Route) -> bool:
+    async with database.AsyncSessionLocal() as session:
+        covered = await workers.coverage(session)
+    return not covered.served(target_id=route.target_id or "", placed=True)
+
+
+async def send_placed(celery_app, deployment_id: str, route: Route, *, countdown: float | None = None) -> bool:
+    """Send ``deployment_id`` to its placed target's queue. When no live worker serves the target, its log says
+    so and it is sent once per :data:`UNSERVED_NOTE_SECONDS` only (the reaper re-dispatches a pending deployment
+    every ``DISPATCH_TIMEOUT_SECONDS``: the queue would fill with copies). False when it was not sent."""
+    now = time.monotonic()
+    for gone in [d for d, at in _waiting_for_worker.items() if now - at > UNSERVED_NOTE_SECONDS]:
+        del _waiting_for_worker[gone]
+    unserved = await _unserved(route)
+    if unserved and deployment_id in _waiting_for_worker:
+        return False
+    await asyncio.wait_for(
+        asyncio.to_thread(_enqueue, celery_app, deployment_id, route.queue, countdown), ENQUEUE_TIMEOUT_SECONDS
+    )
+    if not unserved:
+        _waiting_for_worker.pop(deployment_id, None)
+        return True
+    _waiting_for_worker[deployment_id] = now
+    logger.warning("deployment %s: no live worker serves target %s (%s); it waits in queue %s",
+                   deployment_id, route.target_name, route.target_id, route.queue)
+    await append_logs_committed(deployment_id, [(LogLevel.WARNING, _unserved_line(route), database.utcnow())])
+    return True
+
+
+def _unserved_line(route: Route) -> str:
+    return (f"[WAITING] no live worker serves target {route.target_name}: the deployment waits in the target's "
+            "queue until a worker that declares it (WORKER_TARGETS) runs")
 
 
 class Dispatcher:
@@ -37,6 +112,10 @@ class Dispatcher:
         self._producer = None
 
     async def dispatch(self, deployment_id: str) -> ExecutorKind:
+        route = await route_of(deployment_id)
+        if route.placed:
+            await self._dispatch_placed(deployment_id, route)
+            return ExecutorKind.CELERY
         reason = self._celery_unavailable()
         if reason is None:
             try:
@@ -53,6 +132,20 @@ class Dispatcher:
         background_tasks.create_background_task(deployment_id, self.settings)
         metrics.DISPATCHES.labels("asyncio").inc()
         return ExecutorKind.ASYNCIO
+
+    async def _dispatch_placed(self, deployment_id: str, route: Route) -> None:
+        """Only the target's workers run it: to its queue, never in-process (the reaper sends it again later
+        when the broker refused it)."""
+        if self.settings.celery_unavailable_reason:
+            logger.warning("deployment %s: target %s is placed but Celery is off (%s): it waits", deployment_id,
+                           route.target_id, self.settings.celery_unavailable_reason)
+            return
+        try:
+            if await send_placed(self._celery(), deployment_id, route):
+                metrics.DISPATCHES.labels("celery").inc()
+        except Exception as exc:  # noqa: BLE001 - the reaper dispatches it again; the deployment stays pending
+            logger.warning("deployment %s: enqueue to %s failed (%s: %s); the reaper sends it again", deployment_id,
+                           route.queue, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
 
     def _celery(self):
         if self.manager is not None:
@@ -74,12 +167,9 @@ class Dispatcher:
         if self.settings.celery_unavailable_reason:
             self._standalone_reason = self.settings.celery_unavailable_reason
             return
-        from backend.app import database
-        from backend.app.runtime import workers
-
         async with database.AsyncSessionLocal() as session:
-            present = await workers.serving_workers(session)
-        self._standalone_reason = None if present else "no healthy Celery worker sends heartbeats"
+            present = [w for w in await workers.serving_workers(session) if w.shared_queue]
+        self._standalone_reason = None if present else "no healthy Celery worker of the shared queue sends heartbeats"
 
     async def wait_local(self) -> None:
         """Wait for the deployments this process runs in-process (standalone use), retries included."""

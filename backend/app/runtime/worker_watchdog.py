@@ -167,8 +167,10 @@ class WorkerMonitor:
     the verdict changes) and makes a worker that stayed degraded :meth:`leave`."""
 
     def __init__(self, name: str, kind: str, concurrency: int, controller, consumer, *, settings: Settings,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, targets: list[str] | None = None) -> None:
         self.name, self.kind, self.concurrency = name, kind, concurrency
+        #: what its heartbeat says it serves (``WORKER_TARGETS`` resolved; None: the shared queue only)
+        self.targets = targets
         self.controller, self.consumer = controller, consumer  # Celery's WorkController and Consumer
         self.settings, self.stop = settings, stop
         self.watchdog = Watchdog(concurrency=concurrency, stall_seconds=settings.WORKER_STALL_SECONDS)
@@ -257,7 +259,7 @@ class WorkerMonitor:
                             session, name=self.name, kind=self.kind, hostname=socket.gethostname(),
                             pid=os.getpid(), broker=broker_label(self.settings), concurrency=self.concurrency,
                             state=health, problem=verdict.problem, live_processes=verdict.live,
-                            pool_pids=sorted(self.pids) or None,
+                            pool_pids=sorted(self.pids) or None, targets=self.targets,
                         )
 
                 try:
@@ -299,7 +301,7 @@ class WorkerMonitor:
                     await workers.write_heartbeat(
                         session, name=self.name, kind=self.kind, hostname=socket.gethostname(), pid=os.getpid(),
                         broker=broker_label(self.settings), concurrency=self.concurrency, state=workers.DEGRADED,
-                        problem=f"left: {reason}"[:500], live_processes=0,
+                        problem=f"left: {reason}"[:500], live_processes=0, targets=self.targets,
                     )
                 else:
                     await workers.remove_heartbeat(session, self.name)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, SystemState, WorkerHeartbeat
+from backend.app.services.targets import placement
 
 HEARTBEAT_SECONDS = 3.0
 STALE_AFTER_SECONDS = 12.0
@@ -40,6 +41,13 @@ class WorkerInfo:
     state: str = HEALTHY
     problem: str | None = None
     live_processes: int | None = None
+    #: the targets it serves (``WORKER_TARGETS``: ids, ``"*"`` for the shared queue); None: the shared queue only
+    targets: list[str] | None = None
+
+    @property
+    def shared_queue(self) -> bool:
+        """Whether it consumes the shared queue (every target that is not placed)."""
+        return self.targets is None or placement.SHARED in self.targets
 
     @property
     def serving(self) -> bool:
@@ -60,13 +68,14 @@ class WorkerInfo:
             "state": self.state if self.alive else "gone",
             "problem": self.problem,
             "live_processes": self.live_processes,
+            "targets": self.targets,
         }
 
 
 async def write_heartbeat(
     session: AsyncSession, *, name: str, kind: str, hostname: str, pid: int, broker: str, concurrency: int,
     state: str = HEALTHY, problem: str | None = None, live_processes: int | None = None,
-    pool_pids: list[int] | None = None,
+    pool_pids: list[int] | None = None, targets: list[str] | None = None,
 ) -> None:
     now = utcnow()
     row = await session.get(WorkerHeartbeat, name)
@@ -80,13 +89,14 @@ async def write_heartbeat(
             WorkerHeartbeat(
                 name=name, kind=kind, hostname=hostname, pid=pid, broker=broker, concurrency=concurrency,
                 started_at=now, last_seen=now, state=state, problem=problem, live_processes=live_processes,
-                pool_pids=pool_pids,
+                pool_pids=pool_pids, targets=targets,
             )
         )
     else:
         row.last_seen = now
         row.kind = kind
         row.state, row.problem, row.live_processes, row.pool_pids = state, problem, live_processes, pool_pids
+        row.targets = targets
     try:
         await session.commit()
     except IntegrityError:  # two beats of one node raced; the other one wrote it
@@ -189,7 +199,7 @@ async def list_workers(session: AsyncSession, *, include_stale: bool = True) -> 
     return [
         WorkerInfo(
             r.name, r.kind, r.hostname, r.pid, r.broker, r.concurrency, r.started_at, r.last_seen, r.last_seen >= cutoff,
-            r.state, r.problem, r.live_processes,
+            r.state, r.problem, r.live_processes, r.targets,
         )
         for r in rows
     ]
@@ -198,6 +208,17 @@ async def list_workers(session: AsyncSession, *, include_stale: bool = True) -> 
 async def serving_workers(session: AsyncSession) -> list[WorkerInfo]:
     """Workers that are alive and execute: what dispatch and the embedded worker's manager count on."""
     return [w for w in await list_workers(session, include_stale=False) if w.serving]
+
+
+async def coverage(session: AsyncSession) -> placement.Coverage:
+    """Which targets the serving workers serve (their heartbeats' declarations)."""
+    return placement.Coverage.of(w.targets for w in await serving_workers(session))
+
+
+async def unserved_targets(session: AsyncSession) -> list[tuple[str, str]]:
+    """``(id, name)`` of the active placed targets that no serving worker serves: their work waits."""
+    served = await coverage(session)
+    return [(i, n) for i, n in await placement.placed_targets(session) if not served.served(target_id=i, placed=True)]
 
 
 async def prune_stale(session: AsyncSession, older_than: timedelta = timedelta(hours=1)) -> int:

@@ -148,6 +148,12 @@ TlsCert = Annotated[Pem, AfterValidator(_certificates("tls_cert"))]
 TlsKey = Annotated[Pem, AfterValidator(_tls_key)]
 SshKey = Annotated[Pem, AfterValidator(_ssh_key)]
 MaxConcurrent = Annotated[int, Field(ge=1, le=100, description="deployments running at once on this target (1-100)")]
+HostId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
+                              description="a host's HOST_ID (letters, digits, . _ @ : -)")]
+PLACED_DESCRIPTION = ("placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers "
+                      "that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend")
+HOST_DESCRIPTION = ("the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; "
+                    "implies placed; superusers only")
 
 
 def credential_problem(endpoint: str, credentials: dict[str, Any]) -> str | None:
@@ -202,6 +208,8 @@ class TargetCreate(RequestModel):
         default=None, description="what compose documents may do on this target; default: everything denied"
     )
     organization_id: str | None = Field(default=None, description="defaults to your default organisation")
+    placed: bool = Field(default=False, description=PLACED_DESCRIPTION)
+    host: HostId | None = Field(default=None, description=HOST_DESCRIPTION)
 
     @model_validator(mode="after")
     def _credentials_fit_endpoint(self) -> TargetCreate:
@@ -231,10 +239,12 @@ class TargetUpdate(RequestModel):
     compose_policy: ComposePolicy | None = Field(
         default=None, description="replaces the whole policy (fields left out are denied); null resets to all denied"
     )
+    placed: bool | None = Field(default=None, description=PLACED_DESCRIPTION)
+    host: HostId | None = Field(default=None, description=HOST_DESCRIPTION + "; null: reachable from any host")
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> TargetUpdate:
-        for field in ("name", "type", "endpoint", "max_concurrent_deployments", "is_active"):
+        for field in ("name", "type", "endpoint", "max_concurrent_deployments", "is_active", "placed"):
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise PydanticCustomError(
                     "null_not_allowed", f"{field} cannot be null; omit it to keep the current value"
@@ -257,6 +267,12 @@ class TargetRead(ResponseModel):
     tls_verify: bool
     has_ssh_key: bool
     compose_policy: ComposePolicy
+    placed: bool = Field(description=PLACED_DESCRIPTION)
+    host: str | None = Field(description="the host whose local engine this is (only its workers reach it), or null")
+    served: bool = Field(description="its work runs now: false for a placed target that no live worker serves (its "
+                                     "deployments wait, and its stop and delete answer 503 target_unserved)")
+    workers: int = Field(description="live workers that run its work (for a target that is not placed: the workers of "
+                                     "the shared queue; with none, the backend runs it)")
     created_at: datetime
     updated_at: datetime
 

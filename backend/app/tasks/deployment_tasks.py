@@ -8,18 +8,38 @@ from __future__ import annotations
 
 import logging
 
-from backend.app.celery_app import DEPLOY_TASK, PURGE_TASK, REAPER_TASK, RECOVERY_TASK, celery_app, settings
+from backend.app.celery_app import (
+    DELETE_TASK,
+    DEPLOY_TASK,
+    PURGE_TASK,
+    REAPER_TASK,
+    RECOVERY_TASK,
+    STOP_TASK,
+    celery_app,
+    settings,
+)
 from backend.app.runtime import worker_loop
 
 logger = logging.getLogger(__name__)
 
 
 async def _dispatch(deployment_id: str) -> None:
-    deploy_stack.delay(deployment_id)
+    await _send(deployment_id)
 
 
 async def _dispatch_later(deployment_id: str, delay: float) -> None:
-    deploy_stack.apply_async((deployment_id,), countdown=delay)
+    await _send(deployment_id, countdown=delay)
+
+
+async def _send(deployment_id: str, countdown: float | None = None) -> None:
+    """To the queue of the deployment's target (runtime/dispatch.py: a placed target's own queue)."""
+    from backend.app.runtime.dispatch import route_of, send_placed
+
+    route = await route_of(deployment_id)
+    if route.placed:
+        await send_placed(celery_app, deployment_id, route, countdown=countdown)
+    else:
+        deploy_stack.apply_async((deployment_id,), countdown=countdown)
 
 
 async def _deploy(deployment_id: str, task_id: str | None) -> dict:
@@ -42,6 +62,26 @@ async def _flush_events() -> None:
 def deploy_stack(self, deployment_id: str) -> dict:
     """Deploy one deployment (by id)."""
     return worker_loop.run(_deploy(deployment_id, self.request.id))
+
+
+async def _act(action: str, deployment_id: str, options: dict) -> dict:
+    from backend.app.runtime import target_actions
+
+    result = await target_actions.run_here(action, deployment_id, settings, **options)
+    await _flush_events()
+    return result
+
+
+@celery_app.task(name=STOP_TASK)
+def stop_deployment(deployment_id: str, actor: str) -> dict:
+    """Stop a running deployment of a placed target, on a worker that serves it (the API waits for the result)."""
+    return worker_loop.run(_act("stop", deployment_id, {"actor": actor}))
+
+
+@celery_app.task(name=DELETE_TASK)
+def delete_deployment(deployment_id: str, keep_volumes: bool = False) -> dict:
+    """Tear down and delete a deployment of a placed target, on a worker that serves it."""
+    return worker_loop.run(_act("delete", deployment_id, {"keep_volumes": keep_volumes}))
 
 
 # Recovery and the reaper run by beat dispatch from inside a worker: to the broker we consume from.

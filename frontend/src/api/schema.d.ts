@@ -736,7 +736,7 @@ export interface paths {
         };
         /**
          * Get Target
-         * @description One target (any member of its organisation).
+         * @description One target (any member of its organisation): ``served`` says whether its work runs now.
          */
         get: operations["get_target_api_v1_targets__target_id__get"];
         put?: never;
@@ -2821,6 +2821,11 @@ export interface components {
             /** Endpoint */
             endpoint: string;
             /**
+             * Host
+             * @description the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; implies placed; superusers only
+             */
+            host?: string | null;
+            /**
              * Max Concurrent Deployments
              * @description deployments running at once on this target (1-100)
              * @default 2
@@ -2833,6 +2838,12 @@ export interface components {
              * @description defaults to your default organisation
              */
             organization_id?: string | null;
+            /**
+             * Placed
+             * @description placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend
+             * @default false
+             */
+            placed: boolean;
             /**
              * Ssh Key
              * @description private key for ssh:// endpoints (stored encrypted)
@@ -2902,6 +2913,11 @@ export interface components {
             has_ssh_key: boolean;
             /** Has Tls */
             has_tls: boolean;
+            /**
+             * Host
+             * @description the host whose local engine this is (only its workers reach it), or null
+             */
+            host: string | null;
             /** Id */
             id: string;
             /** Is Active */
@@ -2912,6 +2928,16 @@ export interface components {
             name: string;
             /** Organization Id */
             organization_id: string;
+            /**
+             * Placed
+             * @description placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend
+             */
+            placed: boolean;
+            /**
+             * Served
+             * @description its work runs now: false for a placed target that no live worker serves (its deployments wait, and its stop and delete answer 503 target_unserved)
+             */
+            served: boolean;
             /** Tls Verify */
             tls_verify: boolean;
             type: components["schemas"]["TargetType"];
@@ -2920,6 +2946,11 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
+            /**
+             * Workers
+             * @description live workers that run its work (for a target that is not placed: the workers of the shared queue; with none, the backend runs it)
+             */
+            workers: number;
         };
         /**
          * TargetTestResult
@@ -2956,12 +2987,22 @@ export interface components {
             description?: string | null;
             /** Endpoint */
             endpoint?: string | null;
+            /**
+             * Host
+             * @description the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; implies placed; superusers only; null: reachable from any host
+             */
+            host?: string | null;
             /** Is Active */
             is_active?: boolean | null;
             /** Max Concurrent Deployments */
             max_concurrent_deployments?: number | null;
             /** Name */
             name?: string | null;
+            /**
+             * Placed
+             * @description placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend
+             */
+            placed?: boolean | null;
             /** Ssh Key */
             ssh_key?: string | null;
             /** Tls Ca */

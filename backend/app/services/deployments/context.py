@@ -22,14 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core import security
-from backend.app.core.exceptions import NotFound, ValidationFailed
+from backend.app.core.exceptions import NotFound, ServiceUnavailable, ValidationFailed
 from backend.app.core.logging import Redactor
 from backend.app.engines import engine_for
 from backend.app.engines.base import DeploySpec, Engine, TargetConnection
 from backend.app.models import Deployment, Target
 from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments import redaction
-from backend.app.services.targets import compose_policy, target_service
+from backend.app.services.targets import compose_policy, placement, target_service
 
 
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
@@ -105,6 +105,12 @@ async def load_context(session: AsyncSession, *, settings: Settings, deployment:
     target = await session.get(Target, deployment.target_id)
     if target is None:
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
+    if not placement.reachable_here(target, settings):
+        # the same socket path here is another engine: acting on it would act on the wrong host's containers
+        raise ServiceUnavailable(
+            f"target {target.name} is the engine of host {target.host}; this process runs on host {settings.host_id} "
+            "(its work runs on the workers of that host: WORKER_TARGETS=local)", code="target_elsewhere",
+            params={"target": target.name, "host": target.host})
     credentials = target_service.credentials(target, settings)
     values, secrets = security.EncryptedValues(deployment.variables).decrypt_with_secrets(settings)
     redactor = redaction.deployment_redactor(

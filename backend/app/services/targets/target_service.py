@@ -46,6 +46,7 @@ from backend.app.schemas.targets import (
 )
 from backend.app.services import pagination
 from backend.app.services.identity import organization_service
+from backend.app.services.targets import placement
 from backend.app.services.targets.compose_policy import ComposePolicy, is_host_endpoint
 
 logger = logging.getLogger(__name__)
@@ -139,9 +140,11 @@ def _require_superuser_for_host(user: User, endpoint: str, what: str) -> None:
         )
 
 
-def to_read(target: Target, settings: Settings) -> TargetRead:
-    """The API view: whether credentials exist, never their value."""
+def to_read(target: Target, settings: Settings, coverage: placement.Coverage | None = None) -> TargetRead:
+    """The API view: whether credentials exist, never their value; with ``coverage`` (the live workers'
+    declarations), whether and by how many workers its work runs."""
     creds = credentials(target, settings)
+    coverage = coverage or placement.Coverage()
     return TargetRead(
         id=target.id,
         organization_id=target.organization_id,
@@ -155,12 +158,21 @@ def to_read(target: Target, settings: Settings) -> TargetRead:
         tls_verify=creds["tls_verify"],
         has_ssh_key=bool(creds["ssh_key"]),
         compose_policy=policy_of(target),
+        placed=target.placed,
+        host=target.host,
+        served=coverage.served(target_id=target.id, placed=target.placed),
+        workers=coverage.workers(target_id=target.id, placed=target.placed),
         created_at=target.created_at,
         updated_at=target.updated_at,
     )
 
 
 # --- CRUD -----------------------------------------------------------------------------------------
+
+
+def _host_binding_forbidden() -> PermissionDenied:
+    return PermissionDenied("only a platform superuser may bind a target to a host (host): it says which host's "
+                            "workers reach the engine", code="host_binding_forbidden")
 
 
 def _name_taken(name: str) -> Conflict:
@@ -176,6 +188,8 @@ async def create(session: AsyncSession, *, settings: Settings, user: User, data:
         session, user=user, organization_id=data.organization_id, minimum=Role.ADMIN
     )
     _require_superuser_for_host(user, data.endpoint, "register")
+    if data.host is not None and not user.is_superuser:
+        raise _host_binding_forbidden()
     target = Target(
         organization_id=organization_id,
         name=data.name,
@@ -185,6 +199,8 @@ async def create(session: AsyncSession, *, settings: Settings, user: User, data:
         max_concurrent_deployments=data.max_concurrent_deployments,
         is_active=True,
         compose_policy=data.compose_policy.model_dump() if data.compose_policy else None,
+        placed=data.placed or data.host is not None,
+        host=data.host,
     )
     _store_credentials(target, settings, data.credentials())
     session.add(target)
@@ -248,6 +264,13 @@ async def update(session: AsyncSession, *, settings: Settings, user: User, targe
             raise ValidationFailed(problem, code="credentials_mismatch")
         if cred_changes:
             _store_credentials(target, settings, creds)
+    if "host" in changes and changes["host"] != target.host and not user.is_superuser:
+        raise _host_binding_forbidden()
+    if changes.get("host", target.host) is not None:
+        if changes.get("placed") is False:
+            raise ValidationFailed("a target bound to a host is always placed: only that host's workers reach it; "
+                                   "set host to null first", code="host_target_placed")
+        changes["placed"] = True
     name = changes.get("name", target.name)  # read before a failed flush makes the row unreadable
     for field, value in changes.items():
         setattr(target, field, value)
