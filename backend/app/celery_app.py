@@ -125,7 +125,11 @@ def _serve_declared_targets(sender=None, **_kwargs) -> None:
     declaration = placement.Declaration.parse(settings.WORKER_TARGETS)
     if declaration.everything:
         return
-    resolved = _resolve_declaration(declaration)
+    try:
+        resolved = _resolve_declaration(declaration)
+    except Exception as exc:  # noqa: BLE001 - Celery logs and ignores a failing receiver: it would serve the wrong queue
+        logger.exception("WORKER_TARGETS could not be resolved")
+        sys.exit(f"WindFlow: WORKER_TARGETS could not be resolved ({type(exc).__name__}; see the log above)")
     for problem in resolved.problems:
         logger.warning("WORKER_TARGETS: %s", problem)
     queues = resolved.queues()
