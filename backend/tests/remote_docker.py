@@ -60,7 +60,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from backend.tests.conftest import require_service
 
 DOCKERD = os.environ.get("WINDFLOW_TEST_DOCKERD", "/usr/sbin/dockerd")
 START_TIMEOUT = float(os.environ.get("WINDFLOW_TEST_DOCKERD_TIMEOUT", "60"))
@@ -425,6 +424,8 @@ def _engine_in(netns: str, address: str) -> Iterator[RemoteDocker]:
 def remote_docker_or_skip() -> Iterator[RemoteDocker]:
     """:func:`start_remote_docker`, where an engine that cannot start is a missing service (skip, or fail
     on CI) rather than an error of the test."""
+    from backend.tests.conftest import require_service  # here: a benchmark imports this module without the tests' set-up
+
     try:
         manager = start_remote_docker()
         engine = manager.__enter__()

@@ -28,14 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core.events import Event, EventType, bus, iso_utc
-from backend.app.core.exceptions import Conflict, NotFound
+from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.security import EncryptedValues
 from backend.app.engines.base import DEPLOYMENT_LABEL, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.models import Deployment, DeploymentStatus, Target
 from backend.app.services.deployments import redaction
 from backend.app.services.deployments.log_text import redact_keeping_colours
-from backend.app.services.targets import target_service
+from backend.app.services.targets import placement, target_service
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ async def prepare(session: AsyncSession, *, settings: Settings, deployment: Depl
     target = await session.get(Target, deployment.target_id)
     if target is None:
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
+    if not placement.reachable_here(target, settings):  # the same socket path here is another host's engine
+        raise ServiceUnavailable(
+            f"the live output of target {target.name}'s containers is not available here: it is the engine of host "
+            f"{target.host}, which only that host's workers reach", code="target_elsewhere",
+            params={"target": target.name, "host": target.host})
     credentials = target_service.credentials(target, settings)  # decrypted once, for the connection and the redactor
     secrets = [*EncryptedValues(deployment.variables).secret_values(settings), *redaction.target_secrets(target, credentials)]
     return ServiceLogFollower(
