@@ -11,6 +11,11 @@ import {
   type VariableSpec,
 } from '../src/utils/variables'
 import { composeServices, portMapping, portText, serviceRows, shortDigest } from '../src/utils/services'
+import { mergeRevisions } from '../src/composables/useRevisions'
+import { createRevision, diffRevisions, listRevisions, rollback, type Revision } from '../src/api/revisions'
+import { updateDeployment } from '../src/api/deployments'
+import { ApiError } from '../src/api/errors'
+import { i18n } from '../src/i18n'
 import { RealtimeSocket } from '../src/realtime/socket'
 import type { FrameOf } from '../src/realtime/frames'
 import { setSocket } from '../src/stores/realtime'
@@ -234,6 +239,108 @@ describe('the services of a revision', () => {
     expect(serviceRows(services, [], null)[0].containers).toBeNull() // not reported at all
     expect(shortDigest(digest)).toBe('sha256:aaaaaaaaaaaa')
     expect(composeServices('not: [valid')).toEqual([])
+  })
+})
+
+describe('revisions pages', () => {
+  const rev = (number: number, outcome: Revision['outcome'] = 'superseded'): Revision => ({
+    number,
+    reason: 'update',
+    rollback_of: null,
+    outcome,
+    stack_id: 's',
+    stack_version: '1.0',
+    variables: {},
+    images: [],
+    error_message: null,
+    created_at: '2026-01-01T00:00:00Z',
+    created_by: 'a@example.com',
+    finished_at: null,
+  })
+  it('newest first, each number once, the newer copy kept', () => {
+    const merged = mergeRevisions([rev(3, 'running'), rev(2, 'failed')], [rev(2), rev(1)])
+    expect(merged.map((r) => [r.number, r.outcome])).toEqual([
+      [3, 'running'],
+      [2, 'failed'],
+      [1, 'superseded'],
+    ])
+  })
+})
+
+describe('the revisions API module', () => {
+  afterEach(() => vi.unstubAllGlobals())
+  function answer(...bodies: { status?: number; body: unknown }[]): { method: string; path: string; body: string }[] {
+    const calls: { method: string; path: string; body: string }[] = []
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        const u = new URL(req.url)
+        calls.push({ method: req.method, path: decodeURIComponent(u.pathname + u.search), body: await req.text() })
+        const next = bodies.shift() ?? { status: 500, body: { detail: 'unexpected' } }
+        return new Response(JSON.stringify(next.body), {
+          status: next.status ?? 200,
+          headers: { 'Content-Type': 'application/json' },
+        })
+      }),
+    )
+    return calls
+  }
+
+  it('lists, creates, rolls back and compares by the routes of the API', async () => {
+    const calls = answer(
+      { body: { items: [], total: 0, total_is_exact: true, next_cursor: 'c2' } },
+      { status: 201, body: { number: 2 } },
+      { status: 201, body: { number: 3 } },
+      { body: { diff: '--- revision 1/compose' } },
+      { body: { ...deployment('d1'), auto_rollback: false } },
+    )
+    expect((await listRevisions('d1', { limit: 20, cursor: 'c1' })).next_cursor).toBe('c2')
+    expect((await createRevision('d1', { variables: { greeting: 'x' }, stack_version: 'latest' })).number).toBe(2)
+    expect((await rollback('d1', 1)).number).toBe(3)
+    expect(await diffRevisions('d1', 1, 3)).toBe('--- revision 1/compose')
+    expect((await updateDeployment('d1', { auto_rollback: false })).auto_rollback).toBe(false)
+    expect(calls.map((c) => `${c.method} ${c.path} ${c.body}`)).toEqual([
+      'GET /api/v1/deployments/d1/revisions?limit=20&cursor=c1 ',
+      'POST /api/v1/deployments/d1/revisions {"variables":{"greeting":"x"},"stack_version":"latest"}',
+      'POST /api/v1/deployments/d1/rollback {"revision":1}',
+      'GET /api/v1/deployments/d1/revisions/1/diff/3 ',
+      'PATCH /api/v1/deployments/d1 {"auto_rollback":false}',
+    ])
+  })
+
+  it("a change during a rollout is a 409 naming the revision, worded in the user's language", async () => {
+    answer({
+      status: 409,
+      body: {
+        detail:
+          'revision 2 is being rolled out (deploying); wait for it to end, or cancel it, before changing the deployment',
+        code: 'rollout_in_progress',
+        params: { revision: 2, status: 'deploying' },
+      },
+    })
+    const err = await createRevision('d1', { variables: { greeting: 'x' } }).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(ApiError)
+    expect((err as ApiError).status).toBe(409)
+    expect((err as ApiError).text).toContain('being rolled out')
+    i18n.global.locale.value = 'fr'
+    try {
+      expect((err as ApiError).text).toBe(
+        'La révision 2 est en cours de déploiement : attendez qu’elle se termine, ou annulez-la, avant de modifier le déploiement.',
+      )
+    } finally {
+      i18n.global.locale.value = 'en'
+    }
+  })
+
+  it('every reason, outcome and container state has its words in both languages', () => {
+    for (const locale of ['en', 'fr'] as const) {
+      for (const r of ['created', 'update', 'rollback', 'automatic_rollback'])
+        expect(i18n.global.te(`revisions.reasons.${r}`, locale), `${locale} ${r}`).toBe(true)
+      for (const o of ['pending', 'deploying', 'running', 'failed', 'rolled_back', 'superseded'])
+        expect(i18n.global.te(`revisions.outcomes.${o}`, locale), `${locale} ${o}`).toBe(true)
+      for (const code of ['revision_update', 'revision_rollback', 'automatic_rollback', 'automatic_rollback_failed'])
+        expect(i18n.global.te(`history.${code}`, locale), `${locale} history.${code}`).toBe(true)
+    }
   })
 })
 

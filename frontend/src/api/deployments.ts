@@ -1,4 +1,7 @@
-/** Deployments over the typed client: listing, one deployment, lifecycle actions, history, compose, logs. */
+/**
+ * Deployments over the typed client: listing, one deployment, its settings, lifecycle actions, history, compose,
+ * logs (its revisions: revisions.ts).
+ */
 import { api, unwrap } from './client'
 import type { Page, PageQuery } from './paging'
 import type { components } from './schema'
@@ -8,6 +11,7 @@ type S = components['schemas']
 
 export type Deployment = S['DeploymentRead']
 export type NewDeployment = S['DeploymentCreate']
+export type DeploymentSettings = S['DeploymentUpdate']
 export type HistoryEntry = S['HistoryRead']
 
 /** One persisted line of a deployment's log, as the drawer shows it (from HTTP or from the socket). */
@@ -45,6 +49,11 @@ export function getDeployment(id: string): Promise<Deployment> {
 
 export function createDeployment(body: NewDeployment): Promise<Deployment> {
   return unwrap(api.POST('/api/v1/deployments', { body }))
+}
+
+/** Changes a deployment's settings (`auto_rollback`); its inputs change through a new revision (revisions.ts). */
+export function updateDeployment(id: string, body: DeploymentSettings): Promise<Deployment> {
+  return unwrap(api.PATCH('/api/v1/deployments/{deployment_id}', { params: { path: { deployment_id: id } }, body }))
 }
 
 export async function deleteDeployment(id: string): Promise<void> {

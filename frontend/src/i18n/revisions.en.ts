@@ -5,7 +5,7 @@
 export default {
   services: {
     title: 'Services',
-    hint: 'The services of revision {revision}, as the engine runs them.',
+    hint: 'The services of revision {revision}: its compose document and the images its rollout recorded.',
     service: 'Service',
     containers: 'Containers',
     state: 'State',

@@ -4,7 +4,7 @@ import type en from './revisions.en'
 const fr: typeof en = {
   services: {
     title: 'Services',
-    hint: 'Les services de la révision {revision}, tels que le moteur les exécute.',
+    hint: 'Les services de la révision {revision} : son document compose et les images que son déploiement a enregistrées.',
     service: 'Service',
     containers: 'Conteneurs',
     state: 'État',

@@ -20,6 +20,13 @@ const routes: RouteRecordRaw[] = [
         meta: { capability: 'deployment.create' },
       },
       {
+        path: 'deployments/:id/edit',
+        name: 'deployment-edit',
+        component: lazy(() => import('../views/DeploymentEditView.vue')),
+        props: true,
+        meta: { capability: 'deployment.operate' },
+      },
+      {
         path: 'deployments/:id',
         name: 'deployment',
         component: lazy(() => import('../views/DeploymentDetailView.vue')),
