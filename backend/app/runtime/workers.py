@@ -143,8 +143,10 @@ async def expire_leases_of_dead_workers(session: AsyncSession) -> int:
     """Deployments whose executor was a process of a worker that is gone (its heartbeat stale for
     ``STALE_AFTER_SECONDS``: the worker died, and its pool with it by the parent-death signal) are orphans:
     their leases expire now rather than up to ``DEPLOYMENT_LEASE_SECONDS`` later. Only claims made while that
-    worker was alive count (``started_at`` before its last beat), so a process id reused later is not taken
-    for a dead one. The reaper runs this; the caller commits."""
+    worker was alive count: before its last beat, or within one beat interval after it (it died before the next
+    beat: a claim made in those seconds would otherwise wait out its whole lease), so a process id reused later
+    is not taken for a dead one (a worker restarted under the same name and pid rewrites the row at its start,
+    before it claims anything). The reaper runs this; the caller commits."""
     now = utcnow()
     running = (await session.execute(
         select(Deployment.id, Deployment.lease_owner, Deployment.started_at)
@@ -162,7 +164,8 @@ async def expire_leases_of_dead_workers(session: AsyncSession) -> int:
             last_beat[(row.hostname, int(pid))] = row.last_seen
     doomed = [
         (deployment_id, owner) for deployment_id, owner, started_at in running
-        if (executor := _executor(owner)) in last_beat and started_at is not None and started_at <= last_beat[executor]
+        if (executor := _executor(owner)) in last_beat and started_at is not None
+        and started_at <= last_beat[executor] + timedelta(seconds=HEARTBEAT_SECONDS)
     ]
     return await _expire(session, doomed, now) if doomed else 0
 

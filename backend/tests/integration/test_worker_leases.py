@@ -55,15 +55,18 @@ async def test_the_leases_of_a_worker_that_is_gone_expire_and_no_others(session)
     ))
     orphan = await _deploying(session, "celery:h1:100:aaaa")
     solo = await _deploying(session, "celery:h1:50:eeee")  # a solo pool runs tasks in the main process
-    reused = await _deploying(session, "celery:h1:101:bbbb", started_seconds_ago=1)  # claimed after its last beat
+    reused = await _deploying(session, "celery:h1:101:bbbb", started_seconds_ago=1)  # claimed long after its last beat
+    # claimed a second after the last beat: the worker died before its next one, with this claim in hand
+    last_moment = await _deploying(session, "celery:h1:100:ffff", started_seconds_ago=workers.STALE_AFTER_SECONDS + 7)
     healthy = await _deploying(session, "celery:h1:200:cccc")
     stranger = await _deploying(session, "celery:h1:300:dddd")  # no worker row names it: its lease decides
     await session.commit()
 
-    assert await workers.expire_leases_of_dead_workers(session) == 2
+    assert await workers.expire_leases_of_dead_workers(session) == 3
     await session.commit()
     assert await _expired(session, orphan)
     assert await _expired(session, solo)
+    assert await _expired(session, last_moment)
     assert not await _expired(session, reused)
     assert not await _expired(session, healthy)
     assert not await _expired(session, stranger)
