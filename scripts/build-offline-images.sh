@@ -28,9 +28,10 @@
 #   nginx     `nginx -g 'daemon off;'`, the configuration in /etc/nginx/conf.d/*.conf (the proxy service
 #             mounts deploy/nginx.conf there), logs on the container's output.
 #
-# Cache: an image that exists with the same recipe (a hash of this script and deploy/offline-images/, in
-# the label windflow.offline-image.recipe) is skipped; --rebuild builds them again anyway. An official
-# image present locally (pulled earlier, or loaded with `docker load`) is used instead of its stand-in.
+# Cache: an image that exists with the same recipe (a hash of its build functions and options and of the
+# files in deploy/offline-images/, in the label windflow.offline-image.recipe) is skipped; --rebuild
+# builds them again anyway. An official image present locally (pulled earlier, or loaded with
+# `docker load`) is used instead of its stand-in.
 #
 # Options:
 #   --rebuild          build every stand-in again, even if it exists
@@ -87,8 +88,6 @@ detect_debian_mirror() {
 mirror="${WINDFLOW_DEBIAN_MIRROR:-$(detect_debian_mirror)}"
 security="${WINDFLOW_DEBIAN_SECURITY_MIRROR-http://deb.debian.org/debian-security}"
 
-# The recipe of every image: this script and the files it copies in. A change rebuilds them.
-recipe_hash="$(cat "$0" "$recipes"/* | sha256sum | cut -c1-16)"
 RECIPE_LABEL=windflow.offline-image.recipe
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -157,12 +156,41 @@ build() {
     log "$name: built $tag in $((SECONDS - started)) s ($(docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
 }
 
+# Certificate authorities this machine trusts beyond Debian's list (e.g. the CA of a TLS-inspecting proxy
+# between it and PyPI): the Dockerfile's `pip install` goes out through the same network, so the python
+# stand-in trusts them too (in /usr/local/share/ca-certificates, as Debian adds local CAs). They are the
+# certificates of WINDFLOW_CA_BUNDLE (default: this machine's bundle) that Debian's ca-certificates lacks.
+extra_cas() {
+    python3 - "${WINDFLOW_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" <<'PY'
+import glob, re, sys
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+def certs(path):
+    try:
+        return pem.findall(open(path, encoding="ascii", errors="replace").read())
+    except OSError:
+        return []
+debian = {c.replace("\n", "") for f in glob.glob("/usr/share/ca-certificates/**/*.crt", recursive=True) for c in certs(f)}
+for c in certs(sys.argv[1]):
+    if c.replace("\n", "") not in debian:
+        print(c)
+PY
+}
+
 build_python() {
+    local cas
+    cas="$(mktemp /tmp/windflow-offline-cas.XXXXXX)"
+    extra_cas > "$cas"
+    [ ! -s "$cas" ] || log "python: adding $(grep -c 'BEGIN CERTIFICATE' "$cas") certificate authorit(y/ies) of this machine that Debian lacks"
     build python "$1" trixie python3,python3-venv,ca-certificates,passwd \
-        'chroot "$1" python3 -m venv /opt/python && chroot "$1" /opt/python/bin/python -m pip --version' \
+        "mkdir -p \"\$1\"/usr/local/share/ca-certificates \
+         && awk -v dir=\"\$1/usr/local/share/ca-certificates\" \
+                '/BEGIN CERTIFICATE/ { n++ } { print > (dir \"/host-ca-\" n \".crt\") }' '$cas' \
+         && chroot \"\$1\" update-ca-certificates >/dev/null \
+         && chroot \"\$1\" python3 -m venv /opt/python && chroot \"\$1\" /opt/python/bin/python -m pip --version" \
         'ENV PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         'ENV LANG=C.UTF-8' \
         'CMD ["python3"]'
+    rm -f "$cas"
     docker run --rm "$1" sh -c 'python --version && pip --version && command -v setpriv useradd >/dev/null' \
         >/dev/null || die "python: $1 has no working python/pip/setpriv/useradd"
 }
@@ -208,6 +236,14 @@ build_nginx() {
         'CMD ["nginx", "-g", "daemon off;"]'
 }
 
+# The recipe of an image: the functions that build it, the options and the files it copies in (not the
+# comments or the rest of this script). A change rebuilds the image.
+recipe_of() {
+    { declare -f build sources "build_$1"; printf '%s\n' "${SLIM[@]}" "$mirror" "$security"; cat "$recipes"/*
+      [ "$1" != python ] || { declare -f extra_cas; extra_cas; }; } \
+        | sha256sum | cut -c1-16
+}
+
 #        name      variable                 official                  stand-in
 IMAGES=("python   WINDFLOW_PYTHON_IMAGE    python:3.11-slim-trixie  windflow-offline/python:3.13-trixie"
         "postgres WINDFLOW_POSTGRES_IMAGE  postgres:16              windflow-offline/postgres:15-bookworm"
@@ -222,6 +258,7 @@ for row in "${IMAGES[@]}"; do
         log "$name: $official is present, no stand-in needed"
         continue
     fi
+    recipe_hash="$(recipe_of "$name")"
     if ! $rebuild && image_exists "$standin" && [ "$(image_recipe "$standin")" = "$recipe_hash" ]; then
         log "$name: $standin already built"
     else

@@ -35,3 +35,9 @@ fi
 if [ -f "$here/setup-docker.sh" ]; then
   bash "$here/setup-docker.sh"
 fi
+
+# The stand-in base images of the production compose (no registry here), for
+# backend/tests/docker/test_production_compose.py: built once (a few minutes), then skipped.
+if [ -f "$here/build-offline-images.sh" ]; then
+  bash "$here/build-offline-images.sh" --no-env-file >/dev/null
+fi
