@@ -1,8 +1,10 @@
 /**
- * A listing as the UI shows it (stacks, targets, members, tokens, users): its first page, "Load more" by
- * cursor (or offset), the filters it is given (kept in the URL by the page), and live: a `RESOURCE_CHANGED`
- * event of its organisation about its kind of row reloads what is shown, as does a reconnection after an
- * outage; a list without such events (tokens, users) reloads when the tab becomes visible again.
+ * A listing as the UI shows it (stacks, targets, members, tokens, users, organisations): its first page, "Load
+ * more" by cursor (or offset), the filters it is given (kept in the URL by the page), and live: a
+ * `RESOURCE_CHANGED` event about its kind of row reloads what is shown, as does a reconnection after an outage.
+ * Stacks, targets and members hear their organisation's events (the list holds its subscription); tokens,
+ * users and organisations hear the account's events, which the server sends to every connection of the user
+ * they concern (a token's owner; superusers for users and organisations) without a subscription.
  */
 import { computed, onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter } from 'vue'
 import { errorText } from '../api/errors'
@@ -11,6 +13,11 @@ import { dispatchFrame, type FrameHandlers } from '../realtime/frames'
 import { getSocket, holdOrganization } from '../stores/realtime'
 
 export const LIST_PAGE = 25
+/** Rows of an organisation: their events come with its subscription. */
+export type OrganizationResource = 'stack' | 'target' | 'member'
+/** Rows of the account or of the platform: their events come to the user's connections unasked. */
+export type AccountResource = 'token' | 'user' | 'organization'
+const ACCOUNT_RESOURCES: readonly string[] = ['token', 'user', 'organization']
 
 export interface LiveListOptions<T> {
   /** One page of the listing with the current filters. */
@@ -20,9 +27,7 @@ export interface LiveListOptions<T> {
   /** The organisation whose events keep the list live (null: none). */
   organizationId?: MaybeRefOrGetter<string | null>
   /** The kind of row `RESOURCE_CHANGED` events name for this list. */
-  resource?: 'stack' | 'target' | 'member'
-  /** Reload when the tab becomes visible again (lists without events). */
-  refreshOnVisible?: boolean
+  resource?: OrganizationResource | AccountResource
   pageSize?: number
 }
 
@@ -102,9 +107,11 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
     }, 150)
   }
   const socket = getSocket()
+  const account = !!options.resource && ACCOUNT_RESOURCES.includes(options.resource)
   const handlers: FrameHandlers = {
     RESOURCE_CHANGED(frame) {
-      if (frame.data.resource === options.resource && frame.organization_id === toValue(options.organizationId)) soon()
+      if (frame.data.resource !== options.resource) return
+      if (account || frame.organization_id === toValue(options.organizationId)) soon()
     },
     resync(frame) {
       if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
@@ -113,7 +120,8 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   const stops: (() => void)[] = [socket.onReconnect(soon)]
   if (options.resource) stops.push(socket.onMessage((frame) => dispatchFrame(handlers, frame)))
   let release: (() => void) | null = null
-  if (options.resource)
+  if (account) socket.connect()
+  else if (options.resource)
     watch(
       () => toValue(options.organizationId),
       (org) => {
@@ -122,11 +130,6 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
       },
       { immediate: true },
     )
-  if (options.refreshOnVisible && typeof document !== 'undefined') {
-    const onVisible = () => document.visibilityState === 'visible' && soon()
-    document.addEventListener('visibilitychange', onVisible)
-    stops.push(() => document.removeEventListener('visibilitychange', onVisible))
-  }
   onScopeDispose(() => {
     stops.forEach((stop) => stop())
     release?.()

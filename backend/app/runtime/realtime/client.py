@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from backend.app import database
-from backend.app.core.events import Event, EventStream, EventType, Overflow, bus
+from backend.app.core.events import Event, EventStream, EventType, Overflow, audience, bus
 from backend.app.models import Deployment
 from backend.app.runtime import metrics
 from backend.app.runtime.realtime.access import Access, registry
@@ -117,6 +117,7 @@ class Client(ABC):
         self.stream = EventStream(bus, None, CLIENT_QUEUE_BOUND)
         self.hub = Hub.of_running_loop()
         self.hub.add(self)
+        self.hub.enter(self, self.access.user_id, self.access.superuser)  # its account's events, unasked
         for sub in list(self.deployments.values()):  # subscriptions made before start(), indexed now
             self._follow(sub)
         for organization_id in list(self.organizations):
@@ -142,6 +143,8 @@ class Client(ABC):
         if access.revoked:
             self.close(access.revoked, CLOSE_UNAUTHORIZED)
             return
+        if self.hub is not None:
+            self.hub.enter(self, access.user_id, access.superuser)  # a superuser no more hears no platform event
         lost_orgs = [o for o in self.organizations if not access.allows(o)]
         lost_deployments = [s for s in self.deployments.values() if not access.allows(s.organization_id)]
         if lost_orgs or lost_deployments:
@@ -302,8 +305,18 @@ class Client(ABC):
             self._unfollow(evt.deployment_id)
         return True
 
+    def hears(self, evt: Event) -> bool:
+        """Whether this client may have ``evt``: an organisation's if its access allows it; one of no
+        organisation (an account's or the platform's ``RESOURCE_CHANGED``) if it is of its audience."""
+        if evt.organization_id:
+            return self.access.allows(evt.organization_id)
+        if evt.type is not EventType.RESOURCE_CHANGED or self.access.revoked is not None:
+            return False
+        kind, user_id = audience(evt)
+        return (kind == "user" and user_id == self.access.user_id) or (kind == "superusers" and self.access.superuser)
+
     async def _forward(self, evt: Event) -> None:
-        if not self.access.allows(evt.organization_id):
+        if not self.hears(evt):
             return
         sub = self.deployments.get(evt.deployment_id)
         if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:

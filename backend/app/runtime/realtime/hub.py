@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, bus, deliver_on_loop
+from backend.app.core.events import LIST_EVENTS, Event, EventStream, EventType, audience, bus, deliver_on_loop
 from backend.app.runtime import metrics
 from backend.app.runtime.realtime.frames import encode_event, latency
 
@@ -80,6 +80,11 @@ class Hub:
         # their objects were allocated in), which the CPU's caches like better than a set's hash order
         self.by_deployment: dict[str, dict[Member, None]] = {}
         self.by_organization: dict[str, dict[Member, None]] = {}
+        # Events of no organisation (RESOURCE_CHANGED of an account or of the platform, core.events.audience):
+        # every client is indexed under its user, and superusers once more; no subscription needed.
+        self.by_user: dict[str, dict[Member, None]] = {}
+        self.superusers: dict[Member, None] = {}
+        self._users: dict[Member, str] = {}
         self.clients = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_missed: Callable[[], None] | None = None
@@ -103,6 +108,7 @@ class Hub:
             self.unfollow(client, deployment_id)
         for organization_id in list(client.organizations):
             self.leave(client, organization_id)
+        self.exit(client)
         self.clients -= 1
         if self.clients <= 0 and self._unsubscribe is not None:
             self._unsubscribe()
@@ -124,12 +130,38 @@ class Hub:
     def leave(self, client: Member, organization_id: str) -> None:
         _discard(self.by_organization, organization_id, client)
 
+    def enter(self, client: Member, user_id: str, superuser: bool) -> None:
+        """Index ``client`` under its user (its account's events: its API tokens) and, for a superuser, with
+        those who hear the platform's (users, organisations); again whenever its access is read anew."""
+        if self._users.get(client) != user_id:
+            self.exit(client)
+            self._users[client] = user_id
+            self.by_user.setdefault(user_id, {})[client] = None
+        if superuser:
+            self.superusers[client] = None
+        else:
+            self.superusers.pop(client, None)
+
+    def exit(self, client: Member) -> None:
+        user_id = self._users.pop(client, None)
+        if user_id is not None:
+            _discard(self.by_user, user_id, client)
+        self.superusers.pop(client, None)
+
+    def audience_of(self, evt: Event) -> dict[Member, None] | None:
+        """The clients an event of no organisation is for (its account's user, or superusers), or None."""
+        kind, user_id = audience(evt)
+        if kind == "user":
+            return self.by_user.get(user_id or "")
+        return self.superusers if kind == "superusers" else None
+
     # --- the bus's side (any thread) ---
 
     def wants(self, evt: Event) -> bool:
         # Reads only; dict membership is atomic under the GIL.
         return evt.deployment_id in self.by_deployment or (
-            evt.type in LIST_EVENTS and evt.organization_id in self.by_organization)
+            evt.type in LIST_EVENTS and evt.organization_id in self.by_organization) or (
+            not evt.organization_id and evt.type is EventType.RESOURCE_CHANGED and bool(self.audience_of(evt)))
 
     def offer(self, evt: Event) -> None:
         deliver_on_loop(self.loop, self.thread, self.fan_out, evt)  # a closed loop has no client left to serve
@@ -156,6 +188,10 @@ class Hub:
     # --- the loop's side ---
 
     def fan_out(self, evt: Event) -> None:
+        if not evt.organization_id and evt.type is EventType.RESOURCE_CHANGED:
+            for client in tuple(self.audience_of(evt) or ()):  # a few, now and then: through their pumps
+                client.queue(evt)
+            return
         followers = self.by_deployment.get(evt.deployment_id)
         members = self.by_organization.get(evt.organization_id) if evt.type in LIST_EVENTS else None
         recipients: tuple[Member, ...] = tuple(followers) if followers else ()

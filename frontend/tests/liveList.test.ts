@@ -1,0 +1,87 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { effectScope } from 'vue'
+import { RealtimeSocket } from '../src/realtime/socket'
+import { setSocket } from '../src/stores/realtime'
+import { useLiveList, type AccountResource, type OrganizationResource } from '../src/composables/useLiveList'
+import type { ServerFrame } from '../src/realtime/frames'
+import { FakeWebSocket } from './fakeSocket'
+
+function changed(resource: string, organization_id = '', user_id: string | null = null): ServerFrame {
+  return {
+    type: 'RESOURCE_CHANGED',
+    deployment_id: '',
+    organization_id,
+    timestamp: '2026-01-01T00:00:00Z',
+    data: { resource, action: 'created', id: 'x', name: 'x', user_id },
+  } as ServerFrame
+}
+
+describe('useLiveList: live by the events of its kind of row', () => {
+  let scope: ReturnType<typeof effectScope>
+  beforeEach(() => {
+    vi.useFakeTimers()
+    FakeWebSocket.instances = []
+    setSocket(
+      new RealtimeSocket({
+        url: () => 'ws://t/api/v1/ws',
+        token: () => 'tok',
+        create: (u) => new FakeWebSocket(u),
+        pingIntervalMs: 60_000,
+      }),
+    )
+    scope = effectScope()
+  })
+  afterEach(() => {
+    scope.stop()
+    setSocket(null)
+    vi.useRealTimers()
+  })
+
+  function list(resource: OrganizationResource | AccountResource, organizationId: string | null = null) {
+    const fetch = vi.fn(async () => ({ items: [], total: 0, total_is_exact: true, next_cursor: null }))
+    scope.run(() =>
+      useLiveList({
+        fetch,
+        filterKey: () => '',
+        resource,
+        ...(organizationId ? { organizationId: () => organizationId } : {}),
+      }),
+    )
+    return fetch
+  }
+  async function settle(): Promise<void> {
+    await vi.advanceTimersByTimeAsync(200) // the reload is gathered for 150 ms
+  }
+
+  it('an account list (tokens) connects, needs no subscription, and reloads on its own kind of row only', async () => {
+    const fetch = list('token')
+    const ws = FakeWebSocket.last()
+    ws.open()
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(1) // the first page
+    expect(ws.sent.filter((f) => f.type === 'subscribe')).toEqual([])
+    ws.receive(changed('user'))
+    ws.receive(changed('stack', 'o1'))
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(1)
+    ws.receive(changed('token', '', 'u1'))
+    ws.receive(changed('token', '', 'u1')) // two at once: one reload
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(2)
+  })
+
+  it('an organisation list (members) holds its subscription and hears only its organisation', async () => {
+    const fetch = list('member', 'o1')
+    const ws = FakeWebSocket.last()
+    ws.open()
+    await settle()
+    expect(ws.sent).toContainEqual({ type: 'subscribe', organization_id: 'o1' })
+    ws.receive(changed('member', 'o2'))
+    ws.receive(changed('token', '', 'u1'))
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(1)
+    ws.receive(changed('member', 'o1'))
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(2)
+  })
+})
