@@ -13,6 +13,7 @@ from backend.app.schemas.deployments import (
     DeploymentCreate,
     DeploymentPage,
     DeploymentRead,
+    DeploymentServices,
     DeploymentUpdate,
     HistoryRead,
     LogLineRead,
@@ -23,7 +24,7 @@ from backend.app.schemas.deployments import (
     RevisionRead,
     RollbackRequest,
 )
-from backend.app.services.deployments import history_reasons, log_text, revisions
+from backend.app.services.deployments import history_reasons, log_text, revisions, service_states
 from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
 from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.deployments.redaction import public_actor
@@ -122,6 +123,13 @@ async def get_logs(
 async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> DeploymentCompose:
     """The rendered compose document of the deployment, secret values masked."""
     return DeploymentCompose(compose=masked_compose(settings, deployment))
+
+
+@router.get("/{deployment_id}/services", response_model=DeploymentServices)
+async def get_services(deployment: DeploymentDep, session: SessionDep, settings: SettingsDep) -> DeploymentServices:
+    """The deployment's containers by service, as its target's engine reports them now: state, health, exit
+    code, restarts, image, published ports. ``503 engine_unavailable`` when the engine does not answer."""
+    return await service_states.read(session, settings=settings, deployment=deployment)
 
 
 @router.get("/{deployment_id}/history", response_model=list[HistoryRead])

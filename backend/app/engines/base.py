@@ -152,12 +152,28 @@ class DeploySpec:
 
 
 @dataclass(frozen=True)
+class PortBinding:
+    """One port of a container: ``80/tcp``, and where the host publishes it (none: not published)."""
+
+    container_port: str
+    host_ip: str | None = None
+    host_port: str | None = None
+
+
+@dataclass(frozen=True)
 class ServiceState:
     service: str
     container_id: str
     state: str  # running, exited, created, restarting, ...
     health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
     exit_code: int | None = None
+    # What a deployment's page shows of each container (GET /deployments/{id}/services); a driver that
+    # cannot tell leaves the defaults.
+    name: str = ""
+    restarts: int = 0
+    image: str | None = None
+    ports: tuple[PortBinding, ...] = ()
+    started_at: str | None = None
 
 
 class Engine(abc.ABC):

@@ -20,6 +20,7 @@ from backend.app.engines.base import (
     EngineError,
     EngineUnreachable,
     LogSink,
+    PortBinding,
     ResolvedImage,
     ServiceState,
 )
@@ -407,12 +408,31 @@ class DockerEngine(Engine):
         }
 
 
+def _ports_of(attrs: Mapping[str, Any]) -> tuple[PortBinding, ...]:
+    """The container's ports (``NetworkSettings.Ports``), each binding of a published one apart."""
+    ports: list[PortBinding] = []
+    for container_port, bindings in sorted(((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items()):
+        if not bindings:
+            ports.append(PortBinding(container_port))
+            continue
+        for binding in bindings:
+            ports.append(PortBinding(container_port, binding.get("HostIp") or None, binding.get("HostPort") or None))
+    return tuple(ports)
+
+
 def _state_of(container: Container) -> ServiceState:
-    state = container.attrs.get("State", {})
+    attrs = container.attrs
+    state = attrs.get("State", {})
+    started = state.get("StartedAt")
     return ServiceState(
         service=service_of(container.labels),
         container_id=container.id,
         state=state.get("Status", "unknown"),
         health=(state.get("Health") or {}).get("Status"),
         exit_code=state.get("ExitCode"),
+        name=container.name,
+        restarts=int(attrs.get("RestartCount") or 0),
+        image=(attrs.get("Config") or {}).get("Image"),
+        ports=_ports_of(attrs),
+        started_at=None if not started or started.startswith("0001-") else started,  # never started: Go's zero time
     )

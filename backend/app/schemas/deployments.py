@@ -150,6 +150,36 @@ class RollbackRequest(RequestModel):
     revision: Annotated[int, Field(ge=1, le=2_147_483_647, description="the revision whose record is re-applied")]
 
 
+class ContainerPort(ResponseModel):
+    container_port: str = Field(description="the container's port and protocol (80/tcp)")
+    host_ip: str | None = Field(description="the host address it is published on (0.0.0.0: every address)")
+    host_port: str | None = Field(description="the host port it is published on; null: not published")
+
+
+class ContainerRead(ResponseModel):
+    name: str
+    state: str = Field(description="as the engine says: running, restarting, exited, created, paused, dead, removing "
+                                   "(on a swarm target, the task's state: running, failed, shutdown, ...)")
+    health: str | None = Field(description="healthy, unhealthy or starting; null without a healthcheck")
+    exit_code: int | None = Field(description="the exit code of a container that is not running; null while it runs")
+    restarts: int = Field(description="how many times the engine restarted it (its restart policy)")
+    image: str | None = Field(description="the image it was created from (a pinned revision: the exact reference)")
+    ports: list[ContainerPort]
+    started_at: datetime | None = Field(description="when it last started; null if it never did")
+
+
+class ServiceRead(ResponseModel):
+    service: str
+    containers: list[ContainerRead]
+
+
+class DeploymentServices(ResponseModel):
+    """``GET /deployments/{id}/services``: the deployment's containers as its target's engine reports them now."""
+
+    revision: int = Field(description="the deployment's current revision when they were read")
+    items: list[ServiceRead] = Field(description="by service name; empty when the deployment has no container")
+
+
 class RevisionDiff(ResponseModel):
     diff: str = Field(description="unified diff from revision a to b: the rendered compose, then the values "
                                   "(secrets as ***; a changed secret is marked as changed)")

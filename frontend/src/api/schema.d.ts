@@ -426,6 +426,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{deployment_id}/services": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Services
+         * @description The deployment's containers by service, as its target's engine reports them now: state, health, exit
+         *     code, restarts, image, published ports. ``503 engine_unavailable`` when the engine does not answer.
+         */
+        get: operations["get_services_api_v1_deployments__deployment_id__services_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments/{deployment_id}/start": {
         parameters: {
             query?: never;
@@ -1177,6 +1198,61 @@ export interface components {
              */
             always_refused: components["schemas"]["RefusedKey"][];
         };
+        /** ContainerPort */
+        ContainerPort: {
+            /**
+             * Container Port
+             * @description the container's port and protocol (80/tcp)
+             */
+            container_port: string;
+            /**
+             * Host Ip
+             * @description the host address it is published on (0.0.0.0: every address)
+             */
+            host_ip: string | null;
+            /**
+             * Host Port
+             * @description the host port it is published on; null: not published
+             */
+            host_port: string | null;
+        };
+        /** ContainerRead */
+        ContainerRead: {
+            /**
+             * Exit Code
+             * @description the exit code of a container that is not running; null while it runs
+             */
+            exit_code: number | null;
+            /**
+             * Health
+             * @description healthy, unhealthy or starting; null without a healthcheck
+             */
+            health: string | null;
+            /**
+             * Image
+             * @description the image it was created from (a pinned revision: the exact reference)
+             */
+            image: string | null;
+            /** Name */
+            name: string;
+            /** Ports */
+            ports: components["schemas"]["ContainerPort"][];
+            /**
+             * Restarts
+             * @description how many times the engine restarted it (its restart policy)
+             */
+            restarts: number;
+            /**
+             * Started At
+             * @description when it last started; null if it never did
+             */
+            started_at: string | null;
+            /**
+             * State
+             * @description as the engine says: running, restarting, exited, created, paused, dead, removing (on a swarm target, the task's state: running, failed, shutdown, ...)
+             */
+            state: string;
+        };
         /** DeletedData */
         DeletedData: {
             /** Name */
@@ -1391,6 +1467,22 @@ export interface components {
              * @enum {string}
              */
             type: "DEPLOYMENT_ROLLED_BACK";
+        };
+        /**
+         * DeploymentServices
+         * @description ``GET /deployments/{id}/services``: the deployment's containers as its target's engine reports them now.
+         */
+        DeploymentServices: {
+            /**
+             * Items
+             * @description by service name; empty when the deployment has no container
+             */
+            items: components["schemas"]["ServiceRead"][];
+            /**
+             * Revision
+             * @description the deployment's current revision when they were read
+             */
+            revision: number;
         };
         /**
          * DeploymentStatus
@@ -2484,6 +2576,13 @@ export interface components {
              * @enum {string}
              */
             type: "SERVICE_LOGS";
+        };
+        /** ServiceRead */
+        ServiceRead: {
+            /** Containers */
+            containers: components["schemas"]["ContainerRead"][];
+            /** Service */
+            service: string;
         };
         /** SetupRequest */
         SetupRequest: {
@@ -4040,6 +4139,38 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RevisionRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_services_api_v1_deployments__deployment_id__services_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentServices"];
                 };
             };
             /** @description Validation Error */
