@@ -35,10 +35,12 @@ async def get_workers(request: Request, session: SessionDep, user: CurrentUser) 
 
 
 def _public(worker: dict | None, superuser: bool) -> dict | None:
-    """A worker without the WindFlow host's name and PIDs, unless the caller is a platform superuser."""
+    """A worker without the WindFlow host's name and PIDs, nor the ids of the targets it serves (any
+    organisation's: ``shared_queue`` still says whether it runs the targets that are not placed), unless the
+    caller is a platform superuser."""
     if worker is None or superuser:
         return worker
-    return {key: (None if key in ("hostname", "pid", "name") else value) for key, value in worker.items()}
+    return {key: (None if key in ("hostname", "pid", "name", "targets") else value) for key, value in worker.items()}
 
 
 @router.get("/recovery")

@@ -69,6 +69,7 @@ class WorkerInfo:
             "problem": self.problem,
             "live_processes": self.live_processes,
             "targets": self.targets,
+            "shared_queue": self.shared_queue,
         }
 
 

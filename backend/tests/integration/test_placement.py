@@ -146,3 +146,15 @@ async def test_the_targets_api_shows_placement_and_keeps_host_binding_to_superus
     assert invalid.status_code == 422, invalid.text
     freed = await client.patch(url, json={"host": None, "placed": False}, headers=admin.headers)
     assert freed.status_code == 200 and (freed.json()["host"], freed.json()["placed"]) == (None, False), freed.text
+
+
+async def test_the_workers_list_shows_the_targets_served_to_superusers_only(client):
+    admin = await setup_admin(client)
+    member = await create_user(client, admin, "viewer@example.com")
+    async with database.AsyncSessionLocal() as session:
+        await workers.write_heartbeat(session, name="w@b", kind="external", hostname="b", pid=7, broker="postgresql",
+                                      concurrency=1, targets=["*", "some-target-id"])
+    seen = (await client.get("/api/v1/system/workers", headers=admin.headers)).json()["workers"]
+    assert seen[0]["targets"] == ["*", "some-target-id"] and seen[0]["shared_queue"] is True
+    seen = (await client.get("/api/v1/system/workers", headers=member.headers)).json()["workers"]
+    assert seen[0]["targets"] is None and seen[0]["shared_queue"] is True and seen[0]["hostname"] is None
