@@ -1,13 +1,14 @@
 """Lifecycle actions as an operator meets them: a slow stop whose container ignores SIGTERM (a spinner saying
 what it waits for, a double click sending one request, the row's transition at once), the dialogs' named
-buttons (the destructive one red), a start sent once, and the deployment page of a deployment deleted
-while it is open."""
+buttons (the destructive one red), a start sent once, the deployment page of a deployment deleted while it
+is open, and a pending row saying why it waits."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, ui_login
+from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, tear_down, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 #: A service that ignores SIGTERM: stopping it waits for its whole grace period, then kills it.
@@ -124,3 +125,36 @@ def test_the_detail_page_says_when_its_deployment_is_deleted(
     assert "deleted-while-open" in page.get_by_test_id("deployment-deleted").inner_text()
     assert page_errors(page) == [], page.errors
     page.context.close()
+
+
+def test_a_pending_row_says_it_waits_for_a_free_slot_on_its_target(
+    realtime, chromium_browser, server: Server, admin_token, org_id, demo_stack, cleanup_deployments
+) -> None:
+    narrow = server.api("POST", "/targets", {"name": f"one-at-a-time-{uuid.uuid4().hex[:4]}", "organization_id": org_id,
+                                             "endpoint": "unix:///var/run/docker.sock", "max_concurrent_deployments": 1},
+                        token=admin_token)
+    try:
+        first = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": narrow["id"],
+                                                    "name": "holds-the-slot", "variables": {"delay": 30}}, token=admin_token)
+        cleanup_deployments.append(first["id"])
+        assert wait_status(server, admin_token, first["id"], {"deploying", "running", "failed"})["status"] == "deploying"
+        page = new_page(chromium_browser)
+        ui_login(page, server)
+        # created while the list is open: the new row says at once why it does not start
+        second = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": narrow["id"],
+                                                     "name": "waits-for-it", "variables": {"delay": 0}}, token=admin_token)
+        cleanup_deployments.append(second["id"])
+        waiting = page.locator(ROW.format(id=second["id"])).get_by_test_id("waiting")
+        waiting.wait_for(timeout=15_000)
+        assert waiting.get_attribute("data-reason") == "target_capacity", waiting.inner_text()
+        assert f"Waiting for a free slot on {narrow['name']} (1/1 deploying)" in waiting.inner_text()
+        screenshot(page, "deployments-waiting-slot-en-light")
+        # read again (a reload): the same
+        page.reload()
+        page.locator(ROW.format(id=second["id"])).get_by_test_id("waiting").filter(has_text="1/1 deploying").wait_for()
+        assert page_errors(page) == [], page.errors
+        page.context.close()
+    finally:
+        for deployment_id in list(cleanup_deployments):
+            tear_down(server, admin_token, deployment_id)
+        server.api("DELETE", f"/targets/{narrow['id']}", token=admin_token)

@@ -66,6 +66,13 @@ ACTIONS_VISIBLE = """
 }
 """
 
+#: Naive UI's own placeholders ("Please Input", "Please Select"): every field says what it wants instead.
+DEFAULT_PLACEHOLDERS = """
+() => [...document.querySelectorAll('[placeholder], .n-base-selection-placeholder, .n-input__placeholder')]
+  .map((e) => e.getAttribute('placeholder') ?? e.innerText)
+  .filter((text) => /^please /i.test(text ?? ''))
+"""
+
 #: (name, path, what shows once the page has what it read): a test id, or a CSS selector (``css=...``).
 PAGES = [
     ("deployments", "/deployments", "deployment-row"),
@@ -110,6 +117,7 @@ def shoot_pages(page, server: Server, names: list[str] | None, suffix: str, demo
             screenshot(page, f"FAILED-{name}-{suffix}")
             raise
         screenshot(page, f"{name}-{suffix}")
+        assert page.evaluate(DEFAULT_PLACEHOLDERS) == [], (name, suffix)
         if name in ("deployments", "targets") and "phone" not in suffix:  # at 1280 x 800 the Actions column is whole
             layout = page.evaluate(ACTIONS_VISIBLE)
             assert layout["buttons"] >= 3 and layout["problems"] == [], (name, suffix, layout)
