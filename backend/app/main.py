@@ -309,7 +309,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_secret(settings.SECRET_KEY)  # the server log never shows it
     bounded_render.configure(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
-    app.add_middleware(realtime_routes.RawWebSocketSend)  # outermost of ours: the server's own send
     app.include_router(health.router)
     app.include_router(api_router)
     realtime_routes.install_openapi(app)

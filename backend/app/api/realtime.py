@@ -19,13 +19,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-try:  # uvicorn[standard]'s WebSocket library: what the direct-write fast path recognises
-    from websockets.protocol import State
-
-    OPEN: object = State.OPEN
-except ImportError:  # pragma: no cover - another server: every frame goes through the ASGI send
-    OPEN = object()
-
 from backend.app import database
 from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, authenticate
@@ -53,43 +46,6 @@ _client_frame = TypeAdapter(ClientFrame)
 # --- WebSocket ---------------------------------------------------------------------------------------
 
 
-RAW_SEND_KEY = "windflow.websocket_raw_send"
-
-
-class RawWebSocketSend:
-    """Pure ASGI middleware: keeps the server's own ``send`` of a WebSocket connection in the scope, so
-    that :class:`WebSocketClient` can recognise uvicorn's protocol and write pre-encoded frames to its
-    socket (the fan-out fast path); every other message still goes through the ASGI stack."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "websocket":
-            scope[RAW_SEND_KEY] = send
-        await self.app(scope, receive, send)
-
-
-def _direct_transport(websocket: WebSocket):
-    """The transport of uvicorn's ``websockets-sansio`` protocol for this connection when pre-built frames
-    may be written to it directly: an open connection without extensions (no per-message compression,
-    whose state is per connection). ``None`` otherwise (another server, another protocol implementation):
-    then every event goes through the client's pump and the ASGI ``send``.
-
-    uvicorn's private protocol objects (``send.__self__``, its ``conn`` and ``transport``) and the frames
-    written there (``runtime/realtime/hub.py::text_frame``) are pinned by ``tests/unit/test_dependency_pins.py::
-    test_uvicorn_serves_websockets_with_the_sansio_protocol_the_direct_write_recognises`` and
-    ``test_text_frame_is_the_frame_websockets_itself_would_send``."""
-    send = websocket.scope.get(RAW_SEND_KEY)
-    protocol = getattr(send, "__self__", None)
-    conn = getattr(protocol, "conn", None)
-    transport = getattr(protocol, "transport", None)
-    if conn is None or transport is None or getattr(conn, "extensions", None) != [] \
-            or getattr(conn, "state", None) is not OPEN:
-        return None
-    return transport
-
-
 class WebSocketClient(Client):
     def __init__(self, websocket: WebSocket, access: Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
@@ -97,10 +53,10 @@ class WebSocketClient(Client):
         self.expires_at = expires_at
         self.send_lock = asyncio.Lock()
         self.services: dict[str, service_logs.ServiceLogFollower] = {}
-        self.socket = _direct_transport(websocket)
+        self.direct = True  # the hub sends events through the ASGI send from its delivery (Client.send_now)
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
-        async with self.send_lock:
+        async with self.send_lock:  # one frame at a time: events, answers, heartbeats, service logs
             await self.websocket.send_text(text)
 
 

@@ -121,8 +121,8 @@ def observe_many(histogram: Histogram, value: float, count: int) -> None:
 RESYNCS = Counter("windflow_event_resyncs_total", "Clients that fell behind and were resynchronised", ["transport"])
 EVENT_FRAMES = Counter(
     "windflow_event_frames_total",
-    "Event frames sent to clients: written to the socket during the delivery (direct) or by the client's pump "
-    "(queued: something was waiting before it, or the socket's buffer was full)",
+    "Event frames sent to clients: during the hub's delivery (direct) or by the client's pump "
+    "(queued: something was waiting before it, a catch-up, or an earlier send still waiting for the socket)",
     ["transport", "path"],
 )
 

@@ -5,11 +5,13 @@ pins on kombu are in ``test_sql_transport_pins.py``).
   when the connect fails).
 * multiprocessing: ``services/stacks/bounded_render.py::_Popen._launch`` is a copy of the forkserver launcher minus
   the re-import of the parent's ``__main__``.
-* uvicorn: ``api/realtime.py::_direct_transport`` finds the ``websockets-sansio`` protocol behind the ASGI
-  ``send`` and the hub writes :func:`runtime.realtime.hub.text_frame` frames to its transport.
 
 Each check fails when the dependency changes underneath the patch: the patch must then be revisited (or
-dropped, if the dependency now does what it was for)."""
+dropped, if the dependency now does what it was for).
+
+The WebSocket fan-out patches nothing: it sends through the ASGI interface. What its speed relies on, that
+uvicorn's ASGI ``send`` of a frame finishes without waiting while the socket takes data, is checked here too
+(``test_uvicorn_sends_a_websocket_frame_without_waiting_while_the_socket_takes_it``)."""
 
 from __future__ import annotations
 
@@ -17,21 +19,20 @@ import ast
 import inspect
 import multiprocessing.context
 import textwrap
-from datetime import UTC, datetime
 from multiprocessing import popen_fork, popen_forkserver, spawn
 
 import docker.transport.unixconn as unixconn
 import urllib3.connection
-from uvicorn.protocols.websockets import auto as uvicorn_auto
-from uvicorn.protocols.websockets import websockets_sansio_impl as sansio
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
+import asyncio
+import socket
 
-from backend.app.core.events import Event, EventType
+import pytest
+import uvicorn
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+
 from backend.app.engines import connection
-from backend.app.runtime.realtime.frames import encode_event
-from backend.app.runtime.realtime.hub import text_frame
+from backend.app.runtime.realtime import eager
 from backend.app.services.stacks import bounded_render
 
 
@@ -94,31 +95,46 @@ def test_the_forkserver_hooks_bounded_render_relies_on():
     assert isinstance(hook, staticmethod) and list(inspect.signature(hook).parameters) == ["process_obj"]
 
 
-# --- uvicorn: pre-built WebSocket frames written to the connection's transport ----------------------
+# --- uvicorn: the ASGI send of a WebSocket frame ------------------------------------------------------
 
 
-def test_uvicorn_serves_websockets_with_the_sansio_protocol_the_direct_write_recognises():
-    """``api/realtime._direct_transport`` reads ``send.__self__.conn`` (a websockets ``ServerProtocol``:
-    ``extensions``, ``state``) and ``send.__self__.transport``; the ASGI ``send`` is the protocol's bound
-    ``send``, passed as is."""
-    assert uvicorn_auto.AutoWebSocketsProtocol is sansio.WebSocketsSansIOProtocol
-    source = inspect.getsource(sansio.WebSocketsSansIOProtocol)
-    assert "self.conn = ServerProtocol(" in source and "extensions=extensions" in source
-    assert "self.transport = transport" in inspect.getsource(sansio.WebSocketsSansIOProtocol.connection_made)
-    assert "await self.app(self.scope, self.receive, self.send)" in inspect.getsource(
-        sansio.WebSocketsSansIOProtocol.run_asgi)
-    assert sansio.ServerProtocol is ServerProtocol
-    assert State.OPEN.name == "OPEN"
-    conn = ServerProtocol()
-    assert conn.extensions == [] and isinstance(conn.state, State)
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
+async def test_uvicorn_sends_a_websocket_frame_without_waiting_while_the_socket_takes_it(deflate):
+    """The hub runs each client's ASGI ``send`` at once from its delivery (``runtime/realtime/eager.py``),
+    without a task per client: that is only fast if uvicorn's ``send`` of a ``websocket.send`` message
+    finishes without suspending while the transport takes data, compressed or not. If uvicorn came to wait
+    in every send, each one would need a task (correct, but several times slower): this fails first."""
+    frames = 50
+    finished_at_once: list[bool] = []
+    done = asyncio.Event()
 
+    async def app(scope, receive, send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept()
+        for i in range(frames):
+            rest = eager.start(websocket.send_text(f"frame {i} " + "x" * 2000))
+            finished_at_once.append(rest is None)
+            if rest is not None:
+                await rest
+        await websocket.receive()  # the client's close
+        done.set()
 
-def test_text_frame_is_the_frame_websockets_itself_would_send():
-    """The hub's frames (``runtime/realtime/hub.py::text_frame``) byte for byte as websockets serialises an
-    unmasked text frame without extensions, for each length encoding (7-bit, 16-bit, 64-bit)."""
-    for size in (10, 300, 70_000):
-        evt = Event(type=EventType.DEPLOYMENT_PROGRESS, deployment_id="d", organization_id="o",
-                    timestamp=datetime(2026, 1, 1, tzinfo=UTC), data={"message": "x" * size})
-        frame = text_frame(evt)
-        payload = encode_event(evt).encode()
-        assert frame == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[]), size
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", ws_per_message_deflate=deflate))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = sock.getsockname()[1]
+        compression = "deflate" if deflate else None
+        async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as client:
+            assert bool(client.protocol.extensions) is deflate
+            received = [await asyncio.wait_for(client.recv(), 10) for _ in range(frames)]
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        sock.close()
+    assert [r.split(" ")[1] for r in received] == [str(i) for i in range(frames)]
+    assert all(finished_at_once), finished_at_once

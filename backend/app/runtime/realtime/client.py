@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from backend.app import database
 from backend.app.core.events import Event, EventStream, EventType, Overflow, audience, bus
 from backend.app.models import Deployment
 from backend.app.runtime import metrics
+from backend.app.runtime.realtime import eager
 from backend.app.runtime.realtime.access import Access, registry
 from backend.app.runtime.realtime.frames import dumps, encode_event, latency, logs_frame
 from backend.app.runtime.realtime.hub import Hub
@@ -76,7 +78,8 @@ class Client(ABC):
         self.hub: Hub | None = None
         # Read by the hub for every event (:meth:`Hub.fan_out`): plain attributes of this object, so a fan-out to
         # thousands of clients touches as little memory per client as it can.
-        self.socket = None  # a transport taking :func:`text_frame` frames directly (a WebSocket sets it), or None
+        self.direct = False  # the hub may send events itself, from the delivery (a WebSocket sets it; not SSE)
+        self.writing = False  # a send the hub began waits for the socket (see send_now)
         self.busy = 0  # > 0 while ``lock`` is held through ``exclusive``
         self.idle = False  # the pump waits on an empty queue
         self.pump_task: asyncio.Task | None = None
@@ -104,11 +107,40 @@ class Client(ABC):
             self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
             raise ConnectionError("client send timed out") from None
 
+    def send_now(self, text: str) -> bool:
+        """Send an event's ``text`` from the hub's delivery, its pump being idle: :meth:`send_text` run at once
+        (:func:`eager.start`), without a task, up to where it would wait. True when the text is sent or on its
+        way: if the socket cannot take it now (the server paused writing to this client), the rest of the send
+        runs in a task, ``writing`` meanwhile (the hub then queues this client's events behind it), within
+        :data:`SEND_TIMEOUT_SECONDS`. False when the send failed: the client closes."""
+        try:
+            rest = eager.start(self.send_text(text))
+        except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
+            self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
+            return False
+        if rest is not None:
+            self.writing = True
+            task = asyncio.get_running_loop().create_task(self._finish_send(rest), name=f"realtime-{self.transport}-send")
+            self._tasks.add(task)
+        return True
+
+    async def _finish_send(self, rest: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await rest
+        except TimeoutError:
+            self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
+        except Exception as exc:  # noqa: BLE001 - as in send_now
+            self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
+        finally:
+            self.writing = False
+            self._tasks.discard(asyncio.current_task())
+
     def close(self, reason: str, code: int = 1000) -> None:
         """Ask the endpoint to end this client (``code``: the WebSocket close code)."""
         if self.close_reason is None:
             self.close_reason, self.close_code = reason, code
-        self.socket = None  # nothing more written directly; the endpoint closes the connection
+        self.direct = False  # nothing more sent from the hub's delivery; the endpoint closes the connection
         self.closed.set()
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -257,7 +289,7 @@ class Client(ABC):
     # --- the pump -------------------------------------------------------------------------------------
 
     def queue(self, evt: Event) -> None:
-        """Hand ``evt`` to the pump (the hub, when it cannot write the event to the socket itself)."""
+        """Hand ``evt`` to the pump (the hub, when it cannot send the event itself)."""
         self.idle = False
         self.stream.put(evt)
 
@@ -267,7 +299,7 @@ class Client(ABC):
             while True:
                 item = stream.get_nowait()
                 if item is None:
-                    self.idle = True  # from here until an event is queued, the hub may write events itself
+                    self.idle = True  # from here until an event is queued, the hub may send events itself
                     try:
                         item = await anext(stream)
                     except StopAsyncIteration:
@@ -289,7 +321,7 @@ class Client(ABC):
 
     def advance(self, evt: Event) -> bool | None:
         """The part of the pump's :meth:`_forward` that changes this client's state, done by the hub for a log
-        or deletion event it is about to write directly: True to write it, None when there is nothing to
+        or deletion event it is about to send itself: True to send it, None when there is nothing to
         send (log lines of a deployment not followed), False when it must go through the queue and the pump
         (log lines that do not follow ``last_seq`` exactly). No access check: the hub's index holds allowed
         subscriptions only."""

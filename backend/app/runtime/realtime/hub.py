@@ -20,18 +20,14 @@ from backend.app.runtime.realtime.frames import encode_event, latency
 
 logger = logging.getLogger(__name__)
 
-#: Bytes a socket may have waiting in its write buffer for the hub to add a frame directly; beyond it the
-#: event waits in the client's queue and the pump's send waits for the socket (and times out).
-DIRECT_WRITE_BUFFER = 256 * 1024
-
-
 class Member(Protocol):
     """What the hub reads and calls on each client it delivers to (a :class:`~backend.app.runtime.realtime.client.Client`)."""
 
     deployments: dict
     organizations: set[str]
     stream: EventStream | None
-    socket: asyncio.WriteTransport | None
+    direct: bool
+    writing: bool
     busy: int
     idle: bool
 
@@ -39,12 +35,14 @@ class Member(Protocol):
 
     def advance(self, evt: Event) -> bool | None: ...
 
+    def send_now(self, text: str) -> bool: ...
 
-_direct_sends: list[tuple[Event, str, int]] = []  # (event, transport, frames written): observed after the fan-out
+
+_direct_sends: list[tuple[Event, str, int]] = []  # (event, transport, frames sent): observed after the fan-out
 
 
 def _count_direct_sends(evt: Event, transport: str, count: int) -> None:
-    """Count ``count`` frames of ``evt`` written directly; the metrics are updated once the delivery is done
+    """Count ``count`` frames of ``evt`` sent during the delivery; the metrics are updated once the delivery is done
     (a callback after it), so the fan-out to thousands of sockets does not wait for them."""
     if not _direct_sends:
         asyncio.get_running_loop().call_soon(_observe_direct_sends)
@@ -65,10 +63,11 @@ class Hub:
 
     One subscriber on the bus per loop, whatever the number of clients: an event costs one lookup in each
     index and one step per client that follows its deployment or organisation, never a call per connected
-    client. Per recipient: when its pump is idle (nothing queued, lock free) and its socket can take a frame,
-    the hub does what the pump would and writes the event's one pre-built frame at once (the first clients
-    have it while the hub goes on to the next ones). Otherwise the event goes to the client's queue and
-    its pump.
+    client. Per recipient: when its pump is idle (nothing queued, lock free) and it is a WebSocket, the hub
+    does what the pump would and sends the event's one encoded text through the connection's ASGI ``send``
+    at once (:meth:`Member.send_now`: no task per client; the first clients have it while the hub goes on to
+    the next ones; a send that has to wait for its socket finishes in a task of its own). Otherwise the
+    event goes to the client's queue and its pump.
     """
 
     _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
@@ -198,15 +197,12 @@ class Hub:
         if members:  # a client following the deployment and its organisation gets the event once
             recipients += tuple(c for c in members if c not in followers) if followers else tuple(members)
         stateful = evt.type in _STATEFUL
-        frame = None  # built for the first socket that takes it
-        written = 0
+        text = None  # encoded for the first client that takes it (once per event: encode_event)
+        sent = 0
         for client in recipients:
-            # What the pump would do, done here when it is idle (nothing queued, lock free) and the socket can
-            # take a frame now (open, less than DIRECT_WRITE_BUFFER bytes waiting); read as plain attributes:
-            # this loop runs once per client and event.
-            socket = client.socket
-            if socket is None or client.busy or not client.idle or socket.is_closing() \
-                    or socket.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
+            # What the pump would do, done here when it is idle (nothing queued, lock free) and no send the hub
+            # began still waits for the socket; read as plain attributes: this loop runs once per client and event.
+            if not client.direct or client.busy or not client.idle or client.writing:
                 client.queue(evt)
                 continue
             if stateful:
@@ -220,30 +216,15 @@ class Hub:
                 if not verdict:
                     client.queue(evt)
                     continue
-            if frame is None:
-                frame = text_frame(evt)
-            socket.write(frame)
-            written += 1
-        if written:
-            _count_direct_sends(evt, "websocket", written)
+            if text is None:
+                text = encode_event(evt)
+            if client.send_now(text):
+                sent += 1
+        if sent:
+            _count_direct_sends(evt, "websocket", sent)
 
 
 _STATEFUL = frozenset({EventType.DEPLOYMENT_LOGS_UPDATE, EventType.DEPLOYMENT_DELETED})
-
-
-def text_frame(evt: Event) -> bytes:
-    """The unmasked, unfragmented WebSocket text frame (RFC 6455) of an event: what the hub writes to every
-    client ``socket`` (built once per event). Pinned to websockets' own serialisation by
-    ``tests/unit/test_dependency_pins.py::test_text_frame_is_the_frame_websockets_itself_would_send``."""
-    payload = encode_event(evt).encode()
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 65536:
-        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return head + payload
 
 
 def _discard(index: dict[str, dict[Member, None]], key: str, client: Member) -> None:
