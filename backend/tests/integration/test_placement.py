@@ -102,6 +102,23 @@ async def test_coverage_and_unserved_targets_come_from_the_heartbeats(db):
         assert await workers.unserved_targets(session) == [(target.id, target.name)]  # degraded serves nothing
 
 
+async def test_the_guides_recovery_snippet_leaves_a_placed_targets_deployments_to_its_workers(db):
+    """``recover_pending_deployments(db)`` without a dispatcher runs the retried deployments in the calling
+    process: never those of a placed target, which this process may not reach."""
+    from backend.app.services.deployment_service import DeploymentService
+
+    async with database.AsyncSessionLocal() as session:
+        placed = await make_deployment(session, queued_minutes_ago=5)
+        elsewhere = await make_deployment(session, queued_minutes_ago=5)  # no snapshot: fails once it runs here
+        (await session.get(Target, placed.target_id)).placed = True
+        await session.commit()
+        report = await DeploymentService.recover_pending_deployments(session)
+    assert report["statistics"]["retried"] == 2
+    async with database.AsyncSessionLocal() as session:
+        assert (await session.get(Deployment, placed.id)).status is DeploymentStatus.PENDING
+        assert (await session.get(Deployment, elsewhere.id)).status is DeploymentStatus.FAILED
+
+
 async def test_a_target_of_another_host_is_never_acted_on_here(db):
     settings = db.settings.model_copy(update={"HOST_ID": "host-a"})
     async with database.AsyncSessionLocal() as session:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.app import database
 from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
@@ -27,6 +28,7 @@ from backend.app.services.deployments import history_reasons
 from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
 from backend.app.services.deployments.orphans import ACTOR, log_line, reclaim_orphan
 from backend.app.services.deployments.state_machine import claimable_for_target, set_deployment_status
+from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
 S = DeploymentStatus
@@ -140,14 +142,23 @@ async def recover_pending_deployments(
 
     ``dispatch`` hands each retried deployment to an executor (the backend passes its dispatcher, which
     picks Celery or the asyncio fallback). Without one (the guide's troubleshooting snippet), the retried
-    deployments run in this process and this returns once they have settled.
+    deployments run in this process and this returns once they have settled; those of a placed target
+    (``services/targets/placement.py``) stay ``pending`` for the target's workers.
 
     Returns ``{"status", "timestamp", "statistics": {"retried", "failed", "skipped", "errors", "settled"}}``.
     """
     settings = settings or get_settings()
     here = InProcessExecutor() if dispatch is None else None
     if here is not None:
-        dispatch = here.dispatcher(settings)
+        run_here = here.dispatcher(settings)
+
+        async def dispatch(deployment_id: str) -> None:
+            # a placed target's work runs only on its workers (this process may not reach its engine): left
+            # pending for them, where the reaper sends it
+            async with database.AsyncSessionLocal() as reading:  # not the caller's: it must hold no transaction
+                placed = await placement.deployment_placed(reading, deployment_id=deployment_id)
+            if not placed:
+                await run_here(deployment_id)
     stats = {"retried": 0, "failed": 0, "skipped": 0, "errors": 0, "settled": 0}
     now = utcnow()
     to_dispatch: list[str] = []

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core.events import queue_event, resource_changed
-from backend.app.models import Organization, Target, TargetType
+from backend.app.models import Deployment, Organization, Target, TargetType
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,14 @@ async def register_local_target(session: AsyncSession, *, settings: Settings) ->
     queue_event(session, resource_changed(organization_id, "target", "created", target.id, target.name))
     logger.info("registered target %s (%s) for this host's engine", target.name, target.id)
     return target
+
+
+async def deployment_placed(session: AsyncSession, *, deployment_id: str) -> bool:
+    """Whether ``deployment_id``'s target is placed (its work runs only on the target's workers)."""
+    placed = (await session.execute(
+        select(Target.placed).join(Deployment, Deployment.target_id == Target.id).where(Deployment.id == deployment_id)
+    )).scalar_one_or_none()
+    return bool(placed)
 
 
 def reachable_here(target: Target, settings: Settings) -> bool:
