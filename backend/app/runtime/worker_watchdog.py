@@ -36,13 +36,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from celery.worker import state
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.runtime import worker_loop, workers
 from backend.app.runtime.celery_config import broker_label
 from backend.app.runtime.sql_transport import POLLS, release_deliveries
+from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
 
@@ -227,13 +228,25 @@ class WorkerMonitor:
             logger.warning("worker %s: %d deployment(s) of pool process(es) %s that died: their leases expire now",
                            self.name, expired, sorted(pids))
 
+    def queues(self) -> list[str]:
+        """The queues this worker consumes: the shared one, or those of the targets it declares."""
+        if self.targets is None:
+            return [placement.SHARED_QUEUE]
+        return [placement.SHARED_QUEUE if t == placement.SHARED else placement.queue_name(t) for t in self.targets]
+
     async def _messages_waiting(self) -> bool | None:
-        """Whether the PostgreSQL broker's queue has visible messages (asked only when polls look stale)."""
+        """Whether this worker's queues on the PostgreSQL broker have visible messages (asked only when polls
+        look stale; a message waiting in a queue it does not consume, such as a placed target's that no worker
+        serves, is not its business)."""
         age = POLLS.age()
         if not self.sql_broker or age is None or age < self.settings.WORKER_STALL_SECONDS:
             return None
+        query = text(
+            "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
+            "WHERE m.visible AND q.name IN :queues)"
+        ).bindparams(bindparam("queues", expanding=True))
         async with database.AsyncSessionLocal() as session:
-            return bool((await session.execute(text("SELECT EXISTS (SELECT 1 FROM kombu_message WHERE visible)"))).scalar())
+            return bool((await session.execute(query, {"queues": self.queues()})).scalar())
 
     def run(self) -> None:
         self.thread = threading.current_thread()

@@ -175,3 +175,15 @@ async def test_the_workers_list_shows_the_targets_served_to_superusers_only(clie
     assert seen[0]["targets"] == ["*", "some-target-id"] and seen[0]["shared_queue"] is True
     seen = (await client.get("/api/v1/system/workers", headers=member.headers)).json()["workers"]
     assert seen[0]["targets"] is None and seen[0]["shared_queue"] is True and seen[0]["hostname"] is None
+
+
+def test_a_workers_watchdog_looks_at_the_queues_it_consumes_only():
+    """The "not fetching" rule asks whether messages wait in *its* queues: a placed target's backlog that no
+    worker serves must not make every other worker look stuck."""
+    from types import SimpleNamespace
+
+    from backend.app.runtime.worker_watchdog import WorkerMonitor
+
+    assert WorkerMonitor.queues(SimpleNamespace(targets=None)) == ["celery"]
+    assert WorkerMonitor.queues(SimpleNamespace(targets=["*", "t1"])) == ["celery", "windflow.target.t1"]
+    assert WorkerMonitor.queues(SimpleNamespace(targets=["t2"])) == ["windflow.target.t2"]
