@@ -54,8 +54,9 @@ class Supervisor:
         elif action in ("stop", "destroy"):
             self.stop_asked[container] = now
             self.killed.pop(container, None)
-        elif action == "start":
+        elif action == "start":  # a new life: what was asked of the previous one no longer counts
             self.killed.pop(container, None)
+            self.stop_asked.pop(container, None)
         elif action == "die":
             killed = self.killed.pop(container, None)
             asked = self.stop_asked.get(container)

@@ -461,8 +461,10 @@ def event(action: str, **attributes: str) -> dict:
         ([event("die", exitCode="1")], 0),                                                  # a crash: the restart policy's
         ([event("kill", signal="9"), event("die", exitCode="137"), event("start"),
           event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 1),       # killed, started, then stopped
+        ([event("kill", signal="15"), event("die", exitCode="0"), event("stop"), event("start"),
+          event("kill", signal="9"), event("die", exitCode="137")], 1),                     # stopped, started, then killed
     ],
-    ids=["docker-kill", "docker-stop", "stop-past-grace", "crash", "kill-then-stop"],
+    ids=["docker-kill", "docker-stop", "stop-past-grace", "crash", "kill-then-stop", "stop-then-kill"],
 )
 def test_supervisor_starts_again_only_what_docker_kill_stopped(monkeypatch, events, started):
     supervise = load_supervise()
