@@ -17,6 +17,7 @@ from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE
 from backend.tests.deploy_helpers import all_logs, force_cleanup, free_port, labelled, wait_status
 from backend.tests.docker.test_deployments import make_env
+from backend.tests.helpers import add_member, create_user, default_org
 from backend.tests.revision_helpers import (
     REV_STACK,
     containers,
@@ -223,5 +224,15 @@ async def test_changes_are_validated_like_a_creation_and_need_an_operator(env):
     assert missing.status_code == 404 and missing.json()["code"] == "revision_not_found"
     assert (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/99999999999",
                                  headers=env.admin.headers)).status_code == 422
+    # a viewer reads revisions and diffs; changing, rolling back and the settings need an operator, as redeploy
+    viewer = await create_user(env.client, env.admin, "viewer@example.com")
+    await add_member(env.client, env.admin, await default_org(env.client, env.admin), viewer, "viewer")
+    assert len(await revisions(env.client, viewer.headers, deployment_id)) == 1
+    base = f"/api/v1/deployments/{deployment_id}"
+    assert (await env.client.get(f"{base}/revisions/1/diff/1", headers=viewer.headers)).json() == {"diff": ""}
+    for method, path, body in (("POST", "/revisions", {"variables": {}}), ("POST", "/rollback", {"revision": 1}),
+                               ("PATCH", "", {"auto_rollback": False}), ("POST", "/redeploy", None)):
+        refused = await env.client.request(method, base + path, json=body, headers=viewer.headers)
+        assert refused.status_code == 403, (path, refused.text)
     listed = await revisions(env.client, env.admin.headers, deployment_id)
     assert [r["number"] for r in listed] == [1]  # nothing refused made a revision

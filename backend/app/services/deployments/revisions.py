@@ -103,8 +103,8 @@ def pinned_images(revision: DeploymentRevision | None) -> dict[str, str]:
 
 
 async def record_images(session: AsyncSession, *, deployment_id: str, number: int, images: list[dict[str, str]]) -> None:
-    """Keep what the rollout's pull resolved each image to (``ResolvedImage.record()``), once: a revision that
-    already has its images keeps them (they were pinned)."""
+    """Keep what the rollout's pull resolved each image to (``ResolvedImage.record()``). A revision that had
+    recorded its images ran pinned to them: it records the same again."""
     if not images:
         return
     await session.execute(
