@@ -125,8 +125,8 @@ class Settings(BaseSettings):
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
     # the health gate's settle window: a container without a health check must stay up this long before the
-    # rollout counts as running (one that exits within it fails the gate); one with a health check, healthy
-    # for its interval, at most this long (docs/operations.md, "The health gate")
+    # rollout counts as running (one that exits within it fails the gate); one with a health check is judged
+    # by it instead (docs/operations.md, "The health gate")
     DEPLOYMENT_STABLE_SECONDS: float = Field(default=3.0, ge=0, le=300)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
     RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
