@@ -1,7 +1,8 @@
 """Heal time: N deployments while K random ``kill -9`` hit the executors; how long until everything settles.
 
     .venv/bin/python bench/heal_time.py [--deployments 16] [--kills 6] [--brokers postgresql,redis] [--seed S]
-                                        [--db-restarts 2] [--child-bursts 2] [--deployments-timeout S]
+                                        [--db-restarts 2] [--child-bursts 2] [--deployments-timeout S] [--hosts 2]
+                                        [--kill-kinds worker,pool,backend]
 
 Per broker (each on its own throw-away PostgreSQL database; Redis on an empty database among 12–15):
 
@@ -23,6 +24,16 @@ Per broker (each on its own throw-away PostgreSQL database; Redis on an empty da
   down 5 s, started again. Every process must reconnect by itself; POSTs during the outage are retried
   (the API answers 503 then).
 
+``--kill-kinds worker,pool`` restricts what the kills pick from (default: all three).
+
+``--hosts 2``: workers on two "hosts" with no shared disk. Host A is this machine's engine; host B a second
+``dockerd`` in a network namespace of its own (``backend/tests/remote_docker.py``), reached through its unix
+socket. Each host runs two workers declaring ``WORKER_TARGETS=local`` with its own ``HOST_ID`` and engine, each
+worker its own ``DEPLOYMENTS_WORKDIR`` (a restarted worker gets a new, empty one); each host's engine is its
+own placed target (``local@<host>``), and the deployments alternate between the two. A worker kill hits any of
+the four; the backend runs no worker. Also printed: **misplaced** (a deployment with a container on the other
+host's engine). Target: settled ≤ 30 s after the last kill, 0 stuck, 0 duplicated, 0 lost, 0 misplaced.
+
 Printed per broker: seconds from the last kill until every deployment is settled (``running`` or
 ``failed``, nothing ``pending``/``deploying``), with the longest creation → running; **stuck** (not
 ``running`` after ``--settle-timeout``, 300 s), **duplicated** (a deployment with more container creations than services,
@@ -40,6 +51,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,15 +102,27 @@ class Result:
     healed_by: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    hosts: int = 1
+    misplaced: int = 0
+    per_host: Counter = field(default_factory=Counter)  # host -> deployments running there
+
+
+@dataclass(frozen=True)
+class Host:
+    """One "host" of ``--hosts 2``: its HOST_ID, its engine as its workers reach it, the docker CLI's flags for it."""
+
+    name: str
+    endpoint: str
+    docker: tuple[str, ...] = ()
 
 
 class CreationCounter:
     """``docker events`` for container creations labelled ``windflow.managed=true``, by deployment id."""
 
-    def __init__(self) -> None:
+    def __init__(self, docker: tuple[str, ...] = ()) -> None:
         self.counts: Counter = Counter()
         self.proc = subprocess.Popen(
-            ["docker", "events", "--filter", "type=container", "--filter", "event=create",
+            ["docker", *docker, "events", "--filter", "type=container", "--filter", "event=create",
              "--filter", "label=windflow.managed=true", "--format", "{{json .}}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -121,15 +145,24 @@ class CreationCounter:
 
 
 class Cluster:
-    """The backend and two workers as real processes, each restartable after a kill."""
+    """The backend and two workers (two per host with ``hosts``) as real processes, each restartable after a kill."""
 
-    def __init__(self, settings, label: str, port: int) -> None:
+    def __init__(self, settings, label: str, port: int, hosts: list[Host] | None = None) -> None:
         self.settings = settings
         self.label = label
         self.port = port
         self.generation = Counter()
+        self.host_of: dict[str, Host] = {f"wfheal-{h.name}-{i}": h for h in hosts or [] for i in (1, 2)}
         self.backend = self._start_backend()
-        self.workers = {name: self._start_worker(name) for name in ("wfheal-a", "wfheal-b")}
+        self.workers: dict[str, c.Proc] = {}
+        if not hosts:
+            self.start_workers()
+
+    def start_workers(self) -> None:
+        """The workers; with hosts, after the setup (a worker declaring ``local`` registers its host's engine in
+        the first organisation, and stops when there is none)."""
+        for name in list(self.host_of) or ["wfheal-a", "wfheal-b"]:
+            self.workers[name] = self._start_worker(name)
 
     def _start_backend(self) -> c.Proc:
         self.generation["backend"] += 1
@@ -141,7 +174,17 @@ class Cluster:
         self.generation[name] += 1
         argv = [str(c.BIN / "celery"), "-A", "backend.app.celery_app", "worker", "--pool=prefork", "--concurrency=2",
                 "-n", f"{name}@%h"]
-        return c.Proc(argv, c.settings_env(self.settings), c.SCRATCH / f"{name}-{self.label}-{self.generation[name]}.log")
+        settings = self.settings
+        host = self.host_of.get(name)
+        if host is not None:
+            # no disk shared with anyone: its own directory, a new empty one each time it starts
+            previous = c.SCRATCH / f"workdir-{self.label}-{name}-{self.generation[name] - 1}"
+            shutil.rmtree(previous, ignore_errors=True)
+            settings = settings.model_copy(update={
+                "WORKER_TARGETS": "local", "HOST_ID": host.name, "LOCAL_DOCKER_ENDPOINT": host.endpoint,
+                "DEPLOYMENTS_WORKDIR": c.SCRATCH / f"workdir-{self.label}-{name}-{self.generation[name]}",
+            })
+        return c.Proc(argv, c.settings_env(settings), c.SCRATCH / f"{name}-{self.label}-{self.generation[name]}.log")
 
     def restart_left(self, result: Result) -> None:
         """What a supervisor (compose ``restart:``, systemd) does: a worker that left because it was degraded
@@ -246,11 +289,37 @@ async def post_retrying(cluster, client, path: str, **kwargs) -> httpx.Response:
         await asyncio.sleep(0.5)
 
 
-async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
+def remove_labelled_on(host: Host, label: str) -> None:
+    """What ``c.remove_labelled`` does, on ``host``'s engine (containers only: the stack has no network)."""
+    out = subprocess.run(["docker", *host.docker, "ps", "-aq", "--filter", f"label={label}"], capture_output=True,
+                         text=True, timeout=60)
+    if out.stdout.split():
+        subprocess.run(["docker", *host.docker, "rm", "-f", *out.stdout.split()], capture_output=True, timeout=120)
+
+
+async def host_targets(client: httpx.AsyncClient, headers, hosts: list[Host]) -> dict[str, str]:
+    """host name -> the id of its engine's target (``local@<host>``, registered by its workers), its capacity
+    raised to the benchmark's 4."""
+    listed = (await client.get("/api/v1/targets", headers=headers, params={"limit": 100})).json()["items"]
+    by_name = {t["name"]: t for t in listed}
+    found = {}
+    for host in hosts:
+        target = by_name.get(f"local@{host.name}")
+        if target is None or not target["placed"] or target["host"] != host.name:
+            raise RuntimeError(f"host {host.name}'s workers registered no target: {sorted(by_name)}")
+        response = await client.patch(f"/api/v1/targets/{target['id']}", json={"max_concurrent_deployments": 4},
+                                      headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"PATCH /targets answered {response.status_code}: {response.text}")
+        found[host.name] = target["id"]
+    return found
+
+
+async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | None = None) -> Result:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    result = Result(broker)
+    result = Result(broker, hosts=len(hosts or []) or 1)
     rng = random.Random(f"{args.seed}-{broker}")
     pg = None
     if args.db_restarts:
@@ -275,27 +344,36 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                          CELERY_RESULT_BACKEND=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db_number}")
     settings = c.make_settings(database_url, **overrides)
     db = create_async_engine(database_url, pool_pre_ping=True)
-    events = CreationCounter()
-    cleanup.push(f"stop docker events of {broker}", events.stop)
-    cluster = Cluster(settings, broker, c.free_port())
+    engines = hosts or [Host("this machine", "unix:///var/run/docker.sock")]
+    counters = {host.name: CreationCounter(host.docker) for host in engines}
+    cleanup.push(f"stop docker events of {broker}", lambda: [counter.stop() for counter in counters.values()])
+    cluster = Cluster(settings, broker, c.free_port(), hosts)
     cleanup.push(f"stop the processes of {broker}", cluster.stop)
     created: list[str] = []
     created_at: dict[str, float] = {}
+    placed_on: dict[str, str] = {}  # deployment id -> the host whose target it was created on
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cluster.port}", timeout=30) as client:
             await wait_http(cluster, client)
             env = await c.api_setup(client, STACK, max_concurrent=4)
+            if hosts:
+                cluster.start_workers()
             # both workers heartbeat before the first deployment
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 body = (await client.get("/api/v1/system/workers", headers=env.headers)).json()
-                if sum(1 for w in body.get("workers", []) if w["name"].startswith("wfheal-") and w["alive"]) >= 2:
+                if sum(1 for w in body.get("workers", []) if w["name"].startswith("wfheal-") and w["alive"]) >= len(cluster.workers):
                     break
+                for name, proc in cluster.workers.items():
+                    if not proc.alive():
+                        raise RuntimeError(f"worker {name} exited at start:\n{proc.tail()}")
                 await asyncio.sleep(0.5)
+            targets = await host_targets(client, env.headers, hosts) if hosts else {engines[0].name: env.target_id}
+            rotation = list(targets.items())
             window = args.deployments * 1.5
-            kinds = [rng.choice(["worker", "pool", "backend"]) for _ in range(args.kills)]
-            if args.kills >= 3:  # every kind at least once
-                kinds[:3] = ["worker", "pool", "backend"]
+            kinds = [rng.choice(args.kill_kinds) for _ in range(args.kills)]
+            if args.kills >= len(args.kill_kinds):  # every kind at least once
+                kinds[:len(args.kill_kinds)] = args.kill_kinds
             kinds += ["burst"] * args.child_bursts + [("db-fast", "db-immediate")[i % 2] for i in range(args.db_restarts)]
             kill_times = sorted(rng.uniform(1.0, window) for _ in kinds)
             rng.shuffle(kinds)
@@ -325,12 +403,14 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
             for i in range(args.deployments):
                 await asyncio.sleep(max(0.0, start + i * 1.5 - time.monotonic()))
                 c.check_stop()
+                host_name, target_id = rotation[i % len(rotation)]
                 response = await post_retrying(cluster, client, "/api/v1/deployments",
-                                               json={"stack_id": env.stack_id, "target_id": env.target_id}, headers=env.headers)
+                                               json={"stack_id": env.stack_id, "target_id": target_id}, headers=env.headers)
                 if response.status_code != 201:
                     raise RuntimeError(f"POST /deployments answered {response.status_code}: {response.text}")
                 created.append(response.json()["id"])
                 created_at[created[-1]] = time.time()
+                placed_on[created[-1]] = host_name
             await kill_task
 
             settled_at = None
@@ -359,9 +439,16 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
                     elif finished_at is not None:
                         took = finished_at.timestamp() - created_at.get(deployment_id, finished_at.timestamp())
                         result.slowest_to_running = max(result.slowest_to_running or 0.0, took)
-                    result.creations += events.counts[deployment_id]
-                    if events.counts[deployment_id] > SERVICES:
+                    made = {name: counter.counts[deployment_id] for name, counter in counters.items()}
+                    result.creations += sum(made.values())
+                    if sum(made.values()) > SERVICES:
                         result.duplicated += 1
+                    # a deployment that POST created twice (an answer lost with a killed backend) has no host here
+                    home = placed_on.get(deployment_id)
+                    if home is not None and any(n for name, n in made.items() if name != home):
+                        result.misplaced += 1
+                    if status == "running" and home is not None:
+                        result.per_host[home] += 1
                 gaps = (await conn.execute(text(
                     "SELECT d.id, d.last_log_seq, count(l.seq), coalesce(max(l.seq), 0) FROM deployments d "
                     "LEFT JOIN deployment_logs l ON l.deployment_id = d.id GROUP BY d.id, d.last_log_seq"
@@ -375,6 +462,9 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
         await db.dispose()
         for deployment_id in created:
             c.remove_labelled(f"windflow.deployment_id={deployment_id}")
+            for host in engines:
+                if host.docker:
+                    remove_labelled_on(host, f"windflow.deployment_id={deployment_id}")
     for log in c.SCRATCH.glob(f"backend-{broker}-*.log"):  # the reaper's re-dispatches of lost messages
         for match in re.finditer(r"Reaper: .* redispatched=(\d+)", log.read_text(errors="replace")):
             result.healed_by["reaper re-dispatch"] += int(match.group(1))
@@ -385,10 +475,12 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup) -> Result:
 
 
 def report(results: list[Result], args) -> None:
-    target = 30 if (args.db_restarts or args.child_bursts) else 90
+    target = 30 if (args.db_restarts or args.child_bursts or args.hosts > 1) else 90
     print()
-    print(f"heal_time: {args.deployments} deployments, {args.kills} kills, {args.child_bursts} child-kill bursts, "
-          f"{args.db_restarts} database restarts per broker, seed {args.seed}; defaults "
+    hosts = f", {args.hosts} hosts (2 workers each, WORKER_TARGETS=local, own workdirs)" if args.hosts > 1 else ""
+    print(f"heal_time: {args.deployments} deployments, {args.kills} kills ({'/'.join(args.kill_kinds)}), "
+          f"{args.child_bursts} child-kill bursts, "
+          f"{args.db_restarts} database restarts per broker{hosts}, seed {args.seed}; defaults "
           f"(lease 30 s, heartbeat 5 s, reaper 5 s, dispatch timeout 15 s); {c.machine_line()}")
     rows = []
     for r in results:
@@ -397,10 +489,17 @@ def report(results: list[Result], args) -> None:
             "-" if r.heal_seconds is None else f"{r.heal_seconds:.1f}",
             "-" if r.slowest_to_running is None else f"{r.slowest_to_running:.1f}",
             f"{r.creations}/{sum(r.statuses.values()) * SERVICES}", str(r.stuck), str(r.duplicated), str(r.lost_lines),
-            "ok" if r.heal_seconds is not None and r.heal_seconds <= target and not (r.stuck or r.duplicated or r.lost_lines) else "MISSED",
+            *([str(r.misplaced)] if args.hosts > 1 else []),
+            "ok" if r.heal_seconds is not None and r.heal_seconds <= target
+            and not (r.stuck or r.duplicated or r.lost_lines or r.misplaced) else "MISSED",
         ])
     print(c.table(["broker", "deployments", "kills", "last kill → settled (s)", "slowest create → running (s)",
-                   "containers created/expected", "stuck", "duplicated", "lost lines", f"target ≤ {target} s, 0/0/0"], rows))
+                   "containers created/expected", "stuck", "duplicated", "lost lines",
+                   *(["misplaced"] if args.hosts > 1 else []),
+                   f"target ≤ {target} s, 0/0/0{'/0' if args.hosts > 1 else ''}"], rows))
+    for r in results:
+        if args.hosts > 1:
+            print(f"{r.broker}: running per host: " + ", ".join(f"{h} {n}" for h, n in sorted(r.per_host.items())))
     for r in results:
         print(f"{r.broker}: dead executors' deployments settled by " + (", ".join(f"{k} {v}" for k, v in sorted(r.healed_by.items())) or "nobody")
               + " (reaper: a lease reclaimed by the reaper; reaper re-dispatch: a lost message sent again; reclaim: a redelivered"
@@ -413,9 +512,31 @@ def report(results: list[Result], args) -> None:
 
 async def bench(args, cleanup: c.Cleanup) -> list[Result]:
     results = []
-    for broker in args.brokers:
-        results.append(await run_broker(broker, args, cleanup))
+    if args.hosts == 1:
+        for broker in args.brokers:
+            results.append(await run_broker(broker, args, cleanup))
+        return results
+    with second_host() as host_b:
+        hosts = [Host("heal-host-a", "unix:///var/run/docker.sock"), host_b]
+        for broker in args.brokers:
+            results.append(await run_broker(broker, args, cleanup, hosts))
     return results
+
+
+@contextlib.contextmanager
+def second_host():
+    """Host B: a second dockerd in a network namespace of its own (``backend/tests/remote_docker.py``), with the
+    test image loaded; its workers reach it through its unix socket."""
+    from backend.tests.remote_docker import start_remote_docker
+
+    with start_remote_docker() as engine:
+        socket_url = f"unix://{engine.workdir / 'docker.sock'}"
+        host = Host("heal-host-b", socket_url, ("-H", socket_url))
+        saved = subprocess.run(["docker", "save", c.TEST_IMAGE], capture_output=True, timeout=120, check=True)
+        subprocess.run(["docker", *host.docker, "load"], input=saved.stdout, capture_output=True, timeout=120, check=True)
+        print(f"host B: dockerd in network namespace {engine.netns} ({engine.startup_seconds:.1f} s to start), "
+              f"{c.TEST_IMAGE} loaded", file=sys.stderr, flush=True)
+        yield host
 
 
 def main() -> None:
@@ -428,10 +549,16 @@ def main() -> None:
     parser.add_argument("--child-bursts", type=int, default=0, help="bursts of three pool-child kills 1.5 s apart")
     parser.add_argument("--settle-timeout", type=float, default=300.0, help="give up (stuck) after this long")
     parser.add_argument("--keep-logs", action="store_true", help="keep the scratch directory (process logs)")
+    parser.add_argument("--kill-kinds", default="worker,pool,backend", type=lambda s: [k for k in s.split(",") if k],
+                        help="what the kills pick from: worker (main process), pool (a pool child), backend")
+    parser.add_argument("--hosts", type=int, default=1, choices=(1, 2),
+                        help="2: workers on two hosts (a second dockerd in its own network namespace), no shared disk")
     args = parser.parse_args()
     for broker in args.brokers:
         if broker not in ("postgresql", "redis"):
             sys.exit(f"unknown broker {broker!r}: postgresql or redis")
+    if not args.kill_kinds or set(args.kill_kinds) - {"worker", "pool", "backend"}:
+        sys.exit(f"--kill-kinds: worker, pool and/or backend, not {args.kill_kinds}")
     c.require_docker()
     cleanup = c.Cleanup()
     results: list[Result] = []
