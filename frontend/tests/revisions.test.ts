@@ -10,7 +10,14 @@ import {
   variableRows,
   type VariableSpec,
 } from '../src/utils/variables'
-import { composeServices, portMapping, portText, serviceRows, shortDigest } from '../src/utils/services'
+import {
+  composeServices,
+  containersByService,
+  portMapping,
+  portText,
+  serviceRows,
+  shortDigest,
+} from '../src/utils/services'
 import { mergeRevisions } from '../src/composables/useRevisions'
 import { createRevision, diffRevisions, listRevisions, rollback, type Revision } from '../src/api/revisions'
 import { updateDeployment } from '../src/api/deployments'
@@ -230,15 +237,46 @@ describe('the services of a revision', () => {
     ])
     const digest = 'sha256:' + 'a'.repeat(64)
     const rows = serviceRows(services, [{ service: 'web', image: 'nginx:1.27-alpine', digest }], {
-      web: [{ name: 'p-web-1', state: 'running', health: 'healthy', restarts: 0, exitCode: 0 }],
+      web: [{ name: 'p-web-1', state: 'running', health: 'healthy', restarts: 0, exitCode: null, ports: [] }],
     })
     expect(rows.map((r) => [r.name, r.digest, r.containers?.length])).toEqual([
       ['web', digest, 1],
       ['worker', null, 0], // reported, and none: the page says so
     ])
     expect(serviceRows(services, [], null)[0].containers).toBeNull() // not reported at all
+    expect(rows[0].livePorts).toBe(false) // no container bound a port: the document's ports
     expect(shortDigest(digest)).toBe('sha256:aaaaaaaaaaaa')
     expect(composeServices('not: [valid')).toEqual([])
+  })
+
+  it('reads the containers the engine reports: bound ports once per address, live in the row', () => {
+    const reported = containersByService([
+      {
+        service: 'web',
+        containers: [
+          {
+            name: 'p-web-1',
+            state: 'running',
+            health: 'healthy',
+            exit_code: null,
+            restarts: 2,
+            ports: [
+              { container_port: '80/tcp', host_ip: '0.0.0.0', host_port: '32768' },
+              { container_port: '80/tcp', host_ip: '::', host_port: '32768' }, // the same binding on IPv6
+              { container_port: '443/tcp', host_ip: '127.0.0.1', host_port: '8443' },
+              { container_port: '9000/tcp', host_ip: null, host_port: null }, // exposed, not published
+            ],
+          },
+        ],
+      },
+      { service: 'worker', containers: [] },
+    ])
+    expect(reported.web[0]).toMatchObject({ name: 'p-web-1', state: 'running', restarts: 2, exitCode: null })
+    expect(reported.web[0].ports.map(portText)).toEqual(['32768→80/tcp', '127.0.0.1:8443→443/tcp'])
+    const rows = serviceRows(composeServices(COMPOSE), [], reported)
+    expect(rows[0].livePorts).toBe(true)
+    expect(rows[0].ports.map(portText)).toEqual(['32768→80/tcp', '127.0.0.1:8443→443/tcp'])
+    expect(rows[1].containers).toEqual([]) // reported with none: the page says "no container"
   })
 })
 

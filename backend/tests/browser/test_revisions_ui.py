@@ -52,16 +52,21 @@ REVISED_STACK = {
 }
 
 
-def container_env(deployment_id: str, service: str) -> dict[str, str]:
-    """The environment of the deployment's running container of ``service``, read from the engine."""
+def container_id(deployment_id: str, service: str) -> str:
+    """The deployment's one running container of ``service``."""
     ids = subprocess.run(
         ["docker", "ps", "-q", "--filter", f"label=windflow.deployment_id={deployment_id}",
          "--filter", f"label=com.docker.compose.service={service}"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
     assert len(ids) == 1, f"expected one running {service} container, found {ids}"
-    inspect = json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, timeout=60,
-                                        check=True).stdout)
+    return ids[0]
+
+
+def container_env(deployment_id: str, service: str) -> dict[str, str]:
+    """The environment of the deployment's running container of ``service``, read from the engine."""
+    inspect = json.loads(subprocess.run(["docker", "inspect", container_id(deployment_id, service)],
+                                        capture_output=True, text=True, timeout=60, check=True).stdout)
     return dict(item.split("=", 1) for item in inspect[0]["Config"]["Env"])
 
 
@@ -121,7 +126,15 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     assert TEST_IMAGE in web.get_by_test_id("service-image").inner_text()
     page.wait_for_function(
         "document.querySelector('[data-testid=service-web] [data-testid=service-digest]')?.textContent.includes('sha256:')")
-    assert "80/tcp" in web.get_by_test_id("service-ports").inner_text()
+    # Their containers as the engine reports them: running, healthy where there is a healthcheck, the host port
+    # Docker bound (the document asks for a random one).
+    web.locator("[data-testid=service-container] [data-state=running]").wait_for()
+    assert "healthy" in web.get_by_test_id("service-container").inner_text()
+    page.get_by_test_id("service-worker").locator("[data-testid=service-container] [data-state=running]").wait_for()
+    bound = subprocess.run(["docker", "port", container_id(deployment_id, "web"), "80/tcp"], capture_output=True,
+                           text=True, timeout=60, check=True).stdout.split()[0].rsplit(":", 1)[1]
+    assert f"{bound}→80/tcp" in web.get_by_test_id("service-ports").inner_text()
+    assert page.get_by_test_id("services-state-error").count() == 0
     # The variables as a labelled table: labels and descriptions of the schema, the secret as ***.
     table = page.get_by_test_id("variables-table")
     assert "Greeting" in table.get_by_test_id("variable-greeting").inner_text()
@@ -291,5 +304,18 @@ def test_an_automatic_rollback_is_said_on_the_open_page(
     assert "Automatic rollback to r1" in auto.inner_text() and "WindFlow" in auto.inner_text()
     screenshot(page, "deployment-automatic-rollback-en-light")
     assert container_env(deployment_id, "web")["GREETING"] == "hello-r1"
+
+    # A container that dies behind WindFlow's back: the open page's Services card says so by itself.
+    page.locator(".n-tabs-tab[data-name=overview]").click()
+    worker = page.get_by_test_id("service-worker")
+    worker.locator("[data-testid=service-container] [data-state=running]").wait_for()
+    subprocess.run(["docker", "kill", container_id(deployment_id, "worker")], capture_output=True, timeout=60,
+                   check=True)
+    worker.locator("[data-testid=service-container] [data-state=exited]").wait_for(timeout=30_000)
+    assert "exit code 137" in worker.get_by_test_id("service-container").inner_text()
+    warning = page.get_by_test_id("services-not-running")  # the status says running; the page does not pretend
+    warning.wait_for()
+    assert "worker" in warning.inner_text() and "web" not in warning.inner_text()
+    screenshot(page, "deployment-service-exited-en-light")
     assert page_errors(page) == [], page.errors
     page.context.close()

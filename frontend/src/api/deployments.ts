@@ -81,6 +81,13 @@ export function getHistory(id: string): Promise<HistoryEntry[]> {
   return unwrap(api.GET('/api/v1/deployments/{deployment_id}/history', { params: { path: { deployment_id: id } } }))
 }
 
+export type DeploymentServices = S['DeploymentServices']
+
+/** The deployment's containers by service, as its target's engine reports them now. */
+export function getServices(id: string): Promise<DeploymentServices> {
+  return unwrap(api.GET('/api/v1/deployments/{deployment_id}/services', { params: { path: { deployment_id: id } } }))
+}
+
 /** The rendered compose document the deployment runs (secret values shown as ***). */
 export async function getCompose(id: string): Promise<string> {
   const res = await unwrap(

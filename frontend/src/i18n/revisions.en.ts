@@ -5,7 +5,7 @@
 export default {
   services: {
     title: 'Services',
-    hint: 'The services of revision {revision}: its compose document and the images its rollout recorded.',
+    hint: 'The services of revision {revision}, their images as its rollout recorded them, and their containers as the engine reports them (read again every {seconds} s).',
     service: 'Service',
     containers: 'Containers',
     state: 'State',
@@ -19,7 +19,8 @@ export default {
     none: 'No service in this revision.',
     noContainer: 'no container',
     unknownState: 'not reported',
-    stateUnavailable: 'The server does not report the containers’ state; the services below are those of the revision.',
+    stateUnavailable:
+      'The containers’ state could not be read ({reason}); the services below are those of the revision.',
     randomPort: '{target} (random host port)',
     copyDigest: 'Copy the digest',
     copied: 'Copied',
@@ -33,6 +34,8 @@ export default {
       removing: 'removing',
     },
     healths: { healthy: 'healthy', unhealthy: 'unhealthy', starting: 'starting', none: 'no healthcheck' },
+    notRunningTitle: 'Not everything runs',
+    notRunning: 'The engine runs no healthy container of: {services}. See the Services card and the logs.',
     exitCode: 'exit code {code}',
   },
   variablesTable: {

@@ -4,7 +4,7 @@ import type en from './revisions.en'
 const fr: typeof en = {
   services: {
     title: 'Services',
-    hint: 'Les services de la révision {revision} : son document compose et les images que son déploiement a enregistrées.',
+    hint: 'Les services de la révision {revision}, leurs images telles que son déploiement les a enregistrées, et leurs conteneurs tels que le moteur les décrit (relus toutes les {seconds} s).',
     service: 'Service',
     containers: 'Conteneurs',
     state: 'État',
@@ -19,7 +19,7 @@ const fr: typeof en = {
     noContainer: 'aucun conteneur',
     unknownState: 'non communiqué',
     stateUnavailable:
-      'Le serveur ne communique pas l’état des conteneurs ; les services ci-dessous sont ceux de la révision.',
+      'L’état des conteneurs n’a pas pu être lu ({reason}) ; les services ci-dessous sont ceux de la révision.',
     randomPort: '{target} (port hôte aléatoire)',
     copyDigest: 'Copier l’empreinte',
     copied: 'Copié',
@@ -33,6 +33,8 @@ const fr: typeof en = {
       removing: 'en suppression',
     },
     healths: { healthy: 'sain', unhealthy: 'malade', starting: 'démarrage', none: 'sans healthcheck' },
+    notRunningTitle: 'Tout ne tourne pas',
+    notRunning: 'Le moteur n’exécute aucun conteneur sain de : {services}. Voir la carte Services et les logs.',
     exitCode: 'code de sortie {code}',
   },
   variablesTable: {

@@ -21,16 +21,55 @@ export interface PortMapping {
   protocol: string
 }
 
-/** One container of a service, as the server reports it. */
+/** One container of a service, as the server reports it (`GET /deployments/{id}/services`). */
 export interface ContainerState {
   name: string
   state: string
   health: string | null
   restarts: number | null
   exitCode: number | null
+  /** Its published ports, as the engine bound them. */
+  ports: PortMapping[]
+}
+
+/** `GET /deployments/{id}/services`' items, as the API gives them. */
+export interface ReportedService {
+  service: string
+  containers: {
+    name: string
+    state: string
+    health: string | null
+    exit_code: number | null
+    restarts: number
+    ports: { container_port: string; host_ip: string | null; host_port: string | null }[]
+  }[]
+}
+
+/**
+ * The containers by service. Published ports only, each once: Docker binds a port on IPv4 and IPv6 alike
+ * (0.0.0.0 and ::), which reads as one binding on every address.
+ */
+export function containersByService(items: ReportedService[]): Record<string, ContainerState[]> {
+  const out: Record<string, ContainerState[]> = {}
+  for (const item of items) {
+    out[item.service] = item.containers.map((c) => {
+      const ports: PortMapping[] = []
+      for (const p of c.ports) {
+        if (!p.host_port) continue
+        const [target, protocol = 'tcp'] = p.container_port.split('/')
+        const hostIp = p.host_ip && p.host_ip !== '0.0.0.0' && p.host_ip !== '::' ? p.host_ip : null
+        const mapping = { hostIp, published: p.host_port, target, protocol }
+        if (!ports.some((q) => portText(q) === portText(mapping))) ports.push(mapping)
+      }
+      return { name: c.name, state: c.state, health: c.health, restarts: c.restarts, exitCode: c.exit_code, ports }
+    })
+  }
+  return out
 }
 
 export interface ServiceRow extends ComposeService {
+  /** The ports are those the containers were bound to (else the document's, some without a host port yet). */
+  livePorts: boolean
   /** The image the revision recorded (as the document names it), else the document's. */
   recordedImage: string | null
   digest: string | null
@@ -118,11 +157,17 @@ export function serviceRows(
   return names.map((name) => {
     const s = services.find((x) => x.name === name) ?? { name, image: null, ports: [], healthcheck: false }
     const recorded = byImage.get(name)
+    const mine = containers ? (containers[name] ?? []) : null
+    const bound: PortMapping[] = []
+    for (const c of mine ?? [])
+      for (const p of c.ports) if (!bound.some((q) => portText(q) === portText(p))) bound.push(p)
     return {
       ...s,
+      ports: bound.length ? bound : s.ports,
+      livePorts: bound.length > 0,
       recordedImage: recorded?.image ?? s.image,
       digest: recorded?.digest ?? null,
-      containers: containers ? (containers[name] ?? []) : null,
+      containers: mine,
     }
   })
 }
