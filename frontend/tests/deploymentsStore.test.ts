@@ -143,4 +143,24 @@ describe('deployments store', () => {
     ws.receive(resync({ organization_id: 'other' }))
     expect(calls.filter((u) => u.includes('/api/v1/deployments?')).length).toBe(2)
   })
+
+  it('a deployment created between the list read and the subscription taking effect is not missed', async () => {
+    let listed = [dep('a')]
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        const body = req.url.includes('/api/v1/deployments?') ? { items: listed, total: listed.length } : {}
+        return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json' } })
+      }),
+    )
+    const store = useDeploymentsStore()
+    await store.load('o1', { status: [], stack_id: null, target_id: null })
+    expect(store.items.map((d) => d.id)).toEqual(['a'])
+    const ws = FakeWebSocket.last()
+    ws.open()
+    expect(ws.sent).toContainEqual({ type: 'subscribe', organization_id: 'o1' })
+    listed = [dep('b'), dep('a')] // 'b' was created before the subscription took effect: no event for it
+    ws.receive({ type: 'subscribed', organization_id: 'o1', deployment_id: null, stream: 'events' } as never)
+    await vi.waitFor(() => expect(store.items.map((d) => d.id)).toEqual(['b', 'a']))
+  })
 })

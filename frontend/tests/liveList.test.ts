@@ -55,19 +55,20 @@ describe('useLiveList: live by the events of its kind of row', () => {
 
   it('an account list (tokens) connects, needs no subscription, and reloads on its own kind of row only', async () => {
     const fetch = list('token')
+    expect(fetch).toHaveBeenCalledTimes(1) // the first page
     const ws = FakeWebSocket.last()
     ws.open()
     await settle()
-    expect(fetch).toHaveBeenCalledTimes(1) // the first page
+    expect(fetch).toHaveBeenCalledTimes(2) // once the account's events flow: what changed before is read again
     expect(ws.sent.filter((f) => f.type === 'subscribe')).toEqual([])
     ws.receive(changed('user'))
     ws.receive(changed('stack', 'o1'))
     await settle()
-    expect(fetch).toHaveBeenCalledTimes(1)
+    expect(fetch).toHaveBeenCalledTimes(2)
     ws.receive(changed('token', '', 'u1'))
     ws.receive(changed('token', '', 'u1')) // two at once: one reload
     await settle()
-    expect(fetch).toHaveBeenCalledTimes(2)
+    expect(fetch).toHaveBeenCalledTimes(3)
   })
 
   it('an organisation list (members) holds its subscription and hears only its organisation', async () => {
@@ -76,12 +77,17 @@ describe('useLiveList: live by the events of its kind of row', () => {
     ws.open()
     await settle()
     expect(ws.sent).toContainEqual({ type: 'subscribe', organization_id: 'o1' })
+    expect(fetch).toHaveBeenCalledTimes(1)
+    // the subscription took effect: what changed between the first read and now is read again
+    ws.receive({ type: 'subscribed', organization_id: 'o1', deployment_id: null } as ServerFrame)
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(2)
     ws.receive(changed('member', 'o2'))
     ws.receive(changed('token', '', 'u1'))
     await settle()
-    expect(fetch).toHaveBeenCalledTimes(1)
+    expect(fetch).toHaveBeenCalledTimes(2)
     ws.receive(changed('member', 'o1'))
     await settle()
-    expect(fetch).toHaveBeenCalledTimes(2)
+    expect(fetch).toHaveBeenCalledTimes(3)
   })
 })

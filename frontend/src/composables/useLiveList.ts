@@ -113,6 +113,11 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
       if (frame.data.resource !== options.resource) return
       if (account || frame.organization_id === toValue(options.organizationId)) soon()
     },
+    // The organisation's subscription took effect: a change made between the first read and now came
+    // before it, so the list is read again.
+    subscribed(frame) {
+      if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
+    },
     resync(frame) {
       if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
     },
@@ -120,8 +125,18 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   const stops: (() => void)[] = [socket.onReconnect(soon)]
   if (options.resource) stops.push(socket.onMessage((frame) => dispatchFrame(handlers, frame)))
   let release: (() => void) | null = null
-  if (account) socket.connect()
-  else if (options.resource)
+  if (account) {
+    // The account's events flow once the socket is live: a change made before that is read again then.
+    if (socket.state !== 'live') {
+      const stop = socket.onState((state) => {
+        if (state !== 'live') return
+        stop()
+        soon()
+      })
+      stops.push(stop)
+    }
+    socket.connect()
+  } else if (options.resource)
     watch(
       () => toValue(options.organizationId),
       (org) => {

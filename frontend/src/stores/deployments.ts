@@ -154,6 +154,11 @@ export const useDeploymentsStore = defineStore('deployments', () => {
       deleted.value[id] = data.name
       remove(id)
     },
+    // The organisation's subscription took effect: what changed between the list's read and now (a deployment
+    // created meanwhile) came before it, so the list is read again (once, with a reconnection's re-read).
+    subscribed({ deployment_id: id, organization_id: org }) {
+      if (!id && org && org === organizationId.value) reloadSoon()
+    },
     // Events were dropped for this client: what the list shows may be stale, read it again.
     resync({ deployment_id: id, organization_id: org }) {
       if (id) {
@@ -203,9 +208,19 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     const socket = getSocket()
     if (!stopListening) stopListening = socket.onMessage(handle)
     // After an outage everything shown (status, progress, step, attempt) is read again.
-    if (!stopReconnect) stopReconnect = socket.onReconnect(() => void reloadShown())
+    if (!stopReconnect) stopReconnect = socket.onReconnect(reloadSoon)
     if (orgId) unsubscribe = holdOrganization(orgId)
     socket.connect()
+  }
+
+  let reloadTimer: ReturnType<typeof setTimeout> | null = null
+  /** reloadShown, once for the reasons that arrive together (a reconnection and its subscription's answer). */
+  function reloadSoon(): void {
+    if (reloadTimer) clearTimeout(reloadTimer)
+    reloadTimer = setTimeout(() => {
+      reloadTimer = null
+      void reloadShown()
+    }, 150)
   }
 
   /** The list as loaded (as many rows as were shown), and the rows outside it that a page shows. */
@@ -241,6 +256,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     stopListening?.()
     stopReconnect?.()
     unsubscribe = stopListening = stopReconnect = null
+    if (reloadTimer) clearTimeout(reloadTimer)
+    reloadTimer = null
     subscribedTo = null
     byId.value = {}
     order.value = []
