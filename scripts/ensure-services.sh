@@ -32,6 +32,14 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version 2>/dev/null | head -n1 || true
 
+# A real container registry (distribution 2.8, Debian's docker-registry) and htpasswd, for the registry and
+# private-image tests (backend/tests/registry_fixtures.py starts its own on loopback ports).
+if [ ! -x /usr/bin/docker-registry ] || ! command -v htpasswd >/dev/null 2>&1; then
+  echo "docker-registry: installing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q docker-registry apache2-utils >/dev/null; }
+fi
+
 if [ -f "$here/setup-docker.sh" ]; then
   bash "$here/setup-docker.sh"
 fi

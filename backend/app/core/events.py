@@ -135,7 +135,7 @@ class ResourceChangedData(_Data):
     of an organisation (its subscribers receive it); an API token (``user_id``: only that user's clients
     receive it); a user or an organisation of the platform (only superusers' clients receive it)."""
 
-    resource: Literal["stack", "target", "member", "token", "user", "organization"]
+    resource: Literal["stack", "target", "registry", "member", "token", "user", "organization"]
     action: Literal["created", "updated", "deleted"]
     id: str = Field(description="the id of the stack, target, token, user or organisation; a member's user id")
     name: str | None = Field(default=None, description="its name (a member's or user's email)")

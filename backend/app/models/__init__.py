@@ -19,7 +19,7 @@ from backend.app.models.enums import (
     TargetType,
 )
 from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
-from backend.app.models.infra import Stack, Target
+from backend.app.models.infra import Registry, Stack, Target
 from backend.app.models.system import BrokerDelivery, SystemState, WorkerHeartbeat
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Membership",
     "Organization",
     "RefreshToken",
+    "Registry",
     "RevisionOutcome",
     "RevisionReason",
     "Role",

@@ -56,3 +56,24 @@ class Stack(IdMixin, TimestampMixin, Base):
     variables_source: Mapped[str | None] = mapped_column(Text)
     #: "user" for stacks created through the API, "catalog" for stacks_definitions/*.yaml.
     source: Mapped[str] = mapped_column(String(20), default="user", nullable=False)
+
+
+class Registry(IdMixin, TimestampMixin, Base):
+    """A container registry's credentials for one organisation: its deployments' pulls from ``server`` use them.
+
+    ``server`` is the normalised registry host (``registry.example.com``, ``127.0.0.1:5000``, ``docker.io``),
+    the way an image reference names it; the password (or token) is Fernet-encrypted, never returned."""
+
+    __tablename__ = "registries"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "name", name="uq_registries_org_name"),
+        UniqueConstraint("organization_id", "server", name="uq_registries_org_server"),
+    )
+
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    server: Mapped[str] = mapped_column(String(255), nullable=False)
+    username: Mapped[str] = mapped_column(String(255), nullable=False)
+    password_encrypted: Mapped[str] = mapped_column(Text, nullable=False)

@@ -587,6 +587,78 @@ export interface paths {
         patch: operations["change_member_role_api_v1_organizations__organization_id__members__user_id__patch"];
         trace?: never;
     };
+    "/api/v1/registries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Registries
+         * @description Registries of the organisations you belong to, by name.
+         */
+        get: operations["list_registries_api_v1_registries_get"];
+        put?: never;
+        /**
+         * Create Registry
+         * @description Store a registry's credentials (admin or owner); the password is stored encrypted, never returned.
+         */
+        post: operations["create_registry_api_v1_registries_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/registries/{registry_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Registry
+         * @description One registry (any member of its organisation).
+         */
+        get: operations["get_registry_api_v1_registries__registry_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Registry
+         * @description Delete a registry (admin or owner): later pulls from its server go without credentials.
+         */
+        delete: operations["delete_registry_api_v1_registries__registry_id__delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Update Registry
+         * @description Change a registry (admin or owner); a password sent replaces the stored one.
+         */
+        patch: operations["update_registry_api_v1_registries__registry_id__patch"];
+        trace?: never;
+    };
+    "/api/v1/registries/{registry_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Test Registry
+         * @description Log in to the registry (operator or higher): ``{ok, category, message}``, the message fixed per category.
+         */
+        post: operations["test_registry_api_v1_registries__registry_id__test_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/stacks": {
         parameters: {
             query?: never;
@@ -2176,6 +2248,108 @@ export interface components {
              */
             reason: string;
         };
+        /** RegistryCreate */
+        RegistryCreate: {
+            /** Name */
+            name: string;
+            /**
+             * Organization Id
+             * @description defaults to your default organisation
+             */
+            organization_id?: string | null;
+            /**
+             * Password
+             * @description password or access token (stored encrypted, never returned)
+             */
+            password: string;
+            /**
+             * Server
+             * @description the registry's address as image names write it: registry.example.com, 127.0.0.1:5000, ghcr.io, docker.io (a scheme or a trailing /v2/ is dropped)
+             */
+            server: string;
+            /** Username */
+            username: string;
+        };
+        /** RegistryPage */
+        RegistryPage: {
+            /** Items */
+            items: components["schemas"]["RegistryRead"][];
+            /**
+             * Next Cursor
+             * @description pass as cursor to read the next page; null on the last page
+             */
+            next_cursor?: string | null;
+            /**
+             * Total
+             * @description matching rows, counted up to a cap (see total_is_exact)
+             */
+            total: number;
+            /**
+             * Total Is Exact
+             * @description false when more rows match than the count cap: total is then the cap, a lower bound
+             * @default true
+             */
+            total_is_exact: boolean;
+        };
+        /**
+         * RegistryRead
+         * @description A registry as the API shows it: never its password, only that it has one.
+         */
+        RegistryRead: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Has Password */
+            has_password: boolean;
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Organization Id */
+            organization_id: string;
+            /** Server */
+            server: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /** Username */
+            username: string;
+        };
+        /**
+         * RegistryTestCategory
+         * @description What a registry login test found, as coarse as an operator may know (see ``REGISTRY_TEST_MESSAGES``).
+         * @enum {string}
+         */
+        RegistryTestCategory: "ok" | "authentication" | "unreachable" | "tls" | "not_registry";
+        /**
+         * RegistryTestResult
+         * @description What ``POST /registries/{id}/test`` found: a login that worked, or why it did not (fixed messages).
+         */
+        RegistryTestResult: {
+            category: components["schemas"]["RegistryTestCategory"];
+            /** Message */
+            message: string;
+            /** Ok */
+            ok: boolean;
+        };
+        /**
+         * RegistryUpdate
+         * @description Only the fields sent change; none may be null.
+         */
+        RegistryUpdate: {
+            /** Name */
+            name?: string | null;
+            /** Password */
+            password?: string | null;
+            /** Server */
+            server?: string | null;
+            /** Username */
+            username?: string | null;
+        };
         /**
          * ResourceChangedData
          * @description What changed besides deployments: list views refetch that row (or drop it). A stack, target or member
@@ -2203,7 +2377,7 @@ export interface components {
              * Resource
              * @enum {string}
              */
-            resource: "stack" | "target" | "member" | "token" | "user" | "organization";
+            resource: "stack" | "target" | "registry" | "member" | "token" | "user" | "organization";
             /**
              * User Id
              * @description a token's owner: the only user told of it
@@ -4551,6 +4725,209 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MemberRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_registries_api_v1_registries_get: {
+        parameters: {
+            query?: {
+                /** @description only this organisation's registries */
+                organization_id?: string | null;
+                /** @description the name or server contains this (any case) */
+                q?: string | null;
+                /** @description items to skip (at most 10000; deeper pages: use cursor) */
+                offset?: number;
+                /** @description items per page (1-200) */
+                limit?: number;
+                /** @description next_cursor of the previous page (instead of offset) */
+                cursor?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegistryPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_registry_api_v1_registries_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegistryCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegistryRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_registry_api_v1_registries__registry_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                registry_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegistryRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_registry_api_v1_registries__registry_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                registry_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    update_registry_api_v1_registries__registry_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                registry_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegistryUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegistryRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    test_registry_api_v1_registries__registry_id__test_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                registry_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegistryTestResult"];
                 };
             };
             /** @description Validation Error */

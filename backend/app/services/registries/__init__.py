@@ -1,0 +1,1 @@
+"""Registries: an organisation's container registry credentials, and the pulls that use them."""
