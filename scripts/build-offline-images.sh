@@ -67,7 +67,6 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-[ "$(id -u)" -eq 0 ] || die "must run as root (installs mmdebstrap, builds root file systems)"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (bash scripts/setup-docker.sh starts one)"
 export DEBIAN_FRONTEND=noninteractive
 
@@ -94,6 +93,7 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 image_recipe() { docker image inspect --format "{{ index .Config.Labels \"$RECIPE_LABEL\" }}" "$1" 2>/dev/null || true; }
 
 ensure_mmdebstrap() {
+    [ "$(id -u)" -eq 0 ] || die "building the stand-ins needs root (mmdebstrap builds root file systems as root)"
     command -v mmdebstrap >/dev/null && return 0
     log "installing mmdebstrap"
     apt-get install -y -q mmdebstrap >/dev/null 2>&1 \
@@ -263,7 +263,10 @@ for row in "${IMAGES[@]}"; do
         log "$name: $standin already built"
     else
         ensure_mmdebstrap
+        previous="$(docker image inspect --format '{{.Id}}' "$standin" 2>/dev/null || true)"
         "build_$name" "$standin"
+        # The image it replaces, now untagged (kept if a container still uses it).
+        [ -z "$previous" ] || docker rmi "$previous" >/dev/null 2>&1 || true
     fi
     assignments+=("$variable=$standin")
 done
