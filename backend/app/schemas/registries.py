@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
-from backend.app.services.registries.reference import normalise_server
+from backend.app.core.image_reference import normalise_server
 
 
 def _server(value: str) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from backend.app.core.logging import redact
 from backend.app.core.security import decrypt_secret
 from backend.app.models import Registry
-from backend.app.services.registries.reference import normalise_server, registry_of, split_reference
+from backend.app.core.image_reference import normalise_server, registry_of, split_reference
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 from backend.tests.registry_fixtures import PASSWORD, USERNAME, open_registry, private_registry  # noqa: F401
 

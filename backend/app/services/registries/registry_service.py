@@ -33,7 +33,7 @@ from backend.app.schemas.registries import (
 )
 from backend.app.services import pagination
 from backend.app.services.identity import organization_service
-from backend.app.services.registries.reference import DOCKER_HUB
+from backend.app.core.image_reference import DOCKER_HUB
 
 logger = logging.getLogger(__name__)
 
