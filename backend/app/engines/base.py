@@ -17,6 +17,7 @@ import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backend.app.models.enums import LogLevel, TargetType
 
@@ -145,6 +146,11 @@ class DeploySpec:
     pinned_images: dict[str, str] = field(default_factory=dict)
     #: filled by ``ensure_images``: what each service's image resolved to
     images: list[ResolvedImage] = field(default_factory=list)
+    #: registry server -> ``{username, password, serveraddress}`` (decrypted): the pulls' auth parameter,
+    #: never shown (``services/deployments/context.py`` loads it with the run's other credentials)
+    registry_auth: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    #: told where each image's pull stands, at most a few times a second (``engines/pull.py``)
+    pull_progress: Callable[[Any], Awaitable[None]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.project = self.project or project_name(self.deployment_id)

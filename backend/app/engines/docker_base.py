@@ -24,6 +24,7 @@ from backend.app.engines.base import (
     ResolvedImage,
     ServiceState,
 )
+from backend.app.engines import pull
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.health_gate import HealthGate
 from backend.app.engines.document import (
@@ -212,10 +213,16 @@ class DockerEngine(Engine):
 
     # ------------------------------------------------------------------ images
 
-    async def ensure_image_list(self, session: EngineSession, images: Sequence[str], log: LogSink) -> list[str]:
-        """Pull what is missing; the images that cannot be had, with the engine's reason."""
+    async def ensure_image_list(self, session: EngineSession, images: Sequence[str], log: LogSink,
+                                spec: DeploySpec | None = None) -> list[str]:
+        """Pull what is missing, streamed (``engines/pull.py``): with the credentials of ``spec.registry_auth``
+        whose server is the image's registry, progress to ``spec.pull_progress``, one log line per image pulled
+        (its digest and size). The images that cannot be had, each a :class:`PullProblem` saying why: a refused
+        login or an unknown image or tag is permanent, an unreachable registry transient."""
         client = await session.client()
-        missing: list[str] = []
+        missing: list[str] = []  # PullProblem: the text, and whether a retry may help
+        registry_auth = spec.registry_auth if spec is not None else {}
+        progress = spec.pull_progress if spec is not None else None
         for image in dict.fromkeys(images):
             try:
                 await session.call(client.images.get, image)
@@ -223,19 +230,24 @@ class DockerEngine(Engine):
                 continue
             except docker.errors.NotFound:
                 pass
-            await log(LogLevel.INFO, f"image {image} is not present locally, pulling it")
+            auth = pull.auth_for(image, registry_auth)
+            with_auth = " with the organisation's credentials for " + pull.registry_of(image) if auth else ""
+            await log(LogLevel.INFO, f"image {image} is not present locally, pulling it{with_auth}")
+            started = time.monotonic()
             try:
-                await session.call(client.images.pull, image)
-            except docker.errors.NotFound as exc:
-                missing.append(f"image {image} is not available locally and could not be pulled: "
-                               f"{_decode(exc.explanation or str(exc))}")
-            except EngineError as exc:
-                if isinstance(exc, EngineUnreachable):
-                    raise
-                missing.append(f"image {image} is not available locally and could not be pulled: "
-                               f"{exc.message.removeprefix(self.connection.endpoint + ': ')}")
-            else:
-                await log(LogLevel.INFO, f"pulled image {image}")
+                state = await pull.pull(client, image, auth=auth, progress=progress)
+            except pull.PullFailed as exc:
+                missing.append(pull.PullProblem.of(exc))
+                continue
+            size = ""
+            try:
+                pulled = await session.call(client.images.get, image)
+                size = f", {pulled.attrs.get('Size', 0) / 1e6:.1f} MB"
+            except docker.errors.NotFound:
+                pass
+            digest = state.digest or "digest unknown"
+            await log(LogLevel.INFO, f"pulled image {image} ({digest}{size}, {state.layers_total} layers, "
+                                     f"{time.monotonic() - started:.1f} s)")
         return missing
 
     async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
@@ -248,13 +260,16 @@ class DockerEngine(Engine):
                                   "them)", transient=False)
             images[name] = str(image)
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, list(images.values()), log)
+            problems = await self.ensure_image_list(session, list(images.values()), log, spec)
             if not problems:
                 spec.images = await self.resolve_images(session, spec, images, log)
         for problem in problems:
             await log(LogLevel.ERROR, problem)
         if problems:
-            raise EngineError("; ".join(problems), transient=False)
+            # retried only when every problem may pass (an unreachable registry); a refused login or an unknown
+            # image fails at once
+            transient = all(getattr(problem, "transient", False) for problem in problems)
+            raise EngineError("; ".join(problems), transient=transient)
 
     async def resolve_images(self, session: EngineSession, spec: DeploySpec, images: Mapping[str, str],
                              log: LogSink) -> list[ResolvedImage]:

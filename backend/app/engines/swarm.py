@@ -146,7 +146,7 @@ class SwarmEngine(DockerEngine):
         doc = await self.resolved_document(spec)
         images = {name: str(s["image"]) for name, s in active_services(doc).items() if s.get("image")}
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, list(images.values()), log)
+            problems = await self.ensure_image_list(session, list(images.values()), log, spec)
             spec.images = await self.resolve_images(session, spec, images, log)
         for problem in problems:
             await log(LogLevel.WARNING, f"{problem} (on the manager; the nodes must have it)")

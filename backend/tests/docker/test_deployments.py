@@ -28,6 +28,7 @@ from backend.tests.deploy_helpers import (
     wait_status,
 )
 from backend.tests.helpers import Actor, setup_admin
+from backend.tests.registry_fixtures import open_registry  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -192,12 +193,14 @@ async def test_a_slow_stop_or_delete_does_not_hold_up_the_api(env, action):
         assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
 
 
-async def test_missing_image_fails_with_clear_message(env):
-    stack_id = await env.stack("services:\n  app:\n    image: windflow-test/does-not-exist:1.0\n", name="missing")
+async def test_missing_image_fails_with_clear_message(env, open_registry):  # noqa: F811
+    # an unknown repository of a registry that answers (backend/tests/docker/test_private_registry.py: the others)
+    image = f"{open_registry.server}/windflow-test/does-not-exist:1.0"
+    stack_id = await env.stack(f"services:\n  app:\n    image: {image}\n", name="missing")
     created = await env.deploy({}, stack_id=stack_id)
     failed = await wait_status(env.client, env.admin.headers, created["id"], {"failed", "running"})
     assert failed["status"] == "failed"
-    assert "windflow-test/does-not-exist:1.0" in failed["error_message"]
+    assert image in failed["error_message"] and "unknown image or tag" in failed["error_message"]
     assert failed["attempt"] == 1, "a missing image is permanent: no retry"
     logs = await all_logs(env.client, env.admin.headers, created["id"])
     assert any(l["level"] == "error" and "does-not-exist" in l["message"] for l in logs)

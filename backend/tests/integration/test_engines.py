@@ -27,6 +27,7 @@ from backend.app.engines.docker_base import compose_path
 from backend.app.engines.process import run_command
 from backend.app.models.enums import LogLevel, TargetType
 from backend.tests.conftest import TEST_IMAGE
+from backend.tests.registry_fixtures import open_registry  # noqa: F401
 from backend.tests.engine_fixtures import (
     LogCapture,
     assert_all_labelled,
@@ -190,8 +191,9 @@ async def test_lifecycle_without_project_directory(docker_engine, docker_client,
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
-    image = f"windflow-test/missing-{os.urandom(4).hex()}:latest"
+async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tmp_path, open_registry):  # noqa: F811
+    # an unknown repository of a registry that answers (a registry that does not answer is transient)
+    image = f"{open_registry.server}/windflow-test/missing-{os.urandom(4).hex()}:latest"
     spec = make_spec(tmp_path, f"services:\n  app:\n    image: {image}\n")
     engine = build_engine(kind, docker_engine)
     log = LogCapture()
@@ -201,7 +203,8 @@ async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tm
         with pytest.raises(EngineError) as caught:
             await engine.ensure_images(spec, log)
         assert caught.value.transient is False
-        assert f"image {image} is not available locally and could not be pulled: " in caught.value.message
+        assert f"image {image} is not available locally and could not be pulled: unknown image or tag" \
+            in caught.value.message
         assert image in "\n".join(log.at(LogLevel.ERROR))
     finally:
         await cleanup(engine, spec, docker_client)

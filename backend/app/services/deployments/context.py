@@ -1,12 +1,13 @@
 """A deployment's context: what one run of it (or one engine action on it) needs, read and decrypted once.
 
-:func:`load_context` reads the deployment's target once, decrypts the target's credentials and the
-deployment's values once (each secret is registered with the server log's redaction as it is decrypted),
-and builds from them the deployment's redactor, its engine and the :class:`DeploySpec` of its rendered
-compose snapshot. The runner then reads "load, check, run": ``load_context``, ``context.check_policy()``
-(the target's policy as it is *now*: it may have been tightened since the deployment was created), the
-engine steps. The lifecycle actions (stop, delete) and recovery's reality check of an orphan use the same
-context; ``DeploymentService`` uses :func:`check_compose_policy` and :func:`snapshot_compose` directly.
+:func:`load_context` reads the deployment's target once, decrypts the target's credentials, its
+organisation's registry credentials (the pulls' auth parameter) and the deployment's values once (each
+secret is registered with the server log's redaction as it is decrypted), and builds from them the
+deployment's redactor, its engine and the :class:`DeploySpec` of its rendered compose snapshot. The runner
+then reads "load, check, run": ``load_context``, ``context.check_policy()`` (the target's policy as it is
+*now*: it may have been tightened since the deployment was created), the engine steps. The lifecycle actions
+(stop, delete) and recovery's reality check of an orphan use the same context; ``DeploymentService`` uses
+:func:`check_compose_policy` and :func:`snapshot_compose` directly.
 
 Below the runner, recovery, the lifecycle actions and ``DeploymentService``, so none of them imports
 another to reach it.
@@ -29,6 +30,7 @@ from backend.app.engines.base import DeploySpec, Engine, TargetConnection
 from backend.app.models import Deployment, Target
 from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments import redaction
+from backend.app.services.registries import registry_service
 from backend.app.services.targets import compose_policy, placement, target_service
 
 
@@ -50,8 +52,10 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
     return security.decrypt_secret(settings, deployment.rendered_compose)
 
 
-def deploy_spec(settings: Settings, deployment: Deployment) -> DeploySpec:
+def deploy_spec(settings: Settings, deployment: Deployment, *,
+                registry_auth: dict[str, dict[str, str]] | None = None) -> DeploySpec:
     return DeploySpec(
+        registry_auth=registry_auth or {},
         deployment_id=deployment.id,
         compose=snapshot_compose(settings, deployment),
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
@@ -113,8 +117,11 @@ async def load_context(session: AsyncSession, *, settings: Settings, deployment:
             params={"target": target.name, "host": target.host})
     credentials = target_service.credentials(target, settings)
     values, secrets = security.EncryptedValues(deployment.variables).decrypt_with_secrets(settings)
+    # the organisation's registry credentials: the pulls' auth parameter, masked like every secret
+    registry_auth = await registry_service.auth_configs(session, settings, deployment.organization_id)
     redactor = redaction.deployment_redactor(
-        settings, deployment.id, secrets=[*secrets, *redaction.target_secrets(target, credentials)]
+        settings, deployment.id, secrets=[*secrets, *redaction.target_secrets(target, credentials),
+                                          *(auth["password"] for auth in registry_auth.values())]
     )
     connection = target_service.connection_from(target, credentials)
     return DeploymentContext(
@@ -128,5 +135,5 @@ async def load_context(session: AsyncSession, *, settings: Settings, deployment:
         secrets=tuple(secrets),
         redactor=redactor,
         engine=engine_for(connection),
-        spec=deploy_spec(settings, deployment),
+        spec=deploy_spec(settings, deployment, registry_auth=registry_auth),
     )

@@ -1,0 +1,142 @@
+"""Private images through a real registry (``docker-registry`` 2.8 with htpasswd auth, on a loopback port):
+a deployment pulls with its organisation's registry credentials (the engine API's auth parameter only), records
+the digest and logs one line per image pulled; a refused login fails at once, clearly, without a retry; an
+unknown image in a reachable registry is permanent too. The password shows in no response, log line, event,
+project file or Docker config file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import docker
+import pytest
+
+from backend.app.runtime import background_tasks
+from backend.tests.conftest import TEST_IMAGE
+from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
+from backend.tests.docker.test_deployments import make_env
+from backend.tests.registry_fixtures import PASSWORD, USERNAME, LocalRegistry, open_registry, private_registry  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+
+def push(registry: LocalRegistry, repository: str, tag: str) -> str:
+    """Push the test image as ``registry/repository:tag``; the local copy of that name removed (so a deploy
+    pulls it). Returns the reference."""
+    client = docker.from_env()
+    reference = f"{registry.server}/{repository}"
+    client.images.get(TEST_IMAGE).tag(reference, tag)
+    auth = {"username": registry.username, "password": registry.password, "serveraddress": registry.server} \
+        if registry.username else None
+    for line in client.api.push(reference, tag, stream=True, decode=True, auth_config=auth):
+        assert "error" not in line, line
+    client.images.remove(f"{reference}:{tag}")
+    return f"{reference}:{tag}"
+
+
+def forget(reference: str) -> None:
+    try:
+        docker.from_env().images.remove(reference)
+    except docker.errors.NotFound:
+        pass
+
+
+@pytest.fixture
+async def env(db, docker_engine, tmp_path):
+    client, environment = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_MAX_ATTEMPTS=3)
+    try:
+        yield environment
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in environment.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def _registry(env, server: str, password: str) -> dict:
+    response = await env.client.post("/api/v1/registries", json={
+        "name": "private", "server": server, "username": USERNAME, "password": password}, headers=env.admin.headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _image_stack(reference: str) -> str:
+    return ("services:\n  app:\n"
+            f"    image: {reference}\n    init: true\n    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n")
+
+
+async def test_private_image_deployed_with_the_organisations_credentials(env, private_registry, events, caplog,
+                                                                         tmp_path):  # noqa: F811
+    caplog.set_level("DEBUG")
+    reference = push(private_registry, "team/app", f"v{os.urandom(3).hex()}")
+    try:
+        registry = await _registry(env, private_registry.server, PASSWORD)
+        stack_id = await env.stack(_image_stack(reference), name="private")
+        created = await env.deploy({}, stack_id=stack_id)
+        running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+        assert running["status"] == "running", running["error_message"]
+
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        pulled = [line["message"] for line in logs if line["message"].startswith(f"pulled image {reference}")]
+        assert len(pulled) == 1 and "sha256:" in pulled[0] and " MB" in pulled[0], pulled
+        assert any("with the organisation's credentials for " + private_registry.server in line["message"]
+                   for line in logs)
+        revisions = await env.client.get(f"/api/v1/deployments/{created['id']}/revisions", headers=env.admin.headers)
+        images = revisions.json()["items"][0]["images"]
+        assert images[0]["service"] == "app" and images[0]["digest"].startswith("sha256:"), images
+        assert images[0]["digest"] in pulled[0]
+
+        # the password: in no response, log line, event, server log, project file or docker config file
+        responses = [await env.client.get(url, headers=env.admin.headers) for url in (
+            f"/api/v1/deployments/{created['id']}", f"/api/v1/deployments/{created['id']}/logs",
+            f"/api/v1/deployments/{created['id']}/revisions", f"/api/v1/registries/{registry['id']}",
+            "/api/v1/registries")]
+        for response in responses:
+            assert response.status_code == 200 and PASSWORD not in response.text
+        assert PASSWORD not in json.dumps([line["message"] for line in logs])
+        assert PASSWORD not in repr([e.data for e in events])
+        assert PASSWORD not in caplog.text
+        for path in (tmp_path / "deployments").rglob("*"):
+            if path.is_file():
+                assert PASSWORD.encode() not in path.read_bytes(), path
+        for config in (Path.home() / ".docker" / "config.json", Path("/root/.docker/config.json")):
+            if config.exists():
+                assert private_registry.server not in config.read_text()
+                assert PASSWORD not in config.read_text()
+    finally:
+        forget(reference)
+
+
+async def test_wrong_password_fails_at_once_and_says_why(env, private_registry):  # noqa: F811
+    reference = push(private_registry, "team/app", f"v{os.urandom(3).hex()}")
+    try:
+        await _registry(env, private_registry.server, "not-the-password-123")
+        stack_id = await env.stack(_image_stack(reference), name="wrong")
+        created = await env.deploy({}, stack_id=stack_id)
+        failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+        assert failed["status"] == "failed"
+        assert failed["attempt"] == 1, "a refused login is permanent: no retry"
+        assert f"registry {private_registry.server} refused the credentials" in failed["error_message"]
+        assert "not-the-password-123" not in failed["error_message"]
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        assert any(line["level"] == "error" and "refused the credentials" in line["message"] for line in logs)
+        assert "not-the-password-123" not in json.dumps(logs)
+    finally:
+        forget(reference)
+
+
+async def test_unknown_tag_is_permanent_and_unreachable_registry_transient(env, open_registry):  # noqa: F811
+    stack_id = await env.stack(_image_stack(f"{open_registry.server}/team/nothing:1.0"), name="unknown")
+    created = await env.deploy({}, stack_id=stack_id)
+    failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert failed["status"] == "failed" and failed["attempt"] == 1
+    assert "unknown image or tag" in failed["error_message"]
+
+    stack_id = await env.stack(_image_stack("127.0.0.1:1/team/nothing:1.0"), name="unreachable")
+    created = await env.deploy({}, stack_id=stack_id)
+    failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert failed["status"] == "failed"
+    assert failed["attempt"] == 3, "an unreachable registry is transient: retried with the deployment's attempts"
+    assert "registry 127.0.0.1:1 is unreachable" in failed["error_message"]
