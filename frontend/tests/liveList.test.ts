@@ -69,6 +69,12 @@ describe('useLiveList: live by the events of its kind of row', () => {
     ws.receive(changed('token', '', 'u1')) // two at once: one reload
     await settle()
     expect(fetch).toHaveBeenCalledTimes(3)
+    ws.receive({ type: 'resync', deployment_id: null, organization_id: 'o1', last_seq: null } as ServerFrame)
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(3) // an organisation's resync is not the account's
+    ws.receive({ type: 'resync', deployment_id: null, organization_id: null, last_seq: null } as ServerFrame)
+    await settle()
+    expect(fetch).toHaveBeenCalledTimes(4) // the account's events were dropped: read again
   })
 
   it('an organisation list (members) holds its subscription and hears only its organisation', async () => {

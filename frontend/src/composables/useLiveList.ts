@@ -118,8 +118,10 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
     subscribed(frame) {
       if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
     },
+    // Events were dropped: the organisation's (its id), or the account's (no organisation).
     resync(frame) {
-      if (!frame.deployment_id && frame.organization_id === toValue(options.organizationId)) soon()
+      if (frame.deployment_id) return
+      if (account ? !frame.organization_id : frame.organization_id === toValue(options.organizationId)) soon()
     },
   }
   const stops: (() => void)[] = [socket.onReconnect(soon)]

@@ -389,6 +389,9 @@ class Client(ABC):
             await self.send({"type": "resync", "deployment_id": sub.deployment_id,
                              "organization_id": sub.organization_id, "last_seq": sub.last_seq}, sub.last_seq)
             await self._catch_up(sub)
+        # and those of its account (its API tokens; users and organisations for a superuser): a resync of no
+        # deployment and no organisation, after the others (the account lists read themselves again)
+        await self.send({"type": "resync", "deployment_id": None, "organization_id": None, "last_seq": None})
 
 
 def monotonic_deadline(expires_at: datetime | None) -> float | None:

@@ -179,6 +179,7 @@ class Hub:
         for index in (self.by_deployment, self.by_organization):
             for members in index.values():
                 clients.update(members)
+        clients.update(dict.fromkeys(self._users))  # every client hears its account's events
         for client in clients:
             if client.stream is not None:
                 client.idle = False  # what the hub would write directly now goes through the pump, after the resync
