@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     DEBUG: bool = False
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
+    #: reverse proxies (addresses or networks, comma-separated, or *) whose X-Forwarded-For / -Proto are
+    #: believed, so that the client's address (the login limit, the logs) is the browser's; empty: none
+    FORWARDED_ALLOW_IPS: str = ""
     LOG_LEVEL: str = "INFO"
     LOG_FILE: str | None = None
     FRONTEND_DIST: Path = PROJECT_ROOT / "frontend" / "dist"

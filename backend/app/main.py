@@ -324,7 +324,9 @@ def run() -> None:
     settings = get_settings()
     setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
     _raise_open_files_limit()
-    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None, proxy_headers=False,
+    forwarded = settings.FORWARDED_ALLOW_IPS.strip()
+    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None,
+                proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None,
                 ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE)
 
 
