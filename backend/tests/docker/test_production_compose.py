@@ -8,7 +8,8 @@ Redis, nginx. In one compose project of its own (a unique name, no host port but
 
 * every service comes up and its health check turns green (backend, 3 workers, PostgreSQL, Redis), the
   proxy answers ``/health`` with the three external workers;
-* setup (the first user), a deployment to the ``local`` target through the API via the proxy, followed on
+* setup (the first user), whose client address the backend reads from the proxy's X-Forwarded-For (not the
+  proxy's own address), a deployment to the ``local`` target through the API via the proxy, followed on
   a WebSocket through the proxy: a worker *container* claims it;
 * that worker container is killed (``docker kill``) while the deployment waits for its service to be
   healthy: the ``supervisor`` service starts it again (Docker's restart policies leave a killed container
@@ -48,6 +49,8 @@ pytestmark = [pytest.mark.docker]
 REPO = Path(__file__).resolve().parents[3]
 IMAGE = "windflow-backend:compose-test"
 WORKERS = 3
+#: an address a client claims for itself
+SPOOFED = "203.0.113.9"
 #: what the compose file runs with a health check
 HEALTHCHECKED = {"backend", "worker", "postgres", "redis"}
 
@@ -218,11 +221,21 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
 
             # -- setup and a deployment through the proxy ----------------------------------------------
             assert (await client.get("/api/v1/auth/setup")).json() == {"needed": True}
-            setup = await client.post("/api/v1/auth/setup", json={
+            setup = await client.post("/api/v1/auth/setup", headers={"X-Forwarded-For": SPOOFED}, json={
                 "email": "ops@example.com", "password": "production-compose-1", "organization_name": "ops"})
             assert setup.status_code == 201, setup.text
             token = setup.json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
+
+            # the backend sees the client's address (X-Forwarded-For, FORWARDED_ALLOW_IPS): not the proxy's,
+            # nor the one the client wrote in its own X-Forwarded-For
+            containers = stack.containers()
+            proxy_ips = {n["IPAddress"] for c in containers if service(c) == "proxy"
+                         for n in c["NetworkSettings"]["Networks"].values()}
+            backend = next(c for c in containers if service(c) == "backend")
+            logged = run(["docker", "logs", backend["Id"]])
+            clients = re.findall(r"uvicorn\.access: ([0-9a-f.:]+):\d+ - \"POST /api/v1/auth/setup", logged.stdout + logged.stderr)
+            assert clients and not set(clients) & (proxy_ips | {SPOOFED}), (clients, proxy_ips)
             targets = (await client.get("/api/v1/targets", headers=headers)).json()["items"]
             local = next(t for t in targets if t["name"] == "local")
             assert local["endpoint"] == "unix:///var/run/docker.sock", local
@@ -353,6 +366,9 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
         await asyncio.sleep(5)
         beat = [c for c in stack.containers() if service(c) == "beat"]
         assert [c["State"]["Status"] for c in beat] == ["exited"], beat
+    except BaseException:
+        print(f"load {os.getloadavg()}; the services' last lines:\n{await asyncio.to_thread(stack.logs)}")
+        raise
     finally:
         t = time.monotonic()
         down = await asyncio.to_thread(stack.compose, "down", "-v", "--remove-orphans", "--timeout", "20",

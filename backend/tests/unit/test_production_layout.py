@@ -160,6 +160,7 @@ def test_backend_serves_port_8000_behind_the_proxy(services):
     assert "8000" in [str(port) for port in backend["expose"]]
     assert backend["environment"]["HOST"] == "0.0.0.0"
     assert backend["environment"]["PORT"] == "8000"
+    assert backend["environment"]["FORWARDED_ALLOW_IPS"] == "*"  # X-Forwarded-For names the browser
     proxy = services["proxy"]
     assert proxy["image"] == "nginx:1.27"
     assert [(str(p.get("published")), p["target"]) for p in proxy["ports"]] == [("8000", 80)]
@@ -168,6 +169,8 @@ def test_backend_serves_port_8000_behind_the_proxy(services):
     nginx = (REPO / "deploy" / "nginx.conf").read_text()
     assert "set $windflow_backend http://backend:8000;" in nginx
     assert "proxy_set_header Upgrade $http_upgrade;" in nginx and "proxy_buffering off;" in nginx
+    # the backend believes X-Forwarded-For: nginx replaces what a client sent (never appends to it)
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in nginx and "$proxy_add_x_forwarded_for" not in nginx
 
 
 def test_the_http_port_and_the_base_images_are_variables(prod_env_file):
