@@ -55,6 +55,8 @@ class EventType(StrEnum):
     DEPLOYMENT_DELETED = "DEPLOYMENT_DELETED"
     #: a revision failed and WindFlow rolls the deployment back to its last good revision
     DEPLOYMENT_ROLLED_BACK = "DEPLOYMENT_ROLLED_BACK"
+    #: where the pull of one of the deployment's images stands (at most 5 a second per deployment; not to lists)
+    DEPLOYMENT_PULL_PROGRESS = "DEPLOYMENT_PULL_PROGRESS"
     #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "");
     #: or, with ``organization_id`` "" too, an account's API token (for that user) or a user or organisation of
     #: the platform (for superusers)
@@ -130,6 +132,18 @@ ORGANIZATION_RESOURCES = frozenset({"stack", "target", "member"})
 PLATFORM_RESOURCES = frozenset({"user", "organization"})
 
 
+class PullProgressData(_Data):
+    """One image's pull: bytes and layers done of the totals known so far (a registry announces the layers
+    as the pull goes, so the totals may grow)."""
+
+    image: str = Field(description="the image as the compose document names it")
+    status: Literal["pulling", "downloading", "extracting", "pulled"]
+    current_bytes: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
+    layers_done: int = Field(ge=0)
+    layers_total: int = Field(ge=0)
+
+
 class ResourceChangedData(_Data):
     """What changed besides deployments: list views refetch that row (or drop it). A stack, target or member
     of an organisation (its subscribers receive it); an API token (``user_id``: only that user's clients
@@ -151,6 +165,7 @@ DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
     EventType.DEPLOYMENT_CREATED: None,
     EventType.DEPLOYMENT_DELETED: DeletedData,
     EventType.DEPLOYMENT_ROLLED_BACK: RolledBackData,
+    EventType.DEPLOYMENT_PULL_PROGRESS: PullProgressData,
     EventType.RESOURCE_CHANGED: ResourceChangedData,
 }
 

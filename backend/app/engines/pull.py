@@ -86,8 +86,9 @@ ProgressSink = Callable[[PullProgress], Awaitable[None]]
 
 
 class PullFailed(EngineError):
-    """An image could not be pulled; ``reason`` is ``unknown_image``, ``authentication``, ``unreachable`` or
-    ``error``. Unknown image/tag and refused credentials are permanent; an unreachable registry is transient."""
+    """An image could not be pulled; ``reason`` is ``unknown_image``, ``authentication``, ``unreachable``,
+    ``disk_full`` or ``error``. Only an unreachable registry is transient (retried with the deployment's
+    attempts); an unknown image or tag, refused credentials and a full disk fail at once."""
 
     def __init__(self, image: str, reason: str, detail: str) -> None:
         what = {
@@ -95,6 +96,7 @@ class PullFailed(EngineError):
             "authentication": f"registry {registry_of(image)} refused the credentials (add or fix the "
                               "organisation's registry credentials for this server)",
             "unreachable": f"registry {registry_of(image)} is unreachable",
+            "disk_full": "the engine's disk is full (free space on the target, then retry)",
             "error": "the pull failed",
         }[reason]
         super().__init__(f"image {image} is not available locally and could not be pulled: {what} ({detail})",
@@ -117,6 +119,8 @@ class PullProblem(str):
 
 def classify(text: str, status_code: int | None = None) -> str:
     lowered = text.lower()
+    if "no space left on device" in lowered:
+        return "disk_full"
     if status_code == 404 or any(word in lowered for word in _UNKNOWN_WORDS):
         return "unknown_image"  # before the login: Docker Hub says "access denied, repository does not exist"
     if status_code in (401, 403) or any(word in lowered for word in _AUTH_WORDS):

@@ -6,8 +6,10 @@ project file or Docker config file."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 from pathlib import Path
 
 import docker
@@ -38,7 +40,7 @@ def push(registry: LocalRegistry, repository: str, tag: str) -> str:
 
 def forget(reference: str) -> None:
     try:
-        docker.from_env().images.remove(reference)
+        docker.from_env().images.remove(reference, force=True)
     except docker.errors.NotFound:
         pass
 
@@ -140,3 +142,55 @@ async def test_unknown_tag_is_permanent_and_unreachable_registry_transient(env, 
     assert failed["status"] == "failed"
     assert failed["attempt"] == 3, "an unreachable registry is transient: retried with the deployment's attempts"
     assert "registry 127.0.0.1:1 is unreachable" in failed["error_message"]
+
+
+def push_fresh_layer(registry: LocalRegistry, size: int) -> str:
+    """Build an image with a layer of ``size`` random bytes on the test image, push it, and remove it locally
+    (its own layer with it): a deploy then downloads that layer."""
+    client = docker.from_env()
+    tag = f"{registry.server}/team/big:v{os.urandom(3).hex()}"
+    dockerfile = f"FROM {TEST_IMAGE}\nRUN head -c {size} /dev/urandom > /blob\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True, pull=False)
+    repository, _, version = tag.rpartition(":")
+    auth = {"username": registry.username, "password": registry.password, "serveraddress": registry.server}
+    for line in client.api.push(repository, version, stream=True, decode=True, auth_config=auth):
+        assert "error" not in line, line
+    for _ in range(50):  # the builder removes its last container a moment after the build returns
+        try:
+            client.images.remove(tag)
+            break
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            time.sleep(0.1)
+    else:
+        raise AssertionError(f"{tag} still in use after the build")
+    return tag
+
+
+async def test_pull_progress_events_are_typed_ordered_and_bounded(env, private_registry, events):  # noqa: F811
+    size = 4_000_000
+    reference = push_fresh_layer(private_registry, size)
+    try:
+        await _registry(env, private_registry.server, PASSWORD)
+        stack_id = await env.stack(_image_stack(reference), name="big")
+        created = await env.deploy({}, stack_id=stack_id)
+        running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+        assert running["status"] == "running", running["error_message"]
+        pulls = [e for e in events if e.deployment_id == created["id"] and e.type == "DEPLOYMENT_PULL_PROGRESS"]
+        assert pulls, "no pull progress event"
+        assert all(e.data["image"] == reference for e in pulls)
+        assert pulls[-1].data["status"] == "pulled"
+        last = pulls[-1].data
+        assert last["total_bytes"] >= size and last["current_bytes"] == last["total_bytes"]
+        assert last["layers_total"] >= 2 and last["layers_done"] == last["layers_total"]
+        done = [e.data["current_bytes"] for e in pulls]
+        assert done == sorted(done), "bytes done never go back"
+        stamps = [e.timestamp for e in pulls]
+        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+        assert all(gap >= 0.15 for gap in gaps), gaps  # at most ~5 a second
+        assert PASSWORD not in repr([e.data for e in pulls])
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        assert len([line for line in logs if line["message"].startswith("pulled image")]) == 1
+    finally:
+        forget(reference)

@@ -1451,6 +1451,28 @@ export interface components {
              */
             type: "DEPLOYMENT_PROGRESS";
         };
+        /**
+         * DeploymentPullProgressEvent
+         * @description Where the pull of one of the deployment's images stands (deployment subscribers only; at most 5 a
+         *     second per deployment, the last one of each image says ``pulled``).
+         */
+        DeploymentPullProgressEvent: {
+            data: components["schemas"]["PullProgressData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_PULL_PROGRESS";
+        };
         /** DeploymentRead */
         DeploymentRead: {
             /** Attempt */
@@ -2217,6 +2239,31 @@ export interface components {
             /** Total Steps */
             total_steps: number;
         };
+        /**
+         * PullProgressData
+         * @description One image's pull: bytes and layers done of the totals known so far (a registry announces the layers
+         *     as the pull goes, so the totals may grow).
+         */
+        PullProgressData: {
+            /** Current Bytes */
+            current_bytes: number;
+            /**
+             * Image
+             * @description the image as the compose document names it
+             */
+            image: string;
+            /** Layers Done */
+            layers_done: number;
+            /** Layers Total */
+            layers_total: number;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pulling" | "downloading" | "extracting" | "pulled";
+            /** Total Bytes */
+            total_bytes: number;
+        };
         /** RecoveryRequest */
         RecoveryRequest: {
             /**
@@ -2662,7 +2709,7 @@ export interface components {
              */
             type: "password" | "secret";
         };
-        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["DeploymentRolledBackEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["DeploymentRolledBackEvent"] | components["schemas"]["DeploymentPullProgressEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
         /** ServiceLogLine */
         ServiceLogLine: {
             /**

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
-from backend.app.core.events import Event, EventType, ProgressData, iso_utc, queue_event
+from backend.app.core.events import Event, EventType, ProgressData, PullProgressData, iso_utc, queue_event
 from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
 from backend.app.core.exceptions import ValidationFailed
@@ -154,6 +156,33 @@ async def set_progress(
     return True
 
 
+#: Seconds between two ``DEPLOYMENT_PULL_PROGRESS`` events of one deployment (at most 5 a second)
+PULL_EVENT_INTERVAL = 0.2
+
+
+async def set_pull_progress(session: AsyncSession, *, deployment_id: str, snapshot: dict[str, Any]) -> bool:
+    """Fold one image's pull into the deployment's progress (within its images step, by bytes, guarded by the
+    lease) and queue its ``DEPLOYMENT_PULL_PROGRESS`` event."""
+    step = snapshot.get("step") or {}
+    conditions = [Deployment.id == deployment_id]
+    if step.get("owner") is not None:
+        conditions.append(Deployment.lease_owner == step["owner"])
+    values: dict[str, Any] = {}
+    current, total = step.get("current_step"), step.get("total_steps")
+    if current and total:
+        start, end = 100 * (current - 1) / total, 100 * current / total
+        fraction = snapshot["current_bytes"] / snapshot["total_bytes"] if snapshot["total_bytes"] else 0.0
+        values["progress"] = int(start + (end - start) * min(1.0, fraction))
+    query = update(Deployment).where(*conditions).returning(Deployment.organization_id)
+    query = query.values(**values) if values else query.values(progress=Deployment.progress)
+    organization_id = (await session.execute(query.execution_options(synchronize_session=False))).scalar_one_or_none()
+    if organization_id is None:
+        return False
+    data = PullProgressData(**{key: snapshot[key] for key in PullProgressData.model_fields})
+    queue_event(session, Event.of(EventType.DEPLOYMENT_PULL_PROGRESS, deployment_id, organization_id, data))
+    return True
+
+
 class DeploymentLogWriter:
     """Buffers a runner's log lines and commits them in batches (every ``interval`` s or ``batch`` lines)."""
 
@@ -165,6 +194,10 @@ class DeploymentLogWriter:
         self.batch = batch
         self._buffer: list[tuple[LogLevel, str, datetime]] = []
         self._progress: list[dict] = []
+        #: image -> its latest pull snapshot not yet sent (images in the order they started)
+        self._pulls: dict[str, dict[str, Any]] = {}
+        self._last_pull_event = 0.0
+        self._step: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.written = 0
@@ -197,16 +230,37 @@ class DeploymentLogWriter:
             {"owner": owner, "current_step": current_step, "total_steps": total_steps, "step_name": step_name}
         )
 
+    async def pull_progress(self, state: Any) -> None:
+        """Take where an image's pull stands (``engines.pull.PullProgress``): sent as a
+        ``DEPLOYMENT_PULL_PROGRESS`` event by a later flush, at most one every :data:`PULL_EVENT_INTERVAL`
+        seconds for the whole deployment (the latest snapshot of each image; none is skipped for good: an
+        image's last one, ``pulled``, always goes), and folded into the deployment's progress."""
+        self._pulls[state.image] = {**state.snapshot(), "step": self._step}
+
+    def _next_pull(self) -> dict[str, Any] | None:
+        if not self._pulls or time.monotonic() - self._last_pull_event < PULL_EVENT_INTERVAL:
+            return None
+        self._last_pull_event = time.monotonic()
+        image = next(iter(self._pulls))
+        return self._pulls.pop(image)
+
     async def flush(self) -> None:
         async with self._lock:
-            if not self._buffer and not self._progress:
+            if not self._buffer and not self._progress and not self._pulls:
                 return
             pending, self._buffer = self._buffer, []
             progress, self._progress = self._progress, []
+            if progress:
+                self._step = progress[-1]
+            pull = self._next_pull()
+            if not pending and not progress and pull is None:
+                return  # only pull snapshots, and the last event was less than PULL_EVENT_INTERVAL ago
             try:
                 async with database.AsyncSessionLocal() as session:
                     for update in progress:  # guarded by the lease: a settled deployment keeps its 100 %
                         await set_progress(session, deployment_id=self.deployment_id, **update)
+                    if pull is not None:
+                        await set_pull_progress(session, deployment_id=self.deployment_id, snapshot=pull)
                     await append_logs(session, deployment_id=self.deployment_id, lines=pending, redactor=self.redactor)
                     await session.commit()
                 self.written += len(pending)
@@ -217,6 +271,8 @@ class DeploymentLogWriter:
                     logger.exception("could not store %d log line(s) of deployment %s", len(pending), self.deployment_id)
                 self._buffer[:0] = pending
                 self._progress[:0] = progress
+                if pull is not None:
+                    self._pulls.setdefault(pull["image"], pull)
             else:
                 self._outage.succeeded()
 
