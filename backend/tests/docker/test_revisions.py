@@ -236,3 +236,33 @@ async def test_changes_are_validated_like_a_creation_and_need_an_operator(env):
         assert refused.status_code == 403, (path, refused.text)
     listed = await revisions(env.client, env.admin.headers, deployment_id)
     assert [r["number"] for r in listed] == [1]  # nothing refused made a revision
+
+
+async def test_cancelling_a_rollout_keeps_the_volumes_the_revisions_before_it_wrote(env):
+    port = free_port()
+    deployment_id = (await env.deploy({"port": port}))["id"]
+    await wait_revision(env.client, env.admin.headers, deployment_id, 1, {"running"})
+    assert len(labelled("volume", deployment_id)) == 1
+    await change(env, deployment_id, {"variables": {"greeting": "slow", "delay": 30}})
+    await wait_revision(env.client, env.admin.headers, deployment_id, 2, {"deploying"})
+    for _ in range(100):  # its web container is up, waiting to serve
+        if running_services(deployment_id).get("web") and (await env.client.get(
+                f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()["current_step"] == 6:
+            break
+        await asyncio.sleep(0.2)
+    cancelled = await env.client.post(f"/api/v1/deployments/{deployment_id}/cancel", headers=env.admin.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    for _ in range(100):
+        if not labelled("container", deployment_id):
+            break
+        await asyncio.sleep(0.2)
+    assert labelled("container", deployment_id) == []
+    assert len(labelled("volume", deployment_id)) == 1  # revision 1's data is still there
+    outcomes = {r["number"]: (r["outcome"], r["error_message"]) for r in await revisions(env.client, env.admin.headers,
+                                                                                        deployment_id)}
+    assert outcomes == {2: ("failed", "Cancelled by user"), 1: ("superseded", None)}
+    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
+                                   headers=env.admin.headers)
+    assert rolled.status_code == 201, rolled.text
+    assert (await wait_revision(env.client, env.admin.headers, deployment_id, 3, {"running", "failed"}))["status"] == "running"
+    assert serves(port) == "v1"

@@ -219,7 +219,7 @@ async def run_deployment(
         except asyncio.CancelledError:
             if not lost.is_set():
                 raise  # the executor itself is shutting down; recovery takes over after the lease expires
-            return await _after_lost_lease(context, logs)
+            return await _after_lost_lease(context, logs, rollout)
         except EngineError as exc:
             # The engine's message quotes the containers' output: the deployment's own redactor masks it
             # before it is stored in error_message, published in events or written to the server log.
@@ -240,7 +240,7 @@ async def run_deployment(
         images = [image.record() for image in context.spec.images]
         if await _settle(deployment_id, S.RUNNING, owner, rollout=rollout, images=images, reason=history_reasons.text("running")):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
-        return await _after_lost_lease(context, logs)
+        return await _after_lost_lease(context, logs, rollout)
 
 
 @dataclass(frozen=True)
@@ -342,13 +342,16 @@ async def _remove_failed(failed: Failed, logs: DeploymentLogWriter) -> None:
         await logs.log(LogLevel.ERROR, f"Could not remove them: {logs.redactor(detail)}")
 
 
-async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter) -> RunOutcome:
+async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter, rollout: revisions.Rollout) -> RunOutcome:
     deployment_id, target_id = context.deployment_id, context.target_id
     status = await _current_status(deployment_id)
     if status is S.CANCELLED:
-        await logs.log(LogLevel.WARNING, "Cancelled: removing what this deployment created")
+        # a later revision's named volumes hold what the revisions before it wrote: only a first deploy's go
+        keep_volumes = rollout.number > 1
+        await logs.log(LogLevel.WARNING, "Cancelled: removing what this deployment created"
+                                         + (" (named volumes are kept)" if keep_volumes else ""))
         try:
-            await context.engine.remove(context.spec, logs.log)
+            await context.engine.remove(context.spec, logs.log, keep_volumes=keep_volumes)
         except EngineError as exc:
             await logs.log(LogLevel.ERROR, f"Clean-up after cancel failed: {logs.redactor(exc.message)}")
         await logs.log(LogLevel.INFO, "Cancelled")
@@ -420,15 +423,27 @@ class InProcessExecutor:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task] = {}
         self._timers: set[asyncio.Task] = set()
+        self._again: set[str] = set()  # deployments dispatched while their run was still going
 
     def submit(self, deployment_id: str, settings: Settings) -> asyncio.Task:
-        """Run ``deployment_id`` here; a second call while one runs returns the running task."""
+        """Run ``deployment_id`` here; a call while one runs returns the running task and runs the deployment
+        once more after it (a retry, a rollback or a revision queued while the previous run still cleans up
+        or settles would otherwise wait for the reaper)."""
         running = self._tasks.get(deployment_id)
         if running is not None and not running.done():
+            self._again.add(deployment_id)
             return running
         task = asyncio.create_task(self._run(deployment_id, settings), name=f"deployment-{deployment_id}")
         self._tasks[deployment_id] = task
-        task.add_done_callback(lambda t: self._tasks.pop(deployment_id, None) if self._tasks.get(deployment_id) is t else None)
+
+        def done(finished: asyncio.Task) -> None:
+            if self._tasks.get(deployment_id) is finished:
+                self._tasks.pop(deployment_id, None)
+                if deployment_id in self._again and not finished.cancelled():
+                    self._again.discard(deployment_id)
+                    self.submit(deployment_id, settings)  # a claim that finds nothing to do is skipped
+
+        task.add_done_callback(done)
         return task
 
     def dispatcher(self, settings: Settings) -> Dispatch:
@@ -454,12 +469,7 @@ class InProcessExecutor:
     def _schedule(self, deployment_id: str, settings: Settings, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
-            # the run that scheduled this may still be finishing (a retry_in of 0: an automatic rollback);
-            # submit() would take it for the run to join
-            running = self._tasks.get(deployment_id)
-            if running is not None and not running.done():
-                await asyncio.gather(running, return_exceptions=True)
-            self.submit(deployment_id, settings)
+            self.submit(deployment_id, settings)  # the run that scheduled it may still be finishing: it runs after
 
         timer = asyncio.create_task(later(), name=f"retry-{deployment_id}")
         self._timers.add(timer)
