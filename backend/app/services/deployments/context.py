@@ -118,7 +118,8 @@ async def load_context(session: AsyncSession, *, settings: Settings, deployment:
     credentials = target_service.credentials(target, settings)
     values, secrets = security.EncryptedValues(deployment.variables).decrypt_with_secrets(settings)
     # the organisation's registry credentials: the pulls' auth parameter, masked like every secret
-    registry_auth = await registry_service.auth_configs(session, settings, deployment.organization_id)
+    registry_auth = await registry_service.auth_configs(session, settings=settings,
+                                                        organization_id=deployment.organization_id)
     redactor = redaction.deployment_redactor(
         settings, deployment.id, secrets=[*secrets, *redaction.target_secrets(target, credentials),
                                           *(auth["password"] for auth in registry_auth.values())]

@@ -128,7 +128,8 @@ async def delete(session: AsyncSession, *, registry: Registry) -> None:
     queue_event(session, event)
 
 
-async def auth_configs(session: AsyncSession, settings: Settings, organization_id: str) -> dict[str, dict[str, str]]:
+async def auth_configs(session: AsyncSession, *, settings: Settings,
+                       organization_id: str) -> dict[str, dict[str, str]]:
     """``{server: {"username", "password", "serveraddress"}}`` of an organisation's registries, decrypted (and
     registered with the redactor): what a run's pulls give the engine's auth parameter."""
     rows = (await session.execute(select(Registry).where(Registry.organization_id == organization_id))).scalars().all()
