@@ -223,10 +223,6 @@ class DockerEngine(Engine):
         missing: list[str] = []  # PullProblem: the text, and whether a retry may help
         registry_auth = spec.registry_auth if spec is not None else {}
         progress = spec.pull_progress if spec is not None else None
-        if progress is None:
-            # the runner's sink is its log writer's ``log``: that writer takes the progress too (it sends the
-            # events at a bounded rate and folds them into the deployment's progress)
-            progress = getattr(getattr(log, "__self__", None), "pull_progress", None)
         for image in dict.fromkeys(images):
             try:
                 await session.call(client.images.get, image)

@@ -127,6 +127,7 @@ CONTAINERS_STEP = 4
 
 async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLogWriter, reached: list[int]) -> None:
     total = len(STEPS)
+    context.spec.pull_progress = logs.pull_progress  # bounded DEPLOYMENT_PULL_PROGRESS events, folded progress
     for number, (title, method) in enumerate(STEPS, start=1):
         reached[0] = number
         logs.progress(owner=owner, current_step=number, total_steps=total, step_name=title)
