@@ -341,7 +341,8 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
     _retry_network_changes(page)
     page.errors = []  # type: ignore[attr-defined]
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
-    _WATCHED.append(PageWatch(page))
+    page.watch = PageWatch(page)  # type: ignore[attr-defined]
+    _WATCHED.append(page.watch)  # type: ignore[attr-defined]
     return page
 
 
@@ -382,6 +383,7 @@ class PageWatch:
         self.started = time.monotonic()
         self.pending: dict[int, tuple[float, str]] = {}
         self.events: list[str] = []
+        self.network_changed = 0  # loads Chromium dropped because the host's network changed
         page.on("request", self._request)
         page.on("requestfinished", lambda r: self._done(r, "finished"))
         page.on("requestfailed", lambda r: self._done(r, f"FAILED {r.failure}"))
@@ -397,6 +399,8 @@ class PageWatch:
         self._log(f"request {request.method} {request.url}")
 
     def _done(self, request, how: str) -> None:
+        if NETWORK_CHANGED in how:
+            self.network_changed += 1
         started, what = self.pending.pop(id(request), (time.monotonic(), request.url))
         response = None
         try:
@@ -441,11 +445,25 @@ def pytest_runtest_makereport(item, call):
 
 
 def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
+    """Logs in through the login page, once more when Chromium dropped what the first try loaded because the
+    host's network changed (its loads failed with ERR_NETWORK_CHANGED, or it ended on its own error page)."""
+    for attempt in (1, 2):
+        changed_before = page.watch.network_changed  # type: ignore[attr-defined]
+        try:
+            _log_in(page, server, email, password)
+            return
+        except AssertionError:
+            dropped = page.watch.network_changed > changed_before or page.url.startswith("chrome-error:")  # type: ignore[attr-defined]
+            if attempt == 2 or not dropped:
+                raise
+
+
+def _log_in(page, server: Server, email: str, password: str) -> None:
     page.goto(f"{server.url}/login")
     try:
         page.wait_for_selector("input[name=email]", timeout=45000)
     except Exception:
-        screenshot(page, "FAILED-login")
+        _try_screenshot(page, "FAILED-login")
         raise AssertionError(f"no login form at {page.url}: {page.errors}") from None
     page.fill("input[name=email]", email)
     page.fill("input[name=password]", password)
@@ -456,8 +474,15 @@ def ui_login(page, server: Server, email: str = ADMIN_EMAIL, password: str = ADM
         # would cut their preload short, which the page reports as an error)
         page.get_by_test_id("deployment-count").wait_for(timeout=45000)
     except Exception:
-        screenshot(page, "FAILED-login-submit")
+        _try_screenshot(page, "FAILED-login-submit")
         raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
+
+
+def _try_screenshot(page, name: str) -> None:
+    try:
+        screenshot(page, name)
+    except Exception:  # noqa: BLE001 - Chromium's own error page cannot be captured: the report says where it is
+        pass
 
 
 #: What a page reports when the test navigates away while it still loads (a request or a lazy page's stylesheet

@@ -2,7 +2,7 @@ import { createRouter, createWebHistory, type RouteRecordRaw } from 'vue-router'
 import { setupNeeded as fetchSetupNeeded } from '../api/auth'
 import { tokens } from '../api/tokens'
 import { useAuthStore } from '../stores/auth'
-import { lazy } from './lazy'
+import { isChunkLoadError, lazy } from './lazy'
 
 const routes: RouteRecordRaw[] = [
   { path: '/setup', name: 'setup', component: lazy(() => import('../views/SetupView.vue')), meta: { public: true } },
@@ -103,12 +103,7 @@ tokens.onChange((access) => {
 // full reload of the page it was for, instead of leaving the user on the previous page with an error.
 const RELOADED = 'windflow.chunk-reload'
 router.onError((error, to) => {
-  if (
-    !/dynamically imported module|Importing a module script failed|error loading dynamically/i.test(
-      String(error?.message ?? error),
-    )
-  )
-    return
+  if (!isChunkLoadError(error)) return
   if (sessionStorage.getItem(RELOADED) === to.fullPath) return
   sessionStorage.setItem(RELOADED, to.fullPath)
   window.location.assign(to.fullPath)

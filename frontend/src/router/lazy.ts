@@ -27,3 +27,15 @@ export function lazy<T>(load: () => Promise<T>, timeoutMs: number = CHUNK_TIMEOU
       )
     })
 }
+
+/**
+ * Whether a navigation failed because a route's code did not arrive: its module (a new build replaced it, the
+ * network dropped it), its stylesheet (Vite's "Unable to preload CSS"; Chromium drops both when the machine's
+ * network changes), or no answer in time (`lazy`). The router reloads the page once for these.
+ */
+export function isChunkLoadError(error: unknown): boolean {
+  const message = String((error as { message?: unknown } | null)?.message ?? error)
+  return /dynamically imported module|Importing a module script failed|error loading dynamically|Unable to preload CSS/i.test(
+    message,
+  )
+}
