@@ -120,6 +120,7 @@ export const apiFieldsFr: Record<string, string> = {
   json_invalid: 'Le corps de la requête n’est pas du JSON valide',
   value_error: 'Valeur refusée : {detail}',
   invalid_endpoint: 'Point d’accès invalide : {detail}',
+  invalid_server: 'Adresse de registre invalide : {detail}',
   credentials_mismatch: 'Identifiants incompatibles avec le point d’accès : {detail}',
   invalid_pem: 'Ce n’est pas un fichier PEM complet : collez tout le fichier, de la ligne BEGIN à la ligne END',
   encrypted_key: 'Clé protégée par une phrase de passe : donnez la clé déchiffrée (WindFlow la stocke chiffrée)',
