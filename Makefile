@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-integration test-frontend test-browser install env migrate clean frontend
+.PHONY: run test lint format test-unit test-integration test-frontend test-browser install env migrate clean frontend
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ run: $(STAMP) .env migrate frontend
 # pytest-asyncio's loop clash.
 test: $(STAMP) frontend
 	PY=$(PY) bash scripts/test-all.sh
+
+# ruff: the Python code's lint rules and its format (pyproject.toml's [tool.ruff]). `make format` applies both.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 # ESLint and Prettier (`npm run lint`), vue-tsc, then vitest.
 test-frontend: frontend/node_modules/.installed

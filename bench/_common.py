@@ -188,7 +188,6 @@ if str(REPO_ROOT) not in sys.path:  # a benchmark runs as a script: bench/ is on
 
 from backend.tests.processes import Proc, settings_env  # noqa: E402, F401 - shared with the test fixtures
 
-
 # --------------------------------------------------------------------------- the API, as a client drives it
 
 
@@ -213,7 +212,12 @@ async def api_setup(client, stack: dict, max_concurrent: int = 100) -> ApiEnv:
     headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
     target = await client.post(
         "/api/v1/targets",
-        json={"name": "bench-engine", "type": "docker", "endpoint": "unix:///var/run/docker.sock", "max_concurrent_deployments": max_concurrent},
+        json={
+            "name": "bench-engine",
+            "type": "docker",
+            "endpoint": "unix:///var/run/docker.sock",
+            "max_concurrent_deployments": max_concurrent,
+        },
         headers=headers,
     )
     _expect(target, 201, "POST /targets")
@@ -356,7 +360,7 @@ def free_port() -> int:
 def remove_labelled(label: str) -> int:
     """``docker rm -f`` / ``network rm`` / ``volume rm`` everything carrying ``label`` (key=value)."""
     removed = 0
-    for kind, ls, rm in (
+    for _kind, ls, rm in (
         ("container", ["ps", "-aq"], ["rm", "-f"]),
         ("network", ["network", "ls", "-q"], ["network", "rm"]),
         ("volume", ["volume", "ls", "-q"], ["volume", "rm", "-f"]),

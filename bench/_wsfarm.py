@@ -74,8 +74,12 @@ class WSClient(asyncio.Protocol):
         self.transport = transport
         parts = urlsplit(self.url)
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        transport.write(
+            (
+                f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
 
     def connection_lost(self, exc) -> None:
         if not self.ready.done():
@@ -104,7 +108,7 @@ class WSClient(asyncio.Protocol):
             if end < 0:
                 return
             head = bytes(self.buf[:end])
-            del self.buf[:end + 4]
+            del self.buf[: end + 4]
             if b" 101 " not in head.split(b"\r\n", 1)[0]:
                 self.ready.set_exception(ConnectionError(head[:200].decode(errors="replace")))
                 self.transport.close()
@@ -121,16 +125,16 @@ class WSClient(asyncio.Protocol):
             if length == 126:
                 if len(buf) - pos < 4:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                 start = pos + 4
             elif length == 127:
                 if len(buf) - pos < 10:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 start = pos + 10
             if len(buf) - start < length:
                 break
-            payload = bytes(buf[start:start + length])
+            payload = bytes(buf[start : start + length])
             pos = start + length
             opcode = b0 & 0x0F
             if opcode == 0x9:
@@ -210,8 +214,9 @@ async def connect(cmd: dict) -> dict:
     count, batch = cmd["count"], cmd.get("batch", 100)
     connected = 0
     for start in range(0, count, batch):
-        results = await asyncio.gather(*(connect_one(cmd["url"], cmd["token"], cmd["subscribe"])
-                                         for _ in range(min(batch, count - start))), return_exceptions=True)
+        results = await asyncio.gather(
+            *(connect_one(cmd["url"], cmd["token"], cmd["subscribe"]) for _ in range(min(batch, count - start))), return_exceptions=True
+        )
         for result in results:
             for _ in range(2):
                 if not isinstance(result, BaseException):
@@ -224,8 +229,12 @@ async def connect(cmd: dict) -> dict:
                 except Exception as exc:  # noqa: BLE001 - retried once more, then reported
                     result = exc
             if isinstance(result, BaseException):
-                return {"connected": connected, "retried": retried, "errors": errors[:5],
-                        "failed": f"{type(result).__name__}: {result}"[:300]}
+                return {
+                    "connected": connected,
+                    "retried": retried,
+                    "errors": errors[:5],
+                    "failed": f"{type(result).__name__}: {result}"[:300],
+                }
             CLIENTS.append(result)
             connected += 1
     return {"connected": connected, "retried": retried, "errors": errors[:5]}

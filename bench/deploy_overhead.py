@@ -27,9 +27,9 @@ Target: WindFlow's median at most 20 % above raw compose's median.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -55,12 +55,12 @@ STACK = {
         "  web:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www\"]\n"
-        "    ports: [\"127.0.0.1:{{ port }}:80\"]\n"
+        '    command: ["sh", "-c", "echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www"]\n'
+        '    ports: ["127.0.0.1:{{ port }}:80"]\n'
         "  worker:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
     ),
     "variables": [
         {"name": "port", "type": "integer", "required": True, "min": 1, "max": 65535},
@@ -99,7 +99,7 @@ PROBE = Probe()
 def _describe_compose(argv) -> str:
     argv = list(argv)
     if "--project-directory" in argv:
-        rest = argv[argv.index("--project-directory") + 2:]
+        rest = argv[argv.index("--project-directory") + 2 :]
     else:
         rest = argv[-3:]
     words = [w for w in rest if w not in ("--no-build", "--remove-orphans", "--pull", "never")]
@@ -208,9 +208,7 @@ async def run_windflow(env: c.ApiEnv, recorder: c.EventRecorder, port: int, crea
     claim = recorder.find(deployment_id, c.status_is("deploying"))
     marks = [("create + dispatch + claim (POST start → claim committed)", claim.perf)]
     for number, name in enumerate(STEP_NAMES, start=1):
-        seen = recorder.find(
-            deployment_id, lambda e, n=number: str(e.type) == "DEPLOYMENT_PROGRESS" and e.data.get("current_step") == n
-        )
+        seen = recorder.find(deployment_id, lambda e, n=number: str(e.type) == "DEPLOYMENT_PROGRESS" and e.data.get("current_step") == n)
         marks.append((f"step {number} {name}", seen.perf))
     marks.append(("settle running (commit)", done.perf))
     # sequential intervals: [POST start, claim], [claim, step 1], [step k, step k+1] ..., [step 6, running]
@@ -248,8 +246,17 @@ async def run_raw(rendered: str, workdir: Path, project: str, client: docker.Doc
     file.write_text(rendered)
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        *RAW_COMPOSE, "-p", project, "-f", str(file), "up", "-d",
-        cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        *RAW_COMPOSE,
+        "-p",
+        project,
+        "-f",
+        str(file),
+        "up",
+        "-d",
+        cwd=workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         out, err = await proc.communicate()
@@ -273,8 +280,18 @@ async def run_raw(rendered: str, workdir: Path, project: str, client: docker.Doc
 
 async def teardown_raw(workdir: Path, project: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "docker", "compose", "-p", project, "-f", str(workdir / "docker-compose.yml"), "down", "--volumes", "--remove-orphans",
-        cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        "docker",
+        "compose",
+        "-p",
+        project,
+        "-f",
+        str(workdir / "docker-compose.yml"),
+        "down",
+        "--volumes",
+        "--remove-orphans",
+        cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
     if proc.returncode != 0:
@@ -296,7 +313,7 @@ def render(port: int) -> str:
 def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, RawRun] | None) -> bool:
     wt = [r.total for r in w_runs]
     rt = [r.total for r in raw_runs]
-    pair_ratio = [w / r for w, r in zip(wt, rt)]
+    pair_ratio = [w / r for w, r in zip(wt, rt, strict=False)]
     ratio = c.median(wt) / c.median(rt)
     ok = ratio <= TARGET_RATIO
 
@@ -306,19 +323,38 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
     rows = [
         ["WindFlow  POST → running", c.ms(c.median(wt)), c.ms(c.percentile(wt, 90)), c.ms(min(wt)), c.ms(max(wt))],
         ["raw       compose up -d → both running", c.ms(c.median(rt)), c.ms(c.percentile(rt, 90)), c.ms(min(rt)), c.ms(max(rt))],
-        ["  of which `docker compose up -d` exits", c.ms(c.median([r.up for r in raw_runs])),
-         c.ms(c.percentile([r.up for r in raw_runs], 90)), c.ms(min(r.up for r in raw_runs)), c.ms(max(r.up for r in raw_runs))],
-        ["  of which wait for running after exit", c.ms(c.median([r.wait for r in raw_runs])),
-         c.ms(c.percentile([r.wait for r in raw_runs], 90)), c.ms(min(r.wait for r in raw_runs)), c.ms(max(r.wait for r in raw_runs))],
-        ["WindFlow POST round trip (→ 201)", c.ms(c.median([r.post_rtt for r in w_runs])),
-         c.ms(c.percentile([r.post_rtt for r in w_runs], 90)), c.ms(min(r.post_rtt for r in w_runs)), c.ms(max(r.post_rtt for r in w_runs))],
+        [
+            "  of which `docker compose up -d` exits",
+            c.ms(c.median([r.up for r in raw_runs])),
+            c.ms(c.percentile([r.up for r in raw_runs], 90)),
+            c.ms(min(r.up for r in raw_runs)),
+            c.ms(max(r.up for r in raw_runs)),
+        ],
+        [
+            "  of which wait for running after exit",
+            c.ms(c.median([r.wait for r in raw_runs])),
+            c.ms(c.percentile([r.wait for r in raw_runs], 90)),
+            c.ms(min(r.wait for r in raw_runs)),
+            c.ms(max(r.wait for r in raw_runs)),
+        ],
+        [
+            "WindFlow POST round trip (→ 201)",
+            c.ms(c.median([r.post_rtt for r in w_runs])),
+            c.ms(c.percentile([r.post_rtt for r in w_runs], 90)),
+            c.ms(min(r.post_rtt for r in w_runs)),
+            c.ms(max(r.post_rtt for r in w_runs)),
+        ],
     ]
     print(c.table(["", "median", "p90", "min", "max"], rows))
     print()
-    print(f"ratio WindFlow/raw (medians): {ratio:.2f}   (median of per-pair ratios {c.median(pair_ratio):.2f}; "
-          f"p90 ratio {c.percentile(wt, 90) / c.percentile(rt, 90):.2f})")
-    print(f"WindFlow adds {c.ms(c.median(wt) - c.median(rt), 0)} ms ({(ratio - 1) * 100:+.0f} %) to a plain compose deploy; "
-          f"target ≤ {(TARGET_RATIO - 1) * 100:.0f} %: {'MET' if ok else 'MISSED'}")
+    print(
+        f"ratio WindFlow/raw (medians): {ratio:.2f}   (median of per-pair ratios {c.median(pair_ratio):.2f}; "
+        f"p90 ratio {c.percentile(wt, 90) / c.percentile(rt, 90):.2f})"
+    )
+    print(
+        f"WindFlow adds {c.ms(c.median(wt) - c.median(rt), 0)} ms ({(ratio - 1) * 100:+.0f} %) to a plain compose deploy; "
+        f"target ≤ {(TARGET_RATIO - 1) * 100:.0f} %: {'MET' if ok else 'MISSED'}"
+    )
     if cold:
         print(f"(cold first pair, not counted: WindFlow {c.ms(cold[0].total, 0)} ms, raw {c.ms(cold[1].total, 0)} ms)")
 
@@ -334,26 +370,44 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
         values = [r.phases[label] for r in w_runs]
         cli = [per_run_sum(r, label, "cli") for r in w_runs]
         sdk = [per_run_sum(r, label, "sdk") for r in w_runs]
-        rest = [v - x - y for v, x, y in zip(values, cli, sdk)]
+        rest = [v - x - y for v, x, y in zip(values, cli, sdk, strict=False)]
         names = list(dict.fromkeys(w for ph, k, w, _s in w_runs[0].calls if ph == label and k == "cli"))
-        rows.append([label, c.ms(c.median(values)), c.ms(c.percentile(values, 90)), c.ms(c.median(cli)),
-                     c.ms(c.median(sdk)), c.ms(c.median(rest)), ", ".join(names)])
+        rows.append(
+            [
+                label,
+                c.ms(c.median(values)),
+                c.ms(c.percentile(values, 90)),
+                c.ms(c.median(cli)),
+                c.ms(c.median(sdk)),
+                c.ms(c.median(rest)),
+                ", ".join(names),
+            ]
+        )
     total_cli = [per_run_sum(r, None, "cli") for r in w_runs]
     total_sdk = [per_run_sum(r, None, "sdk") for r in w_runs]
-    total_rest = [w - x - y for w, x, y in zip(wt, total_cli, total_sdk)]
-    rows.append(["total", c.ms(c.median(wt)), c.ms(c.percentile(wt, 90)), c.ms(c.median(total_cli)),
-                 c.ms(c.median(total_sdk)), c.ms(c.median(total_rest)), ""])
-    print(c.table(["phase", "median", "p90", "compose CLI", "Docker SDK", "rest", "compose subprocesses in the phase"],
-                  rows, align="lrrrrrl"))
+    total_rest = [w - x - y for w, x, y in zip(wt, total_cli, total_sdk, strict=False)]
+    rows.append(
+        [
+            "total",
+            c.ms(c.median(wt)),
+            c.ms(c.percentile(wt, 90)),
+            c.ms(c.median(total_cli)),
+            c.ms(c.median(total_sdk)),
+            c.ms(c.median(total_rest)),
+            "",
+        ]
+    )
+    print(
+        c.table(["phase", "median", "p90", "compose CLI", "Docker SDK", "rest", "compose subprocesses in the phase"], rows, align="lrrrrrl")
+    )
     print("(rest = WindFlow's own work: HTTP/auth, rendering, database writes and commits, events, Python)")
 
     print("\nEngine calls, WindFlow vs raw (medians, ms):\n")
     by_what: dict[str, list[float]] = defaultdict(list)
     for run in w_runs:
-        for _phase, kind, what, seconds in run.calls:
+        for _phase, _kind, what, seconds in run.calls:
             by_what[what].append(seconds)
-    rows = [[f"WindFlow: {what}", c.ms(c.median(v)), c.ms(c.percentile(v, 90)), f"{len(v) / len(w_runs):g}"]
-            for what, v in by_what.items()]
+    rows = [[f"WindFlow: {what}", c.ms(c.median(v)), c.ms(c.percentile(v, 90)), f"{len(v) / len(w_runs):g}"] for what, v in by_what.items()]
     raw_up = [r.up for r in raw_runs]
     rows.append(["raw: docker compose up -d", c.ms(c.median(raw_up)), c.ms(c.percentile(raw_up, 90)), "1"])
     print(c.table(["call", "median", "p90", "per deploy"], rows))
@@ -364,7 +418,7 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
 
     validation = [named(r, "compose config -q (POST validation)") for r in w_runs]
     revalidation = [named(r, "compose config -q") for r in w_runs]
-    split = [named(r, "compose up --no-start", "compose up --detach") - raw.up for r, raw in zip(w_runs, raw_runs)]
+    split = [named(r, "compose up --no-start", "compose up --detach") - raw.up for r, raw in zip(w_runs, raw_runs, strict=False)]
     waits = [r.phases[labels[-1]] - per_run_sum(r, labels[-1], "cli") for r in w_runs]
     own = total_rest
     extra = c.median(wt) - c.median(rt)
@@ -374,18 +428,24 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
         ["`up --no-start` + `up --detach` minus raw's single `up -d` (same run pair)", c.ms(c.median(split))],
         ["Docker SDK calls (client handshakes, image check, container listing)", c.ms(c.median(total_sdk))],
         ["WindFlow's own work (HTTP, DB writes/commits, events, Python)", c.ms(c.median(own))],
-        ["  of which POST start → claim committed, outside compose", c.ms(c.median(
-            [r.phases[labels[0]] - per_run_sum(r, labels[0], "cli") for r in w_runs]))],
-        ["  of which step 6 + settle outside SDK calls", c.ms(c.median(
-            [w - per_run_sum(r, labels[-1], "sdk") for w, r in zip(waits, w_runs)]))],
+        [
+            "  of which POST start → claim committed, outside compose",
+            c.ms(c.median([r.phases[labels[0]] - per_run_sum(r, labels[0], "cli") for r in w_runs])),
+        ],
+        [
+            "  of which step 6 + settle outside SDK calls",
+            c.ms(c.median([w - per_run_sum(r, labels[-1], "sdk") for w, r in zip(waits, w_runs, strict=False)])),
+        ],
         ["WindFlow median − raw median", c.ms(extra)],
         [f"allowed by the {(TARGET_RATIO - 1) * 100:.0f} % target", c.ms(c.median(rt) * (TARGET_RATIO - 1))],
     ]
     print(c.table(["", "ms"], rows))
     cli_calls = sum(1 for r in w_runs for _p, k, _w, _s in r.calls if k == "cli") / len(w_runs)
-    print(f"\nPer deployment WindFlow runs {cli_calls:g} compose subprocesses ({c.ms(c.median(total_cli), 0)} ms) where raw "
-          f"runs 1 ({c.ms(c.median(raw_up), 0)} ms); Docker SDK calls take {c.ms(c.median(total_sdk), 0)} ms and "
-          f"WindFlow's own work {c.ms(c.median(total_rest), 0)} ms.")
+    print(
+        f"\nPer deployment WindFlow runs {cli_calls:g} compose subprocesses ({c.ms(c.median(total_cli), 0)} ms) where raw "
+        f"runs 1 ({c.ms(c.median(raw_up), 0)} ms); Docker SDK calls take {c.ms(c.median(total_sdk), 0)} ms and "
+        f"WindFlow's own work {c.ms(c.median(total_rest), 0)} ms."
+    )
     return ok
 
 
@@ -454,8 +514,11 @@ async def bench(args) -> bool:
                             w_runs.append(w)
                             raw_runs.append(r)
                             tag = f"run {i - args.warmup + 1}/{args.runs}"
-                        print(f"{tag:>12}: WindFlow {c.ms(w.total, 0):>6} ms   raw {c.ms(r.total, 0):>6} ms   "
-                              f"ratio {w.total / r.total:.2f}", file=sys.stderr, flush=True)
+                        print(
+                            f"{tag:>12}: WindFlow {c.ms(w.total, 0):>6} ms   raw {c.ms(r.total, 0):>6} ms   ratio {w.total / r.total:.2f}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
             finally:
                 recorder.stop()
                 await background_tasks.shutdown()
@@ -473,7 +536,8 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite", help="WindFlow's database (default sqlite)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of rest after each teardown (default 0.5)")
     parser.add_argument(
-        "--raw-plugin", action="store_true",
+        "--raw-plugin",
+        action="store_true",
         help="run the raw baseline with the compose plugin binary directly, as WindFlow does, instead of `docker compose`",
     )
     args = parser.parse_args()

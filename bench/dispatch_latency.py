@@ -139,8 +139,10 @@ async def one_deployment(env: c.ApiEnv, recorder: c.EventRecorder, result: ModeR
     if settled is None:
         result.notes.append(f"{deployment_id}: settle event not seen, status read from the API")
     if row["executor"] != expect_executor:
-        raise RuntimeError(f"deployment {deployment_id} ran on {row['executor']}, expected {expect_executor}: "
-                           "the backend fell back to another executor (see the warnings above)")
+        raise RuntimeError(
+            f"deployment {deployment_id} ran on {row['executor']}, expected {expect_executor}: "
+            "the backend fell back to another executor (see the warnings above)"
+        )
     from datetime import datetime
 
     queued_at = datetime.fromisoformat(row["queued_at"].replace("Z", "+00:00"))
@@ -167,8 +169,7 @@ async def one_deployment(env: c.ApiEnv, recorder: c.EventRecorder, result: ModeR
             raise RuntimeError(f"DELETE /deployments/{deployment_id} answered {deleted.status_code}: {deleted.text}")
         await asyncio.sleep(0.1)
     c.remove_labelled(f"windflow.deployment_id={deployment_id}")  # nothing is expected: belt and braces
-    return Sample(latency, post_rtt, claim_wall - wall0, txn, seen_after,
-                  d_start - queued_wall, d_end - d_start, claim_start - d_end)
+    return Sample(latency, post_rtt, claim_wall - wall0, txn, seen_after, d_start - queued_wall, d_end - d_start, claim_start - d_end)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -293,16 +294,18 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
     kind = "sqlite" if mode == "asyncio-sqlite" else "postgresql"
     database = c.ThrowawayDatabase(kind, mode.replace("-", "_"))
     cleanup.push(f"drop database of {mode}", database.drop)
-    overrides: dict = dict(DEPLOYMENT_MAX_ATTEMPTS=1, DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=30,
-                           DEPLOYMENTS_WORKDIR=c.SCRATCH / f"deployments-{mode}")
+    overrides: dict = dict(
+        DEPLOYMENT_MAX_ATTEMPTS=1, DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=30, DEPLOYMENTS_WORKDIR=c.SCRATCH / f"deployments-{mode}"
+    )
     if mode in ("redis", "postgresql"):
-        overrides.update(CELERY_ENABLED=True, CELERY_AUTO_START_WORKER=False,
-                         CELERY_BROKER_TYPE="redis" if mode == "redis" else "database")
+        overrides.update(CELERY_ENABLED=True, CELERY_AUTO_START_WORKER=False, CELERY_BROKER_TYPE="redis" if mode == "redis" else "database")
         if mode == "redis":
             db = pick_redis_db()
             cleanup.push(f"flush Redis db {db}", flush_redis_db, db)
-            overrides.update(CELERY_BROKER_URL=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db}",
-                             CELERY_RESULT_BACKEND=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db}")
+            overrides.update(
+                CELERY_BROKER_URL=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db}",
+                CELERY_RESULT_BACKEND=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db}",
+            )
     settings = c.make_settings(database.url, **overrides)
     celery_mode = settings.celery_unavailable_reason is None
     result.executor = "celery" if celery_mode else "asyncio"
@@ -316,8 +319,9 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
         cleanup.push(f"stop the baseline worker of {mode}", noop_worker.stop)
         from _celery_noop import create_noop_app
 
-        noop_app = create_noop_app(settings.celery_broker_url, settings.celery_result_backend, NOOP_QUEUE,
-                                   settings.CELERY_SQL_POLLING_INTERVAL)
+        noop_app = create_noop_app(
+            settings.celery_broker_url, settings.celery_result_backend, NOOP_QUEUE, settings.CELERY_SQL_POLLING_INTERVAL
+        )
         cleanup.push(f"close the baseline publisher of {mode}", noop_app.close)
 
     app = create_app(settings)
@@ -333,11 +337,14 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                     try:  # the baseline worker answers
                         await asyncio.wait_for(asyncio.to_thread(celery_noop, noop_app), 90)
                     except TimeoutError:
-                        raise RuntimeError("the baseline worker did not run its first task within 90 s:\n"
-                                           f"{noop_worker.tail()}") from None
+                        raise RuntimeError(f"the baseline worker did not run its first task within 90 s:\n{noop_worker.tail()}") from None
                 mode_now = str(app.state.celery_manager.mode)
-                print(f"[{mode}] execution mode {mode_now}; broker {app.state.celery_manager.report.broker}; "
-                      f"{args.warmup} warm-up + {args.runs} samples", file=sys.stderr, flush=True)
+                print(
+                    f"[{mode}] execution mode {mode_now}; broker {app.state.celery_manager.report.broker}; "
+                    f"{args.warmup} warm-up + {args.runs} samples",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 for i in range(args.warmup + args.runs):
                     c.check_stop()
                     sample = await one_deployment(env, recorder, result, result.executor)
@@ -350,16 +357,25 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                         result.baseline.append(base)
                         result.baseline_send.append(send_call)
                     if (i + 1) % 10 == 0:
-                        print(f"[{mode}] {i + 1}/{args.warmup + args.runs}: last queued→claim "
-                              f"{c.ms(sample.queued_to_claim)} ms, baseline {c.ms(base)} ms", file=sys.stderr, flush=True)
+                        print(
+                            f"[{mode}] {i + 1}/{args.warmup + args.runs}: last queued→claim "
+                            f"{c.ms(sample.queued_to_claim)} ms, baseline {c.ms(base)} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     if worker is not None and not worker.alive():
                         raise RuntimeError(f"the Celery worker exited:\n{worker.tail()}")
         finally:
             recorder.stop()
             await background_tasks.shutdown()
     # stop the workers and drop the database now, so the next mode starts from a quiet machine
-    for what in [f"close the baseline publisher of {mode}", f"stop the baseline worker of {mode}",
-                 f"stop the WindFlow worker of {mode}", "flush Redis db", f"drop database of {mode}"]:
+    for what in [
+        f"close the baseline publisher of {mode}",
+        f"stop the baseline worker of {mode}",
+        f"stop the WindFlow worker of {mode}",
+        "flush Redis db",
+        f"drop database of {mode}",
+    ]:
         for index in range(len(cleanup.actions) - 1, -1, -1):
             name, fn, fargs = cleanup.actions[index]
             if name.startswith(what):
@@ -384,13 +400,23 @@ def report(results: list[ModeResult], args) -> None:
         b = r.baseline
         target = TARGETS_MS[r.mode]
         met = c.median(q) * 1000 <= target
-        rows.append([
-            r.mode, c.ms(c.median(q)), c.ms(c.percentile(q, 99)), f"≤ {target:g}", "yes" if met else "NO",
-            c.ms(c.median(b), 2), c.ms(c.percentile(b, 99), 2), f"{c.median(q) / c.median(b):.1f}x" if c.median(b) > 0 else "-",
-        ])
+        rows.append(
+            [
+                r.mode,
+                c.ms(c.median(q)),
+                c.ms(c.percentile(q, 99)),
+                f"≤ {target:g}",
+                "yes" if met else "NO",
+                c.ms(c.median(b), 2),
+                c.ms(c.percentile(b, 99), 2),
+                f"{c.median(q) / c.median(b):.1f}x" if c.median(b) > 0 else "-",
+            ]
+        )
     print(c.table(["mode", "median", "p99", "target", "met", "baseline median", "baseline p99", "ratio"], rows))
-    print("\nbaseline: asyncio = create_task → coroutine start; Celery = no-op task of a bench-only app on the same broker,"
-          "\n          send_task → task body start (same worker settings). ratio = median / baseline median.\n")
+    print(
+        "\nbaseline: asyncio = create_task → coroutine start; Celery = no-op task of a bench-only app on the same broker,"
+        "\n          send_task → task body start (same worker settings). ratio = median / baseline median.\n"
+    )
 
     rows = []
     for r in results:
@@ -398,27 +424,69 @@ def report(results: list[ModeResult], args) -> None:
         p2c = [s.post_to_claim for s in r.samples]
         txn = [s.claim_txn for s in r.samples if s.claim_txn is not None]
         seen = [s.event_seen_after_claim for s in r.samples if s.event_seen_after_claim == s.event_seen_after_claim]
-        rows.append([
-            r.mode, c.ms(c.median(rtt)), c.ms(c.percentile(rtt, 99)), c.ms(c.median(p2c)), c.ms(c.percentile(p2c, 99)),
-            c.ms(c.median(txn)) if txn else "-", c.ms(c.median(seen)) if seen else "-",
-        ])
-    print(c.table(["mode", "POST RTT median", "POST RTT p99", "POST→claim median", "POST→claim p99",
-                   "claim txn median", "claim→event seen median"], rows))
+        rows.append(
+            [
+                r.mode,
+                c.ms(c.median(rtt)),
+                c.ms(c.percentile(rtt, 99)),
+                c.ms(c.median(p2c)),
+                c.ms(c.percentile(p2c, 99)),
+                c.ms(c.median(txn)) if txn else "-",
+                c.ms(c.median(seen)) if seen else "-",
+            ]
+        )
+    print(
+        c.table(
+            [
+                "mode",
+                "POST RTT median",
+                "POST RTT p99",
+                "POST→claim median",
+                "POST→claim p99",
+                "claim txn median",
+                "claim→event seen median",
+            ],
+            rows,
+        )
+    )
     print("\nqueued → claim, split at Dispatcher.dispatch (medians, ms):\n")
     rows = []
     for r in results:
         parts = [[s.to_dispatch for s in r.samples], [s.dispatch_call for s in r.samples], [s.to_claim for s in r.samples]]
         send = c.median(r.baseline_send)
-        rows.append([r.mode, *(c.ms(c.median(p), 2) for p in parts), c.ms(c.median([s.queued_to_claim for s in r.samples]), 2),
-                     c.ms(send, 2), c.ms(c.median(r.baseline) - send, 2)])
-    print(c.table(["mode", "queued → dispatch()", "dispatch() call", "dispatch() return → claim", "queued → claim",
-                   "baseline send", "baseline send return → start"], rows))
-    print("(queued → dispatch(): rest of the POST transaction after the INSERT, incl. its commit; dispatch() call: "
-          "send_task in a thread,\n or create_task; return → claim: broker, worker pick-up, runner start, or the "
-          "event loop getting to the task)")
-    print("\nPOST→claim = claim time − moment the POST was sent (includes the request's own work, e.g. the "
-          "`docker compose config -q` validation);\nclaim txn = claim start → claim committed (in-process modes); "
-          "claim→event seen = until this backend received the deploying event (Celery: through the event transport).")
+        rows.append(
+            [
+                r.mode,
+                *(c.ms(c.median(p), 2) for p in parts),
+                c.ms(c.median([s.queued_to_claim for s in r.samples]), 2),
+                c.ms(send, 2),
+                c.ms(c.median(r.baseline) - send, 2),
+            ]
+        )
+    print(
+        c.table(
+            [
+                "mode",
+                "queued → dispatch()",
+                "dispatch() call",
+                "dispatch() return → claim",
+                "queued → claim",
+                "baseline send",
+                "baseline send return → start",
+            ],
+            rows,
+        )
+    )
+    print(
+        "(queued → dispatch(): rest of the POST transaction after the INSERT, incl. its commit; dispatch() call: "
+        "send_task in a thread,\n or create_task; return → claim: broker, worker pick-up, runner start, or the "
+        "event loop getting to the task)"
+    )
+    print(
+        "\nPOST→claim = claim time − moment the POST was sent (includes the request's own work, e.g. the "
+        "`docker compose config -q` validation);\nclaim txn = claim start → claim committed (in-process modes); "
+        "claim→event seen = until this backend received the deploying event (Celery: through the event transport)."
+    )
     for r in results:
         for note in r.notes[:10]:
             print(f"note [{r.mode}]: {note}")
@@ -445,8 +513,12 @@ async def bench(args) -> list[ModeResult]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="deployments per mode (default 50)")
-    parser.add_argument("--warmup", type=int, default=8, help="untimed deployments first, per mode (default 8: "
-                                                               "each of the 4 prefork children initialises on its first task)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=8,
+        help="untimed deployments first, per mode (default 8: each of the 4 prefork children initialises on its first task)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

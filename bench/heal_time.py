@@ -76,13 +76,13 @@ STACK = {
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
         "    network_mode: none\n"
-        "    command: [\"sh\", \"-c\", \"sleep 3; touch /tmp/ready; exec sleep 3600\"]\n"
-        "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 60\n"
+        '    command: ["sh", "-c", "sleep 3; touch /tmp/ready; exec sleep 3600"]\n'
+        '    healthcheck:\n      test: ["CMD", "test", "-f", "/tmp/ready"]\n      interval: 1s\n      retries: 60\n'
         "  sidecar:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
         "    network_mode: none\n"
-        "    command: [\"sh\", \"-c\", \"exec sleep 3600\"]\n"
+        '    command: ["sh", "-c", "exec sleep 3600"]\n'
     ),
     "variables": [],
 }
@@ -122,9 +122,22 @@ class CreationCounter:
     def __init__(self, docker: tuple[str, ...] = ()) -> None:
         self.counts: Counter = Counter()
         self.proc = subprocess.Popen(
-            ["docker", *docker, "events", "--filter", "type=container", "--filter", "event=create",
-             "--filter", "label=windflow.managed=true", "--format", "{{json .}}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                "docker",
+                *docker,
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+                "--filter",
+                "label=windflow.managed=true",
+                "--format",
+                "{{json .}}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -167,23 +180,25 @@ class Cluster:
     def _start_backend(self) -> c.Proc:
         self.generation["backend"] += 1
         env = c.settings_env(self.settings, HOST="127.0.0.1", PORT=str(self.port))
-        return c.Proc([sys.executable, "-m", "backend.app.main"], env,
-                      c.SCRATCH / f"backend-{self.label}-{self.generation['backend']}.log")
+        return c.Proc([sys.executable, "-m", "backend.app.main"], env, c.SCRATCH / f"backend-{self.label}-{self.generation['backend']}.log")
 
     def _start_worker(self, name: str) -> c.Proc:
         self.generation[name] += 1
-        argv = [str(c.BIN / "celery"), "-A", "backend.app.celery_app", "worker", "--pool=prefork", "--concurrency=2",
-                "-n", f"{name}@%h"]
+        argv = [str(c.BIN / "celery"), "-A", "backend.app.celery_app", "worker", "--pool=prefork", "--concurrency=2", "-n", f"{name}@%h"]
         settings = self.settings
         host = self.host_of.get(name)
         if host is not None:
             # no disk shared with anyone: its own directory, a new empty one each time it starts
             previous = c.SCRATCH / f"workdir-{self.label}-{name}-{self.generation[name] - 1}"
             shutil.rmtree(previous, ignore_errors=True)
-            settings = settings.model_copy(update={
-                "WORKER_TARGETS": "local", "HOST_ID": host.name, "LOCAL_DOCKER_ENDPOINT": host.endpoint,
-                "DEPLOYMENTS_WORKDIR": c.SCRATCH / f"workdir-{self.label}-{name}-{self.generation[name]}",
-            })
+            settings = settings.model_copy(
+                update={
+                    "WORKER_TARGETS": "local",
+                    "HOST_ID": host.name,
+                    "LOCAL_DOCKER_ENDPOINT": host.endpoint,
+                    "DEPLOYMENTS_WORKDIR": c.SCRATCH / f"workdir-{self.label}-{name}-{self.generation[name]}",
+                }
+            )
         return c.Proc(argv, c.settings_env(settings), c.SCRATCH / f"{name}-{self.label}-{self.generation[name]}.log")
 
     def restart_left(self, result: Result) -> None:
@@ -291,8 +306,7 @@ async def post_retrying(cluster, client, path: str, **kwargs) -> httpx.Response:
 
 def remove_labelled_on(host: Host, label: str) -> None:
     """What ``c.remove_labelled`` does, on ``host``'s engine (containers only: the stack has no network)."""
-    out = subprocess.run(["docker", *host.docker, "ps", "-aq", "--filter", f"label={label}"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(["docker", *host.docker, "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True, timeout=60)
     if out.stdout.split():
         subprocess.run(["docker", *host.docker, "rm", "-f", *out.stdout.split()], capture_output=True, timeout=120)
 
@@ -307,8 +321,7 @@ async def host_targets(client: httpx.AsyncClient, headers, hosts: list[Host]) ->
         target = by_name.get(f"local@{host.name}")
         if target is None or not target["placed"] or target["host"] != host.name:
             raise RuntimeError(f"host {host.name}'s workers registered no target: {sorted(by_name)}")
-        response = await client.patch(f"/api/v1/targets/{target['id']}", json={"max_concurrent_deployments": 4},
-                                      headers=headers)
+        response = await client.patch(f"/api/v1/targets/{target['id']}", json={"max_concurrent_deployments": 4}, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"PATCH /targets answered {response.status_code}: {response.text}")
         found[host.name] = target["id"]
@@ -332,16 +345,23 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | 
         database = c.ThrowawayDatabase("postgresql", f"heal_{broker}")
         cleanup.push(f"drop database of {broker}", database.drop)
         database_url = database.url
-    overrides: dict = dict(CELERY_ENABLED=True, CELERY_AUTO_START_WORKER=False, DEPLOYMENTS_WORKDIR=c.SCRATCH / f"deployments-{broker}",
-                           CELERY_BROKER_TYPE="redis" if broker == "redis" else "database", LOG_LEVEL="INFO",
-                           DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=60)
+    overrides: dict = dict(
+        CELERY_ENABLED=True,
+        CELERY_AUTO_START_WORKER=False,
+        DEPLOYMENTS_WORKDIR=c.SCRATCH / f"deployments-{broker}",
+        CELERY_BROKER_TYPE="redis" if broker == "redis" else "database",
+        LOG_LEVEL="INFO",
+        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=60,
+    )
     if broker == "redis":
         from dispatch_latency import flush_redis_db, pick_redis_db
 
         db_number = pick_redis_db()
         cleanup.push(f"flush Redis db {db_number}", flush_redis_db, db_number)
-        overrides.update(CELERY_BROKER_URL=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db_number}",
-                         CELERY_RESULT_BACKEND=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db_number}")
+        overrides.update(
+            CELERY_BROKER_URL=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db_number}",
+            CELERY_RESULT_BACKEND=f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/{db_number}",
+        )
     settings = c.make_settings(database_url, **overrides)
     db = create_async_engine(database_url, pool_pre_ping=True)
     engines = hosts or [Host("this machine", "unix:///var/run/docker.sock")]
@@ -373,18 +393,22 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | 
             window = args.deployments * 1.5
             kinds = [rng.choice(args.kill_kinds) for _ in range(args.kills)]
             if args.kills >= len(args.kill_kinds):  # every kind at least once
-                kinds[:len(args.kill_kinds)] = args.kill_kinds
+                kinds[: len(args.kill_kinds)] = args.kill_kinds
             kinds += ["burst"] * args.child_bursts + [("db-fast", "db-immediate")[i % 2] for i in range(args.db_restarts)]
             kill_times = sorted(rng.uniform(1.0, window) for _ in kinds)
             rng.shuffle(kinds)
-            print(f"[{broker}] {args.deployments} deployments over {window:.0f}s, kills at "
-                  + ", ".join(f"{t:.1f}s {k}" for t, k in zip(kill_times, kinds)), file=sys.stderr, flush=True)
+            print(
+                f"[{broker}] {args.deployments} deployments over {window:.0f}s, kills at "
+                + ", ".join(f"{t:.1f}s {k}" for t, k in zip(kill_times, kinds, strict=False)),
+                file=sys.stderr,
+                flush=True,
+            )
             start = time.monotonic()
             last_kill = start
 
             async def killer() -> None:
                 nonlocal last_kill
-                for at, kind in zip(kill_times, kinds):
+                for at, kind in zip(kill_times, kinds, strict=False):
                     await asyncio.sleep(max(0.0, start + at - time.monotonic()))
                     c.check_stop()
                     await kill_one(cluster, kind, db, rng, result, pg)
@@ -404,8 +428,9 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | 
                 await asyncio.sleep(max(0.0, start + i * 1.5 - time.monotonic()))
                 c.check_stop()
                 host_name, target_id = rotation[i % len(rotation)]
-                response = await post_retrying(cluster, client, "/api/v1/deployments",
-                                               json={"stack_id": env.stack_id, "target_id": target_id}, headers=env.headers)
+                response = await post_retrying(
+                    cluster, client, "/api/v1/deployments", json={"stack_id": env.stack_id, "target_id": target_id}, headers=env.headers
+                )
                 if response.status_code != 201:
                     raise RuntimeError(f"POST /deployments answered {response.status_code}: {response.text}")
                 created.append(response.json()["id"])
@@ -449,15 +474,27 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | 
                         result.misplaced += 1
                     if status == "running" and home is not None:
                         result.per_host[home] += 1
-                gaps = (await conn.execute(text(
-                    "SELECT d.id, d.last_log_seq, count(l.seq), coalesce(max(l.seq), 0) FROM deployments d "
-                    "LEFT JOIN deployment_logs l ON l.deployment_id = d.id GROUP BY d.id, d.last_log_seq"
-                ))).all()
+                gaps = (
+                    await conn.execute(
+                        text(
+                            "SELECT d.id, d.last_log_seq, count(l.seq), coalesce(max(l.seq), 0) FROM deployments d "
+                            "LEFT JOIN deployment_logs l ON l.deployment_id = d.id GROUP BY d.id, d.last_log_seq"
+                        )
+                    )
+                ).all()
                 result.lost_lines = sum(max(0, top - n) for _id, _last, n, top in gaps)
-                result.healed_by.update(dict((await conn.execute(text(
-                    "SELECT actor, count(*) FROM deployment_status_history WHERE from_status = 'deploying' "
-                    "AND actor IN ('reaper', 'reclaim', 'recovery') GROUP BY actor"
-                ))).all()))
+                result.healed_by.update(
+                    dict(
+                        (
+                            await conn.execute(
+                                text(
+                                    "SELECT actor, count(*) FROM deployment_status_history WHERE from_status = 'deploying' "
+                                    "AND actor IN ('reaper', 'reclaim', 'recovery') GROUP BY actor"
+                                )
+                            )
+                        ).all()
+                    )
+                )
     finally:
         await db.dispose()
         for deployment_id in created:
@@ -469,8 +506,13 @@ async def run_broker(broker: str, args, cleanup: c.Cleanup, hosts: list[Host] | 
         for match in re.finditer(r"Reaper: .* redispatched=(\d+)", log.read_text(errors="replace")):
             result.healed_by["reaper re-dispatch"] += int(match.group(1))
     # stop the processes and drop the database now, so the next broker starts from a quiet machine
-    result.notes += cleanup.run_named(f"stop the supervisor of {broker}", f"stop the processes of {broker}", f"stop docker events of {broker}", "flush Redis db",
-                                      f"drop database of {broker}")
+    result.notes += cleanup.run_named(
+        f"stop the supervisor of {broker}",
+        f"stop the processes of {broker}",
+        f"stop docker events of {broker}",
+        "flush Redis db",
+        f"drop database of {broker}",
+    )
     return result
 
 
@@ -478,32 +520,59 @@ def report(results: list[Result], args) -> None:
     target = 30 if (args.db_restarts or args.child_bursts or args.hosts > 1) else 90
     print()
     hosts = f", {args.hosts} hosts (2 workers each, WORKER_TARGETS=local, own workdirs)" if args.hosts > 1 else ""
-    print(f"heal_time: {args.deployments} deployments, {args.kills} kills ({'/'.join(args.kill_kinds)}), "
-          f"{args.child_bursts} child-kill bursts, "
-          f"{args.db_restarts} database restarts per broker{hosts}, seed {args.seed}; defaults "
-          f"(lease 30 s, heartbeat 5 s, reaper 5 s, dispatch timeout 15 s); {c.machine_line()}")
+    print(
+        f"heal_time: {args.deployments} deployments, {args.kills} kills ({'/'.join(args.kill_kinds)}), "
+        f"{args.child_bursts} child-kill bursts, "
+        f"{args.db_restarts} database restarts per broker{hosts}, seed {args.seed}; defaults "
+        f"(lease 30 s, heartbeat 5 s, reaper 5 s, dispatch timeout 15 s); {c.machine_line()}"
+    )
     rows = []
     for r in results:
-        rows.append([
-            r.broker, str(r.deployments), ", ".join(f"{k} {v}" for k, v in sorted(r.kills.items())),
-            "-" if r.heal_seconds is None else f"{r.heal_seconds:.1f}",
-            "-" if r.slowest_to_running is None else f"{r.slowest_to_running:.1f}",
-            f"{r.creations}/{sum(r.statuses.values()) * SERVICES}", str(r.stuck), str(r.duplicated), str(r.lost_lines),
-            *([str(r.misplaced)] if args.hosts > 1 else []),
-            "ok" if r.heal_seconds is not None and r.heal_seconds <= target
-            and not (r.stuck or r.duplicated or r.lost_lines or r.misplaced) else "MISSED",
-        ])
-    print(c.table(["broker", "deployments", "kills", "last kill → settled (s)", "slowest create → running (s)",
-                   "containers created/expected", "stuck", "duplicated", "lost lines",
-                   *(["misplaced"] if args.hosts > 1 else []),
-                   f"target ≤ {target} s, 0/0/0{'/0' if args.hosts > 1 else ''}"], rows))
+        rows.append(
+            [
+                r.broker,
+                str(r.deployments),
+                ", ".join(f"{k} {v}" for k, v in sorted(r.kills.items())),
+                "-" if r.heal_seconds is None else f"{r.heal_seconds:.1f}",
+                "-" if r.slowest_to_running is None else f"{r.slowest_to_running:.1f}",
+                f"{r.creations}/{sum(r.statuses.values()) * SERVICES}",
+                str(r.stuck),
+                str(r.duplicated),
+                str(r.lost_lines),
+                *([str(r.misplaced)] if args.hosts > 1 else []),
+                "ok"
+                if r.heal_seconds is not None and r.heal_seconds <= target and not (r.stuck or r.duplicated or r.lost_lines or r.misplaced)
+                else "MISSED",
+            ]
+        )
+    print(
+        c.table(
+            [
+                "broker",
+                "deployments",
+                "kills",
+                "last kill → settled (s)",
+                "slowest create → running (s)",
+                "containers created/expected",
+                "stuck",
+                "duplicated",
+                "lost lines",
+                *(["misplaced"] if args.hosts > 1 else []),
+                f"target ≤ {target} s, 0/0/0{'/0' if args.hosts > 1 else ''}",
+            ],
+            rows,
+        )
+    )
     for r in results:
         if args.hosts > 1:
             print(f"{r.broker}: running per host: " + ", ".join(f"{h} {n}" for h, n in sorted(r.per_host.items())))
     for r in results:
-        print(f"{r.broker}: dead executors' deployments settled by " + (", ".join(f"{k} {v}" for k, v in sorted(r.healed_by.items())) or "nobody")
-              + " (reaper: a lease reclaimed by the reaper; reaper re-dispatch: a lost message sent again; reclaim: a redelivered"
-              " message reclaimed its dead executor's deployment; recovery: start-up recovery of a restarted backend)")
+        print(
+            f"{r.broker}: dead executors' deployments settled by "
+            + (", ".join(f"{k} {v}" for k, v in sorted(r.healed_by.items())) or "nobody")
+            + " (reaper: a lease reclaimed by the reaper; reaper re-dispatch: a lost message sent again; reclaim: a redelivered"
+            " message reclaimed its dead executor's deployment; recovery: start-up recovery of a restarted backend)"
+        )
         if r.stuck:
             print(f"{r.broker}: final statuses {dict(r.statuses)}")
         for note in r.notes:
@@ -534,8 +603,11 @@ def second_host():
         host = Host("heal-host-b", socket_url, ("-H", socket_url))
         saved = subprocess.run(["docker", "save", c.TEST_IMAGE], capture_output=True, timeout=120, check=True)
         subprocess.run(["docker", *host.docker, "load"], input=saved.stdout, capture_output=True, timeout=120, check=True)
-        print(f"host B: dockerd in network namespace {engine.netns} ({engine.startup_seconds:.1f} s to start), "
-              f"{c.TEST_IMAGE} loaded", file=sys.stderr, flush=True)
+        print(
+            f"host B: dockerd in network namespace {engine.netns} ({engine.startup_seconds:.1f} s to start), {c.TEST_IMAGE} loaded",
+            file=sys.stderr,
+            flush=True,
+        )
         yield host
 
 
@@ -549,10 +621,19 @@ def main() -> None:
     parser.add_argument("--child-bursts", type=int, default=0, help="bursts of three pool-child kills 1.5 s apart")
     parser.add_argument("--settle-timeout", type=float, default=300.0, help="give up (stuck) after this long")
     parser.add_argument("--keep-logs", action="store_true", help="keep the scratch directory (process logs)")
-    parser.add_argument("--kill-kinds", default="worker,pool,backend", type=lambda s: [k for k in s.split(",") if k],
-                        help="what the kills pick from: worker (main process), pool (a pool child), backend")
-    parser.add_argument("--hosts", type=int, default=1, choices=(1, 2),
-                        help="2: workers on two hosts (a second dockerd in its own network namespace), no shared disk")
+    parser.add_argument(
+        "--kill-kinds",
+        default="worker,pool,backend",
+        type=lambda s: [k for k in s.split(",") if k],
+        help="what the kills pick from: worker (main process), pool (a pool child), backend",
+    )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: workers on two hosts (a second dockerd in its own network namespace), no shared disk",
+    )
     args = parser.parse_args()
     for broker in args.brokers:
         if broker not in ("postgresql", "redis"):

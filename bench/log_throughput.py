@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as c  # noqa: E402
+import _common as c
 
 c.bootstrap()
 import _realtime as rt  # noqa: E402
@@ -45,9 +45,14 @@ async def persisted(backend: rt.Backend, farm: rt.Farm, lines: int, batch: int) 
     for start in range(0, lines, batch):
         c.check_stop()
         async with database.AsyncSessionLocal() as session:
-            await append_logs(session, deployment_id=deployment_id, lines=[
-                (LogLevel.INFO, f"line {start + i} of the persisted log, as a runner writes it", utcnow())
-                for i in range(min(batch, lines - start))])
+            await append_logs(
+                session,
+                deployment_id=deployment_id,
+                lines=[
+                    (LogLevel.INFO, f"line {start + i} of the persisted log, as a runner writes it", utcnow())
+                    for i in range(min(batch, lines - start))
+                ],
+            )
             await session.commit()
     written = time.perf_counter() - started
     result = await farm.logs("persisted", lines)
@@ -57,9 +62,28 @@ async def persisted(backend: rt.Backend, farm: rt.Farm, lines: int, batch: int) 
 async def service_logs(backend: rt.Backend, farm: rt.Farm, lines: int) -> tuple[float, bool]:
     deployment_id = await rt.insert_deployment(backend, "running")
     name = f"wfbench-logs-{deployment_id[:8]}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "--label", "windflow.managed=true",
-                    "--label", f"windflow.deployment_id={deployment_id}", "--label", "com.docker.compose.service=printer",
-                    c.TEST_IMAGE, "sh", "-c", f"sleep 3; seq 1 {lines}; sleep 600"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            "windflow.managed=true",
+            "--label",
+            f"windflow.deployment_id={deployment_id}",
+            "--label",
+            "com.docker.compose.service=printer",
+            c.TEST_IMAGE,
+            "sh",
+            "-c",
+            f"sleep 3; seq 1 {lines}; sleep 600",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     try:
         await farm.connect(backend, 1, deployment_id=deployment_id, stream="services", tail=0)
         result = await farm.logs("services", lines)
@@ -83,14 +107,20 @@ async def main(args) -> None:
             farm = await rt.Farm.start(cleanup, cpus)
             rate, ok, written = await persisted(backend, farm, args.lines, args.batch)
             await farm.close()
-            rows.append([f"persisted log (batches of {args.batch}, NOTIFY pointers)", str(args.lines), f"{rate:,.0f}",
-                         "yes" if ok else "NO", f"{written:,.0f}"])
+            rows.append(
+                [
+                    f"persisted log (batches of {args.batch}, NOTIFY pointers)",
+                    str(args.lines),
+                    f"{rate:,.0f}",
+                    "yes" if ok else "NO",
+                    f"{written:,.0f}",
+                ]
+            )
         if "services" in args.paths:
             farm = await rt.Farm.start(cleanup, cpus)
             rate, ok = await service_logs(backend, farm, args.lines)
             await farm.close()
-            rows.append(["service logs (container stdout, docker logs -f)", str(args.lines), f"{rate:,.0f}",
-                         "yes" if ok else "NO", "-"])
+            rows.append(["service logs (container stdout, docker logs -f)", str(args.lines), f"{rate:,.0f}", "yes" if ok else "NO", "-"])
         print(c.table(["path", "lines", "lines/s", "complete, in order", "written lines/s"], rows))
         print(f"\n{pinning}; {c.machine_line()}; target >= 20,000 lines/s each")
     finally:
@@ -104,7 +134,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000, help="persisted lines per commit")
-    parser.add_argument("--paths", type=lambda v: v.split(","), default=["persisted", "services"],
-                        help="comma-separated subset of persisted,services")
+    parser.add_argument(
+        "--paths", type=lambda v: v.split(","), default=["persisted", "services"], help="comma-separated subset of persisted,services"
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPU placement to the scheduler")
     c.run_main(lambda: main(parser.parse_args()))

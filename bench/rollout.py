@@ -44,8 +44,7 @@ TARGET_RATIO = 1.10
 TARGET_ROLLBACK = 2.0
 POLL = 0.020
 
-HEALTHCHECK = ("    healthcheck:\n      test: [\"CMD\", \"sh\", \"-c\", \"{check}\"]\n      interval: 1s\n"
-               "      timeout: 2s\n      retries: 3\n")
+HEALTHCHECK = '    healthcheck:\n      test: ["CMD", "sh", "-c", "{check}"]\n      interval: 1s\n      timeout: 2s\n      retries: 3\n'
 STACK = {
     "name": "bench-rollout",
     "description": "busybox httpd serving a greeting + a worker, both with healthchecks (rollout benchmark)",
@@ -55,14 +54,11 @@ STACK = {
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
         "    command: [\"sh\", \"-c\", \"{{ 'echo fatal; sleep 1; exit 3;' if mode == 'crash' else '' }} "
-        "echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www\"]\n"
-        "    ports: [\"127.0.0.1:{{ port }}:80\"]\n"
-        + HEALTHCHECK.format(check="test -f /www/index.html")
-        + "  worker:\n"
+        'echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www"]\n'
+        '    ports: ["127.0.0.1:{{ port }}:80"]\n' + HEALTHCHECK.format(check="test -f /www/index.html") + "  worker:\n"
         f"    image: {c.TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"touch /tmp/ok; while true; do sleep 1; done\"]\n"
-        + HEALTHCHECK.format(check="test -f /tmp/ok")
+        '    command: ["sh", "-c", "touch /tmp/ok; while true; do sleep 1; done"]\n' + HEALTHCHECK.format(check="test -f /tmp/ok")
     ),
     "variables": [
         {"name": "port", "type": "integer", "required": True, "min": 1, "max": 65535},
@@ -82,7 +78,7 @@ def render(port: int, greeting: str) -> str:
 
 def serves(port: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
             return response.read().decode().strip()
     except OSError:
         return None
@@ -103,8 +99,13 @@ PHASES: list[dict[str, float]] = []
 def phases(recorder: c.EventRecorder, deployment_id: str, revision: int, t0: float, t_post: float, end: float) -> dict:
     with recorder._lock:
         seen = [s for s in recorder.by_deployment.get(deployment_id, []) if s.perf >= t0]
-    claim = next(s.perf for s in seen if str(s.event.type) == "DEPLOYMENT_STATUS_CHANGED"
-                 and s.event.data.get("new_status") == "deploying" and s.event.data.get("revision") == revision)
+    claim = next(
+        s.perf
+        for s in seen
+        if str(s.event.type) == "DEPLOYMENT_STATUS_CHANGED"
+        and s.event.data.get("new_status") == "deploying"
+        and s.event.data.get("revision") == revision
+    )
     steps = {}
     for s in seen:
         if str(s.event.type) == "DEPLOYMENT_PROGRESS" and s.perf >= claim:
@@ -118,17 +119,21 @@ def phases(recorder: c.EventRecorder, deployment_id: str, revision: int, t0: flo
     return {name: b - a for name, a, b in marks}
 
 
-async def windflow_change(env: c.ApiEnv, recorder: c.EventRecorder, deployment_id: str, variables: dict,
-                          revision: int) -> float:
+async def windflow_change(env: c.ApiEnv, recorder: c.EventRecorder, deployment_id: str, variables: dict, revision: int) -> float:
     t0 = time.perf_counter()
-    response = await env.client.post(f"/api/v1/deployments/{deployment_id}/revisions", json={"variables": variables},
-                                     headers=env.headers)
+    response = await env.client.post(f"/api/v1/deployments/{deployment_id}/revisions", json={"variables": variables}, headers=env.headers)
     t_post = time.perf_counter()
     if response.status_code != 201:
         raise RuntimeError(f"POST revisions answered {response.status_code}: {response.text}")
-    done = await recorder.wait(deployment_id, lambda e: str(e.type) == "DEPLOYMENT_STATUS_CHANGED"
-                               and e.data.get("revision") == revision and e.data.get("new_status") in ("running", "failed"),
-                               timeout=120)
+    done = await recorder.wait(
+        deployment_id,
+        lambda e: (
+            str(e.type) == "DEPLOYMENT_STATUS_CHANGED"
+            and e.data.get("revision") == revision
+            and e.data.get("new_status") in ("running", "failed")
+        ),
+        timeout=120,
+    )
     if done is None or done.event.data["new_status"] != "running":
         raise RuntimeError(f"revision {revision} did not reach running: {done.event.data if done else 'timeout'}")
     PHASES.append(phases(recorder, deployment_id, revision, t0, t_post, done.perf))
@@ -136,8 +141,9 @@ async def windflow_change(env: c.ApiEnv, recorder: c.EventRecorder, deployment_i
 
 
 async def healthy(client: docker.DockerClient, project: str) -> bool:
-    found = await asyncio.to_thread(client.containers.list, all=True,
-                                    filters={"label": f"com.docker.compose.project={project}"}, ignore_removed=True)
+    found = await asyncio.to_thread(
+        client.containers.list, all=True, filters={"label": f"com.docker.compose.project={project}"}, ignore_removed=True
+    )
     return len(found) == 2 and all((x.attrs["State"].get("Health") or {}).get("Status") == "healthy" for x in found)
 
 
@@ -146,8 +152,19 @@ async def manual_change(workdir: Path, project: str, port: int, greeting: str, c
     t0 = time.perf_counter()
     file.write_text(render(port, greeting))
     proc = await asyncio.create_subprocess_exec(
-        "docker", "compose", "-p", project, "-f", str(file), "up", "-d", cwd=workdir,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        "docker",
+        "compose",
+        "-p",
+        project,
+        "-f",
+        str(file),
+        "up",
+        "-d",
+        cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"docker compose up -d failed: {err.decode(errors='replace')}")
@@ -159,15 +176,16 @@ async def manual_change(workdir: Path, project: str, port: int, greeting: str, c
     return time.perf_counter() - t0
 
 
-async def windflow_rollback(env: c.ApiEnv, recorder: c.EventRecorder, deployment_id: str, port: int, good: str,
-                            revision: int) -> Rollback:
+async def windflow_rollback(env: c.ApiEnv, recorder: c.EventRecorder, deployment_id: str, port: int, good: str, revision: int) -> Rollback:
     t0 = time.perf_counter()
-    response = await env.client.post(f"/api/v1/deployments/{deployment_id}/revisions",
-                                     json={"variables": {"mode": "crash", "greeting": "bad"}}, headers=env.headers)
+    response = await env.client.post(
+        f"/api/v1/deployments/{deployment_id}/revisions", json={"variables": {"mode": "crash", "greeting": "bad"}}, headers=env.headers
+    )
     if response.status_code != 201:
         raise RuntimeError(f"POST revisions answered {response.status_code}: {response.text}")
-    failed = await recorder.wait(deployment_id, lambda e: str(e.type) == "DEPLOYMENT_ROLLED_BACK"
-                                 and e.data.get("from_revision") == revision, timeout=120)
+    failed = await recorder.wait(
+        deployment_id, lambda e: str(e.type) == "DEPLOYMENT_ROLLED_BACK" and e.data.get("from_revision") == revision, timeout=120
+    )
     if failed is None:
         raise RuntimeError(f"revision {revision} was not rolled back")
     while serves(port) != good:
@@ -176,8 +194,11 @@ async def windflow_rollback(env: c.ApiEnv, recorder: c.EventRecorder, deployment
         await asyncio.sleep(POLL)
     serving = time.perf_counter()
     back = failed.event.data["revision"]
-    running = await recorder.wait(deployment_id, lambda e: str(e.type) == "DEPLOYMENT_STATUS_CHANGED"
-                                  and e.data.get("revision") == back and e.data.get("new_status") == "running", timeout=120)
+    running = await recorder.wait(
+        deployment_id,
+        lambda e: str(e.type) == "DEPLOYMENT_STATUS_CHANGED" and e.data.get("revision") == back and e.data.get("new_status") == "running",
+        timeout=120,
+    )
     if running is None:
         raise RuntimeError(f"rollback revision {back} did not reach running")
     return Rollback(serving - failed.perf, running.perf - failed.perf, failed.perf - t0)
@@ -202,48 +223,57 @@ async def bench(args) -> bool:
     recorder = c.EventRecorder()
     try:
         app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
-                recorder.start()
-                env = await c.api_setup(client, STACK)
-                w_port, m_port = c.free_port(), c.free_port()
-                created = await client.post("/api/v1/deployments", headers=env.headers, json={
-                    "stack_id": env.stack_id, "target_id": env.target_id, "variables": {"port": w_port}})
-                if created.status_code != 201:
-                    raise RuntimeError(created.text)
-                deployment_id = created.json()["id"]
-                cleanup.push("remove the deployment", c.remove_labelled, f"windflow.deployment_id={deployment_id}")
-                first = await recorder.wait(deployment_id, c.status_is("running", "failed"), timeout=120)
-                if first is None or first.event.data["new_status"] != "running":
-                    raise RuntimeError("the first deploy did not reach running")
-                await manual_change(workdir, project, m_port, "g0", docker_client)
-                revision = 1
-                for run in range(args.warmup + args.runs):
-                    c.check_stop()
-                    greeting = f"g{run + 1}"
-                    revision += 1
-                    w = await windflow_change(env, recorder, deployment_id, {"greeting": greeting}, revision)
-                    if serves(w_port) != greeting:
-                        raise RuntimeError(f"revision {revision} does not serve {greeting}")
-                    m = await manual_change(workdir, project, m_port, greeting, docker_client)
-                    if run >= args.warmup:
-                        w_runs.append(w)
-                        m_runs.append(m)
-                    else:
-                        PHASES.pop()
-                    print(f"  change {run + 1}: WindFlow {c.ms(w, 0)} ms, manual {c.ms(m, 0)} ms"
-                          + (" (warm-up)" if run < args.warmup else ""), flush=True)
-                good = f"g{args.warmup + args.runs}"
-                for run in range(args.rollbacks):
-                    c.check_stop()
-                    revision += 1
-                    result = await windflow_rollback(env, recorder, deployment_id, w_port, good, revision)
-                    rollbacks.append(result)
-                    revision += 1  # the automatic rollback's revision
-                    print(f"  rollback {run + 1}: bad change → failed gate {c.ms(result.change_to_fail, 0)} ms, "
-                          f"→ serving again {c.ms(result.to_serving, 0)} ms, → running {c.ms(result.to_running, 0)} ms",
-                          flush=True)
-                recorder.stop()
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client,
+        ):
+            recorder.start()
+            env = await c.api_setup(client, STACK)
+            w_port, m_port = c.free_port(), c.free_port()
+            created = await client.post(
+                "/api/v1/deployments",
+                headers=env.headers,
+                json={"stack_id": env.stack_id, "target_id": env.target_id, "variables": {"port": w_port}},
+            )
+            if created.status_code != 201:
+                raise RuntimeError(created.text)
+            deployment_id = created.json()["id"]
+            cleanup.push("remove the deployment", c.remove_labelled, f"windflow.deployment_id={deployment_id}")
+            first = await recorder.wait(deployment_id, c.status_is("running", "failed"), timeout=120)
+            if first is None or first.event.data["new_status"] != "running":
+                raise RuntimeError("the first deploy did not reach running")
+            await manual_change(workdir, project, m_port, "g0", docker_client)
+            revision = 1
+            for run in range(args.warmup + args.runs):
+                c.check_stop()
+                greeting = f"g{run + 1}"
+                revision += 1
+                w = await windflow_change(env, recorder, deployment_id, {"greeting": greeting}, revision)
+                if serves(w_port) != greeting:
+                    raise RuntimeError(f"revision {revision} does not serve {greeting}")
+                m = await manual_change(workdir, project, m_port, greeting, docker_client)
+                if run >= args.warmup:
+                    w_runs.append(w)
+                    m_runs.append(m)
+                else:
+                    PHASES.pop()
+                print(
+                    f"  change {run + 1}: WindFlow {c.ms(w, 0)} ms, manual {c.ms(m, 0)} ms" + (" (warm-up)" if run < args.warmup else ""),
+                    flush=True,
+                )
+            good = f"g{args.warmup + args.runs}"
+            for run in range(args.rollbacks):
+                c.check_stop()
+                revision += 1
+                result = await windflow_rollback(env, recorder, deployment_id, w_port, good, revision)
+                rollbacks.append(result)
+                revision += 1  # the automatic rollback's revision
+                print(
+                    f"  rollback {run + 1}: bad change → failed gate {c.ms(result.change_to_fail, 0)} ms, "
+                    f"→ serving again {c.ms(result.to_serving, 0)} ms, → running {c.ms(result.to_running, 0)} ms",
+                    flush=True,
+                )
+            recorder.stop()
     finally:
         for problem in cleanup.run():
             print(f"clean-up: {problem}")
@@ -257,10 +287,14 @@ def report(w_runs: list[float], m_runs: list[float], rollbacks: list[Rollback], 
     print(f"rollout: {len(w_runs)} changes each, alternating WindFlow/manual, database {args.db}, {c.machine_line()}")
     print("times in ms\n")
     rows = [
-        ["WindFlow  POST revisions → running", c.ms(c.median(w_runs)), c.ms(c.percentile(w_runs, 90)),
-         c.ms(min(w_runs)), c.ms(max(w_runs))],
-        ["manual    compose up -d → healthy", c.ms(c.median(m_runs)), c.ms(c.percentile(m_runs, 90)),
-         c.ms(min(m_runs)), c.ms(max(m_runs))],
+        [
+            "WindFlow  POST revisions → running",
+            c.ms(c.median(w_runs)),
+            c.ms(c.percentile(w_runs, 90)),
+            c.ms(min(w_runs)),
+            c.ms(max(w_runs)),
+        ],
+        ["manual    compose up -d → healthy", c.ms(c.median(m_runs)), c.ms(c.percentile(m_runs, 90)), c.ms(min(m_runs)), c.ms(max(m_runs))],
     ]
     ok = ratio <= TARGET_RATIO
     if rollbacks:
@@ -268,27 +302,48 @@ def report(w_runs: list[float], m_runs: list[float], rollbacks: list[Rollback], 
         running = [r.to_running for r in rollbacks]
         failing = [r.change_to_fail for r in rollbacks]
         rows += [
-            ["bad change → failed gate", c.ms(c.median(failing)), c.ms(c.percentile(failing, 90)), c.ms(min(failing)),
-             c.ms(max(failing))],
-            ["failed gate → old revision serving", c.ms(c.median(serving)), c.ms(c.percentile(serving, 90)),
-             c.ms(min(serving)), c.ms(max(serving))],
-            ["failed gate → rollback revision running", c.ms(c.median(running)), c.ms(c.percentile(running, 90)),
-             c.ms(min(running)), c.ms(max(running))],
+            ["bad change → failed gate", c.ms(c.median(failing)), c.ms(c.percentile(failing, 90)), c.ms(min(failing)), c.ms(max(failing))],
+            [
+                "failed gate → old revision serving",
+                c.ms(c.median(serving)),
+                c.ms(c.percentile(serving, 90)),
+                c.ms(min(serving)),
+                c.ms(max(serving)),
+            ],
+            [
+                "failed gate → rollback revision running",
+                c.ms(c.median(running)),
+                c.ms(c.percentile(running, 90)),
+                c.ms(min(running)),
+                c.ms(max(running)),
+            ],
         ]
     print(c.table(["", "median", "p90", "min", "max"], rows))
     if PHASES:
         print("\nWhere WindFlow's time goes (sequential phases, medians, ms):\n")
         names = list(dict.fromkeys(name for run in PHASES for name in run))
-        print(c.table(["phase", "median", "p90"], [
-            [name, c.ms(c.median([run.get(name, 0.0) for run in PHASES])),
-             c.ms(c.percentile([run.get(name, 0.0) for run in PHASES], 90))] for name in names]))
+        print(
+            c.table(
+                ["phase", "median", "p90"],
+                [
+                    [
+                        name,
+                        c.ms(c.median([run.get(name, 0.0) for run in PHASES])),
+                        c.ms(c.percentile([run.get(name, 0.0) for run in PHASES], 90)),
+                    ]
+                    for name in names
+                ],
+            )
+        )
     print(f"\nratio WindFlow/manual (medians): {ratio:.2f}; target ≤ {TARGET_RATIO:.2f}: {'MET' if ok else 'MISSED'}")
     if rollbacks:
         back = c.median([r.to_serving for r in rollbacks]) / c.median(w_runs)
         met = back <= TARGET_ROLLBACK
         ok = ok and met
-        print(f"failed gate → serving again / one WindFlow deploy (medians): {back:.2f}; target ≤ {TARGET_ROLLBACK:.2f}: "
-              f"{'MET' if met else 'MISSED'}")
+        print(
+            f"failed gate → serving again / one WindFlow deploy (medians): {back:.2f}; target ≤ {TARGET_ROLLBACK:.2f}: "
+            f"{'MET' if met else 'MISSED'}"
+        )
     return ok
 
 

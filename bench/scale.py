@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as c  # noqa: E402
+import _common as c
 
 c.bootstrap()
 
@@ -135,8 +135,7 @@ class Seeder:
         stamp = "strftime('%Y-%m-%d %H:%M:%S', '2024-01-01', '+' || (g * 30) || ' seconds') || '.000000'"
         conn.execute("BEGIN")
         conn.execute(
-            series
-            + "INSERT INTO deployments (id, organization_id, stack_id, target_id, name, status, variables, rendered_compose, "
+            series + "INSERT INTO deployments (id, organization_id, stack_id, target_id, name, status, variables, rendered_compose, "
             "attempt, max_attempts, queued_at, started_at, finished_at, progress, current_step, total_steps, last_log_seq, "
             "created_at, updated_at) "
             f"SELECT printf('b%035d', g), :org, CASE WHEN g % 2 = 0 THEN :stack_a ELSE :stack_b END, "
@@ -167,9 +166,7 @@ class Seeder:
     def _finish(self, conn) -> None:
         """The status counts /metrics reads (rows were written behind the application's back)."""
         conn.execute("DELETE FROM deployment_status_counts")
-        conn.execute(
-            "INSERT INTO deployment_status_counts (status, count) SELECT status, count(*) FROM deployments GROUP BY status"
-        )
+        conn.execute("INSERT INTO deployment_status_counts (status, count) SELECT status, count(*) FROM deployments GROUP BY status")
 
     def deployment_id(self, g: int) -> str:
         if self.database.kind == "sqlite":
@@ -387,7 +384,9 @@ async def run_backend(
                     log(f"{kind}: seeding up to {size:,} deployments")
                     started = time.perf_counter()
                     seeder.grow_to(size, lines_per_deployment)
-                    log(f"{kind}: {size:,} deployments, {seeder.lines:,} log lines seeded in {time.perf_counter() - started:.0f} s; measuring")
+                    log(
+                        f"{kind}: {size:,} deployments, {seeder.lines:,} log lines seeded in {time.perf_counter() - started:.0f} s; measuring"
+                    )
                     load = await wait_for_quiet(*quiet) if quiet[1] else os.getloadavg()[0]
                     # fresh tokens: seeding and waiting for a quiet machine can outlast an access token
                     admin, viewer = await log_in(ADMIN), await log_in(VIEWER)
@@ -458,12 +457,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="PostgreSQL sizes, comma-separated ('' to skip)")
     parser.add_argument("--sqlite-size", type=int, default=100_000, help="SQLite size (0 to skip)")
     parser.add_argument(
-        "--lines-per-deployment", type=int, default=1000,
+        "--lines-per-deployment",
+        type=int,
+        default=1000,
         help=f"log lines of every {LOGGED_FRACTION}th deployment (1000: 10 million lines at 1,000,000 deployments)",
     )
     parser.add_argument("--runs", type=int, default=5, help="timed requests per figure (median), after one warm-up")
     parser.add_argument(
-        "--max-load", type=float, default=1.5,
+        "--max-load",
+        type=float,
+        default=1.5,
         help="before measuring a size, wait until the 1-minute load average is at most this (the machine is shared)",
     )
     parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for that at most (0: do not wait)")

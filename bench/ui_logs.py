@@ -64,10 +64,15 @@ def frame(deployment_id: str, first_seq: int, count: int) -> str:
         level = LEVELS[seq % len(LEVELS)]
         message = f"line {seq}: \x1b[32mstep\x1b[0m worker={seq % 7} payload={'x' * (seq % 40)}"
         lines.append({"seq": seq, "timestamp": "2026-01-01T12:00:00.000Z", "level": level, "message": message})
-    return json.dumps({
-        "type": "DEPLOYMENT_LOGS_UPDATE", "deployment_id": deployment_id, "organization_id": "bench",
-        "timestamp": "2026-01-01T12:00:00Z", "data": {"logs": lines, "append": True},
-    })
+    return json.dumps(
+        {
+            "type": "DEPLOYMENT_LOGS_UPDATE",
+            "deployment_id": deployment_id,
+            "organization_id": "bench",
+            "timestamp": "2026-01-01T12:00:00Z",
+            "data": {"logs": lines, "append": True},
+        }
+    )
 
 
 class StreamServer:
@@ -135,22 +140,29 @@ def trace_tasks(path: str, top: int = 5) -> list[tuple[float, float, str]]:
         return []
     main = busy.most_common(1)[0][0]
     spans = [e for e in events if (e.get("pid"), e.get("tid")) == main and e.get("ph") == "X" and "dur" in e]
-    tasks = sorted((e for e in spans if e["name"] in ("RunTask", "ThreadControllerImpl::RunTask")),
-                   key=lambda e: -e["dur"])[:top]
+    tasks = sorted((e for e in spans if e["name"] in ("RunTask", "ThreadControllerImpl::RunTask")), key=lambda e: -e["dur"])[:top]
     out = []
     for task in tasks:
         start, end = task["ts"], task["ts"] + task["dur"]
         inner: collections.Counter = collections.Counter()
         for e in spans:
-            if start <= e["ts"] < end and e["name"] in ("FireAnimationFrame", "Layout", "Paint", "MajorGC", "MinorGC",
-                                                         "UpdateLayoutTree", "EventDispatch", "FunctionCall"):
+            if start <= e["ts"] < end and e["name"] in (
+                "FireAnimationFrame",
+                "Layout",
+                "Paint",
+                "MajorGC",
+                "MinorGC",
+                "UpdateLayoutTree",
+                "EventDispatch",
+                "FunctionCall",
+            ):
                 inner[e["name"]] += e["dur"]
         what = ", ".join(f"{n} {d / 1000:.0f}" for n, d in inner.most_common(4))
         out.append((task["dur"] / 1000, task.get("tdur", 0) / 1000, what))
     return out
 
 
-REDIRECT = """
+REDIRECT = r"""
 (() => {
   const Native = window.WebSocket;
   function Redirected(url, protocols) {
@@ -170,10 +182,14 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=5.0, help="pause between frames")
     parser.add_argument("--search", default="", help="stream with this search term active")
     parser.add_argument("--wrap", action="store_true", help="stream with wrapped lines")
-    parser.add_argument("--trace", help="write a Chromium performance trace of the stream to this file "
-                        "(open it in DevTools' Performance panel; tracing itself slows the page a little)")
-    parser.add_argument("--no-interactions", action="store_true",
-                        help="skip the interactions measured after the stream (search, filter, wrap...)")
+    parser.add_argument(
+        "--trace",
+        help="write a Chromium performance trace of the stream to this file "
+        "(open it in DevTools' Performance panel; tracing itself slows the page a little)",
+    )
+    parser.add_argument(
+        "--no-interactions", action="store_true", help="skip the interactions measured after the stream (search, filter, wrap...)"
+    )
     args = parser.parse_args()
     if not (DIST / "index.html").is_file():
         print("frontend/dist is missing: run `make frontend` first", file=sys.stderr)
@@ -189,8 +205,7 @@ def main() -> int:
         server.api("POST", "/auth/setup", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "organization_name": "Bench"})
         deployment_id = "bench-deployment"
         stream = StreamServer()
-        frames = [frame(deployment_id, first, min(args.batch, args.lines - first + 1))
-                  for first in range(1, args.lines + 1, args.batch)]
+        frames = [frame(deployment_id, first, min(args.batch, args.lines - first + 1)) for first in range(1, args.lines + 1, args.batch)]
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -215,8 +230,11 @@ def main() -> int:
             assert stream.connected.wait(30), "the page never connected to the stream server"
 
             if args.trace:
-                browser.start_tracing(page=page, path=args.trace, categories=[
-                    "devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink.user_timing"])
+                browser.start_tracing(
+                    page=page,
+                    path=args.trace,
+                    categories=["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink.user_timing"],
+                )
             t0 = page.evaluate("performance.now()")
             started = time.perf_counter()
             last_emit = stream.stream(frames, args.interval_ms / 1000)
@@ -243,8 +261,7 @@ def main() -> int:
                     ("show it again", lambda: page.get_by_test_id("level-info").click()),
                     ("first error", lambda: page.get_by_test_id("first-error").click()),
                     ("toggle wrap", lambda: page.get_by_test_id("toggle-wrap").click()),
-                    ("scroll to the top", lambda: page.evaluate(
-                        "document.querySelector('[data-testid=log-scroller]').scrollTop = 0")),
+                    ("scroll to the top", lambda: page.evaluate("document.querySelector('[data-testid=log-scroller]').scrollTop = 0")),
                 ]
                 for name, act in steps:
                     page.evaluate("window.__longtasks && (window.__longtasks.length = 0)")
@@ -265,18 +282,25 @@ def main() -> int:
     modes = ", ".join(m for m in (f"search {args.search!r}" if args.search else "", "wrapped lines" if args.wrap else "") if m)
     if modes:
         print(f"drawer mode               {modes}")
-    print(f"lines streamed            {args.lines:,} in {args.lines // args.batch + (args.lines % args.batch > 0):,} frames of {args.batch} "
-          f"({args.interval_ms:g} ms apart), over {stream_s:.2f} s ({args.lines / stream_s:,.0f} lines/s)")
-    print(f"last emit -> last shown   {lag_s * 1000:,.0f} ms   (target <= 10,000 ms: {'OK' if lag_s <= 10 else 'MISSED'}, "
-          f"ratio {lag_s / 10:.3f} of the budget)")
+    print(
+        f"lines streamed            {args.lines:,} in {args.lines // args.batch + (args.lines % args.batch > 0):,} frames of {args.batch} "
+        f"({args.interval_ms:g} ms apart), over {stream_s:.2f} s ({args.lines / stream_s:,.0f} lines/s)"
+    )
+    print(
+        f"last emit -> last shown   {lag_s * 1000:,.0f} ms   (target <= 10,000 ms: {'OK' if lag_s <= 10 else 'MISSED'}, "
+        f"ratio {lag_s / 10:.3f} of the budget)"
+    )
     print(f"first emit -> last shown  {(shown - started):.2f} s")
-    print(f"longest main-thread task  {longest:.0f} ms   (target <= 100 ms: {'OK' if longest <= 100 else 'MISSED'}; "
-          f"0 = no task over 50 ms)")
+    print(
+        f"longest main-thread task  {longest:.0f} ms   (target <= 100 ms: {'OK' if longest <= 100 else 'MISSED'}; 0 = no task over 50 ms)"
+    )
     print(f"long tasks (> 50 ms)      {len(tasks)}, {total:.0f} ms in all")
     print(f"DOM rows at the end       {rows} (virtualised list)")
     if tasks:
-        print("long tasks (start after the first emit: duration)  "
-              + ", ".join(f"{(t['start'] - t0) / 1000:.2f} s: {t['duration']:.0f} ms" for t in tasks[:12]))
+        print(
+            "long tasks (start after the first emit: duration)  "
+            + ", ".join(f"{(t['start'] - t0) / 1000:.2f} s: {t['duration']:.0f} ms" for t in tasks[:12])
+        )
     if args.trace:
         print(f"trace                     {args.trace}; its longest main-thread tasks, wall / thread CPU time:")
         for wall, cpu, what in trace_tasks(args.trace):
@@ -289,8 +313,10 @@ def main() -> int:
         print(f"JS heap used              {heap / 1e6:.1f} MB")
     import os
 
-    print(f"machine load average      {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min) on {os.cpu_count()} cores "
-          "(long-task durations are wall time: a busy machine inflates them)")
+    print(
+        f"machine load average      {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min) on {os.cpu_count()} cores "
+        "(long-task durations are wall time: a busy machine inflates them)"
+    )
     return 0 if lag_s <= 10 and longest <= 100 else 1
 
 

@@ -39,7 +39,7 @@ class Supervisor:
         self.client = client
         self.project = project
         self.stop_asked: dict[str, float] = {}  # container id -> when a stop (SIGTERM first) was asked
-        self.killed: dict[str, float] = {}      # container id -> when it was sent SIGKILL
+        self.killed: dict[str, float] = {}  # container id -> when it was sent SIGKILL
 
     def handle(self, event: dict) -> None:
         """One container event of the project: remember kills and stops, start again a killed container."""

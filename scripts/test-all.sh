@@ -2,7 +2,8 @@
 # `make test`: every test, in two streams that run at the same time (most of the suite waits on Docker,
 # Celery workers and brokers, so two streams finish in about half the time on a 2-core machine):
 #   engines: backend/tests/celery and backend/tests/docker (real workers, beat, deployments);
-#   rest:    every other pytest test, then the frontend (vue-tsc, vitest) and the browser tests (Chromium).
+#   rest:    ruff (lint and format), every other pytest test, then the frontend (ESLint, Prettier, vue-tsc,
+#            vitest) and the browser tests (Chromium).
 # The streams share nothing that matters: each test creates its own databases, deployments are labelled by
 # id, the remote engine runs in a namespace named after its pytest process, swarm mode is taken in turn (a
 # file lock), and each stream has its own Redis database. Each stream's output goes to test-output/ and is
@@ -19,7 +20,8 @@ WINDFLOW_TEST_REDIS_DB=$REDIS_DB "${PYTEST[@]}" backend/tests/celery backend/tes
     > test-output/tests-engines.log 2>&1 &
 engines=$!
 (
-    WINDFLOW_TEST_REDIS_DB=$((REDIS_DB - 1)) "${PYTEST[@]}" backend/tests \
+    make --no-print-directory lint \
+    && WINDFLOW_TEST_REDIS_DB=$((REDIS_DB - 1)) "${PYTEST[@]}" backend/tests \
         --ignore=backend/tests/browser --ignore=backend/tests/celery --ignore=backend/tests/docker \
     && make --no-print-directory test-frontend test-browser
 ) > test-output/tests-rest.log 2>&1 &

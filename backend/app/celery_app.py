@@ -18,7 +18,6 @@ import time
 from celery import signals
 
 from backend.app.config import BrokerType, get_settings
-from backend.app.runtime.worker_watchdog import WorkerMonitor
 from backend.app.runtime.celery_config import (
     DELETE_TASK,
     DEPLOY_TASK,
@@ -29,6 +28,7 @@ from backend.app.runtime.celery_config import (
     broker_label,
     create_celery,
 )
+from backend.app.runtime.worker_watchdog import WorkerMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,7 @@ app = celery_app  # `celery -A backend.app.celery_app` finds `app` or `celery_ap
 
 
 def _invoked_as_celery_cli() -> bool:
-    return os.path.basename(sys.argv[0]) in {"celery", "__main__.py"} and any(
-        cmd in sys.argv for cmd in ("worker", "beat")
-    )
+    return os.path.basename(sys.argv[0]) in {"celery", "__main__.py"} and any(cmd in sys.argv for cmd in ("worker", "beat"))
 
 
 if settings.celery_unavailable_reason and _invoked_as_celery_cli():
@@ -127,21 +125,26 @@ def _serve_declared_targets(sender=None, **_kwargs) -> None:
         return
     try:
         resolved = _resolve_declaration(declaration)
-    except Exception as exc:  # noqa: BLE001 - Celery logs and ignores a failing receiver: it would serve the wrong queue
+    except Exception as exc:
         logger.exception("WORKER_TARGETS could not be resolved")
         sys.exit(f"WindFlow: WORKER_TARGETS could not be resolved ({type(exc).__name__}; see the log above)")
     for problem in resolved.problems:
         logger.warning("WORKER_TARGETS: %s", problem)
     queues = resolved.queues()
     if not queues:
-        sys.exit(f"WindFlow: WORKER_TARGETS={settings.WORKER_TARGETS!r} names no target this worker can serve: "
-                 + "; ".join(resolved.problems))
+        sys.exit(
+            f"WindFlow: WORKER_TARGETS={settings.WORKER_TARGETS!r} names no target this worker can serve: " + "; ".join(resolved.problems)
+        )
     if sender is not None:
         sender.app.amqp.queues.select(queues)
     _served = resolved.heartbeat_targets()
     names = ", ".join(f"{name} ({target_id})" for target_id, name in resolved.names.items())
-    logger.info("this worker serves %s%s (host %s)", names or "no placed target",
-                " and the shared queue" if resolved.shared else "", settings.host_id)
+    logger.info(
+        "this worker serves %s%s (host %s)",
+        names or "no placed target",
+        " and the shared queue" if resolved.shared else "",
+        settings.host_id,
+    )
 
 
 def _resolve_declaration(declaration):
@@ -175,7 +178,13 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
         concurrency = int(controller.pool.info.get("max-concurrency") or concurrency)
     global _heartbeat_thread, _monitor
     _monitor = WorkerMonitor(
-        name, _worker_kind(), int(concurrency), controller, sender, settings=settings, stop=_heartbeat_stop,
+        name,
+        _worker_kind(),
+        int(concurrency),
+        controller,
+        sender,
+        settings=settings,
+        stop=_heartbeat_stop,
         targets=_served,
     )
     _heartbeat_thread = threading.Thread(target=_monitor.run, name="windflow-heartbeat", daemon=True)
@@ -232,7 +241,7 @@ def _on_worker_shutdown(sender=None, **_kwargs) -> None:
 
     try:
         worker_loop.run(remove(), timeout=10)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("could not remove the heartbeat of %s", name, exc_info=True)
 
 

@@ -1,10 +1,10 @@
 """The ``windflow`` command line.
 
-    windflow serve                 serve the API and UI (same as ``python -m backend.app.main``)
-    windflow db upgrade            apply database migrations
-    windflow create-admin          create a superuser (and its organisation) from a script
-    windflow recover               recover stuck deployments now (prints the statistics as JSON)
-    windflow logs [-f] <id>        print (and follow) a deployment's log, like ``docker logs -f``
+windflow serve                 serve the API and UI (same as ``python -m backend.app.main``)
+windflow db upgrade            apply database migrations
+windflow create-admin          create a superuser (and its organisation) from a script
+windflow recover               recover stuck deployments now (prints the statistics as JSON)
+windflow logs [-f] <id>        print (and follow) a deployment's log, like ``docker logs -f``
 """
 
 from __future__ import annotations
@@ -172,8 +172,12 @@ def _follow(client, deployment_id: str, since: int) -> str | None:
     last_seq, retries = since, 0
     while True:
         try:
-            with client.stream("GET", f"/api/v1/deployments/{deployment_id}/events",
-                               headers={"Last-Event-ID": str(last_seq)}, timeout=httpx.Timeout(10, read=60)) as response:
+            with client.stream(
+                "GET",
+                f"/api/v1/deployments/{deployment_id}/events",
+                headers={"Last-Event-ID": str(last_seq)},
+                timeout=httpx.Timeout(10, read=60),
+            ) as response:
                 if response.status_code != 200:
                     response.read()
                     raise SystemExit(f"error: {response.status_code} {response.json().get('detail', response.text)}")
@@ -191,9 +195,12 @@ def _follow(client, deployment_id: str, since: int) -> str | None:
                             last_seq = frame["data"]["logs"][-1]["seq"] if frame["data"]["logs"] else last_seq
                         elif frame.get("type") == "DEPLOYMENT_STATUS_CHANGED":
                             status = frame["data"]["new_status"]
-                            print(f"-- {frame['data']['old_status']} -> {status}"
-                                  + (f": {frame['data']['error_message']}" if frame['data'].get('error_message') else ""),
-                                  file=sys.stderr, flush=True)
+                            print(
+                                f"-- {frame['data']['old_status']} -> {status}"
+                                + (f": {frame['data']['error_message']}" if frame["data"].get("error_message") else ""),
+                                file=sys.stderr,
+                                flush=True,
+                            )
                             if status in SETTLED:
                                 return status
                         elif frame.get("type") == "subscribed" and frame.get("status") in SETTLED:
@@ -209,7 +216,7 @@ def _follow(client, deployment_id: str, since: int) -> str | None:
             if retries > 5:
                 raise SystemExit(f"error: lost the event stream ({exc})") from exc
             print(f"-- connection lost ({exc}); resuming after line {last_seq}", file=sys.stderr, flush=True)
-            time.sleep(min(10, 0.5 * 2 ** retries))
+            time.sleep(min(10, 0.5 * 2**retries))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -219,8 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     token = os.environ.get("WINDFLOW_TOKEN")
     if not token:
-        print("error: set WINDFLOW_TOKEN to an API token (create one under /api/v1/tokens) or an access token",
-              file=sys.stderr)
+        print("error: set WINDFLOW_TOKEN to an API token (create one under /api/v1/tokens) or an access token", file=sys.stderr)
         return 2
     base = args.url or f"http://{_settings().HOST}:{_settings().PORT}"
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
@@ -231,8 +237,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 return 1
             last = args.since
             while True:  # the persisted log so far
-                page = client.get(f"/api/v1/deployments/{args.deployment_id}/logs",
-                                  params={"since_seq": last, "limit": 5000}).json()["items"]
+                page = client.get(f"/api/v1/deployments/{args.deployment_id}/logs", params={"since_seq": last, "limit": 5000}).json()[
+                    "items"
+                ]
                 _print_lines(page)
                 if len(page) < 5000:
                     break
@@ -279,10 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--timeout-minutes", type=float, default=60, help="fail pending deployments older than this")
     recover.set_defaults(func=cmd_recover)
 
-    logs = sub.add_parser("logs", help="print a deployment's log; -f follows it until the deployment settles",
-                          description="Print a deployment's log (WINDFLOW_TOKEN: an API or access token). With -f, "
-                                      "follow it live (Server-Sent Events) until the deployment is running, failed, "
-                                      "stopped or cancelled; exit status 0 for running/stopped, 1 otherwise.")
+    logs = sub.add_parser(
+        "logs",
+        help="print a deployment's log; -f follows it until the deployment settles",
+        description="Print a deployment's log (WINDFLOW_TOKEN: an API or access token). With -f, "
+        "follow it live (Server-Sent Events) until the deployment is running, failed, "
+        "stopped or cancelled; exit status 0 for running/stopped, 1 otherwise.",
+    )
     logs.add_argument("deployment_id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow new lines until the deployment settles")
     logs.add_argument("--since", type=int, default=0, help="only lines after this sequence number")

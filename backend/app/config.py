@@ -41,9 +41,7 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
 
     # --- application ---------------------------------------------------------------------------
     DEBUG: bool = False
@@ -217,7 +215,7 @@ class Settings(BaseSettings):
 
     # --- derived values ------------------------------------------------------------------------
     @property
-    def VERSION(self) -> str:  # noqa: N802 - reads like the other settings; not configurable
+    def VERSION(self) -> str:
         return __version__
 
     @property

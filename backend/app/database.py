@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-from backend.app.core.files import private_dir
 from backend.app.config import DatabaseKind, Settings, settings
+from backend.app.core.files import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ def build_engine(config: Settings) -> AsyncEngine:
 
 
 engine: AsyncEngine = build_engine(settings)
-AsyncSessionLocal: async_sessionmaker[AsyncSession] = async_sessionmaker(
-    engine, expire_on_commit=False, class_=AsyncSession
-)
+AsyncSessionLocal: async_sessionmaker[AsyncSession] = async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession)
 
 
 def configure(config: Settings, new_engine: AsyncEngine | None = None) -> AsyncEngine:
@@ -159,7 +157,7 @@ async def wait_until_reachable(timeout: float, log: logging.Logger, on: AsyncEng
             async with asyncio.timeout(10):
                 async with (on or engine).connect() as conn:
                     await conn.exec_driver_sql("SELECT 1")
-        except Exception as exc:  # noqa: BLE001 - anything but an outage is raised at once
+        except Exception as exc:
             if not is_unavailable(exc) or loop.time() >= deadline:
                 raise
             if said_at is None or loop.time() - said_at >= 10:
@@ -267,11 +265,9 @@ class OutageLog:
             self.log.warning("%s skipped: the database is unreachable (%s); retrying at the next pass", self.what, reason)
         elif now - self._reminded_at >= self.reminder:
             self._reminded_at = now
-            self.log.warning("%s still skipped: the database has been unreachable for %.0fs (%s)",
-                             self.what, now - self.down_since, reason)
+            self.log.warning("%s still skipped: the database has been unreachable for %.0fs (%s)", self.what, now - self.down_since, reason)
 
     def succeeded(self) -> None:
         if self.down_since is not None:
-            self.log.info("%s resumed: the database answers again (after %.0fs)", self.what,
-                          time.monotonic() - self.down_since)
+            self.log.info("%s resumed: the database answers again (after %.0fs)", self.what, time.monotonic() - self.down_since)
             self.down_since = None

@@ -22,19 +22,18 @@ from backend.app.api import metrics as metrics_route
 from backend.app.api import realtime as realtime_routes
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
-from backend.app.runtime import background, event_transport, metrics
 from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
-from backend.app.runtime.dispatch import Dispatcher
 from backend.app.core.events import bus
 from backend.app.core.exceptions import DatabaseUnavailable, WindFlowError
 from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.migrate import upgrade_database
+from backend.app.runtime import background, background_tasks, event_transport, metrics
+from backend.app.runtime.dispatch import Dispatcher
 from backend.app.schemas.common import ValidationErrorBody
-from backend.app.services.stacks import bounded_render
 from backend.app.services.provisioning import sync_catalog_on_startup
-from backend.app.runtime import background_tasks
+from backend.app.services.stacks import bounded_render
 
 logger = logging.getLogger("backend.app")
 
@@ -52,13 +51,15 @@ _HTTP_CODES = {
 
 
 #: Parameters of a pydantic error a client may word its own message with (never the input itself).
-_ERROR_PARAMS = frozenset({"min_length", "max_length", "ge", "gt", "le", "lt", "pattern", "expected", "multiple_of",
-                           "max_digits", "decimal_places", "at"})
+_ERROR_PARAMS = frozenset(
+    {"min_length", "max_length", "ge", "gt", "le", "lt", "pattern", "expected", "multiple_of", "max_digits", "decimal_places", "at"}
+)
 
 
 def _error_params(err: dict) -> dict:
-    return {key: value for key, value in (err.get("ctx") or {}).items()
-            if key in _ERROR_PARAMS and isinstance(value, (str, int, float, bool))}
+    return {
+        key: value for key, value in (err.get("ctx") or {}).items() if key in _ERROR_PARAMS and isinstance(value, (str, int, float, bool))
+    }
 
 
 def error_body(exc: WindFlowError) -> dict:
@@ -138,8 +139,7 @@ class DatabaseUnavailableMiddleware:
                 raise
             self._log(scope, exc)
             error = DatabaseUnavailable()
-            response = JSONResponse({"detail": error.detail, "code": error.code}, status_code=error.status_code,
-                                    headers=error.headers)
+            response = JSONResponse({"detail": error.detail, "code": error.code}, status_code=error.status_code, headers=error.headers)
             await response(scope, receive, send)
 
     def _log(self, scope: Scope, exc: Exception) -> None:
@@ -150,8 +150,9 @@ class DatabaseUnavailableMiddleware:
         more = f" ({self._unlogged} more request(s) answered 503 since the last message)" if self._unlogged else ""
         self._logged_at, self._unlogged = now, 0
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        logger.warning("database unavailable on %s %s: %s; answering 503 database_unavailable%s",
-                       scope.get("method"), scope.get("path"), reason, more)
+        logger.warning(
+            "database unavailable on %s %s: %s; answering 503 database_unavailable%s", scope.get("method"), scope.get("path"), reason, more
+        )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -276,7 +277,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.celery_manager.start()
         logger.info(
             "WindFlow %s started (database: %s, execution mode: %s)",
-            settings.VERSION, settings.database_kind, app.state.celery_manager.mode,
+            settings.VERSION,
+            settings.database_kind,
+            app.state.celery_manager.mode,
         )
         loops = []
         if settings.RECOVERY_ON_STARTUP:
@@ -298,9 +301,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
     app.state.login_limiter = SlidingWindowLimiter(settings.LOGIN_RATE_LIMIT_PER_MINUTE)
-    app.state.account_login_limiter = SlidingWindowLimiter(
-        settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS
-    )
+    app.state.account_login_limiter = SlidingWindowLimiter(settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS)
     app.state.deployment_limiter = SlidingWindowLimiter(settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE)
     app.state.celery_manager = CeleryManager(settings)
     app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
@@ -325,9 +326,15 @@ def run() -> None:
     setup_logging(settings.LOG_LEVEL, settings.LOG_FILE)
     _raise_open_files_limit()
     forwarded = settings.FORWARDED_ALLOW_IPS.strip()
-    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT, log_config=None,
-                proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None,
-                ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        proxy_headers=bool(forwarded),
+        forwarded_allow_ips=forwarded or None,
+        ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE,
+    )
 
 
 def _raise_open_files_limit() -> None:

@@ -21,14 +21,14 @@ WEB_STACK = {
         "  web:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www\"]\n"
-        "    ports: [\"127.0.0.1:{{ port }}:80\"]\n"
+        '    command: ["sh", "-c", "echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www"]\n'
+        '    ports: ["127.0.0.1:{{ port }}:80"]\n'
         "  worker:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
         "    environment:\n"
-        "      API_KEY: \"{{ api_key }}\"\n"
+        '      API_KEY: "{{ api_key }}"\n'
     ),
     "variables": [
         {"name": "port", "type": "integer", "required": True, "min": 1, "max": 65535},
@@ -54,7 +54,10 @@ def labelled(kind: str, deployment_id: str) -> list[str]:
     args = {"container": ["ps", "-aq"], "network": ["network", "ls", "-q"], "volume": ["volume", "ls", "-q"]}[kind]
     out = subprocess.run(
         ["docker", *args, "--filter", f"label=windflow.deployment_id={deployment_id}"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return out.stdout.split()
 

@@ -44,8 +44,13 @@ class LogCapture:
 
 def make_spec(tmp_path: Path, compose: str, *, health_timeout: float = 30.0, stable_seconds: float = 0.0) -> DeploySpec:
     deployment_id = str(uuid.uuid4())
-    return DeploySpec(deployment_id=deployment_id, compose=compose, workdir=tmp_path / deployment_id,
-                      health_timeout=health_timeout, stable_seconds=stable_seconds)
+    return DeploySpec(
+        deployment_id=deployment_id,
+        compose=compose,
+        workdir=tmp_path / deployment_id,
+        health_timeout=health_timeout,
+        stable_seconds=stable_seconds,
+    )
 
 
 def local_connection(endpoint: str, kind: TargetType = TargetType.DOCKER) -> TargetConnection:
@@ -87,7 +92,7 @@ volumes:
 
 
 def http_get(port: int, host: str = "127.0.0.1") -> str:
-    with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as response:
         return response.read().decode()
 
 

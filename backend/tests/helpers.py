@@ -58,7 +58,5 @@ async def default_org(client: httpx.AsyncClient, actor: Actor) -> str:
 
 
 async def add_member(client: httpx.AsyncClient, admin: Actor, org_id: str, user: Actor, role: str) -> None:
-    response = await client.post(
-        f"/api/v1/organizations/{org_id}/members", json={"email": user.email, "role": role}, headers=admin.headers
-    )
+    response = await client.post(f"/api/v1/organizations/{org_id}/members", json={"email": user.email, "role": role}, headers=admin.headers)
     assert response.status_code == 201, response.text

@@ -34,8 +34,9 @@ class Server:
 
     @classmethod
     async def start(cls, database_url: str, log_dir: Path, name: str = "server", **overrides) -> Server:
-        settings = make_settings(database_url, **{"HOST": "127.0.0.1", "PORT": free_port(), "PROMETHEUS_ENABLED": True,
-                                                  "LOG_LEVEL": "INFO", **overrides})
+        settings = make_settings(
+            database_url, **{"HOST": "127.0.0.1", "PORT": free_port(), "PROMETHEUS_ENABLED": True, "LOG_LEVEL": "INFO", **overrides}
+        )
         server = cls(settings, log_dir, name)
         await server.wait_ready()
         return server
@@ -127,8 +128,9 @@ class WS:
         await self.conn.close()
 
 
-async def sse_events(client: httpx.AsyncClient, url: str, headers: dict, stop: Callable[[list[dict]], bool],
-                     timeout: float = TIMEOUT) -> list[dict]:
+async def sse_events(
+    client: httpx.AsyncClient, url: str, headers: dict, stop: Callable[[list[dict]], bool], timeout: float = TIMEOUT
+) -> list[dict]:
     """Read a Server-Sent Events stream until ``stop(events)``; each event as ``{id, event, data}``."""
     events: list[dict] = []
     async with asyncio.timeout(timeout), client.stream("GET", url, headers=headers) as response:

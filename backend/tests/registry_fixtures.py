@@ -36,8 +36,7 @@ def _free_port() -> int:
 
 def _htpasswd_line(username: str, password: str) -> str:
     if shutil.which("htpasswd"):
-        return subprocess.run(["htpasswd", "-Bbn", username, password], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(["htpasswd", "-Bbn", username, password], check=True, capture_output=True, text=True).stdout.strip()
     import bcrypt  # pragma: no cover - apache2-utils missing
 
     return f"{username}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}"
@@ -58,8 +57,7 @@ def start_registry(directory: Path, *, auth: bool) -> LocalRegistry:
         f"http:\n  addr: 127.0.0.1:{port}\n{auth_block}"
     )
     with open(directory / "registry.log", "wb") as log:  # the child keeps its own descriptor
-        process = subprocess.Popen([REGISTRY_BIN, "serve", str(directory / "config.yml")],
-                                   stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen([REGISTRY_BIN, "serve", str(directory / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:

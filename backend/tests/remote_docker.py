@@ -60,7 +60,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-
 DOCKERD = os.environ.get("WINDFLOW_TEST_DOCKERD", "/usr/sbin/dockerd")
 START_TIMEOUT = float(os.environ.get("WINDFLOW_TEST_DOCKERD_TIMEOUT", "60"))
 TLS_PORT = 2376
@@ -95,9 +94,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
 
 def cert_pem(cert: x509.Certificate) -> str:
@@ -105,8 +102,9 @@ def cert_pem(cert: x509.Certificate) -> str:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "WindFlow tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "WindFlow tests"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
 def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -123,9 +121,15 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -136,7 +140,10 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
 
 
 def make_leaf(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], common_name: str, *, server: bool,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    common_name: str,
+    *,
+    server: bool,
     address: str = "127.0.0.1",
 ) -> Pem:
     ca_cert, ca_key = ca
@@ -155,9 +162,7 @@ def make_leaf(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
         builder = builder.add_extension(
@@ -215,9 +220,12 @@ def remove_leftover_namespaces() -> list[str]:
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /30 in 10.231.0.0/16 that no interface of the host uses (host end .1, namespace end .2)."""
-    used = [ipaddress.ip_interface(word).network
-            for line in _ip("-4", "-o", "addr", "show", check=False).stdout.splitlines()
-            for word in line.split() if "/" in word and word[0].isdigit()]
+    used = [
+        ipaddress.ip_interface(word).network
+        for line in _ip("-4", "-o", "addr", "show", check=False).stdout.splitlines()
+        for word in line.split()
+        if "/" in word and word[0].isdigit()
+    ]
     candidates = list(ipaddress.ip_network("10.231.0.0/16").subnets(new_prefix=30))
     for _ in range(64):
         subnet = candidates[secrets.randbelow(len(candidates))]
@@ -332,8 +340,7 @@ def start_remote_docker() -> Iterator[RemoteDocker]:
     if os.geteuid() != 0:
         raise RuntimeError("a second dockerd needs root")
     if shutil.which("ip") is None or shutil.which("nsenter") is None:
-        raise RuntimeError("`ip` (iproute2) or `nsenter` (util-linux) not found: the second engine runs in "
-                           "its own network namespace")
+        raise RuntimeError("`ip` (iproute2) or `nsenter` (util-linux) not found: the second engine runs in its own network namespace")
     started = time.monotonic()
     with network_namespace() as (netns, address), _engine_in(netns, address) as engine:
         yield dataclasses.replace(engine, startup_seconds=time.monotonic() - started)
@@ -370,7 +377,8 @@ def _engine_in(netns: str, address: str) -> Iterator[RemoteDocker]:
         argv = [
             # Only the network namespace: `ip netns exec` would also give it a mount namespace with a fresh
             # /sys, without the cgroup mounts dockerd needs. nsenter execs dockerd: the pid below is dockerd's.
-            "nsenter", f"--net=/run/netns/{netns}",
+            "nsenter",
+            f"--net=/run/netns/{netns}",
             DOCKERD,
             f"--config-file={config}",
             f"--data-root={workdir / 'data'}",

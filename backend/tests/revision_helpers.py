@@ -32,11 +32,11 @@ REV_STACK = {
         "        {{ \"echo 'fatal: DATABASE_URL is not set'; sleep 1; exit 3;\" if mode == 'crash' else '' }}\n"
         "        {{ \"touch /data/poison; echo 'fatal: poisoning'; sleep 1; exit 3;\" if mode == 'poison' else '' }}\n"
         "        sleep {{ delay }}; echo {{ greeting }} > /www/index.html && exec httpd -f -p 80 -h /www\n"
-        "    ports: [\"127.0.0.1:{{ port }}:80\"]\n"
-        "    volumes: [\"data:/data\"]\n"
+        '    ports: ["127.0.0.1:{{ port }}:80"]\n'
+        '    volumes: ["data:/data"]\n'
         "    healthcheck:\n"
-        "      test: [\"CMD\", \"sh\", \"-c\", \"{% if mode == 'unhealthy' %}echo 'GET /health 503'; exit 1"
-        "{% else %}test -f /www/index.html{% endif %}\"]\n"
+        '      test: ["CMD", "sh", "-c", "{% if mode == \'unhealthy\' %}echo \'GET /health 503\'; exit 1'
+        '{% else %}test -f /www/index.html{% endif %}"]\n'
         "      interval: 1s\n"
         "      timeout: 2s\n"
         "      retries: 2\n"
@@ -44,9 +44,9 @@ REV_STACK = {
         "  worker:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
         "    environment:\n"
-        "      API_KEY: \"{{ api_key }}\"\n"
+        '      API_KEY: "{{ api_key }}"\n'
         "volumes:\n"
         "  data: {}\n"
     ),
@@ -60,8 +60,9 @@ REV_STACK = {
 }
 
 
-async def wait_revision(client: httpx.AsyncClient, headers, deployment_id: str, revision: int,
-                        statuses: set[str], timeout: float = 90) -> dict:
+async def wait_revision(
+    client: httpx.AsyncClient, headers, deployment_id: str, revision: int, statuses: set[str], timeout: float = 90
+) -> dict:
     """The deployment once it is at ``revision`` in one of ``statuses``."""
     deadline = time.monotonic() + timeout
     body: dict = {}
@@ -104,8 +105,11 @@ def containers(deployment_id: str) -> dict[str, dict]:
 
 def running_services(deployment_id: str) -> dict[str, str]:
     """``service -> container id`` of the deployment's running containers."""
-    return {c["Config"]["Labels"].get("com.docker.compose.service", "?"): cid
-            for cid, c in containers(deployment_id).items() if c["State"]["Status"] == "running"}
+    return {
+        c["Config"]["Labels"].get("com.docker.compose.service", "?"): cid
+        for cid, c in containers(deployment_id).items()
+        if c["State"]["Status"] == "running"
+    }
 
 
 def env_of(container: dict, name: str) -> str | None:

@@ -30,7 +30,8 @@ def _check_login_rate(request: Request) -> None:
         seconds = max(1, round(wait))
         raise RateLimited(
             f"too many login attempts from your address; retry in {seconds} s",
-            headers=limiter.retry_after_header(wait), params={"scope": "address", "seconds": seconds},
+            headers=limiter.retry_after_header(wait),
+            params={"scope": "address", "seconds": seconds},
         )
 
 
@@ -69,7 +70,8 @@ async def login(
         seconds = max(1, round(wait))
         raise RateLimited(
             f"too many failed login attempts for this account; retry in {seconds} s",
-            headers=limiter.retry_after_header(wait), params={"scope": "account", "seconds": seconds},
+            headers=limiter.retry_after_header(wait),
+            params={"scope": "account", "seconds": seconds},
         )
     try:
         user = await auth_service.authenticate(session, email=form.username, password=form.password)
@@ -111,7 +113,9 @@ async def logout_everywhere(user: CurrentUser, session: SessionDep) -> None:
 @router.post("/password", response_model=TokenPair)
 async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """Change your password (the current one is required); every other session ends, a new token pair is returned."""
-    tokens = await auth_service.change_password(session, settings=settings, user=user, current_password=body.current_password, new_password=body.new_password)
+    tokens = await auth_service.change_password(
+        session, settings=settings, user=user, current_password=body.current_password, new_password=body.new_password
+    )
     await session.commit()
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 

@@ -24,9 +24,9 @@ from backend.app.schemas.deployments import (
     RevisionRead,
     RollbackRequest,
 )
+from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.deployments import history_reasons, log_text, revisions, service_states
 from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
-from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
 from backend.app.services.deployments.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -47,7 +47,8 @@ def _check_rate(request: Request, user: CurrentUser) -> None:
         seconds = max(1, round(wait))
         raise RateLimited(
             f"too many deployments created; the limit is {limiter.limit} per minute, retry in {seconds} s",
-            headers=limiter.retry_after_header(wait), params={"scope": "deployments", "limit": limiter.limit, "seconds": seconds},
+            headers=limiter.retry_after_header(wait),
+            params={"scope": "deployments", "limit": limiter.limit, "seconds": seconds},
         )
 
 
@@ -151,9 +152,16 @@ async def get_history(
         code, params = history_reasons.classify(h.reason)
         if code == "claimed":  # the executor is the actor: shown (or hidden) as the actor is
             params = {"executor": public_actor(params["executor"], superuser=user.is_superuser) or ""}
-        entries.append(HistoryRead.model_validate(h).model_copy(update={
-            "actor": public_actor(h.actor, superuser=user.is_superuser), "reason_code": code, "reason_params": params,
-            "reason": history_reasons.text(code, **params) if code == "claimed" else h.reason}))
+        entries.append(
+            HistoryRead.model_validate(h).model_copy(
+                update={
+                    "actor": public_actor(h.actor, superuser=user.is_superuser),
+                    "reason_code": code,
+                    "reason_params": params,
+                    "reason": history_reasons.text(code, **params) if code == "claimed" else h.reason,
+                }
+            )
+        )
     return entries
 
 
@@ -239,32 +247,42 @@ async def list_revisions(deployment: DeploymentDep, session: SessionDep, page: P
     return RevisionPage.of(result, [revisions.read_model(r) for r in result.items])
 
 
-@router.post("/{deployment_id}/revisions", response_model=RevisionRead, status_code=status.HTTP_201_CREATED,
-             dependencies=[Depends(_check_rate)])
+@router.post(
+    "/{deployment_id}/revisions", response_model=RevisionRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)]
+)
 async def create_revision(
-    body: RevisionCreate, deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request,
+    body: RevisionCreate,
+    deployment: OperableDeployment,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
     settings: SettingsDep,
 ) -> RevisionRead:
     """Change the deployment: new values merged over the current ones (a secret left out keeps its value)
     and/or the stack's latest template (``stack_version: "latest"``), validated like a creation. The new
     revision is rolled out behind the health gate; 409 while another rollout is in progress."""
-    revision = await revisions.create_update(session, settings=settings, deployment=deployment, user=user,
-                                             variables=body.variables, stack_version=body.stack_version)
+    revision = await revisions.create_update(
+        session, settings=settings, deployment=deployment, user=user, variables=body.variables, stack_version=body.stack_version
+    )
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
     return revisions.read_model(revision)
 
 
-@router.post("/{deployment_id}/rollback", response_model=RevisionRead, status_code=status.HTTP_201_CREATED,
-             dependencies=[Depends(_check_rate)])
+@router.post(
+    "/{deployment_id}/rollback", response_model=RevisionRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)]
+)
 async def rollback(
-    body: RollbackRequest, deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request,
+    body: RollbackRequest,
+    deployment: OperableDeployment,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
     settings: SettingsDep,
 ) -> RevisionRead:
     """Roll back to revision ``revision``: a new revision re-applying its record (values, compose, and the
     image digests it recorded), rolled out behind the health gate; 409 while another rollout is in progress."""
-    revision = await revisions.create_rollback(session, settings=settings, deployment=deployment, user=user,
-                                               number=body.revision)
+    revision = await revisions.create_rollback(session, settings=settings, deployment=deployment, user=user, number=body.revision)
     await session.commit()
     await request.app.state.dispatcher.dispatch(deployment.id)
     return revisions.read_model(revision)
@@ -278,7 +296,11 @@ async def get_revision(deployment: DeploymentDep, number: RevisionNumber, sessio
 
 @router.get("/{deployment_id}/revisions/{a}/diff/{b}", response_model=RevisionDiff)
 async def diff_revisions(
-    deployment: DeploymentDep, a: RevisionNumber, b: RevisionNumber, session: SessionDep, settings: SettingsDep,
+    deployment: DeploymentDep,
+    a: RevisionNumber,
+    b: RevisionNumber,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> RevisionDiff:
     """Unified diff from revision ``a`` to ``b``: the rendered compose, then the values (secrets as ***, a
     changed secret marked ``(changed)``)."""

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import StringConstraints
-from starlette.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from backend.app.config import Settings
 from backend.app.core import security
@@ -50,9 +50,7 @@ def bearer_token(connection: HTTPConnection) -> str:
     return token.strip()
 
 
-async def authenticate(
-    connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str
-) -> auth_service.Credential:
+async def authenticate(connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str) -> auth_service.Credential:
     """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
     credential = await auth_service.credential_from_token(session, settings=settings, token=token)
     if token.startswith(security.API_TOKEN_PREFIX):
@@ -104,15 +102,22 @@ class OwnedRow:
         self.model, self.minimum, self.param, self.noun, self.options = model, minimum, param, noun, options
         keyword = inspect.Parameter.KEYWORD_ONLY
         # FastAPI reads the dependency's parameters from this signature: the path parameter keeps its name
-        self.__signature__ = inspect.Signature([
-            inspect.Parameter(param, keyword, annotation=EntityId),
-            inspect.Parameter("session", keyword, annotation=SessionDep),
-            inspect.Parameter("user", keyword, annotation=CurrentUser),
-        ])
+        self.__signature__ = inspect.Signature(
+            [
+                inspect.Parameter(param, keyword, annotation=EntityId),
+                inspect.Parameter("session", keyword, annotation=SessionDep),
+                inspect.Parameter("user", keyword, annotation=CurrentUser),
+            ]
+        )
 
     async def __call__(self, *, session: AsyncSession, user: User, **path: str) -> Any:
         return await organization_service.get_owned(
-            session, user=user, model=self.model, entity_id=path[self.param], minimum=self.minimum, noun=self.noun,
+            session,
+            user=user,
+            model=self.model,
+            entity_id=path[self.param],
+            minimum=self.minimum,
+            noun=self.noun,
             **self.options,
         )
 
@@ -123,13 +128,9 @@ OrgOwner = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.OWNER))]
 
 
 def page_params(
-    offset: Annotated[
-        int, Query(ge=0, description=f"items to skip (at most {pagination.MAX_OFFSET}; deeper pages: use cursor)")
-    ] = 0,
+    offset: Annotated[int, Query(ge=0, description=f"items to skip (at most {pagination.MAX_OFFSET}; deeper pages: use cursor)")] = 0,
     limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT, description=f"items per page (1-{pagination.MAX_LIMIT})")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=1024, description="next_cursor of the previous page (instead of offset)")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page (instead of offset)")] = None,
 ) -> pagination.PageParams:
     """``offset``/``limit``/``cursor`` of a listing; an offset past the bound is a 422 naming the cursor."""
     return pagination.PageParams(limit=limit, offset=offset, cursor=cursor)

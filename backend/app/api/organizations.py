@@ -15,6 +15,7 @@ from backend.app.api.deps import (
     SettingsDep,
     Superuser,
 )
+from backend.app.models import Role
 from backend.app.schemas.organizations import (
     MemberCreate,
     MemberPage,
@@ -25,7 +26,6 @@ from backend.app.schemas.organizations import (
     OrganizationRead,
     OrganizationUpdate,
 )
-from backend.app.models import Role
 from backend.app.services import provisioning
 from backend.app.services.identity import organization_service
 
@@ -37,9 +37,7 @@ def _read(org, role) -> OrganizationRead:
 
 
 def _member(membership, user) -> MemberRead:
-    return MemberRead(
-        user_id=user.id, email=user.email, full_name=user.full_name, role=membership.role, created_at=membership.created_at
-    )
+    return MemberRead(user_id=user.id, email=user.email, full_name=user.full_name, role=membership.role, created_at=membership.created_at)
 
 
 @router.get("", response_model=OrganizationPage)
@@ -50,9 +48,7 @@ async def list_organizations(user: CurrentUser, session: SessionDep, page: PageD
 
 
 @router.post("", response_model=OrganizationRead, status_code=status.HTTP_201_CREATED)
-async def create_organization(
-    body: OrganizationCreate, admin: Superuser, session: SessionDep, settings: SettingsDep
-) -> OrganizationRead:
+async def create_organization(body: OrganizationCreate, admin: Superuser, session: SessionDep, settings: SettingsDep) -> OrganizationRead:
     """Create an organisation (superusers only); the creator becomes its owner."""
     org = await organization_service.create(session, data=body, creator=admin)
     await provisioning.provision_organization(session, settings=settings, organization_id=org.id)

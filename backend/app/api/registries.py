@@ -53,8 +53,7 @@ async def get_registry(registry: RegistryViewer) -> RegistryRead:
 
 
 @router.patch("/{registry_id}", response_model=RegistryRead)
-async def update_registry(body: RegistryUpdate, registry: RegistryAdmin, session: SessionDep,
-                          settings: SettingsDep) -> RegistryRead:
+async def update_registry(body: RegistryUpdate, registry: RegistryAdmin, session: SessionDep, settings: SettingsDep) -> RegistryRead:
     """Change a registry (admin or owner); a password sent replaces the stored one."""
     await registry_service.update(session, settings=settings, registry=registry, data=body)
     await session.commit()

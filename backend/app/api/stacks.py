@@ -43,8 +43,7 @@ async def list_stacks(
     source: Annotated[Literal["catalog", "user"] | None, Query(description="catalogue stacks, or your own")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""
-    result = await stack_service.list_for_user(session, user=user, page=page, organization_id=organization_id, q=q,
-                                               source=source)
+    result = await stack_service.list_for_user(session, user=user, page=page, organization_id=organization_id, q=q, source=source)
     return StackPage.of(result, [StackRead.model_validate(s) for s in result.items])
 
 

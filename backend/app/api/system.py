@@ -51,9 +51,7 @@ async def get_recovery(session: SessionDep, _user: CurrentUser) -> dict:
 
 
 @router.post("/recovery")
-async def run_recovery(
-    request: Request, session: SessionDep, _admin: Superuser, body: RecoveryRequest | None = None
-) -> dict:
+async def run_recovery(request: Request, session: SessionDep, _admin: Superuser, body: RecoveryRequest | None = None) -> dict:
     """Run recovery now (superusers): stuck ``pending`` deployments are retried, timed-out ones failed."""
     body = body or RecoveryRequest()
     return await recovery.recover_pending_deployments(
@@ -63,5 +61,3 @@ async def run_recovery(
         settings=request.app.state.settings,
         dispatch=request.app.state.dispatcher.dispatch,
     )
-
-

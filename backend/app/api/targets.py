@@ -38,8 +38,7 @@ async def list_targets(
     q: Annotated[str | None, Query(max_length=100, description="the name or endpoint contains this (any case)")] = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""
-    result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type,
-                                                q=q)
+    result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type, q=q)
     coverage = await workers.coverage(session)
     return TargetPage.of(result, [target_service.to_read(t, settings, coverage) for t in result.items])
 

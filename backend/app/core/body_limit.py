@@ -15,10 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def _detail(limit: int) -> str:
-    return (
-        f"the request body is larger than the limit of {limit} bytes (MAX_REQUEST_BODY_BYTES); "
-        "send a smaller body"
-    )
+    return f"the request body is larger than the limit of {limit} bytes (MAX_REQUEST_BODY_BYTES); send a smaller body"
 
 
 class BodyTooLarge(HTTPException):
@@ -37,8 +34,11 @@ class BodySizeLimitMiddleware:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -29,10 +29,10 @@ from enum import StrEnum
 
 from backend.app import database
 from backend.app.config import Settings
+from backend.app.engines.process import die_with_parent
 from backend.app.runtime import metrics, workers
 from backend.app.runtime.celery_config import broker_label, create_celery
 from backend.app.runtime.worker_watchdog import EXIT_DEGRADED
-from backend.app.engines.process import die_with_parent
 
 logger = logging.getLogger("backend.app.celery")
 
@@ -107,29 +107,43 @@ class EmbeddedWorker:
     def command(self) -> list[str]:
         s = self.settings
         return [
-            sys.executable, "-m", "celery", "-A", "backend.app.celery_app", "worker",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "backend.app.celery_app",
+            "worker",
             f"--concurrency={s.CELERY_WORKER_CONCURRENCY}",
             f"--pool={s.CELERY_WORKER_POOL}",
             f"--loglevel={s.CELERY_WORKER_LOGLEVEL}",
-            "-n", self.name,
-            "--without-gossip", "--without-mingle",
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
         ]
 
     async def start(self) -> None:
         self.stopping = False
         # it serves every target that is not placed, whatever WORKER_TARGETS the backend's environment holds
-        env = {**os.environ, **self.settings.as_environment(), "WINDFLOW_WORKER_KIND": "embedded", "PYTHONUNBUFFERED": "1",
-               "WORKER_TARGETS": ""}
-        spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            *self.command(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            # a kill -9 of the backend takes its embedded worker along (whose pool children and their
-            # compose commands follow): nothing of the old executor runs beside the reclaimed attempt
-            preexec_fn=die_with_parent(),
-        ))
+        env = {
+            **os.environ,
+            **self.settings.as_environment(),
+            "WINDFLOW_WORKER_KIND": "embedded",
+            "PYTHONUNBUFFERED": "1",
+            "WORKER_TARGETS": "",
+        }
+        spawning = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *self.command(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                # a kill -9 of the backend takes its embedded worker along (whose pool children and their
+                # compose commands follow): nothing of the old executor runs beside the reclaimed attempt
+                preexec_fn=die_with_parent(),
+            )
+        )
         try:
             self.process = await asyncio.shield(spawning)
         except asyncio.CancelledError:
@@ -301,7 +315,9 @@ class CeleryManager:
             metrics.EMBEDDED_WORKER_RESTARTS.inc()
             logger.warning(
                 "Embedded Celery worker exited with code %s: restarting (%d/%d)",
-                self.embedded.process.returncode, self.embedded.restarts, MAX_RESTARTS,
+                self.embedded.process.returncode,
+                self.embedded.restarts,
+                MAX_RESTARTS,
             )
         await self._start_embedded(broker, listed)
         return self.report

@@ -65,8 +65,14 @@ class EventType(StrEnum):
 
 #: What an organisation subscription (list views) receives: everything but the log lines.
 LIST_EVENTS = frozenset(
-    {EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_PROGRESS, EventType.DEPLOYMENT_CREATED,
-     EventType.DEPLOYMENT_DELETED, EventType.DEPLOYMENT_ROLLED_BACK, EventType.RESOURCE_CHANGED}
+    {
+        EventType.DEPLOYMENT_STATUS_CHANGED,
+        EventType.DEPLOYMENT_PROGRESS,
+        EventType.DEPLOYMENT_CREATED,
+        EventType.DEPLOYMENT_DELETED,
+        EventType.DEPLOYMENT_ROLLED_BACK,
+        EventType.RESOURCE_CHANGED,
+    }
 )
 
 
@@ -94,10 +100,8 @@ class StatusChangedData(_Data):
     name: str
     error_message: str | None = None
     attempt: int | None = None
-    dispatch_latency_seconds: float | None = Field(
-        default=None, description="queued -> claimed, on transitions to deploying")
-    revision: int | None = Field(
-        default=None, description="the deployment's current revision (the one running, or being rolled out)")
+    dispatch_latency_seconds: float | None = Field(default=None, description="queued -> claimed, on transitions to deploying")
+    revision: int | None = Field(default=None, description="the deployment's current revision (the one running, or being rolled out)")
 
 
 class LogsUpdateData(_Data):
@@ -172,20 +176,21 @@ DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
 
 def resource_changed(organization_id: str, resource: str, action: str, resource_id: str, name: str | None) -> Event:
     """The ``RESOURCE_CHANGED`` event of an organisation (no deployment: ``deployment_id`` is empty)."""
-    return Event.of(EventType.RESOURCE_CHANGED, "", organization_id,
-                    ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
+    return Event.of(
+        EventType.RESOURCE_CHANGED, "", organization_id, ResourceChangedData(resource=resource, action=action, id=resource_id, name=name)
+    )
 
 
 def token_changed(user_id: str, action: str, token_id: str, name: str) -> Event:
     """A user's API token was created or revoked: for that user's clients only (no organisation)."""
-    return Event.of(EventType.RESOURCE_CHANGED, "", "",
-                    ResourceChangedData(resource="token", action=action, id=token_id, name=name, user_id=user_id))
+    return Event.of(
+        EventType.RESOURCE_CHANGED, "", "", ResourceChangedData(resource="token", action=action, id=token_id, name=name, user_id=user_id)
+    )
 
 
 def platform_changed(resource: str, action: str, resource_id: str, name: str | None) -> Event:
     """A user or an organisation was created or changed: for superusers' clients only (no organisation)."""
-    return Event.of(EventType.RESOURCE_CHANGED, "", "",
-                    ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
+    return Event.of(EventType.RESOURCE_CHANGED, "", "", ResourceChangedData(resource=resource, action=action, id=resource_id, name=name))
 
 
 def audience(evt: Event) -> tuple[str, str | None]:
@@ -211,15 +216,18 @@ class Event:
 
     @classmethod
     def of(
-        cls, kind: EventType, deployment_id: str, organization_id: str, data: BaseModel,
+        cls,
+        kind: EventType,
+        deployment_id: str,
+        organization_id: str,
+        data: BaseModel,
         timestamp: datetime | None = None,
     ) -> Event:
         """An event whose payload is a typed model (validated now, stored as JSON-ready data)."""
         expected = DATA_MODELS[kind]
         if expected is not None and not isinstance(data, expected):
             raise TypeError(f"{kind} carries {expected.__name__}, not {type(data).__name__}")
-        return cls(kind, deployment_id, organization_id, data.model_dump(mode="json"),
-                   timestamp or datetime.now(UTC))
+        return cls(kind, deployment_id, organization_id, data.model_dump(mode="json"), timestamp or datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -449,7 +457,7 @@ class LocalEventBus:
         if forwarder is not None and forward:
             try:
                 forwarder(evt)
-            except Exception:  # noqa: BLE001 - local delivery already happened; never fail a commit hook
+            except Exception:
                 logger.exception("could not forward %s event to other processes", evt.type)
 
     def deliver(self, evt: Event) -> None:
@@ -457,7 +465,7 @@ class LocalEventBus:
         for sink, _ in self._subscribers:
             try:
                 sink(evt)
-            except Exception:  # noqa: BLE001 - one broken subscriber must not starve the others
+            except Exception:
                 logger.exception("event subscriber failed for %s", evt.type)
 
     def on_missed(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -478,7 +486,7 @@ class LocalEventBus:
         for callback in self._missed_callbacks:
             try:
                 callback()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("event bus: a missed-events callback failed")
 
 
@@ -518,7 +526,9 @@ def _publish_after_commit(session: Session) -> None:
         # status, creation and deletion at INFO (the product guide's `grep "emit_"`), the chatty ones at DEBUG
         logger.log(
             logging.DEBUG if evt.type in _CHATTY else logging.INFO,
-            "emit_%s: deployment %s", str(evt.type).lower(), evt.deployment_id,
+            "emit_%s: deployment %s",
+            str(evt.type).lower(),
+            evt.deployment_id,
         )
         bus.publish(evt, forward=number >= sent)
 

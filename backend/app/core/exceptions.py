@@ -13,7 +13,11 @@ class WindFlowError(Exception):
     code = "bad_request"
 
     def __init__(
-        self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
         params: dict[str, str | int | float | bool | list[str] | None] | None = None,
     ) -> None:
         super().__init__(detail)

@@ -16,14 +16,15 @@ def normalise_server(value: str) -> str:
     lowered = text.lower()
     for scheme in ("https://", "http://"):
         if lowered.startswith(scheme):
-            text = text[len(scheme):]
+            text = text[len(scheme) :]
             break
     text = text.rstrip("/")
     if text.lower().endswith("/v2") or text.lower().endswith("/v1"):
         text = text[:-3]
     if "/" in text or not _HOST.match(text):
-        raise ValueError("the server must be a registry address such as registry.example.com, "
-                         "registry.example.com:5000 or ghcr.io (no path)")
+        raise ValueError(
+            "the server must be a registry address such as registry.example.com, registry.example.com:5000 or ghcr.io (no path)"
+        )
     port = text.rsplit(":", 1)[1] if ":" in text and not text.endswith("]") else None
     if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError("the server's port must be between 1 and 65535")
@@ -49,7 +50,7 @@ def split_reference(image: str) -> tuple[str, str | None, str | None]:
     colon = name.rfind(":")
     tag = None
     if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
+        name, tag = name[:colon], name[colon + 1 :]
     if tag is None and not digest:
         tag = "latest"
     return name, tag, digest or None

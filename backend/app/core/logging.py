@@ -70,6 +70,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = 
     (re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://[^:/@\s]*):([^@\s/]+)@"), r"\1:" + MASK + "@"),
 ]
 
+
 def secret_forms(value: str) -> set[str]:
     """The forms a secret value takes in text: as given, stripped, escaped for compose interpolation (``$``
     doubled, as a rendered document holds it), and each long line of a multi-line value (a PEM key echoed
@@ -122,9 +123,28 @@ def register_secret(value: str | None) -> None:
 #: Text without any of them skips the six patterns, which cost ~18 us per log line (checking costs ~2 us).
 #: Only for ASCII text: with IGNORECASE the patterns also match non-ASCII look-alikes (U+017F for "s",
 #: U+0131 for "i", U+212A for "k") that ``lower()`` keeps apart.
-_TRIGGERS = ("eyj", "wf_", "authorization", "cookie", "x-api-key", "bearer", "basic", "password", "passwd", "pwd",
-             "secret", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "private-key",
-             "credential", "://")
+_TRIGGERS = (
+    "eyj",
+    "wf_",
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "bearer",
+    "basic",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "privatekey",
+    "private_key",
+    "private-key",
+    "credential",
+    "://",
+)
 
 
 def _mask_shapes(text: str) -> str:

@@ -83,9 +83,7 @@ def create_access_token(settings: Settings, user_id: str, generation: int = 0) -
     now = utcnow()
     expires = now + timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
     jti = uuid.uuid4().hex
-    token = _encode(
-        settings, {"sub": user_id, "typ": "access", "gen": generation, "iat": now, "exp": expires, "jti": jti}
-    )
+    token = _encode(settings, {"sub": user_id, "typ": "access", "gen": generation, "iat": now, "exp": expires, "jti": jti})
     return IssuedToken(token, jti, expires)
 
 
@@ -93,9 +91,7 @@ def create_refresh_token(settings: Settings, user_id: str, family_id: str) -> Is
     now = utcnow()
     expires = now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS)
     jti = uuid.uuid4().hex
-    token = _encode(
-        settings, {"sub": user_id, "typ": "refresh", "fam": family_id, "iat": now, "exp": expires, "jti": jti}
-    )
+    token = _encode(settings, {"sub": user_id, "typ": "refresh", "fam": family_id, "iat": now, "exp": expires, "jti": jti})
     return IssuedToken(token, jti, expires)
 
 

@@ -36,8 +36,11 @@ class ComposeEngine(DockerEngine):
         super().__init__(connection)
         found = command or find_compose_command()
         if not found:
-            raise EngineError("no compose tool found (neither `docker compose` nor `docker-compose`): install "
-                              "compose v2 where WindFlow runs (bash scripts/setup-docker.sh does)", transient=False)
+            raise EngineError(
+                "no compose tool found (neither `docker compose` nor `docker-compose`): install "
+                "compose v2 where WindFlow runs (bash scripts/setup-docker.sh does)",
+                transient=False,
+            )
         self.command = tuple(found)
         self.v2 = compose_is_v2(self.command)
         #: the running ``up`` of each deployment between create_resources and start_services
@@ -49,19 +52,24 @@ class ComposeEngine(DockerEngine):
         argv = [*self.command]
         if self.v2:
             argv += ["--progress", "plain"]
-        argv += ["--ansi", "never", "--project-name", spec.project, "--file", str(file),
-                 "--project-directory", str(project_dir), *args]
+        argv += ["--ansi", "never", "--project-name", spec.project, "--file", str(file), "--project-directory", str(project_dir), *args]
         return argv
 
-    async def _compose(self, session: EngineSession, spec: DeploySpec, log: LogSink | None, *args: str,
-                       file: Path | None = None, timeout: float = COMMAND_TIMEOUT,
-                       capture_stdout: bool = False) -> CommandResult:
+    async def _compose(
+        self,
+        session: EngineSession,
+        spec: DeploySpec,
+        log: LogSink | None,
+        *args: str,
+        file: Path | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+        capture_stdout: bool = False,
+    ) -> CommandResult:
         file = file or compose_path(spec)
         workdir = Path(spec.workdir)
         project_dir = workdir if workdir.is_dir() else file.parent
         argv = self._argv(spec, file, project_dir, *args)
-        return await run_command(argv, env=session.env, log=log, cwd=project_dir, timeout=timeout,
-                                 capture_stdout=capture_stdout)
+        return await run_command(argv, env=session.env, log=log, cwd=project_dir, timeout=timeout, capture_stdout=capture_stdout)
 
     async def _run(self, spec: DeploySpec, log: LogSink, what: str, *args: str) -> None:
         async with self.session() as session:
@@ -76,8 +84,7 @@ class ComposeEngine(DockerEngine):
         if "$" not in path.read_text().replace("$$", ""):
             return self.prepared_document(spec)
         async with self.session() as session:
-            result = await self._compose(session, spec, None, "config", timeout=CONFIG_TIMEOUT,
-                                         capture_stdout=True)
+            result = await self._compose(session, spec, None, "config", timeout=CONFIG_TIMEOUT, capture_stdout=True)
         if not result.ok:
             raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
         return load_document(result.stdout)
@@ -172,6 +179,5 @@ class ComposeEngine(DockerEngine):
                 args = ["down", "--remove-orphans"] + ([] if keep_volumes else ["--volumes"])
                 result = await self._compose(session, spec, log, *args)
                 if not result.ok:
-                    await log(LogLevel.WARNING, f"compose down failed ({result.error_excerpt()}); "
-                                                "removing by label")
+                    await log(LogLevel.WARNING, f"compose down failed ({result.error_excerpt()}); removing by label")
             await self.sweep(session, spec, log, keep_volumes=keep_volumes)

@@ -16,7 +16,6 @@ from backend.app.core.files import write_private
 from backend.app.engines.base import EngineError, LogSink
 from backend.app.engines.process import CommandResult, run_command
 
-
 #: Where the docker CLI looks for its compose plugin (docs.docker.com, "Install the plugin manually").
 PLUGIN_DIRS = (
     Path.home() / ".docker" / "cli-plugins",
@@ -128,9 +127,17 @@ async def check_document(
         path = Path(workdir) / "compose.yaml"
         write_private(path, document)  # it may hold secret values
         env = {key: os.environ[key] for key in _VALIDATE_ENV if key in os.environ}
-        argv = [*command, "--project-name", VALIDATE_PROJECT_NAME, "--project-directory", workdir, "-f", str(path),
-                "config", *([] if normalised else ["-q"])]
-        result = await run_command(argv, env=env, log=log, cwd=Path(workdir), timeout=timeout,
-                                   capture_stdout=normalised)
+        argv = [
+            *command,
+            "--project-name",
+            VALIDATE_PROJECT_NAME,
+            "--project-directory",
+            workdir,
+            "-f",
+            str(path),
+            "config",
+            *([] if normalised else ["-q"]),
+        ]
+        result = await run_command(argv, env=env, log=log, cwd=Path(workdir), timeout=timeout, capture_stdout=normalised)
     lines = [line.replace(str(path), "compose.yaml").replace(workdir, ".") for line in result.lines]
     return CommandResult(result.returncode, lines, result.stdout)

@@ -165,10 +165,7 @@ def _check_expansion(root: yaml.Node) -> None:
             if nodes > max_nodes:
                 raise _limit(f"anchors and aliases expand the document to more than {max_nodes} nodes (limit YAML_MAX_NODES)")
             if chars > max_chars:
-                raise _limit(
-                    f"anchors and aliases expand the document to more than {max_chars} characters "
-                    "(limit YAML_MAX_EXPANDED_CHARS)"
-                )
+                raise _limit(f"anchors and aliases expand the document to more than {max_chars} characters (limit YAML_MAX_EXPANDED_CHARS)")
             sizes[key] = (nodes, chars)
             continue
         if key in sizes:
@@ -189,8 +186,7 @@ def _syntax_error(exc: yaml.YAMLError) -> ValidationFailed:
         context = f" ({exc.context})" if exc.context and exc.problem else ""
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         params = {"line": mark.line + 1, "column": mark.column + 1} if mark is not None else {}
-        return ValidationFailed(f"invalid YAML: {where}{problem}{context}", code="invalid_yaml",
-                                params={**params, "problem": problem})
+        return ValidationFailed(f"invalid YAML: {where}{problem}{context}", code="invalid_yaml", params={**params, "problem": problem})
     return ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml")
 
 

@@ -115,8 +115,21 @@ def engine_error(message: str) -> EngineError:
 #: What a CLI process inherits from the backend's environment. Compose interpolates ``${VAR}`` from its
 #: environment, so passing everything would let a stack template read SECRET_KEY or DATABASE_URL into a
 #: container; nor may the backend's own DOCKER_HOST/DOCKER_CONTEXT redirect a target's commands.
-CLI_INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-                     "SSH_AUTH_SOCK", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
+CLI_INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "SSH_AUTH_SOCK",
+    "DOCKER_CONFIG",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+)
 
 
 def cli_base_environment() -> dict[str, str]:
@@ -231,9 +244,7 @@ class EngineSession:
             wrapper = directory / "bin" / "ssh"
             wrapper.parent.mkdir(mode=0o700)
             wrapper.write_text(
-                "#!/bin/sh\n"
-                f"exec {shlex.quote(real_ssh)} -i {shlex.quote(str(key))} -o IdentitiesOnly=yes "
-                '-o BatchMode=yes "$@"\n'
+                f'#!/bin/sh\nexec {shlex.quote(real_ssh)} -i {shlex.quote(str(key))} -o IdentitiesOnly=yes -o BatchMode=yes "$@"\n'
             )
             wrapper.chmod(0o700)
             env["PATH"] = f"{wrapper.parent}{os.pathsep}{env.get('PATH', os.defpath)}"
@@ -248,10 +259,12 @@ class EngineSession:
         c = self.connection
         if self.endpoint.startswith("ssh://"):
             if self._ssh_socket is None:
-                self._ssh_socket = _DialStdioSocket(self.material_dir / "docker.sock",
-                                                    _ssh_argv(self.endpoint, self._ssh_command), self.env)
-            api = docker.APIClient(base_url=f"unix://{self._ssh_socket.path}",
-                                   version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT)
+                self._ssh_socket = _DialStdioSocket(
+                    self.material_dir / "docker.sock", _ssh_argv(self.endpoint, self._ssh_command), self.env
+                )
+            api = docker.APIClient(
+                base_url=f"unix://{self._ssh_socket.path}", version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT
+            )
             return _negotiated(api)
         tls: docker.tls.TLSConfig | bool = False
         if self.tls_enabled:
@@ -259,8 +272,7 @@ class EngineSession:
             cert = (str(directory / "cert.pem"), str(directory / "key.pem")) if c.tls_cert and c.tls_key else None
             ca = str(directory / "ca.pem") if c.tls_ca else None
             tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca, verify=c.tls_verify)
-        api = docker.APIClient(base_url=self.endpoint, tls=tls, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
-                               timeout=SDK_TIMEOUT)
+        api = docker.APIClient(base_url=self.endpoint, tls=tls, version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT)
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the target's CA (and HTTP(S)_PROXY
         # reroute the engine's API) when trust_env is on: the target's own settings must win.
         api.trust_env = False
@@ -300,6 +312,7 @@ def _api_message(exc: docker.errors.APIError) -> str:
 
 # --------------------------------------------------------------------------- SSH: dial-stdio behind a unix socket
 
+
 class _DialStdioSocket:
     """A unix socket in the session's private directory whose every connection is a fresh
     ``ssh ... -- host docker system dial-stdio`` (the command the docker CLI runs for ``ssh://`` hosts),
@@ -316,8 +329,9 @@ class _DialStdioSocket:
         self._argv = argv
         self._env = env
         if len(str(path)) >= 100:  # sun_path holds 108 bytes
-            raise EngineError(f"the temporary directory path is too long for a unix socket ({path}); set TMPDIR "
-                              "to a shorter directory", transient=False)
+            raise EngineError(
+                f"the temporary directory path is too long for a unix socket ({path}); set TMPDIR to a shorter directory", transient=False
+            )
         self._closed = threading.Event()
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -340,8 +354,7 @@ class _DialStdioSocket:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            proc = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
-                                    start_new_session=True)
+            proc = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         except OSError:
             conn.close()
             return
@@ -438,7 +451,7 @@ def _negotiated(api: docker.APIClient) -> docker.DockerClient:
     """A DockerClient around ``api`` speaking the engine's API version (the SDK's ``version="auto"``,
     done after the caller's adjustments to ``api``)."""
     try:
-        api._version = api._retrieve_server_version()  # noqa: SLF001
+        api._version = api._retrieve_server_version()
     except BaseException:
         api.close()
         raise

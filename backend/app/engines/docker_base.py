@@ -13,20 +13,18 @@ import docker.errors
 from docker.models.containers import Container
 
 from backend.app.core.files import private_dir, write_private
+from backend.app.engines import pull
 from backend.app.engines.base import (
     DEPLOYMENT_LABEL,
     DeploySpec,
     Engine,
     EngineError,
-    EngineUnreachable,
     LogSink,
     PortBinding,
     ResolvedImage,
     ServiceState,
 )
-from backend.app.engines import pull
 from backend.app.engines.connection import EngineSession
-from backend.app.engines.health_gate import HealthGate
 from backend.app.engines.document import (
     SERVICE_LABEL,
     active_services,
@@ -36,6 +34,7 @@ from backend.app.engines.document import (
     label_document,
     load_document,
 )
+from backend.app.engines.health_gate import HealthGate
 from backend.app.models.enums import LogLevel
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -110,10 +109,15 @@ async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, expire
         await asyncio.sleep(POLL_INTERVAL)
 
 
-_SERVICE_LEVEL = re.compile(r"\b(error|err|fatal|critical|crit|panic|emerg|warn|warning|debug|trace|info|notice)\b",
-                            re.IGNORECASE)
-_LEVEL_OF_WORD = {"warn": LogLevel.WARNING, "warning": LogLevel.WARNING, "debug": LogLevel.DEBUG,
-                  "trace": LogLevel.DEBUG, "info": LogLevel.INFO, "notice": LogLevel.INFO}
+_SERVICE_LEVEL = re.compile(r"\b(error|err|fatal|critical|crit|panic|emerg|warn|warning|debug|trace|info|notice)\b", re.IGNORECASE)
+_LEVEL_OF_WORD = {
+    "warn": LogLevel.WARNING,
+    "warning": LogLevel.WARNING,
+    "debug": LogLevel.DEBUG,
+    "trace": LogLevel.DEBUG,
+    "info": LogLevel.INFO,
+    "notice": LogLevel.INFO,
+}
 
 
 def service_line_level(line: str) -> LogLevel:
@@ -171,8 +175,7 @@ class DockerEngine(Engine):
     # ------------------------------------------------------------------ document
 
     def labelled_document(self, spec: DeploySpec) -> dict[str, Any]:
-        return pin_images(label_document(load_document(spec.compose), spec.labels, swarm=self.swarm_document),
-                          spec.pinned_images)
+        return pin_images(label_document(load_document(spec.compose), spec.labels, swarm=self.swarm_document), spec.pinned_images)
 
     def prepared_document(self, spec: DeploySpec) -> dict[str, Any]:
         """The labelled document as ``prepare`` wrote it, or freshly labelled when it has not run."""
@@ -208,13 +211,17 @@ class DockerEngine(Engine):
         doc = self.write_project(spec)
         path = compose_path(spec)
         # Named relative to the project: the deployment log never shows the host's directory layout.
-        await log(LogLevel.INFO, f"wrote {path.name} of project {spec.project} ({len(doc['services'])} services, "
-                                 f"labelled {DEPLOYMENT_LABEL}={spec.deployment_id})")
+        await log(
+            LogLevel.INFO,
+            f"wrote {path.name} of project {spec.project} ({len(doc['services'])} services, "
+            f"labelled {DEPLOYMENT_LABEL}={spec.deployment_id})",
+        )
 
     # ------------------------------------------------------------------ images
 
-    async def ensure_image_list(self, session: EngineSession, images: Sequence[str], log: LogSink,
-                                spec: DeploySpec | None = None) -> list[str]:
+    async def ensure_image_list(
+        self, session: EngineSession, images: Sequence[str], log: LogSink, spec: DeploySpec | None = None
+    ) -> list[str]:
         """Pull what is missing, streamed (``engines/pull.py``): with the credentials of ``spec.registry_auth``
         whose server is the image's registry, progress to ``spec.pull_progress``, one log line per image pulled
         (its digest and size). The images that cannot be had, each a :class:`PullProblem` saying why: a refused
@@ -246,8 +253,9 @@ class DockerEngine(Engine):
             except docker.errors.NotFound:
                 pass
             digest = state.digest or "digest unknown"
-            await log(LogLevel.INFO, f"pulled image {image} ({digest}{size}, {state.layers_total} layers, "
-                                     f"{time.monotonic() - started:.1f} s)")
+            await log(
+                LogLevel.INFO, f"pulled image {image} ({digest}{size}, {state.layers_total} layers, {time.monotonic() - started:.1f} s)"
+            )
         return missing
 
     async def ensure_images(self, spec: DeploySpec, log: LogSink) -> None:
@@ -256,8 +264,7 @@ class DockerEngine(Engine):
         for name, service in active_services(doc).items():
             image = service.get("image")
             if not image:
-                raise EngineError(f"service {name} has no image (WindFlow deploys images, it does not build "
-                                  "them)", transient=False)
+                raise EngineError(f"service {name} has no image (WindFlow deploys images, it does not build them)", transient=False)
             images[name] = str(image)
         async with self.session() as session:
             problems = await self.ensure_image_list(session, list(images.values()), log, spec)
@@ -271,13 +278,13 @@ class DockerEngine(Engine):
             transient = all(getattr(problem, "transient", False) for problem in problems)
             raise EngineError("; ".join(problems), transient=transient)
 
-    async def resolve_images(self, session: EngineSession, spec: DeploySpec, images: Mapping[str, str],
-                             log: LogSink) -> list[ResolvedImage]:
+    async def resolve_images(
+        self, session: EngineSession, spec: DeploySpec, images: Mapping[str, str], log: LogSink
+    ) -> list[ResolvedImage]:
         """What each service's (present) image is: its registry digest, else its image id. A service whose
         image cannot be inspected (a swarm node's image, absent from the manager) is left out."""
         client = await session.client()
-        named = {name: str(service.get("image") or "")
-                 for name, service in (load_document(spec.compose).get("services") or {}).items()}
+        named = {name: str(service.get("image") or "") for name, service in (load_document(spec.compose).get("services") or {}).items()}
         resolved: list[ResolvedImage] = []
         for service, reference in images.items():
             try:
@@ -294,8 +301,7 @@ class DockerEngine(Engine):
 
     async def containers(self, session: EngineSession, spec: DeploySpec) -> list[Container]:
         client = await session.client()
-        return await session.call(client.containers.list, all=True, filters=deployment_filter(spec),
-                                  ignore_removed=True)
+        return await session.call(client.containers.list, all=True, filters=deployment_filter(spec), ignore_removed=True)
 
     async def inspect(self, spec: DeploySpec) -> list[ServiceState]:
         async with self.session() as session:
@@ -345,14 +351,12 @@ class DockerEngine(Engine):
                     else:
                         states.add(verdict.waiting)
                 if ready < count:
-                    waiting[service] = (f"{ready}/{count} ready, {', '.join(sorted(states))}" if containers
-                                        else "no container")
+                    waiting[service] = f"{ready}/{count} ready, {', '.join(sorted(states))}" if containers else "no container"
             return waiting
 
         await WaitReport(spec, expected, log).until_ready(waiting_services)
 
-    async def _fail(self, session: EngineSession, service: str, container: Container, what: str,
-                    log: LogSink) -> None:
+    async def _fail(self, session: EngineSession, service: str, container: Container, what: str, log: LogSink) -> None:
         logs = await self._last_logs(session, container)
         for line in logs.splitlines():
             await log(service_line_level(line), f"{service} | {line}")
@@ -375,8 +379,7 @@ class DockerEngine(Engine):
         client = await session.client()
         flt = deployment_filter(spec)
         for container in await self.containers(session, spec):
-            await self._remove_object(session, f"container {container.name}", log, container.remove, force=True,
-                                      v=not keep_volumes)
+            await self._remove_object(session, f"container {container.name}", log, container.remove, force=True, v=not keep_volumes)
         for network in await session.call(client.networks.list, filters=flt):
             await self._remove_object(session, f"network {network.name}", log, network.remove)
         if not keep_volumes:
@@ -386,8 +389,7 @@ class DockerEngine(Engine):
         if left:
             raise EngineError(f"could not remove {', '.join(left)}", transient=True)
 
-    async def _remove_object(self, session: EngineSession, what: str, log: LogSink, remove: Any,
-                             **kwargs: Any) -> None:
+    async def _remove_object(self, session: EngineSession, what: str, log: LogSink, remove: Any, **kwargs: Any) -> None:
         """One removal of the sweep. Already gone is fine; any other refusal (still in use, being removed
         by the engine itself) is left to the final leftovers check, which names what remains."""
         await log(LogLevel.INFO, f"removing {what}")

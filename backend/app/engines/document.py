@@ -34,8 +34,7 @@ def load_document(text: str) -> dict[str, Any]:
         raise EngineError("invalid compose document: the top level must be a mapping", transient=False)
     services = doc.get("services")
     if not isinstance(services, dict) or not services:
-        raise EngineError("invalid compose document: it must define at least one service under 'services'",
-                          transient=False)
+        raise EngineError("invalid compose document: it must define at least one service under 'services'", transient=False)
     for name, service in services.items():
         if service is None:
             services[name] = {}
@@ -50,6 +49,7 @@ def dump_document(doc: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- labels
 
+
 def labels_as_dict(value: Any) -> dict[str, Any]:
     """Compose ``labels`` in list (``["a=b"]``) or mapping form, as a mapping."""
     if value is None:
@@ -62,8 +62,7 @@ def labels_as_dict(value: Any) -> dict[str, Any]:
             key, _, val = str(item).partition("=")
             result[key] = val
         return result
-    raise EngineError(f"invalid compose document: labels must be a list or a mapping, got {value!r}",
-                      transient=False)
+    raise EngineError(f"invalid compose document: labels must be a list or a mapping, got {value!r}", transient=False)
 
 
 def merge_labels(existing: Any, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -127,6 +126,7 @@ def label_document(doc: Mapping[str, Any], labels: Mapping[str, str], *, swarm: 
 
 # --------------------------------------------------------------------------- services
 
+
 def active_services(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Services compose starts: those without ``profiles`` (WindFlow enables no profile)."""
     result = {}
@@ -163,6 +163,7 @@ def completed_dependencies(services: Mapping[str, Mapping[str, Any]]) -> set[str
 
 # --------------------------------------------------------------------------- ports
 
+
 @dataclass(frozen=True)
 class PortMapping:
     target: int
@@ -190,12 +191,14 @@ def parse_ports(entries: Any) -> list[PortMapping]:
             if target is None:
                 raise EngineError(f"invalid port {entry!r}: 'target' is required", transient=False)
             published = entry.get("published")
-            mappings.append(PortMapping(
-                target=int(target),
-                published=int(published) if published not in (None, "") else None,
-                host_ip=entry.get("host_ip") or None,
-                protocol=str(entry.get("protocol") or "tcp"),
-            ))
+            mappings.append(
+                PortMapping(
+                    target=int(target),
+                    published=int(published) if published not in (None, "") else None,
+                    host_ip=entry.get("host_ip") or None,
+                    protocol=str(entry.get("protocol") or "tcp"),
+                )
+            )
             continue
         text = str(entry)
         text, _, protocol = text.partition("/")
@@ -216,8 +219,7 @@ def parse_ports(entries: Any) -> list[PortMapping]:
         if len(published) != len(targets):
             raise EngineError(f"invalid port {entry!r}: ranges of different sizes", transient=False)
         for pub, tgt in zip(published, targets, strict=True):
-            mappings.append(PortMapping(target=tgt, published=pub, host_ip=host_ip or None,
-                                        protocol=protocol or "tcp"))
+            mappings.append(PortMapping(target=tgt, published=pub, host_ip=host_ip or None, protocol=protocol or "tcp"))
     return mappings
 
 

@@ -136,6 +136,7 @@ class HealthGate:
             return Verdict(ready=True)
         if now - seen.first_seen > check.bound + BOUND_SLACK:
             probe = last_probe(attrs)
-            return Verdict(failed=True, reason=f"did not pass its healthcheck within {check.bound:g}s"
-                                               + (f" (last check: {probe})" if probe else ""))
+            return Verdict(
+                failed=True, reason=f"did not pass its healthcheck within {check.bound:g}s" + (f" (last check: {probe})" if probe else "")
+            )
         return Verdict(waiting=f"running ({health or 'no health status yet'})")

@@ -24,13 +24,30 @@ from backend.app.engines.base import EngineError, EngineUnreachable
 #: Seconds between two progress reports of one pull (≤ 5 per second, whatever the layer count)
 PROGRESS_INTERVAL = 0.25
 
-_AUTH_WORDS = ("unauthorized", "authentication required", "no basic auth credentials", "denied",
-               "incorrect username or password", "401 unauthorized", "403 forbidden")
-_UNKNOWN_WORDS = ("manifest unknown", "not found", "repository does not exist", "name unknown",
-                  "does not exist or may require")
-_UNREACHABLE_WORDS = ("dial tcp", "connection refused", "no such host", "i/o timeout", "tls handshake timeout",
-                      "connection reset", "network is unreachable", "server misbehaving", "eof",
-                      "timeout exceeded", "context deadline exceeded", "server gave http response")
+_AUTH_WORDS = (
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "denied",
+    "incorrect username or password",
+    "401 unauthorized",
+    "403 forbidden",
+)
+_UNKNOWN_WORDS = ("manifest unknown", "not found", "repository does not exist", "name unknown", "does not exist or may require")
+_UNREACHABLE_WORDS = (
+    "dial tcp",
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "tls handshake timeout",
+    "connection reset",
+    "network is unreachable",
+    "server misbehaving",
+    "eof",
+    "timeout exceeded",
+    "context deadline exceeded",
+    "server gave http response",
+)
 
 
 @dataclass
@@ -78,8 +95,14 @@ class PullProgress:
         self.current_bytes = sum(min(e["current"], e["total"]) for e in self._layers.values())
 
     def snapshot(self) -> dict[str, Any]:
-        return {"image": self.image, "status": self.status, "current_bytes": self.current_bytes,
-                "total_bytes": self.total_bytes, "layers_done": self.layers_done, "layers_total": self.layers_total}
+        return {
+            "image": self.image,
+            "status": self.status,
+            "current_bytes": self.current_bytes,
+            "total_bytes": self.total_bytes,
+            "layers_done": self.layers_done,
+            "layers_total": self.layers_total,
+        }
 
 
 ProgressSink = Callable[[PullProgress], Awaitable[None]]
@@ -94,13 +117,14 @@ class PullFailed(EngineError):
         what = {
             "unknown_image": "unknown image or tag in its registry",
             "authentication": f"registry {registry_of(image)} refused the credentials (add or fix the "
-                              "organisation's registry credentials for this server)",
+            "organisation's registry credentials for this server)",
             "unreachable": f"registry {registry_of(image)} is unreachable",
             "disk_full": "the engine's disk is full (free space on the target, then retry)",
             "error": "the pull failed",
         }[reason]
-        super().__init__(f"image {image} is not available locally and could not be pulled: {what} ({detail})",
-                         transient=reason == "unreachable")
+        super().__init__(
+            f"image {image} is not available locally and could not be pulled: {what} ({detail})", transient=reason == "unreachable"
+        )
         self.reason = reason
         self.image = image
 
@@ -136,8 +160,9 @@ def auth_for(image: str, registry_auth: Mapping[str, Mapping[str, str]]) -> dict
     return dict(found) if found else None
 
 
-async def pull(client: Any, image: str, *, auth: Mapping[str, str] | None, progress: ProgressSink | None,
-               cancelled: threading.Event | None = None) -> PullProgress:
+async def pull(
+    client: Any, image: str, *, auth: Mapping[str, str] | None, progress: ProgressSink | None, cancelled: threading.Event | None = None
+) -> PullProgress:
     """Pull ``image`` with the engine's streamed pull, reporting progress at most every
     :data:`PROGRESS_INTERVAL` seconds (and once at the end). Raises :class:`PullFailed`, or the session's
     ``EngineError`` for an engine that does not answer."""
@@ -147,8 +172,7 @@ async def pull(client: Any, image: str, *, auth: Mapping[str, str] | None, progr
 
     def run() -> None:
         try:
-            stream = client.api.pull(repository, tag=digest or tag, stream=True, decode=True,
-                                     auth_config=dict(auth) if auth else None)
+            stream = client.api.pull(repository, tag=digest or tag, stream=True, decode=True, auth_config=dict(auth) if auth else None)
             for line in stream:
                 if stop.is_set():
                     stream.close() if hasattr(stream, "close") else None
@@ -164,8 +188,7 @@ async def pull(client: Any, image: str, *, auth: Mapping[str, str] | None, progr
             message = str(explanation or exc)
             raise PullFailed(image, classify(message, exc.status_code), message) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EngineUnreachable(f"the Docker engine stopped answering while pulling {image}: "
-                                    f"{type(exc).__name__}") from None
+            raise EngineUnreachable(f"the Docker engine stopped answering while pulling {image}: {type(exc).__name__}") from None
 
     task = asyncio.ensure_future(asyncio.to_thread(run))
     try:

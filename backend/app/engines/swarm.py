@@ -31,7 +31,6 @@ from backend.app.engines.docker_base import (
     COMPOSE_FILE,
     DockerEngine,
     WaitReport,
-    compose_path,
     deployment_filter,
     pin_images,
     poll_until,
@@ -65,8 +64,10 @@ def host_mode_ports(service: dict[str, Any]) -> list[str]:
     rewritten = []
     for mapping in parse_ports(service["ports"]):
         if mapping.host_ip and mapping.host_ip not in ("0.0.0.0", "::"):
-            warnings.append(f"port {mapping.host_ip}:{mapping.published}:{mapping.target}: swarm cannot bind a "
-                            f"host IP, publishing on every interface of the node instead")
+            warnings.append(
+                f"port {mapping.host_ip}:{mapping.published}:{mapping.target}: swarm cannot bind a "
+                f"host IP, publishing on every interface of the node instead"
+            )
         entry: dict[str, Any] = {"target": mapping.target, "protocol": mapping.protocol, "mode": "host"}
         if mapping.published is not None:
             entry["published"] = mapping.published
@@ -97,18 +98,23 @@ class SwarmEngine(DockerEngine):
     def labelled_document(self, spec: DeploySpec) -> dict[str, Any]:
         return self.stack_document(spec)[0]
 
-    async def _docker(self, session: EngineSession, log: LogSink | None, *args: str, cwd: Path | None = None,
-                      timeout: float = COMMAND_TIMEOUT, capture_stdout: bool = False) -> CommandResult:
-        return await run_command([self.docker, *args], env=session.env, log=log, cwd=cwd, timeout=timeout,
-                                 capture_stdout=capture_stdout)
+    async def _docker(
+        self,
+        session: EngineSession,
+        log: LogSink | None,
+        *args: str,
+        cwd: Path | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+        capture_stdout: bool = False,
+    ) -> CommandResult:
+        return await run_command([self.docker, *args], env=session.env, log=log, cwd=cwd, timeout=timeout, capture_stdout=capture_stdout)
 
     async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
         path = self.ensure_project(spec)
         if "$" not in path.read_text().replace("$$", ""):
             return self.prepared_document(spec)
         async with self.session() as session:
-            result = await self._docker(session, None, "stack", "config", "-c", str(path), cwd=path.parent,
-                                        capture_stdout=True, timeout=60)
+            result = await self._docker(session, None, "stack", "config", "-c", str(path), cwd=path.parent, capture_stdout=True, timeout=60)
         if not result.ok:
             raise EngineError(f"invalid stack document: {result.error_excerpt()}", transient=False)
         return load_document(result.stdout)
@@ -122,8 +128,7 @@ class SwarmEngine(DockerEngine):
             raw = tmp / "raw.yml"
             write_private(raw, spec.compose)
             async with self.session() as session:
-                result = await self._docker(session, log, "stack", "config", "-c", str(raw), cwd=tmp,
-                                            capture_stdout=True, timeout=60)
+                result = await self._docker(session, log, "stack", "config", "-c", str(raw), cwd=tmp, capture_stdout=True, timeout=60)
                 if not result.ok:
                     raise EngineError(f"invalid stack document: {result.error_excerpt()}", transient=False)
                 doc, warnings = self.stack_document(spec)
@@ -131,11 +136,9 @@ class SwarmEngine(DockerEngine):
                     await log(LogLevel.WARNING, warning)
                 labelled = tmp / COMPOSE_FILE
                 write_private(labelled, dump_document(doc))
-                result = await self._docker(session, log, "stack", "config", "-c", str(labelled), cwd=tmp,
-                                            capture_stdout=True, timeout=60)
+                result = await self._docker(session, log, "stack", "config", "-c", str(labelled), cwd=tmp, capture_stdout=True, timeout=60)
                 if not result.ok:
-                    raise EngineError(f"invalid stack document once labelled: {result.error_excerpt()}",
-                                      transient=False)
+                    raise EngineError(f"invalid stack document once labelled: {result.error_excerpt()}", transient=False)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         await log(LogLevel.INFO, "stack document is valid")
@@ -157,15 +160,29 @@ class SwarmEngine(DockerEngine):
             client = await session.client()
             info = await session.call(client.info)
         if not (info.get("Swarm") or {}).get("ControlAvailable"):
-            raise EngineError(f"{self.connection.endpoint} is not a swarm manager (Swarm: "
-                              f"{(info.get('Swarm') or {}).get('LocalNodeState', 'inactive')})", transient=False)
+            raise EngineError(
+                f"{self.connection.endpoint} is not a swarm manager (Swarm: {(info.get('Swarm') or {}).get('LocalNodeState', 'inactive')})",
+                transient=False,
+            )
         await log(LogLevel.INFO, "target is a swarm manager; networks are created by `docker stack deploy`")
 
     async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
         path = self.ensure_project(spec)
         async with self.session() as session:
-            result = await self._docker(session, log, "stack", "deploy", "--resolve-image", "never", "--prune",
-                                        "--detach=true", "--compose-file", str(path), spec.project, cwd=path.parent)
+            result = await self._docker(
+                session,
+                log,
+                "stack",
+                "deploy",
+                "--resolve-image",
+                "never",
+                "--prune",
+                "--detach=true",
+                "--compose-file",
+                str(path),
+                spec.project,
+                cwd=path.parent,
+            )
         if not result.ok:
             raise failure("docker stack deploy", result)
 
@@ -209,8 +226,7 @@ class SwarmEngine(DockerEngine):
                     continue
                 since = _parse_time(service.attrs.get("UpdatedAt"))
                 mode = service.attrs["Spec"].get("Mode", {})
-                ended = ("failed", "rejected") if "ReplicatedJob" in mode or "GlobalJob" in mode else (
-                    "failed", "rejected", "complete")
+                ended = ("failed", "rejected") if "ReplicatedJob" in mode or "GlobalJob" in mode else ("failed", "rejected", "complete")
                 for task in tasks:
                     status = task.get("Status") or {}
                     if status.get("State") in ended and _parse_time(task.get("CreatedAt")) >= since:
@@ -263,9 +279,19 @@ class SwarmEngine(DockerEngine):
                 if replicas == 0:
                     continue
                 await log(LogLevel.INFO, f"scaling {service.name} from {replicas} to 0")
-                result = await self._docker(session, log, "service", "update", "--detach", "--quiet",
-                                            "--replicas", "0", "--label-add", f"{REPLICAS_LABEL}={replicas}",
-                                            service.name)
+                result = await self._docker(
+                    session,
+                    log,
+                    "service",
+                    "update",
+                    "--detach",
+                    "--quiet",
+                    "--replicas",
+                    "0",
+                    "--label-add",
+                    f"{REPLICAS_LABEL}={replicas}",
+                    service.name,
+                )
                 if not result.ok:
                     raise failure(f"scaling {service.name} to 0", result)
             await self._wait_no_running_tasks(session, spec, log)
@@ -279,15 +305,18 @@ class SwarmEngine(DockerEngine):
                 if "Replicated" not in service.attrs["Spec"].get("Mode", {}):
                     continue
                 tasks = await session.call(service.tasks)
-                running.extend(service.name for t in tasks if (t.get("Status") or {}).get("State") in
-                               ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending", "new"))
+                running.extend(
+                    service.name
+                    for t in tasks
+                    if (t.get("Status") or {}).get("State")
+                    in ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending", "new")
+                )
             if not running:
                 await log(LogLevel.INFO, "every task is stopped")
             return not running
 
         def expired() -> EngineError:
-            return EngineError(f"tasks still running after {spec.health_timeout:g}s: "
-                               f"{', '.join(sorted(set(running)))}", transient=True)
+            return EngineError(f"tasks still running after {spec.health_timeout:g}s: {', '.join(sorted(set(running)))}", transient=True)
 
         await poll_until(all_stopped, spec.health_timeout, expired)
 
@@ -300,9 +329,19 @@ class SwarmEngine(DockerEngine):
                 if remembered is None:
                     continue
                 await log(LogLevel.INFO, f"scaling {service.name} back to {remembered}")
-                result = await self._docker(session, log, "service", "update", "--detach", "--quiet",
-                                            "--replicas", str(remembered), "--label-rm", REPLICAS_LABEL,
-                                            service.name)
+                result = await self._docker(
+                    session,
+                    log,
+                    "service",
+                    "update",
+                    "--detach",
+                    "--quiet",
+                    "--replicas",
+                    str(remembered),
+                    "--label-rm",
+                    REPLICAS_LABEL,
+                    service.name,
+                )
                 if not result.ok:
                     raise failure(f"scaling {service.name} to {remembered}", result)
             await self._wait_tasks(session, spec, expected, log)
@@ -361,12 +400,13 @@ class SwarmEngine(DockerEngine):
                 for task in latest.values():
                     status = task.get("Status") or {}
                     container = status.get("ContainerStatus") or {}
-                    states.append(ServiceState(
-                        service=self._short(spec, service),
-                        container_id=container.get("ContainerID") or "",
-                        state=status.get("State", "unknown"),
-                        health=None,
-                        exit_code=container.get("ExitCode"),
-                    ))
+                    states.append(
+                        ServiceState(
+                            service=self._short(spec, service),
+                            container_id=container.get("ContainerID") or "",
+                            state=status.get("State", "unknown"),
+                            health=None,
+                            exit_code=container.get("ExitCode"),
+                        )
+                    )
         return sorted(states, key=lambda s: (s.service, s.container_id))
-

@@ -48,9 +48,7 @@ class Membership(IdMixin, TimestampMixin, Base):
     __table_args__ = (UniqueConstraint("user_id", "organization_id", name="uq_memberships_user_org"),)
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True)
     role: Mapped[Role] = mapped_column(_enum(Role, "role"), nullable=False)
 
     user: Mapped[User] = relationship(back_populates="memberships")

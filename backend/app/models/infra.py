@@ -17,9 +17,7 @@ class Target(IdMixin, TimestampMixin, Base):
     __tablename__ = "targets"
     __table_args__ = (UniqueConstraint("organization_id", "name", name="uq_targets_org_name"),)
 
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     description: Mapped[str | None] = mapped_column(String(500))
     type: Mapped[TargetType] = mapped_column(_enum(TargetType, "target_type"), nullable=False)
@@ -43,9 +41,7 @@ class Stack(IdMixin, TimestampMixin, Base):
     __tablename__ = "stacks"
     __table_args__ = (UniqueConstraint("organization_id", "name", name="uq_stacks_org_name"),)
 
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
     version: Mapped[str] = mapped_column(String(50), default="1.0.0", nullable=False)
@@ -70,9 +66,7 @@ class Registry(IdMixin, TimestampMixin, Base):
         UniqueConstraint("organization_id", "server", name="uq_registries_org_server"),
     )
 
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     server: Mapped[str] = mapped_column(String(255), nullable=False)
     username: Mapped[str] = mapped_column(String(255), nullable=False)

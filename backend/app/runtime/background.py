@@ -45,8 +45,9 @@ def _fresh(report: dict | None, interval: timedelta) -> bool:
     return utcnow() - datetime.fromisoformat(stamp.replace("Z", "+00:00")) < interval * 0.8
 
 
-async def _recover(settings: Settings, dispatch: Dispatch, *, max_age_minutes: float, skip_if_fresh: bool,
-                   timeout_minutes: float | None = None) -> dict | None:
+async def _recover(
+    settings: Settings, dispatch: Dispatch, *, max_age_minutes: float, skip_if_fresh: bool, timeout_minutes: float | None = None
+) -> dict | None:
     async with database.AsyncSessionLocal() as session:
         interval = timedelta(minutes=settings.RECOVERY_INTERVAL_MINUTES)
         if skip_if_fresh and _fresh(await recovery.last_report(session), interval):
@@ -58,16 +59,18 @@ async def _recover(settings: Settings, dispatch: Dispatch, *, max_age_minutes: f
         )
 
 
-async def recover_once(settings: Settings, dispatch: Dispatch, *, max_age_minutes: float, skip_if_fresh: bool,
-                       timeout_minutes: float | None = None) -> dict | None:
+async def recover_once(
+    settings: Settings, dispatch: Dispatch, *, max_age_minutes: float, skip_if_fresh: bool, timeout_minutes: float | None = None
+) -> dict | None:
     """One recovery pass where the recovery lock is free (None elsewhere): the backend's loops and beat's task.
     ``timeout_minutes``: default ``RECOVERY_TIMEOUT_MINUTES``."""
     async with leader_lock(RECOVERY_LOCK_KEY) as leader:
         if not leader:
             logger.debug("recovery: another process is running it")
             return None
-        return await _recover(settings, dispatch, max_age_minutes=max_age_minutes, skip_if_fresh=skip_if_fresh,
-                              timeout_minutes=timeout_minutes)
+        return await _recover(
+            settings, dispatch, max_age_minutes=max_age_minutes, skip_if_fresh=skip_if_fresh, timeout_minutes=timeout_minutes
+        )
 
 
 async def startup_recovery(settings: Settings, dispatcher) -> dict | None:
@@ -93,8 +96,7 @@ class RecoveryLoop(LoopService):
         self.dispatch = dispatch
 
     async def run_once(self) -> dict | None:
-        return await _recover(self.settings, self.dispatch, max_age_minutes=self.settings.RECOVERY_MAX_AGE_MINUTES,
-                              skip_if_fresh=True)
+        return await _recover(self.settings, self.dispatch, max_age_minutes=self.settings.RECOVERY_MAX_AGE_MINUTES, skip_if_fresh=True)
 
 
 async def periodic_recovery(settings: Settings, dispatcher) -> None:

@@ -37,8 +37,7 @@ def broker_label(settings: Settings) -> str:
     return url.split(":", 1)[0] or "none"
 
 
-def delivery_conf(broker_url: str | None, result_backend: str | None, *, polling_interval: float,
-                  queue: str = "celery") -> dict:
+def delivery_conf(broker_url: str | None, result_backend: str | None, *, polling_interval: float, queue: str = "celery") -> dict:
     """How tasks travel and are acknowledged (broker, serialisation, late acks, prefetch 1, transport
     options): WindFlow's app, and the benchmark's baseline app that must match it."""
     transport_options: dict = {}

@@ -58,10 +58,13 @@ class Route:
 async def route_of(deployment_id: str) -> Route:
     """The queue of ``deployment_id``'s target (the shared queue for a deployment that is gone)."""
     async with database.AsyncSessionLocal() as session:
-        row = (await session.execute(
-            select(Target.id, Target.name, Target.placed).join(Deployment, Deployment.target_id == Target.id)
-            .where(Deployment.id == deployment_id)
-        )).first()
+        row = (
+            await session.execute(
+                select(Target.id, Target.name, Target.placed)
+                .join(Deployment, Deployment.target_id == Target.id)
+                .where(Deployment.id == deployment_id)
+            )
+        ).first()
     if row is None:
         return Route(placement.SHARED_QUEUE)
     return Route(placement.queue_for(target_id=row.id, placed=row.placed), bool(row.placed), row.id, row.name)
@@ -87,22 +90,27 @@ async def send_placed(celery_app, deployment_id: str, route: Route, *, countdown
     unserved = await _unserved(route)
     if unserved and deployment_id in _waiting_for_worker:
         return False
-    await asyncio.wait_for(
-        asyncio.to_thread(_enqueue, celery_app, deployment_id, route.queue, countdown), ENQUEUE_TIMEOUT_SECONDS
-    )
+    await asyncio.wait_for(asyncio.to_thread(_enqueue, celery_app, deployment_id, route.queue, countdown), ENQUEUE_TIMEOUT_SECONDS)
     if not unserved:
         _waiting_for_worker.pop(deployment_id, None)
         return True
     _waiting_for_worker[deployment_id] = now
-    logger.warning("deployment %s: no live worker serves target %s (%s); it waits in queue %s",
-                   deployment_id, route.target_name, route.target_id, route.queue)
+    logger.warning(
+        "deployment %s: no live worker serves target %s (%s); it waits in queue %s",
+        deployment_id,
+        route.target_name,
+        route.target_id,
+        route.queue,
+    )
     await append_logs_committed(deployment_id, [(LogLevel.WARNING, _unserved_line(route), database.utcnow())])
     return True
 
 
 def _unserved_line(route: Route) -> str:
-    return (f"[WAITING] no live worker serves target {route.target_name}: the deployment waits in the target's "
-            "queue until a worker that declares it (WORKER_TARGETS) runs")
+    return (
+        f"[WAITING] no live worker serves target {route.target_name}: the deployment waits in the target's "
+        "queue until a worker that declares it (WORKER_TARGETS) runs"
+    )
 
 
 class Dispatcher:
@@ -137,15 +145,24 @@ class Dispatcher:
         """Only the target's workers run it: to its queue, never in-process (the reaper sends it again later
         when the broker refused it)."""
         if self.settings.celery_unavailable_reason:
-            logger.warning("deployment %s: target %s is placed but Celery is off (%s): it waits", deployment_id,
-                           route.target_id, self.settings.celery_unavailable_reason)
+            logger.warning(
+                "deployment %s: target %s is placed but Celery is off (%s): it waits",
+                deployment_id,
+                route.target_id,
+                self.settings.celery_unavailable_reason,
+            )
             return
         try:
             if await send_placed(self._celery(), deployment_id, route):
                 metrics.DISPATCHES.labels("celery").inc()
         except Exception as exc:  # noqa: BLE001 - the reaper dispatches it again; the deployment stays pending
-            logger.warning("deployment %s: enqueue to %s failed (%s: %s); the reaper sends it again", deployment_id,
-                           route.queue, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            logger.warning(
+                "deployment %s: enqueue to %s failed (%s: %s); the reaper sends it again",
+                deployment_id,
+                route.queue,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
 
     def _celery(self):
         if self.manager is not None:

@@ -13,13 +13,12 @@ import bisect
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from backend.app.core.events import Event, EventType
 from backend.app.models import DeploymentStatus
 from backend.app.runtime import workers
 
-DISPATCH_FALLBACKS = Counter(
-    "windflow_dispatch_fallback_total", "Deployments run by the asyncio fallback instead of Celery", ["reason"]
-)
+DISPATCH_FALLBACKS = Counter("windflow_dispatch_fallback_total", "Deployments run by the asyncio fallback instead of Celery", ["reason"])
 DISPATCHES = Counter("windflow_dispatch_total", "Deployments handed to an executor", ["executor"])
 EMBEDDED_WORKER_RESTARTS = Counter("windflow_embedded_worker_restarts_total", "Restarts of the embedded Celery worker")
 DISPATCH_LATENCY = Histogram(
@@ -47,7 +46,8 @@ class _DatabaseCollector:
         for key in ("retried", "failed", "skipped", "errors", "settled", "runs"):
             yield CounterMetricFamily(f"windflow_recovery_{key}", f"Recovery: cumulative {key}", value=self.recovery.get(key, 0))
         workers = GaugeMetricFamily(
-            "windflow_workers", "Celery workers with a fresh heartbeat: healthy, or degraded (alive, executing nothing)",
+            "windflow_workers",
+            "Celery workers with a fresh heartbeat: healthy, or degraded (alive, executing nothing)",
             labels=["state"],
         )
         for state in ("healthy", "degraded"):
@@ -63,9 +63,8 @@ REGISTRY.register(_collector)
 
 
 async def refresh_from_database(session) -> None:
-    from backend.app.services.deployments.recovery import last_report
-
     from backend.app.services.deployments import status_counts
+    from backend.app.services.deployments.recovery import last_report
 
     _collector.by_status = await status_counts.read(session)  # six maintained rows, never a scan
     report = await last_report(session)

@@ -80,8 +80,7 @@ class PollStamps:
 POLLS = PollStamps()
 
 _TAKE = text(
-    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible = true "
-    "ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible = true ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 _HIDE = text("UPDATE kombu_message SET visible = false, version = version + 1 WHERE id = :id")
 _RECORD = text(
@@ -174,8 +173,17 @@ class Channel(kombu_sql.Channel):
     def _engine_from_config(self):
         conninfo = self.connection.client
         options = {k: v for k, v in conninfo.transport_options.items() if k not in _NOT_ENGINE_OPTIONS}
-        for key in ("queue_tablename", "message_tablename", "callback", "errback", "max_retries",
-                    "interval_start", "interval_step", "interval_max", "retry_errors"):
+        for key in (
+            "queue_tablename",
+            "message_tablename",
+            "callback",
+            "errback",
+            "max_retries",
+            "interval_start",
+            "interval_step",
+            "interval_max",
+            "retry_errors",
+        ):
             options.pop(key, None)
         options.setdefault("pool_pre_ping", True)
         return create_engine(conninfo.hostname, **options)
@@ -211,9 +219,7 @@ async def restore_orphaned_deliveries(session, *, grace: float = STALE_AFTER_SEC
         return 0
     if (await session.execute(text("SELECT to_regclass('public.kombu_message')"))).scalar() is None:
         return 0
-    result = await session.execute(
-        text(_RESTORE_ORPHANS), {"grace": float(grace), "stale": float(STALE_AFTER_SECONDS), "healthy": HEALTHY}
-    )
+    result = await session.execute(text(_RESTORE_ORPHANS), {"grace": float(grace), "stale": float(STALE_AFTER_SECONDS), "healthy": HEALTHY})
     return result.rowcount or 0
 
 
@@ -224,14 +230,17 @@ def release_deliveries(sync_database_url: str, *, hostname: str, pid: int) -> in
         with engine.begin() as conn:
             if conn.execute(text("SELECT to_regclass('public.kombu_message')")).scalar() is None:
                 return 0
-            return conn.execute(
-                text(
-                    "WITH mine AS (DELETE FROM broker_deliveries WHERE hostname = :hostname AND pid = :pid "
-                    "RETURNING message_id) UPDATE kombu_message SET visible = true "
-                    "WHERE visible = false AND id IN (SELECT message_id FROM mine)"
-                ),
-                {"hostname": hostname, "pid": pid},
-            ).rowcount or 0
+            return (
+                conn.execute(
+                    text(
+                        "WITH mine AS (DELETE FROM broker_deliveries WHERE hostname = :hostname AND pid = :pid "
+                        "RETURNING message_id) UPDATE kombu_message SET visible = true "
+                        "WHERE visible = false AND id IN (SELECT message_id FROM mine)"
+                    ),
+                    {"hostname": hostname, "pid": pid},
+                ).rowcount
+                or 0
+            )
     finally:
         engine.dispose()
 

@@ -66,8 +66,7 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
         await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
 
 
-async def _on_its_workers(session: AsyncSession, settings: Settings, deployment: Deployment, action: str,
-                          task: str, args: list) -> bool:
+async def _on_its_workers(session: AsyncSession, settings: Settings, deployment: Deployment, action: str, task: str, args: list) -> bool:
     """Run ``task`` on a worker of the deployment's placed target and raise its error; False when the target is
     not placed (the caller acts here)."""
     target = await session.get(Target, deployment.target_id)
@@ -76,12 +75,17 @@ async def _on_its_workers(session: AsyncSession, settings: Settings, deployment:
     if settings.celery_unavailable_reason:
         raise ServiceUnavailable(
             f"cannot {action}: target {target.name} is placed (only its workers reach it) but Celery is off "
-            f"({settings.celery_unavailable_reason})", code="target_unserved", params={"target": target.name})
+            f"({settings.celery_unavailable_reason})",
+            code="target_unserved",
+            params={"target": target.name},
+        )
     covered = await workers.coverage(session)
     if not covered.served(target_id=target.id, placed=True):
         raise ServiceUnavailable(
-            f"cannot {action}: no live worker serves target {target.name}; start a worker that declares it "
-            "(WORKER_TARGETS) and try again", code="target_unserved", params={"target": target.name})
+            f"cannot {action}: no live worker serves target {target.name}; start a worker that declares it (WORKER_TARGETS) and try again",
+            code="target_unserved",
+            params={"target": target.name},
+        )
     queue = placement.queue_name(target.id)
     await end_transaction(session)  # the worker's action may take the containers' stop grace periods
     result = await asyncio.to_thread(_call, _producer(settings), task, args, queue, action)
@@ -100,18 +104,25 @@ def _call(celery_app, task: str, args: list, queue: str, action: str) -> dict:
     except CeleryTimeout as exc:
         raise ServiceUnavailable(
             f"cannot {action}: the target's worker did not answer within {REMOTE_ACTION_TIMEOUT_SECONDS:g}s (it may "
-            "still do it); look at the deployment again in a moment", code="target_worker_timeout") from exc
-    except Exception as exc:  # noqa: BLE001 - the worker's own failure, never a 500 here
+            "still do it); look at the deployment again in a moment",
+            code="target_worker_timeout",
+        ) from exc
+    except Exception as exc:
         logger.warning("%s on the target's worker failed: %s", action, type(exc).__name__)
-        raise ServiceUnavailable(f"cannot {action}: the target's worker failed ({type(exc).__name__}); try again",
-                                 code="target_worker_failed") from exc
+        raise ServiceUnavailable(
+            f"cannot {action}: the target's worker failed ({type(exc).__name__}); try again", code="target_worker_failed"
+        ) from exc
     finally:
         with contextlib.suppress(Exception):
             sent.forget()  # its result is read: no need to keep it for an hour
 
 
 _BY_STATUS: dict[int, type[WindFlowError]] = {
-    403: PermissionDenied, 404: NotFound, 409: Conflict, 422: ValidationFailed, 503: ServiceUnavailable,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    422: ValidationFailed,
+    503: ServiceUnavailable,
 }
 
 
@@ -119,12 +130,10 @@ def _domain_error(error: dict) -> WindFlowError:
     """The worker's domain error, raised again here with its status, code, detail and params."""
     kind = _BY_STATUS.get(int(error.get("status") or 503), ServiceUnavailable)
     params = error.get("params") if isinstance(error.get("params"), dict) else None
-    return kind(str(error.get("detail") or "the target's worker refused"), code=str(error.get("code") or kind.code),
-                params=params)
+    return kind(str(error.get("detail") or "the target's worker refused"), code=str(error.get("code") or kind.code), params=params)
 
 
-async def run_here(action: str, deployment_id: str, settings: Settings, *, actor: str = "worker",
-                   keep_volumes: bool = False) -> dict:
+async def run_here(action: str, deployment_id: str, settings: Settings, *, actor: str = "worker", keep_volumes: bool = False) -> dict:
     """The worker's side of :func:`stop` / :func:`delete`: the action on this process's engine connection, in a
     session of its own; ``{"ok": true}`` or ``{"error": {status, code, detail, params}}``."""
     async with database.AsyncSessionLocal() as session:

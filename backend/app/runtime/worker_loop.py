@@ -59,7 +59,7 @@ async def _init_process() -> None:
 
     try:
         await event_transport.start_event_bus(settings, listen=False)  # workers only send
-    except Exception:  # noqa: BLE001 - events are best effort; deployments must still run
+    except Exception:
         logger.warning("worker: event bus did not start", exc_info=True)
 
 

@@ -129,8 +129,7 @@ class Watchdog:
             self._short_since = self._short_since if self._short_since is not None else now
             if now - self._short_since >= self.stall_seconds:
                 problems.append(
-                    f"the pool has {live}/{self.concurrency} live processes and has not refilled for "
-                    f"{now - self._short_since:.0f}s"
+                    f"the pool has {live}/{self.concurrency} live processes and has not refilled for {now - self._short_since:.0f}s"
                 )
         else:
             self._short_since = None
@@ -141,16 +140,10 @@ class Watchdog:
             at, name, request_id = min(waiting)
             if now - at >= self.stall_seconds:
                 problems.append(
-                    f"task {name}[{request_id}] received {now - at:.0f}s ago was not started although "
-                    f"{idle} pool process(es) are idle"
+                    f"task {name}[{request_id}] received {now - at:.0f}s ago was not started although {idle} pool process(es) are idle"
                 )
 
-        if (
-            poll_age is not None
-            and poll_age >= self.stall_seconds
-            and messages_waiting
-            and len(reserved) < self.concurrency
-        ):
+        if poll_age is not None and poll_age >= self.stall_seconds and messages_waiting and len(reserved) < self.concurrency:
             problems.append(f"the consumer has not fetched from the broker for {poll_age:.0f}s while messages wait")
 
         if problems:
@@ -167,8 +160,18 @@ class WorkerMonitor:
     expires the leases of pool processes that died, writes the heartbeat (every few seconds, and at once when
     the verdict changes) and makes a worker that stayed degraded :meth:`leave`."""
 
-    def __init__(self, name: str, kind: str, concurrency: int, controller, consumer, *, settings: Settings,
-                 stop: threading.Event, targets: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        concurrency: int,
+        controller,
+        consumer,
+        *,
+        settings: Settings,
+        stop: threading.Event,
+        targets: list[str] | None = None,
+    ) -> None:
         self.name, self.kind, self.concurrency = name, kind, concurrency
         #: what its heartbeat says it serves (``WORKER_TARGETS`` resolved; None: the shared queue only)
         self.targets = targets
@@ -200,8 +203,12 @@ class WorkerMonitor:
         reserved = {r.id: r.name for r in list(state.reserved_requests)}
         active = [r.id for r in list(state.active_requests)]
         verdict = self.watchdog.judge(
-            now, live=live, reserved=reserved, active=active,
-            poll_age=POLLS.age(now) if self.sql_broker else None, messages_waiting=messages_waiting,
+            now,
+            live=live,
+            reserved=reserved,
+            active=active,
+            poll_age=POLLS.age(now) if self.sql_broker else None,
+            messages_waiting=messages_waiting,
         )
         if verdict.healthy != (self.verdict is None or self.verdict.healthy):
             if verdict.healthy:
@@ -225,8 +232,9 @@ class WorkerMonitor:
             expired = await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pids)
             await session.commit()
         if expired:
-            logger.warning("worker %s: %d deployment(s) of pool process(es) %s that died: their leases expire now",
-                           self.name, expired, sorted(pids))
+            logger.warning(
+                "worker %s: %d deployment(s) of pool process(es) %s that died: their leases expire now", self.name, expired, sorted(pids)
+            )
 
     def queues(self) -> list[str]:
         """The queues this worker consumes: the shared one, or those of the targets it declares."""
@@ -242,8 +250,7 @@ class WorkerMonitor:
         if not self.sql_broker or age is None or age < self.settings.WORKER_STALL_SECONDS:
             return None
         query = text(
-            "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
-            "WHERE m.visible AND q.name IN :queues)"
+            "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE m.visible AND q.name IN :queues)"
         ).bindparams(bindparam("queues", expanding=True))
         async with database.AsyncSessionLocal() as session:
             return bool((await session.execute(query, {"queues": self.queues()})).scalar())
@@ -261,24 +268,32 @@ class WorkerMonitor:
             if lost := self.lost_children():
                 try:
                     worker_loop.run(self._expire_leases_of(lost), timeout=10)
-                except Exception:  # noqa: BLE001 - the leases then expire by themselves
+                except Exception:
                     logger.warning("could not expire the leases of dead pool processes %s", sorted(lost), exc_info=True)
             health = workers.HEALTHY if verdict.healthy else workers.DEGRADED
             if time.monotonic() - last_beat >= workers.HEARTBEAT_SECONDS or (health, verdict.problem) != reported:
 
-                async def beat() -> None:
+                async def beat(health: str = health, verdict=verdict) -> None:
                     async with database.AsyncSessionLocal() as session:
                         await workers.write_heartbeat(
-                            session, name=self.name, kind=self.kind, hostname=socket.gethostname(),
-                            pid=os.getpid(), broker=broker_label(self.settings), concurrency=self.concurrency,
-                            state=health, problem=verdict.problem, live_processes=verdict.live,
-                            pool_pids=sorted(self.pids) or None, targets=self.targets,
+                            session,
+                            name=self.name,
+                            kind=self.kind,
+                            hostname=socket.gethostname(),
+                            pid=os.getpid(),
+                            broker=broker_label(self.settings),
+                            concurrency=self.concurrency,
+                            state=health,
+                            problem=verdict.problem,
+                            live_processes=verdict.live,
+                            pool_pids=sorted(self.pids) or None,
+                            targets=self.targets,
                         )
 
                 try:
                     worker_loop.run(beat(), timeout=30)
                     last_beat, reported = time.monotonic(), (health, verdict.problem)
-                except Exception:  # noqa: BLE001 - a missed beat is retried; the worker keeps working
+                except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
             if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
                 self.leave(f"degraded for {verdict.degraded_for:.0f}s: {verdict.problem}")
@@ -289,9 +304,10 @@ class WorkerMonitor:
         processes killed, the heartbeat row marked (a degraded worker) or removed (a shutdown)."""
         degraded = exit_code is None
         logger.critical(
-            "worker %s leaves: %s. Its messages go back to the queue%s", self.name, reason,
-            "; its supervisor (compose restart, systemd, the backend's embedded-worker manager) starts a fresh one"
-            if degraded else "",
+            "worker %s leaves: %s. Its messages go back to the queue%s",
+            self.name,
+            reason,
+            "; its supervisor (compose restart, systemd, the backend's embedded-worker manager) starts a fresh one" if degraded else "",
         )
         self.stop.set()
         if self.thread is not None and self.thread is not threading.current_thread():
@@ -312,9 +328,17 @@ class WorkerMonitor:
                 await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pool | {os.getpid()})
                 if degraded:
                     await workers.write_heartbeat(
-                        session, name=self.name, kind=self.kind, hostname=socket.gethostname(), pid=os.getpid(),
-                        broker=broker_label(self.settings), concurrency=self.concurrency, state=workers.DEGRADED,
-                        problem=f"left: {reason}"[:500], live_processes=0, targets=self.targets,
+                        session,
+                        name=self.name,
+                        kind=self.kind,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        broker=broker_label(self.settings),
+                        concurrency=self.concurrency,
+                        state=workers.DEGRADED,
+                        problem=f"left: {reason}"[:500],
+                        live_processes=0,
+                        targets=self.targets,
                     )
                 else:
                     await workers.remove_heartbeat(session, self.name)

@@ -74,9 +74,19 @@ class WorkerInfo:
 
 
 async def write_heartbeat(
-    session: AsyncSession, *, name: str, kind: str, hostname: str, pid: int, broker: str, concurrency: int,
-    state: str = HEALTHY, problem: str | None = None, live_processes: int | None = None,
-    pool_pids: list[int] | None = None, targets: list[str] | None = None,
+    session: AsyncSession,
+    *,
+    name: str,
+    kind: str,
+    hostname: str,
+    pid: int,
+    broker: str,
+    concurrency: int,
+    state: str = HEALTHY,
+    problem: str | None = None,
+    live_processes: int | None = None,
+    pool_pids: list[int] | None = None,
+    targets: list[str] | None = None,
 ) -> None:
     now = utcnow()
     row = await session.get(WorkerHeartbeat, name)
@@ -88,9 +98,19 @@ async def write_heartbeat(
             await session.flush()
         session.add(
             WorkerHeartbeat(
-                name=name, kind=kind, hostname=hostname, pid=pid, broker=broker, concurrency=concurrency,
-                started_at=now, last_seen=now, state=state, problem=problem, live_processes=live_processes,
-                pool_pids=pool_pids, targets=targets,
+                name=name,
+                kind=kind,
+                hostname=hostname,
+                pid=pid,
+                broker=broker,
+                concurrency=concurrency,
+                started_at=now,
+                last_seen=now,
+                state=state,
+                problem=problem,
+                live_processes=live_processes,
+                pool_pids=pool_pids,
+                targets=targets,
             )
         )
     else:
@@ -120,8 +140,12 @@ async def _expire(session: AsyncSession, doomed: list[tuple[str, str]], now: dat
     for deployment_id, owner in doomed:
         result = await session.execute(
             update(Deployment)
-            .where(Deployment.id == deployment_id, Deployment.status == DeploymentStatus.DEPLOYING,
-                   Deployment.lease_owner == owner, Deployment.lease_expires_at > now)
+            .where(
+                Deployment.id == deployment_id,
+                Deployment.status == DeploymentStatus.DEPLOYING,
+                Deployment.lease_owner == owner,
+                Deployment.lease_expires_at > now,
+            )
             .values(lease_expires_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -133,10 +157,13 @@ async def expire_leases_of(session: AsyncSession, *, hostname: str, pids: set[in
     """A worker saw these processes of its own die (pool children killed, or killed by itself as it leaves):
     the deployments they ran are orphans now. The caller commits."""
     now = utcnow()
-    rows = (await session.execute(
-        select(Deployment.id, Deployment.lease_owner).where(Deployment.status == DeploymentStatus.DEPLOYING,
-                                                            Deployment.lease_expires_at > now)
-    )).all()
+    rows = (
+        await session.execute(
+            select(Deployment.id, Deployment.lease_owner).where(
+                Deployment.status == DeploymentStatus.DEPLOYING, Deployment.lease_expires_at > now
+            )
+        )
+    ).all()
     return await _expire(session, [(i, o) for i, o in rows if _executor(o) in {(hostname, pid) for pid in pids}], now)
 
 
@@ -149,23 +176,29 @@ async def expire_leases_of_dead_workers(session: AsyncSession) -> int:
     is not taken for a dead one (a worker restarted under the same name and pid rewrites the row at its start,
     before it claims anything). The reaper runs this; the caller commits."""
     now = utcnow()
-    running = (await session.execute(
-        select(Deployment.id, Deployment.lease_owner, Deployment.started_at)
-        .where(Deployment.status == DeploymentStatus.DEPLOYING, Deployment.lease_expires_at > now,
-               Deployment.lease_owner.like("celery:%"))
-    )).all()
+    running = (
+        await session.execute(
+            select(Deployment.id, Deployment.lease_owner, Deployment.started_at).where(
+                Deployment.status == DeploymentStatus.DEPLOYING, Deployment.lease_expires_at > now, Deployment.lease_owner.like("celery:%")
+            )
+        )
+    ).all()
     if not running:
         return 0
-    gone = (await session.execute(
-        select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - timedelta(seconds=STALE_AFTER_SECONDS))
-    )).scalars().all()
+    gone = (
+        (await session.execute(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - timedelta(seconds=STALE_AFTER_SECONDS))))
+        .scalars()
+        .all()
+    )
     last_beat = {}
     for row in gone:
         for pid in {row.pid, *(row.pool_pids or [])}:
             last_beat[(row.hostname, int(pid))] = row.last_seen
     doomed = [
-        (deployment_id, owner) for deployment_id, owner, started_at in running
-        if (executor := _executor(owner)) in last_beat and started_at is not None
+        (deployment_id, owner)
+        for deployment_id, owner, started_at in running
+        if (executor := _executor(owner)) in last_beat
+        and started_at is not None
         and started_at <= last_beat[executor] + timedelta(seconds=HEARTBEAT_SECONDS)
     ]
     return await _expire(session, doomed, now) if doomed else 0
@@ -202,8 +235,19 @@ async def list_workers(session: AsyncSession, *, include_stale: bool = True) -> 
     rows = (await session.execute(query)).scalars().all()
     return [
         WorkerInfo(
-            r.name, r.kind, r.hostname, r.pid, r.broker, r.concurrency, r.started_at, r.last_seen, r.last_seen >= cutoff,
-            r.state, r.problem, r.live_processes, r.targets,
+            r.name,
+            r.kind,
+            r.hostname,
+            r.pid,
+            r.broker,
+            r.concurrency,
+            r.started_at,
+            r.last_seen,
+            r.last_seen >= cutoff,
+            r.state,
+            r.problem,
+            r.live_processes,
+            r.targets,
         )
         for r in rows
     ]

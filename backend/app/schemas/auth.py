@@ -10,9 +10,7 @@ from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 # Taken verbatim: RequestModel strips strings, but login compares the form value unstripped, so a
 # stripped password would lock out anyone whose password starts or ends with a space.
-Password = Annotated[
-    str, StringConstraints(strip_whitespace=False, min_length=8, max_length=128), Field(description="8 to 128 characters")
-]
+Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=8, max_length=128), Field(description="8 to 128 characters")]
 
 
 def _normalise_email(value: str) -> str:

@@ -52,7 +52,7 @@ class FieldError(BaseModel):
     field: str = Field(description="dotted path of the offending field, e.g. ``variables.port``")
     message: str
     type: str | None = Field(default=None, description="pydantic's error type, e.g. ``missing``, ``string_too_long``")
-    params: ErrorParams = Field(default_factory=dict, description="the type's limits, e.g. ``{\"max_length\": 100}``")
+    params: ErrorParams = Field(default_factory=dict, description='the type\'s limits, e.g. ``{"max_length": 100}``')
 
 
 class ValidationErrorBody(BaseModel):
@@ -72,9 +72,7 @@ class PageFields(ResponseModel):
     total_is_exact: bool = Field(
         default=True, description="false when more rows match than the count cap: total is then the cap, a lower bound"
     )
-    next_cursor: str | None = Field(
-        default=None, description="pass as cursor to read the next page; null on the last page"
-    )
+    next_cursor: str | None = Field(default=None, description="pass as cursor to read the next page; null on the last page")
 
     @classmethod
     def of(cls, page, items: list):

@@ -15,9 +15,8 @@ def normalise_host_path(path: str) -> str:
     """Collapse ``//``, ``.`` and ``..`` (``/srv/../etc`` is ``/etc``) and read ``/var/run`` as ``/run``."""
     normal = posixpath.normpath("/" + path.lstrip("/"))
     if normal == "/var/run" or normal.startswith("/var/run/"):
-        normal = "/run" + normal[len("/var/run"):]
+        normal = "/run" + normal[len("/var/run") :]
     return normal
-
 
 
 MAX_PREFIXES = 50
@@ -29,9 +28,7 @@ class ComposePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allow_privileged: bool = Field(default=False, description="services may set privileged: true")
-    allow_host_binds: bool = Field(
-        default=False, description="services may bind-mount host paths (limited to host_bind_prefixes when set)"
-    )
+    allow_host_binds: bool = Field(default=False, description="services may bind-mount host paths (limited to host_bind_prefixes when set)")
     host_bind_prefixes: list[str] = Field(
         default_factory=list,
         max_length=MAX_PREFIXES,
@@ -46,19 +43,15 @@ class ComposePolicy(BaseModel):
     )
     allow_devices: bool = Field(default=False, description="devices, device_cgroup_rules, gpus")
     allow_capabilities: bool = Field(default=False, description="cap_add")
-    allow_security_opt: bool = Field(
-        default=False, description="security_opt other than no-new-privileges (e.g. seccomp=unconfined)"
-    )
+    allow_security_opt: bool = Field(default=False, description="security_opt other than no-new-privileges (e.g. seccomp=unconfined)")
     allow_sysctls: bool = Field(default=False, description="sysctls")
     allow_foreign_containers: bool = Field(
         default=False,
-        description="network_mode/pid/ipc: container:X, volumes_from and external_links of containers "
-        "that are not the deployment's own",
+        description="network_mode/pid/ipc: container:X, volumes_from and external_links of containers that are not the deployment's own",
     )
     allow_external_resources: bool = Field(
         default=False,
-        description="external (or explicitly named) networks, volumes, configs and secrets, which may be "
-        "other deployments'",
+        description="external (or explicitly named) networks, volumes, configs and secrets, which may be other deployments'",
     )
 
     @field_validator("host_bind_prefixes")

@@ -8,8 +8,9 @@ from pydantic import Field
 from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel, RevisionOutcome, RevisionReason
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
-_AUTO_ROLLBACK = ("when a revision fails (its health gate, or its deploy for good), roll back by itself to the last "
-                  "revision that passed the gate")
+_AUTO_ROLLBACK = (
+    "when a revision fails (its health gate, or its deploy for good), roll back by itself to the last revision that passed the gate"
+)
 
 
 class DeploymentCreate(RequestModel):
@@ -32,7 +33,8 @@ class DeploymentWaiting(ResponseModel):
 
     reason: Literal["target_capacity", "retry_backoff"] = Field(
         description="target_capacity: its target already deploys max_concurrent_deployments at once; retry_backoff: "
-                    "it waits before its next attempt")
+        "it waits before its next attempt"
+    )
     target_name: str | None = None
     limit: int | None = Field(default=None, description="the target's max_concurrent_deployments")
     deploying: int | None = Field(default=None, description="deployments the target deploys now")
@@ -56,15 +58,15 @@ class DeploymentRead(ResponseModel):
     executor: ExecutorKind | None
     variables: dict[str, Any] = Field(description="the current revision's values; secrets shown as ***")
     revision: int = Field(description="the current revision's number: the one running, or being rolled out")
-    last_good_revision: int | None = Field(
-        description="the newest revision that passed the health gate (null: none did yet)")
+    last_good_revision: int | None = Field(description="the newest revision that passed the health gate (null: none did yet)")
     auto_rollback: bool = Field(description=_AUTO_ROLLBACK)
     created_at: datetime
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     waiting: DeploymentWaiting | None = Field(
-        default=None, description="pending only: why it has not started yet (null: an executor will take it shortly)")
+        default=None, description="pending only: why it has not started yet (null: an executor will take it shortly)"
+    )
 
 
 class DeploymentPage(PageFields):
@@ -108,19 +110,22 @@ class RevisionImage(ResponseModel):
     image: str = Field(description="the image as the compose document names it")
     digest: str | None = Field(
         description="what it resolved to after the pull: the registry digest (sha256:...), or the local image id "
-                    "(sha256:...) for an image no registry knows; null when not recorded (a revision made before "
-                    "digests were recorded, or whose rollout failed before the pull)")
+        "(sha256:...) for an image no registry knows; null when not recorded (a revision made before "
+        "digests were recorded, or whose rollout failed before the pull)"
+    )
 
 
 class RevisionRead(ResponseModel):
     number: int
     reason: RevisionReason = Field(
         description="created (the first), update (new values or the stack's latest template), rollback (asked), "
-                    "automatic_rollback (WindFlow, after a revision failed)")
+        "automatic_rollback (WindFlow, after a revision failed)"
+    )
     rollback_of: int | None = Field(description="rollback and automatic_rollback: the revision re-applied")
     outcome: RevisionOutcome = Field(
         description="pending/deploying (its rollout), running (the deployment runs it), failed, rolled_back (it ran, "
-                    "then a rollback replaced it), superseded (it ran, then a newer revision replaced it)")
+        "then a rollback replaced it), superseded (it ran, then a newer revision replaced it)"
+    )
     stack_id: str | None
     stack_version: str | None = Field(description="the stack's version when the revision was made")
     variables: dict[str, Any] = Field(description="its values; secrets shown as ***")
@@ -139,11 +144,11 @@ class RevisionCreate(RequestModel):
     """A new revision of the deployment, rolled out behind the health gate."""
 
     variables: dict[str, Any] | None = Field(
-        default=None, description="values merged over the current ones (a secret left out keeps its value); "
-                                  "validated like at creation")
+        default=None, description="values merged over the current ones (a secret left out keeps its value); validated like at creation"
+    )
     stack_version: Literal["latest"] | None = Field(
-        default=None, description="latest: render the stack's current template and variable schema; left out: the "
-                                  "current revision's")
+        default=None, description="latest: render the stack's current template and variable schema; left out: the current revision's"
+    )
 
 
 class RollbackRequest(RequestModel):
@@ -158,8 +163,10 @@ class ContainerPort(ResponseModel):
 
 class ContainerRead(ResponseModel):
     name: str
-    state: str = Field(description="as the engine says: running, restarting, exited, created, paused, dead, removing "
-                                   "(on a swarm target, the task's state: running, failed, shutdown, ...)")
+    state: str = Field(
+        description="as the engine says: running, restarting, exited, created, paused, dead, removing "
+        "(on a swarm target, the task's state: running, failed, shutdown, ...)"
+    )
     health: str | None = Field(description="healthy, unhealthy or starting; null without a healthcheck")
     exit_code: int | None = Field(description="the exit code of a container that is not running; null while it runs")
     restarts: int = Field(description="how many times the engine restarted it (its restart policy)")
@@ -181,5 +188,7 @@ class DeploymentServices(ResponseModel):
 
 
 class RevisionDiff(ResponseModel):
-    diff: str = Field(description="unified diff from revision a to b: the rendered compose, then the values "
-                                  "(secrets as ***; a changed secret is marked as changed)")
+    diff: str = Field(
+        description="unified diff from revision a to b: the rendered compose, then the values "
+        "(secrets as ***; a changed secret is marked as changed)"
+    )

@@ -83,8 +83,13 @@ class ResourceChangedEvent(BaseModel):
 
 
 DeploymentEvent = Annotated[
-    DeploymentStatusChangedEvent | DeploymentLogsUpdateEvent | DeploymentProgressEvent | DeploymentCreatedEvent
-    | DeploymentDeletedEvent | DeploymentRolledBackEvent | DeploymentPullProgressEvent,
+    DeploymentStatusChangedEvent
+    | DeploymentLogsUpdateEvent
+    | DeploymentProgressEvent
+    | DeploymentCreatedEvent
+    | DeploymentDeletedEvent
+    | DeploymentRolledBackEvent
+    | DeploymentPullProgressEvent,
     Field(discriminator="type"),
 ]
 
@@ -112,8 +117,9 @@ class ServiceLogsEvent(_Envelope):
 
 class ServiceLogsEndData(BaseModel):
     reason: str = Field(description="why the stream ended (the deployment stopped, its containers exited, ...)")
-    code: Literal["stopped", "no_container", "deployment_left_running", "containers_stopped", "engine_failed"] | None = \
-        Field(default=None, description="the reason's stable code, which a client words in its own language")
+    code: Literal["stopped", "no_container", "deployment_left_running", "containers_stopped", "engine_failed"] | None = Field(
+        default=None, description="the reason's stable code, which a client words in its own language"
+    )
     params: dict[str, str] = Field(default_factory=dict, description="what the reason quotes (``status``)")
 
 
@@ -219,10 +225,22 @@ class HeartbeatFrame(BaseModel):
 
 
 ServerFrame = Annotated[
-    DeploymentStatusChangedEvent | DeploymentLogsUpdateEvent | DeploymentProgressEvent | DeploymentCreatedEvent
-    | DeploymentDeletedEvent | DeploymentRolledBackEvent | DeploymentPullProgressEvent | ResourceChangedEvent
-    | ServiceLogsEvent | ServiceLogsEndEvent | AuthenticatedFrame
+    DeploymentStatusChangedEvent
+    | DeploymentLogsUpdateEvent
+    | DeploymentProgressEvent
+    | DeploymentCreatedEvent
+    | DeploymentDeletedEvent
+    | DeploymentRolledBackEvent
+    | DeploymentPullProgressEvent
+    | ResourceChangedEvent
+    | ServiceLogsEvent
+    | ServiceLogsEndEvent
+    | AuthenticatedFrame
     | SubscribedFrame
-    | UnsubscribedFrame | ErrorFrame | ResyncFrame | PongFrame | HeartbeatFrame,
+    | UnsubscribedFrame
+    | ErrorFrame
+    | ResyncFrame
+    | PongFrame
+    | HeartbeatFrame,
     Field(discriminator="type"),
 ]

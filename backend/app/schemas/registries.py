@@ -13,8 +13,8 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 from backend.app.core.image_reference import normalise_server
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
 
 def _server(value: str) -> str:
@@ -25,12 +25,20 @@ def _server(value: str) -> str:
 
 
 RegistryName = Annotated[str, Field(min_length=1, max_length=100)]
-Server = Annotated[str, Field(min_length=1, max_length=255, description=(
-    "the registry's address as image names write it: registry.example.com, 127.0.0.1:5000, ghcr.io, docker.io "
-    "(a scheme or a trailing /v2/ is dropped)")), AfterValidator(_server)]
+Server = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=255,
+        description=(
+            "the registry's address as image names write it: registry.example.com, 127.0.0.1:5000, ghcr.io, docker.io "
+            "(a scheme or a trailing /v2/ is dropped)"
+        ),
+    ),
+    AfterValidator(_server),
+]
 Username = Annotated[str, Field(min_length=1, max_length=255)]
-Password = Annotated[str, Field(min_length=1, max_length=4096, description="password or access token (stored "
-                                                                          "encrypted, never returned)")]
+Password = Annotated[str, Field(min_length=1, max_length=4096, description="password or access token (stored encrypted, never returned)")]
 
 
 class RegistryCreate(RequestModel):

@@ -94,8 +94,22 @@ MAX_VALUE_LENGTH = 65_536
 #: callable that raises :class:`ValueProblem` for an expression the sandbox would refuse.
 GENERATOR_CHECK = "check_generator"
 ALLOWED_KEYS = frozenset(
-    {"name", "type", "label", "description", "placeholder", "required", "default", "pattern", "min", "max",
-     "min_length", "max_length", "options", "variables"}
+    {
+        "name",
+        "type",
+        "label",
+        "description",
+        "placeholder",
+        "required",
+        "default",
+        "pattern",
+        "min",
+        "max",
+        "min_length",
+        "max_length",
+        "options",
+        "variables",
+    }
 )
 #: Which variable types take a type-specific field (the message for a field given to another type).
 _FIELD_OWNERS = {
@@ -179,7 +193,7 @@ class _ValueVariable(_Variable):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _default_fits(cls, data: Any, handler, info: ValidationInfo):  # noqa: ANN001, ANN206 - Pydantic's hook
+    def _default_fits(cls, data: Any, handler, info: ValidationInfo):
         # The coerced default makes a copy of the frozen model: validate with model_validate or a TypeAdapter
         # (Pydantic warns when the constructor's validator returns another instance).
         variable = handler(data)
@@ -276,19 +290,19 @@ class SecretVariable(_TextVariable):
 
 class _NumericVariable(_ValueVariable):
     def _check_rules(self) -> None:
-        low, high = getattr(self, "min"), getattr(self, "max")
+        low, high = self.min, self.max
         if low is not None and high is not None and low > high:
             raise problem(f"greater than max ({high})", "min")
 
     def _check(self, value: int | float) -> None:
-        low, high = getattr(self, "min"), getattr(self, "max")
+        low, high = self.min, self.max
         if low is not None and value < low:
             raise ValueProblem(f"must be at least {low}")
         if high is not None and value > high:
             raise ValueProblem(f"must be at most {high}")
 
     def example(self) -> int | float:
-        low, high = getattr(self, "min"), getattr(self, "max")
+        low, high = self.min, self.max
         value = low if low is not None else 1
         return high if high is not None and value > high else value
 
@@ -432,8 +446,14 @@ class GroupVariable(_Variable):
 
 
 _MODELS: dict[str, type[_Variable]] = {
-    "string": StringVariable, "textarea": TextareaVariable, "secret": SecretVariable, "integer": IntegerVariable,
-    "number": NumberVariable, "boolean": BooleanVariable, "enum": EnumVariable, "group": GroupVariable,
+    "string": StringVariable,
+    "textarea": TextareaVariable,
+    "secret": SecretVariable,
+    "integer": IntegerVariable,
+    "number": NumberVariable,
+    "boolean": BooleanVariable,
+    "enum": EnumVariable,
+    "group": GroupVariable,
 }
 
 
@@ -450,8 +470,7 @@ def _object_with_known_type(value: Any) -> Any:
 
 
 StackVariable = Annotated[
-    StringVariable | TextareaVariable | SecretVariable | IntegerVariable | NumberVariable | BooleanVariable
-    | EnumVariable | GroupVariable,
+    StringVariable | TextareaVariable | SecretVariable | IntegerVariable | NumberVariable | BooleanVariable | EnumVariable | GroupVariable,
     Field(discriminator="type"),
     BeforeValidator(_object_with_known_type),
 ]
@@ -522,8 +541,7 @@ def _message(error: dict[str, Any], root: str) -> str:
     key = loc[-1] if loc else None
     if error["type"] == "extra_forbidden":
         if key in ("min", "max") and vtype in STRING_TYPES:
-            return (f"{path}: only applies to integer and number variables; use {key}_length for the length "
-                    "of a string")
+            return f"{path}: only applies to integer and number variables; use {key}_length for the length of a string"
         if key in _FIELD_OWNERS:
             return f"{path}: only applies to {_FIELD_OWNERS[key]} variables"
         if key in ("default", "required"):

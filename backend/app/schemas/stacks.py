@@ -17,8 +17,9 @@ StackTemplate = Annotated[str, StringConstraints(strip_whitespace=False, min_len
 VariablesSource = Annotated[
     str | None,
     StringConstraints(strip_whitespace=False, max_length=262_144),
-    Field(description="the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from "
-                      "it (send one or the other)"),
+    Field(
+        description="the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from it (send one or the other)"
+    ),
 ]
 
 

@@ -93,8 +93,7 @@ def _certificates(field: str):
         except ValueError:
             raise PydanticCustomError(
                 "invalid_pem",
-                f"{field} is not a PEM certificate; paste the whole file, from -----BEGIN CERTIFICATE----- "
-                "to -----END CERTIFICATE-----",
+                f"{field} is not a PEM certificate; paste the whole file, from -----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----",
             ) from None
         return _pem_text(value)
 
@@ -111,8 +110,7 @@ def _tls_key(value: str) -> str:
     except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm...: all mean "not usable"
         raise PydanticCustomError(
             "invalid_pem",
-            "tls_key is not a PEM private key; paste the whole file, from -----BEGIN ... PRIVATE KEY----- "
-            "to -----END ... PRIVATE KEY-----",
+            "tls_key is not a PEM private key; paste the whole file, from -----BEGIN ... PRIVATE KEY----- to -----END ... PRIVATE KEY-----",
         ) from None
     return _pem_text(value)
 
@@ -148,12 +146,19 @@ TlsCert = Annotated[Pem, AfterValidator(_certificates("tls_cert"))]
 TlsKey = Annotated[Pem, AfterValidator(_tls_key)]
 SshKey = Annotated[Pem, AfterValidator(_ssh_key)]
 MaxConcurrent = Annotated[int, Field(ge=1, le=100, description="deployments running at once on this target (1-100)")]
-HostId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
-                              description="a host's HOST_ID (letters, digits, . _ @ : -)")]
-PLACED_DESCRIPTION = ("placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers "
-                      "that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend")
-HOST_DESCRIPTION = ("the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; "
-                    "implies placed; superusers only")
+HostId = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$", description="a host's HOST_ID (letters, digits, . _ @ : -)"
+    ),
+]
+PLACED_DESCRIPTION = (
+    "placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers "
+    "that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend"
+)
+HOST_DESCRIPTION = (
+    "the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; implies placed; superusers only"
+)
 
 
 def credential_problem(endpoint: str, credentials: dict[str, Any]) -> str | None:
@@ -171,8 +176,7 @@ def credential_problem(endpoint: str, credentials: dict[str, Any]) -> str | None
         )
     if credentials.get("ssh_key") and scheme != "ssh":
         return (
-            f"ssh_key only applies to ssh:// endpoints, not {scheme}://; "
-            "remove it (null in an update) or use an ssh://user@host endpoint"
+            f"ssh_key only applies to ssh:// endpoints, not {scheme}://; remove it (null in an update) or use an ssh://user@host endpoint"
         )
     cert, key = credentials.get("tls_cert"), credentials.get("tls_key")
     if bool(cert) != bool(key):
@@ -246,9 +250,7 @@ class TargetUpdate(RequestModel):
     def _no_null_for_required(self) -> TargetUpdate:
         for field in ("name", "type", "endpoint", "max_concurrent_deployments", "is_active", "placed"):
             if field in self.model_fields_set and getattr(self, field) is None:
-                raise PydanticCustomError(
-                    "null_not_allowed", f"{field} cannot be null; omit it to keep the current value"
-                )
+                raise PydanticCustomError("null_not_allowed", f"{field} cannot be null; omit it to keep the current value")
         return self
 
 
@@ -269,10 +271,14 @@ class TargetRead(ResponseModel):
     compose_policy: ComposePolicy
     placed: bool = Field(description=PLACED_DESCRIPTION)
     host: str | None = Field(description="the host whose local engine this is (only its workers reach it), or null")
-    served: bool = Field(description="its work runs now: false for a placed target that no live worker serves (its "
-                                     "deployments wait, and its stop and delete answer 503 target_unserved)")
-    workers: int = Field(description="live workers that run its work (for a target that is not placed: the workers of "
-                                     "the shared queue; with none, the backend runs it)")
+    served: bool = Field(
+        description="its work runs now: false for a placed target that no live worker serves (its "
+        "deployments wait, and its stop and delete answer 503 target_unserved)"
+    )
+    workers: int = Field(
+        description="live workers that run its work (for a target that is not placed: the workers of "
+        "the shared queue; with none, the backend runs it)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -299,8 +305,7 @@ TEST_FAILURE_MESSAGES: dict[TestFailure, str] = {
     TestFailure.UNREACHABLE: "no Docker engine could be reached at this endpoint (connection refused, closed, "
     "timed out or no such socket); check the address, the port or socket path, any firewall, and that the "
     "engine is running",
-    TestFailure.TLS: "the TLS handshake failed; check tls_ca, tls_cert, tls_key and tls_verify against the "
-    "engine's certificate",
+    TestFailure.TLS: "the TLS handshake failed; check tls_ca, tls_cert, tls_key and tls_verify against the engine's certificate",
     TestFailure.AUTHENTICATION: "the engine refused the credentials; check the client certificate or the SSH key",
     TestFailure.NOT_DOCKER: "something answered at this endpoint, but not a Docker engine API",
     TestFailure.ERROR: "the connection test failed; the server log of WindFlow has the details",

@@ -17,8 +17,8 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import defer
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from backend.app.config import Settings
 from backend.app.core import security
@@ -52,8 +52,9 @@ S = DeploymentStatus
 def read_model(deployment: Deployment, waiting: DeploymentWaiting | None = None) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
     data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in ("variables", "waiting")}
-    return DeploymentRead(**data, variables=EncryptedValues(deployment.variables).masked(),
-                          waiting=waiting if deployment.status is S.PENDING else None)
+    return DeploymentRead(
+        **data, variables=EncryptedValues(deployment.variables).masked(), waiting=waiting if deployment.status is S.PENDING else None
+    )
 
 
 async def waiting_of(session: AsyncSession, *, deployments: list[Deployment]) -> dict[str, DeploymentWaiting]:
@@ -125,19 +126,22 @@ class DeploymentService:
             raise NotFound(f"stack {stack_id} not found in this organization", code="stack_not_found", params={"id": stack_id})
         target = await session.get(Target, target_id)
         if target is None or target.organization_id != org_id:
-            raise NotFound(f"target {target_id} not found in this organization", code="target_not_found",
-                           params={"id": target_id})
+            raise NotFound(f"target {target_id} not found in this organization", code="target_not_found", params={"id": target_id})
         if not target.is_active:
-            raise Conflict(f"target {target.name!r} is deactivated; activate it or pick another", code="target_inactive",
-                           params={"name": target.name, "id": target.id})
+            raise Conflict(
+                f"target {target.name!r} is deactivated; activate it or pick another",
+                code="target_inactive",
+                params={"name": target.name, "id": target.id},
+            )
 
         parsed = templating.parse_variables(stack.variables or [])
         values = templating.resolve_values(parsed, variables or {})
         secret_paths = templating.secret_paths(parsed)
         # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
         # write lock) is held meanwhile; the deployment is written in the next one.
-        rendered = await revisions.render_for_target(session, settings=settings, template=stack.template, parsed=parsed,
-                                                     values=values, target=target)
+        rendered = await revisions.render_for_target(
+            session, settings=settings, template=stack.template, parsed=parsed, values=values, target=target
+        )
 
         # queued_at is stamped by record_creation right before its flush: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
@@ -157,8 +161,7 @@ class DeploymentService:
             auto_rollback=auto_rollback is not False,
         )
         waiting = (await waiting_of(session, deployments=[deployment])).get(deployment.id)  # as the list shows it
-        await record_creation(session, deployment=deployment, actor=user.email,
-                              snapshot=lambda created: read_model(created, waiting))
+        await record_creation(session, deployment=deployment, actor=user.email, snapshot=lambda created: read_model(created, waiting))
         session.add(revisions.first_revision(deployment, stack=stack, actor=user.email))
         await session.flush()
         return deployment
@@ -215,9 +218,7 @@ class DeploymentService:
         return await pagination.paginate(session, query=query, ordering=DEPLOYMENTS_NEWEST_FIRST, params=page, partitions=partitions)
 
     @staticmethod
-    async def history(
-        session: AsyncSession, *, deployment_id: str, limit: int = 1000, after_id: int = 0
-    ) -> list[DeploymentStatusHistory]:
+    async def history(session: AsyncSession, *, deployment_id: str, limit: int = 1000, after_id: int = 0) -> list[DeploymentStatusHistory]:
         """Status changes after ``after_id``, oldest first (an index range on ``(deployment_id, id)``)."""
         rows = await session.execute(
             select(DeploymentStatusHistory)
@@ -279,11 +280,19 @@ class DeploymentService:
             "retry": frozenset({S.FAILED, S.CANCELLED}),
         }[action]
         result = await set_deployment_status(
-            session, deployment_id=deployment.id, to_status=S.PENDING, reason=history_reasons.text(action), actor=actor, expected_from=allowed
+            session,
+            deployment_id=deployment.id,
+            to_status=S.PENDING,
+            reason=history_reasons.text(action),
+            actor=actor,
+            expected_from=allowed,
         )
         if not result.accepted:
-            raise Conflict(f"cannot {action} this deployment: {result.reason}", code="invalid_transition",
-                           params={"action": action, "status": str(result.from_status) if result.from_status else None})
+            raise Conflict(
+                f"cannot {action} this deployment: {result.reason}",
+                code="invalid_transition",
+                params={"action": action, "status": str(result.from_status) if result.from_status else None},
+            )
         return result
 
     @staticmethod
@@ -298,6 +307,9 @@ class DeploymentService:
             expected_from=frozenset({S.PENDING, S.DEPLOYING}),
         )
         if not result.accepted:
-            raise Conflict(f"cannot cancel this deployment: {result.reason}", code="invalid_transition",
-                           params={"action": "cancel", "status": str(result.from_status) if result.from_status else None})
+            raise Conflict(
+                f"cannot cancel this deployment: {result.reason}",
+                code="invalid_transition",
+                params={"action": "cancel", "status": str(result.from_status) if result.from_status else None},
+            )
         return result

@@ -69,7 +69,8 @@ class PageParams:
         if self.offset > MAX_OFFSET:
             raise ValidationFailed(
                 f"offset must be at most {MAX_OFFSET}; to read further, follow next_cursor from page to page",
-                code="offset_too_large", params={"max": MAX_OFFSET},
+                code="offset_too_large",
+                params={"max": MAX_OFFSET},
             )
 
 
@@ -171,12 +172,7 @@ async def count_capped(session: AsyncSession, *, query: Select, ordering: Orderi
     Ordered like the page, so that the count reads the same index range as the page does (an index-only
     scan of at most ``cap + 1`` entries), never the table.
     """
-    limited = (
-        query.with_only_columns(literal(1), maintain_column_froms=True)
-        .order_by(*ordering.order_by())
-        .limit(cap + 1)
-        .subquery()
-    )
+    limited = query.with_only_columns(literal(1), maintain_column_froms=True).order_by(*ordering.order_by()).limit(cap + 1).subquery()
     return (await session.execute(select(func.count()).select_from(limited))).scalar_one()
 
 
@@ -236,11 +232,7 @@ async def paginate(
     if len(chunks) <= 1:
         merged = chunks[0] if chunks else []
     else:
-        merged = list(
-            itertools.islice(
-                heapq.merge(*chunks, key=lambda r: _key(r, ordering, key_of), reverse=ordering.descending), wanted
-            )
-        )
+        merged = list(itertools.islice(heapq.merge(*chunks, key=lambda r: _key(r, ordering, key_of), reverse=ordering.descending), wanted))
     items, has_more = merged[: params.limit], len(merged) > params.limit
     next_cursor = ordering.encode(_key(items[-1], ordering, key_of)) if has_more and items else None
 

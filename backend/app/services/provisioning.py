@@ -20,9 +20,7 @@ from backend.app.services.targets import target_service
 logger = logging.getLogger(__name__)
 
 
-async def provision_organization(
-    session: AsyncSession, *, settings: Settings, organization_id: str, local_target: bool = False
-) -> None:
+async def provision_organization(session: AsyncSession, *, settings: Settings, organization_id: str, local_target: bool = False) -> None:
     if local_target:
         await target_service.ensure_local_target(session, organization_id=organization_id, settings=settings)
     if settings.STACKS_CATALOG_ENABLED:
@@ -31,7 +29,11 @@ async def provision_organization(
         )
         logger.info(
             "stack catalogue loaded into organization %s: created=%d updated=%d skipped=%d errors=%d",
-            organization_id, stats["created"], stats["updated"], stats["skipped"], stats["errors"],
+            organization_id,
+            stats["created"],
+            stats["updated"],
+            stats["skipped"],
+            stats["errors"],
         )
 
 
@@ -45,5 +47,5 @@ async def sync_catalog_on_startup(settings: Settings) -> None:
         async with database.AsyncSessionLocal() as session:
             await catalog.sync_catalog(session, settings=settings)
             await session.commit()
-    except Exception:  # noqa: BLE001 - a broken catalogue must not keep WindFlow down
+    except Exception:
         logger.exception("stack catalogue synchronisation failed")

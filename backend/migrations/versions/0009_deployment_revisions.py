@@ -18,43 +18,59 @@ from alembic import op
 
 import backend.app.database
 
-revision: str = '0009'
-down_revision: str | None = '0008'
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
-        'deployment_revisions',
-        sa.Column('deployment_id', sa.String(length=36), nullable=False),
-        sa.Column('number', sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column('reason', sa.Enum('created', 'update', 'rollback', 'automatic_rollback', name='revision_reason',
-                                    native_enum=False, length=32), nullable=False),
-        sa.Column('rollback_of', sa.Integer(), nullable=True),
-        sa.Column('outcome', sa.Enum('pending', 'deploying', 'running', 'failed', 'rolled_back', 'superseded',
-                                     name='revision_outcome', native_enum=False, length=32), nullable=False),
-        sa.Column('stack_id', sa.String(length=36), nullable=True),
-        sa.Column('stack_version', sa.String(length=50), nullable=True),
-        sa.Column('stack_template', sa.Text(), nullable=True),
-        sa.Column('stack_variables', sa.JSON(), nullable=True),
-        sa.Column('variables', sa.JSON(), nullable=False),
-        sa.Column('rendered_compose', sa.Text(), nullable=True),
-        sa.Column('images', sa.JSON(), nullable=False),
-        sa.Column('error_message', sa.Text(), nullable=True),
-        sa.Column('created_by', sa.String(length=200), nullable=True),
-        sa.Column('created_at', backend.app.database.UTCDateTime(timezone=True), nullable=False),
-        sa.Column('finished_at', backend.app.database.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'],
-                                name=op.f('fk_deployment_revisions_deployment_id_deployments'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['stack_id'], ['stacks.id'],
-                                name=op.f('fk_deployment_revisions_stack_id_stacks'), ondelete='SET NULL'),
-        sa.PrimaryKeyConstraint('deployment_id', 'number', name=op.f('pk_deployment_revisions')),
+        "deployment_revisions",
+        sa.Column("deployment_id", sa.String(length=36), nullable=False),
+        sa.Column("number", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column(
+            "reason",
+            sa.Enum("created", "update", "rollback", "automatic_rollback", name="revision_reason", native_enum=False, length=32),
+            nullable=False,
+        ),
+        sa.Column("rollback_of", sa.Integer(), nullable=True),
+        sa.Column(
+            "outcome",
+            sa.Enum(
+                "pending",
+                "deploying",
+                "running",
+                "failed",
+                "rolled_back",
+                "superseded",
+                name="revision_outcome",
+                native_enum=False,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("stack_id", sa.String(length=36), nullable=True),
+        sa.Column("stack_version", sa.String(length=50), nullable=True),
+        sa.Column("stack_template", sa.Text(), nullable=True),
+        sa.Column("stack_variables", sa.JSON(), nullable=True),
+        sa.Column("variables", sa.JSON(), nullable=False),
+        sa.Column("rendered_compose", sa.Text(), nullable=True),
+        sa.Column("images", sa.JSON(), nullable=False),
+        sa.Column("error_message", sa.Text(), nullable=True),
+        sa.Column("created_by", sa.String(length=200), nullable=True),
+        sa.Column("created_at", backend.app.database.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", backend.app.database.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["deployment_id"], ["deployments.id"], name=op.f("fk_deployment_revisions_deployment_id_deployments"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["stack_id"], ["stacks.id"], name=op.f("fk_deployment_revisions_stack_id_stacks"), ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("deployment_id", "number", name=op.f("pk_deployment_revisions")),
     )
-    with op.batch_alter_table('deployments', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('revision', sa.Integer(), nullable=False, server_default='1'))
-        batch_op.add_column(sa.Column('last_good_revision', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('auto_rollback', sa.Boolean(), nullable=False, server_default=sa.true()))
+    with op.batch_alter_table("deployments", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("revision", sa.Integer(), nullable=False, server_default="1"))
+        batch_op.add_column(sa.Column("last_good_revision", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("auto_rollback", sa.Boolean(), nullable=False, server_default=sa.true()))
 
     op.execute("UPDATE deployments SET last_good_revision = 1 WHERE status IN ('running', 'stopped')")
     op.execute(
@@ -76,8 +92,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('deployments', schema=None) as batch_op:
-        batch_op.drop_column('auto_rollback')
-        batch_op.drop_column('last_good_revision')
-        batch_op.drop_column('revision')
-    op.drop_table('deployment_revisions')
+    with op.batch_alter_table("deployments", schema=None) as batch_op:
+        batch_op.drop_column("auto_rollback")
+        batch_op.drop_column("last_good_revision")
+        batch_op.drop_column("revision")
+    op.drop_table("deployment_revisions")

@@ -31,8 +31,13 @@ DIST = ROOT / "frontend" / "dist"
 OUTPUT = Path(os.environ.get("WINDFLOW_TEST_OUTPUT", ROOT / "test-output")) / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-sync", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
 ]
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct-horse-battery"
@@ -76,7 +81,10 @@ class Server:
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend.app.main"],
-            cwd=self.workdir, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -183,7 +191,14 @@ def local_target(server: Server, admin_token: str, org_id: str) -> dict:
     targets = server.api("GET", f"/targets?organization_id={org_id}", token=admin_token)["items"]
     local = [t for t in targets if t["endpoint"].startswith("unix://")]
     if not local:
-        local = [server.api("POST", "/targets", {"name": "local", "endpoint": "unix:///var/run/docker.sock", "organization_id": org_id}, token=admin_token)]
+        local = [
+            server.api(
+                "POST",
+                "/targets",
+                {"name": "local", "endpoint": "unix:///var/run/docker.sock", "organization_id": org_id},
+                token=admin_token,
+            )
+        ]
     return local[0]
 
 
@@ -197,15 +212,15 @@ DEMO_STACK = {
         "  app:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"echo {{ greeting }}; sleep {{ delay }}; touch /tmp/ready; "
-        "while true; do echo tick; sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "echo {{ greeting }}; sleep {{ delay }}; touch /tmp/ready; '
+        'while true; do echo tick; sleep 1; done"]\n'
         "    environment:\n"
-        "      MODE: \"{{ mode }}\"\n"
-        "      VERBOSE: \"{{ verbose }}\"\n"
-        "      PASSWORD: \"{{ password }}\"\n"
-        "      DB_USER: \"{{ db.user }}\"\n"
+        '      MODE: "{{ mode }}"\n'
+        '      VERBOSE: "{{ verbose }}"\n'
+        '      PASSWORD: "{{ password }}"\n'
+        '      DB_USER: "{{ db.user }}"\n'
         "    healthcheck:\n"
-        "      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n"
+        '      test: ["CMD", "test", "-f", "/tmp/ready"]\n'
         "      interval: 1s\n"
         "      timeout: 1s\n"
         "      retries: 120\n"
@@ -213,13 +228,23 @@ DEMO_STACK = {
     "variables": [
         {"name": "delay", "type": "integer", "label": "Delay (s)", "default": 4, "min": 0, "max": 60, "required": True},
         {"name": "greeting", "type": "string", "label": "Greeting", "default": "hello-windflow", "pattern": "[a-z-]+"},
-        {"name": "mode", "type": "enum", "label": "Mode", "options": [{"value": "fast", "label": "Fast mode"},
-                                                                       {"value": "safe", "label": "Safe mode"}], "default": "safe"},
+        {
+            "name": "mode",
+            "type": "enum",
+            "label": "Mode",
+            "options": [{"value": "fast", "label": "Fast mode"}, {"value": "safe", "label": "Safe mode"}],
+            "default": "safe",
+        },
         {"name": "verbose", "type": "boolean", "label": "Verbose", "default": False},
         {"name": "password", "type": "secret", "label": "Password", "default": "{{ generate_password(16) }}"},
-        {"name": "db", "type": "group", "label": "Database", "variables": [
-            {"name": "user", "type": "string", "label": "User", "default": "app", "required": True},
-        ]},
+        {
+            "name": "db",
+            "type": "group",
+            "label": "Database",
+            "variables": [
+                {"name": "user", "type": "string", "label": "User", "default": "app", "required": True},
+            ],
+        },
     ],
 }
 
@@ -245,8 +270,11 @@ def websocket_endpoint_exists(server: Server) -> bool:
 def realtime(server: Server) -> None:
     """The tests that need the WebSocket: skipped when the server has none, a failure on CI (``CI=true``)."""
     if not websocket_endpoint_exists(server):
-        require_service("WS /api/v1/ws", "the server refused the WebSocket handshake (docs/api.md, 'Real time'): "
-                        "live status, log streaming and reconnection cannot be checked without it")
+        require_service(
+            "WS /api/v1/ws",
+            "the server refused the WebSocket handshake (docs/api.md, 'Real time'): "
+            "live status, log streaming and reconnection cannot be checked without it",
+        )
 
 
 #: Every deployment a browser test created, for the session's final check that nothing is left running.
@@ -257,10 +285,14 @@ LABEL = "windflow.deployment_id"
 def docker_leftovers(deployment_id: str) -> list[str]:
     """Containers, networks and volumes still labelled with ``deployment_id``."""
     found = []
-    for kind, cmd in (("container", ["docker", "ps", "-aq"]), ("network", ["docker", "network", "ls", "-q"]),
-                      ("volume", ["docker", "volume", "ls", "-q"])):
-        out = subprocess.run([*cmd, "--filter", f"label={LABEL}={deployment_id}"], capture_output=True, text=True,
-                             timeout=60).stdout.split()
+    for kind, cmd in (
+        ("container", ["docker", "ps", "-aq"]),
+        ("network", ["docker", "network", "ls", "-q"]),
+        ("volume", ["docker", "volume", "ls", "-q"]),
+    ):
+        out = subprocess.run(
+            [*cmd, "--filter", f"label={LABEL}={deployment_id}"], capture_output=True, text=True, timeout=60
+        ).stdout.split()
         found += [f"{kind} {ref}" for ref in out]
     return found
 
@@ -268,8 +300,11 @@ def docker_leftovers(deployment_id: str) -> list[str]:
 def force_remove(deployment_id: str) -> None:
     """Removes by label what the API could not (the server is gone, or the delete was refused)."""
     flt = f"label={LABEL}={deployment_id}"
-    for script in (f"docker rm -f $(docker ps -aq --filter {flt})", f"docker network rm $(docker network ls -q --filter {flt})",
-                   f"docker volume rm -f $(docker volume ls -q --filter {flt})"):
+    for script in (
+        f"docker rm -f $(docker ps -aq --filter {flt})",
+        f"docker network rm $(docker network ls -q --filter {flt})",
+        f"docker volume rm -f $(docker volume ls -q --filter {flt})",
+    ):
         subprocess.run(["sh", "-c", f"{script} >/dev/null 2>&1"], timeout=60, check=False)
 
 
@@ -300,6 +335,7 @@ def tear_down(server: Server, token: str, deployment_id: str) -> None:
 def cleanup_deployments(server: Server, admin_token: str):
     """Deletes what a test deployed (containers, networks, volumes) when it ends, failed or not, and
     checks that nothing labelled with those deployments is left on the engine."""
+
     class Registry(list):
         def append(self, deployment_id: str) -> None:  # type: ignore[override]
             super().append(deployment_id)
@@ -333,7 +369,9 @@ def nothing_left_on_the_engine():
 
 def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int = 1280, height: int = 800):
     context = browser.new_context(
-        locale=locale, color_scheme="dark" if dark else "light", viewport={"width": width, "height": height},
+        locale=locale,
+        color_scheme="dark" if dark else "light",
+        viewport={"width": width, "height": height},
         accept_downloads=True,
     )
     context.set_default_timeout(60_000)  # a shared 2-core machine can be slow; waits end as soon as they succeed
@@ -368,6 +406,7 @@ def _retry_network_changes(page) -> None:
                     if NETWORK_CHANGED not in str(exc) or attempt == NAVIGATION_ATTEMPTS:
                         raise
                     page.wait_for_timeout(250 * attempt)
+
         return run
 
     page.goto = retrying(page.goto)
@@ -424,7 +463,7 @@ class PageWatch:
 
 #: Pages and servers of the running test, reported when it fails.
 _WATCHED: list[PageWatch] = []
-_SERVERS: list["Server"] = []
+_SERVERS: list[Server] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -462,7 +501,7 @@ def _log_in(page, server: Server, email: str, password: str) -> None:
     page.goto(f"{server.url}/login")
     try:
         page.wait_for_selector("input[name=email]", timeout=45000)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever kept the form away is reported with a screenshot
         _try_screenshot(page, "FAILED-login")
         raise AssertionError(f"no login form at {page.url}: {page.errors}") from None
     page.fill("input[name=email]", email)
@@ -473,7 +512,7 @@ def _log_in(page, server: Server, email: str, password: str) -> None:
         # the list page has rendered: its chunks and their stylesheets are loaded (a navigation right away
         # would cut their preload short, which the page reports as an error)
         page.get_by_test_id("deployment-count").wait_for(timeout=45000)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever kept the list away is reported with a screenshot
         _try_screenshot(page, "FAILED-login-submit")
         raise AssertionError(f"login did not reach the deployments page ({page.url}): {page.errors}") from None
 

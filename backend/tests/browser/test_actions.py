@@ -20,7 +20,7 @@ STUBBORN_STACK = {
         "  app:\n"
         f"    image: {TEST_IMAGE}\n"
         "    stop_grace_period: 4s\n"
-        "    command: [\"sh\", \"-c\", \"trap '' TERM; echo up; while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "trap \'\' TERM; echo up; while true; do sleep 1; done"]\n'
     ),
     "variables": [],
 }
@@ -44,12 +44,17 @@ def test_a_slow_stop_says_what_it_waits_for_and_is_sent_once(
     chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
 ) -> None:
     stack = server.api("POST", "/stacks", {**STUBBORN_STACK, "organization_id": org_id}, token=admin_token)
-    stubborn = server.api("POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"],
-                                                   "name": "stubborn-1"}, token=admin_token)
+    stubborn = server.api(
+        "POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"], "name": "stubborn-1"}, token=admin_token
+    )
     cleanup_deployments.append(stubborn["id"])
     # a deployment that stays deploying for a while, to see the Cancel dialog
-    slow = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
-                                               "name": "slow-1", "variables": {"delay": 40}}, token=admin_token)
+    slow = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "slow-1", "variables": {"delay": 40}},
+        token=admin_token,
+    )
     cleanup_deployments.append(slow["id"])
     assert wait_status(server, admin_token, stubborn["id"], {"running", "failed"})["status"] == "running"
 
@@ -86,8 +91,9 @@ def test_a_slow_stop_says_what_it_waits_for_and_is_sent_once(
     assert dialog.get_by_test_id("confirm-ok").is_disabled()
     screenshot(page, "confirm-stop-waiting-en-light")
     dialog.wait_for(state="hidden", timeout=30_000)
-    page.wait_for_function(f"document.querySelector(\"{ROW.format(id=stubborn['id'])} [data-testid=status-badge]\")"
-                           "?.dataset.status === 'stopped'")
+    page.wait_for_function(
+        f"document.querySelector(\"{ROW.format(id=stubborn['id'])} [data-testid=status-badge]\")?.dataset.status === 'stopped'"
+    )
     assert len(stops) == 1, stops
     assert server.api("GET", f"/deployments/{stubborn['id']}", token=admin_token)["status"] == "stopped"
 
@@ -96,7 +102,8 @@ def test_a_slow_stop_says_what_it_waits_for_and_is_sent_once(
     row.get_by_test_id("action-start").dblclick()
     page.wait_for_function(
         f"['pending', 'deploying', 'running'].includes(document.querySelector(\"{ROW.format(id=stubborn['id'])} "
-        "[data-testid=status-badge]\")?.dataset.status)")
+        '[data-testid=status-badge]")?.dataset.status)'
+    )
     page.wait_for_timeout(300)
     assert len(starts) == 1, starts
     assert page_errors(page) == [], page.errors
@@ -106,9 +113,12 @@ def test_a_slow_stop_says_what_it_waits_for_and_is_sent_once(
 def test_the_detail_page_says_when_its_deployment_is_deleted(
     chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
 ) -> None:
-    deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
-                                                     "name": "deleted-while-open", "variables": {"delay": 0}},
-                            token=admin_token)
+    deployment = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "deleted-while-open", "variables": {"delay": 0}},
+        token=admin_token,
+    )
     cleanup_deployments.append(deployment["id"])
     wait_status(server, admin_token, deployment["id"], {"running", "failed"})
     page = new_page(chromium_browser)
@@ -130,19 +140,35 @@ def test_the_detail_page_says_when_its_deployment_is_deleted(
 def test_a_pending_row_says_it_waits_for_a_free_slot_on_its_target(
     realtime, chromium_browser, server: Server, admin_token, org_id, demo_stack, cleanup_deployments
 ) -> None:
-    narrow = server.api("POST", "/targets", {"name": f"one-at-a-time-{uuid.uuid4().hex[:4]}", "organization_id": org_id,
-                                             "endpoint": "unix:///var/run/docker.sock", "max_concurrent_deployments": 1},
-                        token=admin_token)
+    narrow = server.api(
+        "POST",
+        "/targets",
+        {
+            "name": f"one-at-a-time-{uuid.uuid4().hex[:4]}",
+            "organization_id": org_id,
+            "endpoint": "unix:///var/run/docker.sock",
+            "max_concurrent_deployments": 1,
+        },
+        token=admin_token,
+    )
     try:
-        first = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": narrow["id"],
-                                                    "name": "holds-the-slot", "variables": {"delay": 30}}, token=admin_token)
+        first = server.api(
+            "POST",
+            "/deployments",
+            {"stack_id": demo_stack["id"], "target_id": narrow["id"], "name": "holds-the-slot", "variables": {"delay": 30}},
+            token=admin_token,
+        )
         cleanup_deployments.append(first["id"])
         assert wait_status(server, admin_token, first["id"], {"deploying", "running", "failed"})["status"] == "deploying"
         page = new_page(chromium_browser)
         ui_login(page, server)
         # created while the list is open: the new row says at once why it does not start
-        second = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": narrow["id"],
-                                                     "name": "waits-for-it", "variables": {"delay": 0}}, token=admin_token)
+        second = server.api(
+            "POST",
+            "/deployments",
+            {"stack_id": demo_stack["id"], "target_id": narrow["id"], "name": "waits-for-it", "variables": {"delay": 0}},
+            token=admin_token,
+        )
         cleanup_deployments.append(second["id"])
         waiting = page.locator(ROW.format(id=second["id"])).get_by_test_id("waiting")
         waiting.wait_for(timeout=15_000)

@@ -84,10 +84,18 @@ def test_a_target_is_edited_and_its_policy_changed_until_a_bind_deploy_is_accept
     shared.mkdir()
     (shared / "hello.txt").write_text("hello-from-the-host\n")
     shared.chmod(0o755)
-    stack = server.api("POST", "/stacks", {**BIND_STACK, "organization_id": org_id, "variables": [
-        {"name": "directory", "type": "string", "default": str(shared)}]}, token=admin_token)
-    target = server.api("POST", "/targets", {"name": f"binds-{uuid.uuid4().hex[:4]}", "endpoint": "unix:///var/run/docker.sock",
-                                             "organization_id": org_id}, token=admin_token)
+    stack = server.api(
+        "POST",
+        "/stacks",
+        {**BIND_STACK, "organization_id": org_id, "variables": [{"name": "directory", "type": "string", "default": str(shared)}]},
+        token=admin_token,
+    )
+    target = server.api(
+        "POST",
+        "/targets",
+        {"name": f"binds-{uuid.uuid4().hex[:4]}", "endpoint": "unix:///var/run/docker.sock", "organization_id": org_id},
+        token=admin_token,
+    )
     page = new_page(chromium_browser)
     ui_login(page, server)
     try:

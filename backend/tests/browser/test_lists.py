@@ -15,9 +15,7 @@ def row(page, testid: str, attr: str, value: str):
     return page.locator(f"[data-testid={testid}][data-{attr}='{value}']")
 
 
-def test_lists_follow_changes_made_elsewhere_without_a_reload(
-    realtime, chromium_browser, server: Server, admin_token, org_id
-) -> None:
+def test_lists_follow_changes_made_elsewhere_without_a_reload(realtime, chromium_browser, server: Server, admin_token, org_id) -> None:
     page = new_page(chromium_browser)
     ui_login(page, server)
     page.evaluate("window.__still_the_same_page = true")  # a reload would lose it
@@ -76,10 +74,10 @@ def test_a_list_is_filtered_and_paged_from_its_header(chromium_browser, server: 
     # Typing in the header's search narrows the list and puts the filter in the URL, which a reload keeps.
     page.get_by_test_id("filter-q").locator("input").fill(f"page-{tag}-1")
     page.wait_for_url(f"**/tokens?q=page-{tag}-1")
-    page.wait_for_function(f"document.querySelectorAll(\"[data-testid=token-row]\").length === 10")  # 10 to 19
+    page.wait_for_function('document.querySelectorAll("[data-testid=token-row]").length === 10')  # 10 to 19
     screenshot(page, "tokens-filtered-en-light")
     page.reload()
-    page.wait_for_function(f"document.querySelectorAll(\"[data-testid=token-row]\").length === 10")
+    page.wait_for_function('document.querySelectorAll("[data-testid=token-row]").length === 10')
     assert page.get_by_test_id("filter-q").locator("input").input_value() == f"page-{tag}-1"
     # A select of the header: the revoked ones, none among these.
     page.get_by_test_id("filter-state").click()

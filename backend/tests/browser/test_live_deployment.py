@@ -152,7 +152,8 @@ def test_server_restart_shows_offline_then_live_with_no_line_lost_or_doubled(
     realtime, chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
 ) -> None:
     deployment = server.api(
-        "POST", "/deployments",
+        "POST",
+        "/deployments",
         {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "restart-demo", "variables": {"delay": 8}},
         token=admin_token,
     )

@@ -31,7 +31,7 @@ LEVELS_STACK = {
         "services:\n"
         "  app:\n"
         f"    image: {TEST_IMAGE}\n"
-        "    command: [\"sh\", \"-c\", \"echo 'DEBUG cache warmed'; echo 'INFO listening on 8080'; "
+        '    command: ["sh", "-c", "echo \'DEBUG cache warmed\'; echo \'INFO listening on 8080\'; '
         "echo 'WARNING disk almost full'; printf '\\\\033[32mready in green\\\\033[0m\\\\n'; "
         "echo '<img src=x onerror=alert(1)> <b>not bold</b>'; "
         f"echo 'INFO a long line {LONG}'; echo 'ERROR database unreachable'; exit 1\"]\n"
@@ -49,8 +49,9 @@ def levels_stack(server: Server, admin_token, org_id) -> dict:
 
 @pytest.fixture
 def levels_deployment(server: Server, admin_token, levels_stack, local_target, cleanup_deployments) -> dict:
-    deployment = server.api("POST", "/deployments", {"stack_id": levels_stack["id"], "target_id": local_target["id"],
-                                                     "name": "levels-demo"}, token=admin_token)
+    deployment = server.api(
+        "POST", "/deployments", {"stack_id": levels_stack["id"], "target_id": local_target["id"], "name": "levels-demo"}, token=admin_token
+    )
     cleanup_deployments.append(deployment["id"])
     assert wait_status(server, admin_token, deployment["id"], {"failed", "running"})["status"] == "failed"
     return deployment
@@ -80,8 +81,10 @@ def in_view(page, seq: int) -> bool:
     )
 
 
-AT_BOTTOM = ("(() => { const el = document.querySelector('[data-testid=log-scroller]');"
-             " return el.scrollHeight - el.scrollTop - el.clientHeight < 4 })()")
+AT_BOTTOM = (
+    "(() => { const el = document.querySelector('[data-testid=log-scroller]');"
+    " return el.scrollHeight - el.scrollTop - el.clientHeight < 4 })()"
+)
 AUTOSCROLL_ON = "document.querySelector('[data-testid=autoscroll]').getAttribute('aria-pressed') === 'true'"
 AUTOSCROLL_OFF = "document.querySelector('[data-testid=autoscroll]').getAttribute('aria-pressed') === 'false'"
 
@@ -116,8 +119,9 @@ def test_levels_colours_filter_autoscroll_search_first_error_and_permalink(
 
     # Smart auto-scroll is on by default: the tail is in view.
     assert autoscroll_on(page)
-    page.wait_for_function("(() => { const el = document.querySelector('[data-testid=log-scroller]');"
-                           " return el.scrollHeight > el.clientHeight + 100 })()")
+    page.wait_for_function(
+        "(() => { const el = document.querySelector('[data-testid=log-scroller]'); return el.scrollHeight > el.clientHeight + 100 })()"
+    )
     page.wait_for_function(AT_BOTTOM, timeout=5000)
 
     # Colours by level: each level's label has its own colour, red / yellow / green / grey.
@@ -238,8 +242,10 @@ def test_colours_html_and_wrap(chromium_browser, server: Server, levels_deployme
                      .find((r) => r.innerText.includes('a long line'));
                    return row && getComputedStyle(row).whiteSpace === 'pre-wrap' && row.getBoundingClientRect().height > 50 }"""
     )
-    width = page.evaluate("document.querySelector('[data-testid=log-scroller]').scrollWidth - "
-                          "document.querySelector('[data-testid=log-scroller]').clientWidth")
+    width = page.evaluate(
+        "document.querySelector('[data-testid=log-scroller]').scrollWidth - "
+        "document.querySelector('[data-testid=log-scroller]').clientWidth"
+    )
     assert width <= 1, width  # wrapped: nothing to scroll sideways
     screenshot(page, "logs-drawer-wrapped-1280x800")
     page.get_by_test_id("toggle-wrap").click()  # the setting is remembered: leave it as it was

@@ -24,28 +24,40 @@ REVISED_STACK = {
         "  web:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"{% if crash %}echo 'boom: bad configuration' >&2; exit 3; {% endif %}"
-        "echo serving {{ greeting }}; sleep {{ delay }}; touch /tmp/ready; while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "{% if crash %}echo \'boom: bad configuration\' >&2; exit 3; {% endif %}'
+        'echo serving {{ greeting }}; sleep {{ delay }}; touch /tmp/ready; while true; do sleep 1; done"]\n'
         "    environment:\n"
-        "      GREETING: \"{{ greeting }}\"\n"
-        "      API_KEY: \"{{ api_key }}\"\n"
-        "    ports: [\"80\"]\n"
+        '      GREETING: "{{ greeting }}"\n'
+        '      API_KEY: "{{ api_key }}"\n'
+        '    ports: ["80"]\n'
         "    healthcheck:\n"
-        "      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n"
+        '      test: ["CMD", "test", "-f", "/tmp/ready"]\n'
         "      interval: 1s\n"
         "      timeout: 1s\n"
         "      retries: 60\n"
         "  worker:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"echo worker {{ mode }}; while true; do sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "echo worker {{ mode }}; while true; do sleep 1; done"]\n'
     ),
     "variables": [
-        {"name": "greeting", "type": "string", "label": "Greeting", "description": "What the web service says",
-         "default": "hello-r1", "pattern": "[a-z0-9-]+", "required": True},
+        {
+            "name": "greeting",
+            "type": "string",
+            "label": "Greeting",
+            "description": "What the web service says",
+            "default": "hello-r1",
+            "pattern": "[a-z0-9-]+",
+            "required": True,
+        },
         {"name": "delay", "type": "integer", "label": "Start delay (s)", "default": 1, "min": 0, "max": 30},
-        {"name": "mode", "type": "enum", "label": "Mode", "default": "safe",
-         "options": [{"value": "fast", "label": "Fast mode"}, {"value": "safe", "label": "Safe mode"}]},
+        {
+            "name": "mode",
+            "type": "enum",
+            "label": "Mode",
+            "default": "safe",
+            "options": [{"value": "fast", "label": "Fast mode"}, {"value": "safe", "label": "Safe mode"}],
+        },
         {"name": "crash", "type": "boolean", "label": "Crash at start", "default": False},
         {"name": "api_key", "type": "secret", "label": "API key", "default": "{{ generate_password(16) }}"},
     ],
@@ -55,9 +67,19 @@ REVISED_STACK = {
 def container_id(deployment_id: str, service: str) -> str:
     """The deployment's one running container of ``service``."""
     ids = subprocess.run(
-        ["docker", "ps", "-q", "--filter", f"label=windflow.deployment_id={deployment_id}",
-         "--filter", f"label=com.docker.compose.service={service}"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            "docker",
+            "ps",
+            "-q",
+            "--filter",
+            f"label=windflow.deployment_id={deployment_id}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout.split()
     assert len(ids) == 1, f"expected one running {service} container, found {ids}"
     return ids[0]
@@ -65,8 +87,11 @@ def container_id(deployment_id: str, service: str) -> str:
 
 def container_env(deployment_id: str, service: str) -> dict[str, str]:
     """The environment of the deployment's running container of ``service``, read from the engine."""
-    inspect = json.loads(subprocess.run(["docker", "inspect", container_id(deployment_id, service)],
-                                        capture_output=True, text=True, timeout=60, check=True).stdout)
+    inspect = json.loads(
+        subprocess.run(
+            ["docker", "inspect", container_id(deployment_id, service)], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
     return dict(item.split("=", 1) for item in inspect[0]["Config"]["Env"])
 
 
@@ -80,7 +105,8 @@ def wait_page_revision(page, n: int, status: str) -> None:
     page.wait_for_function(
         "([n, s]) => document.querySelector('[data-testid=detail-revision]')?.textContent.trim() === `r${n}` && "
         "document.querySelector('.page-header [data-testid=status-badge]')?.dataset.status === s",
-        arg=[n, status], timeout=120_000,
+        arg=[n, status],
+        timeout=120_000,
     )
 
 
@@ -105,8 +131,9 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     realtime, chromium_browser, server: Server, admin_token, org_id, local_target, cleanup_deployments
 ) -> None:
     stack = server.api("POST", "/stacks", {**REVISED_STACK, "organization_id": org_id}, token=admin_token)
-    created = server.api("POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"],
-                                                  "name": "revised-1"}, token=admin_token)
+    created = server.api(
+        "POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"], "name": "revised-1"}, token=admin_token
+    )
     deployment_id = created["id"]
     cleanup_deployments.append(deployment_id)
     assert wait_status(server, admin_token, deployment_id, SETTLED)["status"] == "running"
@@ -125,14 +152,20 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     assert page.get_by_test_id("service-worker").is_visible()
     assert TEST_IMAGE in web.get_by_test_id("service-image").inner_text()
     page.wait_for_function(
-        "document.querySelector('[data-testid=service-web] [data-testid=service-digest]')?.textContent.includes('sha256:')")
+        "document.querySelector('[data-testid=service-web] [data-testid=service-digest]')?.textContent.includes('sha256:')"
+    )
     # Their containers as the engine reports them: running, healthy where there is a healthcheck, the host port
     # Docker bound (the document asks for a random one).
     web.locator("[data-testid=service-container] [data-state=running]").wait_for()
     assert "healthy" in web.get_by_test_id("service-container").inner_text()
     page.get_by_test_id("service-worker").locator("[data-testid=service-container] [data-state=running]").wait_for()
-    bound = subprocess.run(["docker", "port", container_id(deployment_id, "web"), "80/tcp"], capture_output=True,
-                           text=True, timeout=60, check=True).stdout.split()[0].rsplit(":", 1)[1]
+    bound = (
+        subprocess.run(
+            ["docker", "port", container_id(deployment_id, "web"), "80/tcp"], capture_output=True, text=True, timeout=60, check=True
+        )
+        .stdout.split()[0]
+        .rsplit(":", 1)[1]
+    )
     assert f"{bound}→80/tcp" in web.get_by_test_id("service-ports").inner_text()
     assert page.get_by_test_id("services-state-error").count() == 0
     # The variables as a labelled table: labels and descriptions of the schema, the secret as ***.
@@ -246,8 +279,7 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     page.context.close()
 
     # The new screens in dark, in French, and at a phone's width.
-    for name, kwargs in (("en-dark", {"dark": True}), ("fr-light", {"locale": "fr-FR"}),
-                         ("phone", {"width": 390, "height": 844})):
+    for name, kwargs in (("en-dark", {"dark": True}), ("fr-light", {"locale": "fr-FR"}), ("phone", {"width": 390, "height": 844})):
         shot = new_page(chromium_browser, **kwargs)
         ui_login(shot, server)
         shot.goto(f"{server.url}/deployments/{deployment_id}")
@@ -272,10 +304,13 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
 def test_an_automatic_rollback_is_said_on_the_open_page(
     realtime, chromium_browser, server: Server, admin_token, org_id, local_target, cleanup_deployments
 ) -> None:
-    stack = server.api("POST", "/stacks", {**REVISED_STACK, "name": "revised-auto", "organization_id": org_id},
-                       token=admin_token)
-    created = server.api("POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"],
-                                                  "name": "revised-auto", "variables": {"delay": 0}}, token=admin_token)
+    stack = server.api("POST", "/stacks", {**REVISED_STACK, "name": "revised-auto", "organization_id": org_id}, token=admin_token)
+    created = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": stack["id"], "target_id": local_target["id"], "name": "revised-auto", "variables": {"delay": 0}},
+        token=admin_token,
+    )
     deployment_id = created["id"]
     cleanup_deployments.append(deployment_id)
     assert wait_status(server, admin_token, deployment_id, SETTLED)["status"] == "running"
@@ -309,8 +344,7 @@ def test_an_automatic_rollback_is_said_on_the_open_page(
     page.locator(".n-tabs-tab[data-name=overview]").click()
     worker = page.get_by_test_id("service-worker")
     worker.locator("[data-testid=service-container] [data-state=running]").wait_for()
-    subprocess.run(["docker", "kill", container_id(deployment_id, "worker")], capture_output=True, timeout=60,
-                   check=True)
+    subprocess.run(["docker", "kill", container_id(deployment_id, "worker")], capture_output=True, timeout=60, check=True)
     worker.locator("[data-testid=service-container] [data-state=exited]").wait_for(timeout=30_000)
     assert "exit code 137" in worker.get_by_test_id("service-container").inner_text()
     warning = page.get_by_test_id("services-not-running")  # the status says running; the page does not pretend

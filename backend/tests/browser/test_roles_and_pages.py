@@ -20,8 +20,12 @@ def test_viewer_sees_no_action_they_cannot_take(
     chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
 ) -> None:
     # A settled deployment in the list, so row actions would show if they were offered.
-    deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "viewer-sees",
-                                        "variables": {"delay": 0}}, token=admin_token)
+    deployment = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "viewer-sees", "variables": {"delay": 0}},
+        token=admin_token,
+    )
     cleanup_deployments.append(deployment["id"])
     email, password = _viewer(server, admin_token, org_id)
     page = new_page(chromium_browser)
@@ -132,8 +136,12 @@ def test_screenshots_of_every_page(
     chromium_browser, server: Server, admin_token, org_id, local_target, demo_stack, cleanup_deployments
 ) -> None:
     """Saved to test-output/screenshots/ to be looked at; also checks no page throws."""
-    deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
-                                                     "name": "screenshot-demo", "variables": {"delay": 0}}, token=admin_token)
+    deployment = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "screenshot-demo", "variables": {"delay": 0}},
+        token=admin_token,
+    )
     cleanup_deployments.append(deployment["id"])
     # the pages are shot with a running deployment (its actions include the "more" menu checked below)
     current = wait_status(server, admin_token, deployment["id"], {"running", "failed"}, timeout=90)

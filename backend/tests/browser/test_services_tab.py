@@ -21,17 +21,17 @@ SERVICES_STACK = {
         "services:\n"
         "  once:\n"
         f"    image: {TEST_IMAGE}\n"
-        "    command: [\"sh\", \"-c\", \"echo 'migration done'\"]\n"
+        '    command: ["sh", "-c", "echo \'migration done\'"]\n'
         "  alpha:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
         "    depends_on: {once: {condition: service_completed_successfully}}\n"
-        "    command: [\"sh\", \"-c\", \"i=0; while true; do i=$$((i+1)); echo alpha-$$i; sleep 1; done\"]\n"
+        '    command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo alpha-$$i; sleep 1; done"]\n'
         "  beta:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
         "    depends_on: {once: {condition: service_completed_successfully}}\n"
-        "    command: [\"sh\", \"-c\", \"sleep 0.5; i=0; while true; do i=$$((i+1)); "
+        '    command: ["sh", "-c", "sleep 0.5; i=0; while true; do i=$$((i+1)); '
         "printf 'beta-%s <b>bold?</b> \\\\033[32mgreen\\\\033[0m\\\\n' $$i; "
         "[ $$i = 3 ] && echo 'WARNING beta is slow'; sleep 1; done\"]\n"
     ),
@@ -43,8 +43,9 @@ LINE = re.compile(r"^(\S+) (\w+) \| (.*)$")
 @pytest.fixture
 def chatty(server: Server, admin_token, org_id, local_target, cleanup_deployments) -> dict:
     stack = server.api("POST", "/stacks", {**SERVICES_STACK, "organization_id": org_id}, token=admin_token)
-    deployment = server.api("POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"],
-                                                     "name": "chatty"}, token=admin_token)
+    deployment = server.api(
+        "POST", "/deployments", {"stack_id": stack["id"], "target_id": local_target["id"], "name": "chatty"}, token=admin_token
+    )
     cleanup_deployments.append(deployment["id"])
     final = wait_status(server, admin_token, deployment["id"], {"running", "failed"})
     assert final["status"] == "running", final
@@ -55,9 +56,7 @@ SCROLLER = "document.querySelector('[data-testid=service-scroller]')"
 AT_BOTTOM = f"(() => {{ const el = {SCROLLER}; return el && el.scrollHeight - el.scrollTop - el.clientHeight < 4 }})()"
 
 
-def test_the_services_tab_follows_merges_searches_filters_and_downloads(
-    realtime, chromium_browser, server: Server, chatty
-) -> None:
+def test_the_services_tab_follows_merges_searches_filters_and_downloads(realtime, chromium_browser, server: Server, chatty) -> None:
     page = new_page(chromium_browser)
     ui_login(page, server)
     page.goto(f"{server.url}/deployments?logs={chatty['id']}")
@@ -103,8 +102,7 @@ def test_the_services_tab_follows_merges_searches_filters_and_downloads(
 
     # Filter by service: alpha's lines go, beta's stay.
     page.get_by_test_id("service-alpha").click()
-    page.wait_for_function(
-        f"![...{SCROLLER}.querySelectorAll('[data-testid=line-service]')].some((e) => e.innerText === 'alpha')")
+    page.wait_for_function(f"![...{SCROLLER}.querySelectorAll('[data-testid=line-service]')].some((e) => e.innerText === 'alpha')")
     assert page.locator("[data-testid=service-scroller] [data-testid=line-service]", has_text="beta").count() > 0
     page.get_by_test_id("service-alpha").click()
 

@@ -115,8 +115,14 @@ def test_french_browser_gets_french_labels(chromium_browser, server: Server) -> 
 
 
 #: The runner's steps as a French page says them (i18n/fr.ts, steps).
-FRENCH_STEPS = ("Vérification de la configuration", "Préparation du répertoire du projet", "Vérification des images",
-                "Création des réseaux et volumes", "Démarrage des services", "Attente des services en marche et sains")
+FRENCH_STEPS = (
+    "Vérification de la configuration",
+    "Préparation du répertoire du projet",
+    "Vérification des images",
+    "Création des réseaux et volumes",
+    "Démarrage des services",
+    "Attente des services en marche et sains",
+)
 
 
 def test_french_pages_word_the_servers_fixed_words(
@@ -125,8 +131,7 @@ def test_french_pages_word_the_servers_fixed_words(
     """What the server says in English with a fixed vocabulary reads in French: a connection test's failure (by
     its category) and a deployment's current step (by its title)."""
     name = f"nowhere-{uuid.uuid4().hex[:6]}"
-    target = server.api("POST", "/targets", {"name": name, "endpoint": "tcp://127.0.0.1:1", "organization_id": org_id},
-                        token=admin_token)
+    target = server.api("POST", "/targets", {"name": name, "endpoint": "tcp://127.0.0.1:1", "organization_id": org_id}, token=admin_token)
     try:
         page = new_page(chromium_browser, locale="fr-FR")
         ui_login(page, server)
@@ -138,8 +143,12 @@ def test_french_pages_word_the_servers_fixed_words(
         assert result.inner_text().startswith("Échec de la connexion : aucun moteur Docker n’a répondu"), result.inner_text()
         assert "could be reached" not in result.inner_text()
 
-        deployment = server.api("POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"],
-                                                         "name": "steps-fr", "variables": {"delay": 6}}, token=admin_token)
+        deployment = server.api(
+            "POST",
+            "/deployments",
+            {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "steps-fr", "variables": {"delay": 6}},
+            token=admin_token,
+        )
         cleanup_deployments.append(deployment["id"])
         navigate(page, f"/deployments?logs={deployment['id']}")
         step = page.get_by_test_id("log-step")

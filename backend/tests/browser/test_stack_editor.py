@@ -92,9 +92,7 @@ def test_the_editor_is_left_by_keyboard_marks_errors_at_their_line_and_keeps_the
     page.goto(f"{server.url}/stacks/{stack_id}")
     page.get_by_test_id("variables-editor").locator(".cm-content").wait_for()
     page.wait_for_function("document.querySelector('[data-testid=variables-editor] .cm-content').innerText.includes('a free one')")
-    shown = page.evaluate(
-        "[...document.querySelectorAll('[data-testid=variables-editor] .cm-line')].map((l) => l.textContent).join('\\n')"
-    )
+    shown = page.evaluate("[...document.querySelectorAll('[data-testid=variables-editor] .cm-line')].map((l) => l.textContent).join('\\n')")
     assert shown.strip() == fixed.strip()
     assert page_errors(page) == [], page.errors
     page.context.close()

@@ -3,8 +3,8 @@ fallback and recovery. PostgreSQL database (SQLite is never a broker)."""
 
 from __future__ import annotations
 
-import os
 import asyncio
+import os
 import socket
 import subprocess
 import time
@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from backend.app import database
-from backend.app.models import Deployment, DeploymentStatusHistory
 from backend.app.celery_app import DEPLOY_TASK
+from backend.app.models import Deployment, DeploymentStatusHistory
 from backend.tests.celery_fixtures import Proc, running_app, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import WEB_STACK, force_cleanup, free_port, http_get, labelled, wait_status
@@ -27,8 +27,8 @@ SLOW_TEMPLATE = (
     "services:\n  app:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
-    "    command: [\"sh\", \"-c\", \"sleep {{ delay }}; touch /tmp/ready; sleep 600\"]\n"
-    "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 60\n"
+    '    command: ["sh", "-c", "sleep {{ delay }}; touch /tmp/ready; sleep 600"]\n'
+    '    healthcheck:\n      test: ["CMD", "test", "-f", "/tmp/ready"]\n      interval: 1s\n      retries: 60\n'
 )
 
 
@@ -205,9 +205,7 @@ async def test_kill9_worker_mid_deployment_runs_once(db, docker_engine, tmp_path
                 client, docker_engine, SLOW_TEMPLATE, [{"name": "delay", "type": "integer", "default": 8}]
             )
             await wait_mode(client, admin.headers, "external")
-            response = await client.post(
-                "/api/v1/deployments", json={"stack_id": stack_id, "target_id": target_id}, headers=admin.headers
-            )
+            response = await client.post("/api/v1/deployments", json={"stack_id": stack_id, "target_id": target_id}, headers=admin.headers)
             created_id = response.json()["id"]
             await wait_status(client, admin.headers, created_id, {"deploying"})
             for _ in range(150):
@@ -244,8 +242,13 @@ async def test_broker_unreachable_runs_in_process(db, docker_engine, tmp_path):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     settings = celery_settings(
-        db, tmp_path, "redis", CELERY_BROKER_URL=f"redis://127.0.0.1:{closed}/0", CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{closed}/0",
-        CELERY_AUTO_START_WORKER=True, EVENT_BUS="postgres",
+        db,
+        tmp_path,
+        "redis",
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{closed}/0",
+        CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{closed}/0",
+        CELERY_AUTO_START_WORKER=True,
+        EVENT_BUS="postgres",
     )
     created_id = None
     async with running_app(settings) as (app, client):
@@ -274,7 +277,8 @@ async def test_broker_failing_during_enqueue_falls_back_without_losing_it(db, do
     port = free_port()
     redis_server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     settings = celery_settings(db, tmp_path, "redis", CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url, EVENT_BUS="postgres")
@@ -335,7 +339,9 @@ async def test_celery_delivery_and_recovery_at_once_run_once(db, docker_engine, 
 
             async def recover() -> dict:  # no dispatch callable: it runs the deployment in this process
                 async with database.AsyncSessionLocal() as session:
-                    return await DeploymentService.recover_pending_deployments(session, max_age_minutes=0, timeout_minutes=60, settings=settings)
+                    return await DeploymentService.recover_pending_deployments(
+                        session, max_age_minutes=0, timeout_minutes=60, settings=settings
+                    )
 
             app.state.celery_manager.celery.send_task(DEPLOY_TASK, args=(created_id,))  # Celery delivery ...
             report = await recover()  # ... and recovery's asyncio run, at the same moment
@@ -362,7 +368,8 @@ async def test_celery_retries_transient_failures_then_fails(db, docker_engine, t
             admin, _target_id, stack_id = await _setup(client, docker_engine)
             await wait_mode(client, admin.headers, "external")
             down = await client.post(
-                "/api/v1/targets", json={"name": "down", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
+                "/api/v1/targets",
+                json={"name": "down", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
                 headers=admin.headers,
             )
             response = await client.post(

@@ -42,25 +42,19 @@ from backend.tests.remote_docker import RemoteDocker, remote_docker  # noqa: F40
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)]
 
 #: no network of its own (host B has no default bridge; on host A no bridge appears under the browser tests)
-QUICK = (
-    "services:\n  app:\n"
-    f"    image: {TEST_IMAGE}\n"
-    "    init: true\n"
-    "    network_mode: none\n"
-    "    command: [\"sh\", \"-c\", \"exec sleep 600\"]\n"
-)
+QUICK = f'services:\n  app:\n    image: {TEST_IMAGE}\n    init: true\n    network_mode: none\n    command: ["sh", "-c", "exec sleep 600"]\n'
 SLOW = (  # healthy 6 s after it starts: a kill lands in the middle of the deploy
     "services:\n  app:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
     "    network_mode: none\n"
-    "    command: [\"sh\", \"-c\", \"sleep 6; touch /tmp/ready; exec sleep 600\"]\n"
-    "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 60\n"
+    '    command: ["sh", "-c", "sleep 6; touch /tmp/ready; exec sleep 600"]\n'
+    '    healthcheck:\n      test: ["CMD", "test", "-f", "/tmp/ready"]\n      interval: 1s\n      retries: 60\n'
 )
 
 
 @pytest.fixture(scope="module")
-def host_b(remote_docker: RemoteDocker) -> Iterator[tuple[str, docker.DockerClient]]:  # noqa: F811
+def host_b(remote_docker: RemoteDocker) -> Iterator[tuple[str, docker.DockerClient]]:
     """Host B's engine: its unix socket (what its workers use) and a client, the test image loaded into it."""
     socket = remote_docker.workdir / "docker.sock"
     client = docker.DockerClient(base_url=f"unix://{socket}", version="auto")
@@ -89,9 +83,14 @@ def clean_b(client: docker.DockerClient, deployment_id: str) -> None:
 def host_worker(base, tmp_path: Path, name: str, host: str, endpoint: str, *extra: str) -> tuple[Proc, Path]:
     """A worker of ``host``: WORKER_TARGETS=local, its own empty directory, its host's engine."""
     workdir = tmp_path / f"workdir-{name}"
-    settings = base.model_copy(update={
-        "WORKER_TARGETS": "local", "HOST_ID": host, "LOCAL_DOCKER_ENDPOINT": endpoint, "DEPLOYMENTS_WORKDIR": workdir,
-    })
+    settings = base.model_copy(
+        update={
+            "WORKER_TARGETS": "local",
+            "HOST_ID": host,
+            "LOCAL_DOCKER_ENDPOINT": endpoint,
+            "DEPLOYMENTS_WORKDIR": workdir,
+        }
+    )
     return start_worker(settings, tmp_path, "--pool=solo", *extra, name=name), workdir
 
 
@@ -122,9 +121,7 @@ async def forget_heartbeat(name_prefix: str) -> None:
         await session.commit()
 
 
-async def test_each_host_runs_its_targets_and_another_worker_takes_over_without_the_directory(
-    db, docker_engine, host_b, tmp_path
-):
+async def test_each_host_runs_its_targets_and_another_worker_takes_over_without_the_directory(db, docker_engine, host_b, tmp_path):
     endpoint_b, engine_b = host_b
     base = celery_settings(db, tmp_path, **FAST)
     procs: list[Proc] = []
@@ -258,8 +255,9 @@ async def test_a_placed_target_no_worker_serves_says_so(db, docker_engine, tmp_p
     try:
         async with running_app(base) as (_app, client):
             headers = (await setup_admin(client)).headers
-            response = await client.post("/api/v1/targets", headers=headers, json={
-                "name": "far", "type": "docker", "endpoint": docker_engine, "placed": True})
+            response = await client.post(
+                "/api/v1/targets", headers=headers, json={"name": "far", "type": "docker", "endpoint": docker_engine, "placed": True}
+            )
             assert response.status_code == 201, response.text
             target = response.json()
             assert target["placed"] is True and target["served"] is False and target["workers"] == 0

@@ -31,7 +31,7 @@ TICKER = {
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
         "    network_mode: none\n"  # no network to create: the engine's address pools are shared and finite
-        "    command: [\"sh\", \"-c\", \"i=0; while true; do echo \\\"tick $$i key={{ api_key }}\\\"; i=$$((i+1)); sleep 0.1; done\"]\n"
+        '    command: ["sh", "-c", "i=0; while true; do echo \\"tick $$i key={{ api_key }}\\"; i=$$((i+1)); sleep 0.1; done"]\n'
     ),
     "variables": [{"name": "api_key", "type": "secret", "default": "{{ generate_password(24) }}"}],
 }
@@ -64,34 +64,44 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
         await wait_heartbeat("w1@", worker)
         await server.wait_ready()
         async with server.http() as http:
-            setup = await http.post("/api/v1/auth/setup", json={"email": "admin@example.com", "password": "correct-horse-battery",
-                                                                 "organization_name": "acme"})
+            setup = await http.post(
+                "/api/v1/auth/setup", json={"email": "admin@example.com", "password": "correct-horse-battery", "organization_name": "acme"}
+            )
             headers = {"Authorization": f"Bearer {setup.json()['access_token']}"}
             # the backend sees the worker on its next presence check (every few seconds); a deployment created
             # before that runs in-process, and this test is about events crossing from a worker process
             await wait_mode(http, headers, "external")
             me = (await http.get("/api/v1/auth/me", headers=headers)).json()
             org = me["default_organization_id"]
-            target = await http.post("/api/v1/targets", headers=headers, json={
-                "name": "engine", "type": "docker", "endpoint": docker_engine})
+            target = await http.post(
+                "/api/v1/targets", headers=headers, json={"name": "engine", "type": "docker", "endpoint": docker_engine}
+            )
             stack = await http.post("/api/v1/stacks", headers=headers, json=TICKER)
             assert target.status_code == stack.status_code == 201, (target.text, stack.text)
             api_token = (await http.post("/api/v1/tokens", json={"name": "cli"}, headers=headers)).json()["token"]
 
             ws = await WS.open(server, api_token)
             assert (await ws.subscribe(organization_id=org))["type"] == "subscribed"
-            created = await http.post("/api/v1/deployments", headers=headers, json={
-                "stack_id": stack.json()["id"], "target_id": target.json()["id"], "name": "ticker-1"})
+            created = await http.post(
+                "/api/v1/deployments",
+                headers=headers,
+                json={"stack_id": stack.json()["id"], "target_id": target.json()["id"], "name": "ticker-1"},
+            )
             assert created.status_code == 201, created.text
             deployment_id = created.json()["id"]
             # the CLI follows it from a terminal, until it settles
             cli = subprocess.Popen(
                 [sys.executable, "-m", "backend.app.cli", "logs", "-f", deployment_id, "--url", server.url],
-                env={**settings_env(settings), "WINDFLOW_TOKEN": api_token}, cwd=REPO_ROOT,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                env={**settings_env(settings), "WINDFLOW_TOKEN": api_token},
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             await ws.send({"type": "subscribe", "deployment_id": deployment_id, "since_seq": 0})
-            running = await ws.next(lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED"
-                                    and f["data"]["new_status"] in ("running", "failed"), timeout=120)
+            running = await ws.next(
+                lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED" and f["data"]["new_status"] in ("running", "failed"), timeout=120
+            )
             assert running["data"]["new_status"] == "running", running
 
             mine = [f for f in ws.frames if f.get("deployment_id") == deployment_id and f["type"].startswith("DEPLOYMENT_")]
@@ -134,7 +144,9 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
             # its code and what it quotes, which the UI words in the user's language (the containers' streams may
             # end before the status changes)
             assert (end["data"]["code"], end["data"]["params"]) in (
-                ("deployment_left_running", {"status": "stopped"}), ("containers_stopped", {})), end
+                ("deployment_left_running", {"status": "stopped"}),
+                ("containers_stopped", {}),
+            ), end
             _frames.validate_python(end)
             deleted = await http.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)
             assert deleted.status_code == 204, deleted.text

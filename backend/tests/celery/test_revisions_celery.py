@@ -25,8 +25,11 @@ SETTINGS = dict(FAST, DEPLOYMENT_STABLE_SECONDS=1.0, DEPLOYMENT_HEALTH_TIMEOUT_S
 
 async def _setup(client, docker_engine):
     admin = await setup_admin(client)
-    target = await client.post("/api/v1/targets", json={"name": "engine", "type": "docker", "endpoint": docker_engine,
-                                                        "max_concurrent_deployments": 4}, headers=admin.headers)
+    target = await client.post(
+        "/api/v1/targets",
+        json={"name": "engine", "type": "docker", "endpoint": docker_engine, "max_concurrent_deployments": 4},
+        headers=admin.headers,
+    )
     assert target.status_code == 201, target.text
     stack = await client.post("/api/v1/stacks", json=REV_STACK, headers=admin.headers)
     assert stack.status_code == 201, stack.text
@@ -34,8 +37,7 @@ async def _setup(client, docker_engine):
 
 
 async def _change(client, admin, deployment_id: str, variables: dict) -> dict:
-    response = await client.post(f"/api/v1/deployments/{deployment_id}/revisions", json={"variables": variables},
-                                 headers=admin.headers)
+    response = await client.post(f"/api/v1/deployments/{deployment_id}/revisions", json={"variables": variables}, headers=admin.headers)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -50,8 +52,11 @@ async def test_a_worker_rolls_out_changes_and_rolls_back_by_itself_and_by_hand(d
             admin, target_id, stack_id = await _setup(client, docker_engine)
             await wait_mode(client, admin.headers, "external")
             port = free_port()
-            created = await client.post("/api/v1/deployments", headers=admin.headers, json={
-                "stack_id": stack_id, "target_id": target_id, "variables": {"port": port}})
+            created = await client.post(
+                "/api/v1/deployments",
+                headers=admin.headers,
+                json={"stack_id": stack_id, "target_id": target_id, "variables": {"port": port}},
+            )
             assert created.status_code == 201, created.text
             deployment_id = created.json()["id"]
             first = await wait_revision(client, admin.headers, deployment_id, 1, {"running", "failed"})
@@ -59,8 +64,7 @@ async def test_a_worker_rolls_out_changes_and_rolls_back_by_itself_and_by_hand(d
             assert serves(port) == "v1"
 
             await _change(client, admin, deployment_id, {"greeting": "v2"})
-            refused = await client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
-                                        headers=admin.headers)
+            refused = await client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1}, headers=admin.headers)
             assert refused.status_code == 409 and refused.json()["code"] == "rollout_in_progress", refused.text
             assert (await wait_revision(client, admin.headers, deployment_id, 2, {"running", "failed"}))["status"] == "running"
             web_2 = running_services(deployment_id)["web"]
@@ -79,8 +83,7 @@ async def test_a_worker_rolls_out_changes_and_rolls_back_by_itself_and_by_hand(d
             assert back["status"] == "running", back["error_message"]
             assert serves(port) == "v3"
 
-            rolled = await client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
-                                       headers=admin.headers)
+            rolled = await client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1}, headers=admin.headers)
             assert rolled.status_code == 201, rolled.text
             assert (await wait_revision(client, admin.headers, deployment_id, 8, {"running", "failed"}))["status"] == "running"
             assert serves(port) == "v1"
@@ -98,22 +101,22 @@ async def test_a_worker_rolls_out_changes_and_rolls_back_by_itself_and_by_hand(d
             }
             assert "is unhealthy (last check: exit 1: GET /health 503)" in listed[4]["error_message"]
             assert "exited with code 3" in listed[6]["error_message"]
-            assert all(r["images"] and all(i["digest"].startswith("sha256:") for i in r["images"])
-                       for r in listed.values())
-            diff = (await client.get(f"/api/v1/deployments/{deployment_id}/revisions/1/diff/3",
-                                     headers=admin.headers)).json()["diff"]
+            assert all(r["images"] and all(i["digest"].startswith("sha256:") for i in r["images"]) for r in listed.values())
+            diff = (await client.get(f"/api/v1/deployments/{deployment_id}/revisions/1/diff/3", headers=admin.headers)).json()["diff"]
             assert '-greeting: "v1"\n+greeting: "v3"\n' in diff
 
             # the worker's events crossed to this process, each status event with its revision
             for _ in range(50):
-                rolled_back = [e.data for e in events
-                               if e.deployment_id == deployment_id and e.type is EventType.DEPLOYMENT_ROLLED_BACK]
+                rolled_back = [e.data for e in events if e.deployment_id == deployment_id and e.type is EventType.DEPLOYMENT_ROLLED_BACK]
                 if len(rolled_back) == 2:
                     break
                 await asyncio.sleep(0.1)
             assert [(d["from_revision"], d["to_revision"], d["revision"]) for d in rolled_back] == [(4, 3, 5), (6, 5, 7)]
-            running = [e.data["revision"] for e in events if e.deployment_id == deployment_id
-                       and e.type is EventType.DEPLOYMENT_STATUS_CHANGED and e.data["new_status"] == "running"]
+            running = [
+                e.data["revision"]
+                for e in events
+                if e.deployment_id == deployment_id and e.type is EventType.DEPLOYMENT_STATUS_CHANGED and e.data["new_status"] == "running"
+            ]
             assert running == [1, 2, 3, 5, 7, 8]
     finally:
         worker.stop()
@@ -155,11 +158,13 @@ async def test_a_worker_killed_mid_rollout_ends_on_exactly_one_revision(db, dock
             await wait_mode(client, admin.headers, "external")
             port = free_port()
             delay = 0 if during == "rollout" else 6
-            created = await client.post("/api/v1/deployments", headers=admin.headers, json={
-                "stack_id": stack_id, "target_id": target_id, "variables": {"port": port, "delay": delay}})
+            created = await client.post(
+                "/api/v1/deployments",
+                headers=admin.headers,
+                json={"stack_id": stack_id, "target_id": target_id, "variables": {"port": port, "delay": delay}},
+            )
             deployment_id = created.json()["id"]
-            assert (await wait_revision(client, admin.headers, deployment_id, 1, {"running", "failed"},
-                                        timeout=60))["status"] == "running"
+            assert (await wait_revision(client, admin.headers, deployment_id, 1, {"running", "failed"}, timeout=60))["status"] == "running"
             if during == "rollout":
                 await _change(client, admin, deployment_id, {"greeting": "v2", "delay": 6})
                 victim, ends = 2, ("v2", {2: "running", 1: "superseded"})

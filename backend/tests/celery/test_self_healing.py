@@ -110,7 +110,7 @@ async def test_kill9_worker_main_process_heals_without_recovery(db, docker_engin
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
-async def test_kill9_pool_child_heals_and_its_compose_dies(db, docker_engine, tmp_path, redis_clean):  # noqa: F811
+async def test_kill9_pool_child_heals_and_its_compose_dies(db, docker_engine, tmp_path, redis_clean):
     """Redis broker: only the pool child running the deployment dies; Celery redelivers the message
     (reject_on_worker_lost), which must not be dropped while the dead child's lease is still valid."""
     settings = celery_settings(db, tmp_path, "redis", **FAST)
@@ -180,9 +180,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(FileNotFoundError):
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
+    with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
     return False
 
 
@@ -233,8 +232,11 @@ async def test_target_held_by_dead_executors_drains_its_queue(db, docker_engine,
     deployments wait, and one was committed but never dispatched (a backend crashed right after the
     commit). Once the leases expire, the queue drains by itself: asyncio executor, SQLite and PostgreSQL."""
     settings = make_settings(
-        db.settings.DATABASE_URL, CELERY_ENABLED=False, DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
-        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=40, **FAST,
+        db.settings.DATABASE_URL,
+        CELERY_ENABLED=False,
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
+        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=40,
+        **FAST,
     )
     created: list[str] = []
     try:
@@ -249,7 +251,9 @@ async def test_target_held_by_dead_executors_drains_its_queue(db, docker_engine,
                     created.append(deployment.id)
                 await session.commit()
                 for ghost in created[:2]:  # two executors claim, then die before their first heartbeat
-                    claim = await claim_deployment(session, deployment_id=ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=4)
+                    claim = await claim_deployment(
+                        session, deployment_id=ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=4
+                    )
                     assert claim.accepted, claim.reason
                 await session.commit()
             # created[2] was never dispatched; two more are queued through the API and must wait
@@ -288,8 +292,13 @@ async def test_an_expired_lease_frees_its_slot_at_once(session):
     target = await session.get(Target, held.target_id)
     target.max_concurrent_deployments = 1
     waiting = Deployment(
-        organization_id=held.organization_id, stack_id=held.stack_id, target_id=held.target_id, name="next",
-        status=DeploymentStatus.PENDING, attempt=0, queued_at=utcnow(),
+        organization_id=held.organization_id,
+        stack_id=held.stack_id,
+        target_id=held.target_id,
+        name="next",
+        status=DeploymentStatus.PENDING,
+        attempt=0,
+        queued_at=utcnow(),
     )
     session.add(waiting)
     await session.commit()

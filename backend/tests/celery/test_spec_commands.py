@@ -54,7 +54,11 @@ async def test_python_m_backend_app_main_with_embedded_worker(db, tmp_path):
         PROMETHEUS_ENABLED=True,
         RECOVERY_ON_STARTUP=True,
     )
-    server = Proc(["python", "-m", "backend.app.main"], {**settings_env(settings), "PATH": f"{os.path.dirname(CELERY)}:{os.environ['PATH']}"}, tmp_path / "server.log")
+    server = Proc(
+        ["python", "-m", "backend.app.main"],
+        {**settings_env(settings), "PATH": f"{os.path.dirname(CELERY)}:{os.environ['PATH']}"},
+        tmp_path / "server.log",
+    )
     try:
         health = await _wait_http(f"http://127.0.0.1:{port}/health", server)
         assert health["database"]["status"] == "ok"
@@ -93,7 +97,9 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
     worker = start_worker(settings, tmp_path, name="beatworker")
     beat = Proc(
         [CELERY, "-A", "backend.app.celery_app", "beat"],  # as typed; its schedule file lands in cwd
-        {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}, tmp_path / "beat.log", cwd=tmp_path,
+        {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)},
+        tmp_path / "beat.log",
+        cwd=tmp_path,
     )
     from datetime import timedelta
 
@@ -121,14 +127,18 @@ async def test_celery_beat_schedules_recovery_on_a_worker(db, tmp_path):
         async with database.AsyncSessionLocal() as session:
             orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, lease_owner="celery:gone:1:dead")
             orphan_id = orphan.id
-            await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+            await session.execute(
+                update(Deployment).where(Deployment.id == orphan_id).values(lease_expires_at=utcnow() - timedelta(seconds=5))
+            )
             await session.commit()
         actors: list = []
         for _ in range(60):  # the reaper runs every REAPER_INTERVAL_SECONDS (5 s)
             async with database.AsyncSessionLocal() as session:
-                actors = (await session.execute(
-                    select(DeploymentStatusHistory.actor).where(DeploymentStatusHistory.deployment_id == orphan_id)
-                )).scalars().all()
+                actors = (
+                    (await session.execute(select(DeploymentStatusHistory.actor).where(DeploymentStatusHistory.deployment_id == orphan_id)))
+                    .scalars()
+                    .all()
+                )
             if "reaper" in actors:
                 break
             await asyncio.sleep(0.5)
@@ -144,8 +154,13 @@ async def test_guide_worker_command_is_not_turned_solo_by_the_embedded_worker_se
     as its own option defaults; ``celery -A backend.app.celery_app worker --concurrency=4`` must still run a
     prefork pool of 4 (and WindFlow's INFO records, such as ``emit_``, still reach its log)."""
     settings = make_settings(
-        db.settings.DATABASE_URL, CELERY_ENABLED=True, CELERY_BROKER_TYPE="database", RUN_MIGRATIONS_ON_STARTUP=True,
-        CELERY_WORKER_POOL="solo", CELERY_WORKER_CONCURRENCY=2, CELERY_WORKER_LOGLEVEL="info",
+        db.settings.DATABASE_URL,
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="database",
+        RUN_MIGRATIONS_ON_STARTUP=True,
+        CELERY_WORKER_POOL="solo",
+        CELERY_WORKER_CONCURRENCY=2,
+        CELERY_WORKER_LOGLEVEL="info",
     )
     env = settings_env(settings)
     assert env["CELERY_WORKER_POOL"] == "solo" and env["CELERY_WORKER_CONCURRENCY"] == "2"  # exported, as in the guide

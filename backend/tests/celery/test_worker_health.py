@@ -121,7 +121,7 @@ async def _assert_all_running_once(client, headers, ids: list[str], timeout: flo
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("broker", ["database", "redis"])
 async def test_a_pool_that_cannot_start_tasks_is_degraded_and_its_deployments_run_elsewhere(
-    db, docker_engine, tmp_path, broker, redis_clean  # noqa: F811
+    db, docker_engine, tmp_path, broker, redis_clean
 ):
     # PostgreSQL: the backend may start its embedded worker, which takes over once the only external worker
     # is degraded (mode 3); Redis: another external worker does
@@ -268,7 +268,7 @@ async def test_sigterm_stops_a_worker_whose_pool_is_broken_at_once(db, docker_en
 
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("broker", ["database", "redis"])
-async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_path, broker, redis_clean):  # noqa: F811
+async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_path, broker, redis_clean):
     settings = celery_settings(db, tmp_path, broker, **FAST)
     worker = Supervised(settings, tmp_path, "rapid", "--pool=prefork", "--concurrency=2")
     ids: list[str] = []
@@ -311,9 +311,15 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
 
     cluster = PrivateCluster()
     settings = make_settings(
-        cluster.async_url, CELERY_ENABLED=True, CELERY_BROKER_TYPE="database", CELERY_AUTO_START_WORKER=False,
-        DEPLOYMENTS_WORKDIR=tmp_path / "deployments", DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=60, RUN_MIGRATIONS_ON_STARTUP=True,
-        LOG_LEVEL="INFO", **FAST,
+        cluster.async_url,
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="database",
+        CELERY_AUTO_START_WORKER=False,
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
+        DEPLOYMENT_HEALTH_TIMEOUT_SECONDS=60,
+        RUN_MIGRATIONS_ON_STARTUP=True,
+        LOG_LEVEL="INFO",
+        **FAST,
     )
     worker: Supervised | None = None
     beat: Proc | None = None
@@ -322,8 +328,12 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
     try:
         async with running_app(settings) as (_app, client):
             worker = Supervised(settings, tmp_path, "dbr", "--pool=prefork", "--concurrency=2")
-            beat = Proc([CELERY, "-A", "backend.app.celery_app", "beat", "--loglevel=INFO"],
-                        {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}, tmp_path / "beat.log", cwd=tmp_path)
+            beat = Proc(
+                [CELERY, "-A", "backend.app.celery_app", "beat", "--loglevel=INFO"],
+                {**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)},
+                tmp_path / "beat.log",
+                cwd=tmp_path,
+            )
             admin, target_id, stack_id, _ = await _ready(client, docker_engine, worker.proc, "dbr1@")
             watch = asyncio.create_task(worker.watch())
             ids = await _deploy(client, admin.headers, stack_id, target_id, 4)

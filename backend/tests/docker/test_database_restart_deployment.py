@@ -30,7 +30,7 @@ TICKER = {
         f"    image: {conftest.TEST_IMAGE}\n"
         "    init: true\n"
         "    network_mode: none\n"
-        "    command: [\"sh\", \"-c\", \"i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 0.2; done\"]\n"
+        '    command: ["sh", "-c", "i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 0.2; done"]\n'
     ),
 }
 STABLE_SECONDS = 12.0  # the runner's last step: the database is back well before it ends
@@ -59,19 +59,25 @@ async def test_an_in_process_deployment_goes_on_across_a_database_restart(docker
     deployment_id = None
     try:
         server = await Server.start(
-            cluster.async_url, tmp_path, RUN_MIGRATIONS_ON_STARTUP=True, EVENT_BUS="postgres",
-            DEPLOYMENTS_WORKDIR=str(tmp_path / "deployments"), DEPLOYMENT_STABLE_SECONDS=STABLE_SECONDS,
+            cluster.async_url,
+            tmp_path,
+            RUN_MIGRATIONS_ON_STARTUP=True,
+            EVENT_BUS="postgres",
+            DEPLOYMENTS_WORKDIR=str(tmp_path / "deployments"),
+            DEPLOYMENT_STABLE_SECONDS=STABLE_SECONDS,
             DEPLOYMENT_HEARTBEAT_SECONDS=0.5,  # the lease renewal meets the outage at once
         )
         pid = server.proc.pid
         async with server.http() as http:
             admin = await setup_admin(http)
             headers = admin.headers
-            target = await http.post("/api/v1/targets", headers=headers,
-                                     json={"name": "engine", "type": "docker", "endpoint": docker_engine})
+            target = await http.post(
+                "/api/v1/targets", headers=headers, json={"name": "engine", "type": "docker", "endpoint": docker_engine}
+            )
             stack = await http.post("/api/v1/stacks", headers=headers, json=TICKER)
-            created = await http.post("/api/v1/deployments", headers=headers, json={
-                "stack_id": stack.json()["id"], "target_id": target.json()["id"]})
+            created = await http.post(
+                "/api/v1/deployments", headers=headers, json={"stack_id": stack.json()["id"], "target_id": target.json()["id"]}
+            )
             assert created.status_code == 201, created.text
             deployment_id = created.json()["id"]
 

@@ -22,25 +22,24 @@ STACK = (
     "  web:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
-    "    command: [\"sh\", \"-c\", \"echo hi > /www/index.html && exec httpd -f -p 80 -h /www\"]\n"
-    "    ports: [\"127.0.0.1:{{ port }}:80\"]\n"
+    '    command: ["sh", "-c", "echo hi > /www/index.html && exec httpd -f -p 80 -h /www"]\n'
+    '    ports: ["127.0.0.1:{{ port }}:80"]\n'
     "    healthcheck:\n"
-    "      test: [\"CMD\", \"test\", \"-f\", \"/www/index.html\"]\n"
+    '      test: ["CMD", "test", "-f", "/www/index.html"]\n'
     "      interval: 1s\n"
     "      timeout: 1s\n"
     "      retries: 5\n"
     "  worker:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
-    "    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n"
+    '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
 )
 
 
 @pytest.fixture
 async def env(db, docker_engine, tmp_path):
     client, environment = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_STABLE_SECONDS=1.0)
-    environment.stack_id = await environment.stack(
-        STACK, [{"name": "port", "type": "integer", "required": True}], name="services")
+    environment.stack_id = await environment.stack(STACK, [{"name": "port", "type": "integer", "required": True}], name="services")
     try:
         yield environment
     finally:
@@ -51,8 +50,7 @@ async def env(db, docker_engine, tmp_path):
 
 
 async def services(env, deployment_id: str, headers=None) -> dict:
-    response = await env.client.get(f"/api/v1/deployments/{deployment_id}/services",
-                                    headers=headers or env.admin.headers)
+    response = await env.client.get(f"/api/v1/deployments/{deployment_id}/services", headers=headers or env.admin.headers)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -73,8 +71,12 @@ async def test_each_service_with_its_containers_as_the_engine_reports_them(env):
     assert web["image"] == TEST_IMAGE and web["started_at"]
     assert {"container_port": "80/tcp", "host_ip": "127.0.0.1", "host_port": str(port)} in web["ports"]
     assert worker["ports"] == []
-    names = subprocess.run(["docker", "ps", "--filter", f"label=windflow.deployment_id={created['id']}",
-                            "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60).stdout.split()
+    names = subprocess.run(
+        ["docker", "ps", "--filter", f"label=windflow.deployment_id={created['id']}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
     assert sorted(names) == sorted([web["name"], worker["name"]])
 
     # Killed behind WindFlow's back: the next read says so (the deployment's status does not know yet).

@@ -159,7 +159,7 @@ STUBBORN = (  # ignores SIGTERM: stopping it takes its whole grace period, then 
     f"    image: {TEST_IMAGE}\n"
     "    network_mode: none\n"
     "    stop_grace_period: 6s\n"
-    "    command: [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\n"
+    '    command: ["sh", "-c", "trap \'\' TERM; while true; do sleep 1; done"]\n'
 )
 
 
@@ -174,8 +174,9 @@ async def test_a_slow_stop_or_delete_does_not_hold_up_the_api(env, action):
     assert running["status"] == "running", running["error_message"]
     url = f"/api/v1/deployments/{created['id']}"
     started = time.monotonic()
-    slow = asyncio.create_task(env.client.post(f"{url}/stop", headers=env.admin.headers) if action == "stop"
-                               else env.client.delete(url, headers=env.admin.headers))
+    slow = asyncio.create_task(
+        env.client.post(f"{url}/stop", headers=env.admin.headers) if action == "stop" else env.client.delete(url, headers=env.admin.headers)
+    )
     await asyncio.sleep(1)  # the engine is now waiting for the container to stop
     listing = await env.client.get("/api/v1/deployments", headers=env.admin.headers)
     assert listing.status_code == 200 and created["id"] in [d["id"] for d in listing.json()["items"]]
@@ -193,7 +194,7 @@ async def test_a_slow_stop_or_delete_does_not_hold_up_the_api(env, action):
         assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
 
 
-async def test_missing_image_fails_with_clear_message(env, open_registry):  # noqa: F811
+async def test_missing_image_fails_with_clear_message(env, open_registry):
     # an unknown repository of a registry that answers (backend/tests/docker/test_private_registry.py: the others)
     image = f"{open_registry.server}/windflow-test/does-not-exist:1.0"
     stack_id = await env.stack(f"services:\n  app:\n    image: {image}\n", name="missing")
@@ -221,8 +222,7 @@ async def test_container_exiting_soon_after_start_fails_the_deployment(db, docke
 
 async def _exits_soon_after_start(env: Env) -> None:
     stack_id = await env.stack(
-        f"services:\n  app:\n    image: {TEST_IMAGE}\n    command: [\"sh\", \"-c\", \"echo starting; sleep 1; "
-        f"echo bad config >&2; exit 3\"]\n",
+        f'services:\n  app:\n    image: {TEST_IMAGE}\n    command: ["sh", "-c", "echo starting; sleep 1; echo bad config >&2; exit 3"]\n',
         name="crashes",
     )
     created = await env.deploy({}, stack_id=stack_id)
@@ -241,7 +241,10 @@ def container_states(deployment_id: str) -> dict[str, str]:
         return {}
     out = subprocess.run(
         ["docker", "inspect", "--format", '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}}', *ids],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return dict(line.split() for line in out.stdout.splitlines())
 
@@ -275,7 +278,7 @@ async def test_invalid_template_refused_before_anything_runs(env, session):
     assert bad.status_code == 422 and "line" in bad.json()["detail"]
     # Values that render a document the compose tool rejects fail at creation, quoting the tool.
     stack_id = await env.stack(
-        "services:\n  web:\n    image: x\n    ports: [\"{{ mapping }}\"]\n",
+        'services:\n  web:\n    image: x\n    ports: ["{{ mapping }}"]\n',
         [{"name": "mapping", "type": "string", "default": "127.0.0.1:18080:80"}],
         name="badcompose",
     )
@@ -306,8 +309,8 @@ async def test_cancel_while_deploying_removes_containers(env):
         "services:\n  slow:\n"
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
-        "    command: [\"sh\", \"-c\", \"sleep 600\"]\n"
-        "    healthcheck:\n      test: [\"CMD\", \"false\"]\n      interval: 1s\n      retries: 1000\n",
+        '    command: ["sh", "-c", "sleep 600"]\n'
+        '    healthcheck:\n      test: ["CMD", "false"]\n      interval: 1s\n      retries: 1000\n',
         name="slow",
     )
     created = await env.deploy({}, stack_id=slow)
@@ -350,8 +353,8 @@ async def test_target_concurrency_limit_holds_and_keeps_order(db, docker_engine,
             "services:\n  app:\n"
             f"    image: {TEST_IMAGE}\n"
             "    init: true\n"
-            "    command: [\"sh\", \"-c\", \"sleep 1; touch /tmp/ready; sleep 600\"]\n"
-            "    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      retries: 30\n",
+            '    command: ["sh", "-c", "sleep 1; touch /tmp/ready; sleep 600"]\n'
+            '    healthcheck:\n      test: ["CMD", "test", "-f", "/tmp/ready"]\n      interval: 1s\n      retries: 30\n',
             name="limited",
         )
         ids = [(await environment.deploy({}, stack_id=stack_id))["id"] for _ in range(3)]
@@ -395,9 +398,12 @@ async def test_transient_failures_retry_with_backoff_then_fail(env):
     transitions = [(h["from_status"], h["to_status"]) for h in history]
     assert transitions == [
         (None, "pending"),
-        ("pending", "deploying"), ("deploying", "pending"),
-        ("pending", "deploying"), ("deploying", "pending"),
-        ("pending", "deploying"), ("deploying", "failed"),
+        ("pending", "deploying"),
+        ("deploying", "pending"),
+        ("pending", "deploying"),
+        ("deploying", "pending"),
+        ("pending", "deploying"),
+        ("deploying", "failed"),
     ]
     logs = await all_logs(env.client, env.admin.headers, created["id"])
     assert sum("Transient failure: retrying" in l["message"] for l in logs) == 2

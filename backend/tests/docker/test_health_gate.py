@@ -43,14 +43,17 @@ async def cleanup(engine, spec, client) -> None:
 
 
 def image_id(reference: str) -> str:
-    return subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True,
-                          text=True, check=True, timeout=30).stdout.strip()
+    return subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_a_container_that_dies_a_second_after_start_fails_the_gate(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
+async def test_a_container_that_dies_a_second_after_start_fails_the_gate(kind, docker_engine, docker_client, tmp_path):
     """Up at the first polls, gone a second later: the settle window catches it with its code and output."""
-    spec = make_spec(tmp_path, f"""
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   web:
     image: {TEST_IMAGE}
@@ -59,7 +62,10 @@ services:
   app:
     image: {TEST_IMAGE}
     command: ["sh", "-c", "echo 'DATABASE_URL is not set'; sleep 1; exit 3"]
-""", health_timeout=30, stable_seconds=3)
+""",
+        health_timeout=30,
+        stable_seconds=3,
+    )
     engine = ComposeEngine(local_connection(docker_engine), command=DRIVERS[kind])
     log = LogCapture()
     try:
@@ -73,30 +79,41 @@ services:
         await cleanup(engine, spec, docker_client)
 
 
-async def test_a_restart_during_the_window_fails_the_gate(docker_engine, docker_client, tmp_path):  # noqa: F811
-    spec = make_spec(tmp_path, f"""
+async def test_a_restart_during_the_window_fails_the_gate(docker_engine, docker_client, tmp_path):
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   app:
     image: {TEST_IMAGE}
     restart: always
     command: ["sh", "-c", "echo starting; sleep 1; echo 'out of memory'; exit 2"]
-""", health_timeout=30, stable_seconds=4)
+""",
+        health_timeout=30,
+        stable_seconds=4,
+    )
     engine = ComposeEngine(local_connection(docker_engine))
     log = LogCapture()
     try:
         with pytest.raises(EngineError) as caught:
             await deploy(engine, spec, log)
         message = caught.value.message
-        assert message.startswith(("service app is restarting (it exited with code 2)",
-                                   "service app restarted during the health gate (it exited with code 2)",
-                                   "service app exited with code 2")), message  # a poll between exit and restart
+        assert message.startswith(
+            (
+                "service app is restarting (it exited with code 2)",
+                "service app restarted during the health gate (it exited with code 2)",
+                "service app exited with code 2",
+            )
+        ), message  # a poll between exit and restart
         assert "out of memory" in message
     finally:
         await cleanup(engine, spec, docker_client)
 
 
-async def test_a_healthcheck_that_never_passes_fails_with_its_output(docker_engine, docker_client, tmp_path):  # noqa: F811
-    spec = make_spec(tmp_path, f"""
+async def test_a_healthcheck_that_never_passes_fails_with_its_output(docker_engine, docker_client, tmp_path):
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   app:
     image: {TEST_IMAGE}
@@ -107,7 +124,10 @@ services:
       interval: 1s
       timeout: 2s
       retries: 2
-""", health_timeout=60, stable_seconds=2)
+""",
+        health_timeout=60,
+        stable_seconds=2,
+    )
     engine = ComposeEngine(local_connection(docker_engine))
     log = LogCapture()
     started = time.monotonic()
@@ -120,8 +140,10 @@ services:
         await cleanup(engine, spec, docker_client)
 
 
-async def test_healthy_services_pass_after_their_settle_window(docker_engine, docker_client, tmp_path):  # noqa: F811
-    spec = make_spec(tmp_path, f"""
+async def test_healthy_services_pass_after_their_settle_window(docker_engine, docker_client, tmp_path):
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   checked:
     image: {TEST_IMAGE}
@@ -134,7 +156,10 @@ services:
     image: {TEST_IMAGE}
     init: true
     command: ["sleep", "300"]
-""", health_timeout=30, stable_seconds=2)
+""",
+        health_timeout=30,
+        stable_seconds=2,
+    )
     engine = ComposeEngine(local_connection(docker_engine))
     log = LogCapture()
     try:
@@ -149,8 +174,7 @@ services:
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_digests_are_recorded_and_a_pinned_rollout_runs_that_exact_image(kind, docker_engine, docker_client,  # noqa: F811
-                                                                              tmp_path):
+async def test_digests_are_recorded_and_a_pinned_rollout_runs_that_exact_image(kind, docker_engine, docker_client, tmp_path):
     """A local image has no registry digest: its id is recorded and pinned. The tag then moves to another
     image; the pinned rollout still runs the recorded one, an unpinned one the new one."""
     tag = f"windflow-test/pin-{uuid.uuid4().hex[:8]}:v1"
@@ -170,8 +194,14 @@ services:
         await deploy(engine, first, LogCapture())
         original = image_id(TEST_IMAGE)
         assert [(i.service, i.image, i.digest) for i in first.images] == [("app", tag, original)]
-        subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=f"FROM {TEST_IMAGE}\nLABEL moved={tag}\n",
-                       text=True, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["docker", "build", "-q", "-t", tag, "-"],
+            input=f"FROM {TEST_IMAGE}\nLABEL moved={tag}\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert image_id(tag) != original
 
         again.pinned_images = {"app": first.images[0].reference}

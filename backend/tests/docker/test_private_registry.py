@@ -30,8 +30,7 @@ def push(registry: LocalRegistry, repository: str, tag: str) -> str:
     client = docker.from_env()
     reference = f"{registry.server}/{repository}"
     client.images.get(TEST_IMAGE).tag(reference, tag)
-    auth = {"username": registry.username, "password": registry.password, "serveraddress": registry.server} \
-        if registry.username else None
+    auth = {"username": registry.username, "password": registry.password, "serveraddress": registry.server} if registry.username else None
     for line in client.api.push(reference, tag, stream=True, decode=True, auth_config=auth):
         assert "error" not in line, line
     client.images.remove(f"{reference}:{tag}")
@@ -58,19 +57,20 @@ async def env(db, docker_engine, tmp_path):
 
 
 async def _registry(env, server: str, password: str) -> dict:
-    response = await env.client.post("/api/v1/registries", json={
-        "name": "private", "server": server, "username": USERNAME, "password": password}, headers=env.admin.headers)
+    response = await env.client.post(
+        "/api/v1/registries",
+        json={"name": "private", "server": server, "username": USERNAME, "password": password},
+        headers=env.admin.headers,
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def _image_stack(reference: str) -> str:
-    return ("services:\n  app:\n"
-            f"    image: {reference}\n    init: true\n    command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n")
+    return f'services:\n  app:\n    image: {reference}\n    init: true\n    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
 
 
-async def test_private_image_deployed_with_the_organisations_credentials(env, private_registry, events, caplog,
-                                                                         tmp_path):  # noqa: F811
+async def test_private_image_deployed_with_the_organisations_credentials(env, private_registry, events, caplog, tmp_path):
     caplog.set_level("DEBUG")
     reference = push(private_registry, "team/app", f"v{os.urandom(3).hex()}")
     try:
@@ -83,18 +83,23 @@ async def test_private_image_deployed_with_the_organisations_credentials(env, pr
         logs = await all_logs(env.client, env.admin.headers, created["id"])
         pulled = [line["message"] for line in logs if line["message"].startswith(f"pulled image {reference}")]
         assert len(pulled) == 1 and "sha256:" in pulled[0] and " MB" in pulled[0], pulled
-        assert any("with the organisation's credentials for " + private_registry.server in line["message"]
-                   for line in logs)
+        assert any("with the organisation's credentials for " + private_registry.server in line["message"] for line in logs)
         revisions = await env.client.get(f"/api/v1/deployments/{created['id']}/revisions", headers=env.admin.headers)
         images = revisions.json()["items"][0]["images"]
         assert images[0]["service"] == "app" and images[0]["digest"].startswith("sha256:"), images
         assert images[0]["digest"] in pulled[0]
 
         # the password: in no response, log line, event, server log, project file or docker config file
-        responses = [await env.client.get(url, headers=env.admin.headers) for url in (
-            f"/api/v1/deployments/{created['id']}", f"/api/v1/deployments/{created['id']}/logs",
-            f"/api/v1/deployments/{created['id']}/revisions", f"/api/v1/registries/{registry['id']}",
-            "/api/v1/registries")]
+        responses = [
+            await env.client.get(url, headers=env.admin.headers)
+            for url in (
+                f"/api/v1/deployments/{created['id']}",
+                f"/api/v1/deployments/{created['id']}/logs",
+                f"/api/v1/deployments/{created['id']}/revisions",
+                f"/api/v1/registries/{registry['id']}",
+                "/api/v1/registries",
+            )
+        ]
         for response in responses:
             assert response.status_code == 200 and PASSWORD not in response.text
         assert PASSWORD not in json.dumps([line["message"] for line in logs])
@@ -111,7 +116,7 @@ async def test_private_image_deployed_with_the_organisations_credentials(env, pr
         forget(reference)
 
 
-async def test_wrong_password_fails_at_once_and_says_why(env, private_registry):  # noqa: F811
+async def test_wrong_password_fails_at_once_and_says_why(env, private_registry):
     reference = push(private_registry, "team/app", f"v{os.urandom(3).hex()}")
     try:
         await _registry(env, private_registry.server, "not-the-password-123")
@@ -129,7 +134,7 @@ async def test_wrong_password_fails_at_once_and_says_why(env, private_registry):
         forget(reference)
 
 
-async def test_unknown_tag_is_permanent_and_unreachable_registry_transient(env, open_registry):  # noqa: F811
+async def test_unknown_tag_is_permanent_and_unreachable_registry_transient(env, open_registry):
     stack_id = await env.stack(_image_stack(f"{open_registry.server}/team/nothing:1.0"), name="unknown")
     created = await env.deploy({}, stack_id=stack_id)
     failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
@@ -168,7 +173,7 @@ def push_fresh_layer(registry: LocalRegistry, size: int) -> str:
     return tag
 
 
-async def test_pull_progress_events_are_typed_ordered_and_bounded(env, private_registry, events):  # noqa: F811
+async def test_pull_progress_events_are_typed_ordered_and_bounded(env, private_registry, events):
     size = 4_000_000
     reference = push_fresh_layer(private_registry, size)
     try:
@@ -187,7 +192,7 @@ async def test_pull_progress_events_are_typed_ordered_and_bounded(env, private_r
         done = [e.data["current_bytes"] for e in pulls]
         assert done == sorted(done), "bytes done never go back"
         stamps = [e.timestamp for e in pulls]
-        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
         assert all(gap >= 0.15 for gap in gaps), gaps  # at most ~5 a second
         assert PASSWORD not in repr([e.data for e in pulls])
         logs = await all_logs(env.client, env.admin.headers, created["id"])

@@ -65,9 +65,9 @@ STACK = {
         f"    image: {TEST_IMAGE}\n"
         "    init: true\n"
         "    network_mode: none\n"
-        f"    command: [\"sh\", \"-c\", \"sleep {HEALTHY_AFTER} && touch /tmp/ready && exec sleep 86400\"]\n"
+        f'    command: ["sh", "-c", "sleep {HEALTHY_AFTER} && touch /tmp/ready && exec sleep 86400"]\n'
         "    healthcheck:\n"
-        "      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n"
+        '      test: ["CMD", "test", "-f", "/tmp/ready"]\n'
         "      interval: 1s\n"
         "      retries: 600\n"
     ),
@@ -145,8 +145,7 @@ def health(container: dict) -> str:
 def stand_in_images(workdir: Path) -> dict[str, str]:
     """The stand-in base images (built when missing) and the variables that make Compose use them."""
     env_file = workdir / "images.env"
-    result = run(["bash", "scripts/build-offline-images.sh", "--env-file", str(env_file)], timeout=1800,
-                 check=os.geteuid() == 0)
+    result = run(["bash", "scripts/build-offline-images.sh", "--env-file", str(env_file)], timeout=1800, check=os.geteuid() == 0)
     if result.returncode != 0:  # not root: the images it would have to build cannot be built here
         require_service("stand-in base images", result.stderr.strip().splitlines()[-1])
     images = dict(line.split("=", 1) for line in result.stdout.split())
@@ -164,8 +163,9 @@ async def wait_for(what: str, probe, timeout: float, stack: Stack, interval: flo
             return last
         await asyncio.sleep(interval)
     seen = describe() if describe else repr(last)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {seen}; load {os.getloadavg()})\n"
-                         f"{await asyncio.to_thread(stack.logs)}")
+    raise AssertionError(
+        f"{what}: not within {timeout:.0f} s (last: {seen}; load {os.getloadavg()})\n{await asyncio.to_thread(stack.logs)}"
+    )
 
 
 async def test_production_compose_up_deploy_heal_down(tmp_path):
@@ -193,8 +193,14 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
         def all_healthy():
             containers = stack.containers()
             states = {c["Name"].lstrip("/"): health(c) for c in containers}
-            seen.update(states=states, checks={c["Name"]: c["State"].get("Health", {}).get("Log", [])[-1:]
-                                               for c in containers if health(c) not in ("healthy", "running")})
+            seen.update(
+                states=states,
+                checks={
+                    c["Name"]: c["State"].get("Health", {}).get("Log", [])[-1:]
+                    for c in containers
+                    if health(c) not in ("healthy", "running")
+                },
+            )
             counted = [service(c) for c in containers]
             if counted.count("worker") != WORKERS or not {"proxy", "beat", "supervisor", *HEALTHCHECKED} <= set(counted):
                 return None
@@ -221,8 +227,11 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
 
             # -- setup and a deployment through the proxy ----------------------------------------------
             assert (await client.get("/api/v1/auth/setup")).json() == {"needed": True}
-            setup = await client.post("/api/v1/auth/setup", headers={"X-Forwarded-For": SPOOFED}, json={
-                "email": "ops@example.com", "password": "production-compose-1", "organization_name": "ops"})
+            setup = await client.post(
+                "/api/v1/auth/setup",
+                headers={"X-Forwarded-For": SPOOFED},
+                json={"email": "ops@example.com", "password": "production-compose-1", "organization_name": "ops"},
+            )
             assert setup.status_code == 201, setup.text
             token = setup.json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
@@ -230,8 +239,7 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
             # the backend sees the client's address (X-Forwarded-For, FORWARDED_ALLOW_IPS): not the proxy's,
             # nor the one the client wrote in its own X-Forwarded-For
             containers = stack.containers()
-            proxy_ips = {n["IPAddress"] for c in containers if service(c) == "proxy"
-                         for n in c["NetworkSettings"]["Networks"].values()}
+            proxy_ips = {n["IPAddress"] for c in containers if service(c) == "proxy" for n in c["NetworkSettings"]["Networks"].values()}
             backend = next(c for c in containers if service(c) == "backend")
             logged = run(["docker", "logs", backend["Id"]])
             clients = re.findall(r"uvicorn\.access: ([0-9a-f.:]+):\d+ - \"POST /api/v1/auth/setup", logged.stdout + logged.stderr)
@@ -247,8 +255,11 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
                 assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "authenticated"
 
                 t = time.monotonic()
-                response = await client.post("/api/v1/deployments", headers=headers, json={
-                    "stack_id": created.json()["id"], "target_id": local["id"], "variables": {}})
+                response = await client.post(
+                    "/api/v1/deployments",
+                    headers=headers,
+                    json={"stack_id": created.json()["id"], "target_id": local["id"], "variables": {}},
+                )
                 assert response.status_code == 201, response.text
                 deployment_id = response.json()["id"]
                 deployment_ids.append(deployment_id)
@@ -306,7 +317,7 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
                 stack.timings["deployment created to running"] = time.monotonic() - t
                 assert final["status"] == "running", f"{final}\n{await history()}\n{stack.logs()}"
                 steps = await history()
-                after_kill = steps[steps.index(claim) + 1:]
+                after_kill = steps[steps.index(claim) + 1 :]
                 assert any(h["reason_code"] and h["reason_code"].startswith("executor_lost") for h in after_kill), steps
                 assert len(labelled("container", deployment_id)) == 1  # the container created once
                 await wait_for("the running status reaches the WebSocket client", lambda: "running" in statuses, 30, stack)
@@ -371,8 +382,7 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
         raise
     finally:
         t = time.monotonic()
-        down = await asyncio.to_thread(stack.compose, "down", "-v", "--remove-orphans", "--timeout", "20",
-                                       timeout=300, check=False)
+        down = await asyncio.to_thread(stack.compose, "down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
         stack.timings["down -v"] = time.monotonic() - t
         if previous_image and previous_image != image_id(IMAGE):
             run(["docker", "rmi", previous_image], check=False)  # the image of the previous run, now untagged

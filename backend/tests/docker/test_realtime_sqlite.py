@@ -25,18 +25,23 @@ async def test_in_process_deployment_events_reach_a_websocket_client(db, tmp_pat
     deployment_id = None
     try:
         async with server.http() as http:
-            setup = await http.post("/api/v1/auth/setup", json={
-                "email": "admin@example.com", "password": "correct-horse-battery", "organization_name": "acme"})
+            setup = await http.post(
+                "/api/v1/auth/setup", json={"email": "admin@example.com", "password": "correct-horse-battery", "organization_name": "acme"}
+            )
             headers = {"Authorization": f"Bearer {setup.json()['access_token']}"}
             org = (await http.get("/api/v1/auth/me", headers=headers)).json()["default_organization_id"]
             assert (await http.get("/health")).json()["event_bus"]["transport"] == "memory"
-            target = await http.post("/api/v1/targets", headers=headers, json={
-                "name": "engine", "type": "docker", "endpoint": docker_engine})
+            target = await http.post(
+                "/api/v1/targets", headers=headers, json={"name": "engine", "type": "docker", "endpoint": docker_engine}
+            )
             stack = await http.post("/api/v1/stacks", headers=headers, json=TICKER)
             ws = await WS.open(server, setup.json()["access_token"])
             await ws.subscribe(organization_id=org)
-            created = await http.post("/api/v1/deployments", headers=headers, json={
-                "stack_id": stack.json()["id"], "target_id": target.json()["id"], "name": "ticker-sqlite"})
+            created = await http.post(
+                "/api/v1/deployments",
+                headers=headers,
+                json={"stack_id": stack.json()["id"], "target_id": target.json()["id"], "name": "ticker-sqlite"},
+            )
             assert created.status_code == 201, created.text
             deployment_id = created.json()["id"]
             await ws.send({"type": "subscribe", "deployment_id": deployment_id, "since_seq": 0})
@@ -45,18 +50,30 @@ async def test_in_process_deployment_events_reach_a_websocket_client(db, tmp_pat
             api_token = (await http.post("/api/v1/tokens", json={"name": "cli"}, headers=headers)).json()["token"]
             cli = subprocess.Popen(
                 [sys.executable, "-m", "backend.app.cli", "logs", "-f", deployment_id, "--url", server.url],
-                env={**os.environ, "WINDFLOW_TOKEN": api_token}, cwd=REPO_ROOT,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            sse = asyncio.create_task(sse_events(
-                http, f"/api/v1/deployments/{deployment_id}/events", headers, timeout=120,
-                stop=lambda evs: any(e["event"] == "DEPLOYMENT_STATUS_CHANGED"
-                                     and e["data"]["data"]["new_status"] in ("running", "failed") for e in evs)))
+                env={**os.environ, "WINDFLOW_TOKEN": api_token},
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            sse = asyncio.create_task(
+                sse_events(
+                    http,
+                    f"/api/v1/deployments/{deployment_id}/events",
+                    headers,
+                    timeout=120,
+                    stop=lambda evs: any(
+                        e["event"] == "DEPLOYMENT_STATUS_CHANGED" and e["data"]["data"]["new_status"] in ("running", "failed") for e in evs
+                    ),
+                )
+            )
             await asyncio.sleep(0.5)
             started = time.monotonic()
             assert (await http.get(f"/api/v1/deployments/{deployment_id}", headers=headers)).status_code == 200
             assert time.monotonic() - started < 5  # not queued behind a stream's transaction
-            done = await ws.next(lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED"
-                                 and f["data"]["new_status"] in ("running", "failed"), timeout=120)
+            done = await ws.next(
+                lambda f: f["type"] == "DEPLOYMENT_STATUS_CHANGED" and f["data"]["new_status"] in ("running", "failed"), timeout=120
+            )
             assert done["data"]["new_status"] == "running", done["data"]["error_message"]
             events = await sse
             assert events[-1]["data"]["data"]["new_status"] == "running"

@@ -15,8 +15,8 @@ from backend.app import database
 from backend.app.core.security import encrypt_secret
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, LogLevel, Target, User
-from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployment_service import DeploymentService
+from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployments.recovery import reap
 from backend.tests.celery_fixtures import REPO_ROOT, running_app, settings_env
 from backend.tests.conftest import TEST_IMAGE, make_settings
@@ -76,8 +76,8 @@ async def test_backend_restart_recovers_pending(db, docker_engine, tmp_path):
             assert recovery["last"]["status"] == "completed"
         async with database.AsyncSessionLocal() as session:
             messages = (
-                await session.execute(select(DeploymentLog.message).where(DeploymentLog.deployment_id == deployment_id))
-            ).scalars().all()
+                (await session.execute(select(DeploymentLog.message).where(DeploymentLog.deployment_id == deployment_id))).scalars().all()
+            )
         assert any(m.startswith("[RETRY]") for m in messages)
     finally:
         force_cleanup(deployment_id)
@@ -136,14 +136,21 @@ async def test_reaping_an_orphan_whose_engine_does_not_answer_holds_up_no_writer
 
     blackhole = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = blackhole.sockets[0].getsockname()[1]
-    orphan = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1, rendered_compose=encrypt_secret(
-        db.settings, f"services:\n  app:\n    image: {TEST_IMAGE}\n"))
+    orphan = await make_deployment(
+        session,
+        DeploymentStatus.DEPLOYING,
+        attempt=1,
+        rendered_compose=encrypt_secret(db.settings, f"services:\n  app:\n    image: {TEST_IMAGE}\n"),
+    )
     other = await make_deployment(session, DeploymentStatus.DEPLOYING, attempt=1)
     orphan_id, other_id = orphan.id, other.id
     await session.execute(update(Target).where(Target.id == orphan.target_id).values(endpoint=f"tcp://127.0.0.1:{port}"))
     # it reached its gate (before it, the reaper trusts no container it finds: they are the previous revision's)
-    await session.execute(update(Deployment).where(Deployment.id == orphan_id).values(
-        lease_expires_at=utcnow() - timedelta(seconds=5), current_step=6, total_steps=6))
+    await session.execute(
+        update(Deployment)
+        .where(Deployment.id == orphan_id)
+        .values(lease_expires_at=utcnow() - timedelta(seconds=5), current_step=6, total_steps=6)
+    )
     await session.commit()
     sent: list[str] = []
 
@@ -182,7 +189,7 @@ async def test_recovery_api_is_superuser_only(db, tmp_path):
         assert workers.status_code == 200 and workers.json()["execution_mode"] == "asyncio"
 
 
-SNIPPET = '''
+SNIPPET = """
 from backend.app.services.deployment_service import DeploymentService
 from backend.app.database import AsyncSessionLocal
 import asyncio
@@ -193,7 +200,7 @@ async def run():
         print(stats)
 
 asyncio.run(run())
-'''
+"""
 
 
 @pytest.mark.parametrize("command", ["snippet", "cli"])

@@ -66,8 +66,9 @@ async def api(db, tmp_path) -> AsyncIterator[Api]:
         await response.aread()
         bodies.append(response.text)
 
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings)), base_url="http://testserver",
-                               event_hooks={"response": [keep]})
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings)), base_url="http://testserver", event_hooks={"response": [keep]}
+    )
     try:
         yield Api(client, await setup_admin(client), bodies)
     finally:
@@ -83,11 +84,10 @@ def by_label(deployment_id: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def remote_client(remote_docker: RemoteDocker) -> Iterator[docker.DockerClient]:  # noqa: F811
+def remote_client(remote_docker: RemoteDocker) -> Iterator[docker.DockerClient]:
     """The remote engine through mutual TLS, with the test image loaded into it."""
     certs = remote_docker.workdir / "certs"
-    tls = docker.tls.TLSConfig(client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
-                               ca_cert=str(certs / "ca.pem"), verify=True)
+    tls = docker.tls.TLSConfig(client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")), ca_cert=str(certs / "ca.pem"), verify=True)
     client = docker.DockerClient(base_url=remote_docker.endpoint, tls=tls, version=remote_docker.api_version)
     # requests would let REQUESTS_CA_BUNDLE (set on these machines) replace the CA given above.
     client.api.trust_env = False
@@ -130,17 +130,17 @@ REMOTE_STACK = (
     "  writer:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
-    "    command: [\"sh\", \"-c\", \"echo {{ greeting }} > /shared/greeting && exec sleep 600\"]\n"
-    "    volumes: [\"shared:/shared\"]\n"
+    '    command: ["sh", "-c", "echo {{ greeting }} > /shared/greeting && exec sleep 600"]\n'
+    '    volumes: ["shared:/shared"]\n'
     "    healthcheck:\n"
-    "      test: [\"CMD\", \"test\", \"-s\", \"/shared/greeting\"]\n"
+    '      test: ["CMD", "test", "-s", "/shared/greeting"]\n'
     "      interval: 1s\n"
     "      retries: 20\n"
     "  reader:\n"
     f"    image: {TEST_IMAGE}\n"
     "    init: true\n"
-    "    command: [\"sh\", \"-c\", \"cat /shared/greeting > /tmp/seen && exec sleep 600\"]\n"
-    "    volumes: [\"shared:/shared:ro\"]\n"
+    '    command: ["sh", "-c", "cat /shared/greeting > /tmp/seen && exec sleep 600"]\n'
+    '    volumes: ["shared:/shared:ro"]\n'
     "    depends_on:\n"
     "      writer:\n"
     "        condition: service_healthy\n"
@@ -150,22 +150,33 @@ REMOTE_STACK = (
 
 
 async def test_remote_tls_target_deploys_on_the_remote_engine_only(
-    api: Api, remote_docker: RemoteDocker, remote_client: docker.DockerClient  # noqa: F811
+    api: Api, remote_docker: RemoteDocker, remote_client: docker.DockerClient
 ):
     key = remote_docker.client.key
     deployment_id = None
     try:
-        target = await api.create("targets", {
-            "name": "remote-tls", "type": "docker", "endpoint": remote_docker.endpoint,
-            "tls_ca": remote_docker.ca, "tls_cert": remote_docker.client.cert, "tls_key": key,
-        })
+        target = await api.create(
+            "targets",
+            {
+                "name": "remote-tls",
+                "type": "docker",
+                "endpoint": remote_docker.endpoint,
+                "tls_ca": remote_docker.ca,
+                "tls_cert": remote_docker.client.cert,
+                "tls_key": key,
+            },
+        )
         assert target["has_tls"] is True
         tested = await api.post(f"/api/v1/targets/{target['id']}/test")
         assert tested["ok"] is True and tested["version"] == remote_docker.version, tested
-        stack = await api.create("stacks", {
-            "name": "remote", "template": REMOTE_STACK,
-            "variables": [{"name": "greeting", "type": "string", "default": "hello-remote"}],
-        })
+        stack = await api.create(
+            "stacks",
+            {
+                "name": "remote",
+                "template": REMOTE_STACK,
+                "variables": [{"name": "greeting", "type": "string", "default": "hello-remote"}],
+            },
+        )
         created = await api.create("deployments", {"stack_id": stack["id"], "target_id": target["id"], "variables": {}})
         deployment_id = created["id"]
 
@@ -223,7 +234,7 @@ async def test_remote_tls_target_deploys_on_the_remote_engine_only(
 
 
 @pytest.fixture
-def local_client(swarm: str) -> Iterator[docker.DockerClient]:  # noqa: F811
+def local_client(swarm: str) -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=swarm, version="auto")
     try:
         yield client
@@ -245,18 +256,16 @@ def swarm_cleanup(client: docker.DockerClient, deployment_id: str) -> None:
 
 
 def stack_names() -> list[str]:
-    out = subprocess.run(["docker", "stack", "ls", "--format", "{{.Name}}"], capture_output=True, text=True,
-                         timeout=30, check=True)
+    out = subprocess.run(["docker", "stack", "ls", "--format", "{{.Name}}"], capture_output=True, text=True, timeout=30, check=True)
     return out.stdout.split()
 
 
 def replicas(client: docker.DockerClient, deployment_id: str) -> dict[str, int]:
     services = client.services.list(filters=by_label(deployment_id))
-    return {s.name.removeprefix(project_name(deployment_id) + "_"): s.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
-            for s in services}
+    return {s.name.removeprefix(project_name(deployment_id) + "_"): s.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] for s in services}
 
 
-async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, local_client: docker.DockerClient):  # noqa: F811
+async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, local_client: docker.DockerClient):
     created_ids: list[str] = []
     try:
         target = await api.create("targets", {"name": "swarm", "type": "swarm", "endpoint": swarm})
@@ -264,8 +273,7 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
         assert tested["ok"] is True and tested["swarm_manager"] is True, tested
         stack = await api.create("stacks", WEB_STACK)
         port = free_port()
-        created = await api.create("deployments", {"stack_id": stack["id"], "target_id": target["id"],
-                                                   "variables": {"port": port}})
+        created = await api.create("deployments", {"stack_id": stack["id"], "target_id": target["id"], "variables": {"port": port}})
         deployment_id = created["id"]
         created_ids.append(deployment_id)
         headers = api.admin.headers
@@ -322,4 +330,3 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
         await background_tasks.shutdown()
         for deployment_id in created_ids:
             swarm_cleanup(local_client, deployment_id)
-

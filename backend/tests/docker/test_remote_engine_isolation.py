@@ -27,8 +27,11 @@ def _namespaces() -> list[str]:
 
 
 def _veths() -> list[str]:
-    return [line.split()[1].split("@")[0].rstrip(":") for line in _ip("-o", "link", "show", "type", "veth").stdout
-            .splitlines() if line.split()[1].startswith("wfr")]
+    return [
+        line.split()[1].split("@")[0].rstrip(":")
+        for line in _ip("-o", "link", "show", "type", "veth").stdout.splitlines()
+        if line.split()[1].startswith("wfr")
+    ]
 
 
 def _run_on_default_bridge() -> subprocess.CompletedProcess:
@@ -45,8 +48,9 @@ def test_the_remote_engine_leaves_the_host_bridge_and_network_alone(docker_engin
         assert engine.netns in _namespaces()
         assert engine.endpoint == f"tcp://{engine.address}:2376" and not engine.address.startswith("127.")
         # Its interfaces are its own: the namespace sees its end of the veth pair, not the host's docker0.
-        inside = subprocess.run(["ip", "netns", "exec", engine.netns, "ip", "-o", "link"], capture_output=True,
-                                text=True, timeout=30, check=True).stdout
+        inside = subprocess.run(
+            ["ip", "netns", "exec", engine.netns, "ip", "-o", "link"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
         assert "docker0" not in inside and "eth0" in inside
         assert _has_docker0(), "starting the second engine removed the host's docker0"
 

@@ -47,8 +47,7 @@ async def env(db, docker_engine, tmp_path):
 
 
 async def change(env, deployment_id: str, body: dict, expect: int = 201) -> dict:
-    response = await env.client.post(f"/api/v1/deployments/{deployment_id}/revisions", json=body,
-                                     headers=env.admin.headers)
+    response = await env.client.post(f"/api/v1/deployments/{deployment_id}/revisions", json=body, headers=env.admin.headers)
     assert response.status_code == expect, response.text
     return response.json()
 
@@ -65,8 +64,7 @@ async def test_a_variable_changed_twice_makes_three_revisions_then_a_rollback_to
     api_key = env_of(containers(deployment_id)[running_services(deployment_id)["worker"]], "API_KEY")
 
     second = await change(env, deployment_id, {"variables": {"greeting": "v2"}})
-    assert (second["number"], second["reason"], second["outcome"], second["created_by"]) == (
-        2, "update", "pending", env.admin.email)
+    assert (second["number"], second["reason"], second["outcome"], second["created_by"]) == (2, "update", "pending", env.admin.email)
     busy = await change(env, deployment_id, {"variables": {"greeting": "v9"}}, expect=409)  # a rollout runs
     assert busy["code"] == "rollout_in_progress" and busy["params"]["revision"] == 2
     assert (await wait_revision(env.client, env.admin.headers, deployment_id, 2, {"running", "failed"}))["status"] == "running"
@@ -84,24 +82,30 @@ async def test_a_variable_changed_twice_makes_three_revisions_then_a_rollback_to
 
     listed = await revisions(env.client, env.admin.headers, deployment_id)
     assert [(r["number"], r["reason"], r["outcome"]) for r in listed] == [
-        (3, "update", "running"), (2, "update", "superseded"), (1, "created", "superseded")]
-    image_id = (await asyncio.to_thread(lambda: __import__("docker").from_env().images.get(TEST_IMAGE).id))
+        (3, "update", "running"),
+        (2, "update", "superseded"),
+        (1, "created", "superseded"),
+    ]
+    image_id = await asyncio.to_thread(lambda: __import__("docker").from_env().images.get(TEST_IMAGE).id)
     for revision in listed:
         assert revision["variables"]["api_key"] == "***"
         assert sorted((i["service"], i["image"], i["digest"]) for i in revision["images"]) == [
-            ("web", TEST_IMAGE, image_id), ("worker", TEST_IMAGE, image_id)]
+            ("web", TEST_IMAGE, image_id),
+            ("worker", TEST_IMAGE, image_id),
+        ]
         assert revision["finished_at"] is not None and revision["error_message"] is None
     one = await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/2", headers=env.admin.headers)
     assert one.status_code == 200 and one.json()["variables"]["greeting"] == "v2"
-    paged = await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions", params={"limit": 2},
-                                 headers=env.admin.headers)
+    paged = await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions", params={"limit": 2}, headers=env.admin.headers)
     assert [r["number"] for r in paged.json()["items"]] == [3, 2] and paged.json()["total"] == 3
-    rest = await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions",
-                                params={"limit": 2, "cursor": paged.json()["next_cursor"]}, headers=env.admin.headers)
+    rest = await env.client.get(
+        f"/api/v1/deployments/{deployment_id}/revisions",
+        params={"limit": 2, "cursor": paged.json()["next_cursor"]},
+        headers=env.admin.headers,
+    )
     assert [r["number"] for r in rest.json()["items"]] == [1] and rest.json()["next_cursor"] is None
 
-    diff = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/1/diff/3",
-                                 headers=env.admin.headers)).json()["diff"]
+    diff = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/1/diff/3", headers=env.admin.headers)).json()["diff"]
     assert "--- revision 1/compose\n+++ revision 3/compose\n" in diff
     assert "-        sleep 0; echo v1 > /www/index.html" in diff and "+        sleep 0; echo v3 > /www/index.html" in diff
     assert '-greeting: "v1"\n+greeting: "v3"\n' in diff and " api_key: ***\n" in diff  # unchanged: context
@@ -110,13 +114,11 @@ async def test_a_variable_changed_twice_makes_three_revisions_then_a_rollback_to
     # a new secret: the diff says it changed, never what it is
     await change(env, deployment_id, {"variables": {"api_key": "a-brand-new-api-key-4242"}})
     await wait_revision(env.client, env.admin.headers, deployment_id, 4, {"running"})
-    diff = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/3/diff/4",
-                                 headers=env.admin.headers)).json()["diff"]
+    diff = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/3/diff/4", headers=env.admin.headers)).json()["diff"]
     assert "-api_key: ***\n+api_key: *** (changed)\n" in diff, diff
     assert "a-brand-new-api-key-4242" not in diff and api_key not in diff
 
-    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
-                                   headers=env.admin.headers)
+    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1}, headers=env.admin.headers)
     assert rolled.status_code == 201, rolled.text
     assert (rolled.json()["number"], rolled.json()["reason"], rolled.json()["rollback_of"]) == (5, "rollback", 1)
     back = await wait_revision(env.client, env.admin.headers, deployment_id, 5, {"running", "failed"})
@@ -131,10 +133,13 @@ async def test_a_variable_changed_twice_makes_three_revisions_then_a_rollback_to
     assert [e.data["revision"] for e in statuses if e.data["new_status"] == "running"] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("mode, why", [
-    ("crash", "service web exited with code 3"),
-    ("unhealthy", "service web is unhealthy (last check: exit 1: GET /health 503)"),
-])
+@pytest.mark.parametrize(
+    "mode, why",
+    [
+        ("crash", "service web exited with code 3"),
+        ("unhealthy", "service web is unhealthy (last check: exit 1: GET /health 503)"),
+    ],
+)
 async def test_a_revision_failing_its_gate_is_rolled_back_and_the_previous_one_serves_again(env, events, mode, why):
     port = free_port()
     deployment_id = (await env.deploy({"port": port, "greeting": "good"}))["id"]
@@ -148,7 +153,11 @@ async def test_a_revision_failing_its_gate_is_rolled_back_and_the_previous_one_s
 
     listed = {r["number"]: r for r in await revisions(env.client, env.admin.headers, deployment_id)}
     assert (listed[3]["reason"], listed[3]["rollback_of"], listed[3]["outcome"], listed[3]["created_by"]) == (
-        "automatic_rollback", 1, "running", None)
+        "automatic_rollback",
+        1,
+        "running",
+        None,
+    )
     assert listed[2]["outcome"] == "failed" and why in listed[2]["error_message"]
     if mode == "crash":
         assert "fatal: DATABASE_URL is not set" in listed[2]["error_message"]
@@ -179,16 +188,14 @@ async def test_without_auto_rollback_a_failed_revision_leaves_the_deployment_fai
     port = free_port()
     deployment_id = (await env.deploy({"port": port}))["id"]
     await wait_revision(env.client, env.admin.headers, deployment_id, 1, {"running"})
-    patched = await env.client.patch(f"/api/v1/deployments/{deployment_id}", json={"auto_rollback": False},
-                                     headers=env.admin.headers)
+    patched = await env.client.patch(f"/api/v1/deployments/{deployment_id}", json={"auto_rollback": False}, headers=env.admin.headers)
     assert patched.status_code == 200 and patched.json()["auto_rollback"] is False
     await change(env, deployment_id, {"variables": {"mode": "crash"}})
     final = await wait_revision(env.client, env.admin.headers, deployment_id, 2, {"failed", "running"})
     assert final["status"] == "failed" and final["last_good_revision"] == 1
     assert labelled("container", deployment_id) == []
     # the user rolls back by hand
-    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
-                                   headers=env.admin.headers)
+    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1}, headers=env.admin.headers)
     assert rolled.status_code == 201, rolled.text
     assert (await wait_revision(env.client, env.admin.headers, deployment_id, 3, {"running", "failed"}))["status"] == "running"
     assert serves(port) == "v1"
@@ -219,19 +226,23 @@ async def test_changes_are_validated_like_a_creation_and_need_an_operator(env):
     assert "nope" in unknown["detail"]
     extra = await change(env, deployment_id, {"variables": {}, "stack_version": "v2"}, expect=422)
     assert extra["code"] == "validation_error"
-    missing = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 7},
-                                    headers=env.admin.headers)
+    missing = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 7}, headers=env.admin.headers)
     assert missing.status_code == 404 and missing.json()["code"] == "revision_not_found"
-    assert (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/99999999999",
-                                 headers=env.admin.headers)).status_code == 422
+    assert (
+        await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/99999999999", headers=env.admin.headers)
+    ).status_code == 422
     # a viewer reads revisions and diffs; changing, rolling back and the settings need an operator, as redeploy
     viewer = await create_user(env.client, env.admin, "viewer@example.com")
     await add_member(env.client, env.admin, await default_org(env.client, env.admin), viewer, "viewer")
     assert len(await revisions(env.client, viewer.headers, deployment_id)) == 1
     base = f"/api/v1/deployments/{deployment_id}"
     assert (await env.client.get(f"{base}/revisions/1/diff/1", headers=viewer.headers)).json() == {"diff": ""}
-    for method, path, body in (("POST", "/revisions", {"variables": {}}), ("POST", "/rollback", {"revision": 1}),
-                               ("PATCH", "", {"auto_rollback": False}), ("POST", "/redeploy", None)):
+    for method, path, body in (
+        ("POST", "/revisions", {"variables": {}}),
+        ("POST", "/rollback", {"revision": 1}),
+        ("PATCH", "", {"auto_rollback": False}),
+        ("POST", "/redeploy", None),
+    ):
         refused = await env.client.request(method, base + path, json=body, headers=viewer.headers)
         assert refused.status_code == 403, (path, refused.text)
     listed = await revisions(env.client, env.admin.headers, deployment_id)
@@ -246,8 +257,10 @@ async def test_cancelling_a_rollout_keeps_the_volumes_the_revisions_before_it_wr
     await change(env, deployment_id, {"variables": {"greeting": "slow", "delay": 30}})
     await wait_revision(env.client, env.admin.headers, deployment_id, 2, {"deploying"})
     for _ in range(100):  # its web container is up, waiting to serve
-        if running_services(deployment_id).get("web") and (await env.client.get(
-                f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()["current_step"] == 6:
+        if (
+            running_services(deployment_id).get("web")
+            and (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()["current_step"] == 6
+        ):
             break
         await asyncio.sleep(0.2)
     cancelled = await env.client.post(f"/api/v1/deployments/{deployment_id}/cancel", headers=env.admin.headers)
@@ -258,11 +271,9 @@ async def test_cancelling_a_rollout_keeps_the_volumes_the_revisions_before_it_wr
         await asyncio.sleep(0.2)
     assert labelled("container", deployment_id) == []
     assert len(labelled("volume", deployment_id)) == 1  # revision 1's data is still there
-    outcomes = {r["number"]: (r["outcome"], r["error_message"]) for r in await revisions(env.client, env.admin.headers,
-                                                                                        deployment_id)}
+    outcomes = {r["number"]: (r["outcome"], r["error_message"]) for r in await revisions(env.client, env.admin.headers, deployment_id)}
     assert outcomes == {2: ("failed", "Cancelled by user"), 1: ("superseded", None)}
-    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1},
-                                   headers=env.admin.headers)
+    rolled = await env.client.post(f"/api/v1/deployments/{deployment_id}/rollback", json={"revision": 1}, headers=env.admin.headers)
     assert rolled.status_code == 201, rolled.text
     assert (await wait_revision(env.client, env.admin.headers, deployment_id, 3, {"running", "failed"}))["status"] == "running"
     assert serves(port) == "v1"

@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 
 from backend.app.config import Settings
+from backend.app.core.events import Event, bus, queue_event
+from backend.app.database import build_engine
+from backend.app.models import Organization
 from backend.app.runtime.event_transport import (
     event_bus_status,
     flush_events,
     start_event_bus,
     stop_event_bus,
 )
-from backend.app.core.events import Event, bus, queue_event
-from backend.app.database import build_engine
-from backend.app.models import Organization
 
 
 def emit(**fields) -> None:

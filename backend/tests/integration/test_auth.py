@@ -204,7 +204,8 @@ async def _age_rotations(db, seconds: float) -> None:
     """Moves every rotation ``seconds`` into the past (past the reuse window when larger than it)."""
     async with db.engine.begin() as conn:
         await conn.execute(
-            update(RefreshToken).where(RefreshToken.replaced_by.is_not(None))
+            update(RefreshToken)
+            .where(RefreshToken.replaced_by.is_not(None))
             .values(revoked_at=datetime.now(UTC) - timedelta(seconds=seconds))
         )
 
@@ -223,9 +224,7 @@ async def test_refresh_rotates_and_refuses_the_old_token(client, db):
     # the replay revoked the whole family: the newest refresh token no longer works either
     newest = await client.post(REFRESH, json={"refresh_token": pair["refresh_token"]})
     _assert_401(newest, "token_revoked")
-    revoked = await _scalar(
-        db, select(func.count()).select_from(RefreshToken).where(RefreshToken.revoked_at.is_(None))
-    )
+    revoked = await _scalar(db, select(func.count()).select_from(RefreshToken).where(RefreshToken.revoked_at.is_(None)))
     assert revoked == 0
 
 
@@ -445,9 +444,7 @@ async def test_access_token_of_deleted_user_401(client, db):
 async def test_password_change_revokes_refresh_tokens(client):
     admin = await setup_admin(client)
     bob = await create_user(client, admin, "bob@example.com")
-    changed = await client.patch(
-        f"/api/v1/users/{bob.user_id}", json={"password": "a-brand-new-password"}, headers=admin.headers
-    )
+    changed = await client.patch(f"/api/v1/users/{bob.user_id}", json={"password": "a-brand-new-password"}, headers=admin.headers)
     assert changed.status_code == 200, changed.text
     _assert_401(await client.post(REFRESH, json={"refresh_token": bob.refresh_token}), "token_revoked")
     _assert_401(await client.post(LOGIN, data={"username": bob.email, "password": bob.password}), "invalid_credentials")

@@ -36,14 +36,20 @@ class Ctx:
 def routes(ctx: Ctx) -> dict[str, Route]:
     org = f"/api/v1/organizations/{ctx.org_id}"
     return {
-        "setup": Route("POST", "/api/v1/auth/setup",
-                       {"email": "new@example.com", "password": "long-enough-pw", "organization_name": "neworg"}, auth=False),
-        "login": Route("POST", "/api/v1/auth/login", {"username": ctx.member.email, "password": ctx.member.password},
-                       auth=False, form=True),
+        "setup": Route(
+            "POST",
+            "/api/v1/auth/setup",
+            {"email": "new@example.com", "password": "long-enough-pw", "organization_name": "neworg"},
+            auth=False,
+        ),
+        "login": Route(
+            "POST", "/api/v1/auth/login", {"username": ctx.member.email, "password": ctx.member.password}, auth=False, form=True
+        ),
         "refresh": Route("POST", "/api/v1/auth/refresh", {"refresh_token": ctx.member.refresh_token}, auth=False),
         "logout": Route("POST", "/api/v1/auth/logout", {"refresh_token": ctx.member.refresh_token}),
-        "create-user": Route("POST", "/api/v1/users",
-                             {"email": "someone@example.com", "password": "long-enough-pw", "full_name": "Some One"}),
+        "create-user": Route(
+            "POST", "/api/v1/users", {"email": "someone@example.com", "password": "long-enough-pw", "full_name": "Some One"}
+        ),
         "update-user": Route("PATCH", f"/api/v1/users/{ctx.member.user_id}", {"full_name": "Renamed", "password": "another-password"}),
         "create-org": Route("POST", "/api/v1/organizations", {"name": "org-two", "description": "second"}),
         "update-org": Route("PATCH", org, {"name": "renamed-org", "description": "d"}),
@@ -76,8 +82,13 @@ VARIANTS = {
     "numbers-for-strings": (lambda r: {"json": _map_strings(r.valid, lambda v: 12345)}, True),
     "huge-strings": (lambda r: {"json": _map_strings(r.valid, lambda v: HUGE)}, True),
     "null-bytes": (lambda r: {"json": _map_strings(r.valid, lambda v: v[:3] + "\x00" + v[3:])}, True),
-    "lone-surrogate": (lambda r: {"content": json.dumps(_map_strings(r.valid, lambda v: v + "\ud800")).encode(),
-                                  "headers": {"content-type": "application/json"}}, True),
+    "lone-surrogate": (
+        lambda r: {
+            "content": json.dumps(_map_strings(r.valid, lambda v: v + "\ud800")).encode(),
+            "headers": {"content-type": "application/json"},
+        },
+        True,
+    ),
     "extra-field": (lambda r: {"json": {**r.valid, "is_superuser_please": True}}, True),
     "form-instead-of-json": (lambda r: {"data": _map_strings(r.valid, str)}, True),
     "text-plain-json": (lambda r: {"content": json.dumps(r.valid).encode(), "headers": {"content-type": "text/plain"}}, True),
@@ -93,7 +104,10 @@ FORM_VARIANTS = {
     "empty-form": (lambda r: {"data": {}}, True),
     "huge-strings": (lambda r: {"data": _map_strings(r.valid, lambda v: HUGE)}, True),
     "null-bytes": (lambda r: {"data": _map_strings(r.valid, lambda v: v[:3] + "\x00" + v[3:])}, True),
-    "invalid-utf8": (lambda r: {"content": b"username=\xff\xfe&password=\xff", "headers": {"content-type": "application/x-www-form-urlencoded"}}, True),
+    "invalid-utf8": (
+        lambda r: {"content": b"username=\xff\xfe&password=\xff", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        True,
+    ),
     "unicode": (lambda r: {"data": _map_strings(r.valid, lambda v: v + "-ünïcødé-🚀")}, True),
     "extra-field": (lambda r: {"data": {**r.valid, "grant_type": "password", "scope": "x" * 10_000}}, False),
 }
@@ -101,8 +115,19 @@ FORM_VARIANTS = {
 # An optional body: an empty one means "revoke every refresh token", which is a legitimate 204.
 ALLOWED_SUCCESS = {("logout", "empty-body"), ("logout", "json-null")}
 
-ROUTE_NAMES = ["setup", "login", "refresh", "logout", "create-user", "update-user", "create-org", "update-org",
-               "add-member", "change-role", "create-token"]
+ROUTE_NAMES = [
+    "setup",
+    "login",
+    "refresh",
+    "logout",
+    "create-user",
+    "update-user",
+    "create-org",
+    "update-org",
+    "add-member",
+    "change-role",
+    "create-token",
+]
 
 
 @pytest.fixture
@@ -158,7 +183,8 @@ async def test_malformed_bodies_get_4xx_json(client, ctx, route_name):
 
 async def test_validation_errors_name_each_field(client, ctx):
     response = await client.post(
-        "/api/v1/users", json={"email": 5, "password": ["x"], "full_name": "x" * 201, "role": "admin"},
+        "/api/v1/users",
+        json={"email": 5, "password": ["x"], "full_name": "x" * 201, "role": "admin"},
         headers=ctx.admin.headers,
     )
     assert response.status_code == 422
@@ -176,9 +202,7 @@ async def test_null_bytes_are_refused_with_the_field_named(client, ctx):
 
 
 async def test_not_json_says_so(client, ctx):
-    response = await client.post(
-        "/api/v1/tokens", content=b"{nope", headers={**ctx.admin.headers, "content-type": "application/json"}
-    )
+    response = await client.post("/api/v1/tokens", content=b"{nope", headers={**ctx.admin.headers, "content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
     assert response.json()["detail"].startswith("body: the body is not valid JSON")

@@ -20,8 +20,13 @@ async def windflow(settings, *args: str, stdin: str | None = None) -> subprocess
     """Run the command in a thread: the test's event loop keeps serving whatever else holds the database."""
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "backend.app.cli", *args], cwd=REPO_ROOT, env=settings_env(settings),
-        input=stdin, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "backend.app.cli", *args],
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -30,8 +35,9 @@ async def test_db_upgrade_and_create_admin(db):
     assert upgraded.returncode == 0, upgraded.stderr
     assert "upgraded to head" in upgraded.stdout
 
-    created = await windflow(db.settings, "create-admin", "--email", "Ops@Example.com", "--organization", "ops", "--password-stdin",
-                       stdin="a-long-password\n")
+    created = await windflow(
+        db.settings, "create-admin", "--email", "Ops@Example.com", "--organization", "ops", "--password-stdin", stdin="a-long-password\n"
+    )
     assert created.returncode == 0, created.stderr
     assert "superuser ops@example.com created" in created.stdout
 

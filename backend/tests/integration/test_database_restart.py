@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -66,8 +65,9 @@ async def cluster(tmp_path_factory) -> AsyncIterator[object]:
 async def backends(cluster, tmp_path_factory) -> AsyncIterator[Backends]:
     log_dir = tmp_path_factory.mktemp("database-restart")
     # Short intervals, so that the reaper (and the access refresh, 2 s) run into the outage.
-    options = dict(RUN_MIGRATIONS_ON_STARTUP=True, EVENT_BUS="postgres", REAPER_INTERVAL_SECONDS=0.5,
-                   DEPLOYMENTS_WORKDIR=str(log_dir / "deployments"))
+    options = dict(
+        RUN_MIGRATIONS_ON_STARTUP=True, EVENT_BUS="postgres", REAPER_INTERVAL_SECONDS=0.5, DEPLOYMENTS_WORKDIR=str(log_dir / "deployments")
+    )
     servers: list[Server] = []
     try:
         servers.append(await Server.start(cluster.async_url, log_dir, name="listener", **options))
@@ -76,15 +76,14 @@ async def backends(cluster, tmp_path_factory) -> AsyncIterator[Backends]:
         async with writer.http() as http:
             admin = await setup_admin(http)
             me = (await http.get("/api/v1/auth/me", headers=admin.headers)).json()
-            stack = await http.post("/api/v1/stacks", headers=admin.headers,
-                                    json={"name": "web", "template": STACK_TEMPLATE})
+            stack = await http.post("/api/v1/stacks", headers=admin.headers, json={"name": "web", "template": STACK_TEMPLATE})
             assert stack.status_code == 201, stack.text
             # an engine nobody listens on: a deployment there fails fast, which is all this test needs
-            target = await http.post("/api/v1/targets", headers=admin.headers,
-                                     json={"name": "nowhere", "type": "docker", "endpoint": "tcp://127.0.0.1:1"})
+            target = await http.post(
+                "/api/v1/targets", headers=admin.headers, json={"name": "nowhere", "type": "docker", "endpoint": "tcp://127.0.0.1:1"}
+            )
             assert target.status_code == 201, target.text
-        yield Backends(cluster, listener, writer, admin, me["default_organization_id"], stack.json()["id"],
-                       target.json()["id"])
+        yield Backends(cluster, listener, writer, admin, me["default_organization_id"], stack.json()["id"], target.json()["id"])
     finally:
         for server in servers:
             server.stop()
@@ -98,8 +97,7 @@ def _assert_unavailable(response: httpx.Response) -> None:
     assert 1 <= int(response.headers["Retry-After"]) <= 30, response.headers
 
 
-async def _until_ok(http: httpx.AsyncClient, method: str, url: str, expected: int, deadline: float,
-                    **kwargs) -> httpx.Response:
+async def _until_ok(http: httpx.AsyncClient, method: str, url: str, expected: int, deadline: float, **kwargs) -> httpx.Response:
     """Repeat the request until it answers ``expected`` (503 meanwhile is what the test allows, nothing else)."""
     while True:
         response = await http.request(method, url, **kwargs)
@@ -135,8 +133,7 @@ async def _logged(server: Server, text: str, times: int, deadline: float) -> Non
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-async def test_requests_answer_503_while_the_database_is_down_and_everything_resumes_without_a_restart(
-        backends: Backends, mode: str):
+async def test_requests_answer_503_while_the_database_is_down_and_everything_resumes_without_a_restart(backends: Backends, mode: str):
     listener, writer, headers = backends.listener, backends.writer, backends.admin.headers
     pids = (listener.proc.pid, writer.proc.pid)
     async with listener.http() as http, writer.http() as writer_http:
@@ -154,10 +151,14 @@ async def test_requests_answer_503_while_the_database_is_down_and_everything_res
             await asyncio.to_thread(backends.cluster.stop, mode)
             for server_http in (http, writer_http):
                 _assert_unavailable(await server_http.get("/api/v1/deployments", headers=headers))
-                _assert_unavailable(await server_http.post("/api/v1/stacks", headers=headers,
-                                                           json={"name": f"down-{mode}", "template": STACK_TEMPLATE}))
-                _assert_unavailable(await server_http.post("/api/v1/deployments", headers=headers, json={
-                    "stack_id": backends.stack_id, "target_id": backends.target_id}))
+                _assert_unavailable(
+                    await server_http.post("/api/v1/stacks", headers=headers, json={"name": f"down-{mode}", "template": STACK_TEMPLATE})
+                )
+                _assert_unavailable(
+                    await server_http.post(
+                        "/api/v1/deployments", headers=headers, json={"stack_id": backends.stack_id, "target_id": backends.target_id}
+                    )
+                )
                 health = await server_http.get("/health")
                 assert health.status_code == 503 and health.headers["Retry-After"], health.text
                 assert health.json()["status"] == "unavailable" and health.json()["database"]["error"], health.text
@@ -175,8 +176,7 @@ async def test_requests_answer_503_while_the_database_is_down_and_everything_res
             # The loops meet the outage (one warning each): the reaper (every 0.5 s), the access refresh (2 s).
             outage_deadline = time.monotonic() + RECOVER_WITHIN
             for loop in LOOPS:
-                await _logged(listener, f"{loop} skipped: the database is unreachable", skipped[loop] + 1,
-                              outage_deadline)
+                await _logged(listener, f"{loop} skipped: the database is unreachable", skipped[loop] + 1, outage_deadline)
 
             # The database stays down until the listener's bus waits out a long backoff; then it returns.
             backoff = await _long_backoff(listener, log_offset, time.monotonic() + 30)
@@ -192,8 +192,15 @@ async def test_requests_answer_503_while_the_database_is_down_and_everything_res
                 await _until_ok(server_http, "GET", "/health", 200, deadline)
                 listed = await _until_ok(server_http, "GET", "/api/v1/deployments", 200, deadline, headers=headers)
                 assert listed.json()["total"] >= 0
-            created_stack = await _until_ok(writer_http, "POST", "/api/v1/stacks", 201, deadline, headers=headers,
-                                            json={"name": f"after-{mode}", "template": STACK_TEMPLATE})
+            created_stack = await _until_ok(
+                writer_http,
+                "POST",
+                "/api/v1/stacks",
+                201,
+                deadline,
+                headers=headers,
+                json={"name": f"after-{mode}", "template": STACK_TEMPLATE},
+            )
             assert created_stack.json()["name"] == f"after-{mode}"
 
             # The WebSocket client of the listener is told to resynchronise: events may have been missed meanwhile.
@@ -201,12 +208,15 @@ async def test_requests_answer_503_while_the_database_is_down_and_everything_res
             assert resync["organization_id"] == backends.organization_id and resync["deployment_id"] is None, resync
 
             # An event caused in the other process after the restart reaches the client: NOTIFY -> LISTEN -> socket.
-            created = await writer_http.post("/api/v1/deployments", headers=headers, json={
-                "stack_id": backends.stack_id, "target_id": backends.target_id})
+            created = await writer_http.post(
+                "/api/v1/deployments", headers=headers, json={"stack_id": backends.stack_id, "target_id": backends.target_id}
+            )
             assert created.status_code == 201, created.text
             deployment_id = created.json()["id"]
-            event = await ws.next(lambda f: f["type"] == "DEPLOYMENT_CREATED" and f["deployment_id"] == deployment_id,
-                                  timeout=max(1.0, deadline - time.monotonic()))
+            event = await ws.next(
+                lambda f: f["type"] == "DEPLOYMENT_CREATED" and f["deployment_id"] == deployment_id,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
             assert event["organization_id"] == backends.organization_id
 
             for loop in LOOPS:  # and go on once it is back

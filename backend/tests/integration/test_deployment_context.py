@@ -21,7 +21,7 @@ from backend.tests.factories import make_deployment
 PASSWORD = "Pw-Of-The-Stack-4417"
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nKeyLineOne0123456789\n-----END OPENSSH PRIVATE KEY-----"
 URL_PASSWORD = "Url-Pass-9921"
-COMPOSE = f"services:\n  app:\n    image: alpine:3\n    environment:\n      PW: \"{PASSWORD}\"\n"
+COMPOSE = f'services:\n  app:\n    image: alpine:3\n    environment:\n      PW: "{PASSWORD}"\n'
 
 
 async def _deployment(settings, compose: str = COMPOSE) -> str:
@@ -64,8 +64,10 @@ async def test_the_context_holds_the_decrypted_inputs_and_a_redactor_for_them(db
     assert context.spec.workdir == settings.DEPLOYMENTS_WORKDIR / deployment_id
     assert isinstance(context.engine, ComposeEngine)
 
-    said = (f"pw {PASSWORD} key KeyLineOne0123456789 url {URL_PASSWORD} app key {settings.SECRET_KEY} "
-            f"in {settings.DEPLOYMENTS_WORKDIR / deployment_id}/compose.yaml")
+    said = (
+        f"pw {PASSWORD} key KeyLineOne0123456789 url {URL_PASSWORD} app key {settings.SECRET_KEY} "
+        f"in {settings.DEPLOYMENTS_WORKDIR / deployment_id}/compose.yaml"
+    )
     masked = context.redactor(said)
     for secret in (PASSWORD, "KeyLineOne0123456789", URL_PASSWORD, settings.SECRET_KEY, str(settings.DEPLOYMENTS_WORKDIR)):
         assert secret not in masked, masked
@@ -97,4 +99,3 @@ async def test_a_deployment_whose_target_is_gone_is_not_found(db) -> None:
         with pytest.raises(NotFound) as caught:
             await load_context(session, settings=db.settings, deployment=orphan)
     assert caught.value.code == "target_not_found"
-

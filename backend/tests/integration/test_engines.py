@@ -27,7 +27,6 @@ from backend.app.engines.docker_base import compose_path
 from backend.app.engines.process import run_command
 from backend.app.models.enums import LogLevel, TargetType
 from backend.tests.conftest import TEST_IMAGE
-from backend.tests.registry_fixtures import open_registry  # noqa: F401
 from backend.tests.engine_fixtures import (
     LogCapture,
     assert_all_labelled,
@@ -41,6 +40,7 @@ from backend.tests.engine_fixtures import (
     objects_named_after,
     two_service_stack,
 )
+from backend.tests.registry_fixtures import open_registry  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -87,7 +87,7 @@ def project_processes(project: str) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
+async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, tmp_path):
     engine = build_engine(kind, docker_engine)
     port = free_port()
     spec = make_spec(tmp_path, two_service_stack(port))
@@ -112,8 +112,9 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
         assert objects["volumes"][0]["com.example.keep"] == "yes"
 
         # the worker reaches the web service by name on the deployment's network
-        worker = docker_client.containers.list(filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}",
-                                                                 "windflow.service=worker"]})[0]
+        worker = docker_client.containers.list(filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}", "windflow.service=worker"]})[
+            0
+        ]
         deadline = time.monotonic() + 10
         while worker.exec_run(["cat", "/tmp/page"]).exit_code != 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.3)
@@ -122,9 +123,9 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
         if kind.startswith("compose"):
             # the compose tool's own output reached the log sink, line by line
             # (v2 reports "Container ... Started"; v1 creates and starts in one "Creating ... done")
-            assert any("web" in line and any(w in line for w in ("Started", "Starting", "done"))
-                       for line in log.at(LogLevel.INFO)), \
+            assert any("web" in line and any(w in line for w in ("Started", "Starting", "done")) for line in log.at(LogLevel.INFO)), (
                 log.text()
+            )
         assert "all services are running: web, worker" in log.text()
 
         if kind != "compose-v1":  # v1 runs the same driver code with the same verbs, at ~2 s a command
@@ -139,8 +140,7 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
             assert http_get(port).startswith("hello-")
 
             await engine.remove(spec, log, keep_volumes=True)
-            assert labelled_objects(docker_client, spec) == {"containers": [], "networks": [],
-                                                             "volumes": [f"{spec.project}_data"]}
+            assert labelled_objects(docker_client, spec) == {"containers": [], "networks": [], "volumes": [f"{spec.project}_data"]}
         await engine.remove(spec, log)
         assert labelled_objects(docker_client, spec) == {"containers": [], "networks": [], "volumes": []}
         assert objects_named_after(docker_client, spec) == {"containers": [], "networks": [], "volumes": []}
@@ -154,7 +154,7 @@ def _drop_project_directory(spec) -> None:
     spec.workdir.rmdir()
 
 
-async def test_lifecycle_without_project_directory(docker_engine, docker_client, tmp_path):  # noqa: F811
+async def test_lifecycle_without_project_directory(docker_engine, docker_client, tmp_path):
     """A process that did not deploy has no project directory (no shared disk): stop, start and remove
     rebuild it from the snapshot, with the modes ``prepare`` gives it (0700, 0600), and act on the
     deployment's containers; the sweep by label still finds whatever compose created."""
@@ -191,7 +191,7 @@ async def test_lifecycle_without_project_directory(docker_engine, docker_client,
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tmp_path, open_registry):  # noqa: F811
+async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tmp_path, open_registry):
     # an unknown repository of a registry that answers (a registry that does not answer is transient)
     image = f"{open_registry.server}/windflow-test/missing-{os.urandom(4).hex()}:latest"
     spec = make_spec(tmp_path, f"services:\n  app:\n    image: {image}\n")
@@ -203,27 +203,29 @@ async def test_missing_image_is_permanent(kind, docker_engine, docker_client, tm
         with pytest.raises(EngineError) as caught:
             await engine.ensure_images(spec, log)
         assert caught.value.transient is False
-        assert f"image {image} is not available locally and could not be pulled: unknown image or tag" \
-            in caught.value.message
+        assert f"image {image} is not available locally and could not be pulled: unknown image or tag" in caught.value.message
         assert image in "\n".join(log.at(LogLevel.ERROR))
     finally:
         await cleanup(engine, spec, docker_client)
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_taken_port_is_permanent(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
+async def test_taken_port_is_permanent(kind, docker_engine, docker_client, tmp_path):
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
-    spec = make_spec(tmp_path, f"""
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   web:
     image: {TEST_IMAGE}
     init: true
     command: ["httpd", "-f", "-p", "80", "-h", "/www"]
     ports: ["127.0.0.1:{port}:80"]
-""")
+""",
+    )
     engine = build_engine(kind, docker_engine)
     log = LogCapture()
     try:
@@ -259,8 +261,10 @@ async def test_invalid_document_fails_validation(document, quoted, docker_engine
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_service_exiting_at_once_fails_wait_healthy(kind, docker_engine, docker_client, tmp_path):  # noqa: F811
-    spec = make_spec(tmp_path, f"""
+async def test_service_exiting_at_once_fails_wait_healthy(kind, docker_engine, docker_client, tmp_path):
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   web:
     image: {TEST_IMAGE}
@@ -269,7 +273,9 @@ services:
   crasher:
     image: {TEST_IMAGE}
     command: ["sh", "-c", "echo 'config file /etc/app.conf missing'; exit 3"]
-""", health_timeout=20)
+""",
+        health_timeout=20,
+    )
     engine = build_engine(kind, docker_engine)
     log = LogCapture()
     try:
@@ -283,8 +289,10 @@ services:
         await cleanup(engine, spec, docker_client)
 
 
-async def test_wait_healthy_timeout_names_the_services(docker_engine, docker_client, tmp_path):  # noqa: F811
-    spec = make_spec(tmp_path, f"""
+async def test_wait_healthy_timeout_names_the_services(docker_engine, docker_client, tmp_path):
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   slow:
     image: {TEST_IMAGE}
@@ -297,7 +305,10 @@ services:
     image: {TEST_IMAGE}
     init: true
     command: ["sleep", "300"]
-""", health_timeout=1.5, stable_seconds=0.3)  # "fine" has no health check: up 0.3 s makes it ready
+""",
+        health_timeout=1.5,
+        stable_seconds=0.3,
+    )  # "fine" has no health check: up 0.3 s makes it ready
     engine = build_engine("compose-v2", docker_engine)
     log = LogCapture()
     try:
@@ -310,10 +321,12 @@ services:
         await cleanup(engine, spec, docker_client)
 
 
-async def test_cancelling_start_services_kills_the_compose_process_group(docker_engine, docker_client, tmp_path):  # noqa: F811
+async def test_cancelling_start_services_kills_the_compose_process_group(docker_engine, docker_client, tmp_path):
     """``up`` blocks while a dependency's healthcheck is pending; cancelling the step must leave no
     compose process behind (the docker CLI and the compose plugin it spawned)."""
-    spec = make_spec(tmp_path, f"""
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   db:
     image: {TEST_IMAGE}
@@ -329,7 +342,8 @@ services:
     depends_on:
       db:
         condition: service_healthy
-""")
+""",
+    )
     engine = build_engine("compose-v2", docker_engine)
     log = LogCapture()
     try:
@@ -357,11 +371,12 @@ services:
 
 
 @pytest.mark.parametrize("kind", DRIVERS)
-async def test_backend_environment_does_not_reach_the_stack(kind, docker_engine, docker_client, tmp_path,  # noqa: F811
-                                                           monkeypatch):
+async def test_backend_environment_does_not_reach_the_stack(kind, docker_engine, docker_client, tmp_path, monkeypatch):
     """``${VAR}`` in a template must not read the backend's own environment (SECRET_KEY, DATABASE_URL...)."""
     monkeypatch.setenv("WINDFLOW_TEST_LEAK", "s3cret-value")
-    spec = make_spec(tmp_path, f"""
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   a:
     image: {TEST_IMAGE}
@@ -371,7 +386,8 @@ services:
       LEAK: "${{WINDFLOW_TEST_LEAK:-not-visible}}"
       KEY: "${{SECRET_KEY:-not-visible}}"
       WINDFLOW_TEST_LEAK:
-""")
+""",
+    )
     engine = build_engine(kind, docker_engine)
     log = LogCapture()
     try:
@@ -445,32 +461,42 @@ def _tls_material(tmp: Path) -> dict[str, str]:
         return ec.generate_private_key(ec.SECP256R1())
 
     def pem_key(k) -> str:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption()).decode()
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "windflow test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(hours=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def issue(name: str, usage, san=None):
         k = key()
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                   .issuer_name(ca_name).public_key(k.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(hours=1))
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if san:
             builder = builder.add_extension(san, critical=False)
         return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode(), pem_key(k)
 
-    server_cert, server_key = issue("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH,
-                                    x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    server_cert, server_key = issue(
+        "127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    )
     client_cert, client_key = issue("windflow", ExtendedKeyUsageOID.CLIENT_AUTH)
     (tmp / "server.pem").write_text(server_cert)
     (tmp / "server-key.pem").write_text(server_key)
@@ -521,8 +547,9 @@ async def tls_engine(docker_engine, tmp_path) -> AsyncIterator[tuple[str, dict[s
 
 async def test_tls_target_sdk_and_cli(tls_engine, tmp_path):
     endpoint, material = tls_engine
-    connection = TargetConnection(TargetType.DOCKER, endpoint, tls_ca=material["ca"], tls_cert=material["cert"],
-                                  tls_key=material["key"], tls_verify=True)
+    connection = TargetConnection(
+        TargetType.DOCKER, endpoint, tls_ca=material["ca"], tls_cert=material["cert"], tls_key=material["key"], tls_verify=True
+    )
     info = await engine_for(connection).test_connection()
     assert info["api_version"] == "1.41"
 
@@ -543,8 +570,7 @@ async def test_tls_target_sdk_and_cli(tls_engine, tmp_path):
 
     # the compose CLI deploys through the same TLS endpoint
     engine = ComposeEngine(connection, command=("docker", "compose"))
-    spec = make_spec(tmp_path, f"services:\n  one:\n    image: {TEST_IMAGE}\n    init: true\n"
-                               "    command: [\"sleep\", \"300\"]\n")
+    spec = make_spec(tmp_path, f'services:\n  one:\n    image: {TEST_IMAGE}\n    init: true\n    command: ["sleep", "300"]\n')
     log = LogCapture()
     try:
         await deploy(engine, spec, log)
@@ -576,33 +602,41 @@ async def test_ssh_target_through_dial_stdio(docker_engine, tmp_path, monkeypatc
     (bin_dir / "ssh").write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {record}\n'
-        'for a in "$@"; do case "$a" in *id_key) stat -c %a "$a" >> ' + str(record) + ';; esac; done\n'
+        'for a in "$@"; do case "$a" in *id_key) stat -c %a "$a" >> ' + str(record) + ";; esac; done\n"
         f"exec docker -H {docker_engine} system dial-stdio\n"
     )
     (bin_dir / "ssh").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
-    connection = TargetConnection(TargetType.DOCKER, "ssh://deploy@engine.example:2222",
-                                  ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n"
-                                          "-----END OPENSSH PRIVATE KEY-----\n")
+    connection = TargetConnection(
+        TargetType.DOCKER,
+        "ssh://deploy@engine.example:2222",
+        ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
     info = await engine_for(connection).test_connection()
     assert info["api_version"] == "1.41"
     calls = record.read_text().splitlines()
-    assert any("-l deploy" in c and "-p 2222" in c and "engine.example docker system dial-stdio" in c
-               and "IdentitiesOnly=yes" in c and "id_key" in c for c in calls), calls
+    assert any(
+        "-l deploy" in c
+        and "-p 2222" in c
+        and "engine.example docker system dial-stdio" in c
+        and "IdentitiesOnly=yes" in c
+        and "id_key" in c
+        for c in calls
+    ), calls
     assert "600" in calls  # the private key file, checked while ssh was using it
 
     record.write_text("")
     async with EngineSession(connection) as session:
         log = LogCapture()
-        result = await run_command(["docker", "version", "--format", "{{.Server.APIVersion}}"],
-                                   env=session.env, log=log)
+        result = await run_command(["docker", "version", "--format", "{{.Server.APIVersion}}"], env=session.env, log=log)
         assert result.ok, log.text()
         assert "1.41" in log.text()
         key_dir = session.material_dir
     assert "engine.example" in record.read_text() and "id_key" in record.read_text()
     assert not key_dir.exists()
     # The SDK's connections ran `ssh` behind the session's unix socket; none outlives the session.
-    lingering = subprocess.run(["pgrep", "-f", f"docker -H {docker_engine} system dial-stdio"],
-                               capture_output=True, text=True, check=False).stdout.split()
+    lingering = subprocess.run(
+        ["pgrep", "-f", f"docker -H {docker_engine} system dial-stdio"], capture_output=True, text=True, check=False
+    ).stdout.split()
     assert lingering == []

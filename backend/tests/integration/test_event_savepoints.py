@@ -9,8 +9,12 @@ from backend.app.core.events import Event, EventType, bus, queue_event
 
 
 def _event(step: int) -> Event:
-    return Event(EventType.DEPLOYMENT_PROGRESS, str(uuid.uuid4()), str(uuid.uuid4()),
-                 {"progress": step, "current_step": step, "total_steps": 3, "step_name": f"step {step}"})
+    return Event(
+        EventType.DEPLOYMENT_PROGRESS,
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+        {"progress": step, "current_step": step, "total_steps": 3, "step_name": f"step {step}"},
+    )
 
 
 async def test_savepoints_neither_publish_early_nor_drop_what_came_before(session) -> None:

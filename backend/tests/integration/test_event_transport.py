@@ -23,6 +23,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from backend.app import database
+from backend.app.core.events import Event, EventType, bus, queue_event
+from backend.app.database import utcnow
+from backend.app.models import LogLevel, Organization
 from backend.app.runtime.event_transport import (
     CONNECTION_NAME_PREFIX,
     event_bus_status,
@@ -31,10 +35,6 @@ from backend.app.runtime.event_transport import (
     start_event_bus,
     stop_event_bus,
 )
-from backend.app.core.events import Event, EventType, bus, queue_event
-from backend.app import database
-from backend.app.database import utcnow
-from backend.app.models import LogLevel, Organization
 from backend.tests import conftest
 from backend.tests.conftest import make_settings, require_service
 
@@ -50,8 +50,7 @@ on_postgres = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=Tru
 
 def make_event(kind: EventType = EventType.DEPLOYMENT_STATUS_CHANGED, **data) -> Event:
     defaults = {
-        EventType.DEPLOYMENT_STATUS_CHANGED: {"new_status": "running", "old_status": "deploying", "name": "web",
-                                              "error_message": None},
+        EventType.DEPLOYMENT_STATUS_CHANGED: {"new_status": "running", "old_status": "deploying", "name": "web", "error_message": None},
         EventType.DEPLOYMENT_PROGRESS: {"progress": 40, "current_step": 3, "total_steps": 5, "step_name": "pull"},
     }.get(kind, {})
     return Event(kind, str(uuid.uuid4()), str(uuid.uuid4()), {**defaults, **data})
@@ -60,12 +59,20 @@ def make_event(kind: EventType = EventType.DEPLOYMENT_STATUS_CHANGED, **data) ->
 def log_event(lines: int, width: int) -> Event:
     start = datetime(2026, 1, 1, 12, tzinfo=UTC)
     logs = [
-        {"seq": i, "timestamp": (start + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z"),
-         "level": "info", "message": f"{i:05d} " + "é-x" * ((width - 6) // 3)}
+        {
+            "seq": i,
+            "timestamp": (start + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z"),
+            "level": "info",
+            "message": f"{i:05d} " + "é-x" * ((width - 6) // 3),
+        }
         for i in range(1, lines + 1)
     ]
-    return Event(EventType.DEPLOYMENT_LOGS_UPDATE, str(uuid.uuid4()), str(uuid.uuid4()),
-                 {"logs": logs, "append": True, "timestamp": "2026-01-01T12:00:01Z"})
+    return Event(
+        EventType.DEPLOYMENT_LOGS_UPDATE,
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+        {"logs": logs, "append": True, "timestamp": "2026-01-01T12:00:01Z"},
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
@@ -93,8 +100,13 @@ class Peer:
         stderr_path = tmp_path / f"peer-{uuid.uuid4().hex[:8]}.stderr"
         with stderr_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "backend.tests.integration.event_bus_peer",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=PROJECT_ROOT,
+                sys.executable,
+                "-m",
+                "backend.tests.integration.event_bus_peer",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                cwd=PROJECT_ROOT,
             )
         proc.stdin.write(json.dumps(spec).encode())
         await proc.stdin.drain()
@@ -111,8 +123,7 @@ class Peer:
                 pytest.fail(f"peer said nothing for {TIMEOUT}s; stderr:\n{self.stderr_path.read_text()[-3000:]}")
             if not raw:
                 await self.proc.wait()
-                pytest.fail(f"peer exited ({self.proc.returncode}) before {key!r}; stderr:\n"
-                            f"{self.stderr_path.read_text()[-3000:]}")
+                pytest.fail(f"peer exited ({self.proc.returncode}) before {key!r}; stderr:\n{self.stderr_path.read_text()[-3000:]}")
             line = json.loads(raw)
             self.lines.append(line)
             if key in line:
@@ -150,8 +161,12 @@ class Setup:
         return make_settings(values.pop("DATABASE_URL"), **values)
 
     def spec(self, actions: list[dict], **extra) -> dict:
-        return {"settings": {**self.values, "SECRET_KEY": conftest.TEST_SECRET_KEY, "CELERY_ENABLED": False},
-                "channel": self.channel, "actions": actions, **extra}
+        return {
+            "settings": {**self.values, "SECRET_KEY": conftest.TEST_SECRET_KEY, "CELERY_ENABLED": False},
+            "channel": self.channel,
+            "actions": actions,
+            **extra,
+        }
 
     async def kill_our_connection(self) -> int:
         """Kill this process's listening connection server-side; returns how many were killed."""
@@ -235,11 +250,16 @@ async def test_committed_events_arrive_with_the_exact_envelope(running: Setup, e
     status = make_event(EventType.DEPLOYMENT_STATUS_CHANGED, error_message="l'image « web » est introuvable")
     progress = make_event(EventType.DEPLOYMENT_PROGRESS)
     direct = make_event(EventType.DEPLOYMENT_PROGRESS, progress=100, step_name="done")
-    peer = await Peer.start(running.spec([
-        {"do": "commit", "event": status.to_dict()},
-        {"do": "commit", "event": progress.to_dict()},
-        {"do": "publish", "event": direct.to_dict()},
-    ]), tmp_path)
+    peer = await Peer.start(
+        running.spec(
+            [
+                {"do": "commit", "event": status.to_dict()},
+                {"do": "commit", "event": progress.to_dict()},
+                {"do": "publish", "event": direct.to_dict()},
+            ]
+        ),
+        tmp_path,
+    )
     try:
         await peer.finish()
         await wait_until(lambda: of(events, direct), "the directly published event")
@@ -251,8 +271,9 @@ async def test_committed_events_arrive_with_the_exact_envelope(running: Setup, e
     assert [e.to_dict() for e in ours] == [status.to_dict(), progress.to_dict(), direct.to_dict()]
     assert ours[0] == status  # the dataclass round-trips too: type, ids, timestamp, data
     assert event_bus_status()["received"] == 3
-    committed = await session.scalars(select(Organization.id).where(
-        Organization.id.in_([status.organization_id, progress.organization_id])))
+    committed = await session.scalars(
+        select(Organization.id).where(Organization.id.in_([status.organization_id, progress.organization_id]))
+    )
     assert set(committed) == {status.organization_id, progress.organization_id}
 
 
@@ -260,10 +281,15 @@ async def test_committed_events_arrive_with_the_exact_envelope(running: Setup, e
 async def test_rolled_back_session_sends_nothing(running: Setup, events, tmp_path, session):
     rolled_back = make_event()
     committed = make_event()
-    peer = await Peer.start(running.spec([
-        {"do": "rollback", "event": rolled_back.to_dict()},
-        {"do": "commit", "event": committed.to_dict()},
-    ]), tmp_path)
+    peer = await Peer.start(
+        running.spec(
+            [
+                {"do": "rollback", "event": rolled_back.to_dict()},
+                {"do": "commit", "event": committed.to_dict()},
+            ]
+        ),
+        tmp_path,
+    )
     try:
         done = await peer.finish()
         # The commit was sent after the rollback, on the same connection: had the rolled-back event been
@@ -278,8 +304,7 @@ async def test_rolled_back_session_sends_nothing(running: Setup, events, tmp_pat
 
 @on_postgres
 @pytest.mark.parametrize("bus_setup", ["postgres"], indirect=True)  # Redis pub/sub is not transactional
-async def test_with_postgresql_a_commit_carries_its_events_even_if_the_process_dies_at_once(
-        running: Setup, events, tmp_path):
+async def test_with_postgresql_a_commit_carries_its_events_even_if_the_process_dies_at_once(running: Setup, events, tmp_path):
     """PostgreSQL: the events go out with the transaction (pg_notify before COMMIT), not from a sender task
     after it. A worker that dies as its commit returns has still told every other process."""
     last_words = make_event()
@@ -316,10 +341,15 @@ async def test_a_transaction_with_a_savepoint_sends_each_event_once(running: Set
 async def test_own_events_are_delivered_once_and_reach_the_other_process(running: Setup, events, tmp_path):
     ours = make_event()
     theirs = make_event()
-    peer = await Peer.start(running.spec([
-        {"do": "listen", "until": ours.deployment_id},
-        {"do": "publish", "event": theirs.to_dict()},
-    ]), tmp_path)
+    peer = await Peer.start(
+        running.spec(
+            [
+                {"do": "listen", "until": ours.deployment_id},
+                {"do": "publish", "event": theirs.to_dict()},
+            ]
+        ),
+        tmp_path,
+    )
     try:
         await peer.next_line("ready")
         bus.publish(ours)
@@ -339,8 +369,7 @@ async def test_own_events_are_delivered_once_and_reach_the_other_process(running
 async def test_log_lines_cross_as_pointers_and_are_read_from_the_database(running: Setup, events, tmp_path, session):
     """500 long lines (~250 KB) cross as one small pointer; this process reads them back by seq, in order."""
     _, _, _, deployment = await _deployment(session)
-    peer = await Peer.start(running.spec([{"do": "logs", "deployment_id": deployment, "lines": 500,
-                                           "prefix": "é-x" * 160}]), tmp_path)
+    peer = await Peer.start(running.spec([{"do": "logs", "deployment_id": deployment, "lines": 500, "prefix": "é-x" * 160}]), tmp_path)
     try:
         done = await peer.finish()
         await wait_until(lambda: len(_lines(events, deployment)) >= 500, "all 500 lines")
@@ -356,11 +385,16 @@ async def test_log_lines_cross_as_pointers_and_are_read_from_the_database(runnin
 async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, events, tmp_path, session):
     _, _, _, deployment = await _deployment(session)
     gate = tmp_path / "reconnected"
-    peer = await Peer.start(running.spec([
-        {"do": "logs", "deployment_id": deployment, "lines": 3, "prefix": "a"},
-        {"do": "wait_file", "path": str(gate)},
-        {"do": "logs", "deployment_id": deployment, "lines": 4, "prefix": "c"},
-    ]), tmp_path)
+    peer = await Peer.start(
+        running.spec(
+            [
+                {"do": "logs", "deployment_id": deployment, "lines": 3, "prefix": "a"},
+                {"do": "wait_file", "path": str(gate)},
+                {"do": "logs", "deployment_id": deployment, "lines": 4, "prefix": "c"},
+            ]
+        ),
+        tmp_path,
+    )
     try:
         await wait_until(lambda: len(_lines(events, deployment)) == 3, "the first batch")
         # Lost: written and announced while our listener is disconnected.
@@ -370,8 +404,7 @@ async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, ev
 
             await append_logs(other, deployment_id=deployment, lines=[(LogLevel.INFO, f"b {i}", utcnow()) for i in range(2)])
             await other.commit()  # published by this process: only the local, in-process delivery
-        await wait_until(lambda: event_bus_status()["connected"] and event_bus_status()["connections"] == 2,
-                         "the reconnection")
+        await wait_until(lambda: event_bus_status()["connected"] and event_bus_status()["connections"] == 2, "the reconnection")
         events.clear()
         gate.touch()
         await peer.finish()
@@ -381,7 +414,13 @@ async def test_a_lost_log_pointer_is_repaired_by_the_next_one(running: Setup, ev
     # The receiver remembered seq 3 as the last it delivered: the pointer (6..9) also brings 4 and 5,
     # whose own notification (sent by this process, never to itself) it had not received.
     assert [(line["seq"], line["message"]) for line in _lines(events, deployment)] == [
-        (4, "b 0"), (5, "b 1"), (6, "c 0"), (7, "c 1"), (8, "c 2"), (9, "c 3")]
+        (4, "b 0"),
+        (5, "b 1"),
+        (6, "c 0"),
+        (7, "c 1"),
+        (8, "c 2"),
+        (9, "c 3"),
+    ]
 
 
 async def _deployment(session) -> tuple:
@@ -393,16 +432,16 @@ async def _deployment(session) -> tuple:
 
 
 def _lines(events: list[Event], deployment_id: str) -> list[dict]:
-    return [line for e in events if e.deployment_id == deployment_id and e.type == EventType.DEPLOYMENT_LOGS_UPDATE
-            for line in e.data["logs"]]
+    return [
+        line for e in events if e.deployment_id == deployment_id and e.type == EventType.DEPLOYMENT_LOGS_UPDATE for line in e.data["logs"]
+    ]
 
 
 @on_postgres
 async def test_listener_reconnects_after_its_connection_is_killed(running: Setup, events, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="backend.app.runtime.event_transport")
     assert await running.kill_our_connection() == 1
-    await wait_until(lambda: event_bus_status()["connections"] == 2 and event_bus_status()["connected"],
-                     "the listener to reconnect")
+    await wait_until(lambda: event_bus_status()["connections"] == 2 and event_bus_status()["connected"], "the listener to reconnect")
     assert any("connection lost" in r.getMessage() for r in caplog.records), caplog.text
 
     after = make_event()

@@ -17,8 +17,8 @@ from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership
 from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments import runner
 from backend.app.services.deployments.context import DeploymentContext
-from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployments.log_text import plain, redact_keeping_colours
+from backend.app.services.deployments.logs import append_logs
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import setup_admin
 
@@ -53,15 +53,18 @@ async def test_the_log_keeps_colours_and_strip_true_gives_plain_text(client, db)
     async with database.AsyncSessionLocal() as session:
         deployment = await make_deployment(session)
         session.add(Membership(user_id=admin.user_id, organization_id=deployment.organization_id, role=Role.OWNER))
-        await append_logs(session, deployment_id=deployment.id, lines=[
-            (LogLevel.INFO, f"{GREEN}listening{RESET} on :8080", utcnow()),
-            (LogLevel.INFO, "<script>alert(1)</script>", utcnow()),
-        ])
+        await append_logs(
+            session,
+            deployment_id=deployment.id,
+            lines=[
+                (LogLevel.INFO, f"{GREEN}listening{RESET} on :8080", utcnow()),
+                (LogLevel.INFO, "<script>alert(1)</script>", utcnow()),
+            ],
+        )
         await session.commit()
     raw = await client.get(f"/api/v1/deployments/{deployment.id}/logs", headers=admin.headers)
     assert raw.status_code == 200, raw.text
-    assert [line["message"] for line in raw.json()["items"]] == [
-        f"{GREEN}listening{RESET} on :8080", "<script>alert(1)</script>"]
+    assert [line["message"] for line in raw.json()["items"]] == [f"{GREEN}listening{RESET} on :8080", "<script>alert(1)</script>"]
     stripped = await client.get(f"/api/v1/deployments/{deployment.id}/logs?strip=true", headers=admin.headers)
     assert [line["message"] for line in stripped.json()["items"]] == ["listening on :8080", "<script>alert(1)</script>"]
 
@@ -75,8 +78,12 @@ class _FailingEngine:
             if name == "wait_healthy":
                 await log(LogLevel.INFO, "app | INFO starting")
                 await log(LogLevel.ERROR, "app | ERROR database unreachable")
-                raise EngineError("service app exited with code 1; last log lines:\nINFO starting\nERROR database unreachable",
-                                  transient=False, output_logged=True)
+                raise EngineError(
+                    "service app exited with code 1; last log lines:\nINFO starting\nERROR database unreachable",
+                    transient=False,
+                    output_logged=True,
+                )
+
         return step
 
 
@@ -88,17 +95,28 @@ async def test_a_failed_services_last_lines_appear_once(db, monkeypatch, tmp_pat
 
     async def load_context(session, *, settings, deployment):
         return DeploymentContext(
-            deployment_id=deployment.id, target_id=deployment.target_id, target_name="t", endpoint="tcp://203.0.113.9:2376",
-            policy=ComposePolicy(), connection=TargetConnection(type=TargetType.DOCKER, endpoint="tcp://203.0.113.9:2376"),
-            values={}, secrets=(), redactor=Redactor([]), engine=_FailingEngine(), spec=spec,
+            deployment_id=deployment.id,
+            target_id=deployment.target_id,
+            target_name="t",
+            endpoint="tcp://203.0.113.9:2376",
+            policy=ComposePolicy(),
+            connection=TargetConnection(type=TargetType.DOCKER, endpoint="tcp://203.0.113.9:2376"),
+            values={},
+            secrets=(),
+            redactor=Redactor([]),
+            engine=_FailingEngine(),
+            spec=spec,
         )
 
     monkeypatch.setattr(runner, "load_context", load_context)
     outcome = await runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.ASYNCIO)
     assert outcome.status == "failed", outcome
     async with database.AsyncSessionLocal() as session:
-        rows = (await session.execute(select(DeploymentLog).where(DeploymentLog.deployment_id == deployment.id)
-                                      .order_by(DeploymentLog.seq))).scalars().all()
+        rows = (
+            (await session.execute(select(DeploymentLog).where(DeploymentLog.deployment_id == deployment.id).order_by(DeploymentLog.seq)))
+            .scalars()
+            .all()
+        )
     messages = [(str(r.level), r.message) for r in rows]
     assert sum("database unreachable" in m for _, m in messages) == 1, messages
     assert sum("starting" in m for _, m in messages) == 1, messages

@@ -28,9 +28,15 @@ async def make_user(db, app, email: str, *, superuser: bool = False) -> Actor:
         user_id = (
             await conn.execute(
                 User.__table__.insert()
-                .values(id=str(uuid.uuid4()), email=email,
-                        hashed_password=_HASH, is_active=True, is_superuser=superuser,
-                        created_at=utcnow(), updated_at=utcnow())
+                .values(
+                    id=str(uuid.uuid4()),
+                    email=email,
+                    hashed_password=_HASH,
+                    is_active=True,
+                    is_superuser=superuser,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
                 .returning(User.id)
             )
         ).scalar_one()
@@ -40,9 +46,7 @@ async def make_user(db, app, email: str, *, superuser: bool = False) -> Actor:
 
 async def memberships(db, org_id: str) -> dict[str, str]:
     async with db.engine.connect() as conn:
-        rows = (
-            await conn.execute(select(Membership.user_id, Membership.role).where(Membership.organization_id == org_id))
-        ).all()
+        rows = (await conn.execute(select(Membership.user_id, Membership.role).where(Membership.organization_id == org_id))).all()
     return {user_id: str(role) for user_id, role in rows}
 
 
@@ -68,16 +72,15 @@ async def world(client, db, app) -> World:
     for role in ("owner", "admin", "operator", "viewer", "outsider"):
         actors[role] = await make_user(db, app, "org-admin@example.com" if role == "admin" else f"{role}@example.com")
     for role in ("owner", "admin", "operator", "viewer"):
-        added = await client.post(
-            f"{ORGS}/{alpha}/members", json={"user_id": actors[role].user_id, "role": role}, headers=admin.headers
-        )
+        added = await client.post(f"{ORGS}/{alpha}/members", json={"user_id": actors[role].user_id, "role": role}, headers=admin.headers)
         assert added.status_code == 201, added.text
     added = await client.post(
         f"{ORGS}/{beta.json()['id']}/members", json={"email": "outsider@example.com", "role": "viewer"}, headers=admin.headers
     )
     assert added.status_code == 201, added.text
-    return World(admin, alpha, beta.json()["id"], actors["owner"], actors["admin"], actors["operator"],
-                 actors["viewer"], actors["outsider"])
+    return World(
+        admin, alpha, beta.json()["id"], actors["owner"], actors["admin"], actors["operator"], actors["viewer"], actors["outsider"]
+    )
 
 
 # --- creating organisations ----------------------------------------------------------------------
@@ -142,7 +145,8 @@ async def test_members_added_by_email_or_id_with_roles(client, world, db):
 
     # by email, mixed case: an org admin adds the outsider as operator
     response = await client.post(
-        f"{ORGS}/{world.alpha}/members", json={"email": "OUTSIDER@Example.com", "role": "operator"},
+        f"{ORGS}/{world.alpha}/members",
+        json={"email": "OUTSIDER@Example.com", "role": "operator"},
         headers=world.org_admin.headers,
     )
     assert response.status_code == 201, response.text
@@ -150,7 +154,8 @@ async def test_members_added_by_email_or_id_with_roles(client, world, db):
     assert (await memberships(db, world.alpha))[world.outsider.user_id] == "operator"
 
     again = await client.post(
-        f"{ORGS}/{world.alpha}/members", json={"user_id": world.outsider.user_id, "role": "viewer"},
+        f"{ORGS}/{world.alpha}/members",
+        json={"user_id": world.outsider.user_id, "role": "viewer"},
         headers=world.org_admin.headers,
     )
     assert again.status_code == 409 and "already a member" in again.json()["detail"]
@@ -220,7 +225,8 @@ async def test_admin_cannot_grant_or_touch_ownership(client, world, db):
 
 async def test_owner_grants_ownership(client, world, db):
     response = await client.post(
-        f"{ORGS}/{world.alpha}/members", json={"user_id": world.outsider.user_id, "role": "owner"},
+        f"{ORGS}/{world.alpha}/members",
+        json={"user_id": world.outsider.user_id, "role": "owner"},
         headers=world.owner.headers,
     )
     assert response.status_code == 201, response.text

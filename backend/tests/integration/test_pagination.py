@@ -52,8 +52,13 @@ async def _seed(org_stacks_targets: list[tuple[str, str, str]], count: int, *, r
             created = utcnow() if newer else base + timedelta(seconds=i // 3)  # triples share a timestamp
             rows.append(
                 Deployment(
-                    organization_id=org_id, stack_id=stack_id, target_id=target_id, name=f"d-{i}",
-                    status=rng.choice(STATUSES), created_at=created, queued_at=created,
+                    organization_id=org_id,
+                    stack_id=stack_id,
+                    target_id=target_id,
+                    name=f"d-{i}",
+                    status=rng.choice(STATUSES),
+                    created_at=created,
+                    queued_at=created,
                 )
             )
         session.add_all(rows)
@@ -306,8 +311,19 @@ async def test_logs_and_history_pages_with_cursors(client, world):
         if cursor is None:
             break
     assert seqs == list(range(1, 26))
-    assert [l["seq"] for l in (await client.get(f"{url}/logs", params={"since_seq": 20}, headers=headers)).json()["items"]] == [21, 22, 23, 24, 25]
-    for params in ({"since_seq": 2**63}, {"since_seq": 18446744073709551616}, {"cursor": "junk"}, {"cursor": cursor or "x", "since_seq": 3}):
+    assert [l["seq"] for l in (await client.get(f"{url}/logs", params={"since_seq": 20}, headers=headers)).json()["items"]] == [
+        21,
+        22,
+        23,
+        24,
+        25,
+    ]
+    for params in (
+        {"since_seq": 2**63},
+        {"since_seq": 18446744073709551616},
+        {"cursor": "junk"},
+        {"cursor": cursor or "x", "since_seq": 3},
+    ):
         assert (await client.get(f"{url}/logs", params=params, headers=headers)).status_code == 422, params
 
     async with database.AsyncSessionLocal() as session:  # a history long enough for three pages
@@ -319,7 +335,7 @@ async def test_logs_and_history_pages_with_cursors(client, world):
     full = (await client.get(f"{url}/history", headers=headers)).json()
     assert [h["actor"] for h in full] == [f"step-{i}" for i in range(6)]
     walked, cursor, pages = [], None, 0
-    for pages in range(1, 20):
+    for pages in range(1, 20):  # noqa: B007 - the page count is read after the loop
         response = await client.get(f"{url}/history", params={"limit": 3, **({"cursor": cursor} if cursor else {})}, headers=headers)
         walked += response.json()
         cursor = response.headers.get("x-next-cursor")

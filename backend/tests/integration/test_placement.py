@@ -65,8 +65,7 @@ async def test_resolving_a_declaration_places_its_targets_and_registers_the_host
     assert targets[named_id].placed is True
 
     async with database.AsyncSessionLocal() as session:  # a second worker of the host: the same target
-        again = await placement.resolve(session, settings=settings,
-                                        declaration=placement.Declaration.parse(f"local,{named_id},*"))
+        again = await placement.resolve(session, settings=settings, declaration=placement.Declaration.parse(f"local,{named_id},*"))
         await session.commit()
     assert again.target_ids == [named_id, local.id] and again.shared and again.queues()[0] == "celery"
     async with database.AsyncSessionLocal() as session:
@@ -91,14 +90,25 @@ async def test_coverage_and_unserved_targets_come_from_the_heartbeats(db):
         target.placed = True
         await session.commit()
         assert await workers.unserved_targets(session) == [(target.id, target.name)]
-        await workers.write_heartbeat(session, name="w@a", kind="external", hostname="a", pid=1, broker="postgresql",
-                                      concurrency=1, targets=[target.id])
+        await workers.write_heartbeat(
+            session, name="w@a", kind="external", hostname="a", pid=1, broker="postgresql", concurrency=1, targets=[target.id]
+        )
         assert (await workers.coverage(session)).workers(target_id=target.id, placed=True) == 1
         assert await workers.unserved_targets(session) == []
         listed = await workers.list_workers(session)
         assert listed[0].targets == [target.id] and not listed[0].shared_queue
-        await workers.write_heartbeat(session, name="w@a", kind="external", hostname="a", pid=1, broker="postgresql",
-                                      concurrency=1, state=workers.DEGRADED, problem="pool short", targets=[target.id])
+        await workers.write_heartbeat(
+            session,
+            name="w@a",
+            kind="external",
+            hostname="a",
+            pid=1,
+            broker="postgresql",
+            concurrency=1,
+            state=workers.DEGRADED,
+            problem="pool short",
+            targets=[target.id],
+        )
         assert await workers.unserved_targets(session) == [(target.id, target.name)]  # degraded serves nothing
 
 
@@ -127,8 +137,10 @@ async def test_a_target_of_another_host_is_never_acted_on_here(db):
         target.host, target.placed = "host-b", True
         await session.commit()
         deployment = await session.get(Deployment, deployment.id)
-        for attempt in (load_context(session, settings=settings, deployment=deployment),
-                        service_logs.prepare(session, settings=settings, deployment=deployment, tail=10)):
+        for attempt in (
+            load_context(session, settings=settings, deployment=deployment),
+            service_logs.prepare(session, settings=settings, deployment=deployment, tail=10),
+        ):
             with pytest.raises(ServiceUnavailable) as caught:
                 await attempt
             assert caught.value.code == "target_elsewhere" and caught.value.params["host"] == "host-b"
@@ -169,8 +181,9 @@ async def test_the_workers_list_shows_the_targets_served_to_superusers_only(clie
     admin = await setup_admin(client)
     member = await create_user(client, admin, "viewer@example.com")
     async with database.AsyncSessionLocal() as session:
-        await workers.write_heartbeat(session, name="w@b", kind="external", hostname="b", pid=7, broker="postgresql",
-                                      concurrency=1, targets=["*", "some-target-id"])
+        await workers.write_heartbeat(
+            session, name="w@b", kind="external", hostname="b", pid=7, broker="postgresql", concurrency=1, targets=["*", "some-target-id"]
+        )
     seen = (await client.get("/api/v1/system/workers", headers=admin.headers)).json()["workers"]
     assert seen[0]["targets"] == ["*", "some-target-id"] and seen[0]["shared_queue"] is True
     seen = (await client.get("/api/v1/system/workers", headers=member.headers)).json()["workers"]

@@ -20,7 +20,5 @@ async def test_setup_and_new_organizations_get_the_catalogue(db):
 
         org = await client.post("/api/v1/organizations", json={"name": "second"}, headers=admin.headers)
         assert org.status_code == 201, org.text
-        second = (
-            await client.get("/api/v1/stacks", params={"organization_id": org.json()["id"]}, headers=admin.headers)
-        ).json()["items"]
+        second = (await client.get("/api/v1/stacks", params={"organization_id": org.json()["id"]}, headers=admin.headers)).json()["items"]
         assert {s["name"] for s in second} == names

@@ -35,8 +35,8 @@ from backend.app import database
 from backend.app.main import create_app
 from backend.app.models import Deployment, Stack, Target, TargetType
 from backend.app.services import pagination
-from backend.app.services.deployments import retention
 from backend.app.services.deployment_service import DEPLOYMENTS_NEWEST_FIRST
+from backend.app.services.deployments import retention
 from backend.tests.conftest import make_settings
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 
@@ -234,7 +234,9 @@ async def _explain(engine, statements, check: Check, indexes: dict[str, tuple[st
             for node in big:
                 columns = indexes.get(node.get("Index Name", ""), (None, []))[1]
                 if node["Node Type"] not in INDEX_SCANS or not check.accepts(columns):
-                    problems.append(f"{where}: {node['Node Type']} {node.get('Index Name', '')} {columns}, expected an index on {check.leading}")
+                    problems.append(
+                        f"{where}: {node['Node Type']} {node.get('Index Name', '')} {columns}, expected an index on {check.leading}"
+                    )
             if not big:
                 problems.append(f"{where}: no scan of a big table in the plan")
         await conn.rollback()
@@ -255,7 +257,9 @@ async def test_listing_queries_read_bounded_index_ranges(client, db, monkeypatch
     async with database.AsyncSessionLocal() as session:
         ids = await _seed(session, big_org, small_org)
         middle = (
-            await session.execute(select(Deployment.created_at, Deployment.id).order_by(Deployment.created_at).offset(DEPLOYMENTS // 2).limit(1))
+            await session.execute(
+                select(Deployment.created_at, Deployment.id).order_by(Deployment.created_at).offset(DEPLOYMENTS // 2).limit(1)
+            )
         ).one()
     await _vacuum_analyze(db.engine)
     indexes = await _indexes(db.engine)
@@ -268,30 +272,74 @@ async def test_listing_queries_read_bounded_index_ranges(client, db, monkeypatch
         (admin, "/api/v1/deployments", {"limit": 50}, Check("first page", listing, None, by_date)),
         (viewer, "/api/v1/deployments", {"limit": 50}, Check("member's first page", listing, (org, created), by_date, exact=False)),
         (admin, "/api/v1/deployments", {"limit": 50, "status": "failed"}, Check("status", listing, (status, created), by_date)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "status": ["failed", "stopped"]},
-         Check("member's statuses", listing, (org, status, created), by_date)),
-        (admin, "/api/v1/deployments", {"limit": 50, "organization_id": big_org, "status": "running"},
-         Check("organisation + status", listing, (org, status, created), by_date, exact=False)),
-        (admin, "/api/v1/deployments", {"limit": 50, "stack_id": ids["big_stack_a"]},
-         Check("stack of 45 %", listing, ("stack_id", created), by_date, exact=False)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "stack_id": ids["small_stack_a"]},
-         Check("stack of 10 %", listing, ("stack_id", created), by_date, exact=False)),
-        (admin, "/api/v1/deployments", {"limit": 50, "stack_id": ids["big_stack_b"], "status": "failed"},
-         Check("stack + status", listing, ("stack_id", status, created), by_date)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "target_id": ids["big_target_b"]},
-         Check("target of 60 %", listing, ("target_id", created), by_date, exact=False)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "target_id": ids["small_target_a"]},
-         Check("target of 10 %", listing, ("target_id", created), by_date, exact=False)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "target_id": ids["big_target_a"], "status": "stopped"},
-         Check("target + status", listing, ("target_id", status, created), by_date)),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "status": ["failed", "stopped"]},
+            Check("member's statuses", listing, (org, status, created), by_date),
+        ),
+        (
+            admin,
+            "/api/v1/deployments",
+            {"limit": 50, "organization_id": big_org, "status": "running"},
+            Check("organisation + status", listing, (org, status, created), by_date, exact=False),
+        ),
+        (
+            admin,
+            "/api/v1/deployments",
+            {"limit": 50, "stack_id": ids["big_stack_a"]},
+            Check("stack of 45 %", listing, ("stack_id", created), by_date, exact=False),
+        ),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "stack_id": ids["small_stack_a"]},
+            Check("stack of 10 %", listing, ("stack_id", created), by_date, exact=False),
+        ),
+        (
+            admin,
+            "/api/v1/deployments",
+            {"limit": 50, "stack_id": ids["big_stack_b"], "status": "failed"},
+            Check("stack + status", listing, ("stack_id", status, created), by_date),
+        ),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "target_id": ids["big_target_b"]},
+            Check("target of 60 %", listing, ("target_id", created), by_date, exact=False),
+        ),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "target_id": ids["small_target_a"]},
+            Check("target of 10 %", listing, ("target_id", created), by_date, exact=False),
+        ),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "target_id": ids["big_target_a"], "status": "stopped"},
+            Check("target + status", listing, ("target_id", status, created), by_date),
+        ),
         (admin, "/api/v1/deployments", {"limit": 50, "cursor": deep_cursor}, Check("deep cursor", listing, None, by_date)),
-        (viewer, "/api/v1/deployments", {"limit": 50, "cursor": deep_cursor, "status": "failed"},
-         Check("member's deep cursor + status", listing, (org, status, created), by_date)),
+        (
+            viewer,
+            "/api/v1/deployments",
+            {"limit": 50, "cursor": deep_cursor, "status": "failed"},
+            Check("member's deep cursor + status", listing, (org, status, created), by_date),
+        ),
         (admin, "/api/v1/deployments", {"limit": 50, "offset": 3000}, Check("offset", 2 * (3000 + 51), None, by_date)),
-        (viewer, f"/api/v1/deployments/{ids['logged']}/logs", {"limit": 200, "since_seq": 500},
-         Check("logs page", 2 * 201, ("deployment_id", "seq"), "ORDER BY deployment_logs.seq")),
-        (viewer, f"/api/v1/deployments/{ids['logged']}/history", {"limit": 10},
-         Check("history page", 2 * 11, ("deployment_id", "id"), "ORDER BY deployment_status_history.id")),
+        (
+            viewer,
+            f"/api/v1/deployments/{ids['logged']}/logs",
+            {"limit": 200, "since_seq": 500},
+            Check("logs page", 2 * 201, ("deployment_id", "seq"), "ORDER BY deployment_logs.seq"),
+        ),
+        (
+            viewer,
+            f"/api/v1/deployments/{ids['logged']}/history",
+            {"limit": 10},
+            Check("history page", 2 * 11, ("deployment_id", "id"), "ORDER BY deployment_status_history.id"),
+        ),
     ]
     capture = Capture()
     sync_engine = db.engine.sync_engine

@@ -18,9 +18,9 @@ import jwt
 import pytest
 
 from backend.app import database
-from backend.app.runtime.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
+from backend.app.runtime.event_transport import event_bus_status, flush_events, start_event_bus, stop_event_bus
 from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.tests import conftest
@@ -33,8 +33,7 @@ pytestmark = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True
 
 @pytest.fixture(scope="module")
 async def server(db_backend, tmp_path_factory) -> AsyncIterator[Server]:
-    started = await Server.start(db_backend.settings.DATABASE_URL, tmp_path_factory.mktemp("realtime"),
-                                 EVENT_BUS="postgres")
+    started = await Server.start(db_backend.settings.DATABASE_URL, tmp_path_factory.mktemp("realtime"), EVENT_BUS="postgres")
     try:
         yield started
     finally:
@@ -60,8 +59,7 @@ async def http(server: Server, db) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _admin(http: httpx.AsyncClient) -> Actor:
-    response = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
-                                                           "organization_name": "acme"})
+    response = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "organization_name": "acme"})
     assert response.status_code == 201, response.text
     body = response.json()
     actor = Actor(ADMIN_EMAIL, ADMIN_PASSWORD, body["access_token"], body["refresh_token"])
@@ -77,15 +75,17 @@ async def _deployment_in(organization_id: str, status: DeploymentStatus = Deploy
         return deployment
 
 
-async def _write_lines(deployment_id: str, count: int, prefix: str = "line", batch: int = 500,
-                       per_commit: int = 1) -> None:
+async def _write_lines(deployment_id: str, count: int, prefix: str = "line", batch: int = 500, per_commit: int = 1) -> None:
     """Append ``count`` lines, ``batch`` per event (as the runner's writer does), ``per_commit`` events per commit."""
     starts = list(range(0, count, batch))
     for first in range(0, len(starts), per_commit):
         async with database.AsyncSessionLocal() as session:
-            for start in starts[first:first + per_commit]:
-                await append_logs(session, deployment_id=deployment_id, lines=[(LogLevel.INFO, f"{prefix} {start + i}", utcnow())
-                                                           for i in range(min(batch, count - start))])
+            for start in starts[first : first + per_commit]:
+                await append_logs(
+                    session,
+                    deployment_id=deployment_id,
+                    lines=[(LogLevel.INFO, f"{prefix} {start + i}", utcnow()) for i in range(min(batch, count - start))],
+                )
             await session.commit()
     assert await flush_events(20)
 
@@ -97,7 +97,9 @@ async def test_unauthenticated_bad_expired_and_revoked_tokens_are_closed_with_44
     admin = await _admin(http)
     expired = jwt.encode(
         {"sub": admin.user_id, "typ": "access", "jti": "x", "exp": datetime.now(UTC) - timedelta(minutes=1)},
-        conftest.TEST_SECRET_KEY, algorithm="HS256")
+        conftest.TEST_SECRET_KEY,
+        algorithm="HS256",
+    )
     created = await http.post("/api/v1/tokens", json={"name": "ci"}, headers=admin.headers)
     assert created.status_code == 201, created.text
     api_token, token_id = created.json()["token"], created.json()["id"]
@@ -160,9 +162,11 @@ async def test_expiring_access_token_is_renewed_with_a_new_auth_frame(server, ht
     admin = await _admin(http)
 
     def token(seconds: float) -> str:
-        return jwt.encode({"sub": admin.user_id, "typ": "access", "jti": f"j{seconds}",
-                           "exp": datetime.now(UTC) + timedelta(seconds=seconds)},
-                          conftest.TEST_SECRET_KEY, algorithm="HS256")
+        return jwt.encode(
+            {"sub": admin.user_id, "typ": "access", "jti": f"j{seconds}", "exp": datetime.now(UTC) + timedelta(seconds=seconds)},
+            conftest.TEST_SECRET_KEY,
+            algorithm="HS256",
+        )
 
     ws = await WS.open(server, token(2))
     warning = await ws.next(lambda f: f["type"] == "error", timeout=10)
@@ -202,8 +206,7 @@ async def test_membership_removal_stops_events_within_seconds(server, http, bus)
     admin = await _admin(http)
     member = await create_user(http, admin, "member@example.com")
     org = await default_org(http, admin)
-    added = await http.post(f"/api/v1/organizations/{org}/members", json={"email": member.email, "role": "viewer"},
-                            headers=admin.headers)
+    added = await http.post(f"/api/v1/organizations/{org}/members", json={"email": member.email, "role": "viewer"}, headers=admin.headers)
     assert added.status_code == 201, added.text
     deployment = await _deployment_in(org)
     ws = await WS.open(server, member.access_token)
@@ -256,8 +259,9 @@ async def test_resume_with_since_seq_gets_exactly_the_missing_lines(server, http
 
     # the same over SSE, resumed with Last-Event-ID
     url = f"/api/v1/deployments/{deployment.id}/events"
-    events = await sse_events(http, url, {**admin.headers, "Last-Event-ID": "10"},
-                              stop=lambda evs: any(int(e.get("id", 0)) >= 14 for e in evs))
+    events = await sse_events(
+        http, url, {**admin.headers, "Last-Event-ID": "10"}, stop=lambda evs: any(int(e.get("id", 0)) >= 14 for e in evs)
+    )
     sse_lines = [l for e in events if e["event"] == "DEPLOYMENT_LOGS_UPDATE" for l in e["data"]["data"]["logs"]]
     assert [l["seq"] for l in sse_lines] == [11, 12, 13, 14]
     assert events[-1]["id"] == "14"
@@ -271,8 +275,9 @@ async def test_a_stream_opened_after_the_last_change_still_learns_the_status(ser
     admin = await _admin(http)
     deployment = await _deployment_in(await default_org(http, admin), DeploymentStatus.RUNNING)
     await _write_lines(deployment.id, 3, "done")
-    events = await sse_events(http, f"/api/v1/deployments/{deployment.id}/events", admin.headers,
-                              stop=lambda evs: any(e["event"] == "subscribed" for e in evs))
+    events = await sse_events(
+        http, f"/api/v1/deployments/{deployment.id}/events", admin.headers, stop=lambda evs: any(e["event"] == "subscribed" for e in evs)
+    )
     assert [e["event"] for e in events] == ["DEPLOYMENT_LOGS_UPDATE", "subscribed"]
     assert events[-1]["data"]["status"] == "running" and events[-1]["data"]["last_seq"] == 3
 
@@ -286,8 +291,9 @@ async def test_fifty_thousand_lines_arrive_complete_and_in_order(server, http, b
     await asyncio.sleep(0.5)
     late = await WS.open(server, admin.access_token)  # joins mid-way: catch-up, then live
     await late.subscribe(deployment_id=deployment.id, since_seq=0)
-    received = await asyncio.gather(live.lines_until(deployment.id, 50_000, timeout=120),
-                                    late.lines_until(deployment.id, 50_000, timeout=120))
+    received = await asyncio.gather(
+        live.lines_until(deployment.id, 50_000, timeout=120), late.lines_until(deployment.id, 50_000, timeout=120)
+    )
     await writer
     for lines in received:
         assert [l["seq"] for l in lines] == list(range(1, 50_001))
@@ -304,6 +310,7 @@ async def test_a_stalled_client_does_not_delay_another_and_is_resynchronised(ser
     await reader.subscribe(deployment_id=deployment.id, since_seq=0)
 
     started = time.monotonic()
+
     async def write() -> None:
         # 8 MB of text, more than the kernel's socket buffers absorb, so that the server's sends to the
         # stalled client block; then 1,000 one-line events, more than a client's queue holds.
@@ -404,8 +411,7 @@ async def test_two_backend_processes_both_deliver(server, http, bus, db, tmp_pat
         gauge = [l for l in metrics.splitlines() if l.startswith("windflow_websocket_connections ")]
         assert gauge and float(gauge[0].split()[-1]) >= 1, gauge
         # the fan-out fast path served them: frames sent through the ASGI send during the hub's delivery
-        direct = [l for l in metrics.splitlines()
-                  if l.startswith('windflow_event_frames_total{path="direct",transport="websocket"}')]
+        direct = [l for l in metrics.splitlines() if l.startswith('windflow_event_frames_total{path="direct",transport="websocket"}')]
         assert direct and float(direct[0].split()[-1]) >= 1, [l for l in metrics.splitlines() if "frames" in l]
     finally:
         second.stop()
@@ -415,8 +421,7 @@ async def test_with_per_message_deflate_frames_are_compressed_per_connection(ser
     """WS_PER_MESSAGE_DEFLATE=true: the client negotiates compression; the hub still sends each event's one
     encoded text through the ASGI send from its delivery, and the server compresses it per connection:
     complete and in order."""
-    compressed = await Server.start(db.settings.DATABASE_URL, tmp_path, "deflate", EVENT_BUS="postgres",
-                                    WS_PER_MESSAGE_DEFLATE=True)
+    compressed = await Server.start(db.settings.DATABASE_URL, tmp_path, "deflate", EVENT_BUS="postgres", WS_PER_MESSAGE_DEFLATE=True)
     try:
         admin = await _admin(http)
         org = await default_org(http, admin)
@@ -428,8 +433,11 @@ async def test_with_per_message_deflate_frames_are_compressed_per_connection(ser
         assert [l["seq"] for l in await ws.lines_until(deployment.id, 1200)] == list(range(1, 1201))
         async with compressed.http() as client:
             metrics = (await client.get("/metrics")).text
-        frames = {l.split("{")[1].split("}")[0]: float(l.split()[-1]) for l in metrics.splitlines()
-                  if l.startswith("windflow_event_frames_total{")}
+        frames = {
+            l.split("{")[1].split("}")[0]: float(l.split()[-1])
+            for l in metrics.splitlines()
+            if l.startswith("windflow_event_frames_total{")
+        }
         assert frames.get('path="direct",transport="websocket"', 0) >= 1, frames
         await ws.conn.close()
     finally:

@@ -19,8 +19,7 @@ pytestmark = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True
 
 @pytest.fixture(scope="module")
 async def server(db_backend, tmp_path_factory) -> AsyncIterator[Server]:
-    started = await Server.start(db_backend.settings.DATABASE_URL, tmp_path_factory.mktemp("realtime-accounts"),
-                                 EVENT_BUS="postgres")
+    started = await Server.start(db_backend.settings.DATABASE_URL, tmp_path_factory.mktemp("realtime-accounts"), EVENT_BUS="postgres")
     try:
         yield started
     finally:
@@ -43,14 +42,16 @@ async def nothing(ws: WS, resource: str) -> None:
 
 
 async def test_account_events_reach_whom_they_concern_and_nobody_else(server, http) -> None:
-    setup = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
-                                                        "organization_name": "acme"})
+    setup = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "organization_name": "acme"})
     admin = Actor(ADMIN_EMAIL, ADMIN_PASSWORD, setup.json()["access_token"], setup.json()["refresh_token"])
     ada = await create_user(http, admin, "ada@example.com")
     bob = await create_user(http, admin, "bob@example.com")
     bob_id = (await http.get("/api/v1/auth/me", headers=bob.headers)).json()["id"]
-    admin_ws, ada_ws, bob_ws = (await WS.open(server, admin.access_token), await WS.open(server, ada.access_token),
-                                await WS.open(server, bob.access_token))
+    admin_ws, ada_ws, bob_ws = (
+        await WS.open(server, admin.access_token),
+        await WS.open(server, ada.access_token),
+        await WS.open(server, bob.access_token),
+    )
     ada_ws2 = await WS.open(server, ada.access_token)  # another tab of hers
 
     # Ada's token: her connections hear it (no subscription), nobody else's, not even a superuser's.
@@ -65,8 +66,7 @@ async def test_account_events_reach_whom_they_concern_and_nobody_else(server, ht
     await nothing(bob_ws, "token")
 
     # A user and an organisation: superusers hear them, others do not.
-    carol = await http.post("/api/v1/users", json={"email": "carol@example.com", "password": "long-enough-1"},
-                            headers=admin.headers)
+    carol = await http.post("/api/v1/users", json={"email": "carol@example.com", "password": "long-enough-1"}, headers=admin.headers)
     assert (await admin_ws.next(changed("user")))["data"]["id"] == carol.json()["id"]
     org = (await http.post("/api/v1/organizations", json={"name": "research"}, headers=admin.headers)).json()
     assert (await admin_ws.next(changed("organization")))["data"]["id"] == org["id"]
@@ -77,8 +77,7 @@ async def test_account_events_reach_whom_they_concern_and_nobody_else(server, ht
     assert (await http.patch(f"/api/v1/users/{bob_id}", json={"is_superuser": True}, headers=admin.headers)).status_code == 200
     await admin_ws.next(changed("user"))  # (that change itself)
     for attempt in range(20):  # each new user is an event; the first ones may precede his access refresh
-        await http.post("/api/v1/users", json={"email": f"dave{attempt}@example.com", "password": "long-enough-1"},
-                        headers=admin.headers)
+        await http.post("/api/v1/users", json={"email": f"dave{attempt}@example.com", "password": "long-enough-1"}, headers=admin.headers)
         try:
             heard = await bob_ws.next(changed("user"), timeout=0.5)
             break
@@ -97,7 +96,7 @@ async def test_account_events_reach_whom_they_concern_and_nobody_else(server, ht
         except TimeoutError:
             break
     await http.post("/api/v1/users", json={"email": "frank@example.com", "password": "long-enough-1"}, headers=admin.headers)
-    assert (await admin_ws.next(lambda f: changed("user")(f) and f["data"]["name"] == "frank@example.com"))
+    assert await admin_ws.next(lambda f: changed("user")(f) and f["data"]["name"] == "frank@example.com")
     await nothing(bob_ws, "user")
     for ws in (admin_ws, ada_ws, ada_ws2, bob_ws):
         await ws.close()

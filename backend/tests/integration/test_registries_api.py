@@ -8,10 +8,10 @@ import logging
 import pytest
 from sqlalchemy import select, text
 
+from backend.app.core.image_reference import normalise_server, registry_of, split_reference
 from backend.app.core.logging import redact
 from backend.app.core.security import decrypt_secret
 from backend.app.models import Registry
-from backend.app.core.image_reference import normalise_server, registry_of, split_reference
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 from backend.tests.registry_fixtures import PASSWORD, USERNAME, open_registry, private_registry  # noqa: F401
 
@@ -61,9 +61,17 @@ async def test_bad_input_is_4xx_never_500(client):
     assert ok.status_code == 201
     url = f"{API}/{ok.json()['id']}"
     for bad in (
-        {"server": "registry.example.com/some/path"}, {"server": "http://"}, {"server": "bad host:5000"},
-        {"server": "host:99999"}, {"server": "a\x00b"}, {"name": ""}, {"name": "x" * 101}, {"password": ""},
-        {"username": None}, {"unknown": 1}, {"server": "x" * 300},
+        {"server": "registry.example.com/some/path"},
+        {"server": "http://"},
+        {"server": "bad host:5000"},
+        {"server": "host:99999"},
+        {"server": "a\x00b"},
+        {"name": ""},
+        {"name": "x" * 101},
+        {"password": ""},
+        {"username": None},
+        {"unknown": 1},
+        {"server": "x" * 300},
     ):
         response = await _create(client, admin, **{"name": "other", **bad})
         assert response.status_code == 422, (bad, response.text)
@@ -132,7 +140,7 @@ async def test_roles_and_foreign_organizations(client):
     assert (await client.get(API, headers=outsider.headers)).json()["items"] == []
 
 
-async def test_login_test_against_real_registries(client, private_registry, open_registry):  # noqa: F811
+async def test_login_test_against_real_registries(client, private_registry, open_registry):
     admin = await setup_admin(client)
     cases = [
         ("good", private_registry.server, USERNAME, PASSWORD, True, "ok"),
@@ -142,9 +150,11 @@ async def test_login_test_against_real_registries(client, private_registry, open
     for name, server, username, password, ok, category in cases:
         # one organisation per server (a server is unique in an organisation)
         org = await client.post("/api/v1/organizations", json={"name": f"org-{name}"}, headers=admin.headers)
-        created = await client.post(API, json={"name": name, "server": server, "username": username,
-                                                "password": password, "organization_id": org.json()["id"]},
-                                     headers=admin.headers)
+        created = await client.post(
+            API,
+            json={"name": name, "server": server, "username": username, "password": password, "organization_id": org.json()["id"]},
+            headers=admin.headers,
+        )
         assert created.status_code == 201, created.text
         result = await client.post(f"{API}/{created.json()['id']}/test", headers=admin.headers)
         assert result.status_code == 200

@@ -22,10 +22,17 @@ async def _test(client, actor, body: dict) -> dict:
 
 async def test_tls_target_with_client_certificate_reports_the_engine(client, remote_docker: RemoteDocker):
     admin = await setup_admin(client)
-    result = await _test(client, admin, {
-        "name": "remote-tls", "endpoint": remote_docker.endpoint,
-        "tls_ca": remote_docker.ca, "tls_cert": remote_docker.client.cert, "tls_key": remote_docker.client.key,
-    })
+    result = await _test(
+        client,
+        admin,
+        {
+            "name": "remote-tls",
+            "endpoint": remote_docker.endpoint,
+            "tls_ca": remote_docker.ca,
+            "tls_cert": remote_docker.client.cert,
+            "tls_key": remote_docker.client.key,
+        },
+    )
     assert result["ok"] is True, result["error"]
     assert result["version"] == remote_docker.version
     assert result["api_version"] == remote_docker.api_version
@@ -61,9 +68,17 @@ async def test_tls_verify_false_skips_the_engine_certificate_check(client, remot
     """``tls_verify=false``: TLS with our client certificate, without checking the engine's (like ``--tls``)."""
     admin = await setup_admin(client)
     good = remote_docker.client
-    result = await _test(client, admin, {
-        "name": "no-verify", "endpoint": remote_docker.endpoint, "tls_verify": False,
-        "tls_ca": remote_docker.rogue_ca, "tls_cert": good.cert, "tls_key": good.key,
-    })
+    result = await _test(
+        client,
+        admin,
+        {
+            "name": "no-verify",
+            "endpoint": remote_docker.endpoint,
+            "tls_verify": False,
+            "tls_ca": remote_docker.rogue_ca,
+            "tls_cert": good.cert,
+            "tls_key": good.key,
+        },
+    )
     assert result["ok"] is True, result["error"]
     assert result["version"] == remote_docker.version

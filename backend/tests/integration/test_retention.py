@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from backend.app import database
-from backend.app.runtime import background
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentLog, DeploymentStatus, DeploymentStatusHistory, LogLevel
+from backend.app.runtime import background
 from backend.app.services.deployments import retention
 from backend.app.services.deployments.logs import append_logs
 from backend.tests.conftest import make_settings
@@ -22,9 +22,7 @@ OLD = timedelta(days=45)
 
 
 def _settings(db, **overrides):
-    values = dict(
-        RETENTION_DAYS=30, RETENTION_MAX_LOG_LINES=150, RETENTION_KEEP_LOG_LINES=20, RETENTION_BATCH_SIZE=40
-    )
+    values = dict(RETENTION_DAYS=30, RETENTION_MAX_LOG_LINES=150, RETENTION_KEEP_LOG_LINES=20, RETENTION_BATCH_SIZE=40)
     values.update(overrides)
     return make_settings(db.settings.DATABASE_URL, **values)
 
@@ -194,7 +192,9 @@ async def test_an_open_prune_batch_locks_rows_not_the_table(db):
                 await asyncio.wait_for(append_logs(writer, deployment_id=target, lines=[(LogLevel.INFO, "while pruning", utcnow())]), 5)
                 await asyncio.wait_for(writer.commit(), 5)
         async with database.AsyncSessionLocal() as reader:
-            count = (await reader.execute(select(func.count()).select_from(DeploymentLog).where(DeploymentLog.deployment_id == pruned))).scalar_one()
+            count = (
+                await reader.execute(select(func.count()).select_from(DeploymentLog).where(DeploymentLog.deployment_id == pruned))
+            ).scalar_one()
             assert count == 501, "readers see the committed state, not blocked either"
         await holder.commit()
     assert len(await _seqs(pruned)) == 101 and await _seqs(busy) == [1]

@@ -13,26 +13,30 @@ from backend.tests.helpers import Actor
 
 STACKS = "/api/v1/stacks"
 
-WEB_TEMPLATE = "services:\n  web:\n    image: nginx:1.27-alpine\n    ports: [\"{{ port }}:80\"]\n"
+WEB_TEMPLATE = 'services:\n  web:\n    image: nginx:1.27-alpine\n    ports: ["{{ port }}:80"]\n'
 DB_TEMPLATE = (
     "services:\n"
     "  web:\n"
     "    image: nginx:1.27-alpine\n"
-    "    ports: [\"{{ port }}:80\"]\n"
+    '    ports: ["{{ port }}:80"]\n'
     "  db:\n"
     "    image: postgres:16-alpine\n"
     "    environment:\n"
     "      POSTGRES_USER: {{ db.user | tojson }}\n"
     "      POSTGRES_PASSWORD: {{ db.password | tojson }}\n"
-    "      APP_SECRET: \"{{ app_secret }}\"\n"
+    '      APP_SECRET: "{{ app_secret }}"\n'
 )
 DB_VARIABLES = [
     {"name": "port", "type": "integer", "default": 8080, "required": True, "label": "Port", "min": 1, "max": 65535},
     {"name": "app_secret", "type": "password", "default": "{{ generate_password(24) }}"},
-    {"name": "db", "type": "group", "variables": [
-        {"name": "user", "default": "app", "pattern": "[a-z]+"},
-        {"name": "password", "type": "secret", "default": "{{ generate_password(24) }}", "min_length": 12},
-    ]},
+    {
+        "name": "db",
+        "type": "group",
+        "variables": [
+            {"name": "user", "default": "app", "pattern": "[a-z]+"},
+            {"name": "password", "type": "secret", "default": "{{ generate_password(24) }}", "min_length": 12},
+        ],
+    },
 ]
 
 
@@ -111,8 +115,17 @@ async def test_crud_round_trip(client, team):
         {"name": "db_password", "type": "secret", "required": False, "default": "{{ generate_password(24) }}"},
     ]
     assert set(created) == {
-        "id", "organization_id", "name", "description", "version", "template", "variables", "variables_source", "source",
-        "created_at", "updated_at"
+        "id",
+        "organization_id",
+        "name",
+        "description",
+        "version",
+        "template",
+        "variables",
+        "variables_source",
+        "source",
+        "created_at",
+        "updated_at",
     }
     assert created["variables_source"] is None  # sent as a list, not as text
     stack_id = created["id"]
@@ -120,9 +133,7 @@ async def test_crud_round_trip(client, team):
     fetched = await client.get(f"{STACKS}/{stack_id}", headers=team["viewer"].headers)
     assert fetched.status_code == 200 and fetched.json() == created
 
-    patched = await client.patch(
-        f"{STACKS}/{stack_id}", json={"description": "changed", "version": "1.1.0"}, headers=operator.headers
-    )
+    patched = await client.patch(f"{STACKS}/{stack_id}", json={"description": "changed", "version": "1.1.0"}, headers=operator.headers)
     assert patched.status_code == 200, patched.text
     assert patched.json()["description"] == "changed" and patched.json()["version"] == "1.1.0"
     assert patched.json()["template"] == WEB_TEMPLATE and patched.json()["variables"] == created["variables"]
@@ -143,7 +154,12 @@ async def test_crud_round_trip(client, team):
     deleted = await client.delete(f"{STACKS}/{stack_id}", headers=team["admin"].headers)
     assert deleted.status_code == 204
     assert_error(await client.get(f"{STACKS}/{stack_id}", headers=team["admin"].headers), 404, "stack_not_found")
-    assert (await client.get(STACKS, headers=team["admin"].headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
+    assert (await client.get(STACKS, headers=team["admin"].headers)).json() == {
+        "items": [],
+        "total": 0,
+        "total_is_exact": True,
+        "next_cursor": None,
+    }
 
 
 async def test_create_in_an_explicit_organization(client, team):
@@ -200,7 +216,12 @@ async def test_other_organizations_stacks_are_invisible(client, team):
     assert_error(await client.patch(url, json={"description": "x"}, headers=outsider.headers), 404, "stack_not_found")
     assert_error(await client.delete(url, headers=outsider.headers), 404, "stack_not_found")
     assert_error(await client.post(f"{url}/render", json={}, headers=outsider.headers), 404, "stack_not_found")
-    assert (await client.get(STACKS, headers=outsider.headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
+    assert (await client.get(STACKS, headers=outsider.headers)).json() == {
+        "items": [],
+        "total": 0,
+        "total_is_exact": True,
+        "next_cursor": None,
+    }
     assert_error(await client.get(STACKS, params={"organization_id": team["org_id"]}, headers=outsider.headers), 404)
     foreign = await client.post(STACKS, json=stack_body("x", organization_id=team["org_id"]), headers=outsider.headers)
     assert_error(foreign, 404)
@@ -242,23 +263,36 @@ async def test_duplicate_names(client, team):
 @pytest.mark.parametrize(
     ("overrides", "code", "fragments"),
     [
-        ({"variables": [{"name": "port"}, {"name": "mode", "type": "enum"}]}, "invalid_variable_schema",
-         ["variables[1].options: enum needs a non-empty options list"]),
-        ({"variables": [{"name": "port", "type": "integer", "default": "http"}]}, "invalid_variable_schema",
-         ["variables[0].default: must be an integer"]),
-        ({"variables": [{"name": "pw", "type": "secret", "default": "hunter22"}]}, "invalid_variable_schema",
-         ["variables[0].default: a secret's default must be a generator"]),
+        (
+            {"variables": [{"name": "port"}, {"name": "mode", "type": "enum"}]},
+            "invalid_variable_schema",
+            ["variables[1].options: enum needs a non-empty options list"],
+        ),
+        (
+            {"variables": [{"name": "port", "type": "integer", "default": "http"}]},
+            "invalid_variable_schema",
+            ["variables[0].default: must be an integer"],
+        ),
+        (
+            {"variables": [{"name": "pw", "type": "secret", "default": "hunter22"}]},
+            "invalid_variable_schema",
+            ["variables[0].default: a secret's default must be a generator"],
+        ),
         ({"variables": []}, "template_error", ["rendering the template with the default values failed", "'port' is undefined"]),
         ({"template": "services:\n  web:\n    image: {{ image \n"}, "template_error", ["template line 3: syntax error"]),
-        ({"template": "services:\n  web:\n    image: {{ ''.__class__.__mro__ }}\n"}, "template_error",
-         ["refused by the sandbox"]),
-        ({"template": "services:\n  web:\n    image: x\n{% include '/etc/passwd' %}\n"}, "template_error",
-         ["template line 4: include, import and extends are not available"]),
-        ({"template": "services:\n  web:\n    image: nginx\n   ports: ['{{ port }}:80']\n"}, "invalid_yaml",
-         ["line 4, column 4"]),
+        ({"template": "services:\n  web:\n    image: {{ ''.__class__.__mro__ }}\n"}, "template_error", ["refused by the sandbox"]),
+        (
+            {"template": "services:\n  web:\n    image: x\n{% include '/etc/passwd' %}\n"},
+            "template_error",
+            ["template line 4: include, import and extends are not available"],
+        ),
+        ({"template": "services:\n  web:\n    image: nginx\n   ports: ['{{ port }}:80']\n"}, "invalid_yaml", ["line 4, column 4"]),
         ({"template": "web:\n  image: nginx\n  port: {{ port }}\n"}, "invalid_compose", ["non-empty 'services' mapping"]),
-        ({"template": "services:\n  web:\n    imagex: nginx\n    ports: ['{{ port }}:80']\n"}, "invalid_compose",
-         ["docker compose rejected the document", "imagex"]),
+        (
+            {"template": "services:\n  web:\n    imagex: nginx\n    ports: ['{{ port }}:80']\n"},
+            "invalid_compose",
+            ["docker compose rejected the document", "imagex"],
+        ),
     ],
 )
 async def test_invalid_definitions_are_422(client, team, overrides, code, fragments):
@@ -351,8 +385,12 @@ async def test_render_preview_reports_every_bad_value_without_secrets(client, te
         headers=operator.headers,
     )
     body = assert_error(
-        response, 422, "invalid_variables",
-        "port: must be an integer", "db.user: does not match the pattern", "db.password: must be at least 12 characters",
+        response,
+        422,
+        "invalid_variables",
+        "port: must be an integer",
+        "db.user: does not match the pattern",
+        "db.password: must be at least 12 characters",
         "colour: unknown variable",
     )
     assert short not in body["detail"]
@@ -367,8 +405,7 @@ async def test_the_variable_schema_is_typed_in_openapi(client):
     read = schemas["StackRead"]["properties"]["variables"]["items"]
     mapping = read["discriminator"]["mapping"]
     assert read["discriminator"]["propertyName"] == "type"
-    assert sorted(mapping) == ["boolean", "enum", "group", "integer", "number", "password", "secret", "string",
-                               "textarea"]
+    assert sorted(mapping) == ["boolean", "enum", "group", "integer", "number", "password", "secret", "string", "textarea"]
     assert mapping["password"] == mapping["secret"]
     enum = schemas[mapping["enum"].rsplit("/", 1)[-1]]
     assert enum["additionalProperties"] is False and "options" in enum["required"]
@@ -398,8 +435,7 @@ async def test_variables_sent_as_text_are_kept_as_written(client, team):
     stack = created.json()
     assert stack["variables_source"] == VARIABLES_TEXT  # comments, order and flow style as written
     assert [v["name"] for v in stack["variables"]] == ["port", "db_password"]
-    assert stack["variables"][0] == {"name": "port", "type": "integer", "required": False, "default": 8080, "min": 1,
-                                     "max": 65535}
+    assert stack["variables"][0] == {"name": "port", "type": "integer", "required": False, "default": 8080, "min": 1, "max": 65535}
     url = f"{STACKS}/{stack['id']}"
     assert (await client.get(url, headers=team["viewer"].headers)).json()["variables_source"] == VARIABLES_TEXT
 
@@ -417,14 +453,14 @@ async def test_variables_sent_as_text_are_kept_as_written(client, team):
 async def test_variables_text_errors_name_their_line(client, team):
     operator = team["operator"]
     body = {k: v for k, v in stack_body("broken").items() if k != "variables"}
-    bad_yaml = await client.post(STACKS, json={**body, "variables_source": "- name: port\n  type: [integer\n"},
-                                 headers=operator.headers)
+    bad_yaml = await client.post(STACKS, json={**body, "variables_source": "- name: port\n  type: [integer\n"}, headers=operator.headers)
     error = assert_error(bad_yaml, 422, "invalid_yaml", "variables_source: invalid YAML: line 3")
     assert error["params"]["line"] == 3 and error["params"]["field"] == "variables_source"
     not_a_list = await client.post(STACKS, json={**body, "variables_source": "port: 8080\n"}, headers=operator.headers)
     assert_error(not_a_list, 422, "invalid_variable_schema", "must be a list")
     both = await client.post(STACKS, json={**stack_body("both"), "variables_source": VARIABLES_TEXT}, headers=operator.headers)
     assert_error(both, 422, "variables_twice")
-    wrong_type = await client.post(STACKS, json={**body, "variables_source": "- name: port\n- name: x\n  type: nope\n"},
-                                   headers=operator.headers)
+    wrong_type = await client.post(
+        STACKS, json={**body, "variables_source": "- name: port\n- name: x\n  type: nope\n"}, headers=operator.headers
+    )
     assert_error(wrong_type, 422, "invalid_variable_schema", "variables[1]")

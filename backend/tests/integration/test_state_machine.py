@@ -50,9 +50,7 @@ def _id(pair) -> str:
 
 
 async def _history(session, deployment_id):
-    rows = await session.execute(
-        select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment_id)
-    )
+    rows = await session.execute(select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment_id))
     return rows.scalars().all()
 
 
@@ -63,7 +61,13 @@ async def test_transition_matrix(session, events, pair):
     await session.commit()
 
     result = await set_deployment_status(
-        session, deployment_id=deployment.id, to_status=to_status, reason="matrix", actor="test", lease_owner="worker-1", error_message="boom"
+        session,
+        deployment_id=deployment.id,
+        to_status=to_status,
+        reason="matrix",
+        actor="test",
+        lease_owner="worker-1",
+        error_message="boom",
     )
     await session.commit()
 
@@ -87,7 +91,9 @@ async def test_transition_matrix(session, events, pair):
 async def test_claim_sets_lease_attempt_and_executor(session):
     deployment = await make_deployment(session)
     await session.commit()
-    result = await claim_deployment(session, deployment_id=deployment.id, owner="w-a", executor=ExecutorKind.CELERY, lease_seconds=30, task_id="t1")
+    result = await claim_deployment(
+        session, deployment_id=deployment.id, owner="w-a", executor=ExecutorKind.CELERY, lease_seconds=30, task_id="t1"
+    )
     await session.commit()
     row = await session.get(Deployment, deployment.id, populate_existing=True)
     assert result.accepted and result.attempt == 1
@@ -154,9 +160,13 @@ async def test_zombie_executor_cannot_settle_reclaimed_deployment(session):
 async def test_requeue_refused_when_attempts_exhausted(session):
     deployment = await make_deployment(session, S.DEPLOYING, attempt=3)
     await session.commit()
-    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.PENDING, lease_owner="worker-1", error_message="engine down")
+    result = await set_deployment_status(
+        session, deployment_id=deployment.id, to_status=S.PENDING, lease_owner="worker-1", error_message="engine down"
+    )
     assert not result.accepted and "no attempts left" in result.reason
-    failed = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.FAILED, lease_owner="worker-1", error_message="engine down")
+    failed = await set_deployment_status(
+        session, deployment_id=deployment.id, to_status=S.FAILED, lease_owner="worker-1", error_message="engine down"
+    )
     await session.commit()
     assert failed.accepted
     row = await session.get(Deployment, deployment.id, populate_existing=True)

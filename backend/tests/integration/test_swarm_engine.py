@@ -45,14 +45,13 @@ def swarm_lock(docker_engine: str) -> Iterator[str]:
 def swarm(swarm_lock: str) -> Iterator[str]:
     """A swarm manager on the local engine. Initialised here only when the engine is not in a swarm
     yet, and then left again (with --force) at the end; a swarm that already existed is left alone."""
-    state = subprocess.run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True,
-                           text=True, timeout=20).stdout.strip()
+    state = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True, timeout=20
+    ).stdout.strip()
     initialised = False
-    had_gwbridge = subprocess.run(["docker", "network", "inspect", "docker_gwbridge"], capture_output=True,
-                                  timeout=20).returncode == 0
+    had_gwbridge = subprocess.run(["docker", "network", "inspect", "docker_gwbridge"], capture_output=True, timeout=20).returncode == 0
     if state != "active":
-        init = subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True,
-                              text=True, timeout=60)
+        init = subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True, text=True, timeout=60)
         if init.returncode != 0:
             require_service("Docker swarm", init.stderr.strip())
         initialised = True
@@ -62,8 +61,7 @@ def swarm(swarm_lock: str) -> Iterator[str]:
         if initialised:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=60, check=False)
             if not had_gwbridge:
-                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=30,
-                               check=False)
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=30, check=False)
 
 
 def swarm_engine(endpoint: str) -> SwarmEngine:
@@ -79,8 +77,9 @@ def service_labels(client: docker.DockerClient, spec) -> dict[str, dict[str, str
 
 async def test_swarm_driver_refuses_a_non_manager(swarm_lock, tmp_path):
     """On an engine that is not a swarm manager, the swarm driver fails with a clear permanent error."""
-    state = subprocess.run(["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"], capture_output=True,
-                           text=True, timeout=20).stdout.strip()
+    state = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"], capture_output=True, text=True, timeout=20
+    ).stdout.strip()
     if state == "true":
         pytest.skip("the local engine is a swarm manager (this check needs one that is not)")
     engine = swarm_engine(swarm_lock)
@@ -90,7 +89,7 @@ async def test_swarm_driver_refuses_a_non_manager(swarm_lock, tmp_path):
     assert "is not a swarm manager" in caught.value.message
 
 
-async def test_stack_lifecycle_with_host_mode_port(swarm, docker_client, tmp_path):  # noqa: F811
+async def test_stack_lifecycle_with_host_mode_port(swarm, docker_client, tmp_path):
     engine = swarm_engine(swarm)
     port = free_port()
     spec = make_spec(tmp_path, two_service_stack(port), health_timeout=45)
@@ -129,8 +128,10 @@ async def test_stack_lifecycle_with_host_mode_port(swarm, docker_client, tmp_pat
 
         await engine.stop(spec, log)
         assert docker_client.containers.list(filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}) == []
-        assert {name: lbl.get("windflow.replicas") for name, lbl in service_labels(docker_client, spec).items()} == \
-            {"web": "1", "worker": "1"}
+        assert {name: lbl.get("windflow.replicas") for name, lbl in service_labels(docker_client, spec).items()} == {
+            "web": "1",
+            "worker": "1",
+        }
         with pytest.raises(OSError):
             http_get(port)
 
@@ -146,9 +147,11 @@ async def test_stack_lifecycle_with_host_mode_port(swarm, docker_client, tmp_pat
         force_cleanup(docker_client, spec)
 
 
-async def test_missing_image_in_swarm_is_permanent(swarm, docker_client, tmp_path):  # noqa: F811
+async def test_missing_image_in_swarm_is_permanent(swarm, docker_client, tmp_path):
     image = f"windflow-test/missing-{os.urandom(4).hex()}:latest"
-    spec = make_spec(tmp_path, f"""
+    spec = make_spec(
+        tmp_path,
+        f"""
 services:
   ok:
     image: {TEST_IMAGE}
@@ -156,7 +159,9 @@ services:
     command: ["sleep", "300"]
   broken:
     image: {image}
-""", health_timeout=45)
+""",
+        health_timeout=45,
+    )
     engine = swarm_engine(swarm)
     log = LogCapture()
     try:

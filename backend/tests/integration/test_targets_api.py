@@ -34,8 +34,15 @@ def _assert_no_secret(text_: str, *secrets: str) -> None:
 
 async def _tls_target(client, actor, name="remote", **extra):
     ca, cert = client_tls_material()
-    body = {"name": name, "type": "docker", "endpoint": "tcp://192.0.2.10:2376",
-            "tls_ca": ca, "tls_cert": cert.cert, "tls_key": cert.key, **extra}
+    body = {
+        "name": name,
+        "type": "docker",
+        "endpoint": "tcp://192.0.2.10:2376",
+        "tls_ca": ca,
+        "tls_cert": cert.cert,
+        "tls_key": cert.key,
+        **extra,
+    }
     response = await client.post(API, json=body, headers=actor.headers)
     assert response.status_code == 201, response.text
     return response.json(), ca, cert
@@ -70,7 +77,9 @@ async def test_crud_and_credentials_never_returned_nor_stored_in_clear(client, d
     _assert_no_secret(repr(rows), ca, cert.cert, cert.key)
     stored = (await session.execute(select(Target).where(Target.id == created["id"]))).scalar_one()
     assert json.loads(decrypt_secret(db.settings, stored.credentials_encrypted)) == {
-        "tls_ca": ca, "tls_cert": cert.cert, "tls_key": cert.key
+        "tls_ca": ca,
+        "tls_cert": cert.cert,
+        "tls_key": cert.key,
     }
     await session.commit()  # end the read: on SQLite every transaction holds the write lock
     # Every line of the key is masked in server logs once the target has been read.
@@ -108,7 +117,8 @@ async def test_update_replaces_or_clears_credentials_field_by_field(client, db, 
 
     # Moving to unix:// together with clearing the rest leaves no credentials at all.
     moved = await client.patch(
-        url, json={"endpoint": "unix:///run/other.sock", "tls_ca": None, "tls_verify": None, "description": "moved"},
+        url,
+        json={"endpoint": "unix:///run/other.sock", "tls_ca": None, "tls_verify": None, "description": "moved"},
         headers=admin.headers,
     )
     assert moved.status_code == 200, moved.text
@@ -136,9 +146,7 @@ def _ssh_private_key() -> str:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     key = ed25519.Ed25519PrivateKey.generate()
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
 
 
 async def test_list_filters_and_pages(client):
@@ -148,7 +156,8 @@ async def test_list_filters_and_pages(client):
     beta = second.json()["id"]
     for name, type_, org in (("a-swarm", "swarm", org_id), ("b-docker", "docker", org_id), ("c-beta", "docker", beta)):
         response = await client.post(
-            API, json={"name": name, "type": type_, "endpoint": "tcp://192.0.2.1:2375", "organization_id": org},
+            API,
+            json={"name": name, "type": type_, "endpoint": "tcp://192.0.2.1:2375", "organization_id": org},
             headers=admin.headers,
         )
         assert response.status_code == 201, response.text
@@ -192,27 +201,60 @@ _OTHER = make_leaf(make_ca("other"), "other", server=False)
         ({"endpoint": "ssh://u@192.0.2.1", "tls_verify": False}, "request", "only apply to tcp:// endpoints"),
         ({"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.cert}, "request", "tls_cert and tls_key go together"),
         ({"endpoint": "tcp://192.0.2.1:2376", "tls_key": _CLIENT.key}, "request", "tls_cert and tls_key go together"),
-        ({"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.cert, "tls_key": _OTHER.key}, "request",
-         "tls_key is not the private key of tls_cert"),
+        (
+            {"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.cert, "tls_key": _OTHER.key},
+            "request",
+            "tls_key is not the private key of tls_cert",
+        ),
         ({"endpoint": "tcp://192.0.2.1:2376", "tls_ca": "not a certificate"}, "tls_ca", "tls_ca is not a PEM certificate"),
-        ({"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.key, "tls_key": _CLIENT.key}, "tls_cert",
-         "tls_cert is not a PEM certificate"),
-        ({"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.cert, "tls_key": _CLIENT.cert}, "tls_key",
-         "tls_key is not a PEM private key"),
+        (
+            {"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.key, "tls_key": _CLIENT.key},
+            "tls_cert",
+            "tls_cert is not a PEM certificate",
+        ),
+        (
+            {"endpoint": "tcp://192.0.2.1:2376", "tls_cert": _CLIENT.cert, "tls_key": _CLIENT.cert},
+            "tls_key",
+            "tls_key is not a PEM private key",
+        ),
         ({"endpoint": "tcp://192.0.2.1:2376", "ssh_key": "x" * 40}, "ssh_key", "ssh_key is not a private key"),
-        ({"endpoint": "tcp://192.0.2.1:2376", "ssh_key": None, "max_concurrent_deployments": 0},
-         "max_concurrent_deployments", "greater than or equal to 1"),
-        ({"endpoint": "tcp://192.0.2.1:2376", "max_concurrent_deployments": 101},
-         "max_concurrent_deployments", "less than or equal to 100"),
+        (
+            {"endpoint": "tcp://192.0.2.1:2376", "ssh_key": None, "max_concurrent_deployments": 0},
+            "max_concurrent_deployments",
+            "greater than or equal to 1",
+        ),
+        (
+            {"endpoint": "tcp://192.0.2.1:2376", "max_concurrent_deployments": 101},
+            "max_concurrent_deployments",
+            "less than or equal to 100",
+        ),
         ({"endpoint": "tcp://192.0.2.1:2376", "type": "kubernetes"}, "type", "'docker' or 'swarm'"),
         ({"endpoint": "tcp://192.0.2.1:2376", "password": "x"}, "password", "unknown field"),
         ({}, "endpoint", "field required"),
     ],
     ids=[
-        "tcp-no-port", "tcp-port-0", "tcp-port-range", "no-scheme", "http-scheme", "unix-relative", "ssh-no-user",
-        "ssh-password", "tls-on-unix", "tls-verify-on-ssh", "cert-without-key", "key-without-cert", "key-mismatch",
-        "ca-garbage", "cert-is-a-key", "key-is-a-cert", "ssh-key-garbage", "max-0", "max-101", "bad-type",
-        "unknown-field", "no-endpoint",
+        "tcp-no-port",
+        "tcp-port-0",
+        "tcp-port-range",
+        "no-scheme",
+        "http-scheme",
+        "unix-relative",
+        "ssh-no-user",
+        "ssh-password",
+        "tls-on-unix",
+        "tls-verify-on-ssh",
+        "cert-without-key",
+        "key-without-cert",
+        "key-mismatch",
+        "ca-garbage",
+        "cert-is-a-key",
+        "key-is-a-cert",
+        "ssh-key-garbage",
+        "max-0",
+        "max-101",
+        "bad-type",
+        "unknown-field",
+        "no-endpoint",
     ],
 )
 async def test_create_validation_says_what_to_fix(client, body, field, message):
@@ -287,7 +329,12 @@ async def test_roles_and_foreign_organizations(client):
         await client.post(API, json={**new, "organization_id": org_id}, headers=outsider.headers),
     ):
         assert response.status_code == 404, response.text
-    assert (await client.get(API, headers=outsider.headers)).json() == {"items": [], "total": 0, "total_is_exact": True, "next_cursor": None}
+    assert (await client.get(API, headers=outsider.headers)).json() == {
+        "items": [],
+        "total": 0,
+        "total_is_exact": True,
+        "next_cursor": None,
+    }
     assert (await client.get(f"{API}/no-such-id", headers=admin.headers)).status_code == 404
     assert (await client.get(API)).status_code == 401
 
@@ -302,17 +349,31 @@ async def test_policy_rules_list_what_every_target_refuses(client):
     assert response.status_code == 200, response.text
     listed = {rule["key"]: rule["reason"] for rule in response.json()["always_refused"]}
     assert listed == compose_policy.HOST_FILE_RULES
-    assert {"include", "services.*.env_file", "services.*.build", "services.*.extends.file",
-            "configs.*.file", "volumes.*.driver_opts"} <= listed.keys()
+    assert {
+        "include",
+        "services.*.env_file",
+        "services.*.build",
+        "services.*.extends.file",
+        "configs.*.file",
+        "volumes.*.driver_opts",
+    } <= listed.keys()
 
     # each listed key is refused, with the reason listed (a document breaking every rule at once)
     doc = {
         "include": ["other.yaml"],
-        "services": {"app": {
-            "image": "nginx", "env_file": ".env", "label_file": "labels", "build": ".", "develop": {"watch": []},
-            "provider": {"type": "model"}, "use_api_socket": True, "extends": {"file": "base.yaml", "service": "b"},
-            "credential_spec": {"file": "spec.json"},
-        }},
+        "services": {
+            "app": {
+                "image": "nginx",
+                "env_file": ".env",
+                "label_file": "labels",
+                "build": ".",
+                "develop": {"watch": []},
+                "provider": {"type": "model"},
+                "use_api_socket": True,
+                "extends": {"file": "base.yaml", "service": "b"},
+                "credential_spec": {"file": "spec.json"},
+            }
+        },
         "configs": {"c": {"file": "./c.conf", "environment": "C"}},
         "secrets": {"s": {"file": "./s.txt", "environment": "S"}},
         "volumes": {"v": {"driver_opts": {"type": "none", "o": "bind", "device": "/srv"}}},
@@ -369,7 +430,10 @@ async def test_setup_creates_local_target_and_it_answers(client, docker_engine):
 
     expected = subprocess.run(
         ["docker", "info", "--format", "{{.ServerVersion}} {{.Swarm.ControlAvailable}}"],
-        capture_output=True, text=True, timeout=20, check=True,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
     ).stdout.split()
     result = await client.post(f"{API}/{listed['items'][0]['id']}/test", headers=admin.headers)
     assert result.status_code == 200, result.text
@@ -422,10 +486,15 @@ async def test_ensure_local_target_only_for_an_existing_socket_and_an_empty_org(
     sock_path = tmp_path / "docker.sock"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock_path))
-        created = await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path))
+        created = await target_service.ensure_local_target(
+            session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path)
+        )
         assert created is not None
         assert (created.name, created.type, created.endpoint) == ("local", "docker", f"unix://{sock_path}")
         # the organisation has a target now: nothing more is created
-        assert await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path)) is None
+        assert (
+            await target_service.ensure_local_target(session, organization_id=org.id, settings=db.settings, socket_path=str(sock_path))
+            is None
+        )
     count = (await session.execute(select(Target).where(Target.organization_id == org.id))).scalars().all()
     assert len(count) == 1

@@ -57,8 +57,7 @@ async def test_the_api_keeps_its_json_404_and_nothing_outside_dist_is_served(ui_
         response = await ui_client.get(path)
         assert response.status_code == 404, path
         assert response.headers["content-type"].startswith("application/json"), path
-    for path in ("/..%2f..%2fsecret.txt", "/assets/..%2f..%2fsecret.txt", "/%2e%2e/secret.txt", "/assets/link.txt",
-                 "/assets/%00.js"):
+    for path in ("/..%2f..%2fsecret.txt", "/assets/..%2f..%2fsecret.txt", "/%2e%2e/secret.txt", "/assets/link.txt", "/assets/%00.js"):
         response = await ui_client.get(path)
         assert "outside dist" not in response.text, path
         assert response.status_code in (200, 404), path  # the app's index, or a 404: never the file
@@ -81,28 +80,38 @@ async def test_setup_status(client) -> None:
 async def test_rendered_compose_masks_every_secret(client, db, docker_engine) -> None:
     admin = await setup_admin(client)
     org_id = await default_org(client, admin)
-    stack = await client.post("/api/v1/stacks", headers=admin.headers, json={
-        "name": "masked", "organization_id": org_id,
-        "template": (
-            "services:\n  app:\n    image: windflow-test/busybox:latest\n    environment:\n"
-            "      GENERATED: \"{{ generated }}\"\n      GIVEN: \"{{ given }}\"\n      PLAIN: \"{{ plain }}\"\n"
-        ),
-        "variables": [
-            {"name": "generated", "type": "secret", "default": "{{ generate_password(20) }}"},
-            {"name": "given", "type": "secret"},
-            {"name": "plain", "type": "string", "default": "visible-value"},
-        ],
-    })
+    stack = await client.post(
+        "/api/v1/stacks",
+        headers=admin.headers,
+        json={
+            "name": "masked",
+            "organization_id": org_id,
+            "template": (
+                "services:\n  app:\n    image: windflow-test/busybox:latest\n    environment:\n"
+                '      GENERATED: "{{ generated }}"\n      GIVEN: "{{ given }}"\n      PLAIN: "{{ plain }}"\n'
+            ),
+            "variables": [
+                {"name": "generated", "type": "secret", "default": "{{ generate_password(20) }}"},
+                {"name": "given", "type": "secret"},
+                {"name": "plain", "type": "string", "default": "visible-value"},
+            ],
+        },
+    )
     assert stack.status_code == 201, stack.text
-    target = await client.post("/api/v1/targets", headers=admin.headers, json={
-        "name": "nowhere", "endpoint": "tcp://127.0.0.1:9", "organization_id": org_id})
+    target = await client.post(
+        "/api/v1/targets", headers=admin.headers, json={"name": "nowhere", "endpoint": "tcp://127.0.0.1:9", "organization_id": org_id}
+    )
     assert target.status_code == 201, target.text
     from backend.app.models import User
 
     async with database.AsyncSessionLocal() as session:
         user = await session.get(User, admin.user_id)
         deployment = await DeploymentService.create(
-            session, settings=db.settings, user=user, stack_id=stack.json()["id"], target_id=target.json()["id"],
+            session,
+            settings=db.settings,
+            user=user,
+            stack_id=stack.json()["id"],
+            target_id=target.json()["id"],
             variables={"given": "pa$word-given-1"},
         )
         await session.commit()

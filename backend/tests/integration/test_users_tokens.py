@@ -32,7 +32,8 @@ async def _rows(db, stmt):
 async def test_superuser_creates_and_lists_users(client, db):
     admin = await setup_admin(client)
     response = await client.post(
-        USERS, json={"email": " Carol@Example.com ", "password": "carol-password", "full_name": "Carol"},
+        USERS,
+        json={"email": " Carol@Example.com ", "password": "carol-password", "full_name": "Carol"},
         headers=admin.headers,
     )
     assert response.status_code == 201, response.text
@@ -101,8 +102,7 @@ async def test_deactivated_user_is_locked_out(client, db):
     assert response.status_code == 200, response.text
     assert response.json()["is_active"] is False
     assert await _rows(db, select(User.is_active).where(User.id == bob.user_id)) == [(False,)]
-    assert await _rows(db, select(RefreshToken.jti).where(
-        RefreshToken.user_id == bob.user_id, RefreshToken.revoked_at.is_(None))) == []
+    assert await _rows(db, select(RefreshToken.jti).where(RefreshToken.user_id == bob.user_id, RefreshToken.revoked_at.is_(None))) == []
 
     for credential in (bob.access_token, api_token):
         refused = await client.get(ME, headers=_bearer(credential))
@@ -143,9 +143,7 @@ async def test_update_user_fields(client, db):
     for field in ("password", "is_active", "is_superuser"):
         refused = await client.patch(f"{USERS}/{user_id}", json={field: None}, headers=admin.headers)
         assert refused.status_code == 422 and field in refused.json()["detail"], refused.text
-    assert await _rows(db, select(User.full_name, User.is_superuser, User.is_active).where(User.id == user_id)) == [
-        (None, True, True)
-    ]
+    assert await _rows(db, select(User.full_name, User.is_superuser, User.is_active).where(User.id == user_id)) == [(None, True, True)]
 
 
 # --- API tokens ------------------------------------------------------------------------------------
@@ -203,9 +201,7 @@ async def test_expired_api_token_401(client, db):
     created = (await client.post(TOKENS, json={"name": "short", "expires_in_days": 1}, headers=admin.headers)).json()
     assert (await client.get(ME, headers=_bearer(created["token"]))).status_code == 200
     async with db.engine.begin() as conn:
-        await conn.execute(
-            update(ApiToken).where(ApiToken.id == created["id"]).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        await conn.execute(update(ApiToken).where(ApiToken.id == created["id"]).values(expires_at=utcnow() - timedelta(seconds=1)))
     refused = await client.get(ME, headers=_bearer(created["token"]))
     assert refused.status_code == 401
     assert refused.json()["code"] == "token_expired" and "create a new one" in refused.json()["detail"]

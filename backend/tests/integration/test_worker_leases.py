@@ -44,15 +44,32 @@ async def test_the_leases_of_pool_processes_a_worker_saw_die_expire(session):
 
 async def test_the_leases_of_a_worker_that_is_gone_expire_and_no_others(session):
     now = utcnow()
-    session.add(WorkerHeartbeat(
-        name="gone@h1", kind="external", hostname="h1", pid=50, broker="postgresql", concurrency=2,
-        started_at=now - timedelta(minutes=5), last_seen=now - timedelta(seconds=workers.STALE_AFTER_SECONDS + 8),
-        pool_pids=[100, 101],
-    ))
-    session.add(WorkerHeartbeat(
-        name="alive@h1", kind="external", hostname="h1", pid=60, broker="postgresql", concurrency=2,
-        started_at=now - timedelta(minutes=5), last_seen=now, pool_pids=[200],
-    ))
+    session.add(
+        WorkerHeartbeat(
+            name="gone@h1",
+            kind="external",
+            hostname="h1",
+            pid=50,
+            broker="postgresql",
+            concurrency=2,
+            started_at=now - timedelta(minutes=5),
+            last_seen=now - timedelta(seconds=workers.STALE_AFTER_SECONDS + 8),
+            pool_pids=[100, 101],
+        )
+    )
+    session.add(
+        WorkerHeartbeat(
+            name="alive@h1",
+            kind="external",
+            hostname="h1",
+            pid=60,
+            broker="postgresql",
+            concurrency=2,
+            started_at=now - timedelta(minutes=5),
+            last_seen=now,
+            pool_pids=[200],
+        )
+    )
     orphan = await _deploying(session, "celery:h1:100:aaaa")
     solo = await _deploying(session, "celery:h1:50:eeee")  # a solo pool runs tasks in the main process
     reused = await _deploying(session, "celery:h1:101:bbbb", started_seconds_ago=1)  # claimed long after its last beat

@@ -20,14 +20,11 @@ from backend.tests.helpers import setup_admin
 #: A generous bound for a /health answer while a hostile template renders (the CPU limit here is 2 s).
 HEALTH_BOUND_SECONDS = 1.5
 
-NESTED_LOOPS = (
-    "{% for i in range(100000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
-    "services:\n  web:\n    image: x\n"
-)
+NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
 HUGE_CENTER = "services:\n  web:\n    image: \"{{ 'a'|center(50000000) }}\"\n"
 NAMESPACE_DOUBLING = (
     "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
-    "services:\n  web:\n    image: \"{{ ns.s|length }}\"\n"
+    'services:\n  web:\n    image: "{{ ns.s|length }}"\n'
 )
 _LOL = ", ".join(["*l8"] * 9)
 YAML_BOMB = (
@@ -72,7 +69,9 @@ async def _while_serving_health(client, work) -> tuple[httpx.Response, list[floa
         pytest.param(NESTED_LOOPS, {"TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="nested-loops"),
         # a 50 MB string costs Jinja about 540 MB and, on a loaded machine, seconds of CPU on the way:
         # whichever limit trips first is named
-        pytest.param(HUGE_CENTER, {"TEMPLATE_MAX_OUTPUT_CHARS", "TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="huge-center"),
+        pytest.param(
+            HUGE_CENTER, {"TEMPLATE_MAX_OUTPUT_CHARS", "TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="huge-center"
+        ),
         pytest.param(NAMESPACE_DOUBLING, {"TEMPLATE_RENDER_MEMORY_MB", "TEMPLATE_RENDER_TIMEOUT_SECONDS"}, id="namespace-doubling"),
     ],
 )
@@ -120,9 +119,7 @@ async def test_recursive_alias_refused(api):
 async def test_hostile_values_refused_at_deployment_creation(api):
     """A template harmless with its defaults becomes a loop bomb with the values a deployment gives."""
     client, admin = api
-    template = (
-        "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
-    )
+    template = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
     stack = await _create_stack(
         client, admin, template, [{"name": "n", "type": "integer", "default": 1, "min": 0, "max": 100000}], name="n-loops"
     )
@@ -159,16 +156,18 @@ async def test_a_rendering_template_holds_up_no_other_request(api, entry):
     runner's log lines, would wait for it; /health alone reads without one)."""
     client, admin = api
     stack = (await _create_stack(client, admin, N_LOOPS, N_VARIABLE, name="n-loops")).json()
-    target = await client.post("/api/v1/targets", json={"name": "t", "type": "docker", "endpoint": "tcp://127.0.0.1:1"},
-                               headers=admin.headers)
+    target = await client.post(
+        "/api/v1/targets", json={"name": "t", "type": "docker", "endpoint": "tcp://127.0.0.1:1"}, headers=admin.headers
+    )
     hostile = {
         "create stack": lambda: _create_stack(client, admin, NESTED_LOOPS),
-        "update stack": lambda: client.patch(f"/api/v1/stacks/{stack['id']}", json={"template": NESTED_LOOPS},
-                                             headers=admin.headers),
-        "preview": lambda: client.post(f"/api/v1/stacks/{stack['id']}/render", json={"variables": {"n": 100000}},
-                                       headers=admin.headers),
-        "create deployment": lambda: client.post("/api/v1/deployments", headers=admin.headers, json={
-            "stack_id": stack["id"], "target_id": target.json()["id"], "variables": {"n": 100000}}),
+        "update stack": lambda: client.patch(f"/api/v1/stacks/{stack['id']}", json={"template": NESTED_LOOPS}, headers=admin.headers),
+        "preview": lambda: client.post(f"/api/v1/stacks/{stack['id']}/render", json={"variables": {"n": 100000}}, headers=admin.headers),
+        "create deployment": lambda: client.post(
+            "/api/v1/deployments",
+            headers=admin.headers,
+            json={"stack_id": stack["id"], "target_id": target.json()["id"], "variables": {"n": 100000}},
+        ),
     }[entry]
     rendering = asyncio.ensure_future(hostile())
     await asyncio.sleep(0.5)  # it is rendering now (2 s of CPU)
@@ -186,8 +185,11 @@ async def test_a_rendering_template_holds_up_no_other_request(api, entry):
 async def test_preview_is_bounded_too(api):
     client, admin = api
     stack = await _create_stack(
-        client, admin, "services:\n  web:\n    image: \"{{ 'a'|center(width) }}\"\n",
-        [{"name": "width", "type": "integer", "default": 1}], name="centered",
+        client,
+        admin,
+        "services:\n  web:\n    image: \"{{ 'a'|center(width) }}\"\n",
+        [{"name": "width", "type": "integer", "default": 1}],
+        name="centered",
     )
     assert stack.status_code == 201, stack.text
     response = await client.post(
@@ -219,7 +221,8 @@ async def test_compose_validation_that_cannot_finish_refuses_the_document(db):
 async def test_ordinary_templates_still_render(api):
     client, admin = api
     response = await _create_stack(
-        client, admin,
+        client,
+        admin,
         "x-env: &env {A: '1'}\nservices:\n{% for name in ['a', 'b'] %}  {{ name }}:\n    image: x\n    environment: *env\n{% endfor %}",
         name="ordinary",
     )

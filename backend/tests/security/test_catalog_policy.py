@@ -31,13 +31,14 @@ async def test_catalogue_stack_passes_the_default_policy(path):
 async def test_a_catalogue_file_reading_host_files_is_refused_at_sync(tmp_path):
     (tmp_path / "ok.yaml").write_text('name: ok\nversion: "1.0.0"\ntemplate: |\n  services:\n    app: {image: busybox}\n')
     (tmp_path / "evil.yaml").write_text(
-        'name: evil\nversion: "1.0.0"\ntemplate: |\n  services:\n    app:\n      image: busybox\n'
-        "      env_file: [/proc/self/environ]\n"
+        'name: evil\nversion: "1.0.0"\ntemplate: |\n  services:\n    app:\n      image: busybox\n      env_file: [/proc/self/environ]\n'
     )
     entries, failures = await catalog.read_catalog(tmp_path)
     assert [entry.name for entry in entries] == ["ok"]
-    assert failures == [{
-        "file": "evil.yaml",
-        "reason": "services.app.env_file is not allowed: it makes the compose tool read a file of the WindFlow host; "
-        "put the variables under environment instead",
-    }]
+    assert failures == [
+        {
+            "file": "evil.yaml",
+            "reason": "services.app.env_file is not allowed: it makes the compose tool read a file of the WindFlow host; "
+            "put the variables under environment instead",
+        }
+    ]

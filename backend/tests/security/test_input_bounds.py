@@ -141,8 +141,6 @@ async def test_openapi_documents_the_422_body_as_sent(api):
     sent = (await client.get("/api/v1/deployments/%00", headers=admin.headers)).json()
     assert set(sent) <= set(documented["properties"]) and {"detail", "code"} <= set(sent)
     assert all(set(e) <= set(field_error["properties"]) for e in sent["errors"])
-    domain = await client.post(
-        "/api/v1/stacks", json={"name": "bad", "template": "services: [", "variables": []}, headers=admin.headers
-    )
+    domain = await client.post("/api/v1/stacks", json={"name": "bad", "template": "services: [", "variables": []}, headers=admin.headers)
     assert domain.status_code == 422
     assert set(domain.json()) <= set(documented["properties"]) and {"detail", "code"} <= set(domain.json())

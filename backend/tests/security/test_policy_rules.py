@@ -45,8 +45,7 @@ HOST_FILES = [
     ("secret file", "", "secrets:\n  s: {file: /proc/self/environ}\n", "secrets.s.file"),
     ("secret environment", "", "secrets:\n  s: {environment: DATABASE_URL}\n", "secrets.s.environment"),
     ("volume o=bind", "", "volumes:\n  v: {driver_opts: {type: none, o: bind, device: /etc}}\n", "volumes.v.driver_opts"),
-    ("volume local device", "", "volumes:\n  v: {driver: local, driver_opts: {type: ext4, device: /dev/sda1}}\n",
-     "volumes.v.driver_opts"),
+    ("volume local device", "", "volumes:\n  v: {driver: local, driver_opts: {type: ext4, device: /dev/sda1}}\n", "volumes.v.driver_opts"),
     ("volume rbind", "", "volumes:\n  v: {driver_opts: {o: 'rbind,ro', device: srv}}\n", "volumes.v.driver_opts"),
     ("interpolated env_file", "env_file: ${HOME}/.env", "", "services.app.env_file"),
 ]
@@ -75,8 +74,7 @@ ACCEPTED_EVERYWHERE = [
     ("no-new-privileges", "security_opt: ['no-new-privileges:true']", ""),
     ("privileged false", "privileged: false", ""),
     ("own service namespaces", "network_mode: service:db\npid: service:db", "  db: {image: busybox}\n"),
-    ("own volumes_from", "volumes_from: [db, 'container:mydb:ro']",
-     "  db: {image: busybox, container_name: mydb}\n"),
+    ("own volumes_from", "volumes_from: [db, 'container:mydb:ro']", "  db: {image: busybox, container_name: mydb}\n"),
     ("extends same file", "extends: {service: base}", "  base: {image: busybox}\n"),
     ("ports and env", "ports: ['127.0.0.1:8080:80']\nenvironment: {A: b}\nextra_hosts: ['db:10.0.0.2']", ""),
 ]
@@ -100,15 +98,24 @@ DENIED = [
     ("home bind", "volumes: ['~/.ssh:/keys']", "", "services.app.volumes[0]", "allow_host_binds"),
     ("interpolated bind", "volumes: ['${HOME}:/x']", "", "services.app.volumes[0]", "allow_host_binds"),
     ("interpolated default", "volumes: ['${NOPE:-/etc}:/x']", "", "services.app.volumes[0]", "allow_host_binds"),
-    ("socket", "volumes: ['/var/run/docker.sock:/var/run/docker.sock']", "", "services.app.volumes[0]",
-     "allow_docker_socket"),
+    ("socket", "volumes: ['/var/run/docker.sock:/var/run/docker.sock']", "", "services.app.volumes[0]", "allow_docker_socket"),
     ("socket via /run", "volumes: ['/run:/hostrun']", "", "services.app.volumes[0]", "allow_docker_socket"),
     ("socket via /var/run", "volumes: ['/var/run/:/hostrun']", "", "services.app.volumes[0]", "allow_docker_socket"),
     ("socket dotdot", "volumes: ['/tmp/../var/run/docker.sock:/s']", "", "services.app.volumes[0]", "allow_docker_socket"),
-    ("containerd socket", "volumes: [{type: bind, source: /run/containerd/containerd.sock, target: /s}]", "",
-     "services.app.volumes[0]", "allow_docker_socket"),
-    ("npipe", "volumes: [{type: npipe, source: '\\\\.\\pipe\\docker_engine', target: /p}]", "",
-     "services.app.volumes[0]", "allow_host_binds"),
+    (
+        "containerd socket",
+        "volumes: [{type: bind, source: /run/containerd/containerd.sock, target: /s}]",
+        "",
+        "services.app.volumes[0]",
+        "allow_docker_socket",
+    ),
+    (
+        "npipe",
+        "volumes: [{type: npipe, source: '\\\\.\\pipe\\docker_engine', target: /p}]",
+        "",
+        "services.app.volumes[0]",
+        "allow_host_binds",
+    ),
     ("network host", "network_mode: host", "", "services.app.network_mode", "allow_host_namespaces"),
     ("pid host", "pid: host", "", "services.app.pid", "allow_host_namespaces"),
     ("ipc host", "ipc: host", "", "services.app.ipc", "allow_host_namespaces"),
@@ -116,8 +123,13 @@ DENIED = [
     ("cgroup host", "cgroup: host", "", "services.app.cgroup", "allow_host_namespaces"),
     ("userns host", "userns_mode: host", "", "services.app.userns_mode", "allow_host_namespaces"),
     ("cgroup_parent", "cgroup_parent: /system.slice", "", "services.app.cgroup_parent", "allow_host_namespaces"),
-    ("macvlan network", "networks: [lan]", "networks:\n  lan: {driver: macvlan, driver_opts: {parent: eth0}}\n",
-     "networks.lan.driver", "allow_host_namespaces"),
+    (
+        "macvlan network",
+        "networks: [lan]",
+        "networks:\n  lan: {driver: macvlan, driver_opts: {parent: eth0}}\n",
+        "networks.lan.driver",
+        "allow_host_namespaces",
+    ),
     ("devices", "devices: ['/dev/sda:/dev/sda']", "", "services.app.devices", "allow_devices"),
     ("device rules", "device_cgroup_rules: ['b *:* rwm']", "", "services.app.device_cgroup_rules", "allow_devices"),
     ("gpus", "gpus: all", "", "services.app.gpus", "allow_devices"),
@@ -126,19 +138,14 @@ DENIED = [
     ("seccomp", "security_opt: [seccomp=unconfined]", "", "services.app.security_opt", "allow_security_opt"),
     ("apparmor", "security_opt: ['apparmor:unconfined']", "", "services.app.security_opt", "allow_security_opt"),
     ("sysctls", "sysctls: {net.ipv4.ip_forward: 1}", "", "services.app.sysctls", "allow_sysctls"),
-    ("foreign network_mode", "network_mode: container:windflow-backend", "", "services.app.network_mode",
-     "allow_foreign_containers"),
+    ("foreign network_mode", "network_mode: container:windflow-backend", "", "services.app.network_mode", "allow_foreign_containers"),
     ("foreign pid", "pid: container:other", "", "services.app.pid", "allow_foreign_containers"),
     ("foreign service ref", "network_mode: service:ghost", "", "services.app.network_mode", "allow_foreign_containers"),
-    ("foreign volumes_from", "volumes_from: ['container:postgres']", "", "services.app.volumes_from[0]",
-     "allow_foreign_containers"),
+    ("foreign volumes_from", "volumes_from: ['container:postgres']", "", "services.app.volumes_from[0]", "allow_foreign_containers"),
     ("external_links", "external_links: [postgres]", "", "services.app.external_links", "allow_foreign_containers"),
-    ("external network", "networks: [n]", "networks:\n  n: {external: true}\n", "networks.n.external",
-     "allow_external_resources"),
-    ("external volume", "volumes: [v:/v]", "volumes:\n  v: {external: true}\n", "volumes.v.external",
-     "allow_external_resources"),
-    ("named volume", "volumes: [v:/v]", "volumes:\n  v: {name: wf-other_data}\n", "volumes.v.name",
-     "allow_external_resources"),
+    ("external network", "networks: [n]", "networks:\n  n: {external: true}\n", "networks.n.external", "allow_external_resources"),
+    ("external volume", "volumes: [v:/v]", "volumes:\n  v: {external: true}\n", "volumes.v.external", "allow_external_resources"),
+    ("named volume", "volumes: [v:/v]", "volumes:\n  v: {name: wf-other_data}\n", "volumes.v.name", "allow_external_resources"),
     ("external secret", "", "secrets:\n  s: {external: true}\n", "secrets.s.external", "allow_external_resources"),
 ]
 
@@ -213,9 +220,7 @@ def test_socket_needs_its_own_option_even_under_an_allowed_prefix():
         ("services.app.volumes[1]", "allow_docker_socket"),
     ]
     socket_only = ComposePolicy(allow_docker_socket=True)
-    assert [(v.path, v.rule) for v in target_violations(doc, socket_only)] == [
-        ("services.app.volumes[1]", "allow_host_binds")
-    ]
+    assert [(v.path, v.rule) for v in target_violations(doc, socket_only)] == [("services.app.volumes[1]", "allow_host_binds")]
     # The target's own unix socket counts as an engine socket wherever it is.
     custom = _doc("volumes: ['/opt/engine/api.sock:/s']")
     with pytest.raises(PolicyViolation, match="allow_docker_socket"):
@@ -253,8 +258,20 @@ def test_alias_bomb_fails_closed():
 #: (compose's reading, and now the policy's) leaves all of them strings, and compose casts them itself.
 #: ``n`` used to be refused as if true; compose reads it as false.
 BOOLEAN_SPELLINGS = [
-    ("yes", True), ("on", True), ("y", True), ("Y", True), ("YES", True), ("true", True), ("'yes'", True),
-    ("no", False), ("off", False), ("n", False), ("N", False), ("Off", False), ("false", False), ("'no'", False),
+    ("yes", True),
+    ("on", True),
+    ("y", True),
+    ("Y", True),
+    ("YES", True),
+    ("true", True),
+    ("'yes'", True),
+    ("no", False),
+    ("off", False),
+    ("n", False),
+    ("N", False),
+    ("Off", False),
+    ("false", False),
+    ("'no'", False),
 ]
 
 

@@ -9,9 +9,9 @@ a guessing oracle). Executor actors show no host or PID to non-superusers. Files
 from __future__ import annotations
 
 import io
-import re
 import logging
 import os
+import re
 import socket
 import stat
 
@@ -43,13 +43,13 @@ LEAKY = {
         "services:\n"
         "  leaky:\n"
         f"    image: {TEST_IMAGE}\n"
-        "    command: [\"sh\", \"-c\", \"echo \\\"password=$$PW plain $$NOTE\\\"; echo \\\"my pw: $$PW\\\"; "
+        '    command: ["sh", "-c", "echo \\"password=$$PW plain $$NOTE\\"; echo \\"my pw: $$PW\\"; '
         "printf 'red\\\\033[31m text\\\\n2026-01-01 00:00:00 [CRITICAL] forged: record\\\\n'; exec sleep 600\"]\n"
         # unhealthy at its first check: a deterministic failure that quotes the container's output
-        "    healthcheck:\n      test: [\"CMD\", \"false\"]\n      interval: 1s\n      timeout: 1s\n      retries: 1\n"
+        '    healthcheck:\n      test: ["CMD", "false"]\n      interval: 1s\n      timeout: 1s\n      retries: 1\n'
         "    environment:\n"
-        "      PW: \"{{ db_password }}\"\n"
-        "      NOTE: \"{{ note }}\"\n"
+        '      PW: "{{ db_password }}"\n'
+        '      NOTE: "{{ note }}"\n'
     ),
     "variables": [
         {"name": "db_password", "type": "secret", "required": True},
@@ -134,9 +134,7 @@ async def test_container_secret_and_secret_key_never_stored_returned_or_logged(a
     admin = await setup_admin(client)
     org = await default_org(client, admin)
     target_id, stack_id = await _org_setup(client, admin, docker_engine, org)
-    failed = await _deploy_and_fail(
-        client, admin, created, target_id, stack_id, {"db_password": SECRET_A, "note": TEST_SECRET_KEY}
-    )
+    failed = await _deploy_and_fail(client, admin, created, target_id, stack_id, {"db_password": SECRET_A, "note": TEST_SECRET_KEY})
     deployment_id = failed["id"]
     # the failure says why, from the container's own words, with the secrets masked
     assert "is unhealthy" in failed["error_message"]
@@ -184,9 +182,7 @@ async def test_no_masking_oracle_across_organisations(api, docker_engine):
     )
     assert SECRET_B not in failed_b["error_message"] and "my pw: ***" in failed_b["error_message"]
     # A's container prints B's password as a plain value
-    failed_a = await _deploy_and_fail(
-        client, admin, created, target_a, stack_a, {"db_password": SECRET_A, "note": SECRET_B}
-    )
+    failed_a = await _deploy_and_fail(client, admin, created, target_a, stack_a, {"db_password": SECRET_A, "note": SECRET_B})
     assert f"plain {SECRET_B}" in failed_a["error_message"], failed_a["error_message"]
     assert SECRET_A not in failed_a["error_message"]
     logs = await all_logs(client, admin.headers, failed_a["id"])
@@ -244,7 +240,8 @@ async def test_service_logs_are_masked_with_their_own_deployment_secrets_only(db
     settings = db.settings
     register_secret(SECRET_B)  # what B's deployment did in this process
     deployment = await make_deployment(
-        session, DeploymentStatus.RUNNING,
+        session,
+        DeploymentStatus.RUNNING,
         variables={"db_password": {"__encrypted__": security.encrypt_secret(settings, SECRET_A)}, "note": "plain"},
     )
     follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=10)

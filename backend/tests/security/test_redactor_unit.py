@@ -63,14 +63,19 @@ async def test_worker_listing_over_the_api(db):
     import httpx
 
     from backend.app import database
-    from backend.app.runtime.workers import write_heartbeat
     from backend.app.main import create_app
+    from backend.app.runtime.workers import write_heartbeat
     from backend.tests.conftest import make_settings
     from backend.tests.helpers import create_user, setup_admin
 
     async with database.AsyncSessionLocal() as session:
         await write_heartbeat(
-            session, name="celery@build-host-7", kind="external", hostname="build-host-7", pid=4242, broker="redis",
+            session,
+            name="celery@build-host-7",
+            kind="external",
+            hostname="build-host-7",
+            pid=4242,
+            broker="redis",
             concurrency=2,
         )
         await session.commit()

@@ -19,10 +19,16 @@ from backend.app.schemas.targets import TEST_FAILURE_MESSAGES, TestFailure
 from backend.tests.remote_docker import cert_pem, make_ca, make_leaf
 
 API = "/api/v1/targets"
-UNREACHABLE = {"ok": False, "version": None, "api_version": None, "swarm_manager": None, "os": None,
-               "category": "unreachable", "error": TEST_FAILURE_MESSAGES[TestFailure.UNREACHABLE]}
-RAW = ("Error", "Max retries", "RemoteDisconnected", "FileNotFound", "No such file", "errno",
-       "Connection aborted", "127.0.0.1", "/tmp")
+UNREACHABLE = {
+    "ok": False,
+    "version": None,
+    "api_version": None,
+    "swarm_manager": None,
+    "os": None,
+    "category": "unreachable",
+    "error": TEST_FAILURE_MESSAGES[TestFailure.UNREACHABLE],
+}
+RAW = ("Error", "Max retries", "RemoteDisconnected", "FileNotFound", "No such file", "errno", "Connection aborted", "127.0.0.1", "/tmp")
 
 
 # --- who may register what ---------------------------------------------------------------------------
@@ -30,8 +36,15 @@ RAW = ("Error", "Max retries", "RemoteDisconnected", "FileNotFound", "No such fi
 
 @pytest.mark.parametrize(
     "endpoint",
-    ["unix:///var/run/docker.sock", "unix:///run/containerd/containerd.sock", "tcp://127.0.0.1:2375",
-     "tcp://localhost:2375", "tcp://[::1]:2375", "tcp://0.0.0.0:2375", "ssh://root@127.0.0.2"],
+    [
+        "unix:///var/run/docker.sock",
+        "unix:///run/containerd/containerd.sock",
+        "tcp://127.0.0.1:2375",
+        "tcp://localhost:2375",
+        "tcp://[::1]:2375",
+        "tcp://0.0.0.0:2375",
+        "ssh://root@127.0.0.2",
+    ],
 )
 async def test_only_a_superuser_registers_an_engine_of_the_windflow_host(world, endpoint):
     refused = await world.client.post(API, json={"name": "mine", "endpoint": endpoint}, headers=world.org_admin.headers)
@@ -47,9 +60,7 @@ async def test_only_a_superuser_registers_an_engine_of_the_windflow_host(world, 
 
 
 async def test_an_org_admin_cannot_move_a_target_onto_the_host(world):
-    remote = await world.client.post(
-        API, json={"name": "remote", "endpoint": "tcp://192.0.2.10:2375"}, headers=world.org_admin.headers
-    )
+    remote = await world.client.post(API, json={"name": "remote", "endpoint": "tcp://192.0.2.10:2375"}, headers=world.org_admin.headers)
     assert remote.status_code == 201, remote.text
     url = f"{API}/{remote.json()['id']}"
     moved = await world.client.patch(url, json={"endpoint": "unix:///var/run/docker.sock"}, headers=world.org_admin.headers)
@@ -58,8 +69,7 @@ async def test_an_org_admin_cannot_move_a_target_onto_the_host(world):
     # The same admin may still rename the host target its organisation was given, but not re-point its policy.
     renamed = await world.client.patch(f"{API}/{world.local_id}", json={"description": "ours"}, headers=world.org_admin.headers)
     assert renamed.status_code == 200, renamed.text
-    by_superuser = await world.client.patch(url, json={"endpoint": "unix:///var/run/docker.sock"},
-                                            headers=world.superuser.headers)
+    by_superuser = await world.client.patch(url, json={"endpoint": "unix:///var/run/docker.sock"}, headers=world.superuser.headers)
     assert by_superuser.status_code == 200, by_superuser.text
 
 
@@ -105,8 +115,9 @@ def _banner(conn: socket.socket) -> None:
 
 
 async def _test(world, endpoint: str, **extra) -> dict:
-    made = await world.client.post(API, json={"name": f"t-{abs(hash(endpoint)) % 10**8}", "endpoint": endpoint, **extra},
-                                   headers=world.superuser.headers)
+    made = await world.client.post(
+        API, json={"name": f"t-{abs(hash(endpoint)) % 10**8}", "endpoint": endpoint, **extra}, headers=world.superuser.headers
+    )
     assert made.status_code == 201, made.text
     tested = await world.client.post(f"{API}/{made.json()['id']}/test", headers=world.operator.headers)
     assert tested.status_code == 200, tested.text
@@ -156,7 +167,7 @@ async def test_unix_paths_never_tell_whether_a_host_file_exists(world, tmp_path)
 
 
 class _NotDocker(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         body = b'{"message": "page not found"}'
         self.send_response(404)
         self.send_header("Content-Type", "application/json")

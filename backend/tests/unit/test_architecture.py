@@ -15,7 +15,11 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120,
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(cwd)},
     )
 
@@ -47,8 +51,7 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copytree(REPO_ROOT / "backend", tmp_path / "backend", ignore=shutil.ignore_patterns("tests", "__pycache__"))
     shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "backend/app/services/upward.py").write_text(
-        "def dispatch_now():\n    from backend.app.runtime.dispatch import Dispatcher  # lazy, still counted\n\n"
-        "    return Dispatcher\n"
+        "def dispatch_now():\n    from backend.app.runtime.dispatch import Dispatcher  # lazy, still counted\n\n    return Dispatcher\n"
     )
     done = _lint(tmp_path)
     assert done.returncode != 0

@@ -30,8 +30,22 @@ def test_yaml_1_2_as_compose_reads_it():
 
 @pytest.mark.parametrize(
     ("value", "read"),
-    [(True, True), ("yes", True), ("On", True), ("Y", True), ("TRUE", True), (False, False), ("no", False),
-     ("OFF", False), ("n", False), (1, None), ("", None), (None, None), ("maybe", None), ({"name": "x"}, None)],
+    [
+        (True, True),
+        ("yes", True),
+        ("On", True),
+        ("Y", True),
+        ("TRUE", True),
+        (False, False),
+        ("no", False),
+        ("OFF", False),
+        ("n", False),
+        (1, None),
+        ("", None),
+        (None, None),
+        ("maybe", None),
+        ({"name": "x"}, None),
+    ],
 )
 def test_booleans_are_cast_as_compose_casts_them(value, read):
     assert compose_yaml.compose_bool(value) is read

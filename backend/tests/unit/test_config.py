@@ -50,8 +50,11 @@ def test_redis_broker_and_explicit_overrides():
     s = settings(SECRET_KEY=SECRET, CELERY_ENABLED=True, CELERY_BROKER_TYPE="redis")
     assert (s.celery_broker_url, s.celery_result_backend) == ("redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/2")
     s = settings(
-        SECRET_KEY=SECRET, CELERY_ENABLED=True, CELERY_BROKER_TYPE="redis",
-        CELERY_BROKER_URL="redis://redis:6379/1", CELERY_RESULT_BACKEND="redis://redis:6379/2",
+        SECRET_KEY=SECRET,
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="redis",
+        CELERY_BROKER_URL="redis://redis:6379/1",
+        CELERY_RESULT_BACKEND="redis://redis:6379/2",
     )
     assert (s.celery_broker_url, s.celery_result_backend) == ("redis://redis:6379/1", "redis://redis:6379/2")
 

@@ -20,13 +20,10 @@ CASES = [
     ("inactive", INACTIVE, {"generation": 3}, "inactive_user"),
     ("user gone", None, {"generation": 3}, "invalid_token"),
     ("api token", ACTIVE, {"api_token_used": True, "api_token": LIVE_TOKEN}, None),
-    ("api token without expiry", ACTIVE, {"api_token_used": True,
-                                          "api_token": SimpleNamespace(revoked_at=None, expires_at=None)}, None),
+    ("api token without expiry", ACTIVE, {"api_token_used": True, "api_token": SimpleNamespace(revoked_at=None, expires_at=None)}, None),
     ("api token unknown", ACTIVE, {"api_token_used": True, "api_token": None}, "invalid_token"),
-    ("api token revoked", ACTIVE, {"api_token_used": True,
-                                   "api_token": SimpleNamespace(revoked_at=NOW, expires_at=None)}, "invalid_token"),
-    ("api token expired", ACTIVE, {"api_token_used": True,
-                                   "api_token": SimpleNamespace(revoked_at=None, expires_at=NOW)}, "token_expired"),
+    ("api token revoked", ACTIVE, {"api_token_used": True, "api_token": SimpleNamespace(revoked_at=NOW, expires_at=None)}, "invalid_token"),
+    ("api token expired", ACTIVE, {"api_token_used": True, "api_token": SimpleNamespace(revoked_at=None, expires_at=NOW)}, "token_expired"),
     ("api token, user inactive", INACTIVE, {"api_token_used": True, "api_token": LIVE_TOKEN}, "inactive_user"),
 ]
 

@@ -16,17 +16,16 @@ uvicorn's ASGI ``send`` of a frame finishes without waiting while the socket tak
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import multiprocessing.context
+import socket
 import textwrap
 from multiprocessing import popen_fork, popen_forkserver, spawn
 
 import docker.transport.unixconn as unixconn
-import urllib3.connection
-import asyncio
-import socket
-
 import pytest
+import urllib3.connection
 import uvicorn
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
@@ -60,8 +59,7 @@ def test_docker_unix_connect_patch_is_the_original_plus_close_on_failure():
 
 
 def test_docker_unix_connection_keeps_the_attributes_the_patch_reads():
-    assert list(inspect.signature(unixconn.UnixHTTPConnection.__init__).parameters) == [
-        "self", "base_url", "unix_socket", "timeout"]
+    assert list(inspect.signature(unixconn.UnixHTTPConnection.__init__).parameters) == ["self", "base_url", "unix_socket", "timeout"]
     init = inspect.getsource(unixconn.UnixHTTPConnection.__init__)
     assert "self.unix_socket = unix_socket" in init and "self.timeout = timeout" in init
     assert unixconn.UnixHTTPConnection.__mro__[1] is urllib3.connection.HTTPConnection  # which uses self.sock
@@ -77,8 +75,7 @@ def test_bounded_render_launch_is_the_forkserver_launch_minus_main_reimport():
     ours = _function(inspect.getsource(bounded_render._Popen._launch), "_launch")
     body = [s for s in ours.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]  # docstring
     pops = [s for s in body if "prep_data.pop" in ast.unparse(s)]
-    assert [ast.unparse(s) for s in pops] == [
-        "prep_data.pop('init_main_from_name', None)", "prep_data.pop('init_main_from_path', None)"]
+    assert [ast.unparse(s) for s in pops] == ["prep_data.pop('init_main_from_name', None)", "prep_data.pop('init_main_from_path', None)"]
     assert _dump([s for s in body if s not in pops]) == _dump(stdlib.body)
     assert list(inspect.signature(popen_forkserver.Popen._launch).parameters) == ["self", "process_obj"]
 

@@ -22,24 +22,28 @@ OURS = {"windflow.managed": "true", "windflow.deployment_id": "d-1"}
 
 
 def test_yaml_follows_the_1_2_core_schema_like_compose():
-    doc = load_document("services:\n  s:\n    image: x\n    ports: [22:22, 8080:80]\n"
-                        "    environment: {A: yes, B: on, C: 0o17, D: 010, E: true}\n")
+    doc = load_document(
+        "services:\n  s:\n    image: x\n    ports: [22:22, 8080:80]\n    environment: {A: yes, B: on, C: 0o17, D: 010, E: true}\n"
+    )
     service = doc["services"]["s"]
     assert service["ports"] == ["22:22", "8080:80"]  # YAML 1.1 would read 22:22 as 1342
     assert service["environment"] == {"A": "yes", "B": "on", "C": 15, "D": 10, "E": True}
 
 
 def test_dump_quotes_what_either_yaml_version_could_misread():
-    text = dump_document({"services": {"s": {"image": "x", "ports": ["22:22"], "environment": {"A": "yes",
-                                                                                                 "B": "0o17"}}}})
+    text = dump_document({"services": {"s": {"image": "x", "ports": ["22:22"], "environment": {"A": "yes", "B": "0o17"}}}})
     assert "'22:22'" in text and "'yes'" in text and "'0o17'" in text
     assert load_document(text)["services"]["s"]["environment"] == {"A": "yes", "B": "0o17"}
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("- just a list\n", "top level must be a mapping"), ("services: {}\n", "at least one service"),
-     ("services:\n  a: [\n", "invalid compose document"), ("services:\n  a: 3\n", "must be a mapping")],
+    [
+        ("- just a list\n", "top level must be a mapping"),
+        ("services: {}\n", "at least one service"),
+        ("services:\n  a: [\n", "invalid compose document"),
+        ("services:\n  a: 3\n", "must be a mapping"),
+    ],
 )
 def test_load_document_refuses_what_is_not_a_compose_document(text, fragment):
     with pytest.raises(EngineError) as caught:
@@ -77,23 +81,27 @@ volumes:
 
 
 def test_explicit_default_network_is_labelled_and_no_default_when_unused():
-    explicit = label_document(load_document(
-        "services:\n  a: {image: x}\nnetworks:\n  default:\n    labels: [keep=1]\n    driver: bridge\n"), OURS)
+    explicit = label_document(
+        load_document("services:\n  a: {image: x}\nnetworks:\n  default:\n    labels: [keep=1]\n    driver: bridge\n"), OURS
+    )
     assert explicit["networks"]["default"] == {"labels": {"keep": "1", **OURS}, "driver": "bridge"}
-    only_custom = label_document(load_document(
-        "services:\n  a: {image: x, networks: [n]}\nnetworks:\n  n: {}\n"), OURS)
+    only_custom = label_document(load_document("services:\n  a: {image: x, networks: [n]}\nnetworks:\n  n: {}\n"), OURS)
     assert set(only_custom["networks"]) == {"n"}
 
 
 def test_swarm_labels_the_service_its_containers_configs_and_secrets():
-    labelled = label_document(load_document("""
+    labelled = label_document(
+        load_document("""
 services:
   a: {image: x, deploy: {replicas: 2, labels: {lb: "1"}}}
 configs:
   conf: {file: ./c}
 secrets:
   pw: {external: true}
-"""), OURS, swarm=True)
+"""),
+        OURS,
+        swarm=True,
+    )
     service = labelled["services"]["a"]
     assert service["deploy"] == {"replicas": 2, "labels": {"lb": "1", **OURS, "windflow.service": "a"}}
     assert service["labels"] == {**OURS, "windflow.service": "a"}
@@ -131,10 +139,15 @@ def test_swarm_ports_become_host_mode_and_host_ip_is_reported():
 def test_interpolation_like_compose():
     """What the compose policy uses to read a document as compose will (the drivers leave it to compose)."""
     env = {"TAG": "1.2", "EMPTY": ""}
-    value = {"image": "app:${TAG}", "a": "${MISSING:-dflt}", "b": "${EMPTY:-dflt}", "c": "${EMPTY-dflt}",
-             "d": "cost $$5", "e": ["$TAG", "${TAG:+set}"]}
-    assert interpolate(value, env) == {"image": "app:1.2", "a": "dflt", "b": "dflt", "c": "", "d": "cost $5",
-                                       "e": ["1.2", "set"]}
+    value = {
+        "image": "app:${TAG}",
+        "a": "${MISSING:-dflt}",
+        "b": "${EMPTY:-dflt}",
+        "c": "${EMPTY-dflt}",
+        "d": "cost $$5",
+        "e": ["$TAG", "${TAG:+set}"],
+    }
+    assert interpolate(value, env) == {"image": "app:1.2", "a": "dflt", "b": "dflt", "c": "", "d": "cost $5", "e": ["1.2", "set"]}
     with pytest.raises(EngineError) as caught:
         interpolate("${PASSWORD:?set a password}", env)
     assert "set a password" in caught.value.message
@@ -144,7 +157,7 @@ def test_interpolation_like_compose():
     ("message", "transient"),
     [
         ("Cannot connect to the Docker daemon at tcp://10.0.0.1:2376. Is the docker daemon running?", True),
-        ("error during connect: Get \"https://h:2376/v1.41/info\": dial tcp: connection refused", True),
+        ('error during connect: Get "https://h:2376/v1.41/info": dial tcp: connection refused', True),
         ("context deadline exceeded (Client.Timeout exceeded while awaiting headers) timeout", True),
         ("Bind for 127.0.0.1:8080 failed: port is already allocated", False),
         ("listen tcp4 127.0.0.1:8080: bind: address already in use", False),

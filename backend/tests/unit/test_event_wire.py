@@ -7,29 +7,44 @@ import json
 
 import pytest
 
-from backend.app.runtime.event_transport.wire import LogPointer, decode as _decode, encode_envelope, log_pointer as _pointer, wire_event as _wire, wire_pointer as _wire_pointer
 from backend.app.core.events import (
     Event,
     EventType,
+    LocalEventBus,
     LogLineData,
     LogsUpdateData,
-    LocalEventBus,
     Overflow,
     ProgressData,
     StatusChangedData,
 )
 from backend.app.database import utcnow
+from backend.app.runtime.event_transport.wire import LogPointer, encode_envelope
+from backend.app.runtime.event_transport.wire import decode as _decode
+from backend.app.runtime.event_transport.wire import log_pointer as _pointer
+from backend.app.runtime.event_transport.wire import wire_event as _wire
+from backend.app.runtime.event_transport.wire import wire_pointer as _wire_pointer
 
 
 def status_event(error_message: str | None = None) -> Event:
-    return Event.of(EventType.DEPLOYMENT_STATUS_CHANGED, "dep-1", "org-1", StatusChangedData(
-        new_status="failed", old_status="deploying", name="web", error_message=error_message))
+    return Event.of(
+        EventType.DEPLOYMENT_STATUS_CHANGED,
+        "dep-1",
+        "org-1",
+        StatusChangedData(new_status="failed", old_status="deploying", name="web", error_message=error_message),
+    )
 
 
 def test_payloads_are_typed_and_checked():
     evt = status_event("boom")
-    assert evt.data == {"new_status": "failed", "old_status": "deploying", "name": "web", "error_message": "boom",
-                        "attempt": None, "dispatch_latency_seconds": None, "revision": None}
+    assert evt.data == {
+        "new_status": "failed",
+        "old_status": "deploying",
+        "name": "web",
+        "error_message": "boom",
+        "attempt": None,
+        "dispatch_latency_seconds": None,
+        "revision": None,
+    }
     with pytest.raises(TypeError, match="carries StatusChangedData"):
         Event.of(EventType.DEPLOYMENT_STATUS_CHANGED, "d", "o", ProgressData(progress=1, current_step=1, total_steps=2))
     with pytest.raises(ValueError):

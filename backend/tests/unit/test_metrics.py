@@ -11,15 +11,22 @@ BUCKETS = (0.001, 0.005, 0.01)
 
 
 def _samples(histogram: Histogram) -> dict[str, float]:
-    return {s.name + str(sorted(s.labels.items())): s.value
-            for metric in histogram.collect() for s in metric.samples if not s.name.endswith("_created")}
+    return {
+        s.name + str(sorted(s.labels.items())): s.value
+        for metric in histogram.collect()
+        for s in metric.samples
+        if not s.name.endswith("_created")
+    }
 
 
-@pytest.mark.parametrize("observations", [
-    [(0.0005, 3), (0.001, 2), (0.003, 4), (0.01, 1), (0.2, 5)],  # below, on and between the bounds, past the last
-    [(0.0, 1000)],
-    [(0.004, 0)],
-])
+@pytest.mark.parametrize(
+    "observations",
+    [
+        [(0.0005, 3), (0.001, 2), (0.003, 4), (0.01, 1), (0.2, 5)],  # below, on and between the bounds, past the last
+        [(0.0, 1000)],
+        [(0.004, 0)],
+    ],
+)
 def test_observe_many_equals_repeated_observations(observations) -> None:
     many = Histogram("many", "", buckets=BUCKETS, registry=CollectorRegistry())
     one_by_one = Histogram("one_by_one", "", buckets=BUCKETS, registry=CollectorRegistry())

@@ -67,8 +67,9 @@ def compose_v2() -> tuple[str, ...]:
     return command
 
 
-def run_compose(project_dir: Path, *args: str, env_file: Path | None = None,
-                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    project_dir: Path, *args: str, env_file: Path | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``docker compose`` on ``project_dir/docker-compose.yml`` in a clean environment.
 
     Compose interpolates from the process environment and from ``.env``; both are left out (``env -i`` and
@@ -79,8 +80,16 @@ def run_compose(project_dir: Path, *args: str, env_file: Path | None = None,
     if env_file is not None:
         env["WINDFLOW_ENV_FILE"] = str(env_file)
     env.update(extra_env or {})
-    argv = [*compose_v2(), "--project-directory", str(project_dir), "-f", str(project_dir / "docker-compose.yml"),
-            "--env-file", os.devnull, *args]
+    argv = [
+        *compose_v2(),
+        "--project-directory",
+        str(project_dir),
+        "-f",
+        str(project_dir / "docker-compose.yml"),
+        "--env-file",
+        os.devnull,
+        *args,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
@@ -175,12 +184,21 @@ def test_backend_serves_port_8000_behind_the_proxy(services):
 
 def test_the_http_port_and_the_base_images_are_variables(prod_env_file):
     """WINDFLOW_HTTP_PORT, and the images scripts/build-offline-images.sh builds where no registry is."""
-    result = run_compose(REPO, "config", "--format", "json", env_file=prod_env_file, extra_env={
-        "WINDFLOW_HTTP_PORT": "127.0.0.1:18080", "WINDFLOW_IMAGE": "windflow-backend:t",
-        "WINDFLOW_PYTHON_IMAGE": "windflow-offline/python:3.13-trixie",
-        "WINDFLOW_POSTGRES_IMAGE": "windflow-offline/postgres:15-bookworm",
-        "WINDFLOW_REDIS_IMAGE": "windflow-offline/redis:7-bookworm", "WINDFLOW_PROXY_IMAGE": "windflow-offline/nginx:1.22-bookworm",
-    })
+    result = run_compose(
+        REPO,
+        "config",
+        "--format",
+        "json",
+        env_file=prod_env_file,
+        extra_env={
+            "WINDFLOW_HTTP_PORT": "127.0.0.1:18080",
+            "WINDFLOW_IMAGE": "windflow-backend:t",
+            "WINDFLOW_PYTHON_IMAGE": "windflow-offline/python:3.13-trixie",
+            "WINDFLOW_POSTGRES_IMAGE": "windflow-offline/postgres:15-bookworm",
+            "WINDFLOW_REDIS_IMAGE": "windflow-offline/redis:7-bookworm",
+            "WINDFLOW_PROXY_IMAGE": "windflow-offline/nginx:1.22-bookworm",
+        },
+    )
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert [(p["host_ip"], str(p["published"])) for p in services["proxy"]["ports"]] == [("127.0.0.1", "18080")]
@@ -190,7 +208,7 @@ def test_the_http_port_and_the_base_images_are_variables(prod_env_file):
     assert services["postgres"]["image"] == "windflow-offline/postgres:15-bookworm"
     assert services["redis"]["image"] == "windflow-offline/redis:7-bookworm"
     assert services["proxy"]["image"] == "windflow-offline/nginx:1.22-bookworm"
-    assert 'ARG PYTHON_IMAGE=python:3.11-slim-trixie\nFROM ${PYTHON_IMAGE}' in (REPO / "Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-trixie\nFROM ${PYTHON_IMAGE}" in (REPO / "Dockerfile").read_text()
 
 
 def test_app_services_share_the_image_built_from_the_repository(services):
@@ -226,7 +244,9 @@ def test_postgres_receives_its_password_and_nothing_else(services):
     postgres = services["postgres"]
     assert postgres["image"] == "postgres:16"
     assert postgres["environment"] == {
-        "POSTGRES_USER": "windflow", "POSTGRES_DB": "windflow", "POSTGRES_PASSWORD": TEST_DB_PASSWORD,
+        "POSTGRES_USER": "windflow",
+        "POSTGRES_DB": "windflow",
+        "POSTGRES_PASSWORD": TEST_DB_PASSWORD,
     }
     assert "/var/lib/postgresql/data" in mounts(postgres)
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
@@ -314,8 +334,13 @@ def test_dockerfile_copies_what_exists():
         for source in sources:
             if "[" not in source:
                 assert (REPO / source).exists(), f"{line}: {source} does not exist"
-    for script in ("deploy/docker-entrypoint.sh", "deploy/healthcheck.py", "deploy/supervise.py",
-                   "deploy/offline-images/postgres-entrypoint.sh", "deploy/offline-images/redis-entrypoint.sh"):
+    for script in (
+        "deploy/docker-entrypoint.sh",
+        "deploy/healthcheck.py",
+        "deploy/supervise.py",
+        "deploy/offline-images/postgres-entrypoint.sh",
+        "deploy/offline-images/redis-entrypoint.sh",
+    ):
         assert os.access(REPO / script, os.X_OK), f"{script} must be executable"
 
 
@@ -392,7 +417,7 @@ def health_server(monkeypatch):
     state = {"status": 200}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             body = b'{"status": "unavailable"}' if state["status"] != 200 else b'{"status": "ok"}'
             self.send_response(state["status"] if self.path == "/health" else 404)
             self.send_header("content-length", str(len(body)))
@@ -458,14 +483,32 @@ def event(action: str, **attributes: str) -> dict:
 @pytest.mark.parametrize(
     ("events", "started"),
     [
-        ([event("kill", signal="9"), event("die", exitCode="137")], 1),                     # docker kill
-        ([event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 0),       # docker stop
+        ([event("kill", signal="9"), event("die", exitCode="137")], 1),  # docker kill
+        ([event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 0),  # docker stop
         ([event("kill", signal="15"), event("kill", signal="9"), event("die", exitCode="137"), event("stop")], 0),  # past the grace
-        ([event("die", exitCode="1")], 0),                                                  # a crash: the restart policy's
-        ([event("kill", signal="9"), event("die", exitCode="137"), event("start"),
-          event("kill", signal="15"), event("die", exitCode="0"), event("stop")], 1),       # killed, started, then stopped
-        ([event("kill", signal="15"), event("die", exitCode="0"), event("stop"), event("start"),
-          event("kill", signal="9"), event("die", exitCode="137")], 1),                     # stopped, started, then killed
+        ([event("die", exitCode="1")], 0),  # a crash: the restart policy's
+        (
+            [
+                event("kill", signal="9"),
+                event("die", exitCode="137"),
+                event("start"),
+                event("kill", signal="15"),
+                event("die", exitCode="0"),
+                event("stop"),
+            ],
+            1,
+        ),  # killed, started, then stopped
+        (
+            [
+                event("kill", signal="15"),
+                event("die", exitCode="0"),
+                event("stop"),
+                event("start"),
+                event("kill", signal="9"),
+                event("die", exitCode="137"),
+            ],
+            1,
+        ),  # stopped, started, then killed
     ],
     ids=["docker-kill", "docker-stop", "stop-past-grace", "crash", "kill-then-stop", "stop-then-kill"],
 )

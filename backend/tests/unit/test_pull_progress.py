@@ -17,12 +17,23 @@ def test_stream_lines_fold_into_bytes_and_layers():
     ]
     for line in lines:
         state.feed(line)
-    assert state.snapshot() == {"image": "r.example/a:1", "status": "downloading", "current_bytes": 150,
-                                "total_bytes": 1500, "layers_done": 1, "layers_total": 3}
-    for line in ({"status": "Download complete", "id": "l1"}, {"status": "Extracting", "id": "l1",
-                 "progressDetail": {"current": 10, "total": 1000}}, {"status": "Pull complete", "id": "l1"},
-                 {"status": "Verifying Checksum", "id": "l2"}, {"status": "Pull complete", "id": "l2"},
-                 {"status": "Digest: sha256:abc"}, {"status": "Status: Downloaded newer image for r.example/a:1"}):
+    assert state.snapshot() == {
+        "image": "r.example/a:1",
+        "status": "downloading",
+        "current_bytes": 150,
+        "total_bytes": 1500,
+        "layers_done": 1,
+        "layers_total": 3,
+    }
+    for line in (
+        {"status": "Download complete", "id": "l1"},
+        {"status": "Extracting", "id": "l1", "progressDetail": {"current": 10, "total": 1000}},
+        {"status": "Pull complete", "id": "l1"},
+        {"status": "Verifying Checksum", "id": "l2"},
+        {"status": "Pull complete", "id": "l2"},
+        {"status": "Digest: sha256:abc"},
+        {"status": "Status: Downloaded newer image for r.example/a:1"},
+    ):
         state.feed(line)
     assert state.digest == "sha256:abc" and state.status == "pulled"
     assert (state.current_bytes, state.total_bytes, state.layers_done, state.layers_total) == (1500, 1500, 3, 3)
@@ -30,12 +41,10 @@ def test_stream_lines_fold_into_bytes_and_layers():
 
 def test_failures_say_why_and_only_unreachable_is_transient():
     assert classify("manifest for x:1 not found: manifest unknown", 404) == "unknown_image"
-    assert classify("pull access denied for x, repository does not exist or may require 'docker login'") \
-        == "unknown_image"
+    assert classify("pull access denied for x, repository does not exist or may require 'docker login'") == "unknown_image"
     assert classify("unauthorized: authentication required", 500) == "authentication"
     assert classify('Head "http://127.0.0.1:5000/v2/x/manifests/1": no basic auth credentials', 500) == "authentication"
-    assert classify('Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused', 500) \
-        == "unreachable"
+    assert classify('Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused', 500) == "unreachable"
     assert classify("lookup registry.example: no such host") == "unreachable"
     assert classify("write /var/lib/docker/tmp: no space left on device") == "disk_full"
     assert classify("something else went wrong", 500) == "error"
@@ -46,8 +55,10 @@ def test_failures_say_why_and_only_unreachable_is_transient():
 
 
 def test_credentials_match_the_images_registry():
-    auth = {"r.example:5000": {"username": "u", "password": "p", "serveraddress": "r.example:5000"},
-            "docker.io": {"username": "h", "password": "q", "serveraddress": "docker.io"}}
+    auth = {
+        "r.example:5000": {"username": "u", "password": "p", "serveraddress": "r.example:5000"},
+        "docker.io": {"username": "h", "password": "q", "serveraddress": "docker.io"},
+    }
     assert auth_for("r.example:5000/team/api:1", auth)["username"] == "u"
     assert auth_for("busybox", auth)["username"] == "h" and auth_for("library/busybox:1", auth)["username"] == "h"
     assert auth_for("other.example/team/api:1", auth) is None

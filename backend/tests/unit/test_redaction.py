@@ -90,7 +90,7 @@ def test_registered_secrets_are_masked_everywhere():
     assert redact("abc") == "abc"
 
 
-@pytest.mark.parametrize("unit", ["a", "password", "password=\"", "eyJ", "eyJabcdef.", "a://b:", "\"", "\\"])
+@pytest.mark.parametrize("unit", ["a", "password", 'password="', "eyJ", "eyJabcdef.", "a://b:", '"', "\\"])
 def test_redact_is_linear_on_hostile_input(unit):
     text = unit * (60_000 // len(unit))
     started = time.perf_counter()
@@ -215,9 +215,7 @@ async def test_app_logs_never_show_passwords_or_tokens(app):
     app_logger.addHandler(redacting_handler)
     old_level = app_logger.level
     app_logger.setLevel(logging.DEBUG)
-    transport = httpx.ASGITransport(
-        app=_RequestLogger(app, logging.getLogger("backend.app.access")), raise_app_exceptions=False
-    )
+    transport = httpx.ASGITransport(app=_RequestLogger(app, logging.getLogger("backend.app.access")), raise_app_exceptions=False)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             admin = await setup_admin(client)
@@ -231,9 +229,7 @@ async def test_app_logs_never_show_passwords_or_tokens(app):
             assert refreshed.status_code == 200
             crashed = await client.get("/boom")
             assert crashed.status_code == 500
-            assert crashed.json() == {
-                "detail": "internal server error; the server log has the details", "code": "internal_error"
-            }
+            assert crashed.json() == {"detail": "internal server error; the server log has the details", "code": "internal_error"}
     finally:
         app_logger.removeHandler(raw_handler)
         app_logger.removeHandler(redacting_handler)
@@ -270,13 +266,66 @@ def test_trigger_prefilter_never_changes_what_is_masked():
     import random
 
     rng = random.Random(1234)
-    pieces = ["password", "PassWd", "pwd", "SECRET", "Token", "api_key", "API-KEY", "apikey", "private_key",
-              "Private-Key", "privatekey", "credential", "Authorization", "proxy-authorization", "Cookie",
-              "set-cookie", "X-Api-Key", "Bearer", "BASIC", "wf_", "WF_", "eyJ", "EYJ", "://", "redis://",
-              "https://u:", "@", ":", "=", " ", "'", '"', "\n", "abcdefghijklmnop", "0123456789ABCDEF", "-",
-              "_", ".", "{", "}", JWT, API_TOKEN, "pa", "ss", "word", "to", "ken", "ſ", "K", "ı", "é"]
-    structured = [f"{before}{piece}{sep}{value}" for piece in pieces for before in ("", "x", " ")
-                  for sep in ("=", ": ", " ", "") for value in ("abcdefghijklmnop", "'q u o t e d'", "")]
+    pieces = [
+        "password",
+        "PassWd",
+        "pwd",
+        "SECRET",
+        "Token",
+        "api_key",
+        "API-KEY",
+        "apikey",
+        "private_key",
+        "Private-Key",
+        "privatekey",
+        "credential",
+        "Authorization",
+        "proxy-authorization",
+        "Cookie",
+        "set-cookie",
+        "X-Api-Key",
+        "Bearer",
+        "BASIC",
+        "wf_",
+        "WF_",
+        "eyJ",
+        "EYJ",
+        "://",
+        "redis://",
+        "https://u:",
+        "@",
+        ":",
+        "=",
+        " ",
+        "'",
+        '"',
+        "\n",
+        "abcdefghijklmnop",
+        "0123456789ABCDEF",
+        "-",
+        "_",
+        ".",
+        "{",
+        "}",
+        JWT,
+        API_TOKEN,
+        "pa",
+        "ss",
+        "word",
+        "to",
+        "ken",
+        "ſ",
+        "K",
+        "ı",
+        "é",
+    ]
+    structured = [
+        f"{before}{piece}{sep}{value}"
+        for piece in pieces
+        for before in ("", "x", " ")
+        for sep in ("=", ": ", " ", "")
+        for value in ("abcdefghijklmnop", "'q u o t e d'", "")
+    ]
     randomised = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(20_000)]
     masked = 0
     for text in structured + randomised:

@@ -42,8 +42,11 @@ def _problems(path: Path) -> list[str]:
         if path.name not in COMMITS_THE_CALLERS_SESSION:
             for node in ast.walk(fn):
                 if (
-                    isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "session"
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "commit"
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "session"
                 ):
                     problems.append(f"{name} commits the caller's session (line {node.lineno})")
     return problems
@@ -56,9 +59,7 @@ def test_services_take_the_session_then_keywords_and_never_commit_it():
 
 def test_the_check_finds_a_positional_argument_and_a_commit(tmp_path):
     bad = tmp_path / "bad_service.py"
-    bad.write_text(
-        "async def create(session, user, *, data):\n    session.add(data)\n    await session.commit()\n"
-    )
+    bad.write_text("async def create(session, user, *, data):\n    session.add(data)\n    await session.commit()\n")
     assert _problems(bad) == [
         "bad_service.py::create: user should be keyword-only (after `*`)",
         "bad_service.py::create commits the caller's session (line 3)",

@@ -56,16 +56,27 @@ def value_errors(specs, given) -> VariableErrors:
 def test_every_type_parses_to_its_canonical_form():
     specs = parse_variables(
         [
-            {"name": "title", "type": "string", "label": "Title", "default": "hello", "min_length": 1, "max_length": 20,
-             "pattern": "[a-z]+"},
+            {
+                "name": "title",
+                "type": "string",
+                "label": "Title",
+                "default": "hello",
+                "min_length": 1,
+                "max_length": 20,
+                "pattern": "[a-z]+",
+            },
             {"name": "port", "type": "integer", "default": "8080", "required": True, "min": 1, "max": 65535},
             {"name": "ratio", "type": "number", "default": 0.5, "min": 0, "max": 1},
             {"name": "debug", "type": "boolean", "default": "false"},
             {"name": "size", "type": "enum", "options": ["s", {"value": "m", "label": "Medium"}], "default": "m"},
             {"name": "pw", "type": "password", "default": "{{ generate_password(24) }}"},
             {"name": "motd", "type": "textarea", "default": "line 1\nline 2"},
-            {"name": "db", "type": "group", "label": "Database",
-             "variables": [{"name": "user", "default": "app"}, {"name": "password", "type": "secret"}]},
+            {
+                "name": "db",
+                "type": "group",
+                "label": "Database",
+                "variables": [{"name": "user", "default": "app"}, {"name": "password", "type": "secret"}],
+            },
         ]
     )
     assert [s.type for s in specs] == ["string", "integer", "number", "boolean", "enum", "secret", "textarea", "group"]
@@ -106,7 +117,10 @@ def test_type_defaults_to_string_and_empty_schema_is_fine():
         ([{"name": "a", "required": "yes"}], "variables[0].required: must be true or false"),
         ([{"name": "a", "label": 3}], "variables[0].label: must be a string"),
         ([{"name": "a", "pattern": "(unclosed"}], "variables[0].pattern: invalid regular expression"),
-        ([{"name": "a", "type": "integer", "pattern": "[0-9]+"}], "variables[0].pattern: only applies to string, textarea and secret variables"),
+        (
+            [{"name": "a", "type": "integer", "pattern": "[0-9]+"}],
+            "variables[0].pattern: only applies to string, textarea and secret variables",
+        ),
         ([{"name": "a", "min": 3}], "variables[0].min: only applies to integer and number variables; use min_length"),
         ([{"name": "a", "type": "integer", "min": 10, "max": 1}], "variables[0].min: greater than max (1)"),
         ([{"name": "a", "type": "integer", "min": 1.5}], "variables[0].min: must be a whole number"),
@@ -122,7 +136,10 @@ def test_type_defaults_to_string_and_empty_schema_is_fine():
         ([{"name": "a", "type": "integer", "default": 80, "min": 1024}], "variables[0].default: must be at least 1024"),
         ([{"name": "a", "default": "ABC", "pattern": "[a-z]+"}], "variables[0].default: does not match the pattern [a-z]+"),
         ([{"name": "a", "type": "secret", "default": "hunter2"}], "variables[0].default: a secret's default must be a generator"),
-        ([{"name": "a", "default": "{{ generate_pasword(8) }}"}], "variables[0].default: unknown name(s) generate_pasword in generator expression"),
+        (
+            [{"name": "a", "default": "{{ generate_pasword(8) }}"}],
+            "variables[0].default: unknown name(s) generate_pasword in generator expression",
+        ),
         ([{"name": "a", "default": "{{ generate_password(8) "}], "variables[0].default: invalid generator expression"),
         ([{"name": "a", "default": "{% include '/etc/passwd' %}"}], "variables[0].default: a generator expression cannot include"),
         ([3], "variables[0]: must be an object"),
@@ -275,7 +292,10 @@ def test_values_must_be_an_object():
 )
 def test_value_errors_never_echo_a_secret(spec, given):
     specs = parse_variables(
-        [{"name": "pw", "type": "secret", **spec}, {"name": "db", "type": "group", "variables": [{"name": "pw", "type": "password", **spec}]}]
+        [
+            {"name": "pw", "type": "secret", **spec},
+            {"name": "db", "type": "group", "variables": [{"name": "pw", "type": "password", **spec}]},
+        ]
     )
     error = value_errors(specs, {"pw": given, "db": {"pw": given}})
     assert [name for name, _ in error.problems] == ["pw", "db.pw"]
@@ -338,9 +358,7 @@ def test_a_given_value_wins_over_a_generator():
 
 
 def test_two_random_ports_of_one_deployment_differ():
-    specs = parse_variables(
-        [{"name": f"p{i}", "type": "integer", "default": "{{ random_port(30000, 30004) }}"} for i in range(5)]
-    )
+    specs = parse_variables([{"name": f"p{i}", "type": "integer", "default": "{{ random_port(30000, 30004) }}"} for i in range(5)])
     values = resolve_values(specs, {})
     assert sorted(values.values()) == [30000, 30001, 30002, 30003, 30004]
 
@@ -407,20 +425,22 @@ def test_groups_take_nested_values_and_render_with_dots():
     specs = parse_variables(
         [
             {"name": "app", "default": "web"},
-            {"name": "db", "type": "group", "variables": [
-                {"name": "user", "default": "app"},
-                {"name": "password", "type": "secret", "default": "{{ generate_password(20) }}"},
-                {"name": "tuning", "type": "group", "variables": [{"name": "pool", "type": "integer", "default": 5}]},
-            ]},
+            {
+                "name": "db",
+                "type": "group",
+                "variables": [
+                    {"name": "user", "default": "app"},
+                    {"name": "password", "type": "secret", "default": "{{ generate_password(20) }}"},
+                    {"name": "tuning", "type": "group", "variables": [{"name": "pool", "type": "integer", "default": 5}]},
+                ],
+            },
         ]
     )
     assert secret_paths(specs) == {"db.password"}
     values = resolve_values(specs, {"db": {"user": "owner", "tuning": {"pool": "9"}}})
     assert values["db"]["user"] == "owner" and values["db"]["tuning"] == {"pool": 9}
     assert len(values["db"]["password"]) == 20
-    assert render_template("{{ db.user }}:{{ db['password'] }}@{{ db.tuning.pool }}", values) == (
-        f"owner:{values['db']['password']}@9"
-    )
+    assert render_template("{{ db.user }}:{{ db['password'] }}@{{ db.tuning.pool }}", values) == (f"owner:{values['db']['password']}@9")
     assert value_errors(specs, {"db": "owner"}).problems == [("db", "must be an object holding the group's variables")]
     assert value_errors(specs, {"db": {"tuning": {"pool": "x"}}}).problems[0][0] == "db.tuning.pool"
     masked = masked_values(specs, values)
@@ -615,8 +635,11 @@ async def test_the_one_compose_runner_judges_and_normalises(compose, monkeypatch
     its own words, temporary paths hidden; the normalised document on request; nothing of this process's
     environment reaches the interpolation."""
     monkeypatch.setenv("WINDFLOW_TEST_LEAK", "leaked")
-    ok = await check_document("services:\n  a:\n    image: x\n    environment:\n      A: ${X:-dflt}\n"
-                              "      B: ${WINDFLOW_TEST_LEAK:-unset}\n", timeout=30, normalised=True)
+    ok = await check_document(
+        "services:\n  a:\n    image: x\n    environment:\n      A: ${X:-dflt}\n      B: ${WINDFLOW_TEST_LEAK:-unset}\n",
+        timeout=30,
+        normalised=True,
+    )
     assert ok.ok, ok.lines
     environment = parse_compose_yaml(ok.stdout)["services"]["a"]["environment"]
     assert environment == {"A": "dflt", "B": "unset"}
@@ -659,7 +682,11 @@ async def test_validate_with_compose_does_not_see_the_server_environment(compose
 def _compose_environment(compose, document: str) -> dict:
     out = subprocess.run(
         [*compose, "-p", "windflow-test", "-f", "-", "config", "--format", "json"],
-        input=document, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+        input=document,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
         check=True,
     )
     return json.loads(out.stdout)["services"]["db"]["environment"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
 from typing import get_args
 
 from backend.app.schemas.events import ServiceLogsEndData
@@ -21,9 +20,11 @@ I18N = ROOT / "frontend" / "src" / "i18n"
 
 #: Where the server names an error's code: ``code="..."`` (an exception's argument or class attribute), a
 #: real-time ``error`` frame (``_error("...")``, ``"code": "..."``).
-CODE_PATTERNS = (re.compile(r"""\bcode\s*=\s*["']([a-z][a-z0-9_]*)["']"""),
-                 re.compile(r"""\b_error\(\s*["']([a-z][a-z0-9_]*)["']"""),
-                 re.compile(r"""["']code["']\s*:\s*["']([a-z][a-z0-9_]*)["']"""))
+CODE_PATTERNS = (
+    re.compile(r"""\bcode\s*=\s*["']([a-z][a-z0-9_]*)["']"""),
+    re.compile(r"""\b_error\(\s*["']([a-z][a-z0-9_]*)["']"""),
+    re.compile(r"""["']code["']\s*:\s*["']([a-z][a-z0-9_]*)["']"""),
+)
 CUSTOM_TYPE = re.compile(r"""PydanticCustomError\(\s*["']([a-z][a-z0-9_]*)["']""")
 #: Field types whose message is the schema author's own (the stack editor shows them at their line).
 AUTHOR_FACING = {"windflow"}

@@ -35,7 +35,11 @@ class PostgresNotifyTransport(EventTransport):
     max_payload = PG_MAX_PAYLOAD
 
     def __init__(
-        self, dsn: str, channel: str = PG_CHANNEL, *, application_name: str = "windflow-events",
+        self,
+        dsn: str,
+        channel: str = PG_CHANNEL,
+        *,
+        application_name: str = "windflow-events",
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.dsn = dsn
@@ -51,9 +55,7 @@ class PostgresNotifyTransport(EventTransport):
 
         self._lost = asyncio.Event()
         self._lock = asyncio.Lock()
-        conn = await asyncpg.connect(
-            self.dsn, timeout=CONNECT_TIMEOUT_SECONDS, server_settings={"application_name": self.application_name}
-        )
+        conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_SECONDS, server_settings={"application_name": self.application_name})
         try:
             conn.add_termination_listener(lambda _conn: self._lost.set())
             if on_message is not None:
@@ -72,9 +74,7 @@ class PostgresNotifyTransport(EventTransport):
             raise ConnectionError("not connected to PostgreSQL")
         try:
             async with self._lock:
-                await conn.executemany(
-                    "SELECT pg_notify($1, $2)", [(self.channel, p) for p in payloads], timeout=30
-                )
+                await conn.executemany("SELECT pg_notify($1, $2)", [(self.channel, p) for p in payloads], timeout=30)
         except asyncpg.PostgresError as exc:
             if conn.is_closed():  # e.g. AdminShutdownError: the server killed the session
                 self._lost.set()

@@ -32,7 +32,11 @@ class RedisTransport(EventTransport):
     max_payload = REDIS_MAX_PAYLOAD
 
     def __init__(
-        self, url: str, channel: str = REDIS_CHANNEL, *, client_name: str = "windflow-events",
+        self,
+        url: str,
+        channel: str = REDIS_CHANNEL,
+        *,
+        client_name: str = "windflow-events",
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.url = url
@@ -53,8 +57,11 @@ class RedisTransport(EventTransport):
         self._lost = asyncio.Event()
         self._reader_error = None
         client = Redis.from_url(
-            self.url, client_name=self.client_name, retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, health_check_interval=int(self.heartbeat),
+            self.url,
+            client_name=self.client_name,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            health_check_interval=int(self.heartbeat),
         )
         self._client = client
         try:
@@ -126,12 +133,12 @@ class RedisTransport(EventTransport):
             if resource is not None:
                 try:
                     await resource.aclose()
-                except Exception:  # noqa: BLE001 - the connection is gone either way
+                except Exception:
                     logger.debug("closing the Redis event bus connection failed", exc_info=True)
         if client is not None:
             # A connection killed server-side can make aclose() fail half-way: close every socket of the
             # pool anyway, or it is left to the garbage collector (a ResourceWarning, seen in the tests).
             try:
                 await client.connection_pool.disconnect(inuse_connections=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.debug("closing the Redis event bus connection pool failed", exc_info=True)

@@ -121,7 +121,9 @@ class _Runtime:
         if not _outbox.put(item) and _outbox.dropped % 1000 == 1:
             logger.warning(
                 "event bus: %d event(s) waiting for the %s transport; dropped the oldest (%d dropped so far)",
-                MAX_QUEUED, self.kind, _outbox.dropped,
+                MAX_QUEUED,
+                self.kind,
+                _outbox.dropped,
             )
         try:
             self.loop.call_soon_threadsafe(self.wake.set)
@@ -179,7 +181,7 @@ class _Runtime:
                         bus.deliver(item)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - the next pointer of the deployment repairs the gap
+                except Exception:
                     logger.warning("event bus: could not read the log lines of %s", item, exc_info=True)
                 self.inbox.popleft()
             self.inbox_ready.clear()
@@ -195,23 +197,32 @@ class _Runtime:
         self.log_marks[pointer.deployment_id] = mark
         while len(self.log_marks) > LOG_MARKS_KEPT:
             self.log_marks.popitem(last=False)
-        probe = Event(EventType.DEPLOYMENT_LOGS_UPDATE, pointer.deployment_id, pointer.organization_id,
-                      {"logs": [], "append": True, "timestamp": pointer.timestamp})
+        probe = Event(
+            EventType.DEPLOYMENT_LOGS_UPDATE,
+            pointer.deployment_id,
+            pointer.organization_id,
+            {"logs": [], "append": True, "timestamp": pointer.timestamp},
+        )
         if start >= pointer.last_seq or not bus.wants(probe):
             return
         timestamp = datetime.fromisoformat(pointer.timestamp.replace("Z", "+00:00"))
         while start < pointer.last_seq:
             async with database.AsyncSessionLocal() as session:
                 lines: list[LogLine] = await read_logs(
-                    session, deployment_id=pointer.deployment_id, since_seq=start, limit=min(LOG_READ_PAGE, pointer.last_seq - start))
+                    session, deployment_id=pointer.deployment_id, since_seq=start, limit=min(LOG_READ_PAGE, pointer.last_seq - start)
+                )
             if not lines:
                 return
             self.resolved += len(lines)
-            bus.deliver(Event(
-                EventType.DEPLOYMENT_LOGS_UPDATE, pointer.deployment_id, pointer.organization_id,
-                {"logs": [line.to_dict() for line in lines], "append": True, "timestamp": pointer.timestamp},
-                timestamp,
-            ))
+            bus.deliver(
+                Event(
+                    EventType.DEPLOYMENT_LOGS_UPDATE,
+                    pointer.deployment_id,
+                    pointer.organization_id,
+                    {"logs": [line.to_dict() for line in lines], "append": True, "timestamp": pointer.timestamp},
+                    timestamp,
+                )
+            )
             start = lines[-1].seq
 
     def nudge(self) -> None:
@@ -235,7 +246,9 @@ class _Runtime:
                     self.error = f"{type(exc).__name__}: {exc}"
                     logger.warning(
                         "event bus: cannot connect the %s transport (%s); retrying in %.1fs",
-                        self.kind, self.error, backoff.delay,
+                        self.kind,
+                        self.error,
+                        backoff.delay,
                     )
                     await sleep_or_event(backoff.next(), self.retry)
                     continue
@@ -260,9 +273,7 @@ class _Runtime:
                 await self.transport.close()
                 if time.monotonic() - connected_at > STABLE_CONNECTION_SECONDS:
                     backoff.reset()
-                logger.warning(
-                    "event bus: %s transport connection lost (%s); reconnecting in %.1fs", self.kind, reason, backoff.delay
-                )
+                logger.warning("event bus: %s transport connection lost (%s); reconnecting in %.1fs", self.kind, reason, backoff.delay)
                 self.retry.clear()
                 await sleep_or_event(backoff.next(), self.retry)
         finally:
@@ -392,7 +403,8 @@ async def start_event_bus(settings: Settings, *, listen: bool = True, channel: s
         bus.set_forwarder(runtime.forward if runtime.transport.crosses_processes else None)
         bus.set_transactional_sender(runtime.send_in_transaction if kind == "postgres" else None)
     logger.info(
-        "event bus: %s transport%s", kind,
+        "event bus: %s transport%s",
+        kind,
         f" on channel {runtime.transport.channel!r}" if runtime.transport.crosses_processes else " (this process only)",
     )
 
@@ -411,7 +423,11 @@ async def flush_events(timeout: float = 5.0) -> bool:
     except TimeoutError:
         logger.warning(
             "event bus: %d event(s) still unsent after %.1fs (%s transport, connected=%s, error=%s)",
-            _outbox.pending(), timeout, runtime.kind, runtime.connected, runtime.error,
+            _outbox.pending(),
+            timeout,
+            runtime.kind,
+            runtime.connected,
+            runtime.error,
         )
         return False
 
@@ -452,7 +468,17 @@ def event_bus_status() -> dict[str, Any]:
     if runtime is not None:
         return runtime.status()
     return {
-        "transport": None, "started": False, "connected": False, "listening": False, "channel": None,
-        "origin": _origin, "sent": 0, "received": 0, "log_lines_read": 0, "queued": _outbox.pending(), "dropped": _outbox.dropped,
-        "connections": 0, "error": None,
+        "transport": None,
+        "started": False,
+        "connected": False,
+        "listening": False,
+        "channel": None,
+        "origin": _origin,
+        "sent": 0,
+        "received": 0,
+        "log_lines_read": 0,
+        "queued": _outbox.pending(),
+        "dropped": _outbox.dropped,
+        "connections": 0,
+        "error": None,
     }

@@ -22,8 +22,7 @@ def resolve_event_bus_kind(settings: Settings) -> EventBusKind:
         return "postgres" if settings.database_kind is DatabaseKind.POSTGRESQL else "memory"
     if choice == "postgres" and settings.database_kind is not DatabaseKind.POSTGRESQL:
         raise ValueError(
-            "EVENT_BUS=postgres needs a PostgreSQL DATABASE_URL; with SQLite use EVENT_BUS=memory (or redis "
-            "with EVENT_BUS_REDIS_URL)"
+            "EVENT_BUS=postgres needs a PostgreSQL DATABASE_URL; with SQLite use EVENT_BUS=memory (or redis with EVENT_BUS_REDIS_URL)"
         )
     return choice
 
@@ -34,10 +33,7 @@ def event_bus_redis_url(settings: Settings) -> str:
         return settings.EVENT_BUS_REDIS_URL
     if settings.CELERY_BROKER_TYPE is BrokerType.REDIS:
         return settings.CELERY_BROKER_URL or DEFAULT_REDIS_BROKER_URL
-    raise ValueError(
-        "EVENT_BUS=redis needs EVENT_BUS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) when CELERY_BROKER_TYPE "
-        "is not redis"
-    )
+    raise ValueError("EVENT_BUS=redis needs EVENT_BUS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) when CELERY_BROKER_TYPE is not redis")
 
 
 def postgres_dsn(settings: Settings) -> str:

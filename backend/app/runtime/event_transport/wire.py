@@ -32,11 +32,15 @@ def wire_overhead(origin: str) -> int:
 def log_pointer(evt: Event) -> str:
     """A log update as it crosses processes: which deployment, which ``seq`` range (lines stay in the DB)."""
     seqs = [line["seq"] for line in evt.data.get("logs", ())]
-    return _dumps({
-        "deployment_id": evt.deployment_id, "organization_id": evt.organization_id,
-        "timestamp": evt.data.get("timestamp") or evt.to_dict()["timestamp"],
-        "first_seq": min(seqs, default=0), "last_seq": max(seqs, default=0),
-    })
+    return _dumps(
+        {
+            "deployment_id": evt.deployment_id,
+            "organization_id": evt.organization_id,
+            "timestamp": evt.data.get("timestamp") or evt.to_dict()["timestamp"],
+            "first_seq": min(seqs, default=0),
+            "last_seq": max(seqs, default=0),
+        }
+    )
 
 
 def wire_pointer(origin: str, number: int, pointer_json: str) -> str:
@@ -131,7 +135,8 @@ def _truncate_data(envelope: dict, max_bytes: int) -> str:
     if data is None:
         logger.warning(
             "%s event of deployment %s is too large to send even truncated; sending it without data",
-            envelope.get("type"), envelope.get("deployment_id"),
+            envelope.get("type"),
+            envelope.get("deployment_id"),
         )
         data = {"truncated": True}
     return _dumps(dict(envelope, data=data))

@@ -52,8 +52,7 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
     return security.decrypt_secret(settings, deployment.rendered_compose)
 
 
-def deploy_spec(settings: Settings, deployment: Deployment, *,
-                registry_auth: dict[str, dict[str, str]] | None = None) -> DeploySpec:
+def deploy_spec(settings: Settings, deployment: Deployment, *, registry_auth: dict[str, dict[str, str]] | None = None) -> DeploySpec:
     return DeploySpec(
         registry_auth=registry_auth or {},
         deployment_id=deployment.id,
@@ -113,16 +112,18 @@ async def load_context(session: AsyncSession, *, settings: Settings, deployment:
         # the same socket path here is another engine: acting on it would act on the wrong host's containers
         raise ServiceUnavailable(
             f"target {target.name} is the engine of host {target.host}; this process runs on host {settings.host_id} "
-            "(its work runs on the workers of that host: WORKER_TARGETS=local)", code="target_elsewhere",
-            params={"target": target.name, "host": target.host})
+            "(its work runs on the workers of that host: WORKER_TARGETS=local)",
+            code="target_elsewhere",
+            params={"target": target.name, "host": target.host},
+        )
     credentials = target_service.credentials(target, settings)
     values, secrets = security.EncryptedValues(deployment.variables).decrypt_with_secrets(settings)
     # the organisation's registry credentials: the pulls' auth parameter, masked like every secret
-    registry_auth = await registry_service.auth_configs(session, settings=settings,
-                                                        organization_id=deployment.organization_id)
+    registry_auth = await registry_service.auth_configs(session, settings=settings, organization_id=deployment.organization_id)
     redactor = redaction.deployment_redactor(
-        settings, deployment.id, secrets=[*secrets, *redaction.target_secrets(target, credentials),
-                                          *(auth["password"] for auth in registry_auth.values())]
+        settings,
+        deployment.id,
+        secrets=[*secrets, *redaction.target_secrets(target, credentials), *(auth["password"] for auth in registry_auth.values())],
     )
     connection = target_service.connection_from(target, credentials)
     return DeploymentContext(

@@ -14,13 +14,13 @@ from backend.app.config import Settings
 from backend.app.core.events import DeletedData, Event, EventType, queue_event
 from backend.app.core.exceptions import Conflict, NotFound, ServiceUnavailable
 from backend.app.core.logging import Redactor
+from backend.app.database import end_transaction, utcnow
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
 from backend.app.services.deployments import history_reasons
 from backend.app.services.deployments.context import load_context
 from backend.app.services.deployments.logs import append_logs, append_logs_committed
 from backend.app.services.deployments.state_machine import set_deployment_status
-from backend.app.database import end_transaction, utcnow
 
 S = DeploymentStatus
 
@@ -43,8 +43,11 @@ def _engine_failure(action: str, exc: EngineError, redactor: Redactor) -> Except
 
 async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> None:
     if deployment.status is not S.RUNNING:
-        raise Conflict(f"only a running deployment can be stopped; this one is {deployment.status}", code="invalid_transition",
-                       params={"action": "stop", "status": str(deployment.status)})
+        raise Conflict(
+            f"only a running deployment can be stopped; this one is {deployment.status}",
+            code="invalid_transition",
+            params={"action": "stop", "status": str(deployment.status)},
+        )
     context = await load_context(session, settings=settings, deployment=deployment)
     redactor = context.redactor
     # Stopping takes up to the stack's stop grace period per container: no transaction (on SQLite, no write
@@ -56,14 +59,22 @@ async def stop(session: AsyncSession, *, settings: Settings, deployment: Deploym
         await context.engine.stop(context.spec, log)
     except EngineError as exc:
         # the request's transaction rolls back with the error: the lines that say why are written on their own
-        await append_logs_committed(
-            deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor=redactor
-        )
+        await append_logs_committed(deployment.id, log.lines + [(LogLevel.ERROR, exc.message, utcnow())], redactor=redactor)
         raise _engine_failure("stop", exc, redactor) from exc
-    result = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.STOPPED, reason=history_reasons.text("stopped_by_user"), actor=actor, expected_from=S.RUNNING)
+    result = await set_deployment_status(
+        session,
+        deployment_id=deployment.id,
+        to_status=S.STOPPED,
+        reason=history_reasons.text("stopped_by_user"),
+        actor=actor,
+        expected_from=S.RUNNING,
+    )
     if not result.accepted:
-        raise Conflict(f"cannot stop this deployment: {result.reason}", code="invalid_transition",
-                       params={"action": "stop", "status": str(result.from_status) if result.from_status else None})
+        raise Conflict(
+            f"cannot stop this deployment: {result.reason}",
+            code="invalid_transition",
+            params={"action": "stop", "status": str(result.from_status) if result.from_status else None},
+        )
     await log(LogLevel.INFO, "Stopped")
     await append_logs(session, deployment_id=deployment.id, lines=log.lines, redactor=redactor)
 
@@ -85,9 +96,9 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     if current is None:
         raise NotFound("deployment not found (deleted meanwhile)", code="deployment_not_found")
     if current.status is S.DEPLOYING:
-        raise Conflict("this deployment was redeployed while it was being deleted: cancel it first, then delete it",
-                       code="deployment_busy")
+        raise Conflict("this deployment was redeployed while it was being deleted: cancel it first, then delete it", code="deployment_busy")
     shutil.rmtree(context.spec.workdir, ignore_errors=True)
-    queue_event(session, Event.of(
-        EventType.DEPLOYMENT_DELETED, deployment.id, deployment.organization_id, DeletedData(name=deployment.name)))
+    queue_event(
+        session, Event.of(EventType.DEPLOYMENT_DELETED, deployment.id, deployment.organization_id, DeletedData(name=deployment.name))
+    )
     await session.delete(deployment)

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
 from backend.app.core.events import Event, EventType, ProgressData, PullProgressData, iso_utc, queue_event
+from backend.app.core.exceptions import ValidationFailed
 from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
-from backend.app.core.exceptions import ValidationFailed
 from backend.app.models import Deployment, DeploymentLog, LogLevel
 from backend.app.services import pagination
 from backend.app.services.deployments.log_text import redact_keeping_colours
@@ -87,8 +87,7 @@ async def append_logs(
     # per-row bookkeeping (the ORM path was the bottleneck of the log throughput benchmark).
     await session.execute(
         insert(DeploymentLog.__table__),
-        [{"deployment_id": deployment_id, "seq": l.seq, "timestamp": l.timestamp, "level": l.level, "message": l.message}
-         for l in stored],
+        [{"deployment_id": deployment_id, "seq": l.seq, "timestamp": l.timestamp, "level": l.level, "message": l.message} for l in stored],
     )
     now = utcnow()
     # The JSON form of ``LogsUpdateData`` built directly from the typed lines (as the receiver of a log
@@ -218,7 +217,7 @@ class DeploymentLogWriter:
         await self.flush()
 
     async def log(self, level: LogLevel, message: str) -> None:
-        for line in (message.splitlines() or [""]):
+        for line in message.splitlines() or [""]:
             self._buffer.append((level, line.rstrip(), utcnow()))
         if len(self._buffer) >= self.batch:
             await self.flush()
@@ -226,9 +225,7 @@ class DeploymentLogWriter:
     def progress(self, *, owner: str | None, current_step: int, total_steps: int, step_name: str) -> None:
         """Record the runner's progress; written (and its event published) with the next batch of lines,
         so a step never waits for a commit of its own."""
-        self._progress.append(
-            {"owner": owner, "current_step": current_step, "total_steps": total_steps, "step_name": step_name}
-        )
+        self._progress.append({"owner": owner, "current_step": current_step, "total_steps": total_steps, "step_name": step_name})
 
     async def pull_progress(self, state: Any) -> None:
         """Take where an image's pull stands (``engines.pull.PullProgress``): sent as a
@@ -264,7 +261,7 @@ class DeploymentLogWriter:
                     await append_logs(session, deployment_id=self.deployment_id, lines=pending, redactor=self.redactor)
                     await session.commit()
                 self.written += len(pending)
-            except Exception as exc:  # noqa: BLE001 - keep the lines and retry at the next flush
+            except Exception as exc:
                 if database.is_unavailable(exc):
                     self._outage.failed(exc)
                 else:

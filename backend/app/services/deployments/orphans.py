@@ -31,7 +31,7 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     """Reality check of an orphaned deployment: True if its labelled containers all run, None if unknown."""
     try:
         context = await load_context(session, settings=settings, deployment=deployment)
-    except Exception:  # noqa: BLE001 - unknown reality: the caller requeues (deploy is idempotent)
+    except Exception:
         logger.warning("recovery: cannot load deployment %s", deployment.id, exc_info=True)
         return None
     # An engine may take its connect timeout to answer (a remote target that is down): no transaction (on
@@ -39,7 +39,7 @@ async def _containers_running(session: AsyncSession, settings: Settings, deploym
     await end_transaction(session)
     try:
         states = await context.engine.inspect(context.spec)
-    except Exception:  # noqa: BLE001 - EngineError or worse: unknown reality, as above
+    except Exception:
         logger.warning("recovery: cannot inspect deployment %s", deployment.id, exc_info=True)
         return None
     if not states:
@@ -63,19 +63,32 @@ async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deploymen
     running = await _containers_running(session, settings, deployment) if reached_gate else False
     if running:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.RUNNING, reason=history_reasons.text("executor_lost_running"), actor=actor,
+            session,
+            deployment_id=deployment_id,
+            to_status=S.RUNNING,
+            reason=history_reasons.text("executor_lost_running"),
+            actor=actor,
             require_lease_expired=True,
         )
         counter = "settled"
     elif deployment.attempt < deployment.max_attempts:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.PENDING, reason=history_reasons.text("executor_lost_retrying"), actor=actor,
-            error_message="executor lost (lease expired); retrying", require_lease_expired=True,
+            session,
+            deployment_id=deployment_id,
+            to_status=S.PENDING,
+            reason=history_reasons.text("executor_lost_retrying"),
+            actor=actor,
+            error_message="executor lost (lease expired); retrying",
+            require_lease_expired=True,
         )
         counter = "retried"
     else:
         result = await set_deployment_status(
-            session, deployment_id=deployment_id, to_status=S.FAILED, reason=history_reasons.text("executor_lost_failed"), actor=actor,
+            session,
+            deployment_id=deployment_id,
+            to_status=S.FAILED,
+            reason=history_reasons.text("executor_lost_failed"),
+            actor=actor,
             error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
             require_lease_expired=True,
         )

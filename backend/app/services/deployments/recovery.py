@@ -25,8 +25,8 @@ from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
 from backend.app.services.deployments import history_reasons
-from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
 from backend.app.services.deployments.orphans import ACTOR, log_line, reclaim_orphan
+from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
 from backend.app.services.deployments.state_machine import claimable_for_target, set_deployment_status
 from backend.app.services.targets import placement
 
@@ -41,7 +41,7 @@ async def _dispatch_all(dispatch: Dispatch, deployment_ids: list[str], who: str)
     for deployment_id in deployment_ids:
         try:
             await dispatch(deployment_id)
-        except Exception:  # noqa: BLE001 - one broken dispatch must not stop the others
+        except Exception:
             logger.exception("%s: dispatch of %s failed", who, deployment_id)
             errors += 1
     return errors
@@ -67,18 +67,22 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
     now = utcnow()
     to_dispatch: list[str] = []
     orphans = (
-        await session.execute(
-            select(Deployment)
-            .where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now)
-            .order_by(Deployment.lease_expires_at)
-            .limit(100)
+        (
+            await session.execute(
+                select(Deployment)
+                .where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now)
+                .order_by(Deployment.lease_expires_at)
+                .limit(100)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for deployment in orphans:
         try:
             counter = await reclaim_orphan(session, settings=settings, deployment=deployment, actor="reaper")
             await session.commit()
-        except Exception:  # noqa: BLE001 - keep healing the others
+        except Exception:
             await session.rollback()
             logger.exception("reaper: reclaiming deployment %s failed", deployment.id)
             stats["errors"] += 1
@@ -119,7 +123,11 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
     if any(stats.values()):
         logger.info(
             "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d errors=%d",
-            stats["reclaimed"], stats["settled"], stats["failed"], stats["redispatched"], stats["errors"],
+            stats["reclaimed"],
+            stats["settled"],
+            stats["failed"],
+            stats["redispatched"],
+            stats["errors"],
         )
     return stats
 
@@ -159,6 +167,7 @@ async def recover_pending_deployments(
                 placed = await placement.deployment_placed(reading, deployment_id=deployment_id)
             if not placed:
                 await run_here(deployment_id)
+
     stats = {"retried": 0, "failed": 0, "skipped": 0, "errors": 0, "settled": 0}
     now = utcnow()
     to_dispatch: list[str] = []
@@ -166,13 +175,20 @@ async def recover_pending_deployments(
     # 1. timeouts
     deadline = now - timedelta(minutes=timeout_minutes)
     expired = (
-        await session.execute(select(Deployment.id).where(Deployment.status == S.PENDING, Deployment.queued_at < deadline))
-    ).scalars().all()
+        (await session.execute(select(Deployment.id).where(Deployment.status == S.PENDING, Deployment.queued_at < deadline)))
+        .scalars()
+        .all()
+    )
     for deployment_id in expired:
         try:
             message = f"Timeout: still pending after {timeout_minutes:g} minutes"
             result = await set_deployment_status(
-                session, deployment_id=deployment_id, to_status=S.FAILED, reason=history_reasons.text("recovery_timeout"), actor=ACTOR, error_message=message,
+                session,
+                deployment_id=deployment_id,
+                to_status=S.FAILED,
+                reason=history_reasons.text("recovery_timeout"),
+                actor=ACTOR,
+                error_message=message,
                 expected_from=S.PENDING,
             )
             if result.accepted:
@@ -181,7 +197,7 @@ async def recover_pending_deployments(
             else:
                 stats["skipped"] += 1
             await session.commit()
-        except Exception:  # noqa: BLE001 - count it, keep recovering the others
+        except Exception:
             await session.rollback()
             logger.exception("recovery: timeout of deployment %s failed", deployment_id)
             stats["errors"] += 1
@@ -190,8 +206,10 @@ async def recover_pending_deployments(
 
     # 2. orphaned deploying rows
     orphans = (
-        await session.execute(select(Deployment).where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now))
-    ).scalars().all()
+        (await session.execute(select(Deployment).where(Deployment.status == S.DEPLOYING, Deployment.lease_expires_at < now)))
+        .scalars()
+        .all()
+    )
     for deployment in orphans:
         deployment_id = deployment.id
         try:
@@ -203,7 +221,7 @@ async def recover_pending_deployments(
             else:
                 stats["skipped"] += 1
             await session.commit()
-        except Exception:  # noqa: BLE001
+        except Exception:
             await session.rollback()
             logger.exception("recovery: orphan %s failed", deployment_id)
             stats["errors"] += 1
@@ -229,7 +247,7 @@ async def recover_pending_deployments(
             await session.commit()
             to_dispatch.append(deployment_id)
             stats["retried"] += 1
-        except Exception:  # noqa: BLE001
+        except Exception:
             await session.rollback()
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
@@ -242,7 +260,11 @@ async def recover_pending_deployments(
     await _record(session, report)
     logger.info(
         "Recovery finished (Recovery terminé): retried=%d failed=%d skipped=%d errors=%d settled=%d",
-        stats["retried"], stats["failed"], stats["skipped"], stats["errors"], stats["settled"],
+        stats["retried"],
+        stats["failed"],
+        stats["skipped"],
+        stats["errors"],
+        stats["settled"],
     )
     return report
 
@@ -261,7 +283,7 @@ async def _record(session: AsyncSession, report: dict[str, Any]) -> None:
         else:
             row.value = value
         await session.commit()
-    except Exception:  # noqa: BLE001 - statistics are best effort; recovery itself succeeded
+    except Exception:
         await session.rollback()
         logger.warning("recovery: could not record statistics", exc_info=True)
 

@@ -108,9 +108,7 @@ async def _prune_lines(ids: list[str], keep: int, batches: _Batches, report: Ret
         while True:
             async with database.AsyncSessionLocal() as session:
                 row = (
-                    await session.execute(
-                        select(Deployment.last_log_seq, Deployment.status).where(Deployment.id == deployment_id)
-                    )
+                    await session.execute(select(Deployment.last_log_seq, Deployment.status).where(Deployment.id == deployment_id))
                 ).one_or_none()
                 if row is None or row.status not in SETTLED_STATUSES or row.last_log_seq - keep < 1:
                     break
@@ -178,7 +176,13 @@ async def _save_state(value: dict) -> None:
 
 
 async def _walk(
-    rule: str, horizon: datetime, *, keep_lines: int, prune_history: bool, batches: _Batches, state: dict,
+    rule: str,
+    horizon: datetime,
+    *,
+    keep_lines: int,
+    prune_history: bool,
+    batches: _Batches,
+    state: dict,
     report: RetentionReport,
 ) -> None:
     """Apply one rule to every deployment whose last activity is older than ``horizon``, from the saved position."""
@@ -188,9 +192,7 @@ async def _walk(
         if saved := positions.get(rule):
             query = query.where(_BY_ACTIVITY.after([datetime.fromisoformat(saved[0]), saved[1]]))
         async with database.AsyncSessionLocal() as session:
-            rows = (
-                await session.execute(query.order_by(Deployment.updated_at, Deployment.id).limit(DEPLOYMENTS_PER_STEP))
-            ).all()
+            rows = (await session.execute(query.order_by(Deployment.updated_at, Deployment.id).limit(DEPLOYMENTS_PER_STEP))).all()
         if not rows:
             return
         ids = [row.id for row in rows]
@@ -200,7 +202,7 @@ async def _walk(
         report.log_lines += await _prune_lines(with_lines, keep_lines, batches, report)
         if prune_history:
             report.history_rows += await _delete_in_batches(
-                DeploymentStatusHistory, lambda: _doomed_history(ids, batches.size), batches, report
+                DeploymentStatusHistory, lambda ids=ids: _doomed_history(ids, batches.size), batches, report
             )
         positions[rule] = [rows[-1].updated_at.isoformat(), rows[-1].id]
         await _save_state(state)
@@ -215,13 +217,22 @@ async def prune(settings: Settings, *, now: datetime | None = None) -> Retention
     keep = settings.RETENTION_KEEP_LOG_LINES
     if settings.RETENTION_DAYS:
         await _walk(
-            "age", now - timedelta(days=settings.RETENTION_DAYS),
-            keep_lines=keep, prune_history=True, batches=batches, state=state, report=report,
+            "age",
+            now - timedelta(days=settings.RETENTION_DAYS),
+            keep_lines=keep,
+            prune_history=True,
+            batches=batches,
+            state=state,
+            report=report,
         )
     if settings.RETENTION_MAX_LOG_LINES:
         await _walk(
-            "size", now - SIZE_RULE_GRACE,
-            keep_lines=max(keep, settings.RETENTION_MAX_LOG_LINES), prune_history=False, batches=batches, state=state,
+            "size",
+            now - SIZE_RULE_GRACE,
+            keep_lines=max(keep, settings.RETENTION_MAX_LOG_LINES),
+            prune_history=False,
+            batches=batches,
+            state=state,
             report=report,
         )
     report.finished_at = now.isoformat()
@@ -231,6 +242,9 @@ async def prune(settings: Settings, *, now: datetime | None = None) -> Retention
     if report.log_lines or report.history_rows:
         logger.info(
             "retention: pruned %d log line(s) and %d history row(s) of %d deployment(s) in %d batch(es)",
-            report.log_lines, report.history_rows, report.deployments, report.batches,
+            report.log_lines,
+            report.history_rows,
+            report.deployments,
+            report.batches,
         )
     return report

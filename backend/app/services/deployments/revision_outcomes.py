@@ -43,15 +43,17 @@ async def follow(session: AsyncSession, *, deployment: Deployment, to_status: De
         values.update(finished_at=now, error_message=None)
     else:
         values.update(finished_at=now, error_message=deployment.error_message)
-    await session.execute(update(DeploymentRevision).where(*this).values(**values)
-                          .execution_options(synchronize_session=False))
+    await session.execute(update(DeploymentRevision).where(*this).values(**values).execution_options(synchronize_session=False))
     if outcome in (O.RUNNING, O.FAILED):
         reason = await session.scalar(select(DeploymentRevision.reason).where(*this))
         retired = O.ROLLED_BACK if reason == RevisionReason.ROLLBACK else O.SUPERSEDED
         await session.execute(
             update(DeploymentRevision)
-            .where(DeploymentRevision.deployment_id == deployment.id, DeploymentRevision.number != deployment.revision,
-                   DeploymentRevision.outcome == O.RUNNING)
+            .where(
+                DeploymentRevision.deployment_id == deployment.id,
+                DeploymentRevision.number != deployment.revision,
+                DeploymentRevision.outcome == O.RUNNING,
+            )
             .values(outcome=retired)
             .execution_options(synchronize_session=False)
         )

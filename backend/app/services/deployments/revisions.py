@@ -70,8 +70,11 @@ def read_model(revision: DeploymentRevision) -> RevisionRead:
         stack_id=revision.stack_id,
         stack_version=revision.stack_version,
         variables=EncryptedValues(revision.variables).masked(),
-        images=[RevisionImage(service=str(i.get("service", "")), image=str(i.get("image", "")), digest=i.get("digest"))
-                for i in revision.images or [] if isinstance(i, dict)],
+        images=[
+            RevisionImage(service=str(i.get("service", "")), image=str(i.get("image", "")), digest=i.get("digest"))
+            for i in revision.images or []
+            if isinstance(i, dict)
+        ],
         error_message=revision.error_message,
         created_at=revision.created_at,
         created_by=revision.created_by,
@@ -121,22 +124,33 @@ async def record_images(session: AsyncSession, *, deployment_id: str, number: in
 def _stack_record(stack: Stack | None) -> dict[str, Any]:
     if stack is None:
         return {"stack_id": None, "stack_version": None, "stack_template": None, "stack_variables": None}
-    return {"stack_id": stack.id, "stack_version": stack.version, "stack_template": stack.template,
-            "stack_variables": stack.variables}
+    return {"stack_id": stack.id, "stack_version": stack.version, "stack_template": stack.template, "stack_variables": stack.variables}
 
 
 def first_revision(deployment: Deployment, *, stack: Stack, actor: str) -> DeploymentRevision:
     """Revision 1 of a deployment being created (the caller adds it with the deployment)."""
     return DeploymentRevision(
-        deployment_id=deployment.id, number=1, reason=R.CREATED, outcome=RevisionOutcome.PENDING,
-        variables=deployment.variables, rendered_compose=deployment.rendered_compose, images=[],
-        created_by=actor, created_at=utcnow(), **_stack_record(stack),
+        deployment_id=deployment.id,
+        number=1,
+        reason=R.CREATED,
+        outcome=RevisionOutcome.PENDING,
+        variables=deployment.variables,
+        rendered_compose=deployment.rendered_compose,
+        images=[],
+        created_by=actor,
+        created_at=utcnow(),
+        **_stack_record(stack),
     )
 
 
 async def render_for_target(
-    session: AsyncSession, *, settings: Settings, template: str, parsed: list[StackVariable],
-    values: Mapping[str, Any], target: Target,
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    template: str,
+    parsed: list[StackVariable],
+    values: Mapping[str, Any],
+    target: Target,
 ) -> str:
     """The checks every new rendered document passes, at creation as for a new revision: the sandboxed,
     bounded rendering, the target's compose policy and the real ``docker compose config``. Ends the
@@ -183,7 +197,12 @@ def merge_values(variables: list[StackVariable], current: Mapping[str, Any], giv
 
 
 async def _install(
-    session: AsyncSession, *, deployment: Deployment, revision: DeploymentRevision, actor: str, reason: str,
+    session: AsyncSession,
+    *,
+    deployment: Deployment,
+    revision: DeploymentRevision,
+    actor: str,
+    reason: str,
 ) -> DeploymentRevision:
     """Make ``revision`` the deployment's current one and queue its rollout (a user's requeue: fresh attempts).
 
@@ -200,12 +219,21 @@ async def _install(
         if current is None:
             raise NotFound("deployment not found (deleted meanwhile)", code="deployment_not_found")
         _refuse_during_rollout(current)
-        raise Conflict(f"the deployment changed meanwhile (it is now at revision {current.revision}); try again",
-                       code="revision_conflict", params={"revision": current.revision})
+        raise Conflict(
+            f"the deployment changed meanwhile (it is now at revision {current.revision}); try again",
+            code="revision_conflict",
+            params={"revision": current.revision},
+        )
     session.add(revision)
     await session.flush()
-    moved = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.PENDING, reason=reason,
-                                        actor=actor, expected_from=frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.CANCELLED}))
+    moved = await set_deployment_status(
+        session,
+        deployment_id=deployment.id,
+        to_status=S.PENDING,
+        reason=reason,
+        actor=actor,
+        expected_from=frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.CANCELLED}),
+    )
     if not moved.accepted:  # the compare-and-set above held the row: only a bug gets here
         raise Conflict(f"cannot roll out revision {revision.number}: {moved.reason}", code="invalid_transition")
     await session.refresh(deployment)
@@ -213,8 +241,13 @@ async def _install(
 
 
 async def create_update(
-    session: AsyncSession, *, settings: Settings, deployment: Deployment, user: User,
-    variables: Mapping[str, Any] | None, stack_version: str | None,
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    deployment: Deployment,
+    user: User,
+    variables: Mapping[str, Any] | None,
+    stack_version: str | None,
 ) -> DeploymentRevision:
     """Revision N+1 from new values merged over the current ones and/or the stack's latest template,
     validated like a creation (typed values, bounded rendering, compose policy, ``compose config``)."""
@@ -223,64 +256,102 @@ async def create_update(
     stack = await session.get(Stack, deployment.stack_id) if deployment.stack_id else None
     if stack_version == "latest":
         if stack is None:
-            raise Conflict("the stack of this deployment was deleted: there is no latest template to render",
-                           code="stack_deleted")
+            raise Conflict("the stack of this deployment was deleted: there is no latest template to render", code="stack_deleted")
         source = _stack_record(stack)
     elif current.stack_template is not None:
-        source = {"stack_id": current.stack_id, "stack_version": current.stack_version,
-                  "stack_template": current.stack_template, "stack_variables": current.stack_variables}
+        source = {
+            "stack_id": current.stack_id,
+            "stack_version": current.stack_version,
+            "stack_template": current.stack_template,
+            "stack_variables": current.stack_variables,
+        }
     else:
-        raise Conflict(f"revision {current.number} did not record its template: change it with stack_version \"latest\"",
-                       code="no_template_recorded", params={"revision": current.number})
+        raise Conflict(
+            f'revision {current.number} did not record its template: change it with stack_version "latest"',
+            code="no_template_recorded",
+            params={"revision": current.number},
+        )
     target = await session.get(Target, deployment.target_id)
     if target is None or not target.is_active:
-        raise Conflict("the target of this deployment is deactivated; activate it first", code="target_inactive",
-                       params={"id": deployment.target_id})
+        raise Conflict(
+            "the target of this deployment is deactivated; activate it first", code="target_inactive", params={"id": deployment.target_id}
+        )
     parsed = templating.parse_variables(source["stack_variables"] or [])
     given = variables or {}
     if not isinstance(given, Mapping):  # the schema says object; a direct caller may not
         raise templating.VariableErrors([("variables", "must be an object mapping variable names to values")])
-    values = templating.resolve_values(parsed, merge_values(parsed, EncryptedValues(current.variables).decrypt(settings),
-                                                            given))
-    rendered = await render_for_target(session, settings=settings, template=source["stack_template"], parsed=parsed,
-                                       values=values, target=target)
-    revision = DeploymentRevision(
-        deployment_id=deployment.id, number=deployment.revision + 1, reason=R.UPDATE, outcome=RevisionOutcome.PENDING,
-        variables=EncryptedValues.encrypt(settings, values, templating.secret_paths(parsed)).stored,
-        rendered_compose=security.encrypt_secret(settings, rendered), images=[], created_by=user.email,
-        created_at=utcnow(), **source,
+    values = templating.resolve_values(parsed, merge_values(parsed, EncryptedValues(current.variables).decrypt(settings), given))
+    rendered = await render_for_target(
+        session, settings=settings, template=source["stack_template"], parsed=parsed, values=values, target=target
     )
-    return await _install(session, deployment=deployment, revision=revision, actor=user.email,
-                          reason=history_reasons.text("revision_update", revision=revision.number))
+    revision = DeploymentRevision(
+        deployment_id=deployment.id,
+        number=deployment.revision + 1,
+        reason=R.UPDATE,
+        outcome=RevisionOutcome.PENDING,
+        variables=EncryptedValues.encrypt(settings, values, templating.secret_paths(parsed)).stored,
+        rendered_compose=security.encrypt_secret(settings, rendered),
+        images=[],
+        created_by=user.email,
+        created_at=utcnow(),
+        **source,
+    )
+    return await _install(
+        session,
+        deployment=deployment,
+        revision=revision,
+        actor=user.email,
+        reason=history_reasons.text("revision_update", revision=revision.number),
+    )
 
 
 async def create_rollback(
-    session: AsyncSession, *, settings: Settings, deployment: Deployment, user: User, number: int,
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    deployment: Deployment,
+    user: User,
+    number: int,
 ) -> DeploymentRevision:
     """Revision N+1 re-applying revision ``number``'s record: its values, its rendered compose and its images
     pinned to the digests it recorded. The target's compose policy as it is now still applies."""
     _refuse_during_rollout(deployment)
     source = await get(session, deployment_id=deployment.id, number=number)
     if not source.rendered_compose:
-        raise Conflict(f"revision {number} has no rendered compose document to re-apply", code="no_snapshot",
-                       params={"number": number})
+        raise Conflict(f"revision {number} has no rendered compose document to re-apply", code="no_snapshot", params={"number": number})
     target = await session.get(Target, deployment.target_id)
     if target is None or not target.is_active:
-        raise Conflict("the target of this deployment is deactivated; activate it first", code="target_inactive",
-                       params={"id": deployment.target_id})
-    check_compose_policy(security.decrypt_secret(settings, source.rendered_compose), target,
-                         redact=EncryptedValues(source.variables).secret_values(settings))
+        raise Conflict(
+            "the target of this deployment is deactivated; activate it first", code="target_inactive", params={"id": deployment.target_id}
+        )
+    check_compose_policy(
+        security.decrypt_secret(settings, source.rendered_compose), target, redact=EncryptedValues(source.variables).secret_values(settings)
+    )
     revision = _copy(source, deployment.revision + 1, R.ROLLBACK, user.email)
-    return await _install(session, deployment=deployment, revision=revision, actor=user.email,
-                          reason=history_reasons.text("revision_rollback", revision=revision.number, of=number))
+    return await _install(
+        session,
+        deployment=deployment,
+        revision=revision,
+        actor=user.email,
+        reason=history_reasons.text("revision_rollback", revision=revision.number, of=number),
+    )
 
 
 def _copy(source: DeploymentRevision, number: int, reason: RevisionReason, actor: str | None) -> DeploymentRevision:
     return DeploymentRevision(
-        deployment_id=source.deployment_id, number=number, reason=reason, rollback_of=source.number,
-        outcome=RevisionOutcome.PENDING, stack_id=source.stack_id, stack_version=source.stack_version,
-        stack_template=source.stack_template, stack_variables=source.stack_variables, variables=source.variables,
-        rendered_compose=source.rendered_compose, images=list(source.images or []), created_by=actor,
+        deployment_id=source.deployment_id,
+        number=number,
+        reason=reason,
+        rollback_of=source.number,
+        outcome=RevisionOutcome.PENDING,
+        stack_id=source.stack_id,
+        stack_version=source.stack_version,
+        stack_template=source.stack_template,
+        stack_variables=source.stack_variables,
+        variables=source.variables,
+        rendered_compose=source.rendered_compose,
+        images=list(source.images or []),
+        created_by=actor,
         created_at=utcnow(),
     )
 
@@ -304,7 +375,12 @@ async def automatic_rollback_target(session: AsyncSession, *, deployment_id: str
 
 
 async def begin_automatic_rollback(
-    session: AsyncSession, *, deployment_id: str, owner: str, message: str, images: list[dict[str, str]] | None = None,
+    session: AsyncSession,
+    *,
+    deployment_id: str,
+    owner: str,
+    message: str,
+    images: list[dict[str, str]] | None = None,
 ) -> DeploymentRevision | None:
     """The executor holding the lease of a deployment whose current revision failed for good: mark that
     revision ``failed`` with ``message``, make a new revision copying the last good one (its images pinned)
@@ -318,8 +394,9 @@ async def begin_automatic_rollback(
     failed, now = deployment.revision, utcnow()
     held = await session.execute(
         update(Deployment)
-        .where(Deployment.id == deployment_id, Deployment.revision == failed, Deployment.status == S.DEPLOYING,
-               Deployment.lease_owner == owner)
+        .where(
+            Deployment.id == deployment_id, Deployment.revision == failed, Deployment.status == S.DEPLOYING, Deployment.lease_owner == owner
+        )
         .values(revision=failed + 1, variables=good.variables, rendered_compose=good.rendered_compose)
         .execution_options(synchronize_session=False)
     )
@@ -342,15 +419,26 @@ async def begin_automatic_rollback(
     session.add(revision)
     await session.flush()
     moved = await set_deployment_status(
-        session, deployment_id=deployment_id, to_status=S.PENDING, lease_owner=owner, actor=owner,
-        fresh_attempts=True, error_message=message,
+        session,
+        deployment_id=deployment_id,
+        to_status=S.PENDING,
+        lease_owner=owner,
+        actor=owner,
+        fresh_attempts=True,
+        error_message=message,
         reason=history_reasons.text("automatic_rollback", failed=failed, revision=revision.number, of=good.number),
     )
     if not moved.accepted:
         raise RuntimeError(f"automatic rollback of deployment {deployment_id} refused: {moved.reason}")
-    queue_event(session, Event.of(
-        EventType.DEPLOYMENT_ROLLED_BACK, deployment_id, deployment.organization_id,
-        RolledBackData(from_revision=failed, to_revision=good.number, revision=revision.number, reason=message)))
+    queue_event(
+        session,
+        Event.of(
+            EventType.DEPLOYMENT_ROLLED_BACK,
+            deployment_id,
+            deployment.organization_id,
+            RolledBackData(from_revision=failed, to_revision=good.number, revision=revision.number, reason=message),
+        ),
+    )
     return revision
 
 
@@ -384,8 +472,11 @@ def _value_lines(settings: Settings, stored: Mapping[str, Any], other: Mapping[s
         if isinstance(value, Mapping) and security.ENCRYPTED in value:
             clear = security.decrypt_secret(settings, value[security.ENCRYPTED])
             peer = theirs.get(name)
-            peer_clear = (security.decrypt_secret(settings, peer[security.ENCRYPTED])
-                          if isinstance(peer, Mapping) and security.ENCRYPTED in peer else peer)
+            peer_clear = (
+                security.decrypt_secret(settings, peer[security.ENCRYPTED])
+                if isinstance(peer, Mapping) and security.ENCRYPTED in peer
+                else peer
+            )
             lines.append(f"{name}: {MASK}" + (" (changed)" if peer_clear != clear and name in theirs else ""))
         else:
             lines.append(f"{name}: {json.dumps(value, ensure_ascii=False, sort_keys=True)}")
@@ -402,12 +493,10 @@ def diff(settings: Settings, a: DeploymentRevision, b: DeploymentRevision) -> st
         text = security.decrypt_secret(settings, revision.rendered_compose) if revision.rendered_compose else ""
         return mask(text).splitlines()
 
-    parts = list(difflib.unified_diff(compose(a), compose(b), f"revision {a.number}/compose",
-                                      f"revision {b.number}/compose", lineterm=""))
+    parts = list(difflib.unified_diff(compose(a), compose(b), f"revision {a.number}/compose", f"revision {b.number}/compose", lineterm=""))
     a_values = [line.removesuffix(" (changed)") for line in _value_lines(settings, a.variables, b.variables)]
     b_values = _value_lines(settings, b.variables, a.variables)
-    parts += difflib.unified_diff(a_values, b_values, f"revision {a.number}/values", f"revision {b.number}/values",
-                                  lineterm="")
+    parts += difflib.unified_diff(a_values, b_values, f"revision {a.number}/values", f"revision {b.number}/values", lineterm="")
     return "\n".join(mask(line) for line in parts) + ("\n" if parts else "")
 
 
@@ -436,14 +525,19 @@ class Rollout:
             return []
         images = ", ".join(f"{service} {reference}" for service, reference in sorted(self.pinned.items()))
         if self.is_automatic_rollback:
-            lines = [f"--- Automatic rollback to revision {self.rollback_of} (the last that passed the health gate), "
-                     f"as revision {self.number} ---"]
+            lines = [
+                f"--- Automatic rollback to revision {self.rollback_of} (the last that passed the health gate), "
+                f"as revision {self.number} ---"
+            ]
             if self.failed is not None:
                 lines.append(f"Why: revision {self.failed} failed: {first_line(self.failed_message)}")
         else:
             lines = [f"--- Rollback to revision {self.rollback_of}, as revision {self.number} ---"]
-        lines.append(f"Images pinned to what revision {self.rollback_of} recorded: {images}" if images else
-                     f"Revision {self.rollback_of} recorded no image digests: the images its document names are used")
+        lines.append(
+            f"Images pinned to what revision {self.rollback_of} recorded: {images}"
+            if images
+            else f"Revision {self.rollback_of} recorded no image digests: the images its document names are used"
+        )
         return lines
 
     def failure_message(self, message: str) -> str:
@@ -468,5 +562,11 @@ async def rollout_of(session: AsyncSession, *, deployment: Deployment) -> Rollou
     if revision is None:
         return Rollout(deployment.revision, R.CREATED)
     failed = await failed_before(session, deployment_id=deployment.id, number=revision.number)
-    return Rollout(revision.number, revision.reason, revision.rollback_of, pinned_images(revision),
-                   failed.number if failed is not None else None, failed.error_message or "" if failed else "")
+    return Rollout(
+        revision.number,
+        revision.reason,
+        revision.rollback_of,
+        pinned_images(revision),
+        failed.number if failed is not None else None,
+        failed.error_message or "" if failed else "",
+    )

@@ -108,7 +108,7 @@ async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: a
             async with database.AsyncSessionLocal() as session:
                 held = await renew_lease(session, deployment_id=deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
                 await session.commit()
-        except Exception as exc:  # noqa: BLE001 - a database hiccup is not a lost lease; the next beat retries
+        except Exception as exc:
             if database.is_unavailable(exc):
                 outage.failed(exc)  # one warning while the database is down, not a traceback every beat
             else:
@@ -135,8 +135,15 @@ async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLog
         await getattr(context.engine, method)(context.spec, logs.log)
 
 
-async def _settle(deployment_id: str, to: DeploymentStatus, owner: str, *, rollout: revisions.Rollout | None = None,
-                  images: list[dict[str, str]] | None = None, **kwargs) -> bool:
+async def _settle(
+    deployment_id: str,
+    to: DeploymentStatus,
+    owner: str,
+    *,
+    rollout: revisions.Rollout | None = None,
+    images: list[dict[str, str]] | None = None,
+    **kwargs,
+) -> bool:
     """Move the deployment out of ``deploying`` under the lease; with ``rollout``, the images its pull resolved
     are recorded on its revision in the same transaction."""
     async with database.AsyncSessionLocal() as session:
@@ -167,7 +174,11 @@ async def run_deployment(
     for _ in range(2):  # a second try only after reclaiming a dead executor's row
         async with database.AsyncSessionLocal() as session:
             claim = await claim_deployment(
-                session, deployment_id=deployment_id, owner=owner, executor=executor, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
+                session,
+                deployment_id=deployment_id,
+                owner=owner,
+                executor=executor,
+                lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
                 task_id=task_id,
             )
             await session.commit()
@@ -208,8 +219,9 @@ async def run_deployment(
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
         for line in rollout.opening():
             await logs.log(LogLevel.WARNING if rollout.is_automatic_rollback else LogLevel.INFO, logs.redactor(line))
-        await logs.log(LogLevel.INFO, f"Deployment started (revision {rollout.number}, attempt {attempt}/{max_attempts}, "
-                                      f"executor {executor})")
+        await logs.log(
+            LogLevel.INFO, f"Deployment started (revision {rollout.number}, attempt {attempt}/{max_attempts}, executor {executor})"
+        )
         target_id = context.target_id
         lost = asyncio.Event()
         reached = [0]
@@ -226,13 +238,34 @@ async def run_deployment(
             # before it is stored in error_message, published in events or written to the server log.
             message = logs.redactor(exc.message)
             failed = Failed(context, rollout, reached[0])
-            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message,
-                                        exc.transient, logs, logged=logs.redactor(exc.summary), failed=failed)
+            return await _after_failure(
+                settings,
+                deployment_id,
+                target_id,
+                owner,
+                attempt,
+                max_attempts,
+                message,
+                exc.transient,
+                logs,
+                logged=logs.redactor(exc.summary),
+                failed=failed,
+            )
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails the deployment, never the process
             message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
             logger.error("deployment %s: %s", deployment_id, message)
-            return await _after_failure(settings, deployment_id, target_id, owner, attempt, max_attempts, message, False, logs,
-                                        failed=Failed(context, rollout, reached[0]))
+            return await _after_failure(
+                settings,
+                deployment_id,
+                target_id,
+                owner,
+                attempt,
+                max_attempts,
+                message,
+                False,
+                logs,
+                failed=Failed(context, rollout, reached[0]),
+            )
         finally:
             heartbeat.cancel()
 
@@ -300,14 +333,22 @@ async def _after_failure(
         if failed.rollout.is_automatic_rollback:
             message, reason = failed.rollout.failure_message(message), history_reasons.text("automatic_rollback_failed")
         await logs.flush()
-    if await _settle(deployment_id, S.FAILED, owner, rollout=failed.rollout if failed else None,
-                     images=failed.images if failed else None, error_message=message, reason=reason):
+    if await _settle(
+        deployment_id,
+        S.FAILED,
+        owner,
+        rollout=failed.rollout if failed else None,
+        images=failed.images if failed else None,
+        error_message=message,
+        reason=reason,
+    ):
         return RunOutcome(deployment_id, Outcome.FAILED, message, target_id)
     return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
 
 
-async def _roll_back(deployment_id: str, target_id: str, owner: str, message: str, failed: Failed,
-                     logs: DeploymentLogWriter) -> RunOutcome | None:
+async def _roll_back(
+    deployment_id: str, target_id: str, owner: str, message: str, failed: Failed, logs: DeploymentLogWriter
+) -> RunOutcome | None:
     """The failed revision's automatic rollback, when the deployment has one (see
     ``revisions.automatic_rollback_target``): a new revision re-applying the last good one is queued, and this
     executor reschedules the deployment at once. None when there is none to make."""
@@ -315,17 +356,26 @@ async def _roll_back(deployment_id: str, target_id: str, owner: str, message: st
         good = await revisions.automatic_rollback_target(session, deployment_id=deployment_id)
     if good is None:
         return None
-    await logs.log(LogLevel.WARNING, f"Revision {failed.rollout.number} failed: {revisions.first_line(message)}; rolling "
-                                     f"back to revision {good.number}, the last that passed the health gate")
+    await logs.log(
+        LogLevel.WARNING,
+        f"Revision {failed.rollout.number} failed: {revisions.first_line(message)}; rolling "
+        f"back to revision {good.number}, the last that passed the health gate",
+    )
     await logs.flush()  # the reason is in the log before the status says pending
     async with database.AsyncSessionLocal() as session:
-        revision = await revisions.begin_automatic_rollback(session, deployment_id=deployment_id, owner=owner,
-                                                            message=message, images=failed.images)
+        revision = await revisions.begin_automatic_rollback(
+            session, deployment_id=deployment_id, owner=owner, message=message, images=failed.images
+        )
         await session.commit()
     if revision is None:
         return None  # the lease is gone (the failed settle says so) or the rollback was switched off meanwhile
-    logger.info("deployment %s: revision %s failed; automatic rollback to revision %s as revision %s",
-                deployment_id, failed.rollout.number, good.number, revision.number)
+    logger.info(
+        "deployment %s: revision %s failed; automatic rollback to revision %s as revision %s",
+        deployment_id,
+        failed.rollout.number,
+        good.number,
+        revision.number,
+    )
     return RunOutcome(deployment_id, Outcome.REQUEUED, message, target_id, retry_in=0.0)
 
 
@@ -334,8 +384,10 @@ async def _remove_failed(failed: Failed, logs: DeploymentLogWriter) -> None:
     volumes are kept). A failure before any container was touched leaves what ran before as it is."""
     if failed.step < CONTAINERS_STEP:
         return
-    await logs.log(LogLevel.WARNING, f"Removing the containers of revision {failed.rollout.number}: nothing of a failed "
-                                     "revision keeps running (named volumes are kept)")
+    await logs.log(
+        LogLevel.WARNING,
+        f"Removing the containers of revision {failed.rollout.number}: nothing of a failed revision keeps running (named volumes are kept)",
+    )
     try:
         await failed.context.engine.remove(failed.context.spec, logs.log, keep_volumes=True)
     except Exception as exc:  # noqa: BLE001 - a clean-up that fails never keeps the deployment from settling
@@ -349,8 +401,9 @@ async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWrite
     if status is S.CANCELLED:
         # a later revision's named volumes hold what the revisions before it wrote: only a first deploy's go
         keep_volumes = rollout.number > 1
-        await logs.log(LogLevel.WARNING, "Cancelled: removing what this deployment created"
-                                         + (" (named volumes are kept)" if keep_volumes else ""))
+        await logs.log(
+            LogLevel.WARNING, "Cancelled: removing what this deployment created" + (" (named volumes are kept)" if keep_volumes else "")
+        )
         try:
             await context.engine.remove(context.spec, logs.log, keep_volumes=keep_volumes)
         except EngineError as exc:
@@ -462,7 +515,7 @@ class InProcessExecutor:
             await after_run(outcome, dispatch=self.dispatcher(settings), dispatch_later=dispatch_later)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a background task must never die silently
+        except Exception:
             logger.exception("asyncio executor: deployment %s crashed", deployment_id)
             return None
         return outcome

@@ -64,27 +64,36 @@ class Ended:
 async def prepare(session: AsyncSession, *, settings: Settings, deployment: Deployment, tail: int) -> ServiceLogFollower:
     """Check the deployment runs and gather what following it needs (no engine call yet)."""
     if deployment.status is not DeploymentStatus.RUNNING:
-        raise Conflict(f"this deployment is {deployment.status}; service logs are available while it is running",
-                       code="deployment_not_running", params={"status": str(deployment.status)})
+        raise Conflict(
+            f"this deployment is {deployment.status}; service logs are available while it is running",
+            code="deployment_not_running",
+            params={"status": str(deployment.status)},
+        )
     target = await session.get(Target, deployment.target_id)
     if target is None:
         raise NotFound("the deployment's target no longer exists", code="target_not_found")
     if not placement.reachable_here(target, settings):  # the same socket path here is another host's engine
         raise ServiceUnavailable(
             f"the live output of target {target.name}'s containers is not available here: it is the engine of host "
-            f"{target.host}, which only that host's workers reach", code="target_elsewhere",
-            params={"target": target.name, "host": target.host})
+            f"{target.host}, which only that host's workers reach",
+            code="target_elsewhere",
+            params={"target": target.name, "host": target.host},
+        )
     credentials = target_service.credentials(target, settings)  # decrypted once, for the connection and the redactor
     secrets = [*EncryptedValues(deployment.variables).secret_values(settings), *redaction.target_secrets(target, credentials)]
     return ServiceLogFollower(
-        deployment.id, deployment.organization_id, target_service.connection_from(target, credentials),
-        redaction.deployment_redactor(settings, deployment.id, secrets=secrets), tail,
+        deployment.id,
+        deployment.organization_id,
+        target_service.connection_from(target, credentials),
+        redaction.deployment_redactor(settings, deployment.id, secrets=secrets),
+        tail,
     )
 
 
 class ServiceLogFollower:
-    def __init__(self, deployment_id: str, organization_id: str, connection: TargetConnection,
-                 redact_line: Callable[[str], str], tail: int) -> None:
+    def __init__(
+        self, deployment_id: str, organization_id: str, connection: TargetConnection, redact_line: Callable[[str], str], tail: int
+    ) -> None:
         self.deployment_id = deployment_id
         self.organization_id = organization_id
         self.connection = connection
@@ -113,23 +122,32 @@ class ServiceLogFollower:
                 pass
 
     def _envelope(self, kind: str, data: dict) -> dict:
-        return {"type": kind, "deployment_id": self.deployment_id, "organization_id": self.organization_id,
-                "timestamp": iso_utc(datetime.now(UTC)), "data": data}
+        return {
+            "type": kind,
+            "deployment_id": self.deployment_id,
+            "organization_id": self.organization_id,
+            "timestamp": iso_utc(datetime.now(UTC)),
+            "data": data,
+        }
 
     async def _run(self, send: Send, on_end: Callable[[], object] | None) -> None:
         end = Ended("stopped", "stopped")
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[tuple[str, str, str | None, str] | None] = asyncio.Queue()
         status_changes = bus.stream(
-            lambda e: e.deployment_id == self.deployment_id and e.type in (
-                EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_DELETED), maxsize=16)
+            lambda e: (
+                e.deployment_id == self.deployment_id and e.type in (EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_DELETED)
+            ),
+            maxsize=16,
+        )
         try:
             async with EngineSession(self.connection) as engine:
                 client = await engine.client()
                 # Every container of the deployment, the exited ones too: their last output is what explains
                 # them (a one-shot job, a service that crashed); their stream ends after it.
                 containers = await engine.call(
-                    client.containers.list, all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment_id}"})
+                    client.containers.list, all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment_id}"}
+                )
                 if not containers:
                     end = Ended("the deployment has no container", "no_container")
                     return
@@ -167,8 +185,7 @@ class ServiceLogFollower:
                 if status_wait in done:
                     get.cancel()
                     evt = status_wait.result()
-                    if isinstance(evt, Event) and (evt.type is EventType.DEPLOYMENT_DELETED
-                                                   or evt.data.get("new_status") != "running"):
+                    if isinstance(evt, Event) and (evt.type is EventType.DEPLOYMENT_DELETED or evt.data.get("new_status") != "running"):
                         status = evt.data.get("new_status", "deleted")
                         return Ended(f"the deployment is {status}", "deployment_left_running", {"status": status})
                     status_wait = asyncio.ensure_future(status_changes.__anext__())
@@ -189,10 +206,22 @@ class ServiceLogFollower:
                             break
                     item = lines.get_nowait()
                 if batch:
-                    await send(self._envelope("SERVICE_LOGS", {"lines": [
-                        {"service": service, "container": container, "timestamp": stamp,
-                         "message": redact_keeping_colours(self.redact, message)}
-                        for service, container, stamp, message in batch]}))
+                    await send(
+                        self._envelope(
+                            "SERVICE_LOGS",
+                            {
+                                "lines": [
+                                    {
+                                        "service": service,
+                                        "container": container,
+                                        "timestamp": stamp,
+                                        "message": redact_keeping_colours(self.redact, message),
+                                    }
+                                    for service, container, stamp, message in batch
+                                ]
+                            },
+                        )
+                    )
                     self.lines_sent += len(batch)
                 if readers <= 0 and lines.empty():
                     return Ended("every container of the deployment stopped", "containers_stopped")
@@ -215,8 +244,7 @@ class ServiceLogFollower:
 
         def run() -> None:
             try:
-                stream = client.api.logs(container.id, stream=True, follow=True, timestamps=True,
-                                         tail=self.tail if self.tail else 0)
+                stream = client.api.logs(container.id, stream=True, follow=True, timestamps=True, tail=self.tail if self.tail else 0)
                 self._streams.append(stream)
                 if self._stopping.is_set():
                     stream.close()
@@ -230,7 +258,7 @@ class ServiceLogFollower:
                         text = raw.decode("utf-8", "replace").rstrip("\r")
                         match = _TIMESTAMP.match(text)
                         stamp = match.group(1) if match else None
-                        message = text[match.end():] if match else text
+                        message = text[match.end() :] if match else text
                         batch.append((service, name, stamp, message[:MAX_LINE_CHARS]))
                     if batch:  # one wake-up of the loop per chunk read, not per line
                         loop.call_soon_threadsafe(put_many, batch)

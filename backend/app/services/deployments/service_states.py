@@ -38,8 +38,7 @@ def _container(state: ServiceState) -> ContainerRead:
         exit_code=None if running else state.exit_code,
         restarts=state.restarts,
         image=state.image,
-        ports=[ContainerPort(container_port=p.container_port, host_ip=p.host_ip, host_port=p.host_port)
-               for p in state.ports],
+        ports=[ContainerPort(container_port=p.container_port, host_ip=p.host_ip, host_port=p.host_port) for p in state.ports],
         started_at=_time(state.started_at),
     )
 
@@ -53,13 +52,16 @@ async def read(session: AsyncSession, *, settings: Settings, deployment: Deploym
     try:
         states = await context.engine.inspect(context.spec)
     except EngineError as exc:
-        raise ServiceUnavailable(f"the target's Docker engine did not answer: {context.redactor(exc.message)}",
-                                 code="engine_unavailable") from exc
+        raise ServiceUnavailable(
+            f"the target's Docker engine did not answer: {context.redactor(exc.message)}", code="engine_unavailable"
+        ) from exc
     by_service: dict[str, list[ContainerRead]] = {}
     for state in states:
         by_service.setdefault(state.service, []).append(_container(state))
     return DeploymentServices(
         revision=revision,
-        items=[ServiceRead(service=name, containers=sorted(containers, key=lambda c: c.name))
-               for name, containers in sorted(by_service.items())],
+        items=[
+            ServiceRead(service=name, containers=sorted(containers, key=lambda c: c.name))
+            for name, containers in sorted(by_service.items())
+        ],
     )

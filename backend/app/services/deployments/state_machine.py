@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from pydantic import BaseModel
 
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
@@ -303,9 +302,7 @@ async def set_deployment_status(
             elif error_message is not None:
                 values["error_message"] = error_message
 
-    result = await session.execute(
-        update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False)
-    )
+    result = await session.execute(update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False))
     if result.rowcount != 1:
         return reject(f"concurrent change: deployment is no longer {from_status}")
     note_transition(session, from_status=from_status, to_status=to_status)  # the /metrics gauges, written at commit
@@ -335,9 +332,7 @@ async def set_deployment_status(
                 name=row.name,
                 error_message=row.error_message,
                 attempt=row.attempt,
-                dispatch_latency_seconds=(
-                    round((now - row.queued_at).total_seconds(), 6) if to_status is S.DEPLOYING else None
-                ),
+                dispatch_latency_seconds=(round((now - row.queued_at).total_seconds(), 6) if to_status is S.DEPLOYING else None),
                 revision=row.revision,
             ),
             now,
@@ -346,8 +341,12 @@ async def set_deployment_status(
     # upper-case statuses so that the product guide's `grep "FAILED" logs/backend.log` finds failures
     logger.info(
         "update_status: deployment %s (%s) %s -> %s%s%s",
-        deployment_id, row.name, from_status.upper(), to_status.upper(),
-        f" by {actor}" if actor else "", f": {row.error_message}" if to_status is S.FAILED and row.error_message else "",
+        deployment_id,
+        row.name,
+        from_status.upper(),
+        to_status.upper(),
+        f" by {actor}" if actor else "",
+        f": {row.error_message}" if to_status is S.FAILED and row.error_message else "",
     )
     return TransitionResult(True, deployment_id, from_status, to_status, reason or "", row.attempt)
 
@@ -367,7 +366,11 @@ async def record_creation(
     session.add(deployment)
     session.add(
         DeploymentStatusHistory(
-            deployment_id=deployment.id, from_status=None, to_status=S.PENDING, reason=history_reasons.text("created"), actor=actor,
+            deployment_id=deployment.id,
+            from_status=None,
+            to_status=S.PENDING,
+            reason=history_reasons.text("created"),
+            actor=actor,
             created_at=now,
         )
     )

@@ -39,9 +39,7 @@ def _deltas(session: Session | AsyncSession) -> Counter:
     return sync.info.setdefault(_KEY, Counter())
 
 
-def note_transition(
-    session: Session | AsyncSession, *, from_status: DeploymentStatus | None, to_status: DeploymentStatus | None
-) -> None:
+def note_transition(session: Session | AsyncSession, *, from_status: DeploymentStatus | None, to_status: DeploymentStatus | None) -> None:
     """Count one deployment moving ``from_status -> to_status`` (``None``: created / deleted)."""
     deltas = _deltas(session)
     if from_status is not None:
@@ -59,9 +57,7 @@ def _track_deletions(session: Session, _context, _instances) -> None:
             # its deployments are deleted by the database's ON DELETE CASCADE, unseen by the ORM
             with session.no_autoflush:
                 rows = session.execute(
-                    select(Deployment.status, func.count())
-                    .where(Deployment.organization_id == obj.id)
-                    .group_by(Deployment.status)
+                    select(Deployment.status, func.count()).where(Deployment.organization_id == obj.id).group_by(Deployment.status)
                 )
                 for status, count in rows:
                     _deltas(session)[str(status)] -= count

@@ -20,7 +20,6 @@ from backend.app.core.exceptions import Conflict, NotAuthenticated, PermissionDe
 from backend.app.database import utcnow
 from backend.app.models import ApiToken, Membership, Organization, RefreshToken, Role, User
 
-
 _SETUP_LOCK_KEY = 0x5746_5345_5455_50  # "WFSETUP": any constant no other advisory lock uses
 
 
@@ -48,9 +47,7 @@ async def setup_first_admin(
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SETUP_LOCK_KEY})
     if await user_count(session) > 0:
         raise Conflict("setup has already been done: log in instead", code="already_set_up")
-    user = User(
-        email=email.lower(), hashed_password=security.hash_password(password), full_name=full_name, is_superuser=True
-    )
+    user = User(email=email.lower(), hashed_password=security.hash_password(password), full_name=full_name, is_superuser=True)
     org = Organization(name=organization_name)
     session.add_all([user, org])
     await session.flush()
@@ -65,9 +62,7 @@ async def setup_first_admin(
 async def authenticate(session: AsyncSession, *, email: str, password: str) -> User:
     email = email.strip().lower()
     # No stored email holds a NUL, and PostgreSQL would fail the query on one: treat it as unknown.
-    user = None if "\x00" in email else (
-        await session.execute(select(User).where(User.email == email))
-    ).scalar_one_or_none()
+    user = None if "\x00" in email else (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
     if user is None:
         security.verify_password(password, security.DUMMY_PASSWORD_HASH)
         raise NotAuthenticated("incorrect email or password", code="invalid_credentials")
@@ -126,16 +121,12 @@ async def _reusable(session: AsyncSession, settings: Settings, stored: RefreshTo
     if (utcnow() - stored.revoked_at).total_seconds() > settings.REFRESH_TOKEN_REUSE_SECONDS:
         return False
     # a login refreshed every 15 minutes for a week has hundreds of rotated tokens: stop at the first live one
-    return bool(await session.scalar(
-        select(exists().where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None)))
-    ))
+    return bool(await session.scalar(select(exists().where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None)))))
 
 
 async def _revoke_family(session: AsyncSession, family_id: str) -> None:
     await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        update(RefreshToken).where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
 
 
@@ -156,9 +147,7 @@ async def logout(session: AsyncSession, *, settings: Settings, user: User, refre
         )
     else:
         result = await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
     return result.rowcount
 
@@ -169,20 +158,18 @@ async def revoke_all_sessions(session: AsyncSession, *, user: User) -> None:
     Personal API tokens are separate credentials, listed and revoked under ``/tokens``.
     """
     await session.execute(
-        update(User).where(User.id == user.id).values(token_generation=User.token_generation + 1)
+        update(User)
+        .where(User.id == user.id)
+        .values(token_generation=User.token_generation + 1)
         .execution_options(synchronize_session=False)
     )
     await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     await session.refresh(user, ["token_generation"])
 
 
-async def change_password(
-    session: AsyncSession, *, settings: Settings, user: User, current_password: str, new_password: str
-) -> Tokens:
+async def change_password(session: AsyncSession, *, settings: Settings, user: User, current_password: str, new_password: str) -> Tokens:
     """Change ``user``'s password after checking the current one; every other session ends. Returns a
     fresh token pair for the caller's own session."""
     if not security.verify_password(current_password, user.hashed_password):
@@ -254,7 +241,5 @@ def credential_refusal(
     if not user.is_active:
         return NotAuthenticated("this account is deactivated; ask an administrator", code="inactive_user")
     if not api_token_used and generation != user.token_generation:
-        return NotAuthenticated(
-            "this token was revoked (password changed or logged out everywhere); log in again", code="token_revoked"
-        )
+        return NotAuthenticated("this token was revoked (password changed or logged out everywhere); log in again", code="token_revoked")
     return None

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.core.events import platform_changed, queue_event, resource_changed
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from backend.app.models import Membership, Organization, Role, User
-from backend.app.services import pagination
 from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, OrganizationUpdate
+from backend.app.services import pagination
 
 
 async def role_in(session: AsyncSession, *, user: User, organization_id: str) -> Role | None:
@@ -19,9 +19,7 @@ async def role_in(session: AsyncSession, *, user: User, organization_id: str) ->
         exists = await session.get(Organization, organization_id)
         return Role.OWNER if exists is not None else None
     role = (
-        await session.execute(
-            select(Membership.role).where(Membership.user_id == user.id, Membership.organization_id == organization_id)
-        )
+        await session.execute(select(Membership.role).where(Membership.user_id == user.id, Membership.organization_id == organization_id))
     ).scalar_one_or_none()
     return Role(role) if role is not None else None
 
@@ -35,8 +33,11 @@ async def require_role(session: AsyncSession, *, user: User, organization_id: st
     if role is None:
         raise NotFound("organization not found", code="organization_not_found")
     if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the organization; you are {role}",
-                               code="role_required", params={"minimum": str(minimum), "role": str(role)})
+        raise PermissionDenied(
+            f"this needs the {minimum} role or higher in the organization; you are {role}",
+            code="role_required",
+            params={"minimum": str(minimum), "role": str(role)},
+        )
     return role
 
 
@@ -51,14 +52,15 @@ async def get_owned(session: AsyncSession, *, user: User, model, entity_id: str,
     if entity is None or role is None:
         raise NotFound(f"{noun} not found", code=f"{noun}_not_found")
     if not role.at_least(minimum):
-        raise PermissionDenied(f"this needs the {minimum} role or higher in the {noun}'s organization; you are {role}",
-                               code="role_required", params={"minimum": str(minimum), "role": str(role)})
+        raise PermissionDenied(
+            f"this needs the {minimum} role or higher in the {noun}'s organization; you are {role}",
+            code="role_required",
+            params={"minimum": str(minimum), "role": str(role)},
+        )
     return entity
 
 
-async def readable_partitions(
-    session: AsyncSession, *, user: User, org_column, organization_id: str | None = None
-) -> list[list] | None:
+async def readable_partitions(session: AsyncSession, *, user: User, org_column, organization_id: str | None = None) -> list[list] | None:
     """Restrict a listing to the organisations ``user`` may read, as pagination partitions.
 
     One partition (``org_column == id``) per readable organisation, so each is one ordered index range
@@ -84,17 +86,12 @@ async def readable_organization_ids(session: AsyncSession, *, user: User, organi
 async def default_organization_id(session: AsyncSession, *, user: User) -> str | None:
     return (
         await session.execute(
-            select(Membership.organization_id)
-            .where(Membership.user_id == user.id)
-            .order_by(Membership.created_at, Membership.id)
-            .limit(1)
+            select(Membership.organization_id).where(Membership.user_id == user.id).order_by(Membership.created_at, Membership.id).limit(1)
         )
     ).scalar_one_or_none()
 
 
-async def resolve_organization(
-    session: AsyncSession, *, user: User, organization_id: str | None, minimum: Role
-) -> str:
+async def resolve_organization(session: AsyncSession, *, user: User, organization_id: str | None, minimum: Role) -> str:
     """The organisation a create payload targets: the given one, else the caller's default."""
     if organization_id is None:
         organization_id = await default_organization_id(session, user=user)
@@ -131,8 +128,9 @@ async def create(session: AsyncSession, *, data: OrganizationCreate, creator: Us
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"an organization named {data.name!r} already exists; pick another name",
-                       code="organization_exists", params={"name": data.name}) from exc
+        raise Conflict(
+            f"an organization named {data.name!r} already exists; pick another name", code="organization_exists", params={"name": data.name}
+        ) from exc
     session.add(Membership(user_id=creator.id, organization_id=org.id, role=Role.OWNER))
     await session.flush()
     queue_event(session, platform_changed("organization", "created", org.id, org.name))
@@ -147,14 +145,19 @@ async def update_organization(session: AsyncSession, *, org: Organization, data:
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"an organization named {data.name!r} already exists; pick another name",
-                       code="organization_exists", params={"name": data.name}) from exc
+        raise Conflict(
+            f"an organization named {data.name!r} already exists; pick another name", code="organization_exists", params={"name": data.name}
+        ) from exc
     queue_event(session, platform_changed("organization", "updated", org.id, org.name))
     return org
 
 
 async def list_members(
-    session: AsyncSession, *, organization_id: str, page: pagination.PageParams, q: str | None = None,
+    session: AsyncSession,
+    *,
+    organization_id: str,
+    page: pagination.PageParams,
+    q: str | None = None,
     role: Role | None = None,
 ) -> pagination.Page:
     """``(membership, user)`` pairs of the organisation, oldest membership first; ``q``: the email or name
@@ -191,17 +194,16 @@ async def add_member(session: AsyncSession, *, organization_id: str, data: Membe
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"{email} is already a member; change their role with PATCH instead",
-                       code="already_member", params={"email": email}) from exc
+        raise Conflict(
+            f"{email} is already a member; change their role with PATCH instead", code="already_member", params={"email": email}
+        ) from exc
     queue_event(session, resource_changed(organization_id, "member", "created", user.id, email))
     return membership, user
 
 
 async def _get_membership(session: AsyncSession, organization_id: str, user_id: str) -> Membership:
     membership = (
-        await session.execute(
-            select(Membership).where(Membership.organization_id == organization_id, Membership.user_id == user_id)
-        )
+        await session.execute(select(Membership).where(Membership.organization_id == organization_id, Membership.user_id == user_id))
     ).scalar_one_or_none()
     if membership is None:
         raise NotFound("this user is not a member of the organization", code="member_not_found")
@@ -213,9 +215,7 @@ async def _ensure_an_owner_remains(session: AsyncSession, organization_id: str, 
         return
     owners = (
         await session.execute(
-            select(func.count()).select_from(Membership).where(
-                Membership.organization_id == organization_id, Membership.role == Role.OWNER
-            )
+            select(func.count()).select_from(Membership).where(Membership.organization_id == organization_id, Membership.role == Role.OWNER)
         )
     ).scalar_one()
     if owners <= 1:

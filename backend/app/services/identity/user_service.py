@@ -29,8 +29,7 @@ async def create_user(session: AsyncSession, *, data: UserCreate) -> User:
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"a user with email {data.email} already exists", code="user_exists",
-                       params={"email": data.email}) from exc
+        raise Conflict(f"a user with email {data.email} already exists", code="user_exists", params={"email": data.email}) from exc
     queue_event(session, platform_changed("user", "created", user.id, user.email))
     return user
 
@@ -61,8 +60,9 @@ async def update_user(session: AsyncSession, *, user: User, data: UserUpdate, ac
         raise ValidationFailed("you cannot deactivate or demote yourself; ask another superuser", code="self_lockout")
     for field, value in changes.items():
         if value is None and field not in _NULLABLE_USER_FIELDS:
-            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value",
-                                   code="not_nullable", params={"field": field})
+            raise ValidationFailed(
+                f"{field} cannot be null; leave it out to keep the current value", code="not_nullable", params={"field": field}
+            )
         if field == "password":
             user.hashed_password = security.hash_password(value)
         else:

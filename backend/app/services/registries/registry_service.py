@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.core.events import queue_event, resource_changed
 from backend.app.core.exceptions import Conflict
+from backend.app.core.image_reference import DOCKER_HUB
 from backend.app.core.logging import redact, register_secret
 from backend.app.core.security import decrypt_secret, encrypt_secret
 from backend.app.models import Registry, Role, User
@@ -33,7 +34,6 @@ from backend.app.schemas.registries import (
 )
 from backend.app.services import pagination
 from backend.app.services.identity import organization_service
-from backend.app.core.image_reference import DOCKER_HUB
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +50,28 @@ def password_of(registry: Registry, settings: Settings) -> str:
 
 def to_read(registry: Registry) -> RegistryRead:
     return RegistryRead(
-        id=registry.id, organization_id=registry.organization_id, name=registry.name, server=registry.server,
-        username=registry.username, has_password=bool(registry.password_encrypted),
-        created_at=registry.created_at, updated_at=registry.updated_at,
+        id=registry.id,
+        organization_id=registry.organization_id,
+        name=registry.name,
+        server=registry.server,
+        username=registry.username,
+        has_password=bool(registry.password_encrypted),
+        created_at=registry.created_at,
+        updated_at=registry.updated_at,
     )
 
 
 def _taken(field: str, value: str) -> Conflict:
-    return Conflict(f"a registry with this {field} ({value!r}) already exists in this organization; "
-                    f"pick another {field} or change that registry", code=f"registry_{field}_taken",
-                    params={field: value})
+    return Conflict(
+        f"a registry with this {field} ({value!r}) already exists in this organization; pick another {field} or change that registry",
+        code=f"registry_{field}_taken",
+        params={field: value},
+    )
 
 
-async def _check_unique(session: AsyncSession, organization_id: str, *, name: str, server: str,
-                        own_id: str | None = None) -> None:
+async def _check_unique(session: AsyncSession, organization_id: str, *, name: str, server: str, own_id: str | None = None) -> None:
     for field, value in (("name", name), ("server", server)):
-        query = select(Registry.id).where(Registry.organization_id == organization_id,
-                                          getattr(Registry, field) == value)
+        query = select(Registry.id).where(Registry.organization_id == organization_id, getattr(Registry, field) == value)
         found = (await session.execute(query)).scalars().first()
         if found is not None and found != own_id:
             raise _taken(field, value)
@@ -75,11 +80,17 @@ async def _check_unique(session: AsyncSession, organization_id: str, *, name: st
 async def create(session: AsyncSession, *, settings: Settings, user: User, data: RegistryCreate) -> Registry:
     """A registry in ``data.organization_id`` (default: the caller's default organisation); admin or higher."""
     organization_id = await organization_service.resolve_organization(
-        session, user=user, organization_id=data.organization_id, minimum=Role.ADMIN)
+        session, user=user, organization_id=data.organization_id, minimum=Role.ADMIN
+    )
     await _check_unique(session, organization_id, name=data.name, server=data.server)
     register_secret(data.password)
-    registry = Registry(organization_id=organization_id, name=data.name, server=data.server, username=data.username,
-                        password_encrypted=encrypt_secret(settings, data.password))
+    registry = Registry(
+        organization_id=organization_id,
+        name=data.name,
+        server=data.server,
+        username=data.username,
+        password_encrypted=encrypt_secret(settings, data.password),
+    )
     session.add(registry)
     try:
         await session.flush()
@@ -92,11 +103,13 @@ async def create(session: AsyncSession, *, settings: Settings, user: User, data:
 REGISTRIES_BY_NAME = pagination.Ordering("registries", (Registry.name, Registry.id))
 
 
-async def list_for_user(session: AsyncSession, *, user: User, page: pagination.PageParams,
-                        organization_id: str | None = None, q: str | None = None) -> pagination.Page:
+async def list_for_user(
+    session: AsyncSession, *, user: User, page: pagination.PageParams, organization_id: str | None = None, q: str | None = None
+) -> pagination.Page:
     """Registries of the organisations ``user`` belongs to (every one for a superuser), by name."""
     scope = await organization_service.readable_partitions(
-        session, user=user, org_column=Registry.organization_id, organization_id=organization_id)
+        session, user=user, org_column=Registry.organization_id, organization_id=organization_id
+    )
     query = select(Registry)
     if q:
         query = query.where(pagination.contains(Registry.name, q) | pagination.contains(Registry.server, q))
@@ -128,13 +141,11 @@ async def delete(session: AsyncSession, *, registry: Registry) -> None:
     queue_event(session, event)
 
 
-async def auth_configs(session: AsyncSession, *, settings: Settings,
-                       organization_id: str) -> dict[str, dict[str, str]]:
+async def auth_configs(session: AsyncSession, *, settings: Settings, organization_id: str) -> dict[str, dict[str, str]]:
     """``{server: {"username", "password", "serveraddress"}}`` of an organisation's registries, decrypted (and
     registered with the redactor): what a run's pulls give the engine's auth parameter."""
     rows = (await session.execute(select(Registry).where(Registry.organization_id == organization_id))).scalars().all()
-    return {row.server: {"username": row.username, "password": password_of(row, settings),
-                         "serveraddress": row.server} for row in rows}
+    return {row.server: {"username": row.username, "password": password_of(row, settings), "serveraddress": row.server} for row in rows}
 
 
 # --- login test -----------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ def _is_loopback(server: str) -> bool:
 
 def _bearer_params(header: str) -> dict[str, str]:
     params: dict[str, str] = {}
-    for part in header[len("bearer"):].split(","):
+    for part in header[len("bearer") :].split(","):
         key, _, value = part.strip().partition("=")
         if key:
             params[key.lower()] = value.strip().strip('"')
@@ -169,8 +180,7 @@ async def _login(client: httpx.AsyncClient, base: str, username: str, password: 
         return RegistryTestCategory.AUTHENTICATION if response.status_code == 403 else RegistryTestCategory.NOT_REGISTRY
     challenge = response.headers.get("www-authenticate", "")
     if not challenge.lower().startswith("bearer"):
-        return RegistryTestCategory.AUTHENTICATION if challenge.lower().startswith("basic") \
-            else RegistryTestCategory.NOT_REGISTRY
+        return RegistryTestCategory.AUTHENTICATION if challenge.lower().startswith("basic") else RegistryTestCategory.NOT_REGISTRY
     params = _bearer_params(challenge)
     realm = params.get("realm", "")
     if not realm.startswith(("https://", "http://")):
@@ -207,10 +217,10 @@ async def test_login(registry: Registry, settings: Settings, *, timeout: float =
                 break
             except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
                 category = _category_of(exc)
-                logger.info("testing registry %s at %s failed (%s): %s", registry.id, base, category,
-                            redact(f"{type(exc).__name__}: {exc}"))
-    return RegistryTestResult(ok=category is RegistryTestCategory.OK, category=category,
-                              message=REGISTRY_TEST_MESSAGES[category])
+                logger.info(
+                    "testing registry %s at %s failed (%s): %s", registry.id, base, category, redact(f"{type(exc).__name__}: {exc}")
+                )
+    return RegistryTestResult(ok=category is RegistryTestCategory.OK, category=category, message=REGISTRY_TEST_MESSAGES[category])
 
 
 test_login.__test__ = False

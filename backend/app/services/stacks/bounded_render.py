@@ -24,10 +24,10 @@ import multiprocessing.context
 import os
 import resource
 import signal
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
-from multiprocessing.context import set_spawning_popen
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
 from typing import Any
 
 from backend.app.config import Settings, get_settings
@@ -95,7 +95,7 @@ class _Popen(popen_forkserver.Popen):
     fails there.
     """
 
-    def _launch(self, process_obj) -> None:  # noqa: ANN001 - mirrors multiprocessing's own signature
+    def _launch(self, process_obj) -> None:
         prep_data = spawn.get_preparation_data(process_obj._name)
         prep_data.pop("init_main_from_name", None)
         prep_data.pop("init_main_from_path", None)
@@ -116,7 +116,7 @@ class _Popen(popen_forkserver.Popen):
 
 class _RenderProcess(multiprocessing.context.ForkServerProcess):
     @staticmethod
-    def _Popen(process_obj):  # noqa: ANN001, ANN205, N802 - multiprocessing's hook
+    def _Popen(process_obj):
         return _Popen(process_obj)
 
 
@@ -137,7 +137,7 @@ def _apply_limits(limits: RenderLimits) -> None:
     compose_yaml.configure(max_nodes=limits.yaml_max_nodes, max_expanded_chars=limits.yaml_max_expanded_chars)
 
 
-def _child(conn, kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> None:  # noqa: ANN001
+def _child(conn, kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> None:
     """Runs in the child process: render, send ``("ok", result)`` or ``("error", detail, code)``."""
     try:
         _apply_limits(limits)
@@ -174,9 +174,7 @@ def _time_error(limits: RenderLimits) -> ValidationFailed:
 
 def _run_blocking(kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> Any:
     receiver, sender = _context.Pipe(duplex=False)
-    process = _RenderProcess(
-        target=_child, args=(sender, kind, template, variables, values, limits), name="windflow-render", daemon=True
-    )
+    process = _RenderProcess(target=_child, args=(sender, kind, template, variables, values, limits), name="windflow-render", daemon=True)
     message = None
     exitcode: int | None = None
     started = False
@@ -186,9 +184,7 @@ def _run_blocking(kind: str, template: str, variables: list, values: dict, limit
             started = True
         except (OSError, RuntimeError) as exc:
             logger.error("cannot start a template rendering process: %s", exc)
-            raise ServiceUnavailable(
-                "the template renderer could not start a process; retry later", code="renderer_unavailable"
-            ) from None
+            raise ServiceUnavailable("the template renderer could not start a process; retry later", code="renderer_unavailable") from None
         sender.close()
         # Wall clock: the CPU budget plus slack for start-up and a child that sleeps rather than computes.
         if receiver.poll(limits.cpu_seconds * 2 + 2):
@@ -237,7 +233,7 @@ async def render_preview(template: str, variables: list, values: dict, limits: R
     return await _run("preview", template, variables, values, limits)
 
 
-async def validate_with_compose(rendered: str, *, redact=(), limits: RenderLimits | None = None) -> None:  # noqa: ANN001
+async def validate_with_compose(rendered: str, *, redact=(), limits: RenderLimits | None = None) -> None:
     """:func:`templating.validate_with_compose` with the configured timeout (fails closed)."""
     limits = limits or RenderLimits.from_settings()
     await templating.validate_with_compose(rendered, redact=redact, timeout=limits.compose_timeout)

@@ -201,9 +201,7 @@ def _decide(stack: Stack | None, entry: CatalogEntry, strategy: Strategy) -> tup
     return "skip", f"version {stack.version} is current"
 
 
-async def apply_catalog(
-    session: AsyncSession, *, organization_id: str, entries: list[CatalogEntry], strategy: Strategy
-) -> dict[str, Any]:
+async def apply_catalog(session: AsyncSession, *, organization_id: str, entries: list[CatalogEntry], strategy: Strategy) -> dict[str, Any]:
     """Create or update the organisation's catalogue stacks from already validated ``entries``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
@@ -234,9 +232,7 @@ async def apply_catalog(
     return stats
 
 
-async def load_catalog(
-    session: AsyncSession, *, organization_id: str, directory: Path | str, strategy: Strategy
-) -> dict[str, Any]:
+async def load_catalog(session: AsyncSession, *, organization_id: str, directory: Path | str, strategy: Strategy) -> dict[str, Any]:
     """Load ``directory``'s catalogue into one organisation; never raises for a bad file.
 
     Returns ``{"created", "updated", "skipped", "errors"}`` counts plus ``"failures"``:
@@ -271,6 +267,9 @@ async def sync_catalog(session: AsyncSession, *, settings: Settings) -> dict[str
         results[organization_id] = stats
     logger.info(
         "stack catalogue: %d definition(s) from %s into %d organization(s), %d invalid file(s)",
-        len(entries), settings.STACKS_DEFINITIONS_DIR, len(organization_ids), len(failures),
+        len(entries),
+        settings.STACKS_DEFINITIONS_DIR,
+        len(organization_ids),
+        len(failures),
     )
     return results

@@ -58,22 +58,28 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
     return [variable.model_dump() for variable in parsed]
 
 
-
 def read_variables_source(text: str) -> list[dict[str, Any]]:
     """The variable definitions a ``variables_source`` text holds (an empty text: none)."""
     try:
         value = compose_yaml.load(text)
     except ValidationFailed as exc:
-        raise ValidationFailed(f"variables_source: {exc.detail}", code=exc.code,
-                               params={**exc.params, "field": "variables_source"}) from None
+        raise ValidationFailed(
+            f"variables_source: {exc.detail}", code=exc.code, params={**exc.params, "field": "variables_source"}
+        ) from None
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ValidationFailed("variables_source: must be a list of variable definitions (objects)",
-                               code="invalid_variable_schema", params={"field": "variables_source"})
+        raise ValidationFailed(
+            "variables_source: must be a list of variable definitions (objects)",
+            code="invalid_variable_schema",
+            params={"field": "variables_source"},
+        )
     if len(value) > 200:
-        raise ValidationFailed("variables_source: at most 200 variables in a stack", code="invalid_variable_schema",
-                               params={"field": "variables_source", "max": 200})
+        raise ValidationFailed(
+            "variables_source: at most 200 variables in a stack",
+            code="invalid_variable_schema",
+            params={"field": "variables_source", "max": 200},
+        )
     return value
 
 
@@ -92,15 +98,22 @@ STACKS_BY_NAME = pagination.Ordering("stacks", (Stack.name, Stack.id))
 
 
 async def list_for_user(
-    session: AsyncSession, *, user: User, page: pagination.PageParams, organization_id: str | None = None,
-    q: str | None = None, source: str | None = None,
+    session: AsyncSession,
+    *,
+    user: User,
+    page: pagination.PageParams,
+    organization_id: str | None = None,
+    q: str | None = None,
+    source: str | None = None,
 ) -> pagination.Page:
     """Stacks of the organisations ``user`` belongs to (every one for a superuser), by name; ``q``: the name or
     description contains it; ``source``: ``catalog`` or ``user``.
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    scope = await organization_service.readable_partitions(session, user=user, org_column=Stack.organization_id, organization_id=organization_id)
+    scope = await organization_service.readable_partitions(
+        session, user=user, org_column=Stack.organization_id, organization_id=organization_id
+    )
     query = select(Stack)
     if q:
         query = query.where(pagination.contains(Stack.name, q) | pagination.contains(Stack.description, q))
@@ -110,15 +123,14 @@ async def list_for_user(
 
 
 async def find_by_name(session: AsyncSession, *, organization_id: str, name: str) -> Stack | None:
-    return (
-        await session.execute(select(Stack).where(Stack.organization_id == organization_id, Stack.name == name))
-    ).scalar_one_or_none()
+    return (await session.execute(select(Stack).where(Stack.organization_id == organization_id, Stack.name == name))).scalar_one_or_none()
 
 
 def _duplicate(name: str) -> Conflict:
     return Conflict(
         f"a stack named {name!r} already exists in this organization; pick another name or update that stack",
-        code="stack_exists", params={"name": name},
+        code="stack_exists",
+        params={"name": name},
     )
 
 
@@ -131,7 +143,9 @@ async def _flush(session: AsyncSession, name: str) -> None:
 
 async def create(session: AsyncSession, *, user: User, data: StackCreate) -> Stack:
     """Create a stack in ``data.organization_id`` or the caller's default organisation (operator or higher)."""
-    organization_id = await organization_service.resolve_organization(session, user=user, organization_id=data.organization_id, minimum=Role.OPERATOR)
+    organization_id = await organization_service.resolve_organization(
+        session, user=user, organization_id=data.organization_id, minimum=Role.OPERATOR
+    )
     given = _variables_of(data.model_dump(include=data.model_fields_set & {"variables", "variables_source"}))
     await end_transaction(session)  # rendering may take seconds: no transaction (on SQLite, no write lock) meanwhile
     variables = await validate_definition(data.template, given.get("variables", []))
@@ -162,20 +176,24 @@ async def update(session: AsyncSession, *, stack: Stack, data: StackUpdate) -> S
     for field in ("variables", "variables_source"):
         changes.pop(field, None)
     if "variables" in data.model_fields_set and data.variables is None:
-        raise ValidationFailed("variables cannot be null; leave it out to keep the current value",
-                               code="not_nullable", params={"field": "variables"})
+        raise ValidationFailed(
+            "variables cannot be null; leave it out to keep the current value", code="not_nullable", params={"field": "variables"}
+        )
     changes.update(_variables_of(data.model_dump(include=data.model_fields_set & {"variables", "variables_source"})))
     for field in _NOT_NULL:
         if field in changes and changes[field] is None:
-            raise ValidationFailed(f"{field} cannot be null; leave it out to keep the current value",
-                                   code="not_nullable", params={"field": field})
+            raise ValidationFailed(
+                f"{field} cannot be null; leave it out to keep the current value", code="not_nullable", params={"field": field}
+            )
     if "template" in changes or "variables" in changes:
         await end_transaction(session)  # as in create
-        changes["variables"] = await validate_definition(
-            changes.get("template", stack.template), changes.get("variables", stack.variables)
-        )
+        changes["variables"] = await validate_definition(changes.get("template", stack.template), changes.get("variables", stack.variables))
     name = changes.get("name")
-    if name is not None and name != stack.name and await find_by_name(session, organization_id=stack.organization_id, name=name) is not None:
+    if (
+        name is not None
+        and name != stack.name
+        and await find_by_name(session, organization_id=stack.organization_id, name=name) is not None
+    ):
         raise _duplicate(name)
     content_changed = any(
         field in changes and changes[field] != getattr(stack, field)

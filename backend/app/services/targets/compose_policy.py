@@ -45,7 +45,8 @@ from backend.app.engines.base import EngineError
 from backend.app.engines.compose_yaml import compose_bool
 from backend.app.engines.connection import cli_base_environment
 from backend.app.engines.document import interpolate
-from backend.app.schemas.compose_policy import MAX_PREFIXES, ComposePolicy, normalise_host_path as _normalise  # noqa: F401
+from backend.app.schemas.compose_policy import MAX_PREFIXES, ComposePolicy  # noqa: F401
+from backend.app.schemas.compose_policy import normalise_host_path as _normalise
 
 __all__ = [
     "HOST_FILE_RULES",
@@ -59,6 +60,7 @@ __all__ = [
     "load",
     "target_violations",
 ]
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -82,6 +84,7 @@ class PolicyViolation(ValidationFailed):
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
 
 def load(text: str) -> dict:
     """A compose document (already validated as one) read for the policy checks, as the deployer reads it
@@ -274,14 +277,12 @@ def _container_ref(value: Any) -> tuple[str, str] | None:
     text = str(value or "")
     for kind in ("container", "service"):
         if text.startswith(f"{kind}:"):
-            return kind, text[len(kind) + 1:]
+            return kind, text[len(kind) + 1 :]
     return None
 
 
 class _TargetChecker:
-    def __init__(
-        self, doc: Mapping[str, Any], policy: ComposePolicy, extra_sockets: Iterable[str], written: Mapping[str, Any]
-    ) -> None:
+    def __init__(self, doc: Mapping[str, Any], policy: ComposePolicy, extra_sockets: Iterable[str], written: Mapping[str, Any]) -> None:
         self.doc = doc
         #: the document as the tenant wrote it: messages quote its text, never a value interpolated from
         #: the WindFlow host's environment (``${HOME}`` stays ``${HOME}``)
@@ -289,9 +290,7 @@ class _TargetChecker:
         self.policy = policy
         self.extra_sockets = tuple(extra_sockets)
         self.services = _services(doc)
-        self.own_containers = {
-            str(s["container_name"]) for s in self.services.values() if s.get("container_name")
-        }
+        self.own_containers = {str(s["container_name"]) for s in self.services.values() if s.get("container_name")}
         self.found: list[Violation] = []
 
     def deny(self, allowed: bool, path: str, option: str, reason: str) -> None:
@@ -308,8 +307,12 @@ class _TargetChecker:
         for name, service in self.services.items():
             at = f"services.{name}"
             if _truthy(service.get("privileged")) and "privileged" in service:
-                self.deny(p.allow_privileged, f"{at}.privileged", "allow_privileged",
-                          "privileged mode gives the container every device and capability of the host")
+                self.deny(
+                    p.allow_privileged,
+                    f"{at}.privileged",
+                    "allow_privileged",
+                    "privileged mode gives the container every device and capability of the host",
+                )
             self.check_mounts(at, service, self.written.get(name, service))
             self.check_namespaces(at, service)
             for key in ("devices", "device_cgroup_rules", "gpus"):
@@ -317,15 +320,24 @@ class _TargetChecker:
                     self.deny(p.allow_devices, f"{at}.{key}", "allow_devices", "it gives the container host devices")
             devices = _mapping(_mapping(_mapping(service.get("deploy")).get("resources")).get("reservations"))
             if devices.get("devices"):
-                self.deny(p.allow_devices, f"{at}.deploy.resources.reservations.devices", "allow_devices",
-                          "it gives the container host devices")
+                self.deny(
+                    p.allow_devices, f"{at}.deploy.resources.reservations.devices", "allow_devices", "it gives the container host devices"
+                )
             if service.get("cap_add"):
-                self.deny(p.allow_capabilities, f"{at}.cap_add", "allow_capabilities",
-                          "added capabilities widen what the container may do to the host")
+                self.deny(
+                    p.allow_capabilities,
+                    f"{at}.cap_add",
+                    "allow_capabilities",
+                    "added capabilities widen what the container may do to the host",
+                )
             options = [str(o).strip().lower().replace("=", ":") for o in _items(service.get("security_opt"))]
             if any(o not in ("no-new-privileges", "no-new-privileges:true") for o in options):
-                self.deny(p.allow_security_opt, f"{at}.security_opt", "allow_security_opt",
-                          "it can lift the container's confinement (seccomp, AppArmor, SELinux)")
+                self.deny(
+                    p.allow_security_opt,
+                    f"{at}.security_opt",
+                    "allow_security_opt",
+                    "it can lift the container's confinement (seccomp, AppArmor, SELinux)",
+                )
             if service.get("sysctls"):
                 self.deny(p.allow_sysctls, f"{at}.sysctls", "allow_sysctls", "it changes kernel parameters")
             self.check_foreign(at, service, self.written.get(name, service))
@@ -343,45 +355,68 @@ class _TargetChecker:
             if not mount.source.startswith("/"):
                 # Relative (./data, ../../) and home (~) paths resolve on the host against directories the
                 # tenant does not see: only a policy allowing every host path accepts them.
-                self.deny(p.allow_host_binds and not p.host_bind_prefixes, path, "allow_host_binds",
-                          f"{raw!r} is a bind mount of a relative host path; "
-                          + ("use an absolute path under one of the allowed prefixes "
-                             f"({', '.join(p.host_bind_prefixes)})" if p.allow_host_binds else "use a named volume"))
+                self.deny(
+                    p.allow_host_binds and not p.host_bind_prefixes,
+                    path,
+                    "allow_host_binds",
+                    f"{raw!r} is a bind mount of a relative host path; "
+                    + (
+                        f"use an absolute path under one of the allowed prefixes ({', '.join(p.host_bind_prefixes)})"
+                        if p.allow_host_binds
+                        else "use a named volume"
+                    ),
+                )
                 continue
             source = _normalise(mount.source)
             socket_kind = _socket_kind(source, self.extra_sockets)
             if socket_kind is not None:
-                self.deny(p.allow_docker_socket, path, "allow_docker_socket",
-                          f"{raw!r} reaches the Docker engine socket, which is root on the host")
+                self.deny(
+                    p.allow_docker_socket,
+                    path,
+                    "allow_docker_socket",
+                    f"{raw!r} reaches the Docker engine socket, which is root on the host",
+                )
                 if socket_kind == "socket":
                     continue  # the socket itself is judged by allow_docker_socket alone
             if not p.allow_host_binds:
                 self.deny(False, path, "allow_host_binds", f"{raw!r} is a bind mount of a host path; use a named volume")
             elif p.host_bind_prefixes and not any(_under(source, prefix) for prefix in p.host_bind_prefixes):
-                self.deny(False, path, "host_bind_prefixes",
-                          f"{raw!r} is outside the allowed host paths ({', '.join(p.host_bind_prefixes)})")
+                self.deny(
+                    False, path, "host_bind_prefixes", f"{raw!r} is outside the allowed host paths ({', '.join(p.host_bind_prefixes)})"
+                )
 
     def check_namespaces(self, at: str, service: dict) -> None:
         p = self.policy
         for key in ("network_mode", "pid", "ipc", "uts", "cgroup"):
             value = str(service.get(key) or "").strip().lower()
             if value == "host":
-                self.deny(p.allow_host_namespaces, f"{at}.{key}", "allow_host_namespaces",
-                          f"{key}: host shares a namespace of the host")
+                self.deny(p.allow_host_namespaces, f"{at}.{key}", "allow_host_namespaces", f"{key}: host shares a namespace of the host")
         if service.get("userns_mode"):
-            self.deny(p.allow_host_namespaces, f"{at}.userns_mode", "allow_host_namespaces",
-                      "userns_mode changes the container's user namespace (host disables remapping)")
+            self.deny(
+                p.allow_host_namespaces,
+                f"{at}.userns_mode",
+                "allow_host_namespaces",
+                "userns_mode changes the container's user namespace (host disables remapping)",
+            )
         if service.get("cgroup_parent"):
-            self.deny(p.allow_host_namespaces, f"{at}.cgroup_parent", "allow_host_namespaces",
-                      "cgroup_parent places the container in a cgroup of the host")
+            self.deny(
+                p.allow_host_namespaces,
+                f"{at}.cgroup_parent",
+                "allow_host_namespaces",
+                "cgroup_parent places the container in a cgroup of the host",
+            )
 
     def check_foreign(self, at: str, service: dict, written: dict) -> None:
         p = self.policy
         for key in ("network_mode", "pid", "ipc"):
             ref = _container_ref(service.get(key))
             if ref and not self.own(*ref):
-                self.deny(p.allow_foreign_containers, f"{at}.{key}", "allow_foreign_containers",
-                          f"{str(written.get(key, ''))!r} is not a container of this deployment")
+                self.deny(
+                    p.allow_foreign_containers,
+                    f"{at}.{key}",
+                    "allow_foreign_containers",
+                    f"{str(written.get(key, ''))!r} is not a container of this deployment",
+                )
         written_from = _items(written.get("volumes_from"))
         for index, entry in enumerate(_items(service.get("volumes_from"))):
             ref = _container_ref(entry) or ("service", str(entry).split(":", 1)[0])
@@ -389,30 +424,49 @@ class _TargetChecker:
                 ref = ("container", ref[1].split(":", 1)[0])
             if not self.own(*ref):
                 shown = written_from[index] if index < len(written_from) else entry
-                self.deny(p.allow_foreign_containers, f"{at}.volumes_from[{index}]", "allow_foreign_containers",
-                          f"{str(shown)!r} is not a container of this deployment")
+                self.deny(
+                    p.allow_foreign_containers,
+                    f"{at}.volumes_from[{index}]",
+                    "allow_foreign_containers",
+                    f"{str(shown)!r} is not a container of this deployment",
+                )
         if service.get("external_links"):
-            self.deny(p.allow_foreign_containers, f"{at}.external_links", "allow_foreign_containers",
-                      "it links containers that are not the deployment's own")
+            self.deny(
+                p.allow_foreign_containers,
+                f"{at}.external_links",
+                "allow_foreign_containers",
+                "it links containers that are not the deployment's own",
+            )
 
     def check_resources(self) -> None:
         top = _lower_keys(self.doc)
         for key, definition in _mapping(top.get("networks")).items():
             driver = str(_lower_keys(definition).get("driver") or "").strip().lower()
             if driver in _HOST_NETWORK_DRIVERS:
-                self.deny(self.policy.allow_host_namespaces, f"networks.{key}.driver", "allow_host_namespaces",
-                          f"a {driver} network attaches containers to the host's network interfaces")
+                self.deny(
+                    self.policy.allow_host_namespaces,
+                    f"networks.{key}.driver",
+                    "allow_host_namespaces",
+                    f"a {driver} network attaches containers to the host's network interfaces",
+                )
         for kind in ("networks", "volumes", "configs", "secrets"):
             for key, definition in _mapping(top.get(kind)).items():
                 definition = _lower_keys(definition)
                 external = definition.get("external")
                 if external is not None and _truthy(external):
-                    self.deny(self.policy.allow_external_resources, f"{kind}.{key}.external", "allow_external_resources",
-                              f"an external {kind[:-1]} may belong to another deployment; let the deployment create its own")
+                    self.deny(
+                        self.policy.allow_external_resources,
+                        f"{kind}.{key}.external",
+                        "allow_external_resources",
+                        f"an external {kind[:-1]} may belong to another deployment; let the deployment create its own",
+                    )
                 elif definition.get("name"):
-                    self.deny(self.policy.allow_external_resources, f"{kind}.{key}.name", "allow_external_resources",
-                              f"a fixed {kind[:-1]} name may be another deployment's; remove name: (the deployment "
-                              "prefixes its own)")
+                    self.deny(
+                        self.policy.allow_external_resources,
+                        f"{kind}.{key}.name",
+                        "allow_external_resources",
+                        f"a fixed {kind[:-1]} name may be another deployment's; remove name: (the deployment prefixes its own)",
+                    )
 
 
 def target_violations(
@@ -500,10 +554,6 @@ def check_target(
     sockets = []
     if is_host_endpoint(endpoint):
         sockets.append(_normalise(endpoint.split(":", 1)[1].lstrip("/")))
-    found = _unique(
-        v
-        for view in _views(doc, endpoint)
-        for v in target_violations(view, policy, extra_sockets=sockets, written=doc)
-    )
+    found = _unique(v for view in _views(doc, endpoint) for v in target_violations(view, policy, extra_sockets=sockets, written=doc))
     if found:
         raise PolicyViolation(found, target_name, redact=redact)

@@ -111,9 +111,11 @@ async def resolve(session: AsyncSession, *, settings: Settings, declaration: Dec
     resolved = Resolved(shared=declaration.shared)
     found: dict[str, Target] = {}
     for word in declaration.names:
-        rows = (await session.execute(
-            select(Target).where(or_(Target.id == word, Target.name == word)).order_by(Target.created_at)
-        )).scalars().all()
+        rows = (
+            (await session.execute(select(Target).where(or_(Target.id == word, Target.name == word)).order_by(Target.created_at)))
+            .scalars()
+            .all()
+        )
         if not rows:
             resolved.problems.append(f"no target has the id or name {word!r}")
         for target in rows:
@@ -125,7 +127,8 @@ async def resolve(session: AsyncSession, *, settings: Settings, declaration: Dec
             if registered is None:
                 resolved.problems.append(
                     f"no target is bound to this host ({settings.host_id!r}) and none could be registered: no "
-                    "organisation exists yet (finish the setup, then restart this worker)")
+                    "organisation exists yet (finish the setup, then restart this worker)"
+                )
             else:
                 bound = [registered]
         for target in bound:
@@ -144,9 +147,7 @@ async def resolve(session: AsyncSession, *, settings: Settings, declaration: Dec
 
 async def host_targets(session: AsyncSession, *, settings: Settings) -> list[Target]:
     """Every target bound to this host (``settings.host_id``), oldest first."""
-    return list((await session.execute(
-        select(Target).where(Target.host == settings.host_id).order_by(Target.created_at)
-    )).scalars().all())
+    return list((await session.execute(select(Target).where(Target.host == settings.host_id).order_by(Target.created_at))).scalars().all())
 
 
 async def register_local_target(session: AsyncSession, *, settings: Settings) -> Target | None:
@@ -154,9 +155,9 @@ async def register_local_target(session: AsyncSession, *, settings: Settings) ->
     to this host, in the first organisation (the one setup created, which holds the ``local`` target of the
     host WindFlow was set up on). ``None`` when there is no organisation yet. Two workers of one host starting
     together register it once (the second finds the first's)."""
-    organization_id = (await session.execute(
-        select(Organization.id).order_by(Organization.created_at, Organization.id).limit(1)
-    )).scalar_one_or_none()
+    organization_id = (
+        await session.execute(select(Organization.id).order_by(Organization.created_at, Organization.id).limit(1))
+    ).scalar_one_or_none()
     if organization_id is None:
         return None
     host = settings.host_id
@@ -186,9 +187,11 @@ async def register_local_target(session: AsyncSession, *, settings: Settings) ->
 
 async def deployment_placed(session: AsyncSession, *, deployment_id: str) -> bool:
     """Whether ``deployment_id``'s target is placed (its work runs only on the target's workers)."""
-    placed = (await session.execute(
-        select(Target.placed).join(Deployment, Deployment.target_id == Target.id).where(Deployment.id == deployment_id)
-    )).scalar_one_or_none()
+    placed = (
+        await session.execute(
+            select(Target.placed).join(Deployment, Deployment.target_id == Target.id).where(Deployment.id == deployment_id)
+        )
+    ).scalar_one_or_none()
     return bool(placed)
 
 
@@ -227,7 +230,11 @@ class Coverage:
 
 async def placed_targets(session: AsyncSession) -> list[tuple[str, str]]:
     """``(id, name)`` of every active placed target."""
-    return [(i, n) for i, n in (await session.execute(
-        select(Target.id, Target.name).where(Target.placed.is_(True), Target.is_active.is_(True)).order_by(Target.name)
-    )).all()]
-
+    return [
+        (i, n)
+        for i, n in (
+            await session.execute(
+                select(Target.id, Target.name).where(Target.placed.is_(True), Target.is_active.is_(True)).order_by(Target.name)
+            )
+        ).all()
+    ]

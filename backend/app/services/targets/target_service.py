@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import docker.errors
 import requests.exceptions
-
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -136,7 +135,8 @@ def _require_superuser_for_host(user: User, endpoint: str, what: str) -> None:
         raise PermissionDenied(
             f"only a platform superuser may {what} a target that reaches the WindFlow host itself "
             f"({endpoint}): its engine is root on that host; register a remote engine (tcp:// or ssh://) instead",
-            code="host_target_forbidden", params={"endpoint": endpoint},
+            code="host_target_forbidden",
+            params={"endpoint": endpoint},
         )
 
 
@@ -171,13 +171,16 @@ def to_read(target: Target, settings: Settings, coverage: placement.Coverage | N
 
 
 def _host_binding_forbidden() -> PermissionDenied:
-    return PermissionDenied("only a platform superuser may bind a target to a host (host): it says which host's "
-                            "workers reach the engine", code="host_binding_forbidden")
+    return PermissionDenied(
+        "only a platform superuser may bind a target to a host (host): it says which host's workers reach the engine",
+        code="host_binding_forbidden",
+    )
 
 
 def _name_taken(name: str) -> Conflict:
     return Conflict(
-        f"a target named {name!r} already exists in this organization; pick another name", code="target_name_taken",
+        f"a target named {name!r} already exists in this organization; pick another name",
+        code="target_name_taken",
         params={"name": name},
     )
 
@@ -228,14 +231,15 @@ async def list_for_user(
 
     Filtering on an organisation the user does not belong to answers 404, like reading it would.
     """
-    scope = await organization_service.readable_partitions(session, user=user, org_column=Target.organization_id, organization_id=organization_id)
+    scope = await organization_service.readable_partitions(
+        session, user=user, org_column=Target.organization_id, organization_id=organization_id
+    )
     query = select(Target)
     if type is not None:
         query = query.where(Target.type == type)
     if q:
         query = query.where(pagination.contains(Target.name, q) | pagination.contains(Target.endpoint, q))
     return await pagination.paginate(session, query=query, ordering=TARGETS_BY_NAME, params=page, partitions=scope)
-
 
 
 async def update(session: AsyncSession, *, settings: Settings, user: User, target: Target, data: TargetUpdate) -> Target:
@@ -268,8 +272,10 @@ async def update(session: AsyncSession, *, settings: Settings, user: User, targe
         raise _host_binding_forbidden()
     if changes.get("host", target.host) is not None:
         if changes.get("placed") is False:
-            raise ValidationFailed("a target bound to a host is always placed: only that host's workers reach it; "
-                                   "set host to null first", code="host_target_placed")
+            raise ValidationFailed(
+                "a target bound to a host is always placed: only that host's workers reach it; set host to null first",
+                code="host_target_placed",
+            )
         changes["placed"] = True
     name = changes.get("name", target.name)  # read before a failed flush makes the row unreadable
     for field, value in changes.items():
@@ -284,9 +290,7 @@ async def update(session: AsyncSession, *, settings: Settings, user: User, targe
 
 async def delete(session: AsyncSession, *, target: Target) -> None:
     """Delete a target no deployment references (409 otherwise: deployments keep their target)."""
-    used = (
-        await session.execute(select(func.count()).select_from(Deployment).where(Deployment.target_id == target.id))
-    ).scalar_one()
+    used = (await session.execute(select(func.count()).select_from(Deployment).where(Deployment.target_id == target.id))).scalar_one()
     if used:
         raise _in_use(target, used)
     event = resource_changed(target.organization_id, "target", "deleted", target.id, target.name)

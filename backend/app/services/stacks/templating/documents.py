@@ -19,10 +19,10 @@ from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
 from backend.app.schemas.stack_variables import StackVariable
-from backend.app.services.targets import compose_policy
-from backend.app.services.targets.compose_policy import check_host_files
 from backend.app.services.stacks.templating.sandbox import render_template
 from backend.app.services.stacks.templating.values import MASK, masked_values, secret_values
+from backend.app.services.targets import compose_policy
+from backend.app.services.targets.compose_policy import check_host_files
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ def parse_compose_yaml(text: str) -> dict:
     document = compose_yaml.load(text)
     if not isinstance(document, dict):
         kind = "empty" if document is None else f"a {type(document).__name__}"
-        raise ValidationFailed(
-            f"the compose document must be a mapping with a 'services' key; it is {kind}", code="invalid_compose"
-        )
+        raise ValidationFailed(f"the compose document must be a mapping with a 'services' key; it is {kind}", code="invalid_compose")
     services = document.get("services")
     if not isinstance(services, dict) or not services:
         raise ValidationFailed(
@@ -131,13 +129,10 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
                 "(limit COMPOSE_VALIDATE_TIMEOUT_SECONDS); the document is refused",
                 code="compose_timeout",
             ) from None
-        raise ValidationFailed(
-            "docker compose could not validate the document; the document is refused", code="compose_failed"
-        ) from None
+        raise ValidationFailed("docker compose could not validate the document; the document is refused", code="compose_failed") from None
     if result.returncode < 0:
         raise ValidationFailed(
-            f"docker compose was killed (signal {-result.returncode}) while validating the document; "
-            "the document is refused",
+            f"docker compose was killed (signal {-result.returncode}) while validating the document; the document is refused",
             code="compose_failed",
         )
     if result.ok:

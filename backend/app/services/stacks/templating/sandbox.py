@@ -52,7 +52,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**"})
 
-    def call_binop(self, context, operator, left, right):  # noqa: ANN001, ANN201 - Jinja's signature
+    def call_binop(self, context, operator, left, right):
         if operator == "**":
             if isinstance(right, (int, float)) and not isinstance(right, bool) and abs(right) > 64:
                 raise SecurityError("exponent too large (at most 64)")
@@ -159,8 +159,7 @@ def check_generator_expression(expression: str) -> None:
     unknown = sorted(meta.find_undeclared_variables(tree) - set(GENERATORS))
     if unknown:
         raise ValueProblem(
-            f"unknown name(s) {', '.join(unknown)} in generator expression; available: "
-            + ", ".join(f"{g}()" for g in GENERATORS)
+            f"unknown name(s) {', '.join(unknown)} in generator expression; available: " + ", ".join(f"{g}()" for g in GENERATORS)
         )
 
 

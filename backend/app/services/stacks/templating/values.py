@@ -104,9 +104,7 @@ class _Resolution:
     used_example: list[str] = field(default_factory=list)
 
 
-def _resolve_level(
-    variables: Iterable[StackVariable], given: Mapping[str, Any], prefix: str, state: _Resolution
-) -> dict:
+def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any], prefix: str, state: _Resolution) -> dict:
     variables = list(variables)
     known = {variable.name for variable in variables}
     for key in given:
