@@ -1,4 +1,5 @@
-"""runtime/realtime/eager.py: a coroutine run at once up to its first wait, its rest finished by a task."""
+"""runtime/realtime/eager.py: a coroutine run at once up to its first wait, its rest finished by a task; and
+``Client.send_now``, the hub's send built on it (a client whose socket is a flag: pure logic)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 
 import pytest
 
+from backend.app.runtime.realtime import client as client_module
 from backend.app.runtime.realtime import eager
+from backend.app.runtime.realtime.access import Access
+from backend.app.runtime.realtime.client import Client
 
 
 async def test_a_coroutine_that_never_waits_finishes_inside_start():
@@ -38,6 +42,18 @@ async def test_a_coroutine_that_waits_is_finished_by_whoever_awaits_its_rest():
     gate.set()
     assert await asyncio.wait_for(task, 5) == "result"
     assert steps == ["began", "finished"]
+
+
+async def test_an_awaitable_that_is_not_a_coroutine_is_started_too():
+    done = asyncio.get_running_loop().create_future()
+    rest = eager.start(done)  # a future (an ASGI send may return any awaitable)
+    assert rest is not None
+    task = asyncio.create_task(_await(rest))
+    done.set_result("sent")
+    assert await asyncio.wait_for(task, 5) == "sent"
+    finished = asyncio.get_running_loop().create_future()
+    finished.set_result(None)
+    assert eager.start(finished) is None
 
 
 async def test_what_the_coroutine_raises_is_raised_by_start_or_by_its_rest():
@@ -99,26 +115,63 @@ async def test_a_timeout_around_the_rest_ends_a_send_that_never_completes():
         await asyncio.wait_for(bounded(), 5)
 
 
-async def test_sends_through_one_lock_keep_their_order_when_the_first_has_to_wait():
-    """The client's frames stay in order: a send the hub began that waits holds the client's send lock, and
-    what the pump sends next waits for it."""
-    lock = asyncio.Lock()
-    writable = asyncio.Event()
-    wire = []
+class _Socket(Client):
+    """A client whose socket takes frames only while ``writable`` is set (pure logic: no server)."""
 
-    async def send(text: str) -> None:
-        async with lock:
-            await writable.wait()
-            wire.append(text)
+    def __init__(self) -> None:
+        super().__init__(Access("user", False, frozenset({"org"})), "websocket")
+        self.direct = True
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.wire: list[str] = []
 
-    rest = eager.start(send("first"))
-    assert rest is not None
-    finish = asyncio.create_task(_await(rest))
-    later = asyncio.create_task(send("second"))
+    async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
+        await self.writable.wait()
+        self.wire.append(text)
+
+
+async def test_the_hub_s_send_finishes_at_once_while_the_socket_takes_it():
+    client = _Socket()
+    assert client.send_now("event 1") is True
+    assert client.wire == ["event 1"] and not client.writing and not client.send_lock.locked()
+
+
+async def test_a_send_that_waits_for_its_socket_holds_the_client_until_it_is_done_and_frames_keep_their_order():
+    client = _Socket()
+    client.writable.clear()  # the server paused writing to this client
+    assert client.send_now("event 1") is True  # under way: the hub goes on to its next client at once
+    assert client.wire == [] and client.writing and client.send_lock.locked()
+    answer = asyncio.create_task(client.send({"type": "pong"}))  # what is sent next (pump, answers) waits
     await asyncio.sleep(0.01)
-    writable.set()
-    await asyncio.wait_for(asyncio.gather(finish, later), 5)
-    assert wire == ["first", "second"]
+    assert client.wire == [] and not answer.done()
+    client.writable.set()
+    await asyncio.wait_for(answer, 5)
+    assert client.wire == ["event 1", '{"type":"pong"}']
+    assert not client.writing and not client.send_lock.locked()
+    await client.stop()
+
+
+async def test_a_send_that_waits_too_long_closes_the_client(monkeypatch):
+    monkeypatch.setattr(client_module, "SEND_TIMEOUT_SECONDS", 0.05)
+    client = _Socket()
+    client.writable.clear()
+    assert client.send_now("event 1") is True
+    await asyncio.wait_for(client.closed.wait(), 5)
+    assert client.close_code == 1008 and "did not read" in client.close_reason
+    await asyncio.sleep(0)
+    assert not client.send_lock.locked() and not client.writing and not client.direct
+    await client.stop()
+
+
+async def test_a_send_that_fails_at_once_closes_the_client_and_never_raises_into_the_hub():
+    client = _Socket()
+
+    async def gone(text: str, seq: int | None = None, kind: str | None = None) -> None:
+        raise ConnectionResetError("peer gone")
+
+    client.send_text = gone
+    assert client.send_now("event 1") is False
+    assert client.closed.is_set() and client.close_code == 1011 and "peer gone" in client.close_reason
 
 
 async def _await(awaitable):

@@ -14,9 +14,10 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -73,6 +74,7 @@ class Client(ABC):
         self.deployments: dict[str, DeploymentSubscription] = {}
         self.organizations: set[str] = set()
         self.lock = asyncio.Lock()  # the pump's, and a subscription's while it catches up (see exclusive)
+        self.send_lock = asyncio.Lock()  # one frame at a time, whoever sends it: pump, answers, heartbeats, hub
         self.exclusive = _Exclusive(self)
         self.stream: EventStream | None = None  # filled by the loop's hub from start() until stop()
         self.hub: Hub | None = None
@@ -94,39 +96,54 @@ class Client(ABC):
 
     @abstractmethod
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
-        """Send one frame (``seq``: the last log ``seq`` sent so far, for SSE ids; ``kind``: the frame type)."""
+        """Send one frame (``seq``: the last log ``seq`` sent so far, for SSE ids; ``kind``: the frame type).
+        Called under ``send_lock``, or by :meth:`send_now` while nobody holds it."""
 
     async def send(self, frame: dict, seq: int | None = None) -> None:
         await self._send(dumps(frame), seq, frame.get("type"))
 
     async def _send(self, text: str, seq: int | None, kind: str | None) -> None:
         try:
-            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # (no extra task per send, unlike wait_for)
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS), self.send_lock:  # (no extra task, unlike wait_for)
                 await self.send_text(text, seq, kind)
         except TimeoutError:
             self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
             raise ConnectionError("client send timed out") from None
 
+    def event_send(self, text: str) -> Coroutine[Any, Any, None]:
+        """The send of an event's text that :meth:`send_now` starts: :meth:`send_text` (a transport may return
+        its own, cheaper coroutine: it runs once per client and event)."""
+        return self.send_text(text)
+
     def send_now(self, text: str) -> bool:
-        """Send an event's ``text`` from the hub's delivery, its pump being idle: :meth:`send_text` run at once
-        (:func:`eager.start`), without a task, up to where it would wait. True when the text is sent or on its
-        way: if the socket cannot take it now (the server paused writing to this client), the rest of the send
-        runs in a task, ``writing`` meanwhile (the hub then queues this client's events behind it), within
-        :data:`SEND_TIMEOUT_SECONDS`. False when the send failed: the client closes."""
+        """Send an event's ``text`` from the hub's delivery, its pump idle and ``send_lock`` free:
+        :meth:`send_text` run at once (:func:`eager.start`), without a task and without taking the lock (a send
+        that finishes at once needs none), up to where it would wait. True when the text is sent or on its way:
+        if the socket cannot take it now (the server paused writing to this client), the rest of the send runs
+        in a task that holds ``send_lock`` until it is done (so what is sent next follows it), ``writing``
+        meanwhile (the hub then queues this client's events for the pump), within :data:`SEND_TIMEOUT_SECONDS`.
+        False when the send failed: the client closes."""
         try:
-            rest = eager.start(self.send_text(text))
+            rest = eager.start(self.event_send(text))
         except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
             return False
         if rest is not None:
             self.writing = True
-            task = asyncio.get_running_loop().create_task(self._finish_send(rest), name=f"realtime-{self.transport}-send")
+            # The lock is free (the hub checked), so this takes it at once (None), unless a waiter it just woke
+            # has not run yet: then the task waits for its turn.
+            locking = eager.start(self.send_lock.acquire())
+            task = asyncio.get_running_loop().create_task(
+                self._finish_send(rest, locking), name=f"realtime-{self.transport}-send")
             self._tasks.add(task)
         return True
 
-    async def _finish_send(self, rest: Awaitable[None]) -> None:
+    async def _finish_send(self, rest: Awaitable[None], locking: Awaitable[bool] | None) -> None:
+        locked = locking is None
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                if not locked:
+                    locked = await locking
                 await rest
         except TimeoutError:
             self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
@@ -134,6 +151,8 @@ class Client(ABC):
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
         finally:
             self.writing = False
+            if locked:
+                self.send_lock.release()
             self._tasks.discard(asyncio.current_task())
 
     def close(self, reason: str, code: int = 1000) -> None:

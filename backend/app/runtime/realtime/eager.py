@@ -18,15 +18,22 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 
-def start(coro: Coroutine[Any, Any, Any]) -> Awaitable[Any] | None:
+def start(coro: Awaitable[Any]) -> Awaitable[Any] | None:
     """Run ``coro`` until it finishes or first waits. None when it finished (its result is dropped; what it
     raised is raised here); otherwise an awaitable of the rest, to be awaited once by a task: it resumes
-    ``coro`` where it stopped, and returns (or raises) what ``coro`` does."""
+    ``coro`` where it stopped, and returns (or raises) what ``coro`` does. An awaitable that is not a
+    coroutine (an ASGI ``send`` may return any) is awaited by one."""
+    if type(coro) is not types.CoroutineType:
+        coro = _awaited(coro)
     try:
         pending = coro.send(None)
     except StopIteration:
         return None
     return _rest(coro, pending)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 @types.coroutine
