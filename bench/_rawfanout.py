@@ -3,8 +3,8 @@ itself).
 
 It answers the handshake and the ``auth``/``subscribe`` frames of the benchmark's clients (``_wsfarm.py``)
 and, on each ``{"step": N}`` line on stdin, writes one pre-built ``DEPLOYMENT_PROGRESS``-shaped text frame
-to every connected socket with ``transport.write`` on uvloop (what WindFlow's fast path ends with), then
-prints ``{"sent_at": perf_counter before the first write, "elapsed": seconds for all the writes}``. Run
+to every connected socket with ``transport.write`` on uvloop, then prints ``{"sent_at": perf_counter before
+the first write, "elapsed": seconds for all the writes, "cpu": the CPU time they took}``. Run
 pinned to the backend's CPU, it tells how much of a fan-out's time is the kernel's (one ``send`` per
 socket: on loopback the sender also pays the receiver's TCP processing and wake-up) rather than WindFlow's.
 It first prints ``{"port": P}``.
@@ -94,11 +94,11 @@ async def main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         frame = text_frame(FRAME % json.loads(line)["step"])
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         for transport in SOCKETS:
             transport.write(frame)
-        print(json.dumps({"sent_at": started, "elapsed": time.perf_counter() - started, "sockets": len(SOCKETS)}),
-              flush=True)
+        print(json.dumps({"sent_at": started, "elapsed": time.perf_counter() - started,
+                          "cpu": time.thread_time() - cpu, "sockets": len(SOCKETS)}), flush=True)
 
 
 if __name__ == "__main__":

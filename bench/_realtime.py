@@ -44,6 +44,13 @@ class Backend:
                     return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the backend's main thread, its event loop, so far (Python and the kernel's work in its
+        system calls, to the nanosecond: ``/proc/PID/schedstat``). Around one fan-out it tells what the
+        delivery cost the server, which a loaded machine changes much less than the latencies."""
+        with open(f"/proc/{self.pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+
 
 async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgres", **overrides) -> Backend:
     import httpx
@@ -180,10 +187,10 @@ class Farm:
 
 
 async def raw_fanout(cleanup: c.Cleanup, clients: int, events: int, interval: float, pinned: bool,
-                     first_step: int = 10**8) -> tuple[list[float], list[float], list[float]]:
+                     first_step: int = 10**8) -> tuple[list[float], list[float], list[float], list[float]]:
     """The same fan-out without WindFlow: ``_rawfanout.py`` (on the backend's CPU when pinned) writes one
     frame per event to ``clients`` farm clients. Returns every client's latency, and per event the time
-    until the last client had it and the server's time to write them all."""
+    until the last client had it, the server's time to write them all and the CPU time that took."""
     server = await asyncio.create_subprocess_exec(
         str(c.BIN / "python"), str(c.BENCH_DIR / "_rawfanout.py"),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -195,7 +202,7 @@ async def raw_fanout(cleanup: c.Cleanup, clients: int, events: int, interval: fl
     farm = await Farm.start(cleanup, set(range(1, os.cpu_count())) if pinned else None)
     try:
         await farm.connect(f"ws://127.0.0.1:{port}/", clients, organization_id="-")
-        latencies, lasts, writes = [], [], []
+        latencies, lasts, writes, cpu = [], [], [], []
         for step in range(first_step, first_step + events):
             server.stdin.write((json.dumps({"step": step}) + "\n").encode())
             await server.stdin.drain()
@@ -204,8 +211,9 @@ async def raw_fanout(cleanup: c.Cleanup, clients: int, events: int, interval: fl
             latencies += [at - sent["sent_at"] for at in arrivals]
             lasts.append(max(arrivals) - sent["sent_at"])
             writes.append(sent["elapsed"])
+            cpu.append(sent["cpu"])
             await asyncio.sleep(interval)
-        return latencies, lasts, writes
+        return latencies, lasts, writes, cpu
     finally:
         await farm.close()
         server.kill()

@@ -12,6 +12,11 @@ in the same run: raw ``NOTIFY`` -> ``LISTEN`` and raw Redis ``PUBLISH`` -> subsc
 count, the same clients on a bare WebSocket server with no application (``_rawfanout.py``, pinned like the
 backend): the floor of writing one frame to each of N sockets on this machine (``--no-raw``: skipped).
 
+Also printed: the server's CPU time per event (``server CPU ms/event``), from the emit until every client had
+it, of the backend's event-loop thread (``/proc/PID/schedstat``: its Python and the kernel's work in its
+sends), and for the bare server the CPU time of its writes. A loaded machine stretches the latencies far
+more than this: it compares two revisions run on a busy machine.
+
 Target: median <= 5 ms and p99 <= 50 ms at 1,000 clients.
 
     .venv/bin/python bench/event_latency.py [--events 200] [--clients 1,100,1000] [--bus postgres|redis]
@@ -95,7 +100,7 @@ async def raw_redis(count: int, interval: float) -> list[float]:
 
 
 async def windflow(backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int,
-                   interval: float) -> tuple[list[float], int]:
+                   interval: float) -> tuple[list[float], int, list[float]]:
     from backend.app.core.events import EventType, bus
 
     published: dict[int, float] = {}
@@ -108,19 +113,21 @@ async def windflow(backend: rt.Backend, farm: rt.Farm, deployment_id: str, clien
     await farm.connect(backend, clients - farm.count, organization_id=backend.organization_id)
     try:
         base = (clients + 1) * 100_000  # distinct steps per case
-        latencies, missing = [], 0
+        latencies, missing, cpu = [], 0, []
         for step in range(base, base + count):
             # One event at a time, as the raw fan-out does: the farm parses what it read between two events,
             # never while one is arriving (parsing 1,000 frames takes the farm's loop away from its sockets).
             c.check_stop()
+            before = backend.cpu_seconds()
             await rt.emit_progress(deployment_id, step)
             times = (await farm.progress([step], clients, timeout=10))[step]
+            cpu.append(backend.cpu_seconds() - before)
             latencies += [at - published[step] for at in times]
             missing += clients - len(times)
             await asyncio.sleep(interval)
     finally:
         unsubscribe()
-    return latencies, missing
+    return latencies, missing, cpu
 
 
 async def main(args) -> None:
@@ -140,25 +147,28 @@ async def main(args) -> None:
                            ("raw Redis PUBLISH -> subscriber", raw_redis(args.events, args.interval))):
             values = await coro
             rows.append([name, "-", str(len(values)), c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2),
-                         c.ms(max(values), 2), "0"])
+                         c.ms(max(values), 2), "0", "-"])
         for clients in sorted(args.clients):
             events = args.events if clients <= 100 else max(20, args.events // 4)
             interval = args.interval if clients <= 100 else max(args.interval, 0.1)
             print(f"  {clients} client(s), {events} events ...", file=sys.stderr)
-            values, missing = await windflow(backend, farm, deployment_id, clients, events, interval)
+            values, missing, cpu = await windflow(backend, farm, deployment_id, clients, events, interval)
             rows.append([f"WindFlow WS ({args.bus})", str(clients), str(len(values)), c.ms(c.median(values), 2),
-                         c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), str(missing)])
+                         c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), str(missing),
+                         f"{c.median(cpu) * 1e3:.2f} ({c.median(cpu) / clients * 1e6:.1f} us/client)"])
         await farm.close()
         if args.raw:
             clients = max(args.clients)
             events = args.events if clients <= 100 else max(20, args.events // 4)
             print(f"  raw fan-out: {clients} clients on a bare WebSocket server, {events} events ...", file=sys.stderr)
-            values, _, writes = await rt.raw_fanout(cleanup, clients, events, max(args.interval, 0.1), args.pin)
+            values, _, writes, raw_cpu = await rt.raw_fanout(cleanup, clients, events, max(args.interval, 0.1), args.pin)
             print(f"  raw fan-out: writing the frame to all {clients} sockets took {c.ms(c.median(writes), 2)} ms "
                   f"(median), {c.median(writes) / clients * 1e6:.1f} µs per socket", file=sys.stderr)
             rows.append(["raw WebSocket fan-out (no application)", str(clients), str(len(values)),
-                         c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), "0"])
-        print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost"], rows))
+                         c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), "0",
+                         f"{c.median(raw_cpu) * 1e3:.2f} ({c.median(raw_cpu) / clients * 1e6:.1f} us/client)"])
+        print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost", "server CPU ms/event"],
+                      rows))
         print(f"\nclients in one process ({'uvloop' if farm.info.get('uvloop') else 'asyncio'}), {pinning}; "
               f"{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms")
     finally:

@@ -4,7 +4,9 @@ Connects ``--clients`` authenticated clients to one backend process, each subscr
 organisation, and reports the backend's resident memory per connection (its RSS after the connections
 minus before, divided by their number). Then this process commits ``--events`` progress events, one at a
 time, and reports for each the time until *every* client had it (and the first and the median client),
-from the moment this process's bus published it (after its commit) to the socket read of the client.
+from the moment this process's bus published it (after its commit) to the socket read of the client, and
+the CPU time the backend's event-loop thread spent meanwhile (``/proc/PID/schedstat``: what the fan-out cost
+the server, which a loaded machine changes much less than the times).
 
 The clients run in a process of their own (``_wsfarm.py``: minimal clients on one uvloop loop, no
 compression); with 2+ CPUs the backend is pinned to CPU 0, this process and the clients to the others
@@ -62,11 +64,13 @@ async def main(args) -> None:
         rows = []
         for step in range(1, args.events + 1):
             c.check_stop()
+            cpu = backend.cpu_seconds()
             await rt.emit_progress(deployment_id, step)
             arrivals = sorted((await farm.progress([step], farm.count))[step])
+            cpu = backend.cpu_seconds() - cpu
             t0 = published[step]
             rows.append([str(step), str(len(arrivals)), c.ms(arrivals[0] - t0), c.ms(c.median(arrivals) - t0),
-                         c.ms(arrivals[-1] - t0)])
+                         c.ms(arrivals[-1] - t0), f"{cpu * 1e3:.1f}"])
             await asyncio.sleep(0.5)
         unsubscribe()
         clients, retried = farm.count, farm.retried
@@ -81,16 +85,17 @@ async def main(args) -> None:
               f"{(after - before) / clients:.1f} KiB per connection")
         if retried:
             print(f"{len(retried)} connection attempt(s) failed and were retried, e.g. {retried[0]}")
-        print(c.table(["event", "clients reached", "first ms", "median ms", "last (all) ms"], rows))
-        lasts = [float(r[4]) for r in rows]
+        print(c.table(["event", "clients reached", "first ms", "median ms", "last (all) ms", "server CPU ms"], rows))
+        lasts, cpus = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
         print(f"\nevent to all {clients} clients: median {c.median(lasts):.1f} ms, worst {max(lasts):.1f} ms; "
-              f"clients in one process (uvloop when installed), {pinning}; {c.machine_line()}")
+              f"server CPU per event: median {c.median(cpus):.1f} ms ({c.median(cpus) / clients * 1e3:.1f} us per "
+              f"client); clients in one process (uvloop when installed), {pinning}; {c.machine_line()}")
         if raw is not None:
-            latencies, raw_lasts, writes = raw
+            latencies, raw_lasts, writes, raw_cpu = raw
             print(f"raw fan-out (the same clients and frame, a bare uvloop server, no application): median client "
                   f"{c.ms(c.median(latencies))} ms, event to all: median {c.ms(c.median(raw_lasts))} ms, worst "
                   f"{c.ms(max(raw_lasts))} ms; the server's {clients} writes took {c.ms(c.median(writes))} ms "
-                  f"({c.median(writes) / clients * 1e6:.1f} us per socket)")
+                  f"({c.median(writes) / clients * 1e6:.1f} us per socket), CPU {c.ms(c.median(raw_cpu))} ms")
     finally:
         if farm is not None:
             await farm.close()
