@@ -82,6 +82,7 @@ class Client(ABC):
         # thousands of clients touches as little memory per client as it can.
         self.direct = False  # the hub may send events itself, from the delivery (a WebSocket sets it; not SSE)
         self.writing = False  # a send the hub began waits for the socket (see send_now)
+        self.sending = 0  # frames being sent through send_lock or waiting for it (pump, answers, heartbeats)
         self.busy = 0  # > 0 while ``lock`` is held through ``exclusive``
         self.idle = False  # the pump waits on an empty queue
         self.pump_task: asyncio.Task | None = None
@@ -103,12 +104,15 @@ class Client(ABC):
         await self._send(dumps(frame), seq, frame.get("type"))
 
     async def _send(self, text: str, seq: int | None, kind: str | None) -> None:
+        self.sending += 1
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS), self.send_lock:  # (no extra task, unlike wait_for)
                 await self.send_text(text, seq, kind)
         except TimeoutError:
             self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
             raise ConnectionError("client send timed out") from None
+        finally:
+            self.sending -= 1
 
     def event_send(self, text: str) -> Coroutine[Any, Any, None]:
         """The send of an event's text that :meth:`send_now` starts: :meth:`send_text` (a transport may return
@@ -116,7 +120,7 @@ class Client(ABC):
         return self.send_text(text)
 
     def send_now(self, text: str) -> bool:
-        """Send an event's ``text`` from the hub's delivery, its pump idle and ``send_lock`` free:
+        """Send an event's ``text`` from the hub's delivery, its pump idle and no other frame being sent:
         :meth:`send_text` run at once (:func:`eager.start`), without a task and without taking the lock (a send
         that finishes at once needs none), up to where it would wait. True when the text is sent or on its way:
         if the socket cannot take it now (the server paused writing to this client), the rest of the send runs
@@ -130,8 +134,8 @@ class Client(ABC):
             return False
         if rest is not None:
             self.writing = True
-            # The lock is free (the hub checked), so this takes it at once (None), unless a waiter it just woke
-            # has not run yet: then the task waits for its turn.
+            # Nobody sends or waits to (the hub checked ``sending``), so the lock is free and taken at once (None);
+            # otherwise the task waits for its turn.
             locking = eager.start(self.send_lock.acquire())
             task = asyncio.get_running_loop().create_task(
                 self._finish_send(rest, locking), name=f"realtime-{self.transport}-send")

@@ -28,7 +28,7 @@ class Member(Protocol):
     stream: EventStream | None
     direct: bool
     writing: bool
-    send_lock: asyncio.Lock
+    sending: int
     busy: int
     idle: bool
 
@@ -203,9 +203,9 @@ class Hub:
         sent = 0
         for client in recipients:
             # What the pump would do, done here when it is idle (nothing queued, lock free), no send the hub began
-            # still waits for the socket and no other frame is being sent; read as plain attributes (and one
-            # call): this loop runs once per client and event.
-            if not client.direct or client.busy or not client.idle or client.writing or client.send_lock.locked():
+            # still waits for the socket and no other frame is being sent; read as plain attributes: this loop
+            # runs once per client and event.
+            if not client.direct or client.busy or not client.idle or client.writing or client.sending:
                 client.queue(evt)
                 continue
             if stateful:
