@@ -21,6 +21,10 @@ degraded — visible again, as Redis does with unacknowledged messages. It also 
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so that workers polling the same queue never wait for each other.
 :func:`purge_consumed_messages` deletes delivered messages older than a retention window (a beat task).
 
+kombu creates a queue's row the first time a process declares it, under a lock of its own process only,
+and lets the unique violation through when another process created it in between: workers started
+together on a fresh database died of it. :meth:`Channel._get_or_create` reads the row the winner wrote.
+
 Every poll that completes stamps :data:`POLLS` (the worker's watchdog asks whether the consumer still
 fetches).
 """
@@ -38,6 +42,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sql
 from kombu.utils.json import loads
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from backend.app.runtime.workers import HEALTHY, STALE_AFTER_SECONDS
 
@@ -109,6 +114,18 @@ class Channel(kombu_sql.Channel):
                 with contextlib.suppress(Exception):
                     self.session.rollback()
                 raise
+
+    def _get_or_create(self, queue):
+        """kombu's, plus the race it loses across processes: another worker declared the same queue between
+        this one's read and its insert (a unique violation, which kombu lets through): read theirs."""
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            existing = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
+            if existing is None:
+                raise
+            return existing
 
     def _get(self, queue):
         if self.session.bind.name != "postgresql":
