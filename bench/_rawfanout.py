@@ -23,9 +23,11 @@ import time
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SOCKETS: list[asyncio.Transport] = []
-FRAME = ('{"type":"DEPLOYMENT_PROGRESS","deployment_id":"00000000-0000-0000-0000-000000000000",'
-         '"organization_id":"00000000-0000-0000-0000-000000000000","timestamp":"2026-01-01T00:00:00.000000Z",'
-         '"data":{"progress":0,"current_step":%d,"total_steps":1000000000,"step_name":"bench"}}')
+FRAME = (
+    '{"type":"DEPLOYMENT_PROGRESS","deployment_id":"00000000-0000-0000-0000-000000000000",'
+    '"organization_id":"00000000-0000-0000-0000-000000000000","timestamp":"2026-01-01T00:00:00.000000Z",'
+    '"data":{"progress":0,"current_step":%d,"total_steps":1000000000,"step_name":"bench"}}'
+)
 
 
 def text_frame(text: str) -> bytes:
@@ -46,8 +48,8 @@ def unmask(data: bytes) -> tuple[int, bytes, int] | None:
         length, start = int.from_bytes(data[2:10], "big"), 10
     if len(data) < start + 4 + length:
         return None
-    key = data[start:start + 4]
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(data[start + 4:start + 4 + length]))
+    key = data[start : start + 4]
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(data[start + 4 : start + 4 + length]))
     return data[0] & 0x0F, body, start + 4 + length
 
 
@@ -63,8 +65,10 @@ class Server(asyncio.Protocol):
             head, self.buf = self.buf.split(b"\r\n\r\n", 1)
             key = next(l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key"))
             accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
-            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
             self.open = True
         while (frame := unmask(self.buf)) is not None:
             opcode, body, used = frame
@@ -97,8 +101,12 @@ async def main() -> None:
         started, cpu = time.perf_counter(), time.thread_time()
         for transport in SOCKETS:
             transport.write(frame)
-        print(json.dumps({"sent_at": started, "elapsed": time.perf_counter() - started,
-                          "cpu": time.thread_time() - cpu, "sockets": len(SOCKETS)}), flush=True)
+        print(
+            json.dumps(
+                {"sent_at": started, "elapsed": time.perf_counter() - started, "cpu": time.thread_time() - cpu, "sockets": len(SOCKETS)}
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

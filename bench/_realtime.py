@@ -53,9 +53,9 @@ class Backend:
 
 
 async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgres", **overrides) -> Backend:
-    import httpx
-
     import resource
+
+    import httpx
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the backend: thousands of sockets
@@ -116,9 +116,17 @@ async def insert_deployment(backend: Backend, status: str = "deploying", deploym
     from backend.app.models.base import new_id
 
     async with database.AsyncSessionLocal() as session:
-        row = Deployment(id=deployment_id or new_id(), organization_id=backend.organization_id, stack_id=backend.stack_id,
-                         target_id=backend.target_id, name=f"bench-{int(time.time() * 1000) % 10**8}",
-                         status=DeploymentStatus(status), attempt=1, queued_at=utcnow(), variables={})
+        row = Deployment(
+            id=deployment_id or new_id(),
+            organization_id=backend.organization_id,
+            stack_id=backend.stack_id,
+            target_id=backend.target_id,
+            name=f"bench-{int(time.time() * 1000) % 10**8}",
+            status=DeploymentStatus(status),
+            attempt=1,
+            queued_at=utcnow(),
+            variables={},
+        )
         session.add(row)
         await session.commit()
         return row.id
@@ -137,8 +145,12 @@ class Farm:
     @classmethod
     async def start(cls, cleanup: c.Cleanup, cpus: set[int] | None = None) -> Farm:
         proc = await asyncio.create_subprocess_exec(
-            str(c.BIN / "python"), str(c.BENCH_DIR / "_wsfarm.py"),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**30)
+            str(c.BIN / "python"),
+            str(c.BENCH_DIR / "_wsfarm.py"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=2**30,
+        )
         if cpus:
             os.sched_setaffinity(proc.pid, cpus)
 
@@ -186,14 +198,15 @@ class Farm:
             await self.proc.wait()
 
 
-async def raw_fanout(cleanup: c.Cleanup, clients: int, events: int, interval: float, pinned: bool,
-                     first_step: int = 10**8) -> tuple[list[float], list[float], list[float], list[float]]:
+async def raw_fanout(
+    cleanup: c.Cleanup, clients: int, events: int, interval: float, pinned: bool, first_step: int = 10**8
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """The same fan-out without WindFlow: ``_rawfanout.py`` (on the backend's CPU when pinned) writes one
     frame per event to ``clients`` farm clients. Returns every client's latency, and per event the time
     until the last client had it, the server's time to write them all and the CPU time that took."""
     server = await asyncio.create_subprocess_exec(
-        str(c.BIN / "python"), str(c.BENCH_DIR / "_rawfanout.py"),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        str(c.BIN / "python"), str(c.BENCH_DIR / "_rawfanout.py"), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
     cleanup.push("stop the raw fan-out server", lambda: server.returncode is None and server.kill())
     pinned = pinned and (os.cpu_count() or 1) >= 2
     if pinned:  # as pin() places the backend and the clients
@@ -243,4 +256,3 @@ async def emit_progress(deployment_id: str, step: int) -> float:
         emitted = time.perf_counter()
         await session.commit()
     return emitted
-

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as c  # noqa: E402
+import _common as c
 
 c.bootstrap()
 import _realtime as rt  # noqa: E402
@@ -99,8 +99,9 @@ async def raw_redis(count: int, interval: float) -> list[float]:
     return latencies
 
 
-async def windflow(backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int,
-                   interval: float) -> tuple[list[float], int, list[float]]:
+async def windflow(
+    backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int, interval: float
+) -> tuple[list[float], int, list[float]]:
     from backend.app.core.events import EventType, bus
 
     published: dict[int, float] = {}
@@ -108,8 +109,7 @@ async def windflow(backend: rt.Backend, farm: rt.Farm, deployment_id: str, clien
     def on_publish(evt) -> None:
         published[evt.data["current_step"]] = time.perf_counter()
 
-    unsubscribe = bus.subscribe(on_publish, filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS
-                                and e.deployment_id == deployment_id)
+    unsubscribe = bus.subscribe(on_publish, filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS and e.deployment_id == deployment_id)
     await farm.connect(backend, clients - farm.count, organization_id=backend.organization_id)
     try:
         base = (clients + 1) * 100_000  # distinct steps per case
@@ -140,37 +140,61 @@ async def main(args) -> None:
         farm = await rt.Farm.start(cleanup, cpus)
         await rt.start_emitter(backend)
         deployment_id = await rt.insert_deployment(backend)
-        print(f"# event latency, emit -> client receive ({args.bus} event bus); {pinning}; {c.machine_line()}",
-              file=sys.stderr)
+        print(f"# event latency, emit -> client receive ({args.bus} event bus); {pinning}; {c.machine_line()}", file=sys.stderr)
         rows = []
-        for name, coro in (("raw NOTIFY -> LISTEN", raw_notify(backend, args.events, args.interval)),
-                           ("raw Redis PUBLISH -> subscriber", raw_redis(args.events, args.interval))):
+        for name, coro in (
+            ("raw NOTIFY -> LISTEN", raw_notify(backend, args.events, args.interval)),
+            ("raw Redis PUBLISH -> subscriber", raw_redis(args.events, args.interval)),
+        ):
             values = await coro
-            rows.append([name, "-", str(len(values)), c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2),
-                         c.ms(max(values), 2), "0", "-"])
+            rows.append(
+                [name, "-", str(len(values)), c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), "0", "-"]
+            )
         for clients in sorted(args.clients):
             events = args.events if clients <= 100 else max(20, args.events // 4)
             interval = args.interval if clients <= 100 else max(args.interval, 0.1)
             print(f"  {clients} client(s), {events} events ...", file=sys.stderr)
             values, missing, cpu = await windflow(backend, farm, deployment_id, clients, events, interval)
-            rows.append([f"WindFlow WS ({args.bus})", str(clients), str(len(values)), c.ms(c.median(values), 2),
-                         c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), str(missing),
-                         f"{c.median(cpu) * 1e3:.2f} ({c.median(cpu) / clients * 1e6:.1f} us/client)"])
+            rows.append(
+                [
+                    f"WindFlow WS ({args.bus})",
+                    str(clients),
+                    str(len(values)),
+                    c.ms(c.median(values), 2),
+                    c.ms(c.percentile(values, 99), 2),
+                    c.ms(max(values), 2),
+                    str(missing),
+                    f"{c.median(cpu) * 1e3:.2f} ({c.median(cpu) / clients * 1e6:.1f} us/client)",
+                ]
+            )
         await farm.close()
         if args.raw:
             clients = max(args.clients)
             events = args.events if clients <= 100 else max(20, args.events // 4)
             print(f"  raw fan-out: {clients} clients on a bare WebSocket server, {events} events ...", file=sys.stderr)
             values, _, writes, raw_cpu = await rt.raw_fanout(cleanup, clients, events, max(args.interval, 0.1), args.pin)
-            print(f"  raw fan-out: writing the frame to all {clients} sockets took {c.ms(c.median(writes), 2)} ms "
-                  f"(median), {c.median(writes) / clients * 1e6:.1f} µs per socket", file=sys.stderr)
-            rows.append(["raw WebSocket fan-out (no application)", str(clients), str(len(values)),
-                         c.ms(c.median(values), 2), c.ms(c.percentile(values, 99), 2), c.ms(max(values), 2), "0",
-                         f"{c.median(raw_cpu) * 1e3:.2f} ({c.median(raw_cpu) / clients * 1e6:.1f} us/client)"])
-        print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost", "server CPU ms/event"],
-                      rows))
-        print(f"\nclients in one process ({'uvloop' if farm.info.get('uvloop') else 'asyncio'}), {pinning}; "
-              f"{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms")
+            print(
+                f"  raw fan-out: writing the frame to all {clients} sockets took {c.ms(c.median(writes), 2)} ms "
+                f"(median), {c.median(writes) / clients * 1e6:.1f} µs per socket",
+                file=sys.stderr,
+            )
+            rows.append(
+                [
+                    "raw WebSocket fan-out (no application)",
+                    str(clients),
+                    str(len(values)),
+                    c.ms(c.median(values), 2),
+                    c.ms(c.percentile(values, 99), 2),
+                    c.ms(max(values), 2),
+                    "0",
+                    f"{c.median(raw_cpu) * 1e3:.2f} ({c.median(raw_cpu) / clients * 1e6:.1f} us/client)",
+                ]
+            )
+        print(c.table(["path", "clients", "samples", "median ms", "p99 ms", "max ms", "lost", "server CPU ms/event"], rows))
+        print(
+            f"\nclients in one process ({'uvloop' if farm.info.get('uvloop') else 'asyncio'}), {pinning}; "
+            f"{c.machine_line()}; target at 1,000 clients: median <= 5 ms, p99 <= 50 ms"
+        )
     finally:
         await stop_event_bus()
         for problem in cleanup.run():

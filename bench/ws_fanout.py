@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as c  # noqa: E402
+import _common as c
 
 c.bootstrap()
 import _realtime as rt  # noqa: E402
@@ -45,22 +45,28 @@ async def main(args) -> None:
         farm = await rt.Farm.start(cleanup, cpus)
         await rt.start_emitter(backend)
         deployment_id = await rt.insert_deployment(backend)
-        limit = open(f"/proc/{backend.pid}/limits").read().split("Max open files")[1].split()[0]
+        limit = Path(f"/proc/{backend.pid}/limits").read_text().split("Max open files")[1].split()[0]
         print(f"# backend pid {backend.pid}, open files limit {limit}; {pinning}", file=sys.stderr)
         await asyncio.sleep(2)
         before = backend.rss_kib()
         started = time.monotonic()
         while farm.count < args.clients:
-            await farm.connect(backend, min(args.step, args.clients - farm.count), batch=args.batch,
-                               organization_id=backend.organization_id)
-            print(f"  {farm.count} clients connected, backend RSS {backend.rss_kib() / 1024:.1f} MiB "
-                  f"({(backend.rss_kib() - before) / farm.count:.1f} KiB per connection)", file=sys.stderr)
+            await farm.connect(
+                backend, min(args.step, args.clients - farm.count), batch=args.batch, organization_id=backend.organization_id
+            )
+            print(
+                f"  {farm.count} clients connected, backend RSS {backend.rss_kib() / 1024:.1f} MiB "
+                f"({(backend.rss_kib() - before) / farm.count:.1f} KiB per connection)",
+                file=sys.stderr,
+            )
         connect_time = time.monotonic() - started
         await asyncio.sleep(3)
         after = backend.rss_kib()
         published: dict[int, float] = {}
-        unsubscribe = bus.subscribe(lambda e: published.__setitem__(e.data["current_step"], time.perf_counter()),
-                                    filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS)
+        unsubscribe = bus.subscribe(
+            lambda e: published.__setitem__(e.data["current_step"], time.perf_counter()),
+            filter=lambda e: e.type is EventType.DEPLOYMENT_PROGRESS,
+        )
         rows = []
         for step in range(1, args.events + 1):
             c.check_stop()
@@ -69,8 +75,16 @@ async def main(args) -> None:
             arrivals = sorted((await farm.progress([step], farm.count))[step])
             cpu = backend.cpu_seconds() - cpu
             t0 = published[step]
-            rows.append([str(step), str(len(arrivals)), c.ms(arrivals[0] - t0), c.ms(c.median(arrivals) - t0),
-                         c.ms(arrivals[-1] - t0), f"{cpu * 1e3:.1f}"])
+            rows.append(
+                [
+                    str(step),
+                    str(len(arrivals)),
+                    c.ms(arrivals[0] - t0),
+                    c.ms(c.median(arrivals) - t0),
+                    c.ms(arrivals[-1] - t0),
+                    f"{cpu * 1e3:.1f}",
+                ]
+            )
             await asyncio.sleep(0.5)
         unsubscribe()
         clients, retried = farm.count, farm.retried
@@ -81,21 +95,27 @@ async def main(args) -> None:
             print(f"  raw fan-out: {clients} clients on a bare WebSocket server, {args.events} events ...", file=sys.stderr)
             raw = await rt.raw_fanout(cleanup, clients, args.events, 0.5, args.pin)
         print(f"# {clients} WebSocket clients on one backend process; {c.machine_line()}")
-        print(f"connected in {connect_time:.1f} s; backend RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: "
-              f"{(after - before) / clients:.1f} KiB per connection")
+        print(
+            f"connected in {connect_time:.1f} s; backend RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: "
+            f"{(after - before) / clients:.1f} KiB per connection"
+        )
         if retried:
             print(f"{len(retried)} connection attempt(s) failed and were retried, e.g. {retried[0]}")
         print(c.table(["event", "clients reached", "first ms", "median ms", "last (all) ms", "server CPU ms"], rows))
         lasts, cpus = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
-        print(f"\nevent to all {clients} clients: median {c.median(lasts):.1f} ms, worst {max(lasts):.1f} ms; "
-              f"server CPU per event: median {c.median(cpus):.1f} ms ({c.median(cpus) / clients * 1e3:.1f} us per "
-              f"client); clients in one process (uvloop when installed), {pinning}; {c.machine_line()}")
+        print(
+            f"\nevent to all {clients} clients: median {c.median(lasts):.1f} ms, worst {max(lasts):.1f} ms; "
+            f"server CPU per event: median {c.median(cpus):.1f} ms ({c.median(cpus) / clients * 1e3:.1f} us per "
+            f"client); clients in one process (uvloop when installed), {pinning}; {c.machine_line()}"
+        )
         if raw is not None:
             latencies, raw_lasts, writes, raw_cpu = raw
-            print(f"raw fan-out (the same clients and frame, a bare uvloop server, no application): median client "
-                  f"{c.ms(c.median(latencies))} ms, event to all: median {c.ms(c.median(raw_lasts))} ms, worst "
-                  f"{c.ms(max(raw_lasts))} ms; the server's {clients} writes took {c.ms(c.median(writes))} ms "
-                  f"({c.median(writes) / clients * 1e6:.1f} us per socket), CPU {c.ms(c.median(raw_cpu))} ms")
+            print(
+                f"raw fan-out (the same clients and frame, a bare uvloop server, no application): median client "
+                f"{c.ms(c.median(latencies))} ms, event to all: median {c.ms(c.median(raw_lasts))} ms, worst "
+                f"{c.ms(max(raw_lasts))} ms; the server's {clients} writes took {c.ms(c.median(writes))} ms "
+                f"({c.median(writes) / clients * 1e6:.1f} us per socket), CPU {c.ms(c.median(raw_cpu))} ms"
+            )
     finally:
         if farm is not None:
             await farm.close()

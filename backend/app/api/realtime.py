@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket
@@ -25,12 +25,12 @@ from backend.app import database
 from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, authenticate, get_settings
 from backend.app.config import Settings
+from backend.app.core.events import iso_utc
+from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
+from backend.app.models import Deployment, Role, User
 from backend.app.runtime import metrics
 from backend.app.runtime.realtime.access import Access, credential_access, load_access
 from backend.app.runtime.realtime.client import CLOSE_UNAUTHORIZED, HEARTBEAT_SECONDS, Client, monotonic_deadline
-from backend.app.core.events import Event, iso_utc
-from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
-from backend.app.models import Deployment, Role, User
 from backend.app.schemas.events import AuthFrame, ClientFrame, ServerFrame, SubscribeFrame, UnsubscribeFrame
 from backend.app.services.deployments import service_logs
 from backend.app.services.identity import organization_service
@@ -125,15 +125,22 @@ async def events_socket(websocket: WebSocket, send: Send, settings: Settings) ->
         if not database.is_unavailable(exc):
             raise
         # the client's usual reconnection (with backoff) succeeds once the database is back
-        logger.warning("WebSocket from %s refused: the database is unreachable (%s)", _peer(websocket),
-                       f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        logger.warning(
+            "WebSocket from %s refused: the database is unreachable (%s)",
+            _peer(websocket),
+            f"{type(exc).__name__}: {exc}".splitlines()[0][:200],
+        )
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry in a few seconds")
         return
     client = WebSocketClient(websocket, send, access[credential.user.id], credential.expires_at)
-    client.access = credential_access(
-        client.access, api_tokens, credential.api_token_id, credential.user.token_generation)
-    await client.send({"type": "authenticated", "user_id": credential.user.id,
-                       "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
+    client.access = credential_access(client.access, api_tokens, credential.api_token_id, credential.user.token_generation)
+    await client.send(
+        {
+            "type": "authenticated",
+            "user_id": credential.user.id,
+            "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None,
+        }
+    )
     client.start()
     metrics.WEBSOCKET_CONNECTIONS.inc()
     logger.info("WebSocket connected: user %s from %s", credential.user.id, _peer(websocket))
@@ -190,8 +197,7 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err.get("loc", ()) if not str(p).endswith("Frame"))
         parts.append(f"{where or 'frame'}: {err.get('msg')}")
-    return ('invalid frame (expected {"type": "auth"|"subscribe"|"unsubscribe"|"ping", ...}): '
-            + "; ".join(parts))[:500]
+    return ('invalid frame (expected {"type": "auth"|"subscribe"|"unsubscribe"|"ping", ...}): ' + "; ".join(parts))[:500]
 
 
 async def _handle(client: WebSocketClient, frame: Any, settings: Settings) -> None:
@@ -209,8 +215,7 @@ async def _handle(client: WebSocketClient, frame: Any, settings: Settings) -> No
         # its subscriptions) stays; not a closed socket, as an OSError of the database would otherwise make it.
         if not database.is_unavailable(exc):
             raise
-        ids = {"deployment_id": getattr(frame, "deployment_id", None),
-               "organization_id": getattr(frame, "organization_id", None)}
+        ids = {"deployment_id": getattr(frame, "deployment_id", None), "organization_id": getattr(frame, "organization_id", None)}
         await client.send(_error("database_unavailable", DatabaseUnavailable().detail, **ids))
 
 
@@ -226,10 +231,14 @@ async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: S
     client.expires_at = credential.expires_at
     access, api_tokens = await load_access({credential.user.id}, {credential.api_token_id} - {None})
     fresh = access[credential.user.id]
-    await client.set_access(
-        credential_access(fresh, api_tokens, credential.api_token_id, credential.user.token_generation))
-    await client.send({"type": "authenticated", "user_id": credential.user.id,
-                       "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None})
+    await client.set_access(credential_access(fresh, api_tokens, credential.api_token_id, credential.user.token_generation))
+    await client.send(
+        {
+            "type": "authenticated",
+            "user_id": credential.user.id,
+            "expires_at": iso_utc(credential.expires_at) if credential.expires_at else None,
+        }
+    )
 
 
 async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: Settings) -> None:
@@ -247,7 +256,8 @@ async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: S
                 raise NotAuthenticated("the user of this connection no longer exists")
             if frame.deployment_id:
                 deployment = await organization_service.get_owned(
-                    session, user=user, model=Deployment, entity_id=frame.deployment_id, minimum=Role.VIEWER, noun="deployment")
+                    session, user=user, model=Deployment, entity_id=frame.deployment_id, minimum=Role.VIEWER, noun="deployment"
+                )
                 if frame.stream == "services":
                     follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=frame.tail)
             elif await organization_service.role_in(session, user=user, organization_id=frame.organization_id) is None:
@@ -276,8 +286,15 @@ async def _follow_services(client: WebSocketClient, deployment: Deployment, foll
         if client.access.allows(deployment.organization_id):
             await client.send(frame)
 
-    await client.send({"type": "subscribed", "deployment_id": deployment.id,
-                       "organization_id": deployment.organization_id, "stream": "services", "last_seq": None})
+    await client.send(
+        {
+            "type": "subscribed",
+            "deployment_id": deployment.id,
+            "organization_id": deployment.organization_id,
+            "stream": "services",
+            "last_seq": None,
+        }
+    )
     follower.start(send, on_end=lambda: client.services.pop(deployment.id, None))
 
 
@@ -318,8 +335,9 @@ async def _watch(client: WebSocketClient) -> None:
                     client.close("the token expired and no new auth frame came", CLOSE_UNAUTHORIZED)
                     return
                 warned_for = client.expires_at
-                await client.send(_error("token_expired", f"the token has expired: send a new auth frame within "
-                                                          f"{REAUTH_GRACE_SECONDS:.0f} s"))
+                await client.send(
+                    _error("token_expired", f"the token has expired: send a new auth frame within {REAUTH_GRACE_SECONDS:.0f} s")
+                )
             if now >= next_beat:
                 await client.send({"type": "heartbeat", "timestamp": iso_utc(datetime.now(UTC))})
                 next_beat = now + HEARTBEAT_SECONDS
@@ -347,8 +365,9 @@ def _since(last_event_id: str | None, since_seq: int | None) -> int:
         try:
             value = int(last_event_id.strip())
         except ValueError:
-            raise ValidationFailed("Last-Event-ID must be the seq of the last line received (an integer)",
-                                   code="invalid_last_event_id") from None
+            raise ValidationFailed(
+                "Last-Event-ID must be the seq of the last line received (an integer)", code="invalid_last_event_id"
+            ) from None
         if value < 0:
             raise ValidationFailed("Last-Event-ID must be 0 or more", code="invalid_last_event_id")
         return value
@@ -358,9 +377,12 @@ def _since(last_event_id: str | None, since_seq: int | None) -> int:
 @router.get(
     "/deployments/{deployment_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"description": "an event stream: one `ServerFrame` per `data:` line, its type in `event:`, "
-                                    "the last log `seq` in `id:`",
-                     "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerFrame"}}}}},
+    responses={
+        200: {
+            "description": "an event stream: one `ServerFrame` per `data:` line, its type in `event:`, the last log `seq` in `id:`",
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerFrame"}}},
+        }
+    },
 )
 async def deployment_events(
     request: Request,
@@ -422,8 +444,7 @@ def install_openapi(app: FastAPI) -> None:
             schema = base()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, union in (("ServerFrame", ServerFrame), ("ClientFrame", ClientFrame)):
-                generated = TypeAdapter(union).json_schema(
-                    ref_template="#/components/schemas/{model}", mode="serialization")
+                generated = TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
                 for key, value in generated.pop("$defs", {}).items():
                     components.setdefault(key, value)
                 components[name] = generated

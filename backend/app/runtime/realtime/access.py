@@ -63,7 +63,7 @@ async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str
     ids, tokens = sorted(user_ids), sorted(token_ids)
     async with database.AsyncSessionLocal() as session:
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             for row in await session.execute(
                 select(User.id, User.is_active, User.is_superuser, User.token_generation).where(User.id.in_(chunk))
             ):
@@ -73,10 +73,8 @@ async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str
             ):
                 orgs.setdefault(uid, set()).add(org)
         for start in range(0, len(tokens), 500):
-            chunk = tokens[start:start + 500]
-            for row in await session.execute(
-                select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(ApiToken.id.in_(chunk))
-            ):
+            chunk = tokens[start : start + 500]
+            for row in await session.execute(select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(ApiToken.id.in_(chunk))):
                 api_tokens[row.id] = row
     access = {}
     for uid in user_ids:
@@ -90,17 +88,30 @@ def refreshed(current: Access, fresh: Access, api_tokens: dict[str, Any]) -> Acc
     request (``auth_service.credential_refusal``) would now refuse it: its API token revoked or expired, the
     account deactivated or gone, or signed out everywhere since it authenticated (token generation)."""
     refusal = auth_service.credential_refusal(
-        fresh.account, api_token=api_tokens.get(current.api_token_id), api_token_used=current.api_token_id is not None,
-        generation=current.generation, now=datetime.now(UTC),
+        fresh.account,
+        api_token=api_tokens.get(current.api_token_id),
+        api_token_used=current.api_token_id is not None,
+        generation=current.generation,
+        now=datetime.now(UTC),
     )
-    return Access(fresh.user_id, fresh.superuser, fresh.organizations, current.api_token_id,
-                  refusal.detail if refusal is not None else None, current.generation, fresh.account)
+    return Access(
+        fresh.user_id,
+        fresh.superuser,
+        fresh.organizations,
+        current.api_token_id,
+        refusal.detail if refusal is not None else None,
+        current.generation,
+        fresh.account,
+    )
 
 
 def credential_access(fresh: Access, api_tokens: dict[str, Any], api_token_id: str | None, generation: int) -> Access:
     """The access of a client that just authenticated: API token, or access token of ``generation``."""
-    return refreshed(Access(fresh.user_id, fresh.superuser, fresh.organizations, api_token_id,
-                            generation=None if api_token_id else generation), fresh, api_tokens)
+    return refreshed(
+        Access(fresh.user_id, fresh.superuser, fresh.organizations, api_token_id, generation=None if api_token_id else generation),
+        fresh,
+        api_tokens,
+    )
 
 
 class AccessRegistry:
@@ -123,7 +134,8 @@ class AccessRegistry:
         if not clients:
             return
         access, api_tokens = await load_access(
-            {c.access.user_id for c in clients}, {c.access.api_token_id for c in clients if c.access.api_token_id})
+            {c.access.user_id for c in clients}, {c.access.api_token_id for c in clients if c.access.api_token_id}
+        )
         for client in clients:
             await client.set_access(refreshed(client.access, access[client.access.user_id], api_tokens))
 

@@ -109,7 +109,7 @@ class Client(ABC):
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS), self.send_lock:  # (no extra task, unlike wait_for)
                 await self.send_text(text, seq, kind)
         except TimeoutError:
-            self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
+            self.close(f"the client did not read for {SEND_TIMEOUT_SECONDS:g} s", 1008)
             raise ConnectionError("client send timed out") from None
         finally:
             self.sending -= 1
@@ -137,8 +137,7 @@ class Client(ABC):
             # Nobody sends or waits to (the hub checked ``sending``), so the lock is free and taken at once (None);
             # otherwise the task waits for its turn.
             locking = eager.start(self.send_lock.acquire())
-            task = asyncio.get_running_loop().create_task(
-                self._finish_send(rest, locking), name=f"realtime-{self.transport}-send")
+            task = asyncio.get_running_loop().create_task(self._finish_send(rest, locking), name=f"realtime-{self.transport}-send")
             self._tasks.add(task)
         return True
 
@@ -150,7 +149,7 @@ class Client(ABC):
                     locked = await locking
                 await rest
         except TimeoutError:
-            self.close("the client did not read for %d s" % SEND_TIMEOUT_SECONDS, 1008)
+            self.close(f"the client did not read for {SEND_TIMEOUT_SECONDS:g} s", 1008)
         except Exception as exc:  # noqa: BLE001 - as in send_now
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
         finally:
@@ -225,12 +224,24 @@ class Client(ABC):
         async with self.exclusive:
             for org in lost_orgs:
                 self._leave(org)
-                await self.send({"type": "error", "code": "access_revoked", "organization_id": org,
-                                 "detail": "you are no longer a member of this organization; unsubscribed"})
+                await self.send(
+                    {
+                        "type": "error",
+                        "code": "access_revoked",
+                        "organization_id": org,
+                        "detail": "you are no longer a member of this organization; unsubscribed",
+                    }
+                )
             for sub in lost_deployments:
                 self._unfollow(sub.deployment_id)
-                await self.send({"type": "error", "code": "access_revoked", "deployment_id": sub.deployment_id,
-                                 "detail": "you are no longer a member of this deployment's organization; unsubscribed"})
+                await self.send(
+                    {
+                        "type": "error",
+                        "code": "access_revoked",
+                        "deployment_id": sub.deployment_id,
+                        "detail": "you are no longer a member of this deployment's organization; unsubscribed",
+                    }
+                )
 
     # --- subscriptions ------------------------------------------------------------------------------
 
@@ -261,9 +272,7 @@ class Client(ABC):
         self.organizations.discard(organization_id)
         return True
 
-    async def subscribe_deployment(
-        self, deployment_id: str, organization_id: str, since_seq: int, *, announce: bool = True
-    ) -> int:
+    async def subscribe_deployment(self, deployment_id: str, organization_id: str, since_seq: int, *, announce: bool = True) -> int:
         """Follow a deployment: persisted lines after ``since_seq`` now, live events after (``announce``:
         then a ``subscribed`` frame). Returns the last ``seq`` sent."""
         async with self.exclusive:
@@ -276,11 +285,17 @@ class Client(ABC):
             await self._catch_up(sub)
             if announce:
                 async with database.AsyncSessionLocal() as session:  # read after the subscription took effect
-                    status = (await session.execute(
-                        select(Deployment.status).where(Deployment.id == deployment_id))).scalar_one_or_none()
-                await self.send({"type": "subscribed", "deployment_id": deployment_id, "organization_id": organization_id,
-                                 "stream": "events", "last_seq": sub.last_seq,
-                                 "status": str(status) if status is not None else None})
+                    status = (await session.execute(select(Deployment.status).where(Deployment.id == deployment_id))).scalar_one_or_none()
+                await self.send(
+                    {
+                        "type": "subscribed",
+                        "deployment_id": deployment_id,
+                        "organization_id": organization_id,
+                        "stream": "events",
+                        "last_seq": sub.last_seq,
+                        "status": str(status) if status is not None else None,
+                    }
+                )
             return sub.last_seq
 
     async def subscribe_organization(self, organization_id: str) -> None:
@@ -338,7 +353,7 @@ class Client(ABC):
             self.close(f"send failed: {exc}", 1011)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - never leave a client open without its pump
+        except Exception:
             logger.exception("real time: %s client pump failed", self.transport)
             self.close("internal error", 1011)
 
@@ -401,16 +416,21 @@ class Client(ABC):
         dropped = overflow.dropped + self.stream.clear()
         metrics.RESYNCS.labels(self.transport).inc()
         if overflow.missed:
-            logger.info("real time: the event bus reconnected; resynchronising a %s client of user %s",
-                        self.transport, self.access.user_id)
+            logger.info("real time: the event bus reconnected; resynchronising a %s client of user %s", self.transport, self.access.user_id)
         else:
-            logger.info("real time: %s client of user %s fell behind (%d event(s) dropped); resynchronising",
-                        self.transport, self.access.user_id, dropped)
+            logger.info(
+                "real time: %s client of user %s fell behind (%d event(s) dropped); resynchronising",
+                self.transport,
+                self.access.user_id,
+                dropped,
+            )
         for org in sorted(self.organizations):
             await self.send({"type": "resync", "deployment_id": None, "organization_id": org, "last_seq": None})
         for sub in list(self.deployments.values()):
-            await self.send({"type": "resync", "deployment_id": sub.deployment_id,
-                             "organization_id": sub.organization_id, "last_seq": sub.last_seq}, sub.last_seq)
+            await self.send(
+                {"type": "resync", "deployment_id": sub.deployment_id, "organization_id": sub.organization_id, "last_seq": sub.last_seq},
+                sub.last_seq,
+            )
             await self._catch_up(sub)
         # and those of its account (its API tokens; users and organisations for a superuser): a resync of no
         # deployment and no organisation, after the others (the account lists read themselves again)

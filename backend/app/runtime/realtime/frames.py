@@ -40,6 +40,10 @@ def latency(evt: Event) -> float:
 def logs_frame(deployment_id: str, organization_id: str, lines: list[LogLine] | list[dict]) -> dict:
     now = iso_utc(datetime.now(UTC))
     logs = [line if isinstance(line, dict) else line.to_dict() for line in lines]
-    return {"type": str(EventType.DEPLOYMENT_LOGS_UPDATE), "deployment_id": deployment_id,
-            "organization_id": organization_id, "timestamp": now,
-            "data": {"logs": logs, "append": True, "timestamp": now}}
+    return {
+        "type": str(EventType.DEPLOYMENT_LOGS_UPDATE),
+        "deployment_id": deployment_id,
+        "organization_id": organization_id,
+        "timestamp": now,
+        "data": {"logs": logs, "append": True, "timestamp": now},
+    }

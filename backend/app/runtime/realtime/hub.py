@@ -20,6 +20,7 @@ from backend.app.runtime.realtime.frames import encode_event, latency
 
 logger = logging.getLogger(__name__)
 
+
 class Member(Protocol):
     """What the hub reads and calls on each client it delivers to (a :class:`~backend.app.runtime.realtime.client.Client`)."""
 
@@ -56,7 +57,6 @@ def _observe_direct_sends() -> None:
     for evt, transport, count in tallies:
         metrics.EVENT_FRAMES.labels(transport, "direct").inc(count)
         metrics.observe_many(metrics.EVENT_SEND_LATENCY.labels(transport), latency(evt), count)
-
 
 
 class Hub:
@@ -159,9 +159,11 @@ class Hub:
 
     def wants(self, evt: Event) -> bool:
         # Reads only; dict membership is atomic under the GIL.
-        return evt.deployment_id in self.by_deployment or (
-            evt.type in LIST_EVENTS and evt.organization_id in self.by_organization) or (
-            not evt.organization_id and evt.type is EventType.RESOURCE_CHANGED and bool(self.audience_of(evt)))
+        return (
+            evt.deployment_id in self.by_deployment
+            or (evt.type in LIST_EVENTS and evt.organization_id in self.by_organization)
+            or (not evt.organization_id and evt.type is EventType.RESOURCE_CHANGED and bool(self.audience_of(evt)))
+        )
 
     def offer(self, evt: Event) -> None:
         deliver_on_loop(self.loop, self.thread, self.fan_out, evt)  # a closed loop has no client left to serve
@@ -211,7 +213,7 @@ class Hub:
             if stateful:
                 try:
                     verdict = client.advance(evt)
-                except Exception:  # noqa: BLE001 - its pump still delivers it
+                except Exception:
                     logger.exception("real time: direct delivery of %s failed; queued instead", evt.type)
                     verdict = False
                 if verdict is None:
