@@ -94,6 +94,8 @@ async def write_heartbeat(
         await _count_degradation(session)
     if row is None or row.pid != pid:
         if row is not None:
+            if row.hostname == hostname:
+                await _expire_previous_incarnation(session, row, now)
             await session.delete(row)
             await session.flush()
         session.add(
@@ -122,6 +124,47 @@ async def write_heartbeat(
         await session.commit()
     except IntegrityError:  # two beats of one node raced; the other one wrote it
         await session.rollback()
+
+
+def _process_gone(pid: int) -> bool:
+    """``pid`` does not run on this host (absent, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+async def _expire_previous_incarnation(session: AsyncSession, row: WorkerHeartbeat, now: datetime) -> None:
+    """A worker restarted under the same name on the same host (its supervisor, ``restart:``) replaces its
+    previous incarnation's row, and with it the record of that one's pool: the deployments its processes were
+    running would wait out their whole lease. When that previous main process is gone from this host, their
+    leases expire now (claims made up to one beat after its last beat, as for a gone worker), for the reaper to
+    settle them."""
+    if not _process_gone(row.pid):
+        return  # two live workers sharing one name: leave each other's leases alone
+    dead = {row.pid, *(row.pool_pids or [])}
+    running = (
+        await session.execute(
+            select(Deployment.id, Deployment.lease_owner, Deployment.started_at).where(
+                Deployment.status == DeploymentStatus.DEPLOYING,
+                Deployment.lease_expires_at > now,
+                Deployment.lease_owner.like("celery:%"),
+            )
+        )
+    ).all()
+    last = row.last_seen + timedelta(seconds=HEARTBEAT_SECONDS)
+    doomed = [
+        (deployment_id, owner)
+        for deployment_id, owner, started_at in running
+        if (executor := _executor(owner)) is not None
+        and executor[0] == row.hostname
+        and executor[1] in dead
+        and started_at is not None
+        and started_at <= last
+    ]
+    if doomed:
+        await _expire(session, doomed, now)
 
 
 def _executor(owner: str | None) -> tuple[str, int] | None:

@@ -6,6 +6,7 @@ the healing. The real-process side (kills, the reaper reclaiming) is in ``tests/
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from backend.app.database import utcnow
@@ -88,3 +89,51 @@ async def test_the_leases_of_a_worker_that_is_gone_expire_and_no_others(session)
     assert not await _expired(session, healthy)
     assert not await _expired(session, stranger)
     assert orphan.status is S.DEPLOYING and orphan.lease_owner == "celery:h1:100:aaaa"  # the reaper settles it
+
+
+async def test_a_worker_restarted_under_its_name_expires_its_dead_predecessors_leases(session):
+    """Its supervisor restarts a killed worker under the same name: the new row replaces the old one and its
+    record of the pool, so the predecessor's deployments are orphaned at once rather than a lease later."""
+    now = utcnow()
+    gone_pid = 4_000_000 + os.getpid() % 100_000  # above any pid_max: no such process here
+    session.add(
+        WorkerHeartbeat(
+            name="w@h1",
+            kind="external",
+            hostname="h1",
+            pid=gone_pid,
+            broker="postgresql",
+            concurrency=2,
+            started_at=now - timedelta(minutes=5),
+            last_seen=now - timedelta(seconds=2),
+            pool_pids=[gone_pid + 1],
+        )
+    )
+    orphan = await _deploying(session, f"celery:h1:{gone_pid + 1}:aaaa")
+    other_host = await _deploying(session, f"celery:h2:{gone_pid + 1}:bbbb")
+    await session.commit()
+
+    await workers.write_heartbeat(session, name="w@h1", kind="external", hostname="h1", pid=os.getpid(), broker="postgresql", concurrency=2)
+    assert await _expired(session, orphan)
+    assert not await _expired(session, other_host)
+
+    # a predecessor still alive (two workers under one name): nothing expires
+    session.add(
+        WorkerHeartbeat(
+            name="twin@h1",
+            kind="external",
+            hostname="h1",
+            pid=os.getpid(),
+            broker="postgresql",
+            concurrency=2,
+            started_at=now,
+            last_seen=now,
+            pool_pids=[gone_pid + 2],
+        )
+    )
+    alive = await _deploying(session, f"celery:h1:{gone_pid + 2}:cccc")
+    await session.commit()
+    await workers.write_heartbeat(
+        session, name="twin@h1", kind="external", hostname="h1", pid=gone_pid + 3, broker="postgresql", concurrency=2
+    )
+    assert not await _expired(session, alive)
