@@ -46,6 +46,7 @@ async def health(request: Request) -> JSONResponse:
         "targets": {"unserved": unserved},
         "execution_mode": str(manager.mode),
         "execution_reason": report.reason,
+        "execution_reason_code": report.why.code,
         "event_bus": event_transport.event_bus_status(),
     }
     if db_error is None:

@@ -26,7 +26,10 @@ async def get_workers(request: Request, session: SessionDep, user: CurrentUser) 
     listed = await workers.list_workers(session)
     return {
         "execution_mode": str(manager.mode),
+        # in English; reason_code and reason_params let a client word it (the web UI in French or English)
         "reason": manager.report.reason,
+        "reason_code": manager.report.why.code,
+        "reason_params": manager.report.why.params,
         "broker": manager.report.broker,
         "broker_ok": manager.report.broker_ok,
         "workers": [_public(w.to_dict(), user.is_superuser) for w in listed],

@@ -48,19 +48,63 @@ class ExecutionMode(StrEnum):
     ASYNCIO = "asyncio"
 
 
+@dataclass(frozen=True)
+class Reason:
+    """Why the execution mode is what it is: a stable ``code`` with the ``params`` it quotes (a client words
+    it in its own language) and the English ``text`` (the log's and the API clients' words)."""
+
+    code: str
+    text: str
+    params: dict = field(default_factory=dict)
+
+
+#: Every code a :class:`Reason` may carry (the web UI words each one: ``system.reasons`` in its catalogues).
+REASON_CODES = (
+    "celery_disabled",
+    "sqlite_no_broker",
+    "starting",
+    "broker_unreachable",
+    "external_workers",
+    "other_process_workers",
+    "no_worker_autostart_off",
+    "embedded_starting",
+    "embedded_running",
+    "embedded_failed",
+    "embedded_cannot_start",
+)
+
+
+def unavailable_reason(settings: Settings) -> Reason | None:
+    """Why Celery cannot be used with this configuration (``Settings.celery_unavailable_reason``), coded."""
+    text = settings.celery_unavailable_reason
+    if text is None:
+        return None
+    return Reason("celery_disabled" if not settings.CELERY_ENABLED else "sqlite_no_broker", text)
+
+
+RUNNING = Reason("embedded_running", "embedded worker running")
+GAVE_UP = Reason("embedded_failed", f"embedded worker failed {MAX_RESTARTS} times", {"times": MAX_RESTARTS})
+
+
 @dataclass
 class ModeReport:
     mode: ExecutionMode
-    reason: str
+    why: Reason
     broker: str | None = None
     broker_ok: bool | None = None
     workers: list[dict] = field(default_factory=list)
     embedded: dict | None = None
 
+    @property
+    def reason(self) -> str:
+        return self.why.text
+
     def to_dict(self) -> dict:
         return {
             "mode": str(self.mode),
             "reason": self.reason,
+            "reason_code": self.why.code,
+            "reason_params": self.why.params,
             "broker": self.broker,
             "broker_ok": self.broker_ok,
             "workers": self.workers,
@@ -211,7 +255,7 @@ class CeleryManager:
         self.settings = settings
         self._celery = None
         self.embedded = EmbeddedWorker(settings) if settings.CELERY_AUTO_START_WORKER else None
-        self.report = ModeReport(ExecutionMode.ASYNCIO, settings.celery_unavailable_reason or "starting")
+        self.report = ModeReport(ExecutionMode.ASYNCIO, unavailable_reason(settings) or Reason("starting", "starting"))
         self._task: asyncio.Task | None = None
         self._announcer: asyncio.Task | None = None
         self._gave_up = False
@@ -232,9 +276,9 @@ class CeleryManager:
         return self.report.mode is not ExecutionMode.ASYNCIO
 
     async def start(self) -> None:
-        reason = self.settings.celery_unavailable_reason
+        reason = unavailable_reason(self.settings)
         if reason:
-            logger.warning("Celery unavailable (%s): deployments run in-process (asyncio fallback)", reason)
+            logger.warning("Celery unavailable (%s): deployments run in-process (asyncio fallback)", reason.text)
             self.report = ModeReport(ExecutionMode.ASYNCIO, reason)
             return
         await self.evaluate()
@@ -277,26 +321,30 @@ class CeleryManager:
         listed = [w.to_dict() for w in present]
 
         if broker_error:
-            self._set(ExecutionMode.ASYNCIO, f"broker {broker} unreachable: {broker_error}", broker, False, listed)
+            why = Reason("broker_unreachable", f"broker {broker} unreachable: {broker_error}", {"broker": broker, "error": broker_error})
+            self._set(ExecutionMode.ASYNCIO, why, broker, False, listed)
             return self.report
         if external:
             if self.embedded is not None and self.embedded.alive:
                 logger.info("External Celery worker(s) detected (%s): stopping the embedded worker", external[0].name)
                 await self.embedded.stop()
-            self._set(ExecutionMode.EXTERNAL, f"{len(external)} external worker(s)", broker, True, listed)
+            why = Reason("external_workers", f"{len(external)} external worker(s)", {"count": len(external)})
+            self._set(ExecutionMode.EXTERNAL, why, broker, True, listed)
             return self.report
         if self.embedded is None:
             others = [w for w in present if w.name != own and w.serving and w.shared_queue]
             if others:  # another replica's embedded worker serves the queue
-                self._set(ExecutionMode.EXTERNAL, f"{len(others)} worker(s) of other processes", broker, True, listed)
+                why = Reason("other_process_workers", f"{len(others)} worker(s) of other processes", {"count": len(others)})
+                self._set(ExecutionMode.EXTERNAL, why, broker, True, listed)
             else:
-                self._set(ExecutionMode.ASYNCIO, "no Celery worker and CELERY_AUTO_START_WORKER=false", broker, True, listed)
+                why = Reason("no_worker_autostart_off", "no Celery worker and CELERY_AUTO_START_WORKER=false")
+                self._set(ExecutionMode.ASYNCIO, why, broker, True, listed)
             return self.report
         if self.embedded.alive:
-            self._set(ExecutionMode.EMBEDDED, "embedded worker running", broker, True, listed)
+            self._set(ExecutionMode.EMBEDDED, RUNNING, broker, True, listed)
             return self.report
         if self._gave_up:
-            self._set(ExecutionMode.ASYNCIO, f"embedded worker failed {MAX_RESTARTS} times", broker, True, listed)
+            self._set(ExecutionMode.ASYNCIO, GAVE_UP, broker, True, listed)
             return self.report
         if self.embedded.left_degraded:
             # a repair, not a crash: the worker's watchdog made it leave because it ran nothing
@@ -309,7 +357,7 @@ class CeleryManager:
                     "Embedded Celery worker died %d times: giving up, deployments run in-process (asyncio fallback)",
                     MAX_RESTARTS + 1,
                 )
-                self._set(ExecutionMode.ASYNCIO, f"embedded worker failed {MAX_RESTARTS} times", broker, True, listed)
+                self._set(ExecutionMode.ASYNCIO, GAVE_UP, broker, True, listed)
                 return self.report
             self.embedded.restarts += 1
             metrics.EMBEDDED_WORKER_RESTARTS.inc()
@@ -330,10 +378,11 @@ class CeleryManager:
         except OSError as exc:
             logger.error("Embedded Celery worker failed to start (Échec du démarrage du worker intégré): %s", exc)
             self._gave_up = True
-            self._set(ExecutionMode.ASYNCIO, f"embedded worker cannot start: {exc}", broker, True, listed)
+            why = Reason("embedded_cannot_start", f"embedded worker cannot start: {exc}", {"error": str(exc)})
+            self._set(ExecutionMode.ASYNCIO, why, broker, True, listed)
             return
         # Messages sent while it boots wait in the broker, so the mode is "embedded" right away.
-        self._set(ExecutionMode.EMBEDDED, "embedded worker starting", broker, True, listed)
+        self._set(ExecutionMode.EMBEDDED, Reason("embedded_starting", "embedded worker starting"), broker, True, listed)
         self._announcer = asyncio.create_task(self._announce_ready(), name="embedded-worker-ready")
 
     async def _announce_ready(self) -> None:
@@ -341,15 +390,15 @@ class CeleryManager:
         if await self.embedded.wait_ready():
             logger.info("Embedded Celery worker started (Worker Celery intégré démarré avec succès): %s", self.embedded.name)
             if self.report.mode is ExecutionMode.EMBEDDED:
-                self.report.reason = "embedded worker running"
+                self.report.why = RUNNING
         elif not self.embedded.alive and self.embedded.process is not None:
             logger.error(
                 "Embedded Celery worker failed to start (Échec du démarrage du worker intégré): exit code %s",
                 self.embedded.process.returncode,
             )
 
-    def _set(self, mode: ExecutionMode, reason: str, broker: str | None, broker_ok: bool | None, listed: list[dict]) -> None:
+    def _set(self, mode: ExecutionMode, reason: Reason, broker: str | None, broker_ok: bool | None, listed: list[dict]) -> None:
         if mode is not self.report.mode:
             log = logger.warning if mode is ExecutionMode.ASYNCIO else logger.info
-            log("Execution mode: %s (%s)", mode, reason)
+            log("Execution mode: %s (%s)", mode, reason.text)
         self.report = ModeReport(mode, reason, broker, broker_ok, listed, self.embedded.info() if self.embedded else None)

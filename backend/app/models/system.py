@@ -32,6 +32,8 @@ class WorkerHeartbeat(Base):
     #: degraded worker is no capacity for dispatch and leaves by itself (``runtime/worker_watchdog.py``)
     state: Mapped[str] = mapped_column(String(20), default="healthy", server_default="healthy", nullable=False)
     problem: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    #: ``problem`` as codes with the values they quote (``[{"code", "params"}]``), for a client to word them
+    problem_codes: Mapped[list[dict] | None] = mapped_column(JSON, nullable=True)
     #: live pool processes at the last beat (the pool's size is ``concurrency``)
     live_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: the pool's process ids at the last beat: a deployment whose executor was one of them is orphaned as soon

@@ -76,10 +76,27 @@ def kill_processes(pids: Iterable[int]) -> None:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """One reason a worker executes nothing: a stable ``code`` with the numbers it quotes (``params``, which a
+    client words in its own language: ``/system/workers``' ``problems``) and the English ``text``."""
+
+    code: str
+    text: str
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "params": self.params}
+
+
+#: Every code a :class:`Problem` may carry (the web UI words each one: ``system.problems`` in its catalogues).
+PROBLEM_CODES = ("pool_not_refilled", "task_not_started", "consumer_stalled", "left_degraded")
+
+
+@dataclass(frozen=True)
 class Verdict:
     live: int
     concurrency: int
-    problems: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
     #: seconds the worker has been degraded without a break (0 when healthy)
     degraded_for: float = 0.0
 
@@ -89,7 +106,12 @@ class Verdict:
 
     @property
     def problem(self) -> str | None:
-        return "; ".join(self.problems)[:500] if self.problems else None
+        return "; ".join(p.text for p in self.problems)[:500] if self.problems else None
+
+    @property
+    def coded(self) -> list[dict] | None:
+        """The problems as codes and params (what the heartbeat row keeps beside the text)."""
+        return [p.to_dict() for p in self.problems] or None
 
 
 @dataclass
@@ -116,7 +138,7 @@ class Watchdog:
         consumer's last completed poll (None: not known for this broker); ``messages_waiting`` whether the
         queue has visible messages (None: not known). Called about once a second: a task counts as waiting
         from the first call that sees it reserved and not started."""
-        problems: list[str] = []
+        problems: list[Problem] = []
         active = set(active)
         for request_id in list(self.waiting_since):
             if request_id not in reserved or request_id in active:
@@ -128,8 +150,13 @@ class Watchdog:
         if live < self.concurrency:
             self._short_since = self._short_since if self._short_since is not None else now
             if now - self._short_since >= self.stall_seconds:
+                seconds = round(now - self._short_since)
                 problems.append(
-                    f"the pool has {live}/{self.concurrency} live processes and has not refilled for {now - self._short_since:.0f}s"
+                    Problem(
+                        "pool_not_refilled",
+                        f"the pool has {live}/{self.concurrency} live processes and has not refilled for {seconds}s",
+                        {"live": live, "concurrency": self.concurrency, "seconds": seconds},
+                    )
                 )
         else:
             self._short_since = None
@@ -139,12 +166,24 @@ class Watchdog:
         if waiting and idle > 0:
             at, name, request_id = min(waiting)
             if now - at >= self.stall_seconds:
+                seconds = round(now - at)
                 problems.append(
-                    f"task {name}[{request_id}] received {now - at:.0f}s ago was not started although {idle} pool process(es) are idle"
+                    Problem(
+                        "task_not_started",
+                        f"task {name}[{request_id}] received {seconds}s ago was not started although {idle} pool process(es) are idle",
+                        {"task": f"{name}[{request_id}]", "seconds": seconds, "idle": idle},
+                    )
                 )
 
         if poll_age is not None and poll_age >= self.stall_seconds and messages_waiting and len(reserved) < self.concurrency:
-            problems.append(f"the consumer has not fetched from the broker for {poll_age:.0f}s while messages wait")
+            seconds = round(poll_age)
+            problems.append(
+                Problem(
+                    "consumer_stalled",
+                    f"the consumer has not fetched from the broker for {seconds}s while messages wait",
+                    {"seconds": seconds},
+                )
+            )
 
         if problems:
             self._degraded_since = self._degraded_since if self._degraded_since is not None else now
@@ -285,6 +324,7 @@ class WorkerMonitor:
                             concurrency=self.concurrency,
                             state=health,
                             problem=verdict.problem,
+                            problem_codes=verdict.coded,
                             live_processes=verdict.live,
                             pool_pids=sorted(self.pids) or None,
                             targets=self.targets,
@@ -296,10 +336,12 @@ class WorkerMonitor:
                 except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
             if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
-                self.leave(f"degraded for {verdict.degraded_for:.0f}s: {verdict.problem}")
+                seconds = round(verdict.degraded_for)
+                left = Problem("left_degraded", f"degraded for {seconds}s", {"seconds": seconds})
+                self.leave(f"{left.text}: {verdict.problem}", problems=[left, *verdict.problems])
             self.stop.wait(1.0)
 
-    def leave(self, reason: str, exit_code: int | None = None) -> None:
+    def leave(self, reason: str, exit_code: int | None = None, problems: list[Problem] | None = None) -> None:
         """Exit now, without waiting for a pool that will not finish: messages back to the queue, pool
         processes killed, the heartbeat row marked (a degraded worker) or removed (a shutdown)."""
         degraded = exit_code is None
@@ -337,6 +379,7 @@ class WorkerMonitor:
                         concurrency=self.concurrency,
                         state=workers.DEGRADED,
                         problem=f"left: {reason}"[:500],
+                        problem_codes=[p.to_dict() for p in problems or ()] or None,
                         live_processes=0,
                         targets=self.targets,
                     )

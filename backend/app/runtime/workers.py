@@ -43,6 +43,8 @@ class WorkerInfo:
     live_processes: int | None = None
     #: the targets it serves (``WORKER_TARGETS``: ids, ``"*"`` for the shared queue); None: the shared queue only
     targets: list[str] | None = None
+    #: ``problem`` as codes with their params (a list of ``{code, params}``: ``worker_watchdog.Problem``)
+    problems: list[dict] | None = None
 
     @property
     def shared_queue(self) -> bool:
@@ -67,6 +69,7 @@ class WorkerInfo:
             "alive": self.alive,
             "state": self.state if self.alive else "gone",
             "problem": self.problem,
+            "problems": self.problems or [],
             "live_processes": self.live_processes,
             "targets": self.targets,
             "shared_queue": self.shared_queue,
@@ -84,6 +87,7 @@ async def write_heartbeat(
     concurrency: int,
     state: str = HEALTHY,
     problem: str | None = None,
+    problem_codes: list[dict] | None = None,
     live_processes: int | None = None,
     pool_pids: list[int] | None = None,
     targets: list[str] | None = None,
@@ -110,6 +114,7 @@ async def write_heartbeat(
                 last_seen=now,
                 state=state,
                 problem=problem,
+                problem_codes=problem_codes,
                 live_processes=live_processes,
                 pool_pids=pool_pids,
                 targets=targets,
@@ -119,6 +124,7 @@ async def write_heartbeat(
         row.last_seen = now
         row.kind = kind
         row.state, row.problem, row.live_processes, row.pool_pids = state, problem, live_processes, pool_pids
+        row.problem_codes = problem_codes
         row.targets = targets
     try:
         await session.commit()
@@ -291,6 +297,7 @@ async def list_workers(session: AsyncSession, *, include_stale: bool = True) -> 
             r.problem,
             r.live_processes,
             r.targets,
+            r.problem_codes,
         )
         for r in rows
     ]

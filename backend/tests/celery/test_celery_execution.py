@@ -255,7 +255,7 @@ async def test_broker_unreachable_runs_in_process(db, docker_engine, tmp_path):
         try:
             admin, target_id, stack_id = await _setup(client, docker_engine)
             body = await wait_mode(client, admin.headers, "asyncio")
-            assert "unreachable" in body["reason"]
+            assert "unreachable" in body["reason"] and body["reason_code"] == "broker_unreachable"
             health = (await client.get("/health")).json()
             assert health["status"] == "degraded" and health["broker"]["status"] == "error"
             port = free_port()

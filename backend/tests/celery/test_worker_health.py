@@ -147,6 +147,7 @@ async def test_a_pool_that_cannot_start_tasks_is_degraded_and_its_deployments_ru
                 await asyncio.sleep(0.2)
             assert row and row["state"] == "degraded", f"never reported degraded: {row}\n{stuck.tail()}"
             assert "0/2 live processes" in row["problem"], row
+            assert row["problems"][0]["code"] == "pool_not_refilled" and row["problems"][0]["params"]["live"] == 0, row
             deadline = time.monotonic() + 10  # /health shows the execution-mode check's view (every 3 s)
             while (health := (await client.get("/health")).json())["status"] != "degraded" and time.monotonic() < deadline:
                 await asyncio.sleep(0.3)

@@ -82,3 +82,20 @@ def test_every_end_of_the_services_output_reads_in_both_languages() -> None:
     for catalogue in ("en.ts", "fr.ts"):
         ended = (I18N / catalogue).read_text(encoding="utf-8").split("\n    ended: {", 1)[1].split("\n    },", 1)[0]
         assert set(re.findall(r"^\s+([a-z_]+):", ended, re.M)) == codes, catalogue
+
+
+def _keys_of(catalogue: str, block: str) -> set[str]:
+    """The keys of ``system.<block>`` in one of the catalogues."""
+    text = (I18N / catalogue).read_text(encoding="utf-8")
+    body = text.split("\n  system: {", 1)[1].split(f"\n    {block}: {{", 1)[1].split("\n    },", 1)[0]
+    return set(re.findall(r"^\s{6}([a-z_]+):", body, re.M))
+
+
+def test_every_execution_mode_reason_and_worker_problem_reads_in_both_languages() -> None:
+    from backend.app.core.celery_manager import REASON_CODES
+    from backend.app.runtime.worker_watchdog import PROBLEM_CODES
+
+    assert "broker_unreachable" in REASON_CODES and "pool_not_refilled" in PROBLEM_CODES
+    for catalogue in ("en.ts", "fr.ts"):
+        assert _keys_of(catalogue, "reasons") == set(REASON_CODES), catalogue
+        assert _keys_of(catalogue, "problems") == set(PROBLEM_CODES), catalogue

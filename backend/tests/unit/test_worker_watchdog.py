@@ -31,6 +31,7 @@ def test_a_short_pool_is_degraded_only_after_the_bound_and_healthy_again_once_re
     verdict = watchdog.judge(10.0, live=0, reserved={}, active=[])
     assert not verdict.healthy
     assert "0/2 live processes" in verdict.problem and "10s" in verdict.problem
+    assert verdict.coded == [{"code": "pool_not_refilled", "params": {"live": 0, "concurrency": 2, "seconds": 10}}]
     assert watchdog.judge(15.0, live=0, reserved={}, active=[]).degraded_for == 5.0
     assert watchdog.judge(16.0, live=2, reserved={}, active=[]).healthy
     assert watchdog.judge(17.0, live=1, reserved={}, active=[]).healthy  # a new shortage starts a new bound
@@ -43,6 +44,7 @@ def test_a_received_task_that_no_idle_process_starts_is_degraded():
     verdict = watchdog.judge(10.0, live=2, reserved=reserved, active=[])
     assert not verdict.healthy
     assert "windflow.deploy_stack[t1]" in verdict.problem and "2 pool process(es) are idle" in verdict.problem
+    assert verdict.coded == [{"code": "task_not_started", "params": {"task": "windflow.deploy_stack[t1]", "seconds": 10, "idle": 2}}]
     # started at last: healthy, and forgotten
     assert watchdog.judge(11.0, live=2, reserved=reserved, active=["t1"]).healthy
     assert watchdog.waiting_since == {}
@@ -76,6 +78,7 @@ def test_a_consumer_that_stopped_fetching_while_messages_wait_is_degraded():
     assert watchdog.judge(0.0, live=2, reserved=full, active=["a", "b"], poll_age=30.0, messages_waiting=True).healthy
     verdict = watchdog.judge(0.0, live=2, reserved={}, active=[], poll_age=30.0, messages_waiting=True)
     assert not verdict.healthy and "has not fetched from the broker for 30s" in verdict.problem
+    assert verdict.coded == [{"code": "consumer_stalled", "params": {"seconds": 30}}]
 
 
 def test_live_processes_count_neither_a_stopped_nor_a_dead_process():

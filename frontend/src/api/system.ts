@@ -5,6 +5,7 @@
  * page reads are written down here, once, and the answers are read into them.
  */
 import { api, unwrap } from './client'
+import { workerProblemText } from '../i18n/serverWords'
 
 export interface Worker {
   name: string
@@ -17,6 +18,8 @@ export interface Worker {
   /** `healthy`, `degraded` (alive but executing nothing: `problem` says why) or `gone` */
   state?: 'healthy' | 'degraded' | 'gone'
   problem?: string | null
+  /** `problem` as codes with their params (the UI words them: `system.problems`) */
+  problems?: { code: string; params?: Record<string, unknown> }[]
   live_processes?: number | null
 }
 
@@ -27,13 +30,16 @@ export function workerState(w: Worker): {
   problem: string | null
 } {
   if (!w.alive) return { label: 'gone', type: 'default', problem: null }
-  if (w.state === 'degraded') return { label: 'degraded', type: 'error', problem: w.problem ?? null }
+  if (w.state === 'degraded') return { label: 'degraded', type: 'error', problem: workerProblemText(w) }
   return { label: 'alive', type: 'success', problem: null }
 }
 
 export interface Workers {
   execution_mode: string
+  /** in English; `reason_code` and `reason_params` word it in the user's language (`system.reasons`) */
   reason: string | null
+  reason_code?: string | null
+  reason_params?: Record<string, unknown> | null
   broker: string | null
   broker_ok: boolean | null
   workers: Worker[]

@@ -378,6 +378,27 @@ export default {
       embedded: 'A Celery worker the server started itself runs the deployments.',
       asyncio: 'The server runs the deployments itself, in its own process.',
     },
+    reasons: {
+      celery_disabled: 'Celery is turned off (CELERY_ENABLED=false).',
+      sqlite_no_broker:
+        'The database is SQLite, which cannot carry Celery messages: use PostgreSQL or Redis for Celery.',
+      starting: 'The server is starting.',
+      broker_unreachable: 'The broker {broker} does not answer: {error}',
+      external_workers: '{count} external worker(s) serve the queue.',
+      other_process_workers: '{count} worker(s) of other server processes serve the queue.',
+      no_worker_autostart_off: 'No Celery worker, and the server may not start one (CELERY_AUTO_START_WORKER=false).',
+      embedded_starting: 'The embedded worker is starting.',
+      embedded_running: 'The embedded worker is running.',
+      embedded_failed: 'The embedded worker failed {times} times; the server stopped restarting it.',
+      embedded_cannot_start: 'The embedded worker cannot start: {error}',
+    },
+    problems: {
+      pool_not_refilled: 'Its pool has {live}/{concurrency} live processes and has not refilled for {seconds} s.',
+      task_not_started:
+        'Task {task}, received {seconds} s ago, was not started although {idle} pool process(es) are idle.',
+      consumer_stalled: 'It has not fetched from the broker for {seconds} s while messages wait.',
+      left_degraded: 'It left after {seconds} s degraded (its supervisor starts a fresh one).',
+    },
     stats: { retried: 'Retried', failed: 'Failed', skipped: 'Skipped', errors: 'Errors', settled: 'Settled' },
     words: {
       external: 'External Celery workers',

@@ -387,6 +387,29 @@ const fr: typeof en = {
       embedded: 'Un worker Celery démarré par le serveur exécute les déploiements.',
       asyncio: 'Le serveur exécute lui-même les déploiements, dans son propre processus.',
     },
+    reasons: {
+      celery_disabled: 'Celery est désactivé (CELERY_ENABLED=false).',
+      sqlite_no_broker:
+        'La base de données est SQLite, qui ne peut pas transporter les messages de Celery : utilisez PostgreSQL ou Redis pour Celery.',
+      starting: 'Le serveur démarre.',
+      broker_unreachable: 'Le broker {broker} ne répond pas : {error}',
+      external_workers: '{count} worker(s) externe(s) servent la file.',
+      other_process_workers: '{count} worker(s) d’autres processus du serveur servent la file.',
+      no_worker_autostart_off:
+        'Aucun worker Celery, et le serveur ne peut pas en démarrer un (CELERY_AUTO_START_WORKER=false).',
+      embedded_starting: 'Le worker intégré démarre.',
+      embedded_running: 'Le worker intégré tourne.',
+      embedded_failed: 'Le worker intégré a échoué {times} fois ; le serveur ne le redémarre plus.',
+      embedded_cannot_start: 'Le worker intégré ne peut pas démarrer : {error}',
+    },
+    problems: {
+      pool_not_refilled:
+        'Son pool a {live}/{concurrency} processus vivants et ne s’est pas regarni depuis {seconds} s.',
+      task_not_started:
+        'La tâche {task}, reçue il y a {seconds} s, n’a pas démarré alors que {idle} processus du pool sont libres.',
+      consumer_stalled: 'Il n’a rien lu du broker depuis {seconds} s alors que des messages attendent.',
+      left_degraded: 'Il est parti après {seconds} s dégradé (son superviseur en démarre un nouveau).',
+    },
     stats: { retried: 'Relancés', failed: 'En échec', skipped: 'Ignorés', errors: 'Erreurs', settled: 'Réglés' },
     words: {
       external: 'Workers Celery externes',

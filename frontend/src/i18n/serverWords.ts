@@ -2,7 +2,8 @@
  * Words the server says as text that has a fixed set of values, shown in the user's language: a deployment's
  * steps (the runner's titles, `backend/app/services/deployments/runner.py::STEPS`, kept in step by a backend
  * test), why a connection test failed (its `category`), why a real-time frame was refused (its `code`), why
- * the services' output ended (its `code`).
+ * the services' output ended (its `code`), why deployments run where they do (the execution mode's `reason_code`)
+ * and why a worker is degraded (its `problems`' codes).
  * Anything not known here is shown as the server wrote it.
  */
 import { i18n } from '.'
@@ -53,4 +54,36 @@ export function servicesEndText(data: {
   const named =
     status && known(`status.${status}`) ? i18n.global.t(`status.${status}`).toLocaleLowerCase() : (status ?? '')
   return i18n.global.t(key, { status: named })
+}
+
+/** A coded server word (`{code, params}`) from `catalogue.<code>`, or null when the catalogue lacks it. */
+function coded(
+  catalogue: string,
+  code: string | null | undefined,
+  params: Record<string, unknown> = {},
+): string | null {
+  const key = `${catalogue}.${code}`
+  if (!code || !known(key)) return null
+  const named: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(params)) named[k] = v ?? ''
+  return i18n.global.t(key, named)
+}
+
+/** Why deployments run where they do (`/system/workers`' `reason_code` and `reason_params`). */
+export function modeReasonText(w: {
+  reason: string | null
+  reason_code?: string | null
+  reason_params?: Record<string, unknown> | null
+}): string {
+  return coded('system.reasons', w.reason_code, w.reason_params ?? {}) ?? w.reason ?? '—'
+}
+
+/** Why a worker is degraded: each of its coded `problems`, else the server's text. */
+export function workerProblemText(w: {
+  problem?: string | null
+  problems?: { code: string; params?: Record<string, unknown> }[] | null
+}): string | null {
+  const parts = (w.problems ?? []).map((p) => coded('system.problems', p.code, p.params ?? {}))
+  if (parts.length && parts.every((p) => p !== null)) return parts.join(' ')
+  return w.problem ?? null
 }
