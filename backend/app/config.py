@@ -151,6 +151,7 @@ class Settings(BaseSettings):
     RETENTION_KEEP_LOG_LINES: int = Field(default=100, ge=1)  # newest lines of a deployment, always kept
     RETENTION_INTERVAL_MINUTES: int = Field(default=60, ge=1)
     RETENTION_BATCH_SIZE: int = Field(default=1000, ge=1, le=100000)  # rows per delete transaction
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0)  # audit entries older than this are removed; 0 = keep all
 
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"

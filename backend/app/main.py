@@ -20,6 +20,7 @@ from backend.app import database
 from backend.app.api import health
 from backend.app.api import metrics as metrics_route
 from backend.app.api import realtime as realtime_routes
+from backend.app.api.audit_trail import AuditMiddleware
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
 from backend.app.core.body_limit import BodySizeLimitMiddleware
@@ -309,6 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     register_secret(settings.SECRET_KEY)  # the server log never shows it
     bounded_render.configure(settings)
+    app.add_middleware(AuditMiddleware)  # inside the body limit: it copies bounded bodies only
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(api_router)

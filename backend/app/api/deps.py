@@ -84,7 +84,10 @@ class OrgAccess:
     def __init__(self, minimum: Role) -> None:
         self.minimum = minimum
 
-    async def __call__(self, organization_id: EntityId, session: SessionDep, user: CurrentUser) -> tuple[Organization, Role]:
+    async def __call__(
+        self, organization_id: EntityId, request: Request, session: SessionDep, user: CurrentUser
+    ) -> tuple[Organization, Role]:
+        request.state.audit_organization_id = organization_id  # the audit trail's organisation (api/audit_trail.py)
         role = await organization_service.require_role(session, user=user, organization_id=organization_id, minimum=self.minimum)
         org = await session.get(Organization, organization_id)
         if org is None:  # pragma: no cover - require_role already answered 404
@@ -105,21 +108,30 @@ class OwnedRow:
         self.__signature__ = inspect.Signature(
             [
                 inspect.Parameter(param, keyword, annotation=EntityId),
+                inspect.Parameter("request", keyword, annotation=Request),
                 inspect.Parameter("session", keyword, annotation=SessionDep),
                 inspect.Parameter("user", keyword, annotation=CurrentUser),
             ]
         )
 
-    async def __call__(self, *, session: AsyncSession, user: User, **path: str) -> Any:
-        return await organization_service.get_owned(
-            session,
-            user=user,
-            model=self.model,
-            entity_id=path[self.param],
-            minimum=self.minimum,
-            noun=self.noun,
-            **self.options,
-        )
+    async def __call__(self, *, request: Request, session: AsyncSession, user: User, **path: str) -> Any:
+        try:
+            entity = await organization_service.get_owned(
+                session,
+                user=user,
+                model=self.model,
+                entity_id=path[self.param],
+                minimum=self.minimum,
+                noun=self.noun,
+                **self.options,
+            )
+        except (NotFound, PermissionDenied):
+            # a refused change is recorded in the organisation of the row it aimed at (api/audit_trail.py)
+            if request.method != "GET" and (found := await session.get(self.model, path[self.param])) is not None:
+                request.state.audit_organization_id = found.organization_id
+            raise
+        request.state.audit_organization_id = entity.organization_id
+        return entity
 
 
 OrgViewer = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.VIEWER))]

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from backend.app.api import auth, deployments, organizations, realtime, registries, stacks, system, targets, tokens, users
+from backend.app.api import audit, auth, deployments, organizations, realtime, registries, stacks, system, targets, tokens, users
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (auth, users, organizations, tokens, targets, registries, stacks, deployments, realtime, system):
+for module in (auth, users, organizations, tokens, targets, registries, stacks, deployments, realtime, system, audit):
     api_router.include_router(module.router)

@@ -1,5 +1,6 @@
 """SQLAlchemy models (persistence only). Importing this package registers every table on ``Base``."""
 
+from backend.app.models.audit import AuditEntry
 from backend.app.models.deployment import (
     Deployment,
     DeploymentLog,
@@ -26,6 +27,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "SETTLED_STATUSES",
     "ApiToken",
+    "AuditEntry",
     "Deployment",
     "DeploymentLog",
     "DeploymentRevision",

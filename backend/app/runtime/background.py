@@ -27,6 +27,7 @@ from backend.app.database import utcnow
 from backend.app.runtime import workers
 from backend.app.runtime.loops import LoopService, leader_lock
 from backend.app.runtime.sql_transport import restore_orphaned_deliveries
+from backend.app.services.audit import audit_service
 from backend.app.services.deployments import recovery, retention
 
 __all__ = ["leader_lock"]  # re-exported: the locks' one implementation is runtime/loops.py
@@ -161,7 +162,18 @@ class RetentionLoop(LoopService):
         self.settings = settings
 
     async def run_once(self) -> retention.RetentionReport:
-        return await retention.prune(self.settings)
+        report = await retention.prune(self.settings)
+        removed = 0
+        while True:  # the audit trail's entries older than AUDIT_RETENTION_DAYS, a batch per transaction
+            async with database.AsyncSessionLocal() as session:
+                batch = await audit_service.prune(session, settings=self.settings, batch=self.settings.RETENTION_BATCH_SIZE)
+                await session.commit()
+            removed += batch
+            if batch < self.settings.RETENTION_BATCH_SIZE:
+                break
+        if removed:
+            logger.info("retention: removed %d audit entr(ies) older than %d days", removed, self.settings.AUDIT_RETENTION_DAYS)
+        return report
 
 
 async def retention_once(settings: Settings) -> retention.RetentionReport | None:
