@@ -67,6 +67,18 @@ class Deployment(IdMixin, TimestampMixin, Base):
     #: Roll back to ``last_good_revision`` by itself when a revision fails.
     auto_rollback: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
 
+    #: What the watcher (``services/deployments/watch.py``) last saw of the containers of a ``running`` (or
+    #: ``failed``) deployment: ``healthy``, ``degraded`` (a service is down, the others run) or ``down``
+    #: (nothing runs); null before it looked, and while a rollout runs.
+    health: Mapped[str | None] = mapped_column(String(16))
+    #: Per service, as the watcher saw it: ``{service, state, expected, running, restarts, reason}`` (and the
+    #: restart count of each container, to see a restart between two passes).
+    service_health: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: When the watcher last saw the health change.
+    health_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The watcher leaves the deployment alone until then: a stop or delete is taking its containers down.
+    watch_hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, nullable=False)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
