@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     DISPATCH_TIMEOUT_SECONDS: float = Field(default=15.0, ge=1)
     DEPLOYMENT_RETRY_BACKOFF_SECONDS: float = Field(default=5.0, ge=0)
     DEPLOYMENT_HEALTH_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
+    # how long a deployment's image pulls may take together before the pull is abandoned and the deployment
+    # fails, saying so (engines/pull.py); 0: no bound
+    DEPLOYMENT_PULL_TIMEOUT_SECONDS: float = Field(default=1800.0, ge=0)
     # the health gate's settle window: a container without a health check must stay up this long before the
     # rollout counts as running (one that exits within it fails the gate); one with a health check is judged
     # by it instead (docs/operations.md, "The health gate")

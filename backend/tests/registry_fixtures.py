@@ -4,9 +4,11 @@ with htpasswd auth and one open, each started from a config file in a temporary 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,3 +94,99 @@ def open_registry(tmp_path_factory) -> Iterator[LocalRegistry]:
     registry = start_registry(tmp_path_factory.mktemp("registry-open"), auth=False)
     yield registry
     stop_registry(registry)
+
+
+class SlowProxy:
+    """A TCP proxy on a loopback port in front of a registry: what the registry sends goes on at ``rate`` bytes a
+    second, and once ``stall_after`` bytes have gone in all, nothing more is sent while the connection stays open
+    (a registry that hangs mid-blob) until :meth:`resume`, after which the rest goes at full speed.
+
+    How a test sees from outside the engine whether the engine gave a pull up: resumed, a registry serves the rest
+    of the blob to a pull still alive, which completes and tags the image; a pull the engine abandoned reads a
+    few kilobytes more at most and tags nothing."""
+
+    def __init__(self, upstream: str, *, rate: float, stall_after: int) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.upstream = (host, int(port))
+        self.rate = rate
+        self.stall_after = stall_after
+        self.sent = 0  # bytes of the registry's answers passed on
+        self.stalled: set[int] = set()  # the connections (numbered from 1) held at the budget
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._resumed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self._server.settimeout(0.2)
+        self.server = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._accepter = threading.Thread(target=self._accept, name="slow-proxy", daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        number = 0
+        while not self._closing.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            number += 1
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._sockets += [client, upstream]
+            gone = threading.Event()  # the client closed its side
+            threading.Thread(target=self._up, args=(client, upstream, gone), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, gone, number), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, gone: threading.Event) -> None:
+        try:
+            while chunk := client.recv(65536):
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+        gone.set()
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _down(self, upstream: socket.socket, client: socket.socket, gone: threading.Event, number: int) -> None:
+        try:
+            while not gone.is_set() and (chunk := upstream.recv(16384)):
+                with self._lock:
+                    limit = len(chunk) if self._resumed.is_set() else self.stall_after - self.sent
+                    allowed = max(0, min(len(chunk), limit))
+                    self.sent += allowed
+                    if allowed < len(chunk):
+                        self.stalled.add(number)
+                if allowed:
+                    client.sendall(chunk[:allowed])
+                    if not self._resumed.is_set():
+                        time.sleep(allowed / self.rate)
+                if allowed < len(chunk):
+                    while not (gone.wait(0.1) or self._closing.is_set() or self._resumed.is_set()):
+                        pass  # hung: the connection stays open, nothing more comes
+                    if not self._resumed.is_set():
+                        return
+                    client.sendall(chunk[allowed:])
+                    with self._lock:
+                        self.sent += len(chunk) - allowed
+        except OSError:
+            pass
+
+    def resume(self) -> None:
+        """The registry answers again: the rest goes on at once, unthrottled."""
+        self._resumed.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            self._server.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._accepter.join(timeout=5)

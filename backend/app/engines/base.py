@@ -149,6 +149,9 @@ class DeploySpec:
     #: registry server -> ``{username, password, serveraddress}`` (decrypted): the pulls' auth parameter,
     #: never shown (``services/deployments/context.py`` loads it with the run's other credentials)
     registry_auth: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    #: seconds the images step's pulls may take together (None: no bound); past it the pull in flight is
+    #: abandoned and the deployment fails, saying so (``engines/pull.py``)
+    pull_timeout: float | None = None
     #: told where each image's pull stands, at most a few times a second (``engines/pull.py``)
     pull_progress: Callable[[Any], Awaitable[None]] | None = field(default=None, repr=False)
 

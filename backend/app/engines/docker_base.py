@@ -224,12 +224,16 @@ class DockerEngine(Engine):
     ) -> list[str]:
         """Pull what is missing, streamed (``engines/pull.py``): with the credentials of ``spec.registry_auth``
         whose server is the image's registry, progress to ``spec.pull_progress``, one log line per image pulled
-        (its digest and size). The images that cannot be had, each a :class:`PullProblem` saying why: a refused
+        (its digest and size), all within ``spec.pull_timeout`` (past it: :class:`pull.PullTimedOut`, the pull in
+        flight abandoned). The images that cannot be had, each a :class:`PullProblem` saying why: a refused
         login or an unknown image or tag is permanent, an unreachable registry transient."""
         client = await session.client()
         missing: list[str] = []  # PullProblem: the text, and whether a retry may help
         registry_auth = spec.registry_auth if spec is not None else {}
         progress = spec.pull_progress if spec is not None else None
+        # the deployment's pull timeout bounds the step's pulls together, not each one
+        pull_timeout = spec.pull_timeout if spec is not None else None
+        deadline = None if pull_timeout is None else time.monotonic() + pull_timeout
         for image in dict.fromkeys(images):
             try:
                 await session.call(client.images.get, image)
@@ -242,7 +246,8 @@ class DockerEngine(Engine):
             await log(LogLevel.INFO, f"image {image} is not present locally, pulling it{with_auth}")
             started = time.monotonic()
             try:
-                state = await pull.pull(client, image, auth=auth, progress=progress)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                state = await pull.pull(client, image, auth=auth, progress=progress, timeout=left, timeout_label=pull_timeout)
             except pull.PullFailed as exc:
                 missing.append(pull.PullProblem.of(exc))
                 continue

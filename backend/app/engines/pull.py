@@ -9,6 +9,8 @@ contains them; the deployment's redactor masks them anyway (``services/deploymen
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -160,23 +162,103 @@ def auth_for(image: str, registry_auth: Mapping[str, Mapping[str, str]]) -> dict
     return dict(found) if found else None
 
 
+class _PullConnection:
+    """The HTTP response of one pull, caught as requests hands it to docker-py (a response hook of the client's
+    session, for this thread's ``/images/create`` only), so that abandoning the pull shuts its socket.
+
+    Why: the thread reading the stream blocks in a read until the engine sends its next line, which a stalled
+    registry may never make it send. A shut socket wakes that read at once, and the engine, seeing its client
+    gone, cancels the pull itself (its layer downloads stop; nothing is tagged)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.thread: int | None = None
+        self.response: Any = None
+        self.aborted = False
+        self._lock = threading.Lock()
+
+    def hook(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        request = getattr(response, "request", None)
+        if threading.get_ident() == self.thread and "/images/create" in str(getattr(request, "path_url", "")):
+            with self._lock:
+                self.response = response
+                aborted = self.aborted
+            if aborted:  # abandoned while the engine had not answered yet
+                _shut(response)
+        return response
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            response = self.response
+        if response is not None:
+            _shut(response)
+
+    def __enter__(self) -> _PullConnection:
+        self.thread = threading.get_ident()
+        self.api.hooks.setdefault("response", []).append(self.hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(ValueError):
+            self.api.hooks["response"].remove(self.hook)
+
+
+def _shut(response: Any) -> None:
+    """Shut the socket under ``response`` (a unix socket, TCP, TLS or the SSH relay's unix socket) both ways."""
+    connection = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class PullTimedOut(EngineError):
+    """The images step ran past the deployment's pull timeout; the pull in flight was abandoned."""
+
+    def __init__(self, image: str, timeout: float, state: PullProgress) -> None:
+        done = f"{state.current_bytes / 1e6:.1f} of {state.total_bytes / 1e6:.1f} MB" if state.total_bytes else "nothing received"
+        super().__init__(
+            f"step Check images timed out: pulling image {image} did not finish within the pull timeout of {timeout:g} s "
+            f"({done}, {state.layers_done}/{state.layers_total} layers); the pull was abandoned",
+            transient=False,
+        )
+        self.image = image
+
+
+#: Seconds an abandoned pull's thread is given to see its socket shut and return (it does at once).
+ABANDON_WAIT = 5.0
+
+
 async def pull(
-    client: Any, image: str, *, auth: Mapping[str, str] | None, progress: ProgressSink | None, cancelled: threading.Event | None = None
+    client: Any,
+    image: str,
+    *,
+    auth: Mapping[str, str] | None,
+    progress: ProgressSink | None,
+    timeout: float | None = None,
+    timeout_label: float | None = None,
 ) -> PullProgress:
     """Pull ``image`` with the engine's streamed pull, reporting progress at most every
-    :data:`PROGRESS_INTERVAL` seconds (and once at the end). Raises :class:`PullFailed`, or the session's
-    ``EngineError`` for an engine that does not answer."""
+    :data:`PROGRESS_INTERVAL` seconds (and once at the end). Raises :class:`PullFailed`, the session's
+    ``EngineError`` for an engine that does not answer, or :class:`PullTimedOut` after ``timeout`` seconds
+    (``timeout_label``: the timeout as the message names it, the whole step's when ``timeout`` is what is left
+    of it).
+
+    Cancelled (the deployment was cancelled) or timed out, the pull is abandoned at once: its socket is shut,
+    so the engine stops pulling and the reading thread returns (:class:`_PullConnection`)."""
     state = PullProgress(image)
     repository, tag, digest = split_reference(image)
-    stop = cancelled or threading.Event()
+    connection = _PullConnection(client.api)
 
     def run() -> None:
+        response_stream = None
         try:
-            stream = client.api.pull(repository, tag=digest or tag, stream=True, decode=True, auth_config=dict(auth) if auth else None)
-            for line in stream:
-                if stop.is_set():
-                    stream.close() if hasattr(stream, "close") else None
-                    raise PullFailed(image, "error", "the pull was abandoned")
+            with connection:
+                response_stream = client.api.pull(
+                    repository, tag=digest or tag, stream=True, decode=True, auth_config=dict(auth) if auth else None
+                )
+            for line in response_stream:
                 if line.get("error") or line.get("errorDetail"):
                     message = str(line.get("error") or (line.get("errorDetail") or {}).get("message") or "")
                     raise PullFailed(image, classify(message), message)
@@ -187,21 +269,39 @@ async def pull(
                 explanation = explanation.decode(errors="replace")
             message = str(explanation or exc)
             raise PullFailed(image, classify(message, exc.status_code), message) from None
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if connection.aborted:
+                raise PullFailed(image, "error", "the pull was abandoned") from None
+            if isinstance(exc, ValueError):  # a line that is not JSON: the stream was cut
+                raise PullFailed(image, "error", f"the engine's pull stream was cut: {exc}") from None
             raise EngineUnreachable(f"the Docker engine stopped answering while pulling {image}: {type(exc).__name__}") from None
+        finally:
+            if connection.response is not None:
+                with contextlib.suppress(Exception):
+                    connection.response.close()
 
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
     task = asyncio.ensure_future(asyncio.to_thread(run))
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
+            wait = PROGRESS_INTERVAL if deadline is None else max(0.0, min(PROGRESS_INTERVAL, deadline - loop.time()))
+            done, _ = await asyncio.wait({task}, timeout=wait)
             if done:
                 break
+            if deadline is not None and loop.time() >= deadline:
+                raise PullTimedOut(image, timeout_label if timeout_label is not None else timeout, state)
             if progress is not None:
                 await progress(state)
         task.result()
     finally:
-        if not task.done():  # cancelled from outside: let the thread stop at its next line
-            stop.set()
+        if not task.done():
+            # cancelled from outside, or timed out: the engine lets the pull go once its client is gone; the
+            # thread wakes from its read at once and is waited for, so clean-up never races a live pull
+            connection.abort()
+            await asyncio.wait({task}, timeout=ABANDON_WAIT)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the abandoned pull's own error says nothing more
     state.status = "pulled"
     if progress is not None:
         await progress(state)

@@ -59,6 +59,7 @@ def deploy_spec(settings: Settings, deployment: Deployment, *, registry_auth: di
         compose=snapshot_compose(settings, deployment),
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
+        pull_timeout=settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
         # never longer than half the wait: a short health timeout must still let a stable service through
         stable_seconds=min(settings.DEPLOYMENT_STABLE_SECONDS, settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS / 2),
     )

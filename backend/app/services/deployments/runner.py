@@ -232,7 +232,7 @@ async def run_deployment(
         except asyncio.CancelledError:
             if not lost.is_set():
                 raise  # the executor itself is shutting down; recovery takes over after the lease expires
-            return await _after_lost_lease(context, logs, rollout)
+            return await _after_lost_lease(context, logs, rollout, step=reached[0])
         except EngineError as exc:
             # The engine's message quotes the containers' output: the deployment's own redactor masks it
             # before it is stored in error_message, published in events or written to the server log.
@@ -395,14 +395,19 @@ async def _remove_failed(failed: Failed, logs: DeploymentLogWriter) -> None:
         await logs.log(LogLevel.ERROR, f"Could not remove them: {logs.redactor(detail)}")
 
 
-async def _after_lost_lease(context: DeploymentContext, logs: DeploymentLogWriter, rollout: revisions.Rollout) -> RunOutcome:
+async def _after_lost_lease(
+    context: DeploymentContext, logs: DeploymentLogWriter, rollout: revisions.Rollout, *, step: int = 0
+) -> RunOutcome:
+    """``step``: the step the work was in when it was stopped (0: it had finished them all)."""
     deployment_id, target_id = context.deployment_id, context.target_id
     status = await _current_status(deployment_id)
     if status is S.CANCELLED:
         # a later revision's named volumes hold what the revisions before it wrote: only a first deploy's go
         keep_volumes = rollout.number > 1
+        where = f" during step {step}/{len(STEPS)} ({STEPS[step - 1][0]}), stopped there" if 0 < step <= len(STEPS) else ""
         await logs.log(
-            LogLevel.WARNING, "Cancelled: removing what this deployment created" + (" (named volumes are kept)" if keep_volumes else "")
+            LogLevel.WARNING,
+            f"Cancelled{where}: removing what this deployment created" + (" (named volumes are kept)" if keep_volumes else ""),
         )
         try:
             await context.engine.remove(context.spec, logs.log, keep_volumes=keep_volumes)

@@ -1,0 +1,132 @@
+"""A pull that hangs mid-blob (a registry behind :class:`SlowProxy`, which stops sending after a budget and keeps
+the connection open) is abandoned for real: cancelling the deployment, or its pull timeout, shuts the pull's socket,
+and the engine gives the pull up. Seen from outside the engine: once the registry answers again, the rest of the
+blob is not downloaded and nothing is tagged (a pull merely no longer awaited completes then and tags the image).
+The deployment ends cancelled, or failed saying which step timed out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import docker
+import pytest
+
+from backend.app.runtime import background_tasks
+from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
+from backend.tests.docker.test_deployments import make_env
+from backend.tests.docker.test_private_registry import _image_stack, forget, push_fresh_layer
+from backend.tests.registry_fixtures import SlowProxy, open_registry  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+LAYER = 3_000_000
+BUDGET = 700_000  # bytes the proxy lets through before it hangs: the layer is a third downloaded
+
+
+@pytest.fixture(scope="module")
+def pushed(open_registry):
+    """A fresh image (its own 3 MB layer) in the open registry, absent from the engine."""
+    reference = push_fresh_layer(open_registry, LAYER)
+    yield reference.removeprefix(open_registry.server + "/")
+    forget(reference)
+
+
+@pytest.fixture
+def proxy(open_registry):
+    slow = SlowProxy(open_registry.server, rate=2_000_000, stall_after=BUDGET)
+    yield slow
+    slow.close()
+
+
+async def _env(db, docker_engine, tmp_path, **overrides):
+    return await make_env(db, docker_engine, tmp_path, DEPLOYMENT_HEARTBEAT_SECONDS=0.3, DEPLOYMENT_LEASE_SECONDS=3, **overrides)
+
+
+def _absent(reference: str) -> bool:
+    try:
+        docker.from_env().images.get(reference)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+async def _until(predicate, timeout: float, what: str) -> float:
+    """Seconds until ``predicate()`` held (polled every 0.1 s); AssertionError naming ``what`` past ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} not seen within {timeout} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def _deploy_through(env, proxy: SlowProxy, pushed: str, name: str) -> tuple[str, str]:
+    reference = f"{proxy.server}/{pushed}"
+    stack_id = await env.stack(_image_stack(reference), name=name)
+    created = await env.deploy({}, stack_id=stack_id)
+    return created["id"], reference
+
+
+async def _engine_gave_up(proxy: SlowProxy, reference: str) -> None:
+    """The registry answers again: an engine still pulling would download the rest and tag the image."""
+    proxy.resume()
+    await asyncio.sleep(3)  # the rest of the layer takes milliseconds on loopback, then the image is tagged
+    assert _absent(reference), "the engine went on pulling after the pull was abandoned: the image is tagged"
+
+
+async def test_cancel_during_a_hung_pull_stops_the_engines_pull(db, docker_engine, tmp_path, proxy, pushed, events):
+    client, env = await _env(db, docker_engine, tmp_path)
+    try:
+        deployment_id, reference = await _deploy_through(env, proxy, pushed, "hung-cancel")
+        await _until(lambda: proxy.stalled, 60, "the pull hanging mid-blob")
+        await _until(
+            lambda: any(
+                e.type == "DEPLOYMENT_PULL_PROGRESS" and e.data["current_bytes"] > 0 for e in events if e.deployment_id == deployment_id
+            ),
+            10,
+            "a progress event with bytes (sent before the hang)",
+        )
+        cancelled = await env.client.post(f"/api/v1/deployments/{deployment_id}/cancel", headers=env.admin.headers)
+        assert cancelled.status_code == 200, cancelled.text
+        started = time.monotonic()
+        while True:  # the run stops within seconds although the registry never answers
+            messages = [line["message"] for line in await all_logs(env.client, env.admin.headers, deployment_id)]
+            if "Cancelled" in messages:
+                break
+            assert time.monotonic() - started < 10, messages
+            await asyncio.sleep(0.1)
+        print(f"run ended {time.monotonic() - started:.1f} s after the cancel")
+        assert any(m.startswith("Cancelled during step 3/6 (Check images)") for m in messages), messages
+        assert not any(m.startswith("pulled image") for m in messages)
+        body = (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()
+        assert body["status"] == "cancelled"
+        assert not docker.from_env().containers.list(all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})
+        await _engine_gave_up(proxy, reference)
+    finally:
+        forget(f"{proxy.server}/{pushed}")
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def test_pull_timeout_abandons_the_pull_and_says_which_step(db, docker_engine, tmp_path, proxy, pushed):
+    client, env = await _env(db, docker_engine, tmp_path, DEPLOYMENT_PULL_TIMEOUT_SECONDS=3)
+    try:
+        deployment_id, reference = await _deploy_through(env, proxy, pushed, "hung-timeout")
+        failed = await wait_status(env.client, env.admin.headers, deployment_id, {"running", "failed"}, timeout=60)
+        assert failed["status"] == "failed"
+        assert failed["attempt"] == 1, "a timed-out pull is not retried"
+        message = failed["error_message"]
+        assert "step Check images timed out" in message and "pull timeout of 3 s" in message and reference in message, message
+        assert "layers" in message and " MB" in message, message
+        logs = await all_logs(env.client, env.admin.headers, deployment_id)
+        assert any(line["level"] == "error" and "timed out" in line["message"] for line in logs)
+        await _engine_gave_up(proxy, reference)
+    finally:
+        forget(f"{proxy.server}/{pushed}")
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
