@@ -57,6 +57,53 @@ describe('server messages in the user’s language', () => {
     expect(refused.text).toBe('this needs the operator role or higher in the organization; you are viewer')
     expect(i18n.global.locale.value).toBe('en')
   })
+  it("the stack editor's template and YAML errors read in French from their reason, line and values", () => {
+    const undefinedName = {
+      detail: "rendering the template with the default values failed: template line 4: 'port' is undefined",
+      code: 'template_error',
+      params: { reason: 'undefined', name: 'port', line: 4, defaults: true },
+    }
+    const syntax = {
+      detail: "template line 3: syntax error: unexpected '}'",
+      code: 'template_error',
+      params: { reason: 'syntax', line: 3, message: "unexpected '}'" },
+    }
+    const bomb = {
+      detail:
+        'invalid YAML: anchors and aliases expand the document to more than 10000 nodes (limit YAML_MAX_NODES); ...',
+      code: 'yaml_limit',
+      params: { reason: 'nodes', max: 10000 },
+    }
+    const hostFiles = {
+      detail: 'services.web.env_file is not allowed: env_file makes compose read a file of the host',
+      code: 'compose_forbidden',
+      params: { rules: ['host_files'], paths: ['services.web.env_file'] },
+    }
+    setLocale('fr')
+    const e = toApiError(422, undefinedName)
+    expect(e.text).toBe(
+      'Le modèle ne se rend pas avec les valeurs par défaut, ligne 4 : « port » n’est pas défini : déclarez cette variable ou corrigez son nom',
+    )
+    expect(e.reasonText).toBe('« port » n’est pas défini : déclarez cette variable ou corrigez son nom')
+    expect(toApiError(422, syntax).text).toBe("Le modèle ne se rend pas, ligne 3 : erreur de syntaxe (unexpected '}')")
+    expect(toApiError(422, bomb).text).toBe(
+      'Le YAML dépasse une limite : les ancres et alias étendent le document au-delà de 10000 nœuds (limite YAML_MAX_NODES)',
+    )
+    expect(toApiError(422, hostFiles).text).toBe(
+      'Ce document lit des fichiers de l’hôte, ce que toute cible refuse : services.web.env_file',
+    )
+    // a reason this UI does not know: the server's detail stands in for it
+    const newer = toApiError(422, {
+      detail: 'template line 2: something new',
+      code: 'template_error',
+      params: { reason: 'x', line: 2 },
+    })
+    expect(newer.reasonText).toBeNull()
+    expect(newer.text).toBe('Le modèle ne se rend pas, ligne 2 : template line 2: something new')
+    setLocale('en')
+    expect(toApiError(422, undefinedName).text).toBe(undefinedName.detail)
+    expect(toApiError(422, undefinedName).reasonText).toBeNull()
+  })
 })
 
 describe('what a slow stop waits for', () => {

@@ -129,8 +129,9 @@ def compose_bool(value: Any) -> bool | None:
 # --- reading, bounded ---------------------------------------------------------------------------------
 
 
-def _limit(what: str) -> ValidationFailed:
-    return ValidationFailed(f"invalid YAML: {what}; the document is refused", code="yaml_limit")
+def _limit(what: str, *, reason: str, **quoted: int) -> ValidationFailed:
+    """A ``yaml_limit`` refusal: ``reason`` is a stable word (with the limit it ``quoted``) a client words itself."""
+    return ValidationFailed(f"invalid YAML: {what}; the document is refused", code="yaml_limit", params={"reason": reason, **quoted})
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -163,17 +164,25 @@ def _check_expansion(root: yaml.Node) -> None:
                 nodes += child_nodes
                 chars += child_chars
             if nodes > max_nodes:
-                raise _limit(f"anchors and aliases expand the document to more than {max_nodes} nodes (limit YAML_MAX_NODES)")
+                raise _limit(
+                    f"anchors and aliases expand the document to more than {max_nodes} nodes (limit YAML_MAX_NODES)",
+                    reason="nodes",
+                    max=max_nodes,
+                )
             if chars > max_chars:
-                raise _limit(f"anchors and aliases expand the document to more than {max_chars} characters (limit YAML_MAX_EXPANDED_CHARS)")
+                raise _limit(
+                    f"anchors and aliases expand the document to more than {max_chars} characters (limit YAML_MAX_EXPANDED_CHARS)",
+                    reason="chars",
+                    max=max_chars,
+                )
             sizes[key] = (nodes, chars)
             continue
         if key in sizes:
             continue
         if key in on_path:
-            raise _limit("an alias refers to a node that contains it (recursive alias)")
+            raise _limit("an alias refers to a node that contains it (recursive alias)", reason="recursive_alias")
         if len(on_path) >= MAX_DEPTH:  # on_path is the path from the root to this node
-            raise _limit("the document is nested too deeply")
+            raise _limit("the document is nested too deeply", reason="depth")
         on_path.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
@@ -216,7 +225,7 @@ def _read(loader_class: type, text: str) -> Any:
         _check_expansion(node)
         return loader.construct_document(node)
     except RecursionError:
-        raise _limit("the document is nested too deeply") from None
+        raise _limit("the document is nested too deeply", reason="depth") from None
     except yaml.YAMLError as exc:
         raise _syntax_error(exc) from None
     finally:

@@ -304,6 +304,41 @@ async def test_invalid_definitions_are_422(client, team, overrides, code, fragme
 
 
 @pytest.mark.parametrize(
+    ("overrides", "code", "params"),
+    [
+        ({"variables": []}, "template_error", {"reason": "undefined", "name": "port", "line": 4, "defaults": True}),
+        ({"template": "services:\n  web:\n    image: {{ image \n"}, "template_error", {"reason": "syntax", "line": 3}),
+        ({"template": "services:\n  web:\n    image: {{ ''.__class__.__mro__ }}\n"}, "template_error", {"reason": "sandbox", "line": 3}),
+        ({"template": "services:\n  web:\n    image: x\n{% include 'x' %}\n"}, "template_error", {"reason": "forbidden_tag", "line": 4}),
+        ({"template": "services:\n  web:\n    image: nginx\n   ports: ['{{ port }}:80']\n"}, "invalid_yaml", {"line": 4, "column": 4}),
+        ({"template": "web:\n  image: nginx\n  port: {{ port }}\n"}, "invalid_compose", {"reason": "no_services", "defaults": True}),
+        ({"template": "services:\n  web: nginx\n"}, "invalid_compose", {"reason": "service_not_mapping", "service": "web"}),
+        (
+            {
+                "template": "a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: &d [*c, *c]\ne: &e [*d, *d]\nf: &f [*e, *e]\n"
+                "g: &g [*f, *f]\nh: &h [*g, *g]\ni: &i [*h, *h]\nj: &j [*i, *i]\nk: &k [*j, *j]\nl: &l [*k, *k]\n"
+                "m: &m [*l, *l]\nn: &n [*m, *m]\no: &o [*n, *n]\np: &p [*o, *o]\nq: [*p, *p]\n"
+            },
+            "yaml_limit",
+            {"reason": "nodes"},
+        ),
+        (
+            {"template": "services:\n  web:\n    image: x\n    env_file: /etc/passwd\n"},
+            "compose_forbidden",
+            {"paths": ["services.web.env_file"]},
+        ),
+    ],
+)
+async def test_a_refused_definition_names_its_reason_and_line_for_the_editor(client, team, overrides, code, params):
+    """What the stack editor words in the user's language and puts at its line: a stable ``reason`` and the
+    values the English detail quotes (``line``, the undefined name, ...), through the bounded renderer."""
+    response = await client.post(STACKS, json=stack_body(**overrides), headers=team["operator"].headers)
+    assert response.status_code == 422 and response.json()["code"] == code, response.text
+    got = response.json()["params"]
+    assert {key: got.get(key) for key in params} == params, got
+
+
+@pytest.mark.parametrize(
     "body",
     [
         {"name": "", "template": WEB_TEMPLATE},

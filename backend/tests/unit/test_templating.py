@@ -311,12 +311,15 @@ def test_render_errors_never_echo_a_secret():
         render_stack("services:\n  db:\n    image: x\n    environment:\n      PW: {{ pw }}\n", specs, {"pw": "*" + SECRET})
     assert info.value.code == "invalid_yaml"
     assert "line 5" in info.value.detail
-    assert SECRET not in info.value.detail
+    assert SECRET not in info.value.detail and SECRET not in repr(info.value.params)
     # a template error that names a value
     with pytest.raises(ValidationFailed) as info:
         render_stack("services:\n  db:\n    image: {{ {}[pw] }}\n", specs, {"pw": SECRET})
     assert info.value.code == "template_error"
     assert SECRET not in info.value.detail and "***" in info.value.detail
+    # the values the detail quotes, which a client words itself, are masked the same way
+    assert info.value.params["reason"] == "error" and info.value.params["line"] == 3
+    assert SECRET not in repr(info.value.params) and "***" in info.value.params["message"]
 
 
 # --- generators --------------------------------------------------------------------------------------

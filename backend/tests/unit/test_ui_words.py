@@ -99,3 +99,26 @@ def test_every_execution_mode_reason_and_worker_problem_reads_in_both_languages(
     for catalogue in ("en.ts", "fr.ts"):
         assert _keys_of(catalogue, "reasons") == set(REASON_CODES), catalogue
         assert _keys_of(catalogue, "problems") == set(PROBLEM_CODES), catalogue
+
+
+#: Where the template, YAML and compose refusals the stack editor shows name their ``params.reason``.
+REASON_SOURCES = (
+    "services/stacks/templating/sandbox.py",
+    "services/stacks/templating/documents.py",
+    "services/stacks/bounded_render.py",
+    "engines/compose_yaml.py",
+    "services/targets/compose_policy.py",
+)
+REASON_PATTERNS = (
+    re.compile(r"""\breason\s*=\s*["']([a-z][a-z0-9_]*)["']"""),
+    re.compile(r"""["']reason["']\s*:\s*["']([a-z][a-z0-9_]*)["']"""),
+)
+
+
+def test_every_reason_of_a_refused_document_reads_in_french() -> None:
+    reasons = {word for source in REASON_SOURCES for p in REASON_PATTERNS for word in p.findall((APP / source).read_text(encoding="utf-8"))}
+    assert {"syntax", "undefined", "nodes", "memory", "no_services", "killed"} <= reasons  # the sources were read
+    text = (I18N / "apiErrors.fr.ts").read_text(encoding="utf-8")
+    body = text.split("export const apiReasonsFr", 1)[1].split("\n}", 1)[0]
+    french = set(re.findall(r"^\s{4}([a-z][a-z0-9_]*):", body, re.M))
+    assert reasons - french == set()

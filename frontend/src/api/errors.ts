@@ -57,11 +57,24 @@ export class ApiError extends Error {
     return out
   }
 
+  /**
+   * Why, in the user's language, without where: the error's `params.reason` worded from
+   * `apiReasons.<code>.<reason>` with the values it quotes; null when the catalogue has no such reason.
+   */
+  get reasonText(): string | null {
+    const reason = this.params.reason
+    return typeof reason === 'string' ? localized(`apiReasons.${this.code}.${reason}`, this.params) : null
+  }
+
   /** The whole error in the user's language. */
   get text(): string {
     if (this.problems.length && this.code === 'validation_error')
       return this.problems.map((p) => (p.field ? `${p.field}: ${fieldText(p)}` : fieldText(p))).join('; ')
-    return localized(`apiErrors.${this.code}`, { ...this.params, detail: this.message }) ?? this.message
+    const at =
+      (this.params.defaults === true ? (localized('apiWords.with_defaults', {}) ?? '') : '') +
+      (typeof this.params.line === 'number' ? (localized('apiWords.at_line', { line: this.params.line }) ?? '') : '')
+    const why = this.reasonText ?? this.message
+    return localized(`apiErrors.${this.code}`, { ...this.params, detail: this.message, why, at }) ?? this.message
   }
 }
 

@@ -2,6 +2,9 @@
  * The server's errors in French, by `code` (`apiErrors`) and, for a 422, by each field's pydantic `type`
  * (`apiFields`). `{detail}` is the server's English text, for the few whose specifics have no parameter.
  * English needs no catalogue: the server's detail is English.
+ *
+ * `{why}` is the error's `reason` worded from `apiReasons.<code>.<reason>` (the server's detail when it has none)
+ * and `{at}` where it happened (`apiWords`: its line, with the default values).
  */
 export const apiErrorsFr: Record<string, string> = {
   network: 'Le serveur est injoignable ; vérifiez votre connexion et réessayez.',
@@ -59,16 +62,17 @@ export const apiErrorsFr: Record<string, string> = {
   engine_unavailable: 'Le moteur Docker de la cible ne répond pas : {detail}',
   engine_error: 'Le moteur Docker a refusé : {detail}',
   compose_policy_denied: 'Refusé par la politique compose de la cible (options : {rules}) : {detail}',
-  compose_forbidden: 'Ce document lit des fichiers de l’hôte, ce que toute cible refuse : {detail}',
-  invalid_compose: 'Document compose invalide : {detail}',
-  compose_failed: 'Compose a refusé le document : {detail}',
-  compose_timeout: 'Compose n’a pas répondu à temps : {detail}',
+  compose_forbidden: 'Ce document lit des fichiers de l’hôte, ce que toute cible refuse : {paths}',
+  invalid_compose: 'Document compose invalide{at} : {why}',
+  compose_failed: 'Compose n’a pas pu juger le document{at} : {why}',
+  compose_timeout:
+    'Compose n’a pas validé le document en {seconds} s (limite COMPOSE_VALIDATE_TIMEOUT_SECONDS) : le document est refusé.',
   compose_too_large: 'Le document compose rendu est trop volumineux : {detail}',
-  template_error: 'Le modèle ne se rend pas : {detail}',
-  template_limit: 'Le rendu du modèle dépasse une limite : {detail}',
+  template_error: 'Le modèle ne se rend pas{at} : {why}',
+  template_limit: 'Le rendu du modèle dépasse une limite{at} : {why}',
   renderer_unavailable: 'Le moteur de rendu n’a pas pu démarrer ; réessayez plus tard.',
   invalid_yaml: 'YAML invalide, ligne {line}, colonne {column} : {problem}',
-  yaml_limit: 'Le YAML dépasse une limite : {detail}',
+  yaml_limit: 'Le YAML dépasse une limite{at} : {why}',
   invalid_variables: 'Valeurs invalides : {detail}',
   invalid_variable_schema: 'Définition des variables invalide : {detail}',
   variables_twice: 'Envoyez les variables en liste ou en texte, pas les deux.',
@@ -131,4 +135,45 @@ export const apiFieldsFr: Record<string, string> = {
   url_parsing: 'Une URL',
   uuid_parsing: 'Un identifiant',
   datetime_parsing: 'Une date',
+}
+
+/** Why a template, YAML or compose document was refused, by the error's code and its `params.reason`. */
+export const apiReasonsFr: Record<string, Record<string, string>> = {
+  template_error: {
+    syntax: 'erreur de syntaxe ({message})',
+    forbidden_tag: 'include, import et extends ne sont pas disponibles : un modèle de stack est un document autonome',
+    not_string: 'le modèle doit être un texte',
+    output_limit: 'le document rendu dépasse {max} caractères (limite TEMPLATE_MAX_OUTPUT_CHARS)',
+    sandbox: 'refusé par le bac à sable ({message})',
+    undefined: '« {name} » n’est pas défini : déclarez cette variable ou corrigez son nom',
+    error: 'le rendu a échoué ({message})',
+  },
+  template_limit: {
+    memory: 'le rendu a dépassé la limite de mémoire de {mib} Mio (TEMPLATE_RENDER_MEMORY_MB)',
+    cpu_time: 'le rendu a dépassé la limite de temps CPU de {seconds} s (TEMPLATE_RENDER_TIMEOUT_SECONDS)',
+    process_failed: 'le processus de rendu a échoué (statut {status})',
+    nesting: 'le modèle est imbriqué trop profondément',
+  },
+  yaml_limit: {
+    nodes: 'les ancres et alias étendent le document au-delà de {max} nœuds (limite YAML_MAX_NODES)',
+    chars: 'les ancres et alias étendent le document au-delà de {max} caractères (limite YAML_MAX_EXPANDED_CHARS)',
+    recursive_alias: 'un alias renvoie à un nœud qui le contient (alias récursif)',
+    depth: 'le document est imbriqué trop profondément',
+  },
+  invalid_compose: {
+    not_mapping: 'le document doit être un dictionnaire avec une clé « services »',
+    no_services: 'il faut un dictionnaire « services » non vide (nom du service → définition)',
+    service_not_mapping: 'services.{service} doit être un dictionnaire (image, ports, …)',
+    rejected: 'docker compose l’a refusé : {message}',
+  },
+  compose_failed: {
+    cannot_run: 'docker compose n’a pas pu s’exécuter',
+    killed: 'docker compose a été tué (signal {signal}) pendant la validation',
+  },
+}
+
+/** The words around a reason: where the error happened. */
+export const apiWordsFr: Record<string, string> = {
+  at_line: ', ligne {line}',
+  with_defaults: ' avec les valeurs par défaut',
 }

@@ -235,6 +235,15 @@ export default {
     total: '{n} stack | {n} stacks',
   },
   targets: {
+    runsOn: 'Runs on',
+    inactive: 'inactive',
+    ownWorkers: 'its own workers: {count}',
+    sharedWorkers: 'shared workers: {count}',
+    serverRuns: 'the server itself',
+    onHost: 'host {host}',
+    unserved: 'no worker serves it',
+    unservedHelp:
+      'It is placed, and no live worker declares it (WORKER_TARGETS): its deployments wait, and stop and delete are refused until one does.',
     title: 'Targets',
     new: 'Add target',
     endpoint: 'Endpoint',
@@ -291,6 +300,7 @@ export default {
     updated: 'Target “{name}” saved',
   },
   organization: {
+    noMembers: 'No member matches.',
     title: 'Organization',
     members: 'Members',
     addMember: 'Add member',
@@ -598,4 +608,6 @@ export default {
   /** English shows the server's own text (its detail): no catalogue. */
   apiErrors: {} as Record<string, string>,
   apiFields: {} as Record<string, string>,
+  apiReasons: {} as Record<string, Record<string, string>>,
+  apiWords: {} as Record<string, string>,
 }

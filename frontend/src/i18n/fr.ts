@@ -1,5 +1,5 @@
 import type en from './en'
-import { apiErrorsFr, apiFieldsFr } from './apiErrors.fr'
+import { apiErrorsFr, apiFieldsFr, apiReasonsFr, apiWordsFr } from './apiErrors.fr'
 import revisions from './revisions.fr'
 
 const fr: typeof en = {
@@ -243,6 +243,15 @@ const fr: typeof en = {
     total: '{n} stack | {n} stacks',
   },
   targets: {
+    runsOn: 'Exécuté par',
+    inactive: 'inactive',
+    ownWorkers: 'ses propres workers : {count}',
+    sharedWorkers: 'workers partagés : {count}',
+    serverRuns: 'le serveur lui-même',
+    onHost: 'hôte {host}',
+    unserved: 'aucun worker ne la sert',
+    unservedHelp:
+      'Elle est placée et aucun worker vivant ne la déclare (WORKER_TARGETS) : ses déploiements attendent, l’arrêt et la suppression sont refusés jusqu’à ce qu’un worker la serve.',
     title: 'Cibles',
     new: 'Ajouter une cible',
     endpoint: 'Point d’accès',
@@ -300,6 +309,7 @@ const fr: typeof en = {
     updated: 'Cible « {name} » enregistrée',
   },
   organization: {
+    noMembers: 'Aucun membre ne correspond.',
     title: 'Organisation',
     members: 'Membres',
     addMember: 'Ajouter un membre',
@@ -620,5 +630,7 @@ const fr: typeof en = {
   },
   apiErrors: apiErrorsFr,
   apiFields: apiFieldsFr,
+  apiReasons: apiReasonsFr,
+  apiWords: apiWordsFr,
 }
 export default fr

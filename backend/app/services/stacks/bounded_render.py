@@ -138,7 +138,8 @@ def _apply_limits(limits: RenderLimits) -> None:
 
 
 def _child(conn, kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> None:
-    """Runs in the child process: render, send ``("ok", result)`` or ``("error", detail, code)``."""
+    """Runs in the child process: render, send ``("ok", result, ...)`` or ``("error", detail, code, params)``
+    (a compose-policy refusal's params name its rules and paths, as the API's error handler would)."""
     try:
         _apply_limits(limits)
         if kind == "preview":
@@ -147,11 +148,15 @@ def _child(conn, kind: str, template: str, variables: list, values: dict, limits
             result = templating.render_stack(template, variables, values)
         conn.send(("ok", result))
     except ValidationFailed as exc:
-        conn.send(("error", exc.detail, exc.code))
+        params = dict(exc.params)
+        if violations := getattr(exc, "violations", None):
+            params.setdefault("rules", sorted({v.rule for v in violations}))
+            params.setdefault("paths", list(dict.fromkeys(v.path for v in violations)))
+        conn.send(("error", exc.detail, exc.code, params))
     except MemoryError:
         conn.send(("memory",))
     except RecursionError:
-        conn.send(("error", "template: nested too deeply", "template_limit"))
+        conn.send(("error", "template: nested too deeply", "template_limit", {"reason": "nesting"}))
     finally:
         conn.close()
 
@@ -161,6 +166,7 @@ def _memory_error(limits: RenderLimits) -> ValidationFailed:
         f"template: rendering exceeded the memory limit of {limits.memory_bytes // (1024 * 1024)} MiB "
         "(TEMPLATE_RENDER_MEMORY_MB); the document is refused",
         code="template_limit",
+        params={"reason": "memory", "mib": limits.memory_bytes // (1024 * 1024)},
     )
 
 
@@ -169,6 +175,7 @@ def _time_error(limits: RenderLimits) -> ValidationFailed:
         f"template: rendering exceeded the CPU time limit of {limits.cpu_seconds:g} s "
         "(TEMPLATE_RENDER_TIMEOUT_SECONDS); the document is refused",
         code="template_limit",
+        params={"reason": "cpu_time", "seconds": limits.cpu_seconds},
     )
 
 
@@ -209,12 +216,13 @@ def _run_blocking(kind: str, template: str, variables: list, values: dict, limit
         raise ValidationFailed(
             f"template: the rendering process failed (exit status {exitcode}); the document is refused",
             code="template_limit",
+            params={"reason": "process_failed", "status": exitcode},
         )
     if message[0] == "ok":
         return message[1]
     if message[0] == "memory":
         raise _memory_error(limits)
-    raise ValidationFailed(message[1], code=message[2])
+    raise ValidationFailed(message[1], code=message[2], params=message[3] if len(message) > 3 else None)
 
 
 async def _run(kind: str, template: str, variables: list, values: dict, limits: RenderLimits | None) -> Any:

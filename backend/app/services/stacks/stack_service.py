@@ -54,7 +54,11 @@ async def validate_definition(template: str, variables: list[dict[str, Any]] | N
     except ValidationFailed as exc:
         if exc.code == "compose_forbidden":  # already names the key and the rule
             raise
-        raise ValidationFailed(f"rendering the template with the default values failed: {exc.detail}", code=exc.code) from None
+        raise ValidationFailed(
+            f"rendering the template with the default values failed: {exc.detail}",
+            code=exc.code,
+            params={**exc.params, "defaults": True},
+        ) from None
     return [variable.model_dump() for variable in parsed]
 
 

@@ -91,7 +91,9 @@ def load(text: str) -> dict:
     (:mod:`backend.app.engines.compose_yaml`)."""
     document = compose_yaml.load(text)
     if not isinstance(document, dict):
-        raise ValidationFailed("the compose document must be a mapping with a 'services' key", code="invalid_compose")
+        raise ValidationFailed(
+            "the compose document must be a mapping with a 'services' key", code="invalid_compose", params={"reason": "not_mapping"}
+        )
     return document
 
 

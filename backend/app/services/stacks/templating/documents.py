@@ -55,16 +55,25 @@ def parse_compose_yaml(text: str) -> dict:
     document = compose_yaml.load(text)
     if not isinstance(document, dict):
         kind = "empty" if document is None else f"a {type(document).__name__}"
-        raise ValidationFailed(f"the compose document must be a mapping with a 'services' key; it is {kind}", code="invalid_compose")
+        raise ValidationFailed(
+            f"the compose document must be a mapping with a 'services' key; it is {kind}",
+            code="invalid_compose",
+            params={"reason": "not_mapping"},
+        )
     services = document.get("services")
     if not isinstance(services, dict) or not services:
         raise ValidationFailed(
             "the compose document needs a non-empty 'services' mapping (service name -> definition)",
             code="invalid_compose",
+            params={"reason": "no_services"},
         )
     for name, service in services.items():
         if not isinstance(service, dict):
-            raise ValidationFailed(f"services.{name}: must be a mapping (image, ports, ...)", code="invalid_compose")
+            raise ValidationFailed(
+                f"services.{name}: must be a mapping (image, ports, ...)",
+                code="invalid_compose",
+                params={"reason": "service_not_mapping", "service": str(name)[:100]},
+            )
     return document
 
 
@@ -78,10 +87,12 @@ def render_stack(template: str, variables: list[StackVariable], values: dict) ->
         # Before any compose tool reads it: refuse what would read files of the WindFlow host.
         check_host_files(parse_compose_yaml(rendered))
     except ValidationFailed as exc:
-        scrubbed = _redact(exc.detail, secret_values(variables, values))
-        if scrubbed == exc.detail:
+        secrets_ = secret_values(variables, values)
+        scrubbed = _redact(exc.detail, secrets_)
+        quoted = {key: _redact(value, secrets_) if isinstance(value, str) else value for key, value in exc.params.items()}
+        if scrubbed == exc.detail and quoted == exc.params:
             raise
-        raise ValidationFailed(scrubbed, code=exc.code) from None
+        raise ValidationFailed(scrubbed, code=exc.code, params=quoted) from None
     return rendered
 
 
@@ -128,12 +139,18 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
                 f"docker compose could not validate the document within {timeout:g} s "
                 "(limit COMPOSE_VALIDATE_TIMEOUT_SECONDS); the document is refused",
                 code="compose_timeout",
+                params={"seconds": timeout},
             ) from None
-        raise ValidationFailed("docker compose could not validate the document; the document is refused", code="compose_failed") from None
+        raise ValidationFailed(
+            "docker compose could not validate the document; the document is refused",
+            code="compose_failed",
+            params={"reason": "cannot_run"},
+        ) from None
     if result.returncode < 0:
         raise ValidationFailed(
             f"docker compose was killed (signal {-result.returncode}) while validating the document; the document is refused",
             code="compose_failed",
+            params={"reason": "killed", "signal": -result.returncode},
         )
     if result.ok:
         # The document as compose normalised it (extends merged, interpolation done): nothing it
@@ -145,4 +162,6 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
     message = _redact("\n".join(lines).strip() or f"exit status {result.returncode}", redact)
     if len(message) > 2000:
         message = message[:2000] + "..."
-    raise ValidationFailed(f"docker compose rejected the document: {message}", code="invalid_compose")
+    raise ValidationFailed(
+        f"docker compose rejected the document: {message}", code="invalid_compose", params={"reason": "rejected", "message": message}
+    )

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
@@ -98,20 +99,29 @@ def _template_line(exc: BaseException) -> int | None:
     return line
 
 
-def _template_error(message: str, line: int | None) -> ValidationFailed:
+def _template_error(text: str, line: int | None, *, reason: str, **quoted: str | int) -> ValidationFailed:
+    """A ``template_error`` at ``line``, its ``reason`` a stable word a client words itself with the values
+    it ``quoted`` (Jinja's own message, the undefined name, a limit), beside the English ``text``."""
     where = f"template line {line}: " if line else "template: "
-    return ValidationFailed(where + message, code="template_error")
+    return ValidationFailed(where + text, code="template_error", params={"reason": reason, "line": line, **quoted})
+
+
+def _undefined_name(message: str | None) -> str | None:
+    """The name Jinja's ``'port' is undefined`` names."""
+    match = re.fullmatch(r"'([^']{1,100})' is undefined", message or "")
+    return match.group(1) if match else None
 
 
 def _compile(env: _Sandbox, source: str):
     try:
         tree = env.parse(source)
     except TemplateSyntaxError as exc:
-        raise _template_error(f"syntax error: {exc.message}", exc.lineno) from None
+        raise _template_error(f"syntax error: {exc.message}", exc.lineno, reason="syntax", message=str(exc.message)) from None
     for node in tree.find_all(_FORBIDDEN_NODES):
         raise _template_error(
             "include, import and extends are not available: a stack template is one self-contained document",
             node.lineno,
+            reason="forbidden_tag",
         )
     return tree
 
@@ -122,7 +132,7 @@ def render_template(template: str, values: dict) -> str:
     Undefined names fail (``'port' is undefined``), sandbox violations fail, syntax errors name the line.
     """
     if not isinstance(template, str):
-        raise ValidationFailed("template: must be a string", code="template_error")
+        raise ValidationFailed("template: must be a string", code="template_error", params={"reason": "not_string"})
     tree = _compile(_ENV, template)
     try:
         compiled = _ENV.from_string(tree)
@@ -132,19 +142,26 @@ def render_template(template: str, values: dict) -> str:
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise _template_error(
-                    f"the rendered document exceeds {MAX_OUTPUT_CHARS} characters (limit TEMPLATE_MAX_OUTPUT_CHARS)", None
+                    f"the rendered document exceeds {MAX_OUTPUT_CHARS} characters (limit TEMPLATE_MAX_OUTPUT_CHARS)",
+                    None,
+                    reason="output_limit",
+                    max=MAX_OUTPUT_CHARS,
                 )
             chunks.append(chunk)
     except (ValidationFailed, MemoryError):
         raise  # MemoryError: the bounded renderer reports the memory limit by name
     except SecurityError as exc:
-        raise _template_error(f"refused by the sandbox: {exc}", _template_line(exc)) from None
+        raise _template_error(f"refused by the sandbox: {exc}", _template_line(exc), reason="sandbox", message=str(exc)) from None
     except UndefinedError as exc:
-        raise _template_error(f"{exc.message}", _template_line(exc)) from None
+        name = _undefined_name(exc.message)
+        quoted = {"reason": "undefined", "name": name} if name else {"reason": "error", "message": str(exc.message)}
+        raise _template_error(f"{exc.message}", _template_line(exc), **quoted) from None
     except TemplateError as exc:
-        raise _template_error(str(exc.message or exc), _template_line(exc)) from None
+        message = str(exc.message or exc)
+        raise _template_error(message, _template_line(exc), reason="error", message=message) from None
     except Exception as exc:  # noqa: BLE001 - a template can raise anything (ZeroDivisionError, TypeError, ...)
-        raise _template_error(f"{type(exc).__name__}: {exc}", _template_line(exc)) from None
+        message = f"{type(exc).__name__}: {exc}"
+        raise _template_error(message, _template_line(exc), reason="error", message=message) from None
     return "".join(chunks)
 
 
