@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     LOGIN_FAILURES_PER_ACCOUNT: int = Field(default=10, ge=1)
     LOGIN_ACCOUNT_WINDOW_SECONDS: int = Field(default=300, ge=1)
     DEPLOYMENT_RATE_LIMIT_PER_MINUTE: int = Field(default=100, ge=1)
+    #: where every replica counts the hits of these limits (core/ratelimit.py): this Redis; unset: the event
+    #: bus's Redis when EVENT_BUS is redis, else each process on its own (one replica, or limits per replica)
+    RATE_LIMIT_REDIS_URL: str | None = Field(default=None, max_length=500)
 
     # --- Celery ---------------------------------------------------------------------------------
     CELERY_ENABLED: bool = True

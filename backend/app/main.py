@@ -28,7 +28,7 @@ from backend.app.core.celery_manager import CeleryManager
 from backend.app.core.events import bus
 from backend.app.core.exceptions import DatabaseUnavailable, WindFlowError
 from backend.app.core.logging import register_secret, setup_logging
-from backend.app.core.ratelimit import SlidingWindowLimiter
+from backend.app.core.ratelimit import RateLimiter
 from backend.app.migrate import upgrade_database
 from backend.app.runtime import background, background_tasks, event_transport, metrics
 from backend.app.runtime.dispatch import Dispatcher
@@ -261,6 +261,19 @@ def _freeze_startup_heap() -> None:
         gc.freeze()
 
 
+def rate_limit_redis_url(settings: Settings) -> str | None:
+    """Where the replicas share their rate limits: ``RATE_LIMIT_REDIS_URL``, else the event bus's Redis when
+    the bus is Redis; None: each process keeps its own (core/ratelimit.py)."""
+    if settings.RATE_LIMIT_REDIS_URL:
+        return settings.RATE_LIMIT_REDIS_URL
+    try:
+        if event_transport.resolve_event_bus_kind(settings) == "redis":
+            return event_transport.event_bus_redis_url(settings)
+    except ValueError:
+        return None  # an impossible EVENT_BUS: the bus refuses to start and says why
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -298,12 +311,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await background_tasks.shutdown()
         unsubscribe_metrics()
         await event_transport.stop_event_bus()
+        for limiter in (app.state.login_limiter, app.state.account_login_limiter, app.state.deployment_limiter):
+            await limiter.aclose()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.login_limiter = SlidingWindowLimiter(settings.LOGIN_RATE_LIMIT_PER_MINUTE)
-    app.state.account_login_limiter = SlidingWindowLimiter(settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS)
-    app.state.deployment_limiter = SlidingWindowLimiter(settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE)
+    limits_in = rate_limit_redis_url(settings)
+    app.state.login_limiter = RateLimiter("login", settings.LOGIN_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
+    app.state.account_login_limiter = RateLimiter(
+        "login-account", settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS, redis_url=limits_in
+    )
+    app.state.deployment_limiter = RateLimiter("deployments", settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
     app.state.celery_manager = CeleryManager(settings)
     app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
     install_error_handlers(app)

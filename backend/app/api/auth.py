@@ -23,9 +23,9 @@ from backend.app.services.identity import auth_service, organization_service
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def _check_login_rate(request: Request) -> None:
+async def _check_login_rate(request: Request) -> None:
     limiter = request.app.state.login_limiter
-    wait = limiter.hit(client_address(request))
+    wait = await limiter.hit(client_address(request))
     if wait is not None:
         seconds = max(1, round(wait))
         raise RateLimited(
@@ -65,7 +65,7 @@ async def login(
     # nothing about whether the account exists. Checked before the password, so a limited guess learns nothing.
     account = form.username.strip().lower()[:320]
     limiter = request.app.state.account_login_limiter
-    wait = limiter.retry_in(account)
+    wait = await limiter.retry_in(account)
     if wait is not None:
         seconds = max(1, round(wait))
         raise RateLimited(
@@ -77,7 +77,7 @@ async def login(
         user = await auth_service.authenticate(session, email=form.username, password=form.password)
     except NotAuthenticated as exc:
         if exc.code == "invalid_credentials":
-            limiter.hit(account)
+            await limiter.hit(account)
         raise
     tokens = await auth_service.issue_tokens(session, settings=settings, user=user)
     await session.commit()

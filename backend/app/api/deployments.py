@@ -40,9 +40,9 @@ OperableDeployment = Annotated[
 ]
 
 
-def _check_rate(request: Request, user: CurrentUser) -> None:
+async def _check_rate(request: Request, user: CurrentUser) -> None:
     limiter = request.app.state.deployment_limiter
-    wait = limiter.hit(user.id)
+    wait = await limiter.hit(user.id)
     if wait is not None:
         seconds = max(1, round(wait))
         raise RateLimited(

@@ -1,0 +1,113 @@
+"""Rate limits shared by backend replicas through Redis (core/ratelimit.py, ``RATE_LIMIT_REDIS_URL``).
+
+Two apps on one database stand for two replicas behind a proxy: a client whose requests alternate between
+them gets the limit once, not once per replica. Without Redis each keeps its own count (the test of that
+says so, so that the shared case is seen to depend on Redis). The two real processes behind nginx are in
+``celery/test_two_replicas.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from backend.app.core.ratelimit import RateLimiter
+from backend.app.main import create_app, rate_limit_redis_url
+from backend.tests.celery.test_celery_execution import REDIS_TEST_DB
+from backend.tests.conftest import make_settings, require_service
+from backend.tests.deploy_helpers import free_port
+
+ON_POSTGRESQL = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+LOGIN = "/api/v1/auth/login"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        require_service("Redis", str(exc))
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+async def replica(db):
+    """Makes a client of a new app on the test database (a replica); their Redis connections closed after."""
+    apps = []
+
+    def make(address: str, **overrides) -> httpx.AsyncClient:
+        app = create_app(make_settings(db.settings.DATABASE_URL, **overrides))
+        apps.append(app)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(address, 5000)), base_url="http://t")
+
+    yield make
+    for app in apps:
+        for limiter in (app.state.login_limiter, app.state.account_login_limiter, app.state.deployment_limiter):
+            await limiter.aclose()
+
+
+async def failed_logins(clients: list[httpx.AsyncClient], account: str, count: int) -> list[int]:
+    statuses = []
+    for number in range(count):
+        response = await clients[number % len(clients)].post(LOGIN, data={"username": account, "password": "wrong-password"})
+        statuses.append(response.status_code)
+    return statuses
+
+
+@ON_POSTGRESQL
+async def test_two_replicas_count_the_same_login_attempts(replica, redis_url):
+    address = f"10.{uuid.uuid4().int % 250}.0.1"  # its own budget, whatever other sessions used on this Redis
+    limits = {"RATE_LIMIT_REDIS_URL": redis_url, "LOGIN_RATE_LIMIT_PER_MINUTE": 5, "LOGIN_FAILURES_PER_ACCOUNT": 3}
+    first, second = replica(address, **limits), replica(address, **limits)
+    async with first, second:
+        # failed logins of one account, alternating replicas: three allowed in all, then 429 on either
+        account = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+        assert await failed_logins([first, second], account, 4) == [401, 401, 401, 429]
+        limited = await second.post(LOGIN, data={"username": account, "password": "wrong-password"})
+        assert limited.status_code == 429 and limited.json()["params"]["scope"] == "account", limited.text
+        assert 290 <= int(limited.headers["retry-after"]) <= 300  # LOGIN_ACCOUNT_WINDOW_SECONDS
+        # the address's budget (5 a minute): the 5 attempts above spent it on both replicas together
+        other = await first.post(LOGIN, data={"username": "someone@example.com", "password": "x"})
+        assert other.status_code == 429 and other.json()["params"]["scope"] == "address", other.text
+
+
+@ON_POSTGRESQL
+async def test_without_redis_each_replica_counts_its_own(replica):
+    limits = {"LOGIN_FAILURES_PER_ACCOUNT": 3}
+    first, second = replica("10.1.0.1", **limits), replica("10.1.0.1", **limits)
+    async with first, second:
+        assert first._transport.app.state.account_login_limiter.shared is False
+        account = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+        assert await failed_logins([first, second], account, 6) == [401] * 6  # three on each
+
+
+@ON_POSTGRESQL
+async def test_a_redis_that_does_not_answer_lets_logins_through(replica):
+    client = replica("10.2.0.1", RATE_LIMIT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", LOGIN_FAILURES_PER_ACCOUNT=1)
+    async with client:
+        assert await failed_logins([client], "nobody@example.com", 3) == [401, 401, 401]  # never a 500
+
+
+async def test_the_event_bus_redis_is_the_default_store(redis_url):
+    assert rate_limit_redis_url(make_settings("sqlite+aiosqlite:///x.db")) is None
+    on_redis = make_settings("sqlite+aiosqlite:///x.db", EVENT_BUS="redis", EVENT_BUS_REDIS_URL=redis_url)
+    assert rate_limit_redis_url(on_redis) == redis_url
+    explicit = make_settings("sqlite+aiosqlite:///x.db", RATE_LIMIT_REDIS_URL="redis://elsewhere:6379/3")
+    assert rate_limit_redis_url(explicit) == "redis://elsewhere:6379/3"
+    limiter = RateLimiter(f"t-{uuid.uuid4().hex[:6]}", 2, 60, redis_url=redis_url)
+    try:
+        assert [await limiter.hit("k"), await limiter.hit("k")] == [None, None]
+        assert await limiter.retry_in("k") == pytest.approx(60, abs=2)
+        assert await limiter.hit("k") == pytest.approx(60, abs=2)
+        assert await limiter.retry_in("other") is None
+    finally:
+        await limiter.aclose()
