@@ -40,6 +40,14 @@ if [ ! -x /usr/bin/docker-registry ] || ! command -v htpasswd >/dev/null 2>&1; t
   apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q docker-registry apache2-utils >/dev/null; }
 fi
 
+# nginx (Debian's), for the two-replica test behind the production proxy's configuration
+# (backend/tests/celery/test_two_replicas.py runs its own on a loopback port; the package's service is not started).
+if [ ! -x /usr/sbin/nginx ]; then
+  echo "nginx: installing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q nginx-light >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }
+fi
+
 if [ -f "$here/setup-docker.sh" ]; then
   bash "$here/setup-docker.sh"
 fi
