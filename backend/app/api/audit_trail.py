@@ -178,7 +178,6 @@ class AuditMiddleware:
         if spec is None:
             logger.warning("route %s has no audit action (api/audit_trail.py ACTIONS); recorded as %r", key, name)
             spec = (name, "unknown", None)
-        action, object_type, id_param = spec
         fields = _request_fields(scope, body, truncated)
         answer_data: dict[str, Any] = {}
         if answer[:1] == b"{":
@@ -187,38 +186,52 @@ class AuditMiddleware:
                 answer_data = parsed if isinstance(parsed, dict) else {}
             except ValueError:
                 pass
+        route_session = state.get("db_session")
+        if route_session is not None:
+            # what the route left uncommitted is not meant to be kept (the route commits what it changed); its
+            # session is reused so that, on SQLite, the entry does not wait for that session's write lock
+            await route_session.rollback()
+            await self._write_in(route_session, scope, state, key, spec, fields, answer_data, status_code)
+            return
         async with database.AsyncSessionLocal() as session:
-            actor = await self._actor(session, state, fields, key, scope.get("app"))
-            if actor.kind == "anonymous" and key not in _RECORD_ANONYMOUS:
-                return
-            object_id = state.get("audit_object_id")
-            if object_id is None and id_param is not None:
-                object_id = (scope.get("path_params") or {}).get(id_param)
-            if object_id is None and status_code < 300:  # a creation: the new object's id (a membership's user)
-                found = answer_data.get("user_id" if object_type == "member" else "id")
-                object_id = found if isinstance(found, str) else None
-            organization_id = state.get("audit_organization_id")
-            if organization_id is None:
-                for source in (answer_data, fields):
-                    if isinstance(source.get("organization_id"), str):
-                        organization_id = source["organization_id"][:36]
-                        break
-            detail = summary.of_fields(fields)
-            if status_code >= 400 and isinstance(answer_data.get("code"), str):
-                detail["error"] = answer_data["code"][:64]
-            detail.update(state.get("audit_summary") or {})
-            audit_service.record(
-                session,
-                actor=actor,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                organization_id=organization_id,
-                summary=detail,
-                client=(scope.get("client") or ("unknown",))[0],
-                status_code=status_code,
-            )
-            await session.commit()
+            await self._write_in(session, scope, state, key, spec, fields, answer_data, status_code)
+
+    async def _write_in(
+        self, session, scope: Scope, state: dict, key: str, spec, fields: dict[str, Any], answer_data: dict[str, Any], status_code: int
+    ) -> None:
+        action, object_type, id_param = spec
+        actor = await self._actor(session, state, fields, key, scope.get("app"))
+        if actor.kind == "anonymous" and key not in _RECORD_ANONYMOUS:
+            await session.rollback()  # nothing to record; the lookups' transaction ends here
+            return
+        object_id = state.get("audit_object_id")
+        if object_id is None and id_param is not None:
+            object_id = (scope.get("path_params") or {}).get(id_param)
+        if object_id is None and status_code < 300:  # a creation: the new object's id (a membership's user)
+            found = answer_data.get("user_id" if object_type == "member" else "id")
+            object_id = found if isinstance(found, str) else None
+        organization_id = state.get("audit_organization_id")
+        if organization_id is None:
+            for source in (answer_data, fields):
+                if isinstance(source.get("organization_id"), str):
+                    organization_id = source["organization_id"][:36]
+                    break
+        detail = summary.of_fields(fields)
+        if status_code >= 400 and isinstance(answer_data.get("code"), str):
+            detail["error"] = answer_data["code"][:64]
+        detail.update(state.get("audit_summary") or {})
+        audit_service.record(
+            session,
+            actor=actor,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            organization_id=organization_id,
+            summary=detail,
+            client=(scope.get("client") or ("unknown",))[0],
+            status_code=status_code,
+        )
+        await session.commit()
 
     async def _actor(self, session, state: dict, fields: dict[str, Any], key: str, scope_app: Any) -> audit_service.Actor:
         named = state.get("audit_actor")

@@ -23,9 +23,12 @@ def get_settings(connection: HTTPConnection) -> Settings:
     return connection.app.state.settings
 
 
-async def get_session():
-    """One session per request. The route commits what it changed; anything uncommitted rolls back."""
+async def get_session(connection: HTTPConnection):
+    """One session per request. The route commits what it changed; anything uncommitted rolls back. The audit
+    trail's entry of the request is written in it once the route has answered (``api/audit_trail.py``): on
+    SQLite a second session would wait for this one's write lock."""
     async with AsyncSessionLocal() as session:
+        connection.state.db_session = session
         yield session
 
 
