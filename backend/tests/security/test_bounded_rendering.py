@@ -17,7 +17,10 @@ from backend.app.main import create_app
 from backend.tests.conftest import make_settings
 from backend.tests.helpers import setup_admin
 
-#: A generous bound for a /health answer while a hostile template renders (the CPU limit here is 2 s).
+#: A generous bound for a /health answer while a hostile template renders (the CPU limit here is 2 s). On a
+#: loaded machine every request is slower: a /health answer is then allowed half of the hostile request's own
+#: time (see ``_health_bound``), which still fails when the work blocks the event loop (one /health answer then
+#: waits for all of it).
 HEALTH_BOUND_SECONDS = 1.5
 
 NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}services:\n  web:\n    image: x\n"
@@ -47,6 +50,11 @@ async def _create_stack(client, admin, template: str, variables: list | None = N
     return await client.post(
         "/api/v1/stacks", json={"name": name, "template": template, "variables": variables or []}, headers=admin.headers
     )
+
+
+def _health_bound(latencies: list[float]) -> float:
+    """The longest /health answer allowed while hostile work ran for ``sum(latencies)`` seconds or so."""
+    return max(HEALTH_BOUND_SECONDS, sum(latencies) / 2)
 
 
 async def _while_serving_health(client, work) -> tuple[httpx.Response, list[float]]:
@@ -83,7 +91,7 @@ async def test_hostile_template_refused_while_health_answers(api, template, limi
     assert any(limit in body["detail"] for limit in limits), body
     assert body["code"] in {"template_limit", "template_error"}
     assert latencies, "no /health request completed while the template rendered"
-    assert max(latencies) < HEALTH_BOUND_SECONDS, latencies
+    assert max(latencies) < _health_bound(latencies), latencies
 
 
 async def test_nested_loops_take_the_cpu_limit_not_the_server(api):
@@ -105,7 +113,7 @@ async def test_yaml_bomb_refused_before_compose_sees_it(api):
     assert body["code"] == "yaml_limit", body  # our parser refused it, not `docker compose config`
     assert "YAML_MAX_NODES" in body["detail"]
     assert elapsed < 10, f"a YAML bomb should be refused quickly, took {elapsed:.1f}s"
-    assert all(latency < HEALTH_BOUND_SECONDS for latency in latencies), latencies
+    assert max(latencies) < _health_bound(latencies), latencies
 
 
 async def test_recursive_alias_refused(api):
@@ -140,7 +148,7 @@ async def test_hostile_values_refused_at_deployment_creation(api):
     )
     assert created.status_code == 422, created.text
     assert "TEMPLATE_RENDER_TIMEOUT_SECONDS" in created.json()["detail"]
-    assert latencies and max(latencies) < HEALTH_BOUND_SECONDS
+    assert latencies and max(latencies) < _health_bound(latencies)
     listing = await client.get("/api/v1/deployments", headers=admin.headers)
     assert listing.json()["total"] == 0
 
@@ -210,7 +218,8 @@ async def test_compose_validation_that_cannot_finish_refuses_the_document(db):
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         admin = await setup_admin(client)
-        response = await _create_stack(client, admin, "services:\n  web:\n    image: x\n")
+        # a document no test accepted before (an accepted one is not judged again by the same tool)
+        response = await _create_stack(client, admin, "services:\n  web:\n    image: never-accepted-timeout\n")
         assert response.status_code == 422, response.text
         assert response.json()["code"] == "compose_timeout"
         assert "COMPOSE_VALIDATE_TIMEOUT_SECONDS" in response.json()["detail"]
