@@ -24,7 +24,7 @@ from backend.app.schemas.deployments import (
     RevisionRead,
     RollbackRequest,
 )
-from backend.app.services.deployment_service import DeploymentService, masked_compose, read_model, read_models
+from backend.app.services.deployment_service import DeploymentService, masked_compose, read_models
 from backend.app.services.deployments import history_reasons, log_text, revisions, service_states
 from backend.app.services.deployments.logs import MAX_SEQ, read_log_page
 from backend.app.services.deployments.redaction import public_actor
@@ -203,7 +203,7 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
     await DeploymentService.cancel(session, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
-    return read_model(deployment)
+    return (await read_models(session, deployments=[deployment]))[0]
 
 
 @router.post("/{deployment_id}/stop", response_model=DeploymentRead)
@@ -212,7 +212,7 @@ async def stop(deployment: OperableDeployment, user: CurrentUser, session: Sessi
     await target_actions.stop(session, settings=settings, deployment=deployment, actor=user.email)
     await session.commit()
     await session.refresh(deployment)
-    return read_model(deployment)
+    return (await read_models(session, deployments=[deployment]))[0]
 
 
 @router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -124,9 +124,11 @@ class ResolvedImage:
     image: str
     digest: str
     reference: str
+    #: bytes the image takes on the engine (its layers unpacked, as ``docker image ls`` counts it); None: unknown
+    size: int | None = None
 
-    def record(self) -> dict[str, str]:
-        return {"service": self.service, "image": self.image, "digest": self.digest, "reference": self.reference}
+    def record(self) -> dict[str, Any]:
+        return {"service": self.service, "image": self.image, "digest": self.digest, "reference": self.reference, "size": self.size}
 
 
 @dataclass

@@ -297,7 +297,8 @@ class DockerEngine(Engine):
             except docker.errors.NotFound:
                 continue
             digest, exact = image_digest(reference, image.attrs)
-            resolved.append(ResolvedImage(service, named.get(service) or reference, digest, exact))
+            size = image.attrs.get("Size")
+            resolved.append(ResolvedImage(service, named.get(service) or reference, digest, exact, int(size) if size is not None else None))
             pinned = " (pinned)" if service in spec.pinned_images else ""
             await log(LogLevel.INFO, f"{service}: image {named.get(service) or reference} is {digest}{pinned}")
         return resolved

@@ -67,6 +67,11 @@ class DeploymentRead(ResponseModel):
     waiting: DeploymentWaiting | None = Field(
         default=None, description="pending only: why it has not started yet (null: an executor will take it shortly)"
     )
+    images: list[RevisionImage] = Field(
+        default_factory=list,
+        description="what each service of the current revision runs, once its pull resolved it: the image as the "
+        "document names it, its digest and size (the same as the revision's; empty before the pull)",
+    )
 
 
 class DeploymentPage(PageFields):
@@ -112,6 +117,9 @@ class RevisionImage(ResponseModel):
         description="what it resolved to after the pull: the registry digest (sha256:...), or the local image id "
         "(sha256:...) for an image no registry knows; null when not recorded (a revision made before "
         "digests were recorded, or whose rollout failed before the pull)"
+    )
+    size: int | None = Field(
+        default=None, description="bytes the image takes on the engine (unpacked, as `docker image ls` counts it); null when not recorded"
     )
 
 

@@ -36,7 +36,7 @@ from backend.app.models import (
     User,
 )
 from backend.app.models.base import new_id
-from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting
+from backend.app.schemas.deployments import DeploymentRead, DeploymentWaiting, RevisionImage
 from backend.app.services import pagination
 from backend.app.services.deployments import history_reasons, recovery, revisions
 from backend.app.services.deployments.context import check_compose_policy, snapshot_compose
@@ -49,11 +49,17 @@ logger = logging.getLogger(__name__)
 S = DeploymentStatus
 
 
-def read_model(deployment: Deployment, waiting: DeploymentWaiting | None = None) -> DeploymentRead:
-    """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked."""
-    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in ("variables", "waiting")}
+def read_model(
+    deployment: Deployment, waiting: DeploymentWaiting | None = None, images: list[RevisionImage] | None = None
+) -> DeploymentRead:
+    """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked; ``images``: its current
+    revision's (:func:`read_models` reads them)."""
+    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in ("variables", "waiting", "images")}
     return DeploymentRead(
-        **data, variables=EncryptedValues(deployment.variables).masked(), waiting=waiting if deployment.status is S.PENDING else None
+        **data,
+        variables=EncryptedValues(deployment.variables).masked(),
+        waiting=waiting if deployment.status is S.PENDING else None,
+        images=images or [],
     )
 
 
@@ -85,9 +91,10 @@ async def waiting_of(session: AsyncSession, *, deployments: list[Deployment]) ->
 
 
 async def read_models(session: AsyncSession, *, deployments: list[Deployment]) -> list[DeploymentRead]:
-    """:func:`read_model` of each, with why the pending ones wait."""
+    """:func:`read_model` of each, with why the pending ones wait and what their current revisions run."""
     waiting = await waiting_of(session, deployments=deployments)
-    return [read_model(d, waiting.get(d.id)) for d in deployments]
+    images = await revisions.current_images(session, deployment_ids=[d.id for d in deployments])
+    return [read_model(d, waiting.get(d.id), images.get(d.id)) for d in deployments]
 
 
 DEPLOYMENTS_NEWEST_FIRST = pagination.Ordering("deployments", (Deployment.created_at, Deployment.id), descending=True)

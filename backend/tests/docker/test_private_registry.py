@@ -88,6 +88,12 @@ async def test_private_image_deployed_with_the_organisations_credentials(env, pr
         images = revisions.json()["items"][0]["images"]
         assert images[0]["service"] == "app" and images[0]["digest"].startswith("sha256:"), images
         assert images[0]["digest"] in pulled[0]
+        # the deployment shows what its current revision runs: image as named, digest, size on the engine
+        local = docker.from_env().images.get(reference)
+        assert running["images"] == [{"service": "app", "image": reference, "digest": images[0]["digest"], "size": local.attrs["Size"]}]
+        assert images[0]["size"] == local.attrs["Size"] > 0
+        listed = await env.client.get("/api/v1/deployments", headers=env.admin.headers)
+        assert [d["images"] for d in listed.json()["items"] if d["id"] == created["id"]] == [running["images"]]
 
         # the password: in no response, log line, event, server log, project file or docker config file
         responses = [

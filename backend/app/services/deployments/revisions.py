@@ -60,6 +60,32 @@ MASK = templating.MASK
 # --- reading ---------------------------------------------------------------------------------------
 
 
+def image_models(images: list[dict[str, Any]] | None) -> list[RevisionImage]:
+    """A revision's recorded images as the API shows them (without the internal pinned reference)."""
+    return [
+        RevisionImage(
+            service=str(i.get("service", "")),
+            image=str(i.get("image", "")),
+            digest=i.get("digest"),
+            size=i["size"] if isinstance(i.get("size"), int) else None,
+        )
+        for i in images or []
+        if isinstance(i, dict)
+    ]
+
+
+async def current_images(session: AsyncSession, *, deployment_ids: list[str]) -> dict[str, list[RevisionImage]]:
+    """The images each deployment's current revision recorded (one query for them all)."""
+    if not deployment_ids:
+        return {}
+    rows = await session.execute(
+        select(DeploymentRevision.deployment_id, DeploymentRevision.images)
+        .join(Deployment, (Deployment.id == DeploymentRevision.deployment_id) & (Deployment.revision == DeploymentRevision.number))
+        .where(Deployment.id.in_(deployment_ids))
+    )
+    return {deployment_id: image_models(images) for deployment_id, images in rows}
+
+
 def read_model(revision: DeploymentRevision) -> RevisionRead:
     """A revision as the API shows it: secrets masked, images without their internal pinned reference."""
     return RevisionRead(
@@ -70,11 +96,7 @@ def read_model(revision: DeploymentRevision) -> RevisionRead:
         stack_id=revision.stack_id,
         stack_version=revision.stack_version,
         variables=EncryptedValues(revision.variables).masked(),
-        images=[
-            RevisionImage(service=str(i.get("service", "")), image=str(i.get("image", "")), digest=i.get("digest"))
-            for i in revision.images or []
-            if isinstance(i, dict)
-        ],
+        images=image_models(revision.images),
         error_message=revision.error_message,
         created_at=revision.created_at,
         created_by=revision.created_by,
