@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     RETENTION_BATCH_SIZE: int = Field(default=1000, ge=1, le=100000)  # rows per delete transaction
     AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0)  # audit entries older than this are removed; 0 = keep all
 
+    # --- deploy hooks (backend/app/services/hooks/) ----------------------------------------------------
+    HOOK_REPLAY_WINDOW_SECONDS: int = Field(default=300, ge=10, le=86400)  # timestamped signatures: accepted age
+    HOOK_SECRET_GRACE_SECONDS: int = Field(default=86400, ge=0)  # after a rotation, the old secret still works this long
+    HOOK_RATE_LIMIT_PER_MINUTE: int = Field(default=30, ge=1)  # calls per hook per minute (per process), beyond: 429
+    PUBLIC_URL: str = Field(default="", max_length=500)  # WindFlow's address as users reach it: hook URLs, notification links
+
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
     STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"

@@ -19,6 +19,7 @@ from backend.app.models.enums import (
     Role,
     TargetType,
 )
+from backend.app.models.hooks import DeployHook, DeployHookCall
 from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
 from backend.app.models.infra import Registry, Stack, Target
 from backend.app.models.system import BrokerDelivery, SystemState, WorkerHeartbeat
@@ -34,6 +35,8 @@ __all__ = [
     "DeploymentStatus",
     "DeploymentStatusCount",
     "DeploymentStatusHistory",
+    "DeployHook",
+    "DeployHookCall",
     "ExecutorKind",
     "LogLevel",
     "Membership",

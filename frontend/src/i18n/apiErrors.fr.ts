@@ -97,6 +97,17 @@ export const apiErrorsFr: Record<string, string> = {
     'Une cible liée à un hôte est toujours placée (seuls les workers de cet hôte l’atteignent) : retirez d’abord l’hôte.',
   target_elsewhere:
     'La cible « {target} » est le moteur de l’hôte {host} : ses déploiements passent par les workers de cet hôte.',
+  hook_not_found: 'Hook introuvable (supprimé, ou URL erronée).',
+  hook_signature_missing:
+    'L’appel n’est pas signé : envoyez X-Hub-Signature-256 (ou X-WindFlow-Timestamp et X-WindFlow-Signature-256).',
+  hook_signature_invalid: 'La signature ne correspond pas au secret du hook.',
+  hook_timestamp_invalid: 'X-WindFlow-Timestamp doit être l’heure de signature en secondes Unix.',
+  hook_replayed: 'Cet appel signé a déjà été reçu ou est hors de la fenêtre de {window} s : signez un nouvel appel.',
+  hook_disabled: 'Ce hook est désactivé ; réactivez-le sur la page du déploiement.',
+  hook_body_invalid: 'Le corps doit être un objet JSON vide, ou n’avoir que le champ « variables ».',
+  hook_variable_not_allowed: 'Ce hook ne peut pas modifier {names} ; il autorise : {allowed}.',
+  too_many_hooks: 'Un déploiement a au plus {max} hooks ; supprimez-en un d’abord.',
+  deployment_rolling_out: 'Le déploiement est {status} : réessayez dans {seconds} s, une fois terminé.',
 }
 
 export const apiFieldsFr: Record<string, string> = {

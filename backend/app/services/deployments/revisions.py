@@ -267,12 +267,15 @@ async def create_update(
     *,
     settings: Settings,
     deployment: Deployment,
-    user: User,
+    user: User | None,
     variables: Mapping[str, Any] | None,
     stack_version: str | None,
+    actor: str | None = None,
 ) -> DeploymentRevision:
     """Revision N+1 from new values merged over the current ones and/or the stack's latest template,
-    validated like a creation (typed values, bounded rendering, compose policy, ``compose config``)."""
+    validated like a creation (typed values, bounded rendering, compose policy, ``compose config``).
+    ``actor`` names who asked when it is not a user (a deploy hook: ``hook:<name>``)."""
+    who = actor or (user.email if user is not None else "system")
     _refuse_during_rollout(deployment)
     current = await get(session, deployment_id=deployment.id, number=deployment.revision)
     stack = await session.get(Stack, deployment.stack_id) if deployment.stack_id else None
@@ -314,7 +317,7 @@ async def create_update(
         variables=EncryptedValues.encrypt(settings, values, templating.secret_paths(parsed)).stored,
         rendered_compose=security.encrypt_secret(settings, rendered),
         images=[],
-        created_by=user.email,
+        created_by=who,
         created_at=utcnow(),
         **source,
     )
@@ -322,7 +325,7 @@ async def create_update(
         session,
         deployment=deployment,
         revision=revision,
-        actor=user.email,
+        actor=who,
         reason=history_reasons.text("revision_update", revision=revision.number),
     )
 

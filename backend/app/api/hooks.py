@@ -1,0 +1,150 @@
+"""Deploy hooks: managed on a deployment by its organisation's admins; called by CI with a signature."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+
+from backend.app.api.deps import CurrentUser, EntityId, OwnedRow, SessionDep, SettingsDep, client_address
+from backend.app.core.exceptions import NotFound, RateLimited, WindFlowError
+from backend.app.core.ratelimit import SlidingWindowLimiter
+from backend.app.models import DeployHook, Deployment, Role
+from backend.app.schemas.hooks import HookCallRead, HookCreate, HookCreated, HookRead, HookTriggered, HookUpdate
+from backend.app.services.audit import audit_service
+from backend.app.services.hooks import hook_service
+
+router = APIRouter(prefix="/deployments/{deployment_id}/hooks", tags=["hooks"])
+public = APIRouter(prefix="/hooks", tags=["hooks"])
+
+AdminDeployment = Annotated[
+    Deployment, Depends(OwnedRow(Deployment, Role.ADMIN, param="deployment_id", noun="deployment", populate_existing=True))
+]
+
+
+def hook_url(request: Request, settings, hook: DeployHook) -> str:
+    base = settings.PUBLIC_URL.rstrip("/") if settings.PUBLIC_URL else str(request.base_url).rstrip("/")
+    return f"{base}/api/v1/hooks/{hook.id}"
+
+
+def read_model(request: Request, settings, hook: DeployHook) -> HookRead:
+    return HookRead(
+        id=hook.id,
+        deployment_id=hook.deployment_id,
+        name=hook.name,
+        url=hook_url(request, settings, hook),
+        allowed_variables=list(hook.allowed_variables or []),
+        branch=hook.branch,
+        enabled=hook.enabled,
+        created_by=hook.created_by,
+        created_at=hook.created_at,
+        rotated_at=hook.rotated_at,
+        previous_secret_valid_until=hook.previous_valid_until if hook.previous_secret_encrypted else None,
+        last_called_at=hook.last_called_at,
+    )
+
+
+@router.post("", response_model=HookCreated, status_code=status.HTTP_201_CREATED)
+async def create_hook(
+    body: HookCreate, deployment: AdminDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
+) -> HookCreated:
+    """A hook for this deployment: its URL, and its secret, shown in this answer only."""
+    hook, secret = await hook_service.create(session, settings=settings, deployment=deployment, data=body, created_by=user.email)
+    await session.commit()
+    return HookCreated(**read_model(request, settings, hook).model_dump(), secret=secret)
+
+
+@router.get("", response_model=list[HookRead])
+async def list_hooks(deployment: AdminDeployment, session: SessionDep, settings: SettingsDep, request: Request) -> list[HookRead]:
+    """The deployment's hooks (never their secrets)."""
+    return [read_model(request, settings, h) for h in await hook_service.list_for(session, deployment=deployment)]
+
+
+@router.patch("/{hook_id}", response_model=HookRead)
+async def update_hook(
+    hook_id: EntityId, body: HookUpdate, deployment: AdminDeployment, session: SessionDep, settings: SettingsDep, request: Request
+) -> HookRead:
+    """Rename, enable or disable a hook, change the variables it allows or its branch."""
+    hook = await hook_service.update(session, hook=await hook_service.get(session, deployment=deployment, hook_id=hook_id), data=body)
+    await session.commit()
+    return read_model(request, settings, hook)
+
+
+@router.post("/{hook_id}/rotate", response_model=HookCreated)
+async def rotate_hook(
+    hook_id: EntityId, deployment: AdminDeployment, session: SessionDep, settings: SettingsDep, request: Request
+) -> HookCreated:
+    """A new secret, shown in this answer only; the previous one keeps working for ``HOOK_SECRET_GRACE_SECONDS``."""
+    hook = await hook_service.get(session, deployment=deployment, hook_id=hook_id)
+    secret = await hook_service.rotate(session, settings=settings, hook=hook)
+    await session.commit()
+    return HookCreated(**read_model(request, settings, hook).model_dump(), secret=secret)
+
+
+@router.delete("/{hook_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_hook(hook_id: EntityId, deployment: AdminDeployment, session: SessionDep) -> None:
+    """Delete a hook: its URL answers 404 from now on."""
+    await hook_service.delete(session, hook=await hook_service.get(session, deployment=deployment, hook_id=hook_id))
+    await session.commit()
+
+
+@router.get("/{hook_id}/calls", response_model=list[HookCallRead])
+async def list_hook_calls(hook_id: EntityId, deployment: AdminDeployment, session: SessionDep) -> list[HookCallRead]:
+    """The hook's recent calls, newest first, accepted or refused."""
+    hook = await hook_service.get(session, deployment=deployment, hook_id=hook_id)
+    return [HookCallRead.model_validate(c) for c in await hook_service.recent_calls(session, hook=hook)]
+
+
+def _limiter(request: Request, settings) -> SlidingWindowLimiter:
+    limiter = getattr(request.app.state, "hook_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.hook_limiter = SlidingWindowLimiter(settings.HOOK_RATE_LIMIT_PER_MINUTE)
+    return limiter
+
+
+@public.post("/{hook_id}", response_model=HookTriggered, status_code=status.HTTP_202_ACCEPTED)
+async def call_hook(hook_id: EntityId, request: Request, response: Response, session: SessionDep, settings: SettingsDep) -> HookTriggered:
+    """Roll the hook's deployment out. Signed with ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw
+    body>`` (GitHub's form), or ``X-WindFlow-Timestamp`` + ``X-WindFlow-Signature-256`` (the HMAC of
+    ``"<timestamp>." + body``, refused outside the replay window), or GitLab's ``X-Gitlab-Token``. Body ``{}``
+    redeploys (retries a failed deployment); ``{"variables": {...}}`` changes the variables the hook allows.
+    GitHub/GitLab push payloads of another branch than the hook's are skipped (200)."""
+    hook = await session.get(DeployHook, hook_id)
+    if hook is None:
+        raise NotFound("hook not found", code="hook_not_found")
+    request.state.audit_actor = audit_service.Actor("hook", hook.id, hook.name)
+    request.state.audit_organization_id = hook.organization_id
+    request.state.audit_object_id = hook.deployment_id
+    client = client_address(request)
+    limiter = _limiter(request, settings)
+    wait = limiter.hit(hook.id)
+    if wait is not None:
+        seconds = max(1, round(wait))
+        error: WindFlowError = RateLimited(
+            f"too many calls of this hook; the limit is {limiter.limit} per minute, retry in {seconds} s",
+            headers=limiter.retry_after_header(wait),
+            params={"scope": "hook", "limit": limiter.limit, "seconds": seconds},
+        )
+        hook_service.record_call(session, hook_id=hook.id, status_code=error.status_code, code=error.code, client=client)
+        await session.commit()
+        raise error
+    body = await request.body()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        result = await hook_service.trigger(session, settings=settings, hook=hook, headers=headers, body=body, client=client)
+        await session.commit()
+    except WindFlowError as error:
+        await session.rollback()
+        hook_service.record_call(session, hook_id=hook_id, status_code=error.status_code, code=error.code, client=client)
+        await session.commit()
+        raise
+    request.state.audit_summary = {
+        "action": result.action,
+        "revision": result.revision,
+        "variables": {n: "changed" for n in result.variables},
+    }
+    if not result.dispatch:
+        response.status_code = status.HTTP_200_OK
+    else:
+        await request.app.state.dispatcher.dispatch(result.deployment_id)
+    return HookTriggered(deployment_id=result.deployment_id, revision=result.revision, action=result.action, reason=result.reason)
