@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -141,14 +141,30 @@ def _process_gone(pid: int) -> bool:
         return True
 
 
+#: the PostgreSQL broker's messages a dead main process had taken, visible again (kombu_message exists only
+#: with that broker; the NOTIFY wakes the consumers, as runtime/sql_transport.py's own restore does)
+_RESTORE_DEAD_PROCESS = text(
+    "WITH dead AS (DELETE FROM broker_deliveries WHERE hostname = :hostname AND pid = :pid RETURNING message_id) "
+    "UPDATE kombu_message SET visible = true WHERE visible = false AND id IN (SELECT message_id FROM dead) "
+    "RETURNING pg_notify('windflow_broker', '')"
+)
+
+
 async def _expire_previous_incarnation(session: AsyncSession, row: WorkerHeartbeat, now: datetime) -> None:
     """A worker restarted under the same name on the same host (its supervisor, ``restart:``) replaces its
     previous incarnation's row, and with it the record of that one's pool: the deployments its processes were
     running would wait out their whole lease. When that previous main process is gone from this host, their
     leases expire now (claims made up to one beat after its last beat, as for a gone worker), for the reaper to
-    settle them."""
+    settle them; and the PostgreSQL broker's messages it had taken are visible again now, rather than after
+    the reaper's grace (``STALE_AFTER_SECONDS`` after they were taken) while their deployments wait unclaimed."""
     if not _process_gone(row.pid):
         return  # two live workers sharing one name: leave each other's leases alone
+    connection = await session.connection()
+    if (
+        connection.dialect.name == "postgresql"
+        and (await session.execute(text("SELECT to_regclass('public.kombu_message')"))).scalar() is not None
+    ):
+        await session.execute(_RESTORE_DEAD_PROCESS, {"hostname": row.hostname, "pid": row.pid})
     dead = {row.pid, *(row.pool_pids or [])}
     running = (
         await session.execute(

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import text
+
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, WorkerHeartbeat
 from backend.app.runtime import workers
@@ -137,3 +140,54 @@ async def test_a_worker_restarted_under_its_name_expires_its_dead_predecessors_l
         session, name="twin@h1", kind="external", hostname="h1", pid=gone_pid + 3, broker="postgresql", concurrency=2
     )
     assert not await _expired(session, alive)
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_a_worker_restarted_under_its_name_puts_back_the_broker_messages_its_predecessor_took(session):
+    """The PostgreSQL broker's messages the killed predecessor had taken are visible again at once (they would
+    wait for the reaper's grace, ``STALE_AFTER_SECONDS`` after they were taken, their deployments unclaimed);
+    a live process's are left alone."""
+    from backend.app.runtime.sql_transport import create_broker_tables
+
+    await (await session.connection()).run_sync(create_broker_tables)
+    now = utcnow()
+    gone_pid = 4_000_000 + os.getpid() % 100_000  # above any pid_max: no such process here
+    queue = (
+        await session.execute(
+            text("INSERT INTO kombu_queue (id, name) VALUES (nextval('queue_id_sequence'), :n) RETURNING id"),
+            {"n": f"w-test-{now.timestamp()}"},
+        )
+    ).scalar()
+    taken = {}
+    for owner in (gone_pid, os.getpid()):
+        message = await session.execute(
+            text(
+                "INSERT INTO kombu_message (id, visible, timestamp, payload, version, queue_id) "
+                "VALUES (nextval('message_id_sequence'), false, now(), '{}', 1, :q) RETURNING id"
+            ),
+            {"q": queue},
+        )
+        taken[owner] = message.scalar()
+        await session.execute(
+            text("INSERT INTO broker_deliveries (message_id, delivery_tag, hostname, pid, taken_at) VALUES (:m, :t, 'h1', :p, now())"),
+            {"m": taken[owner], "t": f"tag-{owner}", "p": owner},
+        )
+    session.add(
+        WorkerHeartbeat(
+            name="w@h1",
+            kind="external",
+            hostname="h1",
+            pid=gone_pid,
+            broker="postgresql",
+            concurrency=2,
+            started_at=now - timedelta(minutes=5),
+            last_seen=now - timedelta(seconds=2),
+        )
+    )
+    await session.commit()
+
+    await workers.write_heartbeat(session, name="w@h1", kind="external", hostname="h1", pid=os.getpid(), broker="postgresql", concurrency=2)
+    visible = dict((await session.execute(text("SELECT id, visible FROM kombu_message WHERE queue_id = :q"), {"q": queue})).all())
+    assert visible == {taken[gone_pid]: True, taken[os.getpid()]: False}
+    left = (await session.execute(text("SELECT pid FROM broker_deliveries WHERE hostname = 'h1'"))).scalars().all()
+    assert left == [os.getpid()]
