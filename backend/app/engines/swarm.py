@@ -8,11 +8,19 @@ failed one into a permanent error quoting the swarm's reason (e.g. ``No such ima
 
 Stop scales every replicated service to 0, remembering its replica count in the service label
 ``windflow.replicas``; start restores it.
+
+Private registries: the nodes pull for themselves, so ``stack deploy`` runs with ``--with-registry-auth`` and
+the organisation's credentials for the registries the stack's images name, in a per-run CLI configuration file
+(0600, in the session's private directory, gone when the command's session ends): the swarm hands them to the
+nodes with the tasks. Never a command line, an environment value, a log line or the host's own
+``~/.docker/config.json``; ``docker service inspect`` does not show them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import re
 import shutil
 import tempfile
@@ -24,7 +32,8 @@ from typing import Any
 import docker.errors
 from docker.models.services import Service
 
-from backend.app.core.files import write_private
+from backend.app.core.files import private_dir, write_private
+from backend.app.core.image_reference import DOCKER_HUB, registry_of
 from backend.app.engines.base import DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.docker_base import (
@@ -106,8 +115,32 @@ class SwarmEngine(DockerEngine):
         cwd: Path | None = None,
         timeout: float = COMMAND_TIMEOUT,
         capture_stdout: bool = False,
+        env: dict[str, str] | None = None,
     ) -> CommandResult:
-        return await run_command([self.docker, *args], env=session.env, log=log, cwd=cwd, timeout=timeout, capture_stdout=capture_stdout)
+        return await run_command(
+            [self.docker, *args], env=env or session.env, log=log, cwd=cwd, timeout=timeout, capture_stdout=capture_stdout
+        )
+
+    def registry_config(self, session: EngineSession, spec: DeploySpec, doc: dict[str, Any]) -> dict[str, str] | None:
+        """The CLI environment pointing ``DOCKER_CONFIG`` at a configuration holding the credentials of the
+        registries this document's images name (None when it names none WindFlow has credentials for). The file
+        is 0600 in a 0700 directory of the session: it goes with the session."""
+        auths: dict[str, dict[str, str]] = {}
+        for service in active_services(doc).values():
+            server = registry_of(str(service.get("image") or ""))
+            found = spec.registry_auth.get(server)
+            if not found or not found.get("username"):
+                continue
+            key = "https://index.docker.io/v1/" if server == DOCKER_HUB else server
+            token = base64.b64encode(f"{found['username']}:{found.get('password', '')}".encode()).decode()
+            auths[key] = {"auth": token}
+        if not auths:
+            return None
+        directory = private_dir(session.material_dir / "docker-config")
+        write_private(directory / "config.json", json.dumps({"auths": auths}))
+        env = session.env
+        env["DOCKER_CONFIG"] = str(directory)
+        return env
 
     async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
         path = self.ensure_project(spec)
@@ -169,11 +202,16 @@ class SwarmEngine(DockerEngine):
     async def start_services(self, spec: DeploySpec, log: LogSink) -> None:
         path = self.ensure_project(spec)
         async with self.session() as session:
+            env = self.registry_config(session, spec, await self.resolved_document(spec))
+            with_auth = ["--with-registry-auth"] if env is not None else []
+            if env is not None:
+                await log(LogLevel.INFO, "the nodes pull with the organisation's registry credentials (--with-registry-auth)")
             result = await self._docker(
                 session,
                 log,
                 "stack",
                 "deploy",
+                *with_auth,
                 "--resolve-image",
                 "never",
                 "--prune",
@@ -182,6 +220,7 @@ class SwarmEngine(DockerEngine):
                 str(path),
                 spec.project,
                 cwd=path.parent,
+                env=env,
             )
         if not result.ok:
             raise failure("docker stack deploy", result)
