@@ -94,6 +94,36 @@ async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgr
     return backend
 
 
+async def start_replica(backend: Backend, label: str, cleanup: c.Cleanup) -> Backend:
+    """A second backend process on ``backend``'s database (another port, the same settings otherwise): a
+    replica, as behind a proxy. It shares the first one's user, token and organisation."""
+    import dataclasses
+
+    import httpx
+
+    port = c.free_port()
+    settings = backend.settings.model_copy(update={"PORT": port})
+    proc = c.Proc([str(c.BIN / "python"), "-m", "backend.app.main"], c.settings_env(settings), c.SCRATCH / f"{label}.log")
+    cleanup.push("stop replica", proc.stop)
+    replica = dataclasses.replace(
+        backend, proc=proc, url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}/api/v1/ws", settings=settings
+    )
+    deadline = time.monotonic() + 90
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        while True:
+            c.check_stop()
+            if not proc.alive():
+                raise RuntimeError(f"replica exited:\n{proc.tail()}")
+            try:
+                if (await client.get("/health", timeout=2)).json()["event_bus"]["connected"]:
+                    return replica
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica did not start:\n{proc.tail()}")
+            await asyncio.sleep(0.3)
+
+
 async def start_emitter(backend: Backend) -> None:
     """This process's database binding and event bus (sending only), on the backend's database."""
     from backend.app import database

@@ -242,7 +242,8 @@ async def connect(cmd: dict) -> dict:
 
 def drain() -> None:
     for client in CLIENTS:
-        client.drain()
+        if not client.transport.is_closing():  # closed by the "close" command: nothing to answer any more
+            client.drain()
 
 
 async def keep_alive() -> None:

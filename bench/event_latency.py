@@ -19,7 +19,12 @@ more than this: it compares two revisions run on a busy machine.
 
 Target: median <= 5 ms and p99 <= 50 ms at 1,000 clients.
 
-    .venv/bin/python bench/event_latency.py [--events 200] [--clients 1,100,1000] [--bus postgres|redis]
+``--replicas 2``: instead, for each client count, three paths one after the other, each with a client farm of
+its own: the clients on one backend directly; on the same backend through nginx (the production proxy's
+configuration, ``backend/tests/nginx_proxy.py``); spread by nginx over two backend replicas on the same
+database, both receiving every event over the bus. Nothing is pinned; the server CPU is both replicas'.
+
+    .venv/bin/python bench/event_latency.py [--events 200] [--clients 1,100,1000] [--bus postgres|redis] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -100,11 +105,12 @@ async def raw_redis(count: int, interval: float) -> list[float]:
 
 
 async def windflow(
-    backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int, interval: float
+    backend: rt.Backend, farm: rt.Farm, deployment_id: str, clients: int, count: int, interval: float, cpu_seconds=None
 ) -> tuple[list[float], int, list[float]]:
     from backend.app.core.events import EventType, bus
 
     published: dict[int, float] = {}
+    cpu_seconds = cpu_seconds or backend.cpu_seconds
 
     def on_publish(evt) -> None:
         published[evt.data["current_step"]] = time.perf_counter()
@@ -118,10 +124,10 @@ async def windflow(
             # One event at a time, as the raw fan-out does: the farm parses what it read between two events,
             # never while one is arriving (parsing 1,000 frames takes the farm's loop away from its sockets).
             c.check_stop()
-            before = backend.cpu_seconds()
+            before = cpu_seconds()
             await rt.emit_progress(deployment_id, step)
             times = (await farm.progress([step], clients, timeout=10))[step]
-            cpu.append(backend.cpu_seconds() - before)
+            cpu.append(cpu_seconds() - before)
             latencies += [at - published[step] for at in times]
             missing += clients - len(times)
             await asyncio.sleep(interval)
@@ -130,11 +136,81 @@ async def windflow(
     return latencies, missing, cpu
 
 
+def websocket_connections(backend: rt.Backend) -> int:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{backend.url}/metrics", timeout=10) as response:
+        match = re.search(r"^windflow_websocket_connections (\S+)$", response.read().decode(), re.M)
+    return int(float(match.group(1))) if match else 0
+
+
+async def replicas(args, backend: rt.Backend, cleanup: c.Cleanup) -> None:
+    """One replica directly, the same through nginx, two replicas through nginx: the same events, the same
+    number of clients, a fresh farm each."""
+    import dataclasses
+
+    from backend.tests.nginx_proxy import Proxy
+
+    second = await rt.start_replica(backend, "latency-replica", cleanup)
+    one = Proxy([backend.settings.PORT], c.SCRATCH / "nginx-one")
+    cleanup.push("stop nginx", one.stop)
+    two = Proxy([backend.settings.PORT, second.settings.PORT], c.SCRATCH / "nginx-two")
+    cleanup.push("stop nginx", two.stop)
+    await asyncio.to_thread(one.wait_ready)
+    await asyncio.to_thread(two.wait_ready)
+    await rt.start_emitter(backend)
+    deployment_id = await rt.insert_deployment(backend)
+    print(f"# event latency over replicas ({args.bus} event bus); not pinned; {c.machine_line()}", file=sys.stderr)
+    paths = [
+        ("one replica, direct", backend.ws_url, [backend]),
+        ("one replica behind nginx", one.ws_url, [backend]),
+        ("two replicas behind nginx", two.ws_url, [backend, second]),
+    ]
+    rows = []
+    for clients in sorted(args.clients):
+        events = args.events if clients <= 100 else max(20, args.events // 4)
+        interval = args.interval if clients <= 100 else max(args.interval, 0.1)
+        for name, ws_url, servers in paths:
+            print(f"  {name}: {clients} client(s), {events} events ...", file=sys.stderr)
+            farm = await rt.Farm.start(cleanup, None)
+            via = dataclasses.replace(backend, ws_url=ws_url)
+            values, missing, cpu = await windflow(
+                via,
+                farm,
+                deployment_id,
+                clients,
+                events,
+                interval,
+                cpu_seconds=lambda servers=servers: sum(s.cpu_seconds() for s in servers),
+            )
+            spread = "/".join(str(websocket_connections(s)) for s in servers)
+            await farm.close()
+            rows.append(
+                [
+                    name,
+                    f"{clients} ({spread})",
+                    str(len(values)),
+                    c.ms(c.median(values), 2),
+                    c.ms(c.percentile(values, 99), 2),
+                    c.ms(max(values), 2),
+                    str(missing),
+                    f"{c.median(cpu) * 1e3:.2f} ({c.median(cpu) / clients * 1e6:.1f} us/client)",
+                ]
+            )
+    print(c.table(["path", "clients (per replica)", "samples", "median ms", "p99 ms", "max ms", "lost", "server CPU ms/event"], rows))
+    print(f"\nclients in one process per path, not pinned; {c.machine_line()}")
+
+
 async def main(args) -> None:
     from backend.app.runtime.event_transport import stop_event_bus
 
     cleanup = c.Cleanup()
     try:
+        if args.replicas == 2:
+            backend = await rt.start_backend("latency", cleanup, event_bus=args.bus, PROMETHEUS_ENABLED=True)
+            await replicas(args, backend, cleanup)
+            return
         backend = await rt.start_backend("latency", cleanup, event_bus=args.bus)
         cpus, pinning = rt.pin(backend, args.pin)
         farm = await rt.Farm.start(cleanup, cpus)
@@ -210,4 +286,5 @@ if __name__ == "__main__":
     parser.add_argument("--bus", choices=["postgres", "redis"], default="postgres")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPU placement to the scheduler")
     parser.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw fan-out reference")
+    parser.add_argument("--replicas", type=int, choices=[1, 2], default=1, help="2: direct, through nginx, two replicas through nginx")
     c.run_main(lambda: main(parser.parse_args()))

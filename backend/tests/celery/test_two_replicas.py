@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
 import uuid
@@ -33,61 +32,18 @@ from backend.app.models import Deployment, DeploymentStatusHistory
 from backend.tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DIST
 from backend.tests.celery.test_celery_execution import REDIS_TEST_DB, celery_settings
 from backend.tests.celery.test_realtime_deployments import TICKER
-from backend.tests.celery_fixtures import REPO_ROOT, Proc, start_worker, wait_heartbeat, wait_mode
+from backend.tests.celery_fixtures import start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import require_service
 from backend.tests.deploy_helpers import force_cleanup, free_port
+from backend.tests.nginx_proxy import NGINX, Proxy
 from backend.tests.realtime_helpers import Server
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)]
 
 EMAIL, PASSWORD = "admin@example.com", "correct-horse-battery"
-NGINX = "/usr/sbin/nginx"
 #: the UI's first reconnection comes after 1 s (frontend/src/realtime/socket.ts): these clients wait as long,
 #: so that the worker writes lines while they are away
 RECONNECT_DELAY = 1.0
-
-
-class Proxy:
-    """nginx in front of the replicas, with deploy/nginx.conf's server block."""
-
-    def __init__(self, upstream_ports: list[int], workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/api/v1/ws"
-        server = (REPO_ROOT / "deploy" / "nginx.conf").read_text()
-        for shipped, here in {
-            "    listen 80;\n": f"    listen 127.0.0.1:{self.port};\n",
-            "    listen [::]:80;\n": "",
-            "    resolver 127.0.0.11 valid=5s ipv6=off;\n": "",
-            "    resolver_timeout 5s;\n": "",
-            "    set $windflow_backend http://backend:8000;\n": "    set $windflow_backend http://windflow;\n",
-        }.items():
-            assert shipped in server, f"deploy/nginx.conf changed: {shipped!r} is gone (update this test)"
-            server = server.replace(shipped, here)
-        upstream = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in upstream_ports)
-        temp = " ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        conf = workdir / "nginx.conf"
-        conf.write_text(
-            ("user root;\n" if os.geteuid() == 0 else "")
-            + f"worker_processes 1;\ndaemon off;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log info;\n"
-            + "events { worker_connections 512; }\n"
-            + f"http {{\n    access_log {workdir}/access.log;\n    {temp}\n    upstream windflow {{\n{upstream}    }}\n{server}\n}}\n"
-        )
-        self.proc = Proc(
-            [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")], dict(os.environ), workdir / "nginx.out"
-        )
-
-    async def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                assert self.proc.alive(), self.proc.output()
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/api/v1/auth/setup", timeout=2)).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"nginx did not answer:\n{self.proc.output()}")
 
 
 class Follower:
@@ -226,7 +182,7 @@ async def test_two_replicas_behind_nginx_lose_and_double_nothing_when_one_is_kil
         async with async_playwright() as playwright, httpx.AsyncClient(base_url=proxy.url, timeout=30) as http:
             launching = asyncio.create_task(playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS))
             await asyncio.gather(wait_heartbeat("w1@", worker), *(r.wait_ready() for r in replicas))
-            await proxy.wait_ready()
+            await asyncio.to_thread(proxy.wait_ready)
             setup = await http.post("/api/v1/auth/setup", json={"email": EMAIL, "password": PASSWORD, "organization_name": "acme"})
             assert setup.status_code == 201, setup.text
             headers = {"Authorization": f"Bearer {setup.json()['access_token']}"}
@@ -390,7 +346,7 @@ async def test_two_replicas_behind_nginx_lose_and_double_nothing_when_one_is_kil
     finally:
         for follower in followers:
             await follower.close()
-        proxy.proc.stop(grace=5)
+        proxy.stop()
         for replica in replicas:
             replica.stop()
         worker.stop()
