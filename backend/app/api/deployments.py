@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.core.exceptions import RateLimited
-from backend.app.models import Deployment, DeploymentStatus, Role
+from backend.app.models import Deployment, DeploymentStatus, Role, Target
 from backend.app.runtime import target_actions
 from backend.app.schemas.deployments import (
     DeploymentCompose,
@@ -69,7 +69,8 @@ async def create_deployment(
         auto_rollback=body.auto_rollback,
     )
     await session.commit()
-    await request.app.state.dispatcher.dispatch(deployment.id)
+    target = await session.get(Target, deployment.target_id)  # loaded by the creation: no query, nor for its route
+    await request.app.state.dispatcher.dispatch(deployment.id, target=target)
     return (await read_models(session, deployments=[deployment]))[0]
 
 
@@ -265,7 +266,8 @@ async def create_revision(
         session, settings=settings, deployment=deployment, user=user, variables=body.variables, stack_version=body.stack_version
     )
     await session.commit()
-    await request.app.state.dispatcher.dispatch(deployment.id)
+    target = await session.get(Target, deployment.target_id)  # loaded by the validation: no query, nor for its route
+    await request.app.state.dispatcher.dispatch(deployment.id, target=target)
     return revisions.read_model(revision)
 
 

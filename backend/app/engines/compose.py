@@ -96,7 +96,7 @@ class ComposeEngine(DockerEngine):
         :func:`~backend.app.engines.compose_cli.check_document`), so the message is the tool's own;
         then our labelling must accept it too (e.g. labels of a known form). A document this process's
         compose tool already accepted (at deployment creation) is not run through it twice."""
-        if known_valid(spec.compose):
+        if known_valid(spec.compose, self.command):
             self.labelled_document(spec)
             await log(LogLevel.INFO, "compose document is valid (checked by docker compose config at creation)")
             return
@@ -104,7 +104,7 @@ class ComposeEngine(DockerEngine):
         if not result.ok:
             raise EngineError(f"invalid compose document: {result.error_excerpt()}", transient=False)
         self.labelled_document(spec)
-        remember_valid(spec.compose)
+        remember_valid(spec.compose, self.command)
         await log(LogLevel.INFO, "compose document is valid")
 
     def _up_args(self) -> list[str]:

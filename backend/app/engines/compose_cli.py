@@ -65,17 +65,23 @@ def compose_is_v2(command: tuple[str, ...]) -> bool:
 
 
 # --- documents the compose tool already accepted in this process ---------------------------------
-# Creating a deployment runs `compose config` on its rendered document; the runner's first step would run
-# it again on the very same text (about 90 ms of process start-up each). Remembering the hash of accepted
-# documents lets the runner skip the second run when it executes in the process that validated them
-# (the asyncio executor); a Celery worker, another process, validates again.
+# The verdict of `compose config` on a document depends only on the document and on the tool that judged
+# it: the validation runs in an empty directory with a minimal environment (check_document), and what
+# WindFlow checks of its output (the always-refused keys) is code of this process. So an accepted verdict
+# is remembered by the document's hash and the tool's identity, and neither deployment creation (a stack
+# deployed again with the same values, a preview followed by the POST) nor the runner's first step (the
+# asyncio executor, in the process that validated at creation) pays the tool's process start again for
+# the same text. A changed document, or a tool replaced on disk (another binary, an upgrade: its inode,
+# size or mtime change), misses. Only acceptances are remembered; a refusal runs the tool again, so its
+# message is always the tool's current one. The target's compose policy is not part of it: it is judged
+# in process, before the tool, on every creation and every run (services/deployments/context.py).
 
 import hashlib  # noqa: E402
 from collections import OrderedDict  # noqa: E402
 from threading import Lock  # noqa: E402
 
 _VALID_MAX = 1024
-_valid: OrderedDict[str, None] = OrderedDict()
+_valid: OrderedDict[tuple[str, tuple], frozenset[str]] = OrderedDict()
 _valid_lock = Lock()
 
 
@@ -83,17 +89,55 @@ def _digest(document: str) -> str:
     return hashlib.sha256(document.encode()).hexdigest()
 
 
-def remember_valid(document: str) -> None:
+def _file_identity(path: str | None) -> tuple:
+    if not path:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def tool_identity(command: Sequence[str] | None = None) -> tuple:
+    """What identifies the compose tool ``command`` runs: its argv and the identity (device, inode, size,
+    mtime) of each program it executes (``docker compose``: the docker CLI and its compose plugin)."""
+    command = tuple(command or find_compose_command() or ())
+    if not command:
+        return ()
+    program = command[0] if os.sep in command[0] else shutil.which(command[0])
+    identity: tuple = (command, _file_identity(program))
+    if len(command) > 1 and command[1] == "compose":
+        plugin = next((str(d / "docker-compose") for d in PLUGIN_DIRS if (d / "docker-compose").is_file()), None)
+        identity += (_file_identity(plugin),)
+    return identity
+
+
+#: The two verdicts a document can have: accepted by ``compose config -q`` (the runner's check), and accepted
+#: with its normalised output checked for the always-refused keys too (creation's check, which also implies
+#: the first).
+CONFIG_OK = "config"
+NORMALISED_OK = "normalised"
+
+
+def remember_valid(document: str, command: Sequence[str] | None = None, *, verdict: str = CONFIG_OK) -> None:
+    """Record that ``command`` (default: the found tool) accepted ``document`` with ``verdict``."""
+    key = (_digest(document), tool_identity(command))
     with _valid_lock:
-        _valid[_digest(document)] = None
-        _valid.move_to_end(_digest(document))
+        verdicts = _valid.get(key) or frozenset()
+        _valid[key] = verdicts | {verdict}
+        _valid.move_to_end(key)
         while len(_valid) > _VALID_MAX:
             _valid.popitem(last=False)
 
 
-def known_valid(document: str) -> bool:
+def known_valid(document: str, command: Sequence[str] | None = None, *, verdict: str = CONFIG_OK) -> bool:
+    """Whether this very tool (same program on disk) already accepted this very document in this process,
+    with ``verdict`` (:data:`NORMALISED_OK` answers for :data:`CONFIG_OK` too)."""
+    key = (_digest(document), tool_identity(command))
     with _valid_lock:
-        return _digest(document) in _valid
+        verdicts = _valid.get(key) or frozenset()
+    return verdict in verdicts or NORMALISED_OK in verdicts
 
 
 # --- judging a document ------------------------------------------------------------------------------

@@ -24,7 +24,11 @@ Pure logic: the limits are set from the settings by ``services/stacks/bounded_re
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,11 +203,43 @@ def _syntax_error(exc: yaml.YAMLError) -> ValidationFailed:
     return ValidationFailed(f"invalid YAML: {exc}", code="invalid_yaml")
 
 
+# --- documents read before ----------------------------------------------------------------------------
+# A deployment's document is read by the compose policy, the labelling and several steps of the driver (a
+# dozen reads per deploy, each a parse and a walk of the expansion bounds). The last documents read are kept
+# by the hash of their text and the bounds they were read under, and each caller gets its own deep copy (the
+# callers change what they read). A document read under other bounds is read again; a refusal is not kept.
+
+_READ_MAX_ENTRIES = 64
+_READ_MAX_CHARS = 256 * 1024  # longer texts are read every time
+_read_documents: OrderedDict[tuple[bytes, int, int], Any] = OrderedDict()
+_read_lock = threading.Lock()
+
+
 def load(text: str) -> Any:
-    """``text`` read as compose reads it, its alias expansion bounded (see the module docstring).
+    """``text`` read as compose reads it, its alias expansion bounded (see the module docstring): a new
+    object for each call (a text read before under the same bounds is copied from that reading).
 
     ``None`` for an empty document. Raises ``ValidationFailed`` (``invalid_yaml`` or ``yaml_limit``).
     """
+    if not isinstance(text, str) or len(text) > _READ_MAX_CHARS:
+        return _load(text)
+    key = (hashlib.sha256(text.encode()).digest(), YAML_MAX_NODES, YAML_MAX_EXPANDED_CHARS)
+    with _read_lock:
+        known = _read_documents.get(key, _read_documents)
+        if known is not _read_documents:
+            _read_documents.move_to_end(key)
+    if known is not _read_documents:
+        return copy.deepcopy(known)
+    doc = _load(text)
+    kept = copy.deepcopy(doc)
+    with _read_lock:
+        _read_documents[key] = kept
+        while len(_read_documents) > _READ_MAX_ENTRIES:
+            _read_documents.popitem(last=False)
+    return doc
+
+
+def _load(text: str) -> Any:
     if _FastLoader is None:
         return _read(_Loader, text)
     try:

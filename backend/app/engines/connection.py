@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -265,7 +267,7 @@ class EngineSession:
             api = docker.APIClient(
                 base_url=f"unix://{self._ssh_socket.path}", version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT
             )
-            return _negotiated(api)
+            return _negotiated(api, _engine_key(self))
         tls: docker.tls.TLSConfig | bool = False
         if self.tls_enabled:
             directory = self.material_dir
@@ -276,11 +278,15 @@ class EngineSession:
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the target's CA (and HTTP(S)_PROXY
         # reroute the engine's API) when trust_env is on: the target's own settings must win.
         api.trust_env = False
-        return _negotiated(api)
+        return _negotiated(api, _engine_key(self))
 
     async def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = await self.call(self._build_client)
+            client = None
+            if _known_api_version(_engine_key(self)):  # nothing to ask the engine: built here, no thread
+                with contextlib.suppress(docker.errors.DockerException, OSError):
+                    client = self._build_client()
+            self._client = client or await self.call(self._build_client)  # errors classified by call()
         return self._client
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -294,6 +300,8 @@ class EngineSession:
             raise EngineError(f"invalid TLS settings for {self.connection.endpoint}: {exc}", transient=False) from exc
         except docker.errors.APIError as exc:
             message = f"{self.connection.endpoint}: {_api_message(exc)}"
+            if "client version" in message.lower():  # the remembered API version no longer suits the engine
+                _remember_api_version(_engine_key(self), None)
             raise EngineRejected(message, exc.status_code, transient_500=is_transient(message)) from exc
         except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
             raise EngineTimeout(f"Docker engine {self.connection.endpoint} did not answer in time: {exc}") from exc
@@ -447,14 +455,50 @@ def _unix_connect_closing_on_failure(self: Any) -> None:
 docker.transport.unixconn.UnixHTTPConnection.connect = _unix_connect_closing_on_failure
 
 
-def _negotiated(api: docker.APIClient) -> docker.DockerClient:
+# --- the engines' API versions, asked once per engine per process ---------------------------------------
+# Building an SDK client asks the engine for its API version (GET /version: one more round trip, and a TLS or
+# SSH handshake on a remote engine) before the first real request. Each driver operation opens its own
+# session, so a deployment paid it twice. The answer is remembered per engine (its endpoint and the
+# credentials that reach it, by hash) for API_VERSION_TTL seconds; an engine that refuses the version
+# ("client version ... is too new": it was downgraded) makes the next session ask again.
+
+API_VERSION_TTL = 600.0
+_api_versions: dict[str, tuple[str, float]] = {}
+_api_versions_lock = threading.Lock()
+
+
+def _engine_key(session: EngineSession) -> str:
+    c = session.connection
+    material = "\0".join(str(x) for x in (session.endpoint, c.tls_ca, c.tls_cert, c.tls_key, c.tls_verify, c.ssh_key))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _known_api_version(key: str) -> str | None:
+    with _api_versions_lock:
+        known = _api_versions.get(key)
+    return known[0] if known and known[1] > time.monotonic() else None
+
+
+def _remember_api_version(key: str, version: str | None) -> None:
+    with _api_versions_lock:
+        if version is None:
+            _api_versions.pop(key, None)
+        else:
+            _api_versions[key] = (version, time.monotonic() + API_VERSION_TTL)
+
+
+def _negotiated(api: docker.APIClient, key: str | None = None) -> docker.DockerClient:
     """A DockerClient around ``api`` speaking the engine's API version (the SDK's ``version="auto"``,
-    done after the caller's adjustments to ``api``)."""
+    done after the caller's adjustments to ``api``); the version this process already had from the engine
+    of ``key``, else asked now and remembered."""
+    known = _known_api_version(key) if key else None
     try:
-        api._version = api._retrieve_server_version()
+        api._version = known or api._retrieve_server_version()
     except BaseException:
         api.close()
         raise
+    if key and not known:
+        _remember_api_version(key, api._version)
     client = docker.DockerClient.__new__(docker.DockerClient)
     client.api = api
     return client

@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 
 from backend.app import database
@@ -53,6 +54,15 @@ class Route:
     placed: bool = False
     target_id: str | None = None
     target_name: str | None = None
+
+
+def route_of_target(target: Target) -> Route | None:
+    """The route of a deployment of ``target`` as the caller loaded it (no query); None when the row's
+    columns are not loaded (expired: the caller asks :func:`route_of`)."""
+    state = sa_inspect(target)
+    if state.expired or {"id", "name", "placed"} & state.unloaded:
+        return None
+    return Route(placement.queue_for(target_id=target.id, placed=target.placed), bool(target.placed), target.id, target.name)
 
 
 async def route_of(deployment_id: str) -> Route:
@@ -119,8 +129,10 @@ class Dispatcher:
         self.manager = manager
         self._producer = None
 
-    async def dispatch(self, deployment_id: str) -> ExecutorKind:
-        route = await route_of(deployment_id)
+    async def dispatch(self, deployment_id: str, *, target: Target | None = None) -> ExecutorKind:
+        """``target``: the deployment's target as the caller (a route that just wrote the deployment) loaded
+        it, which spares a query for its route."""
+        route = (route_of_target(target) if target is not None else None) or await route_of(deployment_id)
         if route.placed:
             await self._dispatch_placed(deployment_id, route)
             return ExecutorKind.CELERY

@@ -70,3 +70,18 @@ def test_deep_nesting_is_refused_by_name(depth):
         compose_yaml.load("a: " + "[" * depth + "]" * depth)
     assert refused.value.code == "yaml_limit" and "nested too deeply" in refused.value.detail
     assert compose_yaml.load("a: " + "[" * 50 + "]" * 50)["a"]
+
+
+def test_a_document_read_again_is_a_copy_and_tighter_bounds_read_it_again(monkeypatch):
+    """A text read before comes back from the last reading, as a copy of its own (callers change what they
+    read); under tighter bounds it is read, and judged, again."""
+    text = "x-a: &a [1, 2, 3, 4, 5]\nservices:\n  s:\n    image: cache-test\n    command: [*a, *a, *a]\n"
+    first = compose_yaml.load(text)
+    first["services"]["s"]["image"] = "changed by a caller"
+    second = compose_yaml.load(text)
+    assert second["services"]["s"]["image"] == "cache-test" and second is not first
+    assert second == compose_yaml._read(compose_yaml._Loader, text)
+    monkeypatch.setattr(compose_yaml, "YAML_MAX_NODES", 10)
+    with pytest.raises(ValidationFailed) as refused:
+        compose_yaml.load(text)
+    assert refused.value.code == "yaml_limit"

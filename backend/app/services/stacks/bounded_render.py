@@ -17,13 +17,18 @@ process forked from a ``forkserver`` (cheap: the templating module is preloaded 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import io
+import json
 import logging
 import multiprocessing
 import multiprocessing.context
 import os
 import resource
 import signal
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
@@ -146,7 +151,7 @@ def _child(conn, kind: str, template: str, variables: list, values: dict, limits
             result: Any = templating.render_preview(template, variables, values)
         else:
             result = templating.render_stack(template, variables, values)
-        conn.send(("ok", result))
+        conn.send(("ok", result, sandbox.is_deterministic(template)))
     except ValidationFailed as exc:
         params = dict(exc.params)
         if violations := getattr(exc, "violations", None):
@@ -219,26 +224,80 @@ def _run_blocking(kind: str, template: str, variables: list, values: dict, limit
             params={"reason": "process_failed", "status": exitcode},
         )
     if message[0] == "ok":
-        return message[1]
+        return message[1], message[2]
     if message[0] == "memory":
         raise _memory_error(limits)
     raise ValidationFailed(message[1], code=message[2], params=message[3] if len(message) > 3 else None)
 
 
-async def _run(kind: str, template: str, variables: list, values: dict, limits: RenderLimits | None) -> Any:
+async def _run(kind: str, template: str, variables: list, values: dict, limits: RenderLimits | None) -> tuple[Any, bool]:
     limits = limits or RenderLimits.from_settings()
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_threads, _run_blocking, kind, template, variables, values, limits)
 
 
+# --- documents already rendered within the limits --------------------------------------------------------
+# A stack deployed again with the same values (or previewed, then deployed) renders to the same text: the
+# template is a pure function of the values unless it draws at random (sandbox.is_deterministic). So the
+# bounded child's result is remembered by the hash of everything it depended on: the template, the variable
+# schema, the values and the limits (a tightened limit misses and renders again, within the new limits).
+# Only successes are kept. The texts hold secret values: they stay in this process's memory, which had them
+# anyway, bounded in count and size; nothing is written anywhere.
+
+RENDERED_MAX_ENTRIES = 256
+RENDERED_MAX_CHARS = 16 * 1_048_576
+_rendered: OrderedDict[str, str] = OrderedDict()
+_rendered_chars = 0
+_rendered_lock = threading.Lock()
+
+
+def _render_key(template: str, variables: list, values: dict, limits: RenderLimits) -> str:
+    schema = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in variables]
+    material = json.dumps([template, schema, values, dataclasses.astuple(limits)], sort_keys=True, default=repr)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _remember_render(key: str, rendered: str) -> None:
+    global _rendered_chars
+    if len(rendered) > RENDERED_MAX_CHARS // 4:
+        return
+    with _rendered_lock:
+        if key in _rendered:
+            return
+        _rendered[key] = rendered
+        _rendered_chars += len(rendered)
+        while len(_rendered) > RENDERED_MAX_ENTRIES or _rendered_chars > RENDERED_MAX_CHARS:
+            _, dropped = _rendered.popitem(last=False)
+            _rendered_chars -= len(dropped)
+
+
+def forget_renders() -> None:
+    """Empty the cache of rendered documents (tests)."""
+    global _rendered_chars
+    with _rendered_lock:
+        _rendered.clear()
+        _rendered_chars = 0
+
+
 async def render_stack(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str:
-    """:func:`templating.render_stack` in a bounded child process (see the module docstring)."""
-    return await _run("stack", template, variables, values, limits)
+    """:func:`templating.render_stack` in a bounded child process (see the module docstring); the same
+    template, schema, values and limits rendered before in this process give the text it rendered then."""
+    limits = limits or RenderLimits.from_settings()
+    key = _render_key(template, variables, values, limits)
+    with _rendered_lock:
+        known = _rendered.get(key)
+    if known is not None:
+        return known
+    rendered, deterministic = await _run("stack", template, variables, values, limits)
+    if deterministic:
+        _remember_render(key, rendered)
+    return rendered
 
 
 async def render_preview(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str:
     """:func:`templating.render_preview` in a bounded child process."""
-    return await _run("preview", template, variables, values, limits)
+    preview, _ = await _run("preview", template, variables, values, limits)
+    return preview
 
 
 async def validate_with_compose(rendered: str, *, redact=(), limits: RenderLimits | None = None) -> None:

@@ -17,7 +17,7 @@ from backend.app.core.exceptions import ValidationFailed
 from backend.app.core.logging import SecretMask
 from backend.app.engines import compose_yaml
 from backend.app.engines.base import EngineError
-from backend.app.engines.compose_cli import check_document, find_compose_command, remember_valid
+from backend.app.engines.compose_cli import NORMALISED_OK, check_document, find_compose_command, known_valid, remember_valid
 from backend.app.schemas.stack_variables import StackVariable
 from backend.app.services.stacks.templating.sandbox import render_template
 from backend.app.services.stacks.templating.values import MASK, masked_values, secret_values
@@ -121,12 +121,17 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
     answer in time it is refused (``compose_timeout``: validation fails closed).
 
     The tool runs through the engines' one compose runner (:func:`~backend.app.engines.compose_cli.check_document`:
-    an empty temporary directory, a minimal environment, the process group killed on timeout).
+    an empty temporary directory, a minimal environment, the process group killed on timeout). A document
+    this same tool (same program on disk) already accepted in this process, with this check, is not run
+    through it again (:func:`~backend.app.engines.compose_cli.known_valid`: the verdict depends on nothing else).
     """
     timeout = COMPOSE_TIMEOUT_SECONDS if timeout is None else timeout
-    command = await asyncio.to_thread(find_compose_command)
+    cached = getattr(find_compose_command, "cache_info", None)  # found once per process (its probe runs the tool)
+    command = find_compose_command() if cached and cached().currsize else await asyncio.to_thread(find_compose_command)
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
+        return
+    if known_valid(rendered, command, verdict=NORMALISED_OK):
         return
     try:
         # not -q: the normalised output is checked again below
@@ -156,7 +161,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
         # The document as compose normalised it (extends merged, interpolation done): nothing it
         # resolved may read the host either.
         check_host_files(compose_policy.load(result.stdout))
-        remember_valid(rendered)
+        remember_valid(rendered, command, verdict=NORMALISED_OK)
         return
     lines = [line for line in result.lines if "level=warning" not in line]
     message = _redact("\n".join(lines).strip() or f"exit status {result.returncode}", redact)

@@ -165,6 +165,21 @@ def render_template(template: str, values: dict) -> str:
     return "".join(chunks)
 
 
+#: Filters whose result is not a function of their input: Jinja's built-in ``random``.
+_NONDETERMINISTIC_FILTERS = frozenset({"random"})
+
+
+def is_deterministic(template: str) -> bool:
+    """Whether rendering ``template`` gives the same text for the same values every time: it applies no
+    filter that draws at random (``{{ hosts | random }}``, ``{% filter random %}``). A template that does not
+    parse is not."""
+    try:
+        tree = _ENV.parse(template)
+    except Exception:  # noqa: BLE001 - any failure: not known to be deterministic
+        return False
+    return not any(node.name in _NONDETERMINISTIC_FILTERS for node in tree.find_all(nodes.Filter))
+
+
 def check_generator_expression(expression: str) -> None:
     """Raise :class:`ValueProblem` unless ``expression`` is one the generator sandbox can evaluate."""
     try:
