@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import database
-from backend.app.api import health
+from backend.app.api import health, responses
 from backend.app.api import metrics as metrics_route
 from backend.app.api import realtime as realtime_routes
 from backend.app.api.audit_trail import AuditMiddleware
@@ -197,7 +197,8 @@ _IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Document the 422 body as the handlers really send it (FastAPI's default schema is pydantic's list)."""
+    """Document the 422 body as the handlers really send it (FastAPI's default schema is pydantic's list), and
+    every error status each operation can answer with its codes (``api/responses.py``)."""
 
     def openapi() -> dict:
         if app.openapi_schema:
@@ -209,6 +210,7 @@ def install_openapi(app: FastAPI) -> None:
             components[name] = definition
         components["HTTPValidationError"] = body
         components.pop("ValidationError", None)
+        responses.document_errors(schema, app.routes)
         app.openapi_schema = schema
         return schema
 

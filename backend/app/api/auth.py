@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.app.api.deps import CurrentUser, SessionDep, SettingsDep, client_address
+from backend.app.api.responses import AUTH_CODES, RATE_LIMITED, errors
 from backend.app.core.exceptions import NotAuthenticated, RateLimited
 from backend.app.schemas.auth import (
     LogoutRequest,
@@ -41,7 +42,7 @@ async def setup_status(session: SessionDep) -> SetupStatus:
     return SetupStatus(needed=await auth_service.user_count(session) == 0)
 
 
-@router.post("/setup", response_model=TokenPair, status_code=status.HTTP_201_CREATED)
+@router.post("/setup", response_model=TokenPair, status_code=status.HTTP_201_CREATED, responses=errors(conflict=["already_set_up"]))
 async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """First run only: create the superuser and their organisation, and log them in."""
     user = await auth_service.setup_first_admin(
@@ -56,7 +57,12 @@ async def setup(body: SetupRequest, session: SessionDep, settings: SettingsDep) 
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
 
-@router.post("/login", response_model=TokenPair, dependencies=[Depends(_check_login_rate)])
+@router.post(
+    "/login",
+    response_model=TokenPair,
+    dependencies=[Depends(_check_login_rate)],
+    responses=errors(RATE_LIMITED, unauthenticated=["invalid_credentials", "inactive_user"]),
+)
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, session: SessionDep, settings: SettingsDep
 ) -> TokenPair:
@@ -84,7 +90,7 @@ async def login(
     return TokenPair(access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in)
 
 
-@router.post("/refresh", response_model=TokenPair)
+@router.post("/refresh", response_model=TokenPair, responses=errors(unauthenticated=AUTH_CODES))
 async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """Exchange a refresh token for a new token pair (the old refresh token stops working)."""
     try:
@@ -110,7 +116,7 @@ async def logout_everywhere(user: CurrentUser, session: SessionDep) -> None:
     await session.commit()
 
 
-@router.post("/password", response_model=TokenPair)
+@router.post("/password", response_model=TokenPair, responses=errors(forbidden=["invalid_credentials"]))
 async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TokenPair:
     """Change your password (the current one is required); every other session ends, a new token pair is returned."""
     tokens = await auth_service.change_password(

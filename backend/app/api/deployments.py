@@ -5,6 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.responses import (
+    ENGINE_ACTION,
+    FILTERED_BY_ORGANIZATION,
+    IN_ORGANIZATION,
+    RATE_LIMITED,
+    TEMPLATE_CHECKS,
+    TRANSITION,
+    errors,
+)
 from backend.app.core.exceptions import RateLimited
 from backend.app.models import Deployment, DeploymentStatus, Role, Target
 from backend.app.runtime import target_actions
@@ -31,6 +40,17 @@ from backend.app.services.deployments.redaction import public_actor
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
+#: start, redeploy, retry: a refused transition, or a deployment without its rendered snapshot
+_REQUEUE = errors(TRANSITION, conflict=["no_snapshot"], not_found=["no_snapshot"])
+#: a new revision (a change or a rollback) is validated like a creation and refused during another rollout
+_ROLLOUT = errors(
+    TRANSITION,
+    TEMPLATE_CHECKS,
+    RATE_LIMITED,
+    conflict=["rollout_in_progress", "revision_conflict", "stack_deleted", "no_template_recorded", "target_inactive", "no_snapshot"],
+)
+_REVISION = errors(not_found=["revision_not_found"])
+
 
 DeploymentDep = Annotated[
     Deployment, Depends(OwnedRow(Deployment, Role.VIEWER, param="deployment_id", noun="deployment", populate_existing=True))
@@ -52,7 +72,15 @@ async def _check_rate(request: Request, user: CurrentUser) -> None:
         )
 
 
-@router.post("", response_model=DeploymentRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)])
+@router.post(
+    "",
+    response_model=DeploymentRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(_check_rate)],
+    responses=errors(
+        IN_ORGANIZATION, TEMPLATE_CHECKS, RATE_LIMITED, not_found=["stack_not_found", "target_not_found"], conflict=["target_inactive"]
+    ),
+)
 async def create_deployment(
     body: DeploymentCreate, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> DeploymentRead:
@@ -74,7 +102,7 @@ async def create_deployment(
     return (await read_models(session, deployments=[deployment]))[0]
 
 
-@router.get("", response_model=DeploymentPage)
+@router.get("", response_model=DeploymentPage, responses=FILTERED_BY_ORGANIZATION)
 async def list_deployments(
     user: CurrentUser,
     session: SessionDep,
@@ -127,7 +155,7 @@ async def get_compose(deployment: DeploymentDep, settings: SettingsDep) -> Deplo
     return DeploymentCompose(compose=masked_compose(settings, deployment))
 
 
-@router.get("/{deployment_id}/services", response_model=DeploymentServices)
+@router.get("/{deployment_id}/services", response_model=DeploymentServices, responses=errors(ENGINE_ACTION))
 async def get_services(deployment: DeploymentDep, session: SessionDep, settings: SettingsDep) -> DeploymentServices:
     """The deployment's containers by service, as its target's engine reports them now: state, health, exit
     code, restarts, image, published ports. ``503 engine_unavailable`` when the engine does not answer."""
@@ -174,7 +202,7 @@ async def _requeue(action: str, deployment: Deployment, user, session, request: 
     return (await read_models(session, deployments=[deployment]))[0]
 
 
-@router.post("/{deployment_id}/start", response_model=DeploymentRead)
+@router.post("/{deployment_id}/start", response_model=DeploymentRead, responses=_REQUEUE)
 async def start_deployment(
     deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
 ) -> DeploymentRead:
@@ -182,7 +210,7 @@ async def start_deployment(
     return await _requeue("start", deployment, user, session, request, settings)
 
 
-@router.post("/{deployment_id}/redeploy", response_model=DeploymentRead)
+@router.post("/{deployment_id}/redeploy", response_model=DeploymentRead, responses=_REQUEUE)
 async def redeploy(
     deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
 ) -> DeploymentRead:
@@ -190,7 +218,7 @@ async def redeploy(
     return await _requeue("redeploy", deployment, user, session, request, settings)
 
 
-@router.post("/{deployment_id}/retry", response_model=DeploymentRead)
+@router.post("/{deployment_id}/retry", response_model=DeploymentRead, responses=_REQUEUE)
 async def retry(
     deployment: OperableDeployment, user: CurrentUser, session: SessionDep, request: Request, settings: SettingsDep
 ) -> DeploymentRead:
@@ -198,7 +226,7 @@ async def retry(
     return await _requeue("retry", deployment, user, session, request, settings)
 
 
-@router.post("/{deployment_id}/cancel", response_model=DeploymentRead)
+@router.post("/{deployment_id}/cancel", response_model=DeploymentRead, responses=TRANSITION)
 async def cancel(deployment: OperableDeployment, user: CurrentUser, session: SessionDep) -> DeploymentRead:
     """Cancel a pending or deploying deployment; what it created is removed."""
     await DeploymentService.cancel(session, deployment=deployment, actor=user.email)
@@ -207,7 +235,7 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
     return (await read_models(session, deployments=[deployment]))[0]
 
 
-@router.post("/{deployment_id}/stop", response_model=DeploymentRead)
+@router.post("/{deployment_id}/stop", response_model=DeploymentRead, responses=errors(TRANSITION, ENGINE_ACTION))
 async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
     """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
     await target_actions.stop(session, settings=settings, deployment=deployment, actor=user.email)
@@ -216,7 +244,7 @@ async def stop(deployment: OperableDeployment, user: CurrentUser, session: Sessi
     return (await read_models(session, deployments=[deployment]))[0]
 
 
-@router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(ENGINE_ACTION, conflict=["deployment_busy"]))
 async def delete(
     deployment: OperableDeployment,
     session: SessionDep,
@@ -249,7 +277,11 @@ async def list_revisions(deployment: DeploymentDep, session: SessionDep, page: P
 
 
 @router.post(
-    "/{deployment_id}/revisions", response_model=RevisionRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)]
+    "/{deployment_id}/revisions",
+    response_model=RevisionRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(_check_rate)],
+    responses=_ROLLOUT,
 )
 async def create_revision(
     body: RevisionCreate,
@@ -272,7 +304,11 @@ async def create_revision(
 
 
 @router.post(
-    "/{deployment_id}/rollback", response_model=RevisionRead, status_code=status.HTTP_201_CREATED, dependencies=[Depends(_check_rate)]
+    "/{deployment_id}/rollback",
+    response_model=RevisionRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(_check_rate)],
+    responses=errors(_ROLLOUT, not_found=["revision_not_found"]),
 )
 async def rollback(
     body: RollbackRequest,
@@ -290,13 +326,13 @@ async def rollback(
     return revisions.read_model(revision)
 
 
-@router.get("/{deployment_id}/revisions/{number}", response_model=RevisionRead)
+@router.get("/{deployment_id}/revisions/{number}", response_model=RevisionRead, responses=_REVISION)
 async def get_revision(deployment: DeploymentDep, number: RevisionNumber, session: SessionDep) -> RevisionRead:
     """One revision of the deployment."""
     return revisions.read_model(await revisions.get(session, deployment_id=deployment.id, number=number))
 
 
-@router.get("/{deployment_id}/revisions/{a}/diff/{b}", response_model=RevisionDiff)
+@router.get("/{deployment_id}/revisions/{a}/diff/{b}", response_model=RevisionDiff, responses=_REVISION)
 async def diff_revisions(
     deployment: DeploymentDep,
     a: RevisionNumber,

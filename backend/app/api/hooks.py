@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, EntityId, OwnedRow, SessionDep, SettingsDep, client_address
+from backend.app.api.responses import TEMPLATE_CHECKS, TRANSITION, errors
 from backend.app.core.exceptions import NotFound, RateLimited, WindFlowError
 from backend.app.core.ratelimit import SlidingWindowLimiter
 from backend.app.models import DeployHook, Deployment, Role
@@ -20,6 +21,10 @@ public = APIRouter(prefix="/hooks", tags=["hooks"])
 AdminDeployment = Annotated[
     Deployment, Depends(OwnedRow(Deployment, Role.ADMIN, param="deployment_id", noun="deployment", populate_existing=True))
 ]
+
+
+#: a hook of the deployment, by its id
+_HOOK = errors(not_found=["hook_not_found"])
 
 
 def hook_url(request: Request, settings, hook: DeployHook) -> str:
@@ -44,7 +49,7 @@ def read_model(request: Request, settings, hook: DeployHook) -> HookRead:
     )
 
 
-@router.post("", response_model=HookCreated, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=HookCreated, status_code=status.HTTP_201_CREATED, responses=errors(conflict=["too_many_hooks"]))
 async def create_hook(
     body: HookCreate, deployment: AdminDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
 ) -> HookCreated:
@@ -60,7 +65,7 @@ async def list_hooks(deployment: AdminDeployment, session: SessionDep, settings:
     return [read_model(request, settings, h) for h in await hook_service.list_for(session, deployment=deployment)]
 
 
-@router.patch("/{hook_id}", response_model=HookRead)
+@router.patch("/{hook_id}", response_model=HookRead, responses=_HOOK)
 async def update_hook(
     hook_id: EntityId, body: HookUpdate, deployment: AdminDeployment, session: SessionDep, settings: SettingsDep, request: Request
 ) -> HookRead:
@@ -70,7 +75,7 @@ async def update_hook(
     return read_model(request, settings, hook)
 
 
-@router.post("/{hook_id}/rotate", response_model=HookCreated)
+@router.post("/{hook_id}/rotate", response_model=HookCreated, responses=_HOOK)
 async def rotate_hook(
     hook_id: EntityId, deployment: AdminDeployment, session: SessionDep, settings: SettingsDep, request: Request
 ) -> HookCreated:
@@ -81,14 +86,14 @@ async def rotate_hook(
     return HookCreated(**read_model(request, settings, hook).model_dump(), secret=secret)
 
 
-@router.delete("/{hook_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{hook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_HOOK)
 async def delete_hook(hook_id: EntityId, deployment: AdminDeployment, session: SessionDep) -> None:
     """Delete a hook: its URL answers 404 from now on."""
     await hook_service.delete(session, hook=await hook_service.get(session, deployment=deployment, hook_id=hook_id))
     await session.commit()
 
 
-@router.get("/{hook_id}/calls", response_model=list[HookCallRead])
+@router.get("/{hook_id}/calls", response_model=list[HookCallRead], responses=_HOOK)
 async def list_hook_calls(hook_id: EntityId, deployment: AdminDeployment, session: SessionDep) -> list[HookCallRead]:
     """The hook's recent calls, newest first, accepted or refused."""
     hook = await hook_service.get(session, deployment=deployment, hook_id=hook_id)
@@ -102,7 +107,32 @@ def _limiter(request: Request, settings) -> SlidingWindowLimiter:
     return limiter
 
 
-@public.post("/{hook_id}", response_model=HookTriggered, status_code=status.HTTP_202_ACCEPTED)
+@public.post(
+    "/{hook_id}",
+    response_model=HookTriggered,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"model": HookTriggered, "description": "a push of another branch than the hook's: skipped, nothing rolled out"},
+        **errors(
+            TEMPLATE_CHECKS,
+            TRANSITION,
+            unauthenticated=["hook_signature_invalid", "hook_timestamp_invalid"],
+            forbidden=["hook_disabled"],
+            not_found=["hook_not_found"],
+            conflict=[
+                "hook_replayed",
+                "rollout_in_progress",
+                "revision_conflict",
+                "stack_deleted",
+                "no_template_recorded",
+                "target_inactive",
+            ],
+            invalid=["hook_body_invalid", "hook_variable_not_allowed"],
+            too_large=["payload_too_large"],
+            rate_limited=["rate_limited", "deployment_rolling_out"],
+        ),
+    },
+)
 async def call_hook(hook_id: EntityId, request: Request, response: Response, session: SessionDep, settings: SettingsDep) -> HookTriggered:
     """Roll the hook's deployment out. Signed with ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw
     body>`` (GitHub's form), or ``X-WindFlow-Timestamp`` + ``X-WindFlow-Signature-256`` (the HMAC of

@@ -15,7 +15,10 @@ from backend.app.api.deps import (
     SettingsDep,
     Superuser,
 )
-from backend.app.models import Role
+from backend.app.api.responses import ENGINE_ACTION, errors
+from backend.app.core.exceptions import Conflict
+from backend.app.models import DeploymentStatus, Role
+from backend.app.runtime import target_actions
 from backend.app.schemas.organizations import (
     MemberCreate,
     MemberPage,
@@ -27,9 +30,13 @@ from backend.app.schemas.organizations import (
     OrganizationUpdate,
 )
 from backend.app.services import provisioning
+from backend.app.services.deployment_service import DeploymentService
 from backend.app.services.identity import organization_service
 
 router = APIRouter(prefix="/organizations", tags=["organizations"])
+
+_NAME_TAKEN = errors(conflict=["organization_exists"])
+_MEMBER_CHANGE = errors(not_found=["member_not_found"], conflict=["last_owner"], forbidden=["owner_required"])
 
 
 def _read(org, role) -> OrganizationRead:
@@ -47,7 +54,7 @@ async def list_organizations(user: CurrentUser, session: SessionDep, page: PageD
     return OrganizationPage.of(result, [_read(org, role) for org, role in result.items])
 
 
-@router.post("", response_model=OrganizationRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=OrganizationRead, status_code=status.HTTP_201_CREATED, responses=_NAME_TAKEN)
 async def create_organization(body: OrganizationCreate, admin: Superuser, session: SessionDep, settings: SettingsDep) -> OrganizationRead:
     """Create an organisation (superusers only); the creator becomes its owner."""
     org = await organization_service.create(session, data=body, creator=admin)
@@ -62,7 +69,7 @@ async def get_organization(access: OrgViewer) -> OrganizationRead:
     return _read(*access)
 
 
-@router.patch("/{organization_id}", response_model=OrganizationRead)
+@router.patch("/{organization_id}", response_model=OrganizationRead, responses=errors(_NAME_TAKEN, invalid=["not_nullable"]))
 async def update_organization(body: OrganizationUpdate, access: OrgAdmin, session: SessionDep) -> OrganizationRead:
     """Rename or describe an organisation (admin or owner)."""
     org, role = access
@@ -71,11 +78,48 @@ async def update_organization(body: OrganizationUpdate, access: OrgAdmin, sessio
     return _read(org, role)
 
 
-@router.delete("/{organization_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_organization(access: OrgOwner, _admin: Superuser, session: SessionDep) -> None:
-    """Delete an organisation and everything it owns (superusers only)."""
+@router.delete(
+    "/{organization_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(ENGINE_ACTION, conflict=["organization_has_deployments", "deployment_busy", "invalid_transition"]),
+)
+async def delete_organization(
+    access: OrgOwner,
+    _admin: Superuser,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    force: Annotated[
+        bool,
+        Query(description="tear down every deployment of the organisation first (containers, networks, volumes), then delete it"),
+    ] = False,
+) -> None:
+    """Delete an organisation and everything it owns (superusers only). While it has deployments this is a 409
+    naming them, unless ``force=true``: each is then torn down through its normal delete (pending ones
+    cancelled first; one being deployed is a 409 ``deployment_busy``: cancel it, then try again), and the
+    organisation's rows go only once none is left."""
     org, _ = access
-    await session.delete(org)
+    deployments = await organization_service.deployments_of(session, organization_id=org.id)
+    if deployments and not force:
+        raise organization_service.has_deployments(org, deployments)
+    busy = [d.name for d in deployments if d.status is DeploymentStatus.DEPLOYING]
+    if busy:
+        raise Conflict(
+            f"deployment(s) being deployed: {', '.join(busy[:20])}; cancel them, then delete the organization again",
+            code="deployment_busy",
+            params={"deployments": busy[:20]},
+        )
+    for deployment in deployments:
+        if deployment.status is DeploymentStatus.PENDING:
+            await DeploymentService.cancel(session, deployment=deployment, actor=user.email)
+            await session.commit()
+            await session.refresh(deployment)
+        # the normal path (on a worker of a placed target): containers, networks and volumes removed, the
+        # project directory too, DEPLOYMENT_DELETED sent; each deployment committed on its own, so a failure
+        # keeps the organisation and the deployments not yet torn down
+        await target_actions.delete(session, settings=settings, deployment=deployment, keep_volumes=False)
+        await session.commit()
+    await organization_service.delete_organization(session, org=org)
     await session.commit()
 
 
@@ -93,7 +137,12 @@ async def list_members(
     return MemberPage.of(result, [_member(m, u) for m, u in result.items])
 
 
-@router.post("/{organization_id}/members", response_model=MemberRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{organization_id}/members",
+    response_model=MemberRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(not_found=["user_not_found"], conflict=["already_member"], forbidden=["owner_required"]),
+)
 async def add_member(body: MemberCreate, access: OrgAdmin, session: SessionDep) -> MemberRead:
     """Add an existing user (by ``user_id`` or ``email``) with a role (admin or owner)."""
     org, role = access
@@ -102,7 +151,7 @@ async def add_member(body: MemberCreate, access: OrgAdmin, session: SessionDep) 
     return _member(membership, user)
 
 
-@router.patch("/{organization_id}/members/{user_id}", response_model=MemberRead)
+@router.patch("/{organization_id}/members/{user_id}", response_model=MemberRead, responses=_MEMBER_CHANGE)
 async def change_member_role(user_id: EntityId, body: MemberUpdate, access: OrgAdmin, session: SessionDep) -> MemberRead:
     """Change a member's role (admin or owner; only owners grant ownership)."""
     org, role = access
@@ -112,7 +161,7 @@ async def change_member_role(user_id: EntityId, body: MemberUpdate, access: OrgA
     return _member(membership, membership.user)
 
 
-@router.delete("/{organization_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{organization_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_MEMBER_CHANGE)
 async def remove_member(user_id: EntityId, access: OrgAdmin, session: SessionDep) -> None:
     """Remove a member (admin or owner; the last owner cannot be removed)."""
     org, role = access

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
 from backend.app.models import Registry, Role
 from backend.app.schemas.registries import (
     RegistryCreate,
@@ -20,12 +21,14 @@ from backend.app.services.registries import registry_service
 
 router = APIRouter(prefix="/registries", tags=["registries"])
 
+_TAKEN = errors(conflict=["registry_name_taken", "registry_server_taken"])
+
 RegistryViewer = Annotated[Registry, Depends(OwnedRow(Registry, Role.VIEWER, param="registry_id", noun="registry"))]
 RegistryOperator = Annotated[Registry, Depends(OwnedRow(Registry, Role.OPERATOR, param="registry_id", noun="registry"))]
 RegistryAdmin = Annotated[Registry, Depends(OwnedRow(Registry, Role.ADMIN, param="registry_id", noun="registry"))]
 
 
-@router.post("", response_model=RegistryRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=RegistryRead, status_code=status.HTTP_201_CREATED, responses=errors(IN_ORGANIZATION, _TAKEN))
 async def create_registry(body: RegistryCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RegistryRead:
     """Store a registry's credentials (admin or owner); the password is stored encrypted, never returned."""
     registry = await registry_service.create(session, settings=settings, user=user, data=body)
@@ -33,7 +36,7 @@ async def create_registry(body: RegistryCreate, user: CurrentUser, session: Sess
     return registry_service.to_read(registry)
 
 
-@router.get("", response_model=RegistryPage)
+@router.get("", response_model=RegistryPage, responses=FILTERED_BY_ORGANIZATION)
 async def list_registries(
     user: CurrentUser,
     session: SessionDep,
@@ -52,7 +55,7 @@ async def get_registry(registry: RegistryViewer) -> RegistryRead:
     return registry_service.to_read(registry)
 
 
-@router.patch("/{registry_id}", response_model=RegistryRead)
+@router.patch("/{registry_id}", response_model=RegistryRead, responses=_TAKEN)
 async def update_registry(body: RegistryUpdate, registry: RegistryAdmin, session: SessionDep, settings: SettingsDep) -> RegistryRead:
     """Change a registry (admin or owner); a password sent replaces the stored one."""
     await registry_service.update(session, settings=settings, registry=registry, data=body)

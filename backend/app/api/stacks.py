@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep
+from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, TEMPLATE_CHECKS, errors
 from backend.app.database import end_transaction
 from backend.app.models import Role, Stack
 from backend.app.schemas.stacks import (
@@ -19,13 +20,16 @@ from backend.app.services.stacks import stack_service
 
 router = APIRouter(prefix="/stacks", tags=["stacks"])
 
+#: a stack's template and variable schema are checked when it is saved
+_STACK_RULES = errors(TEMPLATE_CHECKS, conflict=["stack_exists"], invalid=["variables_twice"])
+
 
 StackViewer = Annotated[Stack, Depends(OwnedRow(Stack, Role.VIEWER, param="stack_id", noun="stack"))]
 StackOperator = Annotated[Stack, Depends(OwnedRow(Stack, Role.OPERATOR, param="stack_id", noun="stack"))]
 StackAdmin = Annotated[Stack, Depends(OwnedRow(Stack, Role.ADMIN, param="stack_id", noun="stack"))]
 
 
-@router.post("", response_model=StackRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=StackRead, status_code=status.HTTP_201_CREATED, responses=errors(IN_ORGANIZATION, _STACK_RULES))
 async def create_stack(body: StackCreate, user: CurrentUser, session: SessionDep) -> StackRead:
     """Create a stack (operator or higher); the template must render with the schema's defaults."""
     stack = await stack_service.create(session, user=user, data=body)
@@ -33,7 +37,7 @@ async def create_stack(body: StackCreate, user: CurrentUser, session: SessionDep
     return StackRead.model_validate(stack)
 
 
-@router.get("", response_model=StackPage)
+@router.get("", response_model=StackPage, responses=FILTERED_BY_ORGANIZATION)
 async def list_stacks(
     user: CurrentUser,
     session: SessionDep,
@@ -53,7 +57,7 @@ async def get_stack(stack: StackViewer) -> StackRead:
     return StackRead.model_validate(stack)
 
 
-@router.patch("/{stack_id}", response_model=StackRead)
+@router.patch("/{stack_id}", response_model=StackRead, responses=errors(_STACK_RULES, invalid=["not_nullable"]))
 async def update_stack(body: StackUpdate, stack: StackOperator, session: SessionDep) -> StackRead:
     """Change a stack (operator or higher); a new template or schema is validated like on create."""
     await stack_service.update(session, stack=stack, data=body)
@@ -68,7 +72,7 @@ async def delete_stack(stack: StackAdmin, session: SessionDep) -> None:
     await session.commit()
 
 
-@router.post("/{stack_id}/render", response_model=StackRenderResult)
+@router.post("/{stack_id}/render", response_model=StackRenderResult, responses=errors(TEMPLATE_CHECKS))
 async def render_stack(body: StackRenderRequest, stack: StackOperator, session: SessionDep) -> StackRenderResult:
     """Preview the compose document for these values (operator or higher); secrets are shown as ***."""
     await end_transaction(session)  # rendering may take seconds: hold no transaction (on SQLite, no write lock)

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
 from backend.app.models import Role, Target, TargetType
 from backend.app.runtime import workers
 from backend.app.schemas.compose_policy import ComposePolicyRules, RefusedKey
@@ -13,13 +14,23 @@ from backend.app.services.targets import compose_policy, target_service
 
 router = APIRouter(prefix="/targets", tags=["targets"])
 
+#: what a target's creation or change may refuse: a name taken, a target reaching the WindFlow host (superusers
+#: only), credentials that do not fit the endpoint
+_TARGET_RULES = (
+    errors(
+        conflict=["target_name_taken"],
+        forbidden=["host_target_forbidden", "host_binding_forbidden"],
+        invalid=["credentials_mismatch", "host_target_placed"],
+    ),
+)
+
 
 TargetViewer = Annotated[Target, Depends(OwnedRow(Target, Role.VIEWER, param="target_id", noun="target"))]
 TargetOperator = Annotated[Target, Depends(OwnedRow(Target, Role.OPERATOR, param="target_id", noun="target"))]
 TargetAdmin = Annotated[Target, Depends(OwnedRow(Target, Role.ADMIN, param="target_id", noun="target"))]
 
 
-@router.post("", response_model=TargetRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=TargetRead, status_code=status.HTTP_201_CREATED, responses=errors(IN_ORGANIZATION, *_TARGET_RULES))
 async def create_target(body: TargetCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TargetRead:
     """Register a Docker engine (admin or owner; unix:// and loopback: superusers only); credentials never returned."""
     target = await target_service.create(session, settings=settings, user=user, data=body)
@@ -27,7 +38,7 @@ async def create_target(body: TargetCreate, user: CurrentUser, session: SessionD
     return target_service.to_read(target, settings, await workers.coverage(session))
 
 
-@router.get("", response_model=TargetPage)
+@router.get("", response_model=TargetPage, responses=FILTERED_BY_ORGANIZATION)
 async def list_targets(
     user: CurrentUser,
     session: SessionDep,
@@ -56,7 +67,7 @@ async def get_target(target: TargetViewer, session: SessionDep, settings: Settin
     return target_service.to_read(target, settings, await workers.coverage(session))
 
 
-@router.patch("/{target_id}", response_model=TargetRead)
+@router.patch("/{target_id}", response_model=TargetRead, responses=errors(*_TARGET_RULES))
 async def update_target(
     body: TargetUpdate, target: TargetAdmin, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> TargetRead:
@@ -66,7 +77,7 @@ async def update_target(
     return target_service.to_read(target, settings, await workers.coverage(session))
 
 
-@router.delete("/{target_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{target_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(conflict=["target_in_use"]))
 async def delete_target(target: TargetAdmin, session: SessionDep) -> None:
     """Delete a target no deployment uses (admin or owner)."""
     await target_service.delete(session, target=target)

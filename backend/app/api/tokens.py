@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep
+from backend.app.api.responses import errors
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
 from backend.app.services.identity import user_service
 
@@ -32,7 +33,7 @@ async def list_tokens(
     return ApiTokenPage.of(result, [ApiTokenRead.model_validate(t) for t in result.items])
 
 
-@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(not_found=["token_not_found"]))
 async def revoke_token(token_id: EntityId, user: CurrentUser, session: SessionDep) -> None:
     """Revoke one of your API tokens."""
     await user_service.revoke_api_token(session, user=user, token_id=token_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import EmailStr, Field, field_validator, model_validator
+from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from backend.app.models import Role
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
@@ -34,8 +34,19 @@ class OrganizationPage(PageFields):
 
 
 class MemberCreate(RequestModel):
-    user_id: Annotated[str | None, Field(max_length=64)] = None
-    email: EmailStr | None = None
+    """A user to add, named by exactly one of ``user_id`` and ``email`` (the ``oneOf`` of the schema)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}, "email": {"type": "null"}}},
+                {"required": ["email"], "properties": {"email": {"type": "string"}, "user_id": {"type": "null"}}},
+            ]
+        }
+    )
+
+    user_id: Annotated[str | None, Field(max_length=64, description="the user's id (or give email)")] = None
+    email: EmailStr | None = Field(default=None, description="the user's email (or give user_id)")
     role: Role
 
     @field_validator("email")

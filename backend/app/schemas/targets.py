@@ -140,7 +140,19 @@ def _ssh_key(value: str) -> str:
 Pem = Annotated[str, Field(min_length=1, max_length=65536)]
 TargetName = Annotated[str, Field(min_length=1, max_length=100)]
 Description = Annotated[str | None, Field(max_length=500)]
-Endpoint = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_endpoint)]
+#: The shapes :func:`endpoint_scheme` accepts, stated in the OpenAPI document for clients (the validator
+#: gives the message that says what to fix; this pattern never refuses what it accepts).
+ENDPOINT_PATTERN = r"^(unix:///.+|tcp://[^/?#@]+:[0-9]+/?|ssh://[^/?#@:]+@[^/?#@]+/?)$"
+Endpoint = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=500,
+        description="the Docker engine: unix:///path/to/docker.sock, tcp://host:port (TLS with tls_*) or ssh://user@host[:port]",
+        json_schema_extra={"pattern": ENDPOINT_PATTERN},
+    ),
+    AfterValidator(_endpoint),
+]
 TlsCa = Annotated[Pem, AfterValidator(_certificates("tls_ca"))]
 TlsCert = Annotated[Pem, AfterValidator(_certificates("tls_cert"))]
 TlsKey = Annotated[Pem, AfterValidator(_tls_key)]

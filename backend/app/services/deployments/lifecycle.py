@@ -94,7 +94,12 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     # Meanwhile a redeploy may have requeued it and a runner claimed it: read it again, locked, before dropping it.
     current = await session.get(Deployment, deployment.id, with_for_update=True, populate_existing=True)
     if current is None:
-        raise NotFound("deployment not found (deleted meanwhile)", code="deployment_not_found")
+        # a parallel delete won: it removed the directory, which this teardown's compose run may have rebuilt
+        shutil.rmtree(context.spec.workdir, ignore_errors=True)
+        raise NotFound(
+            "deployment not found: a parallel request deleted it meanwhile (its containers and files are removed)",
+            code="deployment_not_found",
+        )
     if current.status is S.DEPLOYING:
         raise Conflict("this deployment was redeployed while it was being deleted: cancel it first, then delete it", code="deployment_busy")
     shutil.rmtree(context.spec.workdir, ignore_errors=True)

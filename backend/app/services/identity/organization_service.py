@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.events import platform_changed, queue_event, resource_changed
 from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
-from backend.app.models import Membership, Organization, Role, User
+from backend.app.models import Deployment, Membership, Organization, Role, User
 from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, OrganizationUpdate
 from backend.app.services import pagination
 
@@ -150,6 +150,47 @@ async def update_organization(session: AsyncSession, *, org: Organization, data:
         ) from exc
     queue_event(session, platform_changed("organization", "updated", org.id, org.name))
     return org
+
+
+#: How many deployment names a refused organisation deletion quotes.
+NAMED_DEPLOYMENTS = 20
+
+
+async def deployments_of(session: AsyncSession, *, organization_id: str) -> list[Deployment]:
+    """The organisation's deployments, oldest first: what its deletion must tear down before any row goes."""
+    query = select(Deployment).where(Deployment.organization_id == organization_id).order_by(Deployment.created_at, Deployment.id)
+    return list((await session.execute(query)).scalars())
+
+
+def has_deployments(organization: Organization, deployments: list[Deployment]) -> Conflict:
+    """The refusal of deleting ``organization`` while it has ``deployments`` (their rows would go, and their
+    containers keep running with nothing left to stop them)."""
+    names = [d.name for d in deployments[:NAMED_DEPLOYMENTS]]
+    more = f" and {len(deployments) - len(names)} more" if len(deployments) > len(names) else ""
+    return Conflict(
+        f"organization {organization.name!r} still has {len(deployments)} deployment(s): {', '.join(names)}{more}; delete them "
+        "first, or pass force=true to tear them all down (containers, networks, volumes) and then delete the organization",
+        code="organization_has_deployments",
+        params={"count": len(deployments), "deployments": names},
+    )
+
+
+async def delete_organization(session: AsyncSession, *, org: Organization) -> None:
+    """Delete ``org`` and what it owns, only when it has no deployment left.
+
+    The organisation's row is locked first (``FOR UPDATE``), so a deployment created meanwhile is either seen
+    here (409) or waits for this transaction and then fails on its missing organisation: none is cascaded away
+    with its containers still running.
+    """
+    locked = await session.get(Organization, org.id, with_for_update=True, populate_existing=True)
+    if locked is None:
+        raise NotFound("organization not found", code="organization_not_found")
+    remaining = await deployments_of(session, organization_id=org.id)
+    if remaining:
+        raise has_deployments(locked, remaining)
+    queue_event(session, platform_changed("organization", "deleted", org.id, org.name))
+    await session.delete(locked)
+    await session.flush()
 
 
 async def list_members(

@@ -1,0 +1,171 @@
+"""Deleting an owner never orphans a container: an organisation with deployments is refused (409 naming them),
+or torn down first with ``force=true``; two deletes of one deployment at once leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.app import database
+from backend.app.models import Deployment, Organization
+from backend.app.runtime import background_tasks
+from backend.tests.conftest import TEST_IMAGE
+from backend.tests.deploy_helpers import force_cleanup, labelled, wait_status
+from backend.tests.docker.test_deployments import make_env
+
+pytestmark = pytest.mark.docker
+
+SLEEPER = (
+    "services:\n  app:\n"
+    f"    image: {TEST_IMAGE}\n"
+    "    init: true\n"
+    "    network_mode: none\n"
+    '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
+)
+#: ignores SIGTERM: its teardown waits out the grace period, long enough for two deletes to overlap
+STUBBORN = (
+    "services:\n  app:\n"
+    f"    image: {TEST_IMAGE}\n"
+    "    network_mode: none\n"
+    "    stop_grace_period: 3s\n"
+    '    command: ["sh", "-c", "trap \'\' TERM; while true; do sleep 1; done"]\n'
+)
+
+
+@pytest.fixture
+async def env(db, docker_engine, tmp_path):
+    client, environment = await make_env(db, docker_engine, tmp_path)
+    try:
+        yield environment
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in environment.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+async def _organization_with(env, docker_engine, names: list[str]) -> tuple[str, list[str]]:
+    """A second organisation with its own target and stack, and one running deployment per name."""
+    headers = env.admin.headers
+    org = await env.client.post("/api/v1/organizations", json={"name": "doomed"}, headers=headers)
+    assert org.status_code == 201, org.text
+    org_id = org.json()["id"]
+    target = await env.client.post(
+        "/api/v1/targets",
+        json={"name": "doomed-engine", "type": "docker", "endpoint": docker_engine, "organization_id": org_id},
+        headers=headers,
+    )
+    assert target.status_code == 201, target.text
+    stack = await env.client.post(
+        "/api/v1/stacks", json={"name": "sleeper", "template": SLEEPER, "organization_id": org_id}, headers=headers
+    )
+    assert stack.status_code == 201, stack.text
+    ids = []
+    for name in names:
+        created = await env.client.post(
+            "/api/v1/deployments",
+            json={
+                "stack_id": stack.json()["id"],
+                "target_id": target.json()["id"],
+                "name": name,
+                "variables": {},
+                "organization_id": org_id,
+            },
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+        env.created.append(ids[-1])
+    for deployment_id in ids:
+        running = await wait_status(env.client, headers, deployment_id, {"running", "failed"})
+        assert running["status"] == "running", running["error_message"]
+    return org_id, ids
+
+
+async def _rows(org_id: str) -> tuple[int, int]:
+    async with database.AsyncSessionLocal() as session:
+        orgs = await session.scalar(select(func.count()).select_from(Organization).where(Organization.id == org_id))
+        deployments = await session.scalar(select(func.count()).select_from(Deployment).where(Deployment.organization_id == org_id))
+    return orgs, deployments
+
+
+async def test_an_organization_with_running_deployments_is_refused_then_torn_down_with_force(env, docker_engine, events, tmp_path):
+    org_id, ids = await _organization_with(env, docker_engine, ["web-a", "web-b"])
+    headers = env.admin.headers
+    workdir = tmp_path / "deployments"
+    assert all((workdir / i).is_dir() for i in ids)
+
+    refused = await env.client.delete(f"/api/v1/organizations/{org_id}", headers=headers)
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert body["code"] == "organization_has_deployments"
+    assert body["params"] == {"count": 2, "deployments": ["web-a", "web-b"]}
+    assert "web-a" in body["detail"] and "force=true" in body["detail"]
+    assert await _rows(org_id) == (1, 2)
+    assert all(len(labelled("container", i)) == 1 for i in ids), "a refused delete touched the containers"
+
+    forced = await env.client.delete(f"/api/v1/organizations/{org_id}", params={"force": "true"}, headers=headers)
+    assert forced.status_code == 204, forced.text
+    for deployment_id in ids:
+        assert labelled("container", deployment_id) == []
+        assert labelled("network", deployment_id) == []
+        assert not (workdir / deployment_id).exists()
+    assert await _rows(org_id) == (0, 0)
+    deleted = [e.deployment_id for e in events if e.type == "DEPLOYMENT_DELETED"]
+    assert sorted(deleted) == sorted(ids)  # each went through the deployment's own delete
+    assert (await env.client.get(f"/api/v1/organizations/{org_id}", headers=headers)).status_code == 404
+
+
+async def test_a_forced_delete_whose_teardown_fails_keeps_the_organization_and_what_remains(env, docker_engine):
+    """Rows go only once nothing remains on any engine: a deployment whose engine does not answer keeps its row
+    and the organisation (the ones torn down before it are gone, with their containers)."""
+    org_id, ids = await _organization_with(env, docker_engine, ["first", "second"])
+    headers = env.admin.headers
+    async with database.AsyncSessionLocal() as session:  # the second's engine is now unreachable
+        second = await session.get(Deployment, ids[1])
+        target_id = second.target_id
+    dead = await env.client.post(
+        "/api/v1/targets",
+        json={"name": "dead", "type": "docker", "endpoint": "tcp://127.0.0.1:9", "organization_id": org_id},
+        headers=headers,
+    )
+    assert dead.status_code == 201, dead.text
+    async with database.AsyncSessionLocal() as session:
+        second = await session.get(Deployment, ids[1])
+        second.target_id = dead.json()["id"]
+        await session.commit()
+
+    forced = await env.client.delete(f"/api/v1/organizations/{org_id}", params={"force": "true"}, headers=headers)
+    assert forced.status_code == 503, forced.text
+    assert forced.json()["code"] == "engine_unavailable"
+    assert labelled("container", ids[0]) == []
+    assert await _rows(org_id) == (1, 1)  # the organisation and the deployment that could not be torn down
+    async with database.AsyncSessionLocal() as session:  # its engine answers again: the forced delete completes
+        second = await session.get(Deployment, ids[1])
+        second.target_id = target_id
+        await session.commit()
+    assert len(labelled("container", ids[1])) == 1
+    again = await env.client.delete(f"/api/v1/organizations/{org_id}", params={"force": "true"}, headers=headers)
+    assert again.status_code == 204, again.text
+    assert labelled("container", ids[1]) == [] and await _rows(org_id) == (0, 0)
+
+
+async def test_two_deletes_of_one_deployment_at_once_leave_nothing_behind(env, tmp_path):
+    stack_id = await env.stack(STUBBORN, name="stubborn")
+    created = await env.deploy({}, stack_id=stack_id)
+    running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+    assert running["status"] == "running", running["error_message"]
+    url = f"/api/v1/deployments/{created['id']}"
+    first, second = await asyncio.gather(
+        env.client.delete(url, headers=env.admin.headers), env.client.delete(url, headers=env.admin.headers)
+    )
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses in ([204, 204], [204, 404]), (first.text, second.text)
+    loser = first if first.status_code == 404 else second
+    if loser.status_code == 404:
+        assert loser.json()["code"] == "deployment_not_found" and "parallel request" in loser.json()["detail"]
+    assert labelled("container", created["id"]) == []
+    assert not (tmp_path / "deployments" / created["id"]).exists(), "a delete that lost the race left the project directory"
+    assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
