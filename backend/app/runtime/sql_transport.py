@@ -27,26 +27,48 @@ together on a fresh database died of it. :meth:`Channel._get_or_create` reads th
 
 Every poll that completes stamps :data:`POLLS` (the worker's watchdog asks whether the consumer still
 fetches).
+
+On PostgreSQL a consumer does not wait out kombu's polling interval for a new message: every publish sends
+``NOTIFY windflow_broker`` (payload: the queue) in the transaction that inserts the message, so the
+notification is delivered exactly when the message becomes visible, and so do the statements that make a
+taken message visible again. A consuming process LISTENs on its own connection and, with nothing to take,
+sleeps in ``select()`` on that connection instead of ``time.sleep`` (:class:`Listener`): a notification, or
+an ack that frees a prefetch slot, wakes it at once. Polling stays the fallback: the queues are polled again
+after :data:`LISTENING_POLL_INTERVAL` seconds without a notification (a message published by a process
+without this transport, a notification lost with a broken connection), and at ``polling_interval`` while
+there is no listener (it could not connect: it tries again every :data:`LISTENER_RETRY_SECONDS`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import select
 import socket
 import threading
 import time
 from queue import Empty
 
+import psycopg
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sql
-from kombu.utils.json import loads
-from sqlalchemy import create_engine, text
+from kombu.utils.json import dumps, loads
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import IntegrityError
 
 from backend.app.runtime.workers import HEALTHY, STALE_AFTER_SECONDS
 
+logger = logging.getLogger(__name__)
+
 _NOT_ENGINE_OPTIONS = ("polling_interval",)
+
+#: The channel every publish notifies (payload: the queue's name).
+NOTIFY_CHANNEL = "windflow_broker"
+#: With a listener, seconds an idle consumer waits for a notification before it polls its queues anyway.
+LISTENING_POLL_INTERVAL = 1.0
+#: Seconds between two attempts to open the listening connection after one failed (polling meanwhile).
+LISTENER_RETRY_SECONDS = 5.0
 
 
 def broker_metadata():
@@ -94,6 +116,7 @@ _RECORD = text(
     "delivery_tag = excluded.delivery_tag, hostname = excluded.hostname, pid = excluded.pid, taken_at = now()"
 )
 _FORGET = text("DELETE FROM broker_deliveries WHERE delivery_tag = :tag")
+_NOTIFY = text("SELECT pg_notify(:channel, :queue)")
 
 
 class Channel(kombu_sql.Channel):
@@ -163,20 +186,38 @@ class Channel(kombu_sql.Channel):
         with contextlib.suppress(Exception):  # a stale record costs a harmless redelivery, never a loss
             self._locked(forget)
 
+    def _slot_freed(self) -> None:
+        """A prefetch slot is free again: the consumer, maybe asleep because its prefetch was full, polls."""
+        wake = getattr(self.connection, "wake", None)
+        if wake is not None:
+            wake()
+
     def basic_ack(self, delivery_tag, multiple=False):
         super().basic_ack(delivery_tag, multiple=multiple)
         self._forget(delivery_tag)
+        self._slot_freed()
 
     def basic_reject(self, delivery_tag, requeue=False):
         super().basic_reject(delivery_tag, requeue=requeue)
         self._forget(delivery_tag)
+        self._slot_freed()
 
     def _restore(self, message):
         super()._restore(message)
         self._forget(message.delivery_tag)
+        self._slot_freed()
 
     def _put(self, queue, payload, **kwargs):
-        return self._locked(super()._put, queue, payload, **kwargs)
+        if self.session.bind.name != "postgresql":
+            return self._locked(super()._put, queue, payload, **kwargs)
+        return self._locked(self._put_notified, queue, payload)
+
+    def _put_notified(self, queue, payload) -> None:
+        """kombu's ``_put``, plus the NOTIFY that wakes the consumers, sent when the insert commits."""
+        message = self.message_cls(dumps(payload), self._get_or_create(queue))
+        self.session.add(message)
+        self.session.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": str(queue)})
+        self.session.commit()
 
     def _purge(self, queue):
         return self._locked(super()._purge, queue)
@@ -206,8 +247,131 @@ class Channel(kombu_sql.Channel):
         return create_engine(conninfo.hostname, **options)
 
 
+class Listener:
+    """A consumer's wait for work: ``LISTEN windflow_broker`` on a connection of its own, and a pipe that any
+    thread of the process writes to (:meth:`wake`) when a prefetch slot frees.
+
+    :meth:`wait` returns as soon as a notification or a wake-up arrives, or after ``timeout`` seconds. It is
+    called by the consuming thread only, after a poll found nothing: the LISTEN was issued before that poll,
+    so a message committed after it is announced on this connection even if its notification arrived before
+    the wait began (it waits in the socket)."""
+
+    def __init__(self, url: str) -> None:
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: psycopg.Connection | None = None
+        self._failed_at = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.notifications = 0
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None
+
+    def ensure(self) -> bool:
+        """Open the listening connection if there is none (not more often than every LISTENER_RETRY_SECONDS).
+        True when it was opened now: the caller polls once more before it waits, as nothing was listened to
+        during its last poll."""
+        if self._conn is not None or time.monotonic() - self._failed_at < LISTENER_RETRY_SECONDS:
+            return False
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error as exc:
+            self._failed_at = time.monotonic()
+            logger.warning("cannot LISTEN for broker messages (%s); polling every interval instead", exc)
+            return False
+        self._conn = conn
+        return True
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"w")
+
+    def wait(self, timeout: float) -> None:
+        conn = self._conn
+        if conn is None:
+            time.sleep(timeout)
+            return
+        try:
+            readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [], timeout)
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+            if conn.fileno() in readable:
+                for _ in conn.notifies(timeout=0):
+                    self.notifications += 1
+        except (psycopg.Error, OSError, ValueError) as exc:  # the connection broke: poll until it is back
+            logger.warning("broker LISTEN connection lost (%s); polling until it is back", exc)
+            self.close()
+            self._failed_at = time.monotonic()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def dispose(self) -> None:
+        self.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class Transport(kombu_sql.Transport):
     Channel = Channel
+
+    _listener: Listener | None = None
+
+    def _listener_for_drain(self) -> Listener | None:
+        if self._listener is None:
+            url = str(self.client.hostname or "")
+            if not url.startswith("postgresql"):
+                return None
+            self._listener = Listener(url)
+        return self._listener
+
+    def wake(self) -> None:
+        """Wake the consumer waiting in :meth:`drain_events` (any thread)."""
+        listener = self._listener
+        if listener is not None:
+            listener.wake()
+
+    def drain_events(self, connection, timeout=None):
+        """kombu's loop (poll each queue, deliver the first message found), where an idle round waits for a
+        NOTIFY (or a freed prefetch slot) instead of sleeping the polling interval."""
+        time_start = time.monotonic()
+        get = self.cycle.get
+        listener = self._listener_for_drain()
+        while True:
+            try:
+                get(self._deliver, timeout=timeout)
+            except Empty:
+                elapsed = time.monotonic() - time_start
+                if timeout is not None and elapsed >= timeout:
+                    raise TimeoutError() from None
+                if listener is not None and listener.ensure():
+                    continue  # listening from now on: poll once more, then wait
+                interval = self.polling_interval or 0.0
+                if listener is not None and listener.listening:
+                    interval = max(interval, LISTENING_POLL_INTERVAL)
+                if timeout is not None:
+                    interval = min(interval, timeout - elapsed)
+                if listener is not None:
+                    listener.wait(interval)
+                elif interval:
+                    time.sleep(interval)
+            else:
+                return
+
+    def close_connection(self, connection):
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.dispose()
+        super().close_connection(connection)
 
 
 def install() -> None:
@@ -225,6 +389,7 @@ WITH orphaned AS (
           AND h.last_seen >= now() - make_interval(secs => :stale))
     RETURNING d.message_id)
 UPDATE kombu_message SET visible = true WHERE visible = false AND id IN (SELECT message_id FROM orphaned)
+RETURNING pg_notify('windflow_broker', '')
 """
 
 
@@ -252,7 +417,7 @@ def release_deliveries(sync_database_url: str, *, hostname: str, pid: int) -> in
                     text(
                         "WITH mine AS (DELETE FROM broker_deliveries WHERE hostname = :hostname AND pid = :pid "
                         "RETURNING message_id) UPDATE kombu_message SET visible = true "
-                        "WHERE visible = false AND id IN (SELECT message_id FROM mine)"
+                        "WHERE visible = false AND id IN (SELECT message_id FROM mine) RETURNING pg_notify('windflow_broker', '')"
                     ),
                     {"hostname": hostname, "pid": pid},
                 ).rowcount

@@ -55,3 +55,117 @@ def test_consumed_messages_are_purged_and_queued_ones_kept(db):
         assert counts == {True: 1}, "a message still waiting for a worker is never purged"
     finally:
         engine.dispose()
+
+
+# --- LISTEN/NOTIFY: a waiting consumer is woken by the publish, polling stays the fallback ------------------
+
+
+def _queue_name() -> str:
+    import uuid
+
+    return f"windflow-notify-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_waiting_consumer_is_woken_by_the_publish_not_the_next_poll(db):
+    """A consumer polling every 30 s and waiting on an empty queue takes a message published meanwhile at once:
+    the publish's NOTIFY (sent when its insert commits) ends the wait."""
+    import threading
+    import time
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    queue = _queue_name()
+    options = {"polling_interval": 30}
+    with Connection(settings.celery_broker_url, transport_options=options) as consumer, Connection(settings.celery_broker_url) as producer:
+        waiting = consumer.SimpleQueue(queue)
+        with pytest.raises(waiting.Empty):
+            waiting.get(timeout=0.3)  # the queue is declared and the consumer listens from now on
+        listener = consumer.transport._listener
+        assert listener is not None and listener.listening
+
+        publisher = producer.SimpleQueue(queue)
+        threading.Timer(0.5, publisher.put, args=({"n": 1},)).start()
+        started = time.monotonic()
+        message = waiting.get(timeout=20)
+        waited = time.monotonic() - started
+        message.ack()
+        assert message.payload == {"n": 1}
+        assert waited < 10, f"taken after {waited:.1f} s: the consumer waited for a poll, not the notification"
+        assert listener.notifications >= 1
+        publisher.close()
+        waiting.close()
+
+
+def test_a_message_published_without_a_notification_is_still_taken_by_the_fallback_poll(db, monkeypatch):
+    """A message no NOTIFY announced (published by a process without WindFlow's transport) waits at most the
+    fallback poll of a listening consumer."""
+    import threading
+    import time
+
+    from kombu.transport import sqlalchemy as kombu_sql
+
+    from backend.app.runtime import sql_transport
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    queue = _queue_name()
+    with Connection(settings.celery_broker_url, transport_options={"polling_interval": 0.1}) as consumer:
+        waiting = consumer.SimpleQueue(queue)
+        with pytest.raises(waiting.Empty):
+            waiting.get(timeout=0.3)
+        assert consumer.transport._listener.listening
+        monkeypatch.setattr(sql_transport.Channel, "_put", kombu_sql.Channel._put)  # stock kombu: no NOTIFY
+        with Connection(settings.celery_broker_url) as producer:
+            publisher = producer.SimpleQueue(queue)
+            threading.Timer(0.3, publisher.put, args=({"n": 2},)).start()  # published while the consumer waits
+            started = time.monotonic()
+            message = waiting.get(timeout=sql_transport.LISTENING_POLL_INTERVAL * 10)
+            waited = time.monotonic() - started
+            message.ack()
+            publisher.close()
+        assert message.payload == {"n": 2}
+        assert consumer.transport._listener.notifications == 0
+        assert waited >= sql_transport.LISTENING_POLL_INTERVAL * 0.9, "taken before the fallback poll: it was not waiting"
+        waiting.close()
+
+
+def test_a_freed_prefetch_slot_wakes_the_waiting_consumer(db):
+    """An ack (from the pool's result thread) ends the consumer's wait: a consumer whose prefetch was full
+    polls again at once instead of after the fallback interval."""
+    import threading
+    import time
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    with Connection(settings.celery_broker_url) as consumer:
+        waiting = consumer.SimpleQueue(_queue_name())
+        with pytest.raises(waiting.Empty):
+            waiting.get(timeout=0.3)
+        listener = consumer.transport._listener
+        threading.Timer(0.3, consumer.transport.wake).start()
+        started = time.monotonic()
+        listener.wait(30)
+        assert time.monotonic() - started < 10
+        waiting.close()
+
+
+def test_a_taken_message_put_back_notifies_the_listeners(db):
+    """A message given back by a worker that leaves (``release_deliveries``; the reaper's restore uses the same
+    statement shape) is visible again and announced to the listening consumers, as a publish is."""
+    import os
+    import socket
+
+    import psycopg
+
+    from backend.app.runtime.sql_transport import NOTIFY_CHANNEL, release_deliveries
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    queue = _queue_name()
+    with Connection(settings.celery_broker_url) as conn:
+        simple = conn.SimpleQueue(queue)
+        simple.put({"n": 3})
+        taken = simple.get(timeout=10)  # recorded as taken by this process
+        dsn = settings.sync_database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as listener:
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            assert release_deliveries(settings.sync_database_url, hostname=socket.gethostname(), pid=os.getpid()) == 1
+            assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [NOTIFY_CHANNEL]
+        taken.ack()
+        simple.close()
