@@ -165,6 +165,20 @@ class Settings(BaseSettings):
     HOOK_RATE_LIMIT_PER_MINUTE: int = Field(default=30, ge=1)  # calls per hook per minute (per process), beyond: 429
     PUBLIC_URL: str = Field(default="", max_length=500)  # WindFlow's address as users reach it: hook URLs, notification links
 
+    # --- notifications (backend/app/services/notifications/, runtime/notifier.py) ----------------------
+    NOTIFY_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)  # one delivery's HTTP or SMTP exchange
+    NOTIFY_MAX_ATTEMPTS: int = Field(default=6, ge=1, le=50)  # then the delivery is marked failed
+    NOTIFY_BACKOFF_SECONDS: float = Field(default=5.0, gt=0)  # the first retry's delay, doubled at each attempt
+    NOTIFY_BACKOFF_MAX_SECONDS: float = Field(default=600.0, gt=0)
+    NOTIFY_LEASE_SECONDS: float = Field(default=60.0, gt=0)  # a delivery claimed this long ago by a sender that died is sent again
+    NOTIFY_POLL_SECONDS: float = Field(default=2.0, gt=0)  # the sender's pass when no event woke it
+    SMTP_HOST: str = Field(default="", max_length=255)  # email channels: the SMTP server (empty: email is not sent)
+    SMTP_PORT: int = Field(default=25, ge=1, le=65535)
+    SMTP_FROM: str = Field(default="windflow@localhost", max_length=320)
+    SMTP_USERNAME: str = Field(default="", max_length=320)
+    SMTP_PASSWORD: str = Field(default="", max_length=500)
+    SMTP_STARTTLS: bool = False
+
     # --- stack catalogue ------------------------------------------------------------------------
     STACKS_DEFINITIONS_DIR: Path = PROJECT_ROOT / "stacks_definitions"
     STACKS_LOAD_STRATEGY: Literal["skip", "update", "force"] = "update"

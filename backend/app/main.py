@@ -30,7 +30,7 @@ from backend.app.core.exceptions import DatabaseUnavailable, WindFlowError
 from backend.app.core.logging import register_secret, setup_logging
 from backend.app.core.ratelimit import RateLimiter
 from backend.app.migrate import upgrade_database
-from backend.app.runtime import background, background_tasks, event_transport, metrics
+from backend.app.runtime import background, background_tasks, event_transport, metrics, notifier
 from backend.app.runtime.dispatch import Dispatcher
 from backend.app.schemas.common import ValidationErrorBody
 from backend.app.services.provisioning import sync_catalog_on_startup
@@ -303,6 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loops.append(asyncio.create_task(background.periodic_recovery(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.reaper_loop(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.periodic_retention(settings)))
+        loops.append(asyncio.create_task(notifier.notification_loop(settings)))
         _freeze_startup_heap()
         yield
         logger.info("WindFlow stopping")
@@ -329,6 +330,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     register_secret(settings.SECRET_KEY)  # the server log never shows it
+    if settings.SMTP_PASSWORD:
+        register_secret(settings.SMTP_PASSWORD)
     bounded_render.configure(settings)
     app.add_middleware(AuditMiddleware)  # inside the body limit: it copies bounded bodies only
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)

@@ -22,6 +22,7 @@ from backend.app.models.enums import (
 from backend.app.models.hooks import DeployHook, DeployHookCall
 from backend.app.models.identity import ApiToken, Membership, Organization, RefreshToken, User
 from backend.app.models.infra import Registry, Stack, Target
+from backend.app.models.notifications import NotificationChannel, NotificationDelivery
 from backend.app.models.system import BrokerDelivery, SystemState, WorkerHeartbeat
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "ExecutorKind",
     "LogLevel",
     "Membership",
+    "NotificationChannel",
+    "NotificationDelivery",
     "Organization",
     "RefreshToken",
     "Registry",

@@ -108,6 +108,8 @@ export const apiErrorsFr: Record<string, string> = {
   hook_variable_not_allowed: 'Ce hook ne peut pas modifier {names} ; il autorise : {allowed}.',
   too_many_hooks: 'Un déploiement a au plus {max} hooks ; supprimez-en un d’abord.',
   deployment_rolling_out: 'Le déploiement est {status} : réessayez dans {seconds} s, une fois terminé.',
+  channel_not_found: 'Canal de notification introuvable.',
+  channel_field_invalid: 'Ce champ ne convient pas à ce type de canal : {detail}',
 }
 
 export const apiFieldsFr: Record<string, string> = {

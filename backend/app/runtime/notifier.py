@@ -1,0 +1,131 @@
+"""The backend's notification sender: a loop that claims due deliveries and sends them.
+
+Every backend process runs one; the claim is a compare-and-set with a lease (``services/notifications/
+delivery.py``), so replicas share the work and a process that dies mid-delivery leaves its deliveries to the
+others once their lease (``NOTIFY_LEASE_SECONDS``) has expired. A pass runs every ``NOTIFY_POLL_SECONDS``,
+and at once when this process sees an event that may have queued deliveries (a deployment's status change
+or rollback, wherever it was committed: the event bus brings other processes' events too) or a test was
+asked. Sends run concurrently (at most :data:`CONCURRENCY` at a time), each bounded by
+``NOTIFY_TIMEOUT_SECONDS``, off the deployments' path: a receiver that hangs delays only its own delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+from backend.app import database
+from backend.app.config import Settings
+from backend.app.core.events import Event, EventType, bus
+from backend.app.models import NotificationChannel, NotificationDelivery
+from backend.app.runtime.loops import LoopService, sleep_or_event
+from backend.app.services.notifications import delivery as sender
+
+logger = logging.getLogger(__name__)
+CONCURRENCY = 20
+BATCH = 100
+_WAKING = (EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_ROLLED_BACK)
+
+_loops: list[NotificationLoop] = []
+
+
+def wake_all() -> None:
+    """Run a pass now in this process (after a test delivery was queued)."""
+    for loop in list(_loops):
+        loop.wake()
+
+
+class NotificationLoop(LoopService):
+    name = "notification deliveries"
+    log = logger
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval = settings.NOTIFY_POLL_SECONDS
+        super().__init__()
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limit = asyncio.Semaphore(CONCURRENCY)
+
+    def wake(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_event(self, evt: Event) -> None:
+        if evt.type in _WAKING:
+            self.wake()
+
+    async def run_once(self) -> int:
+        """One pass: claim due deliveries and send them; returns how many were sent."""
+        async with database.AsyncSessionLocal() as session:
+            taken = await sender.claim(session, owner=self.owner, lease_seconds=self.settings.NOTIFY_LEASE_SECONDS, limit=BATCH)
+            await session.commit()
+        if taken:
+            await asyncio.gather(*(self._deliver(delivery_id) for delivery_id in taken))
+        return len(taken)
+
+    async def _deliver(self, delivery_id: str) -> None:
+        async with self._limit:
+            try:
+                async with database.AsyncSessionLocal() as session:
+                    delivery = await session.get(NotificationDelivery, delivery_id)
+                    channel = await session.get(NotificationChannel, delivery.channel_id) if delivery is not None else None
+                    await session.commit()
+                if delivery is None or channel is None:
+                    return  # deleted with its channel meanwhile
+                outcome = await sender.send(self.settings, channel=channel, delivery=delivery)
+                async with database.AsyncSessionLocal() as session:
+                    kept = await sender.settle(
+                        session,
+                        settings=self.settings,
+                        delivery_id=delivery_id,
+                        owner=self.owner,
+                        attempts=delivery.attempts,
+                        outcome=outcome,
+                    )
+                    await session.commit()
+                if not outcome.ok:
+                    logger.warning(
+                        "notification %s (%s) to channel %s: attempt %d failed: %s%s",
+                        delivery_id,
+                        delivery.event,
+                        channel.id,
+                        delivery.attempts,
+                        outcome.error,
+                        "" if kept else " (its lease had passed to another sender)",
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notification %s: sending failed", delivery_id)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        unsubscribe = bus.subscribe(self._on_event)
+        _loops.append(self)
+        try:
+            while not self._stopped.is_set():
+                self._wake.clear()  # an event during the pass sets it again: the next wait ends at once
+                try:
+                    sent = await self.once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - keep the loop alive
+                    self.outage.failed(exc)
+                    sent = 0
+                else:
+                    self.outage.succeeded()
+                if not sent:
+                    await sleep_or_event(self.interval, self._wake)
+        finally:
+            unsubscribe()
+            _loops.remove(self)
+
+
+async def notification_loop(settings: Settings) -> None:
+    await NotificationLoop(settings).run()

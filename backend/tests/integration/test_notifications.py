@@ -1,0 +1,343 @@
+"""Notifications with real receivers: a deployment's end (a real status change through the state machine)
+queues deliveries in its own transaction; the sender loop (runtime/notifier.py) delivers them to a local HTTP
+server that checks the signature and answers 500 then 200 (retried, same delivery id), to one that hangs
+(timeout, retried, the change already committed), after a sender died holding one (its lease expires), and
+by email to an aiosmtpd server; channels over HTTP (admins only, secrets never shown), the test action, the
+delivery log, the audit trail without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import hashlib
+import hmac
+import json
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from backend.app.database import AsyncSessionLocal, utcnow
+from backend.app.main import create_app
+from backend.app.models import AuditEntry, DeploymentRevision, DeploymentStatus, Membership, NotificationDelivery, Role
+from backend.app.runtime.notifier import NotificationLoop
+from backend.app.services.deployments.state_machine import set_deployment_status
+from backend.app.services.notifications import delivery as sender
+from backend.tests.conftest import make_settings
+from backend.tests.factories import make_deployment
+from backend.tests.helpers import create_user, setup_admin
+from backend.tests.notify_helpers import Mailbox, Receiver, eventually
+
+CHANNELS = "/api/v1/notification-channels"
+SECRET = "channel-secret-0123456789"
+FAST = dict(
+    NOTIFY_POLL_SECONDS=0.2,
+    NOTIFY_BACKOFF_SECONDS=0.2,
+    NOTIFY_TIMEOUT_SECONDS=1.0,
+    NOTIFY_LEASE_SECONDS=1.0,
+    PUBLIC_URL="https://wf.example.com",
+)
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(**kw) -> Receiver:
+        made.append(Receiver(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+class World:
+    def __init__(self, db, settings, client, admin) -> None:
+        self.db, self.settings, self.client, self.admin = db, settings, client, admin
+        self.loops: list[asyncio.Task] = []
+
+    def start_sender(self, **overrides) -> NotificationLoop:
+        loop = NotificationLoop(self.settings.model_copy(update=overrides) if overrides else self.settings)
+        self.loops.append(asyncio.create_task(loop.run()))
+        return loop
+
+    async def channel(self, org_id: str, **body) -> dict:
+        response = await self.client.post(CHANNELS, json={"organization_id": org_id, "name": "ops", **body}, headers=self.admin.headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def deliveries(self) -> list[NotificationDelivery]:
+        async with self.db.engine.connect() as conn:
+            return list((await conn.execute(select(NotificationDelivery.__table__).order_by(NotificationDelivery.created_at))).all())
+
+
+@pytest.fixture
+async def world(db):
+    settings = make_settings(db.settings.DATABASE_URL, **FAST)
+    app = create_app(settings)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    admin = await setup_admin(client)
+    w = World(db, settings, client, admin)
+    yield w
+    for task in w.loops:
+        task.cancel()
+    await asyncio.gather(*w.loops, return_exceptions=True)
+    await client.aclose()
+
+
+def check_signature(received, secret: str = SECRET) -> None:
+    expected = "sha256=" + hmac.new(secret.encode(), received.body, hashlib.sha256).hexdigest()
+    assert received.headers["x-windflow-signature-256"] == expected
+
+
+async def test_webhook_500_then_200_is_retried_and_delivered_once_by_id(world, session, receiver):
+    hook = receiver(script=[500, 200])
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    assert await world.deliveries() == []  # no channel yet: nothing queued
+    channel = await world.channel(org_id, kind="webhook", url=hook.url, secret=SECRET, events=["deployment.failed", "deployment.stuck"])
+    world.start_sender()
+    async with AsyncSessionLocal() as s:
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
+        )
+        await set_deployment_status(
+            s,
+            deployment_id=deployment_id,
+            to_status=DeploymentStatus.FAILED,
+            reason="recovery timeout",
+            error_message="timed out after 60 minutes",
+        )
+        await s.commit()
+    try:
+        await eventually(lambda: _delivered(world, 2))
+    except AssertionError:
+        raise AssertionError([dict(r._mapping) for r in await world.deliveries()], hook.received) from None
+    requests = hook.received
+    by_event: dict[str, list] = {}
+    for r in requests:
+        by_event.setdefault(r.headers["x-windflow-event"], []).append(r)
+        check_signature(r)
+    assert sorted(by_event) == ["deployment.failed", "deployment.stuck"]
+    assert len(requests) == 3  # one of the two answered 500 first, and was sent again with the same id
+    ids = [r.headers["x-windflow-delivery"] for r in requests]
+    assert len(set(ids)) == 2 and sorted(ids.count(i) for i in set(ids)) == [1, 2]
+    body = requests[-1].json
+    assert body["id"] == requests[-1].headers["x-windflow-delivery"]
+    assert body["organization"]["id"] == org_id and body["deployment"]["id"] == deployment_id
+    assert body["deployment"]["status"] == "failed" and body["deployment"]["error_message"] == "timed out after 60 minutes"
+    assert body["deployment"]["images"] == [{"service": "web", "image": "app:1.5", "digest": "sha256:" + "ab" * 32}]
+    assert body["deployment"]["url"] == f"https://wf.example.com/deployments/{deployment_id}" and body["occurred_at"].endswith("Z")
+    log = (await world.client.get(f"{CHANNELS}/{channel['id']}/deliveries", headers=world.admin.headers)).json()["items"]
+    assert {(d["status"], d["last_status_code"]) for d in log} == {("delivered", 200)} and sorted(d["attempts"] for d in log) == [1, 2]
+    assert SECRET not in json.dumps([r.json for r in requests])
+
+
+async def failed_deployment_in_org(world, session) -> tuple[str, str]:
+    """A failed deployment (revision 1 recorded its image) of an organisation the admin owns."""
+    deployment = await make_deployment(session, DeploymentStatus.FAILED, attempt=1, error_message="first failure")
+    session.add(Membership(user_id=world.admin.user_id, organization_id=deployment.organization_id, role=Role.OWNER))
+    session.add(
+        DeploymentRevision(
+            deployment_id=deployment.id,
+            number=1,
+            reason="created",
+            outcome="failed",
+            variables={},
+            images=[{"service": "web", "image": "app:1.5", "digest": "sha256:" + "ab" * 32}],
+            created_at=utcnow(),
+        )
+    )
+    await session.commit()
+    return deployment.id, deployment.organization_id
+
+
+async def _delivered(world, count: int) -> bool:
+    rows = await world.deliveries()
+    return len(rows) == count and all(r.status == "delivered" for r in rows)
+
+
+async def test_a_hanging_receiver_is_timed_out_and_retried_without_holding_the_change(world, session, receiver):
+    hook = receiver(hang=3.0, hang_count=1)
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    await world.channel(org_id, kind="webhook", url=hook.url, events=["deployment.cancelled"])
+    world.start_sender()
+    async with AsyncSessionLocal() as s:
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
+        )
+        await s.commit()
+        started = asyncio.get_running_loop().time()
+        await set_deployment_status(s, deployment_id=deployment_id, to_status=DeploymentStatus.CANCELLED, reason="cancelled by user")
+        await s.commit()
+        assert asyncio.get_running_loop().time() - started < 1.0  # the change never waits for a receiver
+    (row,) = await eventually(lambda: _rows_with(world, lambda r: r.status == "delivered"), timeout=20)
+    assert row.attempts == 2 and len(hook.received) == 2
+    assert hook.received[0].headers["x-windflow-delivery"] == hook.received[1].headers["x-windflow-delivery"] == row.id
+    assert "x-windflow-signature-256" not in hook.received[0].headers  # no secret: unsigned
+
+
+async def _rows_with(world, predicate):
+    rows = await world.deliveries()
+    return rows if rows and all(predicate(r) for r in rows) else None
+
+
+async def test_a_delivery_held_by_a_dead_sender_is_delivered_after_its_lease(world, session, receiver):
+    hook = receiver()
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    await world.channel(org_id, kind="webhook", url=hook.url, events=["deployment.succeeded"])
+    async with AsyncSessionLocal() as s:
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
+        )
+        await set_deployment_status(s, deployment_id=deployment_id, to_status=DeploymentStatus.DEPLOYING, lease_owner="w1")
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.RUNNING, reason="all services running", lease_owner="w1"
+        )
+        await s.commit()
+        # a sender takes it, then dies before sending (its process was killed)
+        taken = await sender.claim(s, owner="dead-process", lease_seconds=1.0, limit=10)
+        await s.commit()
+    assert len(taken) == 1
+    world.start_sender()
+    await asyncio.sleep(0.5)
+    assert hook.received == []  # still leased to the dead sender
+    (row,) = await eventually(lambda: _rows_with(world, lambda r: r.status == "delivered"))
+    assert row.attempts == 2 and len(hook.received) == 1 and hook.received[0].json["event"] == "deployment.succeeded"
+
+
+async def test_email_over_smtp_says_what_where_which_image_and_why(db, session):
+    mailbox = Mailbox()
+    try:
+        settings = make_settings(
+            db.settings.DATABASE_URL, SMTP_HOST="127.0.0.1", SMTP_PORT=mailbox.port, SMTP_FROM="wf@example.com", **FAST
+        )
+        app = create_app(settings)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            admin = await setup_admin(client)
+            world = World(db, settings, client, admin)
+            deployment_id, org_id = await failed_deployment_in_org(world, session)
+            await world.channel(org_id, kind="email", address="oncall@example.com", events=["deployment.failed"])
+            world.start_sender()
+            async with AsyncSessionLocal() as s:
+                await set_deployment_status(
+                    s,
+                    deployment_id=deployment_id,
+                    to_status=DeploymentStatus.PENDING,
+                    reason="retry",
+                    expected_from=DeploymentStatus.FAILED,
+                )
+                await set_deployment_status(
+                    s, deployment_id=deployment_id, to_status=DeploymentStatus.FAILED, error_message="image app:1.5 not found"
+                )
+                await s.commit()
+            await eventually(lambda: asyncio.sleep(0, result=mailbox.messages))
+            for task in world.loops:
+                task.cancel()
+        (mail,) = mailbox.messages
+        assert mail["to"] == ["oncall@example.com"] and mail["from"] == "wf@example.com"
+        parsed = email.message_from_string(mail["data"])
+        text = parsed.get_payload(decode=True).decode()
+        assert parsed["Subject"].startswith("[WindFlow] ") and parsed["Subject"].endswith(" failed")
+        assert "Why: image app:1.5 not found" in text and f"Image (web): app:1.5 @ sha256:{'ab' * 32}" in text
+        assert f"Deployment: https://wf.example.com/deployments/{deployment_id}" in text
+    finally:
+        mailbox.close()
+
+
+async def test_per_event_choice_slack_discord_and_the_test_action(world, session, receiver):
+    slack, discord = receiver(), receiver()
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    only_success = await world.channel(
+        org_id, name="slack", kind="slack", url=slack.url + "/T000/B000/XXXXSECRET", events=["deployment.succeeded"]
+    )
+    await world.channel(org_id, name="discord", kind="discord", url=discord.url, events=["deployment.failed"])
+    world.start_sender()
+    async with AsyncSessionLocal() as s:
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
+        )
+        await set_deployment_status(s, deployment_id=deployment_id, to_status=DeploymentStatus.FAILED, error_message="exit 3")
+        await s.commit()
+    await eventually(lambda: asyncio.sleep(0, result=discord.received))
+    assert "exit 3" in discord.received[0].json["content"] and "failed" in discord.received[0].json["content"]
+    tested = await world.client.post(f"{CHANNELS}/{only_success['id']}/test", headers=world.admin.headers)
+    assert tested.status_code == 202 and tested.json()["event"] == "test"
+    await eventually(lambda: asyncio.sleep(0, result=slack.received))
+    assert len(slack.received) == 1 and "test notification" in slack.received[0].json["text"]  # never the failure
+    log = (await world.client.get(f"{CHANNELS}/{only_success['id']}/deliveries", headers=world.admin.headers)).json()["items"]
+    await eventually(lambda: _log_status(world, only_success["id"], "delivered"))
+    assert [d["event"] for d in log] == ["test"]
+
+
+async def _log_status(world, channel_id, status):
+    items = (await world.client.get(f"{CHANNELS}/{channel_id}/deliveries", headers=world.admin.headers)).json()["items"]
+    return items and all(i["status"] == status for i in items)
+
+
+async def test_channels_api_admins_only_and_no_secret_shown_or_recorded(world, session, db):
+    _, org_id = await failed_deployment_in_org(world, session)
+    url = "https://hooks.slack.com/services/T000/B000/XXXXSECRETTOKEN"
+    created = await world.channel(org_id, kind="slack", url=url, events=["deployment.failed"])
+    assert created["url_host"] == "hooks.slack.com" and "XXXXSECRETTOKEN" not in json.dumps(created)
+    webhook = await world.channel(
+        org_id, name="hook", kind="webhook", url="https://example.com/in", secret=SECRET, events=["deployment.failed"]
+    )
+    assert webhook["has_secret"] is True and SECRET not in json.dumps(webhook)
+    listed = await world.client.get(CHANNELS, params={"organization_id": org_id}, headers=world.admin.headers)
+    assert listed.status_code == 200 and [c["name"] for c in listed.json()["items"]] == ["hook", "ops"]
+    assert "XXXXSECRETTOKEN" not in listed.text and SECRET not in listed.text
+    changed = await world.client.patch(
+        f"{CHANNELS}/{created['id']}",
+        json={"events": ["deployment.failed", "target.unreachable"], "enabled": False},
+        headers=world.admin.headers,
+    )
+    assert changed.status_code == 200 and changed.json()["enabled"] is False
+    bad = await world.client.post(
+        CHANNELS,
+        json={"organization_id": org_id, "name": "x", "kind": "email", "url": "https://x.example.com", "events": ["deployment.failed"]},
+        headers=world.admin.headers,
+    )
+    assert bad.status_code == 422
+    bad_event = await world.client.post(
+        CHANNELS,
+        json={"organization_id": org_id, "name": "x", "kind": "slack", "url": "https://x.example.com", "events": ["everything"]},
+        headers=world.admin.headers,
+    )
+    assert bad_event.status_code == 422
+    bad_url = await world.client.post(
+        CHANNELS,
+        json={"organization_id": org_id, "name": "x", "kind": "webhook", "url": "file:///etc/passwd", "events": ["deployment.failed"]},
+        headers=world.admin.headers,
+    )
+    assert bad_url.status_code == 422
+    operator = await create_user(world.client, world.admin, "op@example.com")
+    session.add(Membership(user_id=operator.user_id, organization_id=org_id, role=Role.OPERATOR))
+    await session.commit()
+    assert (await world.client.get(f"{CHANNELS}/{created['id']}", headers=operator.headers)).status_code == 403
+    assert (
+        await world.client.post(
+            CHANNELS,
+            json={"organization_id": org_id, "name": "x", "kind": "slack", "url": "https://x.example.com", "events": ["deployment.failed"]},
+            headers=operator.headers,
+        )
+    ).status_code == 403
+    assert (await world.client.get(CHANNELS, headers=operator.headers)).json()["items"] == []
+    assert (await world.client.delete(f"{CHANNELS}/{created['id']}", headers=world.admin.headers)).status_code == 204
+    async with db.engine.connect() as conn:
+        audit = json.dumps([dict(r._mapping) for r in (await conn.execute(select(AuditEntry.__table__))).all()], default=str)
+    assert "XXXXSECRETTOKEN" not in audit and SECRET not in audit
+    assert "notification_channel.create" in audit and "notification_channel.delete" in audit
+
+
+async def test_a_change_rolled_back_notifies_nobody(world, session, receiver):
+    hook = receiver()
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    await world.channel(org_id, kind="webhook", url=hook.url, events=["deployment.failed", "deployment.cancelled"])
+    async with AsyncSessionLocal() as s:
+        await set_deployment_status(
+            s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
+        )
+        await set_deployment_status(s, deployment_id=deployment_id, to_status=DeploymentStatus.CANCELLED, reason="cancelled by user")
+        await s.rollback()
+    assert await world.deliveries() == [] and hook.received == []
