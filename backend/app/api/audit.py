@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, PageDep, SessionDep
+from backend.app.api.responses import FILTERED_BY_ORGANIZATION, errors
 from backend.app.models import AuditEntry
 from backend.app.schemas.audit import AuditActor, AuditEntryRead, AuditPage
 from backend.app.services.audit import audit_service
@@ -29,7 +30,7 @@ def read_model(entry: AuditEntry) -> AuditEntryRead:
     )
 
 
-@router.get("", response_model=AuditPage)
+@router.get("", response_model=AuditPage, responses=errors(FILTERED_BY_ORGANIZATION, forbidden=["role_required"]))
 async def list_audit(
     user: CurrentUser,
     session: SessionDep,
