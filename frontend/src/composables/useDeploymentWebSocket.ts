@@ -46,6 +46,9 @@ export function lineLevel(message: string): LogLine['level'] {
   return 'error'
 }
 
+/** Where the pull of one of the deployment's images stands (`DEPLOYMENT_PULL_PROGRESS`). */
+export type PullProgress = components['schemas']['PullProgressData']
+
 export interface DeploymentWebSocketOptions {
   debug?: MaybeRefOrGetter<boolean | undefined>
   /** Also subscribe to the services' live output (stream "services"). */
@@ -78,6 +81,11 @@ export function useDeploymentWebSocket(
   const stepName = ref<string | null>(null)
   const status = ref<DeploymentStatus | null>(null)
   const attempt = ref<number | null>(null)
+  /**
+   * Each image's pull as its last `DEPLOYMENT_PULL_PROGRESS` said (in the order the images started). Every
+   * event carries an image's whole state, so a page opened mid-pull shows it from the next event (≤ 0.25 s).
+   */
+  const pulls = ref<PullProgress[]>([])
   /** The services' output, merged by timestamp (a plain array, like `lines`); `serviceVersion` ticks per batch. */
   const serviceLines = markRaw([] as ServiceLine[])
   const serviceVersion = ref(0)
@@ -135,12 +143,17 @@ export function useDeploymentWebSocket(
     SERVICE_LOGS_END({ data }) {
       servicesEnded.value = servicesEndText(data)
     },
+    DEPLOYMENT_PULL_PROGRESS({ data }) {
+      const at = pulls.value.findIndex((p) => p.image === data.image)
+      pulls.value = at < 0 ? [...pulls.value, data] : pulls.value.map((p, i) => (i === at ? data : p))
+    },
     DEPLOYMENT_PROGRESS({ data }) {
       progress.value = data.progress
       if (typeof data.step_name === 'string') stepName.value = data.step_name
     },
     DEPLOYMENT_STATUS_CHANGED({ data }) {
       if (isStatus(data.new_status)) status.value = data.new_status
+      if (status.value === 'pending') pulls.value = [] // a retry or a new revision pulls again
       if (typeof data.error_message === 'string') errorMessage.value = data.error_message
       if (typeof data.attempt === 'number') attempt.value = data.attempt
       if (status.value === 'running') progress.value = 100
@@ -256,6 +269,7 @@ export function useDeploymentWebSocket(
     status.value = null
     attempt.value = null
     errorMessage.value = null
+    pulls.value = []
     clearServices()
     version.value++
   }
@@ -323,6 +337,7 @@ export function useDeploymentWebSocket(
     status,
     attempt,
     errorMessage,
+    pulls,
     serviceLines,
     serviceVersion,
     serviceReordered,

@@ -485,6 +485,17 @@ export default {
     noServiceOutput: 'No output from the services yet.',
     servicesShown: 'Services shown',
     servicesEnded: "The services' output ended: {reason}",
+    pull: {
+      title: 'Images being pulled',
+      status: {
+        pulling: 'waiting for the registry',
+        downloading: 'downloading',
+        extracting: 'extracting',
+        pulled: 'pulled',
+      },
+      bytes: '{done} of {total} MB',
+      layers: '{done}/{total} layers',
+    },
     ended: {
       stopped: 'following was stopped',
       no_container: 'the deployment has no container',

@@ -497,6 +497,17 @@ const fr: typeof en = {
     noServiceOutput: 'Aucune sortie des services pour l’instant.',
     servicesShown: 'Services affichés',
     servicesEnded: 'La sortie des services s’est arrêtée : {reason}',
+    pull: {
+      title: 'Images en cours de téléchargement',
+      status: {
+        pulling: 'en attente du registre',
+        downloading: 'téléchargement',
+        extracting: 'décompression',
+        pulled: 'téléchargée',
+      },
+      bytes: '{done} sur {total} Mo',
+      layers: '{done}/{total} couches',
+    },
     ended: {
       stopped: 'le suivi a été arrêté',
       no_container: 'le déploiement n’a aucun conteneur',
