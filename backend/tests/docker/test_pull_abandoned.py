@@ -130,3 +130,29 @@ async def test_pull_timeout_abandons_the_pull_and_says_which_step(db, docker_eng
         for deployment_id in env.created:
             force_cleanup(deployment_id)
         await client.aclose()
+
+
+async def test_a_stacks_own_pull_timeout_wins_and_a_bad_one_is_refused(db, docker_engine, tmp_path, proxy, pushed):
+    client, env = await _env(db, docker_engine, tmp_path)  # the setting's timeout: its default, 30 minutes
+    try:
+        bad = await env.stack(_image_stack("busybox:1.36") + "x-windflow:\n  pull_timeout: soon\n", name="bad-timeout")
+        refused = await env.client.post(
+            "/api/v1/deployments", json={"stack_id": bad, "target_id": env.target_id, "variables": {}}, headers=env.admin.headers
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "invalid_pull_timeout"
+        assert "x-windflow.pull_timeout must be a number of seconds" in refused.json()["detail"]
+
+        reference = f"{proxy.server}/{pushed}"
+        stack_id = await env.stack(_image_stack(reference) + "x-windflow:\n  pull_timeout: 2\n", name="own-timeout")
+        created = await env.deploy({}, stack_id=stack_id)
+        failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"}, timeout=60)
+        assert failed["status"] == "failed" and failed["attempt"] == 1
+        assert "pull timeout of 2 s" in failed["error_message"], failed["error_message"]
+        await _engine_gave_up(proxy, reference)
+    finally:
+        forget(f"{proxy.server}/{pushed}")
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.pull import PullFailed, PullProgress, auth_for, classify
+from backend.app.services.deployments.context import stack_pull_timeout
 
 
 def test_stream_lines_fold_into_bytes_and_layers():
@@ -62,3 +66,20 @@ def test_credentials_match_the_images_registry():
     assert auth_for("r.example:5000/team/api:1", auth)["username"] == "u"
     assert auth_for("busybox", auth)["username"] == "h" and auth_for("library/busybox:1", auth)["username"] == "h"
     assert auth_for("other.example/team/api:1", auth) is None
+
+
+@pytest.mark.parametrize(
+    ("extension", "expected"),
+    [(None, None), ({}, None), ({"pull_timeout": None}, None), ({"pull_timeout": 600}, 600.0), ({"pull_timeout": 1.5}, 1.5)],
+)
+def test_a_stacks_own_pull_timeout(extension, expected) -> None:
+    document = {"services": {"a": {"image": "x"}}} | ({} if extension is None else {"x-windflow": extension})
+    assert stack_pull_timeout(document) == expected
+
+
+@pytest.mark.parametrize("extension", [{"pull_timeout": 0}, {"pull_timeout": 86401}, {"pull_timeout": "soon"}, {"pull_timeout": True}, 600])
+def test_an_invalid_stack_pull_timeout_says_what_to_fix(extension) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        stack_pull_timeout({"services": {}, "x-windflow": extension})
+    assert caught.value.code == "invalid_pull_timeout"
+    assert "x-windflow.pull_timeout must be a number of seconds between 1 and 86400" in caught.value.detail

@@ -64,6 +64,8 @@ export const apiErrorsFr: Record<string, string> = {
   compose_policy_denied: 'Refusé par la politique compose de la cible (options : {rules}) : {detail}',
   compose_forbidden: 'Ce document lit des fichiers de l’hôte, ce que toute cible refuse : {paths}',
   invalid_compose: 'Document compose invalide{at} : {why}',
+  invalid_pull_timeout:
+    'x-windflow.pull_timeout doit être un nombre de secondes entre 1 et {max} (par ex. « pull_timeout: 600 » sous « x-windflow: »).',
   compose_failed: 'Compose n’a pas pu juger le document{at} : {why}',
   compose_timeout:
     'Compose n’a pas validé le document en {seconds} s (limite COMPOSE_VALIDATE_TIMEOUT_SECONDS) : le document est refusé.',

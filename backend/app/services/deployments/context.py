@@ -33,16 +33,43 @@ from backend.app.services.deployments import redaction
 from backend.app.services.registries import registry_service
 from backend.app.services.targets import compose_policy, placement, target_service
 
+#: the longest pull timeout a stack may ask for (``x-windflow: {pull_timeout: seconds}``): a day
+MAX_STACK_PULL_TIMEOUT = 86400
+
+
+def stack_pull_timeout(document: Mapping[str, Any]) -> float | None:
+    """The pull timeout a stack's own document asks for, ``x-windflow: {pull_timeout: seconds}`` (a compose
+    extension field: compose and swarm ignore it), or None. ``ValidationFailed`` (422 ``invalid_pull_timeout``)
+    saying what to fix when it is not a number of seconds between 1 and a day."""
+    extension = document.get("x-windflow")
+    if extension is None:
+        return None
+    value = extension.get("pull_timeout") if isinstance(extension, Mapping) else extension
+    if value is None and isinstance(extension, Mapping):
+        return None
+    valid = isinstance(extension, Mapping) and isinstance(value, int | float) and not isinstance(value, bool)
+    if not valid or not 1 <= value <= MAX_STACK_PULL_TIMEOUT:
+        raise ValidationFailed(
+            f"x-windflow.pull_timeout must be a number of seconds between 1 and {MAX_STACK_PULL_TIMEOUT} "
+            "(x-windflow is a mapping, e.g. x-windflow: {pull_timeout: 600})",
+            code="invalid_pull_timeout",
+            params={"max": MAX_STACK_PULL_TIMEOUT},
+        )
+    return float(value)
+
 
 def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | tuple[str, ...] = ()) -> None:
-    """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy."""
+    """Raise ``PolicyViolation`` (422) when ``rendered`` breaks the always-refused rules or ``target``'s policy,
+    ``ValidationFailed`` when its ``x-windflow`` settings are invalid."""
+    document = compose_policy.load(rendered)
     compose_policy.check_target(
-        compose_policy.load(rendered),
+        document,
         target_service.policy_of(target),
         target_name=target.name,
         endpoint=target.endpoint,
         redact=redact,
     )
+    stack_pull_timeout(document)
 
 
 def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
@@ -53,13 +80,15 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
 
 
 def deploy_spec(settings: Settings, deployment: Deployment, *, registry_auth: dict[str, dict[str, str]] | None = None) -> DeploySpec:
+    compose = snapshot_compose(settings, deployment)
     return DeploySpec(
         registry_auth=registry_auth or {},
         deployment_id=deployment.id,
-        compose=snapshot_compose(settings, deployment),
+        compose=compose,
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
-        pull_timeout=settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
+        # the stack's own (x-windflow.pull_timeout), else the setting's (0: none)
+        pull_timeout=stack_pull_timeout(compose_policy.load(compose)) or settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
         # never longer than half the wait: a short health timeout must still let a stable service through
         stable_seconds=min(settings.DEPLOYMENT_STABLE_SECONDS, settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS / 2),
     )
