@@ -143,7 +143,15 @@ OrgOwner = Annotated[tuple[Organization, Role], Depends(OrgAccess(Role.OWNER))]
 
 
 def page_params(
-    offset: Annotated[int, Query(ge=0, description=f"items to skip (at most {pagination.MAX_OFFSET}; deeper pages: use cursor)")] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            description=f"items to skip (at most {pagination.MAX_OFFSET}; deeper pages: use cursor)",
+            # stated for clients; the 422 past it is offset_too_large, which names the cursor
+            json_schema_extra={"maximum": pagination.MAX_OFFSET},
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT, description=f"items per page (1-{pagination.MAX_LIMIT})")] = 50,
     cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page (instead of offset)")] = None,
 ) -> pagination.PageParams:

@@ -20,6 +20,7 @@ from backend.app.api import deps
 from backend.app.api.responses import ERROR_CODES_KEY, api_routes
 from backend.app.models import DeploymentStatus, Membership, Role
 from backend.app.schemas.targets import ENDPOINT_PATTERN
+from backend.app.services import pagination
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import ADMIN_PASSWORD, add_member, create_user, default_org, setup_admin
 
@@ -108,6 +109,14 @@ def test_the_schema_states_the_rules_the_api_enforces(document) -> None:
         assert not re.match(endpoint["pattern"], bad)
     member = schemas["MemberCreate"]
     assert [branch["required"] for branch in member["oneOf"]] == [["user_id"], ["email"]]
+    offsets = [
+        parameter["schema"]
+        for path in document["paths"].values()
+        for operation in path.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "offset"
+    ]
+    assert len(offsets) >= 8 and all(o["maximum"] == pagination.MAX_OFFSET for o in offsets)
 
 
 def _fill(template: str, ids: dict[str, str]) -> str:

@@ -4272,6 +4272,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `organization_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `invalid_cursor`, `invalid_page`, `offset_too_large`, `validation_error` */
             422: {
                 headers: {
