@@ -26,14 +26,18 @@ unit test; :class:`WorkerMonitor` feeds it from the worker's own state and carri
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from celery.worker import state
 from sqlalchemy import bindparam, text
@@ -46,6 +50,27 @@ from backend.app.runtime.sql_transport import POLLS, release_deliveries
 from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
+
+#: where a worker notes each heartbeat it wrote (``deploy/healthcheck.py`` reads it: the container's health check
+#: then needs neither WindFlow's imports nor a database round trip, which took 20 s and more on a loaded machine)
+HEALTH_DIR = Path(tempfile.gettempdir()) / "windflow-worker-health"
+
+
+def write_health_file(name: str, state: str, problem: str | None, directory: Path = HEALTH_DIR) -> None:
+    """``<pid>.json`` with the heartbeat just written to the database (name, state, problem, time), replaced
+    atomically; a directory that is not this user's own (another user made it first) is left alone."""
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return
+        path = directory / f"{os.getpid()}.json"
+        temporary = directory / f".{os.getpid()}.tmp"
+        temporary.write_text(json.dumps({"name": name, "pid": os.getpid(), "state": state, "problem": problem, "at": time.time()}))
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.debug("could not write the health file: %s", exc)
+
 
 #: ``EX_TEMPFAIL``: the worker left because it stopped executing; a supervisor should start it again
 EXIT_DEGRADED = 75
@@ -335,6 +360,8 @@ class WorkerMonitor:
                     last_beat, reported = time.monotonic(), (health, verdict.problem)
                 except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
+                else:
+                    write_health_file(self.name, health, verdict.problem)
             if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
                 seconds = round(verdict.degraded_for)
                 left = Problem("left_degraded", f"degraded for {seconds}s", {"seconds": seconds})
