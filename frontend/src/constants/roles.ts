@@ -19,6 +19,8 @@ export const CAPABILITIES = {
   'target.write': 'admin',
   'target.test': 'operator',
   'member.manage': 'admin',
+  'audit.read': 'admin',
+  'notifications.manage': 'admin',
 } as const satisfies Record<string, Role>
 
 export type Capability = keyof typeof CAPABILITIES

@@ -1,7 +1,9 @@
+import automation from './automation.en'
 import revisions from './revisions.en'
 
 export default {
   ...revisions,
+  ...automation,
   app: { name: 'WindFlow', tagline: 'Deploy Docker stacks, watch them live' },
   nav: {
     deployments: 'Deployments',

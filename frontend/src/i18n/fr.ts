@@ -1,9 +1,11 @@
 import type en from './en'
 import { apiErrorsFr, apiFieldsFr, apiReasonsFr, apiWordsFr } from './apiErrors.fr'
+import automation from './automation.fr'
 import revisions from './revisions.fr'
 
 const fr: typeof en = {
   ...revisions,
+  ...automation,
   app: { name: 'WindFlow', tagline: 'Déployez des stacks Docker, suivez-les en direct' },
   nav: {
     deployments: 'Déploiements',

@@ -43,6 +43,18 @@ const routes: RouteRecordRaw[] = [
       { path: 'targets', name: 'targets', component: lazy(() => import('../views/TargetsView.vue')) },
       { path: 'organization', name: 'organization', component: lazy(() => import('../views/OrganizationView.vue')) },
       { path: 'tokens', name: 'tokens', component: lazy(() => import('../views/TokensView.vue')) },
+      {
+        path: 'audit',
+        name: 'audit',
+        component: lazy(() => import('../views/AuditView.vue')),
+        meta: { capability: 'audit.read' },
+      },
+      {
+        path: 'notifications',
+        name: 'notifications',
+        component: lazy(() => import('../views/NotificationsView.vue')),
+        meta: { capability: 'notifications.manage' },
+      },
       { path: 'system', name: 'system', component: lazy(() => import('../views/SystemView.vue')) },
       { path: 'profile', name: 'profile', component: lazy(() => import('../views/ProfileView.vue')) },
       {
