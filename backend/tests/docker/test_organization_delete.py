@@ -4,7 +4,9 @@ or torn down first with ``force=true``; two deletes of one deployment at once le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -14,6 +16,8 @@ from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE
 from backend.tests.deploy_helpers import force_cleanup, labelled, wait_status
 from backend.tests.docker.test_deployments import make_env
+from backend.tests.helpers import setup_admin
+from backend.tests.realtime_helpers import Server
 
 pytestmark = pytest.mark.docker
 
@@ -169,3 +173,62 @@ async def test_two_deletes_of_one_deployment_at_once_leave_nothing_behind(env, t
     assert labelled("container", created["id"]) == []
     assert not (tmp_path / "deployments" / created["id"]).exists(), "a delete that lost the race left the project directory"
     assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
+
+
+async def test_a_forced_delete_killed_midway_orphans_nothing(db, docker_engine, tmp_path):
+    """The backend is killed (SIGKILL, its compose run with it) while a forced delete waits out a container's
+    stop grace period: every container left still has its deployment's row, so nothing is out of reach; the
+    forced delete asked again of the restarted backend removes everything."""
+    workdir = tmp_path / "deployments"
+    options = {"DEPLOYMENTS_WORKDIR": workdir, "DEPLOYMENT_HEALTH_TIMEOUT_SECONDS": 30}
+    slow = STUBBORN.replace("stop_grace_period: 3s", "stop_grace_period: 8s")
+    servers, ids = [], []
+    try:
+        servers.append(await Server.start(db.settings.DATABASE_URL, tmp_path, name="first", **options))
+        async with servers[0].http() as client:
+            admin = await setup_admin(client)
+            headers = admin.headers
+            org = (await client.post("/api/v1/organizations", json={"name": "doomed"}, headers=headers)).json()["id"]
+            target = await client.post(
+                "/api/v1/targets", json={"name": "e", "endpoint": docker_engine, "organization_id": org}, headers=headers
+            )
+            for name, template in (("stubborn", slow), ("sleeper", SLEEPER)):
+                stack = await client.post(
+                    "/api/v1/stacks", json={"name": name, "template": template, "organization_id": org}, headers=headers
+                )
+                created = await client.post(
+                    "/api/v1/deployments",
+                    json={"stack_id": stack.json()["id"], "target_id": target.json()["id"], "name": name, "organization_id": org},
+                    headers=headers,
+                )
+                assert created.status_code == 201, created.text
+                ids.append(created.json()["id"])
+            for deployment_id in ids:
+                running = await wait_status(client, headers, deployment_id, {"running", "failed"})
+                assert running["status"] == "running", running["error_message"]
+            forced = asyncio.create_task(client.delete(f"/api/v1/organizations/{org}", params={"force": "true"}, headers=headers))
+            await asyncio.sleep(2.5)  # the stubborn container's teardown is waiting out its grace period
+            assert not forced.done(), forced.result().text
+            servers[0].proc.kill9()
+            with contextlib.suppress(httpx.HTTPError):
+                await forced
+        async with database.AsyncSessionLocal() as session:
+            rows = set((await session.execute(select(Deployment.id).where(Deployment.organization_id == org))).scalars())
+        for deployment_id in ids:
+            if labelled("container", deployment_id):
+                assert deployment_id in rows, "a container was left without its deployment's row"
+        assert await _rows(org) == (1, len(rows)) and rows, "the organisation went before its deployments"
+
+        servers.append(await Server.start(db.settings.DATABASE_URL, tmp_path, name="second", **options))
+        async with servers[1].http() as client:
+            again = await client.delete(f"/api/v1/organizations/{org}", params={"force": "true"}, headers=headers)
+            assert again.status_code == 204, again.text
+        for deployment_id in ids:
+            assert labelled("container", deployment_id) == [] and labelled("network", deployment_id) == []
+            assert not (workdir / deployment_id).exists()
+        assert await _rows(org) == (0, 0)
+    finally:
+        for server in servers:
+            server.stop()
+        for deployment_id in ids:
+            force_cleanup(deployment_id)
