@@ -171,6 +171,9 @@ async def test_two_replicas_behind_nginx_lose_and_double_nothing_when_one_is_kil
         LOGIN_FAILURES_PER_ACCOUNT=3,
         LOGIN_RATE_LIMIT_PER_MINUTE=1000,  # the address (127.0.0.1) is every test's on this Redis
         RECOVERY_ON_STARTUP=True,
+        # the production default (tests use 1 s): the deployments still write lines a few seconds after their
+        # first ones, when the replica is killed
+        DEPLOYMENT_STABLE_SECONDS=3.0,
     )
     settings = [celery_settings(db, tmp_path, "database", HOST="127.0.0.1", PORT=free_port(), **common) for _ in range(2)]
     worker = start_worker(settings[0], tmp_path)
