@@ -4,9 +4,13 @@ webhook channel created, "Send test" delivered to a real local receiver, its del
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 import uuid
 
+from backend.app.services.hooks.signature import sign
 from backend.tests.browser.conftest import Server, new_page, page_errors, screenshot, ui_login
+from backend.tests.browser.test_live_deployment import wait_status
 from backend.tests.notify_helpers import Receiver
 
 
@@ -78,3 +82,42 @@ def test_a_notification_channel_is_created_tested_and_its_log_shows_the_delivery
         assert page_errors(page) == []
     finally:
         receiver.close()
+
+
+def test_a_deploy_hook_is_created_on_the_deployment_page_and_its_calls_are_shown(
+    chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
+) -> None:
+    deployment = server.api(
+        "POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "hooked-1"}, token=admin_token
+    )
+    cleanup_deployments.append(deployment["id"])
+    assert wait_status(server, admin_token, deployment["id"], {"running", "failed"})["status"] == "running"
+    page = new_page(chromium_browser)
+    ui_login(page, server)
+    page.goto(f"{server.url}/deployments/{deployment['id']}?tab=hooks")
+    page.get_by_test_id("hooks-panel").wait_for()
+    page.get_by_test_id("hook-create").click()
+    page.get_by_test_id("hook-secret").wait_for()
+    secret = page.get_by_test_id("hook-secret-value").inner_text().strip()
+    url = page.get_by_test_id("hook-url").inner_text().strip()
+    assert secret.startswith("whsec_") and url.endswith("/api/v1/hooks/" + url.rsplit("/", 1)[1])
+    screenshot(page, "hooks-created-en-light")
+
+    body = b"{}"
+    refused = urllib.request.Request(url, data=body, method="POST", headers={"X-Hub-Signature-256": sign("whsec_wrong", body)})
+    try:
+        urllib.request.urlopen(refused, timeout=10)
+        raise AssertionError("a wrong signature was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    accepted = urllib.request.Request(url, data=body, method="POST", headers={"X-Hub-Signature-256": sign(secret, body)})
+    with urllib.request.urlopen(accepted, timeout=10) as answer:
+        assert answer.status == 202
+    page.get_by_test_id("hook-calls").click()
+    page.locator("[data-testid=hook-call][data-code=accepted]").wait_for()
+    page.locator("[data-testid=hook-call][data-code=hook_signature_invalid]").wait_for()
+    page.get_by_test_id("hook-secret").locator(".n-alert__close").click()
+    assert secret not in page.content()  # shown once
+    screenshot(page, "hooks-calls-en-light")
+    assert page_errors(page) == []
+    assert wait_status(server, admin_token, deployment["id"], {"running", "failed"})["status"] == "running"

@@ -21,6 +21,7 @@ export const CAPABILITIES = {
   'member.manage': 'admin',
   'audit.read': 'admin',
   'notifications.manage': 'admin',
+  'hooks.manage': 'admin',
 } as const satisfies Record<string, Role>
 
 export type Capability = keyof typeof CAPABILITIES
