@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -53,15 +52,13 @@ class WebSocketClient(Client):
         super().__init__(access, "websocket")
         self.websocket = websocket
         self.asgi_send = send  # the connection's ASGI send (see EventsSocket)
+        self.event_send = send  # the hub's events too: its shared message goes to the ASGI send as it is
         self.expires_at = expires_at
         self.services: dict[str, service_logs.ServiceLogFollower] = {}
         self.direct = True  # the hub sends events through the ASGI send from its delivery (Client.send_now)
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         await self.asgi_send({"type": "websocket.send", "text": text})
-
-    def event_send(self, text: str) -> Coroutine[Any, Any, None]:
-        return self.asgi_send({"type": "websocket.send", "text": text})  # the ASGI send itself: one coroutine less
 
 
 def _error(code: str, detail: str, **ids: str | None) -> dict:

@@ -11,7 +11,9 @@ dropped, if the dependency now does what it was for).
 
 The WebSocket fan-out patches nothing: it sends through the ASGI interface. What its speed relies on, that
 uvicorn's ASGI ``send`` of a frame finishes without waiting while the socket takes data, is checked here too
-(``test_uvicorn_sends_a_websocket_frame_without_waiting_while_the_socket_takes_it``)."""
+(``test_uvicorn_sends_a_websocket_frame_without_waiting_while_the_socket_takes_it``), and so is the WebSocket
+implementation uvicorn picks (``websockets-sansio``, the cheapest per client and event of the three measured:
+bench/README.md, "The fan-out through the ASGI interface")."""
 
 from __future__ import annotations
 
@@ -93,6 +95,18 @@ def test_the_forkserver_hooks_bounded_render_relies_on():
 
 
 # --- uvicorn: the ASGI send of a WebSocket frame ------------------------------------------------------
+
+
+def test_uvicorn_serves_websockets_with_its_sansio_implementation():
+    """The server (``main.run``: ``ws`` left to ``auto``) frames the fan-out's events with websockets' sans-I/O
+    protocol: of uvicorn's three implementations it costs the least CPU per client and event (the legacy
+    ``websockets`` one and ``wsproto`` cost 3-5 us more on the benchmark machine). A uvicorn whose ``auto``
+    picks another fails here: the fan-out must then be measured again (bench/README.md)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    config = uvicorn.Config(lambda scope, receive, send: None, lifespan="off", log_level="warning")
+    config.load()
+    assert config.ws == "auto" and config.ws_protocol_class is WebSocketsSansIOProtocol
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])

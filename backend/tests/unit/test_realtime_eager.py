@@ -115,6 +115,9 @@ async def test_a_timeout_around_the_rest_ends_a_send_that_never_completes():
         await asyncio.wait_for(bounded(), 5)
 
 
+_EVENT = {"type": "websocket.send", "text": "event 1"}  # the hub's ASGI message of an event
+
+
 class _Socket(Client):
     """A client whose socket takes frames only while ``writable`` is set (pure logic: no server)."""
 
@@ -132,14 +135,14 @@ class _Socket(Client):
 
 async def test_the_hub_s_send_finishes_at_once_while_the_socket_takes_it():
     client = _Socket()
-    assert client.send_now("event 1") is True
+    assert client.send_now(_EVENT) is True
     assert client.wire == ["event 1"] and not client.writing and not client.send_lock.locked()
 
 
 async def test_a_send_that_waits_for_its_socket_holds_the_client_until_it_is_done_and_frames_keep_their_order():
     client = _Socket()
     client.writable.clear()  # the server paused writing to this client
-    assert client.send_now("event 1") is True  # under way: the hub goes on to its next client at once
+    assert client.send_now(_EVENT) is True  # under way: the hub goes on to its next client at once
     assert client.wire == [] and client.writing and client.send_lock.locked()
     answer = asyncio.create_task(client.send({"type": "pong"}))  # what is sent next (pump, answers) waits
     await asyncio.sleep(0.01)
@@ -155,7 +158,7 @@ async def test_a_send_that_waits_too_long_closes_the_client(monkeypatch):
     monkeypatch.setattr(client_module, "SEND_TIMEOUT_SECONDS", 0.05)
     client = _Socket()
     client.writable.clear()
-    assert client.send_now("event 1") is True
+    assert client.send_now(_EVENT) is True
     await asyncio.wait_for(client.closed.wait(), 5)
     assert client.close_code == 1008 and "did not read" in client.close_reason
     await asyncio.sleep(0)
@@ -170,7 +173,7 @@ async def test_a_send_that_fails_at_once_closes_the_client_and_never_raises_into
         raise ConnectionResetError("peer gone")
 
     client.send_text = gone
-    assert client.send_now("event 1") is False
+    assert client.send_now(_EVENT) is False
     assert client.closed.is_set() and client.close_code == 1011 and "peer gone" in client.close_reason
 
 

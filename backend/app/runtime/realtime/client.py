@@ -14,10 +14,9 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 
@@ -114,21 +113,23 @@ class Client(ABC):
         finally:
             self.sending -= 1
 
-    def event_send(self, text: str) -> Coroutine[Any, Any, None]:
-        """The send of an event's text that :meth:`send_now` starts: :meth:`send_text` (a transport may return
-        its own, cheaper coroutine: it runs once per client and event)."""
-        return self.send_text(text)
+    def event_send(self, message: dict) -> Awaitable[None]:
+        """The send that :meth:`send_now` starts for an event's ASGI ``websocket.send`` message (built once per
+        event by the hub and shared by its recipients: never changed): :meth:`send_text` of its text. A
+        WebSocket replaces it with the connection's ASGI ``send`` itself (an attribute: no call in between,
+        it runs once per client and event)."""
+        return self.send_text(message["text"])
 
-    def send_now(self, text: str) -> bool:
-        """Send an event's ``text`` from the hub's delivery, its pump idle and no other frame being sent:
-        :meth:`send_text` run at once (:func:`eager.start`), without a task and without taking the lock (a send
+    def send_now(self, message: dict) -> bool:
+        """Send an event's ASGI ``message`` from the hub's delivery, its pump idle and no other frame being sent:
+        :meth:`event_send` run at once (:func:`eager.start`), without a task and without taking the lock (a send
         that finishes at once needs none), up to where it would wait. True when the text is sent or on its way:
         if the socket cannot take it now (the server paused writing to this client), the rest of the send runs
         in a task that holds ``send_lock`` until it is done (so what is sent next follows it), ``writing``
         meanwhile (the hub then queues this client's events for the pump), within :data:`SEND_TIMEOUT_SECONDS`.
         False when the send failed: the client closes."""
         try:
-            rest = eager.start(self.event_send(text))
+            rest = eager.start(self.event_send(message))
         except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
             return False

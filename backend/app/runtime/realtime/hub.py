@@ -37,7 +37,7 @@ class Member(Protocol):
 
     def advance(self, evt: Event) -> bool | None: ...
 
-    def send_now(self, text: str) -> bool: ...
+    def send_now(self, message: dict) -> bool: ...
 
 
 _direct_sends: list[tuple[Event, str, int]] = []  # (event, transport, frames sent): observed after the fan-out
@@ -65,10 +65,10 @@ class Hub:
     One subscriber on the bus per loop, whatever the number of clients: an event costs one lookup in each
     index and one step per client that follows its deployment or organisation, never a call per connected
     client. Per recipient: when its pump is idle (nothing queued, lock free) and it is a WebSocket, the hub
-    does what the pump would and sends the event's one encoded text through the connection's ASGI ``send``
-    at once (:meth:`Member.send_now`: no task per client; the first clients have it while the hub goes on to
-    the next ones; a send that has to wait for its socket finishes in a task of its own). Otherwise the
-    event goes to the client's queue and its pump.
+    does what the pump would and sends the event's one ASGI message (its text encoded once, the dict shared by
+    every recipient) through the connection's ASGI ``send`` at once (:meth:`Member.send_now`: no task per
+    client; the first clients have it while the hub goes on to the next ones; a send that has to wait for its
+    socket finishes in a task of its own). Otherwise the event goes to the client's queue and its pump.
     """
 
     _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
@@ -201,7 +201,9 @@ class Hub:
         if members:  # a client following the deployment and its organisation gets the event once
             recipients += tuple(c for c in members if c not in followers) if followers else tuple(members)
         stateful = evt.type in _STATEFUL
-        text = None  # encoded for the first client that takes it (once per event: encode_event)
+        # The ASGI message of the event, built for the first client that takes it and shared by all: one
+        # encoding and one dict per event (servers only read it), not per client.
+        message = None
         sent = 0
         for client in recipients:
             # What the pump would do, done here when it is idle (nothing queued, lock free), no send the hub began
@@ -221,9 +223,9 @@ class Hub:
                 if not verdict:
                     client.queue(evt)
                     continue
-            if text is None:
-                text = encode_event(evt)
-            if client.send_now(text):
+            if message is None:
+                message = {"type": "websocket.send", "text": encode_event(evt)}
+            if client.send_now(message):
                 sent += 1
         if sent:
             _count_direct_sends(evt, "websocket", sent)
