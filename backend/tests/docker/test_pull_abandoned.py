@@ -97,7 +97,7 @@ async def test_cancel_during_a_hung_pull_stops_the_engines_pull(db, docker_engin
             assert time.monotonic() - started < 10, messages
             await asyncio.sleep(0.1)
         print(f"run ended {time.monotonic() - started:.1f} s after the cancel")
-        assert any(m.startswith("Cancelled during step 3/6 (Check images)") for m in messages), messages
+        assert any(m.startswith("Cancelled during step 3/6 (Check images)") for m in messages), "\n".join(messages)
         assert not any(m.startswith("pulled image") for m in messages)
         body = (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()
         assert body["status"] == "cancelled"

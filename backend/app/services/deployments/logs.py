@@ -276,4 +276,7 @@ class DeploymentLogWriter:
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.flush()
+            # Shielded: closing the writer cancels this task, maybe while a flush is writing (a slow or busy
+            # database); that flush finishes, and the closing flush, waiting for its lock, comes after it.
+            # Unshielded, the lines it had taken were lost (a cancelled run's last lines, on SQLite).
+            await asyncio.shield(self.flush())
