@@ -3,6 +3,7 @@ import { parseAnsi, stripAnsi } from '../src/utils/ansi'
 import { initialValues, payload, validate, type VariableSpec } from '../src/utils/variables'
 import { toApiError } from '../src/api/errors'
 import { errorsByLine } from '../src/utils/lines'
+import { placementOf } from '../src/utils/targets'
 
 const messages = {
   required: 'required',
@@ -74,5 +75,27 @@ describe('API errors', () => {
   it('finds the line of template errors', () => {
     expect(errorsByLine("template line 4: 'port' is undefined")).toEqual({ 4: "template line 4: 'port' is undefined" })
     expect(errorsByLine('invalid YAML: line 3, column 5: mapping values are not allowed here')[3]).toBeTruthy()
+  })
+})
+
+describe('placementOf', () => {
+  const target = { id: 't1', placed: true, host: 'host-b', served: false, workers: 0 }
+  it('says a placed target that no live worker serves is unserved, with its host', () => {
+    expect(placementOf(target)).toEqual({ kind: 'placed', unserved: true, workers: 0, host: 'host-b', names: [] })
+  })
+  it('names the live, healthy workers that declare a placed target (what superusers see)', () => {
+    const seen = [
+      { name: 'w1@b', alive: true, state: 'healthy', targets: ['t1', '*'] },
+      { name: 'w2@b', alive: true, state: 'degraded', targets: ['t1'] },
+      { name: 'w3@b', alive: false, state: 'healthy', targets: ['t1'] },
+      { name: 'w4@c', alive: true, state: 'healthy', targets: ['t2'] },
+      { name: null, alive: true, state: 'healthy', targets: null },
+    ]
+    const p = placementOf({ ...target, served: true, workers: 1 }, seen)
+    expect(p).toEqual({ kind: 'placed', unserved: false, workers: 1, host: 'host-b', names: ['w1@b'] })
+  })
+  it('a target that is not placed is never unserved (the server runs it without workers)', () => {
+    const p = placementOf({ id: 't3', placed: false, host: null, served: true, workers: 0 })
+    expect(p).toEqual({ kind: 'shared', unserved: false, workers: 0, host: null, names: [] })
   })
 })

@@ -21,6 +21,8 @@ export interface Worker {
   /** `problem` as codes with their params (the UI words them: `system.problems`) */
   problems?: { code: string; params?: Record<string, unknown> }[]
   live_processes?: number | null
+  /** the targets it declares (`WORKER_TARGETS`: ids, `*` for the shared queue); null for non-superusers */
+  targets?: string[] | null
 }
 
 /** How a worker's state reads: a degraded worker (alive, executing nothing) never reads as healthy. */

@@ -210,6 +210,7 @@ export default {
     deleted: 'The deployment “{name}” was deleted while this page was open.',
   },
   stacks: {
+    starterComment: 'One entry per variable: the deployment form is generated from them (docs/stacks.md).',
     title: 'Stacks',
     new: 'New stack',
     catalog: 'Catalogue',
@@ -237,13 +238,14 @@ export default {
     total: '{n} stack | {n} stacks',
   },
   targets: {
+    concurrentShort: 'Concurrent',
     runsOn: 'Runs on',
     inactive: 'inactive',
     ownWorkers: 'its own workers: {count}',
     sharedWorkers: 'shared workers: {count}',
     serverRuns: 'the server itself',
     onHost: 'host {host}',
-    unserved: 'no worker serves it',
+    unserved: 'placed: no worker serves it',
     unservedHelp:
       'It is placed, and no live worker declares it (WORKER_TARGETS): its deployments wait, and stop and delete are refused until one does.',
     title: 'Targets',

@@ -218,6 +218,7 @@ const fr: typeof en = {
     deleted: 'Le déploiement « {name} » a été supprimé pendant que cette page était ouverte.',
   },
   stacks: {
+    starterComment: 'Une entrée par variable : le formulaire de déploiement en est généré (docs/stacks.md).',
     title: 'Stacks',
     new: 'Nouvelle stack',
     catalog: 'Catalogue',
@@ -245,13 +246,14 @@ const fr: typeof en = {
     total: '{n} stack | {n} stacks',
   },
   targets: {
+    concurrentShort: 'Simultanés',
     runsOn: 'Exécuté par',
     inactive: 'inactive',
     ownWorkers: 'ses propres workers : {count}',
     sharedWorkers: 'workers partagés : {count}',
     serverRuns: 'le serveur lui-même',
     onHost: 'hôte {host}',
-    unserved: 'aucun worker ne la sert',
+    unserved: 'placée : aucun worker ne la sert',
     unservedHelp:
       'Elle est placée et aucun worker vivant ne la déclare (WORKER_TARGETS) : ses déploiements attendent, l’arrêt et la suppression sont refusés jusqu’à ce qu’un worker la serve.',
     title: 'Cibles',

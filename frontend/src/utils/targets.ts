@@ -30,3 +30,34 @@ export const POLICY_OPTIONS = [
   'allow_external_resources',
 ] as const
 export type PolicyOption = (typeof POLICY_OPTIONS)[number]
+
+/** Where a target's work runs, as the Targets page says it (`placed`, `host`, `served`, `workers` of the API). */
+export interface Placement {
+  /** `shared`: any worker without a declaration (or the server itself); `placed`: its own queue */
+  kind: 'shared' | 'placed'
+  /** a placed target that no live worker serves: its deployments wait, stop and delete are refused */
+  unserved: boolean
+  /** live workers that run its work (0 for a target that is not placed: the server runs it) */
+  workers: number
+  host: string | null
+  /** the names of the workers that declare it (superusers only: `/system/workers` hides them from others) */
+  names: string[]
+}
+
+export function placementOf(
+  target: { id: string; placed: boolean; host: string | null; served: boolean; workers: number },
+  seen: { name: string | null; alive: boolean; state?: string; targets?: string[] | null }[] = [],
+): Placement {
+  const names = target.placed
+    ? seen
+        .filter((w) => w.alive && w.state !== 'degraded' && w.name && (w.targets ?? []).includes(target.id))
+        .map((w) => w.name as string)
+    : []
+  return {
+    kind: target.placed ? 'placed' : 'shared',
+    unserved: target.placed && !target.served,
+    workers: target.workers,
+    host: target.host,
+    names,
+  }
+}
