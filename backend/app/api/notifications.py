@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
 from backend.app.models import NotificationChannel, NotificationDelivery, Role
 from backend.app.runtime import notifier
 from backend.app.schemas.notifications import ChannelCreate, ChannelPage, ChannelRead, ChannelUpdate, DeliveryPage, DeliveryRead
@@ -15,6 +16,8 @@ from backend.app.services.notifications import channel_service
 
 router = APIRouter(prefix="/notification-channels", tags=["notifications"])
 
+#: a field that does not fit the channel's kind (an email channel's url, a webhook's address, ...)
+_FIELDS = errors(invalid=["channel_field_invalid"])
 ChannelDep = Annotated[NotificationChannel, Depends(OwnedRow(NotificationChannel, Role.ADMIN, param="channel_id", noun="channel"))]
 
 
@@ -51,7 +54,7 @@ def delivery_model(delivery: NotificationDelivery) -> DeliveryRead:
     )
 
 
-@router.post("", response_model=ChannelRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=ChannelRead, status_code=status.HTTP_201_CREATED, responses=errors(IN_ORGANIZATION, _FIELDS))
 async def create_channel(body: ChannelCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> ChannelRead:
     """A channel of an organisation (admins): its URL and secret are stored encrypted and never shown again."""
     channel = await channel_service.create(session, settings=settings, user=user, data=body)
@@ -59,7 +62,7 @@ async def create_channel(body: ChannelCreate, user: CurrentUser, session: Sessio
     return read_model(settings, channel)
 
 
-@router.get("", response_model=ChannelPage)
+@router.get("", response_model=ChannelPage, responses=errors(FILTERED_BY_ORGANIZATION, forbidden=["role_required"]))
 async def list_channels(
     user: CurrentUser, session: SessionDep, settings: SettingsDep, page: PageDep, organization_id: EntityQueryId | None = None
 ) -> ChannelPage:
@@ -73,7 +76,7 @@ async def get_channel(channel: ChannelDep, settings: SettingsDep) -> ChannelRead
     return read_model(settings, channel)
 
 
-@router.patch("/{channel_id}", response_model=ChannelRead)
+@router.patch("/{channel_id}", response_model=ChannelRead, responses=_FIELDS)
 async def update_channel(body: ChannelUpdate, channel: ChannelDep, session: SessionDep, settings: SettingsDep) -> ChannelRead:
     """Change a channel: only the fields sent (``secret: null`` removes the signature)."""
     channel = await channel_service.update(session, settings=settings, channel=channel, data=body)

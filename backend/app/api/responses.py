@@ -119,10 +119,11 @@ TRANSITION = errors(conflict=["invalid_transition"])
 RATE_LIMITED = errors(rate_limited=["rate_limited"])
 
 
-def _calls(dependant) -> Iterator[Any]:
+def _dependants(dependant) -> Iterator[Any]:
+    """Every dependency of ``dependant``, however deep."""
     for dependency in dependant.dependencies:
-        yield dependency.call
-        yield from _calls(dependency)
+        yield dependency
+        yield from _dependants(dependency)
 
 
 def inferred_errors(route: APIRoute) -> dict[int, set[str]]:
@@ -132,7 +133,8 @@ def inferred_errors(route: APIRoute) -> dict[int, set[str]]:
     def add(status: int, *codes: str) -> None:
         found.setdefault(status, set()).update(codes)
 
-    for call in _calls(route.dependant):
+    every = [route.dependant, *_dependants(route.dependant)]
+    for call in (d.call for d in every[1:]):
         if call is deps.get_current_user:
             add(401, *AUTH_CODES)
         elif call is deps.page_params:
@@ -149,21 +151,14 @@ def inferred_errors(route: APIRoute) -> dict[int, set[str]]:
             add(404, f"{call.noun}_not_found")
             if call.minimum is not Role.VIEWER:
                 add(403, "role_required")
-    flat = route.dependant
-    has_body = bool(flat.body_params) or any(d.body_params for d in _dependants(flat))
-    has_params = has_body or any(d.path_params or d.query_params or d.header_params or d.cookie_params for d in [flat, *_dependants(flat)])
+    has_body = any(d.body_params for d in every)
+    has_params = has_body or any(d.path_params or d.query_params or d.header_params or d.cookie_params for d in every)
     if has_body:
         add(400, "bad_request")
         add(413, "payload_too_large")
     if has_params:
         add(422, "validation_error")
     return found
-
-
-def _dependants(dependant) -> Iterator[Any]:
-    for dependency in dependant.dependencies:
-        yield dependency
-        yield from _dependants(dependency)
 
 
 def declared_errors(route: APIRoute) -> dict[int, set[str]]:

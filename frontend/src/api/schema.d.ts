@@ -6892,6 +6892,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `organization_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `invalid_cursor`, `invalid_page`, `offset_too_large`, `validation_error` */
             422: {
                 headers: {
@@ -6952,6 +6970,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `organization_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The request body is too large. Codes: `payload_too_large` */
             413: {
                 headers: {
@@ -6961,7 +6997,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `no_organization`, `validation_error` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -7185,7 +7221,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `validation_error` */
             422: {
                 headers: {
                     [name: string]: unknown;
