@@ -21,7 +21,21 @@ duration of every compose subprocess, by wrapping ``backend.app.engines.compose.
 ``backend.app.services.stacks.templating.validate_with_compose`` in this process (a ``perf_counter`` around
 the call; microseconds of cost).
 
-Target: WindFlow's median at most 20 % above raw compose's median.
+Target (issue 23): WindFlow's median at most 5 % above raw compose's median, on SQLite and on PostgreSQL.
+
+How the comparison is set up, so that it is a fair one:
+
+* the health gate's settle window (``DEPLOYMENT_STABLE_SECONDS``) is 0: WindFlow's end is "every container
+  running", as raw's is; the window is a deliberate wait that ``bench/rollout.py`` measures against an
+  operator who waits too. Every other check is in force: the bounded rendering, the compose policy, the
+  ``docker compose config`` verdict, the labels.
+* raw runs ``docker compose`` (the docker CLI and its plugin), what an operator types; WindFlow runs the
+  plugin binary directly (``--raw-plugin`` gives raw the same).
+* ``--values new`` (default): each pair deploys on a port never used before in the run, so WindFlow renders and
+  validates a document it has never seen; ``--values same``: every pair deploys the same document (one port),
+  a redeploy of the same stack and values, whose rendering and compose verdict WindFlow remembers.
+* CPU: the CPU time of this process (the backend, its HTTP client and the probes) and of the reaped
+  subprocesses (compose) during each W and raw run.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import sys
 import time
@@ -44,7 +59,7 @@ c.bootstrap()
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-TARGET_RATIO = 1.20
+TARGET_RATIO = 1.05  # issue 23
 RAW_POLL_SECONDS = 0.020
 
 STACK = {
@@ -165,6 +180,8 @@ class WRun:
     phases: dict[str, float]  # sequential phases from POST start to the running event; they sum to total
     calls: list[tuple[str, str, str, float]]  # (phase, kind, what, seconds)
     deployment_id: str
+    cpu: float = 0.0  # this process's CPU seconds during the run (backend, client, probes)
+    children_cpu: float = 0.0  # CPU seconds of the subprocesses reaped during the run (compose)
 
 
 @dataclass
@@ -172,6 +189,7 @@ class RawRun:
     total: float
     up: float
     wait: float
+    children_cpu: float = 0.0
 
 
 STEP_NAMES = [
@@ -184,8 +202,14 @@ STEP_NAMES = [
 ]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def run_windflow(env: c.ApiEnv, recorder: c.EventRecorder, port: int, created: list[str]) -> WRun:
     PROBE.reset()
+    cpu0, children0 = time.process_time(), _children_cpu()
     t0 = time.perf_counter()
     response = await env.client.post(
         "/api/v1/deployments",
@@ -204,6 +228,7 @@ async def run_windflow(env: c.ApiEnv, recorder: c.EventRecorder, port: int, crea
         lines = "\n".join(l["message"] for l in logs.json().get("items", []))
         raise RuntimeError(f"deployment {deployment_id} did not reach running: {detail.text}\n{lines}")
     total = done.perf - t0
+    cpu, children_cpu = time.process_time() - cpu0, _children_cpu() - children0
 
     claim = recorder.find(deployment_id, c.status_is("deploying"))
     marks = [("create + dispatch + claim (POST start → claim committed)", claim.perf)]
@@ -221,7 +246,7 @@ async def run_windflow(env: c.ApiEnv, recorder: c.EventRecorder, port: int, crea
     for call in PROBE.calls:
         phase = next((label for label, start, end in intervals if start <= call.start < end), "?")
         calls.append((phase, call.kind, call.what, call.seconds))
-    return WRun(total, t_post - t0, phases, calls, deployment_id)
+    return WRun(total, t_post - t0, phases, calls, deployment_id, cpu, children_cpu)
 
 
 async def teardown_windflow(env: c.ApiEnv, deployment_id: str) -> None:
@@ -244,6 +269,7 @@ async def run_raw(rendered: str, workdir: Path, project: str, client: docker.Doc
     workdir.mkdir(parents=True)
     file = workdir / "docker-compose.yml"
     file.write_text(rendered)
+    children0 = _children_cpu()
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *RAW_COMPOSE,
@@ -275,7 +301,7 @@ async def run_raw(rendered: str, workdir: Path, project: str, client: docker.Doc
             raise RuntimeError(f"raw compose project {project}: containers not running after 60 s")
         await asyncio.sleep(RAW_POLL_SECONDS)
     t_end = time.perf_counter()
-    return RawRun(t_end - t0, t_up - t0, t_end - t_up)
+    return RawRun(t_end - t0, t_up - t0, t_end - t_up, _children_cpu() - children0)
 
 
 async def teardown_raw(workdir: Path, project: str) -> None:
@@ -318,7 +344,10 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
     ok = ratio <= TARGET_RATIO
 
     print()
-    print(f"deploy_overhead: {len(w_runs)} runs each, alternating W/raw, database {args.db}, {c.machine_line()}")
+    print(
+        f"deploy_overhead: {len(w_runs)} runs each, alternating W/raw, database {args.db}, values {args.values}, "
+        f"raw command {' '.join(RAW_COMPOSE)}, DEPLOYMENT_STABLE_SECONDS=0, {c.machine_line()}"
+    )
     print("times in ms\n")
     rows = [
         ["WindFlow  POST → running", c.ms(c.median(wt)), c.ms(c.percentile(wt, 90)), c.ms(min(wt)), c.ms(max(wt))],
@@ -346,6 +375,11 @@ def report(w_runs: list[WRun], raw_runs: list[RawRun], args, cold: tuple[WRun, R
         ],
     ]
     print(c.table(["", "median", "p90", "min", "max"], rows))
+    print(
+        f"\nCPU per deploy (medians, ms): WindFlow process {c.ms(c.median([r.cpu for r in w_runs]))}, its compose "
+        f"subprocesses {c.ms(c.median([r.children_cpu for r in w_runs]))}; raw compose subprocesses "
+        f"{c.ms(c.median([r.children_cpu for r in raw_runs]))}"
+    )
     print()
     print(
         f"ratio WindFlow/raw (medians): {ratio:.2f}   (median of per-pair ratios {c.median(pair_ratio):.2f}; "
@@ -494,9 +528,10 @@ async def bench(args) -> bool:
                     if mode != "asyncio":
                         raise RuntimeError(f"expected the asyncio executor, the backend says {mode}")
                     total = args.warmup + args.runs
+                    fixed_port = c.free_port()
                     for i in range(total):
                         c.check_stop()
-                        port = c.free_port()
+                        port = fixed_port if args.values == "same" else c.free_port()
                         w = await run_windflow(env, recorder, port, created)
                         await teardown_windflow(env, w.deployment_id)
                         await asyncio.sleep(args.pause)
@@ -534,6 +569,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed runs of each (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed W/raw pairs first (default 1)")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite", help="WindFlow's database (default sqlite)")
+    parser.add_argument(
+        "--values",
+        choices=["new", "same"],
+        default="new",
+        help="new: each pair deploys on a port never used before (a document WindFlow has not validated); same: one port, "
+        "the same document every time (a redeploy) (default new)",
+    )
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of rest after each teardown (default 0.5)")
     parser.add_argument(
         "--raw-plugin",
