@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.tests.browser.conftest import Server, navigate, new_page, screenshot, ui_login
+from backend.tests.browser.conftest import Server, force_remove, navigate, new_page, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 from backend.tests.docker.test_private_registry import forget, push_fresh_layer
 from backend.tests.registry_fixtures import PASSWORD, USERNAME, LocalRegistry, SlowProxy, start_registry, stop_registry
@@ -53,6 +53,7 @@ def test_the_drawer_lists_each_image_being_pulled_live(
     registry, proxy = slow_registry
     pushed = push_fresh_layer(registry, LAYER)
     reference = f"{proxy.server}/{pushed.removeprefix(registry.server + '/')}"
+    deployment = None
     try:
         server.api(
             "POST",
@@ -113,5 +114,7 @@ def test_the_drawer_lists_each_image_being_pulled_live(
         page.wait_for_selector("[data-testid=pull-list]", state="detached", timeout=10_000)  # running: no list
         page.close()
     finally:
+        if deployment is not None:  # its container goes first: the image it ran is then removed, not just untagged
+            force_remove(deployment["id"])
         forget(reference)
         forget(pushed)

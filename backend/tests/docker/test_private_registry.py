@@ -6,6 +6,7 @@ project file or Docker config file."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -204,4 +205,51 @@ async def test_pull_progress_events_are_typed_ordered_and_bounded(env, private_r
         logs = await all_logs(env.client, env.admin.headers, created["id"])
         assert len([line for line in logs if line["message"].startswith("pulled image")]) == 1
     finally:
+        await background_tasks.shutdown()
+        for deployment_id in env.created:  # the container first: the image it ran is then removed, not untagged
+            force_cleanup(deployment_id)
         forget(reference)
+
+
+def push_layer_as(registry: LocalRegistry, reference: str, size: int) -> None:
+    """Build a fresh layer image under ``reference`` (a tag that exists: it moves), push it, drop the local tag."""
+    client = docker.from_env()
+    dockerfile = f"FROM {TEST_IMAGE}\nRUN head -c {size} /dev/urandom > /moved\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=reference, rm=True, forcerm=True, pull=False)
+    repository, _, version = reference.rpartition(":")
+    for line in client.api.push(repository, version, stream=True, decode=True):
+        assert "error" not in line, line
+    client.images.remove(reference)
+
+
+async def test_a_redeploy_runs_the_recorded_digest_after_the_tag_moved(env, open_registry):
+    reference = push_fresh_layer(open_registry, 100_000)
+    first_image = None
+    try:
+        stack_id = await env.stack(_image_stack(reference), name="moving")
+        created = await env.deploy({}, stack_id=stack_id)
+        running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+        assert running["status"] == "running", running["error_message"]
+        recorded = running["images"][0]["digest"]
+        client = docker.from_env()
+        label = {"label": f"windflow.deployment_id={created['id']}"}
+        first_image = client.containers.list(filters=label)[0].image.id
+
+        push_layer_as(open_registry, reference, 100_000)  # the tag now names another image in the registry
+        redeployed = await env.client.post(f"/api/v1/deployments/{created['id']}/redeploy", headers=env.admin.headers)
+        assert redeployed.status_code == 200, redeployed.text
+        await asyncio.sleep(0.5)
+        again = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
+        assert again["status"] == "running", again["error_message"]
+        assert again["images"][0]["digest"] == recorded
+        containers = client.containers.list(filters=label)
+        assert [c.image.id for c in containers] == [first_image], "the redeploy ran what the tag points to now"
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        assert any(f"is {recorded} (pinned)" in line["message"] for line in logs), [line["message"] for line in logs][-15:]
+    finally:
+        forget(reference)
+        if first_image is not None:  # untagged once the tag moved: removed with the containers that ran it
+            await background_tasks.shutdown()
+            for deployment_id in env.created:
+                force_cleanup(deployment_id)
+            forget(first_image)
