@@ -35,6 +35,8 @@ export const apiErrorsFr: Record<string, string> = {
   already_member: '{email} est déjà membre ; changez plutôt son rôle.',
   member_not_found: 'Cet utilisateur n’est pas membre de l’organisation.',
   last_owner: 'Une organisation garde au moins un propriétaire : nommez-en un autre d’abord.',
+  organization_has_deployments:
+    'Cette organisation a encore {count} déploiement(s) ({deployments}) : supprimez-les d’abord, ou supprimez-la avec force=true, qui les démonte tous avant.',
   self_lockout: 'Vous ne pouvez ni vous désactiver ni vous rétrograder ; demandez à un autre super-utilisateur.',
   not_nullable: 'Le champ {field} ne peut pas être vide ; omettez-le pour garder sa valeur.',
   token_not_found: 'Jeton d’API introuvable.',
