@@ -189,9 +189,13 @@ class AuditMiddleware:
         route_session = state.get("db_session")
         if route_session is not None:
             # what the route left uncommitted is not meant to be kept (the route commits what it changed); its
-            # session is reused so that, on SQLite, the entry does not wait for that session's write lock
+            # session is reused so that, on SQLite, the entry does not wait for that session's write lock. The
+            # route's dependency may have closed it already: whatever happens, its connection goes back.
             await route_session.rollback()
-            await self._write_in(route_session, scope, state, key, spec, fields, answer_data, status_code)
+            try:
+                await self._write_in(route_session, scope, state, key, spec, fields, answer_data, status_code)
+            finally:
+                await route_session.close()
             return
         async with database.AsyncSessionLocal() as session:
             await self._write_in(session, scope, state, key, spec, fields, answer_data, status_code)
@@ -258,7 +262,7 @@ class AuditMiddleware:
                 if email is not None:
                     return audit_service.Actor("user", claims["sub"], email)
         if key == "auth.login" and isinstance(fields.get("username"), str):
-            email = fields["username"].strip().lower()[:320]
+            email = summary.clean(fields["username"]).strip().lower()[:320]
             found = (await session.execute(select(User.id).where(User.email == email))).scalar_one_or_none()
             return audit_service.Actor("user" if found else "anonymous", found, email)
         return audit_service.Actor("anonymous")

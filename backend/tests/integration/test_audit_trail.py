@@ -212,3 +212,13 @@ async def test_a_route_that_reads_after_its_commit_is_recorded_at_once(client, d
     assert created.status_code == 201, created.text
     rows = [r for r in await _entries(db) if r.action == "target.create"]
     assert len(rows) == 1 and rows[0].object_id == created.json()["id"] and rows[0].outcome == "success"
+
+
+async def test_nul_characters_are_dropped_from_an_entry(client, db):
+    """PostgreSQL refuses NUL in text and JSON: a request carrying one is still recorded (and its session's
+    connection goes back to the pool: a failed entry used to leave it to the garbage collector)."""
+    await setup_admin(client)
+    response = await client.post("/api/v1/auth/login", data={"username": "evil\x00@example.com", "password": "x"})
+    assert response.status_code in (401, 422)
+    (entry,) = [r for r in await _entries(db) if r.action == "auth.login"]
+    assert entry.actor_name == "evil@example.com" and "\x00" not in json.dumps(entry.summary)

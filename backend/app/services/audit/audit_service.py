@@ -21,6 +21,7 @@ from backend.app.core.exceptions import PermissionDenied
 from backend.app.database import utcnow
 from backend.app.models import AuditEntry, Membership, Role, User
 from backend.app.services import pagination
+from backend.app.services.audit import summary as summary_module
 from backend.app.services.identity import organization_service
 
 logger = logging.getLogger(__name__)
@@ -57,16 +58,17 @@ def record(
     status_code: int,
 ) -> AuditEntry:
     """Add one entry to ``session`` (the caller commits)."""
+    clean = summary_module.clean
     entry = AuditEntry(
         actor_kind=actor.kind,
         actor_id=actor.id,
-        actor_name=(actor.name or "")[:320] or None,
+        actor_name=clean(actor.name or "")[:320] or None,
         organization_id=organization_id,
         action=action[:64],
         object_type=object_type[:32],
-        object_id=(object_id or "")[:64] or None,
+        object_id=clean(object_id or "")[:64] or None,
         summary=summary,
-        client=(client or "")[:64] or None,
+        client=clean(client or "")[:64] or None,
         outcome=outcome_of(status_code),
         status_code=status_code,
     )

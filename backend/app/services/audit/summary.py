@@ -52,15 +52,22 @@ _MAX_TEXT = 200
 _MAX_ITEMS = 50
 
 
+def clean(text: str) -> str:
+    """A string as an entry may hold it: without NUL characters (PostgreSQL refuses them in text and JSON)."""
+    return text.replace("\x00", "")
+
+
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= _MAX_TEXT)
 
 
 def _shown(value: Any) -> Any:
+    if isinstance(value, str) and _scalar(value):
+        return clean(value)
     if _scalar(value):
         return value
     if isinstance(value, list) and len(value) <= _MAX_ITEMS and all(_scalar(v) for v in value):
-        return value
+        return [clean(v) if isinstance(v, str) else v for v in value]
     return CHANGED
 
 
@@ -69,7 +76,7 @@ def field(name: str, value: Any) -> Any:
     if _SECRETISH.search(name):
         return CHANGED
     if name == "variables" and isinstance(value, dict):
-        return {str(k)[:100]: CHANGED for k in list(value)[:_MAX_ITEMS]}
+        return {clean(str(k))[:100]: CHANGED for k in list(value)[:_MAX_ITEMS]}
     if isinstance(value, dict):  # a policy, settings: which keys changed, booleans and numbers shown
         return {
             str(k)[:100]: (v if isinstance(v, bool | int) and not _SECRETISH.search(str(k)) else CHANGED)
@@ -82,4 +89,4 @@ def field(name: str, value: Any) -> Any:
 
 def of_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """The summary of a request's fields (a JSON body, a form, query parameters)."""
-    return {str(name)[:100]: field(str(name), value) for name, value in list(fields.items())[:_MAX_ITEMS]}
+    return {clean(str(name))[:100]: field(str(name), value) for name, value in list(fields.items())[:_MAX_ITEMS]}
