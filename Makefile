@@ -47,8 +47,8 @@ frontend: frontend/dist/index.html
 run: $(STAMP) .env migrate frontend
 	$(PY) -m backend.app.main
 
-# Two streams at once (scripts/test-all.sh): the Celery/Docker tests, and the rest followed by the frontend
-# and browser tests. Browser tests run in their own pytest process: Playwright's sync API and
+# Six streams at once (scripts/test-all.sh): the Celery and Docker tests in two streams each, the rest of the
+# Python suite, and the frontend followed by the browser tests. Browser tests run in their own pytest process: Playwright's sync API and
 # pytest-asyncio's loop clash.
 test: $(STAMP) frontend
 	PY=$(PY) bash scripts/test-all.sh
