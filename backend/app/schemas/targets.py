@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
@@ -209,7 +209,30 @@ def _key_matches(cert_pem: str, key_pem: str) -> bool:
     return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
 
 
+def _given(field: str) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: {"type": "string", "minLength": 1}}}
+
+
+#: :func:`credential_problem`'s rules as JSON Schema, for clients: TLS settings only with ``tcp://``, an SSH key
+#: only with ``ssh://``, a client certificate and its key together.
+CREDENTIAL_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {
+                "anyOf": [*(_given(f) for f in TLS_FIELDS), {"required": ["tls_verify"], "properties": {"tls_verify": {"const": False}}}]
+            },
+            "then": {"properties": {"endpoint": {"pattern": "^tcp://"}}},
+        },
+        {"if": _given("ssh_key"), "then": {"properties": {"endpoint": {"pattern": "^ssh://"}}}},
+        {"if": _given("tls_cert"), "then": _given("tls_key")},
+        {"if": _given("tls_key"), "then": _given("tls_cert")},
+    ]
+}
+
+
 class TargetCreate(RequestModel):
+    model_config = ConfigDict(json_schema_extra=CREDENTIAL_RULES)
+
     name: TargetName
     description: Description = None
     type: TargetType = TargetType.DOCKER

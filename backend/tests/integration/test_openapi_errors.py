@@ -14,12 +14,13 @@ import uuid
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from backend.app.api import deps
 from backend.app.api.responses import ERROR_CODES_KEY, api_routes
 from backend.app.models import DeploymentStatus, Membership, Role
-from backend.app.schemas.targets import ENDPOINT_PATTERN
+from backend.app.schemas.targets import CREDENTIAL_RULES, ENDPOINT_PATTERN, TargetCreate
 from backend.app.services import pagination
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import ADMIN_PASSWORD, add_member, create_user, default_org, setup_admin
@@ -107,6 +108,19 @@ def test_the_schema_states_the_rules_the_api_enforces(document) -> None:
         assert re.match(endpoint["pattern"], good)
     for bad in ("http://host:2375", "tcp://host", "unix://relative", "docker.sock"):
         assert not re.match(endpoint["pattern"], bad)
+    assert schemas["TargetCreate"]["allOf"] == CREDENTIAL_RULES["allOf"]
+    target = jsonschema_rs.validator_for(TargetCreate.model_json_schema())
+    for body, valid in (
+        ({"endpoint": "tcp://h:2376", "tls_ca": "pem"}, True),
+        ({"endpoint": "unix:///var/run/docker.sock", "tls_ca": "pem"}, False),
+        ({"endpoint": "unix:///var/run/docker.sock", "tls_verify": False}, False),
+        ({"endpoint": "ssh://deploy@h", "ssh_key": "pem"}, True),
+        ({"endpoint": "tcp://h:2376", "ssh_key": "pem"}, False),
+        ({"endpoint": "tcp://h:2376", "tls_cert": "pem"}, False),
+        ({"endpoint": "tcp://h:2376", "tls_cert": "pem", "tls_key": "pem"}, True),
+        ({"endpoint": "unix:///var/run/docker.sock", "tls_ca": None}, True),
+    ):
+        assert target.is_valid({"name": "t", **body}) is valid, body
     member = schemas["MemberCreate"]
     assert [branch["required"] for branch in member["oneOf"]] == [["user_id"], ["email"]]
     offsets = [

@@ -3864,7 +3864,7 @@ export interface components {
             tls_verify: boolean;
             /** @default docker */
             type: components["schemas"]["TargetType"];
-        };
+        } & (unknown & unknown & unknown & unknown);
         /** TargetPage */
         TargetPage: {
             /** Items */
