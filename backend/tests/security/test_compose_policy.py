@@ -106,7 +106,11 @@ ALWAYS_REFUSED = [
 async def test_host_file_keys_are_refused_at_stack_create(world, template, detail):
     response = await world.client.post("/api/v1/stacks", json={"name": "evil", "template": template}, headers=world.superuser.headers)
     assert response.status_code == 422, response.text
-    assert response.json() == {"detail": detail, "code": "compose_forbidden"}
+    body = response.json()
+    assert (body["detail"], body["code"]) == (detail, "compose_forbidden")
+    # the keys refused, for a client to name them in its own words (the bounded renderer passes them on)
+    assert body["params"]["rules"] == ["host_files"] and body["params"]["paths"], body
+    assert all(path in detail for path in body["params"]["paths"]), body
 
 
 async def test_host_file_keys_are_refused_at_stack_update_and_preview(world):
