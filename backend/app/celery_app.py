@@ -25,6 +25,7 @@ from backend.app.runtime.celery_config import (
     REAPER_TASK,
     RECOVERY_TASK,
     STOP_TASK,
+    WATCH_TASK,
     broker_label,
     create_celery,
 )
@@ -252,6 +253,7 @@ __all__ = [
     "REAPER_TASK",
     "RECOVERY_TASK",
     "STOP_TASK",
+    "WATCH_TASK",
     "BrokerType",
     "app",
     "celery_app",

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # rollout counts as running (one that exits within it fails the gate); one with a health check is judged
     # by it instead (docs/operations.md, "The health gate")
     DEPLOYMENT_STABLE_SECONDS: float = Field(default=3.0, ge=0, le=300)
+    # how often the leader-elected watcher compares running (and failed) deployments with their containers
+    # (services/deployments/watch.py): a service that exits, restarts or turns unhealthy after the gate is
+    # marked within about two passes
+    DEPLOYMENT_WATCH_INTERVAL_SECONDS: float = Field(default=5.0, ge=0.2, le=300)
     DEPLOYMENTS_WORKDIR: Path = PROJECT_ROOT / "data" / "deployments"
     RECOVERY_INTERVAL_MINUTES: int = Field(default=5, ge=1)
     RECOVERY_MAX_AGE_MINUTES: int = Field(default=2, ge=0)

@@ -304,6 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loops.append(asyncio.create_task(background.reaper_loop(settings, app.state.dispatcher)))
         loops.append(asyncio.create_task(background.periodic_retention(settings)))
         loops.append(asyncio.create_task(notifier.notification_loop(settings)))
+        loops.append(asyncio.create_task(background.watch_loop(settings)))
         _freeze_startup_heap()
         yield
         logger.info("WindFlow stopping")

@@ -57,6 +57,9 @@ class EventType(StrEnum):
     DEPLOYMENT_ROLLED_BACK = "DEPLOYMENT_ROLLED_BACK"
     #: where the pull of one of the deployment's images stands (at most 5 a second per deployment; not to lists)
     DEPLOYMENT_PULL_PROGRESS = "DEPLOYMENT_PULL_PROGRESS"
+    #: what the watcher sees of a deployment's containers after its health gate changed (a service exited,
+    #: restarts, turned unhealthy, or came back)
+    DEPLOYMENT_HEALTH_CHANGED = "DEPLOYMENT_HEALTH_CHANGED"
     #: a stack, target or membership of the organisation was created, changed or deleted (``deployment_id`` "");
     #: or, with ``organization_id`` "" too, an account's API token (for that user) or a user or organisation of
     #: the platform (for superusers)
@@ -71,6 +74,7 @@ LIST_EVENTS = frozenset(
         EventType.DEPLOYMENT_CREATED,
         EventType.DEPLOYMENT_DELETED,
         EventType.DEPLOYMENT_ROLLED_BACK,
+        EventType.DEPLOYMENT_HEALTH_CHANGED,
         EventType.RESOURCE_CHANGED,
     }
 )
@@ -130,6 +134,34 @@ class RolledBackData(_Data):
     reason: str = Field(description="why from_revision failed (its error message)")
 
 
+class ServiceHealthData(_Data):
+    """One service of a deployment as the watcher last saw it."""
+
+    service: str
+    state: Literal["up", "done", "starting", "down", "restarting", "unhealthy", "missing"] = Field(
+        description="up (every container running, healthy where it has a healthcheck); done (a one-shot job that "
+        "exited 0); starting; down (exited, or not started); restarting (restarting, or restarted since the last "
+        "look); unhealthy; missing (fewer containers than its revision asks for)"
+    )
+    expected: int = Field(description="containers its revision asks for")
+    running: int = Field(description="its containers running now")
+    restarts: int = Field(description="restarts of its containers, as the engine counts them")
+    reason: str | None = Field(default=None, description="why it is not up: exit code, probe output (redacted)")
+
+
+class HealthChangedData(_Data):
+    """What the watcher sees of a deployment's containers after its health gate changed."""
+
+    health: Literal["healthy", "degraded", "down"] = Field(
+        description="healthy: every service up; degraded: a service is not, others run; down: nothing runs"
+    )
+    previous: str | None = Field(description="the health before (null: not looked at since the rollout)")
+    status: str = Field(description="the deployment's status (a down deployment turns failed at the next look)")
+    revision: int
+    message: str | None = Field(default=None, description="the services that are not up and why (redacted)")
+    services: list[ServiceHealthData]
+
+
 #: Resources of an organisation (its subscribers receive their events).
 ORGANIZATION_RESOURCES = frozenset({"stack", "target", "member"})
 #: Resources of the platform: users and organisations, whose lists superusers administer.
@@ -170,6 +202,7 @@ DATA_MODELS: dict[EventType, type[BaseModel] | None] = {
     EventType.DEPLOYMENT_DELETED: DeletedData,
     EventType.DEPLOYMENT_ROLLED_BACK: RolledBackData,
     EventType.DEPLOYMENT_PULL_PROGRESS: PullProgressData,
+    EventType.DEPLOYMENT_HEALTH_CHANGED: HealthChangedData,
     EventType.RESOURCE_CHANGED: ResourceChangedData,
 }
 

@@ -185,6 +185,8 @@ class ServiceState:
     image: str | None = None
     ports: tuple[PortBinding, ...] = ()
     started_at: str | None = None
+    #: the last healthcheck probe's exit code and output (container text: redact before showing it)
+    probe: str | None = None
 
 
 class Engine(abc.ABC):
@@ -236,6 +238,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def inspect(self, spec: DeploySpec) -> list[ServiceState]:
         """The deployment's containers as the engine sees them (by label)."""
+
+    async def inspect_managed(self) -> dict[str, list[ServiceState]] | None:
+        """Every container WindFlow manages on this engine, by deployment id, in one look (the watcher's pass
+        over a target); None when the driver cannot tell them apart so (the caller inspects each deployment)."""
+        return None
 
     async def test_connection(self) -> dict:
         """``{"version": ..., "api_version": ..., "swarm_manager": bool, "os": ...}`` or EngineError."""

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backend.app.engines.base import DeploySpec, EngineError, LogSink, TargetConnection
+from backend.app.engines.base import DEPLOYMENT_LABEL, MANAGED_LABEL, DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
 from backend.app.engines.compose_cli import (
     check_document,
     compose_is_v2,
@@ -16,7 +16,7 @@ from backend.app.engines.compose_cli import (
     remember_valid,
 )
 from backend.app.engines.connection import EngineSession
-from backend.app.engines.docker_base import DockerEngine, compose_path
+from backend.app.engines.docker_base import DockerEngine, compose_path, state_of
 from backend.app.engines.document import load_document
 from backend.app.engines.process import CommandResult, failure, run_command
 from backend.app.models.enums import LogLevel
@@ -181,3 +181,18 @@ class ComposeEngine(DockerEngine):
                 if not result.ok:
                     await log(LogLevel.WARNING, f"compose down failed ({result.error_excerpt()}); removing by label")
             await self.sweep(session, spec, log, keep_volumes=keep_volumes)
+
+    async def inspect_managed(self) -> dict[str, list[ServiceState]]:
+        """Every container labelled ``windflow.managed=true`` on the engine, by deployment id: one list call (with
+        the SDK's inspection of each container) for all the deployments of a target."""
+        async with self.session() as session:
+            client = await session.client()
+            containers = await session.call(
+                client.containers.list, all=True, filters={"label": f"{MANAGED_LABEL}=true"}, ignore_removed=True
+            )
+        by_deployment: dict[str, list[ServiceState]] = {}
+        for container in sorted(containers, key=lambda c: c.name):
+            deployment_id = (container.labels or {}).get(DEPLOYMENT_LABEL)
+            if deployment_id:
+                by_deployment.setdefault(deployment_id, []).append(state_of(container))
+        return by_deployment

@@ -34,7 +34,7 @@ from backend.app.engines.document import (
     label_document,
     load_document,
 )
-from backend.app.engines.health_gate import HealthGate
+from backend.app.engines.health_gate import HealthGate, last_probe
 from backend.app.models.enums import LogLevel
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -312,7 +312,7 @@ class DockerEngine(Engine):
     async def inspect(self, spec: DeploySpec) -> list[ServiceState]:
         async with self.session() as session:
             containers = await self.containers(session, spec)
-        return [_state_of(c) for c in sorted(containers, key=lambda c: c.name)]
+        return [state_of(c) for c in sorted(containers, key=lambda c: c.name)]
 
     async def _last_logs(self, session: EngineSession, container: Container, lines: int = 10) -> str:
         try:
@@ -445,7 +445,7 @@ def _ports_of(attrs: Mapping[str, Any]) -> tuple[PortBinding, ...]:
     return tuple(ports)
 
 
-def _state_of(container: Container) -> ServiceState:
+def state_of(container: Container) -> ServiceState:
     attrs = container.attrs
     state = attrs.get("State", {})
     started = state.get("StartedAt")
@@ -460,4 +460,5 @@ def _state_of(container: Container) -> ServiceState:
         image=(attrs.get("Config") or {}).get("Image"),
         ports=_ports_of(attrs),
         started_at=None if not started or started.startswith("0001-") else started,  # never started: Go's zero time
+        probe=last_probe(attrs) or None,
     )

@@ -28,7 +28,7 @@ from backend.app.runtime import workers
 from backend.app.runtime.loops import LoopService, leader_lock
 from backend.app.runtime.sql_transport import restore_orphaned_deliveries
 from backend.app.services.audit import audit_service
-from backend.app.services.deployments import recovery, retention
+from backend.app.services.deployments import recovery, retention, watch
 
 __all__ = ["leader_lock"]  # re-exported: the locks' one implementation is runtime/loops.py
 
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 RECOVERY_LOCK_KEY = 727274002
 REAPER_LOCK_KEY = 727274003
 RETENTION_LOCK_KEY = 727274004
+WATCH_LOCK_KEY = 727274005
 Dispatch = Callable[[str], Awaitable[None]]
 
 
@@ -183,3 +184,35 @@ async def retention_once(settings: Settings) -> retention.RetentionReport | None
 
 async def periodic_retention(settings: Settings) -> None:
     await RetentionLoop(settings).run()
+
+
+class WatchLoop(LoopService):
+    """The watcher (``services/deployments/watch.py``): running deployments compared with their containers
+    every ``DEPLOYMENT_WATCH_INTERVAL_SECONDS``, in one process at a time (the lock is shared with beat's
+    ``windflow.watch_deployments``)."""
+
+    name = "watcher pass"
+    lock_key = WATCH_LOCK_KEY
+    log = logger
+
+    def __init__(self, settings: Settings, watcher: watch.Watcher | None = None) -> None:
+        self.interval = settings.DEPLOYMENT_WATCH_INTERVAL_SECONDS
+        super().__init__()
+        self.watcher = watcher or watch.Watcher(settings)
+
+    async def run_once(self) -> dict:
+        return await self.watcher.run_once()
+
+
+_watchers: dict[int, watch.Watcher] = {}
+
+
+async def watch_once(settings: Settings) -> dict | None:
+    """One watcher pass where the watch lock is free (None elsewhere): beat's task. The process keeps its
+    watcher (each revision's document parsed once)."""
+    watcher = _watchers.setdefault(id(settings), watch.Watcher(settings))
+    return await WatchLoop(settings, watcher).once()
+
+
+async def watch_loop(settings: Settings) -> None:
+    await WatchLoop(settings).run()

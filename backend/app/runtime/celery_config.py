@@ -22,6 +22,7 @@ from backend.app.runtime import sql_transport  # noqa: F401 - installs the fixed
 DEPLOY_TASK = "windflow.deploy_stack"
 RECOVERY_TASK = "windflow.retry_pending_deployments"
 REAPER_TASK = "windflow.reap_expired_leases"
+WATCH_TASK = "windflow.watch_deployments"
 PURGE_TASK = "windflow.purge_consumed_messages"
 #: a placed target's lifecycle actions, run by a worker that serves it (runtime/target_actions.py)
 STOP_TASK = "windflow.stop_deployment"
@@ -86,6 +87,12 @@ def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery
                 "task": REAPER_TASK,
                 "schedule": settings.REAPER_INTERVAL_SECONDS,
                 "options": {"expires": max(1.0, settings.REAPER_INTERVAL_SECONDS)},
+            },
+            # the watcher: leader-elected inside the task like the reaper
+            "watch-deployments": {
+                "task": WATCH_TASK,
+                "schedule": settings.DEPLOYMENT_WATCH_INTERVAL_SECONDS,
+                "options": {"expires": max(1.0, settings.DEPLOYMENT_WATCH_INTERVAL_SECONDS)},
             },
             **(
                 {"purge-consumed-messages": {"task": PURGE_TASK, "schedule": crontab(minute="*/10")}}

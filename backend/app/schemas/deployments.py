@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from backend.app.core.events import ServiceHealthData
 from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel, RevisionOutcome, RevisionReason
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
@@ -60,6 +61,14 @@ class DeploymentRead(ResponseModel):
     revision: int = Field(description="the current revision's number: the one running, or being rolled out")
     last_good_revision: int | None = Field(description="the newest revision that passed the health gate (null: none did yet)")
     auto_rollback: bool = Field(description=_AUTO_ROLLBACK)
+    health: Literal["healthy", "degraded", "down"] | None = Field(
+        default=None,
+        description="what the watcher last saw of its containers after the health gate: healthy, degraded (a service "
+        "is not up, others run) or down (nothing runs); null before its first look and while a rollout runs",
+    )
+    service_health: list[ServiceHealthData] = Field(
+        default_factory=list, description="each service as the watcher last saw it (empty before its first look)"
+    )
     created_at: datetime
     queued_at: datetime
     started_at: datetime | None

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.app.core.events import (
     DeletedData,
+    HealthChangedData,
     LogsUpdateData,
     ProgressData,
     PullProgressData,
@@ -72,6 +73,14 @@ class DeploymentPullProgressEvent(_Envelope):
     data: PullProgressData
 
 
+class DeploymentHealthChangedEvent(_Envelope):
+    """What the watcher sees of a running (or failed) deployment's containers changed: a service exited,
+    restarts, turned unhealthy, or is up again (deployment and organisation subscribers)."""
+
+    type: Literal["DEPLOYMENT_HEALTH_CHANGED"]
+    data: HealthChangedData
+
+
 class ResourceChangedEvent(BaseModel):
     """A stack, target or member of the organisation changed (organisation subscribers): refetch it."""
 
@@ -89,7 +98,8 @@ DeploymentEvent = Annotated[
     | DeploymentCreatedEvent
     | DeploymentDeletedEvent
     | DeploymentRolledBackEvent
-    | DeploymentPullProgressEvent,
+    | DeploymentPullProgressEvent
+    | DeploymentHealthChangedEvent,
     Field(discriminator="type"),
 ]
 
@@ -232,6 +242,7 @@ ServerFrame = Annotated[
     | DeploymentDeletedEvent
     | DeploymentRolledBackEvent
     | DeploymentPullProgressEvent
+    | DeploymentHealthChangedEvent
     | ResourceChangedEvent
     | ServiceLogsEvent
     | ServiceLogsEndEvent

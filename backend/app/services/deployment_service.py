@@ -54,11 +54,13 @@ def read_model(
 ) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked; ``images``: its current
     revision's (:func:`read_models` reads them)."""
-    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in ("variables", "waiting", "images")}
+    computed = ("variables", "waiting", "service_health", "images")
+    data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in computed}
     return DeploymentRead(
         **data,
         variables=EncryptedValues(deployment.variables).masked(),
         waiting=waiting if deployment.status is S.PENDING else None,
+        service_health=(deployment.service_health or {}).get("services") or [],
         images=images or [],
     )
 

@@ -15,6 +15,7 @@ from backend.app.celery_app import (
     REAPER_TASK,
     RECOVERY_TASK,
     STOP_TASK,
+    WATCH_TASK,
     celery_app,
     settings,
 )
@@ -120,6 +121,22 @@ async def _reap() -> dict:
 def reap_expired_leases() -> dict:
     """The reaper (beat: every ``REAPER_INTERVAL_SECONDS``): reclaim expired leases, re-dispatch lost messages."""
     return worker_loop.run(_reap())
+
+
+async def _watch() -> dict:
+    from backend.app.runtime.background import watch_once
+
+    stats = await watch_once(settings)  # one watcher at a time: beat, or a backend's loop
+    if stats is None:
+        return {"status": "skipped", "reason": "another watcher is running"}
+    await _flush_events()
+    return {"status": "completed", "statistics": stats}
+
+
+@celery_app.task(name=WATCH_TASK)
+def watch_deployments() -> dict:
+    """The watcher (beat: every ``DEPLOYMENT_WATCH_INTERVAL_SECONDS``): running deployments against their containers."""
+    return worker_loop.run(_watch())
 
 
 @celery_app.task(name=PURGE_TASK)

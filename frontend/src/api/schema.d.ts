@@ -1867,6 +1867,28 @@ export interface components {
              */
             type: "DEPLOYMENT_DELETED";
         };
+        /**
+         * DeploymentHealthChangedEvent
+         * @description What the watcher sees of a running (or failed) deployment's containers changed: a service exited,
+         *     restarts, turned unhealthy, or is up again (deployment and organisation subscribers).
+         */
+        DeploymentHealthChangedEvent: {
+            data: components["schemas"]["HealthChangedData"];
+            /** Deployment Id */
+            deployment_id: string;
+            /** Organization Id */
+            organization_id: string;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "DEPLOYMENT_HEALTH_CHANGED";
+        };
         /** DeploymentLogsUpdateEvent */
         DeploymentLogsUpdateEvent: {
             data: components["schemas"]["LogsUpdateData"];
@@ -1967,6 +1989,11 @@ export interface components {
             executor: components["schemas"]["ExecutorKind"] | null;
             /** Finished At */
             finished_at: string | null;
+            /**
+             * Health
+             * @description what the watcher last saw of its containers after the health gate: healthy, degraded (a service is not up, others run) or down (nothing runs); null before its first look and while a rollout runs
+             */
+            health?: ("healthy" | "degraded" | "down") | null;
             /** Id */
             id: string;
             /**
@@ -1997,6 +2024,11 @@ export interface components {
              * @description the current revision's number: the one running, or being rolled out
              */
             revision: number;
+            /**
+             * Service Health
+             * @description each service as the watcher last saw it (empty before its first look)
+             */
+            service_health?: components["schemas"]["ServiceHealthData"][];
             /** Stack Id */
             stack_id: string | null;
             /** Started At */
@@ -2328,6 +2360,38 @@ export interface components {
             params: {
                 [key: string]: string | number | boolean | string[] | null;
             } | null;
+        };
+        /**
+         * HealthChangedData
+         * @description What the watcher sees of a deployment's containers after its health gate changed.
+         */
+        HealthChangedData: {
+            /**
+             * Health
+             * @description healthy: every service up; degraded: a service is not, others run; down: nothing runs
+             * @enum {string}
+             */
+            health: "healthy" | "degraded" | "down";
+            /**
+             * Message
+             * @description the services that are not up and why (redacted)
+             * @default null
+             */
+            message: string | null;
+            /**
+             * Previous
+             * @description the health before (null: not looked at since the rollout)
+             */
+            previous: string | null;
+            /** Revision */
+            revision: number;
+            /** Services */
+            services: components["schemas"]["ServiceHealthData"][];
+            /**
+             * Status
+             * @description the deployment's status (a down deployment turns failed at the next look)
+             */
+            status: string;
         };
         /**
          * HeartbeatFrame
@@ -3378,7 +3442,41 @@ export interface components {
              */
             type: "password" | "secret";
         };
-        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["DeploymentRolledBackEvent"] | components["schemas"]["DeploymentPullProgressEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        ServerFrame: components["schemas"]["DeploymentStatusChangedEvent"] | components["schemas"]["DeploymentLogsUpdateEvent"] | components["schemas"]["DeploymentProgressEvent"] | components["schemas"]["DeploymentCreatedEvent"] | components["schemas"]["DeploymentDeletedEvent"] | components["schemas"]["DeploymentRolledBackEvent"] | components["schemas"]["DeploymentPullProgressEvent"] | components["schemas"]["DeploymentHealthChangedEvent"] | components["schemas"]["ResourceChangedEvent"] | components["schemas"]["ServiceLogsEvent"] | components["schemas"]["ServiceLogsEndEvent"] | components["schemas"]["AuthenticatedFrame"] | components["schemas"]["SubscribedFrame"] | components["schemas"]["UnsubscribedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["ResyncFrame"] | components["schemas"]["PongFrame"] | components["schemas"]["HeartbeatFrame"];
+        /**
+         * ServiceHealthData
+         * @description One service of a deployment as the watcher last saw it.
+         */
+        ServiceHealthData: {
+            /**
+             * Expected
+             * @description containers its revision asks for
+             */
+            expected: number;
+            /**
+             * Reason
+             * @description why it is not up: exit code, probe output (redacted)
+             */
+            reason?: string | null;
+            /**
+             * Restarts
+             * @description restarts of its containers, as the engine counts them
+             */
+            restarts: number;
+            /**
+             * Running
+             * @description its containers running now
+             */
+            running: number;
+            /** Service */
+            service: string;
+            /**
+             * State
+             * @description up (every container running, healthy where it has a healthcheck); done (a one-shot job that exited 0); starting; down (exited, or not started); restarting (restarting, or restarted since the last look); unhealthy; missing (fewer containers than its revision asks for)
+             * @enum {string}
+             */
+            state: "up" | "done" | "starting" | "down" | "restarting" | "unhealthy" | "missing";
+        };
         /** ServiceLogLine */
         ServiceLogLine: {
             /**

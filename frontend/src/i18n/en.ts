@@ -544,6 +544,8 @@ export default {
     revision_rollback: 'Revision {revision}: rollback to revision {of}',
     automatic_rollback: 'Revision {failed} failed: automatic rollback to revision {of} (as revision {revision})',
     automatic_rollback_failed: 'Automatic rollback failed',
+    watch_down: 'Nothing of it ran any more: failed by the watcher',
+    watch_running: 'Its containers were up and healthy again: running',
   },
   policy: {
     allow_host_binds: {

@@ -557,6 +557,8 @@ const fr: typeof en = {
     automatic_rollback:
       'La révision {failed} a échoué : retour automatique à la révision {of} (sous le numéro {revision})',
     automatic_rollback_failed: 'Le retour automatique a échoué',
+    watch_down: 'Plus rien ne tournait : échoué par la surveillance',
+    watch_running: 'Ses conteneurs tournaient et étaient sains : en marche',
   },
   policy: {
     allow_host_binds: {

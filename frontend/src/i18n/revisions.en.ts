@@ -38,6 +38,20 @@ export default {
     notRunning: 'The engine runs no healthy container of: {services}. See the Services card and the logs.',
     exitCode: 'exit code {code}',
   },
+  health: {
+    healthy: 'Healthy',
+    degraded: 'Degraded',
+    down: 'Down',
+    states: {
+      up: 'up',
+      done: 'done',
+      starting: 'starting',
+      down: 'down',
+      restarting: 'restarting',
+      unhealthy: 'unhealthy',
+      missing: 'missing containers',
+    },
+  },
   variablesTable: {
     name: 'Variable',
     value: 'Value',

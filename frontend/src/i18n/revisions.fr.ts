@@ -37,6 +37,20 @@ const fr: typeof en = {
     notRunning: 'Le moteur n’exécute aucun conteneur sain de : {services}. Voir la carte Services et les logs.',
     exitCode: 'code de sortie {code}',
   },
+  health: {
+    healthy: 'Sain',
+    degraded: 'Dégradé',
+    down: 'Hors service',
+    states: {
+      up: 'en marche',
+      done: 'terminé',
+      starting: 'démarre',
+      down: 'à l’arrêt',
+      restarting: 'redémarre',
+      unhealthy: 'en mauvaise santé',
+      missing: 'conteneurs manquants',
+    },
+  },
   variablesTable: {
     name: 'Variable',
     value: 'Valeur',

@@ -150,6 +150,15 @@ export const useDeploymentsStore = defineStore('deployments', () => {
         void refreshOne(id)
       }
     },
+    // What the watcher sees of a running (or failed) deployment's containers changed: the row's mark follows at
+    // once, its error message with one read.
+    DEPLOYMENT_HEALTH_CHANGED({ deployment_id: id, data }) {
+      const known = byId.value[id]
+      if (!known) return
+      known.health = data.health
+      known.service_health = data.services
+      void refreshOne(id)
+    },
     DEPLOYMENT_DELETED({ deployment_id: id, data }) {
       deleted.value[id] = data.name
       remove(id)

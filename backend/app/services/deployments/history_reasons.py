@@ -32,6 +32,8 @@ REASONS: dict[str, str] = {
     "revision_rollback": "revision {revision}: rollback to revision {of}",
     "automatic_rollback": "revision {failed} failed: automatic rollback to revision {of} as revision {revision}",
     "automatic_rollback_failed": "automatic rollback failed",
+    "watch_down": "watcher: nothing of it runs any more",
+    "watch_running": "watcher: every container up and healthy again",
 }
 
 

@@ -17,7 +17,7 @@ from backend.app.core.logging import Redactor
 from backend.app.database import end_transaction, utcnow
 from backend.app.engines.base import EngineError
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
-from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments import history_reasons, watch
 from backend.app.services.deployments.context import load_context
 from backend.app.services.deployments.logs import append_logs, append_logs_committed
 from backend.app.services.deployments.state_machine import set_deployment_status
@@ -53,6 +53,7 @@ async def stop(session: AsyncSession, *, settings: Settings, deployment: Deploym
     # Stopping takes up to the stack's stop grace period per container: no transaction (on SQLite, no write
     # lock) is held meanwhile. The status is then moved by compare-and-set from running.
     await end_transaction(session)
+    await watch.hold(deployment.id)  # the watcher must not take the containers going down for a crash
     log = _Collector()
     await log(LogLevel.INFO, f"Stopping (requested by {actor})")
     try:
@@ -86,6 +87,7 @@ async def delete(session: AsyncSession, *, settings: Settings, deployment: Deplo
     context = await load_context(session, settings=settings, deployment=deployment)
     redactor = context.redactor
     await end_transaction(session)  # the engine's removal may take the containers' stop grace periods
+    await watch.hold(deployment.id)  # the watcher must not take the containers going away for a crash
     log = _Collector()
     try:
         await context.engine.remove(context.spec, log, keep_volumes=keep_volumes)

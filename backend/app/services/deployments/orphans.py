@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.database import end_transaction, utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel
-from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments import history_reasons, revisions
 from backend.app.services.deployments.context import load_context
 from backend.app.services.deployments.logs import append_logs
 from backend.app.services.deployments.state_machine import set_deployment_status
@@ -52,7 +52,9 @@ async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deploymen
 
     ``running`` if its labelled containers all run and the attempt had reached its last step (the health gate:
     before, the containers are the previous revision's); else back to ``pending`` while attempts remain (the
-    caller dispatches it after committing); else ``failed``. Returns ``"settled"``, ``"retried"`` or
+    caller dispatches it after committing); else, when the deployment has a last good revision to go back to,
+    its automatic rollback is queued (``pending``, a new revision: ``"retried"``, dispatched like a retry); else
+    ``failed`` (for a rollback revision, with both reasons). Returns ``"settled"``, ``"retried"`` or
     ``"failed"``, or ``None`` when the compare-and-set lost (a renewal, another reaper). The caller commits.
     Used by recovery, the reaper and an executor that receives a dead executor's redelivered message.
     """
@@ -83,13 +85,28 @@ async def reclaim_orphan(session: AsyncSession, *, settings: Settings, deploymen
         )
         counter = "retried"
     else:
+        message = f"executor lost (lease expired) after {deployment.attempt} attempt(s)"
+        rollout = await revisions.rollout_of(session, deployment=deployment)
+        # the revision failed for good: the last good one is rolled out again, as after a failed gate
+        rollback = await revisions.begin_automatic_rollback(
+            session, deployment_id=deployment_id, owner=None, message=message, orphaned=True, actor=actor
+        )
+        if rollback is not None:
+            await log_line(
+                session,
+                deployment_id=deployment_id,
+                level=LogLevel.WARNING,
+                message=f"[RECOVERY] revision {rollout.number} failed: {message}; rolling back to revision "
+                f"{rollback.rollback_of}, the last that passed the health gate, as revision {rollback.number}",
+            )
+            return "retried"
         result = await set_deployment_status(
             session,
             deployment_id=deployment_id,
             to_status=S.FAILED,
-            reason=history_reasons.text("executor_lost_failed"),
+            reason=history_reasons.text("automatic_rollback_failed" if rollout.is_automatic_rollback else "executor_lost_failed"),
             actor=actor,
-            error_message=f"executor lost (lease expired) after {deployment.attempt} attempt(s)",
+            error_message=rollout.failure_message(message),
             require_lease_expired=True,
         )
         counter = "failed"

@@ -24,7 +24,7 @@ from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
-from backend.app.services.deployments import history_reasons
+from backend.app.services.deployments import history_reasons, revisions
 from backend.app.services.deployments.orphans import ACTOR, log_line, reclaim_orphan
 from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
 from backend.app.services.deployments.state_machine import claimable_for_target, set_deployment_status
@@ -182,6 +182,24 @@ async def recover_pending_deployments(
     for deployment_id in expired:
         try:
             message = f"Timeout: still pending after {timeout_minutes:g} minutes"
+            # a change that never started: the last good revision is rolled out again (its own timeout, if no
+            # executor takes it either, fails the deployment with both reasons)
+            rollback = await revisions.roll_back_timed_out(session, deployment_id=deployment_id, message=message, actor=ACTOR)
+            if rollback is not None:
+                await log_line(
+                    session,
+                    deployment_id=deployment_id,
+                    level=LogLevel.WARNING,
+                    message=f"{message}: revision {rollback.number - 1} failed; rolling back to revision {rollback.rollback_of}, "
+                    f"the last that passed the health gate, as revision {rollback.number}",
+                )
+                await session.commit()
+                stats["failed"] += 1
+                to_dispatch.append(deployment_id)
+                continue
+            rollout = await revisions.rollout_of(session, deployment=await session.get(Deployment, deployment_id))
+            if rollout.is_automatic_rollback:
+                message = rollout.failure_message(message)
             result = await set_deployment_status(
                 session,
                 deployment_id=deployment_id,
@@ -252,6 +270,8 @@ async def recover_pending_deployments(
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
 
+    # the reads above opened a transaction (on SQLite, the write lock): the executors dispatched here need it
+    await database.end_transaction(session)
     stats["errors"] += await _dispatch_all(dispatch, to_dispatch, "recovery")
     if here is not None:
         await here.wait()

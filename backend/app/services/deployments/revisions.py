@@ -399,34 +399,18 @@ async def automatic_rollback_target(session: AsyncSession, *, deployment_id: str
     return await session.get(DeploymentRevision, (deployment_id, deployment.last_good_revision))
 
 
-async def begin_automatic_rollback(
+async def _retire_and_copy(
     session: AsyncSession,
     *,
     deployment_id: str,
-    owner: str,
+    failed: int,
+    good: DeploymentRevision,
     message: str,
-    images: list[dict[str, str]] | None = None,
-) -> DeploymentRevision | None:
-    """The executor holding the lease of a deployment whose current revision failed for good: mark that
-    revision ``failed`` with ``message``, make a new revision copying the last good one (its images pinned)
-    and queue its rollout (``deploying -> pending``, fresh attempts), with a ``DEPLOYMENT_ROLLED_BACK`` event.
-    None when there is nothing to roll back to (see :func:`automatic_rollback_target`) or the executor lost
-    the deployment; the caller then settles it ``failed``."""
-    good = await automatic_rollback_target(session, deployment_id=deployment_id)
-    if good is None:
-        return None
-    deployment = await session.get(Deployment, deployment_id)
-    failed, now = deployment.revision, utcnow()
-    held = await session.execute(
-        update(Deployment)
-        .where(
-            Deployment.id == deployment_id, Deployment.revision == failed, Deployment.status == S.DEPLOYING, Deployment.lease_owner == owner
-        )
-        .values(revision=failed + 1, variables=good.variables, rendered_compose=good.rendered_compose)
-        .execution_options(synchronize_session=False)
-    )
-    if held.rowcount != 1:
-        return None
+    images: list[dict[str, str]] | None,
+) -> DeploymentRevision:
+    """Mark revision ``failed`` failed with ``message`` (and the images its pull resolved), retire the one
+    that ran, and add the automatic rollback revision copying ``good``. The deployment already points at it."""
+    now = utcnow()
     await record_images(session, deployment_id=deployment_id, number=failed, images=images or [])
     await session.execute(
         update(DeploymentRevision)
@@ -443,27 +427,112 @@ async def begin_automatic_rollback(
     revision = _copy(good, failed + 1, R.AUTOMATIC_ROLLBACK, None)
     session.add(revision)
     await session.flush()
+    return revision
+
+
+def _rolled_back(session: AsyncSession, *, deployment: Deployment, failed: int, good: int, revision: int, message: str) -> None:
+    queue_event(
+        session,
+        Event.of(
+            EventType.DEPLOYMENT_ROLLED_BACK,
+            deployment.id,
+            deployment.organization_id,
+            RolledBackData(from_revision=failed, to_revision=good, revision=revision, reason=message),
+        ),
+    )
+
+
+async def begin_automatic_rollback(
+    session: AsyncSession,
+    *,
+    deployment_id: str,
+    owner: str | None,
+    message: str,
+    images: list[dict[str, str]] | None = None,
+    orphaned: bool = False,
+    actor: str | None = None,
+) -> DeploymentRevision | None:
+    """The executor holding the lease of a deployment whose current revision failed for good (or, with
+    ``orphaned``, recovery or the reaper (``actor``) settling a ``deploying`` row whose executor died after its
+    last attempt: its lease expired): mark that revision ``failed`` with ``message``, make a new revision copying the last good one (its
+    images pinned) and queue its rollout (``deploying -> pending``, fresh attempts), with a
+    ``DEPLOYMENT_ROLLED_BACK`` event. None when there is nothing to roll back to (see
+    :func:`automatic_rollback_target`) or the executor lost the deployment; the caller then settles it ``failed``."""
+    good = await automatic_rollback_target(session, deployment_id=deployment_id)
+    if good is None:
+        return None
+    deployment = await session.get(Deployment, deployment_id)
+    failed = deployment.revision
+    held_by = Deployment.lease_expires_at < utcnow() if orphaned else Deployment.lease_owner == owner
+    held = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.revision == failed, Deployment.status == S.DEPLOYING, held_by)
+        .values(revision=failed + 1, variables=good.variables, rendered_compose=good.rendered_compose)
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:
+        return None
+    revision = await _retire_and_copy(session, deployment_id=deployment_id, failed=failed, good=good, message=message, images=images)
     moved = await set_deployment_status(
         session,
         deployment_id=deployment_id,
         to_status=S.PENDING,
         lease_owner=owner,
-        actor=owner,
+        actor=actor or owner or "recovery",
         fresh_attempts=True,
+        require_lease_expired=orphaned,
         error_message=message,
         reason=history_reasons.text("automatic_rollback", failed=failed, revision=revision.number, of=good.number),
     )
     if not moved.accepted:
         raise RuntimeError(f"automatic rollback of deployment {deployment_id} refused: {moved.reason}")
-    queue_event(
+    _rolled_back(session, deployment=deployment, failed=failed, good=good.number, revision=revision.number, message=message)
+    return revision
+
+
+async def roll_back_timed_out(session: AsyncSession, *, deployment_id: str, message: str, actor: str) -> DeploymentRevision | None:
+    """Recovery's timeout of a ``pending`` rollout, when the deployment has a revision to go back to: the
+    rollout ends ``failed`` with ``message`` (``pending -> failed``, as any timeout), then a new revision copying
+    the last good one is queued (``failed -> pending``), with a ``DEPLOYMENT_ROLLED_BACK`` event. None (nothing
+    done) when there is nothing to roll back to or the deployment moved meanwhile: the caller times it out as
+    usual."""
+    good = await automatic_rollback_target(session, deployment_id=deployment_id)
+    if good is None:
+        return None
+    deployment = await session.get(Deployment, deployment_id)
+    failed = deployment.revision
+    timed_out = await set_deployment_status(
         session,
-        Event.of(
-            EventType.DEPLOYMENT_ROLLED_BACK,
-            deployment_id,
-            deployment.organization_id,
-            RolledBackData(from_revision=failed, to_revision=good.number, revision=revision.number, reason=message),
-        ),
+        deployment_id=deployment_id,
+        to_status=S.FAILED,
+        reason=history_reasons.text("recovery_timeout"),
+        actor=actor,
+        error_message=message,
+        expected_from=S.PENDING,
     )
+    if not timed_out.accepted:
+        return None
+    moved = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.revision == failed, Deployment.status == S.FAILED)
+        .values(revision=failed + 1, variables=good.variables, rendered_compose=good.rendered_compose)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # the status change above holds the row: only a bug gets here
+        raise RuntimeError(f"automatic rollback of deployment {deployment_id} refused: it changed meanwhile")
+    revision = await _retire_and_copy(session, deployment_id=deployment_id, failed=failed, good=good, message=message, images=None)
+    queued = await set_deployment_status(
+        session,
+        deployment_id=deployment_id,
+        to_status=S.PENDING,
+        actor=actor,
+        error_message=message,
+        expected_from=S.FAILED,
+        reason=history_reasons.text("automatic_rollback", failed=failed, revision=revision.number, of=good.number),
+    )
+    if not queued.accepted:
+        raise RuntimeError(f"automatic rollback of deployment {deployment_id} refused: {queued.reason}")
+    _rolled_back(session, deployment=deployment, failed=failed, good=good.number, revision=revision.number, message=message)
     return revision
 
 

@@ -194,6 +194,7 @@ async def run_deployment(
     async with DeploymentLogWriter(deployment_id) as logs:
         logs.redactor = redaction.base_redactor(settings)  # until the deployment's own is loaded
         # Load, check, run.
+        rollout: revisions.Rollout | None = None
         try:
             async with database.AsyncSessionLocal() as session:
                 deployment = await session.get(Deployment, deployment_id)
@@ -213,7 +214,16 @@ async def run_deployment(
             message = logs.redactor(message)
             await logs.log(LogLevel.ERROR, message)
             await logs.flush()
-            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=history_reasons.text("preparation_failed"))
+            reason = history_reasons.text("preparation_failed")
+            if isinstance(exc, PolicyViolation) and rollout is not None:
+                # a policy tightened since the change was made: nothing of it ran, the last good revision is
+                # rolled out again (what ran before it still runs meanwhile)
+                rolled_back = await _roll_back(deployment_id, context.target_id, owner, message, Failed(context, rollout, 0), logs)
+                if rolled_back is not None:
+                    return rolled_back
+                if rollout.is_automatic_rollback:
+                    message, reason = rollout.failure_message(message), history_reasons.text("automatic_rollback_failed")
+            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=reason)
             return RunOutcome(deployment_id, Outcome.FAILED, message)
 
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.

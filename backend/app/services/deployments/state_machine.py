@@ -46,6 +46,8 @@ ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = froz
         (S.DEPLOYING, S.CANCELLED),
         (S.RUNNING, S.PENDING),  # redeploy
         (S.RUNNING, S.STOPPED),
+        (S.RUNNING, S.FAILED),  # the watcher: nothing of it runs any more
+        (S.FAILED, S.RUNNING),  # the watcher: every container of its revision is up and healthy again
         (S.STOPPED, S.PENDING),  # start / redeploy
         (S.FAILED, S.PENDING),  # retry
         (S.CANCELLED, S.PENDING),  # retry
@@ -54,6 +56,10 @@ ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = froz
 
 #: Transitions that start a new request from the user: attempts and timers start over.
 _REQUEUES_BY_USER = frozenset({(S.RUNNING, S.PENDING), (S.STOPPED, S.PENDING), (S.FAILED, S.PENDING), (S.CANCELLED, S.PENDING)})
+
+
+#: Transitions only the watcher makes, from what the engine shows (``observed=True``).
+OBSERVED_TRANSITIONS = frozenset({(S.RUNNING, S.FAILED), (S.FAILED, S.RUNNING)})
 
 
 def is_allowed(from_status: DeploymentStatus, to_status: DeploymentStatus) -> bool:
@@ -153,16 +159,34 @@ def rule_requeue_needs_attempts(row: Deployment) -> str | None:
     return None
 
 
-def rule_fresh_attempts(from_status: DeploymentStatus, lease_owner: str | None) -> str | None:
+def rule_fresh_attempts(from_status: DeploymentStatus, lease_owner: str | None, orphaned: bool = False) -> str | None:
     """A new rollout out of ``deploying`` (an automatic rollback) starts a fresh attempt budget, like a user's
     redeploy, and only its executor may start it.
 
     The failed revision's rollout may have spent its attempts; the rollback revision that replaces it is
     another rollout, and a worker killed during it must leave attempts for recovery to finish it. Held to
-    the lease, so that an executor that lost the deployment cannot start a rollout behind its back.
+    the lease, so that an executor that lost the deployment cannot start a rollout behind its back; or asked
+    by recovery once the lease expired (``orphaned``: the executor died after its last attempt).
     """
-    if from_status is not S.DEPLOYING or lease_owner is None:
+    if from_status is not S.DEPLOYING or (lease_owner is None and not orphaned):
         return "only the executor holding the lease may start a new rollout of a deploying deployment"
+    return None
+
+
+def rule_observed(from_status: DeploymentStatus, to_status: DeploymentStatus, observed: bool) -> str | None:
+    """``running -> failed`` and ``failed -> running`` are the watcher's alone (``services/deployments/watch.py``),
+    made from what the engine shows after the health gate; the watcher makes nothing else.
+
+    Without it a route or an executor settling a deployment by mistake could call a deployment running that
+    never passed a gate, or fail one that runs; and the watcher, acting on an observation that is seconds old,
+    must not move a deployment that a user or an executor has meanwhile taken elsewhere (the compare-and-set
+    on ``from`` holds that).
+    """
+    pair = (from_status, to_status)
+    if pair in OBSERVED_TRANSITIONS and not observed:
+        return f"{from_status} -> {to_status} is not allowed but to the watcher, from what the engine shows"
+    if observed and pair not in OBSERVED_TRANSITIONS:
+        return f"transition {from_status} -> {to_status} is not allowed to the watcher"
     return None
 
 
@@ -209,6 +233,7 @@ async def set_deployment_status(
     expected_from: DeploymentStatus | frozenset[DeploymentStatus] | None = None,
     require_lease_expired: bool = False,
     fresh_attempts: bool = False,
+    observed: bool = False,
 ) -> TransitionResult:
     """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
 
@@ -219,6 +244,7 @@ async def set_deployment_status(
     :func:`rule_lease_expired`.
     ``fresh_attempts``: ``deploying -> pending`` that starts a new rollout rather than retrying this one (an
     automatic rollback, see :func:`rule_fresh_attempts`).
+    ``observed``: the watcher's ``running -> failed`` / ``failed -> running`` (:func:`rule_observed`).
 
     The deployment's current revision takes the outcome of the new status, in the same transaction
     (:mod:`backend.app.services.deployments.revision_outcomes`).
@@ -240,8 +266,12 @@ async def set_deployment_status(
             return reject(f"deployment is {from_status}, expected {', '.join(sorted(allowed_from))}")
     if not is_allowed(from_status, to_status):
         return reject(f"transition {from_status} -> {to_status} is not allowed")
+    if why := rule_observed(from_status, to_status, observed):
+        return reject(why)
 
     values: dict[str, Any] = {"status": to_status, "updated_at": now}
+    if not observed:  # what the watcher saw was of the containers before this change: it looks again
+        values.update(health=None, service_health=None, health_since=None)
     conditions = [Deployment.id == deployment_id, Deployment.status == from_status]
 
     if to_status is S.DEPLOYING:
@@ -280,9 +310,10 @@ async def set_deployment_status(
                 conditions.append(Deployment.lease_owner == lease_owner)
         if to_status is S.PENDING:
             if (from_status, to_status) in _REQUEUES_BY_USER:
-                values.update(attempt=0, queued_at=now, error_message=None, not_before=None, task_id=None)
+                # error_message: an automatic rollback queued after a timeout keeps saying why
+                values.update(attempt=0, queued_at=now, error_message=error_message, not_before=None, task_id=None)
             elif fresh_attempts:
-                if why := rule_fresh_attempts(from_status, lease_owner):
+                if why := rule_fresh_attempts(from_status, lease_owner, require_lease_expired):
                     return reject(why)
                 values.update(attempt=0, queued_at=now, not_before=None, task_id=None)
                 if error_message is not None:
@@ -299,8 +330,8 @@ async def set_deployment_status(
             values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
             if to_status is S.RUNNING:
                 values.update(error_message=None, progress=100, last_good_revision=Deployment.revision)
-            elif error_message is not None:
-                values["error_message"] = error_message
+            elif error_message is not None or from_status is S.RUNNING:
+                values["error_message"] = error_message  # a running one's is the watcher's, of what ran
 
     result = await session.execute(update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False))
     if result.rowcount != 1:
