@@ -50,6 +50,7 @@ class NotificationLoop(LoopService):
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._http = None  # one HTTP client for the loop's life (created on its loop)
 
     def wake(self) -> None:
         loop = self._loop
@@ -78,7 +79,7 @@ class NotificationLoop(LoopService):
                     await session.commit()
                 if delivery is None or channel is None:
                     return  # deleted with its channel meanwhile
-                outcome = await sender.send(self.settings, channel=channel, delivery=delivery)
+                outcome = await sender.send(self.settings, channel=channel, delivery=delivery, client=self._http)
                 async with database.AsyncSessionLocal() as session:
                     kept = await sender.settle(
                         session,
@@ -106,6 +107,7 @@ class NotificationLoop(LoopService):
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._http = sender.http_client(self.settings)
         unsubscribe = bus.subscribe(self._on_event)
         _loops.append(self)
         try:
@@ -125,6 +127,7 @@ class NotificationLoop(LoopService):
         finally:
             unsubscribe()
             _loops.remove(self)
+            await self._http.aclose()
 
 
 async def notification_loop(settings: Settings) -> None:

@@ -117,9 +117,18 @@ def webhook_body(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _post(settings: Settings, url: str, content: bytes, headers: dict[str, str]) -> Outcome:
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    """The client a sender keeps for its deliveries (its connections and TLS context reused): no redirects
+    followed, no proxy from the environment, ``NOTIFY_TIMEOUT_SECONDS`` per request."""
+    return httpx.AsyncClient(timeout=settings.NOTIFY_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
+
+
+async def _post(settings: Settings, url: str, content: bytes, headers: dict[str, str], client: httpx.AsyncClient | None) -> Outcome:
     try:
-        async with httpx.AsyncClient(timeout=settings.NOTIFY_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False) as client:
+        if client is None:
+            async with http_client(settings) as own:
+                response = await own.post(url, content=content, headers={"Content-Type": "application/json", **headers})
+        else:
             response = await client.post(url, content=content, headers={"Content-Type": "application/json", **headers})
     except httpx.TimeoutException:
         return Outcome(False, None, f"no answer within {settings.NOTIFY_TIMEOUT_SECONDS:g} s")
@@ -144,7 +153,9 @@ def _smtp_send(settings: Settings, to: str, subject: str, text: str) -> None:
         smtp.send_message(mail)
 
 
-async def send(settings: Settings, *, channel: NotificationChannel, delivery: NotificationDelivery) -> Outcome:
+async def send(
+    settings: Settings, *, channel: NotificationChannel, delivery: NotificationDelivery, client: httpx.AsyncClient | None = None
+) -> Outcome:
     """One attempt of ``delivery`` on ``channel``."""
     body = dict(delivery.payload or {})
     if channel.kind == "email":
@@ -162,10 +173,10 @@ async def send(settings: Settings, *, channel: NotificationChannel, delivery: No
         headers = {"X-WindFlow-Event": str(body.get("event", "")), "X-WindFlow-Delivery": delivery.id}
         if channel.secret_encrypted:
             headers["X-WindFlow-Signature-256"] = sign(security.decrypt_secret(settings, channel.secret_encrypted), content)
-        return await _post(settings, url, content, headers)
+        return await _post(settings, url, content, headers, client)
     _, text = message(settings, body)
     field = "content" if channel.kind == "discord" else "text"
-    return await _post(settings, url, json.dumps({field: text[:1900]}).encode(), {})
+    return await _post(settings, url, json.dumps({field: text[:1900]}).encode(), {}, client)
 
 
 async def settle(session: AsyncSession, *, settings: Settings, delivery_id: str, owner: str, attempts: int, outcome: Outcome) -> bool:

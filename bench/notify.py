@@ -1,0 +1,166 @@
+"""Notifications under load: deployments ending at a steady rate, each notified to one webhook.
+
+    .venv/bin/python bench/notify.py [--db sqlite|postgresql] [--rate 100] [--seconds 5] [--channels 1]
+
+N deployments (placed ``pending`` beforehand) are failed through the state machine at ``--rate`` per second,
+each change in its own transaction (the outbox adds the delivery in it); one sender loop
+(``runtime/notifier.py``, as in every backend process) delivers to a local HTTP receiver (an asyncio server
+answering 200). Prints the rate of ends achieved, deliveries per second, and the time from each change's
+commit to its delivery's arrival (median, p99, max), with the machine's load and the process's CPU time.
+Target (issue 24): p99 ≤ 1 s at 100 deployments/s ending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
+
+_common.bootstrap()
+
+
+class Receiver:
+    """A minimal HTTP/1.1 server: reads each request, notes when the delivery of each deployment arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                now = time.perf_counter()
+                self.requests += 1
+                deployment = (json.loads(body).get("deployment") or {}).get("id")
+                if deployment:
+                    self.arrived.setdefault(deployment, now)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def run(args) -> None:
+    from backend.app import database
+    from backend.app.core import security
+    from backend.app.migrate import upgrade_database
+    from backend.app.models import Deployment, DeploymentStatus, NotificationChannel, Organization, Stack, Target, TargetType
+    from backend.app.runtime.notifier import NotificationLoop
+    from backend.app.services.deployments.state_machine import set_deployment_status
+
+    db = _common.ThrowawayDatabase(args.db, "notify")
+    try:
+        settings = _common.make_settings(db.url, NOTIFY_POLL_SECONDS=1.0, NOTIFY_TIMEOUT_SECONDS=5.0)
+        engine = database.build_engine(settings)
+        await upgrade_database(engine, settings)
+        database.configure(settings, engine)
+        receiver = Receiver()
+        server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/in"
+        total = int(args.rate * args.seconds)
+        async with database.AsyncSessionLocal() as session:
+            org = Organization(name="bench")
+            session.add(org)
+            await session.flush()
+            target = Target(organization_id=org.id, name="t", type=TargetType.DOCKER, endpoint="unix:///var/run/docker.sock")
+            stack = Stack(organization_id=org.id, name="s", template="services: {}\n", variables=[])
+            session.add_all([target, stack])
+            for n in range(args.channels):
+                session.add(
+                    NotificationChannel(
+                        organization_id=org.id,
+                        name=f"c{n}",
+                        kind="webhook",
+                        url_encrypted=security.encrypt_secret(settings, url),
+                        secret_encrypted=security.encrypt_secret(settings, "bench-secret"),
+                        events=["deployment.failed"],
+                    )
+                )
+            await session.flush()
+            ids = []
+            for n in range(total):
+                d = Deployment(
+                    organization_id=org.id, stack_id=stack.id, target_id=target.id, name=f"d{n}", status=DeploymentStatus.PENDING
+                )
+                session.add(d)
+                ids.append(d)
+            await session.commit()
+            ids = [d.id for d in ids]
+
+        loop = NotificationLoop(settings)
+        sender = asyncio.create_task(loop.run())
+        committed: dict[str, float] = {}
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        for n, deployment_id in enumerate(ids):
+            due = start + n / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with database.AsyncSessionLocal() as session:
+                await set_deployment_status(
+                    session,
+                    deployment_id=deployment_id,
+                    to_status=DeploymentStatus.FAILED,
+                    reason="deployment failed",
+                    error_message="bench",
+                )
+                await session.commit()
+            committed[deployment_id] = time.perf_counter()
+        ended = time.perf_counter() - start
+        deadline = time.perf_counter() + 60
+        while len(receiver.arrived) < total and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        last = max(receiver.arrived.values(), default=start) - start
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        server.close()
+        latencies = [receiver.arrived[d] - committed[d] for d in ids if d in receiver.arrived]
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        print(f"{args.db}: {total} deployments ending, {args.channels} webhook channel(s); {_common.machine_line()}")
+        print(
+            f"  ends: {total / ended:.1f}/s asked {args.rate}/s; deliveries received: {len(latencies)}/{total} ({receiver.requests} requests)"
+        )
+        if latencies:
+            print(f"  deliveries/s over the run: {len(latencies) / last:.1f}")
+        if latencies:
+            print(
+                f"  commit -> delivery: median {_common.ms(_common.median(latencies))} ms, p99 {_common.ms(_common.percentile(latencies, 99))} ms, "
+                f"max {_common.ms(max(latencies))} ms (target p99 <= 1000 ms)"
+            )
+        print(f"  process CPU: {cpu:.2f} s ({cpu / max(1, total) * 1000:.2f} ms per deployment end + delivery)")
+        await engine.dispose()
+    finally:
+        db.drop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--channels", type=int, default=1)
+    args = parser.parse_args()
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    _common.run_main(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()
