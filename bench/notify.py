@@ -66,7 +66,7 @@ async def run(args) -> None:
 
     db = _common.ThrowawayDatabase(args.db, "notify")
     try:
-        settings = _common.make_settings(db.url, NOTIFY_POLL_SECONDS=1.0, NOTIFY_TIMEOUT_SECONDS=5.0)
+        settings = _common.make_settings(db.url, NOTIFY_POLL_SECONDS=1.0, NOTIFY_TIMEOUT_SECONDS=5.0, NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8")
         engine = database.build_engine(settings)
         await upgrade_database(engine, settings)
         database.configure(settings, engine)

@@ -7,6 +7,7 @@ one place that knows how to turn ``DATABASE_URL`` into the URL each library expe
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -176,6 +177,9 @@ class Settings(BaseSettings):
     NOTIFY_BACKOFF_MAX_SECONDS: float = Field(default=600.0, gt=0)
     NOTIFY_LEASE_SECONDS: float = Field(default=60.0, gt=0)  # a delivery claimed this long ago by a sender that died is sent again
     NOTIFY_POLL_SECONDS: float = Field(default=2.0, gt=0)  # the sender's pass when no event woke it
+    # networks (CIDR, comma-separated) a channel may reach besides public addresses; empty: loopback, private,
+    # link-local (cloud metadata), ULA... refused at creation and at each connection
+    NOTIFY_ALLOWED_NETWORKS: str = Field(default="", max_length=2000)
     SMTP_HOST: str = Field(default="", max_length=255)  # email channels: the SMTP server (empty: email is not sent)
     SMTP_PORT: int = Field(default=25, ge=1, le=65535)
     SMTP_FROM: str = Field(default="windflow@localhost", max_length=320)
@@ -198,6 +202,17 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return upper
+
+    @field_validator("NOTIFY_ALLOWED_NETWORKS")
+    @classmethod
+    def _notify_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"NOTIFY_ALLOWED_NETWORKS: {part.strip()!r} is not a network (e.g. 10.0.0.0/8)") from exc
+        return value
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -16,8 +16,9 @@ from backend.app.services.notifications import channel_service
 
 router = APIRouter(prefix="/notification-channels", tags=["notifications"])
 
-#: a field that does not fit the channel's kind (an email channel's url, a webhook's address, ...)
-_FIELDS = errors(invalid=["channel_field_invalid"])
+#: a field that does not fit the channel's kind (an email channel's url, a webhook's address, ...), or a URL
+#: whose host is not a public address (NOTIFY_ALLOWED_NETWORKS)
+_FIELDS = errors(invalid=["channel_field_invalid", "channel_url_not_allowed"])
 ChannelDep = Annotated[NotificationChannel, Depends(OwnedRow(NotificationChannel, Role.ADMIN, param="channel_id", noun="channel"))]
 
 

@@ -24,8 +24,11 @@ SECRET = "notify-secret-0123456789"
 
 async def test_a_failed_deployment_is_notified_with_its_image_and_error(db, docker_engine, tmp_path):
     receiver = Receiver()
-    client, env = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_STABLE_SECONDS=1.0)
-    sender = asyncio.create_task(NotificationLoop(make_settings(db.settings.DATABASE_URL, NOTIFY_POLL_SECONDS=0.2)).run())
+    local = "127.0.0.0/8"  # the receiver listens on the loopback, which notifications refuse by default
+    client, env = await make_env(db, docker_engine, tmp_path, DEPLOYMENT_STABLE_SECONDS=1.0, NOTIFY_ALLOWED_NETWORKS=local)
+    sender = asyncio.create_task(
+        NotificationLoop(make_settings(db.settings.DATABASE_URL, NOTIFY_POLL_SECONDS=0.2, NOTIFY_ALLOWED_NETWORKS=local)).run()
+    )
     try:
         env.stack_id = await env.stack(REV_STACK["template"], REV_STACK["variables"], name="rev")
         org = await default_org(client, env.admin)

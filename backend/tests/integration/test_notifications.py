@@ -2,7 +2,8 @@
 queues deliveries in its own transaction; the sender loop (runtime/notifier.py) delivers them to a local HTTP
 server that checks the signature and answers 500 then 200 (retried, same delivery id), to one that hangs
 (timeout, retried, the change already committed), after a sender died holding one (its lease expires), and
-by email to an aiosmtpd server; channels over HTTP (admins only, secrets never shown), the test action, the
+by email to an aiosmtpd server; a channel at the platform's own network refused at creation and, once the
+operator's NOTIFY_ALLOWED_NETWORKS no longer allows it, at the connection (nothing sent); channels over HTTP (admins only, secrets never shown), the test action, the
 delivery log, the audit trail without secrets."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FAST = dict(
     NOTIFY_BACKOFF_SECONDS=0.2,
     NOTIFY_TIMEOUT_SECONDS=1.0,
     NOTIFY_LEASE_SECONDS=1.0,
+    NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8, ::1/128",  # the receivers of these tests listen on the loopback
     PUBLIC_URL="https://wf.example.com",
 )
 
@@ -341,3 +343,68 @@ async def test_a_change_rolled_back_notifies_nobody(world, session, receiver):
         await set_deployment_status(s, deployment_id=deployment_id, to_status=DeploymentStatus.CANCELLED, reason="cancelled by user")
         await s.rollback()
     assert await world.deliveries() == [] and hook.received == []
+
+
+PLATFORM_URLS = [
+    "http://127.0.0.1:6379/",
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://[::1]:5432/",
+    "http://localhost:2375/containers/json",  # a name that resolves to the loopback
+    "http://10.1.2.3/in",
+    "http://[::ffff:127.0.0.1]:6379/",
+    "http://[fd00::5]/in",
+    "https://0.0.0.0/in",
+]
+
+
+async def test_a_channel_at_the_platforms_own_network_is_refused_at_creation(world, session, receiver):
+    _, org_id = await failed_deployment_in_org(world, session)
+    closed = make_settings(world.db.settings.DATABASE_URL, **{**FAST, "NOTIFY_ALLOWED_NETWORKS": ""})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(closed)), base_url="http://testserver") as client:
+        for kind in ("webhook", "slack", "discord"):
+            for url in PLATFORM_URLS:
+                refused = await client.post(
+                    CHANNELS,
+                    json={"organization_id": org_id, "name": "x", "kind": kind, "url": url, "events": ["deployment.failed"]},
+                    headers=world.admin.headers,
+                )
+                assert refused.status_code == 422, (kind, url, refused.text)
+                assert refused.json()["code"] == "channel_url_not_allowed" and "NOTIFY_ALLOWED_NETWORKS" in refused.json()["detail"]
+        # a public URL is accepted, and cannot be moved to the loopback afterwards
+        public = await client.post(
+            CHANNELS,
+            json={
+                "organization_id": org_id,
+                "name": "pub",
+                "kind": "webhook",
+                "url": "https://93.184.215.14/in",
+                "events": ["deployment.failed"],
+            },
+            headers=world.admin.headers,
+        )
+        assert public.status_code == 201, public.text
+        moved = await client.patch(f"{CHANNELS}/{public.json()['id']}", json={"url": "http://127.0.0.1:6379/"}, headers=world.admin.headers)
+        assert moved.status_code == 422 and moved.json()["code"] == "channel_url_not_allowed"
+    listed = await world.client.get(CHANNELS, params={"organization_id": org_id}, headers=world.admin.headers)
+    assert [c["url_host"] for c in listed.json()["items"]] == ["93.184.215.14"]  # nothing else was stored
+
+
+async def test_a_channel_allowed_then_no_longer_allowed_is_refused_at_send_and_nothing_sent(world, session, receiver):
+    hook = receiver()
+    _, org_id = await failed_deployment_in_org(world, session)
+    port = hook.server.server_address[1]
+    # allowed when created (the operator's setting covers the loopback) ...
+    by_ip = await world.channel(org_id, name="ip", kind="webhook", url=hook.url, events=["deployment.failed"])
+    by_name = await world.channel(org_id, name="name", kind="slack", url=f"http://localhost:{port}/hook", events=["deployment.failed"])
+    # ... then the setting is narrowed: the senders check the address they connect to
+    world.start_sender(NOTIFY_ALLOWED_NETWORKS="")
+    for channel in (by_ip, by_name):
+        tested = await world.client.post(f"{CHANNELS}/{channel['id']}/test", headers=world.admin.headers)
+        assert tested.status_code == 202
+    rows = await eventually(lambda: _rows_with(world, lambda r: r.status == "failed"))
+    assert len(rows) == 2
+    for row in rows:
+        assert row.attempts == 1 and row.last_status_code is None  # failed at once, never retried
+        assert "NOTIFY_ALLOWED_NETWORKS" in row.last_error and "127.0.0.1 is a loopback address" in row.last_error
+    await asyncio.sleep(0.5)
+    assert hook.received == []  # nothing reached the receiver

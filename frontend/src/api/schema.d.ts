@@ -7095,7 +7095,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `no_organization`, `validation_error` */
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `channel_url_not_allowed`, `no_organization`, `validation_error` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -7319,7 +7319,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `validation_error` */
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `channel_field_invalid`, `channel_url_not_allowed`, `validation_error` */
             422: {
                 headers: {
                     [name: string]: unknown;

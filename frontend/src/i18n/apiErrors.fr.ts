@@ -114,6 +114,8 @@ export const apiErrorsFr: Record<string, string> = {
   deployment_rolling_out: 'Le déploiement est {status} : réessayez dans {seconds} s, une fois terminé.',
   channel_not_found: 'Canal de notification introuvable.',
   channel_field_invalid: 'Ce champ ne convient pas à ce type de canal : {detail}',
+  channel_url_not_allowed:
+    'Cette adresse n’est pas publique (boucle locale, réseau privé, métadonnées du cloud) : les notifications n’y vont pas, sauf si l’exploitant l’autorise avec NOTIFY_ALLOWED_NETWORKS. {detail}',
 }
 
 export const apiFieldsFr: Record<string, string> = {

@@ -16,6 +16,7 @@ from backend.app.models.base import new_id
 from backend.app.schemas.notifications import ChannelCreate, ChannelUpdate
 from backend.app.services import pagination
 from backend.app.services.identity import organization_service
+from backend.app.services.notifications import egress
 from backend.app.services.notifications.outbox import TEST_EVENT
 
 CHANNELS_BY_NAME = pagination.Ordering("channels", (NotificationChannel.name, NotificationChannel.id))
@@ -28,10 +29,18 @@ def url_host(settings: Settings, channel: NotificationChannel) -> str | None:
     return urlsplit(security.decrypt_secret(settings, channel.url_encrypted)).hostname
 
 
+async def _check_url(settings: Settings, url: str) -> None:
+    reason = await egress.check_url(settings, url)
+    if reason is not None:
+        raise ValidationFailed(reason, code="channel_url_not_allowed")
+
+
 async def create(session: AsyncSession, *, settings: Settings, user: User, data: ChannelCreate) -> NotificationChannel:
     organization_id = await organization_service.resolve_organization(
         session, user=user, organization_id=data.organization_id, minimum=Role.ADMIN
     )
+    if data.url:
+        await _check_url(settings, data.url)
     channel = NotificationChannel(
         organization_id=organization_id,
         name=data.name,
@@ -70,6 +79,7 @@ async def update(session: AsyncSession, *, settings: Settings, channel: Notifica
     if "url" in fields and data.url is not None:
         if channel.kind == "email":
             raise ValidationFailed("an email channel takes address, not url", code="channel_field_invalid")
+        await _check_url(settings, data.url)
         channel.url_encrypted = security.encrypt_secret(settings, data.url)
     if "address" in fields and data.address is not None:
         if channel.kind != "email":

@@ -29,6 +29,7 @@ from backend.app.core import security
 from backend.app.database import utcnow
 from backend.app.models import NotificationChannel, NotificationDelivery
 from backend.app.services.hooks.signature import sign
+from backend.app.services.notifications import egress
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Outcome:
     ok: bool
     status_code: int | None = None
     error: str | None = None
+    final: bool = False  # not worth retrying (a refused address): the delivery fails now
 
 
 async def claim(session: AsyncSession, *, owner: str, lease_seconds: float, limit: int) -> list[str]:
@@ -119,8 +121,11 @@ def webhook_body(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
     """The client a sender keeps for its deliveries (its connections and TLS context reused): no redirects
-    followed, no proxy from the environment, ``NOTIFY_TIMEOUT_SECONDS`` per request."""
-    return httpx.AsyncClient(timeout=settings.NOTIFY_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
+    followed, no proxy from the environment, ``NOTIFY_TIMEOUT_SECONDS`` per request, every connection to an
+    address checked by ``egress`` (public, or in ``NOTIFY_ALLOWED_NETWORKS``)."""
+    return httpx.AsyncClient(
+        timeout=settings.NOTIFY_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False, transport=egress.transport(settings)
+    )
 
 
 async def _post(settings: Settings, url: str, content: bytes, headers: dict[str, str], client: httpx.AsyncClient | None) -> Outcome:
@@ -130,6 +135,8 @@ async def _post(settings: Settings, url: str, content: bytes, headers: dict[str,
                 response = await own.post(url, content=content, headers={"Content-Type": "application/json", **headers})
         else:
             response = await client.post(url, content=content, headers={"Content-Type": "application/json", **headers})
+    except egress.EgressRefused as exc:
+        return Outcome(False, None, f"refused, nothing sent: {exc}", final=True)
     except httpx.TimeoutException:
         return Outcome(False, None, f"no answer within {settings.NOTIFY_TIMEOUT_SECONDS:g} s")
     except httpx.HTTPError as exc:
@@ -184,7 +191,7 @@ async def settle(session: AsyncSession, *, settings: Settings, delivery_id: str,
     values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "last_status_code": outcome.status_code}
     if outcome.ok:
         values.update(status=DELIVERED, delivered_at=utcnow(), last_error=None)
-    elif attempts >= settings.NOTIFY_MAX_ATTEMPTS:
+    elif attempts >= settings.NOTIFY_MAX_ATTEMPTS or outcome.final:
         values.update(status=FAILED, last_error=(outcome.error or "")[:500])
     else:
         delay = min(settings.NOTIFY_BACKOFF_SECONDS * 2 ** (attempts - 1), settings.NOTIFY_BACKOFF_MAX_SECONDS)
