@@ -29,6 +29,8 @@ from backend.app.runtime.loops import LoopService, leader_lock
 from backend.app.runtime.sql_transport import restore_orphaned_deliveries
 from backend.app.services.audit import audit_service
 from backend.app.services.deployments import recovery, retention, watch
+from backend.app.services.hooks import hook_service
+from backend.app.services.notifications import delivery as notification_delivery
 
 __all__ = ["leader_lock"]  # re-exported: the locks' one implementation is runtime/loops.py
 
@@ -164,17 +166,31 @@ class RetentionLoop(LoopService):
 
     async def run_once(self) -> retention.RetentionReport:
         report = await retention.prune(self.settings)
+        # the audit trail's entries older than AUDIT_RETENTION_DAYS; the notification delivery log's settled
+        # entries and the deploy hooks' calls older than RETENTION_DAYS: a batch per transaction
+        removed = await self._prune_batches(audit_service.prune)
+        if removed:
+            logger.info("retention: removed %d audit entr(ies) older than %d days", removed, self.settings.AUDIT_RETENTION_DAYS)
+        deliveries = await self._prune_batches(notification_delivery.prune)
+        calls = await self._prune_batches(hook_service.prune_calls)
+        if deliveries or calls:
+            logger.info(
+                "retention: removed %d notification deliver(ies) and %d hook call(s) older than %d days",
+                deliveries,
+                calls,
+                self.settings.RETENTION_DAYS,
+            )
+        return report
+
+    async def _prune_batches(self, prune) -> int:
         removed = 0
-        while True:  # the audit trail's entries older than AUDIT_RETENTION_DAYS, a batch per transaction
+        while True:
             async with database.AsyncSessionLocal() as session:
-                batch = await audit_service.prune(session, settings=self.settings, batch=self.settings.RETENTION_BATCH_SIZE)
+                batch = await prune(session, settings=self.settings, batch=self.settings.RETENTION_BATCH_SIZE)
                 await session.commit()
             removed += batch
             if batch < self.settings.RETENTION_BATCH_SIZE:
-                break
-        if removed:
-            logger.info("retention: removed %d audit entr(ies) older than %d days", removed, self.settings.AUDIT_RETENTION_DAYS)
-        return report
+                return removed
 
 
 async def retention_once(settings: Settings) -> retention.RetentionReport | None:

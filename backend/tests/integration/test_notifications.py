@@ -13,14 +13,16 @@ import email
 import hashlib
 import hmac
 import json
+from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.app.database import AsyncSessionLocal, utcnow
 from backend.app.main import create_app
-from backend.app.models import AuditEntry, DeploymentRevision, DeploymentStatus, Membership, NotificationDelivery, Role
+from backend.app.models import AuditEntry, DeployHookCall, DeploymentRevision, DeploymentStatus, Membership, NotificationDelivery, Role
+from backend.app.runtime.background import RetentionLoop
 from backend.app.runtime.notifier import NotificationLoop
 from backend.app.services.deployments.state_machine import set_deployment_status
 from backend.app.services.notifications import delivery as sender
@@ -408,3 +410,35 @@ async def test_a_channel_allowed_then_no_longer_allowed_is_refused_at_send_and_n
         assert "NOTIFY_ALLOWED_NETWORKS" in row.last_error and "127.0.0.1 is a loopback address" in row.last_error
     await asyncio.sleep(0.5)
     assert hook.received == []  # nothing reached the receiver
+
+
+async def test_retention_prunes_old_settled_deliveries_and_hook_calls(world, session, receiver):
+    deployment_id, org_id = await failed_deployment_in_org(world, session)
+    channel = await world.channel(org_id, kind="webhook", url=receiver().url, events=["deployment.failed"])
+    for _ in range(4):
+        assert (await world.client.post(f"{CHANNELS}/{channel['id']}/test", headers=world.admin.headers)).status_code == 202
+    hook = await world.client.post(f"/api/v1/deployments/{deployment_id}/hooks", json={"name": "ci"}, headers=world.admin.headers)
+    assert hook.status_code == 201, hook.text
+    old, recent = utcnow() - timedelta(days=31), utcnow() - timedelta(days=29)
+    rows = [r.id for r in await world.deliveries()]
+    ages = {rows[0]: ("delivered", old), rows[1]: ("failed", old), rows[2]: ("pending", old), rows[3]: ("delivered", recent)}
+    async with world.db.engine.begin() as conn:
+        for delivery_id, (status, at) in ages.items():
+            await conn.execute(
+                update(NotificationDelivery).where(NotificationDelivery.id == delivery_id).values(status=status, created_at=at)
+            )
+        for at, nonce in ((old, "n-old"), (recent, "n-recent")):
+            await conn.execute(
+                DeployHookCall.__table__.insert().values(
+                    id=nonce, hook_id=hook.json()["id"], at=at, status_code=202, code="accepted", nonce=nonce
+                )
+            )
+    settings = world.settings.model_copy(update={"RETENTION_DAYS": 30, "RETENTION_BATCH_SIZE": 1})  # several batches
+    await RetentionLoop(settings).run_once()
+    kept = {r.id: r.status for r in await world.deliveries()}
+    assert kept == {rows[2]: "pending", rows[3]: "delivered"}  # the old settled ones went; an unsettled one stays
+    async with world.db.engine.connect() as conn:
+        calls = (await conn.execute(select(DeployHookCall.nonce))).scalars().all()
+    assert calls == ["n-recent"]
+    await RetentionLoop(world.settings.model_copy(update={"RETENTION_DAYS": 0})).run_once()  # 0 keeps everything
+    assert len(await world.deliveries()) == 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -253,3 +254,16 @@ async def trigger(
         result = Triggered(deployment.id, deployment.revision, action)
     nonce_row.revision = result.revision
     return result
+
+
+async def prune_calls(session: AsyncSession, *, settings: Settings, batch: int = 1000) -> int:
+    """Delete up to ``batch`` hook calls older than ``RETENTION_DAYS`` (0: keep all); the caller commits and
+    calls again while it returns ``batch``. A call's nonce is no longer needed by then: a timestamped
+    signature is refused past ``HOOK_REPLAY_WINDOW_SECONDS`` (at most a day) whatever the calls kept."""
+    if settings.RETENTION_DAYS <= 0:
+        return 0
+    horizon = utcnow() - timedelta(days=settings.RETENTION_DAYS)
+    ids = list((await session.execute(select(DeployHookCall.id).where(DeployHookCall.at < horizon).limit(batch))).scalars())
+    if ids:
+        await session.execute(sql_delete(DeployHookCall).where(DeployHookCall.id.in_(ids)))
+    return len(ids)

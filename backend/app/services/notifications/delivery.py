@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -202,3 +202,17 @@ async def settle(session: AsyncSession, *, settings: Settings, delivery_id: str,
         .values(**values)
     )
     return result.rowcount == 1
+
+
+async def prune(session: AsyncSession, *, settings: Settings, batch: int = 1000) -> int:
+    """Delete up to ``batch`` settled deliveries (delivered or failed) created more than ``RETENTION_DAYS``
+    ago (0: keep all); one still pending or delivering is kept. The caller commits and calls again while it
+    returns ``batch``."""
+    if settings.RETENTION_DAYS <= 0:
+        return 0
+    horizon = utcnow() - timedelta(days=settings.RETENTION_DAYS)
+    old = and_(NotificationDelivery.status.in_([DELIVERED, FAILED]), NotificationDelivery.created_at < horizon)
+    ids = list((await session.execute(select(NotificationDelivery.id).where(old).limit(batch))).scalars())
+    if ids:
+        await session.execute(delete(NotificationDelivery).where(NotificationDelivery.id.in_(ids)))
+    return len(ids)
