@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
@@ -14,7 +16,7 @@ from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import NotAuthenticated, NotFound, PermissionDenied
 from backend.app.database import AsyncSessionLocal
-from backend.app.models import Organization, Role, User
+from backend.app.models import Deployment, Organization, Role, User
 from backend.app.services import pagination
 from backend.app.services.identity import auth_service, organization_service
 
@@ -62,7 +64,65 @@ async def authenticate(connection: HTTPConnection, session: AsyncSession, settin
         await session.commit()
     connection.state.user_id = credential.user.id
     connection.state.api_token_id = credential.api_token_id
+    if credential.organization_id is not None:
+        # every organisation check (services/identity/organization_service.py) stops at this one
+        credential.user.token_organization_id = credential.organization_id
+    if credential.scopes is not None and connection.scope["type"] == "http":
+        await _check_token_scope(connection, session, credential)
     return credential
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: What the ``deploy`` scope may change: create a deployment, and roll out, start, stop, cancel one.
+_DEPLOY_ROUTE = re.compile(r"^/api/v1/deployments(?:/(?P<id>[A-Za-z0-9_-]+)/(?:start|stop|redeploy|retry|cancel|revisions|rollback))?$")
+#: Routes about the account itself (its tokens, password, sessions): an organisation-limited token cannot change them.
+_ACCOUNT_ROUTE = re.compile(r"^/api/v1/(?:tokens|auth)(?:/|$)")
+
+
+def _scope_refused(detail: str, credential: auth_service.Credential) -> PermissionDenied:
+    return PermissionDenied(detail, code="token_scope", params={"scopes": list(credential.scopes or ())})
+
+
+async def _check_token_scope(connection: HTTPConnection, session: AsyncSession, credential: auth_service.Credential) -> None:
+    """The scopes of an API token, judged once per HTTP request: ``read`` reads only; ``deploy`` also creates
+    deployments and operates them (of its ``stack_ids`` when it has some); ``admin`` has its owner's rights. Its
+    ``organization_id`` is enforced by every organisation check (``organization_service``); the owner's role
+    always applies too, so a scope never widens it."""
+    method, path = connection.scope["method"], connection.scope["path"]
+    scopes = set(credential.scopes or ())
+    if method in READ_METHODS:
+        return
+    if "admin" in scopes:
+        if credential.organization_id is not None and _ACCOUNT_ROUTE.match(path):
+            raise _scope_refused("this API token is limited to one organisation: it cannot change your account or its tokens", credential)
+        return
+    match = _DEPLOY_ROUTE.match(path) if method == "POST" else None
+    if "deploy" not in scopes or match is None:
+        can = "create deployments and start, stop, redeploy or change them" if "deploy" in scopes else "only read (GET)"
+        raise _scope_refused(
+            f"this API token (scopes: {', '.join(sorted(scopes))}) may {can}: {method} {path} needs the admin scope", credential
+        )
+    if credential.stack_ids is None:
+        return
+    if match.group("id") is not None:
+        deployment = await session.get(Deployment, match.group("id"))
+        stack_id = deployment.stack_id if deployment is not None else None
+        if deployment is None:
+            return  # the route answers 404
+    else:
+        stack_id = _body_field(await connection.body(), "stack_id")  # type: ignore[attr-defined]
+        if stack_id is None:
+            return  # the route answers 422
+    if stack_id not in credential.stack_ids:
+        raise _scope_refused("this API token may deploy only its own stacks (stack_ids); this stack is not one of them", credential)
+
+
+def _body_field(body: bytes, name: str) -> str | None:
+    try:
+        value = json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 async def get_current_user(connection: HTTPConnection, session: SessionDep, settings: SettingsDep) -> User:
@@ -75,6 +135,8 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 async def get_superuser(user: CurrentUser) -> User:
     if not user.is_superuser:
         raise PermissionDenied("this needs a platform superuser", code="superuser_required")
+    if not organization_service.platform_wide(user):
+        raise PermissionDenied("this API token is limited to one organisation: platform routes need an unlimited one", code="token_scope")
     return user
 
 

@@ -255,9 +255,14 @@ async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: S
                 deployment = await organization_service.get_owned(
                     session, user=user, model=Deployment, entity_id=frame.deployment_id, minimum=Role.VIEWER, noun="deployment"
                 )
+                if not client.access.allows(deployment.organization_id):  # an organisation-limited API token
+                    raise ValidationFailed("deployment not found", code="deployment_not_found")
                 if frame.stream == "services":
                     follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=frame.tail)
-            elif await organization_service.role_in(session, user=user, organization_id=frame.organization_id) is None:
+            elif (
+                not client.access.allows(frame.organization_id)
+                or await organization_service.role_in(session, user=user, organization_id=frame.organization_id) is None
+            ):
                 raise ValidationFailed("organization not found", code="organization_not_found")
     except NotAuthenticated as exc:
         client.close(exc.detail, CLOSE_UNAUTHORIZED)

@@ -4,7 +4,7 @@ Every error body is :class:`~backend.app.schemas.common.ErrorBody` (``{detail, c
 :class:`~backend.app.schemas.common.ValidationErrorBody`). What an operation can answer comes from two places:
 
 * **its kind**, read from the route itself by :func:`document_errors` (nothing to copy per route): a bearer
-  credential (``CurrentUser``) → 401; ``Superuser`` → 403; an organisation or an owned row in the path
+  credential (``CurrentUser``) → 401, and 403 ``token_scope`` for a change (an API token's scopes); ``Superuser`` → 403; an organisation or an owned row in the path
   (``OrgAccess``, ``OwnedRow``) → 404 (and 403 when it needs more than a viewer); a database session → 503
   ``database_unavailable``; a request body → 400 (unparsable), 413 (too large), 422; any parameter → 422;
 * **its domain errors**, declared beside the route with :func:`errors` (``responses=errors(conflict=[...])``):
@@ -137,10 +137,12 @@ def inferred_errors(route: APIRoute) -> dict[int, set[str]]:
     for call in (d.call for d in every[1:]):
         if call is deps.get_current_user:
             add(401, *AUTH_CODES)
+            if set(route.methods or ()) - deps.READ_METHODS:
+                add(403, "token_scope")  # an API token whose scopes do not cover this change
         elif call is deps.page_params:
             add(422, "invalid_cursor", "invalid_page", "offset_too_large")
         elif call is deps.get_superuser:
-            add(403, "superuser_required")
+            add(403, "superuser_required", "token_scope")
         elif call is deps.get_session:
             add(503, "database_unavailable")
         elif isinstance(call, deps.OrgAccess):

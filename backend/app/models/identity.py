@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Enum, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.app.database import Base, UTCDateTime, utcnow
@@ -68,6 +68,12 @@ class ApiToken(IdMixin, Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: what it may do, an intersection with its owner's rights (``read``, ``deploy``, ``admin``; see docs/api.md)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["admin"], server_default='["admin"]', nullable=False)
+    #: the one organisation it may reach (None: every organisation of its owner)
+    organization_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    #: with ``deploy``: the stacks whose deployments it may create and operate (None: every stack)
+    stack_ids: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class RefreshToken(Base):

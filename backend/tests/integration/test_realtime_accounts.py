@@ -100,3 +100,29 @@ async def test_account_events_reach_whom_they_concern_and_nobody_else(server, ht
     await nothing(bob_ws, "user")
     for ws in (admin_ws, ada_ws, ada_ws2, bob_ws):
         await ws.close()
+
+
+async def test_an_organisation_limited_token_subscribes_to_its_organisation_only(server, http) -> None:
+    """A superuser's API token limited to ``acme`` (read scope): subscribing to ``acme`` works, to another
+    organisation is refused as for an outsider, and it hears no platform event (its owner's superuser rights
+    stop at the token's organisation)."""
+    setup = await http.post("/api/v1/auth/setup", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "organization_name": "acme"})
+    admin = Actor(ADMIN_EMAIL, ADMIN_PASSWORD, setup.json()["access_token"], setup.json()["refresh_token"])
+    orgs = (await http.get("/api/v1/organizations", headers=admin.headers)).json()["items"]
+    acme = orgs[0]["id"]
+    beta = (await http.post("/api/v1/organizations", json={"name": "beta"}, headers=admin.headers)).json()["id"]
+    body = {"name": "ci", "scopes": ["read"], "organization_id": acme}
+    token = (await http.post("/api/v1/tokens", json=body, headers=admin.headers)).json()["token"]
+    limited, full = await WS.open(server, token), await WS.open(server, admin.access_token)
+    assert (await limited.subscribe(organization_id=acme))["type"] == "subscribed"
+    refused = await limited.subscribe(organization_id=beta)
+    assert (refused["type"], refused["code"]) == ("error", "organization_not_found"), refused
+    template = "services:\n  web:\n    image: nginx:alpine\n"
+    stack = await http.post("/api/v1/stacks", json={"name": "s", "template": template, "organization_id": acme}, headers=admin.headers)
+    assert stack.status_code == 201, stack.text
+    assert (await limited.next(changed("stack")))["organization_id"] == acme
+    await http.post("/api/v1/users", json={"email": "gil@example.com", "password": "long-enough-1"}, headers=admin.headers)
+    assert await full.next(changed("user"))
+    await nothing(limited, "user")
+    for ws in (limited, full):
+        await ws.close()

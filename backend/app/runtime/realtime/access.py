@@ -74,7 +74,9 @@ async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str
                 orgs.setdefault(uid, set()).add(org)
         for start in range(0, len(tokens), 500):
             chunk = tokens[start : start + 500]
-            for row in await session.execute(select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(ApiToken.id.in_(chunk))):
+            for row in await session.execute(
+                select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.organization_id).where(ApiToken.id.in_(chunk))
+            ):
                 api_tokens[row.id] = row
     access = {}
     for uid in user_ids:
@@ -87,17 +89,23 @@ def refreshed(current: Access, fresh: Access, api_tokens: dict[str, Any]) -> Acc
     """``current``'s credential with ``fresh``'s memberships, revoked when the credential check of every HTTP
     request (``auth_service.credential_refusal``) would now refuse it: its API token revoked or expired, the
     account deactivated or gone, or signed out everywhere since it authenticated (token generation)."""
+    api_token = api_tokens.get(current.api_token_id)
     refusal = auth_service.credential_refusal(
         fresh.account,
-        api_token=api_tokens.get(current.api_token_id),
+        api_token=api_token,
         api_token_used=current.api_token_id is not None,
         generation=current.generation,
         now=datetime.now(UTC),
     )
+    superuser, organizations = fresh.superuser, fresh.organizations
+    if (limit := getattr(api_token, "organization_id", None)) is not None:
+        # an organisation-limited API token: that organisation's events only (a superuser's too)
+        organizations = frozenset({limit}) if superuser or limit in organizations else frozenset()
+        superuser = False
     return Access(
         fresh.user_id,
-        fresh.superuser,
-        fresh.organizations,
+        superuser,
+        organizations,
         current.api_token_id,
         refusal.detail if refusal is not None else None,
         current.generation,

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.app.config import Settings
 from backend.app.core.exceptions import PermissionDenied
 from backend.app.database import utcnow
-from backend.app.models import AuditEntry, Membership, Role, User
+from backend.app.models import AuditEntry, Role, User
 from backend.app.services import pagination
 from backend.app.services.audit import summary as summary_module
 from backend.app.services.identity import organization_service
@@ -88,10 +88,7 @@ class AuditFilters:
 
 
 async def _admin_organizations(session: AsyncSession, *, user: User) -> list[str]:
-    rows = await session.execute(
-        select(Membership.organization_id).where(Membership.user_id == user.id, Membership.role.in_([Role.ADMIN, Role.OWNER]))
-    )
-    return list(rows.scalars())
+    return await organization_service.admin_organization_ids(session, user=user)
 
 
 async def page(session: AsyncSession, *, user: User, filters: AuditFilters, params: pagination.PageParams) -> pagination.Page:
@@ -101,7 +98,7 @@ async def page(session: AsyncSession, *, user: User, filters: AuditFilters, para
     if filters.organization_id is not None:
         await organization_service.require_role(session, user=user, organization_id=filters.organization_id, minimum=Role.ADMIN)
         query = query.where(AuditEntry.organization_id == filters.organization_id)
-    elif not user.is_superuser:
+    elif not organization_service.platform_wide(user):
         orgs = await _admin_organizations(session, user=user)
         if not orgs:
             raise PermissionDenied(

@@ -187,6 +187,10 @@ class Credential:
     user: User
     expires_at: datetime | None
     api_token_id: str | None = None
+    #: the API token's limits (``models.ApiToken``): ``None`` for an access token (the user's own rights)
+    scopes: tuple[str, ...] | None = None
+    organization_id: str | None = None
+    stack_ids: tuple[str, ...] | None = None
 
 
 async def user_from_token(session: AsyncSession, *, settings: Settings, token: str) -> User:
@@ -217,7 +221,10 @@ async def credential_from_token(session: AsyncSession, *, settings: Settings, to
         raise refusal
     if api_token is not None and (api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60):
         api_token.last_used_at = now
-    return Credential(user, expires_at, api_token.id if api_token is not None else None)
+    if api_token is None:
+        return Credential(user, expires_at)
+    stacks = tuple(api_token.stack_ids) if api_token.stack_ids is not None else None
+    return Credential(user, expires_at, api_token.id, tuple(api_token.scopes or ("admin",)), api_token.organization_id, stacks)
 
 
 def credential_refusal(

@@ -13,8 +13,33 @@ from backend.app.schemas.organizations import MemberCreate, OrganizationCreate, 
 from backend.app.services import pagination
 
 
+def token_organization(user: User) -> str | None:
+    """The one organisation the request's API token may reach (``api/deps.authenticate`` sets it), or ``None``."""
+    return getattr(user, "token_organization_id", None)
+
+
+def platform_wide(user: User) -> bool:
+    """A superuser whose credential is not limited to one organisation (an API token's ``organization_id``)."""
+    return bool(user.is_superuser) and token_organization(user) is None
+
+
+async def admin_organization_ids(session: AsyncSession, *, user: User) -> list[str]:
+    """The organisations where ``user`` is an admin or owner (as a member; an API token's limit applies)."""
+    if (limit := token_organization(user)) is not None:
+        role = await role_in(session, user=user, organization_id=limit)
+        return [limit] if role is not None and role.at_least(Role.ADMIN) else []
+    rows = await session.execute(
+        select(Membership.organization_id).where(Membership.user_id == user.id, Membership.role.in_([Role.ADMIN, Role.OWNER]))
+    )
+    return list(rows.scalars())
+
+
 async def role_in(session: AsyncSession, *, user: User, organization_id: str) -> Role | None:
-    """The user's role in the organisation, ``OWNER`` for superusers, ``None`` for outsiders."""
+    """The user's role in the organisation, ``OWNER`` for superusers, ``None`` for outsiders (and for every
+    organisation but its own through an organisation-limited API token)."""
+    limit = token_organization(user)
+    if limit is not None and organization_id != limit:
+        return None
     if user.is_superuser:
         exists = await session.get(Organization, organization_id)
         return Role.OWNER if exists is not None else None
@@ -77,6 +102,8 @@ async def readable_organization_ids(session: AsyncSession, *, user: User, organi
     if organization_id is not None:
         await require_role(session, user=user, organization_id=organization_id, minimum=Role.VIEWER)
         return [organization_id]
+    if (limit := token_organization(user)) is not None:
+        return [limit] if await role_in(session, user=user, organization_id=limit) is not None else []
     if user.is_superuser:
         return None
     ids = await session.execute(select(Membership.organization_id).where(Membership.user_id == user.id))
@@ -84,6 +111,8 @@ async def readable_organization_ids(session: AsyncSession, *, user: User, organi
 
 
 async def default_organization_id(session: AsyncSession, *, user: User) -> str | None:
+    if (limit := token_organization(user)) is not None:
+        return limit
     return (
         await session.execute(
             select(Membership.organization_id).where(Membership.user_id == user.id).order_by(Membership.created_at, Membership.id).limit(1)
@@ -110,11 +139,15 @@ MEMBERS_BY_AGE = pagination.Ordering("members", (Membership.created_at, Membersh
 
 async def list_for_user(session: AsyncSession, *, user: User, page: pagination.PageParams) -> pagination.Page:
     """Organisations ``user`` belongs to with their role, by name; every one (as owner) for a superuser."""
+    limit = token_organization(user)
     if user.is_superuser:
-        result = await pagination.paginate(session, query=select(Organization), ordering=ORGANIZATIONS_BY_NAME, params=page)
+        query = select(Organization) if limit is None else select(Organization).where(Organization.id == limit)
+        result = await pagination.paginate(session, query=query, ordering=ORGANIZATIONS_BY_NAME, params=page)
         result.items = [(org, Role.OWNER) for org in result.items]
         return result
     base = select(Organization, Membership.role).join(Membership).where(Membership.user_id == user.id)
+    if limit is not None:
+        base = base.where(Organization.id == limit)
     result = await pagination.paginate(
         session, query=base, ordering=ORGANIZATIONS_BY_NAME, params=page, scalars=False, key_of=lambda row: (row[0].name, row[0].id)
     )

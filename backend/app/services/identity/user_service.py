@@ -12,10 +12,11 @@ from backend.app.core import security
 from backend.app.core.events import platform_changed, queue_event, token_changed
 from backend.app.core.exceptions import Conflict, NotFound, ValidationFailed
 from backend.app.database import utcnow
-from backend.app.models import ApiToken, RefreshToken, User
+from backend.app.models import ApiToken, RefreshToken, Stack, User
 from backend.app.schemas.auth import UserCreate, UserUpdate
 from backend.app.schemas.tokens import ApiTokenCreate
 from backend.app.services import pagination
+from backend.app.services.identity import organization_service
 
 
 async def create_user(session: AsyncSession, *, data: UserCreate) -> User:
@@ -84,7 +85,42 @@ async def _revoke_sessions(session: AsyncSession, user: User) -> None:
     user.token_generation = (user.token_generation or 0) + 1  # outstanding access tokens stop working
 
 
+async def _check_token_limits(session: AsyncSession, *, user: User, data: ApiTokenCreate) -> tuple[list[str], list[str] | None]:
+    """The token's scopes (sorted, once each) and stacks, after checking its organisation is one of ``user``'s
+    and its stacks are that organisation's (422 with a code otherwise)."""
+    scopes = sorted(set(data.scopes))
+    if data.organization_id is not None and (
+        "\x00" in data.organization_id
+        or await organization_service.role_in(session, user=user, organization_id=data.organization_id) is None
+    ):
+        raise ValidationFailed("organization_id must be an organisation you belong to", code="token_organization_invalid")
+    if data.stack_ids is None:
+        return scopes, None
+    if scopes != ["deploy"]:
+        raise ValidationFailed('stack_ids limits the deploy scope: give scopes ["deploy"] alone', code="token_stacks_need_deploy")
+    if data.organization_id is None:
+        raise ValidationFailed("stack_ids needs the organization_id its stacks belong to", code="token_stacks_need_organization")
+    stack_ids = sorted(set(data.stack_ids))
+    found = set(
+        (
+            await session.execute(
+                select(Stack.id).where(
+                    Stack.id.in_([s for s in stack_ids if "\x00" not in s]), Stack.organization_id == data.organization_id
+                )
+            )
+        ).scalars()
+    )
+    if missing := [s for s in stack_ids if s not in found]:
+        raise ValidationFailed(
+            f"these stacks are not in the token's organisation: {', '.join(missing)}",
+            code="token_stack_invalid",
+            params={"stack_ids": missing},
+        )
+    return scopes, stack_ids
+
+
 async def create_api_token(session: AsyncSession, *, user: User, data: ApiTokenCreate) -> tuple[ApiToken, str]:
+    scopes, stack_ids = await _check_token_limits(session, user=user, data=data)
     clear = security.generate_api_token()
     token = ApiToken(
         user_id=user.id,
@@ -92,6 +128,9 @@ async def create_api_token(session: AsyncSession, *, user: User, data: ApiTokenC
         prefix=clear[:10],
         token_hash=security.hash_api_token(clear),
         expires_at=utcnow() + timedelta(days=data.expires_in_days) if data.expires_in_days else None,
+        scopes=scopes,
+        organization_id=data.organization_id,
+        stack_ids=stack_ids,
     )
     session.add(token)
     await session.flush()

@@ -11,7 +11,7 @@ from backend.app.config import Settings
 from backend.app.core import security
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.database import utcnow
-from backend.app.models import Membership, NotificationChannel, NotificationDelivery, Organization, Role, User
+from backend.app.models import NotificationChannel, NotificationDelivery, Organization, Role, User
 from backend.app.models.base import new_id
 from backend.app.schemas.notifications import ChannelCreate, ChannelUpdate
 from backend.app.services import pagination
@@ -62,13 +62,11 @@ async def page(session: AsyncSession, *, user: User, organization_id: str | None
     if organization_id is not None:
         await organization_service.require_role(session, user=user, organization_id=organization_id, minimum=Role.ADMIN)
         partitions = [[NotificationChannel.organization_id == organization_id]]
-    elif user.is_superuser:
+    elif organization_service.platform_wide(user):
         partitions = None
     else:
-        ids = await session.execute(
-            select(Membership.organization_id).where(Membership.user_id == user.id, Membership.role.in_([Role.ADMIN, Role.OWNER]))
-        )
-        partitions = [[NotificationChannel.organization_id == org_id] for org_id in ids.scalars()]
+        ids = await organization_service.admin_organization_ids(session, user=user)
+        partitions = [[NotificationChannel.organization_id == org_id] for org_id in ids]
     return await pagination.paginate(
         session, query=select(NotificationChannel), ordering=CHANNELS_BY_NAME, params=params, partitions=partitions
     )
