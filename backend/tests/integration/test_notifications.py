@@ -1,7 +1,8 @@
 """Notifications with real receivers: a deployment's end (a real status change through the state machine)
 queues deliveries in its own transaction; the sender loop (runtime/notifier.py) delivers them to a local HTTP
 server that checks the signature and answers 500 then 200 (retried, same delivery id), to one that hangs
-(timeout, retried, the change already committed), after a sender died holding one (its lease expires), and
+(timeout, retried, the change already committed), by a second backend process after the first (a real
+``python -m backend.app.main``) was killed -9 while its receiver hung (the lease expires), and
 by email to an aiosmtpd server; a channel at the platform's own network refused at creation and, once the
 operator's NOTIFY_ALLOWED_NETWORKS no longer allows it, at the connection (nothing sent); channels over HTTP (admins only, secrets never shown), the test action, the
 delivery log, the audit trail without secrets."""
@@ -25,11 +26,11 @@ from backend.app.models import AuditEntry, DeployHookCall, DeploymentRevision, D
 from backend.app.runtime.background import RetentionLoop
 from backend.app.runtime.notifier import NotificationLoop
 from backend.app.services.deployments.state_machine import set_deployment_status
-from backend.app.services.notifications import delivery as sender
 from backend.tests.conftest import make_settings
 from backend.tests.factories import make_deployment
 from backend.tests.helpers import create_user, setup_admin
 from backend.tests.notify_helpers import Mailbox, Receiver, eventually
+from backend.tests.realtime_helpers import Server
 
 CHANNELS = "/api/v1/notification-channels"
 SECRET = "channel-secret-0123456789"
@@ -186,10 +187,13 @@ async def _rows_with(world, predicate):
     return rows if rows and all(predicate(r) for r in rows) else None
 
 
-async def test_a_delivery_held_by_a_dead_sender_is_delivered_after_its_lease(world, session, receiver):
-    hook = receiver()
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_a_backend_killed_mid_delivery_leaves_it_to_another_after_its_lease(world, session, receiver, tmp_path):
+    """A real backend process (``python -m backend.app.main``) sends the delivery to a receiver that hangs;
+    it is killed -9 while it holds it; another backend process delivers it once the lease has expired."""
+    hook = receiver(hang=30.0, hang_count=1)
     deployment_id, org_id = await failed_deployment_in_org(world, session)
-    await world.channel(org_id, kind="webhook", url=hook.url, events=["deployment.succeeded"])
+    await world.channel(org_id, kind="webhook", url=hook.url, secret=SECRET, events=["deployment.succeeded"])
     async with AsyncSessionLocal() as s:
         await set_deployment_status(
             s, deployment_id=deployment_id, to_status=DeploymentStatus.PENDING, reason="retry", expected_from=DeploymentStatus.FAILED
@@ -199,15 +203,32 @@ async def test_a_delivery_held_by_a_dead_sender_is_delivered_after_its_lease(wor
             s, deployment_id=deployment_id, to_status=DeploymentStatus.RUNNING, reason="all services running", lease_owner="w1"
         )
         await s.commit()
-        # a sender takes it, then dies before sending (its process was killed)
-        taken = await sender.claim(s, owner="dead-process", lease_seconds=1.0, limit=10)
-        await s.commit()
-    assert len(taken) == 1
-    world.start_sender()
-    await asyncio.sleep(0.5)
-    assert hook.received == []  # still leased to the dead sender
-    (row,) = await eventually(lambda: _rows_with(world, lambda r: r.status == "delivered"))
-    assert row.attempts == 2 and len(hook.received) == 1 and hook.received[0].json["event"] == "deployment.succeeded"
+    backend = dict(
+        NOTIFY_POLL_SECONDS=0.2,
+        NOTIFY_LEASE_SECONDS=2.0,
+        NOTIFY_TIMEOUT_SECONDS=30.0,  # the first sender never gives up by itself: it is killed
+        NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8",
+        RECOVERY_ON_STARTUP=False,
+    )
+    first = await Server.start(world.db.settings.DATABASE_URL, tmp_path, "first", **backend)
+    try:
+        await eventually(lambda: asyncio.sleep(0, result=hook.received), timeout=30)  # it is sending, the receiver hangs
+        (held,) = await world.deliveries()
+        assert held.status == "delivering" and held.lease_owner.split(":")[1] == str(first.proc.pid)
+        first.proc.kill9()
+        assert not first.proc.alive()
+    finally:
+        first.stop()
+    second = await Server.start(world.db.settings.DATABASE_URL, tmp_path, "second", **backend)
+    try:
+        (row,) = await eventually(lambda: _rows_with(world, lambda r: r.status == "delivered"), timeout=30)
+    finally:
+        second.stop()
+    assert row.attempts == 2 and row.lease_owner is None and row.delivered_at >= held.lease_expires_at
+    assert len(hook.received) == 2  # the killed attempt (never answered) and the delivery
+    ids = {r.headers["x-windflow-delivery"] for r in hook.received}
+    assert ids == {row.id} and hook.received[1].json["event"] == "deployment.succeeded"
+    check_signature(hook.received[1])
 
 
 async def test_email_over_smtp_says_what_where_which_image_and_why(db, session):
