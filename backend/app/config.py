@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # how long a deployment's image pulls may take together before the pull is abandoned and the deployment
     # fails, saying so (engines/pull.py); 0: no bound
     DEPLOYMENT_PULL_TIMEOUT_SECONDS: float = Field(default=1800.0, ge=0)
+    # how long one `compose up` may run (it creates and starts the containers, waiting for the services others
+    # depend on with `condition: service_healthy`); past it its process group is killed and the deployment fails
+    DEPLOYMENT_UP_TIMEOUT_SECONDS: float = Field(default=600.0, gt=0)
     # the health gate's settle window: a container without a health check must stay up this long before the
     # rollout counts as running (one that exits within it fails the gate); one with a health check is judged
     # by it instead (docs/operations.md, "The health gate")

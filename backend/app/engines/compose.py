@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.app.engines.base import DEPLOYMENT_LABEL, MANAGED_LABEL, DeploySpec, EngineError, LogSink, ServiceState, TargetConnection
+from backend.app.engines.base import (
+    DEPLOYMENT_LABEL,
+    MANAGED_LABEL,
+    DeploySpec,
+    EngineError,
+    EngineTimeout,
+    LogSink,
+    ServiceState,
+    TargetConnection,
+)
 from backend.app.engines.compose_cli import (
     check_document,
     compose_is_v2,
@@ -24,7 +34,11 @@ from backend.app.models.enums import LogLevel
 #: A compose v2 progress line saying a container is being started ("Container wf-1234-web-1  Starting").
 _STARTING = re.compile(r"\bContainer\s+\S+\s+Start(ing|ed)\b")
 
-#: Seconds a compose command may run (images are already local, so this is generous).
+#: A compose v2 line saying a container waits for the services it depends on ("Container wf-1234-db-1  Waiting").
+_WAITING = re.compile(r"\bContainer\s+(\S+)\s+Waiting\b")
+
+#: Seconds a compose command may run (images are already local, so this is generous); ``up`` has the
+#: deployment's own bound (``DeploySpec.up_timeout``).
 COMMAND_TIMEOUT = 600.0
 CONFIG_TIMEOUT = 60.0
 
@@ -76,6 +90,30 @@ class ComposeEngine(DockerEngine):
             result = await self._compose(session, spec, log, *args)
         if not result.ok:
             raise failure(what, result)
+
+    async def _run_up(self, spec: DeploySpec, log: LogSink, step: Callable[[], str]) -> None:
+        """``compose up`` within ``spec.up_timeout``: past it the process group is killed (``run_command``) and the
+        step fails for good (a retry would hang the same way), naming the step, the setting and what compose
+        was still waiting for."""
+        waiting: list[str] = []
+
+        async def follow(level: LogLevel, line: str) -> None:
+            if found := _WAITING.search(line):
+                waiting.append(found.group(1))
+            await log(level, line)
+
+        async with self.session() as session:
+            try:
+                result = await self._compose(session, spec, follow, *self._up_args(), timeout=spec.up_timeout)
+            except EngineTimeout:
+                still = f"; compose was still waiting for its dependencies {', '.join(dict.fromkeys(waiting))}" if waiting else ""
+                raise EngineError(
+                    f"step {step()} timed out: `compose up` did not finish within {spec.up_timeout:g} s "
+                    f"(DEPLOYMENT_UP_TIMEOUT_SECONDS){still}; its processes were killed",
+                    transient=False,
+                ) from None
+        if not result.ok:
+            raise failure("compose up", result)
 
     async def resolved_document(self, spec: DeploySpec) -> dict[str, Any]:
         """``compose config``: the document after compose's own interpolation and profile selection
@@ -129,7 +167,10 @@ class ComposeEngine(DockerEngine):
             if _STARTING.search(line):
                 starting.set()
 
-        up = asyncio.create_task(self._run(spec, follow, "compose up", *self._up_args()), name=f"up-{spec.project}")
+        def step() -> str:  # the runner's step the hang belongs to
+            return "Start services" if starting.is_set() else "Create networks and volumes"
+
+        up = asyncio.create_task(self._run_up(spec, follow, step), name=f"up-{spec.project}")
         self._up[spec.deployment_id] = up
         waiter = asyncio.create_task(starting.wait())
         try:
@@ -148,7 +189,7 @@ class ComposeEngine(DockerEngine):
         up = self._up.pop(spec.deployment_id, None)
         if up is None:  # create_resources was not called (a start after a restart of this process)
             self.ensure_project(spec)
-            await self._run(spec, log, "compose up", *self._up_args())
+            await self._run_up(spec, log, lambda: "Start services")
             return
         await up  # cancelling this step cancels `up`, which kills compose's process group
 

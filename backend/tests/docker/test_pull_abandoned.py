@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import docker
 import pytest
 
+from backend.app.engines.base import project_name
 from backend.app.runtime import background_tasks
+from backend.tests.conftest import TEST_IMAGE
 from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
 from backend.tests.docker.test_deployments import make_env
 from backend.tests.docker.test_private_registry import _image_stack, forget, push_fresh_layer
@@ -152,6 +155,58 @@ async def test_a_stacks_own_pull_timeout_wins_and_a_bad_one_is_refused(db, docke
         await _engine_gave_up(proxy, reference)
     finally:
         forget(f"{proxy.server}/{pushed}")
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()
+
+
+def _hanging_up_stack() -> str:
+    """``web`` waits for ``db`` to be healthy, and ``db``'s first probe is an hour away: a real ``compose up`` that
+    never returns (compose has no bound of its own on ``condition: service_healthy``)."""
+    return (
+        "services:\n"
+        f"  db:\n    image: {TEST_IMAGE}\n    init: true\n"
+        '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
+        '    healthcheck:\n      test: ["CMD", "false"]\n      interval: 1h\n      start_period: 1h\n'
+        f"  web:\n    image: {TEST_IMAGE}\n    init: true\n"
+        '    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
+        "    depends_on:\n      db:\n        condition: service_healthy\n"
+    )
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+async def test_up_timeout_kills_a_hung_compose_up_and_says_which_step(db, docker_engine, tmp_path):
+    client, env = await _env(db, docker_engine, tmp_path, DEPLOYMENT_UP_TIMEOUT_SECONDS=3, DEPLOYMENT_MAX_ATTEMPTS=3)
+    try:
+        stack_id = await env.stack(_hanging_up_stack(), name="hung-up")
+        created = await env.deploy({}, stack_id=stack_id)
+        started = time.monotonic()
+        failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"}, timeout=60)
+        print(f"failed {time.monotonic() - started:.1f} s after the POST")
+        assert failed["status"] == "failed"
+        assert failed["attempt"] == 1, "a timed-out up is not retried: it would hang the same way"
+        message = failed["error_message"]
+        project = project_name(created["id"])
+        assert "step Start services timed out" in message and "within 3 s (DEPLOYMENT_UP_TIMEOUT_SECONDS)" in message, message
+        assert f"{project}-db-1" in message, message  # what compose was waiting for
+        logs = await all_logs(env.client, env.admin.headers, created["id"])
+        assert any(line["level"] == "error" and "DEPLOYMENT_UP_TIMEOUT_SECONDS" in line["message"] for line in logs)
+        assert not _processes_naming(project), "compose up outlived its timeout"
+        assert not docker.from_env().containers.list(all=True, filters={"label": f"windflow.deployment_id={created['id']}"})
+    finally:
         await background_tasks.shutdown()
         for deployment_id in env.created:
             force_cleanup(deployment_id)

@@ -87,6 +87,7 @@ def deploy_spec(settings: Settings, deployment: Deployment, *, registry_auth: di
         compose=compose,
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
+        up_timeout=settings.DEPLOYMENT_UP_TIMEOUT_SECONDS,
         # the stack's own (x-windflow.pull_timeout), else the setting's (0: none)
         pull_timeout=stack_pull_timeout(compose_policy.load(compose)) or settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
         # never longer than half the wait: a short health timeout must still let a stable service through
