@@ -18,7 +18,7 @@ class WindFlowError(Exception):
         *,
         code: str | None = None,
         headers: dict[str, str] | None = None,
-        params: dict[str, str | int | float | bool | list[str] | None] | None = None,
+        params: dict[str, object] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail

@@ -38,8 +38,9 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-#: The values an error quotes, for a client that words it in its own language.
-ErrorParams = dict[str, str | int | float | bool | list[str] | None]
+#: The values an error quotes, for a client that words it in its own language (a list of objects: one per
+#: problem of an error that has several, e.g. ``invalid_variables``'s ``problems``).
+ErrorParams = dict[str, str | int | float | bool | list[str] | list[dict[str, str | int | float | bool | None]] | None]
 
 
 class ErrorBody(BaseModel):

@@ -76,6 +76,7 @@ __all__ = [
     "NumberVariable",
     "SecretVariable",
     "StackVariable",
+    "SchemaProblem",
     "StringVariable",
     "TextareaVariable",
     "ValueProblem",
@@ -191,6 +192,10 @@ class _ValueVariable(_Variable):
     def _got(self, raw: Any) -> str:
         return "" if self.is_secret else f", got {describe(raw)}"
 
+    def _quoted(self, raw: Any) -> dict[str, str]:
+        """The ``got`` param of a :class:`ValueProblem` (none for a secret: its value is never quoted)."""
+        return {} if self.is_secret else {"got": describe(raw)}
+
     @model_validator(mode="wrap")
     @classmethod
     def _default_fits(cls, data: Any, handler, info: ValidationInfo):
@@ -210,11 +215,12 @@ class _ValueVariable(_Variable):
             if variable.is_secret:
                 raise ValueProblem(
                     "a secret's default must be a generator such as '{{ generate_password(24) }}'; a literal "
-                    "default would be stored and shown in clear"
+                    "default would be stored and shown in clear",
+                    "secret_literal_default",
                 )
             value = variable.value_of(default)
         except ValueProblem as exc:
-            raise problem(str(exc), "default") from None
+            raise problem(str(exc), "default", reason=exc.reason, params=exc.params) from None
         if value == default and type(value) is type(default):
             return variable
         return variable.model_copy(update={"default": value})
@@ -236,23 +242,23 @@ class _TextVariable(_ValueVariable):
 
     def _coerce(self, raw: Any) -> str:
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            raise ValueProblem(f"must be a string{self._got(raw)}")
+            raise ValueProblem(f"must be a string{self._got(raw)}", "not_string", **self._quoted(raw))
         value = raw if isinstance(raw, str) else str(raw)
         if len(value) > MAX_VALUE_LENGTH:
-            raise ValueProblem(f"longer than {MAX_VALUE_LENGTH} characters")
+            raise ValueProblem(f"longer than {MAX_VALUE_LENGTH} characters", "too_long", max=MAX_VALUE_LENGTH)
         if "\x00" in value:
-            raise ValueProblem("must not contain NUL (\\x00) characters")
+            raise ValueProblem("must not contain NUL (\\x00) characters", "nul_character")
         if not self.multiline and any(ch in value for ch in "\r\n"):
-            raise ValueProblem("must be a single line (use a textarea variable for multi-line text)")
+            raise ValueProblem("must be a single line (use a textarea variable for multi-line text)", "multiline")
         return value
 
     def _check(self, value: str) -> None:
         if self.min_length is not None and len(value) < self.min_length:
-            raise ValueProblem(f"must be at least {self.min_length} characters long")
+            raise ValueProblem(f"must be at least {self.min_length} characters long", "min_length", min_length=self.min_length)
         if self.max_length is not None and len(value) > self.max_length:
-            raise ValueProblem(f"must be at most {self.max_length} characters long")
+            raise ValueProblem(f"must be at most {self.max_length} characters long", "max_length", max_length=self.max_length)
         if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
-            raise ValueProblem(f"does not match the pattern {self.pattern}")
+            raise ValueProblem(f"does not match the pattern {self.pattern}", "pattern", pattern=self.pattern)
 
     def example(self) -> str:
         text = "example-secret" if self.is_secret else "example"
@@ -297,9 +303,9 @@ class _NumericVariable(_ValueVariable):
     def _check(self, value: int | float) -> None:
         low, high = self.min, self.max
         if low is not None and value < low:
-            raise ValueProblem(f"must be at least {low}")
+            raise ValueProblem(f"must be at least {low}", "min", min=low)
         if high is not None and value > high:
-            raise ValueProblem(f"must be at most {high}")
+            raise ValueProblem(f"must be at most {high}", "max", max=high)
 
     def example(self) -> int | float:
         low, high = self.min, self.max
@@ -320,7 +326,7 @@ class IntegerVariable(_NumericVariable):
             return int(raw)
         if isinstance(raw, str) and _INTEGER_RE.match(raw):
             return int(raw)
-        raise ValueProblem(f"must be an integer{self._got(raw)}")
+        raise ValueProblem(f"must be an integer{self._got(raw)}", "not_integer", **self._quoted(raw))
 
 
 class NumberVariable(_NumericVariable):
@@ -334,7 +340,7 @@ class NumberVariable(_NumericVariable):
             return raw
         if isinstance(raw, str) and _NUMBER_RE.match(raw):
             return int(raw) if _INTEGER_RE.match(raw) else float(raw)
-        raise ValueProblem(f"must be a number{self._got(raw)}")
+        raise ValueProblem(f"must be a number{self._got(raw)}", "not_number", **self._quoted(raw))
 
 
 class BooleanVariable(_ValueVariable):
@@ -346,7 +352,7 @@ class BooleanVariable(_ValueVariable):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false"):
             return raw.lower() == "true"
-        raise ValueProblem(f"must be true or false{self._got(raw)}")
+        raise ValueProblem(f"must be true or false{self._got(raw)}", "not_boolean", **self._quoted(raw))
 
     def example(self) -> bool:
         return False
@@ -410,7 +416,7 @@ class EnumVariable(_ValueVariable):
                 if scalar_text(option.value) == scalar_text(raw):
                     return option.value
         choices = ", ".join(scalar_text(option.value) for option in self.options)
-        raise ValueProblem(f"must be one of {choices}{self._got(raw)}")
+        raise ValueProblem(f"must be one of {choices}{self._got(raw)}", "not_a_choice", choices=choices, **self._quoted(raw))
 
     def example(self) -> OptionValue:
         return self.options[0].value
@@ -528,6 +534,21 @@ def _path(loc: tuple[Any, ...], root: str) -> tuple[str, str | None]:
     return path, vtype
 
 
+class SchemaProblem(str):
+    """A problem of a schema (``path: message``) that a :class:`ValueProblem` made (a default that does not
+    fit its variable): its ``path``, ``message``, and the problem's ``reason`` and ``params`` for a client."""
+
+    path: str
+    message: str
+    reason: str
+    params: dict[str, Any]
+
+    def __new__(cls, path: str, message: str, reason: str, params: dict[str, Any]) -> SchemaProblem:
+        self = super().__new__(cls, f"{path}: {message}")
+        self.path, self.message, self.reason, self.params = path, message, reason, params
+        return self
+
+
 def _message(error: dict[str, Any], root: str) -> str:
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
@@ -536,6 +557,8 @@ def _message(error: dict[str, Any], root: str) -> str:
         at = ctx.get("at")
         if at:
             path += at if at.startswith("[") else f".{at}"
+        if ctx.get("reason"):
+            return SchemaProblem(path, ctx["message"], ctx["reason"], ctx.get("params") or {})
         return f"{path}: {ctx['message']}"
     path, vtype = _path(loc, root)
     key = loc[-1] if loc else None

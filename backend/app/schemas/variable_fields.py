@@ -75,10 +75,11 @@ RESERVED_NAMES = frozenset(
 PROBLEM = "windflow"
 
 
-def problem(message: str, at: str | None = None) -> PydanticCustomError:
+def problem(message: str, at: str | None = None, *, reason: str | None = None, params: dict[str, Any] | None = None) -> PydanticCustomError:
     """A problem with our own message; ``at`` is a path below the value being validated (``min``,
-    ``options[1]``). The message goes through the context so that braces in it are never formatted."""
-    return PydanticCustomError(PROBLEM, "{message}", {"message": message, "at": at})
+    ``options[1]``). The message goes through the context so that braces in it are never formatted.
+    ``reason`` and ``params`` are a :class:`ValueProblem`'s (a default that does not fit its variable)."""
+    return PydanticCustomError(PROBLEM, "{message}", {"message": message, "at": at, "reason": reason, "params": params or {}})
 
 
 def scalar_text(value: Any) -> str:
@@ -102,7 +103,16 @@ def is_expression(value: Any) -> bool:
 
 
 class ValueProblem(ValueError):
-    """A value (or a default) that does not fit its variable; the message never quotes a secret's value."""
+    """A value (or a default) that does not fit its variable; the message never quotes a secret's value.
+
+    ``reason`` is a stable word for the rule it breaks (``not_integer``, ``min_length``, ...) and ``params``
+    the values the message quotes (``{"min_length": 8}``, ``{"got": "'abc'"}``): a client words the problem
+    in its own language from them (the web UI: ``frontend/src/i18n/variableReasons.ts``)."""
+
+    def __init__(self, text: str, reason: str, /, **params: Any) -> None:
+        super().__init__(text)
+        self.reason = reason
+        self.params = params
 
 
 # --- field types --------------------------------------------------------------------------------------

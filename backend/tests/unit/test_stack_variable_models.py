@@ -64,7 +64,7 @@ def test_the_canonical_form_is_the_dump_and_parses_to_the_same_model():
 
 def test_generator_defaults_are_checked_by_the_callers_sandbox():
     def refuse(expression: str) -> None:
-        raise ValueProblem(f"not here: {expression}")
+        raise ValueProblem(f"not here: {expression}", "generator_syntax", message="not here")
 
     raw = [{"name": "pw", "type": "secret", "default": "{{ generate_password(24) }}"}]
     assert validate_variable_schema(raw)[1] == []  # no check given: the expression is kept as written

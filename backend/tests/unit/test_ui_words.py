@@ -122,3 +122,28 @@ def test_every_reason_of_a_refused_document_reads_in_french() -> None:
     body = text.split("export const apiReasonsFr", 1)[1].split("\n}", 1)[0]
     french = set(re.findall(r"^\s{4}([a-z][a-z0-9_]*):", body, re.M))
     assert reasons - french == set()
+
+
+def _variable_reasons(catalogue: str) -> set[str]:
+    """The keys of ``variableReasons.ts``'s object for one language."""
+    text = (I18N / "variableReasons.ts").read_text(encoding="utf-8")
+    body = text.split(f"export const variableReasons{catalogue}", 1)[1].split("\n}", 1)[0]
+    return set(re.findall(r"^\s{2}([a-z][a-z0-9_]*):", body, re.M))
+
+
+def test_every_reason_of_a_refused_variable_value_reads_in_both_languages() -> None:
+    """Every ``ValueProblem(text, reason, ...)`` the server raises names its reason as a literal, and the UI
+    words it in English and French (``invalid_variables`` and ``invalid_variable_schema`` carry them)."""
+    import ast
+
+    reasons: dict[str, str] = {}
+    for path in APP.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ValueProblem":
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                reason = node.args[1] if len(node.args) > 1 else None
+                assert isinstance(reason, ast.Constant) and isinstance(reason.value, str), f"{where}: no literal reason"
+                reasons.setdefault(reason.value, where)
+    assert {"not_integer", "min_length", "pattern", "not_a_choice", "required", "generator_failed"} <= set(reasons)
+    for catalogue in ("En", "Fr"):
+        assert {r: where for r, where in reasons.items() if r not in _variable_reasons(catalogue)} == {}, catalogue

@@ -48,6 +48,10 @@ export class ApiError extends Error {
   /** Each field's message, in the user's language where the catalogue words its type. */
   get fields(): Record<string, string> {
     const out: Record<string, string> = { ...this.rawFields }
+    for (const p of this.variableProblems) {
+      const where = p.variable ?? p.field
+      if (typeof where === 'string') out[where] = variableProblemText(this.code, p)
+    }
     const seen = new Set<string>()
     for (const p of this.problems) {
       const text = fieldText(p)
@@ -66,6 +70,28 @@ export class ApiError extends Error {
     return typeof reason === 'string' ? localized(`apiReasons.${this.code}.${reason}`, this.params) : null
   }
 
+  /** A variable error's problems (`params.problems` of `invalid_variables`, `invalid_variable_schema`). */
+  get variableProblems(): ErrorParams[] {
+    const list = this.params.problems
+    if (!VARIABLE_CODES.has(this.code) || !Array.isArray(list)) return []
+    return list.filter((p): p is ErrorParams => !!p && typeof p === 'object' && typeof p.message === 'string')
+  }
+
+  /**
+   * A variable error's detail (`path: problem; ...`, as the server's) with each problem worded in the user's
+   * language, for the stack editor to put at its line; the server's detail when there are no problems.
+   */
+  get variableDetail(): string {
+    const problems = this.variableProblems
+    if (!problems.length) return this.message
+    return problems
+      .map((p) => {
+        const where = p.variable ?? p.field
+        return typeof where === 'string' ? `${where}: ${variableProblemText(this.code, p)}` : String(p.message)
+      })
+      .join('; ')
+  }
+
   /** The whole error in the user's language. */
   get text(): string {
     if (this.problems.length && this.code === 'validation_error')
@@ -73,7 +99,18 @@ export class ApiError extends Error {
     const at =
       (this.params.defaults === true ? (localized('apiWords.with_defaults', {}) ?? '') : '') +
       (typeof this.params.line === 'number' ? (localized('apiWords.at_line', { line: this.params.line }) ?? '') : '')
-    const why = this.reasonText ?? this.message
+    const variables = this.variableProblems
+    const why = variables.length
+      ? variables
+          .map((p) => {
+            const where = p.variable ?? p.field
+            const text = variableProblemText(this.code, p)
+            return typeof where === 'string'
+              ? (localized('apiWords.variable.at', { where, why: text }) ?? `${where}: ${text}`)
+              : text
+          })
+          .join('; ')
+      : (this.reasonText ?? this.message)
     return localized(`apiErrors.${this.code}`, { ...this.params, detail: this.message, why, at }) ?? this.message
   }
 }
@@ -85,6 +122,15 @@ function localized(key: string, params: ErrorParams): string | null {
   const named: Record<string, unknown> = {}
   for (const [k, v] of Object.entries(params)) named[k] = Array.isArray(v) ? v.join(', ') : (v ?? '')
   return g.t(key, named)
+}
+
+const VARIABLE_CODES = new Set(['invalid_variables', 'invalid_variable_schema'])
+
+/** One variable's problem (without which variable) worded from its `reason`, else the server's English message. */
+function variableProblemText(code: string, p: ErrorParams): string {
+  const got = typeof p.got === 'string' ? (localized('apiWords.variable.got', { got: p.got }) ?? '') : ''
+  const reason = typeof p.reason === 'string' ? localized(`apiReasons.${code}.${p.reason}`, { ...p, got }) : null
+  return reason ?? String(p.message)
 }
 
 function fieldText(p: FieldProblem): string {

@@ -2235,7 +2235,9 @@ export interface components {
              * @default null
              */
             params: {
-                [key: string]: string | number | boolean | string[] | null;
+                [key: string]: string | number | boolean | string[] | {
+                    [key: string]: string | number | boolean | null;
+                }[] | null;
             } | null;
         };
         /** ErrorFrame */
@@ -2279,7 +2281,9 @@ export interface components {
              * @description the type's limits, e.g. ``{"max_length": 100}``
              */
             params?: {
-                [key: string]: string | number | boolean | string[] | null;
+                [key: string]: string | number | boolean | string[] | {
+                    [key: string]: string | number | boolean | null;
+                }[] | null;
             };
             /**
              * Type
@@ -2358,7 +2362,9 @@ export interface components {
              * @default null
              */
             params: {
-                [key: string]: string | number | boolean | string[] | null;
+                [key: string]: string | number | boolean | string[] | {
+                    [key: string]: string | number | boolean | null;
+                }[] | null;
             } | null;
         };
         /**

@@ -4,8 +4,11 @@
  * English needs no catalogue: the server's detail is English.
  *
  * `{why}` is the error's `reason` worded from `apiReasons.<code>.<reason>` (the server's detail when it has none)
- * and `{at}` where it happened (`apiWords`: its line, with the default values).
+ * and `{at}` where it happened (`apiWords`: its line, with the default values). A variable's problems are
+ * worded from `variableReasons.ts`, each one (`{why}` of `invalid_variables` and `invalid_variable_schema`).
  */
+import { variableReasonsFr, variableWordsFr } from './variableReasons'
+
 export const apiErrorsFr: Record<string, string> = {
   network: 'Le serveur est injoignable ; vérifiez votre connexion et réessayez.',
   validation_error: 'Certains champs sont invalides : {detail}',
@@ -77,8 +80,8 @@ export const apiErrorsFr: Record<string, string> = {
   renderer_unavailable: 'Le moteur de rendu n’a pas pu démarrer ; réessayez plus tard.',
   invalid_yaml: 'YAML invalide, ligne {line}, colonne {column} : {problem}',
   yaml_limit: 'Le YAML dépasse une limite{at} : {why}',
-  invalid_variables: 'Valeurs invalides : {detail}',
-  invalid_variable_schema: 'Définition des variables invalide : {detail}',
+  invalid_variables: 'Valeurs invalides : {why}',
+  invalid_variable_schema: 'Définition des variables invalide : {why}',
   variables_twice: 'Envoyez les variables en liste ou en texte, pas les deux.',
   invalid_cursor: 'Pagination invalide ; rechargez la liste.',
   invalid_page: 'Pagination invalide ; rechargez la liste.',
@@ -192,7 +195,10 @@ export const apiReasonsFr: Record<string, Record<string, string>> = {
 }
 
 /** The words around a reason: where the error happened. */
-export const apiWordsFr: Record<string, string> = {
+export const apiWordsFr: Record<string, string | Record<string, string>> = {
+  variable: variableWordsFr,
   at_line: ', ligne {line}',
+  invalid_variables: variableReasonsFr,
+  invalid_variable_schema: variableReasonsFr,
   with_defaults: ' avec les valeurs par défaut',
 }

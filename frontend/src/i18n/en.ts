@@ -1,5 +1,6 @@
 import automation from './automation.en'
 import revisions from './revisions.en'
+import { variableReasonsEn, variableWordsEn } from './variableReasons'
 
 export default {
   ...revisions,
@@ -622,9 +623,12 @@ export default {
     compose_policy_denied: "Open this target's compose policy",
     target_inactive: 'Reactivate this target',
   },
-  /** English shows the server's own text (its detail): no catalogue. */
+  /** English shows the server's own text (its detail): no catalogue, but a variable's problems (one per field). */
   apiErrors: {} as Record<string, string>,
   apiFields: {} as Record<string, string>,
-  apiReasons: {} as Record<string, Record<string, string>>,
-  apiWords: {} as Record<string, string>,
+  apiReasons: {
+    invalid_variables: variableReasonsEn,
+    invalid_variable_schema: variableReasonsEn,
+  } as Record<string, Record<string, string>>,
+  apiWords: { variable: variableWordsEn } as Record<string, string | Record<string, string>>,
 }

@@ -304,7 +304,7 @@ async def create_update(
     parsed = templating.parse_variables(source["stack_variables"] or [])
     given = variables or {}
     if not isinstance(given, Mapping):  # the schema says object; a direct caller may not
-        raise templating.VariableErrors([("variables", "must be an object mapping variable names to values")])
+        raise templating.VariableErrors([("variables", templating.not_a_mapping())])
     values = templating.resolve_values(parsed, merge_values(parsed, EncryptedValues(current.variables).decrypt(settings), given))
     rendered = await render_for_target(
         session, settings=settings, template=source["stack_template"], parsed=parsed, values=values, target=target

@@ -33,12 +33,24 @@ class Generators:
 
     def generate_password(self, length: int = 24) -> str:
         if isinstance(length, bool) or not isinstance(length, int) or not 8 <= length <= 256:
-            raise ValueProblem("generate_password(length): length must be an integer between 8 and 256")
+            raise ValueProblem(
+                "generate_password(length): length must be an integer between 8 and 256",
+                "generator_argument",
+                function="generate_password",
+                min=8,
+                max=256,
+            )
         return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
 
     def random_hex(self, length: int = 32) -> str:
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 256:
-            raise ValueProblem("random_hex(length): length must be an integer between 1 and 256")
+            raise ValueProblem(
+                "random_hex(length): length must be an integer between 1 and 256",
+                "generator_argument",
+                function="random_hex",
+                min=1,
+                max=256,
+            )
         return secrets.token_hex((length + 1) // 2)[:length]
 
     def uuid(self) -> str:
@@ -52,9 +64,15 @@ class Generators:
         """
         for bound in (low, high):
             if isinstance(bound, bool) or not isinstance(bound, int) or not 1024 <= bound <= 65535:
-                raise ValueProblem("random_port(low, high): bounds must be integers between 1024 and 65535")
+                raise ValueProblem(
+                    "random_port(low, high): bounds must be integers between 1024 and 65535",
+                    "generator_argument",
+                    function="random_port",
+                    min=1024,
+                    max=65535,
+                )
         if low > high:
-            raise ValueProblem("random_port(low, high): low is greater than high")
+            raise ValueProblem("random_port(low, high): low is greater than high", "generator_bounds_reversed", function="random_port")
         rng = secrets.SystemRandom()
         candidates = list(range(low, high + 1))
         rng.shuffle(candidates)
@@ -64,7 +82,7 @@ class Generators:
             if _port_is_free(port):
                 self.ports.add(port)
                 return port
-        raise ValueProblem(f"random_port(): found no free TCP port between {low} and {high}")
+        raise ValueProblem(f"random_port(): found no free TCP port between {low} and {high}", "no_free_port", min=low, max=high)
 
     def namespace(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in GENERATORS}

@@ -185,13 +185,17 @@ def check_generator_expression(expression: str) -> None:
     try:
         tree = _GENERATOR_ENV.parse(expression)
     except TemplateSyntaxError as exc:
-        raise ValueProblem(f"invalid generator expression: {exc.message}") from None
+        raise ValueProblem(f"invalid generator expression: {exc.message}", "generator_syntax", message=exc.message or "") from None
     if any(True for _ in tree.find_all(_FORBIDDEN_NODES)):
-        raise ValueProblem("a generator expression cannot include, import or extend")
+        raise ValueProblem("a generator expression cannot include, import or extend", "generator_forbidden_tag")
     unknown = sorted(meta.find_undeclared_variables(tree) - set(GENERATORS))
     if unknown:
+        available = ", ".join(f"{g}()" for g in GENERATORS)
         raise ValueProblem(
-            f"unknown name(s) {', '.join(unknown)} in generator expression; available: " + ", ".join(f"{g}()" for g in GENERATORS)
+            f"unknown name(s) {', '.join(unknown)} in generator expression; available: {available}",
+            "generator_unknown_name",
+            names=", ".join(unknown),
+            available=available,
         )
 
 
@@ -203,4 +207,5 @@ def evaluate_generator(expression: str, generators: Generators) -> str:
     except ValueProblem:
         raise
     except Exception as exc:  # noqa: BLE001 - reported as a problem with this variable
-        raise ValueProblem(f"default generator failed: {getattr(exc, 'message', None) or exc}") from None
+        message = str(getattr(exc, "message", None) or exc)
+        raise ValueProblem(f"default generator failed: {message}", "generator_failed", message=message) from None

@@ -20,6 +20,7 @@ from backend.app.core.exceptions import ValidationFailed
 from backend.app.schemas.stack_variables import (
     GENERATOR_CHECK,
     GroupVariable,
+    SchemaProblem,
     StackVariable,
     ValueProblem,
     scalar_text,
@@ -31,14 +32,34 @@ from backend.app.services.stacks.templating.sandbox import check_generator_expre
 MASK = "***"
 
 
+def not_a_mapping() -> ValueProblem:
+    """The problem of values that are not an object."""
+    return ValueProblem("must be an object mapping variable names to values", "values_not_an_object")
+
+
 class VariableErrors(ValidationFailed):
-    """Every problem with a set of values, as ``(dotted name, problem)`` pairs (never a secret value)."""
+    """Every problem with a set of values, as ``(dotted name, problem)`` pairs (never a secret value).
+
+    ``params`` word them for a client: the first problem's ``variable``, ``reason`` and the values it quotes
+    at the top, every one in ``problems`` (``[{"variable": "port", "message": "must be an integer, got
+    'abc'", "reason": "not_integer", "got": "'abc'"}]``)."""
 
     code = "invalid_variables"
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("invalid variables: " + "; ".join(f"{name}: {problem}" for name, problem in problems))
+    def __init__(self, problems: list[tuple[str, str | ValueProblem]]) -> None:
+        self.problems = [(name, str(problem)) for name, problem in problems]
+        described = [_described("variable", name, problem) for name, problem in problems]
+        super().__init__(
+            "invalid variables: " + "; ".join(f"{name}: {problem}" for name, problem in self.problems),
+            params={**described[0], "problems": described} if described else None,
+        )
+
+
+def _described(key: str, where: str, problem: str | ValueProblem) -> dict[str, Any]:
+    """One problem as a client words it: where, the English message, and its reason with the values it quotes."""
+    if isinstance(problem, ValueProblem):
+        return {**problem.params, key: where, "message": str(problem), "reason": problem.reason}
+    return {key: where, "message": str(problem)}
 
 
 def parse_variables(raw: list[dict] | None) -> list[StackVariable]:
@@ -48,7 +69,15 @@ def parse_variables(raw: list[dict] | None) -> list[StackVariable]:
     """
     variables, problems = validate_variable_schema(raw, context={GENERATOR_CHECK: check_generator_expression})
     if problems:
-        raise ValidationFailed("invalid variable schema: " + "; ".join(problems), code="invalid_variable_schema")
+        described = [
+            {**p.params, "field": p.path, "message": p.message, "reason": p.reason} if isinstance(p, SchemaProblem) else {"message": str(p)}
+            for p in problems
+        ]
+        raise ValidationFailed(
+            "invalid variable schema: " + "; ".join(problems),
+            code="invalid_variable_schema",
+            params={**described[0], "problems": described},
+        )
     return [variable for _, variable in variables]
 
 
@@ -99,7 +128,7 @@ def masked_values(variables: Iterable[StackVariable], values: Mapping[str, Any])
 @dataclass
 class _Resolution:
     generators: Generators = field(default_factory=Generators)
-    problems: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[tuple[str, ValueProblem]] = field(default_factory=list)
     examples: bool = False  # a required variable without value gets its type's example
     used_example: list[str] = field(default_factory=list)
 
@@ -110,7 +139,9 @@ def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any],
     for key in given:
         if key not in known:
             hint = f"; known here: {', '.join(sorted(known))}" if known else ""
-            state.problems.append((f"{prefix}{key}", f"unknown variable{hint}"))
+            state.problems.append(
+                (f"{prefix}{key}", ValueProblem(f"unknown variable{hint}", "unknown_variable", known=", ".join(sorted(known))))
+            )
     values: dict[str, Any] = {}
     for variable in variables:
         path = prefix + variable.name
@@ -119,7 +150,7 @@ def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any],
             if raw is None:
                 raw = {}
             if not isinstance(raw, Mapping):
-                state.problems.append((path, "must be an object holding the group's variables"))
+                state.problems.append((path, ValueProblem("must be an object holding the group's variables", "not_a_group_object")))
                 raw = {}
             values[variable.name] = _resolve_level(variable.variables, raw, f"{path}.", state)
             continue
@@ -132,7 +163,7 @@ def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any],
                 try:
                     raw = evaluate_generator(variable.default, state.generators)
                 except ValueProblem as exc:
-                    state.problems.append((path, str(exc)))
+                    state.problems.append((path, exc))
                     values[variable.name] = None
                     continue
             else:
@@ -142,7 +173,7 @@ def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any],
                 values[variable.name] = variable.example()
                 state.used_example.append(path)
             elif variable.required:
-                state.problems.append((path, "required: give a value (the variable has no default)"))
+                state.problems.append((path, ValueProblem("required: give a value (the variable has no default)", "required")))
                 values[variable.name] = None
             else:
                 values[variable.name] = raw
@@ -150,7 +181,7 @@ def _resolve_level(variables: Iterable[StackVariable], given: Mapping[str, Any],
         try:
             values[variable.name] = variable.value_of(raw)
         except ValueProblem as exc:
-            state.problems.append((path, str(exc)))
+            state.problems.append((path, exc))
             values[variable.name] = None
     return values
 
@@ -165,7 +196,7 @@ def resolve_values(variables: list[StackVariable], given: dict | None) -> dict:
     if given is None:
         given = {}
     if not isinstance(given, Mapping):
-        raise VariableErrors([("variables", "must be an object mapping variable names to values")])
+        raise VariableErrors([("variables", not_a_mapping())])
     state = _Resolution()
     values = _resolve_level(variables, given, "", state)
     if state.problems:
