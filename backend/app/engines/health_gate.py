@@ -119,7 +119,15 @@ class HealthGate:
         if status == "restarting":
             return Verdict(failed=True, reason=f"is restarting (it exited with code {exit_code})")
         if restarts > seen.restarts or (started_at and started_at != seen.started_at):
-            return Verdict(failed=True, reason=f"restarted during the health gate (it exited with code {exit_code})")
+            # Docker resets ``State.ExitCode`` when the container starts again: once it runs, the code of the run
+            # that ended is gone (0 here says nothing); its last lines, which the caller appends, tell what happened
+            if exit_code:
+                how = f" (it exited with code {exit_code})"
+            elif restarts > seen.restarts:
+                how = f" ({restarts - seen.restarts} restart(s))"
+            else:
+                how = " (it started again)"
+            return Verdict(failed=True, reason=f"restarted during the health gate{how}")
         if status != "running":
             return Verdict(waiting=status or "unknown")
 

@@ -102,6 +102,8 @@ services:
             (
                 "service app is restarting (it exited with code 2)",
                 "service app restarted during the health gate (it exited with code 2)",
+                # the poll saw it running again: Docker has reset its exit code by then
+                "service app restarted during the health gate (",
                 "service app exited with code 2",
             )
         ), message  # a poll between exit and restart
