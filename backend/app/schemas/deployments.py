@@ -145,6 +145,12 @@ class RevisionRead(ResponseModel):
     )
     stack_id: str | None
     stack_version: str | None = Field(description="the stack's version when the revision was made")
+    variable_schema: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the stack's variable schema as it was when the revision was made (what its values are typed and "
+        "validated by, and what a change of this revision is checked against unless it asks for the latest); null: "
+        "made without a stack",
+    )
     variables: dict[str, Any] = Field(description="its values; secrets shown as ***")
     images: list[RevisionImage]
     error_message: str | None

@@ -277,3 +277,26 @@ async def test_cancelling_a_rollout_keeps_the_volumes_the_revisions_before_it_wr
     assert rolled.status_code == 201, rolled.text
     assert (await wait_revision(env.client, env.admin.headers, deployment_id, 3, {"running", "failed"}))["status"] == "running"
     assert serves(port) == "v1"
+
+
+async def test_a_revision_keeps_the_variable_schema_it_was_made_with(env):
+    """What the Edit & redeploy form is built from: the schema the revision's values were checked against, not the
+    stack's current one (a change without "latest" is validated against the revision's)."""
+    deployment_id = (await env.deploy({"port": free_port()}))["id"]
+    await wait_revision(env.client, env.admin.headers, deployment_id, 1, {"running", "failed"})
+    stack = (await env.client.get(f"/api/v1/stacks/{env.stack_id}", headers=env.admin.headers)).json()
+    first = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/1", headers=env.admin.headers)).json()
+    assert [v["name"] for v in first["variable_schema"]] == [v["name"] for v in stack["variables"]]
+    motto = {"name": "motto", "type": "string", "required": True, "description": "added after revision 1"}
+    patched = await env.client.patch(
+        f"/api/v1/stacks/{env.stack_id}", json={"variables": [*stack["variables"], motto]}, headers=env.admin.headers
+    )
+    assert patched.status_code == 200, patched.text
+    again = (await env.client.get(f"/api/v1/deployments/{deployment_id}/revisions/1", headers=env.admin.headers)).json()
+    assert again["variable_schema"] == first["variable_schema"]
+    assert "motto" not in [v["name"] for v in again["variable_schema"]]
+    listed = await revisions(env.client, env.admin.headers, deployment_id)
+    assert listed[0]["variable_schema"] == first["variable_schema"]
+    # the API checks a change against that schema: the stack's new variable is unknown to it
+    refused = await change(env, deployment_id, {"variables": {"motto": "hi"}}, expect=422)
+    assert "motto" in refused["detail"]

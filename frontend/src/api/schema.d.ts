@@ -3325,6 +3325,13 @@ export interface components {
              */
             stack_version: string | null;
             /**
+             * Variable Schema
+             * @description the stack's variable schema as it was when the revision was made (what its values are typed and validated by, and what a change of this revision is checked against unless it asks for the latest); null: made without a stack
+             */
+            variable_schema?: {
+                [key: string]: unknown;
+            }[] | null;
+            /**
              * Variables
              * @description its values; secrets shown as ***
              */

@@ -95,6 +95,7 @@ def read_model(revision: DeploymentRevision) -> RevisionRead:
         outcome=revision.outcome,
         stack_id=revision.stack_id,
         stack_version=revision.stack_version,
+        variable_schema=revision.stack_variables,
         variables=EncryptedValues(revision.variables).masked(),
         images=image_models(revision.images),
         error_message=revision.error_message,
