@@ -15,6 +15,7 @@ once a minute): these limits are about abuse, and a login must not fail because 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -141,6 +142,9 @@ class RateLimiter:
                 "1" if record else "0",
             )
         except (RedisError, OSError, TimeoutError) as exc:
+            # a connection the failure broke is closed now, not left for the garbage collector (an unclosed
+            # stream then warns, seen after a Redis restart); the next request connects again
+            await self._drop_client()
             now = time.monotonic()
             if now - self._warned_at >= 60:
                 self._warned_at = now
@@ -162,6 +166,12 @@ class RateLimiter:
             )
             self._clients[loop] = client
         return client
+
+    async def _drop_client(self) -> None:
+        client = self._clients.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def aclose(self) -> None:
         """Close this event loop's Redis connections (the app's shutdown)."""
