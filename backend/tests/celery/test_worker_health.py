@@ -350,14 +350,19 @@ async def test_a_database_restart_during_deployments_loses_nothing(docker_engine
             worker.proc.kill9()
             worker.proc.stop()  # (closes its log)
             worker.proc = worker._start()
-            await asyncio.sleep(5)
+            # it says so once its imports are done (seconds on a loaded machine), and stays up meanwhile
+            deadline = time.monotonic() + 60
+            while "waiting for the database" not in worker.output() and time.monotonic() < deadline:
+                assert worker.proc.alive(), worker.output()
+                await asyncio.sleep(0.5)
+            assert "waiting for the database" in worker.output(), worker.output()
+            await asyncio.sleep(2)
             assert worker.proc.alive(), worker.output()
             beat_seen = len(beat.output())
             cluster.start()
 
             await _assert_all_running_once(client, admin.headers, ids, timeout=150)
             assert worker.proc.alive() or worker.left, worker.output()
-            assert "waiting for the database" in worker.output()
             # beat went on: it sent its reaper task again after the restart
             deadline = time.monotonic() + 20
             while "Sending due task reap-expired-leases" not in beat.output()[beat_seen:] and time.monotonic() < deadline:
