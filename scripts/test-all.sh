@@ -21,7 +21,7 @@ mkdir -p test-output
 started=$(date +%s)
 
 # The files of the "-a" streams (about half of each folder's time).
-CELERY_A=(test_celery_execution.py test_self_healing.py test_sql_broker.py test_spec_commands.py)
+CELERY_A=(test_celery_execution.py test_worker_health.py test_sql_broker.py test_spec_commands.py)
 DOCKER_A=(test_production_compose.py test_deployments.py test_remote_and_swarm.py test_swarm_registry_auth.py
     test_remote_engine_isolation.py test_no_shared_disk.py test_database_restart_deployment.py)
 
