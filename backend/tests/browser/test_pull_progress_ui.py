@@ -112,6 +112,24 @@ def test_the_drawer_lists_each_image_being_pulled_live(
         assert downloading == sorted(downloading), seen
         assert seen[-1][0] == "pulled" and seen[-1][1] >= LAYER, seen  # the last state, before the list closed
         page.wait_for_selector("[data-testid=pull-list]", state="detached", timeout=10_000)  # running: no list
+
+        # The deployment page's Services card: the image as named, its tag, the digest the pull pinned (the API's,
+        # shown short, the full one kept for the copy button) and its size.
+        [recorded] = final["images"]
+        assert recorded["digest"].startswith("sha256:") and recorded["size"] > LAYER, recorded
+        navigate(page, f"/deployments/{deployment['id']}")
+        card = page.get_by_test_id("service-app")
+        card.wait_for()
+        shown = card.get_by_test_id("service-digest")
+        assert shown.get_attribute("data-digest") == recorded["digest"]
+        assert recorded["digest"][:19] in shown.inner_text() and recorded["digest"] not in shown.inner_text()
+        repository, tag = reference.rsplit(":", 1)
+        assert card.get_by_test_id("service-image").inner_text() == repository
+        assert card.get_by_test_id("service-tag").inner_text() == tag
+        assert card.get_by_test_id("service-size").inner_text() == f"{recorded['size'] / 1e6:.1f} MB"
+        assert card.get_by_test_id("service-copy-digest").is_visible()
+        card.scroll_into_view_if_needed()
+        screenshot(page, "deployment-services-digest-en-light")
         page.close()
     finally:
         if deployment is not None:  # its container goes first: the image it ran is then removed, not just untagged

@@ -150,7 +150,9 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     web = page.get_by_test_id("service-web")
     web.wait_for()
     assert page.get_by_test_id("service-worker").is_visible()
-    assert TEST_IMAGE in web.get_by_test_id("service-image").inner_text()
+    repository, tag = TEST_IMAGE.rsplit(":", 1)
+    assert web.get_by_test_id("service-image").inner_text() == repository
+    assert web.get_by_test_id("service-tag").inner_text() == tag
     page.wait_for_function(
         "document.querySelector('[data-testid=service-web] [data-testid=service-digest]')?.textContent.includes('sha256:')"
     )
@@ -177,11 +179,22 @@ def test_edit_watch_the_rollout_and_roll_back_from_the_ui(
     assert first_env["API_KEY"] not in page.content()  # the secret never reaches the page
     screenshot(page, "deployment-services-variables-en-light")
 
+    # The stack gains a variable after revision 1: the form is built from the schema revision 1 recorded (what the
+    # API checks a change against), the stack's current one only when "render from the latest version" is ticked.
+    motto = {"name": "motto", "type": "string", "label": "Motto", "default": "carpe-diem"}
+    server.api("PATCH", f"/stacks/{stack['id']}", {"variables": [*REVISED_STACK["variables"], motto]}, token=admin_token)
+
     # Edit & redeploy: the generated form with the current values, the secret blank (= unchanged).
     page.evaluate(RECORDER)
     page.get_by_test_id("edit-redeploy").click()
     page.wait_for_url(f"**/deployments/{deployment_id}/edit")
     page.get_by_test_id("field-greeting").wait_for()
+    assert page.locator("input[name=motto]").count() == 0
+    page.get_by_test_id("use-latest").click()
+    page.locator("input[name=motto]").wait_for()
+    assert page.locator("input[name=motto]").input_value() == "carpe-diem"
+    page.get_by_test_id("use-latest").click()
+    page.locator("input[name=motto]").wait_for(state="detached")
     assert page.locator("input[name=greeting]").input_value() == "hello-r1"
     assert page.locator("input[name=delay]").input_value() == "1"
     assert page.locator("input[name=api_key]").input_value() == ""

@@ -73,6 +73,8 @@ export interface ServiceRow extends ComposeService {
   /** The image the revision recorded (as the document names it), else the document's. */
   recordedImage: string | null
   digest: string | null
+  /** Bytes the image takes on the engine, as the pull recorded it (null: not recorded). */
+  size: number | null
   /** null: the server does not report containers; [] : it reports none. */
   containers: ContainerState[] | null
 }
@@ -147,7 +149,7 @@ export function shortDigest(digest: string | null | undefined, length = 12): str
  */
 export function serviceRows(
   services: ComposeService[],
-  images: { service: string; image: string; digest: string | null }[],
+  images: { service: string; image: string; digest: string | null; size?: number | null }[],
   containers: Record<string, ContainerState[]> | null,
 ): ServiceRow[] {
   const byImage = new Map(images.map((i) => [i.service, i]))
@@ -167,7 +169,30 @@ export function serviceRows(
       livePorts: bound.length > 0,
       recordedImage: recorded?.image ?? s.image,
       digest: recorded?.digest ?? null,
+      size: recorded?.size ?? null,
       containers: mine,
     }
   })
+}
+
+/**
+ * An image reference split as Docker reads it: "registry:5000/team/api:1.4" → repository
+ * "registry:5000/team/api", tag "1.4"; no tag means "latest" (unless the reference names a digest,
+ * "app@sha256:…", which has no tag).
+ */
+export function splitImage(reference: string): { repository: string; tag: string | null } {
+  const at = reference.indexOf('@')
+  const named = at >= 0 ? reference.slice(0, at) : reference
+  const slash = named.lastIndexOf('/')
+  const colon = named.lastIndexOf(':')
+  if (colon > slash) return { repository: named.slice(0, colon), tag: named.slice(colon + 1) }
+  return { repository: named, tag: at >= 0 ? null : 'latest' }
+}
+
+/** Bytes as the engine's own units: "4.3 MB", "812 kB", "1.20 GB" (decimal, like `docker image ls`). */
+export function imageSize(bytes: number): string {
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(2)} GB`
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`
+  if (bytes >= 1e3) return `${Math.round(bytes / 1e3)} kB`
+  return `${bytes} B`
 }
