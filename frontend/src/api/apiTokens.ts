@@ -23,8 +23,28 @@ export function pageApiTokens(filters: ApiTokenFilters, page: PageQuery): Promis
   return unwrap(api.GET('/api/v1/tokens', { params: { query } }))
 }
 
-export function createApiToken(name: string, expiresInDays: number | null): Promise<CreatedApiToken> {
-  return unwrap(api.POST('/api/v1/tokens', { body: { name, expires_in_days: expiresInDays } }))
+/** What a token may do (always within its owner's role): read, deploy, or the owner's rights. */
+export type TokenScope = ApiToken['scopes'][number]
+
+export interface NewApiToken {
+  name: string
+  expiresInDays: number | null
+  scopes: TokenScope[]
+  /** the one organisation it may reach (null: all the owner's) */
+  organizationId: string | null
+  /** with the deploy scope and an organisation: the stacks it may deploy (null: all) */
+  stackIds: string[] | null
+}
+
+export function createApiToken(token: NewApiToken): Promise<CreatedApiToken> {
+  const body = {
+    name: token.name,
+    expires_in_days: token.expiresInDays,
+    scopes: token.scopes,
+    organization_id: token.organizationId,
+    stack_ids: token.stackIds,
+  }
+  return unwrap(api.POST('/api/v1/tokens', { body }))
 }
 
 export async function revokeApiToken(id: string): Promise<void> {

@@ -1235,6 +1235,21 @@ export interface components {
             expires_in_days?: number | null;
             /** Name */
             name: string;
+            /**
+             * Organization Id
+             * @description the one organisation the token may reach (one you belong to); default: all yours
+             */
+            organization_id?: string | null;
+            /**
+             * Scopes
+             * @description what the token may do; default: its owner's rights (admin)
+             */
+            scopes?: ("read" | "deploy" | "admin")[];
+            /**
+             * Stack Ids
+             * @description with the deploy scope and an organization_id: the stacks it may deploy; default: all
+             */
+            stack_ids?: string[] | null;
         };
         /** ApiTokenCreated */
         ApiTokenCreated: {
@@ -1251,10 +1266,16 @@ export interface components {
             last_used_at: string | null;
             /** Name */
             name: string;
+            /** Organization Id */
+            organization_id: string | null;
             /** Prefix */
             prefix: string;
             /** Revoked At */
             revoked_at: string | null;
+            /** Scopes */
+            scopes: ("read" | "deploy" | "admin")[];
+            /** Stack Ids */
+            stack_ids: string[] | null;
             /**
              * Token
              * @description The token itself. Shown only once: store it now.
@@ -1297,10 +1318,16 @@ export interface components {
             last_used_at: string | null;
             /** Name */
             name: string;
+            /** Organization Id */
+            organization_id: string | null;
             /** Prefix */
             prefix: string;
             /** Revoked At */
             revoked_at: string | null;
+            /** Scopes */
+            scopes: ("read" | "deploy" | "admin")[];
+            /** Stack Ids */
+            stack_ids: string[] | null;
         };
         /** AuditActor */
         AuditActor: {
@@ -4537,6 +4564,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The request body is too large. Codes: `payload_too_large` */
             413: {
                 headers: {
@@ -4584,6 +4620,15 @@ export interface operations {
             };
             /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `token_scope` */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4680,7 +4725,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `invalid_credentials` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `invalid_credentials`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4992,7 +5037,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5147,7 +5192,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5237,7 +5282,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5314,7 +5359,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5659,7 +5704,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5745,7 +5790,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5828,7 +5873,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5977,7 +6022,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6112,7 +6157,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6189,7 +6234,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6345,7 +6390,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6577,7 +6622,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6740,7 +6785,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6817,7 +6862,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7081,7 +7126,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7224,7 +7269,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7305,7 +7350,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7457,7 +7502,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7589,7 +7634,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7726,7 +7771,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7816,7 +7861,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7985,7 +8030,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8071,7 +8116,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8163,7 +8208,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `owner_required`, `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8326,7 +8371,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8469,7 +8514,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8550,7 +8595,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8636,7 +8681,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8783,7 +8828,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -8926,7 +8971,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9007,7 +9052,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9106,7 +9151,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9235,7 +9280,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9422,7 +9467,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `host_binding_forbidden`, `host_target_forbidden`, `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `host_binding_forbidden`, `host_target_forbidden`, `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9603,7 +9648,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9693,7 +9738,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `host_binding_forbidden`, `host_target_forbidden`, `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `host_binding_forbidden`, `host_target_forbidden`, `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9779,7 +9824,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -9915,6 +9960,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The request body is too large. Codes: `payload_too_large` */
             413: {
                 headers: {
@@ -9965,6 +10019,15 @@ export interface operations {
             };
             /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `token_scope` */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10037,7 +10100,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -10106,7 +10169,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -10183,7 +10246,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -10264,7 +10327,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -10341,7 +10404,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required` */
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `superuser_required`, `token_scope` */
             403: {
                 headers: {
                     [name: string]: unknown;
