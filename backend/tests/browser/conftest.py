@@ -75,6 +75,8 @@ class Server:
             "PASSWORD_HASH_TIME_COST": "1",
             "PASSWORD_HASH_MEMORY_KIB": "1024",
             "LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+            # the session's API token (``admin_token``) outlives the default 15 minutes on a loaded machine
+            "ACCESS_TOKEN_EXPIRE_MINUTES": "240",
         }
 
     def start(self, timeout: float = 60) -> None:
