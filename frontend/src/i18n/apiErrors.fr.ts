@@ -197,13 +197,13 @@ export const apiReasonsFr: Record<string, Record<string, string>> = {
     cannot_run: 'docker compose n’a pas pu s’exécuter',
     killed: 'docker compose a été tué (signal {signal}) pendant la validation',
   },
+  invalid_variables: variableReasonsFr,
+  invalid_variable_schema: variableReasonsFr,
 }
 
 /** The words around a reason: where the error happened. */
 export const apiWordsFr: Record<string, string | Record<string, string>> = {
   variable: variableWordsFr,
   at_line: ', ligne {line}',
-  invalid_variables: variableReasonsFr,
-  invalid_variable_schema: variableReasonsFr,
   with_defaults: ' avec les valeurs par défaut',
 }
