@@ -14,7 +14,6 @@ once a minute): these limits are about abuse, and a login must not fail because 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -107,7 +106,6 @@ class RateLimiter:
         self.window = window_seconds
         self.redis_url = redis_url
         self._local = SlidingWindowLimiter(limit, window_seconds)
-        self._clients: dict[int, object] = {}  # one Redis client per event loop (tests run several apps)
         self._warned_at = -math.inf
 
     @property
@@ -128,11 +126,21 @@ class RateLimiter:
         return {"Retry-After": str(max(1, math.ceil(wait)))}
 
     async def _redis(self, key: str, *, record: bool) -> float | None:
+        from redis.asyncio import Redis
         from redis.exceptions import RedisError
 
         digest = hashlib.sha256(key.encode()).hexdigest()
+        # A client per check, closed when it is done: only logins and deployment creations are counted, and a
+        # connection kept between them outlived its event loop (a test's, an app's) and was left to the garbage
+        # collector unclosed, or broke with a Redis restart.
+        client = Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            client_name=f"windflow-ratelimit-{self.scope}",
+        )
         try:
-            answer = await self._client().eval(
+            answer = await client.eval(
                 _SLIDING_WINDOW,
                 1,
                 f"windflow:ratelimit:{self.scope}:{digest}",
@@ -142,42 +150,18 @@ class RateLimiter:
                 "1" if record else "0",
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            # a connection the failure broke is closed now, not left for the garbage collector (an unclosed
-            # stream then warns, seen after a Redis restart); the next request connects again
-            await self._drop_client()
             now = time.monotonic()
             if now - self._warned_at >= 60:
                 self._warned_at = now
                 logger.warning("rate limit %s: Redis did not answer (%s); requests are let through meanwhile", self.scope, exc)
             return None
-        return None if answer is None else max(0.0, float(answer))
-
-    def _client(self):
-        from redis.asyncio import Redis
-
-        loop = id(asyncio.get_running_loop())
-        client = self._clients.get(loop)
-        if client is None:
-            client = Redis.from_url(
-                self.redis_url,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                client_name=f"windflow-ratelimit-{self.scope}",
-            )
-            self._clients[loop] = client
-        return client
-
-    async def _drop_client(self) -> None:
-        client = self._clients.pop(id(asyncio.get_running_loop()), None)
-        if client is not None:
+        finally:
             with contextlib.suppress(Exception):
                 await client.aclose()
+        return None if answer is None else max(0.0, float(answer))
 
     async def aclose(self) -> None:
-        """Close this event loop's Redis connections (the app's shutdown)."""
-        client = self._clients.pop(id(asyncio.get_running_loop()), None)
-        if client is not None:
-            await client.aclose()
+        """Nothing stays open between checks (the app's shutdown calls this all the same)."""
 
     def reset(self) -> None:
         self._local.reset()
