@@ -24,6 +24,18 @@ from backend.tests.registry_fixtures import PASSWORD, USERNAME, private_registry
 pytestmark = pytest.mark.docker
 
 
+def _every_container(client: docker.DockerClient) -> list[dict]:
+    """What ``docker inspect`` says of every container on the engine; one that another test removes between
+    the list and its inspection is skipped."""
+    inspected = []
+    for container in client.containers.list(all=True, sparse=True):
+        try:
+            inspected.append(client.api.inspect_container(container.id))
+        except docker.errors.NotFound:
+            continue
+    return inspected
+
+
 async def test_swarm_nodes_pull_a_private_image_with_the_organisations_credentials(swarm, private_registry, docker_client, tmp_path):
     reference = push(private_registry, "team/swarm", f"v{os.urandom(3).hex()}")
     compose = f'services:\n  app:\n    image: {reference}\n    init: true\n    command: ["sh", "-c", "while true; do sleep 1; done"]\n'
@@ -46,7 +58,7 @@ async def test_swarm_nodes_pull_a_private_image_with_the_organisations_credentia
         token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
         services = docker_client.services.list(filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"})
         inspected = subprocess.run(["docker", "service", "inspect", *[s.id for s in services]], capture_output=True, text=True, check=True)
-        for text in (inspected.stdout, log.text(), json.dumps([c.attrs for c in docker_client.containers.list(all=True)])):
+        for text in (inspected.stdout, log.text(), json.dumps(_every_container(docker_client))):
             assert PASSWORD not in text and token not in text
         for path in [*Path(tempfile.gettempdir()).glob("windflow-engine-*/**/*"), *spec.workdir.rglob("*")]:
             if path.is_file():  # the per-run configuration went with its run
