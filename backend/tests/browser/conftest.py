@@ -77,6 +77,9 @@ class Server:
             "LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
             # the session's API token (``admin_token``) outlives the default 15 minutes on a loaded machine
             "ACCESS_TOKEN_EXPIRE_MINUTES": "240",
+            # the notification receivers of these tests listen on the loopback, which channels may not reach
+            # unless the operator allows it
+            "NOTIFY_ALLOWED_NETWORKS": "127.0.0.0/8",
         }
 
     def start(self, timeout: float = 60) -> None:
