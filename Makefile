@@ -47,8 +47,8 @@ frontend: frontend/dist/index.html
 run: $(STAMP) .env migrate frontend
 	$(PY) -m backend.app.main
 
-# Seven streams at once (scripts/test-all.sh): the Celery tests, the Docker tests and the rest of the Python
-# suite in two streams each, and the frontend followed by the browser tests. Browser tests run in their own pytest process: Playwright's sync API and
+# Four streams at once (scripts/test-all.sh): the Celery tests, the Docker tests, the rest of the Python suite,
+# and the frontend followed by the browser tests. Browser tests run in their own pytest process: Playwright's sync API and
 # pytest-asyncio's loop clash.
 test: $(STAMP) frontend
 	PY=$(PY) bash scripts/test-all.sh
