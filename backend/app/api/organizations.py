@@ -128,7 +128,7 @@ async def list_members(
     access: OrgViewer,
     session: SessionDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, description="the email or name contains this (any case)")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the email or name contains this (any case)")] = None,
     role: Annotated[Role | None, Query(description="only members with this role")] = None,
 ) -> MemberPage:
     """Members of the organisation and their roles."""

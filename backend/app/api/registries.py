@@ -42,7 +42,9 @@ async def list_registries(
     session: SessionDep,
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's registries")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="the name or server contains this (any case)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or server contains this (any case)")
+    ] = None,
 ) -> RegistryPage:
     """Registries of the organisations you belong to, by name."""
     result = await registry_service.list_for_user(session, user=user, page=page, organization_id=organization_id, q=q)

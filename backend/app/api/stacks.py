@@ -43,7 +43,9 @@ async def list_stacks(
     session: SessionDep,
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's stacks")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="the name or description contains this (any case)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or description contains this (any case)")
+    ] = None,
     source: Annotated[Literal["catalog", "user"] | None, Query(description="catalogue stacks, or your own")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""

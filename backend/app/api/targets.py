@@ -46,7 +46,9 @@ async def list_targets(
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's targets")] = None,
     type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="the name or endpoint contains this (any case)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or endpoint contains this (any case)")
+    ] = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""
     result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type, q=q)

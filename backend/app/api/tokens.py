@@ -25,7 +25,7 @@ async def list_tokens(
     user: CurrentUser,
     session: SessionDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, description="the name contains this (any case)")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name contains this (any case)")] = None,
     active: Annotated[bool | None, Query(description="true: only usable tokens; false: only revoked or expired")] = None,
 ) -> ApiTokenPage:
     """Your API tokens (never their values), newest first."""

@@ -27,7 +27,7 @@ async def list_users(
     session: SessionDep,
     _admin: Superuser,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, description="the email or name contains this (any case)")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the email or name contains this (any case)")] = None,
 ) -> UserPage:
     """List users (superusers only)."""
     result = await user_service.list_users(session, page=page, q=q)
