@@ -44,6 +44,12 @@ EntityQueryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pa
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+def search_query(description: str) -> Any:
+    """A listing's ``q`` (what a name, email... contains): at most 100 characters, no NUL (PostgreSQL's text
+    cannot hold one: it answered 500)."""
+    return Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description=description)]
+
+
 def bearer_token(connection: HTTPConnection) -> str:
     """The ``Authorization: Bearer`` credential of an HTTP request or a WebSocket handshake."""
     header = connection.headers.get("authorization")

@@ -14,6 +14,7 @@ from backend.app.api.deps import (
     SessionDep,
     SettingsDep,
     Superuser,
+    search_query,
 )
 from backend.app.api.responses import ENGINE_ACTION, errors
 from backend.app.core.exceptions import Conflict
@@ -128,7 +129,7 @@ async def list_members(
     access: OrgViewer,
     session: SessionDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the email or name contains this (any case)")] = None,
+    q: search_query("the email or name contains this (any case)") = None,
     role: Annotated[Role | None, Query(description="only members with this role")] = None,
 ) -> MemberPage:
     """Members of the organisation and their roles."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep, search_query
 from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
 from backend.app.models import Registry, Role
 from backend.app.schemas.registries import (
@@ -42,9 +42,7 @@ async def list_registries(
     session: SessionDep,
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's registries")] = None,
-    q: Annotated[
-        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or server contains this (any case)")
-    ] = None,
+    q: search_query("the name or server contains this (any case)") = None,
 ) -> RegistryPage:
     """Registries of the organisations you belong to, by name."""
     result = await registry_service.list_for_user(session, user=user, page=page, organization_id=organization_id, q=q)

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, search_query
 from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, TEMPLATE_CHECKS, errors
 from backend.app.database import end_transaction
 from backend.app.models import Role, Stack
@@ -43,9 +43,7 @@ async def list_stacks(
     session: SessionDep,
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's stacks")] = None,
-    q: Annotated[
-        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or description contains this (any case)")
-    ] = None,
+    q: search_query("the name or description contains this (any case)") = None,
     source: Annotated[Literal["catalog", "user"] | None, Query(description="catalogue stacks, or your own")] = None,
 ) -> StackPage:
     """Stacks of the organisations you belong to, by name."""

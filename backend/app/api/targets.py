@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
+from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep, search_query
 from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
 from backend.app.models import Role, Target, TargetType
 from backend.app.runtime import workers
@@ -46,9 +46,7 @@ async def list_targets(
     page: PageDep,
     organization_id: Annotated[EntityQueryId | None, Query(description="only this organisation's targets")] = None,
     type: Annotated[TargetType | None, Query(description="docker or swarm")] = None,
-    q: Annotated[
-        str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name or endpoint contains this (any case)")
-    ] = None,
+    q: search_query("the name or endpoint contains this (any case)") = None,
 ) -> TargetPage:
     """Targets of the organisations you belong to, by name."""
     result = await target_service.list_for_user(session, user=user, page=page, organization_id=organization_id, type=type, q=q)

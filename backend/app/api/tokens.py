@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep
+from backend.app.api.deps import CurrentUser, EntityId, PageDep, SessionDep, search_query
 from backend.app.api.responses import errors
 from backend.app.schemas.tokens import ApiTokenCreate, ApiTokenCreated, ApiTokenPage, ApiTokenRead
 from backend.app.services.identity import user_service
@@ -25,7 +25,7 @@ async def list_tokens(
     user: CurrentUser,
     session: SessionDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the name contains this (any case)")] = None,
+    q: search_query("the name contains this (any case)") = None,
     active: Annotated[bool | None, Query(description="true: only usable tokens; false: only revoked or expired")] = None,
 ) -> ApiTokenPage:
     """Your API tokens (never their values), newest first."""

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, status
 
-from fastapi import APIRouter, Query, status
-
-from backend.app.api.deps import EntityId, PageDep, SessionDep, Superuser
+from backend.app.api.deps import EntityId, PageDep, SessionDep, Superuser, search_query
 from backend.app.api.responses import errors
 from backend.app.schemas.auth import UserCreate, UserPage, UserRead, UserUpdate
 from backend.app.services.identity import user_service
@@ -27,7 +25,7 @@ async def list_users(
     session: SessionDep,
     _admin: Superuser,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$", description="the email or name contains this (any case)")] = None,
+    q: search_query("the email or name contains this (any case)") = None,
 ) -> UserPage:
     """List users (superusers only)."""
     result = await user_service.list_users(session, page=page, q=q)
