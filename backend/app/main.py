@@ -315,8 +315,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await background_tasks.shutdown()
         unsubscribe_metrics()
         await event_transport.stop_event_bus()
-        for limiter in (app.state.login_limiter, app.state.account_login_limiter, app.state.deployment_limiter):
-            await limiter.aclose()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
     app.state.settings = settings

@@ -160,8 +160,5 @@ class RateLimiter:
                 await client.aclose()
         return None if answer is None else max(0.0, float(answer))
 
-    async def aclose(self) -> None:
-        """Nothing stays open between checks (the app's shutdown calls this all the same)."""
-
     def reset(self) -> None:
         self._local.reset()
