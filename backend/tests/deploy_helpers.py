@@ -62,12 +62,23 @@ def labelled(kind: str, deployment_id: str) -> list[str]:
     return out.stdout.split()
 
 
-def container_labels(deployment_id: str) -> list[dict]:
+def inspect_labelled(deployment_id: str) -> list[dict]:
+    """The inspect data of every container labelled with the deployment (running or not).
+
+    A container removed between the listing and the inspect (a rollout replacing it, a stop) is left out: docker
+    prints the others and exits 1 with "No such object" for it. Any other failure is raised."""
     ids = labelled("container", deployment_id)
     if not ids:
         return []
-    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=30, check=True)
-    return [c["Config"]["Labels"] for c in json.loads(out.stdout)]
+    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=30)
+    problems = [line for line in out.stderr.splitlines() if line.strip() and "No such object" not in line]
+    if out.returncode != 0 and (problems or not out.stdout.strip()):
+        raise subprocess.CalledProcessError(out.returncode, out.args, out.stdout, out.stderr)
+    return json.loads(out.stdout or "[]")
+
+
+def container_labels(deployment_id: str) -> list[dict]:
+    return [c["Config"]["Labels"] for c in inspect_labelled(deployment_id)]
 
 
 def force_cleanup(deployment_id: str) -> None:

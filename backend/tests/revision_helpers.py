@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 
 import httpx
 
 from backend.tests.conftest import TEST_IMAGE
-from backend.tests.deploy_helpers import http_get, labelled
+from backend.tests.deploy_helpers import http_get, inspect_labelled
 
 #: ``mode``: ok; crash (prints a line, exits 3 a second after it starts); unhealthy (its healthcheck never
 #: passes); poison (writes a mark in its volume, then crashes: every revision started after it crashes too).
@@ -96,11 +94,7 @@ def serves(port: int, timeout: float = 10.0) -> str:
 
 def containers(deployment_id: str) -> dict[str, dict]:
     """Every container labelled with the deployment (running or not): id -> its inspect data."""
-    ids = labelled("container", deployment_id)
-    if not ids:
-        return {}
-    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=30, check=True)
-    return {c["Id"]: c for c in json.loads(out.stdout)}
+    return {c["Id"]: c for c in inspect_labelled(deployment_id)}
 
 
 def running_services(deployment_id: str) -> dict[str, str]:
