@@ -324,6 +324,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "login-account", settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS, redis_url=limits_in
     )
     app.state.deployment_limiter = RateLimiter("deployments", settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
+    app.state.hook_limiter = RateLimiter("hooks", settings.HOOK_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
     app.state.celery_manager = CeleryManager(settings)
     app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
     install_error_handlers(app)

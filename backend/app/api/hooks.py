@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from backend.app.api.deps import CurrentUser, EntityId, OwnedRow, SessionDep, SettingsDep, client_address
 from backend.app.api.responses import TEMPLATE_CHECKS, TRANSITION, errors
 from backend.app.core.exceptions import NotFound, RateLimited, WindFlowError
-from backend.app.core.ratelimit import SlidingWindowLimiter
+from backend.app.core.ratelimit import RateLimiter
 from backend.app.models import DeployHook, Deployment, Role
 from backend.app.schemas.hooks import HookCallRead, HookCreate, HookCreated, HookRead, HookTriggered, HookUpdate
 from backend.app.services.audit import audit_service
@@ -100,13 +100,6 @@ async def list_hook_calls(hook_id: EntityId, deployment: AdminDeployment, sessio
     return [HookCallRead.model_validate(c) for c in await hook_service.recent_calls(session, hook=hook)]
 
 
-def _limiter(request: Request, settings) -> SlidingWindowLimiter:
-    limiter = getattr(request.app.state, "hook_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.hook_limiter = SlidingWindowLimiter(settings.HOOK_RATE_LIMIT_PER_MINUTE)
-    return limiter
-
-
 @public.post(
     "/{hook_id}",
     response_model=HookTriggered,
@@ -146,8 +139,8 @@ async def call_hook(hook_id: EntityId, request: Request, response: Response, ses
     request.state.audit_organization_id = hook.organization_id
     request.state.audit_object_id = hook.deployment_id
     client = client_address(request)
-    limiter = _limiter(request, settings)
-    wait = limiter.hit(hook.id)
+    limiter: RateLimiter = request.app.state.hook_limiter  # shared by the replicas through Redis when configured
+    wait = await limiter.hit(hook.id)
     if wait is not None:
         seconds = max(1, round(wait))
         error: WindFlowError = RateLimited(

@@ -1,5 +1,5 @@
 """Sliding-window rate limits, keyed per client (address for login, account for failed logins, user for
-deployments).
+deployments, hook for a deploy hook's calls).
 
 :class:`SlidingWindowLimiter` keeps its hits in this process. :class:`RateLimiter` is what the routes use: the
 same window in this process, or in Redis when one is configured (``RATE_LIMIT_REDIS_URL``, else the event
@@ -130,7 +130,7 @@ class RateLimiter:
         from redis.exceptions import RedisError
 
         digest = hashlib.sha256(key.encode()).hexdigest()
-        # A client per check, closed when it is done: only logins and deployment creations are counted, and a
+        # A client per check, closed when it is done: only logins, deployment creations and hook calls are counted, and a
         # connection kept between them outlived its event loop (a test's, an app's) and was left to the garbage
         # collector unclosed, or broke with a Redis restart.
         client = Redis.from_url(

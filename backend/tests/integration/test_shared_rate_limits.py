@@ -103,3 +103,44 @@ async def test_the_event_bus_redis_is_the_default_store(redis_url):
     assert await limiter.retry_in("k") == pytest.approx(60, abs=2)
     assert await limiter.hit("k") == pytest.approx(60, abs=2)
     assert await limiter.retry_in("other") is None
+
+
+@ON_POSTGRESQL
+async def test_two_replicas_count_the_same_hook_calls(replica, redis_url, session):
+    """A hook's budget (``HOOK_RATE_LIMIT_PER_MINUTE``) is one across the replicas: calls alternating between
+    two apps sharing Redis are refused (429) once the limit is reached in all, not per replica."""
+    from sqlalchemy import update
+
+    from backend.app.models import Deployment, DeploymentStatus
+    from backend.app.services.hooks.signature import sign
+    from backend.tests.factories import make_deployment
+    from backend.tests.helpers import setup_admin
+    from backend.tests.integration.test_hooks import RecordingDispatcher
+
+    limits = {"RATE_LIMIT_REDIS_URL": redis_url, "HOOK_RATE_LIMIT_PER_MINUTE": 2}
+    first, second = replica("10.3.0.1", **limits), replica("10.3.0.2", **limits)
+    dispatcher = RecordingDispatcher()
+    for client in (first, second):
+        assert client._transport.app.state.hook_limiter.shared is True
+        client._transport.app.state.dispatcher = dispatcher
+    async with first, second:
+        admin = await setup_admin(first)
+        deployment = await make_deployment(session, DeploymentStatus.RUNNING, attempt=1)
+        await session.commit()
+        created = await first.post(f"/api/v1/deployments/{deployment.id}/hooks", json={"name": "ci"}, headers=admin.headers)
+        assert created.status_code == 201, created.text
+        hook = created.json()  # a new id: its own budget, whatever other sessions used on this Redis
+
+        async def call(client: httpx.AsyncClient) -> httpx.Response:
+            answer = await client.post(
+                f"/api/v1/hooks/{hook['id']}", content=b"{}", headers={"X-Hub-Signature-256": sign(hook["secret"], b"{}")}
+            )
+            await session.execute(update(Deployment).where(Deployment.id == deployment.id).values(status=DeploymentStatus.RUNNING))
+            await session.commit()  # settled again: the next call is judged by the limit only
+            return answer
+
+        statuses = [(await call(client)).status_code for client in (first, second, first, second)]
+        assert statuses == [202, 202, 429, 429]
+        limited = await call(second)
+        assert limited.json()["code"] == "rate_limited" and 55 <= int(limited.headers["retry-after"]) <= 60, limited.text
+        assert dispatcher.sent == [deployment.id, deployment.id]
