@@ -170,9 +170,7 @@ class Settings(BaseSettings):
     # --- deploy hooks (backend/app/services/hooks/) ----------------------------------------------------
     HOOK_REPLAY_WINDOW_SECONDS: int = Field(default=300, ge=10, le=86400)  # timestamped signatures: accepted age
     HOOK_SECRET_GRACE_SECONDS: int = Field(default=86400, ge=0)  # after a rotation, the old secret still works this long
-    HOOK_RATE_LIMIT_PER_MINUTE: int = Field(
-        default=30, ge=1
-    )  # calls per hook per minute (shared by the replicas like the other limits), beyond: 429
+    HOOK_RATE_LIMIT_PER_MINUTE: int = Field(default=30, ge=1)  # calls per hook per minute (replicas share it), then 429
     PUBLIC_URL: str = Field(default="", max_length=500)  # WindFlow's address as users reach it: hook URLs, notification links
 
     # --- notifications (backend/app/services/notifications/, runtime/notifier.py) ----------------------
