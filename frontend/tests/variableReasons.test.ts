@@ -41,7 +41,7 @@ const badSchema = {
         pattern: '[a-z]+',
         message: 'does not match the pattern [a-z]+',
       },
-      { message: 'variables[1].min: greater than max (1)' },
+      { field: 'variables[1].min', reason: 'min_above_max', max: 1, message: 'greater than max (1)' },
     ],
   },
 }
@@ -60,9 +60,42 @@ describe('a stack variable’s refused value in the user’s language', () => {
       port: "doit être un entier (reçu 'abc')",
       pw: 'doit compter au moins 12 caractères',
     })
-    // a schema problem without a reason (not a value's) keeps the server's English
+    // a problem of the schema itself (not of a value) reads in French too
     expect(toApiError(422, badSchema).text).toBe(
-      'Définition des variables invalide : variables[0].default : ne correspond pas au motif [a-z]+; variables[1].min: greater than max (1)',
+      'Définition des variables invalide : variables[0].default : ne correspond pas au motif [a-z]+; variables[1].min : dépasse max (1)',
+    )
+    // a duplicate name, an unknown field, and one of Pydantic's own checks worded as a request field's type
+    const more = toApiError(422, {
+      detail: 'invalid variable schema: ...',
+      code: 'invalid_variable_schema',
+      params: {
+        problems: [
+          {
+            field: 'variables[1].name',
+            reason: 'duplicate_name',
+            name: 'size',
+            message: "duplicate variable name 'size'",
+          },
+          {
+            field: 'variables[2].colour',
+            reason: 'unknown_field',
+            key: 'colour',
+            allowed: 'label, name',
+            message: '…',
+          },
+          {
+            field: 'variables[3].label',
+            reason: 'field_type',
+            type: 'string_too_long',
+            max_length: 9,
+            message: 'String…',
+          },
+        ],
+      },
+    })
+    expect(more.variableDetail).toBe(
+      'variables[1].name: nom de variable en double : size; variables[2].colour: champ inconnu colour ; une variable prend label, name; ' +
+        'variables[3].label: Au plus 9 caractères',
     )
   })
 
@@ -70,6 +103,10 @@ describe('a stack variable’s refused value in the user’s language', () => {
     const e = toApiError(422, badValues)
     expect(e.text).toBe(badValues.detail)
     for (const p of badValues.params.problems) expect(e.fields[p.variable]).toBe(p.message)
+    // a schema problem's English words read as the server's message
+    expect(toApiError(422, badSchema).variableDetail).toBe(
+      'variables[0].default: does not match the pattern [a-z]+; variables[1].min: greater than max (1)',
+    )
   })
 
   it('a reason this UI does not know falls back to the server’s message; a secret has no quoted value', () => {
@@ -98,7 +135,7 @@ describe('the stack editor’s variable errors', () => {
   it('keep the server’s `path: problem` form, each problem in the user’s language', () => {
     setLocale('fr')
     expect(toApiError(422, badSchema).variableDetail).toBe(
-      'variables[0].default: ne correspond pas au motif [a-z]+; variables[1].min: greater than max (1)',
+      'variables[0].default: ne correspond pas au motif [a-z]+; variables[1].min: dépasse max (1)',
     )
     setLocale('en')
     expect(toApiError(422, badSchema).variableDetail).toBe(

@@ -238,7 +238,12 @@ class _TextVariable(_ValueVariable):
 
     def _check_rules(self) -> None:
         if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
-            raise problem(f"greater than max_length ({self.max_length})", "min_length")
+            raise problem(
+                f"greater than max_length ({self.max_length})",
+                "min_length",
+                reason="min_above_max_length",
+                params={"max_length": self.max_length},
+            )
 
     def _coerce(self, raw: Any) -> str:
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
@@ -298,7 +303,7 @@ class _NumericVariable(_ValueVariable):
     def _check_rules(self) -> None:
         low, high = self.min, self.max
         if low is not None and high is not None and low > high:
-            raise problem(f"greater than max ({high})", "min")
+            raise problem(f"greater than max ({high})", "min", reason="min_above_max", params={"max": high})
 
     def _check(self, value: int | float) -> None:
         low, high = self.min, self.max
@@ -375,18 +380,21 @@ class EnumOption(BaseModel):
         if isinstance(data, dict):
             extra = set(data) - {"value", "label"}
             if extra:
-                raise problem(f"unknown field(s) {', '.join(sorted(map(str, extra)))}; an option takes value and label")
+                names = ", ".join(sorted(map(str, extra)))
+                raise problem(
+                    f"unknown field(s) {names}; an option takes value and label", reason="option_unknown_fields", params={"names": names}
+                )
             value, label = data.get("value"), data.get("label")
         else:
             value, label = data, None
         if value is None or not isinstance(value, (str, int, float, bool)):
-            raise problem("an option value must be a string, number or boolean")
+            raise problem("an option value must be a string, number or boolean", reason="option_value_type")
         return {"value": value, "label": scalar_text(value) if label is None else label}
 
 
 def _options_list(value: Any) -> Any:
     if not isinstance(value, list) or not value:
-        raise problem("enum needs a non-empty options list")
+        raise problem("enum needs a non-empty options list", reason="no_options")
     return value
 
 
@@ -402,7 +410,12 @@ class EnumVariable(_ValueVariable):
         for index, option in enumerate(options):
             key = (type(option.value), option.value)
             if key in seen:
-                raise problem(f"duplicate option {describe(option.value)}", f"[{index}]")
+                raise problem(
+                    f"duplicate option {describe(option.value)}",
+                    f"[{index}]",
+                    reason="duplicate_option",
+                    params={"value": describe(option.value)},
+                )
             seen.add(key)
         return options
 
@@ -424,7 +437,7 @@ class EnumVariable(_ValueVariable):
 
 def _group_list(value: Any) -> Any:
     if not isinstance(value, list) or not value:
-        raise problem("a group needs a non-empty list of variables")
+        raise problem("a group needs a non-empty list of variables", reason="empty_group")
     return value
 
 
@@ -440,7 +453,7 @@ class GroupVariable(_Variable):
         if isinstance(data, dict):
             for key in ("default", "required"):
                 if data.get(key) not in (None, False):
-                    raise problem("does not apply to a group (set it on the group's variables)", key)
+                    raise problem("does not apply to a group (set it on the group's variables)", key, reason="not_for_group")
             data = {key: value for key, value in data.items() if key not in ("default", "required")}
         return data
 
@@ -468,10 +481,11 @@ def _object_with_known_type(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value
     if not isinstance(value, dict):
-        raise problem("must be an object with at least a 'name'")
+        raise problem("must be an object with at least a 'name'", reason="not_an_object")
     vtype = value.get("type", "string")
     if not isinstance(vtype, str) or TYPE_ALIASES.get(vtype, vtype) not in _MODELS:
-        raise problem(f"must be one of {', '.join(VARIABLE_TYPES)} (or password, an alias of secret)", "type")
+        types = ", ".join(VARIABLE_TYPES)
+        raise problem(f"must be one of {types} (or password, an alias of secret)", "type", reason="unknown_type", params={"types": types})
     return {**value, "type": vtype}
 
 
@@ -489,7 +503,9 @@ def _check_distinct(variables: list[Any]) -> None:
     seen: set[str] = set()
     for index, variable in enumerate(variables):
         if variable.name in seen:
-            raise problem(f"duplicate variable name {variable.name!r}", f"[{index}].name")
+            raise problem(
+                f"duplicate variable name {variable.name!r}", f"[{index}].name", reason="duplicate_name", params={"name": variable.name}
+            )
         seen.add(variable.name)
 
 
@@ -505,13 +521,14 @@ def _count(raw: Any) -> int:
     return sum(1 + (_count(item.get("variables")) if isinstance(item, dict) else 0) for item in raw)
 
 
-def _depth_problems(variables: list[tuple[int, Any]], path: str, depth: int) -> list[str]:
-    problems = []
+def _depth_problems(variables: list[tuple[int, Any]], path: str, depth: int) -> list[SchemaProblem]:
+    problems: list[SchemaProblem] = []
     for index, variable in variables:
         if isinstance(variable, GroupVariable):
             where = f"{path}[{index}].variables"
             if depth + 1 >= MAX_GROUP_DEPTH:
-                problems.append(f"{where}: groups nest at most {MAX_GROUP_DEPTH - 1} levels deep")
+                levels = MAX_GROUP_DEPTH - 1
+                problems.append(SchemaProblem(where, f"groups nest at most {levels} levels deep", "group_depth", {"max": levels}))
             else:
                 problems += _depth_problems(list(enumerate(variable.variables)), where, depth + 1)
     return problems
@@ -535,8 +552,9 @@ def _path(loc: tuple[Any, ...], root: str) -> tuple[str, str | None]:
 
 
 class SchemaProblem(str):
-    """A problem of a schema (``path: message``) that a :class:`ValueProblem` made (a default that does not
-    fit its variable): its ``path``, ``message``, and the problem's ``reason`` and ``params`` for a client."""
+    """A problem of a schema (``path: message``): its ``path``, English ``message``, and a stable ``reason``
+    with the ``params`` the message quotes, for a client to word it in its language (a default that does not
+    fit its variable keeps its :class:`ValueProblem`'s reason)."""
 
     path: str
     message: str
@@ -549,7 +567,7 @@ class SchemaProblem(str):
         return self
 
 
-def _message(error: dict[str, Any], root: str) -> str:
+def _message(error: dict[str, Any], root: str) -> SchemaProblem:
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
     if error["type"] == PROBLEM:
@@ -557,43 +575,49 @@ def _message(error: dict[str, Any], root: str) -> str:
         at = ctx.get("at")
         if at:
             path += at if at.startswith("[") else f".{at}"
-        if ctx.get("reason"):
-            return SchemaProblem(path, ctx["message"], ctx["reason"], ctx.get("params") or {})
-        return f"{path}: {ctx['message']}"
+        return SchemaProblem(path, ctx["message"], ctx["reason"], ctx.get("params") or {})
     path, vtype = _path(loc, root)
     key = loc[-1] if loc else None
     if error["type"] == "extra_forbidden":
         if key in ("min", "max") and vtype in STRING_TYPES:
-            return f"{path}: only applies to integer and number variables; use {key}_length for the length of a string"
+            message = f"only applies to integer and number variables; use {key}_length for the length of a string"
+            return SchemaProblem(path, message, "bound_of_text", {"key": key})
         if key in _FIELD_OWNERS:
-            return f"{path}: only applies to {_FIELD_OWNERS[key]} variables"
+            owners = _FIELD_OWNERS[key]
+            return SchemaProblem(
+                path, f"only applies to {owners} variables", "field_of_other_type", {"key": key, "types": owners.replace(" and ", ", ")}
+            )
         if key in ("default", "required"):
-            return f"{path}: does not apply to a group (set it on the group's variables)"
-        return f"{path}: unknown field; a variable takes {', '.join(sorted(ALLOWED_KEYS))}"
+            return SchemaProblem(path, "does not apply to a group (set it on the group's variables)", "not_for_group", {})
+        allowed = ", ".join(sorted(ALLOWED_KEYS))
+        return SchemaProblem(path, f"unknown field; a variable takes {allowed}", "unknown_field", {"key": str(key), "allowed": allowed})
     if error["type"] == "missing":
         if key == "name":
-            return f"{path}: {NAME_RULE}"
+            return SchemaProblem(path, NAME_RULE, "name_rule", {})
         if key == "options":
-            return f"{path}: enum needs a non-empty options list"
+            return SchemaProblem(path, "enum needs a non-empty options list", "no_options", {})
         if key == "variables":
-            return f"{path}: a group needs a non-empty list of variables"
-    return f"{path}: {error['msg']}"
+            return SchemaProblem(path, "a group needs a non-empty list of variables", "empty_group", {})
+    # any other of Pydantic's own checks: its type and limits (a client words it like a request field's)
+    limits = {k: v for k, v in ctx.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+    return SchemaProblem(path, error["msg"], "field_type", {**limits, "type": error["type"]})
 
 
 def validate_variable_schema(
     raw: Any, root: str = "variables", *, context: dict[str, Any] | None = None
-) -> tuple[list[tuple[int, Any]], list[str]]:
+) -> tuple[list[tuple[int, Any]], list[SchemaProblem]]:
     """``raw`` checked against :data:`StackVariable`: ``(index in raw, model)`` of every variable without a
     problem, and the problems (``path: message``). ``context`` is Pydantic's validation context (a
     :data:`GENERATOR_CHECK`, for one)."""
     if raw is None:
         raw = []
     if not isinstance(raw, list):
-        return [], [f"{root}: must be a list of variable definitions"]
+        return [], [SchemaProblem(root, "must be a list of variable definitions", "not_a_list", {})]
     total = _count(raw)
     if total > MAX_VARIABLES:
-        return [], [f"{root}: at most {MAX_VARIABLES} variables in a stack (found {total})"]
-    problems: list[str] = []
+        message = f"at most {MAX_VARIABLES} variables in a stack (found {total})"
+        return [], [SchemaProblem(root, message, "too_many_variables", {"max": MAX_VARIABLES, "found": total})]
+    problems: list[SchemaProblem] = []
     valid: list[tuple[int, Any]] = []
     for index, item in enumerate(raw):
         try:
@@ -604,7 +628,11 @@ def validate_variable_schema(
     seen: set[str] = set()
     for index, variable in valid:
         if variable.name in seen:
-            problems.append(f"{root}[{index}].name: duplicate variable name {variable.name!r}")
+            problems.append(
+                SchemaProblem(
+                    f"{root}[{index}].name", f"duplicate variable name {variable.name!r}", "duplicate_name", {"name": variable.name}
+                )
+            )
             continue
         seen.add(variable.name)
         variables.append((index, variable))

@@ -75,10 +75,12 @@ RESERVED_NAMES = frozenset(
 PROBLEM = "windflow"
 
 
-def problem(message: str, at: str | None = None, *, reason: str | None = None, params: dict[str, Any] | None = None) -> PydanticCustomError:
+def problem(message: str, at: str | None = None, *, reason: str, params: dict[str, Any] | None = None) -> PydanticCustomError:
     """A problem with our own message; ``at`` is a path below the value being validated (``min``,
     ``options[1]``). The message goes through the context so that braces in it are never formatted.
-    ``reason`` and ``params`` are a :class:`ValueProblem`'s (a default that does not fit its variable)."""
+    ``reason`` is a stable word for the problem and ``params`` the values its message quotes, as a
+    :class:`ValueProblem`'s: a client words it in its language (``frontend/src/i18n/variableReasons.ts``;
+    ``backend/tests/unit/test_ui_words.py`` fails when a reason is not a literal or lacks its words)."""
     return PydanticCustomError(PROBLEM, "{message}", {"message": message, "at": at, "reason": reason, "params": params or {}})
 
 
@@ -120,50 +122,54 @@ class ValueProblem(ValueError):
 
 def _check_name(value: Any) -> Any:
     if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 64:
-        raise problem(NAME_RULE)
+        raise problem(NAME_RULE, reason="name_rule")
     if value in RESERVED_NAMES:
-        raise problem(f"{value!r} is reserved in templates; pick another name")
+        raise problem(f"{value!r} is reserved in templates; pick another name", reason="reserved_name", params={"name": value})
     return value
 
 
 def _check_text(value: Any) -> Any:
     if not isinstance(value, str):
-        raise problem("must be a string")
+        raise problem("must be a string", reason="not_string")
     return value
 
 
 def _check_bool(value: Any) -> Any:
     if not isinstance(value, bool):
-        raise problem("must be true or false")
+        raise problem("must be true or false", reason="not_boolean")
     return value
 
 
 def _check_number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise problem("must be a number")
+        raise problem("must be a number", reason="not_number")
     return value
 
 
 def _check_whole(value: Any) -> Any:
     value = _check_number(value)
     if isinstance(value, float) and not value.is_integer():
-        raise problem("must be a whole number for an integer variable")
+        raise problem("must be a whole number for an integer variable", reason="not_whole")
     return int(value)
 
 
 def _check_length(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise problem("must be a non-negative integer")
+        raise problem("must be a non-negative integer", reason="not_a_length")
     return value
 
 
 def _check_pattern(value: Any) -> Any:
     if not isinstance(value, str) or len(value) > MAX_PATTERN_LENGTH:
-        raise problem(f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters")
+        raise problem(
+            f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters",
+            reason="pattern_too_long",
+            params={"max": MAX_PATTERN_LENGTH},
+        )
     try:
         re.compile(value)
     except re.error as exc:
-        raise problem(f"invalid regular expression: {exc}") from None
+        raise problem(f"invalid regular expression: {exc}", reason="invalid_regex", params={"message": str(exc)}) from None
     return value
 
 

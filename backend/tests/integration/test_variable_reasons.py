@@ -85,7 +85,58 @@ async def test_a_stack_whose_default_breaks_its_rules_names_the_reason(client, d
     )
     assert body["params"]["problems"] == [
         {"field": "variables[0].default", "reason": "not_integer", "got": "'eighty'", "message": "must be an integer, got 'eighty'"},
-        {"message": "variables[1].min: greater than max (1)"},  # a rule of the schema itself: no value reason
+        {"field": "variables[1].min", "reason": "min_above_max", "max": 1, "message": "greater than max (1)"},
         {"field": "variables[2].default", "reason": "pattern", "pattern": "[a-z]+", "message": "does not match the pattern [a-z]+"},
     ]
     assert body["params"]["reason"] == "not_integer" and body["params"]["field"] == "variables[0].default"
+
+
+async def test_every_problem_of_a_variable_schema_names_its_reason(client, db) -> None:
+    """Not only a default that breaks its rules: the schema's own problems (min above max, a duplicate name,
+    an unknown field, a field of another type, a label that is not text, a source that is not a list) carry a
+    reason and the values they quote, with the English message unchanged."""
+    admin = await setup_admin(client)
+    org = await default_org(client, admin)
+    variables = [
+        {"name": "size", "type": "integer"},
+        {"name": "size", "type": "string", "min_length": 1},
+        {"name": "text", "type": "string", "min_length": 9, "max_length": 2},
+        {"name": "colour", "type": "string", "colour": "red"},
+        {"name": "mode", "type": "string", "options": ["a"]},
+        {"name": "count", "type": "integer", "label": 5},
+        {"name": "for", "type": "strange"},
+    ]
+    refused = await client.post(
+        "/api/v1/stacks", json={"name": "web", "organization_id": org, "template": TEMPLATE, "variables": variables}, headers=admin.headers
+    )
+    assert refused.status_code == 422, refused.text
+    problems = refused.json()["params"]["problems"]
+    by_field = {p["field"]: p for p in problems}
+    assert by_field["variables[2].min_length"] == {
+        "field": "variables[2].min_length",
+        "reason": "min_above_max_length",
+        "max_length": 2,
+        "message": "greater than max_length (2)",
+    }
+    assert by_field["variables[1].name"]["reason"] == "duplicate_name" and by_field["variables[1].name"]["name"] == "size"
+    assert by_field["variables[3].colour"]["reason"] == "unknown_field" and by_field["variables[3].colour"]["key"] == "colour"
+    assert by_field["variables[4].options"] == {
+        "field": "variables[4].options",
+        "reason": "field_of_other_type",
+        "key": "options",
+        "types": "enum",
+        "message": "only applies to enum variables",
+    }
+    assert by_field["variables[5].label"] == {"field": "variables[5].label", "reason": "not_string", "message": "must be a string"}
+    assert by_field["variables[6].type"]["reason"] == "unknown_type"
+    assert all(isinstance(p.get("reason"), str) for p in problems), problems
+
+    source = await client.post(
+        "/api/v1/stacks",
+        json={"name": "web", "organization_id": org, "template": TEMPLATE, "variables_source": "just: text\n"},
+        headers=admin.headers,
+    )
+    assert source.status_code == 422, source.text
+    assert source.json()["params"]["problems"] == [
+        {"field": "variables_source", "reason": "not_a_list", "message": "must be a list of variable definitions (objects)"}
+    ]

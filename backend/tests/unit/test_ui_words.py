@@ -131,19 +131,37 @@ def _variable_reasons(catalogue: str) -> set[str]:
     return set(re.findall(r"^\s{2}([a-z][a-z0-9_]*):", body, re.M))
 
 
+def _reason_argument(node, position: int):
+    """The ``reason`` of a call: its keyword, else its positional argument at ``position``."""
+    for keyword in node.keywords:
+        if keyword.arg == "reason":
+            return keyword.value
+    return node.args[position] if len(node.args) > position else None
+
+
 def test_every_reason_of_a_refused_variable_value_reads_in_both_languages() -> None:
-    """Every ``ValueProblem(text, reason, ...)`` the server raises names its reason as a literal, and the UI
-    words it in English and French (``invalid_variables`` and ``invalid_variable_schema`` carry them)."""
+    """Every ``ValueProblem(text, reason, ...)``, schema ``problem(text, at, reason=...)`` and
+    ``SchemaProblem(path, text, reason, params)`` the server raises names its reason as a literal, and the UI
+    words it in English and French (``invalid_variables`` and ``invalid_variable_schema`` carry them): a
+    variable schema's problems (min above max, a duplicate name, an unknown field) as well as a value's."""
     import ast
 
+    positions = {"ValueProblem": 1, "problem": 2, "SchemaProblem": 2}
     reasons: dict[str, str] = {}
     for path in APP.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ValueProblem":
-                where = f"{path.relative_to(ROOT)}:{node.lineno}"
-                reason = node.args[1] if len(node.args) > 1 else None
-                assert isinstance(reason, ast.Constant) and isinstance(reason.value, str), f"{where}: no literal reason"
-                reasons.setdefault(reason.value, where)
+            name = getattr(node.func, "id", None) if isinstance(node, ast.Call) else None
+            if name not in positions:
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            reason = _reason_argument(node, positions[name])
+            if name == "problem" and ast.unparse(reason) in ("exc.reason", "ctx['reason']"):
+                continue  # a ValueProblem's, passed on
+            if name == "SchemaProblem" and reason is not None and ast.unparse(reason) == "ctx['reason']":
+                continue  # a problem()'s, passed on
+            assert isinstance(reason, ast.Constant) and isinstance(reason.value, str), f"{where}: no literal reason"
+            reasons.setdefault(reason.value, where)
     assert {"not_integer", "min_length", "pattern", "not_a_choice", "required", "generator_failed"} <= set(reasons)
+    assert {"min_above_max", "duplicate_name", "unknown_field", "field_type", "not_a_list"} <= set(reasons)
     for catalogue in ("En", "Fr"):
         assert {r: where for r, where in reasons.items() if r not in _variable_reasons(catalogue)} == {}, catalogue

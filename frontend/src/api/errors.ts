@@ -129,7 +129,12 @@ const VARIABLE_CODES = new Set(['invalid_variables', 'invalid_variable_schema'])
 /** One variable's problem (without which variable) worded from its `reason`, else the server's English message. */
 function variableProblemText(code: string, p: ErrorParams): string {
   const got = typeof p.got === 'string' ? (localized('apiWords.variable.got', { got: p.got }) ?? '') : ''
-  const reason = typeof p.reason === 'string' ? localized(`apiReasons.${code}.${p.reason}`, { ...p, got }) : null
+  // one of Pydantic's own checks on a schema field: worded like a request field of that type
+  const typed = p.reason === 'field_type' && typeof p.type === 'string' ? localized(`apiFields.${p.type}`, p) : null
+  const reason =
+    typeof p.reason === 'string'
+      ? localized(`apiReasons.${code}.${p.reason}`, { ...p, got, detail: typed ?? String(p.message) })
+      : null
   return reason ?? String(p.message)
 }
 

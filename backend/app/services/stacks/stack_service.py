@@ -73,16 +73,24 @@ def read_variables_source(text: str) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        problem = {"field": "variables_source", "message": "must be a list of variable definitions (objects)", "reason": "not_a_list"}
         raise ValidationFailed(
             "variables_source: must be a list of variable definitions (objects)",
             code="invalid_variable_schema",
-            params={"field": "variables_source"},
+            params={**problem, "problems": [problem]},
         )
     if len(value) > 200:
+        problem = {
+            "field": "variables_source",
+            "message": "at most 200 variables in a stack",
+            "reason": "too_many_variables",
+            "max": 200,
+            "found": len(value),
+        }
         raise ValidationFailed(
             "variables_source: at most 200 variables in a stack",
             code="invalid_variable_schema",
-            params={"field": "variables_source", "max": 200},
+            params={**problem, "problems": [problem]},
         )
     return value
 

@@ -69,16 +69,18 @@ def parse_variables(raw: list[dict] | None) -> list[StackVariable]:
     """
     variables, problems = validate_variable_schema(raw, context={GENERATOR_CHECK: check_generator_expression})
     if problems:
-        described = [
-            {**p.params, "field": p.path, "message": p.message, "reason": p.reason} if isinstance(p, SchemaProblem) else {"message": str(p)}
-            for p in problems
-        ]
+        described = [_schema_problem(p) for p in problems]
         raise ValidationFailed(
             "invalid variable schema: " + "; ".join(problems),
             code="invalid_variable_schema",
             params={**described[0], "problems": described},
         )
     return [variable for _, variable in variables]
+
+
+def _schema_problem(p: SchemaProblem) -> dict[str, Any]:
+    """One schema problem as a client words it (``field``: its path; ``reason`` and the values it quotes)."""
+    return {**p.params, "field": p.path, "message": p.message, "reason": p.reason}
 
 
 def secret_paths(variables: Iterable[StackVariable]) -> set[str]:
