@@ -25,7 +25,7 @@ from backend.app.api.deployments import DeploymentDep
 from backend.app.api.deps import CurrentUser, SessionDep, authenticate, get_settings
 from backend.app.config import Settings
 from backend.app.core.events import iso_utc
-from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, ValidationFailed, WindFlowError
+from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, NotFound, ValidationFailed, WindFlowError
 from backend.app.models import Deployment, Role, User
 from backend.app.runtime import metrics
 from backend.app.runtime.realtime.access import Access, credential_access, load_access
@@ -255,7 +255,8 @@ async def _subscribe(client: WebSocketClient, frame: SubscribeFrame, settings: S
                 deployment = await organization_service.get_owned(
                     session, user=user, model=Deployment, entity_id=frame.deployment_id, minimum=Role.VIEWER, noun="deployment"
                 )
-                if not client.access.allows(deployment.organization_id):  # an organisation-limited API token
+                if not client.access.allows_deployment(deployment.organization_id, deployment.stack_id):
+                    # an API token limited to another organisation, or to other stacks (stack_ids)
                     raise ValidationFailed("deployment not found", code="deployment_not_found")
                 if frame.stream == "services":
                     follower = await service_logs.prepare(session, settings=settings, deployment=deployment, tail=frame.tail)
@@ -396,7 +397,7 @@ async def deployment_events(
 ) -> StreamingResponse:
     """Server-Sent Events of one deployment: its log lines after ``Last-Event-ID``, then everything live."""
     since = _since(last_event_id, since_seq)
-    deployment_id, organization_id = deployment.id, deployment.organization_id
+    deployment_id, organization_id, stack_id = deployment.id, deployment.organization_id, deployment.stack_id
     user_id, generation = user.id, user.token_generation
     token_id = getattr(request.state, "api_token_id", None)
     # Before anything else reads the database: the stream may last hours, so it must not hold a pooled
@@ -405,6 +406,8 @@ async def deployment_events(
     await session.close()
     access, api_tokens = await load_access({user_id}, {token_id} - {None})
     client = SSEClient(credential_access(access[user_id], api_tokens, token_id, generation))
+    if not client.access.allows_deployment(organization_id, stack_id):  # a token limited to other stacks
+        raise NotFound("deployment not found", code="deployment_not_found")
     return StreamingResponse(
         _sse_body(client, deployment_id, organization_id, since),
         media_type="text/event-stream",

@@ -1,5 +1,10 @@
 """Access: which organisations' events a real-time client may receive, and the credential it connected with.
 
+A stack-limited API token (``stack_ids``) receives, in its organisation, only the events of the deployments
+of its stacks and the changes of those stacks (:meth:`Access.hears_stack`): an event names its deployment,
+not the deployment's stack, so :func:`stack_of` reads it once per deployment (a deployment never changes
+stack) and keeps it in a bounded cache of the process.
+
 :func:`load_access` reads every user's memberships and account, and the rows of their API tokens, in one
 short transaction; :func:`refreshed` judges a client's credential with them by the rules of every HTTP
 request (``auth_service.credential_refusal``). :class:`AccessRegistry` re-reads them every
@@ -18,7 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from backend.app import database
-from backend.app.models import ApiToken, Membership, User
+from backend.app.models import ApiToken, Deployment, Membership, User
 from backend.app.runtime.loops import LoopService
 from backend.app.services.identity import auth_service
 
@@ -41,9 +46,45 @@ class Access:
     generation: int | None = None
     #: the account as last read (``is_active``, ``token_generation``), None when it is gone
     account: Any = field(default=None, compare=False, repr=False)
+    #: a stack-limited API token's stacks: the events of other stacks' deployments are not for it; None: all
+    stacks: frozenset[str] | None = None
 
     def allows(self, organization_id: str) -> bool:
         return self.revoked is None and (self.superuser or organization_id in self.organizations)
+
+    def allows_deployment(self, organization_id: str, stack_id: str | None) -> bool:
+        """A deployment's events: its organisation's, and of one of the token's stacks when it has some."""
+        return self.allows(organization_id) and (self.stacks is None or stack_id in self.stacks)
+
+    def hears_stack(self, evt: Any, stack_id: str | None) -> bool:
+        """For a stack-limited access (``stacks``), whether an event of an allowed organisation is of its
+        stacks: a deployment's when ``stack_id`` (the deployment's, from :func:`stack_of`) is one of them; an
+        organisation's ``RESOURCE_CHANGED`` when it is about one of them (other stacks, targets, members: no)."""
+        if self.stacks is None:
+            return True
+        if evt.deployment_id:
+            return stack_id in self.stacks
+        data = evt.data or {}
+        return data.get("resource") == "stack" and data.get("id") in self.stacks
+
+
+#: deployment id -> its stack's id, for the stack-limited clients (:func:`stack_of`); bounded, oldest out
+_STACK_OF: dict[str, str | None] = {}
+_STACK_OF_BOUND = 20_000
+
+
+async def stack_of(deployment_id: str) -> str | None:
+    """The stack of a deployment (None when it is gone and was never read), read once per process."""
+    if deployment_id in _STACK_OF:
+        return _STACK_OF[deployment_id]
+    async with database.AsyncSessionLocal() as session:
+        row = (await session.execute(select(Deployment.stack_id).where(Deployment.id == deployment_id))).first()
+    if row is None:  # not found (yet, or any more): asked again next time
+        return None
+    if len(_STACK_OF) >= _STACK_OF_BOUND:
+        del _STACK_OF[next(iter(_STACK_OF))]
+    _STACK_OF[deployment_id] = row.stack_id
+    return row.stack_id
 
 
 class AccessHolder(Protocol):
@@ -75,7 +116,9 @@ async def load_access(user_ids: set[str], token_ids: set[str]) -> tuple[dict[str
         for start in range(0, len(tokens), 500):
             chunk = tokens[start : start + 500]
             for row in await session.execute(
-                select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.organization_id).where(ApiToken.id.in_(chunk))
+                select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.organization_id, ApiToken.stack_ids).where(
+                    ApiToken.id.in_(chunk)
+                )
             ):
                 api_tokens[row.id] = row
     access = {}
@@ -102,6 +145,7 @@ def refreshed(current: Access, fresh: Access, api_tokens: dict[str, Any]) -> Acc
         # an organisation-limited API token: that organisation's events only (a superuser's too)
         organizations = frozenset({limit}) if superuser or limit in organizations else frozenset()
         superuser = False
+    stack_ids = getattr(api_token, "stack_ids", None)
     return Access(
         fresh.user_id,
         superuser,
@@ -110,6 +154,7 @@ def refreshed(current: Access, fresh: Access, api_tokens: dict[str, Any]) -> Acc
         refusal.detail if refusal is not None else None,
         current.generation,
         fresh.account,
+        frozenset(stack_ids) if stack_ids is not None else None,
     )
 
 

@@ -25,7 +25,7 @@ from backend.app.core.events import Event, EventStream, EventType, Overflow, aud
 from backend.app.models import Deployment
 from backend.app.runtime import metrics
 from backend.app.runtime.realtime import eager
-from backend.app.runtime.realtime.access import Access, registry
+from backend.app.runtime.realtime.access import Access, registry, stack_of
 from backend.app.runtime.realtime.frames import dumps, encode_event, latency, logs_frame
 from backend.app.runtime.realtime.hub import Hub
 from backend.app.services.deployments.logs import read_logs
@@ -169,6 +169,8 @@ class Client(ABC):
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.access.stacks is not None:
+            self.direct = False  # every event through the pump, which judges its stack (_forward)
         self.stream = EventStream(bus, None, CLIENT_QUEUE_BOUND)
         self.hub = Hub.of_running_loop()
         self.hub.add(self)
@@ -198,6 +200,8 @@ class Client(ABC):
         if access.revoked:
             self.close(access.revoked, CLOSE_UNAUTHORIZED)
             return
+        if access.stacks is not None:
+            self.direct = False
         if self.hub is not None:
             self.hub.enter(self, access.user_id, access.superuser)  # a superuser no more hears no platform event
         lost_orgs = [o for o in self.organizations if not access.allows(o)]
@@ -389,6 +393,10 @@ class Client(ABC):
     async def _forward(self, evt: Event) -> None:
         if not self.hears(evt):
             return
+        if self.access.stacks is not None and evt.organization_id:  # a stack-limited token: its stacks' only
+            stack_id = await stack_of(evt.deployment_id) if evt.deployment_id else None
+            if not self.access.hears_stack(evt, stack_id):
+                return
         sub = self.deployments.get(evt.deployment_id)
         if evt.type is EventType.DEPLOYMENT_LOGS_UPDATE:
             if sub is None:
