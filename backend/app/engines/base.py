@@ -154,9 +154,11 @@ class DeploySpec:
     #: seconds the images step's pulls may take together (None: no bound); past it the pull in flight is
     #: abandoned and the deployment fails, saying so (``engines/pull.py``)
     pull_timeout: float | None = None
-    #: seconds one ``compose up`` may run (``DEPLOYMENT_UP_TIMEOUT_SECONDS``); past it its process group is
+    #: seconds one ``compose up`` may run (``DEPLOYMENT_UP_TIMEOUT_SECONDS`` or the stack's own); past it its process group is
     #: killed and the deployment fails, naming the step (``engines/compose.py``)
     up_timeout: float = 600.0
+    #: where ``up_timeout`` comes from, named when it is reached: the setting or the stack's ``x-windflow.up_timeout``
+    up_timeout_source: str = "DEPLOYMENT_UP_TIMEOUT_SECONDS"
     #: told where each image's pull stands, at most a few times a second (``engines/pull.py``)
     pull_progress: Callable[[Any], Awaitable[None]] | None = field(default=None, repr=False)
 

@@ -109,7 +109,7 @@ class ComposeEngine(DockerEngine):
                 still = f"; compose was still waiting for its dependencies {', '.join(dict.fromkeys(waiting))}" if waiting else ""
                 raise EngineError(
                     f"step {step()} timed out: `compose up` did not finish within {spec.up_timeout:g} s "
-                    f"(DEPLOYMENT_UP_TIMEOUT_SECONDS){still}; its processes were killed",
+                    f"({spec.up_timeout_source}){still}; its processes were killed",
                     transient=False,
                 ) from None
         if not result.ok:

@@ -211,3 +211,27 @@ async def test_up_timeout_kills_a_hung_compose_up_and_says_which_step(db, docker
         for deployment_id in env.created:
             force_cleanup(deployment_id)
         await client.aclose()
+
+
+async def test_a_stacks_own_up_timeout_wins_and_a_bad_one_is_refused(db, docker_engine, tmp_path):
+    client, env = await _env(db, docker_engine, tmp_path)  # the setting's up timeout: its default, 10 minutes
+    try:
+        bad = await env.stack(_hanging_up_stack() + "x-windflow:\n  up_timeout: 0\n", name="bad-up-timeout")
+        refused = await env.client.post(
+            "/api/v1/deployments", json={"stack_id": bad, "target_id": env.target_id, "variables": {}}, headers=env.admin.headers
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "invalid_up_timeout"
+        assert "x-windflow.up_timeout must be a number of seconds between 1 and 86400" in refused.json()["detail"]
+
+        stack_id = await env.stack(_hanging_up_stack() + "x-windflow:\n  up_timeout: 2\n", name="own-up-timeout")
+        created = await env.deploy({}, stack_id=stack_id)
+        failed = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"}, timeout=60)
+        assert failed["status"] == "failed" and failed["attempt"] == 1
+        assert "within 2 s (x-windflow.up_timeout)" in failed["error_message"], failed["error_message"]
+        assert not _processes_naming(project_name(created["id"])), "compose up outlived its timeout"
+    finally:
+        await background_tasks.shutdown()
+        for deployment_id in env.created:
+            force_cleanup(deployment_id)
+        await client.aclose()

@@ -6,7 +6,7 @@ import pytest
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.pull import PullFailed, PullProgress, auth_for, classify
-from backend.app.services.deployments.context import stack_pull_timeout
+from backend.app.services.deployments.context import stack_timeout
 
 
 def test_stream_lines_fold_into_bytes_and_layers():
@@ -68,18 +68,24 @@ def test_credentials_match_the_images_registry():
     assert auth_for("other.example/team/api:1", auth) is None
 
 
-@pytest.mark.parametrize(
-    ("extension", "expected"),
-    [(None, None), ({}, None), ({"pull_timeout": None}, None), ({"pull_timeout": 600}, 600.0), ({"pull_timeout": 1.5}, 1.5)],
-)
-def test_a_stacks_own_pull_timeout(extension, expected) -> None:
+@pytest.mark.parametrize("key", ["pull_timeout", "up_timeout"])
+@pytest.mark.parametrize(("extension", "expected"), [(None, None), ({}, None), ({"k": None}, None), ({"k": 600}, 600.0), ({"k": 1.5}, 1.5)])
+def test_a_stacks_own_timeout(key, extension, expected) -> None:
+    extension = None if extension is None else {key if name == "k" else name: value for name, value in extension.items()}
     document = {"services": {"a": {"image": "x"}}} | ({} if extension is None else {"x-windflow": extension})
-    assert stack_pull_timeout(document) == expected
+    assert stack_timeout(document, key) == expected
 
 
-@pytest.mark.parametrize("extension", [{"pull_timeout": 0}, {"pull_timeout": 86401}, {"pull_timeout": "soon"}, {"pull_timeout": True}, 600])
-def test_an_invalid_stack_pull_timeout_says_what_to_fix(extension) -> None:
-    with pytest.raises(ValidationFailed) as caught:
-        stack_pull_timeout({"services": {}, "x-windflow": extension})
-    assert caught.value.code == "invalid_pull_timeout"
-    assert "x-windflow.pull_timeout must be a number of seconds between 1 and 86400" in caught.value.detail
+def test_each_timeout_of_a_stack_is_its_own() -> None:
+    document = {"services": {}, "x-windflow": {"pull_timeout": 30, "up_timeout": 5}}
+    assert (stack_timeout(document, "pull_timeout"), stack_timeout(document, "up_timeout")) == (30.0, 5.0)
+
+
+@pytest.mark.parametrize("key", ["pull_timeout", "up_timeout"])
+@pytest.mark.parametrize("value", [0, 86401, "soon", True])
+def test_an_invalid_stack_timeout_says_what_to_fix(key, value) -> None:
+    for extension in ({key: value}, 600):
+        with pytest.raises(ValidationFailed) as caught:
+            stack_timeout({"services": {}, "x-windflow": extension}, key)
+        assert caught.value.code == f"invalid_{key}"
+        assert f"x-windflow.{key} must be a number of seconds between 1 and 86400" in caught.value.detail

@@ -76,6 +76,8 @@ export const apiErrorsFr: Record<string, string> = {
   invalid_compose: 'Document compose invalide{at} : {why}',
   invalid_pull_timeout:
     'x-windflow.pull_timeout doit être un nombre de secondes entre 1 et {max} (par ex. « pull_timeout: 600 » sous « x-windflow: »).',
+  invalid_up_timeout:
+    'x-windflow.up_timeout doit être un nombre de secondes entre 1 et {max} (par ex. « up_timeout: 600 » sous « x-windflow: »).',
   compose_failed: 'Compose n’a pas pu juger le document{at} : {why}',
   compose_timeout:
     'Compose n’a pas validé le document en {seconds} s (limite COMPOSE_VALIDATE_TIMEOUT_SECONDS) : le document est refusé.',

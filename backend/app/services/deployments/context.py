@@ -33,27 +33,29 @@ from backend.app.services.deployments import redaction
 from backend.app.services.registries import registry_service
 from backend.app.services.targets import compose_policy, placement, target_service
 
-#: the longest pull timeout a stack may ask for (``x-windflow: {pull_timeout: seconds}``): a day
-MAX_STACK_PULL_TIMEOUT = 86400
+#: the longest timeout a stack may ask for (``x-windflow: {pull_timeout: seconds, up_timeout: seconds}``): a day
+MAX_STACK_TIMEOUT = 86400
+#: the timeouts a stack's ``x-windflow`` may set, and the setting each one replaces
+STACK_TIMEOUTS = {"pull_timeout": "DEPLOYMENT_PULL_TIMEOUT_SECONDS", "up_timeout": "DEPLOYMENT_UP_TIMEOUT_SECONDS"}
 
 
-def stack_pull_timeout(document: Mapping[str, Any]) -> float | None:
-    """The pull timeout a stack's own document asks for, ``x-windflow: {pull_timeout: seconds}`` (a compose
-    extension field: compose and swarm ignore it), or None. ``ValidationFailed`` (422 ``invalid_pull_timeout``)
-    saying what to fix when it is not a number of seconds between 1 and a day."""
+def stack_timeout(document: Mapping[str, Any], key: str) -> float | None:
+    """A timeout a stack's own document asks for, ``x-windflow: {<key>: seconds}`` (a compose extension field:
+    compose and swarm ignore it), or None. ``ValidationFailed`` (422 ``invalid_<key>``, e.g.
+    ``invalid_up_timeout``) saying what to fix when it is not a number of seconds between 1 and a day."""
     extension = document.get("x-windflow")
     if extension is None:
         return None
-    value = extension.get("pull_timeout") if isinstance(extension, Mapping) else extension
+    value = extension.get(key) if isinstance(extension, Mapping) else extension
     if value is None and isinstance(extension, Mapping):
         return None
     valid = isinstance(extension, Mapping) and isinstance(value, int | float) and not isinstance(value, bool)
-    if not valid or not 1 <= value <= MAX_STACK_PULL_TIMEOUT:
+    if not valid or not 1 <= value <= MAX_STACK_TIMEOUT:
         raise ValidationFailed(
-            f"x-windflow.pull_timeout must be a number of seconds between 1 and {MAX_STACK_PULL_TIMEOUT} "
-            "(x-windflow is a mapping, e.g. x-windflow: {pull_timeout: 600})",
-            code="invalid_pull_timeout",
-            params={"max": MAX_STACK_PULL_TIMEOUT},
+            f"x-windflow.{key} must be a number of seconds between 1 and {MAX_STACK_TIMEOUT} "
+            f"(x-windflow is a mapping, e.g. x-windflow: {{{key}: 600}})",
+            code=f"invalid_{key}",
+            params={"max": MAX_STACK_TIMEOUT},
         )
     return float(value)
 
@@ -69,7 +71,8 @@ def check_compose_policy(rendered: str, target: Target, *, redact: list[str] | t
         endpoint=target.endpoint,
         redact=redact,
     )
-    stack_pull_timeout(document)
+    for key in STACK_TIMEOUTS:
+        stack_timeout(document, key)
 
 
 def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
@@ -81,15 +84,18 @@ def snapshot_compose(settings: Settings, deployment: Deployment) -> str:
 
 def deploy_spec(settings: Settings, deployment: Deployment, *, registry_auth: dict[str, dict[str, str]] | None = None) -> DeploySpec:
     compose = snapshot_compose(settings, deployment)
+    document = compose_policy.load(compose)
+    up_timeout = stack_timeout(document, "up_timeout")
     return DeploySpec(
         registry_auth=registry_auth or {},
         deployment_id=deployment.id,
         compose=compose,
         workdir=settings.DEPLOYMENTS_WORKDIR / deployment.id,
         health_timeout=settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS,
-        up_timeout=settings.DEPLOYMENT_UP_TIMEOUT_SECONDS,
-        # the stack's own (x-windflow.pull_timeout), else the setting's (0: none)
-        pull_timeout=stack_pull_timeout(compose_policy.load(compose)) or settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
+        # each the stack's own (x-windflow.up_timeout / pull_timeout), else the setting's (pulls: 0 is none)
+        up_timeout=up_timeout or settings.DEPLOYMENT_UP_TIMEOUT_SECONDS,
+        up_timeout_source="x-windflow.up_timeout" if up_timeout else STACK_TIMEOUTS["up_timeout"],
+        pull_timeout=stack_timeout(document, "pull_timeout") or settings.DEPLOYMENT_PULL_TIMEOUT_SECONDS or None,
         # never longer than half the wait: a short health timeout must still let a stable service through
         stable_seconds=min(settings.DEPLOYMENT_STABLE_SECONDS, settings.DEPLOYMENT_HEALTH_TIMEOUT_SECONDS / 2),
     )
