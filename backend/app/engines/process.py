@@ -126,7 +126,13 @@ async def run_command(
     stdin: bytes | None = None,
 ) -> CommandResult:
     """Run ``argv``; every stderr line (and stdout line unless ``capture_stdout``) goes to ``log`` as it
-    arrives. Timeout → transient EngineError. Cancellation kills the process group and re-raises."""
+    arrives. Timeout → transient EngineError. Cancellation kills the process group and re-raises.
+
+    The ``timeout`` counts from before the process is started: its start (a fork and an exec) is part of
+    the command's time, and a caller descheduled meanwhile (a loaded machine) cannot find the command
+    already finished and so escape a bound shorter than that."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -172,7 +178,7 @@ async def run_command(
         return await proc.wait()
 
     try:
-        returncode = await asyncio.wait_for(communicate(), timeout)
+        returncode = await asyncio.wait_for(communicate(), max(timeout - (loop.time() - started), 0))
     except TimeoutError:
         await asyncio.shield(_terminate_group(proc))
         raise EngineTimeout(f"`{' '.join(argv[-3:])}` did not finish within {timeout:g}s") from None
