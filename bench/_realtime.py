@@ -52,7 +52,9 @@ class Backend:
             return int(stat.read().split()[0]) / 1e9
 
 
-async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgres", **overrides) -> Backend:
+async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgres", ws: str = "listener", **overrides) -> Backend:
+    """A backend on a throwaway database; its clients connect to ``ws``: "listener" (the WebSocket listener,
+    WS_PORT, as behind the production proxy) or "asgi" (uvicorn's route on PORT)."""
     import resource
 
     import httpx
@@ -63,13 +65,16 @@ async def start_backend(label: str, cleanup: c.Cleanup, event_bus: str = "postgr
     cleanup.push("drop database", db.drop)
     port = c.free_port()
     values = dict(HOST="127.0.0.1", PORT=port, EVENT_BUS=event_bus, LOG_LEVEL="WARNING")
+    ws_port = port
+    if ws == "listener":
+        values["WS_PORT"] = ws_port = c.free_port()
     if event_bus == "redis":
         values["EVENT_BUS_REDIS_URL"] = f"redis://{c.REDIS_HOST}:{c.REDIS_PORT}/0"
     values.update(overrides)
     settings = c.make_settings(db.url, **values)
     proc = c.Proc([str(c.BIN / "python"), "-m", "backend.app.main"], c.settings_env(settings), c.SCRATCH / f"{label}.log")
     cleanup.push("stop backend", proc.stop)
-    backend = Backend(db, proc, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/api/v1/ws", settings)
+    backend = Backend(db, proc, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{ws_port}/api/v1/ws", settings)
     deadline = time.monotonic() + 90
     async with httpx.AsyncClient(base_url=backend.url, timeout=30) as client:
         while True:
@@ -102,11 +107,12 @@ async def start_replica(backend: Backend, label: str, cleanup: c.Cleanup) -> Bac
     import httpx
 
     port = c.free_port()
-    settings = backend.settings.model_copy(update={"PORT": port})
+    ws_port = c.free_port() if backend.settings.WS_PORT else port
+    settings = backend.settings.model_copy(update={"PORT": port, "WS_PORT": ws_port if backend.settings.WS_PORT else 0})
     proc = c.Proc([str(c.BIN / "python"), "-m", "backend.app.main"], c.settings_env(settings), c.SCRATCH / f"{label}.log")
     cleanup.push("stop replica", proc.stop)
     replica = dataclasses.replace(
-        backend, proc=proc, url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}/api/v1/ws", settings=settings
+        backend, proc=proc, url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{ws_port}/api/v1/ws", settings=settings
     )
     deadline = time.monotonic() + 90
     async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:

@@ -153,9 +153,10 @@ async def replicas(args, backend: rt.Backend, cleanup: c.Cleanup) -> None:
     from backend.tests.nginx_proxy import Proxy
 
     second = await rt.start_replica(backend, "latency-replica", cleanup)
-    one = Proxy([backend.settings.PORT], c.SCRATCH / "nginx-one")
+    listeners = [b.settings.WS_PORT for b in (backend, second)] if backend.settings.WS_PORT else None  # --ws listener
+    one = Proxy([backend.settings.PORT], c.SCRATCH / "nginx-one", ws_ports=listeners and listeners[:1])
     cleanup.push("stop nginx", one.stop)
-    two = Proxy([backend.settings.PORT, second.settings.PORT], c.SCRATCH / "nginx-two")
+    two = Proxy([backend.settings.PORT, second.settings.PORT], c.SCRATCH / "nginx-two", ws_ports=listeners)
     cleanup.push("stop nginx", two.stop)
     await asyncio.to_thread(one.wait_ready)
     await asyncio.to_thread(two.wait_ready)
@@ -208,15 +209,18 @@ async def main(args) -> None:
     cleanup = c.Cleanup()
     try:
         if args.replicas == 2:
-            backend = await rt.start_backend("latency", cleanup, event_bus=args.bus, PROMETHEUS_ENABLED=True)
+            backend = await rt.start_backend("latency", cleanup, event_bus=args.bus, ws=args.ws, PROMETHEUS_ENABLED=True)
             await replicas(args, backend, cleanup)
             return
-        backend = await rt.start_backend("latency", cleanup, event_bus=args.bus)
+        backend = await rt.start_backend("latency", cleanup, event_bus=args.bus, ws=args.ws)
         cpus, pinning = rt.pin(backend, args.pin)
         farm = await rt.Farm.start(cleanup, cpus)
         await rt.start_emitter(backend)
         deployment_id = await rt.insert_deployment(backend)
-        print(f"# event latency, emit -> client receive ({args.bus} event bus); {pinning}; {c.machine_line()}", file=sys.stderr)
+        print(
+            f"# event latency, emit -> client receive ({args.bus} event bus, clients on {args.ws}); {pinning}; {c.machine_line()}",
+            file=sys.stderr,
+        )
         rows = []
         for name, coro in (
             ("raw NOTIFY -> LISTEN", raw_notify(backend, args.events, args.interval)),
@@ -286,5 +290,8 @@ if __name__ == "__main__":
     parser.add_argument("--bus", choices=["postgres", "redis"], default="postgres")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPU placement to the scheduler")
     parser.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw fan-out reference")
+    parser.add_argument(
+        "--ws", choices=["listener", "asgi"], default="listener", help="the WebSocket listener (WS_PORT) or uvicorn's route"
+    )
     parser.add_argument("--replicas", type=int, choices=[1, 2], default=1, help="2: direct, through nginx, two replicas through nginx")
     c.run_main(lambda: main(parser.parse_args()))

@@ -40,13 +40,13 @@ async def main(args) -> None:
     cleanup = c.Cleanup()
     farm = None
     try:
-        backend = await rt.start_backend("fanout", cleanup)
+        backend = await rt.start_backend("fanout", cleanup, ws=args.ws)
         cpus, pinning = rt.pin(backend, args.pin)
         farm = await rt.Farm.start(cleanup, cpus)
         await rt.start_emitter(backend)
         deployment_id = await rt.insert_deployment(backend)
         limit = Path(f"/proc/{backend.pid}/limits").read_text().split("Max open files")[1].split()[0]
-        print(f"# backend pid {backend.pid}, open files limit {limit}; {pinning}", file=sys.stderr)
+        print(f"# backend pid {backend.pid}, open files limit {limit}; clients on {args.ws}; {pinning}", file=sys.stderr)
         await asyncio.sleep(2)
         before = backend.rss_kib()
         started = time.monotonic()
@@ -131,6 +131,9 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=10)
     parser.add_argument("--step", type=int, default=500, help="clients connected between two RSS readings")
     parser.add_argument("--batch", type=int, default=100, help="connections opened concurrently")
+    parser.add_argument(
+        "--ws", choices=["listener", "asgi"], default="listener", help="the WebSocket listener (WS_PORT) or uvicorn's route"
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPU placement to the scheduler")
     parser.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw fan-out reference")
     c.run_main(lambda: main(parser.parse_args()))

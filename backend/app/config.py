@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # each), and a compressed frame cannot be shared, so with it every event is compressed once per client
     # and sent through the ASGI stack; without it one encoded frame is written to every socket.
     WS_PER_MESSAGE_DEFLATE: bool = False
+    # /api/v1/ws on a listener of its own (api/realtime_listener.py), beside the ASGI route on PORT: its frames
+    # are built and written in C by picows, not by uvicorn's Python per connection (bench/README.md). 0: no
+    # listener. The proxy routes /api/v1/ws to it (deploy/nginx.conf). WS_HOST: its address (empty: HOST).
+    WS_PORT: int = Field(default=0, ge=0, le=65535)
+    WS_HOST: str = Field(default="", max_length=255)
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)

@@ -21,6 +21,7 @@ from backend.app.api import health, responses
 from backend.app.api import metrics as metrics_route
 from backend.app.api import realtime as realtime_routes
 from backend.app.api.audit_trail import AuditMiddleware
+from backend.app.api.realtime_listener import WebSocketListener
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
 from backend.app.core.body_limit import BodySizeLimitMiddleware
@@ -305,9 +306,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loops.append(asyncio.create_task(background.periodic_retention(settings)))
         loops.append(asyncio.create_task(notifier.notification_loop(settings)))
         loops.append(asyncio.create_task(background.watch_loop(settings)))
+        listener = None
+        if settings.WS_PORT:  # /api/v1/ws on a listener of its own, in this loop (api/realtime_listener.py)
+            listener = WebSocketListener(settings)
+            await listener.start(settings.WS_HOST or settings.HOST, settings.WS_PORT)
         _freeze_startup_heap()
         yield
         logger.info("WindFlow stopping")
+        if listener is not None:
+            await listener.stop()
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)

@@ -21,6 +21,7 @@ _LOCAL = {
     "    resolver 127.0.0.11 valid=5s ipv6=off;\n": "",
     "    resolver_timeout 5s;\n": "",
     "    set $windflow_backend http://backend:8000;\n": "    set $windflow_backend http://windflow;\n",
+    "    set $windflow_websocket http://backend:8001;\n": "    set $windflow_websocket http://windflow_ws;\n",
 }
 
 
@@ -31,9 +32,11 @@ def _free_port() -> int:
 
 
 class Proxy:
-    """nginx (one worker process) listening on a free loopback port, in front of ``upstream_ports``."""
+    """nginx (one worker process) listening on a free loopback port, in front of ``upstream_ports``;
+    ``/api/v1/ws`` goes to ``ws_ports`` (the replicas' WebSocket listeners, WS_PORT), or to the same ports
+    (their ASGI route) when they have none."""
 
-    def __init__(self, upstream_ports: list[int], workdir: Path) -> None:
+    def __init__(self, upstream_ports: list[int], workdir: Path, ws_ports: list[int] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,13 +48,15 @@ class Proxy:
             server = server.replace(shipped, here.format(port=self.port))
         # a replica that refused a connection is left alone for 2 s (the request goes to the next one at once)
         upstream = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in upstream_ports)
+        ws_upstream = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in ws_ports or upstream_ports)
         temp = " ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         conf = workdir / "nginx.conf"
         conf.write_text(
             ("user root;\n" if os.geteuid() == 0 else "")
             + f"worker_processes 1;\ndaemon off;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log notice;\n"
             + "worker_rlimit_nofile 65536;\nevents { worker_connections 20000; }\n"
-            + f"http {{\n    access_log off;\n    {temp}\n    upstream windflow {{\n{upstream}    }}\n{server}\n}}\n"
+            + f"http {{\n    access_log off;\n    {temp}\n    upstream windflow {{\n{upstream}    }}\n"
+            + f"    upstream windflow_ws {{\n{ws_upstream}    }}\n{server}\n}}\n"
         )
         argv = [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
         self.proc = Proc(argv, dict(os.environ), workdir / "nginx.out")

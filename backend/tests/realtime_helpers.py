@@ -28,7 +28,9 @@ class Server:
     def __init__(self, settings: Settings, log_dir: Path, name: str = "server") -> None:
         self.port = settings.PORT
         self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/api/v1/ws"
+        # /api/v1/ws: on the WebSocket listener when the server has one (WS_PORT), else the ASGI route
+        self.ws_port = settings.WS_PORT or settings.PORT
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/api/v1/ws"
         self.log_path = log_dir / f"{name}.log"
         self.proc = Proc([sys.executable, "-m", "backend.app.main"], settings_env(settings), self.log_path)
 
@@ -174,7 +176,7 @@ class RawWS(WS):
 
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        sock.connect(("127.0.0.1", server.port))
+        sock.connect(("127.0.0.1", server.ws_port))
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=32768)
         protocol = ClientProtocol(parse_uri(server.ws_url), max_size=None)

@@ -63,18 +63,25 @@ def bearer_token(connection: HTTPConnection) -> str:
 
 async def authenticate(connection: HTTPConnection, session: AsyncSession, settings: Settings, token: str) -> auth_service.Credential:
     """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
+    credential = await resolve_token(session, settings, token)
+    connection.state.user_id = credential.user.id
+    connection.state.api_token_id = credential.api_token_id
+    if credential.scopes is not None and connection.scope["type"] == "http":
+        await _check_token_scope(connection, session, credential)
+    return credential
+
+
+async def resolve_token(session: AsyncSession, settings: Settings, token: str) -> auth_service.Credential:
+    """The one credential check of a bearer token, whatever carries it: an HTTP request (through
+    :func:`authenticate`), the ASGI WebSocket route or the WebSocket listener (``api/realtime_listener.py``)."""
     credential = await auth_service.credential_from_token(session, settings=settings, token=token)
     if token.startswith(security.API_TOKEN_PREFIX):
         # credential_from_token may have bumped the API token's last_used_at (already flushed, so the
         # session does not look dirty): commit it now, or a route that only reads would roll it back.
         await session.commit()
-    connection.state.user_id = credential.user.id
-    connection.state.api_token_id = credential.api_token_id
     if credential.organization_id is not None:
         # every organisation check (services/identity/organization_service.py) stops at this one
         credential.user.token_organization_id = credential.organization_id
-    if credential.scopes is not None and connection.scope["type"] == "http":
-        await _check_token_scope(connection, session, credential)
     return credential
 
 

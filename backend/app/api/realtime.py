@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from backend.app import database
 from backend.app.api.deployments import DeploymentDep
-from backend.app.api.deps import CurrentUser, SessionDep, authenticate, get_settings
+from backend.app.api.deps import CurrentUser, SessionDep, get_settings, resolve_token
 from backend.app.config import Settings
 from backend.app.core.events import iso_utc
 from backend.app.core.exceptions import DatabaseUnavailable, NotAuthenticated, NotFound, ValidationFailed, WindFlowError
@@ -45,57 +46,109 @@ _client_frame = TypeAdapter(ClientFrame)
 
 
 # --- WebSocket ---------------------------------------------------------------------------------------
+#
+# One protocol, two servers: uvicorn's ASGI route below and the WebSocket listener of
+# ``api/realtime_listener.py`` (picows, ``WS_PORT``). Each gives :func:`serve` a :class:`Connection` and a
+# :class:`WebSocketClient` of its own; the authentication, frames, subscriptions and heartbeats are these.
+
+
+class Connection(ABC):
+    """One WebSocket connection as the protocol sees it, whichever server carries it."""
+
+    peer: str = "unknown"
+
+    @abstractmethod
+    async def receive(self) -> str | bytes | None:
+        """The next message: its text, its bytes (a binary frame), or None once the connection is gone."""
+
+    @abstractmethod
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection (nothing when it is already closed or gone)."""
+
+    @abstractmethod
+    def client(self, access: Access, expires_at: datetime | None) -> WebSocketClient:
+        """The real-time client that sends this connection's frames."""
 
 
 class WebSocketClient(Client):
-    def __init__(self, websocket: WebSocket, send: Send, access: Access, expires_at: datetime | None) -> None:
+    """A WebSocket's real-time client; its server's subclass sends the frames (:meth:`Client.send_text`)."""
+
+    def __init__(self, connection: Connection, access: Access, expires_at: datetime | None) -> None:
         super().__init__(access, "websocket")
-        self.websocket = websocket
-        self.asgi_send = send  # the connection's ASGI send (see EventsSocket)
-        self.event_send = send  # the hub's events too: its shared message goes to the ASGI send as it is
+        self.connection = connection
         self.expires_at = expires_at
         self.services: dict[str, service_logs.ServiceLogFollower] = {}
-        self.direct = True  # the hub sends events through the ASGI send from its delivery (Client.send_now)
+        self.direct = True  # the hub sends events itself from its delivery (Client.send_now)
+
+
+class AsgiClient(WebSocketClient):
+    def __init__(self, connection: AsgiConnection, access: Access, expires_at: datetime | None) -> None:
+        super().__init__(connection, access, expires_at)
+        self.asgi_send = connection.send  # the connection's ASGI send (see EventsSocket)
+        self.event_send = connection.send  # the hub's events too: its shared message goes to the ASGI send as it is
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         await self.asgi_send({"type": "websocket.send", "text": text})
+
+
+class AsgiConnection(Connection):
+    def __init__(self, websocket: WebSocket, send: Send) -> None:
+        self.websocket = websocket
+        self.send = send
+        self.peer = websocket.client.host if websocket.client else "unknown"
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message = await self.websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):  # gone (receive after the disconnect message)
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.websocket.client_state is WebSocketState.CONNECTED:
+            try:
+                await self.websocket.close(code, reason[:120])
+            except (RuntimeError, OSError):
+                pass
+
+    def client(self, access: Access, expires_at: datetime | None) -> WebSocketClient:
+        return AsgiClient(self, access, expires_at)
 
 
 def _error(code: str, detail: str, **ids: str | None) -> dict:
     return {"type": "error", "code": code, "detail": detail, **{k: v for k, v in ids.items() if v}}
 
 
-async def _resolve(websocket: WebSocket, settings: Settings, token: str):
+async def _resolve(settings: Settings, token: str):
     async with database.AsyncSessionLocal() as session:
-        return await authenticate(websocket, session, settings, token)
+        return await resolve_token(session, settings, token)
 
 
-async def _first_auth(websocket: WebSocket, settings: Settings):
+async def _first_auth(connection: Connection, settings: Settings):
     """The first frame must be ``auth`` within 10 s; anything else closes with 4401."""
     try:
-        raw = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_SECONDS)
+        raw = await asyncio.wait_for(connection.receive(), AUTH_TIMEOUT_SECONDS)
     except TimeoutError:
-        await websocket.close(CLOSE_UNAUTHORIZED, "no auth frame within 10 s")
+        await connection.close(CLOSE_UNAUTHORIZED, "no auth frame within 10 s")
         return None
-    except (WebSocketDisconnect, KeyError, RuntimeError):  # gone, or a binary frame
-        if websocket.client_state is WebSocketState.CONNECTED:
-            await websocket.close(CLOSE_UNAUTHORIZED, "the first frame must be a JSON auth frame")
+    if not isinstance(raw, str):  # gone, or a binary frame
+        if raw is not None:
+            await connection.close(CLOSE_UNAUTHORIZED, "the first frame must be a JSON auth frame")
         return None
     try:
         frame = AuthFrame.model_validate_json(raw[:MAX_FRAME_CHARS])
     except ValidationError:
-        await websocket.close(CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": ...}')
+        await connection.close(CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": ...}')
         return None
     try:
-        return await _resolve(websocket, settings, frame.token)
+        return await _resolve(settings, frame.token)
     except NotAuthenticated as exc:
-        logger.info("WebSocket authentication refused from %s: %s", _peer(websocket), exc.code)
-        await websocket.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
+        logger.info("WebSocket authentication refused from %s: %s", connection.peer, exc.code)
+        await connection.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
         return None
-
-
-def _peer(websocket: WebSocket) -> str:
-    return websocket.client.host if websocket.client else "unknown"
 
 
 class EventsSocket:
@@ -107,14 +160,14 @@ class EventsSocket:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
-        await events_socket(websocket, send, get_settings(websocket))
+        await websocket.accept()
+        await serve(AsgiConnection(websocket, send), get_settings(websocket))
 
 
-async def events_socket(websocket: WebSocket, send: Send, settings: Settings) -> None:
-    """Real-time events. First frame ``{"type": "auth", "token": ...}``; see docs/api.md."""
-    await websocket.accept()
+async def serve(connection: Connection, settings: Settings) -> None:
+    """Real-time events over an accepted connection. First frame ``{"type": "auth", "token": ...}``; see docs/api.md."""
     try:
-        credential = await _first_auth(websocket, settings)
+        credential = await _first_auth(connection, settings)
         if credential is None:
             return
         access, api_tokens = await load_access({credential.user.id}, {credential.api_token_id} - {None})
@@ -124,12 +177,12 @@ async def events_socket(websocket: WebSocket, send: Send, settings: Settings) ->
         # the client's usual reconnection (with backoff) succeeds once the database is back
         logger.warning(
             "WebSocket from %s refused: the database is unreachable (%s)",
-            _peer(websocket),
+            connection.peer,
             f"{type(exc).__name__}: {exc}".splitlines()[0][:200],
         )
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry in a few seconds")
+        await connection.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry in a few seconds")
         return
-    client = WebSocketClient(websocket, send, access[credential.user.id], credential.expires_at)
+    client = connection.client(access[credential.user.id], credential.expires_at)
     client.access = credential_access(client.access, api_tokens, credential.api_token_id, credential.user.token_generation)
     await client.send(
         {
@@ -140,7 +193,7 @@ async def events_socket(websocket: WebSocket, send: Send, settings: Settings) ->
     )
     client.start()
     metrics.WEBSOCKET_CONNECTIONS.inc()
-    logger.info("WebSocket connected: user %s from %s", credential.user.id, _peer(websocket))
+    logger.info("WebSocket connected: user %s from %s", credential.user.id, connection.peer)
     reader = asyncio.create_task(_read_frames(client, settings), name="ws-reader")
     watchdog = asyncio.create_task(_watch(client), name="ws-watchdog")
     try:
@@ -154,26 +207,21 @@ async def events_socket(websocket: WebSocket, send: Send, settings: Settings) ->
         await client.stop()
         metrics.WEBSOCKET_CONNECTIONS.dec()
         logger.info("WebSocket closed: user %s (%s)", credential.user.id, client.close_reason or "closed")
-        if websocket.client_state is WebSocketState.CONNECTED:
-            try:
-                await websocket.close(client.close_code, (client.close_reason or "")[:120])
-            except (RuntimeError, OSError):
-                pass
+        await connection.close(client.close_code, (client.close_reason or "")[:120])
 
 
 router.add_websocket_route("/ws", EventsSocket(), name="events_socket")
 
 
 async def _read_frames(client: WebSocketClient, settings: Settings) -> None:
-    websocket = client.websocket
+    connection = client.connection
     try:
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            text = await connection.receive()
+            if text is None:
                 client.close("client disconnected")
                 return
-            text = message.get("text")
-            if text is None:
+            if not isinstance(text, str):
                 await client.send(_error("bad_frame", "frames are JSON text, not binary"))
                 continue
             if len(text) > MAX_FRAME_CHARS:
@@ -218,7 +266,7 @@ async def _handle(client: WebSocketClient, frame: Any, settings: Settings) -> No
 
 async def _reauthenticate(client: WebSocketClient, frame: AuthFrame, settings: Settings) -> None:
     try:
-        credential = await _resolve(client.websocket, settings, frame.token)
+        credential = await _resolve(settings, frame.token)
     except NotAuthenticated as exc:
         client.close(exc.detail, CLOSE_UNAUTHORIZED)
         return

@@ -177,6 +177,9 @@ def test_backend_serves_port_8000_behind_the_proxy(services):
     assert Path(conf["source"]) == REPO / "deploy" / "nginx.conf" and conf["read_only"]
     nginx = (REPO / "deploy" / "nginx.conf").read_text()
     assert "set $windflow_backend http://backend:8000;" in nginx
+    # /api/v1/ws goes to the replicas' WebSocket listener (WS_PORT)
+    assert backend["environment"]["WS_PORT"] == "8001" and "8001" in [str(port) for port in backend["expose"]]
+    assert "set $windflow_websocket http://backend:8001;" in nginx and "location = /api/v1/ws {" in nginx
     assert "proxy_set_header Upgrade $http_upgrade;" in nginx and "proxy_buffering off;" in nginx
     # the backend believes X-Forwarded-For: nginx replaces what a client sent (never appends to it)
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in nginx and "$proxy_add_x_forwarded_for" not in nginx
