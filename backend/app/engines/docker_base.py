@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from backend.app.engines.document import (
     label_document,
     load_document,
 )
+from backend.app.engines.engine_events import EngineWake
 from backend.app.engines.health_gate import HealthGate, last_probe
 from backend.app.models.enums import LogLevel
 
@@ -99,14 +101,32 @@ def _decode(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
-async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, expired: Callable[[], Exception]) -> None:
+#: The shortest time between two looks woken by engine events (a burst of events is one look, not one each).
+WAKE_SPACING = 0.02
+
+
+async def poll_until(
+    done: Callable[[], Awaitable[bool]], timeout: float, expired: Callable[[], Exception], *, wake: asyncio.Event | None = None
+) -> None:
     """The one wait loop of the drivers: ``await done()`` every :data:`POLL_INTERVAL` seconds until it
-    returns True; ``expired()`` is raised once ``timeout`` seconds have passed without that."""
+    returns True; ``expired()`` is raised once ``timeout`` seconds have passed without that. ``wake``
+    (:class:`~backend.app.engines.engine_events.EngineWake`'s event): set when the engine reports a change,
+    it brings the next look forward (at most one every :data:`WAKE_SPACING` seconds)."""
     deadline = time.monotonic() + timeout
-    while not await done():
+    while True:
+        looked = time.monotonic()
+        if wake is not None:
+            wake.clear()  # an event from here on calls for another look
+        if await done():
+            return
         if time.monotonic() >= deadline:
             raise expired()
-        await asyncio.sleep(POLL_INTERVAL)
+        if wake is None:
+            await asyncio.sleep(POLL_INTERVAL)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+        await asyncio.sleep(max(0.0, looked + WAKE_SPACING - time.monotonic()))
 
 
 _SERVICE_LEVEL = re.compile(r"\b(error|err|fatal|critical|crit|panic|emerg|warn|warning|debug|trace|info|notice)\b", re.IGNORECASE)
@@ -154,13 +174,14 @@ class WaitReport:
         detail = "; ".join(f"{s} ({d})" for s, d in sorted(self.waiting.items()))
         return EngineError(f"services not ready after {self.spec.health_timeout:g}s: {detail}", transient=False)
 
-    async def until_ready(self, compute: Callable[[], Awaitable[dict[str, str]]]) -> None:
-        """Poll ``compute()`` (what still waits) until nothing does, within ``spec.health_timeout``."""
+    async def until_ready(self, compute: Callable[[], Awaitable[dict[str, str]]], *, wake: asyncio.Event | None = None) -> None:
+        """Poll ``compute()`` (what still waits) until nothing does, within ``spec.health_timeout``; sooner after
+        ``wake`` is set (:func:`poll_until`)."""
 
         async def done() -> bool:
             return await self.round(await compute())
 
-        await poll_until(done, self.spec.health_timeout, self.expired)
+        await poll_until(done, self.spec.health_timeout, self.expired, wake=wake)
 
 
 class DockerEngine(Engine):
@@ -360,7 +381,10 @@ class DockerEngine(Engine):
                     waiting[service] = f"{ready}/{count} ready, {', '.join(sorted(states))}" if containers else "no container"
             return waiting
 
-        await WaitReport(spec, expected, log).until_ready(waiting_services)
+        # the engine's events of these containers bring the next look forward (a container turning healthy is
+        # seen then, not up to a poll interval later); the verdicts are the same polled inspection's
+        async with EngineWake(await session.client(), {DEPLOYMENT_LABEL: spec.deployment_id}) as wake:
+            await WaitReport(spec, expected, log).until_ready(waiting_services, wake=wake.event)
 
     async def _fail(self, session: EngineSession, service: str, container: Container, what: str, log: LogSink) -> None:
         logs = await self._last_logs(session, container)

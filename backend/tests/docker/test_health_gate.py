@@ -6,12 +6,13 @@ Each test uses its own deployment id and removes what it created in a ``finally`
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 
-from backend.app.engines import ComposeEngine
+from backend.app.engines import ComposeEngine, docker_base, engine_events
 from backend.app.engines.base import EngineError
 from backend.app.models.enums import LogLevel
 from backend.tests.conftest import TEST_IMAGE
@@ -171,6 +172,52 @@ services:
         await engine.wait_healthy(spec, log)
         assert time.monotonic() - started >= 2  # "plain" stayed up for the whole window
         assert "all services are running: checked, plain" in log.text()
+    finally:
+        await cleanup(engine, spec, docker_client)
+
+
+HEALTHCHECKED = f"""
+services:
+  app:
+    image: {TEST_IMAGE}
+    init: true
+    command: ["sleep", "300"]
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+"""
+
+
+async def test_the_gate_sees_a_container_turn_healthy_when_the_engine_says_so(docker_engine, docker_client, tmp_path, monkeypatch):
+    """The engine's health_status event brings the gate's next look forward: with a poll every 30 s, a container
+    healthy about a second after its start passes the gate within seconds (before the engine events woke the
+    wait, it passed at the poll 30 s later)."""
+    monkeypatch.setattr(docker_base, "POLL_INTERVAL", 30.0)
+    spec = make_spec(tmp_path, HEALTHCHECKED, health_timeout=60)
+    engine = ComposeEngine(local_connection(docker_engine))
+    log = LogCapture()
+    try:
+        for step in STEPS[:-1]:
+            await getattr(engine, step)(spec, log)
+        started = time.monotonic()
+        await engine.wait_healthy(spec, log)
+        assert time.monotonic() - started < 15
+        assert "all services are running: app" in log.text()
+    finally:
+        await cleanup(engine, spec, docker_client)
+
+
+async def test_without_the_engine_events_the_gate_still_passes_at_its_polls(docker_engine, docker_client, tmp_path, monkeypatch):
+    """No event stream to be had (every slot taken): the wait polls as before and the gate passes all the same."""
+    monkeypatch.setattr(docker_base, "POLL_INTERVAL", 0.5)
+    monkeypatch.setattr(engine_events, "_streams", threading.BoundedSemaphore(1))
+    assert engine_events._streams.acquire(blocking=False)
+    spec = make_spec(tmp_path, HEALTHCHECKED, health_timeout=60)
+    engine = ComposeEngine(local_connection(docker_engine))
+    log = LogCapture()
+    try:
+        await deploy(engine, spec, log)
+        assert "all services are running: app" in log.text()
     finally:
         await cleanup(engine, spec, docker_client)
 
