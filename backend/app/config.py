@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # listener. The proxy routes /api/v1/ws to it (deploy/nginx.conf). WS_HOST: its address (empty: HOST).
     WS_PORT: int = Field(default=0, ge=0, le=65535)
     WS_HOST: str = Field(default="", max_length=255)
+    # Where the web UI opens its WebSocket when the browser reaches the listener directly (`make run`:
+    # ws://127.0.0.1:8001/api/v1/ws), announced in the UI's index.html; empty: the page's own origin's
+    # /api/v1/ws (behind the proxy, which routes it to the listener).
+    WS_PUBLIC_URL: str = Field(default="", max_length=500, pattern=r"^(wss?://[^\s\"'<>&]+)?$")
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)

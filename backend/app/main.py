@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import html
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -218,11 +219,12 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _mount_frontend(app: FastAPI, dist: Path) -> None:
+def _mount_frontend(app: FastAPI, dist: Path, websocket_url: str = "") -> None:
     """Serve the built UI at ``/``: files from ``dist``, ``index.html`` for every other path (SPA routes).
 
     ``index.html`` is revalidated on each load so a new build is picked up at once. A path that resolves
-    outside ``dist`` (``..``, symlinks) is never served.
+    outside ``dist`` (``..``, symlinks) is never served. With ``websocket_url`` (``WS_PUBLIC_URL``) the page
+    names it in ``<meta name="windflow-websocket-url">``, where the UI opens its WebSocket (frontend/src/api/config.ts).
     """
     root = dist.resolve()
     index = root / "index.html"
@@ -245,6 +247,10 @@ def _mount_frontend(app: FastAPI, dist: Path) -> None:
                 return FileResponse(candidate, headers={"Cache-Control": cache})
             if first == "assets":  # a missing bundle is a 404, not the app's HTML
                 raise StarletteHTTPException(404, "Not Found")
+        if websocket_url:
+            page = index.read_text(encoding="utf-8")
+            meta = f'<meta name="windflow-websocket-url" content="{html.escape(websocket_url)}">'
+            return HTMLResponse(page.replace("</head>", f"    {meta}\n  </head>", 1), headers={"Cache-Control": "no-cache"})
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
@@ -347,7 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     realtime_routes.install_openapi(app)
     if settings.PROMETHEUS_ENABLED:
         app.include_router(metrics_route.router)
-    _mount_frontend(app, settings.FRONTEND_DIST)
+    _mount_frontend(app, settings.FRONTEND_DIST, settings.WS_PUBLIC_URL)
     return app
 
 

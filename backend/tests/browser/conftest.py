@@ -55,6 +55,9 @@ class Server:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # the UI's WebSocket goes to the server's WebSocket listener, which the page names (WS_PUBLIC_URL)
+        self.ws_port = free_port()
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/api/v1/ws"
         self.workdir = workdir
         self.log = workdir / "server.log"
         self.proc: subprocess.Popen | None = None
@@ -64,6 +67,8 @@ class Server:
             **os.environ,
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
+            "WS_PORT": str(self.ws_port),
+            "WS_PUBLIC_URL": self.ws_url,
             "SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijkl",
             "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'windflow.db'}",
             "CELERY_ENABLED": "false",
@@ -260,12 +265,12 @@ def demo_stack(server: Server, admin_token: str, org_id: str) -> dict:
 
 
 def websocket_endpoint_exists(server: Server) -> bool:
-    """Whether ``WS /api/v1/ws`` accepts a WebSocket handshake (the real-time issue provides it)."""
+    """Whether ``WS /api/v1/ws`` accepts a WebSocket handshake on the server's listener, where the UI connects."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     try:
-        with connect(f"ws://127.0.0.1:{server.port}/api/v1/ws", open_timeout=10):
+        with connect(server.ws_url, open_timeout=10):
             return True
     except InvalidStatus:
         return False

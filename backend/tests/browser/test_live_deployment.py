@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from backend.tests.browser.conftest import Server, new_page, screenshot, ui_login
+from backend.tests.realtime_helpers import established
 
 SETTLED = {"running", "failed", "stopped", "cancelled"}
 
@@ -102,6 +103,9 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
     badge = page.get_by_test_id("ws-badge")
     page.wait_for_function("document.querySelector('[data-testid=ws-badge]')?.dataset.state === 'live'")
     assert badge.inner_text().strip() == "Live"
+    # on the server's WebSocket listener, which the page names (WS_PUBLIC_URL): a connection on its port
+    assert page.evaluate("document.querySelector('meta[name=windflow-websocket-url]')?.content") == server.ws_url
+    assert established(server.ws_port) >= 1
     row = page.locator(f"[data-testid=deployment-row][data-id='{deployment_id}']")
     row.wait_for()  # at the top of the list without a reload
 

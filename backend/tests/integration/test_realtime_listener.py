@@ -23,7 +23,7 @@ from backend.tests.conftest import require_service
 from backend.tests.deploy_helpers import free_port
 from backend.tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, Actor, create_user
 from backend.tests.nginx_proxy import NGINX, Proxy
-from backend.tests.realtime_helpers import TIMEOUT, WS, Server
+from backend.tests.realtime_helpers import TIMEOUT, WS, Server, established
 
 pytestmark = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 
@@ -50,17 +50,6 @@ async def _admin(http: httpx.AsyncClient) -> Actor:
     assert response.status_code == 201, response.text
     body = response.json()
     return Actor(ADMIN_EMAIL, ADMIN_PASSWORD, body["access_token"], body["refresh_token"])
-
-
-def _established(port: int) -> int:
-    """TCP connections established to the local ``port`` (the kernel's table: no cooperation of the server)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                count += 1
-    return count
 
 
 async def test_the_listener_serves_only_the_websocket_path(server, http):
@@ -108,10 +97,10 @@ async def test_through_the_proxy_the_websocket_reaches_the_listener(server, http
     proxy = Proxy([server.port], tmp_path / "nginx", ws_ports=[server.ws_port])
     try:
         await asyncio.to_thread(proxy.wait_ready)
-        before = _established(server.ws_port)
+        before = established(server.ws_port)
         admin_ws = await WS.open(proxy, admin.access_token)
         member_ws = await WS.open(proxy, member.access_token)
-        assert _established(server.ws_port) == before + 2  # nginx's connections to the listener
+        assert established(server.ws_port) == before + 2  # nginx's connections to the listener
         # a platform event (an organisation created through the proxy) reaches the superuser, not the member
         async with httpx.AsyncClient(base_url=proxy.url, timeout=TIMEOUT) as through:
             created = await through.post("/api/v1/organizations", json={"name": "elsewhere"}, headers=admin.headers)

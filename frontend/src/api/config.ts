@@ -9,8 +9,14 @@ export function apiBaseUrl(): string {
   return configured || window.location.origin
 }
 
-/** ws(s):// URL of the real-time endpoint, derived from the API base URL. */
+/**
+ * ws(s):// URL of the real-time endpoint: the one the server names in the page
+ * (`<meta name="windflow-websocket-url">`, WS_PUBLIC_URL: its WebSocket listener, reached directly), else
+ * `/api/v1/ws` of the API base URL (behind the proxy, which routes it to the listener).
+ */
 export function wsUrl(): string {
+  const announced = document.querySelector<HTMLMetaElement>('meta[name="windflow-websocket-url"]')?.content.trim()
+  if (announced && /^wss?:\/\/\S+$/.test(announced)) return announced
   const base = new URL(apiBaseUrl())
   base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:'
   return `${base.origin.replace(/^http/, 'ws')}/api/v1/ws`
