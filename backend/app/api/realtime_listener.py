@@ -125,7 +125,7 @@ class ListenerConnection(picows.WSListener, Connection):
                 self._refuse(1002, "a new message before the last one ended")
                 return
             if frame.fin:
-                self._put(frame.get_payload_as_utf8_text() if kind is _TEXT else frame.get_payload_as_bytes(), kind)
+                self._put(frame.get_payload_as_bytes(), kind)
                 return
             self.fragments, self.fragment_type = bytearray(frame.get_payload_as_memoryview()), kind
         else:  # PING (picows answers it) and PONG
@@ -134,9 +134,17 @@ class ListenerConnection(picows.WSListener, Connection):
             self._refuse(1009, f"message too large (max {MAX_MESSAGE_BYTES} bytes)")
         elif frame.fin:
             data, self.fragments = bytes(self.fragments), None
-            self._put(data.decode() if self.fragment_type is _TEXT else data, self.fragment_type)
+            self._put(data, self.fragment_type)
 
-    def _put(self, message: str | bytes, kind) -> None:
+    def _put(self, data: bytes, kind) -> None:
+        if kind is _TEXT:
+            try:
+                message: str | bytes = data.decode()
+            except UnicodeDecodeError:  # RFC 6455: a text message must be UTF-8
+                self._refuse(1007, "a text frame that is not UTF-8")
+                return
+        else:
+            message = data
         self.inbox.put_nowait(message)
         if self.inbox.qsize() >= INBOX_BOUND and not self.reading_paused:
             self.reading_paused = True

@@ -85,6 +85,13 @@ async def test_messages_in_fragments_binary_and_oversized_messages(server, http)
             while True:
                 await asyncio.wait_for(conn.recv(), TIMEOUT)
     assert closed.value.rcvd.code == 1009
+    # a text frame that is not UTF-8 closes with 1007 (not an error in the server's log)
+    async with connect(server.ws_url, open_timeout=TIMEOUT) as conn:
+        await conn.send(b'{"type": "auth", "token": "\xff\xfe"}', text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv(), TIMEOUT)
+    assert closed.value.rcvd.code == 1007
+    assert "Traceback" not in server.output()
 
 
 async def test_through_the_proxy_the_websocket_reaches_the_listener(server, http, tmp_path):
