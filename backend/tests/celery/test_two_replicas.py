@@ -175,10 +175,13 @@ async def test_two_replicas_behind_nginx_lose_and_double_nothing_when_one_is_kil
         # first ones, when the replica is killed
         DEPLOYMENT_STABLE_SECONDS=3.0,
     )
-    settings = [celery_settings(db, tmp_path, "database", HOST="127.0.0.1", PORT=free_port(), **common) for _ in range(2)]
+    # each replica with its WebSocket listener (WS_PORT), where the proxy sends /api/v1/ws, as in production
+    settings = [
+        celery_settings(db, tmp_path, "database", HOST="127.0.0.1", PORT=free_port(), WS_PORT=free_port(), **common) for _ in range(2)
+    ]
     worker = start_worker(settings[0], tmp_path)
     replicas = [Server(s, tmp_path, name=f"replica-{i}") for i, s in enumerate(settings)]
-    proxy = Proxy([r.port for r in replicas], tmp_path / "nginx")
+    proxy = Proxy([r.port for r in replicas], tmp_path / "nginx", ws_ports=[r.ws_port for r in replicas])
     followers: list[Follower] = []
     deployment_ids: list[str] = []
     try:
