@@ -1,4 +1,8 @@
-"""What the three drivers share: images, health waiting, label sweeps and inspection through the SDK."""
+"""What the three drivers share: images, health waiting, label sweeps and inspection through the SDK.
+
+About 500 lines because it is one base class (:class:`DockerEngine`) and the helpers of its steps; the parts
+that stand alone live beside it (the gate's verdicts in ``health_gate.py``, its wake-ups in
+``engine_events.py``, pulls in ``pull.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
+from docker.models.images import Image
 
 from backend.app.core.files import private_dir, write_private
 from backend.app.engines import pull
@@ -241,13 +246,19 @@ class DockerEngine(Engine):
     # ------------------------------------------------------------------ images
 
     async def ensure_image_list(
-        self, session: EngineSession, images: Sequence[str], log: LogSink, spec: DeploySpec | None = None
+        self,
+        session: EngineSession,
+        images: Sequence[str],
+        log: LogSink,
+        spec: DeploySpec | None = None,
+        inspected: dict[str, Image] | None = None,
     ) -> list[str]:
         """Pull what is missing, streamed (``engines/pull.py``): with the credentials of ``spec.registry_auth``
         whose server is the image's registry, progress to ``spec.pull_progress``, one log line per image pulled
         (its digest and size), all within ``spec.pull_timeout`` (past it: :class:`pull.PullTimedOut`, the pull in
         flight abandoned). The images that cannot be had, each a :class:`PullProblem` saying why: a refused
-        login or an unknown image or tag is permanent, an unreachable registry transient."""
+        login or an unknown image or tag is permanent, an unreachable registry transient. ``inspected`` receives
+        each image present (or pulled) as the engine described it, by reference (for :meth:`resolve_images`)."""
         client = await session.client()
         missing: list[str] = []  # PullProblem: the text, and whether a retry may help
         registry_auth = spec.registry_auth if spec is not None else {}
@@ -257,7 +268,9 @@ class DockerEngine(Engine):
         deadline = None if pull_timeout is None else time.monotonic() + pull_timeout
         for image in dict.fromkeys(images):
             try:
-                await session.call(client.images.get, image)
+                present = await session.call(client.images.get, image)
+                if inspected is not None:
+                    inspected[image] = present
                 await log(LogLevel.INFO, f"image {image} is present")
                 continue
             except docker.errors.NotFound:
@@ -275,6 +288,8 @@ class DockerEngine(Engine):
             size = ""
             try:
                 pulled = await session.call(client.images.get, image)
+                if inspected is not None:
+                    inspected[image] = pulled
                 size = f", {pulled.attrs.get('Size', 0) / 1e6:.1f} MB"
             except docker.errors.NotFound:
                 pass
@@ -293,9 +308,10 @@ class DockerEngine(Engine):
                 raise EngineError(f"service {name} has no image (WindFlow deploys images, it does not build them)", transient=False)
             images[name] = str(image)
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, list(images.values()), log, spec)
+            inspected: dict[str, Image] = {}  # each image inspected once: present, then resolved to its digest
+            problems = await self.ensure_image_list(session, list(images.values()), log, spec, inspected)
             if not problems:
-                spec.images = await self.resolve_images(session, spec, images, log)
+                spec.images = await self.resolve_images(session, spec, images, log, inspected)
         for problem in problems:
             await log(LogLevel.ERROR, problem)
         if problems:
@@ -305,16 +321,23 @@ class DockerEngine(Engine):
             raise EngineError("; ".join(problems), transient=transient)
 
     async def resolve_images(
-        self, session: EngineSession, spec: DeploySpec, images: Mapping[str, str], log: LogSink
+        self,
+        session: EngineSession,
+        spec: DeploySpec,
+        images: Mapping[str, str],
+        log: LogSink,
+        inspected: Mapping[str, Image] | None = None,
     ) -> list[ResolvedImage]:
         """What each service's (present) image is: its registry digest, else its image id. A service whose
-        image cannot be inspected (a swarm node's image, absent from the manager) is left out."""
+        image cannot be inspected (a swarm node's image, absent from the manager) is left out. ``inspected``:
+        the images :meth:`ensure_image_list` inspected in this step, not asked for again."""
         client = await session.client()
         named = {name: str(service.get("image") or "") for name, service in (load_document(spec.compose).get("services") or {}).items()}
         resolved: list[ResolvedImage] = []
         for service, reference in images.items():
+            image = (inspected or {}).get(reference)
             try:
-                image = await session.call(client.images.get, reference)
+                image = image or await session.call(client.images.get, reference)
             except docker.errors.NotFound:
                 continue
             digest, exact = image_digest(reference, image.attrs)
@@ -381,10 +404,13 @@ class DockerEngine(Engine):
                     waiting[service] = f"{ready}/{count} ready, {', '.join(sorted(states))}" if containers else "no container"
             return waiting
 
+        report = WaitReport(spec, expected, log)
+        if await report.round(await waiting_services()):
+            return  # ready at the first look (no healthcheck, no settle window): no event stream to open
         # the engine's events of these containers bring the next look forward (a container turning healthy is
         # seen then, not up to a poll interval later); the verdicts are the same polled inspection's
         async with EngineWake(await session.client(), {DEPLOYMENT_LABEL: spec.deployment_id}) as wake:
-            await WaitReport(spec, expected, log).until_ready(waiting_services, wake=wake.event)
+            await report.until_ready(waiting_services, wake=wake.event)
 
     async def _fail(self, session: EngineSession, service: str, container: Container, what: str, log: LogSink) -> None:
         logs = await self._last_logs(session, container)

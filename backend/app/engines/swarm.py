@@ -182,8 +182,9 @@ class SwarmEngine(DockerEngine):
         doc = await self.resolved_document(spec)
         images = {name: str(s["image"]) for name, s in active_services(doc).items() if s.get("image")}
         async with self.session() as session:
-            problems = await self.ensure_image_list(session, list(images.values()), log, spec)
-            spec.images = await self.resolve_images(session, spec, images, log)
+            inspected: dict = {}  # each image inspected once: present, then resolved to its digest
+            problems = await self.ensure_image_list(session, list(images.values()), log, spec, inspected)
+            spec.images = await self.resolve_images(session, spec, images, log, inspected)
         for problem in problems:
             await log(LogLevel.WARNING, f"{problem} (on the manager; the nodes must have it)")
 
