@@ -10,6 +10,12 @@ the parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, :func:`die_
 thread that started it dies (the worker's loop thread, the backend's event loop: they live as long as
 their process), the kernel kills it. The compose plugin is run directly (``compose_cli``), so the
 process that talks to the engine is the one that gets the signal.
+
+The signal is armed by util-linux's ``setpriv --pdeathsig KILL -- <command>`` (it sets it, then execs the
+command in the same process) where it is installed, rather than by a ``preexec_fn``: a ``preexec_fn`` makes
+Python ``fork()`` the whole backend (page tables of a few hundred MB, then copy-on-write faults) instead of
+``vfork()``; that start took 100-125 ms at a load of 10 against under 1 ms (bench/README.md, issue 23), and
+a deploy starts two commands. Without ``setpriv`` the ``preexec_fn`` (:func:`die_with_parent`) arms it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import functools
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +96,37 @@ def die_with_parent(sig: int = signal.SIGKILL):
     return arm
 
 
+@functools.cache
+def _setpriv_prefix() -> tuple[str, ...] | None:
+    """``setpriv --pdeathsig KILL --`` when this host's ``setpriv`` arms the parent-death signal (Linux,
+    util-linux 2.33 or later), else None (the ``preexec_fn`` does). Asked once per process."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    true = shutil.which("true")
+    if setpriv is None or true is None:
+        return None
+    prefix = (setpriv, "--pdeathsig", "KILL", "--")
+    try:
+        probe = subprocess.run([*prefix, true], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+async def _spawn_argv(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str], Callable[[], None] | None]:
+    """What to start for ``argv`` so that it dies with this thread: ``setpriv ... -- argv`` (no ``preexec_fn``,
+    so a ``vfork``), or ``argv`` with :func:`die_with_parent`. A program that cannot be run raises ``OSError``
+    here, as starting it would (``setpriv`` would only exit 127)."""
+    cached = getattr(_setpriv_prefix, "cache_info", None)
+    prefix = _setpriv_prefix() if cached and cached().currsize else await asyncio.to_thread(_setpriv_prefix)
+    if prefix is None:
+        return list(argv), die_with_parent()
+    program = argv[0]
+    found = program if os.sep in program else shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise FileNotFoundError(errno.ENOENT, "no such executable", program)
+    return [*prefix, *argv], None
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -134,15 +175,16 @@ async def run_command(
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
+        spawned, preexec = await _spawn_argv(argv, env)
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *spawned,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
+            preexec_fn=preexec,
             limit=_LINE_LIMIT,
         )
     except OSError as exc:
