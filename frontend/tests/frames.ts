@@ -55,6 +55,8 @@ export function statusChanged(
       old_status: oldStatus,
       name: `dep-${id}`,
       error_message: null,
+      error_code: null,
+      error_params: {},
       attempt: null,
       dispatch_latency_seconds: null,
       revision: null,

@@ -33,10 +33,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+
+from backend.app.core.deployment_words import error_words
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,19 @@ def iso_utc(moment: datetime) -> str:
 # --- typed payloads --------------------------------------------------------------------------------
 
 
+#: What the API says of ``error_code`` and ``error_params`` (:mod:`backend.app.core.deployment_words`).
+ERROR_CODE = (
+    "the stable code of the sentence error_message is (null: a text WindFlow has no code for); its English text stays "
+    "in error_message, the lines after its first quoting output (a failed service's last log lines)"
+)
+ERROR_PARAMS = "the values error_message's sentence quotes (detail, output and probe are other programs' words, in English)"
+_LINE_CODE = "the stable code of the sentence when WindFlow wrote the line (absent for a container's output)"
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +111,11 @@ class LogLineData(_Data):
     timestamp: datetime
     level: str = Field(description="debug, info, warning or error")
     message: str
+    # absent, not null, for a container's line (no default in the schema: a client's type says it may be missing)
+    code: str | None = Field(default=None, description=_LINE_CODE, json_schema_extra=_no_default)
+    params: dict[str, str] | None = Field(
+        default=None, description="the values the line's sentence quotes (with code)", json_schema_extra=_no_default
+    )
 
 
 class StatusChangedData(_Data):
@@ -103,9 +123,17 @@ class StatusChangedData(_Data):
     old_status: str | None = Field(description="null for a deployment just created")
     name: str
     error_message: str | None = None
+    error_code: str | None = Field(default=None, description=ERROR_CODE)
+    error_params: dict[str, str] = Field(default_factory=dict, description=ERROR_PARAMS)
     attempt: int | None = None
     dispatch_latency_seconds: float | None = Field(default=None, description="queued -> claimed, on transitions to deploying")
     revision: int | None = Field(default=None, description="the deployment's current revision (the one running, or being rolled out)")
+
+    @model_validator(mode="after")
+    def _error_words(self) -> StatusChangedData:
+        if self.error_code is None and self.error_message:
+            self.error_code, self.error_params = error_words(self.error_message)
+        return self
 
 
 class LogsUpdateData(_Data):

@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from backend.app.core.events import ServiceHealthData
+from backend.app.core.deployment_words import error_words, line_words
+from backend.app.core.events import ERROR_CODE, ERROR_PARAMS, ServiceHealthData
 from backend.app.models import DeploymentStatus, ExecutorKind, LogLevel, RevisionOutcome, RevisionReason
 from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
 
@@ -42,7 +43,17 @@ class DeploymentWaiting(ResponseModel):
     until: datetime | None = Field(default=None, description="retry_backoff: when the next attempt may start")
 
 
-class DeploymentRead(ResponseModel):
+class _ErrorWords(ResponseModel):
+    """``error_code`` and ``error_params`` read from ``error_message`` (:mod:`backend.app.core.deployment_words`)."""
+
+    @model_validator(mode="after")
+    def _error_words(self):  # no return annotation: the JSON schema stays the model's
+        if getattr(self, "error_code", None) is None and getattr(self, "error_message", None):
+            self.error_code, self.error_params = error_words(self.error_message)
+        return self
+
+
+class DeploymentRead(_ErrorWords):
     id: str
     name: str
     status: DeploymentStatus
@@ -56,6 +67,8 @@ class DeploymentRead(ResponseModel):
     total_steps: int
     step_name: str | None
     error_message: str | None
+    error_code: str | None = Field(default=None, description=ERROR_CODE)
+    error_params: dict[str, str] = Field(default_factory=dict, description=ERROR_PARAMS)
     executor: ExecutorKind | None
     variables: dict[str, Any] = Field(description="the current revision's values; secrets shown as ***")
     revision: int = Field(description="the current revision's number: the one running, or being rolled out")
@@ -92,6 +105,16 @@ class LogLineRead(ResponseModel):
     timestamp: datetime
     level: LogLevel
     message: str
+    code: str | None = Field(
+        default=None, description="the stable code of the sentence when WindFlow wrote the line (null: a container's output)"
+    )
+    params: dict[str, str] = Field(default_factory=dict, description="the values the line's sentence quotes")
+
+    @model_validator(mode="after")
+    def _words(self) -> LogLineRead:
+        if self.code is None:
+            self.code, self.params = line_words(self.message)
+        return self
 
 
 class LogPage(ResponseModel):
@@ -132,7 +155,7 @@ class RevisionImage(ResponseModel):
     )
 
 
-class RevisionRead(ResponseModel):
+class RevisionRead(_ErrorWords):
     number: int
     reason: RevisionReason = Field(
         description="created (the first), update (new values or the stack's latest template), rollback (asked), "
@@ -154,6 +177,8 @@ class RevisionRead(ResponseModel):
     variables: dict[str, Any] = Field(description="its values; secrets shown as ***")
     images: list[RevisionImage]
     error_message: str | None
+    error_code: str | None = Field(default=None, description=ERROR_CODE)
+    error_params: dict[str, str] = Field(default_factory=dict, description=ERROR_PARAMS)
     created_at: datetime
     created_by: str | None = Field(description="who asked (an email); null for an automatic rollback")
     finished_at: datetime | None = Field(description="when its rollout ended (passed or failed the gate)")

@@ -54,7 +54,7 @@ def read_model(
 ) -> DeploymentRead:
     """The deployment as the API (and ``DEPLOYMENT_CREATED``) shows it: secrets masked; ``images``: its current
     revision's (:func:`read_models` reads them)."""
-    computed = ("variables", "waiting", "service_health", "images")
+    computed = ("variables", "waiting", "service_health", "images", "error_code", "error_params")  # the last two: from error_message
     data = {field: getattr(deployment, field) for field in DeploymentRead.model_fields if field not in computed}
     return DeploymentRead(
         **data,

@@ -41,6 +41,8 @@ def test_payloads_are_typed_and_checked():
         "old_status": "deploying",
         "name": "web",
         "error_message": "boom",
+        "error_code": None,  # not a sentence of deployment_words: no code
+        "error_params": {},
         "attempt": None,
         "dispatch_latency_seconds": None,
         "revision": None,

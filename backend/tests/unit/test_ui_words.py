@@ -165,3 +165,29 @@ def test_every_reason_of_a_refused_variable_value_reads_in_both_languages() -> N
     assert {"min_above_max", "duplicate_name", "unknown_field", "field_type", "not_a_list"} <= set(reasons)
     for catalogue in ("En", "Fr"):
         assert {r: where for r, where in reasons.items() if r not in _variable_reasons(catalogue)} == {}, catalogue
+
+
+def _ts_object(path: Path, name: str) -> dict[str, str]:
+    """The ``key: 'text'`` pairs of an exported object of a catalogue (texts on one line or the next)."""
+    body = path.read_text(encoding="utf-8").split(f"export const {name}", 1)[1].split("\n}", 1)[0]
+    return dict(re.findall(r"^\s{2}([a-z_]+):\s*'((?:[^'\\]|\\.)*)',$", body, re.M))
+
+
+def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
+    """A deployment's ``error_message`` and the lines WindFlow writes into its log have a code
+    (``core/deployment_words.py``); the UI words each in French (``i18n/deploymentWords.ts``) with no parameter
+    the server's sentence does not give."""
+    from backend.app.core.deployment_words import ERRORS, LOG_LINES
+
+    words = I18N / "deploymentWords.ts"
+    for table, name in ((ERRORS, "deploymentErrorsFr"), (LOG_LINES, "logLinesFr")):
+        french = _ts_object(words, name)
+        assert set(table) - set(french) == set(), name
+        for code, text in french.items():
+            assert code in table, f"{name}.{code}: no such sentence on the server"
+            given = set(re.findall(r"\{(\w+)\}", table[code]))
+            assert set(re.findall(r"\{(\w+)\}", text)) <= given, f"{name}.{code}"
+    quoted = re.search(r"QUOTED = new Set\(\[([^\]]*)\]\)", words.read_text(encoding="utf-8"))
+    from backend.app.core.deployment_words import QUOTED
+
+    assert quoted is not None and set(re.findall(r"'(\w+)'", quoted.group(1))) == set(QUOTED)

@@ -20,6 +20,9 @@ export interface LogLine {
   timestamp: string
   level: LogLevel
   message: string
+  /** When WindFlow wrote the line: its sentence's code and the values it quotes (i18n/deploymentWords.ts). */
+  code?: string | null
+  params?: Record<string, string> | null
 }
 
 export interface DeploymentFilters {

@@ -2011,8 +2011,20 @@ export interface components {
             created_at: string;
             /** Current Step */
             current_step: number;
+            /**
+             * Error Code
+             * @description the stable code of the sentence error_message is (null: a text WindFlow has no code for); its English text stays in error_message, the lines after its first quoting output (a failed service's last log lines)
+             */
+            error_code?: string | null;
             /** Error Message */
             error_message: string | null;
+            /**
+             * Error Params
+             * @description the values error_message's sentence quotes (detail, output and probe are other programs' words, in English)
+             */
+            error_params?: {
+                [key: string]: string;
+            };
             executor: components["schemas"]["ExecutorKind"] | null;
             /** Finished At */
             finished_at: string | null;
@@ -2689,12 +2701,24 @@ export interface components {
         /** LogLineData */
         LogLineData: {
             /**
+             * Code
+             * @description the stable code of the sentence when WindFlow wrote the line (absent for a container's output)
+             */
+            code?: string | null;
+            /**
              * Level
              * @description debug, info, warning or error
              */
             level: string;
             /** Message */
             message: string;
+            /**
+             * Params
+             * @description the values the line's sentence quotes (with code)
+             */
+            params?: {
+                [key: string]: string;
+            } | null;
             /**
              * Seq
              * @description per-deployment sequence number, from 1, without gaps
@@ -2708,9 +2732,21 @@ export interface components {
         };
         /** LogLineRead */
         LogLineRead: {
+            /**
+             * Code
+             * @description the stable code of the sentence when WindFlow wrote the line (null: a container's output)
+             */
+            code?: string | null;
             level: components["schemas"]["LogLevel"];
             /** Message */
             message: string;
+            /**
+             * Params
+             * @description the values the line's sentence quotes
+             */
+            params?: {
+                [key: string]: string;
+            };
             /** Seq */
             seq: number;
             /**
@@ -3324,8 +3360,20 @@ export interface components {
              * @description who asked (an email); null for an automatic rollback
              */
             created_by: string | null;
+            /**
+             * Error Code
+             * @description the stable code of the sentence error_message is (null: a text WindFlow has no code for); its English text stays in error_message, the lines after its first quoting output (a failed service's last log lines)
+             */
+            error_code?: string | null;
             /** Error Message */
             error_message: string | null;
+            /**
+             * Error Params
+             * @description the values error_message's sentence quotes (detail, output and probe are other programs' words, in English)
+             */
+            error_params?: {
+                [key: string]: string;
+            };
             /**
              * Finished At
              * @description when its rollout ended (passed or failed the gate)
@@ -3777,10 +3825,23 @@ export interface components {
              */
             dispatch_latency_seconds: number | null;
             /**
+             * Error Code
+             * @description the stable code of the sentence error_message is (null: a text WindFlow has no code for); its English text stays in error_message, the lines after its first quoting output (a failed service's last log lines)
+             * @default null
+             */
+            error_code: string | null;
+            /**
              * Error Message
              * @default null
              */
             error_message: string | null;
+            /**
+             * Error Params
+             * @description the values error_message's sentence quotes (detail, output and probe are other programs' words, in English)
+             */
+            error_params?: {
+                [key: string]: string;
+            };
             /** Name */
             name: string;
             /** New Status */

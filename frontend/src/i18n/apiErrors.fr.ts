@@ -69,8 +69,8 @@ export const apiErrorsFr: Record<string, string> = {
   stack_deleted: 'La stack de ce déploiement a été supprimée : il n’y a pas de dernière version à rendre.',
   no_template_recorded:
     'La révision {revision} n’a pas enregistré son modèle : utilisez la dernière version de la stack.',
-  engine_unavailable: 'Le moteur Docker de la cible ne répond pas : {detail}',
-  engine_error: 'Le moteur Docker a refusé : {detail}',
+  engine_unavailable: 'Le moteur Docker de la cible ne répond pas ; son message (en anglais) : « {detail} »',
+  engine_error: 'Le moteur Docker a refusé ; son message (en anglais) : « {detail} »',
   compose_policy_denied: 'Refusé par la politique compose de la cible (options : {rules}) : {detail}',
   compose_forbidden: 'Ce document lit des fichiers de l’hôte, ce que toute cible refuse : {paths}',
   invalid_compose: 'Document compose invalide{at} : {why}',
@@ -193,7 +193,7 @@ export const apiReasonsFr: Record<string, Record<string, string>> = {
     not_mapping: 'le document doit être un dictionnaire avec une clé « services »',
     no_services: 'il faut un dictionnaire « services » non vide (nom du service → définition)',
     service_not_mapping: 'services.{service} doit être un dictionnaire (image, ports, …)',
-    rejected: 'docker compose l’a refusé : {message}',
+    rejected: 'docker compose l’a refusé ; message de l’outil (en anglais) : « {message} »',
   },
   compose_failed: {
     cannot_run: 'docker compose n’a pas pu s’exécuter',

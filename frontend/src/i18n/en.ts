@@ -198,6 +198,7 @@ export default {
     variables: 'Variables',
     logs: 'Open logs',
     error: 'Error',
+    errorOutput: 'Its last log lines (the service’s own output, as it wrote them):',
     executor: 'Executor',
     step: 'Step {current}/{total}',
     noHistory: 'No status change yet.',

@@ -205,6 +205,7 @@ const fr: typeof en = {
     variables: 'Variables',
     logs: 'Ouvrir les logs',
     error: 'Erreur',
+    errorOutput: 'Ses dernières lignes de log (la sortie du service, telle qu’il l’a écrite, non traduite) :',
     executor: 'Exécuteur',
     step: 'Étape {current}/{total}',
     noHistory: 'Aucun changement de statut.',

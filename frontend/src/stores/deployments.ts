@@ -123,6 +123,8 @@ export const useDeploymentsStore = defineStore('deployments', () => {
       if (known && isStatus(data.new_status)) {
         known.status = data.new_status
         known.error_message = data.error_message ?? null
+        known.error_code = data.error_code ?? null
+        known.error_params = data.error_params ?? {}
         if (typeof data.revision === 'number') known.revision = data.revision
       }
       // attempt, timestamps and progress come with the row; one read per status change, not polling.

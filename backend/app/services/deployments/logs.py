@@ -24,6 +24,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
+from backend.app.core.deployment_words import line_words
 from backend.app.core.events import Event, EventType, ProgressData, PullProgressData, iso_utc, queue_event
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.core.logging import Redactor
@@ -47,7 +48,11 @@ class LogLine:
     message: str
 
     def to_dict(self) -> dict:
-        return {"seq": self.seq, "timestamp": iso_utc(self.timestamp), "level": str(self.level), "message": self.message}
+        line = {"seq": self.seq, "timestamp": iso_utc(self.timestamp), "level": str(self.level), "message": self.message}
+        code, params = line_words(self.message)  # a sentence WindFlow wrote: its code, for a client's own words
+        if code is not None:
+            line["code"], line["params"] = code, params
+        return line
 
 
 _GENERIC = Redactor()

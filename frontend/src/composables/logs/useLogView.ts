@@ -7,6 +7,7 @@ import { computed, markRaw, nextTick, watch, type Ref } from 'vue'
 import type { LogLine } from '../../api/deployments'
 import type { LogLevel } from '../../constants/deployments'
 import { stripAnsi } from '../../utils/ansi'
+import { logLineText } from '../../i18n/deploymentWords'
 import type { LogRowsModel } from '../../components/logs/LogRows.vue'
 import { useLogFollow } from './useLogFollow'
 import { useLogSearch } from './useLogSearch'
@@ -49,10 +50,10 @@ export function useLogView<L extends LogLine>(source: LogViewSource<L>, options:
     lines: source.lines,
     levels: source.levels,
     accept: source.accept,
-    rowHeight: (line) => (source.wrap() ? ROW * Math.max(1, Math.ceil(line.message.length / columns.value)) : ROW),
+    rowHeight: (line) => (source.wrap() ? ROW * Math.max(1, Math.ceil(logLineText(line).length / columns.value)) : ROW),
   })
   const search = useLogSearch(
-    { count: rows.count, text: (k) => stripAnsi(rows.line(k).message), generation: rows.generation },
+    { count: rows.count, text: (k) => stripAnsi(logLineText(rows.line(k))), generation: rows.generation },
     { onMatch: revealRow },
   )
   const selection = useLogSelection({

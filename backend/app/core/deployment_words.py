@@ -1,0 +1,157 @@
+"""What WindFlow itself says about a deployment, as stable codes and parameters: its ``error_message`` and the
+lines it writes into the deployment's log.
+
+Writers store these as English text (the ``error_message`` column, the log lines), which API and log consumers
+keep reading as they are. The API and the real-time events give each of them, next to the text, the ``code`` of
+the sentence it is and the ``params`` it quotes, so that a client words it in its own language (the web UI:
+``frontend/src/i18n/deploymentWords.ts``; ``backend/tests/unit/test_ui_words.py`` fails when a code lacks its
+words there). The code is read from the text against :data:`ERRORS` and :data:`LOG_LINES`, the one list of these
+sentences, as :mod:`backend.app.services.deployments.history_reasons` does for status changes; a text that
+matches none has no code (a client shows it as it is).
+
+Parameters named in :data:`QUOTED` are other programs' words (Docker's, docker compose's, a container's output,
+a probe's) or a detail WindFlow quotes in English: a client shows them as quoted output, never translated. Only
+the first line of a text is matched; the lines after it (a failed service's last log lines) are quoted output.
+
+A container could print a line that reads like one of WindFlow's; it is then worded like one, as the English
+text already reads like one: the log shows container output prefixed with its service (``web | ...``).
+"""
+
+from __future__ import annotations
+
+import re
+
+#: code -> the English sentence of a deployment's ``error_message`` (``{name}``: a parameter), most specific first.
+ERRORS: dict[str, str] = {
+    "cancelled_by_user": "Cancelled by user",
+    "executor_lost_retrying": "executor lost (lease expired); retrying",
+    "policy_refused": "refused by the compose policy: {detail}",
+    "cannot_prepare": "cannot prepare the deployment: {detail}",
+    "unexpected_error": "unexpected error: {detail}",
+    "service_exited": "service {service} exited with code {exit_code}",
+    "service_restarting": "service {service} is restarting (it exited with code {exit_code})",
+    "service_restarted_exited": "service {service} restarted during the health gate (it exited with code {exit_code})",
+    "service_restarted_count": "service {service} restarted during the health gate ({count} restart(s))",
+    "service_restarted": "service {service} restarted during the health gate (it started again)",
+    "service_unhealthy_probe": "service {service} is unhealthy (last check: {probe})",
+    "service_unhealthy": "service {service} is unhealthy",
+    "healthcheck_timeout_probe": "service {service} did not pass its healthcheck within {seconds}s (last check: {probe})",
+    "healthcheck_timeout": "service {service} did not pass its healthcheck within {seconds}s",
+    "services_not_ready": "services not ready after {seconds}s: {detail}",
+    "tasks_still_running": "tasks still running after {seconds}s: {services}",
+    "service_no_image": "service {service} has no image (WindFlow deploys images, it does not build them)",
+    "engine_unreachable": "cannot reach Docker engine {endpoint}: {detail}",
+    "engine_timeout": "Docker engine {endpoint} did not answer in time: {detail}",
+    "engine_stopped_pulling": "the Docker engine stopped answering while pulling {image}: {detail}",
+    "invalid_compose_document": "invalid compose document: {output}",
+    "invalid_stack_document": "invalid stack document: {output}",
+    "compose_up_failed": "compose up failed: {output}",
+    "stack_deploy_failed": "docker stack deploy failed: {output}",
+    "could_not_remove": "could not remove {names}",
+    "watch_down": "nothing of revision {revision} runs any more: {detail}",
+    "revision_health": "revision {revision} is {health}: {detail}",
+    "automatic_rollback_failed_after": "automatic rollback to revision {of} failed: {detail}; revision {failed} had failed: {failed_detail}",
+    "automatic_rollback_failed": "automatic rollback to revision {of} failed: {detail}",
+}
+
+#: code -> the English sentence of a line WindFlow writes into a deployment's log (its errors are :data:`ERRORS`').
+LOG_LINES: dict[str, str] = {
+    "step": "[{number}/{total}] {title}",
+    "started": "Deployment started (revision {revision}, attempt {attempt}/{max_attempts}, executor {executor})",
+    "running": "Deployment is running",
+    "retrying": "Transient failure: retrying in {seconds}s (attempt {attempt}/{max_attempts})",
+    "giving_up": "Giving up after {attempts} attempt(s)",
+    "cancelled": "Cancelled",
+    "cancelled_removing_kept": "Cancelled during step {step}/{total} ({title}), stopped there: removing what this deployment created (named volumes are kept)",
+    "cancelled_removing_step": "Cancelled during step {step}/{total} ({title}), stopped there: removing what this deployment created",
+    "cancelled_removing_kept_volumes": "Cancelled: removing what this deployment created (named volumes are kept)",
+    "cancelled_removing": "Cancelled: removing what this deployment created",
+    "clean_up_failed": "Clean-up after cancel failed: {detail}",
+    "removing_failed_revision": "Removing the containers of revision {revision}: nothing of a failed revision keeps running (named volumes are kept)",
+    "could_not_remove_them": "Could not remove them: {detail}",
+    "lease_lost": "This executor lost its lease (deployment is now {status}); stopping here",
+    "rolling_back": "Revision {failed} failed: {detail}; rolling back to revision {of}, the last that passed the health gate",
+    "automatic_rollback_opening": "--- Automatic rollback to revision {of} (the last that passed the health gate), as revision {revision} ---",
+    "rollback_opening": "--- Rollback to revision {of}, as revision {revision} ---",
+    "rollback_why": "Why: revision {failed} failed: {detail}",
+    "rollback_images": "Images pinned to what revision {of} recorded: {images}",
+    "rollback_no_images": "Revision {of} recorded no image digests: the images its document names are used",
+    "waiting_for": "waiting for {service}: {detail}",
+    "all_running": "all services are running: {services}",
+    # the engines' own lines (docker compose's and Docker's output is quoted as it is, without a code)
+    "compose_valid_at_creation": "compose document is valid (checked by docker compose config at creation)",
+    "compose_valid": "compose document is valid",
+    "stack_valid": "stack document is valid",
+    "wrote_project": "wrote {file} of project {project} ({count} services, labelled {label})",
+    "image_present": "image {image} is present",
+    "image_pulling_with_auth": "image {image} is not present locally, pulling it with the organisation's credentials for {registry}",
+    "image_pulling": "image {image} is not present locally, pulling it",
+    "image_pulled": "pulled image {image} ({facts})",
+    "image_digest_pinned": "{service}: image {image} is {digest} (pinned)",
+    "image_digest": "{service}: image {image} is {digest}",
+    "removing": "removing {names}",
+    "could_not_remove_yet": "could not remove {names} yet: {detail}",
+    "compose_down_failed": "compose down failed ({output}); removing by label",
+    "cannot_write_project": "cannot write the project directory ({detail}); removing by label",
+    "stack_rm_failed": "docker stack rm failed ({output}); removing by label",
+    "swarm_manager": "target is a swarm manager; networks are created by `docker stack deploy`",
+    "nodes_registry_auth": "the nodes pull with the organisation's registry credentials (--with-registry-auth)",
+    "global_service": "{service} is a global service: it cannot be scaled to 0",
+    "scaling_down": "scaling {service} from {replicas} to 0",
+    "scaling_back": "scaling {service} back to {replicas}",
+    "tasks_stopped": "every task is stopped",
+}
+
+#: Parameters that quote other programs' words or an English detail: shown quoted, never translated.
+QUOTED = frozenset({"detail", "output", "probe", "failed_detail"})
+
+
+Table = tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, str, re.Pattern[str]]]]
+
+
+def _compile(templates: dict[str, str]) -> Table:
+    compiled = []
+    for code, template in templates.items():
+        parts = re.split(r"\{(\w+)\}", template)
+        regex = "".join(f"(?P<{part}>.+?)" if i % 2 else re.escape(part) for i, part in enumerate(parts))
+        # what a line must start with, or (a sentence that starts with a parameter) contain, before its pattern
+        # is tried: most log lines are containers' output, and a str test each rules them out at once
+        needle = parts[0] or max(parts[2::2], key=len)
+        compiled.append((code, needle, re.compile(f"^{regex}$")))
+    prefixes = tuple({needle for code, needle, _ in compiled if templates[code].startswith(needle)})
+    inner = tuple({needle for code, needle, _ in compiled if not templates[code].startswith(needle)})
+    return prefixes, inner, compiled
+
+
+_ERRORS = _compile(ERRORS)
+_LINES = _compile({**LOG_LINES, **ERRORS})
+#: How a failed service's message announces the output on the lines after it (the log has them already).
+_OUTPUT_FOLLOWS = "; last log lines:"
+
+
+def _classify(text: str | None, table: Table) -> tuple[str | None, dict[str, str]]:
+    if not text:
+        return None, {}
+    prefixes, inner, compiled = table
+    first = text.partition("\n")[0].removesuffix(_OUTPUT_FOLLOWS)
+    if not first.startswith(prefixes) and not any(needle in first for needle in inner):
+        return None, {}
+    for code, needle, pattern in compiled:
+        if needle not in first:
+            continue
+        match = pattern.match(first)
+        if match:
+            return code, match.groupdict()
+    return None, {}
+
+
+def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
+    """``(code, params)`` of a deployment's ``error_message``; ``(None, {})`` for one not in :data:`ERRORS`.
+    A failed service's message ends with ``; last log lines:`` and its output on the lines after: the code is
+    the first line's, the output stays in the text (a client quotes the lines after the first)."""
+    return _classify(message, _ERRORS)
+
+
+def line_words(line: str) -> tuple[str | None, dict[str, str]]:
+    """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`)."""
+    return _classify(line, _LINES)

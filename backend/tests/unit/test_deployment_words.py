@@ -1,0 +1,68 @@
+"""A deployment's ``error_message`` and WindFlow's own log lines get the code of their sentence
+(``core/deployment_words.py``); a container's line, or a text that is none of them, gets none."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backend.app.core.deployment_words import ERRORS, LOG_LINES, error_words, line_words
+from backend.app.models import LogLevel
+from backend.app.services.deployments.logs import LogLine
+
+APP = Path(__file__).resolve().parents[2] / "app"
+#: Sentences whose writer puts its words together differently: the pieces as the source has them.
+COMPOSED = {
+    "wrote_project": "wrote {file} of project {project} ({count} services, {next} labelled {label})",
+    "image_pulling_with_auth": "image {image} is not present locally, pulling it{with_auth} with the organisation's credentials for {registry}",
+    "compose_up_failed": 'failure("compose up", {result}) {what} failed: {excerpt}',
+    "stack_deploy_failed": 'failure("docker stack deploy", {result}) {what} failed: {excerpt}',
+    "cancelled_removing_kept": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created (named volumes are kept)",
+    "cancelled_removing_step": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created",
+}
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "params"),
+    [
+        ("service web exited with code 2; last log lines:\nboom\nbang", "service_exited", {"service": "web", "exit_code": "2"}),
+        ("Cancelled by user", "cancelled_by_user", {}),
+        ("compose up failed: Error response from daemon: x", "compose_up_failed", {"output": "Error response from daemon: x"}),
+        ("revision 3 is degraded: web exited", "revision_health", {"revision": "3", "health": "degraded", "detail": "web exited"}),
+        (
+            "service web is unhealthy (last check: curl: (7) refused)",
+            "service_unhealthy_probe",
+            {"service": "web", "probe": "curl: (7) refused"},
+        ),
+        ("something nobody wrote", None, {}),
+        (None, None, {}),
+    ],
+)
+def test_an_error_message_gets_its_sentences_code(message, code, params) -> None:
+    assert error_words(message) == (code, params)
+
+
+def test_windflows_lines_get_a_code_and_a_containers_none() -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    ours = LogLine(1, moment, LogLevel.INFO, "Deployment started (revision 2, attempt 1/3, executor asyncio)").to_dict()
+    assert ours["code"] == "started" and ours["params"] == {"revision": "2", "attempt": "1", "max_attempts": "3", "executor": "asyncio"}
+    theirs = LogLine(2, moment, LogLevel.INFO, "app | Deployment is running").to_dict()
+    assert "code" not in theirs and "params" not in theirs
+    assert line_words("[3/6] Check images") == ("step", {"number": "3", "total": "6", "title": "Check images"})
+
+
+def test_every_sentence_is_one_the_server_writes() -> None:
+    """Each sentence's fixed words are in the application's source: a writer that changes its words
+    without this list would leave the UI wording a sentence nobody writes any more."""
+    source = "\n".join(path.read_text(encoding="utf-8") for path in APP.rglob("*.py") if path.name != "deployment_words.py")
+    missing = []
+    for code, template in {**ERRORS, **LOG_LINES}.items():
+        # writers compose some sentences from pieces (a reason after the service's name, an optional tail): each
+        # run of words between parameters and punctuation is checked
+        template = COMPOSED.get(code, template)
+        pieces = [piece.strip() for piece in re.split(r"\{\w+\}|[():;]", template)]
+        missing += [(code, piece) for piece in pieces if len(piece) >= 10 and piece not in source]
+    assert missing == []

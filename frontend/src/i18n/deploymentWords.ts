@@ -1,0 +1,159 @@
+/**
+ * What WindFlow says about a deployment, in the user's language: its `error_message` and the lines WindFlow
+ * writes into its log, worded from the stable `code` and `params` the server gives with them
+ * (`backend/app/core/deployment_words.py`; `backend/tests/unit/test_ui_words.py` fails when a code lacks its
+ * French words here or names a parameter the server's sentence does not have).
+ *
+ * English is the server's own sentence. Parameters that are other programs' words (Docker's, docker compose's,
+ * a probe's, a container's output) or a detail the server quotes in English are shown quoted, never translated;
+ * a failed service's last log lines (the lines after the first of `error_message`) are its own output.
+ * A text without a code this UI knows is shown as the server wrote it.
+ */
+import { i18n } from '.'
+import { stepText } from './serverWords'
+
+export const deploymentErrorsFr: Record<string, string> = {
+  cancelled_by_user: 'Annulé par un utilisateur',
+  executor_lost_retrying: 'exécuteur perdu (bail expiré) ; nouvelle tentative',
+  policy_refused: 'refusé par la politique compose de la cible : {detail}',
+  cannot_prepare: 'impossible de préparer le déploiement : {detail}',
+  unexpected_error: 'erreur inattendue : {detail}',
+  service_exited: 'le service {service} s’est arrêté avec le code {exit_code}',
+  service_restarting: 'le service {service} redémarre en boucle (il s’est arrêté avec le code {exit_code})',
+  service_restarted_exited:
+    'le service {service} a redémarré pendant le contrôle de santé (il s’est arrêté avec le code {exit_code})',
+  service_restarted_count: 'le service {service} a redémarré pendant le contrôle de santé ({count} redémarrage(s))',
+  service_restarted: 'le service {service} a redémarré pendant le contrôle de santé (il est reparti)',
+  service_unhealthy_probe: 'le service {service} est en mauvaise santé (dernier contrôle : {probe})',
+  service_unhealthy: 'le service {service} est en mauvaise santé',
+  healthcheck_timeout_probe:
+    'le service {service} n’a pas passé son contrôle de santé en {seconds} s (dernier contrôle : {probe})',
+  healthcheck_timeout: 'le service {service} n’a pas passé son contrôle de santé en {seconds} s',
+  services_not_ready: 'services pas prêts après {seconds} s : {detail}',
+  tasks_still_running: 'tâches toujours en cours après {seconds} s : {services}',
+  service_no_image: 'le service {service} n’a pas d’image (WindFlow déploie des images, il ne les construit pas)',
+  engine_unreachable: 'moteur Docker {endpoint} injoignable : {detail}',
+  engine_timeout: 'le moteur Docker {endpoint} n’a pas répondu à temps : {detail}',
+  engine_stopped_pulling: 'le moteur Docker a cessé de répondre pendant le téléchargement de {image} : {detail}',
+  invalid_compose_document: 'document compose invalide ; docker compose a dit : {output}',
+  invalid_stack_document: 'document de stack invalide ; docker a dit : {output}',
+  compose_up_failed: 'compose up a échoué ; docker compose a dit : {output}',
+  stack_deploy_failed: 'docker stack deploy a échoué ; docker a dit : {output}',
+  could_not_remove: 'impossible de supprimer {names}',
+  watch_down: 'plus rien de la révision {revision} ne tourne : {detail}',
+  revision_health: 'la révision {revision} est {health} : {detail}',
+  automatic_rollback_failed_after:
+    'le retour automatique à la révision {of} a échoué : {detail} ; la révision {failed} avait échoué : {failed_detail}',
+  automatic_rollback_failed: 'le retour automatique à la révision {of} a échoué : {detail}',
+}
+
+export const logLinesFr: Record<string, string> = {
+  step: '[{number}/{total}] {title}',
+  started: 'Déploiement commencé (révision {revision}, tentative {attempt}/{max_attempts}, exécuteur {executor})',
+  running: 'Le déploiement est en service',
+  retrying: 'Échec passager : nouvelle tentative dans {seconds} s (tentative {attempt}/{max_attempts})',
+  giving_up: 'Abandon après {attempts} tentative(s)',
+  cancelled: 'Annulé',
+  cancelled_removing_kept:
+    'Annulé pendant l’étape {step}/{total} ({title}), arrêté là : suppression de ce que ce déploiement a créé (les volumes nommés sont gardés)',
+  cancelled_removing_step:
+    'Annulé pendant l’étape {step}/{total} ({title}), arrêté là : suppression de ce que ce déploiement a créé',
+  cancelled_removing_kept_volumes:
+    'Annulé : suppression de ce que ce déploiement a créé (les volumes nommés sont gardés)',
+  cancelled_removing: 'Annulé : suppression de ce que ce déploiement a créé',
+  clean_up_failed: 'Le nettoyage après l’annulation a échoué : {detail}',
+  removing_failed_revision:
+    'Suppression des conteneurs de la révision {revision} : rien d’une révision en échec ne reste en service (les volumes nommés sont gardés)',
+  could_not_remove_them: 'Impossible de les supprimer : {detail}',
+  lease_lost: 'Cet exécuteur a perdu son bail (le déploiement est maintenant {status}) ; il s’arrête ici',
+  rolling_back:
+    'La révision {failed} a échoué : {detail} ; retour à la révision {of}, la dernière à avoir passé le contrôle de santé',
+  automatic_rollback_opening:
+    '--- Retour automatique à la révision {of} (la dernière à avoir passé le contrôle de santé), en révision {revision} ---',
+  rollback_opening: '--- Retour à la révision {of}, en révision {revision} ---',
+  rollback_why: 'Pourquoi : la révision {failed} a échoué : {detail}',
+  rollback_images: 'Images fixées à ce que la révision {of} a enregistré : {images}',
+  rollback_no_images:
+    'La révision {of} n’a enregistré aucune empreinte d’image : les images que nomme son document sont utilisées',
+  waiting_for: 'attente de {service} : {detail}',
+  all_running: 'tous les services sont en service : {services}',
+  compose_valid_at_creation: 'document compose valide (vérifié par docker compose config à la création)',
+  compose_valid: 'document compose valide',
+  stack_valid: 'document de stack valide',
+  wrote_project: '{file} du projet {project} écrit ({count} services, étiquetés {label})',
+  image_present: 'l’image {image} est présente',
+  image_pulling_with_auth:
+    'l’image {image} n’est pas présente ici : téléchargement avec les identifiants de l’organisation pour {registry}',
+  image_pulling: 'l’image {image} n’est pas présente ici : téléchargement',
+  image_pulled: 'image {image} téléchargée ({facts})',
+  image_digest_pinned: '{service} : l’image {image} est {digest} (fixée)',
+  image_digest: '{service} : l’image {image} est {digest}',
+  removing: 'suppression de {names}',
+  could_not_remove_yet: 'impossible de supprimer {names} pour l’instant : {detail}',
+  compose_down_failed: 'compose down a échoué ; docker compose a dit : {output} ; suppression par étiquette',
+  cannot_write_project: 'impossible d’écrire le répertoire du projet : {detail} ; suppression par étiquette',
+  stack_rm_failed: 'docker stack rm a échoué ; docker a dit : {output} ; suppression par étiquette',
+  swarm_manager: 'la cible est un manager swarm ; les réseaux sont créés par `docker stack deploy`',
+  nodes_registry_auth:
+    'les nœuds téléchargent avec les identifiants de registre de l’organisation (--with-registry-auth)',
+  global_service: '{service} est un service global : il ne peut pas être réduit à 0',
+  scaling_down: 'réduction de {service} de {replicas} à 0',
+  scaling_back: 'retour de {service} à {replicas}',
+  tasks_stopped: 'toutes les tâches sont arrêtées',
+}
+
+/** Parameters that quote other programs' words or an English detail (`deployment_words.QUOTED`). */
+export const QUOTED = new Set(['detail', 'output', 'probe', 'failed_detail'])
+
+type Params = Record<string, string> | null | undefined
+
+function french(): boolean {
+  return i18n.global.locale.value === 'fr'
+}
+
+function known(key: string): boolean {
+  return i18n.global.te(key, i18n.global.locale.value)
+}
+
+/** A parameter as the sentence shows it: quoted when it is another program's words, a status or a step named. */
+function shown(name: string, value: string): string {
+  if (QUOTED.has(name)) return `« ${value} »`
+  if (name === 'status' && known(`status.${value}`)) return i18n.global.t(`status.${value}`).toLocaleLowerCase()
+  if (name === 'health' && known(`health.${value}`)) return i18n.global.t(`health.${value}`).toLocaleLowerCase()
+  if (name === 'title') return stepText(value)
+  return value
+}
+
+function fill(template: string, params: Params): string {
+  return template.replace(/\{(\w+)\}/g, (_, name: string) => shown(name, params?.[name] ?? ''))
+}
+
+/** The first line of an error, without the "; last log lines:" that announces the output after it. */
+function firstLine(message: string): string {
+  return message.split('\n', 1)[0].replace(/; last log lines:$/, '')
+}
+
+/** A deployment's (or a revision's) error in the user's language: one line, the output it quotes aside. */
+export function deploymentErrorText(d: {
+  error_message?: string | null
+  error_code?: string | null
+  error_params?: Params
+}): string {
+  const message = d.error_message ?? ''
+  if (!message) return ''
+  const template = d.error_code && french() ? deploymentErrorsFr[d.error_code] : undefined
+  return template ? fill(template, d.error_params) : firstLine(message)
+}
+
+/** The output an error quotes after its first line (a failed service's last log lines), or null. */
+export function deploymentErrorOutput(message: string | null | undefined): string | null {
+  const at = (message ?? '').indexOf('\n')
+  return at >= 0 ? (message ?? '').slice(at + 1) : null
+}
+
+/** A log line WindFlow wrote, in the user's language (a container's output, or an unknown code: as it is). */
+export function logLineText(line: { message: string; code?: string | null; params?: Params }): string {
+  if (!line.code || !french()) return line.message
+  const template = logLinesFr[line.code] ?? deploymentErrorsFr[line.code]
+  return template ? fill(template, line.params) : line.message
+}
