@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { setLocale } from '../src/i18n'
-import { deploymentErrorOutput, deploymentErrorText, logLineText } from '../src/i18n/deploymentWords'
+import { deploymentErrorOutput, deploymentErrorText, logLineText, serviceReasonText } from '../src/i18n/deploymentWords'
 
 /** As the API gives them (backend/tests/browser/test_deployment_words.py checks it on a real failure). */
 const failed = {
@@ -53,5 +53,23 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
     expect(logLineText({ message: 'app | Deployment is running' })).toBe('app | Deployment is running')
     setLocale('en')
     expect(logLineText({ message: 'Deployment is running', code: 'running', params: {} })).toBe('Deployment is running')
+  })
+
+  it('says why a service is not up in French, the probe’s words quoted', () => {
+    const unhealthy = {
+      reason: 'is unhealthy (last check: pg_isready: no response)',
+      reason_code: 'unhealthy_probe',
+      reason_params: { probe: 'pg_isready: no response' },
+    }
+    expect(serviceReasonText(unhealthy)).toBe(unhealthy.reason)
+    setLocale('fr')
+    expect(serviceReasonText(unhealthy)).toBe('en mauvaise santé (dernier contrôle : « pg_isready: no response »)')
+    expect(
+      serviceReasonText({
+        reason: 'exited with code 137',
+        reason_code: 'exited_code',
+        reason_params: { exit_code: '137' },
+      }),
+    ).toBe('arrêté avec le code 137')
   })
 })

@@ -404,7 +404,14 @@ describe('the deployments store and revisions', () => {
       deployment_id: id,
       organization_id: 'o1',
       timestamp: '2026-01-01T00:00:05Z',
-      data: { from_revision: 2, to_revision: 1, revision: 3, reason: 'app exited with code 3' },
+      data: {
+        from_revision: 2,
+        to_revision: 1,
+        revision: 3,
+        reason: 'app exited with code 3',
+        reason_code: null,
+        reason_params: {},
+      },
     }
   }
 

@@ -102,6 +102,22 @@ LOG_LINES: dict[str, str] = {
     "tasks_stopped": "every task is stopped",
 }
 
+#: code -> why the watcher says a service is not up (``ServiceHealthData.reason``, after the service's name).
+SERVICE_REASONS: dict[str, str] = {
+    "unhealthy_probe": "is unhealthy (last check: {probe})",
+    "unhealthy": "is unhealthy",
+    "restarted_since": "restarted {count} time(s) since the last look ({total} in all)",
+    "restarting_exited": "is restarting (it exited with code {exit_code}; {restarts} restart(s))",
+    "restarting": "is restarting (it exited; {restarts} restart(s))",
+    "exited_code": "exited with code {exit_code}",
+    "exited": "exited",
+    "state_exited_code": "{state} (exited with code {exit_code})",
+    "state_exited": "{state} (exited)",
+    "starting": "is starting",
+    "is_state": "is {state}",
+    "missing": "has {count} of its {expected} container(s)",
+}
+
 #: Parameters that quote other programs' words or an English detail: shown quoted, never translated.
 QUOTED = frozenset({"detail", "output", "probe", "failed_detail"})
 
@@ -124,6 +140,7 @@ def _compile(templates: dict[str, str]) -> Table:
 
 
 _ERRORS = _compile(ERRORS)
+_SERVICES = _compile(SERVICE_REASONS)
 _LINES = _compile({**LOG_LINES, **ERRORS})
 #: How a failed service's message announces the output on the lines after it (the log has them already).
 _OUTPUT_FOLLOWS = "; last log lines:"
@@ -155,3 +172,8 @@ def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
 def line_words(line: str) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`)."""
     return _classify(line, _LINES)
+
+
+def service_reason_words(reason: str | None) -> tuple[str | None, dict[str, str]]:
+    """``(code, params)`` of why the watcher says a service is not up; ``(None, {})`` for another text."""
+    return _classify(reason, _SERVICES)

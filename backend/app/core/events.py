@@ -38,7 +38,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from backend.app.core.deployment_words import error_words
+from backend.app.core.deployment_words import error_words, service_reason_words
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,14 @@ class RolledBackData(_Data):
     to_revision: int = Field(description="the last good revision, whose record (values, pinned images) is re-applied")
     revision: int = Field(description="the new revision that re-applies it (reason automatic_rollback)")
     reason: str = Field(description="why from_revision failed (its error message)")
+    reason_code: str | None = Field(default=None, description="the code of reason's sentence, as error_code is error_message's")
+    reason_params: dict[str, str] = Field(default_factory=dict, description="the values reason's sentence quotes")
+
+    @model_validator(mode="after")
+    def _reason_words(self) -> RolledBackData:
+        if self.reason_code is None:
+            self.reason_code, self.reason_params = error_words(self.reason)
+        return self
 
 
 class ServiceHealthData(_Data):
@@ -175,6 +183,18 @@ class ServiceHealthData(_Data):
     running: int = Field(description="its containers running now")
     restarts: int = Field(description="restarts of its containers, as the engine counts them")
     reason: str | None = Field(default=None, description="why it is not up: exit code, probe output (redacted)")
+    reason_code: str | None = Field(
+        default=None, description="the code of reason's sentence (core/deployment_words.py SERVICE_REASONS), null: none"
+    )
+    reason_params: dict[str, str] = Field(
+        default_factory=dict, description="the values reason's sentence quotes (probe: the healthcheck's words)"
+    )
+
+    @model_validator(mode="after")
+    def _reason_words(self) -> ServiceHealthData:
+        if self.reason_code is None and self.reason:
+            self.reason_code, self.reason_params = service_reason_words(self.reason)
+        return self
 
 
 class HealthChangedData(_Data):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.app.core.deployment_words import ERRORS, LOG_LINES, error_words, line_words
+from backend.app.core.deployment_words import ERRORS, LOG_LINES, SERVICE_REASONS, error_words, line_words, service_reason_words
 from backend.app.models import LogLevel
 from backend.app.services.deployments.logs import LogLine
 
@@ -59,10 +59,40 @@ def test_every_sentence_is_one_the_server_writes() -> None:
     without this list would leave the UI wording a sentence nobody writes any more."""
     source = "\n".join(path.read_text(encoding="utf-8") for path in APP.rglob("*.py") if path.name != "deployment_words.py")
     missing = []
-    for code, template in {**ERRORS, **LOG_LINES}.items():
+    for code, template in {**ERRORS, **LOG_LINES, **SERVICE_REASONS}.items():
         # writers compose some sentences from pieces (a reason after the service's name, an optional tail): each
         # run of words between parameters and punctuation is checked
         template = COMPOSED.get(code, template)
         pieces = [piece.strip() for piece in re.split(r"\{\w+\}|[():;]", template)]
         missing += [(code, piece) for piece in pieces if len(piece) >= 10 and piece not in source]
     assert missing == []
+
+
+def test_why_a_service_is_not_up_gets_its_code() -> None:
+    from backend.app.core.events import RolledBackData, ServiceHealthData
+    from backend.app.engines.base import ServiceState
+    from backend.app.services.deployments.watch import Expected, judge
+
+    assert service_reason_words("is starting") == ("starting", {})
+    assert service_reason_words("is paused") == ("is_state", {"state": "paused"})
+    assert service_reason_words("restarted 2 time(s) since the last look (5 in all)") == ("restarted_since", {"count": "2", "total": "5"})
+    health = ServiceHealthData(service="web", state="down", expected=1, running=0, restarts=0, reason="exited with code 137")
+    assert (health.reason_code, health.reason_params) == ("exited_code", {"exit_code": "137"})
+    # as the watcher words them (its judge, without an engine)
+    look = judge(
+        Expected({"web": 1, "db": 1, "api": 2}),
+        [
+            ServiceState("web", "c1", "exited", None, exit_code=137),
+            ServiceState("db", "c2", "running", "unhealthy", probe="pg_isready: no response"),
+            ServiceState("api", "c3", "running", None),
+        ],
+        {},
+    )
+    coded = {s.service: (s.reason_code, s.reason_params) for s in look.services}
+    assert coded == {
+        "web": ("exited_code", {"exit_code": "137"}),
+        "db": ("unhealthy_probe", {"probe": "pg_isready: no response"}),
+        "api": ("missing", {"count": "1", "expected": "2"}),
+    }
+    back = RolledBackData(from_revision=2, to_revision=1, revision=3, reason="service web exited with code 3; last log lines:\nboom")
+    assert (back.reason_code, back.reason_params) == ("service_exited", {"service": "web", "exit_code": "3"})

@@ -174,13 +174,14 @@ def _ts_object(path: Path, name: str) -> dict[str, str]:
 
 
 def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
-    """A deployment's ``error_message`` and the lines WindFlow writes into its log have a code
+    """A deployment's ``error_message``, the lines WindFlow writes into its log and why the watcher says a service
+    is not up have a code
     (``core/deployment_words.py``); the UI words each in French (``i18n/deploymentWords.ts``) with no parameter
     the server's sentence does not give."""
-    from backend.app.core.deployment_words import ERRORS, LOG_LINES
+    from backend.app.core.deployment_words import ERRORS, LOG_LINES, SERVICE_REASONS
 
     words = I18N / "deploymentWords.ts"
-    for table, name in ((ERRORS, "deploymentErrorsFr"), (LOG_LINES, "logLinesFr")):
+    for table, name in ((ERRORS, "deploymentErrorsFr"), (LOG_LINES, "logLinesFr"), (SERVICE_REASONS, "serviceReasonsFr")):
         french = _ts_object(words, name)
         assert set(table) - set(french) == set(), name
         for code, text in french.items():

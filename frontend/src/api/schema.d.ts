@@ -3450,6 +3450,19 @@ export interface components {
              */
             reason: string;
             /**
+             * Reason Code
+             * @description the code of reason's sentence, as error_code is error_message's
+             * @default null
+             */
+            reason_code: string | null;
+            /**
+             * Reason Params
+             * @description the values reason's sentence quotes
+             */
+            reason_params?: {
+                [key: string]: string;
+            };
+            /**
              * Revision
              * @description the new revision that re-applies it (reason automatic_rollback)
              */
@@ -3546,6 +3559,18 @@ export interface components {
              * @description why it is not up: exit code, probe output (redacted)
              */
             reason?: string | null;
+            /**
+             * Reason Code
+             * @description the code of reason's sentence (core/deployment_words.py SERVICE_REASONS), null: none
+             */
+            reason_code?: string | null;
+            /**
+             * Reason Params
+             * @description the values reason's sentence quotes (probe: the healthcheck's words)
+             */
+            reason_params?: {
+                [key: string]: string;
+            };
             /**
              * Restarts
              * @description restarts of its containers, as the engine counts them

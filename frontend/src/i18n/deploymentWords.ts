@@ -102,6 +102,22 @@ export const logLinesFr: Record<string, string> = {
   tasks_stopped: 'toutes les tâches sont arrêtées',
 }
 
+/** Why the watcher says a service is not up (`service_health[].reason`, after the service's name). */
+export const serviceReasonsFr: Record<string, string> = {
+  unhealthy_probe: 'en mauvaise santé (dernier contrôle : {probe})',
+  unhealthy: 'en mauvaise santé',
+  restarted_since: 'a redémarré {count} fois depuis le dernier regard ({total} en tout)',
+  restarting_exited: 'redémarre (il s’est arrêté avec le code {exit_code} ; {restarts} redémarrage(s))',
+  restarting: 'redémarre (il s’est arrêté ; {restarts} redémarrage(s))',
+  exited_code: 'arrêté avec le code {exit_code}',
+  exited: 'arrêté',
+  state_exited_code: '{state} (arrêté avec le code {exit_code})',
+  state_exited: '{state} (arrêté)',
+  starting: 'démarre',
+  is_state: 'état {state}',
+  missing: 'a {count} de ses {expected} conteneur(s)',
+}
+
 /** Parameters that quote other programs' words or an English detail (`deployment_words.QUOTED`). */
 export const QUOTED = new Set(['detail', 'output', 'probe', 'failed_detail'])
 
@@ -156,4 +172,14 @@ export function logLineText(line: { message: string; code?: string | null; param
   if (!line.code || !french()) return line.message
   const template = logLinesFr[line.code] ?? deploymentErrorsFr[line.code]
   return template ? fill(template, line.params) : line.message
+}
+
+/** Why a service is not up, in the user's language (the watcher's English otherwise). */
+export function serviceReasonText(s: {
+  reason?: string | null
+  reason_code?: string | null
+  reason_params?: Params
+}): string {
+  const template = s.reason_code && french() ? serviceReasonsFr[s.reason_code] : undefined
+  return template ? fill(template, s.reason_params) : (s.reason ?? '')
 }
