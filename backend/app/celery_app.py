@@ -190,10 +190,32 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
     )
     _heartbeat_thread = threading.Thread(target=_monitor.run, name="windflow-heartbeat", daemon=True)
     _heartbeat_thread.start()
+    if _served is not None:  # placed next to its targets: it watches its host's (beat's task may run elsewhere)
+        threading.Thread(target=_watch_this_host, name="windflow-host-watch", daemon=True).start()
     logger.info("WindFlow %s worker %s ready (broker: %s)", _worker_kind(), name, broker_label(settings))
 
 
 _monitor: WorkerMonitor | None = None
+
+
+def _watch_this_host() -> None:
+    """The watcher's pass over the targets bound to this worker's host, every
+    ``DEPLOYMENT_WATCH_INTERVAL_SECONDS`` (``runtime/background.py::WatchLoop``, under that host's lock: one
+    process of the host at a time). Beat's watcher task runs where the shared queue is consumed, which may be
+    another host, whose processes cannot reach this host's engine."""
+    from backend.app.runtime import event_transport, worker_loop
+    from backend.app.runtime.background import watch_once
+
+    async def one_pass() -> None:
+        await watch_once(settings, shared=False)
+        await event_transport.flush_events(5.0)
+
+    interval = settings.DEPLOYMENT_WATCH_INTERVAL_SECONDS
+    while not _heartbeat_stop.wait(interval):
+        try:
+            worker_loop.run(one_pass(), timeout=max(30.0, 5 * interval))
+        except Exception:  # the database or the engine may be away: the next pass tries again
+            logger.warning("the watcher pass over this host's targets failed", exc_info=True)
 
 
 @signals.worker_shutting_down.connect

@@ -17,6 +17,7 @@ advisory locks go with the server's sessions, so a restart leaves none held.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -202,32 +203,61 @@ async def periodic_retention(settings: Settings) -> None:
     await RetentionLoop(settings).run()
 
 
+def host_watch_lock_key(host_id: str) -> int:
+    """The advisory lock of the watcher pass over the targets bound to host ``host_id`` (a 64-bit key of its
+    own per host, derived from the host id)."""
+    digest = hashlib.sha256(f"windflow-watch-host:{host_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class WatchLoop(LoopService):
     """The watcher (``services/deployments/watch.py``): running deployments compared with their containers
-    every ``DEPLOYMENT_WATCH_INTERVAL_SECONDS``, in one process at a time (the lock is shared with beat's
-    ``windflow.watch_deployments``)."""
+    every ``DEPLOYMENT_WATCH_INTERVAL_SECONDS``, in two parts, each in one process at a time:
+
+    * the targets any process reaches (not bound to a host), under one lock for the installation (shared with
+      beat's ``windflow.watch_deployments``);
+    * the targets bound to this process's host (``local@<host>``, placed next to that host's workers), under
+      a lock of that host: a process of another host cannot reach their engine. A worker that serves its host's
+      targets runs this part by itself (``celery_app.py``), so they are watched even where no beat task and no
+      backend of that host runs.
+    """
 
     name = "watcher pass"
-    lock_key = WATCH_LOCK_KEY
     log = logger
 
-    def __init__(self, settings: Settings, watcher: watch.Watcher | None = None) -> None:
+    def __init__(self, settings: Settings, watcher: watch.Watcher | None = None, *, shared: bool = True) -> None:
         self.interval = settings.DEPLOYMENT_WATCH_INTERVAL_SECONDS
         super().__init__()
+        self.settings = settings
+        self.shared = shared
         self.watcher = watcher or watch.Watcher(settings)
 
-    async def run_once(self) -> dict:
-        return await self.watcher.run_once()
+    async def once(self) -> dict | None:
+        """Each part where its lock is free; None when neither ran here."""
+        host = self.settings.host_id
+        parts = [(host_watch_lock_key(host), lambda target: target.host is not None and target.host == host)]
+        if self.shared:
+            parts.insert(0, (WATCH_LOCK_KEY, lambda target: target.host is None))
+        totals: dict | None = None
+        for key, scope in parts:
+            async with leader_lock(key) as leader:
+                if not leader:
+                    self.log.debug("%s: another process is running it", self.name)
+                    continue
+                stats = await self.watcher.run_once(scope)
+            totals = stats if totals is None else {name: totals[name] + stats[name] for name in totals}
+        return totals
 
 
-_watchers: dict[int, watch.Watcher] = {}
+_watchers: dict[tuple[int, bool], watch.Watcher] = {}
 
 
-async def watch_once(settings: Settings) -> dict | None:
-    """One watcher pass where the watch lock is free (None elsewhere): beat's task. The process keeps its
-    watcher (each revision's document parsed once)."""
-    watcher = _watchers.setdefault(id(settings), watch.Watcher(settings))
-    return await WatchLoop(settings, watcher).once()
+async def watch_once(settings: Settings, *, shared: bool = True) -> dict | None:
+    """One watcher pass where its locks are free (None elsewhere): beat's task (both parts), a placed worker's
+    own pass over its host's targets (``shared=False``). The process keeps its watcher (each revision's
+    document parsed once)."""
+    watcher = _watchers.setdefault((id(settings), shared), watch.Watcher(settings))
+    return await WatchLoop(settings, watcher, shared=shared).once()
 
 
 async def watch_loop(settings: Settings) -> None:

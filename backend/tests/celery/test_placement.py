@@ -289,3 +289,37 @@ async def test_a_placed_target_no_worker_serves_says_so(db, docker_engine, tmp_p
     finally:
         for deployment_id in created:
             force_cleanup(deployment_id)
+
+
+async def test_a_hosts_deployments_are_watched_by_a_worker_of_that_host(db, docker_engine, host_b, tmp_path):
+    """Only host B's processes reach host B's engine. The backend (another host) skips its targets and no beat
+    runs, so host B's worker watches them itself: a container of a running deployment there killed by hand is
+    seen, and the deployment fails (``running`` seen ``down`` twice), as on a target any process reaches."""
+    endpoint_b, engine_b = host_b
+    base = celery_settings(db, tmp_path, **FAST, DEPLOYMENT_WATCH_INTERVAL_SECONDS=0.5)
+    procs: list[Proc] = []
+    created: list[str] = []
+    try:
+        async with running_app(base) as (_app, client):
+            headers = (await setup_admin(client)).headers
+            worker_b, _ = host_worker(base, tmp_path, "w1", "host-b", endpoint_b)
+            procs.append(worker_b)
+            await wait_heartbeat("w1@", worker_b)
+            target_b = (await targets_by_name(client, headers))["local@host-b"]
+            deployment_id = await deploy(client, headers, await stack(client, headers, "quick", QUICK), target_b["id"])
+            created.append(deployment_id)
+            final = await wait_status(client, headers, deployment_id, {"running", "failed"}, timeout=60)
+            assert final["status"] == "running", final["error_message"]
+
+            for container in engine_b.containers.list(filters={"label": f"windflow.deployment_id={deployment_id}"}):
+                container.kill()
+            failed = await wait_status(client, headers, deployment_id, {"failed"}, timeout=30)
+            assert failed["health"] == "down", failed
+            assert failed["error_message"].startswith("nothing of revision 1 runs any more: service app exited"), failed["error_message"]
+            logs = [line["message"] for line in await all_logs(client, headers, deployment_id)]
+            assert any(m.startswith("[WATCH] nothing of revision 1 runs any more") for m in logs), logs
+    finally:
+        for proc in procs:
+            proc.stop()
+        for deployment_id in created:
+            clean_b(engine_b, deployment_id)

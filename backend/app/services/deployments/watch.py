@@ -29,8 +29,9 @@ is stored without an event (the rollout's own ``running`` said it). A stop or a 
 the deployment while it takes the containers down (:func:`hold`).
 
 It runs in one process at a time (``runtime/background.py::WatchLoop``: the backend's loop or beat's
-``windflow.watch_deployments``, under one advisory lock), over the targets this process reaches: one engine
-call per target (``Engine.inspect_managed``), else one per deployment (swarm). It owns its sessions and
+``windflow.watch_deployments``, under one advisory lock) over the targets any process reaches, and in one
+process of each host over the targets bound to that host (a worker placed there runs that part itself; another
+host cannot reach their engine): one engine call per target (``Engine.inspect_managed``), else one per deployment (swarm). It owns its sessions and
 commits each deployment's change on its own, like the reaper; it writes only what changed, and never moves
 ``updated_at`` (retention's clock of last activity).
 """
@@ -38,7 +39,7 @@ commits each deployment's change on its own, like the reaper; it writes only wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -207,9 +208,9 @@ class Watcher:
     _expected: dict[tuple[str, int], Expected] = field(default_factory=dict)
     _unreachable: set[str] = field(default_factory=set)
 
-    async def run_once(self) -> dict[str, int]:
-        """One pass over every watched deployment of the targets this process reaches. Returns
-        ``{"looked", "changed", "failed", "recovered", "errors"}``."""
+    async def run_once(self, scope: Callable[[Target], bool] | None = None) -> dict[str, int]:
+        """One pass over every watched deployment of the targets this process reaches (and ``scope`` keeps).
+        Returns ``{"looked", "changed", "failed", "recovered", "errors"}``."""
         stats = {"looked": 0, "changed": 0, "failed": 0, "recovered": 0, "errors": 0}
         now = utcnow()
         async with database.AsyncSessionLocal() as session:
@@ -225,6 +226,8 @@ class Watcher:
         for target_id, watched in by_target.items():
             target = targets.get(target_id)
             if target is None or not target.is_active or not placement.reachable_here(target, self.settings):
+                continue
+            if scope is not None and not scope(target):
                 continue
             try:
                 await self._watch_target(target, watched, stats)
