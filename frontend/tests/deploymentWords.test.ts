@@ -72,4 +72,26 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       }),
     ).toBe('arrêté avec le code 137')
   })
+
+  it('words the watcher’s detail from the services it saw', () => {
+    setLocale('fr')
+    const degraded = {
+      error_message: 'revision 2 is degraded: service web exited with code 137',
+      error_code: 'revision_health',
+      error_params: { revision: '2', health: 'degraded', detail: 'service web exited with code 137' },
+      service_health: [
+        {
+          service: 'web',
+          reason: 'exited with code 137',
+          reason_code: 'exited_code',
+          reason_params: { exit_code: '137' },
+        },
+        { service: 'db', reason: null },
+      ],
+    }
+    expect(deploymentErrorText(degraded)).toBe('révision 2 en état dégradé : service web arrêté avec le code 137')
+    expect(deploymentErrorText({ ...degraded, service_health: [] })).toBe(
+      'révision 2 en état dégradé : « service web exited with code 137 »',
+    )
+  })
 })

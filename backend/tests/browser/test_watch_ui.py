@@ -44,6 +44,20 @@ def test_a_service_that_dies_after_the_gate_is_marked_in_the_list_and_on_the_pag
         page.locator(f".page-header {MARK}[data-health=degraded]").wait_for()
         assert "revision 1 is degraded: service web exited with code 137" in page.locator("[data-testid=detail-error]").inner_text()
         screenshot(page, "watch-detail-degraded")
+        # In French: the watcher's sentence and why each service is not up, from their codes (issue 19)
+        french = new_page(chromium_browser, locale="fr-FR")
+        try:
+            ui_login(french, server)
+            french.goto(f"{server.url}/deployments/{deployment_id}")
+            french_mark = french.locator(f".page-header {MARK}[data-health=degraded]")
+            french_mark.wait_for()
+            said = french.get_by_test_id("detail-error-text").inner_text().strip()
+            assert said == "révision 1 en état dégradé : service web arrêté avec le code 137", said
+            assert "(arrêté avec le code 137)" in (french_mark.get_attribute("title") or "")
+            screenshot(french, "watch-detail-degraded-fr")
+            assert page_errors(french) == []
+        finally:
+            french.context.close()
         subprocess.run(["docker", "start", web], capture_output=True, timeout=60, check=True)
         page.locator(f".page-header {MARK}").wait_for(state="detached", timeout=60_000)
         page.locator("[data-testid=detail-error]").wait_for(state="detached")

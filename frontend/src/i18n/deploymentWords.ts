@@ -41,7 +41,7 @@ export const deploymentErrorsFr: Record<string, string> = {
   stack_deploy_failed: 'docker stack deploy a échoué ; docker a dit : {output}',
   could_not_remove: 'impossible de supprimer {names}',
   watch_down: 'plus rien de la révision {revision} ne tourne : {detail}',
-  revision_health: 'la révision {revision} est {health} : {detail}',
+  revision_health: 'révision {revision} en état {health} : {detail}',
   automatic_rollback_failed_after:
     'le retour automatique à la révision {of} a échoué : {detail} ; la révision {failed} avait échoué : {failed_detail}',
   automatic_rollback_failed: 'le retour automatique à la révision {of} a échoué : {detail}',
@@ -149,15 +149,35 @@ function firstLine(message: string): string {
   return message.split('\n', 1)[0].replace(/; last log lines:$/, '')
 }
 
-/** A deployment's (or a revision's) error in the user's language: one line, the output it quotes aside. */
+interface ServiceSaid {
+  service: string
+  reason?: string | null
+  reason_code?: string | null
+  reason_params?: Params
+}
+
+/** The watcher's sentences whose `detail` says, service by service, what `service_health` holds. */
+const WATCHED = new Set(['revision_health', 'watch_down'])
+
+/**
+ * A deployment's (or a revision's) error in the user's language: one line, the output it quotes aside. The
+ * watcher's own detail (which services are not up, and why) is worded from the deployment's `service_health`
+ * when it has it (the watcher writes both at once).
+ */
 export function deploymentErrorText(d: {
   error_message?: string | null
   error_code?: string | null
   error_params?: Params
+  service_health?: ServiceSaid[] | null
 }): string {
   const message = d.error_message ?? ''
   if (!message) return ''
-  const template = d.error_code && french() ? deploymentErrorsFr[d.error_code] : undefined
+  let template = d.error_code && french() ? deploymentErrorsFr[d.error_code] : undefined
+  const wrong = (d.service_health ?? []).filter((s) => s.reason)
+  if (template && d.error_code && WATCHED.has(d.error_code) && wrong.length) {
+    const said = wrong.map((s) => `service ${s.service} ${serviceReasonText(s)}`).join(' ; ')
+    template = template.replace('{detail}', said.replace(/[{}]/g, ''))
+  }
   return template ? fill(template, d.error_params) : firstLine(message)
 }
 
