@@ -54,6 +54,8 @@ def test_a_service_that_dies_after_the_gate_is_marked_in_the_list_and_on_the_pag
             said = french.get_by_test_id("detail-error-text").inner_text().strip()
             assert said == "révision 1 en état dégradé : service web arrêté avec le code 137", said
             assert "(arrêté avec le code 137)" in (french_mark.get_attribute("title") or "")
+            french.get_by_text("En déploiement → En service").wait_for()  # the page read its history
+            french.get_by_test_id("services-not-running").wait_for()  # and the engine's containers
             screenshot(french, "watch-detail-degraded-fr")
             assert page_errors(french) == []
         finally:
