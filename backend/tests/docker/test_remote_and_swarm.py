@@ -10,8 +10,10 @@ swarm manager. HTTP API → asyncio executor → runner → real engine (no mock
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ import docker.tls
 import httpx
 import pytest
 
+from backend.app.config import Settings
 from backend.app.engines.base import DEPLOYMENT_LABEL, MANAGED_LABEL, project_name
 from backend.app.main import create_app
 from backend.app.runtime import background_tasks
@@ -39,6 +42,7 @@ class Api:
     client: httpx.AsyncClient
     admin: Actor
     bodies: list[str] = field(default_factory=list)
+    settings: Settings | None = None  # the app's
 
     async def post(self, url: str, body: dict | None = None, expect: int = 200) -> dict:
         response = await self.client.post(url, json=body, headers=self.admin.headers)
@@ -70,7 +74,7 @@ async def api(db, tmp_path) -> AsyncIterator[Api]:
         transport=httpx.ASGITransport(app=create_app(settings)), base_url="http://testserver", event_hooks={"response": [keep]}
     )
     try:
-        yield Api(client, await setup_admin(client), bodies)
+        yield Api(client, await setup_admin(client), bodies, settings)
     finally:
         await background_tasks.shutdown()
         await client.aclose()
@@ -329,4 +333,59 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
     finally:
         await background_tasks.shutdown()
         for deployment_id in created_ids:
+            swarm_cleanup(local_client, deployment_id)
+
+
+async def test_the_watcher_sees_swarm_services_scaled_down_by_hand(api: Api, swarm: str, local_client: docker.DockerClient):
+    """The watcher on a swarm target (one engine call per deployment: ``SwarmEngine.inspect``): a service scaled
+    to 0 by hand shows on the deployment at the next look (``degraded``, the service missing its container); with
+    nothing left running, two looks fail the deployment, saying why."""
+    from backend.app.runtime import background
+
+    settings = api.settings
+    deployment_id = None
+    try:
+        target = await api.create("targets", {"name": "swarm", "type": "swarm", "endpoint": swarm})
+        stack = await api.create("stacks", WEB_STACK)
+        created = await api.create("deployments", {"stack_id": stack["id"], "target_id": target["id"], "variables": {"port": free_port()}})
+        deployment_id = created["id"]
+        running = await api.wait(deployment_id, {"running", "failed"})
+        assert running["status"] == "running", running["error_message"]
+
+        async def look(until) -> dict:
+            deadline = time.monotonic() + 30
+            while True:
+                await background.watch_once(settings)
+                read = (await api.client.get(f"/api/v1/deployments/{deployment_id}", headers=api.admin.headers)).json()
+                if until(read) or time.monotonic() > deadline:
+                    return read
+                await asyncio.sleep(0.5)
+
+        healthy = await look(lambda d: d["health"] == "healthy")
+        assert healthy["health"] == "healthy" and {s["service"]: s["state"] for s in healthy["service_health"]} == {
+            "web": "up",
+            "worker": "up",
+        }
+
+        def scale(service: str) -> None:
+            subprocess.run(
+                ["docker", "service", "scale", "--detach", f"{project_name(deployment_id)}_{service}=0"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+
+        scale("web")
+        degraded = await look(lambda d: d["health"] == "degraded")
+        assert degraded["status"] == "running" and degraded["health"] == "degraded", degraded
+        web = next(s for s in degraded["service_health"] if s["service"] == "web")
+        assert web["state"] in {"missing", "down"} and web["running"] == 0, web
+
+        scale("worker")
+        failed = await look(lambda d: d["status"] == "failed")
+        assert failed["status"] == "failed" and failed["health"] == "down", failed
+        assert failed["error_message"].startswith("nothing of revision 1 runs any more"), failed["error_message"]
+    finally:
+        await background_tasks.shutdown()
+        if deployment_id is not None:
             swarm_cleanup(local_client, deployment_id)
