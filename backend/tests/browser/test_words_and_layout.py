@@ -248,3 +248,30 @@ def test_a_template_refusal_reads_in_french_at_its_line(chromium_browser, server
             screenshot(page, f"stack-editor-refusal-{suffix}")
         assert page_errors(page) == [], page.errors
         page.context.close()
+
+
+def test_a_variable_schema_problem_reads_in_french_at_its_line(chromium_browser, server: Server, admin_token) -> None:
+    """Not a value's problem but the schema's own (min above max, a duplicate name): in French, at its line."""
+    variables = "- name: size\n  type: integer\n- name: size\n  type: string\n- name: count\n  type: integer\n  min: 5\n  max: 1\n"
+    page = new_page(chromium_browser, locale="fr-FR")
+    ui_login(page, server)
+    navigate(page, "/stacks/new")
+    editor = page.get_by_test_id("variables-editor")
+    editor.wait_for()
+    page.fill("input[name=stack-name]", f"schema-{uuid.uuid4().hex[:6]}")
+    editor.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(variables)
+    page.get_by_test_id("stack-save").click()
+    errors = page.locator("[data-testid=variables-editor] + [data-testid=editor-errors]")
+    errors.wait_for()
+    said = errors.inner_text() + "\n" + page.get_by_test_id("form-error").inner_text()
+    assert "dépasse max (1)" in said and "nom de variable en double : size" in said, said
+    assert "greater than" not in said and "duplicate variable name" not in said, said
+    assert "L3" in errors.inner_text() and "L7" in errors.inner_text(), errors.inner_text()  # the second name's line, min's
+    for _phone, suffix in looks(page, "fr"):
+        errors.scroll_into_view_if_needed()
+        screenshot(page, f"stack-editor-schema-{suffix}")
+    assert page_errors(page) == [], page.errors
+    page.context.close()
