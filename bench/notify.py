@@ -1,12 +1,17 @@
 """Notifications under load: deployments ending at a steady rate, each notified to one webhook.
 
     .venv/bin/python bench/notify.py [--db sqlite|postgresql] [--rate 100] [--seconds 5] [--channels 1]
+                                     [--senders N]
 
 N deployments (placed ``pending`` beforehand) are failed through the state machine at ``--rate`` per second,
 each change in its own transaction (the outbox adds the delivery in it); one sender loop
 (``runtime/notifier.py``, as in every backend process) delivers to a local HTTP receiver (an asyncio server
 answering 200). Prints the rate of ends achieved, deliveries per second, and the time from each change's
 commit to its delivery's arrival (median, p99, max), with the machine's load and the process's CPU time.
+
+``--senders N`` (PostgreSQL) runs the senders as in production instead: this process only produces (as the
+workers do), N other processes (``bench/notify.py --serve``, standing for backend replicas) each run a
+sender loop, woken by the producer's events over the PostgreSQL event bus; their CPU is reported apart.
 Target (issue 24): p99 ≤ 1 s at 100 deployments/s ending.
 """
 
@@ -17,6 +22,7 @@ import asyncio
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,8 +109,22 @@ async def run(args) -> None:
             await session.commit()
             ids = [d.id for d in ids]
 
-        loop = NotificationLoop(settings)
-        sender = asyncio.create_task(loop.run())
+        senders: list[subprocess.Popen] = []
+        if args.senders:
+            from backend.app.runtime.event_transport import event_bus_status, start_event_bus
+
+            await start_event_bus(_common.make_settings(db.url, EVENT_BUS="postgres"), listen=False)
+            while not event_bus_status()["connected"]:
+                await asyncio.sleep(0.05)
+            env = {**os.environ, "PYTHONPATH": str(_common.REPO_ROOT), "WINDFLOW_BENCH_SECRET_KEY": _common.SECRET_KEY}
+            for _ in range(args.senders):
+                senders.append(subprocess.Popen([sys.executable, __file__, "--serve", db.url], stdout=subprocess.PIPE, env=env, text=True))
+            for proc in senders:  # each says "ready" once its bus listens
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            sender = asyncio.create_task(asyncio.sleep(0))
+        else:
+            loop = NotificationLoop(settings)
+            sender = asyncio.create_task(loop.run())
         committed: dict[str, float] = {}
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
@@ -131,10 +151,19 @@ async def run(args) -> None:
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+        sender_cpu = [_cpu_of(proc.pid) for proc in senders]
+        for proc in senders:
+            proc.terminate()
+            proc.wait(10)
+        if senders:
+            from backend.app.runtime.event_transport import stop_event_bus
+
+            await stop_event_bus()
         server.close()
         latencies = [receiver.arrived[d] - committed[d] for d in ids if d in receiver.arrived]
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        print(f"{args.db}: {total} deployments ending, {args.channels} webhook channel(s); {_common.machine_line()}")
+        where = f"{args.senders} sender process(es) apart" if senders else "the sender in the same process"
+        print(f"{args.db}: {total} deployments ending, {args.channels} webhook channel(s), {where}; {_common.machine_line()}")
         print(
             f"  ends: {total / ended:.1f}/s asked {args.rate}/s; deliveries received: {len(latencies)}/{total} ({receiver.requests} requests)"
         )
@@ -145,18 +174,60 @@ async def run(args) -> None:
                 f"  commit -> delivery: median {_common.ms(_common.median(latencies))} ms, p99 {_common.ms(_common.percentile(latencies, 99))} ms, "
                 f"max {_common.ms(max(latencies))} ms (target p99 <= 1000 ms)"
             )
-        print(f"  process CPU: {cpu:.2f} s ({cpu / max(1, total) * 1000:.2f} ms per deployment end + delivery)")
+        if senders:
+            spent = sum(sender_cpu)
+            print(f"  producer CPU: {cpu:.2f} s ({cpu / max(1, total) * 1000:.2f} ms per deployment end)")
+            print(
+                f"  senders' CPU: {spent:.2f} s ({spent / max(1, total) * 1000:.2f} ms per delivery; "
+                + ", ".join(f"{c:.2f}" for c in sender_cpu)
+                + " s)"
+            )
+        else:
+            print(f"  process CPU: {cpu:.2f} s ({cpu / max(1, total) * 1000:.2f} ms per deployment end + delivery)")
         await engine.dispose()
     finally:
         db.drop()
 
 
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a live child process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def serve(database_url: str) -> None:
+    """A sender process (a backend replica's sender loop), woken by the events of the PostgreSQL bus."""
+    from backend.app import database
+    from backend.app.runtime.event_transport import event_bus_status, start_event_bus
+    from backend.app.runtime.notifier import NotificationLoop
+
+    settings = _common.make_settings(
+        database_url,
+        SECRET_KEY=os.environ["WINDFLOW_BENCH_SECRET_KEY"],  # the producer's: the channels' URLs are encrypted with it
+        EVENT_BUS="postgres",
+        NOTIFY_POLL_SECONDS=1.0,
+        NOTIFY_TIMEOUT_SECONDS=5.0,
+        NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8",
+    )
+    database.configure(settings, database.build_engine(settings))
+    await start_event_bus(settings, listen=True)
+    while not event_bus_status()["connected"]:
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await NotificationLoop(settings).run()
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        os.environ.setdefault("LOG_LEVEL", "WARNING")
+        asyncio.run(serve(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--senders", type=int, default=0, help="sender processes apart (PostgreSQL); 0: in this process")
     args = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     _common.run_main(lambda: run(args))

@@ -62,48 +62,71 @@ class NotificationLoop(LoopService):
             self.wake()
 
     async def run_once(self) -> int:
-        """One pass: claim due deliveries and send them; returns how many were sent."""
+        """One pass: claim due deliveries with their channels (one transaction, two statements), send them
+        concurrently, and record their outcomes as they come, those done together in one transaction;
+        returns how many were claimed."""
         async with database.AsyncSessionLocal() as session:
-            taken = await sender.claim(session, owner=self.owner, lease_seconds=self.settings.NOTIFY_LEASE_SECONDS, limit=BATCH)
+            claimed = await sender.claim(session, owner=self.owner, lease_seconds=self.settings.NOTIFY_LEASE_SECONDS, limit=BATCH)
             await session.commit()
-        if taken:
-            await asyncio.gather(*(self._deliver(delivery_id) for delivery_id in taken))
-        return len(taken)
+        if claimed:
+            await self._deliver(claimed)
+        return len(claimed)
 
-    async def _deliver(self, delivery_id: str) -> None:
+    async def _deliver(self, claimed: list[tuple[NotificationDelivery, NotificationChannel]]) -> None:
+        pending = {asyncio.ensure_future(self._send(delivery, channel)) for delivery, channel in claimed}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                sent = [task.result() for task in done if task.result() is not None]
+                if sent:
+                    await self._settle(sent)
+        finally:
+            for task in pending:  # cancelled (the loop stops): the leases expire and another sender takes them
+                task.cancel()
+
+    async def _send(
+        self, delivery: NotificationDelivery, channel: NotificationChannel
+    ) -> tuple[NotificationDelivery, NotificationChannel, sender.Outcome] | None:
         async with self._limit:
             try:
-                async with database.AsyncSessionLocal() as session:
-                    delivery = await session.get(NotificationDelivery, delivery_id)
-                    channel = await session.get(NotificationChannel, delivery.channel_id) if delivery is not None else None
-                    await session.commit()
-                if delivery is None or channel is None:
-                    return  # deleted with its channel meanwhile
-                outcome = await sender.send(self.settings, channel=channel, delivery=delivery, client=self._http)
-                async with database.AsyncSessionLocal() as session:
-                    kept = await sender.settle(
+                return delivery, channel, await sender.send(self.settings, channel=channel, delivery=delivery, client=self._http)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notification %s: sending failed", delivery.id)  # sent again once its lease expires
+                return None
+
+    async def _settle(self, sent: list[tuple[NotificationDelivery, NotificationChannel, sender.Outcome]]) -> None:
+        try:
+            async with database.AsyncSessionLocal() as session:
+                kept = [
+                    await sender.settle(
                         session,
                         settings=self.settings,
-                        delivery_id=delivery_id,
+                        delivery_id=delivery.id,
                         owner=self.owner,
                         attempts=delivery.attempts,
                         outcome=outcome,
                     )
-                    await session.commit()
-                if not outcome.ok:
-                    logger.warning(
-                        "notification %s (%s) to channel %s: attempt %d failed: %s%s",
-                        delivery_id,
-                        delivery.event,
-                        channel.id,
-                        delivery.attempts,
-                        outcome.error,
-                        "" if kept else " (its lease had passed to another sender)",
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("notification %s: sending failed", delivery_id)
+                    for delivery, _channel, outcome in sent
+                ]
+                await session.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("notifications: recording %d outcome(s) failed; they are sent again once their lease expires", len(sent))
+            return
+        for (delivery, channel, outcome), still_held in zip(sent, kept, strict=True):
+            if not outcome.ok:
+                logger.warning(
+                    "notification %s (%s) to channel %s: attempt %d failed: %s%s",
+                    delivery.id,
+                    delivery.event,
+                    channel.id,
+                    delivery.attempts,
+                    outcome.error,
+                    "" if still_held else " (its lease had passed to another sender)",
+                )
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -54,31 +54,48 @@ class Outcome:
     final: bool = False  # not worth retrying (a refused address): the delivery fails now
 
 
-async def claim(session: AsyncSession, *, owner: str, lease_seconds: float, limit: int) -> list[str]:
-    """Take up to ``limit`` due deliveries for ``owner`` (each a compare-and-set; the caller commits)."""
+async def claim(
+    session: AsyncSession, *, owner: str, lease_seconds: float, limit: int
+) -> list[tuple[NotificationDelivery, NotificationChannel]]:
+    """Take up to ``limit`` due deliveries for ``owner``, with their channels (the caller commits).
+
+    One ``UPDATE … WHERE id IN (the due ones, oldest first) AND still due … RETURNING``: on PostgreSQL the
+    candidates are locked ``SKIP LOCKED`` (two senders never wait for, nor take, the same rows) and the
+    condition is checked again on the row as it is (a compare-and-set); SQLite has one writer at a time.
+    Then the channels, in one query (a delivery whose channel was deleted meanwhile is left out)."""
     now = utcnow()
     due = or_(
         and_(NotificationDelivery.status == PENDING, NotificationDelivery.next_attempt_at <= now),
         and_(NotificationDelivery.status == DELIVERING, NotificationDelivery.lease_expires_at < now),
     )
     candidates = (
-        await session.execute(select(NotificationDelivery.id).where(due).order_by(NotificationDelivery.next_attempt_at).limit(limit))
-    ).scalars()
-    taken = []
-    for delivery_id in list(candidates):
-        result = await session.execute(
-            update(NotificationDelivery)
-            .where(NotificationDelivery.id == delivery_id, due)
-            .values(
-                status=DELIVERING,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=NotificationDelivery.attempts + 1,
-            )
+        select(NotificationDelivery.id)
+        .where(due)
+        .order_by(NotificationDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(NotificationDelivery)
+        .where(NotificationDelivery.id.in_(candidates), due)
+        .values(
+            status=DELIVERING,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=NotificationDelivery.attempts + 1,
         )
-        if result.rowcount == 1:
-            taken.append(delivery_id)
-    return taken
+        .returning(NotificationDelivery),
+        execution_options={"synchronize_session": False},
+    )
+    deliveries = sorted(result.scalars(), key=lambda d: (d.next_attempt_at, d.id))
+    if not deliveries:
+        return []
+    channel_ids = {d.channel_id for d in deliveries}
+    channels = {
+        c.id: c for c in (await session.execute(select(NotificationChannel).where(NotificationChannel.id.in_(channel_ids)))).scalars()
+    }
+    return [(d, channels[d.channel_id]) for d in deliveries if d.channel_id in channels]
 
 
 def url_of(settings: Settings, path: str | None) -> str | None:

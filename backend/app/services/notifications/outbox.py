@@ -20,9 +20,10 @@ Events (``EVENTS``), from the status change and the history row written with it:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import and_, event, select
 from sqlalchemy.orm import Session
 
 from backend.app.core import events as core_events
@@ -50,6 +51,8 @@ EVENTS = (
 TEST_EVENT = "test"
 _LOST = "executor lost"
 _TIMEOUT = "recovery timeout"
+#: the events only the deployment's history tells (:func:`classify` needs its reasons for them)
+_FROM_HISTORY = frozenset({"deployment.recovered", "deployment.stuck"})
 #: a history row that starts a rollout (the ``executor lost`` rows after it belong to that rollout)
 _ROLLOUT_START = ("created", "start", "redeploy", "retry", "revision ")
 
@@ -100,17 +103,16 @@ def classify(evt: core_events.Event, reasons: list[str]) -> list[str]:
     return []
 
 
-def images_of(revision: DeploymentRevision | None) -> list[dict[str, Any]]:
+def images_of(images: list[Any] | None) -> list[dict[str, Any]]:
+    """A revision's recorded images (``DeploymentRevision.images``) as a message names them."""
     return [
         {"service": str(i.get("service", "")), "image": str(i.get("image", "")), "digest": i.get("digest")}
-        for i in (revision.images if revision is not None else None) or []
+        for i in images or []
         if isinstance(i, dict)
     ]
 
 
-def payload(
-    *, delivery_id: str, event_name: str, occurred_at: str, organization: Organization, deployment: Any, revision: DeploymentRevision | None
-) -> dict[str, Any]:
+def payload(*, delivery_id: str, event_name: str, occurred_at: str, organization: Any, deployment: Any) -> dict[str, Any]:
     """What every channel is told (the webhook's body as it is; the other kinds word it): never a secret —
     the error message was redacted with the deployment's secrets before it was stored."""
     return {
@@ -123,7 +125,7 @@ def payload(
             "name": deployment.name,
             "status": str(deployment.status),
             "revision": deployment.revision,
-            "images": images_of(revision),
+            "images": images_of(deployment.images),
             "error_message": deployment.error_message,
             "path": f"/deployments/{deployment.id}",
         },
@@ -133,7 +135,7 @@ def payload(
 def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
     """Add the deliveries of ``evts`` to ``session`` (a synchronous session, inside its transaction)."""
     added = 0
-    channels_of: dict[str, list[NotificationChannel]] = {}
+    channels_of: dict[str, tuple[list[NotificationChannel], Any]] = {}
     with session.no_autoflush:
         for evt in evts:
             if evt.type not in (EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_ROLLED_BACK):
@@ -144,29 +146,42 @@ def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
             org_id = evt.organization_id
             if org_id is None or evt.deployment_id is None:
                 continue
-            if org_id not in channels_of:
+            if org_id not in channels_of:  # the enabled channels with their organisation's name, in one query
                 rows = session.execute(
-                    select(NotificationChannel).where(NotificationChannel.organization_id == org_id, NotificationChannel.enabled.is_(True))
-                )
-                channels_of[org_id] = list(rows.scalars())
-            channels = channels_of[org_id]
+                    select(NotificationChannel, Organization.name)
+                    .join(Organization, Organization.id == NotificationChannel.organization_id)
+                    .where(NotificationChannel.organization_id == org_id, NotificationChannel.enabled.is_(True))
+                ).all()
+                channels_of[org_id] = ([r[0] for r in rows], SimpleNamespace(id=org_id, name=rows[0][1]) if rows else None)
+            channels, organization = channels_of[org_id]
             if not channels:
                 continue
             session.flush()  # the change's own history row, for the classification
-            names = classify(evt, _reasons(session, evt.deployment_id))
+            # the history is read only when a channel wants an event that needs it (recovered, stuck)
+            needs_history = any(n in _FROM_HISTORY for c in channels for n in (c.events or []))
+            names = classify(evt, _reasons(session, evt.deployment_id) if needs_history else [])
             wanted = [(c, n) for n in names for c in channels if n in (c.events or [])]
             if not wanted:
                 continue
-            # read, not the identity map: the state machine changes the row with a compare-and-set UPDATE
+            # read, not the identity map: the state machine changes the row with a compare-and-set UPDATE; with
+            # its current revision's images, in one query
             deployment = session.execute(
-                select(Deployment.id, Deployment.name, Deployment.status, Deployment.revision, Deployment.error_message).where(
-                    Deployment.id == evt.deployment_id
+                select(
+                    Deployment.id,
+                    Deployment.name,
+                    Deployment.status,
+                    Deployment.revision,
+                    Deployment.error_message,
+                    DeploymentRevision.images,
                 )
+                .outerjoin(
+                    DeploymentRevision,
+                    and_(DeploymentRevision.deployment_id == Deployment.id, DeploymentRevision.number == Deployment.revision),
+                )
+                .where(Deployment.id == evt.deployment_id)
             ).first()
-            organization = session.get(Organization, org_id)
             if deployment is None or organization is None:
                 continue
-            revision = session.get(DeploymentRevision, (deployment.id, deployment.revision))
             for channel, name in wanted:
                 delivery_id = new_id()
                 body = payload(
@@ -175,7 +190,6 @@ def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
                     occurred_at=evt.timestamp.isoformat().replace("+00:00", "Z"),
                     organization=organization,
                     deployment=deployment,
-                    revision=revision,
                 )
                 session.add(NotificationDelivery(id=delivery_id, channel_id=channel.id, organization_id=org_id, event=name, payload=body))
                 added += 1
