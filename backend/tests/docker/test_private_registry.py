@@ -22,7 +22,9 @@ from backend.tests.deploy_helpers import all_logs, force_cleanup, wait_status
 from backend.tests.docker.test_deployments import make_env
 from backend.tests.registry_fixtures import PASSWORD, USERNAME, LocalRegistry, open_registry, private_registry  # noqa: F401
 
-pytestmark = pytest.mark.docker
+#: The registry, its credentials and the engine's pull are the same code on either database: one database is
+#: enough (SQLite, the embedded default; the credentials' storage on both is tested in tests/integration)
+pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)]
 
 
 def push(registry: LocalRegistry, repository: str, tag: str) -> str:

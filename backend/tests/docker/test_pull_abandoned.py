@@ -21,7 +21,9 @@ from backend.tests.docker.test_deployments import make_env
 from backend.tests.docker.test_private_registry import _image_stack, forget, push_fresh_layer
 from backend.tests.registry_fixtures import SlowProxy, open_registry  # noqa: F401
 
-pytestmark = pytest.mark.docker
+#: What is abandoned here is the engine's pull and compose's up, the same code on either database: one database is
+#: enough (SQLite, the embedded default; the state machine's two databases are tested in tests/integration)
+pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)]
 
 LAYER = 3_000_000
 BUDGET = 700_000  # bytes the proxy lets through before it hangs: the layer is a third downloaded
