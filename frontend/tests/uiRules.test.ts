@@ -100,6 +100,15 @@ describe('server messages in the user’s language', () => {
     })
     expect(newer.reasonText).toBeNull()
     expect(newer.text).toBe('Le modèle ne se rend pas, ligne 2 : template line 2: something new')
+    // compose's own words: quoted and marked as the tool's, the sentence around them in French
+    const rejected = toApiError(422, {
+      detail: 'invalid compose document: docker compose rejected it: services.web.ports must be a list',
+      code: 'invalid_compose',
+      params: { reason: 'rejected', message: 'services.web.ports must be a list' },
+    })
+    expect(rejected.text).toBe(
+      'Document compose invalide : docker compose l’a refusé ; message de l’outil (en anglais) : « services.web.ports must be a list »',
+    )
     setLocale('en')
     expect(toApiError(422, undefinedName).text).toBe(undefinedName.detail)
     expect(toApiError(422, undefinedName).reasonText).toBeNull()
