@@ -51,6 +51,13 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       /^Cet exécuteur a perdu son bail \(le déploiement est maintenant annulé/,
     )
     expect(logLineText({ message: 'app | Deployment is running' })).toBe('app | Deployment is running')
+    expect(
+      logLineText({
+        message: 'waiting for app: 0/1 ready, running (starting)',
+        code: 'waiting_ready',
+        params: { service: 'app', ready: '0', count: '1', states: 'running (starting)' },
+      }),
+    ).toBe('attente de app : 0/1 prêt(s), états « running (starting) »')
     setLocale('en')
     expect(logLineText({ message: 'Deployment is running', code: 'running', params: {} })).toBe('Deployment is running')
   })

@@ -76,6 +76,8 @@ LOG_LINES: dict[str, str] = {
     "rollback_why": "Why: revision {failed} failed: {detail}",
     "rollback_images": "Images pinned to what revision {of} recorded: {images}",
     "rollback_no_images": "Revision {of} recorded no image digests: the images its document names are used",
+    "waiting_none": "waiting for {service}: no container",
+    "waiting_ready": "waiting for {service}: {ready}/{count} ready, {states}",
     "waiting_for": "waiting for {service}: {detail}",
     "all_running": "all services are running: {services}",
     # the engines' own lines (docker compose's and Docker's output is quoted as it is, without a code)
@@ -118,8 +120,9 @@ SERVICE_REASONS: dict[str, str] = {
     "missing": "has {count} of its {expected} container(s)",
 }
 
-#: Parameters that quote other programs' words or an English detail: shown quoted, never translated.
-QUOTED = frozenset({"detail", "output", "probe", "failed_detail"})
+#: Parameters that quote other programs' words or an English detail (``states``: the engine's container states, as
+#: the health gate saw them): shown quoted, never translated.
+QUOTED = frozenset({"detail", "output", "probe", "failed_detail", "states"})
 
 
 Table = tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, str, re.Pattern[str]]]]

@@ -16,6 +16,7 @@ from backend.app.services.deployments.logs import LogLine
 APP = Path(__file__).resolve().parents[2] / "app"
 #: Sentences whose writer puts its words together differently: the pieces as the source has them.
 COMPOSED = {
+    "waiting_ready": "waiting for {service}: {description} {ready}/{count} ready, {states}",
     "wrote_project": "wrote {file} of project {project} ({count} services, {next} labelled {label})",
     "image_pulling_with_auth": "image {image} is not present locally, pulling it{with_auth} with the organisation's credentials for {registry}",
     "compose_up_failed": 'failure("compose up", {result}) {what} failed: {excerpt}',
@@ -52,6 +53,9 @@ def test_windflows_lines_get_a_code_and_a_containers_none() -> None:
     theirs = LogLine(2, moment, LogLevel.INFO, "app | Deployment is running").to_dict()
     assert "code" not in theirs and "params" not in theirs
     assert line_words("[3/6] Check images") == ("step", {"number": "3", "total": "6", "title": "Check images"})
+    waiting = "waiting for app: 0/1 ready, running (starting)"
+    assert line_words(waiting) == ("waiting_ready", {"service": "app", "ready": "0", "count": "1", "states": "running (starting)"})
+    assert line_words("waiting for app: no container") == ("waiting_none", {"service": "app"})
 
 
 def test_every_sentence_is_one_the_server_writes() -> None:

@@ -75,6 +75,8 @@ export const logLinesFr: Record<string, string> = {
   rollback_images: 'Images fixées à ce que la révision {of} a enregistré : {images}',
   rollback_no_images:
     'La révision {of} n’a enregistré aucune empreinte d’image : les images que nomme son document sont utilisées',
+  waiting_none: 'attente de {service} : aucun conteneur',
+  waiting_ready: 'attente de {service} : {ready}/{count} prêt(s), états {states}',
   waiting_for: 'attente de {service} : {detail}',
   all_running: 'tous les services sont en service : {services}',
   compose_valid_at_creation: 'document compose valide (vérifié par docker compose config à la création)',
@@ -119,7 +121,7 @@ export const serviceReasonsFr: Record<string, string> = {
 }
 
 /** Parameters that quote other programs' words or an English detail (`deployment_words.QUOTED`). */
-export const QUOTED = new Set(['detail', 'output', 'probe', 'failed_detail'])
+export const QUOTED = new Set(['detail', 'output', 'probe', 'failed_detail', 'states'])
 
 type Params = Record<string, string> | null | undefined
 
