@@ -47,9 +47,9 @@ frontend: frontend/dist/index.html
 run: $(STAMP) .env migrate frontend
 	$(PY) -m backend.app.main
 
-# Four streams at once (scripts/test-all.sh): the Celery tests, the Docker tests, the rest of the Python suite,
-# and the frontend followed by the browser tests. Browser tests run in their own pytest process: Playwright's sync API and
-# pytest-asyncio's loop clash.
+# Five streams at once (scripts/test-all.sh): the Celery tests in two (the frontend checks before the second), the
+# Docker tests, the rest of the Python suite, and the browser tests. Browser tests run in their own pytest process:
+# Playwright's sync API and pytest-asyncio's loop clash.
 test: $(STAMP) frontend
 	PY=$(PY) bash scripts/test-all.sh
 
