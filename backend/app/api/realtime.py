@@ -3,6 +3,9 @@
 Thin: the protocol's frames are parsed and checked here, the subscriptions, catch-up and backpressure
 live in :mod:`backend.app.runtime.realtime`, container output in :mod:`backend.app.services.deployments.service_logs`.
 The protocol is described in docs/api.md ("Real time") and typed in :mod:`backend.app.schemas.events`.
+
+About 500 lines because the WebSocket protocol is here once for both servers that carry it (uvicorn's ASGI
+route below and the listener of :mod:`backend.app.api.realtime_listener`), with the SSE stream beside it.
 """
 
 from __future__ import annotations
