@@ -251,8 +251,14 @@ async def run_windflow(env: c.ApiEnv, recorder: c.EventRecorder, port: int, crea
 
 async def teardown_windflow(env: c.ApiEnv, deployment_id: str) -> None:
     response = await env.client.delete(f"/api/v1/deployments/{deployment_id}", headers=env.headers)
-    if response.status_code != 204:
+    if response.status_code != 202:
         raise RuntimeError(f"DELETE /deployments/{deployment_id} answered {response.status_code}: {response.text}")
+    # the teardown runs in the background: wait for the row to go, so the next run starts on a clean engine
+    for _ in range(600):
+        if (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.headers)).status_code == 404:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"deployment {deployment_id} still there 120 s after its DELETE")
 
 
 async def containers_running(client: docker.DockerClient, label: str) -> bool:

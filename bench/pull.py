@@ -103,8 +103,12 @@ async def windflow(env: c.ApiEnv, recorder: c.EventRecorder, created: list[str])
     pulls = [s.wall for s in recorder.by_deployment[deployment_id] if str(s.event.type) == "DEPLOYMENT_PULL_PROGRESS"]
     busiest = max((sum(1 for t in pulls if first <= t < first + 1.0) for first in pulls), default=0)
     deleted = await env.client.delete(f"/api/v1/deployments/{deployment_id}", headers=env.headers)
-    if deleted.status_code != 204:
+    if deleted.status_code != 202:
         raise RuntimeError(f"DELETE answered {deleted.status_code}: {deleted.text}")
+    for _ in range(600):  # the teardown runs in the background: the next run starts on a clean engine
+        if (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.headers)).status_code == 404:
+            break
+        await asyncio.sleep(0.2)
     return end - start, len(pulls), busiest
 
 

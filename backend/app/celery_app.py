@@ -19,12 +19,10 @@ from celery import signals
 
 from backend.app.config import BrokerType, get_settings
 from backend.app.runtime.celery_config import (
-    DELETE_TASK,
     DEPLOY_TASK,
     PURGE_TASK,
     REAPER_TASK,
     RECOVERY_TASK,
-    STOP_TASK,
     WATCH_TASK,
     broker_label,
     create_celery,
@@ -269,12 +267,10 @@ def _on_worker_shutdown(sender=None, **_kwargs) -> None:
 
 
 __all__ = [
-    "DELETE_TASK",
     "DEPLOY_TASK",
     "PURGE_TASK",
     "REAPER_TASK",
     "RECOVERY_TASK",
-    "STOP_TASK",
     "WATCH_TASK",
     "BrokerType",
     "app",

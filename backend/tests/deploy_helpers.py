@@ -101,6 +101,22 @@ async def wait_status(client: httpx.AsyncClient, headers, deployment_id: str, st
     raise AssertionError(f"deployment {deployment_id} still {body.get('status')} after {timeout}s: {body}")
 
 
+async def wait_deleted(client: httpx.AsyncClient, headers, deployment_id: str, timeout: float = 90) -> None:
+    """Wait for a ``deleting`` deployment's background teardown to drop its row (404); fail if it settles
+    otherwise (``failed``: the engine refused)."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        response = await client.get(f"/api/v1/deployments/{deployment_id}", headers=headers)
+        if response.status_code == 404:
+            return
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "deleting", f"the delete settled {body['status']}: {body.get('error_message')}"
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"deployment {deployment_id} still there after {timeout}s: {body}")
+
+
 async def all_logs(client: httpx.AsyncClient, headers, deployment_id: str) -> list[dict]:
     response = await client.get(f"/api/v1/deployments/{deployment_id}/logs", headers=headers, params={"since_seq": 0})
     assert response.status_code == 200, response.text

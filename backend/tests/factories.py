@@ -35,7 +35,7 @@ async def make_deployment(
     org, target, stack = await make_org_target_stack(session)
     if attempt is None:
         attempt = 1 if status is not DeploymentStatus.PENDING else 0
-    if status is DeploymentStatus.DEPLOYING and lease_owner is None:
+    if status in (DeploymentStatus.DEPLOYING, DeploymentStatus.STOPPING, DeploymentStatus.DELETING) and lease_owner is None:
         lease_owner = "worker-1"
     now = utcnow()
     deployment = Deployment(

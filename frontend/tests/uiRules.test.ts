@@ -190,6 +190,40 @@ describe('an action is sent once', () => {
     expect(calls).toEqual(['POST /api/v1/deployments/d1/stop'])
   })
 
+  it('an accepted stop or delete (202) stays in flight until the status moves on or the row goes', async () => {
+    const answers: Record<string, unknown> = {
+      'POST /api/v1/deployments/d1/stop': deployment('d1', { status: 'stopping' }),
+      'DELETE /api/v1/deployments/d2': deployment('d2', { status: 'deleting' }),
+    }
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (req: Request) => {
+        const body = answers[`${req.method} ${new URL(req.url).pathname}`]
+        return new Response(JSON.stringify(body), { status: 202, headers: { 'Content-Type': 'application/json' } })
+      }),
+    )
+    const store = useDeploymentsStore()
+    let stopped = false
+    const stop = store.act('d1', 'stop').then((sent) => (stopped = sent))
+    await vi.waitFor(() => expect(store.byId.d1?.status).toBe('stopping'))
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    expect(stopped).toBe(false)
+    expect(store.inFlight).toEqual({ d1: 'stop' }) // the row's transition and the dialog's wait go on
+    store.byId.d1!.status = 'stopped' // what the socket's DEPLOYMENT_STATUS_CHANGED does
+    await stop
+    expect(stopped).toBe(true)
+    expect(store.inFlight).toEqual({})
+
+    let deleted = false
+    const remove = store.act('d2', 'delete').then((sent) => (deleted = sent))
+    await vi.waitFor(() => expect(store.byId.d2?.status).toBe('deleting'))
+    expect(store.inFlight).toEqual({ d2: 'delete' })
+    delete store.byId.d2 // DEPLOYMENT_DELETED
+    await remove
+    expect(deleted).toBe(true)
+    expect(store.inFlight).toEqual({})
+  })
+
   it('the confirmation runs its action once, however often it is pressed', async () => {
     let release: () => void = () => {}
     const run = vi.fn(() => new Promise<void>((resolve) => (release = resolve)))

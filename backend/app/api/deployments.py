@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.api.responses import (
+    BACKGROUND_ACTION,
     ENGINE_ACTION,
     FILTERED_BY_ORGANIZATION,
     IN_ORGANIZATION,
@@ -15,6 +16,7 @@ from backend.app.api.responses import (
     errors,
 )
 from backend.app.core.exceptions import RateLimited
+from backend.app.database import end_transaction
 from backend.app.models import Deployment, DeploymentStatus, Role, Target
 from backend.app.runtime import target_actions
 from backend.app.schemas.deployments import (
@@ -235,25 +237,49 @@ async def cancel(deployment: OperableDeployment, user: CurrentUser, session: Ses
     return (await read_models(session, deployments=[deployment]))[0]
 
 
-@router.post("/{deployment_id}/stop", response_model=DeploymentRead, responses=errors(TRANSITION, ENGINE_ACTION))
-async def stop(deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> DeploymentRead:
-    """Stop a running deployment's containers (they are kept; ``start`` resumes them)."""
-    await target_actions.stop(session, settings=settings, deployment=deployment, actor=user.email)
-    await session.commit()
+@router.post(
+    "/{deployment_id}/stop",
+    response_model=DeploymentRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(TRANSITION, BACKGROUND_ACTION),
+)
+async def stop(
+    deployment: OperableDeployment, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
+) -> DeploymentRead:
+    """Stop a running deployment's containers (they are kept; ``start`` resumes them). Answers at once with the
+    deployment ``stopping``; it becomes ``stopped`` once its containers are down (``DEPLOYMENT_STATUS_CHANGED``),
+    or ``failed`` with the engine's message."""
+    target = await target_actions.stop(session, settings=settings, deployment=deployment, actor=user.email)
     await session.refresh(deployment)
-    return (await read_models(session, deployments=[deployment]))[0]
+    answer = (await read_models(session, deployments=[deployment]))[0]
+    await end_transaction(session)  # read only: no transaction (on SQLite, no lock) while the executor starts
+    await request.app.state.dispatcher.dispatch(deployment.id, target=target)
+    return answer
 
 
-@router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(ENGINE_ACTION, conflict=["deployment_busy"]))
+@router.delete(
+    "/{deployment_id}",
+    response_model=DeploymentRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(BACKGROUND_ACTION, conflict=["deployment_busy"]),
+)
 async def delete(
     deployment: OperableDeployment,
+    user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    request: Request,
     keep_volumes: Annotated[bool, Query(description="keep the deployment's named volumes")] = False,
-) -> None:
-    """Tear down the deployment's containers and networks (and volumes), then delete it."""
-    await target_actions.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
-    await session.commit()
+) -> DeploymentRead:
+    """Tear down the deployment's containers and networks (and volumes), then delete it. Answers at once with
+    the deployment ``deleting``; once nothing of it is left on its engine the row goes (``DEPLOYMENT_DELETED``;
+    then 404), or it becomes ``failed`` with the engine's message (delete it again)."""
+    target = await target_actions.delete(session, settings=settings, deployment=deployment, actor=user.email, keep_volumes=keep_volumes)
+    await session.refresh(deployment)
+    answer = (await read_models(session, deployments=[deployment]))[0]
+    await end_transaction(session)  # read only: no transaction (on SQLite, no lock) while the executor starts
+    await request.app.state.dispatcher.dispatch(deployment.id, target=target)
+    return answer
 
 
 @router.patch("/{deployment_id}", response_model=DeploymentRead)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from backend.app.api.deps import (
     CurrentUser,
@@ -16,8 +16,8 @@ from backend.app.api.deps import (
     Superuser,
     search_query,
 )
-from backend.app.api.responses import ENGINE_ACTION, errors
-from backend.app.core.exceptions import Conflict
+from backend.app.api.responses import BACKGROUND_ACTION, errors
+from backend.app.core.exceptions import Conflict, ServiceUnavailable
 from backend.app.models import DeploymentStatus, Role
 from backend.app.runtime import target_actions
 from backend.app.schemas.organizations import (
@@ -31,10 +31,12 @@ from backend.app.schemas.organizations import (
     OrganizationUpdate,
 )
 from backend.app.services import provisioning
-from backend.app.services.deployment_service import DeploymentService
 from backend.app.services.identity import organization_service
 
 router = APIRouter(prefix="/organizations", tags=["organizations"])
+
+#: How long a forced delete waits for its deployments' teardowns before answering 503 teardown_in_progress.
+ORGANIZATION_TEARDOWN_SECONDS = 180.0
 
 _NAME_TAKEN = errors(conflict=["organization_exists"])
 _MEMBER_CHANGE = errors(not_found=["member_not_found"], conflict=["last_owner"], forbidden=["owner_required"])
@@ -82,7 +84,11 @@ async def update_organization(body: OrganizationUpdate, access: OrgAdmin, sessio
 @router.delete(
     "/{organization_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=errors(ENGINE_ACTION, conflict=["organization_has_deployments", "deployment_busy", "invalid_transition"]),
+    responses=errors(
+        BACKGROUND_ACTION,
+        conflict=["organization_has_deployments", "deployment_busy", "teardown_failed"],
+        unavailable=["teardown_in_progress"],
+    ),
 )
 async def delete_organization(
     access: OrgOwner,
@@ -90,36 +96,55 @@ async def delete_organization(
     session: SessionDep,
     settings: SettingsDep,
     user: CurrentUser,
+    request: Request,
     force: Annotated[
         bool,
         Query(description="tear down every deployment of the organisation first (containers, networks, volumes), then delete it"),
     ] = False,
 ) -> None:
     """Delete an organisation and everything it owns (superusers only). While it has deployments this is a 409
-    naming them, unless ``force=true``: each is then torn down through its normal delete (pending ones
-    cancelled first; one being deployed is a 409 ``deployment_busy``: cancel it, then try again), and the
-    organisation's rows go only once none is left."""
+    naming them, unless ``force=true``: each is then deleted through its normal path (``deleting``, torn down in
+    the background by an executor, its row gone once nothing of it is left; one being deployed is a 409
+    ``deployment_busy``: cancel it, then try again), the request waits for them (up to
+    ``ORGANIZATION_TEARDOWN_SECONDS``), and the organisation's rows go only once none is left. A teardown the engine
+    refused (or never answered) leaves its deployment ``failed`` and the organisation: 409 ``teardown_failed``
+    naming them. A teardown that takes longer goes on (an executor that dies is replaced by the reaper): 503 ``teardown_in_progress``, and the
+    same request later deletes the organisation."""
     org, _ = access
     deployments = await organization_service.deployments_of(session, organization_id=org.id)
     if deployments and not force:
         raise organization_service.has_deployments(org, deployments)
-    busy = [d.name for d in deployments if d.status is DeploymentStatus.DEPLOYING]
+    busy = [d.name for d in deployments if d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.STOPPING)]
     if busy:
         raise Conflict(
-            f"deployment(s) being deployed: {', '.join(busy[:20])}; cancel them, then delete the organization again",
+            f"deployment(s) being deployed or stopped: {', '.join(busy[:20])}; cancel them or let them settle, then delete the organization again",
             code="deployment_busy",
             params={"deployments": busy[:20]},
         )
+    dispatcher = request.app.state.dispatcher
     for deployment in deployments:
-        if deployment.status is DeploymentStatus.PENDING:
-            await DeploymentService.cancel(session, deployment=deployment, actor=user.email)
-            await session.commit()
-            await session.refresh(deployment)
-        # the normal path (on a worker of a placed target): containers, networks and volumes removed, the
-        # project directory too, DEPLOYMENT_DELETED sent; each deployment committed on its own, so a failure
-        # keeps the organisation and the deployments not yet torn down
-        await target_actions.delete(session, settings=settings, deployment=deployment, keep_volumes=False)
-        await session.commit()
+        # the normal path (to a worker of a placed target): containers, networks and volumes removed, the project
+        # directory too, DEPLOYMENT_DELETED sent; each committed on its own
+        target = await target_actions.delete(session, settings=settings, deployment=deployment, actor=user.email, keep_volumes=False)
+        await dispatcher.dispatch(deployment.id, target=target)
+    if deployments:
+        left = await target_actions.wait_gone(session, deployment_ids=[d.id for d in deployments], timeout=ORGANIZATION_TEARDOWN_SECONDS)
+        failed = [row for row in left if row.status is not DeploymentStatus.DELETING]
+        if failed:
+            names = [row.name for row in failed[:20]]
+            raise Conflict(
+                f"deployment(s) {', '.join(names)} could not be torn down ({failed[0].error_message}); the organization and "
+                "they are kept: delete it again once their engine answers",
+                code="teardown_failed",
+                params={"deployments": names},
+            )
+        if left:
+            raise ServiceUnavailable(
+                f"{len(left)} deployment(s) of the organization are still being torn down; they go on in the background: "
+                "ask again in a moment to delete the organization",
+                code="teardown_in_progress",
+                params={"count": len(left)},
+            )
     await organization_service.delete_organization(session, org=org)
     await session.commit()
 

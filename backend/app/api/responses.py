@@ -113,6 +113,8 @@ ENGINE_ACTION = errors(
     conflict=["engine_error"],
     unavailable=["engine_unavailable", "target_unserved", "target_worker_timeout", "target_worker_failed", "target_elsewhere"],
 )
+#: A stop or delete, done in the background: refused at once only when no worker can reach a placed target.
+BACKGROUND_ACTION = errors(unavailable=["target_unserved"])
 #: A refused lifecycle action (the state machine's table).
 TRANSITION = errors(conflict=["invalid_transition"])
 #: Deployment creation and changes: 100 a minute per user by default.

@@ -11,6 +11,7 @@ from backend.app.models.deployment import (
 from backend.app.models.enums import (
     ACTIVE_STATUSES,
     SETTLED_STATUSES,
+    TEARDOWN_STATUSES,
     DeploymentStatus,
     ExecutorKind,
     LogLevel,
@@ -28,6 +29,7 @@ from backend.app.models.system import BrokerDelivery, SystemState, WorkerHeartbe
 __all__ = [
     "ACTIVE_STATUSES",
     "SETTLED_STATUSES",
+    "TEARDOWN_STATUSES",
     "ApiToken",
     "AuditEntry",
     "Deployment",

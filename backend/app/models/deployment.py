@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -85,6 +86,8 @@ class Deployment(IdMixin, TimestampMixin, Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Earliest time a retry may be claimed (backoff after a transient failure).
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: A ``deleting`` deployment's teardown keeps its named volumes (``DELETE ...?keep_volumes=true``).
+    teardown_keep_volumes: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
 
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

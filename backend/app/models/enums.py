@@ -12,10 +12,14 @@ class DeploymentStatus(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     CANCELLED = "cancelled"
+    STOPPING = "stopping"  # a stop asked: an executor takes the containers down, then ``stopped``
+    DELETING = "deleting"  # a delete asked: an executor tears everything down, then the row goes
 
 
+#: A teardown in the background (``POST .../stop``, ``DELETE``): an executor holds a lease while it works.
+TEARDOWN_STATUSES: frozenset[DeploymentStatus] = frozenset({DeploymentStatus.STOPPING, DeploymentStatus.DELETING})
 #: Deployments some executor still has to work on.
-ACTIVE_STATUSES: frozenset[DeploymentStatus] = frozenset({DeploymentStatus.PENDING, DeploymentStatus.DEPLOYING})
+ACTIVE_STATUSES: frozenset[DeploymentStatus] = frozenset({DeploymentStatus.PENDING, DeploymentStatus.DEPLOYING}) | TEARDOWN_STATUSES
 #: Deployments no executor is working on.
 SETTLED_STATUSES: frozenset[DeploymentStatus] = frozenset(
     {DeploymentStatus.RUNNING, DeploymentStatus.FAILED, DeploymentStatus.STOPPED, DeploymentStatus.CANCELLED}

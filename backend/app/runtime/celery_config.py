@@ -24,9 +24,6 @@ RECOVERY_TASK = "windflow.retry_pending_deployments"
 REAPER_TASK = "windflow.reap_expired_leases"
 WATCH_TASK = "windflow.watch_deployments"
 PURGE_TASK = "windflow.purge_consumed_messages"
-#: a placed target's lifecycle actions, run by a worker that serves it (runtime/target_actions.py)
-STOP_TASK = "windflow.stop_deployment"
-DELETE_TASK = "windflow.delete_deployment"
 
 
 def broker_label(settings: Settings) -> str:

@@ -1,77 +1,37 @@
-"""A deployment's lifecycle actions (stop, delete) where its target is reachable.
+"""A deployment's stop and delete, asked by a request and done in the background.
 
-* A target that is **not placed**: in this process, as always (``services/deployments/lifecycle.py``); any
-  process can, since the project directory is rebuilt from the stored snapshot when it is missing.
-* A **placed** target (``services/targets/placement.py``): on a worker that serves it. The action is sent to
-  the target's queue (``windflow.stop_deployment`` / ``windflow.delete_deployment``) and the request waits for
-  its result, so the API answers as it does for any other target (200/204, or the same 404/409/503 with the
-  same code). No live worker serves the target: ``503 target_unserved`` at once, nothing queued (a stop that
-  ran an hour later, when a worker comes back, would surprise everyone).
+The request moves the status (``stopping`` / ``deleting``, ``services/deployments/lifecycle.py``), commits and
+dispatches the deployment like a deploy (``runtime/dispatch.py``: Celery or the asyncio fallback; a *placed*
+target's own queue, which only its workers consume), and answers at once; the executor's runner does the
+teardown under a lease, and the reaper and recovery finish one whose executor died.
 
-:func:`run_here` is the worker's side: the action on the worker's own session, its domain error returned as
-data for the API to raise again.
+A placed target that no live worker serves is refused at once (``503 target_unserved``, nothing changed): a
+stop that ran an hour later, when a worker comes back, would surprise everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
 
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.app import database
 from backend.app.config import Settings
-from backend.app.core.exceptions import (
-    Conflict,
-    NotFound,
-    PermissionDenied,
-    ServiceUnavailable,
-    ValidationFailed,
-    WindFlowError,
-)
+from backend.app.core.exceptions import ServiceUnavailable
 from backend.app.database import end_transaction
-from backend.app.models import Deployment, Target
+from backend.app.models import Deployment, DeploymentStatus, Target
 from backend.app.runtime import workers
-from backend.app.runtime.celery_config import DELETE_TASK, STOP_TASK, create_celery
 from backend.app.services.deployments import lifecycle
-from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
 
-#: how long a request waits for the target's worker to stop or delete (a stop waits out each container's
-#: stop grace period)
-REMOTE_ACTION_TIMEOUT_SECONDS = 180.0
 
-_producers: dict[str, Any] = {}
-
-
-def _producer(settings: Settings):
-    url = settings.celery_broker_url or ""
-    if url not in _producers:
-        _producers[url] = create_celery(settings)
-    return _producers[url]
-
-
-async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> None:
-    """Stop ``deployment`` where its target is (the caller commits, then reads the deployment again)."""
-    if not await _on_its_workers(session, settings, deployment, "stop", STOP_TASK, [deployment.id, actor]):
-        await lifecycle.stop(session, settings=settings, deployment=deployment, actor=actor)
-
-
-async def delete(session: AsyncSession, *, settings: Settings, deployment: Deployment, keep_volumes: bool) -> None:
-    """Tear ``deployment`` down and delete it where its target is (the caller commits)."""
-    if not await _on_its_workers(session, settings, deployment, "delete", DELETE_TASK, [deployment.id, keep_volumes]):
-        await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
-
-
-async def _on_its_workers(session: AsyncSession, settings: Settings, deployment: Deployment, action: str, task: str, args: list) -> bool:
-    """Run ``task`` on a worker of the deployment's placed target and raise its error; False when the target is
-    not placed (the caller acts here)."""
+async def _ensure_served(session: AsyncSession, settings: Settings, deployment: Deployment, action: str) -> Target | None:
+    """503 when the deployment's target is placed and nothing can run its work; the target otherwise."""
     target = await session.get(Target, deployment.target_id)
     if target is None or not target.placed:
-        return False
+        return target
     if settings.celery_unavailable_reason:
         raise ServiceUnavailable(
             f"cannot {action}: target {target.name} is placed (only its workers reach it) but Celery is off "
@@ -86,69 +46,39 @@ async def _on_its_workers(session: AsyncSession, settings: Settings, deployment:
             code="target_unserved",
             params={"target": target.name},
         )
-    queue = placement.queue_name(target.id)
-    await end_transaction(session)  # the worker's action may take the containers' stop grace periods
-    result = await asyncio.to_thread(_call, _producer(settings), task, args, queue, action)
-    error = result.get("error") if isinstance(result, dict) else None
-    if error:
-        raise _domain_error(error)
-    return True
+    return target
 
 
-def _call(celery_app, task: str, args: list, queue: str, action: str) -> dict:
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
-    sent = celery_app.send_task(task, args=args, queue=queue)
-    try:
-        return sent.get(timeout=REMOTE_ACTION_TIMEOUT_SECONDS, interval=0.2, propagate=True)
-    except CeleryTimeout as exc:
-        raise ServiceUnavailable(
-            f"cannot {action}: the target's worker did not answer within {REMOTE_ACTION_TIMEOUT_SECONDS:g}s (it may "
-            "still do it); look at the deployment again in a moment",
-            code="target_worker_timeout",
-        ) from exc
-    except Exception as exc:
-        logger.warning("%s on the target's worker failed: %s", action, type(exc).__name__)
-        raise ServiceUnavailable(
-            f"cannot {action}: the target's worker failed ({type(exc).__name__}); try again", code="target_worker_failed"
-        ) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            sent.forget()  # its result is read: no need to keep it for an hour
+async def stop(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str) -> Target | None:
+    """``running -> stopping``, committed; the caller reads the deployment, then dispatches it (its target,
+    returned, spares the dispatcher a query)."""
+    target = await _ensure_served(session, settings, deployment, "stop")
+    await lifecycle.request_stop(session, deployment=deployment, actor=actor)
+    await session.commit()
+    return target
 
 
-_BY_STATUS: dict[int, type[WindFlowError]] = {
-    403: PermissionDenied,
-    404: NotFound,
-    409: Conflict,
-    422: ValidationFailed,
-    503: ServiceUnavailable,
-}
+async def delete(session: AsyncSession, *, settings: Settings, deployment: Deployment, actor: str, keep_volumes: bool) -> Target | None:
+    """``-> deleting``, committed; the caller dispatches it, and the row goes once its teardown is done."""
+    target = await _ensure_served(session, settings, deployment, "delete")
+    await lifecycle.request_delete(session, deployment=deployment, actor=actor, keep_volumes=keep_volumes)
+    await session.commit()
+    return target
 
 
-def _domain_error(error: dict) -> WindFlowError:
-    """The worker's domain error, raised again here with its status, code, detail and params."""
-    kind = _BY_STATUS.get(int(error.get("status") or 503), ServiceUnavailable)
-    params = error.get("params") if isinstance(error.get("params"), dict) else None
-    return kind(str(error.get("detail") or "the target's worker refused"), code=str(error.get("code") or kind.code), params=params)
-
-
-async def run_here(action: str, deployment_id: str, settings: Settings, *, actor: str = "worker", keep_volumes: bool = False) -> dict:
-    """The worker's side of :func:`stop` / :func:`delete`: the action on this process's engine connection, in a
-    session of its own; ``{"ok": true}`` or ``{"error": {status, code, detail, params}}``."""
-    async with database.AsyncSessionLocal() as session:
-        deployment = await session.get(Deployment, deployment_id)
-        if deployment is None:
-            return {"error": {"status": 404, "code": "deployment_not_found", "detail": "deployment not found", "params": {}}}
-        try:
-            if action == "stop":
-                await lifecycle.stop(session, settings=settings, deployment=deployment, actor=actor)
-            elif action == "delete":
-                await lifecycle.delete(session, settings=settings, deployment=deployment, keep_volumes=keep_volumes)
-            else:
-                raise ValidationFailed(f"unknown action {action!r}")
-            await session.commit()
-        except WindFlowError as exc:
-            await session.rollback()
-            return {"error": {"status": exc.status_code, "code": exc.code, "detail": exc.detail, "params": exc.params}}
-    return {"ok": True}
+async def wait_gone(session: AsyncSession, *, deployment_ids: list[str], timeout: float, interval: float = 0.25) -> list[Row]:
+    """Wait up to ``timeout`` seconds for the rows of ``deployment_ids`` to be deleted, or for their teardowns to
+    have settled otherwise (``failed``: the engine refused, or never answered within the attempts); the rows still
+    there, ``(id, name, status, error_message)``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = list(
+            await session.execute(
+                select(Deployment.id, Deployment.name, Deployment.status, Deployment.error_message).where(Deployment.id.in_(deployment_ids))
+            )
+        )
+        await end_transaction(session)  # each look in a transaction of its own (SQLite: no lock held while waiting)
+        if all(row.status is not DeploymentStatus.DELETING for row in left) or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(interval)

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import EmailStr, Field, StringConstraints, field_validator
 
 from backend.app.models import Role
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel, not_null
 
 # Taken verbatim: RequestModel strips strings, but login compares the form value unstripped, so a
 # stripped password would lock out anyone whose password starts or ends with a space.
@@ -81,9 +81,9 @@ class UserCreate(RequestModel):
 
 class UserUpdate(RequestModel):
     full_name: Annotated[str | None, Field(max_length=200)] = None
-    password: Password | None = None
-    is_active: bool | None = None
-    is_superuser: bool | None = None
+    password: Password | None = not_null()
+    is_active: bool | None = not_null()
+    is_superuser: bool | None = not_null()
 
 
 class UserPage(PageFields):

@@ -7,6 +7,28 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def _omit_null(schema: dict[str, Any]) -> None:
+    """The JSON schema of a PATCH field that may be left out but never sent as ``null`` (the API refuses a null
+    with a 422 naming the field): no ``null`` among its types and no ``null`` default, so that the document says
+    what the API does."""
+    alternatives = schema.pop("anyOf", None)
+    if alternatives is not None:
+        kept = [alternative for alternative in alternatives if alternative.get("type") != "null"]
+        if len(kept) == 1:
+            for key, value in kept[0].items():
+                schema.setdefault(key, value)
+        else:
+            schema["anyOf"] = kept
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
+def not_null(**kwargs: Any) -> Any:
+    """A PATCH field that may be left out (it keeps its value) but not sent as ``null``: ``Field(default=None)``
+    whose schema is not nullable (the model's or the service's check refuses the null)."""
+    return Field(default=None, json_schema_extra=_omit_null, **kwargs)
+
+
 def _contains_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from backend.app.models import Role
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel, not_null
 
 OrgName = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -17,7 +17,7 @@ class OrganizationCreate(RequestModel):
 
 
 class OrganizationUpdate(RequestModel):
-    name: OrgName | None = None
+    name: OrgName | None = not_null()
     description: Annotated[str | None, Field(max_length=500)] = None
 
 

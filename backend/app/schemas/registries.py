@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.core.image_reference import normalise_server
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel, not_null
 
 
 def _server(value: str) -> str:
@@ -52,10 +52,10 @@ class RegistryCreate(RequestModel):
 class RegistryUpdate(RequestModel):
     """Only the fields sent change; none may be null."""
 
-    name: RegistryName | None = None
-    server: Server | None = None
-    username: Username | None = None
-    password: Password | None = None
+    name: RegistryName | None = not_null()
+    server: Server | None = not_null()
+    username: Username | None = not_null()
+    password: Password | None = not_null()
 
     @model_validator(mode="after")
     def _no_null(self) -> RegistryUpdate:

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, PlainSerializer, StringConstraints, WrapValidator
 
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel, not_null
 from backend.app.schemas.stack_variables import StackVariable
 
 StackName = Annotated[str, Field(min_length=1, max_length=100)]
@@ -51,11 +51,11 @@ class StackCreate(RequestModel):
 
 
 class StackUpdate(RequestModel):
-    name: StackName | None = None
+    name: StackName | None = not_null()
     description: Annotated[str | None, Field(max_length=5000)] = None
-    version: StackVersion | None = None
-    template: StackTemplate | None = None
-    variables: StackVariables | None = Field(default=None, description="new variables; their stored source text is dropped")
+    version: StackVersion | None = not_null()
+    template: StackTemplate | None = not_null()
+    variables: StackVariables | None = not_null(description="new variables; their stored source text is dropped")
     variables_source: VariablesSource = None
 
 

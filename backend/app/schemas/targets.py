@@ -20,7 +20,7 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend.app.models import TargetType
-from backend.app.schemas.common import PageFields, RequestModel, ResponseModel
+from backend.app.schemas.common import PageFields, RequestModel, ResponseModel, not_null
 from backend.app.schemas.compose_policy import ComposePolicy
 
 #: Credential fields, stored together as encrypted JSON in ``targets.credentials_encrypted``.
@@ -264,21 +264,21 @@ class TargetCreate(RequestModel):
 class TargetUpdate(RequestModel):
     """Only the fields sent change. A credential field sent as ``null`` removes that credential."""
 
-    name: TargetName | None = None
+    name: TargetName | None = not_null()
     description: Description = None
-    type: TargetType | None = None
-    endpoint: Endpoint | None = None
+    type: TargetType | None = not_null()
+    endpoint: Endpoint | None = not_null()
     tls_ca: TlsCa | None = None
     tls_cert: TlsCert | None = None
     tls_key: TlsKey | None = None
     tls_verify: bool | None = Field(default=None, description="null resets to true")
     ssh_key: SshKey | None = None
-    max_concurrent_deployments: MaxConcurrent | None = None
-    is_active: bool | None = None
+    max_concurrent_deployments: MaxConcurrent | None = not_null()
+    is_active: bool | None = not_null()
     compose_policy: ComposePolicy | None = Field(
         default=None, description="replaces the whole policy (fields left out are denied); null resets to all denied"
     )
-    placed: bool | None = Field(default=None, description=PLACED_DESCRIPTION)
+    placed: bool | None = not_null(description=PLACED_DESCRIPTION)
     host: HostId | None = Field(default=None, description=HOST_DESCRIPTION + "; null: reachable from any host")
 
     @model_validator(mode="after")

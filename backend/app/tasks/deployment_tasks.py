@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 
 from backend.app.celery_app import (
-    DELETE_TASK,
     DEPLOY_TASK,
     PURGE_TASK,
     REAPER_TASK,
     RECOVERY_TASK,
-    STOP_TASK,
     WATCH_TASK,
     celery_app,
     settings,
@@ -44,6 +42,7 @@ async def _send(deployment_id: str, countdown: float | None = None) -> None:
 
 
 async def _deploy(deployment_id: str, task_id: str | None) -> dict:
+    # a stop or a delete goes the same way: the runner finds the status a teardown (services/deployments/lifecycle.py)
     from backend.app.models import ExecutorKind
     from backend.app.services.deployments.runner import after_run, run_deployment
 
@@ -61,28 +60,8 @@ async def _flush_events() -> None:
 
 @celery_app.task(name=DEPLOY_TASK, bind=True)
 def deploy_stack(self, deployment_id: str) -> dict:
-    """Deploy one deployment (by id)."""
+    """Deploy one deployment (by id), or finish its stop or delete."""
     return worker_loop.run(_deploy(deployment_id, self.request.id))
-
-
-async def _act(action: str, deployment_id: str, options: dict) -> dict:
-    from backend.app.runtime import target_actions
-
-    result = await target_actions.run_here(action, deployment_id, settings, **options)
-    await _flush_events()
-    return result
-
-
-@celery_app.task(name=STOP_TASK)
-def stop_deployment(deployment_id: str, actor: str) -> dict:
-    """Stop a running deployment of a placed target, on a worker that serves it (the API waits for the result)."""
-    return worker_loop.run(_act("stop", deployment_id, {"actor": actor}))
-
-
-@celery_app.task(name=DELETE_TASK)
-def delete_deployment(deployment_id: str, keep_volumes: bool = False) -> dict:
-    """Tear down and delete a deployment of a placed target, on a worker that serves it."""
-    return worker_loop.run(_act("delete", deployment_id, {"keep_volumes": keep_volumes}))
 
 
 # Recovery and the reaper run by beat dispatch from inside a worker: to the broker we consume from.

@@ -35,7 +35,7 @@ from backend.tests.celery.test_celery_execution import _history, celery_settings
 from backend.tests.celery.test_self_healing import FAST, heal_bound
 from backend.tests.celery_fixtures import Proc, running_app, start_worker, wait_heartbeat
 from backend.tests.conftest import TEST_IMAGE
-from backend.tests.deploy_helpers import all_logs, force_cleanup, labelled, wait_status
+from backend.tests.deploy_helpers import all_logs, force_cleanup, labelled, wait_deleted, wait_status
 from backend.tests.helpers import setup_admin
 from backend.tests.remote_docker import RemoteDocker, remote_docker  # noqa: F401 - fixture
 
@@ -169,8 +169,9 @@ async def test_each_host_runs_its_targets_and_another_worker_takes_over_without_
             procs.append(rescuer)
             await wait_heartbeat("b2@", rescuer)
             stopped = await client.post(f"{url}/stop", headers=headers)
-            assert stopped.status_code == 200, stopped.text
-            assert stopped.json()["status"] == "stopped"
+            assert stopped.status_code == 202 and stopped.json()["status"] == "stopping", stopped.text
+            done = await wait_status(client, headers, on_b_id, {"stopped", "failed"}, timeout=60)  # by host B's worker
+            assert done["status"] == "stopped", done["error_message"]
             assert states_on_b(engine_b, on_b_id) == {"exited"}
             assert labelled("container", on_a_id), "host A's deployment untouched"
             assert sorted(p.name for p in dir_rescuer.iterdir()) == [on_b_id]  # rebuilt from the snapshot
@@ -183,13 +184,14 @@ async def test_each_host_runs_its_targets_and_another_worker_takes_over_without_
 
             shutil.rmtree(dir_rescuer)
             deleted = await client.delete(url, headers=headers)
-            assert deleted.status_code == 204, deleted.text
+            assert deleted.status_code == 202, deleted.text
+            await wait_deleted(client, headers, on_b_id, timeout=60)
             assert on_b(engine_b, on_b_id) == []
-            assert (await client.get(url, headers=headers)).status_code == 404
             assert labelled("container", on_a_id), "host A's deployment untouched"
 
             deleted = await client.delete(f"/api/v1/deployments/{on_a_id}", headers=headers)
-            assert deleted.status_code == 204, deleted.text
+            assert deleted.status_code == 202, deleted.text
+            await wait_deleted(client, headers, on_a_id, timeout=60)
             assert labelled("container", on_a_id) == [] and not (dir_a / on_a_id).exists()
     finally:
         for proc in procs:

@@ -19,7 +19,7 @@ from backend.app.schemas.events import ServerFrame
 from backend.tests.celery.test_celery_execution import REDIS_TEST_DB, celery_settings
 from backend.tests.celery_fixtures import REPO_ROOT, settings_env, start_worker, wait_heartbeat, wait_mode
 from backend.tests.conftest import TEST_IMAGE
-from backend.tests.deploy_helpers import force_cleanup, free_port
+from backend.tests.deploy_helpers import force_cleanup, free_port, wait_status
 from backend.tests.realtime_helpers import WS, Server
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)]
@@ -138,7 +138,7 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
             assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # in order, none lost
 
             stopped = await http.post(f"/api/v1/deployments/{deployment_id}/stop", headers=headers)
-            assert stopped.status_code == 200, stopped.text
+            assert stopped.status_code == 202, stopped.text
             end = await ws.next(lambda f: f["type"] == "SERVICE_LOGS_END", timeout=60)
             assert "stopped" in end["data"]["reason"], end
             # its code and what it quotes, which the UI words in the user's language (the containers' streams may
@@ -148,8 +148,9 @@ async def test_a_celery_deployment_streams_live_to_a_websocket_client(db, tmp_pa
                 ("containers_stopped", {}),
             ), end
             _frames.validate_python(end)
+            await wait_status(http, headers, deployment_id, {"stopped"})  # the worker finishes the stop
             deleted = await http.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)
-            assert deleted.status_code == 204, deleted.text
+            assert deleted.status_code == 202, deleted.text
             gone = await ws.next(lambda f: f["type"] == "DEPLOYMENT_DELETED", timeout=30)
             assert gone["data"] == {"name": "ticker-1"}
             await ws.close()

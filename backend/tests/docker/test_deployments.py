@@ -25,6 +25,7 @@ from backend.tests.deploy_helpers import (
     free_port,
     http_get,
     labelled,
+    wait_deleted,
     wait_status,
 )
 from backend.tests.helpers import Actor, setup_admin
@@ -133,9 +134,10 @@ async def test_stop_start_delete_leave_nothing_behind(env):
     await wait_status(env.client, env.admin.headers, created["id"], {"running"})
     headers = env.admin.headers
 
-    stopped = await env.client.post(f"/api/v1/deployments/{created['id']}/stop", headers=headers)
-    assert stopped.status_code == 200, stopped.text
-    assert stopped.json()["status"] == "stopped"
+    stopping = await env.client.post(f"/api/v1/deployments/{created['id']}/stop", headers=headers)
+    assert stopping.status_code == 202, stopping.text
+    assert stopping.json()["status"] == "stopping"
+    await wait_status(env.client, headers, created["id"], {"stopped"})
     with pytest.raises(OSError):
         http_get(port, timeout=1)
     again = await env.client.post(f"/api/v1/deployments/{created['id']}/stop", headers=headers)
@@ -146,52 +148,80 @@ async def test_stop_start_delete_leave_nothing_behind(env):
     await wait_status(env.client, headers, created["id"], {"running"})
     assert http_get(port).strip() == "hello-windflow"
 
-    deleted = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=headers)
-    assert deleted.status_code == 204
+    deleting = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=headers)
+    assert deleting.status_code == 202 and deleting.json()["status"] == "deleting", deleting.text
+    await wait_deleted(env.client, headers, created["id"])
     assert labelled("container", created["id"]) == []
     assert labelled("network", created["id"]) == []
-    gone = await env.client.get(f"/api/v1/deployments/{created['id']}", headers=headers)
-    assert gone.status_code == 404
 
 
-STUBBORN = (  # ignores SIGTERM: stopping it takes its whole grace period, then SIGKILL
+STUBBORN = (  # ignores SIGTERM: stopping it takes its whole grace period (10 s), then SIGKILL
     "services:\n  app:\n"
     f"    image: {TEST_IMAGE}\n"
     "    network_mode: none\n"
-    "    stop_grace_period: 6s\n"
+    "    stop_grace_period: 10s\n"
     '    command: ["sh", "-c", "trap \'\' TERM; while true; do sleep 1; done"]\n'
 )
 
 
+def running_containers(deployment_id: str) -> list[str]:
+    """Ids of the deployment's containers the engine reports running."""
+    ids = labelled("container", deployment_id)
+    if not ids:
+        return []
+    out = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{.State.Running}}", *ids], capture_output=True, text=True, timeout=30)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.endswith(" true")]
+
+
 @pytest.mark.parametrize("action", ["stop", "delete"])
-async def test_a_slow_stop_or_delete_does_not_hold_up_the_api(env, action):
-    """While the engine waits out a container's stop grace period, other requests read and write: the
-    request holds no transaction meanwhile (on SQLite, whose transactions take the write lock, everything
-    else, the runners' log lines included, would wait for it)."""
+async def test_a_slow_stop_or_delete_answers_at_once_and_finishes_in_the_background(env, events, action):
+    """A container that ignores SIGTERM takes its 10 s grace period to stop: the request answers 202 with the
+    deployment ``stopping``/``deleting`` while that container still runs (no wall-clock bound: the answer is
+    there before the engine is done), other requests read and write meanwhile, and the executor finishes it:
+    ``stopped`` (its log says so), or the row gone with DEPLOYMENT_DELETED and nothing left on the engine."""
     stack_id = await env.stack(STUBBORN, name="stubborn")
     created = await env.deploy({}, stack_id=stack_id)
     running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
     assert running["status"] == "running", running["error_message"]
+    assert len(running_containers(created["id"])) == 1
     url = f"/api/v1/deployments/{created['id']}"
     started = time.monotonic()
-    slow = asyncio.create_task(
-        env.client.post(f"{url}/stop", headers=env.admin.headers) if action == "stop" else env.client.delete(url, headers=env.admin.headers)
-    )
-    await asyncio.sleep(1)  # the engine is now waiting for the container to stop
+    if action == "stop":
+        response = await env.client.post(f"{url}/stop", headers=env.admin.headers)
+    else:
+        response = await env.client.delete(url, headers=env.admin.headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == ("stopping" if action == "stop" else "deleting")
+    assert response.json()["id"] == created["id"]
+    assert len(running_containers(created["id"])) == 1, "the answer came after the container had stopped"
     listing = await env.client.get("/api/v1/deployments", headers=env.admin.headers)
     assert listing.status_code == 200 and created["id"] in [d["id"] for d in listing.json()["items"]]
     await env.stack("services:\n  app:\n    image: busybox\n", name="written-meanwhile")
-    assert not slow.done(), "the other requests waited for the stop to finish"
-    response = await slow
-    assert response.status_code == (200 if action == "stop" else 204), response.text
-    assert time.monotonic() - started > 5  # the grace period was really waited out
+    again = await (
+        env.client.post(f"{url}/stop", headers=env.admin.headers) if action == "stop" else env.client.delete(url, headers=env.admin.headers)
+    )
     if action == "stop":
-        assert response.json()["status"] == "stopped"
+        assert again.status_code == 409 and again.json()["code"] == "invalid_transition", again.text
+        stopped = await wait_status(env.client, env.admin.headers, created["id"], {"stopped", "failed"}, timeout=60)
+        assert stopped["status"] == "stopped", stopped["error_message"]
         logs = [l["message"] for l in await all_logs(env.client, env.admin.headers, created["id"])]
-        assert logs[-1] == "Stopped" and f"Stopping (requested by {env.admin.email})" in logs
+        assert logs[-1] == "Stopped" and any(line.startswith("Stopping (attempt 1/") for line in logs), logs
+        assert running_containers(created["id"]) == [] and labelled("container", created["id"]), "stopped, not removed"
+        history = (await env.client.get(f"{url}/history", headers=env.admin.headers)).json()
+        moves = [(h["from_status"], h["to_status"]) for h in history]
+        assert ("running", "stopping") in moves and ("stopping", "stopped") in moves, moves
     else:
-        assert labelled("container", created["id"]) == []
-        assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404
+        assert again.status_code == 202 and again.json()["status"] == "deleting", "a delete asked twice goes on once"
+        await wait_deleted(env.client, env.admin.headers, created["id"], timeout=60)
+        assert labelled("container", created["id"]) == [] and labelled("network", created["id"]) == []
+    assert time.monotonic() - started > 8  # the grace period was really waited out, in the background
+    mine = [e for e in events if e.deployment_id == created["id"]]
+    statuses = [(e.data["old_status"], e.data["new_status"]) for e in mine if e.type == "DEPLOYMENT_STATUS_CHANGED"]
+    if action == "stop":
+        assert statuses[-2:] == [("running", "stopping"), ("stopping", "stopped")], statuses
+    else:
+        assert statuses[-1] == ("running", "deleting"), statuses
+        assert mine[-1].type == "DEPLOYMENT_DELETED", [e.type for e in mine[-3:]]
 
 
 async def test_missing_image_fails_with_clear_message(env, open_registry):
@@ -265,7 +295,8 @@ async def test_taken_port_fails_with_clear_message(env):
     lines = [line["message"] for line in await all_logs(env.client, env.admin.headers, created["id"])]
     assert any(line.startswith("Removing the containers of revision 1") for line in lines), lines
     deleted = await env.client.delete(f"/api/v1/deployments/{created['id']}", headers=env.admin.headers)
-    assert deleted.status_code == 204
+    assert deleted.status_code == 202, deleted.text
+    await wait_deleted(env.client, env.admin.headers, created["id"])
     assert labelled("container", created["id"]) == []
 
 

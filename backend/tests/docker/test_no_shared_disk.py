@@ -15,7 +15,7 @@ import pytest
 
 from backend.app.engines.docker_base import COMPOSE_FILE
 from backend.app.runtime import background_tasks
-from backend.tests.deploy_helpers import force_cleanup, free_port, http_get, labelled, wait_status
+from backend.tests.deploy_helpers import force_cleanup, free_port, http_get, labelled, wait_deleted, wait_status
 from backend.tests.docker.test_deployments import make_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)]
@@ -37,8 +37,8 @@ async def test_stop_start_redeploy_delete_with_no_project_directory(db, docker_e
 
         shutil.rmtree(project)
         stopped = await client.post(f"{url}/stop", headers=headers)
-        assert stopped.status_code == 200, stopped.text
-        assert stopped.json()["status"] == "stopped"
+        assert stopped.status_code == 202, stopped.text
+        assert (await wait_status(client, headers, deployment_id, {"stopped", "failed"}))["status"] == "stopped"
         with pytest.raises(OSError):
             http_get(port, timeout=1)
         # rebuilt from the snapshot, with the modes of a deployment's directory and its rendered file
@@ -61,7 +61,8 @@ async def test_stop_start_redeploy_delete_with_no_project_directory(db, docker_e
 
         shutil.rmtree(project)
         deleted = await client.delete(url, headers=headers)
-        assert deleted.status_code == 204, deleted.text
+        assert deleted.status_code == 202, deleted.text
+        await wait_deleted(client, headers, deployment_id)
         assert labelled("container", deployment_id) == []
         assert labelled("network", deployment_id) == []
         assert not project.exists()

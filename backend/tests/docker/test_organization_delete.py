@@ -14,7 +14,7 @@ from backend.app import database
 from backend.app.models import Deployment, Organization
 from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE
-from backend.tests.deploy_helpers import force_cleanup, labelled, wait_status
+from backend.tests.deploy_helpers import force_cleanup, labelled, wait_deleted, wait_status
 from backend.tests.docker.test_deployments import make_env
 from backend.tests.helpers import setup_admin
 from backend.tests.realtime_helpers import Server
@@ -142,8 +142,10 @@ async def test_a_forced_delete_whose_teardown_fails_keeps_the_organization_and_w
         await session.commit()
 
     forced = await env.client.delete(f"/api/v1/organizations/{org_id}", params={"force": "true"}, headers=headers)
-    assert forced.status_code == 503, forced.text
-    assert forced.json()["code"] == "engine_unavailable"
+    assert forced.status_code == 409, forced.text
+    assert forced.json()["code"] == "teardown_failed" and forced.json()["params"]["deployments"] == ["second"], forced.text
+    failed = (await env.client.get(f"/api/v1/deployments/{ids[1]}", headers=headers)).json()
+    assert failed["status"] == "failed" and failed["error_message"].startswith("Delete failed: "), failed
     assert labelled("container", ids[0]) == []
     assert await _rows(org_id) == (1, 1)  # the organisation and the deployment that could not be torn down
     async with database.AsyncSessionLocal() as session:  # its engine answers again: the forced delete completes
@@ -156,7 +158,7 @@ async def test_a_forced_delete_whose_teardown_fails_keeps_the_organization_and_w
     assert labelled("container", ids[1]) == [] and await _rows(org_id) == (0, 0)
 
 
-async def test_two_deletes_of_one_deployment_at_once_leave_nothing_behind(env, tmp_path):
+async def test_two_deletes_of_one_deployment_at_once_leave_nothing_behind(env, tmp_path, events):
     stack_id = await env.stack(STUBBORN, name="stubborn")
     created = await env.deploy({}, stack_id=stack_id)
     running = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
@@ -165,11 +167,11 @@ async def test_two_deletes_of_one_deployment_at_once_leave_nothing_behind(env, t
     first, second = await asyncio.gather(
         env.client.delete(url, headers=env.admin.headers), env.client.delete(url, headers=env.admin.headers)
     )
-    statuses = sorted([first.status_code, second.status_code])
-    assert statuses in ([204, 204], [204, 404]), (first.text, second.text)
-    loser = first if first.status_code == 404 else second
-    if loser.status_code == 404:
-        assert loser.json()["code"] == "deployment_not_found" and "parallel request" in loser.json()["detail"]
+    assert [first.status_code, second.status_code] == [202, 202], (first.text, second.text)
+    assert first.json()["status"] == second.json()["status"] == "deleting"
+    await wait_deleted(env.client, env.admin.headers, created["id"])
+    teardowns = [e for e in events if e.type == "DEPLOYMENT_DELETED" and e.deployment_id == created["id"]]
+    assert len(teardowns) == 1, "one teardown ran"
     assert labelled("container", created["id"]) == []
     assert not (tmp_path / "deployments" / created["id"]).exists(), "a delete that lost the race left the project directory"
     assert (await env.client.get(url, headers=env.admin.headers)).status_code == 404

@@ -351,8 +351,12 @@ async def test_production_compose_up_deploy_heal_down(tmp_path):
             states = json.loads(run(["docker", "inspect", *labelled("container", deployment_id)]).stdout)
             assert [s["State"]["Running"] for s in states] == [False], states
             deleted = await client.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)
-            assert deleted.status_code == 204, deleted.text
-            assert (await client.get(f"/api/v1/deployments/{deployment_id}", headers=headers)).status_code == 404
+            assert deleted.status_code == 202, deleted.text
+
+            async def is_deleted():
+                return (await client.get(f"/api/v1/deployments/{deployment_id}", headers=headers)).status_code == 404
+
+            await wait_for("the deployment is deleted", is_deleted, 60, stack)
             for kind in ("container", "network", "volume"):
                 assert labelled(kind, deployment_id) == [], kind
 

@@ -14,7 +14,7 @@ import pytest
 
 from backend.tests.celery.test_realtime_deployments import TICKER
 from backend.tests.celery_fixtures import REPO_ROOT
-from backend.tests.deploy_helpers import force_cleanup
+from backend.tests.deploy_helpers import force_cleanup, wait_status
 from backend.tests.realtime_helpers import WS, Server, sse_events
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)]
@@ -90,8 +90,9 @@ async def test_in_process_deployment_events_reach_a_websocket_client(db, tmp_pat
             assert sse_seqs == seqs  # the SSE stream had every line the runner wrote, once, in order
             logs = (await http.get(f"/api/v1/deployments/{deployment_id}/logs", headers=headers)).json()
             assert [l["seq"] for l in logs["items"]] == seqs
-            assert (await http.post(f"/api/v1/deployments/{deployment_id}/stop", headers=headers)).status_code == 200
-            assert (await http.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)).status_code == 204
+            assert (await http.post(f"/api/v1/deployments/{deployment_id}/stop", headers=headers)).status_code == 202
+            await wait_status(http, headers, deployment_id, {"stopped"})  # the stop finishes in the background
+            assert (await http.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)).status_code == 202
             assert (await ws.next(lambda f: f["type"] == "DEPLOYMENT_DELETED"))["deployment_id"] == deployment_id
             await ws.close()
         assert "database is locked" not in server.output() and "could not store" not in server.output()

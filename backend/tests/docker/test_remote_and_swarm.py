@@ -27,7 +27,7 @@ from backend.app.engines.base import DEPLOYMENT_LABEL, MANAGED_LABEL, project_na
 from backend.app.main import create_app
 from backend.app.runtime import background_tasks
 from backend.tests.conftest import TEST_IMAGE, make_settings
-from backend.tests.deploy_helpers import WEB_STACK, all_logs, free_port, http_get, labelled, wait_status
+from backend.tests.deploy_helpers import WEB_STACK, all_logs, free_port, http_get, labelled, wait_deleted, wait_status
 from backend.tests.helpers import Actor, setup_admin
 from backend.tests.integration.test_swarm_engine import swarm, swarm_lock  # noqa: F401 - fixtures
 from backend.tests.remote_docker import RemoteDocker, remote_docker  # noqa: F401 - fixture
@@ -215,7 +215,8 @@ async def test_remote_tls_target_deploys_on_the_remote_engine_only(
         assert "all services are running: reader, writer" in [line["message"] for line in logs]
 
         deleted = await api.client.delete(f"/api/v1/deployments/{deployment_id}", headers=api.admin.headers)
-        assert deleted.status_code == 204, deleted.text
+        assert deleted.status_code == 202, deleted.text
+        await wait_deleted(api.client, api.admin.headers, deployment_id)
         assert remote_objects(remote_client, deployment_id) == {"containers": [], "networks": [], "volumes": []}
         gone = await api.client.get(f"/api/v1/deployments/{deployment_id}", headers=api.admin.headers)
         assert gone.status_code == 404
@@ -298,8 +299,9 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
             assert all(p["PublishMode"] == "host" for p in published)
         assert len(labelled("container", deployment_id)) == 2, "the task containers carry the labels too"
 
-        stopped = await api.post(f"/api/v1/deployments/{deployment_id}/stop")
-        assert stopped["status"] == "stopped"
+        assert (await api.post(f"/api/v1/deployments/{deployment_id}/stop", expect=202))["status"] == "stopping"
+        stopped = await api.wait(deployment_id, {"stopped", "failed"})
+        assert stopped["status"] == "stopped", stopped["error_message"]
         assert replicas(local_client, deployment_id) == {"web": 0, "worker": 0}
         assert local_client.containers.list(filters=by_label(deployment_id)) == []
         with pytest.raises(OSError):
@@ -313,7 +315,8 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
         assert http_get(port).strip() == "hello-windflow"
 
         deleted = await api.client.delete(f"/api/v1/deployments/{deployment_id}", headers=headers)
-        assert deleted.status_code == 204, deleted.text
+        assert deleted.status_code == 202, deleted.text
+        await wait_deleted(api.client, headers, deployment_id)
         assert project_name(deployment_id) not in stack_names()
         assert local_client.services.list(filters=by_label(deployment_id)) == []
         for kind in ("container", "network", "volume"):

@@ -24,7 +24,7 @@ from backend.app.runtime import background, background_tasks
 from backend.app.services.deployments import recovery, revisions
 from backend.app.services.deployments.runner import InProcessExecutor
 from backend.tests.conftest import TEST_IMAGE, make_settings
-from backend.tests.deploy_helpers import force_cleanup, free_port
+from backend.tests.deploy_helpers import force_cleanup, free_port, wait_status
 from backend.tests.docker.test_deployments import make_env
 from backend.tests.revision_helpers import REV_STACK, containers, running_services, serves, wait_revision
 from backend.tests.revision_helpers import revisions as list_revisions
@@ -206,7 +206,8 @@ async def test_a_stop_is_not_taken_for_a_crash(env, events):
     watch(env)
     await until(env, deployment_id, lambda d: d["health"] == "healthy")
     stopped = await env.client.post(f"/api/v1/deployments/{deployment_id}/stop", headers=env.admin.headers)
-    assert stopped.status_code == 200, stopped.text  # web stops at once, worker after its 3 s grace period
+    assert stopped.status_code == 202, stopped.text  # web stops at once, worker after its 3 s grace period
+    await wait_status(env.client, env.admin.headers, deployment_id, {"stopped", "failed"})
     await asyncio.sleep(1.0)  # two more looks
     body = (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()
     assert (body["status"], body["error_message"]) == ("stopped", None)

@@ -14,6 +14,8 @@ from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
 from backend.app.services.deployments.state_machine import (
     claim_deployment,
+    claim_teardown,
+    release_teardown,
     renew_lease,
     set_deployment_status,
 )
@@ -25,13 +27,15 @@ PAIRS = list(itertools.product(list(S), list(S)))
 # The expected answer for every (from, to) pair, stated here on its own (not read from the production
 # table): "yes" where the transition is accepted, "." where it is refused. Rows: from; columns: to.
 MATRIX = """
-from/to      pending  deploying  running  failed  stopped  cancelled
-pending      .        yes        .        yes     .        yes
-deploying    yes      .          yes      yes     .        yes
-running      yes      .          .        .       yes      .
-failed       yes      .          .        .       .        .
-stopped      yes      .          .        .       .        .
-cancelled    yes      .          .        .       .        .
+from/to      pending  deploying  running  failed  stopped  cancelled  stopping  deleting
+pending      .        yes        .        yes     .        yes        .         yes
+deploying    yes      .          yes      yes     .        yes        .         .
+running      yes      .          .        .       yes      .          yes       yes
+failed       yes      .          .        .       .        .          .         yes
+stopped      yes      .          .        .       .        .          .         yes
+cancelled    yes      .          .        .       .        .          .         yes
+stopping     .        .          .        yes     yes      .          .         .
+deleting     .        .          .        yes     .        .          .         .
 """
 
 
@@ -224,3 +228,45 @@ async def test_rolled_back_change_emits_no_event(session, events):
     # the next commit must not publish the discarded event either
     await session.commit()
     assert events == []
+
+
+async def test_a_teardown_is_claimed_by_one_executor_and_reclaimed_once_its_lease_expired(db):
+    """``stopping``/``deleting``: the request leaves the row without a lease; executors racing for it (a broker's
+    redelivery, the reaper, recovery) — one wins; a live lease keeps the others off, an expired one (its
+    executor died) lets the next one take over; a retry's backoff is honoured; renewal works like a deploy's."""
+    async with database.AsyncSessionLocal() as setup:
+        deployment = await make_deployment(setup, S.RUNNING)
+        await setup.commit()
+        asked = await set_deployment_status(setup, deployment_id=deployment.id, to_status=S.DELETING, actor="user", keep_volumes=True)
+        await setup.commit()
+    assert asked.accepted
+
+    async def claim(owner: str):
+        async with database.AsyncSessionLocal() as session:
+            row = await claim_teardown(session, deployment_id=deployment.id, owner=owner, executor=ExecutorKind.CELERY, lease_seconds=30)
+            await session.commit()
+            return owner if row is not None else None
+
+    winners = [w for w in await asyncio.gather(*(claim(f"w-{i}") for i in range(6))) if w]
+    assert len(winners) == 1
+    async with database.AsyncSessionLocal() as session:
+        row = await session.get(Deployment, deployment.id)
+        assert (row.status, row.lease_owner, row.attempt, row.teardown_keep_volumes) == (S.DELETING, winners[0], 1, True)
+        assert await renew_lease(session, deployment_id=deployment.id, owner=winners[0], lease_seconds=30)
+        assert not await renew_lease(session, deployment_id=deployment.id, owner="someone-else", lease_seconds=30)
+        await session.commit()
+    assert await claim("late") is None, "a live lease keeps the others off"
+    async with database.AsyncSessionLocal() as session:  # the winner died: its lease expires
+        row = await session.get(Deployment, deployment.id)
+        row.lease_expires_at = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    assert await claim("next") == "next"
+    async with database.AsyncSessionLocal() as session:
+        assert await release_teardown(
+            session, deployment_id=deployment.id, owner="next", not_before=utcnow() + timedelta(seconds=60), error_message="engine down"
+        )
+        await session.commit()
+    assert await claim("during-backoff") is None
+    async with database.AsyncSessionLocal() as session:
+        refused = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.FAILED, lease_owner="not-the-holder")
+        assert not refused.accepted and "lease" in refused.reason

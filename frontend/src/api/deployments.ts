@@ -59,8 +59,9 @@ export function updateDeployment(id: string, body: DeploymentSettings): Promise<
   return unwrap(api.PATCH('/api/v1/deployments/{deployment_id}', { params: { path: { deployment_id: id } }, body }))
 }
 
-export async function deleteDeployment(id: string): Promise<void> {
-  await unwrap(api.DELETE('/api/v1/deployments/{deployment_id}', { params: { path: { deployment_id: id } } }))
+/** Accepted (202): the deployment as it is now, ``deleting``; its row goes with DEPLOYMENT_DELETED. */
+export async function deleteDeployment(id: string): Promise<Deployment> {
+  return unwrap(api.DELETE('/api/v1/deployments/{deployment_id}', { params: { path: { deployment_id: id } } }))
 }
 
 /** A lifecycle action other than delete: the deployment as it is after the transition. */

@@ -205,7 +205,9 @@ export interface paths {
         post?: never;
         /**
          * Delete
-         * @description Tear down the deployment's containers and networks (and volumes), then delete it.
+         * @description Tear down the deployment's containers and networks (and volumes), then delete it. Answers at once with
+         *     the deployment ``deleting``; once nothing of it is left on its engine the row goes (``DEPLOYMENT_DELETED``;
+         *     then 404), or it becomes ``failed`` with the engine's message (delete it again).
          */
         delete: operations["delete_api_v1_deployments__deployment_id__delete"];
         options?: never;
@@ -587,7 +589,9 @@ export interface paths {
         put?: never;
         /**
          * Stop
-         * @description Stop a running deployment's containers (they are kept; ``start`` resumes them).
+         * @description Stop a running deployment's containers (they are kept; ``start`` resumes them). Answers at once with the
+         *     deployment ``stopping``; it becomes ``stopped`` once its containers are down (``DEPLOYMENT_STATUS_CHANGED``),
+         *     or ``failed`` with the engine's message.
          */
         post: operations["stop_api_v1_deployments__deployment_id__stop_post"];
         delete?: never;
@@ -750,9 +754,13 @@ export interface paths {
         /**
          * Delete Organization
          * @description Delete an organisation and everything it owns (superusers only). While it has deployments this is a 409
-         *     naming them, unless ``force=true``: each is then torn down through its normal delete (pending ones
-         *     cancelled first; one being deployed is a 409 ``deployment_busy``: cancel it, then try again), and the
-         *     organisation's rows go only once none is left.
+         *     naming them, unless ``force=true``: each is then deleted through its normal path (``deleting``, torn down in
+         *     the background by an executor, its row gone once nothing of it is left; one being deployed is a 409
+         *     ``deployment_busy``: cancel it, then try again), the request waits for them (up to
+         *     ``ORGANIZATION_TEARDOWN_SECONDS``), and the organisation's rows go only once none is left. A teardown the engine
+         *     refused (or never answered) leaves its deployment ``failed`` and the organisation: 409 ``teardown_failed``
+         *     naming them. A teardown that takes longer goes on (an executor that dies is replaced by the reaper): 503 ``teardown_in_progress``, and the
+         *     same request later deletes the organisation.
          */
         delete: operations["delete_organization_api_v1_organizations__organization_id__delete"];
         options?: never;
@@ -2131,7 +2139,7 @@ export interface components {
          * DeploymentStatus
          * @enum {string}
          */
-        DeploymentStatus: "pending" | "deploying" | "running" | "failed" | "stopped" | "cancelled";
+        DeploymentStatus: "pending" | "deploying" | "running" | "failed" | "stopped" | "cancelled" | "stopping" | "deleting";
         /** DeploymentStatusChangedEvent */
         DeploymentStatusChangedEvent: {
             data: components["schemas"]["StatusChangedData"];
@@ -2994,7 +3002,7 @@ export interface components {
             /** Description */
             description?: string | null;
             /** Name */
-            name?: string | null;
+            name?: string;
         };
         /** PasswordChange */
         PasswordChange: {
@@ -3186,13 +3194,19 @@ export interface components {
          */
         RegistryUpdate: {
             /** Name */
-            name?: string | null;
-            /** Password */
-            password?: string | null;
-            /** Server */
-            server?: string | null;
+            name?: string;
+            /**
+             * Password
+             * @description password or access token (stored encrypted, never returned)
+             */
+            password?: string;
+            /**
+             * Server
+             * @description the registry's address as image names write it: registry.example.com, 127.0.0.1:5000, ghcr.io, docker.io (a scheme or a trailing /v2/ is dropped)
+             */
+            server?: string;
             /** Username */
-            username?: string | null;
+            username?: string;
         };
         /**
          * ResourceChangedData
@@ -3820,21 +3834,21 @@ export interface components {
             /** Description */
             description?: string | null;
             /** Name */
-            name?: string | null;
+            name?: string;
             /** Template */
-            template?: string | null;
+            template?: string;
             /**
              * Variables
              * @description new variables; their stored source text is dropped
              */
-            variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[] | null;
+            variables?: (components["schemas"]["StringVariable-Input"] | components["schemas"]["TextareaVariable-Input"] | components["schemas"]["SecretVariable-Input"] | components["schemas"]["IntegerVariable-Input"] | components["schemas"]["NumberVariable-Input"] | components["schemas"]["BooleanVariable-Input"] | components["schemas"]["EnumVariable-Input"] | components["schemas"]["GroupVariable-Input"])[];
             /**
              * Variables Source
              * @description the variables as YAML (or JSON) text, kept as written; when given, `variables` is read from it (send one or the other)
              */
             variables_source?: string | null;
             /** Version */
-            version?: string | null;
+            version?: string;
         };
         /** StatusChangedData */
         StatusChangedData: {
@@ -4201,24 +4215,30 @@ export interface components {
             compose_policy?: components["schemas"]["ComposePolicy"] | null;
             /** Description */
             description?: string | null;
-            /** Endpoint */
-            endpoint?: string | null;
+            /**
+             * Endpoint
+             * @description the Docker engine: unix:///path/to/docker.sock, tcp://host:port (TLS with tls_*) or ssh://user@host[:port]
+             */
+            endpoint?: string;
             /**
              * Host
              * @description the host whose local engine this is (its workers' HOST_ID): only that host's workers reach it; implies placed; superusers only; null: reachable from any host
              */
             host?: string | null;
             /** Is Active */
-            is_active?: boolean | null;
-            /** Max Concurrent Deployments */
-            max_concurrent_deployments?: number | null;
+            is_active?: boolean;
+            /**
+             * Max Concurrent Deployments
+             * @description deployments running at once on this target (1-100)
+             */
+            max_concurrent_deployments?: number;
             /** Name */
-            name?: string | null;
+            name?: string;
             /**
              * Placed
              * @description placed: its work (deploy, stop, delete) goes through a queue of its own, run only by the workers that declare it (WORKER_TARGETS); not placed: by any worker without a declaration, or the backend
              */
-            placed?: boolean | null;
+            placed?: boolean;
             /** Ssh Key */
             ssh_key?: string | null;
             /** Tls Ca */
@@ -4232,7 +4252,7 @@ export interface components {
              * @description null resets to true
              */
             tls_verify?: boolean | null;
-            type?: components["schemas"]["TargetType"] | null;
+            type?: components["schemas"]["TargetType"];
         };
         /**
          * TestFailure
@@ -4436,11 +4456,14 @@ export interface components {
             /** Full Name */
             full_name?: string | null;
             /** Is Active */
-            is_active?: boolean | null;
+            is_active?: boolean;
             /** Is Superuser */
-            is_superuser?: boolean | null;
-            /** Password */
-            password?: string | null;
+            is_superuser?: boolean;
+            /**
+             * Password
+             * @description 8 to 128 characters
+             */
+            password?: string;
         };
     };
     responses: never;
@@ -5263,11 +5286,13 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description Successful Response */
-            204: {
+            202: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["DeploymentRead"];
+                };
             };
             /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
             401: {
@@ -5287,7 +5312,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found (or not visible to you). Codes: `deployment_not_found`, `target_not_found` */
+            /** @description Not found (or not visible to you). Codes: `deployment_not_found` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -5296,7 +5321,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Conflict with the current state. Codes: `deployment_busy`, `engine_error` */
+            /** @description Conflict with the current state. Codes: `deployment_busy` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5314,7 +5339,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `engine_unavailable`, `target_elsewhere`, `target_unserved`, `target_worker_failed`, `target_worker_timeout` */
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `target_unserved` */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6931,7 +6956,7 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description Successful Response */
-            200: {
+            202: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6957,7 +6982,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found (or not visible to you). Codes: `deployment_not_found`, `target_not_found` */
+            /** @description Not found (or not visible to you). Codes: `deployment_not_found` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6966,7 +6991,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Conflict with the current state. Codes: `engine_error`, `invalid_transition` */
+            /** @description Conflict with the current state. Codes: `invalid_transition` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6984,7 +7009,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `engine_unavailable`, `target_elsewhere`, `target_unserved`, `target_worker_failed`, `target_worker_timeout` */
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `target_unserved` */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -7866,7 +7891,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found (or not visible to you). Codes: `organization_not_found`, `target_not_found` */
+            /** @description Not found (or not visible to you). Codes: `organization_not_found` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -7875,7 +7900,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Conflict with the current state. Codes: `deployment_busy`, `engine_error`, `invalid_transition`, `organization_has_deployments` */
+            /** @description Conflict with the current state. Codes: `deployment_busy`, `organization_has_deployments`, `teardown_failed` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -7893,7 +7918,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `engine_unavailable`, `target_elsewhere`, `target_unserved`, `target_worker_failed`, `target_worker_timeout` */
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `target_unserved`, `teardown_in_progress` */
             503: {
                 headers: {
                     [name: string]: unknown;

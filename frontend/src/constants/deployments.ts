@@ -11,9 +11,13 @@ export const STATUSES: readonly DeploymentStatus[] = [
   'failed',
   'stopped',
   'cancelled',
+  'stopping',
+  'deleting',
 ]
+/** A stop or delete the API accepted (202): an executor takes the containers down in the background. */
+export const TEARDOWN: ReadonlySet<DeploymentStatus> = new Set(['stopping', 'deleting'])
 /** Some executor still has to work on these. */
-export const ACTIVE: ReadonlySet<DeploymentStatus> = new Set(['pending', 'deploying'])
+export const ACTIVE: ReadonlySet<DeploymentStatus> = new Set(['pending', 'deploying', 'stopping', 'deleting'])
 export const SETTLED: ReadonlySet<DeploymentStatus> = new Set(['running', 'failed', 'stopped', 'cancelled'])
 
 export function isStatus(value: unknown): value is DeploymentStatus {
@@ -31,6 +35,8 @@ export const ACTIONS_BY_STATUS: Record<DeploymentStatus, readonly DeploymentActi
   stopped: ['start', 'redeploy', 'delete'],
   failed: ['retry', 'delete'],
   cancelled: ['retry', 'delete'],
+  stopping: [],
+  deleting: [],
 }
 
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warning', 'error']

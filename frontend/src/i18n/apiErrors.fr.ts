@@ -59,6 +59,10 @@ export const apiErrorsFr: Record<string, string> = {
   credentials_mismatch: 'Ces identifiants ne vont pas avec ce point d’accès : {detail}',
   deployment_not_found: 'Déploiement introuvable.',
   deployment_busy: 'Ce déploiement est en cours : annulez-le d’abord, puis supprimez-le.',
+  teardown_failed:
+    'Le déploiement {deployments} n’a pas pu être supprimé de son moteur ; l’organisation est conservée : réessayez quand le moteur répond.',
+  teardown_in_progress:
+    'La suppression de {count} déploiement(s) se poursuit en arrière-plan ; redemandez la suppression de l’organisation dans un instant.',
   deployment_not_running: 'Les logs des services ne sont disponibles que pendant que le déploiement est en service.',
   invalid_transition: 'Impossible ({action}) : le déploiement est {status}.',
   no_snapshot: 'Ce déploiement n’a pas encore de document compose rendu.',

@@ -13,9 +13,9 @@ import { defineStore } from 'pinia'
 import { computed, ref, shallowRef } from 'vue'
 import * as deploymentsApi from '../api/deployments'
 import type { Deployment, DeploymentFilters } from '../api/deployments'
-import { errorText } from '../api/errors'
+import { ApiError, errorText } from '../api/errors'
 import type { Page, PageQuery } from '../api/paging'
-import { isStatus, type DeploymentAction } from '../constants/deployments'
+import { isStatus, TEARDOWN, type DeploymentAction, type DeploymentStatus } from '../constants/deployments'
 import { dispatchFrame, type FrameHandlers, type FrameOf, type ServerFrame } from '../realtime/frames'
 import { getSocket, holdOrganization } from './realtime'
 
@@ -30,6 +30,11 @@ export function matchesFilters(d: Deployment, f: DeploymentFilters): boolean {
   if (f.target_id && d.target_id !== f.target_id) return false
   return true
 }
+
+/** How long an accepted stop or delete stays in flight at most, waiting for the status to move on. */
+const TEARDOWN_WAIT_MS = 10 * 60_000
+/** How often that wait reads the deployment again itself. */
+const LOOK_AGAIN_MS = 3000
 
 export const useDeploymentsStore = defineStore('deployments', () => {
   const byId = ref<Record<string, Deployment>>({})
@@ -243,6 +248,27 @@ export const useDeploymentsStore = defineStore('deployments', () => {
   }
 
   /**
+   * Resolves once deployment `id` has left `status`: its socket event, or its removal. It looks again itself every
+   * few seconds (an event missed while the socket reconnects) and gives up after `TEARDOWN_WAIT_MS`.
+   */
+  async function leaves(id: string, status: DeploymentStatus): Promise<void> {
+    const deadline = Date.now() + TEARDOWN_WAIT_MS
+    let looked = Date.now()
+    while (byId.value[id]?.status === status && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      if (Date.now() - looked >= LOOK_AGAIN_MS && byId.value[id]?.status === status) {
+        looked = Date.now()
+        try {
+          upsert(await deploymentsApi.getDeployment(id))
+        } catch (err) {
+          if (err instanceof ApiError && err.status === 404) remove(id) // deleted: its event was missed
+          return
+        }
+      }
+    }
+  }
+
+  /**
    * Sends a lifecycle action, once: while one is in flight for this deployment, another is refused (false).
    * The API's error is thrown to the caller.
    */
@@ -250,10 +276,12 @@ export const useDeploymentsStore = defineStore('deployments', () => {
     if (inFlight.value[id]) return false
     inFlight.value = { ...inFlight.value, [id]: action }
     try {
-      if (action === 'delete') {
-        await deploymentsApi.deleteDeployment(id)
-        remove(id)
-      } else upsert(await deploymentsApi.act(id, action))
+      const d = action === 'delete' ? await deploymentsApi.deleteDeployment(id) : await deploymentsApi.act(id, action)
+      upsert(d)
+      // stop and delete answer at once (202: stopping, deleting) and finish in the background: the action stays
+      // in flight (the row's transition, the dialog's wait) until the status moves on (stopped, failed) or the
+      // row goes (DEPLOYMENT_DELETED)
+      if (TEARDOWN.has(d.status)) await leaves(id, d.status)
       return true
     } finally {
       const rest = { ...inFlight.value }

@@ -23,7 +23,7 @@ from backend.app import database
 from backend.app.config import Settings, get_settings
 from backend.app.core.events import iso_utc
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatus, LogLevel, SystemState
+from backend.app.models import TEARDOWN_STATUSES, Deployment, DeploymentStatus, LogLevel, SystemState
 from backend.app.services.deployments import history_reasons, revisions
 from backend.app.services.deployments.orphans import ACTOR, log_line, reclaim_orphan
 from backend.app.services.deployments.runner import Dispatch, InProcessExecutor
@@ -47,6 +47,29 @@ async def _dispatch_all(dispatch: Dispatch, deployment_ids: list[str], who: str)
     return errors
 
 
+def _teardowns_to_resume(now, *, settled_before):
+    """``stopping``/``deleting`` rows no live executor holds (never claimed, or their executor died: its lease
+    expired) whose last change is older than ``settled_before``, out of a retry's backoff: dispatched again, the
+    teardown's claim lets one executor through."""
+    return select(Deployment.id).where(
+        Deployment.status.in_(TEARDOWN_STATUSES),
+        Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at < now),
+        Deployment.updated_at <= settled_before,
+        Deployment.not_before.is_(None) | (Deployment.not_before <= now),
+    )
+
+
+async def _stamp(session: AsyncSession, deployment_ids: list[str], now) -> None:
+    """Stamp ``updated_at`` of re-dispatched teardowns: each is sent again at most once per timeout."""
+    if deployment_ids:
+        await session.execute(
+            update(Deployment)
+            .where(Deployment.id.in_(deployment_ids), Deployment.status.in_(TEARDOWN_STATUSES))
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
 async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch) -> dict[str, int]:
     """One pass of the reaper: heals a dead executor's work in seconds, without waiting for recovery.
 
@@ -59,11 +82,14 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
        ``DISPATCH_TIMEOUT_SECONDS`` (a message lost with a ``kill -9``ed worker, a wake-up that never came)
        on targets with a free slot, oldest first, as many as the free slots → dispatched again (the
        claim's compare-and-set makes a duplicate harmless). Their ``updated_at`` is stamped, so the same
-       row is re-dispatched at most once per timeout.
+       row is re-dispatched at most once per timeout;
+    3. teardowns (``stopping``, ``deleting``) that no live executor holds and nobody claimed within
+       ``DISPATCH_TIMEOUT_SECONDS`` (never claimed, or their executor died and its lease expired) →
+       dispatched again (``teardowns``).
 
-    Commits each change itself (like recovery). Returns ``{"reclaimed", "settled", "failed", "redispatched", "errors"}``.
+    Commits each change itself (like recovery). Returns ``{"reclaimed", "settled", "failed", "redispatched", "teardowns", "errors"}``.
     """
-    stats = {"reclaimed": 0, "settled": 0, "failed": 0, "redispatched": 0, "errors": 0}
+    stats = {"reclaimed": 0, "settled": 0, "failed": 0, "redispatched": 0, "teardowns": 0, "errors": 0}
     now = utcnow()
     to_dispatch: list[str] = []
     orphans = (
@@ -117,16 +143,21 @@ async def reap(session: AsyncSession, *, settings: Settings, dispatch: Dispatch)
             .values(updated_at=now)
             .execution_options(synchronize_session=False)
         )
+    teardowns = list((await session.execute(_teardowns_to_resume(now, settled_before=cutoff).limit(100))).scalars())
+    await _stamp(session, teardowns, now)
+    stats["teardowns"] = len(teardowns)
+    to_dispatch.extend(teardowns)
     await session.commit()
 
     stats["errors"] += await _dispatch_all(dispatch, to_dispatch, "reaper")
     if any(stats.values()):
         logger.info(
-            "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d errors=%d",
+            "Reaper: reclaimed=%d settled=%d failed=%d redispatched=%d teardowns=%d errors=%d",
             stats["reclaimed"],
             stats["settled"],
             stats["failed"],
             stats["redispatched"],
+            stats["teardowns"],
             stats["errors"],
         )
     return stats
@@ -147,6 +178,8 @@ async def recover_pending_deployments(
        run, else back to ``pending`` while attempts remain, else ``failed``.
     3. ``pending`` queued more than ``max_age_minutes`` ago → a ``[RETRY]`` log line ("dispatched again",
        never "started": only an executor that claims the deployment logs that) and a new dispatch.
+    4. ``stopping``/``deleting`` that no live executor holds (its executor died, or it was never claimed) →
+       dispatched again (counted as ``retried``), whatever their age: the teardown's claim lets one through.
 
     ``dispatch`` hands each retried deployment to an executor (the backend passes its dispatcher, which
     picks Celery or the asyncio fallback). Without one (the guide's troubleshooting snippet), the retried
@@ -269,6 +302,18 @@ async def recover_pending_deployments(
             await session.rollback()
             logger.exception("recovery: retry of %s failed", deployment_id)
             stats["errors"] += 1
+
+    # 4. teardowns whose executor died (or that no executor took)
+    try:
+        teardowns = [d for d in (await session.execute(_teardowns_to_resume(now, settled_before=now))).scalars() if d not in to_dispatch]
+        await _stamp(session, teardowns, now)
+        await session.commit()
+        to_dispatch.extend(teardowns)
+        stats["retried"] += len(teardowns)
+    except Exception:
+        await session.rollback()
+        logger.exception("recovery: resuming teardowns failed")
+        stats["errors"] += 1
 
     # the reads above opened a transaction (on SQLite, the write lock): the executors dispatched here need it
     await database.end_transaction(session)

@@ -35,14 +35,13 @@ from backend.app import database
 from backend.app.config import Settings
 from backend.app.database import utcnow
 from backend.app.engines.base import EngineError
-from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, LogLevel
-from backend.app.services.deployments import history_reasons, orphans, redaction, revisions
+from backend.app.models import TEARDOWN_STATUSES, Deployment, DeploymentStatus, ExecutorKind, LogLevel
+from backend.app.services.deployments import history_reasons, lease, lifecycle, orphans, redaction, revisions
 from backend.app.services.deployments.context import DeploymentContext, load_context
 from backend.app.services.deployments.logs import DeploymentLogWriter
 from backend.app.services.deployments.state_machine import (
     claim_deployment,
     claimable_for_target,
-    renew_lease,
     set_deployment_status,
 )
 from backend.app.services.targets.compose_policy import PolicyViolation
@@ -71,6 +70,8 @@ class Outcome(StrEnum):
     DEFERRED = "deferred"  # not claimable yet (retry backoff, or a lease still valid): retry after ``retry_in``
     WAITING = "waiting"  # the target is full: woken when a slot frees (``after_run``, or the reaper)
     SKIPPED = "skipped"  # nothing to do (already running, settled, deleted)
+    STOPPED = "stopped"  # a stop's teardown finished (services/deployments/lifecycle.py)
+    DELETED = "deleted"  # a delete's teardown finished: the row is gone
 
 
 #: Outcomes after which the executor's slot on the target is free again.
@@ -92,33 +93,6 @@ def executor_id(kind: ExecutorKind) -> str:
 
 def backoff_seconds(settings: Settings, attempt: int) -> float:
     return settings.DEPLOYMENT_RETRY_BACKOFF_SECONDS * (2 ** max(0, attempt - 1))
-
-
-def heartbeat_seconds(settings: Settings) -> float:
-    """Lease renewal period: the configured heartbeat, at most a third of the lease (two beats may fail)."""
-    return min(settings.DEPLOYMENT_HEARTBEAT_SECONDS, settings.DEPLOYMENT_LEASE_SECONDS / 3)
-
-
-async def _heartbeat(deployment_id: str, owner: str, settings: Settings, work: asyncio.Task, lost: asyncio.Event) -> None:
-    interval = heartbeat_seconds(settings)
-    outage = database.OutageLog(f"lease renewal of deployment {deployment_id}", logger)
-    while not work.done():
-        await asyncio.sleep(interval)
-        try:
-            async with database.AsyncSessionLocal() as session:
-                held = await renew_lease(session, deployment_id=deployment_id, owner=owner, lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS)
-                await session.commit()
-        except Exception as exc:
-            if database.is_unavailable(exc):
-                outage.failed(exc)  # one warning while the database is down, not a traceback every beat
-            else:
-                logger.warning("lease renewal of deployment %s failed; retrying", deployment_id, exc_info=True)
-            continue
-        outage.succeeded()
-        if not held:
-            lost.set()
-            work.cancel()
-            return
 
 
 #: The first step that touches containers: a failure from there on may have replaced the running ones.
@@ -184,6 +158,8 @@ async def run_deployment(
             await session.commit()
         if claim.accepted:
             break
+        if claim.from_status in TEARDOWN_STATUSES:  # a stop or a delete asked: the same dispatch, another job
+            return await _teardown(deployment_id, settings, executor=executor, owner=owner, task_id=task_id)
         refused = await _after_refused_claim(settings, deployment_id, claim.reason)
         if refused is not None:
             logger.debug("deployment %s not claimed by %s: %s (%s)", deployment_id, owner, claim.reason, refused.status)
@@ -236,7 +212,7 @@ async def run_deployment(
         lost = asyncio.Event()
         reached = [0]
         work = asyncio.create_task(_run_steps(context, owner, logs, reached))
-        heartbeat = asyncio.create_task(_heartbeat(deployment_id, owner, settings, work, lost))
+        heartbeat = asyncio.create_task(lease.heartbeat(deployment_id, owner, settings, work, lost))
         try:
             await work
         except asyncio.CancelledError:
@@ -285,6 +261,24 @@ async def run_deployment(
         if await _settle(deployment_id, S.RUNNING, owner, rollout=rollout, images=images, reason=history_reasons.text("running")):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(context, logs, rollout)
+
+
+_TEARDOWN_OUTCOMES = {
+    "stopped": Outcome.STOPPED,
+    "deleted": Outcome.DELETED,
+    "failed": Outcome.FAILED,
+    "requeued": Outcome.REQUEUED,
+    "lost": Outcome.LOST,
+    "skipped": Outcome.SKIPPED,
+}
+
+
+async def _teardown(deployment_id: str, settings: Settings, *, executor: ExecutorKind, owner: str, task_id: str | None) -> RunOutcome:
+    done = await lifecycle.run_teardown(deployment_id, settings, executor=executor, owner=owner, task_id=task_id)
+    # a teardown holds no deploy slot of its target: nothing to wake (target_id only with a retry)
+    return RunOutcome(
+        deployment_id, _TEARDOWN_OUTCOMES[done.result], done.reason, done.target_id if done.retry_in else None, retry_in=done.retry_in
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ expected race is not an error. An accepted change writes a history row and queue
 ``DEPLOYMENT_STATUS_CHANGED`` event that is published only after the caller commits.
 
 The caller owns the transaction (services never commit).
+
+Over 500 lines because every rule of the table, and the lease writes that are not status changes (renewal,
+a teardown's claim and release), belong at this one choke point.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
+from backend.app.models import TEARDOWN_STATUSES, Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 from backend.app.services.deployments import history_reasons, revision_outcomes
 from backend.app.services.deployments.status_counts import note_transition
 
@@ -51,8 +54,22 @@ ALLOWED_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = froz
         (S.STOPPED, S.PENDING),  # start / redeploy
         (S.FAILED, S.PENDING),  # retry
         (S.CANCELLED, S.PENDING),  # retry
+        # a stop or delete finishes in the background, under an executor's lease (services/deployments/lifecycle.py)
+        (S.RUNNING, S.STOPPING),
+        (S.STOPPING, S.STOPPED),
+        (S.STOPPING, S.FAILED),  # the engine refused the stop
+        (S.PENDING, S.DELETING),
+        (S.RUNNING, S.DELETING),
+        (S.FAILED, S.DELETING),
+        (S.STOPPED, S.DELETING),
+        (S.CANCELLED, S.DELETING),
+        (S.DELETING, S.FAILED),  # the engine refused the teardown: the row stays, to be deleted again
+        # (a finished teardown deletes the row: DEPLOYMENT_DELETED)
     }
 )
+
+#: Statuses an executor works in under a lease: a change out of them names it (``rule_lease_owner``).
+LEASED_STATUSES = frozenset({S.DEPLOYING}) | TEARDOWN_STATUSES
 
 #: Transitions that start a new request from the user: attempts and timers start over.
 _REQUEUES_BY_USER = frozenset({(S.RUNNING, S.PENDING), (S.STOPPED, S.PENDING), (S.FAILED, S.PENDING), (S.CANCELLED, S.PENDING)})
@@ -234,6 +251,7 @@ async def set_deployment_status(
     require_lease_expired: bool = False,
     fresh_attempts: bool = False,
     observed: bool = False,
+    keep_volumes: bool = False,
 ) -> TransitionResult:
     """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
 
@@ -245,6 +263,7 @@ async def set_deployment_status(
     ``fresh_attempts``: ``deploying -> pending`` that starts a new rollout rather than retrying this one (an
     automatic rollback, see :func:`rule_fresh_attempts`).
     ``observed``: the watcher's ``running -> failed`` / ``failed -> running`` (:func:`rule_observed`).
+    ``keep_volumes``: for ``-> deleting``, whether the teardown keeps the named volumes.
 
     The deployment's current revision takes the outcome of the new status, in the same transaction
     (:mod:`backend.app.services.deployments.revision_outcomes`).
@@ -298,8 +317,21 @@ async def set_deployment_status(
         if task_id is not None:
             values["task_id"] = task_id
         conditions.append(Deployment.attempt < Deployment.max_attempts)
+    elif to_status in TEARDOWN_STATUSES:
+        # a new request from the user: no executor holds it yet (one claims it with claim_teardown)
+        values.update(
+            attempt=0,
+            lease_owner=None,
+            lease_expires_at=None,
+            not_before=None,
+            started_at=now,
+            finished_at=None,
+            error_message=None,
+            teardown_keep_volumes=keep_volumes,
+            task_id=None,
+        )
     else:
-        if from_status is S.DEPLOYING:
+        if from_status in LEASED_STATUSES:
             if why := rule_lease_owner(row, lease_owner):
                 return reject(why)
             if require_lease_expired:
@@ -330,7 +362,7 @@ async def set_deployment_status(
             values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
             if to_status is S.RUNNING:
                 values.update(error_message=None, progress=100, last_good_revision=Deployment.revision)
-            elif error_message is not None or from_status is S.RUNNING:
+            elif error_message is not None or from_status is S.RUNNING or from_status in TEARDOWN_STATUSES:
                 values["error_message"] = error_message  # a running one's is the watcher's, of what ran
 
     result = await session.execute(update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False))
@@ -439,11 +471,61 @@ async def claim_deployment(
 
 
 async def renew_lease(session: AsyncSession, *, deployment_id: str, owner: str, lease_seconds: int) -> bool:
-    """Heartbeat: extend the lease if ``owner`` still holds it. Returns False when it lost it."""
+    """Heartbeat: extend the lease if ``owner`` still holds it (a deploy's or a teardown's). Returns False when
+    it lost it."""
     result = await session.execute(
         update(Deployment)
-        .where(Deployment.id == deployment_id, Deployment.status == S.DEPLOYING, Deployment.lease_owner == owner)
+        .where(Deployment.id == deployment_id, Deployment.status.in_(LEASED_STATUSES), Deployment.lease_owner == owner)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+async def claim_teardown(
+    session: AsyncSession, *, deployment_id: str, owner: str, executor: ExecutorKind, lease_seconds: int, task_id: str | None = None
+) -> Deployment | None:
+    """Take the lease of a ``stopping`` or ``deleting`` deployment for one executor: the teardown's single claim.
+
+    Not a status change (the status says what is asked; the lease says who does it): a compare-and-set on the
+    lease, which hits the row only when nobody holds it or its holder's lease expired (its executor died:
+    the reaper or recovery dispatched it again), and not during a retry's backoff. Counts an attempt.
+    Returns the row as claimed, or None when another executor holds it, it is gone or settled.
+    """
+    now = utcnow()
+    result = await session.execute(
+        update(Deployment)
+        .where(
+            Deployment.id == deployment_id,
+            Deployment.status.in_(TEARDOWN_STATUSES),
+            Deployment.lease_owner.is_(None) | (Deployment.lease_expires_at < now),
+            Deployment.not_before.is_(None) | (Deployment.not_before <= now),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempt=Deployment.attempt + 1,
+            executor=executor,
+            task_id=task_id,
+            not_before=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    return (
+        await session.execute(select(Deployment).where(Deployment.id == deployment_id).execution_options(populate_existing=True))
+    ).scalar_one()
+
+
+async def release_teardown(session: AsyncSession, *, deployment_id: str, owner: str, not_before: datetime, error_message: str) -> bool:
+    """A teardown that failed transiently gives its lease back, to be claimed again after ``not_before`` (the
+    caller's executor schedules it; the reaper sends it again were that lost). False when ``owner`` lost it."""
+    result = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.status.in_(TEARDOWN_STATUSES), Deployment.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None, not_before=not_before, error_message=error_message, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
