@@ -270,3 +270,48 @@ async def test_a_teardown_is_claimed_by_one_executor_and_reclaimed_once_its_leas
     async with database.AsyncSessionLocal() as session:
         refused = await set_deployment_status(session, deployment_id=deployment.id, to_status=S.FAILED, lease_owner="not-the-holder")
         assert not refused.accepted and "lease" in refused.reason
+
+
+async def test_the_reaper_and_recovery_send_again_a_teardown_no_live_executor_holds(db):
+    """A ``stopping``/``deleting`` row whose executor died (lease expired) or that no executor ever took (its
+    message lost) is dispatched again by the reaper after ``DISPATCH_TIMEOUT_SECONDS`` and by recovery at once;
+    one under a live lease, or asked a moment ago, is left alone."""
+    from backend.app.services.deployments.recovery import reap, recover_pending_deployments
+    from backend.tests.conftest import make_settings
+
+    settings = make_settings(db.settings.DATABASE_URL, DISPATCH_TIMEOUT_SECONDS=5)
+    now = utcnow()
+    async with database.AsyncSessionLocal() as setup:
+        dead = await make_deployment(setup, S.DELETING, lease_owner="celery:gone")
+        lost = await make_deployment(setup, S.STOPPING)
+        live = await make_deployment(setup, S.STOPPING, lease_owner="celery:alive")
+        fresh = await make_deployment(setup, S.DELETING)
+        await setup.commit()
+        for row, lease_owner, lease_expires_at, updated_at in (
+            (dead, "celery:gone", now - timedelta(seconds=20), now - timedelta(seconds=60)),
+            (lost, None, None, now - timedelta(seconds=60)),
+            (live, "celery:alive", now + timedelta(seconds=20), now - timedelta(seconds=60)),
+            (fresh, None, None, now),
+        ):
+            await setup.execute(
+                Deployment.__table__.update()
+                .where(Deployment.id == row.id)
+                .values(lease_owner=lease_owner, lease_expires_at=lease_expires_at, updated_at=updated_at)
+            )
+        await setup.commit()
+
+    sent: list[str] = []
+
+    async def dispatch(deployment_id: str) -> None:
+        sent.append(deployment_id)
+
+    async with database.AsyncSessionLocal() as session:
+        stats = await reap(session, settings=settings, dispatch=dispatch)
+    assert sorted(sent) == sorted([dead.id, lost.id]) and stats["teardowns"] == 2, (sent, stats)
+    sent.clear()
+    async with database.AsyncSessionLocal() as session:
+        await reap(session, settings=settings, dispatch=dispatch)
+    assert sent == [], "sent again at most once per timeout"
+    async with database.AsyncSessionLocal() as session:
+        await recover_pending_deployments(session, settings=settings, dispatch=dispatch)
+    assert sorted(sent) == sorted([dead.id, lost.id, fresh.id]), "recovery sends every teardown no live lease holds"
