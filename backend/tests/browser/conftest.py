@@ -319,12 +319,16 @@ def force_remove(deployment_id: str) -> None:
 
 
 def tear_down(server: Server, token: str, deployment_id: str) -> None:
-    """Deletes a deployment through the API (cancelling it first if it still runs), else by label."""
+    """Deletes a deployment through the API (cancelling it first if it still runs), else by label. The API's
+    delete answers at once (202) and tears down in the background: wait for the row to go."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             server.api("DELETE", f"/deployments/{deployment_id}", token=token)
-            return
+            while time.monotonic() < deadline:
+                server.api("GET", f"/deployments/{deployment_id}", token=token)  # AssertionError "-> 404" once gone
+                time.sleep(0.3)
+            break
         except AssertionError as exc:
             if "-> 404" in str(exc):
                 return
