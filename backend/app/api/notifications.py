@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, status
 
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.api.responses import FILTERED_BY_ORGANIZATION, IN_ORGANIZATION, errors
+from backend.app.core.delivery_words import delivery_error_words
 from backend.app.models import NotificationChannel, NotificationDelivery, Role
 from backend.app.runtime import notifier
 from backend.app.schemas.notifications import ChannelCreate, ChannelPage, ChannelRead, ChannelUpdate, DeliveryPage, DeliveryRead
@@ -40,6 +41,7 @@ def read_model(settings, channel: NotificationChannel) -> ChannelRead:
 
 def delivery_model(delivery: NotificationDelivery) -> DeliveryRead:
     deployment = (delivery.payload or {}).get("deployment") or {}
+    error_code, error_params = delivery_error_words(delivery.last_error)
     return DeliveryRead(
         id=delivery.id,
         event=delivery.event,
@@ -47,6 +49,8 @@ def delivery_model(delivery: NotificationDelivery) -> DeliveryRead:
         attempts=delivery.attempts,
         last_status_code=delivery.last_status_code,
         last_error=delivery.last_error,
+        last_error_code=error_code,
+        last_error_params=error_params,
         created_at=delivery.created_at,
         next_attempt_at=delivery.next_attempt_at,
         delivered_at=delivery.delivered_at,

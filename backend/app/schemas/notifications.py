@@ -80,7 +80,11 @@ class DeliveryRead(ResponseModel):
     status: Literal["pending", "delivering", "delivered", "failed"]
     attempts: int
     last_status_code: int | None
-    last_error: str | None
+    last_error: str | None = Field(description="why the last attempt failed, in English")
+    last_error_code: str | None = Field(
+        default=None, description="the code of last_error's sentence (core/delivery_words.py); null: a text without one"
+    )
+    last_error_params: dict[str, str] = Field(default_factory=dict, description="the values last_error's sentence quotes")
     created_at: datetime
     next_attempt_at: datetime
     delivered_at: datetime | None

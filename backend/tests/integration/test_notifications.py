@@ -429,6 +429,12 @@ async def test_a_channel_allowed_then_no_longer_allowed_is_refused_at_send_and_n
     for row in rows:
         assert row.attempts == 1 and row.last_status_code is None  # failed at once, never retried
         assert "NOTIFY_ALLOWED_NETWORKS" in row.last_error and "127.0.0.1 is a loopback address" in row.last_error
+    # the delivery log gives why as a code and the values it quotes (the UI words it: i18n/deliveryWords.ts)
+    for channel, host in ((by_ip, "127.0.0.1"), (by_name, "localhost")):
+        log = await world.client.get(f"{CHANNELS}/{channel['id']}/deliveries", headers=world.admin.headers)
+        (item,) = log.json()["items"]
+        assert item["last_error_code"] == "egress_refused", item
+        assert item["last_error_params"]["host"] == host and item["last_error_params"]["kind"] == "loopback"
     await asyncio.sleep(0.5)
     assert hook.received == []  # nothing reached the receiver
 

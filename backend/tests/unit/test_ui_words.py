@@ -192,3 +192,22 @@ def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
     from backend.app.core.deployment_words import QUOTED
 
     assert quoted is not None and set(re.findall(r"'(\w+)'", quoted.group(1))) == set(QUOTED)
+
+
+def test_every_delivery_error_reads_in_french() -> None:
+    """Why a notification's delivery failed has a code (``core/delivery_words.py``); the Notifications page words
+    each in French (``i18n/deliveryWords.ts``) with no parameter the server's sentence does not give."""
+    from backend.app.core.delivery_words import DELIVERY_ERRORS, QUOTED
+
+    words = I18N / "deliveryWords.ts"
+    french = _ts_object(words, "deliveryErrorsFr")
+    assert set(DELIVERY_ERRORS) - set(french) == set()
+    for code, text in french.items():
+        assert code in DELIVERY_ERRORS, f"deliveryErrorsFr.{code}: no such sentence on the server"
+        assert set(re.findall(r"\{(\w+)\}", text)) <= set(re.findall(r"\{(\w+)\}", DELIVERY_ERRORS[code])), code
+    quoted = re.search(r"QUOTED = new Set\(\[([^\]]*)\]\)", words.read_text(encoding="utf-8"))
+    assert quoted is not None and set(re.findall(r"'(\w+)'", quoted.group(1))) == set(QUOTED)
+    kinds = set(re.findall(r'kind = "([^"]+)"', (APP / "services" / "notifications" / "egress.py").read_text(encoding="utf-8")))
+    assert "loopback" in kinds  # the source was read
+    body = words.read_text(encoding="utf-8").split("const KINDS_FR", 1)[1].split("\n}", 1)[0]
+    assert kinds - set(re.findall(r"^\s{2}'?([^':]+)'?:", body, re.M)) == set(), "an address kind egress names lacks French"

@@ -1823,8 +1823,23 @@ export interface components {
              * @description the delivery id (X-WindFlow-Delivery)
              */
             id: string;
-            /** Last Error */
+            /**
+             * Last Error
+             * @description why the last attempt failed, in English
+             */
             last_error: string | null;
+            /**
+             * Last Error Code
+             * @description the code of last_error's sentence (core/delivery_words.py); null: a text without one
+             */
+            last_error_code?: string | null;
+            /**
+             * Last Error Params
+             * @description the values last_error's sentence quotes
+             */
+            last_error_params?: {
+                [key: string]: string;
+            };
             /** Last Status Code */
             last_status_code: number | null;
             /**
