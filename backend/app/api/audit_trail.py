@@ -10,7 +10,8 @@ byte of the answer leaves, so a client that got its answer can read the entry. T
 * the actor: what authenticated the request (``request.state.user_id`` / ``api_token_id``, set by
   ``deps.authenticate``), what a route named itself (``request.state.audit_actor``: a deploy hook), the
   email a login was tried with, the owner of the refresh token a refresh or logout presented;
-* the object's id (the route's path parameter, else the ``id`` of the JSON answer: a creation) and its
+* the object's id (the route's path parameter, else the ``id`` of the JSON answer: a creation; or what the route
+  named, ``request.state.audit_object_id`` and ``audit_object_type``: a hook's deployment or stack) and its
   organisation (``request.state.audit_organization_id``, set by the loaders of owned rows and of
   organisations, else the answer's or the request's ``organization_id``);
 * a summary of the request's fields (``services/audit/summary.py``: secrets only as ``"changed"``), the
@@ -86,7 +87,11 @@ ACTIONS: dict[str, tuple[str, str, str | None]] = {
     "hooks.delete_hook": ("hook.delete", "hook", "hook_id"),
     "hooks.rotate_hook": ("hook.rotate", "hook", "hook_id"),
     "hooks.update_hook": ("hook.update", "hook", "hook_id"),
-    "hooks.call_hook": ("hook.call", "deployment", None),
+    "hooks.create_stack_hook": ("hook.create", "hook", None),
+    "hooks.delete_stack_hook": ("hook.delete", "hook", "hook_id"),
+    "hooks.rotate_stack_hook": ("hook.rotate", "hook", "hook_id"),
+    "hooks.update_stack_hook": ("hook.update", "hook", "hook_id"),
+    "hooks.call_hook": ("hook.call", "deployment", None),  # "stack" for a stack's hook (request.state.audit_object_type)
     "notifications.create_channel": ("notification_channel.create", "notification_channel", None),
     "notifications.update_channel": ("notification_channel.update", "notification_channel", "channel_id"),
     "notifications.delete_channel": ("notification_channel.delete", "notification_channel", "channel_id"),
@@ -204,6 +209,7 @@ class AuditMiddleware:
         self, session, scope: Scope, state: dict, key: str, spec, fields: dict[str, Any], answer_data: dict[str, Any], status_code: int
     ) -> None:
         action, object_type, id_param = spec
+        object_type = state.get("audit_object_type") or object_type  # a route that names its object's type
         actor = await self._actor(session, state, fields, key, scope.get("app"))
         if actor.kind == "anonymous" and key not in _RECORD_ANONYMOUS:
             await session.rollback()  # nothing to record; the lookups' transaction ends here

@@ -22,4 +22,5 @@ api_router = APIRouter(prefix="/api/v1")
 for module in (auth, users, organizations, tokens, targets, registries, stacks, deployments, realtime, system, audit, notifications):
     api_router.include_router(module.router)
 api_router.include_router(hooks.router)
+api_router.include_router(hooks.stack_router)
 api_router.include_router(hooks.public)

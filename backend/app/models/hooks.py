@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.app.database import Base, UTCDateTime, utcnow
@@ -12,13 +12,17 @@ from backend.app.models.base import IdMixin
 
 
 class DeployHook(IdMixin, Base):
-    """A hook of one deployment. Its secret is stored encrypted (the server recomputes the HMAC with it);
-    after a rotation the previous secret stays valid until ``previous_valid_until``."""
+    """A hook of one deployment, or of one stack (a call rolls out the stack's deployments of the hook's
+    organisation: ``services/hooks/hook_service.py``); exactly one of ``deployment_id`` and ``stack_id`` is
+    set. Its secret is stored encrypted (the server recomputes the HMAC with it); after a rotation the
+    previous secret stays valid until ``previous_valid_until``."""
 
     __tablename__ = "deploy_hooks"
+    __table_args__ = (CheckConstraint("(deployment_id IS NULL) <> (stack_id IS NULL)", name="owner"),)
 
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True)
-    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False, index=True)
+    deployment_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    stack_id: Mapped[str | None] = mapped_column(ForeignKey("stacks.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
     previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)

@@ -30,7 +30,8 @@ class HookUpdate(RequestModel):
 
 class HookRead(ResponseModel):
     id: str
-    deployment_id: str
+    deployment_id: str | None = Field(description="the hook's deployment (null for a stack's hook)")
+    stack_id: str | None = Field(default=None, description="a stack's hook: it rolls out the stack's deployments")
     name: str
     url: str = Field(description="POST here, signed with the secret")
     allowed_variables: list[str]
@@ -56,8 +57,27 @@ class HookCallRead(ResponseModel):
     revision: int | None
 
 
-class HookTriggered(ResponseModel):
+class HookRollout(ResponseModel):
     deployment_id: str
-    revision: int | None = Field(description="the revision being rolled out (null when skipped)")
+    name: str
+    revision: int | None = Field(description="the revision being rolled out")
+    action: Literal["redeploy", "retry", "start", "change"]
+
+
+class HookSkipped(ResponseModel):
+    deployment_id: str
+    name: str
+    code: str = Field(description="why it was not rolled out: the refusal's error code (e.g. deployment_rolling_out)")
+    detail: str
+
+
+class HookTriggered(ResponseModel):
+    deployment_id: str | None = Field(description="the hook's deployment (null for a stack's hook)")
+    revision: int | None = Field(description="the revision being rolled out (null when skipped, and for a stack's hook)")
     action: Literal["redeploy", "retry", "start", "change", "skipped"]
     reason: str | None = Field(default=None, description="why a call was skipped (a push to another branch, a ping)")
+    stack_id: str | None = Field(default=None, description="a stack's hook: its stack")
+    deployments: list[HookRollout] = Field(default_factory=list, description="a stack's hook: the deployments rolled out")
+    skipped: list[HookSkipped] = Field(
+        default_factory=list, description="a stack's hook: its deployments that could not be rolled out, and why"
+    )

@@ -1,15 +1,19 @@
 """The audit page (an organisation's changes as its admins see them: who, what, outcome, the change without
-its secrets; filtered by the kind of change in the URL; English and French) and the notifications page (a
-webhook channel created, "Send test" delivered to a real local receiver, its delivery log)."""
+its secrets; filtered by the kind of change in the URL; English and French), the notifications page (a
+webhook channel created, "Send test" delivered to a real local receiver, its delivery log), deploy hooks on
+the deployment page and on the stack page (a stack's hook rolls out both deployments of the stack), and a
+scoped API token made with the Tokens form (its value shown once, its limits listed and enforced, revoked)."""
 
 from __future__ import annotations
 
+import json
+import time
 import urllib.error
 import urllib.request
 import uuid
 
 from backend.app.services.hooks.signature import sign
-from backend.tests.browser.conftest import Server, new_page, page_errors, screenshot, ui_login
+from backend.tests.browser.conftest import DEMO_STACK, Server, navigate, new_page, page_errors, screenshot, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 from backend.tests.notify_helpers import Receiver
 
@@ -121,3 +125,139 @@ def test_a_deploy_hook_is_created_on_the_deployment_page_and_its_calls_are_shown
     screenshot(page, "hooks-calls-en-light")
     assert page_errors(page) == []
     assert wait_status(server, admin_token, deployment["id"], {"running", "failed"})["status"] == "running"
+
+
+def _wait_revision(server: Server, token: str, deployment_id: str, revision: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = server.api("GET", f"/deployments/{deployment_id}", token=token)
+        if (body["revision"] == revision and body["status"] in {"running", "failed"}) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def _post_signed(url: str, body: bytes, secret: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(secret, body)}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_stack_hook_made_on_the_stack_page_changes_every_deployment_of_the_stack(
+    chromium_browser, server: Server, admin_token, org_id, local_target, cleanup_deployments
+) -> None:
+    stack = server.api(
+        "POST", "/stacks", {**DEMO_STACK, "name": f"hooked-{uuid.uuid4().hex[:6]}", "organization_id": org_id}, token=admin_token
+    )
+    deployments = []
+    for number in (1, 2):
+        created = server.api(
+            "POST",
+            "/deployments",
+            {"stack_id": stack["id"], "target_id": local_target["id"], "name": f"{stack['name']}-{number}", "variables": {"delay": 0}},
+            token=admin_token,
+        )
+        cleanup_deployments.append(created["id"])
+        deployments.append(created["id"])
+    for deployment_id in deployments:
+        assert wait_status(server, admin_token, deployment_id, {"running", "failed"})["status"] == "running"
+
+    page = new_page(chromium_browser)
+    ui_login(page, server)
+    navigate(page, f"/stacks/{stack['id']}")
+    panel = page.get_by_test_id("hooks-panel")
+    panel.wait_for()
+    assert "every deployment of this stack" in panel.inner_text()
+    page.get_by_test_id("hook-allowed").click()
+    page.locator(".n-base-select-option", has_text="greeting").first.click()
+    page.get_by_test_id("hook-create").click()
+    page.get_by_test_id("hook-secret").wait_for()
+    secret = page.get_by_test_id("hook-secret-value").inner_text().strip()
+    url = page.get_by_test_id("hook-url").inner_text().strip()
+    assert secret.startswith("whsec_")
+    assert [h["stack_id"] for h in server.api("GET", f"/stacks/{stack['id']}/hooks", token=admin_token)] == [stack["id"]]
+
+    assert _post_signed(url, b"{}", "whsec_wrong")[0] == 401
+    status, answer = _post_signed(url, json.dumps({"variables": {"greeting": "from-the-stack-hook"}}).encode(), secret)
+    assert status == 202, answer
+    assert sorted(d["deployment_id"] for d in answer["deployments"]) == sorted(deployments), answer
+    assert {(d["action"], d["revision"]) for d in answer["deployments"]} == {("change", 2)} and answer["skipped"] == []
+    for deployment_id in deployments:
+        settled = _wait_revision(server, admin_token, deployment_id, 2)
+        assert (settled["status"], settled["revision"]) == ("running", 2), settled.get("error_message")
+        assert settled["variables"]["greeting"] == "from-the-stack-hook"
+    page.get_by_test_id("hook-calls").click()
+    page.locator("[data-testid=hook-call][data-code=accepted]").wait_for()
+    page.locator("[data-testid=hook-call][data-code=hook_signature_invalid]").wait_for()
+    screenshot(page, "stack-hooks-en-light")
+    page.get_by_test_id("hook-secret").locator(".n-alert__close").click()
+    assert secret not in page.content()  # shown once
+    assert page_errors(page) == []
+
+
+def test_a_scoped_token_is_made_with_the_tokens_form_shown_once_and_revoked(chromium_browser, server: Server, admin_token, org_id) -> None:
+    tag = uuid.uuid4().hex[:6]
+    template = "services:\n  web:\n    image: nginx\n"
+    stack = server.api("POST", "/stacks", {"name": f"ci-only-{tag}", "template": template, "organization_id": org_id}, token=admin_token)
+    name = f"ci-{tag}"
+    page = new_page(chromium_browser)
+    ui_login(page, server)
+    navigate(page, "/tokens")
+    page.get_by_test_id("token-new").click()
+    page.fill("input[name=token-name]", name)
+    page.get_by_test_id("field-token-scope").locator(".n-base-selection").click()
+    page.locator(".n-base-select-option", has_text="Deploy").first.click()
+    page.get_by_test_id("field-token-organization").locator(".n-base-selection").click()
+    page.locator(".n-base-select-option", has_text="Acme").first.click()
+    page.get_by_test_id("field-token-stacks").locator(".n-base-selection").click()
+    page.locator(".n-base-select-option", has_text=stack["name"]).first.click()
+    page.get_by_test_id("field-token-name").click()  # closes the stacks' menu
+    screenshot(page, "token-scoped-form-en-light")
+    page.get_by_test_id("token-create").click()
+
+    value = page.get_by_test_id("new-token")
+    value.wait_for()
+    token = value.inner_text().strip()
+    assert token.startswith("wf_")
+    page.get_by_test_id("token-created").get_by_role("button", name="Copy").click()
+    page.get_by_text("Copied").first.wait_for()
+    listed = next(t for t in server.api("GET", f"/tokens?q={name}", token=admin_token)["items"] if t["name"] == name)
+    assert (listed["scopes"], listed["organization_id"], listed["stack_ids"]) == (["deploy"], org_id, [stack["id"]])
+    row = page.locator(f"[data-testid=token-row][data-name='{name}']")
+    scope_text = row.get_by_test_id("token-scope").inner_text()
+    assert "Deploy" in scope_text and "Acme" in scope_text and "1 stack" in scope_text, scope_text
+    screenshot(page, "token-scoped-created-en-light")
+    # what it is limited to: reads, not a stack change
+    assert server.api("GET", "/auth/me", token=token)["email"]
+    refused = urllib.request.Request(
+        f"{server.url}/api/v1/stacks",
+        data=json.dumps({"name": f"no-{tag}", "template": template, "organization_id": org_id}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        urllib.request.urlopen(refused, timeout=10)
+        raise AssertionError("a deploy token created a stack")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 403 and json.loads(exc.read())["code"] == "token_scope"
+
+    page.reload()  # shown once: not after a reload
+    row.wait_for()
+    assert token not in page.content()
+    row.get_by_test_id("token-revoke").click()
+    page.get_by_test_id("confirm-ok").click()
+    row.get_by_test_id("token-revoke").wait_for(state="detached")
+    assert "Revoked" in row.inner_text()
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{server.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}), timeout=10
+        )
+        raise AssertionError("a revoked token still works")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    screenshot(page, "token-scoped-revoked-en-light")
+    assert page_errors(page) == []

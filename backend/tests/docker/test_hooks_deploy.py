@@ -45,7 +45,15 @@ async def test_a_hook_changes_an_allowed_variable_of_a_running_deployment(env):
         hook["url"].replace("http://testserver", ""), content=body, headers={"X-Hub-Signature-256": sign(hook["secret"], body)}
     )
     assert called.status_code == 202, called.text
-    assert called.json() == {"deployment_id": deployment_id, "revision": 2, "action": "change", "reason": None}
+    assert called.json() == {
+        "deployment_id": deployment_id,
+        "revision": 2,
+        "action": "change",
+        "reason": None,
+        "stack_id": None,
+        "deployments": [],
+        "skipped": [],
+    }
     second = await wait_revision(env.client, env.admin.headers, deployment_id, 2, {"running", "failed"})
     assert second["status"] == "running", second["error_message"]
     assert serves(port) == "v2"

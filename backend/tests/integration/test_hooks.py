@@ -100,7 +100,15 @@ async def test_a_signed_call_redeploys_and_is_recorded(world, db):
 
     accepted = await call(world, hook)
     assert accepted.status_code == 202, accepted.text
-    assert accepted.json() == {"deployment_id": world.deployment_id, "revision": 1, "action": "redeploy", "reason": None}
+    assert accepted.json() == {
+        "deployment_id": world.deployment_id,
+        "revision": 1,
+        "action": "redeploy",
+        "reason": None,
+        "stack_id": None,
+        "deployments": [],
+        "skipped": [],
+    }
     assert await world.status() == "pending" and world.dispatcher.sent == [world.deployment_id]
 
     # the deployment is rolling out: the next call waits
@@ -240,3 +248,144 @@ async def test_only_admins_manage_hooks(world, session):
     deleted = await world.client.delete(f"{world.hooks}/{hook['id']}", headers=world.admin.headers)
     assert deleted.status_code == 204
     assert (await call(world, hook)).status_code == 404
+
+
+# --- a stack's hooks ----------------------------------------------------------------------------------
+
+
+async def _stack_world(world: World, session) -> tuple[str, dict[str, str]]:
+    """The world's deployment's stack with two more deployments in its organisation (failed, deploying)."""
+    first = await session.get(Deployment, world.deployment_id)
+    ids = {"running": first.id}
+    for status in (DeploymentStatus.FAILED, DeploymentStatus.DEPLOYING):
+        row = Deployment(
+            organization_id=first.organization_id,
+            stack_id=first.stack_id,
+            target_id=first.target_id,
+            name=f"dep-{status}",
+            status=status,
+            attempt=1,
+            revision=1,
+            lease_owner="worker-1" if status is DeploymentStatus.DEPLOYING else None,
+            lease_expires_at=utcnow() + timedelta(seconds=60) if status is DeploymentStatus.DEPLOYING else None,
+        )
+        session.add(row)
+        await session.flush()
+        ids[str(status)] = row.id
+    await session.commit()
+    return first.stack_id, ids
+
+
+async def _statuses(world: World, ids: dict[str, str]) -> dict[str, str]:
+    async with world.db.engine.connect() as conn:
+        rows = (await conn.execute(select(Deployment.id, Deployment.status).where(Deployment.id.in_(list(ids.values()))))).all()
+    by_id = dict(rows)
+    return {name: str(by_id[i]) for name, i in ids.items()}
+
+
+async def test_a_stack_hook_rolls_out_the_stacks_deployments_and_lists_them(world, session, db):
+    stack_id, ids = await _stack_world(world, session)
+    hooks = f"/api/v1/stacks/{stack_id}/hooks"
+    created = await world.client.post(hooks, json={"name": "ci-stack"}, headers=world.admin.headers)
+    assert created.status_code == 201, created.text
+    hook = created.json()
+    assert hook["stack_id"] == stack_id and hook["deployment_id"] is None and hook["secret"].startswith("whsec_")
+    assert hook["url"] == f"https://windflow.example.com/api/v1/hooks/{hook['id']}"
+    listed = await world.client.get(hooks, headers=world.admin.headers)
+    assert [h["id"] for h in listed.json()] == [hook["id"]] and hook["secret"] not in listed.text
+    # a stack's hook is not one of its deployments' hooks, and neither list reaches the other's
+    assert (await world.client.get(world.hooks, headers=world.admin.headers)).json() == []
+    deployment_hook = await world.hook(name="one")
+    assert (
+        await world.client.patch(f"{hooks}/{deployment_hook['id']}", json={"enabled": False}, headers=world.admin.headers)
+    ).status_code == 404
+    assert (
+        await world.client.patch(f"{world.hooks}/{hook['id']}", json={"enabled": False}, headers=world.admin.headers)
+    ).status_code == 404
+
+    assert (await call(world, hook, secret="whsec_wrong")).status_code == 401
+    assert world.dispatcher.sent == []
+
+    accepted = await call(world, hook)
+    assert accepted.status_code == 202, accepted.text
+    answer = accepted.json()
+    assert (answer["deployment_id"], answer["stack_id"], answer["action"]) == (None, stack_id, "redeploy")
+    assert [(d["deployment_id"], d["action"], d["revision"]) for d in answer["deployments"]] == [
+        (ids["running"], "redeploy", 1),
+        (ids["failed"], "retry", 1),
+    ]
+    assert [(s["deployment_id"], s["code"]) for s in answer["skipped"]] == [(ids["deploying"], "deployment_rolling_out")]
+    assert world.dispatcher.sent == [ids["running"], ids["failed"]]
+    assert await _statuses(world, ids) == {"running": "pending", "failed": "pending", "deploying": "deploying"}
+
+    # now every one is rolling out: refused with the first one's refusal, the others listed, nothing deployed
+    busy = await call(world, hook)
+    assert busy.status_code == 429 and busy.json()["code"] == "deployment_rolling_out" and busy.headers["Retry-After"] == "10"
+    assert [s["deployment_id"] for s in busy.json()["params"]["skipped"]] == [ids["running"], ids["failed"], ids["deploying"]]
+    assert world.dispatcher.sent == [ids["running"], ids["failed"]]
+
+    calls = await world.client.get(f"{hooks}/{hook['id']}/calls", headers=world.admin.headers)
+    assert [c["code"] for c in calls.json()] == ["deployment_rolling_out", "accepted", "hook_signature_invalid"]
+    async with db.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(AuditEntry.__table__)
+                .where(AuditEntry.action == "hook.call", AuditEntry.actor_id == hook["id"])
+                .order_by(AuditEntry.at)
+            )
+        ).all()
+        everything = json.dumps([dict(r._mapping) for r in (await conn.execute(select(AuditEntry.__table__))).all()], default=str)
+    accepted_row = next(r for r in rows if r.status_code == 202)
+    assert (accepted_row.object_type, accepted_row.object_id, accepted_row.actor_kind) == ("stack", stack_id, "hook")
+    assert accepted_row.summary["deployments"] == [ids["running"], ids["failed"]]
+    assert accepted_row.summary["skipped"] == [{"deployment_id": ids["deploying"], "code": "deployment_rolling_out"}]
+    assert hook["secret"] not in everything
+
+    deleted = await world.client.delete(f"{hooks}/{hook['id']}", headers=world.admin.headers)
+    assert deleted.status_code == 204
+    assert (await call(world, hook)).status_code == 404
+
+
+async def test_a_stack_hook_refuses_before_deploying_anything(world, session):
+    stack_id, ids = await _stack_world(world, session)
+    await world.settle(DeploymentStatus.STOPPED)
+    hooks = f"/api/v1/stacks/{stack_id}/hooks"
+    hook = (await world.client.post(hooks, json={"name": "ci", "allowed_variables": ["tag"]}, headers=world.admin.headers)).json()
+    # a variable the hook does not allow: judged once, before any deployment
+    refused = await call(world, hook, json.dumps({"variables": {"other": "1"}}).encode())
+    assert refused.status_code == 422 and refused.json()["code"] == "hook_variable_not_allowed"
+    # an allowed variable, which no deployment can take (these rows have no revision recorded): the answer is the
+    # first one's refusal, each one's code in params.skipped
+    change = await call(world, hook, json.dumps({"variables": {"tag": "1.5"}}).encode())
+    assert change.status_code == 404, change.text
+    assert change.json()["code"] == "revision_not_found" and change.json()["detail"].startswith("none of the stack's 3 deployment(s)")
+    assert [s["code"] for s in change.json()["params"]["skipped"]] == ["revision_not_found", "revision_not_found", "deployment_rolling_out"]
+    # disabled
+    assert (await world.client.patch(f"{hooks}/{hook['id']}", json={"enabled": False}, headers=world.admin.headers)).status_code == 200
+    assert (await call(world, hook)).status_code == 403
+    assert world.dispatcher.sent == []
+    assert await _statuses(world, ids) == {"running": "stopped", "failed": "failed", "deploying": "deploying"}
+
+    # a stack without deployments
+    empty = await world.client.post(
+        "/api/v1/stacks",
+        json={"name": "empty", "template": "services:\n  web:\n    image: nginx:alpine\n", "organization_id": world.org_id},
+        headers=world.admin.headers,
+    )
+    assert empty.status_code == 201, empty.text
+    other = (await world.client.post(f"/api/v1/stacks/{empty.json()['id']}/hooks", json={"name": "ci"}, headers=world.admin.headers)).json()
+    nothing = await call(world, other)
+    assert nothing.status_code == 409 and nothing.json()["code"] == "stack_has_no_deployments"
+
+
+async def test_only_admins_manage_stack_hooks(world, session):
+    stack_id, _ids = await _stack_world(world, session)
+    hooks = f"/api/v1/stacks/{stack_id}/hooks"
+    operator = await create_user(world.client, world.admin, "op@example.com")
+    session.add(Membership(user_id=operator.user_id, organization_id=world.org_id, role=Role.OPERATOR))
+    await session.commit()
+    refused = await world.client.post(hooks, json={"name": "mine"}, headers=operator.headers)
+    assert refused.status_code == 403 and refused.json()["code"] == "role_required"
+    outsider = await create_user(world.client, world.admin, "out@example.com")
+    assert (await world.client.get(hooks, headers=outsider.headers)).status_code == 404
+    assert (await world.client.post(hooks, json={"name": ""}, headers=world.admin.headers)).status_code == 422

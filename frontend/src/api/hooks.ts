@@ -1,60 +1,87 @@
-/** A deployment's deploy hooks (admins) over the typed client. */
+/** Deploy hooks of a deployment or of a stack (admins) over the typed client. */
 import { api, unwrap } from './client'
 import type { components } from './schema'
 
 export type Hook = components['schemas']['HookRead']
 export type CreatedHook = components['schemas']['HookCreated']
 export type HookCall = components['schemas']['HookCallRead']
+/** Whose hooks: a deployment's, or a stack's (a call rolls out the stack's deployments). */
+export type HookOwner = { kind: 'deployment' | 'stack'; id: string }
 
-const path = (deploymentId: string) => ({ deployment_id: deploymentId })
-
-export function listHooks(deploymentId: string): Promise<Hook[]> {
-  return unwrap(api.GET('/api/v1/deployments/{deployment_id}/hooks', { params: { path: path(deploymentId) } }))
+export function listHooks(owner: HookOwner): Promise<Hook[]> {
+  return owner.kind === 'stack'
+    ? unwrap(api.GET('/api/v1/stacks/{stack_id}/hooks', { params: { path: { stack_id: owner.id } } }))
+    : unwrap(api.GET('/api/v1/deployments/{deployment_id}/hooks', { params: { path: { deployment_id: owner.id } } }))
 }
 
 export function createHook(
-  deploymentId: string,
+  owner: HookOwner,
   name: string,
   allowed: string[],
   branch: string | null,
 ): Promise<CreatedHook> {
-  return unwrap(
-    api.POST('/api/v1/deployments/{deployment_id}/hooks', {
-      params: { path: path(deploymentId) },
-      body: { name, allowed_variables: allowed, branch },
-    }),
-  )
+  const body = { name, allowed_variables: allowed, branch }
+  return owner.kind === 'stack'
+    ? unwrap(api.POST('/api/v1/stacks/{stack_id}/hooks', { params: { path: { stack_id: owner.id } }, body }))
+    : unwrap(
+        api.POST('/api/v1/deployments/{deployment_id}/hooks', { params: { path: { deployment_id: owner.id } }, body }),
+      )
 }
 
-export function rotateHook(deploymentId: string, hookId: string): Promise<CreatedHook> {
-  return unwrap(
-    api.POST('/api/v1/deployments/{deployment_id}/hooks/{hook_id}/rotate', {
-      params: { path: { ...path(deploymentId), hook_id: hookId } },
-    }),
-  )
+export function rotateHook(owner: HookOwner, hookId: string): Promise<CreatedHook> {
+  return owner.kind === 'stack'
+    ? unwrap(
+        api.POST('/api/v1/stacks/{stack_id}/hooks/{hook_id}/rotate', {
+          params: { path: { stack_id: owner.id, hook_id: hookId } },
+        }),
+      )
+    : unwrap(
+        api.POST('/api/v1/deployments/{deployment_id}/hooks/{hook_id}/rotate', {
+          params: { path: { deployment_id: owner.id, hook_id: hookId } },
+        }),
+      )
 }
 
-export function setHookEnabled(deploymentId: string, hookId: string, enabled: boolean): Promise<Hook> {
-  return unwrap(
-    api.PATCH('/api/v1/deployments/{deployment_id}/hooks/{hook_id}', {
-      params: { path: { ...path(deploymentId), hook_id: hookId } },
-      body: { enabled },
-    }),
-  )
+export function setHookEnabled(owner: HookOwner, hookId: string, enabled: boolean): Promise<Hook> {
+  return owner.kind === 'stack'
+    ? unwrap(
+        api.PATCH('/api/v1/stacks/{stack_id}/hooks/{hook_id}', {
+          params: { path: { stack_id: owner.id, hook_id: hookId } },
+          body: { enabled },
+        }),
+      )
+    : unwrap(
+        api.PATCH('/api/v1/deployments/{deployment_id}/hooks/{hook_id}', {
+          params: { path: { deployment_id: owner.id, hook_id: hookId } },
+          body: { enabled },
+        }),
+      )
 }
 
-export async function deleteHook(deploymentId: string, hookId: string): Promise<void> {
-  await unwrap(
-    api.DELETE('/api/v1/deployments/{deployment_id}/hooks/{hook_id}', {
-      params: { path: { ...path(deploymentId), hook_id: hookId } },
-    }),
-  )
+export async function deleteHook(owner: HookOwner, hookId: string): Promise<void> {
+  await (owner.kind === 'stack'
+    ? unwrap(
+        api.DELETE('/api/v1/stacks/{stack_id}/hooks/{hook_id}', {
+          params: { path: { stack_id: owner.id, hook_id: hookId } },
+        }),
+      )
+    : unwrap(
+        api.DELETE('/api/v1/deployments/{deployment_id}/hooks/{hook_id}', {
+          params: { path: { deployment_id: owner.id, hook_id: hookId } },
+        }),
+      ))
 }
 
-export function hookCalls(deploymentId: string, hookId: string): Promise<HookCall[]> {
-  return unwrap(
-    api.GET('/api/v1/deployments/{deployment_id}/hooks/{hook_id}/calls', {
-      params: { path: { ...path(deploymentId), hook_id: hookId } },
-    }),
-  )
+export function hookCalls(owner: HookOwner, hookId: string): Promise<HookCall[]> {
+  return owner.kind === 'stack'
+    ? unwrap(
+        api.GET('/api/v1/stacks/{stack_id}/hooks/{hook_id}/calls', {
+          params: { path: { stack_id: owner.id, hook_id: hookId } },
+        }),
+      )
+    : unwrap(
+        api.GET('/api/v1/deployments/{deployment_id}/hooks/{hook_id}/calls', {
+          params: { path: { deployment_id: owner.id, hook_id: hookId } },
+        }),
+      )
 }

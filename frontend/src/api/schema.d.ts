@@ -616,6 +616,10 @@ export interface paths {
          *     ``"<timestamp>." + body``, refused outside the replay window), or GitLab's ``X-Gitlab-Token``. Body ``{}``
          *     redeploys (retries a failed deployment); ``{"variables": {...}}`` changes the variables the hook allows.
          *     GitHub/GitLab push payloads of another branch than the hook's are skipped (200).
+         *
+         *     A stack's hook does it to every deployment of the stack in the hook's organisation: the answer lists the
+         *     ``deployments`` rolled out and those ``skipped`` (already rolling out, target inactive...: each with its
+         *     refusal's code); when none could be, the first one's refusal is the answer and nothing is deployed.
          */
         post: operations["call_hook_api_v1_hooks__hook_id__post"];
         delete?: never;
@@ -942,6 +946,95 @@ export interface paths {
          * @description Change a stack (operator or higher); a new template or schema is validated like on create.
          */
         patch: operations["update_stack_api_v1_stacks__stack_id__patch"];
+        trace?: never;
+    };
+    "/api/v1/stacks/{stack_id}/hooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Stack Hooks
+         * @description The stack's hooks (never their secrets).
+         */
+        get: operations["list_stack_hooks_api_v1_stacks__stack_id__hooks_get"];
+        put?: never;
+        /**
+         * Create Stack Hook
+         * @description A hook for this stack: a call rolls out every deployment of the stack in its organisation (see
+         *     ``POST /hooks/{hook_id}``). Its URL, and its secret, shown in this answer only.
+         */
+        post: operations["create_stack_hook_api_v1_stacks__stack_id__hooks_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/stacks/{stack_id}/hooks/{hook_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Stack Hook
+         * @description Delete a stack's hook: its URL answers 404 from now on.
+         */
+        delete: operations["delete_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Update Stack Hook
+         * @description Rename, enable or disable a stack's hook, change the variables it allows or its branch.
+         */
+        patch: operations["update_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__patch"];
+        trace?: never;
+    };
+    "/api/v1/stacks/{stack_id}/hooks/{hook_id}/calls": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Stack Hook Calls
+         * @description The stack's hook's recent calls, newest first, accepted or refused.
+         */
+        get: operations["list_stack_hook_calls_api_v1_stacks__stack_id__hooks__hook_id__calls_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/stacks/{stack_id}/hooks/{hook_id}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate Stack Hook
+         * @description A new secret, shown in this answer only; the previous one keeps working for ``HOOK_SECRET_GRACE_SECONDS``.
+         */
+        post: operations["rotate_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__rotate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/stacks/{stack_id}/render": {
@@ -2555,8 +2648,11 @@ export interface components {
             created_at: string;
             /** Created By */
             created_by: string | null;
-            /** Deployment Id */
-            deployment_id: string;
+            /**
+             * Deployment Id
+             * @description the hook's deployment (null for a stack's hook)
+             */
+            deployment_id: string | null;
             /** Enabled */
             enabled: boolean;
             /** Id */
@@ -2578,6 +2674,11 @@ export interface components {
              */
             secret: string;
             /**
+             * Stack Id
+             * @description a stack's hook: it rolls out the stack's deployments
+             */
+            stack_id?: string | null;
+            /**
              * Url
              * @description POST here, signed with the secret
              */
@@ -2596,8 +2697,11 @@ export interface components {
             created_at: string;
             /** Created By */
             created_by: string | null;
-            /** Deployment Id */
-            deployment_id: string;
+            /**
+             * Deployment Id
+             * @description the hook's deployment (null for a stack's hook)
+             */
+            deployment_id: string | null;
             /** Enabled */
             enabled: boolean;
             /** Id */
@@ -2614,10 +2718,46 @@ export interface components {
             /** Rotated At */
             rotated_at: string | null;
             /**
+             * Stack Id
+             * @description a stack's hook: it rolls out the stack's deployments
+             */
+            stack_id?: string | null;
+            /**
              * Url
              * @description POST here, signed with the secret
              */
             url: string;
+        };
+        /** HookRollout */
+        HookRollout: {
+            /**
+             * Action
+             * @enum {string}
+             */
+            action: "redeploy" | "retry" | "start" | "change";
+            /** Deployment Id */
+            deployment_id: string;
+            /** Name */
+            name: string;
+            /**
+             * Revision
+             * @description the revision being rolled out
+             */
+            revision: number | null;
+        };
+        /** HookSkipped */
+        HookSkipped: {
+            /**
+             * Code
+             * @description why it was not rolled out: the refusal's error code (e.g. deployment_rolling_out)
+             */
+            code: string;
+            /** Deployment Id */
+            deployment_id: string;
+            /** Detail */
+            detail: string;
+            /** Name */
+            name: string;
         };
         /** HookTriggered */
         HookTriggered: {
@@ -2626,8 +2766,16 @@ export interface components {
              * @enum {string}
              */
             action: "redeploy" | "retry" | "start" | "change" | "skipped";
-            /** Deployment Id */
-            deployment_id: string;
+            /**
+             * Deployment Id
+             * @description the hook's deployment (null for a stack's hook)
+             */
+            deployment_id: string | null;
+            /**
+             * Deployments
+             * @description a stack's hook: the deployments rolled out
+             */
+            deployments?: components["schemas"]["HookRollout"][];
             /**
              * Reason
              * @description why a call was skipped (a push to another branch, a ping)
@@ -2635,9 +2783,19 @@ export interface components {
             reason?: string | null;
             /**
              * Revision
-             * @description the revision being rolled out (null when skipped)
+             * @description the revision being rolled out (null when skipped, and for a stack's hook)
              */
             revision: number | null;
+            /**
+             * Skipped
+             * @description a stack's hook: its deployments that could not be rolled out, and why
+             */
+            skipped?: components["schemas"]["HookSkipped"][];
+            /**
+             * Stack Id
+             * @description a stack's hook: its stack
+             */
+            stack_id?: string | null;
         };
         /**
          * HookUpdate
@@ -7092,7 +7250,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Conflict with the current state. Codes: `hook_replayed`, `invalid_transition`, `no_template_recorded`, `revision_conflict`, `rollout_in_progress`, `stack_deleted`, `target_inactive` */
+            /** @description Conflict with the current state. Codes: `hook_replayed`, `invalid_transition`, `no_template_recorded`, `revision_conflict`, `rollout_in_progress`, `stack_deleted`, `stack_has_no_deployments`, `target_inactive`, `too_many_deployments` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -9224,6 +9382,473 @@ export interface operations {
                 };
             };
             /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable`, `renderer_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_stack_hooks_api_v1_stacks__stack_id__hooks_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookRead"][];
+                };
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_stack_hook_api_v1_stacks__stack_id__hooks_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HookCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookCreated"];
+                };
+            };
+            /** @description The request could not be read (a body that is not parsable). Codes: `bad_request` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state. Codes: `too_many_hooks` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large. Codes: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                hook_id: string;
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `hook_not_found`, `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                hook_id: string;
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HookUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookRead"];
+                };
+            };
+            /** @description The request could not be read (a body that is not parsable). Codes: `bad_request` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `hook_not_found`, `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large. Codes: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_stack_hook_calls_api_v1_stacks__stack_id__hooks__hook_id__calls_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                hook_id: string;
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookCallRead"][];
+                };
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `hook_not_found`, `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rotate_stack_hook_api_v1_stacks__stack_id__hooks__hook_id__rotate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description an object id (UUID) */
+                hook_id: string;
+                /** @description an object id (UUID) */
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookCreated"];
+                };
+            };
+            /** @description Not authenticated: no credential, or a bad, expired or revoked one. Codes: `inactive_user`, `invalid_token`, `not_authenticated`, `token_expired`, `token_revoked` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden: your role (or platform role) does not allow this. Codes: `role_required`, `token_scope` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (or not visible to you). Codes: `hook_not_found`, `stack_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid request: each field's problem in `errors`, or a domain rule named by `code`. Codes: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Unavailable for now (the database or an engine does not answer): retry later. Codes: `database_unavailable` */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -124,7 +124,10 @@ export const apiErrorsFr: Record<string, string> = {
   hook_disabled: 'Ce hook est désactivé ; réactivez-le sur la page du déploiement.',
   hook_body_invalid: 'Le corps doit être un objet JSON vide, ou n’avoir que le champ « variables ».',
   hook_variable_not_allowed: 'Ce hook ne peut pas modifier {names} ; il autorise : {allowed}.',
-  too_many_hooks: 'Un déploiement a au plus {max} hooks ; supprimez-en un d’abord.',
+  too_many_hooks: 'Un déploiement ou une stack a au plus {max} hooks ; supprimez-en un d’abord.',
+  stack_has_no_deployments: 'La stack de ce hook n’a aucun déploiement à relancer.',
+  too_many_deployments:
+    'La stack a plus de {max} déploiements : le hook d’une stack en relance au plus {max} ; utilisez les hooks des déploiements.',
   deployment_rolling_out: 'Le déploiement est {status} : réessayez dans {seconds} s, une fois terminé.',
   channel_not_found: 'Canal de notification introuvable.',
   channel_field_invalid: 'Ce champ ne convient pas à ce type de canal : {detail}',

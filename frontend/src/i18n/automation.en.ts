@@ -74,6 +74,8 @@ export default {
   },
   hooks: {
     tab: 'Deploy hooks',
+    stackHint:
+      'A URL and a secret with which CI rolls out every deployment of this stack (in this organization): POST signed with X-Hub-Signature-256 (HMAC-SHA256 of the body). An empty body redeploys each; “variables” changes those the hook allows. A deployment already rolling out is skipped, and the answer lists them all.',
     hint: 'A URL and a secret with which CI rolls this deployment out: POST signed with X-Hub-Signature-256 (HMAC-SHA256 of the body). An empty body redeploys; “variables” changes those the hook allows.',
     name: 'Name',
     allowed: 'Variables it may change',

@@ -74,6 +74,8 @@ export default {
   },
   hooks: {
     tab: 'Hooks de déploiement',
+    stackHint:
+      'Une URL et un secret avec lesquels la CI relance tous les déploiements de cette stack (dans cette organisation) : POST signé avec X-Hub-Signature-256 (HMAC-SHA256 du corps). Un corps vide redéploie chacun ; « variables » change celles que le hook autorise. Un déploiement déjà en cours est sauté, et la réponse les liste tous.',
     hint: 'Une URL et un secret avec lesquels la CI déploie ce déploiement : POST signé avec X-Hub-Signature-256 (HMAC-SHA256 du corps). Un corps vide redéploie ; « variables » change celles que le hook autorise.',
     name: 'Nom',
     allowed: 'Variables qu’il peut changer',

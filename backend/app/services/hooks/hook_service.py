@@ -1,4 +1,5 @@
-"""Deploy hooks of a deployment: management (create, rotate, change, delete, recent calls) and a call's effect.
+"""Deploy hooks of a deployment or of a stack: management (create, rotate, change, delete, recent calls) and a
+call's effect.
 
 A call (``POST /api/v1/hooks/{id}``, no user credential) is judged in this order, and nothing is deployed
 unless every step passes: the signature (401: ``signature.py``), the replay window and nonce (409), the
@@ -7,6 +8,14 @@ hook enabled (403), a push of another branch (skipped, 200), the body (422: only
 ``Retry-After`` while one is pending or deploying). Then a body without variables redeploys (a running or
 stopped deployment), retries (a failed or cancelled one); variables make a new revision through
 ``revisions.create_update``, validated like any change.
+
+A stack's hook does the same to every deployment of that stack in the hook's organisation (its
+organisation's admins made it, and may deploy all of them), at most :data:`MAX_STACK_HOOK_DEPLOYMENTS`,
+oldest first, one after the other. A deployment that cannot take the rollout (one
+already rolling out, an inactive target, a value its revision's schema refuses...) is skipped and listed
+with its refusal's code; the others are rolled out, and one ``202`` lists both. When none can, the call is
+refused with the first deployment's refusal (its status and code; ``params.skipped`` lists them all) and
+nothing is deployed; a stack without deployments is ``409 stack_has_no_deployments``.
 """
 
 from __future__ import annotations
@@ -25,16 +34,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
 from backend.app.core import security
-from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, RateLimited, ValidationFailed
+from backend.app.core.exceptions import Conflict, NotFound, PermissionDenied, RateLimited, ValidationFailed, WindFlowError
 from backend.app.database import utcnow
-from backend.app.models import ACTIVE_STATUSES, DeployHook, DeployHookCall, Deployment, DeploymentStatus
+from backend.app.models import ACTIVE_STATUSES, DeployHook, DeployHookCall, Deployment, DeploymentStatus, Stack
 from backend.app.schemas.hooks import HookCreate, HookUpdate
 from backend.app.services.deployment_service import DeploymentService
 from backend.app.services.deployments import revisions
 from backend.app.services.hooks import signature
 
 SECRET_PREFIX = "whsec_"
-MAX_HOOKS_PER_DEPLOYMENT = 20
+MAX_HOOKS_PER_DEPLOYMENT = 20  # and per stack
+#: a stack's hook rolls out at most this many deployments (a stack with more is refused: use their own hooks)
+MAX_STACK_HOOK_DEPLOYMENTS = 100
 RECENT_CALLS = 50
 #: a call's record: ``accepted`` or ``skipped``, else the refusal's error code
 ACCEPTED, SKIPPED = "accepted", "skipped"
@@ -50,20 +61,28 @@ def actor_name(hook: DeployHook) -> str:
     return f"hook:{hook.name}"
 
 
-async def create(
-    session: AsyncSession, *, settings: Settings, deployment: Deployment, data: HookCreate, created_by: str
-) -> tuple[DeployHook, str]:
-    count = len((await session.execute(select(DeployHook.id).where(DeployHook.deployment_id == deployment.id))).all())
+Owner = Deployment | Stack
+
+
+def _owned_by(owner: Owner):
+    return DeployHook.stack_id == owner.id if isinstance(owner, Stack) else DeployHook.deployment_id == owner.id
+
+
+async def create(session: AsyncSession, *, settings: Settings, owner: Owner, data: HookCreate, created_by: str) -> tuple[DeployHook, str]:
+    """A hook of ``owner`` (a deployment, or a stack: its deployments)."""
+    count = len((await session.execute(select(DeployHook.id).where(_owned_by(owner)))).all())
     if count >= MAX_HOOKS_PER_DEPLOYMENT:
+        noun = "stack" if isinstance(owner, Stack) else "deployment"
         raise Conflict(
-            f"a deployment has at most {MAX_HOOKS_PER_DEPLOYMENT} hooks; delete one first",
+            f"a {noun} has at most {MAX_HOOKS_PER_DEPLOYMENT} hooks; delete one first",
             code="too_many_hooks",
             params={"max": MAX_HOOKS_PER_DEPLOYMENT},
         )
     secret = new_secret()
     hook = DeployHook(
-        organization_id=deployment.organization_id,
-        deployment_id=deployment.id,
+        organization_id=owner.organization_id,
+        deployment_id=None if isinstance(owner, Stack) else owner.id,
+        stack_id=owner.id if isinstance(owner, Stack) else None,
         name=data.name,
         secret_encrypted=security.encrypt_secret(settings, secret),
         allowed_variables=list(dict.fromkeys(data.allowed_variables)),
@@ -76,16 +95,15 @@ async def create(
     return hook, secret
 
 
-async def list_for(session: AsyncSession, *, deployment: Deployment) -> list[DeployHook]:
-    rows = await session.execute(
-        select(DeployHook).where(DeployHook.deployment_id == deployment.id).order_by(DeployHook.created_at, DeployHook.id)
-    )
+async def list_for(session: AsyncSession, *, owner: Owner) -> list[DeployHook]:
+    rows = await session.execute(select(DeployHook).where(_owned_by(owner)).order_by(DeployHook.created_at, DeployHook.id))
     return list(rows.scalars())
 
 
-async def get(session: AsyncSession, *, deployment: Deployment, hook_id: str) -> DeployHook:
+async def get(session: AsyncSession, *, owner: Owner, hook_id: str) -> DeployHook:
     hook = await session.get(DeployHook, hook_id)
-    if hook is None or hook.deployment_id != deployment.id:
+    owner_id = None if hook is None else hook.stack_id if isinstance(owner, Stack) else hook.deployment_id
+    if hook is None or owner_id != owner.id:
         raise NotFound("hook not found", code="hook_not_found")
     return hook
 
@@ -155,16 +173,46 @@ def record_call(
 
 
 @dataclass(frozen=True)
-class Triggered:
+class Rollout:
+    """One deployment a stack's hook rolled out."""
+
     deployment_id: str
+    name: str
+    revision: int | None
+    action: str  # redeploy | retry | start | change
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One deployment a stack's hook could not roll out, and why (the refusal's code and detail)."""
+
+    deployment_id: str
+    name: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Triggered:
+    deployment_id: str | None  # None for a stack's hook
     revision: int | None
     action: str  # redeploy | retry | start | change | skipped
     reason: str | None = None
     variables: tuple[str, ...] = ()
+    stack_id: str | None = None
+    deployments: tuple[Rollout, ...] = ()  # a stack's hook: what it rolled out
+    skipped: tuple[Skipped, ...] = ()
 
     @property
     def dispatch(self) -> bool:
         return self.action != "skipped"
+
+    @property
+    def dispatched(self) -> list[str]:
+        """The deployments to hand to the dispatcher."""
+        if not self.dispatch:
+            return []
+        return [r.deployment_id for r in self.deployments] if self.stack_id else [self.deployment_id or ""]
 
 
 def _push_branch(headers: dict[str, str], payload: Any) -> str | None:
@@ -224,17 +272,47 @@ async def trigger(
     except IntegrityError:
         raise Conflict("this signed call was already received (a replay); sign a new call", code="hook_replayed") from None
     hook.last_called_at = utcnow()
+    try:
+        return await _apply(session, settings=settings, hook=hook, headers=headers, payload=payload, branch=branch, nonce_row=nonce_row)
+    except WindFlowError as error:
+        # A change commits the call's record before its slow rendering (revisions.render_for_target): the
+        # route then updates that record with the refusal instead of adding a second one.
+        error.hook_call_id = nonce_row.id  # type: ignore[attr-defined]
+        raise
+
+
+async def _apply(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    hook: DeployHook,
+    headers: dict[str, str],
+    payload: Any,
+    branch: str | None,
+    nonce_row: DeployHookCall,
+) -> Triggered:
     if branch is not None or (headers.get("x-github-event") == "ping"):
         if branch is None or (hook.branch is not None and branch != hook.branch):
             nonce_row.status_code, nonce_row.code = 200, SKIPPED
             reason = "ping" if branch is None else f"a push to {branch[:100]}, not {hook.branch}"
-            return Triggered(hook.deployment_id, None, "skipped", reason)
+            return Triggered(hook.deployment_id, None, "skipped", reason, stack_id=hook.stack_id)
         variables: dict[str, Any] = {}  # a push rolls the deployment out again as it is
     else:
         variables = _variables(hook, payload)
+    if hook.stack_id is not None:
+        return await _trigger_stack(session, settings=settings, hook=hook, variables=variables)
     deployment = await session.get(Deployment, hook.deployment_id, populate_existing=True)
     if deployment is None:  # pragma: no cover - the hook is deleted with its deployment
         raise NotFound("hook not found", code="hook_not_found")
+    revision, action = await _roll_out(session, settings=settings, hook=hook, deployment=deployment, variables=variables)
+    nonce_row.revision = revision
+    return Triggered(deployment.id, revision, action, variables=tuple(sorted(variables)))
+
+
+async def _roll_out(
+    session: AsyncSession, *, settings: Settings, hook: DeployHook, deployment: Deployment, variables: dict[str, Any]
+) -> tuple[int | None, str]:
+    """Roll one deployment out for a hook: (the revision, the action); 429 while it is already rolling out."""
     if deployment.status in ACTIVE_STATUSES:
         raise RateLimited(
             f"the deployment is {deployment.status} (revision {deployment.revision}): retry once it has settled",
@@ -247,13 +325,67 @@ async def trigger(
         revision = await revisions.create_update(
             session, settings=settings, deployment=deployment, user=None, actor=actor, variables=variables, stack_version=None
         )
-        result = Triggered(deployment.id, revision.number, "change", variables=tuple(sorted(variables)))
-    else:
-        action = {DeploymentStatus.FAILED: "retry", DeploymentStatus.CANCELLED: "retry"}.get(deployment.status, "redeploy")
-        await DeploymentService.requeue(session, deployment=deployment, action=action, actor=actor, settings=settings)
-        result = Triggered(deployment.id, deployment.revision, action)
-    nonce_row.revision = result.revision
-    return result
+        return revision.number, "change"
+    action = {DeploymentStatus.FAILED: "retry", DeploymentStatus.CANCELLED: "retry"}.get(deployment.status, "redeploy")
+    await DeploymentService.requeue(session, deployment=deployment, action=action, actor=actor, settings=settings)
+    return deployment.revision, action
+
+
+async def _trigger_stack(session: AsyncSession, *, settings: Settings, hook: DeployHook, variables: dict[str, Any]) -> Triggered:
+    """A stack's hook: every deployment of the stack in the hook's organisation (see the module docstring)."""
+    deployments = list(
+        (
+            await session.execute(
+                select(Deployment)
+                .where(Deployment.stack_id == hook.stack_id, Deployment.organization_id == hook.organization_id)
+                .order_by(Deployment.created_at, Deployment.id)
+                .limit(MAX_STACK_HOOK_DEPLOYMENTS + 1)
+                .execution_options(populate_existing=True)
+            )
+        ).scalars()
+    )
+    if not deployments:
+        raise Conflict("the hook's stack has no deployment to roll out", code="stack_has_no_deployments")
+    if len(deployments) > MAX_STACK_HOOK_DEPLOYMENTS:
+        raise Conflict(
+            f"the stack has more than {MAX_STACK_HOOK_DEPLOYMENTS} deployments: a stack's hook rolls out at most "
+            f"{MAX_STACK_HOOK_DEPLOYMENTS}; use hooks of the deployments",
+            code="too_many_deployments",
+            params={"max": MAX_STACK_HOOK_DEPLOYMENTS},
+        )
+    rolled: list[Rollout] = []
+    skipped: list[tuple[Skipped, WindFlowError]] = []
+    for deployment in deployments:
+        # No savepoint: a change ends the transaction before its slow rendering (revisions.render_for_target),
+        # so what came before is committed by then. A refusal comes before its deployment's first write
+        # (status checks, rendering, policy, the compare-and-set that writes nothing when it fails), so a
+        # refused deployment leaves nothing behind and the session goes on with the next one.
+        try:
+            revision, action = await _roll_out(session, settings=settings, hook=hook, deployment=deployment, variables=variables)
+        except WindFlowError as error:
+            skipped.append((Skipped(deployment.id, deployment.name, error.code, error.detail[:500]), error))
+            continue
+        rolled.append(Rollout(deployment.id, deployment.name, revision, action))
+    if not rolled:
+        first = skipped[0][1]
+        raise type(first)(
+            f"none of the stack's {len(deployments)} deployment(s) could be rolled out; {skipped[0][0].name}: {first.detail}",
+            code=first.code,
+            headers=first.headers,
+            params={
+                **first.params,
+                "skipped": [{"deployment_id": s.deployment_id, "name": s.name, "code": s.code} for s, _ in skipped],
+            },
+        )
+    return Triggered(
+        None,
+        None,
+        "change" if variables else "redeploy",
+        variables=tuple(sorted(variables)),
+        stack_id=hook.stack_id,
+        deployments=tuple(rolled),
+        skipped=tuple(s for s, _ in skipped),
+    )
 
 
 async def prune_calls(session: AsyncSession, *, settings: Settings, batch: int = 1000) -> int:
