@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, ui_login
+from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, tear_down, ui_login
 from backend.tests.browser.test_live_deployment import wait_status
 
 
@@ -149,11 +149,8 @@ def test_a_target_is_edited_and_its_policy_changed_until_a_bind_deploy_is_accept
         assert page_errors(page) == [], page.errors
     finally:
         page.context.close()
-        for deployment_id in list(cleanup_deployments):
-            try:
-                server.api("DELETE", f"/deployments/{deployment_id}", token=admin_token)
-            except AssertionError:
-                pass
+        for deployment_id in list(cleanup_deployments):  # gone before the target (a deleting one still uses it)
+            tear_down(server, admin_token, deployment_id)
         server.api("DELETE", f"/targets/{target['id']}", token=admin_token)
 
 
