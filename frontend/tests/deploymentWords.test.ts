@@ -101,4 +101,92 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       'révision 2 en état dégradé : « service web exited with code 137 »',
     )
   })
+
+  // the params as the server gives them (backend/tests/unit/test_deployment_words.py: a nested detail's parts)
+  it('words a revision row’s health detail from its parts, without service_health', () => {
+    setLocale('fr')
+    const revision = {
+      error_message:
+        'revision 2 is degraded: service web exited with code 137; service db is unhealthy (last check: no)',
+      error_code: 'revision_health',
+      error_params: {
+        revision: '2',
+        health: 'degraded',
+        detail: 'service web exited with code 137; service db is unhealthy (last check: no)',
+        'detail.parts': '2',
+        'detail.0.code': 'exited_code',
+        'detail.0.service': 'web',
+        'detail.0.exit_code': '137',
+        'detail.1.code': 'unhealthy_probe',
+        'detail.1.service': 'db',
+        'detail.1.probe': 'no',
+      },
+    }
+    expect(deploymentErrorText(revision)).toBe(
+      'révision 2 en état dégradé : service web arrêté avec le code 137 ; service db en mauvaise santé (dernier contrôle : « no »)',
+    )
+    setLocale('en')
+    expect(deploymentErrorText(revision)).toBe(revision.error_message)
+  })
+
+  it('words why a deployment could not be prepared, and quotes a detail it has no words for', () => {
+    setLocale('fr')
+    const prepare = (detail: string, parts: Record<string, string>) => ({
+      error_message: `cannot prepare the deployment: ${detail}`,
+      error_code: 'cannot_prepare',
+      error_params: { detail, ...parts },
+    })
+    expect(
+      deploymentErrorText(
+        prepare('the deployment’s target no longer exists', {
+          'detail.parts': '1',
+          'detail.0.code': 'target_not_found',
+        }),
+      ),
+    ).toBe('impossible de préparer le déploiement : la cible du déploiement n’existe plus')
+    expect(
+      deploymentErrorText(
+        prepare('x-windflow.up_timeout must be ...', {
+          'detail.parts': '1',
+          'detail.0.code': 'invalid_timeout',
+          'detail.0.key': 'up_timeout',
+          'detail.0.max': '86400',
+          'detail.0.example': '{up_timeout: 600}',
+        }),
+      ),
+    ).toBe(
+      'impossible de préparer le déploiement : x-windflow.up_timeout doit être un nombre de secondes entre 1 et 86400 (x-windflow est un dictionnaire, p. ex. x-windflow: {up_timeout: 600})',
+    )
+    expect(deploymentErrorText(prepare('disk full', {}))).toBe('impossible de préparer le déploiement : « disk full »')
+    // a part this UI has no words for: the whole detail quoted as the server wrote it
+    expect(deploymentErrorText(prepare('new', { 'detail.parts': '1', 'detail.0.code': 'from_a_newer_server' }))).toBe(
+      'impossible de préparer le déploiement : « new »',
+    )
+  })
+
+  it('words the health gate’s container states, Docker’s words too', () => {
+    setLocale('fr')
+    const line = {
+      message: 'waiting for app: 0/3 ready, created, running (starting), running, settling (4.5s left)',
+      code: 'waiting_ready',
+      params: {
+        service: 'app',
+        ready: '0',
+        count: '3',
+        states: 'created, running (starting), running, settling (4.5s left)',
+        'states.parts': '3',
+        'states.0.code': 'status',
+        'states.0.status': 'created',
+        'states.1.code': 'health',
+        'states.1.health': 'starting',
+        'states.2.code': 'settling',
+        'states.2.seconds': '4.5',
+      },
+    }
+    const text = logLineText(line)
+    expect(text).toBe(
+      'attente de app : 0/3 prêt(s), états créé, en marche (contrôle de santé en cours), en marche, stabilisation (4.5 s restantes)',
+    )
+    expect(text).not.toMatch(/running|created|starting|settling/)
+  })
 })

@@ -120,6 +120,26 @@ SERVICE_REASONS: dict[str, str] = {
     "missing": "has {count} of its {expected} container(s)",
 }
 
+#: code -> why a deployment could not even be prepared (``cannot_prepare``'s ``detail``: what loading its target,
+#: values and snapshot raised; ``services/deployments/context.py``, ``core/security.py``).
+PREPARE_DETAILS: dict[str, str] = {
+    "target_not_found": "the deployment's target no longer exists",
+    "target_elsewhere": "target {target} is the engine of host {host}; this process runs on host {here} (its work runs on the workers of that host: WORKER_TARGETS=local)",
+    "no_snapshot": "this deployment has no rendered compose snapshot",
+    "invalid_timeout": "x-windflow.{key} must be a number of seconds between 1 and {max} (x-windflow is a mapping, e.g. x-windflow: {example})",
+    "cannot_decrypt": "cannot decrypt a stored secret: was SECRET_KEY changed?",
+}
+
+#: code -> a container's state as the health gate's waiting lines name it (``waiting_ready``'s ``states``, joined
+#: with ", "; ``engines/health_gate.py``): ``status`` and ``health`` are the engine's own words (``created``,
+#: ``starting``...), which a client words from their fixed vocabulary.
+CONTAINER_STATES: dict[str, str] = {
+    "settling": "running, settling ({seconds}s left)",
+    "no_health_yet": "running (no health status yet)",
+    "health": "running ({health})",
+    "status": "{status}",
+}
+
 #: Parameters that quote other programs' words or an English detail (``states``: the engine's container states, as
 #: the health gate saw them): shown quoted, never translated.
 QUOTED = frozenset({"detail", "output", "probe", "failed_detail", "states"})
@@ -165,16 +185,58 @@ def _classify(text: str | None, table: Table) -> tuple[str | None, dict[str, str
     return None, {}
 
 
+_PREPARE = _compile(PREPARE_DETAILS)
+_STATES = _compile(CONTAINER_STATES)
+_STATE_TOKEN = re.compile(r"\s*(running, settling \([^)]*\)|[^,]+)")
+_SERVICE_SAID = re.compile(r"^service (\S+) (.+)$")
+
+
+def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]] | None:
+    """The sentences a parameter is made of (a nested detail), or None when it is not one WindFlow words."""
+    if name == "states" and code == "waiting_ready":
+        tokens = [t.strip() for t in _STATE_TOKEN.findall(value)]
+        return [_classify(t, _STATES) for t in tokens]
+    if name == "detail" and code in ("watch_down", "revision_health"):
+        parts = []
+        for said in value.split("; "):
+            match = _SERVICE_SAID.match(said)
+            if not match:
+                return None
+            reason, params = service_reason_words(match.group(2))
+            parts.append((reason, {"service": match.group(1), **params}))
+        return parts
+    if name == "detail" and code == "cannot_prepare":
+        return [_classify(value, _PREPARE)]
+    return None
+
+
+def _nest(code: str | None, params: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+    """``params`` with the sentences a nested detail is made of, flat: ``<name>.parts`` (how many), then
+    ``<name>.<i>.code`` and ``<name>.<i>.<param>`` for each (``detail.0.code``: ``target_not_found``). Only
+    when every part has a code: otherwise the detail is quoted as it is."""
+    for name, value in list(params.items()):
+        parts = _parts(code or "", name, value) if code else None
+        if not parts or any(part is None for part, _ in parts):
+            continue
+        params[f"{name}.parts"] = str(len(parts))
+        for i, (part, values) in enumerate(parts):
+            params[f"{name}.{i}.code"] = part
+            params.update({f"{name}.{i}.{key}": v for key, v in values.items()})
+    return code, params
+
+
 def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of a deployment's ``error_message``; ``(None, {})`` for one not in :data:`ERRORS`.
     A failed service's message ends with ``; last log lines:`` and its output on the lines after: the code is
-    the first line's, the output stays in the text (a client quotes the lines after the first)."""
-    return _classify(message, _ERRORS)
+    the first line's, the output stays in the text (a client quotes the lines after the first). A nested detail
+    WindFlow words (the watcher's services, why a deployment could not be prepared) adds its parts: :func:`_nest`."""
+    return _nest(*_classify(message, _ERRORS))
 
 
 def line_words(line: str) -> tuple[str | None, dict[str, str]]:
-    """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`)."""
-    return _classify(line, _LINES)
+    """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`), with the
+    parts of a nested detail (a waiting line's container states): :func:`_nest`."""
+    return _nest(*_classify(line, _LINES))
 
 
 def service_reason_words(reason: str | None) -> tuple[str | None, dict[str, str]]:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from backend.app.core.deployment_words import ERRORS, LOG_LINES, SERVICE_REASONS, error_words, line_words, service_reason_words
+from backend.app.core.deployment_words import (
+    CONTAINER_STATES,
+    ERRORS,
+    LOG_LINES,
+    PREPARE_DETAILS,
+    SERVICE_REASONS,
+    error_words,
+    line_words,
+    service_reason_words,
+)
 from backend.app.models import LogLevel
 from backend.app.services.deployments.logs import LogLine
 
@@ -54,7 +63,18 @@ def test_windflows_lines_get_a_code_and_a_containers_none() -> None:
     assert "code" not in theirs and "params" not in theirs
     assert line_words("[3/6] Check images") == ("step", {"number": "3", "total": "6", "title": "Check images"})
     waiting = "waiting for app: 0/1 ready, running (starting)"
-    assert line_words(waiting) == ("waiting_ready", {"service": "app", "ready": "0", "count": "1", "states": "running (starting)"})
+    assert line_words(waiting) == (
+        "waiting_ready",
+        {
+            "service": "app",
+            "ready": "0",
+            "count": "1",
+            "states": "running (starting)",
+            "states.parts": "1",
+            "states.0.code": "health",
+            "states.0.health": "starting",
+        },
+    )
     assert line_words("waiting for app: no container") == ("waiting_none", {"service": "app"})
 
 
@@ -63,7 +83,7 @@ def test_every_sentence_is_one_the_server_writes() -> None:
     without this list would leave the UI wording a sentence nobody writes any more."""
     source = "\n".join(path.read_text(encoding="utf-8") for path in APP.rglob("*.py") if path.name != "deployment_words.py")
     missing = []
-    for code, template in {**ERRORS, **LOG_LINES, **SERVICE_REASONS}.items():
+    for code, template in {**ERRORS, **LOG_LINES, **SERVICE_REASONS, **PREPARE_DETAILS, **CONTAINER_STATES}.items():
         # writers compose some sentences from pieces (a reason after the service's name, an optional tail): each
         # run of words between parameters and punctuation is checked
         template = COMPOSED.get(code, template)
@@ -100,3 +120,77 @@ def test_why_a_service_is_not_up_gets_its_code() -> None:
     }
     back = RolledBackData(from_revision=2, to_revision=1, revision=3, reason="service web exited with code 3; last log lines:\nboom")
     assert (back.reason_code, back.reason_params) == ("service_exited", {"service": "web", "exit_code": "3"})
+
+
+def _parts(params: dict[str, str], name: str) -> list[tuple[str, dict[str, str]]]:
+    """A nested detail's parts as ``error_words`` and ``line_words`` give them flat (``detail.0.code``...)."""
+    parts = []
+    for i in range(int(params.get(f"{name}.parts", 0))):
+        prefix = f"{name}.{i}."
+        values = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix) and k != f"{prefix}code"}
+        parts.append((params[f"{prefix}code"], values))
+    return parts
+
+
+def test_a_nested_detail_gets_the_codes_of_its_parts() -> None:
+    """What the watcher, the health gate and the runner's preparation write inside a sentence is worded too:
+    its parts' codes and values, as their writers produce them (no engine, no database)."""
+    from backend.app.core import security
+    from backend.app.core.exceptions import WindFlowError
+    from backend.app.engines.base import ServiceState
+    from backend.app.engines.health_gate import HealthGate
+    from backend.app.services.deployments import context
+    from backend.app.services.deployments.watch import Expected, judge
+    from backend.tests.conftest import make_settings
+
+    # the watcher's detail of a degraded revision (a revision row has no service_health to word it from)
+    look = judge(
+        Expected({"web": 1, "db": 1}),
+        [ServiceState("web", "c1", "exited", None, exit_code=137), ServiceState("db", "c2", "running", "unhealthy", probe="no")],
+        {},
+    )
+    code, params = error_words(f"revision 2 is degraded: {look.message}")
+    assert code == "revision_health"
+    assert sorted(_parts(params, "detail")) == [
+        ("exited_code", {"service": "web", "exit_code": "137"}),
+        ("unhealthy_probe", {"service": "db", "probe": "no"}),
+    ]
+    # the health gate's container states, joined as docker_base's waiting lines join them
+    clock = iter([0.0, 0.0, 0.0, 1.0]).__next__
+    gate = HealthGate(stable_seconds=5.0, clock=clock)
+    running = {"State": {"Status": "running", "StartedAt": "t"}}
+    checked = {
+        "State": {"Status": "running", "StartedAt": "t", "Health": {"Status": "starting"}},
+        "Config": {"Healthcheck": {"Test": ["CMD", "true"]}},
+    }
+    states = {
+        gate.judge("a", {"State": {"Status": "created"}}).waiting,
+        gate.judge("b", checked).waiting,
+        gate.judge("c", running).waiting,
+    }
+    code, params = line_words(f"waiting for app: 0/3 ready, {', '.join(sorted(states))}")
+    assert code == "waiting_ready" and len(states) == 3
+    assert sorted(_parts(params, "states")) == [
+        ("health", {"health": "starting"}),
+        ("settling", {"seconds": "5.0"}),
+        ("status", {"status": "created"}),
+    ]
+    # why a deployment could not be prepared, as load_context's pieces raise it
+    settings = make_settings("sqlite+aiosqlite://")
+    raised = []
+    for attempt in (
+        lambda: context.snapshot_compose(settings, type("D", (), {"rendered_compose": None})()),
+        lambda: context.stack_timeout({"x-windflow": {"up_timeout": 0}}, "up_timeout"),
+        lambda: security.decrypt_secret(settings, "not-a-token"),
+    ):
+        with pytest.raises((WindFlowError, ValueError)) as caught:
+            attempt()
+        raised.append(_parts(error_words(f"cannot prepare the deployment: {caught.value}")[1], "detail"))
+    assert raised == [
+        [("no_snapshot", {})],
+        [("invalid_timeout", {"key": "up_timeout", "max": "86400", "example": "{up_timeout: 600}"})],
+        [("cannot_decrypt", {})],
+    ]
+    # a detail not made of sentences WindFlow words has no parts: the client quotes it
+    assert "detail.parts" not in error_words("cannot prepare the deployment: disk full")[1]
+    assert "detail.parts" not in error_words("revision 3 is degraded: web exited")[1]

@@ -181,7 +181,16 @@ def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
     from backend.app.core.deployment_words import ERRORS, LOG_LINES, SERVICE_REASONS
 
     words = I18N / "deploymentWords.ts"
-    for table, name in ((ERRORS, "deploymentErrorsFr"), (LOG_LINES, "logLinesFr"), (SERVICE_REASONS, "serviceReasonsFr")):
+    from backend.app.core.deployment_words import CONTAINER_STATES, PREPARE_DETAILS
+
+    tables = (
+        (ERRORS, "deploymentErrorsFr"),
+        (LOG_LINES, "logLinesFr"),
+        (SERVICE_REASONS, "serviceReasonsFr"),
+        (PREPARE_DETAILS, "prepareDetailsFr"),
+        (CONTAINER_STATES, "containerStatesFr"),
+    )
+    for table, name in tables:
         french = _ts_object(words, name)
         assert set(table) - set(french) == set(), name
         for code, text in french.items():
@@ -211,3 +220,13 @@ def test_every_delivery_error_reads_in_french() -> None:
     assert "loopback" in kinds  # the source was read
     body = words.read_text(encoding="utf-8").split("const KINDS_FR", 1)[1].split("\n}", 1)[0]
     assert kinds - set(re.findall(r"^\s{2}'?([^':]+)'?:", body, re.M)) == set(), "an address kind egress names lacks French"
+
+
+#: Docker's words for a container's status and health (the Engine API's ``State.Status`` and
+#: ``State.Health.Status``), which a waiting line's states quote.
+ENGINE_STATES = {"created", "restarting", "running", "removing", "paused", "exited", "dead", "starting", "healthy", "unhealthy"}
+
+
+def test_every_container_state_the_health_gate_names_reads_in_french() -> None:
+    french = _ts_object(I18N / "deploymentWords.ts", "engineStatesFr")
+    assert ENGINE_STATES - set(french) == set()

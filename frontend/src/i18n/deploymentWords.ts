@@ -120,6 +120,40 @@ export const serviceReasonsFr: Record<string, string> = {
   missing: 'a {count} de ses {expected} conteneur(s)',
 }
 
+/** Why a deployment could not be prepared (`cannot_prepare`'s detail, `deployment_words.PREPARE_DETAILS`). */
+export const prepareDetailsFr: Record<string, string> = {
+  target_not_found: 'la cible du déploiement n’existe plus',
+  target_elsewhere:
+    'la cible {target} est le moteur de l’hôte {host} ; ce processus tourne sur l’hôte {here} (son travail tourne sur les workers de cet hôte : WORKER_TARGETS=local)',
+  no_snapshot: 'ce déploiement n’a pas de document compose rendu',
+  invalid_timeout:
+    'x-windflow.{key} doit être un nombre de secondes entre 1 et {max} (x-windflow est un dictionnaire, p. ex. x-windflow: {example})',
+  cannot_decrypt: 'impossible de déchiffrer un secret enregistré : SECRET_KEY a-t-il changé ?',
+}
+
+/** A container's state in the health gate's waiting lines (`deployment_words.CONTAINER_STATES`). */
+export const containerStatesFr: Record<string, string> = {
+  settling: 'en marche, stabilisation ({seconds} s restantes)',
+  no_health_yet: 'en marche (pas encore d’état de santé)',
+  health: 'en marche ({health})',
+  status: '{status}',
+}
+
+/** The engine's own words for a container's status and health (Docker's fixed vocabulary). */
+export const engineStatesFr: Record<string, string> = {
+  created: 'créé',
+  running: 'en marche',
+  paused: 'en pause',
+  restarting: 'redémarre',
+  removing: 'en suppression',
+  exited: 'arrêté',
+  dead: 'mort',
+  unknown: 'inconnu',
+  starting: 'contrôle de santé en cours',
+  healthy: 'en bonne santé',
+  unhealthy: 'en mauvaise santé',
+}
+
 /** Parameters that quote other programs' words or an English detail (`deployment_words.QUOTED`). */
 export const QUOTED = new Set(['detail', 'output', 'probe', 'failed_detail', 'states'])
 
@@ -142,8 +176,45 @@ function shown(name: string, value: string): string {
   return value
 }
 
-function fill(template: string, params: Params): string {
-  return template.replace(/\{(\w+)\}/g, (_, name: string) => shown(name, params?.[name] ?? ''))
+/**
+ * A nested detail worded from its parts (`<name>.parts`, `<name>.<i>.code`, `<name>.<i>.<param>`: the server's
+ * `_nest`): the watcher's services, why a deployment could not be prepared, a waiting line's container states.
+ * Null when it has none or a part has no words here (the detail is then quoted as the server wrote it).
+ */
+function nested(code: string | null | undefined, name: string, params: Params): string | null {
+  const count = Number(params?.[`${name}.parts`] ?? 0)
+  if (!count || !params) return null
+  const said: string[] = []
+  for (let i = 0; i < count; i++) {
+    const prefix = `${name}.${i}.`
+    const part = params[`${prefix}code`] ?? ''
+    const values: Record<string, string> = {}
+    for (const [key, value] of Object.entries(params)) {
+      if (key.startsWith(prefix) && key !== `${prefix}code`) values[key.slice(prefix.length)] = value
+    }
+    let template: string | undefined
+    if (name === 'states') {
+      template = containerStatesFr[part]
+      if (template) {
+        said.push(template.replace(/\{(\w+)\}/g, (_, key: string) => engineStatesFr[values[key]] ?? values[key] ?? ''))
+      }
+    } else if (code && WATCHED.has(code)) {
+      template = serviceReasonsFr[part]
+      if (template) said.push(`service ${values.service ?? ''} ${fill(template, values)}`)
+    } else {
+      template = prepareDetailsFr[part]
+      if (template) said.push(fill(template, values))
+    }
+    if (!template) return null
+  }
+  return said.join(name === 'states' ? ', ' : ' ; ')
+}
+
+function fill(template: string, params: Params, code?: string | null): string {
+  return template.replace(
+    /\{(\w+)\}/g,
+    (_, name: string) => nested(code, name, params) ?? shown(name, params?.[name] ?? ''),
+  )
 }
 
 /** The first line of an error, without the "; last log lines:" that announces the output after it. */
@@ -180,7 +251,7 @@ export function deploymentErrorText(d: {
     const said = wrong.map((s) => `service ${s.service} ${serviceReasonText(s)}`).join(' ; ')
     template = template.replace('{detail}', said.replace(/[{}]/g, ''))
   }
-  return template ? fill(template, d.error_params) : firstLine(message)
+  return template ? fill(template, d.error_params, d.error_code) : firstLine(message)
 }
 
 /** The output an error quotes after its first line (a failed service's last log lines), or null. */
@@ -193,7 +264,7 @@ export function deploymentErrorOutput(message: string | null | undefined): strin
 export function logLineText(line: { message: string; code?: string | null; params?: Params }): string {
   if (!line.code || !french()) return line.message
   const template = logLinesFr[line.code] ?? deploymentErrorsFr[line.code]
-  return template ? fill(template, line.params) : line.message
+  return template ? fill(template, line.params, line.code) : line.message
 }
 
 /** Why a service is not up, in the user's language (the watcher's English otherwise). */
