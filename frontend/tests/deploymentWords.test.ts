@@ -189,4 +189,30 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
     )
     expect(text).not.toMatch(/running|created|starting|settling/)
   })
+
+  it('words the services the health gate still waited for, each with its states', () => {
+    setLocale('fr')
+    const timeout = {
+      error_message: 'services not ready after 60s: app (0/1 ready, running (starting)); db (no container)',
+      error_code: 'services_not_ready',
+      error_params: {
+        seconds: '60',
+        detail: 'app (0/1 ready, running (starting)); db (no container)',
+        'detail.parts': '2',
+        'detail.0.code': 'not_ready',
+        'detail.0.service': 'app',
+        'detail.0.ready': '0',
+        'detail.0.count': '1',
+        'detail.0.states': 'running (starting)',
+        'detail.0.states.parts': '1',
+        'detail.0.states.0.code': 'health',
+        'detail.0.states.0.health': 'starting',
+        'detail.1.code': 'no_container',
+        'detail.1.service': 'db',
+      },
+    }
+    expect(deploymentErrorText(timeout)).toBe(
+      'services pas prêts après 60 s : app (0/1 prêt(s), états en marche (contrôle de santé en cours)) ; db (aucun conteneur)',
+    )
+  })
 })

@@ -140,6 +140,13 @@ CONTAINER_STATES: dict[str, str] = {
     "status": "{status}",
 }
 
+#: code -> a service the health gate still waited for when its time ran out (``services_not_ready``'s ``detail``,
+#: joined with "; "; ``engines/docker_base.py`` ``WaitReport.expired``); ``states`` as in ``waiting_ready``.
+WAITING_DETAILS: dict[str, str] = {
+    "no_container": "{service} (no container)",
+    "not_ready": "{service} ({ready}/{count} ready, {states})",
+}
+
 #: Parameters that quote other programs' words or an English detail (``states``: the engine's container states, as
 #: the health gate saw them): shown quoted, never translated.
 QUOTED = frozenset({"detail", "output", "probe", "failed_detail", "states"})
@@ -187,6 +194,7 @@ def _classify(text: str | None, table: Table) -> tuple[str | None, dict[str, str
 
 _PREPARE = _compile(PREPARE_DETAILS)
 _STATES = _compile(CONTAINER_STATES)
+_WAITING = _compile(WAITING_DETAILS)
 _STATE_TOKEN = re.compile(r"\s*(running, settling \([^)]*\)|[^,]+)")
 _SERVICE_SAID = re.compile(r"^service (\S+) (.+)$")
 
@@ -207,6 +215,15 @@ def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]]
         return parts
     if name == "detail" and code == "cannot_prepare":
         return [_classify(value, _PREPARE)]
+    if name == "detail" and code == "services_not_ready":
+        # each service's states are a nested detail of their own: their parts under detail.<i>.states.*
+        parts = []
+        for said in value.split("; "):
+            part, values = _classify(said, _WAITING)
+            if part == "not_ready":
+                _nest("waiting_ready", values)  # its states' own parts, under states.*
+            parts.append((part, values))
+        return parts
     return None
 
 

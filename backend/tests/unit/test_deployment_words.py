@@ -15,6 +15,7 @@ from backend.app.core.deployment_words import (
     LOG_LINES,
     PREPARE_DETAILS,
     SERVICE_REASONS,
+    WAITING_DETAILS,
     error_words,
     line_words,
     service_reason_words,
@@ -83,7 +84,7 @@ def test_every_sentence_is_one_the_server_writes() -> None:
     without this list would leave the UI wording a sentence nobody writes any more."""
     source = "\n".join(path.read_text(encoding="utf-8") for path in APP.rglob("*.py") if path.name != "deployment_words.py")
     missing = []
-    for code, template in {**ERRORS, **LOG_LINES, **SERVICE_REASONS, **PREPARE_DETAILS, **CONTAINER_STATES}.items():
+    for code, template in {**ERRORS, **LOG_LINES, **SERVICE_REASONS, **PREPARE_DETAILS, **CONTAINER_STATES, **WAITING_DETAILS}.items():
         # writers compose some sentences from pieces (a reason after the service's name, an optional tail): each
         # run of words between parameters and punctuation is checked
         template = COMPOSED.get(code, template)
@@ -174,6 +175,28 @@ def test_a_nested_detail_gets_the_codes_of_its_parts() -> None:
         ("health", {"health": "starting"}),
         ("settling", {"seconds": "5.0"}),
         ("status", {"status": "created"}),
+    ]
+    # the health gate's timeout names what it still waited for, each service with its states (WaitReport.expired)
+    from backend.app.engines.docker_base import WaitReport
+
+    report = WaitReport(type("Spec", (), {"health_timeout": 60.0})(), {"app": 1, "db": 1}, None)
+    report.waiting = {"app": "0/1 ready, running (starting)", "db": "no container"}
+    code, params = error_words(str(report.expired()))
+    assert code == "services_not_ready" and params["seconds"] == "60"
+    assert _parts(params, "detail") == [
+        (
+            "not_ready",
+            {
+                "service": "app",
+                "ready": "0",
+                "count": "1",
+                "states": "running (starting)",
+                "states.parts": "1",
+                "states.0.code": "health",
+                "states.0.health": "starting",
+            },
+        ),
+        ("no_container", {"service": "db"}),
     ]
     # why a deployment could not be prepared, as load_context's pieces raise it
     settings = make_settings("sqlite+aiosqlite://")

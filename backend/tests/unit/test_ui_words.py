@@ -181,7 +181,7 @@ def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
     from backend.app.core.deployment_words import ERRORS, LOG_LINES, SERVICE_REASONS
 
     words = I18N / "deploymentWords.ts"
-    from backend.app.core.deployment_words import CONTAINER_STATES, PREPARE_DETAILS
+    from backend.app.core.deployment_words import CONTAINER_STATES, PREPARE_DETAILS, WAITING_DETAILS
 
     tables = (
         (ERRORS, "deploymentErrorsFr"),
@@ -189,6 +189,7 @@ def test_every_deployment_error_and_log_sentence_reads_in_french() -> None:
         (SERVICE_REASONS, "serviceReasonsFr"),
         (PREPARE_DETAILS, "prepareDetailsFr"),
         (CONTAINER_STATES, "containerStatesFr"),
+        (WAITING_DETAILS, "waitingDetailsFr"),
     )
     for table, name in tables:
         french = _ts_object(words, name)

@@ -139,6 +139,12 @@ export const containerStatesFr: Record<string, string> = {
   status: '{status}',
 }
 
+/** A service the health gate still waited for when its time ran out (`deployment_words.WAITING_DETAILS`). */
+export const waitingDetailsFr: Record<string, string> = {
+  no_container: '{service} (aucun conteneur)',
+  not_ready: '{service} ({ready}/{count} prêt(s), états {states})',
+}
+
 /** The engine's own words for a container's status and health (Docker's fixed vocabulary). */
 export const engineStatesFr: Record<string, string> = {
   created: 'créé',
@@ -178,7 +184,8 @@ function shown(name: string, value: string): string {
 
 /**
  * A nested detail worded from its parts (`<name>.parts`, `<name>.<i>.code`, `<name>.<i>.<param>`: the server's
- * `_nest`): the watcher's services, why a deployment could not be prepared, a waiting line's container states.
+ * `_nest`): the watcher's services, why a deployment could not be prepared, a waiting line's container states,
+ * the services the health gate still waited for (each with its states' own parts).
  * Null when it has none or a part has no words here (the detail is then quoted as the server wrote it).
  */
 function nested(code: string | null | undefined, name: string, params: Params): string | null {
@@ -198,6 +205,9 @@ function nested(code: string | null | undefined, name: string, params: Params): 
       if (template) {
         said.push(template.replace(/\{(\w+)\}/g, (_, key: string) => engineStatesFr[values[key]] ?? values[key] ?? ''))
       }
+    } else if (code === 'services_not_ready') {
+      template = waitingDetailsFr[part]
+      if (template) said.push(fill(template, values, 'waiting_ready')) // its states: their own parts
     } else if (code && WATCHED.has(code)) {
       template = serviceReasonsFr[part]
       if (template) said.push(`service ${values.service ?? ''} ${fill(template, values)}`)
