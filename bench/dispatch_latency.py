@@ -32,7 +32,8 @@ What is measured, per deployment (one at a time; each waits for the previous to 
   Samples alternate: one deployment, one baseline task.
 
 The deployments use a stack whose image does not exist, so that each fails right after the claim
-(``Check images``, attempt 1/1); each is deleted before the next (not timed). All of them deploy the same
+(``Check images``, attempt 1/1); each is deleted, and its background teardown waited for, before the next
+(not timed). All of them deploy the same
 stack with the same (no) values, so from the second one the POST finds its rendering and the compose
 verdict already made. Targets (issue 23; median of queued → claim): asyncio ≤ 1 ms, Redis ≤ 1.5 × the raw
 no-op task, PostgreSQL broker ≤ 15 ms; POST round trip ≤ 20 ms. After the samples, the idle WindFlow worker's
@@ -180,6 +181,13 @@ async def one_deployment(env: c.ApiEnv, recorder: c.EventRecorder, result: ModeR
         if deleted.status_code != 409:
             raise RuntimeError(f"DELETE /deployments/{deployment_id} answered {deleted.status_code}: {deleted.text}")
         await asyncio.sleep(0.1)
+    # the teardown runs in the background: wait until it is done (404), so that the next sample's POST and claim
+    # do not share the database (on SQLite its write lock) with this one's teardown
+    deadline = time.monotonic() + 60
+    while (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.headers)).status_code != 404:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"deployment {deployment_id} still there 60 s after its DELETE")
+        await asyncio.sleep(0.02)
     c.remove_labelled(f"windflow.deployment_id={deployment_id}")  # nothing is expected: belt and braces
     return Sample(latency, post_rtt, claim_wall - wall0, txn, seen_after, d_start - queued_wall, d_end - d_start, claim_start - d_end)
 

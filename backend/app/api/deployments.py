@@ -87,6 +87,11 @@ async def create_deployment(
     body: DeploymentCreate, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> DeploymentRead:
     """Create a deployment of a stack on a target; it starts asynchronously (status ``pending``)."""
+    # The session's identity map holds its rows weakly: the target the creation loads (and checks: its
+    # organisation, whether it is active) would be gone once it returns, and the dispatch below would read it
+    # again after the commit, between the deployment's queued_at and its claim. Held here, the creation's own
+    # lookup finds it loaded (the same single query) and the dispatch reads none.
+    held_target = await session.get(Target, body.target_id)
     deployment = await DeploymentService.create(
         session,
         settings=settings,
@@ -99,7 +104,8 @@ async def create_deployment(
         auto_rollback=body.auto_rollback,
     )
     await session.commit()
-    target = await session.get(Target, deployment.target_id)  # loaded by the creation: no query, nor for its route
+    target = await session.get(Target, deployment.target_id)  # held above and checked by the creation: no query
+    del held_target
     await request.app.state.dispatcher.dispatch(deployment.id, target=target)
     return (await read_models(session, deployments=[deployment]))[0]
 
