@@ -8,8 +8,9 @@ byte of the answer leaves, so a client that got its answer can read the entry. T
 * the action and the object's type from :data:`ACTIONS` (one row per mutating route; a route missing there
   is recorded as ``<route name>`` with a warning, and ``test_audit_trail.py`` fails);
 * the actor: what authenticated the request (``request.state.user_id`` / ``api_token_id``, set by
-  ``deps.authenticate``), what a route named itself (``request.state.audit_actor``: a deploy hook), the
-  email a login was tried with, the owner of the refresh token a refresh or logout presented;
+  ``deps.authenticate``; a user is named by the email that authentication read, ``user_email``), what a
+  route named itself (``request.state.audit_actor``: a deploy hook), the email a login was tried with, the
+  owner of the refresh token a refresh or logout presented;
 * the object's id (the route's path parameter, else the ``id`` of the JSON answer: a creation; or what the route
   named, ``request.state.audit_object_id`` and ``audit_object_type``: a hook's deployment or stack) and its
   organisation (``request.state.audit_organization_id``, set by the loaders of owned rows and of
@@ -256,7 +257,9 @@ class AuditMiddleware:
             ).first()
             return audit_service.Actor("token", token_id, f"{row.name} ({row.email})" if row else None)
         if user_id:
-            email = (await session.execute(select(User.email).where(User.id == user_id))).scalar_one_or_none()
+            email = state.get("user_email")  # as the authentication read it (deps.authenticate)
+            if not isinstance(email, str):
+                email = (await session.execute(select(User.email).where(User.id == user_id))).scalar_one_or_none()
             return audit_service.Actor("user", user_id, email)
         if key in ("auth.refresh", "auth.logout") and isinstance(fields.get("refresh_token"), str) and scope_app is not None:
             try:  # whose session it was (an expired or forged token names nobody)

@@ -65,6 +65,7 @@ async def authenticate(connection: HTTPConnection, session: AsyncSession, settin
     """Resolve a bearer token for an HTTP request or a WebSocket (whose token comes in its first frame)."""
     credential = await resolve_token(session, settings, token)
     connection.state.user_id = credential.user.id
+    connection.state.user_email = credential.user.email  # the audit entry's actor name, without a query
     connection.state.api_token_id = credential.api_token_id
     if credential.scopes is not None and connection.scope["type"] == "http":
         await _check_token_scope(connection, session, credential)
