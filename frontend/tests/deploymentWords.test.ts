@@ -215,4 +215,67 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       'services pas prêts après 60 s : app (0/1 prêt(s), états en marche (contrôle de santé en cours)) ; db (aucun conteneur)',
     )
   })
+
+  it('words why a revision failed before its automatic rollback, and why that rollback failed', () => {
+    setLocale('fr')
+    // as line_words and error_words give them (backend/tests/unit/test_deployment_words.py)
+    const line = {
+      message:
+        'Revision 2 failed: nothing of revision 2 runs any more: service web exited with code 137; rolling back to revision 1, the last that passed the health gate',
+      code: 'rolling_back',
+      params: {
+        failed: '2',
+        detail: 'nothing of revision 2 runs any more: service web exited with code 137',
+        of: '1',
+        'detail.parts': '1',
+        'detail.0.code': 'watch_down',
+        'detail.0.revision': '2',
+        'detail.0.detail': 'service web exited with code 137',
+        'detail.0.detail.parts': '1',
+        'detail.0.detail.0.code': 'exited_code',
+        'detail.0.detail.0.service': 'web',
+        'detail.0.detail.0.exit_code': '137',
+      },
+    }
+    const said = logLineText(line)
+    expect(said).toBe(
+      'La révision 2 a échoué : plus rien de la révision 2 ne tourne : service web arrêté avec le code 137 ; retour à la révision 1, la dernière à avoir passé le contrôle de santé',
+    )
+    expect(said).not.toMatch(/exited|runs any more|«/)
+    const rollback = {
+      error_message:
+        'automatic rollback to revision 1 failed: services not ready after 60s: db (no container); revision 2 had failed: service web exited with code 1; last log lines:\nboom',
+      error_code: 'automatic_rollback_failed_after',
+      error_params: {
+        of: '1',
+        detail: 'services not ready after 60s: db (no container)',
+        failed: '2',
+        failed_detail: 'service web exited with code 1',
+        'detail.parts': '1',
+        'detail.0.code': 'services_not_ready',
+        'detail.0.seconds': '60',
+        'detail.0.detail': 'db (no container)',
+        'detail.0.detail.parts': '1',
+        'detail.0.detail.0.code': 'no_container',
+        'detail.0.detail.0.service': 'db',
+        'failed_detail.parts': '1',
+        'failed_detail.0.code': 'service_exited',
+        'failed_detail.0.service': 'web',
+        'failed_detail.0.exit_code': '1',
+      },
+    }
+    const text = deploymentErrorText(rollback)
+    expect(text).toBe(
+      'le retour automatique à la révision 1 a échoué : services pas prêts après 60 s : db (aucun conteneur) ; la révision 2 avait échoué : le service web s’est arrêté avec le code 1',
+    )
+    expect(text).not.toMatch(/not ready|no container|exited|«/)
+    // a detail that is none of WindFlow's sentences: quoted as the server wrote it
+    expect(
+      logLineText({
+        message: 'Why: revision 2 failed: disk full',
+        code: 'rollback_why',
+        params: { failed: '2', detail: 'disk full' },
+      }),
+    ).toBe('Pourquoi : la révision 2 a échoué : « disk full »')
+  })
 })

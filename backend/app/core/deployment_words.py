@@ -197,6 +197,10 @@ _STATES = _compile(CONTAINER_STATES)
 _WAITING = _compile(WAITING_DETAILS)
 _STATE_TOKEN = re.compile(r"\s*(running, settling \([^)]*\)|[^,]+)")
 _SERVICE_SAID = re.compile(r"^service (\S+) (.+)$")
+#: Sentences whose ``detail`` is a deployment's error_message (:data:`ERRORS`): why a revision failed before its
+#: automatic rollback (``runner._roll_back``, ``revisions.Rollout.opening``), why that rollback failed
+#: (``Rollout.failure_message``, whose ``failed_detail`` is the failed revision's error_message too).
+_ROLLBACK = frozenset({"rolling_back", "rollback_why", "automatic_rollback_failed_after", "automatic_rollback_failed"})
 
 
 def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]] | None:
@@ -215,6 +219,10 @@ def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]]
         return parts
     if name == "detail" and code == "cannot_prepare":
         return [_classify(value, _PREPARE)]
+    if (name == "detail" and code in _ROLLBACK) or (name == "failed_detail" and code == "automatic_rollback_failed_after"):
+        # why a revision failed, or why its rollback did: a deployment's error_message, with its own nested parts
+        # (the watcher's services, the health gate's waits) under detail.0.detail.*
+        return [_nest(*_classify(value, _ERRORS))]
     if name == "detail" and code == "services_not_ready":
         # each service's states are a nested detail of their own: their parts under detail.<i>.states.*
         parts = []
@@ -246,13 +254,15 @@ def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of a deployment's ``error_message``; ``(None, {})`` for one not in :data:`ERRORS`.
     A failed service's message ends with ``; last log lines:`` and its output on the lines after: the code is
     the first line's, the output stays in the text (a client quotes the lines after the first). A nested detail
-    WindFlow words (the watcher's services, why a deployment could not be prepared) adds its parts: :func:`_nest`."""
+    WindFlow words (the watcher's services, why a deployment could not be prepared, why an automatic rollback
+    failed) adds its parts: :func:`_nest`."""
     return _nest(*_classify(message, _ERRORS))
 
 
 def line_words(line: str) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`), with the
-    parts of a nested detail (a waiting line's container states): :func:`_nest`."""
+    parts of a nested detail (a waiting line's container states, why a revision failed before its rollback):
+    :func:`_nest`."""
     return _nest(*_classify(line, _LINES))
 
 

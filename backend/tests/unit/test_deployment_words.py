@@ -217,3 +217,56 @@ def test_a_nested_detail_gets_the_codes_of_its_parts() -> None:
     # a detail not made of sentences WindFlow words has no parts: the client quotes it
     assert "detail.parts" not in error_words("cannot prepare the deployment: disk full")[1]
     assert "detail.parts" not in error_words("revision 3 is degraded: web exited")[1]
+
+
+def test_why_a_revision_or_its_automatic_rollback_failed_gets_its_parts() -> None:
+    """The detail of ``rolling_back``, ``rollback_why`` and ``automatic_rollback_failed(_after)`` is a deployment's
+    error_message: its sentence's code and values, with that sentence's own parts, as the writers produce them
+    (the health gate's verdict as ``docker_base._fail`` words it, the watcher's judge as ``watch.py`` words it,
+    ``WaitReport.expired``, and ``Rollout``'s own log line and failure message; no engine, no database)."""
+    from backend.app.engines.base import ServiceState
+    from backend.app.engines.docker_base import WaitReport
+    from backend.app.engines.health_gate import HealthGate
+    from backend.app.models import RevisionReason
+    from backend.app.services.deployments.revisions import Rollout, first_line
+    from backend.app.services.deployments.watch import Expected, judge
+
+    verdict = HealthGate(stable_seconds=5.0).judge("c1", {"State": {"Status": "exited", "ExitCode": 1}})
+    gate_failed = f"service web {verdict.reason}; last log lines:\nboom"  # as docker_base._fail words it
+    look = judge(Expected({"web": 1}), [ServiceState("web", "c1", "exited", None, exit_code=137)], {})
+    watch_failed = f"nothing of revision 2 runs any more: {look.message}"  # as watch.py words it
+    report = WaitReport(type("Spec", (), {"health_timeout": 60.0})(), {"db": 1}, None)
+    report.waiting = {"db": "no container"}
+    timed_out = str(report.expired())
+
+    rollout = Rollout(3, RevisionReason.AUTOMATIC_ROLLBACK, rollback_of=1, failed=2, failed_message=gate_failed)
+    code, params = line_words(rollout.opening()[1])
+    assert code == "rollback_why" and params["failed"] == "2"
+    assert _parts(params, "detail") == [("service_exited", {"service": "web", "exit_code": "1"})]
+
+    # runner._roll_back's line, the watcher's failure quoted: the services inside it are parts of that part
+    code, params = line_words(
+        f"Revision 2 failed: {first_line(watch_failed)}; rolling back to revision 1, the last that passed the health gate"
+    )
+    assert code == "rolling_back" and (params["failed"], params["of"]) == ("2", "1")
+    [(part, values)] = _parts(params, "detail")
+    assert (part, values["revision"]) == ("watch_down", "2")
+    assert _parts(values, "detail") == [("exited_code", {"service": "web", "exit_code": "137"})]
+
+    # the rollback timed out after the revision's own service had failed: both details in parts
+    code, params = error_words(rollout.failure_message(timed_out))
+    assert code == "automatic_rollback_failed_after" and params["failed"] == "2"
+    [(part, values)] = _parts(params, "detail")
+    assert (part, values["seconds"]) == ("services_not_ready", "60")
+    assert _parts(values, "detail") == [("no_container", {"service": "db"})]
+    assert _parts(params, "failed_detail") == [("service_exited", {"service": "web", "exit_code": "1"})]
+
+    # the failed revision is unknown (a rollback of a deployment made before revisions were recorded)
+    alone = Rollout(3, RevisionReason.AUTOMATIC_ROLLBACK, rollback_of=1)
+    code, params = error_words(alone.failure_message(gate_failed))
+    assert code == "automatic_rollback_failed"
+    assert _parts(params, "detail") == [("service_exited", {"service": "web", "exit_code": "1"})]
+
+    # a detail that is none of WindFlow's sentences has no parts: the client quotes it
+    assert "detail.parts" not in line_words("Why: revision 2 failed: disk full")[1]
+    assert "detail.parts" not in error_words("automatic rollback to revision 1 failed: disk full")[1]

@@ -185,7 +185,8 @@ function shown(name: string, value: string): string {
 /**
  * A nested detail worded from its parts (`<name>.parts`, `<name>.<i>.code`, `<name>.<i>.<param>`: the server's
  * `_nest`): the watcher's services, why a deployment could not be prepared, a waiting line's container states,
- * the services the health gate still waited for (each with its states' own parts).
+ * the services the health gate still waited for (each with its states' own parts), why a revision failed before
+ * its automatic rollback or why that rollback failed (an error of `deploymentErrorsFr`, with its own parts).
  * Null when it has none or a part has no words here (the detail is then quoted as the server wrote it).
  */
 function nested(code: string | null | undefined, name: string, params: Params): string | null {
@@ -205,6 +206,9 @@ function nested(code: string | null | undefined, name: string, params: Params): 
       if (template) {
         said.push(template.replace(/\{(\w+)\}/g, (_, key: string) => engineStatesFr[values[key]] ?? values[key] ?? ''))
       }
+    } else if (code && ROLLBACK.has(code)) {
+      template = deploymentErrorsFr[part]
+      if (template) said.push(fill(template, values, part)) // an error_message, with its own parts
     } else if (code === 'services_not_ready') {
       template = waitingDetailsFr[part]
       if (template) said.push(fill(template, values, 'waiting_ready')) // its states: their own parts
@@ -238,6 +242,14 @@ interface ServiceSaid {
   reason_code?: string | null
   reason_params?: Params
 }
+
+/** Sentences whose `detail` (and `failed_detail`) is a deployment's error (`deployment_words._ROLLBACK`). */
+const ROLLBACK = new Set([
+  'rolling_back',
+  'rollback_why',
+  'automatic_rollback_failed_after',
+  'automatic_rollback_failed',
+])
 
 /** The watcher's sentences whose `detail` says, service by service, what `service_health` holds. */
 const WATCHED = new Set(['revision_health', 'watch_down'])
