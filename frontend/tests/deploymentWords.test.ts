@@ -278,4 +278,76 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       }),
     ).toBe('Pourquoi : la révision 2 a échoué : « disk full »')
   })
+
+  it('words a tagged line after its tag: the watcher’s, the dispatcher’s and the orphan recovery’s', () => {
+    setLocale('fr')
+    // as line_words gives them (backend/tests/unit/test_deployment_words.py)
+    const exited = {
+      detail: 'service web exited with code 137',
+      'detail.parts': '1',
+      'detail.0.code': 'exited_code',
+      'detail.0.service': 'web',
+      'detail.0.exit_code': '137',
+    }
+    const lines: { message: string; code: string; params: Record<string, string>; fr: string }[] = [
+      {
+        message: '[WATCH] nothing of revision 1 runs any more: service web exited with code 137',
+        code: 'watch_down',
+        params: { tag: 'WATCH', revision: '1', ...exited },
+        fr: '[WATCH] plus rien de la révision 1 ne tourne : service web arrêté avec le code 137',
+      },
+      {
+        message: '[WATCH] every service of revision 3 is up and healthy: running again',
+        code: 'watch_running_again',
+        params: { tag: 'WATCH', revision: '3' },
+        fr: '[WATCH] tous les services de la révision 3 sont en marche et en bonne santé : de nouveau en service',
+      },
+      {
+        message: '[WATCH] every service of revision 3 is up again',
+        code: 'watch_up_again',
+        params: { tag: 'WATCH', revision: '3' },
+        fr: '[WATCH] tous les services de la révision 3 sont de nouveau en marche',
+      },
+      {
+        message: '[WATCH] revision 2 is degraded: service web exited with code 137',
+        code: 'revision_health',
+        params: { tag: 'WATCH', revision: '2', health: 'degraded', ...exited },
+        fr: '[WATCH] révision 2 en état dégradé : service web arrêté avec le code 137',
+      },
+      {
+        message:
+          "[WAITING] no live worker serves target edge-1: the deployment waits in the target's queue until a worker that declares it (WORKER_TARGETS) runs",
+        code: 'no_live_worker',
+        params: { tag: 'WAITING', target: 'edge-1' },
+        fr: '[WAITING] aucun worker actif ne sert la cible edge-1 : le déploiement attend dans la file de la cible qu’un worker qui la déclare (WORKER_TARGETS) tourne',
+      },
+      {
+        message:
+          '[RECOVERY] revision 2 failed: executor lost (lease expired) after 3 attempt(s); rolling back to revision 1, the last that passed the health gate, as revision 3',
+        code: 'recovery_rolling_back',
+        params: {
+          tag: 'RECOVERY',
+          failed: '2',
+          detail: 'executor lost (lease expired) after 3 attempt(s)',
+          of: '1',
+          revision: '3',
+          'detail.parts': '1',
+          'detail.0.code': 'executor_lost_after',
+          'detail.0.attempts': '3',
+        },
+        fr: '[RECOVERY] la révision 2 a échoué : exécuteur perdu (bail expiré) après 3 tentative(s) ; retour à la révision 1, la dernière à avoir passé le contrôle de santé, en révision 3',
+      },
+    ]
+    for (const { fr, ...line } of lines) {
+      const said = logLineText(line)
+      expect(said).toBe(fr)
+      expect(said).not.toMatch(/revision|service of|exited|live worker|waits|executor lost|rolling back|«/)
+    }
+    // a status-history reason after [RECOVERY] has no code: as the server wrote it
+    expect(logLineText({ message: '[RECOVERY] executor lost, no attempts left', code: null })).toBe(
+      '[RECOVERY] executor lost, no attempts left',
+    )
+    setLocale('en')
+    expect(logLineText(lines[0])).toBe(lines[0].message)
+  })
 })

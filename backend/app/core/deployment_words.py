@@ -25,6 +25,7 @@ import re
 ERRORS: dict[str, str] = {
     "cancelled_by_user": "Cancelled by user",
     "executor_lost_retrying": "executor lost (lease expired); retrying",
+    "executor_lost_after": "executor lost (lease expired) after {attempts} attempt(s)",
     "policy_refused": "refused by the compose policy: {detail}",
     "cannot_prepare": "cannot prepare the deployment: {detail}",
     "unexpected_error": "unexpected error: {detail}",
@@ -70,6 +71,11 @@ LOG_LINES: dict[str, str] = {
     "removing_failed_revision": "Removing the containers of revision {revision}: nothing of a failed revision keeps running (named volumes are kept)",
     "could_not_remove_them": "Could not remove them: {detail}",
     "lease_lost": "This executor lost its lease (deployment is now {status}); stopping here",
+    # after a tag (:data:`TAGS`): the watcher's, the dispatcher's and the orphan recovery's own lines
+    "watch_running_again": "every service of revision {revision} is up and healthy: running again",
+    "watch_up_again": "every service of revision {revision} is up again",
+    "no_live_worker": "no live worker serves target {target}: the deployment waits in the target's queue until a worker that declares it (WORKER_TARGETS) runs",
+    "recovery_rolling_back": "revision {failed} failed: {detail}; rolling back to revision {of}, the last that passed the health gate, as revision {revision}",
     "rolling_back": "Revision {failed} failed: {detail}; rolling back to revision {of}, the last that passed the health gate",
     "automatic_rollback_opening": "--- Automatic rollback to revision {of} (the last that passed the health gate), as revision {revision} ---",
     "rollback_opening": "--- Rollback to revision {of}, as revision {revision} ---",
@@ -147,6 +153,12 @@ WAITING_DETAILS: dict[str, str] = {
     "not_ready": "{service} ({ready}/{count} ready, {states})",
 }
 
+#: The tags some writers put before a sentence (``[WATCH] revision 2 is degraded: ...``: ``services/deployments/watch.py``,
+#: ``runtime/dispatch.py``, ``services/deployments/orphans.py``): a tagged line's code is its sentence's, the tag
+#: its ``tag`` parameter (a client shows the tag, then the sentence in its own words). A status-history reason
+#: after ``[RECOVERY]`` (``history_reasons``, a layer above this one) is none of these sentences: no code.
+TAGS = ("WATCH", "WAITING", "RECOVERY")
+
 #: Parameters that quote other programs' words or an English detail (``states``: the engine's container states, as
 #: the health gate saw them): shown quoted, never translated.
 QUOTED = frozenset({"detail", "output", "probe", "failed_detail", "states"})
@@ -174,6 +186,7 @@ _SERVICES = _compile(SERVICE_REASONS)
 _LINES = _compile({**LOG_LINES, **ERRORS})
 #: How a failed service's message announces the output on the lines after it (the log has them already).
 _OUTPUT_FOLLOWS = "; last log lines:"
+_TAGGED = re.compile(r"\[(" + "|".join(TAGS) + r")\] ")
 
 
 def _classify(text: str | None, table: Table) -> tuple[str | None, dict[str, str]]:
@@ -198,9 +211,11 @@ _WAITING = _compile(WAITING_DETAILS)
 _STATE_TOKEN = re.compile(r"\s*(running, settling \([^)]*\)|[^,]+)")
 _SERVICE_SAID = re.compile(r"^service (\S+) (.+)$")
 #: Sentences whose ``detail`` is a deployment's error_message (:data:`ERRORS`): why a revision failed before its
-#: automatic rollback (``runner._roll_back``, ``revisions.Rollout.opening``), why that rollback failed
+#: automatic rollback (``runner._roll_back``, ``revisions.Rollout.opening``, ``orphans.reclaim_orphan``), why that rollback failed
 #: (``Rollout.failure_message``, whose ``failed_detail`` is the failed revision's error_message too).
-_ROLLBACK = frozenset({"rolling_back", "rollback_why", "automatic_rollback_failed_after", "automatic_rollback_failed"})
+_ROLLBACK = frozenset(
+    {"rolling_back", "recovery_rolling_back", "rollback_why", "automatic_rollback_failed_after", "automatic_rollback_failed"}
+)
 
 
 def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]] | None:
@@ -262,8 +277,12 @@ def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
 def line_words(line: str) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`), with the
     parts of a nested detail (a waiting line's container states, why a revision failed before its rollback):
-    :func:`_nest`."""
-    return _nest(*_classify(line, _LINES))
+    :func:`_nest`. A line after one of :data:`TAGS` is its sentence's, with the tag as ``tag``."""
+    tagged = _TAGGED.match(line)
+    if tagged is None:
+        return _nest(*_classify(line, _LINES))
+    code, params = _nest(*_classify(line[tagged.end() :], _LINES))
+    return (code, {"tag": tagged.group(1), **params}) if code else (None, {})
 
 
 def service_reason_words(reason: str | None) -> tuple[str | None, dict[str, str]]:

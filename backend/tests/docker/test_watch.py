@@ -158,6 +158,11 @@ async def test_a_service_that_dies_after_the_gate_is_marked_then_failed_then_run
     assert (back["health"], back["error_message"]) == ("healthy", None)
     assert serves(port) == "v1"
     assert (await history(deployment_id))[-1] == ("failed", "running", "watcher", "watcher: every container up and healthy again")
+    # each [WATCH] line the API gives has its sentence's code and the tag (a client words it: core/deployment_words.py)
+    logs = (await env.client.get(f"/api/v1/deployments/{deployment_id}/logs", headers=env.admin.headers)).json()["items"]
+    watched = [(line.get("code"), line.get("params", {}).get("tag")) for line in logs if line["message"].startswith("[WATCH]")]
+    assert {"revision_health", "watch_down", "watch_running_again"} <= {code for code, _ in watched}, watched
+    assert all(code is not None and tag == "WATCH" for code, tag in watched), watched
     outcomes = {r["number"]: r["outcome"] for r in await list_revisions(env.client, env.admin.headers, deployment_id)}
     assert outcomes == {1: "running"}
 

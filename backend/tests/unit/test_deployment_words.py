@@ -32,6 +32,7 @@ COMPOSED = {
     "compose_up_failed": 'failure("compose up", {result}) {what} failed: {excerpt}',
     "stack_deploy_failed": 'failure("docker stack deploy", {result}) {what} failed: {excerpt}',
     "cancelled_removing_kept": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created (named volumes are kept)",
+    "no_live_worker": "no live worker serves target {target}: the deployment waits in the target's {next} queue until a worker that declares it (WORKER_TARGETS) runs",
     "cancelled_removing_step": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created",
 }
 
@@ -270,3 +271,43 @@ def test_why_a_revision_or_its_automatic_rollback_failed_gets_its_parts() -> Non
     # a detail that is none of WindFlow's sentences has no parts: the client quotes it
     assert "detail.parts" not in line_words("Why: revision 2 failed: disk full")[1]
     assert "detail.parts" not in error_words("automatic rollback to revision 1 failed: disk full")[1]
+
+
+def test_a_tagged_line_gets_its_sentences_code_and_the_tag() -> None:
+    """``[WATCH]``, ``[WAITING]`` and ``[RECOVERY]`` lines: the sentence after the tag is classified (with its
+    nested parts), the tag is the ``tag`` parameter; texts as the watcher, the dispatcher and the orphan
+    recovery write them (the dispatcher's from its own function; the others are f-strings inside transactions)."""
+    from backend.app.engines.base import ServiceState
+    from backend.app.runtime.dispatch import Route, _unserved_line
+    from backend.app.services.deployments.watch import Expected, judge
+
+    look = judge(Expected({"web": 1}), [ServiceState("web", "c1", "exited", None, exit_code=137)], {})
+    code, params = line_words(f"[WATCH] nothing of revision 1 runs any more: {look.message}")  # watch.py
+    assert (code, params["tag"], params["revision"]) == ("watch_down", "WATCH", "1")
+    assert _parts(params, "detail") == [("exited_code", {"service": "web", "exit_code": "137"})]
+    code, params = line_words(f"[WATCH] revision 2 is degraded: {look.message}")
+    assert (code, params["tag"], params["health"]) == ("revision_health", "WATCH", "degraded")
+    assert _parts(params, "detail") == [("exited_code", {"service": "web", "exit_code": "137"})]
+    assert line_words("[WATCH] every service of revision 3 is up and healthy: running again") == (
+        "watch_running_again",
+        {"tag": "WATCH", "revision": "3"},
+    )
+    assert line_words("[WATCH] every service of revision 3 is up again") == ("watch_up_again", {"tag": "WATCH", "revision": "3"})
+
+    waiting = _unserved_line(Route(queue="deploy.t1", placed=True, target_id="t1", target_name="edge-1"))
+    assert line_words(waiting) == ("no_live_worker", {"tag": "WAITING", "target": "edge-1"})
+
+    # orphans.reclaim_orphan: the executor's lease expired on the last attempt, the last good revision again
+    lost = "executor lost (lease expired) after 3 attempt(s)"
+    assert error_words(lost) == ("executor_lost_after", {"attempts": "3"})
+    code, params = line_words(
+        f"[RECOVERY] revision 2 failed: {lost}; rolling back to revision 1, the last that passed the health gate, as revision 3"
+    )
+    assert code == "recovery_rolling_back"
+    assert (params["tag"], params["failed"], params["of"], params["revision"]) == ("RECOVERY", "2", "1", "3")
+    assert _parts(params, "detail") == [("executor_lost_after", {"attempts": "3"})]
+
+    # a status-history reason after [RECOVERY] is none of these sentences: quoted as written, as is an unknown tag
+    assert line_words("[RECOVERY] executor lost, no attempts left") == (None, {})
+    assert line_words("[OTHER] Deployment is running") == (None, {})
+    assert line_words("app | [WATCH] every service of revision 3 is up again") == (None, {})

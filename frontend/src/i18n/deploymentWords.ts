@@ -15,6 +15,7 @@ import { stepText } from './serverWords'
 export const deploymentErrorsFr: Record<string, string> = {
   cancelled_by_user: 'Annulé par un utilisateur',
   executor_lost_retrying: 'exécuteur perdu (bail expiré) ; nouvelle tentative',
+  executor_lost_after: 'exécuteur perdu (bail expiré) après {attempts} tentative(s)',
   policy_refused: 'refusé par la politique compose de la cible : {detail}',
   cannot_prepare: 'impossible de préparer le déploiement : {detail}',
   unexpected_error: 'erreur inattendue : {detail}',
@@ -66,6 +67,13 @@ export const logLinesFr: Record<string, string> = {
     'Suppression des conteneurs de la révision {revision} : rien d’une révision en échec ne reste en service (les volumes nommés sont gardés)',
   could_not_remove_them: 'Impossible de les supprimer : {detail}',
   lease_lost: 'Cet exécuteur a perdu son bail (le déploiement est maintenant {status}) ; il s’arrête ici',
+  watch_running_again:
+    'tous les services de la révision {revision} sont en marche et en bonne santé : de nouveau en service',
+  watch_up_again: 'tous les services de la révision {revision} sont de nouveau en marche',
+  no_live_worker:
+    'aucun worker actif ne sert la cible {target} : le déploiement attend dans la file de la cible qu’un worker qui la déclare (WORKER_TARGETS) tourne',
+  recovery_rolling_back:
+    'la révision {failed} a échoué : {detail} ; retour à la révision {of}, la dernière à avoir passé le contrôle de santé, en révision {revision}',
   rolling_back:
     'La révision {failed} a échoué : {detail} ; retour à la révision {of}, la dernière à avoir passé le contrôle de santé',
   automatic_rollback_opening:
@@ -246,6 +254,7 @@ interface ServiceSaid {
 /** Sentences whose `detail` (and `failed_detail`) is a deployment's error (`deployment_words._ROLLBACK`). */
 const ROLLBACK = new Set([
   'rolling_back',
+  'recovery_rolling_back',
   'rollback_why',
   'automatic_rollback_failed_after',
   'automatic_rollback_failed',
@@ -282,11 +291,16 @@ export function deploymentErrorOutput(message: string | null | undefined): strin
   return at >= 0 ? (message ?? '').slice(at + 1) : null
 }
 
-/** A log line WindFlow wrote, in the user's language (a container's output, or an unknown code: as it is). */
+/**
+ * A log line WindFlow wrote, in the user's language (a container's output, or an unknown code: as it is). A
+ * tagged line (`[WATCH]`, `[WAITING]`, `[RECOVERY]`: `deployment_words.TAGS`) keeps its tag, then its sentence.
+ */
 export function logLineText(line: { message: string; code?: string | null; params?: Params }): string {
   if (!line.code || !french()) return line.message
   const template = logLinesFr[line.code] ?? deploymentErrorsFr[line.code]
-  return template ? fill(template, line.params, line.code) : line.message
+  if (!template) return line.message
+  const tag = line.params?.tag
+  return (tag ? `[${tag}] ` : '') + fill(template, line.params, line.code)
 }
 
 /** Why a service is not up, in the user's language (the watcher's English otherwise). */
