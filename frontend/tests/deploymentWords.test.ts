@@ -343,10 +343,85 @@ describe('a deployment’s error and WindFlow’s log lines in the user’s lang
       expect(said).toBe(fr)
       expect(said).not.toMatch(/revision|service of|exited|live worker|waits|executor lost|rolling back|«/)
     }
-    // a status-history reason after [RECOVERY] has no code: as the server wrote it
-    expect(logLineText({ message: '[RECOVERY] executor lost, no attempts left', code: null })).toBe(
-      '[RECOVERY] executor lost, no attempts left',
-    )
+    setLocale('en')
+    expect(logLineText(lines[0])).toBe(lines[0].message)
+  })
+
+  it('words recovery’s lines: a status change’s reason, a timeout, a deployment dispatched again', () => {
+    setLocale('fr')
+    // as line_words gives them (backend/tests/unit/test_deployment_words.py)
+    const lines: { message: string; code: string; params: Record<string, string>; fr: string }[] = [
+      {
+        message: '[RECOVERY] executor lost, no attempts left',
+        code: 'status_reason',
+        params: {
+          tag: 'RECOVERY',
+          reason: 'executor lost, no attempts left',
+          'reason.parts': '1',
+          'reason.0.code': 'executor_lost_failed',
+        },
+        fr: '[RECOVERY] Exécuteur perdu ; plus d’essai',
+      },
+      {
+        message: '[RECOVERY] revision 2 failed: automatic rollback to revision 1 as revision 3',
+        code: 'status_reason',
+        params: {
+          tag: 'RECOVERY',
+          reason: 'revision 2 failed: automatic rollback to revision 1 as revision 3',
+          'reason.parts': '1',
+          'reason.0.code': 'automatic_rollback',
+          'reason.0.failed': '2',
+          'reason.0.of': '1',
+          'reason.0.revision': '3',
+        },
+        fr: '[RECOVERY] La révision 2 a échoué : retour automatique à la révision 1 (sous le numéro 3)',
+      },
+      {
+        message: '[RETRY] Dispatched again by recovery (attempt 2/3)',
+        code: 'dispatched_again',
+        params: { tag: 'RETRY', attempt: '2', max_attempts: '3' },
+        fr: '[RETRY] Relancé par la récupération (tentative 2/3)',
+      },
+      {
+        message: 'Timeout: still pending after 30 minutes',
+        code: 'recovery_timed_out',
+        params: { minutes: '30' },
+        fr: 'Délai dépassé : toujours en attente après 30 minutes',
+      },
+      {
+        message:
+          'Timeout: still pending after 30 minutes: revision 2 failed; rolling back to revision 1, the last that passed the health gate, as revision 3',
+        code: 'timeout_rolling_back',
+        params: { minutes: '30', failed: '2', of: '1', revision: '3' },
+        fr: 'Délai dépassé : toujours en attente après 30 minutes : la révision 2 a échoué ; retour à la révision 1, la dernière à avoir passé le contrôle de santé, en révision 3',
+      },
+    ]
+    for (const { fr, ...line } of lines) {
+      const said = logLineText(line)
+      expect(said).toBe(fr)
+      expect(said).not.toMatch(/revision|executor|attempts|automatic|Dispatched|Timeout|pending|rolling back|«/)
+    }
+    // the timeout of an automatic rollback, as error_words gives it
+    expect(
+      deploymentErrorText({
+        error_message: 'automatic rollback to revision 1 failed: Timeout: still pending after 0.5 minutes',
+        error_code: 'automatic_rollback_failed',
+        error_params: {
+          of: '1',
+          detail: 'Timeout: still pending after 0.5 minutes',
+          'detail.parts': '1',
+          'detail.0.code': 'recovery_timed_out',
+          'detail.0.minutes': '0.5',
+        },
+      }),
+    ).toBe('le retour automatique à la révision 1 a échoué : Délai dépassé : toujours en attente après 0.5 minutes')
+    // a reason this UI has no words for: the line as the server wrote it
+    const unknown = {
+      message: '[RECOVERY] a reason',
+      code: 'status_reason',
+      params: { tag: 'RECOVERY', reason: 'a reason', 'reason.parts': '1', 'reason.0.code': 'nope' },
+    }
+    expect(logLineText(unknown)).toBe('[RECOVERY] a reason')
     setLocale('en')
     expect(logLineText(lines[0])).toBe(lines[0].message)
   })

@@ -6,8 +6,9 @@ keep reading as they are. The API and the real-time events give each of them, ne
 the sentence it is and the ``params`` it quotes, so that a client words it in its own language (the web UI:
 ``frontend/src/i18n/deploymentWords.ts``; ``backend/tests/unit/test_ui_words.py`` fails when a code lacks its
 words there). The code is read from the text against :data:`ERRORS` and :data:`LOG_LINES`, the one list of these
-sentences, as :mod:`backend.app.services.deployments.history_reasons` does for status changes; a text that
-matches none has no code (a client shows it as it is).
+sentences, as :data:`HISTORY_REASONS` is the one list of the reasons a status change is recorded with (read by
+:mod:`backend.app.services.deployments.history_reasons`, their writers' module); a text that matches none has no
+code (a client shows it as it is).
 
 Parameters named in :data:`QUOTED` are other programs' words (Docker's, docker compose's, a container's output,
 a probe's) or a detail WindFlow quotes in English: a client shows them as quoted output, never translated. Only
@@ -53,6 +54,7 @@ ERRORS: dict[str, str] = {
     "revision_health": "revision {revision} is {health}: {detail}",
     "automatic_rollback_failed_after": "automatic rollback to revision {of} failed: {detail}; revision {failed} had failed: {failed_detail}",
     "automatic_rollback_failed": "automatic rollback to revision {of} failed: {detail}",
+    "recovery_timed_out": "Timeout: still pending after {minutes} minutes",
 }
 
 #: code -> the English sentence of a line WindFlow writes into a deployment's log (its errors are :data:`ERRORS`').
@@ -75,6 +77,9 @@ LOG_LINES: dict[str, str] = {
     "watch_running_again": "every service of revision {revision} is up and healthy: running again",
     "watch_up_again": "every service of revision {revision} is up again",
     "no_live_worker": "no live worker serves target {target}: the deployment waits in the target's queue until a worker that declares it (WORKER_TARGETS) runs",
+    "status_reason": "{reason}",  # a status-history reason (:data:`HISTORY_REASONS`), only after [RECOVERY]
+    "dispatched_again": "Dispatched again by recovery (attempt {attempt}/{max_attempts})",
+    "timeout_rolling_back": "Timeout: still pending after {minutes} minutes: revision {failed} failed; rolling back to revision {of}, the last that passed the health gate, as revision {revision}",
     "recovery_rolling_back": "revision {failed} failed: {detail}; rolling back to revision {of}, the last that passed the health gate, as revision {revision}",
     "rolling_back": "Revision {failed} failed: {detail}; rolling back to revision {of}, the last that passed the health gate",
     "automatic_rollback_opening": "--- Automatic rollback to revision {of} (the last that passed the health gate), as revision {revision} ---",
@@ -153,11 +158,45 @@ WAITING_DETAILS: dict[str, str] = {
     "not_ready": "{service} ({ready}/{count} ready, {states})",
 }
 
+#: code -> the English reason a status change is recorded with (the history's ``reason`` column, the server log,
+#: ``[RECOVERY]`` lines); ``{name}`` is a parameter. Written and read through
+#: :mod:`backend.app.services.deployments.history_reasons`; a client words each by its code (the web UI:
+#: ``history.<code>`` in ``frontend/src/i18n/fr.ts``).
+HISTORY_REASONS: dict[str, str] = {
+    "created": "created",
+    "claimed": "claimed by {executor}",
+    "running": "all services running",
+    "retry_scheduled": "transient failure, retry in {seconds}s",
+    "failed": "deployment failed",
+    "preparation_failed": "preparation failed",
+    "stopped_by_user": "stopped by user",
+    "stop_requested": "stop requested",
+    "stopped": "stopped",
+    "stop_failed": "stop failed",
+    "delete_requested": "delete requested",
+    "delete_failed": "delete failed",
+    "cancelled_by_user": "cancelled by user",
+    "start": "start",
+    "redeploy": "redeploy",
+    "retry": "retry",
+    "recovery_timeout": "recovery timeout",
+    "executor_lost_running": "executor lost; containers found running",
+    "executor_lost_retrying": "executor lost (lease expired)",
+    "executor_lost_failed": "executor lost, no attempts left",
+    "revision_update": "revision {revision}: update",
+    "revision_rollback": "revision {revision}: rollback to revision {of}",
+    "automatic_rollback": "revision {failed} failed: automatic rollback to revision {of} as revision {revision}",
+    "automatic_rollback_failed": "automatic rollback failed",
+    "watch_down": "watcher: nothing of it runs any more",
+    "watch_running": "watcher: every container up and healthy again",
+}
+
 #: The tags some writers put before a sentence (``[WATCH] revision 2 is degraded: ...``: ``services/deployments/watch.py``,
-#: ``runtime/dispatch.py``, ``services/deployments/orphans.py``): a tagged line's code is its sentence's, the tag
-#: its ``tag`` parameter (a client shows the tag, then the sentence in its own words). A status-history reason
-#: after ``[RECOVERY]`` (``history_reasons``, a layer above this one) is none of these sentences: no code.
-TAGS = ("WATCH", "WAITING", "RECOVERY")
+#: ``runtime/dispatch.py``, ``services/deployments/orphans.py``, ``services/deployments/recovery.py``): a tagged
+#: line's code is its sentence's, the tag its ``tag`` parameter (a client shows the tag, then the sentence in its
+#: own words). A status-history reason after ``[RECOVERY]`` is ``status_reason``, the reason's own code and
+#: parameters under ``reason.0.*`` (:func:`_nest`).
+TAGS = ("WATCH", "WAITING", "RECOVERY", "RETRY")
 
 #: Parameters that quote other programs' words or an English detail (``states``: the engine's container states, as
 #: the health gate saw them): shown quoted, never translated.
@@ -183,7 +222,9 @@ def _compile(templates: dict[str, str]) -> Table:
 
 _ERRORS = _compile(ERRORS)
 _SERVICES = _compile(SERVICE_REASONS)
-_LINES = _compile({**LOG_LINES, **ERRORS})
+#: ``status_reason`` (any text) is matched only after ``[RECOVERY]``, as a reason of :data:`HISTORY_REASONS`.
+_LINES = _compile({code: template for code, template in {**LOG_LINES, **ERRORS}.items() if code != "status_reason"})
+_HISTORY = _compile(HISTORY_REASONS)
 #: How a failed service's message announces the output on the lines after it (the log has them already).
 _OUTPUT_FOLLOWS = "; last log lines:"
 _TAGGED = re.compile(r"\[(" + "|".join(TAGS) + r")\] ")
@@ -232,6 +273,8 @@ def _parts(code: str, name: str, value: str) -> list[tuple[str, dict[str, str]]]
             reason, params = service_reason_words(match.group(2))
             parts.append((reason, {"service": match.group(1), **params}))
         return parts
+    if name == "reason" and code == "status_reason":
+        return [_classify(value, _HISTORY)]
     if name == "detail" and code == "cannot_prepare":
         return [_classify(value, _PREPARE)]
     if (name == "detail" and code in _ROLLBACK) or (name == "failed_detail" and code == "automatic_rollback_failed_after"):
@@ -277,12 +320,21 @@ def error_words(message: str | None) -> tuple[str | None, dict[str, str]]:
 def line_words(line: str) -> tuple[str | None, dict[str, str]]:
     """``(code, params)`` of one log line WindFlow wrote (one of :data:`LOG_LINES` or :data:`ERRORS`), with the
     parts of a nested detail (a waiting line's container states, why a revision failed before its rollback):
-    :func:`_nest`. A line after one of :data:`TAGS` is its sentence's, with the tag as ``tag``."""
+    :func:`_nest`. A line after one of :data:`TAGS` is its sentence's, with the tag as ``tag``; after
+    ``[RECOVERY]``, a status-history reason is ``status_reason`` (the reason's code under ``reason.0.code``)."""
     tagged = _TAGGED.match(line)
     if tagged is None:
         return _nest(*_classify(line, _LINES))
-    code, params = _nest(*_classify(line[tagged.end() :], _LINES))
+    sentence = line[tagged.end() :]
+    code, params = _nest(*_classify(sentence, _LINES))
+    if code is None and tagged.group(1) == "RECOVERY" and history_reason_words(sentence)[0]:
+        code, params = _nest("status_reason", {"reason": sentence})
     return (code, {"tag": tagged.group(1), **params}) if code else (None, {})
+
+
+def history_reason_words(reason: str | None) -> tuple[str | None, dict[str, str]]:
+    """``(code, params)`` of a status change's reason; ``(None, {})`` for one not in :data:`HISTORY_REASONS`."""
+    return _classify(reason, _HISTORY)
 
 
 def service_reason_words(reason: str | None) -> tuple[str | None, dict[str, str]]:

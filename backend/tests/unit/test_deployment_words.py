@@ -307,7 +307,52 @@ def test_a_tagged_line_gets_its_sentences_code_and_the_tag() -> None:
     assert (params["tag"], params["failed"], params["of"], params["revision"]) == ("RECOVERY", "2", "1", "3")
     assert _parts(params, "detail") == [("executor_lost_after", {"attempts": "3"})]
 
-    # a status-history reason after [RECOVERY] is none of these sentences: quoted as written, as is an unknown tag
-    assert line_words("[RECOVERY] executor lost, no attempts left") == (None, {})
     assert line_words("[OTHER] Deployment is running") == (None, {})
     assert line_words("app | [WATCH] every service of revision 3 is up again") == (None, {})
+
+
+@pytest.mark.parametrize("code", ["executor_lost_running", "executor_lost_retrying", "executor_lost_failed", "automatic_rollback_failed"])
+def test_a_status_history_reason_after_recovery_gets_the_reasons_code(code) -> None:
+    """``orphans.reclaim_orphan`` logs ``[RECOVERY] {the status change's reason}``: the line is ``status_reason``,
+    the reason's own code (``history_reasons``) under ``reason.0.code``."""
+    from backend.app.services.deployments import history_reasons
+
+    reason = history_reasons.text(code)
+    assert line_words(f"[RECOVERY] {reason}") == (
+        "status_reason",
+        {"tag": "RECOVERY", "reason": reason, "reason.parts": "1", "reason.0.code": code},
+    )
+    assert history_reasons.classify(reason) == (code, {})
+    assert line_words(reason) == (None, {})  # a reason only after [RECOVERY]: never a container's line
+
+
+def test_a_history_reason_with_parameters_after_recovery_and_none_of_them() -> None:
+    from backend.app.services.deployments import history_reasons
+
+    reason = history_reasons.text("automatic_rollback", failed=2, of=1, revision=3)
+    code, params = line_words(f"[RECOVERY] {reason}")
+    assert code == "status_reason" and _parts(params, "reason") == [("automatic_rollback", {"failed": "2", "of": "1", "revision": "3"})]
+    assert line_words("[RECOVERY] something nobody wrote") == (None, {})
+    assert line_words("[WATCH] executor lost, no attempts left") == (None, {})  # a reason only after [RECOVERY]
+
+
+def test_recoverys_timeout_and_retry_lines_get_their_codes() -> None:
+    """The texts recovery writes (``recovery.py``): a pending deployment's timeout (an error_message, and the line
+    of its automatic rollback), and a stuck deployment dispatched again after ``[RETRY]``."""
+    from backend.app.services.deployments.recovery import dispatched_again_line, timeout_message, timeout_rollback_line
+
+    message = timeout_message(30)
+    assert error_words(message) == ("recovery_timed_out", {"minutes": "30"})
+    assert line_words(message) == ("recovery_timed_out", {"minutes": "30"})
+    assert line_words(timeout_rollback_line(message, failed=2, of=1, revision=3)) == (
+        "timeout_rolling_back",
+        {"minutes": "30", "failed": "2", "of": "1", "revision": "3"},
+    )
+    assert line_words(dispatched_again_line(1, 3)) == ("dispatched_again", {"tag": "RETRY", "attempt": "2", "max_attempts": "3"})
+    # the timeout of an automatic rollback (Rollout.failure_message): its detail is the timeout's parts
+    from backend.app.models import RevisionReason
+    from backend.app.services.deployments.revisions import Rollout
+
+    rollout = Rollout(3, RevisionReason.AUTOMATIC_ROLLBACK, rollback_of=1)
+    code, params = error_words(rollout.failure_message(timeout_message(0.5)))
+    assert code == "automatic_rollback_failed" and _parts(params, "detail") == [("recovery_timed_out", {"minutes": "0.5"})]

@@ -231,3 +231,19 @@ ENGINE_STATES = {"created", "restarting", "running", "removing", "paused", "exit
 def test_every_container_state_the_health_gate_names_reads_in_french() -> None:
     french = _ts_object(I18N / "deploymentWords.ts", "engineStatesFr")
     assert ENGINE_STATES - set(french) == set()
+
+
+def test_every_status_history_reason_reads_in_both_languages() -> None:
+    """A status change's reason (``core/deployment_words.py`` ``HISTORY_REASONS``: the history's ``reason_code``, a
+    ``[RECOVERY]`` log line's ``reason.0.code``) has its words in ``history.<code>`` of both catalogues, with no
+    parameter the server's reason does not give."""
+    from backend.app.core.deployment_words import HISTORY_REASONS
+
+    assert "executor_lost_failed" in HISTORY_REASONS
+    for catalogue in ("en.ts", "fr.ts"):
+        body = (I18N / catalogue).read_text(encoding="utf-8").split("\n  history: {", 1)[1].split("\n  },", 1)[0]
+        words = dict(re.findall(r"^\s{4}([a-z_]+):\s*'((?:[^'\\]|\\.)*)',$", body, re.M))
+        words.update(re.findall(r"^\s{4}([a-z_]+):\n\s+'((?:[^'\\]|\\.)*)',$", body, re.M))
+        assert set(words) == set(HISTORY_REASONS), catalogue
+        for code, text in words.items():
+            assert set(re.findall(r"\{(\w+)\}", text)) <= set(re.findall(r"\{(\w+)\}", HISTORY_REASONS[code])), f"{catalogue} {code}"

@@ -46,6 +46,7 @@ export const deploymentErrorsFr: Record<string, string> = {
   automatic_rollback_failed_after:
     'le retour automatique à la révision {of} a échoué : {detail} ; la révision {failed} avait échoué : {failed_detail}',
   automatic_rollback_failed: 'le retour automatique à la révision {of} a échoué : {detail}',
+  recovery_timed_out: 'Délai dépassé : toujours en attente après {minutes} minutes',
 }
 
 export const logLinesFr: Record<string, string> = {
@@ -72,6 +73,10 @@ export const logLinesFr: Record<string, string> = {
   watch_up_again: 'tous les services de la révision {revision} sont de nouveau en marche',
   no_live_worker:
     'aucun worker actif ne sert la cible {target} : le déploiement attend dans la file de la cible qu’un worker qui la déclare (WORKER_TARGETS) tourne',
+  status_reason: '{reason}',
+  dispatched_again: 'Relancé par la récupération (tentative {attempt}/{max_attempts})',
+  timeout_rolling_back:
+    'Délai dépassé : toujours en attente après {minutes} minutes : la révision {failed} a échoué ; retour à la révision {of}, la dernière à avoir passé le contrôle de santé, en révision {revision}',
   recovery_rolling_back:
     'la révision {failed} a échoué : {detail} ; retour à la révision {of}, la dernière à avoir passé le contrôle de santé, en révision {revision}',
   rolling_back:
@@ -194,7 +199,8 @@ function shown(name: string, value: string): string {
  * A nested detail worded from its parts (`<name>.parts`, `<name>.<i>.code`, `<name>.<i>.<param>`: the server's
  * `_nest`): the watcher's services, why a deployment could not be prepared, a waiting line's container states,
  * the services the health gate still waited for (each with its states' own parts), why a revision failed before
- * its automatic rollback or why that rollback failed (an error of `deploymentErrorsFr`, with its own parts).
+ * its automatic rollback or why that rollback failed (an error of `deploymentErrorsFr`, with its own parts), the
+ * status change's reason after `[RECOVERY]` (the history's words, `history.<code>`).
  * Null when it has none or a part has no words here (the detail is then quoted as the server wrote it).
  */
 function nested(code: string | null | undefined, name: string, params: Params): string | null {
@@ -217,6 +223,10 @@ function nested(code: string | null | undefined, name: string, params: Params): 
     } else if (code && ROLLBACK.has(code)) {
       template = deploymentErrorsFr[part]
       if (template) said.push(fill(template, values, part)) // an error_message, with its own parts
+    } else if (code === 'status_reason') {
+      // a status change's reason: the history's own words (`history.<code>`)
+      template = known(`history.${part}`) ? `history.${part}` : undefined
+      if (template) said.push(i18n.global.t(template, values))
     } else if (code === 'services_not_ready') {
       template = waitingDetailsFr[part]
       if (template) said.push(fill(template, values, 'waiting_ready')) // its states: their own parts
@@ -293,7 +303,7 @@ export function deploymentErrorOutput(message: string | null | undefined): strin
 
 /**
  * A log line WindFlow wrote, in the user's language (a container's output, or an unknown code: as it is). A
- * tagged line (`[WATCH]`, `[WAITING]`, `[RECOVERY]`: `deployment_words.TAGS`) keeps its tag, then its sentence.
+ * tagged line (`[WATCH]`, `[WAITING]`, `[RECOVERY]`, `[RETRY]`: `deployment_words.TAGS`) keeps its tag, then its sentence.
  */
 export function logLineText(line: { message: string; code?: string | null; params?: Params }): string {
   if (!line.code || !french()) return line.message

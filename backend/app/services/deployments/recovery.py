@@ -35,6 +35,25 @@ S = DeploymentStatus
 STATE_KEY = "recovery"
 
 
+# The sentences recovery writes (core/deployment_words.py words them: recovery_timed_out, timeout_rolling_back,
+# dispatched_again after [RETRY]).
+def timeout_message(minutes: float) -> str:
+    """A ``pending`` deployment's error when no executor took it in time."""
+    return f"Timeout: still pending after {minutes:g} minutes"
+
+
+def timeout_rollback_line(message: str, *, failed: int, of: int, revision: int) -> str:
+    """The log line of a timed-out rollout whose last good revision is rolled out again."""
+    return (
+        f"{message}: revision {failed} failed; rolling back to revision {of}, the last that passed the health gate, as revision {revision}"
+    )
+
+
+def dispatched_again_line(attempt: int, max_attempts: int) -> str:
+    """The log line of a stuck ``pending`` deployment recovery dispatches again."""
+    return f"[RETRY] Dispatched again by recovery (attempt {min(attempt + 1, max_attempts)}/{max_attempts})"
+
+
 async def _dispatch_all(dispatch: Dispatch, deployment_ids: list[str], who: str) -> int:
     """Dispatch each (after the commits that made them ``pending``); returns how many failed."""
     errors = 0
@@ -214,7 +233,7 @@ async def recover_pending_deployments(
     )
     for deployment_id in expired:
         try:
-            message = f"Timeout: still pending after {timeout_minutes:g} minutes"
+            message = timeout_message(timeout_minutes)
             # a change that never started: the last good revision is rolled out again (its own timeout, if no
             # executor takes it either, fails the deployment with both reasons)
             rollback = await revisions.roll_back_timed_out(session, deployment_id=deployment_id, message=message, actor=ACTOR)
@@ -223,8 +242,7 @@ async def recover_pending_deployments(
                     session,
                     deployment_id=deployment_id,
                     level=LogLevel.WARNING,
-                    message=f"{message}: revision {rollback.number - 1} failed; rolling back to revision {rollback.rollback_of}, "
-                    f"the last that passed the health gate, as revision {rollback.number}",
+                    message=timeout_rollback_line(message, failed=rollback.number - 1, of=rollback.rollback_of, revision=rollback.number),
                 )
                 await session.commit()
                 stats["failed"] += 1
@@ -293,7 +311,7 @@ async def recover_pending_deployments(
             stats["skipped"] += 1  # waiting for its retry backoff
             continue
         try:
-            message = f"[RETRY] Dispatched again by recovery (attempt {min(attempt + 1, max_attempts)}/{max_attempts})"
+            message = dispatched_again_line(attempt, max_attempts)
             await log_line(session, deployment_id=deployment_id, level=LogLevel.INFO, message=message)
             await session.commit()
             to_dispatch.append(deployment_id)
