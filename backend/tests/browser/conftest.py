@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,77 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct-horse-battery"
 
 
+class BrowserNetwork:
+    """Chromium in a network namespace of its own, joined to the host by one veth pair.
+
+    Chromium watches the interfaces of its network namespace and fails every request in flight with
+    ``net::ERR_NETWORK_CHANGED`` when one appears or goes, loopback requests included. The other test streams
+    create and remove Docker networks and namespaces all the time (a bridge and a veth per project), so in the
+    host's namespace pages failed to load their scripts at random. In a namespace of its own Chromium sees no
+    interface but its own: it reaches the servers at the host end of the pair (``HOST``), where they listen.
+    Without root or ``ip`` (a developer's machine), Chromium stays in the host's namespace on 127.0.0.1."""
+
+    #: ports taken in advance for the servers of a session: their origins are named to Chromium as secure
+    #: (``--unsafely-treat-insecure-origin-as-secure``), as 127.0.0.1's are (the clipboard, ``crypto``...)
+    PORTS = 12
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.executable = CHROMIUM
+        self.name: str | None = None
+        self.ports: list[int] = []  # not given to a server yet
+        self.reserved: list[int] = []
+
+    def port(self) -> int:
+        """A port for a server: one of those taken in advance in a namespace, else any free one."""
+        return self.ports.pop(0) if self.ports else free_port()
+
+    def chromium_args(self) -> list[str]:
+        if self.name is None:
+            return CHROMIUM_ARGS
+        origins = ",".join(f"http://{self.host}:{port}" for port in self.reserved)
+        return [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origins}"]
+
+    def create(self, workdir: Path) -> None:
+        if os.geteuid() != 0 or not shutil.which("ip"):
+            return
+        tag = f"wfb{os.getpid()}"
+        third, fourth = (os.getpid() // 64) % 250 + 1, (os.getpid() % 64) * 4
+        host, inside = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+        steps = [
+            ["ip", "netns", "add", tag],
+            ["ip", "link", "add", f"{tag}h", "type", "veth", "peer", "name", f"{tag}n"],
+            ["ip", "link", "set", f"{tag}n", "netns", tag],
+            ["ip", "addr", "add", f"{host}/30", "dev", f"{tag}h"],
+            ["ip", "link", "set", f"{tag}h", "up"],
+            ["ip", "netns", "exec", tag, "ip", "addr", "add", f"{inside}/30", "dev", f"{tag}n"],
+            ["ip", "netns", "exec", tag, "ip", "link", "set", f"{tag}n", "up"],
+            ["ip", "netns", "exec", tag, "ip", "link", "set", "lo", "up"],
+        ]
+        self.name = tag
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                self.remove()
+                raise RuntimeError(f"{' '.join(step)}: {done.stderr.strip()}")
+        wrapper = workdir / "chromium-in-netns"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {tag} {CHROMIUM} "$@"\n')
+        wrapper.chmod(0o755)
+        self.host, self.executable = host, str(wrapper)
+        self.reserved = [free_port() for _ in range(self.PORTS)]
+        self.ports = list(self.reserved)
+
+    def remove(self) -> None:
+        if self.name is not None:
+            subprocess.run(["ip", "link", "del", f"{self.name}h"], capture_output=True, timeout=30)
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+            self.name = None
+
+
+#: where the browser tests' servers listen and the browser reaches them (made by the ``_browser_network`` fixture)
+NETWORK = BrowserNetwork()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,11 +125,11 @@ class Server:
     """A WindFlow server process that can be stopped and started again on the same port and database."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = NETWORK.port()
+        self.url = f"http://{NETWORK.host}:{self.port}"
         # the UI's WebSocket goes to the server's WebSocket listener, which the page names (WS_PUBLIC_URL)
-        self.ws_port = free_port()
-        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/api/v1/ws"
+        self.ws_port = NETWORK.port()
+        self.ws_url = f"ws://{NETWORK.host}:{self.ws_port}/api/v1/ws"
         self.workdir = workdir
         self.log = workdir / "server.log"
         self.proc: subprocess.Popen | None = None
@@ -65,7 +137,7 @@ class Server:
         _SERVERS.append(self)
         self.env = {
             **os.environ,
-            "HOST": "127.0.0.1",
+            "HOST": NETWORK.host,
             "PORT": str(self.port),
             "WS_PORT": str(self.ws_port),
             "WS_PUBLIC_URL": self.ws_url,
@@ -161,11 +233,21 @@ def chromium_browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=NETWORK.executable, args=NETWORK.chromium_args())
         try:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_network(tmp_path_factory) -> Iterator[BrowserNetwork]:
+    """The browser's network namespace (:class:`BrowserNetwork`), made before any server or browser starts."""
+    NETWORK.create(tmp_path_factory.mktemp("chromium"))
+    try:
+        yield NETWORK
+    finally:
+        NETWORK.remove()
 
 
 def start_server(tmp_path_factory, name: str) -> Server:
