@@ -3,6 +3,7 @@ import { effectScope } from 'vue'
 import { RealtimeSocket } from '../src/realtime/socket'
 import { setSocket } from '../src/stores/realtime'
 import { useLiveList, type AccountResource, type OrganizationResource } from '../src/composables/useLiveList'
+import type { PageQuery } from '../src/api/paging'
 import type { ServerFrame } from '../src/realtime/frames'
 import { FakeWebSocket } from './fakeSocket'
 
@@ -95,5 +96,27 @@ describe('useLiveList: live by the events of its kind of row', () => {
     ws.receive(changed('member', 'o1'))
     await settle()
     expect(fetch).toHaveBeenCalledTimes(3)
+  })
+
+  it('a "Load more" asked while the list is read again is done once that read is in, not lost', async () => {
+    const rows = Array.from({ length: 27 }, (_, i) => ({ id: `t${i}` }))
+    let release: (() => void) | null = null
+    const fetch = vi.fn(async ({ limit = 25, offset = 0 }: PageQuery) => {
+      if (fetch.mock.calls.length === 2) await new Promise<void>((resolve) => (release = resolve)) // the live reload, slow
+      return { items: rows.slice(offset, offset + limit), total: rows.length, total_is_exact: true }
+    })
+    const shown = scope.run(() => useLiveList({ fetch, filterKey: () => '', resource: 'token' }))!
+    await vi.advanceTimersByTimeAsync(0)
+    expect(shown.items.value).toHaveLength(25)
+    FakeWebSocket.last().open()
+    await settle() // the socket is live: the list is read again, slowly
+    expect(fetch).toHaveBeenCalledTimes(2)
+    await shown.loadMore() // clicked meanwhile
+    expect(fetch).toHaveBeenCalledTimes(2)
+    release!()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(fetch).toHaveBeenCalledTimes(3)
+    expect(fetch.mock.calls[2][0]).toEqual({ limit: 25, offset: 25 })
+    expect(shown.items.value).toHaveLength(27)
   })
 })

@@ -41,6 +41,8 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   const error = ref<string | null>(null)
   const size = options.pageSize ?? LIST_PAGE
   let generation = 0
+  /** "Load more" asked while the list was being read again: done once that read is in. */
+  let moreAsked = false
 
   const hasMore = computed(() => (usesCursor.value ? !!nextCursor.value : items.value.length < total.value))
 
@@ -71,10 +73,19 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
     } finally {
       if (mine === generation) loading.value = false
     }
+    if (mine === generation && moreAsked) {
+      moreAsked = false
+      await loadMore()
+    }
   }
 
   async function loadMore(): Promise<void> {
-    if (!hasMore.value || loading.value) return
+    if (loading.value) {
+      // a live reload is under way (an event, a reconnection): the click is not lost, it follows it
+      moreAsked = true
+      return
+    }
+    if (!hasMore.value) return
     const mine = generation
     loading.value = true
     try {
