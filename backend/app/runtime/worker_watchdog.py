@@ -246,6 +246,8 @@ class WorkerMonitor:
         self.sql_broker = (settings.celery_broker_url or "").startswith("sqla+")
         self.pids: set[int] = set()  # the pool's processes at the last look
         self.thread: threading.Thread | None = None  # the one running run()
+        self._last_beat = 0.0  # when the last heartbeat was written (monotonic)
+        self._reported: tuple | None = None  # the (health, problem) it said
 
     def pool_pids(self) -> list[int] | None:
         """The pool's process ids, or None for a pool without processes of its own: the solo pool lists the
@@ -257,7 +259,8 @@ class WorkerMonitor:
             return []
         if pids is None:
             return None
-        own = [int(pid) for pid in pids if int(pid) != os.getpid()]
+        # a process being replaced (killed, not forked again yet) is listed without a pid
+        own = [int(pid) for pid in pids if pid is not None and int(pid) != os.getpid()]
         return None if pids and not own else own
 
     def observe(self, messages_waiting: bool | None):
@@ -320,53 +323,60 @@ class WorkerMonitor:
             return bool((await session.execute(query, {"queues": self.queues()})).scalar())
 
     def run(self) -> None:
+        """Once a second until stopped. An unexpected error in one look is logged and the next look runs: a
+        thread that died would leave a worker that runs tasks with no heartbeat (seen as gone)."""
         self.thread = threading.current_thread()
-        last_beat = 0.0
-        reported = None
         while not self.stop.is_set():
             try:
-                waiting = worker_loop.run(self._messages_waiting(), timeout=10)
-            except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
-                waiting = None
-            verdict = self.observe(waiting)
-            if lost := self.lost_children():
-                try:
-                    worker_loop.run(self._expire_leases_of(lost), timeout=10)
-                except Exception:
-                    logger.warning("could not expire the leases of dead pool processes %s", sorted(lost), exc_info=True)
-            health = workers.HEALTHY if verdict.healthy else workers.DEGRADED
-            if time.monotonic() - last_beat >= workers.HEARTBEAT_SECONDS or (health, verdict.problem) != reported:
-
-                async def beat(health: str = health, verdict=verdict) -> None:
-                    async with database.AsyncSessionLocal() as session:
-                        await workers.write_heartbeat(
-                            session,
-                            name=self.name,
-                            kind=self.kind,
-                            hostname=socket.gethostname(),
-                            pid=os.getpid(),
-                            broker=broker_label(self.settings),
-                            concurrency=self.concurrency,
-                            state=health,
-                            problem=verdict.problem,
-                            problem_codes=verdict.coded,
-                            live_processes=verdict.live,
-                            pool_pids=sorted(self.pids) or None,
-                            targets=self.targets,
-                        )
-
-                try:
-                    worker_loop.run(beat(), timeout=30)
-                    last_beat, reported = time.monotonic(), (health, verdict.problem)
-                except Exception:
-                    logger.warning("worker heartbeat failed", exc_info=True)
-                else:
-                    write_health_file(self.name, health, verdict.problem)
-            if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
-                seconds = round(verdict.degraded_for)
-                left = Problem("left_degraded", f"degraded for {seconds}s", {"seconds": seconds})
-                self.leave(f"{left.text}: {verdict.problem}", problems=[left, *verdict.problems])
+                self._look()
+            except Exception:
+                logger.exception("worker %s: the watchdog's look failed; the next one runs in a second", self.name)
             self.stop.wait(1.0)
+
+    def _look(self) -> None:
+        """One look: is the worker executing, did pool processes die, and the heartbeat when it is due."""
+        try:
+            waiting = worker_loop.run(self._messages_waiting(), timeout=10)
+        except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
+            waiting = None
+        verdict = self.observe(waiting)
+        if lost := self.lost_children():
+            try:
+                worker_loop.run(self._expire_leases_of(lost), timeout=10)
+            except Exception:
+                logger.warning("could not expire the leases of dead pool processes %s", sorted(lost), exc_info=True)
+        health = workers.HEALTHY if verdict.healthy else workers.DEGRADED
+        if time.monotonic() - self._last_beat >= workers.HEARTBEAT_SECONDS or (health, verdict.problem) != self._reported:
+
+            async def beat(health: str = health, verdict=verdict) -> None:
+                async with database.AsyncSessionLocal() as session:
+                    await workers.write_heartbeat(
+                        session,
+                        name=self.name,
+                        kind=self.kind,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        broker=broker_label(self.settings),
+                        concurrency=self.concurrency,
+                        state=health,
+                        problem=verdict.problem,
+                        problem_codes=verdict.coded,
+                        live_processes=verdict.live,
+                        pool_pids=sorted(self.pids) or None,
+                        targets=self.targets,
+                    )
+
+            try:
+                worker_loop.run(beat(), timeout=30)
+                self._last_beat, self._reported = time.monotonic(), (health, verdict.problem)
+            except Exception:
+                logger.warning("worker heartbeat failed", exc_info=True)
+            else:
+                write_health_file(self.name, health, verdict.problem)
+        if not verdict.healthy and verdict.degraded_for >= self.settings.WORKER_LEAVE_AFTER_SECONDS:
+            seconds = round(verdict.degraded_for)
+            left = Problem("left_degraded", f"degraded for {seconds}s", {"seconds": seconds})
+            self.leave(f"{left.text}: {verdict.problem}", problems=[left, *verdict.problems])
 
     def leave(self, reason: str, exit_code: int | None = None, problems: list[Problem] | None = None) -> None:
         """Exit now, without waiting for a pool that will not finish: messages back to the queue, pool

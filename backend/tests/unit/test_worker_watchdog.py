@@ -101,3 +101,44 @@ def test_live_processes_count_neither_a_stopped_nor_a_dead_process():
         child.kill()
         child.wait()
     assert process_state(child.pid) is None
+
+
+def test_a_pool_process_being_replaced_is_listed_without_a_pid_and_skipped():
+    """billiard lists a pool process it is replacing (killed, not forked again yet) with pid None: the monitor
+    reads the others; ``int(None)`` killed its heartbeat thread, and the worker, still running tasks, looked gone."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from backend.app.config import Settings
+    from backend.app.runtime.worker_watchdog import WorkerMonitor
+
+    pool = SimpleNamespace(info={"processes": [4242, None, os.getpid(), 4343]})
+    monitor = WorkerMonitor(
+        "w@h", "external", 2, SimpleNamespace(pool=pool), None, settings=Settings(_env_file=None), stop=threading.Event()
+    )
+    assert monitor.pool_pids() == [4242, 4343]
+
+
+def test_an_error_in_one_look_does_not_end_the_heartbeat_thread():
+    import threading
+    from types import SimpleNamespace
+
+    from backend.app.config import Settings
+    from backend.app.runtime.worker_watchdog import WorkerMonitor
+
+    stop = threading.Event()
+    monitor = WorkerMonitor("w@h", "external", 1, SimpleNamespace(pool=None), None, settings=Settings(_env_file=None), stop=stop)
+    looks = []
+
+    def look() -> None:
+        looks.append(1)
+        if len(looks) == 1:
+            raise TypeError("int() argument must be ... not 'NoneType'")
+        stop.set()
+
+    monitor._look = look
+    thread = threading.Thread(target=monitor.run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and len(looks) == 2  # the second look ran after the first one failed
