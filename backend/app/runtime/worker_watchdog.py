@@ -350,20 +350,13 @@ class WorkerMonitor:
 
             async def beat(health: str = health, verdict=verdict) -> None:
                 async with database.AsyncSessionLocal() as session:
-                    await workers.write_heartbeat(
+                    await self._write_heartbeat(
                         session,
-                        name=self.name,
-                        kind=self.kind,
-                        hostname=socket.gethostname(),
-                        pid=os.getpid(),
-                        broker=broker_label(self.settings),
-                        concurrency=self.concurrency,
                         state=health,
                         problem=verdict.problem,
                         problem_codes=verdict.coded,
                         live_processes=verdict.live,
                         pool_pids=sorted(self.pids) or None,
-                        targets=self.targets,
                     )
 
             try:
@@ -377,6 +370,20 @@ class WorkerMonitor:
             seconds = round(verdict.degraded_for)
             left = Problem("left_degraded", f"degraded for {seconds}s", {"seconds": seconds})
             self.leave(f"{left.text}: {verdict.problem}", problems=[left, *verdict.problems])
+
+    async def _write_heartbeat(self, session, **state) -> None:
+        """This worker's heartbeat row: who it is (name, kind, host, pid, broker, concurrency, targets) and ``state``."""
+        await workers.write_heartbeat(
+            session,
+            name=self.name,
+            kind=self.kind,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            broker=broker_label(self.settings),
+            concurrency=self.concurrency,
+            targets=self.targets,
+            **state,
+        )
 
     def leave(self, reason: str, exit_code: int | None = None, problems: list[Problem] | None = None) -> None:
         """Exit now, without waiting for a pool that will not finish: messages back to the queue, pool
@@ -406,19 +413,12 @@ class WorkerMonitor:
             async with database.AsyncSessionLocal() as session:
                 await workers.expire_leases_of(session, hostname=socket.gethostname(), pids=pool | {os.getpid()})
                 if degraded:
-                    await workers.write_heartbeat(
+                    await self._write_heartbeat(
                         session,
-                        name=self.name,
-                        kind=self.kind,
-                        hostname=socket.gethostname(),
-                        pid=os.getpid(),
-                        broker=broker_label(self.settings),
-                        concurrency=self.concurrency,
                         state=workers.DEGRADED,
                         problem=f"left: {reason}"[:500],
                         problem_codes=[p.to_dict() for p in problems or ()] or None,
                         live_processes=0,
-                        targets=self.targets,
                     )
                 else:
                     await workers.remove_heartbeat(session, self.name)
