@@ -99,24 +99,19 @@ class NotificationLoop(LoopService):
     async def _settle(self, sent: list[tuple[NotificationDelivery, NotificationChannel, sender.Outcome]]) -> None:
         try:
             async with database.AsyncSessionLocal() as session:
-                kept = [
-                    await sender.settle(
-                        session,
-                        settings=self.settings,
-                        delivery_id=delivery.id,
-                        owner=self.owner,
-                        attempts=delivery.attempts,
-                        outcome=outcome,
-                    )
-                    for delivery, _channel, outcome in sent
-                ]
+                held = await sender.settle(
+                    session,
+                    settings=self.settings,
+                    owner=self.owner,
+                    outcomes=[(delivery.id, delivery.attempts, outcome) for delivery, _channel, outcome in sent],
+                )
                 await session.commit()
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("notifications: recording %d outcome(s) failed; they are sent again once their lease expires", len(sent))
             return
-        for (delivery, channel, outcome), still_held in zip(sent, kept, strict=True):
+        for delivery, channel, outcome in sent:
             if not outcome.ok:
                 logger.warning(
                     "notification %s (%s) to channel %s: attempt %d failed: %s%s",
@@ -125,7 +120,7 @@ class NotificationLoop(LoopService):
                     channel.id,
                     delivery.attempts,
                     outcome.error,
-                    "" if still_held else " (its lease had passed to another sender)",
+                    "" if delivery.id in held else " (its lease had passed to another sender)",
                 )
 
     async def run(self) -> None:
@@ -145,12 +140,13 @@ class NotificationLoop(LoopService):
                     sent = 0
                 else:
                     self.outage.succeeded()
-                if not sent:
+                if sent < BATCH:  # a full batch may have left more due: the next pass at once; else wait (an event
+                    # during the pass, or a delivery queued by this process, has set _wake: the wait ends at once)
                     await sleep_or_event(self.interval, self._wake)
         finally:
             unsubscribe()
             _loops.remove(self)
-            await self._http.aclose()
+            await self._http.close()
 
 
 async def notification_loop(settings: Settings) -> None:

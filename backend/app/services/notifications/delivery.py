@@ -20,8 +20,8 @@ from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
-import httpx
-from sqlalchemy import and_, delete, or_, select, update
+import aiohttp
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -136,31 +136,50 @@ def webhook_body(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def http_client(settings: Settings) -> httpx.AsyncClient:
-    """The client a sender keeps for its deliveries (its connections and TLS context reused): no redirects
-    followed, no proxy from the environment, ``NOTIFY_TIMEOUT_SECONDS`` per request, every connection to an
-    address checked by ``egress`` (public, or in ``NOTIFY_ALLOWED_NETWORKS``)."""
-    return httpx.AsyncClient(
-        timeout=settings.NOTIFY_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False, transport=egress.transport(settings)
+#: at most this much of a receiver's answer is read (to keep its connection for the next delivery); a longer
+#: answer is not read further and its connection is closed
+_MAX_ANSWER = 64 * 1024
+
+
+def http_client(settings: Settings) -> aiohttp.ClientSession:
+    """The client a sender keeps for its deliveries (call it on the event loop that sends): HTTP/1.1
+    connections kept alive per receiver, no proxy from the environment, no cookie kept from one answer to
+    the next request, every connection to an address checked by ``egress`` (public, or in
+    ``NOTIFY_ALLOWED_NETWORKS``). Each request is bounded by ``NOTIFY_TIMEOUT_SECONDS`` as a whole
+    (connecting, sending, the answer) and follows no redirect (:func:`_post`)."""
+    return aiohttp.ClientSession(
+        connector=egress.connector(settings),
+        timeout=aiohttp.ClientTimeout(total=settings.NOTIFY_TIMEOUT_SECONDS),
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
     )
 
 
-async def _post(settings: Settings, url: str, content: bytes, headers: dict[str, str], client: httpx.AsyncClient | None) -> Outcome:
+async def _post(settings: Settings, url: str, content: bytes, headers: dict[str, str], client: aiohttp.ClientSession | None) -> Outcome:
+    if client is None:
+        async with http_client(settings) as own:
+            return await _post(settings, url, content, headers, own)
     try:
-        if client is None:
-            async with http_client(settings) as own:
-                response = await own.post(url, content=content, headers={"Content-Type": "application/json", **headers})
-        else:
-            response = await client.post(url, content=content, headers={"Content-Type": "application/json", **headers})
+        async with client.post(
+            url, data=content, headers={"Content-Type": "application/json", **headers}, allow_redirects=False
+        ) as response:
+            status = response.status
+            read = 0  # the answer is not kept; read (a little of it) so that the connection serves again
+            while read <= _MAX_ANSWER and not response.content.at_eof():
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                read += len(chunk)
     except egress.EgressRefused as exc:
         return Outcome(False, None, f"refused, nothing sent: {exc}", final=True)
-    except httpx.TimeoutException:
+    except TimeoutError:  # aiohttp's timeouts are TimeoutErrors
         return Outcome(False, None, f"no answer within {settings.NOTIFY_TIMEOUT_SECONDS:g} s")
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, ValueError) as exc:
         return Outcome(False, None, f"{type(exc).__name__}: could not reach the receiver")
-    if 200 <= response.status_code < 300:
-        return Outcome(True, response.status_code)
-    return Outcome(False, response.status_code, f"the receiver answered {response.status_code}")
+    if 200 <= status < 300:
+        return Outcome(True, status)
+    return Outcome(False, status, f"the receiver answered {status}")
 
 
 def _smtp_send(settings: Settings, to: str, subject: str, text: str) -> None:
@@ -178,7 +197,7 @@ def _smtp_send(settings: Settings, to: str, subject: str, text: str) -> None:
 
 
 async def send(
-    settings: Settings, *, channel: NotificationChannel, delivery: NotificationDelivery, client: httpx.AsyncClient | None = None
+    settings: Settings, *, channel: NotificationChannel, delivery: NotificationDelivery, client: aiohttp.ClientSession | None = None
 ) -> Outcome:
     """One attempt of ``delivery`` on ``channel``."""
     body = dict(delivery.payload or {})
@@ -203,22 +222,65 @@ async def send(
     return await _post(settings, url, json.dumps({field: text[:1900]}).encode(), {}, client)
 
 
-async def settle(session: AsyncSession, *, settings: Settings, delivery_id: str, owner: str, attempts: int, outcome: Outcome) -> bool:
-    """Record an attempt's outcome if ``owner`` still holds the delivery (the caller commits)."""
-    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "last_status_code": outcome.status_code}
-    if outcome.ok:
-        values.update(status=DELIVERED, delivered_at=utcnow(), last_error=None)
-    elif attempts >= settings.NOTIFY_MAX_ATTEMPTS or outcome.final:
-        values.update(status=FAILED, last_error=(outcome.error or "")[:500])
-    else:
-        delay = min(settings.NOTIFY_BACKOFF_SECONDS * 2 ** (attempts - 1), settings.NOTIFY_BACKOFF_MAX_SECONDS)
-        values.update(status=PENDING, next_attempt_at=utcnow() + timedelta(seconds=delay), last_error=(outcome.error or "")[:500])
-    result = await session.execute(
-        update(NotificationDelivery)
-        .where(NotificationDelivery.id == delivery_id, NotificationDelivery.status == DELIVERING, NotificationDelivery.lease_owner == owner)
-        .values(**values)
+_T = NotificationDelivery.__table__
+_HELD = and_(_T.c.id.in_(bindparam("b_ids", expanding=True)), _T.c.status == DELIVERING, _T.c.lease_owner == bindparam("b_owner"))
+_RELEASED = {"lease_owner": None, "lease_expires_at": None}
+#: the settles, built once (a pass settles with one statement per kind of outcome, whatever the batch)
+_DELIVERED = (
+    update(_T)
+    .where(_HELD)
+    .values(status=DELIVERED, delivered_at=bindparam("b_now"), last_error=None, last_status_code=bindparam("b_code"), **_RELEASED)
+    .returning(_T.c.id)
+)
+_FAILED = (
+    update(_T)
+    .where(_HELD)
+    .values(status=FAILED, last_error=bindparam("b_error"), last_status_code=bindparam("b_code"), **_RELEASED)
+    .returning(_T.c.id)
+)
+_RETRIED = (
+    update(_T)
+    .where(_HELD)
+    .values(
+        status=PENDING,
+        next_attempt_at=bindparam("b_next", type_=_T.c.next_attempt_at.type),
+        last_error=bindparam("b_error"),
+        last_status_code=bindparam("b_code"),
+        **_RELEASED,
     )
-    return result.rowcount == 1
+    .returning(_T.c.id)
+)
+
+
+async def settle(session: AsyncSession, *, settings: Settings, owner: str, outcomes: list[tuple[str, int, Outcome]]) -> set[str]:
+    """Record attempts' outcomes (``(delivery id, its attempts, outcome)``) of the deliveries ``owner`` still
+    holds; returns their ids (the others passed to another sender once their lease expired). The caller
+    commits. Deliveries answered with the same status code are settled by one statement, and so are failures
+    of the same attempt with the same error."""
+    now = utcnow()
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for delivery_id, attempts, outcome in outcomes:
+        if outcome.ok:
+            key: tuple[Any, ...] = (_DELIVERED, outcome.status_code, None, None)
+        else:
+            error = (outcome.error or "")[:500]
+            if attempts >= settings.NOTIFY_MAX_ATTEMPTS or outcome.final:
+                key = (_FAILED, outcome.status_code, error, None)
+            else:
+                delay = min(settings.NOTIFY_BACKOFF_SECONDS * 2 ** (attempts - 1), settings.NOTIFY_BACKOFF_MAX_SECONDS)
+                key = (_RETRIED, outcome.status_code, error, now + timedelta(seconds=delay))
+        groups.setdefault(key, []).append(delivery_id)
+    held: set[str] = set()
+    for (statement, code, error, next_at), ids in groups.items():
+        params: dict[str, Any] = {"b_ids": ids, "b_owner": owner, "b_code": code}
+        if statement is _DELIVERED:
+            params["b_now"] = now
+        else:
+            params["b_error"] = error
+            if statement is _RETRIED:
+                params["b_next"] = next_at
+        held.update((await session.execute(statement, params)).scalars())
+    return held
 
 
 async def prune(session: AsyncSession, *, settings: Settings, batch: int = 1000) -> int:

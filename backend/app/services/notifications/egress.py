@@ -9,7 +9,8 @@ Checked twice: when a channel is created or its URL changed (a 422 naming the se
 connects. At send time the host is resolved once, every resolved address is checked, and the connection goes
 to a checked address (the request keeps the URL's host for ``Host`` and TLS SNI/certificate checks): a name
 that resolved to a public address when the channel was created and to ``127.0.0.1`` now (DNS rebinding) is
-refused. ``GuardedBackend`` does it inside httpx's connection pool, so every connection it opens is checked.
+refused. ``GuardedConnector`` does it inside the sender's HTTP client (aiohttp), so every connection it opens
+is checked.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import typing
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+import certifi
 
 from backend.app.config import Settings
 
@@ -127,52 +129,44 @@ async def check_url(settings: Settings, url: str) -> str | None:
     return None
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, connecting only to checked addresses (the first that answers)."""
+class GuardedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, connecting only to checked addresses: its one way from a host to addresses
+    (``_resolve_host``, which aiohttp calls for every new connection, literal addresses included) is replaced
+    by :func:`check_addresses`, so a connection goes to an address that was just resolved and checked (TLS
+    keeps the URL's host for SNI and the certificate). Never a Unix socket (a ``TCPConnector`` has none), no
+    DNS cache (each new connection resolves and checks again)."""
 
-    def __init__(self, allowed: tuple[Network, ...], resolve_timeout: float) -> None:
+    def __init__(self, allowed: tuple[Network, ...], resolve_timeout: float, **kwargs: typing.Any) -> None:
+        super().__init__(use_dns_cache=False, **kwargs)
         self._allowed = allowed
         self._resolve_timeout = resolve_timeout
-        self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def _resolve_host(self, host: str, port: int, traces: typing.Any = None) -> list[typing.Any]:
         try:
-            addresses = await check_addresses(host, port, allowed=self._allowed, timeout=timeout or self._resolve_timeout)
-        except (OSError, TimeoutError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve: {type(exc).__name__}") from exc
-        error: Exception | None = None
-        for ip in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: typing.Any = None):
-        raise EgressRefused("notifications never connect to a Unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+            addresses = await check_addresses(host, port, allowed=self._allowed, timeout=self._resolve_timeout)
+        except (OSError, TimeoutError, UnicodeError) as exc:  # aiohttp reports an OSError here as a DNS error
+            raise OSError(f"{host} does not resolve: {type(exc).__name__}") from exc
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": socket.IPPROTO_TCP,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for ip in addresses
+        ]
 
 
-def transport(settings: Settings) -> httpx.AsyncHTTPTransport:
-    """httpx's transport whose every connection goes through ``GuardedBackend`` (no proxy: never through one)."""
-    guarded = httpx.AsyncHTTPTransport(trust_env=False)
-    guarded._pool = httpcore.AsyncConnectionPool(  # the same pool httpx builds, with the guarded network backend
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=100,
-        max_keepalive_connections=20,
-        keepalive_expiry=5.0,
-        network_backend=GuardedBackend(allowed_networks(settings), settings.NOTIFY_TIMEOUT_SECONDS),
+def connector(settings: Settings) -> GuardedConnector:
+    """The connector of a sender's HTTP session: every connection checked by :class:`GuardedConnector`,
+    certificates checked against the same CA bundle as the other outgoing clients (certifi's), idle
+    connections kept 5 s for the next delivery to the same receiver. Built on a running event loop."""
+    return GuardedConnector(
+        allowed_networks(settings),
+        settings.NOTIFY_TIMEOUT_SECONDS,
+        ssl=ssl.create_default_context(cafile=certifi.where()),
+        limit=100,
+        keepalive_timeout=5.0,
     )
-    return guarded
