@@ -3,9 +3,20 @@
 Jinja's sandbox stops attribute tricks but not work: ``{% for i in range(100000) %}{% for j in
 range(100000) %}`` or ``'a'|center(50000000)`` run as long and allocate as much as they like, and a thread
 cannot be interrupted. So :func:`render_stack` and :func:`render_preview` run
-:func:`backend.app.services.stacks.templating.render_stack` (render, then the bounded YAML parse) in a fresh
-process forked from a ``forkserver`` (cheap: the templating module is preloaded there) with
-``RLIMIT_CPU`` and ``RLIMIT_AS`` set, and a wall-clock deadline enforced by the parent, which kills it.
+:func:`backend.app.services.stacks.templating.render_stack` (render, then the bounded YAML parse) in a child
+process forked from a ``forkserver`` (the templating module is preloaded there) with ``RLIMIT_CPU`` and
+``RLIMIT_AS`` set, and a wall-clock deadline enforced by the parent, which kills it.
+
+* The child is kept warm: a render child that answered within its limits waits for the next render (with the
+  same limits) instead of exiting, so a render pays a pipe round trip rather than a process start (a fork,
+  unpickling, the interpreter's first steps: 15-40 ms on a loaded two-core machine). Each render gets the whole
+  CPU budget again (``RLIMIT_CPU`` is raised to the CPU time used so far plus the budget; its hard limit is
+  the child's lifetime budget, and a child that has no full budget left is replaced first). A child that hit a
+  limit (CPU time, memory, output size, nesting, YAML expansion), missed the deadline, died, grew (its peak resident memory
+  :data:`WORKER_MAX_GROWTH_KB` above what it started with) or served :data:`WORKER_MAX_RENDERS` renders is
+  killed and never reused; a fresh one is started in the background for the next render. Between renders the
+  child keeps nothing of a render (no module state is written by one; the sandbox's templates are compiled
+  per render from their source).
 
 * The event loop only waits (in a small dedicated thread pool), so ``/health`` and every other request are
   served while a hostile template burns its CPU budget in its own process.
@@ -22,6 +33,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import multiprocessing
 import multiprocessing.context
 import os
@@ -126,44 +138,179 @@ class _RenderProcess(multiprocessing.context.ForkServerProcess):
 
 
 _threads = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RENDERS, thread_name_prefix="render")
+#: Starts a replacement for a render child that was killed, off the render threads.
+_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-start")
+
+#: A warm render child serves at most this many renders, then is replaced.
+WORKER_MAX_RENDERS = 200
+#: A render child whose peak resident memory grew this much (KiB) above its start is replaced after its render.
+WORKER_MAX_GROWTH_KB = 64 * 1024
 
 
-def _apply_limits(limits: RenderLimits) -> None:
-    def lower(kind: int, soft: int, hard: int) -> None:
-        _, ceiling = resource.getrlimit(kind)  # never ask for more than the process may have
-        if ceiling != resource.RLIM_INFINITY:
-            soft, hard = min(soft, ceiling), min(hard, ceiling)
-        resource.setrlimit(kind, (soft, hard))
+def _lower(kind: int, soft: int, hard: int) -> None:
+    _, ceiling = resource.getrlimit(kind)  # never ask for more than the process may have
+    if ceiling != resource.RLIM_INFINITY:
+        soft, hard = min(soft, ceiling), min(hard, ceiling)
+    resource.setrlimit(kind, (soft, hard))
 
-    cpu = max(1, int(limits.cpu_seconds + 0.999))
-    lower(resource.RLIMIT_CPU, cpu, cpu + 1)
-    lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
+
+def _cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _apply_limits(limits: RenderLimits) -> int:
+    """The limits of a render child, set once when it starts; returns its lifetime CPU bound (the hard
+    ``RLIMIT_CPU``, in CPU seconds): room for one render's full budget and as much again."""
+    budget = _whole_seconds(limits.cpu_seconds)
+    first = _whole_seconds(_cpu_used() + limits.cpu_seconds)
+    _lower(resource.RLIMIT_CPU, first, first + 1 + budget)
+    _lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     sandbox.configure(max_output_chars=limits.max_output_chars)
     compose_yaml.configure(max_nodes=limits.yaml_max_nodes, max_expanded_chars=limits.yaml_max_expanded_chars)
+    return resource.getrlimit(resource.RLIMIT_CPU)[1]
 
 
-def _child(conn, kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> None:
-    """Runs in the child process: render, send ``("ok", result, ...)`` or ``("error", detail, code, params)``
-    (a compose-policy refusal's params name its rules and paths, as the API's error handler would)."""
+def _arm_cpu(limits: RenderLimits, hard: int, *, first: bool) -> bool:
+    """Give the next render its whole CPU budget: the soft ``RLIMIT_CPU`` (SIGXCPU) at the CPU time used so far
+    plus the budget, below the child's hard bound (SIGKILL). False when that no longer fits: the child retires
+    (a child's first render takes what the process may have, as a process of its own would)."""
+    soft = _whole_seconds(_cpu_used() + limits.cpu_seconds)
+    if hard != resource.RLIM_INFINITY and soft + 1 > hard:
+        if not first:
+            return False
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    return True
+
+
+#: Refusals that mean a limit was hit (output size, YAML expansion): the child that hit one is not reused.
+_LIMIT_CODES = frozenset({"template_limit", "yaml_limit"})
+
+
+def _render_reply(kind: str, template: str, variables: list, values: dict) -> tuple:
+    """One render: ``("ok", result, deterministic)``, ``("error", detail, code, params)`` (a compose-policy
+    refusal's params name its rules and paths, as the API's error handler would), ``("memory",)`` or
+    ``("limit", detail, code, params)`` (nesting too deep)."""
     try:
-        _apply_limits(limits)
         if kind == "preview":
             result: Any = templating.render_preview(template, variables, values)
         else:
             result = templating.render_stack(template, variables, values)
-        conn.send(("ok", result, sandbox.is_deterministic(template)))
+        return ("ok", result, sandbox.is_deterministic(template))
     except ValidationFailed as exc:
         params = dict(exc.params)
         if violations := getattr(exc, "violations", None):
             params.setdefault("rules", sorted({v.rule for v in violations}))
             params.setdefault("paths", list(dict.fromkeys(v.path for v in violations)))
-        conn.send(("error", exc.detail, exc.code, params))
+        return ("error", exc.detail, exc.code, params)
     except MemoryError:
-        conn.send(("memory",))
+        return ("memory",)
     except RecursionError:
-        conn.send(("error", "template: nested too deeply", "template_limit", {"reason": "nesting"}))
+        return ("limit", "template: nested too deeply", "template_limit", {"reason": "nesting"})
+
+
+def _serve(conn, limits: RenderLimits) -> None:
+    """Runs in a render child: render one request after another (``(kind, template, variables, values)``),
+    answering ``(reply, reusable)``; ``("retire",)`` when it has no full CPU budget left. Returns (the child
+    exits) when the parent closes the pipe or after a render that makes it unfit for another."""
+    try:
+        hard = _apply_limits(limits)
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        served = 0
+        while True:
+            try:
+                kind, template, variables, values = conn.recv()
+            except (EOFError, OSError):
+                return
+            if not _arm_cpu(limits, hard, first=served == 0):
+                conn.send(("retire",))
+                return
+            reply = _render_reply(kind, template, variables, values)
+            served += 1
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline > WORKER_MAX_GROWTH_KB
+            within = reply[0] == "ok" or (reply[0] == "error" and reply[2] not in _LIMIT_CODES)
+            reusable = within and not grown and served < WORKER_MAX_RENDERS
+            del template, variables, values
+            conn.send((reply, reusable))
+            del reply
+            if not reusable:
+                return
     finally:
         conn.close()
+
+
+class _Worker:
+    """A render child (its process and the parent's end of its pipe), used by one render thread at a time."""
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.limits = limits
+        self.conn, child_end = _context.Pipe(duplex=True)
+        self.process = _RenderProcess(target=_serve, args=(child_end, limits), name="windflow-render", daemon=True)
+        try:
+            self.process.start()
+        except (OSError, RuntimeError) as exc:
+            self.conn.close()
+            logger.error("cannot start a template rendering process: %s", exc)
+            raise ServiceUnavailable("the template renderer could not start a process; retry later", code="renderer_unavailable") from None
+        finally:
+            child_end.close()
+
+    def kill(self) -> int | None:
+        """Kill the child (if it still runs) and reap it; its exit status (None: not reaped within 10 s)."""
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        exitcode = self.process.exitcode
+        if exitcode is not None:
+            self.process.close()
+        return exitcode
+
+
+_idle: list[_Worker] = []
+_idle_lock = threading.Lock()
+
+
+def _take(limits: RenderLimits) -> _Worker:
+    with _idle_lock:
+        for index in range(len(_idle) - 1, -1, -1):
+            if _idle[index].limits == limits:
+                return _idle.pop(index)
+    return _Worker(limits)
+
+
+def _give_back(worker: _Worker) -> None:
+    with _idle_lock:
+        _idle.append(worker)
+        excess = _idle[: max(0, len(_idle) - MAX_CONCURRENT_RENDERS)]  # the oldest ones (other limits, mostly)
+        del _idle[: len(excess)]
+    for old in excess:
+        old.kill()
+
+
+def _start_spare(limits: RenderLimits) -> None:
+    """A warm child for the next render with ``limits``, unless one is waiting already (runs on ``_starter``)."""
+    with _idle_lock:
+        if any(worker.limits == limits for worker in _idle):
+            return
+    try:
+        _give_back(_Worker(limits))
+    except ServiceUnavailable:
+        pass  # logged; the next render starts its own
+
+
+def stop_workers() -> None:
+    """Kill every idle render child (tests; the children of a process that exits die with it anyway)."""
+    with _idle_lock:
+        workers = list(_idle)
+        _idle.clear()
+    for worker in workers:
+        worker.kill()
 
 
 def _memory_error(limits: RenderLimits) -> ValidationFailed:
@@ -185,35 +332,32 @@ def _time_error(limits: RenderLimits) -> ValidationFailed:
 
 
 def _run_blocking(kind: str, template: str, variables: list, values: dict, limits: RenderLimits) -> Any:
-    receiver, sender = _context.Pipe(duplex=False)
-    process = _RenderProcess(target=_child, args=(sender, kind, template, variables, values, limits), name="windflow-render", daemon=True)
     message = None
     exitcode: int | None = None
-    started = False
-    try:
+    reusable = False
+    for _ in range(2):  # a second time only with a fresh child, after one that had retired or died while it waited
+        worker = _take(limits)
+        sent = False
+        answer = None
         try:
-            process.start()
-            started = True
-        except (OSError, RuntimeError) as exc:
-            logger.error("cannot start a template rendering process: %s", exc)
-            raise ServiceUnavailable("the template renderer could not start a process; retry later", code="renderer_unavailable") from None
-        sender.close()
-        # Wall clock: the CPU budget plus slack for start-up and a child that sleeps rather than computes.
-        if receiver.poll(limits.cpu_seconds * 2 + 2):
-            try:
-                message = receiver.recv()
-            except (EOFError, OSError):
-                message = None
-    finally:
-        sender.close()
-        receiver.close()
-        if started:
-            if process.is_alive():
-                process.kill()
-            process.join(10)
-            exitcode = process.exitcode
-            if exitcode is not None:
-                process.close()
+            worker.conn.send((kind, template, variables, values))
+            sent = True
+            # Wall clock: the CPU budget plus slack for a loaded machine and a child that sleeps rather than computes.
+            if worker.conn.poll(limits.cpu_seconds * 2 + 2):
+                answer = worker.conn.recv()
+        except (EOFError, OSError):
+            pass  # it died: before this render if the request could not even be sent
+        finally:
+            if answer is not None and answer != ("retire",):
+                message, reusable = answer
+            if reusable:
+                _give_back(worker)
+            else:
+                exitcode = worker.kill()
+        if sent and answer != ("retire",):
+            break
+    if not reusable:
+        _starter.submit(_start_spare, limits)  # a warm child for the next render
     if message is None:
         # Killed by RLIMIT_CPU (SIGXCPU, SIGKILL at the hard limit) or by our deadline: time ran out.
         if exitcode in (None, -signal.SIGXCPU, -signal.SIGKILL):
