@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.models import Deployment, DeploymentRevision, DeploymentStatus, RevisionOutcome, RevisionReason
@@ -43,9 +43,15 @@ async def follow(session: AsyncSession, *, deployment: Deployment, to_status: De
         values.update(finished_at=now, error_message=None)
     else:
         values.update(finished_at=now, error_message=deployment.error_message)
-    await session.execute(update(DeploymentRevision).where(*this).values(**values).execution_options(synchronize_session=False))
+    settled = await session.execute(
+        update(DeploymentRevision)
+        .where(*this)
+        .values(**values)
+        .returning(DeploymentRevision.reason)
+        .execution_options(synchronize_session=False)
+    )
     if outcome in (O.RUNNING, O.FAILED):
-        reason = await session.scalar(select(DeploymentRevision.reason).where(*this))
+        reason = settled.scalar_one_or_none()  # the revision's reason, read by the UPDATE itself (no revision: None)
         retired = O.ROLLED_BACK if reason == RevisionReason.ROLLBACK else O.SUPERSEDED
         await session.execute(
             update(DeploymentRevision)
