@@ -3,8 +3,8 @@
 Every backend process runs one; the claim is a compare-and-set with a lease (``services/notifications/
 delivery.py``), so replicas share the work and a process that dies mid-delivery leaves its deliveries to the
 others once their lease (``NOTIFY_LEASE_SECONDS``) has expired. A pass runs every ``NOTIFY_POLL_SECONDS``,
-and at once when this process sees an event that may have queued deliveries (a deployment's status change
-or rollback, wherever it was committed: the event bus brings other processes' events too) or a test was
+and at once when this process sees an event that may have queued deliveries (a deployment's end or
+rollback, wherever it was committed: the event bus brings other processes' events too) or a test was
 asked. Sends run concurrently (at most :data:`CONCURRENCY` at a time), each bounded by
 ``NOTIFY_TIMEOUT_SECONDS``, off the deployments' path: a receiver that hangs delays only its own delivery.
 """
@@ -19,15 +19,15 @@ import uuid
 
 from backend.app import database
 from backend.app.config import Settings
-from backend.app.core.events import Event, EventType, bus
+from backend.app.core.events import Event, bus
 from backend.app.models import NotificationChannel, NotificationDelivery
 from backend.app.runtime.loops import LoopService, sleep_or_event
 from backend.app.services.notifications import delivery as sender
+from backend.app.services.notifications import outbox
 
 logger = logging.getLogger(__name__)
 CONCURRENCY = 20
 BATCH = 100
-_WAKING = (EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_ROLLED_BACK)
 
 _loops: list[NotificationLoop] = []
 
@@ -58,7 +58,7 @@ class NotificationLoop(LoopService):
             loop.call_soon_threadsafe(self._wake.set)
 
     def _on_event(self, evt: Event) -> None:
-        if evt.type in _WAKING:
+        if outbox.may_notify(evt):  # a deployment's end: it may have queued deliveries (its other changes did not)
             self.wake()
 
     async def run_once(self) -> int:

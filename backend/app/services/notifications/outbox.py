@@ -132,16 +132,24 @@ def payload(*, delivery_id: str, event_name: str, occurred_at: str, organization
     }
 
 
+#: the statuses a deployment's change may be notified for (its end): a change to another one queues nothing
+ENDING_STATUSES = frozenset({"running", "failed", "cancelled"})
+
+
+def may_notify(evt: core_events.Event) -> bool:
+    """Whether ``evt`` may queue deliveries (a deployment's end, or its automatic rollback)."""
+    if evt.type == EventType.DEPLOYMENT_ROLLED_BACK:
+        return True
+    return evt.type == EventType.DEPLOYMENT_STATUS_CHANGED and _field(evt.data, "new_status") in ENDING_STATUSES
+
+
 def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
     """Add the deliveries of ``evts`` to ``session`` (a synchronous session, inside its transaction)."""
     added = 0
     channels_of: dict[str, tuple[list[NotificationChannel], Any]] = {}
     with session.no_autoflush:
         for evt in evts:
-            if evt.type not in (EventType.DEPLOYMENT_STATUS_CHANGED, EventType.DEPLOYMENT_ROLLED_BACK):
-                continue
-            status = _field(evt.data, "new_status")
-            if evt.type == EventType.DEPLOYMENT_STATUS_CHANGED and status not in ("running", "failed", "cancelled"):
+            if not may_notify(evt):
                 continue
             org_id = evt.organization_id
             if org_id is None or evt.deployment_id is None:
