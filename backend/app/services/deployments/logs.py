@@ -14,8 +14,10 @@ running, so the writer batches them and commits each batch in its own short tran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -277,6 +279,28 @@ class DeploymentLogWriter:
                     self._pulls.setdefault(pull["image"], pull)
             else:
                 self._outage.succeeded()
+
+    @contextlib.asynccontextmanager
+    async def written_with(self, session: AsyncSession) -> AsyncIterator[None]:
+        """Write the buffered lines and progress in ``session``, the caller's transaction, which must commit
+        inside this block: the runner's last lines and its status change then cost one commit, not two (the
+        lines are written first, so they still land, and their event goes, before the status). Should the
+        block fail, the lines go back to the buffer for the next flush. Pull snapshots wait for that flush."""
+        async with self._lock:
+            pending, self._buffer = self._buffer, []
+            progress, self._progress = self._progress, []
+            try:
+                for update in progress:  # guarded by the lease, as in flush
+                    await set_progress(session, deployment_id=self.deployment_id, **update)
+                await append_logs(session, deployment_id=self.deployment_id, lines=pending, redactor=self.redactor)
+                yield
+            except BaseException:
+                self._buffer[:0] = pending
+                self._progress[:0] = progress
+                raise
+            if progress:
+                self._step = progress[-1]
+            self.written += len(pending)
 
     async def _flush_periodically(self) -> None:
         while True:

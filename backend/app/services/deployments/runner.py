@@ -20,6 +20,7 @@ reality check as recovery, then claimed; under a lease still valid it is retried
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -116,11 +117,13 @@ async def _settle(
     *,
     rollout: revisions.Rollout | None = None,
     images: list[dict[str, str]] | None = None,
+    logs: DeploymentLogWriter | None = None,
     **kwargs,
 ) -> bool:
     """Move the deployment out of ``deploying`` under the lease; with ``rollout``, the images its pull resolved
-    are recorded on its revision in the same transaction."""
-    async with database.AsyncSessionLocal() as session:
+    are recorded on its revision in the same transaction; with ``logs``, the lines it still buffers are written
+    in that transaction too, before the status (one commit for both)."""
+    async with database.AsyncSessionLocal() as session, logs.written_with(session) if logs is not None else contextlib.nullcontext():
         if rollout is not None and images:
             await revisions.record_images(session, deployment_id=deployment_id, number=rollout.number, images=images)
         result = await set_deployment_status(session, deployment_id=deployment_id, to_status=to, lease_owner=owner, actor=owner, **kwargs)
@@ -173,6 +176,10 @@ async def run_deployment(
         rollout: revisions.Rollout | None = None
         try:
             async with database.AsyncSessionLocal() as session:
+                # Read only: on SQLite a plain BEGIN (WAL: a snapshot that waits for no writer), instead of the
+                # write lock every other transaction takes first, which queued this read behind the request
+                # still finishing (its audit entry) or another runner's log lines.
+                await session.connection(execution_options={"sqlite_deferred": True})
                 deployment = await session.get(Deployment, deployment_id)
                 attempt, max_attempts = deployment.attempt, deployment.max_attempts
                 context = await load_context(session, settings=settings, deployment=deployment)
@@ -256,9 +263,11 @@ async def run_deployment(
             heartbeat.cancel()
 
         await logs.log(LogLevel.INFO, "Deployment is running")
-        await logs.flush()  # every line and progress step lands before the status says running
         images = [image.record() for image in context.spec.images]
-        if await _settle(deployment_id, S.RUNNING, owner, rollout=rollout, images=images, reason=history_reasons.text("running")):
+        # every line and progress step lands (in the same transaction) before the status says running
+        if await _settle(
+            deployment_id, S.RUNNING, owner, rollout=rollout, images=images, logs=logs, reason=history_reasons.text("running")
+        ):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(context, logs, rollout)
 
