@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
+from backend.app.api import audit_trail
 from backend.app.api.deps import CurrentUser, EntityQueryId, OwnedRow, PageDep, SessionDep, SettingsDep
 from backend.app.api.responses import (
     BACKGROUND_ACTION,
@@ -92,7 +93,13 @@ async def create_deployment(
     # again after the commit, between the deployment's queued_at and its claim. Held here, the creation's own
     # lookup finds it loaded (the same single query) and the dispatch reads none.
     held_target = await session.get(Target, body.target_id)
-    deployment = await DeploymentService.create(
+
+    async def audit_entry(deployment_id: str, organization_id: str) -> None:
+        await audit_trail.write_with_change(
+            request, session, status_code=status.HTTP_201_CREATED, object_id=deployment_id, organization_id=organization_id
+        )
+
+    deployment, shown = await DeploymentService.create_read(
         session,
         settings=settings,
         user=user,
@@ -102,12 +109,15 @@ async def create_deployment(
         variables=body.variables,
         organization_id=body.organization_id,
         auto_rollback=body.auto_rollback,
+        before_insert=audit_entry,  # the entry commits with the deployment (api/audit_trail.py)
     )
     await session.commit()
     target = await session.get(Target, deployment.target_id)  # held above and checked by the creation: no query
     del held_target
     await request.app.state.dispatcher.dispatch(deployment.id, target=target)
-    return (await read_models(session, deployments=[deployment]))[0]
+    # as created (a new deployment's revision has no images yet; why it waits was read in its transaction): the
+    # answer reads nothing after the commit, when the claim that just started wants the database
+    return shown
 
 
 @router.get("", response_model=DeploymentPage, responses=FILTERED_BY_ORGANIZATION)

@@ -14,7 +14,8 @@ Every status change goes through :mod:`backend.app.services.deployments.state_ma
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -111,11 +112,27 @@ def masked_compose(settings: Settings, deployment: Deployment) -> str:
     return SecretMask(EncryptedValues(deployment.variables).secret_values(settings))(text)
 
 
+class Created(NamedTuple):
+    """A new deployment and how the API shows it (the ``DEPLOYMENT_CREATED`` event's data)."""
+
+    deployment: Deployment
+    read: DeploymentRead
+
+
+#: what a caller writes in the creation's transaction before the deployment's insert: (deployment id, organisation id)
+BeforeInsert = Callable[[str, str], Awaitable[None]]
+
+
 class DeploymentService:
     # --- creation ---------------------------------------------------------------------------------
 
     @staticmethod
-    async def create(
+    async def create(session: AsyncSession, **kwargs: Any) -> Deployment:
+        """:meth:`create_read`, the deployment alone."""
+        return (await DeploymentService.create_read(session, **kwargs)).deployment
+
+    @staticmethod
+    async def create_read(
         session: AsyncSession,
         *,
         settings: Settings,
@@ -126,9 +143,15 @@ class DeploymentService:
         variables: dict[str, Any] | None = None,
         organization_id: str | None = None,
         auto_rollback: bool | None = None,
-    ) -> Deployment:
+        before_insert: BeforeInsert | None = None,
+    ) -> Created:
         """Validate, freeze generators, render and store a ``pending`` deployment at its revision 1 (not
-        dispatched). ``auto_rollback`` (None: on) rolls a later revision that fails back by itself."""
+        dispatched). ``auto_rollback`` (None: on) rolls a later revision that fails back by itself.
+
+        ``before_insert`` (the route's audit entry) is awaited once every check passed, in the transaction that
+        inserts the deployment, and what it added is written before that insert: one commit for both, and
+        nothing of it between the deployment's ``queued_at`` and that commit. The ``read`` returned is the
+        deployment as the API shows it at its creation, so the caller answers without reading it again."""
         org_id = await organization_service.resolve_organization(session, user=user, organization_id=organization_id, minimum=Role.OPERATOR)
         stack = await session.get(Stack, stack_id)
         if stack is None or stack.organization_id != org_id:
@@ -155,8 +178,12 @@ class DeploymentService:
         # queued_at is stamped by record_creation right before its flush: the deployment is queued when
         # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
         # validation above.
+        deployment_id = new_id()
+        if before_insert is not None:
+            await before_insert(deployment_id, org_id)
+            await session.flush()
         deployment = Deployment(
-            id=new_id(),
+            id=deployment_id,
             organization_id=org_id,
             stack_id=stack.id,
             target_id=target.id,
@@ -170,10 +197,16 @@ class DeploymentService:
             auto_rollback=auto_rollback is not False,
         )
         waiting = (await waiting_of(session, deployments=[deployment])).get(deployment.id)  # as the list shows it
-        await record_creation(session, deployment=deployment, actor=user.email, snapshot=lambda created: read_model(created, waiting))
+        shown: list[DeploymentRead] = []
+
+        def snapshot(created: Deployment) -> DeploymentRead:
+            shown.append(read_model(created, waiting))
+            return shown[0]
+
+        await record_creation(session, deployment=deployment, actor=user.email, snapshot=snapshot)
         session.add(revisions.first_revision(deployment, stack=stack, actor=user.email))
         await session.flush()
-        return deployment
+        return Created(deployment, shown[0])
 
     @staticmethod
     async def update_settings(session: AsyncSession, *, deployment: Deployment, auto_rollback: bool | None) -> Deployment:

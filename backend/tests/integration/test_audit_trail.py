@@ -7,10 +7,11 @@ import json
 import re
 from datetime import timedelta
 
+import httpx
 import pytest
 from fastapi import routing
 from fastapi.routing import APIRoute
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from backend.app.api.audit_trail import ACTIONS, MUTATING, route_key
 from backend.app.database import utcnow
@@ -222,3 +223,111 @@ async def test_nul_characters_are_dropped_from_an_entry(client, db):
     assert response.status_code in (401, 422)
     (entry,) = [r for r in await _entries(db) if r.action == "auth.login"]
     assert entry.actor_name == "evil@example.com" and "\x00" not in json.dumps(entry.summary)
+
+
+class _Dispatcher:
+    """Records what it is asked to run (nothing runs); ``fail`` makes it raise, after the creation committed."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[str] = []
+        self.fail = fail
+
+    async def dispatch(self, deployment_id: str, **_kwargs) -> None:
+        self.sent.append(deployment_id)
+        if self.fail:
+            raise RuntimeError("the executor is gone")
+
+
+async def _deployable(client, app, dispatcher) -> tuple:
+    app.state.dispatcher = dispatcher
+    admin = await setup_admin(client)
+    target = await client.post(
+        "/api/v1/targets", json={"name": "engine", "type": "docker", "endpoint": "unix:///var/run/docker.sock"}, headers=admin.headers
+    )
+    stack = await client.post(
+        "/api/v1/stacks",
+        json={"name": "web", "template": "services:\n  web:\n    image: windflow-test/busybox:latest\n"},
+        headers=admin.headers,
+    )
+    assert target.status_code == 201 and stack.status_code == 201, (target.text, stack.text)
+    return admin, {"stack_id": stack.json()["id"], "target_id": target.json()["id"], "variables": {}}
+
+
+class _Transactions:
+    """The statements of each transaction, by connection, while it is open (SQLAlchemy's engine events)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine.sync_engine
+        self.open: dict[int, list[str]] = {}
+        self.committed: list[list[str]] = []
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._statement)
+        event.listen(self.engine, "commit", self._commit)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "commit", self._commit)
+
+    def _statement(self, conn, _cursor, statement, *_args) -> None:
+        self.open.setdefault(id(conn.connection), []).append(" ".join(statement.split()[:3]))
+
+    def _commit(self, conn) -> None:
+        self.committed.append(self.open.pop(id(conn.connection), []))
+
+
+async def test_a_deployment_and_its_audit_entry_are_one_commit(client, db, app):
+    """POST /deployments writes its entry in the deployment's own transaction, before the deployment's insert
+    (so nothing of it lies between the deployment's queued_at and its commit): one commit for both, and the
+    middleware writes no second entry."""
+    dispatcher = _Dispatcher()
+    admin, payload = await _deployable(client, app, dispatcher)
+    with _Transactions(db.engine) as transactions:
+        created = await client.post("/api/v1/deployments", json=payload, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    assert dispatcher.sent == [created.json()["id"]]
+    (creation,) = [t for t in transactions.committed if "INSERT INTO deployments" in t]
+    assert creation.index("INSERT INTO audit_entries") < creation.index("INSERT INTO deployments"), creation
+    assert sum("INSERT INTO audit_entries" in t for t in transactions.committed) == 1, transactions.committed
+    (entry,) = [r for r in await _entries(db) if r.action == "deployment.create"]
+    assert (entry.object_id, entry.status_code, entry.outcome, entry.actor_name) == (created.json()["id"], 201, "success", admin.email)
+    assert entry.organization_id == created.json()["organization_id"]
+    # the answer is the deployment as created, as GET shows it
+    shown = (await client.get(f"/api/v1/deployments/{created.json()['id']}", headers=admin.headers)).json()
+    assert created.json() == shown
+
+
+def _answering(app) -> httpx.AsyncClient:
+    """A client that gets the 500 an unexpected error answers (instead of the error raised into the test)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://testserver")
+
+
+async def test_a_failure_after_the_commit_corrects_the_entry(db, app):
+    """The deployment committed with its entry (201), then the route failed: the entry says what the client got."""
+    client = _answering(app)
+    admin, payload = await _deployable(client, app, _Dispatcher(fail=True))
+    response = await client.post("/api/v1/deployments", json=payload, headers=admin.headers)
+    assert response.status_code == 500
+    (entry,) = [r for r in await _entries(db) if r.action == "deployment.create"]
+    assert (entry.status_code, entry.outcome) == (500, "failed") and entry.object_id is not None
+    assert entry.summary["error"] == response.json()["code"]
+
+
+async def test_a_creation_rolled_back_with_its_entry_is_still_recorded(db, app, monkeypatch):
+    """The entry written with the change goes with it when the transaction fails: the middleware records the
+    failure as for any route, once."""
+    from backend.app.services.deployments import revisions
+
+    client = _answering(app)
+    admin, payload = await _deployable(client, app, _Dispatcher())
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no revision today")
+
+    monkeypatch.setattr(revisions, "first_revision", broken)
+    response = await client.post("/api/v1/deployments", json=payload, headers=admin.headers)
+    assert response.status_code == 500
+    (entry,) = [r for r in await _entries(db) if r.action == "deployment.create"]
+    assert (entry.status_code, entry.outcome, entry.actor_name) == (500, "failed", admin.email)
+    assert (await client.get("/api/v1/deployments", headers=admin.headers)).json()["items"] == []

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from backend.app.core import security
 from backend.app.database import utcnow
 from backend.app.models import Membership, Organization, User
-from backend.tests.helpers import Actor, setup_admin
+from backend.tests.helpers import Actor, add_member, create_user, default_org, setup_admin
 
 ORGS = "/api/v1/organizations"
 _PASSWORD = "member-password-1"
@@ -386,3 +386,29 @@ async def test_pagination_bounds_422(client):
             assert response.json()["code"] == "validation_error"
             assert response.json()["detail"].startswith(f"{field}: "), response.json()
         assert (await client.get(url, params={"limit": 200}, headers=admin.headers)).status_code == 200
+
+
+async def test_a_creation_without_organization_id_goes_to_the_default_organisation_with_its_role(client):
+    """The default organisation (the oldest membership) and the role there come from one row: a viewer there is
+    refused even when they operate elsewhere, an operator goes on to the next check, a user of no organisation
+    is told to name one; a superuser owns their default organisation."""
+    admin = await setup_admin(client)
+    acme = await default_org(client, admin)
+    other = (await client.post("/api/v1/organizations", json={"name": "other"}, headers=admin.headers)).json()["id"]
+    vera = await create_user(client, admin, "vera@example.com")
+    otto = await create_user(client, admin, "otto@example.com")
+    nobody = await create_user(client, admin, "nobody@example.com")
+    await add_member(client, admin, acme, vera, "viewer")
+    await add_member(client, admin, other, vera, "operator")
+    await add_member(client, admin, acme, otto, "operator")
+    body = {"stack_id": str(uuid.uuid4()), "target_id": str(uuid.uuid4())}
+
+    async def create(actor: Actor, **extra) -> tuple[int, str]:
+        response = await client.post("/api/v1/deployments", json=body | extra, headers=actor.headers)
+        return response.status_code, response.json()["code"]
+
+    assert await create(vera) == (403, "role_required")
+    assert await create(vera, organization_id=other) == (404, "stack_not_found")
+    assert await create(otto) == (404, "stack_not_found")
+    assert await create(admin) == (404, "stack_not_found")
+    assert await create(nobody) == (422, "no_organization")

@@ -1,7 +1,8 @@
 """Recording and reading the audit trail.
 
-Entries are written by the API's audit middleware (``api/audit_trail.py``) once a route has answered, in a
-session of their own, so that a refused or failed request is recorded as well as a successful one. Reading
+Entries are written by the API's audit middleware (``api/audit_trail.py``) once a route has answered, so that a
+refused or failed request is recorded as well as a successful one; a route on a hot path writes its success's
+entry in its change's own transaction instead (``audit_trail.write_with_change``: ``POST /deployments``). Reading
 is for an organisation's owners and admins (its entries) and for platform superusers (every entry, also
 those of no organisation: users, logins).
 """

@@ -57,6 +57,10 @@ async def require_role(session: AsyncSession, *, user: User, organization_id: st
     role = await role_in(session, user=user, organization_id=organization_id)
     if role is None:
         raise NotFound("organization not found", code="organization_not_found")
+    return _at_least(role, minimum)
+
+
+def _at_least(role: Role, minimum: Role) -> Role:
     if not role.at_least(minimum):
         raise PermissionDenied(
             f"this needs the {minimum} role or higher in the organization; you are {role}",
@@ -122,6 +126,24 @@ async def default_organization_id(session: AsyncSession, *, user: User) -> str |
 
 async def resolve_organization(session: AsyncSession, *, user: User, organization_id: str | None, minimum: Role) -> str:
     """The organisation a create payload targets: the given one, else the caller's default."""
+    if organization_id is None and token_organization(user) is None:
+        # the default organisation and the caller's role there in one query: a membership row names both (a
+        # superuser owns every organisation, and the row's foreign key says this one exists)
+        row = (
+            await session.execute(
+                select(Membership.organization_id, Membership.role)
+                .where(Membership.user_id == user.id)
+                .order_by(Membership.created_at, Membership.id)
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            raise ValidationFailed(
+                "you belong to no organization: pass organization_id or ask an admin to add you to one",
+                code="no_organization",
+            )
+        _at_least(Role.OWNER if user.is_superuser else Role(row.role), minimum)
+        return row.organization_id
     if organization_id is None:
         organization_id = await default_organization_id(session, user=user)
         if organization_id is None:
