@@ -37,6 +37,10 @@ an ack that frees a prefetch slot, wakes it at once. Polling stays the fallback:
 after :data:`LISTENING_POLL_INTERVAL` seconds without a notification (a message published by a process
 without this transport, a notification lost with a broken connection), and at ``polling_interval`` while
 there is no listener (it could not connect: it tries again every :data:`LISTENER_RETRY_SECONDS`).
+
+On PostgreSQL a publish is one statement (the insert and its NOTIFY) and its commit; each channel reads a
+queue's id once, not on every publish and poll; and the broker's connections commit asynchronously
+(:data:`ASYNC_COMMIT_OPTIONS`: what a crash can cost, and what recovers it).
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ NOTIFY_CHANNEL = "windflow_broker"
 LISTENING_POLL_INTERVAL = 1.0
 #: Seconds between two attempts to open the listening connection after one failed (polling meanwhile).
 LISTENER_RETRY_SECONDS = 5.0
+#: The broker's connections commit asynchronously (``synchronous_commit = off`` for its sessions only): a
+#: publish, a take and the record of a delivery each return without waiting for the disk. A server crash
+#: can lose the last of them (at most ``3 x wal_writer_delay``, 0.6 s by default), never corrupt them: a lost
+#: publish leaves its deployment ``pending`` with no message, which the reaper dispatches again after
+#: ``DISPATCH_TIMEOUT_SECONDS`` (as a message lost with a killed worker); a lost take makes the message visible
+#: again, and the claim's compare-and-set refuses a second run. What WindFlow itself commits (deployments,
+#: leases, logs) keeps the server's ``synchronous_commit``. Redis, the other broker, does not wait for a
+#: disk either.
+ASYNC_COMMIT_OPTIONS = "-c synchronous_commit=off"
 
 
 def broker_metadata():
@@ -106,22 +119,35 @@ class PollStamps:
 
 POLLS = PollStamps()
 
+#: kombu's ``_get`` (the oldest visible message of the queue, flipped invisible) and the record of who took it
+#: (when the message has a delivery tag), in one statement; workers polling one queue skip each other's rows
 _TAKE = text(
-    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible = true ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED"
-)
-_HIDE = text("UPDATE kombu_message SET visible = false, version = version + 1 WHERE id = :id")
-_RECORD = text(
-    "INSERT INTO broker_deliveries (message_id, delivery_tag, hostname, pid, taken_at) "
-    "VALUES (:id, :tag, :hostname, :pid, now()) ON CONFLICT (message_id) DO UPDATE SET "
-    "delivery_tag = excluded.delivery_tag, hostname = excluded.hostname, pid = excluded.pid, taken_at = now()"
+    "WITH taken AS (SELECT id FROM kombu_message WHERE queue_id = :queue AND visible = true "
+    "ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED), "
+    "hidden AS (UPDATE kombu_message m SET visible = false, version = m.version + 1 FROM taken "
+    "WHERE m.id = taken.id RETURNING m.id, m.payload, left(m.payload::json #>> '{properties,delivery_tag}', 64) AS tag), "
+    "recorded AS (INSERT INTO broker_deliveries (message_id, delivery_tag, hostname, pid, taken_at) "
+    "SELECT id, tag, :hostname, :pid, now() FROM hidden WHERE coalesce(tag, '') <> '' "
+    "ON CONFLICT (message_id) DO UPDATE SET delivery_tag = excluded.delivery_tag, hostname = excluded.hostname, "
+    "pid = excluded.pid, taken_at = now()) "
+    "SELECT payload FROM hidden"
 )
 _FORGET = text("DELETE FROM broker_deliveries WHERE delivery_tag = :tag")
-_NOTIFY = text("SELECT pg_notify(:channel, :queue)")
+#: kombu's ``_put`` (its ``Message`` row: the id from its sequence, visible, no timestamp, version 1) and the
+#: NOTIFY that announces it, in one statement
+_PUBLISH = text(
+    "WITH message AS (INSERT INTO kombu_message (id, visible, timestamp, payload, version, queue_id) "
+    "VALUES (nextval('message_id_sequence'), true, NULL, :payload, 1, :queue_id) RETURNING id) "
+    "SELECT pg_notify(:channel, :queue) FROM message"
+)
 
 
 class Channel(kombu_sql.Channel):
     def __init__(self, *args, **kwargs) -> None:
         self._session_lock = threading.RLock()
+        #: queue name -> its ``kombu_queue`` id (kombu never deletes a queue's row): each publish and poll on
+        #: PostgreSQL reads it once per channel instead of once per message
+        self._queue_ids: dict[str, int] = {}
         super().__init__(*args, **kwargs)
 
     def _locked(self, method, *args, **kwargs):
@@ -157,22 +183,20 @@ class Channel(kombu_sql.Channel):
             return message
         return self._locked(self._take, queue)
 
+    def _queue_id(self, queue) -> int:
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            queue_id = self._queue_ids[queue] = self._get_or_create(queue).id
+        return queue_id
+
     def _take(self, queue):
-        """kombu's ``_get`` on PostgreSQL, plus the record of who took the message (same transaction)."""
-        queue_id = self._get_or_create(queue).id
-        row = self.session.execute(_TAKE, {"queue": queue_id}).first()
-        if row is None:
-            self.session.commit()
-            POLLS.last_ok = time.monotonic()
-            raise Empty()
-        payload = loads(row.payload)
-        self.session.execute(_HIDE, {"id": row.id})
-        tag = str((payload.get("properties") or {}).get("delivery_tag") or "")[:64]
-        if tag:
-            self.session.execute(_RECORD, {"id": row.id, "tag": tag, "hostname": socket.gethostname(), "pid": os.getpid()})
+        """kombu's ``_get`` on PostgreSQL, plus the record of who took the message (same statement)."""
+        row = self.session.execute(_TAKE, {"queue": self._queue_id(queue), "hostname": socket.gethostname(), "pid": os.getpid()}).first()
         self.session.commit()
         POLLS.last_ok = time.monotonic()
-        return payload
+        if row is None:
+            raise Empty()
+        return loads(row.payload)
 
     def _forget(self, delivery_tag) -> None:
         """The message of ``delivery_tag`` is acknowledged or back in the queue: nobody holds it any more."""
@@ -213,10 +237,16 @@ class Channel(kombu_sql.Channel):
         return self._locked(self._put_notified, queue, payload)
 
     def _put_notified(self, queue, payload) -> None:
-        """kombu's ``_put``, plus the NOTIFY that wakes the consumers, sent when the insert commits."""
-        message = self.message_cls(dumps(payload), self._get_or_create(queue))
-        self.session.add(message)
-        self.session.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": str(queue)})
+        """kombu's ``_put``, plus the NOTIFY that wakes the consumers, sent when the insert commits: one
+        statement and the commit. A queue row gone since this channel read its id (nothing of kombu's or
+        WindFlow's deletes one) is looked up again once."""
+        params = {"payload": dumps(payload), "channel": NOTIFY_CHANNEL, "queue": str(queue)}
+        try:
+            self.session.execute(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
+        except IntegrityError:
+            self.session.rollback()
+            self._queue_ids.pop(queue, None)
+            self.session.execute(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
         self.session.commit()
 
     def _purge(self, queue):
@@ -244,6 +274,12 @@ class Channel(kombu_sql.Channel):
         ):
             options.pop(key, None)
         options.setdefault("pool_pre_ping", True)
+        if make_url(conninfo.hostname).get_backend_name() == "postgresql":
+            # The broker's own transactions (a publish, a take, the record of a delivery) do not wait for
+            # their WAL flush: see ASYNC_COMMIT_OPTIONS
+            connect_args = dict(options.get("connect_args") or {})
+            connect_args["options"] = " ".join(filter(None, [connect_args.get("options"), ASYNC_COMMIT_OPTIONS]))
+            options["connect_args"] = connect_args
         return create_engine(conninfo.hostname, **options)
 
 

@@ -169,3 +169,79 @@ def test_a_taken_message_put_back_notifies_the_listeners(db):
             assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [NOTIFY_CHANNEL]
         taken.ack()
         simple.close()
+
+
+# --- the publish's cost: one statement and a commit that does not wait for the disk ------------------------
+
+
+def test_a_publish_and_a_take_are_one_statement_each_and_do_not_wait_for_the_disk(db):
+    """Issue 23: a publish on the PostgreSQL broker was four round trips (the queue's row, the insert, the
+    NOTIFY, a commit waiting for its WAL flush), a take five (the queue's row, the select, the hide, the record
+    of who took it, the commit); each is one statement and an asynchronous commit. The messages are taken in
+    order, recorded while held and forgotten on the ack."""
+    import os
+    import socket
+
+    from sqlalchemy import event
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    queue = _queue_name()
+    with Connection(settings.celery_broker_url) as producer, Connection(settings.celery_broker_url) as consumer:
+        channel = producer.default_channel
+        publisher = producer.SimpleQueue(queue)
+        taker = consumer.SimpleQueue(queue)
+        publisher.put({"n": 0})  # the queue's row is read (declared) once per channel
+        assert taker.get(timeout=5).payload == {"n": 0}
+        assert channel.session.execute(text("SHOW synchronous_commit")).scalar() == "off"
+        channel.session.commit()
+        statements: list[str] = []
+
+        def seen(conn, cursor, statement, *args) -> None:
+            statements.append(statement)
+
+        engine = channel.session.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            publisher.put({"n": 1})
+            published, statements[:] = list(statements), []
+            message = taker.get(timeout=5)
+            taken = list(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert len(published) == 1 and "INSERT INTO kombu_message" in published[0] and "pg_notify" in published[0], published
+        assert len(taken) == 1 and "FOR UPDATE SKIP LOCKED" in taken[0] and "INSERT INTO broker_deliveries" in taken[0], taken
+        assert message.payload == {"n": 1}
+        held = text("SELECT hostname, pid FROM broker_deliveries WHERE delivery_tag = :tag")
+        session = consumer.default_channel.session
+        assert session.execute(held, {"tag": str(message.delivery_tag)}).all() == [(socket.gethostname(), os.getpid())]
+        session.commit()
+        message.ack()
+        assert session.execute(held, {"tag": str(message.delivery_tag)}).all() == []
+        session.commit()
+        taker.close()
+        publisher.close()
+
+
+def test_a_queue_row_gone_under_a_channel_is_looked_up_again(db):
+    """A channel remembers each queue's id; a publish to a queue whose row was removed since (nothing of
+    kombu's or WindFlow's does it, an operator might) declares it again instead of failing."""
+    from sqlalchemy import create_engine
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    queue = _queue_name()
+    with Connection(settings.celery_broker_url) as producer:
+        publisher = producer.SimpleQueue(queue)
+        publisher.put({"n": 0})
+        engine = create_engine(settings.sync_database_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM kombu_message WHERE queue_id = (SELECT id FROM kombu_queue WHERE name = :q)"), {"q": queue})
+                conn.execute(text("DELETE FROM kombu_queue WHERE name = :q"), {"q": queue})
+        finally:
+            engine.dispose()
+        publisher.put({"n": 1})
+        with Connection(settings.celery_broker_url) as consumer:
+            taker = consumer.SimpleQueue(queue)
+            assert taker.get(timeout=5).payload == {"n": 1}
+            taker.close()
+        publisher.close()
