@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.models import Deployment, DeploymentRevision, DeploymentStatus, RevisionOutcome, RevisionReason
@@ -30,36 +30,40 @@ _OUTCOME_OF_STATUS = {
 }
 
 
+_R = DeploymentRevision.__table__
+#: built once, on the table (no ORM bulk-update work at each change): the current revision takes its outcome and
+#: returns its reason; the revision that ran before it is retired
+_SETTLE = (
+    update(_R)
+    .where(_R.c.deployment_id == bindparam("b_id"), _R.c.number == bindparam("b_number"))
+    .values(
+        outcome=bindparam("b_outcome", type_=_R.c.outcome.type),
+        finished_at=bindparam("b_finished", type_=_R.c.finished_at.type),
+        error_message=bindparam("b_error", type_=_R.c.error_message.type),
+    )
+    .returning(_R.c.reason)
+)
+_RETIRE = (
+    update(_R)
+    .where(_R.c.deployment_id == bindparam("b_id"), _R.c.number != bindparam("b_number"), _R.c.outcome == O.RUNNING)
+    .values(outcome=bindparam("b_retired", type_=_R.c.outcome.type))
+)
+
+
 async def follow(session: AsyncSession, *, deployment: Deployment, to_status: DeploymentStatus, now: datetime) -> None:
     """Give the deployment's current revision the outcome of ``to_status`` (and retire the one it replaced)."""
     outcome = _OUTCOME_OF_STATUS.get(to_status)
     if outcome is None:
         return
-    this = (DeploymentRevision.deployment_id == deployment.id, DeploymentRevision.number == deployment.revision)
-    values: dict = {"outcome": outcome}
+    this = {"b_id": deployment.id, "b_number": deployment.revision}
     if outcome in (O.PENDING, O.DEPLOYING):
-        values.update(finished_at=None, error_message=None)
+        finished, error = None, None
     elif outcome is O.RUNNING:
-        values.update(finished_at=now, error_message=None)
+        finished, error = now, None
     else:
-        values.update(finished_at=now, error_message=deployment.error_message)
-    settled = await session.execute(
-        update(DeploymentRevision)
-        .where(*this)
-        .values(**values)
-        .returning(DeploymentRevision.reason)
-        .execution_options(synchronize_session=False)
-    )
+        finished, error = now, deployment.error_message
+    settled = await session.execute(_SETTLE, {**this, "b_outcome": outcome, "b_finished": finished, "b_error": error})
     if outcome in (O.RUNNING, O.FAILED):
         reason = settled.scalar_one_or_none()  # the revision's reason, read by the UPDATE itself (no revision: None)
         retired = O.ROLLED_BACK if reason == RevisionReason.ROLLBACK else O.SUPERSEDED
-        await session.execute(
-            update(DeploymentRevision)
-            .where(
-                DeploymentRevision.deployment_id == deployment.id,
-                DeploymentRevision.number != deployment.revision,
-                DeploymentRevision.outcome == O.RUNNING,
-            )
-            .values(outcome=retired)
-            .execution_options(synchronize_session=False)
-        )
+        await session.execute(_RETIRE, {**this, "b_retired": retired})

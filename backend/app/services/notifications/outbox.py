@@ -23,7 +23,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, event, select
+from sqlalchemy import and_, event, insert, select
 from sqlalchemy.orm import Session
 
 from backend.app.core import events as core_events
@@ -144,9 +144,9 @@ def may_notify(evt: core_events.Event) -> bool:
 
 
 def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
-    """Add the deliveries of ``evts`` to ``session`` (a synchronous session, inside its transaction)."""
-    added = 0
-    channels_of: dict[str, tuple[list[NotificationChannel], Any]] = {}
+    """Insert the deliveries of ``evts`` in ``session``'s transaction (a synchronous session); returns how many."""
+    rows: list[dict[str, Any]] = []
+    channels_of: dict[str, tuple[list[Any], Any]] = {}
     with session.no_autoflush:
         for evt in evts:
             if not may_notify(evt):
@@ -154,19 +154,23 @@ def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
             org_id = evt.organization_id
             if org_id is None or evt.deployment_id is None:
                 continue
-            if org_id not in channels_of:  # the enabled channels with their organisation's name, in one query
-                rows = session.execute(
-                    select(NotificationChannel, Organization.name)
+            if org_id not in channels_of:  # the enabled channels (what they want) with their organisation's name, in one query
+                found = session.execute(
+                    select(NotificationChannel.id, NotificationChannel.events, Organization.name)
                     .join(Organization, Organization.id == NotificationChannel.organization_id)
                     .where(NotificationChannel.organization_id == org_id, NotificationChannel.enabled.is_(True))
                 ).all()
-                channels_of[org_id] = ([r[0] for r in rows], SimpleNamespace(id=org_id, name=rows[0][1]) if rows else None)
+                channels_of[org_id] = (
+                    [SimpleNamespace(id=r[0], events=r[1]) for r in found],
+                    SimpleNamespace(id=org_id, name=found[0][2]) if found else None,
+                )
             channels, organization = channels_of[org_id]
             if not channels:
                 continue
-            session.flush()  # the change's own history row, for the classification
             # the history is read only when a channel wants an event that needs it (recovered, stuck)
             needs_history = any(n in _FROM_HISTORY for c in channels for n in (c.events or []))
+            if needs_history:
+                session.flush()  # the change's own history row, for the classification
             names = classify(evt, _reasons(session, evt.deployment_id) if needs_history else [])
             wanted = [(c, n) for n in names for c in channels if n in (c.events or [])]
             if not wanted:
@@ -199,9 +203,10 @@ def enqueue(session: Session, *, evts: list[core_events.Event]) -> int:
                     organization=organization,
                     deployment=deployment,
                 )
-                session.add(NotificationDelivery(id=delivery_id, channel_id=channel.id, organization_id=org_id, event=name, payload=body))
-                added += 1
-    return added
+                rows.append({"id": delivery_id, "channel_id": channel.id, "organization_id": org_id, "event": name, "payload": body})
+    if rows:  # one INSERT (the table's defaults: pending, due now), not the unit of work's
+        session.execute(insert(NotificationDelivery.__table__), rows)
+    return len(rows)
 
 
 @event.listens_for(Session, "before_commit")
