@@ -110,6 +110,10 @@ async def _run_steps(context: DeploymentContext, owner: str, logs: DeploymentLog
         await getattr(context.engine, method)(context.spec, logs.log)
 
 
+#: Between two tries of a settle, or of a run, that met an unreachable database (seconds).
+DATABASE_RETRY_SECONDS = 1.0
+
+
 async def _settle(
     deployment_id: str,
     to: DeploymentStatus,
@@ -118,16 +122,41 @@ async def _settle(
     rollout: revisions.Rollout | None = None,
     images: list[dict[str, str]] | None = None,
     logs: DeploymentLogWriter | None = None,
+    patience: float = 0.0,
     **kwargs,
 ) -> bool:
     """Move the deployment out of ``deploying`` under the lease; with ``rollout``, the images its pull resolved
     are recorded on its revision in the same transaction; with ``logs``, the lines it still buffers are written
-    in that transaction too, before the status (one commit for both)."""
-    async with database.AsyncSessionLocal() as session, logs.written_with(session) if logs is not None else contextlib.nullcontext():
-        if rollout is not None and images:
-            await revisions.record_images(session, deployment_id=deployment_id, number=rollout.number, images=images)
-        result = await set_deployment_status(session, deployment_id=deployment_id, to_status=to, lease_owner=owner, actor=owner, **kwargs)
-        await session.commit()
+    in that transaction too, before the status (one commit for both).
+
+    An unreachable database (restarting) is tried again every :data:`DATABASE_RETRY_SECONDS` for ``patience``
+    seconds (the runner passes its lease's length), with one warning: the run's outcome and its reason
+    (``error_message``) land once it answers. Safe to repeat: the change is a compare-and-set on the status
+    and the lease owner, so a deployment the reaper handed on meanwhile is refused, not overwritten. Past
+    ``patience`` the error is raised; the lease expires and recovery settles the deployment."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + patience
+    outage = database.OutageLog(f"settling deployment {deployment_id} as {to}", logger)
+    while True:
+        try:
+            async with (
+                database.AsyncSessionLocal() as session,
+                logs.written_with(session) if logs is not None else contextlib.nullcontext(),
+            ):
+                if rollout is not None and images:
+                    await revisions.record_images(session, deployment_id=deployment_id, number=rollout.number, images=images)
+                result = await set_deployment_status(
+                    session, deployment_id=deployment_id, to_status=to, lease_owner=owner, actor=owner, **kwargs
+                )
+                await session.commit()
+        except Exception as exc:
+            if not database.is_unavailable(exc) or loop.time() >= give_up_at:
+                raise
+            outage.failed(exc)
+            await asyncio.sleep(DATABASE_RETRY_SECONDS)
+            continue
+        outage.succeeded()
+        break
     if not result.accepted:
         logger.info("deployment %s: %s refused: %s", deployment_id, to, result.reason)
     return result.accepted
@@ -206,7 +235,7 @@ async def run_deployment(
                     return rolled_back
                 if rollout.is_automatic_rollback:
                     message, reason = rollout.failure_message(message), history_reasons.text("automatic_rollback_failed")
-            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=reason)
+            await _settle(deployment_id, S.FAILED, owner, error_message=message, reason=reason, patience=settings.DEPLOYMENT_LEASE_SECONDS)
             return RunOutcome(deployment_id, Outcome.FAILED, message)
 
         # The executor's kind only: its id names the host and PID, which tenants have no business seeing.
@@ -266,7 +295,14 @@ async def run_deployment(
         images = [image.record() for image in context.spec.images]
         # every line and progress step lands (in the same transaction) before the status says running
         if await _settle(
-            deployment_id, S.RUNNING, owner, rollout=rollout, images=images, logs=logs, reason=history_reasons.text("running")
+            deployment_id,
+            S.RUNNING,
+            owner,
+            rollout=rollout,
+            images=images,
+            logs=logs,
+            reason=history_reasons.text("running"),
+            patience=settings.DEPLOYMENT_LEASE_SECONDS,
         ):
             return RunOutcome(deployment_id, Outcome.RUNNING, target_id=target_id)
         return await _after_lost_lease(context, logs, rollout)
@@ -331,6 +367,7 @@ async def _after_failure(
             error_message=message,
             not_before=utcnow() + timedelta(seconds=delay),
             reason=history_reasons.text("retry_scheduled", seconds=f"{delay:g}"),
+            patience=settings.DEPLOYMENT_LEASE_SECONDS,
         )
         if requeued:
             return RunOutcome(deployment_id, Outcome.REQUEUED, message, target_id, retry_in=delay)
@@ -354,6 +391,7 @@ async def _after_failure(
         images=failed.images if failed else None,
         error_message=message,
         reason=reason,
+        patience=settings.DEPLOYMENT_LEASE_SECONDS,
     ):
         return RunOutcome(deployment_id, Outcome.FAILED, message, target_id)
     return RunOutcome(deployment_id, Outcome.LOST, "status changed while failing", target_id)
@@ -496,6 +534,7 @@ class InProcessExecutor:
         self._tasks: dict[str, asyncio.Task] = {}
         self._timers: set[asyncio.Task] = set()
         self._again: set[str] = set()  # deployments dispatched while their run was still going
+        self._outage = database.OutageLog(f"asyncio executor: running deployments (tried again every {DATABASE_RETRY_SECONDS:g}s)", logger)
 
     def submit(self, deployment_id: str, settings: Settings) -> asyncio.Task:
         """Run ``deployment_id`` here; a call while one runs returns the running task and runs the deployment
@@ -533,9 +572,18 @@ class InProcessExecutor:
             await after_run(outcome, dispatch=self.dispatcher(settings), dispatch_later=dispatch_later)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("asyncio executor: deployment %s crashed", deployment_id)
+        except Exception as exc:
+            if not database.is_unavailable(exc):
+                logger.exception("asyncio executor: deployment %s crashed", deployment_id)
+                return None
+            # The database went away under the run (its claim, its settle past the lease, the wake-up of the
+            # target's waiting deployments): an outage, not a bug. The deployment runs here again once it
+            # answers; that run's claim finds what is left to do (a lease still held: deferred to its end,
+            # then reclaimed as recovery would).
+            self._outage.failed(exc)  # one warning for the outage, not one traceback per deployment and try
+            self._schedule(deployment_id, settings, DATABASE_RETRY_SECONDS)
             return None
+        self._outage.succeeded()
         return outcome
 
     def _schedule(self, deployment_id: str, settings: Settings, delay: float) -> None:
