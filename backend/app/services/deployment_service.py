@@ -169,8 +169,9 @@ class DeploymentService:
         parsed = templating.parse_variables(stack.variables or [])
         values = templating.resolve_values(parsed, variables or {})
         secret_paths = templating.secret_paths(parsed)
-        # Rendering and the compose tool may take seconds (a tenant's template): no transaction (on SQLite, no
-        # write lock) is held meanwhile; the deployment is written in the next one.
+        # Rendering and the compose tool may take seconds (a tenant's template): when they must run, no
+        # transaction (on SQLite, no write lock) is held meanwhile and the deployment is written in the next one;
+        # a document rendered and judged before is checked at once, and the lookups' transaction goes on.
         rendered = await revisions.render_for_target(
             session, settings=settings, template=stack.template, parsed=parsed, values=values, target=target
         )

@@ -14,6 +14,7 @@ import shlex
 import uuid
 
 import pytest
+from sqlalchemy import event
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines.compose_cli import NORMALISED_OK, find_compose_command, known_valid
@@ -139,3 +140,39 @@ async def test_a_tightened_target_policy_refuses_a_document_validated_before(wor
     refused = await world.deploy(stack["id"], expect=422)
     assert refused["code"] == "compose_policy_denied"
     assert refused["detail"].startswith("services.app.privileged is not allowed")
+
+
+async def test_a_judged_document_is_checked_in_the_lookups_transaction(world, compose, db):
+    """A document never judged before is rendered and judged with no transaction open (the lookups' one ends
+    first); one judged before is checked at once, and the deployment is written in the lookups' transaction
+    (one commit fewer). Its policy is checked on both (the test above)."""
+    template = f"services:\n  app:\n    image: {TEST_IMAGE}\n    command: ['true']\n    restart: 'no'\n    labels: {{x: '{{{{ tag }}}}'}}\n"
+    stack = await world.stack(template, [{"name": "tag", "type": "string", "default": "a"}])
+    values = {"tag": str(uuid.uuid4())}  # a document that neither the stack's checks nor anything else judged
+    statements: dict[int, list[str]] = {}
+    committed: list[list[str]] = []
+
+    def statement(conn, _cursor, text, *_args) -> None:
+        statements.setdefault(id(conn.connection), []).append(" ".join(text.split())[:40])
+
+    def commit(conn) -> None:
+        committed.append(statements.pop(id(conn.connection), []))
+
+    def creation() -> list[str]:
+        (found,) = [t for t in committed if any(s.startswith("INSERT INTO deployments ") for s in t)]
+        return found
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+    try:
+        await world.deploy(stack["id"], values)
+        first = creation()
+        committed.clear()
+        await world.deploy(stack["id"], values)
+        second = creation()
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
+    assert not any(s.startswith("SELECT stacks.") for s in first), first
+    assert any(s.startswith("SELECT stacks.") for s in second), second

@@ -177,12 +177,16 @@ async def render_for_target(
 ) -> str:
     """The checks every new rendered document passes, at creation as for a new revision: the sandboxed,
     bounded rendering, the target's compose policy and the real ``docker compose config``. Ends the
-    caller's transaction first (it may take seconds; nothing may be pending)."""
-    await end_transaction(session)
+    caller's transaction first when the rendering or the compose tool must run (it may take seconds; nothing
+    may be pending); a document this process rendered and the tool accepted before is checked at once, in
+    the caller's transaction (the same checks: the policy, then the remembered render and verdict)."""
     secrets = templating.secret_values(parsed, values)
     for value in secrets:
         register_secret(value)
     limits = bounded_render.RenderLimits.from_settings(settings)
+    known = bounded_render.known_render(template, parsed, values, limits)
+    if known is None or not templating.judged_valid(known):
+        await end_transaction(session)
     rendered = await bounded_render.render_stack(template, parsed, values, limits)
     check_compose_policy(rendered, target, redact=secrets)
     await bounded_render.validate_with_compose(rendered, redact=secrets, limits=limits)

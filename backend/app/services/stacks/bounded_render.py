@@ -438,6 +438,15 @@ async def render_stack(template: str, variables: list, values: dict, limits: Ren
     return rendered
 
 
+def known_render(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str | None:
+    """What :func:`render_stack` would give at once, from this process's memory (no child): the text it
+    rendered before for the same template, schema, values and limits; None when it must render."""
+    limits = limits or RenderLimits.from_settings()
+    key = _render_key(template, variables, values, limits)
+    with _rendered_lock:
+        return _rendered.get(key)
+
+
 async def render_preview(template: str, variables: list, values: dict, limits: RenderLimits | None = None) -> str:
     """:func:`templating.render_preview` in a bounded child process."""
     preview, _ = await _run("preview", template, variables, values, limits)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from backend.app.schemas.stack_variables import VARIABLE_TYPES
 from backend.app.services.stacks.templating.documents import (
     COMPOSE_TIMEOUT_SECONDS,
+    judged_valid,
     parse_compose_yaml,
     render_preview,
     render_stack,
@@ -48,6 +49,7 @@ __all__ = [
     "VARIABLE_TYPES",
     "VariableErrors",
     "example_values",
+    "judged_valid",
     "masked_values",
     "missing_required",
     "not_a_mapping",

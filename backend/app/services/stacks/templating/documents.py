@@ -111,6 +111,16 @@ def render_preview(template: str, variables: list[StackVariable], values: dict) 
     return _redact(preview, secret_values(variables, values))
 
 
+def judged_valid(rendered: str) -> bool:
+    """Whether :func:`validate_with_compose` would accept ``rendered`` at once, from this process's memory: the
+    installed tool (found before) already accepted it, or no tool is installed. False when the tool must run."""
+    cached = getattr(find_compose_command, "cache_info", None)
+    if not (cached and cached().currsize):
+        return False  # the tool was never looked for: finding it runs it
+    command = find_compose_command()
+    return command is None or known_valid(rendered, command, verdict=NORMALISED_OK)
+
+
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), timeout: float | None = None) -> None:
     """Let the installed compose tool judge ``rendered`` (``docker compose config``), then check its
     normalised output against the always-refused keys of the compose policy. ``rendered`` must come
