@@ -62,11 +62,16 @@ def delivery_conf(broker_url: str | None, result_backend: str | None, *, polling
     }
 
 
-def create_celery(settings: Settings, *, set_as_current: bool = False) -> Celery:
+def create_celery(settings: Settings, *, set_as_current: bool = False, results: bool = True) -> Celery:
+    """WindFlow's Celery application. ``results=False``: a publisher that never reads a task's result (the
+    backend's dispatcher). Its messages are the same and the workers still store every result (the result
+    backend is the worker's own setting); it only spares each send the result backend's preparation for a
+    reader, which on Redis is a ``SUBSCRIBE`` to the task's result channel before each publish."""
     app = Celery("windflow", include=["backend.app.tasks.deployment_tasks"], set_as_current=set_as_current)
     broker = settings.celery_broker_url
+    result_backend = settings.celery_result_backend if results else None
     app.conf.update(
-        **delivery_conf(broker, settings.celery_result_backend, polling_interval=settings.CELERY_SQL_POLLING_INTERVAL),
+        **delivery_conf(broker, result_backend, polling_interval=settings.CELERY_SQL_POLLING_INTERVAL),
         result_expires=settings.CELERY_RESULT_EXPIRES_SECONDS,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         beat_schedule={

@@ -180,10 +180,11 @@ class Dispatcher:
             )
 
     def _celery(self):
-        if self.manager is not None:
-            return self.manager.celery
-        if self._producer is None:  # sends tasks by name: the tasks themselves are the workers' business
-            self._producer = create_celery(self.settings)
+        """The application that sends the tasks (by name: the tasks themselves are the workers' business). It
+        has no result backend: nothing here reads a task's result, and on Redis a result backend would
+        subscribe to each task's result channel before its publish (the workers store the results as ever)."""
+        if self._producer is None:
+            self._producer = create_celery(self.settings, results=False)
         return self._producer
 
     def _celery_unavailable(self) -> str | None:

@@ -1,0 +1,77 @@
+"""What the backend's dispatcher sends to the broker for one deployment (issue 23): the task's message, and
+nothing for a result it never reads. A private Redis server, so that its command counts are this test's."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from backend.app.models import Target
+from backend.app.runtime.dispatch import Dispatcher
+from backend.tests.conftest import make_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis():
+    if shutil.which("redis-server") is None:
+        from backend.tests.conftest import require_service
+
+        require_service("redis-server", "not installed")
+    import redis
+
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+
+
+def _calls(client, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_dispatch_publishes_the_task_and_subscribes_to_no_result(private_redis, tmp_path):
+    url, client = private_redis
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="redis",
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+    )
+    dispatcher = Dispatcher(settings)
+    dispatcher._standalone_reason = None  # as after probe() found a worker
+    target = Target(id="t-1", name="engine", placed=False)  # as the POST route hands it over: no query
+    kinds = [str(await dispatcher.dispatch(f"deployment-{n}", target=target)) for n in range(3)]
+    assert kinds == ["celery"] * 3
+    assert client.llen("celery") == 3  # the three messages wait for a worker in the shared queue
+    # a result backend prepares a reader for each message it sends (Redis: SUBSCRIBE to the task's result
+    # channel, one round trip before the publish): the dispatcher reads no result
+    assert _calls(client, "subscribe") == 0
