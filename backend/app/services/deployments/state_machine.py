@@ -365,9 +365,19 @@ async def set_deployment_status(
             elif error_message is not None or from_status is S.RUNNING or from_status in TEARDOWN_STATUSES:
                 values["error_message"] = error_message  # a running one's is the watcher's, of what ran
 
-    result = await session.execute(update(Deployment).where(*conditions).values(**values).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    # the row as the compare-and-set left it comes back with it (RETURNING), into ``row`` (populate_existing)
+    changed = (
+        await session.execute(
+            update(Deployment)
+            .where(*conditions)
+            .values(**values)
+            .returning(Deployment)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if changed is None:
         return reject(f"concurrent change: deployment is no longer {from_status}")
+    row = changed  # the same object (the identity map's), its attributes now those the UPDATE returned
     note_transition(session, from_status=from_status, to_status=to_status)  # the /metrics gauges, written at commit
 
     session.add(
@@ -381,7 +391,6 @@ async def set_deployment_status(
         )
     )
     await session.flush()
-    await session.refresh(row)
     await revision_outcomes.follow(session, deployment=row, to_status=to_status, now=now)
     queue_event(
         session,
