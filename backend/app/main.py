@@ -283,6 +283,24 @@ def rate_limit_redis_url(settings: Settings) -> str | None:
     return None
 
 
+def install_state(app: FastAPI, settings: Settings) -> None:
+    """What an app holds between requests: its settings, rate limiters, Celery manager and dispatcher.
+
+    Called once by :func:`create_app`; the test suite calls it again to give one app fresh state per test
+    (FastAPI builds each route's handler the first time the route is matched in an app, which costs more
+    than most API tests do)."""
+    app.state.settings = settings
+    limits_in = rate_limit_redis_url(settings)
+    app.state.login_limiter = RateLimiter("login", settings.LOGIN_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
+    app.state.account_login_limiter = RateLimiter(
+        "login-account", settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS, redis_url=limits_in
+    )
+    app.state.deployment_limiter = RateLimiter("deployments", settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
+    app.state.hook_limiter = RateLimiter("hooks", settings.HOOK_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
+    app.state.celery_manager = CeleryManager(settings)
+    app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -330,16 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await event_transport.stop_event_bus()
 
     app = FastAPI(title="WindFlow", version=settings.VERSION, lifespan=lifespan)
-    app.state.settings = settings
-    limits_in = rate_limit_redis_url(settings)
-    app.state.login_limiter = RateLimiter("login", settings.LOGIN_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
-    app.state.account_login_limiter = RateLimiter(
-        "login-account", settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_ACCOUNT_WINDOW_SECONDS, redis_url=limits_in
-    )
-    app.state.deployment_limiter = RateLimiter("deployments", settings.DEPLOYMENT_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
-    app.state.hook_limiter = RateLimiter("hooks", settings.HOOK_RATE_LIMIT_PER_MINUTE, redis_url=limits_in)
-    app.state.celery_manager = CeleryManager(settings)
-    app.state.dispatcher = Dispatcher(settings, manager=app.state.celery_manager)
+    install_state(app, settings)
     install_error_handlers(app)
     install_openapi(app)
     register_secret(settings.SECRET_KEY)  # the server log never shows it
