@@ -128,3 +128,16 @@ async def test_a_child_killed_while_it_waited_is_replaced(renderer_limits):
 @pytest.fixture
 def renderer_limits() -> bounded_render.RenderLimits:
     return bounded_render.RenderLimits(cpu_seconds=2.0, memory_bytes=512 * 1024 * 1024)
+
+
+async def test_a_forked_process_does_not_use_its_parents_children(renderer_limits):
+    """A process forked from the backend (a prefork pool) would share the warm child's pipe with its parent:
+    it starts with no warm child of its own."""
+    await _benign(renderer_limits)
+    assert _idle_pids(renderer_limits)
+    pid = os.fork()
+    if pid == 0:  # the forked process: exit 0 when it sees no warm child
+        os._exit(0 if not bounded_render._idle else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _idle_pids(renderer_limits)  # the parent's warm child is still there

@@ -28,6 +28,7 @@ process forked from a ``forkserver`` (the templating module is preloaded there) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -276,6 +277,16 @@ _idle: list[_Worker] = []
 _idle_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """In a process forked from this one (a prefork worker pool): the children and pipes are the parent's, and
+    the lock may have been held by one of its other threads; start with none."""
+    global _idle, _idle_lock
+    _idle, _idle_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _take(limits: RenderLimits) -> _Worker:
     with _idle_lock:
         for index in range(len(_idle) - 1, -1, -1):
@@ -357,7 +368,8 @@ def _run_blocking(kind: str, template: str, variables: list, values: dict, limit
         if sent and answer != ("retire",):
             break
     if not reusable:
-        _starter.submit(_start_spare, limits)  # a warm child for the next render
+        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: no spare then
+            _starter.submit(_start_spare, limits)  # a warm child for the next render
     if message is None:
         # Killed by RLIMIT_CPU (SIGXCPU, SIGKILL at the hard limit) or by our deadline: time ran out.
         if exitcode in (None, -signal.SIGXCPU, -signal.SIGKILL):
