@@ -28,11 +28,11 @@ describe('why a notification was not delivered, in the user’s language', () =>
     setLocale('fr')
     expect(
       deliveryErrorText({
-        last_error: 'ConnectError: could not reach the receiver',
+        last_error: 'ClientConnectorError: could not reach the receiver',
         last_error_code: 'unreachable',
-        last_error_params: { error: 'ConnectError' },
+        last_error_params: { error: 'ClientConnectorError' },
       }),
-    ).toBe('destinataire injoignable (« ConnectError »)')
+    ).toBe('destinataire injoignable (« ClientConnectorError »)')
     expect(
       deliveryErrorText({
         last_error: 'the receiver answered 500',

@@ -38,8 +38,8 @@ def test_a_failed_delivery_reads_in_french(chromium_browser, server: Server, adm
         if item["last_error"] or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert item["last_error"] == "ConnectError: could not reach the receiver", item
-    assert (item["last_error_code"], item["last_error_params"]) == ("unreachable", {"error": "ConnectError"})
+    assert item["last_error"] == "ClientConnectorError: could not reach the receiver", item
+    assert (item["last_error_code"], item["last_error_params"]) == ("unreachable", {"error": "ClientConnectorError"})
 
     for width in (1280, 390):
         french = new_page(chromium_browser, locale="fr-FR", width=width)
@@ -50,7 +50,7 @@ def test_a_failed_delivery_reads_in_french(chromium_browser, server: Server, adm
             row = french.locator("[data-testid=delivery-row]").first
             row.wait_for()
             said = row.inner_text()
-            assert "destinataire injoignable (« ConnectError »)" in said, said
+            assert "destinataire injoignable (« ClientConnectorError »)" in said, said
             assert "could not reach" not in said
             if width == 1280:  # the column is cut with an ellipsis: its tooltip shows the whole sentence
                 row.locator("td").last.hover()
