@@ -25,6 +25,7 @@ from backend.app.engines.compose_cli import (
     known_valid,
     remember_valid,
 )
+from backend.app.engines.compose_judge import certainly_valid
 from backend.app.engines.connection import EngineSession
 from backend.app.engines.docker_base import DockerEngine, compose_path, state_of
 from backend.app.engines.document import load_document
@@ -133,10 +134,17 @@ class ComposeEngine(DockerEngine):
         """``compose config -q`` on a temporary copy of the document (the one compose runner,
         :func:`~backend.app.engines.compose_cli.check_document`), so the message is the tool's own;
         then our labelling must accept it too (e.g. labels of a known form). A document this process's
-        compose tool already accepted (at deployment creation) is not run through it twice."""
+        compose tool already accepted (at deployment creation) is not run through it twice, and neither is one
+        the in-process judge is certain of (:func:`~backend.app.engines.compose_judge.certainly_valid`):
+        ``compose up`` reads the same document next and stays the final judge (its refusal fails the
+        deployment with the tool's message)."""
         if known_valid(spec.compose, self.command):
             self.labelled_document(spec)
             await log(LogLevel.INFO, "compose document is valid (checked by docker compose config at creation)")
+            return
+        if self.v2 and certainly_valid(spec.compose):
+            self.labelled_document(spec)
+            await log(LogLevel.INFO, "compose document is valid (checked in process; compose up is the final judge)")
             return
         result = await check_document(spec.compose, command=self.command, timeout=CONFIG_TIMEOUT, log=log)
         if not result.ok:

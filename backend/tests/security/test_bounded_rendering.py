@@ -218,8 +218,9 @@ async def test_compose_validation_that_cannot_finish_refuses_the_document(db):
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         admin = await setup_admin(client)
-        # a document no test accepted before (an accepted one is not judged again by the same tool)
-        response = await _create_stack(client, admin, "services:\n  web:\n    image: never-accepted-timeout\n")
+        # a document no test accepted before (an accepted one is not judged again by the same tool), outside the
+        # in-process judge's subset (stop_signal), so the tool must judge it
+        response = await _create_stack(client, admin, "services:\n  web:\n    image: never-accepted-timeout\n    stop_signal: SIGTERM\n")
         assert response.status_code == 422, response.text
         assert response.json()["code"] == "compose_timeout"
         assert "COMPOSE_VALIDATE_TIMEOUT_SECONDS" in response.json()["detail"]

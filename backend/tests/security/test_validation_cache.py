@@ -22,6 +22,9 @@ from backend.app.services.stacks import bounded_render, templating
 from backend.app.services.stacks.templating import documents
 from backend.tests.conftest import TEST_IMAGE
 
+#: A valid key outside the in-process judge's subset (engines/compose_judge.py): the document goes to the tool.
+OUTSIDE_THE_JUDGE = "    stop_signal: SIGTERM\n"
+
 
 @pytest.fixture
 def compose() -> tuple[str, ...]:
@@ -46,7 +49,7 @@ def tool_runs(monkeypatch) -> list[str]:
 
 
 async def test_an_accepted_document_is_not_judged_twice_but_a_changed_one_is(compose, tool_runs):
-    document = f"services:\n  web:\n    image: cache-{uuid.uuid4().hex[:8]}\n"
+    document = f"services:\n  web:\n    image: cache-{uuid.uuid4().hex[:8]}\n{OUTSIDE_THE_JUDGE}"
     await templating.validate_with_compose(document)
     await templating.validate_with_compose(document)
     assert tool_runs == [document]
@@ -68,7 +71,7 @@ async def test_a_replaced_compose_tool_judges_again(compose, tool_runs, monkeypa
     tool.write_text(script)
     tool.chmod(0o755)
     monkeypatch.setattr(documents, "find_compose_command", lambda: (str(tool),))
-    document = f"services:\n  web:\n    image: tool-{uuid.uuid4().hex[:8]}\n"
+    document = f"services:\n  web:\n    image: tool-{uuid.uuid4().hex[:8]}\n{OUTSIDE_THE_JUDGE}"
     await templating.validate_with_compose(document)
     await templating.validate_with_compose(document)
     assert tool_runs == [document]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.core.logging import SecretMask
-from backend.app.engines import compose_yaml
+from backend.app.engines import compose_judge, compose_yaml
 from backend.app.engines.base import EngineError
 from backend.app.engines.compose_cli import NORMALISED_OK, check_document, find_compose_command, known_valid, remember_valid
 from backend.app.schemas.stack_variables import StackVariable
@@ -111,14 +111,20 @@ def render_preview(template: str, variables: list[StackVariable], values: dict) 
     return _redact(preview, secret_values(variables, values))
 
 
+def _in_process(rendered: str, command: tuple[str, ...]) -> bool:
+    """The in-process judge's certainty (compose v2 only; never a refusal)."""
+    return compose_judge.applies_to(command) and compose_judge.certainly_valid(rendered)
+
+
 def judged_valid(rendered: str) -> bool:
-    """Whether :func:`validate_with_compose` would accept ``rendered`` at once, from this process's memory: the
-    installed tool (found before) already accepted it, or no tool is installed. False when the tool must run."""
+    """Whether :func:`validate_with_compose` would accept ``rendered`` at once, without running the tool: the
+    installed tool (found before) already accepted it, the in-process judge is certain of it, or no tool is
+    installed. False when the tool must run."""
     cached = getattr(find_compose_command, "cache_info", None)
     if not (cached and cached().currsize):
         return False  # the tool was never looked for: finding it runs it
     command = find_compose_command()
-    return command is None or known_valid(rendered, command, verdict=NORMALISED_OK)
+    return command is None or known_valid(rendered, command, verdict=NORMALISED_OK) or _in_process(rendered, command)
 
 
 async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), timeout: float | None = None) -> None:
@@ -133,7 +139,11 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
     The tool runs through the engines' one compose runner (:func:`~backend.app.engines.compose_cli.check_document`:
     an empty temporary directory, a minimal environment, the process group killed on timeout). A document
     this same tool (same program on disk) already accepted in this process, with this check, is not run
-    through it again (:func:`~backend.app.engines.compose_cli.known_valid`: the verdict depends on nothing else).
+    through it again (:func:`~backend.app.engines.compose_cli.known_valid`: the verdict depends on nothing else),
+    and neither is a document of the narrow subset the in-process judge is certain the tool accepts
+    (:func:`~backend.app.engines.compose_judge.certainly_valid`: plain services, named volumes, no
+    interpolation, every reference resolved; it never refuses, anything else goes to the tool). At run time
+    the runner's ``compose up`` reads the same document and stays the final judge.
     """
     timeout = COMPOSE_TIMEOUT_SECONDS if timeout is None else timeout
     cached = getattr(find_compose_command, "cache_info", None)  # found once per process (its probe runs the tool)
@@ -141,7 +151,7 @@ async def validate_with_compose(rendered: str, *, redact: Iterable[str] = (), ti
     if command is None:
         logger.info("no compose tool installed; skipping compose validation")
         return
-    if known_valid(rendered, command, verdict=NORMALISED_OK):
+    if known_valid(rendered, command, verdict=NORMALISED_OK) or _in_process(rendered, command):
         return
     try:
         # not -q: the normalised output is checked again below
