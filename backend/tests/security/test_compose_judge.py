@@ -22,6 +22,8 @@ from backend.app.engines.compose_cli import check_document, find_compose_command
 from backend.app.engines.compose_judge import applies_to, certainly_valid
 from backend.app.services.stacks import templating
 from backend.app.services.stacks.templating import documents
+from backend.app.services.targets import compose_policy
+from backend.app.services.targets.compose_policy import check_host_files
 from backend.tests.conftest import TEST_IMAGE
 
 
@@ -34,13 +36,20 @@ def compose() -> tuple[str, ...]:
 
 
 async def tool_verdicts(command: tuple[str, ...], texts: list[str]) -> list[tuple[bool, str]]:
-    """``compose config -q`` on each text (four at a time): accepted, and the tool's message."""
+    """``compose config`` on each text (four at a time): accepted, with its normalised document passing the
+    host-file rules as creation checks it (``validate_with_compose``), and the tool's message."""
     gate = asyncio.Semaphore(4)
 
     async def judge(text: str) -> tuple[bool, str]:
         async with gate:
-            result = await check_document(text, command=command, timeout=60)
-        return result.ok, "\n".join(result.lines)
+            result = await check_document(text, command=command, timeout=60, normalised=True)
+        if not result.ok:
+            return False, "\n".join(result.lines)
+        try:
+            check_host_files(compose_policy.load(result.stdout))
+        except ValidationFailed as exc:
+            return False, f"normalised document refused: {exc.detail}"
+        return True, ""
 
     return await asyncio.gather(*(judge(text) for text in texts))
 
