@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# `make test`: every test, in five streams that run at the same time (most of the suite waits on Docker, Celery
+# `make test`: every test, in six streams that run at the same time (most of the suite waits on Docker, Celery
 # workers and brokers, timers and Chromium):
 #   celery:   backend/tests/celery but the files of CELERY_B (real workers and beat on both brokers, kills, replicas);
 #   celery-b: the frontend (ESLint, Prettier, vue-tsc, vitest), then the Celery files of CELERY_B (a pool that
 #             cannot start tasks, database and broker restarts, the guide's commands, the SQL transport, two
 #             replicas behind nginx);
 #   docker:   backend/tests/docker (deployments on the real engine, registries, the production compose);
-#   rest:     ruff (lint and format), then every other pytest test;
+#   rest-a:   the integration tests test_a* to test_o*;
+#   rest-b:   ruff (lint and format), then every other pytest test (integration from test_p*, security, unit);
 #   ui:       the browser tests (Chromium).
 # The celery stream runs every file of the folder but those named in CELERY_B, so a new test file always runs.
 # The streams share nothing that matters: each test creates its own databases, deployments are labelled by id,
@@ -21,9 +22,10 @@ REDIS_DB=${WINDFLOW_TEST_REDIS_DB:-11}
 mkdir -p test-output
 started=$(date +%s)
 
-# Five streams, no more: the Celery folder alone took 864 s of a 1049 s run in four streams (the others 620 s at
+# Six streams, no more: the Celery folder alone took 864 s of a 1049 s run in four streams (the others 620 s at
 # most), and most of its time is waiting (leases expiring, workers restarting), so a second Celery stream costs
-# little CPU. Seven streams raised the load on 2 cores to about 11 and with it the timing of the fault tests
+# little CPU; the rest of the suite, one CPU-bound pytest process, ran alone for minutes after the others ended
+# in five streams, so it is split in two. Seven streams raised the load on 2 cores to about 11 and with it the timing of the fault tests
 # (kills, restarts, engine calls under load). The frontend checks (about 60 s of CPU) run in celery-b so that
 # the browser tests start at once.
 CELERY_B=(test_worker_health.py test_spec_commands.py test_sql_broker.py test_two_replicas.py)
@@ -51,12 +53,23 @@ both() {
     return $code
 }
 
-streams=(celery celery-b docker rest ui)
+streams=(celery celery-b docker rest-a rest-b ui)
 run celery "$REDIS_DB" "${PYTEST[@]}" "${celery_a[@]}"
 run celery-b $((REDIS_DB - 3)) both make --no-print-directory test-frontend -- "${PYTEST[@]}" "${celery_b[@]}"
 run docker $((REDIS_DB - 2)) "${PYTEST[@]}" backend/tests/docker
-run rest $((REDIS_DB - 1)) bash -c 'make --no-print-directory lint && "$@"' _ "${PYTEST[@]}" backend/tests \
-    --ignore=backend/tests/browser --ignore=backend/tests/celery --ignore=backend/tests/docker
+# The rest of the suite in two streams: one pytest process uses one core at most, and alone it was the last
+# stream to end by minutes (1,874 tests). rest-a: the integration files test_a* to test_o*; rest-b: ruff,
+# then the integration files from test_p*, the security, unit and e2e tests. A new file lands in one of them.
+rest_a=() rest_b=()
+for file in backend/tests/integration/test_*.py; do
+    case "$(basename "$file")" in
+        test_[a-o]*) rest_a+=("$file") ;;
+        *) rest_b+=("$file") ;;
+    esac
+done
+run rest-a $((REDIS_DB - 1)) "${PYTEST[@]}" "${rest_a[@]}"
+run rest-b $((REDIS_DB - 4)) bash -c 'make --no-print-directory lint && "$@"' _ "${PYTEST[@]}" "${rest_b[@]}" \
+    backend/tests/security backend/tests/unit backend/tests/e2e
 run ui $((REDIS_DB - 5)) "${PYTEST[@]}" backend/tests/browser
 
 status=0
