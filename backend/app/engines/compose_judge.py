@@ -140,27 +140,16 @@ def _unique_strings(value: object) -> list[str]:
     return value  # type: ignore[return-value]
 
 
-def _environment(value: object) -> None:
+def _keyed(value: object, key_pattern: re.Pattern[str]) -> None:
+    """``environment`` or ``labels``: a map of scalars, or a list of ``KEY=value`` strings with unique keys."""
     if isinstance(value, dict):
         for key, item in value.items():
-            _match(_ENV_KEY, key)
+            _match(key_pattern, key)
             _scalar(item)
         return
     keys = [item.split("=", 1)[0] for item in _unique_strings(value)]
     for key in keys:
-        _match(_ENV_KEY, key)
-    _require(len(set(keys)) == len(keys))
-
-
-def _labels(value: object) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _match(_LABEL_KEY, key)
-            _scalar(item)
-        return
-    keys = [item.split("=", 1)[0] for item in _unique_strings(value)]
-    for key in keys:
-        _match(_LABEL_KEY, key)
+        _match(key_pattern, key)
     _require(len(set(keys)) == len(keys))
 
 
@@ -284,9 +273,9 @@ def _service(service: object, networks: Mapping[str, Any], volumes: Mapping[str,
         if key in service:
             _string_or_list(service[key])
     if "environment" in service:
-        _environment(service["environment"])
+        _keyed(service["environment"], _ENV_KEY)
     if "labels" in service:
-        _labels(service["labels"])
+        _keyed(service["labels"], _LABEL_KEY)
     if "ports" in service:
         _ports(service["ports"])
     if "volumes" in service:
@@ -342,7 +331,7 @@ def _top_level(value: object, allowed: frozenset[str]) -> Mapping[str, Any]:
         if "name" in options:
             _match(_RESOURCE_NAME, options["name"])
         if "labels" in options:
-            _labels(options["labels"])
+            _keyed(options["labels"], _LABEL_KEY)
     return value
 
 

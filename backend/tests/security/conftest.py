@@ -10,6 +10,7 @@ import pytest
 
 from backend.app.main import create_app
 from backend.app.runtime import background_tasks
+from backend.app.services.stacks.templating import documents
 from backend.tests.conftest import make_settings
 from backend.tests.deploy_helpers import force_cleanup
 from backend.tests.helpers import Actor, add_member, create_user, default_org, setup_admin
@@ -89,3 +90,17 @@ async def world(db, tmp_path):
         for deployment_id in environment.created:
             force_cleanup(deployment_id)
         await client.aclose()
+
+
+@pytest.fixture
+def tool_runs(monkeypatch) -> list[str]:
+    """The documents the compose tool was run on (``docker compose config``), in order."""
+    runs: list[str] = []
+    original = documents.check_document
+
+    async def counting(document, **kwargs):
+        runs.append(document)
+        return await original(document, **kwargs)
+
+    monkeypatch.setattr(documents, "check_document", counting)
+    return runs

@@ -21,7 +21,6 @@ from backend.app.engines import compose_yaml
 from backend.app.engines.compose_cli import check_document, find_compose_command
 from backend.app.engines.compose_judge import applies_to, certainly_valid
 from backend.app.services.stacks import templating
-from backend.app.services.stacks.templating import documents
 from backend.app.services.targets import compose_policy
 from backend.app.services.targets.compose_policy import check_host_files
 from backend.tests.conftest import TEST_IMAGE
@@ -306,19 +305,6 @@ async def test_every_mutated_document_the_judge_accepts_the_tool_accepts(compose
 
 
 # --- where the judge sits --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tool_runs(monkeypatch) -> list[str]:
-    runs: list[str] = []
-    original = documents.check_document
-
-    async def counting(document, **kwargs):
-        runs.append(document)
-        return await original(document, **kwargs)
-
-    monkeypatch.setattr(documents, "check_document", counting)
-    return runs
 
 
 async def test_a_document_of_the_subset_is_accepted_without_the_tool(compose, tool_runs):

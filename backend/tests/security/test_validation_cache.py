@@ -34,20 +34,6 @@ def compose() -> tuple[str, ...]:
     return command
 
 
-@pytest.fixture
-def tool_runs(monkeypatch) -> list[str]:
-    """The documents the compose tool was run on, in order."""
-    runs: list[str] = []
-    original = documents.check_document
-
-    async def counting(document, **kwargs):
-        runs.append(document)
-        return await original(document, **kwargs)
-
-    monkeypatch.setattr(documents, "check_document", counting)
-    return runs
-
-
 async def test_an_accepted_document_is_not_judged_twice_but_a_changed_one_is(compose, tool_runs):
     document = f"services:\n  web:\n    image: cache-{uuid.uuid4().hex[:8]}\n{OUTSIDE_THE_JUDGE}"
     await templating.validate_with_compose(document)
