@@ -6,9 +6,13 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
+from backend.app.engines.base import DeploySpec, Engine, TargetConnection
 from backend.app.models import Deployment, DeploymentStatus, Organization, Stack, Target, TargetType
 from backend.app.models.base import new_id
+from backend.app.schemas.compose_policy import ComposePolicy
+from backend.app.services.deployments.context import DeploymentContext
 
 
 async def make_org_target_stack(session: AsyncSession, name: str = "org") -> tuple[Organization, Target, Stack]:
@@ -53,3 +57,23 @@ async def make_deployment(
     session.add(deployment)
     await session.flush()
     return deployment
+
+
+def plain_context(
+    deployment: Deployment, engine: Engine, spec: DeploySpec, *, endpoint: str = "tcp://203.0.113.9:2376", target_name: str = "t"
+) -> DeploymentContext:
+    """What ``runner.load_context`` would give for ``deployment`` on a Docker target at ``endpoint``, with the
+    engine and the spec given: no variables, no secrets, the default policy."""
+    return DeploymentContext(
+        deployment_id=deployment.id,
+        target_id=deployment.target_id,
+        target_name=target_name,
+        endpoint=endpoint,
+        policy=ComposePolicy(),
+        connection=TargetConnection(type=TargetType.DOCKER, endpoint=endpoint),
+        values={},
+        secrets=(),
+        redactor=Redactor([]),
+        engine=engine,
+        spec=spec,
+    )

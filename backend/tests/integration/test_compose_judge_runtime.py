@@ -13,17 +13,14 @@ from pathlib import Path
 import pytest
 
 from backend.app import database
-from backend.app.core.logging import Redactor
 from backend.app.engines import ComposeEngine
 from backend.app.engines import compose as compose_driver
 from backend.app.engines.base import DeploySpec, TargetConnection
 from backend.app.models import Deployment, ExecutorKind, TargetType
-from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments import runner
-from backend.app.services.deployments.context import DeploymentContext
 from backend.tests.conftest import TEST_IMAGE
 from backend.tests.engine_fixtures import docker_client, labelled_objects  # noqa: F401 - fixture
-from backend.tests.factories import make_deployment
+from backend.tests.factories import make_deployment, plain_context
 
 pytestmark = pytest.mark.docker
 
@@ -39,18 +36,8 @@ async def _run(db, monkeypatch, tmp_path: Path, docker_engine: str) -> tuple[str
     connection = TargetConnection(type=TargetType.DOCKER, endpoint=docker_engine)
 
     async def load_context(session, *, settings, deployment):
-        return DeploymentContext(
-            deployment_id=deployment.id,
-            target_id=deployment.target_id,
-            target_name="local",
-            endpoint=docker_engine,
-            policy=ComposePolicy(),
-            connection=connection,
-            values={},
-            secrets=(),
-            redactor=Redactor([]),
-            engine=ComposeEngine(connection, command=("docker", "compose")),
-            spec=spec,
+        return plain_context(
+            deployment, ComposeEngine(connection, command=("docker", "compose")), spec, endpoint=docker_engine, target_name="local"
         )
 
     monkeypatch.setattr(runner, "load_context", load_context)

@@ -11,15 +11,13 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
-from backend.app.engines.base import DeploySpec, EngineError, TargetConnection
+from backend.app.engines.base import DeploySpec, EngineError
 from backend.app.engines.docker_base import DockerEngine
-from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership, Role, TargetType
-from backend.app.schemas.compose_policy import ComposePolicy
+from backend.app.models import DeploymentLog, ExecutorKind, LogLevel, Membership, Role
 from backend.app.services.deployments import runner
-from backend.app.services.deployments.context import DeploymentContext
 from backend.app.services.deployments.log_text import plain, redact_keeping_colours
 from backend.app.services.deployments.logs import append_logs
-from backend.tests.factories import make_deployment
+from backend.tests.factories import make_deployment, plain_context
 from backend.tests.helpers import setup_admin
 
 GREEN = "\x1b[32m"
@@ -94,19 +92,7 @@ async def test_a_failed_services_last_lines_appear_once(db, monkeypatch, tmp_pat
     spec = DeploySpec(deployment_id=deployment.id, compose="services: {}\n", workdir=tmp_path)
 
     async def load_context(session, *, settings, deployment):
-        return DeploymentContext(
-            deployment_id=deployment.id,
-            target_id=deployment.target_id,
-            target_name="t",
-            endpoint="tcp://203.0.113.9:2376",
-            policy=ComposePolicy(),
-            connection=TargetConnection(type=TargetType.DOCKER, endpoint="tcp://203.0.113.9:2376"),
-            values={},
-            secrets=(),
-            redactor=Redactor([]),
-            engine=_FailingEngine(),
-            spec=spec,
-        )
+        return plain_context(deployment, _FailingEngine(), spec)
 
     monkeypatch.setattr(runner, "load_context", load_context)
     outcome = await runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.ASYNCIO)

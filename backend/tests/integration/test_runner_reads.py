@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 
 from backend.app import database
-from backend.app.core.logging import Redactor
-from backend.app.engines.base import DeploySpec, TargetConnection
-from backend.app.models import ExecutorKind, TargetType
-from backend.app.schemas.compose_policy import ComposePolicy
+from backend.app.engines.base import DeploySpec
+from backend.app.models import ExecutorKind
 from backend.app.services.deployments import redaction, runner
-from backend.app.services.deployments.context import DeploymentContext
-from backend.tests.factories import make_deployment
+from backend.tests.factories import make_deployment, plain_context
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 
@@ -62,18 +59,8 @@ async def test_the_run_reads_its_deployment_while_another_writer_holds_the_lock(
 
     async def load_context(session, *, settings, deployment):
         loaded.append(time.monotonic())
-        return DeploymentContext(
-            deployment_id=deployment.id,
-            target_id=deployment.target_id,
-            target_name="t",
-            endpoint="tcp://203.0.113.9:2376",
-            policy=ComposePolicy(),
-            connection=TargetConnection(type=TargetType.DOCKER, endpoint="tcp://203.0.113.9:2376"),
-            values={},
-            secrets=(),
-            redactor=Redactor([]),
-            engine=_PassingEngine(),
-            spec=DeploySpec(deployment_id=deployment.id, compose="services: {}\n", workdir=tmp_path),
+        return plain_context(
+            deployment, _PassingEngine(), DeploySpec(deployment_id=deployment.id, compose="services: {}\n", workdir=tmp_path)
         )
 
     monkeypatch.setattr(redaction, "base_redactor", after_claim)
