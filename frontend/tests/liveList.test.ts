@@ -119,4 +119,26 @@ describe('useLiveList: live by the events of its kind of row', () => {
     expect(fetch.mock.calls[2][0]).toEqual({ limit: 25, offset: 25 })
     expect(shown.items.value).toHaveLength(27)
   })
+  it('a "Load more" under way when a live reload starts is done again after the reload, on its first page', async () => {
+    const rows = Array.from({ length: 27 }, (_, i) => ({ id: `t${i}` }))
+    let release: (() => void) | null = null
+    const fetch = vi.fn(async ({ limit = 25, offset = 0 }: PageQuery) => {
+      if (fetch.mock.calls.length === 2) await new Promise<void>((resolve) => (release = resolve)) // the click's page, slow
+      return { items: rows.slice(offset, offset + limit), total: rows.length, total_is_exact: true }
+    })
+    const shown = scope.run(() => useLiveList({ fetch, filterKey: () => '', resource: 'token' }))!
+    await vi.advanceTimersByTimeAsync(0)
+    const clicked = shown.loadMore() // the next page, slow
+    await shown.loadMore() // a second click meanwhile: the same click
+    expect(fetch).toHaveBeenCalledTimes(2)
+    FakeWebSocket.last().open()
+    await settle() // the socket is live: the list is read again (its first page)
+    expect(fetch).toHaveBeenCalledTimes(3)
+    release!()
+    await clicked
+    await vi.advanceTimersByTimeAsync(0)
+    expect(fetch).toHaveBeenCalledTimes(4) // the next page again, after the reload's first page
+    expect(fetch.mock.calls[3][0]).toEqual({ limit: 25, offset: 25 })
+    expect(shown.items.value).toHaveLength(27)
+  })
 })

@@ -41,8 +41,14 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   const error = ref<string | null>(null)
   const size = options.pageSize ?? LIST_PAGE
   let generation = 0
+  /** The first page is being read again (an event, a reconnection, new filters). */
+  let reloading = false
+  /** A next page is being read (a second click meanwhile is the same click). */
+  let more = false
   /** "Load more" asked while the list was being read again: done once that read is in. */
   let moreAsked = false
+  /** The last reload kept what was shown (a live one), rather than starting over (new filters). */
+  let live = false
 
   const hasMore = computed(() => (usesCursor.value ? !!nextCursor.value : items.value.length < total.value))
 
@@ -57,12 +63,15 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   /** The first page again (as many rows as are shown, so a live reload does not shrink the list). */
   async function reload(keepShown = false): Promise<void> {
     const mine = ++generation
+    live = keepShown
+    if (!keepShown) moreAsked = false // new filters: a click on the old list's foot is not carried over
     if (options.organizationId !== undefined && !toValue(options.organizationId)) {
       // no organisation (yet): nothing to list
       apply({ items: [], total: 0, total_is_exact: true, next_cursor: null }, false)
       return
     }
     loading.value = true
+    reloading = true
     error.value = null
     try {
       const limit = keepShown ? Math.min(200, Math.max(size, items.value.length)) : size
@@ -71,7 +80,10 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
     } catch (err) {
       if (mine === generation) error.value = errorText(err)
     } finally {
-      if (mine === generation) loading.value = false
+      if (mine === generation) {
+        loading.value = false
+        reloading = false
+      }
     }
     if (mine === generation && moreAsked) {
       moreAsked = false
@@ -80,14 +92,15 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
   }
 
   async function loadMore(): Promise<void> {
-    if (loading.value) {
+    if (reloading) {
       // a live reload is under way (an event, a reconnection): the click is not lost, it follows it
       moreAsked = true
       return
     }
-    if (!hasMore.value) return
+    if (more || !hasMore.value) return
     const mine = generation
     loading.value = true
+    more = true
     try {
       const page = await options.fetch(
         usesCursor.value && nextCursor.value
@@ -98,8 +111,12 @@ export function useLiveList<T>(options: LiveListOptions<T>) {
     } catch (err) {
       if (mine === generation) error.value = errorText(err)
     } finally {
+      more = false
       if (mine === generation) loading.value = false
     }
+    // A live reload began meanwhile: its first page replaced what this page followed, so the click is done
+    // again after it (now if it is in, else when it is). New filters start over without it.
+    if (mine !== generation && live) await loadMore()
   }
 
   watch(
