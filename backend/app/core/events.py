@@ -631,6 +631,22 @@ def _drop_after_rollback(session: Session, previous_transaction) -> None:
     session.info.pop(_SAVEPOINTS_KEY, None)
 
 
+async def sleep_or_event(delay: float, event: asyncio.Event) -> bool:
+    """Wait ``delay`` seconds or until ``event`` is set, whichever comes first (True: the event).
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns the inner result and drops a cancellation that arrives
+    as the event is set, and a loop cancelled at that moment went on forever (the app's shutdown, which waits
+    for its loops, with it). ``asyncio.wait`` lets the cancellation through."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=delay)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
 async def wait_for(predicate: Callable[[Event], bool], timeout: float) -> Event:
     """Wait for the first bus event matching ``predicate`` (tests and benchmarks use it)."""
     with bus.stream(predicate, maxsize=1) as events:

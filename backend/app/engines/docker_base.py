@@ -7,7 +7,6 @@ that stand alone live beside it (the gate's verdicts in ``health_gate.py``, its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.models.images import Image
 
+from backend.app.core.events import sleep_or_event
 from backend.app.core.files import private_dir, write_private
 from backend.app.engines import pull
 from backend.app.engines.base import (
@@ -129,8 +129,7 @@ async def poll_until(
         if wake is None:
             await asyncio.sleep(POLL_INTERVAL)
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+        await sleep_or_event(POLL_INTERVAL, wake)
         await asyncio.sleep(max(0.0, looked + WAKE_SPACING - time.monotonic()))
 
 

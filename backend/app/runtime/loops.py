@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 
 from backend.app import database
+from backend.app.core.events import sleep_or_event
 
 logger = logging.getLogger(__name__)
 _local_locks: dict[int, asyncio.Lock] = {}
@@ -76,15 +77,6 @@ class Backoff:
         delay = jittered(self.delay)
         self.delay = min(self.delay * self.factor, self.maximum)
         return delay
-
-
-async def sleep_or_event(delay: float, event: asyncio.Event) -> bool:
-    """Wait ``delay`` seconds or until ``event`` is set, whichever comes first (True: the event)."""
-    try:
-        await asyncio.wait_for(event.wait(), delay)
-    except TimeoutError:
-        return False
-    return True
 
 
 class LoopService:

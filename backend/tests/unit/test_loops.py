@@ -57,3 +57,26 @@ def test_backoff_doubles_with_jitter_up_to_its_maximum_and_resets():
     backoff.reset()
     assert backoff.delay == 1.0
     assert all(0.8 <= loops.jittered(1.0) <= 1.2 for _ in range(100))
+
+
+async def test_a_cancel_that_meets_the_event_ends_the_loop() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the inner result and drops a cancellation that arrives as the
+    inner wait completes: a loop cancelled at the moment its wake event was set went on forever, and the app's
+    shutdown, which waits for its loops, never ended (seen: a Celery test stuck in the lifespan's exit)."""
+    event = asyncio.Event()
+    passes = 0
+
+    async def loop_forever() -> None:
+        nonlocal passes
+        while True:
+            event.clear()
+            await loops.sleep_or_event(30, event)
+            passes += 1
+
+    task = asyncio.create_task(loop_forever())
+    await asyncio.sleep(0)  # the loop waits on the event
+    event.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled(), f"the loop went on after its cancellation ({passes} passes)"
+    assert passes == 0

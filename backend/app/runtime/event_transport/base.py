@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
+from backend.app.core.events import sleep_or_event
+
 logger = logging.getLogger("backend.app.runtime.event_transport")  # one logger name for the whole bus
 
 
@@ -66,9 +68,6 @@ async def watch(lost: asyncio.Event, heartbeat: float, probe: Callable[[], Await
     ``heartbeat`` seconds without news. ``probe`` raises when the connection is broken and returns False
     when there is none any more (closed meanwhile: then this returns False)."""
     while not lost.is_set():
-        try:
-            await asyncio.wait_for(lost.wait(), heartbeat)
-        except TimeoutError:
-            if not await probe():
-                return False
+        if not await sleep_or_event(heartbeat, lost) and not await probe():
+            return False
     return True
