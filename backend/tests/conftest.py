@@ -191,3 +191,14 @@ def docker_engine() -> str:
     if image.returncode != 0:
         require_service("Docker test image", f"{TEST_IMAGE} is missing (run: bash scripts/setup-docker.sh)")
     return "unix:///var/run/docker.sock"
+
+
+@pytest.fixture(scope="module")
+def compose() -> tuple[str, ...]:
+    """The compose tool's command (``docker compose`` or ``docker-compose``); the test is skipped without one."""
+    from backend.app.engines.compose_cli import find_compose_command
+
+    command = find_compose_command()
+    if command is None:
+        pytest.skip("no docker compose / docker-compose installed")
+    return command

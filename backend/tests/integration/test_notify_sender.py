@@ -76,16 +76,21 @@ def _delivery(number: int) -> NotificationDelivery:
     )
 
 
+async def _send_all(settings, server: Server, url: str, count: int) -> list:
+    """``count`` deliveries sent one after another through one sender client; the client and the server closed."""
+    client = sender.http_client(settings)
+    try:
+        return [await sender.send(settings, channel=_channel(settings, url), delivery=_delivery(n), client=client) for n in range(count)]
+    finally:
+        await client.close()
+        await server.close()
+
+
 async def test_deliveries_to_one_receiver_share_one_connection_each_signed_with_its_id() -> None:
     settings = make_settings("sqlite+aiosqlite:///unused.db", NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8", NOTIFY_TIMEOUT_SECONDS=5.0)
     server = Server()
     url = await server.start()
-    client = sender.http_client(settings)
-    try:
-        outcomes = [await sender.send(settings, channel=_channel(settings, url), delivery=_delivery(n), client=client) for n in range(3)]
-    finally:
-        await client.close()
-        await server.close()
+    outcomes = await _send_all(settings, server, url, 3)
     assert [o.ok for o in outcomes] == [True] * 3 and {o.status_code for o in outcomes} == {200}
     assert len(server.requests) == 3
     assert server.connections == 1  # kept alive from one delivery to the next
@@ -101,12 +106,7 @@ async def test_a_long_answer_is_not_kept_its_connection_is_closed_and_the_delive
     settings = make_settings("sqlite+aiosqlite:///unused.db", NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8", NOTIFY_TIMEOUT_SECONDS=5.0)
     server = Server(answer=b"x" * (4 * 1024 * 1024))
     url = await server.start()
-    client = sender.http_client(settings)
-    try:
-        outcomes = [await sender.send(settings, channel=_channel(settings, url), delivery=_delivery(n), client=client) for n in range(2)]
-    finally:
-        await client.close()
-        await server.close()
+    outcomes = await _send_all(settings, server, url, 2)
     assert [o.ok for o in outcomes] == [True, True]
     assert server.connections == 2  # the first answer was not read to its end: that connection was not reused
 

@@ -18,20 +18,12 @@ import pytest
 
 from backend.app.core.exceptions import ValidationFailed
 from backend.app.engines import compose_yaml
-from backend.app.engines.compose_cli import check_document, find_compose_command
+from backend.app.engines.compose_cli import check_document
 from backend.app.engines.compose_judge import applies_to, certainly_valid
 from backend.app.services.stacks import templating
 from backend.app.services.targets import compose_policy
 from backend.app.services.targets.compose_policy import check_host_files
 from backend.tests.conftest import TEST_IMAGE
-
-
-@pytest.fixture(scope="module")
-def compose() -> tuple[str, ...]:
-    command = find_compose_command()
-    if command is None:
-        pytest.skip("no docker compose / docker-compose installed")
-    return command
 
 
 async def tool_verdicts(command: tuple[str, ...], texts: list[str]) -> list[tuple[bool, str]]:

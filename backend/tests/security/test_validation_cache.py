@@ -17,21 +17,13 @@ import pytest
 from sqlalchemy import event
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import NORMALISED_OK, find_compose_command, known_valid
+from backend.app.engines.compose_cli import NORMALISED_OK, known_valid
 from backend.app.services.stacks import bounded_render, templating
 from backend.app.services.stacks.templating import documents
 from backend.tests.conftest import TEST_IMAGE
 
 #: A valid key outside the in-process judge's subset (engines/compose_judge.py): the document goes to the tool.
 OUTSIDE_THE_JUDGE = "    stop_signal: SIGTERM\n"
-
-
-@pytest.fixture
-def compose() -> tuple[str, ...]:
-    command = find_compose_command()
-    if command is None:
-        pytest.skip("no docker compose / docker-compose installed")
-    return command
 
 
 async def test_an_accepted_document_is_not_judged_twice_but_a_changed_one_is(compose, tool_runs):

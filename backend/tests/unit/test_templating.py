@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from backend.app.core.exceptions import ValidationFailed
-from backend.app.engines.compose_cli import check_document, find_compose_command, known_valid
+from backend.app.engines.compose_cli import check_document, known_valid
 from backend.app.services.stacks import templating
 from backend.app.services.stacks.templating import (
     VariableErrors,
@@ -607,14 +607,6 @@ def test_preview_masks_secrets_even_through_filters():
 
 
 # --- the real compose tool ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compose() -> tuple[str, ...]:
-    command = find_compose_command()
-    if command is None:
-        pytest.skip("no docker compose / docker-compose installed")
-    return command
 
 
 async def test_validate_with_compose_accepts_a_valid_document(compose):
