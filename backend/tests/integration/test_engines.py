@@ -275,6 +275,9 @@ services:
     command: ["sh", "-c", "echo 'config file /etc/app.conf missing'; exit 3"]
 """,
         health_timeout=20,
+        # the product's default window: with none, a gate that polls before the shell has exited (a loaded
+        # machine) would see it running and pass, as it should for a service that does not promise to stay up
+        stable_seconds=3.0,
     )
     engine = build_engine(kind, docker_engine)
     log = LogCapture()

@@ -3,14 +3,18 @@ real engine in backend/tests/docker/test_watch.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from backend.app.engines.base import ServiceState
-from backend.app.services.deployments.watch import DEGRADED, DOWN, HEALTHY, Expected, judge
+from backend.app.services.deployments.watch import DEGRADED, DOWN, HEALTHY, RESTART_SETTLE_SECONDS, Expected, judge
 
 TWO = Expected({"web": 1, "worker": 1})
 
 
-def c(service: str, state: str = "running", *, cid: str | None = None, health=None, exit_code=None, restarts=0, probe=None):
-    return ServiceState(service, cid or service, state, health, exit_code, restarts=restarts, probe=probe)
+def c(
+    service: str, state: str = "running", *, cid: str | None = None, health=None, exit_code=None, restarts=0, probe=None, started_at=None
+):
+    return ServiceState(service, cid or service, state, health, exit_code, restarts=restarts, probe=probe, started_at=started_at)
 
 
 def by_service(look):
@@ -50,6 +54,22 @@ def test_a_restart_between_two_looks_is_a_crash_loop_sign():
         "restarting",
         "is restarting (it exited with code 5; 5 restart(s))",
     )
+
+
+def test_a_restarted_container_up_for_a_moment_between_two_exits_is_not_up():
+    """A crash loop seen running at two looks in a row (same restart count: it exits a moment later) is still
+    restarting until its run has lasted RESTART_SETTLE_SECONDS; a container that restarted once and then ran on
+    is up."""
+    now = datetime(2026, 12, 6, 23, 0, 0, tzinfo=UTC)
+    just = (now - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")  # as Docker writes it
+    first = judge(TWO, [c("web", restarts=3, started_at=just), c("worker")], {"web": 3, "worker": 0}, now)
+    assert first.health == DEGRADED
+    assert by_service(first)["web"] == ("restarting", "restarted 3 time(s), up for 2 s only")
+    settled = (now - timedelta(seconds=RESTART_SETTLE_SECONDS + 1)).isoformat()
+    assert judge(TWO, [c("web", restarts=3, started_at=settled), c("worker")], first.restarts, now).health == HEALTHY
+    # never restarted, or no start time from the engine (a swarm task): the count alone decides
+    assert judge(TWO, [c("web", started_at=just), c("worker")], {}, now).health == HEALTHY
+    assert judge(TWO, [c("web", restarts=3), c("worker")], first.restarts, now).health == HEALTHY
 
 
 def test_one_shot_jobs_missing_replicas_and_swarm_tasks():

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -74,6 +74,10 @@ _EXITED = frozenset({"exited", "dead", "complete", "failed", "shutdown", "reject
 #: Docker's ``created`` is a container never started (down); these are a swarm task on its way up.
 _STARTING = frozenset({"new", "pending", "assigned", "accepted", "preparing", "ready", "starting"})
 _PROBLEMS = ("down", "unhealthy", "restarting", "missing")
+#: A container the engine restarted counts as restarting until its current run has lasted this long (Docker's
+#: own rule: a run of 10 s resets its restart backoff). A crash loop's container is up for a moment between two
+#: exits; two looks inside that moment must not call it healthy.
+RESTART_SETTLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,18 @@ def _exit(code: int | None) -> str:
     return f"exited with code {code}" if code is not None else "exited"
 
 
-def judge(expected: Expected, states: Iterable[ServiceState], previous_restarts: Mapping[str, int]) -> Look:
-    """The health of a deployment from its containers (``states``) and the restart counts of the last look.
-    Pure: the watcher's decisions are tested on it without an engine."""
+def _up_for(started_at: str | None, now: datetime) -> float | None:
+    """Seconds since a container's current run started (None when the engine did not say)."""
+    try:
+        return (now - datetime.fromisoformat(started_at)).total_seconds() if started_at else None
+    except ValueError:
+        return None
+
+
+def judge(expected: Expected, states: Iterable[ServiceState], previous_restarts: Mapping[str, int], now: datetime | None = None) -> Look:
+    """The health of a deployment from its containers (``states``), the restart counts of the last look, and
+    ``now`` (a restarted container's run younger than :data:`RESTART_SETTLE_SECONDS` is not up yet). Pure: the
+    watcher's decisions are tested on it without an engine."""
     by_service: dict[str, list[ServiceState]] = {}
     for state in states:
         by_service.setdefault(state.service, []).append(state)
@@ -136,6 +149,8 @@ def judge(expected: Expected, states: Iterable[ServiceState], previous_restarts:
                     problem = problem or ("unhealthy", "is unhealthy" + (f" (last check: {c.probe})" if c.probe else ""))
                 elif restarted > 0:
                     problem = problem or ("restarting", f"restarted {restarted} time(s) since the last look ({c.restarts} in all)")
+                elif c.restarts > 0 and now is not None and (up := _up_for(c.started_at, now)) is not None and up < RESTART_SETTLE_SECONDS:
+                    problem = problem or ("restarting", f"restarted {c.restarts} time(s), up for {max(up, 0):.0f} s only")
                 elif c.health == "starting":
                     starting = True
             elif c.state == "restarting":
@@ -294,7 +309,7 @@ class Watcher:
         if status is S.FAILED and not states:
             return None  # a failed deployment without containers: nothing disagrees
         record = deployment.service_health or {}
-        look = judge(self._expected_of(deployment), states, record.get("containers") or {})
+        look = judge(self._expected_of(deployment), states, record.get("containers") or {}, utcnow())
         previous = deployment.health
         redact = self._redactor(deployment, target, credentials) if look.health != HEALTHY or previous not in (None, HEALTHY) else None
         services = [s.model_copy(update={"reason": redact(s.reason)}) if redact and s.reason else s for s in look.services]
