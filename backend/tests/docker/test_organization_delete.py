@@ -182,7 +182,15 @@ async def test_a_forced_delete_killed_midway_orphans_nothing(db, docker_engine, 
     stop grace period: every container left still has its deployment's row, so nothing is out of reach; the
     forced delete asked again of the restarted backend removes everything."""
     workdir = tmp_path / "deployments"
-    options = {"DEPLOYMENTS_WORKDIR": workdir, "DEPLOYMENT_HEALTH_TIMEOUT_SECONDS": 30}
+    # The dead backend's lease on the teardown holds until it expires; then the reaper (every 5 s) resumes it once
+    # the delete's last dispatch is DISPATCH_TIMEOUT_SECONDS old. The defaults (30 s and 15 s) made the second
+    # delete wait about 30 s, a CI client's whole timeout; short ones keep the same path.
+    options = {
+        "DEPLOYMENTS_WORKDIR": workdir,
+        "DEPLOYMENT_HEALTH_TIMEOUT_SECONDS": 30,
+        "DEPLOYMENT_LEASE_SECONDS": 6,
+        "DISPATCH_TIMEOUT_SECONDS": 3,
+    }
     slow = STUBBORN.replace("stop_grace_period: 3s", "stop_grace_period: 8s")
     servers, ids = [], []
     try:
@@ -223,7 +231,7 @@ async def test_a_forced_delete_killed_midway_orphans_nothing(db, docker_engine, 
 
         servers.append(await Server.start(db.settings.DATABASE_URL, tmp_path, name="second", **options))
         async with servers[1].http() as client:
-            again = await client.delete(f"/api/v1/organizations/{org}", params={"force": "true"}, headers=headers)
+            again = await client.delete(f"/api/v1/organizations/{org}", params={"force": "true"}, headers=headers, timeout=90)
             assert again.status_code == 204, again.text
         for deployment_id in ids:
             assert labelled("container", deployment_id) == [] and labelled("network", deployment_id) == []
