@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -80,8 +81,23 @@ async def end_transaction(session: AsyncSession) -> None:
     await session.commit()
 
 
+async def defer_foreign_keys(session: AsyncSession, *constraints: str) -> None:
+    """Check ``constraints`` (foreign keys) when ``session``'s transaction commits instead of at each statement,
+    so that a row may be written before the row it references, in the same transaction. A key still broken at
+    the commit fails it, as it would have failed its statement.
+
+    PostgreSQL defers the named constraints, which must be ``DEFERRABLE``; SQLite's ``PRAGMA
+    defer_foreign_keys`` defers every foreign key of the transaction (it has no per-constraint switch). Both
+    last until the transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"SET CONSTRAINTS {', '.join(constraints)} DEFERRED"))
+    else:
+        await session.execute(text("PRAGMA defer_foreign_keys = ON"))
+
+
 def _configure_sqlite(async_engine: AsyncEngine) -> None:
-    """SQLite: WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` transactions.
+    """SQLite: WAL, a busy timeout, foreign keys, ``BEGIN IMMEDIATE`` transactions, and a rollback after a
+    failed commit.
 
     A deferred SQLite transaction that reads and then writes fails at once with "database is locked"
     when another connection committed in between (the busy timeout does not apply to that upgrade).
@@ -102,6 +118,14 @@ def _configure_sqlite(async_engine: AsyncEngine) -> None:
     def _on_begin(conn) -> None:
         # A read-only probe (``/health``) must not queue behind a writer: it opts out with ``sqlite_deferred``.
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sqlite_deferred") else "BEGIN IMMEDIATE")
+
+    @event.listens_for(async_engine.sync_engine, "handle_error")
+    def _on_error(context) -> None:
+        # A COMMIT refused by a deferred foreign key (defer_foreign_keys) leaves SQLite's transaction open, and
+        # SQLAlchemy, which takes a failed commit for an ended transaction, would pool the connection still
+        # holding the write lock: end it here, as PostgreSQL ends a transaction whose COMMIT failed.
+        if context.statement is None and isinstance(context.original_exception, sqlite3.IntegrityError) and context.connection is not None:
+            context.connection.connection.dbapi_connection.rollback()
 
 
 def build_engine(config: Settings) -> AsyncEngine:
@@ -172,8 +196,6 @@ async def wait_until_reachable(timeout: float, log: logging.Logger, on: AsyncEng
 
 async def check_database(timeout: float = 5.0) -> str | None:
     """Return ``None`` when the database answers, else a one-line reason."""
-    from sqlalchemy import text
-
     try:
         async with asyncio.timeout(timeout):
             async with engine.connect() as conn:

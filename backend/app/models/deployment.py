@@ -112,7 +112,11 @@ class DeploymentRevision(Base):
 
     __tablename__ = "deployment_revisions"
 
-    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True)
+    #: deferrable (checked at the commit when a transaction asks): a deployment's creation writes its revision 1
+    #: before the deployment itself (``state_machine.record_creation``; migration 0020)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE", deferrable=True, initially="IMMEDIATE"), primary_key=True
+    )
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     reason: Mapped[RevisionReason] = mapped_column(_enum(RevisionReason, "revision_reason"), nullable=False)
     #: rollback and automatic_rollback: the revision whose record this one re-applies
@@ -156,7 +160,10 @@ class DeploymentStatusHistory(Base):
     __table_args__ = (Index("ix_deployment_status_history_deployment", "deployment_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False)
+    #: deferrable, as the revision's: a creation writes its ``None -> pending`` row before the deployment
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE", deferrable=True, initially="IMMEDIATE"), nullable=False
+    )
     from_status: Mapped[DeploymentStatus | None] = mapped_column(_enum(DeploymentStatus, "deployment_status"))
     to_status: Mapped[DeploymentStatus] = mapped_column(_enum(DeploymentStatus, "deployment_status"), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)

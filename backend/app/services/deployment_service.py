@@ -176,9 +176,9 @@ class DeploymentService:
             session, settings=settings, template=stack.template, parsed=parsed, values=values, target=target
         )
 
-        # queued_at is stamped by record_creation right before its flush: the deployment is queued when
-        # this transaction commits, and the dispatch latency (queued -> claimed) should not include the
-        # validation above.
+        # queued_at is stamped by record_creation right before the deployment's INSERT, the transaction's last
+        # statement: the dispatch latency (queued -> claimed) includes neither the validation above nor the
+        # rows written with it (the audit entry, the history row, the revision, the status counts).
         deployment_id = new_id()
         if before_insert is not None:
             await before_insert(deployment_id, org_id)
@@ -204,9 +204,8 @@ class DeploymentService:
             shown.append(read_model(created, waiting))
             return shown[0]
 
-        await record_creation(session, deployment=deployment, actor=user.email, snapshot=snapshot)
-        session.add(revisions.first_revision(deployment, stack=stack, actor=user.email))
-        await session.flush()
+        first = revisions.first_revision(deployment, stack=stack, actor=user.email)
+        await record_creation(session, deployment=deployment, actor=user.email, snapshot=snapshot, children=[first])
         return Created(deployment, shown[0])
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy import event, select, update
 
 from backend.app.api.audit_trail import ACTIONS, MUTATING, route_key
 from backend.app.database import utcnow
-from backend.app.models import AuditEntry
+from backend.app.models import AuditEntry, DeploymentRevision, DeploymentStatusCount, DeploymentStatusHistory
 from backend.app.runtime.background import RetentionLoop
 from backend.tests.helpers import add_member, create_user, default_org, setup_admin
 
@@ -296,6 +296,32 @@ async def test_a_deployment_and_its_audit_entry_are_one_commit(client, db, app):
     # the answer is the deployment as created, as GET shows it
     shown = (await client.get(f"/api/v1/deployments/{created.json()['id']}", headers=admin.headers)).json()
     assert created.json() == shown
+
+
+async def test_a_deployment_is_the_last_row_its_creation_writes(client, db, app):
+    """The rows that reference the new deployment (its history row, its revision 1) and the status counts are
+    written before the deployment's INSERT, their foreign keys checked at the commit: nothing but the event's
+    pg_notify lies between that INSERT, where queued_at is stamped, and the commit. Each row is there once and
+    the deployment is counted once."""
+    dispatcher = _Dispatcher()
+    admin, payload = await _deployable(client, app, dispatcher)
+    with _Transactions(db.engine) as transactions:
+        created = await client.post("/api/v1/deployments", json=payload, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    (creation,) = [t for t in transactions.committed if "INSERT INTO deployments" in t]
+    insert = creation.index("INSERT INTO deployments")
+    assert all(s.startswith("SELECT pg_notify") for s in creation[insert + 1 :]), creation
+    for statement in ("INSERT INTO deployment_status_history", "INSERT INTO deployment_revisions", "INSERT INTO deployment_status_counts"):
+        assert creation.count(statement) == 1 and creation.index(statement) < insert, (statement, creation)
+    deployment_id = created.json()["id"]
+    async with db.engine.connect() as conn:
+        history = (await conn.execute(select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment_id))).all()
+        revisions = (await conn.execute(select(DeploymentRevision).where(DeploymentRevision.deployment_id == deployment_id))).all()
+        counts = dict((await conn.execute(select(DeploymentStatusCount.status, DeploymentStatusCount.count))).all())
+    assert [(h.from_status, h.to_status) for h in history] == [(None, "pending")]
+    assert history[0].created_at <= datetime.fromisoformat(created.json()["queued_at"].replace("Z", "+00:00"))
+    assert [r.number for r in revisions] == [1]
+    assert {s: n for s, n in counts.items() if n} == {"pending": 1}
 
 
 def _answering(app) -> httpx.AsyncClient:

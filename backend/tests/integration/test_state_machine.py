@@ -7,12 +7,14 @@ import itertools
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from backend.app import database
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind
+from backend.app.models import Deployment, DeploymentRevision, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, RevisionReason
 from backend.app.services.deployments.state_machine import (
+    CREATION_DEFERRED_KEYS,
     claim_deployment,
     claim_teardown,
     release_teardown,
@@ -315,3 +317,30 @@ async def test_the_reaper_and_recovery_send_again_a_teardown_no_live_executor_ho
     async with database.AsyncSessionLocal() as session:
         await recover_pending_deployments(session, settings=settings, dispatch=dispatch)
     assert sorted(sent) == sorted([dead.id, lost.id, fresh.id]), "recovery sends every teardown no live lease holds"
+
+
+@pytest.mark.parametrize("child", ["history", "revision"])
+async def test_a_row_of_a_missing_deployment_fails_at_once_or_when_deferred_at_the_commit(db, child):
+    """The keys a creation defers (its rows written before the deployment) are still checked, at its commit;
+    a transaction that does not defer them is refused at its statement, as before migration 0020. The refused
+    commit leaves nothing behind, and its connection goes back to the pool usable (SQLite keeps a transaction
+    whose COMMIT failed open: the engine ends it)."""
+
+    def orphan():
+        if child == "history":
+            return DeploymentStatusHistory(deployment_id="no-such-deployment", from_status=None, to_status=S.PENDING)
+        return DeploymentRevision(deployment_id="no-such-deployment", number=1, reason=RevisionReason.CREATED)
+
+    async with database.AsyncSessionLocal() as session:
+        session.add(orphan())
+        with pytest.raises(IntegrityError):
+            await session.flush()
+    async with database.AsyncSessionLocal() as session:
+        await database.defer_foreign_keys(session, *CREATION_DEFERRED_KEYS)
+        session.add(orphan())
+        await session.flush()  # deferred: accepted until the commit
+        with pytest.raises(IntegrityError):
+            await session.commit()
+    async with database.AsyncSessionLocal() as session:
+        assert (await session.execute(select(func.count()).select_from(DeploymentStatusHistory))).scalar_one() == 0
+        assert (await session.execute(select(func.count()).select_from(DeploymentRevision))).scalar_one() == 0

@@ -151,7 +151,7 @@ def _stack_record(stack: Stack | None) -> dict[str, Any]:
 
 
 def first_revision(deployment: Deployment, *, stack: Stack, actor: str) -> DeploymentRevision:
-    """Revision 1 of a deployment being created (the caller adds it with the deployment)."""
+    """Revision 1 of a deployment being created (written by ``record_creation``, before the deployment)."""
     return DeploymentRevision(
         deployment_id=deployment.id,
         number=1,

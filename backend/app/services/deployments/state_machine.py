@@ -19,7 +19,7 @@ a teardown's claim and release), belong at this one choke point.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,10 +29,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
-from backend.app.database import utcnow
+from backend.app.database import Base, defer_foreign_keys, utcnow
 from backend.app.models import TEARDOWN_STATUSES, Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 from backend.app.services.deployments import history_reasons, revision_outcomes
-from backend.app.services.deployments.status_counts import note_transition
+from backend.app.services.deployments.status_counts import count_before_insert, note_transition
 
 S = DeploymentStatus
 logger = logging.getLogger(__name__)
@@ -423,19 +423,34 @@ async def set_deployment_status(
     return TransitionResult(True, deployment_id, from_status, to_status, reason or "", row.attempt)
 
 
+#: the foreign keys a creation defers: its history row and revision are written before the deployment (migration 0020)
+CREATION_DEFERRED_KEYS = (
+    "fk_deployment_status_history_deployment_id_deployments",
+    "fk_deployment_revisions_deployment_id_deployments",
+)
+
+
 async def record_creation(
-    session: AsyncSession, *, deployment: Deployment, actor: str, snapshot: Callable[[Deployment], BaseModel]
+    session: AsyncSession,
+    *,
+    deployment: Deployment,
+    actor: str,
+    snapshot: Callable[[Deployment], BaseModel],
+    children: Sequence[Base] = (),
 ) -> TransitionResult:
     """Insert a new deployment in ``pending``: the one status write that has no ``from``.
 
-    Writes the ``None -> pending`` history row and queues ``DEPLOYMENT_CREATED`` (published after the
-    caller commits) whose data is ``snapshot(deployment)``, the deployment as the API shows it, so list
-    views add the row without refetching.
+    Writes the ``None -> pending`` history row and ``children`` (rows that reference the deployment: its
+    revision 1), counts it, and queues ``DEPLOYMENT_CREATED`` (published after the caller commits) whose data is
+    ``snapshot(deployment)``, the deployment as the API shows it, so list views add the row without refetching.
+
+    The deployment's ``INSERT`` comes last: the rows referencing it go first, their foreign keys checked at the
+    commit (:data:`CREATION_DEFERRED_KEYS`), and so do the status counts, so that ``queued_at``, stamped right
+    before that ``INSERT``, is followed by nothing else of the creation but the event (on PostgreSQL its
+    ``pg_notify``, which carries ``queued_at``) and the commit. The caller commits at once and dispatches.
     """
-    now = utcnow()
+    await defer_foreign_keys(session, *CREATION_DEFERRED_KEYS)
     deployment.status = S.PENDING
-    deployment.queued_at = now
-    session.add(deployment)
     session.add(
         DeploymentStatusHistory(
             deployment_id=deployment.id,
@@ -443,9 +458,14 @@ async def record_creation(
             to_status=S.PENDING,
             reason=history_reasons.text("created"),
             actor=actor,
-            created_at=now,
+            created_at=utcnow(),
         )
     )
+    session.add_all(children)
+    await count_before_insert(session, deployment)  # flushes the rows above, then the counts' upsert
+    now = utcnow()
+    deployment.queued_at = now
+    session.add(deployment)
     await session.flush()
     queue_event(
         session,

@@ -13,6 +13,10 @@ with one upsert per status, sent together in that order. The counter rows are th
 instant between that upsert and the commit (never while the transaction does its real work), and two
 transactions always lock them in the same order, so they cannot deadlock. A rolled-back transaction writes nothing.
 
+A deployment's creation counts its deployment before inserting it (:func:`count_before_insert`): the
+deployment's ``INSERT`` is then its transaction's last statement (``state_machine.record_creation``), and the
+``pending`` counter is locked from that upsert to the commit, the creation's one status delta.
+
 Rows written behind the ORM's back (a bulk ``INSERT`` by a benchmark, a manual ``DELETE``) are not
 counted; :func:`recount` rebuilds the table from one full count.
 """
@@ -28,6 +32,7 @@ from sqlalchemy.orm import Session
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusCount, Organization
 
 _KEY = "windflow_status_count_deltas"
+_COUNTED_KEY = "windflow_status_counted_insertions"  # ids of new deployments already counted before their insert
 _UPSERT = text(
     "INSERT INTO deployment_status_counts (status, count) VALUES (:status, :delta) "
     "ON CONFLICT (status) DO UPDATE SET count = deployment_status_counts.count + excluded.count"
@@ -65,9 +70,18 @@ def _track_deletions(session: Session, _context, _instances) -> None:
 
 @event.listens_for(Session, "after_flush")
 def _track_insertions(session: Session, _context) -> None:
+    counted = session.info.get(_COUNTED_KEY, ())
     for obj in session.new:
-        if isinstance(obj, Deployment):
+        if isinstance(obj, Deployment) and obj.id not in counted:
             note_transition(session, from_status=None, to_status=DeploymentStatus(obj.status))
+
+
+async def count_before_insert(session: AsyncSession, deployment: Deployment) -> None:
+    """Count ``deployment``, not inserted yet, and write the deltas noted so far now (after flushing what is
+    pending) instead of when the transaction commits; its insert is not counted again."""
+    note_transition(session, from_status=None, to_status=DeploymentStatus(deployment.status))
+    session.sync_session.info.setdefault(_COUNTED_KEY, set()).add(deployment.id)
+    await session.run_sync(_write_deltas)
 
 
 @event.listens_for(Session, "before_commit")
@@ -87,6 +101,7 @@ def _write_deltas(session: Session) -> None:
 def _forget_deltas(session: Session, transaction) -> None:
     if transaction.parent is None:  # the outermost transaction ended (committed, rolled back or closed)
         session.info.pop(_KEY, None)
+        session.info.pop(_COUNTED_KEY, None)
 
 
 async def read(session: AsyncSession) -> dict[str, int]:
