@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import inspect as sa_inspect
@@ -42,8 +45,40 @@ ENQUEUE_TIMEOUT_SECONDS = 5.0
 UNSERVED_NOTE_SECONDS = 600.0
 
 
+#: threads that do nothing but publish, at most this many sends at once (kombu's client is blocking)
+PUBLISH_THREADS = 4
+
+
 def _enqueue(celery_app, deployment_id: str, queue: str | None = None, countdown: float | None = None) -> str:
     return celery_app.send_task(DEPLOY_TASK, args=(deployment_id,), queue=queue, countdown=countdown).id
+
+
+_publishers_lock = threading.Lock()
+_publishers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _publishers_of_this_process() -> ThreadPoolExecutor:
+    """The publishing threads, made in the process that uses them: a prefork child that inherited its parent's
+    executor would count the parent's idle threads as its own and queue its sends to threads it does not have."""
+    global _publishers
+    with _publishers_lock:
+        if _publishers is None or _publishers[0] != os.getpid():
+            _publishers = (os.getpid(), ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="windflow-publish"))
+        return _publishers[1]
+
+
+async def publish(celery_app, deployment_id: str, queue: str | None = None, countdown: float | None = None) -> str:
+    """Send ``deployment_id``'s task (blocking kombu) on a publishing thread; at most ``ENQUEUE_TIMEOUT_SECONDS``.
+
+    The threads are this module's own, not the event loop's default executor: that one also runs the
+    blocking calls of in-process deployments (the engine's SDK), and a dispatch queued behind them would wait
+    for them, time out and fall back to in-process. The send is handed to a thread at once and its answer
+    awaited directly (``wait_for(to_thread(...))`` started it one loop turn later, in a task of its own, and
+    took two more turns to report it back); a send still running at the timeout ends on its own, as before.
+    """
+    sent = asyncio.get_running_loop().run_in_executor(_publishers_of_this_process(), _enqueue, celery_app, deployment_id, queue, countdown)
+    async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
+        return await sent
 
 
 @dataclass(frozen=True)
@@ -100,7 +135,7 @@ async def send_placed(celery_app, deployment_id: str, route: Route, *, countdown
     unserved = await _unserved(route)
     if unserved and deployment_id in _waiting_for_worker:
         return False
-    await asyncio.wait_for(asyncio.to_thread(_enqueue, celery_app, deployment_id, route.queue, countdown), ENQUEUE_TIMEOUT_SECONDS)
+    await publish(celery_app, deployment_id, route.queue, countdown)
     if not unserved:
         _waiting_for_worker.pop(deployment_id, None)
         return True
@@ -139,7 +174,7 @@ class Dispatcher:
         reason = self._celery_unavailable()
         if reason is None:
             try:
-                await asyncio.wait_for(asyncio.to_thread(_enqueue, self._celery(), deployment_id), ENQUEUE_TIMEOUT_SECONDS)
+                await publish(self._celery(), deployment_id)
                 metrics.DISPATCHES.labels("celery").inc()
                 return ExecutorKind.CELERY
             except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker

@@ -75,3 +75,38 @@ async def test_a_dispatch_publishes_the_task_and_subscribes_to_no_result(private
     # a result backend prepares a reader for each message it sends (Redis: SUBSCRIBE to the task's result
     # channel, one round trip before the publish): the dispatcher reads no result
     assert _calls(client, "subscribe") == 0
+
+
+async def test_a_dispatch_is_not_queued_behind_the_loops_other_blocking_calls(private_redis, tmp_path, monkeypatch):
+    """The event loop's default executor also runs in-process deployments' blocking calls (the engine's SDK):
+    with every one of its threads busy, a dispatch is still published at once, not timed out into the
+    in-process fallback."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend.app.runtime import dispatch
+
+    url, client = private_redis
+    monkeypatch.setattr(dispatch, "ENQUEUE_TIMEOUT_SECONDS", 2.0)
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="redis",
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+    )
+    dispatcher = Dispatcher(settings)
+    dispatcher._standalone_reason = None
+    loop = asyncio.get_running_loop()
+    busy = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(busy)
+    release = threading.Event()
+    blocked = loop.run_in_executor(None, release.wait, 30)  # the default executor's only thread, busy
+    try:
+        kind = await dispatcher.dispatch("deployment-1", target=Target(id="t-1", name="engine", placed=False))
+        assert str(kind) == "celery"
+        assert client.llen("celery") == 1
+    finally:
+        release.set()
+        await blocked
