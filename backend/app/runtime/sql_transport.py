@@ -38,9 +38,10 @@ after :data:`LISTENING_POLL_INTERVAL` seconds without a notification (a message 
 without this transport, a notification lost with a broken connection), and at ``polling_interval`` while
 there is no listener (it could not connect: it tries again every :data:`LISTENER_RETRY_SECONDS`).
 
-On PostgreSQL a publish is one statement (the insert and its NOTIFY) and its commit; each channel reads a
-queue's id once, not on every publish and poll; and the broker's connections commit asynchronously
-(:data:`ASYNC_COMMIT_OPTIONS`: what a crash can cost, and what recovers it).
+On PostgreSQL a publish is one statement (the insert and its NOTIFY), and so is a take, each run in autocommit
+mode as a transaction of its own (one round trip, not a ``BEGIN``, the statement and a ``COMMIT``); each
+channel reads a queue's id once, not on every publish and poll; and the broker's connections commit
+asynchronously (:data:`ASYNC_COMMIT_OPTIONS`: what a crash can cost, and what recovers it).
 """
 
 from __future__ import annotations
@@ -187,12 +188,21 @@ class Channel(kombu_sql.Channel):
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             queue_id = self._queue_ids[queue] = self._get_or_create(queue).id
+            self.session.commit()  # the session's read ends here: the statements that use the id run alone
         return queue_id
+
+    def _alone(self, statement, params: dict):
+        """``statement`` as a transaction of its own, on a pooled connection in autocommit mode, and its first
+        row: one round trip where the session's ``BEGIN``, statement and ``COMMIT`` were three (psycopg sends
+        each on its own). Only for a statement that is atomic by itself: the insert with its NOTIFY, the take
+        with its record, the forgetting of a delivery."""
+        with self.session.get_bind().connect() as conn:
+            result = conn.execution_options(isolation_level="AUTOCOMMIT").execute(statement, params)
+            return result.first() if result.returns_rows else None
 
     def _take(self, queue):
         """kombu's ``_get`` on PostgreSQL, plus the record of who took the message (same statement)."""
-        row = self.session.execute(_TAKE, {"queue": self._queue_id(queue), "hostname": socket.gethostname(), "pid": os.getpid()}).first()
-        self.session.commit()
+        row = self._alone(_TAKE, {"queue": self._queue_id(queue), "hostname": socket.gethostname(), "pid": os.getpid()})
         POLLS.last_ok = time.monotonic()
         if row is None:
             raise Empty()
@@ -204,8 +214,7 @@ class Channel(kombu_sql.Channel):
             return
 
         def forget() -> None:
-            self.session.execute(_FORGET, {"tag": str(delivery_tag)[:64]})
-            self.session.commit()
+            self._alone(_FORGET, {"tag": str(delivery_tag)[:64]})
 
         with contextlib.suppress(Exception):  # a stale record costs a harmless redelivery, never a loss
             self._locked(forget)
@@ -238,16 +247,14 @@ class Channel(kombu_sql.Channel):
 
     def _put_notified(self, queue, payload) -> None:
         """kombu's ``_put``, plus the NOTIFY that wakes the consumers, sent when the insert commits: one
-        statement and the commit. A queue row gone since this channel read its id (nothing of kombu's or
-        WindFlow's deletes one) is looked up again once."""
+        statement, committed on its own. A queue row gone since this channel read its id (nothing of kombu's
+        or WindFlow's deletes one) is looked up again once."""
         params = {"payload": dumps(payload), "channel": NOTIFY_CHANNEL, "queue": str(queue)}
         try:
-            self.session.execute(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
+            self._alone(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
         except IntegrityError:
-            self.session.rollback()
             self._queue_ids.pop(queue, None)
-            self.session.execute(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
-        self.session.commit()
+            self._alone(_PUBLISH, {**params, "queue_id": self._queue_id(queue)})
 
     def _purge(self, queue):
         return self._locked(super()._purge, queue)

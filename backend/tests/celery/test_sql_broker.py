@@ -245,3 +245,86 @@ def test_a_queue_row_gone_under_a_channel_is_looked_up_again(db):
             assert taker.get(timeout=5).payload == {"n": 1}
             taker.close()
         publisher.close()
+
+
+class _RoundTrips:
+    """A TCP relay in front of PostgreSQL that counts round trips: on each connection, a turn is the client
+    speaking after the server did (or first)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self._upstream = (host, port)
+        self._lock = threading.Lock()
+        self.turns = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            speaking = {"client": False}
+            threading.Thread(target=self._pump, args=(client, upstream, speaking, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, speaking, False), daemon=True).start()
+
+    def _pump(self, source, sink, speaking: dict, from_client: bool) -> None:
+        with source, sink:
+            while data := self._read(source):
+                with self._lock:
+                    if from_client and not speaking["client"]:
+                        self.turns += 1
+                    speaking["client"] = from_client
+                sink.sendall(data)
+
+    @staticmethod
+    def _read(sock) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_publish_a_take_and_an_ack_are_each_one_round_trip_after_the_pools_check(db):
+    """Issue 23: each ran as a transaction of the channel's session, which psycopg sends as three round trips
+    (``BEGIN``, the statement, ``COMMIT``) after the pool's liveness check; each statement is atomic by itself,
+    so it runs in autocommit mode: the check and one round trip."""
+    from sqlalchemy import make_url
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    url = make_url(settings.celery_broker_url)
+    relay = _RoundTrips(url.host or "127.0.0.1", url.port or 5432)
+    through_relay = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    queue = _queue_name()
+    try:
+        with Connection(through_relay) as producer, Connection(through_relay) as consumer:
+            publisher = producer.SimpleQueue(queue)
+            taker = consumer.SimpleQueue(queue)
+            publisher.put({"n": 0})  # connections opened, the queue declared and its id read
+            taker.get(timeout=5).ack()
+            relay.turns = 0
+            publisher.put({"n": 1})
+            published = relay.turns
+            relay.turns = 0
+            message = taker.get(timeout=5)
+            taken = relay.turns
+            relay.turns = 0
+            message.ack()
+            acked = relay.turns
+            assert message.payload == {"n": 1}
+            assert (published, taken, acked) == (2, 2, 2)
+            taker.close()
+            publisher.close()
+    finally:
+        relay.close()
