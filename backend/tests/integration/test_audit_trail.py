@@ -299,10 +299,10 @@ async def test_a_deployment_and_its_audit_entry_are_one_commit(client, db, app):
 
 
 async def test_a_deployment_is_the_last_row_its_creation_writes(client, db, app):
-    """The rows that reference the new deployment (its history row, its revision 1) and the status counts are
-    written before the deployment's INSERT, their foreign keys checked at the commit: nothing but the event's
-    pg_notify lies between that INSERT, where queued_at is stamped, and the commit. Each row is there once and
-    the deployment is counted once."""
+    """The rows that reference the new deployment (its history row, its revision 1) are written before the
+    deployment's INSERT, their foreign keys checked at the commit, and on SQLite the status counts too: nothing
+    lies between that INSERT, where queued_at is stamped, and the commit but, on PostgreSQL, the counts' upsert
+    (kept last for its lock order) and the event's pg_notify. Each row is there once, counted once."""
     dispatcher = _Dispatcher()
     admin, payload = await _deployable(client, app, dispatcher)
     with _Transactions(db.engine) as transactions:
@@ -310,9 +310,11 @@ async def test_a_deployment_is_the_last_row_its_creation_writes(client, db, app)
     assert created.status_code == 201, created.text
     (creation,) = [t for t in transactions.committed if "INSERT INTO deployments" in t]
     insert = creation.index("INSERT INTO deployments")
-    assert all(s.startswith("SELECT pg_notify") for s in creation[insert + 1 :]), creation
-    for statement in ("INSERT INTO deployment_status_history", "INSERT INTO deployment_revisions", "INSERT INTO deployment_status_counts"):
+    after = ("INSERT INTO deployment_status_counts", "SELECT pg_notify") if db.kind == "postgresql" else ()
+    assert all(s.startswith(after) for s in creation[insert + 1 :]), creation
+    for statement in ("INSERT INTO deployment_status_history", "INSERT INTO deployment_revisions"):
         assert creation.count(statement) == 1 and creation.index(statement) < insert, (statement, creation)
+    assert creation.count("INSERT INTO deployment_status_counts") == 1, creation
     deployment_id = created.json()["id"]
     async with db.engine.connect() as conn:
         history = (await conn.execute(select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment_id))).all()

@@ -7,16 +7,20 @@ import itertools
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from pydantic import BaseModel
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from backend.app import database
 from backend.app.database import utcnow
 from backend.app.models import Deployment, DeploymentRevision, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, RevisionReason
+from backend.app.models.base import new_id
+from backend.app.services.deployments import status_counts
 from backend.app.services.deployments.state_machine import (
     CREATION_DEFERRED_KEYS,
     claim_deployment,
     claim_teardown,
+    record_creation,
     release_teardown,
     renew_lease,
     set_deployment_status,
@@ -344,3 +348,50 @@ async def test_a_row_of_a_missing_deployment_fails_at_once_or_when_deferred_at_t
     async with database.AsyncSessionLocal() as session:
         assert (await session.execute(select(func.count()).select_from(DeploymentStatusHistory))).scalar_one() == 0
         assert (await session.execute(select(func.count()).select_from(DeploymentRevision))).scalar_one() == 0
+
+
+async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
+    """PostgreSQL row locks: a claim holds its target FOR UPDATE (the capacity rule) and then, at its commit, the
+    status counters; a creation on that target waits for the target's key-share lock at its deployment's INSERT.
+    The creation must take no counter before that INSERT, or each waits for the other (deadlock_timeout, then
+    one of them fails). Both commit."""
+    if db.kind != "postgresql":
+        pytest.skip("SQLite has one write lock per database, no row locks")
+    async with database.AsyncSessionLocal() as setup:
+        waiting = await make_deployment(setup)
+        await setup.commit()
+    async with database.AsyncSessionLocal() as claim, database.AsyncSessionLocal() as creation:
+        assert await claim_deployment(claim, deployment_id=waiting.id, owner="w1", executor="asyncio")  # the target locked
+
+        async def create() -> None:
+            new = Deployment(
+                id=new_id(),
+                organization_id=waiting.organization_id,
+                stack_id=waiting.stack_id,
+                target_id=waiting.target_id,
+                name="second",
+                variables={},
+                revision=1,
+            )
+            first = DeploymentRevision(deployment_id=new.id, number=1, reason=RevisionReason.CREATED)
+            await record_creation(creation, deployment=new, actor="ann@example.com", snapshot=lambda d: _Shown(id=d.id), children=[first])
+            await creation.commit()
+
+        created = asyncio.create_task(create())
+        async with database.AsyncSessionLocal() as watch:  # until the creation waits for the claim's lock
+            for _ in range(1000):
+                blocked = await watch.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                )
+                if blocked.scalar_one() or created.done():
+                    break
+                await watch.rollback()
+                await asyncio.sleep(0.01)
+        await claim.commit()
+        await created
+    async with database.AsyncSessionLocal() as session:
+        assert await status_counts.read(session) == {**{str(s): 0 for s in S}, "pending": 1, "deploying": 1}
+
+
+class _Shown(BaseModel):
+    id: str

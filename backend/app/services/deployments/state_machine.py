@@ -32,7 +32,7 @@ from backend.app.core.events import Event, EventType, StatusChangedData, queue_e
 from backend.app.database import Base, defer_foreign_keys, utcnow
 from backend.app.models import TEARDOWN_STATUSES, Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
 from backend.app.services.deployments import history_reasons, revision_outcomes
-from backend.app.services.deployments.status_counts import count_before_insert, note_transition
+from backend.app.services.deployments.status_counts import count_creation, note_transition
 
 S = DeploymentStatus
 logger = logging.getLogger(__name__)
@@ -445,9 +445,10 @@ async def record_creation(
     ``snapshot(deployment)``, the deployment as the API shows it, so list views add the row without refetching.
 
     The deployment's ``INSERT`` comes last: the rows referencing it go first, their foreign keys checked at the
-    commit (:data:`CREATION_DEFERRED_KEYS`), and so do the status counts, so that ``queued_at``, stamped right
-    before that ``INSERT``, is followed by nothing else of the creation but the event (on PostgreSQL its
-    ``pg_notify``, which carries ``queued_at``) and the commit. The caller commits at once and dispatches.
+    commit (:data:`CREATION_DEFERRED_KEYS`), and on SQLite the status counts too, so that ``queued_at``, stamped
+    right before that ``INSERT``, is followed by nothing of the creation but the commit; on PostgreSQL also the
+    counts' upsert (their lock order, :func:`~backend.app.services.deployments.status_counts.count_creation`)
+    and the event's ``pg_notify`` (it carries ``queued_at``). The caller commits at once and dispatches.
     """
     await defer_foreign_keys(session, *CREATION_DEFERRED_KEYS)
     deployment.status = S.PENDING
@@ -462,7 +463,8 @@ async def record_creation(
         )
     )
     session.add_all(children)
-    await count_before_insert(session, deployment)  # flushes the rows above, then the counts' upsert
+    await session.flush()
+    await count_creation(session, deployment)
     now = utcnow()
     deployment.queued_at = now
     session.add(deployment)
