@@ -477,7 +477,23 @@ def new_page(browser, *, locale: str = "en-US", dark: bool = False, width: int =
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
     page.watch = PageWatch(page)  # type: ignore[attr-defined]
     _WATCHED.append(page.watch)  # type: ignore[attr-defined]
+    _CONTEXTS.append(context)
     return page
+
+
+#: The browser contexts the running test opened with :func:`new_page`, closed when it ends.
+_CONTEXTS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_contexts() -> Iterator[None]:
+    """Closes every context the test opened, whether it closed it itself or not. Playwright runs pages without
+    background throttling, so a page left open went on for the rest of the session: polling the API (the
+    notifications page every 2 s, the hooks panel every 5 s), holding its WebSocket and rendering every event
+    of the other tests' deployments (test_automation_ui left six such pages open, a failed test all of its)."""
+    yield
+    while _CONTEXTS:
+        _CONTEXTS.pop().close()
 
 
 #: Chromium aborts what is loading when the host's network interfaces change (Docker creating or removing a
