@@ -12,12 +12,18 @@ import uuid
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from backend.app.core.ratelimit import RateLimiter
 from backend.app.main import create_app, rate_limit_redis_url
+from backend.app.models import Deployment, DeploymentStatus
+from backend.app.services.hooks.signature import sign
 from backend.tests.celery.test_celery_execution import REDIS_TEST_DB
 from backend.tests.conftest import make_settings, require_service
 from backend.tests.deploy_helpers import free_port
+from backend.tests.factories import make_deployment
+from backend.tests.helpers import setup_admin
+from backend.tests.integration.test_hooks import RecordingDispatcher
 
 ON_POSTGRESQL = pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 
@@ -109,14 +115,6 @@ async def test_the_event_bus_redis_is_the_default_store(redis_url):
 async def test_two_replicas_count_the_same_hook_calls(replica, redis_url, session):
     """A hook's budget (``HOOK_RATE_LIMIT_PER_MINUTE``) is one across the replicas: calls alternating between
     two apps sharing Redis are refused (429) once the limit is reached in all, not per replica."""
-    from sqlalchemy import update
-
-    from backend.app.models import Deployment, DeploymentStatus
-    from backend.app.services.hooks.signature import sign
-    from backend.tests.factories import make_deployment
-    from backend.tests.helpers import setup_admin
-    from backend.tests.integration.test_hooks import RecordingDispatcher
-
     limits = {"RATE_LIMIT_REDIS_URL": redis_url, "HOOK_RATE_LIMIT_PER_MINUTE": 2}
     first, second = replica("10.3.0.1", **limits), replica("10.3.0.2", **limits)
     dispatcher = RecordingDispatcher()
