@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # ws://127.0.0.1:8001/api/v1/ws), announced in the UI's index.html; empty: the page's own origin's
     # /api/v1/ws (behind the proxy, which routes it to the listener).
     WS_PUBLIC_URL: str = Field(default="", max_length=500, pattern=r"^(wss?://[^\s\"'<>&]+)?$")
+    # a WebSocket whose token expired gets this long to send a new auth frame before it is closed (4401)
+    WS_REAUTH_GRACE_SECONDS: float = Field(default=10.0, gt=0, le=300)
 
     # --- deployments and recovery ---------------------------------------------------------------
     DEPLOYMENT_MAX_ATTEMPTS: int = Field(default=3, ge=1)

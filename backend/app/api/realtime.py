@@ -43,7 +43,6 @@ router = APIRouter(tags=["realtime"])
 
 AUTH_TIMEOUT_SECONDS = 10.0
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: "try again later" (the database is unreachable)
-REAUTH_GRACE_SECONDS = 10.0
 MAX_FRAME_CHARS = 16_384
 _client_frame = TypeAdapter(ClientFrame)
 
@@ -198,7 +197,7 @@ async def serve(connection: Connection, settings: Settings) -> None:
     metrics.WEBSOCKET_CONNECTIONS.inc()
     logger.info("WebSocket connected: user %s from %s", credential.user.id, connection.peer)
     reader = asyncio.create_task(_read_frames(client, settings), name="ws-reader")
-    watchdog = asyncio.create_task(_watch(client), name="ws-watchdog")
+    watchdog = asyncio.create_task(_watch(client, settings.WS_REAUTH_GRACE_SECONDS), name="ws-watchdog")
     try:
         await client.closed.wait()
     finally:
@@ -372,15 +371,16 @@ async def _unsubscribe(client: WebSocketClient, frame: UnsubscribeFrame) -> None
     await client.send({"type": "unsubscribed", "stream": frame.stream, **{k: v for k, v in ids.items() if v}})
 
 
-async def _watch(client: WebSocketClient) -> None:
-    """Server heartbeats, and the end of an expired credential that was not renewed."""
+async def _watch(client: WebSocketClient, grace: float) -> None:
+    """Server heartbeats, and the end of an expired credential that was not renewed within ``grace`` seconds of
+    the warning (``WS_REAUTH_GRACE_SECONDS``)."""
     next_beat = time.monotonic() + HEARTBEAT_SECONDS
     warned_for: datetime | None = None
     try:
         while True:
             expiry = monotonic_deadline(client.expires_at)
             if expiry is not None and warned_for == client.expires_at:
-                expiry += REAUTH_GRACE_SECONDS
+                expiry += grace
             wake = min(next_beat, expiry) if expiry is not None else next_beat
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
             now = time.monotonic()
@@ -389,9 +389,7 @@ async def _watch(client: WebSocketClient) -> None:
                     client.close("the token expired and no new auth frame came", CLOSE_UNAUTHORIZED)
                     return
                 warned_for = client.expires_at
-                await client.send(
-                    _error("token_expired", f"the token has expired: send a new auth frame within {REAUTH_GRACE_SECONDS:.0f} s")
-                )
+                await client.send(_error("token_expired", f"the token has expired: send a new auth frame within {grace:g} s"))
             if now >= next_beat:
                 await client.send({"type": "heartbeat", "timestamp": iso_utc(datetime.now(UTC))})
                 next_beat = now + HEARTBEAT_SECONDS
