@@ -176,9 +176,9 @@ class DeploymentService:
             session, settings=settings, template=stack.template, parsed=parsed, values=values, target=target
         )
 
-        # queued_at is stamped by record_creation right before the deployment's INSERT, the transaction's last
-        # statement: the dispatch latency (queued -> claimed) includes neither the validation above nor the
-        # rows written with it (the audit entry, the history row, the revision, the status counts).
+        # queued_at is stamped by record_creation right before the deployment's INSERT, which it writes after the
+        # rows that reference it: the dispatch latency (queued -> claimed) includes neither the validation above
+        # nor the audit entry, the history row and the revision (what follows the INSERT: record_creation).
         deployment_id = new_id()
         if before_insert is not None:
             await before_insert(deployment_id, org_id)
