@@ -92,7 +92,10 @@ def test_a_deploy_hook_is_created_on_the_deployment_page_and_its_calls_are_shown
     chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
 ) -> None:
     deployment = server.api(
-        "POST", "/deployments", {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "hooked-1"}, token=admin_token
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "hooked-1", "variables": {"delay": 0}},
+        token=admin_token,
     )
     cleanup_deployments.append(deployment["id"])
     assert wait_status(server, admin_token, deployment["id"], {"running", "failed"})["status"] == "running"
