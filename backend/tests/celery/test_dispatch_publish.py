@@ -3,14 +3,18 @@ nothing for a result it never reads. A private Redis server, so that its command
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from backend.app.models import Target
+from backend.app.runtime import dispatch
 from backend.app.runtime.dispatch import Dispatcher
 from backend.tests.conftest import make_settings
 
@@ -53,12 +57,8 @@ def private_redis():
         server.wait(10)
 
 
-def _calls(client, command: str) -> int:
-    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-async def test_a_dispatch_publishes_the_task_and_subscribes_to_no_result(private_redis, tmp_path):
-    url, client = private_redis
+def _redis_dispatcher(url: str, tmp_path) -> Dispatcher:
+    """A dispatcher sending to the private Redis, as after its probe found a worker."""
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
         CELERY_ENABLED=True,
@@ -67,7 +67,17 @@ async def test_a_dispatch_publishes_the_task_and_subscribes_to_no_result(private
         CELERY_RESULT_BACKEND=url,
     )
     dispatcher = Dispatcher(settings)
-    dispatcher._standalone_reason = None  # as after probe() found a worker
+    dispatcher._standalone_reason = None
+    return dispatcher
+
+
+def _calls(client, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_dispatch_publishes_the_task_and_subscribes_to_no_result(private_redis, tmp_path):
+    url, client = private_redis
+    dispatcher = _redis_dispatcher(url, tmp_path)
     target = Target(id="t-1", name="engine", placed=False)  # as the POST route hands it over: no query
     kinds = [str(await dispatcher.dispatch(f"deployment-{n}", target=target)) for n in range(3)]
     assert kinds == ["celery"] * 3
@@ -81,23 +91,9 @@ async def test_a_dispatch_is_not_queued_behind_the_loops_other_blocking_calls(pr
     """The event loop's default executor also runs in-process deployments' blocking calls (the engine's SDK):
     with every one of its threads busy, a dispatch is still published at once, not timed out into the
     in-process fallback."""
-    import asyncio
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from backend.app.runtime import dispatch
-
     url, client = private_redis
     monkeypatch.setattr(dispatch, "ENQUEUE_TIMEOUT_SECONDS", 2.0)
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
-        CELERY_ENABLED=True,
-        CELERY_BROKER_TYPE="redis",
-        CELERY_BROKER_URL=url,
-        CELERY_RESULT_BACKEND=url,
-    )
-    dispatcher = Dispatcher(settings)
-    dispatcher._standalone_reason = None
+    dispatcher = _redis_dispatcher(url, tmp_path)
     loop = asyncio.get_running_loop()
     busy = ThreadPoolExecutor(max_workers=1)
     loop.set_default_executor(busy)
