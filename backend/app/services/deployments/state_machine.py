@@ -464,7 +464,7 @@ async def record_creation(
     )
     session.add_all(children)
     await session.flush()
-    await count_creation(session, deployment)
+    await count_creation(session, deployment=deployment)
     now = utcnow()
     deployment.queued_at = now
     session.add(deployment)

@@ -75,7 +75,7 @@ def _track_insertions(session: Session, _context) -> None:
             note_transition(session, from_status=None, to_status=DeploymentStatus(obj.status))
 
 
-async def count_creation(session: AsyncSession, deployment: Deployment) -> None:
+async def count_creation(session: AsyncSession, *, deployment: Deployment) -> None:
     """Count ``deployment``, not inserted yet: on SQLite at once (what is pending is flushed, then the deltas
     noted so far are written; its insert is not counted again), so that its ``INSERT`` can end the transaction.
     A SQLite transaction holds the database's one write lock from its ``BEGIN IMMEDIATE``: the order of its
