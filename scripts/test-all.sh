@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # `make test`: every test, in six streams that run at the same time (most of the suite waits on Docker, Celery
 # workers and brokers, timers and Chromium):
-#   celery:   backend/tests/celery but the files of CELERY_B (real workers and beat on both brokers, kills, replicas),
-#             and the production compose test of backend/tests/docker;
+#   celery:   backend/tests/celery but the files of CELERY_B (real workers and beat on both brokers, kills, replicas);
 #   celery-b: the frontend (ESLint, Prettier, vue-tsc, vitest), then the Celery files of CELERY_B (a pool that
 #             cannot start tasks, database and broker restarts, the guide's commands, the SQL transport, two
-#             replicas behind nginx) and the security tests' redaction and isolation file;
-#   docker:   backend/tests/docker but the files moved out (deployments on the real engine, registries);
-#   rest-a:   the integration tests test_a* to test_o*, then the other security tests;
-#   rest-b:   ruff (lint and format), then every other pytest test (integration from test_p*, unit, e2e) and
-#             the docker test of a database restart during an in-process deployment;
+#             replicas behind nginx);
+#   docker:   backend/tests/docker (deployments on the real engine, registries, the production compose);
+#   rest-a:   the integration tests test_a* to test_o*, then the security tests;
+#   rest-b:   ruff (lint and format), then every other pytest test (integration from test_p*, unit, e2e);
 #   ui:       the browser tests (Chromium).
-# Which stream a file runs in only balances their lengths (each stream's seconds are in the summary line).
+# The summary line gives each stream's seconds. Evening their lengths out does not shorten the run: with the
+# long files of docker and rest-a moved to the streams that ended first (celery, celery-b, rest-b), every stream
+# ended at 982-1,029 s instead of 704-938 s (the machine's two cores are busy until the end either way).
 # The celery stream runs every file of the folder but those named in CELERY_B, so a new test file always runs.
 # The streams share nothing that matters: each test creates its own databases, deployments are labelled by id,
 # the remote engine runs in a namespace named after its pytest process, swarm mode is taken in turn (a file
@@ -61,24 +61,10 @@ both() {
     return $code
 }
 
-# Moved out of the longest streams (in a CI run alone on the machine, at 938 s in all, docker ended at 925 s
-# and rest-a at 890 s while celery-b ended at about 610 s, celery and ui at about 700 s): each file is named
-# once here and ignored by the stream whose folder holds it.
-MOVED_TO_CELERY=(backend/tests/docker/test_production_compose.py)
-MOVED_TO_CELERY_B=(backend/tests/security/test_redaction_isolation.py)
-MOVED_TO_REST_B=(backend/tests/docker/test_database_restart_deployment.py)
-ignored() {  # ignored FILE...: --ignore=FILE for each
-    local file
-    for file in "$@"; do echo "--ignore=$file"; done
-}
-mapfile -t not_docker < <(ignored "${MOVED_TO_CELERY[@]}" "${MOVED_TO_REST_B[@]}")
-mapfile -t not_security < <(ignored "${MOVED_TO_CELERY_B[@]}")
-
 streams=(celery celery-b docker rest-a rest-b ui)
-run celery "$REDIS_DB" "${PYTEST[@]}" "${celery_a[@]}" "${MOVED_TO_CELERY[@]}"
-run celery-b $((REDIS_DB - 3)) both make --no-print-directory test-frontend -- "${PYTEST[@]}" "${celery_b[@]}" \
-    "${MOVED_TO_CELERY_B[@]}"
-run docker $((REDIS_DB - 2)) "${PYTEST[@]}" backend/tests/docker "${not_docker[@]}"
+run celery "$REDIS_DB" "${PYTEST[@]}" "${celery_a[@]}"
+run celery-b $((REDIS_DB - 3)) both make --no-print-directory test-frontend -- "${PYTEST[@]}" "${celery_b[@]}"
+run docker $((REDIS_DB - 2)) "${PYTEST[@]}" backend/tests/docker
 # The rest of the suite in two streams: one pytest process uses one core at most, and alone it was the last
 # stream to end by minutes (1,874 tests). rest-a: the integration files test_a* to test_o*, then the security
 # tests; rest-b: ruff, then the integration files from test_p*, the unit and e2e tests. In a CI run split at
@@ -91,9 +77,9 @@ for file in backend/tests/integration/test_*.py; do
         *) rest_b+=("$file") ;;
     esac
 done
-run rest-a $((REDIS_DB - 1)) "${PYTEST[@]}" "${rest_a[@]}" backend/tests/security "${not_security[@]}"
+run rest-a $((REDIS_DB - 1)) "${PYTEST[@]}" "${rest_a[@]}" backend/tests/security
 run rest-b $((REDIS_DB - 4)) bash -c 'make --no-print-directory lint && "$@"' _ "${PYTEST[@]}" "${rest_b[@]}" \
-    backend/tests/unit backend/tests/e2e "${MOVED_TO_REST_B[@]}"
+    backend/tests/unit backend/tests/e2e
 run ui $((REDIS_DB - 5)) "${PYTEST[@]}" backend/tests/browser
 
 status=0
