@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,15 @@ class ServiceState:
     started_at: str | None = None
     #: the last healthcheck probe's exit code and output (container text: redact before showing it)
     probe: str | None = None
+
+    @property
+    def started(self) -> datetime | None:
+        """``started_at`` read: Docker's RFC 3339, nanoseconds included (read down to microseconds); None when
+        the engine did not say or said something else."""
+        try:
+            return datetime.fromisoformat(self.started_at) if self.started_at else None
+        except ValueError:
+            return None
 
 
 class Engine(abc.ABC):

@@ -9,8 +9,6 @@ held during the engine call.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.config import Settings
@@ -20,13 +18,6 @@ from backend.app.engines.base import EngineError, ServiceState
 from backend.app.models import Deployment
 from backend.app.schemas.deployments import ContainerPort, ContainerRead, DeploymentServices, ServiceRead
 from backend.app.services.deployments.context import load_context
-
-
-def _time(value: str | None) -> datetime | None:
-    try:  # Docker's RFC 3339, nanoseconds included (read down to microseconds)
-        return datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
 
 
 def _container(state: ServiceState) -> ContainerRead:
@@ -39,7 +30,7 @@ def _container(state: ServiceState) -> ContainerRead:
         restarts=state.restarts,
         image=state.image,
         ports=[ContainerPort(container_port=p.container_port, host_ip=p.host_ip, host_port=p.host_port) for p in state.ports],
-        started_at=_time(state.started_at),
+        started_at=state.started,
     )
 
 

@@ -114,12 +114,10 @@ def _exit(code: int | None) -> str:
     return f"exited with code {code}" if code is not None else "exited"
 
 
-def _up_for(started_at: str | None, now: datetime) -> float | None:
+def _up_for(state: ServiceState, now: datetime) -> float | None:
     """Seconds since a container's current run started (None when the engine did not say)."""
-    try:
-        return (now - datetime.fromisoformat(started_at)).total_seconds() if started_at else None
-    except ValueError:
-        return None
+    started = state.started
+    return (now - started).total_seconds() if started is not None else None
 
 
 def judge(expected: Expected, states: Iterable[ServiceState], previous_restarts: Mapping[str, int], now: datetime | None = None) -> Look:
@@ -149,7 +147,7 @@ def judge(expected: Expected, states: Iterable[ServiceState], previous_restarts:
                     problem = problem or ("unhealthy", "is unhealthy" + (f" (last check: {c.probe})" if c.probe else ""))
                 elif restarted > 0:
                     problem = problem or ("restarting", f"restarted {restarted} time(s) since the last look ({c.restarts} in all)")
-                elif c.restarts > 0 and now is not None and (up := _up_for(c.started_at, now)) is not None and up < RESTART_SETTLE_SECONDS:
+                elif c.restarts > 0 and now is not None and (up := _up_for(c, now)) is not None and up < RESTART_SETTLE_SECONDS:
                     problem = problem or ("restarting", f"restarted {c.restarts} time(s), up for {max(up, 0):.0f} s only")
                 elif c.health == "starting":
                     starting = True
