@@ -108,7 +108,7 @@ def docker_client(docker_engine: str) -> Iterator[docker.DockerClient]:
 def labelled_objects(client: docker.DockerClient, spec: DeploySpec) -> dict[str, list[str]]:
     flt = {"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        "containers": [c.name for c in client.containers.list(ignore_removed=True, all=True, filters=flt)],
         "networks": [n.name for n in client.networks.list(filters=flt)],
         "volumes": [v.name for v in client.volumes.list(filters=flt)],
     }
@@ -120,7 +120,7 @@ def objects_named_after(client: docker.DockerClient, spec: DeploySpec) -> dict[s
     prefix = spec.project
     # filtered by the engine: the SDK inspects each listed object, and another test's may be gone by then
     by_name = {"name": prefix}
-    containers = [c for c in client.containers.list(all=True, filters=by_name) if c.name.startswith(prefix)]
+    containers = [c for c in client.containers.list(ignore_removed=True, all=True, filters=by_name) if c.name.startswith(prefix)]
     networks = [client.networks.get(n.id) for n in client.networks.list(filters=by_name) if n.name.startswith(prefix)]
     volumes = [v for v in client.volumes.list() if v.name.startswith(prefix)]
     return {
@@ -142,7 +142,7 @@ def force_cleanup(client: docker.DockerClient, spec: DeploySpec) -> None:
     flt = {"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}
     for service in client.services.list(filters=flt) if _swarm_active(client) else []:
         service.remove()
-    for container in client.containers.list(all=True, filters=flt):
+    for container in client.containers.list(ignore_removed=True, all=True, filters=flt):
         container.remove(force=True, v=True)
     for network in client.networks.list(filters=flt):
         subprocess.run(["docker", "network", "rm", network.id], capture_output=True, check=False)

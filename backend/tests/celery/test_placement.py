@@ -68,15 +68,15 @@ def host_b(remote_docker: RemoteDocker) -> Iterator[tuple[str, docker.DockerClie
 
 
 def on_b(client: docker.DockerClient, deployment_id: str) -> list[str]:
-    return [c.id for c in client.containers.list(all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})]
+    return [c.id for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})]
 
 
 def states_on_b(client: docker.DockerClient, deployment_id: str) -> set[str]:
-    return {c.status for c in client.containers.list(all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})}
+    return {c.status for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})}
 
 
 def clean_b(client: docker.DockerClient, deployment_id: str) -> None:
-    for container in client.containers.list(all=True, filters={"label": f"windflow.deployment_id={deployment_id}"}):
+    for container in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"}):
         container.remove(force=True, v=True)
 
 
@@ -313,7 +313,7 @@ async def test_a_hosts_deployments_are_watched_by_a_worker_of_that_host(db, dock
             final = await wait_status(client, headers, deployment_id, {"running", "failed"}, timeout=60)
             assert final["status"] == "running", final["error_message"]
 
-            for container in engine_b.containers.list(filters={"label": f"windflow.deployment_id={deployment_id}"}):
+            for container in engine_b.containers.list(ignore_removed=True, filters={"label": f"windflow.deployment_id={deployment_id}"}):
                 container.kill()
             failed = await wait_status(client, headers, deployment_id, {"failed"}, timeout=30)
             assert failed["health"] == "down", failed

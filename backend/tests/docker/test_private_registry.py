@@ -235,7 +235,7 @@ async def test_a_redeploy_runs_the_recorded_digest_after_the_tag_moved(env, open
         recorded = running["images"][0]["digest"]
         client = docker.from_env()
         label = {"label": f"windflow.deployment_id={created['id']}"}
-        first_image = client.containers.list(filters=label)[0].image.id
+        first_image = client.containers.list(ignore_removed=True, filters=label)[0].image.id
 
         push_layer_as(open_registry, reference, 100_000)  # the tag now names another image in the registry
         redeployed = await env.client.post(f"/api/v1/deployments/{created['id']}/redeploy", headers=env.admin.headers)
@@ -244,7 +244,7 @@ async def test_a_redeploy_runs_the_recorded_digest_after_the_tag_moved(env, open
         again = await wait_status(env.client, env.admin.headers, created["id"], {"running", "failed"})
         assert again["status"] == "running", again["error_message"]
         assert again["images"][0]["digest"] == recorded
-        containers = client.containers.list(filters=label)
+        containers = client.containers.list(ignore_removed=True, filters=label)
         assert [c.image.id for c in containers] == [first_image], "the redeploy ran what the tag points to now"
         logs = await all_logs(env.client, env.admin.headers, created["id"])
         assert any(f"is {recorded} (pinned)" in line["message"] for line in logs), [line["message"] for line in logs][-15:]

@@ -111,7 +111,7 @@ def remote_client(remote_docker: RemoteDocker) -> Iterator[docker.DockerClient]:
 def remote_objects(client: docker.DockerClient, deployment_id: str) -> dict[str, list[str]]:
     flt = by_label(deployment_id)
     return {
-        "containers": sorted(c.name for c in client.containers.list(all=True, filters=flt)),
+        "containers": sorted(c.name for c in client.containers.list(ignore_removed=True, all=True, filters=flt)),
         "networks": sorted(n.name for n in client.networks.list(filters=flt)),
         "volumes": sorted(v.name for v in client.volumes.list(filters=flt)),
     }
@@ -119,7 +119,7 @@ def remote_objects(client: docker.DockerClient, deployment_id: str) -> dict[str,
 
 def remote_cleanup(client: docker.DockerClient, deployment_id: str) -> None:
     flt = by_label(deployment_id)
-    for container in client.containers.list(all=True, filters=flt):
+    for container in client.containers.list(ignore_removed=True, all=True, filters=flt):
         container.remove(force=True, v=True)
     for network in client.networks.list(filters=flt):
         network.remove()
@@ -189,7 +189,7 @@ async def test_remote_tls_target_deploys_on_the_remote_engine_only(
         assert running["executor"] == "asyncio" and running["attempt"] == 1
 
         # On the remote engine, labelled; the reader got the writer's file through the shared volume.
-        containers = remote_client.containers.list(filters=by_label(deployment_id))
+        containers = remote_client.containers.list(ignore_removed=True, filters=by_label(deployment_id))
         services = {c.labels["com.docker.compose.service"]: c for c in containers}
         assert sorted(services) == ["reader", "writer"]
         for container in containers:
@@ -252,7 +252,7 @@ def swarm_cleanup(client: docker.DockerClient, deployment_id: str) -> None:
     flt = by_label(deployment_id)
     for service in client.services.list(filters=flt):
         service.remove()
-    for container in client.containers.list(all=True, filters=flt):
+    for container in client.containers.list(ignore_removed=True, all=True, filters=flt):
         container.remove(force=True, v=True)
     for network in client.networks.list(filters=flt):
         subprocess.run(["docker", "network", "rm", network.id], capture_output=True, timeout=30)
@@ -303,7 +303,7 @@ async def test_swarm_target_lifecycle_and_missing_image(api: Api, swarm: str, lo
         stopped = await api.wait(deployment_id, {"stopped", "failed"})
         assert stopped["status"] == "stopped", stopped["error_message"]
         assert replicas(local_client, deployment_id) == {"web": 0, "worker": 0}
-        assert local_client.containers.list(filters=by_label(deployment_id)) == []
+        assert local_client.containers.list(ignore_removed=True, filters=by_label(deployment_id)) == []
         with pytest.raises(OSError):
             http_get(port, timeout=1)
 

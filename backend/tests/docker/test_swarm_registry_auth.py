@@ -28,7 +28,7 @@ def _every_container(client: docker.DockerClient) -> list[dict]:
     """What ``docker inspect`` says of every container on the engine; one that another test removes between
     the list and its inspection is skipped."""
     inspected = []
-    for container in client.containers.list(all=True, sparse=True):
+    for container in client.containers.list(ignore_removed=True, all=True, sparse=True):
         try:
             inspected.append(client.api.inspect_container(container.id))
         except docker.errors.NotFound:

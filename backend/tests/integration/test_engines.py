@@ -112,7 +112,7 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
         assert objects["volumes"][0]["com.example.keep"] == "yes"
 
         # the worker reaches the web service by name on the deployment's network
-        worker = docker_client.containers.list(filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}", "windflow.service=worker"]})[
+        worker = docker_client.containers.list(ignore_removed=True, filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}", "windflow.service=worker"]})[
             0
         ]
         deadline = time.monotonic() + 10
@@ -395,7 +395,7 @@ services:
     log = LogCapture()
     try:
         await deploy(engine, spec, log)
-        container = docker_client.containers.list(filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"})[0]
+        container = docker_client.containers.list(ignore_removed=True, filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"})[0]
         env = container.attrs["Config"]["Env"]
         assert "LEAK=not-visible" in env and "KEY=not-visible" in env
         assert not any("s3cret-value" in item or os.environ["SECRET_KEY"] in item for item in env)

@@ -127,7 +127,7 @@ async def test_stack_lifecycle_with_host_mode_port(swarm, docker_client, tmp_pat
         assert_all_labelled(objects, spec)
 
         await engine.stop(spec, log)
-        assert docker_client.containers.list(filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}) == []
+        assert docker_client.containers.list(ignore_removed=True, filters={"label": f"{DEPLOYMENT_LABEL}={spec.deployment_id}"}) == []
         assert {name: lbl.get("windflow.replicas") for name, lbl in service_labels(docker_client, spec).items()} == {
             "web": "1",
             "worker": "1",

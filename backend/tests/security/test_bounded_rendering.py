@@ -43,6 +43,9 @@ async def api(db):
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         admin = await setup_admin(client)
+        # the app's first /health builds its handler and opens its connections: that cost, under a loaded CI
+        # machine more than HEALTH_BOUND_SECONDS by itself, is not the hostile work's, so it is paid here
+        assert (await client.get("/health")).status_code in (200, 503)
         yield client, admin
 
 
