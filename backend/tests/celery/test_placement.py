@@ -68,11 +68,16 @@ def host_b(remote_docker: RemoteDocker) -> Iterator[tuple[str, docker.DockerClie
 
 
 def on_b(client: docker.DockerClient, deployment_id: str) -> list[str]:
-    return [c.id for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})]
+    return [
+        c.id for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})
+    ]
 
 
 def states_on_b(client: docker.DockerClient, deployment_id: str) -> set[str]:
-    return {c.status for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})}
+    return {
+        c.status
+        for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})
+    }
 
 
 def clean_b(client: docker.DockerClient, deployment_id: str) -> None:

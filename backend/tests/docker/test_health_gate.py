@@ -258,11 +258,15 @@ services:
         await deploy(engine, again, log)
         assert [(i.service, i.image, i.digest) for i in again.images] == [("app", tag, original)]
         assert "app: image " + tag + " is " + original + " (pinned)" in log.text()
-        (container,) = docker_client.containers.list(ignore_removed=True, filters={"label": f"windflow.deployment_id={again.deployment_id}"})
+        (container,) = docker_client.containers.list(
+            ignore_removed=True, filters={"label": f"windflow.deployment_id={again.deployment_id}"}
+        )
         assert container.attrs["Image"] == original
 
         await deploy(engine, moved, LogCapture())
-        (container,) = docker_client.containers.list(ignore_removed=True, filters={"label": f"windflow.deployment_id={moved.deployment_id}"})
+        (container,) = docker_client.containers.list(
+            ignore_removed=True, filters={"label": f"windflow.deployment_id={moved.deployment_id}"}
+        )
         assert container.attrs["Image"] == image_id(tag) != original
         assert moved.images[0].digest == image_id(tag)
     finally:

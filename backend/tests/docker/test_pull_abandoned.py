@@ -106,7 +106,9 @@ async def test_cancel_during_a_hung_pull_stops_the_engines_pull(db, docker_engin
         assert not any(m.startswith("pulled image") for m in messages)
         body = (await env.client.get(f"/api/v1/deployments/{deployment_id}", headers=env.admin.headers)).json()
         assert body["status"] == "cancelled"
-        assert not docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"})
+        assert not docker.from_env().containers.list(
+            ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={deployment_id}"}
+        )
         await _engine_gave_up(proxy, reference)
     finally:
         forget(f"{proxy.server}/{pushed}")
@@ -207,7 +209,9 @@ async def test_up_timeout_kills_a_hung_compose_up_and_says_which_step(db, docker
         logs = await all_logs(env.client, env.admin.headers, created["id"])
         assert any(line["level"] == "error" and "DEPLOYMENT_UP_TIMEOUT_SECONDS" in line["message"] for line in logs)
         assert not _processes_naming(project), "compose up outlived its timeout"
-        assert not docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={created['id']}"})
+        assert not docker.from_env().containers.list(
+            ignore_removed=True, all=True, filters={"label": f"windflow.deployment_id={created['id']}"}
+        )
     finally:
         await background_tasks.shutdown()
         for deployment_id in env.created:

@@ -112,9 +112,9 @@ async def test_two_service_stack_lifecycle(kind, docker_engine, docker_client, t
         assert objects["volumes"][0]["com.example.keep"] == "yes"
 
         # the worker reaches the web service by name on the deployment's network
-        worker = docker_client.containers.list(ignore_removed=True, filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}", "windflow.service=worker"]})[
-            0
-        ]
+        worker = docker_client.containers.list(
+            ignore_removed=True, filters={"label": [f"{DEPLOYMENT_LABEL}={spec.deployment_id}", "windflow.service=worker"]}
+        )[0]
         deadline = time.monotonic() + 10
         while worker.exec_run(["cat", "/tmp/page"]).exit_code != 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.3)
