@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import BaseModel
@@ -374,7 +374,7 @@ async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
                 revision=1,
             )
             first = DeploymentRevision(deployment_id=new.id, number=1, reason=RevisionReason.CREATED)
-            await record_creation(creation, deployment=new, actor="ann@example.com", snapshot=lambda d: _Shown(id=d.id), children=[first])
+            await record_creation(creation, deployment=new, actor="ann@example.com", snapshot=lambda d: _Shown(id=d.id, queued_at=d.queued_at), children=[first])
             await creation.commit()
 
         created = asyncio.create_task(create())
@@ -394,4 +394,7 @@ async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
 
 
 class _Shown(BaseModel):
+    """The deployment as the API shows it, in short (record_creation stamps its ``queued_at``)."""
+
     id: str
+    queued_at: datetime

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.app.core.events import Event, EventType, StatusChangedData, queue_event
 from backend.app.database import Base, defer_foreign_keys, utcnow
@@ -430,6 +433,31 @@ CREATION_DEFERRED_KEYS = (
 )
 
 
+_INSERT_DEPLOYMENT = insert(Deployment.__table__)
+#: (column, attribute) of every column of ``deployments``
+_DEPLOYMENT_COLUMNS = [(column, sa_inspect(Deployment).get_property_by_column(column).key) for column in Deployment.__table__.columns]
+
+
+def _persist_unflushed(session: AsyncSession, deployment: Deployment) -> dict[str, Any]:
+    """The values of ``deployment``'s ``INSERT`` (what it was given, else the column's default, as a flush
+    would apply it); ``deployment`` is made persistent in ``session`` with them loaded, as after a flush, for
+    the caller's ``INSERT`` of those values (no other code path inserts it)."""
+    values: dict[str, Any] = {}
+    given = deployment.__dict__
+    for column, key in _DEPLOYMENT_COLUMNS:
+        if key in given:
+            value = given[key]
+        elif column.default is not None:
+            value = column.default.arg(None) if column.default.is_callable else column.default.arg
+        else:
+            value = None
+        values[column.key] = value
+        set_committed_value(deployment, key, value)
+    make_transient_to_detached(deployment)
+    session.add(deployment)
+    return values
+
+
 async def record_creation(
     session: AsyncSession,
     *,
@@ -442,7 +470,8 @@ async def record_creation(
 
     Writes the ``None -> pending`` history row and ``children`` (rows that reference the deployment: its
     revision 1), counts it, and queues ``DEPLOYMENT_CREATED`` (published after the caller commits) whose data is
-    ``snapshot(deployment)``, the deployment as the API shows it, so list views add the row without refetching.
+    ``snapshot(deployment)``, the deployment as the API shows it (a model with its ``queued_at``, which is
+    stamped into it), so list views add the row without refetching.
 
     The deployment's ``INSERT`` comes last: the rows referencing it go first, their foreign keys checked at the
     commit (:data:`CREATION_DEFERRED_KEYS`), and on SQLite the status counts too, so that ``queued_at``, stamped
@@ -465,14 +494,20 @@ async def record_creation(
     session.add_all(children)
     await session.flush()
     await count_creation(session, deployment=deployment)
+    # Everything the INSERT and the event need is made ready before queued_at: the row's values (with the
+    # column defaults a flush would apply), the deployment persistent in the session as if flushed, and the
+    # event's payload. After the stamp only the INSERT itself runs (a cached Core statement: the ORM's flush
+    # took longer than the statement it sends), then the caller's commit.
+    values = _persist_unflushed(session, deployment)
+    shown = snapshot(deployment)
+    created = Event.of(EventType.DEPLOYMENT_CREATED, deployment.id, deployment.organization_id, shown)
     now = utcnow()
-    deployment.queued_at = now
-    session.add(deployment)
-    await session.flush()
-    queue_event(
-        session,
-        Event.of(EventType.DEPLOYMENT_CREATED, deployment.id, deployment.organization_id, snapshot(deployment), now),
-    )
+    values["queued_at"] = now
+    set_committed_value(deployment, "queued_at", now)
+    await (await session.connection()).execute(_INSERT_DEPLOYMENT, values)
+    shown.queued_at = now
+    stamped = shown.model_dump(mode="json", include={"queued_at"})
+    queue_event(session, replace(created, data={**created.data, **stamped}, timestamp=now))
     logger.info("update_status: deployment %s (%s) created as PENDING by %s", deployment.id, deployment.name, actor)
     return TransitionResult(True, deployment.id, None, S.PENDING, "created", deployment.attempt)
 

@@ -13,8 +13,9 @@ with one upsert per status, sent together in that order. The counter rows are th
 instant between that upsert and the commit (never while the transaction does its real work), and two
 transactions always lock them in the same order, so they cannot deadlock. A rolled-back transaction writes nothing.
 
-On SQLite a deployment's creation writes its count before inserting the deployment (:func:`count_creation`),
-whose ``INSERT`` is then its transaction's last statement (``state_machine.record_creation``).
+A deployment's creation is counted by :func:`count_creation` (its ``INSERT`` is not an ORM flush); on SQLite
+the count is written before the deployment's ``INSERT``, which is then its transaction's last statement
+(``state_machine.record_creation``).
 
 Rows written behind the ORM's back (a bulk ``INSERT`` by a benchmark, a manual ``DELETE``) are not
 counted; :func:`recount` rebuilds the table from one full count.
@@ -76,20 +77,20 @@ def _track_insertions(session: Session, _context) -> None:
 
 
 async def count_creation(session: AsyncSession, *, deployment: Deployment) -> None:
-    """Count ``deployment``, not inserted yet: on SQLite at once (what is pending is flushed, then the deltas
-    noted so far are written; its insert is not counted again), so that its ``INSERT`` can end the transaction.
-    A SQLite transaction holds the database's one write lock from its ``BEGIN IMMEDIATE``: the order of its
+    """Count ``deployment``, not inserted yet (``state_machine.record_creation`` inserts it itself, not by a
+    flush, so the session events above never see it). On SQLite the count is written at once (what is pending
+    is flushed, then the deltas noted so far are written), so that its ``INSERT`` can end the transaction. A
+    SQLite transaction holds the database's one write lock from its ``BEGIN IMMEDIATE``: the order of its
     statements takes no other lock.
 
-    On PostgreSQL it is counted at the commit, after its ``INSERT``, as every other change: written earlier,
+    On PostgreSQL it is written at the commit, after its ``INSERT``, as every other change: written earlier,
     the ``pending`` counter would stay locked while that ``INSERT`` takes its foreign keys' key-share locks,
     among them its target's, which a claim holds ``FOR UPDATE`` (the capacity rule) until its own commit
     writes that counter: each would wait for the other."""
-    if session.get_bind().dialect.name == "postgresql":
-        return
     note_transition(session, from_status=None, to_status=DeploymentStatus(deployment.status))
     session.sync_session.info.setdefault(_COUNTED_KEY, set()).add(deployment.id)
-    await session.run_sync(_write_deltas)
+    if session.get_bind().dialect.name != "postgresql":
+        await session.run_sync(_write_deltas)
 
 
 @event.listens_for(Session, "before_commit")
