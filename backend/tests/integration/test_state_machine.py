@@ -374,7 +374,13 @@ async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
                 revision=1,
             )
             first = DeploymentRevision(deployment_id=new.id, number=1, reason=RevisionReason.CREATED)
-            await record_creation(creation, deployment=new, actor="ann@example.com", snapshot=lambda d: _Shown(id=d.id, queued_at=d.queued_at), children=[first])
+            await record_creation(
+                creation,
+                deployment=new,
+                actor="ann@example.com",
+                snapshot=lambda d: _Shown(id=d.id, queued_at=d.queued_at),
+                children=[first],
+            )
             await creation.commit()
 
         created = asyncio.create_task(create())
