@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app.core.logging import Redactor
@@ -13,6 +14,18 @@ from backend.app.models import Deployment, DeploymentStatus, Organization, Stack
 from backend.app.models.base import new_id
 from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments.context import DeploymentContext
+
+
+class ShownDeployment(BaseModel):
+    """The deployment as the API shows it, in short: a ``snapshot`` for ``state_machine.record_creation`` (which
+    stamps its ``queued_at``)."""
+
+    id: str
+    queued_at: datetime
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> ShownDeployment:
+        return cls(id=deployment.id, queued_at=deployment.queued_at)
 
 
 async def make_org_target_stack(session: AsyncSession, name: str = "org") -> tuple[Organization, Target, Stack]:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import pytest
 from alembic import command
-from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -20,6 +19,7 @@ from backend.app.migrate import alembic_config, upgrade_database
 from backend.app.models import Deployment, DeploymentRevision, RevisionReason
 from backend.app.services.deployments.state_machine import record_creation
 from backend.tests.conftest import PG_ADMIN_DSN, _pg_admin_connect, make_settings, require_service
+from backend.tests.factories import ShownDeployment
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -194,9 +194,7 @@ async def test_the_creation_keys_become_deferrable_on_an_existing_database(fresh
                 id="d2", organization_id="o1", stack_id="s1", target_id="t1", created_by="u1", name="d2", variables={}, revision=1
             )
             first = DeploymentRevision(deployment_id="d2", number=1, reason=RevisionReason.CREATED)
-            await record_creation(
-                session, deployment=deployment, actor="ann@example.com", snapshot=lambda d: _Shown(id=d.id), children=[first]
-            )
+            await record_creation(session, deployment=deployment, actor="ann@example.com", snapshot=ShownDeployment.of, children=[first])
             await session.commit()
         async with engine.connect() as conn:
             for table in ("deployment_status_history", "deployment_revisions"):
@@ -210,7 +208,3 @@ async def test_the_creation_keys_become_deferrable_on_an_existing_database(fresh
             assert await schema() == before
     finally:
         await engine.dispose()
-
-
-class _Shown(BaseModel):
-    id: str

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from pydantic import BaseModel
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -25,7 +24,7 @@ from backend.app.services.deployments.state_machine import (
     renew_lease,
     set_deployment_status,
 )
-from backend.tests.factories import make_deployment
+from backend.tests.factories import ShownDeployment, make_deployment
 
 S = DeploymentStatus
 PAIRS = list(itertools.product(list(S), list(S)))
@@ -378,7 +377,7 @@ async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
                 creation,
                 deployment=new,
                 actor="ann@example.com",
-                snapshot=lambda d: _Shown(id=d.id, queued_at=d.queued_at),
+                snapshot=ShownDeployment.of,
                 children=[first],
             )
             await creation.commit()
@@ -397,10 +396,3 @@ async def test_a_creation_and_a_claim_on_its_target_do_not_deadlock(db):
         await created
     async with database.AsyncSessionLocal() as session:
         assert await status_counts.read(session) == {**{str(s): 0 for s in S}, "pending": 1, "deploying": 1}
-
-
-class _Shown(BaseModel):
-    """The deployment as the API shows it, in short (record_creation stamps its ``queued_at``)."""
-
-    id: str
-    queued_at: datetime
