@@ -30,6 +30,10 @@ What is measured, per deployment (one at a time; each waits for the previous to 
   prefork, concurrency 4, prefetch 1, acks_late, same SQL polling interval) timed from just before
   ``send_task`` to the first line of its body; for asyncio ``create_task`` → first line of the coroutine.
   Samples alternate: one deployment, one baseline task.
+* **durable write floor**: one row ``INSERT``ed and ``COMMIT``ted through the raw driver (``aiosqlite`` or
+  ``asyncpg``, no SQLAlchemy, no WindFlow) on the mode's own database, one after each sample: the least a
+  deployment's creation costs between its ``queued_at`` and the moment a worker may see it (its ``INSERT`` and
+  its durable commit; SQLite syncs its write-ahead log at each commit, PostgreSQL its WAL).
 
 The deployments use a stack whose image does not exist, so that each fails right after the claim
 (``Check images``, attempt 1/1); each is deleted, and its background teardown waited for, before the next
@@ -92,6 +96,7 @@ class ModeResult:
     samples: list[Sample] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
     baseline_send: list[float] = field(default_factory=list)
+    durable_floor: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     executor: str = ""
     #: CPU time of the WindFlow worker's process group (main process + pool) while idle, % of one CPU;
@@ -218,6 +223,45 @@ def celery_noop(app) -> tuple[float, float]:
     with contextlib.suppress(Exception):
         result.forget()
     return out["started"] - sent, send_call
+
+
+class DurableFloor:
+    """Times one raw ``INSERT`` + ``COMMIT`` on a database (a table of its own, no SQLAlchemy)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = None
+        self.sqlite = url.startswith("sqlite")
+
+    async def open(self) -> None:
+        if self.sqlite:
+            import aiosqlite
+
+            self.conn = await aiosqlite.connect(self.url.split(":///", 1)[1])
+            await self.conn.execute("PRAGMA journal_mode=WAL")  # as WindFlow opens it (database.py)
+            await self.conn.execute("CREATE TABLE IF NOT EXISTS bench_durable_floor (id TEXT PRIMARY KEY, payload TEXT)")
+            await self.conn.commit()
+        else:
+            import asyncpg
+
+            self.conn = await asyncpg.connect(self.url.replace("postgresql+asyncpg://", "postgresql://", 1))
+            await self.conn.execute("CREATE TABLE IF NOT EXISTS bench_durable_floor (id TEXT PRIMARY KEY, payload TEXT)")
+
+    async def sample(self) -> float:
+        row = (os.urandom(16).hex(), "x" * 512)
+        started = time.perf_counter()
+        if self.sqlite:
+            await self.conn.execute("INSERT INTO bench_durable_floor VALUES (?, ?)", row)
+            await self.conn.commit()
+        else:
+            async with self.conn.transaction():
+                await self.conn.execute("INSERT INTO bench_durable_floor VALUES ($1, $2)", *row)
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
 
 
 # --------------------------------------------------------------------------- idle CPU of a worker
@@ -384,7 +428,9 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
         cleanup.push(f"close the baseline publisher of {mode}", noop_app.close)
 
     app = create_app(settings)
+    floor = DurableFloor(database.url)
     async with app.router.lifespan_context(app):
+        await floor.open()
         recorder = c.EventRecorder()
         recorder.start()
         try:
@@ -411,7 +457,9 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                         base, send_call = await asyncio.to_thread(celery_noop, noop_app)
                     else:
                         base, send_call = await asyncio_handoff()
+                    durable = await floor.sample()
                     if i >= args.warmup:
+                        result.durable_floor.append(durable)
                         result.samples.append(sample)
                         result.baseline.append(base)
                         result.baseline_send.append(send_call)
@@ -429,6 +477,7 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                     print(f"[{mode}] idle worker: {result.idle_cpu:.2f} % CPU ({result.idle_cpu_main:.2f} % main process)", file=sys.stderr)
         finally:
             recorder.stop()
+            await floor.close()
             await background_tasks.shutdown()
     # stop the workers and drop the database now, so the next mode starts from a quiet machine
     for what in [
@@ -537,6 +586,7 @@ def report(results: list[ModeResult], args) -> None:
                 r.mode,
                 *(c.ms(c.median(p), 2) for p in parts),
                 c.ms(c.median([s.queued_to_claim for s in r.samples]), 2),
+                c.ms(c.median(r.durable_floor), 2),
                 c.ms(send, 2),
                 c.ms(c.median(r.baseline) - send, 2),
             ]
@@ -549,6 +599,7 @@ def report(results: list[ModeResult], args) -> None:
                 "dispatch() call",
                 "dispatch() return → claim",
                 "queued → claim",
+                "durable write floor",
                 "baseline send",
                 "baseline send return → start",
             ],
@@ -558,7 +609,8 @@ def report(results: list[ModeResult], args) -> None:
     print(
         "(queued → dispatch(): rest of the POST transaction after the INSERT, incl. its commit; dispatch() call: "
         "send_task in a thread,\n or create_task; return → claim: broker, worker pick-up, runner start, or the "
-        "event loop getting to the task)"
+        "event loop getting to the task);\n durable write floor: one raw INSERT + COMMIT (aiosqlite / asyncpg) on the same "
+        "database, the least the first column can be)"
     )
     print(
         "\nPOST→claim = claim time − moment the POST was sent (includes the request's own work, e.g. the "
