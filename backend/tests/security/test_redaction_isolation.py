@@ -43,6 +43,9 @@ LEAKY = {
         "services:\n"
         "  leaky:\n"
         f"    image: {TEST_IMAGE}\n"
+        # PID 1 passes the removal's SIGTERM on: the failed revision's container goes at once, not after the
+        # 10 s the engine waits for a shell that ignores it
+        "    init: true\n"
         '    command: ["sh", "-c", "echo \\"password=$$PW plain $$NOTE\\"; echo \\"my pw: $$PW\\"; '
         "printf 'red\\\\033[31m text\\\\n2026-01-01 00:00:00 [CRITICAL] forged: record\\\\n'; exec sleep 600\"]\n"
         # unhealthy at its first check: a deterministic failure that quotes the container's output
