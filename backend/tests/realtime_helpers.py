@@ -178,6 +178,7 @@ class RawWS(WS):
         self.frames = []
         self.logs = {}
         self._pending: list[dict] = []
+        self._fragments: list[bytes] = []
 
     @classmethod
     async def open(cls, server: Server, token: str | None = None, **_options) -> RawWS:
@@ -232,8 +233,12 @@ class RawWS(WS):
         async with asyncio.timeout(timeout):
             while not self._pending:
                 for event in await self._read():
-                    if getattr(event, "opcode", None) is Opcode.TEXT:
-                        self._pending.append(json.loads(event.data))
+                    # a message may come in fragments (the listener sends one over 8 KiB so): TEXT, then CONT
+                    if getattr(event, "opcode", None) in (Opcode.TEXT, Opcode.CONT):
+                        self._fragments.append(event.data)
+                        if event.fin:
+                            self._pending.append(json.loads(b"".join(self._fragments)))
+                            self._fragments = []
         frame = self._pending.pop(0)
         self.frames.append(frame)
         if frame["type"] == "DEPLOYMENT_LOGS_UPDATE":

@@ -14,7 +14,8 @@ What differs from uvicorn, and how it is bounded: picows delivers frames, not me
 message is put together here (at most :data:`MAX_MESSAGE_BYTES`); a client that sends faster than its frames
 are handled stops being read (``pause_reading``) past :data:`INBOX_BOUND` frames; a socket whose buffer is
 full (picows' ``pause_writing``) makes the hub queue that client's events for its pump, which waits for
-``resume_writing`` within the send timeout.
+``resume_writing`` within the send timeout. A message over :data:`FRAME_BYTES` goes out in fragments of at most
+that size (see :func:`send_message`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ _BINARY = picows.WSMsgType.BINARY
 _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 
+#: The largest frame sent whole. picows copies a frame up to 8 KiB into bytes the transport keeps; a larger
+#: one's header goes to the transport's ``writelines`` as a view of a buffer picows reuses for its next frame,
+#: and uvloop's transport (the listener runs on the loop's own transports) keeps that view, not a copy, while
+#: the socket is backed up: the next frame then overwrote the header still waiting to be sent, and a slow
+#: client received a garbled stream.
+FRAME_BYTES = 8192
+
+
+def send_message(transport: picows.WSTransport, payload: bytes) -> None:
+    """One text message: a single frame up to :data:`FRAME_BYTES`, else fragments of at most that size (a
+    WebSocket client reassembles them into the same message)."""
+    size = len(payload)
+    if size <= FRAME_BYTES:
+        transport.send(_TEXT, payload)
+        return
+    view = memoryview(payload)
+    transport.send(_TEXT, view[:FRAME_BYTES], fin=False)
+    for start in range(FRAME_BYTES, size, FRAME_BYTES):
+        transport.send(_CONTINUATION, view[start : start + FRAME_BYTES], fin=start + FRAME_BYTES >= size)
+
 
 class ListenerClient(WebSocketClient):
     """A real-time client whose frames go out through picows' ``WSTransport.send``."""
@@ -55,7 +76,7 @@ class ListenerClient(WebSocketClient):
             await ws.resumed.wait()
         if ws.gone:
             raise ConnectionError("the client disconnected")
-        ws.transport.send(_TEXT, text.encode())
+        send_message(ws.transport, text.encode())
 
     def send_now(self, message: dict) -> bool:
         """The hub's send of an event (its ``message``, shared by every recipient): the text encoded to UTF-8
@@ -65,7 +86,7 @@ class ListenerClient(WebSocketClient):
             _last_payload = message["text"].encode()
             _last_message = message
         try:
-            self.ws.transport.send(_TEXT, _last_payload)
+            send_message(self.ws.transport, _last_payload)
         except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
             return False

@@ -1,0 +1,104 @@
+"""Large messages from the WebSocket listener to a client that stopped reading arrive intact.
+
+The listener (``api/realtime_listener.py``) writes frames with picows on the server's event loop and its own
+transports, uvloop's under uvicorn. picows hands a frame over 8 KiB to the transport as its header (a view of a buffer picows reuses)
+and its payload; uvloop keeps that view, not a copy, while the socket is backed up, so the next frame rewrote
+the header still waiting to be sent, and a slow client read a garbled stream (seen once in CI, in
+test_realtime.py's stalled client: a log frame that began ``{"{"type":``). Here a real picows server on uvloop
+sends 30 messages of 20 KB each to a client that reads nothing until they are all written, through sockets
+with small buffers; the client then reads them all and checks every one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import picows
+import uvloop
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from backend.app.api.realtime_listener import FRAME_BYTES, send_message
+
+#: different lengths, so that no two frames have the same header
+MESSAGES = [json.dumps({"n": n, "pad": chr(ord("a") + n % 26) * (20_000 + 997 * n)}).encode() for n in range(30)]
+
+
+async def _stalled_client_reads(port: int, sent: asyncio.Event) -> list[bytes]:
+    """The messages a client reads once the server wrote them all (it reads nothing before); stops at the first
+    10 s without data (a garbled header announces more bytes than ever come)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"), max_size=None)
+    protocol.send_request(protocol.connect())
+    for chunk in protocol.data_to_send():
+        writer.write(chunk)
+    messages: list[bytes] = []
+    parts: list[bytes] = []
+    handshake_done = False
+    try:
+        while len(messages) < len(MESSAGES):
+            if handshake_done and not sent.is_set():
+                await asyncio.wait_for(sent.wait(), 30)  # read nothing until the server wrote every message
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Response):
+                    handshake_done = True
+                elif event.opcode in (Opcode.TEXT, Opcode.CONT):
+                    parts.append(event.data)
+                    if event.fin:
+                        messages.append(b"".join(parts))
+                        parts = []
+    finally:
+        writer.transport.abort()
+    return messages
+
+
+async def _scenario() -> tuple[list[bytes], int]:
+    sent = asyncio.Event()
+    backed_up = []
+    connections = []
+
+    class Sender(picows.WSListener):
+        def on_ws_connected(self, transport: picows.WSTransport) -> None:
+            connections.append(transport.underlying_transport)
+            transport.underlying_transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            for payload in MESSAGES:
+                send_message(transport, payload)
+                backed_up.append(transport.underlying_transport.get_write_buffer_size())
+            sent.set()
+
+    # on the loop's own transports, as the listener runs (WebSocketListener.start: use_aiofastnet=False)
+    server = await picows.ws_create_server(lambda _request: Sender(), "127.0.0.1", 0, use_aiofastnet=False)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        return await _stalled_client_reads(port, sent), max(backed_up, default=0)
+    finally:
+        server.close()
+        for connection in connections:
+            connection.abort()
+
+
+def test_large_messages_to_a_stalled_client_arrive_whole_and_in_order():
+    assert asyncio.get_event_loop_policy().__class__ is not uvloop.EventLoopPolicy  # uvloop only in here
+    received, backlog = uvloop.run(_scenario())
+    assert backlog > len(MESSAGES[0]), "the socket never backed up: the test proves nothing"
+    assert all(len(payload) > FRAME_BYTES for payload in MESSAGES)
+    intact = [message for message, expected in zip(received, MESSAGES, strict=False) if message == expected]
+    assert len(intact) == len(received) == len(MESSAGES), (
+        f"{len(received)} message(s) read, {len(intact)} intact; the first that was not begins "
+        f"{next((m[:40] for m, e in zip(received, MESSAGES, strict=False) if m != e), b'')!r}"
+    )
