@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusCount, Organization
 
 _KEY = "windflow_status_count_deltas"
-_COUNTED_KEY = "windflow_status_counted_insertions"  # ids of new deployments already counted before their insert
 _UPSERT = text(
     "INSERT INTO deployment_status_counts (status, count) VALUES (:status, :delta) "
     "ON CONFLICT (status) DO UPDATE SET count = deployment_status_counts.count + excluded.count"
@@ -70,9 +69,8 @@ def _track_deletions(session: Session, _context, _instances) -> None:
 
 @event.listens_for(Session, "after_flush")
 def _track_insertions(session: Session, _context) -> None:
-    counted = session.info.get(_COUNTED_KEY, ())
     for obj in session.new:
-        if isinstance(obj, Deployment) and obj.id not in counted:
+        if isinstance(obj, Deployment):
             note_transition(session, from_status=None, to_status=DeploymentStatus(obj.status))
 
 
@@ -88,7 +86,6 @@ async def count_creation(session: AsyncSession, *, deployment: Deployment) -> No
     among them its target's, which a claim holds ``FOR UPDATE`` (the capacity rule) until its own commit
     writes that counter: each would wait for the other."""
     note_transition(session, from_status=None, to_status=DeploymentStatus(deployment.status))
-    session.sync_session.info.setdefault(_COUNTED_KEY, set()).add(deployment.id)
     if session.get_bind().dialect.name != "postgresql":
         await session.run_sync(_write_deltas)
 
@@ -110,7 +107,6 @@ def _write_deltas(session: Session) -> None:
 def _forget_deltas(session: Session, transaction) -> None:
     if transaction.parent is None:  # the outermost transaction ended (committed, rolled back or closed)
         session.info.pop(_KEY, None)
-        session.info.pop(_COUNTED_KEY, None)
 
 
 async def read(session: AsyncSession) -> dict[str, int]:
