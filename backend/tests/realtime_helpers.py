@@ -182,26 +182,48 @@ class RawWS(WS):
 
     @classmethod
     async def open(cls, server: Server, token: str | None = None, **_options) -> RawWS:
+        ws = await cls.connect(server.ws_port, server.ws_url)
+        if token is not None:
+            await ws.send({"type": "auth", "token": token})
+            frame = await ws.next(lambda f: True)
+            assert frame["type"] == "authenticated", frame
+        return ws
+
+    @classmethod
+    async def connect(cls, port: int, url: str) -> RawWS:
+        """The WebSocket handshake with ``url`` on 127.0.0.1:``port``; frames the server sent right behind its
+        answer are kept for :meth:`recv`."""
         from websockets.client import ClientProtocol
         from websockets.http11 import Response
         from websockets.uri import parse_uri
 
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        sock.connect(("127.0.0.1", server.ws_port))
+        sock.connect(("127.0.0.1", port))
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=32768)
-        protocol = ClientProtocol(parse_uri(server.ws_url), max_size=None)
+        protocol = ClientProtocol(parse_uri(url), max_size=None)
         protocol.send_request(protocol.connect())
         ws = cls(reader, writer, protocol)
         ws._flush()
-        while not any(isinstance(e, Response) for e in await ws._read()):
-            pass
-        if token is not None:
-            await ws.send({"type": "auth", "token": token})
-            frame = await ws.next(lambda f: True)
-            assert frame["type"] == "authenticated", frame
+        answered = False
+        while not answered:
+            events = await ws._read()
+            answered = any(isinstance(e, Response) for e in events)
+            ws._take(events)
         return ws
+
+    def _take(self, events: list) -> None:
+        """Queue the text messages among ``events``; a message may come in fragments (the listener sends one over
+        8 KiB so): TEXT, then CONT."""
+        from websockets.frames import Opcode
+
+        for event in events:
+            if getattr(event, "opcode", None) in (Opcode.TEXT, Opcode.CONT):
+                self._fragments.append(event.data)
+                if event.fin:
+                    self._pending.append(json.loads(b"".join(self._fragments)))
+                    self._fragments = []
 
     def _flush(self) -> None:
         for chunk in self.protocol.data_to_send():
@@ -228,20 +250,12 @@ class RawWS(WS):
         await self.writer.drain()
 
     async def recv(self, timeout: float = TIMEOUT) -> dict:
-        from websockets.frames import Opcode
-
         async with asyncio.timeout(timeout):
             while not self._pending:
-                for event in await self._read():
-                    # a message may come in fragments (the listener sends one over 8 KiB so): TEXT, then CONT
-                    if getattr(event, "opcode", None) in (Opcode.TEXT, Opcode.CONT):
-                        self._fragments.append(event.data)
-                        if event.fin:
-                            self._pending.append(json.loads(b"".join(self._fragments)))
-                            self._fragments = []
+                self._take(await self._read())
         frame = self._pending.pop(0)
         self.frames.append(frame)
-        if frame["type"] == "DEPLOYMENT_LOGS_UPDATE":
+        if frame.get("type") == "DEPLOYMENT_LOGS_UPDATE":
             self.logs.setdefault(frame["deployment_id"], []).extend(frame["data"]["logs"])
         return frame
 

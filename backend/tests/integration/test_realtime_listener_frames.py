@@ -17,53 +17,29 @@ import socket
 
 import picows
 import uvloop
-from websockets.client import ClientProtocol
-from websockets.frames import Opcode
-from websockets.http11 import Response
-from websockets.uri import parse_uri
 
 from backend.app.api.realtime_listener import FRAME_BYTES, send_message
+from backend.tests.realtime_helpers import RawWS
 
 #: different lengths, so that no two frames have the same header
 MESSAGES = [json.dumps({"n": n, "pad": chr(ord("a") + n % 26) * (20_000 + 997 * n)}).encode() for n in range(30)]
 
 
 async def _stalled_client_reads(port: int, sent: asyncio.Event) -> list[bytes]:
-    """The messages a client reads once the server wrote them all (it reads nothing before); stops at the first
-    10 s without data (a garbled header announces more bytes than ever come)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"), max_size=None)
-    protocol.send_request(protocol.connect())
-    for chunk in protocol.data_to_send():
-        writer.write(chunk)
+    """The messages a client reads once the server wrote them all (it reads nothing before, then each as the
+    server's ``json.dumps`` wrote it); stops at the first message that does not come whole within 10 s or
+    does not parse (a garbled header announces more bytes than ever come)."""
+    ws = await RawWS.connect(port, f"ws://127.0.0.1:{port}/")
     messages: list[bytes] = []
-    parts: list[bytes] = []
-    handshake_done = False
     try:
+        await asyncio.wait_for(sent.wait(), 30)  # read nothing until the server wrote every message
         while len(messages) < len(MESSAGES):
-            if handshake_done and not sent.is_set():
-                await asyncio.wait_for(sent.wait(), 30)  # read nothing until the server wrote every message
             try:
-                data = await asyncio.wait_for(reader.read(65536), 10)
-            except TimeoutError:
+                messages.append(json.dumps(await ws.recv(timeout=10)).encode())
+            except (TimeoutError, ValueError):
                 break
-            if not data:
-                break
-            protocol.receive_data(data)
-            for event in protocol.events_received():
-                if isinstance(event, Response):
-                    handshake_done = True
-                elif event.opcode in (Opcode.TEXT, Opcode.CONT):
-                    parts.append(event.data)
-                    if event.fin:
-                        messages.append(b"".join(parts))
-                        parts = []
     finally:
-        writer.transport.abort()
+        ws.writer.transport.abort()
     return messages
 
 
