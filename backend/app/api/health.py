@@ -57,6 +57,8 @@ async def health(request: Request) -> JSONResponse:
 async def _unserved_targets() -> list[str]:
     try:
         async with database.AsyncSessionLocal() as session:
+            # a read: on SQLite not queued behind a writer's lock (BEGIN, not BEGIN IMMEDIATE), as check_database
+            await session.connection(execution_options={"sqlite_deferred": True})
             return [target_id for target_id, _name in await workers.unserved_targets(session)]
     except Exception:  # noqa: BLE001 - the database answered a moment ago; this part of the page is best effort
         return []
