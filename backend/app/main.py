@@ -343,6 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await app.state.celery_manager.stop()
+        await app.state.dispatcher.aclose()
         await background_tasks.shutdown()
         unsubscribe_metrics()
         await event_transport.stop_event_bus()

@@ -34,8 +34,9 @@ from sqlalchemy import select
 from backend.app import database
 from backend.app.config import Settings
 from backend.app.models import Deployment, ExecutorKind, LogLevel, Target
-from backend.app.runtime import background_tasks, metrics, workers
+from backend.app.runtime import background_tasks, metrics, redis_publish, workers
 from backend.app.runtime.celery_config import DEPLOY_TASK, create_celery
+from backend.app.runtime.redis_publish import RedisTaskPublisher
 from backend.app.services.deployments.logs import append_logs_committed
 from backend.app.services.targets import placement
 
@@ -67,8 +68,11 @@ def _publishers_of_this_process() -> ThreadPoolExecutor:
         return _publishers[1]
 
 
-async def publish(celery_app, deployment_id: str, queue: str | None = None, countdown: float | None = None) -> str:
-    """Send ``deployment_id``'s task (blocking kombu) on a publishing thread; at most ``ENQUEUE_TIMEOUT_SECONDS``.
+async def publish(
+    celery_app, deployment_id: str, queue: str | None = None, countdown: float | None = None, *, via: RedisTaskPublisher | None = None
+) -> str:
+    """Send ``deployment_id``'s task; at most ``ENQUEUE_TIMEOUT_SECONDS``. ``via``: the backend's Redis publisher
+    (``runtime/redis_publish.py``: one ``LPUSH`` from the loop), else kombu (blocking) on a publishing thread.
 
     The threads are this module's own, not the event loop's default executor: that one also runs the
     blocking calls of in-process deployments (the engine's SDK), and a dispatch queued behind them would wait
@@ -76,6 +80,9 @@ async def publish(celery_app, deployment_id: str, queue: str | None = None, coun
     awaited directly (``wait_for(to_thread(...))`` started it one loop turn later, in a task of its own, and
     took two more turns to report it back); a send still running at the timeout ends on its own, as before.
     """
+    if via is not None:
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
+            return await via.publish(deployment_id, queue, countdown)
     sent = asyncio.get_running_loop().run_in_executor(_publishers_of_this_process(), _enqueue, celery_app, deployment_id, queue, countdown)
     async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
         return await sent
@@ -125,7 +132,9 @@ async def _unserved(route: Route) -> bool:
     return not covered.served(target_id=route.target_id or "", placed=True)
 
 
-async def send_placed(celery_app, deployment_id: str, route: Route, *, countdown: float | None = None) -> bool:
+async def send_placed(
+    celery_app, deployment_id: str, route: Route, *, countdown: float | None = None, via: RedisTaskPublisher | None = None
+) -> bool:
     """Send ``deployment_id`` to its placed target's queue. When no live worker serves the target, its log says
     so and it is sent once per :data:`UNSERVED_NOTE_SECONDS` only (the reaper re-dispatches a pending deployment
     every ``DISPATCH_TIMEOUT_SECONDS``: the queue would fill with copies). False when it was not sent."""
@@ -135,7 +144,7 @@ async def send_placed(celery_app, deployment_id: str, route: Route, *, countdown
     unserved = await _unserved(route)
     if unserved and deployment_id in _waiting_for_worker:
         return False
-    await publish(celery_app, deployment_id, route.queue, countdown)
+    await publish(celery_app, deployment_id, route.queue, countdown, via=via)
     if not unserved:
         _waiting_for_worker.pop(deployment_id, None)
         return True
@@ -163,6 +172,7 @@ class Dispatcher:
         self.settings = settings
         self.manager = manager
         self._producer = None
+        self._redis_publisher: RedisTaskPublisher | None = None
 
     async def dispatch(self, deployment_id: str, *, target: Target | None = None) -> ExecutorKind:
         """``target``: the deployment's target as the caller (a route that just wrote the deployment) loaded
@@ -174,7 +184,7 @@ class Dispatcher:
         reason = self._celery_unavailable()
         if reason is None:
             try:
-                await publish(self._celery(), deployment_id)
+                await publish(self._celery(), deployment_id, via=self._via())
                 metrics.DISPATCHES.labels("celery").inc()
                 return ExecutorKind.CELERY
             except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
@@ -203,7 +213,7 @@ class Dispatcher:
             )
             return
         try:
-            if await send_placed(self._celery(), deployment_id, route):
+            if await send_placed(self._celery(), deployment_id, route, via=self._via()):
                 metrics.DISPATCHES.labels("celery").inc()
         except Exception as exc:  # noqa: BLE001 - the reaper dispatches it again; the deployment stays pending
             logger.warning(
@@ -221,6 +231,21 @@ class Dispatcher:
         if self._producer is None:
             self._producer = create_celery(self.settings, results=False)
         return self._producer
+
+    def _via(self) -> RedisTaskPublisher | None:
+        """The backend's Redis publisher, when its broker is one :mod:`redis_publish` sends to. A standalone
+        dispatcher (``windflow recover``, a worker's task) sends through kombu, whose messages carry the ids
+        of the task that sends them."""
+        if self.manager is None:
+            return None
+        if self._redis_publisher is None and redis_publish.supports(self._celery()):
+            self._redis_publisher = RedisTaskPublisher(self._celery())
+        return self._redis_publisher
+
+    async def aclose(self) -> None:
+        """Close the Redis publisher's connection of this loop (the app's shutdown)."""
+        if self._redis_publisher is not None:
+            await self._redis_publisher.aclose()
 
     def _celery_unavailable(self) -> str | None:
         if self.manager is not None:

@@ -4,17 +4,20 @@ nothing for a result it never reads. A private Redis server, so that its command
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 
 from backend.app.models import Target
-from backend.app.runtime import dispatch
+from backend.app.runtime import dispatch, redis_publish
+from backend.app.runtime.celery_config import DEPLOY_TASK, create_celery
 from backend.app.runtime.dispatch import Dispatcher
 from backend.tests.conftest import make_settings
 
@@ -27,13 +30,27 @@ def _free_port() -> int:
 
 @pytest.fixture
 def private_redis():
+    import redis
+
+    port = _free_port()
+    server = _start_redis(port)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+
+
+def _start_redis(port: int) -> subprocess.Popen:
+    """A redis-server of this test on ``port``, answering."""
     if shutil.which("redis-server") is None:
         from backend.tests.conftest import require_service
 
         require_service("redis-server", "not installed")
     import redis
 
-    port = _free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -45,16 +62,14 @@ def private_redis():
         while True:
             try:
                 client.ping()
-                break
+                return server
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
+                    server.kill()
                     raise
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0", client
     finally:
         client.close()
-        server.terminate()
-        server.wait(10)
 
 
 def _redis_dispatcher(url: str, tmp_path) -> Dispatcher:
@@ -106,3 +121,130 @@ async def test_a_dispatch_is_not_queued_behind_the_loops_other_blocking_calls(pr
     finally:
         release.set()
         await blocked
+
+
+# --------------------------------------------------------------------------- the backend's Redis publisher
+
+
+class _UsableCelery:
+    """What the dispatcher asks of the backend's Celery manager: Celery is usable (a worker was found)."""
+
+    celery_usable = True
+
+
+def _backend_dispatcher(url: str, tmp_path) -> Dispatcher:
+    """The backend's dispatcher (it has a manager): it sends through ``runtime/redis_publish.py``."""
+    dispatcher = _redis_dispatcher(url, tmp_path)
+    dispatcher.manager = _UsableCelery()
+    return dispatcher
+
+
+def _masked(raw: bytes) -> dict:
+    """A pushed message with what differs between two sends of the same task (its ids) masked."""
+    message = json.loads(raw)
+    task_id = message["headers"]["id"]
+    assert message["headers"]["root_id"] == message["properties"]["correlation_id"] == task_id
+    for key in ("id", "root_id"):
+        message["headers"][key] = "<id>"
+    message["properties"]["correlation_id"] = "<id>"
+    assert message["properties"]["delivery_tag"] not in ("", task_id)
+    message["properties"]["delivery_tag"] = "<tag>"
+    if message["headers"]["eta"] is not None:
+        eta = datetime.fromisoformat(message["headers"]["eta"])
+        assert 25 < (eta - datetime.now(UTC)).total_seconds() <= 30
+        message["headers"]["eta"] = "<eta>"
+    return message
+
+
+@pytest.mark.parametrize("queue, countdown", [(None, None), ("windflow.target.t-9", 30.0)], ids=["shared", "placed-countdown"])
+async def test_the_redis_publisher_pushes_what_send_task_pushes(private_redis, tmp_path, queue, countdown):
+    """The message the backend pushes with one LPUSH is kombu's own for the same task, ids aside: the same
+    Celery headers and body, the same envelope, the same list (a worker's BRPOP takes either alike)."""
+    url, client = private_redis
+    app = create_celery(_redis_dispatcher(url, tmp_path).settings, results=False)
+    assert redis_publish.supports(app)
+    key = queue or "celery"
+    app.send_task(DEPLOY_TASK, args=("deployment-1",), queue=queue, countdown=countdown)
+    by_kombu = client.rpop(key)
+    publisher = redis_publish.RedisTaskPublisher(app)
+    try:
+        task_id = await publisher.publish("deployment-1", queue, countdown)
+    finally:
+        await publisher.aclose()
+    ours = client.rpop(key)
+    assert json.loads(ours)["headers"]["id"] == task_id
+    assert _masked(ours) == _masked(by_kombu)
+    assert client.llen(key) == 0
+
+
+def test_the_redis_publisher_leaves_a_broker_layout_it_does_not_know_to_kombu(tmp_path):
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="redis",
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_RESULT_BACKEND="redis://127.0.0.1:6379/0",
+    )
+    app = create_celery(settings, results=False)
+    assert redis_publish.supports(app)
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": "tenant:"}
+    assert not redis_publish.supports(app)
+    sentinel = create_celery(settings, results=False)
+    sentinel.conf.broker_url = "sentinel://127.0.0.1:26379"
+    assert not redis_publish.supports(sentinel)
+
+
+async def test_the_backend_dispatcher_sends_through_one_lpush(private_redis, tmp_path):
+    url, client = private_redis
+    dispatcher = _backend_dispatcher(url, tmp_path)
+    before = {command: _calls(client, command) for command in ("lpush", "sadd", "subscribe")}
+    try:
+        kinds = [str(await dispatcher.dispatch(f"deployment-{n}", target=Target(id="t-1", name="engine", placed=False))) for n in range(3)]
+    finally:
+        await dispatcher.aclose()
+    assert kinds == ["celery"] * 3
+    assert [json.loads(m)["headers"]["argsrepr"] for m in client.lrange("celery", 0, -1)] == [f"('deployment-{n}',)" for n in (2, 1, 0)]
+    # three pushes, and nothing else: no queue declaration (kombu's SADD of the binding), no result channel
+    assert {command: _calls(client, command) - before[command] for command in before} == {"lpush": 3, "sadd": 0, "subscribe": 0}
+
+
+async def test_the_backend_dispatcher_publishes_again_after_redis_restarted(tmp_path):
+    """Redis restarts between two deployments: the publisher's idle connection is dead, and the next dispatch
+    finds it so. It reconnects once and publishes, rather than running the deployment in-process."""
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    dispatcher = _backend_dispatcher(url, tmp_path)
+    target = Target(id="t-1", name="engine", placed=False)
+    server = _start_redis(port)
+    try:
+        assert str(await dispatcher.dispatch("deployment-1", target=target)) == "celery"
+        server.terminate()
+        server.wait(10)
+        server = _start_redis(port)
+        assert str(await dispatcher.dispatch("deployment-2", target=target)) == "celery"
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        assert [json.loads(m)["headers"]["argsrepr"] for m in client.lrange("celery", 0, -1)] == ["('deployment-2',)"]
+        client.close()
+    finally:
+        await dispatcher.aclose()
+        server.terminate()
+        server.wait(10)
+
+
+async def test_the_backend_dispatcher_runs_in_process_when_redis_is_gone(tmp_path, monkeypatch):
+    """No Redis at the broker's address: the publish fails at once and the deployment runs here (the
+    asyncio fallback), as with kombu."""
+    submitted = []
+    monkeypatch.setattr(
+        dispatch.background_tasks, "create_background_task", lambda deployment_id, settings: submitted.append(deployment_id)
+    )
+    dispatcher = _backend_dispatcher(f"redis://127.0.0.1:{_free_port()}/0", tmp_path)
+    started = time.monotonic()
+    try:
+        kind = await dispatcher.dispatch("deployment-1", target=Target(id="t-1", name="engine", placed=False))
+    finally:
+        await dispatcher.aclose()
+    assert (str(kind), submitted) == ("asyncio", ["deployment-1"])
+    assert time.monotonic() - started < dispatch.ENQUEUE_TIMEOUT_SECONDS
