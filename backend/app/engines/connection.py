@@ -153,6 +153,50 @@ def _normalise_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+#: a session's private directory: ``windflow-engine-<pid>-<random>`` in the temporary directory
+MATERIAL_PREFIX = "windflow-engine-"
+_swept_in: int | None = None
+
+
+def sweep_orphaned_material(directory: str | None = None) -> list[Path]:
+    """Remove the session directories (TLS keys, SSH keys) of WindFlow processes that are gone.
+
+    A session removes its directory when it closes; a process killed with ``SIGKILL`` (a worker's pool child,
+    a backend) cannot, and its targets' keys would stay on disk. Each process sweeps once, at its first
+    session: the directories named after a process id that no longer exists, and owned by this user. A
+    directory of a live process (a replica, a worker on the same host) is left alone. Returns what it removed.
+    """
+    global _swept_in
+    if directory is None:
+        if _swept_in == os.getpid():
+            return []
+        _swept_in = os.getpid()
+    removed = []
+    root = Path(directory or tempfile.gettempdir())
+    for path in root.glob(f"{MATERIAL_PREFIX}*-*"):
+        pid = path.name[len(MATERIAL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        try:
+            if path.is_symlink() or not path.is_dir() or path.lstat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 class EngineSession:
     """The CLI environment and the SDK client for one target, plus the files they need.
 
@@ -181,7 +225,8 @@ class EngineSession:
     def open(self) -> None:
         if self._dir is not None:
             return
-        self._dir = Path(tempfile.mkdtemp(prefix="windflow-engine-"))  # mode 0700
+        sweep_orphaned_material()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{MATERIAL_PREFIX}{os.getpid()}-"))  # mode 0700
         try:
             self._env = self._build_env(self._dir)
         except BaseException:
