@@ -175,7 +175,7 @@ def sweep_orphaned_material(directory: str | None = None) -> list[Path]:
     root = Path(directory or tempfile.gettempdir())
     for path in root.glob(f"{MATERIAL_PREFIX}*-*"):
         pid = path.name[len(MATERIAL_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or _process_exists(int(pid)):
+        if not pid.isdigit() or signal_reaches(os.kill, int(pid)):
             continue
         try:
             if path.is_symlink() or not path.is_dir() or path.lstat().st_uid != os.getuid():
@@ -187,13 +187,15 @@ def sweep_orphaned_material(directory: str | None = None) -> list[Path]:
     return removed
 
 
-def _process_exists(pid: int) -> bool:
+def signal_reaches(send: Callable[[int, int], None], target: int) -> bool:
+    """Whether ``send(target, 0)`` (``os.kill`` a process, ``os.killpg`` a group) finds it: it exists, another
+    user's included."""
     try:
-        os.kill(pid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process
+        return True
     return True
 
 

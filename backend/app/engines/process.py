@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.app.engines.base import EngineError, EngineTimeout, EngineUnreachable, LogSink
-from backend.app.engines.connection import is_transient, is_unreachable
+from backend.app.engines.connection import is_transient, is_unreachable, signal_reaches
 from backend.app.models.enums import LogLevel
 
 #: Seconds between SIGTERM and SIGKILL when a command is cancelled or times out.
@@ -128,13 +128,7 @@ async def _spawn_argv(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return signal_reaches(os.killpg, pgid)
 
 
 async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
