@@ -34,6 +34,7 @@ def test_a_user_created_from_the_ui_becomes_a_member(chromium_browser, server: S
     page.get_by_test_id("user-create").click()
     modal.get_by_text("At least 8 characters").wait_for()  # checked before sending
     page.fill("input[name=user-password]", "a-long-enough-password")
+    modal.get_by_text("At least 8 characters").wait_for(state="detached")  # corrected: no longer said to be wrong
     assert page.get_by_test_id("user-add-to-org").get_attribute("aria-checked") == "true"
     page.get_by_test_id("user-role").click()
     page.locator(".n-base-select-option", has_text="Operator").first.click()
