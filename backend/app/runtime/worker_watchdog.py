@@ -88,6 +88,15 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent process id of ``pid``, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def live_processes(pids: Iterable[int]) -> int:
     return sum(1 for pid in pids if (process_state(pid) or "X") in _RUNNABLE)
 
@@ -289,8 +298,16 @@ class WorkerMonitor:
         """Pool processes seen at the last look that are gone now (billiard replaces them)."""
         current = set(self.pool_pids() or [])
         lost = {pid for pid in self.pids - current if process_state(pid) in (None, "Z")}
-        self.pids = current
+        # one that is no longer listed but still exists stays known: a pool being torn down lists nothing
+        self.pids = current | (self.pids - current - lost)
         return lost
+
+    def pool_to_kill(self) -> set[int]:
+        """The pool processes to kill as the worker leaves: those the pool lists now and those seen before that
+        are still this process's children. During a warm shutdown the pool may list none (it is being torn
+        down) while its processes, stopped or hung, still exist: they must not outlive the worker."""
+        known = set(self.pool_pids() or []) | self.pids
+        return {pid for pid in known if parent_of(pid) == os.getpid()}
 
     async def _expire_leases_of(self, pids: set[int]) -> None:
         """Deployments run by pool processes that died are orphans now: the reaper (or the redelivered
@@ -406,7 +423,7 @@ class WorkerMonitor:
                 logger.warning("worker %s put %d message(s) back in the queue", self.name, released)
             except Exception as exc:  # noqa: BLE001 - the reaper puts them back once this heartbeat is stale
                 logger.warning("worker %s could not put its messages back (%s): the reaper will", self.name, exc)
-        pool = set(self.pool_pids() or [])
+        pool = self.pool_to_kill()
         kill_processes(pool)
 
         async def mark() -> None:

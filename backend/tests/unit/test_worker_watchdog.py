@@ -142,3 +142,48 @@ def test_an_error_in_one_look_does_not_end_the_heartbeat_thread():
     thread.start()
     thread.join(timeout=10)
     assert not thread.is_alive() and len(looks) == 2  # the second look ran after the first one failed
+
+
+class _Pool:
+    """Celery's pool as the monitor reads it: ``info["processes"]``, or an error once it is being torn down."""
+
+    def __init__(self, pids: list[int] | None) -> None:
+        self.pids = pids
+
+    @property
+    def info(self) -> dict:
+        if self.pids is None:
+            raise RuntimeError("the pool is being torn down")
+        return {"processes": self.pids}
+
+
+def test_a_worker_leaving_mid_teardown_kills_the_pool_processes_the_pool_no_longer_lists(tmp_path):
+    """A warm shutdown tears the pool down: it may list no process while its processes, stopped here, still
+    exist. The worker that leaves then must still kill them (CI: a stopped pool process outlived its worker),
+    and nothing that is not its child."""
+    from types import SimpleNamespace
+
+    from backend.app.runtime.worker_watchdog import WorkerMonitor
+    from backend.tests.conftest import make_settings
+
+    pool = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        for child in pool:
+            child.send_signal(signal.SIGSTOP)
+        controller = SimpleNamespace(pool=_Pool([child.pid for child in pool]))
+        monitor = WorkerMonitor(
+            "w@host", "external", 2, controller, None, settings=make_settings(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"), stop=None
+        )
+        assert monitor.lost_children() == set()  # a look while the pool lists them
+        controller.pool = _Pool(None)
+        assert monitor.lost_children() == set()  # not listed now, yet not gone: not lost
+        assert monitor.pool_to_kill() == {child.pid for child in pool}
+        pool[0].kill()
+        pool[0].wait()  # gone (its pid may be anyone's next): not killed
+        assert monitor.pool_to_kill() == {pool[1].pid}
+        monitor.pids.add(1)  # a pid known from the pool that is not this process's child now: never killed
+        assert monitor.pool_to_kill() == {pool[1].pid}
+    finally:
+        for child in pool:
+            child.kill()
+            child.wait()
