@@ -4,17 +4,17 @@
 #   celery:   backend/tests/celery but the files of CELERY_B (real workers and beat on both brokers, kills, replicas);
 #   celery-b: the frontend (ESLint, Prettier, vue-tsc, vitest), then the Celery files of CELERY_B (a pool that
 #             cannot start tasks, database and broker restarts, the guide's commands, the SQL transport, two
-#             replicas behind nginx), then the Docker files of DOCKER_B (the production compose, a database
-#             restart under an in-process deployment);
-#   docker:   backend/tests/docker but the files of DOCKER_B (deployments on the real engine, registries);
+#             replicas behind nginx);
+#   docker:   backend/tests/docker (deployments on the real engine, registries, the production compose);
 #   rest-a:   the integration tests test_a* to test_o*, then the security tests;
 #   rest-b:   ruff (lint and format), then every other pytest test (integration from test_p*, unit, e2e);
 #   ui:       the browser tests (Chromium).
 # The summary line gives each stream's seconds. Evening their lengths out does not shorten the run: with the
 # long files of docker and rest-a moved to the streams that ended first (celery, celery-b, rest-b), every stream
-# ended at 982-1,029 s instead of 704-938 s (the machine's two cores are busy until the end either way).
-# The celery and docker streams run every file of their folder but those named in CELERY_B / DOCKER_B, so a new
-# test file always runs.
+# ended at 982-1,029 s instead of 704-938 s (the machine's two cores are busy until the end either way). Once
+# more with two Docker files (the production compose, a database restart) moved to celery-b: 994 s instead of
+# 893-913 s, the production compose test taking 165 s beside the docker stream's engine work instead of 75 s in it.
+# The celery stream runs every file of the folder but those named in CELERY_B, so a new test file always runs.
 # The streams share nothing that matters: each test creates its own databases, deployments are labelled by id,
 # the remote engine runs in a namespace named after its pytest process, swarm mode is taken in turn (a file
 # lock), and each stream has its own Redis database. Each stream's output goes to test-output/ and is printed
@@ -39,14 +39,6 @@ celery_b=()
 for file in "${CELERY_B[@]}"; do
     celery_a+=("--ignore=backend/tests/celery/$file")
     celery_b+=("backend/tests/celery/$file")
-done
-# The docker stream ended last, alone for its last 100 s (913 s; the others 681-807 s) once vitest no longer took
-# 168 s of celery-b: two of its long files, which mostly wait on containers and a database, end celery-b.
-DOCKER_B=(test_production_compose.py test_database_restart_deployment.py)
-docker_a=(backend/tests/docker)
-for file in "${DOCKER_B[@]}"; do
-    docker_a+=("--ignore=backend/tests/docker/$file")
-    celery_b+=("backend/tests/docker/$file")
 done
 
 declare -A pids
@@ -74,7 +66,7 @@ both() {
 streams=(celery celery-b docker rest-a rest-b ui)
 run celery "$REDIS_DB" "${PYTEST[@]}" "${celery_a[@]}"
 run celery-b $((REDIS_DB - 3)) both make --no-print-directory test-frontend -- "${PYTEST[@]}" "${celery_b[@]}"
-run docker $((REDIS_DB - 2)) "${PYTEST[@]}" "${docker_a[@]}"
+run docker $((REDIS_DB - 2)) "${PYTEST[@]}" backend/tests/docker
 # The rest of the suite in two streams: one pytest process uses one core at most, and alone it was the last
 # stream to end by minutes (1,874 tests). rest-a: the integration files test_a* to test_o*, then the security
 # tests; rest-b: ruff, then the integration files from test_p*, the unit and e2e tests. In a CI run split at
