@@ -21,6 +21,7 @@ in-process before the process exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -172,7 +173,6 @@ class Dispatcher:
         self.settings = settings
         self.manager = manager
         self._producer = None
-        self._redis_publisher: RedisTaskPublisher | None = None
 
     async def dispatch(self, deployment_id: str, *, target: Target | None = None) -> ExecutorKind:
         """``target``: the deployment's target as the caller (a route that just wrote the deployment) loaded
@@ -184,7 +184,7 @@ class Dispatcher:
         reason = self._celery_unavailable()
         if reason is None:
             try:
-                await publish(self._celery(), deployment_id, via=self._via())
+                await publish(self._celery(), deployment_id, via=self._redis_publisher)
                 metrics.DISPATCHES.labels("celery").inc()
                 return ExecutorKind.CELERY
             except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
@@ -213,7 +213,7 @@ class Dispatcher:
             )
             return
         try:
-            if await send_placed(self._celery(), deployment_id, route, via=self._via()):
+            if await send_placed(self._celery(), deployment_id, route, via=self._redis_publisher):
                 metrics.DISPATCHES.labels("celery").inc()
         except Exception as exc:  # noqa: BLE001 - the reaper dispatches it again; the deployment stays pending
             logger.warning(
@@ -232,20 +232,20 @@ class Dispatcher:
             self._producer = create_celery(self.settings, results=False)
         return self._producer
 
-    def _via(self) -> RedisTaskPublisher | None:
-        """The backend's Redis publisher, when its broker is one :mod:`redis_publish` sends to. A standalone
-        dispatcher (``windflow recover``, a worker's task) sends through kombu, whose messages carry the ids
-        of the task that sends them."""
-        if self.manager is None:
+    @functools.cached_property
+    def _redis_publisher(self) -> RedisTaskPublisher | None:
+        """The backend's Redis publisher, when its broker is one :mod:`redis_publish` sends to (decided at the
+        first dispatch). A standalone dispatcher (``windflow recover``, a worker's task) sends through kombu,
+        whose messages carry the ids of the task that sends them."""
+        if self.manager is None or not redis_publish.supports(self._celery()):
             return None
-        if self._redis_publisher is None and redis_publish.supports(self._celery()):
-            self._redis_publisher = RedisTaskPublisher(self._celery())
-        return self._redis_publisher
+        return RedisTaskPublisher(self._celery())
 
     async def aclose(self) -> None:
-        """Close the Redis publisher's connection of this loop (the app's shutdown)."""
-        if self._redis_publisher is not None:
-            await self._redis_publisher.aclose()
+        """Close the Redis publisher's connection of this loop (the app's shutdown); none made, nothing to do."""
+        publisher = self.__dict__.get("_redis_publisher")
+        if publisher is not None:
+            await publisher.aclose()
 
     def _celery_unavailable(self) -> str | None:
         if self.manager is not None:

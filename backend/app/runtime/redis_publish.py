@@ -10,8 +10,8 @@ retry wrapper and the signals around a single ``LPUSH``. This module sends the s
   body base64-encoded, ``delivery_mode`` 2, priority 0, the anonymous exchange with the queue as routing key,
   a fresh ``delivery_tag``);
 * and pushed with ``LPUSH`` onto the queue's list, the key kombu uses for priority 0, where the workers'
-  ``BRPOP`` takes it. ``backend/tests/unit/test_redis_publish.py`` checks that the message equals what ``send_task``
-  pushes for the same task, ids aside, and the Celery suites run every Redis-mode deployment through it.
+  ``BRPOP`` takes it. ``backend/tests/celery/test_dispatch_publish.py`` checks that the message equals what
+  ``send_task`` pushes for the same task, ids aside, and the Celery suites run every Redis-mode deployment through it.
 
 Only for a plain broker configuration (:func:`supports`): ``redis://`` or ``rediss://`` without
 ``broker_use_ssl``, no ``global_keyprefix`` or other key layout option. Anything else goes through kombu

@@ -79,22 +79,25 @@ EXIT_DEGRADED = 75
 _RUNNABLE = frozenset("RSDI")
 
 
-def process_state(pid: int) -> str | None:
-    """The kernel's one-letter state of ``pid`` (``R``, ``S``, ``T`` stopped, ``Z`` zombie, ...), or None."""
+def _stat_after_name(pid: int) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the process name (state, parent id, ...); empty when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+            return stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``R``, ``S``, ``T`` stopped, ``Z`` zombie, ...), or None."""
+    fields = _stat_after_name(pid)
+    return fields[0].decode() if fields else None
 
 
 def parent_of(pid: int) -> int | None:
     """The parent process id of ``pid``, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat_after_name(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def live_processes(pids: Iterable[int]) -> int:
