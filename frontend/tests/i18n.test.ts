@@ -51,3 +51,23 @@ describe('translations', () => {
     }
   })
 })
+
+describe('notification event names', () => {
+  // the API's event names hold a dot: the message of each is found under that path, in both languages
+  const EVENTS = [
+    'deployment.succeeded',
+    'deployment.failed',
+    'deployment.cancelled',
+    'deployment.rolled_back',
+    'deployment.recovered',
+    'deployment.stuck',
+    'target.unreachable',
+  ]
+  it.each(['en', 'fr'] as const)('each reads as words in %s, never as its key', (locale) => {
+    for (const event of EVENTS) {
+      const key = `notifications.eventNames.${event}`
+      expect(i18n.global.te(key, locale), key).toBe(true)
+      expect(i18n.global.t(key, {}, { locale })).not.toContain('eventNames')
+    }
+  })
+})

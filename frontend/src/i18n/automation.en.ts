@@ -47,14 +47,19 @@ export default {
     secret: 'Signing secret (optional)',
     secretHint: 'The key of the X-WindFlow-Signature-256 HMAC; stored encrypted',
     events: 'Events',
+    // nested: vue-i18n reads the dots of notifications.eventNames.deployment.failed as a path
     eventNames: {
-      'deployment.succeeded': 'Succeeded',
-      'deployment.failed': 'Failed',
-      'deployment.cancelled': 'Cancelled',
-      'deployment.rolled_back': 'Rolled back',
-      'deployment.recovered': 'Recovered after a crash',
-      'deployment.stuck': 'Stuck beyond its timeout',
-      'target.unreachable': 'Target unreachable',
+      deployment: {
+        succeeded: 'Succeeded',
+        failed: 'Failed',
+        cancelled: 'Cancelled',
+        rolled_back: 'Rolled back',
+        recovered: 'Recovered after a crash',
+        stuck: 'Stuck beyond its timeout',
+      },
+      target: {
+        unreachable: 'Target unreachable',
+      },
     },
     sendTest: 'Send test',
     testQueued: 'A test is on its way to {name}',

@@ -47,14 +47,19 @@ export default {
     secret: 'Secret de signature (facultatif)',
     secretHint: 'La clé du HMAC X-WindFlow-Signature-256 ; stocké chiffré',
     events: 'Événements',
+    // nested: vue-i18n reads the dots of notifications.eventNames.deployment.failed as a path
     eventNames: {
-      'deployment.succeeded': 'Réussi',
-      'deployment.failed': 'Échoué',
-      'deployment.cancelled': 'Annulé',
-      'deployment.rolled_back': 'Revenu en arrière',
-      'deployment.recovered': 'Rétabli après un crash',
-      'deployment.stuck': 'Bloqué au-delà de son délai',
-      'target.unreachable': 'Cible injoignable',
+      deployment: {
+        succeeded: 'Réussi',
+        failed: 'Échoué',
+        cancelled: 'Annulé',
+        rolled_back: 'Revenu en arrière',
+        recovered: 'Rétabli après un crash',
+        stuck: 'Bloqué au-delà de son délai',
+      },
+      target: {
+        unreachable: 'Cible injoignable',
+      },
     },
     sendTest: 'Envoyer un test',
     testQueued: 'Un test part vers {name}',
