@@ -169,6 +169,19 @@ describe('auth API and the session', () => {
     expect(localStorage.getItem('windflow.refresh')).toBe('r-new')
   })
 
+  it('a refresh refused after a new pair was set (a password change) keeps the new pair', async () => {
+    localStorage.setItem('windflow.access', 'old')
+    localStorage.setItem('windflow.refresh', 'r-old')
+    mockFetch(() => {
+      // the password change's answer lands while the refresh with the revoked token is on its way
+      localStorage.setItem('windflow.access', 'new')
+      localStorage.setItem('windflow.refresh', 'r-new')
+      return { status: 401, body: { detail: 'refresh token revoked', code: 'token_revoked' } }
+    })
+    expect(await refreshSession()).toBe('new')
+    expect(localStorage.getItem('windflow.refresh')).toBe('r-new')
+  })
+
   it('a refused refresh ends the session: the tokens are cleared', async () => {
     localStorage.setItem('windflow.access', 'old')
     localStorage.setItem('windflow.refresh', 'r-old')

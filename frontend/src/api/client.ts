@@ -68,6 +68,9 @@ export function refreshSession(): Promise<string | null> {
     try {
       const { data, response } = await api.POST('/api/v1/auth/refresh', { body: { refresh_token: refreshToken } })
       if (!data) {
+        // A pair set meanwhile (a password change, which revokes the old refresh token, or a new login) is
+        // the session now: the refusal was of the pair it replaced.
+        if (tokens.refreshToken() !== refreshToken) return tokens.access()
         if (response.status === 401 || response.status === 403) tokens.clear()
         return null
       }
