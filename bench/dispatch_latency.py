@@ -18,7 +18,8 @@ What is measured, per deployment (one at a time; each waits for the previous to 
   records them. ``queued_at`` is stamped when ``POST`` inserts the row (before its commit); the claim
   time is the ``now`` of the compare-and-set (``started_at``), taken when the executor *starts* its claim
   transaction. It therefore covers: the POST transaction's commit, the dispatch (enqueue to the broker,
-  or ``asyncio.create_task``), broker delivery, worker pick-up and the runner's start. The claim's own
+  or ``asyncio.create_task``; on Redis the push runs during the commit), broker delivery, worker pick-up
+  and the runner's start. The claim's own
   transaction (SELECT, capacity check, UPDATE, history, commit) comes after it and is shown separately
   for the in-process modes (``claim txn``). Cross-checked against the ``started_at``/``queued_at``
   columns.
@@ -85,9 +86,9 @@ class Sample:
     post_to_claim: float
     claim_txn: float | None  # claim start → claim committed (in-process modes only)
     event_seen_after_claim: float  # claim start → event delivered here (includes the event transport for Celery)
-    to_dispatch: float  # queued_at → Dispatcher.dispatch called (rest of the POST transaction, commit)
-    dispatch_call: float  # Dispatcher.dispatch duration (enqueue, or create_task)
-    to_claim: float  # dispatch returned → claim start (broker delivery, worker pick-up, runner start)
+    to_dispatch: float  # queued_at → Dispatcher.commit_and_dispatch_new called (the INSERT)
+    dispatch_call: float  # its duration: the commit and the dispatch (enqueue, or create_task; on Redis, both at once)
+    to_claim: float  # its return → claim start (broker delivery, worker pick-up, runner start; may be < 0 on Redis)
 
 
 @dataclass
@@ -111,19 +112,20 @@ DISPATCHES: dict[str, tuple[float, float]] = {}
 
 
 def install_probe() -> None:
-    """Record when ``Dispatcher.dispatch`` is entered and left (wall clock, like ``queued_at``)."""
+    """Record when ``Dispatcher.commit_and_dispatch_new`` (the creation's commit and its dispatch) is entered and
+    left (wall clock, like ``queued_at``)."""
     from backend.app.runtime.dispatch import Dispatcher
 
-    original = Dispatcher.dispatch
+    original = Dispatcher.commit_and_dispatch_new
 
-    async def timed(self, deployment_id: str, **kwargs):
+    async def timed(self, session, deployment_id: str, **kwargs):
         start = time.time()
         try:
-            return await original(self, deployment_id, **kwargs)
+            return await original(self, session, deployment_id, **kwargs)
         finally:
             DISPATCHES[deployment_id] = (start, time.time())
 
-    Dispatcher.dispatch = timed
+    Dispatcher.commit_and_dispatch_new = timed
 
 
 # --------------------------------------------------------------------------- one deployment
@@ -576,7 +578,7 @@ def report(results: list[ModeResult], args) -> None:
             rows,
         )
     )
-    print("\nqueued → claim, split at Dispatcher.dispatch (medians, ms):\n")
+    print("\nqueued → claim, split at Dispatcher.commit_and_dispatch_new (medians, ms):\n")
     rows = []
     for r in results:
         parts = [[s.to_dispatch for s in r.samples], [s.dispatch_call for s in r.samples], [s.to_claim for s in r.samples]]
@@ -595,9 +597,9 @@ def report(results: list[ModeResult], args) -> None:
         c.table(
             [
                 "mode",
-                "queued → dispatch()",
-                "dispatch() call",
-                "dispatch() return → claim",
+                "queued → commit",
+                "commit + dispatch",
+                "their return → claim",
                 "queued → claim",
                 "durable write floor",
                 "baseline send",
@@ -607,10 +609,10 @@ def report(results: list[ModeResult], args) -> None:
         )
     )
     print(
-        "(queued → dispatch(): rest of the POST transaction after the INSERT, incl. its commit; dispatch() call: "
-        "send_task in a thread,\n or create_task; return → claim: broker, worker pick-up, runner start, or the "
-        "event loop getting to the task);\n durable write floor: one raw INSERT + COMMIT (aiosqlite / asyncpg) on the same "
-        "database, the least the first column can be)"
+        "(queued → commit: the deployment's INSERT; commit + dispatch: the creation's commit, then the enqueue (send_task\n"
+        " in a thread) or create_task, or on Redis the LPUSH during the commit; their return → claim: broker, worker pick-up,\n"
+        " runner start, or the event loop getting to the task (on Redis the worker may claim before the commit's hooks end);\n"
+        " durable write floor: one raw INSERT + COMMIT (aiosqlite / asyncpg) on the same database)"
     )
     print(
         "\nPOST→claim = claim time − moment the POST was sent (includes the request's own work, e.g. the "

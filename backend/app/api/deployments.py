@@ -90,7 +90,7 @@ async def create_deployment(
     """Create a deployment of a stack on a target; it starts asynchronously (status ``pending``)."""
     # The session's identity map holds its rows weakly: the target the creation loads (and checks: its
     # organisation, whether it is active) would be gone once it returns, and the dispatch below would read it
-    # again after the commit, between the deployment's queued_at and its claim. Held here, the creation's own
+    # again, between the deployment's queued_at and its claim. Held here, the creation's own
     # lookup finds it loaded (the same single query) and the dispatch reads none.
     held_target = await session.get(Target, body.target_id)
 
@@ -111,10 +111,9 @@ async def create_deployment(
         auto_rollback=body.auto_rollback,
         before_insert=audit_entry,  # the entry commits with the deployment (api/audit_trail.py)
     )
-    await session.commit()
     target = await session.get(Target, deployment.target_id)  # held above and checked by the creation: no query
     del held_target
-    await request.app.state.dispatcher.dispatch(deployment.id, target=target)
+    await request.app.state.dispatcher.commit_and_dispatch_new(session, deployment.id, target=target)
     # as created (a new deployment's revision has no images yet; why it waits was read in its transaction): the
     # answer reads nothing after the commit, when the claim that just started wants the database
     return shown

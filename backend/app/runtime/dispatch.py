@@ -1,6 +1,7 @@
 """Hand a committed ``pending`` deployment to an executor.
 
-Always called *after* the transaction that made the deployment ``pending`` committed. Dispatching twice
+Called *after* the transaction that made the deployment ``pending`` committed, except for a new deployment's
+task on Redis, pushed while its creation commits (:meth:`Dispatcher.commit_and_dispatch_new`). Dispatching twice
 is harmless: the runner's compare-and-set claim lets exactly one execution through.
 
 Celery is used when the :class:`~backend.app.core.celery_manager.CeleryManager` says it is usable (enabled,
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.app import database
 from backend.app.config import Settings
@@ -173,6 +175,7 @@ class Dispatcher:
         self.settings = settings
         self.manager = manager
         self._producer = None
+        self._taking_back: set[asyncio.Task] = set()  # withdrawals of messages whose deployment was not created
 
     async def dispatch(self, deployment_id: str, *, target: Target | None = None) -> ExecutorKind:
         """``target``: the deployment's target as the caller (a route that just wrote the deployment) loaded
@@ -188,12 +191,63 @@ class Dispatcher:
                 metrics.DISPATCHES.labels("celery").inc()
                 return ExecutorKind.CELERY
             except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
-                reason = f"enqueue failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
-                logger.warning("Celery %s; running deployment %s in-process (asyncio fallback)", reason, deployment_id)
-                metrics.DISPATCH_FALLBACKS.labels("enqueue_failed").inc()
-        else:
-            logger.info("Celery unavailable (%s): running deployment %s in-process (asyncio fallback)", reason, deployment_id)
-            metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
+                return await self._run_here_after_failed_enqueue(deployment_id, exc)
+        logger.info("Celery unavailable (%s): running deployment %s in-process (asyncio fallback)", reason, deployment_id)
+        metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
+        return await self._run_here(deployment_id)
+
+    async def commit_and_dispatch_new(self, session: AsyncSession, deployment_id: str, *, target: Target) -> ExecutorKind:
+        """Commit ``session``, whose transaction created ``deployment_id`` (on ``target``), then dispatch it.
+
+        When this process pushes the shared queue's messages to Redis itself (:mod:`redis_publish`), the push
+        starts with the commit instead of after it: a worker takes a message about a millisecond after it was
+        pushed, by when the commit is usually done, so the claim no longer waits for the commit *and* the push.
+        The message says it was sent before the commit (``SENT_BEFORE_COMMIT_HEADER``): a runner that does not
+        find the deployment yet looks again for ``runner.COMMIT_WAIT_SECONDS``. A commit that fails takes the
+        message back if no worker took it yet; one a worker took finds no deployment and ends (nothing runs). A
+        push that fails is an ordinary failed enqueue: once the commit is done, the deployment runs in-process.
+        Anything else (another broker, a placed target, Celery unusable): the commit, then :meth:`dispatch`.
+        """
+        route = route_of_target(target)
+        publisher = None
+        if route is not None and not route.placed and self._celery_unavailable() is None:
+            publisher = self._redis_publisher
+        if publisher is None:
+            await session.commit()
+            return await self.dispatch(deployment_id, target=target)
+        _, key, payload = redis_publish.message(self._celery(), deployment_id, before_commit=True)
+        pushed = asyncio.ensure_future(asyncio.wait_for(publisher.push(key, payload), ENQUEUE_TIMEOUT_SECONDS))
+        try:
+            await session.commit()
+        except BaseException:
+            taking_back = asyncio.ensure_future(self._take_back(publisher, pushed, key, payload))
+            self._taking_back.add(taking_back)
+            taking_back.add_done_callback(self._taking_back.discard)
+            raise
+        try:
+            await pushed
+        except Exception as exc:  # noqa: BLE001 - the deployment must not be lost with the broker
+            return await self._run_here_after_failed_enqueue(deployment_id, exc)
+        metrics.DISPATCHES.labels("celery").inc()
+        return ExecutorKind.CELERY
+
+    @staticmethod
+    async def _take_back(publisher: RedisTaskPublisher, pushed: asyncio.Future, key: str, payload: str) -> None:
+        """After a failed commit: withdraw the message pushed with it, unless a worker took it (it finds nothing)."""
+        try:
+            await pushed
+            if not await asyncio.wait_for(publisher.withdraw(key, payload), ENQUEUE_TIMEOUT_SECONDS):
+                logger.info("a deployment's creation failed after its task was taken; the task finds no deployment")
+        except Exception:  # not pushed, or not withdrawn: a runner that finds no deployment ends
+            logger.debug("the task of a deployment whose creation failed was not withdrawn", exc_info=True)
+
+    async def _run_here_after_failed_enqueue(self, deployment_id: str, exc: Exception) -> ExecutorKind:
+        reason = f"enqueue failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+        logger.warning("Celery %s; running deployment %s in-process (asyncio fallback)", reason, deployment_id)
+        metrics.DISPATCH_FALLBACKS.labels("enqueue_failed").inc()
+        return await self._run_here(deployment_id)
+
+    async def _run_here(self, deployment_id: str) -> ExecutorKind:
         background_tasks.create_background_task(deployment_id, self.settings)
         metrics.DISPATCHES.labels("asyncio").inc()
         # Let the new task start now: it runs up to its claim's first query, so the claim begins at once rather

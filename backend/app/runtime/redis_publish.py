@@ -49,12 +49,22 @@ def supports(celery_app) -> bool:
     return conf.task_protocol == 2 and conf.task_serializer == "json" and not conf.task_compression
 
 
-def message(celery_app, deployment_id: str, *, queue: str | None = None, countdown: float | None = None) -> tuple[str, str, str]:
-    """(task id, list key, payload) of ``deployment_id``'s deploy task, as ``send_task`` would push it."""
+#: The message header of a deploy task pushed while the transaction creating its deployment was committing
+#: (``Dispatcher.commit_and_dispatch_new``): the runner looks for a row it does not find yet again for a while.
+SENT_BEFORE_COMMIT_HEADER = "windflow_sent_before_commit"
+
+
+def message(
+    celery_app, deployment_id: str, *, queue: str | None = None, countdown: float | None = None, before_commit: bool = False
+) -> tuple[str, str, str]:
+    """(task id, list key, payload) of ``deployment_id``'s deploy task, as ``send_task`` would push it (with
+    ``headers={SENT_BEFORE_COMMIT_HEADER: True}`` when ``before_commit``)."""
     task_id = uuid()
     headers, properties, body, _ = celery_app.amqp.as_task_v2(
         task_id, DEPLOY_TASK, args=(deployment_id,), kwargs={}, countdown=countdown, reply_to=celery_app.thread_oid, ignore_result=None
     )
+    if before_commit:
+        headers[SENT_BEFORE_COMMIT_HEADER] = True  # where send_task_message puts a send's own headers
     content_type, content_encoding, data = serialize(body, serializer="json")
     key = queue or celery_app.conf.task_default_queue
     properties.update(
@@ -103,8 +113,16 @@ class RedisTaskPublisher:
 
     async def publish(self, deployment_id: str, queue: str | None = None, countdown: float | None = None) -> str:
         task_id, key, payload = message(self.celery_app, deployment_id, queue=queue, countdown=countdown)
-        await self._client().lpush(key, payload)
+        await self.push(key, payload)
         return task_id
+
+    async def push(self, key: str, payload: str) -> None:
+        """``LPUSH`` a message made by :func:`message` onto its queue's list."""
+        await self._client().lpush(key, payload)
+
+    async def withdraw(self, key: str, payload: str) -> bool:
+        """Take a pushed message back from its list: True when it was still there (no worker took it)."""
+        return bool(await self._client().lrem(key, 1, payload))
 
     async def aclose(self) -> None:
         """Close this loop's client (the others belong to loops that are gone or will close their own)."""

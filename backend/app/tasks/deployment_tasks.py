@@ -18,6 +18,7 @@ from backend.app.celery_app import (
     settings,
 )
 from backend.app.runtime import worker_loop
+from backend.app.runtime.redis_publish import SENT_BEFORE_COMMIT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ async def _send(deployment_id: str, countdown: float | None = None) -> None:
         deploy_stack.apply_async((deployment_id,), countdown=countdown)
 
 
-async def _deploy(deployment_id: str, task_id: str | None) -> dict:
+async def _deploy(deployment_id: str, task_id: str | None, sent_before_commit: bool = False) -> dict:
     # a stop or a delete goes the same way: the runner finds the status a teardown (services/deployments/lifecycle.py)
     from backend.app.models import ExecutorKind
     from backend.app.services.deployments.runner import after_run, run_deployment
 
-    outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.CELERY, task_id=task_id)
+    outcome = await run_deployment(
+        deployment_id, settings, executor=ExecutorKind.CELERY, task_id=task_id, sent_before_commit=sent_before_commit
+    )
     await after_run(outcome, dispatch=_dispatch, dispatch_later=_dispatch_later)
     await _flush_events()
     return {"deployment_id": deployment_id, "status": str(outcome.status), "reason": outcome.reason}
@@ -60,8 +63,10 @@ async def _flush_events() -> None:
 
 @celery_app.task(name=DEPLOY_TASK, bind=True)
 def deploy_stack(self, deployment_id: str) -> dict:
-    """Deploy one deployment (by id), or finish its stop or delete."""
-    return worker_loop.run(_deploy(deployment_id, self.request.id))
+    """Deploy one deployment (by id), or finish its stop or delete. A message pushed while the deployment's
+    creation was committing says so in a header (``runtime/redis_publish.py``)."""
+    sent_before_commit = bool((self.request.headers or {}).get(SENT_BEFORE_COMMIT_HEADER))
+    return worker_loop.run(_deploy(deployment_id, self.request.id, sent_before_commit))
 
 
 # Recovery and the reaper run by beat dispatch from inside a worker: to the broker we consume from.

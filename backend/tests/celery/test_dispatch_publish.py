@@ -248,3 +248,185 @@ async def test_the_backend_dispatcher_runs_in_process_when_redis_is_gone(tmp_pat
         await dispatcher.aclose()
     assert (str(kind), submitted) == ("asyncio", ["deployment-1"])
     assert time.monotonic() - started < dispatch.ENQUEUE_TIMEOUT_SECONDS
+
+
+# --------------------------------------------------------------------------- a new deployment, pushed as it commits
+
+
+class _Creation:
+    """What the dispatcher awaits of the creating request's session: its commit, on its way until the test
+    releases it, then done or failed."""
+
+    def __init__(self, *, fails: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.fails = fails
+        self.committed = False
+
+    async def commit(self) -> None:
+        await self.release.wait()
+        if self.fails:
+            raise ConnectionError("the database went away during the commit")
+        self.committed = True
+
+
+async def _until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def test_the_message_sent_before_the_commit_is_send_tasks_with_its_header(private_redis, tmp_path):
+    url, client = private_redis
+    app = create_celery(_redis_dispatcher(url, tmp_path).settings, results=False)
+    app.send_task(DEPLOY_TASK, args=("deployment-1",), headers={redis_publish.SENT_BEFORE_COMMIT_HEADER: True})
+    by_kombu = client.rpop("celery")
+    _, key, payload = redis_publish.message(app, "deployment-1", before_commit=True)
+    assert key == "celery"
+    assert json.loads(payload)["headers"][redis_publish.SENT_BEFORE_COMMIT_HEADER] is True
+    assert _masked(payload.encode()) == _masked(by_kombu)
+
+
+async def test_a_new_deployment_is_pushed_while_its_creation_commits(private_redis, tmp_path):
+    """The push does not wait for the commit: the message is in the queue while the commit is still on its
+    way, and says so; the dispatch returns once both are done."""
+    url, client = private_redis
+    dispatcher = _backend_dispatcher(url, tmp_path)
+    creation = _Creation()
+    try:
+        dispatching = asyncio.ensure_future(
+            dispatcher.commit_and_dispatch_new(creation, "deployment-1", target=Target(id="t-1", name="engine", placed=False))
+        )
+        assert await _until(lambda: client.llen("celery") == 1)
+        assert not dispatching.done() and not creation.committed
+        message = json.loads(client.lindex("celery", 0))
+        assert message["headers"]["argsrepr"] == "('deployment-1',)"
+        assert message["headers"][redis_publish.SENT_BEFORE_COMMIT_HEADER] is True
+        creation.release.set()
+        assert str(await dispatching) == "celery" and creation.committed
+    finally:
+        await dispatcher.aclose()
+
+
+async def test_a_creation_whose_commit_fails_takes_its_message_back(private_redis, tmp_path):
+    url, client = private_redis
+    dispatcher = _backend_dispatcher(url, tmp_path)
+    creation = _Creation(fails=True)
+    try:
+        dispatching = asyncio.ensure_future(
+            dispatcher.commit_and_dispatch_new(creation, "deployment-1", target=Target(id="t-1", name="engine", placed=False))
+        )
+        assert await _until(lambda: client.llen("celery") == 1)
+        creation.release.set()
+        with pytest.raises(ConnectionError):
+            await dispatching
+        # no worker took it: it is withdrawn, and no worker looks for a deployment that was never created
+        assert await _until(lambda: client.llen("celery") == 0), client.lrange("celery", 0, -1)
+        assert _calls(client, "lrem") == 1
+    finally:
+        await dispatcher.aclose()
+
+
+async def test_a_new_deployment_whose_push_fails_runs_in_process_once_committed(tmp_path, monkeypatch):
+    submitted = []
+    creation = _Creation()
+    monkeypatch.setattr(
+        dispatch.background_tasks,
+        "create_background_task",
+        lambda deployment_id, settings: submitted.append((deployment_id, creation.committed)),
+    )
+    dispatcher = _backend_dispatcher(f"redis://127.0.0.1:{_free_port()}/0", tmp_path)  # no Redis there
+    creation.release.set()
+    try:
+        kind = await dispatcher.commit_and_dispatch_new(creation, "deployment-1", target=Target(id="t-1", name="engine", placed=False))
+    finally:
+        await dispatcher.aclose()
+    assert (str(kind), submitted) == ("asyncio", [("deployment-1", True)])  # after its commit, never before
+
+
+async def test_a_placed_target_or_another_broker_commits_first(tmp_path, monkeypatch):
+    """Only the shared queue on a Redis this process pushes to is sent before the commit: a placed target's
+    message (its queue is checked for a serving worker first) and kombu's sends come after it."""
+    creations = {"deployment-1": _Creation(), "deployment-2": _Creation()}
+    for creation in creations.values():
+        creation.release.set()
+    seen = []
+
+    async def dispatched(deployment_id, *, target=None):
+        seen.append((deployment_id, creations[deployment_id].committed))
+        return "celery"
+
+    dispatcher = _backend_dispatcher(f"redis://127.0.0.1:{_free_port()}/0", tmp_path)
+    monkeypatch.setattr(dispatcher, "dispatch", dispatched)
+    placed = Target(id="t-9", name="far", placed=True)
+    await dispatcher.commit_and_dispatch_new(creations["deployment-1"], "deployment-1", target=placed)
+    dispatcher.manager = None  # a standalone dispatcher sends through kombu
+    shared = Target(id="t-1", name="engine", placed=False)
+    await dispatcher.commit_and_dispatch_new(creations["deployment-2"], "deployment-2", target=shared)
+    assert seen == [("deployment-1", True), ("deployment-2", True)]
+
+
+class _CommitLater:
+    """A creating request's real session whose commit starts ``delay`` seconds after it was asked for."""
+
+    def __init__(self, session, delay: float) -> None:
+        self.session = session
+        self.delay = delay
+
+    async def commit(self) -> None:
+        await asyncio.sleep(self.delay)
+        await self.session.commit()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_a_real_worker_that_takes_the_message_first_claims_the_deployment_once_committed(db, tmp_path):
+    """The message reaches a worker a second before the deployment is committed (invisible to the worker until
+    then, on PostgreSQL): the worker reads the message's header, looks again, and claims it after the commit."""
+    from sqlalchemy import select
+
+    from backend.app import database
+    from backend.app.models import DeploymentStatusHistory
+    from backend.tests.celery_fixtures import start_worker, wait_heartbeat
+    from backend.tests.factories import make_deployment
+
+    port = _free_port()
+    server = _start_redis(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = make_settings(
+        db.settings.DATABASE_URL,
+        CELERY_ENABLED=True,
+        CELERY_BROKER_TYPE="redis",
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+        CELERY_AUTO_START_WORKER=False,
+        DEPLOYMENTS_WORKDIR=tmp_path / "deployments",
+    )
+    worker = start_worker(settings, tmp_path)
+    dispatcher = Dispatcher(settings, manager=_UsableCelery())
+    try:
+        await wait_heartbeat("w1@", worker)
+        async with database.AsyncSessionLocal() as creation:
+            deployment = await make_deployment(creation)
+            target = await creation.get(Target, deployment.target_id)
+            kind = await dispatcher.commit_and_dispatch_new(_CommitLater(creation, 1.0), deployment.id, target=target)
+        assert str(kind) == "celery"
+        history: list = []
+        deadline = time.monotonic() + 20
+        while not history and time.monotonic() < deadline:
+            async with database.AsyncSessionLocal() as session:
+                history = (
+                    (await session.execute(select(DeploymentStatusHistory).where(DeploymentStatusHistory.deployment_id == deployment.id)))
+                    .scalars()
+                    .all()
+                )
+            await asyncio.sleep(0.1)
+        assert history, f"the deployment was never claimed:\n{worker.output()[-3000:]}"
+        first = min(history, key=lambda h: h.id)
+        assert (first.from_status, first.to_status) == ("pending", "deploying") and first.actor.startswith("celery:"), first
+    finally:
+        await dispatcher.aclose()
+        worker.stop()
+        server.terminate()
+        server.wait(10)

@@ -237,6 +237,10 @@ class _Dispatcher:
         if self.fail:
             raise RuntimeError("the executor is gone")
 
+    async def commit_and_dispatch_new(self, session, deployment_id: str, **kwargs) -> None:
+        await session.commit()  # as the real one does on every broker but Redis
+        await self.dispatch(deployment_id, **kwargs)
+
 
 async def _deployable(client, app, dispatcher) -> tuple:
     app.state.dispatcher = dispatcher

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ def executor_id(kind: ExecutorKind) -> str:
 def backoff_seconds(settings: Settings, attempt: int) -> float:
     return settings.DEPLOYMENT_RETRY_BACKOFF_SECONDS * (2 ** max(0, attempt - 1))
 
+
+#: How long a runner whose task was sent while the deployment's creation committed (Redis:
+#: ``Dispatcher.commit_and_dispatch_new``) looks for a deployment it does not find yet: the commit is usually
+#: done before a worker even takes the message; one that fails leaves nothing to find, and the task ends then.
+#: A creation committed later still (a database stalled longer) waits for the reaper's dispatch; a redelivery of
+#: such a message for a deployment deleted since then waits as long before it ends.
+COMMIT_WAIT_SECONDS = 10.0
+COMMIT_WAIT_MAX_PAUSE_SECONDS = 0.1
 
 #: The first step that touches containers: a failure from there on may have replaced the running ones.
 CONTAINERS_STEP = 4
@@ -175,9 +184,16 @@ async def run_deployment(
     executor: ExecutorKind,
     owner: str | None = None,
     task_id: str | None = None,
+    sent_before_commit: bool = False,
 ) -> RunOutcome:
+    """``sent_before_commit``: the task was sent while the deployment's creation was committing
+    (``Dispatcher.commit_and_dispatch_new``); a deployment not found yet is looked for again until
+    :data:`COMMIT_WAIT_SECONDS`."""
     owner = owner or executor_id(executor)
-    for _ in range(2):  # a second try only after reclaiming a dead executor's row
+    commit_deadline = time.monotonic() + COMMIT_WAIT_SECONDS if sent_before_commit else 0.0
+    pause = 0.001
+    tries = 0
+    while tries < 2:  # a second try only after reclaiming a dead executor's row
         async with database.AsyncSessionLocal() as session:
             claim = await claim_deployment(
                 session,
@@ -188,6 +204,11 @@ async def run_deployment(
                 task_id=task_id,
             )
             await session.commit()
+        if claim.from_status is None and time.monotonic() < commit_deadline:
+            await asyncio.sleep(pause)  # not committed yet, or never will be (a creation that failed)
+            pause = min(pause * 2, COMMIT_WAIT_MAX_PAUSE_SECONDS)
+            continue
+        tries += 1
         if claim.accepted:
             break
         if claim.from_status in TEARDOWN_STATUSES:  # a stop or a delete asked: the same dispatch, another job
