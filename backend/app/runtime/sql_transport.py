@@ -394,10 +394,14 @@ class Transport(kombu_sql.Transport):
                 get(self._deliver, timeout=timeout)
             except Empty:
                 elapsed = time.monotonic() - time_start
+                # listening from now on, even when this drain's time is up: a poll slower than the drain's
+                # timeout (a loaded database) would otherwise never get to the LISTEN, and every later wait
+                # would be a poll interval's
+                opened = listener is not None and listener.ensure()
                 if timeout is not None and elapsed >= timeout:
                     raise TimeoutError() from None
-                if listener is not None and listener.ensure():
-                    continue  # listening from now on: poll once more, then wait
+                if opened:
+                    continue  # poll once more, then wait
                 interval = self.polling_interval or 0.0
                 if listener is not None and listener.listening:
                     interval = max(interval, LISTENING_POLL_INTERVAL)

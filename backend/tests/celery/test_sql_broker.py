@@ -328,3 +328,26 @@ def test_a_publish_a_take_and_an_ack_are_each_one_round_trip_after_the_pools_che
             publisher.close()
     finally:
         relay.close()
+
+
+def test_a_consumer_whose_first_poll_outlasts_its_drain_still_listens_after_it(db, monkeypatch):
+    """On a loaded machine a poll can take longer than the drain's timeout (CI: a consumer's first drain of
+    0.3 s): the LISTEN is opened all the same, so the next wait is woken by a NOTIFY, not a poll interval."""
+    import time
+
+    from backend.app.runtime import sql_transport
+
+    original = sql_transport.Channel._get
+
+    def slow_get(self, queue):
+        time.sleep(0.5)
+        return original(self, queue)
+
+    settings = make_settings(db.settings.DATABASE_URL, CELERY_ENABLED=True)
+    with Connection(settings.celery_broker_url, transport_options={"polling_interval": 30}) as consumer:
+        waiting = consumer.SimpleQueue(_queue_name())
+        monkeypatch.setattr(sql_transport.Channel, "_get", slow_get)
+        with pytest.raises(waiting.Empty):
+            waiting.get(timeout=0.3)  # one poll of 0.5 s: the drain's time is up when it finds nothing
+        assert consumer.transport._listener is not None and consumer.transport._listener.listening
+        waiting.close()
