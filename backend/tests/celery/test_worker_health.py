@@ -270,7 +270,11 @@ async def test_sigterm_stops_a_worker_whose_pool_is_broken_at_once(db, docker_en
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("broker", ["database", "redis"])
 async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_path, broker, redis_clean):
-    settings = celery_settings(db, tmp_path, broker, **FAST)
+    # Five kills land on whichever deployments the two children run at those moments: one deployment can take
+    # three of them (a CI run: "executor lost (lease expired) after 3 attempt(s)", rightly failed at the
+    # default of 3 attempts). Each kill costs its deployment an attempt; with more attempts than kills, every
+    # deployment must end running, once.
+    settings = celery_settings(db, tmp_path, broker, **FAST, DEPLOYMENT_MAX_ATTEMPTS=6)
     worker = Supervised(settings, tmp_path, "rapid", "--pool=prefork", "--concurrency=2")
     ids: list[str] = []
     watch = None
