@@ -55,6 +55,8 @@ ERRORS: dict[str, str] = {
     "automatic_rollback_failed_after": "automatic rollback to revision {of} failed: {detail}; revision {failed} had failed: {failed_detail}",
     "automatic_rollback_failed": "automatic rollback to revision {of} failed: {detail}",
     "recovery_timed_out": "Timeout: still pending after {minutes} minutes",
+    "delete_failed": "Delete failed: {detail}; delete it again to retry",
+    "stop_failed": "Stop failed: {detail}",
 }
 
 #: code -> the English sentence of a line WindFlow writes into a deployment's log (its errors are :data:`ERRORS`').
@@ -73,6 +75,14 @@ LOG_LINES: dict[str, str] = {
     "removing_failed_revision": "Removing the containers of revision {revision}: nothing of a failed revision keeps running (named volumes are kept)",
     "could_not_remove_them": "Could not remove them: {detail}",
     "lease_lost": "This executor lost its lease (deployment is now {status}); stopping here",
+    # a stop's or a delete's teardown (services/deployments/lifecycle.py)
+    "stopping": "Stopping (attempt {attempt}/{max_attempts})",
+    "deleting_kept_volumes": "Deleting: removing containers, networks and volumes (named volumes are kept) (attempt {attempt}/{max_attempts})",
+    "deleting": "Deleting: removing containers, networks and volumes (attempt {attempt}/{max_attempts})",
+    "retrying_stop": "Transient failure: retrying the stop in {seconds}s",
+    "retrying_delete": "Transient failure: retrying the delete in {seconds}s",
+    "stopped": "Stopped",
+    "teardown_lease_lost": "This executor lost its lease; stopping here",
     # after a tag (:data:`TAGS`): the watcher's, the dispatcher's and the orphan recovery's own lines
     "watch_running_again": "every service of revision {revision} is up and healthy: running again",
     "watch_up_again": "every service of revision {revision} is up again",
@@ -93,6 +103,7 @@ LOG_LINES: dict[str, str] = {
     "all_running": "all services are running: {services}",
     # the engines' own lines (docker compose's and Docker's output is quoted as it is, without a code)
     "compose_valid_at_creation": "compose document is valid (checked by docker compose config at creation)",
+    "compose_valid_in_process": "compose document is valid (checked in process; compose up is the final judge)",
     "compose_valid": "compose document is valid",
     "stack_valid": "stack document is valid",
     "wrote_project": "wrote {file} of project {project} ({count} services, labelled {label})",

@@ -34,6 +34,10 @@ COMPOSED = {
     "cancelled_removing_kept": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created (named volumes are kept)",
     "no_live_worker": "no live worker serves target {target}: the deployment waits in the target's {next} queue until a worker that declares it (WORKER_TARGETS) runs",
     "cancelled_removing_step": "Cancelled{where} during step {step}/{len} {title}, stopped there: removing what this deployment created",
+    "retrying_stop": "Transient failure: retrying the {action} in {delay}s",
+    "retrying_delete": "Transient failure: retrying the {action} in {delay}s",
+    "stop_failed": "{verb} failed: {detail}",
+    "delete_failed": "{verb} failed: {detail}; delete it again to retry",
 }
 
 
@@ -92,6 +96,42 @@ def test_every_sentence_is_one_the_server_writes() -> None:
         pieces = [piece.strip() for piece in re.split(r"\{\w+\}|[():;]", template)]
         missing += [(code, piece) for piece in pieces if len(piece) >= 10 and piece not in source]
     assert missing == []
+
+
+def test_every_line_the_server_logs_as_it_is_has_a_code() -> None:
+    """A log line written as a constant (``log(LogLevel.INFO, "Stopped")``) is read by its code in the UI: one
+    without a code was shown in English in every language (a French screenshot of the logs drawer)."""
+    import ast
+
+    uncoded = []
+    for path in APP.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and len(node.args) >= 2):
+                continue
+            level, text = node.args[0], node.args[1]
+            logged = isinstance(level, ast.Attribute) and getattr(level.value, "id", None) == "LogLevel"
+            if logged and isinstance(text, ast.Constant) and line_words(text.value)[0] is None:
+                uncoded.append(f"{path.relative_to(APP)}:{node.lineno}: {text.value}")
+    assert uncoded == []
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("Stopping (attempt 1/3)", "stopping"),
+        ("Deleting: removing containers, networks and volumes (attempt 2/3)", "deleting"),
+        ("Deleting: removing containers, networks and volumes (named volumes are kept) (attempt 1/3)", "deleting_kept_volumes"),
+        ("Transient failure: retrying the stop in 0.5s", "retrying_stop"),
+        ("Transient failure: retrying the delete in 2s", "retrying_delete"),
+    ],
+)
+def test_a_teardowns_lines_get_their_codes(line, code) -> None:
+    assert line_words(line)[0] == code
+    assert error_words("Delete failed: could not remove web; delete it again to retry") == (
+        "delete_failed",
+        {"detail": "could not remove web"},
+    )
+    assert error_words("Stop failed: compose down failed: boom") == ("stop_failed", {"detail": "compose down failed: boom"})
 
 
 def test_why_a_service_is_not_up_gets_its_code() -> None:

@@ -47,6 +47,8 @@ export const deploymentErrorsFr: Record<string, string> = {
     'le retour automatique à la révision {of} a échoué : {detail} ; la révision {failed} avait échoué : {failed_detail}',
   automatic_rollback_failed: 'le retour automatique à la révision {of} a échoué : {detail}',
   recovery_timed_out: 'Délai dépassé : toujours en attente après {minutes} minutes',
+  delete_failed: 'La suppression a échoué : {detail} ; supprimez-le de nouveau pour réessayer',
+  stop_failed: 'L’arrêt a échoué : {detail}',
 }
 
 export const logLinesFr: Record<string, string> = {
@@ -68,6 +70,14 @@ export const logLinesFr: Record<string, string> = {
     'Suppression des conteneurs de la révision {revision} : rien d’une révision en échec ne reste en service (les volumes nommés sont gardés)',
   could_not_remove_them: 'Impossible de les supprimer : {detail}',
   lease_lost: 'Cet exécuteur a perdu son bail (le déploiement est maintenant {status}) ; il s’arrête ici',
+  stopping: 'Arrêt (tentative {attempt}/{max_attempts})',
+  deleting_kept_volumes:
+    'Suppression : retrait des conteneurs, réseaux et volumes (les volumes nommés sont gardés) (tentative {attempt}/{max_attempts})',
+  deleting: 'Suppression : retrait des conteneurs, réseaux et volumes (tentative {attempt}/{max_attempts})',
+  retrying_stop: 'Échec passager : nouvel essai de l’arrêt dans {seconds} s',
+  retrying_delete: 'Échec passager : nouvel essai de la suppression dans {seconds} s',
+  stopped: 'Arrêté',
+  teardown_lease_lost: 'Cet exécuteur a perdu son bail ; il s’arrête ici',
   watch_running_again:
     'tous les services de la révision {revision} sont en marche et en bonne santé : de nouveau en service',
   watch_up_again: 'tous les services de la révision {revision} sont de nouveau en marche',
@@ -93,6 +103,7 @@ export const logLinesFr: Record<string, string> = {
   waiting_for: 'attente de {service} : {detail}',
   all_running: 'tous les services sont en service : {services}',
   compose_valid_at_creation: 'document compose valide (vérifié par docker compose config à la création)',
+  compose_valid_in_process: 'document compose valide (vérifié dans le processus ; compose up reste le juge final)',
   compose_valid: 'document compose valide',
   stack_valid: 'document de stack valide',
   wrote_project: '{file} du projet {project} écrit ({count} services, étiquetés {label})',
