@@ -55,6 +55,16 @@ def test_a_failed_delivery_reads_in_french(chromium_browser, server: Server, adm
             if width == 1280:  # the column is cut with an ellipsis: its tooltip shows the whole sentence
                 row.locator("td").last.hover()
                 french.locator(".n-popover", has_text="destinataire injoignable").wait_for()
+            else:  # a phone: the log is full-screen, a card per delivery, its error written out whole
+                french.wait_for_function(  # once it has slid in, the drawer is the screen, no wider
+                    "() => { const r = document.querySelector('.n-drawer').getBoundingClientRect();"
+                    " return Math.abs(r.left) < 1 && r.right <= window.innerWidth + 1 }",
+                    timeout=5000,
+                )
+                assert french.get_by_text(f"Envois de {name}").is_visible()
+                error = row.get_by_test_id("delivery-error")
+                assert error.evaluate("e => e.scrollWidth <= e.clientWidth"), "the error is cut"
+                assert french.evaluate("document.documentElement.scrollWidth") <= width
             screenshot(french, f"notifications-log-error-fr-{width}")
             assert page_errors(french) == []
         finally:
