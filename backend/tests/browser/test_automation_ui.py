@@ -41,6 +41,9 @@ def test_the_audit_page_lists_changes_and_filters_them(chromium_browser, server:
     assert secret not in page.content()  # the password is only "changed"
     assert "password: changed" in page.locator("[data-testid=audit-row][data-action='registry.create']").first.inner_text()
     screenshot(page, "audit-en-light")
+    # who and from where read on one line each (a squeezed column broke the email and the address mid-word)
+    actor = page.get_by_test_id("audit-actor-name").first
+    assert actor.evaluate("e => e.getClientRects().length") == 1, actor.inner_text()
 
     page.get_by_test_id("audit-action").click()
     page.locator(".n-base-select-option", has_text="Stacks").first.click()
