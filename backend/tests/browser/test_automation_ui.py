@@ -31,6 +31,14 @@ def test_the_audit_page_lists_changes_and_filters_them(chromium_browser, server:
         {"name": name, "server": f"{name}.example.com", "username": "ci", "password": secret, "organization_id": org_id},
         token=admin_token,
     )
+    channel = {
+        "organization_id": org_id,
+        "name": name,
+        "kind": "webhook",
+        "url": "http://127.0.0.1:9/hook",
+        "events": ["deployment.failed"],
+    }
+    server.api("POST", "/notification-channels", channel, token=admin_token)  # a long action name
 
     page = new_page(chromium_browser)
     ui_login(page, server)
@@ -38,12 +46,22 @@ def test_the_audit_page_lists_changes_and_filters_them(chromium_browser, server:
     page.wait_for_url("**/audit")
     rows = page.locator("[data-testid=audit-row]")
     page.locator("[data-testid=audit-row][data-action='registry.create']").first.wait_for()
+    page.locator("[data-testid=audit-row][data-action='notification_channel.create']").first.wait_for()
     assert secret not in page.content()  # the password is only "changed"
     assert "password: changed" in page.locator("[data-testid=audit-row][data-action='registry.create']").first.inner_text()
     screenshot(page, "audit-en-light")
     # who and from where read on one line each (a squeezed column broke the email and the address mid-word)
     actor = page.get_by_test_id("audit-actor-name").first
     assert actor.evaluate("e => e.getClientRects().length") == 1, actor.inner_text()
+    # an action wraps after a dot at most ("deployment." / "create"), an object between its type and its id, each
+    # word on one line
+    broken = rows.locator("td:nth-child(3) span.mono, td:nth-child(4) span.mono").evaluate_all(
+        """spans => spans.filter(s => [...s.childNodes].some(n => {
+            if (n.nodeType !== 3) return false
+            const r = document.createRange(); r.selectNodeContents(n); return r.getClientRects().length > 1
+        })).map(s => s.textContent)"""
+    )
+    assert broken == [], broken
 
     page.get_by_test_id("audit-action").click()
     page.locator(".n-base-select-option", has_text="Stacks").first.click()
