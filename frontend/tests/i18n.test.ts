@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import { NOTIFICATION_EVENTS } from '../src/api/notifications'
 import { i18n } from '../src/i18n'
 import en from '../src/i18n/en'
 import fr from '../src/i18n/fr'
@@ -54,17 +55,8 @@ describe('translations', () => {
 
 describe('notification event names', () => {
   // the API's event names hold a dot: the message of each is found under that path, in both languages
-  const EVENTS = [
-    'deployment.succeeded',
-    'deployment.failed',
-    'deployment.cancelled',
-    'deployment.rolled_back',
-    'deployment.recovered',
-    'deployment.stuck',
-    'target.unreachable',
-  ]
   it.each(['en', 'fr'] as const)('each reads as words in %s, never as its key', (locale) => {
-    for (const event of EVENTS) {
+    for (const event of NOTIFICATION_EVENTS) {
       const key = `notifications.eventNames.${event}`
       expect(i18n.global.te(key, locale), key).toBe(true)
       expect(i18n.global.t(key, {}, { locale })).not.toContain('eventNames')

@@ -7,6 +7,17 @@ export type Channel = components['schemas']['ChannelRead']
 export type ChannelCreate = components['schemas']['ChannelCreate']
 export type Delivery = components['schemas']['DeliveryRead']
 
+/** The events a channel may ask for, as the API names them (the UI's words are under that path). */
+export const NOTIFICATION_EVENTS = [
+  'deployment.succeeded',
+  'deployment.failed',
+  'deployment.cancelled',
+  'deployment.rolled_back',
+  'deployment.recovered',
+  'deployment.stuck',
+  'target.unreachable',
+] as const satisfies readonly ChannelCreate['events'][number][]
+
 export function pageChannels(organizationId: string, page: PageQuery): Promise<Page<Channel>> {
   return unwrap(
     api.GET('/api/v1/notification-channels', { params: { query: { organization_id: organizationId, ...page } } }),
