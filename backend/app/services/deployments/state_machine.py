@@ -131,40 +131,45 @@ async def rule_target_capacity(session: AsyncSession, *, row: Deployment, now: d
     (its compose children died with it, see ``engines/process.py``), so it must not keep a healthy worker
     waiting until the reaper has settled it.
     """
-    limit = (
-        await session.execute(select(Target.max_concurrent_deployments).where(Target.id == row.target_id).with_for_update())
-    ).scalar_one_or_none()
-    if limit is None:
-        return None
     running = (
-        await session.execute(
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == row.target_id,
-                Deployment.status == S.DEPLOYING,
-                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-            )
+        select(func.count())
+        .select_from(Deployment)
+        .where(
+            Deployment.target_id == row.target_id,
+            Deployment.status == S.DEPLOYING,
+            Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
         )
-    ).scalar_one()
-    free = limit - running
+        .scalar_subquery()
+    )
+    older = (
+        select(func.count())
+        .select_from(Deployment)
+        .where(
+            Deployment.target_id == row.target_id,
+            Deployment.status == S.PENDING,
+            Deployment.id != row.id,
+            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+            (Deployment.queued_at < row.queued_at) | ((Deployment.queued_at == row.queued_at) & (Deployment.id < row.id)),
+        )
+        .scalar_subquery()
+    )
+    limit_of_target = select(Target.max_concurrent_deployments).where(Target.id == row.target_id)
+    if session.get_bind().dialect.name == "postgresql":
+        # the counts in a statement of their own, after the lock: it sees what a claim it waited for committed
+        limit = (await session.execute(limit_of_target.with_for_update())).scalar_one_or_none()
+        if limit is None:
+            return None
+        n_running, n_older = (await session.execute(select(running, older))).one()
+    else:  # SQLite: the transaction holds the database's write lock since its BEGIN IMMEDIATE
+        found = (await session.execute(limit_of_target.add_columns(running, older))).one_or_none()
+        if found is None:
+            return None
+        limit, n_running, n_older = found
+    free = limit - n_running
     if free <= 0:
         return f"target is at its limit of {limit} concurrent deployment(s); waiting in queue"
-    older = (
-        await session.execute(
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == row.target_id,
-                Deployment.status == S.PENDING,
-                Deployment.id != row.id,
-                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
-                (Deployment.queued_at < row.queued_at) | ((Deployment.queued_at == row.queued_at) & (Deployment.id < row.id)),
-            )
-        )
-    ).scalar_one()
-    if older >= free:
-        return f"{older} older deployment(s) of this target are queued first"
+    if n_older >= free:
+        return f"{n_older} older deployment(s) of this target are queued first"
     return None
 
 
