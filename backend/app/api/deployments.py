@@ -113,9 +113,12 @@ async def create_deployment(
     )
     target = await session.get(Target, deployment.target_id)  # held above and checked by the creation: no query
     del held_target
-    await request.app.state.dispatcher.commit_and_dispatch_new(session, deployment.id, target=target)
-    # as created (a new deployment's revision has no images yet; why it waits was read in its transaction): the
-    # answer reads nothing after the commit, when the claim that just started wants the database
+    await request.app.state.dispatcher.commit_and_dispatch_new(session, deployment.id, target=target, created=deployment)
+    # as committed (a new deployment's revision has no images yet; why it waits was read in its transaction): the
+    # answer reads nothing after the commit, when the claim or the run that just started wants the database
+    if deployment.status == DeploymentStatus.DEPLOYING:  # claimed by its creation: this process runs it
+        claimed = {"attempt": deployment.attempt, "executor": deployment.executor, "started_at": deployment.started_at}
+        shown = shown.model_copy(update={"status": DeploymentStatus.DEPLOYING, "waiting": None, **claimed})
     return shown
 
 

@@ -16,9 +16,10 @@ from backend.app.services.deployments.runner import InProcessExecutor
 _executor = InProcessExecutor()
 
 
-def create_background_task(deployment_id: str, settings: Settings) -> asyncio.Task:
-    """Run ``deployment_id`` in this process; a second call while one runs returns the running task."""
-    return _executor.submit(deployment_id, settings)
+def create_background_task(deployment_id: str, settings: Settings, *, claimed_by: str | None = None) -> asyncio.Task:
+    """Run ``deployment_id`` in this process; a second call while one runs returns the running task.
+    ``claimed_by``: the lease's owner, when the deployment's creation claimed it for this process."""
+    return _executor.submit(deployment_id, settings, claimed_by=claimed_by)
 
 
 def in_flight() -> list[asyncio.Task]:

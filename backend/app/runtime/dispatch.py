@@ -41,6 +41,8 @@ from backend.app.runtime import background_tasks, metrics, redis_publish, worker
 from backend.app.runtime.celery_config import DEPLOY_TASK, create_celery
 from backend.app.runtime.redis_publish import RedisTaskPublisher
 from backend.app.services.deployments.logs import append_logs_committed
+from backend.app.services.deployments.runner import executor_id
+from backend.app.services.deployments.state_machine import claim_deployment
 from backend.app.services.targets import placement
 
 logger = logging.getLogger(__name__)
@@ -196,8 +198,11 @@ class Dispatcher:
         metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
         return await self._run_here(deployment_id)
 
-    async def commit_and_dispatch_new(self, session: AsyncSession, deployment_id: str, *, target: Target) -> ExecutorKind:
-        """Commit ``session``, whose transaction created ``deployment_id`` (on ``target``), then dispatch it.
+    async def commit_and_dispatch_new(
+        self, session: AsyncSession, deployment_id: str, *, target: Target, created: Deployment | None = None
+    ) -> ExecutorKind:
+        """Commit ``session``, whose transaction created ``deployment_id`` (on ``target``; ``created``: the row as
+        it inserted it, if the caller holds it), then dispatch it.
 
         When this process pushes the shared queue's messages to Redis itself (:mod:`redis_publish`), the push
         starts with the commit instead of after it: a worker takes a message about a millisecond after it was
@@ -206,12 +211,22 @@ class Dispatcher:
         find the deployment yet looks again for ``runner.COMMIT_WAIT_SECONDS``. A commit that fails takes the
         message back if no worker took it yet; one a worker took finds no deployment and ends (nothing runs). A
         push that fails is an ordinary failed enqueue: once the commit is done, the deployment runs in-process.
-        Anything else (another broker, a placed target, Celery unusable): the commit, then :meth:`dispatch`.
+        When Celery is unusable the deployment runs in this process, which takes it in the creation's own
+        transaction: the claim (``pending -> deploying``, the lease for this process, every rule of a claim)
+        commits with the deployment, and the run starts holding the lease, with no transaction of its own to
+        claim it and no hand-off to wait for. A claim the rules refuse (the target at its limit, older
+        deployments waiting) leaves the deployment pending, dispatched as ever. Should the process die before the
+        run starts, the lease expires and recovery takes the deployment again, as for a run that died.
+        Anything else (another broker, a placed target): the commit, then :meth:`dispatch`.
         """
         route = route_of_target(target)
-        publisher = None
-        if route is not None and not route.placed and self._celery_unavailable() is None:
-            publisher = self._redis_publisher
+        if route is None or route.placed:
+            await session.commit()
+            return await self.dispatch(deployment_id, target=target)
+        unusable = self._celery_unavailable()
+        if unusable is not None:
+            return await self._commit_and_run_here(session, deployment_id, unusable, created=created)
+        publisher = self._redis_publisher
         if publisher is None:
             await session.commit()
             return await self.dispatch(deployment_id, target=target)
@@ -231,6 +246,25 @@ class Dispatcher:
         metrics.DISPATCHES.labels("celery").inc()
         return ExecutorKind.CELERY
 
+    async def _commit_and_run_here(
+        self, session: AsyncSession, deployment_id: str, unusable: str, *, created: Deployment | None
+    ) -> ExecutorKind:
+        """Claim the new ``deployment_id`` for this process in ``session``, commit, run it (see
+        :meth:`commit_and_dispatch_new`)."""
+        owner = executor_id(ExecutorKind.ASYNCIO)
+        claim = await claim_deployment(
+            session,
+            deployment_id=deployment_id,
+            owner=owner,
+            executor=ExecutorKind.ASYNCIO,
+            lease_seconds=self.settings.DEPLOYMENT_LEASE_SECONDS,
+            written=created,
+        )
+        await session.commit()
+        logger.info("Celery unavailable (%s): running deployment %s in-process (asyncio fallback)", unusable, deployment_id)
+        metrics.DISPATCH_FALLBACKS.labels("unavailable").inc()
+        return await self._run_here(deployment_id, claimed_by=owner if claim.accepted else None)
+
     @staticmethod
     async def _take_back(publisher: RedisTaskPublisher, pushed: asyncio.Future, key: str, payload: str) -> None:
         """After a failed commit: withdraw the message pushed with it, unless a worker took it (it finds nothing)."""
@@ -247,8 +281,8 @@ class Dispatcher:
         metrics.DISPATCH_FALLBACKS.labels("enqueue_failed").inc()
         return await self._run_here(deployment_id)
 
-    async def _run_here(self, deployment_id: str) -> ExecutorKind:
-        background_tasks.create_background_task(deployment_id, self.settings)
+    async def _run_here(self, deployment_id: str, *, claimed_by: str | None = None) -> ExecutorKind:
+        background_tasks.create_background_task(deployment_id, self.settings, claimed_by=claimed_by)
         metrics.DISPATCHES.labels("asyncio").inc()
         # Let the new task start now: it runs up to its claim's first query, so the claim begins at once rather
         # than when the caller (the POST building its answer, the audit entry) next waits on I/O.

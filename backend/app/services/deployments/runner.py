@@ -185,41 +185,22 @@ async def run_deployment(
     owner: str | None = None,
     task_id: str | None = None,
     sent_before_commit: bool = False,
+    claimed: bool = False,
 ) -> RunOutcome:
     """``sent_before_commit``: the task was sent while the deployment's creation was committing
     (``Dispatcher.commit_and_dispatch_new``); a deployment not found yet is looked for again until
-    :data:`COMMIT_WAIT_SECONDS`."""
+    :data:`COMMIT_WAIT_SECONDS`. ``claimed``: the deployment's creation claimed it for ``owner`` in its own
+    transaction (this process runs it: ``Dispatcher.commit_and_dispatch_new``), so the run holds the lease
+    already."""
+    if claimed and owner is None:
+        raise ValueError("a deployment claimed for this run needs its owner")
     owner = owner or executor_id(executor)
-    commit_deadline = time.monotonic() + COMMIT_WAIT_SECONDS if sent_before_commit else 0.0
-    pause = 0.001
-    tries = 0
-    while tries < 2:  # a second try only after reclaiming a dead executor's row
-        async with database.AsyncSessionLocal() as session:
-            claim = await claim_deployment(
-                session,
-                deployment_id=deployment_id,
-                owner=owner,
-                executor=executor,
-                lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
-                task_id=task_id,
-            )
-            await session.commit()
-        if claim.from_status is None and time.monotonic() < commit_deadline:
-            await asyncio.sleep(pause)  # not committed yet, or never will be (a creation that failed)
-            pause = min(pause * 2, COMMIT_WAIT_MAX_PAUSE_SECONDS)
-            continue
-        tries += 1
-        if claim.accepted:
-            break
-        if claim.from_status in TEARDOWN_STATUSES:  # a stop or a delete asked: the same dispatch, another job
-            return await _teardown(deployment_id, settings, executor=executor, owner=owner, task_id=task_id)
-        refused = await _after_refused_claim(settings, deployment_id, claim.reason)
+    if not claimed:
+        refused = await _claim_for_run(
+            deployment_id, settings, executor=executor, owner=owner, task_id=task_id, sent_before_commit=sent_before_commit
+        )
         if refused is not None:
-            logger.debug("deployment %s not claimed by %s: %s (%s)", deployment_id, owner, claim.reason, refused.status)
             return refused
-    else:
-        return RunOutcome(deployment_id, Outcome.SKIPPED, claim.reason)
-
     async with DeploymentLogWriter(deployment_id) as logs:
         logs.redactor = redaction.base_redactor(settings)  # until the deployment's own is loaded
         # Load, check, run.
@@ -491,6 +472,40 @@ async def _after_lost_lease(
     return RunOutcome(deployment_id, Outcome.LOST, f"status is {status}", target_id)
 
 
+async def _claim_for_run(
+    deployment_id: str, settings: Settings, *, executor: ExecutorKind, owner: str, task_id: str | None, sent_before_commit: bool
+) -> RunOutcome | None:
+    """Claim ``deployment_id`` for ``owner``: None once claimed, else what the run ends with instead."""
+    commit_deadline = time.monotonic() + COMMIT_WAIT_SECONDS if sent_before_commit else 0.0
+    pause = 0.001
+    tries = 0
+    while tries < 2:  # a second try only after reclaiming a dead executor's row
+        async with database.AsyncSessionLocal() as session:
+            claim = await claim_deployment(
+                session,
+                deployment_id=deployment_id,
+                owner=owner,
+                executor=executor,
+                lease_seconds=settings.DEPLOYMENT_LEASE_SECONDS,
+                task_id=task_id,
+            )
+            await session.commit()
+        if claim.from_status is None and time.monotonic() < commit_deadline:
+            await asyncio.sleep(pause)  # not committed yet, or never will be (a creation that failed)
+            pause = min(pause * 2, COMMIT_WAIT_MAX_PAUSE_SECONDS)
+            continue
+        tries += 1
+        if claim.accepted:
+            return None
+        if claim.from_status in TEARDOWN_STATUSES:  # a stop or a delete asked: the same dispatch, another job
+            return await _teardown(deployment_id, settings, executor=executor, owner=owner, task_id=task_id)
+        refused = await _after_refused_claim(settings, deployment_id, claim.reason)
+        if refused is not None:
+            logger.debug("deployment %s not claimed by %s: %s (%s)", deployment_id, owner, claim.reason, refused.status)
+            return refused
+    return RunOutcome(deployment_id, Outcome.SKIPPED, claim.reason)
+
+
 async def _after_refused_claim(settings: Settings, deployment_id: str, reason: str) -> RunOutcome | None:
     """Why the claim was refused, as an outcome the executor acts on; ``None`` when the row was a dead
     executor's and has just been reclaimed (claim again)."""
@@ -557,15 +572,16 @@ class InProcessExecutor:
         self._again: set[str] = set()  # deployments dispatched while their run was still going
         self._outage = database.OutageLog(f"asyncio executor: running deployments (tried again every {DATABASE_RETRY_SECONDS:g}s)", logger)
 
-    def submit(self, deployment_id: str, settings: Settings) -> asyncio.Task:
+    def submit(self, deployment_id: str, settings: Settings, *, claimed_by: str | None = None) -> asyncio.Task:
         """Run ``deployment_id`` here; a call while one runs returns the running task and runs the deployment
         once more after it (a retry, a rollback or a revision queued while the previous run still cleans up
-        or settles would otherwise wait for the reaper)."""
+        or settles would otherwise wait for the reaper). ``claimed_by``: the owner of the lease the
+        deployment's creation took for this process (a new deployment has no run here yet)."""
         running = self._tasks.get(deployment_id)
         if running is not None and not running.done():
             self._again.add(deployment_id)
             return running
-        task = asyncio.create_task(self._run(deployment_id, settings), name=f"deployment-{deployment_id}")
+        task = asyncio.create_task(self._run(deployment_id, settings, claimed_by), name=f"deployment-{deployment_id}")
         self._tasks[deployment_id] = task
 
         def done(finished: asyncio.Task) -> None:
@@ -584,12 +600,14 @@ class InProcessExecutor:
 
         return dispatch
 
-    async def _run(self, deployment_id: str, settings: Settings) -> RunOutcome | None:
+    async def _run(self, deployment_id: str, settings: Settings, claimed_by: str | None = None) -> RunOutcome | None:
         async def dispatch_later(later: str, delay: float) -> None:
             self._schedule(later, settings, delay)
 
         try:
-            outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.ASYNCIO)
+            outcome = await run_deployment(
+                deployment_id, settings, executor=ExecutorKind.ASYNCIO, owner=claimed_by, claimed=claimed_by is not None
+            )
             await after_run(outcome, dispatch=self.dispatcher(settings), dispatch_later=dispatch_later)
         except asyncio.CancelledError:
             raise

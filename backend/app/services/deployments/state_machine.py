@@ -260,6 +260,7 @@ async def set_deployment_status(
     fresh_attempts: bool = False,
     observed: bool = False,
     keep_volumes: bool = False,
+    written: Deployment | None = None,
 ) -> TransitionResult:
     """Move a deployment to ``to_status`` if the transition is allowed and nobody raced us.
 
@@ -272,14 +273,18 @@ async def set_deployment_status(
     automatic rollback, see :func:`rule_fresh_attempts`).
     ``observed``: the watcher's ``running -> failed`` / ``failed -> running`` (:func:`rule_observed`).
     ``keep_volumes``: for ``-> deleting``, whether the teardown keeps the named volumes.
+    ``written``: the deployment as this very transaction wrote it (a creation claiming the deployment it
+    inserts), not read again.
 
     The deployment's current revision takes the outcome of the new status, in the same transaction
     (:mod:`backend.app.services.deployments.revision_outcomes`).
     """
     now = utcnow()
-    row = (
-        await session.execute(select(Deployment).where(Deployment.id == deployment_id).execution_options(populate_existing=True))
-    ).scalar_one_or_none()
+    row = written
+    if row is None:
+        row = (
+            await session.execute(select(Deployment).where(Deployment.id == deployment_id).execution_options(populate_existing=True))
+        ).scalar_one_or_none()
     if row is None:
         return TransitionResult(False, deployment_id, None, to_status, "deployment not found")
     from_status = DeploymentStatus(row.status)
@@ -525,8 +530,10 @@ async def claim_deployment(
     executor: ExecutorKind,
     lease_seconds: int = 60,
     task_id: str | None = None,
+    written: Deployment | None = None,
 ) -> TransitionResult:
-    """Claim a ``pending`` deployment for one executor (``pending -> deploying``)."""
+    """Claim a ``pending`` deployment for one executor (``pending -> deploying``). ``written``: the deployment
+    as the caller's transaction inserted it (its creation), not read again."""
     return await set_deployment_status(
         session,
         deployment_id=deployment_id,
@@ -538,6 +545,7 @@ async def claim_deployment(
         executor=executor,
         task_id=task_id,
         expected_from=S.PENDING,
+        written=written,
     )
 
 
