@@ -22,7 +22,11 @@ What is measured, per deployment (one at a time; each waits for the previous to 
   and the runner's start. The claim's own
   transaction (SELECT, capacity check, UPDATE, history, commit) comes after it and is shown separately
   for the in-process modes (``claim txn``). Cross-checked against the ``started_at``/``queued_at``
-  columns.
+  columns. In the in-process modes the creation's own transaction claims the deployment (the backend runs
+  it itself: ``Dispatcher.commit_and_dispatch_new``), so the claim starts right after the ``INSERT`` and
+  ``claim txn`` is the rest of that transaction, its commit included; **queued → deploying seen** (the claim
+  committed and its event delivered) compares every mode, and the in-process modes before and after that
+  change, on the same footing.
 * **POST RTT**: the HTTP round trip of ``POST /deployments`` (auth, rendering, compose validation,
   insert, commit, dispatch) — the time a client waits for its 201.
 * **POST → claim**: claim time − the moment the client sent the POST (same host clock).
@@ -541,6 +545,7 @@ def report(results: list[ModeResult], args) -> None:
         p2c = [s.post_to_claim for s in r.samples]
         txn = [s.claim_txn for s in r.samples if s.claim_txn is not None]
         seen = [s.event_seen_after_claim for s in r.samples if s.event_seen_after_claim == s.event_seen_after_claim]
+        visible = [s.queued_to_claim + s.event_seen_after_claim for s in r.samples if s.event_seen_after_claim == s.event_seen_after_claim]
         rows.append(
             [
                 r.mode,
@@ -550,6 +555,7 @@ def report(results: list[ModeResult], args) -> None:
                 c.ms(c.percentile(p2c, 99)),
                 c.ms(c.median(txn)) if txn else "-",
                 c.ms(c.median(seen)) if seen else "-",
+                c.ms(c.median(visible)) if visible else "-",
             ]
         )
     for r in results:
@@ -574,6 +580,7 @@ def report(results: list[ModeResult], args) -> None:
                 "POST→claim p99",
                 "claim txn median",
                 "claim→event seen median",
+                "queued → deploying seen median",
             ],
             rows,
         )
@@ -610,14 +617,16 @@ def report(results: list[ModeResult], args) -> None:
     )
     print(
         "(queued → commit: the deployment's INSERT; commit + dispatch: the creation's commit, then the enqueue (send_task\n"
-        " in a thread) or create_task, or on Redis the LPUSH during the commit; their return → claim: broker, worker pick-up,\n"
-        " runner start, or the event loop getting to the task (on Redis the worker may claim before the commit's hooks end);\n"
+        " in a thread) or create_task, or on Redis the LPUSH during the commit, or in-process the claim's statements, the\n"
+        " commit and create_task; their return → claim: broker, worker pick-up, runner start (negative in-process: the\n"
+        " claim starts inside commit_and_dispatch_new; on Redis the worker may claim before the commit's hooks end);\n"
         " durable write floor: one raw INSERT + COMMIT (aiosqlite / asyncpg) on the same database)"
     )
     print(
         "\nPOST→claim = claim time − moment the POST was sent (includes the request's own work, e.g. the "
         "`docker compose config -q` validation);\nclaim txn = claim start → claim committed (in-process modes); "
-        "claim→event seen = until this backend received the deploying event (Celery: through the event transport)."
+        "claim→event seen = until this backend received the deploying event (Celery: through the event transport);\n"
+        "queued → deploying seen = the two added: until the claim is committed and its event delivered, in every mode."
     )
     for r in results:
         for note in r.notes[:10]:
