@@ -15,15 +15,17 @@ from backend.tests.realtime_helpers import established
 
 SETTLED = {"running", "failed", "stopped", "cancelled"}
 
-# Records, inside the page, every status a row's badge shows and every value the drawer's progress
+# Records, inside the page, every status each row's badge shows and every value the drawer's progress
 # bar takes, as they happen (a test polling from outside could miss short-lived states).
 RECORDER = """
 () => {
-  window.__seen = { statuses: [], progress: [] };
+  window.__seen = { statuses: {}, progress: [] };
   const note = (list, v) => { if (v !== null && v !== undefined && list[list.length - 1] !== v) list.push(v); };
   const scan = () => {
-    document.querySelectorAll('[data-testid=deployment-row] [data-testid=status-badge]').forEach(
-      (el) => note(window.__seen.statuses, el.getAttribute('data-status')));
+    document.querySelectorAll('[data-testid=deployment-row]').forEach((row) => {
+      const badge = row.querySelector('[data-testid=status-badge]');
+      if (badge) note((window.__seen.statuses[row.dataset.id] ??= []), badge.getAttribute('data-status'));
+    });
     const bar = document.querySelector('[data-testid=log-progress]');
     if (bar) note(window.__seen.progress, Number(bar.getAttribute('data-value')));
   };
@@ -92,12 +94,32 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
     page.fill("input[name=delay]", "6")
     page.fill("input[name=deployment-name]", "live-demo")
 
-    page.evaluate(RECORDER)  # the list page replaces this page; re-armed below
-    page.get_by_test_id("deploy-submit").click()
-    page.wait_for_url("**/deployments?logs=*")
-    page.evaluate(RECORDER)
-    deployment_id = page.url.split("logs=")[1].split("&")[0]
-    cleanup_deployments.append(deployment_id)
+    # The target is kept full until the page watches: the new deployment waits (pending, its bar at 0) and
+    # starts when the one holding the slot is cancelled, so the page sees its progress move however fast the
+    # run's first steps are next to the page's own loading (they took less time than it on a loaded machine).
+    limit = server.api("GET", f"/targets/{local_target['id']}", token=admin_token)["max_concurrent_deployments"]
+    server.api("PATCH", f"/targets/{local_target['id']}", {"max_concurrent_deployments": 1}, token=admin_token)
+    try:
+        holder = server.api(
+            "POST",
+            "/deployments",
+            {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "slot-holder", "variables": {"delay": 60}},
+            token=admin_token,
+        )
+        cleanup_deployments.append(holder["id"])
+        assert wait_status(server, admin_token, holder["id"], {"deploying"} | SETTLED)["status"] == "deploying"
+
+        page.evaluate(RECORDER)  # the list page replaces this page; re-armed below
+        page.get_by_test_id("deploy-submit").click()
+        page.wait_for_url("**/deployments?logs=*")
+        page.evaluate(RECORDER)
+        deployment_id = page.url.split("logs=")[1].split("&")[0]
+        cleanup_deployments.append(deployment_id)
+        page.wait_for_function("document.querySelector('[data-testid=log-progress]')?.dataset.value === '0'")
+        assert server.api("GET", f"/deployments/{deployment_id}", token=admin_token)["status"] == "pending"
+        server.api("POST", f"/deployments/{holder['id']}/cancel", token=admin_token)
+    finally:
+        server.api("PATCH", f"/targets/{local_target['id']}", {"max_concurrent_deployments": limit}, token=admin_token)
 
     # The drawer is open on the new deployment and the socket is live.
     badge = page.get_by_test_id("ws-badge")
@@ -119,7 +141,8 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
         "?.dataset.status === 'running'"
     )
     seen = page.evaluate("window.__seen")
-    assert "deploying" in seen["statuses"] and seen["statuses"][-1] == "running", seen
+    statuses = seen["statuses"][deployment_id]  # its row's badge, as it changed
+    assert statuses[0] == "pending" and "deploying" in statuses and statuses[-1] == "running", seen
     assert len(set(seen["progress"])) >= 2 and any(0 < p < 100 for p in seen["progress"]), seen
 
     # The drawer shows exactly the persisted lines: Copy gives them, once each, in order.
