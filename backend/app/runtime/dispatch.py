@@ -284,8 +284,9 @@ class Dispatcher:
     async def _run_here(self, deployment_id: str, *, claimed_by: str | None = None) -> ExecutorKind:
         background_tasks.create_background_task(deployment_id, self.settings, claimed_by=claimed_by)
         metrics.DISPATCHES.labels("asyncio").inc()
-        # Let the new task start now: it runs up to its claim's first query, so the claim begins at once rather
-        # than when the caller (the POST building its answer, the audit entry) next waits on I/O.
+        # Let the new task start now: it runs up to its first query (its claim's, or the first log line's of a
+        # deployment its creation claimed), so that begins at once rather than when the caller (the POST building
+        # its answer) next waits on I/O.
         await asyncio.sleep(0)
         return ExecutorKind.ASYNCIO
 
