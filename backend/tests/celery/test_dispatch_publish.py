@@ -238,7 +238,9 @@ async def test_the_backend_dispatcher_runs_in_process_when_redis_is_gone(tmp_pat
     asyncio fallback), as with kombu."""
     submitted = []
     monkeypatch.setattr(
-        dispatch.background_tasks, "create_background_task", lambda deployment_id, settings: submitted.append(deployment_id)
+        dispatch.background_tasks,
+        "create_background_task",
+        lambda deployment_id, settings, claimed_by=None: submitted.append((deployment_id, claimed_by)),
     )
     dispatcher = _backend_dispatcher(f"redis://127.0.0.1:{_free_port()}/0", tmp_path)
     started = time.monotonic()
@@ -246,7 +248,7 @@ async def test_the_backend_dispatcher_runs_in_process_when_redis_is_gone(tmp_pat
         kind = await dispatcher.dispatch("deployment-1", target=Target(id="t-1", name="engine", placed=False))
     finally:
         await dispatcher.aclose()
-    assert (str(kind), submitted) == ("asyncio", ["deployment-1"])
+    assert (str(kind), submitted) == ("asyncio", [("deployment-1", None)])  # its run claims it
     assert time.monotonic() - started < dispatch.ENQUEUE_TIMEOUT_SECONDS
 
 
@@ -335,7 +337,8 @@ async def test_a_new_deployment_whose_push_fails_runs_in_process_once_committed(
     monkeypatch.setattr(
         dispatch.background_tasks,
         "create_background_task",
-        lambda deployment_id, settings: submitted.append((deployment_id, creation.committed)),
+        # unclaimed: its run claims it (the creation committed before the push was known to have failed)
+        lambda deployment_id, settings, claimed_by=None: submitted.append((deployment_id, creation.committed, claimed_by)),
     )
     dispatcher = _backend_dispatcher(f"redis://127.0.0.1:{_free_port()}/0", tmp_path)  # no Redis there
     creation.release.set()
@@ -343,7 +346,7 @@ async def test_a_new_deployment_whose_push_fails_runs_in_process_once_committed(
         kind = await dispatcher.commit_and_dispatch_new(creation, "deployment-1", target=Target(id="t-1", name="engine", placed=False))
     finally:
         await dispatcher.aclose()
-    assert (str(kind), submitted) == ("asyncio", [("deployment-1", True)])  # after its commit, never before
+    assert (str(kind), submitted) == ("asyncio", [("deployment-1", True, None)])  # after its commit, never before
 
 
 async def test_a_placed_target_or_another_broker_commits_first(tmp_path, monkeypatch):
