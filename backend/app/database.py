@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from backend.app import sqlite_driver
 from backend.app.config import DatabaseKind, Settings, settings
 from backend.app.core.files import private_dir
 
@@ -134,7 +135,8 @@ def build_engine(config: Settings) -> AsyncEngine:
         path = config.sqlite_path
         if path is not None:
             private_dir(Path(path).parent)
-        sqlite_engine = create_async_engine(url, echo=config.DATABASE_ECHO, connect_args={"timeout": 30})
+        # one trip to aiosqlite's thread per statement instead of three or four (backend/app/sqlite_driver.py)
+        sqlite_engine = create_async_engine(url, echo=config.DATABASE_ECHO, connect_args={"timeout": 30}, module=sqlite_driver.DBAPI)
         _configure_sqlite(sqlite_engine)
         return sqlite_engine
     return create_async_engine(
