@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.app import database
 from backend.app.core.logging import Redactor
 from backend.app.database import utcnow
 from backend.app.engines.base import DeploySpec, Engine, TargetConnection
-from backend.app.models import Deployment, DeploymentStatus, Organization, Stack, Target, TargetType
+from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, Organization, Stack, Target, TargetType
 from backend.app.models.base import new_id
 from backend.app.schemas.compose_policy import ComposePolicy
 from backend.app.services.deployments.context import DeploymentContext
@@ -70,6 +72,17 @@ async def make_deployment(
     session.add(deployment)
     await session.flush()
     return deployment
+
+
+async def transitions(deployment_id: str) -> list[tuple[str | None, str]]:
+    """The deployment's status history as ``(from, to)`` pairs, oldest first (read in a session of its own)."""
+    async with database.AsyncSessionLocal() as session:
+        rows = await session.execute(
+            select(DeploymentStatusHistory)
+            .where(DeploymentStatusHistory.deployment_id == deployment_id)
+            .order_by(DeploymentStatusHistory.id)
+        )
+        return [(h.from_status, h.to_status) for h in rows.scalars()]
 
 
 def plain_context(

@@ -9,15 +9,15 @@ import asyncio
 from datetime import timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from backend.app import database
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, ExecutorKind, Target
+from backend.app.models import Deployment, DeploymentStatus, ExecutorKind, Target
 from backend.app.runtime import background_tasks
 from backend.app.runtime.dispatch import Dispatcher
 from backend.app.services.deployments import recovery, runner
-from backend.tests.factories import make_deployment
+from backend.tests.factories import make_deployment, transitions
 
 
 class _CeleryOff:
@@ -25,16 +25,6 @@ class _CeleryOff:
 
     celery_usable = False
     report = SimpleNamespace(reason="Celery disabled by the test")
-
-
-async def _history(deployment_id: str) -> list[tuple[str | None, str]]:
-    async with database.AsyncSessionLocal() as session:
-        rows = await session.execute(
-            select(DeploymentStatusHistory)
-            .where(DeploymentStatusHistory.deployment_id == deployment_id)
-            .order_by(DeploymentStatusHistory.id)
-        )
-        return [(h.from_status, h.to_status) for h in rows.scalars()]
 
 
 async def _row(deployment_id: str) -> Deployment:
@@ -72,7 +62,7 @@ async def test_the_creation_commits_the_claim_of_this_process(db, monkeypatch):
     assert row.status == DeploymentStatus.DEPLOYING and row.attempt == 1 and row.executor == ExecutorKind.ASYNCIO
     assert row.lease_owner and row.lease_owner.startswith("asyncio:") and row.lease_expires_at > utcnow()
     assert started == [(deployment_id, row.lease_owner)]  # the run is told it holds that lease
-    assert await _history(deployment_id) == [("pending", "deploying")]  # the factory places the row; the claim is a transition
+    assert await transitions(deployment_id) == [("pending", "deploying")]  # the factory places the row; the claim is a transition
 
 
 async def test_the_run_holds_the_lease_its_creation_took(db, monkeypatch):
@@ -91,7 +81,7 @@ async def test_the_run_holds_the_lease_its_creation_took(db, monkeypatch):
     row = await _row(deployment_id)
     assert row.status == DeploymentStatus.FAILED and "stopped by the test after the claim" in row.error_message
     assert row.attempt == 1  # one claim, one attempt
-    assert await _history(deployment_id) == [("pending", "deploying"), ("deploying", "failed")]
+    assert await transitions(deployment_id) == [("pending", "deploying"), ("deploying", "failed")]
 
 
 async def test_a_target_at_its_limit_leaves_the_new_deployment_pending(db, monkeypatch):
@@ -111,7 +101,7 @@ async def test_a_target_at_its_limit_leaves_the_new_deployment_pending(db, monke
     row = await _row(deployment.id)
     assert row.status == DeploymentStatus.PENDING and row.lease_owner is None and row.attempt == 0
     assert started == [(deployment.id, None)]  # dispatched as ever: its run claims it once a slot is free
-    assert await _history(deployment.id) == []
+    assert await transitions(deployment.id) == []
 
 
 async def test_a_claim_whose_run_never_started_is_taken_again_once_its_lease_expires(db, monkeypatch):
@@ -134,4 +124,4 @@ async def test_a_claim_whose_run_never_started_is_taken_again_once_its_lease_exp
     assert dispatched == [deployment_id]
     row = await _row(deployment_id)
     assert row.status == DeploymentStatus.PENDING and row.lease_owner is None
-    assert await _history(deployment_id) == [("pending", "deploying"), ("deploying", "pending")]
+    assert await transitions(deployment_id) == [("pending", "deploying"), ("deploying", "pending")]

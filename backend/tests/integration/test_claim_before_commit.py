@@ -7,28 +7,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import select
 
 from backend.app import database
-from backend.app.models import Deployment, DeploymentStatusHistory, ExecutorKind
+from backend.app.models import Deployment, ExecutorKind
 from backend.app.services.deployments import runner
-from backend.tests.factories import make_deployment
+from backend.tests.factories import make_deployment, transitions
 
 HELD_SECONDS = 0.5
 
 
 async def _stop_after_the_claim(*_args, **_kwargs):
     raise RuntimeError("stopped by the test after the claim")
-
-
-async def _history(deployment_id: str) -> list[tuple[str | None, str]]:
-    async with database.AsyncSessionLocal() as session:
-        rows = await session.execute(
-            select(DeploymentStatusHistory)
-            .where(DeploymentStatusHistory.deployment_id == deployment_id)
-            .order_by(DeploymentStatusHistory.id)
-        )
-        return [(h.from_status, h.to_status) for h in rows.scalars()]
 
 
 async def test_a_task_sent_before_the_commit_claims_the_deployment_once_it_is_committed(db, monkeypatch):
@@ -44,7 +33,7 @@ async def test_a_task_sent_before_the_commit_claims_the_deployment_once_it_is_co
     async with database.AsyncSessionLocal() as session:
         row = await session.get(Deployment, deployment.id)
         assert row.status == "failed" and "stopped by the test after the claim" in row.error_message
-    assert await _history(deployment.id) == [("pending", "deploying"), ("deploying", "failed")]
+    assert await transitions(deployment.id) == [("pending", "deploying"), ("deploying", "failed")]
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
@@ -58,7 +47,7 @@ async def test_without_the_header_a_deployment_not_found_is_not_waited_for(db, m
         outcome = await asyncio.wait_for(runner.run_deployment(deployment.id, db.settings, executor=ExecutorKind.CELERY), 10)
         assert outcome.status is runner.Outcome.SKIPPED and outcome.reason == "deployment not found", outcome
         await creation.commit()
-    assert await _history(deployment.id) == []
+    assert await transitions(deployment.id) == []
 
 
 async def test_a_task_whose_creation_never_commits_ends_after_the_wait(db, monkeypatch):
