@@ -185,17 +185,15 @@ async def run_deployment(
     owner: str | None = None,
     task_id: str | None = None,
     sent_before_commit: bool = False,
-    claimed: bool = False,
+    claimed_by: str | None = None,
 ) -> RunOutcome:
     """``sent_before_commit``: the task was sent while the deployment's creation was committing
     (``Dispatcher.commit_and_dispatch_new``); a deployment not found yet is looked for again until
-    :data:`COMMIT_WAIT_SECONDS`. ``claimed``: the deployment's creation claimed it for ``owner`` in its own
-    transaction (this process runs it: ``Dispatcher.commit_and_dispatch_new``), so the run holds the lease
-    already."""
-    if claimed and owner is None:
-        raise ValueError("a deployment claimed for this run needs its owner")
-    owner = owner or executor_id(executor)
-    if not claimed:
+    :data:`COMMIT_WAIT_SECONDS`. ``claimed_by``: the owner of the lease the deployment's creation took in its
+    own transaction (this process runs it: ``Dispatcher.commit_and_dispatch_new``); the run holds it already
+    and is that owner."""
+    owner = claimed_by or owner or executor_id(executor)
+    if claimed_by is None:
         refused = await _claim_for_run(
             deployment_id, settings, executor=executor, owner=owner, task_id=task_id, sent_before_commit=sent_before_commit
         )
@@ -605,9 +603,7 @@ class InProcessExecutor:
             self._schedule(later, settings, delay)
 
         try:
-            outcome = await run_deployment(
-                deployment_id, settings, executor=ExecutorKind.ASYNCIO, owner=claimed_by, claimed=claimed_by is not None
-            )
+            outcome = await run_deployment(deployment_id, settings, executor=ExecutorKind.ASYNCIO, claimed_by=claimed_by)
             await after_run(outcome, dispatch=self.dispatcher(settings), dispatch_later=dispatch_later)
         except asyncio.CancelledError:
             raise
