@@ -220,16 +220,18 @@ class Dispatcher:
         Anything else (another broker, a placed target): the commit, then :meth:`dispatch`.
         """
         route = route_of_target(target)
-        if route is None or route.placed:
-            await session.commit()
-            return await self.dispatch(deployment_id, target=target)
-        unusable = self._celery_unavailable()
-        if unusable is not None:
-            return await self._commit_and_run_here(session, deployment_id, unusable, created=created)
-        publisher = self._redis_publisher
-        if publisher is None:
-            await session.commit()
-            return await self.dispatch(deployment_id, target=target)
+        if route is not None and not route.placed:
+            unusable = self._celery_unavailable()
+            if unusable is not None:
+                return await self._commit_and_run_here(session, deployment_id, unusable, created=created)
+            if (publisher := self._redis_publisher) is not None:
+                return await self._commit_and_push(session, deployment_id, publisher)
+        await session.commit()
+        return await self.dispatch(deployment_id, target=target)
+
+    async def _commit_and_push(self, session: AsyncSession, deployment_id: str, publisher: RedisTaskPublisher) -> ExecutorKind:
+        """Commit ``session`` while the new ``deployment_id``'s task is pushed to Redis (see
+        :meth:`commit_and_dispatch_new`)."""
         _, key, payload = redis_publish.message(self._celery(), deployment_id, before_commit=True)
         pushed = asyncio.ensure_future(asyncio.wait_for(publisher.push(key, payload), ENQUEUE_TIMEOUT_SECONDS))
         try:
