@@ -9,7 +9,7 @@ import re
 import uuid
 
 from backend.tests.browser.conftest import TEST_IMAGE, Server, new_page, page_errors, screenshot, tear_down, ui_login
-from backend.tests.browser.test_live_deployment import wait_status
+from backend.tests.browser.test_live_deployment import hold_the_slot, wait_status
 
 #: A service that ignores SIGTERM: stopping it waits for its whole grace period, then kills it.
 STUBBORN_STACK = {
@@ -152,14 +152,7 @@ def test_a_pending_row_says_it_waits_for_a_free_slot_on_its_target(
         token=admin_token,
     )
     try:
-        first = server.api(
-            "POST",
-            "/deployments",
-            {"stack_id": demo_stack["id"], "target_id": narrow["id"], "name": "holds-the-slot", "variables": {"delay": 30}},
-            token=admin_token,
-        )
-        cleanup_deployments.append(first["id"])
-        assert wait_status(server, admin_token, first["id"], {"deploying", "running", "failed"})["status"] == "deploying"
+        hold_the_slot(server, admin_token, demo_stack["id"], narrow["id"], cleanup_deployments, "holds-the-slot", delay=30)
         page = new_page(chromium_browser)
         ui_login(page, server)
         # created while the list is open: the new row says at once why it does not start

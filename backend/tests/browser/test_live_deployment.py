@@ -45,6 +45,17 @@ def wait_status(server: Server, token: str, deployment_id: str, statuses: set[st
         time.sleep(0.5)
 
 
+def hold_the_slot(server: Server, token: str, stack_id: str, target_id: str, cleanup: list[str], name: str, delay: int) -> dict:
+    """A deployment of the demo stack that stays ``deploying`` for ``delay`` seconds (its health gate), holding one
+    of its target's slots; it is ``deploying`` when this returns."""
+    holder = server.api(
+        "POST", "/deployments", {"stack_id": stack_id, "target_id": target_id, "name": name, "variables": {"delay": delay}}, token=token
+    )
+    cleanup.append(holder["id"])
+    assert wait_status(server, token, holder["id"], {"deploying"} | SETTLED)["status"] == "deploying"
+    return holder
+
+
 def persisted_lines(server: Server, token: str, deployment_id: str) -> list[tuple[str, str]]:
     items = server.api("GET", f"/deployments/{deployment_id}/logs?since_seq=0&limit=5000", token=token)["items"]
     return [(line["level"].upper(), line["message"]) for line in items]
@@ -100,14 +111,7 @@ def test_deploy_from_the_generated_form_and_watch_it_live(
     limit = server.api("GET", f"/targets/{local_target['id']}", token=admin_token)["max_concurrent_deployments"]
     server.api("PATCH", f"/targets/{local_target['id']}", {"max_concurrent_deployments": 1}, token=admin_token)
     try:
-        holder = server.api(
-            "POST",
-            "/deployments",
-            {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "slot-holder", "variables": {"delay": 60}},
-            token=admin_token,
-        )
-        cleanup_deployments.append(holder["id"])
-        assert wait_status(server, admin_token, holder["id"], {"deploying"} | SETTLED)["status"] == "deploying"
+        holder = hold_the_slot(server, admin_token, demo_stack["id"], local_target["id"], cleanup_deployments, "slot-holder", delay=60)
 
         page.evaluate(RECORDER)  # the list page replaces this page; re-armed below
         page.get_by_test_id("deploy-submit").click()
