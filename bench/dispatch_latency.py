@@ -375,6 +375,11 @@ def start_noop_worker(settings, label: str) -> c.Proc:
         WFBENCH_POLLING_INTERVAL=str(settings.CELERY_SQL_POLLING_INTERVAL),
         PYTHONPATH=os.pathsep.join([str(c.BENCH_DIR), str(c.REPO_ROOT)]),
     )
+    # The celery CLI takes any CELERY_WORKER_<OPTION> variable as that option's default, and WindFlow's settings
+    # export the embedded worker's (CELERY_WORKER_POOL=solo, CELERY_WORKER_LOGLEVEL=info). WindFlow's app drops
+    # them when the guide's command starts it (backend/app/celery_app.py); so does this baseline, which otherwise
+    # ran a solo pool (no hand-off to a pool process) beside the WindFlow worker's prefork pool.
+    env = {name: value for name, value in env.items() if not name.startswith("CELERY_WORKER_")}
     argv = [str(c.BIN / "celery"), "-A", "_celery_noop", "worker", "--concurrency=4", "-Q", NOOP_QUEUE, "-n", "wfbench-noop@%h"]
     return c.Proc(argv, env, c.SCRATCH / f"noop-worker-{label}.log", cwd=c.BENCH_DIR)
 
@@ -449,6 +454,9 @@ async def run_mode(mode: str, args, cleanup: c.Cleanup) -> ModeResult:
                         await asyncio.wait_for(asyncio.to_thread(celery_noop, noop_app), 90)
                     except TimeoutError:
                         raise RuntimeError(f"the baseline worker did not run its first task within 90 s:\n{noop_worker.tail()}") from None
+                    for which, proc in (("WindFlow", worker), ("baseline", noop_worker)):
+                        if "(prefork)" not in proc.output():  # Celery's banner: ".> concurrency: 4 (prefork)"
+                            raise RuntimeError(f"the {which} worker does not run a prefork pool:\n{proc.tail()}")
                 mode_now = str(app.state.celery_manager.mode)
                 print(
                     f"[{mode}] execution mode {mode_now}; broker {app.state.celery_manager.report.broker}; "
