@@ -101,9 +101,13 @@ class RedisTaskPublisher:
             del self._clients[gone]  # its connections went with their loop
         client = self._clients.get(loop)
         if client is None:
-            # one immediate reconnect: an idle connection the server (restarted) dropped is found at the next send
+            # one immediate reconnect: an idle connection the server (restarted) dropped is found at the next send.
+            # No socket timeout: every caller bounds its command as a whole (dispatch.ENQUEUE_TIMEOUT_SECONDS), and
+            # with one redis-py sends through wait_for, a task of its own: the LPUSH would leave a loop turn after
+            # the push started, not in its first step (see Dispatcher.commit_and_dispatch_new).
             client = Redis.from_url(
                 self.celery_app.conf.broker_url,
+                socket_timeout=None,
                 socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 retry=Retry(NoBackoff(), 1),
                 client_name="windflow-dispatch",

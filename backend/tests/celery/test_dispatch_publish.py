@@ -312,6 +312,39 @@ async def test_a_new_deployment_is_pushed_while_its_creation_commits(private_red
         await dispatcher.aclose()
 
 
+class _CommitThatLooksAtTheQueue:
+    """A commit that first counts the queue's messages, blocking the loop (nothing else of the process runs
+    meanwhile, a push not written yet included) for up to a second until Redis holds one."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.queued_at_commit: int | None = None
+
+    async def commit(self) -> None:
+        deadline = time.monotonic() + 1.0
+        while (queued := self.client.llen("celery")) == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.queued_at_commit = queued
+
+
+async def test_a_new_deployments_push_is_written_before_its_commit_starts(private_redis, tmp_path):
+    """With the publisher's connection open, the LPUSH leaves before the commit's first step (which, for a real
+    session, is half a millisecond of Python before it waits on the database), not once the commit yields."""
+    url, client = private_redis
+    dispatcher = _backend_dispatcher(url, tmp_path)
+    shared = Target(id="t-1", name="engine", placed=False)
+    try:
+        opening = _Creation()
+        opening.release.set()
+        await dispatcher.commit_and_dispatch_new(opening, "deployment-1", target=shared)  # opens the connection
+        client.delete("celery")
+        creation = _CommitThatLooksAtTheQueue(client)
+        assert str(await dispatcher.commit_and_dispatch_new(creation, "deployment-2", target=shared)) == "celery"
+        assert creation.queued_at_commit == 1
+    finally:
+        await dispatcher.aclose()
+
+
 async def test_a_creation_whose_commit_fails_takes_its_message_back(private_redis, tmp_path):
     url, client = private_redis
     dispatcher = _backend_dispatcher(url, tmp_path)
