@@ -18,6 +18,7 @@ a teardown's claim and release), belong at this one choke point.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, Update, bindparam, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -119,6 +120,45 @@ def rule_single_claim(row: Deployment, now: datetime) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _CapacityStatements:
+    """The capacity rule's statements, built once (each call only binds its values: building the expression
+    cost more than running it). Parameters: ``target_id``, ``now``, ``deployment_id``, ``queued_at``."""
+
+    limit_locked: Select  # PostgreSQL: the target's limit, its row locked
+    counts: Select  # PostgreSQL: its live leases and the older claimable deployments, after the lock
+    limit_and_counts: Select  # SQLite: the three in one statement (the write lock is already held)
+
+    @classmethod
+    def build(cls) -> _CapacityStatements:
+        target_id, now = bindparam("target_id"), bindparam("now")
+        deployment_id, queued_at = bindparam("deployment_id"), bindparam("queued_at")
+        running = (
+            select(func.count())
+            .select_from(Deployment)
+            .where(
+                Deployment.target_id == target_id,
+                Deployment.status == S.DEPLOYING,
+                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
+            )
+            .scalar_subquery()
+        )
+        older = (
+            select(func.count())
+            .select_from(Deployment)
+            .where(
+                Deployment.target_id == target_id,
+                Deployment.status == S.PENDING,
+                Deployment.id != deployment_id,
+                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+                (Deployment.queued_at < queued_at) | ((Deployment.queued_at == queued_at) & (Deployment.id < deployment_id)),
+            )
+            .scalar_subquery()
+        )
+        limit_of_target = select(Target.max_concurrent_deployments).where(Target.id == target_id)
+        return cls(limit_of_target.with_for_update(), select(running, older), limit_of_target.add_columns(running, older))
+
+
 async def rule_target_capacity(session: AsyncSession, *, row: Deployment, now: datetime) -> str | None:
     """A target runs at most ``max_concurrent_deployments`` deployments at once, oldest first.
 
@@ -131,37 +171,15 @@ async def rule_target_capacity(session: AsyncSession, *, row: Deployment, now: d
     (its compose children died with it, see ``engines/process.py``), so it must not keep a healthy worker
     waiting until the reaper has settled it.
     """
-    running = (
-        select(func.count())
-        .select_from(Deployment)
-        .where(
-            Deployment.target_id == row.target_id,
-            Deployment.status == S.DEPLOYING,
-            Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-        )
-        .scalar_subquery()
-    )
-    older = (
-        select(func.count())
-        .select_from(Deployment)
-        .where(
-            Deployment.target_id == row.target_id,
-            Deployment.status == S.PENDING,
-            Deployment.id != row.id,
-            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
-            (Deployment.queued_at < row.queued_at) | ((Deployment.queued_at == row.queued_at) & (Deployment.id < row.id)),
-        )
-        .scalar_subquery()
-    )
-    limit_of_target = select(Target.max_concurrent_deployments).where(Target.id == row.target_id)
+    params = {"target_id": row.target_id, "now": now, "deployment_id": row.id, "queued_at": row.queued_at}
     if session.get_bind().dialect.name == "postgresql":
         # the counts in a statement of their own, after the lock: it sees what a claim it waited for committed
-        limit = (await session.execute(limit_of_target.with_for_update())).scalar_one_or_none()
+        limit = (await session.execute(_CAPACITY.limit_locked, params)).scalar_one_or_none()
         if limit is None:
             return None
-        n_running, n_older = (await session.execute(select(running, older))).one()
+        n_running, n_older = (await session.execute(_CAPACITY.counts, params)).one()
     else:  # SQLite: the transaction holds the database's write lock since its BEGIN IMMEDIATE
-        found = (await session.execute(limit_of_target.add_columns(running, older))).one_or_none()
+        found = (await session.execute(_CAPACITY.limit_and_counts, params)).one_or_none()
         if found is None:
             return None
         limit, n_running, n_older = found
@@ -171,6 +189,9 @@ async def rule_target_capacity(session: AsyncSession, *, row: Deployment, now: d
     if n_older >= free:
         return f"{n_older} older deployment(s) of this target are queued first"
     return None
+
+
+_CAPACITY = _CapacityStatements.build()
 
 
 def rule_requeue_needs_attempts(row: Deployment) -> str | None:
@@ -304,7 +325,7 @@ async def set_deployment_status(
     values: dict[str, Any] = {"status": to_status, "updated_at": now}
     if not observed:  # what the watcher saw was of the containers before this change: it looks again
         values.update(health=None, service_health=None, health_since=None)
-    conditions = [Deployment.id == deployment_id, Deployment.status == from_status]
+    checks: set[str] = set()  # the compare-and-set's conditions beyond the id and the status (_CAS_CHECKS)
 
     if to_status is S.DEPLOYING:
         if lease_owner is None:
@@ -314,7 +335,7 @@ async def set_deployment_status(
         if why := await rule_target_capacity(session, row=row, now=now):
             return reject(why)
         values.update(
-            attempt=Deployment.attempt + 1,
+            attempt=_NEXT_ATTEMPT,
             lease_owner=lease_owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=now,
@@ -329,7 +350,7 @@ async def set_deployment_status(
             values["executor"] = executor
         if task_id is not None:
             values["task_id"] = task_id
-        conditions.append(Deployment.attempt < Deployment.max_attempts)
+        checks.add("attempts_left")
     elif to_status in TEARDOWN_STATUSES:
         # a new request from the user: no executor holds it yet (one claims it with claim_teardown)
         values.update(
@@ -350,9 +371,9 @@ async def set_deployment_status(
             if require_lease_expired:
                 if why := rule_lease_expired(row, now):
                     return reject(why)
-                conditions.append(Deployment.lease_expires_at < now)
+                checks.add("lease_expired")
             if lease_owner is not None:
-                conditions.append(Deployment.lease_owner == lease_owner)
+                checks.add("lease_owner")
         if to_status is S.PENDING:
             if (from_status, to_status) in _REQUEUES_BY_USER:
                 # error_message: an automatic rollback queued after a timeout keeps saying why
@@ -366,7 +387,7 @@ async def set_deployment_status(
             else:
                 if why := rule_requeue_needs_attempts(row):
                     return reject(why)
-                conditions.append(Deployment.attempt < Deployment.max_attempts)
+                checks.add("attempts_left")
                 values.update(not_before=not_before)
                 if error_message is not None:
                     values["error_message"] = error_message
@@ -374,36 +395,35 @@ async def set_deployment_status(
         else:
             values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
             if to_status is S.RUNNING:
-                values.update(error_message=None, progress=100, last_good_revision=Deployment.revision)
+                values.update(error_message=None, progress=100, last_good_revision=_ITS_REVISION)
             elif error_message is not None or from_status is S.RUNNING or from_status in TEARDOWN_STATUSES:
                 values["error_message"] = error_message  # a running one's is the watcher's, of what ran
 
-    # the row as the compare-and-set left it comes back with it (RETURNING), into ``row`` (populate_existing)
-    changed = (
-        await session.execute(
-            update(Deployment)
-            .where(*conditions)
-            .values(**values)
-            .returning(Deployment)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    # the row as the compare-and-set left it comes back with it (RETURNING), into ``row``, the identity map's
+    await session.flush()  # what the session holds unwritten goes first, as session.execute's autoflush would
+    statement = _compare_and_set(
+        frozenset(checks), tuple((key, value if isinstance(value, _InSql) else None) for key, value in values.items())
+    )
+    params = {f"set_{key}": value for key, value in values.items() if not isinstance(value, _InSql)}
+    params.update(cas_id=deployment_id, cas_from=from_status, cas_now=now, cas_owner=lease_owner)
+    changed = (await (await session.connection()).execute(statement, params)).one_or_none()
     if changed is None:
         return reject(f"concurrent change: deployment is no longer {from_status}")
-    row = changed  # the same object (the identity map's), its attributes now those the UPDATE returned
+    for column, key in _DEPLOYMENT_COLUMNS:
+        set_committed_value(row, key, changed._mapping[column])
     note_transition(session, from_status=from_status, to_status=to_status)  # the /metrics gauges, written at commit
 
-    session.add(
-        DeploymentStatusHistory(
-            deployment_id=deployment_id,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            actor=actor,
-            created_at=now,
-        )
+    await (await session.connection()).execute(
+        _INSERT_HISTORY,
+        {
+            "deployment_id": deployment_id,
+            "from_status": from_status,
+            "to_status": to_status,
+            "reason": reason,
+            "actor": actor,
+            "created_at": now,
+        },
     )
-    await session.flush()
     await revision_outcomes.follow(session, deployment=row, to_status=to_status, now=now)
     queue_event(
         session,
@@ -444,8 +464,42 @@ CREATION_DEFERRED_KEYS = (
 
 
 _INSERT_DEPLOYMENT = insert(Deployment.__table__)
+_INSERT_HISTORY = insert(DeploymentStatusHistory.__table__)
 #: (column, attribute) of every column of ``deployments``
 _DEPLOYMENT_COLUMNS = [(column, sa_inspect(Deployment).get_property_by_column(column).key) for column in Deployment.__table__.columns]
+
+
+@dataclass(frozen=True, eq=False)
+class _InSql:
+    """A value the compare-and-set computes in SQL, from the row it changes (one object per expression: the
+    statement cache tells them apart by identity)."""
+
+    expression: Any
+
+
+_NEXT_ATTEMPT = _InSql(Deployment.attempt + 1)
+_ITS_REVISION = _InSql(Deployment.revision)  # the revision it runs: ``last_good_revision`` once running
+#: the compare-and-set's conditions beyond ``id`` and ``status``, by name (parameters ``cas_now``, ``cas_owner``)
+_CAS_CHECKS = {
+    "attempts_left": Deployment.attempt < Deployment.max_attempts,
+    "lease_expired": Deployment.lease_expires_at < bindparam("cas_now"),
+    "lease_owner": Deployment.lease_owner == bindparam("cas_owner"),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _compare_and_set(checks: frozenset[str], shape: tuple[tuple[str, _InSql | None], ...]) -> Update:
+    """The compare-and-set of :func:`set_deployment_status` for one shape (the columns it sets, in order, and which
+    of them SQL computes; ``checks`` of :data:`_CAS_CHECKS`), built once: each transition only binds its values
+    (``set_<column>``, ``cas_id``, ``cas_from``, ...), where building the statement took longer than running it.
+    A Core statement returning the whole row, which the caller loads into the session's object."""
+    table = Deployment.__table__
+    return (
+        update(table)
+        .where(table.c.id == bindparam("cas_id"), table.c.status == bindparam("cas_from"), *(_CAS_CHECKS[name] for name in sorted(checks)))
+        .values({key: bindparam(f"set_{key}") if sql is None else sql.expression for key, sql in shape})
+        .returning(*table.columns)
+    )
 
 
 def _persist_unflushed(session: AsyncSession, deployment: Deployment) -> dict[str, Any]:
