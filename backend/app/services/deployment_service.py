@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -66,6 +66,21 @@ def read_model(
     )
 
 
+#: :func:`waiting_of`'s query, built once (parameters ``target_ids``, ``now``): each target's name, limit and live
+#: leases (a lease that expired belongs to a dead executor and holds no slot)
+_TARGETS_DEPLOYING = (
+    select(Target.id, Target.name, Target.max_concurrent_deployments, func.count(Deployment.id))
+    .outerjoin(
+        Deployment,
+        (Deployment.target_id == Target.id)
+        & (Deployment.status == S.DEPLOYING)
+        & (Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= bindparam("now"))),
+    )
+    .where(Target.id.in_(bindparam("target_ids", expanding=True)))
+    .group_by(Target.id, Target.name, Target.max_concurrent_deployments)
+)
+
+
 async def waiting_of(session: AsyncSession, *, deployments: list[Deployment]) -> dict[str, DeploymentWaiting]:
     """Why each ``pending`` deployment of ``deployments`` has not started: its retry backoff, or its target
     deploying as many as it may at once (the state machine's capacity rule: live leases hold a slot). One query
@@ -75,13 +90,7 @@ async def waiting_of(session: AsyncSession, *, deployments: list[Deployment]) ->
         return {}
     now = utcnow()
     target_ids = sorted({d.target_id for d in pending})
-    live = Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now)
-    rows = await session.execute(
-        select(Target.id, Target.name, Target.max_concurrent_deployments, func.count(Deployment.id))
-        .outerjoin(Deployment, (Deployment.target_id == Target.id) & (Deployment.status == S.DEPLOYING) & live)
-        .where(Target.id.in_(target_ids))
-        .group_by(Target.id, Target.name, Target.max_concurrent_deployments)
-    )
+    rows = await session.execute(_TARGETS_DEPLOYING, {"target_ids": target_ids, "now": now})
     targets = {target_id: (name, limit, deploying) for target_id, name, limit, deploying in rows}
     waiting: dict[str, DeploymentWaiting] = {}
     for d in pending:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -124,19 +124,22 @@ async def default_organization_id(session: AsyncSession, *, user: User) -> str |
     ).scalar_one_or_none()
 
 
+#: a user's first membership (the default organisation) and its role, built once (parameter ``user_id``): every
+#: creation without an ``organization_id`` reads it
+_DEFAULT_MEMBERSHIP = (
+    select(Membership.organization_id, Membership.role)
+    .where(Membership.user_id == bindparam("user_id"))
+    .order_by(Membership.created_at, Membership.id)
+    .limit(1)
+)
+
+
 async def resolve_organization(session: AsyncSession, *, user: User, organization_id: str | None, minimum: Role) -> str:
     """The organisation a create payload targets: the given one, else the caller's default."""
     if organization_id is None and token_organization(user) is None:
         # the default organisation and the caller's role there in one query: a membership row names both (a
         # superuser owns every organisation, and the row's foreign key says this one exists)
-        row = (
-            await session.execute(
-                select(Membership.organization_id, Membership.role)
-                .where(Membership.user_id == user.id)
-                .order_by(Membership.created_at, Membership.id)
-                .limit(1)
-            )
-        ).first()
+        row = (await session.execute(_DEFAULT_MEMBERSHIP, {"user_id": user.id})).first()
         if row is None:
             raise ValidationFailed(
                 "you belong to no organization: pass organization_id or ask an admin to add you to one",
