@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Select, Update, bindparam, func, insert, select, update
+from sqlalchemy import ScalarSelect, Select, Update, bindparam, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -133,27 +133,21 @@ class _CapacityStatements:
     def build(cls) -> _CapacityStatements:
         target_id, now = bindparam("target_id"), bindparam("now")
         deployment_id, queued_at = bindparam("deployment_id"), bindparam("queued_at")
-        running = (
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == target_id,
-                Deployment.status == S.DEPLOYING,
-                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-            )
-            .scalar_subquery()
+
+        def counted(*conditions) -> ScalarSelect:
+            return select(func.count()).select_from(Deployment).where(*conditions).scalar_subquery()
+
+        running = counted(
+            Deployment.target_id == target_id,
+            Deployment.status == S.DEPLOYING,
+            Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
         )
-        older = (
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == target_id,
-                Deployment.status == S.PENDING,
-                Deployment.id != deployment_id,
-                (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
-                (Deployment.queued_at < queued_at) | ((Deployment.queued_at == queued_at) & (Deployment.id < deployment_id)),
-            )
-            .scalar_subquery()
+        older = counted(
+            Deployment.target_id == target_id,
+            Deployment.status == S.PENDING,
+            Deployment.id != deployment_id,
+            (Deployment.not_before.is_(None)) | (Deployment.not_before <= now),
+            (Deployment.queued_at < queued_at) | ((Deployment.queued_at == queued_at) & (Deployment.id < deployment_id)),
         )
         limit_of_target = select(Target.max_concurrent_deployments).where(Target.id == target_id)
         return cls(limit_of_target.with_for_update(), select(running, older), limit_of_target.add_columns(running, older))
