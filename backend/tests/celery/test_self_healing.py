@@ -250,9 +250,12 @@ async def test_target_held_by_dead_executors_drains_its_queue(db, docker_engine,
                     )
                     created.append(deployment.id)
                 await session.commit()
-                for ghost in created[:2]:  # two executors claim, then die before their first heartbeat
+                # two executors claim, then die before their first heartbeat. Their leases outlast the two creations
+                # below, each with values never validated before (a compose subprocess): 4 s did not, once, on a
+                # slow machine under the full suite, and a creation after they expired rightly took a slot.
+                for ghost in created[:2]:
                     claim = await claim_deployment(
-                        session, deployment_id=ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=4
+                        session, deployment_id=ghost, owner=f"ghost-{ghost[:4]}", executor=ExecutorKind.CELERY, lease_seconds=12
                     )
                     assert claim.accepted, claim.reason
                 await session.commit()
