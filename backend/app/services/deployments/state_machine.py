@@ -400,14 +400,15 @@ async def set_deployment_status(
     )
     params = {f"set_{key}": value for key, value in values.items() if not isinstance(value, _InSql)}
     params.update(cas_id=deployment_id, cas_from=from_status, cas_now=now, cas_owner=lease_owner)
-    changed = (await (await session.connection()).execute(statement, params)).one_or_none()
+    connection = await session.connection()
+    changed = (await connection.execute(statement, params)).one_or_none()
     if changed is None:
         return reject(f"concurrent change: deployment is no longer {from_status}")
     for column, key in _DEPLOYMENT_COLUMNS:
         set_committed_value(row, key, changed._mapping[column])
     note_transition(session, from_status=from_status, to_status=to_status)  # the /metrics gauges, written at commit
 
-    await (await session.connection()).execute(
+    await connection.execute(
         _INSERT_HISTORY,
         {
             "deployment_id": deployment_id,
