@@ -198,7 +198,10 @@ async def test_kill9_backend_with_embedded_worker_heals(db, docker_engine, tmp_p
     created_id = None
     try:
         await _wait_http(base, first)
-        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        # 60 s a request: a backend just started pays its first stack's costs (the render children's forkserver,
+        # FastAPI building the route's handler) while its embedded worker starts beside it; on a slow machine
+        # under the full suite (load 11 on two cores) the first POST /stacks took more than 20 s
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             admin, target_id, stack_id = await _setup(client, docker_engine, SLOW_TEMPLATE, SLOW_VARIABLES)
             body = await wait_mode(client, admin.headers, "embedded", timeout=60)
             embedded_pid = body["embedded_worker"]["pid"]
@@ -215,7 +218,7 @@ async def test_kill9_backend_with_embedded_worker_heals(db, docker_engine, tmp_p
 
         second = _backend(settings, port, tmp_path / "backend-2.log")
         await _wait_http(base, second)
-        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             login = await client.post("/api/v1/auth/login", data={"username": admin.email, "password": admin.password})
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             await _assert_healed_once(client, headers, created_id, before, killed_at, heal_bound(settings) + 20)
