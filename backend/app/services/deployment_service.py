@@ -42,7 +42,7 @@ from backend.app.services import pagination
 from backend.app.services.deployments import history_reasons, recovery, revisions
 from backend.app.services.deployments.context import check_compose_policy, snapshot_compose
 from backend.app.services.deployments.runner import Dispatch
-from backend.app.services.deployments.state_machine import TransitionResult, record_creation, set_deployment_status
+from backend.app.services.deployments.state_machine import TransitionResult, holds_a_slot, record_creation, set_deployment_status
 from backend.app.services.identity import organization_service
 from backend.app.services.stacks import templating
 
@@ -72,9 +72,7 @@ _TARGETS_DEPLOYING = (
     select(Target.id, Target.name, Target.max_concurrent_deployments, func.count(Deployment.id))
     .outerjoin(
         Deployment,
-        (Deployment.target_id == Target.id)
-        & (Deployment.status == S.DEPLOYING)
-        & (Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= bindparam("now"))),
+        (Deployment.target_id == Target.id) & holds_a_slot(bindparam("now")),
     )
     .where(Target.id.in_(bindparam("target_ids", expanding=True)))
     .group_by(Target.id, Target.name, Target.max_concurrent_deployments)

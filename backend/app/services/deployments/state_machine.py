@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ScalarSelect, Select, Update, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, Update, bindparam, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -120,6 +120,12 @@ def rule_single_claim(row: Deployment, now: datetime) -> str | None:
     return None
 
 
+def holds_a_slot(now) -> ColumnElement[bool]:
+    """A deployment that takes one of its target's slots: ``deploying`` under a lease that has not expired at
+    ``now`` (a datetime or a bind parameter). An expired lease belongs to a dead executor and holds none."""
+    return (Deployment.status == S.DEPLOYING) & (Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now))
+
+
 @dataclass(frozen=True)
 class _CapacityStatements:
     """The capacity rule's statements, built once (each call only binds its values: building the expression
@@ -137,11 +143,7 @@ class _CapacityStatements:
         def counted(*conditions) -> ScalarSelect:
             return select(func.count()).select_from(Deployment).where(*conditions).scalar_subquery()
 
-        running = counted(
-            Deployment.target_id == target_id,
-            Deployment.status == S.DEPLOYING,
-            Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-        )
+        running = counted(Deployment.target_id == target_id, holds_a_slot(now))
         older = counted(
             Deployment.target_id == target_id,
             Deployment.status == S.PENDING,
@@ -667,15 +669,7 @@ async def claimable_for_target(session: AsyncSession, *, target_id: str, now: da
     if limit is None:
         return []
     live = (
-        await session.execute(
-            select(func.count())
-            .select_from(Deployment)
-            .where(
-                Deployment.target_id == target_id,
-                Deployment.status == DeploymentStatus.DEPLOYING,
-                Deployment.lease_expires_at.is_(None) | (Deployment.lease_expires_at >= now),
-            )
-        )
+        await session.execute(select(func.count()).select_from(Deployment).where(Deployment.target_id == target_id, holds_a_slot(now)))
     ).scalar_one()
     if live >= limit:
         return []
