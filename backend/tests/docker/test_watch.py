@@ -14,18 +14,21 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, insert, select, update
 
 from backend.app import database
 from backend.app.core.events import EventType
 from backend.app.database import utcnow
-from backend.app.models import Deployment, DeploymentStatusHistory, User
+from backend.app.models import Deployment, DeploymentStatus, DeploymentStatusHistory, Target, TargetType, User
+from backend.app.models.base import new_id
 from backend.app.runtime import background, background_tasks
 from backend.app.services.deployments import recovery, revisions
 from backend.app.services.deployments.runner import InProcessExecutor
+from backend.app.services.deployments.watch import WATCH_BATCH, Watcher
 from backend.tests.conftest import TEST_IMAGE, make_settings
 from backend.tests.deploy_helpers import force_cleanup, free_port, wait_status
 from backend.tests.docker.test_deployments import make_env
+from backend.tests.factories import make_org_target_stack
 from backend.tests.revision_helpers import REV_STACK, containers, running_services, serves, wait_revision
 from backend.tests.revision_helpers import revisions as list_revisions
 
@@ -289,3 +292,51 @@ async def test_a_change_that_timed_out_pending_is_rolled_back(env, events):
     assert len(containers(deployment_id)) == 2
     moves = [(f, t) for f, t, *_ in await history(deployment_id)]
     assert moves[-4:] == [("pending", "failed"), ("failed", "pending"), ("pending", "deploying"), ("deploying", "running")]
+
+
+async def test_a_pass_reads_an_answering_targets_rows_in_batches_and_none_of_a_silent_ones(db, docker_engine, tmp_path):
+    """1,200 watched deployments on the real engine (failed ones whose revision passed its gate, no container
+    left: nothing to change) and 1,200 running ones on a target whose engine does not answer. A pass reads the
+    first in batches of WATCH_BATCH, without their document and values, and not one row of the second: a million
+    watched rows once made every pass load them all at once on the event loop, every request waiting behind it."""
+    settings = make_settings(db.settings.DATABASE_URL, DEPLOYMENTS_WORKDIR=tmp_path / "deployments")
+    async with database.AsyncSessionLocal() as session:
+        org, answering, stack = await make_org_target_stack(session)
+        answering.endpoint = docker_engine
+        silent = Target(organization_id=org.id, name="silent", type=TargetType.DOCKER, endpoint="tcp://127.0.0.1:1")
+        session.add(silent)
+        await session.flush()
+        rows = [
+            {"id": new_id(), "organization_id": org.id, "stack_id": stack.id, "target_id": target.id, "name": f"d{n}", "status": status,
+             "revision": 1, "last_good_revision": 1, "attempt": 1, "variables": {}, "rendered_compose": "not read", "queued_at": utcnow()}
+            for target, status in ((answering, DeploymentStatus.FAILED), (silent, DeploymentStatus.RUNNING))
+            for n in range(1200)
+        ]  # fmt: skip
+        await session.execute(insert(Deployment), rows)
+        await session.commit()
+    answering_ids = {r["id"] for r in rows if r["target_id"] == answering.id}
+
+    loaded: list[tuple[str, bool]] = []
+    reads: list[int] = []
+
+    def on_load(deployment, _context) -> None:
+        loaded.append((deployment.id, "rendered_compose" in deployment.__dict__ or "variables" in deployment.__dict__))
+
+    def on_execute(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM deployments" in statement and "targets" not in statement:
+            reads.append(len(loaded))
+
+    sync_engine = database.get_engine().sync_engine
+    event.listen(Deployment, "load", on_load)
+    event.listen(sync_engine, "before_cursor_execute", on_execute)
+    try:
+        stats = await Watcher(settings).run_once()
+    finally:
+        event.remove(Deployment, "load", on_load)
+        event.remove(sync_engine, "before_cursor_execute", on_execute)
+    assert stats["errors"] == 1  # the silent target's engine, once
+    assert stats["looked"] == 1200 and stats["changed"] == 0
+    assert {deployment_id for deployment_id, _ in loaded} == answering_ids  # not one row of the silent target
+    assert not any(heavy for _, heavy in loaded), "a pass read documents and values it did not need"
+    assert len(loaded) == 1200 and len(reads) == 3  # 500 + 500 + 200, each read before the next batch
+    assert reads == [0, WATCH_BATCH, 2 * WATCH_BATCH]

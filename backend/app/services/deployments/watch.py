@@ -39,11 +39,12 @@ commits each deployment's change on its own, like the reaper; it writes only wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import defer
 
 from backend.app import database
 from backend.app.config import Settings
@@ -78,6 +79,10 @@ _PROBLEMS = ("down", "unhealthy", "restarting", "missing")
 #: own rule: a run of 10 s resets its restart backoff). A crash loop's container is up for a moment between two
 #: exits; two looks inside that moment must not call it healthy.
 RESTART_SETTLE_SECONDS = 10.0
+#: A pass reads a target's watched deployments this many at a time (by id), the event loop free between two
+#: reads, and without their document and values (read when a revision is first seen, or to redact a problem).
+WATCH_BATCH = 500
+_UNREAD = (defer(Deployment.rendered_compose), defer(Deployment.variables))
 
 
 @dataclass(frozen=True)
@@ -223,30 +228,32 @@ class Watcher:
 
     async def run_once(self, scope: Callable[[Target], bool] | None = None) -> dict[str, int]:
         """One pass over every watched deployment of the targets this process reaches (and ``scope`` keeps).
-        Returns ``{"looked", "changed", "failed", "recovered", "errors"}``."""
+        Returns ``{"looked", "changed", "failed", "recovered", "errors"}``.
+
+        Target by target: the engine first, then, only if it answered, that target's watched deployments in
+        batches. A pass never holds every watched row at once, and a target whose engine is down costs one
+        call, not a read of its deployments (a million rows once made every pass, every 5 s, load them all
+        on the event loop and every request wait behind it)."""
         stats = {"looked": 0, "changed": 0, "failed": 0, "recovered": 0, "errors": 0}
         now = utcnow()
         async with database.AsyncSessionLocal() as session:
-            deployments = list((await session.execute(select(Deployment).where(_watched(now)))).scalars())
-            target_ids = sorted({d.target_id for d in deployments})
-            targets = {t.id: t for t in (await session.execute(select(Target).where(Target.id.in_(target_ids)))).scalars()}
+            watched_there = exists().where(Deployment.target_id == Target.id, _watched(now))
+            targets = list((await session.execute(select(Target).where(watched_there).order_by(Target.id))).scalars())
             await database.end_transaction(session)
-        by_target: dict[str, list[Deployment]] = {}
-        for deployment in deployments:
-            by_target.setdefault(deployment.target_id, []).append(deployment)
-        live = {(d.id, d.revision) for d in deployments}
-        self._expected = {key: value for key, value in self._expected.items() if key in live}
-        for target_id, watched in by_target.items():
-            target = targets.get(target_id)
-            if target is None or not target.is_active or not placement.reachable_here(target, self.settings):
+        seen: set[tuple[str, int]] = set()
+        for target in targets:
+            if not target.is_active or not placement.reachable_here(target, self.settings):
                 continue
             if scope is not None and not scope(target):
                 continue
             try:
-                await self._watch_target(target, watched, stats)
+                await self._watch_target(target, now, stats, seen)
             except Exception:
                 logger.exception("watcher: target %s", target.name)
                 stats["errors"] += 1
+        # revisions no longer watched (stopped, rolled out, deleted) leave the cache; those of a target whose
+        # engine did not answer were not seen either, and are read again when it answers
+        self._expected = {key: value for key, value in self._expected.items() if key in seen}
         if stats["changed"]:
             logger.info(
                 "Watcher: looked=%d changed=%d failed=%d recovered=%d errors=%d",
@@ -258,7 +265,7 @@ class Watcher:
             )
         return stats
 
-    async def _watch_target(self, target: Target, deployments: list[Deployment], stats: dict[str, int]) -> None:
+    async def _watch_target(self, target: Target, now: datetime, stats: dict[str, int], seen: set[tuple[str, int]]) -> None:
         credentials = target_service.credentials(target, self.settings)
         engine = engine_for(target_service.connection_from(target, credentials))
         try:
@@ -271,12 +278,16 @@ class Watcher:
             stats["errors"] += 1
             return
         self._unreachable.discard(target.id)
-        for deployment in deployments:
+        async for deployment in _watched_of(target.id, now):
+            seen.add((deployment.id, deployment.revision))
             try:
                 if managed is not None:
                     states = managed.get(deployment.id, [])
                 else:
-                    states = await engine.inspect(deployment_context.deploy_spec(self.settings, deployment))
+                    full = await _whole(deployment)
+                    if full is None:
+                        continue  # rolled out or deleted since it was read: the next pass sees it as it is
+                    states = await engine.inspect(deployment_context.deploy_spec(self.settings, full))
                 stats["looked"] += 1
                 change = await self._settle(deployment, target, credentials, states)
             except Exception:
@@ -288,14 +299,20 @@ class Watcher:
                 if change in ("failed", "recovered"):
                     stats[change] += 1
 
-    def _expected_of(self, deployment: Deployment) -> Expected:
+    async def _expected_of(self, deployment: Deployment) -> Expected | None:
+        """What the deployment's revision asks for (its document read and parsed once per revision); None when
+        the row changed revision or went since the pass read it."""
         key = (deployment.id, deployment.revision)
         if key not in self._expected:
-            self._expected[key] = Expected.of(deployment_context.snapshot_compose(self.settings, deployment))
+            full = await _whole(deployment)
+            if full is None:
+                return None
+            self._expected[key] = Expected.of(deployment_context.snapshot_compose(self.settings, full))
         return self._expected[key]
 
-    def _redactor(self, deployment: Deployment, target: Target, credentials: Mapping) -> Redactor:
-        _, secrets = EncryptedValues(deployment.variables).decrypt_with_secrets(self.settings)
+    async def _redactor(self, deployment: Deployment, target: Target, credentials: Mapping) -> Redactor:
+        full = await _whole(deployment)
+        _, secrets = EncryptedValues(full.variables if full is not None else {}).decrypt_with_secrets(self.settings)
         return redaction.deployment_redactor(
             self.settings, deployment.id, secrets=[*secrets, *redaction.target_secrets(target, credentials)]
         )
@@ -306,10 +323,14 @@ class Watcher:
         status = DeploymentStatus(deployment.status)
         if status is S.FAILED and not states:
             return None  # a failed deployment without containers: nothing disagrees
+        expected = await self._expected_of(deployment)
+        if expected is None:
+            return None
         record = deployment.service_health or {}
-        look = judge(self._expected_of(deployment), states, record.get("containers") or {}, utcnow())
+        look = judge(expected, states, record.get("containers") or {}, utcnow())
         previous = deployment.health
-        redact = self._redactor(deployment, target, credentials) if look.health != HEALTHY or previous not in (None, HEALTHY) else None
+        redacts = look.health != HEALTHY or previous not in (None, HEALTHY)
+        redact = await self._redactor(deployment, target, credentials) if redacts else None
         services = [s.model_copy(update={"reason": redact(s.reason)}) if redact and s.reason else s for s in look.services]
         message = redact(look.message) if redact and look.message else None
         stored = {"services": [s.model_dump() for s in services], "containers": look.restarts}
@@ -410,6 +431,36 @@ class Watcher:
             logger.info("watcher: deployment %s (%s) runs again: reconciled to running", deployment.id, deployment.name)
             return "recovered"
         return "changed"
+
+
+async def _watched_of(target_id: str, now: datetime) -> AsyncIterator[Deployment]:
+    """The target's watched deployments, :data:`WATCH_BATCH` at a time in order of id, without their document
+    and values; each read in a transaction of its own, ended before the rows are judged."""
+    after = ""
+    while True:
+        async with database.AsyncSessionLocal() as session:
+            query = (
+                select(Deployment)
+                .options(*_UNREAD)
+                .where(Deployment.target_id == target_id, _watched(now), Deployment.id > after)
+                .order_by(Deployment.id)
+                .limit(WATCH_BATCH)
+            )
+            batch = list((await session.execute(query)).scalars())
+            await database.end_transaction(session)
+        for deployment in batch:
+            yield deployment
+        if len(batch) < WATCH_BATCH:
+            return
+        after = batch[-1].id
+
+
+async def _whole(deployment: Deployment) -> Deployment | None:
+    """The deployment's whole row (with its document and values) if it is still at the revision read; else None."""
+    async with database.AsyncSessionLocal() as session:
+        row = (await session.execute(select(Deployment).where(Deployment.id == deployment.id))).scalar_one_or_none()
+        await database.end_transaction(session)
+    return row if row is not None and row.revision == deployment.revision else None
 
 
 def _message_of(record: Mapping) -> str | None:
