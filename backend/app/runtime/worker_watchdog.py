@@ -275,9 +275,12 @@ class WorkerMonitor:
         own = [int(pid) for pid in pids if pid is not None and int(pid) != os.getpid()]
         return None if pids and not own else own
 
-    def observe(self, messages_waiting: bool | None):
+    def observe(self, messages_waiting: bool | None, pids: list[int] | None | object = ...):
+        """Judge the worker now; ``pids``: the pool's process ids as :meth:`pool_pids` gave them this look
+        (read here when not given)."""
         now = time.monotonic()
-        pids = self.pool_pids()
+        if pids is ...:
+            pids = self.pool_pids()
         live = self.concurrency if pids is None else live_processes(pids)
         reserved = {r.id: r.name for r in list(state.reserved_requests)}
         active = [r.id for r in list(state.active_requests)]
@@ -297,9 +300,10 @@ class WorkerMonitor:
         self.verdict = verdict
         return verdict
 
-    def lost_children(self) -> set[int]:
-        """Pool processes seen at the last look that are gone now (billiard replaces them)."""
-        current = set(self.pool_pids() or [])
+    def lost_children(self, pids: list[int] | None | object = ...) -> set[int]:
+        """Pool processes seen at the last look that are gone now (billiard replaces them); ``pids`` as in
+        :meth:`observe`."""
+        current = set((self.pool_pids() if pids is ... else pids) or [])
         lost = {pid for pid in self.pids - current if process_state(pid) in (None, "Z")}
         # one that is no longer listed but still exists stays known: a pool being torn down lists nothing
         self.pids = current | (self.pids - current - lost)
@@ -329,12 +333,16 @@ class WorkerMonitor:
             return [placement.SHARED_QUEUE]
         return [placement.SHARED_QUEUE if t == placement.SHARED else placement.queue_name(t) for t in self.targets]
 
+    def _polls_stale(self) -> bool:
+        """On the PostgreSQL broker, whether the consumer's last poll is older than ``WORKER_STALL_SECONDS``."""
+        age = POLLS.age()
+        return self.sql_broker and age is not None and age >= self.settings.WORKER_STALL_SECONDS
+
     async def _messages_waiting(self) -> bool | None:
         """Whether this worker's queues on the PostgreSQL broker have visible messages (asked only when polls
         look stale; a message waiting in a queue it does not consume, such as a placed target's that no worker
         serves, is not its business)."""
-        age = POLLS.age()
-        if not self.sql_broker or age is None or age < self.settings.WORKER_STALL_SECONDS:
+        if not self._polls_stale():
             return None
         query = text(
             "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE m.visible AND q.name IN :queues)"
@@ -355,12 +363,15 @@ class WorkerMonitor:
 
     def _look(self) -> None:
         """One look: is the worker executing, did pool processes die, and the heartbeat when it is due."""
-        try:
-            waiting = worker_loop.run(self._messages_waiting(), timeout=10)
-        except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
-            waiting = None
-        verdict = self.observe(waiting)
-        if lost := self.lost_children():
+        waiting = None
+        if self._polls_stale():  # else nothing to ask the database: no hop to the worker's loop every second
+            try:
+                waiting = worker_loop.run(self._messages_waiting(), timeout=10)
+            except Exception:  # noqa: BLE001 - the database may be down: the consumer's poll age alone says nothing
+                waiting = None
+        pids = self.pool_pids()  # the pool's info, read once a look
+        verdict = self.observe(waiting, pids)
+        if lost := self.lost_children(pids):
             try:
                 worker_loop.run(self._expire_leases_of(lost), timeout=10)
             except Exception:
