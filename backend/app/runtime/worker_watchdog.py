@@ -275,12 +275,9 @@ class WorkerMonitor:
         own = [int(pid) for pid in pids if pid is not None and int(pid) != os.getpid()]
         return None if pids and not own else own
 
-    def observe(self, messages_waiting: bool | None, pids: list[int] | None | object = ...):
-        """Judge the worker now; ``pids``: the pool's process ids as :meth:`pool_pids` gave them this look
-        (read here when not given)."""
+    def observe(self, messages_waiting: bool | None, pids: list[int] | None):
+        """Judge the worker now; ``pids``: the pool's process ids as :meth:`pool_pids` gave them this look."""
         now = time.monotonic()
-        if pids is ...:
-            pids = self.pool_pids()
         live = self.concurrency if pids is None else live_processes(pids)
         reserved = {r.id: r.name for r in list(state.reserved_requests)}
         active = [r.id for r in list(state.active_requests)]
@@ -300,10 +297,10 @@ class WorkerMonitor:
         self.verdict = verdict
         return verdict
 
-    def lost_children(self, pids: list[int] | None | object = ...) -> set[int]:
+    def lost_children(self, pids: list[int] | None) -> set[int]:
         """Pool processes seen at the last look that are gone now (billiard replaces them); ``pids`` as in
         :meth:`observe`."""
-        current = set((self.pool_pids() if pids is ... else pids) or [])
+        current = set(pids or [])
         lost = {pid for pid in self.pids - current if process_state(pid) in (None, "Z")}
         # one that is no longer listed but still exists stays known: a pool being torn down lists nothing
         self.pids = current | (self.pids - current - lost)
@@ -338,12 +335,10 @@ class WorkerMonitor:
         age = POLLS.age()
         return self.sql_broker and age is not None and age >= self.settings.WORKER_STALL_SECONDS
 
-    async def _messages_waiting(self) -> bool | None:
-        """Whether this worker's queues on the PostgreSQL broker have visible messages (asked only when polls
-        look stale; a message waiting in a queue it does not consume, such as a placed target's that no worker
-        serves, is not its business)."""
-        if not self._polls_stale():
-            return None
+    async def _messages_waiting(self) -> bool:
+        """Whether this worker's queues on the PostgreSQL broker have visible messages (asked by :meth:`_look`
+        only when :meth:`_polls_stale`; a message waiting in a queue it does not consume, such as a placed
+        target's that no worker serves, is not its business)."""
         query = text(
             "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE m.visible AND q.name IN :queues)"
         ).bindparams(bindparam("queues", expanding=True))

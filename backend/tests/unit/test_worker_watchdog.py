@@ -174,9 +174,9 @@ def test_a_worker_leaving_mid_teardown_kills_the_pool_processes_the_pool_no_long
         monitor = WorkerMonitor(
             "w@host", "external", 2, controller, None, settings=make_settings(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"), stop=None
         )
-        assert monitor.lost_children() == set()  # a look while the pool lists them
+        assert monitor.lost_children(monitor.pool_pids()) == set()  # a look while the pool lists them
         controller.pool = _Pool(None)
-        assert monitor.lost_children() == set()  # not listed now, yet not gone: not lost
+        assert monitor.lost_children(monitor.pool_pids()) == set()  # not listed now, yet not gone: not lost
         assert monitor.pool_to_kill() == {child.pid for child in pool}
         pool[0].kill()
         pool[0].wait()  # gone (its pid may be anyone's next): not killed
