@@ -1,7 +1,10 @@
 """Reaching a Docker engine: environment for the docker/compose CLIs and a Docker SDK client.
 
 One :class:`EngineSession` per driver operation. TLS material and SSH keys are written to a private
-temporary directory (0700, files 0600) that lives exactly as long as the session.
+temporary directory (0700, files 0600) that lives exactly as long as the session; a session that has none
+makes no directory. The SDK client of a target without key material (a local socket, plain TCP) is built once
+per process and shared by its sessions (:class:`SharedClients`); a TLS or SSH target's lives with its session,
+as its keys do.
 
 SSH: the CLIs dial ``ssh://user@host`` themselves (``DOCKER_HOST=ssh://...``: ``ssh ... docker system
 dial-stdio``). The SDK talks to a unix socket in the session's directory whose every connection runs
@@ -214,6 +217,7 @@ class EngineSession:
         self._env: dict[str, str] | None = None
         self._ssh_command: list[str] = ["ssh"]
         self._ssh_socket: _DialStdioSocket | None = None
+        self._opened = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -225,13 +229,14 @@ class EngineSession:
         await self.aclose()
 
     def open(self) -> None:
-        if self._dir is not None:
+        if self._opened:
             return
         sweep_orphaned_material()
-        self._dir = Path(tempfile.mkdtemp(prefix=f"{MATERIAL_PREFIX}{os.getpid()}-"))  # mode 0700
+        self._opened = True
         try:
-            self._env = self._build_env(self._dir)
+            self._env = self._build_env()
         except BaseException:
+            self._opened = False
             self._cleanup_dir()
             raise
 
@@ -239,12 +244,13 @@ class EngineSession:
         client, self._client = self._client, None
         ssh_socket, self._ssh_socket = self._ssh_socket, None
         try:
-            if client is not None:
+            if client is not None and not _shared.release(client):
                 await asyncio.to_thread(client.close)
             if ssh_socket is not None:
                 await asyncio.to_thread(ssh_socket.close)
         finally:  # key material never outlives the session, even when closing is cancelled
             self._cleanup_dir()
+            self._opened = False
 
     def _cleanup_dir(self) -> None:
         if self._dir is not None:
@@ -253,7 +259,11 @@ class EngineSession:
 
     @property
     def material_dir(self) -> Path:
-        assert self._dir is not None, "session not opened"
+        """The session's private directory (mode 0700), made on first use: only a target with key material
+        (TLS, SSH) or files to hand the CLI (a swarm's registry credentials) needs one."""
+        assert self._opened, "session not opened"
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{MATERIAL_PREFIX}{os.getpid()}-"))  # mode 0700
         return self._dir
 
     # ------------------------------------------------------------------ CLI
@@ -269,12 +279,13 @@ class EngineSession:
         assert self._env is not None, "session not opened"
         return dict(self._env)
 
-    def _build_env(self, directory: Path) -> dict[str, str]:
+    def _build_env(self) -> dict[str, str]:
         env = cli_base_environment()
         env["DOCKER_HOST"] = self.endpoint
         env["DOCKER_CLI_HINTS"] = "false"
         c = self.connection
         if self.tls_enabled:
+            directory = self.material_dir
             if c.tls_ca:
                 _write_private(directory / "ca.pem", c.tls_ca)
             if c.tls_cert:
@@ -287,6 +298,7 @@ class EngineSession:
             else:
                 env["DOCKER_TLS"] = "1"
         if self.endpoint.startswith("ssh://") and c.ssh_key:
+            directory = self.material_dir
             key = directory / "id_key"
             _write_private(key, c.ssh_key)
             real_ssh = shutil.which("ssh") or "ssh"
@@ -327,13 +339,24 @@ class EngineSession:
         api.trust_env = False
         return _negotiated(api, _engine_key(self))
 
+    @property
+    def shareable(self) -> bool:
+        """Whether this target's SDK client can serve every session of this process: a local socket or a plain
+        TCP endpoint, no key material on disk that the client would need past this session."""
+        return not self.tls_enabled and not self.endpoint.startswith("ssh://")
+
     async def client(self) -> docker.DockerClient:
         if self._client is None:
-            client = None
-            if _known_api_version(_engine_key(self)):  # nothing to ask the engine: built here, no thread
-                with contextlib.suppress(docker.errors.DockerException, OSError):
-                    client = self._build_client()
-            self._client = client or await self.call(self._build_client)  # errors classified by call()
+            key = _engine_key(self)
+            client = _shared.take(key) if self.shareable else None
+            if client is None:
+                if _known_api_version(key):  # nothing to ask the engine: built here, no thread
+                    with contextlib.suppress(docker.errors.DockerException, OSError):
+                        client = self._build_client()
+                client = client or await self.call(self._build_client)  # errors classified by call()
+                if self.shareable:
+                    client = _shared.put(key, client)
+            self._client = client
         return self._client
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -349,6 +372,7 @@ class EngineSession:
             message = f"{self.connection.endpoint}: {_api_message(exc)}"
             if "client version" in message.lower():  # the remembered API version no longer suits the engine
                 _remember_api_version(_engine_key(self), None)
+                _shared.forget(_engine_key(self))
             raise EngineRejected(message, exc.status_code, transient_500=is_transient(message)) from exc
         except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
             raise EngineTimeout(f"Docker engine {self.connection.endpoint} did not answer in time: {exc}") from exc
@@ -512,6 +536,104 @@ docker.transport.unixconn.UnixHTTPConnection.connect = _unix_connect_closing_on_
 API_VERSION_TTL = 600.0
 _api_versions: dict[str, tuple[str, float]] = {}
 _api_versions_lock = threading.Lock()
+
+
+class SharedClients:
+    """The SDK clients of the targets without key material, one per engine per process, shared by its sessions.
+
+    Building a client costs a ``requests`` session and its adapters (2-3 ms), and closing one a thread hop:
+    a deployment opened three sessions, one after the other, each paying both. A client is thread-safe
+    enough for this (``requests`` over urllib3's pool: one connection per concurrent call). An entry lives
+    :data:`API_VERSION_TTL` seconds (the API version it speaks was asked then) and goes when the engine refuses
+    that version; at most :data:`SHARED_CLIENTS` are kept. A client that leaves the table is closed once the
+    last session using it ends. Entries belong to the process that made them: a forked child (a worker's pool
+    process) builds its own and never closes its parent's.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._entries: dict[str, tuple[docker.DockerClient, float]] = {}  # key -> (client, expiry), oldest first
+        self._users: dict[int, int] = {}  # id(client) -> sessions using it
+        self._retired: dict[int, docker.DockerClient] = {}  # out of the table, still in use
+
+    def _own(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's clients (and their sockets) are not this process's
+            self._pid, self._entries, self._users, self._retired = os.getpid(), {}, {}, {}
+
+    def take(self, key: str) -> docker.DockerClient | None:
+        with self._lock:
+            self._own()
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                self._retire(key)
+                return None
+            self._users[id(entry[0])] = self._users.get(id(entry[0]), 0) + 1
+            return entry[0]
+
+    def put(self, key: str, client: docker.DockerClient) -> docker.DockerClient:
+        """Share ``client`` (just built by a session, which uses it). Returns the client the session uses: the
+        one already shared if another session put one meanwhile (``client`` is then closed)."""
+        with self._lock:
+            self._own()
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] > time.monotonic():
+                self._users[id(entry[0])] = self._users.get(id(entry[0]), 0) + 1
+                shared, spare = entry[0], client
+            else:
+                if entry is not None:
+                    self._retire(key)
+                self._entries[key] = (client, time.monotonic() + API_VERSION_TTL)
+                self._users[id(client)] = 1
+                while len(self._entries) > self.size:
+                    self._retire(next(iter(self._entries)))
+                shared, spare = client, None
+            closing = self._closable()
+        if spare is not None:
+            spare.close()
+        for old in closing:
+            old.close()
+        return shared
+
+    def release(self, client: docker.DockerClient) -> bool:
+        """A session using ``client`` ends. False when ``client`` is not a shared one (the session closes it)."""
+        with self._lock:
+            if self._pid != os.getpid() or id(client) not in self._users:
+                return False
+            self._users[id(client)] -= 1
+            closing = self._closable()
+        for old in closing:
+            old.close()
+        return True
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._own()
+            if key in self._entries:
+                self._retire(key)
+            closing = self._closable()
+        for old in closing:
+            old.close()
+
+    def _retire(self, key: str) -> None:
+        client, _expiry = self._entries.pop(key)
+        self._retired[id(client)] = client
+
+    def _closable(self) -> list[docker.DockerClient]:
+        """The retired clients no session uses any more, out of the books (closed by the caller, unlocked)."""
+        done = [client for ident, client in self._retired.items() if self._users.get(ident, 0) <= 0]
+        for client in done:
+            del self._retired[id(client)]
+            self._users.pop(id(client), None)
+        return done
+
+
+#: how many targets' clients a process keeps (each holds at most a few idle connections to its engine)
+SHARED_CLIENTS = 32
+_shared = SharedClients(SHARED_CLIENTS)
 
 
 def _engine_key(session: EngineSession) -> str:
