@@ -333,7 +333,15 @@ class EngineSession:
             cert = (str(directory / "cert.pem"), str(directory / "key.pem")) if c.tls_cert and c.tls_key else None
             ca = str(directory / "ca.pem") if c.tls_ca else None
             tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca, verify=c.tls_verify)
-        api = docker.APIClient(base_url=self.endpoint, tls=tls, version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=SDK_TIMEOUT)
+        api = docker.APIClient(
+            base_url=self.endpoint,
+            tls=tls,
+            version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+            timeout=SDK_TIMEOUT,
+            # a shared client's connections serve every session of the process: the engine's event streams and
+            # followed logs hold theirs for long, and a pool too small would open and drop one per call beyond it
+            max_pool_size=SHARED_POOL_SIZE if self.shareable else docker.constants.DEFAULT_MAX_POOL_SIZE,
+        )
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the target's CA (and HTTP(S)_PROXY
         # reroute the engine's API) when trust_env is on: the target's own settings must win.
         api.trust_env = False
@@ -633,6 +641,8 @@ class SharedClients:
 
 #: how many targets' clients a process keeps (each holds at most a few idle connections to its engine)
 SHARED_CLIENTS = 32
+#: the connections a shared client keeps to its engine (idle ones only; more are opened while busy, then dropped)
+SHARED_POOL_SIZE = 64
 _shared = SharedClients(SHARED_CLIENTS)
 
 

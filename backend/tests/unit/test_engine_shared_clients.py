@@ -51,6 +51,7 @@ async def test_sessions_of_a_local_target_share_one_client_and_make_no_directory
     first.open()
     client = await first.client()
     closed = closes(client)
+    assert client.api._custom_adapter.max_pool_size == connection.SHARED_POOL_SIZE  # every session's calls and streams
     async with EngineSession(LOCAL) as second:
         assert await second.client() is client
         assert material_dirs(isolated) == []  # nothing to write for a local socket
