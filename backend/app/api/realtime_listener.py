@@ -28,6 +28,7 @@ import picows
 
 from backend.app.api.realtime import Connection, WebSocketClient, serve
 from backend.app.config import Settings
+from backend.app.runtime.realtime import frames
 from backend.app.runtime.realtime.access import Access
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,12 @@ _BINARY = picows.WSMsgType.BINARY
 _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 
-#: The largest frame sent whole. picows copies a frame up to 8 KiB into bytes the transport keeps; a larger
-#: one's header goes to the transport's ``writelines`` as a view of a buffer picows reuses for its next frame,
-#: and uvloop's transport (the listener runs on the loop's own transports) keeps that view, not a copy, while
-#: the socket is backed up: the next frame then overwrote the header still waiting to be sent, and a slow
+#: The largest frame sent whole (frames.FRAME_BYTES). picows copies a frame up to 8 KiB into bytes the transport
+#: keeps; a larger one's header goes to the transport's ``writelines`` as a view of a buffer picows reuses for its
+#: next frame, and uvloop's transport (the listener runs on the loop's own transports) keeps that view, not a copy,
+#: while the socket is backed up: the next frame then overwrote the header still waiting to be sent, and a slow
 #: client received a garbled stream.
-FRAME_BYTES = 8192
+FRAME_BYTES = frames.FRAME_BYTES
 
 
 def send_message(transport: picows.WSTransport, payload: bytes) -> None:
@@ -69,6 +70,9 @@ class ListenerClient(WebSocketClient):
         super().__init__(connection, access, expires_at)
         self.ws = connection
         self.writing = connection.paused  # (see ListenerConnection.pause_writing)
+        # the hub writes an event's frame, built once, to the socket under picows' transport: the same bytes
+        # picows would write (a server's frames are not masked), a write fewer per client and event
+        self.write_frame = connection.transport.underlying_transport.write
 
     async def send_text(self, text: str, seq: int | None = None, kind: str | None = None) -> None:
         ws = self.ws
@@ -79,22 +83,13 @@ class ListenerClient(WebSocketClient):
         send_message(ws.transport, text.encode())
 
     def send_now(self, message: dict) -> bool:
-        """The hub's send of an event (its ``message``, shared by every recipient): the text encoded to UTF-8
-        once per event (the last message's bytes are kept), framed and written by picows."""
-        global _last_message, _last_payload
-        if message is not _last_message:
-            _last_payload = message["text"].encode()
-            _last_message = message
+        """The hub's send of an event too large for one frame (the others it writes whole: ``write_frame``)."""
         try:
-            send_message(self.ws.transport, _last_payload)
+            send_message(self.ws.transport, message["text"].encode())
         except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
             return False
         return True
-
-
-_last_message: dict | None = None
-_last_payload = b""
 
 
 class ListenerConnection(picows.WSListener, Connection):
@@ -177,6 +172,8 @@ class ListenerConnection(picows.WSListener, Connection):
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.gone = True
+        if self.real_client is not None:
+            self.real_client.direct = False  # the hub writes nothing more to this socket
         self.listener.connections.discard(self)
         self.inbox.put_nowait(None)
         self.resumed.set()  # a send waiting for the socket fails now

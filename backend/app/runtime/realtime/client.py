@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -80,6 +80,7 @@ class Client(ABC):
         # Read by the hub for every event (:meth:`Hub.fan_out`): plain attributes of this object, so a fan-out to
         # thousands of clients touches as little memory per client as it can.
         self.direct = False  # the hub may send events itself, from the delivery (a WebSocket sets it; not SSE)
+        self.write_frame: Callable[[bytes], object] | None = None  # (see Member.write_frame in hub.py)
         self.writing = False  # a send the hub began waits for the socket (see send_now)
         self.sending = 0  # frames being sent through send_lock or waiting for it (pump, answers, heartbeats)
         self.busy = 0  # > 0 while ``lock`` is held through ``exclusive``

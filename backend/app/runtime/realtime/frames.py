@@ -1,6 +1,6 @@
 """The JSON of the frames the real-time clients send: :func:`encode_event` (an event encoded once, whatever the
 number of clients), :func:`logs_frame` (log lines read from the database or part of a live batch) and
-:func:`dumps` (any other frame)."""
+:func:`dumps` (any other frame); and :func:`text_frame`, a text message's WebSocket frame."""
 
 from __future__ import annotations
 
@@ -30,6 +30,23 @@ def encode_event(evt: Event) -> str:
         _encoded.clear()
     _encoded[id(evt)] = (evt, text)
     return text
+
+
+#: The largest message sent as one frame. Above it a message goes out in fragments of at most this size
+#: (``api/realtime_listener.py``: picows hands a larger frame's header to the transport as a view of a buffer it
+#: reuses, and a backed-up socket then sent a header overwritten by the next frame's).
+FRAME_BYTES = 8192
+
+
+def text_frame(payload: bytes) -> bytes | None:
+    """The whole frame of a text message as a server sends it (RFC 6455 5.2: final, unmasked), or None for a
+    payload over :data:`FRAME_BYTES`."""
+    size = len(payload)
+    if size > FRAME_BYTES:
+        return None
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
 
 
 def latency(evt: Event) -> float:
