@@ -157,6 +157,7 @@ def test_screenshots_of_every_page(
             shoot_pages(page, server, None, suffix, demo_stack, local_target)
             navigate(page, f"/deployments/{deployment['id']}")
             page.get_by_test_id("detail-name").wait_for()
+            page.get_by_test_id("timeline").wait_for()  # its status history read
             screenshot(page, f"deployment-detail-{suffix}")
             navigate(page, f"/deployments?logs={deployment['id']}")
             page.get_by_test_id("log-line").first.wait_for()
@@ -180,5 +181,46 @@ def test_screenshots_of_every_page(
     page.get_by_test_id("service-scroller").get_by_test_id("log-line").first.wait_for()
     screenshot(page, "logs-drawer-services-phone")
     shoot_pages(page, server, PHONE_PAGES, "phone", demo_stack, local_target)
+    assert page_errors(page) == [], page.errors
+    page.context.close()
+
+
+def test_the_status_history_says_loading_until_it_is_read_never_no_change_yet(
+    chromium_browser, server: Server, admin_token, local_target, demo_stack, cleanup_deployments
+) -> None:
+    """While a running deployment's history is on its way the card says so; "No status change yet." would be
+    false of it (it went pending → deploying → running)."""
+    deployment = server.api(
+        "POST",
+        "/deployments",
+        {"stack_id": demo_stack["id"], "target_id": local_target["id"], "name": "history-demo", "variables": {"delay": 0}},
+        token=admin_token,
+    )
+    cleanup_deployments.append(deployment["id"])
+    assert wait_status(server, admin_token, deployment["id"], {"running", "failed"}, timeout=90)["status"] == "running"
+    page = new_page(chromium_browser)
+    ui_login(page, server)
+    held: list = []
+    holding = [True]
+
+    def hold(route) -> None:  # answered when released below
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(f"**/api/v1/deployments/{deployment['id']}/history*", hold)
+    navigate(page, f"/deployments/{deployment['id']}")
+    page.get_by_test_id("detail-name").wait_for()
+    page.get_by_test_id("timeline-loading").wait_for()
+    assert page.get_by_test_id("timeline-empty").count() == 0
+    assert held, "the page never asked for the history"
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    timeline = page.get_by_test_id("timeline")
+    timeline.wait_for()
+    assert "Running" in timeline.inner_text()
+    assert page.get_by_test_id("timeline-loading").count() == 0
     assert page_errors(page) == [], page.errors
     page.context.close()
