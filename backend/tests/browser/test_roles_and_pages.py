@@ -214,7 +214,12 @@ def test_the_status_history_says_loading_until_it_is_read_never_no_change_yet(
     page.get_by_test_id("detail-name").wait_for()
     page.get_by_test_id("timeline-loading").wait_for()
     assert page.get_by_test_id("timeline-empty").count() == 0
+    for _ in range(300):  # the request reaches the handler while Playwright waits
+        if held:
+            break
+        page.wait_for_timeout(100)
     assert held, "the page never asked for the history"
+    assert page.get_by_test_id("timeline-empty").count() == 0  # still loading, still not "no change yet"
     holding[0] = False
     for route in held:
         route.continue_()
