@@ -83,13 +83,23 @@ class ListenerClient(WebSocketClient):
         send_message(ws.transport, text.encode())
 
     def send_now(self, message: dict) -> bool:
-        """The hub's send of an event too large for one frame (the others it writes whole: ``write_frame``)."""
+        """The hub's send of an event too large for one frame (the others it writes whole: ``write_frame``); its
+        ``message`` is shared by every recipient, so its text is encoded to UTF-8 once (the last message's bytes
+        are kept), then framed in fragments by picows for each client."""
+        global _last_message, _last_payload
+        if message is not _last_message:
+            _last_payload = message["text"].encode()
+            _last_message = message
         try:
-            send_message(self.ws.transport, message["text"].encode())
+            send_message(self.ws.transport, _last_payload)
         except Exception as exc:  # noqa: BLE001 - gone or closing: end this client, never the hub's delivery
             self.close(f"send failed: {type(exc).__name__}: {exc}"[:200], 1011)
             return False
         return True
+
+
+_last_message: dict | None = None
+_last_payload = b""
 
 
 class ListenerConnection(picows.WSListener, Connection):
