@@ -49,6 +49,9 @@ run() {  # run NAME REDIS_DB COMMAND...: one stream in the background
         WINDFLOW_TEST_REDIS_DB=$db "$@"
         code=$?
         echo $(($(date +%s) - started)) > "test-output/tests-$name.seconds"
+        # the CPU seconds of the stream's processes (user + system, every descendant waited for; not the engine's)
+        # (written by the builtin itself: in a pipe or a substitution it would count a subshell's children)
+        times > "test-output/tests-$name.times"
         exit $code
     ) > "test-output/tests-$name.log" 2>&1 &
     pids[$name]=$!
@@ -90,7 +93,8 @@ for name in "${streams[@]}"; do
     wait "${pids[$name]}"
     code=$?
     [ "$code" -eq 0 ] || status=1
-    summary+="$name: exit $code after $(cat "test-output/tests-$name.seconds" 2>/dev/null || echo '?') s; "
+    summary+="$name: exit $code after $(cat "test-output/tests-$name.seconds" 2>/dev/null || echo '?') s"
+    summary+=" ($(awk 'NR == 2 { gsub(/[ms]/, " "); print int($1 * 60 + $2 + $3 * 60 + $4) }' "test-output/tests-$name.times" 2>/dev/null) s CPU); "
 done
 for name in "${streams[@]}"; do
     echo "===== $name (test-output/tests-$name.log)"
