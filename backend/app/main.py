@@ -25,6 +25,7 @@ from backend.app.api.audit_trail import AuditMiddleware
 from backend.app.api.realtime_listener import WebSocketListener
 from backend.app.api.router import api_router
 from backend.app.config import Settings, get_settings
+from backend.app.core import security
 from backend.app.core.body_limit import BodySizeLimitMiddleware
 from backend.app.core.celery_manager import CeleryManager
 from backend.app.core.events import bus
@@ -334,6 +335,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.WS_PORT:  # /api/v1/ws on a listener of its own, in this loop (api/realtime_listener.py)
             listener = WebSocketListener(settings)
             await listener.start(settings.WS_HOST or settings.HOST, settings.WS_PORT)
+        security.dummy_password_hash()  # made before the first login, so that no login waits for it
         _freeze_startup_heap()
         yield
         logger.info("WindFlow stopping")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import secrets
 import uuid
@@ -52,8 +53,12 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
-# A real hash to verify against when the user does not exist, so timing does not reveal which emails exist.
-DUMMY_PASSWORD_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def dummy_password_hash() -> str:
+    """A real hash to verify against when the user does not exist, so timing does not reveal which emails
+    exist. Made at the first such login, not at import: every process imports this module (a worker, the
+    CLI), and a hash at the production cost takes 0.1-0.2 s of CPU."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class TokenError(Exception):

@@ -50,7 +50,7 @@ class NotificationLoop(LoopService):
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limit = asyncio.Semaphore(CONCURRENCY)
-        self._http = None  # one HTTP client for the loop's life (created on its loop)
+        self._http = None  # one HTTP client for the loop's life (made on its loop by the first delivery)
 
     def wake(self) -> None:
         loop = self._loop
@@ -88,6 +88,8 @@ class NotificationLoop(LoopService):
         self, delivery: NotificationDelivery, channel: NotificationChannel
     ) -> tuple[NotificationDelivery, NotificationChannel, sender.Outcome] | None:
         async with self._limit:
+            if self._http is None:
+                self._http = sender.http_client(self.settings)
             try:
                 return delivery, channel, await sender.send(self.settings, channel=channel, delivery=delivery, client=self._http)
             except asyncio.CancelledError:
@@ -125,7 +127,6 @@ class NotificationLoop(LoopService):
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._http = sender.http_client(self.settings)
         unsubscribe = bus.subscribe(self._on_event)
         _loops.append(self)
         try:
@@ -146,7 +147,8 @@ class NotificationLoop(LoopService):
         finally:
             unsubscribe()
             _loops.remove(self)
-            await self._http.close()
+            if self._http is not None:
+                await self._http.close()
 
 
 async def notification_loop(settings: Settings) -> None:

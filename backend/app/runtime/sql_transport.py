@@ -54,8 +54,8 @@ import socket
 import threading
 import time
 from queue import Empty
+from typing import TYPE_CHECKING
 
-import psycopg
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sql
 from kombu.utils.json import dumps, loads
@@ -63,6 +63,9 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import IntegrityError
 
 from backend.app.runtime.workers import HEALTHY, STALE_AFTER_SECONDS
+
+if TYPE_CHECKING:  # imported by the listener that uses it: 0.1-0.2 s of CPU in every process otherwise
+    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +321,8 @@ class Listener:
         during its last poll."""
         if self._conn is not None or time.monotonic() - self._failed_at < LISTENER_RETRY_SECONDS:
             return False
+        import psycopg
+
         try:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
@@ -337,6 +342,8 @@ class Listener:
         if conn is None:
             time.sleep(timeout)
             return
+        import psycopg  # loaded by ensure(), which opened the connection
+
         try:
             readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [], timeout)
             if self._wake_r in readable:

@@ -64,7 +64,7 @@ async def authenticate(session: AsyncSession, *, email: str, password: str) -> U
     # No stored email holds a NUL, and PostgreSQL would fail the query on one: treat it as unknown.
     user = None if "\x00" in email else (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
     if user is None:
-        security.verify_password(password, security.DUMMY_PASSWORD_HASH)
+        security.verify_password(password, security.dummy_password_hash())
         raise NotAuthenticated("incorrect email or password", code="invalid_credentials")
     if not security.verify_password(password, user.hashed_password):
         raise NotAuthenticated("incorrect email or password", code="invalid_credentials")

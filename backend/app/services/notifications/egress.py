@@ -9,7 +9,7 @@ Checked twice: when a channel is created or its URL changed (a 422 naming the se
 connects. At send time the host is resolved once, every resolved address is checked, and the connection goes
 to a checked address (the request keeps the URL's host for ``Host`` and TLS SNI/certificate checks): a name
 that resolved to a public address when the channel was created and to ``127.0.0.1`` now (DNS rebinding) is
-refused. ``GuardedConnector`` does it inside the sender's HTTP client (aiohttp), so every connection it opens
+refused. ``GuardedConnector`` (``egress_connector.py``) does it inside the sender's HTTP client (aiohttp), so every connection it opens
 is checked.
 """
 
@@ -23,10 +23,12 @@ import typing
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import aiohttp
 import certifi
 
 from backend.app.config import Settings
+
+if typing.TYPE_CHECKING:  # aiohttp is imported by the first delivery over HTTP (0.1-0.3 s of CPU per process)
+    from backend.app.services.notifications.egress_connector import GuardedConnector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -129,40 +131,12 @@ async def check_url(settings: Settings, url: str) -> str | None:
     return None
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """aiohttp's connector, connecting only to checked addresses: its one way from a host to addresses
-    (``_resolve_host``, which aiohttp calls for every new connection, literal addresses included) is replaced
-    by :func:`check_addresses`, so a connection goes to an address that was just resolved and checked (TLS
-    keeps the URL's host for SNI and the certificate). Never a Unix socket (a ``TCPConnector`` has none), no
-    DNS cache (each new connection resolves and checks again)."""
-
-    def __init__(self, allowed: tuple[Network, ...], resolve_timeout: float, **kwargs: typing.Any) -> None:
-        super().__init__(use_dns_cache=False, **kwargs)
-        self._allowed = allowed
-        self._resolve_timeout = resolve_timeout
-
-    async def _resolve_host(self, host: str, port: int, traces: typing.Any = None) -> list[typing.Any]:
-        try:
-            addresses = await check_addresses(host, port, allowed=self._allowed, timeout=self._resolve_timeout)
-        except (OSError, TimeoutError, UnicodeError) as exc:  # aiohttp reports an OSError here as a DNS error
-            raise OSError(f"{host} does not resolve: {type(exc).__name__}") from exc
-        return [
-            {
-                "hostname": host,
-                "host": str(ip),
-                "port": port,
-                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                "proto": socket.IPPROTO_TCP,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for ip in addresses
-        ]
-
-
 def connector(settings: Settings) -> GuardedConnector:
     """The connector of a sender's HTTP session: every connection checked by :class:`GuardedConnector`,
     certificates checked against the same CA bundle as the other outgoing clients (certifi's), idle
     connections kept 5 s for the next delivery to the same receiver. Built on a running event loop."""
+    from backend.app.services.notifications.egress_connector import GuardedConnector
+
     return GuardedConnector(
         allowed_networks(settings),
         settings.NOTIFY_TIMEOUT_SECONDS,
