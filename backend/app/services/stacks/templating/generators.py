@@ -73,10 +73,10 @@ class Generators:
                 )
         if low > high:
             raise ValueProblem("random_port(low, high): low is greater than high", "generator_bounds_reversed", function="random_port")
-        rng = secrets.SystemRandom()
-        candidates = list(range(low, high + 1))
-        rng.shuffle(candidates)
-        for port in candidates[:200]:
+        # 200 distinct ports drawn at random (what shuffling the whole range would try first): one random draw
+        # per port tried, where a shuffle of 20,001 ports made 20,000 getrandom system calls (77 ms)
+        candidates = secrets.SystemRandom().sample(range(low, high + 1), min(200, high - low + 1))
+        for port in candidates:
             if port in self.ports:
                 continue
             if _port_is_free(port):
