@@ -151,8 +151,10 @@ def http_client(settings: Settings) -> aiohttp.ClientSession:
     (connecting, sending, the answer) and follows no redirect (:func:`_post`)."""
     import aiohttp
 
+    from backend.app.services.notifications.egress_connector import connector
+
     return aiohttp.ClientSession(
-        connector=egress.connector(settings),
+        connector=connector(settings),
         timeout=aiohttp.ClientTimeout(total=settings.NOTIFY_TIMEOUT_SECONDS),
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),

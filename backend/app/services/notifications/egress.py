@@ -18,17 +18,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
-import typing
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import certifi
-
 from backend.app.config import Settings
-
-if typing.TYPE_CHECKING:  # aiohttp is imported by the first delivery over HTTP (0.1-0.3 s of CPU per process)
-    from backend.app.services.notifications.egress_connector import GuardedConnector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -129,18 +122,3 @@ async def check_url(settings: Settings, url: str) -> str | None:
     except (OSError, TimeoutError, UnicodeError, ValueError):
         return None
     return None
-
-
-def connector(settings: Settings) -> GuardedConnector:
-    """The connector of a sender's HTTP session: every connection checked by :class:`GuardedConnector`,
-    certificates checked against the same CA bundle as the other outgoing clients (certifi's), idle
-    connections kept 5 s for the next delivery to the same receiver. Built on a running event loop."""
-    from backend.app.services.notifications.egress_connector import GuardedConnector
-
-    return GuardedConnector(
-        allowed_networks(settings),
-        settings.NOTIFY_TIMEOUT_SECONDS,
-        ssl=ssl.create_default_context(cafile=certifi.where()),
-        limit=100,
-        keepalive_timeout=5.0,
-    )
