@@ -193,7 +193,9 @@ def _processes_naming(text: str) -> list[str]:
 
 
 async def test_up_timeout_kills_a_hung_compose_up_and_says_which_step(db, docker_engine, tmp_path):
-    client, env = await _env(db, docker_engine, tmp_path, DEPLOYMENT_UP_TIMEOUT_SECONDS=3, DEPLOYMENT_MAX_ATTEMPTS=3)
+    # 8 s: long enough for compose to create both containers and say what it waits for on a loaded machine (at
+    # 3 s, a CI run under load killed it before it had)
+    client, env = await _env(db, docker_engine, tmp_path, DEPLOYMENT_UP_TIMEOUT_SECONDS=8, DEPLOYMENT_MAX_ATTEMPTS=3)
     try:
         stack_id = await env.stack(_hanging_up_stack(), name="hung-up")
         created = await env.deploy({}, stack_id=stack_id)
@@ -204,7 +206,7 @@ async def test_up_timeout_kills_a_hung_compose_up_and_says_which_step(db, docker
         assert failed["attempt"] == 1, "a timed-out up is not retried: it would hang the same way"
         message = failed["error_message"]
         project = project_name(created["id"])
-        assert "step Start services timed out" in message and "within 3 s (DEPLOYMENT_UP_TIMEOUT_SECONDS)" in message, message
+        assert "step Start services timed out" in message and "within 8 s (DEPLOYMENT_UP_TIMEOUT_SECONDS)" in message, message
         assert f"{project}-db-1" in message, message  # what compose was waiting for
         logs = await all_logs(env.client, env.admin.headers, created["id"])
         assert any(line["level"] == "error" and "DEPLOYMENT_UP_TIMEOUT_SECONDS" in line["message"] for line in logs)
