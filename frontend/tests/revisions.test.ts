@@ -244,6 +244,9 @@ describe('the services of a revision', () => {
       ['worker', null, 0], // reported, and none: the page says so
     ])
     expect(serviceRows(services, [], null)[0].containers).toBeNull() // not reported at all
+    // the document not read yet: a service known from its recorded image has no known healthcheck (not "none")
+    expect(serviceRows([], [{ service: 'web', image: 'nginx:1.27-alpine', digest }], null)[0].healthcheck).toBeNull()
+    expect(rows.map((r) => r.healthcheck)).toEqual([true, false])
     expect(rows[0].livePorts).toBe(false) // no container bound a port: the document's ports
     expect(shortDigest(digest)).toBe('sha256:aaaaaaaaaaaa')
     expect(composeServices('not: [valid')).toEqual([])

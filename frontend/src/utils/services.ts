@@ -10,7 +10,8 @@ export interface ComposeService {
   image: string | null
   /** Published ports as "host:published→target/protocol" ("8080→80/tcp", "127.0.0.1:8443→443/tcp"). */
   ports: PortMapping[]
-  healthcheck: boolean
+  /** null: not known (a service the document, not read yet or unreadable, does not name) */
+  healthcheck: boolean | null
 }
 
 export interface PortMapping {
@@ -157,7 +158,7 @@ export function serviceRows(
   for (const extra of [...images.map((i) => i.service), ...Object.keys(containers ?? {})])
     if (!names.includes(extra)) names.push(extra)
   return names.map((name) => {
-    const s = services.find((x) => x.name === name) ?? { name, image: null, ports: [], healthcheck: false }
+    const s = services.find((x) => x.name === name) ?? { name, image: null, ports: [], healthcheck: null }
     const recorded = byImage.get(name)
     const mine = containers ? (containers[name] ?? []) : null
     const bound: PortMapping[] = []
