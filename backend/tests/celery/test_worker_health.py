@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,14 +75,17 @@ class Supervised:
         )
 
 
-async def _pool(pid: int, size: int, timeout: float = 30) -> list[int]:
+async def _pool(pid: int | Callable[[], int], size: int, timeout: float = 30) -> list[int]:
+    """The pool processes of worker ``pid`` once ``size`` of them live; ``pid`` may be read again at each look
+    (a worker started again has another)."""
+    pid_now = pid if callable(pid) else lambda: pid
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = _children(pid)
+        children = _children(pid_now())
         if len(children) >= size and live_processes(children) >= size:
             return children
         await asyncio.sleep(0.2)
-    raise AssertionError(f"worker {pid} has no pool of {size} within {timeout}s: {_children(pid)}")
+    raise AssertionError(f"worker {pid_now()} has no pool of {size} within {timeout}s: {_children(pid_now())}")
 
 
 async def _still_alive(pids: list[int], timeout: float = 10) -> list[int]:
@@ -303,10 +307,8 @@ async def test_pool_children_killed_in_quick_succession(db, docker_engine, tmp_p
             await _assert_all_running_once(client, admin.headers, ids, timeout=150)
             # back to its concurrency: the same worker's pool, or the pool of the one started again if it left
             # degraded meanwhile (a restart takes a while on a loaded machine: see below)
-            deadline = time.monotonic() + 120
-            while live_processes(_children(worker.proc.pid)) < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            assert live_processes(_children(worker.proc.pid)) == 2, (worker.generation, worker.output())
+            live = await _pool(lambda: worker.proc.pid, 2, timeout=120)
+            assert live_processes(live) == 2, (worker.generation, worker.output())
             # a worker that left while degraded is started again: its first heartbeat comes once it is ready,
             # which takes a while on a loaded 2-core machine (CI's seven test streams: more than 45 s twice)
             deadline = time.monotonic() + 120
